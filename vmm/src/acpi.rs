@@ -1,0 +1,310 @@
+//! ACPI tables: how the guest learns its CPUs, interrupt controllers, legacy devices
+//! and how to power off.
+//!
+//! The Debian cloud kernel has no MP-table parser, so the MADT is the only way it
+//! finds more than one CPU. The platform is "hardware-reduced" ACPI: no PM timer or
+//! fixed-event registers for the guest to poll (every port access is an exit), just a
+//! sleep-control and a reset register backed by [`crate::devices::acpi_pm`].
+
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::{aml, Aml};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::devices::acpi_pm;
+use crate::layout::{ACPI_END, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR};
+
+const OEM_ID: [u8; 6] = *b"VIRGA ";
+const OEM_REVISION: u32 = 1;
+
+/// IAPC_BOOT_ARCH: an 8042 is present (so the guest probes it), no VGA.
+const IAPC_8042_PRESENT: u16 = 1 << 1;
+const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
+
+/// MADT flag: a PC-AT dual 8259 is present (KVM's in-kernel PIC); the guest masks it.
+const MADT_PCAT_COMPAT: u32 = 1;
+
+/// Value of `_S5_` SLP_TYP: what the guest writes to the sleep-control register to power off.
+pub const S5_SLEEP_TYPE: u8 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    #[error("ACPI tables need {needed} bytes, more than the {available} reserved for them")]
+    TooLarge { needed: u64, available: u64 },
+    #[error("writing ACPI tables to guest memory: {0}")]
+    Write(#[from] vm_memory::GuestMemoryError),
+}
+
+/// The tables, serialised, with the guest address each one goes to.
+pub struct AcpiTables {
+    pub rsdp_addr: GuestAddress,
+    tables: Vec<(GuestAddress, Vec<u8>)>,
+}
+
+impl AcpiTables {
+    /// Builds RSDP -> XSDT -> {FADT -> DSDT, MADT}, laid out from `ACPI_START`.
+    pub fn build(vcpus: u8) -> Result<Self, AcpiError> {
+        let mut next = ACPI_START;
+        let mut place = |len: usize| {
+            let addr = next;
+            next = (next + len as u64 + 15) & !15;
+            addr
+        };
+
+        let rsdp_addr = place(Rsdp::len());
+        let dsdt = bytes_of(&dsdt());
+        let dsdt_addr = place(dsdt.len());
+        let fadt = bytes_of(&fadt(dsdt_addr));
+        let fadt_addr = place(fadt.len());
+        let madt = madt(vcpus);
+        let madt_addr = place(madt.len());
+
+        let mut xsdt = XSDT::new(OEM_ID, *b"VIRGAXSD", OEM_REVISION);
+        xsdt.add_entry(fadt_addr);
+        xsdt.add_entry(madt_addr);
+        let xsdt = bytes_of(&xsdt);
+        let xsdt_addr = place(xsdt.len());
+        let rsdp = bytes_of(&Rsdp::new(OEM_ID, xsdt_addr));
+
+        if next > ACPI_END {
+            return Err(AcpiError::TooLarge {
+                needed: next - ACPI_START,
+                available: ACPI_END - ACPI_START,
+            });
+        }
+        Ok(AcpiTables {
+            rsdp_addr: GuestAddress(rsdp_addr),
+            tables: vec![
+                (GuestAddress(rsdp_addr), rsdp),
+                (GuestAddress(dsdt_addr), dsdt),
+                (GuestAddress(fadt_addr), fadt),
+                (GuestAddress(madt_addr), madt),
+                (GuestAddress(xsdt_addr), xsdt),
+            ],
+        })
+    }
+
+    pub fn write_to(&self, memory: &GuestMemoryMmap) -> Result<(), AcpiError> {
+        for (addr, bytes) in &self.tables {
+            memory.write_slice(bytes, *addr)?;
+        }
+        Ok(())
+    }
+
+    /// The serialised table whose signature is `sig` ("RSD " finds the RSDP).
+    pub fn table(&self, sig: &[u8; 4]) -> Option<&[u8]> {
+        self.tables
+            .iter()
+            .map(|(_, t)| t.as_slice())
+            .find(|t| t.starts_with(sig))
+    }
+}
+
+fn bytes_of(table: &dyn Aml) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    table.to_aml_bytes(&mut bytes);
+    bytes
+}
+
+/// The DSDT describes the legacy devices we emulate and the S5 (soft-off) state.
+fn dsdt() -> Sdt {
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"VIRGADSD", OEM_REVISION);
+
+    let s5 = aml::Package::new(vec![&S5_SLEEP_TYPE, &aml::ZERO]);
+    aml::Name::new("_S5_".into(), &s5).to_aml_bytes(&mut dsdt);
+
+    legacy_device(
+        &mut dsdt,
+        "\\_SB_.COM1",
+        "PNP0501",
+        &[&aml::IO::new(0x3f8, 0x3f8, 0, 8), &irq(4)],
+    );
+    legacy_device(
+        &mut dsdt,
+        "\\_SB_.PS2K",
+        "PNP0303",
+        &[
+            &aml::IO::new(0x60, 0x60, 0, 1),
+            &aml::IO::new(0x64, 0x64, 0, 1),
+            &irq(1),
+        ],
+    );
+    legacy_device(
+        &mut dsdt,
+        "\\_SB_.RTC_",
+        "PNP0B00",
+        &[&aml::IO::new(0x70, 0x70, 0, 2), &irq(8)],
+    );
+    dsdt.update_checksum();
+    dsdt
+}
+
+/// An ISA interrupt: edge-triggered, active-high, exclusive.
+fn irq(number: u32) -> aml::Interrupt {
+    aml::Interrupt::new(true, true, false, false, number)
+}
+
+/// Appends `Device(path) { _HID, _UID 0, _CRS }` to `table`.
+fn legacy_device(table: &mut Sdt, path: &str, hid: &str, resources: &[&dyn Aml]) {
+    let crs = aml::ResourceTemplate::new(resources.to_vec());
+    let hid = aml::EISAName::new(hid);
+    let hid_name = aml::Name::new("_HID".into(), &hid);
+    let uid_name = aml::Name::new("_UID".into(), &aml::ZERO);
+    let crs_name = aml::Name::new("_CRS".into(), &crs);
+    aml::Device::new(path.into(), vec![&hid_name, &uid_name, &crs_name]).to_aml_bytes(table);
+}
+
+fn fadt(dsdt_addr: u64) -> acpi_tables::fadt::FADT {
+    let io_register = |port: u16| {
+        GAS::new(
+            AddressSpace::SystemIo,
+            8,
+            0,
+            AccessSize::ByteAccess,
+            port.into(),
+        )
+    };
+    let mut fadt = FADTBuilder::new(OEM_ID, *b"VIRGAFAC", OEM_REVISION)
+        .dsdt_64(dsdt_addr)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::ResetRegSup)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton);
+    fadt.iapc_boot_arch = (IAPC_8042_PRESENT | IAPC_VGA_NOT_PRESENT).into();
+    fadt.reset_reg = io_register(acpi_pm::BASE + acpi_pm::RESET_OFFSET);
+    fadt.reset_value = acpi_pm::RESET_VALUE;
+    fadt.sleep_control_reg = io_register(acpi_pm::BASE + acpi_pm::SLEEP_CONTROL_OFFSET);
+    fadt.sleep_status_reg = io_register(acpi_pm::BASE + acpi_pm::SLEEP_STATUS_OFFSET);
+    fadt.hypervisor_vendor_identity = u64::from_le_bytes(*b"VIRGAVMM").into();
+    fadt.finalize()
+}
+
+/// The MADT, serialised: the crate's builder has no setter for the header flags, so
+/// they are patched in and the checksum fixed up.
+fn madt(vcpus: u8) -> Vec<u8> {
+    let mut madt = MADT::new(
+        OEM_ID,
+        *b"VIRGAAPI",
+        OEM_REVISION,
+        LocalInterruptController::Address(LAPIC_ADDR as u32),
+    );
+    for id in 0..vcpus {
+        madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
+    }
+    madt.add_structure(IoApic::new(0, IOAPIC_ADDR as u32, 0));
+    let mut bytes = bytes_of(&madt);
+    bytes[40..44].copy_from_slice(&MADT_PCAT_COMPAT.to_le_bytes());
+    fix_checksum(&mut bytes);
+    bytes
+}
+
+/// Sets byte 9 of a table so that all its bytes sum to zero.
+fn fix_checksum(table: &mut [u8]) {
+    table[9] = 0;
+    let sum = table.iter().fold(0u8, |acc, b| acc.wrapping_add(*b));
+    table[9] = 0u8.wrapping_sub(sum);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checksum_ok(table: &[u8]) -> bool {
+        table.iter().fold(0u8, |acc, b| acc.wrapping_add(*b)) == 0
+    }
+
+    fn u32_at(bytes: &[u8], off: usize) -> u32 {
+        u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap())
+    }
+
+    fn u64_at(bytes: &[u8], off: usize) -> u64 {
+        u64::from_le_bytes(bytes[off..off + 8].try_into().unwrap())
+    }
+
+    #[test]
+    fn every_table_checksums_to_zero_and_has_its_length() {
+        for vcpus in [1, 2, 4, 32] {
+            let tables = AcpiTables::build(vcpus).unwrap();
+            for sig in [b"DSDT", b"FACP", b"APIC", b"XSDT"] {
+                let t = tables.table(sig).unwrap();
+                assert!(checksum_ok(t), "{} checksum", String::from_utf8_lossy(sig));
+                assert_eq!(u32_at(t, 4) as usize, t.len());
+            }
+            let rsdp = tables.table(b"RSD ").unwrap();
+            assert_eq!(&rsdp[..8], b"RSD PTR ");
+            assert!(checksum_ok(&rsdp[..20]), "RSDP v1 checksum");
+            assert!(checksum_ok(rsdp), "RSDP extended checksum");
+        }
+    }
+
+    #[test]
+    fn madt_lists_one_enabled_lapic_per_vcpu_and_one_ioapic() {
+        for vcpus in [1u8, 2, 4, 32] {
+            let tables = AcpiTables::build(vcpus).unwrap();
+            let madt = tables.table(b"APIC").unwrap();
+            assert_eq!(u32_at(madt, 36), LAPIC_ADDR as u32);
+            assert_eq!(u32_at(madt, 40), MADT_PCAT_COMPAT);
+            let mut lapic_ids = Vec::new();
+            let mut ioapics = 0;
+            let mut off = 44;
+            while off < madt.len() {
+                let (kind, len) = (madt[off], madt[off + 1] as usize);
+                assert!(len >= 2, "zero-length MADT entry");
+                match kind {
+                    0 => {
+                        assert_eq!(u32_at(madt, off + 4) & 1, 1, "LAPIC enabled");
+                        lapic_ids.push(madt[off + 3]);
+                    }
+                    1 => {
+                        assert_eq!(u32_at(madt, off + 4), IOAPIC_ADDR as u32);
+                        ioapics += 1;
+                    }
+                    other => panic!("unexpected MADT entry type {other}"),
+                }
+                off += len;
+            }
+            assert_eq!(off, madt.len());
+            assert_eq!(lapic_ids, (0..vcpus).collect::<Vec<_>>());
+            assert_eq!(ioapics, 1);
+        }
+    }
+
+    #[test]
+    fn pointers_chain_from_rsdp_to_dsdt() {
+        let tables = AcpiTables::build(2).unwrap();
+        let addr_of = |sig: &[u8; 4]| {
+            tables
+                .tables
+                .iter()
+                .find(|(_, t)| t.starts_with(sig))
+                .map(|(a, _)| a.0)
+                .unwrap()
+        };
+        let rsdp = tables.table(b"RSD ").unwrap();
+        assert_eq!(u64_at(rsdp, 24), addr_of(b"XSDT"));
+        let xsdt = tables.table(b"XSDT").unwrap();
+        let entries: Vec<u64> = (36..xsdt.len())
+            .step_by(8)
+            .map(|o| u64_at(xsdt, o))
+            .collect();
+        assert_eq!(entries, vec![addr_of(b"FACP"), addr_of(b"APIC")]);
+        let fadt = tables.table(b"FACP").unwrap();
+        assert_eq!(u64_at(fadt, 140), addr_of(b"DSDT"), "X_DSDT");
+        assert_eq!(u32_at(fadt, 112) & (1 << 20), 1 << 20, "HW_REDUCED_ACPI");
+        assert_eq!(tables.rsdp_addr.0, ACPI_START);
+    }
+
+    #[test]
+    fn dsdt_declares_s5() {
+        let tables = AcpiTables::build(1).unwrap();
+        let dsdt = tables.table(b"DSDT").unwrap();
+        assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+        assert!(dsdt.windows(4).any(|w| w == b"COM1"));
+    }
+}

@@ -1,0 +1,426 @@
+//! The control API: HTTP/1.1 + JSON on a Unix socket.
+//!
+//! The server runs on its own thread (a single-threaded tokio runtime) and only
+//! translates: each request becomes an [`ApiRequest`] for the VMM's control loop and
+//! waits for the reply. A malformed request is answered here and never reaches the
+//! VM, so it cannot disturb the guest.
+//!
+//! | method | path                   | body                              | reply        |
+//! |--------|------------------------|-----------------------------------|--------------|
+//! | GET    | /vm                    |                                   | 200 VmInfo   |
+//! | PUT    | /vm/state              | `{"state": "paused"\|"running"}`  | 204          |
+//! | PUT    | /vm/actions/shutdown   | `{"timeout_ms": N}` (optional)    | 202          |
+//! | GET    | /metrics               |                                   | 200 Metrics  |
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::config::VmConfig;
+use crate::metrics::{ExitCounts, ProcessMemory};
+
+const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest a graceful shutdown may be given before the VMM stops the guest.
+pub const MAX_SHUTDOWN_TIMEOUT_MS: u64 = 600_000;
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+/// The control loop answers within microseconds unless it is tearing the VM down.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    Running,
+    Paused,
+    ShuttingDown,
+}
+
+#[derive(Debug)]
+pub enum ApiRequest {
+    Describe,
+    SetState(VmState),
+    Shutdown { timeout: Duration },
+    Metrics,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VmInfo {
+    pub state: VmState,
+    pub uptime_ms: u64,
+    /// How many times the guest has been booted in this process (restarts count).
+    pub boots: u64,
+    pub config: VmConfig,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MetricsReport {
+    pub uptime_ms: u64,
+    pub vcpu_exits: ExitCounts,
+    pub per_vcpu_exits: Vec<ExitCounts>,
+    pub memory: ProcessMemory,
+    pub guest_memory_kib: u64,
+}
+
+#[derive(Debug)]
+pub enum ApiReply {
+    Info(Box<VmInfo>),
+    Metrics(MetricsReport),
+    NoContent,
+    Accepted,
+    Error(StatusCode, String),
+}
+
+/// A request and where its reply goes.
+pub type ApiMessage = (ApiRequest, oneshot::Sender<ApiReply>);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateBody {
+    state: TargetState,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum TargetState {
+    Paused,
+    Running,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ShutdownBody {
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("api_socket {path}: another process is serving it")]
+    InUse { path: PathBuf },
+    #[error("api_socket {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("starting the API thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The API server; removes its socket file when dropped.
+pub struct ApiServer {
+    path: PathBuf,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds `path` now (so a bad path fails before any VM exists) and serves it on a
+/// new thread, forwarding requests through `to_vmm`.
+pub fn spawn(path: &Path, to_vmm: Sender<crate::vmm::VmmEvent>) -> Result<ApiServer, ApiError> {
+    let bind_error = |source| ApiError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    if path.exists() {
+        // A socket nobody answers on is left over from a crash: reuse the path.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ApiError::InUse {
+                path: path.to_owned(),
+            });
+        }
+        std::fs::remove_file(path).map_err(bind_error)?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    let server = ApiServer {
+        path: path.to_owned(),
+    };
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || serve(listener, to_vmm))
+        .map_err(ApiError::Thread)?;
+    Ok(server)
+}
+
+fn serve(listener: std::os::unix::net::UnixListener, to_vmm: Sender<crate::vmm::VmmEvent>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("API runtime: {e}; the control API is unavailable");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::UnixListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("API socket: {e}; the control API is unavailable");
+                return;
+            }
+        };
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("API accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let to_vmm = to_vmm.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let to_vmm = to_vmm.clone();
+                    async move { Ok::<_, Infallible>(handle(req, &to_vmm).await) }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await
+                {
+                    tracing::debug!("API connection: {e}");
+                }
+            });
+        }
+    });
+}
+
+type Reply = Response<Full<Bytes>>;
+
+async fn handle(req: Request<Incoming>, to_vmm: &Sender<crate::vmm::VmmEvent>) -> Reply {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {MAX_BODY_BYTES} bytes"),
+            )
+        }
+    };
+    let request = match route(&parts.method, parts.uri.path(), &body) {
+        Ok(request) => request,
+        Err(reply) => return *reply,
+    };
+    let (reply_tx, reply_rx) = oneshot::channel();
+    if to_vmm
+        .send(crate::vmm::VmmEvent::Api((request, reply_tx)))
+        .is_err()
+    {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the VM is shutting down");
+    }
+    match tokio::time::timeout(REPLY_TIMEOUT, reply_rx).await {
+        Ok(Ok(reply)) => render(reply),
+        Ok(Err(_)) => error(StatusCode::SERVICE_UNAVAILABLE, "the VM is shutting down"),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the VMM did not answer in time",
+        ),
+    }
+}
+
+/// Maps method and path to a request, or to the 4xx reply that refuses it.
+fn route(method: &Method, path: &str, body: &[u8]) -> Result<ApiRequest, Box<Reply>> {
+    let allowed = match path {
+        "/vm" | "/metrics" => "GET",
+        "/vm/state" | "/vm/actions/shutdown" => "PUT",
+        _ => {
+            return Err(Box::new(error(
+                StatusCode::NOT_FOUND,
+                format!("no such resource: {path}"),
+            )))
+        }
+    };
+    if method.as_str() != allowed {
+        let mut reply = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{path} supports {allowed}, not {method}"),
+        );
+        reply
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(allowed));
+        return Err(Box::new(reply));
+    }
+    match path {
+        "/vm" => Ok(ApiRequest::Describe),
+        "/metrics" => Ok(ApiRequest::Metrics),
+        "/vm/state" => {
+            let body: StateBody = parse(body)?;
+            Ok(ApiRequest::SetState(match body.state {
+                TargetState::Paused => VmState::Paused,
+                TargetState::Running => VmState::Running,
+            }))
+        }
+        _ => {
+            let body: ShutdownBody = if body.iter().all(u8::is_ascii_whitespace) {
+                ShutdownBody::default()
+            } else {
+                parse(body)?
+            };
+            let timeout_ms = body.timeout_ms.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_MS);
+            if timeout_ms > MAX_SHUTDOWN_TIMEOUT_MS {
+                return Err(Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("timeout_ms: at most {MAX_SHUTDOWN_TIMEOUT_MS}, got {timeout_ms}"),
+                )));
+            }
+            Ok(ApiRequest::Shutdown {
+                timeout: Duration::from_millis(timeout_ms),
+            })
+        }
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Box<Reply>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request body: {e}"),
+        ))
+    })
+}
+
+fn render(reply: ApiReply) -> Reply {
+    match reply {
+        ApiReply::Info(info) => json(StatusCode::OK, &*info),
+        ApiReply::Metrics(m) => json(StatusCode::OK, &m),
+        ApiReply::NoContent => empty(StatusCode::NO_CONTENT),
+        ApiReply::Accepted => empty(StatusCode::ACCEPTED),
+        ApiReply::Error(status, message) => error(status, message),
+    }
+}
+
+fn empty(status: StatusCode) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = status;
+    r
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => {
+            let mut r = Response::new(Full::new(Bytes::from(bytes)));
+            *r.status_mut() = status;
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Reply {
+    #[derive(Serialize)]
+    struct Body {
+        error: String,
+    }
+    let body = serde_json::to_vec(&Body {
+        error: message.into(),
+    })
+    .unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(r: Result<ApiRequest, Box<Reply>>) -> StatusCode {
+        match r {
+            Ok(req) => panic!("expected a refusal, got {req:?}"),
+            Err(reply) => reply.status(),
+        }
+    }
+
+    #[test]
+    fn routes_valid_requests() {
+        assert!(matches!(
+            route(&Method::GET, "/vm", b""),
+            Ok(ApiRequest::Describe)
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/metrics", b""),
+            Ok(ApiRequest::Metrics)
+        ));
+        assert!(matches!(
+            route(&Method::PUT, "/vm/state", br#"{"state":"paused"}"#),
+            Ok(ApiRequest::SetState(VmState::Paused))
+        ));
+        match route(&Method::PUT, "/vm/actions/shutdown", b"") {
+            Ok(ApiRequest::Shutdown { timeout }) => {
+                assert_eq!(timeout, Duration::from_millis(DEFAULT_SHUTDOWN_TIMEOUT_MS))
+            }
+            other => panic!("{other:?}"),
+        }
+        match route(
+            &Method::PUT,
+            "/vm/actions/shutdown",
+            br#"{"timeout_ms": 250}"#,
+        ) {
+            Ok(ApiRequest::Shutdown { timeout }) => assert_eq!(timeout, Duration::from_millis(250)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_bad_requests_with_4xx() {
+        assert_eq!(
+            status_of(route(&Method::GET, "/nope", b"")),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status_of(route(&Method::POST, "/vm", b"")),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            status_of(route(&Method::GET, "/vm/state", b"")),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        for body in [
+            &b"{"[..],
+            br#"{"state":"sleeping"}"#,
+            br#"{"state":"paused","extra":1}"#,
+            br#"{}"#,
+            b"\xff\xfe",
+        ] {
+            assert_eq!(
+                status_of(route(&Method::PUT, "/vm/state", body)),
+                StatusCode::BAD_REQUEST,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert_eq!(
+            status_of(route(
+                &Method::PUT,
+                "/vm/actions/shutdown",
+                br#"{"timeout_ms": -1}"#
+            )),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status_of(route(
+                &Method::PUT,
+                "/vm/actions/shutdown",
+                br#"{"timeout_ms": 600001}"#
+            )),
+            StatusCode::BAD_REQUEST
+        );
+    }
+}

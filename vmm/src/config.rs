@@ -1,0 +1,468 @@
+//! VM configuration: a JSON file and/or command-line flags, merged and validated
+//! before anything touches KVM.
+//!
+//! Every validation failure names the offending field, so the binary can print a
+//! one-line error and exit with status 2 without creating a VM.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Fewest and most vCPUs a VM may have. 32 keeps every APIC ID in the xAPIC range.
+pub const MIN_VCPUS: u8 = 1;
+pub const MAX_VCPUS: u8 = 32;
+/// Below this the Debian kernel cannot unpack an initramfs and reach init.
+pub const MIN_MEMORY_MIB: u32 = 64;
+/// Linux's x86 COMMAND_LINE_SIZE, including the terminating NUL.
+pub const MAX_CMDLINE_LEN: usize = 2048;
+
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Where the guest's serial console goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SerialMode {
+    #[default]
+    Stdout,
+    File,
+    Pty,
+    Off,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    #[serde(default)]
+    pub mode: SerialMode,
+    /// Output file, required for `mode: file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+/// What a guest-initiated reboot does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RebootPolicy {
+    /// The VMM exits with status 0, leaving the restart to its supervisor.
+    #[default]
+    Exit,
+    /// The VMM rebuilds the VM from scratch in the same process.
+    Restart,
+}
+
+/// The configuration file's shape. Every field is optional here so that flags can
+/// supply what the file leaves out; [`VmConfig::validate`] enforces the rest.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub kernel: Option<PathBuf>,
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    pub vcpus: Option<u8>,
+    pub memory_mib: Option<u32>,
+    pub serial: Option<SerialConfig>,
+    pub api_socket: Option<PathBuf>,
+    pub on_reboot: Option<RebootPolicy>,
+}
+
+impl ConfigFile {
+    pub fn from_path(path: &Path) -> Result<Self, ConfigError> {
+        let mut text = String::new();
+        File::open(path)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .map_err(|source| ConfigError::ReadFile {
+                path: path.to_owned(),
+                source,
+            })?;
+        Self::from_json(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// Fields set in `other` win over the ones set here.
+    pub fn overlay(self, other: ConfigFile) -> ConfigFile {
+        ConfigFile {
+            kernel: other.kernel.or(self.kernel),
+            initramfs: other.initramfs.or(self.initramfs),
+            cmdline: other.cmdline.or(self.cmdline),
+            vcpus: other.vcpus.or(self.vcpus),
+            memory_mib: other.memory_mib.or(self.memory_mib),
+            serial: other.serial.or(self.serial),
+            api_socket: other.api_socket.or(self.api_socket),
+            on_reboot: other.on_reboot.or(self.on_reboot),
+        }
+    }
+}
+
+/// How the kernel image is laid out, found by looking at its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelFormat {
+    Elf,
+    BzImage,
+}
+
+/// A validated configuration: everything the VM builder may rely on.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub kernel_format: KernelFormat,
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: String,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    pub serial: SerialConfig,
+    pub api_socket: Option<PathBuf>,
+    pub on_reboot: RebootPolicy,
+}
+
+impl VmConfig {
+    /// Checks every field against the host (files readable, memory available).
+    pub fn validate(file: ConfigFile, host_memory_mib: u64) -> Result<Self, ConfigError> {
+        let kernel = file.kernel.ok_or_else(|| {
+            invalid(
+                "kernel",
+                "missing (set \"kernel\" in the config file or pass --kernel)",
+            )
+        })?;
+        let kernel_format = detect_kernel_format(&kernel)?;
+        if let Some(initramfs) = &file.initramfs {
+            check_readable_file("initramfs", initramfs)?;
+        }
+
+        let cmdline = file.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_owned());
+        if cmdline.len() >= MAX_CMDLINE_LEN {
+            return Err(invalid(
+                "cmdline",
+                format!(
+                    "{} bytes, longer than the kernel's limit of {}",
+                    cmdline.len(),
+                    MAX_CMDLINE_LEN - 1
+                ),
+            ));
+        }
+        if cmdline.bytes().any(|b| b == 0 || !b.is_ascii()) {
+            return Err(invalid("cmdline", "must be printable ASCII without NUL"));
+        }
+
+        let vcpus = file.vcpus.unwrap_or(1);
+        if !(MIN_VCPUS..=MAX_VCPUS).contains(&vcpus) {
+            return Err(invalid(
+                "vcpus",
+                format!("must be between {MIN_VCPUS} and {MAX_VCPUS}, got {vcpus}"),
+            ));
+        }
+
+        let memory_mib = file.memory_mib.unwrap_or(256);
+        if memory_mib < MIN_MEMORY_MIB {
+            return Err(invalid(
+                "memory_mib",
+                format!("must be at least {MIN_MEMORY_MIB} MiB, got {memory_mib}"),
+            ));
+        }
+        if u64::from(memory_mib) > host_memory_mib {
+            return Err(invalid(
+                "memory_mib",
+                format!("{memory_mib} MiB is more than the host's {host_memory_mib} MiB"),
+            ));
+        }
+
+        let serial = file.serial.unwrap_or_default();
+        match (serial.mode, &serial.path) {
+            (SerialMode::File, None) => {
+                return Err(invalid(
+                    "serial.path",
+                    "required when serial.mode is \"file\"",
+                ))
+            }
+            (SerialMode::File, Some(path)) => check_parent_dir("serial.path", path)?,
+            (_, Some(_)) => {
+                return Err(invalid(
+                    "serial.path",
+                    "only allowed when serial.mode is \"file\"",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(socket) = &file.api_socket {
+            check_parent_dir("api_socket", socket)?;
+        }
+
+        Ok(VmConfig {
+            kernel,
+            kernel_format,
+            initramfs: file.initramfs,
+            cmdline,
+            vcpus,
+            memory_mib,
+            serial,
+            api_socket: file.api_socket,
+            on_reboot: file.on_reboot.unwrap_or_default(),
+        })
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.memory_mib) << 20
+    }
+}
+
+fn check_readable_file(field: &'static str, path: &Path) -> Result<File, ConfigError> {
+    let file = File::open(path).map_err(|e| invalid(field, format!("{}: {e}", path.display())))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| invalid(field, format!("{}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(invalid(
+            field,
+            format!("{}: not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+fn check_parent_dir(field: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if parent.is_dir() {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{}: directory does not exist", parent.display()),
+        ))
+    }
+}
+
+/// An ELF vmlinux starts with `\x7fELF`; a bzImage carries `HdrS` at 0x202.
+fn detect_kernel_format(path: &Path) -> Result<KernelFormat, ConfigError> {
+    let mut file = check_readable_file("kernel", path)?;
+    let mut head = [0u8; 0x206];
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(&mut head[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) => return Err(invalid("kernel", format!("{}: {e}", path.display()))),
+        }
+    }
+    if filled >= 4 && head[..4] == *b"\x7fELF" {
+        Ok(KernelFormat::Elf)
+    } else if filled >= 0x206 && head[0x202..0x206] == *b"HdrS" {
+        Ok(KernelFormat::BzImage)
+    } else {
+        Err(invalid(
+            "kernel",
+            format!("{}: neither an ELF vmlinux nor a bzImage", path.display()),
+        ))
+    }
+}
+
+/// The host's MemTotal in MiB, the upper bound for a guest's memory.
+pub fn host_memory_mib() -> std::io::Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    meminfo
+        .lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix("MemTotal:")?;
+            let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+            Some(kib / 1024)
+        })
+        .ok_or_else(|| std::io::Error::other("no MemTotal in /proc/meminfo"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn elf_kernel() -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"\x7fELF\x02\x01\x01").unwrap();
+        f
+    }
+
+    fn bzimage_kernel() -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let mut img = vec![0u8; 0x400];
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        f.write_all(&img).unwrap();
+        f
+    }
+
+    fn with_kernel(path: &Path) -> ConfigFile {
+        ConfigFile {
+            kernel: Some(path.to_owned()),
+            ..Default::default()
+        }
+    }
+
+    fn field_of(err: ConfigError) -> &'static str {
+        match err {
+            ConfigError::Invalid { field, .. } => field,
+            other => panic!("expected a field error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_fill_in_and_formats_are_detected() {
+        let k = elf_kernel();
+        let cfg = VmConfig::validate(with_kernel(k.path()), 4096).unwrap();
+        assert_eq!(cfg.kernel_format, KernelFormat::Elf);
+        assert_eq!(cfg.vcpus, 1);
+        assert_eq!(cfg.memory_mib, 256);
+        assert_eq!(cfg.cmdline, DEFAULT_CMDLINE);
+        assert_eq!(cfg.serial.mode, SerialMode::Stdout);
+        assert_eq!(cfg.on_reboot, RebootPolicy::Exit);
+
+        let b = bzimage_kernel();
+        let cfg = VmConfig::validate(with_kernel(b.path()), 4096).unwrap();
+        assert_eq!(cfg.kernel_format, KernelFormat::BzImage);
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let err = ConfigFile::from_json(r#"{"kernel": "/k", "vcpu": 2}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `vcpu`"), "{err}");
+        let err =
+            ConfigFile::from_json(r#"{"serial": {"mode": "stdout", "colour": 1}}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `colour`"), "{err}");
+        let err = ConfigFile::from_json(r#"{"serial": {"mode": "tty"}}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `tty`"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let file =
+            ConfigFile::from_json(r#"{"kernel": "/a", "vcpus": 2, "memory_mib": 128}"#).unwrap();
+        let flags = ConfigFile {
+            vcpus: Some(4),
+            ..Default::default()
+        };
+        let merged = file.overlay(flags);
+        assert_eq!(merged.vcpus, Some(4));
+        assert_eq!(merged.memory_mib, Some(128));
+        assert_eq!(merged.kernel, Some(PathBuf::from("/a")));
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        let k = elf_kernel();
+        let base = || with_kernel(k.path());
+
+        assert_eq!(
+            field_of(VmConfig::validate(ConfigFile::default(), 4096).unwrap_err()),
+            "kernel"
+        );
+        let missing = with_kernel(Path::new("/nonexistent/vmlinux"));
+        assert_eq!(
+            field_of(VmConfig::validate(missing, 4096).unwrap_err()),
+            "kernel"
+        );
+        let garbage = tempfile::NamedTempFile::new().unwrap();
+        assert_eq!(
+            field_of(VmConfig::validate(with_kernel(garbage.path()), 4096).unwrap_err()),
+            "kernel"
+        );
+
+        for vcpus in [0u8, 33] {
+            let cfg = ConfigFile {
+                vcpus: Some(vcpus),
+                ..base()
+            };
+            assert_eq!(
+                field_of(VmConfig::validate(cfg, 4096).unwrap_err()),
+                "vcpus"
+            );
+        }
+        for mib in [0u32, 63, 4097] {
+            let cfg = ConfigFile {
+                memory_mib: Some(mib),
+                ..base()
+            };
+            assert_eq!(
+                field_of(VmConfig::validate(cfg, 4096).unwrap_err()),
+                "memory_mib"
+            );
+        }
+        let cfg = ConfigFile {
+            cmdline: Some("x".repeat(MAX_CMDLINE_LEN)),
+            ..base()
+        };
+        assert_eq!(
+            field_of(VmConfig::validate(cfg, 4096).unwrap_err()),
+            "cmdline"
+        );
+        let cfg = ConfigFile {
+            initramfs: Some("/nonexistent/initrd".into()),
+            ..base()
+        };
+        assert_eq!(
+            field_of(VmConfig::validate(cfg, 4096).unwrap_err()),
+            "initramfs"
+        );
+        let cfg = ConfigFile {
+            serial: Some(SerialConfig {
+                mode: SerialMode::File,
+                path: None,
+            }),
+            ..base()
+        };
+        assert_eq!(
+            field_of(VmConfig::validate(cfg, 4096).unwrap_err()),
+            "serial.path"
+        );
+        let cfg = ConfigFile {
+            api_socket: Some("/nonexistent/dir/api.sock".into()),
+            ..base()
+        };
+        assert_eq!(
+            field_of(VmConfig::validate(cfg, 4096).unwrap_err()),
+            "api_socket"
+        );
+    }
+
+    #[test]
+    fn boundary_values_are_accepted() {
+        let k = elf_kernel();
+        let cfg = ConfigFile {
+            vcpus: Some(32),
+            memory_mib: Some(64),
+            ..with_kernel(k.path())
+        };
+        let cfg = VmConfig::validate(cfg, 64).unwrap();
+        assert_eq!(cfg.vcpus, 32);
+        assert_eq!(cfg.memory_bytes(), 64 << 20);
+    }
+}

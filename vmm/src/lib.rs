@@ -1,0 +1,29 @@
+//! Virga's VMM: one process per instance, on rust-vmm crates.
+//!
+//! A VM is built by [`vm::Vm::start`] as a linear recipe and driven by
+//! [`vmm::Vmm`], which hears from vCPU threads and the control API on one channel.
+//!
+//! - [`config`]: configuration, merged from file and flags, validated up front
+//! - [`layout`]: the guest-physical memory map and E820
+//! - [`boot`]: kernel, initramfs, command line, PVH start_info / zero page
+//! - [`acpi`]: RSDP, XSDT, FADT, DSDT, MADT
+//! - [`cpu`]: CPUID, MSRs, registers, LAPIC
+//! - [`vcpu`]: vCPU threads and their run/pause/stop state machine
+//! - [`devices`]: serial, i8042, CMOS RTC, ACPI power management on a port bus
+//! - [`console`]: where the serial console goes on the host
+//! - [`api`]: the HTTP control API on a Unix socket
+//! - [`metrics`]: exit counters and process memory
+
+pub mod acpi;
+pub mod api;
+pub mod boot;
+pub mod config;
+pub mod console;
+pub mod cpu;
+pub mod devices;
+pub mod layout;
+mod log;
+pub mod metrics;
+pub mod vcpu;
+pub mod vm;
+pub mod vmm;

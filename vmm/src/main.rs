@@ -1,0 +1,162 @@
+//! `vmm`: boots one guest from a kernel, an optional initramfs and a command line.
+//!
+//! Exit status: 0 when the guest powers off, reboots (with `on_reboot: exit`) or is
+//! shut down through the API; 1 on a guest triple fault or a KVM/VMM error; 2 on an
+//! invalid configuration, before any VM is created.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use vmm::config::{ConfigFile, RebootPolicy, SerialConfig, SerialMode, VmConfig};
+use vmm::console::Console;
+use vmm::vmm::{Vmm, VmmEvent};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Virga's virtual machine monitor: boots one KVM guest."
+)]
+struct Args {
+    /// JSON configuration file; flags override its fields.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Kernel: an ELF vmlinux (PVH entry when present) or a bzImage.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Number of vCPUs (1-32).
+    #[arg(long)]
+    vcpus: Option<u8>,
+    /// Guest memory in MiB.
+    #[arg(long, visible_alias = "memory")]
+    memory_mib: Option<u32>,
+    /// Serial console: stdout, off, pty, or file:PATH.
+    #[arg(long, value_parser = parse_serial)]
+    serial: Option<SerialConfig>,
+    /// Serve the control API on this Unix socket.
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
+    /// What a guest reboot does: exit or restart.
+    #[arg(long, value_parser = parse_reboot)]
+    on_reboot: Option<RebootPolicy>,
+}
+
+fn parse_serial(s: &str) -> Result<SerialConfig, String> {
+    let mode = |mode| SerialConfig { mode, path: None };
+    match s {
+        "stdout" => Ok(mode(SerialMode::Stdout)),
+        "off" => Ok(mode(SerialMode::Off)),
+        "pty" => Ok(mode(SerialMode::Pty)),
+        _ => match s.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(SerialConfig {
+                mode: SerialMode::File,
+                path: Some(path.into()),
+            }),
+            _ => Err("expected stdout, off, pty or file:PATH".into()),
+        },
+    }
+}
+
+fn parse_reboot(s: &str) -> Result<RebootPolicy, String> {
+    match s {
+        "exit" => Ok(RebootPolicy::Exit),
+        "restart" => Ok(RebootPolicy::Restart),
+        _ => Err("expected exit or restart".into()),
+    }
+}
+
+impl Args {
+    fn into_config_file(self) -> (Option<PathBuf>, ConfigFile) {
+        (
+            self.config,
+            ConfigFile {
+                kernel: self.kernel,
+                initramfs: self.initramfs,
+                cmdline: self.cmdline,
+                vcpus: self.vcpus,
+                memory_mib: self.memory_mib,
+                serial: self.serial,
+                api_socket: self.api_socket,
+                on_reboot: self.on_reboot,
+            },
+        )
+    }
+}
+
+const EXIT_INVALID_CONFIG: u8 = 2;
+
+fn load_config(args: Args) -> Result<VmConfig, String> {
+    let (path, flags) = args.into_config_file();
+    let file = match path {
+        Some(p) => ConfigFile::from_path(&p).map_err(|e| e.to_string())?,
+        None => ConfigFile::default(),
+    };
+    let host_mib =
+        vmm::config::host_memory_mib().map_err(|e| format!("reading host memory: {e}"))?;
+    VmConfig::validate(file.overlay(flags), host_mib).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+
+    let config = match load_config(Args::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vmm: invalid configuration: {e}");
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        }
+    };
+    let console = match Console::open(&config.serial) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vmm: invalid configuration: {e}");
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        }
+    };
+    if let Some(pty) = console.pty_path() {
+        eprintln!("vmm: serial console on {pty}");
+    }
+    if let Err(e) = vmm::vcpu::register_kick_signal() {
+        eprintln!("vmm: installing the vCPU kick signal handler: {e}");
+        return ExitCode::FAILURE;
+    }
+
+    let (sender, events) = std::sync::mpsc::channel::<VmmEvent>();
+    let _api = match &config.api_socket {
+        Some(path) => match vmm::api::spawn(path, sender.clone()) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                eprintln!("vmm: invalid configuration: {e}");
+                return ExitCode::from(EXIT_INVALID_CONFIG);
+            }
+        },
+        None => None,
+    };
+
+    match Vmm::new(config, console, events, sender).run() {
+        Ok(outcome) => {
+            let code = outcome.exit_code();
+            if code == 0 {
+                tracing::info!("{}", outcome.describe());
+            } else {
+                eprintln!("vmm: {}", outcome.describe());
+            }
+            ExitCode::from(code)
+        }
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Building a VM is a linear recipe (KVM, memory, irqchip, boot data, devices,
+//! vCPUs), each step failing with its own [`VmError`] variant. The result owns
+//! everything the guest runs on.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::acpi::{AcpiError, AcpiTables};
+use crate::boot::{self, BootError};
+use crate::config::VmConfig;
+use crate::console::Console;
+use crate::cpu::{cpuid, regs};
+use crate::devices::acpi_pm::{self, AcpiPm};
+use crate::devices::i8042::{self, I8042};
+use crate::devices::irq::IrqLine;
+use crate::devices::rtc::{self, Rtc};
+use crate::devices::serial::{self, SerialDevice};
+use crate::devices::{lock, OverlapError, PioBus, PioDevice};
+use crate::layout::ram_regions;
+use crate::metrics::{ExitCounts, VcpuMetrics};
+use crate::vcpu::{ExitSink, GateTimeout, RunGate, Vcpu, VcpuExitReason, VcpuSet};
+
+/// Intel VMX needs a 3-page TSS region inside guest-physical space; it sits in the
+/// MMIO hole, where no RAM is.
+const TSS_ADDR: usize = 0xfffb_d000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("opening /dev/kvm: {0}")]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("KVM lacks {0}, which this VMM needs")]
+    MissingCapability(&'static str),
+    #[error("{what}: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("allocating {mib} MiB of guest memory: {source}")]
+    Memory {
+        mib: u32,
+        source: vm_memory::mmap::FromRangesError,
+    },
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error("vCPU {id}: {source}")]
+    VcpuSetup { id: u8, source: regs::RegsError },
+    #[error("creating device interrupt: {0}")]
+    Irq(std::io::Error),
+    #[error(transparent)]
+    Bus(#[from] OverlapError),
+    #[error("starting vCPU thread: {0}")]
+    SpawnVcpu(std::io::Error),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// A VM whose vCPUs are running.
+pub struct Vm {
+    // Field order is drop order: vCPU threads are stopped explicitly before the VM
+    // and memory go away (see `stop`).
+    vcpus: Option<VcpuSet>,
+    i8042: Arc<Mutex<I8042>>,
+    metrics: Vec<Arc<VcpuMetrics>>,
+    started: Instant,
+    _memory: GuestMemoryMmap,
+    _vm: VmFd,
+    _kvm: Kvm,
+}
+
+impl Vm {
+    /// Builds and starts a VM. `on_exit` hears from any vCPU that stops on its own.
+    pub fn start(
+        config: &VmConfig,
+        console: &Console,
+        on_exit: impl Fn(u8, VcpuExitReason) + Send + Clone + 'static,
+    ) -> Result<Vm, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        for (cap, name) in [
+            (Cap::Irqchip, "an in-kernel irqchip"),
+            (Cap::UserMemory, "user memory regions"),
+            (Cap::Irqfd, "irqfd"),
+            (Cap::Pit2, "an in-kernel PIT"),
+            (Cap::ExtCpuid, "KVM_GET_SUPPORTED_CPUID"),
+            (Cap::ImmediateExit, "immediate_exit"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::MissingCapability(name));
+            }
+        }
+
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        vm.set_tss_address(TSS_ADDR)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        // The dummy speaker lets KVM answer port 0x61 itself.
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+        let memory = create_memory(&vm, config)?;
+
+        let acpi = AcpiTables::build(config.vcpus)?;
+        acpi.write_to(&memory)?;
+        let entry = boot::load(&memory, config, acpi.rsdp_addr)?;
+        regs::write_boot_tables(&memory, entry.mode)
+            .map_err(|source| VmError::VcpuSetup { id: 0, source })?;
+
+        let (pio, i8042) = create_devices(&vm, console)?;
+        let pio = Arc::new(pio);
+
+        let base_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        let gate = Arc::new(RunGate::new(usize::from(config.vcpus)));
+        let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+        let mut metrics = Vec::with_capacity(usize::from(config.vcpus));
+        for id in 0..config.vcpus {
+            let fd = vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let mut cpuid = base_cpuid.clone();
+            cpuid::customize(&mut cpuid, id, config.vcpus, tsc_deadline);
+            let setup = |source| VmError::VcpuSetup { id, source };
+            fd.set_cpuid2(&cpuid).map_err(|source| {
+                setup(regs::RegsError::Kvm {
+                    what: "KVM_SET_CPUID2",
+                    source,
+                })
+            })?;
+            regs::setup_fpu_and_msrs(&fd).map_err(setup)?;
+            regs::setup_lapic(&fd).map_err(setup)?;
+            // Application processors wait for INIT/SIPI from the boot CPU; KVM
+            // resets their registers then, so only the boot CPU gets boot state.
+            if id == 0 {
+                regs::setup_boot_vcpu(
+                    &fd,
+                    entry.mode,
+                    entry.entry,
+                    crate::layout::PVH_START_INFO_ADDR,
+                )
+                .map_err(setup)?;
+            }
+            let m = Arc::new(VcpuMetrics::default());
+            metrics.push(m.clone());
+            let sink = on_exit.clone();
+            vcpus.push(Vcpu {
+                id,
+                fd,
+                pio: pio.clone(),
+                gate: gate.clone(),
+                metrics: m,
+                on_exit: Box::new(sink) as ExitSink,
+            });
+        }
+
+        let started = Instant::now();
+        let mut threads = Vec::with_capacity(vcpus.len());
+        let mut spawn_error = None;
+        for v in vcpus {
+            match v.spawn() {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    spawn_error = Some(e);
+                    break;
+                }
+            }
+        }
+        let set = VcpuSet::new(gate, threads);
+        if let Some(e) = spawn_error {
+            set.stop();
+            return Err(VmError::SpawnVcpu(e));
+        }
+        Ok(Vm {
+            vcpus: Some(set),
+            i8042,
+            metrics,
+            started,
+            _memory: memory,
+            _vm: vm,
+            _kvm: kvm,
+        })
+    }
+
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    pub fn pause(&self) -> Result<(), GateTimeout> {
+        match &self.vcpus {
+            Some(v) => v.pause(std::time::Duration::from_secs(2)),
+            None => Ok(()),
+        }
+    }
+
+    pub fn resume(&self) {
+        if let Some(v) = &self.vcpus {
+            v.resume();
+        }
+    }
+
+    /// Asks the guest to shut down, the way a user at its keyboard would.
+    pub fn request_shutdown(&self) {
+        lock(&self.i8042).send_ctrl_alt_del();
+    }
+
+    pub fn exit_counts(&self) -> Vec<ExitCounts> {
+        self.metrics.iter().map(|m| m.snapshot()).collect()
+    }
+
+    /// Stops the vCPUs; the guest is gone after this.
+    pub fn stop(&mut self) {
+        if let Some(v) = self.vcpus.take() {
+            v.stop();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn create_memory(vm: &VmFd, config: &VmConfig) -> Result<GuestMemoryMmap, VmError> {
+    let ranges: Vec<(GuestAddress, usize)> = ram_regions(config.memory_bytes())
+        .into_iter()
+        .map(|(start, len)| (GuestAddress(start), len as usize))
+        .collect();
+    let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmError::Memory {
+        mib: config.memory_mib,
+        source,
+    })?;
+    for (slot, region) in memory.iter().enumerate() {
+        let mapping = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region is a live anonymous mapping of exactly `memory_size`
+        // bytes owned by `memory`, which the returned Vm keeps alive for as long as
+        // the KVM VM (and so the slot) exists.
+        unsafe { vm.set_user_memory_region(mapping) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(memory)
+}
+
+fn irq_line(vm: &VmFd, gsi: u32) -> Result<IrqLine, VmError> {
+    let line = IrqLine::new(gsi).map_err(VmError::Irq)?;
+    vm.register_irqfd(line.eventfd(), gsi)
+        .map_err(kvm_err("KVM_IRQFD"))?;
+    Ok(line)
+}
+
+fn create_devices(vm: &VmFd, console: &Console) -> Result<(PioBus, Arc<Mutex<I8042>>), VmError> {
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        irq_line(vm, serial::COM1_GSI)?,
+        console.writer(),
+    )));
+    console.attach_input(serial.clone());
+    let i8042 = Arc::new(Mutex::new(I8042::new(irq_line(vm, i8042::GSI)?)));
+
+    let mut pio = PioBus::default();
+    pio.insert(
+        serial::COM1_BASE,
+        serial::COM1_LEN,
+        serial as Arc<Mutex<dyn PioDevice>>,
+    )?;
+    pio.insert(
+        i8042::BASE,
+        i8042::LEN,
+        i8042.clone() as Arc<Mutex<dyn PioDevice>>,
+    )?;
+    pio.insert(rtc::BASE, rtc::LEN, Arc::new(Mutex::new(Rtc::default())))?;
+    pio.insert(acpi_pm::BASE, acpi_pm::LEN, Arc::new(Mutex::new(AcpiPm)))?;
+    Ok((pio, i8042))
+}

@@ -1,0 +1,222 @@
+//! The VMM's control loop: it owns the VM, hears from vCPUs and the API on one
+//! channel, and decides how the process ends.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::Instant;
+
+use hyper::StatusCode;
+
+use crate::api::{ApiMessage, ApiReply, ApiRequest, MetricsReport, VmInfo, VmState};
+use crate::config::{RebootPolicy, VmConfig};
+use crate::console::Console;
+use crate::metrics::{process_memory, ExitCounts};
+use crate::vcpu::VcpuExitReason;
+use crate::vm::{Vm, VmError};
+
+pub enum VmmEvent {
+    VcpuExit {
+        /// Which boot of the VM the vCPU belonged to; stale ones are ignored.
+        boot: u64,
+        vcpu: u8,
+        reason: VcpuExitReason,
+    },
+    Api(ApiMessage),
+}
+
+/// How the VMM ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest powered itself off.
+    PowerOff,
+    /// The guest rebooted and the policy is to exit.
+    Reboot,
+    /// The guest shut down when asked through the API.
+    ShutDown,
+    /// The guest ignored the shutdown request; the VMM stopped it.
+    ShutdownTimedOut,
+    TripleFault {
+        vcpu: u8,
+    },
+    Error(String),
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::PowerOff | Outcome::Reboot | Outcome::ShutDown | Outcome::ShutdownTimedOut => {
+                0
+            }
+            Outcome::TripleFault { .. } | Outcome::Error(_) => 1,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Outcome::PowerOff => "guest powered off".into(),
+            Outcome::Reboot => "guest rebooted; exiting (on_reboot: exit)".into(),
+            Outcome::ShutDown => "guest shut down on request".into(),
+            Outcome::ShutdownTimedOut => "guest did not shut down in time; stopped it".into(),
+            Outcome::TripleFault { vcpu } => {
+                format!("guest triple fault on vCPU {vcpu} (KVM_EXIT_SHUTDOWN)")
+            }
+            Outcome::Error(e) => e.clone(),
+        }
+    }
+}
+
+pub struct Vmm {
+    config: VmConfig,
+    console: Console,
+    events: Receiver<VmmEvent>,
+    sender: Sender<VmmEvent>,
+    boots: u64,
+}
+
+impl Vmm {
+    pub fn new(
+        config: VmConfig,
+        console: Console,
+        events: Receiver<VmmEvent>,
+        sender: Sender<VmmEvent>,
+    ) -> Self {
+        Vmm {
+            config,
+            console,
+            events,
+            sender,
+            boots: 0,
+        }
+    }
+
+    /// Boots the guest (again, on reboot, if the policy says so) until it ends.
+    pub fn run(mut self) -> Result<Outcome, VmError> {
+        loop {
+            self.boots += 1;
+            let boot = self.boots;
+            let sender = self.sender.clone();
+            let mut vm = Vm::start(&self.config, &self.console, move |vcpu, reason| {
+                // The receiver outlives every VM; a send can only fail at exit.
+                let _ = sender.send(VmmEvent::VcpuExit { boot, vcpu, reason });
+            })?;
+            tracing::info!(boot, "guest started");
+            let outcome = self.drive(&mut vm);
+            vm.stop();
+            match outcome {
+                Outcome::Reboot if self.config.on_reboot == RebootPolicy::Restart => {
+                    tracing::info!("guest rebooted; restarting it");
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    fn drive(&self, vm: &mut Vm) -> Outcome {
+        let mut state = VmState::Running;
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let event = match deadline {
+                Some(d) => match self
+                    .events
+                    .recv_timeout(d.saturating_duration_since(Instant::now()))
+                {
+                    Ok(e) => e,
+                    Err(RecvTimeoutError::Timeout) => return Outcome::ShutdownTimedOut,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        return Outcome::Error("control channel closed".into())
+                    }
+                },
+                None => match self.events.recv() {
+                    Ok(e) => e,
+                    Err(_) => return Outcome::Error("control channel closed".into()),
+                },
+            };
+            match event {
+                VmmEvent::VcpuExit { boot, .. } if boot != self.boots => {}
+                VmmEvent::VcpuExit { vcpu, reason, .. } => {
+                    let shutting_down = state == VmState::ShuttingDown;
+                    return match reason {
+                        VcpuExitReason::PowerOff | VcpuExitReason::Reboot if shutting_down => {
+                            Outcome::ShutDown
+                        }
+                        VcpuExitReason::PowerOff => Outcome::PowerOff,
+                        VcpuExitReason::Reboot => Outcome::Reboot,
+                        VcpuExitReason::TripleFault => Outcome::TripleFault { vcpu },
+                        VcpuExitReason::Error(e) => Outcome::Error(format!("vCPU {vcpu}: {e}")),
+                    };
+                }
+                VmmEvent::Api((request, reply)) => {
+                    let answer = self.answer(vm, request, &mut state, &mut deadline);
+                    // The client may have gone away; the state change stands.
+                    let _ = reply.send(answer);
+                }
+            }
+        }
+    }
+
+    fn answer(
+        &self,
+        vm: &Vm,
+        request: ApiRequest,
+        state: &mut VmState,
+        deadline: &mut Option<Instant>,
+    ) -> ApiReply {
+        let conflict = |what: &str| {
+            ApiReply::Error(
+                StatusCode::CONFLICT,
+                format!("cannot {what}: the guest is shutting down"),
+            )
+        };
+        match request {
+            ApiRequest::Describe => ApiReply::Info(Box::new(VmInfo {
+                state: *state,
+                uptime_ms: vm.uptime().as_millis() as u64,
+                boots: self.boots,
+                config: self.config.clone(),
+            })),
+            ApiRequest::Metrics => {
+                let per_vcpu = vm.exit_counts();
+                ApiReply::Metrics(MetricsReport {
+                    uptime_ms: vm.uptime().as_millis() as u64,
+                    vcpu_exits: per_vcpu
+                        .iter()
+                        .copied()
+                        .fold(ExitCounts::default(), |a, b| a + b),
+                    per_vcpu_exits: per_vcpu,
+                    memory: process_memory(),
+                    guest_memory_kib: self.config.memory_bytes() >> 10,
+                })
+            }
+            ApiRequest::SetState(_) if *state == VmState::ShuttingDown => conflict("change state"),
+            ApiRequest::SetState(VmState::Paused) => {
+                if *state == VmState::Running {
+                    if let Err(e) = vm.pause() {
+                        vm.resume();
+                        return ApiReply::Error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+                    }
+                    *state = VmState::Paused;
+                    tracing::info!("guest paused");
+                }
+                ApiReply::NoContent
+            }
+            ApiRequest::SetState(_) => {
+                if *state == VmState::Paused {
+                    vm.resume();
+                    *state = VmState::Running;
+                    tracing::info!("guest resumed");
+                }
+                ApiReply::NoContent
+            }
+            ApiRequest::Shutdown { .. } if *state == VmState::ShuttingDown => conflict("shut down"),
+            ApiRequest::Shutdown { timeout } => {
+                if *state == VmState::Paused {
+                    vm.resume();
+                }
+                vm.request_shutdown();
+                *state = VmState::ShuttingDown;
+                *deadline = Some(Instant::now() + timeout);
+                tracing::info!(?timeout, "shutdown requested");
+                ApiReply::Accepted
+            }
+        }
+    }
+}
