@@ -1,0 +1,184 @@
+//! The boot benchmark and boot-time regression check.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use virga_guest_images::initramfs::BOOT_MARKER;
+use virga_testbed::{Scenario, Testbed};
+
+use crate::measure::{Sample, SAMPLE_PREFIX};
+use crate::report::{Report, Row};
+use crate::workspace;
+
+const GUEST_MIB: u64 = 256;
+/// Same for every system: quiet console, no i8042 AUX/mux probing.
+const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.dumbkbd";
+const PEER: &str = "qemu-microvm";
+const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+
+/// (system, command) with `$BIN`/`$GUEST` left for the scenario's shell.
+fn systems() -> Vec<(&'static str, String)> {
+    let initrd = "$GUEST/boot-initramfs.cpio";
+    let vmm = |kernel: &str| {
+        format!(
+            "$BIN/vmm --kernel $GUEST/{kernel} --initramfs {initrd} --vcpus 1 --memory-mib {GUEST_MIB} --cmdline \"$CMDLINE\""
+        )
+    };
+    let qemu = |machine: &str, kernel: &str| {
+        format!(
+            "$BIN/qemu-system-x86_64 -M {machine} -enable-kvm -cpu host -smp 1 -m {GUEST_MIB} \
+             -nodefaults -no-user-config -display none -serial stdio -no-reboot \
+             -kernel $GUEST/{kernel} -initrd {initrd} -append \"$CMDLINE\""
+        )
+    };
+    vec![
+        ("virga", vmm("vmlinux")),
+        ("virga-bzimage", vmm("bzImage")),
+        ("qemu-microvm", qemu("microvm,rtc=on", "vmlinux")),
+        ("qemu-pc", qemu("pc", "bzImage")),
+    ]
+}
+
+fn script(runs: u32) -> String {
+    let mut s = format!("CMDLINE='{CMDLINE}'\nfailed=0\nfor round in $(seq {runs}); do\n");
+    // Systems take turns within each round, so drift in the testbed hits all alike.
+    for (system, command) in systems() {
+        s.push_str(&format!(
+            "  $BIN/virga-bench measure --system {system} --marker {BOOT_MARKER} --guest-mib {GUEST_MIB} -- {command} || failed=1\n"
+        ));
+    }
+    s.push_str("done\nexit $failed\n");
+    s
+}
+
+#[derive(Deserialize)]
+struct Baseline {
+    max_boot_ratio_vs_qemu_microvm: f64,
+}
+
+fn host_cpu() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+pub fn run(runs: u32, check: bool) -> Result<()> {
+    let images = std::env::var_os("VIRGA_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/images"));
+    let vmm = std::env::var_os("VIRGA_VMM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/release/vmm"));
+    let me = std::env::current_exe().context("locating virga-bench")?;
+    let testbed = Testbed::new(&images)?;
+    let scenario = Scenario::new("bench-boot", &script(runs))
+        .binary(vmm)
+        .binary(me)
+        .binary(QEMU)
+        .host_path("/usr/share/qemu")
+        .host_path("/usr/share/seabios")
+        .timeout(Duration::from_secs(120 + 60 * u64::from(runs)));
+    eprintln!(
+        "bench boot: {runs} runs of {} systems ({})",
+        systems().len(),
+        testbed.mode().as_str()
+    );
+    let outcome = testbed.run(&scenario)?;
+
+    let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
+    for line in outcome.output.lines() {
+        if let Some(json) = line
+            .find(SAMPLE_PREFIX)
+            .map(|i| &line[i + SAMPLE_PREFIX.len()..])
+        {
+            let s: Sample = serde_json::from_str(json).context("parsing a sample")?;
+            samples.entry(s.system.clone()).or_default().push(s);
+        }
+    }
+    if !outcome.success() || samples.len() != systems().len() {
+        bail!(
+            "benchmark scenario failed (status {}); output:\n{}",
+            outcome.status,
+            virga_testbed::tail(&outcome.output, 40)
+        );
+    }
+
+    let mut rows = Vec::new();
+    for (system, _) in systems() {
+        let s = &samples[system];
+        let pick = |f: fn(&Sample) -> f64| s.iter().map(f).collect::<Vec<_>>();
+        rows.extend(Row::from_samples(
+            system,
+            "boot_ms",
+            "ms",
+            &pick(|x| x.boot_ms),
+        ));
+        rows.extend(Row::from_samples(
+            system,
+            "peak_rss_kib",
+            "KiB",
+            &pick(|x| x.peak_rss_kib as f64),
+        ));
+        rows.extend(Row::from_samples(
+            system,
+            "overhead_kib",
+            "KiB",
+            &pick(|x| x.overhead_kib as f64),
+        ));
+    }
+    let report = Report {
+        bench: "boot".into(),
+        host: format!("{} ({})", host_cpu(), testbed.mode().as_str()),
+        rows,
+    };
+    let path = report.write(&workspace().join("target/bench"))?;
+    println!("{}", report.host);
+    print!("{}", report.table(PEER));
+    println!("written to {}", path.display());
+
+    let ratio = report
+        .ratio("virga", PEER, "boot_ms")
+        .context("no boot time for virga or its peer")?;
+    if check {
+        let baseline: Baseline = serde_json::from_slice(
+            &std::fs::read(workspace().join("benches/baselines/boot.json"))
+                .context("reading benches/baselines/boot.json")?,
+        )?;
+        if ratio > baseline.max_boot_ratio_vs_qemu_microvm {
+            bail!(
+                "boot-time regression: virga takes {ratio:.2}x QEMU microvm's boot time, above the tolerance of {:.2}x",
+                baseline.max_boot_ratio_vs_qemu_microvm
+            );
+        }
+        println!(
+            "check passed: virga boots in {ratio:.2}x QEMU microvm's time (tolerance {:.2}x)",
+            baseline.max_boot_ratio_vs_qemu_microvm
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_runs_every_system_each_round() {
+        let s = script(3);
+        assert!(s.contains("seq 3"));
+        for (system, _) in systems() {
+            assert_eq!(s.matches(&format!("--system {system} ")).count(), 1);
+        }
+        assert!(s.contains("-M microvm,rtc=on"));
+    }
+}

@@ -1,0 +1,121 @@
+//! `virga-bench measure`: runs inside the testbed (or natively), starts one VMM,
+//! and times it from process start to the guest's marker line.
+//!
+//! It also samples the VMM's overhead when the marker appears (resident memory
+//! outside the guest-RAM mapping) and takes the peak RSS from wait4's rusage.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// One VMM run, printed as a JSON line prefixed with [`SAMPLE_PREFIX`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Sample {
+    pub system: String,
+    pub boot_ms: f64,
+    pub overhead_kib: u64,
+    pub peak_rss_kib: u64,
+    pub exit_ok: bool,
+}
+
+pub const SAMPLE_PREFIX: &str = "VIRGA-BENCH-SAMPLE ";
+
+pub fn run(system: &str, marker: &str, guest_mib: u64, command: &[String]) -> Result<()> {
+    let (program, args) = command.split_first().context("no command to measure")?;
+    let started = Instant::now();
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {program}"))?;
+    let pid = child.id();
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut boot_ms = None;
+    let mut overhead_kib = 0;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap_or_default();
+        if boot_ms.is_none() && line.contains(marker) {
+            boot_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+            overhead_kib = overhead(pid, guest_mib).unwrap_or(0);
+            println!("{line}");
+        }
+    }
+    let (status, peak_rss_kib) = wait_with_rusage(pid)?;
+    let Some(boot_ms) = boot_ms else {
+        bail!("{system}: no marker line (exit status {status})");
+    };
+    let sample = Sample {
+        system: system.to_owned(),
+        boot_ms,
+        overhead_kib,
+        peak_rss_kib,
+        exit_ok: status == 0,
+    };
+    println!("{SAMPLE_PREFIX}{}", serde_json::to_string(&sample)?);
+    Ok(())
+}
+
+/// RSS of the process minus the RSS of mappings at least as large as guest RAM.
+fn overhead(pid: u32, guest_mib: u64) -> Option<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    Some(overhead_from_smaps(&smaps, guest_mib << 10))
+}
+
+pub fn overhead_from_smaps(smaps: &str, guest_kib: u64) -> u64 {
+    let kib = |line: &str, key: &str| -> Option<u64> {
+        line.strip_prefix(key)?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    let (mut total, mut guest) = (0, 0);
+    let mut in_guest_ram = false;
+    for line in smaps.lines() {
+        if let Some(size) = kib(line, "Size:") {
+            in_guest_ram = size >= guest_kib;
+        } else if let Some(rss) = kib(line, "Rss:") {
+            total += rss;
+            if in_guest_ram {
+                guest += rss;
+            }
+        }
+    }
+    total - guest
+}
+
+fn wait_with_rusage(pid: u32) -> Result<(i32, u64)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data that wait4 fills in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our own child; status and usage are valid for writes.
+    let rc = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    if rc < 0 {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    Ok((code, usage.ru_maxrss as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overhead_excludes_guest_ram_mappings() {
+        let smaps = "7f00-7f10 rw-p 0 00:00 0\nSize:  262144 kB\nRss:  80000 kB\n\
+                     5500-5600 r-xp 0 00:00 0 /bin/vmm\nSize:  1024 kB\nRss:  900 kB\n\
+                     7ff0-7ff1 rw-p 0 00:00 0 [heap]\nSize:  512 kB\nRss:  300 kB\n";
+        assert_eq!(overhead_from_smaps(smaps, 256 << 10), 1200);
+    }
+}

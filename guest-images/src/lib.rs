@@ -1,0 +1,196 @@
+//! Guest artifacts built from Debian packages: the kernel (bzImage as shipped, its
+//! modules, and the ELF vmlinux cut out of it) and a boot-test initramfs.
+//!
+//! Package versions are resolved when building (the archive drops superseded
+//! kernels, so pins rot) and recorded with output checksums in `manifest.json`.
+//! A build whose inputs match the manifest is skipped.
+
+pub mod cpio_archive;
+pub mod debian;
+pub mod initramfs;
+pub mod manifest;
+pub mod modules;
+pub mod vmlinux;
+
+use std::path::{Path, PathBuf};
+
+pub use manifest::Manifest;
+
+/// Bumped whenever what we build from the same packages changes.
+pub const BUILDER_REVISION: u32 = 2;
+
+/// The metapackage that always depends on the current cloud kernel.
+pub const KERNEL_METAPACKAGE: &str = "linux-image-cloud-amd64";
+pub const BUSYBOX_PACKAGE: &str = "busybox-static";
+
+/// The modules the boot-test initramfs loads (with their dependencies).
+pub const BOOT_TEST_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "virtio_net", "virtio-rng"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{0}")]
+    Debian(#[from] debian::DebianError),
+    #[error("extracting vmlinux: {0}")]
+    Vmlinux(#[from] vmlinux::VmlinuxError),
+    #[error("kernel modules: {0}")]
+    Modules(#[from] modules::ModuleError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("manifest {path}: {source}")]
+    Manifest {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("no guest images in {0}: run `cargo xtask images` first")]
+    NotBuilt(PathBuf),
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Built artifacts and where they are.
+#[derive(Clone, Debug)]
+pub struct ImageSet {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl ImageSet {
+    pub fn bzimage(&self) -> PathBuf {
+        self.dir.join(manifest::BZIMAGE)
+    }
+    pub fn vmlinux(&self) -> PathBuf {
+        self.dir.join(manifest::VMLINUX)
+    }
+    pub fn boot_initramfs(&self) -> PathBuf {
+        self.dir.join(manifest::BOOT_INITRAMFS)
+    }
+    /// Where the kernel package was unpacked (holds `lib/modules/RELEASE`).
+    pub fn kernel_root(&self) -> PathBuf {
+        self.dir.join("kernel").join(&self.manifest.kernel_release)
+    }
+    pub fn busybox(&self) -> PathBuf {
+        self.dir.join("busybox")
+    }
+    pub fn modules(&self) -> Result<modules::ModuleIndex, ImageError> {
+        Ok(modules::ModuleIndex::load(
+            &self.kernel_root(),
+            &self.manifest.kernel_release,
+        )?)
+    }
+}
+
+/// Loads what an earlier [`build`] left in `dir`.
+pub fn load(dir: &Path) -> Result<ImageSet, ImageError> {
+    let manifest = Manifest::read(dir)?.ok_or_else(|| ImageError::NotBuilt(dir.to_owned()))?;
+    let set = ImageSet {
+        dir: dir.to_owned(),
+        manifest,
+    };
+    if !set.manifest.artifacts_present(dir) {
+        return Err(ImageError::NotBuilt(dir.to_owned()));
+    }
+    Ok(set)
+}
+
+/// Builds (or reuses) every guest artifact under `dir`. `log` hears what happens.
+pub fn build(dir: &Path, log: &dyn Fn(&str)) -> Result<ImageSet, ImageError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let cached = Manifest::read(dir).ok().flatten();
+
+    let inputs = match debian::resolve_inputs() {
+        Ok(inputs) => inputs,
+        Err(e) => match cached {
+            // Offline, or the package index is unavailable: what we built still works.
+            Some(m) if m.artifacts_present(dir) => {
+                log(&format!(
+                    "cannot resolve packages ({e}); using the images built before"
+                ));
+                return Ok(ImageSet {
+                    dir: dir.to_owned(),
+                    manifest: m,
+                });
+            }
+            _ => return Err(e.into()),
+        },
+    };
+    if let Some(m) = cached {
+        if m.inputs == inputs && m.artifacts_present(dir) {
+            log(&format!(
+                "guest images up to date ({} {})",
+                inputs.kernel_package, inputs.kernel_version
+            ));
+            return Ok(ImageSet {
+                dir: dir.to_owned(),
+                manifest: m,
+            });
+        }
+    }
+
+    log(&format!(
+        "building guest images from {} {} and {} {}",
+        inputs.kernel_package, inputs.kernel_version, BUSYBOX_PACKAGE, inputs.busybox_version
+    ));
+    let debs = dir.join("debs");
+    let kernel_deb = debian::download(&inputs.kernel_package, &inputs.kernel_version, &debs)?;
+    let busybox_deb = debian::download(BUSYBOX_PACKAGE, &inputs.busybox_version, &debs)?;
+
+    let unpack = dir.join("unpack");
+    let _ = std::fs::remove_dir_all(&unpack);
+    debian::extract(&kernel_deb, &unpack)?;
+    let release = debian::kernel_release(&unpack)?;
+    let kernel_root = dir.join("kernel").join(&release);
+    let _ = std::fs::remove_dir_all(&kernel_root);
+    std::fs::create_dir_all(kernel_root.parent().unwrap_or(dir)).map_err(io_err(dir))?;
+    std::fs::rename(&unpack, &kernel_root).map_err(io_err(&kernel_root))?;
+    debian::depmod(&kernel_root, &release)?;
+
+    let bzimage = dir.join(manifest::BZIMAGE);
+    std::fs::copy(
+        kernel_root.join(format!("boot/vmlinuz-{release}")),
+        &bzimage,
+    )
+    .map_err(io_err(&bzimage))?;
+    let vmlinux = dir.join(manifest::VMLINUX);
+    let image = std::fs::read(&bzimage).map_err(io_err(&bzimage))?;
+    let elf = vmlinux::extract(&image)?;
+    write_atomically(&vmlinux, &elf)?;
+
+    let bb_root = dir.join("busybox-unpack");
+    let _ = std::fs::remove_dir_all(&bb_root);
+    debian::extract(&busybox_deb, &bb_root)?;
+    let busybox = dir.join("busybox");
+    std::fs::copy(bb_root.join("bin/busybox"), &busybox).map_err(io_err(&busybox))?;
+    let _ = std::fs::remove_dir_all(&bb_root);
+
+    let index = modules::ModuleIndex::load(&kernel_root, &release)?;
+    let boot_initramfs = dir.join(manifest::BOOT_INITRAMFS);
+    let archive = initramfs::boot_test(&busybox, &index, BOOT_TEST_MODULES)?;
+    write_atomically(&boot_initramfs, &archive)?;
+
+    let manifest = Manifest::new(inputs, release, dir)?;
+    manifest.write(dir)?;
+    log(&format!("guest images written to {}", dir.display()));
+    Ok(ImageSet {
+        dir: dir.to_owned(),
+        manifest,
+    })
+}
+
+/// Temp file, fsync, rename: a crash never leaves a half-written artifact under the
+/// final name.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}

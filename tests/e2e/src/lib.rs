@@ -1,0 +1,117 @@
+//! Helpers for the end-to-end tests: where the binaries and images are, running a
+//! scenario, and reading the guest's boot marker.
+//!
+//! `cargo xtask test` builds everything and sets `VIRGA_VMM_BIN` and `VIRGA_IMAGES`;
+//! without them the tests look in `target/release` and `target/images`.
+
+use std::path::{Path, PathBuf};
+
+use virga_testbed::{Outcome, Scenario, Testbed};
+
+pub use virga_guest_images::initramfs::BOOT_MARKER;
+
+/// The guest command line every test boots with: quiet, so serial output (one exit
+/// per byte) does not dominate; no AUX/mux probing of the i8042.
+pub const CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.dumbkbd";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn from_env_or(var: &str, default: PathBuf) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or(default)
+}
+
+pub fn vmm_bin() -> PathBuf {
+    from_env_or("VIRGA_VMM_BIN", workspace().join("target/release/vmm"))
+}
+
+pub fn vmmctl_bin() -> PathBuf {
+    vmm_bin().with_file_name("vmmctl")
+}
+
+pub fn images_dir() -> PathBuf {
+    from_env_or("VIRGA_IMAGES", workspace().join("target/images"))
+}
+
+pub fn testbed() -> Testbed {
+    Testbed::new(&images_dir())
+        .unwrap_or_else(|e| panic!("no testbed: {e} (run the tests with `cargo xtask test`)"))
+}
+
+/// Runs `script` with the vmm and vmmctl in `$BIN` and `$CMDLINE` set; prints what
+/// it printed (the guest's console shows in the test log) and returns the outcome.
+pub fn run(name: &str, script: &str) -> Outcome {
+    let script = format!("CMDLINE='{CMDLINE}'\n{script}");
+    let scenario = Scenario::new(name, &script)
+        .binary(vmm_bin())
+        .binary(vmmctl_bin());
+    let tb = testbed();
+    let outcome = tb
+        .run(&scenario)
+        .unwrap_or_else(|e| panic!("scenario {name} did not complete: {e}"));
+    println!(
+        "--- scenario {name} ({}, {} attempt(s), {:.1} s, exit {}) ---\n{}",
+        outcome.mode.as_str(),
+        outcome.attempts,
+        outcome.duration.as_secs_f64(),
+        outcome.status,
+        outcome.output
+    );
+    outcome
+}
+
+/// What the boot-test init reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Marker {
+    pub uptime_s: f64,
+    pub cpus: u32,
+    pub memtotal_kib: u64,
+}
+
+pub fn markers(output: &str) -> Vec<Marker> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let rest = &line[line.find(BOOT_MARKER)? + BOOT_MARKER.len()..];
+            let field = |name: &str| {
+                rest.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            };
+            Some(Marker {
+                uptime_s: field("uptime_s")?.parse().ok()?,
+                cpus: field("cpus")?.parse().ok()?,
+                memtotal_kib: field("memtotal_kib")?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The value of `KEY=value` on the line that starts with `KEY=`.
+pub fn value<'a>(output: &'a str, key: &str) -> Option<&'a str> {
+    output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+        .map(str::trim)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_markers_and_values() {
+        let out = "x\nVIRGA-BOOT-OK uptime_s=1.25 cpus=2 memtotal_kib=223516\nRC=0\n";
+        assert_eq!(
+            markers(out),
+            vec![Marker {
+                uptime_s: 1.25,
+                cpus: 2,
+                memtotal_kib: 223516
+            }]
+        );
+        assert_eq!(value(out, "RC"), Some("0"));
+        assert!(markers("VIRGA-BOOT-OK cpus=x").is_empty());
+    }
+}

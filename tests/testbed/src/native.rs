@@ -1,0 +1,48 @@
+//! Running a scenario directly on the host.
+
+use std::process::Command;
+use std::time::Instant;
+
+use virga_guest_images::ImageSet;
+
+use crate::{io_error, Mode, Outcome, Scenario, TestbedError};
+
+pub fn run(images: &ImageSet, scenario: &Scenario) -> Result<Outcome, TestbedError> {
+    let temp = tempfile::tempdir().map_err(io_error(scenario, "creating a work directory"))?;
+    let bin = temp.path().join("bin");
+    let work = temp.path().join("work");
+    for dir in [&bin, &work] {
+        std::fs::create_dir_all(dir).map_err(io_error(scenario, "creating a work directory"))?;
+    }
+    for b in &scenario.binaries {
+        let name = b.file_name().unwrap_or_default();
+        std::os::unix::fs::symlink(b, bin.join(name))
+            .map_err(io_error(scenario, format!("linking {}", b.display())))?;
+    }
+    let started = Instant::now();
+    let output = Command::new("timeout")
+        .arg("--kill-after=5")
+        .arg(scenario.timeout.as_secs().to_string())
+        .args(["sh", "-c", &format!("exec 2>&1\n{}", scenario.script)])
+        .env("BIN", &bin)
+        .env("GUEST", &images.dir)
+        .env("WORK", &work)
+        .output()
+        .map_err(io_error(scenario, "running the scenario"))?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let status = output.status.code().unwrap_or(-1);
+    if status == 124 || status == 137 {
+        return Err(TestbedError::Timeout {
+            scenario: scenario.name.clone(),
+            timeout: scenario.timeout,
+            tail: crate::tail(&text, 30),
+        });
+    }
+    Ok(Outcome {
+        status,
+        output: text,
+        mode: Mode::Native,
+        attempts: 1,
+        duration: started.elapsed(),
+    })
+}

@@ -1,0 +1,330 @@
+//! Running a scenario in an L1 VM under QEMU TCG.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use virga_guest_images::cpio_archive::Archive;
+use virga_guest_images::modules::module_name;
+use virga_guest_images::ImageSet;
+
+use crate::{
+    io_error, parse_console, tail, Mode, Outcome, Scenario, TestbedError, EXIT_MARKER, HEARTBEAT,
+    HEARTBEAT_LINE,
+};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+/// Enough for the initramfs (binaries, guest kernel) plus several L2 guests.
+const L1_MEMORY_MIB: u32 = 3072;
+/// Loaded in every testbed, after the vendor's KVM module.
+const L1_MODULES: &[&str] = &["tun", "vhost_net"];
+/// One of these drives KVM, by CPU vendor (TCG's `-cpu max` is AMD).
+const L1_KVM_MODULES: &[&str] = &["kvm-amd", "kvm-intel"];
+
+enum Attempt {
+    Finished(Outcome),
+    Hung(String),
+}
+
+pub fn run(
+    images: &ImageSet,
+    scenario: &Scenario,
+    silence: Duration,
+) -> Result<Outcome, TestbedError> {
+    let temp = tempfile::tempdir().map_err(io_error(scenario, "creating a temp directory"))?;
+    let initramfs = temp.path().join("testbed.cpio");
+    build_initramfs(images, scenario, &initramfs)?;
+    match attempt(images, scenario, &initramfs, silence, 1)? {
+        Attempt::Finished(outcome) => Ok(outcome),
+        Attempt::Hung(console) => {
+            eprintln!(
+                "testbed {}: HUNG (console silent for {silence:?}); killed it, retrying in a fresh testbed\n{}",
+                scenario.name,
+                tail(&console, 10)
+            );
+            match attempt(images, scenario, &initramfs, silence, 2)? {
+                Attempt::Finished(outcome) => Ok(outcome),
+                Attempt::Hung(console) => Err(TestbedError::Hung {
+                    scenario: scenario.name.clone(),
+                    silence,
+                    tail: tail(&console, 30),
+                }),
+            }
+        }
+    }
+}
+
+/// Kills QEMU however the run ends.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn attempt(
+    images: &ImageSet,
+    scenario: &Scenario,
+    initramfs: &Path,
+    silence: Duration,
+    attempt: u32,
+) -> Result<Attempt, TestbedError> {
+    let started = Instant::now();
+    let mut child = ChildGuard(
+        Command::new(QEMU)
+            .args(["-accel", "tcg", "-cpu", "max", "-smp", "1"])
+            .args(["-m", &L1_MEMORY_MIB.to_string()])
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+            ])
+            .args(["-serial", "stdio", "-monitor", "none"])
+            .arg("-kernel")
+            .arg(images.bzimage())
+            .arg("-initrd")
+            .arg(initramfs)
+            .args(["-append", "console=ttyS0 panic=-1 quiet"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io_error(scenario, format!("starting {QEMU}")))?,
+    );
+
+    let console = Arc::new(Mutex::new(String::new()));
+    let last_output = Arc::new(Mutex::new(Instant::now()));
+    let verbose = std::env::var_os("VIRGA_TESTBED_VERBOSE").is_some();
+    let mut readers = Vec::new();
+    for stream in [
+        child
+            .0
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .0
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let (console, last_output) = (console.clone(), last_output.clone());
+        readers.push(std::thread::spawn(move || {
+            let mut reader = BufReader::new(stream);
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                let text = String::from_utf8_lossy(&line);
+                if verbose {
+                    eprint!("[testbed] {text}");
+                }
+                lock(&console).push_str(&text);
+                *lock(&last_output) = Instant::now();
+                line.clear();
+            }
+        }));
+    }
+
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Ok(Some(_)) = child.0.try_wait() {
+            break;
+        }
+        if started.elapsed() > scenario.timeout {
+            drop(child);
+            return Err(TestbedError::Timeout {
+                scenario: scenario.name.clone(),
+                timeout: scenario.timeout,
+                tail: tail(&lock(&console), 30),
+            });
+        }
+        if lock(&last_output).elapsed() > silence {
+            drop(child);
+            let text = lock(&console).clone();
+            return Ok(Attempt::Hung(text));
+        }
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    let text = lock(&console).clone();
+    match parse_console(&text) {
+        (Some(status), output) => Ok(Attempt::Finished(Outcome {
+            status,
+            output,
+            mode: Mode::Nested,
+            attempts: attempt,
+            duration: started.elapsed(),
+        })),
+        (None, _) => Err(TestbedError::NoExitStatus {
+            scenario: scenario.name.clone(),
+            tail: tail(&text, 30),
+        }),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn l1_init() -> String {
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/usr/bin:/sbin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /tmp /run /virga/work
+mount -t devpts devpts /dev/pts
+if grep -q AuthenticAMD /proc/cpuinfo; then kvm=kvm-amd; else kvm=kvm-intel; fi
+for m in $(cat /virga/modules); do
+    case $m in kvm-amd|kvm-intel) [ "$m" = "$kvm" ] || continue ;; esac
+    insmod /lib/modules/$m.ko
+done
+[ -e /dev/kvm ] || echo "testbed: no /dev/kvm (vendor module $kvm did not load)"
+(while :; do sleep {heartbeat}; echo {HEARTBEAT_LINE}; done) &
+export BIN=/virga/bin GUEST=/virga/guest WORK=/virga/work
+cd /virga/work
+sh /virga/scenario < /dev/null 2>&1
+echo "{EXIT_MARKER}$?"
+poweroff -f
+"#,
+        heartbeat = HEARTBEAT.as_secs()
+    )
+}
+
+/// Shared libraries a dynamically linked executable needs, by absolute path.
+fn shared_libraries(binary: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let out = Command::new("ldd").arg(binary).output()?;
+    // ldd fails for static binaries ("not a dynamic executable"): nothing to copy.
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+        .map(PathBuf::from)
+        .collect())
+}
+
+fn build_initramfs(
+    images: &ImageSet,
+    scenario: &Scenario,
+    path: &Path,
+) -> Result<(), TestbedError> {
+    let modules = images.modules()?;
+    let mut wanted = Vec::new();
+    for m in L1_KVM_MODULES.iter().chain(L1_MODULES) {
+        // A module missing from this kernel build is skipped, not fatal.
+        if modules.load_order(&[m]).is_ok() {
+            wanted.push(*m);
+        }
+    }
+    let module_files = modules
+        .load_order(&wanted)
+        .map_err(virga_guest_images::ImageError::from)?;
+
+    let mut host_files: BTreeSet<PathBuf> = BTreeSet::new();
+    for b in &scenario.binaries {
+        host_files.extend(
+            shared_libraries(b).map_err(io_error(scenario, format!("ldd {}", b.display())))?,
+        );
+    }
+    for p in &scenario.host_paths {
+        collect_files(p, &mut host_files)
+            .map_err(io_error(scenario, format!("reading {}", p.display())))?;
+    }
+
+    let file =
+        std::fs::File::create(path).map_err(io_error(scenario, "writing the testbed initramfs"))?;
+    let write = || -> std::io::Result<()> {
+        let mut a = Archive::new(std::io::BufWriter::new(file));
+        let mut dirs = Vec::new();
+        for d in [
+            "/bin",
+            "/proc",
+            "/sys",
+            "/dev",
+            "/tmp",
+            "/lib/modules",
+            "/virga/bin",
+            "/virga/guest",
+        ] {
+            a.dirs(&mut dirs, d)?;
+        }
+        a.host_file("/bin/busybox", &images.busybox())?;
+        let mut names = Vec::new();
+        for f in &module_files {
+            let name = module_name(&f.to_string_lossy());
+            a.host_file(&format!("/lib/modules/{name}.ko"), f)?;
+            names.push(name);
+        }
+        a.file("/virga/modules", 0o644, names.join("\n").as_bytes())?;
+        for (name, src) in [
+            ("vmlinux", images.vmlinux()),
+            ("bzImage", images.bzimage()),
+            ("boot-initramfs.cpio", images.boot_initramfs()),
+        ] {
+            a.host_file(&format!("/virga/guest/{name}"), &src)?;
+        }
+        for b in &scenario.binaries {
+            let name = b.file_name().and_then(|n| n.to_str()).unwrap_or("binary");
+            a.host_file(&format!("/virga/bin/{name}"), b)?;
+        }
+        for f in &host_files {
+            let name = f.to_string_lossy();
+            if let Some(parent) = f.parent() {
+                a.dirs(&mut dirs, &parent.to_string_lossy())?;
+            }
+            a.host_file(&name, f)?;
+        }
+        a.file("/virga/scenario", 0o755, scenario.script.as_bytes())?;
+        a.file("/init", 0o755, l1_init().as_bytes())?;
+        use std::io::Write;
+        a.finish()?.flush()
+    };
+    write().map_err(io_error(scenario, "writing the testbed initramfs"))
+}
+
+/// Regular files under `path` (itself, if it is one), following the path's own
+/// symlinks so that the file lands where the scenario looks for it.
+fn collect_files(path: &Path, out: &mut BTreeSet<PathBuf>) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            collect_files(&entry?.path(), out)?;
+        }
+    } else if meta.is_file() {
+        out.insert(path.to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_reports_exit_status_and_heartbeats() {
+        let init = l1_init();
+        assert!(init.contains(&format!("echo \"{EXIT_MARKER}$?\"")));
+        assert!(init.contains(HEARTBEAT_LINE));
+        assert!(init.contains("sh /virga/scenario"));
+    }
+
+    #[test]
+    fn finds_shared_libraries_of_a_dynamic_binary() {
+        let libs = shared_libraries(Path::new("/bin/sh")).unwrap();
+        assert!(
+            libs.iter().any(|l| l.to_string_lossy().contains("libc.so")),
+            "{libs:?}"
+        );
+    }
+}

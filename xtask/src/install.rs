@@ -1,0 +1,80 @@
+//! Installing what the project needs on a fresh machine.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// Debian packages and a command each provides (to skip what is there).
+const PACKAGES: &[(&str, &str)] = &[
+    ("qemu-system-x86", "qemu-system-x86_64"),
+    ("kmod", "depmod"),
+    ("dpkg", "dpkg-deb"),
+];
+
+fn have(command: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {command}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn as_root(args: &[&str]) -> Command {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut c = if root {
+        Command::new(args[0])
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(args[0]);
+        c
+    };
+    c.args(&args[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+    c
+}
+
+/// Refreshes apt's index (guest images resolve the current kernel from it) and
+/// installs missing packages.
+pub fn system_packages() -> Result<()> {
+    let update = as_root(&["apt-get", "update", "-qq"])
+        .status()
+        .context("running apt-get update")?;
+    if !update.success() {
+        eprintln!("install: apt-get update failed; continuing with the package index we have");
+    }
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, cmd)| !have(cmd))
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("install: {}", missing.join(" "));
+    let mut args = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&missing);
+    let status = as_root(&args).status().context("running apt-get install")?;
+    if !status.success() {
+        bail!("apt-get install {} failed", missing.join(" "));
+    }
+    Ok(())
+}
+
+/// rustfmt and clippy, which `cargo xtask test` runs.
+pub fn rust_components() -> Result<()> {
+    if have("rustfmt")
+        && Command::new("cargo")
+            .args(["clippy", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    let status = Command::new("rustup")
+        .args(["component", "add", "rustfmt", "clippy"])
+        .status()
+        .context("running rustup")?;
+    if !status.success() {
+        bail!("rustup component add rustfmt clippy failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! `cargo xtask`: the project's automation, one subcommand per job.
+//!
+//! - `up`: install what is needed, build, and boot a demo guest (in the testbed
+//!   when KVM is not hardware-backed), showing its console.
+//! - `test`: install what is needed and run every test, unit and end-to-end.
+//! - `images`: build the guest kernel and initramfs from Debian packages.
+//! - `testbed -- CMD`: run a shell command where VMM scenarios run.
+//! - `bench boot [--check]`: the boot-time benchmark and regression check.
+
+mod install;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Virga project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install, build, and boot a demo guest, showing its console.
+    Up,
+    /// Install what is needed and run every test (unit and end-to-end).
+    Test {
+        /// Skip the end-to-end tests (unit tests only).
+        #[arg(long)]
+        unit_only: bool,
+    },
+    /// Build the guest images (kernel, vmlinux, boot-test initramfs) under target/images.
+    Images,
+    /// Run a shell command where VMM scenarios run ($BIN/vmm, $GUEST/vmlinux, ...).
+    Testbed {
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Run a benchmark; its JSON goes to target/bench/.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install the system packages the project needs (apt).
+    Install,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn images_dir() -> PathBuf {
+    root().join("target/images")
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn images() -> Result<virga_guest_images::ImageSet> {
+    virga_guest_images::build(&images_dir(), &|m| eprintln!("images: {m}"))
+        .context("building guest images")
+}
+
+/// Builds the release binaries scenarios use and returns the vmm's path.
+fn build_vmm() -> Result<PathBuf> {
+    run(cargo().args(["build", "--release", "-p", "vmm"]))?;
+    Ok(root().join("target/release/vmm"))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Install => install::system_packages(),
+        Cmd::Images => images().map(drop),
+        Cmd::Up => up(),
+        Cmd::Test { unit_only } => test(unit_only),
+        Cmd::Testbed { command } => testbed(&command.join(" ")),
+        Cmd::Bench { args } => bench(&args),
+    }
+}
+
+fn up() -> Result<()> {
+    install::system_packages()?;
+    images()?;
+    let vmm = build_vmm()?;
+    let testbed = virga_testbed::Testbed::new(&images_dir())?;
+    eprintln!(
+        "booting a demo guest ({}): 2 vCPUs, 256 MiB, Debian cloud kernel via PVH",
+        testbed.mode().as_str()
+    );
+    let scenario = virga_testbed::Scenario::new(
+        "demo",
+        r#"$BIN/vmm --kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio \
+    --vcpus 2 --memory-mib 256 \
+    --cmdline "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd""#,
+    )
+    .binary(vmm);
+    let outcome = testbed.run(&scenario)?;
+    print!("{}", outcome.output);
+    eprintln!(
+        "demo guest exited with status {} after {:.1} s",
+        outcome.status,
+        outcome.duration.as_secs_f64()
+    );
+    if !outcome.success() {
+        bail!("the demo guest failed");
+    }
+    Ok(())
+}
+
+fn test(unit_only: bool) -> Result<()> {
+    install::system_packages()?;
+    install::rust_components()?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args(["test", "--workspace", "--exclude", "virga-e2e"]))?;
+    if unit_only {
+        return Ok(());
+    }
+    images()?;
+    let vmm = build_vmm()?;
+    run(cargo()
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "virga-e2e",
+            "--",
+            "--test-threads=1",
+        ])
+        .env("VIRGA_VMM_BIN", vmm)
+        .env("VIRGA_IMAGES", images_dir()))
+}
+
+fn testbed(command: &str) -> Result<()> {
+    install::system_packages()?;
+    images()?;
+    let vmm = build_vmm()?;
+    let testbed = virga_testbed::Testbed::new(&images_dir())?;
+    let outcome = testbed.run(&virga_testbed::Scenario::new("xtask", command).binary(vmm))?;
+    print!("{}", outcome.output);
+    std::process::exit(outcome.status);
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    install::system_packages()?;
+    images()?;
+    let vmm = build_vmm()?;
+    run(cargo()
+        .args(["run", "--release", "-q", "-p", "virga-bench", "--"])
+        .args(args)
+        .env("VIRGA_VMM_BIN", vmm)
+        .env("VIRGA_IMAGES", images_dir()))
+}
