@@ -1,7 +1,7 @@
 //! The boot benchmark and boot-time regression check.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -18,6 +18,16 @@ const GUEST_MIB: u64 = 256;
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.dumbkbd";
 const PEER: &str = "qemu-microvm";
 const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+/// What QEMU loads for `-M pc` and `-M microvm` with `-kernel` and no devices.
+/// Debian keeps SeaBIOS apart from QEMU's own ROMs; QEMU searches both.
+const QEMU_FIRMWARE: &[&str] = &[
+    "/usr/share/seabios/bios-256k.bin",
+    "/usr/share/qemu/bios-microvm.bin",
+    "/usr/share/qemu/pvh.bin",
+    "/usr/share/qemu/linuxboot.bin",
+    "/usr/share/qemu/linuxboot_dma.bin",
+    "/usr/share/qemu/kvmvapic.bin",
+];
 
 /// (system, command) with `$BIN`/`$GUEST` left for the scenario's shell.
 fn systems() -> Vec<(&'static str, String)> {
@@ -29,7 +39,7 @@ fn systems() -> Vec<(&'static str, String)> {
     };
     let qemu = |machine: &str, kernel: &str| {
         format!(
-            "$BIN/qemu-system-x86_64 -M {machine} -enable-kvm -cpu host -smp 1 -m {GUEST_MIB} \
+            "{QEMU} -M {machine} -enable-kvm -cpu host -smp 1 -m {GUEST_MIB} \
              -nodefaults -no-user-config -display none -serial stdio -no-reboot \
              -kernel $GUEST/{kernel} -initrd {initrd} -append \"$CMDLINE\""
         )
@@ -84,9 +94,8 @@ pub fn run(runs: u32, check: bool) -> Result<()> {
     let scenario = Scenario::new("bench-boot", &script(runs))
         .binary(vmm)
         .binary(me)
-        .binary(QEMU)
-        .host_path("/usr/share/qemu")
-        .host_path("/usr/share/seabios")
+        .host_binary(QEMU)
+        .host_paths(QEMU_FIRMWARE.iter().filter(|f| Path::new(f).exists()))
         .timeout(Duration::from_secs(120 + 60 * u64::from(runs)));
     eprintln!(
         "bench boot: {runs} runs of {} systems ({})",

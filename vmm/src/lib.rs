@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: configuration, merged from file and flags, validated up front
 //! - [`layout`]: the guest-physical memory map and E820
+//! - [`memory`]: guest RAM, 2 MiB-aligned for huge pages
 //! - [`boot`]: kernel, initramfs, command line, PVH start_info / zero page
 //! - [`acpi`]: RSDP, XSDT, FADT, DSDT, MADT
 //! - [`cpu`]: CPUID, MSRs, registers, LAPIC
@@ -23,6 +24,7 @@ pub mod cpu;
 pub mod devices;
 pub mod layout;
 mod log;
+pub mod memory;
 pub mod metrics;
 pub mod vcpu;
 pub mod vm;

@@ -9,7 +9,7 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::acpi::{AcpiError, AcpiTables};
 use crate::boot::{self, BootError};
@@ -22,7 +22,7 @@ use crate::devices::irq::IrqLine;
 use crate::devices::rtc::{self, Rtc};
 use crate::devices::serial::{self, SerialDevice};
 use crate::devices::{lock, OverlapError, PioBus, PioDevice};
-use crate::layout::ram_regions;
+use crate::memory::GuestRam;
 use crate::metrics::{ExitCounts, VcpuMetrics};
 use crate::vcpu::{ExitSink, GateTimeout, RunGate, Vcpu, VcpuExitReason, VcpuSet};
 
@@ -41,11 +41,8 @@ pub enum VmError {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
-    #[error("allocating {mib} MiB of guest memory: {source}")]
-    Memory {
-        mib: u32,
-        source: vm_memory::mmap::FromRangesError,
-    },
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
     #[error(transparent)]
     Acpi(#[from] AcpiError),
     #[error(transparent)]
@@ -66,15 +63,15 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 
 /// A VM whose vCPUs are running.
 pub struct Vm {
-    // Field order is drop order: vCPU threads are stopped explicitly before the VM
-    // and memory go away (see `stop`).
+    // Field order is drop order: vCPU threads are stopped explicitly first (see
+    // `stop`), then the VM goes, then the memory it mapped.
     vcpus: Option<VcpuSet>,
     i8042: Arc<Mutex<I8042>>,
     metrics: Vec<Arc<VcpuMetrics>>,
     started: Instant,
-    _memory: GuestMemoryMmap,
     _vm: VmFd,
     _kvm: Kvm,
+    _memory: GuestRam,
 }
 
 impl Vm {
@@ -110,12 +107,13 @@ impl Vm {
         };
         vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
 
-        let memory = create_memory(&vm, config)?;
+        let ram = create_memory(&vm, config)?;
+        let memory = ram.memory();
 
         let acpi = AcpiTables::build(config.vcpus)?;
-        acpi.write_to(&memory)?;
-        let entry = boot::load(&memory, config, acpi.rsdp_addr)?;
-        regs::write_boot_tables(&memory, entry.mode)
+        acpi.write_to(memory)?;
+        let entry = boot::load(memory, config, acpi.rsdp_addr)?;
+        regs::write_boot_tables(memory, entry.mode)
             .map_err(|source| VmError::VcpuSetup { id: 0, source })?;
 
         let (pio, i8042) = create_devices(&vm, console)?;
@@ -189,7 +187,7 @@ impl Vm {
             i8042,
             metrics,
             started,
-            _memory: memory,
+            _memory: ram,
             _vm: vm,
             _kvm: kvm,
         })
@@ -235,16 +233,9 @@ impl Drop for Vm {
     }
 }
 
-fn create_memory(vm: &VmFd, config: &VmConfig) -> Result<GuestMemoryMmap, VmError> {
-    let ranges: Vec<(GuestAddress, usize)> = ram_regions(config.memory_bytes())
-        .into_iter()
-        .map(|(start, len)| (GuestAddress(start), len as usize))
-        .collect();
-    let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmError::Memory {
-        mib: config.memory_mib,
-        source,
-    })?;
-    for (slot, region) in memory.iter().enumerate() {
+fn create_memory(vm: &VmFd, config: &VmConfig) -> Result<GuestRam, VmError> {
+    let ram = GuestRam::new(config.memory_bytes())?;
+    for (slot, region) in ram.memory().iter().enumerate() {
         let mapping = kvm_userspace_memory_region {
             slot: slot as u32,
             flags: 0,
@@ -253,12 +244,12 @@ fn create_memory(vm: &VmFd, config: &VmConfig) -> Result<GuestMemoryMmap, VmErro
             userspace_addr: region.as_ptr() as u64,
         };
         // SAFETY: the region is a live anonymous mapping of exactly `memory_size`
-        // bytes owned by `memory`, which the returned Vm keeps alive for as long as
-        // the KVM VM (and so the slot) exists.
+        // bytes owned by `ram`, which the Vm drops only after the KVM VM (and so the
+        // slot) is gone.
         unsafe { vm.set_user_memory_region(mapping) }
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
-    Ok(memory)
+    Ok(ram)
 }
 
 fn irq_line(vm: &VmFd, gsi: u32) -> Result<IrqLine, VmError> {

@@ -71,6 +71,9 @@ pub struct Scenario {
     pub binaries: Vec<PathBuf>,
     /// Host files or directories the scenario needs at the same absolute path.
     pub host_paths: Vec<PathBuf>,
+    /// Host executables the scenario runs from their own absolute path (with their
+    /// shared libraries): programs that find their data relative to themselves.
+    pub host_binaries: Vec<PathBuf>,
     pub timeout: Duration,
 }
 
@@ -81,6 +84,7 @@ impl Scenario {
             script: script.to_owned(),
             binaries: Vec::new(),
             host_paths: Vec::new(),
+            host_binaries: Vec::new(),
             timeout: Duration::from_secs(300),
         }
     }
@@ -92,6 +96,16 @@ impl Scenario {
 
     pub fn host_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.host_paths.push(path.into());
+        self
+    }
+
+    pub fn host_paths<P: Into<PathBuf>>(mut self, paths: impl IntoIterator<Item = P>) -> Self {
+        self.host_paths.extend(paths.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn host_binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.host_binaries.push(path.into());
         self
     }
 

@@ -232,7 +232,10 @@ fn build_initramfs(
         .map_err(virga_guest_images::ImageError::from)?;
 
     let mut host_files: BTreeSet<PathBuf> = BTreeSet::new();
-    for b in &scenario.binaries {
+    for b in &scenario.host_binaries {
+        host_files.insert(b.clone());
+    }
+    for b in scenario.binaries.iter().chain(&scenario.host_binaries) {
         host_files.extend(
             shared_libraries(b).map_err(io_error(scenario, format!("ldd {}", b.display())))?,
         );
@@ -299,7 +302,11 @@ fn collect_files(path: &Path, out: &mut BTreeSet<PathBuf>) -> std::io::Result<()
     let meta = std::fs::metadata(path)?;
     if meta.is_dir() {
         for entry in std::fs::read_dir(path)? {
-            collect_files(&entry?.path(), out)?;
+            let entry = entry?.path();
+            // A dangling link inside a directory (an optional package's file) is skipped.
+            if entry.exists() {
+                collect_files(&entry, out)?;
+            }
         }
     } else if meta.is_file() {
         out.insert(path.to_owned());
