@@ -24,6 +24,7 @@ struct Args {
     /// Kernel: an ELF vmlinux (PVH entry when present) or a bzImage.
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// Initramfs (cpio, optionally compressed) loaded for the kernel.
     #[arg(long)]
     initramfs: Option<PathBuf>,
     /// Kernel command line.
