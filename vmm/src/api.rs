@@ -146,6 +146,7 @@ pub fn spawn(path: &Path, to_vmm: Sender<crate::vmm::VmmEvent>) -> Result<ApiSer
     };
     std::thread::Builder::new()
         .name("api".into())
+        .stack_size(crate::THREAD_STACK_BYTES)
         .spawn(move || serve(listener, to_vmm))
         .map_err(ApiError::Thread)?;
     Ok(server)

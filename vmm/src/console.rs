@@ -94,6 +94,7 @@ impl Console {
         let target = self.input_target.clone();
         let spawned = std::thread::Builder::new()
             .name("console-in".into())
+            .stack_size(crate::THREAD_STACK_BYTES)
             .spawn(move || {
                 let mut buf = [0u8; 64];
                 loop {

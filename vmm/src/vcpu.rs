@@ -172,6 +172,7 @@ impl Vcpu {
     pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.id))
+            .stack_size(crate::THREAD_STACK_BYTES)
             .spawn(move || self.run())
     }
 
@@ -213,6 +214,7 @@ fn handle_exit(exit: VcpuExit<'_>, pio: &PioBus, m: &VcpuMetrics) -> Option<Vcpu
             VcpuMetrics::bump(&m.io_in);
             if !pio.read(port, data) {
                 VcpuMetrics::bump(&m.io_unclaimed);
+                tracing::trace!(port, "read from an unclaimed port");
             }
             None
         }
@@ -220,6 +222,7 @@ fn handle_exit(exit: VcpuExit<'_>, pio: &PioBus, m: &VcpuMetrics) -> Option<Vcpu
             VcpuMetrics::bump(&m.io_out);
             pio.write(port, data).unwrap_or_else(|_unclaimed| {
                 VcpuMetrics::bump(&m.io_unclaimed);
+                tracing::trace!(port, "write to an unclaimed port");
                 None
             })
         }

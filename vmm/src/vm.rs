@@ -81,6 +81,7 @@ impl Vm {
         console: &Console,
         on_exit: impl Fn(u8, VcpuExitReason) + Send + Clone + 'static,
     ) -> Result<Vm, VmError> {
+        let build_started = Instant::now();
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         for (cap, name) in [
             (Cap::Irqchip, "an in-kernel irqchip"),
@@ -112,7 +113,9 @@ impl Vm {
 
         let acpi = AcpiTables::build(config.vcpus)?;
         acpi.write_to(memory)?;
+        let load_started = Instant::now();
         let entry = boot::load(memory, config, acpi.rsdp_addr)?;
+        tracing::debug!(elapsed = ?load_started.elapsed(), mode = ?entry.mode, "kernel, initramfs and command line loaded");
         regs::write_boot_tables(memory, entry.mode)
             .map_err(|source| VmError::VcpuSetup { id: 0, source })?;
 
@@ -165,6 +168,7 @@ impl Vm {
             });
         }
 
+        tracing::debug!(elapsed = ?build_started.elapsed(), "VM built");
         let started = Instant::now();
         let mut threads = Vec::with_capacity(vcpus.len());
         let mut spawn_error = None;

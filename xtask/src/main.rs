@@ -78,7 +78,8 @@ fn images() -> Result<virga_guest_images::ImageSet> {
         .context("building guest images")
 }
 
-/// Builds the release binaries scenarios use and returns the vmm's path.
+/// Builds the release binaries scenarios use and returns the vmm's path (vmmctl
+/// sits beside it).
 fn build_vmm() -> Result<PathBuf> {
     run(cargo().args(["build", "--release", "-p", "vmm"]))?;
     Ok(root().join("target/release/vmm"))
@@ -160,7 +161,10 @@ fn testbed(command: &str) -> Result<()> {
     images()?;
     let vmm = build_vmm()?;
     let testbed = virga_testbed::Testbed::new(&images_dir())?;
-    let outcome = testbed.run(&virga_testbed::Scenario::new("xtask", command).binary(vmm))?;
+    let scenario = virga_testbed::Scenario::new("xtask", command)
+        .binary(vmm.with_file_name("vmmctl"))
+        .binary(vmm);
+    let outcome = testbed.run(&scenario)?;
     print!("{}", outcome.output);
     std::process::exit(outcome.status);
 }

@@ -178,9 +178,12 @@ pub(crate) fn io_error(
     }
 }
 
-/// The last `n` lines of `text`, for error messages.
+/// The last `n` lines of `text` (heartbeats left out), for error messages.
 pub fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains(HEARTBEAT_LINE))
+        .collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
