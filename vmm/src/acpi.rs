@@ -161,15 +161,8 @@ fn legacy_device(table: &mut Sdt, path: &str, hid: &str, resources: &[&dyn Aml])
 }
 
 fn fadt(dsdt_addr: u64) -> acpi_tables::fadt::FADT {
-    let io_register = |port: u16| {
-        GAS::new(
-            AddressSpace::SystemIo,
-            8,
-            0,
-            AccessSize::ByteAccess,
-            port.into(),
-        )
-    };
+    let io_register =
+        |port: u64| GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, port);
     let mut fadt = FADTBuilder::new(OEM_ID, *b"VIRGAFAC", OEM_REVISION)
         .dsdt_64(dsdt_addr)
         .flag(Flags::HwReducedAcpi)

@@ -16,7 +16,7 @@ use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::devices::{lock, GuestRequest, PioBus};
+use crate::devices::{lock, Bus, GuestRequest};
 use crate::metrics::VcpuMetrics;
 
 /// Why a vCPU thread ended on its own; the VMM ends the whole VM on any of these.
@@ -162,7 +162,8 @@ pub type ExitSink = Box<dyn Fn(u8, VcpuExitReason) + Send>;
 pub struct Vcpu {
     pub id: u8,
     pub fd: VcpuFd,
-    pub pio: Arc<PioBus>,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
     pub gate: Arc<RunGate>,
     pub metrics: Arc<VcpuMetrics>,
     pub on_exit: ExitSink,
@@ -194,7 +195,7 @@ impl Vcpu {
             }
             match self.fd.run() {
                 Ok(exit) => {
-                    if let Some(reason) = handle_exit(exit, &self.pio, &self.metrics) {
+                    if let Some(reason) = handle_exit(exit, &self.pio, &self.mmio, &self.metrics) {
                         return Some(reason);
                     }
                 }
@@ -208,11 +209,16 @@ impl Vcpu {
     }
 }
 
-fn handle_exit(exit: VcpuExit<'_>, pio: &PioBus, m: &VcpuMetrics) -> Option<VcpuExitReason> {
+fn handle_exit(
+    exit: VcpuExit<'_>,
+    pio: &Bus,
+    mmio: &Bus,
+    m: &VcpuMetrics,
+) -> Option<VcpuExitReason> {
     let request = match exit {
         VcpuExit::IoIn(port, data) => {
             VcpuMetrics::bump(&m.io_in);
-            if !pio.read(port, data) {
+            if !pio.read(port.into(), data) {
                 VcpuMetrics::bump(&m.io_unclaimed);
                 tracing::trace!(port, "read from an unclaimed port");
             }
@@ -220,21 +226,25 @@ fn handle_exit(exit: VcpuExit<'_>, pio: &PioBus, m: &VcpuMetrics) -> Option<Vcpu
         }
         VcpuExit::IoOut(port, data) => {
             VcpuMetrics::bump(&m.io_out);
-            pio.write(port, data).unwrap_or_else(|_unclaimed| {
+            pio.write(port.into(), data).unwrap_or_else(|_unclaimed| {
                 VcpuMetrics::bump(&m.io_unclaimed);
                 tracing::trace!(port, "write to an unclaimed port");
                 None
             })
         }
-        VcpuExit::MmioRead(_, data) => {
-            // Nothing is mapped outside RAM and the in-kernel APICs yet.
+        VcpuExit::MmioRead(addr, data) => {
             VcpuMetrics::bump(&m.mmio_read);
-            data.fill(0xff);
+            if !mmio.read(addr, data) {
+                tracing::trace!(addr, "read from unclaimed MMIO");
+            }
             None
         }
-        VcpuExit::MmioWrite(..) => {
+        VcpuExit::MmioWrite(addr, data) => {
             VcpuMetrics::bump(&m.mmio_write);
-            None
+            mmio.write(addr, data).unwrap_or_else(|_unclaimed| {
+                tracing::trace!(addr, "write to unclaimed MMIO");
+                None
+            })
         }
         VcpuExit::Hlt => {
             VcpuMetrics::bump(&m.hlt);
@@ -344,21 +354,24 @@ mod tests {
     }
 
     #[test]
-    fn unclaimed_ports_read_as_ones() {
-        let bus = PioBus::default();
+    fn unclaimed_addresses_read_as_ones() {
+        let bus = Bus::default();
         let m = VcpuMetrics::default();
+        let exit = |e: VcpuExit<'_>| handle_exit(e, &bus, &bus, &m);
         let mut data = [0u8; 2];
-        assert_eq!(handle_exit(VcpuExit::IoIn(0x80, &mut data), &bus, &m), None);
+        assert_eq!(exit(VcpuExit::IoIn(0x80, &mut data)), None);
         assert_eq!(data, [0xff, 0xff]);
-        assert_eq!(handle_exit(VcpuExit::IoOut(0x80, &[1]), &bus, &m), None);
+        assert_eq!(exit(VcpuExit::IoOut(0x80, &[1])), None);
+        let mut wide = [0u8; 4];
+        assert_eq!(exit(VcpuExit::MmioRead(0xd000_0000, &mut wide)), None);
+        assert_eq!(wide, [0xff; 4]);
+        assert_eq!(exit(VcpuExit::MmioWrite(0xd000_0000, &[0; 4])), None);
+        assert_eq!(exit(VcpuExit::Shutdown), Some(VcpuExitReason::TripleFault));
         let counts = m.snapshot();
         assert_eq!(
             (counts.io_in, counts.io_out, counts.io_unclaimed),
             (1, 1, 2)
         );
-        assert_eq!(
-            handle_exit(VcpuExit::Shutdown, &bus, &m),
-            Some(VcpuExitReason::TripleFault)
-        );
+        assert_eq!((counts.mmio_read, counts.mmio_write), (1, 1));
     }
 }

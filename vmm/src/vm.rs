@@ -21,7 +21,7 @@ use crate::devices::i8042::{self, I8042};
 use crate::devices::irq::IrqLine;
 use crate::devices::rtc::{self, Rtc};
 use crate::devices::serial::{self, SerialDevice};
-use crate::devices::{lock, OverlapError, PioBus, PioDevice};
+use crate::devices::{lock, Bus, BusDevice, OverlapError};
 use crate::memory::GuestRam;
 use crate::metrics::{ExitCounts, VcpuMetrics};
 use crate::vcpu::{ExitSink, GateTimeout, RunGate, Vcpu, VcpuExitReason, VcpuSet};
@@ -121,6 +121,7 @@ impl Vm {
 
         let (pio, i8042) = create_devices(&vm, console)?;
         let pio = Arc::new(pio);
+        let mmio = Arc::new(Bus::default());
 
         let base_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -162,6 +163,7 @@ impl Vm {
                 id,
                 fd,
                 pio: pio.clone(),
+                mmio: mmio.clone(),
                 gate: gate.clone(),
                 metrics: m,
                 on_exit: Box::new(sink) as ExitSink,
@@ -263,7 +265,7 @@ fn irq_line(vm: &VmFd, gsi: u32) -> Result<IrqLine, VmError> {
     Ok(line)
 }
 
-fn create_devices(vm: &VmFd, console: &Console) -> Result<(PioBus, Arc<Mutex<I8042>>), VmError> {
+fn create_devices(vm: &VmFd, console: &Console) -> Result<(Bus, Arc<Mutex<I8042>>), VmError> {
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         irq_line(vm, serial::COM1_GSI)?,
         console.writer(),
@@ -271,16 +273,16 @@ fn create_devices(vm: &VmFd, console: &Console) -> Result<(PioBus, Arc<Mutex<I80
     console.attach_input(serial.clone());
     let i8042 = Arc::new(Mutex::new(I8042::new(irq_line(vm, i8042::GSI)?)));
 
-    let mut pio = PioBus::default();
+    let mut pio = Bus::default();
     pio.insert(
         serial::COM1_BASE,
         serial::COM1_LEN,
-        serial as Arc<Mutex<dyn PioDevice>>,
+        serial as Arc<Mutex<dyn BusDevice>>,
     )?;
     pio.insert(
         i8042::BASE,
         i8042::LEN,
-        i8042.clone() as Arc<Mutex<dyn PioDevice>>,
+        i8042.clone() as Arc<Mutex<dyn BusDevice>>,
     )?;
     pio.insert(rtc::BASE, rtc::LEN, Arc::new(Mutex::new(Rtc::default())))?;
     pio.insert(acpi_pm::BASE, acpi_pm::LEN, Arc::new(Mutex::new(AcpiPm)))?;

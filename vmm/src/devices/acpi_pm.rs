@@ -1,14 +1,14 @@
 //! The hardware-reduced ACPI registers named in the FADT: sleep control (S5 = power
 //! off), sleep status, and reset.
 
-use super::{GuestRequest, PioDevice};
+use super::{BusDevice, GuestRequest};
 use crate::acpi::S5_SLEEP_TYPE;
 
-pub const BASE: u16 = 0x600;
-pub const LEN: u16 = 3;
-pub const SLEEP_CONTROL_OFFSET: u16 = 0;
-pub const SLEEP_STATUS_OFFSET: u16 = 1;
-pub const RESET_OFFSET: u16 = 2;
+pub const BASE: u64 = 0x600;
+pub const LEN: u64 = 3;
+pub const SLEEP_CONTROL_OFFSET: u64 = 0;
+pub const SLEEP_STATUS_OFFSET: u64 = 1;
+pub const RESET_OFFSET: u64 = 2;
 pub const RESET_VALUE: u8 = 1;
 
 /// SLP_TYPx sits in bits 2..=4 of the sleep-control register, SLP_EN is bit 5.
@@ -19,13 +19,13 @@ const SLEEP_ENABLE: u8 = 1 << 5;
 #[derive(Default)]
 pub struct AcpiPm;
 
-impl PioDevice for AcpiPm {
-    fn read(&mut self, _offset: u16, data: &mut [u8]) {
+impl BusDevice for AcpiPm {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
         // No wake events ever pend.
         data.fill(0);
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> Option<GuestRequest> {
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<GuestRequest> {
         let value = *data.first()?;
         match offset {
             SLEEP_CONTROL_OFFSET

@@ -9,16 +9,16 @@
 use std::collections::VecDeque;
 
 use super::irq::IrqLine;
-use super::{GuestRequest, PioDevice};
+use super::{BusDevice, GuestRequest};
 
-pub const BASE: u16 = 0x60;
+pub const BASE: u64 = 0x60;
 /// 0x60 (data) ..= 0x64 (status/command); 0x61 is KVM's in-kernel speaker port and
 /// never reaches us.
-pub const LEN: u16 = 5;
+pub const LEN: u64 = 5;
 pub const GSI: u32 = 1;
 
-const DATA_OFFSET: u16 = 0;
-const COMMAND_OFFSET: u16 = 4;
+const DATA_OFFSET: u64 = 0;
+const COMMAND_OFFSET: u64 = 4;
 
 const STATUS_OUTPUT_FULL: u8 = 1 << 0;
 const STATUS_SYSTEM_FLAG: u8 = 1 << 2;
@@ -177,8 +177,8 @@ impl I8042 {
     }
 }
 
-impl PioDevice for I8042 {
-    fn read(&mut self, offset: u16, data: &mut [u8]) {
+impl BusDevice for I8042 {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         let Some(first) = data.first_mut() else {
             return;
@@ -195,7 +195,7 @@ impl PioDevice for I8042 {
         }
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> Option<GuestRequest> {
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<GuestRequest> {
         let &value = data.first()?;
         match offset {
             DATA_OFFSET => {

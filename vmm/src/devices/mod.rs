@@ -1,8 +1,8 @@
-//! Port-I/O devices and the bus that routes guest port accesses to them.
+//! Emulated devices and the buses that route guest port and MMIO accesses to them.
 //!
 //! Every access here is a VM exit into this process, which is expensive (very much
 //! so under nested virtualisation), so devices answer in as few accesses as the guest
-//! driver allows and unclaimed ports answer like an empty ISA bus (all ones).
+//! driver allows and unclaimed addresses read as all ones.
 
 pub mod acpi_pm;
 pub mod i8042;
@@ -19,47 +19,50 @@ pub enum GuestRequest {
     Reboot,
 }
 
-pub trait PioDevice: Send {
+/// A device on the port-I/O or the MMIO bus.
+pub trait BusDevice: Send {
     /// Fills `data` with the value of the register at `offset` from the device's base.
-    fn read(&mut self, offset: u16, data: &mut [u8]);
+    fn read(&mut self, offset: u64, data: &mut [u8]);
     /// Writes a register; returns what the guest asked of the machine, if anything.
-    fn write(&mut self, offset: u16, data: &[u8]) -> Option<GuestRequest>;
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<GuestRequest>;
 }
 
 struct Range {
-    base: u16,
-    len: u16,
-    device: Arc<Mutex<dyn PioDevice>>,
+    base: u64,
+    len: u64,
+    device: Arc<Mutex<dyn BusDevice>>,
 }
 
-/// Port ranges and the device behind each. Built once, then shared by all vCPUs.
+/// Address ranges (ports or guest-physical addresses) and the device behind each.
+/// Built once, then shared by all vCPUs.
 #[derive(Default)]
-pub struct PioBus {
+pub struct Bus {
     ranges: Vec<Range>,
 }
 
-/// No device sits at the port written to.
+/// No device sits at the address written to.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Unclaimed;
 
 #[derive(Debug, thiserror::Error)]
-#[error("port range {base:#x}+{len} overlaps a device already on the bus")]
+#[error("bus range {base:#x}+{len:#x} overlaps a device already on the bus")]
 pub struct OverlapError {
-    base: u16,
-    len: u16,
+    base: u64,
+    len: u64,
 }
 
-impl PioBus {
+impl Bus {
     pub fn insert(
         &mut self,
-        base: u16,
-        len: u16,
-        device: Arc<Mutex<dyn PioDevice>>,
+        base: u64,
+        len: u64,
+        device: Arc<Mutex<dyn BusDevice>>,
     ) -> Result<(), OverlapError> {
-        let end = u32::from(base) + u32::from(len);
-        let overlaps = self.ranges.iter().any(|r| {
-            u32::from(base) < u32::from(r.base) + u32::from(r.len) && u32::from(r.base) < end
-        });
+        let end = base.checked_add(len).ok_or(OverlapError { base, len })?;
+        let overlaps = self
+            .ranges
+            .iter()
+            .any(|r| base < r.base + r.len && r.base < end);
         if overlaps || len == 0 {
             return Err(OverlapError { base, len });
         }
@@ -67,16 +70,16 @@ impl PioBus {
         Ok(())
     }
 
-    fn find(&self, port: u16) -> Option<(&Range, u16)> {
+    fn find(&self, addr: u64) -> Option<(&Range, u64)> {
         self.ranges
             .iter()
-            .find(|r| port >= r.base && port - r.base < r.len)
-            .map(|r| (r, port - r.base))
+            .find(|r| addr >= r.base && addr - r.base < r.len)
+            .map(|r| (r, addr - r.base))
     }
 
-    /// Returns false when no device claims `port`; `data` then reads as all ones.
-    pub fn read(&self, port: u16, data: &mut [u8]) -> bool {
-        match self.find(port) {
+    /// Returns false when no device claims `addr`; `data` then reads as all ones.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        match self.find(addr) {
             Some((range, offset)) => {
                 lock(&range.device).read(offset, data);
                 true
@@ -88,9 +91,9 @@ impl PioBus {
         }
     }
 
-    /// Fails when no device claims `port` (the write is dropped).
-    pub fn write(&self, port: u16, data: &[u8]) -> Result<Option<GuestRequest>, Unclaimed> {
-        match self.find(port) {
+    /// Fails when no device claims `addr` (the write is dropped).
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<Option<GuestRequest>, Unclaimed> {
+        match self.find(addr) {
             Some((range, offset)) => Ok(lock(&range.device).write(offset, data)),
             None => Err(Unclaimed),
         }
@@ -108,11 +111,11 @@ mod tests {
     use super::*;
 
     struct Echo(u8);
-    impl PioDevice for Echo {
-        fn read(&mut self, offset: u16, data: &mut [u8]) {
+    impl BusDevice for Echo {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
             data.fill(self.0.wrapping_add(offset as u8));
         }
-        fn write(&mut self, _offset: u16, data: &[u8]) -> Option<GuestRequest> {
+        fn write(&mut self, _offset: u64, data: &[u8]) -> Option<GuestRequest> {
             self.0 = data[0];
             (data[0] == 0xfe).then_some(GuestRequest::Reboot)
         }
@@ -120,7 +123,7 @@ mod tests {
 
     #[test]
     fn routes_by_range_and_reports_unclaimed_ports() {
-        let mut bus = PioBus::default();
+        let mut bus = Bus::default();
         bus.insert(0x60, 1, Arc::new(Mutex::new(Echo(1)))).unwrap();
         bus.insert(0x70, 2, Arc::new(Mutex::new(Echo(10)))).unwrap();
         let mut b = [0u8; 1];
@@ -137,11 +140,14 @@ mod tests {
 
     #[test]
     fn rejects_overlaps_and_empty_ranges() {
-        let mut bus = PioBus::default();
+        let mut bus = Bus::default();
         bus.insert(0x3f8, 8, Arc::new(Mutex::new(Echo(0)))).unwrap();
         assert!(bus.insert(0x3ff, 1, Arc::new(Mutex::new(Echo(0)))).is_err());
         assert!(bus.insert(0x3f0, 9, Arc::new(Mutex::new(Echo(0)))).is_err());
         assert!(bus.insert(0x400, 0, Arc::new(Mutex::new(Echo(0)))).is_err());
         assert!(bus.insert(0xffff, 1, Arc::new(Mutex::new(Echo(0)))).is_ok());
+        assert!(bus
+            .insert(u64::MAX, 2, Arc::new(Mutex::new(Echo(0))))
+            .is_err());
     }
 }

@@ -5,13 +5,13 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{GuestRequest, PioDevice};
+use super::{BusDevice, GuestRequest};
 
-pub const BASE: u16 = 0x70;
-pub const LEN: u16 = 2;
+pub const BASE: u64 = 0x70;
+pub const LEN: u64 = 2;
 
-const INDEX_OFFSET: u16 = 0;
-const DATA_OFFSET: u16 = 1;
+const INDEX_OFFSET: u64 = 0;
+const DATA_OFFSET: u64 = 1;
 
 const REG_SECONDS: u8 = 0x00;
 const REG_MINUTES: u8 = 0x02;
@@ -104,8 +104,8 @@ fn civil_from_days(days: u64) -> (u64, u8, u8) {
     (year, month, day)
 }
 
-impl PioDevice for Rtc {
-    fn read(&mut self, offset: u16, data: &mut [u8]) {
+impl BusDevice for Rtc {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         if let Some(first) = data.first_mut() {
             *first = match offset {
@@ -115,7 +115,7 @@ impl PioDevice for Rtc {
         }
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> Option<GuestRequest> {
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<GuestRequest> {
         let &value = data.first()?;
         match offset {
             // Bit 7 of the index port is the NMI mask, not part of the index.

@@ -6,10 +6,10 @@ use vm_superio::serial::NoEvents;
 use vm_superio::Serial;
 
 use super::irq::IrqLine;
-use super::{GuestRequest, PioDevice};
+use super::{BusDevice, GuestRequest};
 
-pub const COM1_BASE: u16 = 0x3f8;
-pub const COM1_LEN: u16 = 8;
+pub const COM1_BASE: u64 = 0x3f8;
+pub const COM1_LEN: u64 = 8;
 pub const COM1_GSI: u32 = 4;
 
 pub struct SerialDevice {
@@ -29,8 +29,8 @@ impl SerialDevice {
     }
 }
 
-impl PioDevice for SerialDevice {
-    fn read(&mut self, offset: u16, data: &mut [u8]) {
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
         // The UART's registers are bytes; a wider access reads the byte and zeros.
         data.fill(0);
         if let (Some(first), Ok(offset)) = (data.first_mut(), u8::try_from(offset)) {
@@ -38,7 +38,7 @@ impl PioDevice for SerialDevice {
         }
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> Option<GuestRequest> {
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<GuestRequest> {
         let (Some(&value), Ok(offset)) = (data.first(), u8::try_from(offset)) else {
             return None;
         };
