@@ -5,7 +5,8 @@
 //! - (absent): power off at once;
 //! - `ticks`: print `virga-tick N` every 200 ms until Ctrl+Alt+Del (SIGINT to init),
 //!   then power off;
-//! - `reboot`: reboot at once.
+//! - `reboot`: reboot at once;
+//! - `devices`: list PCI devices and the hardware RNG, read from it, power off.
 
 use std::path::Path;
 
@@ -42,6 +43,16 @@ case " $($bb cat /proc/cmdline) " in
     ;;
 *" virga.mode=reboot "*)
     $bb reboot -f
+    ;;
+*" virga.mode=devices "*)
+    $bb mount -t sysfs sys /sys
+    $bb mount -t devtmpfs dev /dev
+    for d in /sys/bus/pci/devices/*; do
+        [ -e "$d/vendor" ] && echo "virga-pci $($bb basename $d) $($bb cat $d/vendor):$($bb cat $d/device) class=$($bb cat $d/class) driver=$($bb basename "$($bb readlink $d/driver)")"
+    done
+    echo "virga-rng-current $($bb cat /sys/class/misc/hw_random/rng_current 2>/dev/null)"
+    echo "virga-rng-bytes $($bb head -c 4096 /dev/hwrng 2>/dev/null | $bb wc -c)"
+    $bb poweroff -f
     ;;
 *)
     $bb poweroff -f

@@ -11,6 +11,7 @@ use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
     EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
 };
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -18,7 +19,9 @@ use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::devices::acpi_pm;
-use crate::layout::{ACPI_END, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR};
+use crate::layout::{
+    ACPI_END, ACPI_START, ECAM_BASE, IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO_END, PCI_MMIO_START,
+};
 
 const OEM_ID: [u8; 6] = *b"VIRGA ";
 const OEM_REVISION: u32 = 1;
@@ -48,7 +51,7 @@ pub struct AcpiTables {
 }
 
 impl AcpiTables {
-    /// Builds RSDP -> XSDT -> {FADT -> DSDT, MADT}, laid out from `ACPI_START`.
+    /// Builds RSDP -> XSDT -> {FADT -> DSDT, MADT, MCFG}, laid out from `ACPI_START`.
     pub fn build(vcpus: u8) -> Result<Self, AcpiError> {
         let mut next = ACPI_START;
         let mut place = |len: usize| {
@@ -64,10 +67,15 @@ impl AcpiTables {
         let fadt_addr = place(fadt.len());
         let madt = madt(vcpus);
         let madt_addr = place(madt.len());
+        let mut mcfg = MCFG::new(OEM_ID, *b"VIRGAMCF", OEM_REVISION);
+        mcfg.add_ecam(ECAM_BASE, 0, 0, 0);
+        let mcfg = bytes_of(&mcfg);
+        let mcfg_addr = place(mcfg.len());
 
         let mut xsdt = XSDT::new(OEM_ID, *b"VIRGAXSD", OEM_REVISION);
         xsdt.add_entry(fadt_addr);
         xsdt.add_entry(madt_addr);
+        xsdt.add_entry(mcfg_addr);
         let xsdt = bytes_of(&xsdt);
         let xsdt_addr = place(xsdt.len());
         let rsdp = bytes_of(&Rsdp::new(OEM_ID, xsdt_addr));
@@ -85,6 +93,7 @@ impl AcpiTables {
                 (GuestAddress(dsdt_addr), dsdt),
                 (GuestAddress(fadt_addr), fadt),
                 (GuestAddress(madt_addr), madt),
+                (GuestAddress(mcfg_addr), mcfg),
                 (GuestAddress(xsdt_addr), xsdt),
             ],
         })
@@ -112,7 +121,8 @@ fn bytes_of(table: &dyn Aml) -> Vec<u8> {
     bytes
 }
 
-/// The DSDT describes the legacy devices we emulate and the S5 (soft-off) state.
+/// The DSDT describes the PCI root bridge, the legacy devices we emulate and the
+/// S5 (soft-off) state.
 fn dsdt() -> Sdt {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"VIRGADSD", OEM_REVISION);
 
@@ -141,8 +151,38 @@ fn dsdt() -> Sdt {
         "PNP0B00",
         &[&aml::IO::new(0x70, 0x70, 0, 2), &irq(8)],
     );
+    pci_root(&mut dsdt);
     dsdt.update_checksum();
     dsdt
+}
+
+/// PCI0: bus 0 with the 32-bit BAR window; and a motherboard resource reserving
+/// ECAM, without which Linux refuses MMCONFIG.
+fn pci_root(table: &mut Sdt) {
+    let buses = aml::AddressSpace::new_bus_number(0x0u16, 0x0u16);
+    let window = aml::AddressSpace::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        PCI_MMIO_START as u32,
+        (PCI_MMIO_END - 1) as u32,
+        None,
+    );
+    let crs = aml::ResourceTemplate::new(vec![&buses, &window]);
+    let hid = aml::EISAName::new("PNP0A03");
+    let hid_name = aml::Name::new("_HID".into(), &hid);
+    let adr = aml::Name::new("_ADR".into(), &aml::ZERO);
+    let seg = aml::Name::new("_SEG".into(), &aml::ZERO);
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let bbn = aml::Name::new("_BBN".into(), &aml::ZERO);
+    let crs_name = aml::Name::new("_CRS".into(), &crs);
+    aml::Device::new(
+        "\\_SB_.PCI0".into(),
+        vec![&hid_name, &adr, &seg, &uid, &bbn, &crs_name],
+    )
+    .to_aml_bytes(table);
+
+    let ecam = aml::Memory32Fixed::new(false, ECAM_BASE as u32, crate::pci::ECAM_SIZE as u32);
+    legacy_device(table, "\\_SB_.MRES", "PNP0C02", &[&ecam]);
 }
 
 /// An ISA interrupt: edge-triggered, active-high, exclusive.
@@ -224,7 +264,7 @@ mod tests {
     fn every_table_checksums_to_zero_and_has_its_length() {
         for vcpus in [1, 2, 4, 32] {
             let tables = AcpiTables::build(vcpus).unwrap();
-            for sig in [b"DSDT", b"FACP", b"APIC", b"XSDT"] {
+            for sig in [b"DSDT", b"FACP", b"APIC", b"XSDT", b"MCFG"] {
                 let t = tables.table(sig).unwrap();
                 assert!(checksum_ok(t), "{} checksum", String::from_utf8_lossy(sig));
                 assert_eq!(u32_at(t, 4) as usize, t.len());
@@ -286,7 +326,10 @@ mod tests {
             .step_by(8)
             .map(|o| u64_at(xsdt, o))
             .collect();
-        assert_eq!(entries, vec![addr_of(b"FACP"), addr_of(b"APIC")]);
+        assert_eq!(
+            entries,
+            vec![addr_of(b"FACP"), addr_of(b"APIC"), addr_of(b"MCFG")]
+        );
         let fadt = tables.table(b"FACP").unwrap();
         assert_eq!(u64_at(fadt, 140), addr_of(b"DSDT"), "X_DSDT");
         assert_eq!(u32_at(fadt, 112) & (1 << 20), 1 << 20, "HW_REDUCED_ACPI");
@@ -299,5 +342,8 @@ mod tests {
         let dsdt = tables.table(b"DSDT").unwrap();
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
         assert!(dsdt.windows(4).any(|w| w == b"COM1"));
+        assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
+        let mcfg = tables.table(b"MCFG").unwrap();
+        assert_eq!(u64_at(mcfg, 44), ECAM_BASE, "ECAM base of segment 0");
     }
 }

@@ -88,6 +88,8 @@ pub struct ConfigFile {
     pub serial: Option<SerialConfig>,
     pub api_socket: Option<PathBuf>,
     pub on_reboot: Option<RebootPolicy>,
+    /// A virtio-rng device (on unless set to false).
+    pub rng: Option<bool>,
 }
 
 impl ConfigFile {
@@ -120,6 +122,7 @@ impl ConfigFile {
             serial: other.serial.or(self.serial),
             api_socket: other.api_socket.or(self.api_socket),
             on_reboot: other.on_reboot.or(self.on_reboot),
+            rng: other.rng.or(self.rng),
         }
     }
 }
@@ -144,6 +147,7 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     pub api_socket: Option<PathBuf>,
     pub on_reboot: RebootPolicy,
+    pub rng: bool,
 }
 
 impl VmConfig {
@@ -228,6 +232,7 @@ impl VmConfig {
             serial,
             api_socket: file.api_socket,
             on_reboot: file.on_reboot.unwrap_or_default(),
+            rng: file.rng.unwrap_or(true),
         })
     }
 

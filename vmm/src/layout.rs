@@ -7,7 +7,8 @@
 //! 0x0000_7000  zero page             0x0009_fc00  EBDA .. 1 MiB: reserved
 //! 0x0000_8ff0  boot stack            0x000e_0000  ACPI tables (RSDP first)
 //! 0x0010_0000  RAM: kernel, then free; initramfs at the top of low RAM
-//! 0xc000_0000  32-bit MMIO hole (IOAPIC, LAPIC) .. 4 GiB; RAM continues above 4 GiB
+//! 0xc000_0000  32-bit MMIO hole .. 4 GiB: PCI BARs, then ECAM at 0xe000_0000,
+//!              IOAPIC, LAPIC; RAM continues above 4 GiB
 //! ```
 
 pub const GDT_ADDR: u64 = 0x500;
@@ -27,6 +28,11 @@ pub const ACPI_END: u64 = 0x10_0000;
 pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const MMIO_HOLE_END: u64 = 1 << 32;
+/// Where PCI BARs are placed (and may be moved by the guest).
+pub const PCI_MMIO_START: u64 = MMIO_HOLE_START;
+pub const PCI_MMIO_END: u64 = 0xe000_0000;
+/// PCIe configuration space (ECAM) for bus 0.
+pub const ECAM_BASE: u64 = 0xe000_0000;
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 
@@ -92,6 +98,12 @@ pub fn e820_map(memory: u64) -> Vec<E820Entry> {
             kind: E820Type::Ram,
         });
     }
+    // Linux only trusts MMCONFIG in reserved space.
+    map.push(E820Entry {
+        addr: ECAM_BASE,
+        size: crate::pci::ECAM_SIZE,
+        kind: E820Type::Reserved,
+    });
     if memory > MMIO_HOLE_START {
         map.push(E820Entry {
             addr: MMIO_HOLE_END,
@@ -113,7 +125,7 @@ mod tests {
     fn small_guest_is_one_region() {
         assert_eq!(ram_regions(256 * MIB), vec![(0, 256 * MIB)]);
         let map = e820_map(256 * MIB);
-        assert_eq!(map.len(), 3);
+        assert_eq!(map.len(), 4);
         assert_eq!(
             map[0],
             E820Entry {
@@ -132,6 +144,7 @@ mod tests {
                 kind: E820Type::Ram
             }
         );
+        assert_eq!((map[3].addr, map[3].kind), (ECAM_BASE, E820Type::Reserved));
     }
 
     #[test]
@@ -145,10 +158,10 @@ mod tests {
             ]
         );
         let map = e820_map(memory);
-        assert_eq!(map.len(), 4);
+        assert_eq!(map.len(), 5);
         assert_eq!(map[2].addr + map[2].size, MMIO_HOLE_START);
-        assert_eq!(map[3].addr, MMIO_HOLE_END);
-        assert_eq!(map[3].size, memory - MMIO_HOLE_START);
+        assert_eq!(map[4].addr, MMIO_HOLE_END);
+        assert_eq!(map[4].size, memory - MMIO_HOLE_START);
         let ram: u64 = map
             .iter()
             .filter(|e| e.kind == E820Type::Ram)

@@ -10,7 +10,10 @@
 //! - [`acpi`]: RSDP, XSDT, FADT, DSDT, MADT
 //! - [`cpu`]: CPUID, MSRs, registers, LAPIC
 //! - [`vcpu`]: vCPU threads and their run/pause/stop state machine
-//! - [`devices`]: serial, i8042, CMOS RTC, ACPI power management on a port bus
+//! - [`devices`]: serial, i8042, CMOS RTC, ACPI power management; the port/MMIO buses
+//! - [`pci`]: the PCI root complex (ECAM, BAR window), config space, MSI-X
+//! - [`virtio`]: the virtio-pci transport and virtio devices
+//! - [`interrupts`]: KVM GSI routing for MSI
 //! - [`console`]: where the serial console goes on the host
 //! - [`api`]: the HTTP control API on a Unix socket
 //! - [`metrics`]: exit counters and process memory
@@ -27,10 +30,13 @@ pub mod config;
 pub mod console;
 pub mod cpu;
 pub mod devices;
+pub mod interrupts;
 pub mod layout;
 mod log;
 pub mod memory;
 pub mod metrics;
+pub mod pci;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
 pub mod vmm;

@@ -45,6 +45,9 @@ struct Args {
     /// What a guest reboot does: exit or restart.
     #[arg(long, value_parser = parse_reboot)]
     on_reboot: Option<RebootPolicy>,
+    /// Leave out the virtio-rng device.
+    #[arg(long)]
+    no_rng: bool,
 }
 
 fn parse_serial(s: &str) -> Result<SerialConfig, String> {
@@ -84,6 +87,7 @@ impl Args {
                 serial: self.serial,
                 api_socket: self.api_socket,
                 on_reboot: self.on_reboot,
+                rng: self.no_rng.then_some(false),
             },
         )
     }

@@ -22,9 +22,14 @@ use crate::devices::irq::IrqLine;
 use crate::devices::rtc::{self, Rtc};
 use crate::devices::serial::{self, SerialDevice};
 use crate::devices::{lock, Bus, BusDevice, OverlapError};
+use crate::interrupts::GsiRouter;
+use crate::layout::{ECAM_BASE, PCI_MMIO_END, PCI_MMIO_START};
 use crate::memory::GuestRam;
 use crate::metrics::{ExitCounts, VcpuMetrics};
+use crate::pci::{BarWindow, EcamWindow, PciBus, SharedPciDevice, ECAM_SIZE};
 use crate::vcpu::{ExitSink, GateTimeout, RunGate, Vcpu, VcpuExitReason, VcpuSet};
+use crate::virtio::pci::{TransportError, VirtioPciDevice, BAR_SIZE};
+use crate::virtio::rng::Rng;
 
 /// Intel VMX needs a 3-page TSS region inside guest-physical space; it sits in the
 /// MMIO hole, where no RAM is.
@@ -55,6 +60,10 @@ pub enum VmError {
     Bus(#[from] OverlapError),
     #[error("starting vCPU thread: {0}")]
     SpawnVcpu(std::io::Error),
+    #[error("virtio device: {0}")]
+    Virtio(#[from] TransportError),
+    #[error("PCI: {0}")]
+    Pci(String),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -69,7 +78,9 @@ pub struct Vm {
     i8042: Arc<Mutex<I8042>>,
     metrics: Vec<Arc<VcpuMetrics>>,
     started: Instant,
-    _vm: VmFd,
+    // PCI devices stop their workers when dropped, before the memory goes.
+    _pci: Arc<PciBus>,
+    _vm: Arc<VmFd>,
     _kvm: Kvm,
     _memory: GuestRam,
 }
@@ -96,7 +107,7 @@ impl Vm {
             }
         }
 
-        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         vm.set_tss_address(TSS_ADDR)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
         vm.create_irq_chip()
@@ -121,7 +132,23 @@ impl Vm {
 
         let (pio, i8042) = create_devices(&vm, console)?;
         let pio = Arc::new(pio);
-        let mmio = Arc::new(Bus::default());
+        let router = Arc::new(GsiRouter::new(vm.clone()));
+        let pci = Arc::new(create_pci(config, memory, &router)?);
+        let mut mmio = Bus::default();
+        mmio.insert(
+            ECAM_BASE,
+            ECAM_SIZE,
+            Arc::new(Mutex::new(EcamWindow(pci.clone()))),
+        )?;
+        mmio.insert(
+            PCI_MMIO_START,
+            PCI_MMIO_END - PCI_MMIO_START,
+            Arc::new(Mutex::new(BarWindow {
+                bus: pci.clone(),
+                base: PCI_MMIO_START,
+            })),
+        )?;
+        let mmio = Arc::new(mmio);
 
         let base_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -193,6 +220,7 @@ impl Vm {
             i8042,
             metrics,
             started,
+            _pci: pci,
             _memory: ram,
             _vm: vm,
             _kvm: kvm,
@@ -256,6 +284,27 @@ fn create_memory(vm: &VmFd, config: &VmConfig) -> Result<GuestRam, VmError> {
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
     Ok(ram)
+}
+
+/// The PCI bus and its devices, BARs laid out from the start of the window.
+fn create_pci(
+    config: &VmConfig,
+    memory: &vm_memory::GuestMemoryMmap,
+    router: &Arc<GsiRouter>,
+) -> Result<PciBus, VmError> {
+    let mut bus = PciBus::new();
+    let mut next_bar = PCI_MMIO_START;
+    let mut devices: Vec<Box<dyn crate::virtio::VirtioDevice>> = Vec::new();
+    if config.rng {
+        devices.push(Box::new(Rng::default()));
+    }
+    for device in devices {
+        let dev = VirtioPciDevice::new(device, memory.clone(), router.clone(), next_bar)?;
+        next_bar += BAR_SIZE;
+        bus.add(Arc::new(Mutex::new(dev)) as SharedPciDevice)
+            .map_err(|e| VmError::Pci(e.to_string()))?;
+    }
+    Ok(bus)
 }
 
 fn irq_line(vm: &VmFd, gsi: u32) -> Result<IrqLine, VmError> {

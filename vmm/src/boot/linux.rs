@@ -91,7 +91,7 @@ mod tests {
         );
         assert_eq!({ p.hdr.ramdisk_image }, 0x0f00_0000);
         assert_eq!({ p.acpi_rsdp_addr }, 0xe0000);
-        assert_eq!(p.e820_entries, 3);
+        assert_eq!(p.e820_entries, 4);
         let ram = p.e820_table[2];
         assert_eq!(
             ({ ram.addr }, { ram.size }, { ram.r#type }),

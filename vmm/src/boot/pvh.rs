@@ -81,7 +81,7 @@ mod tests {
         assert_eq!(info.nr_modules, 1);
         assert_eq!(info.rsdp_paddr, 0xe0000);
         assert_eq!(info.cmdline_paddr, CMDLINE_ADDR);
-        assert_eq!(info.memmap_entries, 3);
+        assert_eq!(info.memmap_entries, 4);
         let module: hvm_modlist_entry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
         assert_eq!((module.paddr, module.size), (0x800_0000, 1234));
         let last: hvm_memmap_table_entry = mem

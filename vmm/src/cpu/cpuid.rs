@@ -119,8 +119,8 @@ pub fn customize(cpuid: &mut CpuId, id: u8, count: u8, tsc_deadline: bool) {
 }
 
 /// Nested hosts can report XSAVE components (leaf 0xD) whose feature flags they do
-/// not report (leaf 1/7); Linux then warns "XSAVE consistency problem" and sizes its
-/// buffers wrongly. Drop such components and recompute the sizes.
+/// not report (leaf 1/7), or a stale size; Linux then warns "XSAVE consistency
+/// problem". Drop such components and recompute the sizes.
 fn align_xsave_with_features(cpuid: &mut CpuId) {
     let reg = |cpuid: &CpuId, r: Reg| {
         let (function, pick): (u32, fn(&kvm_cpuid_entry2) -> u32) = match r {
@@ -166,7 +166,10 @@ fn align_xsave_with_features(cpuid: &mut CpuId) {
     let base = &mut entries[base];
     base.eax = mask as u32;
     base.edx = (mask >> 32) as u32;
-    base.ebx = XSAVE_LEGACY_AND_HEADER;
+    // EBX is the size for the XCR0 in force. KVM should refresh it when the guest
+    // writes XCR0, but a nested KVM was seen not to, and Linux enables every
+    // component offered; so start from the size with all of them, as QEMU does.
+    base.ebx = max_size;
     base.ecx = max_size;
 }
 
@@ -280,7 +283,7 @@ mod tests {
         let x = find(&c, 0xd, 0);
         assert_eq!(x.eax, 0x7, "PKRU dropped, AVX kept");
         assert_eq!(x.ecx, 576 + 256, "max size covers AVX only");
-        assert_eq!(x.ebx, XSAVE_LEGACY_AND_HEADER);
+        assert_eq!(x.ebx, 576 + 256, "size for every component offered");
         assert_eq!(find(&c, 0xd, 9).eax, 0);
         assert_eq!(find(&c, 0xd, 2).eax, 256);
     }

@@ -1,0 +1,257 @@
+//! A PCI root complex: one bus, configuration space through ECAM (PCIe MMCONFIG),
+//! and the 32-bit window where device BARs live.
+//!
+//! There is no legacy port-0xcf8 mechanism: without it Linux sends every config
+//! access through ECAM, one MMIO exit each instead of two port exits.
+
+pub mod config;
+pub mod msix;
+
+use std::sync::{Arc, Mutex};
+
+use config::{PciConfig, PciId, NUM_BARS};
+
+use crate::devices::{lock, BusDevice, GuestRequest};
+
+pub const SLOTS: usize = 32;
+/// Bytes of ECAM per function: bus 0 needs 32 devices x 8 functions x 4 KiB.
+const ECAM_FUNCTION_SIZE: u64 = 4096;
+pub const ECAM_SIZE: u64 = SLOTS as u64 * 8 * ECAM_FUNCTION_SIZE;
+
+/// A PCI function on the root bus.
+pub trait PciDevice: Send {
+    fn config(&self) -> &PciConfig;
+    fn config_mut(&mut self) -> &mut PciConfig;
+    /// The guest wrote `len` bytes of config space at `offset` (already applied).
+    fn config_written(&mut self, _offset: usize, _len: usize) {}
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]);
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
+}
+
+/// The host bridge at 00.0: only identifies the root complex.
+pub struct HostBridge {
+    config: PciConfig,
+}
+
+impl Default for HostBridge {
+    fn default() -> Self {
+        HostBridge {
+            config: PciConfig::new(PciId {
+                // Red Hat's QEMU PCIe host bridge ID, which guests know as a plain
+                // host bridge needing no driver.
+                vendor: 0x1b36,
+                device: 0x0008,
+                class: 0x06,
+                subclass: 0x00,
+                prog_if: 0,
+                revision: 0,
+                subsystem_vendor: 0x1b36,
+                subsystem: 0x0008,
+            }),
+        }
+    }
+}
+
+impl PciDevice for HostBridge {
+    fn config(&self) -> &PciConfig {
+        &self.config
+    }
+    fn config_mut(&mut self) -> &mut PciConfig {
+        &mut self.config
+    }
+    fn bar_read(&mut self, _: usize, _: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+    fn bar_write(&mut self, _: usize, _: u64, _: &[u8]) {}
+}
+
+pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("no free PCI slot")]
+pub struct NoFreeSlot;
+
+/// The devices on bus 0, by slot.
+#[derive(Default)]
+pub struct PciBus {
+    slots: Vec<Option<SharedPciDevice>>,
+}
+
+impl PciBus {
+    pub fn new() -> Self {
+        let mut bus = PciBus {
+            slots: vec![None; SLOTS],
+        };
+        bus.slots[0] = Some(Arc::new(Mutex::new(HostBridge::default())));
+        bus
+    }
+
+    /// Puts `device` in the lowest free slot and returns it.
+    pub fn add(&mut self, device: SharedPciDevice) -> Result<u8, NoFreeSlot> {
+        let slot = self
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .ok_or(NoFreeSlot)?;
+        self.slots[slot] = Some(device);
+        Ok(slot as u8)
+    }
+
+    fn device(&self, slot: usize) -> Option<&SharedPciDevice> {
+        self.slots.get(slot)?.as_ref()
+    }
+}
+
+/// ECAM: config space of function f of device d on bus 0 at `(d << 15) | (f << 12)`.
+pub struct EcamWindow(pub Arc<PciBus>);
+
+impl EcamWindow {
+    /// (slot, register) for function 0 of bus 0; other functions are absent.
+    fn decode(offset: u64) -> Option<(usize, usize)> {
+        let function = (offset >> 12) & 0x7;
+        let slot = (offset >> 15) as usize;
+        (function == 0 && offset < ECAM_SIZE).then_some((slot, (offset & 0xfff) as usize))
+    }
+}
+
+impl BusDevice for EcamWindow {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match Self::decode(offset).and_then(|(s, r)| Some((self.0.device(s)?, r))) {
+            Some((dev, reg)) => lock(dev).config().read(reg, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<GuestRequest> {
+        if let Some((dev, reg)) =
+            Self::decode(offset).and_then(|(s, r)| Some((self.0.device(s)?, r)))
+        {
+            let mut dev = lock(dev);
+            if dev.config_mut().write(reg, data) {
+                dev.config_written(reg, data.len());
+            }
+        }
+        None
+    }
+}
+
+/// The 32-bit MMIO window: an access goes to whichever device's BAR covers it.
+/// BARs can move (the guest may reprogram them), so this is looked up per access
+/// rather than registered once.
+pub struct BarWindow {
+    pub bus: Arc<PciBus>,
+    pub base: u64,
+}
+
+impl BarWindow {
+    fn find(&self, addr: u64) -> Option<(SharedPciDevice, usize, u64)> {
+        for dev in self.bus.slots.iter().flatten() {
+            let d = lock(dev);
+            let config = d.config();
+            if !config.memory_enabled() {
+                continue;
+            }
+            for bar in 0..NUM_BARS {
+                let (Some(b), Some(start)) = (config.bar(bar), config.bar_address(bar)) else {
+                    continue;
+                };
+                if addr >= start && addr - start < b.size {
+                    return Some((dev.clone(), bar, addr - start));
+                }
+            }
+        }
+        None
+    }
+}
+
+impl BusDevice for BarWindow {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match self.find(self.base + offset) {
+            Some((dev, bar, off)) => lock(&dev).bar_read(bar, off, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<GuestRequest> {
+        if let Some((dev, bar, off)) = self.find(self.base + offset) {
+            lock(&dev).bar_write(bar, off, data);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ecam_reaches_function_zero_only() {
+        let mut ecam = EcamWindow(Arc::new(PciBus::new()));
+        let mut id = [0u8; 4];
+        ecam.read(0, &mut id);
+        assert_eq!(u32::from_le_bytes(id), 0x0008_1b36, "host bridge at 00.0");
+        ecam.read(1 << 15, &mut id);
+        assert_eq!(id, [0xff; 4], "empty slot");
+        ecam.read(1 << 12, &mut id);
+        assert_eq!(id, [0xff; 4], "function 1 absent");
+        ecam.read(ECAM_SIZE + 8, &mut id);
+        assert_eq!(id, [0xff; 4], "beyond bus 0");
+        ecam.write(0, &[0; 4]);
+        ecam.read(0, &mut id);
+        assert_eq!(u32::from_le_bytes(id), 0x0008_1b36, "read-only ID");
+    }
+
+    struct OneBar {
+        config: PciConfig,
+        last_write: Option<(usize, u64, Vec<u8>)>,
+    }
+    impl PciDevice for OneBar {
+        fn config(&self) -> &PciConfig {
+            &self.config
+        }
+        fn config_mut(&mut self) -> &mut PciConfig {
+            &mut self.config
+        }
+        fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+            data.fill((bar as u8) << 4 | offset as u8);
+        }
+        fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+            self.last_write = Some((bar, offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn bar_window_follows_bars_and_memory_enable() {
+        let mut config = PciConfig::new(PciId {
+            vendor: 1,
+            device: 2,
+            class: 0,
+            subclass: 0,
+            prog_if: 0,
+            revision: 0,
+            subsystem_vendor: 0,
+            subsystem: 0,
+        });
+        config.add_bar64(0, 0x1000, 0xc000_2000).unwrap();
+        let dev = Arc::new(Mutex::new(OneBar {
+            config,
+            last_write: None,
+        }));
+        let mut bus = PciBus::new();
+        assert_eq!(bus.add(dev.clone()).unwrap(), 1);
+        let mut window = BarWindow {
+            bus: Arc::new(bus),
+            base: 0xc000_0000,
+        };
+        let mut b = [0u8; 1];
+        window.read(0x2004, &mut b);
+        assert_eq!(b, [0xff], "memory decoding off");
+        lock(&dev).config_mut().write(config::COMMAND, &[2, 0]);
+        window.read(0x2004, &mut b);
+        assert_eq!(b, [0x04]);
+        window.write(0x2010, &[7]);
+        assert_eq!(lock(&dev).last_write, Some((0, 0x10, vec![7])));
+        window.read(0x3000, &mut b);
+        assert_eq!(b, [0xff], "past the BAR");
+    }
+}

@@ -1,0 +1,89 @@
+//! Virtio devices and their PCI transport.
+//!
+//! A device ([`VirtioDevice`]) knows its queues and config space; the transport
+//! ([`pci::VirtioPciDevice`]) speaks the virtio 1.x PCI protocol to the driver and,
+//! when the driver sets DRIVER_OK, hands the device its queues, each with the
+//! eventfd KVM signals on a notification (ioeventfd) and the MSI-X vector to raise.
+//! Devices process queues on their own worker threads, never on a vCPU.
+
+pub mod pci;
+pub mod rng;
+pub mod worker;
+
+use std::sync::{Arc, Mutex};
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::lock;
+use crate::pci::msix::Msix;
+
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+
+/// MSI-X vector value meaning "no vector".
+pub const NO_VECTOR: u16 = 0xffff;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("queue {0} is not valid in guest memory")]
+    InvalidQueue(usize),
+    #[error("starting the device worker: {0}")]
+    Worker(std::io::Error),
+    #[error("{0}")]
+    Device(String),
+}
+
+/// Raises one queue's MSI-X vector.
+#[derive(Clone)]
+pub struct QueueInterrupt {
+    msix: Arc<Mutex<Msix>>,
+    vector: u16,
+}
+
+impl QueueInterrupt {
+    pub fn new(msix: Arc<Mutex<Msix>>, vector: u16) -> Self {
+        QueueInterrupt { msix, vector }
+    }
+
+    pub fn trigger(&self) {
+        if self.vector != NO_VECTOR {
+            lock(&self.msix).trigger(self.vector);
+        }
+    }
+}
+
+/// A queue the driver enabled, handed to the device at activation.
+pub struct ActiveQueue {
+    pub index: usize,
+    pub queue: Queue,
+    pub notify: EventFd,
+    pub interrupt: QueueInterrupt,
+}
+
+pub struct Activation {
+    pub memory: GuestMemoryMmap,
+    pub acked_features: u64,
+    pub queues: Vec<ActiveQueue>,
+}
+
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (4 = entropy, 2 = block, 1 = network).
+    fn device_type(&self) -> u32;
+    /// PCI class and subclass the device presents.
+    fn pci_class(&self) -> (u8, u8);
+    /// Largest size of each queue.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits offered to the driver.
+    fn features(&self) -> u64;
+    /// Reads the device-specific config space; unknown bytes read as zero.
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Starts processing the queues the driver set up.
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// Stops processing and forgets the queues (the driver reset the device).
+    fn reset(&mut self);
+}

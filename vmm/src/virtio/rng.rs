@@ -1,0 +1,178 @@
+//! virtio-rng: entropy from the host's getrandom(2), so a guest never stalls
+//! waiting for it.
+
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestMemoryMmap};
+
+use super::worker::{wait_readable, Worker};
+use super::{ActivateError, Activation, ActiveQueue, VirtioDevice};
+
+const QUEUE_SIZE: u16 = 256;
+/// Most bytes served per request, however large the guest's buffers.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+const VIRTIO_ID_RNG: u32 = 4;
+
+#[derive(Default)]
+pub struct Rng {
+    worker: Option<Worker>,
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_RNG
+    }
+
+    fn pci_class(&self) -> (u8, u8) {
+        (0xff, 0x00)
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        0
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let Activation { memory, queues, .. } = activation;
+        let Some(queue) = queues.into_iter().find(|q| q.index == 0) else {
+            return Err(ActivateError::Device(
+                "the request queue is not enabled".into(),
+            ));
+        };
+        let worker = Worker::spawn("virtio-rng", move |stop| serve(stop, queue, memory))
+            .map_err(ActivateError::Worker)?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.worker = None;
+    }
+}
+
+fn serve(stop: vmm_sys_util::eventfd::EventFd, mut q: ActiveQueue, memory: GuestMemoryMmap) {
+    loop {
+        match wait_readable(&[&stop, &q.notify]) {
+            Ok(ready) if ready.contains(&0) => return,
+            Ok(_) => {
+                let _ = q.notify.read();
+            }
+            Err(e) => {
+                tracing::error!("virtio-rng worker: {e}");
+                return;
+            }
+        }
+        if fill_requests(&mut q.queue, &memory) {
+            q.interrupt.trigger();
+        }
+    }
+}
+
+/// Serves every available request; returns whether the driver wants an interrupt.
+pub fn fill_requests(queue: &mut virtio_queue::Queue, memory: &GuestMemoryMmap) -> bool {
+    let mut served = false;
+    while let Some(chain) = queue.pop_descriptor_chain(memory) {
+        let head = chain.head_index();
+        let mut written = 0usize;
+        let mut buf = vec![0u8; 4096];
+        for desc in chain {
+            // A request is a chain of device-writable buffers; anything else ends it.
+            if !desc.is_write_only() || written >= MAX_REQUEST_BYTES {
+                break;
+            }
+            let mut remaining = (desc.len() as usize).min(MAX_REQUEST_BYTES - written);
+            let mut addr = desc.addr();
+            while remaining > 0 {
+                let n = remaining.min(buf.len());
+                if !getrandom(&mut buf[..n]) || memory.write_slice(&buf[..n], addr).is_err() {
+                    remaining = 0;
+                    break;
+                }
+                written += n;
+                remaining -= n;
+                addr = vm_memory::GuestAddress(addr.0.wrapping_add(n as u64));
+            }
+        }
+        if queue.add_used(memory, head, written as u32).is_err() {
+            break;
+        }
+        served = true;
+    }
+    served && queue.needs_notification(memory).unwrap_or(true)
+}
+
+fn getrandom(buf: &mut [u8]) -> bool {
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return false;
+        }
+        filled += n as usize;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, GuestAddress};
+
+    const WRITE: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+    const NEXT: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    fn used_len(mem: &GuestMemoryMmap, q: &MockSplitQueue<GuestMemoryMmap>, i: u64) -> u32 {
+        mem.read_obj(q.used_addr().unchecked_add(4 + 8 * i + 4))
+            .unwrap()
+    }
+
+    #[test]
+    fn fills_writable_buffers() {
+        let mem = memory();
+        let mq = MockSplitQueue::new(&mem, 16);
+        let descs = [
+            RawDescriptor::from(SplitDescriptor::new(0x8000, 16, WRITE | NEXT, 1)),
+            RawDescriptor::from(SplitDescriptor::new(0x9000, 32, WRITE, 0)),
+        ];
+        mq.build_desc_chain(&descs).unwrap();
+        let mut q: virtio_queue::Queue = mq.create_queue().unwrap();
+        assert!(fill_requests(&mut q, &mem));
+        assert_eq!(used_len(&mem, &mq, 0), 48);
+        let mut got = [0u8; 32];
+        mem.read_slice(&mut got, GuestAddress(0x9000)).unwrap();
+        assert_ne!(got, [0u8; 32], "entropy written");
+    }
+
+    #[test]
+    fn malformed_chains_are_completed_without_panicking() {
+        let mem = memory();
+        let mq = MockSplitQueue::new(&mem, 16);
+        // Read-only buffer, then a buffer outside guest memory.
+        mq.build_desc_chain(&[RawDescriptor::from(SplitDescriptor::new(0x8000, 16, 0, 0))])
+            .unwrap();
+        mq.build_desc_chain(&[RawDescriptor::from(SplitDescriptor::new(
+            0xffff_0000,
+            4096,
+            WRITE,
+            0,
+        ))])
+        .unwrap();
+        let mut q: virtio_queue::Queue = mq.create_queue().unwrap();
+        assert!(fill_requests(&mut q, &mem));
+        assert_eq!(used_len(&mem, &mq, 0), 0);
+        assert_eq!(used_len(&mem, &mq, 1), 0);
+    }
+}
