@@ -6,7 +6,10 @@
 //! - `ticks`: print `virga-tick N` every 200 ms until Ctrl+Alt+Del (SIGINT to init),
 //!   then power off;
 //! - `reboot`: reboot at once;
-//! - `devices`: list PCI devices and the hardware RNG, read from it, power off.
+//! - `devices`: list PCI devices and the hardware RNG, read from it, power off;
+//! - `disk-write`: write 4 MiB of random data to /dev/vda at 1 MiB, fsync, print
+//!   its md5 (or that the write failed), power off;
+//! - `disk-read`: print the md5 of the same 4 MiB of /dev/vda, power off.
 
 use std::path::Path;
 
@@ -43,6 +46,26 @@ case " $($bb cat /proc/cmdline) " in
     ;;
 *" virga.mode=reboot "*)
     $bb reboot -f
+    ;;
+*" virga.mode=disk-write "*|*" virga.mode=disk-read "*)
+    $bb mount -t sysfs sys /sys
+    $bb mount -t devtmpfs dev /dev
+    echo "virga-disks $(cd /sys/block && echo vd*)"
+    echo "virga-disk-serial $($bb cat /sys/block/vda/serial 2>/dev/null)"
+    echo "virga-disk-ro $($bb cat /sys/block/vda/ro 2>/dev/null)"
+    if $bb grep -q "virga.mode=disk-write" /proc/cmdline; then
+        $bb mkdir -p /tmp
+        $bb dd if=/dev/urandom of=/tmp/pattern bs=64k count=64 2>/dev/null
+        if $bb dd if=/tmp/pattern of=/dev/vda bs=64k seek=16 conv=fsync 2>/dev/null; then
+            echo "virga-disk-written $($bb md5sum < /tmp/pattern | $bb cut -d' ' -f1)"
+        else
+            echo "virga-disk-write-failed"
+        fi
+    else
+        echo "virga-disk-read $($bb dd if=/dev/vda bs=64k skip=16 count=64 2>/dev/null | $bb md5sum | $bb cut -d' ' -f1)"
+    fi
+    $bb sync
+    $bb poweroff -f
     ;;
 *" virga.mode=devices "*)
     $bb mount -t sysfs sys /sys

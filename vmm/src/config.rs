@@ -64,6 +64,76 @@ pub struct SerialConfig {
     pub path: Option<PathBuf>,
 }
 
+/// A virtio-blk disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// A raw image file or a block device.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Reported to the guest (VIRTIO_BLK_T_GET_ID), at most 20 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// O_DIRECT (the default) or through the host's page cache.
+    #[serde(default = "yes")]
+    pub direct: bool,
+    /// Request queues; one per vCPU when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<u16>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Most queues a disk may have.
+pub const MAX_DISK_QUEUES: u16 = 32;
+pub const MAX_DISKS: usize = 16;
+const MAX_SERIAL_LEN: usize = 20;
+
+impl std::str::FromStr for DiskConfig {
+    type Err = String;
+
+    /// `path=FILE[,readonly=on][,serial=S][,direct=off][,queues=N]`
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut disk = DiskConfig {
+            path: PathBuf::new(),
+            read_only: false,
+            serial: None,
+            direct: true,
+            queues: None,
+        };
+        let flag = |k: &str, v: &str| match v {
+            "on" | "true" | "yes" => Ok(true),
+            "off" | "false" | "no" => Ok(false),
+            _ => Err(format!("{k}: expected on or off, got {v:?}")),
+        };
+        for part in s.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("expected key=value, got {part:?}"))?;
+            match k {
+                "path" => disk.path = PathBuf::from(v),
+                "readonly" | "read_only" => disk.read_only = flag(k, v)?,
+                "direct" => disk.direct = flag(k, v)?,
+                "serial" => disk.serial = Some(v.to_owned()),
+                "queues" => {
+                    disk.queues = Some(
+                        v.parse()
+                            .map_err(|_| format!("queues: not a number: {v:?}"))?,
+                    )
+                }
+                other => return Err(format!("unknown disk option {other:?}")),
+            }
+        }
+        if disk.path.as_os_str().is_empty() {
+            return Err("path=FILE is required".into());
+        }
+        Ok(disk)
+    }
+}
+
 /// What a guest-initiated reboot does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -90,6 +160,7 @@ pub struct ConfigFile {
     pub on_reboot: Option<RebootPolicy>,
     /// A virtio-rng device (on unless set to false).
     pub rng: Option<bool>,
+    pub disks: Option<Vec<DiskConfig>>,
 }
 
 impl ConfigFile {
@@ -123,6 +194,7 @@ impl ConfigFile {
             api_socket: other.api_socket.or(self.api_socket),
             on_reboot: other.on_reboot.or(self.on_reboot),
             rng: other.rng.or(self.rng),
+            disks: other.disks.or(self.disks),
         }
     }
 }
@@ -148,6 +220,7 @@ pub struct VmConfig {
     pub api_socket: Option<PathBuf>,
     pub on_reboot: RebootPolicy,
     pub rng: bool,
+    pub disks: Vec<DiskConfig>,
 }
 
 impl VmConfig {
@@ -222,7 +295,19 @@ impl VmConfig {
             check_parent_dir("api_socket", socket)?;
         }
 
+        let mut disks = file.disks.unwrap_or_default();
+        if disks.len() > MAX_DISKS {
+            return Err(invalid(
+                "disks",
+                format!("at most {MAX_DISKS}, got {}", disks.len()),
+            ));
+        }
+        for disk in &mut disks {
+            validate_disk(disk, vcpus)?;
+        }
+
         Ok(VmConfig {
+            disks,
             kernel,
             kernel_format,
             initramfs: file.initramfs,
@@ -239,6 +324,48 @@ impl VmConfig {
     pub fn memory_bytes(&self) -> u64 {
         u64::from(self.memory_mib) << 20
     }
+}
+
+fn validate_disk(disk: &mut DiskConfig, vcpus: u8) -> Result<(), ConfigError> {
+    let meta = std::fs::metadata(&disk.path)
+        .map_err(|e| invalid("disks.path", format!("{}: {e}", disk.path.display())))?;
+    use std::os::unix::fs::FileTypeExt;
+    if !meta.is_file() && !meta.file_type().is_block_device() {
+        return Err(invalid(
+            "disks.path",
+            format!(
+                "{}: not a regular file or block device",
+                disk.path.display()
+            ),
+        ));
+    }
+    let writable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!disk.read_only)
+        .open(&disk.path);
+    if let Err(e) = writable {
+        return Err(invalid(
+            "disks.path",
+            format!("{}: {e}", disk.path.display()),
+        ));
+    }
+    if let Some(serial) = &disk.serial {
+        if serial.len() > MAX_SERIAL_LEN || !serial.is_ascii() {
+            return Err(invalid(
+                "disks.serial",
+                format!("at most {MAX_SERIAL_LEN} ASCII characters, got {serial:?}"),
+            ));
+        }
+    }
+    let queues = disk.queues.unwrap_or(u16::from(vcpus));
+    if !(1..=MAX_DISK_QUEUES).contains(&queues) {
+        return Err(invalid(
+            "disks.queues",
+            format!("must be between 1 and {MAX_DISK_QUEUES}, got {queues}"),
+        ));
+    }
+    disk.queues = Some(queues);
+    Ok(())
 }
 
 fn check_readable_file(field: &'static str, path: &Path) -> Result<File, ConfigError> {
@@ -455,6 +582,65 @@ mod tests {
         assert_eq!(
             field_of(VmConfig::validate(cfg, 4096).unwrap_err()),
             "api_socket"
+        );
+    }
+
+    #[test]
+    fn disks_parse_from_flags_and_validate() {
+        let d: DiskConfig = "path=/x,readonly=on,serial=abc,direct=off,queues=2"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            d,
+            DiskConfig {
+                path: "/x".into(),
+                read_only: true,
+                serial: Some("abc".into()),
+                direct: false,
+                queues: Some(2),
+            }
+        );
+        assert!(
+            "readonly=on".parse::<DiskConfig>().is_err(),
+            "path required"
+        );
+        assert!("path=/x,colour=red".parse::<DiskConfig>().is_err());
+        assert!("path=/x,readonly=maybe".parse::<DiskConfig>().is_err());
+
+        let k = elf_kernel();
+        let img = tempfile::NamedTempFile::new().unwrap();
+        let with_disk = |disk: &str| ConfigFile {
+            disks: Some(vec![disk.parse().unwrap()]),
+            vcpus: Some(2),
+            ..with_kernel(k.path())
+        };
+        let ok =
+            VmConfig::validate(with_disk(&format!("path={}", img.path().display())), 4096).unwrap();
+        assert_eq!(ok.disks[0].queues, Some(2), "one queue per vCPU by default");
+        for (disk, field) in [
+            ("path=/nonexistent/disk.raw".to_owned(), "disks.path"),
+            (
+                format!(
+                    "path={},serial=this-serial-is-far-too-long",
+                    img.path().display()
+                ),
+                "disks.serial",
+            ),
+            (
+                format!("path={},queues=0", img.path().display()),
+                "disks.queues",
+            ),
+        ] {
+            assert_eq!(
+                field_of(VmConfig::validate(with_disk(&disk), 4096).unwrap_err()),
+                field
+            );
+        }
+        let err =
+            ConfigFile::from_json(r#"{"disks": [{"path": "/x", "readonly": true}]}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `readonly`"),
+            "{err}"
         );
     }
 

@@ -48,6 +48,10 @@ struct Args {
     /// Leave out the virtio-rng device.
     #[arg(long)]
     no_rng: bool,
+    /// A virtio-blk disk: path=FILE[,readonly=on][,serial=S][,direct=off][,queues=N].
+    /// Repeat for more disks; replaces the config file's disks.
+    #[arg(long = "disk")]
+    disks: Vec<vmm::config::DiskConfig>,
 }
 
 fn parse_serial(s: &str) -> Result<SerialConfig, String> {
@@ -88,6 +92,7 @@ impl Args {
                 api_socket: self.api_socket,
                 on_reboot: self.on_reboot,
                 rng: self.no_rng.then_some(false),
+                disks: (!self.disks.is_empty()).then_some(self.disks),
             },
         )
     }

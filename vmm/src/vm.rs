@@ -28,6 +28,7 @@ use crate::memory::GuestRam;
 use crate::metrics::{ExitCounts, VcpuMetrics};
 use crate::pci::{BarWindow, EcamWindow, PciBus, SharedPciDevice, ECAM_SIZE};
 use crate::vcpu::{ExitSink, GateTimeout, RunGate, Vcpu, VcpuExitReason, VcpuSet};
+use crate::virtio::block::{disk::Disk, Block};
 use crate::virtio::pci::{TransportError, VirtioPciDevice, BAR_SIZE};
 use crate::virtio::rng::Rng;
 
@@ -295,6 +296,18 @@ fn create_pci(
     let mut bus = PciBus::new();
     let mut next_bar = PCI_MMIO_START;
     let mut devices: Vec<Box<dyn crate::virtio::VirtioDevice>> = Vec::new();
+    for (i, d) in config.disks.iter().enumerate() {
+        let disk =
+            Disk::open(&d.path, d.read_only, d.direct).map_err(|e| VmError::Pci(e.to_string()))?;
+        let queues = d.queues.unwrap_or(u16::from(config.vcpus));
+        let serial = d.serial.clone().unwrap_or_default();
+        devices.push(Box::new(Block::new(
+            disk,
+            &serial,
+            queues,
+            format!("virtio-blk{i}"),
+        )));
+    }
     if config.rng {
         devices.push(Box::new(Rng::default()));
     }

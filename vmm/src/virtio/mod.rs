@@ -6,6 +6,7 @@
 //! eventfd KVM signals on a notification (ioeventfd) and the MSI-X vector to raise.
 //! Devices process queues on their own worker threads, never on a vCPU.
 
+pub mod block;
 pub mod pci;
 pub mod rng;
 pub mod worker;

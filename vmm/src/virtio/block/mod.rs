@@ -1,0 +1,498 @@
+//! virtio-blk: raw images and block devices, served through io_uring.
+//!
+//! One worker thread per disk serves all of its queues with one ring: requests
+//! popped from any queue are submitted in one batch, completions are reaped in
+//! batches when the ring's eventfd fires. The ring has a fixed number of slots and
+//! a request is only popped when a slot is free, so a full ring is back-pressure,
+//! never a failed request. Without io_uring the same worker does synchronous I/O.
+
+pub mod disk;
+pub mod request;
+
+use std::sync::Arc;
+
+use io_uring::{opcode, types, IoUring};
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::worker::{wait_readable, Worker};
+use super::{ActivateError, Activation, ActiveQueue, VirtioDevice};
+use disk::{preadv_pwritev, Disk};
+use request::{
+    Rejected, Request, RequestType, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_S_UNSUPP,
+};
+
+const VIRTIO_ID_BLOCK: u32 = 2;
+const QUEUE_SIZE: u16 = 256;
+const RING_ENTRIES: u32 = 128;
+const SERIAL_LEN: usize = 20;
+
+const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
+const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+const VIRTIO_BLK_F_MQ: u64 = 1 << 12;
+const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
+const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
+
+pub struct Block {
+    disk: Arc<Disk>,
+    serial: [u8; SERIAL_LEN],
+    queue_sizes: Vec<u16>,
+    config: [u8; 60],
+    worker: Option<Worker>,
+    name: String,
+}
+
+impl Block {
+    pub fn new(disk: Disk, serial: &str, queues: u16, name: String) -> Self {
+        let mut id = [0u8; SERIAL_LEN];
+        let n = serial.len().min(SERIAL_LEN);
+        id[..n].copy_from_slice(&serial.as_bytes()[..n]);
+        let queues = queues.max(1);
+        let mut config = [0u8; 60];
+        config[0..8].copy_from_slice(&disk.sectors().to_le_bytes());
+        config[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes()); // seg_max
+        config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
+        config[34..36].copy_from_slice(&queues.to_le_bytes());
+        // Discard and write-zeroes: one segment per request, any length, 4 KiB aligned.
+        config[36..40].copy_from_slice(&(u32::MAX >> 9).to_le_bytes());
+        config[40..44].copy_from_slice(&1u32.to_le_bytes());
+        config[44..48].copy_from_slice(&8u32.to_le_bytes());
+        config[48..52].copy_from_slice(&(u32::MAX >> 9).to_le_bytes());
+        config[52..56].copy_from_slice(&1u32.to_le_bytes());
+        Block {
+            disk: Arc::new(disk),
+            serial: id,
+            queue_sizes: vec![QUEUE_SIZE; usize::from(queues)],
+            config,
+            worker: None,
+            name,
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn pci_class(&self) -> (u8, u8) {
+        (0x01, 0x00)
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH;
+        if self.queue_sizes.len() > 1 {
+            f |= VIRTIO_BLK_F_MQ;
+        }
+        if self.disk.read_only {
+            f |= VIRTIO_BLK_F_RO;
+        } else if self.disk.fallocate {
+            f |= VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES;
+        }
+        f
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| self.config.get(o + i))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let worker = BlockWorker::new(self.disk.clone(), self.serial, activation)
+            .map_err(ActivateError::Worker)?;
+        self.worker = Some(
+            Worker::spawn(&self.name, move |stop| worker.run(stop))
+                .map_err(ActivateError::Worker)?,
+        );
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.worker = None;
+    }
+}
+
+/// A request handed to the kernel; its iovecs must live until it completes.
+struct Pending {
+    queue: usize,
+    head: u16,
+    status: GuestAddress,
+    used_len: u32,
+    /// Bytes a read or write must move; None for a flush.
+    expected: Option<u64>,
+    write: bool,
+    offset: u64,
+    iovecs: Vec<libc::iovec>,
+}
+
+// SAFETY: the iovecs point into guest memory, which the worker owns a handle to
+// and which outlives every pending request (the worker drains them before exit).
+unsafe impl Send for Pending {}
+
+struct BlockWorker {
+    disk: Arc<Disk>,
+    serial: [u8; SERIAL_LEN],
+    memory: GuestMemoryMmap,
+    queues: Vec<ActiveQueue>,
+    ring: Option<IoUring>,
+    ring_event: EventFd,
+    slots: Vec<Option<Pending>>,
+    free: Vec<usize>,
+    interrupt_due: Vec<bool>,
+}
+
+impl BlockWorker {
+    fn new(disk: Arc<Disk>, serial: [u8; SERIAL_LEN], a: Activation) -> std::io::Result<Self> {
+        let ring_event = EventFd::new(libc::EFD_NONBLOCK)?;
+        let ring = match IoUring::new(RING_ENTRIES) {
+            Ok(ring) => match ring
+                .submitter()
+                .register_eventfd(std::os::fd::AsRawFd::as_raw_fd(&ring_event))
+            {
+                Ok(()) => Some(ring),
+                Err(e) => {
+                    tracing::warn!(
+                        "io_uring eventfd registration failed ({e}); using synchronous I/O"
+                    );
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!("io_uring unavailable ({e}); using synchronous I/O");
+                None
+            }
+        };
+        let n = a.queues.len();
+        Ok(BlockWorker {
+            disk,
+            serial,
+            memory: a.memory,
+            queues: a.queues,
+            ring,
+            ring_event,
+            slots: (0..RING_ENTRIES).map(|_| None).collect(),
+            free: (0..RING_ENTRIES as usize).rev().collect(),
+            interrupt_due: vec![false; n],
+        })
+    }
+
+    fn run(mut self, stop: EventFd) {
+        loop {
+            let ready = {
+                let mut fds: Vec<&EventFd> = vec![&stop, &self.ring_event];
+                fds.extend(self.queues.iter().map(|q| &q.notify));
+                match wait_readable(&fds) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!("virtio-blk worker: {e}");
+                        break;
+                    }
+                }
+            };
+            if ready.contains(&0) {
+                break;
+            }
+            let _ = self.ring_event.read();
+            for q in &self.queues {
+                let _ = q.notify.read();
+            }
+            self.reap();
+            for qi in 0..self.queues.len() {
+                self.process_queue(qi);
+            }
+            if let Some(ring) = &self.ring {
+                if let Err(e) = ring.submit() {
+                    crate::rate_limited_warn!("io_uring submit: {e}");
+                }
+            }
+            self.signal();
+        }
+        self.drain();
+    }
+
+    /// Waits for every request the kernel still holds: their buffers are guest
+    /// memory, which must not go away under them.
+    fn drain(&mut self) {
+        while self.slots.iter().any(Option::is_some) {
+            let Some(ring) = &self.ring else { break };
+            if ring.submit_and_wait(1).is_err() {
+                break;
+            }
+            self.reap();
+        }
+        self.signal();
+    }
+
+    fn process_queue(&mut self, qi: usize) {
+        loop {
+            if self.ring.is_some() && self.free.is_empty() {
+                return; // back-pressure: resumed when completions free a slot
+            }
+            let Some(chain) = self.queues[qi].queue.pop_descriptor_chain(&self.memory) else {
+                return;
+            };
+            match request::parse(chain, &self.memory) {
+                Ok(req) => self.start(qi, req),
+                Err(Rejected {
+                    head,
+                    status,
+                    error,
+                }) => {
+                    crate::rate_limited_warn!("virtio-blk: bad request from the guest: {error}");
+                    match status {
+                        Some(s) => self.complete(qi, head, s, VIRTIO_BLK_S_IOERR, 1),
+                        None => self.add_used(qi, head, 0),
+                    }
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, qi: usize, req: Request) {
+        let fail = |w: &mut Self, s| w.complete(qi, req.head, req.status, s, 1);
+        match req.kind {
+            RequestType::In | RequestType::Out => {
+                let write = req.kind == RequestType::Out;
+                if write && self.disk.read_only {
+                    return fail(self, VIRTIO_BLK_S_IOERR);
+                }
+                let len = req.data_len();
+                let offset = req.sector.checked_mul(SECTOR_SIZE);
+                let in_range = offset
+                    .and_then(|o| o.checked_add(len))
+                    .is_some_and(|end| end <= self.disk.capacity);
+                if !len.is_multiple_of(SECTOR_SIZE) || !in_range {
+                    return fail(self, VIRTIO_BLK_S_IOERR);
+                }
+                let Some(iovecs) = self.iovecs(&req.data) else {
+                    return fail(self, VIRTIO_BLK_S_IOERR);
+                };
+                let pending = Pending {
+                    queue: qi,
+                    head: req.head,
+                    status: req.status,
+                    used_len: if write { 1 } else { len as u32 + 1 },
+                    expected: Some(len),
+                    write,
+                    offset: offset.unwrap_or(0),
+                    iovecs,
+                };
+                self.submit_or_run(pending);
+            }
+            RequestType::Flush => {
+                let pending = Pending {
+                    queue: qi,
+                    head: req.head,
+                    status: req.status,
+                    used_len: 1,
+                    expected: None,
+                    write: true,
+                    offset: 0,
+                    iovecs: Vec::new(),
+                };
+                self.submit_or_run(pending);
+            }
+            RequestType::GetId => {
+                let Some(&(addr, len)) = req.data.first() else {
+                    return fail(self, VIRTIO_BLK_S_IOERR);
+                };
+                let n = SERIAL_LEN.min(len as usize);
+                match self.memory.write_slice(&self.serial[..n], addr) {
+                    Ok(()) => {
+                        self.complete(qi, req.head, req.status, VIRTIO_BLK_S_OK, n as u32 + 1)
+                    }
+                    Err(_) => fail(self, VIRTIO_BLK_S_IOERR),
+                }
+            }
+            RequestType::Discard | RequestType::WriteZeroes => {
+                let status = self.discard_or_zero(&req);
+                fail(self, status);
+            }
+            RequestType::Unsupported(_) => fail(self, VIRTIO_BLK_S_UNSUPP),
+        }
+    }
+
+    fn discard_or_zero(&self, req: &Request) -> u8 {
+        if !self.disk.fallocate || self.disk.read_only {
+            return VIRTIO_BLK_S_UNSUPP;
+        }
+        let Some(&(addr, len)) = req.data.first() else {
+            return VIRTIO_BLK_S_IOERR;
+        };
+        // One 16-byte segment: sector, number of sectors, flags.
+        if len < 16 {
+            return VIRTIO_BLK_S_IOERR;
+        }
+        let (Ok(sector), Ok(count)) = (
+            self.memory.read_obj::<u64>(addr),
+            self.memory
+                .read_obj::<u32>(GuestAddress(addr.0.wrapping_add(8))),
+        ) else {
+            return VIRTIO_BLK_S_IOERR;
+        };
+        let (offset, bytes) = (
+            sector.saturating_mul(SECTOR_SIZE),
+            u64::from(count) * SECTOR_SIZE,
+        );
+        if offset
+            .checked_add(bytes)
+            .is_none_or(|end| end > self.disk.capacity)
+        {
+            return VIRTIO_BLK_S_IOERR;
+        }
+        match self
+            .disk
+            .fallocate(offset, bytes, req.kind == RequestType::WriteZeroes)
+        {
+            Ok(()) => VIRTIO_BLK_S_OK,
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => VIRTIO_BLK_S_UNSUPP,
+            Err(_) => VIRTIO_BLK_S_IOERR,
+        }
+    }
+
+    /// Host addresses of the request's buffers (each within one memory region).
+    fn iovecs(&self, data: &[(GuestAddress, u32)]) -> Option<Vec<libc::iovec>> {
+        data.iter()
+            .filter(|(_, len)| *len > 0)
+            .map(|&(addr, len)| {
+                let slice = self.memory.get_slice(addr, len as usize).ok()?;
+                Some(libc::iovec {
+                    iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                    iov_len: len as usize,
+                })
+            })
+            .collect()
+    }
+
+    fn direct_alignment_ok(&self, p: &Pending) -> bool {
+        let a = SECTOR_SIZE as usize;
+        p.offset.is_multiple_of(SECTOR_SIZE)
+            && p.iovecs
+                .iter()
+                .all(|v| (v.iov_base as usize).is_multiple_of(a) && v.iov_len.is_multiple_of(a))
+    }
+
+    fn submit_or_run(&mut self, p: Pending) {
+        let fd = if self.disk.direct && !self.direct_alignment_ok(&p) {
+            None // O_DIRECT would refuse it: go through the page cache, synchronously
+        } else {
+            Some(self.disk.fd())
+        };
+        let (Some(ring), Some(fd), Some(slot)) =
+            (self.ring.as_mut(), fd, self.free.last().copied())
+        else {
+            return self.run_sync(p);
+        };
+        let entry = match p.expected {
+            None => opcode::Fsync::new(types::Fd(fd))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+            Some(_) if p.write => {
+                opcode::Writev::new(types::Fd(fd), p.iovecs.as_ptr(), p.iovecs.len() as u32)
+                    .offset(p.offset)
+                    .build()
+            }
+            Some(_) => opcode::Readv::new(types::Fd(fd), p.iovecs.as_ptr(), p.iovecs.len() as u32)
+                .offset(p.offset)
+                .build(),
+        }
+        .user_data(slot as u64);
+        // SAFETY: the iovecs and the buffers they point at stay valid until the
+        // completion is reaped: the Pending (owning the iovec array, whose heap
+        // storage does not move) is stored in its slot below, and the worker never
+        // exits with requests in flight.
+        let pushed = unsafe { ring.submission().push(&entry) };
+        if pushed.is_err() {
+            return self.run_sync(p);
+        }
+        self.free.pop();
+        self.slots[slot] = Some(p);
+    }
+
+    fn run_sync(&mut self, p: Pending) {
+        let fd = self.disk.buffered_fd();
+        let ok = match p.expected {
+            // SAFETY: fdatasync on our own descriptor.
+            None => (unsafe { libc::fdatasync(fd) }) == 0,
+            Some(len) => {
+                preadv_pwritev(fd, p.write, &p.iovecs, p.offset).is_ok_and(|n| n as u64 == len)
+            }
+        };
+        let status = if ok {
+            VIRTIO_BLK_S_OK
+        } else {
+            VIRTIO_BLK_S_IOERR
+        };
+        self.complete(p.queue, p.head, p.status, status, p.used_len);
+    }
+
+    fn reap(&mut self) {
+        let mut done = Vec::new();
+        if let Some(ring) = self.ring.as_mut() {
+            for cqe in ring.completion() {
+                done.push((cqe.user_data() as usize, cqe.result()));
+            }
+        }
+        for (slot, result) in done {
+            let Some(p) = self.slots.get_mut(slot).and_then(Option::take) else {
+                continue;
+            };
+            self.free.push(slot);
+            let ok = match p.expected {
+                None => result >= 0,
+                Some(len) => result >= 0 && result as u64 == len,
+            };
+            if !ok && result == -libc::EINVAL && self.disk.direct && p.expected.is_some() {
+                // O_DIRECT refused this buffer layout; the page cache will not.
+                self.run_sync(p);
+                continue;
+            }
+            let status = if ok {
+                VIRTIO_BLK_S_OK
+            } else {
+                VIRTIO_BLK_S_IOERR
+            };
+            self.complete(p.queue, p.head, p.status, status, p.used_len);
+        }
+    }
+
+    fn complete(&mut self, qi: usize, head: u16, status: GuestAddress, value: u8, used_len: u32) {
+        let used_len = if self.memory.write_obj(value, status).is_ok() {
+            used_len
+        } else {
+            0
+        };
+        self.add_used(qi, head, used_len);
+    }
+
+    fn add_used(&mut self, qi: usize, head: u16, len: u32) {
+        if let Err(e) = self.queues[qi].queue.add_used(&self.memory, head, len) {
+            crate::rate_limited_warn!("virtio-blk: completing a request: {e:?}");
+        }
+        self.interrupt_due[qi] = true;
+    }
+
+    fn signal(&mut self) {
+        for (qi, due) in self.interrupt_due.iter_mut().enumerate() {
+            if std::mem::take(due) {
+                let q = &mut self.queues[qi];
+                if q.queue.needs_notification(&self.memory).unwrap_or(true) {
+                    q.interrupt.trigger();
+                }
+            }
+        }
+    }
+}
