@@ -9,7 +9,9 @@
 //! - `devices`: list PCI devices and the hardware RNG, read from it, power off;
 //! - `disk-write`: write 4 MiB of random data to /dev/vda at 1 MiB, fsync, print
 //!   its md5 (or that the write failed), power off;
-//! - `disk-read`: print the md5 of the same 4 MiB of /dev/vda, power off.
+//! - `disk-read`: print the md5 of the same 4 MiB of /dev/vda, power off;
+//! - `net`: configure eth0, ping and download from the host, serve a file back,
+//!   then wait for Ctrl+Alt+Del.
 
 use std::path::Path;
 
@@ -66,6 +68,26 @@ case " $($bb cat /proc/cmdline) " in
     fi
     $bb sync
     $bb poweroff -f
+    ;;
+*" virga.mode=net "*)
+    # Guest side of the network test: address 169.254.100.2 on eth0, fetch the
+    # host's blob, serve 16 MiB of our own, wait for Ctrl+Alt+Del.
+    echo 0 > /proc/sys/kernel/ctrl-alt-del
+    trap '$bb poweroff -f' INT TERM
+    $bb mount -t sysfs sys /sys
+    $bb mount -t devtmpfs dev /dev
+    $bb mkdir -p /tmp /www
+    $bb ip link set lo up
+    $bb ip link set eth0 up
+    $bb ip addr add 169.254.100.2/24 dev eth0
+    echo "virga-net-mac $($bb cat /sys/class/net/eth0/address)"
+    if $bb ping -c 3 -W 5 169.254.100.1 > /dev/null; then echo virga-net-ping-ok; else echo virga-net-ping-failed; fi
+    echo "virga-net-download $($bb wget -q -O - http://169.254.100.1:8080/blob | $bb md5sum | $bb cut -d' ' -f1)"
+    $bb dd if=/dev/urandom of=/www/upload bs=1M count=16 2>/dev/null
+    echo "virga-net-upload-md5 $($bb md5sum < /www/upload | $bb cut -d' ' -f1)"
+    $bb httpd -p 8080 -h /www
+    echo virga-net-serving
+    while :; do $bb sleep 1; done
     ;;
 *" virga.mode=devices "*)
     $bb mount -t sysfs sys /sys

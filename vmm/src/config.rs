@@ -134,6 +134,71 @@ impl std::str::FromStr for DiskConfig {
     }
 }
 
+/// A virtio-net NIC backed by a TAP device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// TAP interface to attach to (created if missing and allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    /// An already-open TAP descriptor inherited from the supervisor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
+    /// Guest MAC address; a random locally administered one when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+pub const MAX_NICS: usize = 8;
+
+impl std::str::FromStr for NetConfig {
+    type Err = String;
+
+    /// `tap=NAME[,mac=MAC]` or `fd=N[,mac=MAC]`
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut net = NetConfig {
+            tap: None,
+            fd: None,
+            mac: None,
+        };
+        for part in s.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("expected key=value, got {part:?}"))?;
+            match k {
+                "tap" => net.tap = Some(v.to_owned()),
+                "fd" => net.fd = Some(v.parse().map_err(|_| format!("fd: not a number: {v:?}"))?),
+                "mac" => net.mac = Some(v.to_owned()),
+                other => return Err(format!("unknown net option {other:?}")),
+            }
+        }
+        Ok(net)
+    }
+}
+
+fn validate_net(net: &NetConfig) -> Result<(), ConfigError> {
+    match (&net.tap, net.fd) {
+        (Some(name), None) if !name.is_empty() && name.len() <= 15 => {}
+        (Some(name), None) => {
+            return Err(invalid("nets.tap", format!("{name:?}: 1 to 15 bytes")));
+        }
+        (None, Some(fd)) if fd > 2 => {}
+        (None, Some(fd)) => {
+            return Err(invalid("nets.fd", format!("{fd} is not a TAP descriptor")))
+        }
+        _ => return Err(invalid("nets", "exactly one of tap or fd")),
+    }
+    if let Some(mac) = &net.mac {
+        if crate::virtio::net::parse_mac(mac).is_none_or(|m| m[0] & 1 == 1) {
+            return Err(invalid(
+                "nets.mac",
+                format!("{mac:?} is not a unicast MAC address"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What a guest-initiated reboot does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -161,6 +226,7 @@ pub struct ConfigFile {
     /// A virtio-rng device (on unless set to false).
     pub rng: Option<bool>,
     pub disks: Option<Vec<DiskConfig>>,
+    pub nets: Option<Vec<NetConfig>>,
 }
 
 impl ConfigFile {
@@ -195,6 +261,7 @@ impl ConfigFile {
             on_reboot: other.on_reboot.or(self.on_reboot),
             rng: other.rng.or(self.rng),
             disks: other.disks.or(self.disks),
+            nets: other.nets.or(self.nets),
         }
     }
 }
@@ -221,6 +288,7 @@ pub struct VmConfig {
     pub on_reboot: RebootPolicy,
     pub rng: bool,
     pub disks: Vec<DiskConfig>,
+    pub nets: Vec<NetConfig>,
 }
 
 impl VmConfig {
@@ -306,7 +374,19 @@ impl VmConfig {
             validate_disk(disk, vcpus)?;
         }
 
+        let nets = file.nets.unwrap_or_default();
+        if nets.len() > MAX_NICS {
+            return Err(invalid(
+                "nets",
+                format!("at most {MAX_NICS}, got {}", nets.len()),
+            ));
+        }
+        for net in &nets {
+            validate_net(net)?;
+        }
+
         Ok(VmConfig {
+            nets,
             disks,
             kernel,
             kernel_format,
@@ -642,6 +722,25 @@ mod tests {
             err.to_string().contains("unknown field `readonly`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn nics_parse_and_validate() {
+        let n: NetConfig = "tap=vtap0,mac=02:00:00:00:00:01".parse().unwrap();
+        assert_eq!(n.tap.as_deref(), Some("vtap0"));
+        assert!(validate_net(&n).is_ok());
+        for bad in [
+            "tap=a,fd=5",
+            "mac=02:00:00:00:00:01",
+            "fd=1",
+            "tap=0123456789abcdef",
+        ] {
+            let n: NetConfig = bad.parse().unwrap();
+            assert!(validate_net(&n).is_err(), "{bad}");
+        }
+        let multicast: NetConfig = "tap=t,mac=01:00:5e:00:00:01".parse().unwrap();
+        assert!(validate_net(&multicast).is_err());
+        assert!("tap=t,speed=10".parse::<NetConfig>().is_err());
     }
 
     #[test]

@@ -52,6 +52,10 @@ struct Args {
     /// Repeat for more disks; replaces the config file's disks.
     #[arg(long = "disk")]
     disks: Vec<vmm::config::DiskConfig>,
+    /// A virtio-net NIC: tap=NAME[,mac=MAC] or fd=N[,mac=MAC]. Repeat for more;
+    /// replaces the config file's NICs.
+    #[arg(long = "net")]
+    nets: Vec<vmm::config::NetConfig>,
 }
 
 fn parse_serial(s: &str) -> Result<SerialConfig, String> {
@@ -93,6 +97,7 @@ impl Args {
                 on_reboot: self.on_reboot,
                 rng: self.no_rng.then_some(false),
                 disks: (!self.disks.is_empty()).then_some(self.disks),
+                nets: (!self.nets.is_empty()).then_some(self.nets),
             },
         )
     }

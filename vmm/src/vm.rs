@@ -29,6 +29,8 @@ use crate::metrics::{ExitCounts, VcpuMetrics};
 use crate::pci::{BarWindow, EcamWindow, PciBus, SharedPciDevice, ECAM_SIZE};
 use crate::vcpu::{ExitSink, GateTimeout, RunGate, Vcpu, VcpuExitReason, VcpuSet};
 use crate::virtio::block::{disk::Disk, Block};
+use crate::virtio::net::tap::{Tap, TapError};
+use crate::virtio::net::{parse_mac, Net};
 use crate::virtio::pci::{TransportError, VirtioPciDevice, BAR_SIZE};
 use crate::virtio::rng::Rng;
 
@@ -308,6 +310,20 @@ fn create_pci(
             format!("virtio-blk{i}"),
         )));
     }
+    for (i, n) in config.nets.iter().enumerate() {
+        let tap = match (&n.tap, n.fd) {
+            (Some(name), _) => Tap::open(name),
+            (None, Some(fd)) => Tap::from_fd(fd),
+            (None, None) => Err(TapError::Name(String::new())),
+        }
+        .map_err(|e| VmError::Pci(e.to_string()))?;
+        let mac = n
+            .mac
+            .as_deref()
+            .and_then(parse_mac)
+            .unwrap_or_else(random_mac);
+        devices.push(Box::new(Net::new(tap, mac, format!("virtio-net{i}"))));
+    }
     if config.rng {
         devices.push(Box::new(Rng::default()));
     }
@@ -318,6 +334,15 @@ fn create_pci(
             .map_err(|e| VmError::Pci(e.to_string()))?;
     }
     Ok(bus)
+}
+
+/// A random, locally administered, unicast MAC address.
+fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom fills the 6-byte buffer it is given.
+    unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    mac[0] = (mac[0] & 0xfc) | 0x02;
+    mac
 }
 
 fn irq_line(vm: &VmFd, gsi: u32) -> Result<IrqLine, VmError> {

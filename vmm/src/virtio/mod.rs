@@ -7,6 +7,7 @@
 //! Devices process queues on their own worker threads, never on a vCPU.
 
 pub mod block;
+pub mod net;
 pub mod pci;
 pub mod rng;
 pub mod worker;

@@ -47,10 +47,16 @@ impl Drop for Worker {
 
 /// Blocks until one of `fds` is readable; returns which ones are.
 pub fn wait_readable(fds: &[&EventFd]) -> std::io::Result<Vec<usize>> {
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    wait_readable_fds(&raw)
+}
+
+/// As [`wait_readable`], for any descriptors; negative ones are ignored.
+pub fn wait_readable_fds(fds: &[RawFd]) -> std::io::Result<Vec<usize>> {
     let mut pollfds: Vec<libc::pollfd> = fds
         .iter()
-        .map(|f| libc::pollfd {
-            fd: f.as_raw_fd() as RawFd,
+        .map(|&fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
         })
