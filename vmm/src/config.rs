@@ -147,6 +147,9 @@ pub struct NetConfig {
     /// Guest MAC address; a random locally administered one when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// vhost-net: auto (default), on, or off.
+    #[serde(default)]
+    pub vhost: crate::virtio::net::VhostMode,
 }
 
 pub const MAX_NICS: usize = 8;
@@ -154,12 +157,13 @@ pub const MAX_NICS: usize = 8;
 impl std::str::FromStr for NetConfig {
     type Err = String;
 
-    /// `tap=NAME[,mac=MAC]` or `fd=N[,mac=MAC]`
+    /// `tap=NAME[,mac=MAC][,vhost=auto|on|off]` or `fd=N[,...]`
     fn from_str(s: &str) -> Result<Self, String> {
         let mut net = NetConfig {
             tap: None,
             fd: None,
             mac: None,
+            vhost: Default::default(),
         };
         for part in s.split(',') {
             let (k, v) = part
@@ -169,6 +173,14 @@ impl std::str::FromStr for NetConfig {
                 "tap" => net.tap = Some(v.to_owned()),
                 "fd" => net.fd = Some(v.parse().map_err(|_| format!("fd: not a number: {v:?}"))?),
                 "mac" => net.mac = Some(v.to_owned()),
+                "vhost" => {
+                    net.vhost = match v {
+                        "auto" => crate::virtio::net::VhostMode::Auto,
+                        "on" => crate::virtio::net::VhostMode::On,
+                        "off" => crate::virtio::net::VhostMode::Off,
+                        _ => return Err(format!("vhost: expected auto, on or off, got {v:?}")),
+                    }
+                }
                 other => return Err(format!("unknown net option {other:?}")),
             }
         }

@@ -52,7 +52,7 @@ struct Args {
     /// Repeat for more disks; replaces the config file's disks.
     #[arg(long = "disk")]
     disks: Vec<vmm::config::DiskConfig>,
-    /// A virtio-net NIC: tap=NAME[,mac=MAC] or fd=N[,mac=MAC]. Repeat for more;
+    /// A virtio-net NIC: tap=NAME or fd=N, then [,mac=MAC][,vhost=auto|on|off]. Repeat for more;
     /// replaces the config file's NICs.
     #[arg(long = "net")]
     nets: Vec<vmm::config::NetConfig>,

@@ -322,7 +322,12 @@ fn create_pci(
             .as_deref()
             .and_then(parse_mac)
             .unwrap_or_else(random_mac);
-        devices.push(Box::new(Net::new(tap, mac, format!("virtio-net{i}"))));
+        devices.push(Box::new(Net::new(
+            tap,
+            mac,
+            n.vhost,
+            format!("virtio-net{i}"),
+        )));
     }
     if config.rng {
         devices.push(Box::new(Rng::default()));

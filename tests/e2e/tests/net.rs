@@ -4,17 +4,15 @@
 
 use virga_e2e::{run, value};
 
-#[test]
-fn guest_reaches_the_host_over_tap_and_tcp_transfers_arrive_intact() {
-    let out = run(
-        "virtio-net",
-        r#"log=$WORK/console.log
+fn transfer_scenario(vhost: &str) {
+    let script = r#"log=$WORK/console.log
 mkdir -p $WORK/www
 dd if=/dev/urandom of=$WORK/www/blob bs=1M count=64 2>/dev/null
 echo "HOST_BLOB_MD5=$(md5sum < $WORK/www/blob | cut -d' ' -f1)"
-$BIN/vmm --kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio \
+RUST_LOG=info $BIN/vmm --kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio \
     --vcpus 2 --memory-mib 256 --cmdline "$CMDLINE virga.mode=net" \
-    --net tap=vtap0,mac=02:00:00:00:00:02 --serial file:$log --api-socket $WORK/api.sock &
+    --net tap=vtap0,mac=02:00:00:00:00:02,vhost=@VHOST@ --serial file:$log \
+    --api-socket $WORK/api.sock 2> $WORK/vmm.log &
 pid=$!
 i=0; while [ ! -e /sys/class/net/vtap0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 ip addr add 169.254.100.1/24 dev vtap0
@@ -26,8 +24,10 @@ echo "HOST_UPLOAD_MD5=$(md5sum < $WORK/upload | cut -d' ' -f1)"
 $BIN/vmmctl --socket $WORK/api.sock put /vm/actions/shutdown '{"timeout_ms": 20000}'
 wait $pid
 echo "VMM_EXIT=$?"
-cat $log | grep virga-net"#,
-    );
+grep -q "packets move through vhost-net" $WORK/vmm.log && echo "VHOST_USED=yes" || echo "VHOST_USED=no"
+cat $log | grep virga-net"#
+        .replace("@VHOST@", vhost);
+    let out = run(&format!("virtio-net-vhost-{vhost}"), &script);
     assert!(out.success(), "scenario failed");
     let o = &out.output;
     assert!(
@@ -53,4 +53,16 @@ cat $log | grep virga-net"#,
         "16 MiB guest->host intact"
     );
     assert_eq!(value(o, "VMM_EXIT"), Some("0"));
+    let expect_vhost = if vhost == "on" { "yes" } else { "no" };
+    assert_eq!(value(o, "VHOST_USED"), Some(expect_vhost), "datapath");
+}
+
+#[test]
+fn guest_reaches_the_host_through_vhost_net() {
+    transfer_scenario("on");
+}
+
+#[test]
+fn guest_reaches_the_host_through_the_vmm_datapath() {
+    transfer_scenario("off");
 }

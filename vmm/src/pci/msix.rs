@@ -178,6 +178,12 @@ impl Msix {
         }
     }
 
+    /// A handle on vector `v`'s irqfd, for an in-kernel producer (vhost) that
+    /// raises the interrupt without us.
+    pub fn irqfd(&self, v: u16) -> Option<EventFd> {
+        self.vectors.get(usize::from(v))?.irqfd.try_clone().ok()
+    }
+
     /// Signals vector `v`, or marks it pending while it is masked.
     pub fn trigger(&mut self, v: u16) {
         let v = usize::from(v);

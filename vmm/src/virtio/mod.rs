@@ -54,6 +54,14 @@ impl QueueInterrupt {
             lock(&self.msix).trigger(self.vector);
         }
     }
+
+    /// The vector's irqfd, for producers in the host kernel.
+    pub fn irqfd(&self) -> Option<EventFd> {
+        if self.vector == NO_VECTOR {
+            return None;
+        }
+        lock(&self.msix).irqfd(self.vector)
+    }
 }
 
 /// A queue the driver enabled, handed to the device at activation.

@@ -4,6 +4,7 @@
 //! buffers.
 
 pub mod tap;
+pub mod vhost;
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -34,19 +35,34 @@ const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
 const RX: usize = 0;
 const TX: usize = 1;
 
+/// Whether packets move through vhost-net (in the host kernel) or this process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VhostMode {
+    /// vhost-net when /dev/vhost-net is usable, this process otherwise.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
 pub struct Net {
     tap: Arc<Tap>,
     mac: [u8; 6],
+    vhost_mode: VhostMode,
     worker: Option<Worker>,
+    vhost: Option<vhost::VhostNet>,
     name: String,
 }
 
 impl Net {
-    pub fn new(tap: Tap, mac: [u8; 6], name: String) -> Self {
+    pub fn new(tap: Tap, mac: [u8; 6], vhost_mode: VhostMode, name: String) -> Self {
         Net {
             tap: Arc::new(tap),
             mac,
+            vhost_mode,
             worker: None,
+            vhost: None,
             name,
         }
     }
@@ -102,6 +118,21 @@ impl VirtioDevice for Net {
             .map_err(|e| ActivateError::Device(e.to_string()))?;
         let mut queues = a.queues;
         queues.sort_by_key(|q| q.index);
+        if self.vhost_mode != VhostMode::Off {
+            match vhost::VhostNet::start(&self.tap, &a.memory, acked, &queues) {
+                Ok(v) => {
+                    tracing::info!(device = %self.name, tap = %self.tap.name, "packets move through vhost-net");
+                    self.vhost = Some(v);
+                    return Ok(());
+                }
+                Err(e) if self.vhost_mode == VhostMode::On => {
+                    return Err(ActivateError::Device(e.to_string()));
+                }
+                Err(e) => {
+                    tracing::info!(device = %self.name, "no vhost-net ({e}); moving packets in the VMM");
+                }
+            }
+        }
         let (Some(tx), Some(rx)) = (queues.pop(), queues.pop()) else {
             return Err(ActivateError::Device(
                 "the RX and TX queues must both be enabled".into(),
@@ -127,6 +158,7 @@ impl VirtioDevice for Net {
     }
 
     fn reset(&mut self) {
+        self.vhost = None;
         self.worker = None;
     }
 }

@@ -134,4 +134,8 @@ impl Tap {
     pub fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
 }
