@@ -64,7 +64,11 @@ case " $($bb cat /proc/cmdline) " in
             echo "virga-disk-write-failed"
         fi
     else
-        echo "virga-disk-read $($bb dd if=/dev/vda bs=64k skip=16 count=64 2>/dev/null | $bb md5sum | $bb cut -d' ' -f1)"
+        read t0 _ < /proc/uptime
+        sum=$($bb dd if=/dev/vda bs=64k skip=16 count=64 iflag=direct 2>/dev/null | $bb md5sum | $bb cut -d' ' -f1)
+        read t1 _ < /proc/uptime
+        echo "virga-disk-read $sum"
+        echo "virga-disk-read-seconds $t0 $t1"
     fi
     $bb sync
     $bb poweroff -f

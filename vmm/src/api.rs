@@ -11,6 +11,7 @@
 //! | PUT    | /vm/state              | `{"state": "paused"\|"running"}`  | 204          |
 //! | PUT    | /vm/actions/shutdown   | `{"timeout_ms": N}` (optional)    | 202          |
 //! | GET    | /metrics               |                                   | 200 Metrics  |
+//! | PUT    | /vm/devices/{id}/rate-limit | `{"bytes_per_sec": N, "ops_per_sec": N}` | 204 |
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use tokio::sync::oneshot;
 
 use crate::config::VmConfig;
 use crate::metrics::{ExitCounts, ProcessMemory};
+use crate::rate_limiter::RateLimit;
 
 const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Longest a graceful shutdown may be given before the VMM stops the guest.
@@ -48,6 +50,7 @@ pub enum ApiRequest {
     SetState(VmState),
     Shutdown { timeout: Duration },
     Metrics,
+    SetRateLimit { device: String, limit: RateLimit },
 }
 
 #[derive(Debug, Serialize)]
@@ -57,6 +60,8 @@ pub struct VmInfo {
     /// How many times the guest has been booted in this process (restarts count).
     pub boots: u64,
     pub config: VmConfig,
+    /// Current limits by device (`disk0`, `net0`, ...), as changed at run time.
+    pub rate_limits: std::collections::BTreeMap<String, RateLimit>,
 }
 
 #[derive(Debug, Serialize)]
@@ -234,9 +239,14 @@ async fn handle(req: Request<Incoming>, to_vmm: &Sender<crate::vmm::VmmEvent>) -
 
 /// Maps method and path to a request, or to the 4xx reply that refuses it.
 fn route(method: &Method, path: &str, body: &[u8]) -> Result<ApiRequest, Box<Reply>> {
+    let rate_limit_device = path
+        .strip_prefix("/vm/devices/")
+        .and_then(|rest| rest.strip_suffix("/rate-limit"))
+        .filter(|d| !d.is_empty() && !d.contains('/'));
     let allowed = match path {
         "/vm" | "/metrics" => "GET",
         "/vm/state" | "/vm/actions/shutdown" => "PUT",
+        _ if rate_limit_device.is_some() => "PUT",
         _ => {
             return Err(Box::new(error(
                 StatusCode::NOT_FOUND,
@@ -253,6 +263,16 @@ fn route(method: &Method, path: &str, body: &[u8]) -> Result<ApiRequest, Box<Rep
             .headers_mut()
             .insert(ALLOW, HeaderValue::from_static(allowed));
         return Err(Box::new(reply));
+    }
+    if let Some(device) = rate_limit_device {
+        let limit: RateLimit = parse(body)?;
+        limit
+            .validate()
+            .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e)))?;
+        return Ok(ApiRequest::SetRateLimit {
+            device: device.to_owned(),
+            limit,
+        });
     }
     match path {
         "/vm" => Ok(ApiRequest::Describe),

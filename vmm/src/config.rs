@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::rate_limiter::RateLimit;
+
 /// Fewest and most vCPUs a VM may have. 32 keeps every APIC ID in the xAPIC range.
 pub const MIN_VCPUS: u8 = 1;
 pub const MAX_VCPUS: u8 = 32;
@@ -81,10 +83,17 @@ pub struct DiskConfig {
     /// Request queues; one per vCPU when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queues: Option<u16>,
+    /// Bytes/s and requests/s; changeable at run time through the API.
+    #[serde(default, skip_serializing_if = "RateLimit::is_unlimited")]
+    pub rate_limit: RateLimit,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn number(key: &str, v: &str) -> Result<u64, String> {
+    v.parse().map_err(|_| format!("{key}: not a number: {v:?}"))
 }
 
 /// Most queues a disk may have.
@@ -95,7 +104,7 @@ const MAX_SERIAL_LEN: usize = 20;
 impl std::str::FromStr for DiskConfig {
     type Err = String;
 
-    /// `path=FILE[,readonly=on][,serial=S][,direct=off][,queues=N]`
+    /// `path=FILE[,readonly=on][,serial=S][,direct=off][,queues=N][,bw=BYTES/s][,iops=N]`
     fn from_str(s: &str) -> Result<Self, String> {
         let mut disk = DiskConfig {
             path: PathBuf::new(),
@@ -103,6 +112,7 @@ impl std::str::FromStr for DiskConfig {
             serial: None,
             direct: true,
             queues: None,
+            rate_limit: RateLimit::default(),
         };
         let flag = |k: &str, v: &str| match v {
             "on" | "true" | "yes" => Ok(true),
@@ -124,6 +134,8 @@ impl std::str::FromStr for DiskConfig {
                             .map_err(|_| format!("queues: not a number: {v:?}"))?,
                     )
                 }
+                "bw" => disk.rate_limit.bytes_per_sec = Some(number(k, v)?),
+                "iops" => disk.rate_limit.ops_per_sec = Some(number(k, v)?),
                 other => return Err(format!("unknown disk option {other:?}")),
             }
         }
@@ -150,6 +162,9 @@ pub struct NetConfig {
     /// vhost-net: auto (default), on, or off.
     #[serde(default)]
     pub vhost: crate::virtio::net::VhostMode,
+    /// Bytes/s and packets/s each way; a limit keeps packets in the VMM (no vhost).
+    #[serde(default, skip_serializing_if = "RateLimit::is_unlimited")]
+    pub rate_limit: RateLimit,
 }
 
 pub const MAX_NICS: usize = 8;
@@ -157,13 +172,14 @@ pub const MAX_NICS: usize = 8;
 impl std::str::FromStr for NetConfig {
     type Err = String;
 
-    /// `tap=NAME[,mac=MAC][,vhost=auto|on|off]` or `fd=N[,...]`
+    /// `tap=NAME[,mac=MAC][,vhost=auto|on|off][,bw=BYTES/s][,pps=N]` or `fd=N[,...]`
     fn from_str(s: &str) -> Result<Self, String> {
         let mut net = NetConfig {
             tap: None,
             fd: None,
             mac: None,
             vhost: Default::default(),
+            rate_limit: RateLimit::default(),
         };
         for part in s.split(',') {
             let (k, v) = part
@@ -173,6 +189,8 @@ impl std::str::FromStr for NetConfig {
                 "tap" => net.tap = Some(v.to_owned()),
                 "fd" => net.fd = Some(v.parse().map_err(|_| format!("fd: not a number: {v:?}"))?),
                 "mac" => net.mac = Some(v.to_owned()),
+                "bw" => net.rate_limit.bytes_per_sec = Some(number(k, v)?),
+                "pps" => net.rate_limit.ops_per_sec = Some(number(k, v)?),
                 "vhost" => {
                     net.vhost = match v {
                         "auto" => crate::virtio::net::VhostMode::Auto,
@@ -199,6 +217,15 @@ fn validate_net(net: &NetConfig) -> Result<(), ConfigError> {
             return Err(invalid("nets.fd", format!("{fd} is not a TAP descriptor")))
         }
         _ => return Err(invalid("nets", "exactly one of tap or fd")),
+    }
+    net.rate_limit
+        .validate()
+        .map_err(|e| invalid("nets.rate_limit", e))?;
+    if !net.rate_limit.is_unlimited() && net.vhost == crate::virtio::net::VhostMode::On {
+        return Err(invalid(
+            "nets.rate_limit",
+            "cannot be enforced with vhost=on (packets bypass the VMM); use vhost=auto or off",
+        ));
     }
     if let Some(mac) = &net.mac {
         if crate::virtio::net::parse_mac(mac).is_none_or(|m| m[0] & 1 == 1) {
@@ -449,6 +476,9 @@ fn validate_disk(disk: &mut DiskConfig, vcpus: u8) -> Result<(), ConfigError> {
             ));
         }
     }
+    disk.rate_limit
+        .validate()
+        .map_err(|e| invalid("disks.rate_limit", e))?;
     let queues = disk.queues.unwrap_or(u16::from(vcpus));
     if !(1..=MAX_DISK_QUEUES).contains(&queues) {
         return Err(invalid(
@@ -690,8 +720,12 @@ mod tests {
                 serial: Some("abc".into()),
                 direct: false,
                 queues: Some(2),
+                rate_limit: RateLimit::default(),
             }
         );
+        let limited: DiskConfig = "path=/x,bw=1048576,iops=100".parse().unwrap();
+        assert_eq!(limited.rate_limit.bytes_per_sec, Some(1 << 20));
+        assert_eq!(limited.rate_limit.ops_per_sec, Some(100));
         assert!(
             "readonly=on".parse::<DiskConfig>().is_err(),
             "path required"

@@ -14,6 +14,7 @@
 //! - [`pci`]: the PCI root complex (ECAM, BAR window), config space, MSI-X
 //! - [`virtio`]: the virtio-pci transport and virtio devices
 //! - [`interrupts`]: KVM GSI routing for MSI
+//! - [`rate_limiter`]: token buckets for disk and NIC limits
 //! - [`console`]: where the serial console goes on the host
 //! - [`api`]: the HTTP control API on a Unix socket
 //! - [`metrics`]: exit counters and process memory
@@ -36,6 +37,7 @@ mod log;
 pub mod memory;
 pub mod metrics;
 pub mod pci;
+pub mod rate_limiter;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

@@ -27,6 +27,7 @@ use crate::layout::{ECAM_BASE, PCI_MMIO_END, PCI_MMIO_START};
 use crate::memory::GuestRam;
 use crate::metrics::{ExitCounts, VcpuMetrics};
 use crate::pci::{BarWindow, EcamWindow, PciBus, SharedPciDevice, ECAM_SIZE};
+use crate::rate_limiter::{RateLimit, RateLimiter, SharedRateLimiter};
 use crate::vcpu::{ExitSink, GateTimeout, RunGate, Vcpu, VcpuExitReason, VcpuSet};
 use crate::virtio::block::{disk::Disk, Block};
 use crate::virtio::net::tap::{Tap, TapError};
@@ -73,6 +74,14 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum RateLimitError {
+    #[error("no device named {0} (disks are disk0.., NICs net0..)")]
+    NoSuchDevice(String),
+    #[error("{0} moves packets through vhost-net, which no limit can hold back")]
+    Bypassed(String),
+}
+
 /// A VM whose vCPUs are running.
 pub struct Vm {
     // Field order is drop order: vCPU threads are stopped explicitly first (see
@@ -81,6 +90,7 @@ pub struct Vm {
     i8042: Arc<Mutex<I8042>>,
     metrics: Vec<Arc<VcpuMetrics>>,
     started: Instant,
+    limiters: Limiters,
     // PCI devices stop their workers when dropped, before the memory goes.
     _pci: Arc<PciBus>,
     _vm: Arc<VmFd>,
@@ -136,7 +146,8 @@ impl Vm {
         let (pio, i8042) = create_devices(&vm, console)?;
         let pio = Arc::new(pio);
         let router = Arc::new(GsiRouter::new(vm.clone()));
-        let pci = Arc::new(create_pci(config, memory, &router)?);
+        let (pci, limiters) = create_pci(config, memory, &router)?;
+        let pci = Arc::new(pci);
         let mut mmio = Bus::default();
         mmio.insert(
             ECAM_BASE,
@@ -223,6 +234,7 @@ impl Vm {
             i8042,
             metrics,
             started,
+            limiters,
             _pci: pci,
             _memory: ram,
             _vm: vm,
@@ -250,6 +262,29 @@ impl Vm {
     /// Asks the guest to shut down, the way a user at its keyboard would.
     pub fn request_shutdown(&self) {
         lock(&self.i8042).send_ctrl_alt_del();
+    }
+
+    /// Replaces device `name`'s rate limit.
+    pub fn set_rate_limit(&self, name: &str, limit: RateLimit) -> Result<(), RateLimitError> {
+        let (_, limiter) = self
+            .limiters
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| RateLimitError::NoSuchDevice(name.to_owned()))?;
+        let mut l = lock(limiter);
+        if l.bypassed && !limit.is_unlimited() {
+            return Err(RateLimitError::Bypassed(name.to_owned()));
+        }
+        l.set(limit, Instant::now());
+        Ok(())
+    }
+
+    /// Every limited device's current limit.
+    pub fn rate_limits(&self) -> Vec<(String, RateLimit)> {
+        self.limiters
+            .iter()
+            .map(|(n, l)| (n.clone(), lock(l).limit()))
+            .collect()
     }
 
     pub fn exit_counts(&self) -> Vec<ExitCounts> {
@@ -290,12 +325,16 @@ fn create_memory(vm: &VmFd, config: &VmConfig) -> Result<GuestRam, VmError> {
 }
 
 /// The PCI bus and its devices, BARs laid out from the start of the window.
+/// Rate limiters by device name (`disk0`, `net0`, ...), for the control API.
+pub type Limiters = Vec<(String, SharedRateLimiter)>;
+
 fn create_pci(
     config: &VmConfig,
     memory: &vm_memory::GuestMemoryMmap,
     router: &Arc<GsiRouter>,
-) -> Result<PciBus, VmError> {
+) -> Result<(PciBus, Limiters), VmError> {
     let mut bus = PciBus::new();
+    let mut limiters = Limiters::new();
     let mut next_bar = PCI_MMIO_START;
     let mut devices: Vec<Box<dyn crate::virtio::VirtioDevice>> = Vec::new();
     for (i, d) in config.disks.iter().enumerate() {
@@ -303,10 +342,13 @@ fn create_pci(
             Disk::open(&d.path, d.read_only, d.direct).map_err(|e| VmError::Pci(e.to_string()))?;
         let queues = d.queues.unwrap_or(u16::from(config.vcpus));
         let serial = d.serial.clone().unwrap_or_default();
+        let limiter = Arc::new(Mutex::new(RateLimiter::new(d.rate_limit)));
+        limiters.push((format!("disk{i}"), limiter.clone()));
         devices.push(Box::new(Block::new(
             disk,
             &serial,
             queues,
+            limiter,
             format!("virtio-blk{i}"),
         )));
     }
@@ -322,10 +364,13 @@ fn create_pci(
             .as_deref()
             .and_then(parse_mac)
             .unwrap_or_else(random_mac);
+        let limiter = Arc::new(Mutex::new(RateLimiter::new(n.rate_limit)));
+        limiters.push((format!("net{i}"), limiter.clone()));
         devices.push(Box::new(Net::new(
             tap,
             mac,
             n.vhost,
+            limiter,
             format!("virtio-net{i}"),
         )));
     }
@@ -338,7 +383,7 @@ fn create_pci(
         bus.add(Arc::new(Mutex::new(dev)) as SharedPciDevice)
             .map_err(|e| VmError::Pci(e.to_string()))?;
     }
-    Ok(bus)
+    Ok((bus, limiters))
 }
 
 /// A random, locally administered, unicast MAC address.

@@ -172,6 +172,7 @@ impl Vmm {
                 uptime_ms: vm.uptime().as_millis() as u64,
                 boots: self.boots,
                 config: self.config.clone(),
+                rate_limits: vm.rate_limits().into_iter().collect(),
             })),
             ApiRequest::Metrics => {
                 let per_vcpu = vm.exit_counts();
@@ -206,6 +207,16 @@ impl Vmm {
                 }
                 ApiReply::NoContent
             }
+            ApiRequest::SetRateLimit { device, limit } => match vm.set_rate_limit(&device, limit) {
+                Ok(()) => {
+                    tracing::info!(%device, ?limit, "rate limit changed");
+                    ApiReply::NoContent
+                }
+                Err(e @ crate::vm::RateLimitError::NoSuchDevice(_)) => {
+                    ApiReply::Error(StatusCode::NOT_FOUND, e.to_string())
+                }
+                Err(e) => ApiReply::Error(StatusCode::CONFLICT, e.to_string()),
+            },
             ApiRequest::Shutdown { .. } if *state == VmState::ShuttingDown => conflict("shut down"),
             ApiRequest::Shutdown { timeout } => {
                 if *state == VmState::Paused {

@@ -62,3 +62,52 @@ echo "HOST_MD5_AFTER_RO=$(dd if=$img bs=64k skip=16 count=64 2>/dev/null | md5su
     assert_eq!(value(o, "READ_EXIT"), Some("0"));
     assert_eq!(value(o, "RO_EXIT"), Some("0"));
 }
+
+#[test]
+fn disk_rate_limit_holds_reads_back_and_changes_at_run_time() {
+    let out = run(
+        "virtio-blk-rate-limit",
+        r#"img=$WORK/disk.raw
+dd if=/dev/zero of=$img bs=1M count=16 2>/dev/null
+$BIN/vmm --kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio \
+    --memory-mib 256 --cmdline "$CMDLINE virga.mode=disk-read" \
+    --disk path=$img,bw=1048576 --api-socket $WORK/api.sock &
+pid=$!
+i=0; while [ ! -S $WORK/api.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+$BIN/vmmctl --socket $WORK/api.sock put /vm/devices/disk9/rate-limit '{"ops_per_sec": 10}' 2>$WORK/s
+echo "UNKNOWN_DEVICE=$(cat $WORK/s)"
+$BIN/vmmctl --socket $WORK/api.sock put /vm/devices/disk0/rate-limit '{"bytes_per_sec": 524288}' 2>$WORK/s
+echo "SET_LIMIT=$(cat $WORK/s)"
+echo "LIMITS=$($BIN/vmmctl --socket $WORK/api.sock get /vm 2>/dev/null | grep -o '"rate_limits":{[^}]*}}')"
+wait $pid
+echo "VMM_EXIT=$?""#,
+    );
+    assert!(out.success(), "scenario failed");
+    let o = &out.output;
+    assert_eq!(value(o, "UNKNOWN_DEVICE"), Some("404"));
+    assert_eq!(value(o, "SET_LIMIT"), Some("204"));
+    assert_eq!(
+        value(o, "LIMITS"),
+        Some(r#""rate_limits":{"disk0":{"bytes_per_sec":524288}}"#)
+    );
+    let (t0, t1) = o
+        .lines()
+        .find_map(|l| {
+            let mut it = l
+                .strip_prefix("virga-disk-read-seconds ")?
+                .split_whitespace();
+            Some((
+                it.next()?.parse::<f64>().ok()?,
+                it.next()?.parse::<f64>().ok()?,
+            ))
+        })
+        .expect("the guest timed its read");
+    // 4 MiB at 512 KiB/s with at most one second of burst: at least 7 s. A lower
+    // bound only: a slow machine cannot make this fail, a missing limit does.
+    assert!(
+        t1 - t0 >= 6.0,
+        "4 MiB read in {:.2} s despite a 512 KiB/s limit",
+        t1 - t0
+    );
+    assert_eq!(value(o, "VMM_EXIT"), Some("0"));
+}

@@ -9,15 +9,20 @@
 pub mod disk;
 pub mod request;
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
-use virtio_queue::QueueT;
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
-use super::worker::{wait_readable, Worker};
+use super::worker::{wait_readable_fds, Worker};
 use super::{ActivateError, Activation, ActiveQueue, VirtioDevice};
+use crate::devices::lock;
+use crate::rate_limiter::SharedRateLimiter;
 use disk::{preadv_pwritev, Disk};
 use request::{
     Rejected, Request, RequestType, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
@@ -39,6 +44,7 @@ const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
 
 pub struct Block {
     disk: Arc<Disk>,
+    limiter: SharedRateLimiter,
     serial: [u8; SERIAL_LEN],
     queue_sizes: Vec<u16>,
     config: [u8; 60],
@@ -47,7 +53,13 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn new(disk: Disk, serial: &str, queues: u16, name: String) -> Self {
+    pub fn new(
+        disk: Disk,
+        serial: &str,
+        queues: u16,
+        limiter: SharedRateLimiter,
+        name: String,
+    ) -> Self {
         let mut id = [0u8; SERIAL_LEN];
         let n = serial.len().min(SERIAL_LEN);
         id[..n].copy_from_slice(&serial.as_bytes()[..n]);
@@ -65,6 +77,7 @@ impl Block {
         config[52..56].copy_from_slice(&1u32.to_le_bytes());
         Block {
             disk: Arc::new(disk),
+            limiter,
             serial: id,
             queue_sizes: vec![QUEUE_SIZE; usize::from(queues)],
             config,
@@ -111,8 +124,13 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let worker = BlockWorker::new(self.disk.clone(), self.serial, activation)
-            .map_err(ActivateError::Worker)?;
+        let worker = BlockWorker::new(
+            self.disk.clone(),
+            self.serial,
+            self.limiter.clone(),
+            activation,
+        )
+        .map_err(ActivateError::Worker)?;
         self.worker = Some(
             Worker::spawn(&self.name, move |stop| worker.run(stop))
                 .map_err(ActivateError::Worker)?,
@@ -144,6 +162,10 @@ unsafe impl Send for Pending {}
 
 struct BlockWorker {
     disk: Arc<Disk>,
+    limiter: SharedRateLimiter,
+    /// Armed while the rate limiter holds requests back.
+    timer: TimerFd,
+    throttled: bool,
     serial: [u8; SERIAL_LEN],
     memory: GuestMemoryMmap,
     queues: Vec<ActiveQueue>,
@@ -155,7 +177,12 @@ struct BlockWorker {
 }
 
 impl BlockWorker {
-    fn new(disk: Arc<Disk>, serial: [u8; SERIAL_LEN], a: Activation) -> std::io::Result<Self> {
+    fn new(
+        disk: Arc<Disk>,
+        serial: [u8; SERIAL_LEN],
+        limiter: SharedRateLimiter,
+        a: Activation,
+    ) -> std::io::Result<Self> {
         let ring_event = EventFd::new(libc::EFD_NONBLOCK)?;
         let ring = match IoUring::new(RING_ENTRIES) {
             Ok(ring) => match ring
@@ -178,6 +205,9 @@ impl BlockWorker {
         let n = a.queues.len();
         Ok(BlockWorker {
             disk,
+            limiter,
+            timer: TimerFd::new().map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?,
+            throttled: false,
             serial,
             memory: a.memory,
             queues: a.queues,
@@ -192,9 +222,13 @@ impl BlockWorker {
     fn run(mut self, stop: EventFd) {
         loop {
             let ready = {
-                let mut fds: Vec<&EventFd> = vec![&stop, &self.ring_event];
-                fds.extend(self.queues.iter().map(|q| &q.notify));
-                match wait_readable(&fds) {
+                let mut fds = vec![
+                    stop.as_raw_fd(),
+                    self.ring_event.as_raw_fd(),
+                    self.timer.as_raw_fd(),
+                ];
+                fds.extend(self.queues.iter().map(|q| q.notify.as_raw_fd()));
+                match wait_readable_fds(&fds) {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::error!("virtio-blk worker: {e}");
@@ -206,12 +240,18 @@ impl BlockWorker {
                 break;
             }
             let _ = self.ring_event.read();
+            if ready.contains(&2) {
+                let _ = self.timer.wait();
+                self.throttled = false;
+            }
             for q in &self.queues {
                 let _ = q.notify.read();
             }
             self.reap();
             for qi in 0..self.queues.len() {
-                self.process_queue(qi);
+                if !self.throttled {
+                    self.process_queue(qi);
+                }
             }
             if let Some(ring) = &self.ring {
                 if let Err(e) = ring.submit() {
@@ -245,7 +285,15 @@ impl BlockWorker {
                 return;
             };
             match request::parse(chain, &self.memory) {
-                Ok(req) => self.start(qi, req),
+                Ok(req) => {
+                    if let Err(wait) = self.admit(&req) {
+                        // Over the limit: leave the request on the ring for later.
+                        self.queues[qi].queue.go_to_previous_position();
+                        self.throttle(wait);
+                        return;
+                    }
+                    self.start(qi, req)
+                }
                 Err(Rejected {
                     head,
                     status,
@@ -258,6 +306,24 @@ impl BlockWorker {
                     }
                 }
             }
+        }
+    }
+
+    /// Charges the request to the rate limiter.
+    fn admit(&self, req: &Request) -> Result<(), Duration> {
+        let (bytes, ops) = match req.kind {
+            RequestType::In | RequestType::Out => (req.data_len(), 1),
+            RequestType::Discard | RequestType::WriteZeroes => (0, 1),
+            _ => return Ok(()),
+        };
+        lock(&self.limiter).consume(bytes, ops, Instant::now())
+    }
+
+    fn throttle(&mut self, wait: Duration) {
+        self.throttled = true;
+        if let Err(e) = self.timer.reset(wait.max(Duration::from_micros(100)), None) {
+            tracing::error!("virtio-blk rate-limit timer: {e}");
+            self.throttled = false;
         }
     }
 

@@ -12,9 +12,12 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::worker::{wait_readable_fds, Worker};
 use super::{ActivateError, Activation, ActiveQueue, VirtioDevice};
+use crate::devices::lock;
+use crate::rate_limiter::SharedRateLimiter;
 use tap::Tap;
 
 const VIRTIO_ID_NET: u32 = 1;
@@ -49,6 +52,7 @@ pub enum VhostMode {
 pub struct Net {
     tap: Arc<Tap>,
     mac: [u8; 6],
+    limiter: SharedRateLimiter,
     vhost_mode: VhostMode,
     worker: Option<Worker>,
     vhost: Option<vhost::VhostNet>,
@@ -56,10 +60,17 @@ pub struct Net {
 }
 
 impl Net {
-    pub fn new(tap: Tap, mac: [u8; 6], vhost_mode: VhostMode, name: String) -> Self {
+    pub fn new(
+        tap: Tap,
+        mac: [u8; 6],
+        vhost_mode: VhostMode,
+        limiter: SharedRateLimiter,
+        name: String,
+    ) -> Self {
         Net {
             tap: Arc::new(tap),
             mac,
+            limiter,
             vhost_mode,
             worker: None,
             vhost: None,
@@ -118,10 +129,13 @@ impl VirtioDevice for Net {
             .map_err(|e| ActivateError::Device(e.to_string()))?;
         let mut queues = a.queues;
         queues.sort_by_key(|q| q.index);
-        if self.vhost_mode != VhostMode::Off {
+        // A rate limit needs packets to pass through this process.
+        let limited = !lock(&self.limiter).limit().is_unlimited();
+        if self.vhost_mode == VhostMode::On || (self.vhost_mode == VhostMode::Auto && !limited) {
             match vhost::VhostNet::start(&self.tap, &a.memory, acked, &queues) {
                 Ok(v) => {
                     tracing::info!(device = %self.name, tap = %self.tap.name, "packets move through vhost-net");
+                    lock(&self.limiter).bypassed = true;
                     self.vhost = Some(v);
                     return Ok(());
                 }
@@ -143,12 +157,17 @@ impl VirtioDevice for Net {
                 "the RX and TX queues must both be enabled".into(),
             ));
         }
+        lock(&self.limiter).bypassed = false;
         let worker = NetWorker {
             tap: self.tap.clone(),
             memory: a.memory,
             rx,
             tx,
             rx_has_buffers: true,
+            limiter: self.limiter.clone(),
+            timer: TimerFd::new()
+                .map_err(|e| ActivateError::Worker(std::io::Error::from_raw_os_error(e.errno())))?,
+            throttled: false,
         };
         self.worker = Some(
             Worker::spawn(&self.name, move |stop| worker.run(stop))
@@ -170,6 +189,10 @@ struct NetWorker {
     tx: ActiveQueue,
     /// False once the guest ran out of RX buffers; set again by its RX notify.
     rx_has_buffers: bool,
+    limiter: SharedRateLimiter,
+    /// Armed while the rate limiter holds packets back, both ways.
+    timer: TimerFd,
+    throttled: bool,
 }
 
 /// Host addresses of a chain's descriptors in one direction, capped at MAX_PACKET.
@@ -231,14 +254,40 @@ impl NetWorker {
             if ready.contains(&2) {
                 let _ = self.tx.notify.read();
             }
-            self.process_tx();
-            self.process_rx();
+            if ready.contains(&4) {
+                let _ = self.timer.wait();
+                self.throttled = false;
+            }
+            if !self.throttled {
+                self.process_tx();
+                self.process_rx();
+            }
+        }
+    }
+
+    /// Charges a packet (or, with 0/0, checks the debt) to the limiter; on refusal
+    /// arms the timer and stops both directions until it fires.
+    fn admit(&mut self, bytes: u64, packets: u64) -> bool {
+        match lock(&self.limiter).consume(bytes, packets, std::time::Instant::now()) {
+            Ok(()) => true,
+            Err(wait) => {
+                self.throttled = self
+                    .timer
+                    .reset(wait.max(std::time::Duration::from_micros(100)), None)
+                    .is_ok();
+                !self.throttled
+            }
         }
     }
 
     fn process_tx(&mut self) {
         let mut sent = false;
         while let Some((head, iovecs)) = chain_iovecs(&self.memory, &mut self.tx.queue, false) {
+            let bytes: usize = iovecs.iter().map(|v| v.iov_len).sum();
+            if !self.admit(bytes.saturating_sub(VNET_HDR_LEN) as u64, 1) {
+                self.tx.queue.go_to_previous_position();
+                break;
+            }
             if !iovecs.is_empty() {
                 // SAFETY: the iovecs point into mapped guest memory held by this
                 // worker; writev only reads them.
@@ -267,6 +316,11 @@ impl NetWorker {
     fn process_rx(&mut self) {
         let mut received = false;
         while self.rx_has_buffers {
+            // The size of the next packet is unknown until it is read: read while
+            // the limiter is not in debt, and charge each packet after the fact.
+            if !self.admit(0, 0) {
+                break;
+            }
             let Some((head, iovecs)) = chain_iovecs(&self.memory, &mut self.rx.queue, true) else {
                 self.rx_has_buffers = false;
                 break;
@@ -280,6 +334,11 @@ impl NetWorker {
                 break;
             }
             let _ = self.rx.queue.add_used(&self.memory, head, rc as u32);
+            let _ = lock(&self.limiter).consume(
+                (rc as u64).saturating_sub(VNET_HDR_LEN as u64),
+                1,
+                std::time::Instant::now(),
+            );
             received = true;
         }
         if received
