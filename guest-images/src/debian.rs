@@ -26,6 +26,8 @@ pub struct Inputs {
     pub kernel_package: String,
     pub kernel_version: String,
     pub busybox_version: String,
+    /// Installed versions of the benchmark tools copied into the rootfs.
+    pub tool_versions: String,
     pub builder_revision: u32,
 }
 
@@ -81,9 +83,28 @@ pub fn resolve_inputs() -> Result<Inputs, DebianError> {
     Ok(Inputs {
         kernel_version: candidate_version(&kernel_package)?,
         busybox_version: candidate_version(BUSYBOX_PACKAGE)?,
+        tool_versions: installed_versions(&["fio", "iperf3"]),
         kernel_package,
         builder_revision: crate::BUILDER_REVISION,
     })
+}
+
+/// "name version" of each installed package (or "name missing").
+pub fn installed_versions(packages: &[&str]) -> String {
+    packages
+        .iter()
+        .map(|p| {
+            let v = Command::new("dpkg-query")
+                .args(["-W", "-f", "${Version}", p])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_else(|| "missing".into());
+            format!("{p} {v}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Downloads `package=version` into `dir` (kept as a cache) and returns the .deb.

@@ -1,7 +1,8 @@
 //! The boot-test initramfs: busybox, the kernel's virtio modules, and an `/init`
 //! that loads them, prints one marker line and acts as the command line says.
 //!
-//! `virga.mode=` on the kernel command line picks what happens after the marker:
+//! `virga.root=DEV` mounts DEV (ext4) and switches to it instead (see
+//! [`crate::rootfs`]). Otherwise `virga.mode=` picks what happens after the marker:
 //! - (absent): power off at once;
 //! - `ticks`: print `virga-tick N` every 200 ms until Ctrl+Alt+Del (SIGINT to init),
 //!   then power off;
@@ -30,6 +31,24 @@ fn init_script(modules: &[String]) -> String {
 bb=/bin/busybox
 $bb mount -t proc proc /proc
 for m in {modules}; do $bb insmod /lib/modules/$m.ko; done
+root=$($bb sed -n 's/.*virga\.root=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$root" ]; then
+    # Root on a virtio disk: its driver is a module, loaded above; switch to it.
+    $bb mount -t devtmpfs dev /dev
+    $bb mkdir -p /newroot
+    opts=rw
+    # A read-only disk: mount read-only and never touch the journal.
+    $bb mount -t sysfs sys /sys
+    [ "$($bb cat /sys/block/${{root#/dev/}}/ro 2>/dev/null)" = 1 ] && opts=ro,noload
+    if $bb mount -t ext4 -o $opts "$root" /newroot; then
+        $bb umount /dev
+        $bb umount /sys
+        $bb umount /proc
+        exec $bb switch_root /newroot /sbin/init
+    fi
+    echo "virga-root-mount-failed $root"
+    $bb poweroff -f
+fi
 read up _ < /proc/uptime
 cpus=$($bb grep -c ^processor /proc/cpuinfo)
 mem=$($bb awk '/^MemTotal:/ {{print $2}}' /proc/meminfo)

@@ -10,6 +10,7 @@ pub mod debian;
 pub mod initramfs;
 pub mod manifest;
 pub mod modules;
+pub mod rootfs;
 pub mod vmlinux;
 
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 pub use manifest::Manifest;
 
 /// Bumped whenever what we build from the same packages changes.
-pub const BUILDER_REVISION: u32 = 7;
+pub const BUILDER_REVISION: u32 = 9;
 
 /// The metapackage that always depends on the current cloud kernel.
 pub const KERNEL_METAPACKAGE: &str = "linux-image-cloud-amd64";
@@ -71,6 +72,9 @@ impl ImageSet {
     }
     pub fn boot_initramfs(&self) -> PathBuf {
         self.dir.join(manifest::BOOT_INITRAMFS)
+    }
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join(manifest::ROOTFS)
     }
     /// Where the kernel package was unpacked (holds `lib/modules/RELEASE`).
     pub fn kernel_root(&self) -> PathBuf {
@@ -174,6 +178,10 @@ pub fn build(dir: &Path, log: &dyn Fn(&str)) -> Result<ImageSet, ImageError> {
     let boot_initramfs = dir.join(manifest::BOOT_INITRAMFS);
     let archive = initramfs::boot_test(&busybox, &index, BOOT_TEST_MODULES)?;
     write_atomically(&boot_initramfs, &archive)?;
+
+    let rootfs = dir.join(manifest::ROOTFS);
+    log("building the ext4 root filesystem (busybox, fio, iperf3)");
+    rootfs::build(&busybox, &rootfs, &dir.join("rootfs-staging"))?;
 
     let manifest = Manifest::new(inputs, release, dir)?;
     manifest.write(dir)?;

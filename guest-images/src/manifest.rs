@@ -13,6 +13,7 @@ pub const MANIFEST: &str = "manifest.json";
 pub const BZIMAGE: &str = "bzImage";
 pub const VMLINUX: &str = "vmlinux";
 pub const BOOT_INITRAMFS: &str = "boot-initramfs.cpio";
+pub const ROOTFS: &str = "rootfs.ext4";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifact {
@@ -30,7 +31,7 @@ pub struct Manifest {
 impl Manifest {
     pub fn new(inputs: Inputs, kernel_release: String, dir: &Path) -> Result<Self, ImageError> {
         let mut artifacts = BTreeMap::new();
-        for name in [BZIMAGE, VMLINUX, BOOT_INITRAMFS] {
+        for name in [BZIMAGE, VMLINUX, BOOT_INITRAMFS, ROOTFS] {
             let path = dir.join(name);
             let data = std::fs::read(&path).map_err(io_err(&path))?;
             artifacts.insert(
@@ -88,13 +89,14 @@ mod tests {
     #[test]
     fn round_trip_and_presence() {
         let dir = tempfile::tempdir().unwrap();
-        for name in [BZIMAGE, VMLINUX, BOOT_INITRAMFS] {
+        for name in [BZIMAGE, VMLINUX, BOOT_INITRAMFS, ROOTFS] {
             std::fs::write(dir.path().join(name), name).unwrap();
         }
         let inputs = Inputs {
             kernel_package: "linux-image-x".into(),
             kernel_version: "1".into(),
             busybox_version: "2".into(),
+            tool_versions: "fio 3 iperf3 3".into(),
             builder_revision: 1,
         };
         let m = Manifest::new(inputs, "6.1.0-x".into(), dir.path()).unwrap();

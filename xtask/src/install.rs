@@ -9,6 +9,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "qemu-system-x86_64"),
     ("kmod", "depmod"),
     ("dpkg", "dpkg-deb"),
+    ("e2fsprogs", "mkfs.ext4"),
+    // Benchmark tools for the guest rootfs.
+    ("fio", "fio"),
+    ("iperf3", "iperf3"),
 ];
 
 fn have(command: &str) -> bool {

@@ -43,10 +43,21 @@ pub fn testbed() -> Testbed {
 /// Runs `script` with the vmm and vmmctl in `$BIN` and `$CMDLINE` set; prints what
 /// it printed (the guest's console shows in the test log) and returns the outcome.
 pub fn run(name: &str, script: &str) -> Outcome {
+    run_scenario(name, script, |s| s)
+}
+
+/// As [`run`], with a writable copy of the guest rootfs at `$ROOTFS`.
+pub fn run_with_rootfs(name: &str, script: &str) -> Outcome {
+    run_scenario(name, script, Scenario::with_rootfs)
+}
+
+fn run_scenario(name: &str, script: &str, adjust: impl FnOnce(Scenario) -> Scenario) -> Outcome {
     let script = format!("CMDLINE='{CMDLINE}'\n{script}");
-    let scenario = Scenario::new(name, &script)
-        .binary(vmm_bin())
-        .binary(vmmctl_bin());
+    let scenario = adjust(
+        Scenario::new(name, &script)
+            .binary(vmm_bin())
+            .binary(vmmctl_bin()),
+    );
     let tb = testbed();
     let outcome = tb
         .run(&scenario)

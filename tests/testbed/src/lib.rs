@@ -10,6 +10,8 @@
 //! A scenario sees the same environment either way:
 //! - `$BIN`: the scenario's binaries (`$BIN/vmm`, ...)
 //! - `$GUEST`: guest artifacts (`vmlinux`, `bzImage`, `boot-initramfs.cpio`)
+//! - `$ROOTFS`: a writable copy of the guest rootfs (a disk in the testbed, a file
+//!   natively), when the scenario asks for it
 //! - `$WORK`: an empty writable directory
 //!
 //! The L1 testbed uses one vCPU: with two, QEMU's multi-threaded TCG could freeze
@@ -74,6 +76,8 @@ pub struct Scenario {
     /// Host executables the scenario runs from their own absolute path (with their
     /// shared libraries): programs that find their data relative to themselves.
     pub host_binaries: Vec<PathBuf>,
+    /// Whether `$ROOTFS` is needed (it is large: only when asked).
+    pub rootfs: bool,
     pub timeout: Duration,
 }
 
@@ -85,6 +89,7 @@ impl Scenario {
             binaries: Vec::new(),
             host_paths: Vec::new(),
             host_binaries: Vec::new(),
+            rootfs: false,
             timeout: Duration::from_secs(300),
         }
     }
@@ -106,6 +111,11 @@ impl Scenario {
 
     pub fn host_binary(mut self, path: impl Into<PathBuf>) -> Self {
         self.host_binaries.push(path.into());
+        self
+    }
+
+    pub fn with_rootfs(mut self) -> Self {
+        self.rootfs = true;
         self
     }
 

@@ -19,8 +19,15 @@ pub fn run(images: &ImageSet, scenario: &Scenario) -> Result<Outcome, TestbedErr
         std::os::unix::fs::symlink(b, bin.join(name))
             .map_err(io_error(scenario, format!("linking {}", b.display())))?;
     }
+    let mut command = Command::new("timeout");
+    if scenario.rootfs {
+        let copy = temp.path().join("rootfs.ext4");
+        std::fs::copy(images.rootfs(), &copy)
+            .map_err(io_error(scenario, "copying the guest rootfs"))?;
+        command.env("ROOTFS", copy);
+    }
     let started = Instant::now();
-    let output = Command::new("timeout")
+    let output = command
         .arg("--kill-after=5")
         .arg(scenario.timeout.as_secs().to_string())
         .args(["sh", "-c", &format!("exec 2>&1\n{}", scenario.script)])

@@ -19,8 +19,9 @@ use crate::{
 pub const QEMU: &str = "qemu-system-x86_64";
 /// Enough for the initramfs (binaries, guest kernel) plus several L2 guests.
 const L1_MEMORY_MIB: u32 = 3072;
-/// Loaded in every testbed, after the vendor's KVM module.
-const L1_MODULES: &[&str] = &["tun", "vhost_net"];
+/// Loaded in every testbed, after the vendor's KVM module (virtio-blk for the
+/// guest rootfs, attached as a disk rather than packed into the initramfs).
+const L1_MODULES: &[&str] = &["tun", "vhost_net", "virtio_pci", "virtio_blk"];
 /// One of these drives KVM, by CPU vendor (TCG's `-cpu max` is AMD).
 const L1_KVM_MODULES: &[&str] = &["kvm-amd", "kvm-intel"];
 
@@ -75,9 +76,16 @@ fn attempt(
     attempt: u32,
 ) -> Result<Attempt, TestbedError> {
     let started = Instant::now();
+    let mut qemu = Command::new(QEMU);
+    if scenario.rootfs {
+        // A disk, copy-on-write: the scenario may write it, the image stays as built.
+        let mut drive = std::ffi::OsString::from("file=");
+        drive.push(images.rootfs());
+        drive.push(",if=virtio,format=raw,snapshot=on");
+        qemu.arg("-drive").arg(drive);
+    }
     let mut child = ChildGuard(
-        Command::new(QEMU)
-            .args(["-accel", "tcg", "-cpu", "max", "-smp", "1"])
+        qemu.args(["-accel", "tcg", "-cpu", "max", "-smp", "1"])
             .args(["-m", &L1_MEMORY_MIB.to_string()])
             .args([
                 "-nodefaults",
@@ -194,6 +202,7 @@ done
 [ -e /dev/kvm ] || echo "testbed: no /dev/kvm (vendor module $kvm did not load)"
 (while :; do sleep {heartbeat}; echo {HEARTBEAT_LINE}; done) &
 export BIN=/virga/bin GUEST=/virga/guest WORK=/virga/work
+[ -b /dev/vda ] && export ROOTFS=/dev/vda
 cd /virga/work
 sh /virga/scenario < /dev/null 2>&1
 echo "{EXIT_MARKER}$?"

@@ -1,0 +1,158 @@
+//! The guest root filesystem: an ext4 image with busybox, fio and iperf3 (the
+//! benchmark tools, with the shared libraries the installed Debian packages
+//! link), and an `/sbin/init` driven by the kernel command line.
+//!
+//! The boot-test initramfs mounts it when the command line says `virga.root=DEV`
+//! (the cloud kernel has virtio-blk as a module, so an initramfs must load it
+//! first) and switches to it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{io_err, ImageError};
+
+/// Printed by the rootfs init once it runs from the virtio-blk root.
+pub const ROOT_MARKER: &str = "VIRGA-ROOT-OK";
+/// Free space left in the image for tests to write to.
+const FREE_MIB: u64 = 64;
+/// The benchmark tools put into the image (from the host's Debian packages).
+pub const TOOLS: &[&str] = &["/usr/bin/fio", "/usr/bin/iperf3"];
+
+fn init_script() -> String {
+    format!(
+        r#"#!/bin/busybox sh
+# Virga rootfs init: report, then do what virga.mode says.
+bb=/bin/busybox
+$bb mount -t proc proc /proc
+$bb mount -t sysfs sys /sys
+$bb mount -t devtmpfs dev /dev
+$bb mkdir -p /tmp
+$bb mount -t tmpfs tmp /tmp
+ro=rw; $bb grep -q " / ext4 ro" /proc/mounts && ro=ro
+echo "{ROOT_MARKER} root=$ro fio=$(/usr/bin/fio --version 2>&1) iperf3=$(/usr/bin/iperf3 --version 2>&1 | $bb head -1 | $bb cut -d' ' -f2)"
+case " $($bb cat /proc/cmdline) " in
+*" virga.mode=root-write "*)
+    if echo "virga rootfs $($bb cat /proc/sys/kernel/random/boot_id)" > /data.txt 2>/dev/null && $bb sync; then
+        echo "virga-root-wrote $($bb md5sum < /data.txt | $bb cut -d' ' -f1)"
+    else
+        echo "virga-root-write-failed"
+    fi
+    ;;
+*" virga.mode=root-read "*)
+    echo "virga-root-read $($bb md5sum < /data.txt | $bb cut -d' ' -f1)"
+    ;;
+esac
+$bb sync
+# A clean filesystem for the next boot (a read-only disk cannot replay a journal).
+$bb umount /tmp
+$bb mount -o remount,ro / 2>/dev/null
+$bb poweroff -f
+"#
+    )
+}
+
+/// Shared libraries of `binary` by absolute path (the loader included).
+fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, ImageError> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .map_err(io_err(binary))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+        .map(PathBuf::from)
+        .collect())
+}
+
+/// Builds `image` from busybox and the tools. Needs mkfs.ext4 (e2fsprogs).
+pub fn build(busybox: &Path, image: &Path, staging: &Path) -> Result<(), ImageError> {
+    let _ = std::fs::remove_dir_all(staging);
+    let mut files: BTreeSet<PathBuf> = BTreeSet::new();
+    for tool in TOOLS {
+        let tool = Path::new(tool);
+        if !tool.exists() {
+            return Err(ImageError::Io {
+                path: tool.to_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "not installed (cargo xtask install adds fio and iperf3)",
+                ),
+            });
+        }
+        files.insert(tool.to_owned());
+        files.extend(shared_libraries(tool)?);
+    }
+    for dir in ["bin", "sbin", "proc", "sys", "dev", "tmp", "root", "etc"] {
+        let d = staging.join(dir);
+        std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+    }
+    let bb = staging.join("bin/busybox");
+    std::fs::copy(busybox, &bb).map_err(io_err(&bb))?;
+    let sh = staging.join("bin/sh");
+    std::os::unix::fs::symlink("busybox", &sh).map_err(io_err(&sh))?;
+    for f in &files {
+        // Resolve links so the image holds the file itself under the linked name.
+        let dest = staging.join(f.strip_prefix("/").unwrap_or(f));
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        std::fs::copy(f, &dest).map_err(io_err(f))?;
+    }
+    let init = staging.join("sbin/init");
+    std::fs::write(&init, init_script()).map_err(io_err(&init))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))
+        .map_err(io_err(&init))?;
+
+    let used_mib = dir_size(staging).map_err(io_err(staging))? >> 20;
+    let size = format!("{}M", used_mib + used_mib / 4 + FREE_MIB);
+    let tmp = image.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "virga-root", "-d"])
+        .arg(staging)
+        .arg(&tmp)
+        .arg(&size)
+        .output()
+        .map_err(io_err(Path::new("mkfs.ext4")))?;
+    if !out.status.success() {
+        return Err(ImageError::Io {
+            path: image.to_owned(),
+            source: std::io::Error::other(format!(
+                "mkfs.ext4 failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        });
+    }
+    std::fs::rename(&tmp, image).map_err(io_err(image))?;
+    let _ = std::fs::remove_dir_all(staging);
+    Ok(())
+}
+
+fn dir_size(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_reports_and_dispatches() {
+        let s = init_script();
+        assert!(s.contains(ROOT_MARKER));
+        assert!(s.contains("virga.mode=root-write"));
+        assert!(s.contains("virga.mode=root-read"));
+    }
+}
