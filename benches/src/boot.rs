@@ -1,7 +1,7 @@
 //! The boot benchmark and boot-time regression check.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -11,23 +11,12 @@ use virga_testbed::{Scenario, Testbed};
 
 use crate::measure::{Sample, SAMPLE_PREFIX};
 use crate::report::{Report, Row};
-use crate::workspace;
+use crate::{host_cpu, images_dir, vmm_bin, workspace, QEMU, QEMU_FIRMWARE};
 
 const GUEST_MIB: u64 = 256;
 /// Same for every system: quiet console, no i8042 AUX/mux probing.
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.dumbkbd";
 const PEER: &str = "qemu-microvm";
-const QEMU: &str = "/usr/bin/qemu-system-x86_64";
-/// What QEMU loads for `-M pc` and `-M microvm` with `-kernel` and no devices.
-/// Debian keeps SeaBIOS apart from QEMU's own ROMs; QEMU searches both.
-const QEMU_FIRMWARE: &[&str] = &[
-    "/usr/share/seabios/bios-256k.bin",
-    "/usr/share/qemu/bios-microvm.bin",
-    "/usr/share/qemu/pvh.bin",
-    "/usr/share/qemu/linuxboot.bin",
-    "/usr/share/qemu/linuxboot_dma.bin",
-    "/usr/share/qemu/kvmvapic.bin",
-];
 
 /// (system, command) with `$BIN`/`$GUEST` left for the scenario's shell.
 fn systems() -> Vec<(&'static str, String)> {
@@ -69,26 +58,9 @@ struct Baseline {
     max_boot_ratio_vs_qemu_microvm: f64,
 }
 
-fn host_cpu() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find_map(|l| {
-                l.strip_prefix("model name")?
-                    .split_once(':')
-                    .map(|(_, v)| v.trim().to_owned())
-            })
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
 pub fn run(runs: u32, check: bool) -> Result<()> {
-    let images = std::env::var_os("VIRGA_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/images"));
-    let vmm = std::env::var_os("VIRGA_VMM_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/release/vmm"));
+    let images = images_dir();
+    let vmm = vmm_bin();
     let me = std::env::current_exe().context("locating virga-bench")?;
     let testbed = Testbed::new(&images)?;
     let scenario = Scenario::new("bench-boot", &script(runs))

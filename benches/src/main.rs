@@ -4,8 +4,11 @@
 //!
 //! - `boot [--runs N] [--check]`: VMM process start to the guest's marker line, and
 //!   the VMM's memory, for virga (vmlinux, bzImage) against QEMU microvm and pc.
+//! - `blk [--runs N]`: fio in the guest on virtio-blk, virga against QEMU and
+//!   against fio on the backing device.
 //! - `measure ...`: the in-testbed probe `boot` uses.
 
+mod blk;
 mod boot;
 mod measure;
 mod report;
@@ -33,6 +36,11 @@ enum Cmd {
         #[arg(long)]
         check: bool,
     },
+    /// fio in the guest (virga vs QEMU) and on the backing device.
+    Blk {
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
     /// Time one VMM run to its marker line (used inside the testbed).
     Measure {
         #[arg(long)]
@@ -50,9 +58,47 @@ fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+fn images_dir() -> PathBuf {
+    std::env::var_os("VIRGA_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/images"))
+}
+
+fn vmm_bin() -> PathBuf {
+    std::env::var_os("VIRGA_VMM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/release/vmm"))
+}
+
+const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+/// What QEMU loads for `-M pc` and `-M microvm` with `-kernel`. Debian keeps
+/// SeaBIOS apart from QEMU's own ROMs; QEMU searches both.
+const QEMU_FIRMWARE: &[&str] = &[
+    "/usr/share/seabios/bios-256k.bin",
+    "/usr/share/qemu/bios-microvm.bin",
+    "/usr/share/qemu/pvh.bin",
+    "/usr/share/qemu/linuxboot.bin",
+    "/usr/share/qemu/linuxboot_dma.bin",
+    "/usr/share/qemu/kvmvapic.bin",
+];
+
+fn host_cpu() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Boot { runs, check } => boot::run(runs, check),
+        Cmd::Blk { runs } => blk::run(runs),
         Cmd::Measure {
             system,
             marker,

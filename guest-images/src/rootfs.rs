@@ -14,12 +14,39 @@ use crate::{io_err, ImageError};
 
 /// Printed by the rootfs init once it runs from the virtio-blk root.
 pub const ROOT_MARKER: &str = "VIRGA-ROOT-OK";
+/// The block benchmark: (name, fio arguments), run on a guest disk and natively.
+pub const FIO_JOBS: &[(&str, &str)] = &[
+    ("randread-4k-qd32", "--rw=randread --bs=4k --iodepth=32"),
+    ("randread-4k-qd1", "--rw=randread --bs=4k --iodepth=1"),
+    ("randwrite-4k-qd32", "--rw=randwrite --bs=4k --iodepth=32"),
+    ("randwrite-4k-qd1", "--rw=randwrite --bs=4k --iodepth=1"),
+    ("read-1m", "--rw=read --bs=1M --iodepth=8"),
+    ("write-1m", "--rw=write --bs=1M --iodepth=8"),
+];
+/// Options every job shares; `DEV` is replaced by the device under test.
+pub const FIO_COMMON: &str = "--filename=DEV --direct=1 --ioengine=libaio --time_based --runtime=3 --ramp_time=1 --size=192M --minimal";
+/// Each job's terse result line is printed after this prefix and the job name.
+pub const FIO_RESULT: &str = "VIRGA-FIO";
+
+/// A shell loop running every job against `dev` and printing its results.
+pub fn fio_script(fio: &str, dev: &str) -> String {
+    let mut s = String::new();
+    for (name, args) in FIO_JOBS {
+        s.push_str(&format!(
+            "echo \"{FIO_RESULT} {name} $({fio} --name={name} {args} {})\"\n",
+            FIO_COMMON.replace("DEV", dev)
+        ));
+    }
+    s
+}
+
 /// Free space left in the image for tests to write to.
 const FREE_MIB: u64 = 64;
 /// The benchmark tools put into the image (from the host's Debian packages).
 pub const TOOLS: &[&str] = &["/usr/bin/fio", "/usr/bin/iperf3"];
 
 fn init_script() -> String {
+    let fio = fio_script("/usr/bin/fio", "/dev/vdb");
     format!(
         r#"#!/bin/busybox sh
 # Virga rootfs init: report, then do what virga.mode says.
@@ -42,6 +69,8 @@ case " $($bb cat /proc/cmdline) " in
 *" virga.mode=root-read "*)
     echo "virga-root-read $($bb md5sum < /data.txt | $bb cut -d' ' -f1)"
     ;;
+*" virga.mode=fio "*)
+{fio}    ;;
 esac
 $bb sync
 # A clean filesystem for the next boot (a read-only disk cannot replay a journal).
@@ -154,5 +183,7 @@ mod tests {
         assert!(s.contains(ROOT_MARKER));
         assert!(s.contains("virga.mode=root-write"));
         assert!(s.contains("virga.mode=root-read"));
+        assert_eq!(s.matches(FIO_RESULT).count(), FIO_JOBS.len());
+        assert!(s.contains("--filename=/dev/vdb"));
     }
 }

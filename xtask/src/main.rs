@@ -39,7 +39,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
-    /// Run a benchmark; its JSON goes to target/bench/.
+    /// Run a benchmark (boot, blk); its JSON goes to target/bench/.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

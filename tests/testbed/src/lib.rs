@@ -12,6 +12,7 @@
 //! - `$GUEST`: guest artifacts (`vmlinux`, `bzImage`, `boot-initramfs.cpio`)
 //! - `$ROOTFS`: a writable copy of the guest rootfs (a disk in the testbed, a file
 //!   natively), when the scenario asks for it
+//! - `$SCRATCH`: an empty disk, when the scenario asks for one
 //! - `$WORK`: an empty writable directory
 //!
 //! The L1 testbed uses one vCPU: with two, QEMU's multi-threaded TCG could freeze
@@ -78,6 +79,9 @@ pub struct Scenario {
     pub host_binaries: Vec<PathBuf>,
     /// Whether `$ROOTFS` is needed (it is large: only when asked).
     pub rootfs: bool,
+    /// An empty disk of this many MiB at `$SCRATCH` (a block device in the
+    /// testbed, so O_DIRECT works there).
+    pub scratch_mib: Option<u64>,
     pub timeout: Duration,
 }
 
@@ -90,6 +94,7 @@ impl Scenario {
             host_paths: Vec::new(),
             host_binaries: Vec::new(),
             rootfs: false,
+            scratch_mib: None,
             timeout: Duration::from_secs(300),
         }
     }
@@ -111,6 +116,11 @@ impl Scenario {
 
     pub fn host_binary(mut self, path: impl Into<PathBuf>) -> Self {
         self.host_binaries.push(path.into());
+        self
+    }
+
+    pub fn with_scratch_disk(mut self, mib: u64) -> Self {
+        self.scratch_mib = Some(mib);
         self
     }
 

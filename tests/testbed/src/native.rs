@@ -26,6 +26,13 @@ pub fn run(images: &ImageSet, scenario: &Scenario) -> Result<Outcome, TestbedErr
             .map_err(io_error(scenario, "copying the guest rootfs"))?;
         command.env("ROOTFS", copy);
     }
+    if let Some(mib) = scenario.scratch_mib {
+        let scratch = temp.path().join("scratch.raw");
+        std::fs::File::create(&scratch)
+            .and_then(|f| f.set_len(mib << 20))
+            .map_err(io_error(scenario, "creating the scratch disk"))?;
+        command.env("SCRATCH", scratch);
+    }
     let started = Instant::now();
     let output = command
         .arg("--kill-after=5")

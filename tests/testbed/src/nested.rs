@@ -77,12 +77,23 @@ fn attempt(
 ) -> Result<Attempt, TestbedError> {
     let started = Instant::now();
     let mut qemu = Command::new(QEMU);
-    if scenario.rootfs {
-        // A disk, copy-on-write: the scenario may write it, the image stays as built.
+    // In the order of `disk_env`, so that the names it exports match.
+    let mut disk = |path: &Path, opts: &str| {
         let mut drive = std::ffi::OsString::from("file=");
-        drive.push(images.rootfs());
-        drive.push(",if=virtio,format=raw,snapshot=on");
+        drive.push(path);
+        drive.push(format!(",if=virtio,format=raw{opts}"));
         qemu.arg("-drive").arg(drive);
+    };
+    if scenario.rootfs {
+        // Copy-on-write: the scenario may write it, the image stays as built.
+        disk(&images.rootfs(), ",snapshot=on");
+    }
+    if let Some(mib) = scenario.scratch_mib {
+        let scratch = initramfs.with_file_name("scratch.raw");
+        std::fs::File::create(&scratch)
+            .and_then(|f| f.set_len(mib << 20))
+            .map_err(io_error(scenario, "creating the scratch disk"))?;
+        disk(&scratch, "");
     }
     let mut child = ChildGuard(
         qemu.args(["-accel", "tcg", "-cpu", "max", "-smp", "1"])
@@ -202,7 +213,7 @@ done
 [ -e /dev/kvm ] || echo "testbed: no /dev/kvm (vendor module $kvm did not load)"
 (while :; do sleep {heartbeat}; echo {HEARTBEAT_LINE}; done) &
 export BIN=/virga/bin GUEST=/virga/guest WORK=/virga/work
-[ -b /dev/vda ] && export ROOTFS=/dev/vda
+. /virga/disks.env
 cd /virga/work
 sh /virga/scenario < /dev/null 2>&1
 echo "{EXIT_MARKER}$?"
@@ -221,6 +232,22 @@ fn shared_libraries(binary: &Path) -> std::io::Result<Vec<PathBuf>> {
         .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
         .map(PathBuf::from)
         .collect())
+}
+
+/// Where the scenario's disks appear in L1: attached in this order, they are
+/// vda, vdb, ...
+fn disk_env(scenario: &Scenario) -> String {
+    let mut vars = Vec::new();
+    if scenario.rootfs {
+        vars.push("ROOTFS");
+    }
+    if scenario.scratch_mib.is_some() {
+        vars.push("SCRATCH");
+    }
+    vars.iter()
+        .zip(b'a'..)
+        .map(|(var, letter)| format!("export {var}=/dev/vd{}\n", letter as char))
+        .collect()
 }
 
 fn build_initramfs(
@@ -298,6 +325,7 @@ fn build_initramfs(
             a.host_file(&name, f)?;
         }
         a.file("/virga/scenario", 0o755, scenario.script.as_bytes())?;
+        a.file("/virga/disks.env", 0o644, disk_env(scenario).as_bytes())?;
         a.file("/init", 0o755, l1_init().as_bytes())?;
         use std::io::Write;
         a.finish()?.flush()
@@ -333,6 +361,20 @@ mod tests {
         assert!(init.contains(&format!("echo \"{EXIT_MARKER}$?\"")));
         assert!(init.contains(HEARTBEAT_LINE));
         assert!(init.contains("sh /virga/scenario"));
+    }
+
+    #[test]
+    fn disks_are_named_in_attach_order() {
+        let s = Scenario::new("t", "true")
+            .with_rootfs()
+            .with_scratch_disk(64);
+        assert_eq!(
+            disk_env(&s),
+            "export ROOTFS=/dev/vda\nexport SCRATCH=/dev/vdb\n"
+        );
+        let s = Scenario::new("t", "true").with_scratch_disk(64);
+        assert_eq!(disk_env(&s), "export SCRATCH=/dev/vda\n");
+        assert_eq!(disk_env(&Scenario::new("t", "true")), "");
     }
 
     #[test]
