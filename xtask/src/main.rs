@@ -36,6 +36,12 @@ enum Cmd {
     Images,
     /// Run a shell command where VMM scenarios run ($BIN/vmm, $GUEST/vmlinux, ...).
     Testbed {
+        /// Attach a writable copy of the guest rootfs at $ROOTFS.
+        #[arg(long)]
+        rootfs: bool,
+        /// Attach an empty disk of this many MiB at $SCRATCH.
+        #[arg(long)]
+        scratch_mib: Option<u64>,
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
@@ -91,7 +97,11 @@ fn main() -> Result<()> {
         Cmd::Images => images().map(drop),
         Cmd::Up => up(),
         Cmd::Test { unit_only } => test(unit_only),
-        Cmd::Testbed { command } => testbed(&command.join(" ")),
+        Cmd::Testbed {
+            rootfs,
+            scratch_mib,
+            command,
+        } => testbed(&command.join(" "), rootfs, scratch_mib),
         Cmd::Bench { args } => bench(&args),
     }
 }
@@ -156,14 +166,20 @@ fn test(unit_only: bool) -> Result<()> {
         .env("VIRGA_IMAGES", images_dir()))
 }
 
-fn testbed(command: &str) -> Result<()> {
+fn testbed(command: &str, rootfs: bool, scratch_mib: Option<u64>) -> Result<()> {
     install::system_packages()?;
     images()?;
     let vmm = build_vmm()?;
     let testbed = virga_testbed::Testbed::new(&images_dir())?;
-    let scenario = virga_testbed::Scenario::new("xtask", command)
+    let mut scenario = virga_testbed::Scenario::new("xtask", command)
         .binary(vmm.with_file_name("vmmctl"))
         .binary(vmm);
+    if rootfs {
+        scenario = scenario.with_rootfs();
+    }
+    if let Some(mib) = scratch_mib {
+        scenario = scenario.with_scratch_disk(mib);
+    }
     let outcome = testbed.run(&scenario)?;
     print!("{}", outcome.output);
     std::process::exit(outcome.status);

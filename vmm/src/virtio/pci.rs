@@ -232,10 +232,12 @@ impl VirtioPciDevice {
 
     fn activate(&mut self) -> Result<(), super::ActivateError> {
         let mut active = Vec::new();
-        for (index, q) in self.queues.iter().enumerate() {
+        let event_idx = self.driver_features & super::VIRTIO_RING_F_EVENT_IDX != 0;
+        for (index, q) in self.queues.iter_mut().enumerate() {
             if !q.queue.ready() {
                 continue;
             }
+            q.queue.set_event_idx(event_idx);
             if !q.queue.is_valid(&self.memory) {
                 return Err(super::ActivateError::InvalidQueue(index));
             }
