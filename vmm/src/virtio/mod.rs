@@ -78,6 +78,18 @@ pub struct Activation {
     pub queues: Vec<ActiveQueue>,
 }
 
+/// Copies `data.len()` bytes of a device config space from `offset`; bytes past
+/// its end read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| config.get(o.checked_add(i)?))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 pub trait VirtioDevice: Send {
     /// The virtio device ID (4 = entropy, 2 = block, 1 = network).
     fn device_type(&self) -> u32;
@@ -96,4 +108,19 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// Stops processing and forgets the queues (the driver reset the device).
     fn reset(&mut self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_are_bounded() {
+        let config = [1u8, 2, 3, 4];
+        let mut out = [0xffu8; 4];
+        read_config_bytes(&config, 2, &mut out);
+        assert_eq!(out, [3, 4, 0, 0]);
+        read_config_bytes(&config, u64::MAX, &mut out);
+        assert_eq!(out, [0; 4]);
+    }
 }
