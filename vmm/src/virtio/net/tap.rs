@@ -79,22 +79,25 @@ impl Tap {
         Ok(tap)
     }
 
-    /// Takes ownership of an open TAP descriptor (passed by hostd).
+    /// Uses an open TAP descriptor passed by the supervisor (hostd). The VMM works
+    /// on a duplicate, so the inherited descriptor survives for a VM restart.
     pub fn from_fd(fd: RawFd) -> Result<Tap, TapError> {
-        // SAFETY: F_GETFD only inspects the descriptor number.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        // SAFETY: F_DUPFD_CLOEXEC only reads the descriptor number; an invalid one
+        // fails with EBADF, which is checked.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+        if dup < 0 {
             return Err(TapError::Fd {
                 fd,
                 source: std::io::Error::last_os_error(),
             });
         }
-        // SAFETY: the descriptor is valid (checked above) and, by the caller's
-        // contract, handed over to us alone.
-        let file = unsafe { File::from_raw_fd(fd) };
-        // SAFETY: setting O_NONBLOCK on a descriptor we own.
+        // SAFETY: `dup` is a fresh descriptor that nothing else owns.
+        let file = unsafe { File::from_raw_fd(dup) };
+        // SAFETY: setting O_NONBLOCK on a descriptor we own (shared with the
+        // original, which the VMM alone uses).
         unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            let flags = libc::fcntl(dup, libc::F_GETFL);
+            libc::fcntl(dup, libc::F_SETFL, flags | libc::O_NONBLOCK);
         }
         let tap = Tap {
             file,
@@ -137,5 +140,25 @@ impl Tap {
 
     pub fn file(&self) -> &File {
         &self.file
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_names_and_descriptors_are_refused() {
+        assert!(matches!(Tap::open(""), Err(TapError::Name(_))));
+        assert!(matches!(
+            Tap::open("a-name-far-too-long"),
+            Err(TapError::Name(_))
+        ));
+        assert!(matches!(Tap::from_fd(9999), Err(TapError::Fd { .. })));
+        // Not a tap: the ioctl fails cleanly and the caller's descriptor survives.
+        let f = tempfile::tempfile().unwrap();
+        assert!(Tap::from_fd(f.as_raw_fd()).is_err());
+        // SAFETY: F_GETFD only inspects the descriptor.
+        assert!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFD) } >= 0);
     }
 }
