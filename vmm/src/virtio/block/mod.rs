@@ -33,6 +33,12 @@ const VIRTIO_ID_BLOCK: u32 = 2;
 const QUEUE_SIZE: u16 = 256;
 const RING_ENTRIES: u32 = 128;
 const SERIAL_LEN: usize = 20;
+/// The worker runs below the vCPUs' priority. Where it shares a CPU with the vCPU
+/// that feeds it, a worker at equal priority preempts the vCPU on every kick and
+/// sees one request at a time; yielding lets the guest queue a batch first. In
+/// the one-CPU testbed this took 4 KiB random reads at QD32 from ~680 to ~7900
+/// IOPS (QD1: ~650 -> ~600). A worker with a core of its own is unaffected.
+const WORKER_NICE: libc::c_int = 10;
 
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
@@ -219,6 +225,17 @@ impl BlockWorker {
     }
 
     fn run(mut self, stop: EventFd) {
+        // SAFETY: gettid and setpriority take plain integers; raising our own
+        // thread's nice value needs no privilege, and failure is harmless.
+        unsafe {
+            let tid = libc::gettid() as libc::id_t;
+            if libc::setpriority(libc::PRIO_PROCESS, tid, WORKER_NICE) != 0 {
+                tracing::debug!(
+                    "virtio-blk worker priority unchanged: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
         loop {
             let ready = {
                 let mut fds = vec![
