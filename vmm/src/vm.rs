@@ -68,6 +68,10 @@ pub enum VmError {
     Virtio(#[from] TransportError),
     #[error("PCI: {0}")]
     Pci(String),
+    #[error(transparent)]
+    Disk(#[from] crate::virtio::block::disk::DiskError),
+    #[error(transparent)]
+    Tap(#[from] TapError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -338,8 +342,7 @@ fn create_pci(
     let mut next_bar = PCI_MMIO_START;
     let mut devices: Vec<Box<dyn crate::virtio::VirtioDevice>> = Vec::new();
     for (i, d) in config.disks.iter().enumerate() {
-        let disk =
-            Disk::open(&d.path, d.read_only, d.direct).map_err(|e| VmError::Pci(e.to_string()))?;
+        let disk = Disk::open(&d.path, d.read_only, d.direct)?;
         let queues = d.queues.unwrap_or(u16::from(config.vcpus));
         let serial = d.serial.clone().unwrap_or_default();
         let limiter = Arc::new(Mutex::new(RateLimiter::new(d.rate_limit)));
@@ -357,8 +360,7 @@ fn create_pci(
             (Some(name), _) => Tap::open(name),
             (None, Some(fd)) => Tap::from_fd(fd),
             (None, None) => Err(TapError::Name(String::new())),
-        }
-        .map_err(|e| VmError::Pci(e.to_string()))?;
+        }?;
         let mac = n
             .mac
             .as_deref()

@@ -73,10 +73,10 @@ fn serve(stop: vmm_sys_util::eventfd::EventFd, mut q: ActiveQueue, memory: Guest
 /// Serves every available request; returns whether the driver wants an interrupt.
 pub fn fill_requests(queue: &mut virtio_queue::Queue, memory: &GuestMemoryMmap) -> bool {
     let mut served = false;
+    let mut buf = [0u8; 4096];
     while let Some(chain) = queue.pop_descriptor_chain(memory) {
         let head = chain.head_index();
         let mut written = 0usize;
-        let mut buf = vec![0u8; 4096];
         for desc in chain {
             // A request is a chain of device-writable buffers; anything else ends it.
             if !desc.is_write_only() || written >= MAX_REQUEST_BYTES {
