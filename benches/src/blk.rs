@@ -2,7 +2,6 @@
 //! QEMU (virtio-blk-pci, aio=io_uring, cache=none), and fio directly on the same
 //! backing device, all in one testbed boot.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use anyhow::{bail, Result};
 use virga_guest_images::rootfs::{fio_script, FIO_JOBS, FIO_RESULT};
 use virga_testbed::{Scenario, Testbed};
 
-use crate::report::{Report, Row};
+use crate::report::{Report, Samples};
 use crate::{host_cpu, images_dir, vmm_bin, workspace, QEMU, QEMU_FIRMWARE};
 
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.dumbkbd";
@@ -117,7 +116,7 @@ pub fn run(runs: u32) -> Result<()> {
     );
     let outcome = testbed.run(&scenario)?;
 
-    let mut samples: BTreeMap<(String, String, &'static str), Vec<f64>> = BTreeMap::new();
+    let mut samples = Samples::default();
     let mut system = String::new();
     for line in outcome.output.lines() {
         if let Some(s) = line.strip_prefix(SYSTEM_MARKER) {
@@ -129,34 +128,20 @@ pub fn run(runs: u32) -> Result<()> {
             };
             if let Some(r) = parse_terse(terse) {
                 for (metric, unit, v) in metrics(job, &r) {
-                    samples
-                        .entry((system.clone(), metric, unit))
-                        .or_default()
-                        .push(v);
+                    samples.add(&system, &metric, unit, v);
                 }
             }
         }
     }
     let expected = FIO_JOBS.len() * 3;
-    let systems_seen = samples
-        .keys()
-        .map(|(s, _, _)| s.clone())
-        .collect::<std::collections::BTreeSet<_>>();
-    if !outcome.success() || systems_seen.len() != 3 || samples.len() < expected {
+    if !outcome.success() || samples.systems().len() != 3 || samples.len() < expected {
         bail!(
             "block benchmark failed (status {}); output:\n{}",
             outcome.status,
             virga_testbed::tail(&outcome.output, 40)
         );
     }
-    let mut rows = Vec::new();
-    for system in ["virga", "qemu", "host"] {
-        for ((s, metric, unit), values) in &samples {
-            if s == system {
-                rows.extend(Row::from_samples(system, metric, unit, values));
-            }
-        }
-    }
+    let rows = samples.rows(&["virga", "qemu", "host"]);
     let report = Report {
         bench: "blk".into(),
         host: format!("{} ({})", host_cpu(), testbed.mode().as_str()),

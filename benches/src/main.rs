@@ -6,11 +6,14 @@
 //!   the VMM's memory, for virga (vmlinux, bzImage) against QEMU microvm and pc.
 //! - `blk [--runs N]`: fio in the guest on virtio-blk, virga against QEMU and
 //!   against fio on the backing device.
+//! - `net [--runs N]`: iperf3 between the guest and the host side of its tap,
+//!   virga (vhost-net and in-VMM datapath) against QEMU with vhost=on.
 //! - `measure ...`: the in-testbed probe `boot` uses.
 
 mod blk;
 mod boot;
 mod measure;
+mod net;
 mod report;
 
 use std::path::PathBuf;
@@ -38,6 +41,11 @@ enum Cmd {
     },
     /// fio in the guest (virga vs QEMU) and on the backing device.
     Blk {
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
+    /// iperf3 guest<->host over a tap (virga vs QEMU).
+    Net {
         #[arg(long, default_value_t = 3)]
         runs: u32,
     },
@@ -99,6 +107,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Boot { runs, check } => boot::run(runs, check),
         Cmd::Blk { runs } => blk::run(runs),
+        Cmd::Net { runs } => net::run(runs),
         Cmd::Measure {
             system,
             marker,

@@ -1,5 +1,6 @@
 //! The one JSON shape every benchmark writes, and its table.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,41 @@ impl Row {
     }
 }
 
+/// Samples gathered from a benchmark's output, keyed by system and metric.
+#[derive(Debug, Default)]
+pub struct Samples(BTreeMap<(String, String, &'static str), Vec<f64>>);
+
+impl Samples {
+    pub fn add(&mut self, system: &str, metric: &str, unit: &'static str, value: f64) {
+        self.0
+            .entry((system.to_owned(), metric.to_owned(), unit))
+            .or_default()
+            .push(value);
+    }
+
+    /// Distinct (system, metric) pairs seen.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn systems(&self) -> BTreeSet<&str> {
+        self.0.keys().map(|(s, _, _)| s.as_str()).collect()
+    }
+
+    /// Summary rows, systems in the given order (others are left out).
+    pub fn rows(&self, systems: &[&str]) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for system in systems {
+            for ((s, metric, unit), values) in &self.0 {
+                if s == system {
+                    rows.extend(Row::from_samples(system, metric, unit, values));
+                }
+            }
+        }
+        rows
+    }
+}
+
 impl Report {
     pub fn row(&self, system: &str, metric: &str) -> Option<&Row> {
         self.rows
@@ -71,8 +107,11 @@ impl Report {
 
     /// A table of medians, with each row's ratio to `peer` for the same metric.
     pub fn table(&self, peer: &str) -> String {
+        let metric = |r: &Row| format!("{} ({})", r.metric, r.unit);
+        let sw = self.rows.iter().map(|r| r.system.len()).fold(6, usize::max);
+        let mw = self.rows.iter().map(|r| metric(r).len()).fold(6, usize::max);
         let mut out = format!(
-            "{:<16} {:<14} {:>10} {:>10} {:>10} {:>5} {:>10}\n",
+            "{:<sw$} {:<mw$} {:>10} {:>10} {:>10} {:>5} {:>10}\n",
             "system",
             "metric",
             "median",
@@ -86,9 +125,9 @@ impl Report {
                 .ratio(&r.system, peer, &r.metric)
                 .map_or("-".to_owned(), |x| format!("{x:.2}x"));
             out.push_str(&format!(
-                "{:<16} {:<14} {:>10.1} {:>10.1} {:>10.1} {:>5} {:>10}\n",
+                "{:<sw$} {:<mw$} {:>10.1} {:>10.1} {:>10.1} {:>5} {:>10}\n",
                 r.system,
-                format!("{} ({})", r.metric, r.unit),
+                metric(r),
                 r.median,
                 r.min,
                 r.max,
@@ -118,5 +157,15 @@ mod tests {
         };
         assert_eq!(report.ratio("a", "b", "boot_ms"), Some(0.4));
         assert!(report.table("b").contains("0.40x"));
+
+        let mut samples = Samples::default();
+        samples.add("y", "m", "u", 2.0);
+        samples.add("x", "m", "u", 1.0);
+        samples.add("x", "m", "u", 3.0);
+        samples.add("z", "m", "u", 3.0);
+        assert_eq!(samples.len(), 3);
+        let rows = samples.rows(&["x", "y"]);
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].system.as_str(), rows[0].median), ("x", 2.0));
     }
 }

@@ -72,6 +72,7 @@ case " $($bb cat /proc/cmdline) " in
     $bb mount -t sysfs sys /sys
     $bb mount -t devtmpfs dev /dev
     echo "virga-disks $(cd /sys/block && echo vd*)"
+    echo "virga-nics $(cd /sys/class/net && echo eth*)"
     echo "virga-disk-serial $($bb cat /sys/block/vda/serial 2>/dev/null)"
     echo "virga-disk-ro $($bb cat /sys/block/vda/ro 2>/dev/null)"
     if $bb grep -q "virga.mode=disk-write" /proc/cmdline; then
@@ -104,6 +105,7 @@ case " $($bb cat /proc/cmdline) " in
     $bb ip link set eth0 up
     $bb ip addr add 169.254.100.2/24 dev eth0
     echo "virga-net-mac $($bb cat /sys/class/net/eth0/address)"
+    echo "virga-net-queues $($bb ls -d /sys/class/net/eth0/queues/rx-* | $bb wc -l)"
     if $bb ping -c 3 -W 5 169.254.100.1 > /dev/null; then echo virga-net-ping-ok; else echo virga-net-ping-failed; fi
     echo "virga-net-download $($bb wget -q -O - http://169.254.100.1:8080/blob | $bb md5sum | $bb cut -d' ' -f1)"
     $bb dd if=/dev/urandom of=/www/upload bs=1M count=16 2>/dev/null

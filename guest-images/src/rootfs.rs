@@ -40,6 +40,32 @@ pub fn fio_script(fio: &str, dev: &str) -> String {
     s
 }
 
+/// The network benchmark: (name, iperf3 client arguments), run in the guest
+/// against an iperf3 server on the host side of the tap (169.254.100.1).
+/// `-R` makes the host send.
+pub const IPERF_JOBS: &[(&str, &str)] = &[
+    ("guest-to-host-1", "-P 1"),
+    ("guest-to-host-4", "-P 4"),
+    ("host-to-guest-1", "-R -P 1"),
+    ("host-to-guest-4", "-R -P 4"),
+];
+/// Each job's final receiver line is printed after this prefix and the job name.
+pub const IPERF_RESULT: &str = "VIRGA-IPERF";
+/// Guest and host addresses of the network benchmark (link-local, on the tap).
+pub const IPERF_GUEST_ADDR: &str = "169.254.100.2";
+pub const IPERF_HOST_ADDR: &str = "169.254.100.1";
+
+/// A shell loop running every iperf3 job and printing its receiver summary.
+fn iperf_script(iperf: &str) -> String {
+    let mut s = String::new();
+    for (name, args) in IPERF_JOBS {
+        s.push_str(&format!(
+            "    echo \"{IPERF_RESULT} {name} $({iperf} -c {IPERF_HOST_ADDR} -t 3 -O 1 -f m {args} 2>&1 | $bb grep receiver | $bb tail -1)\"\n"
+        ));
+    }
+    s
+}
+
 /// Free space left in the image for tests to write to.
 const FREE_MIB: u64 = 64;
 /// The benchmark tools put into the image (from the host's Debian packages).
@@ -47,6 +73,7 @@ pub const TOOLS: &[&str] = &["/usr/bin/fio", "/usr/bin/iperf3"];
 
 fn init_script() -> String {
     let fio = fio_script("/usr/bin/fio", "/dev/vdb");
+    let iperf = iperf_script("/usr/bin/iperf3");
     format!(
         r#"#!/bin/busybox sh
 # Virga rootfs init: report, then do what virga.mode says.
@@ -71,6 +98,17 @@ case " $($bb cat /proc/cmdline) " in
     ;;
 *" virga.mode=fio "*)
 {fio}    ;;
+*" virga.mode=iperf "*)
+    $bb ip link set lo up
+    $bb ip link set eth0 up
+    $bb ip addr add {IPERF_GUEST_ADDR}/24 dev eth0
+    echo "virga-net-queues $($bb ls -d /sys/class/net/eth0/queues/rx-* | $bb wc -l)"
+    # The host configures its side of the tap once the VMM created it.
+    i=0
+    until /usr/bin/iperf3 -c {IPERF_HOST_ADDR} -t 1 > /dev/null 2>&1 || [ $i -ge 60 ]; do
+        $bb sleep 1; i=$((i + 1))
+    done
+{iperf}    ;;
 esac
 $bb sync
 # A clean filesystem for the next boot (a read-only disk cannot replay a journal).
@@ -185,5 +223,8 @@ mod tests {
         assert!(s.contains("virga.mode=root-read"));
         assert_eq!(s.matches(FIO_RESULT).count(), FIO_JOBS.len());
         assert!(s.contains("--filename=/dev/vdb"));
+        assert!(s.contains("virga.mode=iperf"));
+        assert_eq!(s.matches(IPERF_RESULT).count(), IPERF_JOBS.len());
+        assert!(s.contains("-c 169.254.100.1 -t 3 -O 1 -f m -R -P 4"));
     }
 }

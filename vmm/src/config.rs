@@ -153,9 +153,15 @@ pub struct NetConfig {
     /// TAP interface to attach to (created if missing and allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tap: Option<String>,
-    /// An already-open TAP descriptor inherited from the supervisor.
+    /// Already-open TAP descriptors inherited from the supervisor, one per queue
+    /// pair.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fds: Vec<i32>,
+    /// Queue pairs: one per vCPU (at most 8) when unset and `tap` is given, as many
+    /// as `fds` otherwise. The guest uses more than one when it supports
+    /// multiqueue; a tap that cannot have several queues gets one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fd: Option<i32>,
+    pub queues: Option<u16>,
     /// Guest MAC address; a random locally administered one when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
@@ -172,11 +178,13 @@ pub const MAX_NICS: usize = 8;
 impl std::str::FromStr for NetConfig {
     type Err = String;
 
-    /// `tap=NAME[,mac=MAC][,vhost=auto|on|off][,bw=BYTES/s][,pps=N]` or `fd=N[,...]`
+    /// `tap=NAME[,queues=N][,mac=MAC][,vhost=auto|on|off][,bw=BYTES/s][,pps=N]`,
+    /// or `fd=N[:N...][,...]` (one descriptor per queue pair)
     fn from_str(s: &str) -> Result<Self, String> {
         let mut net = NetConfig {
             tap: None,
-            fd: None,
+            fds: Vec::new(),
+            queues: None,
             mac: None,
             vhost: Default::default(),
             rate_limit: RateLimit::default(),
@@ -187,7 +195,18 @@ impl std::str::FromStr for NetConfig {
                 .ok_or_else(|| format!("expected key=value, got {part:?}"))?;
             match k {
                 "tap" => net.tap = Some(v.to_owned()),
-                "fd" => net.fd = Some(v.parse().map_err(|_| format!("fd: not a number: {v:?}"))?),
+                "fd" => {
+                    net.fds = v
+                        .split(':')
+                        .map(|fd| fd.parse().map_err(|_| format!("fd: not a number: {fd:?}")))
+                        .collect::<Result<_, _>>()?
+                }
+                "queues" => {
+                    net.queues = Some(
+                        v.parse()
+                            .map_err(|_| format!("queues: not a number: {v:?}"))?,
+                    )
+                }
                 "mac" => net.mac = Some(v.to_owned()),
                 "bw" => net.rate_limit.bytes_per_sec = Some(number(k, v)?),
                 "pps" => net.rate_limit.ops_per_sec = Some(number(k, v)?),
@@ -206,18 +225,34 @@ impl std::str::FromStr for NetConfig {
     }
 }
 
-fn validate_net(net: &NetConfig) -> Result<(), ConfigError> {
-    match (&net.tap, net.fd) {
-        (Some(name), None) if !name.is_empty() && name.len() <= 15 => {}
-        (Some(name), None) => {
+/// Checks a NIC and settles its queue-pair count.
+fn validate_net(net: &mut NetConfig, vcpus: u8) -> Result<(), ConfigError> {
+    use crate::virtio::net::MAX_QUEUE_PAIRS;
+    let pairs = match (&net.tap, net.fds.as_slice()) {
+        (Some(name), []) if !name.is_empty() && name.len() <= 15 => net
+            .queues
+            .unwrap_or_else(|| u16::from(vcpus).min(MAX_QUEUE_PAIRS)),
+        (Some(name), []) => {
             return Err(invalid("nets.tap", format!("{name:?}: 1 to 15 bytes")));
         }
-        (None, Some(fd)) if fd > 2 => {}
-        (None, Some(fd)) => {
-            return Err(invalid("nets.fd", format!("{fd} is not a TAP descriptor")))
+        (None, fds) if !fds.is_empty() => {
+            if let Some(fd) = fds.iter().find(|&&fd| fd <= 2) {
+                return Err(invalid("nets.fds", format!("{fd} is not a TAP descriptor")));
+            }
+            if net.queues.is_some_and(|q| usize::from(q) != fds.len()) {
+                return Err(invalid("nets.queues", "must equal the number of fds"));
+            }
+            u16::try_from(fds.len()).unwrap_or(u16::MAX)
         }
-        _ => return Err(invalid("nets", "exactly one of tap or fd")),
+        _ => return Err(invalid("nets", "exactly one of tap or fds")),
+    };
+    if !(1..=MAX_QUEUE_PAIRS).contains(&pairs) {
+        return Err(invalid(
+            "nets.queues",
+            format!("must be between 1 and {MAX_QUEUE_PAIRS}, got {pairs}"),
+        ));
     }
+    net.queues = Some(pairs);
     net.rate_limit
         .validate()
         .map_err(|e| invalid("nets.rate_limit", e))?;
@@ -413,15 +448,15 @@ impl VmConfig {
             validate_disk(disk, vcpus)?;
         }
 
-        let nets = file.nets.unwrap_or_default();
+        let mut nets = file.nets.unwrap_or_default();
         if nets.len() > MAX_NICS {
             return Err(invalid(
                 "nets",
                 format!("at most {MAX_NICS}, got {}", nets.len()),
             ));
         }
-        for net in &nets {
-            validate_net(net)?;
+        for net in &mut nets {
+            validate_net(net, vcpus)?;
         }
 
         Ok(VmConfig {
@@ -772,21 +807,34 @@ mod tests {
 
     #[test]
     fn nics_parse_and_validate() {
-        let n: NetConfig = "tap=vtap0,mac=02:00:00:00:00:01".parse().unwrap();
+        let mut n: NetConfig = "tap=vtap0,mac=02:00:00:00:00:01".parse().unwrap();
         assert_eq!(n.tap.as_deref(), Some("vtap0"));
-        assert!(validate_net(&n).is_ok());
+        assert!(validate_net(&mut n, 4).is_ok());
+        assert_eq!(n.queues, Some(4), "one pair per vCPU by default");
+        let mut n: NetConfig = "tap=vtap0".parse().unwrap();
+        validate_net(&mut n, 32).unwrap();
+        assert_eq!(n.queues, Some(8), "capped");
+        let mut n: NetConfig = "fd=3:4,vhost=off".parse().unwrap();
+        validate_net(&mut n, 1).unwrap();
+        assert_eq!((n.fds.as_slice(), n.queues), (&[3, 4][..], Some(2)));
         for bad in [
             "tap=a,fd=5",
             "mac=02:00:00:00:00:01",
             "fd=1",
+            "fd=3:2",
+            "fd=3,queues=2",
             "tap=0123456789abcdef",
+            "tap=t,queues=0",
+            "tap=t,queues=9",
         ] {
-            let n: NetConfig = bad.parse().unwrap();
-            assert!(validate_net(&n).is_err(), "{bad}");
+            let mut n: NetConfig = bad.parse().unwrap();
+            assert!(validate_net(&mut n, 2).is_err(), "{bad}");
         }
-        let multicast: NetConfig = "tap=t,mac=01:00:5e:00:00:01".parse().unwrap();
-        assert!(validate_net(&multicast).is_err());
+        let mut multicast: NetConfig = "tap=t,mac=01:00:5e:00:00:01".parse().unwrap();
+        assert!(validate_net(&mut multicast, 1).is_err());
         assert!("tap=t,speed=10".parse::<NetConfig>().is_err());
+        assert!("fd=3:x".parse::<NetConfig>().is_err());
+        assert!("tap=t,queues=-1".parse::<NetConfig>().is_err());
     }
 
     #[test]

@@ -356,10 +356,9 @@ fn create_pci(
         )));
     }
     for (i, n) in config.nets.iter().enumerate() {
-        let tap = match (&n.tap, n.fd) {
-            (Some(name), _) => Tap::open(name),
-            (None, Some(fd)) => Tap::from_fd(fd),
-            (None, None) => Err(TapError::Name(String::new())),
+        let tap = match &n.tap {
+            Some(name) => Tap::open(name, n.queues.unwrap_or(1)),
+            None => Tap::from_fds(&n.fds),
         }?;
         let mac = n
             .mac

@@ -5,7 +5,8 @@
 //! - `test`: install what is needed and run every test, unit and end-to-end.
 //! - `images`: build the guest kernel and initramfs from Debian packages.
 //! - `testbed -- CMD`: run a shell command where VMM scenarios run.
-//! - `bench boot [--check]`: the boot-time benchmark and regression check.
+//! - `bench boot [--check]`: the boot-time benchmark and regression check;
+//!   `bench blk`, `bench net`: the disk and network benchmarks.
 
 mod install;
 
@@ -45,7 +46,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
-    /// Run a benchmark (boot, blk); its JSON goes to target/bench/.
+    /// Run a benchmark (boot, blk, net); its JSON goes to target/bench/.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

@@ -1,5 +1,5 @@
 //! virtio-blk: data written by one boot is read back by the next; a read-only disk
-//! refuses writes; several disks show up.
+//! refuses writes; several disks (and NICs) on one VM show up.
 
 use virga_e2e::{run, value};
 
@@ -16,7 +16,8 @@ boot() {
     $BIN/vmm --kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio \
         --vcpus 2 --memory-mib 256 --cmdline "$CMDLINE virga.mode=$mode" "$@"
 }
-boot disk-write --disk path=$img,serial=virga-test-disk --disk path=$other
+boot disk-write --disk path=$img,serial=virga-test-disk --disk path=$other \
+    --net tap=dtap0 --net tap=dtap1,queues=1
 echo "WRITE_EXIT=$?"
 echo "HOST_MD5=$(dd if=$img bs=64k skip=16 count=64 2>/dev/null | md5sum | cut -d' ' -f1)"
 boot disk-read --disk path=$img,direct=off,queues=1
@@ -42,6 +43,10 @@ echo "HOST_MD5_AFTER_RO=$(dd if=$img bs=64k skip=16 count=64 2>/dev/null | md5su
         "a second boot reads it back"
     );
     assert!(o.contains("virga-disks vda vdb"), "two disks");
+    assert!(
+        o.contains("virga-nics eth0 eth1"),
+        "two NICs on the same VM"
+    );
     assert!(
         o.contains("virga-disk-serial virga-test-disk"),
         "serial via GET_ID"

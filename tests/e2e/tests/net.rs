@@ -35,6 +35,10 @@ cat $log | grep virga-net"#
         "configured MAC"
     );
     assert!(
+        o.contains("virga-net-queues 2"),
+        "two queue pairs (one per vCPU), selected by the guest"
+    );
+    assert!(
         o.contains("virga-net-ping-ok"),
         "guest pings the host side of the tap"
     );

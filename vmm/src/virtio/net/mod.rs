@@ -1,23 +1,23 @@
-//! virtio-net over a TAP device: one queue pair, checksum and TSO offloads
-//! negotiated with the guest and passed through to the tap with the virtio-net
-//! header, packets moved with readv/writev straight between the tap and guest
-//! buffers.
+//! virtio-net over a TAP device: checksum and TSO offloads negotiated with the
+//! guest and passed through to the tap with the virtio-net header; one queue pair
+//! per tap queue (multiqueue with a control queue when there are several), each
+//! pair served by vhost-net in the host kernel or by a worker thread here that
+//! moves packets with readv/writev straight between the tap and guest buffers.
 
+pub mod ctrl;
+mod datapath;
 pub mod tap;
 pub mod vhost;
 
-use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::timerfd::TimerFd;
+use vm_memory::GuestMemoryMmap;
 
-use super::worker::{wait_readable_fds, Worker};
+use super::worker::Worker;
 use super::{ActivateError, Activation, ActiveQueue, VirtioDevice};
 use crate::devices::lock;
 use crate::rate_limiter::SharedRateLimiter;
+use ctrl::QueueSelector;
 use tap::Tap;
 
 const VIRTIO_ID_NET: u32 = 1;
@@ -34,9 +34,12 @@ const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
 const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
 const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
 const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
+const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+const VIRTIO_NET_F_CTRL_VQ: u64 = 1 << 17;
+const VIRTIO_NET_F_MQ: u64 = 1 << 22;
 
-const RX: usize = 0;
-const TX: usize = 1;
+/// Most queue pairs a NIC may have.
+pub const MAX_QUEUE_PAIRS: u16 = 8;
 
 /// Whether packets move through vhost-net (in the host kernel) or this process.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -54,8 +57,10 @@ pub struct Net {
     mac: [u8; 6],
     limiter: SharedRateLimiter,
     vhost_mode: VhostMode,
-    worker: Option<Worker>,
-    vhost: Option<vhost::VhostNet>,
+    /// RX and TX of each pair, then the control queue when multiqueue.
+    queue_sizes: Vec<u16>,
+    workers: Vec<Worker>,
+    vhost: Vec<vhost::VhostNet>,
     name: String,
 }
 
@@ -67,16 +72,75 @@ impl Net {
         limiter: SharedRateLimiter,
         name: String,
     ) -> Self {
+        let pairs = tap.queue_count();
+        let queues = if pairs > 1 { 2 * pairs + 1 } else { 2 };
         Net {
             tap: Arc::new(tap),
             mac,
             limiter,
             vhost_mode,
-            worker: None,
-            vhost: None,
+            queue_sizes: vec![QUEUE_SIZE; queues],
+            workers: Vec::new(),
+            vhost: Vec::new(),
             name,
         }
     }
+
+    fn pairs(&self) -> usize {
+        self.tap.queue_count()
+    }
+
+    /// Starts vhost-net on every pair, or says why it cannot.
+    fn start_vhost(
+        &mut self,
+        memory: &GuestMemoryMmap,
+        acked: u64,
+        pairs: &[QueuePair],
+    ) -> Result<(), vhost::VhostError> {
+        let mut started = Vec::new();
+        for (p, (rx, tx)) in pairs.iter().enumerate() {
+            started.push(vhost::VhostNet::start(&self.tap, p, memory, acked, rx, tx)?);
+        }
+        self.vhost = started;
+        Ok(())
+    }
+}
+
+/// A queue pair: (RX, TX).
+type QueuePair = (ActiveQueue, ActiveQueue);
+
+/// Splits the enabled queues into (RX, TX) pairs and the control queue. Pair
+/// `p` is queues 2p and 2p+1; the control queue follows the last pair the device
+/// offers when multiqueue was negotiated, and is queue 2 otherwise.
+fn split_queues(
+    mut queues: Vec<ActiveQueue>,
+    offered_pairs: usize,
+    multiqueue: bool,
+) -> Result<(Vec<QueuePair>, Option<ActiveQueue>), ActivateError> {
+    queues.sort_by_key(|q| q.index);
+    let ctrl_index = if multiqueue { 2 * offered_pairs } else { 2 };
+    let ctrl = queues
+        .iter()
+        .position(|q| q.index == ctrl_index)
+        .map(|i| queues.remove(i));
+    let usable = if multiqueue { offered_pairs } else { 1 };
+    let mut pairs = Vec::new();
+    let mut queues = queues.into_iter().peekable();
+    for p in 0..usable {
+        let rx = queues.next_if(|q| q.index == 2 * p);
+        let tx = queues.next_if(|q| q.index == 2 * p + 1);
+        match (rx, tx) {
+            (Some(rx), Some(tx)) => pairs.push((rx, tx)),
+            // Pairs after the first the driver left disabled are unused.
+            _ if p > 0 => break,
+            _ => {
+                return Err(ActivateError::Device(
+                    "the RX and TX queues must both be enabled".into(),
+                ))
+            }
+        }
+    }
+    Ok((pairs, ctrl))
 }
 
 impl VirtioDevice for Net {
@@ -89,10 +153,15 @@ impl VirtioDevice for Net {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE, QUEUE_SIZE]
+        &self.queue_sizes
     }
 
     fn features(&self) -> u64 {
+        let multiqueue = if self.pairs() > 1 {
+            VIRTIO_NET_F_CTRL_VQ | VIRTIO_NET_F_MQ
+        } else {
+            0
+        };
         VIRTIO_NET_F_MAC
             | VIRTIO_NET_F_CSUM
             | VIRTIO_NET_F_GUEST_CSUM
@@ -100,10 +169,18 @@ impl VirtioDevice for Net {
             | VIRTIO_NET_F_GUEST_TSO6
             | VIRTIO_NET_F_HOST_TSO4
             | VIRTIO_NET_F_HOST_TSO6
+            | VIRTIO_NET_F_MRG_RXBUF
+            | super::VIRTIO_RING_F_EVENT_IDX
+            | super::VIRTIO_RING_F_INDIRECT_DESC
+            | multiqueue
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        super::read_config_bytes(&self.mac, offset, data);
+        // mac, status (not offered), max_virtqueue_pairs.
+        let mut config = [0u8; 10];
+        config[..6].copy_from_slice(&self.mac);
+        config[8..10].copy_from_slice(&(self.pairs() as u16).to_le_bytes());
+        super::read_config_bytes(&config, offset, data);
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
@@ -121,19 +198,38 @@ impl VirtioDevice for Net {
         self.tap
             .set_offload(offload)
             .map_err(|e| ActivateError::Device(e.to_string()))?;
-        let mut queues = a.queues;
-        queues.sort_by_key(|q| q.index);
+        let multiqueue = acked & VIRTIO_NET_F_MQ != 0;
+        let (pairs, ctrl) = split_queues(a.queues, self.pairs(), multiqueue)?;
+        // Until the driver selects more, only the first pair carries packets.
+        if !self.tap.select(1) {
+            return Err(ActivateError::Device(format!(
+                "tap {}: cannot select its first queue",
+                self.tap.name
+            )));
+        }
+        if let Some(queue) = ctrl {
+            let worker = ctrl::CtrlWorker {
+                selector: self.tap.clone(),
+                memory: a.memory.clone(),
+                queue,
+                usable_pairs: pairs.len(),
+            };
+            self.workers.push(
+                Worker::spawn(&format!("{}-ctrl", self.name), move |stop| worker.run(stop))
+                    .map_err(ActivateError::Worker)?,
+            );
+        }
         // A rate limit needs packets to pass through this process.
         let limited = !lock(&self.limiter).limit().is_unlimited();
         if self.vhost_mode == VhostMode::On || (self.vhost_mode == VhostMode::Auto && !limited) {
-            match vhost::VhostNet::start(&self.tap, &a.memory, acked, &queues) {
-                Ok(v) => {
-                    tracing::info!(device = %self.name, tap = %self.tap.name, "packets move through vhost-net");
+            match self.start_vhost(&a.memory, acked, &pairs) {
+                Ok(()) => {
+                    tracing::info!(device = %self.name, tap = %self.tap.name, pairs = pairs.len(), "packets move through vhost-net");
                     lock(&self.limiter).bypassed = true;
-                    self.vhost = Some(v);
                     return Ok(());
                 }
                 Err(e) if self.vhost_mode == VhostMode::On => {
+                    self.reset();
                     return Err(ActivateError::Device(e.to_string()));
                 }
                 Err(e) => {
@@ -141,209 +237,35 @@ impl VirtioDevice for Net {
                 }
             }
         }
-        let (Some(tx), Some(rx)) = (queues.pop(), queues.pop()) else {
-            return Err(ActivateError::Device(
-                "the RX and TX queues must both be enabled".into(),
-            ));
-        };
-        if (rx.index, tx.index) != (RX, TX) {
-            return Err(ActivateError::Device(
-                "the RX and TX queues must both be enabled".into(),
-            ));
-        }
         lock(&self.limiter).bypassed = false;
-        let worker = NetWorker {
-            tap: self.tap.clone(),
-            memory: a.memory,
-            rx,
-            tx,
-            rx_has_buffers: true,
-            limiter: self.limiter.clone(),
-            timer: TimerFd::new()
-                .map_err(|e| ActivateError::Worker(std::io::Error::from_raw_os_error(e.errno())))?,
-            throttled: false,
-        };
-        self.worker = Some(
-            Worker::spawn(&self.name, move |stop| worker.run(stop))
-                .map_err(ActivateError::Worker)?,
-        );
+        let mergeable = acked & VIRTIO_NET_F_MRG_RXBUF != 0;
+        for (p, (rx, tx)) in pairs.into_iter().enumerate() {
+            let port = self
+                .tap
+                .file(p)
+                .ok_or_else(|| ActivateError::Device(format!("tap has no queue {p}")))?
+                .try_clone()
+                .map_err(ActivateError::Worker)?;
+            let path = datapath::Datapath::new(
+                port,
+                a.memory.clone(),
+                rx,
+                tx,
+                mergeable,
+                self.limiter.clone(),
+            )
+            .map_err(ActivateError::Worker)?;
+            self.workers.push(
+                Worker::spawn(&format!("{}-q{p}", self.name), move |stop| path.run(stop))
+                    .map_err(ActivateError::Worker)?,
+            );
+        }
         Ok(())
     }
 
     fn reset(&mut self) {
-        self.vhost = None;
-        self.worker = None;
-    }
-}
-
-struct NetWorker {
-    tap: Arc<Tap>,
-    memory: GuestMemoryMmap,
-    rx: ActiveQueue,
-    tx: ActiveQueue,
-    /// False once the guest ran out of RX buffers; set again by its RX notify.
-    rx_has_buffers: bool,
-    limiter: SharedRateLimiter,
-    /// Armed while the rate limiter holds packets back, both ways.
-    timer: TimerFd,
-    throttled: bool,
-}
-
-/// Host addresses of a chain's descriptors in one direction, capped at MAX_PACKET.
-fn chain_iovecs(
-    memory: &GuestMemoryMmap,
-    queue: &mut Queue,
-    writable: bool,
-) -> Option<(u16, Vec<libc::iovec>)> {
-    let chain = queue.pop_descriptor_chain(memory)?;
-    let head = chain.head_index();
-    let mut iovecs = Vec::new();
-    let mut total = 0usize;
-    for d in chain {
-        if d.is_write_only() != writable || total >= MAX_PACKET {
-            continue;
-        }
-        let len = (d.len() as usize).min(MAX_PACKET - total);
-        // A buffer outside guest memory (or spanning regions) is skipped.
-        if let Ok(slice) = memory.get_slice(d.addr(), len) {
-            iovecs.push(libc::iovec {
-                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                iov_len: len,
-            });
-            total += len;
-        }
-    }
-    Some((head, iovecs))
-}
-
-impl NetWorker {
-    fn run(mut self, stop: EventFd) {
-        use std::os::fd::AsRawFd;
-        loop {
-            let tap_fd: RawFd = if self.rx_has_buffers {
-                self.tap.fd()
-            } else {
-                -1
-            };
-            let fds = [
-                stop.as_raw_fd(),
-                self.rx.notify.as_raw_fd(),
-                self.tx.notify.as_raw_fd(),
-                tap_fd,
-            ];
-            let ready = match wait_readable_fds(&fds) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!("virtio-net worker: {e}");
-                    return;
-                }
-            };
-            if ready.contains(&0) {
-                return;
-            }
-            if ready.contains(&1) {
-                let _ = self.rx.notify.read();
-                self.rx_has_buffers = true;
-            }
-            if ready.contains(&2) {
-                let _ = self.tx.notify.read();
-            }
-            if ready.contains(&4) {
-                let _ = self.timer.wait();
-                self.throttled = false;
-            }
-            if !self.throttled {
-                self.process_tx();
-                self.process_rx();
-            }
-        }
-    }
-
-    /// Charges a packet (or, with 0/0, checks the debt) to the limiter; on refusal
-    /// arms the timer and stops both directions until it fires.
-    fn admit(&mut self, bytes: u64, packets: u64) -> bool {
-        match lock(&self.limiter).consume(bytes, packets, std::time::Instant::now()) {
-            Ok(()) => true,
-            Err(wait) => {
-                self.throttled = self
-                    .timer
-                    .reset(wait.max(std::time::Duration::from_micros(100)), None)
-                    .is_ok();
-                !self.throttled
-            }
-        }
-    }
-
-    fn process_tx(&mut self) {
-        let mut sent = false;
-        while let Some((head, iovecs)) = chain_iovecs(&self.memory, &mut self.tx.queue, false) {
-            let bytes: usize = iovecs.iter().map(|v| v.iov_len).sum();
-            if !self.admit(bytes.saturating_sub(VNET_HDR_LEN) as u64, 1) {
-                self.tx.queue.go_to_previous_position();
-                break;
-            }
-            if !iovecs.is_empty() {
-                // SAFETY: the iovecs point into mapped guest memory held by this
-                // worker; writev only reads them.
-                let rc = unsafe {
-                    libc::writev(self.tap.fd(), iovecs.as_ptr(), iovecs.len() as libc::c_int)
-                };
-                if rc < 0 {
-                    // A full or downed tap drops the packet, as a wire would.
-                    crate::rate_limited_warn!("virtio-net tx: {}", std::io::Error::last_os_error());
-                }
-            }
-            let _ = self.tx.queue.add_used(&self.memory, head, 0);
-            sent = true;
-        }
-        if sent
-            && self
-                .tx
-                .queue
-                .needs_notification(&self.memory)
-                .unwrap_or(true)
-        {
-            self.tx.interrupt.trigger();
-        }
-    }
-
-    fn process_rx(&mut self) {
-        let mut received = false;
-        while self.rx_has_buffers {
-            // The size of the next packet is unknown until it is read: read while
-            // the limiter is not in debt, and charge each packet after the fact.
-            if !self.admit(0, 0) {
-                break;
-            }
-            let Some((head, iovecs)) = chain_iovecs(&self.memory, &mut self.rx.queue, true) else {
-                self.rx_has_buffers = false;
-                break;
-            };
-            // SAFETY: the iovecs point into mapped guest memory held by this worker.
-            let rc =
-                unsafe { libc::readv(self.tap.fd(), iovecs.as_ptr(), iovecs.len() as libc::c_int) };
-            if rc < 0 {
-                // Nothing to read (or the tap failed): give the buffers back.
-                self.rx.queue.go_to_previous_position();
-                break;
-            }
-            let _ = self.rx.queue.add_used(&self.memory, head, rc as u32);
-            let _ = lock(&self.limiter).consume(
-                (rc as u64).saturating_sub(VNET_HDR_LEN as u64),
-                1,
-                std::time::Instant::now(),
-            );
-            received = true;
-        }
-        if received
-            && self
-                .rx
-                .queue
-                .needs_notification(&self.memory)
-                .unwrap_or(true)
-        {
-            self.rx.interrupt.trigger();
-        }
+        self.vhost.clear();
+        self.workers.clear();
     }
 }
 

@@ -21,6 +21,8 @@ pub enum VhostError {
     Vhost(#[from] vhost::Error),
     #[error("vhost-net: queue {0} has no MSI-X vector")]
     NoVector(usize),
+    #[error("vhost-net: the tap has no queue {0}")]
+    NoTapQueue(usize),
 }
 
 /// Whether this host offers vhost-net to us.
@@ -32,19 +34,24 @@ pub fn available() -> bool {
         .is_ok()
 }
 
-/// A running vhost-net instance; dropping it stops the kernel worker.
+/// A running vhost-net instance for one queue pair; dropping it stops the
+/// kernel worker.
 pub struct VhostNet {
     net: KernelNet<Arc<GuestMemoryMmap>>,
-    queues: Vec<usize>,
 }
 
 impl VhostNet {
+    /// Starts moving packets between tap queue `pair` and the guest's RX and TX
+    /// queues of that pair (vhost's vrings 0 and 1).
     pub fn start(
         tap: &Tap,
+        pair: usize,
         memory: &GuestMemoryMmap,
         acked_features: u64,
-        queues: &[ActiveQueue],
+        rx: &ActiveQueue,
+        tx: &ActiveQueue,
     ) -> Result<Self, VhostError> {
+        let backend = tap.file(pair).ok_or(VhostError::NoTapQueue(pair))?;
         let net = KernelNet::new(Arc::new(memory.clone()))?;
         net.set_owner()?;
         let supported = net.get_features()?;
@@ -60,9 +67,8 @@ impl VhostNet {
             })
             .collect();
         net.set_mem_table(&regions)?;
-        for q in queues {
-            let i = q.index;
-            let irqfd = q.interrupt.irqfd().ok_or(VhostError::NoVector(i))?;
+        for (i, q) in [rx, tx].into_iter().enumerate() {
+            let irqfd = q.interrupt.irqfd().ok_or(VhostError::NoVector(q.index))?;
             net.set_vring_num(i, q.queue.size())?;
             net.set_vring_addr(
                 i,
@@ -79,18 +85,15 @@ impl VhostNet {
             net.set_vring_base(i, q.queue.next_avail())?;
             net.set_vring_call(i, &irqfd)?;
             net.set_vring_kick(i, &q.notify)?;
-            net.set_backend(i, Some(tap.file()))?;
+            net.set_backend(i, Some(backend))?;
         }
-        Ok(VhostNet {
-            net,
-            queues: queues.iter().map(|q| q.index).collect(),
-        })
+        Ok(VhostNet { net })
     }
 }
 
 impl Drop for VhostNet {
     fn drop(&mut self) {
-        for &i in &self.queues {
+        for i in 0..2 {
             let _ = self.net.set_backend(i, None);
         }
     }
