@@ -109,7 +109,11 @@ impl Report {
     pub fn table(&self, peer: &str) -> String {
         let metric = |r: &Row| format!("{} ({})", r.metric, r.unit);
         let sw = self.rows.iter().map(|r| r.system.len()).fold(6, usize::max);
-        let mw = self.rows.iter().map(|r| metric(r).len()).fold(6, usize::max);
+        let mw = self
+            .rows
+            .iter()
+            .map(|r| metric(r).len())
+            .fold(6, usize::max);
         let mut out = format!(
             "{:<sw$} {:<mw$} {:>10} {:>10} {:>10} {:>5} {:>10}\n",
             "system",

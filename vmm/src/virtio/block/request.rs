@@ -143,7 +143,9 @@ where
     let mut data = Vec::with_capacity(data_descs.len());
     let mut total = 0u64;
     for d in data_descs {
-        if d.is_write_only() != kind.device_writes_data() {
+        // An unknown type gets UNSUPP whichever way its data points.
+        let known = !matches!(kind, RequestType::Unsupported(_));
+        if known && d.is_write_only() != kind.device_writes_data() {
             return Err(reject(RequestError::DataDirection));
         }
         total += u64::from(d.len());
