@@ -1,6 +1,7 @@
 //! The network benchmark: iperf3 between the guest and the host side of its tap,
-//! both directions, one and four streams, for virga with vhost-net, virga moving
-//! packets itself, and QEMU (virtio-net-pci, vhost=on), all in one testbed boot.
+//! both directions, one and four streams, for virga with vhost-net (one queue
+//! pair, and one per vCPU), virga moving packets itself, and QEMU
+//! (virtio-net-pci, vhost=on), all in one testbed boot.
 
 use std::path::Path;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use crate::{host_cpu, images_dir, vmm_bin, workspace, QEMU, QEMU_FIRMWARE};
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.dumbkbd";
 const SYSTEM_MARKER: &str = "VIRGA-BENCH-SYSTEM";
 const PEER: &str = "qemu";
-const SYSTEMS: &[&str] = &["virga", "virga-userspace", "qemu"];
+const SYSTEMS: &[&str] = &["virga", "virga-mq", "virga-userspace", "qemu"];
 const GUEST_MIB: u64 = 512;
 const VCPUS: u32 = 2;
 const TAP: &str = "btap0";
@@ -24,11 +25,11 @@ const MAC: &str = "02:00:00:00:00:02";
 /// (system, command): each boots the rootfs in iperf mode on a tap named TAP.
 fn systems() -> Vec<(&'static str, String)> {
     let guest_cmdline = format!("{CMDLINE} virga.root=/dev/vda virga.mode=iperf");
-    let virga = |vhost: &str| {
+    let virga = |net: &str| {
         format!(
             "$BIN/vmm --kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio \
              --vcpus {VCPUS} --memory-mib {GUEST_MIB} --cmdline \"{guest_cmdline}\" \
-             --disk path=$ROOTFS --net tap={TAP},mac={MAC},vhost={vhost}"
+             --disk path=$ROOTFS --net tap={TAP},mac={MAC},{net}"
         )
     };
     let qemu = format!(
@@ -40,8 +41,9 @@ fn systems() -> Vec<(&'static str, String)> {
          -device virtio-net-pci,netdev=n0,mac={MAC},romfile="
     );
     vec![
-        ("virga", virga("on")),
-        ("virga-userspace", virga("off")),
+        ("virga", virga("vhost=on")),
+        ("virga-mq", virga(&format!("vhost=on,queues={VCPUS}"))),
+        ("virga-userspace", virga("vhost=off")),
         ("qemu", qemu),
     ]
 }
@@ -145,7 +147,7 @@ mod tests {
             assert!(s.contains(&format!("{SYSTEM_MARKER} {sys}\n")));
         }
         assert_eq!(s.matches(&format!("ifname={TAP}")).count(), 1);
-        assert_eq!(s.matches(&format!("tap={TAP}")).count(), 2);
+        assert_eq!(s.matches(&format!("tap={TAP}")).count(), 3);
         assert!(s.contains("vhost=on"));
     }
 }

@@ -157,9 +157,12 @@ pub struct NetConfig {
     /// pair.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fds: Vec<i32>,
-    /// Queue pairs: one per vCPU (at most 8) when unset and `tap` is given, as many
-    /// as `fds` otherwise. The guest uses more than one when it supports
-    /// multiqueue; a tap that cannot have several queues gets one.
+    /// Queue pairs: 1 when unset and `tap` is given, as many as `fds` otherwise.
+    /// With more than one the guest spreads flows over them when it supports
+    /// multiqueue (each pair gets its own worker or vhost-net thread); a tap that
+    /// cannot have several queues gets one. One is the default because on a host
+    /// whose CPUs the vCPUs share, spreading receive interrupts over vCPUs costs
+    /// more than it gains (see `cargo xtask bench net`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queues: Option<u16>,
     /// Guest MAC address; a random locally administered one when unset.
@@ -226,12 +229,10 @@ impl std::str::FromStr for NetConfig {
 }
 
 /// Checks a NIC and settles its queue-pair count.
-fn validate_net(net: &mut NetConfig, vcpus: u8) -> Result<(), ConfigError> {
+fn validate_net(net: &mut NetConfig) -> Result<(), ConfigError> {
     use crate::virtio::net::MAX_QUEUE_PAIRS;
     let pairs = match (&net.tap, net.fds.as_slice()) {
-        (Some(name), []) if !name.is_empty() && name.len() <= 15 => net
-            .queues
-            .unwrap_or_else(|| u16::from(vcpus).min(MAX_QUEUE_PAIRS)),
+        (Some(name), []) if !name.is_empty() && name.len() <= 15 => net.queues.unwrap_or(1),
         (Some(name), []) => {
             return Err(invalid("nets.tap", format!("{name:?}: 1 to 15 bytes")));
         }
@@ -456,7 +457,7 @@ impl VmConfig {
             ));
         }
         for net in &mut nets {
-            validate_net(net, vcpus)?;
+            validate_net(net)?;
         }
 
         Ok(VmConfig {
@@ -809,13 +810,13 @@ mod tests {
     fn nics_parse_and_validate() {
         let mut n: NetConfig = "tap=vtap0,mac=02:00:00:00:00:01".parse().unwrap();
         assert_eq!(n.tap.as_deref(), Some("vtap0"));
-        assert!(validate_net(&mut n, 4).is_ok());
-        assert_eq!(n.queues, Some(4), "one pair per vCPU by default");
-        let mut n: NetConfig = "tap=vtap0".parse().unwrap();
-        validate_net(&mut n, 32).unwrap();
-        assert_eq!(n.queues, Some(8), "capped");
+        assert!(validate_net(&mut n).is_ok());
+        assert_eq!(n.queues, Some(1), "one pair by default");
+        let mut n: NetConfig = "tap=vtap0,queues=8".parse().unwrap();
+        validate_net(&mut n).unwrap();
+        assert_eq!(n.queues, Some(8));
         let mut n: NetConfig = "fd=3:4,vhost=off".parse().unwrap();
-        validate_net(&mut n, 1).unwrap();
+        validate_net(&mut n).unwrap();
         assert_eq!((n.fds.as_slice(), n.queues), (&[3, 4][..], Some(2)));
         for bad in [
             "tap=a,fd=5",
@@ -828,10 +829,10 @@ mod tests {
             "tap=t,queues=9",
         ] {
             let mut n: NetConfig = bad.parse().unwrap();
-            assert!(validate_net(&mut n, 2).is_err(), "{bad}");
+            assert!(validate_net(&mut n).is_err(), "{bad}");
         }
         let mut multicast: NetConfig = "tap=t,mac=01:00:5e:00:00:01".parse().unwrap();
-        assert!(validate_net(&mut multicast, 1).is_err());
+        assert!(validate_net(&mut multicast).is_err());
         assert!("tap=t,speed=10".parse::<NetConfig>().is_err());
         assert!("fd=3:x".parse::<NetConfig>().is_err());
         assert!("tap=t,queues=-1".parse::<NetConfig>().is_err());

@@ -16,7 +16,7 @@
 //! - [`interrupts`]: KVM GSI routing for MSI
 //! - [`rate_limiter`]: token buckets for disk and NIC limits
 //! - [`console`]: where the serial console goes on the host
-//! - [`api`]: the HTTP control API on a Unix socket
+//! - [`api`]: the HTTP control API on a Unix socket; [`api_client`]: its client
 //! - [`metrics`]: exit counters and process memory
 
 /// Stack size of the VMM's own threads. Below 2 MiB on purpose: a 2 MiB stack that
@@ -24,8 +24,12 @@
 /// "always", adding 2 MiB of RSS for a few KiB of stack.
 pub const THREAD_STACK_BYTES: usize = 512 << 10;
 
+/// Start of the VMM's last line on stderr: `vmm: exit CODE: WHAT HAPPENED`.
+pub const EXIT_LINE: &str = "vmm: exit ";
+
 pub mod acpi;
 pub mod api;
+pub mod api_client;
 pub mod boot;
 pub mod config;
 pub mod console;

@@ -2,7 +2,8 @@
 //!
 //! Exit status: 0 when the guest powers off, reboots (with `on_reboot: exit`) or is
 //! shut down through the API; 1 on a guest triple fault or a KVM/VMM error; 2 on an
-//! invalid configuration, before any VM is created.
+//! invalid configuration, before any VM is created. Once a VM ran, the last line on
+//! stderr is `vmm: exit CODE: WHAT HAPPENED`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -104,6 +105,7 @@ impl Args {
 }
 
 const EXIT_INVALID_CONFIG: u8 = 2;
+use vmm::EXIT_LINE;
 
 fn load_config(args: Args) -> Result<VmConfig, String> {
     let (path, flags) = args.into_config_file();
@@ -160,18 +162,16 @@ fn main() -> ExitCode {
         None => None,
     };
 
+    // One last line, always: a supervisor that re-adopted this process (and so
+    // cannot wait for its status) reads it to tell an exit from a crash.
     match Vmm::new(config, console, events, sender).run() {
         Ok(outcome) => {
             let code = outcome.exit_code();
-            if code == 0 {
-                tracing::info!("{}", outcome.describe());
-            } else {
-                eprintln!("vmm: {}", outcome.describe());
-            }
+            eprintln!("{EXIT_LINE}{code}: {}", outcome.describe());
             ExitCode::from(code)
         }
         Err(e) => {
-            eprintln!("vmm: {e}");
+            eprintln!("{EXIT_LINE}1: {e}");
             ExitCode::FAILURE
         }
     }

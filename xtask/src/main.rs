@@ -43,6 +43,9 @@ enum Cmd {
         /// Attach an empty disk of this many MiB at $SCRATCH.
         #[arg(long)]
         scratch_mib: Option<u64>,
+        /// Also bring the benchmarks' peers: QEMU (with its firmware), fio, iperf3.
+        #[arg(long)]
+        peers: bool,
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
@@ -101,8 +104,9 @@ fn main() -> Result<()> {
         Cmd::Testbed {
             rootfs,
             scratch_mib,
+            peers,
             command,
-        } => testbed(&command.join(" "), rootfs, scratch_mib),
+        } => testbed(&command.join(" "), rootfs, scratch_mib, peers),
         Cmd::Bench { args } => bench(&args),
     }
 }
@@ -167,7 +171,20 @@ fn test(unit_only: bool) -> Result<()> {
         .env("VIRGA_IMAGES", images_dir()))
 }
 
-fn testbed(command: &str, rootfs: bool, scratch_mib: Option<u64>) -> Result<()> {
+/// Host programs `testbed --peers` brings, at their own paths (with the QEMU
+/// firmware they load), when installed.
+const PEERS: &[&str] = &[
+    "/usr/bin/qemu-system-x86_64",
+    "/usr/bin/fio",
+    "/usr/bin/iperf3",
+];
+const PEER_FILES: &[&str] = &[
+    "/usr/share/seabios/bios-256k.bin",
+    "/usr/share/qemu/linuxboot_dma.bin",
+    "/usr/share/qemu/kvmvapic.bin",
+];
+
+fn testbed(command: &str, rootfs: bool, scratch_mib: Option<u64>, peers: bool) -> Result<()> {
     install::system_packages()?;
     images()?;
     let vmm = build_vmm()?;
@@ -180,6 +197,12 @@ fn testbed(command: &str, rootfs: bool, scratch_mib: Option<u64>) -> Result<()> 
     }
     if let Some(mib) = scratch_mib {
         scenario = scenario.with_scratch_disk(mib);
+    }
+    if peers {
+        for p in PEERS.iter().filter(|p| Path::new(p).exists()) {
+            scenario = scenario.host_binary(p);
+        }
+        scenario = scenario.host_paths(PEER_FILES.iter().filter(|f| Path::new(f).exists()));
     }
     let outcome = testbed.run(&scenario)?;
     print!("{}", outcome.output);

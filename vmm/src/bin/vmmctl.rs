@@ -8,9 +8,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::Request;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Method {
@@ -31,38 +28,13 @@ struct Args {
 }
 
 async fn call(args: &Args) -> Result<(u16, Vec<u8>), String> {
-    let stream = tokio::net::UnixStream::connect(&args.socket)
-        .await
-        .map_err(|e| format!("{}: {e}", args.socket.display()))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
     let method = match args.method {
         Method::Get => hyper::Method::GET,
         Method::Put => hyper::Method::PUT,
     };
-    let body = args.body.clone().unwrap_or_default();
-    let request = Request::builder()
-        .method(method)
-        .uri(&args.path)
-        .header("host", "localhost")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
+    vmm::api_client::request(&args.socket, method, &args.path, args.body.as_deref())
         .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, body.to_vec()))
+        .map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {

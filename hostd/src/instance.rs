@@ -1,0 +1,255 @@
+//! Instances as hostd's API and state file see them: what was asked for (the
+//! spec), where it stands (the state), and the VMM process running it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use vmm::config::DiskConfig;
+use vmm::rate_limiter::RateLimit;
+
+/// Most metadata entries, and the longest key and value.
+const MAX_METADATA: usize = 128;
+const MAX_METADATA_KEY: usize = 255;
+const MAX_METADATA_VALUE: usize = 4096;
+
+/// An instance id (or host id): 1-63 of `a-z 0-9 -`, not starting with `-`.
+pub fn valid_id(id: &str) -> bool {
+    (1..=63).contains(&id.len())
+        && !id.starts_with('-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A NIC as the API takes it: hostd opens the tap and hands the VMM its queues.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    /// TAP interface to attach to; created if missing.
+    pub tap: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Queue pairs (multiqueue); 1 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<u16>,
+    #[serde(default)]
+    pub vhost: vmm::virtio::net::VhostMode,
+    #[serde(default, skip_serializing_if = "RateLimit::is_unlimited")]
+    pub rate_limit: RateLimit,
+}
+
+/// What an instance is: the body of `POST /instances` (`?start=false` creates it
+/// without starting it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSpec {
+    pub id: String,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// The guest kernel (ELF vmlinux or bzImage); VMs boot it directly.
+    pub kernel: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// A disk the guest boots from: attached first, as /dev/vda, with
+    /// `root=/dev/vda` added to the command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_disk: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<NicSpec>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl InstanceSpec {
+    /// Checks what hostd itself owns; the VMM's own rules are checked by building
+    /// its configuration (see `supervisor::vmm_config`).
+    pub fn check(&self) -> Result<(), String> {
+        if !valid_id(&self.id) {
+            return Err(format!(
+                "id {:?}: 1-63 of a-z, 0-9 and '-', not starting with '-'",
+                self.id
+            ));
+        }
+        if self.metadata.len() > MAX_METADATA {
+            return Err(format!("metadata: at most {MAX_METADATA} entries"));
+        }
+        if let Some((k, _)) = self
+            .metadata
+            .iter()
+            .find(|(k, v)| k.is_empty() || k.len() > MAX_METADATA_KEY || v.len() > MAX_METADATA_VALUE)
+        {
+            return Err(format!(
+                "metadata {k:?}: keys 1-{MAX_METADATA_KEY} bytes, values at most {MAX_METADATA_VALUE}"
+            ));
+        }
+        for nic in &self.nics {
+            if nic.tap.is_empty() || nic.tap.len() > 15 || nic.tap.contains(['/', '\0', ' ']) {
+                return Err(format!("nics.tap {:?}: 1 to 15 bytes, no '/' or spaces", nic.tap));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// The VMM was started; its control API has not answered yet.
+    Building,
+    Running,
+    Paused,
+    /// A stop was asked for; the VMM has not exited yet.
+    Stopping,
+    /// Not running: stopped, powered off by its guest, or never started.
+    Shutoff,
+    /// The VMM failed or died; `reason` says how.
+    Error,
+}
+
+impl State {
+    /// Whether a VMM process belongs to this state.
+    pub fn has_process(self) -> bool {
+        matches!(
+            self,
+            State::Building | State::Running | State::Paused | State::Stopping
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Building => "building",
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Stopping => "stopping",
+            State::Shutoff => "shutoff",
+            State::Error => "error",
+        }
+    }
+}
+
+/// The VMM process running an instance, as recorded for re-adoption.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: i32,
+    /// Start time in clock ticks since boot (/proc/PID/stat field 22): with the
+    /// pid, it tells our VMM from a later process that reused the pid.
+    pub start_ticks: u64,
+}
+
+/// An instance record: the API's view and the state file's.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Instance {
+    #[serde(flatten)]
+    pub spec: InstanceSpec,
+    pub state: State,
+    /// Why the instance is in ERROR (or SHUTOFF after a VMM exit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    /// Unix seconds.
+    pub created_at: u64,
+    pub updated_at: u64,
+    /// Times a VMM was started for it.
+    pub starts: u64,
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
+            id: "web-1".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            kernel: "/k".into(),
+            initramfs: None,
+            cmdline: None,
+            boot_disk: None,
+            disks: vec![],
+            nics: vec![],
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn ids() {
+        for good in ["a", "web-1", "0abc", &"x".repeat(63)] {
+            assert!(valid_id(good), "{good}");
+        }
+        for bad in ["", "-a", "Web", "a_b", "a/b", "a b", &"x".repeat(64), "é"] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn create_requests_parse_strictly() {
+        let r: InstanceSpec = serde_json::from_str(
+            r#"{"id": "a", "vcpus": 1, "memory_mib": 64, "kernel": "/k",
+                "nics": [{"tap": "t0", "queues": 2}], "metadata": {"k": "v"}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.nics[0].queues, Some(2));
+        for bad in [
+            r#"{"id": "a", "vcpus": 1, "memory_mib": 64, "kernel": "/k", "colour": 1}"#,
+            r#"{"id": "a", "vcpus": 1, "memory_mib": 64}"#,
+            r#"{"id": "a", "vcpus": 1, "memory_mib": 64, "kernel": "/k", "nics": [{"tap": "t", "fds": [3]}]}"#,
+            r#"{"id": "a", "vcpus": 300, "memory_mib": 64, "kernel": "/k"}"#,
+        ] {
+            assert!(serde_json::from_str::<InstanceSpec>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn spec_checks() {
+        assert!(spec().check().is_ok());
+        let mut s = spec();
+        s.id = "Bad".into();
+        assert!(s.check().unwrap_err().contains("id"));
+        let mut s = spec();
+        s.metadata.insert(String::new(), "v".into());
+        assert!(s.check().unwrap_err().contains("metadata"));
+        let mut s = spec();
+        s.nics.push(NicSpec {
+            tap: "../x".into(),
+            mac: None,
+            queues: None,
+            vhost: Default::default(),
+            rate_limit: RateLimit::default(),
+        });
+        assert!(s.check().unwrap_err().contains("nics.tap"));
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let i = Instance {
+            spec: spec(),
+            state: State::Running,
+            reason: None,
+            process: Some(Process {
+                pid: 42,
+                start_ticks: 7,
+            }),
+            created_at: 1,
+            updated_at: 2,
+            starts: 1,
+        };
+        let json = serde_json::to_string(&i).unwrap();
+        assert!(json.contains(r#""state":"running""#));
+        let back: Instance = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.spec, i.spec);
+        assert_eq!(back.process, i.process);
+    }
+}
