@@ -123,7 +123,10 @@ impl Config {
             ));
         }
         if file.listen.is_none() && file.socket.is_none() {
-            return Err(invalid("listen", "give listen (TCP), socket (Unix), or both"));
+            return Err(invalid(
+                "listen",
+                "give listen (TCP), socket (Unix), or both",
+            ));
         }
         let vmm_binary = match file.vmm_binary {
             Some(p) => p,
@@ -139,7 +142,9 @@ impl Config {
         let vmm_user = file
             .vmm_user
             .as_deref()
-            .map(|name| lookup_user(name).ok_or_else(|| invalid("vmm_user", format!("no user {name:?}"))))
+            .map(|name| {
+                lookup_user(name).ok_or_else(|| invalid("vmm_user", format!("no user {name:?}")))
+            })
             .transpose()?;
         let cgroup_root = match file.cgroup_root {
             Some(p) if p.as_os_str().is_empty() => None,
@@ -266,18 +271,91 @@ mod tests {
     #[test]
     fn each_bad_field_is_named() {
         let cases: Vec<(ConfigFile, &str)> = vec![
-            (ConfigFile { token: Some("short".into()), ..base() }, "token"),
-            (ConfigFile { token: None, ..base() }, "token"),
-            (ConfigFile { token_file: Some("/nonexistent".into()), token: None, ..base() }, "token_file"),
-            (ConfigFile { socket: None, ..base() }, "listen"),
-            (ConfigFile { vmm_binary: Some("/nonexistent/vmm".into()), ..base() }, "vmm_binary"),
-            (ConfigFile { vmm_user: Some("no-such-user-here".into()), ..base() }, "vmm_user"),
-            (ConfigFile { cgroup_root: Some("relative".into()), ..base() }, "cgroup_root"),
-            (ConfigFile { host_id: Some("Bad Host".into()), ..base() }, "host_id"),
-            (ConfigFile { controller_url: Some("ftp://x".into()), ..base() }, "controller_url"),
-            (ConfigFile { controller_url: Some("http://c:1".into()), ..base() }, "advertise_url"),
-            (ConfigFile { heartbeat_secs: Some(0), ..base() }, "heartbeat_secs"),
-            (ConfigFile { stop_timeout_ms: Some(10_000_000), ..base() }, "stop_timeout_ms"),
+            (
+                ConfigFile {
+                    token: Some("short".into()),
+                    ..base()
+                },
+                "token",
+            ),
+            (
+                ConfigFile {
+                    token: None,
+                    ..base()
+                },
+                "token",
+            ),
+            (
+                ConfigFile {
+                    token_file: Some("/nonexistent".into()),
+                    token: None,
+                    ..base()
+                },
+                "token_file",
+            ),
+            (
+                ConfigFile {
+                    socket: None,
+                    ..base()
+                },
+                "listen",
+            ),
+            (
+                ConfigFile {
+                    vmm_binary: Some("/nonexistent/vmm".into()),
+                    ..base()
+                },
+                "vmm_binary",
+            ),
+            (
+                ConfigFile {
+                    vmm_user: Some("no-such-user-here".into()),
+                    ..base()
+                },
+                "vmm_user",
+            ),
+            (
+                ConfigFile {
+                    cgroup_root: Some("relative".into()),
+                    ..base()
+                },
+                "cgroup_root",
+            ),
+            (
+                ConfigFile {
+                    host_id: Some("Bad Host".into()),
+                    ..base()
+                },
+                "host_id",
+            ),
+            (
+                ConfigFile {
+                    controller_url: Some("ftp://x".into()),
+                    ..base()
+                },
+                "controller_url",
+            ),
+            (
+                ConfigFile {
+                    controller_url: Some("http://c:1".into()),
+                    ..base()
+                },
+                "advertise_url",
+            ),
+            (
+                ConfigFile {
+                    heartbeat_secs: Some(0),
+                    ..base()
+                },
+                "heartbeat_secs",
+            ),
+            (
+                ConfigFile {
+                    stop_timeout_ms: Some(10_000_000),
+                    ..base()
+                },
+                "stop_timeout_ms",
+            ),
         ];
         for (file, expected) in cases {
             assert_eq!(field(Config::validate(file)), expected);

@@ -78,18 +78,19 @@ impl InstanceSpec {
         if self.metadata.len() > MAX_METADATA {
             return Err(format!("metadata: at most {MAX_METADATA} entries"));
         }
-        if let Some((k, _)) = self
-            .metadata
-            .iter()
-            .find(|(k, v)| k.is_empty() || k.len() > MAX_METADATA_KEY || v.len() > MAX_METADATA_VALUE)
-        {
+        if let Some((k, _)) = self.metadata.iter().find(|(k, v)| {
+            k.is_empty() || k.len() > MAX_METADATA_KEY || v.len() > MAX_METADATA_VALUE
+        }) {
             return Err(format!(
                 "metadata {k:?}: keys 1-{MAX_METADATA_KEY} bytes, values at most {MAX_METADATA_VALUE}"
             ));
         }
         for nic in &self.nics {
             if nic.tap.is_empty() || nic.tap.len() > 15 || nic.tap.contains(['/', '\0', ' ']) {
-                return Err(format!("nics.tap {:?}: 1 to 15 bytes, no '/' or spaces", nic.tap));
+                return Err(format!(
+                    "nics.tap {:?}: 1 to 15 bytes, no '/' or spaces",
+                    nic.tap
+                ));
             }
         }
         Ok(())

@@ -5,9 +5,17 @@
 //! - [`store`]: the state file, replaced atomically
 //! - [`process`]: starting, finding again and watching VMM processes
 //! - [`cgroup`]: one cgroup v2 group per VMM with its CPU and memory limits
+//! - [`supervisor`]: instance lifecycles, exit watching, re-adoption
+//! - [`api`]: the HTTP API (TCP and Unix socket, bearer token)
+//! - [`host`]: host facts: CPUs, memory, disk, KVM mode
+//! - [`registration`]: heartbeats to the controller
 
+pub mod api;
 pub mod cgroup;
 pub mod config;
+pub mod host;
 pub mod instance;
 pub mod process;
+pub mod registration;
 pub mod store;
+pub mod supervisor;

@@ -125,17 +125,10 @@ impl PidFd {
 
     /// Waits for the process to exit, and reaps it when it is our child.
     pub async fn exited(&self) -> Exit {
-        loop {
-            match self.fd.readable().await {
-                Ok(mut guard) => {
-                    guard.retain_ready();
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(pid = self.pid, "waiting on pidfd: {e}");
-                    return Exit::Unknown;
-                }
-            }
+        // A pidfd becomes readable once, when the process exits, and stays so.
+        if let Err(e) = self.fd.readable().await {
+            tracing::warn!(pid = self.pid, "waiting on pidfd: {e}");
+            return Exit::Unknown;
         }
         self.reap()
     }
@@ -210,7 +203,10 @@ mod tests {
         let log = tempfile::tempfile().unwrap();
         let p = spawn(launch(&["-c", "sleep 30"], log)).unwrap();
         assert!(is_alive(&p));
-        assert!(!is_alive(&Process { pid: p.pid, start_ticks: p.start_ticks + 1 }));
+        assert!(!is_alive(&Process {
+            pid: p.pid,
+            start_ticks: p.start_ticks + 1
+        }));
         let pidfd = PidFd::open(p.pid).unwrap();
         pidfd.signal(libc::SIGKILL).unwrap();
         assert_eq!(pidfd.exited().await, Exit::Signal(libc::SIGKILL));
@@ -219,7 +215,11 @@ mod tests {
     #[tokio::test]
     async fn a_child_runs_in_its_own_session() {
         let log = tempfile::NamedTempFile::new().unwrap();
-        let p = spawn(launch(&["-c", "cat /proc/self/stat"], log.reopen().unwrap())).unwrap();
+        let p = spawn(launch(
+            &["-c", "cat /proc/self/stat"],
+            log.reopen().unwrap(),
+        ))
+        .unwrap();
         let pidfd = PidFd::open(p.pid).unwrap();
         assert_eq!(pidfd.exited().await, Exit::Code(0));
         let stat = std::fs::read_to_string(log.path()).unwrap();

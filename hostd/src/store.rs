@@ -62,15 +62,17 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(source) => return Err(StoreError::Io { path, source }),
         };
-        let file: StateFile =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+        let file: StateFile = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         if file.version != FORMAT_VERSION {
             return Err(StoreError::Corrupt {
                 path,
-                message: format!("format version {} (this hostd reads {FORMAT_VERSION})", file.version),
+                message: format!(
+                    "format version {} (this hostd reads {FORMAT_VERSION})",
+                    file.version
+                ),
             });
         }
         Ok(file.instances)

@@ -48,7 +48,12 @@ pub async fn request(
         .map_err(|e| ClientError::Http(e.to_string()))?;
     let response = sender.send_request(request).await.map_err(http)?;
     let status = response.status().as_u16();
-    let body = response.into_body().collect().await.map_err(http)?.to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(http)?
+        .to_bytes();
     Ok((status, body.to_vec()))
 }
 

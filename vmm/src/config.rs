@@ -287,20 +287,31 @@ pub enum RebootPolicy {
 
 /// The configuration file's shape. Every field is optional here so that flags can
 /// supply what the file leaves out; [`VmConfig::validate`] enforces the rest.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initramfs: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vcpus: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_socket: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_reboot: Option<RebootPolicy>,
     /// A virtio-rng device (on unless set to false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rng: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disks: Option<Vec<DiskConfig>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nets: Option<Vec<NetConfig>>,
 }
 

@@ -1,0 +1,130 @@
+//! Registration with the controller: hostd announces itself and then sends a
+//! heartbeat with its capacity every `heartbeat_secs`, as
+//! `PUT {controller_url}/internal/v1/hosts/{host_id}` with a JSON body. A
+//! failed heartbeat is logged and retried on the next beat; hostd never stops
+//! serving its instances because the controller is away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde::Serialize;
+
+use crate::config::Controller;
+use crate::host;
+use crate::supervisor::Supervisor;
+
+#[derive(Debug, Serialize)]
+pub struct Heartbeat {
+    pub host_id: String,
+    /// Where the controller reaches this hostd.
+    pub url: String,
+    pub cpus: u64,
+    pub memory_mib: u64,
+    pub memory_usable_mib: u64,
+    pub disk_free_mib: u64,
+    pub vcpus_used: u64,
+    pub memory_used_mib: u64,
+    pub instances: usize,
+    pub kvm_mode: &'static str,
+    pub version: &'static str,
+}
+
+fn heartbeat(sup: &Supervisor, controller: &Controller) -> Heartbeat {
+    let (memory_mib, _, _) = host::memory();
+    let (vcpus_used, memory_used_mib) = sup.used();
+    Heartbeat {
+        host_id: sup.config.host_id.clone(),
+        url: controller.advertise_url.clone(),
+        cpus: host::cpus(),
+        memory_mib,
+        memory_usable_mib: memory_mib.saturating_sub(sup.config.reserved_memory_mib),
+        disk_free_mib: host::disk(&sup.config.state_dir).free_mib,
+        vcpus_used,
+        memory_used_mib,
+        instances: sup.list().len(),
+        kvm_mode: host::kvm().mode,
+        version: env!("CARGO_PKG_VERSION"),
+    }
+}
+
+/// `http://host:port/prefix` split into (host:port, prefix).
+fn split_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    (!authority.is_empty()).then_some((authority, path))
+}
+
+async fn put(controller: &Controller, path: &str, body: Vec<u8>) -> Result<u16, String> {
+    let (authority, prefix) =
+        split_url(&controller.url).ok_or_else(|| format!("bad URL {}", controller.url))?;
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("{authority}: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(hyper::Method::PUT)
+        .uri(format!("{prefix}{path}"))
+        .header("host", authority)
+        .header("content-type", "application/json");
+    if let Some(token) = &controller.token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    Ok(status)
+}
+
+/// Runs forever: one heartbeat now, then one per interval.
+pub async fn run(sup: Arc<Supervisor>, controller: Controller) {
+    let path = format!("/internal/v1/hosts/{}", sup.config.host_id);
+    let mut registered = false;
+    let mut ticker = tokio::time::interval(controller.heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let body = serde_json::to_vec(&heartbeat(&sup, &controller)).unwrap_or_default();
+        match tokio::time::timeout(Duration::from_secs(10), put(&controller, &path, body)).await {
+            Ok(Ok(code)) if (200..300).contains(&code) => {
+                if !registered {
+                    tracing::info!(controller = %controller.url, "registered with the controller");
+                    registered = true;
+                }
+            }
+            Ok(Ok(code)) => {
+                tracing::warn!(controller = %controller.url, code, "controller refused the heartbeat");
+                registered = false;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(controller = %controller.url, "heartbeat failed: {e}");
+                registered = false;
+            }
+            Err(_) => {
+                tracing::warn!(controller = %controller.url, "heartbeat timed out");
+                registered = false;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(split_url("http://c:8774"), Some(("c:8774", "")));
+        assert_eq!(split_url("http://c:8774/api"), Some(("c:8774", "/api")));
+        assert_eq!(split_url("https://c"), None);
+        assert_eq!(split_url("http:///x"), None);
+    }
+}

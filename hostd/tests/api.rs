@@ -1,0 +1,237 @@
+//! hostd's API against a real hostd process, without booting anything: auth,
+//! bad input, duplicate ids, persistence of created instances, config errors.
+//! (Booting instances needs KVM: those tests run in the testbed, tests/e2e.)
+
+// Test helpers fail the test on any unexpected error.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "test-token-0123456789";
+
+struct Hostd {
+    child: Child,
+    socket: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Hostd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(dir: &Path) -> String {
+    format!(
+        "token = \"{TOKEN}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\nvmm_binary = \"/bin/true\"\ncgroup_root = \"\"\nhost_id = \"test-host\"\n",
+        dir.join("hostd.sock").display(),
+        dir.join("state").display()
+    )
+}
+
+fn start_in(dir: tempfile::TempDir) -> Hostd {
+    let cfg = dir.path().join("hostd.toml");
+    std::fs::write(&cfg, config(dir.path())).unwrap();
+    let socket = dir.path().join("hostd.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_hostd"))
+        .arg("--config")
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "hostd did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Hostd { child, socket, dir }
+}
+
+fn start() -> Hostd {
+    start_in(tempfile::tempdir().unwrap())
+}
+
+/// One request; returns (status, body).
+fn call(h: &Hostd, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let mut s = UnixStream::connect(&h.socket).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+fn api(h: &Hostd, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let (status, body) = call(h, method, path, Some(TOKEN), body);
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn kernel(dir: &Path) -> PathBuf {
+    let k = dir.join("vmlinux");
+    std::fs::write(&k, b"\x7fELF\x02\x01\x01").unwrap();
+    k
+}
+
+fn spec(id: &str, kernel: &Path, memory_mib: u64) -> String {
+    format!(
+        r#"{{"id": "{id}", "vcpus": 1, "memory_mib": {memory_mib}, "kernel": "{}"}}"#,
+        kernel.display()
+    )
+}
+
+#[test]
+fn every_request_needs_the_token() {
+    let h = start();
+    let (status, body) = call(&h, "GET", "/host", None, "");
+    assert_eq!(status, 401);
+    assert!(body.contains("bearer token"), "{body}");
+    assert_eq!(
+        call(&h, "GET", "/instances", Some("wrong-token-0123456789"), "").0,
+        401
+    );
+    assert_eq!(call(&h, "GET", "/metrics", Some(&TOKEN[1..]), "").0, 401);
+    let (status, host) = api(&h, "GET", "/host", "");
+    assert_eq!(status, 200);
+    assert_eq!(host["host_id"], "test-host");
+    assert!(host["memory_mib"].as_u64().unwrap() > 0);
+    assert!(host["kvm"]["mode"].is_string());
+}
+
+#[test]
+fn bad_input_gets_a_json_error_and_leaves_nothing_behind() {
+    let h = start();
+    let k = kernel(h.dir.path());
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("{not json".into(), 400, "request body"),
+        (
+            format!(
+                r#"{{"id": "a", "vcpus": 1, "memory_mib": 64, "kernel": "{}", "colour": 1}}"#,
+                k.display()
+            ),
+            400,
+            "unknown field `colour`",
+        ),
+        (spec("big", &k, 1 << 30), 400, "memory_mib"),
+        (
+            spec("nokernel", Path::new("/nonexistent/vmlinux"), 64),
+            400,
+            "kernel",
+        ),
+        (spec("Bad_Id", &k, 64), 400, "id"),
+        (r#"{"id": "a"}"#.into(), 400, "missing field"),
+    ];
+    for (body, code, says) in cases {
+        let (status, err) = api(&h, "POST", "/instances?start=false", &body);
+        assert_eq!(status, code, "{body}: {err}");
+        let message = err["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{body}: {message}");
+        assert_eq!(err["error"]["code"], code);
+    }
+    assert_eq!(api(&h, "GET", "/instances", "").1, serde_json::json!([]));
+    let run_dirs = std::fs::read_dir(h.dir.path().join("state/instances"))
+        .unwrap()
+        .count();
+    assert_eq!(run_dirs, 0, "no run directory left behind");
+
+    assert_eq!(api(&h, "GET", "/nowhere", "").0, 404);
+    assert_eq!(api(&h, "PUT", "/instances", "").0, 405);
+    assert_eq!(api(&h, "GET", "/instances/ghost", "").0, 404);
+    assert_eq!(api(&h, "POST", "/instances/ghost/actions/start", "").0, 404);
+    assert_eq!(api(&h, "GET", "/instances/ghost/console?tail=x", "").0, 404);
+}
+
+#[test]
+fn instances_are_created_once_and_survive_a_restart() {
+    let h = start();
+    let k = kernel(h.dir.path());
+    let (status, created) = api(&h, "POST", "/instances?start=false", &spec("web-1", &k, 64));
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["state"], "shutoff");
+    let (status, err) = api(&h, "POST", "/instances?start=false", &spec("web-1", &k, 64));
+    assert_eq!(status, 409, "duplicate id: {err}");
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("already exists"));
+    // Wrong state for the action, unknown action, bad action body.
+    assert_eq!(api(&h, "POST", "/instances/web-1/actions/pause", "").0, 409);
+    assert_eq!(api(&h, "POST", "/instances/web-1/actions/stop", "").0, 409);
+    assert_eq!(
+        api(&h, "POST", "/instances/web-1/actions/explode", "").0,
+        404
+    );
+    assert_eq!(
+        api(
+            &h,
+            "POST",
+            "/instances/web-1/actions/stop",
+            r#"{"hard": "yes"}"#
+        )
+        .0,
+        400
+    );
+    assert_eq!(api(&h, "GET", "/instances/web-1/console?tail=5", "").0, 200);
+
+    // kill -9 and restart: the record is still there.
+    let mut h = h;
+    h.child.kill().unwrap();
+    h.child.wait().unwrap();
+    let dir = std::mem::replace(&mut h.dir, tempfile::tempdir().unwrap());
+    drop(h);
+    let h = start_in(dir);
+    let (status, list) = api(&h, "GET", "/instances", "");
+    assert_eq!(status, 200);
+    assert_eq!(list[0]["id"], "web-1");
+    assert_eq!(list[0]["state"], "shutoff");
+    assert_eq!(api(&h, "DELETE", "/instances/web-1", "").0, 204);
+    assert_eq!(api(&h, "GET", "/instances/web-1", "").0, 404);
+
+    let (status, metrics) = call(&h, "GET", "/metrics", Some(TOKEN), "");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("hostd_instances{state=\"running\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hostd_api_responses_total{code=\"404\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_bad_config_is_refused_with_the_field_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("hostd.toml");
+    std::fs::write(&cfg, config(dir.path()).replace(TOKEN, "short")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hostd"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid configuration: token"), "{err}");
+
+    std::fs::write(&cfg, "token = \"x\"\nlisten = 5\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hostd"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
