@@ -8,10 +8,13 @@
 //!   against fio on the backing device.
 //! - `net [--runs N]`: iperf3 between the guest and the host side of its tap,
 //!   virga (vhost-net and in-VMM datapath) against QEMU with vhost=on.
-//! - `measure ...`: the in-testbed probe `boot` uses.
+//! - `hostd [--runs N]`: create-to-boot through hostd against the VMM alone,
+//!   ten concurrent creates, hostd's memory.
+//! - `measure ...`, `hostd-probe ...`: the in-testbed probe `boot` uses.
 
 mod blk;
 mod boot;
+mod hostd;
 mod measure;
 mod net;
 mod report;
@@ -48,6 +51,30 @@ enum Cmd {
     Net {
         #[arg(long, default_value_t = 3)]
         runs: u32,
+    },
+    /// Supervision overhead: booting through hostd vs the VMM alone.
+    Hostd {
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+    },
+    /// Create instances through hostd and time them (used inside the testbed).
+    HostdProbe {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        hostd_pid: u32,
+        #[arg(long)]
+        kernel: PathBuf,
+        #[arg(long)]
+        initramfs: PathBuf,
+        #[arg(long)]
+        cmdline: String,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        #[arg(long, default_value_t = 0)]
+        round: u32,
     },
     /// Time one VMM run to its marker line (used inside the testbed).
     Measure {
@@ -108,6 +135,26 @@ fn main() -> Result<()> {
         Cmd::Boot { runs, check } => boot::run(runs, check),
         Cmd::Blk { runs } => blk::run(runs),
         Cmd::Net { runs } => net::run(runs),
+        Cmd::Hostd { runs } => hostd::run(runs),
+        Cmd::HostdProbe {
+            socket,
+            state_dir,
+            hostd_pid,
+            kernel,
+            initramfs,
+            cmdline,
+            count,
+            round,
+        } => hostd::probe(&hostd::Probe {
+            socket,
+            state_dir,
+            hostd_pid,
+            kernel,
+            initramfs,
+            cmdline,
+            count,
+            round,
+        }),
         Cmd::Measure {
             system,
             marker,

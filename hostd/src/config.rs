@@ -378,6 +378,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let file: ConfigFile = toml::from_str(include_str!("../dist/hostd.toml")).unwrap();
+        assert_eq!(file.socket, Some(PathBuf::from("/run/virga/hostd.sock")));
+        assert_eq!(file.stop_timeout_ms, Some(30_000));
+    }
+
+    #[test]
     fn controller_registration() {
         let c = Config::validate(ConfigFile {
             controller_url: Some("http://ctl:8774/".into()),

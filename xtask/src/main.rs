@@ -91,7 +91,8 @@ fn images() -> Result<virga_guest_images::ImageSet> {
 /// Builds the release binaries scenarios use and returns the vmm's path (vmmctl
 /// sits beside it).
 fn build_vmm() -> Result<PathBuf> {
-    run(cargo().args(["build", "--release", "-p", "vmm"]))?;
+    // hostd and hostctl are built alongside: the end-to-end tests use them.
+    run(cargo().args(["build", "--release", "-p", "vmm", "-p", "hostd"]))?;
     Ok(root().join("target/release/vmm"))
 }
 

@@ -31,6 +31,14 @@ pub fn vmmctl_bin() -> PathBuf {
     vmm_bin().with_file_name("vmmctl")
 }
 
+/// hostd and its client, built next to the vmm.
+pub fn hostd_bins() -> [PathBuf; 2] {
+    [
+        vmm_bin().with_file_name("hostd"),
+        vmm_bin().with_file_name("hostctl"),
+    ]
+}
+
 pub fn images_dir() -> PathBuf {
     from_env_or("VIRGA_IMAGES", workspace().join("target/images"))
 }
@@ -40,7 +48,8 @@ pub fn testbed() -> Testbed {
         .unwrap_or_else(|e| panic!("no testbed: {e} (run the tests with `cargo xtask test`)"))
 }
 
-/// Runs `script` with the vmm and vmmctl in `$BIN` and `$CMDLINE` set; prints what
+/// Runs `script` with the vmm, vmmctl, hostd and hostctl in `$BIN` and `$CMDLINE`
+/// set; prints what
 /// it printed (the guest's console shows in the test log) and returns the outcome.
 pub fn run(name: &str, script: &str) -> Outcome {
     run_scenario(name, script, |s| s)
@@ -56,7 +65,8 @@ fn run_scenario(name: &str, script: &str, adjust: impl FnOnce(Scenario) -> Scena
     let scenario = adjust(
         Scenario::new(name, &script)
             .binary(vmm_bin())
-            .binary(vmmctl_bin()),
+            .binary(vmmctl_bin())
+            .binaries(hostd_bins()),
     );
     let tb = testbed();
     let outcome = tb

@@ -104,6 +104,11 @@ impl Scenario {
         self
     }
 
+    pub fn binaries(mut self, paths: impl IntoIterator<Item = impl Into<PathBuf>>) -> Self {
+        self.binaries.extend(paths.into_iter().map(Into::into));
+        self
+    }
+
     pub fn host_path(mut self, path: impl Into<PathBuf>) -> Self {
         self.host_paths.push(path.into());
         self

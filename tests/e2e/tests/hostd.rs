@@ -1,0 +1,210 @@
+//! hostd end to end: real VMMs booting real guests under hostd, driven through
+//! its API with hostctl. Lifecycle of three instances; `kill -9` of hostd and
+//! re-adoption without disturbing guests; `kill -9` of one VMM.
+
+use virga_e2e::run;
+
+/// Shell helpers every hostd scenario starts with: `hc` (hostctl with the
+/// token), `state ID`, `pid ID`, `ticks ID` (the guest's last tick, read from
+/// the console log), `wait_for
+/// ID STATE`, `vmms` (VMM processes running), and an instance spec writer.
+const PRELUDE: &str = r#"
+TOKEN=e2e-token-0123456789abcdef
+mkdir -p /sys/fs/cgroup && (mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null || true)
+cat > $WORK/hostd.toml <<EOF
+token = "$TOKEN"
+socket = "$WORK/hostd.sock"
+state_dir = "$WORK/state"
+vmm_binary = "$BIN/vmm"
+host_id = "testbed"
+stop_timeout_ms = 20000
+EOF
+start_hostd() {
+    rm -f $WORK/hostd.sock
+    $BIN/hostd --config $WORK/hostd.toml 2>> $WORK/hostd.log &
+    HOSTD=$!
+    i=0; while [ ! -S $WORK/hostd.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+}
+hc() { $BIN/hostctl --socket $WORK/hostd.sock --token $TOKEN "$@"; }
+state() { hc show $1 2>/dev/null | grep -o '"state": "[a-z]*"' | head -1 | cut -d'"' -f4; }
+pid() { hc show $1 2>/dev/null | grep -o '"pid": [0-9]*' | head -1 | cut -d' ' -f2; }
+# From the console file itself, so it works while hostd is down.
+ticks() { tail -n 1 $WORK/state/instances/$1/console.log | grep -o 'virga-tick [0-9]*' | cut -d' ' -f2; }
+booted() { n=$(hc console $1 --tail 1000 | grep -c VIRGA-BOOT-OK); echo ${n:-0}; }
+vmms() { n=$(ps -o stat,comm | grep -c '^[^Z].* vmm$'); echo ${n:-0}; }
+wait_for() {
+    i=0; while [ "$(state $1)" != "$2" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+    echo "STATE $1 $(state $1)"
+}
+wait_booted() {
+    i=0; while [ "$(booted $1)" = 0 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+    echo "BOOTED $1 $(booted $1)"
+}
+spec() {
+    echo "{\"id\": \"$1\", \"vcpus\": 1, \"memory_mib\": 128, \"kernel\": \"$GUEST/vmlinux\", \"initramfs\": \"$GUEST/boot-initramfs.cpio\", \"cmdline\": \"$CMDLINE virga.mode=ticks\"}" > $WORK/$1.json
+}
+start_hostd
+"#;
+
+fn value<'a>(out: &'a str, key: &str) -> Option<&'a str> {
+    out.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::trim)
+}
+
+#[test]
+fn instances_live_through_their_lifecycle() {
+    let script = format!(
+        "{PRELUDE}{}",
+        r#"
+for vm in vm1 vm2 vm3; do spec $vm; hc create $WORK/$vm.json > /dev/null && echo "CREATED $vm"; done
+for vm in vm1 vm2 vm3; do wait_booted $vm; echo "STATE $vm $(state $vm)"; done
+echo "VMMS_3 $(vmms)"
+echo "CGROUP_CPU_MAX $(cat /sys/fs/cgroup/virga/vm1/cpu.max 2>/dev/null)"
+
+hc pause vm1 > /dev/null; echo "PAUSED $(state vm1)"
+t0=$(ticks vm1); sleep 1.5; t1=$(ticks vm1)
+[ "$t0" = "$t1" ] && echo "PAUSE_HOLDS yes" || echo "PAUSE_HOLDS no $t0 $t1"
+hc resume vm1 > /dev/null; echo "RESUMED $(state vm1)"
+sleep 1.5; t2=$(ticks vm1)
+[ "$t2" -gt "$t1" ] && echo "RESUME_TICKS yes" || echo "RESUME_TICKS no $t1 $t2"
+
+hc stop vm2 > /dev/null; echo "STOPPED $(state vm2)"
+echo "STOP_REASON $(hc show vm2 | grep -o '"reason": "[^"]*"')"
+echo "VMMS_2 $(vmms)"
+hc start vm2 > /dev/null; wait_for vm2 running > /dev/null; echo "RESTARTED $(state vm2)"
+i=0; while [ "$(booted vm2)" -lt 2 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+echo "VM2_BOOTS $(booted vm2)"
+
+p0=$(pid vm3); hc reboot vm3 > /dev/null; p1=$(pid vm3)
+echo "REBOOTED $(state vm3)"
+[ -n "$p1" ] && [ "$p0" != "$p1" ] && ! kill -0 $p0 2>/dev/null && echo "NEW_VMM yes" || echo "NEW_VMM no $p0 $p1"
+
+hc delete vm3 && echo "DELETED yes"
+hc show vm3 > /dev/null 2>&1 || echo "GONE yes"
+[ -e $WORK/state/instances/vm3 ] && echo "RUNDIR_LEFT yes" || echo "RUNDIR_LEFT no"
+echo "VMMS_AFTER_DELETE $(vmms)"
+hc create $WORK/vm1.json > /dev/null 2>&1; echo "DUPLICATE_EXIT $?"
+
+for vm in vm1 vm2; do hc delete $vm; done
+echo "VMMS_END $(vmms)"
+kill $HOSTD; wait $HOSTD; echo "HOSTD_EXIT $?"
+"#
+    );
+    let out = run("hostd-lifecycle", &script);
+    assert!(out.success(), "scenario failed");
+    let o = &out.output;
+    for vm in ["vm1", "vm2", "vm3"] {
+        assert!(o.contains(&format!("CREATED {vm}")), "{vm} created");
+        assert!(
+            o.contains(&format!("BOOTED {vm} 1")),
+            "{vm} shows the guest marker"
+        );
+        assert!(o.contains(&format!("STATE {vm} running")), "{vm} running");
+    }
+    assert_eq!(value(o, "VMMS_3"), Some("3"), "three VMM processes");
+    assert_eq!(value(o, "PAUSED"), Some("paused"));
+    assert_eq!(
+        value(o, "PAUSE_HOLDS"),
+        Some("yes"),
+        "no ticks while paused"
+    );
+    assert_eq!(value(o, "RESUMED"), Some("running"));
+    assert_eq!(value(o, "RESUME_TICKS"), Some("yes"));
+    assert_eq!(value(o, "STOPPED"), Some("shutoff"));
+    assert!(
+        value(o, "STOP_REASON").is_some_and(|r| r.contains("shut down")),
+        "graceful stop reached the guest"
+    );
+    assert_eq!(value(o, "VMMS_2"), Some("2"));
+    assert_eq!(value(o, "RESTARTED"), Some("running"));
+    assert_eq!(
+        value(o, "VM2_BOOTS"),
+        Some("2"),
+        "started again: a second boot"
+    );
+    assert_eq!(value(o, "REBOOTED"), Some("running"));
+    assert_eq!(value(o, "NEW_VMM"), Some("yes"), "reboot replaced the VMM");
+    assert_eq!(value(o, "DELETED"), Some("yes"));
+    assert_eq!(value(o, "GONE"), Some("yes"));
+    assert_eq!(value(o, "RUNDIR_LEFT"), Some("no"));
+    assert_eq!(value(o, "VMMS_AFTER_DELETE"), Some("2"));
+    assert_eq!(
+        value(o, "DUPLICATE_EXIT"),
+        Some("1"),
+        "duplicate id refused"
+    );
+    assert_eq!(value(o, "VMMS_END"), Some("0"));
+    assert_eq!(value(o, "HOSTD_EXIT"), Some("0"), "SIGTERM is a clean exit");
+    if let Some(cpu) = value(o, "CGROUP_CPU_MAX").filter(|c| !c.is_empty()) {
+        assert_eq!(cpu, "100000 100000", "cpu.max from 1 vCPU");
+    }
+}
+
+#[test]
+fn hostd_restarts_without_disturbing_guests_and_notices_a_dead_vmm() {
+    let script = format!(
+        "{PRELUDE}{}",
+        r#"
+for vm in vm1 vm2; do spec $vm; hc create $WORK/$vm.json > /dev/null; wait_booted $vm; done
+p1=$(pid vm1); p2=$(pid vm2)
+kill -9 $HOSTD; wait $HOSTD 2>/dev/null
+t0=$(ticks vm1); sleep 1; t1=$(ticks vm1)
+[ "$t1" -gt "$t0" ] && echo "GUEST_RUNS_WITHOUT_HOSTD yes" || echo "GUEST_RUNS_WITHOUT_HOSTD no"
+start_hostd
+for vm in vm1 vm2; do echo "AFTER_RESTART $vm $(state $vm)"; done
+[ "$(pid vm1)" = "$p1" ] && [ "$(pid vm2)" = "$p2" ] && echo "SAME_VMMS yes" || echo "SAME_VMMS no"
+sleep 1; t2=$(ticks vm1)
+[ "$t2" -gt "$t1" ] && echo "TICKS_GROW yes" || echo "TICKS_GROW no $t1 $t2"
+echo "BOOTS_VM1 $(booted vm1)"
+echo "CONSOLE_INTACT $(hc console vm1 --tail 10000 | grep -c 'virga-tick')"
+
+kill -9 $p1
+wait_for vm1 error
+echo "DEAD_REASON $(hc show vm1 | grep -o '"reason": "[^"\\]*')"
+echo "OTHER_STATE $(state vm2)"
+kill -0 $p2 && echo "OTHER_ALIVE yes"
+hc stop vm2 --hard > /dev/null; echo "HARD_STOP $(state vm2)"
+for vm in vm1 vm2; do hc delete $vm; done
+kill $HOSTD; wait $HOSTD
+echo "VMMS_END $(vmms)"
+"#
+    );
+    let out = run("hostd-readopt", &script);
+    assert!(out.success(), "scenario failed");
+    let o = &out.output;
+    assert_eq!(value(o, "GUEST_RUNS_WITHOUT_HOSTD"), Some("yes"));
+    assert!(o.contains("AFTER_RESTART vm1 running"));
+    assert!(o.contains("AFTER_RESTART vm2 running"));
+    assert_eq!(
+        value(o, "SAME_VMMS"),
+        Some("yes"),
+        "re-adopted, not restarted"
+    );
+    assert_eq!(
+        value(o, "TICKS_GROW"),
+        Some("yes"),
+        "guest uptime keeps growing"
+    );
+    assert_eq!(value(o, "BOOTS_VM1"), Some("1"), "the guest never rebooted");
+    assert!(
+        value(o, "CONSOLE_INTACT")
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n > 10),
+        "console kept across the restart"
+    );
+    assert!(o.contains("STATE vm1 error"), "a killed VMM is noticed");
+    assert!(
+        value(o, "DEAD_REASON").is_some_and(|r| r.contains("VMM")),
+        "with a reason"
+    );
+    assert_eq!(
+        value(o, "OTHER_STATE "),
+        Some("running"),
+        "the other instance is untouched"
+    );
+    assert_eq!(value(o, "OTHER_ALIVE"), Some("yes"));
+    assert_eq!(value(o, "HARD_STOP"), Some("shutoff"));
+    assert_eq!(value(o, "VMMS_END"), Some("0"));
+}
