@@ -35,8 +35,13 @@ fn config(dir: &Path) -> String {
 }
 
 fn start_in(dir: tempfile::TempDir) -> Hostd {
+    start_with(dir, "")
+}
+
+/// Starts hostd with the test config plus `extra` lines.
+fn start_with(dir: tempfile::TempDir, extra: &str) -> Hostd {
     let cfg = dir.path().join("hostd.toml");
-    std::fs::write(&cfg, config(dir.path())).unwrap();
+    std::fs::write(&cfg, config(dir.path()) + extra).unwrap();
     let socket = dir.path().join("hostd.sock");
     let child = Command::new(env!("CARGO_BIN_EXE_hostd"))
         .arg("--config")
@@ -234,4 +239,106 @@ fn a_bad_config_is_refused_with_the_field_named() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn state_changes_stream_as_json_lines() {
+    let h = start();
+    let k = kernel(h.dir.path());
+    let mut events = UnixStream::connect(&h.socket).unwrap();
+    write!(
+        events,
+        "GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    )
+    .unwrap();
+    // Let the subscription start before anything happens.
+    let mut head = [0u8; 12];
+    events.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    assert_eq!(
+        api(&h, "POST", "/instances?start=false", &spec("ev-1", &k, 64)).0,
+        201
+    );
+    assert_eq!(api(&h, "DELETE", "/instances/ev-1", "").0, 204);
+    events
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("\"deleted\"") {
+        let n = events.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(
+        seen.contains(r#""instance":"ev-1","state":"shutoff""#),
+        "{seen}"
+    );
+    assert!(
+        seen.contains(r#""instance":"ev-1","state":"deleted""#),
+        "{seen}"
+    );
+}
+
+#[test]
+fn hostd_registers_and_sends_heartbeats_to_its_controller() {
+    // A stand-in for the controller's registration endpoint: records requests.
+    let controller = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = controller.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let h = start_with(
+        dir,
+        &format!(
+            "controller_url = \"http://{addr}\"\ncontroller_token = \"ctl-secret\"\nadvertise_url = \"http://10.1.2.3:8790\"\nheartbeat_secs = 1\n"
+        ),
+    );
+    controller.set_nonblocking(false).unwrap();
+    let mut requests = Vec::new();
+    for _ in 0..2 {
+        let (mut s, _) = controller.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Headers, then a Content-Length body.
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0);
+            req.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&req).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    break;
+                }
+            }
+        }
+        s.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+            .unwrap();
+        requests.push(String::from_utf8_lossy(&req).to_string());
+    }
+    drop(h);
+    for r in &requests {
+        assert!(
+            r.starts_with("PUT /internal/v1/hosts/test-host HTTP/1.1"),
+            "{r}"
+        );
+        assert!(
+            r.to_ascii_lowercase()
+                .contains("authorization: bearer ctl-secret"),
+            "{r}"
+        );
+        let body: serde_json::Value =
+            serde_json::from_str(r.split_once("\r\n\r\n").unwrap().1).unwrap();
+        assert_eq!(body["host_id"], "test-host");
+        assert_eq!(body["url"], "http://10.1.2.3:8790");
+        assert!(body["cpus"].as_u64().unwrap() >= 1);
+        assert!(body["memory_usable_mib"].as_u64().unwrap() > 0);
+    }
 }

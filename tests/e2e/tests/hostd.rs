@@ -69,6 +69,7 @@ t0=$(ticks vm1); sleep 1.5; t1=$(ticks vm1)
 hc resume vm1 > /dev/null; echo "RESUMED $(state vm1)"
 sleep 1.5; t2=$(ticks vm1)
 [ "$t2" -gt "$t1" ] && echo "RESUME_TICKS yes" || echo "RESUME_TICKS no $t1 $t2"
+echo "VMM_METRICS $(hc metrics vm1 | grep -c '"uptime_ms"')"
 
 hc stop vm2 > /dev/null; echo "STOPPED $(state vm2)"
 echo "STOP_REASON $(hc show vm2 | grep -o '"reason": "[^"]*"')"
@@ -112,6 +113,11 @@ kill $HOSTD; wait $HOSTD; echo "HOSTD_EXIT $?"
     );
     assert_eq!(value(o, "RESUMED"), Some("running"));
     assert_eq!(value(o, "RESUME_TICKS"), Some("yes"));
+    assert_eq!(
+        value(o, "VMM_METRICS"),
+        Some("1"),
+        "the VMM's metrics through hostd"
+    );
     assert_eq!(value(o, "STOPPED"), Some("shutoff"));
     assert!(
         value(o, "STOP_REASON").is_some_and(|r| r.contains("shut down")),
@@ -160,6 +166,11 @@ sleep 1; t2=$(ticks vm1)
 echo "BOOTS_VM1 $(booted vm1)"
 echo "CONSOLE_INTACT $(hc console vm1 --tail 10000 | grep -c 'virga-tick')"
 
+kill $HOSTD; wait $HOSTD; echo "TERM_EXIT $?"
+kill -0 $p1 && kill -0 $p2 && echo "GUESTS_SURVIVE_TERM yes"
+start_hostd
+echo "AFTER_TERM $(state vm1) $(state vm2)"
+
 kill -9 $p1
 wait_for vm1 error
 echo "DEAD_REASON $(hc show vm1 | grep -o '"reason": "[^"\\]*')"
@@ -194,6 +205,13 @@ echo "VMMS_END $(vmms)"
             .is_some_and(|n| n > 10),
         "console kept across the restart"
     );
+    assert_eq!(value(o, "TERM_EXIT"), Some("0"));
+    assert_eq!(
+        value(o, "GUESTS_SURVIVE_TERM"),
+        Some("yes"),
+        "SIGTERM leaves guests running"
+    );
+    assert_eq!(value(o, "AFTER_TERM"), Some("running running"));
     assert!(o.contains("STATE vm1 error"), "a killed VMM is noticed");
     assert!(
         value(o, "DEAD_REASON").is_some_and(|r| r.contains("VMM")),
