@@ -1,17 +1,99 @@
-//! Virga controller: the OpenStack-compatible control API, scheduler and state.
+//! `controller --config FILE`: Virga's control API.
 //!
-//! Placeholder: this service has no implementation yet. It exists so that the
-//! workspace shows the architecture; it answers `--help` and `--version` and
-//! refuses to run rather than pretend.
+//! Exit status: 0 after SIGTERM or SIGINT, 1 on a runtime failure (database
+//! unreachable, port taken), 2 on an invalid configuration.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
 use clap::Parser;
+use controller::api::{self, App};
+use controller::config::Config;
+use controller::identity::Identity;
+use controller::store::Store;
 
 #[derive(Parser)]
-#[command(version, about)]
-struct Args {}
+#[command(
+    version,
+    about = "Virga controller: the OpenStack-compatible control API."
+)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: PathBuf,
+}
 
-fn main() -> std::process::ExitCode {
-    let _args = Args::parse();
-    eprintln!("{}: not implemented yet", env!("CARGO_PKG_NAME"));
-    std::process::ExitCode::FAILURE
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("controller: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("controller: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("controller: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    if config.database_url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.state_dir)
+            .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    }
+    let store = Store::open(&config.database_url)
+        .await
+        .context("opening the database")?;
+    let identity = Identity::new(store, config.token_ttl);
+    identity
+        .bootstrap(&config.bootstrap)
+        .await
+        .context("bootstrapping the admin identity")?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, public_url = %config.public_url, "controller ready");
+    let app = Arc::new(App { config, identity });
+    let accept = async {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => api::serve_connection(app.clone(), stream),
+                Err(e) => tracing::warn!("accept: {e}"),
+            }
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = accept => {}
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("controller stopping");
+    Ok(())
 }

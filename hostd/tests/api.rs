@@ -342,3 +342,62 @@ fn hostd_registers_and_sends_heartbeats_to_its_controller() {
         assert!(body["memory_usable_mib"].as_u64().unwrap() > 0);
     }
 }
+
+#[test]
+fn console_tail_and_follow() {
+    let h = start();
+    let k = kernel(h.dir.path());
+    assert_eq!(
+        api(&h, "POST", "/instances?start=false", &spec("con-1", &k, 64)).0,
+        201
+    );
+    // Stand in for a VMM writing the guest's console.
+    let run_dir = h.dir.path().join("state/instances/con-1");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let log = run_dir.join("console.log");
+    std::fs::write(&log, "one\ntwo\nthree\n").unwrap();
+    let (status, body) = call(
+        &h,
+        "GET",
+        "/instances/con-1/console?tail=2",
+        Some(TOKEN),
+        "",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(body, "two\nthree\n");
+    assert_eq!(
+        call(
+            &h,
+            "GET",
+            "/instances/con-1/console?tail=99999",
+            Some(TOKEN),
+            ""
+        )
+        .0,
+        400
+    );
+
+    let mut follow = UnixStream::connect(&h.socket).unwrap();
+    write!(
+        follow,
+        "GET /instances/con-1/console?tail=1&follow=true HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    )
+    .unwrap();
+    follow
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("three") {
+        let n = follow.read(&mut buf).unwrap();
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(!seen.contains("two"), "only the tail first: {seen}");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(b"four: appended\n").unwrap();
+    while !seen.contains("four: appended") {
+        let n = follow.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-/// Debian packages and a command each provides (to skip what is there).
+/// Debian packages and a command (or file) each provides (to skip what is there).
 const PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "qemu-system-x86_64"),
     ("kmod", "depmod"),
@@ -13,11 +13,18 @@ const PACKAGES: &[(&str, &str)] = &[
     // Benchmark tools for the guest rootfs.
     ("fio", "fio"),
     ("iperf3", "iperf3"),
+    // The controller's store tests run against a real PostgreSQL server.
+    ("postgresql", "/usr/lib/postgresql/*/bin/initdb"),
 ];
 
 fn have(command: &str) -> bool {
+    let test = if command.starts_with('/') {
+        format!("ls {command}")
+    } else {
+        format!("command -v {command}")
+    };
     Command::new("sh")
-        .args(["-c", &format!("command -v {command}")])
+        .args(["-c", &test])
         .output()
         .is_ok_and(|o| o.status.success())
 }

@@ -153,7 +153,10 @@ fn test(unit_only: bool) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo().args(["test", "--workspace", "--exclude", "virga-e2e"]))?;
+    // The controller's store tests must not skip PostgreSQL here: it was installed.
+    run(cargo()
+        .args(["test", "--workspace", "--exclude", "virga-e2e"])
+        .env("VIRGA_REQUIRE_POSTGRES", "1"))?;
     if unit_only {
         return Ok(());
     }

@@ -1,0 +1,92 @@
+//! HTTP plumbing shared by the APIs: request ids, JSON bodies and the error
+//! shapes OpenStack clients parse.
+
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-openstack-request-id");
+const MAX_BODY: usize = 1 << 20;
+
+pub fn new_request_id() -> String {
+    format!("req-{}", uuid::Uuid::new_v4())
+}
+
+pub fn empty(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Keystone's error shape: `{"error": {"code", "title", "message"}}`.
+pub fn keystone_error(status: StatusCode, message: &str) -> Response<Body> {
+    json(
+        status,
+        &serde_json::json!({"error": {
+            "code": status.as_u16(),
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "message": message,
+        }}),
+    )
+}
+
+/// Reads a JSON body (at most 1 MiB); the error is a ready 400/413 response.
+pub async fn read_json(
+    req: Request<Incoming>,
+    error: fn(StatusCode, &str) -> Response<Body>,
+) -> Result<serde_json::Value, Response<Body>> {
+    let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body: {e} (at most {MAX_BODY} bytes)"),
+            ))
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("malformed JSON body: {e}"),
+        )
+    })
+}
+
+/// ISO 8601 UTC with microseconds, as Keystone writes `expires_at`.
+pub fn iso_micros(unix: i64) -> String {
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].000000Z"
+    ))
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(iso_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(iso_micros(1_795_000_000), "2026-11-18T11:06:40.000000Z");
+    }
+
+    #[test]
+    fn request_ids() {
+        let id = new_request_id();
+        assert!(id.starts_with("req-") && id.len() == 40, "{id}");
+    }
+}

@@ -1,0 +1,317 @@
+//! Keystone v3, the subset clients call: version discovery, and issuing,
+//! validating and revoking tokens (password method, project-scoped or not).
+
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value as Json};
+
+use super::http::{empty, iso_micros, json, keystone_error, read_json, Body};
+use super::App;
+use crate::identity::{Auth, DomainRef, IdentityError, ProjectRef, UserRef};
+
+const SUBJECT_TOKEN: &str = "x-subject-token";
+const AUTH_TOKEN: &str = "x-auth-token";
+
+fn version(app: &App) -> Json {
+    json!({
+        "id": "v3.14",
+        "status": "stable",
+        "updated": "2020-04-07T00:00:00Z",
+        "links": [{"rel": "self", "href": format!("{}/identity/v3/", app.config.public_url)}],
+        "media-types": [{"base": "application/json", "type": "application/vnd.openstack.identity-v3+json"}],
+    })
+}
+
+pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response<Body> {
+    match (req.method().clone(), rest) {
+        (Method::GET, []) => json(
+            StatusCode::MULTIPLE_CHOICES,
+            &json!({"versions": {"values": [version(app)]}}),
+        ),
+        (Method::GET, ["v3"]) => json(StatusCode::OK, &json!({"version": version(app)})),
+        (Method::POST, ["v3", "auth", "tokens"]) => issue(app, req).await,
+        (Method::GET | Method::HEAD, ["v3", "auth", "tokens"]) => check(app, &req).await,
+        (Method::DELETE, ["v3", "auth", "tokens"]) => revoke(app, &req).await,
+        (_, ["v3", "auth", "tokens"]) | (_, ["v3"]) | (_, []) => {
+            keystone_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => keystone_error(StatusCode::NOT_FOUND, "The resource could not be found."),
+    }
+}
+
+fn domain_ref(v: &Json) -> Option<DomainRef> {
+    if let Some(id) = v.get("id").and_then(Json::as_str) {
+        return Some(DomainRef::Id(id.to_owned()));
+    }
+    v.get("name")
+        .and_then(Json::as_str)
+        .map(|n| DomainRef::Name(n.to_owned()))
+}
+
+/// Parses `{"auth": {"identity": {"methods": ["password"], "password": {"user":
+/// ...}}, "scope": {"project": ...}}}`.
+fn parse_auth(body: &Json) -> Result<(UserRef, String, Option<ProjectRef>), String> {
+    let auth = body.get("auth").ok_or("missing auth")?;
+    let identity = auth.get("identity").ok_or("missing auth.identity")?;
+    let methods: Vec<&str> = identity
+        .get("methods")
+        .and_then(Json::as_array)
+        .ok_or("missing auth.identity.methods")?
+        .iter()
+        .filter_map(Json::as_str)
+        .collect();
+    if methods != ["password"] {
+        return Err(format!(
+            "unsupported authentication methods {methods:?}: only [\"password\"]"
+        ));
+    }
+    let user = identity
+        .get("password")
+        .and_then(|p| p.get("user"))
+        .ok_or("missing auth.identity.password.user")?;
+    let password = user
+        .get("password")
+        .and_then(Json::as_str)
+        .ok_or("missing user password")?
+        .to_owned();
+    let user_ref = match (
+        user.get("id").and_then(Json::as_str),
+        user.get("name").and_then(Json::as_str),
+    ) {
+        (Some(id), _) => UserRef::Id(id.to_owned()),
+        (None, Some(name)) => UserRef::Name {
+            name: name.to_owned(),
+            domain: user
+                .get("domain")
+                .and_then(domain_ref)
+                .ok_or("a user given by name needs its domain (id or name)")?,
+        },
+        (None, None) => return Err("the user needs an id or a name".into()),
+    };
+    let project = match auth.get("scope") {
+        None => None,
+        Some(scope) => match scope.get("project") {
+            Some(p) => Some(
+                match (
+                    p.get("id").and_then(Json::as_str),
+                    p.get("name").and_then(Json::as_str),
+                ) {
+                    (Some(id), _) => ProjectRef::Id(id.to_owned()),
+                    (None, Some(name)) => ProjectRef::Name {
+                        name: name.to_owned(),
+                        domain: p
+                            .get("domain")
+                            .and_then(domain_ref)
+                            .ok_or("a project given by name needs its domain (id or name)")?,
+                    },
+                    (None, None) => return Err("the scope's project needs an id or a name".into()),
+                },
+            ),
+            None => return Err("only project scopes are supported".into()),
+        },
+    };
+    Ok((user_ref, password, project))
+}
+
+/// The token body Keystone returns.
+pub fn token_body(app: &App, auth: &Auth, with_catalog: bool) -> Json {
+    let mut token = json!({
+        "methods": ["password"],
+        "expires_at": iso_micros(auth.expires_at),
+        "issued_at": iso_micros(auth.issued_at),
+        "audit_ids": [auth.audit_id],
+        "is_domain": false,
+        "user": {
+            "id": auth.user.id,
+            "name": auth.user.name,
+            "domain": {"id": auth.user_domain.id, "name": auth.user_domain.name},
+            "password_expires_at": null,
+        },
+    });
+    if let Some((p, d)) = &auth.project {
+        token["project"] =
+            json!({"id": p.id, "name": p.name, "domain": {"id": d.id, "name": d.name}});
+        token["roles"] = auth
+            .roles
+            .iter()
+            .map(|r| json!({"id": r.id, "name": r.name}))
+            .collect();
+        if with_catalog {
+            token["catalog"] = catalog(app);
+        }
+    }
+    json!({ "token": token })
+}
+
+/// The service catalog: every service on this controller, under its prefix.
+pub fn catalog(app: &App) -> Json {
+    let base = &app.config.public_url;
+    let region = &app.config.region;
+    let service = |kind: &str, name: &str, url: String| {
+        let endpoints: Vec<Json> = ["public", "internal", "admin"]
+            .iter()
+            .map(|iface| {
+                json!({"id": format!("{name}-{iface}"), "interface": iface, "region": region,
+                       "region_id": region, "url": url})
+            })
+            .collect();
+        json!({"id": name, "type": kind, "name": name, "endpoints": endpoints})
+    };
+    json!([
+        service("identity", "keystone", format!("{base}/identity")),
+        service("compute", "nova", format!("{base}/compute/v2.1")),
+        service("image", "glance", format!("{base}/image")),
+    ])
+}
+
+fn status_of(e: &IdentityError) -> StatusCode {
+    match e {
+        IdentityError::Unauthorized => StatusCode::UNAUTHORIZED,
+        IdentityError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        IdentityError::Store(_) | IdentityError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+async fn issue(app: &App, req: Request<Incoming>) -> Response<Body> {
+    let nocatalog = req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv == "nocatalog" || kv.starts_with("nocatalog="))
+    });
+    let body = match read_json(req, keystone_error).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let (user, password, project) = match parse_auth(&body) {
+        Ok(p) => p,
+        Err(e) => return keystone_error(StatusCode::BAD_REQUEST, &e),
+    };
+    match app.identity.issue(&user, &password, project.as_ref()).await {
+        Ok((token, auth)) => {
+            let mut r = json(StatusCode::CREATED, &token_body(app, &auth, !nocatalog));
+            if let Ok(v) = HeaderValue::from_str(&token) {
+                r.headers_mut().insert(SUBJECT_TOKEN, v);
+            }
+            r
+        }
+        Err(e) => {
+            if !matches!(e, IdentityError::Unauthorized) {
+                tracing::error!("issuing a token: {e}");
+            }
+            keystone_error(status_of(&e), &e.to_string())
+        }
+    }
+}
+
+fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The caller's token must be valid before anything else is answered.
+async fn caller(app: &App, req: &Request<Incoming>) -> Result<Auth, Response<Body>> {
+    let unauthorized = || {
+        keystone_error(
+            StatusCode::UNAUTHORIZED,
+            "The request you have made requires authentication.",
+        )
+    };
+    let Some(token) = header(req, AUTH_TOKEN) else {
+        return Err(unauthorized());
+    };
+    match app.identity.validate(token).await {
+        Ok(Some(a)) => Ok(a),
+        Ok(None) => Err(unauthorized()),
+        Err(e) => Err(keystone_error(status_of(&e), &e.to_string())),
+    }
+}
+
+async fn check(app: &App, req: &Request<Incoming>) -> Response<Body> {
+    let me = match caller(app, req).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Some(subject) = header(req, SUBJECT_TOKEN) else {
+        return keystone_error(StatusCode::BAD_REQUEST, "missing X-Subject-Token");
+    };
+    let auth = match app.identity.validate(subject).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return keystone_error(StatusCode::NOT_FOUND, "Could not find token."),
+        Err(e) => return keystone_error(status_of(&e), &e.to_string()),
+    };
+    // Users may check their own tokens; checking others' is an admin's job.
+    if auth.user.id != me.user.id && !me.is_admin() {
+        return keystone_error(
+            StatusCode::FORBIDDEN,
+            "You are not authorized to perform the requested action.",
+        );
+    }
+    let mut r = if req.method() == Method::HEAD {
+        empty(StatusCode::OK)
+    } else {
+        let nocatalog = req.uri().query().is_some_and(|q| q.contains("nocatalog"));
+        json(StatusCode::OK, &token_body(app, &auth, !nocatalog))
+    };
+    if let Ok(v) = HeaderValue::from_str(subject) {
+        r.headers_mut().insert(SUBJECT_TOKEN, v);
+    }
+    r
+}
+
+async fn revoke(app: &App, req: &Request<Incoming>) -> Response<Body> {
+    let me = match caller(app, req).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Some(subject) = header(req, SUBJECT_TOKEN) else {
+        return keystone_error(StatusCode::BAD_REQUEST, "missing X-Subject-Token");
+    };
+    match app.identity.validate(subject).await {
+        Ok(Some(a)) if a.user.id == me.user.id || me.is_admin() => {}
+        Ok(Some(_)) => {
+            return keystone_error(
+                StatusCode::FORBIDDEN,
+                "You are not authorized to perform the requested action.",
+            )
+        }
+        Ok(None) => return keystone_error(StatusCode::NOT_FOUND, "Could not find token."),
+        Err(e) => return keystone_error(status_of(&e), &e.to_string()),
+    }
+    match app.identity.revoke(subject).await {
+        Ok(true) => empty(StatusCode::NO_CONTENT),
+        Ok(false) => keystone_error(StatusCode::NOT_FOUND, "Could not find token."),
+        Err(e) => keystone_error(status_of(&e), &e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_bodies() {
+        let osc = json!({"auth": {"identity": {"methods": ["password"], "password": {"user":
+            {"name": "demo", "domain": {"name": "Default"}, "password": "secret"}}},
+            "scope": {"project": {"name": "demo", "domain": {"name": "Default"}}}}});
+        let (user, pw, project) = parse_auth(&osc).unwrap();
+        assert!(
+            matches!(user, UserRef::Name { ref name, domain: DomainRef::Name(ref d) } if name == "demo" && d == "Default")
+        );
+        assert_eq!(pw, "secret");
+        assert!(matches!(project, Some(ProjectRef::Name { .. })));
+        let by_id = json!({"auth": {"identity": {"methods": ["password"], "password": {"user":
+            {"id": "u1", "password": "p"}}}, "scope": {"project": {"id": "p1"}}}});
+        let (user, _, project) = parse_auth(&by_id).unwrap();
+        assert!(matches!(user, UserRef::Id(ref id) if id == "u1"));
+        assert!(matches!(project, Some(ProjectRef::Id(ref id)) if id == "p1"));
+        for bad in [
+            json!({}),
+            json!({"auth": {"identity": {"methods": ["token"], "token": {"id": "x"}}}}),
+            json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {"name": "a", "password": "p"}}}}}),
+            json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {"id": "a"}}}}}),
+            json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {"id": "a", "password": "p"}}},
+                   "scope": {"system": {"all": true}}}}),
+        ] {
+            assert!(parse_auth(&bad).is_err(), "{bad}");
+        }
+    }
+}

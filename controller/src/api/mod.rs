@@ -1,0 +1,58 @@
+//! The controller's HTTP front door: one listener, one path prefix per service
+//! (`/identity`, later `/compute/v2.1` and `/image`), each response tagged with
+//! an `X-OpenStack-Request-ID`.
+
+pub mod http;
+pub mod identity;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Request, Response, StatusCode};
+
+use crate::config::Config;
+use crate::identity::Identity;
+use http::Body;
+
+pub struct App {
+    pub config: Config,
+    pub identity: Identity,
+}
+
+impl App {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        let request_id = http::new_request_id();
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let mut response = match segments.split_first() {
+            Some((&"identity", rest)) => identity::route(&self, req, rest).await,
+            _ => http::keystone_error(StatusCode::NOT_FOUND, "The resource could not be found."),
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(http::REQUEST_ID, v);
+        }
+        tracing::debug!(%method, path, status = response.status().as_u16(), request_id, "request");
+        Ok(response)
+    }
+}
+
+/// Serves one accepted connection.
+pub fn serve_connection<IO>(app: Arc<App>, io: IO)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = hyper::service::service_fn(move |req| app.clone().handle(req));
+        if let Err(e) = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+            .await
+        {
+            tracing::debug!("connection: {e}");
+        }
+    });
+}

@@ -1,0 +1,258 @@
+//! The controller's configuration: a TOML file, checked before anything starts.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8774"
+//! public_url = "http://127.0.0.1:8774"     # what the service catalog advertises
+//! database_url = "sqlite:///var/lib/virga/controller.db"  # or postgres://...
+//! region = "RegionOne"
+//! token_ttl_secs = 3600
+//!
+//! [bootstrap]                               # created on first start
+//! admin_user = "admin"
+//! admin_password_file = "/etc/virga/admin-password"
+//! admin_project = "admin"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub listen: Option<SocketAddr>,
+    pub public_url: Option<String>,
+    pub database_url: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub region: Option<String>,
+    pub token_ttl_secs: Option<u64>,
+    pub bootstrap: Option<BootstrapFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapFile {
+    pub admin_user: Option<String>,
+    pub admin_password: Option<String>,
+    pub admin_password_file: Option<PathBuf>,
+    pub admin_project: Option<String>,
+}
+
+/// The admin identity created on first start.
+#[derive(Clone, Debug)]
+pub struct Bootstrap {
+    pub admin_user: String,
+    pub admin_password: String,
+    pub admin_project: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Base URL clients reach the controller at, without a trailing slash.
+    pub public_url: String,
+    pub database_url: String,
+    pub state_dir: PathBuf,
+    pub region: String,
+    pub token_ttl: Duration,
+    pub bootstrap: Bootstrap,
+}
+
+const MIN_PASSWORD_LEN: usize = 8;
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        Config::validate(file)
+    }
+
+    pub fn validate(file: ConfigFile) -> Result<Config, ConfigError> {
+        let listen = file
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8774)));
+        let public_url = file
+            .public_url
+            .unwrap_or_else(|| format!("http://{listen}"))
+            .trim_end_matches('/')
+            .to_owned();
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            return Err(invalid("public_url", "must be an http:// or https:// URL"));
+        }
+        let state_dir = file
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/virga/controller"));
+        let database_url = file.database_url.unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                state_dir.join("controller.db").display()
+            )
+        });
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database_url",
+                "sqlite:PATH or postgres://USER@HOST/DB",
+            ));
+        }
+        let region = file.region.unwrap_or_else(|| "RegionOne".into());
+        if region.is_empty() || region.len() > 64 {
+            return Err(invalid("region", "1 to 64 characters"));
+        }
+        let ttl = file.token_ttl_secs.unwrap_or(3600);
+        if !(60..=7 * 86400).contains(&ttl) {
+            return Err(invalid("token_ttl_secs", "between 60 and 604800"));
+        }
+        let b = file.bootstrap.unwrap_or_default();
+        let admin_password = match (b.admin_password, &b.admin_password_file) {
+            (Some(p), None) => p,
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| {
+                    invalid(
+                        "bootstrap.admin_password_file",
+                        format!("{}: {e}", path.display()),
+                    )
+                })?
+                .trim()
+                .to_owned(),
+            (None, None) => {
+                return Err(invalid(
+                    "bootstrap.admin_password",
+                    "set admin_password or admin_password_file",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "bootstrap.admin_password",
+                    "only one of admin_password and admin_password_file",
+                ))
+            }
+        };
+        if admin_password.len() < MIN_PASSWORD_LEN {
+            return Err(invalid(
+                "bootstrap.admin_password",
+                format!("at least {MIN_PASSWORD_LEN} characters"),
+            ));
+        }
+        Ok(Config {
+            listen,
+            public_url,
+            database_url,
+            state_dir,
+            region,
+            token_ttl: Duration::from_secs(ttl),
+            bootstrap: Bootstrap {
+                admin_user: b.admin_user.unwrap_or_else(|| "admin".into()),
+                admin_password,
+                admin_project: b.admin_project.unwrap_or_else(|| "admin".into()),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> ConfigFile {
+        ConfigFile {
+            bootstrap: Some(BootstrapFile {
+                admin_password: Some("secret-pw".into()),
+                ..BootstrapFile::default()
+            }),
+            ..ConfigFile::default()
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::validate(base()).unwrap();
+        assert_eq!(c.public_url, "http://127.0.0.1:8774");
+        assert!(c
+            .database_url
+            .starts_with("sqlite:///var/lib/virga/controller/controller.db"));
+        assert_eq!(c.bootstrap.admin_user, "admin");
+        assert_eq!(c.token_ttl, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let field = |f: ConfigFile| match Config::validate(f) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            field(ConfigFile {
+                public_url: Some("ftp://x".into()),
+                ..base()
+            }),
+            "public_url"
+        );
+        assert_eq!(
+            field(ConfigFile {
+                database_url: Some("mysql://x".into()),
+                ..base()
+            }),
+            "database_url"
+        );
+        assert_eq!(
+            field(ConfigFile {
+                token_ttl_secs: Some(1),
+                ..base()
+            }),
+            "token_ttl_secs"
+        );
+        assert_eq!(
+            field(ConfigFile {
+                region: Some(String::new()),
+                ..base()
+            }),
+            "region"
+        );
+        assert_eq!(
+            field(ConfigFile {
+                bootstrap: None,
+                ..base()
+            }),
+            "bootstrap.admin_password"
+        );
+        let short = ConfigFile {
+            bootstrap: Some(BootstrapFile {
+                admin_password: Some("short".into()),
+                ..BootstrapFile::default()
+            }),
+            ..base()
+        };
+        assert_eq!(field(short), "bootstrap.admin_password");
+    }
+}

@@ -1,0 +1,579 @@
+//! Identity: domains, projects, users, roles and tokens (the Keystone v3 subset
+//! clients use). Other APIs validate tokens here directly, not over HTTP.
+
+pub mod password;
+pub mod token;
+
+use std::time::Duration;
+
+use crate::store::{boolean, int, opt_text, text, Store, StoreError, Value};
+
+pub const DEFAULT_DOMAIN_ID: &str = "default";
+pub const DEFAULT_DOMAIN_NAME: &str = "Default";
+/// The roles every deployment has.
+pub const ROLES: &[&str] = &["admin", "member", "reader"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Wrong user, password, project or scope: one answer for all, so that a
+    /// caller learns nothing about which part was wrong.
+    #[error("The request you have made requires authentication.")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Named {
+    pub id: String,
+    pub name: String,
+}
+
+/// Who a token speaks for.
+#[derive(Clone, Debug)]
+pub struct Auth {
+    pub user: Named,
+    pub user_domain: Named,
+    pub project: Option<(Named, Named)>,
+    pub roles: Vec<Named>,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub audit_id: String,
+}
+
+impl Auth {
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|r| r.name == "admin")
+    }
+
+    pub fn project_id(&self) -> Option<&str> {
+        self.project.as_ref().map(|(p, _)| p.id.as_str())
+    }
+}
+
+/// How a password request names its user.
+#[derive(Debug, Clone)]
+pub enum UserRef {
+    Id(String),
+    Name { name: String, domain: DomainRef },
+}
+
+#[derive(Debug, Clone)]
+pub enum DomainRef {
+    Id(String),
+    Name(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum ProjectRef {
+    Id(String),
+    Name { name: String, domain: DomainRef },
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+pub struct Identity {
+    store: Store,
+    ttl: Duration,
+}
+
+impl Identity {
+    pub fn new(store: Store, ttl: Duration) -> Self {
+        Identity { store, ttl }
+    }
+
+    /// Creates the default domain, the roles, and the admin user and project,
+    /// unless the admin user exists already. Safe to run on every start.
+    pub async fn bootstrap(&self, b: &crate::config::Bootstrap) -> Result<(), IdentityError> {
+        let s = &self.store;
+        if s.fetch_optional(
+            "SELECT id FROM domains WHERE id = $1",
+            &[Value::Text(DEFAULT_DOMAIN_ID)],
+        )
+        .await?
+        .is_none()
+        {
+            s.execute(
+                "INSERT INTO domains (id, name, enabled) VALUES ($1, $2, $3)",
+                &[
+                    Value::Text(DEFAULT_DOMAIN_ID),
+                    Value::Text(DEFAULT_DOMAIN_NAME),
+                    Value::Bool(true),
+                ],
+            )
+            .await?;
+        }
+        for role in ROLES {
+            if s.fetch_optional("SELECT id FROM roles WHERE name = $1", &[Value::Text(role)])
+                .await?
+                .is_none()
+            {
+                s.execute(
+                    "INSERT INTO roles (id, name) VALUES ($1, $2)",
+                    &[Value::Text(&new_id()), Value::Text(role)],
+                )
+                .await?;
+            }
+        }
+        if self
+            .find_user(&UserRef::Name {
+                name: b.admin_user.clone(),
+                domain: DomainRef::Id(DEFAULT_DOMAIN_ID.into()),
+            })
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let project = self
+            .create_project(&b.admin_project, DEFAULT_DOMAIN_ID)
+            .await?;
+        let user = self
+            .create_user(&b.admin_user, DEFAULT_DOMAIN_ID, &b.admin_password)
+            .await?;
+        self.assign_role(&user, &project, "admin").await?;
+        tracing::info!(user = %b.admin_user, project = %b.admin_project, "bootstrapped the admin identity");
+        Ok(())
+    }
+
+    pub async fn create_project(
+        &self,
+        name: &str,
+        domain_id: &str,
+    ) -> Result<String, IdentityError> {
+        let id = new_id();
+        self.store
+            .execute(
+                "INSERT INTO projects (id, name, domain_id, description, enabled) VALUES ($1, $2, $3, $4, $5)",
+                &[Value::Text(&id), Value::Text(name), Value::Text(domain_id), Value::Text(""), Value::Bool(true)],
+            )
+            .await?;
+        Ok(id)
+    }
+
+    pub async fn create_user(
+        &self,
+        name: &str,
+        domain_id: &str,
+        password: &str,
+    ) -> Result<String, IdentityError> {
+        let id = new_id();
+        let hash = password::hash(password).map_err(IdentityError::Internal)?;
+        self.store
+            .execute(
+                "INSERT INTO users (id, name, domain_id, password_hash, enabled) VALUES ($1, $2, $3, $4, $5)",
+                &[Value::Text(&id), Value::Text(name), Value::Text(domain_id), Value::Text(&hash), Value::Bool(true)],
+            )
+            .await?;
+        Ok(id)
+    }
+
+    pub async fn assign_role(
+        &self,
+        user_id: &str,
+        project_id: &str,
+        role: &str,
+    ) -> Result<(), IdentityError> {
+        let row = self
+            .store
+            .fetch_optional("SELECT id FROM roles WHERE name = $1", &[Value::Text(role)])
+            .await?
+            .ok_or_else(|| IdentityError::BadRequest(format!("no role {role:?}")))?;
+        let role_id = text(&row, "id")?;
+        self.store
+            .execute(
+                "INSERT INTO role_assignments (user_id, project_id, role_id) VALUES ($1, $2, $3)",
+                &[
+                    Value::Text(user_id),
+                    Value::Text(project_id),
+                    Value::Text(&role_id),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn domain(&self, d: &DomainRef) -> Result<Option<Named>, IdentityError> {
+        let row = match d {
+            DomainRef::Id(id) => {
+                self.store
+                    .fetch_optional(
+                        "SELECT id, name, enabled FROM domains WHERE id = $1",
+                        &[Value::Text(id)],
+                    )
+                    .await?
+            }
+            DomainRef::Name(name) => {
+                self.store
+                    .fetch_optional(
+                        "SELECT id, name, enabled FROM domains WHERE name = $1",
+                        &[Value::Text(name)],
+                    )
+                    .await?
+            }
+        };
+        match row {
+            Some(r) if boolean(&r, "enabled")? => Ok(Some(Named {
+                id: text(&r, "id")?,
+                name: text(&r, "name")?,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// (user, domain, password hash) of an enabled user in an enabled domain.
+    async fn find_user(
+        &self,
+        u: &UserRef,
+    ) -> Result<Option<(Named, Named, String)>, IdentityError> {
+        let row = match u {
+            UserRef::Id(id) => self
+                .store
+                .fetch_optional(
+                    "SELECT id, name, domain_id, password_hash, enabled FROM users WHERE id = $1",
+                    &[Value::Text(id)],
+                )
+                .await?,
+            UserRef::Name { name, domain } => {
+                let Some(d) = self.domain(domain).await? else {
+                    return Ok(None);
+                };
+                self.store
+                    .fetch_optional(
+                        "SELECT id, name, domain_id, password_hash, enabled FROM users WHERE name = $1 AND domain_id = $2",
+                        &[Value::Text(name), Value::Text(&d.id)],
+                    )
+                    .await?
+            }
+        };
+        let Some(r) = row.filter(|r| boolean(r, "enabled").unwrap_or(false)) else {
+            return Ok(None);
+        };
+        let Some(domain) = self.domain(&DomainRef::Id(text(&r, "domain_id")?)).await? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            Named {
+                id: text(&r, "id")?,
+                name: text(&r, "name")?,
+            },
+            domain,
+            text(&r, "password_hash")?,
+        )))
+    }
+
+    async fn find_project(&self, p: &ProjectRef) -> Result<Option<(Named, Named)>, IdentityError> {
+        let row = match p {
+            ProjectRef::Id(id) => {
+                self.store
+                    .fetch_optional(
+                        "SELECT id, name, domain_id, enabled FROM projects WHERE id = $1",
+                        &[Value::Text(id)],
+                    )
+                    .await?
+            }
+            ProjectRef::Name { name, domain } => {
+                let Some(d) = self.domain(domain).await? else {
+                    return Ok(None);
+                };
+                self.store
+                    .fetch_optional(
+                        "SELECT id, name, domain_id, enabled FROM projects WHERE name = $1 AND domain_id = $2",
+                        &[Value::Text(name), Value::Text(&d.id)],
+                    )
+                    .await?
+            }
+        };
+        let Some(r) = row.filter(|r| boolean(r, "enabled").unwrap_or(false)) else {
+            return Ok(None);
+        };
+        let Some(domain) = self.domain(&DomainRef::Id(text(&r, "domain_id")?)).await? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            Named {
+                id: text(&r, "id")?,
+                name: text(&r, "name")?,
+            },
+            domain,
+        )))
+    }
+
+    async fn roles(&self, user_id: &str, project_id: &str) -> Result<Vec<Named>, IdentityError> {
+        let rows = self
+            .store
+            .fetch_all(
+                "SELECT r.id AS id, r.name AS name FROM role_assignments a JOIN roles r ON r.id = a.role_id \
+                 WHERE a.user_id = $1 AND a.project_id = $2 ORDER BY r.name",
+                &[Value::Text(user_id), Value::Text(project_id)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Named {
+                    id: text(r, "id")?,
+                    name: text(r, "name")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Password authentication, optionally scoped to a project the user has a
+    /// role on. Returns the new token and what it speaks for.
+    pub async fn issue(
+        &self,
+        user: &UserRef,
+        password: &str,
+        project: Option<&ProjectRef>,
+    ) -> Result<(String, Auth), IdentityError> {
+        let Some((user, user_domain, hash)) = self.find_user(user).await? else {
+            // Spend the time a hash check would, so timing does not reveal users.
+            let _ = password::verify(password, dummy_hash());
+            return Err(IdentityError::Unauthorized);
+        };
+        if !password::verify(password, &hash) {
+            return Err(IdentityError::Unauthorized);
+        }
+        let (project, roles) = match project {
+            Some(p) => {
+                let Some(found) = self.find_project(p).await? else {
+                    return Err(IdentityError::Unauthorized);
+                };
+                let roles = self.roles(&user.id, &found.0.id).await?;
+                if roles.is_empty() {
+                    return Err(IdentityError::Unauthorized);
+                }
+                (Some(found), roles)
+            }
+            None => (None, Vec::new()),
+        };
+        let token = token::generate();
+        let issued_at = now();
+        let expires_at = issued_at + self.ttl.as_secs() as i64;
+        let audit_id = token::audit_id();
+        self.store
+            .execute(
+                "INSERT INTO tokens (hash, user_id, project_id, issued_at, expires_at, audit_id, revoked) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    Value::Text(&token::digest(&token)),
+                    Value::Text(&user.id),
+                    Value::OptText(project.as_ref().map(|(p, _)| p.id.as_str())),
+                    Value::Int(issued_at),
+                    Value::Int(expires_at),
+                    Value::Text(&audit_id),
+                    Value::Bool(false),
+                ],
+            )
+            .await?;
+        Ok((
+            token,
+            Auth {
+                user,
+                user_domain,
+                project,
+                roles,
+                issued_at,
+                expires_at,
+                audit_id,
+            },
+        ))
+    }
+
+    /// What a live token speaks for; None for unknown, expired or revoked ones
+    /// (and for tokens whose user, project or role was removed since).
+    pub async fn validate(&self, token: &str) -> Result<Option<Auth>, IdentityError> {
+        let Some(r) = self
+            .store
+            .fetch_optional(
+                "SELECT user_id, project_id, issued_at, expires_at, audit_id, revoked FROM tokens WHERE hash = $1",
+                &[Value::Text(&token::digest(token))],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        if boolean(&r, "revoked")? || int(&r, "expires_at")? <= now() {
+            return Ok(None);
+        }
+        let Some((user, user_domain, _)) =
+            self.find_user(&UserRef::Id(text(&r, "user_id")?)).await?
+        else {
+            return Ok(None);
+        };
+        let (project, roles) = match opt_text(&r, "project_id")? {
+            Some(pid) => {
+                let Some(found) = self.find_project(&ProjectRef::Id(pid)).await? else {
+                    return Ok(None);
+                };
+                let roles = self.roles(&user.id, &found.0.id).await?;
+                if roles.is_empty() {
+                    return Ok(None);
+                }
+                (Some(found), roles)
+            }
+            None => (None, Vec::new()),
+        };
+        Ok(Some(Auth {
+            user,
+            user_domain,
+            project,
+            roles,
+            issued_at: int(&r, "issued_at")?,
+            expires_at: int(&r, "expires_at")?,
+            audit_id: text(&r, "audit_id")?,
+        }))
+    }
+
+    /// Revokes a token; false when there was no such live token.
+    pub async fn revoke(&self, token: &str) -> Result<bool, IdentityError> {
+        let n = self
+            .store
+            .execute(
+                "UPDATE tokens SET revoked = $1 WHERE hash = $2 AND revoked = $3",
+                &[
+                    Value::Bool(true),
+                    Value::Text(&token::digest(token)),
+                    Value::Bool(false),
+                ],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Forgets tokens that expired more than a day ago.
+    pub async fn purge_expired(&self) -> Result<u64, IdentityError> {
+        Ok(self
+            .store
+            .execute(
+                "DELETE FROM tokens WHERE expires_at < $1",
+                &[Value::Int(now() - 86_400)],
+            )
+            .await?)
+    }
+}
+
+/// A real argon2 hash, checked against for unknown users.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| password::hash(&token::generate()).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Bootstrap;
+
+    async fn identity() -> (Identity, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let id = Identity::new(store, Duration::from_secs(3600));
+        id.bootstrap(&Bootstrap {
+            admin_user: "admin".into(),
+            admin_password: "admin-secret".into(),
+            admin_project: "admin".into(),
+        })
+        .await
+        .unwrap();
+        (id, dir)
+    }
+
+    fn admin() -> UserRef {
+        UserRef::Name {
+            name: "admin".into(),
+            domain: DomainRef::Name("Default".into()),
+        }
+    }
+
+    fn admin_project() -> ProjectRef {
+        ProjectRef::Name {
+            name: "admin".into(),
+            domain: DomainRef::Id("default".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn issue_validate_revoke() {
+        let (id, _dir) = identity().await;
+        let (token, auth) = id
+            .issue(&admin(), "admin-secret", Some(&admin_project()))
+            .await
+            .unwrap();
+        assert!(auth.is_admin());
+        assert_eq!(auth.project.as_ref().unwrap().0.name, "admin");
+        let seen = id.validate(&token).await.unwrap().unwrap();
+        assert_eq!(seen.user.id, auth.user.id);
+        assert_eq!(seen.roles, auth.roles);
+        assert!(id.revoke(&token).await.unwrap());
+        assert!(id.validate(&token).await.unwrap().is_none());
+        assert!(!id.revoke(&token).await.unwrap());
+        assert!(id.validate("made-up").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn wrong_credentials_and_scopes_are_refused_alike() {
+        let (id, _dir) = identity().await;
+        for (user, pw, project) in [
+            (admin(), "wrong", Some(admin_project())),
+            (
+                UserRef::Name {
+                    name: "nobody".into(),
+                    domain: DomainRef::Name("Default".into()),
+                },
+                "admin-secret",
+                None,
+            ),
+            (
+                UserRef::Name {
+                    name: "admin".into(),
+                    domain: DomainRef::Name("Elsewhere".into()),
+                },
+                "admin-secret",
+                None,
+            ),
+            (admin(), "admin-secret", Some(ProjectRef::Id("nope".into()))),
+        ] {
+            assert!(matches!(
+                id.issue(&user, pw, project.as_ref()).await,
+                Err(IdentityError::Unauthorized)
+            ));
+        }
+        // A project the user has no role on.
+        let other = id.create_project("other", DEFAULT_DOMAIN_ID).await.unwrap();
+        assert!(matches!(
+            id.issue(&admin(), "admin-secret", Some(&ProjectRef::Id(other)))
+                .await,
+            Err(IdentityError::Unauthorized)
+        ));
+        // Unscoped works and carries no roles.
+        let (_, auth) = id.issue(&admin(), "admin-secret", None).await.unwrap();
+        assert!(auth.project.is_none() && auth.roles.is_empty());
+    }
+
+    #[tokio::test]
+    async fn bootstrap_is_idempotent() {
+        let (id, _dir) = identity().await;
+        id.bootstrap(&Bootstrap {
+            admin_user: "admin".into(),
+            admin_password: "a-different-password".into(),
+            admin_project: "admin".into(),
+        })
+        .await
+        .unwrap();
+        // The first password still holds: bootstrap does not reset it.
+        assert!(id.issue(&admin(), "admin-secret", None).await.is_ok());
+    }
+}
