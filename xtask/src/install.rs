@@ -89,3 +89,36 @@ pub fn rust_components() -> Result<()> {
     }
     Ok(())
 }
+
+/// The OpenStack client tests drive, in `target/venv` from the pinned
+/// requirements; reinstalled only when the requirements change.
+pub fn python_clients(root: &std::path::Path) -> Result<std::path::PathBuf> {
+    let requirements = root.join("tests/clients/requirements.txt");
+    let venv = root.join("target/venv");
+    let stamp = venv.join("requirements.installed");
+    let wanted = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(venv.join("bin/openstack"));
+    }
+    eprintln!("install: python-openstackclient into {}", venv.display());
+    let _ = std::fs::remove_dir_all(&venv);
+    let status = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .context("running python3 -m venv")?;
+    if !status.success() {
+        bail!("python3 -m venv failed (Debian: apt-get install python3-venv)");
+    }
+    let status = Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check", "-r"])
+        .arg(&requirements)
+        .status()
+        .context("running pip")?;
+    if !status.success() {
+        bail!("pip install -r {} failed", requirements.display());
+    }
+    std::fs::write(&stamp, wanted).context("writing the venv stamp")?;
+    Ok(venv.join("bin/openstack"))
+}

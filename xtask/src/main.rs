@@ -153,10 +153,13 @@ fn test(unit_only: bool) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The controller's store tests must not skip PostgreSQL here: it was installed.
+    // The controller's tests must not skip PostgreSQL or the OpenStack client
+    // here: both were installed.
+    let openstack = install::python_clients(&root())?;
     run(cargo()
         .args(["test", "--workspace", "--exclude", "virga-e2e"])
-        .env("VIRGA_REQUIRE_POSTGRES", "1"))?;
+        .env("VIRGA_REQUIRE_POSTGRES", "1")
+        .env("VIRGA_OPENSTACK", openstack))?;
     if unit_only {
         return Ok(());
     }

@@ -1,0 +1,228 @@
+//! Shared by the controller's integration tests: a controller process on a
+//! free port, raw HTTP calls, and a throwaway PostgreSQL server.
+
+// Test helpers fail the test on any unexpected error; not every test binary
+// uses every helper.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_PASSWORD: &str = "admin-secret";
+
+pub struct Controller {
+    child: Child,
+    pub addr: String,
+    pub dir_path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn start(database_url: Option<String>) -> Controller {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let db = database_url
+        .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display()));
+    let cfg = dir.path().join("controller.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\ndatabase_url = \"{db}\"\n[bootstrap]\nadmin_password = \"admin-secret\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_controller"))
+        .arg("--config")
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "controller did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Controller {
+        child,
+        addr,
+        dir_path: dir.path().to_owned(),
+        _dir: dir,
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+pub fn call(
+    c: &Controller,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let mut s = TcpStream::connect(&c.addr).unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// A throwaway PostgreSQL server (Debian's `postgresql` package), in a temp
+/// directory on a free port; stopped when dropped.
+pub struct Postgres {
+    bin: std::path::PathBuf,
+    data: std::path::PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    fn bin_dir() -> Option<std::path::PathBuf> {
+        let mut versions: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("initdb").exists())
+            .collect();
+        versions.sort();
+        versions.pop()
+    }
+
+    /// None when PostgreSQL is not installed, unless the test run requires it
+    /// (`cargo xtask test` installs it and sets VIRGA_REQUIRE_POSTGRES=1).
+    pub fn start() -> Option<Postgres> {
+        let Some(bin) = Self::bin_dir() else {
+            assert!(
+                std::env::var_os("VIRGA_REQUIRE_POSTGRES").is_none(),
+                "PostgreSQL is required but not installed"
+            );
+            eprintln!("skipping: PostgreSQL is not installed (cargo xtask install adds it)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        // initdb refuses to run as root: run the server as the package's user.
+        let root = running_as_root();
+        if root {
+            let ok = Command::new("chown")
+                .arg("postgres:")
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        let ok = as_postgres(&bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&data)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "initdb failed");
+        let port = free_port();
+        let ok = as_postgres(&bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.path().join("log"))
+            .arg("-o")
+            .arg(format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1",
+                dir.path().display()
+            ))
+            .args(["-w", "start"])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "pg_ctl start failed");
+        Some(Postgres {
+            bin,
+            data,
+            port,
+            _dir: dir,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs a PostgreSQL program as the `postgres` user when we are root.
+fn as_postgres(cmd: &std::path::Path) -> Command {
+    let mut c = if running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(cmd);
+        c
+    } else {
+        Command::new(cmd)
+    };
+    c.stdout(std::process::Stdio::null());
+    c
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
+            .status();
+    }
+}
