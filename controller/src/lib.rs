@@ -3,9 +3,11 @@
 //! - [`config`]: the TOML configuration
 //! - [`store`]: the SQL database (SQLite or PostgreSQL) and its migrations
 //! - [`identity`]: users, projects, roles, passwords and tokens
-//! - [`api`]: the HTTP APIs (Keystone v3 today; Nova and Glance next)
+//! - [`compute`]: flavors, with servers and scheduling next
+//! - [`api`]: the HTTP APIs (Keystone v3, Nova v2.1 flavors; Glance next)
 
 pub mod api;
+pub mod compute;
 pub mod config;
 pub mod identity;
 pub mod store;

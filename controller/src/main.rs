@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use controller::api::{self, App};
+use controller::compute::flavors::Flavors;
 use controller::config::Config;
 use controller::identity::Identity;
 use controller::store::Store;
@@ -70,7 +71,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.database_url)
         .await
         .context("opening the database")?;
-    let identity = Identity::new(store, config.token_ttl);
+    let identity = Identity::new(store.clone(), config.token_ttl);
     identity
         .bootstrap(&config.bootstrap)
         .await
@@ -79,7 +80,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!(addr = %listener.local_addr()?, public_url = %config.public_url, "controller ready");
-    let app = Arc::new(App { config, identity });
+    let app = Arc::new(App {
+        config,
+        identity,
+        flavors: Flavors::new(store),
+    });
     let accept = async {
         loop {
             match listener.accept().await {

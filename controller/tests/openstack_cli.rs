@@ -71,3 +71,35 @@ fn openstack_token_issue() {
     assert!(!ok);
     assert!(err.contains("401"), "{err}");
 }
+
+#[test]
+fn openstack_flavor_create_list_show_delete() {
+    let Some(cli) = openstack() else { return };
+    let c = start(None);
+    let clouds = clouds_yaml(&c, ADMIN_PASSWORD);
+    let (ok, out, err) = run(
+        &cli,
+        &clouds,
+        &[
+            "flavor", "create", "--ram", "256", "--vcpus", "1", "--disk", "1", "m1.tiny", "-f",
+            "json",
+        ],
+    );
+    assert!(ok, "flavor create failed:\n{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["name"], "m1.tiny");
+    assert_eq!(created["ram"], 256);
+    let (ok, out, err) = run(&cli, &clouds, &["flavor", "list", "-f", "json"]);
+    assert!(ok, "flavor list failed:\n{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list[0]["Name"], "m1.tiny", "{out}");
+    assert_eq!(list[0]["VCPUs"], 1, "{out}");
+    let (ok, out, err) = run(&cli, &clouds, &["flavor", "show", "m1.tiny", "-f", "json"]);
+    assert!(ok, "flavor show by name failed:\n{err}");
+    assert!(out.contains("m1.tiny"));
+    let (ok, _, err) = run(&cli, &clouds, &["flavor", "delete", "m1.tiny"]);
+    assert!(ok, "flavor delete failed:\n{err}");
+    let (ok, out, _) = run(&cli, &clouds, &["flavor", "list", "-f", "json"]);
+    assert!(ok);
+    assert_eq!(out.trim(), "[]");
+}

@@ -1,7 +1,8 @@
 //! The controller's HTTP front door: one listener, one path prefix per service
-//! (`/identity`, later `/compute/v2.1` and `/image`), each response tagged with
+//! (`/identity`, `/compute/v2.1`, later `/image`), each response tagged with
 //! an `X-OpenStack-Request-ID`.
 
+pub mod compute;
 pub mod http;
 pub mod identity;
 
@@ -12,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 
+use crate::compute::flavors::Flavors;
 use crate::config::Config;
 use crate::identity::Identity;
 use http::Body;
@@ -19,6 +21,7 @@ use http::Body;
 pub struct App {
     pub config: Config,
     pub identity: Identity,
+    pub flavors: Flavors,
 }
 
 impl App {
@@ -31,6 +34,7 @@ impl App {
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let mut response = match segments.split_first() {
             Some((&"identity", rest)) => identity::route(&self, req, rest).await,
+            Some((&"compute", rest)) => compute::route(&self, req, rest).await,
             _ => http::keystone_error(StatusCode::NOT_FOUND, "The resource could not be found."),
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {

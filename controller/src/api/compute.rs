@@ -1,0 +1,392 @@
+//! Nova v2.1, growing: version discovery, microversion negotiation, flavors.
+//!
+//! The maximum microversion is 2.1 for now: clients negotiate down to it (the
+//! SDK asks for min(its maximum, ours)), and every response has exactly the 2.1
+//! shape, which strict clients such as tempest check field by field.
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, VARY};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value as Json};
+
+use super::http::{empty, json, read_json, Body};
+use super::App;
+use crate::compute::flavors::Flavor;
+use crate::identity::Auth;
+use crate::store::StoreError;
+
+const MIN_VERSION: (u32, u32) = (2, 1);
+const MAX_VERSION: (u32, u32) = (2, 1);
+
+/// Nova's error shape: `{"itemNotFound": {"code": 404, "message": "..."}}`.
+pub fn nova_error(status: StatusCode, message: &str) -> Response<Body> {
+    let key = match status {
+        StatusCode::BAD_REQUEST => "badRequest",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "itemNotFound",
+        StatusCode::METHOD_NOT_ALLOWED => "methodNotAllowed",
+        StatusCode::NOT_ACCEPTABLE => "notAcceptable",
+        StatusCode::CONFLICT => "conflictingRequest",
+        StatusCode::PAYLOAD_TOO_LARGE => "overLimit",
+        _ => "computeFault",
+    };
+    json(
+        status,
+        &json!({ key: {"code": status.as_u16(), "message": message} }),
+    )
+}
+
+fn v21(app: &App) -> Json {
+    json!({
+        "id": "v2.1", "status": "CURRENT",
+        "version": format!("{}.{}", MAX_VERSION.0, MAX_VERSION.1),
+        "min_version": format!("{}.{}", MIN_VERSION.0, MIN_VERSION.1),
+        "updated": "2013-07-23T11:33:21Z",
+        "links": [{"rel": "self", "href": format!("{}/compute/v2.1/", app.config.public_url)}],
+        "media-types": [{"base": "application/json",
+                         "type": "application/vnd.openstack.compute+json;version=2.1"}],
+    })
+}
+
+fn v20(app: &App) -> Json {
+    json!({
+        "id": "v2.0", "status": "SUPPORTED", "version": "", "min_version": "",
+        "updated": "2011-01-21T11:33:21Z",
+        "links": [{"rel": "self", "href": format!("{}/compute/v2/", app.config.public_url)}],
+    })
+}
+
+/// The microversion asked for (`OpenStack-API-Version: compute X.Y` or the
+/// legacy Nova header); None when it is outside what we serve.
+fn negotiate(req: &Request<Incoming>) -> Option<(u32, u32)> {
+    let asked = req
+        .headers()
+        .get("openstack-api-version")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("compute").map(str::trim))
+        .or_else(|| {
+            req.headers()
+                .get("x-openstack-nova-api-version")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        });
+    let Some(asked) = asked else {
+        return Some(MIN_VERSION);
+    };
+    if asked == "latest" {
+        return Some(MAX_VERSION);
+    }
+    let (major, minor) = asked.split_once('.')?;
+    let v = (major.parse().ok()?, minor.parse().ok()?);
+    (MIN_VERSION..=MAX_VERSION).contains(&v).then_some(v)
+}
+
+pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response<Body> {
+    // Discovery needs no token.
+    match (req.method(), rest) {
+        (&Method::GET, []) => {
+            return json(StatusCode::OK, &json!({"versions": [v20(app), v21(app)]}))
+        }
+        (&Method::GET, ["v2.1"]) => return json(StatusCode::OK, &json!({"version": v21(app)})),
+        _ => {}
+    }
+    let Some(version) = negotiate(&req) else {
+        return nova_error(
+            StatusCode::NOT_ACCEPTABLE,
+            &format!(
+                "Version not supported: this cloud serves compute {}.{} to {}.{}",
+                MIN_VERSION.0, MIN_VERSION.1, MAX_VERSION.0, MAX_VERSION.1
+            ),
+        );
+    };
+    let auth = match authenticate(app, &req).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Some(rest) = rest.strip_prefix(&["v2.1"]) else {
+        return nova_error(StatusCode::NOT_FOUND, "The resource could not be found.");
+    };
+    let mut response = match (req.method().clone(), rest) {
+        (Method::GET, ["flavors"]) => list_flavors(app, &auth, false).await,
+        (Method::GET, ["flavors", "detail"]) => list_flavors(app, &auth, true).await,
+        (Method::GET, ["flavors", id]) => show_flavor(app, &auth, id).await,
+        (Method::POST, ["flavors"]) => create_flavor(app, &auth, req).await,
+        (Method::DELETE, ["flavors", id]) => delete_flavor(app, &auth, id).await,
+        (Method::GET, ["flavors", id, "os-extra_specs"]) => extra_specs(app, &auth, id).await,
+        (_, ["flavors"] | ["flavors", _]) => {
+            nova_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.")
+        }
+        _ => nova_error(StatusCode::NOT_FOUND, "The resource could not be found."),
+    };
+    let v = format!("{}.{}", version.0, version.1);
+    let headers = response.headers_mut();
+    if let Ok(h) = HeaderValue::from_str(&format!("compute {v}")) {
+        headers.insert("openstack-api-version", h);
+    }
+    if let Ok(h) = HeaderValue::from_str(&v) {
+        headers.insert("x-openstack-nova-api-version", h);
+    }
+    headers.insert(
+        VARY,
+        HeaderValue::from_static("OpenStack-API-Version, X-OpenStack-Nova-API-Version"),
+    );
+    response
+}
+
+/// The caller, from a valid project-scoped token.
+async fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Auth, Response<Body>> {
+    let token = req
+        .headers()
+        .get("x-auth-token")
+        .and_then(|v| v.to_str().ok());
+    let auth = match token {
+        Some(t) => app.identity.validate(t).await.map_err(|e| {
+            tracing::error!("validating a token: {e}");
+            nova_error(StatusCode::INTERNAL_SERVER_ERROR, "token validation failed")
+        })?,
+        None => None,
+    };
+    match auth {
+        Some(a) if a.project.is_some() => Ok(a),
+        _ => {
+            let mut r = nova_error(
+                StatusCode::UNAUTHORIZED,
+                "The request you have made requires authentication.",
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "Keystone uri=\"{}/identity\"",
+                app.config.public_url
+            )) {
+                r.headers_mut().insert("www-authenticate", v);
+            }
+            Err(r)
+        }
+    }
+}
+
+fn store_error(e: StoreError) -> Response<Body> {
+    match e {
+        StoreError::Conflict(m) => nova_error(StatusCode::CONFLICT, &m),
+        other => {
+            tracing::error!("compute: {other}");
+            nova_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
+    }
+}
+
+fn flavor_links(app: &App, id: &str) -> Json {
+    let base = &app.config.public_url;
+    json!([
+        {"rel": "self", "href": format!("{base}/compute/v2.1/flavors/{id}")},
+        {"rel": "bookmark", "href": format!("{base}/compute/flavors/{id}")},
+    ])
+}
+
+/// A flavor at microversion 2.1: exactly these keys.
+fn flavor_json(app: &App, f: &Flavor) -> Json {
+    json!({
+        "id": f.id,
+        "name": f.name,
+        "ram": f.ram_mib,
+        "vcpus": f.vcpus,
+        "disk": f.disk_gib,
+        "swap": if f.swap_mib == 0 { json!("") } else { json!(f.swap_mib) },
+        "OS-FLV-EXT-DATA:ephemeral": f.ephemeral_gib,
+        "OS-FLV-DISABLED:disabled": false,
+        "os-flavor-access:is_public": f.is_public,
+        "rxtx_factor": 1.0,
+        "links": flavor_links(app, &f.id),
+    })
+}
+
+/// Extra specs: none are stored yet, so every flavor has an empty set (clients
+/// fetch it for `flavor show`).
+async fn extra_specs(app: &App, auth: &Auth, id: &str) -> Response<Body> {
+    match app.flavors.get(id).await {
+        Ok(Some(f)) if f.is_public || auth.is_admin() => {
+            json(StatusCode::OK, &json!({"extra_specs": {}}))
+        }
+        Ok(_) => nova_error(
+            StatusCode::NOT_FOUND,
+            &format!("Flavor {id} could not be found."),
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn list_flavors(app: &App, auth: &Auth, detail: bool) -> Response<Body> {
+    match app.flavors.list(auth.is_admin()).await {
+        Ok(list) => {
+            let flavors: Vec<Json> = list
+                .iter()
+                .map(|f| {
+                    if detail {
+                        flavor_json(app, f)
+                    } else {
+                        json!({"id": f.id, "name": f.name, "links": flavor_links(app, &f.id)})
+                    }
+                })
+                .collect();
+            json(StatusCode::OK, &json!({ "flavors": flavors }))
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn show_flavor(app: &App, auth: &Auth, id: &str) -> Response<Body> {
+    match app.flavors.get(id).await {
+        Ok(Some(f)) if f.is_public || auth.is_admin() => {
+            json(StatusCode::OK, &json!({"flavor": flavor_json(app, &f)}))
+        }
+        Ok(_) => nova_error(
+            StatusCode::NOT_FOUND,
+            &format!("Flavor {id} could not be found."),
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
+/// An integer that clients may also send as a string ("1400").
+fn int_field(v: &Json, key: &str, min: i64, required: bool) -> Result<i64, String> {
+    let value = match v.get(key) {
+        None | Some(Json::Null) if !required => return Ok(0),
+        None | Some(Json::Null) => return Err(format!("'{key}' is a required property")),
+        Some(Json::String(s)) if s.is_empty() && !required => return Ok(0),
+        Some(Json::String(s)) => s
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| format!("{key}: {s:?} is not an integer"))?,
+        Some(Json::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| format!("{key}: {n} is not an integer"))?,
+        Some(other) => return Err(format!("{key}: {other} is not an integer")),
+    };
+    if value < min {
+        return Err(format!("{key}: must be at least {min}"));
+    }
+    Ok(value)
+}
+
+fn parse_flavor(body: &Json) -> Result<Flavor, String> {
+    let f = body
+        .get("flavor")
+        .ok_or("'flavor' is a required property")?;
+    let name = f
+        .get("name")
+        .and_then(Json::as_str)
+        .map(str::trim)
+        .filter(|n| (1..=255).contains(&n.len()))
+        .ok_or("name: a string of 1 to 255 characters is required")?;
+    let id = match f.get("id") {
+        None | Some(Json::Null) => uuid::Uuid::new_v4().to_string(),
+        Some(Json::String(s)) if s == "auto" || s.is_empty() => uuid::Uuid::new_v4().to_string(),
+        Some(Json::String(s)) if s.len() <= 255 && !s.contains('/') => s.clone(),
+        Some(Json::Number(n)) => n.to_string(),
+        Some(other) => return Err(format!("id: {other} is not a valid flavor id")),
+    };
+    let is_public = match f.get("os-flavor-access:is_public") {
+        None | Some(Json::Null) => true,
+        Some(Json::Bool(b)) => *b,
+        Some(Json::String(s)) if s.eq_ignore_ascii_case("true") => true,
+        Some(Json::String(s)) if s.eq_ignore_ascii_case("false") => false,
+        Some(other) => {
+            return Err(format!(
+                "os-flavor-access:is_public: {other} is not a boolean"
+            ))
+        }
+    };
+    Ok(Flavor {
+        id,
+        name: name.to_owned(),
+        vcpus: int_field(f, "vcpus", 1, true)?,
+        ram_mib: int_field(f, "ram", 1, true)?,
+        disk_gib: int_field(f, "disk", 0, true)?,
+        ephemeral_gib: int_field(f, "OS-FLV-EXT-DATA:ephemeral", 0, false)?,
+        swap_mib: int_field(f, "swap", 0, false)?,
+        is_public,
+    })
+}
+
+fn forbidden() -> Response<Body> {
+    nova_error(
+        StatusCode::FORBIDDEN,
+        "Policy doesn't allow this operation: admin only.",
+    )
+}
+
+async fn create_flavor(app: &App, auth: &Auth, req: Request<Incoming>) -> Response<Body> {
+    if !auth.is_admin() {
+        return forbidden();
+    }
+    let body = match read_json(req, nova_error).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let flavor = match parse_flavor(&body) {
+        Ok(f) => f,
+        Err(e) => {
+            return nova_error(
+                StatusCode::BAD_REQUEST,
+                &format!("Invalid input for field/attribute flavor: {e}"),
+            )
+        }
+    };
+    match app.flavors.create(&flavor).await {
+        Ok(()) => json(
+            StatusCode::OK,
+            &json!({"flavor": flavor_json(app, &flavor)}),
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn delete_flavor(app: &App, auth: &Auth, id: &str) -> Response<Body> {
+    if !auth.is_admin() {
+        return forbidden();
+    }
+    match app.flavors.delete(id).await {
+        Ok(true) => empty(StatusCode::ACCEPTED),
+        Ok(false) => nova_error(
+            StatusCode::NOT_FOUND,
+            &format!("Flavor {id} could not be found."),
+        ),
+        Err(e) => store_error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flavor_bodies() {
+        let f = parse_flavor(
+            &json!({"flavor": {"name": "m1.tiny", "ram": 256, "vcpus": "1",
+            "disk": 1, "id": null, "swap": "", "os-flavor-access:is_public": true}}),
+        )
+        .unwrap();
+        assert_eq!((f.ram_mib, f.vcpus, f.disk_gib, f.swap_mib), (256, 1, 1, 0));
+        assert_eq!(f.id.len(), 36);
+        assert_eq!(
+            parse_flavor(
+                &json!({"flavor": {"name": "x", "ram": 1, "vcpus": 1, "disk": 0, "id": "fixed"}})
+            )
+            .unwrap()
+            .id,
+            "fixed"
+        );
+        for bad in [
+            json!({}),
+            json!({"flavor": {"ram": 1, "vcpus": 1, "disk": 0}}),
+            json!({"flavor": {"name": "", "ram": 1, "vcpus": 1, "disk": 0}}),
+            json!({"flavor": {"name": "x", "ram": 0, "vcpus": 1, "disk": 0}}),
+            json!({"flavor": {"name": "x", "ram": 1, "vcpus": "many", "disk": 0}}),
+            json!({"flavor": {"name": "x", "ram": 1, "vcpus": 1}}),
+            json!({"flavor": {"name": "x", "ram": 1, "vcpus": 1, "disk": -1}}),
+            json!({"flavor": {"name": "x", "ram": 1, "vcpus": 1, "disk": 0, "id": "a/b"}}),
+        ] {
+            assert!(parse_flavor(&bad).is_err(), "{bad}");
+        }
+    }
+}

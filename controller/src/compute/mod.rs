@@ -1,0 +1,3 @@
+//! Compute: flavors today; servers, keypairs, quotas and scheduling next.
+
+pub mod flavors;

@@ -1,0 +1,160 @@
+//! Nova over HTTP against a real controller: discovery, microversions, flavors.
+
+// Test helpers fail the test on any unexpected error.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{call, start, Controller, Postgres};
+
+const ADMIN_AUTH: &str = r#"{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"admin","domain":{"name":"Default"},"password":"admin-secret"}}},"scope":{"project":{"name":"admin","domain":{"name":"Default"}}}}}"#;
+
+fn admin_token(c: &Controller) -> String {
+    let r = call(c, "POST", "/identity/v3/auth/tokens", &[], ADMIN_AUTH);
+    r.header("x-subject-token").unwrap().to_owned()
+}
+
+#[test]
+fn discovery_and_microversions() {
+    let c = start(None);
+    let r = call(&c, "GET", "/compute", &[], "");
+    assert_eq!(r.status, 200);
+    let versions = r.json()["versions"].clone();
+    assert_eq!(versions[0]["id"], "v2.0", "v2.0 is listed first");
+    assert_eq!(versions[1]["min_version"], "2.1");
+    let r = call(&c, "GET", "/compute/v2.1", &[], "");
+    assert_eq!(r.json()["version"]["id"], "v2.1");
+
+    let token = admin_token(&c);
+    let t = ("X-Auth-Token", token.as_str());
+    let r = call(&c, "GET", "/compute/v2.1/flavors", &[t], "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("openstack-api-version"), Some("compute 2.1"));
+    assert_eq!(r.header("x-openstack-nova-api-version"), Some("2.1"));
+    let r = call(
+        &c,
+        "GET",
+        "/compute/v2.1/flavors",
+        &[t, ("OpenStack-API-Version", "compute latest")],
+        "",
+    );
+    assert_eq!(r.status, 200);
+    let r = call(
+        &c,
+        "GET",
+        "/compute/v2.1/flavors",
+        &[t, ("X-OpenStack-Nova-API-Version", "2.96")],
+        "",
+    );
+    assert_eq!(r.status, 406);
+    assert_eq!(r.json()["notAcceptable"]["code"], 406);
+
+    let r = call(&c, "GET", "/compute/v2.1/flavors", &[], "");
+    assert_eq!(r.status, 401);
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .starts_with("Keystone uri="));
+    let r = call(
+        &c,
+        "GET",
+        "/compute/v2.1/flavors",
+        &[("X-Auth-Token", "forged")],
+        "",
+    );
+    assert_eq!(r.status, 401);
+    assert!(r.header("x-openstack-request-id").is_some());
+}
+
+#[test]
+fn flavors_are_created_listed_and_deleted() {
+    exercise_flavors(&start(None));
+}
+
+#[test]
+fn flavors_on_postgres() {
+    let Some(pg) = Postgres::start() else { return };
+    exercise_flavors(&start(Some(pg.url())));
+}
+
+fn exercise_flavors(c: &Controller) {
+    let token = admin_token(c);
+    let t = ("X-Auth-Token", token.as_str());
+    let body = r#"{"flavor": {"name": "m1.tiny", "ram": 256, "vcpus": 1, "disk": 1, "id": null, "os-flavor-access:is_public": true}}"#;
+    let r = call(c, "POST", "/compute/v2.1/flavors", &[t], body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let f = r.json()["flavor"].clone();
+    let id = f["id"].as_str().unwrap().to_owned();
+    assert_eq!(f["ram"], 256);
+    assert_eq!(f["swap"], "");
+    let keys: Vec<&String> = f.as_object().unwrap().keys().collect();
+    assert_eq!(keys.len(), 11, "exactly the 2.1 keys: {keys:?}");
+
+    let r = call(c, "POST", "/compute/v2.1/flavors", &[t], body);
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["conflictingRequest"]["code"], 409);
+    let r = call(
+        c,
+        "POST",
+        "/compute/v2.1/flavors",
+        &[t],
+        r#"{"flavor": {"name": "bad", "ram": 0, "vcpus": 1, "disk": 1}}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.json()["badRequest"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("ram"));
+    assert_eq!(
+        call(c, "POST", "/compute/v2.1/flavors", &[t], "{nope").status,
+        400
+    );
+
+    let r = call(
+        c,
+        "GET",
+        "/compute/v2.1/flavors/detail?is_public=None",
+        &[t],
+        "",
+    );
+    assert_eq!(r.json()["flavors"][0]["name"], "m1.tiny");
+    let r = call(c, "GET", "/compute/v2.1/flavors", &[t], "");
+    assert_eq!(
+        r.json()["flavors"][0].as_object().unwrap().len(),
+        3,
+        "id, name, links"
+    );
+    assert_eq!(
+        call(c, "GET", &format!("/compute/v2.1/flavors/{id}"), &[t], "").status,
+        200
+    );
+    let r = call(c, "GET", "/compute/v2.1/flavors/m1.tiny", &[t], "");
+    assert_eq!(r.status, 404, "a name is not an id: clients then list");
+    assert_eq!(r.json()["itemNotFound"]["code"], 404);
+    assert_eq!(
+        call(
+            c,
+            "DELETE",
+            &format!("/compute/v2.1/flavors/{id}"),
+            &[t],
+            ""
+        )
+        .status,
+        202
+    );
+    assert_eq!(
+        call(
+            c,
+            "DELETE",
+            &format!("/compute/v2.1/flavors/{id}"),
+            &[t],
+            ""
+        )
+        .status,
+        404
+    );
+    assert_eq!(
+        call(c, "PUT", "/compute/v2.1/flavors", &[t], "").status,
+        405
+    );
+}
