@@ -48,6 +48,10 @@ pub struct ConfigFile {
     pub state_dir: Option<PathBuf>,
     pub region: Option<String>,
     pub token_ttl_secs: Option<u64>,
+    /// Shared with every hostd: they authenticate heartbeats with it, and the
+    /// controller calls their APIs with it.
+    pub hostd_token: Option<String>,
+    pub hostd_token_file: Option<PathBuf>,
     pub bootstrap: Option<BootstrapFile>,
 }
 
@@ -77,6 +81,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub region: String,
     pub token_ttl: Duration,
+    /// None: no host can register (the internal API answers 401).
+    pub hostd_token: Option<String>,
     pub bootstrap: Bootstrap,
 }
 
@@ -133,6 +139,31 @@ impl Config {
         if !(60..=7 * 86400).contains(&ttl) {
             return Err(invalid("token_ttl_secs", "between 60 and 604800"));
         }
+        let hostd_token = match (file.hostd_token, &file.hostd_token_file) {
+            (Some(t), None) => Some(t),
+            (None, Some(p)) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| invalid("hostd_token_file", format!("{}: {e}", p.display())))?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "hostd_token",
+                    "only one of hostd_token and hostd_token_file",
+                ))
+            }
+        };
+        if hostd_token
+            .as_ref()
+            .is_some_and(|t| t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(invalid(
+                "hostd_token",
+                "at least 16 printable characters, no spaces",
+            ));
+        }
         let b = file.bootstrap.unwrap_or_default();
         let admin_password = match (b.admin_password, &b.admin_password_file) {
             (Some(p), None) => p,
@@ -171,6 +202,7 @@ impl Config {
             state_dir,
             region,
             token_ttl: Duration::from_secs(ttl),
+            hostd_token,
             bootstrap: Bootstrap {
                 admin_user: b.admin_user.unwrap_or_else(|| "admin".into()),
                 admin_password,

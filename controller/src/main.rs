@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::Parser;
 use controller::api::{self, App};
 use controller::compute::flavors::Flavors;
+use controller::compute::hosts::Hosts;
 use controller::config::Config;
 use controller::identity::Identity;
 use controller::store::Store;
@@ -83,7 +84,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let app = Arc::new(App {
         config,
         identity,
-        flavors: Flavors::new(store),
+        flavors: Flavors::new(store.clone()),
+        hosts: Hosts::new(store),
     });
     let accept = async {
         loop {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{call, start, Controller, Postgres};
+use common::{call, start, start_with, Controller, Postgres};
 
 const ADMIN_AUTH: &str = r#"{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"admin","domain":{"name":"Default"},"password":"admin-secret"}}},"scope":{"project":{"name":"admin","domain":{"name":"Default"}}}}}"#;
 
@@ -157,4 +157,95 @@ fn exercise_flavors(c: &Controller) {
         call(c, "PUT", "/compute/v2.1/flavors", &[t], "").status,
         405
     );
+}
+
+const HOSTD_TOKEN: &str = "hostd-shared-token-0123456789";
+
+#[test]
+fn hosts_register_with_heartbeats() {
+    let c = start_with(None, &format!("hostd_token = \"{HOSTD_TOKEN}\"\n"));
+    exercise_hosts(&c);
+    // Without a configured token no host can register.
+    let closed = start(None);
+    let auth = format!("Bearer {HOSTD_TOKEN}");
+    assert_eq!(
+        call(
+            &closed,
+            "PUT",
+            "/internal/v1/hosts/compute-1",
+            &[("Authorization", &auth)],
+            "{}"
+        )
+        .status,
+        401
+    );
+}
+
+#[test]
+fn hosts_on_postgres() {
+    let Some(pg) = Postgres::start() else { return };
+    exercise_hosts(&start_with(
+        Some(pg.url()),
+        &format!("hostd_token = \"{HOSTD_TOKEN}\"\n"),
+    ));
+}
+
+fn exercise_hosts(c: &Controller) {
+    let token = HOSTD_TOKEN;
+    let beat = hostd::registration::Heartbeat {
+        host_id: "compute-1".into(),
+        url: "http://10.0.0.5:8790".into(),
+        cpus: 16,
+        memory_mib: 65536,
+        memory_usable_mib: 64512,
+        disk_free_mib: 100_000,
+        vcpus_used: 2,
+        memory_used_mib: 512,
+        instances: 2,
+        kvm_mode: "hardware".into(),
+        version: "0.1.0".into(),
+    };
+    let body = serde_json::to_string(&beat).unwrap();
+    let auth = format!("Bearer {token}");
+    let a = ("Authorization", auth.as_str());
+    assert_eq!(
+        call(c, "PUT", "/internal/v1/hosts/compute-1", &[a], &body).status,
+        204
+    );
+    assert_eq!(
+        call(c, "PUT", "/internal/v1/hosts/compute-1", &[a], &body).status,
+        204,
+        "again: an update"
+    );
+    assert_eq!(
+        call(c, "PUT", "/internal/v1/hosts/compute-1", &[], &body).status,
+        401
+    );
+    assert_eq!(
+        call(
+            c,
+            "PUT",
+            "/internal/v1/hosts/compute-1",
+            &[("Authorization", "Bearer wrong-token-0123456789")],
+            &body
+        )
+        .status,
+        401
+    );
+    assert_eq!(
+        call(c, "PUT", "/internal/v1/hosts/other", &[a], &body).status,
+        400,
+        "path and body disagree"
+    );
+    assert_eq!(
+        call(c, "PUT", "/internal/v1/hosts/compute-1", &[a], "{}").status,
+        400
+    );
+    let r = call(c, "GET", "/internal/v1/hosts", &[a], "");
+    assert_eq!(r.status, 200);
+    let hosts = r.json()["hosts"].clone();
+    assert_eq!(hosts.as_array().unwrap().len(), 1);
+    assert_eq!(hosts[0]["host_id"], "compute-1");
+    assert_eq!(hosts[0]["memory_usable_mib"], 64512);
+    assert!(hosts[0]["seconds_since_heartbeat"].as_i64().unwrap() < 60);
 }

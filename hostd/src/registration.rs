@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Controller;
 use crate::host;
 use crate::supervisor::Supervisor;
 
-#[derive(Debug, Serialize)]
+/// What hostd reports; the controller reads the same type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub host_id: String,
     /// Where the controller reaches this hostd.
@@ -27,8 +28,8 @@ pub struct Heartbeat {
     pub vcpus_used: u64,
     pub memory_used_mib: u64,
     pub instances: usize,
-    pub kvm_mode: &'static str,
-    pub version: &'static str,
+    pub kvm_mode: String,
+    pub version: String,
 }
 
 fn heartbeat(sup: &Supervisor, controller: &Controller) -> Heartbeat {
@@ -44,8 +45,8 @@ fn heartbeat(sup: &Supervisor, controller: &Controller) -> Heartbeat {
         vcpus_used,
         memory_used_mib,
         instances: sup.list().len(),
-        kvm_mode: host::kvm().mode,
-        version: env!("CARGO_PKG_VERSION"),
+        kvm_mode: host::kvm().mode.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod compute;
 pub mod http;
 pub mod identity;
+pub mod internal;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 
 use crate::compute::flavors::Flavors;
+use crate::compute::hosts::Hosts;
 use crate::config::Config;
 use crate::identity::Identity;
 use http::Body;
@@ -22,6 +24,7 @@ pub struct App {
     pub config: Config,
     pub identity: Identity,
     pub flavors: Flavors,
+    pub hosts: Hosts,
 }
 
 impl App {
@@ -35,6 +38,7 @@ impl App {
         let mut response = match segments.split_first() {
             Some((&"identity", rest)) => identity::route(&self, req, rest).await,
             Some((&"compute", rest)) => compute::route(&self, req, rest).await,
+            Some((&"internal", rest)) => internal::route(&self, req, rest).await,
             _ => http::keystone_error(StatusCode::NOT_FOUND, "The resource could not be found."),
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {

@@ -1,3 +1,5 @@
-//! Compute: flavors today; servers, keypairs, quotas and scheduling next.
+//! Compute: flavors and the hosts hostd registers; servers, keypairs, quotas
+//! and scheduling next.
 
 pub mod flavors;
+pub mod hosts;

@@ -35,6 +35,11 @@ pub fn free_port() -> u16 {
 }
 
 pub fn start(database_url: Option<String>) -> Controller {
+    start_with(database_url, "")
+}
+
+/// As [`start`], with `extra` top-level TOML lines.
+pub fn start_with(database_url: Option<String>, extra: &str) -> Controller {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let db = database_url
@@ -43,7 +48,7 @@ pub fn start(database_url: Option<String>) -> Controller {
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\ndatabase_url = \"{db}\"\n[bootstrap]\nadmin_password = \"admin-secret\"\n",
+            "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\ndatabase_url = \"{db}\"\n{extra}[bootstrap]\nadmin_password = \"admin-secret\"\n",
             dir.path().display()
         ),
     )

@@ -1,0 +1,80 @@
+//! The internal API hostd talks to: `PUT /internal/v1/hosts/{host_id}` with a
+//! heartbeat registers or refreshes a host; `GET /internal/v1/hosts` lists them.
+//! Both need the deployment's hostd token as a bearer token.
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use super::http::{empty, json, keystone_error, read_json, Body};
+use super::App;
+use hostd::registration::Heartbeat;
+
+/// Compares in time that depends only on the lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(app: &App, req: &Request<Incoming>) -> bool {
+    let Some(expected) = app.config.hostd_token.as_deref() else {
+        return false;
+    };
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|t| constant_time_eq(t, expected.as_bytes()))
+}
+
+pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response<Body> {
+    if !authorized(app, &req) {
+        return keystone_error(StatusCode::UNAUTHORIZED, "missing or wrong hostd token");
+    }
+    match (req.method().clone(), rest) {
+        (Method::PUT, ["v1", "hosts", id]) => {
+            let id = id.to_string();
+            let value = match read_json(req, keystone_error).await {
+                Ok(v) => v,
+                Err(r) => return r,
+            };
+            let beat: Heartbeat = match serde_json::from_value(value) {
+                Ok(b) => b,
+                Err(e) => {
+                    return keystone_error(StatusCode::BAD_REQUEST, &format!("heartbeat: {e}"))
+                }
+            };
+            if beat.host_id != id {
+                return keystone_error(StatusCode::BAD_REQUEST, "host_id does not match the path");
+            }
+            match app.hosts.heartbeat(&beat).await {
+                Ok(()) => empty(StatusCode::NO_CONTENT),
+                Err(e) => {
+                    tracing::error!("recording a heartbeat: {e}");
+                    keystone_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "could not record the heartbeat",
+                    )
+                }
+            }
+        }
+        (Method::GET, ["v1", "hosts"]) => match app.hosts.list().await {
+            Ok(hosts) => {
+                let now = crate::identity::now();
+                let list: Vec<_> = hosts
+                    .iter()
+                    .map(|h| {
+                        let mut v = serde_json::to_value(&h.report).unwrap_or_default();
+                        v["enabled"] = json!(h.enabled);
+                        v["seconds_since_heartbeat"] = json!(now - h.last_seen);
+                        v
+                    })
+                    .collect();
+                json(StatusCode::OK, &json!({ "hosts": list }))
+            }
+            Err(e) => {
+                tracing::error!("listing hosts: {e}");
+                keystone_error(StatusCode::INTERNAL_SERVER_ERROR, "could not list hosts")
+            }
+        },
+        _ => keystone_error(StatusCode::NOT_FOUND, "The resource could not be found."),
+    }
+}

@@ -1,0 +1,89 @@
+//! Compute hosts, as hostd registers them with its heartbeats.
+
+use hostd::registration::Heartbeat;
+
+use crate::store::{boolean, int, text, Store, StoreError, Value};
+
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub report: Heartbeat,
+    pub enabled: bool,
+    /// Unix seconds of the last heartbeat.
+    pub last_seen: i64,
+}
+
+pub struct Hosts {
+    store: Store,
+}
+
+impl Hosts {
+    pub fn new(store: Store) -> Self {
+        Hosts { store }
+    }
+
+    /// Records a heartbeat (registering the host on its first).
+    pub async fn heartbeat(&self, h: &Heartbeat) -> Result<(), StoreError> {
+        let int = |v: u64| Value::Int(i64::try_from(v).unwrap_or(i64::MAX));
+        self.store
+            .execute(
+                "INSERT INTO hosts (id, url, cpus, memory_mib, memory_usable_mib, disk_free_mib, \
+                 vcpus_used, memory_used_mib, instances, kvm_mode, version, enabled, last_seen) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 ON CONFLICT (id) DO UPDATE SET url = excluded.url, cpus = excluded.cpus, \
+                 memory_mib = excluded.memory_mib, memory_usable_mib = excluded.memory_usable_mib, \
+                 disk_free_mib = excluded.disk_free_mib, vcpus_used = excluded.vcpus_used, \
+                 memory_used_mib = excluded.memory_used_mib, instances = excluded.instances, \
+                 kvm_mode = excluded.kvm_mode, version = excluded.version, last_seen = excluded.last_seen",
+                &[
+                    Value::Text(&h.host_id),
+                    Value::Text(&h.url),
+                    int(h.cpus),
+                    int(h.memory_mib),
+                    int(h.memory_usable_mib),
+                    int(h.disk_free_mib),
+                    int(h.vcpus_used),
+                    int(h.memory_used_mib),
+                    int(h.instances as u64),
+                    Value::Text(&h.kvm_mode),
+                    Value::Text(&h.version),
+                    Value::Bool(true),
+                    Value::Int(crate::identity::now()),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn list(&self) -> Result<Vec<Host>, StoreError> {
+        let rows = self
+            .store
+            .fetch_all(
+                "SELECT id, url, cpus, memory_mib, memory_usable_mib, disk_free_mib, vcpus_used, \
+                 memory_used_mib, instances, kvm_mode, version, enabled, last_seen FROM hosts ORDER BY id",
+                &[],
+            )
+            .await?;
+        let u = |r: &sqlx::any::AnyRow, c: &str| int(r, c).map(|v| u64::try_from(v).unwrap_or(0));
+        rows.iter()
+            .map(|r| {
+                Ok(Host {
+                    report: Heartbeat {
+                        host_id: text(r, "id")?,
+                        url: text(r, "url")?,
+                        cpus: u(r, "cpus")?,
+                        memory_mib: u(r, "memory_mib")?,
+                        memory_usable_mib: u(r, "memory_usable_mib")?,
+                        disk_free_mib: u(r, "disk_free_mib")?,
+                        vcpus_used: u(r, "vcpus_used")?,
+                        memory_used_mib: u(r, "memory_used_mib")?,
+                        instances: u(r, "instances")? as usize,
+                        kvm_mode: text(r, "kvm_mode")?,
+                        version: text(r, "version")?,
+                    },
+                    enabled: boolean(r, "enabled")?,
+                    last_seen: int(r, "last_seen")?,
+                })
+            })
+            .collect()
+    }
+}
