@@ -52,6 +52,8 @@ pub struct ConfigFile {
     /// controller calls their APIs with it.
     pub hostd_token: Option<String>,
     pub hostd_token_file: Option<PathBuf>,
+    /// Largest image upload, in MiB (default 64 GiB).
+    pub max_image_mib: Option<u64>,
     pub bootstrap: Option<BootstrapFile>,
 }
 
@@ -83,6 +85,7 @@ pub struct Config {
     pub token_ttl: Duration,
     /// None: no host can register (the internal API answers 401).
     pub hostd_token: Option<String>,
+    pub max_image_bytes: u64,
     pub bootstrap: Bootstrap,
 }
 
@@ -203,6 +206,7 @@ impl Config {
             region,
             token_ttl: Duration::from_secs(ttl),
             hostd_token,
+            max_image_bytes: file.max_image_mib.unwrap_or(64 << 10) << 20,
             bootstrap: Bootstrap {
                 admin_user: b.admin_user.unwrap_or_else(|| "admin".into()),
                 admin_password,

@@ -4,10 +4,12 @@
 //! - [`store`]: the SQL database (SQLite or PostgreSQL) and its migrations
 //! - [`identity`]: users, projects, roles, passwords and tokens
 //! - [`compute`]: flavors, with servers and scheduling next
-//! - [`api`]: the HTTP APIs (Keystone v3, Nova v2.1 flavors; Glance next)
+//! - [`image`]: image records and their stored bytes
+//! - [`api`]: the HTTP APIs (Keystone v3, Nova v2.1 flavors, Glance v2)
 
 pub mod api;
 pub mod compute;
 pub mod config;
 pub mod identity;
+pub mod image;
 pub mod store;

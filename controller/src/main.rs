@@ -14,6 +14,7 @@ use controller::compute::flavors::Flavors;
 use controller::compute::hosts::Hosts;
 use controller::config::Config;
 use controller::identity::Identity;
+use controller::image::Images;
 use controller::store::Store;
 
 #[derive(Parser)]
@@ -65,10 +66,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    if config.database_url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&config.state_dir)
-            .with_context(|| format!("creating {}", config.state_dir.display()))?;
-    }
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating {}", config.state_dir.display()))?;
     let store = Store::open(&config.database_url)
         .await
         .context("opening the database")?;
@@ -77,6 +76,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .bootstrap(&config.bootstrap)
         .await
         .context("bootstrapping the admin identity")?;
+    let images = Images::new(store.clone(), config.state_dir.join("images"))
+        .with_context(|| format!("creating {}", config.state_dir.join("images").display()))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -85,7 +86,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config,
         identity,
         flavors: Flavors::new(store.clone()),
-        hosts: Hosts::new(store),
+        hosts: Hosts::new(store.clone()),
+        images,
     });
     let accept = async {
         loop {

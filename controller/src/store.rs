@@ -90,6 +90,7 @@ pub enum Value<'a> {
     Text(&'a str),
     OptText(Option<&'a str>),
     Int(i64),
+    OptInt(Option<i64>),
     Bool(bool),
 }
 
@@ -101,6 +102,7 @@ impl Value<'_> {
             Value::Text(s) => q.bind(s.to_owned()),
             Value::OptText(s) => q.bind(s.map(str::to_owned)),
             Value::Int(i) => q.bind(i),
+            Value::OptInt(i) => q.bind(i),
             // Flags are BIGINT 0/1: the Any driver cannot carry SQLite booleans.
             Value::Bool(b) => q.bind(i64::from(b)),
         }

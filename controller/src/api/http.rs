@@ -1,8 +1,11 @@
 //! HTTP plumbing shared by the APIs: request ids, JSON bodies and the error
 //! shapes OpenStack clients parse.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Bytes, Frame, Incoming};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 
@@ -13,6 +16,32 @@ const MAX_BODY: usize = 1 << 20;
 
 pub fn new_request_id() -> String {
     format!("req-{}", uuid::Uuid::new_v4())
+}
+
+/// A response body fed by a channel (image downloads).
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A streamed 200 response.
+pub fn stream(
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    content_type: &'static str,
+) -> Response<Body> {
+    let mut r = Response::new(ChannelBody(rx).boxed());
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
 }
 
 pub fn empty(status: StatusCode) -> Response<Body> {

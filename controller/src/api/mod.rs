@@ -1,10 +1,11 @@
 //! The controller's HTTP front door: one listener, one path prefix per service
-//! (`/identity`, `/compute/v2.1`, later `/image`), each response tagged with
+//! (`/identity`, `/compute/v2.1`, `/image`), each response tagged with
 //! an `X-OpenStack-Request-ID`.
 
 pub mod compute;
 pub mod http;
 pub mod identity;
+pub mod image;
 pub mod internal;
 
 use std::convert::Infallible;
@@ -18,6 +19,7 @@ use crate::compute::flavors::Flavors;
 use crate::compute::hosts::Hosts;
 use crate::config::Config;
 use crate::identity::Identity;
+use crate::image::Images;
 use http::Body;
 
 pub struct App {
@@ -25,9 +27,22 @@ pub struct App {
     pub identity: Identity,
     pub flavors: Flavors,
     pub hosts: Hosts,
+    pub images: Images,
 }
 
 impl App {
+    /// Who the request's X-Auth-Token speaks for, if anyone.
+    pub async fn caller(&self, req: &Request<Incoming>) -> Option<crate::identity::Auth> {
+        let token = req.headers().get("x-auth-token")?.to_str().ok()?;
+        match self.identity.validate(token).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("validating a token: {e}");
+                None
+            }
+        }
+    }
+
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
@@ -39,6 +54,10 @@ impl App {
             Some((&"identity", rest)) => identity::route(&self, req, rest).await,
             Some((&"compute", rest)) => compute::route(&self, req, rest).await,
             Some((&"internal", rest)) => internal::route(&self, req, rest).await,
+            Some((&"image", rest)) => {
+                let auth = self.caller(&req).await;
+                image::route(&self, req, rest, auth).await
+            }
             _ => http::keystone_error(StatusCode::NOT_FOUND, "The resource could not be found."),
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {

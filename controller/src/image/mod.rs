@@ -1,0 +1,258 @@
+//! Images (the Glance v2 subset): records in the database, bytes in the
+//! controller's image directory. An upload is streamed to disk with its MD5
+//! and SHA-512 computed on the way (clients verify downloads against them);
+//! a qcow2 image also gets a raw copy, which is what the VMM boots.
+
+pub mod upload;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value as Json};
+
+use crate::store::{boolean, int, opt_text, text, Store, StoreError, Value};
+
+pub const DISK_FORMATS: &[&str] = &["raw", "qcow2", "aki", "ari", "ami"];
+pub const CONTAINER_FORMATS: &[&str] = &["bare", "aki", "ari", "ami"];
+pub const VISIBILITIES: &[&str] = &["public", "private", "shared", "community"];
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Image {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub status: String,
+    pub visibility: String,
+    pub disk_format: Option<String>,
+    pub container_format: Option<String>,
+    pub size: Option<i64>,
+    pub virtual_size: Option<i64>,
+    pub checksum: Option<String>,
+    pub os_hash_algo: Option<String>,
+    pub os_hash_value: Option<String>,
+    pub min_disk: i64,
+    pub min_ram: i64,
+    pub protected: bool,
+    pub properties: BTreeMap<String, String>,
+    pub tags: Vec<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Image {
+    /// Whether a project may see this image.
+    pub fn visible_to(&self, project: &str, admin: bool) -> bool {
+        admin || self.owner == project || matches!(self.visibility.as_str(), "public" | "community")
+    }
+
+    /// Glance's JSON: fixed fields, then the free-form properties at top level.
+    pub fn to_json(&self) -> Json {
+        let iso = |t: i64| {
+            time::OffsetDateTime::from_unix_timestamp(t)
+                .ok()
+                .and_then(|d| {
+                    d.format(time::macros::format_description!(
+                        "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+                    ))
+                    .ok()
+                })
+                .unwrap_or_default()
+        };
+        let mut v = json!({
+            "id": self.id, "name": self.name, "status": self.status,
+            "visibility": self.visibility, "protected": self.protected, "os_hidden": false,
+            "disk_format": self.disk_format, "container_format": self.container_format,
+            "size": self.size, "virtual_size": self.virtual_size, "checksum": self.checksum,
+            "os_hash_algo": self.os_hash_algo, "os_hash_value": self.os_hash_value,
+            "min_disk": self.min_disk, "min_ram": self.min_ram, "owner": self.owner,
+            "tags": self.tags, "created_at": iso(self.created_at), "updated_at": iso(self.updated_at),
+            "self": format!("/v2/images/{}", self.id), "file": format!("/v2/images/{}/file", self.id),
+            "schema": "/v2/schemas/image",
+        });
+        for (k, val) in &self.properties {
+            if v.get(k).is_none() {
+                v[k] = json!(val);
+            }
+        }
+        v
+    }
+}
+
+const COLUMNS: &str = "id, name, owner, status, visibility, disk_format, container_format, size, \
+    virtual_size, checksum, os_hash_algo, os_hash_value, min_disk, min_ram, protected, properties, \
+    tags, created_at, updated_at";
+
+fn from_row(r: &sqlx::any::AnyRow) -> Result<Image, StoreError> {
+    let opt_int = |c: &str| -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::Row::try_get::<Option<i64>, _>(r, c)?)
+    };
+    Ok(Image {
+        id: text(r, "id")?,
+        name: text(r, "name")?,
+        owner: text(r, "owner")?,
+        status: text(r, "status")?,
+        visibility: text(r, "visibility")?,
+        disk_format: opt_text(r, "disk_format")?,
+        container_format: opt_text(r, "container_format")?,
+        size: opt_int("size")?,
+        virtual_size: opt_int("virtual_size")?,
+        checksum: opt_text(r, "checksum")?,
+        os_hash_algo: opt_text(r, "os_hash_algo")?,
+        os_hash_value: opt_text(r, "os_hash_value")?,
+        min_disk: int(r, "min_disk")?,
+        min_ram: int(r, "min_ram")?,
+        protected: boolean(r, "protected")?,
+        properties: serde_json::from_str(&text(r, "properties")?).unwrap_or_default(),
+        tags: serde_json::from_str(&text(r, "tags")?).unwrap_or_default(),
+        created_at: int(r, "created_at")?,
+        updated_at: int(r, "updated_at")?,
+    })
+}
+
+pub struct Images {
+    store: Store,
+    dir: PathBuf,
+}
+
+impl Images {
+    pub fn new(store: Store, dir: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(Images { store, dir })
+    }
+
+    /// Where an image's bytes live, as uploaded.
+    pub fn data_path(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    /// The raw file the VMM boots: the upload itself, or its raw conversion.
+    pub fn raw_path(&self, image: &Image) -> PathBuf {
+        if image.disk_format.as_deref() == Some("qcow2") {
+            self.dir.join(format!("{}.raw", image.id))
+        } else {
+            self.data_path(&image.id)
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Image>, StoreError> {
+        self.store
+            .fetch_optional(
+                &format!("SELECT {COLUMNS} FROM images WHERE id = $1"),
+                &[Value::Text(id)],
+            )
+            .await?
+            .as_ref()
+            .map(from_row)
+            .transpose()
+    }
+
+    pub async fn list(&self) -> Result<Vec<Image>, StoreError> {
+        self.store
+            .fetch_all(
+                &format!("SELECT {COLUMNS} FROM images ORDER BY created_at, id"),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(from_row)
+            .collect()
+    }
+
+    pub async fn insert(&self, i: &Image) -> Result<(), StoreError> {
+        if self.get(&i.id).await?.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "Image with identifier {} already exists",
+                i.id
+            )));
+        }
+        self.store
+            .execute(
+                &format!(
+                    "INSERT INTO images ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                     $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+                ),
+                &self.values(i, &serde_json::to_string(&i.properties).unwrap_or_default(), &serde_json::to_string(&i.tags).unwrap_or_default()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn values<'a>(&self, i: &'a Image, props: &'a str, tags: &'a str) -> Vec<Value<'a>> {
+        let opt_int = |v: Option<i64>| match v {
+            Some(n) => Value::OptInt(Some(n)),
+            None => Value::OptInt(None),
+        };
+        vec![
+            Value::Text(&i.id),
+            Value::Text(&i.name),
+            Value::Text(&i.owner),
+            Value::Text(&i.status),
+            Value::Text(&i.visibility),
+            Value::OptText(i.disk_format.as_deref()),
+            Value::OptText(i.container_format.as_deref()),
+            opt_int(i.size),
+            opt_int(i.virtual_size),
+            Value::OptText(i.checksum.as_deref()),
+            Value::OptText(i.os_hash_algo.as_deref()),
+            Value::OptText(i.os_hash_value.as_deref()),
+            Value::Int(i.min_disk),
+            Value::Int(i.min_ram),
+            Value::Bool(i.protected),
+            Value::Text(props),
+            Value::Text(tags),
+            Value::Int(i.created_at),
+            Value::Int(i.updated_at),
+        ]
+    }
+
+    /// Writes every field of `i` back (the id is the key).
+    pub async fn save(&self, i: &Image) -> Result<(), StoreError> {
+        let props = serde_json::to_string(&i.properties).unwrap_or_default();
+        let tags = serde_json::to_string(&i.tags).unwrap_or_default();
+        let mut values = self.values(i, &props, &tags);
+        let id = values.remove(0);
+        values.push(id);
+        self.store
+            .execute(
+                "UPDATE images SET name = $1, owner = $2, status = $3, visibility = $4, disk_format = $5, \
+                 container_format = $6, size = $7, virtual_size = $8, checksum = $9, os_hash_algo = $10, \
+                 os_hash_value = $11, min_disk = $12, min_ram = $13, protected = $14, properties = $15, \
+                 tags = $16, created_at = $17, updated_at = $18 WHERE id = $19",
+                &values,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Moves an image from `from` to `to` status; false when it was not in `from`
+    /// (someone else got there first).
+    pub async fn transition(&self, id: &str, from: &str, to: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .execute(
+                "UPDATE images SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4",
+                &[
+                    Value::Text(to),
+                    Value::Int(crate::identity::now()),
+                    Value::Text(id),
+                    Value::Text(from),
+                ],
+            )
+            .await?
+            > 0)
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        self.store
+            .execute("DELETE FROM images WHERE id = $1", &[Value::Text(id)])
+            .await?;
+        for p in [self.data_path(id), self.dir.join(format!("{id}.raw"))] {
+            let _ = std::fs::remove_file(p);
+        }
+        Ok(())
+    }
+}

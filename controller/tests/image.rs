@@ -1,0 +1,297 @@
+//! Glance over HTTP against a real controller: upload, download, listing,
+//! patching, isolation between projects.
+
+// Test helpers fail the test on any unexpected error.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use common::{call, start, Controller, Postgres};
+
+fn token(c: &Controller, user: &str, password: &str, project: &str) -> String {
+    let body = format!(
+        r#"{{"auth":{{"identity":{{"methods":["password"],"password":{{"user":{{"name":"{user}","domain":{{"name":"Default"}},"password":"{password}"}}}}}},"scope":{{"project":{{"name":"{project}","domain":{{"name":"Default"}}}}}}}}}}"#
+    );
+    let r = call(c, "POST", "/identity/v3/auth/tokens", &[], &body);
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.header("x-subject-token").unwrap().to_owned()
+}
+
+/// A second project with a member user, made directly in the controller's
+/// SQLite database (the Keystone admin API is not there yet).
+fn second_project(c: &Controller) {
+    let url = format!("sqlite://{}?mode=rwc", c.dir_path.join("c.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = controller::store::Store::open(&url).await.unwrap();
+        let id = controller::identity::Identity::new(store, std::time::Duration::from_secs(3600));
+        let project = id.create_project("other", "default").await.unwrap();
+        let user = id
+            .create_user("bob", "default", "bob-password")
+            .await
+            .unwrap();
+        id.assign_role(&user, &project, "member").await.unwrap();
+    });
+}
+
+/// Raw upload: the body is sent as is, with a Content-Length.
+fn put_bytes(c: &Controller, path: &str, token: &str, data: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(&c.addr).unwrap();
+    write!(
+        s,
+        "PUT {path} HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {token}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        data.len()
+    )
+    .unwrap();
+    s.write_all(data).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out[9..12].parse().unwrap()
+}
+
+#[test]
+fn images_upload_download_patch_and_stay_private() {
+    let c = start(None);
+    second_project(&c);
+    let admin = token(&c, "admin", "admin-secret", "admin");
+    let bob = token(&c, "bob", "bob-password", "other");
+    let a = ("X-Auth-Token", admin.as_str());
+    let b = ("X-Auth-Token", bob.as_str());
+
+    assert_eq!(call(&c, "GET", "/image", &[], "").status, 300);
+    assert_eq!(call(&c, "GET", "/image/v2/images", &[], "").status, 401);
+
+    let r = call(
+        &c,
+        "POST",
+        "/image/v2/images",
+        &[a],
+        r#"{"name": "cirros", "disk_format": "raw", "container_format": "bare", "owner_specified.openstack.md5": ""}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let img = r.json();
+    let id = img["id"].as_str().unwrap().to_owned();
+    assert_eq!(img["status"], "queued");
+    assert_eq!(img["owner_specified.openstack.md5"], "");
+
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(
+        put_bytes(&c, &format!("/image/v2/images/{id}/file"), &admin, &data),
+        204
+    );
+    assert_eq!(
+        put_bytes(&c, &format!("/image/v2/images/{id}/file"), &admin, &data),
+        409,
+        "uploaded once"
+    );
+    let r = call(&c, "GET", &format!("/image/v2/images/{id}"), &[a], "");
+    let img = r.json();
+    assert_eq!(img["status"], "active");
+    assert_eq!(img["size"], 300_000);
+    assert_eq!(img["os_hash_algo"], "sha512");
+    assert_eq!(img["checksum"].as_str().unwrap().len(), 32);
+
+    let r = call(&c, "GET", &format!("/image/v2/images/{id}/file"), &[a], "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-md5"), img["checksum"].as_str());
+
+    // Another project sees nothing of it.
+    assert_eq!(
+        call(&c, "GET", &format!("/image/v2/images/{id}"), &[b], "").status,
+        404
+    );
+    assert_eq!(
+        call(&c, "GET", &format!("/image/v2/images/{id}/file"), &[b], "").status,
+        404
+    );
+    assert_eq!(
+        call(&c, "DELETE", &format!("/image/v2/images/{id}"), &[b], "").status,
+        404
+    );
+    let r = call(&c, "GET", "/image/v2/images", &[b], "");
+    assert_eq!(r.json()["images"], serde_json::json!([]));
+    // Only admins publish.
+    let r = call(
+        &c,
+        "POST",
+        "/image/v2/images",
+        &[b],
+        r#"{"name": "x", "visibility": "public"}"#,
+    );
+    assert_eq!(r.status, 403);
+
+    // JSON patch.
+    let patch = r#"[{"op": "replace", "path": "/name", "value": "cirros-2"}, {"op": "add", "path": "/os_distro", "value": "cirros"}]"#;
+    let r = call(
+        &c,
+        "PATCH",
+        &format!("/image/v2/images/{id}"),
+        &[
+            a,
+            (
+                "Content-Type",
+                "application/openstack-images-v2.1-json-patch",
+            ),
+        ],
+        patch,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["name"], "cirros-2");
+    assert_eq!(r.json()["os_distro"], "cirros");
+    let r = call(
+        &c,
+        "PATCH",
+        &format!("/image/v2/images/{id}"),
+        &[a],
+        r#"[{"op": "replace", "path": "/status", "value": "active"}]"#,
+    );
+    assert_eq!(r.status, 403, "read-only");
+    let r = call(&c, "GET", "/image/v2/images?name=cirros-2", &[a], "");
+    assert_eq!(r.json()["images"][0]["id"], id);
+    let r = call(
+        &c,
+        "GET",
+        &format!("/image/v2/images?id=in:{id},nope"),
+        &[a],
+        "",
+    );
+    assert_eq!(r.json()["images"].as_array().unwrap().len(), 1);
+
+    // Bad input.
+    assert_eq!(
+        call(&c, "POST", "/image/v2/images", &[a], "{bad").status,
+        400
+    );
+    assert_eq!(
+        call(
+            &c,
+            "POST",
+            "/image/v2/images",
+            &[a],
+            r#"{"disk_format": "vmdk"}"#
+        )
+        .status,
+        400
+    );
+    assert_eq!(
+        call(&c, "POST", "/image/v2/images", &[a], r#"{"custom": 5}"#).status,
+        400
+    );
+
+    assert_eq!(
+        call(&c, "DELETE", &format!("/image/v2/images/{id}"), &[a], "").status,
+        204
+    );
+    assert_eq!(
+        call(&c, "GET", &format!("/image/v2/images/{id}"), &[a], "").status,
+        404
+    );
+    assert!(
+        !c.dir_path.join("images").join(&id).exists(),
+        "bytes removed"
+    );
+}
+
+#[test]
+fn qcow2_images_get_a_raw_copy_and_garbage_is_refused() {
+    let c = start(None);
+    let admin = token(&c, "admin", "admin-secret", "admin");
+    let a = ("X-Auth-Token", admin.as_str());
+    // A real qcow2 made by qemu-img.
+    let q = c.dir_path.join("disk.qcow2");
+    let ok = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&q)
+        .arg("8M")
+        .status();
+    if !ok.is_ok_and(|s| s.success()) {
+        eprintln!("skipping: qemu-img is not installed");
+        return;
+    }
+    let r = call(
+        &c,
+        "POST",
+        "/image/v2/images",
+        &[a],
+        r#"{"name": "q", "disk_format": "qcow2", "container_format": "bare"}"#,
+    );
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        put_bytes(
+            &c,
+            &format!("/image/v2/images/{id}/file"),
+            &admin,
+            &std::fs::read(&q).unwrap()
+        ),
+        204
+    );
+    let img = call(&c, "GET", &format!("/image/v2/images/{id}"), &[a], "").json();
+    assert_eq!(img["virtual_size"], 8 << 20);
+    let raw = c.dir_path.join("images").join(format!("{id}.raw"));
+    assert_eq!(std::fs::metadata(&raw).unwrap().len(), 8 << 20);
+
+    let r = call(
+        &c,
+        "POST",
+        "/image/v2/images",
+        &[a],
+        r#"{"name": "junk", "disk_format": "qcow2", "container_format": "bare"}"#,
+    );
+    let junk = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        put_bytes(
+            &c,
+            &format!("/image/v2/images/{junk}/file"),
+            &admin,
+            b"not a qcow2"
+        ),
+        400
+    );
+    let img = call(&c, "GET", &format!("/image/v2/images/{junk}"), &[a], "").json();
+    assert_eq!(img["status"], "queued", "a failed upload can be retried");
+}
+
+#[test]
+fn images_on_postgres() {
+    let Some(pg) = Postgres::start() else { return };
+    let c = common::start(Some(pg.url()));
+    let admin = token(&c, "admin", "admin-secret", "admin");
+    let a = ("X-Auth-Token", admin.as_str());
+    let r = call(
+        &c,
+        "POST",
+        "/image/v2/images",
+        &[a],
+        r#"{"name": "pg", "disk_format": "raw", "container_format": "bare", "k": "v"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        put_bytes(
+            &c,
+            &format!("/image/v2/images/{id}/file"),
+            &admin,
+            &[7u8; 4096]
+        ),
+        204
+    );
+    let img = call(&c, "GET", &format!("/image/v2/images/{id}"), &[a], "").json();
+    assert_eq!(
+        (
+            img["status"].as_str(),
+            img["size"].as_i64(),
+            img["k"].as_str()
+        ),
+        (Some("active"), Some(4096), Some("v"))
+    );
+    assert_eq!(
+        call(&c, "DELETE", &format!("/image/v2/images/{id}"), &[a], "").status,
+        204
+    );
+}
