@@ -160,3 +160,100 @@ fn openstack_image_create_list_save_delete() {
     assert!(ok);
     assert_eq!(out.trim(), "[]");
 }
+
+/// `clouds.yaml` entry for any user and project.
+fn clouds_for(c: &Controller, name: &str, user: &str, password: &str, project: &str) -> PathBuf {
+    let path = c.dir_path.join(format!("clouds-{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "clouds:\n  virga:\n    auth:\n      auth_url: http://{}/identity\n      username: {user}\n      password: {password}\n      project_name: {project}\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n    identity_api_version: 3\n",
+            c.addr
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn openstack_projects_users_roles_and_isolation() {
+    let Some(cli) = openstack() else { return };
+    let c = start(None);
+    let admin = clouds_yaml(&c, ADMIN_PASSWORD);
+    let ok = |args: &[&str]| {
+        let (ok, out, err) = run(&cli, &admin, args);
+        assert!(ok, "openstack {args:?} failed:\n{err}");
+        out
+    };
+    ok(&["project", "create", "--domain", "default", "demo"]);
+    ok(&[
+        "user",
+        "create",
+        "--domain",
+        "default",
+        "--password",
+        "alice-password",
+        "alice",
+    ]);
+    ok(&[
+        "role",
+        "add",
+        "--project",
+        "demo",
+        "--user",
+        "alice",
+        "member",
+    ]);
+    let projects = ok(&["project", "list", "-f", "value", "-c", "Name"]);
+    assert!(
+        projects.contains("admin") && projects.contains("demo"),
+        "{projects}"
+    );
+    assert!(ok(&["user", "list", "-f", "value", "-c", "Name"]).contains("alice"));
+
+    // The admin's private image is invisible to the demo project.
+    let file = c.dir_path.join("img.raw");
+    std::fs::write(&file, [1u8; 4096]).unwrap();
+    ok(&[
+        "image",
+        "create",
+        "--private",
+        "--file",
+        file.to_str().unwrap(),
+        "--disk-format",
+        "raw",
+        "admin-only",
+    ]);
+    let alice = clouds_for(&c, "alice", "alice", "alice-password", "demo");
+    let (ok_list, out, err) = run(&cli, &alice, &["image", "list", "-f", "json"]);
+    assert!(ok_list, "{err}");
+    assert_eq!(
+        out.trim(),
+        "[]",
+        "another project's private image is not listed"
+    );
+    let (found, _, err) = run(&cli, &alice, &["image", "show", "admin-only"]);
+    assert!(!found, "and not shown");
+    assert!(
+        err.contains("No Image found") || err.contains("404") || err.contains("Could not find"),
+        "{err}"
+    );
+    // And a member cannot administer identities.
+    let (allowed, _, err) = run(&cli, &alice, &["project", "create", "sneaky"]);
+    assert!(!allowed);
+    assert!(err.contains("403"), "{err}");
+
+    ok(&[
+        "role",
+        "remove",
+        "--project",
+        "demo",
+        "--user",
+        "alice",
+        "member",
+    ]);
+    let (works, _, _) = run(&cli, &alice, &["token", "issue"]);
+    assert!(!works, "no role on the project: no token for it");
+    ok(&["user", "delete", "alice"]);
+    ok(&["project", "delete", "demo"]);
+}

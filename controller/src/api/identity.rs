@@ -24,6 +24,17 @@ fn version(app: &App) -> Json {
 }
 
 pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response<Body> {
+    if rest.first() == Some(&"v3")
+        && matches!(
+            rest.get(1),
+            Some(&("domains" | "projects" | "users" | "roles"))
+        )
+    {
+        return match super::identity_admin::route(app, req, &rest[1..]).await {
+            Some(r) => r,
+            None => keystone_error(StatusCode::NOT_FOUND, "The resource could not be found."),
+        };
+    }
     match (req.method().clone(), rest) {
         (Method::GET, []) => json(
             StatusCode::MULTIPLE_CHOICES,
@@ -169,6 +180,7 @@ fn status_of(e: &IdentityError) -> StatusCode {
     match e {
         IdentityError::Unauthorized => StatusCode::UNAUTHORIZED,
         IdentityError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        IdentityError::Conflict(_) => StatusCode::CONFLICT,
         IdentityError::Store(_) | IdentityError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

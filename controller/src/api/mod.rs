@@ -5,6 +5,7 @@
 pub mod compute;
 pub mod http;
 pub mod identity;
+pub mod identity_admin;
 pub mod image;
 pub mod internal;
 

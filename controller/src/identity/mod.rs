@@ -24,6 +24,8 @@ pub enum IdentityError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -31,6 +33,57 @@ pub enum IdentityError {
 pub struct Named {
     pub id: String,
     pub name: String,
+}
+
+/// The identity tables the admin API lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    Domains,
+    Projects,
+    Users,
+    Roles,
+}
+
+impl Table {
+    fn columns(self) -> (&'static str, &'static str) {
+        match self {
+            Table::Domains => ("id, name, enabled", "domains"),
+            Table::Projects => ("id, name, domain_id, enabled, description", "projects"),
+            Table::Users => ("id, name, domain_id, enabled", "users"),
+            Table::Roles => ("id, name", "roles"),
+        }
+    }
+}
+
+/// A domain, project, user or role as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entity {
+    pub id: String,
+    pub name: String,
+    pub domain_id: Option<String>,
+    pub enabled: bool,
+    pub description: String,
+}
+
+impl Entity {
+    fn from_row(table: Table, r: &sqlx::any::AnyRow) -> Result<Entity, IdentityError> {
+        Ok(Entity {
+            id: text(r, "id")?,
+            name: text(r, "name")?,
+            domain_id: match table {
+                Table::Projects | Table::Users => Some(text(r, "domain_id")?),
+                _ => None,
+            },
+            enabled: match table {
+                Table::Roles => true,
+                _ => boolean(r, "enabled")?,
+            },
+            description: match table {
+                Table::Projects => text(r, "description")?,
+                _ => String::new(),
+            },
+        })
+    }
 }
 
 /// Who a token speaks for.
@@ -153,11 +206,41 @@ impl Identity {
         name: &str,
         domain_id: &str,
     ) -> Result<String, IdentityError> {
+        self.create_project_with(name, domain_id, "").await
+    }
+
+    pub async fn create_project_with(
+        &self,
+        name: &str,
+        domain_id: &str,
+        description: &str,
+    ) -> Result<String, IdentityError> {
+        if self
+            .domain(&DomainRef::Id(domain_id.to_owned()))
+            .await?
+            .is_none()
+        {
+            return Err(IdentityError::BadRequest(format!(
+                "no domain {domain_id:?}"
+            )));
+        }
+        let taken = self
+            .store
+            .fetch_optional(
+                "SELECT id FROM projects WHERE name = $1 AND domain_id = $2",
+                &[Value::Text(name), Value::Text(domain_id)],
+            )
+            .await?;
+        if taken.is_some() {
+            return Err(IdentityError::Conflict(format!(
+                "a project named {name:?} exists in this domain"
+            )));
+        }
         let id = new_id();
         self.store
             .execute(
                 "INSERT INTO projects (id, name, domain_id, description, enabled) VALUES ($1, $2, $3, $4, $5)",
-                &[Value::Text(&id), Value::Text(name), Value::Text(domain_id), Value::Text(""), Value::Bool(true)],
+                &[Value::Text(&id), Value::Text(name), Value::Text(domain_id), Value::Text(description), Value::Bool(true)],
             )
             .await?;
         Ok(id)
@@ -169,6 +252,27 @@ impl Identity {
         domain_id: &str,
         password: &str,
     ) -> Result<String, IdentityError> {
+        if self
+            .domain(&DomainRef::Id(domain_id.to_owned()))
+            .await?
+            .is_none()
+        {
+            return Err(IdentityError::BadRequest(format!(
+                "no domain {domain_id:?}"
+            )));
+        }
+        let taken = self
+            .store
+            .fetch_optional(
+                "SELECT id FROM users WHERE name = $1 AND domain_id = $2",
+                &[Value::Text(name), Value::Text(domain_id)],
+            )
+            .await?;
+        if taken.is_some() {
+            return Err(IdentityError::Conflict(format!(
+                "a user named {name:?} exists in this domain"
+            )));
+        }
         let id = new_id();
         let hash = password::hash(password).map_err(IdentityError::Internal)?;
         self.store
@@ -178,6 +282,131 @@ impl Identity {
             )
             .await?;
         Ok(id)
+    }
+
+    /// Rows of `table`, filtered by name when given.
+    pub async fn list(
+        &self,
+        table: Table,
+        name: Option<&str>,
+    ) -> Result<Vec<Entity>, IdentityError> {
+        let (cols, t) = table.columns();
+        let rows = match name {
+            Some(n) => {
+                self.store
+                    .fetch_all(
+                        &format!("SELECT {cols} FROM {t} WHERE name = $1 ORDER BY name"),
+                        &[Value::Text(n)],
+                    )
+                    .await?
+            }
+            None => {
+                self.store
+                    .fetch_all(&format!("SELECT {cols} FROM {t} ORDER BY name"), &[])
+                    .await?
+            }
+        };
+        rows.iter().map(|r| Entity::from_row(table, r)).collect()
+    }
+
+    pub async fn get(&self, table: Table, id: &str) -> Result<Option<Entity>, IdentityError> {
+        let (cols, t) = table.columns();
+        self.store
+            .fetch_optional(
+                &format!("SELECT {cols} FROM {t} WHERE id = $1"),
+                &[Value::Text(id)],
+            )
+            .await?
+            .as_ref()
+            .map(|r| Entity::from_row(table, r))
+            .transpose()
+    }
+
+    /// Deletes a project or user with its role assignments and tokens; false
+    /// when there was none.
+    pub async fn delete(&self, table: Table, id: &str) -> Result<bool, IdentityError> {
+        let column = match table {
+            Table::Projects => "project_id",
+            Table::Users => "user_id",
+            _ => {
+                return Err(IdentityError::BadRequest(
+                    "only projects and users can be deleted".into(),
+                ))
+            }
+        };
+        // Explicit rather than ON DELETE CASCADE, which SQLite honours only
+        // with its foreign-key pragma on.
+        for dependent in ["role_assignments", "tokens"] {
+            self.store
+                .execute(
+                    &format!("DELETE FROM {dependent} WHERE {column} = $1"),
+                    &[Value::Text(id)],
+                )
+                .await?;
+        }
+        let (_, t) = table.columns();
+        Ok(self
+            .store
+            .execute(
+                &format!("DELETE FROM {t} WHERE id = $1"),
+                &[Value::Text(id)],
+            )
+            .await?
+            > 0)
+    }
+
+    /// Grants a role (by id); granting it twice is not an error.
+    pub async fn grant(
+        &self,
+        user_id: &str,
+        project_id: &str,
+        role_id: &str,
+    ) -> Result<(), IdentityError> {
+        if self
+            .roles(user_id, project_id)
+            .await?
+            .iter()
+            .any(|r| r.id == role_id)
+        {
+            return Ok(());
+        }
+        self.store
+            .execute(
+                "INSERT INTO role_assignments (user_id, project_id, role_id) VALUES ($1, $2, $3)",
+                &[
+                    Value::Text(user_id),
+                    Value::Text(project_id),
+                    Value::Text(role_id),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a role grant; false when there was none.
+    pub async fn ungrant(
+        &self,
+        user_id: &str,
+        project_id: &str,
+        role_id: &str,
+    ) -> Result<bool, IdentityError> {
+        Ok(self
+            .store
+            .execute(
+                "DELETE FROM role_assignments WHERE user_id = $1 AND project_id = $2 AND role_id = $3",
+                &[Value::Text(user_id), Value::Text(project_id), Value::Text(role_id)],
+            )
+            .await?
+            > 0)
+    }
+
+    /// The roles a user holds on a project.
+    pub async fn project_roles(
+        &self,
+        user_id: &str,
+        project_id: &str,
+    ) -> Result<Vec<Named>, IdentityError> {
+        self.roles(user_id, project_id).await
     }
 
     pub async fn assign_role(

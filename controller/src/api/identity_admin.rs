@@ -1,0 +1,239 @@
+//! Keystone v3 administration: domains, projects, users, roles and role
+//! grants on projects. Admin only (403 for everyone else); ids that are not
+//! found are 404 so that clients fall back to looking names up.
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value as Json};
+
+use super::http::{empty, json, keystone_error, read_json, Body};
+use super::App;
+use crate::identity::{Entity, IdentityError, Table};
+
+fn links(app: &App, collection: &str, id: &str) -> Json {
+    json!({"self": format!("{}/identity/v3/{collection}/{id}", app.config.public_url)})
+}
+
+fn render(app: &App, table: Table, e: &Entity) -> Json {
+    match table {
+        Table::Domains => {
+            json!({"id": e.id, "name": e.name, "enabled": e.enabled, "description": "",
+                                 "tags": [], "links": links(app, "domains", &e.id)})
+        }
+        Table::Projects => {
+            json!({"id": e.id, "name": e.name, "domain_id": e.domain_id, "enabled": e.enabled,
+                                  "description": e.description, "is_domain": false, "parent_id": e.domain_id,
+                                  "tags": [], "options": {}, "links": links(app, "projects", &e.id)})
+        }
+        Table::Users => {
+            json!({"id": e.id, "name": e.name, "domain_id": e.domain_id, "enabled": e.enabled,
+                               "password_expires_at": null, "options": {}, "links": links(app, "users", &e.id)})
+        }
+        Table::Roles => json!({"id": e.id, "name": e.name, "domain_id": null, "description": null,
+                               "options": {}, "links": links(app, "roles", &e.id)}),
+    }
+}
+
+fn names(table: Table) -> (&'static str, &'static str) {
+    match table {
+        Table::Domains => ("domain", "domains"),
+        Table::Projects => ("project", "projects"),
+        Table::Users => ("user", "users"),
+        Table::Roles => ("role", "roles"),
+    }
+}
+
+fn identity_error(e: IdentityError) -> Response<Body> {
+    let status = match &e {
+        IdentityError::Unauthorized => StatusCode::UNAUTHORIZED,
+        IdentityError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        IdentityError::Conflict(_) => StatusCode::CONFLICT,
+        IdentityError::Store(_) | IdentityError::Internal(_) => {
+            tracing::error!("identity admin: {e}");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    keystone_error(status, &e.to_string())
+}
+
+fn name_filter(req: &Request<Incoming>) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let v = kv.strip_prefix("name=")?;
+        Some(v.replace("%20", " ").replace('+', " "))
+    })
+}
+
+/// Handles `/identity/v3/{domains,projects,users,roles}...`; None when the
+/// path is not one of them.
+pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Option<Response<Body>> {
+    let table = match rest.first() {
+        Some(&"domains") => Table::Domains,
+        Some(&"projects") => Table::Projects,
+        Some(&"users") => Table::Users,
+        Some(&"roles") => Table::Roles,
+        _ => return None,
+    };
+    let token = req
+        .headers()
+        .get("x-auth-token")
+        .and_then(|v| v.to_str().ok());
+    let caller = match token {
+        Some(t) => match app.identity.validate(t).await {
+            Ok(a) => a,
+            Err(e) => return Some(identity_error(e)),
+        },
+        None => None,
+    };
+    let Some(caller) = caller else {
+        return Some(keystone_error(
+            StatusCode::UNAUTHORIZED,
+            "The request you have made requires authentication.",
+        ));
+    };
+    if !caller.is_admin() {
+        return Some(keystone_error(
+            StatusCode::FORBIDDEN,
+            "You are not authorized to perform the requested action: admin required.",
+        ));
+    }
+    let (one, many) = names(table);
+    let response = match (req.method().clone(), &rest[1..]) {
+        (Method::GET, []) => match app.identity.list(table, name_filter(&req).as_deref()).await {
+            Ok(list) => json(
+                StatusCode::OK,
+                &json!({ many: list.iter().map(|e| render(app, table, e)).collect::<Vec<_>>(),
+                         "links": {"self": format!("{}/identity/v3/{many}", app.config.public_url), "next": null, "previous": null} }),
+            ),
+            Err(e) => identity_error(e),
+        },
+        (Method::GET, [id]) => match app.identity.get(table, id).await {
+            Ok(Some(e)) => json(StatusCode::OK, &json!({ one: render(app, table, &e) })),
+            Ok(None) => keystone_error(
+                StatusCode::NOT_FOUND,
+                &format!("Could not find {one}: {id}."),
+            ),
+            Err(e) => identity_error(e),
+        },
+        (Method::POST, []) if matches!(table, Table::Projects | Table::Users) => {
+            create(app, table, req).await
+        }
+        (Method::DELETE, [id]) if matches!(table, Table::Projects | Table::Users) => {
+            match app.identity.delete(table, id).await {
+                Ok(true) => empty(StatusCode::NO_CONTENT),
+                Ok(false) => keystone_error(
+                    StatusCode::NOT_FOUND,
+                    &format!("Could not find {one}: {id}."),
+                ),
+                Err(e) => identity_error(e),
+            }
+        }
+        (m, [project, "users", user, "roles", role]) if table == Table::Projects => {
+            grant(app, m, project, user, role).await
+        }
+        (Method::GET, [project, "users", user, "roles"]) if table == Table::Projects => {
+            match app.identity.project_roles(user, project).await {
+                Ok(roles) => json(
+                    StatusCode::OK,
+                    &json!({"roles": roles.iter().map(|r| json!({"id": r.id, "name": r.name,
+                        "links": links(app, "roles", &r.id)})).collect::<Vec<_>>()}),
+                ),
+                Err(e) => identity_error(e),
+            }
+        }
+        _ => keystone_error(StatusCode::NOT_FOUND, "The resource could not be found."),
+    };
+    Some(response)
+}
+
+async fn create(app: &App, table: Table, req: Request<Incoming>) -> Response<Body> {
+    let (one, _) = names(table);
+    let body = match read_json(req, keystone_error).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(obj) = body.get(one) else {
+        return keystone_error(
+            StatusCode::BAD_REQUEST,
+            &format!("'{one}' is a required property"),
+        );
+    };
+    let Some(name) = obj
+        .get("name")
+        .and_then(Json::as_str)
+        .filter(|n| (1..=255).contains(&n.len()))
+    else {
+        return keystone_error(
+            StatusCode::BAD_REQUEST,
+            "name: a string of 1 to 255 characters is required",
+        );
+    };
+    let domain_id = obj
+        .get("domain_id")
+        .and_then(Json::as_str)
+        .unwrap_or(crate::identity::DEFAULT_DOMAIN_ID);
+    let created = match table {
+        Table::Projects => {
+            let description = obj.get("description").and_then(Json::as_str).unwrap_or("");
+            app.identity
+                .create_project_with(name, domain_id, description)
+                .await
+        }
+        _ => {
+            let Some(password) = obj
+                .get("password")
+                .and_then(Json::as_str)
+                .filter(|p| p.len() >= 8)
+            else {
+                return keystone_error(
+                    StatusCode::BAD_REQUEST,
+                    "password: at least 8 characters are required",
+                );
+            };
+            app.identity.create_user(name, domain_id, password).await
+        }
+    };
+    match created {
+        Ok(id) => match app.identity.get(table, &id).await {
+            Ok(Some(e)) => json(StatusCode::CREATED, &json!({ one: render(app, table, &e) })),
+            Ok(None) => {
+                keystone_error(StatusCode::INTERNAL_SERVER_ERROR, "created, then not found")
+            }
+            Err(e) => identity_error(e),
+        },
+        Err(e) => identity_error(e),
+    }
+}
+
+async fn grant(app: &App, method: Method, project: &str, user: &str, role: &str) -> Response<Body> {
+    for (table, id) in [
+        (Table::Projects, project),
+        (Table::Users, user),
+        (Table::Roles, role),
+    ] {
+        match app.identity.get(table, id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return keystone_error(
+                    StatusCode::NOT_FOUND,
+                    &format!("Could not find {}: {id}.", names(table).0),
+                )
+            }
+            Err(e) => return identity_error(e),
+        }
+    }
+    let result = match method {
+        Method::PUT => app.identity.grant(user, project, role).await.map(|()| true),
+        Method::DELETE => app.identity.ungrant(user, project, role).await,
+        Method::HEAD => app
+            .identity
+            .project_roles(user, project)
+            .await
+            .map(|roles| roles.iter().any(|r| r.id == role)),
+        _ => return keystone_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+    };
+    match result {
+        Ok(true) => empty(StatusCode::NO_CONTENT),
+        Ok(false) => keystone_error(StatusCode::NOT_FOUND, "Could not find role assignment."),
+        Err(e) => identity_error(e),
+    }
+}
