@@ -12,6 +12,8 @@ use clap::Parser;
 use controller::api::{self, App};
 use controller::compute::flavors::Flavors;
 use controller::compute::hosts::Hosts;
+use controller::compute::keypairs::Keypairs;
+use controller::compute::quotas::Quotas;
 use controller::config::Config;
 use controller::identity::Identity;
 use controller::image::Images;
@@ -88,6 +90,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         flavors: Flavors::new(store.clone()),
         hosts: Hosts::new(store.clone()),
         images,
+        keypairs: Keypairs::new(store.clone()),
+        quotas: Quotas::new(store.clone()),
     });
     let accept = async {
         loop {

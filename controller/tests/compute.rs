@@ -249,3 +249,62 @@ fn exercise_hosts(c: &Controller) {
     assert_eq!(hosts[0]["memory_usable_mib"], 64512);
     assert!(hosts[0]["seconds_since_heartbeat"].as_i64().unwrap() < 60);
 }
+
+#[test]
+fn limits_and_quotas() {
+    let c = start(None);
+    let token = admin_token(&c);
+    let t = ("X-Auth-Token", token.as_str());
+    let r = call(&c, "GET", "/compute/v2.1/limits", &[t], "");
+    assert_eq!(r.status, 200);
+    let abs = r.json()["limits"]["absolute"].clone();
+    assert_eq!(abs["maxTotalInstances"], 10);
+    assert_eq!(abs["totalInstancesUsed"], 0);
+    // The token body names the project; quotas are per project.
+    let project = call(
+        &c,
+        "GET",
+        "/identity/v3/auth/tokens",
+        &[t, ("X-Subject-Token", &token)],
+        "",
+    )
+    .json()["token"]["project"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/compute/v2.1/os-quota-sets/{project}");
+    assert_eq!(
+        call(&c, "GET", &path, &[t], "").json()["quota_set"]["cores"],
+        20
+    );
+    let r = call(
+        &c,
+        "PUT",
+        &path,
+        &[t],
+        r#"{"quota_set": {"instances": 5, "cores": "8"}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let q = call(&c, "GET", &path, &[t], "").json();
+    assert_eq!(
+        (
+            q["quota_set"]["instances"].as_i64(),
+            q["quota_set"]["cores"].as_i64()
+        ),
+        (Some(5), Some(8))
+    );
+    assert_eq!(
+        call(&c, "GET", &format!("{path}/defaults"), &[t], "").json()["quota_set"]["instances"],
+        10
+    );
+    assert_eq!(
+        call(&c, "PUT", &path, &[t], r#"{"quota_set": {"bogus": 1}}"#).status,
+        400
+    );
+    assert_eq!(
+        call(&c, "PUT", &path, &[t], r#"{"quota_set": {"cores": -5}}"#).status,
+        400
+    );
+    let r = call(&c, "GET", "/compute/v2.1/limits", &[t], "");
+    assert_eq!(r.json()["limits"]["absolute"]["maxTotalInstances"], 5);
+}

@@ -257,3 +257,63 @@ fn openstack_projects_users_roles_and_isolation() {
     ok(&["user", "delete", "alice"]);
     ok(&["project", "delete", "demo"]);
 }
+
+#[test]
+fn openstack_keypairs() {
+    let Some(cli) = openstack() else { return };
+    let c = start(None);
+    let clouds = clouds_yaml(&c, ADMIN_PASSWORD);
+    // An ed25519 public key: its type name, then 32 key bytes.
+    let mut blob = Vec::new();
+    blob.extend_from_slice(&11u32.to_be_bytes());
+    blob.extend_from_slice(b"ssh-ed25519");
+    blob.extend_from_slice(&32u32.to_be_bytes());
+    blob.extend_from_slice(&[9u8; 32]);
+    use base64::Engine;
+    let key = format!(
+        "ssh-ed25519 {} test@virga\n",
+        base64::engine::general_purpose::STANDARD.encode(blob)
+    );
+    let pub_file = c.dir_path.join("id.pub");
+    std::fs::write(&pub_file, &key).unwrap();
+    let (ok, out, err) = run(
+        &cli,
+        &clouds,
+        &[
+            "keypair",
+            "create",
+            "--public-key",
+            pub_file.to_str().unwrap(),
+            "mykey",
+            "-f",
+            "json",
+        ],
+    );
+    assert!(ok, "keypair create failed:\n{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["name"], "mykey");
+    assert_eq!(created["fingerprint"].as_str().unwrap().len(), 47);
+    let (ok, out, err) = run(
+        &cli,
+        &clouds,
+        &["keypair", "list", "-f", "value", "-c", "Name"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "mykey");
+    let (ok, _, err) = run(&cli, &clouds, &["keypair", "show", "mykey"]);
+    assert!(ok, "keypair show failed:\n{err}");
+    let (dup, _, err) = run(
+        &cli,
+        &clouds,
+        &[
+            "keypair",
+            "create",
+            "--public-key",
+            pub_file.to_str().unwrap(),
+            "mykey",
+        ],
+    );
+    assert!(!dup && err.contains("409"), "duplicate refused: {err}");
+    let (ok, _, err) = run(&cli, &clouds, &["keypair", "delete", "mykey"]);
+    assert!(ok, "{err}");
+}

@@ -117,7 +117,10 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
         (_, ["flavors"] | ["flavors", _]) => {
             nova_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.")
         }
-        _ => nova_error(StatusCode::NOT_FOUND, "The resource could not be found."),
+        _ => match super::compute_misc::route(app, &auth, req, rest).await {
+            Some(r) => r,
+            None => nova_error(StatusCode::NOT_FOUND, "The resource could not be found."),
+        },
     };
     let v = format!("{}.{}", version.0, version.1);
     let headers = response.headers_mut();

@@ -3,6 +3,7 @@
 //! an `X-OpenStack-Request-ID`.
 
 pub mod compute;
+pub mod compute_misc;
 pub mod http;
 pub mod identity;
 pub mod identity_admin;
@@ -18,6 +19,8 @@ use hyper::{Request, Response, StatusCode};
 
 use crate::compute::flavors::Flavors;
 use crate::compute::hosts::Hosts;
+use crate::compute::keypairs::Keypairs;
+use crate::compute::quotas::Quotas;
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::image::Images;
@@ -29,6 +32,8 @@ pub struct App {
     pub flavors: Flavors,
     pub hosts: Hosts,
     pub images: Images,
+    pub keypairs: Keypairs,
+    pub quotas: Quotas,
 }
 
 impl App {
