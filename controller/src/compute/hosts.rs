@@ -10,6 +10,10 @@ pub struct Host {
     pub enabled: bool,
     /// Unix seconds of the last heartbeat.
     pub last_seen: i64,
+    pub availability_zone: String,
+    /// What the scheduler has promised here.
+    pub claimed_vcpus: i64,
+    pub claimed_ram_mib: i64,
 }
 
 pub struct Hosts {
@@ -59,7 +63,8 @@ impl Hosts {
             .store
             .fetch_all(
                 "SELECT id, url, cpus, memory_mib, memory_usable_mib, disk_free_mib, vcpus_used, \
-                 memory_used_mib, instances, kvm_mode, version, enabled, last_seen FROM hosts ORDER BY id",
+                 memory_used_mib, instances, kvm_mode, version, enabled, last_seen, availability_zone, \
+                 claimed_vcpus, claimed_ram_mib FROM hosts ORDER BY id",
                 &[],
             )
             .await?;
@@ -82,6 +87,9 @@ impl Hosts {
                     },
                     enabled: boolean(r, "enabled")?,
                     last_seen: int(r, "last_seen")?,
+                    availability_zone: text(r, "availability_zone")?,
+                    claimed_vcpus: int(r, "claimed_vcpus")?,
+                    claimed_ram_mib: int(r, "claimed_ram_mib")?,
                 })
             })
             .collect()

@@ -1,7 +1,8 @@
-//! Compute: flavors, keypairs, quotas and the hosts hostd registers; servers
-//! and scheduling next.
+//! Compute: flavors, keypairs, quotas, the hosts hostd registers and the
+//! scheduler that places on them; servers next.
 
 pub mod flavors;
 pub mod hosts;
 pub mod keypairs;
 pub mod quotas;
+pub mod scheduler;

@@ -1,0 +1,171 @@
+//! Placement: filter the registered hosts, weigh them, and claim resources on
+//! the first that takes the claim.
+//!
+//! A claim is one conditional `UPDATE` of the host's row ("add these vCPUs and
+//! MiB if the totals stay within capacity"), which both engines apply
+//! atomically (PostgreSQL re-checks the condition under the row lock), so
+//! concurrent placements, from one controller or several, never oversubscribe a
+//! host. A claim is released when its server goes away or fails to start.
+
+use crate::compute::hosts::{Host, Hosts};
+use crate::store::{Store, StoreError, Value};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Weigher {
+    /// Most free RAM first: spreads load (the default).
+    Spread,
+    /// Least free RAM first: fills hosts up.
+    Pack,
+}
+
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub cpu_allocation_ratio: f64,
+    pub ram_allocation_ratio: f64,
+    /// A host silent for longer than this is not placed on.
+    pub heartbeat_timeout_secs: i64,
+    pub weigher: Weigher,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            cpu_allocation_ratio: 4.0,
+            ram_allocation_ratio: 1.0,
+            heartbeat_timeout_secs: 60,
+            weigher: Weigher::Spread,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Demand {
+    pub vcpus: i64,
+    pub ram_mib: i64,
+    pub availability_zone: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error("No valid host was found. {0}")]
+    NoValidHost(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Capacity of a host under the policy: (vCPUs, MiB).
+fn capacity(h: &Host, p: &Policy) -> (i64, i64) {
+    (
+        (h.report.cpus as f64 * p.cpu_allocation_ratio).floor() as i64,
+        (h.report.memory_usable_mib as f64 * p.ram_allocation_ratio).floor() as i64,
+    )
+}
+
+pub struct Scheduler {
+    store: Store,
+    hosts: Hosts,
+    policy: Policy,
+}
+
+impl Scheduler {
+    pub fn new(store: Store, policy: Policy) -> Self {
+        Scheduler {
+            hosts: Hosts::new(store.clone()),
+            store,
+            policy,
+        }
+    }
+
+    /// Claims `demand` on a host (none of `exclude`); returns the host.
+    pub async fn place(&self, demand: &Demand, exclude: &[String]) -> Result<Host, PlaceError> {
+        let now = crate::identity::now();
+        let mut candidates: Vec<(Host, i64)> = Vec::new();
+        let mut reasons = Vec::new();
+        for h in self.hosts.list().await? {
+            let (cap_cpu, cap_ram) = capacity(&h, &self.policy);
+            let why = if !h.enabled {
+                Some("disabled")
+            } else if now - h.last_seen > self.policy.heartbeat_timeout_secs {
+                Some("no recent heartbeat")
+            } else if exclude.contains(&h.report.host_id) {
+                Some("already tried")
+            } else if demand
+                .availability_zone
+                .as_ref()
+                .is_some_and(|z| *z != h.availability_zone)
+            {
+                Some("other availability zone")
+            } else if h.claimed_vcpus + demand.vcpus > cap_cpu
+                || h.claimed_ram_mib + demand.ram_mib > cap_ram
+            {
+                Some("not enough free vCPUs or RAM")
+            } else {
+                None
+            };
+            match why {
+                Some(w) => reasons.push(format!("{}: {w}", h.report.host_id)),
+                None => {
+                    let free_ram = cap_ram - h.claimed_ram_mib;
+                    candidates.push((h, free_ram));
+                }
+            }
+        }
+        match self.policy.weigher {
+            Weigher::Spread => candidates.sort_by_key(|(_, free)| std::cmp::Reverse(*free)),
+            Weigher::Pack => candidates.sort_by_key(|(_, free)| *free),
+        }
+        for (h, _) in candidates {
+            let (cap_cpu, cap_ram) = capacity(&h, &self.policy);
+            if self
+                .claim(&h.report.host_id, demand, cap_cpu, cap_ram)
+                .await?
+            {
+                return Ok(h);
+            }
+            reasons.push(format!(
+                "{}: lost the claim to a concurrent placement",
+                h.report.host_id
+            ));
+        }
+        if reasons.is_empty() {
+            reasons.push("no hosts are registered".into());
+        }
+        Err(PlaceError::NoValidHost(reasons.join("; ")))
+    }
+
+    /// Adds the demand to the host's claims if it still fits; atomically.
+    async fn claim(
+        &self,
+        host: &str,
+        d: &Demand,
+        cap_cpu: i64,
+        cap_ram: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .execute(
+                "UPDATE hosts SET claimed_vcpus = claimed_vcpus + $1, claimed_ram_mib = claimed_ram_mib + $2 \
+                 WHERE id = $3 AND claimed_vcpus + $1 <= $4 AND claimed_ram_mib + $2 <= $5",
+                &[
+                    Value::Int(d.vcpus),
+                    Value::Int(d.ram_mib),
+                    Value::Text(host),
+                    Value::Int(cap_cpu),
+                    Value::Int(cap_ram),
+                ],
+            )
+            .await?
+            == 1)
+    }
+
+    /// Gives a claim back.
+    pub async fn release(&self, host: &str, d: &Demand) -> Result<(), StoreError> {
+        self.store
+            .execute(
+                "UPDATE hosts SET claimed_vcpus = claimed_vcpus - $1, claimed_ram_mib = claimed_ram_mib - $2 WHERE id = $3",
+                &[Value::Int(d.vcpus), Value::Int(d.ram_mib), Value::Text(host)],
+            )
+            .await?;
+        Ok(())
+    }
+}

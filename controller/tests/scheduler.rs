@@ -1,0 +1,159 @@
+//! The scheduler against real databases: filters, weighers, and atomic claims
+//! under concurrency (8 placements racing for room for 5).
+
+// Test helpers fail the test on any unexpected error.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use controller::compute::hosts::Hosts;
+use controller::compute::scheduler::{Demand, PlaceError, Policy, Scheduler, Weigher};
+use controller::store::Store;
+use hostd::registration::Heartbeat;
+
+fn beat(id: &str, memory_usable_mib: u64) -> Heartbeat {
+    Heartbeat {
+        host_id: id.into(),
+        url: format!("http://{id}:8790"),
+        cpus: 16,
+        memory_mib: memory_usable_mib + 512,
+        memory_usable_mib,
+        disk_free_mib: 100_000,
+        vcpus_used: 0,
+        memory_used_mib: 0,
+        instances: 0,
+        kvm_mode: "hardware".into(),
+        version: "test".into(),
+    }
+}
+
+fn small() -> Demand {
+    Demand {
+        vcpus: 1,
+        ram_mib: 1024,
+        availability_zone: None,
+    }
+}
+
+async fn racing_claims(url: &str) {
+    let store = Store::open(url).await.unwrap();
+    Hosts::new(store.clone())
+        .heartbeat(&beat("h1", 5 * 1024))
+        .await
+        .unwrap();
+    let sched = Arc::new(Scheduler::new(store, Policy::default()));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let s = sched.clone();
+            tokio::spawn(async move { s.place(&small(), &[]).await })
+        })
+        .collect();
+    let mut placed = 0;
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(h) => {
+                assert_eq!(h.report.host_id, "h1");
+                placed += 1;
+            }
+            Err(PlaceError::NoValidHost(why)) => {
+                assert!(why.contains("h1"), "{why}");
+                refused += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((placed, refused), (5, 3), "exactly the host's capacity");
+    // Released capacity can be claimed again.
+    sched.release("h1", &small()).await.unwrap();
+    assert!(sched.place(&small(), &[]).await.is_ok());
+    assert!(sched.place(&small(), &[]).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_never_oversubscribe_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    racing_claims(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("s.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_never_oversubscribe_on_postgres() {
+    let Some(pg) = common::Postgres::start() else {
+        return;
+    };
+    racing_claims(&pg.url()).await;
+}
+
+#[tokio::test]
+async fn filters_and_weighers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("s.db").display()
+    ))
+    .await
+    .unwrap();
+    let hosts = Hosts::new(store.clone());
+    hosts.heartbeat(&beat("big", 8192)).await.unwrap();
+    hosts.heartbeat(&beat("small", 2048)).await.unwrap();
+    let spread = Scheduler::new(store.clone(), Policy::default());
+    assert_eq!(
+        spread.place(&small(), &[]).await.unwrap().report.host_id,
+        "big"
+    );
+    let pack = Scheduler::new(
+        store.clone(),
+        Policy {
+            weigher: Weigher::Pack,
+            ..Policy::default()
+        },
+    );
+    assert_eq!(
+        pack.place(&small(), &[]).await.unwrap().report.host_id,
+        "small"
+    );
+    // Excluding a host (a failed attempt) moves on to the next.
+    assert_eq!(
+        spread
+            .place(&small(), &["big".into()])
+            .await
+            .unwrap()
+            .report
+            .host_id,
+        "small"
+    );
+    // Too big for any host.
+    let huge = Demand {
+        vcpus: 1,
+        ram_mib: 1 << 20,
+        availability_zone: None,
+    };
+    let Err(PlaceError::NoValidHost(why)) = spread.place(&huge, &[]).await else {
+        panic!("placed an impossible demand")
+    };
+    assert!(why.contains("not enough"), "{why}");
+    // Another availability zone.
+    let elsewhere = Demand {
+        availability_zone: Some("zone-b".into()),
+        ..small()
+    };
+    assert!(spread.place(&elsewhere, &[]).await.is_err());
+    // A host without recent heartbeats is skipped.
+    let strict = Scheduler::new(
+        store,
+        Policy {
+            heartbeat_timeout_secs: -1,
+            ..Policy::default()
+        },
+    );
+    let Err(PlaceError::NoValidHost(why)) = strict.place(&small(), &[]).await else {
+        panic!("placed on a silent host")
+    };
+    assert!(why.contains("heartbeat"), "{why}");
+}
