@@ -14,6 +14,8 @@ use controller::compute::flavors::Flavors;
 use controller::compute::hosts::Hosts;
 use controller::compute::keypairs::Keypairs;
 use controller::compute::quotas::Quotas;
+use controller::compute::scheduler::{Policy, Scheduler};
+use controller::compute::servers::Servers;
 use controller::config::Config;
 use controller::identity::Identity;
 use controller::image::Images;
@@ -84,7 +86,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!(addr = %listener.local_addr()?, public_url = %config.public_url, "controller ready");
-    let app = Arc::new(App {
+    let app = Arc::new_cyclic(|me| App {
         config,
         identity,
         flavors: Flavors::new(store.clone()),
@@ -92,7 +94,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         images,
         keypairs: Keypairs::new(store.clone()),
         quotas: Quotas::new(store.clone()),
+        servers: Servers::new(store.clone()),
+        scheduler: Scheduler::new(store.clone(), Policy::default()),
+        me: me.clone(),
     });
+    tokio::spawn(api::servers::sync_loop(app.clone()));
     let accept = async {
         loop {
             match listener.accept().await {

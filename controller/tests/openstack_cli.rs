@@ -317,3 +317,52 @@ fn openstack_keypairs() {
     let (ok, _, err) = run(&cli, &clouds, &["keypair", "delete", "mykey"]);
     assert!(ok, "{err}");
 }
+
+#[test]
+fn openstack_server_lifecycle_without_hosts() {
+    let Some(cli) = openstack() else { return };
+    let c = start(None);
+    let clouds = clouds_yaml(&c, ADMIN_PASSWORD);
+    let ok = |args: &[&str]| {
+        let (ok, out, err) = run(&cli, &clouds, args);
+        assert!(ok, "openstack {args:?} failed:\n{err}");
+        out
+    };
+    ok(&[
+        "flavor", "create", "--ram", "128", "--vcpus", "1", "--disk", "0", "tiny",
+    ]);
+    let kernel = c.dir_path.join("vmlinux");
+    std::fs::write(&kernel, b"\x7fELF stand-in").unwrap();
+    ok(&[
+        "image",
+        "create",
+        "--file",
+        kernel.to_str().unwrap(),
+        "--disk-format",
+        "aki",
+        "--container-format",
+        "aki",
+        "kernel",
+    ]);
+    // No host has registered: the build fails, and the client says so.
+    let (created, _, err) = run(
+        &cli,
+        &clouds,
+        &[
+            "server", "create", "--image", "kernel", "--flavor", "tiny", "--wait", "vm1",
+        ],
+    );
+    assert!(!created, "no host, no server");
+    assert!(
+        err.contains("Error creating server") || err.contains("ERROR"),
+        "{err}"
+    );
+    let list = ok(&["server", "list", "-f", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list[0]["Name"], "vm1");
+    assert_eq!(list[0]["Status"], "ERROR");
+    let show = ok(&["server", "show", "vm1", "-f", "json"]);
+    assert!(show.contains("No valid host was found"), "{show}");
+    ok(&["server", "delete", "--wait", "vm1"]);
+    assert_eq!(ok(&["server", "list", "-f", "json"]).trim(), "[]");
+}

@@ -1,4 +1,5 @@
-//! Nova v2.1, growing: version discovery, microversion negotiation, flavors.
+//! Nova v2.1, growing: version discovery, microversion negotiation, flavors;
+//! servers, keypairs, limits and quotas live in their own modules.
 //!
 //! The maximum microversion is 2.1 for now: clients negotiate down to it (the
 //! SDK asks for min(its maximum, ours)), and every response has exactly the 2.1
@@ -117,6 +118,10 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
         (_, ["flavors"] | ["flavors", _]) => {
             nova_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.")
         }
+        (_, ["servers", ..]) => match super::servers::route(app, &auth, req, rest).await {
+            Some(r) => r,
+            None => nova_error(StatusCode::NOT_FOUND, "The resource could not be found."),
+        },
         _ => match super::compute_misc::route(app, &auth, req, rest).await {
             Some(r) => r,
             None => nova_error(StatusCode::NOT_FOUND, "The resource could not be found."),

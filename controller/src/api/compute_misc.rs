@@ -224,11 +224,13 @@ async fn update_quota(
 }
 
 async fn limits(app: &App, project: &str) -> Response<Body> {
-    let q = match app.quotas.get(project).await {
-        Ok(q) => q,
-        Err(e) => return store_error(e),
+    let (q, used) = match (
+        app.quotas.get(project).await,
+        app.servers.usage(project).await,
+    ) {
+        (Ok(q), Ok(u)) => (q, u),
+        (Err(e), _) | (_, Err(e)) => return store_error(e),
     };
-    // Servers are not hosted yet, so nothing is in use.
     json(
         StatusCode::OK,
         &json!({"limits": {"rate": [], "absolute": {
@@ -236,7 +238,7 @@ async fn limits(app: &App, project: &str) -> Response<Body> {
             "maxTotalKeypairs": q.key_pairs, "maxServerMeta": 128, "maxPersonality": 5,
             "maxPersonalitySize": 10240, "maxServerGroups": 10, "maxServerGroupMembers": 10,
             "maxSecurityGroups": -1, "maxSecurityGroupRules": -1, "maxTotalFloatingIps": -1,
-            "totalInstancesUsed": 0, "totalCoresUsed": 0, "totalRAMUsed": 0,
+            "totalInstancesUsed": used.instances, "totalCoresUsed": used.cores, "totalRAMUsed": used.ram_mib,
             "totalServerGroupsUsed": 0, "totalSecurityGroupsUsed": 0, "totalFloatingIpsUsed": 0,
         }}}),
     )

@@ -9,6 +9,7 @@ pub mod identity;
 pub mod identity_admin;
 pub mod image;
 pub mod internal;
+pub mod servers;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ use crate::compute::flavors::Flavors;
 use crate::compute::hosts::Hosts;
 use crate::compute::keypairs::Keypairs;
 use crate::compute::quotas::Quotas;
+use crate::compute::scheduler::Scheduler;
+use crate::compute::servers::Servers;
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::image::Images;
@@ -34,6 +37,10 @@ pub struct App {
     pub images: Images,
     pub keypairs: Keypairs,
     pub quotas: Quotas,
+    pub servers: Servers,
+    pub scheduler: Scheduler,
+    /// This app, for background work it starts (server builds).
+    pub me: std::sync::Weak<App>,
 }
 
 impl App {

@@ -1,0 +1,703 @@
+//! Nova servers at microversion 2.1: create (answered at once with BUILD; a
+//! background task schedules it and asks the chosen host's hostd to run it),
+//! list, detail, show, delete, actions, console output.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value as Json};
+use sha2::{Digest, Sha224};
+
+use super::compute::nova_error;
+use super::http::{empty, json, read_json, Body};
+use super::App;
+use crate::compute::scheduler::{Demand, PlaceError};
+use crate::compute::servers::Server;
+use crate::hostd_client::{self, HostdError};
+use crate::identity::{now, Auth};
+use crate::store::StoreError;
+
+/// How long hostd may take to create (and boot to running) an instance.
+const HOSTD_CREATE_TIMEOUT: Duration = Duration::from_secs(120);
+const HOSTD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Hosts tried for one server before it goes to ERROR.
+const MAX_ATTEMPTS: usize = 3;
+const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+
+fn store_error(e: StoreError) -> Response<Body> {
+    tracing::error!("servers: {e}");
+    nova_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}
+
+fn iso(t: i64) -> String {
+    super::http::iso_micros(t).replace(".000000Z", "Z")
+}
+
+fn links(app: &App, kind: &str, id: &str) -> Json {
+    let base = &app.config.public_url;
+    json!([{"rel": "self", "href": format!("{base}/compute/v2.1/{kind}/{id}")},
+           {"rel": "bookmark", "href": format!("{base}/compute/{kind}/{id}")}])
+}
+
+/// The 2.1 server representation: exactly the keys tempest's schema allows.
+pub fn server_json(app: &App, s: &Server, admin: bool) -> Json {
+    let host_id = match &s.host_id {
+        Some(h) => Sha224::digest(format!("{}{h}", s.project_id).as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+        None => String::new(),
+    };
+    let mut v = json!({
+        "id": s.id, "name": s.name, "status": s.status(),
+        "image": {"id": s.image_id, "links": links(app, "images", &s.image_id)},
+        "flavor": {"id": s.flavor_id, "links": links(app, "flavors", &s.flavor_id)},
+        "user_id": s.user_id, "tenant_id": s.project_id,
+        "created": iso(s.created_at), "updated": iso(s.updated_at),
+        "metadata": s.metadata, "links": links(app, "servers", &s.id),
+        "addresses": {}, "hostId": host_id, "accessIPv4": "", "accessIPv6": "",
+        "OS-DCF:diskConfig": "MANUAL", "OS-EXT-AZ:availability_zone": s.availability_zone,
+        "OS-EXT-STS:vm_state": s.vm_state, "OS-EXT-STS:task_state": s.task_state,
+        "OS-EXT-STS:power_state": s.power_state,
+        "OS-SRV-USG:launched_at": s.launched_at.map(|t| super::http::iso_micros(t).replace('Z', "")),
+        "OS-SRV-USG:terminated_at": null,
+        "config_drive": "", "key_name": s.key_name, "progress": 0,
+        "security_groups": [{"name": "default"}], "os-extended-volumes:volumes_attached": [],
+    });
+    if let Some(f) = &s.fault {
+        v["fault"] = json!({"code": 500, "message": f, "created": iso(s.updated_at)});
+    }
+    if admin {
+        v["OS-EXT-SRV-ATTR:host"] = json!(s.host_id);
+        v["OS-EXT-SRV-ATTR:hypervisor_hostname"] = json!(s.host_id);
+        v["OS-EXT-SRV-ATTR:instance_name"] = json!(format!("instance-{}", s.id));
+    }
+    v
+}
+
+/// Handles `/servers...`; None for other paths.
+pub async fn route(
+    app: &App,
+    auth: &Auth,
+    req: Request<Incoming>,
+    rest: &[&str],
+) -> Option<Response<Body>> {
+    Some(match (req.method().clone(), rest) {
+        (Method::GET, ["servers"]) => list(app, auth, &req, false).await,
+        (Method::GET, ["servers", "detail"]) => list(app, auth, &req, true).await,
+        (Method::POST, ["servers"]) => create(app, auth, req).await,
+        (Method::GET, ["servers", id]) => match visible(app, auth, id).await {
+            Ok(s) => json(
+                StatusCode::OK,
+                &json!({"server": server_json(app, &s, auth.is_admin())}),
+            ),
+            Err(r) => r,
+        },
+        (Method::DELETE, ["servers", id]) => delete(app, auth, id).await,
+        (Method::POST, ["servers", id, "action"]) => {
+            let id = id.to_string();
+            action(app, auth, &id, req).await
+        }
+        _ => return None,
+    })
+}
+
+async fn visible(app: &App, auth: &Auth, id: &str) -> Result<Server, Response<Body>> {
+    match app.servers.get(id).await {
+        Ok(Some(s)) if auth.is_admin() || Some(s.project_id.as_str()) == auth.project_id() => Ok(s),
+        Ok(_) => Err(nova_error(
+            StatusCode::NOT_FOUND,
+            &format!("Instance {id} could not be found."),
+        )),
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (!k.is_empty()).then(|| (k.to_owned(), v.replace("%20", " ").replace('+', " ")))
+        })
+        .collect()
+}
+
+async fn list(app: &App, auth: &Auth, req: &Request<Incoming>, detail: bool) -> Response<Body> {
+    let q = query(req);
+    let all = auth.is_admin()
+        && matches!(
+            q.get("all_tenants").map(String::as_str),
+            Some("1" | "true" | "True" | "")
+        );
+    let scope = if all { None } else { auth.project_id() };
+    let servers = match app.servers.list(scope).await {
+        Ok(s) => s,
+        Err(e) => return store_error(e),
+    };
+    let items: Vec<Json> = servers
+        .iter()
+        // Nova matches names as a regex; a substring match covers what clients send.
+        .filter(|s| {
+            q.get("name").is_none_or(|n| {
+                s.name
+                    .contains(n.trim_start_matches('^').trim_end_matches('$'))
+            })
+        })
+        .filter(|s| {
+            q.get("status")
+                .is_none_or(|st| s.status().eq_ignore_ascii_case(st))
+        })
+        .filter(|s| q.get("image").is_none_or(|i| &s.image_id == i))
+        .filter(|s| q.get("flavor").is_none_or(|f| &s.flavor_id == f))
+        .map(|s| {
+            if detail {
+                server_json(app, s, auth.is_admin())
+            } else {
+                json!({"id": s.id, "name": s.name, "links": links(app, "servers", &s.id)})
+            }
+        })
+        .collect();
+    json(StatusCode::OK, &json!({ "servers": items }))
+}
+
+async fn create(app: &App, auth: &Auth, req: Request<Incoming>) -> Response<Body> {
+    let body = match read_json(req, nova_error).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(s) = body.get("server") else {
+        return nova_error(StatusCode::BAD_REQUEST, "'server' is a required property");
+    };
+    let bad = |m: &str| nova_error(StatusCode::BAD_REQUEST, m);
+    let Some(name) = s
+        .get("name")
+        .and_then(Json::as_str)
+        .filter(|n| (1..=255).contains(&n.trim().len()))
+    else {
+        return bad(
+            "Invalid input for field/attribute name: a string of 1 to 255 characters is required",
+        );
+    };
+    let Some(flavor_ref) = s.get("flavorRef").and_then(|v| {
+        v.as_str()
+            .map(str::to_owned)
+            .or_else(|| v.as_i64().map(|n| n.to_string()))
+    }) else {
+        return bad("'flavorRef' is a required property");
+    };
+    // imageRef, or the image of a boot_index 0 image BDM.
+    let image_ref = s
+        .get("imageRef")
+        .and_then(Json::as_str)
+        .filter(|i| !i.is_empty())
+        .map(str::to_owned)
+        .or_else(|| {
+            s.get("block_device_mapping_v2")?
+                .as_array()?
+                .iter()
+                .find_map(|b| {
+                    (b.get("source_type")?.as_str()? == "image")
+                        .then(|| b.get("uuid")?.as_str().map(str::to_owned))?
+                })
+        });
+    let Some(image_ref) = image_ref else {
+        return bad("an image is required (imageRef): booting from volumes is not supported yet");
+    };
+    let project = auth.project_id().unwrap_or_default().to_owned();
+    let flavor = match app.flavors.get(&flavor_ref).await {
+        Ok(Some(f)) if f.is_public || auth.is_admin() => f,
+        Ok(_) => return bad(&format!("Flavor {flavor_ref} could not be found.")),
+        Err(e) => return store_error(e),
+    };
+    let image = match app.images.get(&image_ref).await {
+        Ok(Some(i)) if i.visible_to(&project, auth.is_admin()) && i.status == "active" => i,
+        Ok(Some(i)) if i.visible_to(&project, auth.is_admin()) => {
+            return bad(&format!("Image {image_ref} is not active."))
+        }
+        Ok(_) => return bad(&format!("Image {image_ref} could not be found.")),
+        Err(e) => return store_error(e),
+    };
+    let key_name = s.get("key_name").and_then(Json::as_str).map(str::to_owned);
+    if let Some(k) = &key_name {
+        match app.keypairs.get(&auth.user.id, k).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return bad(&format!("Invalid key_name provided: {k}")),
+            Err(e) => return store_error(e),
+        }
+    }
+    let metadata: BTreeMap<String, String> = match s.get("metadata") {
+        None | Some(Json::Null) => BTreeMap::new(),
+        Some(Json::Object(m)) => {
+            let mut out = BTreeMap::new();
+            for (k, v) in m {
+                let Some(v) = v.as_str() else {
+                    return bad(
+                        "Invalid input for field/attribute metadata: values must be strings",
+                    );
+                };
+                out.insert(k.clone(), v.to_owned());
+            }
+            out
+        }
+        Some(_) => return bad("Invalid input for field/attribute metadata: must be an object"),
+    };
+    let user_data = s.get("user_data").and_then(Json::as_str).map(str::to_owned);
+    // Quotas: instances, cores, RAM.
+    let (quota, usage) = match (
+        app.quotas.get(&project).await,
+        app.servers.usage(&project).await,
+    ) {
+        (Ok(q), Ok(u)) => (q, u),
+        (Err(e), _) | (_, Err(e)) => return store_error(e),
+    };
+    let over = |limit: i64, used: i64, add: i64| limit >= 0 && used + add > limit;
+    for (what, limit, used, add) in [
+        ("instances", quota.instances, usage.instances, 1),
+        ("cores", quota.cores, usage.cores, flavor.vcpus),
+        ("ram", quota.ram_mib, usage.ram_mib, flavor.ram_mib),
+    ] {
+        if over(limit, used, add) {
+            return nova_error(
+                StatusCode::FORBIDDEN,
+                &format!("Quota exceeded for {what}: Requested {add}, but already used {used} of {limit} {what}"),
+            );
+        }
+    }
+    let t = now();
+    let server = Server {
+        id: uuid::Uuid::new_v4().to_string(),
+        project_id: project,
+        user_id: auth.user.id.clone(),
+        name: name.trim().to_owned(),
+        flavor_id: flavor.id.clone(),
+        image_id: image.id.clone(),
+        vcpus: flavor.vcpus,
+        ram_mib: flavor.ram_mib,
+        disk_gib: flavor.disk_gib,
+        host_id: None,
+        vm_state: "building".into(),
+        task_state: Some("scheduling".into()),
+        power_state: 0,
+        fault: None,
+        key_name,
+        user_data,
+        metadata,
+        availability_zone: s
+            .get("availability_zone")
+            .and_then(Json::as_str)
+            .unwrap_or("nova")
+            .to_owned(),
+        created_at: t,
+        updated_at: t,
+        launched_at: None,
+    };
+    if let Err(e) = app.servers.insert(&server).await {
+        return store_error(e);
+    }
+    if let Some(app) = app.me.upgrade() {
+        let id = server.id.clone();
+        tokio::spawn(async move { build(app, id).await });
+    }
+    let mut r = json(
+        StatusCode::ACCEPTED,
+        &json!({"server": {"id": server.id, "links": links(app, "servers", &server.id),
+                           "OS-DCF:diskConfig": "MANUAL", "security_groups": [{"name": "default"}]}}),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{}/compute/v2.1/servers/{}",
+        app.config.public_url, server.id
+    )) {
+        r.headers_mut().insert("location", v);
+    }
+    r
+}
+
+/// What hostd is asked to run for a server: the image's kernel (its
+/// `kernel_id`, or the image itself when it is a kernel), ramdisk and command
+/// line (`os_command_line`), and the image as a read-only root disk.
+async fn instance_spec(app: &App, s: &Server) -> Result<Json, String> {
+    let image = app
+        .images
+        .get(&s.image_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the image is gone")?;
+    let raw = |i: &crate::image::Image| app.images.raw_path(i).display().to_string();
+    let kernel = if image.disk_format.as_deref() == Some("aki") {
+        raw(&image)
+    } else {
+        let kid = image.properties.get("kernel_id").ok_or(
+            "the image has no kernel_id property: Virga boots a kernel directly (no firmware)",
+        )?;
+        let k = app
+            .images
+            .get(kid)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the kernel image is gone")?;
+        raw(&k)
+    };
+    let initramfs = match image.properties.get("ramdisk_id") {
+        Some(rid) => Some(raw(&app
+            .images
+            .get(rid)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the ramdisk image is gone")?)),
+        None => None,
+    };
+    let mut cmdline = image
+        .properties
+        .get("os_command_line")
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_CMDLINE.to_owned());
+    let mut disks = Vec::new();
+    if matches!(image.disk_format.as_deref(), Some("raw" | "qcow2" | "ami"))
+        && image.size.unwrap_or(0) > 0
+    {
+        // Shared by every server of this image, so read-only until per-server
+        // copies exist.
+        disks.push(json!({"path": raw(&image), "read_only": true, "direct": false}));
+        if !cmdline.contains("root=") {
+            cmdline.push_str(" root=/dev/vda ro");
+        }
+    }
+    Ok(json!({
+        "id": s.id, "vcpus": s.vcpus, "memory_mib": s.ram_mib, "kernel": kernel,
+        "initramfs": initramfs, "cmdline": cmdline, "disks": disks,
+        "metadata": {"name": s.name, "project_id": s.project_id},
+    }))
+}
+
+/// Schedules a server and starts it on a host, trying others on failure.
+async fn build(app: Arc<App>, id: String) {
+    let Ok(Some(server)) = app.servers.get(&id).await else {
+        return;
+    };
+    let demand = Demand {
+        vcpus: server.vcpus,
+        ram_mib: server.ram_mib,
+        availability_zone: (server.availability_zone != "nova")
+            .then(|| server.availability_zone.clone()),
+    };
+    let spec = match instance_spec(&app, &server).await {
+        Ok(s) => s,
+        Err(why) => {
+            fail(&app, &id, &format!("Build of instance {id} aborted: {why}")).await;
+            return;
+        }
+    };
+    let token = app.config.hostd_token.clone().unwrap_or_default();
+    let mut tried: Vec<String> = Vec::new();
+    let mut last = String::new();
+    for _ in 0..MAX_ATTEMPTS {
+        let host = match app.scheduler.place(&demand, &tried).await {
+            Ok(h) => h,
+            Err(PlaceError::NoValidHost(why)) => {
+                let msg = if last.is_empty() {
+                    format!("No valid host was found. {why}")
+                } else {
+                    format!("{last}; then no other host: {why}")
+                };
+                fail(&app, &id, &msg).await;
+                return;
+            }
+            Err(PlaceError::Store(e)) => {
+                fail(&app, &id, &format!("scheduling failed: {e}")).await;
+                return;
+            }
+        };
+        let host_id = host.report.host_id.clone();
+        let _ = app.servers.set_host(&id, Some(&host_id)).await;
+        let _ = app
+            .servers
+            .set_state(&id, "building", Some("spawning"), 0, None)
+            .await;
+        match hostd_client::call(
+            &host.report.url,
+            &token,
+            Method::POST,
+            "/instances",
+            Some(&spec),
+            HOSTD_CREATE_TIMEOUT,
+        )
+        .await
+        {
+            Ok(_) => {
+                // Deleted while building: undo on the host.
+                if matches!(app.servers.get(&id).await, Ok(None)) {
+                    let _ = hostd_client::call(
+                        &host.report.url,
+                        &token,
+                        Method::DELETE,
+                        &format!("/instances/{id}"),
+                        None,
+                        HOSTD_TIMEOUT,
+                    )
+                    .await;
+                    let _ = app.scheduler.release(&host_id, &demand).await;
+                    return;
+                }
+                let _ = app.servers.set_state(&id, "active", None, 1, None).await;
+                tracing::info!(server = %id, host = %host_id, "server active");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(server = %id, host = %host_id, "hostd refused the instance: {e}");
+                let _ = app.scheduler.release(&host_id, &demand).await;
+                let _ = app.servers.set_host(&id, None).await;
+                last = format!("host {host_id}: {e}");
+                tried.push(host_id);
+            }
+        }
+    }
+    fail(
+        &app,
+        &id,
+        &format!("Exceeded maximum number of retries. {last}"),
+    )
+    .await;
+}
+
+async fn fail(app: &App, id: &str, fault: &str) {
+    tracing::warn!(server = %id, "build failed: {fault}");
+    let _ = app
+        .servers
+        .set_state(id, "error", None, 0, Some(fault))
+        .await;
+}
+
+fn demand_of(s: &Server) -> Demand {
+    Demand {
+        vcpus: s.vcpus,
+        ram_mib: s.ram_mib,
+        availability_zone: None,
+    }
+}
+
+/// The hostd URL of the host a server runs on.
+async fn host_url(app: &App, s: &Server) -> Option<String> {
+    let host = s.host_id.as_ref()?;
+    app.hosts
+        .list()
+        .await
+        .ok()?
+        .into_iter()
+        .find(|h| &h.report.host_id == host)
+        .map(|h| h.report.url)
+}
+
+async fn delete(app: &App, auth: &Auth, id: &str) -> Response<Body> {
+    let server = match visible(app, auth, id).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if let (Some(host), Some(url)) = (server.host_id.clone(), host_url(app, &server).await) {
+        let token = app.config.hostd_token.clone().unwrap_or_default();
+        match hostd_client::call(
+            &url,
+            &token,
+            Method::DELETE,
+            &format!("/instances/{id}"),
+            None,
+            HOSTD_TIMEOUT,
+        )
+        .await
+        {
+            Ok(_) | Err(HostdError::Refused { status: 404, .. }) => {}
+            Err(e) => {
+                return nova_error(
+                    StatusCode::CONFLICT,
+                    &format!("Cannot delete instance {id} now: {e}"),
+                );
+            }
+        }
+        let _ = app.scheduler.release(&host, &demand_of(&server)).await;
+    }
+    match app.servers.delete(id).await {
+        Ok(()) => empty(StatusCode::NO_CONTENT),
+        Err(e) => store_error(e),
+    }
+}
+
+/// hostd's instance state as (vm_state, power_state).
+fn from_hostd(state: &str) -> (&'static str, i64) {
+    match state {
+        "running" | "building" => ("active", 1),
+        "paused" => ("paused", 3),
+        "shutoff" | "stopping" => ("stopped", 4),
+        _ => ("error", 0),
+    }
+}
+
+async fn action(app: &App, auth: &Auth, id: &str, req: Request<Incoming>) -> Response<Body> {
+    let server = match visible(app, auth, id).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let body = match read_json(req, nova_error).await {
+        Ok(Json::Object(m)) if m.len() == 1 => m,
+        Ok(_) => {
+            return nova_error(
+                StatusCode::BAD_REQUEST,
+                "an action body has exactly one key",
+            )
+        }
+        Err(r) => return r,
+    };
+    let Some((name, args)) = body.iter().next() else {
+        return nova_error(
+            StatusCode::BAD_REQUEST,
+            "an action body has exactly one key",
+        );
+    };
+    let Some(url) = host_url(app, &server).await else {
+        return nova_error(
+            StatusCode::CONFLICT,
+            &format!(
+                "Cannot '{name}' instance {id} while it is in vm_state {}",
+                server.vm_state
+            ),
+        );
+    };
+    let token = app.config.hostd_token.clone().unwrap_or_default();
+    let (path, hostd_body, allowed): (String, Json, &[&str]) = match name.as_str() {
+        "os-stop" => ("stop".into(), json!({}), &["active", "paused"]),
+        "os-start" => ("start".into(), json!({}), &["stopped"]),
+        "pause" => ("pause".into(), json!({}), &["active"]),
+        "unpause" => ("resume".into(), json!({}), &["paused"]),
+        "reboot" => {
+            let hard = args["type"]
+                .as_str()
+                .is_some_and(|t| t.eq_ignore_ascii_case("HARD"));
+            (
+                "reboot".into(),
+                json!({"hard": hard}),
+                &["active", "stopped", "paused"],
+            )
+        }
+        "os-getConsoleOutput" => {
+            let length = args
+                .get("length")
+                .and_then(|l| l.as_i64().or_else(|| l.as_str()?.parse().ok()))
+                .unwrap_or(1000)
+                .clamp(1, 10_000);
+            return match hostd_client::call_raw(
+                &url,
+                &token,
+                Method::GET,
+                &format!("/instances/{id}/console?tail={length}"),
+                None,
+                HOSTD_TIMEOUT,
+            )
+            .await
+            {
+                Ok(text) => json(
+                    StatusCode::OK,
+                    &json!({"output": String::from_utf8_lossy(&text)}),
+                ),
+                Err(e) => nova_error(StatusCode::CONFLICT, &format!("console unavailable: {e}")),
+            };
+        }
+        other => {
+            return nova_error(
+                StatusCode::BAD_REQUEST,
+                &format!("Unsupported action {other:?}"),
+            )
+        }
+    };
+    if !allowed.contains(&server.vm_state.as_str()) {
+        return nova_error(
+            StatusCode::CONFLICT,
+            &format!(
+                "Cannot '{name}' instance {id} while it is in vm_state {}",
+                server.vm_state
+            ),
+        );
+    }
+    match hostd_client::call(
+        &url,
+        &token,
+        Method::POST,
+        &format!("/instances/{id}/actions/{path}"),
+        Some(&hostd_body),
+        HOSTD_CREATE_TIMEOUT,
+    )
+    .await
+    {
+        Ok(instance) => {
+            let (vm, power) = from_hostd(instance["state"].as_str().unwrap_or(""));
+            let _ = app.servers.set_state(id, vm, None, power, None).await;
+            empty(StatusCode::ACCEPTED)
+        }
+        Err(HostdError::Refused {
+            status: 409,
+            message,
+        }) => nova_error(StatusCode::CONFLICT, &message),
+        Err(e) => nova_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// Keeps server states in step with their hosts (a guest that powers itself
+/// off, a VMM that dies): every few seconds, each host's instances.
+pub async fn sync_loop(app: Arc<App>) {
+    let token = app.config.hostd_token.clone().unwrap_or_default();
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (Ok(hosts), Ok(servers)) = (app.hosts.list().await, app.servers.list(None).await)
+        else {
+            continue;
+        };
+        for host in hosts {
+            let mine: Vec<&Server> = servers
+                .iter()
+                .filter(|s| {
+                    s.host_id.as_deref() == Some(host.report.host_id.as_str())
+                        && s.vm_state != "building"
+                })
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let Ok(list) = hostd_client::call(
+                &host.report.url,
+                &token,
+                Method::GET,
+                "/instances",
+                None,
+                HOSTD_TIMEOUT,
+            )
+            .await
+            else {
+                continue;
+            };
+            let states: BTreeMap<&str, &str> = list
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|i| Some((i["id"].as_str()?, i["state"].as_str()?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for s in mine {
+                let (vm, power, fault) = match states.get(s.id.as_str()) {
+                    Some(st) => {
+                        let (vm, power) = from_hostd(st);
+                        (vm, power, None)
+                    }
+                    None => ("error", 0, Some("the instance is gone from its host")),
+                };
+                if vm != s.vm_state || power != s.power_state {
+                    let _ = app.servers.set_state(&s.id, vm, None, power, fault).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Server records: what was asked for, where it runs, and the state Nova
+//! clients see (`vm_state` + `task_state` -> `status`).
+
+use std::collections::BTreeMap;
+
+use crate::store::{int, opt_text, text, Store, StoreError, Value};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Server {
+    pub id: String,
+    pub project_id: String,
+    pub user_id: String,
+    pub name: String,
+    pub flavor_id: String,
+    pub image_id: String,
+    pub vcpus: i64,
+    pub ram_mib: i64,
+    pub disk_gib: i64,
+    pub host_id: Option<String>,
+    /// building, active, stopped, paused, error.
+    pub vm_state: String,
+    pub task_state: Option<String>,
+    /// 0 no state, 1 running, 3 paused, 4 shut down.
+    pub power_state: i64,
+    pub fault: Option<String>,
+    pub key_name: Option<String>,
+    pub user_data: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub availability_zone: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub launched_at: Option<i64>,
+}
+
+impl Server {
+    /// The status Nova clients poll for.
+    pub fn status(&self) -> &'static str {
+        match (self.vm_state.as_str(), self.task_state.as_deref()) {
+            ("active", Some("rebooting")) => "REBOOT",
+            ("active", Some("rebooting_hard")) => "HARD_REBOOT",
+            ("building", _) => "BUILD",
+            ("active", _) => "ACTIVE",
+            ("stopped", _) => "SHUTOFF",
+            ("paused", _) => "PAUSED",
+            ("suspended", _) => "SUSPENDED",
+            ("error", _) => "ERROR",
+            ("deleted", _) => "DELETED",
+            _ => "UNKNOWN",
+        }
+    }
+}
+
+const COLUMNS: &str = "id, project_id, user_id, name, flavor_id, image_id, vcpus, ram_mib, disk_gib, \
+    host_id, vm_state, task_state, power_state, fault, key_name, user_data, metadata, availability_zone, \
+    created_at, updated_at, launched_at";
+
+fn from_row(r: &sqlx::any::AnyRow) -> Result<Server, StoreError> {
+    Ok(Server {
+        id: text(r, "id")?,
+        project_id: text(r, "project_id")?,
+        user_id: text(r, "user_id")?,
+        name: text(r, "name")?,
+        flavor_id: text(r, "flavor_id")?,
+        image_id: text(r, "image_id")?,
+        vcpus: int(r, "vcpus")?,
+        ram_mib: int(r, "ram_mib")?,
+        disk_gib: int(r, "disk_gib")?,
+        host_id: opt_text(r, "host_id")?,
+        vm_state: text(r, "vm_state")?,
+        task_state: opt_text(r, "task_state")?,
+        power_state: int(r, "power_state")?,
+        fault: opt_text(r, "fault")?,
+        key_name: opt_text(r, "key_name")?,
+        user_data: opt_text(r, "user_data")?,
+        metadata: serde_json::from_str(&text(r, "metadata")?).unwrap_or_default(),
+        availability_zone: text(r, "availability_zone")?,
+        created_at: int(r, "created_at")?,
+        updated_at: int(r, "updated_at")?,
+        launched_at: sqlx::Row::try_get::<Option<i64>, _>(r, "launched_at")?,
+    })
+}
+
+/// A project's use, for quotas: (servers, vCPUs, MiB).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub instances: i64,
+    pub cores: i64,
+    pub ram_mib: i64,
+}
+
+pub struct Servers {
+    store: Store,
+}
+
+impl Servers {
+    pub fn new(store: Store) -> Self {
+        Servers { store }
+    }
+
+    pub async fn insert(&self, s: &Server) -> Result<(), StoreError> {
+        let metadata = serde_json::to_string(&s.metadata).unwrap_or_default();
+        self.store
+            .execute(
+                &format!(
+                    "INSERT INTO servers ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                     $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
+                ),
+                &[
+                    Value::Text(&s.id),
+                    Value::Text(&s.project_id),
+                    Value::Text(&s.user_id),
+                    Value::Text(&s.name),
+                    Value::Text(&s.flavor_id),
+                    Value::Text(&s.image_id),
+                    Value::Int(s.vcpus),
+                    Value::Int(s.ram_mib),
+                    Value::Int(s.disk_gib),
+                    Value::OptText(s.host_id.as_deref()),
+                    Value::Text(&s.vm_state),
+                    Value::OptText(s.task_state.as_deref()),
+                    Value::Int(s.power_state),
+                    Value::OptText(s.fault.as_deref()),
+                    Value::OptText(s.key_name.as_deref()),
+                    Value::OptText(s.user_data.as_deref()),
+                    Value::Text(&metadata),
+                    Value::Text(&s.availability_zone),
+                    Value::Int(s.created_at),
+                    Value::Int(s.updated_at),
+                    Value::OptInt(s.launched_at),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Server>, StoreError> {
+        self.store
+            .fetch_optional(
+                &format!("SELECT {COLUMNS} FROM servers WHERE id = $1"),
+                &[Value::Text(id)],
+            )
+            .await?
+            .as_ref()
+            .map(from_row)
+            .transpose()
+    }
+
+    /// A project's servers, or every server for `None`.
+    pub async fn list(&self, project: Option<&str>) -> Result<Vec<Server>, StoreError> {
+        let rows = match project {
+            Some(p) => {
+                self.store
+                    .fetch_all(
+                        &format!("SELECT {COLUMNS} FROM servers WHERE project_id = $1 ORDER BY created_at DESC, id"),
+                        &[Value::Text(p)],
+                    )
+                    .await?
+            }
+            None => {
+                self.store
+                    .fetch_all(&format!("SELECT {COLUMNS} FROM servers ORDER BY created_at DESC, id"), &[])
+                    .await?
+            }
+        };
+        rows.iter().map(from_row).collect()
+    }
+
+    pub async fn usage(&self, project: &str) -> Result<Usage, StoreError> {
+        Ok(self
+            .list(Some(project))
+            .await?
+            .iter()
+            .fold(Usage::default(), |u, s| Usage {
+                instances: u.instances + 1,
+                cores: u.cores + s.vcpus,
+                ram_mib: u.ram_mib + s.ram_mib,
+            }))
+    }
+
+    /// Sets where and how a server runs.
+    pub async fn set_state(
+        &self,
+        id: &str,
+        vm_state: &str,
+        task_state: Option<&str>,
+        power_state: i64,
+        fault: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let launched = (vm_state == "active").then(crate::identity::now);
+        self.store
+            .execute(
+                "UPDATE servers SET vm_state = $1, task_state = $2, power_state = $3, fault = $4, updated_at = $5, \
+                 launched_at = COALESCE(launched_at, $6) WHERE id = $7",
+                &[
+                    Value::Text(vm_state),
+                    Value::OptText(task_state),
+                    Value::Int(power_state),
+                    Value::OptText(fault),
+                    Value::Int(crate::identity::now()),
+                    Value::OptInt(launched),
+                    Value::Text(id),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_host(&self, id: &str, host: Option<&str>) -> Result<(), StoreError> {
+        self.store
+            .execute(
+                "UPDATE servers SET host_id = $1, updated_at = $2 WHERE id = $3",
+                &[
+                    Value::OptText(host),
+                    Value::Int(crate::identity::now()),
+                    Value::Text(id),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        self.store
+            .execute("DELETE FROM servers WHERE id = $1", &[Value::Text(id)])
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        let mut s = Server {
+            id: "i".into(),
+            project_id: "p".into(),
+            user_id: "u".into(),
+            name: "n".into(),
+            flavor_id: "f".into(),
+            image_id: "img".into(),
+            vcpus: 1,
+            ram_mib: 1,
+            disk_gib: 0,
+            host_id: None,
+            vm_state: "building".into(),
+            task_state: Some("scheduling".into()),
+            power_state: 0,
+            fault: None,
+            key_name: None,
+            user_data: None,
+            metadata: BTreeMap::new(),
+            availability_zone: "nova".into(),
+            created_at: 0,
+            updated_at: 0,
+            launched_at: None,
+        };
+        assert_eq!(s.status(), "BUILD");
+        s.vm_state = "active".into();
+        s.task_state = None;
+        assert_eq!(s.status(), "ACTIVE");
+        s.task_state = Some("rebooting_hard".into());
+        assert_eq!(s.status(), "HARD_REBOOT");
+        s.vm_state = "stopped".into();
+        s.task_state = None;
+        assert_eq!(s.status(), "SHUTOFF");
+        s.vm_state = "error".into();
+        assert_eq!(s.status(), "ERROR");
+    }
+}

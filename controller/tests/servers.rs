@@ -1,0 +1,277 @@
+//! Nova servers over HTTP against a real controller, without hosts: the API's
+//! shapes, validation, quotas, isolation, and "no valid host" ending in ERROR.
+//! Booting on real hosts runs in the testbed.
+
+// Test helpers fail the test on any unexpected error.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{call, start, Controller};
+
+fn token(c: &Controller, user: &str, password: &str, project: &str) -> String {
+    let body = format!(
+        r#"{{"auth":{{"identity":{{"methods":["password"],"password":{{"user":{{"name":"{user}","domain":{{"name":"Default"}},"password":"{password}"}}}}}},"scope":{{"project":{{"name":"{project}","domain":{{"name":"Default"}}}}}}}}}}"#
+    );
+    let r = call(c, "POST", "/identity/v3/auth/tokens", &[], &body);
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.header("x-subject-token").unwrap().to_owned()
+}
+
+fn upload(c: &Controller, token: &str, id: &str, data: &[u8]) {
+    let mut s = TcpStream::connect(&c.addr).unwrap();
+    write!(
+        s,
+        "PUT /image/v2/images/{id}/file HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        data.len()
+    )
+    .unwrap();
+    s.write_all(data).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    assert!(out.starts_with(b"HTTP/1.1 204"));
+}
+
+/// A tiny flavor and a kernel image; returns (flavor id, image id).
+fn flavor_and_image(c: &Controller, admin: &str) -> (String, String) {
+    let t = ("X-Auth-Token", admin);
+    let f = call(
+        c,
+        "POST",
+        "/compute/v2.1/flavors",
+        &[t],
+        r#"{"flavor": {"name": "tiny", "ram": 128, "vcpus": 1, "disk": 0}}"#,
+    );
+    let flavor = f.json()["flavor"]["id"].as_str().unwrap().to_owned();
+    let i = call(
+        c,
+        "POST",
+        "/image/v2/images",
+        &[t],
+        r#"{"name": "kernel", "disk_format": "aki", "container_format": "aki", "visibility": "public"}"#,
+    );
+    let image = i.json()["id"].as_str().unwrap().to_owned();
+    upload(c, admin, &image, b"\x7fELF not really a kernel");
+    (flavor, image)
+}
+
+fn server_body(name: &str, flavor: &str, image: &str) -> String {
+    format!(
+        r#"{{"server": {{"name": "{name}", "imageRef": "{image}", "flavorRef": "{flavor}", "min_count": 1, "max_count": 1, "networks": "none"}}}}"#
+    )
+}
+
+#[test]
+fn without_hosts_a_server_ends_in_error_with_a_fault() {
+    let c = start(None);
+    let admin = token(&c, "admin", "admin-secret", "admin");
+    let t = ("X-Auth-Token", admin.as_str());
+    let (flavor, image) = flavor_and_image(&c, &admin);
+
+    let r = call(
+        &c,
+        "POST",
+        "/compute/v2.1/servers",
+        &[t],
+        &server_body("vm1", &flavor, &image),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(r.header("location").is_some());
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let server = loop {
+        let s = call(&c, "GET", &format!("/compute/v2.1/servers/{id}"), &[t], "").json()["server"]
+            .clone();
+        if s["status"] != "BUILD" || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(server["status"], "ERROR");
+    assert!(
+        server["fault"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("No valid host was found"),
+        "{server}"
+    );
+    for key in [
+        "id",
+        "name",
+        "status",
+        "image",
+        "flavor",
+        "user_id",
+        "tenant_id",
+        "created",
+        "updated",
+        "metadata",
+        "links",
+        "addresses",
+        "hostId",
+    ] {
+        assert!(server.get(key).is_some(), "2.1 requires {key}");
+    }
+
+    let list = call(
+        &c,
+        "GET",
+        "/compute/v2.1/servers/detail?deleted=False",
+        &[t],
+        "",
+    )
+    .json();
+    assert_eq!(list["servers"][0]["id"], id.as_str());
+    let list = call(&c, "GET", "/compute/v2.1/servers?name=vm1", &[t], "").json();
+    assert_eq!(list["servers"][0].as_object().unwrap().len(), 3);
+    let limits = call(&c, "GET", "/compute/v2.1/limits", &[t], "").json();
+    assert_eq!(limits["limits"]["absolute"]["totalInstancesUsed"], 1);
+
+    // Actions on a server without a host are refused; delete works.
+    let r = call(
+        &c,
+        "POST",
+        &format!("/compute/v2.1/servers/{id}/action"),
+        &[t],
+        r#"{"os-stop": null}"#,
+    );
+    assert_eq!(r.status, 409);
+    assert_eq!(
+        call(
+            &c,
+            "DELETE",
+            &format!("/compute/v2.1/servers/{id}"),
+            &[t],
+            ""
+        )
+        .status,
+        204
+    );
+    assert_eq!(
+        call(&c, "GET", &format!("/compute/v2.1/servers/{id}"), &[t], "").status,
+        404
+    );
+}
+
+#[test]
+fn bad_requests_and_quotas() {
+    let c = start(None);
+    let admin = token(&c, "admin", "admin-secret", "admin");
+    let t = ("X-Auth-Token", admin.as_str());
+    let (flavor, image) = flavor_and_image(&c, &admin);
+    let post = |body: &str| call(&c, "POST", "/compute/v2.1/servers", &[t], body);
+    assert_eq!(post("{nope").status, 400);
+    assert_eq!(post(r#"{"server": {"imageRef": "x"}}"#).status, 400);
+    let r = post(&server_body("vm", "no-such-flavor", &image));
+    assert_eq!(r.status, 400);
+    assert!(r.json()["badRequest"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Flavor"));
+    let r = post(&server_body(
+        "vm",
+        &flavor,
+        "00000000-0000-0000-0000-000000000000",
+    ));
+    assert_eq!(r.status, 400);
+    assert!(r.json()["badRequest"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Image"));
+    let r = post(
+        &server_body("vm", &flavor, &image)
+            .replace(r#""networks""#, r#""key_name": "nokey", "networks""#),
+    );
+    assert_eq!(r.status, 400);
+
+    // Quota: 2 instances for this project.
+    let project = call(
+        &c,
+        "GET",
+        "/identity/v3/auth/tokens",
+        &[t, ("X-Subject-Token", &admin)],
+        "",
+    )
+    .json()["token"]["project"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let q = call(
+        &c,
+        "PUT",
+        &format!("/compute/v2.1/os-quota-sets/{project}"),
+        &[t],
+        r#"{"quota_set": {"instances": 2}}"#,
+    );
+    assert_eq!(q.status, 200);
+    assert_eq!(post(&server_body("a", &flavor, &image)).status, 202);
+    assert_eq!(post(&server_body("b", &flavor, &image)).status, 202);
+    let r = post(&server_body("c", &flavor, &image));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("Quota exceeded for instances"));
+
+    // Another project sees none of them.
+    let other = call(
+        &c,
+        "POST",
+        "/identity/v3/projects",
+        &[t],
+        r#"{"project": {"name": "other", "domain_id": "default"}}"#,
+    );
+    let other_id = other.json()["project"]["id"].as_str().unwrap().to_owned();
+    let user = call(
+        &c,
+        "POST",
+        "/identity/v3/users",
+        &[t],
+        r#"{"user": {"name": "eve", "domain_id": "default", "password": "eve-password"}}"#,
+    );
+    let user_id = user.json()["user"]["id"].as_str().unwrap().to_owned();
+    let roles = call(&c, "GET", "/identity/v3/roles?name=member", &[t], "").json();
+    let member = roles["roles"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(
+            &c,
+            "PUT",
+            &format!("/identity/v3/projects/{other_id}/users/{user_id}/roles/{member}"),
+            &[t],
+            ""
+        )
+        .status,
+        204
+    );
+    let eve = token(&c, "eve", "eve-password", "other");
+    let e = ("X-Auth-Token", eve.as_str());
+    let mine = call(&c, "GET", "/compute/v2.1/servers/detail", &[t], "").json();
+    let first = mine["servers"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(&c, "GET", "/compute/v2.1/servers/detail", &[e], "").json()["servers"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        call(
+            &c,
+            "GET",
+            &format!("/compute/v2.1/servers/{first}"),
+            &[e],
+            ""
+        )
+        .status,
+        404
+    );
+    assert_eq!(
+        call(
+            &c,
+            "DELETE",
+            &format!("/compute/v2.1/servers/{first}"),
+            &[e],
+            ""
+        )
+        .status,
+        404
+    );
+}
