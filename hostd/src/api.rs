@@ -272,6 +272,14 @@ impl Api {
                 )
             }
         };
+        // Where following starts: measured before the tail is read, so a line
+        // written in between is sent twice at worst, never lost.
+        let follow_from = self
+            .sup
+            .console_path(id)
+            .ok()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len());
         let lines = match self.sup.console_tail(id, tail) {
             Ok(l) => l,
             Err(e) => return op_error(e),
@@ -292,7 +300,7 @@ impl Api {
             return error(StatusCode::NOT_FOUND, format!("no instance {id:?}"));
         };
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(follow_file(path, Bytes::from(text), tx));
+        tokio::spawn(follow_file(path, Bytes::from(text), follow_from, tx));
         stream(rx, "text/plain; charset=utf-8")
     }
 
@@ -457,13 +465,18 @@ fn resident_bytes() -> u64 {
         .map_or(0, |kib| kib << 10)
 }
 
-/// Sends `first`, then whatever is appended to `path`, until the client leaves.
-async fn follow_file(path: std::path::PathBuf, first: Bytes, tx: mpsc::Sender<Bytes>) {
+/// Sends `first`, then whatever `path` holds past `offset` as it grows, until
+/// the client leaves.
+async fn follow_file(
+    path: std::path::PathBuf,
+    first: Bytes,
+    mut offset: u64,
+    tx: mpsc::Sender<Bytes>,
+) {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     if tx.send(first).await.is_err() {
         return;
     }
-    let mut offset = tokio::fs::metadata(&path).await.map_or(0, |m| m.len());
     let mut buf = vec![0u8; 16 << 10];
     loop {
         tokio::select! {

@@ -47,8 +47,17 @@ pub struct InstanceSpec {
     pub id: String,
     pub vcpus: u8,
     pub memory_mib: u32,
-    /// The guest kernel (ELF vmlinux or bzImage); VMs boot it directly.
-    pub kernel: PathBuf,
+    /// The guest kernel (ELF vmlinux or bzImage); VMs boot it directly. Or:
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
+    /// ... an image at the controller, fetched into hostd's image cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initramfs_image: Option<String>,
+    /// Images at the controller attached read-only, after `disks`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disk_images: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initramfs: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,6 +93,25 @@ impl InstanceSpec {
             return Err(format!(
                 "metadata {k:?}: keys 1-{MAX_METADATA_KEY} bytes, values at most {MAX_METADATA_VALUE}"
             ));
+        }
+        match (&self.kernel, &self.kernel_image) {
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => {
+                return Err(
+                    "kernel: give exactly one of kernel (a path) or kernel_image (an image id)"
+                        .into(),
+                )
+            }
+        }
+        let image_ids = self
+            .kernel_image
+            .iter()
+            .chain(self.initramfs_image.iter())
+            .chain(self.disk_images.iter());
+        for id in image_ids {
+            if !crate::images::valid_image_id(id) {
+                return Err(format!("image id {id:?}: 1-64 of 0-9, a-f and '-'"));
+            }
         }
         for nic in &self.nics {
             if nic.tap.is_empty() || nic.tap.len() > 15 || nic.tap.contains(['/', '\0', ' ']) {
@@ -175,7 +203,10 @@ mod tests {
             id: "web-1".into(),
             vcpus: 1,
             memory_mib: 128,
-            kernel: "/k".into(),
+            kernel: Some("/k".into()),
+            kernel_image: None,
+            initramfs_image: None,
+            disk_images: vec![],
             initramfs: None,
             cmdline: None,
             boot_disk: None,
@@ -205,7 +236,7 @@ mod tests {
         assert_eq!(r.nics[0].queues, Some(2));
         for bad in [
             r#"{"id": "a", "vcpus": 1, "memory_mib": 64, "kernel": "/k", "colour": 1}"#,
-            r#"{"id": "a", "vcpus": 1, "memory_mib": 64}"#,
+            r#"{"id": "a", "vcpus": 1, "memory_mib": 64, "kernel_image": 5}"#,
             r#"{"id": "a", "vcpus": 1, "memory_mib": 64, "kernel": "/k", "nics": [{"tap": "t", "fds": [3]}]}"#,
             r#"{"id": "a", "vcpus": 300, "memory_mib": 64, "kernel": "/k"}"#,
         ] {

@@ -9,11 +9,13 @@
 //! - [`api`]: the HTTP API (TCP and Unix socket, bearer token)
 //! - [`host`]: host facts: CPUs, memory, disk, KVM mode
 //! - [`registration`]: heartbeats to the controller
+//! - [`images`]: the cache of images fetched from the controller
 
 pub mod api;
 pub mod cgroup;
 pub mod config;
 pub mod host;
+pub mod images;
 pub mod instance;
 pub mod process;
 pub mod registration;

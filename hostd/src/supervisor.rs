@@ -96,6 +96,7 @@ pub struct Supervisor {
     save_lock: Mutex<()>,
     /// This supervisor, for the exit watchers it spawns.
     me: std::sync::Weak<Supervisor>,
+    images: crate::images::ImageCache,
 }
 
 impl Supervisor {
@@ -113,7 +114,12 @@ impl Supervisor {
             None => None,
         };
         let (events, _) = broadcast::channel(1024);
+        let images = crate::images::ImageCache::new(
+            config.state_dir.join("images"),
+            config.controller.clone(),
+        )?;
         let sup = Arc::new_cyclic(|me| Supervisor {
+            images,
             config,
             store,
             cgroups,
@@ -237,7 +243,40 @@ impl Supervisor {
         Ok(())
     }
 
-    pub async fn create(&self, spec: InstanceSpec, start: bool) -> Result<Instance, OpError> {
+    /// Replaces image ids in a spec by the cached files they name.
+    async fn resolve_images(&self, spec: &mut InstanceSpec) -> Result<(), OpError> {
+        let fetch =
+            |id: String| async move { self.images.fetch(&id).await.map_err(OpError::Internal) };
+        if let Some(id) = spec.kernel_image.take() {
+            spec.kernel = Some(fetch(id).await?);
+        }
+        if let Some(id) = spec.initramfs_image.take() {
+            spec.initramfs = Some(fetch(id).await?);
+        }
+        for id in std::mem::take(&mut spec.disk_images) {
+            let path = fetch(id).await?;
+            spec.disks.push(vmm::config::DiskConfig {
+                path,
+                // Shared by every instance of the image.
+                read_only: true,
+                serial: None,
+                direct: false,
+                queues: None,
+                rate_limit: Default::default(),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn create(&self, mut spec: InstanceSpec, start: bool) -> Result<Instance, OpError> {
+        spec.check().map_err(OpError::BadRequest)?;
+        if lock(&self.slots).contains_key(&spec.id) {
+            return Err(OpError::Conflict(format!(
+                "instance {:?} already exists",
+                spec.id
+            )));
+        }
+        self.resolve_images(&mut spec).await?;
         self.check_spec(&spec)?;
         let id = spec.id.clone();
         let now = now_secs();
@@ -722,7 +761,7 @@ fn vmm_config_file(spec: &InstanceSpec, dir: Option<&Path>) -> ConfigFile {
     }
     disks.extend(spec.disks.iter().cloned());
     ConfigFile {
-        kernel: Some(spec.kernel.clone()),
+        kernel: spec.kernel.clone(),
         initramfs: spec.initramfs.clone(),
         cmdline: Some(cmdline),
         vcpus: Some(spec.vcpus),
@@ -870,7 +909,10 @@ mod tests {
             id: "a".into(),
             vcpus: 2,
             memory_mib: 256,
-            kernel: "/k".into(),
+            kernel: Some("/k".into()),
+            kernel_image: None,
+            initramfs_image: None,
+            disk_images: vec![],
             initramfs: None,
             cmdline: Some("console=ttyS0".into()),
             boot_disk: Some("/img".into()),

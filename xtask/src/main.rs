@@ -91,8 +91,18 @@ fn images() -> Result<virga_guest_images::ImageSet> {
 /// Builds the release binaries scenarios use and returns the vmm's path (vmmctl
 /// sits beside it).
 fn build_vmm() -> Result<PathBuf> {
-    // hostd and hostctl are built alongside: the end-to-end tests use them.
-    run(cargo().args(["build", "--release", "-p", "vmm", "-p", "hostd"]))?;
+    // hostd, hostctl and the controller are built alongside: the end-to-end
+    // tests use them.
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "vmm",
+        "-p",
+        "hostd",
+        "-p",
+        "controller",
+    ]))?;
     Ok(root().join("target/release/vmm"))
 }
 

@@ -1,6 +1,8 @@
 //! The internal API hostd talks to: `PUT /internal/v1/hosts/{host_id}` with a
-//! heartbeat registers or refreshes a host; `GET /internal/v1/hosts` lists them.
-//! Both need the deployment's hostd token as a bearer token.
+//! heartbeat registers or refreshes a host; `GET /internal/v1/hosts` lists them;
+//! `GET /internal/v1/images/{id}/raw` streams the raw bytes a VMM boots (the
+//! raw conversion of a qcow2 image), which hostd caches. All need the
+//! deployment's hostd token as a bearer token.
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -75,6 +77,55 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
                 keystone_error(StatusCode::INTERNAL_SERVER_ERROR, "could not list hosts")
             }
         },
+        (Method::GET, ["v1", "images", id, "raw"]) => raw_image(app, id).await,
         _ => keystone_error(StatusCode::NOT_FOUND, "The resource could not be found."),
     }
+}
+
+async fn raw_image(app: &App, id: &str) -> Response<Body> {
+    let image = match app.images.get(id).await {
+        Ok(Some(i)) if i.status == "active" => i,
+        Ok(_) => return keystone_error(StatusCode::NOT_FOUND, &format!("no active image {id}")),
+        Err(e) => {
+            tracing::error!("image lookup: {e}");
+            return keystone_error(StatusCode::INTERNAL_SERVER_ERROR, "image lookup failed");
+        }
+    };
+    let path = app.images.raw_path(&image);
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(image = id, "opening {}: {e}", path.display());
+            return keystone_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the image data is unavailable",
+            );
+        }
+    };
+    let len = file.metadata().await.map(|m| m.len()).ok();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut file = file;
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            match file.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if tx
+                        .send(hyper::body::Bytes::copy_from_slice(&buf[..n]))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut r = super::http::stream(rx, "application/octet-stream");
+    if let Some(v) = len.and_then(|l| hyper::header::HeaderValue::from_str(&l.to_string()).ok()) {
+        r.headers_mut().insert(hyper::header::CONTENT_LENGTH, v);
+    }
+    r
 }

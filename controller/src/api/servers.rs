@@ -321,7 +321,8 @@ async fn create(app: &App, auth: &Auth, req: Request<Incoming>) -> Response<Body
 
 /// What hostd is asked to run for a server: the image's kernel (its
 /// `kernel_id`, or the image itself when it is a kernel), ramdisk and command
-/// line (`os_command_line`), and the image as a read-only root disk.
+/// line (`os_command_line`), and the image as a read-only root disk. Images go
+/// by id: hostd fetches them from this controller into its cache.
 async fn instance_spec(app: &App, s: &Server) -> Result<Json, String> {
     let image = app
         .images
@@ -329,28 +330,26 @@ async fn instance_spec(app: &App, s: &Server) -> Result<Json, String> {
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the image is gone")?;
-    let raw = |i: &crate::image::Image| app.images.raw_path(i).display().to_string();
+    let active = |i: Option<crate::image::Image>, what: &str| match i {
+        Some(i) if i.status == "active" => Ok(i.id),
+        _ => Err(format!("the {what} image is missing or not active")),
+    };
     let kernel = if image.disk_format.as_deref() == Some("aki") {
-        raw(&image)
+        image.id.clone()
     } else {
         let kid = image.properties.get("kernel_id").ok_or(
             "the image has no kernel_id property: Virga boots a kernel directly (no firmware)",
         )?;
-        let k = app
-            .images
-            .get(kid)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("the kernel image is gone")?;
-        raw(&k)
+        active(
+            app.images.get(kid).await.map_err(|e| e.to_string())?,
+            "kernel",
+        )?
     };
     let initramfs = match image.properties.get("ramdisk_id") {
-        Some(rid) => Some(raw(&app
-            .images
-            .get(rid)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("the ramdisk image is gone")?)),
+        Some(rid) => Some(active(
+            app.images.get(rid).await.map_err(|e| e.to_string())?,
+            "ramdisk",
+        )?),
         None => None,
     };
     let mut cmdline = image
@@ -362,16 +361,14 @@ async fn instance_spec(app: &App, s: &Server) -> Result<Json, String> {
     if matches!(image.disk_format.as_deref(), Some("raw" | "qcow2" | "ami"))
         && image.size.unwrap_or(0) > 0
     {
-        // Shared by every server of this image, so read-only until per-server
-        // copies exist.
-        disks.push(json!({"path": raw(&image), "read_only": true, "direct": false}));
+        disks.push(image.id.clone());
         if !cmdline.contains("root=") {
             cmdline.push_str(" root=/dev/vda ro");
         }
     }
     Ok(json!({
-        "id": s.id, "vcpus": s.vcpus, "memory_mib": s.ram_mib, "kernel": kernel,
-        "initramfs": initramfs, "cmdline": cmdline, "disks": disks,
+        "id": s.id, "vcpus": s.vcpus, "memory_mib": s.ram_mib, "kernel_image": kernel,
+        "initramfs_image": initramfs, "cmdline": cmdline, "disk_images": disks,
         "metadata": {"name": s.name, "project_id": s.project_id},
     }))
 }

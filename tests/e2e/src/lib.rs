@@ -39,6 +39,11 @@ pub fn hostd_bins() -> [PathBuf; 2] {
     ]
 }
 
+/// The controller, built next to the vmm.
+pub fn controller_bin() -> PathBuf {
+    vmm_bin().with_file_name("controller")
+}
+
 pub fn images_dir() -> PathBuf {
     from_env_or("VIRGA_IMAGES", workspace().join("target/images"))
 }
