@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's automation, one subcommand per job.
 //!
-//! - `up`: install what is needed, build, and boot a demo guest (in the testbed
-//!   when KVM is not hardware-backed), showing its console.
+//! - `up`: install what is needed, build, and run the all-in-one cloud: the
+//!   controller here, hostd where KVM is usable (the testbed unless KVM is
+//!   hardware-backed), a default flavor and test image, `target/virga/clouds.yaml`.
 //! - `test`: install what is needed and run every test, unit and end-to-end.
 //! - `images`: build the guest kernel and initramfs from Debian packages.
 //! - `testbed -- CMD`: run a shell command where VMM scenarios run.
@@ -9,6 +10,7 @@
 //!   `bench blk`, `bench net`: the disk and network benchmarks.
 
 mod install;
+mod up;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install, build, and boot a demo guest, showing its console.
+    /// Run the all-in-one cloud (controller, hostd, a flavor and a test image) until Ctrl-C.
     Up,
     /// Install what is needed and run every test (unit and end-to-end).
     Test {
@@ -126,29 +128,9 @@ fn up() -> Result<()> {
     install::system_packages()?;
     images()?;
     let vmm = build_vmm()?;
-    let testbed = virga_testbed::Testbed::new(&images_dir())?;
-    eprintln!(
-        "booting a demo guest ({}): 2 vCPUs, 256 MiB, Debian cloud kernel via PVH",
-        testbed.mode().as_str()
-    );
-    let scenario = virga_testbed::Scenario::new(
-        "demo",
-        r#"$BIN/vmm --kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio \
-    --vcpus 2 --memory-mib 256 \
-    --cmdline "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd""#,
-    )
-    .binary(vmm);
-    let outcome = testbed.run(&scenario)?;
-    print!("{}", outcome.output);
-    eprintln!(
-        "demo guest exited with status {} after {:.1} s",
-        outcome.status,
-        outcome.duration.as_secs_f64()
-    );
-    if !outcome.success() {
-        bail!("the demo guest failed");
-    }
-    Ok(())
+    let openstack = install::python_clients(&root())?;
+    let bins = vmm.parent().map(Path::to_owned).unwrap_or_default();
+    up::run(&root(), &bins, &images_dir(), &openstack)
 }
 
 fn test(unit_only: bool) -> Result<()> {

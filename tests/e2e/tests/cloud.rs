@@ -207,3 +207,223 @@ fn hostd_registers_and_fetches_images_from_the_controller() {
     assert_eq!(status, 500, "{resp}");
     assert!(resp.contains("404"), "{resp}");
 }
+
+/// The whole cloud: the controller here, hostd in the testbed (where KVM is
+/// fast) reaching it through QEMU's user network, and the real `openstack` CLI
+/// booting, operating and deleting a server.
+#[test]
+fn openstack_server_create_boots_a_guest() {
+    let Some(cli) = std::env::var_os("VIRGA_OPENSTACK").map(std::path::PathBuf::from) else {
+        eprintln!("skipping: VIRGA_OPENSTACK is not set (cargo xtask test sets it)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ctl_port, hostd_port) = (free_port(), free_port());
+    let ctl_cfg = dir.path().join("controller.toml");
+    std::fs::write(
+        &ctl_cfg,
+        format!(
+            "listen = \"127.0.0.1:{ctl_port}\"\nstate_dir = \"{}\"\nhostd_token = \"{HOSTD_TOKEN}\"\n[bootstrap]\nadmin_password = \"admin-secret\"\n",
+            dir.path().join("controller").display()
+        ),
+    )
+    .expect("config");
+    let controller = Killed(
+        Command::new(controller_bin())
+            .arg("--config")
+            .arg(&ctl_cfg)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("start the controller"),
+    );
+    wait_for_port(ctl_port);
+
+    // hostd runs in the testbed until the controller goes away.
+    let script = format!(
+        r#"mkdir -p /sys/fs/cgroup && (mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null || true)
+cat > $WORK/hostd.toml <<EOF
+token = "{HOSTD_TOKEN}"
+listen = "0.0.0.0:{hostd_port}"
+state_dir = "$WORK/state"
+vmm_binary = "$BIN/vmm"
+host_id = "testbed"
+controller_url = "http://$HOST_ADDR:{ctl_port}"
+controller_token = "{HOSTD_TOKEN}"
+advertise_url = "http://127.0.0.1:{hostd_port}"
+heartbeat_secs = 2
+EOF
+$BIN/hostd --config $WORK/hostd.toml 2> $WORK/hostd.log &
+HOSTD=$!
+while wget -q -O /dev/null http://$HOST_ADDR:{ctl_port}/identity/v3; do sleep 1; done
+kill $HOSTD; wait $HOSTD
+echo "HOSTD_LOG_BEGIN"; tail -n 20 $WORK/hostd.log; echo "HOSTD_LOG_END"
+"#
+    );
+    let scenario = virga_testbed::Scenario::new("cloud", &script)
+        .binary(virga_e2e::vmm_bin())
+        .binaries(hostd_bins())
+        .forward_port(hostd_port)
+        .timeout(Duration::from_secs(600));
+    let testbed = virga_e2e::testbed();
+    let runner = std::thread::spawn(move || testbed.run(&scenario));
+
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drive_the_cloud(&cli, dir.path(), ctl_port)
+    }));
+    drop(controller); // ends the scenario
+    let outcome = runner.join().expect("testbed thread");
+    match &outcome {
+        Ok(o) => println!("--- testbed ({}) ---\n{}", o.mode.as_str(), o.output),
+        Err(e) => println!("--- testbed failed: {e}"),
+    }
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(outcome.expect("testbed").success(), "scenario failed");
+}
+
+fn drive_the_cloud(cli: &std::path::Path, dir: &std::path::Path, ctl_port: u16) {
+    let clouds = dir.join("clouds.yaml");
+    std::fs::write(
+        &clouds,
+        format!(
+            "clouds:\n  virga:\n    auth:\n      auth_url: http://127.0.0.1:{ctl_port}/identity\n      username: admin\n      password: admin-secret\n      project_name: admin\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n    identity_api_version: 3\n"
+        ),
+    )
+    .expect("clouds.yaml");
+    let os = |args: &[&str]| -> (bool, String, String) {
+        let out = Command::new(cli)
+            .args(["--os-cloud", "virga"])
+            .args(args)
+            .env("OS_CLIENT_CONFIG_FILE", &clouds)
+            .output()
+            .expect("run openstack");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ok = |args: &[&str]| {
+        let (ok, out, err) = os(args);
+        assert!(ok, "openstack {args:?} failed:\n{err}");
+        out
+    };
+    let status = |name: &str| -> String {
+        let out = ok(&["server", "show", name, "-f", "value", "-c", "status"]);
+        out.trim().to_owned()
+    };
+    let wait_status = |name: &str, want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let s = status(name);
+            if s == want {
+                return;
+            }
+            assert!(
+                s != "ERROR",
+                "server went to ERROR: {}",
+                ok(&["server", "show", name])
+            );
+            assert!(
+                Instant::now() < deadline,
+                "server stuck in {s}, wanted {want}"
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    };
+
+    // The testbed's hostd registers within a few seconds of booting.
+    let bearer = format!("Bearer {HOSTD_TOKEN}");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (_, resp) = http(
+            ctl_port,
+            "GET",
+            "/internal/v1/hosts",
+            &[("Authorization", &bearer)],
+            b"",
+        );
+        if body_json(&resp)["hosts"][0]["host_id"] == "testbed" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the testbed's hostd never registered"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let images = virga_e2e::images_dir();
+    let path = |f: &str| images.join(f).display().to_string();
+    ok(&[
+        "flavor", "create", "--ram", "256", "--vcpus", "1", "--disk", "0", "tiny",
+    ]);
+    let ramdisk = ok(&[
+        "image",
+        "create",
+        "--file",
+        &path("boot-initramfs.cpio"),
+        "--disk-format",
+        "ari",
+        "--container-format",
+        "ari",
+        "boot-initramfs",
+        "-f",
+        "value",
+        "-c",
+        "id",
+    ]);
+    let cmdline = format!("os_command_line={} virga.mode=ticks", virga_e2e::CMDLINE);
+    ok(&[
+        "image",
+        "create",
+        "--file",
+        &path("vmlinux"),
+        "--disk-format",
+        "aki",
+        "--container-format",
+        "aki",
+        "--property",
+        &format!("ramdisk_id={}", ramdisk.trim()),
+        "--property",
+        &cmdline,
+        "virga-test",
+    ]);
+    ok(&[
+        "server",
+        "create",
+        "--image",
+        "virga-test",
+        "--flavor",
+        "tiny",
+        "--wait",
+        "vm1",
+    ]);
+    assert_eq!(status("vm1"), "ACTIVE");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = ok(&["console", "log", "show", "vm1"]);
+        if log.contains(virga_e2e::BOOT_MARKER) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no boot marker on the console:\n{log}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    ok(&["server", "stop", "vm1"]);
+    wait_status("vm1", "SHUTOFF");
+    ok(&["server", "start", "vm1"]);
+    wait_status("vm1", "ACTIVE");
+    ok(&["server", "reboot", "--wait", "vm1"]);
+    wait_status("vm1", "ACTIVE");
+    ok(&["server", "pause", "vm1"]);
+    wait_status("vm1", "PAUSED");
+    ok(&["server", "unpause", "vm1"]);
+    wait_status("vm1", "ACTIVE");
+    ok(&["server", "delete", "--wait", "vm1"]);
+    assert_eq!(ok(&["server", "list", "-f", "value"]).trim(), "");
+}

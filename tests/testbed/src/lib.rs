@@ -14,6 +14,8 @@
 //!   natively), when the scenario asks for it
 //! - `$SCRATCH`: an empty disk, when the scenario asks for one
 //! - `$WORK`: an empty writable directory
+//! - `$HOST_ADDR`: the host, for scenarios that forward ports (see
+//!   [`Scenario::forward_port`])
 //!
 //! The L1 testbed uses one vCPU: with two, QEMU's multi-threaded TCG could freeze
 //! while the L1 kernel live-patched a static key (testbed.md). A console watchdog
@@ -83,6 +85,10 @@ pub struct Scenario {
     /// testbed, so O_DIRECT works there).
     pub scratch_mib: Option<u64>,
     pub timeout: Duration,
+    /// TCP ports of the scenario reachable from the host at the same number
+    /// on 127.0.0.1; the scenario reaches the host at `$HOST_ADDR`. Natively
+    /// both are simply the host's.
+    pub forward_ports: Vec<u16>,
 }
 
 impl Scenario {
@@ -96,7 +102,15 @@ impl Scenario {
             rootfs: false,
             scratch_mib: None,
             timeout: Duration::from_secs(300),
+            forward_ports: Vec::new(),
         }
+    }
+
+    /// Makes the scenario's `port` reachable on the host's 127.0.0.1:`port`,
+    /// and gives the scenario a route to the host (`$HOST_ADDR`).
+    pub fn forward_port(mut self, port: u16) -> Self {
+        self.forward_ports.push(port);
+        self
     }
 
     pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {

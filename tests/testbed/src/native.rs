@@ -41,6 +41,7 @@ pub fn run(images: &ImageSet, scenario: &Scenario) -> Result<Outcome, TestbedErr
         .env("BIN", &bin)
         .env("GUEST", &images.dir)
         .env("WORK", &work)
+        .env("HOST_ADDR", "127.0.0.1")
         .output()
         .map_err(io_error(scenario, "running the scenario"))?;
     let text = String::from_utf8_lossy(&output.stdout).into_owned();

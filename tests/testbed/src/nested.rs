@@ -21,7 +21,9 @@ pub const QEMU: &str = "qemu-system-x86_64";
 const L1_MEMORY_MIB: u32 = 3072;
 /// Loaded in every testbed, after the vendor's KVM module (virtio-blk for the
 /// guest rootfs, attached as a disk rather than packed into the initramfs).
-const L1_MODULES: &[&str] = &["tun", "vhost_net", "virtio_pci", "virtio_blk"];
+const L1_MODULES: &[&str] = &["tun", "vhost_net", "virtio_pci", "virtio_blk", "virtio_net"];
+/// The host as QEMU's user-mode network shows it to L1.
+const HOST_ADDR: &str = "10.0.2.2";
 /// One of these drives KVM, by CPU vendor (TCG's `-cpu max` is AMD).
 const L1_KVM_MODULES: &[&str] = &["kvm-amd", "kvm-intel"];
 
@@ -94,6 +96,17 @@ fn attempt(
             .and_then(|f| f.set_len(mib << 20))
             .map_err(io_error(scenario, "creating the scratch disk"))?;
         disk(&scratch, "");
+    }
+    if !scenario.forward_ports.is_empty() {
+        // User-mode networking: L1 is 10.0.2.15 and reaches the host at 10.0.2.2;
+        // each forwarded port is the host's 127.0.0.1:PORT.
+        let forwards: String = scenario
+            .forward_ports
+            .iter()
+            .map(|p| format!(",hostfwd=tcp:127.0.0.1:{p}-:{p}"))
+            .collect();
+        qemu.args(["-netdev", &format!("user,id=net0{forwards}")])
+            .args(["-device", "virtio-net-pci,netdev=net0,romfile="]);
     }
     let mut child = ChildGuard(
         qemu.args(["-accel", "tcg", "-cpu", "max", "-smp", "1"])
@@ -211,8 +224,14 @@ for m in $(cat /virga/modules); do
     insmod /lib/modules/$m.ko
 done
 [ -e /dev/kvm ] || echo "testbed: no /dev/kvm (vendor module $kvm did not load)"
+ip link set lo up
+if [ -e /sys/class/net/eth0 ]; then
+    ip link set eth0 up
+    ip addr add 10.0.2.15/24 dev eth0
+    ip route add default via {HOST_ADDR}
+fi
 (while :; do sleep {heartbeat}; echo {HEARTBEAT_LINE}; done) &
-export BIN=/virga/bin GUEST=/virga/guest WORK=/virga/work
+export BIN=/virga/bin GUEST=/virga/guest WORK=/virga/work HOST_ADDR={HOST_ADDR}
 . /virga/disks.env
 cd /virga/work
 sh /virga/scenario < /dev/null 2>&1

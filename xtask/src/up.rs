@@ -1,0 +1,204 @@
+//! `cargo xtask up`: the all-in-one cloud. The controller runs here on
+//! 127.0.0.1; hostd runs where KVM is usable (the testbed, or this host when
+//! its KVM is hardware-backed) and registers with it. A default flavor and a
+//! bootable test image are created, `target/virga/clouds.yaml` names the cloud
+//! `virga`, and everything runs until Ctrl-C.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+const CONTROLLER_PORT: u16 = 8774;
+const HOSTD_PORT: u16 = 8790;
+const ADMIN_PASSWORD: &str = "virga-admin";
+/// Guest command line of the test image: quiet console, ticks until shut down.
+const TEST_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.dumbkbd virga.mode=ticks";
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn random_token() -> Result<String> {
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn port_open(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// Whether a registered host shows up in the controller's host list.
+fn host_registered(token: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", CONTROLLER_PORT)) else {
+        return false;
+    };
+    let req = format!(
+        "GET /internal/v1/hosts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    s.write_all(req.as_bytes()).is_ok()
+        && s.read_to_string(&mut out).is_ok()
+        && out.contains("\"host_id\"")
+}
+
+pub fn run(root: &Path, bins: &Path, images: &Path, openstack: &Path) -> Result<()> {
+    if port_open(CONTROLLER_PORT) || port_open(HOSTD_PORT) {
+        bail!("ports {CONTROLLER_PORT} or {HOSTD_PORT} are taken: is another `cargo xtask up` running?");
+    }
+    let dir = root.join("target/virga");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let token = random_token()?;
+    let config = dir.join("controller.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{CONTROLLER_PORT}\"\nstate_dir = \"{}\"\nhostd_token = \"{token}\"\n[bootstrap]\nadmin_password = \"{ADMIN_PASSWORD}\"\n",
+            dir.join("controller").display()
+        ),
+    )?;
+    let clouds = dir.join("clouds.yaml");
+    std::fs::write(
+        &clouds,
+        format!(
+            "clouds:\n  virga:\n    auth:\n      auth_url: http://127.0.0.1:{CONTROLLER_PORT}/identity\n      username: admin\n      password: {ADMIN_PASSWORD}\n      project_name: admin\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n    identity_api_version: 3\n"
+        ),
+    )?;
+    let controller = Killed(
+        Command::new(bins.join("controller"))
+            .arg("--config")
+            .arg(&config)
+            .spawn()
+            .context("starting the controller")?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !port_open(CONTROLLER_PORT) {
+        if Instant::now() > deadline {
+            bail!("the controller did not start listening");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let script = format!(
+        r#"mkdir -p /sys/fs/cgroup && (mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null || true)
+cat > $WORK/hostd.toml <<END
+token = "{token}"
+listen = "0.0.0.0:{HOSTD_PORT}"
+state_dir = "$WORK/state"
+vmm_binary = "$BIN/vmm"
+host_id = "virga-1"
+controller_url = "http://$HOST_ADDR:{CONTROLLER_PORT}"
+controller_token = "{token}"
+advertise_url = "http://127.0.0.1:{HOSTD_PORT}"
+heartbeat_secs = 5
+END
+$BIN/hostd --config $WORK/hostd.toml &
+HOSTD=$!
+while wget -q -O /dev/null http://$HOST_ADDR:{CONTROLLER_PORT}/identity/v3; do sleep 2; done
+kill $HOSTD; wait $HOSTD
+"#
+    );
+    let testbed = virga_testbed::Testbed::new(images)?;
+    let mode = testbed.mode();
+    let scenario = virga_testbed::Scenario::new("virga-up", &script)
+        .binary(bins.join("vmm"))
+        .binary(bins.join("hostd"))
+        .binary(bins.join("hostctl"))
+        .forward_port(HOSTD_PORT)
+        .timeout(Duration::from_secs(7 * 24 * 3600));
+    let hostd = std::thread::spawn(move || testbed.run(&scenario));
+    eprintln!(
+        "up: controller on http://127.0.0.1:{CONTROLLER_PORT}; hostd starting ({})",
+        mode.as_str()
+    );
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !host_registered(&token) {
+        if hostd.is_finished() || Instant::now() > deadline {
+            bail!("hostd did not register with the controller");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let os = |args: &[&str]| -> Result<String> {
+        let out = Command::new(openstack)
+            .args(["--os-cloud", "virga"])
+            .args(args)
+            .env("OS_CLIENT_CONFIG_FILE", &clouds)
+            .output()
+            .context("running openstack")?;
+        if !out.status.success() {
+            bail!(
+                "openstack {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    if os(&["flavor", "list", "-f", "value", "-c", "Name"])?.is_empty() {
+        os(&[
+            "flavor", "create", "--ram", "256", "--vcpus", "1", "--disk", "0", "m1.tiny",
+        ])?;
+        os(&[
+            "flavor", "create", "--ram", "512", "--vcpus", "2", "--disk", "0", "m1.small",
+        ])?;
+    }
+    if !os(&["image", "list", "-f", "value", "-c", "Name"])?.contains("virga-test") {
+        let ramdisk = os(&[
+            "image",
+            "create",
+            "--public",
+            "--file",
+            &images.join("boot-initramfs.cpio").display().to_string(),
+            "--disk-format",
+            "ari",
+            "--container-format",
+            "ari",
+            "virga-test-initramfs",
+            "-f",
+            "value",
+            "-c",
+            "id",
+        ])?;
+        os(&[
+            "image",
+            "create",
+            "--public",
+            "--file",
+            &images.join("vmlinux").display().to_string(),
+            "--disk-format",
+            "aki",
+            "--container-format",
+            "aki",
+            "--property",
+            &format!("ramdisk_id={ramdisk}"),
+            "--property",
+            &format!("os_command_line={TEST_CMDLINE}"),
+            "virga-test",
+        ])?;
+    }
+    println!(
+        "\nVirga is up (hostd: {}).\n\n  export OS_CLIENT_CONFIG_FILE={} OS_CLOUD=virga\n  {} server create --image virga-test --flavor m1.tiny --wait vm1\n  {} console log show vm1\n\nadmin password: {ADMIN_PASSWORD}. Ctrl-C stops the cloud.",
+        mode.as_str(),
+        clouds.display(),
+        openstack.display(),
+        openstack.display(),
+    );
+    let mut controller = controller;
+    let status = controller.0.wait().context("waiting for the controller")?;
+    drop(controller);
+    let _ = hostd.join();
+    eprintln!("up: the controller exited ({status}); the cloud is down");
+    Ok(())
+}
