@@ -389,6 +389,9 @@ impl Supervisor {
             None => None,
         };
         let log_path = dir.join(VMM_LOG);
+        // One log per VMM run (the previous one kept as .1): an exit is judged
+        // by the last line of its own run's log, never an earlier run's.
+        let _ = std::fs::rename(&log_path, dir.join(format!("{VMM_LOG}.1")));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

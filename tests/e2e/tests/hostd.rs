@@ -88,6 +88,8 @@ hc show vm3 > /dev/null 2>&1 || echo "GONE yes"
 echo "VMMS_AFTER_DELETE $(vmms)"
 hc create $WORK/vm1.json > /dev/null 2>&1; echo "DUPLICATE_EXIT $?"
 
+hc stop vm2 --hard > /dev/null
+echo "HARD_REASON $(hc show vm2 | grep -o '"reason": "[^"]*"')"
 for vm in vm1 vm2; do hc delete $vm; done
 echo "VMMS_END $(vmms)"
 kill $HOSTD; wait $HOSTD; echo "HOSTD_EXIT $?"
@@ -140,6 +142,10 @@ kill $HOSTD; wait $HOSTD; echo "HOSTD_EXIT $?"
         value(o, "DUPLICATE_EXIT"),
         Some("1"),
         "duplicate id refused"
+    );
+    assert!(
+        value(o, "HARD_REASON").is_some_and(|r| r.contains("signal 9")),
+        "a hard stop is reported as such, not with an earlier run's exit line"
     );
     assert_eq!(value(o, "VMMS_END"), Some("0"));
     assert_eq!(value(o, "HOSTD_EXIT"), Some("0"), "SIGTERM is a clean exit");
