@@ -59,6 +59,9 @@ pub fn run(root: &Path, bins: &Path, images: &Path, openstack: &Path) -> Result<
         bail!("ports {CONTROLLER_PORT} or {HOSTD_PORT} are taken: is another `cargo xtask up` running?");
     }
     let dir = root.join("target/virga");
+    // Each run is a fresh cloud: the testbed's hosts (and their instances) do
+    // not outlive it, so neither should the controller's records of them.
+    let _ = std::fs::remove_dir_all(dir.join("controller"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let token = random_token()?;
     let config = dir.join("controller.toml");
