@@ -54,7 +54,19 @@ pub struct ConfigFile {
     pub hostd_token_file: Option<PathBuf>,
     /// Largest image upload, in MiB (default 64 GiB).
     pub max_image_mib: Option<u64>,
+    pub scheduler: Option<SchedulerFile>,
     pub bootstrap: Option<BootstrapFile>,
+}
+
+/// `[scheduler]`: overcommit ratios and placement preference.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerFile {
+    pub cpu_allocation_ratio: Option<f64>,
+    pub ram_allocation_ratio: Option<f64>,
+    /// "spread" (default) or "pack".
+    pub weigher: Option<String>,
+    pub heartbeat_timeout_secs: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -86,6 +98,7 @@ pub struct Config {
     /// None: no host can register (the internal API answers 401).
     pub hostd_token: Option<String>,
     pub max_image_bytes: u64,
+    pub scheduler: crate::compute::scheduler::Policy,
     pub bootstrap: Bootstrap,
 }
 
@@ -167,6 +180,45 @@ impl Config {
                 "at least 16 printable characters, no spaces",
             ));
         }
+        let sched = file.scheduler.unwrap_or_default();
+        let defaults = crate::compute::scheduler::Policy::default();
+        let ratio = |field: &'static str, v: Option<f64>, default: f64| match v {
+            None => Ok(default),
+            Some(r) if r > 0.0 && r <= 64.0 => Ok(r),
+            Some(_) => Err(invalid(field, "between 0 (exclusive) and 64")),
+        };
+        let scheduler = crate::compute::scheduler::Policy {
+            cpu_allocation_ratio: ratio(
+                "scheduler.cpu_allocation_ratio",
+                sched.cpu_allocation_ratio,
+                defaults.cpu_allocation_ratio,
+            )?,
+            ram_allocation_ratio: ratio(
+                "scheduler.ram_allocation_ratio",
+                sched.ram_allocation_ratio,
+                defaults.ram_allocation_ratio,
+            )?,
+            weigher: match sched.weigher.as_deref() {
+                None | Some("spread") => crate::compute::scheduler::Weigher::Spread,
+                Some("pack") => crate::compute::scheduler::Weigher::Pack,
+                Some(other) => {
+                    return Err(invalid(
+                        "scheduler.weigher",
+                        format!("\"spread\" or \"pack\", not {other:?}"),
+                    ))
+                }
+            },
+            heartbeat_timeout_secs: match sched.heartbeat_timeout_secs {
+                None => defaults.heartbeat_timeout_secs,
+                Some(t) if (1..=3600).contains(&t) => t,
+                Some(_) => {
+                    return Err(invalid(
+                        "scheduler.heartbeat_timeout_secs",
+                        "between 1 and 3600",
+                    ))
+                }
+            },
+        };
         let b = file.bootstrap.unwrap_or_default();
         let admin_password = match (b.admin_password, &b.admin_password_file) {
             (Some(p), None) => p,
@@ -207,6 +259,7 @@ impl Config {
             token_ttl: Duration::from_secs(ttl),
             hostd_token,
             max_image_bytes: file.max_image_mib.unwrap_or(64 << 10) << 20,
+            scheduler,
             bootstrap: Bootstrap {
                 admin_user: b.admin_user.unwrap_or_else(|| "admin".into()),
                 admin_password,

@@ -14,7 +14,7 @@ use controller::compute::flavors::Flavors;
 use controller::compute::hosts::Hosts;
 use controller::compute::keypairs::Keypairs;
 use controller::compute::quotas::Quotas;
-use controller::compute::scheduler::{Policy, Scheduler};
+use controller::compute::scheduler::Scheduler;
 use controller::compute::servers::Servers;
 use controller::config::Config;
 use controller::identity::Identity;
@@ -86,6 +86,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!(addr = %listener.local_addr()?, public_url = %config.public_url, "controller ready");
+    let policy = config.scheduler.clone();
     let app = Arc::new_cyclic(|me| App {
         config,
         identity,
@@ -95,7 +96,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         keypairs: Keypairs::new(store.clone()),
         quotas: Quotas::new(store.clone()),
         servers: Servers::new(store.clone()),
-        scheduler: Scheduler::new(store.clone(), Policy::default()),
+        scheduler: Scheduler::new(store.clone(), policy),
         me: me.clone(),
     });
     tokio::spawn(api::servers::sync_loop(app.clone()));

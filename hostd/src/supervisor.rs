@@ -26,7 +26,7 @@ use crate::process::{self, Exit, Launch, PidFd};
 use crate::store::Store;
 
 /// How long a new VMM may take to answer on its control socket.
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Grace beyond the guest's shutdown timeout before hostd kills the VMM.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 const CONSOLE_LOG: &str = "console.log";

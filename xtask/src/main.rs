@@ -151,7 +151,7 @@ fn test(unit_only: bool) -> Result<()> {
     run(cargo()
         .args(["test", "--workspace", "--exclude", "virga-e2e"])
         .env("VIRGA_REQUIRE_POSTGRES", "1")
-        .env("VIRGA_OPENSTACK", openstack))?;
+        .env("VIRGA_OPENSTACK", &openstack))?;
     if unit_only {
         return Ok(());
     }
@@ -167,7 +167,8 @@ fn test(unit_only: bool) -> Result<()> {
             "--test-threads=1",
         ])
         .env("VIRGA_VMM_BIN", vmm)
-        .env("VIRGA_IMAGES", images_dir()))
+        .env("VIRGA_IMAGES", images_dir())
+        .env("VIRGA_OPENSTACK", openstack))
 }
 
 /// Host programs `testbed --peers` brings, at their own paths (with the QEMU

@@ -223,7 +223,7 @@ fn openstack_server_create_boots_a_guest() {
     std::fs::write(
         &ctl_cfg,
         format!(
-            "listen = \"127.0.0.1:{ctl_port}\"\nstate_dir = \"{}\"\nhostd_token = \"{HOSTD_TOKEN}\"\n[bootstrap]\nadmin_password = \"admin-secret\"\n",
+            "listen = \"127.0.0.1:{ctl_port}\"\nstate_dir = \"{}\"\nhostd_token = \"{HOSTD_TOKEN}\"\n[scheduler]\n# The testbed has one CPU: let RAM decide how many servers fit.\ncpu_allocation_ratio = 16.0\n[bootstrap]\nadmin_password = \"admin-secret\"\n",
             dir.path().join("controller").display()
         ),
     )
@@ -426,4 +426,94 @@ fn drive_the_cloud(cli: &std::path::Path, dir: &std::path::Path, ctl_port: u16) 
     wait_status("vm1", "ACTIVE");
     ok(&["server", "delete", "--wait", "vm1"]);
     assert_eq!(ok(&["server", "list", "-f", "value"]).trim(), "");
+
+    // Eight concurrent creates against a host with room for five: a flavor of a
+    // fifth of what the host offers.
+    let (_, resp) = http(
+        ctl_port,
+        "GET",
+        "/internal/v1/hosts",
+        &[("Authorization", &bearer)],
+        b"",
+    );
+    let usable = body_json(&resp)["hosts"][0]["memory_usable_mib"]
+        .as_u64()
+        .expect("host memory");
+    let fifth = (usable / 5).to_string();
+    ok(&[
+        "flavor", "create", "--ram", &fifth, "--vcpus", "1", "--disk", "0", "fifth",
+    ]);
+    let creates: Vec<_> = (0..8)
+        .map(|i| {
+            let (cli, clouds) = (cli.to_owned(), clouds.clone());
+            std::thread::spawn(move || {
+                Command::new(cli)
+                    .args([
+                        "--os-cloud",
+                        "virga",
+                        "server",
+                        "create",
+                        "--image",
+                        "virga-test",
+                    ])
+                    .args(["--flavor", "fifth", &format!("many-{i}")])
+                    .env("OS_CLIENT_CONFIG_FILE", &clouds)
+                    .output()
+                    .expect("run openstack")
+                    .status
+                    .success()
+            })
+        })
+        .collect();
+    for c in creates {
+        assert!(
+            c.join().expect("create thread"),
+            "every create is accepted (202)"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let statuses = loop {
+        let out = ok(&["server", "list", "-f", "value", "-c", "Status"]);
+        let statuses: Vec<String> = out.lines().map(|l| l.trim().to_owned()).collect();
+        if statuses.len() == 8 && statuses.iter().all(|s| s != "BUILD") {
+            break statuses;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "builds did not finish: {statuses:?}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let active = statuses.iter().filter(|s| *s == "ACTIVE").count();
+    let error = statuses.iter().filter(|s| *s == "ERROR").count();
+    let faults: Vec<String> = ok(&[
+        "server", "list", "--status", "ERROR", "-f", "value", "-c", "ID",
+    ])
+    .lines()
+    .map(|id| ok(&["server", "show", id.trim(), "-f", "value", "-c", "fault"]))
+    .collect();
+    assert_eq!(
+        (active, error),
+        (5, 3),
+        "exactly the host's capacity: {statuses:?}, faults: {faults:?}"
+    );
+    for f in &faults {
+        assert!(f.contains("No valid host was found"), "{f}");
+    }
+    let (_, resp) = http(
+        ctl_port,
+        "GET",
+        "/internal/v1/hosts",
+        &[("Authorization", &bearer)],
+        b"",
+    );
+    let host = &body_json(&resp)["hosts"][0];
+    assert!(
+        host["memory_used_mib"].as_u64().unwrap_or(u64::MAX) <= usable,
+        "the host was never oversubscribed: {host}"
+    );
+    let names: Vec<String> = (0..8).map(|i| format!("many-{i}")).collect();
+    let mut args = vec!["server", "delete", "--wait"];
+    args.extend(names.iter().map(String::as_str));
+    ok(&args);
 }
