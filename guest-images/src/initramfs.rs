@@ -87,6 +87,9 @@ case " $($bb cat /proc/cmdline) " in
         read t0 _ < /proc/uptime
         sum=$($bb dd if=/dev/vda bs=64k skip=16 count=64 iflag=direct 2>/dev/null | $bb md5sum | $bb cut -d' ' -f1)
         read t1 _ < /proc/uptime
+        # Twice: the nested testbed's serial path can drop bytes under load, and
+        # this line is what the test checks.
+        echo "virga-disk-read $sum"
         echo "virga-disk-read $sum"
         echo "virga-disk-read-seconds $t0 $t1"
     fi

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 pub use manifest::Manifest;
 
 /// Bumped whenever what we build from the same packages changes.
-pub const BUILDER_REVISION: u32 = 12;
+pub const BUILDER_REVISION: u32 = 13;
 
 /// The metapackage that always depends on the current cloud kernel.
 pub const KERNEL_METAPACKAGE: &str = "linux-image-cloud-amd64";

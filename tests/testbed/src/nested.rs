@@ -123,7 +123,10 @@ fn attempt(
             .arg(images.bzimage())
             .arg("-initrd")
             .arg(initramfs)
-            .args(["-append", "console=ttyS0 panic=-1 quiet"])
+            // loglevel=1: L1 kernel messages (KVM's notes on every L2 boot) would
+            // otherwise reach the serial port between the bytes of scenario
+            // output and garble it; panics still print.
+            .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=1"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
