@@ -100,6 +100,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
         me: me.clone(),
     });
     tokio::spawn(api::servers::sync_loop(app.clone()));
+    // Expired tokens are forgotten a day after they expire.
+    let purger = app.clone();
+    tokio::spawn(async move {
+        let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            hourly.tick().await;
+            if let Err(e) = purger.identity.purge_expired().await {
+                tracing::warn!("purging expired tokens: {e}");
+            }
+        }
+    });
     let accept = async {
         loop {
             match listener.accept().await {

@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value as Json};
 
-use super::http::{empty, json, read_json, stream, Body};
+use super::http::{empty, json, read_json, stream_file, Body};
 use super::App;
 use crate::identity::{now, Auth};
 use crate::image::upload::{self, UploadError};
@@ -17,13 +17,11 @@ use crate::store::StoreError;
 
 /// Glance answers errors in plain text; clients only read the code and message.
 pub fn glance_error(status: StatusCode, message: &str) -> Response<Body> {
-    let mut r = json(
+    json(
         status,
         &json!({"code": status.as_u16(), "title": status.canonical_reason().unwrap_or("Error"),
                 "message": message}),
-    );
-    *r.status_mut() = status;
-    r
+    )
 }
 
 fn versions(app: &App) -> Json {
@@ -547,23 +545,7 @@ async fn get_file(app: &App, auth: &Auth, id: &str) -> Response<Body> {
             );
         }
     };
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let mut file = file;
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            match file.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    let mut r = stream(rx, "application/octet-stream");
+    let mut r = stream_file(file).await;
     if let Some(md5) = image
         .checksum
         .as_deref()
@@ -571,15 +553,5 @@ async fn get_file(app: &App, auth: &Auth, id: &str) -> Response<Body> {
     {
         r.headers_mut().insert("content-md5", md5);
     }
-    if let Some(len) = image
-        .size
-        .and_then(|s| HeaderValue::from_str(&s.to_string()).ok())
-    {
-        r.headers_mut().insert("content-length", len);
-    }
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
     r
 }

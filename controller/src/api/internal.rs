@@ -8,14 +8,9 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use super::http::{empty, json, keystone_error, read_json, Body};
+use super::http::{constant_time_eq, empty, json, keystone_error, read_json, stream_file, Body};
 use super::App;
 use hostd::registration::Heartbeat;
-
-/// Compares in time that depends only on the lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 fn authorized(app: &App, req: &Request<Incoming>) -> bool {
     let Some(expected) = app.config.hostd_token.as_deref() else {
@@ -92,40 +87,14 @@ async fn raw_image(app: &App, id: &str) -> Response<Body> {
         }
     };
     let path = app.images.raw_path(&image);
-    let file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
+    match tokio::fs::File::open(&path).await {
+        Ok(file) => stream_file(file).await,
         Err(e) => {
             tracing::error!(image = id, "opening {}: {e}", path.display());
-            return keystone_error(
+            keystone_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the image data is unavailable",
-            );
+            )
         }
-    };
-    let len = file.metadata().await.map(|m| m.len()).ok();
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let mut file = file;
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            match file.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if tx
-                        .send(hyper::body::Bytes::copy_from_slice(&buf[..n]))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-    let mut r = super::http::stream(rx, "application/octet-stream");
-    if let Some(v) = len.and_then(|l| hyper::header::HeaderValue::from_str(&l.to_string()).ok()) {
-        r.headers_mut().insert(hyper::header::CONTENT_LENGTH, v);
     }
-    r
 }

@@ -149,9 +149,12 @@ kill $HOSTD; wait $HOSTD; echo "HOSTD_EXIT $?"
     );
     assert_eq!(value(o, "VMMS_END"), Some("0"));
     assert_eq!(value(o, "HOSTD_EXIT"), Some("0"), "SIGTERM is a clean exit");
-    if let Some(cpu) = value(o, "CGROUP_CPU_MAX").filter(|c| !c.is_empty()) {
-        assert_eq!(cpu, "100000 100000", "cpu.max from 1 vCPU");
-    }
+    // The scenario mounts cgroup2 itself, so limits must be in place.
+    assert_eq!(
+        value(o, "CGROUP_CPU_MAX"),
+        Some("100000 100000"),
+        "cpu.max from 1 vCPU"
+    );
 }
 
 #[test]

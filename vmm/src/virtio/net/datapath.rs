@@ -28,10 +28,20 @@ const MAX_IOVECS: usize = 1024;
 /// Offset of num_buffers in the virtio-net header.
 const NUM_BUFFERS_OFFSET: usize = 10;
 
-/// A guest buffer chain in one direction: its head and (address, length) parts.
+/// One descriptor's buffer: where it is for the guest and for us. The host
+/// address is resolved once, when the chain is popped (guest memory never
+/// moves while the worker holds it).
+#[derive(Clone, Copy)]
+struct Part {
+    addr: GuestAddress,
+    host: usize,
+    len: usize,
+}
+
+/// A guest buffer chain in one direction: its head and its parts.
 struct Chain {
     head: u16,
-    parts: Vec<(GuestAddress, usize)>,
+    parts: Vec<Part>,
     len: usize,
 }
 
@@ -49,8 +59,12 @@ impl Chain {
             }
             let n = (d.len() as usize).min(MAX_PACKET - len);
             // A buffer outside guest memory (or spanning regions) is skipped.
-            if n > 0 && memory.get_slice(d.addr(), n).is_ok() {
-                parts.push((d.addr(), n));
+            if let Some(slice) = memory.get_slice(d.addr(), n).ok().filter(|_| n > 0) {
+                parts.push(Part {
+                    addr: d.addr(),
+                    host: slice.ptr_guard_mut().as_ptr() as usize,
+                    len: n,
+                });
                 len += n;
             }
         }
@@ -58,20 +72,13 @@ impl Chain {
     }
 }
 
-/// Host iovecs for chain parts; parts were checked when the chain was popped
-/// and guest memory never moves, so each one resolves.
-fn iovecs<'a>(
-    memory: &GuestMemoryMmap,
-    parts: impl Iterator<Item = &'a (GuestAddress, usize)>,
-) -> Vec<libc::iovec> {
+/// Host iovecs for chain parts.
+fn iovecs<'a>(parts: impl Iterator<Item = &'a Part>) -> Vec<libc::iovec> {
     parts
         .take(MAX_IOVECS)
-        .filter_map(|&(addr, len)| {
-            let slice = memory.get_slice(addr, len).ok()?;
-            Some(libc::iovec {
-                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                iov_len: len,
-            })
+        .map(|p| libc::iovec {
+            iov_base: p.host as *mut libc::c_void,
+            iov_len: p.len,
         })
         .collect()
 }
@@ -200,7 +207,7 @@ impl Datapath {
                 self.tx.queue.go_to_previous_position();
                 break;
             }
-            let iov = iovecs(&self.memory, chain.parts.iter());
+            let iov = iovecs(chain.parts.iter());
             if !iov.is_empty() {
                 // SAFETY: the iovecs point into mapped guest memory that outlives
                 // the call; writev only reads them.
@@ -320,10 +327,7 @@ impl Datapath {
     /// None when the port has nothing (or failed).
     fn read_into_held(&mut self) -> Option<usize> {
         let chains = if self.mergeable { self.held.len() } else { 1 };
-        let iov = iovecs(
-            &self.memory,
-            self.held.iter().take(chains).flat_map(|c| c.parts.iter()),
-        );
+        let iov = iovecs(self.held.iter().take(chains).flat_map(|c| c.parts.iter()));
         // SAFETY: the iovecs point into mapped guest memory this worker holds
         // chains for; readv writes at most their lengths.
         let rc = unsafe {
@@ -366,7 +370,7 @@ impl Datapath {
         let mut rest = packet;
         let chains = if self.mergeable { self.held.len() } else { 1 };
         'chains: for chain in self.held.iter().take(chains) {
-            for &(addr, len) in &chain.parts {
+            for &Part { addr, len, .. } in &chain.parts {
                 if rest.is_empty() {
                     break 'chains;
                 }
@@ -404,7 +408,7 @@ impl Datapath {
 
 /// Writes `bytes` at byte `offset` of a chain's buffers (which may split it).
 fn write_at(memory: &GuestMemoryMmap, chain: &Chain, mut offset: usize, mut bytes: &[u8]) {
-    for &(addr, len) in &chain.parts {
+    for &Part { addr, len, .. } in &chain.parts {
         if bytes.is_empty() {
             return;
         }
