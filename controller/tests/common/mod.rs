@@ -128,108 +128,21 @@ pub fn call(
     }
 }
 
-/// A throwaway PostgreSQL server (Debian's `postgresql` package), in a temp
-/// directory on a free port; stopped when dropped.
-pub struct Postgres {
-    bin: std::path::PathBuf,
-    data: std::path::PathBuf,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
+/// A throwaway PostgreSQL server, or None (the test skips) when PostgreSQL
+/// is not installed, unless the run requires it (`cargo xtask test` installs
+/// it and sets VIRGA_REQUIRE_POSTGRES=1).
+pub struct Postgres;
 
 impl Postgres {
-    fn bin_dir() -> Option<std::path::PathBuf> {
-        let mut versions: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().join("bin"))
-            .filter(|b| b.join("initdb").exists())
-            .collect();
-        versions.sort();
-        versions.pop()
-    }
-
-    /// None when PostgreSQL is not installed, unless the test run requires it
-    /// (`cargo xtask test` installs it and sets VIRGA_REQUIRE_POSTGRES=1).
-    pub fn start() -> Option<Postgres> {
-        let Some(bin) = Self::bin_dir() else {
+    pub fn start() -> Option<virga_pgserver::PgServer> {
+        if !virga_pgserver::PgServer::installed() {
             assert!(
                 std::env::var_os("VIRGA_REQUIRE_POSTGRES").is_none(),
                 "PostgreSQL is required but not installed"
             );
             eprintln!("skipping: PostgreSQL is not installed (cargo xtask install adds it)");
             return None;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        // initdb refuses to run as root: run the server as the package's user.
-        let root = running_as_root();
-        if root {
-            let ok = Command::new("chown")
-                .arg("postgres:")
-                .arg(dir.path())
-                .status()
-                .unwrap();
-            assert!(ok.success());
         }
-        let ok = as_postgres(&bin.join("initdb"))
-            .args(["-A", "trust", "-U", "postgres", "-D"])
-            .arg(&data)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "initdb failed");
-        let port = free_port();
-        let ok = as_postgres(&bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(dir.path().join("log"))
-            .arg("-o")
-            .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1",
-                dir.path().display()
-            ))
-            .args(["-w", "start"])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "pg_ctl start failed");
-        Some(Postgres {
-            bin,
-            data,
-            port,
-            _dir: dir,
-        })
-    }
-
-    pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Runs a PostgreSQL program as the `postgres` user when we are root.
-fn as_postgres(cmd: &std::path::Path) -> Command {
-    let mut c = if running_as_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(cmd);
-        c
-    } else {
-        Command::new(cmd)
-    };
-    c.stdout(std::process::Stdio::null());
-    c
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = as_postgres(&self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "immediate", "stop"])
-            .status();
+        Some(virga_pgserver::PgServer::start().unwrap())
     }
 }

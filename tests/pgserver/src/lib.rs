@@ -1,0 +1,165 @@
+//! A throwaway PostgreSQL server from Debian's `postgresql` package: its own
+//! data directory in a temp dir, a free port on 127.0.0.1, trust auth, stopped
+//! (and removed) when dropped. The controller's store tests and the API
+//! benchmark run against it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb)")]
+    NotInstalled,
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{0} failed")]
+    Failed(&'static str),
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> PgError {
+    move |source| PgError::Io { what, source }
+}
+
+pub struct PgServer {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl PgServer {
+    /// The newest installed server's bin directory.
+    fn bin_dir() -> Option<PathBuf> {
+        let mut versions: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("initdb").exists())
+            .collect();
+        versions.sort();
+        versions.pop()
+    }
+
+    pub fn installed() -> bool {
+        Self::bin_dir().is_some()
+    }
+
+    /// initdb + pg_ctl start (waits until it accepts connections).
+    pub fn start() -> Result<PgServer, PgError> {
+        let bin = Self::bin_dir().ok_or(PgError::NotInstalled)?;
+        let dir = tempfile::tempdir().map_err(io("temp dir"))?;
+        let data = dir.path().join("data");
+        // initdb refuses to run as root: the server runs as the package's user.
+        if running_as_root() {
+            let ok = Command::new("chown")
+                .arg("postgres:")
+                .arg(dir.path())
+                .status()
+                .map_err(io("chown"))?;
+            if !ok.success() {
+                return Err(PgError::Failed("chown postgres"));
+            }
+        }
+        let ok = as_postgres(&bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&data)
+            .status()
+            .map_err(io("initdb"))?;
+        if !ok.success() {
+            return Err(PgError::Failed("initdb"));
+        }
+        let port = free_port().map_err(io("free port"))?;
+        let ok = as_postgres(&bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.path().join("log"))
+            .arg("-o")
+            .arg(format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1",
+                dir.path().display()
+            ))
+            .args(["-w", "start"])
+            .status()
+            .map_err(io("pg_ctl start"))?;
+        if !ok.success() {
+            return Err(PgError::Failed("pg_ctl start"));
+        }
+        Ok(PgServer {
+            bin,
+            data,
+            port,
+            _dir: dir,
+        })
+    }
+
+    /// A `postgres://` URL for the server's `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
+            .status();
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A PostgreSQL program, run as the `postgres` user when we are root.
+fn as_postgres(cmd: &Path) -> Command {
+    let mut c = if running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(cmd);
+        c
+    } else {
+        Command::new(cmd)
+    };
+    c.stdout(Stdio::null());
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_accepts_connections_and_stops() {
+        if !PgServer::installed() {
+            assert!(
+                std::env::var_os("VIRGA_REQUIRE_POSTGRES").is_none(),
+                "PostgreSQL is required but not installed"
+            );
+            return;
+        }
+        let pg = PgServer::start().expect("server starts");
+        let port: u16 = pg
+            .url()
+            .rsplit_once(':')
+            .and_then(|(_, rest)| rest.split('/').next()?.parse().ok())
+            .expect("a port in the URL");
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        drop(pg);
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "stopped when dropped"
+        );
+    }
+}
