@@ -11,11 +11,12 @@ use virga_testbed::{Scenario, Testbed};
 
 use crate::measure::{Sample, SAMPLE_PREFIX};
 use crate::report::{Report, Row};
-use crate::{host_cpu, images_dir, vmm_bin, workspace, QEMU, QEMU_FIRMWARE};
+use crate::{
+    host_cpu, images_dir, vmm_bin, workspace, GUEST_CMDLINE as CMDLINE, QEMU, QEMU_FIRMWARE,
+};
 
 const GUEST_MIB: u64 = 256;
 /// Same for every system: quiet console, no i8042 AUX/mux probing.
-const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.dumbkbd";
 const PEER: &str = "qemu-microvm";
 
 /// (system, command) with `$BIN`/`$GUEST` left for the scenario's shell.

@@ -18,10 +18,9 @@ use virga_testbed::{Scenario, Testbed};
 
 use crate::measure::{Sample, SAMPLE_PREFIX};
 use crate::report::{Report, Samples};
-use crate::{host_cpu, images_dir, vmm_bin, workspace};
+use crate::{host_cpu, images_dir, vmm_bin, workspace, GUEST_CMDLINE as CMDLINE};
 
 const GUEST_MIB: u64 = 128;
-const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.dumbkbd";
 const TOKEN: &str = "bench-token-0123456789abcdef";
 const PEER: &str = "vmm";
 const CONCURRENT: usize = 10;
@@ -163,7 +162,7 @@ fn call(socket: &Path, method: &str, path: &str, body: &str) -> Result<(u16, Str
     ))
 }
 
-fn rss_kib(pid: u32) -> f64 {
+pub(crate) fn rss_kib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

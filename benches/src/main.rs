@@ -10,11 +10,16 @@
 //!   virga (vhost-net and in-VMM datapath) against QEMU with vhost=on.
 //! - `hostd [--runs N]`: create-to-boot through hostd against the VMM alone,
 //!   ten concurrent creates, hostd's memory.
+//! - `api [--runs N] [--servers N] [--part all|boot|latency]`: POST /servers to
+//!   ACTIVE and to the guest's marker against the VMM alone; list and show
+//!   latency with 1,000 servers on SQLite and PostgreSQL.
 //! - `measure ...`, `hostd-probe ...`: the in-testbed probe `boot` uses.
 
+mod api;
 mod blk;
 mod boot;
 mod hostd;
+mod http;
 mod measure;
 mod net;
 mod report;
@@ -56,6 +61,16 @@ enum Cmd {
     Hostd {
         #[arg(long, default_value_t = 5)]
         runs: u32,
+    },
+    /// The control plane: boot through the API vs the VMM alone; read latency.
+    Api {
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Servers in the database for the latency part.
+        #[arg(long, default_value_t = 1000)]
+        servers: usize,
+        #[arg(long, value_enum, default_value_t = api::Part::All)]
+        part: api::Part,
     },
     /// Create instances through hostd and time them (used inside the testbed).
     HostdProbe {
@@ -105,6 +120,11 @@ fn vmm_bin() -> PathBuf {
         .unwrap_or_else(|| workspace().join("target/release/vmm"))
 }
 
+/// The guests' kernel command line in every benchmark (quiet: the serial
+/// console is slow in the testbed).
+const GUEST_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.dumbkbd";
+
 const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 /// What QEMU loads for `-M pc` and `-M microvm` with `-kernel`. Debian keeps
 /// SeaBIOS apart from QEMU's own ROMs; QEMU searches both.
@@ -136,6 +156,11 @@ fn main() -> Result<()> {
         Cmd::Blk { runs } => blk::run(runs),
         Cmd::Net { runs } => net::run(runs),
         Cmd::Hostd { runs } => hostd::run(runs),
+        Cmd::Api {
+            runs,
+            servers,
+            part,
+        } => api::run(runs, servers, part),
         Cmd::HostdProbe {
             socket,
             state_dir,

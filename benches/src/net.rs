@@ -11,9 +11,10 @@ use virga_guest_images::rootfs::{IPERF_HOST_ADDR, IPERF_JOBS, IPERF_RESULT};
 use virga_testbed::{Scenario, Testbed};
 
 use crate::report::{Report, Samples};
-use crate::{host_cpu, images_dir, vmm_bin, workspace, QEMU, QEMU_FIRMWARE};
+use crate::{
+    host_cpu, images_dir, vmm_bin, workspace, GUEST_CMDLINE as CMDLINE, QEMU, QEMU_FIRMWARE,
+};
 
-const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.dumbkbd";
 const SYSTEM_MARKER: &str = "VIRGA-BENCH-SYSTEM";
 const PEER: &str = "qemu";
 const SYSTEMS: &[&str] = &["virga", "virga-mq", "virga-userspace", "qemu"];

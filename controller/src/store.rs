@@ -15,6 +15,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Conflict(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

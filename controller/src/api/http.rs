@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by the APIs: request ids, JSON bodies and the error
 //! shapes OpenStack clients parse.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -82,7 +83,7 @@ pub fn empty(status: StatusCode) -> Response<Body> {
     r
 }
 
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
     *r.status_mut() = status;
@@ -126,6 +127,15 @@ pub async fn read_json(
 }
 
 /// ISO 8601 UTC with microseconds, as Keystone writes `expires_at`.
+/// A request's query string, percent-decoded (`+` is a space); the last of
+/// repeated keys wins.
+pub fn query_params<B>(req: &Request<B>) -> BTreeMap<String, String> {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
 pub fn iso_micros(unix: i64) -> String {
     let t =
         time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);

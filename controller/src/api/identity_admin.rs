@@ -57,10 +57,7 @@ fn identity_error(e: IdentityError) -> Response<Body> {
 }
 
 fn name_filter(req: &Request<Incoming>) -> Option<String> {
-    req.uri().query()?.split('&').find_map(|kv| {
-        let v = kv.strip_prefix("name=")?;
-        Some(v.replace("%20", " ").replace('+', " "))
-    })
+    super::http::query_params(req).remove("name")
 }
 
 /// Handles `/identity/v3/{domains,projects,users,roles}...`; None when the

@@ -137,25 +137,8 @@ async fn owned(app: &App, auth: &Auth, id: &str) -> Result<Image, Response<Body>
     Ok(image)
 }
 
-fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            let v = v
-                .replace("%2C", ",")
-                .replace("%3A", ":")
-                .replace('+', " ")
-                .replace("%20", " ");
-            (!k.is_empty()).then(|| (k.to_owned(), v))
-        })
-        .collect()
-}
-
 async fn list(app: &App, auth: &Auth, req: &Request<Incoming>) -> Response<Body> {
-    let q = query(req);
+    let q = super::http::query_params(req);
     let project = auth.project_id().unwrap_or_default();
     let all = match app.images.list().await {
         Ok(l) => l,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
 use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha224};
 
@@ -16,7 +17,7 @@ use super::compute::nova_error;
 use super::http::{empty, json, read_json, Body};
 use super::App;
 use crate::compute::scheduler::{Demand, PlaceError};
-use crate::compute::servers::Server;
+use crate::compute::servers::{ListQuery, Server};
 use crate::hostd_client::{self, HostdError};
 use crate::identity::{now, Auth};
 use crate::store::StoreError;
@@ -37,46 +38,189 @@ fn iso(t: i64) -> String {
     super::http::iso_micros(t).replace(".000000Z", "Z")
 }
 
-fn links(app: &App, kind: &str, id: &str) -> Json {
-    let base = &app.config.public_url;
-    json!([{"rel": "self", "href": format!("{base}/compute/v2.1/{kind}/{id}")},
-           {"rel": "bookmark", "href": format!("{base}/compute/{kind}/{id}")}])
+/// Nova's self and bookmark links for a resource.
+#[derive(Serialize)]
+struct Link {
+    rel: &'static str,
+    href: String,
 }
 
+fn links(app: &App, kind: &str, id: &str) -> [Link; 2] {
+    let base = &app.config.public_url;
+    [
+        Link {
+            rel: "self",
+            href: format!("{base}/compute/v2.1/{kind}/{id}"),
+        },
+        Link {
+            rel: "bookmark",
+            href: format!("{base}/compute/{kind}/{id}"),
+        },
+    ]
+}
+
+#[derive(Serialize)]
+struct Ref<'a> {
+    id: &'a str,
+    links: [Link; 2],
+}
+
+#[derive(Serialize)]
+struct Named {
+    name: &'static str,
+}
+
+#[derive(Serialize)]
+struct Fault<'a> {
+    code: u16,
+    message: &'a str,
+    created: String,
+}
+
+/// An empty JSON object (`addresses` until servers have networks).
+#[derive(Serialize)]
+struct Empty {}
+
 /// The 2.1 server representation: exactly the keys tempest's schema allows.
-pub fn server_json(app: &App, s: &Server, admin: bool) -> Json {
-    let host_id = match &s.host_id {
-        Some(h) => Sha224::digest(format!("{}{h}", s.project_id).as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>(),
-        None => String::new(),
-    };
-    let mut v = json!({
-        "id": s.id, "name": s.name, "status": s.status(),
-        "image": {"id": s.image_id, "links": links(app, "images", &s.image_id)},
-        "flavor": {"id": s.flavor_id, "links": links(app, "flavors", &s.flavor_id)},
-        "user_id": s.user_id, "tenant_id": s.project_id,
-        "created": iso(s.created_at), "updated": iso(s.updated_at),
-        "metadata": s.metadata, "links": links(app, "servers", &s.id),
-        "addresses": {}, "hostId": host_id, "accessIPv4": "", "accessIPv6": "",
-        "OS-DCF:diskConfig": "MANUAL", "OS-EXT-AZ:availability_zone": s.availability_zone,
-        "OS-EXT-STS:vm_state": s.vm_state, "OS-EXT-STS:task_state": s.task_state,
-        "OS-EXT-STS:power_state": s.power_state,
-        "OS-SRV-USG:launched_at": s.launched_at.map(|t| super::http::iso_micros(t).replace('Z', "")),
-        "OS-SRV-USG:terminated_at": null,
-        "config_drive": "", "key_name": s.key_name, "progress": 0,
-        "security_groups": [{"name": "default"}], "os-extended-volumes:volumes_attached": [],
-    });
-    if let Some(f) = &s.fault {
-        v["fault"] = json!({"code": 500, "message": f, "created": iso(s.updated_at)});
+/// Serialized straight from the record (a list of 1,000 is 1.6 MB of JSON).
+#[derive(Serialize)]
+pub struct ServerView<'a> {
+    id: &'a str,
+    name: &'a str,
+    status: &'static str,
+    image: Ref<'a>,
+    flavor: Ref<'a>,
+    user_id: &'a str,
+    tenant_id: &'a str,
+    created: String,
+    updated: String,
+    metadata: &'a BTreeMap<String, String>,
+    links: [Link; 2],
+    addresses: Empty,
+    #[serde(rename = "hostId")]
+    host_id: String,
+    #[serde(rename = "accessIPv4")]
+    access_ipv4: &'static str,
+    #[serde(rename = "accessIPv6")]
+    access_ipv6: &'static str,
+    #[serde(rename = "OS-DCF:diskConfig")]
+    disk_config: &'static str,
+    #[serde(rename = "OS-EXT-AZ:availability_zone")]
+    availability_zone: &'a str,
+    #[serde(rename = "OS-EXT-STS:vm_state")]
+    vm_state: &'a str,
+    #[serde(rename = "OS-EXT-STS:task_state")]
+    task_state: Option<&'a str>,
+    #[serde(rename = "OS-EXT-STS:power_state")]
+    power_state: i64,
+    #[serde(rename = "OS-SRV-USG:launched_at")]
+    launched_at: Option<String>,
+    #[serde(rename = "OS-SRV-USG:terminated_at")]
+    terminated_at: Option<()>,
+    config_drive: &'static str,
+    key_name: Option<&'a str>,
+    progress: u8,
+    security_groups: [Named; 1],
+    #[serde(rename = "os-extended-volumes:volumes_attached")]
+    volumes_attached: [(); 0],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fault: Option<Fault<'a>>,
+    // Admin-only attributes (absent for others).
+    #[serde(
+        rename = "OS-EXT-SRV-ATTR:host",
+        skip_serializing_if = "Option::is_none"
+    )]
+    host: Option<Option<&'a str>>,
+    #[serde(
+        rename = "OS-EXT-SRV-ATTR:hypervisor_hostname",
+        skip_serializing_if = "Option::is_none"
+    )]
+    hypervisor_hostname: Option<Option<&'a str>>,
+    #[serde(
+        rename = "OS-EXT-SRV-ATTR:instance_name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    instance_name: Option<String>,
+}
+
+impl<'a> ServerView<'a> {
+    pub fn new(app: &App, s: &'a Server, admin: bool) -> Self {
+        // Nova's hostId: the host, hashed with the project so that projects
+        // cannot compare placements.
+        let host_id = match &s.host_id {
+            Some(h) => Sha224::digest(format!("{}{h}", s.project_id).as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+            None => String::new(),
+        };
+        ServerView {
+            id: &s.id,
+            name: &s.name,
+            status: s.status(),
+            image: Ref {
+                id: &s.image_id,
+                links: links(app, "images", &s.image_id),
+            },
+            flavor: Ref {
+                id: &s.flavor_id,
+                links: links(app, "flavors", &s.flavor_id),
+            },
+            user_id: &s.user_id,
+            tenant_id: &s.project_id,
+            created: iso(s.created_at),
+            updated: iso(s.updated_at),
+            metadata: &s.metadata,
+            links: links(app, "servers", &s.id),
+            addresses: Empty {},
+            host_id,
+            access_ipv4: "",
+            access_ipv6: "",
+            disk_config: "MANUAL",
+            availability_zone: &s.availability_zone,
+            vm_state: &s.vm_state,
+            task_state: s.task_state.as_deref(),
+            power_state: s.power_state,
+            launched_at: s
+                .launched_at
+                .map(|t| super::http::iso_micros(t).replace('Z', "")),
+            terminated_at: None,
+            config_drive: "",
+            key_name: s.key_name.as_deref(),
+            progress: 0,
+            security_groups: [Named { name: "default" }],
+            volumes_attached: [],
+            fault: s.fault.as_deref().map(|message| Fault {
+                code: 500,
+                message,
+                created: iso(s.updated_at),
+            }),
+            host: admin.then_some(s.host_id.as_deref()),
+            hypervisor_hostname: admin.then_some(s.host_id.as_deref()),
+            instance_name: admin.then(|| format!("instance-{}", s.id)),
+        }
     }
-    if admin {
-        v["OS-EXT-SRV-ATTR:host"] = json!(s.host_id);
-        v["OS-EXT-SRV-ATTR:hypervisor_hostname"] = json!(s.host_id);
-        v["OS-EXT-SRV-ATTR:instance_name"] = json!(format!("instance-{}", s.id));
-    }
-    v
+}
+
+#[derive(Serialize)]
+struct ServerOne<'a> {
+    server: ServerView<'a>,
+}
+
+/// A list answer, straight to JSON (no intermediate tree).
+#[derive(Serialize)]
+struct ServerList<T> {
+    servers: Vec<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    servers_links: Option<Json>,
+}
+
+/// The brief form `GET /servers` lists.
+#[derive(Serialize)]
+struct ServerBrief<'a> {
+    id: &'a str,
+    name: &'a str,
+    links: [Link; 2],
 }
 
 /// Handles `/servers...`; None for other paths.
@@ -93,7 +237,9 @@ pub async fn route(
         (Method::GET, ["servers", id]) => match visible(app, auth, id).await {
             Ok(s) => json(
                 StatusCode::OK,
-                &json!({"server": server_json(app, &s, auth.is_admin())}),
+                &ServerOne {
+                    server: ServerView::new(app, &s, auth.is_admin()),
+                },
             ),
             Err(r) => r,
         },
@@ -117,54 +263,147 @@ async fn visible(app: &App, auth: &Auth, id: &str) -> Result<Server, Response<Bo
     }
 }
 
-fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (!k.is_empty()).then(|| (k.to_owned(), v.replace("%20", " ").replace('+', " ")))
-        })
-        .collect()
+/// The most servers one list answers (Nova's `max_limit`); more come in
+/// pages linked by `servers_links`.
+const MAX_LIMIT: i64 = 1000;
+
+/// The vm_states a Nova status filter selects; None for statuses no server
+/// can have (an empty list, as Nova answers at 2.1).
+fn vm_states_for(status: &str) -> Option<&'static str> {
+    Some(match status.to_ascii_uppercase().as_str() {
+        "BUILD" => "building",
+        "ACTIVE" | "REBOOT" | "HARD_REBOOT" => "active",
+        "SHUTOFF" => "stopped",
+        "PAUSED" => "paused",
+        "SUSPENDED" => "suspended",
+        "ERROR" => "error",
+        _ => return None,
+    })
 }
 
+/// `changes-since` and the like: RFC 3339, or a bare `YYYY-MM-DDTHH:MM:SS` in UTC.
+fn parse_time(v: &str) -> Option<i64> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = time::OffsetDateTime::parse(v, &Rfc3339) {
+        return Some(t.unix_timestamp());
+    }
+    let naive = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+    time::PrimitiveDateTime::parse(v.trim_end_matches('Z'), &naive)
+        .ok()
+        .map(|t| t.assume_utc().unix_timestamp())
+}
+
+/// `GET /servers[/detail]`: Nova's filters (name, status, image, flavor,
+/// changes-since; all_tenants, project_id and host for admins) and paging
+/// (limit, marker, and a `next` link when the page is full).
 async fn list(app: &App, auth: &Auth, req: &Request<Incoming>, detail: bool) -> Response<Body> {
-    let q = query(req);
-    let all = auth.is_admin()
+    let q = super::http::query_params(req);
+    let bad = |m: &str| nova_error(StatusCode::BAD_REQUEST, m);
+    let admin = auth.is_admin();
+    let all = admin
         && matches!(
             q.get("all_tenants").map(String::as_str),
             Some("1" | "true" | "True" | "")
         );
-    let scope = if all { None } else { auth.project_id() };
-    let servers = match app.servers.list(scope).await {
+    let project = match (all, q.get("project_id").or(q.get("tenant_id"))) {
+        (true, Some(p)) => Some(p.clone()),
+        (true, None) => None,
+        (false, _) => Some(auth.project_id().unwrap_or_default().to_owned()),
+    };
+    let limit = match q.get("limit").map(|l| l.parse::<i64>()) {
+        None => MAX_LIMIT,
+        Some(Ok(l)) if l >= 0 => l.min(MAX_LIMIT),
+        Some(Ok(_)) => return bad("limit param must be positive"),
+        Some(Err(_)) => return bad("limit param must be an integer"),
+    };
+    let mut query = ListQuery {
+        project,
+        // Nova matches names as a regular expression; a case-insensitive
+        // substring covers what clients send (anchors are dropped).
+        name: q
+            .get("name")
+            .map(|n| n.trim_start_matches('^').trim_end_matches('$').to_owned()),
+        image: q.get("image").cloned(),
+        flavor: q.get("flavor").cloned(),
+        host: q.get("host").filter(|_| admin).cloned(),
+        limit: Some(limit),
+        ..ListQuery::default()
+    };
+    let status = q.get("status").map(|s| s.to_ascii_uppercase());
+    if let Some(st) = &status {
+        query.vm_states = Some(vm_states_for(st).into_iter().collect());
+    }
+    if matches!(
+        q.get("deleted").map(String::as_str),
+        Some("true" | "True" | "1")
+    ) {
+        // Deleted servers are not kept.
+        query.vm_states = Some(Vec::new());
+    }
+    if let Some(since) = q.get("changes-since").or(q.get("changes_since")) {
+        match parse_time(since) {
+            Some(t) => query.changes_since = Some(t),
+            None => return bad(&format!("Invalid changes-since value: {since}")),
+        }
+    }
+    if let Some(marker) = q.get("marker") {
+        match app.servers.get(marker).await {
+            Ok(Some(m))
+                if query.project.is_none() || query.project.as_deref() == Some(&m.project_id) =>
+            {
+                query.marker = Some((m.created_at, m.id));
+            }
+            Ok(_) => return bad(&format!("marker [{marker}] not found")),
+            Err(e) => return store_error(e),
+        }
+    }
+    let servers = match app.servers.page(&query).await {
         Ok(s) => s,
         Err(e) => return store_error(e),
     };
-    let items: Vec<Json> = servers
-        .iter()
-        // Nova matches names as a regex; a substring match covers what clients send.
-        .filter(|s| {
-            q.get("name").is_none_or(|n| {
-                s.name
-                    .contains(n.trim_start_matches('^').trim_end_matches('$'))
-            })
-        })
-        .filter(|s| {
-            q.get("status")
-                .is_none_or(|st| s.status().eq_ignore_ascii_case(st))
-        })
-        .filter(|s| q.get("image").is_none_or(|i| &s.image_id == i))
-        .filter(|s| q.get("flavor").is_none_or(|f| &s.flavor_id == f))
-        .map(|s| {
-            if detail {
-                server_json(app, s, auth.is_admin())
-            } else {
-                json!({"id": s.id, "name": s.name, "links": links(app, "servers", &s.id)})
+    // A full page has a next link, from its last server.
+    let next = (limit > 0 && servers.len() as i64 == limit)
+        .then(|| servers.last().map(|s| s.id.clone()))
+        .flatten()
+        .map(|last| {
+            let mut params = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in q.iter().filter(|(k, _)| *k != "marker" && *k != "limit") {
+                params.append_pair(k, v);
             }
-        })
-        .collect();
-    json(StatusCode::OK, &json!({ "servers": items }))
+            params.append_pair("limit", &limit.to_string());
+            params.append_pair("marker", &last);
+            let kind = if detail { "servers/detail" } else { "servers" };
+            json!([{"rel": "next", "href": format!("{}/compute/v2.1/{kind}?{}", app.config.public_url, params.finish())}])
+        });
+    // REBOOT and ACTIVE share a vm_state: the exact status decides.
+    let shown = servers
+        .iter()
+        .filter(|s| status.as_deref().is_none_or(|st| s.status() == st));
+    if detail {
+        let servers = shown.map(|s| ServerView::new(app, s, admin)).collect();
+        json(
+            StatusCode::OK,
+            &ServerList {
+                servers,
+                servers_links: next,
+            },
+        )
+    } else {
+        let items: Vec<ServerBrief> = shown
+            .map(|s| ServerBrief {
+                id: &s.id,
+                name: &s.name,
+                links: links(app, "servers", &s.id),
+            })
+            .collect();
+        json(
+            StatusCode::OK,
+            &ServerList {
+                servers: items,
+                servers_links: next,
+            },
+        )
+    }
 }
 
 async fn create(app: &App, auth: &Auth, req: Request<Incoming>) -> Response<Body> {
@@ -648,8 +887,7 @@ pub async fn sync_loop(app: Arc<App>) {
     let token = app.config.hostd_token.clone().unwrap_or_default();
     loop {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let (Ok(hosts), Ok(servers)) = (app.hosts.list().await, app.servers.list(None).await)
-        else {
+        let (Ok(hosts), Ok(servers)) = (app.hosts.list().await, app.servers.placed().await) else {
             continue;
         };
         for host in hosts {

@@ -1,0 +1,589 @@
+//! The API benchmark: what the control plane costs, and how fast it answers.
+//!
+//! - **Boot** (in the testbed, or natively on hardware KVM): the same guest
+//!   started by `vmm` directly and through the controller's Nova API, with the
+//!   controller on this machine and hostd in the testbed, as `cargo xtask up`
+//!   runs them. The API path is timed from `POST /servers` to ACTIVE and to the
+//!   guest's marker line read through `os-getConsoleOutput`; its difference to
+//!   the direct boot is the control plane's overhead (authentication,
+//!   scheduling, the call to hostd, hostd's supervision). Direct runs go before
+//!   and after the API runs, so drift in the testbed shows on both sides.
+//! - **Latency** (natively): p50/p99 of `GET /servers/detail`, `GET /servers`
+//!   and `GET /servers/{id}` with 1,000 servers in the database, on SQLite and
+//!   on PostgreSQL, against `GET /compute/v2.1/` (no database: the HTTP floor)
+//!   in the same run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hyper::body::Bytes;
+use serde_json::{json, Value as Json};
+use virga_guest_images::initramfs::BOOT_MARKER;
+use virga_pgserver::PgServer;
+use virga_testbed::{Scenario, Testbed};
+
+use crate::http::{Client, Reply};
+use crate::measure::{Sample, SAMPLE_PREFIX};
+use crate::report::{Report, Samples};
+use crate::{host_cpu, images_dir, vmm_bin, workspace, GUEST_CMDLINE};
+
+const ADMIN_PASSWORD: &str = "bench-admin-secret";
+const HOSTD_TOKEN: &str = "bench-hostd-token-0123456789";
+const GUEST_MIB: u64 = 128;
+const PEER: &str = "vmm";
+/// Requests per endpoint in the latency part.
+const LIST_REQUESTS: usize = 200;
+const SHOW_REQUESTS: usize = 500;
+
+/// Which parts to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    All,
+    Boot,
+    Latency,
+}
+
+fn controller_bin() -> PathBuf {
+    vmm_bin().with_file_name("controller")
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A controller process with its own state directory; killed when dropped.
+struct Controller {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Controller {
+    /// `extra` is TOML placed after the top-level keys (tables allowed).
+    fn start(database_url: Option<&str>, extra: &str) -> Result<Controller> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let db = database_url.map_or(String::new(), |u| format!("database_url = \"{u}\"\n"));
+        let cfg = dir.path().join("controller.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n{db}hostd_token = \"{HOSTD_TOKEN}\"\n{extra}\n[bootstrap]\nadmin_password = \"{ADMIN_PASSWORD}\"\n",
+                dir.path().join("state").display()
+            ),
+        )?;
+        let bin = controller_bin();
+        let child = Command::new(&bin)
+            .arg("--config")
+            .arg(&cfg)
+            // Servers without a host are expected here: no warnings about them.
+            .env("RUST_LOG", "error")
+            .spawn()
+            .with_context(|| format!("starting {} (cargo xtask bench builds it)", bin.display()))?;
+        let ctl = Controller {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(ctl.addr()).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "the controller did not listen on {} within 30 s",
+                    ctl.addr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(ctl)
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn rss_kib(&self) -> f64 {
+        crate::hostd::rss_kib(self.child.id())
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn expect(reply: Reply, status: u16, what: &str) -> Result<Reply> {
+    if reply.status != status {
+        bail!(
+            "{what}: answered {} (wanted {status}): {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    Ok(reply)
+}
+
+/// A client holding an admin token scoped to the admin project, and that
+/// project's id.
+fn admin(ctl: &Controller) -> Result<(Client, String)> {
+    let mut c = Client::new(&ctl.addr())?;
+    let auth = json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": "admin", "domain": {"name": "Default"}, "password": ADMIN_PASSWORD}}},
+        "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}});
+    let reply = expect(
+        c.call("POST", "/identity/v3/auth/tokens", Some(&auth))?,
+        201,
+        "password authentication",
+    )?;
+    let token = reply
+        .header("x-subject-token")
+        .context("no X-Subject-Token")?
+        .to_owned();
+    let project = reply.json()["token"]["project"]["id"]
+        .as_str()
+        .context("no project in the token")?
+        .to_owned();
+    c.auth = Some(("x-auth-token", token));
+    Ok((c, project))
+}
+
+fn create_flavor(c: &mut Client, vcpus: u32, ram_mib: u64) -> Result<String> {
+    let body = json!({"flavor": {"name": "bench", "vcpus": vcpus, "ram": ram_mib, "disk": 0}});
+    let reply = expect(
+        c.call("POST", "/compute/v2.1/flavors", Some(&body))?,
+        200,
+        "flavor create",
+    )?;
+    reply.json()["flavor"]["id"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no flavor id")
+}
+
+/// Creates an image with `properties` and uploads `data` to it.
+fn create_image(
+    c: &mut Client,
+    name: &str,
+    format: &str,
+    properties: Json,
+    data: Vec<u8>,
+) -> Result<String> {
+    let mut body = json!({"name": name, "disk_format": format, "container_format": format});
+    if let (Some(b), Json::Object(p)) = (body.as_object_mut(), properties) {
+        b.extend(p);
+    }
+    let reply = expect(
+        c.call("POST", "/image/v2/images", Some(&body))?,
+        201,
+        "image create",
+    )?;
+    let id = reply.json()["id"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no image id")?;
+    expect(
+        c.send(
+            "PUT",
+            &format!("/image/v2/images/{id}/file"),
+            "application/octet-stream",
+            Bytes::from(data),
+        )?,
+        204,
+        "image upload",
+    )?;
+    Ok(id)
+}
+
+fn create_server(
+    c: &mut Client,
+    name: &str,
+    image: &str,
+    flavor: &str,
+) -> Result<(String, Duration)> {
+    let body = json!({"server": {"name": name, "imageRef": image, "flavorRef": flavor,
+                                 "metadata": {"purpose": "bench"}}});
+    let reply = expect(
+        c.call("POST", "/compute/v2.1/servers", Some(&body))?,
+        202,
+        "server create",
+    )?;
+    let id = reply.json()["server"]["id"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no server id")?;
+    Ok((id, reply.elapsed))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The value below which `q` of the sorted `values` fall (nearest rank).
+fn percentile(values: &[f64], q: f64) -> f64 {
+    let mut v: Vec<f64> = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+pub fn run(runs: u32, servers: usize, part: Part) -> Result<()> {
+    let mut samples = Samples::default();
+    let mut mode = "native".to_owned();
+    let mut systems: Vec<&str> = Vec::new();
+    if part != Part::Boot {
+        eprintln!("bench api: latency with {servers} servers, SQLite");
+        latency("sqlite", None, servers, &mut samples)?;
+        systems.push("sqlite");
+        match PgServer::start() {
+            Ok(pg) => {
+                eprintln!("bench api: latency with {servers} servers, PostgreSQL");
+                latency("postgresql", Some(&pg.url()), servers, &mut samples)?;
+                systems.push("postgresql");
+            }
+            Err(e) => eprintln!("bench api: no PostgreSQL row ({e}; cargo xtask install adds it)"),
+        }
+    }
+    if part != Part::Latency {
+        mode = boot(runs, &mut samples)?;
+        systems.splice(0..0, [PEER, "api", "api-cold"]);
+    }
+    let report = Report {
+        bench: "api".into(),
+        host: format!("{} ({mode})", host_cpu()),
+        rows: samples.rows(&systems),
+    };
+    let path = report.write(&workspace().join("target/bench"))?;
+    println!("{}", report.host);
+    print!("{}", report.table(PEER));
+    if let (Some(direct), Some(api)) = (report.row(PEER, "boot_ms"), report.row("api", "boot_ms")) {
+        let overhead = api.median - direct.median;
+        println!(
+            "control-plane overhead: {overhead:.0} ms = {:.1}% of the VMM's boot time (target: under 10%)",
+            100.0 * overhead / direct.median
+        );
+    }
+    for engine in ["sqlite", "postgresql"] {
+        if let Some(p99) = report.row(engine, "servers_detail_p99_ms") {
+            println!(
+                "{engine}: GET /servers/detail p99 {:.1} ms with {servers} servers (target: under 20 ms)",
+                p99.median
+            );
+        }
+    }
+    println!("(boot_ms: process start, or POST /servers, to the guest's marker line; api-cold: the first server, its images not yet in hostd's cache)");
+    println!("written to {}", path.display());
+    Ok(())
+}
+
+/// Seeds `servers` servers (no host is registered, so each ends in ERROR
+/// with its fault, a full record) and times the read paths.
+fn latency(
+    engine: &str,
+    database_url: Option<&str>,
+    servers: usize,
+    samples: &mut Samples,
+) -> Result<()> {
+    let ctl = Controller::start(database_url, "")?;
+    let (mut c, project) = admin(&ctl)?;
+    let unlimited = json!({"quota_set": {"instances": -1, "cores": -1, "ram": -1}});
+    expect(
+        c.call(
+            "PUT",
+            &format!("/compute/v2.1/os-quota-sets/{project}"),
+            Some(&unlimited),
+        )?,
+        200,
+        "quota update",
+    )?;
+    let flavor = create_flavor(&mut c, 1, GUEST_MIB)?;
+    let kernel = create_image(
+        &mut c,
+        "bench-kernel",
+        "aki",
+        json!({}),
+        b"\x7fELF bench".to_vec(),
+    )?;
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(servers);
+    for i in 0..servers {
+        let (id, _) = create_server(&mut c, &format!("bench-{i:04}"), &kernel, &flavor)?;
+        ids.push(id);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let reply = expect(
+            c.call("GET", "/compute/v2.1/servers?status=BUILD", None)?,
+            200,
+            "servers in BUILD",
+        )?;
+        if reply.json()["servers"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("servers still building after 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "  {servers} servers created in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let detail = expect(
+        c.call("GET", "/compute/v2.1/servers/detail", None)?,
+        200,
+        "servers detail",
+    )?;
+    let listed = detail.json()["servers"].as_array().map_or(0, Vec::len);
+    if listed != servers {
+        bail!("GET /servers/detail listed {listed} servers, wanted {servers}");
+    }
+    samples.add(
+        engine,
+        "servers_detail_kib",
+        "KiB",
+        detail.body.len() as f64 / 1024.0,
+    );
+
+    let mut time =
+        |c: &mut Client, metric: &str, n: usize, path: &dyn Fn(usize) -> String| -> Result<()> {
+            let mut values = Vec::with_capacity(n);
+            for i in 0..n {
+                let reply = expect(c.call("GET", &path(i), None)?, 200, metric)?;
+                values.push(ms(reply.elapsed));
+            }
+            samples.add(
+                engine,
+                &format!("{metric}_p50_ms"),
+                "ms",
+                percentile(&values, 0.50),
+            );
+            samples.add(
+                engine,
+                &format!("{metric}_p99_ms"),
+                "ms",
+                percentile(&values, 0.99),
+            );
+            Ok(())
+        };
+    // Warm up the connection, the token cache and the database's pages.
+    for _ in 0..10 {
+        c.call("GET", "/compute/v2.1/servers/detail", None)?;
+    }
+    time(&mut c, "version_doc", SHOW_REQUESTS, &|_| {
+        "/compute/v2.1/".into()
+    })?;
+    time(&mut c, "servers_detail", LIST_REQUESTS, &|_| {
+        "/compute/v2.1/servers/detail".into()
+    })?;
+    time(&mut c, "servers_list", LIST_REQUESTS, &|_| {
+        "/compute/v2.1/servers".into()
+    })?;
+    time(&mut c, "server_show", SHOW_REQUESTS, &|i| {
+        format!("/compute/v2.1/servers/{}", ids[(i * 7919) % ids.len()])
+    })?;
+    samples.add(engine, "controller_rss_kib", "KiB", ctl.rss_kib());
+    Ok(())
+}
+
+fn script(runs: u32, ctl_port: u16, hostd_port: u16) -> String {
+    let direct = format!(
+        r#"for round in $(seq {runs}); do
+  $BIN/virga-bench measure --system {PEER} --marker {BOOT_MARKER} --guest-mib {GUEST_MIB} -- \
+    $BIN/vmm --kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio --vcpus 1 \
+    --memory-mib {GUEST_MIB} --cmdline "{GUEST_CMDLINE}" > $WORK/direct.out || failed=1
+  grep '{SAMPLE_PREFIX}' $WORK/direct.out
+done"#
+    );
+    format!(
+        r#"mkdir -p /sys/fs/cgroup && (mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null || true)
+failed=0
+{direct}
+cat > $WORK/hostd.toml <<EOF
+token = "{HOSTD_TOKEN}"
+listen = "0.0.0.0:{hostd_port}"
+state_dir = "$WORK/state"
+vmm_binary = "$BIN/vmm"
+host_id = "bench"
+controller_url = "http://$HOST_ADDR:{ctl_port}"
+controller_token = "{HOSTD_TOKEN}"
+advertise_url = "http://127.0.0.1:{hostd_port}"
+heartbeat_secs = 1
+EOF
+$BIN/hostd --config $WORK/hostd.toml 2> $WORK/hostd.log &
+HOSTD=$!
+while wget -q -O /dev/null http://$HOST_ADDR:{ctl_port}/identity/v3; do sleep 1; done
+kill $HOSTD; wait $HOSTD
+{direct}
+exit $failed
+"#
+    )
+}
+
+/// The boot part; returns where it ran (`testbed` or `native`).
+fn boot(runs: u32, samples: &mut Samples) -> Result<String> {
+    let testbed = Testbed::new(&images_dir())?;
+    let mode = testbed.mode().as_str().to_owned();
+    let hostd_port = free_port()?;
+    // The testbed has one CPU: let RAM decide what fits.
+    let ctl = Controller::start(None, "[scheduler]\ncpu_allocation_ratio = 16.0")?;
+    let vmm = vmm_bin();
+    let scenario = Scenario::new("bench-api", &script(runs, ctl.port, hostd_port))
+        .binary(&vmm)
+        .binary(vmm.with_file_name("hostd"))
+        .binary(std::env::current_exe()?)
+        .forward_port(hostd_port)
+        .timeout(Duration::from_secs(600 + 40 * u64::from(runs)));
+    eprintln!("bench api: {runs} direct boots, {runs} through the API, {runs} direct ({mode})");
+    let runner = std::thread::spawn(move || testbed.run(&scenario));
+    let driven = drive(&ctl, runs, samples);
+    drop(ctl); // ends the scenario's hostd phase
+    let outcome = runner
+        .join()
+        .map_err(|_| anyhow::anyhow!("the testbed thread panicked"))??;
+    for line in outcome.output.lines() {
+        if let Some(json) = line
+            .find(SAMPLE_PREFIX)
+            .map(|i| &line[i + SAMPLE_PREFIX.len()..])
+        {
+            if let Ok(s) = serde_json::from_str::<Sample>(json) {
+                samples.add(&s.system, "boot_ms", "ms", s.boot_ms);
+            }
+        }
+    }
+    if let Err(e) = driven {
+        bail!(
+            "{e:#}\n--- testbed output ---\n{}",
+            virga_testbed::tail(&outcome.output, 40)
+        );
+    }
+    if !outcome.success() {
+        bail!(
+            "the direct boots failed (status {}):\n{}",
+            outcome.status,
+            virga_testbed::tail(&outcome.output, 40)
+        );
+    }
+    Ok(mode)
+}
+
+/// The API side of the boot part: waits for the testbed's hostd to register,
+/// uploads the guest, then boots it `runs` + 1 times (the first is cold).
+fn drive(ctl: &Controller, runs: u32, samples: &mut Samples) -> Result<()> {
+    let mut internal = Client::new(&ctl.addr())?;
+    internal.auth = Some(("authorization", format!("Bearer {HOSTD_TOKEN}")));
+    let deadline = Instant::now() + Duration::from_secs(240 + 30 * u64::from(runs));
+    loop {
+        let reply = internal.call("GET", "/internal/v1/hosts", None)?;
+        if reply.json()["hosts"][0]["host_id"] == "bench" {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the testbed's hostd never registered");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (mut c, _) = admin(ctl)?;
+    let images = images_dir();
+    let read = |f: &str| -> Result<Vec<u8>> {
+        let p: &Path = &images.join(f);
+        std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let ramdisk = create_image(
+        &mut c,
+        "bench-ramdisk",
+        "ari",
+        json!({}),
+        read("boot-initramfs.cpio")?,
+    )?;
+    let kernel = create_image(
+        &mut c,
+        "bench-guest",
+        "aki",
+        json!({"ramdisk_id": ramdisk, "os_command_line": GUEST_CMDLINE}),
+        read("vmlinux")?,
+    )?;
+    let flavor = create_flavor(&mut c, 1, GUEST_MIB)?;
+    for round in 0..=runs {
+        let system = if round == 0 { "api-cold" } else { "api" };
+        let t0 = Instant::now();
+        let (id, accepted) = create_server(&mut c, &format!("boot-{round}"), &kernel, &flavor)?;
+        let server_path = format!("/compute/v2.1/servers/{id}");
+        let active = loop {
+            let s = expect(c.call("GET", &server_path, None)?, 200, "server show")?.json();
+            match s["server"]["status"].as_str() {
+                Some("ACTIVE" | "SHUTOFF") => break t0.elapsed(),
+                Some("ERROR") => bail!("server {id} went to ERROR: {}", s["server"]["fault"]),
+                _ if t0.elapsed() > Duration::from_secs(180) => {
+                    bail!("server {id} never became ACTIVE")
+                }
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let console = json!({"os-getConsoleOutput": {"length": 200}});
+        let booted = loop {
+            let reply = c.call("POST", &format!("{server_path}/action"), Some(&console))?;
+            if reply.status == 200
+                && reply.json()["output"]
+                    .as_str()
+                    .is_some_and(|o| o.contains(BOOT_MARKER))
+            {
+                break t0.elapsed();
+            }
+            if t0.elapsed() > Duration::from_secs(180) {
+                bail!(
+                    "no marker on server {id}'s console: {}",
+                    String::from_utf8_lossy(&reply.body)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        samples.add(system, "create_202_ms", "ms", ms(accepted));
+        samples.add(system, "create_to_active_ms", "ms", ms(active));
+        samples.add(system, "boot_ms", "ms", ms(booted));
+        eprintln!(
+            "  {system}: 202 in {:.0} ms, ACTIVE at {:.0} ms, marker at {:.0} ms",
+            ms(accepted),
+            ms(active),
+            ms(booted)
+        );
+        expect(c.call("DELETE", &server_path, None)?, 204, "server delete")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.50), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&[3.0, 1.0, 2.0], 0.99), 3.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn script_boots_directly_around_the_api_phase() {
+        let s = script(2, 8774, 8790);
+        assert_eq!(s.matches("measure --system vmm").count(), 2);
+        assert!(s.contains("controller_url = \"http://$HOST_ADDR:8774\""));
+        assert!(s.contains("listen = \"0.0.0.0:8790\""));
+        let hostd = s.find("$BIN/hostd").unwrap_or(0);
+        assert!(s[..hostd].contains("measure") && s[hostd..].contains("measure"));
+    }
+}
