@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use controller::api::{self, App};
+use controller::compute::actions::Actions;
 use controller::compute::flavors::Flavors;
 use controller::compute::hosts::Hosts;
 use controller::compute::keypairs::Keypairs;
@@ -96,9 +97,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
         keypairs: Keypairs::new(store.clone()),
         quotas: Quotas::new(store.clone()),
         servers: Servers::new(store.clone()),
+        actions: Actions::new(store.clone()),
+        store_engine: store.engine,
         scheduler: Scheduler::new(store.clone(), policy),
         me: me.clone(),
     });
+    // A SQLite database has one controller: whatever was in flight died
+    // with its last run. PostgreSQL may be shared, so there the periodic
+    // sweep of the state sync decides by age.
+    if app.owns_its_database() {
+        api::servers::expire_stale(&app, i64::MAX).await;
+    }
     tokio::spawn(api::servers::sync_loop(app.clone()));
     // Expired tokens are forgotten a day after they expire.
     let purger = app.clone();

@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 
+use crate::compute::actions::Actions;
 use crate::compute::flavors::Flavors;
 use crate::compute::hosts::Hosts;
 use crate::compute::keypairs::Keypairs;
@@ -29,6 +30,10 @@ use crate::identity::Identity;
 use crate::image::Images;
 use http::Body;
 
+/// The request's `X-OpenStack-Request-ID`, in its extensions.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
 pub struct App {
     pub config: Config,
     pub identity: Identity,
@@ -38,12 +43,19 @@ pub struct App {
     pub keypairs: Keypairs,
     pub quotas: Quotas,
     pub servers: Servers,
+    pub actions: Actions,
     pub scheduler: Scheduler,
+    pub store_engine: crate::store::Engine,
     /// This app, for background work it starts (server builds).
     pub me: std::sync::Weak<App>,
 }
 
 impl App {
+    /// Whether this controller is the only one using its database (SQLite).
+    pub fn owns_its_database(&self) -> bool {
+        self.store_engine == crate::store::Engine::Sqlite
+    }
+
     /// Who the request's X-Auth-Token speaks for, if anyone.
     pub async fn caller(&self, req: &Request<Incoming>) -> Option<crate::identity::Auth> {
         let token = req.headers().get("x-auth-token")?.to_str().ok()?;
@@ -58,9 +70,11 @@ impl App {
 
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         let request_id = http::new_request_id();
+        // Handlers that record what a request did (instance actions) name it.
+        req.extensions_mut().insert(RequestId(request_id.clone()));
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let mut response = match segments.split_first() {

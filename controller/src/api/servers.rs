@@ -16,6 +16,7 @@ use sha2::{Digest, Sha224};
 use super::compute::nova_error;
 use super::http::{empty, json, read_json, Body};
 use super::App;
+use crate::compute::actions::{now_us, Action};
 use crate::compute::scheduler::{Demand, PlaceError};
 use crate::compute::servers::{ListQuery, Server};
 use crate::hostd_client::{self, HostdError};
@@ -244,6 +245,12 @@ pub async fn route(
             Err(r) => r,
         },
         (Method::DELETE, ["servers", id]) => delete(app, auth, id).await,
+        (Method::GET, ["servers", id, "os-instance-actions"]) => {
+            instance_actions(app, auth, id, None).await
+        }
+        (Method::GET, ["servers", id, "os-instance-actions", request_id]) => {
+            instance_actions(app, auth, id, Some(request_id)).await
+        }
         (Method::POST, ["servers", id, "action"]) => {
             let id = id.to_string();
             action(app, auth, &id, req).await
@@ -406,7 +413,14 @@ async fn list(app: &App, auth: &Auth, req: &Request<Incoming>, detail: bool) -> 
     }
 }
 
+fn request_id_of(req: &Request<Incoming>) -> String {
+    req.extensions()
+        .get::<super::RequestId>()
+        .map_or_else(super::http::new_request_id, |r| r.0.clone())
+}
+
 async fn create(app: &App, auth: &Auth, req: Request<Incoming>) -> Response<Body> {
+    let request_id = request_id_of(&req);
     let body = match read_json(req, nova_error).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -540,9 +554,36 @@ async fn create(app: &App, auth: &Auth, req: Request<Incoming>) -> Response<Body
     if let Err(e) = app.servers.insert(&server).await {
         return store_error(e);
     }
+    let record = Action {
+        request_id: request_id.clone(),
+        server_id: server.id.clone(),
+        project_id: server.project_id.clone(),
+        user_id: server.user_id.clone(),
+        action: "create".into(),
+        start_us: now_us(),
+        finish_us: None,
+        result: None,
+        message: None,
+    };
+    if let Err(e) = app.actions.start(&record).await {
+        tracing::warn!(server = %server.id, "recording its create: {e}");
+    }
     if let Some(app) = app.me.upgrade() {
         let id = server.id.clone();
-        tokio::spawn(async move { build(app, id).await });
+        tokio::spawn(async move {
+            build(app.clone(), id.clone()).await;
+            let outcome = match app.servers.get(&id).await {
+                Ok(Some(s)) if s.vm_state == "error" => Err(s.fault.unwrap_or_default()),
+                _ => Ok(()),
+            };
+            let _ = app
+                .actions
+                .finish(
+                    &request_id,
+                    outcome.as_ref().map(|_| ()).map_err(String::as_str),
+                )
+                .await;
+        });
     }
     let mut r = json(
         StatusCode::ACCEPTED,
@@ -757,6 +798,9 @@ async fn delete(app: &App, auth: &Auth, id: &str) -> Response<Body> {
         }
         let _ = app.scheduler.release(&host, &demand_of(&server)).await;
     }
+    if let Err(e) = app.actions.delete_for(id).await {
+        tracing::warn!(server = %id, "forgetting its actions: {e}");
+    }
     match app.servers.delete(id).await {
         Ok(()) => empty(StatusCode::NO_CONTENT),
         Err(e) => store_error(e),
@@ -773,7 +817,67 @@ fn from_hostd(state: &str) -> (&'static str, i64) {
     }
 }
 
+/// Nova's power_state for a suspended server.
+const POWER_SUSPENDED: i64 = 7;
+
+/// A server action that goes to its host: what hostd is asked, from which
+/// vm_states it is allowed, the task_state while it runs, and Nova's name
+/// for it in the instance actions.
+struct HostAction {
+    hostd: &'static str,
+    body: Json,
+    from: &'static [&'static str],
+    task: &'static str,
+    name: &'static str,
+}
+
+fn host_action(name: &str, args: &Json) -> Option<HostAction> {
+    let a = |hostd, from, task, name| HostAction {
+        hostd,
+        body: json!({}),
+        from,
+        task,
+        name,
+    };
+    Some(match name {
+        "os-stop" => a(
+            "stop",
+            &["active", "paused", "suspended"],
+            "powering-off",
+            "stop",
+        ),
+        "os-start" => a("start", &["stopped"], "powering-on", "start"),
+        "pause" => a("pause", &["active"], "pausing", "pause"),
+        "unpause" => a("resume", &["paused"], "unpausing", "unpause"),
+        // The guest is frozen in memory, as with pause; the server shows
+        // SUSPENDED until it is resumed. (No save to disk yet: its RAM stays
+        // allocated on the host.)
+        "suspend" => a("pause", &["active"], "suspending", "suspend"),
+        "resume" => a("resume", &["suspended"], "resuming", "resume"),
+        "reboot" => {
+            let hard = args
+                .get("type")
+                .and_then(Json::as_str)
+                .is_some_and(|t| t.eq_ignore_ascii_case("HARD"));
+            HostAction {
+                hostd: "reboot",
+                body: json!({ "hard": hard }),
+                // A hard reboot is how a stuck or stopped server is recovered.
+                from: if hard {
+                    &["active", "stopped", "paused", "suspended", "error"]
+                } else {
+                    &["active"]
+                },
+                task: if hard { "rebooting_hard" } else { "rebooting" },
+                name: "reboot",
+            }
+        }
+        _ => return None,
+    })
+}
+
 async fn action(app: &App, auth: &Auth, id: &str, req: Request<Incoming>) -> Response<Body> {
+    let request_id = request_id_of(&req);
     let server = match visible(app, auth, id).await {
         Ok(s) => s,
         Err(r) => return r,
@@ -794,99 +898,230 @@ async fn action(app: &App, auth: &Auth, id: &str, req: Request<Incoming>) -> Res
             "an action body has exactly one key",
         );
     };
+    if name == "os-getConsoleOutput" {
+        return console_output(app, &server, args).await;
+    }
+    let Some(act) = host_action(name, args) else {
+        return nova_error(
+            StatusCode::BAD_REQUEST,
+            &format!("Unsupported action {name:?}"),
+        );
+    };
+    let conflict = |s: &Server| {
+        let why = match &s.task_state {
+            Some(t) => format!("task_state {t}"),
+            None => format!("vm_state {}", s.vm_state),
+        };
+        nova_error(
+            StatusCode::CONFLICT,
+            &format!("Cannot '{name}' instance {id} while it is in {why}"),
+        )
+    };
     let Some(url) = host_url(app, &server).await else {
+        return conflict(&server);
+    };
+    match app.servers.begin_task(id, act.task, act.from).await {
+        Ok(true) => {}
+        Ok(false) => {
+            // Re-read: the state that refused it may be newer than ours.
+            return match app.servers.get(id).await {
+                Ok(Some(now)) => conflict(&now),
+                Ok(None) => nova_error(
+                    StatusCode::NOT_FOUND,
+                    &format!("Instance {id} could not be found."),
+                ),
+                Err(e) => store_error(e),
+            };
+        }
+        Err(e) => return store_error(e),
+    }
+    let record = Action {
+        request_id: request_id.clone(),
+        server_id: id.to_owned(),
+        project_id: server.project_id.clone(),
+        user_id: auth.user.id.clone(),
+        action: act.name.to_owned(),
+        start_us: now_us(),
+        finish_us: None,
+        result: None,
+        message: None,
+    };
+    if let Err(e) = app.actions.start(&record).await {
+        tracing::warn!(server = %id, "recording action {}: {e}", act.name);
+    }
+    let Some(app) = app.me.upgrade() else {
+        return nova_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the controller is stopping",
+        );
+    };
+    let id = id.to_owned();
+    // Answered at once (202), as Nova does; clients poll status and task_state.
+    tokio::spawn(async move { run_host_action(&app, &id, &url, act, &request_id).await });
+    empty(StatusCode::ACCEPTED)
+}
+
+/// Carries out an accepted action on the server's host and records the
+/// outcome: the new state, or the old one with the action marked failed.
+async fn run_host_action(app: &App, id: &str, url: &str, act: HostAction, request_id: &str) {
+    let token = app.config.hostd_token.clone().unwrap_or_default();
+    let result = hostd_client::call(
+        url,
+        &token,
+        Method::POST,
+        &format!("/instances/{id}/actions/{}", act.hostd),
+        Some(&act.body),
+        HOSTD_CREATE_TIMEOUT,
+    )
+    .await;
+    let outcome = match result {
+        Ok(instance) => {
+            let (vm, power) = match (act.name, instance["state"].as_str().unwrap_or("")) {
+                ("suspend", "paused") => ("suspended", POWER_SUSPENDED),
+                (_, state) => from_hostd(state),
+            };
+            let _ = app.servers.set_state(id, vm, None, power, None).await;
+            tracing::info!(server = %id, action = act.name, "done");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(server = %id, action = act.name, "failed: {e}");
+            let _ = app.servers.clear_task(id).await;
+            Err(e.to_string())
+        }
+    };
+    if let Err(e) = app
+        .actions
+        .finish(
+            request_id,
+            outcome.as_ref().map(|_| ()).map_err(String::as_str),
+        )
+        .await
+    {
+        tracing::warn!(server = %id, "recording the end of {}: {e}", act.name);
+    }
+}
+
+async fn console_output(app: &App, server: &Server, args: &Json) -> Response<Body> {
+    let Some(url) = host_url(app, server).await else {
         return nova_error(
             StatusCode::CONFLICT,
             &format!(
-                "Cannot '{name}' instance {id} while it is in vm_state {}",
-                server.vm_state
+                "Cannot get the console of instance {} while it is in vm_state {}",
+                server.id, server.vm_state
             ),
         );
     };
     let token = app.config.hostd_token.clone().unwrap_or_default();
-    let (path, hostd_body, allowed): (String, Json, &[&str]) = match name.as_str() {
-        "os-stop" => ("stop".into(), json!({}), &["active", "paused"]),
-        "os-start" => ("start".into(), json!({}), &["stopped"]),
-        "pause" => ("pause".into(), json!({}), &["active"]),
-        "unpause" => ("resume".into(), json!({}), &["paused"]),
-        "reboot" => {
-            let hard = args["type"]
-                .as_str()
-                .is_some_and(|t| t.eq_ignore_ascii_case("HARD"));
-            (
-                "reboot".into(),
-                json!({"hard": hard}),
-                &["active", "stopped", "paused"],
-            )
-        }
-        "os-getConsoleOutput" => {
-            let length = args
-                .get("length")
-                .and_then(|l| l.as_i64().or_else(|| l.as_str()?.parse().ok()))
-                .unwrap_or(1000)
-                .clamp(1, 10_000);
-            return match hostd_client::call_raw(
-                &url,
-                &token,
-                Method::GET,
-                &format!("/instances/{id}/console?tail={length}"),
-                None,
-                HOSTD_TIMEOUT,
-            )
-            .await
-            {
-                Ok(text) => json(
-                    StatusCode::OK,
-                    &json!({"output": String::from_utf8_lossy(&text)}),
-                ),
-                Err(e) => nova_error(StatusCode::CONFLICT, &format!("console unavailable: {e}")),
-            };
-        }
-        other => {
-            return nova_error(
-                StatusCode::BAD_REQUEST,
-                &format!("Unsupported action {other:?}"),
-            )
-        }
-    };
-    if !allowed.contains(&server.vm_state.as_str()) {
-        return nova_error(
-            StatusCode::CONFLICT,
-            &format!(
-                "Cannot '{name}' instance {id} while it is in vm_state {}",
-                server.vm_state
-            ),
-        );
-    }
-    match hostd_client::call(
+    let length = args
+        .get("length")
+        .and_then(|l| l.as_i64().or_else(|| l.as_str()?.parse().ok()))
+        .unwrap_or(1000)
+        .clamp(1, 10_000);
+    match hostd_client::call_raw(
         &url,
         &token,
-        Method::POST,
-        &format!("/instances/{id}/actions/{path}"),
-        Some(&hostd_body),
-        HOSTD_CREATE_TIMEOUT,
+        Method::GET,
+        &format!("/instances/{}/console?tail={length}", server.id),
+        None,
+        HOSTD_TIMEOUT,
     )
     .await
     {
-        Ok(instance) => {
-            let (vm, power) = from_hostd(instance["state"].as_str().unwrap_or(""));
-            let _ = app.servers.set_state(id, vm, None, power, None).await;
-            empty(StatusCode::ACCEPTED)
+        Ok(text) => json(
+            StatusCode::OK,
+            &json!({"output": String::from_utf8_lossy(&text)}),
+        ),
+        Err(e) => nova_error(StatusCode::CONFLICT, &format!("console unavailable: {e}")),
+    }
+}
+
+/// `GET /servers/{id}/os-instance-actions[/{request_id}]`.
+async fn instance_actions(
+    app: &App,
+    auth: &Auth,
+    id: &str,
+    request_id: Option<&str>,
+) -> Response<Body> {
+    if let Err(r) = visible(app, auth, id).await {
+        return r;
+    }
+    let view = |a: &Action, events: bool| {
+        let t = |us: i64| {
+            super::http::iso_micros(us.div_euclid(1_000_000))
+                .replace(".000000Z", &format!(".{:06}", us.rem_euclid(1_000_000)))
+        };
+        let mut v = json!({
+            "action": a.action, "instance_uuid": a.server_id, "request_id": a.request_id,
+            "user_id": a.user_id, "project_id": a.project_id, "start_time": t(a.start_us),
+            "message": a.result.as_deref().filter(|r| *r == "Error").map(|_| "Error"),
+        });
+        // Events (with the failure's message) are for admins at 2.1.
+        if events {
+            v["events"] = json!([{
+                "event": a.event(), "start_time": t(a.start_us),
+                "finish_time": a.finish_us.map(t), "result": a.result,
+                "traceback": a.message,
+            }]);
         }
-        Err(HostdError::Refused {
-            status: 409,
-            message,
-        }) => nova_error(StatusCode::CONFLICT, &message),
-        Err(e) => nova_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        v
+    };
+    match request_id {
+        None => match app.actions.list(id).await {
+            Ok(list) => json(
+                StatusCode::OK,
+                &json!({"instanceActions": list.iter().map(|a| view(a, false)).collect::<Vec<_>>()}),
+            ),
+            Err(e) => store_error(e),
+        },
+        Some(r) => match app.actions.get(id, r).await {
+            Ok(Some(a)) => json(
+                StatusCode::OK,
+                &json!({"instanceAction": view(&a, auth.is_admin())}),
+            ),
+            Ok(None) => nova_error(
+                StatusCode::NOT_FOUND,
+                &format!("Action for request_id {r} on instance {id} not found"),
+            ),
+            Err(e) => store_error(e),
+        },
+    }
+}
+
+/// Builds and tasks not updated for this long belong to a controller that
+/// stopped (the longest hostd call is HOSTD_CREATE_TIMEOUT per attempt).
+const STALE_AFTER_SECS: i64 = 15 * 60;
+
+/// Fails builds and drops tasks last updated before `before` (see
+/// [`Servers::expire_stale`]), and closes their open actions.
+pub async fn expire_stale(app: &App, before: i64) {
+    match app.servers.expire_stale(before).await {
+        Ok((0, 0)) => {}
+        Ok((builds, tasks)) => tracing::warn!(
+            builds,
+            tasks,
+            "abandoned builds failed and tasks dropped (their controller stopped)"
+        ),
+        Err(e) => tracing::error!("expiring abandoned builds: {e}"),
+    }
+    if let Err(e) = app.actions.abandon_unfinished(before).await {
+        tracing::error!("closing abandoned instance actions: {e}");
     }
 }
 
 /// Keeps server states in step with their hosts (a guest that powers itself
-/// off, a VMM that dies): every few seconds, each host's instances.
+/// off, a VMM that dies): every few seconds, each host's instances. Servers
+/// with a task in flight are left to it. Once a minute, abandoned builds
+/// and tasks are expired.
 pub async fn sync_loop(app: Arc<App>) {
     let token = app.config.hostd_token.clone().unwrap_or_default();
+    let mut rounds: u64 = 0;
     loop {
         tokio::time::sleep(Duration::from_secs(3)).await;
+        rounds += 1;
+        if rounds.is_multiple_of(20) {
+            expire_stale(&app, now() - STALE_AFTER_SECS).await;
+        }
         let (Ok(hosts), Ok(servers)) = (app.hosts.list().await, app.servers.placed().await) else {
             continue;
         };
@@ -895,7 +1130,7 @@ pub async fn sync_loop(app: Arc<App>) {
                 .iter()
                 .filter(|s| {
                     s.host_id.as_deref() == Some(host.report.host_id.as_str())
-                        && s.vm_state != "building"
+                        && s.task_state.is_none()
                 })
                 .collect();
             if mine.is_empty() {
@@ -923,6 +1158,8 @@ pub async fn sync_loop(app: Arc<App>) {
                 .unwrap_or_default();
             for s in mine {
                 let (vm, power, fault) = match states.get(s.id.as_str()) {
+                    // A suspended server is a paused VMM.
+                    Some(&"paused") if s.vm_state == "suspended" => continue,
                     Some(st) => {
                         let (vm, power) = from_hostd(st);
                         (vm, power, None)
@@ -930,7 +1167,8 @@ pub async fn sync_loop(app: Arc<App>) {
                     None => ("error", 0, Some("the instance is gone from its host")),
                 };
                 if vm != s.vm_state || power != s.power_state {
-                    let _ = app.servers.set_state(&s.id, vm, None, power, fault).await;
+                    // Only if no task started meanwhile.
+                    let _ = app.servers.set_state_if_idle(&s.id, vm, power, fault).await;
                 }
             }
         }

@@ -1,6 +1,7 @@
-//! Compute: flavors, keypairs, quotas, servers, the hosts hostd registers and
+//! Compute: flavors, keypairs, quotas, servers and their actions, the hosts hostd registers and
 //! the scheduler that places servers on them.
 
+pub mod actions;
 pub mod flavors;
 pub mod hosts;
 pub mod keypairs;

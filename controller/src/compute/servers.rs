@@ -378,6 +378,99 @@ impl Servers {
         Ok(())
     }
 
+    /// As [`Servers::set_state`] with no task, unless a task or a build is in
+    /// flight (the state sync must not overwrite what an action is doing).
+    pub async fn set_state_if_idle(
+        &self,
+        id: &str,
+        vm_state: &str,
+        power_state: i64,
+        fault: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .store
+            .execute(
+                "UPDATE servers SET vm_state = $1, power_state = $2, fault = $3, updated_at = $4 \
+                 WHERE id = $5 AND task_state IS NULL AND vm_state <> 'building'",
+                &[
+                    Value::Text(vm_state),
+                    Value::Int(power_state),
+                    Value::OptText(fault),
+                    Value::Int(crate::identity::now()),
+                    Value::Text(id),
+                ],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Starts a task on a server (powering-off, rebooting, ...) if it has
+    /// none and is in one of `from`: false when it was not (another task, or
+    /// the wrong state). One conditional UPDATE, so two racing requests
+    /// cannot both start theirs.
+    pub async fn begin_task(
+        &self,
+        id: &str,
+        task: &str,
+        from: &[&str],
+    ) -> Result<bool, StoreError> {
+        if from.is_empty() {
+            return Ok(false);
+        }
+        let mut sql = "UPDATE servers SET task_state = $1, updated_at = $2 WHERE id = $3 AND task_state IS NULL \
+                       AND vm_state IN ("
+            .to_owned();
+        let now = crate::identity::now();
+        let mut args = vec![Value::Text(task), Value::Int(now), Value::Text(id)];
+        for (i, st) in from.iter().enumerate() {
+            args.push(Value::Text(st));
+            sql.push_str(&format!(
+                "{}${}",
+                if i == 0 { "" } else { ", " },
+                args.len()
+            ));
+        }
+        sql.push(')');
+        Ok(self.store.execute(&sql, &args).await? == 1)
+    }
+
+    /// Ends a task that failed, leaving the server's state as it was.
+    pub async fn clear_task(&self, id: &str) -> Result<(), StoreError> {
+        self.store
+            .execute(
+                "UPDATE servers SET task_state = NULL, updated_at = $1 WHERE id = $2",
+                &[Value::Int(crate::identity::now()), Value::Text(id)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Builds and tasks that nobody will finish: those not updated since
+    /// `before` (their controller stopped). Builds go to ERROR with why;
+    /// other tasks are dropped (the state sync corrects vm_state). Returns
+    /// (builds failed, tasks dropped).
+    pub async fn expire_stale(&self, before: i64) -> Result<(u64, u64), StoreError> {
+        let now = crate::identity::now();
+        let builds = self
+            .store
+            .execute(
+                "UPDATE servers SET vm_state = 'error', task_state = NULL, power_state = 0, \
+                 fault = 'the build was abandoned: its controller stopped', updated_at = $1 \
+                 WHERE vm_state = 'building' AND updated_at < $2",
+                &[Value::Int(now), Value::Int(before)],
+            )
+            .await?;
+        let tasks = self
+            .store
+            .execute(
+                "UPDATE servers SET task_state = NULL, updated_at = $1 \
+                 WHERE task_state IS NOT NULL AND vm_state <> 'building' AND updated_at < $2",
+                &[Value::Int(now), Value::Int(before)],
+            )
+            .await?;
+        Ok((builds, tasks))
+    }
+
     pub async fn set_host(&self, id: &str, host: Option<&str>) -> Result<(), StoreError> {
         self.store
             .execute(
@@ -440,5 +533,105 @@ mod tests {
         assert_eq!(s.status(), "SHUTOFF");
         s.vm_state = "error".into();
         assert_eq!(s.status(), "ERROR");
+    }
+
+    #[tokio::test]
+    async fn tasks_and_abandoned_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("s.db").display()
+        ))
+        .await
+        .unwrap();
+        let servers = Servers::new(store);
+        let mut s = Server {
+            id: "building".into(),
+            project_id: "p".into(),
+            user_id: "u".into(),
+            name: "n".into(),
+            flavor_id: "f".into(),
+            image_id: "img".into(),
+            vcpus: 1,
+            ram_mib: 128,
+            disk_gib: 0,
+            host_id: None,
+            vm_state: "building".into(),
+            task_state: Some("spawning".into()),
+            power_state: 0,
+            fault: None,
+            key_name: None,
+            user_data: None,
+            metadata: BTreeMap::new(),
+            availability_zone: "nova".into(),
+            created_at: 100,
+            updated_at: 100,
+            launched_at: None,
+        };
+        servers.insert(&s).await.unwrap();
+        s.id = "active".into();
+        s.vm_state = "active".into();
+        s.task_state = None;
+        servers.insert(&s).await.unwrap();
+
+        // One task at a time, only from the allowed states.
+        assert!(!servers
+            .begin_task("active", "pausing", &["stopped"])
+            .await
+            .unwrap());
+        assert!(servers
+            .begin_task("active", "powering-off", &["active"])
+            .await
+            .unwrap());
+        assert!(!servers
+            .begin_task("active", "pausing", &["active"])
+            .await
+            .unwrap());
+        assert!(!servers
+            .begin_task("missing", "pausing", &["active"])
+            .await
+            .unwrap());
+        // The state sync leaves servers with tasks and builds alone.
+        assert!(!servers
+            .set_state_if_idle("active", "error", 0, None)
+            .await
+            .unwrap());
+        assert!(!servers
+            .set_state_if_idle("building", "error", 0, None)
+            .await
+            .unwrap());
+        assert_eq!(
+            servers.usage("p").await.unwrap(),
+            Usage {
+                instances: 2,
+                cores: 2,
+                ram_mib: 256
+            }
+        );
+
+        // Nothing is stale before its time; then the build fails with why and
+        // the task is dropped.
+        assert_eq!(servers.expire_stale(50).await.unwrap(), (0, 0));
+        assert_eq!(
+            servers
+                .expire_stale(crate::identity::now() + 10)
+                .await
+                .unwrap(),
+            (1, 1)
+        );
+        let b = servers.get("building").await.unwrap().unwrap();
+        assert_eq!(b.status(), "ERROR");
+        assert!(b.fault.unwrap().contains("abandoned"));
+        let a = servers.get("active").await.unwrap().unwrap();
+        assert_eq!((a.status(), a.task_state), ("ACTIVE", None));
+        servers.clear_task("active").await.unwrap();
+        assert!(servers
+            .set_state_if_idle("active", "stopped", 4, None)
+            .await
+            .unwrap());
+        assert_eq!(
+            servers.get("active").await.unwrap().unwrap().status(),
+            "SHUTOFF"
+        );
     }
 }

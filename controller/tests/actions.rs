@@ -1,0 +1,346 @@
+//! Server actions against a stand-in hostd (a few lines of HTTP that answer
+//! like hostd, slowly, and refuse soft reboots): the controller answers 202
+//! at once, shows the task while it runs, refuses a second action meanwhile,
+//! records every action and its outcome, and maps suspend and resume.
+//! The real hostd and guests are exercised by the testbed's cloud test.
+
+// Test helpers fail the test on any unexpected error.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{call, start_with, Controller};
+
+const HOSTD_TOKEN: &str = "stand-in-hostd-token";
+/// How long the stand-in takes for each action.
+const ACTION_DELAY: Duration = Duration::from_millis(600);
+
+/// Serves hostd's instance API from a map of instance states.
+fn stand_in_hostd() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let states: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let states = states.clone();
+            std::thread::spawn(move || answer(stream, &states));
+        }
+    });
+    port
+}
+
+fn answer(mut stream: TcpStream, states: &Mutex<BTreeMap<String, String>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let mut length = 0;
+    let mut authorized = false;
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).unwrap();
+        let lower = h.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+        authorized |= lower.trim() == format!("authorization: bearer {HOSTD_TOKEN}");
+        if h.trim().is_empty() {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    let (method, path) = (parts[0], parts[1].split('?').next().unwrap());
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let instance = |id: &str, state: &str| serde_json::json!({"id": id, "state": state});
+    let (status, reply) = match (authorized, method, segments.as_slice()) {
+        (false, _, _) => (401, serde_json::json!({"error": {"message": "no token"}})),
+        (_, "POST", ["instances"]) => {
+            let id = body["id"].as_str().unwrap().to_owned();
+            states.lock().unwrap().insert(id.clone(), "running".into());
+            (201, instance(&id, "running"))
+        }
+        (_, "GET", ["instances"]) => {
+            let list: Vec<_> = states
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(id, st)| instance(id, st))
+                .collect();
+            (200, serde_json::json!(list))
+        }
+        (_, "POST", ["instances", id, "actions", action]) => {
+            std::thread::sleep(ACTION_DELAY);
+            let next = match *action {
+                "stop" => Some("shutoff"),
+                "start" | "resume" => Some("running"),
+                "pause" => Some("paused"),
+                "reboot" if body["hard"] == true => Some("running"),
+                _ => None,
+            };
+            match next {
+                Some(st) => {
+                    states.lock().unwrap().insert(id.to_string(), st.into());
+                    (200, instance(id, st))
+                }
+                None => (
+                    409,
+                    serde_json::json!({"error": {"message": "the guest ignored the request"}}),
+                ),
+            }
+        }
+        (_, "DELETE", ["instances", id]) => {
+            states.lock().unwrap().remove(*id);
+            (204, serde_json::Value::Null)
+        }
+        _ => (
+            404,
+            serde_json::json!({"error": {"message": "no such path"}}),
+        ),
+    };
+    let text = if reply.is_null() {
+        String::new()
+    } else {
+        reply.to_string()
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    );
+}
+
+fn token(c: &Controller) -> String {
+    let body = r#"{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"admin","domain":{"name":"Default"},"password":"admin-secret"}}},"scope":{"project":{"name":"admin","domain":{"name":"Default"}}}}}"#;
+    let r = call(c, "POST", "/identity/v3/auth/tokens", &[], body);
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.header("x-subject-token").unwrap().to_owned()
+}
+
+/// Registers the stand-in as a host, as hostd's heartbeat would.
+fn register(c: &Controller, port: u16) {
+    let heartbeat = serde_json::json!({
+        "host_id": "stand-in", "url": format!("http://127.0.0.1:{port}"), "cpus": 8,
+        "memory_mib": 16384, "memory_usable_mib": 16000, "disk_free_mib": 100000,
+        "vcpus_used": 0, "memory_used_mib": 0, "instances": 0, "kvm_mode": "hardware",
+        "version": "0.1.0",
+    });
+    let bearer = format!("Bearer {HOSTD_TOKEN}");
+    let r = call(
+        c,
+        "PUT",
+        "/internal/v1/hosts/stand-in",
+        &[("Authorization", &bearer)],
+        &heartbeat.to_string(),
+    );
+    assert!(r.status < 300, "{} {}", r.status, r.body);
+}
+
+#[test]
+fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
+    let port = stand_in_hostd();
+    let c = start_with(None, &format!("hostd_token = \"{HOSTD_TOKEN}\"\n"));
+    register(&c, port);
+    let admin = token(&c);
+    let t = ("X-Auth-Token", admin.as_str());
+    let flavor = call(
+        &c,
+        "POST",
+        "/compute/v2.1/flavors",
+        &[t],
+        r#"{"flavor": {"name": "tiny", "ram": 128, "vcpus": 1, "disk": 0}}"#,
+    )
+    .json()["flavor"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let image = call(
+        &c,
+        "POST",
+        "/image/v2/images",
+        &[t],
+        r#"{"name": "kernel", "disk_format": "aki", "container_format": "aki"}"#,
+    )
+    .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut s = TcpStream::connect(&c.addr).unwrap();
+    let kernel = b"\x7fELF stand-in";
+    write!(
+        s,
+        "PUT /image/v2/images/{image}/file HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {admin}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        kernel.len()
+    )
+    .unwrap();
+    s.write_all(kernel).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+
+    let r = call(
+        &c,
+        "POST",
+        "/compute/v2.1/servers",
+        &[t],
+        &format!(
+            r#"{{"server": {{"name": "vm", "imageRef": "{image}", "flavorRef": "{flavor}"}}}}"#
+        ),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let create_request = r.header("x-openstack-request-id").unwrap().to_owned();
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    let show = || {
+        call(&c, "GET", &format!("/compute/v2.1/servers/{id}"), &[t], "").json()["server"].clone()
+    };
+    let wait = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = show();
+            if s["status"] == want && s["OS-EXT-STS:task_state"].is_null() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "wanted {want}, have {s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("ACTIVE");
+    let act = |body: &str| {
+        call(
+            &c,
+            "POST",
+            &format!("/compute/v2.1/servers/{id}/action"),
+            &[t],
+            body,
+        )
+    };
+
+    // Answered at once; the task shows while the host works; a second
+    // action meanwhile is refused with the task named.
+    let started = Instant::now();
+    let r = act(r#"{"os-stop": null}"#);
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(
+        started.elapsed() < ACTION_DELAY,
+        "the API does not wait for the host"
+    );
+    let stop_request = r.header("x-openstack-request-id").unwrap().to_owned();
+    let during = show();
+    assert_eq!(during["OS-EXT-STS:task_state"], "powering-off");
+    assert_eq!(during["status"], "ACTIVE");
+    let r = act(r#"{"pause": null}"#);
+    assert_eq!(r.status, 409);
+    assert!(r.body.contains("task_state powering-off"), "{}", r.body);
+    let s = wait("SHUTOFF");
+    assert_eq!(s["OS-EXT-STS:power_state"], 4);
+    // Wrong state: refused without a task.
+    assert_eq!(act(r#"{"pause": null}"#).status, 409);
+    assert_eq!(act(r#"{"reboot": {"type": "SOFT"}}"#).status, 409);
+
+    assert_eq!(act(r#"{"os-start": null}"#).status, 202);
+    wait("ACTIVE");
+    assert_eq!(act(r#"{"suspend": null}"#).status, 202);
+    let s = wait("SUSPENDED");
+    assert_eq!(s["OS-EXT-STS:power_state"], 7);
+    // The state sync (every 3 s) keeps it SUSPENDED though hostd says paused.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(show()["status"], "SUSPENDED");
+    assert_eq!(
+        act(r#"{"unpause": null}"#).status,
+        409,
+        "unpause is for paused"
+    );
+    assert_eq!(act(r#"{"resume": null}"#).status, 202);
+    wait("ACTIVE");
+    let r = act(r#"{"reboot": {"type": "HARD"}}"#);
+    assert_eq!(r.status, 202);
+    assert_eq!(show()["status"], "HARD_REBOOT");
+    wait("ACTIVE");
+    // The host refuses a soft reboot: the server stays ACTIVE, the action
+    // records the error.
+    let r = act(r#"{"reboot": {"type": "SOFT"}}"#);
+    assert_eq!(r.status, 202);
+    let soft_request = r.header("x-openstack-request-id").unwrap().to_owned();
+    assert_eq!(show()["status"], "REBOOT");
+    wait("ACTIVE");
+    // Unknown actions and bodies.
+    assert_eq!(act(r#"{"frobnicate": null}"#).status, 400);
+    assert_eq!(act(r#"{"os-stop": null, "os-start": null}"#).status, 400);
+    assert_eq!(act("not json").status, 400);
+
+    // Every action, newest first, with its request id and outcome.
+    let list = call(
+        &c,
+        "GET",
+        &format!("/compute/v2.1/servers/{id}/os-instance-actions"),
+        &[t],
+        "",
+    )
+    .json();
+    let names: Vec<&str> = list["instanceActions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["reboot", "reboot", "resume", "suspend", "start", "stop", "create"]
+    );
+    let last = &list["instanceActions"][names.len() - 1];
+    assert_eq!(last["request_id"], create_request.as_str());
+    assert_eq!(last["instance_uuid"], id.as_str());
+    let one = |request: &str| {
+        call(
+            &c,
+            "GET",
+            &format!("/compute/v2.1/servers/{id}/os-instance-actions/{request}"),
+            &[t],
+            "",
+        )
+    };
+    let stop = one(&stop_request).json();
+    assert_eq!(stop["instanceAction"]["action"], "stop");
+    assert_eq!(
+        stop["instanceAction"]["events"][0]["event"],
+        "compute_stop_instance"
+    );
+    assert_eq!(stop["instanceAction"]["events"][0]["result"], "Success");
+    let soft = one(&soft_request).json();
+    assert_eq!(soft["instanceAction"]["message"], "Error");
+    assert_eq!(soft["instanceAction"]["events"][0]["result"], "Error");
+    assert!(soft["instanceAction"]["events"][0]["traceback"]
+        .as_str()
+        .unwrap()
+        .contains("the guest ignored the request"));
+    assert_eq!(one("req-00000000-0000-0000-0000-000000000000").status, 404);
+
+    assert_eq!(
+        call(
+            &c,
+            "DELETE",
+            &format!("/compute/v2.1/servers/{id}"),
+            &[t],
+            ""
+        )
+        .status,
+        204
+    );
+    assert_eq!(
+        call(
+            &c,
+            "GET",
+            &format!("/compute/v2.1/servers/{id}/os-instance-actions"),
+            &[t],
+            ""
+        )
+        .status,
+        404
+    );
+}
