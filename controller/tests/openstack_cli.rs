@@ -366,3 +366,143 @@ fn openstack_server_lifecycle_without_hosts() {
     ok(&["server", "delete", "--wait", "vm1"]);
     assert_eq!(ok(&["server", "list", "-f", "json"]).trim(), "[]");
 }
+
+/// What the CLI can send wrong, and the list, paging and event commands.
+#[test]
+fn openstack_server_bad_input_quotas_paging_and_events() {
+    let Some(cli) = openstack() else { return };
+    let c = start(None);
+    let clouds = clouds_yaml(&c, ADMIN_PASSWORD);
+    let ok = |args: &[&str]| {
+        let (ok, out, err) = run(&cli, &clouds, args);
+        assert!(ok, "openstack {args:?} failed:\n{err}");
+        out
+    };
+    let fails = |args: &[&str]| {
+        let (ok, _, err) = run(&cli, &clouds, args);
+        assert!(!ok, "openstack {args:?} should fail");
+        err
+    };
+    ok(&[
+        "flavor", "create", "--ram", "128", "--vcpus", "1", "--disk", "0", "tiny",
+    ]);
+    let kernel = c.dir_path.join("vmlinux");
+    std::fs::write(&kernel, b"\x7fELF stand-in").unwrap();
+    ok(&[
+        "image",
+        "create",
+        "--file",
+        kernel.to_str().unwrap(),
+        "--disk-format",
+        "aki",
+        "--container-format",
+        "aki",
+        "kernel",
+    ]);
+    // Unknown flavor and image: the lookups answer 404 and the client says so.
+    let err = fails(&[
+        "server", "create", "--image", "kernel", "--flavor", "nope", "vm",
+    ]);
+    assert!(err.contains("No Flavor found"), "{err}");
+    let err = fails(&[
+        "server", "create", "--image", "nope", "--flavor", "tiny", "vm",
+    ]);
+    assert!(err.contains("No Image found"), "{err}");
+
+    // Quotas: two instances, the third is refused with Nova's 403.
+    ok(&["quota", "set", "--instances", "2", "admin"]);
+    let quota = ok(&["quota", "show", "admin", "-f", "json"]);
+    assert!(
+        quota.contains("\"instances\"") || quota.contains("Instances"),
+        "{quota}"
+    );
+    ok(&[
+        "server", "create", "--image", "kernel", "--flavor", "tiny", "vm-a",
+    ]);
+    ok(&[
+        "server", "create", "--image", "kernel", "--flavor", "tiny", "vm-b",
+    ]);
+    let err = fails(&[
+        "server", "create", "--image", "kernel", "--flavor", "tiny", "vm-c",
+    ]);
+    assert!(err.contains("Quota exceeded for instances"), "{err}");
+    assert!(err.contains("403"), "{err}");
+
+    // Paging: one at a time, the second page after the first's marker.
+    let page = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec![
+            "server", "list", "-f", "value", "-c", "Name", "--limit", "1",
+        ];
+        args.extend_from_slice(extra);
+        ok(&args).lines().map(str::to_owned).collect()
+    };
+    let first = page(&[]);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let first_id = ok(&["server", "show", &first[0], "-f", "value", "-c", "id"]);
+    let second = page(&["--marker", first_id.trim()]);
+    assert_eq!(second.len(), 1, "{second:?}");
+    let mut both = vec![first[0].clone(), second[0].clone()];
+    both.sort();
+    assert_eq!(both, ["vm-a", "vm-b"]);
+    let filtered = ok(&[
+        "server", "list", "--name", "a$", "-f", "value", "-c", "Name",
+    ]);
+    assert_eq!(filtered.trim(), "vm-a");
+
+    // Events: the create, with its request id.
+    let events = ok(&["server", "event", "list", "vm-a", "-f", "json"]);
+    let events: serde_json::Value = serde_json::from_str(&events).unwrap();
+    assert_eq!(events[0]["Action"], "create", "{events}");
+    assert!(events[0]["Request ID"]
+        .as_str()
+        .unwrap()
+        .starts_with("req-"));
+
+    // Actions on servers without a host: 409 with the reason.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ok(&["server", "show", "vm-a", "-f", "value", "-c", "status"]).contains("ERROR") {
+        assert!(std::time::Instant::now() < deadline, "vm-a never failed");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let err = fails(&["server", "suspend", "vm-a"]);
+    assert!(
+        err.contains("409") && err.contains("Cannot 'suspend'"),
+        "{err}"
+    );
+    let err = fails(&["server", "show", "no-such-server"]);
+    assert!(err.contains("No Server found"), "{err}");
+
+    // Another project's user sees none of these servers.
+    ok(&["project", "create", "--domain", "default", "other"]);
+    ok(&[
+        "user",
+        "create",
+        "--domain",
+        "default",
+        "--password",
+        "bob-password",
+        "bob",
+    ]);
+    ok(&[
+        "role",
+        "add",
+        "--project",
+        "other",
+        "--user",
+        "bob",
+        "member",
+    ]);
+    let bob = clouds_for(&c, "bob", "bob", "bob-password", "other");
+    let (listed, out, err) = run(&cli, &bob, &["server", "list", "-f", "json"]);
+    assert!(listed, "{err}");
+    assert_eq!(out.trim(), "[]");
+    let (shown, _, err) = run(&cli, &bob, &["server", "show", first_id.trim()]);
+    assert!(!shown, "another project's server is not shown");
+    assert!(
+        err.contains("No Server found") || err.contains("404"),
+        "{err}"
+    );
+    let (deleted, _, _) = run(&cli, &bob, &["server", "delete", first_id.trim()]);
+    assert!(!deleted, "nor deleted");
+    ok(&["server", "delete", "--wait", "vm-a", "vm-b"]);
+}
