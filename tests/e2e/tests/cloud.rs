@@ -424,6 +424,20 @@ fn drive_the_cloud(cli: &std::path::Path, dir: &std::path::Path, ctl_port: u16) 
     wait_status("vm1", "PAUSED");
     ok(&["server", "unpause", "vm1"]);
     wait_status("vm1", "ACTIVE");
+    ok(&["server", "suspend", "vm1"]);
+    wait_status("vm1", "SUSPENDED");
+    ok(&["server", "resume", "vm1"]);
+    wait_status("vm1", "ACTIVE");
+    // Every action is on record, each with its outcome.
+    let events = ok(&[
+        "server", "event", "list", "vm1", "-f", "value", "-c", "Action",
+    ]);
+    let events: Vec<&str> = events.lines().collect();
+    assert_eq!(
+        events,
+        ["resume", "suspend", "unpause", "pause", "reboot", "start", "stop", "create"],
+        "newest first"
+    );
     ok(&["server", "delete", "--wait", "vm1"]);
     assert_eq!(ok(&["server", "list", "-f", "value"]).trim(), "");
 
