@@ -173,7 +173,7 @@ pub(crate) fn rss_kib(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn emit(system: &str, metric: &str, unit: &str, value: f64) {
+pub(crate) fn emit(system: &str, metric: &str, unit: &str, value: f64) {
     let s = ProbeSample {
         system: system.into(),
         metric: metric.into(),

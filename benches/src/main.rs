@@ -13,7 +13,7 @@
 //! - `api [--runs N] [--servers N] [--part all|boot|latency]`: POST /servers to
 //!   ACTIVE and to the guest's marker against the VMM alone; list and show
 //!   latency with 1,000 servers on SQLite and PostgreSQL.
-//! - `measure ...`, `hostd-probe ...`: the in-testbed probe `boot` uses.
+//! - `measure ...`, `hostd-probe ...`, `api-probe ...`: the in-testbed probes.
 
 mod api;
 mod blk;
@@ -71,6 +71,23 @@ enum Cmd {
         servers: usize,
         #[arg(long, value_enum, default_value_t = api::Part::All)]
         part: api::Part,
+    },
+    /// Boot servers through the controller and time them (used inside the testbed).
+    ApiProbe {
+        /// The controller's host:port.
+        #[arg(long)]
+        controller: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        image: String,
+        #[arg(long)]
+        flavor: String,
+        /// hostd's state directory (where the console files are).
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        runs: u32,
     },
     /// Create instances through hostd and time them (used inside the testbed).
     HostdProbe {
@@ -161,6 +178,21 @@ fn main() -> Result<()> {
             servers,
             part,
         } => api::run(runs, servers, part),
+        Cmd::ApiProbe {
+            controller,
+            token,
+            image,
+            flavor,
+            state_dir,
+            runs,
+        } => api::probe(&api::Probe {
+            controller,
+            token,
+            image,
+            flavor,
+            state_dir,
+            runs,
+        }),
         Cmd::HostdProbe {
             socket,
             state_dir,

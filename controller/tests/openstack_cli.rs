@@ -318,16 +318,8 @@ fn openstack_keypairs() {
     assert!(ok, "{err}");
 }
 
-#[test]
-fn openstack_server_lifecycle_without_hosts() {
-    let Some(cli) = openstack() else { return };
-    let c = start(None);
-    let clouds = clouds_yaml(&c, ADMIN_PASSWORD);
-    let ok = |args: &[&str]| {
-        let (ok, out, err) = run(&cli, &clouds, args);
-        assert!(ok, "openstack {args:?} failed:\n{err}");
-        out
-    };
+/// A flavor `tiny` and an image `kernel` (not a real one: no server boots).
+fn tiny_flavor_and_kernel(c: &Controller, ok: &dyn Fn(&[&str]) -> String) {
     ok(&[
         "flavor", "create", "--ram", "128", "--vcpus", "1", "--disk", "0", "tiny",
     ]);
@@ -344,6 +336,19 @@ fn openstack_server_lifecycle_without_hosts() {
         "aki",
         "kernel",
     ]);
+}
+
+#[test]
+fn openstack_server_lifecycle_without_hosts() {
+    let Some(cli) = openstack() else { return };
+    let c = start(None);
+    let clouds = clouds_yaml(&c, ADMIN_PASSWORD);
+    let ok = |args: &[&str]| {
+        let (ok, out, err) = run(&cli, &clouds, args);
+        assert!(ok, "openstack {args:?} failed:\n{err}");
+        out
+    };
+    tiny_flavor_and_kernel(&c, &ok);
     // No host has registered: the build fails, and the client says so.
     let (created, _, err) = run(
         &cli,
@@ -383,22 +388,7 @@ fn openstack_server_bad_input_quotas_paging_and_events() {
         assert!(!ok, "openstack {args:?} should fail");
         err
     };
-    ok(&[
-        "flavor", "create", "--ram", "128", "--vcpus", "1", "--disk", "0", "tiny",
-    ]);
-    let kernel = c.dir_path.join("vmlinux");
-    std::fs::write(&kernel, b"\x7fELF stand-in").unwrap();
-    ok(&[
-        "image",
-        "create",
-        "--file",
-        kernel.to_str().unwrap(),
-        "--disk-format",
-        "aki",
-        "--container-format",
-        "aki",
-        "kernel",
-    ]);
+    tiny_flavor_and_kernel(&c, &ok);
     // Unknown flavor and image: the lookups answer 404 and the client says so.
     let err = fails(&[
         "server", "create", "--image", "kernel", "--flavor", "nope", "vm",

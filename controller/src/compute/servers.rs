@@ -497,31 +497,36 @@ impl Servers {
 mod tests {
     use super::*;
 
-    #[test]
-    fn statuses() {
-        let mut s = Server {
-            id: "i".into(),
+    /// A building server of 1 vCPU and 128 MiB in project `p`.
+    fn building(id: &str) -> Server {
+        Server {
+            id: id.into(),
             project_id: "p".into(),
             user_id: "u".into(),
             name: "n".into(),
             flavor_id: "f".into(),
             image_id: "img".into(),
             vcpus: 1,
-            ram_mib: 1,
+            ram_mib: 128,
             disk_gib: 0,
             host_id: None,
             vm_state: "building".into(),
-            task_state: Some("scheduling".into()),
+            task_state: Some("spawning".into()),
             power_state: 0,
             fault: None,
             key_name: None,
             user_data: None,
             metadata: BTreeMap::new(),
             availability_zone: "nova".into(),
-            created_at: 0,
-            updated_at: 0,
+            created_at: 100,
+            updated_at: 100,
             launched_at: None,
-        };
+        }
+    }
+
+    #[test]
+    fn statuses() {
+        let mut s = building("i");
         assert_eq!(s.status(), "BUILD");
         s.vm_state = "active".into();
         s.task_state = None;
@@ -545,29 +550,7 @@ mod tests {
         .await
         .unwrap();
         let servers = Servers::new(store);
-        let mut s = Server {
-            id: "building".into(),
-            project_id: "p".into(),
-            user_id: "u".into(),
-            name: "n".into(),
-            flavor_id: "f".into(),
-            image_id: "img".into(),
-            vcpus: 1,
-            ram_mib: 128,
-            disk_gib: 0,
-            host_id: None,
-            vm_state: "building".into(),
-            task_state: Some("spawning".into()),
-            power_state: 0,
-            fault: None,
-            key_name: None,
-            user_data: None,
-            metadata: BTreeMap::new(),
-            availability_zone: "nova".into(),
-            created_at: 100,
-            updated_at: 100,
-            launched_at: None,
-        };
+        let mut s = building("building");
         servers.insert(&s).await.unwrap();
         s.id = "active".into();
         s.vm_state = "active".into();
