@@ -33,6 +33,7 @@ fn small() -> Demand {
     Demand {
         vcpus: 1,
         ram_mib: 1024,
+        disk_gib: 1,
         availability_zone: None,
     }
 }
@@ -130,14 +131,22 @@ async fn filters_and_weighers() {
     );
     // Too big for any host.
     let huge = Demand {
-        vcpus: 1,
         ram_mib: 1 << 20,
-        availability_zone: None,
+        ..small()
     };
     let Err(PlaceError::NoValidHost(why)) = spread.place(&huge, &[]).await else {
         panic!("placed an impossible demand")
     };
     assert!(why.contains("not enough"), "{why}");
+    // A root disk larger than any host's free disk.
+    let wide = Demand {
+        disk_gib: 1000,
+        ..small()
+    };
+    let Err(PlaceError::NoValidHost(why)) = spread.place(&wide, &[]).await else {
+        panic!("placed a disk no host has room for")
+    };
+    assert!(why.contains("not enough free disk"), "{why}");
     // Another availability zone.
     let elsewhere = Demand {
         availability_zone: Some("zone-b".into()),

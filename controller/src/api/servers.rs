@@ -661,6 +661,7 @@ async fn build(app: Arc<App>, id: String) {
     let demand = Demand {
         vcpus: server.vcpus,
         ram_mib: server.ram_mib,
+        disk_gib: server.disk_gib,
         availability_zone: (server.availability_zone != "nova")
             .then(|| server.availability_zone.clone()),
     };
@@ -755,6 +756,7 @@ fn demand_of(s: &Server) -> Demand {
     Demand {
         vcpus: s.vcpus,
         ram_mib: s.ram_mib,
+        disk_gib: s.disk_gib,
         availability_zone: None,
     }
 }

@@ -1,4 +1,5 @@
-//! Placement: filter the registered hosts, weigh them, and claim resources on
+//! Placement: filter the registered hosts (enabled, heartbeat, zone, free
+//! vCPUs/RAM under the overcommit ratios, free disk), weigh them, and claim resources on
 //! the first that takes the claim.
 //!
 //! A claim is one conditional `UPDATE` of the host's row ("add these vCPUs and
@@ -42,6 +43,10 @@ impl Default for Policy {
 pub struct Demand {
     pub vcpus: i64,
     pub ram_mib: i64,
+    /// The flavor's root disk. Checked against the host's free disk, not
+    /// claimed: servers boot from images hostd caches once per host, so no
+    /// server takes disk of its own yet.
+    pub disk_gib: i64,
     pub availability_zone: Option<String>,
 }
 
@@ -99,6 +104,8 @@ impl Scheduler {
                 || h.claimed_ram_mib + demand.ram_mib > cap_ram
             {
                 Some("not enough free vCPUs or RAM")
+            } else if (h.report.disk_free_mib as i64) < demand.disk_gib.saturating_mul(1024) {
+                Some("not enough free disk")
             } else {
                 None
             };
