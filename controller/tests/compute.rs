@@ -192,7 +192,7 @@ fn hosts_on_postgres() {
 
 fn exercise_hosts(c: &Controller) {
     let token = HOSTD_TOKEN;
-    let beat = hostd::registration::Heartbeat {
+    let beat = hostd_proto::Heartbeat {
         host_id: "compute-1".into(),
         url: "http://10.0.0.5:8790".into(),
         cpus: 16,

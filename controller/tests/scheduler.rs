@@ -11,7 +11,7 @@ use std::sync::Arc;
 use controller::compute::hosts::Hosts;
 use controller::compute::scheduler::{Demand, PlaceError, Policy, Scheduler, Weigher};
 use controller::store::Store;
-use hostd::registration::Heartbeat;
+use hostd_proto::Heartbeat;
 
 fn beat(id: &str, memory_usable_mib: u64) -> Heartbeat {
     Heartbeat {

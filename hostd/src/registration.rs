@@ -9,28 +9,12 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use serde::{Deserialize, Serialize};
 
 use crate::config::Controller;
 use crate::host;
 use crate::supervisor::Supervisor;
 
-/// What hostd reports; the controller reads the same type.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Heartbeat {
-    pub host_id: String,
-    /// Where the controller reaches this hostd.
-    pub url: String,
-    pub cpus: u64,
-    pub memory_mib: u64,
-    pub memory_usable_mib: u64,
-    pub disk_free_mib: u64,
-    pub vcpus_used: u64,
-    pub memory_used_mib: u64,
-    pub instances: usize,
-    pub kvm_mode: String,
-    pub version: String,
-}
+pub use hostd_proto::Heartbeat;
 
 fn heartbeat(sup: &Supervisor, controller: &Controller) -> Heartbeat {
     let (memory_mib, _, _) = host::memory();

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::http::{constant_time_eq, empty, json, keystone_error, read_json, stream_file, Body};
 use super::App;
-use hostd::registration::Heartbeat;
+use hostd_proto::Heartbeat;
 
 fn authorized(app: &App, req: &Request<Incoming>) -> bool {
     let Some(expected) = app.config.hostd_token.as_deref() else {

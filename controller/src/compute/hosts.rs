@@ -1,6 +1,6 @@
 //! Compute hosts, as hostd registers them with its heartbeats.
 
-use hostd::registration::Heartbeat;
+use hostd_proto::Heartbeat;
 
 use crate::store::{boolean, int, text, Store, StoreError, Value};
 

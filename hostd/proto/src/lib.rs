@@ -1,0 +1,48 @@
+//! The messages between hostd and the controller. Both depend on this crate
+//! rather than on each other: the controller need not build hostd (nor the
+//! VMM it links) to read a heartbeat.
+
+use serde::{Deserialize, Serialize};
+
+/// What hostd reports about its host every `heartbeat_secs`
+/// (`PUT {controller_url}/internal/v1/hosts/{host_id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub host_id: String,
+    /// Where the controller reaches this hostd.
+    pub url: String,
+    pub cpus: u64,
+    pub memory_mib: u64,
+    pub memory_usable_mib: u64,
+    pub disk_free_mib: u64,
+    pub vcpus_used: u64,
+    pub memory_used_mib: u64,
+    pub instances: usize,
+    pub kvm_mode: String,
+    pub version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_round_trips_and_refuses_missing_fields() {
+        let beat = Heartbeat {
+            host_id: "h1".into(),
+            url: "http://10.0.0.1:8790".into(),
+            cpus: 8,
+            memory_mib: 16384,
+            memory_usable_mib: 15360,
+            disk_free_mib: 1000,
+            vcpus_used: 2,
+            memory_used_mib: 512,
+            instances: 1,
+            kvm_mode: "hardware".into(),
+            version: "0.1.0".into(),
+        };
+        let text = serde_json::to_string(&beat).unwrap_or_default();
+        assert_eq!(serde_json::from_str::<Heartbeat>(&text).ok(), Some(beat));
+        assert!(serde_json::from_str::<Heartbeat>(r#"{"host_id": "h1"}"#).is_err());
+    }
+}
