@@ -21,7 +21,16 @@ pub const QEMU: &str = "qemu-system-x86_64";
 const L1_MEMORY_MIB: u32 = 3072;
 /// Loaded in every testbed, after the vendor's KVM module (virtio-blk for the
 /// guest rootfs, attached as a disk rather than packed into the initramfs).
-const L1_MODULES: &[&str] = &["tun", "vhost_net", "virtio_pci", "virtio_blk", "virtio_net"];
+/// virtio_console: scenario output leaves L1 on a virtio console, which has
+/// flow control; the emulated UART drops bytes when the host falls behind.
+const L1_MODULES: &[&str] = &[
+    "tun",
+    "vhost_net",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_console",
+];
 /// The host as QEMU's user-mode network shows it to L1.
 const HOST_ADDR: &str = "10.0.2.2";
 /// One of these drives KVM, by CPU vendor (TCG's `-cpu max` is AMD).
@@ -78,6 +87,7 @@ fn attempt(
     attempt: u32,
 ) -> Result<Attempt, TestbedError> {
     let started = Instant::now();
+    let serial_log = initramfs.with_file_name(format!("l1-serial-{attempt}.log"));
     let mut qemu = Command::new(QEMU);
     // In the order of `disk_env`, so that the names it exports match.
     let mut disk = |path: &Path, opts: &str| {
@@ -118,14 +128,20 @@ fn attempt(
                 "none",
                 "-no-reboot",
             ])
-            .args(["-serial", "stdio", "-monitor", "none"])
+            // The kernel's console (early boot, panics) goes to a file; the
+            // scenario's output to stdout through a virtio console.
+            .arg("-serial")
+            .arg(format!("file:{}", serial_log.display()))
+            .args(["-monitor", "none"])
+            .args(["-device", "virtio-serial-pci,romfile="])
+            .args(["-chardev", "stdio,id=out,signal=off"])
+            .args(["-device", "virtconsole,chardev=out"])
             .arg("-kernel")
             .arg(images.bzimage())
             .arg("-initrd")
             .arg(initramfs)
-            // loglevel=1: L1 kernel messages (KVM's notes on every L2 boot) would
-            // otherwise reach the serial port between the bytes of scenario
-            // output and garble it; panics still print.
+            // loglevel=1: the L1 kernel's console is a polled UART, costly
+            // under TCG; KVM's notes on every L2 boot stay out, panics print.
             .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=1"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -179,12 +195,12 @@ fn attempt(
             return Err(TestbedError::Timeout {
                 scenario: scenario.name.clone(),
                 timeout: scenario.timeout,
-                tail: tail(&lock(&console), 30),
+                tail: tail(&lock(&console), 30) + &serial_tail(&serial_log),
             });
         }
         if lock(&last_output).elapsed() > silence {
             drop(child);
-            let text = lock(&console).clone();
+            let text = lock(&console).clone() + &serial_tail(&serial_log);
             return Ok(Attempt::Hung(text));
         }
     }
@@ -202,8 +218,19 @@ fn attempt(
         })),
         (None, _) => Err(TestbedError::NoExitStatus {
             scenario: scenario.name.clone(),
-            tail: tail(&text, 30),
+            tail: tail(&text, 30) + &serial_tail(&serial_log),
         }),
+    }
+}
+
+/// The end of L1's kernel console, for reports of a testbed that failed.
+fn serial_tail(path: &Path) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) if !bytes.is_empty() => format!(
+            "\n--- L1 kernel console ---\n{}",
+            tail(&String::from_utf8_lossy(&bytes), 15)
+        ),
+        _ => String::new(),
     }
 }
 
@@ -226,6 +253,9 @@ for m in $(cat /virga/modules); do
     case $m in kvm-amd|kvm-intel) [ "$m" = "$kvm" ] || continue ;; esac
     insmod /lib/modules/$m.ko
 done
+# From here on, everything goes out through the virtio console.
+i=0; while [ ! -e /dev/hvc0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+if [ -e /dev/hvc0 ]; then exec > /dev/hvc0 2>&1; else echo "testbed: no /dev/hvc0"; fi
 [ -e /dev/kvm ] || echo "testbed: no /dev/kvm (vendor module $kvm did not load)"
 ip link set lo up
 if [ -e /sys/class/net/eth0 ]; then
