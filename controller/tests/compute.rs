@@ -199,6 +199,7 @@ fn exercise_hosts(c: &Controller) {
         memory_mib: 65536,
         memory_usable_mib: 64512,
         disk_free_mib: 100_000,
+        disk_total_mib: 200_000,
         vcpus_used: 2,
         memory_used_mib: 512,
         instances: 2,
@@ -248,6 +249,109 @@ fn exercise_hosts(c: &Controller) {
     assert_eq!(hosts[0]["host_id"], "compute-1");
     assert_eq!(hosts[0]["memory_usable_mib"], 64512);
     assert!(hosts[0]["seconds_since_heartbeat"].as_i64().unwrap() < 60);
+
+    // The operator's view: the host as a Nova service and hypervisor.
+    let admin = admin_token(c);
+    let t = ("X-Auth-Token", admin.as_str());
+    let get = |path: &str| {
+        let r = call(c, "GET", &format!("/compute/v2.1/{path}"), &[t], "");
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        r.json()
+    };
+    let put = |path: &str, body: &str| call(c, "PUT", &format!("/compute/v2.1/{path}"), &[t], body);
+    let services = get("os-services");
+    let svc = &services["services"][0];
+    assert_eq!(svc["host"], "compute-1");
+    assert_eq!(svc["binary"], "nova-compute");
+    assert_eq!(
+        (svc["status"].as_str(), svc["state"].as_str()),
+        (Some("enabled"), Some("up"))
+    );
+    let id = svc["id"].as_i64().unwrap();
+    assert!(id >= 1, "an integer id at 2.1");
+    assert_eq!(
+        get("os-services?host=elsewhere")["services"],
+        serde_json::json!([])
+    );
+    let hv = get("os-hypervisors/detail")["hypervisors"][0].clone();
+    assert_eq!(hv["id"], id);
+    assert_eq!(hv["hypervisor_hostname"], "compute-1");
+    assert_eq!(hv["vcpus"], 16);
+    assert_eq!(hv["memory_mb"], 64512);
+    assert_eq!(hv["local_gb"], 200_000 / 1024);
+    assert_eq!(hv["local_gb_used"], 100_000 / 1024);
+    assert_eq!(hv["running_vms"], 2);
+    assert_eq!(hv["host_ip"], "10.0.0.5");
+    assert_eq!(hv["hypervisor_version"], 1000);
+    assert_eq!(
+        get(&format!("os-hypervisors/{id}"))["hypervisor"]["hypervisor_hostname"],
+        "compute-1"
+    );
+    assert_eq!(
+        get("os-hypervisors/statistics")["hypervisor_statistics"]["count"],
+        1
+    );
+    assert_eq!(
+        call(c, "GET", "/compute/v2.1/os-hypervisors/999", &[t], "").status,
+        404
+    );
+
+    // Disabled with a reason: it stays so across heartbeats, until enabled.
+    let r = put(
+        "os-services/disable-log-reason",
+        r#"{"host": "compute-1", "binary": "nova-compute", "disabled_reason": "new disks"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["service"]["disabled_reason"], "new disks");
+    assert_eq!(
+        call(c, "PUT", "/internal/v1/hosts/compute-1", &[a], &body).status,
+        204
+    );
+    let svc = get("os-services")["services"][0].clone();
+    assert_eq!(
+        (svc["status"].as_str(), svc["disabled_reason"].as_str()),
+        (Some("disabled"), Some("new disks"))
+    );
+    assert_eq!(
+        get("os-hypervisors")["hypervisors"][0]["status"],
+        "disabled"
+    );
+    let r = put(
+        "os-services/enable",
+        r#"{"host": "compute-1", "binary": "nova-compute"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let svc = get("os-services")["services"][0].clone();
+    assert_eq!(svc["status"], "enabled");
+    assert!(svc["disabled_reason"].is_null());
+    // Bad requests.
+    for (path, body, status) in [
+        ("os-services/disable", r#"{"binary": "nova-compute"}"#, 400),
+        (
+            "os-services/disable",
+            r#"{"host": "nope", "binary": "nova-compute"}"#,
+            404,
+        ),
+        (
+            "os-services/disable",
+            r#"{"host": "compute-1", "binary": "nova-scheduler"}"#,
+            404,
+        ),
+        (
+            "os-services/disable-log-reason",
+            r#"{"host": "compute-1", "binary": "nova-compute"}"#,
+            400,
+        ),
+        (
+            "os-services/reboot",
+            r#"{"host": "compute-1", "binary": "nova-compute"}"#,
+            404,
+        ),
+        ("os-services/disable", "not json", 400),
+    ] {
+        let r = put(path, body);
+        assert_eq!(r.status, status, "{path} {body}: {}", r.body);
+    }
 }
 
 #[test]

@@ -496,3 +496,121 @@ fn openstack_server_bad_input_quotas_paging_and_events() {
     assert!(!deleted, "nor deleted");
     ok(&["server", "delete", "--wait", "vm-a", "vm-b"]);
 }
+
+/// Operators see and drain hosts with `compute service` and `hypervisor`.
+#[test]
+fn openstack_compute_services_and_hypervisors() {
+    let Some(cli) = openstack() else { return };
+    let token = "cli-hostd-token-0123456789";
+    let c = common::start_with(None, &format!("hostd_token = \"{token}\"\n"));
+    let beat = hostd_proto::Heartbeat {
+        host_id: "compute-1".into(),
+        url: "http://127.0.0.1:9".into(),
+        cpus: 8,
+        memory_mib: 16896,
+        memory_usable_mib: 16384,
+        disk_free_mib: 50_000,
+        disk_total_mib: 100_000,
+        vcpus_used: 0,
+        memory_used_mib: 0,
+        instances: 0,
+        kvm_mode: "hardware".into(),
+        version: "0.1.0".into(),
+    };
+    let bearer = format!("Bearer {token}");
+    let r = common::call(
+        &c,
+        "PUT",
+        "/internal/v1/hosts/compute-1",
+        &[("Authorization", &bearer)],
+        &serde_json::to_string(&beat).unwrap(),
+    );
+    assert_eq!(r.status, 204);
+    let clouds = clouds_yaml(&c, ADMIN_PASSWORD);
+    let ok = |args: &[&str]| {
+        let (ok, out, err) = run(&cli, &clouds, args);
+        assert!(ok, "openstack {args:?} failed:\n{err}");
+        out
+    };
+    let services: serde_json::Value =
+        serde_json::from_str(&ok(&["compute", "service", "list", "-f", "json"])).unwrap();
+    assert_eq!(services[0]["Host"], "compute-1");
+    assert_eq!(services[0]["Binary"], "nova-compute");
+    assert_eq!(services[0]["Status"], "enabled");
+    assert_eq!(services[0]["State"], "up");
+    let hypervisors = ok(&[
+        "hypervisor",
+        "list",
+        "-f",
+        "value",
+        "-c",
+        "Hypervisor Hostname",
+    ]);
+    assert_eq!(hypervisors.trim(), "compute-1");
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&["hypervisor", "show", "compute-1", "-f", "json"])).unwrap();
+    assert_eq!(shown["vcpus"], 8, "{shown}");
+    assert_eq!(shown["memory_mb"], 16384, "{shown}");
+
+    // Drained: no new servers go there, with the reason on record.
+    ok(&[
+        "compute",
+        "service",
+        "set",
+        "--disable",
+        "--disable-reason",
+        "new disks",
+        "compute-1",
+        "nova-compute",
+    ]);
+    let services: serde_json::Value =
+        serde_json::from_str(&ok(&["compute", "service", "list", "--long", "-f", "json"])).unwrap();
+    assert_eq!(services[0]["Status"], "disabled");
+    assert_eq!(services[0]["Disabled Reason"], "new disks");
+    tiny_flavor_and_kernel(&c, &ok);
+    let (created, _, _) = run(
+        &cli,
+        &clouds,
+        &[
+            "server", "create", "--image", "kernel", "--flavor", "tiny", "--wait", "vm",
+        ],
+    );
+    assert!(!created, "no enabled host");
+    let fault = ok(&["server", "show", "vm", "-f", "value", "-c", "fault"]);
+    assert!(fault.contains("compute-1: disabled"), "{fault}");
+    ok(&[
+        "compute",
+        "service",
+        "set",
+        "--enable",
+        "compute-1",
+        "nova-compute",
+    ]);
+    let status = ok(&["compute", "service", "list", "-f", "value", "-c", "Status"]);
+    assert_eq!(status.trim(), "enabled");
+
+    // Members cannot see or change hosts.
+    ok(&[
+        "user",
+        "create",
+        "--domain",
+        "default",
+        "--password",
+        "carol-password",
+        "carol",
+    ]);
+    ok(&[
+        "role",
+        "add",
+        "--project",
+        "admin",
+        "--user",
+        "carol",
+        "member",
+    ]);
+    let carol = clouds_for(&c, "carol", "carol", "carol-password", "admin");
+    let (listed, _, err) = run(&cli, &carol, &["compute", "service", "list"]);
+    assert!(!listed && err.contains("403"), "{err}");
+    let (listed, _, err) = run(&cli, &carol, &["hypervisor", "list"]);
+    assert!(!listed && err.contains("403"), "{err}");
+}

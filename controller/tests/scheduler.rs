@@ -21,6 +21,7 @@ fn beat(id: &str, memory_usable_mib: u64) -> Heartbeat {
         memory_mib: memory_usable_mib + 512,
         memory_usable_mib,
         disk_free_mib: 100_000,
+        disk_total_mib: 200_000,
         vcpus_used: 0,
         memory_used_mib: 0,
         instances: 0,

@@ -19,13 +19,15 @@ pub use hostd_proto::Heartbeat;
 fn heartbeat(sup: &Supervisor, controller: &Controller) -> Heartbeat {
     let (memory_mib, _, _) = host::memory();
     let (vcpus_used, memory_used_mib) = sup.used();
+    let disk = host::disk(&sup.config.state_dir);
     Heartbeat {
         host_id: sup.config.host_id.clone(),
         url: controller.advertise_url.clone(),
         cpus: host::cpus(),
         memory_mib,
         memory_usable_mib: memory_mib.saturating_sub(sup.config.reserved_memory_mib),
-        disk_free_mib: host::disk(&sup.config.state_dir).free_mib,
+        disk_free_mib: disk.free_mib,
+        disk_total_mib: disk.total_mib,
         vcpus_used,
         memory_used_mib,
         instances: sup.list().len(),

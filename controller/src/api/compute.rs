@@ -30,6 +30,7 @@ pub fn nova_error(status: StatusCode, message: &str) -> Response<Body> {
         StatusCode::NOT_ACCEPTABLE => "notAcceptable",
         StatusCode::CONFLICT => "conflictingRequest",
         StatusCode::PAYLOAD_TOO_LARGE => "overLimit",
+        StatusCode::NOT_IMPLEMENTED => "notImplemented",
         _ => "computeFault",
     };
     json(
@@ -117,6 +118,12 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
         (Method::GET, ["flavors", id, "os-extra_specs"]) => extra_specs(app, &auth, id).await,
         (_, ["flavors"] | ["flavors", _]) => {
             nova_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.")
+        }
+        (_, ["os-services" | "os-hypervisors" | "os-aggregates", ..]) => {
+            match super::hypervisors::route(app, &auth, req, rest).await {
+                Some(r) => r,
+                None => nova_error(StatusCode::NOT_FOUND, "The resource could not be found."),
+            }
         }
         (_, ["servers", ..]) => match super::servers::route(app, &auth, req, rest).await {
             Some(r) => r,

@@ -5,6 +5,7 @@
 pub mod compute;
 pub mod compute_misc;
 pub mod http;
+pub mod hypervisors;
 pub mod identity;
 pub mod identity_admin;
 pub mod image;

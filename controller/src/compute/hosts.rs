@@ -14,6 +14,9 @@ pub struct Host {
     /// What the scheduler has promised here.
     pub claimed_vcpus: i64,
     pub claimed_ram_mib: i64,
+    /// A small number, in registration order (Nova's integer ids at 2.1).
+    pub num: i64,
+    pub disabled_reason: Option<String>,
 }
 
 pub struct Hosts {
@@ -31,13 +34,17 @@ impl Hosts {
         self.store
             .execute(
                 "INSERT INTO hosts (id, url, cpus, memory_mib, memory_usable_mib, disk_free_mib, \
-                 vcpus_used, memory_used_mib, instances, kvm_mode, version, enabled, last_seen) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 vcpus_used, memory_used_mib, instances, kvm_mode, version, enabled, last_seen, \
+                 disk_total_mib, num) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+                 (SELECT COALESCE(MAX(num), 0) + 1 FROM hosts)) \
                  ON CONFLICT (id) DO UPDATE SET url = excluded.url, cpus = excluded.cpus, \
                  memory_mib = excluded.memory_mib, memory_usable_mib = excluded.memory_usable_mib, \
                  disk_free_mib = excluded.disk_free_mib, vcpus_used = excluded.vcpus_used, \
                  memory_used_mib = excluded.memory_used_mib, instances = excluded.instances, \
-                 kvm_mode = excluded.kvm_mode, version = excluded.version, last_seen = excluded.last_seen",
+                 kvm_mode = excluded.kvm_mode, version = excluded.version, last_seen = excluded.last_seen, \
+                 disk_total_mib = excluded.disk_total_mib, \
+                 num = CASE WHEN hosts.num = 0 THEN excluded.num ELSE hosts.num END",
                 &[
                     Value::Text(&h.host_id),
                     Value::Text(&h.url),
@@ -52,10 +59,33 @@ impl Hosts {
                     Value::Text(&h.version),
                     Value::Bool(true),
                     Value::Int(crate::identity::now()),
+                    int(h.disk_total_mib),
                 ],
             )
             .await?;
         Ok(())
+    }
+
+    /// Enables or disables a host for new servers (servers on it keep
+    /// running); false when no such host is registered.
+    pub async fn set_enabled(
+        &self,
+        id: &str,
+        enabled: bool,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .execute(
+                "UPDATE hosts SET enabled = $1, disabled_reason = $2 WHERE id = $3",
+                &[
+                    Value::Bool(enabled),
+                    Value::OptText(if enabled { None } else { reason }),
+                    Value::Text(id),
+                ],
+            )
+            .await?
+            == 1)
     }
 
     pub async fn list(&self) -> Result<Vec<Host>, StoreError> {
@@ -64,7 +94,7 @@ impl Hosts {
             .fetch_all(
                 "SELECT id, url, cpus, memory_mib, memory_usable_mib, disk_free_mib, vcpus_used, \
                  memory_used_mib, instances, kvm_mode, version, enabled, last_seen, availability_zone, \
-                 claimed_vcpus, claimed_ram_mib FROM hosts ORDER BY id",
+                 claimed_vcpus, claimed_ram_mib, num, disabled_reason, disk_total_mib FROM hosts ORDER BY num, id",
                 &[],
             )
             .await?;
@@ -79,6 +109,7 @@ impl Hosts {
                         memory_mib: u(r, "memory_mib")?,
                         memory_usable_mib: u(r, "memory_usable_mib")?,
                         disk_free_mib: u(r, "disk_free_mib")?,
+                        disk_total_mib: u(r, "disk_total_mib")?,
                         vcpus_used: u(r, "vcpus_used")?,
                         memory_used_mib: u(r, "memory_used_mib")?,
                         instances: u(r, "instances")? as usize,
@@ -90,6 +121,8 @@ impl Hosts {
                     availability_zone: text(r, "availability_zone")?,
                     claimed_vcpus: int(r, "claimed_vcpus")?,
                     claimed_ram_mib: int(r, "claimed_ram_mib")?,
+                    num: int(r, "num")?,
+                    disabled_reason: crate::store::opt_text(r, "disabled_reason")?,
                 })
             })
             .collect()

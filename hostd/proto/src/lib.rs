@@ -15,6 +15,10 @@ pub struct Heartbeat {
     pub memory_mib: u64,
     pub memory_usable_mib: u64,
     pub disk_free_mib: u64,
+    /// Size of the filesystem holding hostd's state (0 from hostds that
+    /// predate the field).
+    #[serde(default)]
+    pub disk_total_mib: u64,
     pub vcpus_used: u64,
     pub memory_used_mib: u64,
     pub instances: usize,
@@ -35,6 +39,7 @@ mod tests {
             memory_mib: 16384,
             memory_usable_mib: 15360,
             disk_free_mib: 1000,
+            disk_total_mib: 4000,
             vcpus_used: 2,
             memory_used_mib: 512,
             instances: 1,

@@ -1,0 +1,281 @@
+//! The operator's view of the hosts hostd registered, as Nova shows compute
+//! hosts at 2.1: `os-services` (list; enable and disable a host for new
+//! servers, with a reason) and `os-hypervisors` (list, detail, show,
+//! statistics); `os-aggregates` lists none. Admin only, as in Nova; `openstack compute service list/set`
+//! and `openstack hypervisor list/show` work against them.
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value as Json};
+
+use super::compute::nova_error;
+use super::http::{json, read_json, Body};
+use super::App;
+use crate::compute::hosts::Host;
+use crate::identity::{now, Auth};
+
+/// The one service binary a Virga host runs, in Nova's terms.
+const COMPUTE_BINARY: &str = "nova-compute";
+
+/// Handles `/os-services...` and `/os-hypervisors...`; None for other paths.
+pub async fn route(
+    app: &App,
+    auth: &Auth,
+    req: Request<Incoming>,
+    rest: &[&str],
+) -> Option<Response<Body>> {
+    if !matches!(
+        rest.first(),
+        Some(&("os-services" | "os-hypervisors" | "os-aggregates"))
+    ) {
+        return None;
+    }
+    if !auth.is_admin() {
+        return Some(nova_error(
+            StatusCode::FORBIDDEN,
+            "Policy doesn't allow this operation to be performed (admin only).",
+        ));
+    }
+    let hosts = match app.hosts.list().await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!("listing hosts: {e}");
+            return Some(nova_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+            ));
+        }
+    };
+    let q = super::http::query_params(&req);
+    Some(match (req.method().clone(), rest) {
+        (Method::GET, ["os-services"]) => {
+            let services: Vec<Json> = hosts
+                .iter()
+                .filter(|h| q.get("host").is_none_or(|x| *x == h.report.host_id))
+                .filter(|_| q.get("binary").is_none_or(|b| b == COMPUTE_BINARY))
+                .map(|h| service(app, h))
+                .collect();
+            json(StatusCode::OK, &json!({ "services": services }))
+        }
+        (Method::PUT, ["os-services", what]) => {
+            let what = what.to_string();
+            set_service(app, &what, req).await
+        }
+        (Method::GET, ["os-hypervisors"]) => {
+            let list: Vec<Json> = hosts.iter().map(|h| hypervisor(app, h, false)).collect();
+            json(StatusCode::OK, &json!({ "hypervisors": list }))
+        }
+        (Method::GET, ["os-hypervisors", "detail"]) => {
+            let list: Vec<Json> = hosts.iter().map(|h| hypervisor(app, h, true)).collect();
+            json(StatusCode::OK, &json!({ "hypervisors": list }))
+        }
+        (Method::GET, ["os-hypervisors", "statistics"]) => json(
+            StatusCode::OK,
+            &json!({ "hypervisor_statistics": statistics(&hosts) }),
+        ),
+        // Host aggregates are not modelled; clients read them to annotate hosts.
+        (Method::GET, ["os-aggregates"]) => json(StatusCode::OK, &json!({ "aggregates": [] })),
+        // Nova's answer for drivers that do not report the host's uptime.
+        (Method::GET, ["os-hypervisors", _, "uptime"]) => nova_error(
+            StatusCode::NOT_IMPLEMENTED,
+            "Virga hosts do not report their uptime.",
+        ),
+        (Method::GET, ["os-hypervisors", id]) => {
+            match hosts.iter().find(|h| h.num.to_string() == *id) {
+                Some(h) => json(
+                    StatusCode::OK,
+                    &json!({ "hypervisor": hypervisor(app, h, true) }),
+                ),
+                None => nova_error(
+                    StatusCode::NOT_FOUND,
+                    &format!("Hypervisor with ID '{id}' could not be found."),
+                ),
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// Whether the host's heartbeats are recent enough to place servers on it.
+fn state(app: &App, h: &Host) -> &'static str {
+    if now() - h.last_seen <= app.config.scheduler.heartbeat_timeout_secs {
+        "up"
+    } else {
+        "down"
+    }
+}
+
+fn status(h: &Host) -> &'static str {
+    if h.enabled {
+        "enabled"
+    } else {
+        "disabled"
+    }
+}
+
+fn service(app: &App, h: &Host) -> Json {
+    json!({
+        "id": h.num, "binary": COMPUTE_BINARY, "host": h.report.host_id,
+        "zone": h.availability_zone, "status": status(h), "state": state(app, h),
+        "updated_at": super::http::iso_micros(h.last_seen).replace('Z', ""),
+        "disabled_reason": h.disabled_reason,
+    })
+}
+
+/// `PUT /os-services/{enable,disable,disable-log-reason}` with
+/// `{"host", "binary"[, "disabled_reason"]}`.
+async fn set_service(app: &App, what: &str, req: Request<Incoming>) -> Response<Body> {
+    let enable = match what {
+        "enable" => true,
+        "disable" | "disable-log-reason" => false,
+        _ => return nova_error(StatusCode::NOT_FOUND, &format!("Unknown action: {what}")),
+    };
+    let body = match read_json(req, nova_error).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let (Some(host), Some(binary)) = (
+        body.get("host").and_then(Json::as_str),
+        body.get("binary").and_then(Json::as_str),
+    ) else {
+        return nova_error(
+            StatusCode::BAD_REQUEST,
+            "'host' and 'binary' are required properties",
+        );
+    };
+    let reason = body.get("disabled_reason").and_then(Json::as_str);
+    if what == "disable-log-reason" && reason.is_none_or(|r| r.is_empty() || r.len() > 255) {
+        return nova_error(
+            StatusCode::BAD_REQUEST,
+            "disabled_reason: a string of 1 to 255 characters is required",
+        );
+    }
+    if binary != COMPUTE_BINARY {
+        return nova_error(
+            StatusCode::NOT_FOUND,
+            &format!("Service {binary} on host {host} could not be found."),
+        );
+    }
+    match app.hosts.set_enabled(host, enable, reason).await {
+        Ok(true) => {
+            tracing::info!(host, enabled = enable, reason, "host status changed");
+            let mut service = json!({"host": host, "binary": binary,
+                                     "status": if enable { "enabled" } else { "disabled" }});
+            if let Some(r) = reason.filter(|_| !enable) {
+                service["disabled_reason"] = json!(r);
+            }
+            json(StatusCode::OK, &json!({ "service": service }))
+        }
+        Ok(false) => nova_error(
+            StatusCode::NOT_FOUND,
+            &format!("Host {host} could not be found."),
+        ),
+        Err(e) => {
+            tracing::error!("setting a host's status: {e}");
+            nova_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
+    }
+}
+
+/// Nova's integer hypervisor_version: 1.2.3 is 1002003.
+fn version_number(v: &str) -> i64 {
+    v.split('.')
+        .take(3)
+        .map(|p| {
+            p.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse::<i64>()
+                .unwrap_or(0)
+        })
+        .chain(std::iter::repeat(0))
+        .take(3)
+        .fold(0, |acc, p| acc * 1000 + p.min(999))
+}
+
+/// The figures Nova reports per hypervisor (and sums for statistics).
+struct Figures {
+    vcpus: i64,
+    vcpus_used: i64,
+    memory_mb: i64,
+    memory_mb_used: i64,
+    local_gb: i64,
+    local_gb_used: i64,
+    running_vms: i64,
+}
+
+fn figures(h: &Host) -> Figures {
+    let r = &h.report;
+    let mib = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    Figures {
+        vcpus: mib(r.cpus),
+        vcpus_used: h.claimed_vcpus,
+        memory_mb: mib(r.memory_usable_mib),
+        memory_mb_used: h.claimed_ram_mib,
+        local_gb: mib(r.disk_total_mib) / 1024,
+        local_gb_used: mib(r.disk_total_mib.saturating_sub(r.disk_free_mib)) / 1024,
+        running_vms: mib(r.instances as u64),
+    }
+}
+
+fn hypervisor(app: &App, h: &Host, detail: bool) -> Json {
+    let mut v = json!({
+        "id": h.num, "hypervisor_hostname": h.report.host_id,
+        "state": state(app, h), "status": status(h),
+    });
+    if detail {
+        let f = figures(h);
+        let host_ip = h
+            .report
+            .url
+            .trim_start_matches("http://")
+            .rsplit_once(':')
+            .map_or("", |(host, _)| host)
+            .to_owned();
+        let extra = json!({
+            "hypervisor_type": "virga", "hypervisor_version": version_number(&h.report.version),
+            "host_ip": host_ip, "cpu_info": "{}", "current_workload": 0,
+            "vcpus": f.vcpus, "vcpus_used": f.vcpus_used,
+            "memory_mb": f.memory_mb, "memory_mb_used": f.memory_mb_used,
+            "free_ram_mb": f.memory_mb - f.memory_mb_used,
+            "local_gb": f.local_gb, "local_gb_used": f.local_gb_used,
+            "free_disk_gb": f.local_gb - f.local_gb_used,
+            "disk_available_least": f.local_gb - f.local_gb_used,
+            "running_vms": f.running_vms,
+            "service": {"host": h.report.host_id, "id": h.num, "disabled_reason": h.disabled_reason},
+        });
+        if let (Some(v), Json::Object(extra)) = (v.as_object_mut(), extra) {
+            v.extend(extra);
+        }
+    }
+    v
+}
+
+fn statistics(hosts: &[Host]) -> Json {
+    let sum = |get: fn(&Figures) -> i64| hosts.iter().map(|h| get(&figures(h))).sum::<i64>();
+    let (vcpus, memory_mb, local_gb) =
+        (sum(|f| f.vcpus), sum(|f| f.memory_mb), sum(|f| f.local_gb));
+    let (memory_mb_used, local_gb_used) = (sum(|f| f.memory_mb_used), sum(|f| f.local_gb_used));
+    json!({
+        "count": hosts.len(), "vcpus": vcpus, "vcpus_used": sum(|f| f.vcpus_used),
+        "memory_mb": memory_mb, "memory_mb_used": memory_mb_used,
+        "free_ram_mb": memory_mb - memory_mb_used,
+        "local_gb": local_gb, "local_gb_used": local_gb_used,
+        "free_disk_gb": local_gb - local_gb_used, "disk_available_least": local_gb - local_gb_used,
+        "current_workload": 0, "running_vms": sum(|f| f.running_vms),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hypervisor_versions_as_nova_numbers() {
+        assert_eq!(version_number("0.1.0"), 1000);
+        assert_eq!(version_number("1.2.3"), 1_002_003);
+        assert_eq!(version_number("2.10"), 2_010_000);
+        assert_eq!(version_number("3.0.0-rc1"), 3_000_000);
+        assert_eq!(version_number("garbage"), 0);
+    }
+}
