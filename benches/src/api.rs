@@ -24,9 +24,9 @@ use virga_guest_images::initramfs::BOOT_MARKER;
 use virga_pgserver::PgServer;
 use virga_testbed::{Scenario, Testbed};
 
-use crate::hostd::{emit, ProbeSample, PROBE_PREFIX};
+use crate::hostd::{collect_samples, emit};
 use crate::http::{Client, Reply};
-use crate::measure::{Sample, SAMPLE_PREFIX};
+use crate::measure::SAMPLE_PREFIX;
 use crate::report::{Report, Samples};
 use crate::{host_cpu, images_dir, vmm_bin, workspace, GUEST_CMDLINE};
 
@@ -495,23 +495,7 @@ fn boot(runs: u32, samples: &mut Samples) -> Result<String> {
         .timeout(Duration::from_secs(600 + 40 * u64::from(runs)));
     eprintln!("bench api: {runs} direct boots, 1 + {runs} through the API, {runs} direct ({mode})");
     let outcome = testbed.run(&scenario)?;
-    for line in outcome.output.lines() {
-        if let Some(json) = line
-            .find(SAMPLE_PREFIX)
-            .map(|i| &line[i + SAMPLE_PREFIX.len()..])
-        {
-            if let Ok(s) = serde_json::from_str::<Sample>(json) {
-                samples.add(&s.system, "boot_ms", "ms", s.boot_ms);
-            }
-        } else if let Some(json) = line
-            .find(PROBE_PREFIX)
-            .map(|i| &line[i + PROBE_PREFIX.len()..])
-        {
-            if let Ok(s) = serde_json::from_str::<ProbeSample>(json) {
-                samples.add(&s.system, &s.metric, "ms", s.value);
-            }
-        }
-    }
+    collect_samples(&outcome.output, samples);
     if !outcome.success() {
         bail!(
             "the boot part failed (status {}):\n{}",
@@ -523,12 +507,21 @@ fn boot(runs: u32, samples: &mut Samples) -> Result<String> {
 }
 
 /// Arguments of `virga-bench api-probe`.
+#[derive(clap::Args)]
 pub struct Probe {
+    /// The controller's host:port.
+    #[arg(long)]
     pub controller: String,
+    #[arg(long)]
     pub token: String,
+    #[arg(long)]
     pub image: String,
+    #[arg(long)]
     pub flavor: String,
+    /// hostd's state directory (where the console files are).
+    #[arg(long)]
     pub state_dir: PathBuf,
+    #[arg(long)]
     pub runs: u32,
 }
 

@@ -84,28 +84,7 @@ pub fn run(runs: u32) -> Result<()> {
     );
     let outcome = testbed.run(&scenario)?;
     let mut samples = Samples::default();
-    for line in outcome.output.lines() {
-        if let Some(json) = line
-            .find(SAMPLE_PREFIX)
-            .map(|i| &line[i + SAMPLE_PREFIX.len()..])
-        {
-            if let Ok(s) = serde_json::from_str::<Sample>(json) {
-                samples.add(&s.system, "boot_ms", "ms", s.boot_ms);
-            }
-        } else if let Some(json) = line
-            .find(PROBE_PREFIX)
-            .map(|i| &line[i + PROBE_PREFIX.len()..])
-        {
-            if let Ok(s) = serde_json::from_str::<ProbeSample>(json) {
-                let unit: &'static str = match s.unit.as_str() {
-                    "ms" => "ms",
-                    "KiB" => "KiB",
-                    _ => "",
-                };
-                samples.add(&s.system, &s.metric, unit, s.value);
-            }
-        }
-    }
+    collect_samples(&outcome.output, &mut samples);
     if !outcome.success() || samples.systems().len() < 3 {
         bail!(
             "hostd benchmark failed (status {}); output:\n{}",
@@ -134,15 +113,51 @@ pub fn run(runs: u32) -> Result<()> {
     Ok(())
 }
 
+/// Adds the samples the in-testbed probes printed (`measure`'s boot times,
+/// the probes' metrics) to `samples`.
+pub(crate) fn collect_samples(output: &str, samples: &mut Samples) {
+    for line in output.lines() {
+        if let Some(json) = line
+            .find(SAMPLE_PREFIX)
+            .map(|i| &line[i + SAMPLE_PREFIX.len()..])
+        {
+            if let Ok(s) = serde_json::from_str::<Sample>(json) {
+                samples.add(&s.system, "boot_ms", "ms", s.boot_ms);
+            }
+        } else if let Some(json) = line
+            .find(PROBE_PREFIX)
+            .map(|i| &line[i + PROBE_PREFIX.len()..])
+        {
+            if let Ok(s) = serde_json::from_str::<ProbeSample>(json) {
+                let unit: &'static str = match s.unit.as_str() {
+                    "ms" => "ms",
+                    "KiB" => "KiB",
+                    _ => "",
+                };
+                samples.add(&s.system, &s.metric, unit, s.value);
+            }
+        }
+    }
+}
+
 /// Arguments of `virga-bench hostd-probe`.
+#[derive(clap::Args)]
 pub struct Probe {
+    #[arg(long)]
     pub socket: PathBuf,
+    #[arg(long)]
     pub state_dir: PathBuf,
+    #[arg(long)]
     pub hostd_pid: u32,
+    #[arg(long)]
     pub kernel: PathBuf,
+    #[arg(long)]
     pub initramfs: PathBuf,
+    #[arg(long)]
     pub cmdline: String,
+    #[arg(long, default_value_t = 1)]
     pub count: usize,
+    #[arg(long, default_value_t = 0)]
     pub round: u32,
 }
 

@@ -73,41 +73,9 @@ enum Cmd {
         part: api::Part,
     },
     /// Boot servers through the controller and time them (used inside the testbed).
-    ApiProbe {
-        /// The controller's host:port.
-        #[arg(long)]
-        controller: String,
-        #[arg(long)]
-        token: String,
-        #[arg(long)]
-        image: String,
-        #[arg(long)]
-        flavor: String,
-        /// hostd's state directory (where the console files are).
-        #[arg(long)]
-        state_dir: PathBuf,
-        #[arg(long)]
-        runs: u32,
-    },
+    ApiProbe(api::Probe),
     /// Create instances through hostd and time them (used inside the testbed).
-    HostdProbe {
-        #[arg(long)]
-        socket: PathBuf,
-        #[arg(long)]
-        state_dir: PathBuf,
-        #[arg(long)]
-        hostd_pid: u32,
-        #[arg(long)]
-        kernel: PathBuf,
-        #[arg(long)]
-        initramfs: PathBuf,
-        #[arg(long)]
-        cmdline: String,
-        #[arg(long, default_value_t = 1)]
-        count: usize,
-        #[arg(long, default_value_t = 0)]
-        round: u32,
-    },
+    HostdProbe(hostd::Probe),
     /// Time one VMM run to its marker line (used inside the testbed).
     Measure {
         #[arg(long)]
@@ -178,40 +146,8 @@ fn main() -> Result<()> {
             servers,
             part,
         } => api::run(runs, servers, part),
-        Cmd::ApiProbe {
-            controller,
-            token,
-            image,
-            flavor,
-            state_dir,
-            runs,
-        } => api::probe(&api::Probe {
-            controller,
-            token,
-            image,
-            flavor,
-            state_dir,
-            runs,
-        }),
-        Cmd::HostdProbe {
-            socket,
-            state_dir,
-            hostd_pid,
-            kernel,
-            initramfs,
-            cmdline,
-            count,
-            round,
-        } => hostd::probe(&hostd::Probe {
-            socket,
-            state_dir,
-            hostd_pid,
-            kernel,
-            initramfs,
-            cmdline,
-            count,
-            round,
-        }),
+        Cmd::ApiProbe(p) => api::probe(&p),
+        Cmd::HostdProbe(p) => hostd::probe(&p),
         Cmd::Measure {
             system,
             marker,

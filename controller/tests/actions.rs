@@ -15,7 +15,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{call, start_with, Controller};
+use common::{call, put_bytes, start_with, Controller};
 
 const HOSTD_TOKEN: &str = "stand-in-hostd-token";
 /// How long the stand-in takes for each action.
@@ -172,17 +172,8 @@ fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
         .as_str()
         .unwrap()
         .to_owned();
-    let mut s = TcpStream::connect(&c.addr).unwrap();
-    let kernel = b"\x7fELF stand-in";
-    write!(
-        s,
-        "PUT /image/v2/images/{image}/file HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {admin}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        kernel.len()
-    )
-    .unwrap();
-    s.write_all(kernel).unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
+    let path = format!("/image/v2/images/{image}/file");
+    assert_eq!(put_bytes(&c, &path, &admin, b"\x7fELF stand-in"), 204);
 
     let r = call(
         &c,

@@ -6,10 +6,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
-use common::{call, start, Controller, Postgres};
+use common::{call, put_bytes, start, Controller, Postgres};
 
 fn token(c: &Controller, user: &str, password: &str, project: &str) -> String {
     let body = format!(
@@ -38,21 +35,6 @@ fn second_project(c: &Controller) {
             .unwrap();
         id.assign_role(&user, &project, "member").await.unwrap();
     });
-}
-
-/// Raw upload: the body is sent as is, with a Content-Length.
-fn put_bytes(c: &Controller, path: &str, token: &str, data: &[u8]) -> u16 {
-    let mut s = TcpStream::connect(&c.addr).unwrap();
-    write!(
-        s,
-        "PUT {path} HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {token}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        data.len()
-    )
-    .unwrap();
-    s.write_all(data).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out[9..12].parse().unwrap()
 }
 
 #[test]

@@ -7,11 +7,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{call, start, Controller};
+use common::{call, put_bytes, start, Controller};
 
 fn token(c: &Controller, user: &str, password: &str, project: &str) -> String {
     let body = format!(
@@ -20,20 +18,6 @@ fn token(c: &Controller, user: &str, password: &str, project: &str) -> String {
     let r = call(c, "POST", "/identity/v3/auth/tokens", &[], &body);
     assert_eq!(r.status, 201, "{}", r.body);
     r.header("x-subject-token").unwrap().to_owned()
-}
-
-fn upload(c: &Controller, token: &str, id: &str, data: &[u8]) {
-    let mut s = TcpStream::connect(&c.addr).unwrap();
-    write!(
-        s,
-        "PUT /image/v2/images/{id}/file HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        data.len()
-    )
-    .unwrap();
-    s.write_all(data).unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    assert!(out.starts_with(b"HTTP/1.1 204"));
 }
 
 /// A tiny flavor and a kernel image; returns (flavor id, image id).
@@ -55,7 +39,11 @@ fn flavor_and_image(c: &Controller, admin: &str) -> (String, String) {
         r#"{"name": "kernel", "disk_format": "aki", "container_format": "aki", "visibility": "public"}"#,
     );
     let image = i.json()["id"].as_str().unwrap().to_owned();
-    upload(c, admin, &image, b"\x7fELF not really a kernel");
+    let path = format!("/image/v2/images/{image}/file");
+    assert_eq!(
+        put_bytes(c, &path, admin, b"\x7fELF not really a kernel"),
+        204
+    );
     (flavor, image)
 }
 

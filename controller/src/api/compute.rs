@@ -180,7 +180,8 @@ async fn authenticate(app: &App, req: &Request<Incoming>) -> Result<Auth, Respon
     }
 }
 
-fn store_error(e: StoreError) -> Response<Body> {
+/// A store failure as Nova answers it: 409 for conflicts, else a logged 500.
+pub fn store_error(e: StoreError) -> Response<Body> {
     match e {
         StoreError::Conflict(m) => nova_error(StatusCode::CONFLICT, &m),
         other => {

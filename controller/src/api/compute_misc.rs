@@ -4,23 +4,12 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value as Json};
 
-use super::compute::nova_error;
+use super::compute::{nova_error, store_error};
 use super::http::{empty, json, read_json, Body};
 use super::App;
 use crate::compute::keypairs::{fingerprint, Keypair};
 use crate::compute::quotas::{Quota, DEFAULT_QUOTA};
 use crate::identity::{now, Auth};
-use crate::store::StoreError;
-
-fn store_error(e: StoreError) -> Response<Body> {
-    match e {
-        StoreError::Conflict(m) => nova_error(StatusCode::CONFLICT, &m),
-        other => {
-            tracing::error!("compute: {other}");
-            nova_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-        }
-    }
-}
 
 /// Handles keypair, limit and quota paths; None for anything else.
 pub async fn route(

@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value as Json};
 
-use super::compute::nova_error;
+use super::compute::{nova_error, store_error};
 use super::http::{json, read_json, Body};
 use super::App;
 use crate::compute::hosts::Host;
@@ -38,13 +38,7 @@ pub async fn route(
     }
     let hosts = match app.hosts.list().await {
         Ok(h) => h,
-        Err(e) => {
-            tracing::error!("listing hosts: {e}");
-            return Some(nova_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error",
-            ));
-        }
+        Err(e) => return Some(store_error(e)),
     };
     let q = super::http::query_params(&req);
     Some(match (req.method().clone(), rest) {
@@ -170,10 +164,7 @@ async fn set_service(app: &App, what: &str, req: Request<Incoming>) -> Response<
             StatusCode::NOT_FOUND,
             &format!("Host {host} could not be found."),
         ),
-        Err(e) => {
-            tracing::error!("setting a host's status: {e}");
-            nova_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-        }
+        Err(e) => store_error(e),
     }
 }
 

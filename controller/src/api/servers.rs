@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha224};
 
-use super::compute::nova_error;
+use super::compute::{nova_error, store_error};
 use super::http::{empty, json, read_json, Body};
 use super::App;
 use crate::compute::actions::{now_us, Action};
@@ -21,7 +21,6 @@ use crate::compute::scheduler::{Demand, PlaceError};
 use crate::compute::servers::{ListQuery, Server};
 use crate::hostd_client::{self, HostdError};
 use crate::identity::{now, Auth};
-use crate::store::StoreError;
 
 /// How long hostd may take to create (and boot to running) an instance.
 const HOSTD_CREATE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -29,11 +28,6 @@ const HOSTD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Hosts tried for one server before it goes to ERROR.
 const MAX_ATTEMPTS: usize = 3;
 const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
-
-fn store_error(e: StoreError) -> Response<Body> {
-    tracing::error!("servers: {e}");
-    nova_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-}
 
 fn iso(t: i64) -> String {
     super::http::iso_micros(t).replace(".000000Z", "Z")
@@ -572,17 +566,11 @@ async fn create(app: &App, auth: &Auth, req: Request<Incoming>) -> Response<Body
         let id = server.id.clone();
         tokio::spawn(async move {
             build(app.clone(), id.clone()).await;
-            let outcome = match app.servers.get(&id).await {
-                Ok(Some(s)) if s.vm_state == "error" => Err(s.fault.unwrap_or_default()),
-                _ => Ok(()),
+            let failure = match app.servers.get(&id).await {
+                Ok(Some(s)) if s.vm_state == "error" => Some(s.fault.unwrap_or_default()),
+                _ => None,
             };
-            let _ = app
-                .actions
-                .finish(
-                    &request_id,
-                    outcome.as_ref().map(|_| ()).map_err(String::as_str),
-                )
-                .await;
+            let _ = app.actions.finish(&request_id, failure.as_deref()).await;
         });
     }
     let mut r = json(
@@ -976,7 +964,7 @@ async fn run_host_action(app: &App, id: &str, url: &str, act: HostAction, reques
         HOSTD_CREATE_TIMEOUT,
     )
     .await;
-    let outcome = match result {
+    let failure = match result {
         Ok(instance) => {
             let (vm, power) = match (act.name, instance["state"].as_str().unwrap_or("")) {
                 ("suspend", "paused") => ("suspended", POWER_SUSPENDED),
@@ -984,22 +972,15 @@ async fn run_host_action(app: &App, id: &str, url: &str, act: HostAction, reques
             };
             let _ = app.servers.set_state(id, vm, None, power, None).await;
             tracing::info!(server = %id, action = act.name, "done");
-            Ok(())
+            None
         }
         Err(e) => {
             tracing::warn!(server = %id, action = act.name, "failed: {e}");
             let _ = app.servers.clear_task(id).await;
-            Err(e.to_string())
+            Some(e.to_string())
         }
     };
-    if let Err(e) = app
-        .actions
-        .finish(
-            request_id,
-            outcome.as_ref().map(|_| ()).map_err(String::as_str),
-        )
-        .await
-    {
+    if let Err(e) = app.actions.finish(request_id, failure.as_deref()).await {
         tracing::warn!(server = %id, "recording the end of {}: {e}", act.name);
     }
 }

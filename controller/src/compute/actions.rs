@@ -86,15 +86,12 @@ impl Actions {
         Ok(())
     }
 
-    /// Records how an action ended (`Err` holds why it failed).
-    pub async fn finish(
-        &self,
-        request_id: &str,
-        outcome: Result<(), &str>,
-    ) -> Result<(), StoreError> {
-        let (result, message) = match outcome {
-            Ok(()) => ("Success", None),
-            Err(m) => ("Error", Some(m)),
+    /// Records how an action ended: `failure` says why, when it failed.
+    pub async fn finish(&self, request_id: &str, failure: Option<&str>) -> Result<(), StoreError> {
+        let result = if failure.is_some() {
+            "Error"
+        } else {
+            "Success"
         };
         self.store
             .execute(
@@ -102,7 +99,7 @@ impl Actions {
                 &[
                     Value::Int(now_us()),
                     Value::Text(result),
-                    Value::OptText(message),
+                    Value::OptText(failure),
                     Value::Text(request_id),
                 ],
             )
@@ -197,7 +194,7 @@ mod tests {
         a.start_us = 20_000_000;
         actions.start(&a).await.unwrap();
         actions
-            .finish("req-2", Err("hostd answered 409"))
+            .finish("req-2", Some("hostd answered 409"))
             .await
             .unwrap();
 

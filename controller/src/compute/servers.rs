@@ -210,15 +210,6 @@ impl Servers {
             .transpose()
     }
 
-    /// A project's servers, or every server for `None`, newest first.
-    pub async fn list(&self, project: Option<&str>) -> Result<Vec<Server>, StoreError> {
-        self.page(&ListQuery {
-            project: project.map(str::to_owned),
-            ..ListQuery::default()
-        })
-        .await
-    }
-
     /// One page of a filtered list, newest first (created_at, then id, both
     /// descending): the servers after `marker`, at most `limit` of them.
     pub async fn page(&self, q: &ListQuery) -> Result<Vec<Server>, StoreError> {

@@ -209,12 +209,15 @@ impl Identity {
         self.create_project_with(name, domain_id, "").await
     }
 
-    pub async fn create_project_with(
+    /// A new project or user needs an existing domain and a name not yet
+    /// taken in it.
+    async fn check_new_name(
         &self,
+        table: &'static str,
+        kind: &str,
         name: &str,
         domain_id: &str,
-        description: &str,
-    ) -> Result<String, IdentityError> {
+    ) -> Result<(), IdentityError> {
         if self
             .domain(&DomainRef::Id(domain_id.to_owned()))
             .await?
@@ -227,15 +230,26 @@ impl Identity {
         let taken = self
             .store
             .fetch_optional(
-                "SELECT id FROM projects WHERE name = $1 AND domain_id = $2",
+                &format!("SELECT id FROM {table} WHERE name = $1 AND domain_id = $2"),
                 &[Value::Text(name), Value::Text(domain_id)],
             )
             .await?;
         if taken.is_some() {
             return Err(IdentityError::Conflict(format!(
-                "a project named {name:?} exists in this domain"
+                "a {kind} named {name:?} exists in this domain"
             )));
         }
+        Ok(())
+    }
+
+    pub async fn create_project_with(
+        &self,
+        name: &str,
+        domain_id: &str,
+        description: &str,
+    ) -> Result<String, IdentityError> {
+        self.check_new_name("projects", "project", name, domain_id)
+            .await?;
         let id = new_id();
         self.store
             .execute(
@@ -252,27 +266,8 @@ impl Identity {
         domain_id: &str,
         password: &str,
     ) -> Result<String, IdentityError> {
-        if self
-            .domain(&DomainRef::Id(domain_id.to_owned()))
-            .await?
-            .is_none()
-        {
-            return Err(IdentityError::BadRequest(format!(
-                "no domain {domain_id:?}"
-            )));
-        }
-        let taken = self
-            .store
-            .fetch_optional(
-                "SELECT id FROM users WHERE name = $1 AND domain_id = $2",
-                &[Value::Text(name), Value::Text(domain_id)],
-            )
+        self.check_new_name("users", "user", name, domain_id)
             .await?;
-        if taken.is_some() {
-            return Err(IdentityError::Conflict(format!(
-                "a user named {name:?} exists in this domain"
-            )));
-        }
         let id = new_id();
         let hash = password::hash(password).map_err(IdentityError::Internal)?;
         self.store

@@ -128,6 +128,21 @@ pub fn call(
     }
 }
 
+/// Raw upload: the body is sent as is, with a Content-Length.
+pub fn put_bytes(c: &Controller, path: &str, token: &str, data: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(&c.addr).unwrap();
+    write!(
+        s,
+        "PUT {path} HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {token}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        data.len()
+    )
+    .unwrap();
+    s.write_all(data).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out[9..12].parse().unwrap()
+}
+
 /// A throwaway PostgreSQL server, or None (the test skips) when PostgreSQL
 /// is not installed, unless the run requires it (`cargo xtask test` installs
 /// it and sets VIRGA_REQUIRE_POSTGRES=1).

@@ -68,28 +68,35 @@ fn body_json(response: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
 }
 
-#[test]
-fn hostd_registers_and_fetches_images_from_the_controller() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (ctl_port, hostd_port) = (free_port(), free_port());
-    let ctl_cfg = dir.path().join("controller.toml");
+/// A controller on `port` with its state under `dir`; `tables` is TOML
+/// placed before its `[bootstrap]` table.
+fn start_controller(dir: &std::path::Path, port: u16, tables: &str) -> Killed {
+    let cfg = dir.join("controller.toml");
     std::fs::write(
-        &ctl_cfg,
+        &cfg,
         format!(
-            "listen = \"127.0.0.1:{ctl_port}\"\nstate_dir = \"{}\"\nhostd_token = \"{HOSTD_TOKEN}\"\n[bootstrap]\nadmin_password = \"admin-secret\"\n",
-            dir.path().join("controller").display()
+            "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nhostd_token = \"{HOSTD_TOKEN}\"\n{tables}[bootstrap]\nadmin_password = \"admin-secret\"\n",
+            dir.join("controller").display()
         ),
     )
     .expect("config");
-    let _controller = Killed(
+    let controller = Killed(
         Command::new(controller_bin())
             .arg("--config")
-            .arg(&ctl_cfg)
+            .arg(&cfg)
             .env("RUST_LOG", "warn")
             .spawn()
             .expect("start the controller (built by cargo xtask test)"),
     );
-    wait_for_port(ctl_port);
+    wait_for_port(port);
+    controller
+}
+
+#[test]
+fn hostd_registers_and_fetches_images_from_the_controller() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ctl_port, hostd_port) = (free_port(), free_port());
+    let _controller = start_controller(dir.path(), ctl_port, "");
 
     let auth = r#"{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"admin","domain":{"name":"Default"},"password":"admin-secret"}}},"scope":{"project":{"name":"admin","domain":{"name":"Default"}}}}}"#;
     let (status, resp) = http(
@@ -219,24 +226,12 @@ fn openstack_server_create_boots_a_guest() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let (ctl_port, hostd_port) = (free_port(), free_port());
-    let ctl_cfg = dir.path().join("controller.toml");
-    std::fs::write(
-        &ctl_cfg,
-        format!(
-            "listen = \"127.0.0.1:{ctl_port}\"\nstate_dir = \"{}\"\nhostd_token = \"{HOSTD_TOKEN}\"\n[scheduler]\n# The testbed has one CPU: let RAM decide how many servers fit.\ncpu_allocation_ratio = 16.0\n[bootstrap]\nadmin_password = \"admin-secret\"\n",
-            dir.path().join("controller").display()
-        ),
-    )
-    .expect("config");
-    let controller = Killed(
-        Command::new(controller_bin())
-            .arg("--config")
-            .arg(&ctl_cfg)
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("start the controller"),
+    // The testbed has one CPU: let RAM decide how many servers fit.
+    let controller = start_controller(
+        dir.path(),
+        ctl_port,
+        "[scheduler]\ncpu_allocation_ratio = 16.0\n",
     );
-    wait_for_port(ctl_port);
 
     // hostd runs in the testbed until the controller goes away.
     let script = format!(
