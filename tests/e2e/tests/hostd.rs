@@ -28,8 +28,9 @@ start_hostd() {
 hc() { $BIN/hostctl --socket $WORK/hostd.sock --token $TOKEN "$@"; }
 state() { hc show $1 2>/dev/null | grep -o '"state": "[a-z]*"' | head -1 | cut -d'"' -f4; }
 pid() { hc show $1 2>/dev/null | grep -o '"pid": [0-9]*' | head -1 | cut -d' ' -f2; }
-# From the console file itself, so it works while hostd is down.
-ticks() { tail -n 1 $WORK/state/instances/$1/console.log | grep -o 'virga-tick [0-9]*' | cut -d' ' -f2; }
+# From the console file itself, so it works while hostd is down. Counts tick
+# lines rather than parsing the last one, which may be half written.
+ticks() { n=$(grep -c 'virga-tick' $WORK/state/instances/$1/console.log); echo "${n:-0}"; }
 booted() { n=$(hc console $1 --tail 1000 | grep -c VIRGA-BOOT-OK); echo ${n:-0}; }
 vmms() { n=$(ps -o stat,comm | grep -c '^[^Z].* vmm$'); echo ${n:-0}; }
 wait_for() {
