@@ -31,7 +31,13 @@ use crate::report::{Report, Samples};
 use crate::{host_cpu, images_dir, vmm_bin, workspace, GUEST_CMDLINE};
 
 const ADMIN_PASSWORD: &str = "bench-admin-secret";
-const HOSTD_TOKEN: &str = "bench-hostd-token-0123456789";
+const HOSTD_SECRET: &str = "bench-hostd-secret-0123456789";
+/// The one host the boot part registers.
+const HOST_ID: &str = "bench";
+
+fn host_token() -> String {
+    hostd_proto::token::for_host(HOSTD_SECRET, HOST_ID)
+}
 const GUEST_MIB: u64 = 128;
 const PEER: &str = "vmm";
 /// Requests per endpoint in the latency part.
@@ -73,7 +79,7 @@ impl Controller {
         std::fs::write(
             &cfg,
             format!(
-                "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n{db}hostd_token = \"{HOSTD_TOKEN}\"\n{extra}\n[bootstrap]\nadmin_password = \"{ADMIN_PASSWORD}\"\n",
+                "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n{db}hostd_secret = \"{HOSTD_SECRET}\"\n{extra}\n[bootstrap]\nadmin_password = \"{ADMIN_PASSWORD}\"\n",
                 dir.path().join("state").display()
             ),
         )?;
@@ -429,13 +435,13 @@ done"#
 failed=0
 {direct}
 cat > $WORK/hostd.toml <<EOF
-token = "{HOSTD_TOKEN}"
+token = "{hostd_token}"
 listen = "0.0.0.0:{hostd_port}"
 state_dir = "$WORK/state"
 vmm_binary = "$BIN/vmm"
-host_id = "bench"
+host_id = "{HOST_ID}"
 controller_url = "http://$HOST_ADDR:{ctl_port}"
-controller_token = "{HOSTD_TOKEN}"
+controller_token = "{hostd_token}"
 advertise_url = "http://127.0.0.1:{hostd_port}"
 heartbeat_secs = 1
 EOF
@@ -446,7 +452,8 @@ $BIN/virga-bench api-probe --controller $HOST_ADDR:{ctl_port} --token {token} --
 kill $HOSTD; wait $HOSTD
 {direct}
 exit $failed
-"#
+"#,
+        hostd_token = host_token(),
     )
 }
 
@@ -543,11 +550,11 @@ fn micros_of_day(t: &str) -> Option<i64> {
 /// record of the create (its instance action, in microseconds).
 pub fn probe(p: &Probe) -> Result<()> {
     let mut internal = Client::new(&p.controller)?;
-    internal.auth = Some(("authorization", format!("Bearer {HOSTD_TOKEN}")));
+    internal.auth = Some(("authorization", format!("Bearer {}", host_token())));
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let reply = internal.call("GET", "/internal/v1/hosts", None)?;
-        if reply.json()["hosts"][0]["host_id"] == "bench" {
+        if reply.json()["hosts"][0]["host_id"] == HOST_ID {
             break;
         }
         if Instant::now() > deadline {

@@ -6,6 +6,7 @@
 //! database_url = "sqlite:///var/lib/virga/controller.db"  # or postgres://...
 //! region = "RegionOne"
 //! token_ttl_secs = 3600
+//! hostd_secret_file = "/etc/virga/hostd.secret"  # hosts' tokens derive from it
 //!
 //! [bootstrap]                               # created on first start
 //! admin_user = "admin"
@@ -48,10 +49,11 @@ pub struct ConfigFile {
     pub state_dir: Option<PathBuf>,
     pub region: Option<String>,
     pub token_ttl_secs: Option<u64>,
-    /// Shared with every hostd: they authenticate heartbeats with it, and the
-    /// controller calls their APIs with it.
-    pub hostd_token: Option<String>,
-    pub hostd_token_file: Option<PathBuf>,
+    /// Each host's token is derived from it (`controller host-token HOST`):
+    /// hostd authenticates its heartbeats with its token, and the controller
+    /// calls that hostd with it. It never leaves the controller.
+    pub hostd_secret: Option<String>,
+    pub hostd_secret_file: Option<PathBuf>,
     /// Largest image upload, in MiB (default 64 GiB).
     pub max_image_mib: Option<u64>,
     pub scheduler: Option<SchedulerFile>,
@@ -96,7 +98,7 @@ pub struct Config {
     pub region: String,
     pub token_ttl: Duration,
     /// None: no host can register (the internal API answers 401).
-    pub hostd_token: Option<String>,
+    pub hostd_secret: Option<String>,
     pub max_image_bytes: u64,
     pub scheduler: crate::compute::scheduler::Policy,
     pub bootstrap: Bootstrap,
@@ -155,28 +157,28 @@ impl Config {
         if !(60..=7 * 86400).contains(&ttl) {
             return Err(invalid("token_ttl_secs", "between 60 and 604800"));
         }
-        let hostd_token = match (file.hostd_token, &file.hostd_token_file) {
+        let hostd_secret = match (file.hostd_secret, &file.hostd_secret_file) {
             (Some(t), None) => Some(t),
             (None, Some(p)) => Some(
                 std::fs::read_to_string(p)
-                    .map_err(|e| invalid("hostd_token_file", format!("{}: {e}", p.display())))?
+                    .map_err(|e| invalid("hostd_secret_file", format!("{}: {e}", p.display())))?
                     .trim()
                     .to_owned(),
             ),
             (None, None) => None,
             (Some(_), Some(_)) => {
                 return Err(invalid(
-                    "hostd_token",
-                    "only one of hostd_token and hostd_token_file",
+                    "hostd_secret",
+                    "only one of hostd_secret and hostd_secret_file",
                 ))
             }
         };
-        if hostd_token
+        if hostd_secret
             .as_ref()
             .is_some_and(|t| t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()))
         {
             return Err(invalid(
-                "hostd_token",
+                "hostd_secret",
                 "at least 16 printable characters, no spaces",
             ));
         }
@@ -257,7 +259,7 @@ impl Config {
             state_dir,
             region,
             token_ttl: Duration::from_secs(ttl),
-            hostd_token,
+            hostd_secret,
             max_image_bytes: file.max_image_mib.unwrap_or(64 << 10) << 20,
             scheduler,
             bootstrap: Bootstrap {

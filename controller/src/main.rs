@@ -1,4 +1,7 @@
 //! `controller --config FILE`: Virga's control API.
+//! `controller --config FILE host-token HOST_ID`: prints the token a host's
+//! hostd uses (its `token` and `controller_token`), derived from the
+//! configured `hostd_secret`.
 //!
 //! Exit status: 0 after SIGTERM or SIGINT, 1 on a runtime failure (database
 //! unreachable, port taken), 2 on an invalid configuration.
@@ -31,6 +34,17 @@ struct Args {
     /// TOML configuration file.
     #[arg(long)]
     config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Print the token of one host (for its hostd.toml) and exit.
+    HostToken {
+        /// The host's `host_id`.
+        host_id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +64,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::HostToken { host_id }) = args.command {
+        return match config.hostd_secret.as_deref() {
+            Some(secret) => {
+                println!("{}", hostd_proto::token::for_host(secret, &host_id));
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("controller: no hostd_secret in {}", args.config.display());
+                ExitCode::from(2)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

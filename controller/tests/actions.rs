@@ -17,7 +17,12 @@ use std::time::{Duration, Instant};
 
 use common::{call, put_bytes, start_with, Controller};
 
-const HOSTD_TOKEN: &str = "stand-in-hostd-token";
+const HOSTD_SECRET: &str = "stand-in-hostd-secret";
+
+/// The stand-in's own token: the controller must call it with this one.
+fn host_token() -> String {
+    hostd_proto::token::for_host(HOSTD_SECRET, "stand-in")
+}
 /// How long the stand-in takes for each action.
 const ACTION_DELAY: Duration = Duration::from_millis(600);
 
@@ -48,7 +53,7 @@ fn answer(mut stream: TcpStream, states: &Mutex<BTreeMap<String, String>>) {
         if let Some(v) = lower.strip_prefix("content-length:") {
             length = v.trim().parse().unwrap();
         }
-        authorized |= lower.trim() == format!("authorization: bearer {HOSTD_TOKEN}");
+        authorized |= lower.trim() == format!("authorization: bearer {}", host_token());
         if h.trim().is_empty() {
             break;
         }
@@ -132,7 +137,7 @@ fn register(c: &Controller, port: u16) {
         "vcpus_used": 0, "memory_used_mib": 0, "instances": 0, "kvm_mode": "hardware",
         "version": "0.1.0",
     });
-    let bearer = format!("Bearer {HOSTD_TOKEN}");
+    let bearer = format!("Bearer {}", host_token());
     let r = call(
         c,
         "PUT",
@@ -146,7 +151,7 @@ fn register(c: &Controller, port: u16) {
 #[test]
 fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
     let port = stand_in_hostd();
-    let c = start_with(None, &format!("hostd_token = \"{HOSTD_TOKEN}\"\n"));
+    let c = start_with(None, &format!("hostd_secret = \"{HOSTD_SECRET}\"\n"));
     register(&c, port);
     let admin = token(&c);
     let t = ("X-Auth-Token", admin.as_str());

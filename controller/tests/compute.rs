@@ -159,15 +159,19 @@ fn exercise_flavors(c: &Controller) {
     );
 }
 
-const HOSTD_TOKEN: &str = "hostd-shared-token-0123456789";
+const HOSTD_SECRET: &str = "hostd-secret-0123456789";
+
+fn host_token(host: &str) -> String {
+    hostd_proto::token::for_host(HOSTD_SECRET, host)
+}
 
 #[test]
 fn hosts_register_with_heartbeats() {
-    let c = start_with(None, &format!("hostd_token = \"{HOSTD_TOKEN}\"\n"));
+    let c = start_with(None, &format!("hostd_secret = \"{HOSTD_SECRET}\"\n"));
     exercise_hosts(&c);
-    // Without a configured token no host can register.
+    // Without a configured secret no host can register.
     let closed = start(None);
-    let auth = format!("Bearer {HOSTD_TOKEN}");
+    let auth = format!("Bearer {}", host_token("compute-1"));
     assert_eq!(
         call(
             &closed,
@@ -181,17 +185,50 @@ fn hosts_register_with_heartbeats() {
     );
 }
 
+/// `controller host-token HOST` prints what the controller accepts from and
+/// sends to that host; without a secret it says so and exits 2.
+#[test]
+fn host_token_command_prints_the_hosts_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |config: &str| {
+        let path = dir.path().join("controller.toml");
+        std::fs::write(&path, config).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_controller"))
+            .arg("--config")
+            .arg(&path)
+            .args(["host-token", "compute-7"])
+            .output()
+            .unwrap()
+    };
+    let bootstrap = "[bootstrap]\nadmin_password = \"secret-password\"\n";
+    let out = run(&format!(
+        "state_dir = \"{}\"\nhostd_secret = \"{HOSTD_SECRET}\"\n{bootstrap}",
+        dir.path().display()
+    ));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        host_token("compute-7")
+    );
+    let out = run(&format!(
+        "state_dir = \"{}\"\n{bootstrap}",
+        dir.path().display()
+    ));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no hostd_secret"));
+}
+
 #[test]
 fn hosts_on_postgres() {
     let Some(pg) = Postgres::start() else { return };
     exercise_hosts(&start_with(
         Some(pg.url()),
-        &format!("hostd_token = \"{HOSTD_TOKEN}\"\n"),
+        &format!("hostd_secret = \"{HOSTD_SECRET}\"\n"),
     ));
 }
 
 fn exercise_hosts(c: &Controller) {
-    let token = HOSTD_TOKEN;
+    let token = host_token("compute-1");
     let beat = hostd_proto::Heartbeat {
         host_id: "compute-1".into(),
         url: "http://10.0.0.5:8790".into(),
@@ -222,19 +259,34 @@ fn exercise_hosts(c: &Controller) {
         call(c, "PUT", "/internal/v1/hosts/compute-1", &[], &body).status,
         401
     );
+    let forged = hostd_proto::token::for_host("another-secret-0123456", "compute-1");
+    for wrong in ["wrong-token-0123456789", HOSTD_SECRET, forged.as_str()] {
+        assert_eq!(
+            call(
+                c,
+                "PUT",
+                "/internal/v1/hosts/compute-1",
+                &[("Authorization", &format!("Bearer {wrong}"))],
+                &body
+            )
+            .status,
+            401,
+            "{wrong}"
+        );
+    }
+    // A host registers only itself: its token is refused for another host.
+    let r = call(c, "PUT", "/internal/v1/hosts/other", &[a], &body);
+    assert_eq!(r.status, 403, "{}", r.body);
+    let other = format!("Bearer {}", host_token("other"));
     assert_eq!(
         call(
             c,
             "PUT",
-            "/internal/v1/hosts/compute-1",
-            &[("Authorization", "Bearer wrong-token-0123456789")],
+            "/internal/v1/hosts/other",
+            &[("Authorization", &other)],
             &body
         )
         .status,
-        401
-    );
-    assert_eq!(
-        call(c, "PUT", "/internal/v1/hosts/other", &[a], &body).status,
         400,
         "path and body disagree"
     );

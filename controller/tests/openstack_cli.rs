@@ -501,8 +501,8 @@ fn openstack_server_bad_input_quotas_paging_and_events() {
 #[test]
 fn openstack_compute_services_and_hypervisors() {
     let Some(cli) = openstack() else { return };
-    let token = "cli-hostd-token-0123456789";
-    let c = common::start_with(None, &format!("hostd_token = \"{token}\"\n"));
+    let secret = "cli-hostd-secret-0123456789";
+    let c = common::start_with(None, &format!("hostd_secret = \"{secret}\"\n"));
     let beat = hostd_proto::Heartbeat {
         host_id: "compute-1".into(),
         url: "http://127.0.0.1:9".into(),
@@ -517,7 +517,10 @@ fn openstack_compute_services_and_hypervisors() {
         kvm_mode: "hardware".into(),
         version: "0.1.0".into(),
     };
-    let bearer = format!("Bearer {token}");
+    let bearer = format!(
+        "Bearer {}",
+        hostd_proto::token::for_host(secret, "compute-1")
+    );
     let r = common::call(
         &c,
         "PUT",

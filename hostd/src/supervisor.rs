@@ -617,7 +617,7 @@ impl Supervisor {
             let body = format!(r#"{{"timeout_ms": {}}}"#, timeout.as_millis());
             graceful = matches!(
                 vmm::api_client::request_within(
-                    Duration::from_secs(5),
+                    Duration::from_secs(10),
                     &socket,
                     Method::PUT,
                     "/vm/actions/shutdown",

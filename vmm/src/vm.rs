@@ -251,8 +251,10 @@ impl Vm {
     }
 
     pub fn pause(&self) -> Result<(), GateTimeout> {
+        // Generous for a starved host, yet under hostd's 10 s request limit
+        // so a stuck vCPU is reported by the VMM rather than as a timeout.
         match &self.vcpus {
-            Some(v) => v.pause(std::time::Duration::from_secs(2)),
+            Some(v) => v.pause(std::time::Duration::from_secs(5)),
             None => Ok(()),
         }
     }

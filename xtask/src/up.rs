@@ -14,6 +14,8 @@ use anyhow::{bail, Context, Result};
 
 const CONTROLLER_PORT: u16 = 8774;
 const HOSTD_PORT: u16 = 8790;
+/// The host hostd registers as, in the testbed or here.
+const HOST_ID: &str = "virga-1";
 const ADMIN_PASSWORD: &str = "virga-admin";
 /// Guest command line of the test image: quiet console, ticks until shut down.
 const TEST_CMDLINE: &str =
@@ -63,12 +65,12 @@ pub fn run(root: &Path, bins: &Path, images: &Path, openstack: &Path) -> Result<
     // not outlive it, so neither should the controller's records of them.
     let _ = std::fs::remove_dir_all(dir.join("controller"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let token = random_token()?;
+    let secret = random_token()?;
     let config = dir.join("controller.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{CONTROLLER_PORT}\"\nstate_dir = \"{}\"\nhostd_token = \"{token}\"\n[bootstrap]\nadmin_password = \"{ADMIN_PASSWORD}\"\n",
+            "listen = \"127.0.0.1:{CONTROLLER_PORT}\"\nstate_dir = \"{}\"\nhostd_secret = \"{secret}\"\n[bootstrap]\nadmin_password = \"{ADMIN_PASSWORD}\"\n",
             dir.join("controller").display()
         ),
     )?;
@@ -79,6 +81,20 @@ pub fn run(root: &Path, bins: &Path, images: &Path, openstack: &Path) -> Result<
             "clouds:\n  virga:\n    auth:\n      auth_url: http://127.0.0.1:{CONTROLLER_PORT}/identity\n      username: admin\n      password: {ADMIN_PASSWORD}\n      project_name: admin\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: RegionOne\n    identity_api_version: 3\n"
         ),
     )?;
+    // The testbed's host gets its own token, as an operator would give it.
+    let out = Command::new(bins.join("controller"))
+        .arg("--config")
+        .arg(&config)
+        .args(["host-token", HOST_ID])
+        .output()
+        .context("running controller host-token")?;
+    if !out.status.success() {
+        bail!(
+            "controller host-token: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let controller = Killed(
         Command::new(bins.join("controller"))
             .arg("--config")
@@ -101,7 +117,7 @@ token = "{token}"
 listen = "0.0.0.0:{HOSTD_PORT}"
 state_dir = "$WORK/state"
 vmm_binary = "$BIN/vmm"
-host_id = "virga-1"
+host_id = "{HOST_ID}"
 controller_url = "http://$HOST_ADDR:{CONTROLLER_PORT}"
 controller_token = "{token}"
 advertise_url = "http://127.0.0.1:{HOSTD_PORT}"

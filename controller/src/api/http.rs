@@ -72,11 +72,6 @@ pub async fn stream_file(file: tokio::fs::File) -> Response<Body> {
     r
 }
 
-/// Compares in time that depends only on the lengths, not on where they differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 pub fn empty(status: StatusCode) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
     *r.status_mut() = status;

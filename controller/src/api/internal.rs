@@ -1,34 +1,43 @@
 //! The internal API hostd talks to: `PUT /internal/v1/hosts/{host_id}` with a
 //! heartbeat registers or refreshes a host; `GET /internal/v1/hosts` lists them;
 //! `GET /internal/v1/images/{id}/raw` streams the raw bytes a VMM boots (the
-//! raw conversion of a qcow2 image), which hostd caches. All need the
-//! deployment's hostd token as a bearer token.
+//! raw conversion of a qcow2 image), which hostd caches. All need a host's
+//! token (derived from the controller's hostd secret) as a bearer token; a
+//! host registers and refreshes only itself.
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use super::http::{constant_time_eq, empty, json, keystone_error, read_json, stream_file, Body};
+use super::http::{empty, json, keystone_error, read_json, stream_file, Body};
 use super::App;
 use hostd_proto::Heartbeat;
 
-fn authorized(app: &App, req: &Request<Incoming>) -> bool {
-    let Some(expected) = app.config.hostd_token.as_deref() else {
-        return false;
-    };
-    req.headers()
-        .get("authorization")
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .is_some_and(|t| constant_time_eq(t, expected.as_bytes()))
+/// The host whose token the request carries, if it is one.
+fn caller(app: &App, req: &Request<Incoming>) -> Option<String> {
+    let secret = app.config.hostd_secret.as_deref()?;
+    let token = req
+        .headers()
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")?;
+    hostd_proto::token::host_of(secret, token).map(str::to_owned)
 }
 
 pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response<Body> {
-    if !authorized(app, &req) {
+    let Some(host) = caller(app, &req) else {
         return keystone_error(StatusCode::UNAUTHORIZED, "missing or wrong hostd token");
-    }
+    };
     match (req.method().clone(), rest) {
         (Method::PUT, ["v1", "hosts", id]) => {
             let id = id.to_string();
+            if id != host {
+                return keystone_error(
+                    StatusCode::FORBIDDEN,
+                    &format!("the token is host {host}'s, not {id}'s"),
+                );
+            }
             let value = match read_json(req, keystone_error).await {
                 Ok(v) => v,
                 Err(r) => return r,

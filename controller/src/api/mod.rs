@@ -57,6 +57,16 @@ impl App {
         self.store_engine == crate::store::Engine::Sqlite
     }
 
+    /// The token this controller calls a host's hostd with (empty when no
+    /// hostd secret is configured: no host could have registered).
+    pub fn hostd_token(&self, host_id: &str) -> String {
+        self.config
+            .hostd_secret
+            .as_deref()
+            .map(|secret| hostd_proto::token::for_host(secret, host_id))
+            .unwrap_or_default()
+    }
+
     /// Who the request's X-Auth-Token speaks for, if anyone.
     pub async fn caller(&self, req: &Request<Incoming>) -> Option<crate::identity::Auth> {
         let token = req.headers().get("x-auth-token")?.to_str().ok()?;

@@ -660,7 +660,6 @@ async fn build(app: Arc<App>, id: String) {
             return;
         }
     };
-    let token = app.config.hostd_token.clone().unwrap_or_default();
     let mut tried: Vec<String> = Vec::new();
     let mut last = String::new();
     for _ in 0..MAX_ATTEMPTS {
@@ -681,6 +680,7 @@ async fn build(app: Arc<App>, id: String) {
             }
         };
         let host_id = host.report.host_id.clone();
+        let token = app.hostd_token(&host_id);
         let _ = app.servers.set_host(&id, Some(&host_id)).await;
         let _ = app
             .servers
@@ -750,15 +750,27 @@ fn demand_of(s: &Server) -> Demand {
 }
 
 /// The hostd URL of the host a server runs on.
-async fn host_url(app: &App, s: &Server) -> Option<String> {
+/// Where a server's hostd listens and the token to call it with.
+struct HostdTarget {
+    url: String,
+    token: String,
+}
+
+async fn server_host(app: &App, s: &Server) -> Option<HostdTarget> {
     let host = s.host_id.as_ref()?;
-    app.hosts
+    let url = app
+        .hosts
         .list()
         .await
         .ok()?
         .into_iter()
-        .find(|h| &h.report.host_id == host)
-        .map(|h| h.report.url)
+        .find(|h| &h.report.host_id == host)?
+        .report
+        .url;
+    Some(HostdTarget {
+        url,
+        token: app.hostd_token(host),
+    })
 }
 
 async fn delete(app: &App, auth: &Auth, id: &str) -> Response<Body> {
@@ -766,11 +778,10 @@ async fn delete(app: &App, auth: &Auth, id: &str) -> Response<Body> {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if let (Some(host), Some(url)) = (server.host_id.clone(), host_url(app, &server).await) {
-        let token = app.config.hostd_token.clone().unwrap_or_default();
+    if let (Some(host), Some(hostd)) = (server.host_id.clone(), server_host(app, &server).await) {
         match hostd_client::call(
-            &url,
-            &token,
+            &hostd.url,
+            &hostd.token,
             Method::DELETE,
             &format!("/instances/{id}"),
             None,
@@ -907,7 +918,7 @@ async fn action(app: &App, auth: &Auth, id: &str, req: Request<Incoming>) -> Res
             &format!("Cannot '{name}' instance {id} while it is in {why}"),
         )
     };
-    let Some(url) = host_url(app, &server).await else {
+    let Some(hostd) = server_host(app, &server).await else {
         return conflict(&server);
     };
     match app.servers.begin_task(id, act.task, act.from).await {
@@ -947,17 +958,22 @@ async fn action(app: &App, auth: &Auth, id: &str, req: Request<Incoming>) -> Res
     };
     let id = id.to_owned();
     // Answered at once (202), as Nova does; clients poll status and task_state.
-    tokio::spawn(async move { run_host_action(&app, &id, &url, act, &request_id).await });
+    tokio::spawn(async move { run_host_action(&app, &id, &hostd, act, &request_id).await });
     empty(StatusCode::ACCEPTED)
 }
 
 /// Carries out an accepted action on the server's host and records the
 /// outcome: the new state, or the old one with the action marked failed.
-async fn run_host_action(app: &App, id: &str, url: &str, act: HostAction, request_id: &str) {
-    let token = app.config.hostd_token.clone().unwrap_or_default();
+async fn run_host_action(
+    app: &App,
+    id: &str,
+    hostd: &HostdTarget,
+    act: HostAction,
+    request_id: &str,
+) {
     let result = hostd_client::call(
-        url,
-        &token,
+        &hostd.url,
+        &hostd.token,
         Method::POST,
         &format!("/instances/{id}/actions/{}", act.hostd),
         Some(&act.body),
@@ -986,7 +1002,7 @@ async fn run_host_action(app: &App, id: &str, url: &str, act: HostAction, reques
 }
 
 async fn console_output(app: &App, server: &Server, args: &Json) -> Response<Body> {
-    let Some(url) = host_url(app, server).await else {
+    let Some(hostd) = server_host(app, server).await else {
         return nova_error(
             StatusCode::CONFLICT,
             &format!(
@@ -995,15 +1011,14 @@ async fn console_output(app: &App, server: &Server, args: &Json) -> Response<Bod
             ),
         );
     };
-    let token = app.config.hostd_token.clone().unwrap_or_default();
     let length = args
         .get("length")
         .and_then(|l| l.as_i64().or_else(|| l.as_str()?.parse().ok()))
         .unwrap_or(1000)
         .clamp(1, 10_000);
     match hostd_client::call_raw(
-        &url,
-        &token,
+        &hostd.url,
+        &hostd.token,
         Method::GET,
         &format!("/instances/{}/console?tail={length}", server.id),
         None,
@@ -1097,7 +1112,6 @@ pub async fn expire_stale(app: &App, before: i64) {
 /// with a task in flight are left to it. Once a minute, abandoned builds
 /// and tasks are expired.
 pub async fn sync_loop(app: Arc<App>) {
-    let token = app.config.hostd_token.clone().unwrap_or_default();
     let mut rounds: u64 = 0;
     loop {
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -1121,7 +1135,7 @@ pub async fn sync_loop(app: Arc<App>) {
             }
             let Ok(list) = hostd_client::call(
                 &host.report.url,
-                &token,
+                &app.hostd_token(&host.report.host_id),
                 Method::GET,
                 "/instances",
                 None,

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod token;
+
 /// What hostd reports about its host every `heartbeat_secs`
 /// (`PUT {controller_url}/internal/v1/hosts/{host_id}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,7 +10,12 @@ use std::time::{Duration, Instant};
 
 use virga_e2e::{controller_bin, hostd_bins};
 
-const HOSTD_TOKEN: &str = "cloud-e2e-shared-token-0123";
+const HOSTD_SECRET: &str = "cloud-e2e-hostd-secret-0123";
+
+/// A host's token, as `controller host-token` prints it.
+fn host_token(host: &str) -> String {
+    hostd_proto::token::for_host(HOSTD_SECRET, host)
+}
 
 struct Killed(Child);
 
@@ -60,7 +65,11 @@ fn http(
     let mut out = Vec::new();
     s.read_to_end(&mut out).expect("read");
     let out = String::from_utf8_lossy(&out).into_owned();
-    (out[9..12].parse().expect("status"), out)
+    let status = out
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {out:?}"));
+    (status, out)
 }
 
 fn body_json(response: &str) -> serde_json::Value {
@@ -75,7 +84,7 @@ fn start_controller(dir: &std::path::Path, port: u16, tables: &str) -> Killed {
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nhostd_token = \"{HOSTD_TOKEN}\"\n{tables}[bootstrap]\nadmin_password = \"admin-secret\"\n",
+            "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nhostd_secret = \"{HOSTD_SECRET}\"\n{tables}[bootstrap]\nadmin_password = \"admin-secret\"\n",
             dir.join("controller").display()
         ),
     )
@@ -145,8 +154,9 @@ fn hostd_registers_and_fetches_images_from_the_controller() {
     std::fs::write(
         &hostd_cfg,
         format!(
-            "token = \"{HOSTD_TOKEN}\"\nlisten = \"127.0.0.1:{hostd_port}\"\nstate_dir = \"{}\"\nvmm_binary = \"/bin/true\"\ncgroup_root = \"\"\nhost_id = \"e2e-host\"\ncontroller_url = \"http://127.0.0.1:{ctl_port}\"\ncontroller_token = \"{HOSTD_TOKEN}\"\nheartbeat_secs = 1\n",
-            dir.path().join("hostd").display()
+            "token = \"{token}\"\nlisten = \"127.0.0.1:{hostd_port}\"\nstate_dir = \"{}\"\nvmm_binary = \"/bin/true\"\ncgroup_root = \"\"\nhost_id = \"e2e-host\"\ncontroller_url = \"http://127.0.0.1:{ctl_port}\"\ncontroller_token = \"{token}\"\nheartbeat_secs = 1\n",
+            dir.path().join("hostd").display(),
+            token = host_token("e2e-host"),
         ),
     )
     .expect("config");
@@ -161,8 +171,8 @@ fn hostd_registers_and_fetches_images_from_the_controller() {
     wait_for_port(hostd_port);
 
     // Registered by its heartbeat.
-    let bearer = format!("Bearer {HOSTD_TOKEN}");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let bearer = format!("Bearer {}", host_token("e2e-host"));
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (status, resp) = http(
             ctl_port,
@@ -237,22 +247,27 @@ fn openstack_server_create_boots_a_guest() {
     let script = format!(
         r#"mkdir -p /sys/fs/cgroup && (mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null || true)
 cat > $WORK/hostd.toml <<EOF
-token = "{HOSTD_TOKEN}"
+token = "{token}"
 listen = "0.0.0.0:{hostd_port}"
 state_dir = "$WORK/state"
 vmm_binary = "$BIN/vmm"
 host_id = "testbed"
 controller_url = "http://$HOST_ADDR:{ctl_port}"
-controller_token = "{HOSTD_TOKEN}"
+controller_token = "{token}"
 advertise_url = "http://127.0.0.1:{hostd_port}"
 heartbeat_secs = 2
 EOF
 $BIN/hostd --config $WORK/hostd.toml 2> $WORK/hostd.log &
 HOSTD=$!
-while wget -q -O /dev/null http://$HOST_ADDR:{ctl_port}/identity/v3; do sleep 1; done
+# Runs until the test stops its controller: three failed probes in a row, so
+# one lost request on QEMU's user network does not end the scenario early.
+f=0; while [ $f -lt 3 ]; do
+    wget -q -O /dev/null http://$HOST_ADDR:{ctl_port}/identity/v3 && f=0 || f=$((f + 1)); sleep 1
+done
 kill $HOSTD; wait $HOSTD
 echo "HOSTD_LOG_BEGIN"; tail -n 20 $WORK/hostd.log; echo "HOSTD_LOG_END"
-"#
+"#,
+        token = host_token("testbed"),
     );
     let scenario = virga_testbed::Scenario::new("cloud", &script)
         .binary(virga_e2e::vmm_bin())
@@ -263,7 +278,7 @@ echo "HOSTD_LOG_BEGIN"; tail -n 20 $WORK/hostd.log; echo "HOSTD_LOG_END"
     let runner = std::thread::spawn(move || testbed.run(&scenario));
 
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        drive_the_cloud(&cli, dir.path(), ctl_port)
+        drive_the_cloud(&cli, dir.path(), ctl_port, &|| !runner.is_finished())
     }));
     drop(controller); // ends the scenario
     let outcome = runner.join().expect("testbed thread");
@@ -277,7 +292,14 @@ echo "HOSTD_LOG_BEGIN"; tail -n 20 $WORK/hostd.log; echo "HOSTD_LOG_END"
     assert!(outcome.expect("testbed").success(), "scenario failed");
 }
 
-fn drive_the_cloud(cli: &std::path::Path, dir: &std::path::Path, ctl_port: u16) {
+/// `testbed_alive` says whether the scenario (and so the testbed's hostd) is
+/// still running, so a testbed that failed to boot ends the wait at once.
+fn drive_the_cloud(
+    cli: &std::path::Path,
+    dir: &std::path::Path,
+    ctl_port: u16,
+    testbed_alive: &dyn Fn() -> bool,
+) {
     let clouds = dir.join("clouds.yaml");
     std::fs::write(
         &clouds,
@@ -328,9 +350,10 @@ fn drive_the_cloud(cli: &std::path::Path, dir: &std::path::Path, ctl_port: u16) 
         }
     };
 
-    // The testbed's hostd registers within a few seconds of booting.
-    let bearer = format!("Bearer {HOSTD_TOKEN}");
-    let deadline = Instant::now() + Duration::from_secs(180);
+    // The testbed's hostd registers within a few seconds of booting; the
+    // testbed itself may take minutes on a loaded machine.
+    let bearer = format!("Bearer {}", host_token("testbed"));
+    let deadline = Instant::now() + Duration::from_secs(400);
     loop {
         let (_, resp) = http(
             ctl_port,
@@ -343,7 +366,7 @@ fn drive_the_cloud(cli: &std::path::Path, dir: &std::path::Path, ctl_port: u16) 
             break;
         }
         assert!(
-            Instant::now() < deadline,
+            Instant::now() < deadline && testbed_alive(),
             "the testbed's hostd never registered"
         );
         std::thread::sleep(Duration::from_millis(500));

@@ -5,9 +5,11 @@
 use virga_e2e::run;
 
 /// Shell helpers every hostd scenario starts with: `hc` (hostctl with the
-/// token), `state ID`, `pid ID`, `ticks ID` (the guest's last tick, read from
-/// the console log), `wait_for
-/// ID STATE`, `vmms` (VMM processes running), and an instance spec writer.
+/// token), `state ID`, `pid ID`, `ticks ID` (how many ticks the guest has
+/// printed, read from the console log), `ticks_past ID N` (waits for more than
+/// N), `wait_for ID STATE`, `wait_booted ID`, `vmms` (VMM processes running),
+/// and an instance spec writer. Waits have deadlines in seconds, not loop
+/// counts: a starved testbed runs each `hc` call several times slower.
 const PRELUDE: &str = r#"
 TOKEN=e2e-token-0123456789abcdef
 mkdir -p /sys/fs/cgroup && (mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null || true)
@@ -23,22 +25,27 @@ start_hostd() {
     rm -f $WORK/hostd.sock
     $BIN/hostd --config $WORK/hostd.toml 2>> $WORK/hostd.log &
     HOSTD=$!
-    i=0; while [ ! -S $WORK/hostd.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    d=$(($(date +%s) + 60)); while [ ! -S $WORK/hostd.sock ] && [ $(date +%s) -lt $d ]; do sleep 0.1; done
 }
 hc() { $BIN/hostctl --socket $WORK/hostd.sock --token $TOKEN "$@"; }
 state() { hc show $1 2>/dev/null | grep -o '"state": "[a-z]*"' | head -1 | cut -d'"' -f4; }
 pid() { hc show $1 2>/dev/null | grep -o '"pid": [0-9]*' | head -1 | cut -d' ' -f2; }
 # From the console file itself, so it works while hostd is down. Counts tick
-# lines rather than parsing the last one, which may be half written.
+# lines rather than parsing the last one, which need not be a tick (a starved
+# guest's kernel may have printed a warning after it).
 ticks() { n=$(grep -c 'virga-tick' $WORK/state/instances/$1/console.log); echo "${n:-0}"; }
+ticks_past() {
+    d=$(($(date +%s) + 30)); while [ "$(ticks $1)" -le "$2" ] && [ $(date +%s) -lt $d ]; do sleep 0.1; done
+    ticks $1
+}
 booted() { n=$(hc console $1 --tail 1000 | grep -c VIRGA-BOOT-OK); echo ${n:-0}; }
 vmms() { n=$(ps -o stat,comm | grep -c '^[^Z].* vmm$'); echo ${n:-0}; }
 wait_for() {
-    i=0; while [ "$(state $1)" != "$2" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+    d=$(($(date +%s) + 60)); while [ "$(state $1)" != "$2" ] && [ $(date +%s) -lt $d ]; do sleep 0.1; done
     echo "STATE $1 $(state $1)"
 }
 wait_booted() {
-    i=0; while [ "$(booted $1)" = 0 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+    d=$(($(date +%s) + 300)); while [ "$(booted $1)" = 0 ] && [ $(date +%s) -lt $d ]; do sleep 0.1; done
     echo "BOOTED $1 $(booted $1)"
 }
 spec() {
@@ -68,7 +75,7 @@ hc pause vm1 > /dev/null; echo "PAUSED $(state vm1)"
 t0=$(ticks vm1); sleep 1.5; t1=$(ticks vm1)
 [ "$t0" = "$t1" ] && echo "PAUSE_HOLDS yes" || echo "PAUSE_HOLDS no $t0 $t1"
 hc resume vm1 > /dev/null; echo "RESUMED $(state vm1)"
-sleep 1.5; t2=$(ticks vm1)
+t2=$(ticks_past vm1 $t1)
 [ "$t2" -gt "$t1" ] && echo "RESUME_TICKS yes" || echo "RESUME_TICKS no $t1 $t2"
 echo "VMM_METRICS $(hc metrics vm1 | grep -c '"uptime_ms"')"
 
@@ -76,7 +83,7 @@ hc stop vm2 > /dev/null; echo "STOPPED $(state vm2)"
 echo "STOP_REASON $(hc show vm2 | grep -o '"reason": "[^"]*"')"
 echo "VMMS_2 $(vmms)"
 hc start vm2 > /dev/null; wait_for vm2 running > /dev/null; echo "RESTARTED $(state vm2)"
-i=0; while [ "$(booted vm2)" -lt 2 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+d=$(($(date +%s) + 300)); while [ "$(booted vm2)" -lt 2 ] && [ $(date +%s) -lt $d ]; do sleep 0.1; done
 echo "VM2_BOOTS $(booted vm2)"
 
 p0=$(pid vm3); hc reboot vm3 > /dev/null; p1=$(pid vm3)
@@ -166,12 +173,12 @@ fn hostd_restarts_without_disturbing_guests_and_notices_a_dead_vmm() {
 for vm in vm1 vm2; do spec $vm; hc create $WORK/$vm.json > /dev/null; wait_booted $vm; done
 p1=$(pid vm1); p2=$(pid vm2)
 kill -9 $HOSTD; wait $HOSTD 2>/dev/null
-t0=$(ticks vm1); sleep 1; t1=$(ticks vm1)
-[ "$t1" -gt "$t0" ] && echo "GUEST_RUNS_WITHOUT_HOSTD yes" || echo "GUEST_RUNS_WITHOUT_HOSTD no"
+t0=$(ticks vm1); t1=$(ticks_past vm1 $t0)
+[ "$t1" -gt "$t0" ] && echo "GUEST_RUNS_WITHOUT_HOSTD yes" || echo "GUEST_RUNS_WITHOUT_HOSTD no $t0 $t1"
 start_hostd
 for vm in vm1 vm2; do echo "AFTER_RESTART $vm $(state $vm)"; done
 [ "$(pid vm1)" = "$p1" ] && [ "$(pid vm2)" = "$p2" ] && echo "SAME_VMMS yes" || echo "SAME_VMMS no"
-sleep 1; t2=$(ticks vm1)
+t2=$(ticks_past vm1 $t1)
 [ "$t2" -gt "$t1" ] && echo "TICKS_GROW yes" || echo "TICKS_GROW no $t1 $t2"
 echo "BOOTS_VM1 $(booted vm1)"
 echo "CONSOLE_INTACT $(hc console vm1 --tail 10000 | grep -c 'virga-tick')"

@@ -1,9 +1,10 @@
 //! Running a scenario in an L1 VM under QEMU TCG.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,8 +22,8 @@ pub const QEMU: &str = "qemu-system-x86_64";
 const L1_MEMORY_MIB: u32 = 3072;
 /// Loaded in every testbed, after the vendor's KVM module (virtio-blk for the
 /// guest rootfs, attached as a disk rather than packed into the initramfs).
-/// virtio_console: scenario output leaves L1 on a virtio console, which has
-/// flow control; the emulated UART drops bytes when the host falls behind.
+/// virtio_console: scenario output leaves L1 on a virtio console (the
+/// emulated UART is slow under TCG and drops bytes when the host falls behind).
 const L1_MODULES: &[&str] = &[
     "tun",
     "vhost_net",
@@ -88,6 +89,19 @@ fn attempt(
 ) -> Result<Attempt, TestbedError> {
     let started = Instant::now();
     let serial_log = initramfs.with_file_name(format!("l1-serial-{attempt}.log"));
+    // The virtio console writes to a file the host follows, not to a pipe:
+    // QEMU drops a virtconsole's output whenever its chardev would block
+    // (its hvc driver in L1 cannot be throttled), so a reader that fell
+    // 64 KiB behind lost scenario output, a few bytes of a line at a time.
+    // A file never blocks.
+    let console_out = initramfs.with_file_name(format!("l1-console-{attempt}.out"));
+    let console_file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&console_out)
+        .map_err(io_error(scenario, "creating the console file"))?;
     let mut qemu = Command::new(QEMU);
     // In the order of `disk_env`, so that the names it exports match.
     let mut disk = |path: &Path, opts: &str| {
@@ -134,7 +148,8 @@ fn attempt(
             .arg(format!("file:{}", serial_log.display()))
             .args(["-monitor", "none"])
             .args(["-device", "virtio-serial-pci,romfile="])
-            .args(["-chardev", "stdio,id=out,signal=off"])
+            .arg("-chardev")
+            .arg(format!("file,id=out,path={}", console_out.display()))
             .args(["-device", "virtconsole,chardev=out"])
             .arg("-kernel")
             .arg(images.bzimage())
@@ -144,7 +159,7 @@ fn attempt(
             // under TCG; KVM's notes on every L2 boot stay out, panics print.
             .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=1"])
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(io_error(scenario, format!("starting {QEMU}")))?,
@@ -154,12 +169,14 @@ fn attempt(
     let last_output = Arc::new(Mutex::new(Instant::now()));
     let verbose = std::env::var_os("VIRGA_TESTBED_VERBOSE").is_some();
     let mut readers = Vec::new();
+    // However this attempt ends, the console follower stops after a last read.
+    let finished = FinishOnDrop(Arc::new(AtomicBool::new(false)));
+    let follower = ConsoleFollower {
+        file: console_file,
+        finished: finished.0.clone(),
+    };
     for stream in [
-        child
-            .0
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        Some(Box::new(follower) as Box<dyn std::io::Read + Send>),
         child
             .0
             .stderr
@@ -204,6 +221,7 @@ fn attempt(
             return Ok(Attempt::Hung(text));
         }
     }
+    drop(finished);
     for r in readers {
         let _ = r.join();
     }
@@ -220,6 +238,37 @@ fn attempt(
             scenario: scenario.name.clone(),
             tail: tail(&text, 30) + &serial_tail(&serial_log),
         }),
+    }
+}
+
+/// Reads a file QEMU is still writing, as `tail -f` would: at its end, waits
+/// for more until told the writer is gone, then reads what is left and ends.
+struct ConsoleFollower {
+    file: std::fs::File,
+    finished: Arc<AtomicBool>,
+}
+
+impl Read for ConsoleFollower {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            // Checked before reading: a read that finds nothing after the
+            // writer is gone means there is nothing more to come.
+            let finished = self.finished.load(Ordering::Acquire);
+            let n = self.file.read(buf)?;
+            if n > 0 || finished {
+                return Ok(n);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Sets the flag when dropped (on every way out of an attempt).
+struct FinishOnDrop(Arc<AtomicBool>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 
