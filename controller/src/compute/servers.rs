@@ -282,33 +282,29 @@ impl Servers {
         if let Some(limit) = q.limit {
             clause(&mut sql, &mut args, " LIMIT ?", Value::Int(limit));
         }
-        // The page comes back as one JSON value rather than a row per server:
-        // sqlx hands SQLite rows over one at a time from its worker thread,
-        // and the `Any` driver decodes every column of every row on its own
-        // (a wakeup and a copy each); at a thousand servers that was most of
-        // the request's time on both engines.
-        let sql = match self.store.engine {
-            Engine::Sqlite => {
-                format!("SELECT json_group_array(json_array({COLUMNS})) AS page FROM ({sql})")
-            }
-            // json_agg is NULL over no rows, where SQLite's aggregate is [].
-            Engine::Postgres => format!(
-                "SELECT COALESCE(json_agg(json_build_array({COLUMNS})), '[]'::json)::text AS page \
-                 FROM ({sql}) AS listed"
-            ),
-        };
-        let Some(row) = self.store.fetch_optional(&sql, &args).await? else {
-            return Ok(Vec::new());
-        };
-        let page: Vec<Vec<serde_json::Value>> = serde_json::from_str(&text(&row, "page")?)
-            .map_err(|e| StoreError::Corrupt(format!("servers page: {e}")))?;
-        let mut servers = page
-            .iter()
-            .map(|v| from_json(v))
-            .collect::<Result<Vec<Server>, StoreError>>()?;
-        // The aggregate need not keep the subquery's order.
-        servers.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
-        Ok(servers)
+        if self.store.engine == Engine::Sqlite {
+            // sqlx hands SQLite rows over one at a time from its worker
+            // thread (a wakeup and a copy of each column per row); a page as
+            // one JSON value is several times faster at a thousand servers.
+            // (PostgreSQL's json_agg measured slower than its rows: 10.5 ms
+            // against 8.3 ms p50 for /servers/detail at 1,000 servers.)
+            let sql =
+                format!("SELECT json_group_array(json_array({COLUMNS})) AS page FROM ({sql})");
+            let Some(row) = self.store.fetch_optional(&sql, &args).await? else {
+                return Ok(Vec::new());
+            };
+            let page: Vec<Vec<serde_json::Value>> = serde_json::from_str(&text(&row, "page")?)
+                .map_err(|e| StoreError::Corrupt(format!("servers page: {e}")))?;
+            let mut servers = page
+                .iter()
+                .map(|v| from_json(v))
+                .collect::<Result<Vec<Server>, StoreError>>()?;
+            // The aggregate need not keep the subquery's order.
+            servers.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+            return Ok(servers);
+        }
+        let rows = self.store.fetch_all(&sql, &args).await?;
+        rows.iter().map(from_row).collect()
     }
 
     /// What a project uses, for its quotas.
