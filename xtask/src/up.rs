@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -20,6 +21,24 @@ const ADMIN_PASSWORD: &str = "virga-admin";
 /// Guest command line of the test image: quiet console, ticks until shut down.
 const TEST_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.dumbkbd virga.mode=ticks";
+
+/// Set by SIGINT or SIGTERM. `up` then stops the controller, which ends the
+/// testbed's scenario, and returns: dying at once would leave both running
+/// and holding their ports.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn catch_stop_signals() {
+    let handler: extern "C" fn(libc::c_int) = on_stop_signal;
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe; children get default dispositions back at exec.
+        unsafe { libc::signal(sig, handler as libc::sighandler_t) };
+    }
+}
 
 struct Killed(Child);
 
@@ -57,6 +76,7 @@ fn host_registered(token: &str) -> bool {
 }
 
 pub fn run(root: &Path, bins: &Path, images: &Path, openstack: &Path) -> Result<()> {
+    catch_stop_signals();
     if port_open(CONTROLLER_PORT) || port_open(HOSTD_PORT) {
         bail!("ports {CONTROLLER_PORT} or {HOSTD_PORT} are taken: is another `cargo xtask up` running?");
     }
@@ -144,6 +164,9 @@ kill $HOSTD; wait $HOSTD
     );
     let deadline = Instant::now() + Duration::from_secs(180);
     while !host_registered(&token) {
+        if STOP.load(Ordering::SeqCst) {
+            bail!("interrupted before hostd registered");
+        }
         if hostd.is_finished() || Instant::now() > deadline {
             bail!("hostd did not register with the controller");
         }
@@ -215,7 +238,24 @@ kill $HOSTD; wait $HOSTD
         openstack.display(),
     );
     let mut controller = controller;
-    let status = controller.0.wait().context("waiting for the controller")?;
+    let mut asked = false;
+    let status = loop {
+        if let Some(status) = controller
+            .0
+            .try_wait()
+            .context("waiting for the controller")?
+        {
+            break status;
+        }
+        if STOP.load(Ordering::SeqCst) && !asked {
+            asked = true;
+            if let Ok(pid) = libc::pid_t::try_from(controller.0.id()) {
+                // SAFETY: kill(2) on our own child, which has not been reaped.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     drop(controller);
     let _ = hostd.join();
     eprintln!("up: the controller exited ({status}); the cloud is down");
