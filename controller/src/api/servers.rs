@@ -749,13 +749,13 @@ fn demand_of(s: &Server) -> Demand {
     }
 }
 
-/// The hostd URL of the host a server runs on.
 /// Where a server's hostd listens and the token to call it with.
 struct HostdTarget {
     url: String,
     token: String,
 }
 
+/// The hostd of the host a server is placed on, if that host is known.
 async fn server_host(app: &App, s: &Server) -> Option<HostdTarget> {
     let host = s.host_id.as_ref()?;
     let url = app

@@ -92,8 +92,7 @@ fn attempt(
     // The virtio console writes to a file the host follows, not to a pipe:
     // QEMU drops a virtconsole's output whenever its chardev would block
     // (its hvc driver in L1 cannot be throttled), so a reader that fell
-    // 64 KiB behind lost scenario output, a few bytes of a line at a time.
-    // A file never blocks.
+    // 64 KiB behind silently lost scenario output. A file never blocks.
     let console_out = initramfs.with_file_name(format!("l1-console-{attempt}.out"));
     let console_file = std::fs::File::options()
         .read(true)
@@ -455,6 +454,48 @@ fn collect_files(path: &Path, out: &mut BTreeSet<PathBuf>) -> std::io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn console_follower_reads_what_arrives_until_the_writer_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.out");
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let finished = FinishOnDrop(Arc::new(AtomicBool::new(false)));
+        let follower = ConsoleFollower {
+            file,
+            finished: finished.0.clone(),
+        };
+        let reader = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(follower).lines() {
+                lines.push(line.unwrap());
+            }
+            lines
+        });
+        // Written in pieces, with pauses the follower must wait through.
+        let mut writer = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        for i in 0..5 {
+            write!(writer, "line {i}").unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+            writeln!(writer).unwrap();
+        }
+        write!(writer, "last, without a newline").unwrap();
+        drop(finished);
+        let lines = reader.join().unwrap();
+        assert_eq!(lines.len(), 6, "{lines:?}");
+        assert_eq!(lines[4], "line 4");
+        assert_eq!(lines[5], "last, without a newline");
+    }
 
     #[test]
     fn init_reports_exit_status_and_heartbeats() {
