@@ -127,3 +127,13 @@ pub fn int(row: &AnyRow, col: &str) -> Result<i64, StoreError> {
 pub fn boolean(row: &AnyRow, col: &str) -> Result<bool, StoreError> {
     Ok(row.try_get::<i64, _>(col)? != 0)
 }
+
+/// A store in a fresh SQLite file, for unit tests; the file lives as long as
+/// the returned directory.
+#[cfg(test)]
+pub async fn temp_sqlite() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+    let store = Store::open(&url).await.expect("open the test store");
+    (dir, store)
+}

@@ -38,6 +38,13 @@ fn clouds_yaml(c: &Controller, password: &str) -> PathBuf {
     path
 }
 
+/// Runs `openstack` and returns its output, failing the test if it failed.
+fn succeed(cli: &Path, clouds: &Path, args: &[&str]) -> String {
+    let (ok, out, err) = run(cli, clouds, args);
+    assert!(ok, "openstack {args:?} failed:\n{err}");
+    out
+}
+
 fn run(cli: &Path, clouds: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(cli)
         .args(["--os-cloud", "virga"])
@@ -180,11 +187,7 @@ fn openstack_projects_users_roles_and_isolation() {
     let Some(cli) = openstack() else { return };
     let c = start(None);
     let admin = clouds_yaml(&c, ADMIN_PASSWORD);
-    let ok = |args: &[&str]| {
-        let (ok, out, err) = run(&cli, &admin, args);
-        assert!(ok, "openstack {args:?} failed:\n{err}");
-        out
-    };
+    let ok = |args: &[&str]| succeed(&cli, &admin, args);
     ok(&["project", "create", "--domain", "default", "demo"]);
     ok(&[
         "user",
@@ -343,11 +346,7 @@ fn openstack_server_lifecycle_without_hosts() {
     let Some(cli) = openstack() else { return };
     let c = start(None);
     let clouds = clouds_yaml(&c, ADMIN_PASSWORD);
-    let ok = |args: &[&str]| {
-        let (ok, out, err) = run(&cli, &clouds, args);
-        assert!(ok, "openstack {args:?} failed:\n{err}");
-        out
-    };
+    let ok = |args: &[&str]| succeed(&cli, &clouds, args);
     tiny_flavor_and_kernel(&c, &ok);
     // No host has registered: the build fails, and the client says so.
     let (created, _, err) = run(
@@ -378,11 +377,7 @@ fn openstack_server_bad_input_quotas_paging_and_events() {
     let Some(cli) = openstack() else { return };
     let c = start(None);
     let clouds = clouds_yaml(&c, ADMIN_PASSWORD);
-    let ok = |args: &[&str]| {
-        let (ok, out, err) = run(&cli, &clouds, args);
-        assert!(ok, "openstack {args:?} failed:\n{err}");
-        out
-    };
+    let ok = |args: &[&str]| succeed(&cli, &clouds, args);
     let fails = |args: &[&str]| {
         let (ok, _, err) = run(&cli, &clouds, args);
         assert!(!ok, "openstack {args:?} should fail");
@@ -530,11 +525,7 @@ fn openstack_compute_services_and_hypervisors() {
     );
     assert_eq!(r.status, 204);
     let clouds = clouds_yaml(&c, ADMIN_PASSWORD);
-    let ok = |args: &[&str]| {
-        let (ok, out, err) = run(&cli, &clouds, args);
-        assert!(ok, "openstack {args:?} failed:\n{err}");
-        out
-    };
+    let ok = |args: &[&str]| succeed(&cli, &clouds, args);
     let services: serde_json::Value =
         serde_json::from_str(&ok(&["compute", "service", "list", "-f", "json"])).unwrap();
     assert_eq!(services[0]["Host"], "compute-1");

@@ -169,13 +169,7 @@ mod tests {
 
     #[tokio::test]
     async fn recorded_finished_listed_and_forgotten() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("a.db").display()
-        ))
-        .await
-        .unwrap();
+        let (_dir, store) = crate::store::temp_sqlite().await;
         let actions = Actions::new(store);
         let mut a = Action {
             request_id: "req-1".into(),

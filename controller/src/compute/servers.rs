@@ -535,13 +535,7 @@ mod tests {
 
     #[tokio::test]
     async fn tasks_and_abandoned_builds() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("s.db").display()
-        ))
-        .await
-        .unwrap();
+        let (_dir, store) = crate::store::temp_sqlite().await;
         let servers = Servers::new(store);
         let mut s = building("building");
         servers.insert(&s).await.unwrap();

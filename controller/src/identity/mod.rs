@@ -701,9 +701,7 @@ mod tests {
     use crate::config::Bootstrap;
 
     async fn identity() -> (Identity, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let store = Store::open(&url).await.unwrap();
+        let (dir, store) = crate::store::temp_sqlite().await;
         let id = Identity::new(store, Duration::from_secs(3600));
         id.bootstrap(&Bootstrap {
             admin_user: "admin".into(),
