@@ -28,7 +28,7 @@ pub struct Inputs {
     pub busybox_version: String,
     /// Installed versions of the benchmark tools copied into the rootfs.
     pub tool_versions: String,
-    pub builder_revision: u32,
+    pub builder_revision: String,
 }
 
 fn run(cmd: &mut Command) -> Result<String, DebianError> {
@@ -85,7 +85,7 @@ pub fn resolve_inputs() -> Result<Inputs, DebianError> {
         busybox_version: candidate_version(BUSYBOX_PACKAGE)?,
         tool_versions: installed_versions(&["fio", "iperf3"]),
         kernel_package,
-        builder_revision: crate::BUILDER_REVISION,
+        builder_revision: crate::builder_revision(),
     })
 }
 

@@ -12,7 +12,9 @@
 //!   its md5 (or that the write failed), power off;
 //! - `disk-read`: print the md5 of the same 4 MiB of /dev/vda, power off;
 //! - `net`: configure eth0, ping and download from the host, serve a file back,
-//!   then wait for Ctrl+Alt+Del.
+//!   then wait for Ctrl+Alt+Del;
+//! - `flood`: print [`FLOOD_LINES`] numbered lines of every printable character
+//!   (see [`flood_line`]), then `virga-flood-done`, and power off.
 
 use std::path::Path;
 
@@ -23,6 +25,19 @@ use crate::{io_err, ImageError};
 /// Start of the line the init prints once the kernel reached userspace:
 /// `VIRGA-BOOT-OK uptime_s=1.23 cpus=2 memtotal_kib=223516`.
 pub const BOOT_MARKER: &str = "VIRGA-BOOT-OK";
+
+/// How many lines `virga.mode=flood` prints.
+pub const FLOOD_LINES: usize = 500;
+/// Every printable ASCII character but the shell's single quote.
+const FLOOD_PAYLOAD: &str = concat!(
+    "!\"#$%&()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+    "[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~"
+);
+
+/// Line `i` of `virga.mode=flood`, without its newline.
+pub fn flood_line(i: usize) -> String {
+    format!("virga-flood {i} {FLOOD_PAYLOAD} {i}")
+}
 
 fn init_script(modules: &[String]) -> String {
     format!(
@@ -87,9 +102,6 @@ case " $($bb cat /proc/cmdline) " in
         read t0 _ < /proc/uptime
         sum=$($bb dd if=/dev/vda bs=64k skip=16 count=64 iflag=direct 2>/dev/null | $bb md5sum | $bb cut -d' ' -f1)
         read t1 _ < /proc/uptime
-        # Twice: the nested testbed's serial path can drop bytes under load, and
-        # this line is what the test checks.
-        echo "virga-disk-read $sum"
         echo "virga-disk-read $sum"
         echo "virga-disk-read-seconds $t0 $t1"
     fi
@@ -117,6 +129,15 @@ case " $($bb cat /proc/cmdline) " in
     echo virga-net-serving
     while :; do $bb sleep 1; done
     ;;
+*" virga.mode=flood "*)
+    i=0
+    while [ $i -lt {flood_lines} ]; do
+        $bb printf 'virga-flood %s %s %s\n' $i '{flood_payload}' $i
+        i=$((i + 1))
+    done
+    echo virga-flood-done
+    $bb poweroff -f
+    ;;
 *" virga.mode=devices "*)
     $bb mount -t sysfs sys /sys
     $bb mount -t devtmpfs dev /dev
@@ -132,7 +153,9 @@ case " $($bb cat /proc/cmdline) " in
     ;;
 esac
 "#,
-        modules = modules.join(" ")
+        modules = modules.join(" "),
+        flood_lines = FLOOD_LINES,
+        flood_payload = FLOOD_PAYLOAD,
     )
 }
 

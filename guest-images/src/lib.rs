@@ -17,8 +17,32 @@ use std::path::{Path, PathBuf};
 
 pub use manifest::Manifest;
 
-/// Bumped whenever what we build from the same packages changes.
-pub const BUILDER_REVISION: u32 = 13;
+/// What the images are built with besides packages: this crate's own source,
+/// so that any change to an init script or a layout rebuilds them (a
+/// hand-bumped revision was forgotten once, and tests ran on stale images).
+pub fn builder_revision() -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for (_, source) in BUILDER_SOURCES {
+        hash.update(source.as_bytes());
+    }
+    hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Every file of this crate's `src/` (a test checks that none is missing).
+const BUILDER_SOURCES: &[(&str, &str)] = &[
+    ("cpio_archive.rs", include_str!("cpio_archive.rs")),
+    ("debian.rs", include_str!("debian.rs")),
+    ("initramfs.rs", include_str!("initramfs.rs")),
+    ("lib.rs", include_str!("lib.rs")),
+    ("manifest.rs", include_str!("manifest.rs")),
+    ("modules.rs", include_str!("modules.rs")),
+    ("rootfs.rs", include_str!("rootfs.rs")),
+    ("vmlinux.rs", include_str!("vmlinux.rs")),
+];
 
 /// The metapackage that always depends on the current cloud kernel.
 pub const KERNEL_METAPACKAGE: &str = "linux-image-cloud-amd64";
@@ -201,4 +225,20 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     f.write_all(bytes).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod builder_tests {
+    #[test]
+    fn the_builder_revision_covers_every_source_file() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let listed: Vec<&str> = super::BUILDER_SOURCES.iter().map(|(n, _)| *n).collect();
+        assert_eq!(files, listed);
+        assert_eq!(super::builder_revision().len(), 16);
+    }
 }

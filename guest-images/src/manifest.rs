@@ -97,7 +97,7 @@ mod tests {
             kernel_version: "1".into(),
             busybox_version: "2".into(),
             tool_versions: "fio 3 iperf3 3".into(),
-            builder_revision: 1,
+            builder_revision: "test".into(),
         };
         let m = Manifest::new(inputs, "6.1.0-x".into(), dir.path()).unwrap();
         assert_eq!(m.artifacts[VMLINUX].bytes, VMLINUX.len() as u64);

@@ -2,19 +2,26 @@
 //! file, a PTY) and, for a PTY, where its input comes from.
 
 use std::fs::{File, OpenOptions};
-use std::io::{LineWriter, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::config::{SerialConfig, SerialMode};
 use crate::devices::lock;
 use crate::devices::serial::SerialDevice;
 
+/// How long a partial line (a prompt, say) waits for the rest of its line
+/// before it is written anyway.
+const PARTIAL_LINE_DELAY: Duration = Duration::from_millis(100);
+/// Pending output written out even without a newline.
+const MAX_PENDING: usize = 4096;
+
 /// Output shared by every VM this process builds (a restart keeps the same console).
 #[derive(Clone)]
 pub struct Console {
-    out: Arc<Mutex<Box<dyn Write + Send>>>,
+    out: Arc<Output>,
     input_target: Arc<Mutex<Option<Arc<Mutex<SerialDevice>>>>>,
     pty_path: Option<String>,
     /// Held open so the master neither reads EIO nor loses output while no client is
@@ -38,11 +45,11 @@ impl Console {
         let mut pty_path = None;
         let mut pty_reader = None;
         let mut pty_slave = None;
-        // Line buffering: whole lines reach the reader promptly (boot-time markers are
-        // timed from outside) without one write(2) per guest byte.
-        let out: Box<dyn Write + Send> = match config.mode {
-            SerialMode::Stdout => Box::new(LineWriter::new(std::io::stdout())),
-            SerialMode::Off => Box::new(std::io::sink()),
+        // Stdout and files get whole lines (see `Output`); a PTY is interactive
+        // and has one reader, so it gets each byte as the guest sends it.
+        let (out, by_line): (Box<dyn Write + Send>, bool) = match config.mode {
+            SerialMode::Stdout => (Box::new(std::io::stdout()), true),
+            SerialMode::Off => (Box::new(std::io::sink()), false),
             SerialMode::File => {
                 let path = config.path.clone().unwrap_or_default();
                 let file = OpenOptions::new()
@@ -53,7 +60,7 @@ impl Console {
                         path: path.display().to_string(),
                         source,
                     })?;
-                Box::new(LineWriter::new(file))
+                (Box::new(file), true)
             }
             SerialMode::Pty => {
                 let (master, slave, path) = open_pty().map_err(ConsoleError::Pty)?;
@@ -61,11 +68,15 @@ impl Console {
                 let reader = File::from(master.try_clone().map_err(ConsoleError::Pty)?);
                 pty_reader = Some(reader);
                 pty_path = Some(path);
-                Box::new(File::from(master))
+                (Box::new(File::from(master)), false)
             }
         };
+        let out = Arc::new(Output::new(out, by_line));
+        if by_line {
+            spawn_partial_line_flusher(out.clone());
+        }
         let console = Console {
-            out: Arc::new(Mutex::new(out)),
+            out,
             input_target: Arc::new(Mutex::new(None)),
             pty_path,
             _pty_slave: pty_slave,
@@ -83,6 +94,14 @@ impl Console {
     /// A writer for one VM's UART.
     pub fn writer(&self) -> Box<dyn Write + Send> {
         Box::new(ConsoleWriter(self.out.clone()))
+    }
+
+    /// Writes out whatever the guest sent that is still pending (at exit).
+    pub fn flush(&self) {
+        let mut state = lock(&self.out.state);
+        if let Err(e) = state.write_pending() {
+            tracing::warn!("serial console output failed: {e}");
+        }
     }
 
     /// Host input goes to this UART from now on.
@@ -119,15 +138,128 @@ impl Console {
     }
 }
 
-struct ConsoleWriter(Arc<Mutex<Box<dyn Write + Send>>>);
+/// Where guest output goes, a whole line per write(2) when `by_line`.
+///
+/// The UART hands over one byte at a time (and vm-superio flushes after each).
+/// Written byte by byte, a line could be split by anything else writing to the
+/// same file (a supervisor's shell, another VMM on the same terminal), and
+/// every byte cost a system call. Lines go out whole; a partial line (a login
+/// prompt) goes out after [`PARTIAL_LINE_DELAY`] without more output.
+struct Output {
+    state: Mutex<OutputState>,
+    /// Wakes the partial-line flusher when a partial line starts waiting.
+    partial: Condvar,
+}
+
+struct OutputState {
+    sink: Box<dyn Write + Send>,
+    by_line: bool,
+    pending: Vec<u8>,
+    /// When the oldest pending byte arrived.
+    pending_since: Option<Instant>,
+}
+
+impl Output {
+    fn new(sink: Box<dyn Write + Send>, by_line: bool) -> Self {
+        Output {
+            state: Mutex::new(OutputState {
+                sink,
+                by_line,
+                pending: Vec::new(),
+                pending_since: None,
+            }),
+            partial: Condvar::new(),
+        }
+    }
+}
+
+impl OutputState {
+    /// Takes `buf`; writes every complete line (or everything, past
+    /// [`MAX_PENDING`]). Returns whether a partial line now waits.
+    fn push(&mut self, buf: &[u8]) -> std::io::Result<bool> {
+        if !self.by_line {
+            self.sink.write_all(buf)?;
+            return self.sink.flush().map(|_| false);
+        }
+        self.pending.extend_from_slice(buf);
+        if self.pending.len() >= MAX_PENDING {
+            self.write_pending()?;
+        } else if let Some(end) = self.pending.iter().rposition(|&b| b == b'\n') {
+            let rest = self.pending.split_off(end + 1);
+            let lines = std::mem::replace(&mut self.pending, rest);
+            self.pending_since = None;
+            self.sink.write_all(&lines)?;
+            self.sink.flush()?;
+        }
+        if self.pending.is_empty() {
+            self.pending_since = None;
+            return Ok(false);
+        }
+        let newly_partial = self.pending_since.is_none();
+        self.pending_since.get_or_insert_with(Instant::now);
+        Ok(newly_partial)
+    }
+
+    fn write_pending(&mut self) -> std::io::Result<()> {
+        self.pending_since = None;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        // Taken first: output that failed is dropped rather than retried
+        // forever (the guest must not notice a full disk or a closed pipe).
+        let pending = std::mem::take(&mut self.pending);
+        self.sink.write_all(&pending)?;
+        self.sink.flush()
+    }
+}
+
+/// Writes a partial line once it has waited [`PARTIAL_LINE_DELAY`].
+fn spawn_partial_line_flusher(out: Arc<Output>) {
+    let spawned = std::thread::Builder::new()
+        .name("console-out".into())
+        .stack_size(crate::THREAD_STACK_BYTES)
+        .spawn(move || {
+            let mut state = lock(&out.state);
+            loop {
+                let Some(since) = state.pending_since else {
+                    state = out.partial.wait(state).unwrap_or_else(|p| p.into_inner());
+                    continue;
+                };
+                let due = since + PARTIAL_LINE_DELAY;
+                let now = Instant::now();
+                if now >= due {
+                    if let Err(e) = state.write_pending() {
+                        crate::rate_limited_warn!("serial console output failed: {e}");
+                    }
+                    continue;
+                }
+                state = match out.partial.wait_timeout(state, due - now) {
+                    Ok((s, _)) => s,
+                    Err(p) => p.into_inner().0,
+                };
+            }
+        });
+    if let Err(e) = spawned {
+        // Lines still go out whole; only a trailing prompt waits for more output.
+        tracing::warn!("no console flusher thread: {e}");
+    }
+}
+
+struct ConsoleWriter(Arc<Output>);
 
 impl Write for ConsoleWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        lock(&self.0).write(buf)
+        let newly_partial = lock(&self.0.state).push(buf)?;
+        if newly_partial {
+            self.0.partial.notify_one();
+        }
+        Ok(buf.len())
     }
 
+    /// Nothing to do: lines go out whole as they complete, partial ones
+    /// after a short delay (vm-superio calls this after every byte).
     fn flush(&mut self) -> std::io::Result<()> {
-        lock(&self.0).flush()
+        Ok(())
     }
 }
 
@@ -184,4 +316,81 @@ fn open_pty() -> std::io::Result<(OwnedFd, File, String)> {
         }
     }
     Ok((master, slave, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that records each write(2) it would have made.
+    #[derive(Clone, Default)]
+    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            lock(&self.0).push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn by_line() -> (Writes, Arc<Output>) {
+        let writes = Writes::default();
+        let out = Arc::new(Output::new(Box::new(writes.clone()), true));
+        spawn_partial_line_flusher(out.clone());
+        (writes, out)
+    }
+
+    #[test]
+    fn guest_bytes_leave_as_whole_lines() {
+        let (writes, out) = by_line();
+        let mut w = ConsoleWriter(out);
+        for b in b"first line\nsecond" {
+            w.write_all(&[*b]).unwrap();
+            w.flush().unwrap();
+        }
+        for b in b" half\n" {
+            w.write_all(&[*b]).unwrap();
+        }
+        let got = lock(&writes.0).clone();
+        assert_eq!(got[0], b"first line\n");
+        // The partial "second" may have gone out on its own after the delay,
+        // but never a byte at a time, and nothing is lost or reordered.
+        assert_eq!(got.concat(), b"first line\nsecond half\n");
+        assert!(got.iter().all(|w| w.len() > 1), "{got:?}");
+    }
+
+    #[test]
+    fn a_partial_line_goes_out_after_a_short_delay() {
+        let (writes, out) = by_line();
+        let mut w = ConsoleWriter(out);
+        w.write_all(b"login: ").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lock(&writes.0).is_empty() {
+            assert!(Instant::now() < deadline, "the prompt never went out");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(lock(&writes.0).concat(), b"login: ");
+    }
+
+    #[test]
+    fn a_long_line_without_newline_is_written_in_pieces_and_at_exit() {
+        let writes = Writes::default();
+        let out = Arc::new(Output::new(Box::new(writes.clone()), true));
+        let console = Console {
+            out: out.clone(),
+            input_target: Arc::new(Mutex::new(None)),
+            pty_path: None,
+            _pty_slave: None,
+        };
+        let mut w = console.writer();
+        let long = vec![b'x'; MAX_PENDING + 10];
+        for b in &long {
+            w.write_all(&[*b]).unwrap();
+        }
+        assert_eq!(lock(&writes.0).concat().len(), MAX_PENDING);
+        console.flush();
+        assert_eq!(lock(&writes.0).concat(), long);
+    }
 }

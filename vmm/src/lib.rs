@@ -46,3 +46,6 @@ pub mod vcpu;
 pub mod virtio;
 pub mod vm;
 pub mod vmm;
+
+#[cfg(test)]
+mod fuzz;

@@ -101,6 +101,8 @@ impl Vmm {
             tracing::info!(boot, "guest started");
             let outcome = self.drive(&mut vm);
             vm.stop();
+            // A partial last line (a prompt, a cut-off panic) is not lost.
+            self.console.flush();
             match outcome {
                 Outcome::Reboot if self.config.on_reboot == RebootPolicy::Restart => {
                     tracing::info!("guest rebooted; restarting it");

@@ -9,6 +9,8 @@
 //! - `bench boot [--check]`: the boot-time benchmark and regression check;
 //!   `bench blk`, `bench net`: the disk and network benchmarks.
 
+mod flakes;
+mod fuzz;
 mod install;
 mod up;
 
@@ -34,6 +36,14 @@ enum Cmd {
         /// Skip the end-to-end tests (unit tests only).
         #[arg(long)]
         unit_only: bool,
+        /// Hunt flakes: run the tests this many times (no fmt/clippy) and
+        /// print a pass/fail table per test.
+        #[arg(long, value_name = "N")]
+        repeat: Option<u32>,
+        /// Only the tests whose names contain PATTERN (libtest's filter);
+        /// implies one round when --repeat is not given.
+        #[arg(long, value_name = "PATTERN")]
+        filter: Option<String>,
     },
     /// Build the guest images (kernel, vmlinux, boot-test initramfs) under target/images.
     Images,
@@ -58,6 +68,15 @@ enum Cmd {
     },
     /// Install the system packages the project needs (apt).
     Install,
+    /// Run the VMM's fuzz targets long (release mode), one after another.
+    Fuzz {
+        /// Only this target (virtio_blk, virtio_net, virtio_rng, pci, legacy_ports, config).
+        #[arg(long)]
+        target: Option<String>,
+        /// Minutes per target.
+        #[arg(long, default_value_t = 1.0)]
+        minutes: f64,
+    },
 }
 
 fn root() -> PathBuf {
@@ -113,7 +132,14 @@ fn main() -> Result<()> {
         Cmd::Install => install::system_packages(),
         Cmd::Images => images().map(drop),
         Cmd::Up => up(),
-        Cmd::Test { unit_only } => test(unit_only),
+        Cmd::Test {
+            unit_only,
+            repeat,
+            filter,
+        } => match (repeat, filter) {
+            (None, None) => test(unit_only),
+            (repeat, filter) => hunt_flakes(unit_only, repeat.unwrap_or(1), filter.as_deref()),
+        },
         Cmd::Testbed {
             rootfs,
             scratch_mib,
@@ -121,6 +147,7 @@ fn main() -> Result<()> {
             command,
         } => testbed(&command.join(" "), rootfs, scratch_mib, peers),
         Cmd::Bench { args } => bench(&args),
+        Cmd::Fuzz { target, minutes } => fuzz::fuzz(target.as_deref(), minutes),
     }
 }
 
@@ -169,6 +196,41 @@ fn test(unit_only: bool) -> Result<()> {
         .env("VIRGA_VMM_BIN", vmm)
         .env("VIRGA_IMAGES", images_dir())
         .env("VIRGA_OPENSTACK", openstack))
+}
+
+/// `cargo xtask test --repeat N [--filter P]`: the same tests, built once and
+/// run N times, each with the environment `test` gives it.
+fn hunt_flakes(unit_only: bool, rounds: u32, filter: Option<&str>) -> Result<()> {
+    install::system_packages()?;
+    install::rust_components()?;
+    let openstack = install::python_clients(&root())?.into_os_string();
+    let mut binaries = flakes::test_binaries(
+        &root(),
+        &["--workspace", "--exclude", "virga-e2e"],
+        &[],
+        &[
+            ("VIRGA_REQUIRE_POSTGRES", "1".into()),
+            ("VIRGA_OPENSTACK", openstack.clone()),
+        ],
+    )?;
+    if !unit_only {
+        images()?;
+        let vmm = build_vmm()?;
+        binaries.extend(flakes::test_binaries(
+            &root(),
+            &["--release", "-p", "virga-e2e"],
+            &["--test-threads=1"],
+            &[
+                ("VIRGA_VMM_BIN", vmm.into_os_string()),
+                ("VIRGA_IMAGES", images_dir().into_os_string()),
+                ("VIRGA_OPENSTACK", openstack),
+            ],
+        )?);
+    }
+    if !flakes::hunt(&root(), &binaries, rounds, filter)? {
+        bail!("some tests failed at least once (table above)");
+    }
+    Ok(())
 }
 
 /// Host programs `testbed --peers` brings, at their own paths (with the QEMU

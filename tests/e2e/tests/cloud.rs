@@ -26,12 +26,13 @@ impl Drop for Killed {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("its address")
-        .port()
+/// Two distinct free ports: both listeners are held until both are known, so
+/// the kernel cannot hand out the same port twice.
+fn two_free_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let (a, b) = (bind(), bind());
+    let port = |l: &std::net::TcpListener| l.local_addr().expect("its address").port();
+    (port(&a), port(&b))
 }
 
 fn wait_for_port(port: u16) {
@@ -104,7 +105,7 @@ fn start_controller(dir: &std::path::Path, port: u16, tables: &str) -> Killed {
 #[test]
 fn hostd_registers_and_fetches_images_from_the_controller() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ctl_port, hostd_port) = (free_port(), free_port());
+    let (ctl_port, hostd_port) = two_free_ports();
     let _controller = start_controller(dir.path(), ctl_port, "");
 
     let auth = r#"{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"admin","domain":{"name":"Default"},"password":"admin-secret"}}},"scope":{"project":{"name":"admin","domain":{"name":"Default"}}}}}"#;
@@ -235,7 +236,7 @@ fn openstack_server_create_boots_a_guest() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ctl_port, hostd_port) = (free_port(), free_port());
+    let (ctl_port, hostd_port) = two_free_ports();
     // The testbed has one CPU: let RAM decide how many servers fit.
     let controller = start_controller(
         dir.path(),

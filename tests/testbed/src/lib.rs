@@ -19,8 +19,10 @@
 //!
 //! The L1 testbed uses one vCPU: with two, QEMU's multi-threaded TCG could freeze
 //! while the L1 kernel live-patched a static key (testbed.md). A console watchdog
-//! still tells a hung testbed from a failing test: the L1 init prints a heartbeat
-//! every 2 s; silence kills the testbed, which is reported and retried once.
+//! still tells a hung testbed from a failing test: the L1 init writes a heartbeat
+//! every 2 s on a control channel of its own (a virtio serial port apart from
+//! the scenario's output, which thus holds exactly what the scenario wrote);
+//! silence kills the testbed, which is reported and retried once.
 
 mod mode;
 mod native;
@@ -32,10 +34,12 @@ use std::time::Duration;
 pub use mode::Mode;
 use virga_guest_images::ImageSet;
 
-/// Printed by the testbed with the scenario's exit status.
-pub const EXIT_MARKER: &str = "VIRGA-TESTBED-EXIT=";
-/// Printed by the L1 init every [`HEARTBEAT`] while the testbed is alive.
-pub const HEARTBEAT_LINE: &str = "virga-testbed-heartbeat";
+/// The L1 init's control channel (a virtio serial port of its own, apart
+/// from the scenario's output): `exit N` when the scenario ended, and a
+/// heartbeat every [`HEARTBEAT`] while L1 is alive.
+pub const CONTROL_PORT: &str = "virga.control";
+pub const CONTROL_EXIT: &str = "exit ";
+pub const CONTROL_HEARTBEAT: &str = "heartbeat";
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
@@ -48,22 +52,20 @@ pub enum TestbedError {
     },
     #[error("guest images: {0}")]
     Images(#[from] virga_guest_images::ImageError),
-    #[error(
-        "testbed {scenario}: hung twice (console silent for {silence:?}); last output:\n{tail}"
-    )]
+    #[error("testbed {scenario}: hung twice (L1 silent for {silence:?})\n{report}")]
     Hung {
         scenario: String,
         silence: Duration,
-        tail: String,
+        report: String,
     },
-    #[error("testbed {scenario}: scenario still running after {timeout:?}; last output:\n{tail}")]
+    #[error("testbed {scenario}: scenario still running after {timeout:?}\n{report}")]
     Timeout {
         scenario: String,
         timeout: Duration,
-        tail: String,
+        report: String,
     },
-    #[error("testbed {scenario}: ended without reporting an exit status (kernel panic?); last output:\n{tail}")]
-    NoExitStatus { scenario: String, tail: String },
+    #[error("testbed {scenario}: L1 ended without reporting the scenario's exit status\n{report}")]
+    NoExitStatus { scenario: String, report: String },
 }
 
 /// What a scenario needs.
@@ -158,7 +160,8 @@ impl Scenario {
 pub struct Outcome {
     /// The scenario's exit status.
     pub status: i32,
-    /// What the scenario printed (testbed boot noise and heartbeats removed).
+    /// What the scenario printed (stdout and stderr), with CR LF line ends
+    /// made plain LF.
     pub output: String,
     pub mode: Mode,
     /// Testbed boots it took (2 when the first one hung).
@@ -217,32 +220,78 @@ pub(crate) fn io_error(
     }
 }
 
-/// The last `n` lines of `text` (heartbeats left out), for error messages.
+/// The last `n` lines of `text`, for error messages.
 pub fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.contains(HEARTBEAT_LINE))
-        .collect();
+    let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Finds the scenario's exit status and strips testbed noise from the console.
-pub(crate) fn parse_console(console: &str) -> (Option<i32>, String) {
-    let mut status = None;
-    let mut output = String::new();
-    for line in console.lines() {
-        let line = line.trim_end_matches('\r');
-        if let Some(code) = line
-            .find(EXIT_MARKER)
-            .map(|i| &line[i + EXIT_MARKER.len()..])
-        {
-            status = code.trim().parse().ok();
-        } else if !line.contains(HEARTBEAT_LINE) {
-            output.push_str(line);
-            output.push('\n');
+/// A scenario's output with terminal line ends made plain: a guest's serial
+/// console ends lines with CR LF (and a tty on the way may add a CR of its
+/// own), so `\r` before a newline is dropped; every other byte stays.
+pub(crate) fn plain_line_ends(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut crs = 0;
+    for c in text.chars() {
+        match c {
+            '\r' => crs += 1,
+            '\n' => {
+                crs = 0;
+                out.push('\n');
+            }
+            c => {
+                out.extend(std::iter::repeat_n('\r', crs));
+                crs = 0;
+                out.push(c);
+            }
         }
     }
-    (status, output)
+    out.extend(std::iter::repeat_n('\r', crs));
+    out
+}
+
+/// The scenario's exit status, from the L1 init's control channel.
+pub(crate) fn exit_status(control: &str) -> Option<i32> {
+    control
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(CONTROL_EXIT))
+        .and_then(|code| code.trim().parse().ok())
+}
+
+/// Largest piece of one stream a failure report carries (its end is kept).
+const REPORT_STREAM_MAX: usize = 1 << 20;
+
+/// A failed testbed's report: every stream it has, whole (up to
+/// [`REPORT_STREAM_MAX`] each), so that a panic or a lost line can be read
+/// in full rather than from a tail.
+pub(crate) fn failure_report(streams: &[(&str, &str)]) -> String {
+    let mut report = String::new();
+    for (name, text) in streams {
+        if text.is_empty() {
+            report.push_str(&format!("--- {name}: empty ---\n"));
+            continue;
+        }
+        let mut start = text.len().saturating_sub(REPORT_STREAM_MAX);
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        let cut = if start > 0 {
+            format!(", first {start} bytes left out")
+        } else {
+            String::new()
+        };
+        report.push_str(&format!(
+            "--- {name} ({} bytes{cut}) ---\n{}",
+            text.len(),
+            &text[start..]
+        ));
+        if !text.ends_with('\n') {
+            report.push('\n');
+        }
+    }
+    report.push_str("--- end of report ---");
+    report
 }
 
 #[cfg(test)]
@@ -250,12 +299,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn console_parsing_finds_status_and_drops_heartbeats() {
-        let console = "boot noise\r\nvirga-testbed-heartbeat\nhello\nVIRGA-TESTBED-EXIT=3\r\n";
-        let (status, output) = parse_console(console);
-        assert_eq!(status, Some(3));
-        assert_eq!(output, "boot noise\nhello\n");
-        assert_eq!(parse_console("no status\n").0, None);
+    fn exit_status_comes_from_the_control_channel() {
+        assert_eq!(exit_status("heartbeat\nheartbeat\nexit 3\n"), Some(3));
+        assert_eq!(exit_status("heartbeat\nexit 0\nheartbeat\n"), Some(0));
+        assert_eq!(exit_status("heartbeat\n"), None);
+        assert_eq!(exit_status("exit x\n"), None);
         assert_eq!(tail("a\nb\nc", 2), "b\nc");
+    }
+
+    #[test]
+    fn line_ends_are_made_plain_and_nothing_else_changes() {
+        assert_eq!(
+            plain_line_ends("a\r\r\nb\r\nc\rd\n\re\r"),
+            "a\nb\nc\rd\n\re\r"
+        );
+    }
+
+    #[test]
+    fn failure_reports_carry_every_stream_whole() {
+        let output: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+        let report = failure_report(&[("scenario output", &output), ("L1 kernel console", "")]);
+        assert!(report.contains("line 0\n") && report.contains("line 999\n"));
+        assert!(report.contains("--- L1 kernel console: empty ---"));
+        let huge = "é".repeat(REPORT_STREAM_MAX);
+        let report = failure_report(&[("big", &huge)]);
+        assert!(report.contains("bytes left out"));
+        assert!(report.len() < huge.len());
     }
 }

@@ -44,13 +44,13 @@ pub fn run(images: &ImageSet, scenario: &Scenario) -> Result<Outcome, TestbedErr
         .env("HOST_ADDR", "127.0.0.1")
         .output()
         .map_err(io_error(scenario, "running the scenario"))?;
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let text = crate::plain_line_ends(&String::from_utf8_lossy(&output.stdout));
     let status = output.status.code().unwrap_or(-1);
     if status == 124 || status == 137 {
         return Err(TestbedError::Timeout {
             scenario: scenario.name.clone(),
             timeout: scenario.timeout,
-            tail: crate::tail(&text, 30),
+            report: crate::failure_report(&[("scenario output", &text)]),
         });
     }
     Ok(Outcome {

@@ -4,7 +4,6 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,8 +12,8 @@ use virga_guest_images::modules::module_name;
 use virga_guest_images::ImageSet;
 
 use crate::{
-    io_error, parse_console, tail, Mode, Outcome, Scenario, TestbedError, EXIT_MARKER, HEARTBEAT,
-    HEARTBEAT_LINE,
+    io_error, Mode, Outcome, Scenario, TestbedError, CONTROL_EXIT, CONTROL_HEARTBEAT, CONTROL_PORT,
+    HEARTBEAT,
 };
 
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -22,8 +21,8 @@ pub const QEMU: &str = "qemu-system-x86_64";
 const L1_MEMORY_MIB: u32 = 3072;
 /// Loaded in every testbed, after the vendor's KVM module (virtio-blk for the
 /// guest rootfs, attached as a disk rather than packed into the initramfs).
-/// virtio_console: scenario output leaves L1 on a virtio console (the
-/// emulated UART is slow under TCG and drops bytes when the host falls behind).
+/// virtio_console: scenario output and the init's control channel leave L1 on
+/// virtio serial ports (the emulated UART is slow under TCG).
 const L1_MODULES: &[&str] = &[
     "tun",
     "vhost_net",
@@ -52,18 +51,21 @@ pub fn run(
     build_initramfs(images, scenario, &initramfs)?;
     match attempt(images, scenario, &initramfs, silence, 1)? {
         Attempt::Finished(outcome) => Ok(outcome),
-        Attempt::Hung(console) => {
+        Attempt::Hung(report) => {
+            // The one retry: L1 itself went silent (its heartbeat stopped), a
+            // freeze of QEMU's TCG or of the L1 kernel under it, not a failing
+            // scenario (testbed.md). Counted in the outcome's `attempts` and
+            // printed here with the whole first report.
             eprintln!(
-                "testbed {}: HUNG (console silent for {silence:?}); killed it, retrying in a fresh testbed\n{}",
+                "testbed {}: HUNG (L1 silent for {silence:?}); killed it, retrying once in a fresh testbed\n{report}",
                 scenario.name,
-                tail(&console, 10)
             );
             match attempt(images, scenario, &initramfs, silence, 2)? {
                 Attempt::Finished(outcome) => Ok(outcome),
-                Attempt::Hung(console) => Err(TestbedError::Hung {
+                Attempt::Hung(report) => Err(TestbedError::Hung {
                     scenario: scenario.name.clone(),
                     silence,
-                    tail: tail(&console, 30),
+                    report,
                 }),
             }
         }
@@ -80,6 +82,53 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Where one attempt's streams go. Each is a file QEMU writes: a chardev on
+/// a file never blocks, so QEMU never drops output the way it does for a
+/// virtconsole whose pipe is full (its hvc driver in L1 cannot be
+/// throttled).
+struct Streams {
+    /// The scenario's stdout and stderr, byte for byte (L1's hvc0).
+    output: PathBuf,
+    /// The L1 init's control channel: heartbeats and the exit status.
+    control: PathBuf,
+    /// L1's kernel console (ttyS0): early boot, panics, the init's own errors.
+    serial: PathBuf,
+}
+
+impl Streams {
+    fn new(dir: &Path, attempt: u32) -> Self {
+        Streams {
+            output: dir.join(format!("l1-output-{attempt}.log")),
+            control: dir.join(format!("l1-control-{attempt}.log")),
+            serial: dir.join(format!("l1-serial-{attempt}.log")),
+        }
+    }
+
+    /// Bytes written so far to the streams that show L1 is alive.
+    fn progress(&self) -> u64 {
+        [&self.output, &self.control]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    fn read(path: &Path) -> String {
+        std::fs::read(path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn report(&self, qemu_stderr: &str) -> String {
+        crate::failure_report(&[
+            ("scenario output", &Self::read(&self.output)),
+            ("L1 control channel", &Self::read(&self.control)),
+            ("L1 kernel console", &Self::read(&self.serial)),
+            ("QEMU stderr", qemu_stderr),
+        ])
+    }
+}
+
 fn attempt(
     images: &ImageSet,
     scenario: &Scenario,
@@ -88,19 +137,8 @@ fn attempt(
     attempt: u32,
 ) -> Result<Attempt, TestbedError> {
     let started = Instant::now();
-    let serial_log = initramfs.with_file_name(format!("l1-serial-{attempt}.log"));
-    // The virtio console writes to a file the host follows, not to a pipe:
-    // QEMU drops a virtconsole's output whenever its chardev would block
-    // (its hvc driver in L1 cannot be throttled), so a reader that fell
-    // 64 KiB behind silently lost scenario output. A file never blocks.
-    let console_out = initramfs.with_file_name(format!("l1-console-{attempt}.out"));
-    let console_file = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&console_out)
-        .map_err(io_error(scenario, "creating the console file"))?;
+    let dir = initramfs.parent().unwrap_or(Path::new("."));
+    let streams = Streams::new(dir, attempt);
     let mut qemu = Command::new(QEMU);
     // In the order of `disk_env`, so that the names it exports match.
     let mut disk = |path: &Path, opts: &str| {
@@ -131,6 +169,7 @@ fn attempt(
         qemu.args(["-netdev", &format!("user,id=net0{forwards}")])
             .args(["-device", "virtio-net-pci,netdev=net0,romfile="]);
     }
+    let file_chardev = |id: &str, path: &Path| format!("file,id={id},path={}", path.display());
     let mut child = ChildGuard(
         qemu.args(["-accel", "tcg", "-cpu", "max", "-smp", "1"])
             .args(["-m", &L1_MEMORY_MIB.to_string()])
@@ -141,15 +180,20 @@ fn attempt(
                 "none",
                 "-no-reboot",
             ])
-            // The kernel's console (early boot, panics) goes to a file; the
-            // scenario's output to stdout through a virtio console.
             .arg("-serial")
-            .arg(format!("file:{}", serial_log.display()))
+            .arg(format!("file:{}", streams.serial.display()))
             .args(["-monitor", "none"])
             .args(["-device", "virtio-serial-pci,romfile="])
-            .arg("-chardev")
-            .arg(format!("file,id=out,path={}", console_out.display()))
+            // hvc0, the scenario's output: a console port, so the scenario
+            // writes to a tty as it would on a terminal (C programs keep
+            // line-buffering their output).
+            .args(["-chardev", &file_chardev("out", &streams.output)])
             .args(["-device", "virtconsole,chardev=out"])
+            .args(["-chardev", &file_chardev("ctl", &streams.control)])
+            .args([
+                "-device",
+                &format!("virtserialport,chardev=ctl,name={CONTROL_PORT}"),
+            ])
             .arg("-kernel")
             .arg(images.bzimage())
             .arg("-initrd")
@@ -163,133 +207,109 @@ fn attempt(
             .spawn()
             .map_err(io_error(scenario, format!("starting {QEMU}")))?,
     );
-
-    let console = Arc::new(Mutex::new(String::new()));
-    let last_output = Arc::new(Mutex::new(Instant::now()));
-    let verbose = std::env::var_os("VIRGA_TESTBED_VERBOSE").is_some();
-    let mut readers = Vec::new();
-    // However this attempt ends, the console follower stops after a last read.
-    let finished = FinishOnDrop(Arc::new(AtomicBool::new(false)));
-    let follower = ConsoleFollower {
-        file: console_file,
-        finished: finished.0.clone(),
-    };
-    for stream in [
-        Some(Box::new(follower) as Box<dyn std::io::Read + Send>),
-        child
-            .0
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let (console, last_output) = (console.clone(), last_output.clone());
-        readers.push(std::thread::spawn(move || {
-            let mut reader = BufReader::new(stream);
-            let mut line = Vec::new();
-            while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-                let text = String::from_utf8_lossy(&line);
-                if verbose {
-                    eprint!("[testbed] {text}");
-                }
-                lock(&console).push_str(&text);
-                *lock(&last_output) = Instant::now();
-                line.clear();
+    let qemu_stderr = Arc::new(Mutex::new(String::new()));
+    let stderr_reader = child.0.stderr.take().map(|stderr| {
+        let collected = qemu_stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lock(&collected).push_str(&(line + "\n"));
             }
-        }));
-    }
+        })
+    });
+    let stderr = |reader: Option<std::thread::JoinHandle<()>>| {
+        if let Some(r) = reader {
+            let _ = r.join();
+        }
+        lock(&qemu_stderr).clone()
+    };
 
+    let verbose = std::env::var_os("VIRGA_TESTBED_VERBOSE").is_some();
+    let mut shown = 0u64;
+    let mut progress = 0u64;
+    let mut last_progress = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(50));
-        if let Ok(Some(_)) = child.0.try_wait() {
+        let exited = matches!(child.0.try_wait(), Ok(Some(_)));
+        if verbose {
+            shown = show_new_output(&streams.output, shown);
+        }
+        if exited {
             break;
+        }
+        let now = streams.progress();
+        if now != progress {
+            progress = now;
+            last_progress = Instant::now();
         }
         if started.elapsed() > scenario.timeout {
             drop(child);
             return Err(TestbedError::Timeout {
                 scenario: scenario.name.clone(),
                 timeout: scenario.timeout,
-                tail: tail(&lock(&console), 30) + &serial_tail(&serial_log),
+                report: streams.report(&stderr(stderr_reader)),
             });
         }
-        if lock(&last_output).elapsed() > silence {
+        if last_progress.elapsed() > silence {
             drop(child);
-            let text = lock(&console).clone() + &serial_tail(&serial_log);
-            return Ok(Attempt::Hung(text));
+            return Ok(Attempt::Hung(streams.report(&stderr(stderr_reader))));
         }
     }
-    drop(finished);
-    for r in readers {
-        let _ = r.join();
-    }
-    let text = lock(&console).clone();
-    match parse_console(&text) {
-        (Some(status), output) => Ok(Attempt::Finished(Outcome {
+    drop(child);
+    let qemu_stderr = stderr(stderr_reader);
+    match crate::exit_status(&Streams::read(&streams.control)) {
+        Some(status) => Ok(Attempt::Finished(Outcome {
             status,
-            output,
+            output: crate::plain_line_ends(&Streams::read(&streams.output)),
             mode: Mode::Nested,
             attempts: attempt,
             duration: started.elapsed(),
         })),
-        (None, _) => Err(TestbedError::NoExitStatus {
+        None => Err(TestbedError::NoExitStatus {
             scenario: scenario.name.clone(),
-            tail: tail(&text, 30) + &serial_tail(&serial_log),
+            report: streams.report(&qemu_stderr),
         }),
     }
 }
 
-/// Reads a file QEMU is still writing, as `tail -f` would: at its end, waits
-/// for more until told the writer is gone, then reads what is left and ends.
-struct ConsoleFollower {
-    file: std::fs::File,
-    finished: Arc<AtomicBool>,
-}
-
-impl Read for ConsoleFollower {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            // Checked before reading: a read that finds nothing after the
-            // writer is gone means there is nothing more to come.
-            let finished = self.finished.load(Ordering::Acquire);
-            let n = self.file.read(buf)?;
-            if n > 0 || finished {
-                return Ok(n);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+/// Prints what the scenario wrote since `from` (VIRGA_TESTBED_VERBOSE);
+/// returns how far it has shown.
+fn show_new_output(path: &Path, from: u64) -> u64 {
+    use std::io::Seek;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return from;
+    };
+    let mut new = Vec::new();
+    if file.seek(std::io::SeekFrom::Start(from)).is_err() || file.read_to_end(&mut new).is_err() {
+        return from;
     }
-}
-
-/// Sets the flag when dropped (on every way out of an attempt).
-struct FinishOnDrop(Arc<AtomicBool>);
-
-impl Drop for FinishOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Release);
+    for line in String::from_utf8_lossy(&new).lines() {
+        eprintln!("[testbed] {line}");
     }
-}
-
-/// The end of L1's kernel console, for reports of a testbed that failed.
-fn serial_tail(path: &Path) -> String {
-    match std::fs::read(path) {
-        Ok(bytes) if !bytes.is_empty() => format!(
-            "\n--- L1 kernel console ---\n{}",
-            tail(&String::from_utf8_lossy(&bytes), 15)
-        ),
-        _ => String::new(),
-    }
+    from + new.len() as u64
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// PID 1 of the testbed. It only runs the real init ([`l1_setup`]) as a
+/// child and powers L1 off afterwards: if init itself exited, the kernel
+/// would panic ("Attempted to kill init") and take the report with it.
 fn l1_init() -> String {
+    r#"#!/bin/busybox sh
+/bin/busybox sh /virga/setup
+echo "testbed: L1 setup ended with status $? before the scenario finished" > /dev/ttyS0
+/bin/busybox poweroff -f
+while :; do /bin/busybox sleep 1; done
+"#
+    .to_owned()
+}
+
+/// The testbed's setup: mounts, modules, the console and control ports,
+/// the scenario, its exit status.
+fn l1_setup() -> String {
     format!(
-        r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
+        r#"/bin/busybox --install -s /bin
 export PATH=/bin:/usr/bin:/sbin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -301,9 +321,26 @@ for m in $(cat /virga/modules); do
     case $m in kvm-amd|kvm-intel) [ "$m" = "$kvm" ] || continue ;; esac
     insmod /lib/modules/$m.ko
 done
-# From here on, everything goes out through the virtio console.
-i=0; while [ ! -e /dev/hvc0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-if [ -e /dev/hvc0 ]; then exec > /dev/hvc0 2>&1; else echo "testbed: no /dev/hvc0"; fi
+# The ports are added asynchronously after virtio_console loads, and a device
+# node can exist before its port opens: hvc registers all its minors (hvc0-7)
+# before the first port is on its list, and an open in between fails with
+# ENODEV. So wait until both open, probing with `true` (a regular builtin:
+# a failed redirection only fails the command, where one on `exec` would end
+# this shell).
+control=
+i=0
+while [ $i -lt 300 ]; do
+    for p in /sys/class/virtio-ports/*; do
+        [ "$(cat $p/name 2>/dev/null)" = "{CONTROL_PORT}" ] && control=/dev/${{p##*/}}
+    done
+    [ -n "$control" ] && true 2>/dev/null > /dev/hvc0 && true 2>/dev/null > $control && break
+    sleep 0.1; i=$((i + 1))
+done
+if ! {{ true > /dev/hvc0 && true > "$control"; }} 2>/dev/null; then
+    echo "testbed: the console (/dev/hvc0) or the control port ($control) did not open"
+    exit 1
+fi
+exec > /dev/hvc0 2>&1 3> $control
 [ -e /dev/kvm ] || echo "testbed: no /dev/kvm (vendor module $kvm did not load)"
 ip link set lo up
 if [ -e /sys/class/net/eth0 ]; then
@@ -311,12 +348,12 @@ if [ -e /sys/class/net/eth0 ]; then
     ip addr add 10.0.2.15/24 dev eth0
     ip route add default via {HOST_ADDR}
 fi
-(while :; do sleep {heartbeat}; echo {HEARTBEAT_LINE}; done) &
+(while :; do echo {CONTROL_HEARTBEAT} >&3; sleep {heartbeat}; done) &
 export BIN=/virga/bin GUEST=/virga/guest WORK=/virga/work HOST_ADDR={HOST_ADDR}
 . /virga/disks.env
 cd /virga/work
-sh /virga/scenario < /dev/null 2>&1
-echo "{EXIT_MARKER}$?"
+sh /virga/scenario < /dev/null 2>&1 3>&-
+echo "{CONTROL_EXIT}$?" >&3
 poweroff -f
 "#,
         heartbeat = HEARTBEAT.as_secs()
@@ -427,6 +464,7 @@ fn build_initramfs(
         a.file("/virga/scenario", 0o755, scenario.script.as_bytes())?;
         a.file("/virga/disks.env", 0o644, disk_env(scenario).as_bytes())?;
         a.file("/init", 0o755, l1_init().as_bytes())?;
+        a.file("/virga/setup", 0o644, l1_setup().as_bytes())?;
         use std::io::Write;
         a.finish()?.flush()
     };
@@ -454,55 +492,20 @@ fn collect_files(path: &Path, out: &mut BTreeSet<PathBuf>) -> std::io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     #[test]
-    fn console_follower_reads_what_arrives_until_the_writer_is_done() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("console.out");
-        let file = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        let finished = FinishOnDrop(Arc::new(AtomicBool::new(false)));
-        let follower = ConsoleFollower {
-            file,
-            finished: finished.0.clone(),
-        };
-        let reader = std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            for line in BufReader::new(follower).lines() {
-                lines.push(line.unwrap());
-            }
-            lines
-        });
-        // Written in pieces, with pauses the follower must wait through.
-        let mut writer = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap();
-        for i in 0..5 {
-            write!(writer, "line {i}").unwrap();
-            std::thread::sleep(Duration::from_millis(30));
-            writeln!(writer).unwrap();
-        }
-        write!(writer, "last, without a newline").unwrap();
-        drop(finished);
-        let lines = reader.join().unwrap();
-        assert_eq!(lines.len(), 6, "{lines:?}");
-        assert_eq!(lines[4], "line 4");
-        assert_eq!(lines[5], "last, without a newline");
-    }
-
-    #[test]
-    fn init_reports_exit_status_and_heartbeats() {
+    fn init_never_exits_and_setup_reports_on_its_own_channel() {
         let init = l1_init();
-        assert!(init.contains(&format!("echo \"{EXIT_MARKER}$?\"")));
-        assert!(init.contains(HEARTBEAT_LINE));
-        assert!(init.contains("sh /virga/scenario"));
+        assert!(init.contains("sh /virga/setup"));
+        assert!(init
+            .trim_end()
+            .ends_with("while :; do /bin/busybox sleep 1; done"));
+        let setup = l1_setup();
+        assert!(setup.contains(&format!("echo \"{CONTROL_EXIT}$?\" >&3")));
+        assert!(setup.contains(&format!("echo {CONTROL_HEARTBEAT} >&3")));
+        assert!(setup.contains("sh /virga/scenario < /dev/null 2>&1 3>&-"));
+        // Nothing is written to the scenario's output but what it writes.
+        assert!(!setup.contains("HEARTBEAT") && !setup.contains("heartbeat >&1"));
     }
 
     #[test]

@@ -74,10 +74,20 @@ fn serve(stop: vmm_sys_util::eventfd::EventFd, mut q: ActiveQueue, memory: Guest
 pub fn fill_requests(queue: &mut virtio_queue::Queue, memory: &GuestMemoryMmap) -> bool {
     let mut served = false;
     let mut buf = [0u8; 4096];
-    while let Some(chain) = queue.pop_descriptor_chain(memory) {
+    loop {
+        // Skips heads past the table: one used to end this loop (its add_used
+        // failed), leaving the requests behind it unserved until another kick.
+        let chain = match super::pop_chain(queue, memory) {
+            Ok(Some(chain)) => chain,
+            Ok(None) => break,
+            Err(e) => {
+                crate::rate_limited_warn!("virtio-rng: {e:?}");
+                break;
+            }
+        };
         let head = chain.head_index();
         let mut written = 0usize;
-        for desc in chain {
+        'chain: for desc in chain {
             // A request is a chain of device-writable buffers; anything else ends it.
             if !desc.is_write_only() || written >= MAX_REQUEST_BYTES {
                 break;
@@ -87,8 +97,10 @@ pub fn fill_requests(queue: &mut virtio_queue::Queue, memory: &GuestMemoryMmap) 
             while remaining > 0 {
                 let n = remaining.min(buf.len());
                 if !getrandom(&mut buf[..n]) || memory.write_slice(&buf[..n], addr).is_err() {
-                    remaining = 0;
-                    break;
+                    // The used length says the first `written` bytes of the
+                    // buffers are entropy: stop at the first that could not be
+                    // filled rather than count the buffers after it.
+                    break 'chain;
                 }
                 written += n;
                 remaining -= n;
@@ -154,6 +166,36 @@ mod tests {
         let mut got = [0u8; 32];
         mem.read_slice(&mut got, GuestAddress(0x9000)).unwrap();
         assert_ne!(got, [0u8; 32], "entropy written");
+    }
+
+    #[test]
+    fn bad_heads_and_buffers_do_not_cost_the_requests_after_them() {
+        // Found by fuzz::virtio_rng: a head past the table ended the loop (its
+        // add_used failed) and stranded the requests behind it; a buffer outside
+        // guest memory was skipped but the ones after it counted, so the used
+        // length claimed bytes that were never written.
+        let mem = memory();
+        let mq = MockSplitQueue::new(&mem, 16);
+        let table = [
+            SplitDescriptor::new(0xffff_0000, 16, WRITE | NEXT, 1),
+            SplitDescriptor::new(0x8000, 16, WRITE, 0),
+            SplitDescriptor::new(0x9000, 32, WRITE, 0),
+        ];
+        for (i, d) in table.into_iter().enumerate() {
+            mq.desc_table()
+                .store(i as u16, RawDescriptor::from(d))
+                .unwrap();
+        }
+        for (i, head) in [0u16, 99, 2].into_iter().enumerate() {
+            mq.avail().ring().ref_at(i).unwrap().store(head);
+        }
+        mq.avail().idx().store(3);
+        let mut q: virtio_queue::Queue = mq.create_queue().unwrap();
+        assert!(fill_requests(&mut q, &mem));
+        let used: u16 = mem.read_obj(mq.used_addr().unchecked_add(2)).unwrap();
+        assert_eq!(used, 2, "the bad head is skipped, the one after it served");
+        assert_eq!(used_len(&mem, &mq, 0), 0, "nothing before the bad buffer");
+        assert_eq!(used_len(&mem, &mq, 1), 32);
     }
 
     #[test]

@@ -82,7 +82,15 @@ pub fn process_commands<S: QueueSelector>(
     usable_pairs: usize,
 ) -> bool {
     let mut used = false;
-    while let Some(chain) = queue.pop_descriptor_chain(memory) {
+    loop {
+        let chain = match crate::virtio::pop_chain(queue, memory) {
+            Ok(Some(chain)) => chain,
+            Ok(None) => break,
+            Err(e) => {
+                crate::rate_limited_warn!("virtio-net control queue: {e:?}");
+                break;
+            }
+        };
         let head = chain.head_index();
         let written = command(chain, memory, selector, usable_pairs);
         let _ = queue.add_used(memory, head, written);

@@ -47,9 +47,16 @@ struct Chain {
 
 impl Chain {
     /// Pops the next chain, keeping the descriptors of the wanted direction
-    /// (up to `MAX_PACKET` bytes) that lie in guest memory.
-    fn pop(memory: &GuestMemoryMmap, queue: &mut Queue, writable: bool) -> Option<Chain> {
-        let chain = queue.pop_descriptor_chain(memory)?;
+    /// (up to `MAX_PACKET` bytes) that lie in guest memory. Err when the avail
+    /// ring is broken (see [`crate::virtio::pop_chain`]).
+    fn pop(
+        memory: &GuestMemoryMmap,
+        queue: &mut Queue,
+        writable: bool,
+    ) -> Result<Option<Chain>, virtio_queue::Error> {
+        let Some(chain) = crate::virtio::pop_chain(queue, memory)? else {
+            return Ok(None);
+        };
         let head = chain.head_index();
         let mut parts = Vec::new();
         let mut len = 0usize;
@@ -68,7 +75,7 @@ impl Chain {
                 len += n;
             }
         }
-        Some(Chain { head, parts, len })
+        Ok(Some(Chain { head, parts, len }))
     }
 }
 
@@ -196,11 +203,17 @@ impl Datapath {
     pub fn process_tx(&mut self) -> bool {
         let mut sent = false;
         loop {
-            let Some(chain) = Chain::pop(&self.memory, &mut self.tx.queue, false) else {
+            let chain = match Chain::pop(&self.memory, &mut self.tx.queue, false) {
+                Ok(Some(chain)) => chain,
                 // Ask for a kick on the next packet; serve one that slipped in.
-                match self.tx.queue.enable_notification(&self.memory) {
+                Ok(None) => match self.tx.queue.enable_notification(&self.memory) {
                     Ok(true) => continue,
                     _ => break,
+                },
+                // A broken avail ring: nothing to send until the driver mends it.
+                Err(e) => {
+                    crate::rate_limited_warn!("virtio-net tx: {e:?}");
+                    break;
                 }
             };
             if !self.admit(chain.len.saturating_sub(VNET_HDR_LEN) as u64, 1) {
@@ -253,18 +266,23 @@ impl Datapath {
             match Chain::pop(&self.memory, &mut self.rx.queue, true) {
                 // No room for even a header (read-only or outside guest memory):
                 // the guest gets the chain back unused.
-                Some(c) if c.len < VNET_HDR_LEN => {
+                Ok(Some(c)) if c.len < VNET_HDR_LEN => {
                     let _ = self.rx.queue.add_used(&self.memory, c.head, 0);
                     self.returned_unusable = true;
                 }
-                Some(c) => {
+                Ok(Some(c)) => {
                     self.held_bytes += c.len;
                     self.held.push_back(c);
                 }
-                None => match self.rx.queue.enable_notification(&self.memory) {
+                Ok(None) => match self.rx.queue.enable_notification(&self.memory) {
                     Ok(true) => continue,
                     _ => return false,
                 },
+                // A broken avail ring: no buffers until the driver mends it.
+                Err(e) => {
+                    crate::rate_limited_warn!("virtio-net rx: {e:?}");
+                    return false;
+                }
             }
         }
         true
@@ -655,6 +673,31 @@ mod tests {
         }
         assert_eq!(at, 6000);
         assert_eq!(&got[12..], &packet(6000)[12..]);
+    }
+
+    #[test]
+    fn a_broken_avail_index_does_not_spin() {
+        // The bug fuzz::virtio_blk found, here too: with the avail index more
+        // than a queue ahead, pop found nothing while enable_notification
+        // reported work, and process_tx/gather looped forever.
+        let (mut rig, rx, tx) = rig(true);
+        rx.avail().idx().store(300);
+        tx.avail().idx().store(300);
+        rig.send(&packet(100));
+        let (done, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let sent = rig.path.process_tx();
+            let received = rig.path.process_rx();
+            let _ = done.send((sent, received, rig.used_count(true), rig.used_count(false)));
+        });
+        let got = wait
+            .recv_timeout(Duration::from_secs(10))
+            .expect("process_tx and process_rx return");
+        assert_eq!(
+            got,
+            (false, false, 0, 0),
+            "nothing popped from broken rings"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! moves packets with readv/writev straight between the tap and guest buffers.
 
 pub mod ctrl;
-mod datapath;
+pub(crate) mod datapath;
 pub mod tap;
 pub mod vhost;
 
