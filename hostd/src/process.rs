@@ -1,5 +1,6 @@
 //! VMM processes at the system-call level: starting one detached from hostd (its
-//! own session, its cgroup, its user, exactly the descriptors it needs), finding
+//! own session, its cgroup, its user, exactly the descriptors it needs, no new
+//! privileges, no core dumps, bounded descriptors), finding
 //! one again by pid and start time, and watching one exit through a pidfd.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -33,6 +34,10 @@ pub struct Launch<'a> {
     pub user: Option<(u32, u32)>,
 }
 
+/// Descriptors a VMM may hold: disks, tap queues, vhost, eventfds and irqfds
+/// for every queue, with room to spare.
+const VMM_MAX_OPEN_FILES: libc::rlim_t = 4096;
+
 /// Starts the VMM in its own session so that it outlives hostd.
 pub fn spawn(launch: Launch<'_>) -> std::io::Result<Process> {
     let mut cmd = Command::new(launch.binary);
@@ -58,6 +63,25 @@ pub fn spawn(launch: Launch<'_>) -> std::io::Result<Process> {
             }
             for &fd in &inherit {
                 if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // No privileges gained through exec (setuid binaries, file
+            // capabilities) from here on, whatever the VMM does.
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // No core dumps (a dump holds guest memory), and a bound on the
+            // descriptors a VMM can hold.
+            for (resource, limit) in [
+                (libc::RLIMIT_CORE, 0),
+                (libc::RLIMIT_NOFILE, VMM_MAX_OPEN_FILES),
+            ] {
+                let rlimit = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(resource, &rlimit) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -226,6 +250,33 @@ mod tests {
         let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
         // Field 6 (session) equals field 1 (pid): it leads its own session.
         assert_eq!(fields[3], p.pid.to_string());
+    }
+
+    #[tokio::test]
+    async fn a_child_gains_no_privileges_dumps_no_core_and_has_bounded_files() {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let p = spawn(launch(
+            &["-c", "cat /proc/self/status /proc/self/limits"],
+            log.reopen().unwrap(),
+        ))
+        .unwrap();
+        let pidfd = PidFd::open(p.pid).unwrap();
+        assert_eq!(pidfd.exited().await, Exit::Code(0));
+        let out = std::fs::read_to_string(log.path()).unwrap();
+        assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+        let limit = |name: &str| {
+            out.lines()
+                .find(|l| l.starts_with(name))
+                .map(|l| {
+                    l[name.len()..]
+                        .split_whitespace()
+                        .take(2)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(limit("Max core file size"), ["0", "0"], "{out}");
+        assert_eq!(limit("Max open files"), ["4096", "4096"], "{out}");
     }
 
     #[test]

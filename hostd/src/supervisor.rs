@@ -785,6 +785,9 @@ fn vmm_config_file(spec: &InstanceSpec, dir: Option<&Path>) -> ConfigFile {
         rng: None,
         disks: (!disks.is_empty()).then_some(disks),
         nets: None,
+        // The VMM's default, enforce; VIRGA_VMM_SECCOMP=log in hostd's
+        // environment reaches every VMM it starts (diagnosis).
+        seccomp: None,
     }
 }
 
@@ -891,6 +894,15 @@ mod tests {
         assert_eq!(classify(false, &Exit::Unknown, clean).0, State::Shutoff);
         assert_eq!(classify(false, &Exit::Unknown, failed).0, State::Error);
         assert_eq!(classify(false, &Exit::Unknown, None).0, State::Error);
+        // A VMM that broke its seccomp filter says which thread and call.
+        let seccomp =
+            Some("vmm: exit 159: seccomp: the vcpu thread made a forbidden system call (59)");
+        let (s, why) = classify(false, &Exit::Code(159), seccomp);
+        assert_eq!(s, State::Error);
+        assert_eq!(
+            why,
+            "VMM exited with status 159: seccomp: the vcpu thread made a forbidden system call (59)"
+        );
     }
 
     #[test]

@@ -168,6 +168,11 @@ fn serve(listener: std::os::unix::net::UnixListener, to_vmm: Sender<crate::vmm::
             return;
         }
     };
+    // Before the first request: what clients send is untrusted.
+    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Api) {
+        tracing::error!("{e}; the control API is unavailable");
+        return;
+    }
     runtime.block_on(async move {
         let listener = match tokio::net::UnixListener::from_std(listener) {
             Ok(l) => l,

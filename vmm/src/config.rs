@@ -313,6 +313,9 @@ pub struct ConfigFile {
     pub disks: Option<Vec<DiskConfig>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nets: Option<Vec<NetConfig>>,
+    /// seccomp filters: enforce (the default), log or off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<crate::seccomp::SeccompMode>,
 }
 
 impl ConfigFile {
@@ -348,6 +351,7 @@ impl ConfigFile {
             rng: other.rng.or(self.rng),
             disks: other.disks.or(self.disks),
             nets: other.nets.or(self.nets),
+            seccomp: other.seccomp.or(self.seccomp),
         }
     }
 }
@@ -375,6 +379,7 @@ pub struct VmConfig {
     pub rng: bool,
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 impl VmConfig {
@@ -484,6 +489,7 @@ impl VmConfig {
             api_socket: file.api_socket,
             on_reboot: file.on_reboot.unwrap_or_default(),
             rng: file.rng.unwrap_or(true),
+            seccomp: file.seccomp.unwrap_or_default(),
         })
     }
 

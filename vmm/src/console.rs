@@ -115,6 +115,10 @@ impl Console {
             .name("console-in".into())
             .stack_size(crate::THREAD_STACK_BYTES)
             .spawn(move || {
+                if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Console) {
+                    tracing::error!("{e}; no console input");
+                    return;
+                }
                 let mut buf = [0u8; 64];
                 loop {
                     wait_readable(&reader);
@@ -219,6 +223,12 @@ fn spawn_partial_line_flusher(out: Arc<Output>) {
         .name("console-out".into())
         .stack_size(crate::THREAD_STACK_BYTES)
         .spawn(move || {
+            if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Console) {
+                // Lines still go out whole from the vCPUs; only a trailing prompt
+                // waits for more output.
+                tracing::error!("{e}; partial console lines wait for their newline");
+                return;
+            }
             let mut state = lock(&out.state);
             loop {
                 let Some(since) = state.pending_since else {

@@ -42,6 +42,7 @@ pub mod memory;
 pub mod metrics;
 pub mod pci;
 pub mod rate_limiter;
+pub mod seccomp;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

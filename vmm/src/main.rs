@@ -2,7 +2,8 @@
 //!
 //! Exit status: 0 when the guest powers off, reboots (with `on_reboot: exit`) or is
 //! shut down through the API; 1 on a guest triple fault or a KVM/VMM error; 2 on an
-//! invalid configuration, before any VM is created. Once a VM ran, the last line on
+//! invalid configuration, before any VM is created; 159 when a thread made a
+//! system call its seccomp filter forbids. Once a VM ran, the last line on
 //! stderr is `vmm: exit CODE: WHAT HAPPENED`.
 
 use std::path::PathBuf;
@@ -57,6 +58,10 @@ struct Args {
     /// replaces the config file's NICs.
     #[arg(long = "net")]
     nets: Vec<vmm::config::NetConfig>,
+    /// seccomp filters per thread: enforce (a forbidden system call ends the
+    /// VMM with status 159), log (the kernel logs it; for diagnosis) or off.
+    #[arg(long, env = "VIRGA_VMM_SECCOMP")]
+    seccomp: Option<vmm::seccomp::SeccompMode>,
 }
 
 fn parse_serial(s: &str) -> Result<SerialConfig, String> {
@@ -99,6 +104,7 @@ impl Args {
                 rng: self.no_rng.then_some(false),
                 disks: (!self.disks.is_empty()).then_some(self.disks),
                 nets: (!self.nets.is_empty()).then_some(self.nets),
+                seccomp: self.seccomp,
             },
         )
     }
@@ -135,6 +141,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_INVALID_CONFIG);
         }
     };
+    vmm::seccomp::set_mode(config.seccomp);
+    if let Err(e) = vmm::seccomp::install_sigsys_handler() {
+        eprintln!("vmm: {e}");
+        return ExitCode::FAILURE;
+    }
     let console = match Console::open(&config.serial) {
         Ok(c) => c,
         Err(e) => {
@@ -162,6 +173,12 @@ fn main() -> ExitCode {
         None => None,
     };
 
+    // From here on the control loop runs under its filter (the threads
+    // started above installed their own).
+    if let Err(e) = vmm::seccomp::apply(vmm::seccomp::ThreadKind::Control) {
+        eprintln!("{EXIT_LINE}1: {e}");
+        return ExitCode::FAILURE;
+    }
     // One last line, always: a supervisor that re-adopted this process (and so
     // cannot wait for its status) reads it to tell an exit from a crash.
     match Vmm::new(config, console, events, sender).run() {

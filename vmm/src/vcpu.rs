@@ -178,6 +178,12 @@ impl Vcpu {
     }
 
     fn run(mut self) {
+        // Before the guest runs a single instruction.
+        if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu) {
+            self.gate.thread_exited();
+            (self.on_exit)(self.id, VcpuExitReason::Error(e.to_string()));
+            return;
+        }
         KVM_RUN.with(|run| run.set(self.fd.get_kvm_run() as *mut kvm_run));
         let outcome = self.run_loop();
         KVM_RUN.with(|run| run.set(std::ptr::null_mut()));

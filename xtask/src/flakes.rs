@@ -111,8 +111,10 @@ fn verdicts(stdout: &str) -> Vec<(String, Verdict)> {
         .collect()
 }
 
-/// Printed by the testbed when it retried a hung L1 (the one retry there is).
-const TESTBED_RETRY: &str = "HUNG (L1 silent";
+/// Hang reports the testbed kept in `dir` (one per retried L1).
+pub fn hang_reports(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
 
 /// Runs every binary `rounds` times and prints the table; true when every
 /// run of every test passed.
@@ -125,7 +127,8 @@ pub fn hunt(
     let logs = root.join("target/flake-hunt");
     std::fs::create_dir_all(&logs).context("creating target/flake-hunt")?;
     let mut tally: BTreeMap<String, Tally> = BTreeMap::new();
-    let mut retries = 0usize;
+    let hangs = logs.join("testbed-hangs");
+    let _ = std::fs::remove_dir_all(&hangs);
     let started = Instant::now();
     for round in 1..=rounds {
         for bin in binaries {
@@ -137,13 +140,13 @@ pub fn hunt(
             for (k, v) in &bin.env {
                 cmd.env(k, v);
             }
+            cmd.env(virga_testbed::HANG_DIR_ENV, &hangs);
             let t = Instant::now();
             let out = cmd
                 .output()
                 .with_context(|| format!("running {}", bin.path.display()))?;
             let stdout = String::from_utf8_lossy(&out.stdout);
             let stderr = String::from_utf8_lossy(&out.stderr);
-            retries += stderr.matches(TESTBED_RETRY).count();
             let verdicts = verdicts(&stdout);
             let mut failed = Vec::new();
             for (name, verdict) in &verdicts {
@@ -195,8 +198,14 @@ pub fn hunt(
     }
     print!("{}", table(&tally, rounds, filter));
     println!(
-        "testbed retries (an L1 that hung, retried once in a fresh one): {retries}\n\
+        "testbed retries (an L1 that hung, retried once in a fresh one): {}{}\n\
          {} rounds in {:.1} min; logs of failing runs under {}",
+        hang_reports(&hangs),
+        if hang_reports(&hangs) > 0 {
+            format!(" (reports under {})", hangs.display())
+        } else {
+            String::new()
+        },
         rounds,
         started.elapsed().as_secs_f64() / 60.0,
         logs.display()

@@ -184,7 +184,9 @@ fn test(unit_only: bool) -> Result<()> {
     }
     images()?;
     let vmm = build_vmm()?;
-    run(cargo()
+    let hangs = root().join("target/testbed-hangs");
+    let _ = std::fs::remove_dir_all(&hangs);
+    let result = run(cargo()
         .args([
             "test",
             "--release",
@@ -195,7 +197,19 @@ fn test(unit_only: bool) -> Result<()> {
         ])
         .env("VIRGA_VMM_BIN", vmm)
         .env("VIRGA_IMAGES", images_dir())
-        .env("VIRGA_OPENSTACK", openstack))
+        .env("VIRGA_OPENSTACK", openstack)
+        .env(virga_testbed::HANG_DIR_ENV, &hangs));
+    // The one retry there is (a hung L1), counted and shown whatever the result.
+    let retried = flakes::hang_reports(&hangs);
+    println!(
+        "testbed retries (an L1 that hung, retried once in a fresh one): {retried}{}",
+        if retried > 0 {
+            format!("; reports under {}", hangs.display())
+        } else {
+            String::new()
+        }
+    );
+    result
 }
 
 /// `cargo xtask test --repeat N [--filter P]`: the same tests, built once and

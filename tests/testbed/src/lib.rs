@@ -24,6 +24,7 @@
 //! the scenario's output, which thus holds exactly what the scenario wrote);
 //! silence kills the testbed, which is reported and retried once.
 
+mod hang;
 mod mode;
 mod native;
 mod nested;
@@ -40,6 +41,9 @@ use virga_guest_images::ImageSet;
 pub const CONTROL_PORT: &str = "virga.control";
 pub const CONTROL_EXIT: &str = "exit ";
 pub const CONTROL_HEARTBEAT: &str = "heartbeat";
+/// `audit N comm=... syscall=...`: system calls a VMM made outside its
+/// seccomp filters (logged in its log mode, or trapped), from L1's kernel log.
+pub const CONTROL_AUDIT: &str = "audit ";
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
@@ -259,6 +263,40 @@ pub(crate) fn exit_status(control: &str) -> Option<i32> {
         .and_then(|code| code.trim().parse().ok())
 }
 
+/// Where hang reports are kept: `$VIRGA_TESTBED_HANG_DIR` (set by `cargo
+/// xtask test`), else the temp directory.
+pub const HANG_DIR_ENV: &str = "VIRGA_TESTBED_HANG_DIR";
+
+pub fn hang_dir() -> PathBuf {
+    std::env::var_os(HANG_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("virga-testbed-hangs"))
+}
+
+/// Keeps a hung testbed's report as a file of its own.
+pub(crate) fn keep_hang_report(scenario: &str, report: &str) {
+    let dir = hang_dir();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let path = dir.join(format!("{scenario}-{stamp}.log"));
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, report)) {
+        eprintln!(
+            "testbed {scenario}: keeping the hang report in {}: {e}",
+            path.display()
+        );
+    }
+}
+
+/// The seccomp audit lines of the control channel, without their prefix.
+pub(crate) fn seccomp_audit(control: &str) -> Vec<String> {
+    control
+        .lines()
+        .filter_map(|l| l.strip_prefix(CONTROL_AUDIT))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Largest piece of one stream a failure report carries (its end is kept).
 const REPORT_STREAM_MAX: usize = 1 << 20;
 
@@ -304,6 +342,10 @@ mod tests {
         assert_eq!(exit_status("heartbeat\nexit 0\nheartbeat\n"), Some(0));
         assert_eq!(exit_status("heartbeat\n"), None);
         assert_eq!(exit_status("exit x\n"), None);
+        assert_eq!(
+            seccomp_audit("heartbeat\naudit 3 comm=\"vcpu0\" syscall=110\nexit 0\n"),
+            vec!["3 comm=\"vcpu0\" syscall=110".to_string()]
+        );
         assert_eq!(tail("a\nb\nc", 2), "b\nc");
     }
 

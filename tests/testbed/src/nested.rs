@@ -12,8 +12,8 @@ use virga_guest_images::modules::module_name;
 use virga_guest_images::ImageSet;
 
 use crate::{
-    io_error, Mode, Outcome, Scenario, TestbedError, CONTROL_EXIT, CONTROL_HEARTBEAT, CONTROL_PORT,
-    HEARTBEAT,
+    io_error, Mode, Outcome, Scenario, TestbedError, CONTROL_AUDIT, CONTROL_EXIT,
+    CONTROL_HEARTBEAT, CONTROL_PORT, HEARTBEAT,
 };
 
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -54,8 +54,11 @@ pub fn run(
         Attempt::Hung(report) => {
             // The one retry: L1 itself went silent (its heartbeat stopped), a
             // freeze of QEMU's TCG or of the L1 kernel under it, not a failing
-            // scenario (testbed.md). Counted in the outcome's `attempts` and
-            // printed here with the whole first report.
+            // scenario (testbed.md). Counted in the outcome's `attempts`,
+            // printed here with the whole first report, and kept as a file
+            // (libtest hides a passing test's output; `cargo xtask test`
+            // counts these files).
+            crate::keep_hang_report(&scenario.name, &report);
             eprintln!(
                 "testbed {}: HUNG (L1 silent for {silence:?}); killed it, retrying once in a fresh testbed\n{report}",
                 scenario.name,
@@ -139,6 +142,7 @@ fn attempt(
     let started = Instant::now();
     let dir = initramfs.parent().unwrap_or(Path::new("."));
     let streams = Streams::new(dir, attempt);
+    let monitor = dir.join(format!("monitor-{attempt}.sock"));
     let mut qemu = Command::new(QEMU);
     // In the order of `disk_env`, so that the names it exports match.
     let mut disk = |path: &Path, opts: &str| {
@@ -182,7 +186,9 @@ fn attempt(
             ])
             .arg("-serial")
             .arg(format!("file:{}", streams.serial.display()))
-            .args(["-monitor", "none"])
+            // Asked what L1's CPU is doing when the testbed hangs.
+            .arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
             .args(["-device", "virtio-serial-pci,romfile="])
             // hvc0, the scenario's output: a console port, so the scenario
             // writes to a tty as it would on a terminal (C programs keep
@@ -200,7 +206,8 @@ fn attempt(
             .arg(initramfs)
             // loglevel=1: the L1 kernel's console is a polled UART, costly
             // under TCG; KVM's notes on every L2 boot stay out, panics print.
-            .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=1"])
+            // nokaslr: a hung L1's RIP reads against System.map.
+            .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=1 nokaslr"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -250,13 +257,26 @@ fn attempt(
             });
         }
         if last_progress.elapsed() > silence {
+            let cpu = crate::hang::cpu_report(&monitor, system_map(images).as_deref());
             drop(child);
-            return Ok(Attempt::Hung(streams.report(&stderr(stderr_reader))));
+            let report = streams.report(&stderr(stderr_reader));
+            return Ok(Attempt::Hung(format!(
+                "--- L1's CPU when it hung (QEMU monitor) ---\n{cpu}{report}"
+            )));
         }
     }
     drop(child);
     let qemu_stderr = stderr(stderr_reader);
-    match crate::exit_status(&Streams::read(&streams.control)) {
+    let control = Streams::read(&streams.control);
+    let audit = crate::seccomp_audit(&control);
+    if !audit.is_empty() {
+        eprintln!(
+            "testbed {}: system calls outside a VMM's seccomp filters (count, thread, call):\n{}",
+            scenario.name,
+            audit.join("\n")
+        );
+    }
+    match crate::exit_status(&control) {
         Some(status) => Ok(Attempt::Finished(Outcome {
             status,
             output: crate::plain_line_ends(&Streams::read(&streams.output)),
@@ -269,6 +289,18 @@ fn attempt(
             report: streams.report(&qemu_stderr),
         }),
     }
+}
+
+/// L1's System.map (from the kernel package), to name a hung L1's RIP.
+fn system_map(images: &ImageSet) -> Option<PathBuf> {
+    std::fs::read_dir(images.kernel_root().join("boot"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("System.map-"))
+        })
 }
 
 /// Prints what the scenario wrote since `from` (VIRGA_TESTBED_VERBOSE);
@@ -342,6 +374,11 @@ if ! {{ true > /dev/hvc0 && true > "$control"; }} 2>/dev/null; then
 fi
 exec > /dev/hvc0 2>&1 3> $control
 [ -e /dev/kvm ] || echo "testbed: no /dev/kvm (vendor module $kvm did not load)"
+# seccomp's audit lines (the VMM's log mode, or a trapped call): collected
+# from the kernel log as they come, since a busy one could wrap the ring.
+echo 0 > /proc/sys/kernel/printk_ratelimit
+audit() {{ dmesg -c | grep -o 'comm="[^"]*" exe="[^"]*" sig=[0-9]* arch=[0-9a-f]* syscall=[0-9]*' >> /tmp/seccomp-audit; }}
+(while :; do audit; sleep 1; done) &
 ip link set lo up
 if [ -e /sys/class/net/eth0 ]; then
     ip link set eth0 up
@@ -353,7 +390,10 @@ export BIN=/virga/bin GUEST=/virga/guest WORK=/virga/work HOST_ADDR={HOST_ADDR}
 . /virga/disks.env
 cd /virga/work
 sh /virga/scenario < /dev/null 2>&1 3>&-
-echo "{CONTROL_EXIT}$?" >&3
+status=$?
+audit
+sort /tmp/seccomp-audit 2>/dev/null | uniq -c | sed 's/^ */{CONTROL_AUDIT}/' >&3
+echo "{CONTROL_EXIT}$status" >&3
 poweroff -f
 "#,
         heartbeat = HEARTBEAT.as_secs()
@@ -501,7 +541,7 @@ mod tests {
             .trim_end()
             .ends_with("while :; do /bin/busybox sleep 1; done"));
         let setup = l1_setup();
-        assert!(setup.contains(&format!("echo \"{CONTROL_EXIT}$?\" >&3")));
+        assert!(setup.contains(&format!("echo \"{CONTROL_EXIT}$status\" >&3")));
         assert!(setup.contains(&format!("echo {CONTROL_HEARTBEAT} >&3")));
         assert!(setup.contains("sh /virga/scenario < /dev/null 2>&1 3>&-"));
         // Nothing is written to the scenario's output but what it writes.

@@ -259,7 +259,10 @@ fn one(case: Case) -> Result<(), TestCaseError> {
     // The worker thread still serves both ways. Drivers with broken rings mend
     // them first; packets still in the "tap" are dropped so the next is ours.
     while recv(&port_reader).is_some() {}
-    let mut worker = Worker::spawn("fuzz-net", move |stop| path.run(stop)).unwrap();
+    let mut worker = Worker::spawn("fuzz-net", crate::seccomp::ThreadKind::Net, move |stop| {
+        path.run(stop)
+    })
+    .unwrap();
     if tx_walk.is_none() {
         tx_rings.set_avail_idx(&mem, 0);
     }

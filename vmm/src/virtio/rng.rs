@@ -41,8 +41,10 @@ impl VirtioDevice for Rng {
                 "the request queue is not enabled".into(),
             ));
         };
-        let worker = Worker::spawn("virtio-rng", move |stop| serve(stop, queue, memory))
-            .map_err(ActivateError::Worker)?;
+        let worker = Worker::spawn("virtio-rng", crate::seccomp::ThreadKind::Rng, move |stop| {
+            serve(stop, queue, memory)
+        })
+        .map_err(ActivateError::Worker)?;
         self.worker = Some(worker);
         Ok(())
     }

@@ -5,6 +5,8 @@ use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::seccomp::ThreadKind;
+
 /// A running worker; stopping (or dropping) it joins the thread.
 pub struct Worker {
     stop: EventFd,
@@ -12,9 +14,11 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Runs `body(stop)` on a new thread; `body` must return once `stop` is readable.
+    /// Runs `body(stop)` on a new thread, under `kind`'s seccomp filter;
+    /// `body` must return once `stop` is readable.
     pub fn spawn(
         name: &str,
+        kind: ThreadKind,
         body: impl FnOnce(EventFd) + Send + 'static,
     ) -> std::io::Result<Worker> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
@@ -22,7 +26,14 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
             .stack_size(crate::THREAD_STACK_BYTES)
-            .spawn(move || body(theirs))?;
+            .spawn(move || {
+                // Before the first look at a queue the guest fills.
+                if let Err(e) = crate::seccomp::apply(kind) {
+                    tracing::error!("{e}; this device stops");
+                    return;
+                }
+                body(theirs)
+            })?;
         Ok(Worker {
             stop,
             thread: Some(thread),
@@ -92,7 +103,7 @@ mod tests {
         let theirs = kick.try_clone().unwrap();
         let seen = Arc::new(AtomicU32::new(0));
         let counter = seen.clone();
-        let mut w = Worker::spawn("test-worker", move |stop| loop {
+        let mut w = Worker::spawn("test-worker", ThreadKind::Rng, move |stop| loop {
             let ready = wait_readable(&[&stop, &theirs]).unwrap();
             if ready.contains(&0) {
                 return;

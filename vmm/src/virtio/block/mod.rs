@@ -137,8 +137,10 @@ impl VirtioDevice for Block {
         )
         .map_err(ActivateError::Worker)?;
         self.worker = Some(
-            Worker::spawn(&self.name, move |stop| worker.run(stop))
-                .map_err(ActivateError::Worker)?,
+            Worker::spawn(&self.name, crate::seccomp::ThreadKind::Block, move |stop| {
+                worker.run(stop)
+            })
+            .map_err(ActivateError::Worker)?,
         );
         Ok(())
     }

@@ -215,8 +215,12 @@ impl VirtioDevice for Net {
                 usable_pairs: pairs.len(),
             };
             self.workers.push(
-                Worker::spawn(&format!("{}-ctrl", self.name), move |stop| worker.run(stop))
-                    .map_err(ActivateError::Worker)?,
+                Worker::spawn(
+                    &format!("{}-ctrl", self.name),
+                    crate::seccomp::ThreadKind::Net,
+                    move |stop| worker.run(stop),
+                )
+                .map_err(ActivateError::Worker)?,
             );
         }
         // A rate limit needs packets to pass through this process.
@@ -256,8 +260,12 @@ impl VirtioDevice for Net {
             )
             .map_err(ActivateError::Worker)?;
             self.workers.push(
-                Worker::spawn(&format!("{}-q{p}", self.name), move |stop| path.run(stop))
-                    .map_err(ActivateError::Worker)?,
+                Worker::spawn(
+                    &format!("{}-q{p}", self.name),
+                    crate::seccomp::ThreadKind::Net,
+                    move |stop| path.run(stop),
+                )
+                .map_err(ActivateError::Worker)?,
             );
         }
         Ok(())

@@ -1,0 +1,194 @@
+//! What L1's CPU is doing when a testbed hangs: asked of QEMU's monitor before
+//! the testbed is killed, so that a hang can be placed (the L1 kernel spinning
+//! with interrupts off, idle, or running an L2 guest) instead of guessed at.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Samples of L1's vCPU, taken `SAMPLES` times a little apart: a RIP that never
+/// moves is a tight loop, one that changes is progress somewhere.
+const SAMPLES: usize = 3;
+
+/// A report of L1's CPU state, with the kernel symbol of each RIP when the
+/// address lies in L1's kernel text (the testbed boots L1 with `nokaslr`).
+pub fn cpu_report(monitor: &Path, system_map: Option<&Path>) -> String {
+    let symbols = system_map.and_then(|p| std::fs::read_to_string(p).ok());
+    let mut report = String::new();
+    for i in 0..SAMPLES {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        match info_registers(monitor) {
+            Ok(regs) => {
+                let line = summary(&regs, symbols.as_deref());
+                report.push_str(&format!("sample {}: {line}\n", i + 1));
+                if i == 0 {
+                    report.push_str(&regs);
+                    report.push('\n');
+                }
+            }
+            Err(e) => {
+                report.push_str(&format!("QEMU monitor {}: {e}\n", monitor.display()));
+                break;
+            }
+        }
+    }
+    report
+}
+
+/// `info registers` from QEMU's human monitor.
+fn info_registers(monitor: &Path) -> std::io::Result<String> {
+    let mut s = UnixStream::connect(monitor)?;
+    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    read_for(&mut s, Duration::from_millis(500)); // the banner and prompt
+    s.write_all(b"info registers\n")?;
+    let out = read_for(&mut s, Duration::from_secs(2));
+    // The monitor echoes the command with terminal escapes: keep the registers.
+    Ok(match out.find("CPU#") {
+        Some(i) => out[i..].trim_end_matches("(qemu) ").to_owned(),
+        None => out,
+    })
+}
+
+fn read_for(s: &mut UnixStream, total: Duration) -> String {
+    let deadline = Instant::now() + total;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if out.ends_with(b"(qemu) ") {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).replace('\r', "")
+}
+
+/// `RIP=... (symbol+off) CPL=.. IF=.. HLT=..` from `info registers` output.
+fn summary(regs: &str, symbols: Option<&str>) -> String {
+    let find = |name: &str| {
+        regs.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let field = |name: &str| find(name).unwrap_or_else(|| "?".into());
+    // 64-bit mode shows RIP/RFL, 32-bit mode EIP/EFL.
+    let rip = find("RIP")
+        .or_else(|| find("EIP"))
+        .unwrap_or_else(|| "?".into());
+    let rfl = find("RFL")
+        .or_else(|| find("EFL"))
+        .and_then(|f| u64::from_str_radix(&f, 16).ok());
+    let interrupts = match rfl {
+        Some(f) if f & (1 << 9) != 0 => "on",
+        Some(_) => "off",
+        None => "?",
+    };
+    let symbol = u64::from_str_radix(&rip, 16)
+        .ok()
+        .and_then(|a| symbols.and_then(|m| symbol_of(m, a)))
+        .unwrap_or_else(|| "not in L1's kernel text (a module, user space or an L2 guest)".into());
+    format!(
+        "RIP={rip} ({symbol}) CPL={} interrupts {interrupts} HLT={}",
+        field("CPL"),
+        field("HLT")
+    )
+}
+
+/// The System.map symbol at or below `addr`, as `name+0xoff`, when `addr` is in
+/// the kernel's text.
+fn symbol_of(system_map: &str, addr: u64) -> Option<String> {
+    let mut best: Option<(u64, &str)> = None;
+    let mut text_end = 0;
+    for line in system_map.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(a), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(a) = u64::from_str_radix(a, 16) else {
+            continue;
+        };
+        if name == "_etext" {
+            text_end = a;
+        }
+        if matches!(kind, "T" | "t") && a <= addr && best.is_none_or(|(b, _)| a > b) {
+            best = Some((a, name));
+        }
+    }
+    let (start, name) = best?;
+    (addr < text_end).then(|| format!("{name}+{:#x}", addr - start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rip_is_named_by_its_kernel_symbol() {
+        let map = "ffffffff81000000 T _stext\nffffffff81001000 t native_safe_halt\n\
+                   ffffffff81002000 T other\nffffffff81003000 T _etext\n";
+        assert_eq!(
+            symbol_of(map, 0xffffffff81001010).as_deref(),
+            Some("native_safe_halt+0x10")
+        );
+        assert_eq!(symbol_of(map, 0xffffffffc0001000), None, "a module");
+        let regs = "RAX=0 RBX=1\nRIP=ffffffff81001010 RFL=00000246 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=1\n";
+        assert_eq!(
+            summary(regs, Some(map)),
+            "RIP=ffffffff81001010 (native_safe_halt+0x10) CPL=0 interrupts on HLT=1"
+        );
+        let regs = "EIP=0000b7b9 EFL=00000002 [-------] CPL=3 II=0 A20=1 SMM=0 HLT=0\n";
+        assert!(summary(regs, Some(map)).contains("RIP=0000b7b9 (not in L1's kernel text"));
+        assert!(summary(regs, Some(map)).contains("interrupts off HLT=0"));
+    }
+
+    #[test]
+    fn a_running_qemu_reports_its_cpu() {
+        if std::process::Command::new(crate::nested::QEMU)
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipping: no QEMU");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let monitor = dir.path().join("monitor.sock");
+        let mut qemu = std::process::Command::new(crate::nested::QEMU)
+            .args([
+                "-accel",
+                "tcg",
+                "-display",
+                "none",
+                "-nodefaults",
+                "-m",
+                "64",
+            ])
+            .arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !monitor.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let report = cpu_report(&monitor, None);
+        let _ = qemu.kill();
+        let _ = qemu.wait();
+        assert!(report.contains("sample 1: RIP="), "{report}");
+        assert!(report.contains("sample 3: RIP="), "{report}");
+        assert!(report.contains("CPU#0"), "{report}");
+    }
+}
