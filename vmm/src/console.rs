@@ -179,29 +179,33 @@ impl Output {
 
 impl OutputState {
     /// Takes `buf`; writes every complete line (or everything, past
-    /// [`MAX_PENDING`]). Returns whether a partial line now waits.
-    fn push(&mut self, buf: &[u8]) -> std::io::Result<bool> {
+    /// [`MAX_PENDING`]). Returns whether a partial line now waits, and how
+    /// the write went.
+    fn push(&mut self, buf: &[u8]) -> (bool, std::io::Result<()>) {
         if !self.by_line {
-            self.sink.write_all(buf)?;
-            return self.sink.flush().map(|_| false);
+            let written = self.sink.write_all(buf).and_then(|_| self.sink.flush());
+            return (false, written);
         }
         self.pending.extend_from_slice(buf);
-        if self.pending.len() >= MAX_PENDING {
-            self.write_pending()?;
+        let written = if self.pending.len() >= MAX_PENDING {
+            self.write_pending()
         } else if let Some(end) = self.pending.iter().rposition(|&b| b == b'\n') {
             let rest = self.pending.split_off(end + 1);
             let lines = std::mem::replace(&mut self.pending, rest);
             self.pending_since = None;
-            self.sink.write_all(&lines)?;
-            self.sink.flush()?;
-        }
+            self.sink.write_all(&lines).and_then(|_| self.sink.flush())
+        } else {
+            Ok(())
+        };
+        // Even when the sink failed, a partial line left behind gets its
+        // deadline, so the flusher still writes it out.
+        let newly_partial = !self.pending.is_empty() && self.pending_since.is_none();
         if self.pending.is_empty() {
             self.pending_since = None;
-            return Ok(false);
+        } else {
+            self.pending_since.get_or_insert_with(Instant::now);
         }
-        let newly_partial = self.pending_since.is_none();
-        self.pending_since.get_or_insert_with(Instant::now);
-        Ok(newly_partial)
+        (newly_partial, written)
     }
 
     fn write_pending(&mut self) -> std::io::Result<()> {
@@ -259,11 +263,11 @@ struct ConsoleWriter(Arc<Output>);
 
 impl Write for ConsoleWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let newly_partial = lock(&self.0.state).push(buf)?;
+        let (newly_partial, written) = lock(&self.0.state).push(buf);
         if newly_partial {
             self.0.partial.notify_one();
         }
-        Ok(buf.len())
+        written.map(|_| buf.len())
     }
 
     /// Nothing to do: lines go out whole as they complete, partial ones

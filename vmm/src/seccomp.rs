@@ -145,6 +145,16 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_restart_syscall,
     libc::SYS_exit,
     libc::SYS_exit_group,
+    // A panic aborts (panic = "abort"), and abort() raises SIGABRT with
+    // tgkill, resetting the handler first if it must: a panicking worker
+    // must die of SIGABRT, not be reported as a seccomp violation.
+    libc::SYS_tgkill,
+    libc::SYS_rt_sigaction,
+    // Allowed here, but answered EACCES on the threads that may not open
+    // files (see `NO_OPEN`): glibc's malloc opens
+    // /proc/sys/vm/overcommit_memory once, from whichever thread first trims
+    // an arena, and falls back when that fails.
+    libc::SYS_openat,
 ];
 
 /// Starting a thread (glibc and Rust's std) and its installing its filter.
@@ -254,6 +264,17 @@ const NET: &[libc::c_long] = &[
     libc::SYS_timerfd_gettime,
 ];
 
+/// Opening files: refused with EACCES (not trapped) on the thread kinds that
+/// have no business opening any, so that glibc's one-time probe fails softly.
+const NO_OPEN: &[libc::c_long] = &[libc::SYS_openat, libc::SYS_open, libc::SYS_creat];
+
+impl ThreadKind {
+    /// Whether this kind's opens are refused ([`NO_OPEN`]).
+    fn may_open(self) -> bool {
+        matches!(self, ThreadKind::Control | ThreadKind::Vcpu)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
     #[error("building the {kind} thread's seccomp filter: {source}")]
@@ -291,6 +312,24 @@ pub fn filter(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgram>,
     Ok(Some(filter.try_into().map_err(build)?))
 }
 
+/// The second filter of a kind that may not open files: EACCES for opens
+/// (logged instead in log mode), everything else left to the first.
+fn no_open_filter(kind: ThreadKind, mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
+    let refuse = match mode {
+        SeccompMode::Log => SeccompAction::Log,
+        _ => SeccompAction::Errno(libc::EACCES as u32),
+    };
+    let rules = NO_OPEN.iter().map(|&nr| (nr, Vec::new())).collect();
+    let build = |source| SeccompError::Build {
+        kind: kind.name(),
+        source,
+    };
+    SeccompFilter::new(rules, SeccompAction::Allow, refuse, TargetArch::x86_64)
+        .map_err(build)?
+        .try_into()
+        .map_err(build)
+}
+
 /// The process's mode, set once at start (unset, as in unit tests: off).
 static MODE: std::sync::OnceLock<SeccompMode> = std::sync::OnceLock::new();
 
@@ -305,7 +344,9 @@ pub fn mode() -> SeccompMode {
 
 thread_local! {
     /// This thread's kind, for the SIGSYS handler's message.
-    static KIND: Cell<&'static str> = const { Cell::new("unfiltered") };
+    /// A thread that has not installed its own filter yet runs under the
+    /// filters of the thread that started it.
+    static KIND: Cell<&'static str> = const { Cell::new("newly started") };
 }
 
 /// Installs `kind`'s filter on the calling thread, in the process's mode.
@@ -317,11 +358,22 @@ fn apply_in(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> {
     let Some(program) = filter(kind, mode)? else {
         return Ok(());
     };
+    let install = |program: &BpfProgram| {
+        seccompiler::apply_filter(program).map_err(|source| SeccompError::Install {
+            kind: kind.name(),
+            source,
+        })
+    };
+    let no_open = (!kind.may_open())
+        .then(|| no_open_filter(kind, mode))
+        .transpose()?;
+    // The narrower filter last: once it is in, prctl and seccomp may be gone.
+    if let Some(no_open) = no_open {
+        install(&no_open)?;
+    }
+    install(&program)?;
     KIND.with(|k| k.set(kind.name()));
-    seccompiler::apply_filter(&program).map_err(|source| SeccompError::Install {
-        kind: kind.name(),
-        source,
-    })
+    Ok(())
 }
 
 /// Installs the SIGSYS handler that turns a trapped call into a clear exit.
@@ -422,11 +474,11 @@ mod tests {
                 libc::SYS_clone,
                 libc::SYS_clone3,
                 libc::SYS_execve,
-                libc::SYS_openat,
                 libc::SYS_socket,
             ] {
                 assert!(!allowed.contains(&forbidden), "{kind:?} {forbidden}");
             }
+            assert!(!kind.may_open(), "{kind:?}");
         }
         for kind in [ThreadKind::Control, ThreadKind::Vcpu] {
             assert!(kind.allowed().contains(&libc::SYS_clone3));
@@ -484,6 +536,14 @@ mod tests {
         install_sigsys_handler().unwrap();
         std::thread::spawn(move || {
             apply_in(kind, mode).unwrap();
+            let open = std::fs::File::open("/proc/sys/vm/overcommit_memory");
+            if mode == SeccompMode::Enforce && !kind.may_open() {
+                // Refused softly, as glibc's malloc needs, not trapped.
+                let e = open.expect_err("opens are refused");
+                assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{kind:?}");
+            } else {
+                open.expect("this kind may open files");
+            }
             // SAFETY: getppid takes no arguments and cannot fail.
             unsafe { libc::syscall(libc::SYS_getppid) };
         })

@@ -63,8 +63,16 @@ pub fn test_binaries(
             .map(Path::to_owned)
             .unwrap_or_else(|| root.to_owned());
         let package = cwd.strip_prefix(root).unwrap_or(&cwd).display().to_string();
+        // A package's lib and bin may share a name: say which.
+        let kind = match msg["target"]["kind"][0].as_str() {
+            Some(k @ ("bin" | "example" | "bench")) => format!("({k})"),
+            _ => String::new(),
+        };
         binaries.push(TestBinary {
-            label: format!("{}:{name}", if package.is_empty() { "." } else { &package }),
+            label: format!(
+                "{}:{name}{kind}",
+                if package.is_empty() { "." } else { &package }
+            ),
             path: PathBuf::from(exe),
             cwd,
             args: run_args.iter().map(|s| s.to_string()).collect(),

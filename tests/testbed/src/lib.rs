@@ -42,7 +42,8 @@ pub const CONTROL_PORT: &str = "virga.control";
 pub const CONTROL_EXIT: &str = "exit ";
 pub const CONTROL_HEARTBEAT: &str = "heartbeat";
 /// `audit N comm=... syscall=...`: system calls a VMM made outside its
-/// seccomp filters (logged in its log mode, or trapped), from L1's kernel log.
+/// seccomp filters in its log mode (`VIRGA_VMM_SECCOMP=log` on the host), from
+/// L1's kernel log. (A trap in enforce mode ends the VMM with its own message.)
 pub const CONTROL_AUDIT: &str = "audit ";
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 

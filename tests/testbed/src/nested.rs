@@ -339,7 +339,13 @@ while :; do /bin/busybox sleep 1; done
 
 /// The testbed's setup: mounts, modules, the console and control ports,
 /// the scenario, its exit status.
-fn l1_setup() -> String {
+fn l1_setup(seccomp: Option<&str>) -> String {
+    // VIRGA_VMM_SECCOMP=log on the host reaches the scenario's VMMs (and
+    // turns on the audit collection); only the known values pass.
+    let seccomp_env = match seccomp {
+        Some(mode @ ("enforce" | "log" | "off")) => format!("export VIRGA_VMM_SECCOMP={mode}\n"),
+        _ => String::new(),
+    };
     format!(
         r#"/bin/busybox --install -s /bin
 export PATH=/bin:/usr/bin:/sbin:/usr/sbin
@@ -361,7 +367,7 @@ done
 # this shell).
 control=
 i=0
-while [ $i -lt 300 ]; do
+while [ $i -lt 200 ]; do
     for p in /sys/class/virtio-ports/*; do
         [ "$(cat $p/name 2>/dev/null)" = "{CONTROL_PORT}" ] && control=/dev/${{p##*/}}
     done
@@ -374,11 +380,15 @@ if ! {{ true > /dev/hvc0 && true > "$control"; }} 2>/dev/null; then
 fi
 exec > /dev/hvc0 2>&1 3> $control
 [ -e /dev/kvm ] || echo "testbed: no /dev/kvm (vendor module $kvm did not load)"
-# seccomp's audit lines (the VMM's log mode, or a trapped call): collected
-# from the kernel log as they come, since a busy one could wrap the ring.
-echo 0 > /proc/sys/kernel/printk_ratelimit
+{seccomp_env}# In the VMM's seccomp log mode, the calls outside its filters are in the
+# kernel log (audit type 1326): collected as they come, since a busy one could
+# wrap the ring, and reported after the scenario.
 audit() {{ dmesg -c | grep -o 'comm="[^"]*" exe="[^"]*" sig=[0-9]* arch=[0-9a-f]* syscall=[0-9]*' >> /tmp/seccomp-audit; }}
-(while :; do audit; sleep 1; done) &
+if [ "$VIRGA_VMM_SECCOMP" = log ]; then
+    echo 0 > /proc/sys/kernel/printk_ratelimit
+    (while :; do audit; sleep 1; done) &
+    AUDIT=$!
+fi
 ip link set lo up
 if [ -e /sys/class/net/eth0 ]; then
     ip link set eth0 up
@@ -391,12 +401,15 @@ export BIN=/virga/bin GUEST=/virga/guest WORK=/virga/work HOST_ADDR={HOST_ADDR}
 cd /virga/work
 sh /virga/scenario < /dev/null 2>&1 3>&-
 status=$?
-audit
-sort /tmp/seccomp-audit 2>/dev/null | uniq -c | sed 's/^ */{CONTROL_AUDIT}/' >&3
+if [ -n "$AUDIT" ]; then
+    kill $AUDIT; wait $AUDIT 2>/dev/null
+    audit
+    sort /tmp/seccomp-audit 2>/dev/null | uniq -c | sed 's/^ */{CONTROL_AUDIT}/' >&3
+fi
 echo "{CONTROL_EXIT}$status" >&3
 poweroff -f
 "#,
-        heartbeat = HEARTBEAT.as_secs()
+        heartbeat = HEARTBEAT.as_secs(),
     )
 }
 
@@ -504,7 +517,12 @@ fn build_initramfs(
         a.file("/virga/scenario", 0o755, scenario.script.as_bytes())?;
         a.file("/virga/disks.env", 0o644, disk_env(scenario).as_bytes())?;
         a.file("/init", 0o755, l1_init().as_bytes())?;
-        a.file("/virga/setup", 0o644, l1_setup().as_bytes())?;
+        let seccomp = std::env::var("VIRGA_VMM_SECCOMP").ok();
+        a.file(
+            "/virga/setup",
+            0o644,
+            l1_setup(seccomp.as_deref()).as_bytes(),
+        )?;
         use std::io::Write;
         a.finish()?.flush()
     };
@@ -540,7 +558,10 @@ mod tests {
         assert!(init
             .trim_end()
             .ends_with("while :; do /bin/busybox sleep 1; done"));
-        let setup = l1_setup();
+        let setup = l1_setup(None);
+        assert!(!setup.contains("export VIRGA_VMM_SECCOMP"));
+        assert!(l1_setup(Some("log")).contains("export VIRGA_VMM_SECCOMP=log\n"));
+        assert!(!l1_setup(Some("log; rm -rf /")).contains("rm -rf"));
         assert!(setup.contains(&format!("echo \"{CONTROL_EXIT}$status\" >&3")));
         assert!(setup.contains(&format!("echo {CONTROL_HEARTBEAT} >&3")));
         assert!(setup.contains("sh /virga/scenario < /dev/null 2>&1 3>&-"));
