@@ -186,10 +186,16 @@ impl OutputState {
             let written = self.sink.write_all(buf).and_then(|_| self.sink.flush());
             return (false, written);
         }
+        // Only the new bytes are searched: `pending` never keeps a newline
+        // (this runs on a vCPU for every byte the guest sends).
+        let newline = buf
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map(|i| self.pending.len() + i);
         self.pending.extend_from_slice(buf);
         let written = if self.pending.len() >= MAX_PENDING {
             self.write_pending()
-        } else if let Some(end) = self.pending.iter().rposition(|&b| b == b'\n') {
+        } else if let Some(end) = newline {
             let rest = self.pending.split_off(end + 1);
             let lines = std::mem::replace(&mut self.pending, rest);
             self.pending_since = None;

@@ -11,7 +11,7 @@
 //! good RX buffers, and stops when asked. Every wait is bounded.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
@@ -22,7 +22,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::chains::{self, AvailSpec, ChainSpec, DescSpec, Rings, Walked, HIGH, QUEUE_SIZE};
 use super::Snapshot;
 use crate::rate_limiter::{RateLimit, RateLimiter};
-use crate::virtio::net::datapath::Datapath;
+use crate::virtio::net::datapath::{socket_pair, Datapath};
 use crate::virtio::worker::Worker;
 use crate::virtio::{ActiveQueue, QueueInterrupt};
 
@@ -93,27 +93,6 @@ fn check(ok: bool, what: impl FnOnce() -> String) -> Result<(), TestCaseError> {
         Ok(())
     } else {
         Err(TestCaseError::fail(what()))
-    }
-}
-
-fn socket_pair() -> (File, File) {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two descriptors into the array.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(rc, 0);
-    // SAFETY: both descriptors are fresh and owned here.
-    unsafe {
-        (
-            File::from(OwnedFd::from_raw_fd(fds[0])),
-            File::from(OwnedFd::from_raw_fd(fds[1])),
-        )
     }
 }
 

@@ -441,10 +441,34 @@ fn write_at(memory: &GuestMemoryMmap, chain: &Chain, mut offset: usize, mut byte
     }
 }
 
+/// A non-blocking datagram socket pair: a tap's stand-in (one packet per
+/// read or write) for the datapath's tests and fuzz target.
+#[cfg(test)]
+pub(crate) fn socket_pair() -> (File, File) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two descriptors into the array.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0);
+    // SAFETY: both descriptors are fresh and owned here.
+    unsafe {
+        (
+            File::from(std::os::fd::OwnedFd::from_raw_fd(fds[0])),
+            File::from(std::os::fd::OwnedFd::from_raw_fd(fds[1])),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::{FromRawFd, OwnedFd};
     use std::sync::{Arc, Mutex};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -480,24 +504,7 @@ mod tests {
         ));
         let rx_mock = MockSplitQueue::create(mem, GuestAddress(0), 256);
         let tx_mock = MockSplitQueue::create(mem, GuestAddress(0x8000), 256);
-        let mut fds = [0; 2];
-        // SAFETY: socketpair writes two descriptors into the array.
-        let rc = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK,
-                0,
-                fds.as_mut_ptr(),
-            )
-        };
-        assert_eq!(rc, 0);
-        // SAFETY: both descriptors are fresh and owned here.
-        let (ours, peer) = unsafe {
-            (
-                File::from(OwnedFd::from_raw_fd(fds[0])),
-                File::from(OwnedFd::from_raw_fd(fds[1])),
-            )
-        };
+        let (ours, peer) = socket_pair();
         let active = |q: Queue, index| ActiveQueue {
             index,
             queue: q,
