@@ -14,7 +14,11 @@ const SAMPLES: usize = 3;
 /// A report of L1's CPU state, with the kernel symbol of each RIP when the
 /// address lies in L1's kernel text (the testbed boots L1 with `nokaslr`).
 pub fn cpu_report(monitor: &Path, system_map: Option<&Path>) -> String {
-    let symbols = system_map.and_then(|p| std::fs::read_to_string(p).ok());
+    // Debian ships a stub System.map (one line pointing at the -dbg
+    // package): without `_etext` there is nothing to name an address by.
+    let symbols = system_map
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .filter(|m| m.contains(" _etext"));
     let mut report = String::new();
     for i in 0..SAMPLES {
         if i > 0 {
@@ -96,10 +100,13 @@ fn summary(regs: &str, symbols: Option<&str>) -> String {
         Some(_) => "off",
         None => "?",
     };
-    let symbol = u64::from_str_radix(&rip, 16)
-        .ok()
-        .and_then(|a| symbols.and_then(|m| symbol_of(m, a)))
-        .unwrap_or_else(|| "not in L1's kernel text (a module, user space or an L2 guest)".into());
+    let symbol = match (symbols, u64::from_str_radix(&rip, 16).ok()) {
+        (None, _) => "no System.map to name it; L1's /proc/kallsyms does, under nokaslr".into(),
+        (Some(m), Some(a)) => symbol_of(m, a).unwrap_or_else(|| {
+            "not in L1's kernel text (a module, user space or an L2 guest)".into()
+        }),
+        (Some(_), None) => "unreadable".into(),
+    };
     format!(
         "RIP={rip} ({symbol}) CPL={} interrupts {interrupts} HLT={}",
         field("CPL"),
@@ -152,6 +159,7 @@ mod tests {
         let regs = "EIP=0000b7b9 EFL=00000002 [-------] CPL=3 II=0 A20=1 SMM=0 HLT=0\n";
         assert!(summary(regs, Some(map)).contains("RIP=0000b7b9 (not in L1's kernel text"));
         assert!(summary(regs, Some(map)).contains("interrupts off HLT=0"));
+        assert!(summary(regs, None).contains("(no System.map to name it"));
     }
 
     #[test]
