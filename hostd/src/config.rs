@@ -6,7 +6,8 @@
 //! socket = "/run/virga/hostd.sock"        # Unix socket; optional
 //! state_dir = "/var/lib/virga/hostd"
 //! vmm_binary = "/usr/libexec/virga/vmm"
-//! vmm_user = "virga"                      # optional: run VMMs unprivileged
+//! jail = true                             # VMMs jailed, each as its own user
+//! vmm_uid_base = 2000000                  # those users: uid = gid = base + N
 //! cgroup_root = "/sys/fs/cgroup/virga"    # "" disables cgroups
 //! controller_url = "http://10.0.0.1:8774" # optional: register and heartbeat
 //! ```
@@ -47,7 +48,9 @@ pub struct ConfigFile {
     pub socket: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub vmm_binary: Option<PathBuf>,
-    pub vmm_user: Option<String>,
+    /// Jail every VMM (the default; needs hostd to run as root).
+    pub jail: Option<bool>,
+    pub vmm_uid_base: Option<u32>,
     pub cgroup_root: Option<PathBuf>,
     pub controller_url: Option<String>,
     pub controller_token: Option<String>,
@@ -80,8 +83,9 @@ pub struct Config {
     pub socket: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub vmm_binary: PathBuf,
-    /// (uid, gid) VMMs run as; None runs them as hostd's own user.
-    pub vmm_user: Option<(u32, u32)>,
+    /// The first of the users jailed VMMs run as (one per instance); None
+    /// runs VMMs unjailed, as hostd's own user.
+    pub vmm_uid_base: Option<u32>,
     pub cgroup_root: Option<PathBuf>,
     pub host_id: String,
     pub controller: Option<Controller>,
@@ -92,6 +96,11 @@ pub struct Config {
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/virga/hostd";
 pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup/virga";
+/// Jailed VMMs run as uid = gid = this plus a number no other instance holds:
+/// far above the ranges distributions hand out to people and services.
+pub const DEFAULT_VMM_UID_BASE: u32 = 2_000_000;
+/// How many users the jail may use, so at most this many instances per host.
+pub const MAX_JAILED_VMMS: u32 = 65_536;
 const MIN_TOKEN_LEN: usize = 16;
 
 impl Config {
@@ -139,13 +148,26 @@ impl Config {
                 format!("{} is not an executable file", vmm_binary.display()),
             ));
         }
-        let vmm_user = file
-            .vmm_user
-            .as_deref()
-            .map(|name| {
-                lookup_user(name).ok_or_else(|| invalid("vmm_user", format!("no user {name:?}")))
-            })
-            .transpose()?;
+        let vmm_uid_base = match file.jail.unwrap_or(true) {
+            false => None,
+            true => {
+                let base = file.vmm_uid_base.unwrap_or(DEFAULT_VMM_UID_BASE);
+                if base == 0 || base.checked_add(MAX_JAILED_VMMS).is_none() {
+                    return Err(invalid(
+                        "vmm_uid_base",
+                        format!("between 1 and {}", u32::MAX - MAX_JAILED_VMMS),
+                    ));
+                }
+                // SAFETY: geteuid has no arguments and cannot fail.
+                if unsafe { libc::geteuid() } != 0 {
+                    return Err(invalid(
+                        "jail",
+                        "jailing VMMs needs hostd to run as root (or set jail = false)",
+                    ));
+                }
+                Some(base)
+            }
+        };
         let cgroup_root = match file.cgroup_root {
             Some(p) if p.as_os_str().is_empty() => None,
             Some(p) if !p.is_absolute() => {
@@ -201,7 +223,7 @@ impl Config {
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             vmm_binary,
-            vmm_user,
+            vmm_uid_base,
             cgroup_root,
             host_id,
             controller,
@@ -229,15 +251,6 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-/// uid and gid of a user from /etc/passwd.
-fn lookup_user(name: &str) -> Option<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 4 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,11 +274,32 @@ mod tests {
 
     #[test]
     fn a_minimal_config_gets_defaults() {
-        let c = Config::validate(base()).unwrap();
+        let c = Config::validate(ConfigFile {
+            jail: None,
+            ..base()
+        })
+        .or_else(|_| {
+            Config::validate(ConfigFile {
+                jail: Some(false),
+                ..base()
+            })
+        })
+        .unwrap();
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(c.cgroup_root, Some(PathBuf::from(DEFAULT_CGROUP_ROOT)));
         assert_eq!(c.stop_timeout, Duration::from_secs(30));
         assert!(c.controller.is_none());
+        // VMMs are jailed by default, which needs hostd to run as root.
+        // SAFETY: geteuid has no arguments and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!(c.vmm_uid_base, Some(DEFAULT_VMM_UID_BASE));
+        }
+        let c = Config::validate(ConfigFile {
+            jail: Some(false),
+            ..base()
+        })
+        .unwrap();
+        assert_eq!(c.vmm_uid_base, None);
     }
 
     #[test]
@@ -309,10 +343,10 @@ mod tests {
             ),
             (
                 ConfigFile {
-                    vmm_user: Some("no-such-user-here".into()),
+                    vmm_uid_base: Some(u32::MAX - 10),
                     ..base()
                 },
-                "vmm_user",
+                "vmm_uid_base",
             ),
             (
                 ConfigFile {

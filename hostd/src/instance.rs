@@ -186,6 +186,10 @@ pub struct Instance {
     pub updated_at: u64,
     /// Times a VMM was started for it.
     pub starts: u64,
+    /// The user (and group) its jailed VMM runs as, kept for the instance's
+    /// life: its writable disks belong to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_uid: Option<u32>,
 }
 
 pub fn now_secs() -> u64 {
@@ -277,11 +281,13 @@ mod tests {
             created_at: 1,
             updated_at: 2,
             starts: 1,
+            vmm_uid: Some(2_000_001),
         };
         let json = serde_json::to_string(&i).unwrap();
         assert!(json.contains(r#""state":"running""#));
         let back: Instance = serde_json::from_str(&json).unwrap();
         assert_eq!(back.spec, i.spec);
         assert_eq!(back.process, i.process);
+        assert_eq!(back.vmm_uid, i.vmm_uid);
     }
 }

@@ -1,5 +1,5 @@
 //! VMM processes at the system-call level: starting one detached from hostd (its
-//! own session, its cgroup, its user, exactly the descriptors it needs, no new
+//! own session, its cgroup, exactly the descriptors it needs, no new
 //! privileges, no core dumps, bounded descriptors), finding
 //! one again by pid and start time, and watching one exit through a pidfd.
 
@@ -31,7 +31,6 @@ pub struct Launch<'a> {
     pub cgroup_procs: Option<std::fs::File>,
     /// Descriptors the VMM inherits (tap queues), at the same numbers.
     pub inherit: Vec<RawFd>,
-    pub user: Option<(u32, u32)>,
 }
 
 /// Descriptors a VMM may hold: disks, tap queues, vhost, eventfds and irqfds
@@ -42,12 +41,14 @@ const VMM_MAX_OPEN_FILES: libc::rlim_t = 4096;
 pub fn spawn(launch: Launch<'_>) -> std::io::Result<Process> {
     let mut cmd = Command::new(launch.binary);
     cmd.args(&launch.args)
+        // The jail is hostd's to choose (its configuration and the instance's
+        // user), not the environment's.
+        .env_remove("VIRGA_VMM_JAIL")
         .stdin(Stdio::null())
         .stdout(launch.log.try_clone()?)
         .stderr(launch.log);
     let procs_fd = launch.cgroup_procs.as_ref().map(AsRawFd::as_raw_fd);
     let inherit = launch.inherit.clone();
-    let user = launch.user;
     // SAFETY: the closure runs between fork and exec and only makes
     // async-signal-safe system calls on plain integers and a stack buffer.
     unsafe {
@@ -82,14 +83,6 @@ pub fn spawn(launch: Launch<'_>) -> std::io::Result<Process> {
                     rlim_max: limit,
                 };
                 if libc::setrlimit(resource, &rlimit) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            if let Some((uid, gid)) = user {
-                if libc::setgroups(0, std::ptr::null()) < 0
-                    || libc::setgid(gid) < 0
-                    || libc::setuid(uid) < 0
-                {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -212,7 +205,6 @@ mod tests {
             log,
             cgroup_procs: None,
             inherit: vec![],
-            user: None,
         }
     }
 

@@ -129,6 +129,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             starts: 0,
+            vmm_uid: None,
         }
     }
 

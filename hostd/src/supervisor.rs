@@ -33,6 +33,9 @@ const CONSOLE_LOG: &str = "console.log";
 const VMM_LOG: &str = "vmm.log";
 const API_SOCKET: &str = "api.sock";
 const VMM_CONFIG: &str = "vmm.json";
+/// The empty directory a jailed VMM mounts its root on (in its own mount
+/// namespace; nothing appears here on the host).
+const JAIL_ROOT: &str = "jail";
 /// Lines of console and VMM log kept with an ERROR reason.
 const REASON_TAIL_LINES: usize = 5;
 
@@ -289,6 +292,7 @@ impl Supervisor {
                 created_at: now,
                 updated_at: now,
                 starts: 0,
+                vmm_uid: None,
             }),
             op: tokio::sync::Mutex::new(()),
             pidfd: Mutex::new(None),
@@ -341,6 +345,65 @@ impl Supervisor {
         Ok(record)
     }
 
+    /// The user the instance's VMM runs as: the one it has, or the lowest no
+    /// other instance holds. None when VMMs are not jailed.
+    fn vmm_uid(&self, id: &str, slot: &Arc<Slot>) -> Result<Option<u32>, OpError> {
+        let Some(base) = self.config.vmm_uid_base else {
+            return Ok(None);
+        };
+        // The slots lock makes choosing and recording one step for all
+        // instances.
+        let slots = lock(&self.slots);
+        if let Some(uid) = lock(&slot.record).vmm_uid {
+            return Ok(Some(uid));
+        }
+        let taken: std::collections::HashSet<u32> = slots
+            .values()
+            .filter_map(|s| lock(&s.record).vmm_uid)
+            .collect();
+        let uid = (base..base + crate::config::MAX_JAILED_VMMS)
+            .find(|u| !taken.contains(u))
+            .ok_or_else(|| {
+                OpError::Conflict(format!(
+                    "all {} VMM users are taken",
+                    crate::config::MAX_JAILED_VMMS
+                ))
+            })?;
+        lock(&slot.record).vmm_uid = Some(uid);
+        drop(slots);
+        // Saved now: the disks given to this user stay with the instance.
+        if let Err(e) = self.save() {
+            tracing::error!(instance = id, "saving state: {e}");
+        }
+        Ok(Some(uid))
+    }
+
+    /// Readies the jail of a VMM that runs as `uid`: an empty directory to
+    /// mount its root on, and its writable disks given to it.
+    fn prepare_jail(
+        &self,
+        dir: &Path,
+        file: &ConfigFile,
+        uid: u32,
+    ) -> Result<vmm::jail::JailConfig, OpError> {
+        let root = dir.join(JAIL_ROOT);
+        std::fs::create_dir_all(&root)
+            .map_err(|e| OpError::Internal(format!("{}: {e}", root.display())))?;
+        for disk in file.disks.iter().flatten().filter(|d| !d.read_only) {
+            std::os::unix::fs::chown(&disk.path, Some(uid), Some(uid)).map_err(|e| {
+                OpError::BadRequest(format!(
+                    "disk {}: giving it to the VMM's user: {e}",
+                    disk.path.display()
+                ))
+            })?;
+        }
+        Ok(vmm::jail::JailConfig {
+            uid,
+            gid: uid,
+            root,
+        })
+    }
+
     /// Starts a VMM for the instance and waits until its control API answers.
     async fn launch(&self, id: &str, slot: &Arc<Slot>) -> Result<(), OpError> {
         let spec = lock(&slot.record).spec.clone();
@@ -372,6 +435,9 @@ impl Supervisor {
         }
         let mut file = vmm_config_file(&spec, Some(&dir));
         file.nets = (!nets.is_empty()).then_some(nets);
+        if let Some(uid) = self.vmm_uid(id, slot)? {
+            file.jail = Some(self.prepare_jail(&dir, &file, uid)?);
+        }
         let config_path = dir.join(VMM_CONFIG);
         let json =
             serde_json::to_vec_pretty(&file).map_err(|e| OpError::Internal(e.to_string()))?;
@@ -407,7 +473,6 @@ impl Supervisor {
             log,
             cgroup_procs,
             inherit,
-            user: self.config.vmm_user,
         })
         .map_err(|e| {
             OpError::Internal(format!(
@@ -788,6 +853,8 @@ fn vmm_config_file(spec: &InstanceSpec, dir: Option<&Path>) -> ConfigFile {
         // The VMM's default, enforce; VIRGA_VMM_SECCOMP=log in hostd's
         // environment reaches every VMM it starts (diagnosis).
         seccomp: None,
+        // Set by `launch` when VMMs are jailed.
+        jail: None,
     }
 }
 
@@ -808,7 +875,16 @@ fn classify(requested: bool, exit: &Exit, last_line: Option<&str>) -> (State, St
         .and_then(|l| l.strip_prefix(vmm::EXIT_LINE))
         .and_then(|rest| rest.split_once(": "))
         .map(|(code, what)| (code.trim().parse::<i32>().ok(), what.to_owned()));
+    // A VMM that failed before any VM ran (a bad configuration, a jail it could
+    // not enter) said why on its last line, without the exit-line prefix.
+    let early = last_line
+        .filter(|_| said.is_none())
+        .and_then(|l| l.strip_prefix("vmm: "));
     match (requested, exit, said) {
+        (false, Exit::Code(c), None) if *c != 0 && early.is_some() => (
+            State::Error,
+            format!("VMM exited with status {c}: {}", early.unwrap_or_default()),
+        ),
         (true, _, Some((_, what))) => (State::Shutoff, format!("stopped: {what}")),
         (true, Exit::Signal(s), None) => (
             State::Shutoff,
@@ -842,11 +918,10 @@ fn classify(requested: bool, exit: &Exit, last_line: Option<&str>) -> (State, St
     }
 }
 
-/// The VMM's last line if it is its exit line.
+/// The VMM's last line if the VMM wrote it (its exit line, or why it could not
+/// start), not a line of its tracing output.
 fn last_exit_line(log: &Path) -> Option<String> {
-    tail_lines(log, 1)
-        .pop()
-        .filter(|l| l.starts_with(vmm::EXIT_LINE))
+    tail_lines(log, 1).pop().filter(|l| l.starts_with("vmm: "))
 }
 
 /// The last `n` lines of a file (empty if it cannot be read); reads at most the
@@ -903,6 +978,21 @@ mod tests {
             why,
             "VMM exited with status 159: seccomp: the vcpu thread made a forbidden system call (59)"
         );
+        // One that could not start says why, without an exit line.
+        let jail = Some("vmm: invalid configuration: jail: /img: not writable by uid 2000000");
+        let (s, why) = classify(false, &Exit::Code(2), jail);
+        assert_eq!(s, State::Error);
+        assert_eq!(
+            why,
+            "VMM exited with status 2: invalid configuration: jail: /img: not writable by uid 2000000"
+        );
+        // Its other lines are no reason for a death it did not report.
+        let (_, why) = classify(
+            false,
+            &Exit::Unknown,
+            Some("vmm: serial console on /dev/pts/3"),
+        );
+        assert!(why.contains("without a word"), "{why}");
     }
 
     #[test]

@@ -117,7 +117,9 @@ pub enum ApiError {
     Thread(std::io::Error),
 }
 
-/// The API server; removes its socket file when dropped.
+/// The API server; removes its socket file when dropped. A jailed VMM cannot
+/// (the path is outside its jail, and its directory not its user's): the file
+/// stays, nobody answers on it, and the next VMM on that path reuses it.
 pub struct ApiServer {
     path: PathBuf,
 }
@@ -128,9 +130,15 @@ impl Drop for ApiServer {
     }
 }
 
-/// Binds `path` now (so a bad path fails before any VM exists) and serves it on a
-/// new thread, forwarding requests through `to_vmm`.
-pub fn spawn(path: &Path, to_vmm: Sender<crate::vmm::VmmEvent>) -> Result<ApiServer, ApiError> {
+/// A bound API socket whose server has not started yet.
+pub struct ApiListener {
+    listener: std::os::unix::net::UnixListener,
+    server: ApiServer,
+}
+
+/// Binds `path` now, so that a bad path fails before any VM exists and the
+/// socket is made before a jail hides the directory it lives in.
+pub fn bind(path: &Path) -> Result<ApiListener, ApiError> {
     let bind_error = |source| ApiError::Bind {
         path: path.to_owned(),
         source,
@@ -146,15 +154,25 @@ pub fn spawn(path: &Path, to_vmm: Sender<crate::vmm::VmmEvent>) -> Result<ApiSer
     }
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_error)?;
     listener.set_nonblocking(true).map_err(bind_error)?;
-    let server = ApiServer {
-        path: path.to_owned(),
-    };
-    std::thread::Builder::new()
-        .name("api".into())
-        .stack_size(crate::THREAD_STACK_BYTES)
-        .spawn(move || serve(listener, to_vmm))
-        .map_err(ApiError::Thread)?;
-    Ok(server)
+    Ok(ApiListener {
+        listener,
+        server: ApiServer {
+            path: path.to_owned(),
+        },
+    })
+}
+
+impl ApiListener {
+    /// Serves the socket on a new thread, forwarding requests through `to_vmm`.
+    pub fn serve(self, to_vmm: Sender<crate::vmm::VmmEvent>) -> Result<ApiServer, ApiError> {
+        let listener = self.listener;
+        std::thread::Builder::new()
+            .name("api".into())
+            .stack_size(crate::THREAD_STACK_BYTES)
+            .spawn(move || serve(listener, to_vmm))
+            .map_err(ApiError::Thread)?;
+        Ok(self.server)
+    }
 }
 
 fn serve(listener: std::os::unix::net::UnixListener, to_vmm: Sender<crate::vmm::VmmEvent>) {

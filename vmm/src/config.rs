@@ -316,6 +316,9 @@ pub struct ConfigFile {
     /// seccomp filters: enforce (the default), log or off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp: Option<crate::seccomp::SeccompMode>,
+    /// Run in a jail as this user (see [`crate::jail`]); none when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<crate::jail::JailConfig>,
 }
 
 impl ConfigFile {
@@ -352,6 +355,7 @@ impl ConfigFile {
             disks: other.disks.or(self.disks),
             nets: other.nets.or(self.nets),
             seccomp: other.seccomp.or(self.seccomp),
+            jail: other.jail.or(self.jail),
         }
     }
 }
@@ -380,6 +384,7 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
     pub seccomp: crate::seccomp::SeccompMode,
+    pub jail: Option<crate::jail::JailConfig>,
 }
 
 impl VmConfig {
@@ -476,7 +481,12 @@ impl VmConfig {
             validate_net(net)?;
         }
 
+        if let Some(jail) = &file.jail {
+            jail.check().map_err(|e| invalid("jail", e))?;
+        }
+
         Ok(VmConfig {
+            jail: file.jail,
             nets,
             disks,
             kernel,

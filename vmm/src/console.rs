@@ -27,6 +27,8 @@ pub struct Console {
     /// Held open so the master neither reads EIO nor loses output while no client is
     /// attached; a full PTY buffer then drops output instead of blocking a vCPU.
     _pty_slave: Option<Arc<File>>,
+    /// The PTY's reading side until [`Console::start`] hands it to its thread.
+    pty_reader: Arc<Mutex<Option<File>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,20 +73,25 @@ impl Console {
                 (Box::new(File::from(master)), false)
             }
         };
-        let out = Arc::new(Output::new(out, by_line));
-        if by_line {
-            spawn_partial_line_flusher(out.clone());
-        }
-        let console = Console {
-            out,
+        Ok(Console {
+            out: Arc::new(Output::new(out, by_line)),
             input_target: Arc::new(Mutex::new(None)),
             pty_path,
             _pty_slave: pty_slave,
-        };
-        if let Some(reader) = pty_reader {
-            console.spawn_input_forwarder(reader);
+            pty_reader: Arc::new(Mutex::new(pty_reader)),
+        })
+    }
+
+    /// Starts the console's threads: the partial-line flusher for line-wise
+    /// output and the input forwarder for a PTY. Separate from [`Console::open`]
+    /// so that a jail can be entered in between (it must precede every thread).
+    pub fn start(&self) {
+        if lock(&self.out.state).by_line {
+            spawn_partial_line_flusher(self.out.clone());
         }
-        Ok(console)
+        if let Some(reader) = lock(&self.pty_reader).take() {
+            self.spawn_input_forwarder(reader);
+        }
     }
 
     pub fn pty_path(&self) -> Option<&str> {
@@ -403,6 +410,7 @@ mod tests {
             input_target: Arc::new(Mutex::new(None)),
             pty_path: None,
             _pty_slave: None,
+            pty_reader: Arc::new(Mutex::new(None)),
         };
         let mut w = console.writer();
         let long = vec![b'x'; MAX_PENDING + 10];

@@ -36,6 +36,7 @@ pub mod console;
 pub mod cpu;
 pub mod devices;
 pub mod interrupts;
+pub mod jail;
 pub mod layout;
 mod log;
 pub mod memory;

@@ -62,6 +62,10 @@ struct Args {
     /// VMM with status 159), log (the kernel logs it; for diagnosis) or off.
     #[arg(long, env = "VIRGA_VMM_SECCOMP")]
     seccomp: Option<vmm::seccomp::SeccompMode>,
+    /// Run jailed as UID:GID (own mount namespace holding only this VM's files
+    /// and devices; see the jail module): UID:GID[,root=DIR]. Needs root to start.
+    #[arg(long, env = "VIRGA_VMM_JAIL")]
+    jail: Option<vmm::jail::JailConfig>,
 }
 
 fn parse_serial(s: &str) -> Result<SerialConfig, String> {
@@ -105,6 +109,7 @@ impl Args {
                 disks: (!self.disks.is_empty()).then_some(self.disks),
                 nets: (!self.nets.is_empty()).then_some(self.nets),
                 seccomp: self.seccomp,
+                jail: self.jail,
             },
         )
     }
@@ -146,6 +151,9 @@ fn main() -> ExitCode {
         eprintln!("vmm: {e}");
         return ExitCode::FAILURE;
     }
+    let mut config = config;
+    // What is opened once is opened before the jail: the console and the API
+    // socket live where the jail does not reach.
     let console = match Console::open(&config.serial) {
         Ok(c) => c,
         Err(e) => {
@@ -153,6 +161,31 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_INVALID_CONFIG);
         }
     };
+    let api = match &config.api_socket {
+        Some(path) => match vmm::api::bind(path) {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                eprintln!("vmm: invalid configuration: {e}");
+                return ExitCode::from(EXIT_INVALID_CONFIG);
+            }
+        },
+        None => None,
+    };
+    let mut _taps = Vec::new();
+    if let Some(jail) = config.jail.clone() {
+        let entered = vmm::jail::open_taps(&mut config).and_then(|taps| {
+            _taps = taps;
+            let contents = vmm::jail::Contents::of(&mut config)?;
+            vmm::jail::enter(&jail, &contents)
+        });
+        if let Err(e) = entered {
+            eprintln!("vmm: invalid configuration: {e}");
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        }
+    }
+
+    // Threads start only now: each installs its own seccomp filter.
+    console.start();
     if let Some(pty) = console.pty_path() {
         eprintln!("vmm: serial console on {pty}");
     }
@@ -162,14 +195,12 @@ fn main() -> ExitCode {
     }
 
     let (sender, events) = std::sync::mpsc::channel::<VmmEvent>();
-    let _api = match &config.api_socket {
-        Some(path) => match vmm::api::spawn(path, sender.clone()) {
-            Ok(server) => Some(server),
-            Err(e) => {
-                eprintln!("vmm: invalid configuration: {e}");
-                return ExitCode::from(EXIT_INVALID_CONFIG);
-            }
-        },
+    let _api = match api.map(|listener| listener.serve(sender.clone())) {
+        Some(Ok(server)) => Some(server),
+        Some(Err(e)) => {
+            eprintln!("vmm: {e}");
+            return ExitCode::FAILURE;
+        }
         None => None,
     };
 

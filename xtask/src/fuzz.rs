@@ -1,14 +1,16 @@
-//! `cargo xtask fuzz [--target T] [--minutes N]`: runs the VMM's fuzz targets
-//! (`vmm/src/fuzz/`, proptest on the stable toolchain) for N minutes each, in
-//! release mode, one after another, and prints a table of cases and results.
-//! A plain `cargo test -p vmm` runs the same targets for a few cases each.
+//! `cargo xtask fuzz [--target T] [--minutes N]`: runs the fuzz targets (the
+//! VMM's in `vmm/src/fuzz/`, and `api`, every controller API's bodies and query
+//! strings in `controller/tests/fuzz_api.rs`; proptest on the stable toolchain)
+//! for N minutes each, in release mode, one after another, and prints a table of
+//! cases and results. A plain `cargo test` runs the same targets for a few cases
+//! each.
 
 use std::process::Stdio;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-/// Every target: `vmm::fuzz::<name>::<name>`.
+/// Every target: `vmm::fuzz::<name>::<name>`, and the controller's `api`.
 pub const TARGETS: &[&str] = &[
     "virtio_blk",
     "virtio_net",
@@ -16,7 +18,17 @@ pub const TARGETS: &[&str] = &[
     "pci",
     "legacy_ports",
     "config",
+    "api",
 ];
+
+/// `cargo test` arguments that select a target's crate and test binary, and
+/// the test's name in it.
+fn selector(target: &str) -> (&'static [&'static str], String) {
+    match target {
+        "api" => (&["-p", "controller", "--test", "fuzz_api"], "api".into()),
+        t => (&["-p", "vmm", "--lib"], format!("fuzz::{t}::{t}")),
+    }
+}
 
 struct Row {
     target: &'static str,
@@ -37,15 +49,24 @@ pub fn fuzz(target: Option<&str>, minutes: f64) -> Result<()> {
         },
     };
     // Build first, so no target's time goes to compiling.
-    super::run(super::cargo().args(["test", "--release", "-p", "vmm", "--lib", "--no-run"]))?;
+    for t in &targets {
+        super::run(
+            super::cargo()
+                .args(["test", "--release"])
+                .args(selector(t).0)
+                .arg("--no-run"),
+        )?;
+    }
     let seconds = format!("{}", minutes * 60.0);
     let mut rows = Vec::new();
     for t in targets {
         eprintln!("fuzz: {t} for {minutes} min");
         let start = Instant::now();
-        let name = format!("fuzz::{t}::{t}");
+        let (crate_args, name) = selector(t);
         let out = super::cargo()
-            .args(["test", "--release", "-p", "vmm", "--lib", "--", "--exact"])
+            .args(["test", "--release"])
+            .args(crate_args)
+            .args(["--", "--exact"])
             .args([name.as_str(), "--nocapture", "--test-threads=1"])
             .env("VIRGA_FUZZ_SECONDS", &seconds)
             .stderr(Stdio::inherit())

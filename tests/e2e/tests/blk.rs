@@ -11,6 +11,8 @@ fn disk_data_survives_reboots_and_read_only_disks_refuse_writes() {
 dd if=/dev/zero of=$img bs=1M count=64 2>/dev/null
 other=$WORK/other.raw
 dd if=/dev/zero of=$other bs=1M count=8 2>/dev/null
+# The jailed VMM (see the testbed) writes them as its own user.
+chown $VMM_UID $img $other
 boot() {
     mode=$1; shift
     $BIN/vmm --kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio \
@@ -24,7 +26,11 @@ boot disk-read --disk path=$img,direct=off,queues=1
 echo "READ_EXIT=$?"
 boot disk-write --disk path=$img,readonly=on
 echo "RO_EXIT=$?"
-echo "HOST_MD5_AFTER_RO=$(dd if=$img bs=64k skip=16 count=64 2>/dev/null | md5sum | cut -d' ' -f1)""#,
+echo "HOST_MD5_AFTER_RO=$(dd if=$img bs=64k skip=16 count=64 2>/dev/null | md5sum | cut -d' ' -f1)"
+dd if=/dev/zero of=$WORK/roots.raw bs=1M count=1 2>/dev/null
+boot disk-write --disk path=$WORK/roots.raw 2> $WORK/refused.log
+echo "NOT_OWNED_EXIT=$?"
+echo "NOT_OWNED_SAYS=$(tail -1 $WORK/refused.log)""#,
     );
     assert!(out.success(), "scenario failed");
     let o = &out.output;
@@ -66,6 +72,16 @@ echo "HOST_MD5_AFTER_RO=$(dd if=$img bs=64k skip=16 count=64 2>/dev/null | md5su
     );
     assert_eq!(value(o, "READ_EXIT"), Some("0"));
     assert_eq!(value(o, "RO_EXIT"), Some("0"));
+    // The VMM runs jailed as the testbed's VMM user: a disk it may not write
+    // is named before any VM exists.
+    assert_eq!(value(o, "NOT_OWNED_EXIT"), Some("2"));
+    assert_eq!(
+        value(o, "NOT_OWNED_SAYS"),
+        Some(
+            "vmm: invalid configuration: jail: /virga/work/roots.raw: not writable by uid 1999999 \
+             (Permission denied (os error 13))"
+        ),
+    );
 }
 
 #[test]
@@ -74,6 +90,7 @@ fn disk_rate_limit_holds_reads_back_and_changes_at_run_time() {
         "virtio-blk-rate-limit",
         r#"img=$WORK/disk.raw
 dd if=/dev/zero of=$img bs=1M count=16 2>/dev/null
+chown $VMM_UID $img
 $BIN/vmm --kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio \
     --memory-mib 256 --cmdline "$CMDLINE virga.mode=disk-read" \
     --disk path=$img,bw=1048576 --api-socket $WORK/api.sock &

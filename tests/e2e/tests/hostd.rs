@@ -66,9 +66,28 @@ fn instances_live_through_their_lifecycle() {
     let script = format!(
         "{PRELUDE}{}",
         r#"
-for vm in vm1 vm2 vm3; do spec $vm; hc create $WORK/$vm.json > /dev/null && echo "CREATED $vm"; done
+dd if=/dev/zero of=$WORK/vm1.raw bs=1M count=1 2>/dev/null
+for vm in vm1 vm2 vm3; do
+    spec $vm
+    # vm1 has a writable disk, which hostd gives to its VMM's user.
+    [ $vm = vm1 ] && sed -i "s|}\$|, \"disks\": [{\"path\": \"$WORK/vm1.raw\"}]}|" $WORK/vm1.json
+    hc create $WORK/$vm.json > /dev/null && echo "CREATED $vm"
+done
 for vm in vm1 vm2 vm3; do wait_booted $vm; echo "STATE $vm $(state $vm)"; done
 echo "VMMS_3 $(vmms)"
+# Each VMM is jailed: its own user, no capabilities, its own mount namespace
+# whose root holds only its kernel, initramfs and /dev/kvm.
+for vm in vm1 vm2 vm3; do
+    p=$(pid $vm)
+    set -- $(grep '^Uid:' /proc/$p/status); echo "JAIL_UID $vm $2 $3 $4 $5"
+    set -- $(grep '^CapEff:' /proc/$p/status); echo "JAIL_CAPS $vm $2"
+    [ "$(readlink /proc/$p/ns/mnt)" != "$(readlink /proc/self/ns/mnt)" ] && echo "JAIL_NS $vm own" || echo "JAIL_NS $vm shared"
+done
+p=$(pid vm1)
+set -- $(grep '^Uid:' /proc/$p/status); echo "DISK_OWNER $(stat -c %u:%g $WORK/vm1.raw) $2"
+echo "JAIL_FILES $(cd /proc/$p/root && find . -path ./proc -prune -o ! -type d -print | sort | tr '\n' ' ')"
+# (Root sees every process in any proc; the mount options are what hide them.)
+echo "JAIL_PROC $(grep ' /proc ' /proc/$p/mountinfo | grep -c 'hidepid=invisible,subset=pid')"
 echo "CGROUP_CPU_MAX $(cat /sys/fs/cgroup/virga/vm1/cpu.max 2>/dev/null)"
 
 hc pause vm1 > /dev/null; echo "PAUSED $(state vm1)"
@@ -115,6 +134,38 @@ kill $HOSTD; wait $HOSTD; echo "HOSTD_EXIT $?"
         assert!(o.contains(&format!("STATE {vm} running")), "{vm} running");
     }
     assert_eq!(value(o, "VMMS_3"), Some("3"), "three VMM processes");
+    let mut uids = Vec::new();
+    for vm in ["vm1", "vm2", "vm3"] {
+        let ids = value(o, &format!("JAIL_UID {vm}")).unwrap_or_default();
+        let ids: Vec<u32> = ids.split(' ').filter_map(|i| i.parse().ok()).collect();
+        assert_eq!(
+            ids.len(),
+            4,
+            "{vm}: real, effective, saved, fs uid: {ids:?}"
+        );
+        assert!(ids.iter().all(|&i| i == ids[0]), "{vm}: one uid: {ids:?}");
+        assert!(ids[0] >= 2_000_000, "{vm} runs as a jail user: {ids:?}");
+        uids.push(ids[0]);
+        assert_eq!(
+            value(o, &format!("JAIL_CAPS {vm}")),
+            Some("0000000000000000"),
+            "{vm} has no capabilities"
+        );
+        assert_eq!(value(o, &format!("JAIL_NS {vm}")), Some("own"), "{vm}");
+    }
+    uids.sort();
+    uids.dedup();
+    assert_eq!(uids.len(), 3, "one user per VMM");
+    assert_eq!(
+        value(o, "JAIL_FILES"),
+        Some("./dev/kvm ./virga/guest/boot-initramfs.cpio ./virga/guest/vmlinux ./virga/work/vm1.raw"),
+        "the jail holds the VM's files and nothing else"
+    );
+    assert_eq!(
+        value(o, "JAIL_PROC"),
+        Some("1"),
+        "its /proc shows itself only"
+    );
     assert_eq!(value(o, "PAUSED"), Some("paused"));
     assert_eq!(
         value(o, "PAUSE_HOLDS"),

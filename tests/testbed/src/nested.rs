@@ -337,6 +337,9 @@ while :; do /bin/busybox sleep 1; done
     .to_owned()
 }
 
+/// The user the scenarios' own VMMs run as (outside hostd's range).
+const VMM_UID: u32 = 1_999_999;
+
 /// The testbed's setup: mounts, modules, the console and control ports,
 /// the scenario, its exit status.
 fn l1_setup(seccomp: Option<&str>) -> String {
@@ -398,6 +401,12 @@ fi
 (while :; do echo {CONTROL_HEARTBEAT} >&3; sleep {heartbeat}; done) &
 export BIN=/virga/bin GUEST=/virga/guest WORK=/virga/work HOST_ADDR={HOST_ADDR}
 . /virga/disks.env
+# Every VMM a scenario starts runs jailed, as hostd's do (hostd gives each of
+# its VMMs a user of its own instead): disks a scenario writes belong to VMM_UID.
+export VMM_UID={VMM_UID}
+mkdir -p /tmp/vmm-jail
+export VIRGA_VMM_JAIL=$VMM_UID:$VMM_UID,root=/tmp/vmm-jail
+for disk in $ROOTFS $SCRATCH; do chown $VMM_UID:$VMM_UID $disk; done
 cd /virga/work
 sh /virga/scenario < /dev/null 2>&1 3>&-
 status=$?
@@ -410,6 +419,7 @@ echo "{CONTROL_EXIT}$status" >&3
 poweroff -f
 "#,
         heartbeat = HEARTBEAT.as_secs(),
+        VMM_UID = VMM_UID,
     )
 }
 

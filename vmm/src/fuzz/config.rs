@@ -209,6 +209,7 @@ const FIELDS: &[&str] = &[
     "memory_mib",
     "serial.path",
     "api_socket",
+    "jail",
     "disks",
     "disks.path",
     "disks.serial",
