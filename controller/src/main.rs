@@ -133,6 +133,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // sweep of the state sync decides by age.
     if app.owns_its_database() {
         api::servers::expire_stale(&app, i64::MAX).await;
+        let resumer = app.clone();
+        tokio::spawn(async move { api::servers::resume_deletes(&resumer, i64::MAX).await });
     }
     tokio::spawn(api::servers::sync_loop(app.clone()));
     // Expired tokens are forgotten a day after they expire.

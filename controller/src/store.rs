@@ -86,6 +86,37 @@ impl Store {
     }
 }
 
+/// One statement of [`Store::atomically`], and how many rows it must touch for
+/// the whole to go ahead.
+pub struct Step<'a> {
+    pub sql: &'a str,
+    pub args: &'a [Value<'a>],
+    /// `Some(n)`: unless exactly n rows change, nothing of the whole is kept.
+    pub rows: Option<u64>,
+}
+
+impl Store {
+    /// Runs `steps` in one transaction: all of them, or (when a step's row
+    /// count is not the one it needs, or on any error) none. Returns whether
+    /// they were applied.
+    pub async fn atomically(&self, steps: &[Step<'_>]) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for step in steps {
+            let mut q = sqlx::query(step.sql);
+            for a in step.args {
+                q = a.bind(q);
+            }
+            let changed = q.execute(&mut *tx).await?.rows_affected();
+            if step.rows.is_some_and(|n| n != changed) {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
 /// A query argument.
 #[derive(Clone, Copy, Debug)]
 pub enum Value<'a> {

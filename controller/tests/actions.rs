@@ -1,5 +1,5 @@
-//! Server actions against a stand-in hostd (a few lines of HTTP that answer
-//! like hostd, slowly, and refuse soft reboots): the controller answers 202
+//! Server actions against a stand-in hostd (`common::hostd`: it answers like
+//! hostd, slowly, and refuses soft reboots): the controller answers 202
 //! at once, shows the task while it runs, refuses a second action meanwhile,
 //! records every action and its outcome, and maps suspend and resume.
 //! The real hostd and guests are exercised by the testbed's cloud test.
@@ -9,118 +9,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::hostd::{controller_config, Delays, StandInHostd};
 use common::{call, put_bytes, start_with, Controller};
 
-const HOSTD_SECRET: &str = "stand-in-hostd-secret";
-
-/// The stand-in's own token: the controller must call it with this one.
-fn host_token() -> String {
-    hostd_proto::token::for_host(HOSTD_SECRET, "stand-in")
-}
 /// How long the stand-in takes for each action.
 const ACTION_DELAY: Duration = Duration::from_millis(600);
-
-/// Serves hostd's instance API from a map of instance states.
-fn stand_in_hostd() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let states: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let states = states.clone();
-            std::thread::spawn(move || answer(stream, &states));
-        }
-    });
-    port
-}
-
-fn answer(mut stream: TcpStream, states: &Mutex<BTreeMap<String, String>>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let mut length = 0;
-    let mut authorized = false;
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).unwrap();
-        let lower = h.to_ascii_lowercase();
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap();
-        }
-        authorized |= lower.trim() == format!("authorization: bearer {}", host_token());
-        if h.trim().is_empty() {
-            break;
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let parts: Vec<&str> = line.split_whitespace().collect();
-    let (method, path) = (parts[0], parts[1].split('?').next().unwrap());
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let instance = |id: &str, state: &str| serde_json::json!({"id": id, "state": state});
-    let (status, reply) = match (authorized, method, segments.as_slice()) {
-        (false, _, _) => (401, serde_json::json!({"error": {"message": "no token"}})),
-        (_, "POST", ["instances"]) => {
-            let id = body["id"].as_str().unwrap().to_owned();
-            states.lock().unwrap().insert(id.clone(), "running".into());
-            (201, instance(&id, "running"))
-        }
-        (_, "GET", ["instances"]) => {
-            let list: Vec<_> = states
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(id, st)| instance(id, st))
-                .collect();
-            (200, serde_json::json!(list))
-        }
-        (_, "POST", ["instances", id, "actions", action]) => {
-            std::thread::sleep(ACTION_DELAY);
-            let next = match *action {
-                "stop" => Some("shutoff"),
-                "start" | "resume" => Some("running"),
-                "pause" => Some("paused"),
-                "reboot" if body["hard"] == true => Some("running"),
-                _ => None,
-            };
-            match next {
-                Some(st) => {
-                    states.lock().unwrap().insert(id.to_string(), st.into());
-                    (200, instance(id, st))
-                }
-                None => (
-                    409,
-                    serde_json::json!({"error": {"message": "the guest ignored the request"}}),
-                ),
-            }
-        }
-        (_, "DELETE", ["instances", id]) => {
-            states.lock().unwrap().remove(*id);
-            (204, serde_json::Value::Null)
-        }
-        _ => (
-            404,
-            serde_json::json!({"error": {"message": "no such path"}}),
-        ),
-    };
-    let text = if reply.is_null() {
-        String::new()
-    } else {
-        reply.to_string()
-    };
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-        text.len()
-    );
-}
 
 fn token(c: &Controller) -> String {
     let body = r#"{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"admin","domain":{"name":"Default"},"password":"admin-secret"}}},"scope":{"project":{"name":"admin","domain":{"name":"Default"}}}}}"#;
@@ -129,30 +24,15 @@ fn token(c: &Controller) -> String {
     r.header("x-subject-token").unwrap().to_owned()
 }
 
-/// Registers the stand-in as a host, as hostd's heartbeat would.
-fn register(c: &Controller, port: u16) {
-    let heartbeat = serde_json::json!({
-        "host_id": "stand-in", "url": format!("http://127.0.0.1:{port}"), "cpus": 8,
-        "memory_mib": 16384, "memory_usable_mib": 16000, "disk_free_mib": 100000,
-        "vcpus_used": 0, "memory_used_mib": 0, "instances": 0, "kvm_mode": "hardware",
-        "version": "0.1.0",
-    });
-    let bearer = format!("Bearer {}", host_token());
-    let r = call(
-        c,
-        "PUT",
-        "/internal/v1/hosts/stand-in",
-        &[("Authorization", &bearer)],
-        &heartbeat.to_string(),
-    );
-    assert!(r.status < 300, "{} {}", r.status, r.body);
-}
-
 #[test]
 fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
-    let port = stand_in_hostd();
-    let c = start_with(None, &format!("hostd_secret = \"{HOSTD_SECRET}\"\n"));
-    register(&c, port);
+    let hostd = StandInHostd::start(Delays {
+        create: Duration::ZERO,
+        action: ACTION_DELAY,
+        delete: Duration::ZERO,
+    });
+    let c = start_with(None, &controller_config());
+    hostd.register(&c);
     let admin = token(&c);
     let t = ("X-Auth-Token", admin.as_str());
     let flavor = call(

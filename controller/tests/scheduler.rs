@@ -1,5 +1,6 @@
 //! The scheduler against real databases: filters, weighers, and atomic claims
-//! under concurrency (8 placements racing for room for 5).
+//! under concurrency (8 placements racing for room for 5), each bound to its
+//! server's row (released once, however often asked).
 
 // Test helpers fail the test on any unexpected error.
 #![allow(clippy::unwrap_used)]
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use controller::compute::hosts::Hosts;
 use controller::compute::scheduler::{Demand, PlaceError, Policy, Scheduler, Weigher};
-use controller::store::Store;
+use controller::store::{Store, Value};
 use hostd_proto::Heartbeat;
 
 fn beat(id: &str, memory_usable_mib: u64) -> Heartbeat {
@@ -39,19 +40,35 @@ fn small() -> Demand {
     }
 }
 
+/// A server row of the `small` flavor, not placed yet.
+async fn server(store: &Store, id: &str) -> String {
+    store
+        .execute(
+            "INSERT INTO servers (id, project_id, user_id, name, flavor_id, image_id, vcpus, ram_mib, \
+             disk_gib, vm_state, created_at, updated_at) \
+             VALUES ($1, 'p', 'u', $1, 'f', 'i', 1, 1024, 1, 'building', 0, 0)",
+            &[Value::Text(id)],
+        )
+        .await
+        .unwrap();
+    id.to_owned()
+}
+
 async fn racing_claims(url: &str) {
     let store = Store::open(url).await.unwrap();
     Hosts::new(store.clone())
         .heartbeat(&beat("h1", 5 * 1024))
         .await
         .unwrap();
-    let sched = Arc::new(Scheduler::new(store, Policy::default()));
-    let tasks: Vec<_> = (0..8)
-        .map(|_| {
-            let s = sched.clone();
-            tokio::spawn(async move { s.place(&small(), &[]).await })
-        })
-        .collect();
+    let sched = Arc::new(Scheduler::new(store.clone(), Policy::default()));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = sched.clone();
+        let id = server(&store, &format!("s{i}")).await;
+        tasks.push(tokio::spawn(
+            async move { s.place(&id, &small(), &[]).await },
+        ));
+    }
     let mut placed = 0;
     let mut refused = 0;
     for t in tasks {
@@ -68,10 +85,27 @@ async fn racing_claims(url: &str) {
         }
     }
     assert_eq!((placed, refused), (5, 3), "exactly the host's capacity");
-    // Released capacity can be claimed again.
-    sched.release("h1", &small()).await.unwrap();
-    assert!(sched.place(&small(), &[]).await.is_ok());
-    assert!(sched.place(&small(), &[]).await.is_err());
+    let placed_ids: Vec<String> = {
+        let rows = store
+            .fetch_all("SELECT id FROM servers WHERE host_id = 'h1'", &[])
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| controller::store::text(r, "id").unwrap())
+            .collect()
+    };
+    assert_eq!(placed_ids.len(), 5, "each claim names its server's host");
+    // Released capacity can be claimed again, once however often it is
+    // released.
+    assert!(sched.release(&placed_ids[0], "h1").await.unwrap());
+    assert!(!sched.release(&placed_ids[0], "h1").await.unwrap());
+    assert!(!sched.release(&placed_ids[1], "elsewhere").await.unwrap());
+    let again = server(&store, "again").await;
+    assert!(sched.place(&again, &small(), &[]).await.is_ok());
+    // A server already placed is not placed twice.
+    assert!(sched.place(&again, &small(), &[]).await.is_err());
+    let more = server(&store, "more").await;
+    assert!(sched.place(&more, &small(), &[]).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -103,10 +137,21 @@ async fn filters_and_weighers() {
     .unwrap();
     let hosts = Hosts::new(store.clone());
     hosts.heartbeat(&beat("big", 8192)).await.unwrap();
+    let mut n = 0;
+    let mut fresh = || {
+        n += 1;
+        let store = store.clone();
+        async move { server(&store, &format!("f{n}")).await }
+    };
     hosts.heartbeat(&beat("small", 2048)).await.unwrap();
     let spread = Scheduler::new(store.clone(), Policy::default());
     assert_eq!(
-        spread.place(&small(), &[]).await.unwrap().report.host_id,
+        spread
+            .place(&fresh().await, &small(), &[])
+            .await
+            .unwrap()
+            .report
+            .host_id,
         "big"
     );
     let pack = Scheduler::new(
@@ -117,13 +162,17 @@ async fn filters_and_weighers() {
         },
     );
     assert_eq!(
-        pack.place(&small(), &[]).await.unwrap().report.host_id,
+        pack.place(&fresh().await, &small(), &[])
+            .await
+            .unwrap()
+            .report
+            .host_id,
         "small"
     );
     // Excluding a host (a failed attempt) moves on to the next.
     assert_eq!(
         spread
-            .place(&small(), &["big".into()])
+            .place(&fresh().await, &small(), &["big".into()])
             .await
             .unwrap()
             .report
@@ -135,7 +184,7 @@ async fn filters_and_weighers() {
         ram_mib: 1 << 20,
         ..small()
     };
-    let Err(PlaceError::NoValidHost(why)) = spread.place(&huge, &[]).await else {
+    let Err(PlaceError::NoValidHost(why)) = spread.place(&fresh().await, &huge, &[]).await else {
         panic!("placed an impossible demand")
     };
     assert!(why.contains("not enough"), "{why}");
@@ -144,7 +193,7 @@ async fn filters_and_weighers() {
         disk_gib: 1000,
         ..small()
     };
-    let Err(PlaceError::NoValidHost(why)) = spread.place(&wide, &[]).await else {
+    let Err(PlaceError::NoValidHost(why)) = spread.place(&fresh().await, &wide, &[]).await else {
         panic!("placed a disk no host has room for")
     };
     assert!(why.contains("not enough free disk"), "{why}");
@@ -153,16 +202,17 @@ async fn filters_and_weighers() {
         availability_zone: Some("zone-b".into()),
         ..small()
     };
-    assert!(spread.place(&elsewhere, &[]).await.is_err());
+    assert!(spread.place(&fresh().await, &elsewhere, &[]).await.is_err());
     // A host without recent heartbeats is skipped.
     let strict = Scheduler::new(
-        store,
+        store.clone(),
         Policy {
             heartbeat_timeout_secs: -1,
             ..Policy::default()
         },
     );
-    let Err(PlaceError::NoValidHost(why)) = strict.place(&small(), &[]).await else {
+    let Err(PlaceError::NoValidHost(why)) = strict.place(&fresh().await, &small(), &[]).await
+    else {
         panic!("placed on a silent host")
     };
     assert!(why.contains("heartbeat"), "{why}");

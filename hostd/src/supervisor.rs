@@ -390,7 +390,7 @@ impl Supervisor {
         std::fs::create_dir_all(&root)
             .map_err(|e| OpError::Internal(format!("{}: {e}", root.display())))?;
         for disk in file.disks.iter().flatten().filter(|d| !d.read_only) {
-            std::os::unix::fs::chown(&disk.path, Some(uid), Some(uid)).map_err(|e| {
+            give_disk(&disk.path, uid).map_err(|e| {
                 OpError::BadRequest(format!(
                     "disk {}: giving it to the VMM's user: {e}",
                     disk.path.display()
@@ -809,6 +809,22 @@ impl Supervisor {
             Err(e) => Err(OpError::Internal(e.to_string())),
         }
     }
+}
+
+/// Makes a writable disk the jailed VMM's: the file itself (a symlink is
+/// refused, not followed), and only a regular file or a block device. A disk
+/// belongs to one instance at a time; it keeps this owner after the instance.
+fn give_disk(path: &Path, uid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() && !kind.is_block_device() {
+        return Err(std::io::Error::other("not a regular file or block device"));
+    }
+    std::os::unix::fs::fchown(&file, Some(uid), Some(uid))
 }
 
 /// The VMM configuration for an instance; with a run directory, its console,

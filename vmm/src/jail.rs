@@ -22,7 +22,6 @@
 //! thing after reading its configuration (which its supervisor wrote), so that
 //! a guest never meets a VMM that still has privileges.
 
-use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -138,32 +137,30 @@ pub struct Contents {
 pub const KVM: &str = "/dev/kvm";
 
 impl Contents {
-    /// What `config` opens by path after the jail is entered. Paths are made
-    /// absolute here (the jail's working directory is its root).
+    /// What `config` opens by path after the jail is entered. Its paths are
+    /// made canonical here, in the configuration itself (absolute, no `..`,
+    /// no symlinks: the jail's working directory is its root, and a bind's
+    /// target must stay inside it); a file named twice is bound once,
+    /// writable if either use writes it.
     pub fn of(config: &mut VmConfig) -> Result<Contents, JailError> {
-        let absolute = |p: &mut PathBuf| -> Result<(), JailError> {
-            *p = std::path::absolute(&*p).map_err(setup_io(p.display().to_string()))?;
+        let mut files: Vec<JailFile> = Vec::new();
+        let mut add = |p: &mut PathBuf, writable: bool| -> Result<(), JailError> {
+            *p = std::fs::canonicalize(&*p).map_err(setup_io(p.display().to_string()))?;
+            match files.iter_mut().find(|f| f.path == *p) {
+                Some(f) => f.writable |= writable,
+                None => files.push(JailFile {
+                    path: p.clone(),
+                    writable,
+                }),
+            }
             Ok(())
         };
-        let mut files = Vec::new();
-        absolute(&mut config.kernel)?;
-        files.push(JailFile {
-            path: config.kernel.clone(),
-            writable: false,
-        });
+        add(&mut config.kernel, false)?;
         if let Some(initramfs) = &mut config.initramfs {
-            absolute(initramfs)?;
-            files.push(JailFile {
-                path: initramfs.clone(),
-                writable: false,
-            });
+            add(initramfs, false)?;
         }
         for disk in &mut config.disks {
-            absolute(&mut disk.path)?;
-            files.push(JailFile {
-                path: disk.path.clone(),
-                writable: !disk.read_only,
-            });
+            add(&mut disk.path, !disk.read_only)?;
         }
         let mut devices = vec![KVM];
         if config.nets.iter().any(|n| n.vhost != VhostMode::Off) {
@@ -199,11 +196,6 @@ pub fn open_taps(config: &mut VmConfig) -> Result<Vec<Tap>, JailError> {
 /// the thread that made it, and the other threads would keep the host's view.
 pub fn enter(jail: &JailConfig, contents: &Contents) -> Result<(), JailError> {
     jail.check().map_err(JailError::Refused)?;
-    if !rustix::process::geteuid().is_root() {
-        return Err(JailError::Refused(
-            "setting one up needs root (or run the VMM without a jail)".into(),
-        ));
-    }
     let threads = std::fs::read_dir("/proc/self/task")
         .map_err(setup_io("/proc/self/task"))?
         .count();
@@ -211,6 +203,11 @@ pub fn enter(jail: &JailConfig, contents: &Contents) -> Result<(), JailError> {
         return Err(JailError::Refused(format!(
             "entered with {threads} threads running; it must come before any thread starts"
         )));
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Err(JailError::Refused(
+            "setting one up needs root (or run the VMM without a jail)".into(),
+        ));
     }
 
     let mut devices = Vec::new();
@@ -268,7 +265,13 @@ pub fn enter(jail: &JailConfig, contents: &Contents) -> Result<(), JailError> {
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(setup_io(parent.display().to_string()))?;
         }
-        File::create(&target).map_err(setup_io(target.display().to_string()))?;
+        // A new, empty file: never one that is already there (paths are
+        // canonical and distinct, see `Contents::of`).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)
+            .map_err(setup_io(target.display().to_string()))?;
         let fd_path = format!("/proc/self/fd/{}", source.as_raw_fd());
         rustix::mount::mount_bind(fd_path.as_str(), &target)
             .map_err(setup(format!("binding {}", file.path.display())))?;
@@ -320,12 +323,14 @@ pub fn enter(jail: &JailConfig, contents: &Contents) -> Result<(), JailError> {
     match rustix::process::pivot_root(".", ".") {
         Ok(()) => rustix::mount::unmount(".", UnmountFlags::DETACH)
             .map_err(setup("detaching the host's root"))?,
-        // A host running from its initramfs (rootfs) cannot pivot its root
-        // away (pivot_root(2)); there the jail's root is moved over / and
-        // becomes this process's root, which an unprivileged process cannot
-        // leave (what switch_root and container runtimes do there).
-        Err(rustix::io::Errno::INVAL) => {
-            rustix::mount::mount_move(".", "/").map_err(setup("moving the root over /"))?;
+        // A host running from its initramfs cannot pivot its root away
+        // (pivot_root(2) refuses rootfs). There the process is chrooted into
+        // the jail: the host's tree stays in its namespace but out of reach,
+        // since leaving a chroot takes CAP_SYS_CHROOT, and the kernel refuses
+        // a chrooted process the new user namespace that would grant it
+        // (unshare(2), EPERM). The jail's mount is not moved over /: that
+        // would make the process look unchrooted to that check.
+        Err(rustix::io::Errno::INVAL) if root_is_rootfs() => {
             rustix::process::chroot(".").map_err(setup("chroot"))?;
         }
         Err(e) => return Err(setup("pivot_root")(e)),
@@ -338,6 +343,7 @@ pub fn enter(jail: &JailConfig, contents: &Contents) -> Result<(), JailError> {
     )
     .map_err(setup("making the root read-only"))?;
 
+    give_up_terminal();
     drop_privileges(jail.uid, jail.gid)?;
 
     // Each file must be usable by the jail's user: say which is not, now,
@@ -365,6 +371,34 @@ pub fn enter(jail: &JailConfig, contents: &Contents) -> Result<(), JailError> {
     Ok(())
 }
 
+/// Whether / is the initramfs's rootfs, which pivot_root(2) cannot move away.
+fn root_is_rootfs() -> bool {
+    // mountinfo(5): field 5 is the mount point; after " - ", the filesystem type.
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines().any(|l| {
+            l.split_once(" - ").is_some_and(|(mount, fs)| {
+                mount.split(' ').nth(4) == Some("/") && fs.starts_with("rootfs ")
+            })
+        })
+    })
+}
+
+/// Lets go of the controlling terminal a VMM started by hand inherited:
+/// through it (TIOCSTI) an unprivileged process could type into the root
+/// shell that started it.
+fn give_up_terminal() {
+    for fd in 0..=2 {
+        // SAFETY: isatty and ioctl(TIOCNOTTY) take a descriptor number and no
+        // memory; on a descriptor that is not our controlling terminal the
+        // ioctl fails harmlessly.
+        unsafe {
+            if libc::isatty(fd) == 1 {
+                libc::ioctl(fd, libc::TIOCNOTTY);
+            }
+        }
+    }
+}
+
 /// Becomes uid:gid for good: no supplementary groups, every id (real, effective,
 /// saved) changed, so no capability is left and none can come back.
 fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
@@ -385,12 +419,19 @@ fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
         return Err(setup_io("no_new_privs")(std::io::Error::last_os_error()));
     }
+    // Not dumpable, whatever fs.suid_dumpable says: no other process of this
+    // user (a later VMM given the same uid) can ptrace it or read its memory.
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } < 0 {
+        return Err(setup_io("not dumpable")(std::io::Error::last_os_error()));
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     #[test]
     fn parses_the_flag() {
@@ -621,6 +662,67 @@ mod tests {
     }
 
     #[test]
+    fn paths_become_canonical_and_a_file_named_twice_is_bound_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("kernel");
+        let disk = dir.path().join("disk.img");
+        std::fs::write(&kernel, b"k").unwrap();
+        std::fs::write(&disk, [0u8; 512]).unwrap();
+        std::os::unix::fs::symlink(&disk, dir.path().join("link")).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let disk_at = |path: PathBuf, read_only| crate::config::DiskConfig {
+            path,
+            read_only,
+            serial: None,
+            direct: false,
+            queues: None,
+            rate_limit: Default::default(),
+        };
+        let mut config = VmConfig {
+            kernel: dir.path().join("sub/../kernel"),
+            kernel_format: crate::config::KernelFormat::Elf,
+            initramfs: None,
+            cmdline: String::new(),
+            vcpus: 1,
+            memory_mib: 128,
+            serial: Default::default(),
+            api_socket: None,
+            on_reboot: Default::default(),
+            rng: false,
+            disks: vec![
+                disk_at(dir.path().join("link"), true),
+                disk_at(disk.clone(), false),
+            ],
+            nets: Vec::new(),
+            seccomp: Default::default(),
+            jail: None,
+        };
+        let contents = Contents::of(&mut config).unwrap();
+        let real = |p: &Path| std::fs::canonicalize(p).unwrap();
+        assert_eq!(config.kernel, real(&kernel), "no `..` left");
+        assert_eq!(config.disks[0].path, real(&disk), "no symlink left");
+        assert_eq!(
+            contents.files,
+            [
+                JailFile {
+                    path: real(&kernel),
+                    writable: false
+                },
+                JailFile {
+                    path: real(&disk),
+                    writable: true
+                },
+            ],
+            "the disk named twice is bound once, writable"
+        );
+        assert!(Contents::of(&mut VmConfig {
+            kernel: dir.path().join("missing"),
+            ..config
+        })
+        .is_err());
+    }
+
+    #[test]
     fn a_threaded_process_is_refused() {
         // The test harness runs this on a thread of its own.
         let dir = tempfile::tempdir().unwrap();
@@ -631,7 +733,7 @@ mod tests {
         };
         match enter(&jail, &Contents::default()) {
             Err(JailError::Refused(why)) => {
-                assert!(why.contains("threads") || why.contains("root"), "{why}")
+                assert!(why.contains("threads"), "{why}")
             }
             other => panic!("{other:?}"),
         }

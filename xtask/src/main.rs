@@ -8,6 +8,9 @@
 //! - `testbed -- CMD`: run a shell command where VMM scenarios run.
 //! - `bench boot [--check]`: the boot-time benchmark and regression check;
 //!   `bench blk`, `bench net`: the disk and network benchmarks.
+//! - `fuzz [--target T] [--minutes N]`: the fuzz targets, long.
+//! - `crash-trials [--trials N]`: `kill -9` of the controller during creates,
+//!   deletes and actions, and what it left behind.
 
 mod flakes;
 mod fuzz;
@@ -70,12 +73,19 @@ enum Cmd {
     Install,
     /// Run the VMM's fuzz targets long (release mode), one after another.
     Fuzz {
-        /// Only this target (virtio_blk, virtio_net, virtio_rng, pci, legacy_ports, config).
+        /// Only this target (virtio_blk, virtio_net, virtio_rng, pci, legacy_ports, config, api).
         #[arg(long)]
         target: Option<String>,
         /// Minutes per target.
         #[arg(long, default_value_t = 1.0)]
         minutes: f64,
+    },
+    /// Kill the controller with SIGKILL at random moments during server
+    /// creates, deletes and actions, restart it, and check what it left
+    /// (controller/tests/crash_trials.rs).
+    CrashTrials {
+        #[arg(long, default_value_t = 50)]
+        trials: u32,
     },
 }
 
@@ -148,6 +158,17 @@ fn main() -> Result<()> {
         } => testbed(&command.join(" "), rootfs, scratch_mib, peers),
         Cmd::Bench { args } => bench(&args),
         Cmd::Fuzz { target, minutes } => fuzz::fuzz(target.as_deref(), minutes),
+        Cmd::CrashTrials { trials } => run(cargo()
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "controller",
+                "--test",
+                "crash_trials",
+            ])
+            .args(["--", "--include-ignored", "--nocapture"])
+            .env("VIRGA_CRASH_TRIALS", trials.to_string())),
     }
 }
 

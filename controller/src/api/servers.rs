@@ -663,7 +663,7 @@ async fn build(app: Arc<App>, id: String) {
     let mut tried: Vec<String> = Vec::new();
     let mut last = String::new();
     for _ in 0..MAX_ATTEMPTS {
-        let host = match app.scheduler.place(&demand, &tried).await {
+        let host = match app.scheduler.place(&id, &demand, &tried).await {
             Ok(h) => h,
             Err(PlaceError::NoValidHost(why)) => {
                 let msg = if last.is_empty() {
@@ -679,9 +679,9 @@ async fn build(app: Arc<App>, id: String) {
                 return;
             }
         };
+        // The claim recorded the host on the server.
         let host_id = host.report.host_id.clone();
         let token = app.hostd_token(&host_id);
-        let _ = app.servers.set_host(&id, Some(&host_id)).await;
         let _ = app
             .servers
             .set_state(&id, "building", Some("spawning"), 0, None)
@@ -697,8 +697,15 @@ async fn build(app: Arc<App>, id: String) {
         .await
         {
             Ok(_) => {
-                // Deleted while building: undo on the host.
-                if matches!(app.servers.get(&id).await, Ok(None)) {
+                // Deleted (or being deleted) while building: its delete may
+                // have reached the host before this create did, so undo on
+                // the host. The delete gives the claim back.
+                let deleted = match app.servers.get(&id).await {
+                    Ok(None) => true,
+                    Ok(Some(s)) => s.task_state.as_deref() == Some(DELETING),
+                    Err(_) => false,
+                };
+                if deleted {
                     let _ = hostd_client::call(
                         &host.report.url,
                         &token,
@@ -708,7 +715,6 @@ async fn build(app: Arc<App>, id: String) {
                         HOSTD_TIMEOUT,
                     )
                     .await;
-                    let _ = app.scheduler.release(&host_id, &demand).await;
                     return;
                 }
                 let _ = app.servers.set_state(&id, "active", None, 1, None).await;
@@ -717,8 +723,7 @@ async fn build(app: Arc<App>, id: String) {
             }
             Err(e) => {
                 tracing::warn!(server = %id, host = %host_id, "hostd refused the instance: {e}");
-                let _ = app.scheduler.release(&host_id, &demand).await;
-                let _ = app.servers.set_host(&id, None).await;
+                let _ = app.scheduler.release(&id, &host_id).await;
                 last = format!("host {host_id}: {e}");
                 tried.push(host_id);
             }
@@ -738,15 +743,6 @@ async fn fail(app: &App, id: &str, fault: &str) {
         .servers
         .set_state(id, "error", None, 0, Some(fault))
         .await;
-}
-
-fn demand_of(s: &Server) -> Demand {
-    Demand {
-        vcpus: s.vcpus,
-        ram_mib: s.ram_mib,
-        disk_gib: s.disk_gib,
-        availability_zone: None,
-    }
 }
 
 /// Where a server's hostd listens and the token to call it with.
@@ -778,7 +774,37 @@ async fn delete(app: &App, auth: &Auth, id: &str) -> Response<Body> {
         Ok(s) => s,
         Err(r) => return r,
     };
-    if let (Some(host), Some(hostd)) = (server.host_id.clone(), server_host(app, &server).await) {
+    // Recorded first: a controller that stops midway finishes it on start.
+    if let Err(e) = app.servers.mark_deleting(id).await {
+        return store_error(e);
+    }
+    match finish_delete(app, &server).await {
+        Ok(()) => empty(StatusCode::NO_CONTENT),
+        Err(DeleteError::Host(e)) => {
+            let _ = app.servers.unmark_deleting(id).await;
+            nova_error(
+                StatusCode::CONFLICT,
+                &format!("Cannot delete instance {id} now: {e}"),
+            )
+        }
+        Err(DeleteError::Store(e)) => store_error(e),
+    }
+}
+
+/// The server whose delete is recorded.
+const DELETING: &str = "deleting";
+
+enum DeleteError {
+    Host(HostdError),
+    Store(crate::store::StoreError),
+}
+
+/// Undoes a server marked deleting: its instance on the host (gone already is
+/// fine), then its row, claim and actions, and a tombstone, in one
+/// transaction. Safe to repeat.
+async fn finish_delete(app: &App, server: &Server) -> Result<(), DeleteError> {
+    let id = &server.id;
+    if let Some(hostd) = server_host(app, server).await {
         match hostd_client::call(
             &hostd.url,
             &hostd.token,
@@ -790,21 +816,80 @@ async fn delete(app: &App, auth: &Auth, id: &str) -> Response<Body> {
         .await
         {
             Ok(_) | Err(HostdError::Refused { status: 404, .. }) => {}
-            Err(e) => {
-                return nova_error(
-                    StatusCode::CONFLICT,
-                    &format!("Cannot delete instance {id} now: {e}"),
-                );
-            }
+            Err(e) => return Err(DeleteError::Host(e)),
         }
-        let _ = app.scheduler.release(&host, &demand_of(&server)).await;
     }
     if let Err(e) = app.actions.delete_for(id).await {
         tracing::warn!(server = %id, "forgetting its actions: {e}");
     }
-    match app.servers.delete(id).await {
-        Ok(()) => empty(StatusCode::NO_CONTENT),
-        Err(e) => store_error(e),
+    app.servers.delete(id).await.map_err(DeleteError::Store)?;
+    Ok(())
+}
+
+/// Finishes the deletes recorded before `before` and left unfinished by a
+/// controller that stopped (at start, all of them; on every round of the state
+/// sync, those older than a request takes).
+pub async fn resume_deletes(app: &App, before: i64) {
+    let Ok(pending) = app.servers.deleting(before).await else {
+        return;
+    };
+    for server in pending {
+        match finish_delete(app, &server).await {
+            Ok(()) => tracing::info!(server = %server.id, "finished a recorded delete"),
+            Err(DeleteError::Host(e)) => {
+                tracing::warn!(server = %server.id, "finishing its delete: {e}; will retry")
+            }
+            Err(DeleteError::Store(e)) => {
+                tracing::warn!(server = %server.id, "finishing its delete: {e}; will retry")
+            }
+        }
+    }
+}
+
+/// Removes instances a host runs for servers that are gone (deleted while
+/// their create was still on its way, or before a stopped controller could
+/// undo it) or placed elsewhere (a create that timed out and was retried on
+/// another host); an instance of a server this controller never had is
+/// reported, not touched. `listed` is the host's instance list.
+async fn reap_orphans(app: &App, host: &crate::compute::hosts::Host, listed: &[&str]) {
+    let host_id = &host.report.host_id;
+    for &id in listed {
+        // Read now, after the listing: a build records its host before it
+        // asks the host for the instance.
+        let server = match app.servers.get(id).await {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        let leftover = match &server {
+            Some(s) => s.host_id.as_deref() != Some(host_id.as_str()),
+            None => match app.servers.was_deleted(id).await {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
+        };
+        if !leftover {
+            if server.is_none() {
+                tracing::warn!(host = %host_id, instance = id, "the host runs an instance of no server this controller knows");
+            }
+            continue;
+        }
+        match hostd_client::call(
+            &host.report.url,
+            &app.hostd_token(host_id),
+            Method::DELETE,
+            &format!("/instances/{id}"),
+            None,
+            HOSTD_TIMEOUT,
+        )
+        .await
+        {
+            Ok(_) | Err(HostdError::Refused { status: 404, .. }) => {
+                tracing::info!(host = %host_id, instance = id, "removed a leftover instance")
+            }
+            Err(e) => {
+                tracing::warn!(host = %host_id, instance = id, "removing a leftover instance: {e}")
+            }
+        }
     }
 }
 
@@ -1089,6 +1174,9 @@ async fn instance_actions(
 /// Builds and tasks not updated for this long belong to a controller that
 /// stopped (the longest hostd call is HOSTD_CREATE_TIMEOUT per attempt).
 const STALE_AFTER_SECS: i64 = 15 * 60;
+/// How long a deleted server's id is remembered (to tell its leftovers from
+/// instances nobody recorded).
+const TOMBSTONE_SECS: i64 = 24 * 3600;
 
 /// Fails builds and drops tasks last updated before `before` (see
 /// [`Servers::expire_stale`]), and closes their open actions.
@@ -1109,8 +1197,9 @@ pub async fn expire_stale(app: &App, before: i64) {
 
 /// Keeps server states in step with their hosts (a guest that powers itself
 /// off, a VMM that dies): every few seconds, each host's instances. Servers
-/// with a task in flight are left to it. Once a minute, abandoned builds
-/// and tasks are expired.
+/// with a task in flight are left to it. Each round also finishes recorded
+/// deletes and removes leftover instances ([`reap_orphans`]); once a minute,
+/// abandoned builds and tasks are expired.
 pub async fn sync_loop(app: Arc<App>) {
     let mut rounds: u64 = 0;
     loop {
@@ -1118,7 +1207,11 @@ pub async fn sync_loop(app: Arc<App>) {
         rounds += 1;
         if rounds.is_multiple_of(20) {
             expire_stale(&app, now() - STALE_AFTER_SECS).await;
+            if let Err(e) = app.servers.purge_tombstones(now() - TOMBSTONE_SECS).await {
+                tracing::warn!("purging server tombstones: {e}");
+            }
         }
+        resume_deletes(&app, now() - HOSTD_TIMEOUT.as_secs() as i64 - 1).await;
         let (Ok(hosts), Ok(servers)) = (app.hosts.list().await, app.servers.placed().await) else {
             continue;
         };
@@ -1130,9 +1223,6 @@ pub async fn sync_loop(app: Arc<App>) {
                         && s.task_state.is_none()
                 })
                 .collect();
-            if mine.is_empty() {
-                continue;
-            }
             let Ok(list) = hostd_client::call(
                 &host.report.url,
                 &app.hostd_token(&host.report.host_id),
@@ -1153,6 +1243,16 @@ pub async fn sync_loop(app: Arc<App>) {
                         .collect()
                 })
                 .unwrap_or_default();
+            let strangers: Vec<&str> = states
+                .keys()
+                .copied()
+                .filter(|id| {
+                    !servers.iter().any(|s| {
+                        s.id == *id && s.host_id.as_deref() == Some(host.report.host_id.as_str())
+                    })
+                })
+                .collect();
+            reap_orphans(&app, &host, &strangers).await;
             for s in mine {
                 let (vm, power, fault) = match states.get(s.id.as_str()) {
                     // A suspended server is a paused VMM.

@@ -9,7 +9,7 @@
 //! host. A claim is released when its server goes away or fails to start.
 
 use crate::compute::hosts::{Host, Hosts};
-use crate::store::{Store, StoreError, Value};
+use crate::store::{Step, Store, StoreError, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Weigher {
@@ -82,7 +82,12 @@ impl Scheduler {
     }
 
     /// Claims `demand` on a host (none of `exclude`); returns the host.
-    pub async fn place(&self, demand: &Demand, exclude: &[String]) -> Result<Host, PlaceError> {
+    pub async fn place(
+        &self,
+        server: &str,
+        demand: &Demand,
+        exclude: &[String],
+    ) -> Result<Host, PlaceError> {
         let now = crate::identity::now();
         let mut candidates: Vec<(Host, i64)> = Vec::new();
         let mut reasons = Vec::new();
@@ -124,7 +129,7 @@ impl Scheduler {
         for (h, _) in candidates {
             let (cap_cpu, cap_ram) = capacity(&h, &self.policy);
             if self
-                .claim(&h.report.host_id, demand, cap_cpu, cap_ram)
+                .claim(server, &h.report.host_id, demand, cap_cpu, cap_ram)
                 .await?
             {
                 return Ok(h);
@@ -140,39 +145,70 @@ impl Scheduler {
         Err(PlaceError::NoValidHost(reasons.join("; ")))
     }
 
-    /// Adds the demand to the host's claims if it still fits; atomically.
+    /// Adds the demand to the host's claims if it still fits, and records the
+    /// host on the server, in one transaction: a claim exists exactly while a
+    /// server names its host, whatever stops the controller in between.
     async fn claim(
         &self,
+        server: &str,
         host: &str,
         d: &Demand,
         cap_cpu: i64,
         cap_ram: i64,
     ) -> Result<bool, StoreError> {
-        Ok(self
-            .store
-            .execute(
-                "UPDATE hosts SET claimed_vcpus = claimed_vcpus + $1, claimed_ram_mib = claimed_ram_mib + $2 \
-                 WHERE id = $3 AND claimed_vcpus + $1 <= $4 AND claimed_ram_mib + $2 <= $5",
-                &[
-                    Value::Int(d.vcpus),
-                    Value::Int(d.ram_mib),
-                    Value::Text(host),
-                    Value::Int(cap_cpu),
-                    Value::Int(cap_ram),
-                ],
-            )
-            .await?
-            == 1)
+        let now = crate::identity::now();
+        self.store
+            .atomically(&[
+                Step {
+                    sql: "UPDATE servers SET host_id = $1, updated_at = $2 \
+                          WHERE id = $3 AND host_id IS NULL",
+                    args: &[Value::Text(host), Value::Int(now), Value::Text(server)],
+                    rows: Some(1),
+                },
+                Step {
+                    sql: "UPDATE hosts SET claimed_vcpus = claimed_vcpus + $1, claimed_ram_mib = claimed_ram_mib + $2 \
+                          WHERE id = $3 AND claimed_vcpus + $1 <= $4 AND claimed_ram_mib + $2 <= $5",
+                    args: &[
+                        Value::Int(d.vcpus),
+                        Value::Int(d.ram_mib),
+                        Value::Text(host),
+                        Value::Int(cap_cpu),
+                        Value::Int(cap_ram),
+                    ],
+                    rows: Some(1),
+                },
+            ])
+            .await
     }
 
-    /// Gives a claim back.
-    pub async fn release(&self, host: &str, d: &Demand) -> Result<(), StoreError> {
+    /// Gives a server's claim back and forgets its host, in one transaction;
+    /// a second call (or one for a server placed elsewhere by then) changes
+    /// nothing.
+    pub async fn release(&self, server: &str, host: &str) -> Result<bool, StoreError> {
         self.store
-            .execute(
-                "UPDATE hosts SET claimed_vcpus = claimed_vcpus - $1, claimed_ram_mib = claimed_ram_mib - $2 WHERE id = $3",
-                &[Value::Int(d.vcpus), Value::Int(d.ram_mib), Value::Text(host)],
-            )
-            .await?;
-        Ok(())
+            .atomically(&[
+                Step {
+                    sql: RELEASE_CLAIM,
+                    args: &[Value::Text(server), Value::Text(host)],
+                    rows: None,
+                },
+                Step {
+                    sql: "UPDATE servers SET host_id = NULL, updated_at = $1 WHERE id = $2 AND host_id = $3",
+                    args: &[
+                        Value::Int(crate::identity::now()),
+                        Value::Text(server),
+                        Value::Text(host),
+                    ],
+                    rows: Some(1),
+                },
+            ])
+            .await
     }
 }
+
+/// Takes a server's flavor off the claims of the host it names ($1: server,
+/// $2: host; no row when the server names another host or none).
+pub const RELEASE_CLAIM: &str = "UPDATE hosts SET \
+     claimed_vcpus = claimed_vcpus - (SELECT vcpus FROM servers WHERE id = $1), \
+     claimed_ram_mib = claimed_ram_mib - (SELECT ram_mib FROM servers WHERE id = $1) \
+     WHERE id = $2 AND id = (SELECT host_id FROM servers WHERE id = $1)";

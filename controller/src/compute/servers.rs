@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::store::{int, opt_text, text, Engine, Store, StoreError, Value};
+use crate::store::{int, opt_text, text, Engine, Step, Store, StoreError, Value};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Server {
@@ -355,7 +355,8 @@ impl Servers {
         let launched = (vm_state == "active").then(crate::identity::now);
         self.store
             .execute(
-                "UPDATE servers SET vm_state = $1, task_state = $2, power_state = $3, fault = $4, updated_at = $5, \
+                "UPDATE servers SET vm_state = $1, task_state = CASE WHEN task_state = 'deleting' \
+                 THEN task_state ELSE $2 END, power_state = $3, fault = $4, updated_at = $5, \
                  launched_at = COALESCE(launched_at, $6) WHERE id = $7",
                 &[
                     Value::Text(vm_state),
@@ -431,7 +432,8 @@ impl Servers {
     pub async fn clear_task(&self, id: &str) -> Result<(), StoreError> {
         self.store
             .execute(
-                "UPDATE servers SET task_state = NULL, updated_at = $1 WHERE id = $2",
+                "UPDATE servers SET task_state = NULL, updated_at = $1 WHERE id = $2 \
+                 AND task_state <> 'deleting'",
                 &[Value::Int(crate::identity::now()), Value::Text(id)],
             )
             .await?;
@@ -449,7 +451,8 @@ impl Servers {
             .execute(
                 "UPDATE servers SET vm_state = 'error', task_state = NULL, power_state = 0, \
                  fault = 'the build was abandoned: its controller stopped', updated_at = $1 \
-                 WHERE vm_state = 'building' AND updated_at < $2",
+                 WHERE vm_state = 'building' AND updated_at < $2 \
+                 AND (task_state IS NULL OR task_state <> 'deleting')",
                 &[Value::Int(now), Value::Int(before)],
             )
             .await?;
@@ -457,32 +460,105 @@ impl Servers {
             .store
             .execute(
                 "UPDATE servers SET task_state = NULL, updated_at = $1 \
-                 WHERE task_state IS NOT NULL AND vm_state <> 'building' AND updated_at < $2",
+                 WHERE task_state IS NOT NULL AND task_state <> 'deleting' \
+                 AND vm_state <> 'building' AND updated_at < $2",
                 &[Value::Int(now), Value::Int(before)],
             )
             .await?;
         Ok((builds, tasks))
     }
 
-    pub async fn set_host(&self, id: &str, host: Option<&str>) -> Result<(), StoreError> {
+    /// Records that the server is being deleted, before anything is undone:
+    /// a controller that stops midway finishes the delete when it starts
+    /// again. Nothing else overwrites this task.
+    pub async fn mark_deleting(&self, id: &str) -> Result<(), StoreError> {
         self.store
             .execute(
-                "UPDATE servers SET host_id = $1, updated_at = $2 WHERE id = $3",
-                &[
-                    Value::OptText(host),
-                    Value::Int(crate::identity::now()),
-                    Value::Text(id),
-                ],
+                "UPDATE servers SET task_state = 'deleting', updated_at = $1 WHERE id = $2",
+                &[Value::Int(crate::identity::now()), Value::Text(id)],
             )
             .await?;
         Ok(())
     }
 
-    pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+    /// A delete that could not go ahead (its host refused): the server is as
+    /// it was, without a task.
+    pub async fn unmark_deleting(&self, id: &str) -> Result<(), StoreError> {
         self.store
-            .execute("DELETE FROM servers WHERE id = $1", &[Value::Text(id)])
+            .execute(
+                "UPDATE servers SET task_state = NULL, updated_at = $1 \
+                 WHERE id = $2 AND task_state = 'deleting'",
+                &[Value::Int(crate::identity::now()), Value::Text(id)],
+            )
             .await?;
         Ok(())
+    }
+
+    /// Servers whose delete was recorded before `before` and not finished.
+    pub async fn deleting(&self, before: i64) -> Result<Vec<Server>, StoreError> {
+        let rows = self
+            .store
+            .fetch_all(
+                &format!(
+                    "SELECT {COLUMNS} FROM servers WHERE task_state = 'deleting' AND updated_at < $1"
+                ),
+                &[Value::Int(before)],
+            )
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Deletes the server, gives its claim back and leaves a tombstone (so
+    /// that an instance of it found on a host later is known as a leftover),
+    /// in one transaction. False when it was gone already.
+    pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        let now = crate::identity::now();
+        self.store
+            .atomically(&[
+                Step {
+                    sql: "UPDATE hosts SET \
+                          claimed_vcpus = claimed_vcpus - (SELECT vcpus FROM servers WHERE id = $1), \
+                          claimed_ram_mib = claimed_ram_mib - (SELECT ram_mib FROM servers WHERE id = $1) \
+                          WHERE id = (SELECT host_id FROM servers WHERE id = $1)",
+                    args: &[Value::Text(id)],
+                    rows: None,
+                },
+                Step {
+                    // $1 first: SQLite numbers placeholders as they appear.
+                    sql: "INSERT INTO server_tombstones (id, host_id, deleted_at) \
+                          SELECT $1, host_id, $2 FROM servers WHERE id = $1",
+                    args: &[Value::Text(id), Value::Int(now)],
+                    rows: None,
+                },
+                Step {
+                    sql: "DELETE FROM servers WHERE id = $1",
+                    args: &[Value::Text(id)],
+                    rows: Some(1),
+                },
+            ])
+            .await
+    }
+
+    /// Whether a server of this id was deleted (in the last day).
+    pub async fn was_deleted(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .fetch_optional(
+                "SELECT id FROM server_tombstones WHERE id = $1",
+                &[Value::Text(id)],
+            )
+            .await?
+            .is_some())
+    }
+
+    /// Forgets tombstones older than `before`.
+    pub async fn purge_tombstones(&self, before: i64) -> Result<u64, StoreError> {
+        self.store
+            .execute(
+                "DELETE FROM server_tombstones WHERE deleted_at < $1",
+                &[Value::Int(before)],
+            )
+            .await
     }
 }
 
@@ -531,6 +607,70 @@ mod tests {
         assert_eq!(s.status(), "SHUTOFF");
         s.vm_state = "error".into();
         assert_eq!(s.status(), "ERROR");
+    }
+
+    #[tokio::test]
+    async fn a_delete_wins_over_other_tasks_and_leaves_a_tombstone_and_no_claim() {
+        let (_dir, store) = crate::store::temp_sqlite().await;
+        let servers = Servers::new(store.clone());
+        let hosts = crate::compute::hosts::Hosts::new(store.clone());
+        hosts
+            .heartbeat(&hostd_proto::Heartbeat {
+                host_id: "h".into(),
+                url: "http://h:8790".into(),
+                cpus: 4,
+                memory_mib: 4096,
+                memory_usable_mib: 4000,
+                disk_free_mib: 1000,
+                disk_total_mib: 2000,
+                vcpus_used: 0,
+                memory_used_mib: 0,
+                instances: 0,
+                kvm_mode: "hardware".into(),
+                version: "test".into(),
+            })
+            .await
+            .unwrap();
+        store
+            .execute(
+                "UPDATE hosts SET claimed_vcpus = 1, claimed_ram_mib = 128 WHERE id = 'h'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let mut s = building("doomed");
+        s.host_id = Some("h".into());
+        servers.insert(&s).await.unwrap();
+
+        servers.mark_deleting("doomed").await.unwrap();
+        // A build finishing, or an action ending, keeps the delete recorded.
+        servers
+            .set_state("doomed", "active", None, 1, None)
+            .await
+            .unwrap();
+        servers.clear_task("doomed").await.unwrap();
+        let now = crate::identity::now();
+        assert_eq!(servers.deleting(now + 1).await.unwrap().len(), 1);
+        assert!(
+            servers.deleting(now - 100).await.unwrap().is_empty(),
+            "not yet stale"
+        );
+        // Nor do abandoned builds and tasks expire it.
+        assert_eq!(servers.expire_stale(i64::MAX).await.unwrap(), (0, 0));
+
+        assert!(servers.delete("doomed").await.unwrap());
+        assert!(!servers.delete("doomed").await.unwrap(), "once");
+        assert!(servers.get("doomed").await.unwrap().is_none());
+        assert!(servers.was_deleted("doomed").await.unwrap());
+        assert!(!servers.was_deleted("other").await.unwrap());
+        let h = hosts.list().await.unwrap().remove(0);
+        assert_eq!(
+            (h.claimed_vcpus, h.claimed_ram_mib),
+            (0, 0),
+            "its claim went with it"
+        );
+        assert_eq!(servers.purge_tombstones(now + 10).await.unwrap(), 1);
+        assert!(!servers.was_deleted("doomed").await.unwrap());
     }
 
     #[tokio::test]

@@ -5,6 +5,8 @@
 // uses every helper.
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod hostd;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command};
@@ -16,7 +18,41 @@ pub struct Controller {
     child: Child,
     pub addr: String,
     pub dir_path: std::path::PathBuf,
+    config: std::path::PathBuf,
     _dir: tempfile::TempDir,
+}
+
+impl Controller {
+    /// `kill -9`: the controller stops wherever it is.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the controller again on the same configuration, database and
+    /// port, and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn(&self.config);
+        wait_for(&self.addr);
+    }
+}
+
+fn spawn(config: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_controller"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "controller did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 impl Drop for Controller {
@@ -53,22 +89,14 @@ pub fn start_with(database_url: Option<String>, extra: &str) -> Controller {
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_controller"))
-        .arg("--config")
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
+    let child = spawn(&cfg);
     let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline, "controller did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(&addr);
     Controller {
         child,
         addr,
         dir_path: dir.path().to_owned(),
+        config: cfg,
         _dir: dir,
     }
 }
@@ -99,7 +127,20 @@ pub fn call(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Reply {
-    let mut s = TcpStream::connect(&c.addr).unwrap();
+    try_call(&c.addr, method, path, headers, body).unwrap()
+}
+
+/// As [`call`], to a controller that may be gone (killed, restarting): an
+/// error instead of a panic, and at most 30 s per step.
+pub fn try_call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Reply, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     let extra: String = headers
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
@@ -109,23 +150,28 @@ pub fn call(
         "{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
-    .unwrap();
+    .map_err(|e| format!("send: {e}"))?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
+    s.read_to_end(&mut raw)
+        .map_err(|e| format!("receive: {e}"))?;
     // Binary bodies (image downloads) are only compared by their headers.
     let out = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
     let mut lines = head.lines();
-    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let status = lines
+        .next()
+        .and_then(|l| l.get(9..12))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status line in {head:?}"))?;
     let headers = lines
         .filter_map(|l| l.split_once(": "))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-    Reply {
+    Ok(Reply {
         status,
         headers,
         body: body.to_owned(),
-    }
+    })
 }
 
 /// Raw upload: the body is sent as is, with a Content-Length.

@@ -1,0 +1,201 @@
+//! A stand-in hostd: a few lines of HTTP that answer hostd's instance API from
+//! a map of instance states, with delays that widen the windows between a
+//! controller's steps. The real hostd and guests are exercised by the testbed.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{call, Controller};
+
+pub const HOSTD_SECRET: &str = "stand-in-hostd-secret";
+pub const HOST_ID: &str = "stand-in";
+
+/// The stand-in's own token: the controller must call it with this one.
+pub fn host_token() -> String {
+    hostd_proto::token::for_host(HOSTD_SECRET, HOST_ID)
+}
+
+/// The controller configuration line that makes the stand-in's token valid.
+pub fn controller_config() -> String {
+    format!("hostd_secret = \"{HOSTD_SECRET}\"\n")
+}
+
+#[derive(Clone)]
+pub struct StandInHostd {
+    pub port: u16,
+    states: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+/// How long the stand-in takes for each request kind.
+#[derive(Clone, Copy)]
+pub struct Delays {
+    pub create: Duration,
+    pub action: Duration,
+    pub delete: Duration,
+}
+
+impl StandInHostd {
+    pub fn start(delays: Delays) -> StandInHostd {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let states: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+        let shared = states.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let states = shared.clone();
+                std::thread::spawn(move || answer(stream, &states, delays));
+            }
+        });
+        StandInHostd { port, states }
+    }
+
+    /// Instance ids and states, as hostd holds them.
+    pub fn instances(&self) -> BTreeMap<String, String> {
+        self.states.lock().unwrap().clone()
+    }
+
+    /// Forgets every instance.
+    pub fn clear(&self) {
+        self.states.lock().unwrap().clear();
+    }
+
+    /// Registers the stand-in as a host, as hostd's heartbeat would.
+    pub fn register(&self, c: &Controller) {
+        let heartbeat = serde_json::json!({
+            "host_id": HOST_ID, "url": format!("http://127.0.0.1:{}", self.port), "cpus": 8,
+            "memory_mib": 16384, "memory_usable_mib": 16000, "disk_free_mib": 100000,
+            "vcpus_used": 0, "memory_used_mib": 0, "instances": self.instances().len(),
+            "kvm_mode": "hardware", "version": "0.1.0",
+        });
+        let bearer = format!("Bearer {}", host_token());
+        let r = call(
+            c,
+            "PUT",
+            &format!("/internal/v1/hosts/{HOST_ID}"),
+            &[("Authorization", &bearer)],
+            &heartbeat.to_string(),
+        );
+        assert!(r.status < 300, "{} {}", r.status, r.body);
+    }
+}
+
+fn answer(mut stream: TcpStream, states: &Mutex<BTreeMap<String, String>>, delays: Delays) {
+    let Ok(clone) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(clone);
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut length = 0;
+    let mut authorized = false;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+            return;
+        }
+        let lower = h.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        authorized |= lower.trim() == format!("authorization: bearer {}", host_token());
+        if h.trim().is_empty() {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    let (Some(method), Some(target)) = (parts.first(), parts.get(1)) else {
+        return;
+    };
+    let path = target.split('?').next().unwrap_or_default();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let instance = |id: &str, state: &str| serde_json::json!({"id": id, "state": state});
+    let (status, reply) = match (authorized, *method, segments.as_slice()) {
+        (false, _, _) => (401, serde_json::json!({"error": {"message": "no token"}})),
+        (_, "POST", ["instances"]) => {
+            std::thread::sleep(delays.create);
+            let id = body["id"].as_str().unwrap_or_default().to_owned();
+            let mut states = states.lock().unwrap();
+            if states.contains_key(&id) {
+                (409, serde_json::json!({"error": {"message": "exists"}}))
+            } else {
+                states.insert(id.clone(), "running".into());
+                (201, instance(&id, "running"))
+            }
+        }
+        (_, "GET", ["instances"]) => {
+            let list: Vec<_> = states
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(id, st)| instance(id, st))
+                .collect();
+            (200, serde_json::json!(list))
+        }
+        (_, "GET", ["instances", id]) => match states.lock().unwrap().get(*id) {
+            Some(st) => (200, instance(id, st)),
+            None => (
+                404,
+                serde_json::json!({"error": {"message": "no instance"}}),
+            ),
+        },
+        (_, "POST", ["instances", id, "actions", action]) => {
+            std::thread::sleep(delays.action);
+            let next = match *action {
+                "stop" => Some("shutoff"),
+                "start" | "resume" => Some("running"),
+                "pause" => Some("paused"),
+                "reboot" if body["hard"] == true => Some("running"),
+                _ => None,
+            };
+            let mut states = states.lock().unwrap();
+            match (next, states.contains_key(*id)) {
+                (_, false) => (
+                    404,
+                    serde_json::json!({"error": {"message": "no instance"}}),
+                ),
+                (Some(st), true) => {
+                    states.insert(id.to_string(), st.into());
+                    (200, instance(id, st))
+                }
+                (None, true) => (
+                    409,
+                    serde_json::json!({"error": {"message": "the guest ignored the request"}}),
+                ),
+            }
+        }
+        (_, "DELETE", ["instances", id]) => {
+            std::thread::sleep(delays.delete);
+            match states.lock().unwrap().remove(*id) {
+                Some(_) => (204, serde_json::Value::Null),
+                None => (
+                    404,
+                    serde_json::json!({"error": {"message": "no instance"}}),
+                ),
+            }
+        }
+        _ => (
+            404,
+            serde_json::json!({"error": {"message": "no such path"}}),
+        ),
+    };
+    let text = if reply.is_null() {
+        String::new()
+    } else {
+        reply.to_string()
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    );
+}
