@@ -277,18 +277,52 @@ pub fn filter(kind: ThreadKind, mode: SeccompMode) -> Result<Option<BpfProgram>,
         SeccompMode::Enforce => SeccompAction::Trap,
         SeccompMode::Log => SeccompAction::Log,
     };
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = kind
-        .allowed()
-        .into_iter()
-        .map(|nr| (nr, Vec::new()))
-        .collect();
     let build = |source| SeccompError::Build {
         kind: kind.name(),
         source,
     };
+    // clone only for threads: a flag that makes a namespace (a new user
+    // namespace would hand back capabilities inside it) fails the rule.
+    let no_namespaces = seccompiler::SeccompRule::new(vec![seccompiler::SeccompCondition::new(
+        0,
+        seccompiler::SeccompCmpArgLen::Qword,
+        seccompiler::SeccompCmpOp::MaskedEq(NAMESPACE_FLAGS),
+        0,
+    )
+    .map_err(build)?])
+    .map_err(build)?;
+    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = kind
+        .allowed()
+        .into_iter()
+        .map(|nr| match nr {
+            libc::SYS_clone => (nr, vec![no_namespaces.clone()]),
+            nr => (nr, Vec::new()),
+        })
+        .collect();
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
         .map_err(build)?;
     Ok(Some(filter.try_into().map_err(build)?))
+}
+
+/// Every `CLONE_NEW*` flag: clone(2) may make threads, not namespaces.
+const NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | 0x80/* CLONE_NEWTIME */) as u64;
+
+/// The second filter of a kind that may start threads: clone3 fails with
+/// ENOSYS (its flags sit in memory, out of a filter's sight), and glibc then
+/// starts threads with clone, whose flags the first filter checks.
+fn no_clone3_filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    refusing_filter(
+        kind,
+        &[libc::SYS_clone3],
+        SeccompAction::Errno(libc::ENOSYS as u32),
+    )
 }
 
 /// The second filter of a kind that may not open files: EACCES for opens
@@ -298,7 +332,17 @@ fn no_open_filter(kind: ThreadKind, mode: SeccompMode) -> Result<BpfProgram, Sec
         SeccompMode::Log => SeccompAction::Log,
         _ => SeccompAction::Errno(libc::EACCES as u32),
     };
-    let rules = NO_OPEN.iter().map(|&nr| (nr, Vec::new())).collect();
+    refusing_filter(kind, NO_OPEN, refuse)
+}
+
+/// A filter that answers `calls` with `refuse` and lets everything else
+/// through to the other filters.
+fn refusing_filter(
+    kind: ThreadKind,
+    calls: &[libc::c_long],
+    refuse: SeccompAction,
+) -> Result<BpfProgram, SeccompError> {
+    let rules = calls.iter().map(|&nr| (nr, Vec::new())).collect();
     let build = |source| SeccompError::Build {
         kind: kind.name(),
         source,
@@ -343,12 +387,16 @@ fn apply_in(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> {
             source,
         })
     };
-    let no_open = (!kind.may_open())
-        .then(|| no_open_filter(kind, mode))
-        .transpose()?;
+    let mut extra = Vec::new();
+    if kind.allowed().contains(&libc::SYS_clone3) {
+        extra.push(no_clone3_filter(kind)?);
+    }
+    if !kind.may_open() {
+        extra.push(no_open_filter(kind, mode)?);
+    }
     // The narrower filter last: once it is in, prctl and seccomp may be gone.
-    if let Some(no_open) = no_open {
-        install(&no_open)?;
+    for program in &extra {
+        install(program)?;
     }
     install(&program)?;
     KIND.with(|k| k.set(kind.name()));
@@ -500,6 +548,9 @@ mod tests {
     /// Set for the child process that [`forbidden_call_child`] runs in.
     const CHILD_KIND: &str = "VIRGA_SECCOMP_CHILD_KIND";
     const CHILD_MODE: &str = "VIRGA_SECCOMP_CHILD_MODE";
+    /// What the child does once filtered: `getppid` (on no list), or
+    /// `clone-newuser` (clone asking for a user namespace).
+    const CHILD_CALL: &str = "VIRGA_SECCOMP_CHILD_CALL";
 
     /// In a child process: installs `kind`'s real filter and the real handler
     /// on a thread, which then calls getppid (on no kind's list).
@@ -523,21 +574,72 @@ mod tests {
             } else {
                 open.expect("this kind may open files");
             }
-            // SAFETY: getppid takes no arguments and cannot fail.
-            unsafe { libc::syscall(libc::SYS_getppid) };
+            if kind.allowed().contains(&libc::SYS_clone3) {
+                // clone3 is refused with ENOSYS; threads still start, by clone.
+                std::thread::spawn(|| ()).join().expect("a thread starts");
+            }
+            match std::env::var(CHILD_CALL).as_deref() {
+                Ok("clone-newuser") => {
+                    // SAFETY: a clone that the filter must stop before it
+                    // happens; were it let through, the child process would
+                    // share nothing and exit at once.
+                    let pid = unsafe {
+                        libc::syscall(
+                            libc::SYS_clone,
+                            libc::CLONE_NEWUSER | libc::SIGCHLD,
+                            0,
+                            0,
+                            0,
+                            0,
+                        )
+                    };
+                    if pid == 0 {
+                        // SAFETY: the child leaves at once.
+                        unsafe { libc::_exit(0) };
+                    }
+                }
+                // SAFETY: getppid takes no arguments and cannot fail.
+                _ => unsafe {
+                    libc::syscall(libc::SYS_getppid);
+                },
+            }
         })
         .join()
         .unwrap();
     }
 
     fn child(kind: ThreadKind, mode: &str) -> std::process::Output {
+        child_calling(kind, mode, "getppid")
+    }
+
+    fn child_calling(kind: ThreadKind, mode: &str, call: &str) -> std::process::Output {
         std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "seccomp::tests::forbidden_call_child"])
             .args(["--ignored", "--nocapture", "--test-threads=1"])
             .env(CHILD_KIND, kind.name())
             .env(CHILD_MODE, mode)
+            .env(CHILD_CALL, call)
             .output()
             .unwrap()
+    }
+
+    #[test]
+    fn threads_start_but_no_namespace_is_made() {
+        for kind in [ThreadKind::Control, ThreadKind::Vcpu] {
+            let out = child_calling(kind, "enforce", "clone-newuser");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(i32::from(EXIT_FORBIDDEN_SYSCALL)),
+                "{kind:?}: {stderr}"
+            );
+            let reason = format!(
+                "the {} thread made a forbidden system call ({})",
+                kind.name(),
+                libc::SYS_clone
+            );
+            assert!(stderr.contains(&reason), "{kind:?}: {stderr}");
+        }
     }
 
     #[test]
