@@ -133,6 +133,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // sweep of the state sync decides by age.
     if app.owns_its_database() {
         api::servers::expire_stale(&app, i64::MAX).await;
+        match app.images.recover_interrupted_uploads().await {
+            Ok(ids) if !ids.is_empty() => {
+                tracing::warn!(
+                    ?ids,
+                    "uploads interrupted by a stop: images back to queued, their bytes removed"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("recovering interrupted uploads: {e}"),
+        }
         let resumer = app.clone();
         tokio::spawn(async move { api::servers::resume_deletes(&resumer, i64::MAX).await });
     }

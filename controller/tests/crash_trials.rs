@@ -13,7 +13,8 @@
 //! The trials are a long suite, not part of `cargo test`: `cargo xtask
 //! crash-trials [--trials N]` runs them (VIRGA_CRASH_TRIALS, 50 by default) and
 //! prints every trial's outcome. `cargo test` runs the one race found this way
-//! that needs no kill (a delete during the host's create).
+//! that needs no kill (a delete during the host's create), and an image upload
+//! killed midway (the image is queued again and its bytes are gone).
 
 // Test helpers fail the test on any unexpected error.
 #![allow(clippy::unwrap_used)]
@@ -378,6 +379,70 @@ fn a_delete_during_the_hosts_create_leaves_nothing_behind() {
     );
     assert!(wrong.is_empty(), "{wrong:?}");
     assert!(hostd.instances().is_empty());
+}
+
+/// An image upload cut short by `kill -9`: after the restart the image is
+/// queued again (never active with part of its data), none of its bytes are
+/// left on disk, and the upload can be made again.
+#[test]
+fn an_upload_killed_midway_leaves_no_image_data_behind() {
+    use std::io::Write;
+    let mut c = start_with(None, "");
+    let admin = token(&c.addr).unwrap();
+    let t = ("X-Auth-Token", admin.as_str());
+    let r = call(
+        &c,
+        "POST",
+        "/image/v2/images",
+        &[t],
+        r#"{"name": "big", "disk_format": "raw", "container_format": "bare"}"#,
+    );
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let mut upload = std::net::TcpStream::connect(&c.addr).unwrap();
+    write!(
+        upload,
+        "PUT /image/v2/images/{id}/file HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {admin}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        64 << 20
+    )
+    .unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..8 {
+        upload.write_all(&chunk).unwrap();
+    }
+    // The controller is storing it: saving, with a partial file.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(&c, "GET", &format!("/image/v2/images/{id}"), &[t], "").json()["status"] != "saving"
+    {
+        assert!(Instant::now() < deadline, "the upload never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.kill();
+    drop(upload);
+    c.restart();
+    let admin = token(&c.addr).unwrap();
+    let t = ("X-Auth-Token", admin.as_str());
+    let image = call(&c, "GET", &format!("/image/v2/images/{id}"), &[t], "").json();
+    assert_eq!(image["status"], "queued", "{image}");
+    let mut left = Vec::new();
+    let mut dirs = vec![c.dir_path.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                dirs.push(e.path());
+            } else if e.file_name().to_string_lossy().starts_with(&id) {
+                left.push(e.path());
+            }
+        }
+    }
+    assert!(left.is_empty(), "bytes left behind: {left:?}");
+    let path = format!("/image/v2/images/{id}/file");
+    assert_eq!(put_bytes(&c, &path, &admin, b"whole"), 204);
+    let image = call(&c, "GET", &format!("/image/v2/images/{id}"), &[t], "").json();
+    assert_eq!(
+        (image["status"].as_str(), image["size"].as_i64()),
+        (Some("active"), Some(5))
+    );
 }
 
 #[test]

@@ -7,6 +7,8 @@ use anyhow::{bail, Context, Result};
 /// Debian packages and a command (or file) each provides (to skip what is there).
 const PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "qemu-system-x86_64"),
+    // The controller converts qcow2 uploads to raw with qemu-img.
+    ("qemu-utils", "qemu-img"),
     ("kmod", "depmod"),
     ("dpkg", "dpkg-deb"),
     ("e2fsprogs", "mkfs.ext4"),

@@ -246,6 +246,32 @@ impl Images {
             > 0)
     }
 
+    /// Uploads a stopped controller left half done: their images go back to
+    /// queued (the upload can be made again, as after a failed one) and their
+    /// bytes, whole or partial, converted or not, are removed. Returns them.
+    pub async fn recover_interrupted_uploads(&self) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .store
+            .fetch_all("SELECT id FROM images WHERE status = 'saving'", &[])
+            .await?;
+        let mut recovered = Vec::new();
+        for row in &rows {
+            let id = crate::store::text(row, "id")?;
+            if self.transition(&id, "saving", "queued").await? {
+                for name in [
+                    id.clone(),
+                    format!("{id}.part"),
+                    format!("{id}.raw"),
+                    format!("{id}.raw-part"),
+                ] {
+                    let _ = std::fs::remove_file(self.dir.join(name));
+                }
+                recovered.push(id);
+            }
+        }
+        Ok(recovered)
+    }
+
     pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
         self.store
             .execute("DELETE FROM images WHERE id = $1", &[Value::Text(id)])

@@ -74,33 +74,94 @@ async fn write(mut body: Incoming, part: &Path, max_bytes: u64) -> Result<Stored
     })
 }
 
+/// The largest disk a qcow2 upload may describe (its virtual size).
+pub const MAX_VIRTUAL_SIZE: u64 = 2 << 40;
+/// How long qemu-img may take over one step of a conversion.
+const QEMU_IMG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Runs qemu-img with a deadline; it is killed if the deadline passes.
+async fn qemu_img(args: &[&std::ffi::OsStr]) -> Result<std::process::Output, UploadError> {
+    let child = tokio::process::Command::new("qemu-img")
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(QEMU_IMG_TIMEOUT, child).await {
+        Ok(out) => out.map_err(|e| UploadError::Format(format!("running qemu-img: {e}"))),
+        Err(_) => Err(UploadError::Format(format!(
+            "qemu-img took longer than {QEMU_IMG_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// Why a qcow2 image is refused before it is converted, from `qemu-img
+/// info`'s JSON: a backing file or an external data file would make qemu-img
+/// read a file of the controller's host into the image (and so into anyone's
+/// download of it: OSSA-2015-014, CVE-2022-47951), and an absurd virtual size
+/// would fill its disk.
+fn refusal(info: &serde_json::Value) -> Option<String> {
+    if let Some(backing) = info
+        .get("backing-filename")
+        .or(info.get("full-backing-filename"))
+    {
+        return Some(format!(
+            "qcow2 images with a backing file ({backing}) are refused"
+        ));
+    }
+    if let Some(data_file) = info.pointer("/format-specific/data/data-file") {
+        return Some(format!(
+            "qcow2 images with an external data file ({data_file}) are refused"
+        ));
+    }
+    match info["virtual-size"].as_u64() {
+        None => Some("qemu-img info gave no virtual size".into()),
+        Some(v) if v > MAX_VIRTUAL_SIZE => Some(format!(
+            "a virtual size of {v} bytes is more than the {MAX_VIRTUAL_SIZE} allowed"
+        )),
+        Some(_) => None,
+    }
+}
+
 /// Converts a qcow2 upload into the raw file the VMM boots (qemu-img, from
 /// Debian's qemu-utils) and returns its virtual size.
 pub async fn qcow2_to_raw(src: &Path, dest: &Path) -> Result<u64, UploadError> {
-    let info = tokio::process::Command::new("qemu-img")
-        .args(["info", "--output=json", "-f", "qcow2"])
-        .arg(src)
-        .output()
-        .await
-        .map_err(|e| UploadError::Format(format!("running qemu-img: {e}")))?;
+    let info = qemu_img(&[
+        "info".as_ref(),
+        "--output=json".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        src.as_os_str(),
+    ])
+    .await?;
     if !info.status.success() {
         return Err(UploadError::Format(format!(
             "not a valid qcow2 image: {}",
             String::from_utf8_lossy(&info.stderr).trim()
         )));
     }
-    let virtual_size = serde_json::from_slice::<serde_json::Value>(&info.stdout)
-        .ok()
-        .and_then(|v| v["virtual-size"].as_u64())
-        .ok_or_else(|| UploadError::Format("qemu-img info gave no virtual size".into()))?;
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout)
+        .map_err(|e| UploadError::Format(format!("qemu-img info: {e}")))?;
+    if let Some(why) = refusal(&info) {
+        return Err(UploadError::Format(why));
+    }
+    let virtual_size = info["virtual-size"].as_u64().unwrap_or_default();
     let part: PathBuf = dest.with_extension("raw-part");
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["convert", "-f", "qcow2", "-O", "raw"])
-        .arg(src)
-        .arg(&part)
-        .output()
-        .await
-        .map_err(|e| UploadError::Format(format!("running qemu-img: {e}")))?;
+    let out = qemu_img(&[
+        "convert".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-O".as_ref(),
+        "raw".as_ref(),
+        src.as_os_str(),
+        part.as_os_str(),
+    ])
+    .await;
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(e);
+        }
+    };
     if !out.status.success() {
         let _ = tokio::fs::remove_file(&part).await;
         return Err(UploadError::Format(format!(
@@ -120,6 +181,45 @@ mod tests {
     fn hex_digests() {
         assert_eq!(hex(&Md5::digest(b"")), "d41d8cd98f00b204e9800998ecf8427e");
         assert_eq!(&hex(&Sha512::digest(b""))[..16], "cf83e1357eefb8bd");
+    }
+
+    #[test]
+    fn backing_files_data_files_and_huge_disks_are_refused() {
+        let ok = serde_json::json!({"virtual-size": 8u64 << 20, "format": "qcow2"});
+        assert_eq!(refusal(&ok), None);
+        let backed = serde_json::json!({"virtual-size": 1, "backing-filename": "/etc/shadow"});
+        assert!(refusal(&backed).unwrap().contains("backing file"));
+        let data = serde_json::json!({"virtual-size": 1,
+            "format-specific": {"type": "qcow2", "data": {"data-file": "/etc/shadow"}}});
+        assert!(refusal(&data).unwrap().contains("data file"));
+        let huge = serde_json::json!({"virtual-size": MAX_VIRTUAL_SIZE + 1});
+        assert!(refusal(&huge).unwrap().contains("virtual size"));
+        assert!(refusal(&serde_json::json!({})).is_some());
+    }
+
+    /// With qemu-img (cargo xtask test installs it): an image whose backing
+    /// file is a host file is refused, and that file's bytes go nowhere.
+    #[tokio::test]
+    async fn a_qcow2_backed_by_a_host_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, vec![b's'; 1 << 20]).unwrap();
+        let image = dir.path().join("evil.qcow2");
+        let made = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&secret)
+            .arg(&image)
+            .status();
+        if !made.is_ok_and(|s| s.success()) {
+            eprintln!("skipping: qemu-img is not installed");
+            return;
+        }
+        let out = dir.path().join("out");
+        match qcow2_to_raw(&image, &out).await {
+            Err(UploadError::Format(why)) => assert!(why.contains("backing file"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!out.exists() && !out.with_extension("raw-part").exists());
     }
 
     #[tokio::test]
