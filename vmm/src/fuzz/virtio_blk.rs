@@ -404,6 +404,14 @@ fn one(case: Case, disk_path: &std::path::Path) -> Result<(), TestCaseError> {
                 continue;
             };
             let got = after.byte(at).unwrap();
+            // A status byte the guest put inside the rings is overwritten by
+            // the device's own used-ring writes: only its used length counts.
+            if at < chains::RINGS_END {
+                check(len == want_len, || {
+                    format!("head {}: status in the rings, used length {len}", c.head)
+                })?;
+                continue;
+            }
             let fine = match want {
                 Want::Exactly(s) => got == s,
                 Want::OkOrUnsupp => got == VIRTIO_BLK_S_OK || got == VIRTIO_BLK_S_UNSUPP,
