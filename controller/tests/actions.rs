@@ -11,8 +11,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::hostd::{controller_config, Delays, StandInHostd};
-use common::{call, put_bytes, start_with, Controller};
+use common::hostd::{bootable, controller_config, Delays, StandInHostd};
+use common::{call, start_with, Controller};
 
 /// How long the stand-in takes for each action.
 const ACTION_DELAY: Duration = Duration::from_millis(600);
@@ -35,30 +35,7 @@ fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
     hostd.register(&c);
     let admin = token(&c);
     let t = ("X-Auth-Token", admin.as_str());
-    let flavor = call(
-        &c,
-        "POST",
-        "/compute/v2.1/flavors",
-        &[t],
-        r#"{"flavor": {"name": "tiny", "ram": 128, "vcpus": 1, "disk": 0}}"#,
-    )
-    .json()["flavor"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let image = call(
-        &c,
-        "POST",
-        "/image/v2/images",
-        &[t],
-        r#"{"name": "kernel", "disk_format": "aki", "container_format": "aki"}"#,
-    )
-    .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let path = format!("/image/v2/images/{image}/file");
-    assert_eq!(put_bytes(&c, &path, &admin, b"\x7fELF stand-in"), 204);
+    let (flavor, image) = bootable(&c, &admin, 1, 128);
 
     let r = call(
         &c,

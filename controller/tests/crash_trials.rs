@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::hostd::{controller_config, Delays, StandInHostd, HOST_ID};
+use common::hostd::{bootable, controller_config, Delays, StandInHostd, HOST_ID};
 use common::{call, put_bytes, start_with, try_call, Controller};
 use serde_json::{json, Value};
 
@@ -79,31 +79,7 @@ struct Setup {
 fn setup(c: &Controller) -> Setup {
     let admin = token(&c.addr).unwrap();
     let t = ("X-Auth-Token", admin.as_str());
-    let flavor = call(
-        c,
-        "POST",
-        "/compute/v2.1/flavors",
-        &[t],
-        &json!({"flavor": {"name": "crash", "ram": FLAVOR_RAM, "vcpus": FLAVOR_VCPUS, "disk": 0}})
-            .to_string(),
-    )
-    .json()["flavor"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let image = call(
-        c,
-        "POST",
-        "/image/v2/images",
-        &[t],
-        r#"{"name": "kernel", "disk_format": "aki", "container_format": "aki"}"#,
-    )
-    .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let path = format!("/image/v2/images/{image}/file");
-    assert_eq!(put_bytes(c, &path, &admin, b"\x7fELF stand-in"), 204);
+    let (flavor, image) = bootable(c, &admin, FLAVOR_VCPUS, FLAVOR_RAM);
     let project = call(c, "GET", "/identity/v3/projects?name=admin", &[t], "").json()["projects"]
         [0]["id"]
         .as_str()

@@ -623,41 +623,33 @@ mod tests {
             .unwrap()
     }
 
+    /// The child ended with status 159, naming its thread kind and `call`.
+    fn assert_trapped(out: &std::process::Output, kind: ThreadKind, call: libc::c_long) {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(i32::from(EXIT_FORBIDDEN_SYSCALL)),
+            "{kind:?}: {stderr}"
+        );
+        let reason = format!(
+            "vmm: exit 159: seccomp: the {} thread made a forbidden system call ({call})",
+            kind.name(),
+        );
+        assert!(stderr.contains(&reason), "{kind:?}: {stderr}");
+    }
+
     #[test]
     fn threads_start_but_no_namespace_is_made() {
         for kind in [ThreadKind::Control, ThreadKind::Vcpu] {
             let out = child_calling(kind, "enforce", "clone-newuser");
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(
-                out.status.code(),
-                Some(i32::from(EXIT_FORBIDDEN_SYSCALL)),
-                "{kind:?}: {stderr}"
-            );
-            let reason = format!(
-                "the {} thread made a forbidden system call ({})",
-                kind.name(),
-                libc::SYS_clone
-            );
-            assert!(stderr.contains(&reason), "{kind:?}: {stderr}");
+            assert_trapped(&out, kind, libc::SYS_clone);
         }
     }
 
     #[test]
     fn a_forbidden_call_on_each_kind_of_thread_ends_the_vmm_with_its_reason() {
         for kind in ThreadKind::ALL {
-            let out = child(kind, "enforce");
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(
-                out.status.code(),
-                Some(i32::from(EXIT_FORBIDDEN_SYSCALL)),
-                "{kind:?}: {stderr}"
-            );
-            let reason = format!(
-                "vmm: exit 159: seccomp: the {} thread made a forbidden system call ({})",
-                kind.name(),
-                libc::SYS_getppid
-            );
-            assert!(stderr.contains(&reason), "{kind:?}: {stderr}");
+            assert_trapped(&child(kind, "enforce"), kind, libc::SYS_getppid);
         }
         // Diagnosis: the same call goes through, and the kernel logs it.
         let out = child(ThreadKind::Vcpu, "log");

@@ -82,6 +82,39 @@ impl StandInHostd {
     }
 }
 
+/// A flavor of `vcpus` and `ram_mib` and an active kernel image: what a server
+/// create needs to reach the stand-in. Returns (flavor id, image id).
+pub fn bootable(c: &Controller, token: &str, vcpus: i64, ram_mib: i64) -> (String, String) {
+    let t = ("X-Auth-Token", token);
+    let flavor = call(
+        c,
+        "POST",
+        "/compute/v2.1/flavors",
+        &[t],
+        &serde_json::json!({"flavor": {"name": format!("f{vcpus}-{ram_mib}"), "ram": ram_mib,
+            "vcpus": vcpus, "disk": 0}})
+        .to_string(),
+    )
+    .json()["flavor"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let image = call(
+        c,
+        "POST",
+        "/image/v2/images",
+        &[t],
+        r#"{"name": "kernel", "disk_format": "aki", "container_format": "aki"}"#,
+    )
+    .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/image/v2/images/{image}/file");
+    assert_eq!(super::put_bytes(c, &path, token, b"\x7fELF stand-in"), 204);
+    (flavor, image)
+}
+
 fn answer(mut stream: TcpStream, states: &Mutex<BTreeMap<String, String>>, delays: Delays) {
     let Ok(clone) = stream.try_clone() else {
         return;
