@@ -431,7 +431,22 @@ impl Rings {
         if let Some(idx) = avail.idx {
             self.set_avail_idx(mem, idx);
         }
+        laid.tables.extend(self.indirect_refs(mem));
         laid
+    }
+
+    /// Every (address, length) that a descriptor in the table names as an
+    /// indirect table. Mutated flags put INDIRECT mid-chain too, and the device
+    /// then reads a table wherever that descriptor points, possibly another
+    /// chain's writable buffer (found by `cargo xtask fuzz`).
+    fn indirect_refs(&self, mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
+        (0..QUEUE_SIZE)
+            .filter_map(|i| {
+                let at = GuestAddress(self.desc + 16 * u64::from(i));
+                let d: Descriptor = mem.read_obj(at).ok()?;
+                (d.flags() & F_INDIRECT != 0).then(|| (d.addr().0, u64::from(d.len())))
+            })
+            .collect()
     }
 }
 
@@ -443,7 +458,7 @@ pub type Buf = (u64, u32, bool);
 pub struct Laid {
     /// Each laid chain with its resolved buffers (address, length, writable).
     pub chains: Vec<(ChainSpec, Vec<Buf>)>,
-    /// Indirect tables: (address, bytes).
+    /// Indirect tables, laid out or merely named by a descriptor: (address, bytes).
     pub tables: Vec<(u64, u64)>,
 }
 
@@ -496,9 +511,13 @@ pub fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
 }
 
 /// Whether no device-writable buffer overlaps another buffer or an indirect
-/// table: then the device reads what the test laid out, and each writable byte
-/// belongs to one buffer, so exact results can be checked.
+/// table, and no indirect table lies in the rings (whose used ring the device
+/// writes): then the device reads what the test laid out, and each writable
+/// byte belongs to one buffer, so exact results can be checked.
 pub fn disjoint(chains: &[Walked], tables: &[(u64, u64)]) -> bool {
+    if tables.iter().any(|&t| overlaps(t, (0, RINGS_END))) {
+        return false;
+    }
     let all: Vec<(u64, u64, bool)> = chains
         .iter()
         .flat_map(|c| c.descs.iter())
