@@ -197,3 +197,70 @@ fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
         404
     );
 }
+
+/// A state sync whose host listing was taken before an action finished must
+/// not undo the action. The guest powers itself off; a sync round reads the
+/// server (ACTIVE) and takes the host's list (shut off), which is held on its
+/// way back while a hard reboot brings the server back (ACTIVE). The stale
+/// listing then arrives: the server stays ACTIVE.
+#[test]
+fn a_stale_host_listing_does_not_undo_an_action() {
+    let hostd = StandInHostd::start(Delays {
+        create: Duration::ZERO,
+        action: Duration::ZERO,
+        delete: Duration::ZERO,
+    });
+    let c = start_with(None, &controller_config());
+    hostd.register(&c);
+    let admin = token(&c);
+    let t = ("X-Auth-Token", admin.as_str());
+    let (flavor, image) = bootable(&c, &admin, 1, 128);
+    let r = call(
+        &c,
+        "POST",
+        "/compute/v2.1/servers",
+        &[t],
+        &format!(
+            r#"{{"server": {{"name": "vm", "imageRef": "{image}", "flavorRef": "{flavor}"}}}}"#
+        ),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    let show = || {
+        call(&c, "GET", &format!("/compute/v2.1/servers/{id}"), &[t], "").json()["server"].clone()
+    };
+    let wait = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = show();
+            if s["status"] == want && s["OS-EXT-STS:task_state"].is_null() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "wanted {want}, have {s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("ACTIVE");
+
+    hostd.set_state_and_hold_listings(&id, "shutoff");
+    let stale = hostd.wait_held(0);
+    assert_eq!(show()["status"], "ACTIVE");
+    let r = call(
+        &c,
+        "POST",
+        &format!("/compute/v2.1/servers/{id}/action"),
+        &[t],
+        r#"{"reboot": {"type": "HARD"}}"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait("ACTIVE");
+    assert_eq!(hostd.instances()[&id], "running");
+    // The stale listing arrives; its round is over when the next round's
+    // listing is taken (and held, so that round writes nothing yet).
+    hostd.release_held();
+    hostd.wait_held(stale);
+    let s = show();
+    assert_eq!(s["status"], "ACTIVE", "{s}");
+    assert_eq!(s["OS-EXT-STS:power_state"], 1, "{s}");
+    hostd.release_listings();
+}

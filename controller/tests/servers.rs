@@ -404,3 +404,61 @@ fn list_filters_and_pages_on_postgres() {
     };
     filters_and_pages(&start(Some(pg.url())));
 }
+
+/// Many creates at once in one project with room for three: exactly three are
+/// accepted, the rest refused with 403, whatever the interleaving (the quota is
+/// checked in the transaction that inserts the server, not read before it).
+fn racing_creates_keep_the_quota(c: &Controller) {
+    let admin = token(c, "admin", "admin-secret", "admin");
+    let t = ("X-Auth-Token", admin.as_str());
+    let (flavor, image) = flavor_and_image(c, &admin);
+    let project = call(
+        c,
+        "GET",
+        "/identity/v3/auth/tokens",
+        &[t, ("X-Subject-Token", &admin)],
+        "",
+    )
+    .json()["token"]["project"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let q = call(
+        c,
+        "PUT",
+        &format!("/compute/v2.1/os-quota-sets/{project}"),
+        &[t],
+        r#"{"quota_set": {"instances": 3}}"#,
+    );
+    assert_eq!(q.status, 200, "{}", q.body);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let racers: Vec<_> = (0..12)
+            .map(|i| {
+                let body = server_body(&format!("racer{i}"), &flavor, &image);
+                let admin = admin.as_str();
+                s.spawn(move || {
+                    call(
+                        c,
+                        "POST",
+                        "/compute/v2.1/servers",
+                        &[("X-Auth-Token", admin)],
+                        &body,
+                    )
+                    .status
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let accepted = statuses.iter().filter(|&&s| s == 202).count();
+    let refused = statuses.iter().filter(|&&s| s == 403).count();
+    assert_eq!((accepted, refused), (3, 9), "statuses {statuses:?}");
+    let listed = call(c, "GET", "/compute/v2.1/servers", &[t], "").json();
+    assert_eq!(listed["servers"].as_array().unwrap().len(), 3, "{listed}");
+}
+
+/// (PostgreSQL's row lock is tested on the store: `tests/store_races.rs`.)
+#[test]
+fn racing_creates_keep_the_quota_on_sqlite() {
+    racing_creates_keep_the_quota(&start(None));
+}

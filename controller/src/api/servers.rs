@@ -18,7 +18,7 @@ use super::http::{empty, json, read_json, Body};
 use super::App;
 use crate::compute::actions::{now_us, Action};
 use crate::compute::scheduler::{Demand, PlaceError};
-use crate::compute::servers::{ListQuery, Server};
+use crate::compute::servers::{Admission, ListQuery, Server};
 use crate::hostd_client::{self, HostdError};
 use crate::identity::{now, Auth};
 
@@ -496,27 +496,10 @@ async fn create(app: &App, auth: &Auth, req: Request<Incoming>) -> Response<Body
         Some(_) => return bad("Invalid input for field/attribute metadata: must be an object"),
     };
     let user_data = s.get("user_data").and_then(Json::as_str).map(str::to_owned);
-    // Quotas: instances, cores, RAM.
-    let (quota, usage) = match (
-        app.quotas.get(&project).await,
-        app.servers.usage(&project).await,
-    ) {
-        (Ok(q), Ok(u)) => (q, u),
-        (Err(e), _) | (_, Err(e)) => return store_error(e),
+    let quota = match app.quotas.get(&project).await {
+        Ok(q) => q,
+        Err(e) => return store_error(e),
     };
-    let over = |limit: i64, used: i64, add: i64| limit >= 0 && used + add > limit;
-    for (what, limit, used, add) in [
-        ("instances", quota.instances, usage.instances, 1),
-        ("cores", quota.cores, usage.cores, flavor.vcpus),
-        ("ram", quota.ram_mib, usage.ram_mib, flavor.ram_mib),
-    ] {
-        if over(limit, used, add) {
-            return nova_error(
-                StatusCode::FORBIDDEN,
-                &format!("Quota exceeded for {what}: Requested {add}, but already used {used} of {limit} {what}"),
-            );
-        }
-    }
     let t = now();
     let server = Server {
         id: uuid::Uuid::new_v4().to_string(),
@@ -544,9 +527,20 @@ async fn create(app: &App, auth: &Auth, req: Request<Incoming>) -> Response<Body
         created_at: t,
         updated_at: t,
         launched_at: None,
+        generation: 0,
     };
-    if let Err(e) = app.servers.insert(&server).await {
-        return store_error(e);
+    match app.servers.insert_within(&server, &quota).await {
+        Ok(Admission::Admitted) => {}
+        Ok(Admission::OverQuota(o)) => {
+            return nova_error(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "Quota exceeded for {}: Requested {}, but already used {} of {} {}",
+                    o.resource, o.requested, o.used, o.limit, o.resource
+                ),
+            )
+        }
+        Err(e) => return store_error(e),
     }
     let record = Action {
         request_id: request_id.clone(),
@@ -1264,8 +1258,11 @@ pub async fn sync_loop(app: Arc<App>) {
                     None => ("error", 0, Some("the instance is gone from its host")),
                 };
                 if vm != s.vm_state || power != s.power_state {
-                    // Only if no task started meanwhile.
-                    let _ = app.servers.set_state_if_idle(&s.id, vm, power, fault).await;
+                    // Only if nothing wrote it since it was read.
+                    let _ = app
+                        .servers
+                        .sync_state(&s.id, s.generation, vm, power, fault)
+                        .await;
                 }
             }
         }

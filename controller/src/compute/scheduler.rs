@@ -160,7 +160,7 @@ impl Scheduler {
         self.store
             .atomically(&[
                 Step {
-                    sql: "UPDATE servers SET host_id = $1, updated_at = $2 \
+                    sql: "UPDATE servers SET generation = generation + 1, host_id = $1, updated_at = $2 \
                           WHERE id = $3 AND host_id IS NULL",
                     args: &[Value::Text(host), Value::Int(now), Value::Text(server)],
                     rows: Some(1),
@@ -193,7 +193,7 @@ impl Scheduler {
                     rows: None,
                 },
                 Step {
-                    sql: "UPDATE servers SET host_id = NULL, updated_at = $1 WHERE id = $2 AND host_id = $3",
+                    sql: "UPDATE servers SET generation = generation + 1, host_id = NULL, updated_at = $1 WHERE id = $2 AND host_id = $3",
                     args: &[
                         Value::Int(crate::identity::now()),
                         Value::Text(server),

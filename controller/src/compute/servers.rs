@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::quotas::Quota;
 use crate::store::{int, opt_text, text, Engine, Step, Store, StoreError, Value};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -30,6 +31,8 @@ pub struct Server {
     pub created_at: i64,
     pub updated_at: i64,
     pub launched_at: Option<i64>,
+    /// Bumped by every write: a conditional write names the one it read.
+    pub generation: i64,
 }
 
 impl Server {
@@ -52,7 +55,7 @@ impl Server {
 
 const COLUMNS: &str = "id, project_id, user_id, name, flavor_id, image_id, vcpus, ram_mib, disk_gib, \
     host_id, vm_state, task_state, power_state, fault, key_name, user_data, metadata, availability_zone, \
-    created_at, updated_at, launched_at";
+    created_at, updated_at, launched_at, generation";
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<Server, StoreError> {
     Ok(Server {
@@ -77,6 +80,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Server, StoreError> {
         created_at: int(r, "created_at")?,
         updated_at: int(r, "updated_at")?,
         launched_at: sqlx::Row::try_get::<Option<i64>, _>(r, "launched_at")?,
+        generation: int(r, "generation")?,
     })
 }
 
@@ -123,6 +127,7 @@ fn from_json(v: &[serde_json::Value]) -> Result<Server, StoreError> {
             Some(serde_json::Value::Null) => None,
             _ => Some(int(20)?),
         },
+        generation: int(21)?,
     })
 }
 
@@ -132,6 +137,23 @@ pub struct Usage {
     pub instances: i64,
     pub cores: i64,
     pub ram_mib: i64,
+}
+
+/// Whether a create fitted its project's quota.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    OverQuota(OverQuota),
+}
+
+/// The limit a refused create would have passed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverQuota {
+    /// instances, cores or ram (Nova's names).
+    pub resource: &'static str,
+    pub limit: i64,
+    pub used: i64,
+    pub requested: i64,
 }
 
 /// A server list's filters and page (Nova's query parameters, parsed).
@@ -162,40 +184,81 @@ impl Servers {
         Servers { store }
     }
 
-    pub async fn insert(&self, s: &Server) -> Result<(), StoreError> {
+    /// Inserts the server if its project stays within `quota` (instances,
+    /// cores, RAM) with it. The check and the insert are one transaction that
+    /// first locks the project's row in `quota_locks`, so creates racing in
+    /// one project are admitted one at a time. A negative limit is no limit.
+    pub async fn insert_within(&self, s: &Server, quota: &Quota) -> Result<Admission, StoreError> {
         let metadata = serde_json::to_string(&s.metadata).unwrap_or_default();
-        self.store
-            .execute(
-                &format!(
-                    "INSERT INTO servers ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-                     $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
-                ),
-                &[
-                    Value::Text(&s.id),
-                    Value::Text(&s.project_id),
-                    Value::Text(&s.user_id),
-                    Value::Text(&s.name),
-                    Value::Text(&s.flavor_id),
-                    Value::Text(&s.image_id),
-                    Value::Int(s.vcpus),
-                    Value::Int(s.ram_mib),
-                    Value::Int(s.disk_gib),
-                    Value::OptText(s.host_id.as_deref()),
-                    Value::Text(&s.vm_state),
-                    Value::OptText(s.task_state.as_deref()),
-                    Value::Int(s.power_state),
-                    Value::OptText(s.fault.as_deref()),
-                    Value::OptText(s.key_name.as_deref()),
-                    Value::OptText(s.user_data.as_deref()),
-                    Value::Text(&metadata),
-                    Value::Text(&s.availability_zone),
-                    Value::Int(s.created_at),
-                    Value::Int(s.updated_at),
-                    Value::OptInt(s.launched_at),
-                ],
-            )
+        // Placeholders in order of first appearance (SQLite numbers them so).
+        let insert = format!(
+            "INSERT INTO servers ({COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+             $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 0 \
+             WHERE ($22 < 0 OR (SELECT COUNT(*) FROM servers WHERE project_id = $2) + 1 <= $22) \
+             AND ($23 < 0 OR (SELECT COALESCE(SUM(vcpus), 0) FROM servers WHERE project_id = $2) + $7 <= $23) \
+             AND ($24 < 0 OR (SELECT COALESCE(SUM(ram_mib), 0) FROM servers WHERE project_id = $2) + $8 <= $24)"
+        );
+        let admitted = self
+            .store
+            .atomically(&[
+                Step {
+                    sql: "INSERT INTO quota_locks (project_id, creates) VALUES ($1, 1) \
+                          ON CONFLICT (project_id) DO UPDATE SET creates = quota_locks.creates + 1",
+                    args: &[Value::Text(&s.project_id)],
+                    rows: None,
+                },
+                Step {
+                    sql: &insert,
+                    args: &[
+                        Value::Text(&s.id),
+                        Value::Text(&s.project_id),
+                        Value::Text(&s.user_id),
+                        Value::Text(&s.name),
+                        Value::Text(&s.flavor_id),
+                        Value::Text(&s.image_id),
+                        Value::Int(s.vcpus),
+                        Value::Int(s.ram_mib),
+                        Value::Int(s.disk_gib),
+                        Value::OptText(s.host_id.as_deref()),
+                        Value::Text(&s.vm_state),
+                        Value::OptText(s.task_state.as_deref()),
+                        Value::Int(s.power_state),
+                        Value::OptText(s.fault.as_deref()),
+                        Value::OptText(s.key_name.as_deref()),
+                        Value::OptText(s.user_data.as_deref()),
+                        Value::Text(&metadata),
+                        Value::Text(&s.availability_zone),
+                        Value::Int(s.created_at),
+                        Value::Int(s.updated_at),
+                        Value::OptInt(s.launched_at),
+                        Value::Int(quota.instances),
+                        Value::Int(quota.cores),
+                        Value::Int(quota.ram_mib),
+                    ],
+                    rows: Some(1),
+                },
+            ])
             .await?;
-        Ok(())
+        if admitted {
+            return Ok(Admission::Admitted);
+        }
+        // Refused: say which limit, from the usage now (a racing delete may
+        // have made room meanwhile; the client retries then).
+        let used = self.usage(&s.project_id).await?;
+        let over = [
+            ("instances", quota.instances, used.instances, 1),
+            ("cores", quota.cores, used.cores, s.vcpus),
+            ("ram", quota.ram_mib, used.ram_mib, s.ram_mib),
+        ]
+        .into_iter()
+        .find(|&(_, limit, used, add)| limit >= 0 && used + add > limit)
+        .unwrap_or(("instances", quota.instances, used.instances, 1));
+        Ok(Admission::OverQuota(OverQuota {
+            resource: over.0,
+            limit: over.1,
+            used: over.2,
+            requested: over.3,
+        }))
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Server>, StoreError> {
@@ -355,7 +418,7 @@ impl Servers {
         let launched = (vm_state == "active").then(crate::identity::now);
         self.store
             .execute(
-                "UPDATE servers SET vm_state = $1, task_state = CASE WHEN task_state = 'deleting' \
+                "UPDATE servers SET generation = generation + 1, vm_state = $1, task_state = CASE WHEN task_state = 'deleting' \
                  THEN task_state ELSE $2 END, power_state = $3, fault = $4, updated_at = $5, \
                  launched_at = COALESCE(launched_at, $6) WHERE id = $7",
                 &[
@@ -372,11 +435,15 @@ impl Servers {
         Ok(())
     }
 
-    /// As [`Servers::set_state`] with no task, unless a task or a build is in
-    /// flight (the state sync must not overwrite what an action is doing).
-    pub async fn set_state_if_idle(
+    /// The state sync's write: as [`Servers::set_state`] with no task, only
+    /// if the server is still at `generation` (nothing wrote it since the
+    /// sync read it: a host listing taken before an action must not undo
+    /// the action's result) and no task or build is in flight. Whether it
+    /// was written.
+    pub async fn sync_state(
         &self,
         id: &str,
+        generation: i64,
         vm_state: &str,
         power_state: i64,
         fault: Option<&str>,
@@ -384,14 +451,16 @@ impl Servers {
         let n = self
             .store
             .execute(
-                "UPDATE servers SET vm_state = $1, power_state = $2, fault = $3, updated_at = $4 \
-                 WHERE id = $5 AND task_state IS NULL AND vm_state <> 'building'",
+                "UPDATE servers SET generation = generation + 1, vm_state = $1, power_state = $2, \
+                 fault = $3, updated_at = $4 \
+                 WHERE id = $5 AND generation = $6 AND task_state IS NULL AND vm_state <> 'building'",
                 &[
                     Value::Text(vm_state),
                     Value::Int(power_state),
                     Value::OptText(fault),
                     Value::Int(crate::identity::now()),
                     Value::Text(id),
+                    Value::Int(generation),
                 ],
             )
             .await?;
@@ -411,7 +480,7 @@ impl Servers {
         if from.is_empty() {
             return Ok(false);
         }
-        let mut sql = "UPDATE servers SET task_state = $1, updated_at = $2 WHERE id = $3 AND task_state IS NULL \
+        let mut sql = "UPDATE servers SET generation = generation + 1, task_state = $1, updated_at = $2 WHERE id = $3 AND task_state IS NULL \
                        AND vm_state IN ("
             .to_owned();
         let now = crate::identity::now();
@@ -432,7 +501,7 @@ impl Servers {
     pub async fn clear_task(&self, id: &str) -> Result<(), StoreError> {
         self.store
             .execute(
-                "UPDATE servers SET task_state = NULL, updated_at = $1 WHERE id = $2 \
+                "UPDATE servers SET generation = generation + 1, task_state = NULL, updated_at = $1 WHERE id = $2 \
                  AND task_state <> 'deleting'",
                 &[Value::Int(crate::identity::now()), Value::Text(id)],
             )
@@ -449,7 +518,7 @@ impl Servers {
         let builds = self
             .store
             .execute(
-                "UPDATE servers SET vm_state = 'error', task_state = NULL, power_state = 0, \
+                "UPDATE servers SET generation = generation + 1, vm_state = 'error', task_state = NULL, power_state = 0, \
                  fault = 'the build was abandoned: its controller stopped', updated_at = $1 \
                  WHERE vm_state = 'building' AND updated_at < $2 \
                  AND (task_state IS NULL OR task_state <> 'deleting')",
@@ -459,7 +528,7 @@ impl Servers {
         let tasks = self
             .store
             .execute(
-                "UPDATE servers SET task_state = NULL, updated_at = $1 \
+                "UPDATE servers SET generation = generation + 1, task_state = NULL, updated_at = $1 \
                  WHERE task_state IS NOT NULL AND task_state <> 'deleting' \
                  AND vm_state <> 'building' AND updated_at < $2",
                 &[Value::Int(now), Value::Int(before)],
@@ -474,7 +543,7 @@ impl Servers {
     pub async fn mark_deleting(&self, id: &str) -> Result<(), StoreError> {
         self.store
             .execute(
-                "UPDATE servers SET task_state = 'deleting', updated_at = $1 WHERE id = $2",
+                "UPDATE servers SET generation = generation + 1, task_state = 'deleting', updated_at = $1 WHERE id = $2",
                 &[Value::Int(crate::identity::now()), Value::Text(id)],
             )
             .await?;
@@ -486,7 +555,7 @@ impl Servers {
     pub async fn unmark_deleting(&self, id: &str) -> Result<(), StoreError> {
         self.store
             .execute(
-                "UPDATE servers SET task_state = NULL, updated_at = $1 \
+                "UPDATE servers SET generation = generation + 1, task_state = NULL, updated_at = $1 \
                  WHERE id = $2 AND task_state = 'deleting'",
                 &[Value::Int(crate::identity::now()), Value::Text(id)],
             )
@@ -565,6 +634,7 @@ impl Servers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compute::quotas::DEFAULT_QUOTA;
 
     /// A building server of 1 vCPU and 128 MiB in project `p`.
     fn building(id: &str) -> Server {
@@ -590,6 +660,7 @@ mod tests {
             created_at: 100,
             updated_at: 100,
             launched_at: None,
+            generation: 0,
         }
     }
 
@@ -640,7 +711,10 @@ mod tests {
             .unwrap();
         let mut s = building("doomed");
         s.host_id = Some("h".into());
-        servers.insert(&s).await.unwrap();
+        assert_eq!(
+            servers.insert_within(&s, &DEFAULT_QUOTA).await.unwrap(),
+            Admission::Admitted
+        );
 
         servers.mark_deleting("doomed").await.unwrap();
         // A build finishing, or an action ending, keeps the delete recorded.
@@ -678,11 +752,17 @@ mod tests {
         let (_dir, store) = crate::store::temp_sqlite().await;
         let servers = Servers::new(store);
         let mut s = building("building");
-        servers.insert(&s).await.unwrap();
+        assert_eq!(
+            servers.insert_within(&s, &DEFAULT_QUOTA).await.unwrap(),
+            Admission::Admitted
+        );
         s.id = "active".into();
         s.vm_state = "active".into();
         s.task_state = None;
-        servers.insert(&s).await.unwrap();
+        assert_eq!(
+            servers.insert_within(&s, &DEFAULT_QUOTA).await.unwrap(),
+            Admission::Admitted
+        );
 
         // One task at a time, only from the allowed states.
         assert!(!servers
@@ -702,12 +782,16 @@ mod tests {
             .await
             .unwrap());
         // The state sync leaves servers with tasks and builds alone.
+        let generation = |id: &'static str| {
+            let servers = &servers;
+            async move { servers.get(id).await.unwrap().unwrap().generation }
+        };
         assert!(!servers
-            .set_state_if_idle("active", "error", 0, None)
+            .sync_state("active", generation("active").await, "error", 0, None)
             .await
             .unwrap());
         assert!(!servers
-            .set_state_if_idle("building", "error", 0, None)
+            .sync_state("building", generation("building").await, "error", 0, None)
             .await
             .unwrap());
         assert_eq!(
@@ -734,9 +818,19 @@ mod tests {
         assert!(b.fault.unwrap().contains("abandoned"));
         let a = servers.get("active").await.unwrap().unwrap();
         assert_eq!((a.status(), a.task_state), ("ACTIVE", None));
-        servers.clear_task("active").await.unwrap();
+        // A sync that read the server before its last write writes nothing.
+        let read = generation("active").await;
         assert!(servers
-            .set_state_if_idle("active", "stopped", 4, None)
+            .begin_task("active", "powering-off", &["active"])
+            .await
+            .unwrap());
+        servers.clear_task("active").await.unwrap();
+        assert!(!servers
+            .sync_state("active", read, "stopped", 4, None)
+            .await
+            .unwrap());
+        assert!(servers
+            .sync_state("active", generation("active").await, "stopped", 4, None)
             .await
             .unwrap());
         assert_eq!(

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use super::{call, Controller};
 
@@ -27,6 +27,26 @@ pub fn controller_config() -> String {
 pub struct StandInHostd {
     pub port: u16,
     states: Arc<Mutex<BTreeMap<String, String>>>,
+    listings: Arc<Listings>,
+}
+
+/// Instance listings (`GET /instances`): a gate that holds them between taking
+/// the list and answering, as a slow network would, so a test can change things while a listing is on its way.
+#[derive(Default)]
+struct Listings {
+    gate: Mutex<Gate>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Gate {
+    hold: bool,
+    /// Listings taken so far: each takes the next number.
+    taken: u64,
+    /// Held listings numbered up to this one may answer.
+    released: u64,
+    /// The newest listing held now, if any.
+    newest_held: Option<u64>,
 }
 
 /// How long the stand-in takes for each request kind.
@@ -42,14 +62,19 @@ impl StandInHostd {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let states: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
-        let shared = states.clone();
+        let listings: Arc<Listings> = Arc::default();
+        let (shared, gate) = (states.clone(), listings.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let states = shared.clone();
-                std::thread::spawn(move || answer(stream, &states, delays));
+                let (states, gate) = (shared.clone(), gate.clone());
+                std::thread::spawn(move || answer(stream, &states, &gate, delays));
             }
         });
-        StandInHostd { port, states }
+        StandInHostd {
+            port,
+            states,
+            listings,
+        }
     }
 
     /// Instance ids and states, as hostd holds them.
@@ -79,6 +104,53 @@ impl StandInHostd {
             &heartbeat.to_string(),
         );
         assert!(r.status < 300, "{} {}", r.status, r.body);
+    }
+
+    /// Sets an instance's state behind the controller's back (a guest that
+    /// powered itself off) and, in the same step, holds every listing from
+    /// now on after it took the list, until [`StandInHostd::release_listings`]:
+    /// a listing shows the new state only if it is held.
+    pub fn set_state_and_hold_listings(&self, id: &str, state: &str) {
+        let mut g = self.listings.gate.lock().unwrap();
+        self.states
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), state.to_owned());
+        g.hold = true;
+    }
+
+    /// Waits (at most 30 s) until a listing numbered above `after` is held;
+    /// returns its number.
+    pub fn wait_held(&self, after: u64) -> u64 {
+        self.wait_gate("a held listing", |g| g.newest_held.filter(|&n| n > after))
+    }
+
+    /// Lets the listings held now answer, with what they took; later ones are
+    /// held still. Returns the newest number released.
+    pub fn release_held(&self) -> u64 {
+        let mut g = self.listings.gate.lock().unwrap();
+        g.released = g.taken;
+        self.listings.changed.notify_all();
+        g.released
+    }
+
+    /// Stops holding listings.
+    pub fn release_listings(&self) {
+        self.listings.gate.lock().unwrap().hold = false;
+        self.listings.changed.notify_all();
+    }
+
+    fn wait_gate<T>(&self, what: &str, done: impl Fn(&Gate) -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut g = self.listings.gate.lock().unwrap();
+        loop {
+            if let Some(t) = done(&g) {
+                return t;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "stand-in hostd: no {what} within 30 s");
+            g = self.listings.changed.wait_timeout(g, left).unwrap().0;
+        }
     }
 }
 
@@ -115,7 +187,12 @@ pub fn bootable(c: &Controller, token: &str, vcpus: i64, ram_mib: i64) -> (Strin
     (flavor, image)
 }
 
-fn answer(mut stream: TcpStream, states: &Mutex<BTreeMap<String, String>>, delays: Delays) {
+fn answer(
+    mut stream: TcpStream,
+    states: &Mutex<BTreeMap<String, String>>,
+    listings: &Listings,
+    delays: Delays,
+) {
     let Ok(clone) = stream.try_clone() else {
         return;
     };
@@ -166,12 +243,27 @@ fn answer(mut stream: TcpStream, states: &Mutex<BTreeMap<String, String>>, delay
             }
         }
         (_, "GET", ["instances"]) => {
+            // The list is taken under the gate's lock: see
+            // `set_state_and_hold_listings`.
+            let mut g = listings.gate.lock().unwrap();
             let list: Vec<_> = states
                 .lock()
                 .unwrap()
                 .iter()
                 .map(|(id, st)| instance(id, st))
                 .collect();
+            g.taken += 1;
+            let ticket = g.taken;
+            if g.hold {
+                g.newest_held = Some(ticket);
+                listings.changed.notify_all();
+                while g.hold && ticket > g.released {
+                    g = listings.changed.wait(g).unwrap();
+                }
+                if g.newest_held == Some(ticket) {
+                    g.newest_held = None;
+                }
+            }
             (200, serde_json::json!(list))
         }
         (_, "GET", ["instances", id]) => match states.lock().unwrap().get(*id) {
