@@ -1,16 +1,21 @@
 //! The controller: Virga's OpenStack-compatible front door.
 //!
+//! - [`app`]: the services wired together, shared by handlers and reconcilers
+//! - [`context`]: who asks, and the request's id
 //! - [`config`]: the TOML configuration
 //! - [`store`]: the SQL database (SQLite or PostgreSQL) and its migrations
 //! - [`identity`]: users, projects, roles, passwords and tokens
-//! - [`compute`]: flavors, with servers and scheduling next
+//! - [`compute`]: flavors, keypairs, quotas, hosts, scheduling, servers; the
+//!   servers' logic (create, delete, actions) and reconcilers in [`compute::service`]
 //! - [`image`]: image records and their stored bytes
 //! - [`hostd_client`]: calls to the hosts' hostd APIs
 //! - [`api`]: the HTTP APIs (Keystone v3, Nova v2.1 flavors, Glance v2)
 
 pub mod api;
+pub mod app;
 pub mod compute;
 pub mod config;
+pub mod context;
 pub mod hostd_client;
 pub mod identity;
 pub mod image;

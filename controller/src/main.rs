@@ -20,6 +20,7 @@ use controller::compute::keypairs::Keypairs;
 use controller::compute::quotas::Quotas;
 use controller::compute::scheduler::Scheduler;
 use controller::compute::servers::Servers;
+use controller::compute::service;
 use controller::config::Config;
 use controller::identity::Identity;
 use controller::image::Images;
@@ -132,7 +133,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // with its last run. PostgreSQL may be shared, so there the periodic
     // sweep of the state sync decides by age.
     if app.owns_its_database() {
-        api::servers::expire_stale(&app, i64::MAX).await;
+        service::sync::expire_stale(&app, i64::MAX).await;
         match app.images.recover_interrupted_uploads().await {
             Ok(ids) if !ids.is_empty() => {
                 tracing::warn!(
@@ -144,9 +145,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
             Err(e) => tracing::error!("recovering interrupted uploads: {e}"),
         }
         let resumer = app.clone();
-        tokio::spawn(async move { api::servers::resume_deletes(&resumer, i64::MAX).await });
+        tokio::spawn(async move { service::delete::resume(&resumer, i64::MAX).await });
     }
-    tokio::spawn(api::servers::sync_loop(app.clone()));
+    tokio::spawn(service::sync::sync_loop(app.clone()));
     // Expired tokens are forgotten a day after they expire.
     let purger = app.clone();
     tokio::spawn(async move {

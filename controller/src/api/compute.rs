@@ -13,6 +13,7 @@ use serde_json::{json, Value as Json};
 use super::http::{empty, json, read_json, Body};
 use super::App;
 use crate::compute::flavors::Flavor;
+use crate::compute::service::ComputeError;
 use crate::identity::Auth;
 use crate::store::StoreError;
 
@@ -189,6 +190,19 @@ pub fn store_error(e: StoreError) -> Response<Body> {
             nova_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
         }
     }
+}
+
+/// A compute service error as Nova answers it.
+pub fn compute_error(e: ComputeError) -> Response<Body> {
+    let status = match e {
+        ComputeError::Store(e) => return store_error(e),
+        ComputeError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ComputeError::NotFound(_) => StatusCode::NOT_FOUND,
+        ComputeError::OverQuota(_) => StatusCode::FORBIDDEN,
+        ComputeError::Conflict(_) => StatusCode::CONFLICT,
+        ComputeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    nova_error(status, &e.to_string())
 }
 
 fn flavor_links(app: &App, id: &str) -> Json {

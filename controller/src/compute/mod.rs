@@ -8,3 +8,4 @@ pub mod keypairs;
 pub mod quotas;
 pub mod scheduler;
 pub mod servers;
+pub mod service;

@@ -1,0 +1,47 @@
+//! The controller's services wired together: configuration, each service's
+//! store, the scheduler. HTTP handlers, the services' logic and the
+//! background reconcilers all work on one shared `App`.
+
+use crate::compute::actions::Actions;
+use crate::compute::flavors::Flavors;
+use crate::compute::hosts::Hosts;
+use crate::compute::keypairs::Keypairs;
+use crate::compute::quotas::Quotas;
+use crate::compute::scheduler::Scheduler;
+use crate::compute::servers::Servers;
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::image::Images;
+
+pub struct App {
+    pub config: Config,
+    pub identity: Identity,
+    pub flavors: Flavors,
+    pub hosts: Hosts,
+    pub images: Images,
+    pub keypairs: Keypairs,
+    pub quotas: Quotas,
+    pub servers: Servers,
+    pub actions: Actions,
+    pub scheduler: Scheduler,
+    pub store_engine: crate::store::Engine,
+    /// This app, for background work it starts (server builds).
+    pub me: std::sync::Weak<App>,
+}
+
+impl App {
+    /// Whether this controller is the only one using its database (SQLite).
+    pub fn owns_its_database(&self) -> bool {
+        self.store_engine == crate::store::Engine::Sqlite
+    }
+
+    /// The token this controller calls a host's hostd with (empty when no
+    /// hostd secret is configured: no host could have registered).
+    pub fn hostd_token(&self, host_id: &str) -> String {
+        self.config
+            .hostd_secret
+            .as_deref()
+            .map(|secret| hostd_proto::token::for_host(secret, host_id))
+            .unwrap_or_default()
+    }
+}

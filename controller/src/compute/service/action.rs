@@ -1,0 +1,135 @@
+//! Server actions that go to the host (stop, start, pause, suspend, reboot,
+//! ...): the task is started on the server's row with one conditional write
+//! (so two racing actions cannot both start), the request is answered at
+//! once (202, as Nova does), and the host carries it out in the background;
+//! the outcome is recorded as the server's state and in its instance actions.
+//! Also the console output, read from the host while the client waits.
+
+use hyper::Method;
+
+use super::state::{HostAction, ServerAction};
+use super::{not_found, server_host, visible, ComputeError, HostdTarget};
+use super::{HOSTD_CREATE_TIMEOUT, HOSTD_TIMEOUT};
+use crate::app::App;
+use crate::compute::actions::{now_us, Action};
+use crate::compute::servers::Server;
+use crate::context::RequestContext;
+use crate::hostd_client;
+
+/// Starts `action` on the server, or says why it cannot start now.
+pub async fn act(
+    app: &App,
+    ctx: &RequestContext,
+    id: &str,
+    action: ServerAction,
+) -> Result<(), ComputeError> {
+    let server = visible(app, ctx, id).await?;
+    let act = action.on_host();
+    let conflict = |s: &Server| {
+        let why = match &s.task_state {
+            Some(t) => format!("task_state {t}"),
+            None => format!("vm_state {}", s.vm_state),
+        };
+        ComputeError::Conflict(format!(
+            "Cannot '{}' instance {id} while it is in {why}",
+            act.name
+        ))
+    };
+    let Some(hostd) = server_host(app, &server).await else {
+        return Err(conflict(&server));
+    };
+    if !app.servers.begin_task(id, act.task, act.from).await? {
+        // Re-read: the state that refused it may be newer than ours.
+        return Err(match app.servers.get(id).await? {
+            Some(now) => conflict(&now),
+            None => not_found(id),
+        });
+    }
+    let record = Action {
+        request_id: ctx.request_id.clone(),
+        server_id: id.to_owned(),
+        project_id: server.project_id.clone(),
+        user_id: ctx.user_id().to_owned(),
+        action: act.name.to_owned(),
+        start_us: now_us(),
+        finish_us: None,
+        result: None,
+        message: None,
+    };
+    if let Err(e) = app.actions.start(&record).await {
+        tracing::warn!(server = %id, "recording action {}: {e}", act.name);
+    }
+    let Some(app) = app.me.upgrade() else {
+        let _ = app.servers.clear_task(id).await;
+        return Err(ComputeError::Unavailable(
+            "the controller is stopping".into(),
+        ));
+    };
+    let (id, request_id) = (id.to_owned(), ctx.request_id.clone());
+    tokio::spawn(async move { on_host(&app, &id, &hostd, action, act, &request_id).await });
+    Ok(())
+}
+
+/// Carries out an accepted action on the server's host and records the
+/// outcome: the new state, or the old one with the action marked failed.
+async fn on_host(
+    app: &App,
+    id: &str,
+    hostd: &HostdTarget,
+    action: ServerAction,
+    act: HostAction,
+    request_id: &str,
+) {
+    let result = hostd_client::call(
+        &hostd.url,
+        &hostd.token,
+        Method::POST,
+        &format!("/instances/{id}/actions/{}", act.hostd),
+        Some(&act.body),
+        HOSTD_CREATE_TIMEOUT,
+    )
+    .await;
+    let failure = match result {
+        Ok(instance) => {
+            let (vm, power) = action.outcome(instance["state"].as_str().unwrap_or(""));
+            let _ = app.servers.set_state(id, vm, None, power, None).await;
+            tracing::info!(server = %id, action = act.name, "done");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(server = %id, action = act.name, "failed: {e}");
+            let _ = app.servers.clear_task(id).await;
+            Some(e.to_string())
+        }
+    };
+    if let Err(e) = app.actions.finish(request_id, failure.as_deref()).await {
+        tracing::warn!(server = %id, "recording the end of {}: {e}", act.name);
+    }
+}
+
+/// The last `lines` lines (1 to 10,000) of the server's console.
+pub async fn console_output(
+    app: &App,
+    ctx: &RequestContext,
+    id: &str,
+    lines: i64,
+) -> Result<String, ComputeError> {
+    let server = visible(app, ctx, id).await?;
+    let Some(hostd) = server_host(app, &server).await else {
+        return Err(ComputeError::Conflict(format!(
+            "Cannot get the console of instance {id} while it is in vm_state {}",
+            server.vm_state
+        )));
+    };
+    let text = hostd_client::call_raw(
+        &hostd.url,
+        &hostd.token,
+        Method::GET,
+        &format!("/instances/{id}/console?tail={}", lines.clamp(1, 10_000)),
+        None,
+        HOSTD_TIMEOUT,
+    )
+    .await
+    .map_err(|e| ComputeError::Conflict(format!("console unavailable: {e}")))?;
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}

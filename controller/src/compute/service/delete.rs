@@ -1,0 +1,105 @@
+//! Server delete: recorded on the server's row first (task_state deleting,
+//! which nothing else overwrites), answered at once, then carried out in
+//! the background: the instance removed from its host (gone already is
+//! fine), then the row, claim and actions dropped and a tombstone left, in
+//! one transaction. A delete that cannot reach its host is retried by the
+//! state sync; one whose host is down (no heartbeat) finishes here, and the
+//! orphan reaper removes the instance if that host comes back.
+
+use hyper::Method;
+
+use super::{server_host, visible, ComputeError, HOSTD_TIMEOUT};
+use crate::app::App;
+use crate::compute::servers::Server;
+use crate::context::RequestContext;
+use crate::hostd_client::{self, HostdError};
+use crate::identity::now;
+use crate::store::StoreError;
+
+/// Records the delete and starts it; the server shows task_state deleting
+/// until it is gone.
+pub async fn delete(app: &App, ctx: &RequestContext, id: &str) -> Result<(), ComputeError> {
+    let server = visible(app, ctx, id).await?;
+    app.servers.mark_deleting(id).await?;
+    match app.me.upgrade() {
+        Some(app) => {
+            tokio::spawn(async move { finish_logged(&app, &server).await });
+        }
+        // Stopping: the next start finishes it.
+        None => tracing::info!(server = %id, "delete recorded; the next start finishes it"),
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    #[error("its host: {0}")]
+    Host(HostdError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Undoes a server marked deleting: its instance on the host, then its row,
+/// claim and actions, and a tombstone. Safe to repeat.
+pub async fn finish(app: &App, server: &Server) -> Result<(), DeleteError> {
+    let id = &server.id;
+    if let Some(hostd) = server_host(app, server).await {
+        match hostd_client::call(
+            &hostd.url,
+            &hostd.token,
+            Method::DELETE,
+            &format!("/instances/{id}"),
+            None,
+            HOSTD_TIMEOUT,
+        )
+        .await
+        {
+            Ok(_) | Err(HostdError::Refused { status: 404, .. }) => {}
+            Err(e @ HostdError::Unreachable { .. }) if host_is_down(app, server).await => {
+                tracing::warn!(server = %id, "its host is down ({e}): deleted here; the orphan reaper removes the instance if the host returns");
+            }
+            Err(e) => return Err(DeleteError::Host(e)),
+        }
+    }
+    if let Err(e) = app.actions.delete_for(id).await {
+        tracing::warn!(server = %id, "forgetting its actions: {e}");
+    }
+    app.servers.delete(id).await?;
+    Ok(())
+}
+
+/// Whether the server's host has missed its heartbeats (or is gone).
+async fn host_is_down(app: &App, server: &Server) -> bool {
+    let Ok(hosts) = app.hosts.list().await else {
+        return false;
+    };
+    match hosts
+        .iter()
+        .find(|h| Some(&h.report.host_id) == server.host_id.as_ref())
+    {
+        Some(h) => now() - h.last_seen > app.config.scheduler.heartbeat_timeout_secs,
+        None => true,
+    }
+}
+
+async fn finish_logged(app: &App, server: &Server) {
+    match finish(app, server).await {
+        Ok(()) => tracing::info!(server = %server.id, "deleted"),
+        Err(e) => {
+            tracing::warn!(server = %server.id, "finishing its delete: {e}; the state sync retries")
+        }
+    }
+}
+
+/// Finishes the deletes recorded before `before` and left unfinished (by a
+/// controller that stopped, or a host that did not answer): at start, all
+/// of them; on every round of the state sync, those older than a request
+/// takes.
+pub async fn resume(app: &App, before: i64) {
+    let Ok(pending) = app.servers.deleting(before).await else {
+        return;
+    };
+    for server in pending {
+        finish_logged(app, &server).await;
+    }
+}

@@ -1,0 +1,89 @@
+//! The servers' logic, between Nova's HTTP handlers (`api::servers`, which
+//! parse and render) and the stores (`compute::servers` and friends, which
+//! are SQL). Each entry point takes the request's context and returns a
+//! [`ComputeError`]; work that outlives a request (a build, a delete, an
+//! action on the host) is started here, never in a handler.
+//!
+//! - [`create`]: checks and admits a create, then builds it in the background
+//!   (claim, hostd create, active; each step recorded on the server's row)
+//! - [`delete`]: records a delete and finishes it in the background
+//! - [`action`]: stop, start, pause, suspend, reboot, ... and console output
+//! - [`state`]: hostd's states and Nova's, the table of host actions (pure)
+//! - [`sync`]: the reconcilers: instance state sync, orphan reaper, expiry
+
+pub mod action;
+pub mod create;
+pub mod delete;
+pub mod state;
+pub mod sync;
+
+use std::time::Duration;
+
+use super::servers::{OverQuota, Server};
+use crate::app::App;
+use crate::context::RequestContext;
+use crate::store::StoreError;
+
+/// How long hostd may take to create (and boot to running) an instance, or
+/// to carry out an action.
+const HOSTD_CREATE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long other hostd calls may take.
+const HOSTD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a compute request failed, in words Nova clients show their users.
+#[derive(Debug, thiserror::Error)]
+pub enum ComputeError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(
+        "Quota exceeded for {}: Requested {}, but already used {} of {} {}",
+        .0.resource, .0.requested, .0.used, .0.limit, .0.resource
+    )]
+    OverQuota(OverQuota),
+    /// The server's state does not allow it now.
+    #[error("{0}")]
+    Conflict(String),
+    /// The controller cannot take it now (it is stopping).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn not_found(id: &str) -> ComputeError {
+    ComputeError::NotFound(format!("Instance {id} could not be found."))
+}
+
+/// The server, if the caller may see it (its project's, or any for admins).
+pub async fn visible(app: &App, ctx: &RequestContext, id: &str) -> Result<Server, ComputeError> {
+    match app.servers.get(id).await? {
+        Some(s) if ctx.is_admin() || s.project_id == ctx.project_id() => Ok(s),
+        _ => Err(not_found(id)),
+    }
+}
+
+/// Where a server's hostd listens and the token to call it with.
+struct HostdTarget {
+    url: String,
+    token: String,
+}
+
+/// The hostd of the host a server is placed on, if that host is known.
+async fn server_host(app: &App, s: &Server) -> Option<HostdTarget> {
+    let host = s.host_id.as_ref()?;
+    let url = app
+        .hosts
+        .list()
+        .await
+        .ok()?
+        .into_iter()
+        .find(|h| &h.report.host_id == host)?
+        .report
+        .url;
+    Some(HostdTarget {
+        url,
+        token: app.hostd_token(host),
+    })
+}
