@@ -133,6 +133,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // with its last run. PostgreSQL may be shared, so there the periodic
     // sweep of the state sync decides by age.
     if app.owns_its_database() {
+        service::create::resume(&app, i64::MAX).await;
         service::sync::expire_stale(&app, i64::MAX).await;
         match app.images.recover_interrupted_uploads().await {
             Ok(ids) if !ids.is_empty() => {

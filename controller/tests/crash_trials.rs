@@ -13,8 +13,9 @@
 //! The trials are a long suite, not part of `cargo test`: `cargo xtask
 //! crash-trials [--trials N]` runs them (VIRGA_CRASH_TRIALS, 50 by default) and
 //! prints every trial's outcome. `cargo test` runs the one race found this way
-//! that needs no kill (a delete during the host's create), and an image upload
-//! killed midway (the image is queued again and its bytes are gone).
+//! that needs no kill (a delete during the host's create), a build cut by a
+//! kill (resumed at start), and an image upload killed midway (the image is
+//! queued again and its bytes are gone).
 
 // Test helpers fail the test on any unexpected error.
 #![allow(clippy::unwrap_used)]
@@ -355,6 +356,58 @@ fn a_delete_during_the_hosts_create_leaves_nothing_behind() {
     );
     assert!(wrong.is_empty(), "{wrong:?}");
     assert!(hostd.instances().is_empty());
+}
+
+/// A build cut by `kill -9` while the host was creating its instance is
+/// resumed when the controller starts again: the server ends ACTIVE on that
+/// host (the instance the first create made counts), its create action
+/// succeeds, and the claims and the host's instances match.
+#[test]
+fn a_build_cut_by_a_kill_resumes_at_start() {
+    let hostd = StandInHostd::start(Delays {
+        create: Duration::from_millis(1500),
+        action: Duration::ZERO,
+        delete: Duration::ZERO,
+    });
+    let mut c = start_with(None, &controller_config());
+    hostd.register(&c);
+    let setup = setup(&c);
+    let t = ("X-Auth-Token", setup.token.as_str());
+    let body =
+        json!({"server": {"name": "cut", "imageRef": setup.image, "flavorRef": setup.flavor}});
+    let r = call(&c, "POST", "/compute/v2.1/servers", &[t], &body.to_string());
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    // The build is now waiting on the host's create, which goes on without it.
+    std::thread::sleep(Duration::from_millis(500));
+    c.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(hostd.instances().contains_key(&id));
+    c.restart();
+    let wrong = check(
+        &c.addr,
+        &hostd,
+        &Accepted {
+            creates: [id.clone()].into(),
+            ..Accepted::default()
+        },
+    );
+    assert!(wrong.is_empty(), "{wrong:?}");
+    let server = call(&c, "GET", &format!("/compute/v2.1/servers/{id}"), &[t], "").json();
+    assert_eq!(server["server"]["status"], "ACTIVE", "{server}");
+    let actions = call(
+        &c,
+        "GET",
+        &format!("/compute/v2.1/servers/{id}/os-instance-actions"),
+        &[t],
+        "",
+    )
+    .json();
+    assert_eq!(actions["instanceActions"][0]["action"], "create");
+    assert!(
+        actions["instanceActions"][0]["message"].is_null(),
+        "{actions}"
+    );
 }
 
 /// An image upload cut short by `kill -9`: after the restart the image is

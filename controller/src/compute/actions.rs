@@ -147,13 +147,14 @@ impl Actions {
     }
 
     /// Actions started before `before` (unix seconds) and never finished (their controller
-    /// stopped): marked failed.
+    /// stopped): marked failed. Creates are not: their builds are resumed and
+    /// finish them.
     pub async fn abandon_unfinished(&self, before: i64) -> Result<u64, StoreError> {
         self.store
             .execute(
                 "UPDATE instance_actions SET finish_us = $1, result = 'Error', \
                  message = 'abandoned: its controller stopped before it finished' \
-                 WHERE finish_us IS NULL AND start_us < $2",
+                 WHERE finish_us IS NULL AND start_us < $2 AND action <> 'create'",
                 &[
                     Value::Int(now_us()),
                     Value::Int(before.saturating_mul(1_000_000)),
@@ -200,10 +201,18 @@ mod tests {
         assert_eq!(list[0].event(), "compute_stop_instance");
         assert_eq!(list[1].event(), "compute__do_build_and_run_instance");
         assert!(list[1].finish_us.is_none());
-        assert_eq!(actions.abandon_unfinished(5).await.unwrap(), 0);
+        // An unfinished action is abandoned once old enough; a create is
+        // left to its resumed build.
+        a.request_id = "req-3".into();
+        a.action = "reboot".into();
+        a.start_us = 12_000_000;
+        actions.start(&a).await.unwrap();
+        assert_eq!(actions.abandon_unfinished(11).await.unwrap(), 0);
         assert_eq!(actions.abandon_unfinished(15).await.unwrap(), 1);
+        let reboot = actions.get("s1", "req-3").await.unwrap().unwrap();
+        assert_eq!(reboot.result.as_deref(), Some("Error"));
         let create = actions.get("s1", "req-1").await.unwrap().unwrap();
-        assert_eq!(create.result.as_deref(), Some("Error"));
+        assert_eq!(create.result, None);
         assert!(actions.get("s2", "req-1").await.unwrap().is_none());
         actions.delete_for("s1").await.unwrap();
         assert!(actions.list("s1").await.unwrap().is_empty());

@@ -509,32 +509,55 @@ impl Servers {
         Ok(())
     }
 
-    /// Builds and tasks that nobody will finish: those not updated since
-    /// `before` (their controller stopped). Builds go to ERROR with why;
-    /// other tasks are dropped (the state sync corrects vm_state). Returns
-    /// (builds failed, tasks dropped).
-    pub async fn expire_stale(&self, before: i64) -> Result<(u64, u64), StoreError> {
-        let now = crate::identity::now();
-        let builds = self
+    /// Builds whose controller stopped (not updated since `before`, and not
+    /// being deleted), each taken by one conditional write of its
+    /// generation: of two controllers resuming at once, one gets it. The
+    /// taken servers, as read before the take.
+    pub async fn take_stale_builds(&self, before: i64) -> Result<Vec<Server>, StoreError> {
+        let rows = self
             .store
-            .execute(
-                "UPDATE servers SET generation = generation + 1, vm_state = 'error', task_state = NULL, power_state = 0, \
-                 fault = 'the build was abandoned: its controller stopped', updated_at = $1 \
-                 WHERE vm_state = 'building' AND updated_at < $2 \
-                 AND (task_state IS NULL OR task_state <> 'deleting')",
-                &[Value::Int(now), Value::Int(before)],
+            .fetch_all(
+                &format!(
+                    "SELECT {COLUMNS} FROM servers WHERE vm_state = 'building' AND updated_at < $1 \
+                     AND (task_state IS NULL OR task_state <> 'deleting')"
+                ),
+                &[Value::Int(before)],
             )
             .await?;
-        let tasks = self
-            .store
+        let mut taken = Vec::new();
+        for s in rows.iter().map(from_row) {
+            let s = s?;
+            let n = self
+                .store
+                .execute(
+                    "UPDATE servers SET generation = generation + 1, updated_at = $1 \
+                     WHERE id = $2 AND generation = $3",
+                    &[
+                        Value::Int(crate::identity::now()),
+                        Value::Text(&s.id),
+                        Value::Int(s.generation),
+                    ],
+                )
+                .await?;
+            if n == 1 {
+                taken.push(s);
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Drops tasks (actions) that nobody will finish: those not updated since
+    /// `before` (their controller stopped); the state sync then corrects
+    /// vm_state from the host. Returns how many.
+    pub async fn drop_stale_tasks(&self, before: i64) -> Result<u64, StoreError> {
+        self.store
             .execute(
                 "UPDATE servers SET generation = generation + 1, task_state = NULL, updated_at = $1 \
                  WHERE task_state IS NOT NULL AND task_state <> 'deleting' \
                  AND vm_state <> 'building' AND updated_at < $2",
-                &[Value::Int(now), Value::Int(before)],
+                &[Value::Int(crate::identity::now()), Value::Int(before)],
             )
-            .await?;
-        Ok((builds, tasks))
+            .await
     }
 
     /// Records that the server is being deleted, before anything is undone:
@@ -729,8 +752,13 @@ mod tests {
             servers.deleting(now - 100).await.unwrap().is_empty(),
             "not yet stale"
         );
-        // Nor do abandoned builds and tasks expire it.
-        assert_eq!(servers.expire_stale(i64::MAX).await.unwrap(), (0, 0));
+        // Nor is it taken as an abandoned build, or its task dropped.
+        assert!(servers
+            .take_stale_builds(i64::MAX)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(servers.drop_stale_tasks(i64::MAX).await.unwrap(), 0);
 
         assert!(servers.delete("doomed").await.unwrap());
         assert!(!servers.delete("doomed").await.unwrap(), "once");
@@ -803,19 +831,21 @@ mod tests {
             }
         );
 
-        // Nothing is stale before its time; then the build fails with why and
-        // the task is dropped.
-        assert_eq!(servers.expire_stale(50).await.unwrap(), (0, 0));
-        assert_eq!(
-            servers
-                .expire_stale(crate::identity::now() + 10)
-                .await
-                .unwrap(),
-            (1, 1)
+        // Nothing is stale before its time; then the build is taken once (to
+        // be resumed) and the task is dropped.
+        assert!(servers.take_stale_builds(50).await.unwrap().is_empty());
+        assert_eq!(servers.drop_stale_tasks(50).await.unwrap(), 0);
+        let t0 = crate::identity::now();
+        let taken = servers.take_stale_builds(t0).await.unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].id, "building");
+        assert!(
+            servers.take_stale_builds(t0).await.unwrap().is_empty(),
+            "taken: written at t0 or later, so no longer stale"
         );
+        assert_eq!(servers.drop_stale_tasks(t0 + 10).await.unwrap(), 1);
         let b = servers.get("building").await.unwrap().unwrap();
-        assert_eq!(b.status(), "ERROR");
-        assert!(b.fault.unwrap().contains("abandoned"));
+        assert_eq!(b.status(), "BUILD");
         let a = servers.get("active").await.unwrap().unwrap();
         assert_eq!((a.status(), a.task_state), ("ACTIVE", None));
         // A sync that read the server before its last write writes nothing.

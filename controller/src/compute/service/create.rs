@@ -17,7 +17,7 @@ use crate::compute::actions::{now_us, Action};
 use crate::compute::scheduler::{Demand, PlaceError};
 use crate::compute::servers::{Admission, Server};
 use crate::context::RequestContext;
-use crate::hostd_client;
+use crate::hostd_client::{self, HostdError};
 use crate::identity::now;
 
 /// Hosts tried for one server before it goes to ERROR.
@@ -106,16 +106,50 @@ pub async fn create(
     }
     if let Some(app) = app.me.upgrade() {
         let (id, request_id) = (server.id.clone(), ctx.request_id.clone());
-        tokio::spawn(async move {
-            build(app.clone(), id.clone()).await;
-            let failure = match app.servers.get(&id).await {
-                Ok(Some(s)) if s.vm_state == "error" => Some(s.fault.unwrap_or_default()),
-                _ => None,
-            };
-            let _ = app.actions.finish(&request_id, failure.as_deref()).await;
-        });
+        tokio::spawn(async move { build_and_record(&app, &id, &request_id).await });
     }
     Ok(server)
+}
+
+/// Builds the server, then records the create's outcome under its request.
+async fn build_and_record(app: &Arc<App>, id: &str, request_id: &str) {
+    build(app, id).await;
+    let failure = match app.servers.get(id).await {
+        Ok(Some(s)) if s.vm_state == "error" => Some(s.fault.unwrap_or_default()),
+        _ => None,
+    };
+    let _ = app.actions.finish(request_id, failure.as_deref()).await;
+}
+
+/// Resumes the builds whose controller stopped (last written before
+/// `before`; at start on SQLite, all of them) from the step their row
+/// records: placing (no host yet) or starting on the host it names. Each is
+/// taken by one write of its generation, so two controllers never resume
+/// the same build.
+pub async fn resume(app: &Arc<App>, before: i64) {
+    let taken = match app.servers.take_stale_builds(before).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("finding abandoned builds: {e}");
+            return;
+        }
+    };
+    for server in taken {
+        tracing::info!(server = %server.id, host = ?server.host_id, "resuming its build");
+        // Its create's action, to close when the build ends.
+        let request_id = app.actions.list(&server.id).await.ok().and_then(|list| {
+            list.into_iter()
+                .find(|a| a.action == "create" && a.finish_us.is_none())
+                .map(|a| a.request_id)
+        });
+        let app = app.clone();
+        tokio::spawn(async move {
+            match request_id {
+                Some(r) => build_and_record(&app, &server.id, &r).await,
+                None => build(&app, &server.id).await,
+            }
+        });
+    }
 }
 
 /// What hostd is asked to run for a server: the image's kernel (its
@@ -172,9 +206,14 @@ async fn instance_spec(app: &App, s: &Server) -> Result<Json, String> {
     }))
 }
 
-/// Schedules a server and starts it on a host, trying others on failure.
-async fn build(app: Arc<App>, id: String) {
-    let Ok(Some(server)) = app.servers.get(&id).await else {
+/// Places a server and starts it on a host, trying others on failure. Each
+/// step is recorded on the server's row before it runs, so a build cut short
+/// resumes from it ([`resume`]): a server without a host is placed (the claim
+/// and the host recorded in one transaction); one with a host is started
+/// there (task_state spawning), where an instance of it that exists already
+/// (the create reached the host before the stop) counts as started.
+async fn build(app: &App, id: &str) {
+    let Ok(Some(server)) = app.servers.get(id).await else {
         return;
     };
     let demand = Demand {
@@ -184,41 +223,54 @@ async fn build(app: Arc<App>, id: String) {
         availability_zone: (server.availability_zone != "nova")
             .then(|| server.availability_zone.clone()),
     };
-    let spec = match instance_spec(&app, &server).await {
+    let spec = match instance_spec(app, &server).await {
         Ok(s) => s,
         Err(why) => {
-            fail(&app, &id, &format!("Build of instance {id} aborted: {why}")).await;
+            fail(app, id, &format!("Build of instance {id} aborted: {why}")).await;
             return;
         }
     };
     let mut tried: Vec<String> = Vec::new();
     let mut last = String::new();
+    // A resumed build: the host it was placed on, if that host is known.
+    let mut placed = match &server.host_id {
+        Some(h) => match known_host(app, h).await {
+            Some(url) => Some((h.clone(), url)),
+            None => {
+                let _ = app.scheduler.release(id, h).await;
+                None
+            }
+        },
+        None => None,
+    };
     for _ in 0..MAX_ATTEMPTS {
-        let host = match app.scheduler.place(&id, &demand, &tried).await {
-            Ok(h) => h,
-            Err(PlaceError::NoValidHost(why)) => {
-                let msg = if last.is_empty() {
-                    format!("No valid host was found. {why}")
-                } else {
-                    format!("{last}; then no other host: {why}")
-                };
-                fail(&app, &id, &msg).await;
-                return;
-            }
-            Err(PlaceError::Store(e)) => {
-                fail(&app, &id, &format!("scheduling failed: {e}")).await;
-                return;
-            }
+        let (host_id, url) = match placed.take() {
+            Some(p) => p,
+            None => match app.scheduler.place(id, &demand, &tried).await {
+                // The claim recorded the host on the server.
+                Ok(h) => (h.report.host_id, h.report.url),
+                Err(PlaceError::NoValidHost(why)) => {
+                    let msg = if last.is_empty() {
+                        format!("No valid host was found. {why}")
+                    } else {
+                        format!("{last}; then no other host: {why}")
+                    };
+                    fail(app, id, &msg).await;
+                    return;
+                }
+                Err(PlaceError::Store(e)) => {
+                    fail(app, id, &format!("scheduling failed: {e}")).await;
+                    return;
+                }
+            },
         };
-        // The claim recorded the host on the server.
-        let host_id = host.report.host_id.clone();
         let token = app.hostd_token(&host_id);
         let _ = app
             .servers
-            .set_state(&id, "building", Some("spawning"), 0, None)
+            .set_state(id, "building", Some("spawning"), 0, None)
             .await;
         match hostd_client::call(
-            &host.report.url,
+            &url,
             &token,
             Method::POST,
             "/instances",
@@ -227,18 +279,18 @@ async fn build(app: Arc<App>, id: String) {
         )
         .await
         {
-            Ok(_) => {
+            Ok(_) | Err(HostdError::Refused { status: 409, .. }) => {
                 // Deleted (or being deleted) while building: its delete may
                 // have reached the host before this create did, so undo on
                 // the host. The delete gives the claim back.
-                let deleted = match app.servers.get(&id).await {
+                let deleted = match app.servers.get(id).await {
                     Ok(None) => true,
                     Ok(Some(s)) => s.task_state.as_deref() == Some(DELETING),
                     Err(_) => false,
                 };
                 if deleted {
                     let _ = hostd_client::call(
-                        &host.report.url,
+                        &url,
                         &token,
                         Method::DELETE,
                         &format!("/instances/{id}"),
@@ -248,24 +300,35 @@ async fn build(app: Arc<App>, id: String) {
                     .await;
                     return;
                 }
-                let _ = app.servers.set_state(&id, "active", None, 1, None).await;
+                let _ = app.servers.set_state(id, "active", None, 1, None).await;
                 tracing::info!(server = %id, host = %host_id, "server active");
                 return;
             }
             Err(e) => {
                 tracing::warn!(server = %id, host = %host_id, "hostd refused the instance: {e}");
-                let _ = app.scheduler.release(&id, &host_id).await;
+                let _ = app.scheduler.release(id, &host_id).await;
                 last = format!("host {host_id}: {e}");
                 tried.push(host_id);
             }
         }
     }
     fail(
-        &app,
-        &id,
+        app,
+        id,
         &format!("Exceeded maximum number of retries. {last}"),
     )
     .await;
+}
+
+/// The URL of a registered host's hostd.
+async fn known_host(app: &App, host_id: &str) -> Option<String> {
+    app.hosts
+        .list()
+        .await
+        .ok()?
+        .into_iter()
+        .find(|h| h.report.host_id == host_id)
+        .map(|h| h.report.url)
 }
 
 async fn fail(app: &App, id: &str, fault: &str) {

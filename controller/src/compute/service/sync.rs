@@ -2,8 +2,8 @@
 //! host, the instance state sync (hostd's list against the servers' rows;
 //! writes are generation-checked, so a listing older than an action cannot
 //! undo it) and the orphan reaper (instances of servers that are gone or
-//! placed elsewhere); unfinished deletes are resumed; abandoned builds and
-//! tasks expire.
+//! placed elsewhere); unfinished deletes and abandoned builds are resumed;
+//! abandoned tasks are dropped.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,17 +25,15 @@ const STALE_AFTER_SECS: i64 = 15 * 60;
 /// instances nobody recorded).
 const TOMBSTONE_SECS: i64 = 24 * 3600;
 
-/// Fails builds and drops tasks last updated before `before` (see
-/// [`crate::compute::servers::Servers::expire_stale`]), and closes their open actions.
+/// Drops tasks last updated before `before` (see
+/// [`crate::compute::servers::Servers::drop_stale_tasks`]) and closes the
+/// open actions of their controller, which stopped. (Builds are resumed
+/// instead: [`super::create::resume`].)
 pub async fn expire_stale(app: &App, before: i64) {
-    match app.servers.expire_stale(before).await {
-        Ok((0, 0)) => {}
-        Ok((builds, tasks)) => tracing::warn!(
-            builds,
-            tasks,
-            "abandoned builds failed and tasks dropped (their controller stopped)"
-        ),
-        Err(e) => tracing::error!("expiring abandoned builds: {e}"),
+    match app.servers.drop_stale_tasks(before).await {
+        Ok(0) => {}
+        Ok(tasks) => tracing::warn!(tasks, "abandoned tasks dropped (their controller stopped)"),
+        Err(e) => tracing::error!("dropping abandoned tasks: {e}"),
     }
     if let Err(e) = app.actions.abandon_unfinished(before).await {
         tracing::error!("closing abandoned instance actions: {e}");
@@ -46,13 +44,14 @@ pub async fn expire_stale(app: &App, before: i64) {
 /// off, a VMM that dies): every few seconds, each host's instances. Servers
 /// with a task in flight are left to it. Each round also finishes recorded
 /// deletes and removes leftover instances ([`reap_orphans`]); once a minute,
-/// abandoned builds and tasks are expired.
+/// abandoned builds are resumed and abandoned tasks dropped.
 pub async fn sync_loop(app: Arc<App>) {
     let mut rounds: u64 = 0;
     loop {
         tokio::time::sleep(Duration::from_secs(3)).await;
         rounds += 1;
         if rounds.is_multiple_of(20) {
+            super::create::resume(&app, now() - STALE_AFTER_SECS).await;
             expire_stale(&app, now() - STALE_AFTER_SECS).await;
             if let Err(e) = app.servers.purge_tombstones(now() - TOMBSTONE_SECS).await {
                 tracing::warn!("purging server tombstones: {e}");
