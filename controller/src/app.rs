@@ -25,6 +25,8 @@ pub struct App {
     pub actions: Actions,
     pub scheduler: Scheduler,
     pub store_engine: crate::store::Engine,
+    /// The reconcilers, their status and triggers.
+    pub background: crate::background::Background,
     /// This app, for background work it starts (server builds).
     pub me: std::sync::Weak<App>,
 }

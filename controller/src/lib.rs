@@ -2,6 +2,7 @@
 //!
 //! - [`app`]: the services wired together, shared by handlers and reconcilers
 //! - [`context`]: who asks, and the request's id
+//! - [`background`]: the reconcilers' driver (periods, triggers, status)
 //! - [`config`]: the TOML configuration
 //! - [`store`]: the SQL database (SQLite or PostgreSQL) and its migrations
 //! - [`identity`]: users, projects, roles, passwords and tokens
@@ -13,6 +14,7 @@
 
 pub mod api;
 pub mod app;
+pub mod background;
 pub mod compute;
 pub mod config;
 pub mod context;

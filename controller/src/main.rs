@@ -13,6 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use controller::api::{self, App};
+use controller::background::{Background, Run, Task};
 use controller::compute::actions::Actions;
 use controller::compute::flavors::Flavors;
 use controller::compute::hosts::Hosts;
@@ -127,6 +128,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         actions: Actions::new(store.clone()),
         store_engine: store.engine,
         scheduler: Scheduler::new(store.clone(), policy),
+        background: Background::new(background_tasks()),
         me: me.clone(),
     });
     // A SQLite database has one controller: whatever was in flight died
@@ -148,18 +150,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let resumer = app.clone();
         tokio::spawn(async move { service::delete::resume(&resumer, i64::MAX).await });
     }
-    tokio::spawn(service::sync::sync_loop(app.clone()));
-    // Expired tokens are forgotten a day after they expire.
-    let purger = app.clone();
-    tokio::spawn(async move {
-        let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
-        loop {
-            hourly.tick().await;
-            if let Err(e) = purger.identity.purge_expired().await {
-                tracing::warn!("purging expired tokens: {e}");
-            }
-        }
-    });
+    app.background.start(&app);
     let accept = async {
         loop {
             match listener.accept().await {
@@ -176,4 +167,22 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("controller stopping");
     Ok(())
+}
+
+/// Every reconciler: compute's, and the purge of expired tokens.
+fn background_tasks() -> Vec<Task> {
+    let mut tasks = service::sync::tasks();
+    tasks.push(Task {
+        name: "token_purge",
+        period: std::time::Duration::from_secs(3600),
+        run: |app| -> Run {
+            Box::pin(async move {
+                match app.identity.purge_expired().await {
+                    Ok(n) => format!("{n} tokens expired a day ago forgotten"),
+                    Err(e) => format!("purging expired tokens: {e}"),
+                }
+            })
+        },
+    });
+    tasks
 }

@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::hostd::{bootable, controller_config, Delays, StandInHostd};
-use common::{call, start_with, Controller};
+use common::{call, start_with, wait_for_status, Controller};
 
 /// How long the stand-in takes for each action.
 const ACTION_DELAY: Duration = Duration::from_millis(600);
@@ -101,8 +101,23 @@ fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
     assert_eq!(act(r#"{"suspend": null}"#).status, 202);
     let s = wait("SUSPENDED");
     assert_eq!(s["OS-EXT-STS:power_state"], 7);
-    // The state sync (every 3 s) keeps it SUSPENDED though hostd says paused.
-    std::thread::sleep(Duration::from_secs(4));
+    // The state sync keeps it SUSPENDED though hostd says paused.
+    let r = call(
+        &c,
+        "POST",
+        "/internal/v1/reconcilers/instance_sync/run",
+        &[t],
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.json()["reconciler"]["last_outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 hosts (0 unreachable)"),
+        "{}",
+        r.body
+    );
     assert_eq!(show()["status"], "SUSPENDED");
     assert_eq!(
         act(r#"{"unpause": null}"#).status,
@@ -185,16 +200,11 @@ fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
         .status,
         204
     );
-    assert_eq!(
-        call(
-            &c,
-            "GET",
-            &format!("/compute/v2.1/servers/{id}/os-instance-actions"),
-            &[t],
-            ""
-        )
-        .status,
-        404
+    wait_for_status(
+        &c,
+        &format!("/compute/v2.1/servers/{id}/os-instance-actions"),
+        &admin,
+        404,
     );
 }
 
@@ -263,4 +273,43 @@ fn a_stale_host_listing_does_not_undo_an_action() {
     assert_eq!(s["status"], "ACTIVE", "{s}");
     assert_eq!(s["OS-EXT-STS:power_state"], 1, "{s}");
     hostd.release_listings();
+}
+
+/// The reconcilers on the internal API: listed with their periods and last
+/// outcomes, run at once on request (the answer comes when the run is over),
+/// for admins only.
+#[test]
+fn reconcilers_are_listed_and_run_on_request() {
+    let c = start_with(None, &controller_config());
+    let admin = token(&c);
+    let t = ("X-Auth-Token", admin.as_str());
+    let list = call(&c, "GET", "/internal/v1/reconcilers", &[t], "");
+    assert_eq!(list.status, 200, "{}", list.body);
+    let names: Vec<String> = list.json()["reconcilers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["instance_sync", "stale_work", "token_purge"]);
+    for name in &names {
+        let r = call(
+            &c,
+            "POST",
+            &format!("/internal/v1/reconcilers/{name}/run"),
+            &[t],
+            "",
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let status = &r.json()["reconciler"];
+        assert!(status["runs"].as_u64().unwrap() >= 1, "{status}");
+        assert_eq!(status["running"], false);
+        assert!(status["last_outcome"].is_string(), "{status}");
+    }
+    let r = call(&c, "POST", "/internal/v1/reconcilers/nope/run", &[t], "");
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        call(&c, "GET", "/internal/v1/reconcilers", &[], "").status,
+        401
+    );
 }

@@ -217,3 +217,72 @@ async fn filters_and_weighers() {
     };
     assert!(why.contains("heartbeat"), "{why}");
 }
+
+/// The claims audit: a host whose claims differ from its servers' flavors is
+/// corrected (and named); one whose claims match is left alone.
+async fn recount(url: &str) {
+    let store = Store::open(url).await.unwrap();
+    let hosts = Hosts::new(store.clone());
+    hosts.heartbeat(&beat("right", 8192)).await.unwrap();
+    hosts.heartbeat(&beat("drifted", 8192)).await.unwrap();
+    let sched = Scheduler::new(store.clone(), Policy::default());
+    for (i, host) in ["right", "drifted", "drifted"].iter().enumerate() {
+        let id = server(&store, &format!("r{i}")).await;
+        let exclude: Vec<String> = ["right", "drifted"]
+            .iter()
+            .filter(|h| *h != host)
+            .map(|h| h.to_string())
+            .collect();
+        assert_eq!(
+            sched
+                .place(&id, &small(), &exclude)
+                .await
+                .unwrap()
+                .report
+                .host_id,
+            *host
+        );
+    }
+    assert!(hosts.recount_claims().await.unwrap().is_empty());
+    store
+        .execute(
+            "UPDATE hosts SET claimed_vcpus = 7, claimed_ram_mib = 9 WHERE id = 'drifted'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(hosts.recount_claims().await.unwrap(), ["drifted"]);
+    // Listed in registration order.
+    let claims: Vec<(String, i64, i64)> = hosts
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| (h.report.host_id, h.claimed_vcpus, h.claimed_ram_mib))
+        .collect();
+    assert_eq!(
+        claims,
+        [
+            ("right".to_owned(), 1, 1024),
+            ("drifted".to_owned(), 2, 2048)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn claims_are_recounted_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    recount(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("s.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn claims_are_recounted_on_postgres() {
+    let Some(pg) = common::Postgres::start() else {
+        return;
+    };
+    recount(&pg.url()).await;
+}

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{call, put_bytes, start, Controller};
+use common::{call, put_bytes, start, wait_for_status, Controller};
 
 fn token(c: &Controller, user: &str, password: &str, project: &str) -> String {
     let body = format!(
@@ -140,11 +140,7 @@ fn without_hosts_a_server_ends_in_error_with_a_fault() {
         204
     );
     // Answered at once; gone soon after (clients poll, as with Nova).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while call(&c, "GET", &format!("/compute/v2.1/servers/{id}"), &[t], "").status != 404 {
-        assert!(Instant::now() < deadline, "the deleted server stays");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_status(&c, &format!("/compute/v2.1/servers/{id}"), &admin, 404);
 }
 
 #[test]

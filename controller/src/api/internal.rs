@@ -4,6 +4,13 @@
 //! raw conversion of a qcow2 image), which hostd caches. All need a host's
 //! token (derived from the controller's hostd secret) as a bearer token; a
 //! host registers and refreshes only itself.
+//!
+//! For operators (an admin's X-Auth-Token): `GET /internal/v1/reconcilers`
+//! shows the background tasks (period, runs, last outcome), and
+//! `POST /internal/v1/reconcilers/NAME/run` runs one now and answers with its
+//! status once that run finished (at most a minute).
+
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -11,6 +18,7 @@ use serde_json::json;
 
 use super::http::{empty, json, keystone_error, read_json, stream_file, Body};
 use super::App;
+use crate::background::TriggerError;
 use hostd_proto::Heartbeat;
 
 /// The host whose token the request carries, if it is one.
@@ -25,7 +33,14 @@ fn caller(app: &App, req: &Request<Incoming>) -> Option<String> {
     hostd_proto::token::host_of(secret, token).map(str::to_owned)
 }
 
+/// How long a triggered reconciler run may take before the request gives up
+/// waiting (the run goes on).
+const TRIGGER_WAIT: Duration = Duration::from_secs(60);
+
 pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response<Body> {
+    if let ["v1", "reconcilers", more @ ..] = rest {
+        return reconcilers(app, req, more).await;
+    }
     let Some(host) = caller(app, &req) else {
         return keystone_error(StatusCode::UNAUTHORIZED, "missing or wrong hostd token");
     };
@@ -105,5 +120,34 @@ async fn raw_image(app: &App, id: &str) -> Response<Body> {
                 "the image data is unavailable",
             )
         }
+    }
+}
+
+async fn reconcilers(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response<Body> {
+    match app.caller(&req).await {
+        Some(a) if a.is_admin() => {}
+        Some(_) => return keystone_error(StatusCode::FORBIDDEN, "admin required"),
+        None => {
+            return keystone_error(
+                StatusCode::UNAUTHORIZED,
+                "The request you have made requires authentication.",
+            )
+        }
+    }
+    match (req.method().clone(), rest) {
+        (Method::GET, []) => json(
+            StatusCode::OK,
+            &json!({ "reconcilers": app.background.statuses() }),
+        ),
+        (Method::POST, [name, "run"]) => match app.background.trigger(name, TRIGGER_WAIT).await {
+            Ok(status) => json(StatusCode::OK, &json!({ "reconciler": status })),
+            Err(e @ TriggerError::Unknown(_)) => {
+                keystone_error(StatusCode::NOT_FOUND, &e.to_string())
+            }
+            Err(e @ TriggerError::Timeout(_)) => {
+                keystone_error(StatusCode::GATEWAY_TIMEOUT, &e.to_string())
+            }
+        },
+        _ => keystone_error(StatusCode::NOT_FOUND, "The resource could not be found."),
     }
 }

@@ -127,4 +127,57 @@ impl Hosts {
             })
             .collect()
     }
+
+    /// Sets each host's claims to the sum of the flavors of the servers
+    /// placed on it where they differ (claims are bound to servers in one
+    /// transaction, so a difference is a bug to report). Each correction is
+    /// a compare-and-set of the values read, so a claim made meanwhile is
+    /// never overwritten. Returns the hosts corrected.
+    pub async fn recount_claims(&self) -> Result<Vec<String>, StoreError> {
+        // PostgreSQL's SUM of BIGINT is NUMERIC: cast back for the Any driver.
+        let sums = "CAST(COALESCE((SELECT SUM(vcpus) FROM servers WHERE host_id = hosts.id), 0) AS BIGINT)";
+        let rams = "CAST(COALESCE((SELECT SUM(ram_mib) FROM servers WHERE host_id = hosts.id), 0) AS BIGINT)";
+        let rows = self
+            .store
+            .fetch_all(
+                &format!(
+                    "SELECT id, claimed_vcpus, claimed_ram_mib, {sums} AS vcpus, {rams} AS ram FROM hosts"
+                ),
+                &[],
+            )
+            .await?;
+        let mut fixed = Vec::new();
+        for r in &rows {
+            let (id, cv, cr, v, m) = (
+                text(r, "id")?,
+                int(r, "claimed_vcpus")?,
+                int(r, "claimed_ram_mib")?,
+                int(r, "vcpus")?,
+                int(r, "ram")?,
+            );
+            if (cv, cr) == (v, m) {
+                continue;
+            }
+            let n = self
+                .store
+                .execute(
+                    &format!(
+                        "UPDATE hosts SET claimed_vcpus = $1, claimed_ram_mib = $2 WHERE id = $3 \
+                         AND claimed_vcpus = $4 AND claimed_ram_mib = $5 AND {sums} = $1 AND {rams} = $2"
+                    ),
+                    &[
+                        Value::Int(v),
+                        Value::Int(m),
+                        Value::Text(&id),
+                        Value::Int(cv),
+                        Value::Int(cr),
+                    ],
+                )
+                .await?;
+            if n == 1 {
+                fixed.push(id);
+            }
+        }
+        Ok(fixed)
+    }
 }

@@ -174,6 +174,26 @@ pub fn try_call(
     })
 }
 
+/// Polls `GET path` (at most 10 s) until it answers `status`: for what the
+/// controller finishes in the background (a delete answers at once).
+#[allow(dead_code)]
+pub fn wait_for_status(c: &Controller, path: &str, token: &str, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = call(c, "GET", path, &[("X-Auth-Token", token)], "");
+        if r.status == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {path}: {} after 10 s, wanted {status}: {}",
+            r.status,
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Raw upload: the body is sent as is, with a Content-Length.
 pub fn put_bytes(c: &Controller, path: &str, token: &str, data: &[u8]) -> u16 {
     let mut s = TcpStream::connect(&c.addr).unwrap();

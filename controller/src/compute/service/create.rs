@@ -125,15 +125,16 @@ async fn build_and_record(app: &Arc<App>, id: &str, request_id: &str) {
 /// `before`; at start on SQLite, all of them) from the step their row
 /// records: placing (no host yet) or starting on the host it names. Each is
 /// taken by one write of its generation, so two controllers never resume
-/// the same build.
-pub async fn resume(app: &Arc<App>, before: i64) {
+/// the same build. Returns how many it resumed.
+pub async fn resume(app: &Arc<App>, before: i64) -> usize {
     let taken = match app.servers.take_stale_builds(before).await {
         Ok(t) => t,
         Err(e) => {
             tracing::error!("finding abandoned builds: {e}");
-            return;
+            return 0;
         }
     };
+    let n = taken.len();
     for server in taken {
         tracing::info!(server = %server.id, host = ?server.host_id, "resuming its build");
         // Its create's action, to close when the build ends.
@@ -150,6 +151,7 @@ pub async fn resume(app: &Arc<App>, before: i64) {
             }
         });
     }
+    n
 }
 
 /// What hostd is asked to run for a server: the image's kernel (its

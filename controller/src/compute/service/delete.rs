@@ -82,11 +82,16 @@ async fn host_is_down(app: &App, server: &Server) -> bool {
     }
 }
 
-async fn finish_logged(app: &App, server: &Server) {
+/// Finishes a delete and logs how it went; whether it finished.
+async fn finish_logged(app: &App, server: &Server) -> bool {
     match finish(app, server).await {
-        Ok(()) => tracing::info!(server = %server.id, "deleted"),
+        Ok(()) => {
+            tracing::info!(server = %server.id, "deleted");
+            true
+        }
         Err(e) => {
-            tracing::warn!(server = %server.id, "finishing its delete: {e}; the state sync retries")
+            tracing::warn!(server = %server.id, "finishing its delete: {e}; the state sync retries");
+            false
         }
     }
 }
@@ -94,12 +99,14 @@ async fn finish_logged(app: &App, server: &Server) {
 /// Finishes the deletes recorded before `before` and left unfinished (by a
 /// controller that stopped, or a host that did not answer): at start, all
 /// of them; on every round of the state sync, those older than a request
-/// takes.
-pub async fn resume(app: &App, before: i64) {
+/// takes. Returns how many finished.
+pub async fn resume(app: &App, before: i64) -> usize {
     let Ok(pending) = app.servers.deleting(before).await else {
-        return;
+        return 0;
     };
+    let mut done = 0;
     for server in pending {
-        finish_logged(app, &server).await;
+        done += usize::from(finish_logged(app, &server).await);
     }
+    done
 }

@@ -1,9 +1,14 @@
-//! The compute reconcilers, run by [`sync_loop`]: each round, for every
-//! host, the instance state sync (hostd's list against the servers' rows;
-//! writes are generation-checked, so a listing older than an action cannot
-//! undo it) and the orphan reaper (instances of servers that are gone or
-//! placed elsewhere); unfinished deletes and abandoned builds are resumed;
-//! abandoned tasks are dropped.
+//! The compute reconcilers, run by the background driver
+//! ([`crate::background`]):
+//! - `instance_sync` (every 3 s): finishes recorded deletes older than a
+//!   hostd call, then for all hosts in parallel compares hostd's instance
+//!   list with the servers' rows: states are corrected with writes checked
+//!   against the generation read (a listing older than an action cannot undo
+//!   it), and instances of servers that are gone or placed elsewhere are
+//!   removed (the orphan reaper); an instance no server ever had is reported.
+//! - `stale_work` (every minute): resumes builds and drops tasks whose
+//!   controller stopped, recounts the hosts' claims from their servers, and
+//!   forgets old tombstones.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +19,8 @@ use hyper::Method;
 use super::state::from_hostd;
 use super::{delete, HOSTD_TIMEOUT};
 use crate::app::App;
+use crate::background::{Run, Task};
+use crate::compute::hosts::Host;
 use crate::compute::servers::Server;
 use crate::hostd_client::{self, HostdError};
 use crate::identity::now;
@@ -25,100 +32,182 @@ const STALE_AFTER_SECS: i64 = 15 * 60;
 /// instances nobody recorded).
 const TOMBSTONE_SECS: i64 = 24 * 3600;
 
+/// The compute reconcilers.
+pub fn tasks() -> Vec<Task> {
+    vec![
+        Task {
+            name: "instance_sync",
+            period: Duration::from_secs(3),
+            run: |app| -> Run { Box::pin(async move { instance_sync(&app).await }) },
+        },
+        Task {
+            name: "stale_work",
+            period: Duration::from_secs(60),
+            run: |app| -> Run {
+                Box::pin(async move { stale_work(&app, now() - STALE_AFTER_SECS).await })
+            },
+        },
+    ]
+}
+
 /// Drops tasks last updated before `before` (see
 /// [`crate::compute::servers::Servers::drop_stale_tasks`]) and closes the
 /// open actions of their controller, which stopped. (Builds are resumed
-/// instead: [`super::create::resume`].)
-pub async fn expire_stale(app: &App, before: i64) {
-    match app.servers.drop_stale_tasks(before).await {
-        Ok(0) => {}
-        Ok(tasks) => tracing::warn!(tasks, "abandoned tasks dropped (their controller stopped)"),
-        Err(e) => tracing::error!("dropping abandoned tasks: {e}"),
-    }
+/// instead: [`super::create::resume`].) Returns the tasks dropped.
+pub async fn expire_stale(app: &App, before: i64) -> u64 {
+    let dropped = match app.servers.drop_stale_tasks(before).await {
+        Ok(0) => 0,
+        Ok(tasks) => {
+            tracing::warn!(tasks, "abandoned tasks dropped (their controller stopped)");
+            tasks
+        }
+        Err(e) => {
+            tracing::error!("dropping abandoned tasks: {e}");
+            0
+        }
+    };
     if let Err(e) = app.actions.abandon_unfinished(before).await {
         tracing::error!("closing abandoned instance actions: {e}");
     }
+    dropped
 }
 
-/// Keeps server states in step with their hosts (a guest that powers itself
-/// off, a VMM that dies): every few seconds, each host's instances. Servers
-/// with a task in flight are left to it. Each round also finishes recorded
-/// deletes and removes leftover instances ([`reap_orphans`]); once a minute,
-/// abandoned builds are resumed and abandoned tasks dropped.
-pub async fn sync_loop(app: Arc<App>) {
-    let mut rounds: u64 = 0;
-    loop {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        rounds += 1;
-        if rounds.is_multiple_of(20) {
-            super::create::resume(&app, now() - STALE_AFTER_SECS).await;
-            expire_stale(&app, now() - STALE_AFTER_SECS).await;
-            if let Err(e) = app.servers.purge_tombstones(now() - TOMBSTONE_SECS).await {
-                tracing::warn!("purging server tombstones: {e}");
+/// Work a stopped controller left: builds resumed, tasks dropped; and the
+/// hosts' claims recounted, old tombstones forgotten.
+async fn stale_work(app: &Arc<App>, before: i64) -> String {
+    let builds = super::create::resume(app, before).await;
+    let tasks = expire_stale(app, before).await;
+    let claims = match app.hosts.recount_claims().await {
+        Ok(fixed) => {
+            for h in &fixed {
+                tracing::error!(host = %h, "its claims differed from its servers' flavors: recounted");
             }
+            fixed.len()
         }
-        delete::resume(&app, now() - HOSTD_TIMEOUT.as_secs() as i64 - 1).await;
-        let (Ok(hosts), Ok(servers)) = (app.hosts.list().await, app.servers.placed().await) else {
-            continue;
-        };
-        for host in hosts {
-            let mine: Vec<&Server> = servers
-                .iter()
-                .filter(|s| {
-                    s.host_id.as_deref() == Some(host.report.host_id.as_str())
-                        && s.task_state.is_none()
-                })
-                .collect();
-            let Ok(list) = hostd_client::call(
-                &host.report.url,
-                &app.hostd_token(&host.report.host_id),
-                Method::GET,
-                "/instances",
-                None,
-                HOSTD_TIMEOUT,
-            )
-            .await
-            else {
-                continue;
-            };
-            let states: BTreeMap<&str, &str> = list
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|i| Some((i["id"].as_str()?, i["state"].as_str()?)))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let strangers: Vec<&str> = states
-                .keys()
-                .copied()
-                .filter(|id| {
-                    !servers.iter().any(|s| {
-                        s.id == *id && s.host_id.as_deref() == Some(host.report.host_id.as_str())
-                    })
-                })
-                .collect();
-            reap_orphans(&app, &host, &strangers).await;
-            for s in mine {
-                let (vm, power, fault) = match states.get(s.id.as_str()) {
-                    // A suspended server is a paused VMM.
-                    Some(&"paused") if s.vm_state == "suspended" => continue,
-                    Some(st) => {
-                        let (vm, power) = from_hostd(st);
-                        (vm, power, None)
-                    }
-                    None => ("error", 0, Some("the instance is gone from its host")),
-                };
-                if vm != s.vm_state || power != s.power_state {
-                    // Only if nothing wrote it since it was read.
-                    let _ = app
-                        .servers
-                        .sync_state(&s.id, s.generation, vm, power, fault)
-                        .await;
-                }
+        Err(e) => {
+            tracing::error!("recounting claims: {e}");
+            0
+        }
+    };
+    if let Err(e) = app.servers.purge_tombstones(now() - TOMBSTONE_SECS).await {
+        tracing::warn!("purging server tombstones: {e}");
+    }
+    format!("{builds} builds resumed, {tasks} tasks dropped, {claims} hosts' claims recounted")
+}
+
+/// One round of the instance state sync over every host, in parallel.
+async fn instance_sync(app: &Arc<App>) -> String {
+    let deletes = delete::resume(app, now() - HOSTD_TIMEOUT.as_secs() as i64 - 1).await;
+    let (hosts, servers) = match (app.hosts.list().await, app.servers.placed().await) {
+        (Ok(h), Ok(s)) => (h, Arc::new(s)),
+        (Err(e), _) | (_, Err(e)) => return format!("reading hosts and servers: {e}"),
+    };
+    let mut rounds = tokio::task::JoinSet::new();
+    for host in hosts {
+        let (app, servers) = (app.clone(), servers.clone());
+        rounds.spawn(async move { sync_host(&app, &host, &servers).await });
+    }
+    let mut total = HostRound::default();
+    let mut hosts = 0;
+    while let Some(r) = rounds.join_next().await {
+        hosts += 1;
+        match r {
+            Ok(r) => {
+                total.corrected += r.corrected;
+                total.unreachable += r.unreachable;
+                total.strangers.removed += r.strangers.removed;
+                total.strangers.unknown += r.strangers.unknown;
+            }
+            Err(e) => {
+                tracing::error!("a host's sync round failed: {e}");
+                total.unreachable += 1;
             }
         }
     }
+    format!(
+        "{hosts} hosts ({} unreachable): {} states corrected, {} leftover instances removed, \
+         {} unknown instances, {deletes} deletes finished",
+        total.unreachable, total.corrected, total.strangers.removed, total.strangers.unknown
+    )
+}
+
+#[derive(Default)]
+struct HostRound {
+    corrected: usize,
+    unreachable: usize,
+    strangers: Stranger,
+}
+
+/// Instances a host runs for no server placed on it.
+#[derive(Default)]
+struct Stranger {
+    removed: usize,
+    /// Of no server this controller knows (reported, not touched).
+    unknown: usize,
+}
+
+/// Compares one host's instances with the servers placed on it.
+async fn sync_host(app: &App, host: &Host, servers: &[Server]) -> HostRound {
+    let host_id = host.report.host_id.as_str();
+    let mut round = HostRound::default();
+    let list = match hostd_client::call(
+        &host.report.url,
+        &app.hostd_token(host_id),
+        Method::GET,
+        "/instances",
+        None,
+        HOSTD_TIMEOUT,
+    )
+    .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!(host = host_id, "listing its instances: {e}");
+            round.unreachable = 1;
+            return round;
+        }
+    };
+    let states: BTreeMap<&str, &str> = list
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| Some((i["id"].as_str()?, i["state"].as_str()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let placed: BTreeMap<&str, &Server> = servers
+        .iter()
+        .filter(|s| s.host_id.as_deref() == Some(host_id))
+        .map(|s| (s.id.as_str(), s))
+        .collect();
+    let strangers: Vec<&str> = states
+        .keys()
+        .copied()
+        .filter(|id| !placed.contains_key(id))
+        .collect();
+    round.strangers = reap_orphans(app, host, &strangers).await;
+    for s in placed.values().filter(|s| s.task_state.is_none()) {
+        let (vm, power, fault) = match states.get(s.id.as_str()) {
+            // A suspended server is a paused VMM.
+            Some(&"paused") if s.vm_state == "suspended" => continue,
+            Some(st) => {
+                let (vm, power) = from_hostd(st);
+                (vm, power, None)
+            }
+            None => ("error", 0, Some("the instance is gone from its host")),
+        };
+        // Only if nothing wrote it since it was read.
+        if (vm != s.vm_state || power != s.power_state)
+            && app
+                .servers
+                .sync_state(&s.id, s.generation, vm, power, fault)
+                .await
+                .unwrap_or(false)
+        {
+            round.corrected += 1;
+        }
+    }
+    round
 }
 
 /// Removes instances a host runs for servers that are gone (deleted while
@@ -126,8 +215,9 @@ pub async fn sync_loop(app: Arc<App>) {
 /// undo it) or placed elsewhere (a create that timed out and was retried on
 /// another host); an instance of a server this controller never had is
 /// reported, not touched. `listed` is the host's instance list.
-async fn reap_orphans(app: &App, host: &crate::compute::hosts::Host, listed: &[&str]) {
+async fn reap_orphans(app: &App, host: &Host, listed: &[&str]) -> Stranger {
     let host_id = &host.report.host_id;
+    let mut found = Stranger::default();
     for &id in listed {
         // Read now, after the listing: a build records its host before it
         // asks the host for the instance.
@@ -145,6 +235,7 @@ async fn reap_orphans(app: &App, host: &crate::compute::hosts::Host, listed: &[&
         if !leftover {
             if server.is_none() {
                 tracing::warn!(host = %host_id, instance = id, "the host runs an instance of no server this controller knows");
+                found.unknown += 1;
             }
             continue;
         }
@@ -159,11 +250,13 @@ async fn reap_orphans(app: &App, host: &crate::compute::hosts::Host, listed: &[&
         .await
         {
             Ok(_) | Err(HostdError::Refused { status: 404, .. }) => {
-                tracing::info!(host = %host_id, instance = id, "removed a leftover instance")
+                tracing::info!(host = %host_id, instance = id, "removed a leftover instance");
+                found.removed += 1;
             }
             Err(e) => {
                 tracing::warn!(host = %host_id, instance = id, "removing a leftover instance: {e}")
             }
         }
     }
+    found
 }
