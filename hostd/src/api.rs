@@ -28,12 +28,12 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
-use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::host;
 use crate::instance::{InstanceSpec, State};
 use crate::supervisor::{OpError, Supervisor};
+use hostd_proto::instance::ActionBody;
 
 pub type ResponseBody = BoxBody<Bytes, std::io::Error>;
 
@@ -118,14 +118,6 @@ fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
             (!k.is_empty()).then(|| (k.to_owned(), v.to_owned()))
         })
         .collect()
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ActionBody {
-    #[serde(default)]
-    hard: bool,
-    timeout_ms: Option<u64>,
 }
 
 impl Api {

@@ -125,41 +125,8 @@ impl InstanceSpec {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    /// The VMM was started; its control API has not answered yet.
-    Building,
-    Running,
-    Paused,
-    /// A stop was asked for; the VMM has not exited yet.
-    Stopping,
-    /// Not running: stopped, powered off by its guest, or never started.
-    Shutoff,
-    /// The VMM failed or died; `reason` says how.
-    Error,
-}
-
-impl State {
-    /// Whether a VMM process belongs to this state.
-    pub fn has_process(self) -> bool {
-        matches!(
-            self,
-            State::Building | State::Running | State::Paused | State::Stopping
-        )
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Building => "building",
-            State::Running => "running",
-            State::Paused => "paused",
-            State::Stopping => "stopping",
-            State::Shutoff => "shutoff",
-            State::Error => "error",
-        }
-    }
-}
+/// Where an instance stands: the states the controller reads too.
+pub use hostd_proto::instance::State;
 
 /// The VMM process running an instance, as recorded for re-adoption.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,5 +256,35 @@ mod tests {
         assert_eq!(back.spec, i.spec);
         assert_eq!(back.process, i.process);
         assert_eq!(back.vmm_uid, i.vmm_uid);
+    }
+
+    /// Every spec the controller sends is one hostd takes, field for field.
+    #[test]
+    fn the_controllers_spec_is_a_hostd_spec() {
+        let sent = hostd_proto::instance::ImageInstanceSpec {
+            id: "0b5f7c1e-2f4a-4c55-9d2e-8a9f6b3c1d2e".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            kernel_image: "k-1".into(),
+            initramfs_image: Some("i-1".into()),
+            disk_images: vec!["d-1".into()],
+            cmdline: Some("console=ttyS0".into()),
+            metadata: BTreeMap::from([("name".into(), "vm".into())]),
+        };
+        let got: InstanceSpec =
+            serde_json::from_value(serde_json::to_value(&sent).unwrap()).unwrap();
+        assert_eq!(
+            (got.id, got.vcpus, got.memory_mib),
+            (sent.id, sent.vcpus, sent.memory_mib)
+        );
+        assert_eq!(got.kernel_image, Some(sent.kernel_image));
+        assert_eq!(got.initramfs_image, sent.initramfs_image);
+        assert_eq!(got.disk_images, sent.disk_images);
+        assert_eq!(got.cmdline, sent.cmdline);
+        assert_eq!(got.metadata, sent.metadata);
+        assert_eq!(
+            (got.kernel, got.initramfs, got.boot_disk),
+            (None, None, None)
+        );
     }
 }

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod instance;
 pub mod token;
 
 /// What hostd reports about its host every `heartbeat_secs`

@@ -5,16 +5,13 @@
 //! the outcome is recorded as the server's state and in its instance actions.
 //! Also the console output, read from the host while the client waits.
 
-use hyper::Method;
-
 use super::state::{HostAction, ServerAction};
-use super::{not_found, server_host, visible, ComputeError, HostdTarget};
-use super::{HOSTD_CREATE_TIMEOUT, HOSTD_TIMEOUT};
+use super::{not_found, server_host, visible, ComputeError};
 use crate::app::App;
 use crate::compute::actions::{now_us, Action};
 use crate::compute::servers::Server;
 use crate::context::RequestContext;
-use crate::hostd_client;
+use crate::hostd_client::Hostd;
 
 /// Starts `action` on the server, or says why it cannot start now.
 pub async fn act(
@@ -75,23 +72,14 @@ pub async fn act(
 async fn on_host(
     app: &App,
     id: &str,
-    hostd: &HostdTarget,
+    hostd: &Hostd,
     action: ServerAction,
     act: HostAction,
     request_id: &str,
 ) {
-    let result = hostd_client::call(
-        &hostd.url,
-        &hostd.token,
-        Method::POST,
-        &format!("/instances/{id}/actions/{}", act.hostd),
-        Some(&act.body),
-        HOSTD_CREATE_TIMEOUT,
-    )
-    .await;
-    let failure = match result {
+    let failure = match hostd.act(id, act.hostd).await {
         Ok(instance) => {
-            let (vm, power) = action.outcome(instance["state"].as_str().unwrap_or(""));
+            let (vm, power) = action.outcome(instance.state);
             let _ = app.servers.set_state(id, vm, None, power, None).await;
             tracing::info!(server = %id, action = act.name, "done");
             None
@@ -121,15 +109,10 @@ pub async fn console_output(
             server.vm_state
         )));
     };
-    let text = hostd_client::call_raw(
-        &hostd.url,
-        &hostd.token,
-        Method::GET,
-        &format!("/instances/{id}/console?tail={}", lines.clamp(1, 10_000)),
-        None,
-        HOSTD_TIMEOUT,
-    )
-    .await
-    .map_err(|e| ComputeError::Conflict(format!("console unavailable: {e}")))?;
+    let lines = u32::try_from(lines.clamp(1, 10_000)).unwrap_or(10_000);
+    let text = hostd
+        .console(id, lines)
+        .await
+        .map_err(|e| ComputeError::Conflict(format!("console unavailable: {e}")))?;
     Ok(String::from_utf8_lossy(&text).into_owned())
 }

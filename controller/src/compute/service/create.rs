@@ -7,17 +7,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use hyper::Method;
-use serde_json::{json, Value as Json};
+use hostd_proto::instance::ImageInstanceSpec;
 
 use super::state::DELETING;
-use super::{ComputeError, HOSTD_CREATE_TIMEOUT, HOSTD_TIMEOUT};
+use super::ComputeError;
 use crate::app::App;
 use crate::compute::actions::{now_us, Action};
 use crate::compute::scheduler::{Demand, PlaceError};
 use crate::compute::servers::{Admission, Server};
 use crate::context::RequestContext;
-use crate::hostd_client::{self, HostdError};
+use crate::hostd_client::Hostd;
 use crate::identity::now;
 
 /// Hosts tried for one server before it goes to ERROR.
@@ -158,7 +157,7 @@ pub async fn resume(app: &Arc<App>, before: i64) -> usize {
 /// `kernel_id`, or the image itself when it is a kernel), ramdisk and command
 /// line (`os_command_line`), and the image as a read-only root disk. Images go
 /// by id: hostd fetches them from this controller into its cache.
-async fn instance_spec(app: &App, s: &Server) -> Result<Json, String> {
+async fn instance_spec(app: &App, s: &Server) -> Result<ImageInstanceSpec, String> {
     let image = app
         .images
         .get(&s.image_id)
@@ -201,11 +200,21 @@ async fn instance_spec(app: &App, s: &Server) -> Result<Json, String> {
             cmdline.push_str(" root=/dev/vda ro");
         }
     }
-    Ok(json!({
-        "id": s.id, "vcpus": s.vcpus, "memory_mib": s.ram_mib, "kernel_image": kernel,
-        "initramfs_image": initramfs, "cmdline": cmdline, "disk_images": disks,
-        "metadata": {"name": s.name, "project_id": s.project_id},
-    }))
+    Ok(ImageInstanceSpec {
+        id: s.id.clone(),
+        vcpus: u8::try_from(s.vcpus)
+            .map_err(|_| format!("{} vCPUs: a host runs at most 255 per guest", s.vcpus))?,
+        memory_mib: u32::try_from(s.ram_mib)
+            .map_err(|_| format!("{} MiB of RAM: too much for one guest", s.ram_mib))?,
+        kernel_image: kernel,
+        initramfs_image: initramfs,
+        disk_images: disks,
+        cmdline: Some(cmdline),
+        metadata: BTreeMap::from([
+            ("name".to_owned(), s.name.clone()),
+            ("project_id".to_owned(), s.project_id.clone()),
+        ]),
+    })
 }
 
 /// Places a server and starts it on a host, trying others on failure. Each
@@ -266,22 +275,19 @@ async fn build(app: &App, id: &str) {
                 }
             },
         };
-        let token = app.hostd_token(&host_id);
+        let hostd = Hostd::new(url, app.hostd_token(&host_id));
         let _ = app
             .servers
             .set_state(id, "building", Some("spawning"), 0, None)
             .await;
-        match hostd_client::call(
-            &url,
-            &token,
-            Method::POST,
-            "/instances",
-            Some(&spec),
-            HOSTD_CREATE_TIMEOUT,
-        )
-        .await
-        {
-            Ok(_) | Err(HostdError::Refused { status: 409, .. }) => {
+        // An instance of it there already: the create reached the host before
+        // a stop (a resumed build).
+        let created = match hostd.create(&spec).await {
+            Err(e) if e.is_conflict() => Ok(()),
+            other => other.map(|_| ()),
+        };
+        match created {
+            Ok(()) => {
                 // Deleted (or being deleted) while building: its delete may
                 // have reached the host before this create did, so undo on
                 // the host. The delete gives the claim back.
@@ -291,15 +297,7 @@ async fn build(app: &App, id: &str) {
                     Err(_) => false,
                 };
                 if deleted {
-                    let _ = hostd_client::call(
-                        &url,
-                        &token,
-                        Method::DELETE,
-                        &format!("/instances/{id}"),
-                        None,
-                        HOSTD_TIMEOUT,
-                    )
-                    .await;
+                    let _ = hostd.remove(id).await;
                     return;
                 }
                 let _ = app.servers.set_state(id, "active", None, 1, None).await;

@@ -6,13 +6,11 @@
 //! state sync; one whose host is down (no heartbeat) finishes here, and the
 //! orphan reaper removes the instance if that host comes back.
 
-use hyper::Method;
-
-use super::{server_host, visible, ComputeError, HOSTD_TIMEOUT};
+use super::{server_host, visible, ComputeError};
 use crate::app::App;
 use crate::compute::servers::Server;
 use crate::context::RequestContext;
-use crate::hostd_client::{self, HostdError};
+use crate::hostd_client::HostdError;
 use crate::identity::now;
 use crate::store::StoreError;
 
@@ -44,17 +42,8 @@ pub enum DeleteError {
 pub async fn finish(app: &App, server: &Server) -> Result<(), DeleteError> {
     let id = &server.id;
     if let Some(hostd) = server_host(app, server).await {
-        match hostd_client::call(
-            &hostd.url,
-            &hostd.token,
-            Method::DELETE,
-            &format!("/instances/{id}"),
-            None,
-            HOSTD_TIMEOUT,
-        )
-        .await
-        {
-            Ok(_) | Err(HostdError::Refused { status: 404, .. }) => {}
+        match hostd.remove(id).await {
+            Ok(()) => {}
             Err(e @ HostdError::Unreachable { .. }) if host_is_down(app, server).await => {
                 tracing::warn!(server = %id, "its host is down ({e}): deleted here; the orphan reaper removes the instance if the host returns");
             }

@@ -17,18 +17,11 @@ pub mod delete;
 pub mod state;
 pub mod sync;
 
-use std::time::Duration;
-
 use super::servers::{OverQuota, Server};
 use crate::app::App;
 use crate::context::RequestContext;
+use crate::hostd_client::Hostd;
 use crate::store::StoreError;
-
-/// How long hostd may take to create (and boot to running) an instance, or
-/// to carry out an action.
-const HOSTD_CREATE_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long other hostd calls may take.
-const HOSTD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a compute request failed, in words Nova clients show their users.
 #[derive(Debug, thiserror::Error)]
@@ -64,14 +57,8 @@ pub async fn visible(app: &App, ctx: &RequestContext, id: &str) -> Result<Server
     }
 }
 
-/// Where a server's hostd listens and the token to call it with.
-struct HostdTarget {
-    url: String,
-    token: String,
-}
-
 /// The hostd of the host a server is placed on, if that host is known.
-async fn server_host(app: &App, s: &Server) -> Option<HostdTarget> {
+async fn server_host(app: &App, s: &Server) -> Option<Hostd> {
     let host = s.host_id.as_ref()?;
     let url = app
         .hosts
@@ -82,8 +69,5 @@ async fn server_host(app: &App, s: &Server) -> Option<HostdTarget> {
         .find(|h| &h.report.host_id == host)?
         .report
         .url;
-    Some(HostdTarget {
-        url,
-        token: app.hostd_token(host),
-    })
+    Some(Hostd::new(url, app.hostd_token(host)))
 }

@@ -2,7 +2,7 @@
 //! what each server action asks of hostd, from which states, under which
 //! task. Pure tables, no I/O.
 
-use serde_json::{json, Value as Json};
+use hostd_proto::instance::{Action, State};
 
 /// The task_state of a server whose delete is recorded.
 pub const DELETING: &str = "deleting";
@@ -11,12 +11,12 @@ pub const DELETING: &str = "deleting";
 pub const POWER_SUSPENDED: i64 = 7;
 
 /// hostd's instance state as (vm_state, power_state).
-pub fn from_hostd(state: &str) -> (&'static str, i64) {
+pub fn from_hostd(state: State) -> (&'static str, i64) {
     match state {
-        "running" | "building" => ("active", 1),
-        "paused" => ("paused", 3),
-        "shutoff" | "stopping" => ("stopped", 4),
-        _ => ("error", 0),
+        State::Running | State::Building => ("active", 1),
+        State::Paused => ("paused", 3),
+        State::Shutoff | State::Stopping => ("stopped", 4),
+        State::Error => ("error", 0),
     }
 }
 
@@ -37,12 +37,10 @@ pub enum ServerAction {
     },
 }
 
-/// What an action asks hostd (path and body), from which vm_states it is
-/// allowed, the task_state while it runs, and Nova's name for it in the
-/// instance actions.
+/// What an action asks hostd, from which vm_states it is allowed, the
+/// task_state while it runs, and Nova's name for it in the instance actions.
 pub struct HostAction {
-    pub hostd: &'static str,
-    pub body: Json,
+    pub hostd: Action,
     pub from: &'static [&'static str],
     pub task: &'static str,
     pub name: &'static str,
@@ -67,26 +65,24 @@ impl ServerAction {
     pub fn on_host(self) -> HostAction {
         let a = |hostd, from, task, name| HostAction {
             hostd,
-            body: json!({}),
             from,
             task,
             name,
         };
         match self {
             ServerAction::Stop => a(
-                "stop",
+                Action::Stop,
                 &["active", "paused", "suspended"],
                 "powering-off",
                 "stop",
             ),
-            ServerAction::Start => a("start", &["stopped"], "powering-on", "start"),
-            ServerAction::Pause => a("pause", &["active"], "pausing", "pause"),
-            ServerAction::Unpause => a("resume", &["paused"], "unpausing", "unpause"),
-            ServerAction::Suspend => a("pause", &["active"], "suspending", "suspend"),
-            ServerAction::Resume => a("resume", &["suspended"], "resuming", "resume"),
+            ServerAction::Start => a(Action::Start, &["stopped"], "powering-on", "start"),
+            ServerAction::Pause => a(Action::Pause, &["active"], "pausing", "pause"),
+            ServerAction::Unpause => a(Action::Resume, &["paused"], "unpausing", "unpause"),
+            ServerAction::Suspend => a(Action::Pause, &["active"], "suspending", "suspend"),
+            ServerAction::Resume => a(Action::Resume, &["suspended"], "resuming", "resume"),
             ServerAction::Reboot { hard } => HostAction {
-                hostd: "reboot",
-                body: json!({ "hard": hard }),
+                hostd: Action::Reboot { hard },
                 // A hard reboot is how a stuck or stopped server is recovered.
                 from: if hard {
                     &["active", "stopped", "paused", "suspended", "error"]
@@ -101,9 +97,9 @@ impl ServerAction {
 
     /// The server's (vm_state, power_state) once hostd carried the action
     /// out and reports `state`.
-    pub fn outcome(self, state: &str) -> (&'static str, i64) {
+    pub fn outcome(self, state: State) -> (&'static str, i64) {
         match (self, state) {
-            (ServerAction::Suspend, "paused") => ("suspended", POWER_SUSPENDED),
+            (ServerAction::Suspend, State::Paused) => ("suspended", POWER_SUSPENDED),
             (_, state) => from_hostd(state),
         }
     }
@@ -116,10 +112,10 @@ mod tests {
     #[test]
     fn suspend_is_a_pause_that_shows_as_suspended() {
         let s = ServerAction::from_nova("suspend", false).unwrap();
-        assert_eq!(s.on_host().hostd, "pause");
-        assert_eq!(s.outcome("paused"), ("suspended", POWER_SUSPENDED));
+        assert_eq!(s.on_host().hostd, Action::Pause);
+        assert_eq!(s.outcome(State::Paused), ("suspended", POWER_SUSPENDED));
         assert_eq!(
-            ServerAction::Pause.outcome("paused"),
+            ServerAction::Pause.outcome(State::Paused),
             ("paused", 3),
             "a pause stays a pause"
         );
@@ -132,13 +128,13 @@ mod tests {
         assert!(hard.from.contains(&"error") && hard.from.contains(&"stopped"));
         assert_eq!(soft.from, &["active"]);
         assert_eq!((hard.task, soft.task), ("rebooting_hard", "rebooting"));
-        assert_eq!(hard.body, json!({"hard": true}));
+        assert_eq!(hard.hostd, Action::Reboot { hard: true });
     }
 
     #[test]
     fn unknown_actions_and_states() {
         assert_eq!(ServerAction::from_nova("os-migrateLive", false), None);
-        assert_eq!(from_hostd("exploded"), ("error", 0));
-        assert_eq!(from_hostd("stopping"), ("stopped", 4));
+        assert_eq!(from_hostd(State::Error), ("error", 0));
+        assert_eq!(from_hostd(State::Stopping), ("stopped", 4));
     }
 }

@@ -14,15 +14,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::Method;
+use hostd_proto::instance::State;
 
+use super::delete;
 use super::state::from_hostd;
-use super::{delete, HOSTD_TIMEOUT};
 use crate::app::App;
 use crate::background::{Run, Task};
 use crate::compute::hosts::Host;
 use crate::compute::servers::Server;
-use crate::hostd_client::{self, HostdError};
+use crate::hostd_client::{self, Hostd};
 use crate::identity::now;
 
 /// Builds and tasks not updated for this long belong to a controller that
@@ -97,7 +97,7 @@ async fn stale_work(app: &Arc<App>, before: i64) -> String {
 
 /// One round of the instance state sync over every host, in parallel.
 async fn instance_sync(app: &Arc<App>) -> String {
-    let deletes = delete::resume(app, now() - HOSTD_TIMEOUT.as_secs() as i64 - 1).await;
+    let deletes = delete::resume(app, now() - hostd_client::TIMEOUT.as_secs() as i64 - 1).await;
     let (hosts, servers) = match (app.hosts.list().await, app.servers.placed().await) {
         (Ok(h), Ok(s)) => (h, Arc::new(s)),
         (Err(e), _) | (_, Err(e)) => return format!("reading hosts and servers: {e}"),
@@ -150,16 +150,8 @@ struct Stranger {
 async fn sync_host(app: &App, host: &Host, servers: &[Server]) -> HostRound {
     let host_id = host.report.host_id.as_str();
     let mut round = HostRound::default();
-    let list = match hostd_client::call(
-        &host.report.url,
-        &app.hostd_token(host_id),
-        Method::GET,
-        "/instances",
-        None,
-        HOSTD_TIMEOUT,
-    )
-    .await
-    {
+    let hostd = Hostd::new(&host.report.url, app.hostd_token(host_id));
+    let list = match hostd.list().await {
         Ok(l) => l,
         Err(e) => {
             tracing::debug!(host = host_id, "listing its instances: {e}");
@@ -167,14 +159,7 @@ async fn sync_host(app: &App, host: &Host, servers: &[Server]) -> HostRound {
             return round;
         }
     };
-    let states: BTreeMap<&str, &str> = list
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|i| Some((i["id"].as_str()?, i["state"].as_str()?)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let states: BTreeMap<&str, State> = list.iter().map(|i| (i.id.as_str(), i.state)).collect();
     let placed: BTreeMap<&str, &Server> = servers
         .iter()
         .filter(|s| s.host_id.as_deref() == Some(host_id))
@@ -185,12 +170,12 @@ async fn sync_host(app: &App, host: &Host, servers: &[Server]) -> HostRound {
         .copied()
         .filter(|id| !placed.contains_key(id))
         .collect();
-    round.strangers = reap_orphans(app, host, &strangers).await;
+    round.strangers = reap_orphans(app, &hostd, host_id, &strangers).await;
     for s in placed.values().filter(|s| s.task_state.is_none()) {
         let (vm, power, fault) = match states.get(s.id.as_str()) {
             // A suspended server is a paused VMM.
-            Some(&"paused") if s.vm_state == "suspended" => continue,
-            Some(st) => {
+            Some(State::Paused) if s.vm_state == "suspended" => continue,
+            Some(&st) => {
                 let (vm, power) = from_hostd(st);
                 (vm, power, None)
             }
@@ -215,8 +200,7 @@ async fn sync_host(app: &App, host: &Host, servers: &[Server]) -> HostRound {
 /// undo it) or placed elsewhere (a create that timed out and was retried on
 /// another host); an instance of a server this controller never had is
 /// reported, not touched. `listed` is the host's instance list.
-async fn reap_orphans(app: &App, host: &Host, listed: &[&str]) -> Stranger {
-    let host_id = &host.report.host_id;
+async fn reap_orphans(app: &App, hostd: &Hostd, host_id: &str, listed: &[&str]) -> Stranger {
     let mut found = Stranger::default();
     for &id in listed {
         // Read now, after the listing: a build records its host before it
@@ -226,7 +210,7 @@ async fn reap_orphans(app: &App, host: &Host, listed: &[&str]) -> Stranger {
             Err(_) => continue,
         };
         let leftover = match &server {
-            Some(s) => s.host_id.as_deref() != Some(host_id.as_str()),
+            Some(s) => s.host_id.as_deref() != Some(host_id),
             None => match app.servers.was_deleted(id).await {
                 Ok(d) => d,
                 Err(_) => continue,
@@ -239,17 +223,8 @@ async fn reap_orphans(app: &App, host: &Host, listed: &[&str]) -> Stranger {
             }
             continue;
         }
-        match hostd_client::call(
-            &host.report.url,
-            &app.hostd_token(host_id),
-            Method::DELETE,
-            &format!("/instances/{id}"),
-            None,
-            HOSTD_TIMEOUT,
-        )
-        .await
-        {
-            Ok(_) | Err(HostdError::Refused { status: 404, .. }) => {
+        match hostd.remove(id).await {
+            Ok(()) => {
                 tracing::info!(host = %host_id, instance = id, "removed a leftover instance");
                 found.removed += 1;
             }

@@ -1,0 +1,169 @@
+//! Instances across the controller/hostd boundary: what the controller asks
+//! hostd to run (an instance whose kernel, initramfs and disks are images at
+//! the controller), the states hostd reports, and the actions it takes.
+//! hostd's own spec (`hostd::instance::InstanceSpec`) accepts every
+//! [`ImageInstanceSpec`] (hostd's tests check it); it also takes local paths,
+//! disks and NICs that only hostd's own users give.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The body of `POST /instances` as the controller sends it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageInstanceSpec {
+    /// The server's id.
+    pub id: String,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// Image ids at the controller, fetched into hostd's image cache.
+    pub kernel_image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initramfs_image: Option<String>,
+    /// Attached read-only, in order (the first is /dev/vda).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disk_images: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Where an instance stands on its host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// The VMM was started; its control API has not answered yet.
+    Building,
+    Running,
+    Paused,
+    /// A stop was asked for; the VMM has not exited yet.
+    Stopping,
+    /// Not running: stopped, powered off by its guest, or never started.
+    Shutoff,
+    /// The VMM failed or died; `reason` says how.
+    Error,
+}
+
+impl State {
+    /// Whether a VMM process belongs to this state.
+    pub fn has_process(self) -> bool {
+        matches!(
+            self,
+            State::Building | State::Running | State::Paused | State::Stopping
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Building => "building",
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Stopping => "stopping",
+            State::Shutoff => "shutoff",
+            State::Error => "error",
+        }
+    }
+}
+
+/// What the controller reads of an instance hostd reports (in its list, or
+/// after a create or an action); hostd's record carries more.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub id: String,
+    pub state: State,
+    /// Why it is in ERROR (or SHUTOFF after a VMM exit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// An action on a running instance: `POST /instances/{id}/actions/{name}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Pause,
+    Resume,
+    Reboot { hard: bool },
+}
+
+/// The body of an action request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionBody {
+    /// Stop: power off at once instead of asking the guest; reboot: reset
+    /// instead of asking the guest.
+    #[serde(default)]
+    pub hard: bool,
+    /// How long a stop waits for the guest before giving up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+impl Action {
+    /// The `{name}` in the action's path.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Reboot { .. } => "reboot",
+        }
+    }
+
+    pub fn body(self) -> ActionBody {
+        ActionBody {
+            hard: matches!(self, Action::Reboot { hard: true }),
+            timeout_ms: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_lowercase_words() {
+        for s in [
+            State::Building,
+            State::Running,
+            State::Paused,
+            State::Stopping,
+            State::Shutoff,
+            State::Error,
+        ] {
+            let json = serde_json::to_value(s).unwrap();
+            assert_eq!(json, s.as_str());
+            assert_eq!(serde_json::from_value::<State>(json).unwrap(), s);
+        }
+        assert!(serde_json::from_str::<State>("\"exploded\"").is_err());
+    }
+
+    #[test]
+    fn a_status_is_read_from_a_fuller_record() {
+        let record = r#"{"id": "s1", "vcpus": 1, "state": "error", "reason": "VMM exited 1",
+                         "created_at": 5, "process": null}"#;
+        let s: InstanceStatus = serde_json::from_str(record).unwrap();
+        assert_eq!(
+            s,
+            InstanceStatus {
+                id: "s1".into(),
+                state: State::Error,
+                reason: Some("VMM exited 1".into())
+            }
+        );
+    }
+
+    #[test]
+    fn only_a_hard_reboot_says_hard() {
+        assert!(Action::Reboot { hard: true }.body().hard);
+        assert!(!Action::Reboot { hard: false }.body().hard);
+        assert!(!Action::Stop.body().hard);
+        assert_eq!(
+            serde_json::to_value(Action::Stop.body()).unwrap(),
+            serde_json::json!({"hard": false})
+        );
+    }
+}
