@@ -193,7 +193,7 @@ fn qcow2_images_get_a_raw_copy_and_garbage_is_refused() {
         .arg("8M")
         .status();
     if !ok.is_ok_and(|s| s.success()) {
-        eprintln!("skipping: qemu-img is not installed");
+        common::missing_tool("qemu-img");
         return;
     }
     let r = call(

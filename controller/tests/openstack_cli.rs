@@ -18,7 +18,7 @@ fn openstack() -> Option<PathBuf> {
     match std::env::var_os("VIRGA_OPENSTACK") {
         Some(p) => Some(PathBuf::from(p)),
         None => {
-            eprintln!("skipping: VIRGA_OPENSTACK is not set (cargo xtask test sets it)");
+            common::missing_tool("the openstack CLI (VIRGA_OPENSTACK)");
             None
         }
     }

@@ -193,12 +193,12 @@ fn test(unit_only: bool) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The controller's tests must not skip PostgreSQL or the OpenStack client
-    // here: both were installed.
+    // No test may skip for a missing tool here (PostgreSQL, qemu-img, the
+    // OpenStack client): all were installed.
     let openstack = install::python_clients(&root())?;
     run(cargo()
         .args(["test", "--workspace", "--exclude", "virga-e2e"])
-        .env("VIRGA_REQUIRE_POSTGRES", "1")
+        .env("VIRGA_REQUIRE_TOOLS", "1")
         .env("VIRGA_OPENSTACK", &openstack))?;
     if unit_only {
         return Ok(());
@@ -219,6 +219,7 @@ fn test(unit_only: bool) -> Result<()> {
         .env("VIRGA_VMM_BIN", vmm)
         .env("VIRGA_IMAGES", images_dir())
         .env("VIRGA_OPENSTACK", openstack)
+        .env("VIRGA_REQUIRE_TOOLS", "1")
         .env(virga_testbed::HANG_DIR_ENV, &hangs));
     // The one retry there is (a hung L1), counted and shown whatever the result.
     let retried = flakes::hang_reports(&hangs);
@@ -244,7 +245,7 @@ fn hunt_flakes(unit_only: bool, rounds: u32, filter: Option<&str>) -> Result<()>
         &["--workspace", "--exclude", "virga-e2e"],
         &[],
         &[
-            ("VIRGA_REQUIRE_POSTGRES", "1".into()),
+            ("VIRGA_REQUIRE_TOOLS", "1".into()),
             ("VIRGA_OPENSTACK", openstack.clone()),
         ],
     )?;
@@ -259,6 +260,7 @@ fn hunt_flakes(unit_only: bool, rounds: u32, filter: Option<&str>) -> Result<()>
                 ("VIRGA_VMM_BIN", vmm.into_os_string()),
                 ("VIRGA_IMAGES", images_dir().into_os_string()),
                 ("VIRGA_OPENSTACK", openstack),
+                ("VIRGA_REQUIRE_TOOLS", "1".into()),
             ],
         )?);
     }

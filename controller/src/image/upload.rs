@@ -211,6 +211,10 @@ mod tests {
             .arg(&image)
             .status();
         if !made.is_ok_and(|s| s.success()) {
+            assert!(
+                std::env::var_os("VIRGA_REQUIRE_TOOLS").is_none(),
+                "qemu-img is required but missing"
+            );
             eprintln!("skipping: qemu-img is not installed");
             return;
         }

@@ -209,19 +209,29 @@ pub fn put_bytes(c: &Controller, path: &str, token: &str, data: &[u8]) -> u16 {
     out[9..12].parse().unwrap()
 }
 
+/// Whether this run must have every tool its tests use (`cargo xtask test`
+/// installs them and sets VIRGA_REQUIRE_TOOLS=1): then a missing one fails the
+/// test instead of skipping it.
+pub fn tools_required() -> bool {
+    std::env::var_os("VIRGA_REQUIRE_TOOLS").is_some()
+}
+
+/// A test's tool is missing: fails the test when tools are required, or says
+/// the test skips.
+#[allow(dead_code)]
+pub fn missing_tool(what: &str) {
+    assert!(!tools_required(), "{what} is required but missing");
+    eprintln!("skipping: {what} is missing (cargo xtask install adds it)");
+}
+
 /// A throwaway PostgreSQL server, or None (the test skips) when PostgreSQL
-/// is not installed, unless the run requires it (`cargo xtask test` installs
-/// it and sets VIRGA_REQUIRE_POSTGRES=1).
+/// is not installed, unless tools are required ([`tools_required`]).
 pub struct Postgres;
 
 impl Postgres {
     pub fn start() -> Option<virga_pgserver::PgServer> {
         if !virga_pgserver::PgServer::installed() {
-            assert!(
-                std::env::var_os("VIRGA_REQUIRE_POSTGRES").is_none(),
-                "PostgreSQL is required but not installed"
-            );
-            eprintln!("skipping: PostgreSQL is not installed (cargo xtask install adds it)");
+            missing_tool("PostgreSQL");
             return None;
         }
         Some(virga_pgserver::PgServer::start().unwrap())

@@ -144,7 +144,7 @@ mod tests {
     fn starts_accepts_connections_and_stops() {
         if !PgServer::installed() {
             assert!(
-                std::env::var_os("VIRGA_REQUIRE_POSTGRES").is_none(),
+                std::env::var_os("VIRGA_REQUIRE_TOOLS").is_none(),
                 "PostgreSQL is required but not installed"
             );
             return;
