@@ -46,7 +46,11 @@ fn as_root(args: &[&str]) -> Command {
 }
 
 /// Refreshes apt's index (guest images resolve the current kernel from it) and
-/// installs missing packages.
+/// installs missing packages, until every command is there: apt may remove a
+/// package while installing another (found on a fresh machine: installing
+/// Debian's qemu-system-x86 removed the backports qemu-utils it conflicts
+/// with, and qemu-img was gone), so what an install took away is installed
+/// again, from the same release as the rest.
 pub fn system_packages() -> Result<()> {
     let update = as_root(&["apt-get", "update", "-qq"])
         .status()
@@ -54,20 +58,32 @@ pub fn system_packages() -> Result<()> {
     if !update.success() {
         eprintln!("install: apt-get update failed; continuing with the package index we have");
     }
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .filter(|(_, cmd)| !have(cmd))
-        .map(|(pkg, _)| *pkg)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
+    let missing = || -> Vec<&str> {
+        PACKAGES
+            .iter()
+            .filter(|(_, cmd)| !have(cmd))
+            .map(|(pkg, _)| *pkg)
+            .collect()
+    };
+    for _ in 0..2 {
+        let wanted = missing();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        eprintln!("install: {}", wanted.join(" "));
+        let mut args = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
+        args.extend(&wanted);
+        let status = as_root(&args).status().context("running apt-get install")?;
+        if !status.success() {
+            bail!("apt-get install {} failed", wanted.join(" "));
+        }
     }
-    eprintln!("install: {}", missing.join(" "));
-    let mut args = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
-    args.extend(&missing);
-    let status = as_root(&args).status().context("running apt-get install")?;
-    if !status.success() {
-        bail!("apt-get install {} failed", missing.join(" "));
+    let still = missing();
+    if !still.is_empty() {
+        bail!(
+            "installed, yet missing: {} (apt removes one of them when installing another)",
+            still.join(" ")
+        );
     }
     Ok(())
 }
