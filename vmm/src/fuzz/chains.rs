@@ -495,6 +495,19 @@ pub fn walk(mem: &GuestMemoryMmap, mut queue: Queue) -> Option<Vec<Walked>> {
     )
 }
 
+/// Whether a device-writable buffer of `chains` reaches into the rings (the
+/// descriptor tables, avail and used rings below [`RINGS_END`]): the guest
+/// let the device overwrite its own rings, so what they say afterwards is not
+/// the test's to predict (a status byte lands in a used entry's head; found by
+/// `cargo xtask fuzz`). Such cases check that nothing hangs, the device
+/// resets, and a fresh device serves good requests.
+pub fn clobbers_rings(chains: &[Walked]) -> bool {
+    chains
+        .iter()
+        .flat_map(|c| c.writable())
+        .any(|(a, l)| overlaps((a, u64::from(l)), (0, RINGS_END)))
+}
+
 /// Every device-writable range of `chains` (clamped at the top of the address
 /// space), for [`super::Snapshot::only_changed_in`].
 pub fn writable_ranges(chains: &[Walked]) -> Vec<(u64, u64)> {

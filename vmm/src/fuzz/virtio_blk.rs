@@ -355,18 +355,44 @@ fn one(case: Case, disk_path: &std::path::Path) -> Result<(), TestCaseError> {
     let chains_seen = walked.as_deref().unwrap_or(&[]);
     let valid: Vec<&Walked> = chains_seen.iter().filter(|c| c.head < QUEUE_SIZE).collect();
     let expected = valid.len() as u16;
-    super::wait_until("the fuzzed chains being used", || {
-        rings.used_idx(&mem) >= expected
-    })?;
-    if walked.is_none() {
-        // An avail index more than a queue ahead: give the worker time to act on
-        // the kick, then reset it; a worker spinning on the broken queue shows as
-        // a reset that never returns. A new worker serves the rest.
+    let clobbered = chains::clobbers_rings(chains_seen);
+    if walked.is_none() || clobbered {
+        // An avail index more than a queue ahead, or rings the device was
+        // told to overwrite: give the worker time to act on the kick, then
+        // reset it; a worker spinning on the broken queue shows as a reset
+        // that never returns. A new worker serves the rest.
         std::thread::sleep(std::time::Duration::from_millis(20));
         super::within("virtio-blk reset on a broken queue", move || block.reset())?;
-        (block, kick) = start(&mem, &rings, case.avail.event_idx, disk_path, 0);
+        (block, kick) = start(
+            &mem,
+            &rings,
+            case.avail.event_idx,
+            disk_path,
+            chains_seen.len() as u16,
+        );
+    } else {
+        super::wait_until("the fuzzed chains being used", || {
+            rings.used_idx(&mem) >= expected
+        })?;
     }
+    // What the next good request's used index follows.
+    let used_before_good = if clobbered {
+        chains_seen.len() as u16
+    } else {
+        expected
+    };
     let after = Snapshot::of(&mem);
+    if clobbered {
+        return good_requests(
+            case,
+            mem,
+            rings,
+            kick,
+            block,
+            used_before_good,
+            chains_seen.len(),
+        );
+    }
     check(rings.used_idx(&mem) == expected, || {
         format!(
             "used index {} for {expected} usable chains",
@@ -426,9 +452,30 @@ fn one(case: Case, disk_path: &std::path::Path) -> Result<(), TestCaseError> {
         }
     }
 
-    // The worker still serves a good write and reads it back. The avail index
-    // goes back to where the device stopped (a driver recovering).
-    rings.set_avail_idx(&mem, chains_seen.len() as u16);
+    good_requests(
+        case,
+        mem,
+        rings,
+        kick,
+        block,
+        used_before_good,
+        chains_seen.len(),
+    )
+}
+
+/// The worker still serves a good write and reads it back, and stops when
+/// reset. The avail index goes back to where the device stopped (`avail`, a
+/// driver recovering); the device has used `used` chains before them.
+fn good_requests(
+    case: Case,
+    mem: GuestMemoryMmap,
+    rings: Rings,
+    kick: EventFd,
+    mut block: Block,
+    used: u16,
+    avail: usize,
+) -> Result<(), TestCaseError> {
+    rings.set_avail_idx(&mem, avail as u16);
     let driver = Driver {
         mem: mem.clone(),
         rings,
@@ -453,10 +500,9 @@ fn one(case: Case, disk_path: &std::path::Path) -> Result<(), TestCaseError> {
         block.reset();
         block
     })?;
-    check(
-        driver.rings.used_idx(&mem) == expected.wrapping_add(2),
-        || "more chains used than were available".into(),
-    )?;
+    check(driver.rings.used_idx(&mem) == used.wrapping_add(2), || {
+        "more chains used than were available".into()
+    })?;
     Ok(())
 }
 
@@ -466,4 +512,55 @@ fn virtio_blk() {
     file.as_file().set_len(DISK_BYTES).unwrap();
     let path = file.path().to_owned();
     super::run("virtio_blk", case(), |c| one(c, &path));
+}
+
+/// Found by a 46-minute run: a discard whose segment descriptor says
+/// INDIRECT, so the device reads the segment as an indirect table naming a
+/// writable buffer over the avail and used rings; the request's status byte
+/// then lands in the first used entry's head. The device did what the guest
+/// asked; the target now checks only liveness for rings a guest let the
+/// device overwrite.
+#[test]
+fn a_status_byte_the_guest_placed_over_the_used_ring() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    file.as_file().set_len(DISK_BYTES).unwrap();
+    let req = |kind, descs| Req {
+        kind,
+        sector: 0,
+        segment: (526, 63, 1_084_010_058),
+        chain: ChainSpec {
+            descs,
+            indirect: None,
+        },
+    };
+    let mut segment = DescSpec::fresh(16, false, false).tagged(SEGMENT);
+    segment.flags = chains::F_INDIRECT;
+    let case = Case {
+        reqs: vec![
+            req(
+                T_IN,
+                vec![
+                    DescSpec::fresh(16, true, false).tagged(HEADER),
+                    DescSpec::fresh(1, true, true),
+                ],
+            ),
+            req(
+                T_DISCARD,
+                vec![
+                    DescSpec::fresh(16, false, false).tagged(HEADER),
+                    segment,
+                    DescSpec::fresh(1, true, true),
+                ],
+            ),
+        ],
+        avail: AvailSpec {
+            extra_heads: vec![],
+            idx: None,
+            event_idx: false,
+        },
+        good_sector: 0,
+        good_sectors: 1,
+        seed: 0,
+    };
+    one(case, file.path()).unwrap();
 }

@@ -181,6 +181,13 @@ fn one(case: Case) -> Result<(), TestCaseError> {
     })?;
     let after = Snapshot::of(&mem);
 
+    // RX buffers the device was told to write into the rings: what the rings
+    // say afterwards is not the test's to predict; that nothing hung is
+    // checked above (TX writes no guest buffers).
+    let rx_seen = rx_walk.as_deref().unwrap_or(&[]);
+    if chains::clobbers_rings(rx_seen) {
+        return Ok(());
+    }
     // TX: every chain with a valid head used once, length 0; the wire carries
     // their packets in order, less any the full socket dropped.
     let tx_seen = tx_walk.as_deref().unwrap_or(&[]);
@@ -209,7 +216,6 @@ fn one(case: Case) -> Result<(), TestCaseError> {
     }
 
     // RX: no more chains used than were posted, none longer than its buffers.
-    let rx_seen = rx_walk.as_deref().unwrap_or(&[]);
     let rx_valid: Vec<&Walked> = rx_seen.iter().filter(|c| c.head < QUEUE_SIZE).collect();
     let rx_used = rx_rings.used_idx(&mem);
     check(usize::from(rx_used) <= rx_valid.len(), || {
