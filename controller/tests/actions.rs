@@ -12,17 +12,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::hostd::{bootable, controller_config, Delays, StandInHostd};
-use common::{call, start_with, wait_for_status, Controller};
+use common::{admin_token, call, start_with, wait_for_status};
 
 /// How long the stand-in takes for each action.
 const ACTION_DELAY: Duration = Duration::from_millis(600);
-
-fn token(c: &Controller) -> String {
-    let body = r#"{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"admin","domain":{"name":"Default"},"password":"admin-secret"}}},"scope":{"project":{"name":"admin","domain":{"name":"Default"}}}}}"#;
-    let r = call(c, "POST", "/identity/v3/auth/tokens", &[], body);
-    assert_eq!(r.status, 201, "{}", r.body);
-    r.header("x-subject-token").unwrap().to_owned()
-}
 
 #[test]
 fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
@@ -33,7 +26,7 @@ fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
     });
     let c = start_with(None, &controller_config());
     hostd.register(&c);
-    let admin = token(&c);
+    let admin = admin_token(&c);
     let t = ("X-Auth-Token", admin.as_str());
     let (flavor, image) = bootable(&c, &admin, 1, 128);
 
@@ -222,7 +215,7 @@ fn a_stale_host_listing_does_not_undo_an_action() {
     });
     let c = start_with(None, &controller_config());
     hostd.register(&c);
-    let admin = token(&c);
+    let admin = admin_token(&c);
     let t = ("X-Auth-Token", admin.as_str());
     let (flavor, image) = bootable(&c, &admin, 1, 128);
     let r = call(
@@ -281,7 +274,7 @@ fn a_stale_host_listing_does_not_undo_an_action() {
 #[test]
 fn reconcilers_are_listed_and_run_on_request() {
     let c = start_with(None, &controller_config());
-    let admin = token(&c);
+    let admin = admin_token(&c);
     let t = ("X-Auth-Token", admin.as_str());
     let list = call(&c, "GET", "/internal/v1/reconcilers", &[t], "");
     assert_eq!(list.status, 200, "{}", list.body);

@@ -28,10 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::hostd::{bootable, controller_config, Delays, StandInHostd, HOST_ID};
-use common::{call, put_bytes, start_with, try_call, Controller};
+use common::{call, put_bytes, start_with, try_call, try_token, Controller, ADMIN_PASSWORD};
 use serde_json::{json, Value};
 
-const ADMIN_AUTH: &str = r#"{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"admin","domain":{"name":"Default"},"password":"admin-secret"}}},"scope":{"project":{"name":"admin","domain":{"name":"Default"}}}}}"#;
 const FLAVOR_VCPUS: i64 = 1;
 const FLAVOR_RAM: i64 = 64;
 /// How long the controller gets to settle after a restart.
@@ -64,11 +63,6 @@ impl Rng {
     }
 }
 
-fn token(addr: &str) -> Option<String> {
-    let r = try_call(addr, "POST", "/identity/v3/auth/tokens", &[], ADMIN_AUTH).ok()?;
-    r.header("x-subject-token").map(str::to_owned)
-}
-
 struct Setup {
     /// One token for every client: a password check (argon2) per client
     /// would take longer than many trials last.
@@ -78,7 +72,7 @@ struct Setup {
 }
 
 fn setup(c: &Controller) -> Setup {
-    let admin = token(&c.addr).unwrap();
+    let admin = try_token(&c.addr, "admin", ADMIN_PASSWORD, "admin").unwrap();
     let t = ("X-Auth-Token", admin.as_str());
     let (flavor, image) = bootable(c, &admin, FLAVOR_VCPUS, FLAVOR_RAM);
     let project = call(c, "GET", "/identity/v3/projects?name=admin", &[t], "").json()["projects"]
@@ -224,7 +218,7 @@ fn check(addr: &str, hostd: &StandInHostd, accepted: &Accepted) -> Vec<String> {
 }
 
 fn check_once(addr: &str, hostd: &StandInHostd, accepted: &Accepted) -> Vec<String> {
-    let admin = token(addr).unwrap();
+    let admin = try_token(addr, "admin", ADMIN_PASSWORD, "admin").unwrap();
     let all = servers(addr, &admin).unwrap_or_default();
     let mut wrong = Vec::new();
     for (id, s) in &all {
@@ -292,7 +286,7 @@ fn check_once(addr: &str, hostd: &StandInHostd, accepted: &Accepted) -> Vec<Stri
 /// Deletes every server, so that the next trial starts empty; returns what
 /// could not be removed.
 fn clean_up(addr: &str) -> Vec<String> {
-    let admin = token(addr).unwrap();
+    let admin = try_token(addr, "admin", ADMIN_PASSWORD, "admin").unwrap();
     let t = ("X-Auth-Token", admin.as_str());
     let deadline = Instant::now() + SETTLE;
     loop {
@@ -417,7 +411,7 @@ fn a_build_cut_by_a_kill_resumes_at_start() {
 fn an_upload_killed_midway_leaves_no_image_data_behind() {
     use std::io::Write;
     let mut c = start_with(None, "");
-    let admin = token(&c.addr).unwrap();
+    let admin = try_token(&c.addr, "admin", ADMIN_PASSWORD, "admin").unwrap();
     let t = ("X-Auth-Token", admin.as_str());
     let r = call(
         &c,
@@ -449,7 +443,7 @@ fn an_upload_killed_midway_leaves_no_image_data_behind() {
     c.kill();
     drop(upload);
     c.restart();
-    let admin = token(&c.addr).unwrap();
+    let admin = try_token(&c.addr, "admin", ADMIN_PASSWORD, "admin").unwrap();
     let t = ("X-Auth-Token", admin.as_str());
     let image = call(&c, "GET", &format!("/image/v2/images/{id}"), &[t], "").json();
     assert_eq!(image["status"], "queued", "{image}");

@@ -6,16 +6,7 @@
 
 mod common;
 
-use common::{call, put_bytes, start, Controller, Postgres};
-
-fn token(c: &Controller, user: &str, password: &str, project: &str) -> String {
-    let body = format!(
-        r#"{{"auth":{{"identity":{{"methods":["password"],"password":{{"user":{{"name":"{user}","domain":{{"name":"Default"}},"password":"{password}"}}}}}},"scope":{{"project":{{"name":"{project}","domain":{{"name":"Default"}}}}}}}}}}"#
-    );
-    let r = call(c, "POST", "/identity/v3/auth/tokens", &[], &body);
-    assert_eq!(r.status, 201, "{}", r.body);
-    r.header("x-subject-token").unwrap().to_owned()
-}
+use common::{call, put_bytes, start, token, Controller, Postgres};
 
 /// A second project with a member user, made directly in the controller's
 /// SQLite database (the Keystone admin API is not there yet).

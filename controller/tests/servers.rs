@@ -9,16 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{call, put_bytes, start, wait_for_status, Controller};
-
-fn token(c: &Controller, user: &str, password: &str, project: &str) -> String {
-    let body = format!(
-        r#"{{"auth":{{"identity":{{"methods":["password"],"password":{{"user":{{"name":"{user}","domain":{{"name":"Default"}},"password":"{password}"}}}}}},"scope":{{"project":{{"name":"{project}","domain":{{"name":"Default"}}}}}}}}}}"#
-    );
-    let r = call(c, "POST", "/identity/v3/auth/tokens", &[], &body);
-    assert_eq!(r.status, 201, "{}", r.body);
-    r.header("x-subject-token").unwrap().to_owned()
-}
+use common::{call, put_bytes, start, token, wait_for_status, Controller};
 
 /// A tiny flavor and a kernel image; returns (flavor id, image id).
 fn flavor_and_image(c: &Controller, admin: &str) -> (String, String) {

@@ -174,6 +174,40 @@ pub fn try_call(
     })
 }
 
+/// A project-scoped token for `user` (password, Default domain), or None when
+/// the controller refuses it or cannot be reached.
+pub fn try_token(addr: &str, user: &str, password: &str, project: &str) -> Option<String> {
+    let body = serde_json::json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": user, "domain": {"name": "Default"}, "password": password}}},
+        "scope": {"project": {"name": project, "domain": {"name": "Default"}}}}});
+    let r = try_call(
+        addr,
+        "POST",
+        "/identity/v3/auth/tokens",
+        &[],
+        &body.to_string(),
+    )
+    .ok()?;
+    if r.status != 201 {
+        return None;
+    }
+    r.header("x-subject-token").map(str::to_owned)
+}
+
+/// As [`try_token`], failing the test when there is none.
+#[allow(dead_code)]
+pub fn token(c: &Controller, user: &str, password: &str, project: &str) -> String {
+    try_token(&c.addr, user, password, project)
+        .unwrap_or_else(|| panic!("no token for {user} in {project}"))
+}
+
+/// The bootstrap admin's token, scoped to the admin project.
+#[allow(dead_code)]
+pub fn admin_token(c: &Controller) -> String {
+    token(c, "admin", ADMIN_PASSWORD, "admin")
+}
+
 /// Polls `GET path` (at most 10 s) until it answers `status`: for what the
 /// controller finishes in the background (a delete answers at once).
 #[allow(dead_code)]
