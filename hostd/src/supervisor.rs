@@ -82,6 +82,22 @@ struct Slot {
     exits: watch::Sender<u64>,
     /// Set while hostd itself stops the VMM: its exit is then a SHUTOFF.
     stopping: std::sync::atomic::AtomicBool,
+    /// Set by a delete or hard stop before it waits for its turn: the
+    /// operation in progress (a start waiting on a VMM that never answers)
+    /// has its VMM killed, and a VMM started after this is killed at once.
+    terminating: std::sync::atomic::AtomicBool,
+    /// Memory admitted for a start in progress, counted with the running
+    /// VMMs' until the start ends (see `Supervisor::admit`).
+    admitted: std::sync::atomic::AtomicBool,
+}
+
+/// A start's memory admission; ends when dropped.
+struct Admitted<'a>(&'a Slot);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.admitted.store(false, Ordering::SeqCst);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -141,6 +157,8 @@ impl Supervisor {
                 pidfd: Mutex::new(None),
                 exits: watch::channel(0).0,
                 stopping: false.into(),
+                terminating: false.into(),
+                admitted: false.into(),
             });
             lock(&sup.slots).insert(id.clone(), slot.clone());
             sup.adopt(&id, &slot).await;
@@ -210,9 +228,14 @@ impl Supervisor {
 
     /// vCPUs and MiB held by instances that have a VMM.
     pub fn used(&self) -> (u64, u64) {
-        lock(&self.slots).values().fold((0, 0), |(c, m), s| {
+        Self::used_by(&lock(&self.slots))
+    }
+
+    /// vCPUs and MiB of the instances with a VMM, or admitted to start one.
+    fn used_by(slots: &BTreeMap<String, Arc<Slot>>) -> (u64, u64) {
+        slots.values().fold((0, 0), |(c, m), s| {
             let r = lock(&s.record);
-            if r.state.has_process() {
+            if r.state.has_process() || s.admitted.load(Ordering::SeqCst) {
                 (
                     c + u64::from(r.spec.vcpus),
                     m + u64::from(r.spec.memory_mib),
@@ -298,6 +321,8 @@ impl Supervisor {
             pidfd: Mutex::new(None),
             exits: watch::channel(0).0,
             stopping: false.into(),
+            terminating: false.into(),
+            admitted: false.into(),
         });
         {
             let mut slots = lock(&self.slots);
@@ -404,20 +429,45 @@ impl Supervisor {
         })
     }
 
-    /// Starts a VMM for the instance and waits until its control API answers.
-    async fn launch(&self, id: &str, slot: &Arc<Slot>) -> Result<(), OpError> {
-        let spec = lock(&slot.record).spec.clone();
-        let (_, used_mib) = self.used();
+    /// Admits `memory_mib` for the slot's start against the host's free
+    /// memory, counting every instance with a VMM or admitted to start one;
+    /// checking and admitting are one step under the slots lock, so two
+    /// starts cannot both take the last room. The admission ends when the
+    /// returned guard drops (the start then runs a VMM, which counts, or
+    /// failed).
+    fn admit<'a>(&self, slot: &'a Slot, memory_mib: u32) -> Result<Admitted<'a>, OpError> {
+        let slots = lock(&self.slots);
+        let (_, used_mib) = Self::used_by(&slots);
         let host_mib = vmm::config::host_memory_mib().unwrap_or(0);
         let free = host_mib
             .saturating_sub(self.config.reserved_memory_mib)
             .saturating_sub(used_mib);
-        if u64::from(spec.memory_mib) > free {
+        if u64::from(memory_mib) > free {
             return Err(OpError::Conflict(format!(
-                "not enough free memory: {} MiB asked, {free} MiB free",
-                spec.memory_mib
+                "not enough free memory: {memory_mib} MiB asked, {free} MiB free"
             )));
         }
+        slot.admitted.store(true, Ordering::SeqCst);
+        Ok(Admitted(slot))
+    }
+
+    /// The first step of a delete or hard stop, taken before waiting for the
+    /// operation in progress: the VMM, if any, is killed now (its exit is a
+    /// SHUTOFF), so that operation ends instead of waiting on it.
+    fn terminate_now(&self, id: &str, slot: &Slot) {
+        slot.terminating.store(true, Ordering::SeqCst);
+        if let Some(pidfd) = lock(&slot.pidfd).clone() {
+            slot.stopping.store(true, Ordering::SeqCst);
+            if let Err(e) = pidfd.signal(libc::SIGKILL) {
+                tracing::debug!(instance = id, "killing the VMM: {e}");
+            }
+        }
+    }
+
+    /// Starts a VMM for the instance and waits until its control API answers.
+    async fn launch(&self, id: &str, slot: &Arc<Slot>) -> Result<(), OpError> {
+        let spec = lock(&slot.record).spec.clone();
+        let _admitted = self.admit(slot, spec.memory_mib)?;
         let dir = self.run_dir(id);
         std::fs::create_dir_all(&dir)
             .map_err(|e| OpError::Internal(format!("{}: {e}", dir.display())))?;
@@ -495,6 +545,11 @@ impl Supervisor {
             r.starts += 1;
         });
         self.watch_exit(id, slot, launched, pidfd.clone());
+        if slot.terminating.load(Ordering::SeqCst) {
+            // A delete or hard stop came while this VMM was being started.
+            slot.stopping.store(true, Ordering::SeqCst);
+            let _ = pidfd.signal(libc::SIGKILL);
+        }
 
         // Ready when the control API answers; an early exit ends the wait.
         let socket = dir.join(API_SOCKET);
@@ -647,8 +702,18 @@ impl Supervisor {
         timeout: Option<Duration>,
     ) -> Result<Instance, OpError> {
         let slot = self.slot(id)?;
+        if hard {
+            // Never behind a stuck operation: the VMM goes now.
+            self.terminate_now(id, &slot);
+        }
         let _op = slot.op.lock().await;
-        self.stop_locked(id, &slot, hard, timeout).await?;
+        let result = match self.stop_locked(id, &slot, hard, timeout).await {
+            // Killed before its turn: stopped, as asked.
+            Err(OpError::Conflict(_)) if hard && !lock(&slot.record).state.has_process() => Ok(()),
+            other => other,
+        };
+        slot.terminating.store(false, Ordering::SeqCst);
+        result?;
         let record = lock(&slot.record).clone();
         Ok(record)
     }
@@ -660,6 +725,9 @@ impl Supervisor {
         hard: bool,
         timeout: Option<Duration>,
     ) -> Result<(), OpError> {
+        // Before the state is read: an exit recorded after it still ends
+        // the wait below.
+        let mut exits = slot.exits.subscribe();
         let state = lock(&slot.record).state;
         if !state.has_process() {
             return Err(OpError::Conflict(format!(
@@ -673,7 +741,6 @@ impl Supervisor {
             )));
         };
         let timeout = timeout.unwrap_or(self.config.stop_timeout);
-        let mut exits = slot.exits.subscribe();
         slot.stopping.store(true, Ordering::SeqCst);
         self.update(id, slot, |r| r.state = State::Stopping);
         let mut graceful = !hard;
@@ -758,9 +825,17 @@ impl Supervisor {
 
     pub async fn delete(&self, id: &str) -> Result<(), OpError> {
         let slot = self.slot(id)?;
+        // Never behind a stuck operation: the VMM goes now.
+        self.terminate_now(id, &slot);
         let _op = slot.op.lock().await;
-        if lock(&slot.record).state.has_process() {
-            self.stop_locked(id, &slot, true, None).await?;
+        match self.stop_locked(id, &slot, true, None).await {
+            // No VMM (any more: the kill above may have ended it).
+            Ok(()) | Err(OpError::Conflict(_)) => {}
+            Err(e) => {
+                // Not deleted: later starts may run.
+                slot.terminating.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
         }
         self.forget(id);
         let _ = self.events.send(Event {

@@ -27,10 +27,15 @@ impl Drop for Hostd {
 }
 
 fn config(dir: &Path) -> String {
+    config_with_vmm(dir, Path::new("/bin/true"))
+}
+
+fn config_with_vmm(dir: &Path, vmm: &Path) -> String {
     format!(
-        "token = \"{TOKEN}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\nvmm_binary = \"/bin/true\"\ncgroup_root = \"\"\nhost_id = \"test-host\"\n",
+        "token = \"{TOKEN}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\nvmm_binary = \"{}\"\ncgroup_root = \"\"\nhost_id = \"test-host\"\n",
         dir.join("hostd.sock").display(),
-        dir.join("state").display()
+        dir.join("state").display(),
+        vmm.display()
     )
 }
 
@@ -40,8 +45,30 @@ fn start_in(dir: tempfile::TempDir) -> Hostd {
 
 /// Starts hostd with the test config plus `extra` lines.
 fn start_with(dir: tempfile::TempDir, extra: &str) -> Hostd {
+    let base = config(dir.path());
+    start_configured(dir, base + extra)
+}
+
+/// Starts hostd whose "VMM" never answers on its control socket: an
+/// operation that waits for it is stuck until hostd gives up (a minute).
+fn start_with_stuck_vmm(extra: &str) -> Hostd {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let vmm = dir.path().join("stuck-vmm");
+    // hostd asks its VMM for its version at start.
+    std::fs::write(
+        &vmm,
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'vmm 0.0.0-stuck'; exit 0; }\nexec sleep 600\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&vmm, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = config_with_vmm(dir.path(), &vmm);
+    start_configured(dir, base + "jail = false\n" + extra)
+}
+
+fn start_configured(dir: tempfile::TempDir, config: String) -> Hostd {
     let cfg = dir.path().join("hostd.toml");
-    std::fs::write(&cfg, config(dir.path()) + extra).unwrap();
+    std::fs::write(&cfg, config).unwrap();
     let socket = dir.path().join("hostd.sock");
     let child = Command::new(env!("CARGO_BIN_EXE_hostd"))
         .arg("--config")
@@ -49,12 +76,14 @@ fn start_with(dir: tempfile::TempDir, extra: &str) -> Hostd {
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
+    // Made first, so that hostd is stopped however the wait ends.
+    let h = Hostd { child, socket, dir };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(&socket).is_err() {
+    while UnixStream::connect(&h.socket).is_err() {
         assert!(Instant::now() < deadline, "hostd did not come up");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Hostd { child, socket, dir }
+    h
 }
 
 fn start() -> Hostd {
@@ -400,4 +429,97 @@ fn console_tail_and_follow() {
         assert!(n > 0, "stream ended: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
+}
+
+/// Waits (at most 10 s) until the instance is building: its VMM started,
+/// the start waiting for the VMM's answer.
+fn wait_building(h: &Hostd, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api(h, "GET", &format!("/instances/{id}"), "").1["state"] != "building" {
+        assert!(Instant::now() < deadline, "{id} never started building");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A delete never waits behind a stuck operation: while a start waits for a
+/// VMM that never answers (hostd would give up after a minute), a delete
+/// kills that VMM and removes the instance at once; the start then fails.
+#[test]
+fn a_delete_does_not_wait_behind_a_stuck_start() {
+    let h = start_with_stuck_vmm("");
+    let k = kernel(h.dir.path());
+    std::thread::scope(|s| {
+        let create = s.spawn(|| api(&h, "POST", "/instances", &spec("stuck-1", &k, 64)));
+        wait_building(&h, "stuck-1");
+        let t = Instant::now();
+        let (status, body) = api(&h, "DELETE", "/instances/stuck-1", "");
+        assert_eq!(status, 204, "{body}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the delete waited {:?} behind the start",
+            t.elapsed()
+        );
+        let (status, body) = create.join().unwrap();
+        assert!(
+            status >= 400,
+            "the start of a deleted instance: {status} {body}"
+        );
+    });
+    assert_eq!(api(&h, "GET", "/instances/stuck-1", "").0, 404);
+    assert_eq!(api(&h, "GET", "/instances", "").1, serde_json::json!([]));
+}
+
+/// Memory is admitted atomically across instances: of two starts racing for
+/// room for one, one is refused (409) while the other's VMM runs.
+#[test]
+fn racing_starts_never_overcommit_memory() {
+    let host_mib = vmm::config::host_memory_mib().unwrap();
+    let h = start_with_stuck_vmm(&format!("reserved_memory_mib = {}\n", host_mib - 1000));
+    let k = kernel(h.dir.path());
+    for id in ["race-a", "race-b"] {
+        let (status, body) = api(&h, "POST", "/instances?start=false", &spec(id, &k, 600));
+        assert_eq!(status, 201, "{body}");
+    }
+    let results: Vec<(u16, serde_json::Value)> = std::thread::scope(|s| {
+        let starts: Vec<_> = ["race-a", "race-b"]
+            .iter()
+            .map(|id| {
+                let h = &h;
+                s.spawn(move || api(h, "POST", &format!("/instances/{id}/actions/start"), ""))
+            })
+            .collect();
+        // Neither VMM ever answers: once one is building and the other
+        // refused, end the one building.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let list = api(&h, "GET", "/instances", "").1;
+            let building = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|i| i["state"] == "building")
+                .count();
+            assert!(building <= 1, "both admitted: {list}");
+            if building == 1 && starts.iter().any(|t| t.is_finished()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no start was refused: {list}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for id in ["race-a", "race-b"] {
+            assert_eq!(api(&h, "DELETE", &format!("/instances/{id}"), "").0, 204);
+        }
+        starts.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let refused: Vec<_> = results
+        .iter()
+        .filter(|(status, body)| {
+            *status == 409
+                && body["error"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("not enough free memory")
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{results:?}");
 }

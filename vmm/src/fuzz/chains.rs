@@ -346,6 +346,11 @@ impl Rings {
         self.set_avail_idx(mem, idx.wrapping_add(1));
     }
 
+    /// Sets the used index, as a driver recovering a device it reset does.
+    pub fn set_used_idx(&self, mem: &GuestMemoryMmap, idx: u16) {
+        mem.write_obj(idx, GuestAddress(self.used + 2)).unwrap();
+    }
+
     pub fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
         mem.read_obj(GuestAddress(self.used + 2)).unwrap()
     }

@@ -464,8 +464,8 @@ fn one(case: Case, disk_path: &std::path::Path) -> Result<(), TestCaseError> {
 }
 
 /// The worker still serves a good write and reads it back, and stops when
-/// reset. The avail index goes back to where the device stopped (`avail`, a
-/// driver recovering); the device has used `used` chains before them.
+/// reset. The avail and used indexes go back to where the device stopped
+/// (`avail`, `used`: a driver recovering).
 fn good_requests(
     case: Case,
     mem: GuestMemoryMmap,
@@ -476,6 +476,9 @@ fn good_requests(
     avail: usize,
 ) -> Result<(), TestCaseError> {
     rings.set_avail_idx(&mem, avail as u16);
+    // The used index too: a device restarted at `used` counts from there,
+    // whatever rings the guest let it overwrite say.
+    rings.set_used_idx(&mem, used);
     let driver = Driver {
         mem: mem.clone(),
         rings,
@@ -555,6 +558,42 @@ fn a_status_byte_the_guest_placed_over_the_used_ring() {
         ],
         avail: AvailSpec {
             extra_heads: vec![],
+            idx: None,
+            event_idx: false,
+        },
+        good_sector: 0,
+        good_sectors: 1,
+        seed: 0,
+    };
+    one(case, file.path()).unwrap();
+}
+
+/// Found by the next run, after the fix above: the segment, read as an
+/// indirect table, names a writable byte at address 0 (the descriptor table),
+/// with an invalid head after it. The restarted device counts used entries
+/// from where it starts; the recovering driver must too.
+#[test]
+fn a_status_byte_the_guest_placed_over_the_descriptor_table() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    file.as_file().set_len(DISK_BYTES).unwrap();
+    let mut segment = DescSpec::fresh(16, false, false).tagged(SEGMENT);
+    segment.flags = chains::F_INDIRECT;
+    let case = Case {
+        reqs: vec![Req {
+            kind: T_DISCARD,
+            sector: 0,
+            segment: (0, 1, 1_611_542_690),
+            chain: ChainSpec {
+                descs: vec![
+                    DescSpec::fresh(16, false, false).tagged(HEADER),
+                    segment,
+                    DescSpec::fresh(1, true, true),
+                ],
+                indirect: None,
+            },
+        }],
+        avail: AvailSpec {
+            extra_heads: vec![32],
             idx: None,
             event_idx: false,
         },

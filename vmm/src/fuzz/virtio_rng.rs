@@ -155,7 +155,9 @@ fn one(case: Case) -> Result<(), TestCaseError> {
     rings.write_desc(&mem, rings.desc, 1, (b, 128, 2, 0));
     // Where the device's used index stands (rings it overwrote say nothing).
     let used = if clobbered {
-        seen.len() as u16
+        let restarted_at = seen.len() as u16;
+        rings.set_used_idx(&mem, restarted_at);
+        restarted_at
     } else {
         rings.used_idx(&mem)
     };
