@@ -12,54 +12,92 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::hostd::{bootable, controller_config, Delays, StandInHostd};
-use common::{admin_token, call, start_with, wait_for_status};
+use common::{admin_token, call, start_with, wait_for_status, Controller};
 
 /// How long the stand-in takes for each action.
 const ACTION_DELAY: Duration = Duration::from_millis(600);
 
-#[test]
-fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
-    let hostd = StandInHostd::start(Delays {
-        create: Duration::ZERO,
-        action: ACTION_DELAY,
-        delete: Duration::ZERO,
-    });
-    let c = start_with(None, &controller_config());
-    hostd.register(&c);
-    let admin = admin_token(&c);
-    let t = ("X-Auth-Token", admin.as_str());
-    let (flavor, image) = bootable(&c, &admin, 1, 128);
+/// A controller with the stand-in hostd registered, and its admin's token.
+struct Cloud {
+    hostd: StandInHostd,
+    c: Controller,
+    admin: String,
+}
 
-    let r = call(
-        &c,
-        "POST",
-        "/compute/v2.1/servers",
-        &[t],
-        &format!(
-            r#"{{"server": {{"name": "vm", "imageRef": "{image}", "flavorRef": "{flavor}"}}}}"#
-        ),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    let create_request = r.header("x-openstack-request-id").unwrap().to_owned();
-    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
-    let show = || {
-        call(&c, "GET", &format!("/compute/v2.1/servers/{id}"), &[t], "").json()["server"].clone()
-    };
-    let wait = |want: &str| {
+impl Cloud {
+    fn start(delays: Delays) -> Cloud {
+        let hostd = StandInHostd::start(delays);
+        let c = start_with(None, &controller_config());
+        hostd.register(&c);
+        let admin = admin_token(&c);
+        Cloud { hostd, c, admin }
+    }
+
+    fn auth(&self) -> (&'static str, &str) {
+        ("X-Auth-Token", self.admin.as_str())
+    }
+
+    /// Creates a server of a fresh 1-vCPU flavor; returns its id and the
+    /// create's request id once it is ACTIVE.
+    fn active_server(&self) -> (String, String) {
+        let (flavor, image) = bootable(&self.c, &self.admin, 1, 128);
+        let r = call(
+            &self.c,
+            "POST",
+            "/compute/v2.1/servers",
+            &[self.auth()],
+            &format!(
+                r#"{{"server": {{"name": "vm", "imageRef": "{image}", "flavorRef": "{flavor}"}}}}"#
+            ),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        let request = r.header("x-openstack-request-id").unwrap().to_owned();
+        let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+        self.wait(&id, "ACTIVE");
+        (id, request)
+    }
+
+    fn show(&self, id: &str) -> serde_json::Value {
+        call(
+            &self.c,
+            "GET",
+            &format!("/compute/v2.1/servers/{id}"),
+            &[self.auth()],
+            "",
+        )
+        .json()["server"]
+            .clone()
+    }
+
+    /// Waits (at most 10 s) until the server shows `want` with no task.
+    fn wait(&self, id: &str, want: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let s = show();
+            let s = self.show(id);
             if s["status"] == want && s["OS-EXT-STS:task_state"].is_null() {
                 return s;
             }
             assert!(Instant::now() < deadline, "wanted {want}, have {s}");
             std::thread::sleep(Duration::from_millis(50));
         }
-    };
-    wait("ACTIVE");
+    }
+}
+
+#[test]
+fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
+    let cloud = Cloud::start(Delays {
+        create: Duration::ZERO,
+        action: ACTION_DELAY,
+        delete: Duration::ZERO,
+    });
+    let (c, admin) = (&cloud.c, cloud.admin.as_str());
+    let t = cloud.auth();
+    let (id, create_request) = cloud.active_server();
+    let show = || cloud.show(&id);
+    let wait = |want: &str| cloud.wait(&id, want);
     let act = |body: &str| {
         call(
-            &c,
+            c,
             "POST",
             &format!("/compute/v2.1/servers/{id}/action"),
             &[t],
@@ -96,7 +134,7 @@ fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
     assert_eq!(s["OS-EXT-STS:power_state"], 7);
     // The state sync keeps it SUSPENDED though hostd says paused.
     let r = call(
-        &c,
+        c,
         "POST",
         "/internal/v1/reconcilers/instance_sync/run",
         &[t],
@@ -137,7 +175,7 @@ fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
 
     // Every action, newest first, with its request id and outcome.
     let list = call(
-        &c,
+        c,
         "GET",
         &format!("/compute/v2.1/servers/{id}/os-instance-actions"),
         &[t],
@@ -159,7 +197,7 @@ fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
     assert_eq!(last["instance_uuid"], id.as_str());
     let one = |request: &str| {
         call(
-            &c,
+            c,
             "GET",
             &format!("/compute/v2.1/servers/{id}/os-instance-actions/{request}"),
             &[t],
@@ -184,7 +222,7 @@ fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
 
     assert_eq!(
         call(
-            &c,
+            c,
             "DELETE",
             &format!("/compute/v2.1/servers/{id}"),
             &[t],
@@ -194,9 +232,9 @@ fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
         204
     );
     wait_for_status(
-        &c,
+        c,
         &format!("/compute/v2.1/servers/{id}/os-instance-actions"),
-        &admin,
+        admin,
         404,
     );
 }
@@ -208,48 +246,23 @@ fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
 /// listing then arrives: the server stays ACTIVE.
 #[test]
 fn a_stale_host_listing_does_not_undo_an_action() {
-    let hostd = StandInHostd::start(Delays {
+    let cloud = Cloud::start(Delays {
         create: Duration::ZERO,
         action: Duration::ZERO,
         delete: Duration::ZERO,
     });
-    let c = start_with(None, &controller_config());
-    hostd.register(&c);
-    let admin = admin_token(&c);
-    let t = ("X-Auth-Token", admin.as_str());
-    let (flavor, image) = bootable(&c, &admin, 1, 128);
-    let r = call(
-        &c,
-        "POST",
-        "/compute/v2.1/servers",
-        &[t],
-        &format!(
-            r#"{{"server": {{"name": "vm", "imageRef": "{image}", "flavorRef": "{flavor}"}}}}"#
-        ),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
-    let show = || {
-        call(&c, "GET", &format!("/compute/v2.1/servers/{id}"), &[t], "").json()["server"].clone()
-    };
+    let (c, hostd, t) = (&cloud.c, &cloud.hostd, cloud.auth());
+    let (id, _) = cloud.active_server();
+    let show = || cloud.show(&id);
     let wait = |want: &str| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let s = show();
-            if s["status"] == want && s["OS-EXT-STS:task_state"].is_null() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "wanted {want}, have {s}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        cloud.wait(&id, want);
     };
-    wait("ACTIVE");
 
     hostd.set_state_and_hold_listings(&id, "shutoff");
     let stale = hostd.wait_held(0);
     assert_eq!(show()["status"], "ACTIVE");
     let r = call(
-        &c,
+        c,
         "POST",
         &format!("/compute/v2.1/servers/{id}/action"),
         &[t],

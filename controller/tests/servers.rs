@@ -11,6 +11,21 @@ use std::time::{Duration, Instant};
 
 use common::{call, put_bytes, start, token, wait_for_status, Controller};
 
+/// The id of the project `token` is scoped to.
+fn project_of(c: &Controller, token: &str) -> String {
+    call(
+        c,
+        "GET",
+        "/identity/v3/auth/tokens",
+        &[("X-Auth-Token", token), ("X-Subject-Token", token)],
+        "",
+    )
+    .json()["token"]["project"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// A tiny flavor and a kernel image; returns (flavor id, image id).
 fn flavor_and_image(c: &Controller, admin: &str) -> (String, String) {
     let t = ("X-Auth-Token", admin);
@@ -166,17 +181,7 @@ fn bad_requests_and_quotas() {
     assert_eq!(r.status, 400);
 
     // Quota: 2 instances for this project.
-    let project = call(
-        &c,
-        "GET",
-        "/identity/v3/auth/tokens",
-        &[t, ("X-Subject-Token", &admin)],
-        "",
-    )
-    .json()["token"]["project"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let project = project_of(&c, &admin);
     let q = call(
         &c,
         "PUT",
@@ -401,17 +406,7 @@ fn racing_creates_keep_the_quota(c: &Controller) {
     let admin = token(c, "admin", "admin-secret", "admin");
     let t = ("X-Auth-Token", admin.as_str());
     let (flavor, image) = flavor_and_image(c, &admin);
-    let project = call(
-        c,
-        "GET",
-        "/identity/v3/auth/tokens",
-        &[t, ("X-Subject-Token", &admin)],
-        "",
-    )
-    .json()["token"]["project"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let project = project_of(c, &admin);
     let q = call(
         c,
         "PUT",
