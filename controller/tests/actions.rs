@@ -26,8 +26,13 @@ struct Cloud {
 
 impl Cloud {
     fn start(delays: Delays) -> Cloud {
+        Cloud::start_with(delays, "")
+    }
+
+    /// With `extra` lines of controller configuration.
+    fn start_with(delays: Delays, extra: &str) -> Cloud {
         let hostd = StandInHostd::start(delays);
-        let c = start_with(None, &controller_config());
+        let c = start_with(None, &(controller_config() + extra));
         hostd.register(&c);
         let admin = admin_token(&c);
         Cloud { hostd, c, admin }
@@ -318,4 +323,64 @@ fn reconcilers_are_listed_and_run_on_request() {
         call(&c, "GET", "/internal/v1/reconcilers", &[], "").status,
         401
     );
+}
+
+/// A delete is not held forever by a host that is down (no heartbeat within
+/// the timeout, nothing answering): the server goes at once, and when the
+/// host comes back its orphaned instance is removed by the reaper.
+#[test]
+fn a_delete_on_a_down_host_finishes_and_the_host_is_cleaned_when_it_returns() {
+    let cloud = Cloud::start_with(
+        Delays {
+            create: Duration::ZERO,
+            action: Duration::ZERO,
+            delete: Duration::ZERO,
+        },
+        "[scheduler]\nheartbeat_timeout_secs = 1\n",
+    );
+    // Heartbeats every 200 ms while the server is made, as hostd sends them.
+    let beating = std::sync::atomic::AtomicBool::new(true);
+    let id = std::thread::scope(|s| {
+        s.spawn(|| {
+            while beating.load(std::sync::atomic::Ordering::SeqCst) {
+                cloud.hostd.register(&cloud.c);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let (id, _) = cloud.active_server();
+        beating.store(false, std::sync::atomic::Ordering::SeqCst);
+        id
+    });
+    // The host stops answering and misses its heartbeats.
+    cloud.hostd.register_at(&cloud.c, "http://127.0.0.1:1");
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = call(
+        &cloud.c,
+        "DELETE",
+        &format!("/compute/v2.1/servers/{id}"),
+        &[cloud.auth()],
+        "",
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    wait_for_status(
+        &cloud.c,
+        &format!("/compute/v2.1/servers/{id}"),
+        &cloud.admin,
+        404,
+    );
+    assert!(
+        cloud.hostd.instances().contains_key(&id),
+        "the host was down"
+    );
+    // It returns: the next sync round removes what it still runs.
+    cloud.hostd.register(&cloud.c);
+    let r = call(
+        &cloud.c,
+        "POST",
+        "/internal/v1/reconcilers/instance_sync/run",
+        &[cloud.auth()],
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(cloud.hostd.instances().is_empty(), "{}", r.body);
 }

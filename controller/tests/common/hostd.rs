@@ -89,8 +89,14 @@ impl StandInHostd {
 
     /// Registers the stand-in as a host, as hostd's heartbeat would.
     pub fn register(&self, c: &Controller) {
+        self.register_at(c, &format!("http://127.0.0.1:{}", self.port));
+    }
+
+    /// Sends the stand-in's heartbeat naming `url` as where hostd listens (one
+    /// where nothing answers makes the host unreachable).
+    pub fn register_at(&self, c: &Controller, url: &str) {
         let heartbeat = serde_json::json!({
-            "host_id": HOST_ID, "url": format!("http://127.0.0.1:{}", self.port), "cpus": 8,
+            "host_id": HOST_ID, "url": url, "cpus": 8,
             "memory_mib": 16384, "memory_usable_mib": 16000, "disk_free_mib": 100000,
             "vcpus_used": 0, "memory_used_mib": 0, "instances": self.instances().len(),
             "kvm_mode": "hardware", "version": "0.1.0",
