@@ -356,14 +356,7 @@ impl Api {
             }
         };
         let instances = self.sup.list();
-        let states = [
-            State::Building,
-            State::Running,
-            State::Paused,
-            State::Stopping,
-            State::Shutoff,
-            State::Error,
-        ];
+        let states = State::ALL;
         metric(
             "hostd_instances",
             "gauge",

@@ -46,6 +46,15 @@ pub enum State {
 }
 
 impl State {
+    pub const ALL: [State; 6] = [
+        State::Building,
+        State::Running,
+        State::Paused,
+        State::Stopping,
+        State::Shutoff,
+        State::Error,
+    ];
+
     /// Whether a VMM process belongs to this state.
     pub fn has_process(self) -> bool {
         matches!(
@@ -126,14 +135,7 @@ mod tests {
 
     #[test]
     fn states_are_lowercase_words() {
-        for s in [
-            State::Building,
-            State::Running,
-            State::Paused,
-            State::Stopping,
-            State::Shutoff,
-            State::Error,
-        ] {
+        for s in State::ALL {
             let json = serde_json::to_value(s).unwrap();
             assert_eq!(json, s.as_str());
             assert_eq!(serde_json::from_value::<State>(json).unwrap(), s);

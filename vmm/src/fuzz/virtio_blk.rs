@@ -517,47 +517,32 @@ fn virtio_blk() {
     super::run("virtio_blk", case(), |c| one(c, &path));
 }
 
-/// Found by a 46-minute run: a discard whose segment descriptor says
-/// INDIRECT, so the device reads the segment as an indirect table naming a
-/// writable buffer over the avail and used rings; the request's status byte
-/// then lands in the first used entry's head. The device did what the guest
-/// asked; the target now checks only liveness for rings a guest let the
-/// device overwrite.
-#[test]
-fn a_status_byte_the_guest_placed_over_the_used_ring() {
+/// A discard whose segment descriptor also says INDIRECT, so the device
+/// reads the segment (`segment`'s bytes) as an indirect table, after `first`
+/// requests; run through [`one`] with `extra_heads` in the avail ring.
+fn indirect_segment_case(first: Vec<Req>, segment: (u64, u32, u32), extra_heads: Vec<u16>) {
     let file = tempfile::NamedTempFile::new().unwrap();
     file.as_file().set_len(DISK_BYTES).unwrap();
-    let req = |kind, descs| Req {
-        kind,
+    let mut seg = DescSpec::fresh(16, false, false).tagged(SEGMENT);
+    seg.flags = chains::F_INDIRECT;
+    let mut reqs = first;
+    reqs.push(Req {
+        kind: T_DISCARD,
         sector: 0,
-        segment: (526, 63, 1_084_010_058),
+        segment,
         chain: ChainSpec {
-            descs,
+            descs: vec![
+                DescSpec::fresh(16, false, false).tagged(HEADER),
+                seg,
+                DescSpec::fresh(1, true, true),
+            ],
             indirect: None,
         },
-    };
-    let mut segment = DescSpec::fresh(16, false, false).tagged(SEGMENT);
-    segment.flags = chains::F_INDIRECT;
+    });
     let case = Case {
-        reqs: vec![
-            req(
-                T_IN,
-                vec![
-                    DescSpec::fresh(16, true, false).tagged(HEADER),
-                    DescSpec::fresh(1, true, true),
-                ],
-            ),
-            req(
-                T_DISCARD,
-                vec![
-                    DescSpec::fresh(16, false, false).tagged(HEADER),
-                    segment,
-                    DescSpec::fresh(1, true, true),
-                ],
-            ),
-        ],
+        reqs,
         avail: AvailSpec {
-            extra_heads: vec![],
+            extra_heads,
             idx: None,
             event_idx: false,
         },
@@ -568,38 +553,34 @@ fn a_status_byte_the_guest_placed_over_the_used_ring() {
     one(case, file.path()).unwrap();
 }
 
-/// Found by the next run, after the fix above: the segment, read as an
-/// indirect table, names a writable byte at address 0 (the descriptor table),
-/// with an invalid head after it. The restarted device counts used entries
-/// from where it starts; the recovering driver must too.
+/// Found by a 46-minute run: the segment, read as an indirect table, names a
+/// writable buffer over the avail and used rings; the request's status byte
+/// then lands in the first used entry's head. The device did what the guest
+/// asked; the target now checks only liveness for rings a guest let the
+/// device overwrite.
+#[test]
+fn a_status_byte_the_guest_placed_over_the_used_ring() {
+    // Before it, a read whose header is device-writable (refused).
+    let bad_read = Req {
+        kind: T_IN,
+        sector: 0,
+        segment: (0, 0, 0),
+        chain: ChainSpec {
+            descs: vec![
+                DescSpec::fresh(16, true, false).tagged(HEADER),
+                DescSpec::fresh(1, true, true),
+            ],
+            indirect: None,
+        },
+    };
+    indirect_segment_case(vec![bad_read], (526, 63, 1_084_010_058), vec![]);
+}
+
+/// Found by the next run, after the fix above: the table names a writable
+/// byte at address 0 (the descriptor table), with an invalid head after it.
+/// The restarted device counts used entries from where it starts; the
+/// recovering driver must too.
 #[test]
 fn a_status_byte_the_guest_placed_over_the_descriptor_table() {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    file.as_file().set_len(DISK_BYTES).unwrap();
-    let mut segment = DescSpec::fresh(16, false, false).tagged(SEGMENT);
-    segment.flags = chains::F_INDIRECT;
-    let case = Case {
-        reqs: vec![Req {
-            kind: T_DISCARD,
-            sector: 0,
-            segment: (0, 1, 1_611_542_690),
-            chain: ChainSpec {
-                descs: vec![
-                    DescSpec::fresh(16, false, false).tagged(HEADER),
-                    segment,
-                    DescSpec::fresh(1, true, true),
-                ],
-                indirect: None,
-            },
-        }],
-        avail: AvailSpec {
-            extra_heads: vec![32],
-            idx: None,
-            event_idx: false,
-        },
-        good_sector: 0,
-        good_sectors: 1,
-        seed: 0,
-    };
-    one(case, file.path()).unwrap();
+    indirect_segment_case(vec![], (0, 1, 1_611_542_690), vec![32]);
 }

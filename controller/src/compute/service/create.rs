@@ -245,8 +245,8 @@ async fn build(app: &App, id: &str) {
     let mut last = String::new();
     // A resumed build: the host it was placed on, if that host is known.
     let mut placed = match &server.host_id {
-        Some(h) => match known_host(app, h).await {
-            Some(url) => Some((h.clone(), url)),
+        Some(h) => match super::host(app, h).await {
+            Some(hostd) => Some((h.clone(), hostd)),
             None => {
                 let _ = app.scheduler.release(id, h).await;
                 None
@@ -255,11 +255,14 @@ async fn build(app: &App, id: &str) {
         None => None,
     };
     for _ in 0..MAX_ATTEMPTS {
-        let (host_id, url) = match placed.take() {
+        let (host_id, hostd) = match placed.take() {
             Some(p) => p,
             None => match app.scheduler.place(id, &demand, &tried).await {
                 // The claim recorded the host on the server.
-                Ok(h) => (h.report.host_id, h.report.url),
+                Ok(h) => {
+                    let hostd = Hostd::new(h.report.url, app.hostd_token(&h.report.host_id));
+                    (h.report.host_id, hostd)
+                }
                 Err(PlaceError::NoValidHost(why)) => {
                     let msg = if last.is_empty() {
                         format!("No valid host was found. {why}")
@@ -275,7 +278,6 @@ async fn build(app: &App, id: &str) {
                 }
             },
         };
-        let hostd = Hostd::new(url, app.hostd_token(&host_id));
         let _ = app
             .servers
             .set_state(id, "building", Some("spawning"), 0, None)
@@ -318,17 +320,6 @@ async fn build(app: &App, id: &str) {
         &format!("Exceeded maximum number of retries. {last}"),
     )
     .await;
-}
-
-/// The URL of a registered host's hostd.
-async fn known_host(app: &App, host_id: &str) -> Option<String> {
-    app.hosts
-        .list()
-        .await
-        .ok()?
-        .into_iter()
-        .find(|h| h.report.host_id == host_id)
-        .map(|h| h.report.url)
 }
 
 async fn fail(app: &App, id: &str, fault: &str) {

@@ -59,15 +59,19 @@ pub async fn visible(app: &App, ctx: &RequestContext, id: &str) -> Result<Server
 
 /// The hostd of the host a server is placed on, if that host is known.
 async fn server_host(app: &App, s: &Server) -> Option<Hostd> {
-    let host = s.host_id.as_ref()?;
+    host(app, s.host_id.as_ref()?).await
+}
+
+/// The hostd of a registered host.
+async fn host(app: &App, host_id: &str) -> Option<Hostd> {
     let url = app
         .hosts
         .list()
         .await
         .ok()?
         .into_iter()
-        .find(|h| &h.report.host_id == host)?
+        .find(|h| h.report.host_id == host_id)?
         .report
         .url;
-    Some(Hostd::new(url, app.hostd_token(host)))
+    Some(Hostd::new(url, app.hostd_token(host_id)))
 }
