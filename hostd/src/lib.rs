@@ -2,10 +2,11 @@
 //!
 //! - [`config`]: the TOML configuration, checked up front
 //! - [`instance`]: instance specs, states and records
-//! - [`store`]: the state file, replaced atomically
+//! - [`store`]: one record file per instance, each replaced atomically
 //! - [`process`]: starting, finding again and watching VMM processes
 //! - [`cgroup`]: one cgroup v2 group per VMM with its CPU and memory limits
-//! - [`supervisor`]: instance lifecycles, exit watching, re-adoption
+//! - [`supervisor`]: the registry of instances, one actor each (lifecycle,
+//!   exit watching, re-adoption), memory admission
 //! - [`api`]: the HTTP API (TCP and Unix socket, bearer token)
 //! - [`host`]: host facts: CPUs, memory, disk, KVM mode
 //! - [`registration`]: heartbeats to the controller

@@ -1,0 +1,684 @@
+//! One instance's actor: the task that owns the instance's record and its VMM.
+//!
+//! Everything that changes an instance runs in its actor, one request at a
+//! time, so no lock guards an instance's state. Requests come through a
+//! bounded queue (a full queue is refused, not waited on). Deletes and hard
+//! stops come through a second path that always wins: the caller kills the
+//! VMM at once through the actor's [`Shared`] half, so the request in
+//! progress (a start waiting on a VMM that never answers, a graceful stop)
+//! ends at once, and the actor takes the termination before any queued
+//! request, which it then refuses.
+//!
+//! Every change of the record is persisted (off the runtime's threads) before
+//! it is published to readers and announced as an event.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hyper::Method;
+use tokio::sync::{mpsc, oneshot, watch};
+use vmm::virtio::net::tap::Tap;
+
+use super::exit::{classify, last_exit_line, tail_lines};
+use super::vmm_config::{net_config, prepare_jail, vmm_config_file};
+use super::{Event, OpError, Supervisor, API_SOCKET, CONSOLE_LOG, VMM_CONFIG, VMM_LOG};
+use crate::instance::{now_secs, Instance, Process, State};
+use crate::process::{self, Exit, Launch, PidFd};
+
+/// Requests that may wait for an instance's actor; more are refused.
+pub(super) const QUEUE_DEPTH: usize = 8;
+/// How long a new VMM may take to answer on its control socket.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Grace beyond the guest's shutdown timeout before hostd kills the VMM.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long a VMM may take to die after SIGKILL.
+const DEATH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lines of console kept with an ERROR reason.
+const REASON_TAIL_LINES: usize = 5;
+
+/// A request an actor serves in turn.
+#[derive(Debug)]
+pub(super) enum Request {
+    Start,
+    /// A graceful stop: the guest is asked, and stopped hard after the timeout.
+    Stop(Option<Duration>),
+    Reboot {
+        hard: bool,
+    },
+    SetPaused(bool),
+}
+
+/// A request that ends the VMM now, ahead of every queued request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Termination {
+    HardStop,
+    Delete,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, OpError>>;
+
+struct Queued {
+    request: Request,
+    reply: Reply<Instance>,
+}
+
+struct Terminate {
+    kind: Termination,
+    reply: Reply<Instance>,
+}
+
+/// How an actor begins.
+pub(super) enum First {
+    /// A record loaded at hostd's start: take back its VMM if it still runs.
+    Adopt(oneshot::Sender<()>),
+    /// A new instance: persist it, and start it if asked.
+    Create { start: bool, reply: Reply<Instance> },
+}
+
+/// What callers outside the actor may touch: the kill switch and the memory
+/// admission flag.
+#[derive(Default)]
+pub(super) struct Shared {
+    kill: Mutex<KillSwitch>,
+    /// Memory admitted for a start in progress, counted with the running VMMs'
+    /// until the start ends (see `Supervisor::admit`).
+    pub(super) admitted: AtomicBool,
+}
+
+#[derive(Default)]
+struct KillSwitch {
+    /// Terminations asked for and not yet done: while any is, no VMM may run.
+    pending: u32,
+    vmm: Option<Arc<PidFd>>,
+    /// Set when hostd itself ends the VMM: its exit is then a SHUTOFF.
+    stop_requested: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    /// A termination begins: the VMM, if any, is killed now.
+    fn begin_termination(&self) {
+        let mut k = lock(&self.kill);
+        k.pending += 1;
+        if let Some(vmm) = k.vmm.clone() {
+            k.stop_requested = true;
+            if let Err(e) = vmm.signal(libc::SIGKILL) {
+                tracing::debug!("killing the VMM: {e}");
+            }
+        }
+    }
+
+    fn end_termination(&self) {
+        let mut k = lock(&self.kill);
+        k.pending = k.pending.saturating_sub(1);
+    }
+
+    fn terminating(&self) -> bool {
+        lock(&self.kill).pending > 0
+    }
+
+    /// Records a new VMM; kills it at once if a termination is under way.
+    fn set_vmm(&self, vmm: Arc<PidFd>) {
+        let mut k = lock(&self.kill);
+        k.stop_requested = false;
+        if k.pending > 0 {
+            k.stop_requested = true;
+            let _ = vmm.signal(libc::SIGKILL);
+        }
+        k.vmm = Some(vmm);
+    }
+
+    fn request_stop(&self) {
+        lock(&self.kill).stop_requested = true;
+    }
+
+    /// The VMM is gone; whether hostd had asked for that.
+    fn vmm_exited(&self) -> bool {
+        let mut k = lock(&self.kill);
+        k.vmm = None;
+        std::mem::take(&mut k.stop_requested)
+    }
+}
+
+/// A start's memory admission; ends when dropped.
+pub(super) struct Admitted(pub(super) Arc<Shared>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.admitted.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The supervisor's side of an actor (cheap to clone).
+#[derive(Clone)]
+pub(super) struct Handle {
+    requests: mpsc::Sender<Queued>,
+    /// Unbounded so that a termination never waits: each is one caller's
+    /// request, and the actor takes them before anything else.
+    terminations: mpsc::UnboundedSender<Terminate>,
+    pub(super) shared: Arc<Shared>,
+    /// The record as last persisted.
+    pub(super) record: watch::Receiver<Instance>,
+}
+
+impl Handle {
+    /// Queues a request and waits for its answer.
+    pub(super) async fn request(&self, request: Request) -> Result<Instance, OpError> {
+        let id = self.record.borrow().spec.id.clone();
+        let (reply, answer) = oneshot::channel();
+        match self.requests.try_send(Queued { request, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return Err(OpError::Conflict(format!(
+                    "instance {id:?} has {QUEUE_DEPTH} requests waiting; try again later"
+                )))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(OpError::NotFound(id)),
+        }
+        // No answer: the instance was deleted first.
+        answer.await.unwrap_or(Err(OpError::NotFound(id)))
+    }
+
+    /// Ends the VMM now (killing it before waiting for the actor) and then
+    /// stops or deletes the instance.
+    pub(super) async fn terminate(&self, kind: Termination) -> Result<Instance, OpError> {
+        let id = self.record.borrow().spec.id.clone();
+        let last = self.record.borrow().clone();
+        self.shared.begin_termination();
+        let (reply, answer) = oneshot::channel();
+        if self.terminations.send(Terminate { kind, reply }).is_err() {
+            self.shared.end_termination();
+            return match kind {
+                Termination::Delete => Ok(last),
+                Termination::HardStop => Err(OpError::NotFound(id)),
+            };
+        }
+        match answer.await {
+            Ok(result) => result,
+            // The actor ended without taking it: the instance is gone (a
+            // start that failed removed it), which is what a delete asks.
+            Err(_) if kind == Termination::Delete => Ok(last),
+            Err(_) => Err(OpError::NotFound(id)),
+        }
+    }
+}
+
+/// The VMM an actor runs.
+#[derive(Clone)]
+struct Running {
+    process: Process,
+    pidfd: Arc<PidFd>,
+}
+
+pub(super) struct Actor {
+    id: String,
+    sup: Arc<Supervisor>,
+    shared: Arc<Shared>,
+    record: Instance,
+    published: watch::Sender<Instance>,
+    vmm: Option<Running>,
+    requests: mpsc::Receiver<Queued>,
+    terminations: mpsc::UnboundedReceiver<Terminate>,
+}
+
+/// Starts an actor for `record`; returns its handle.
+pub(super) fn spawn(sup: Arc<Supervisor>, record: Instance, first: First) -> Handle {
+    let (requests_tx, requests) = mpsc::channel(QUEUE_DEPTH);
+    let (terminations_tx, terminations) = mpsc::unbounded_channel();
+    let (published, snapshot) = watch::channel(record.clone());
+    let shared = Arc::new(Shared::default());
+    let actor = Actor {
+        id: record.spec.id.clone(),
+        sup,
+        shared: shared.clone(),
+        record,
+        published,
+        vmm: None,
+        requests,
+        terminations,
+    };
+    tokio::spawn(actor.run(first));
+    Handle {
+        requests: requests_tx,
+        terminations: terminations_tx,
+        shared,
+        record: snapshot,
+    }
+}
+
+/// Resolves when the VMM exits; never without one.
+async fn exit_of(vmm: Option<Arc<PidFd>>) -> Exit {
+    match vmm {
+        Some(p) => p.exited().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Actor {
+    async fn run(mut self, first: First) {
+        match first {
+            First::Adopt(done) => {
+                self.adopt().await;
+                let _ = done.send(());
+            }
+            First::Create { start, reply } => {
+                self.commit().await;
+                if start {
+                    if let Err(e) = self.launch().await {
+                        // A create that cannot start leaves nothing behind.
+                        self.forget().await;
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                }
+                let _ = reply.send(Ok(self.record.clone()));
+            }
+        }
+        loop {
+            let vmm = self.vmm.as_ref().map(|r| r.pidfd.clone());
+            tokio::select! {
+                biased;
+                Some(t) = self.terminations.recv() => {
+                    let result = self.terminate(t.kind).await;
+                    self.shared.end_termination();
+                    let deleted = t.kind == Termination::Delete && result.is_ok();
+                    let _ = t.reply.send(result);
+                    if deleted {
+                        return;
+                    }
+                }
+                exit = exit_of(vmm) => self.on_exit(exit).await,
+                queued = self.requests.recv() => {
+                    let Some(q) = queued else { return };
+                    let result = self.serve(q.request).await;
+                    let _ = q.reply.send(result);
+                }
+            }
+        }
+    }
+
+    async fn serve(&mut self, request: Request) -> Result<Instance, OpError> {
+        if self.shared.terminating() {
+            return Err(OpError::Conflict(format!(
+                "instance {:?} is being stopped or deleted",
+                self.id
+            )));
+        }
+        match request {
+            Request::Start => {
+                if self.record.state.has_process() {
+                    return Err(self.conflict());
+                }
+                self.launch().await?;
+            }
+            Request::Stop(timeout) => self.stop(false, timeout).await?,
+            Request::Reboot { hard } => {
+                self.stop(hard, None).await?;
+                self.launch().await?;
+            }
+            Request::SetPaused(paused) => self.set_paused(paused).await?,
+        }
+        Ok(self.record.clone())
+    }
+
+    async fn terminate(&mut self, kind: Termination) -> Result<Instance, OpError> {
+        if self.vmm.is_some() {
+            match self.stop(true, None).await {
+                Ok(()) => {}
+                // Killed before its turn: stopped, as asked.
+                Err(OpError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if kind == Termination::Delete {
+            self.forget().await;
+            tracing::info!(instance = self.id, "deleted");
+        }
+        Ok(self.record.clone())
+    }
+
+    fn conflict(&self) -> OpError {
+        OpError::Conflict(format!(
+            "instance {:?} is {}",
+            self.id,
+            self.record.state.as_str()
+        ))
+    }
+
+    /// Persists the record (off the runtime's threads), then publishes and
+    /// announces it.
+    async fn commit(&mut self) {
+        self.record.updated_at = now_secs();
+        let store = self.sup.store.clone();
+        let record = self.record.clone();
+        match tokio::task::spawn_blocking(move || store.save(&record)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(instance = self.id, "saving the record: {e}"),
+            Err(e) => tracing::error!(instance = self.id, "saving the record: {e}"),
+        }
+        self.published.send_replace(self.record.clone());
+        let r = &self.record;
+        tracing::info!(instance = self.id, state = r.state.as_str(), reason = ?r.reason, "instance state");
+        self.sup.announce(Event {
+            instance: self.id.clone(),
+            state: r.state.as_str().to_owned(),
+            reason: r.reason.clone(),
+            at: r.updated_at,
+        });
+    }
+
+    /// Removes the instance: record, run directory, cgroup, user; then its
+    /// entry, so that its id may be used again.
+    async fn forget(&mut self) {
+        let store = self.sup.store.clone();
+        let id = self.id.clone();
+        match tokio::task::spawn_blocking(move || store.remove(&id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(instance = self.id, "removing the record: {e}"),
+            Err(e) => tracing::error!(instance = self.id, "removing the record: {e}"),
+        }
+        self.sup.forget(&self.id);
+    }
+
+    /// Starts a VMM for the instance and waits until its control API answers.
+    async fn launch(&mut self) -> Result<(), OpError> {
+        let spec = self.record.spec.clone();
+        let _admitted = self.sup.admit(&self.shared, spec.memory_mib)?;
+        let dir = self.sup.run_dir(&self.id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| OpError::Internal(format!("{}: {e}", dir.display())))?;
+        let _ = std::fs::remove_file(dir.join(API_SOCKET));
+
+        // Taps are opened here so that the VMM needs no network privileges.
+        let mut taps = Vec::new();
+        let mut nets = Vec::new();
+        for nic in &spec.nics {
+            let tap = Tap::open(&nic.tap, nic.queues.unwrap_or(1))
+                .map_err(|e| OpError::BadRequest(format!("nics: {e}")))?;
+            let fds = (0..tap.queue_count()).map(|q| tap.fd(q)).collect();
+            nets.push(net_config(nic, fds, Some(tap.queue_count() as u16)));
+            taps.push(tap);
+        }
+        let mut file = vmm_config_file(&spec, Some(&dir));
+        file.nets = (!nets.is_empty()).then_some(nets);
+        if let Some(uid) = self.sup.vmm_uid(&self.id)? {
+            if self.record.vmm_uid != Some(uid) {
+                // Saved now: the disks given to this user stay with the
+                // instance.
+                self.record.vmm_uid = Some(uid);
+                self.commit().await;
+            }
+            file.jail = Some(prepare_jail(&dir, &file, uid)?);
+        }
+        let config_path = dir.join(VMM_CONFIG);
+        let json =
+            serde_json::to_vec_pretty(&file).map_err(|e| OpError::Internal(e.to_string()))?;
+        std::fs::write(&config_path, json)
+            .map_err(|e| OpError::Internal(format!("{}: {e}", config_path.display())))?;
+
+        let cgroup_procs = self.sup.cgroup_for(&self.id, &spec)?;
+        let log_path = dir.join(VMM_LOG);
+        // One log per VMM run (the previous one kept as .1): an exit is judged
+        // by the last line of its own run's log, never an earlier run's.
+        let _ = std::fs::rename(&log_path, dir.join(format!("{VMM_LOG}.1")));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| OpError::Internal(format!("{}: {e}", log_path.display())))?;
+        let inherit = taps
+            .iter()
+            .flat_map(|t| (0..t.queue_count()).map(|q| t.fd(q)))
+            .collect();
+        let binary = &self.sup.config.vmm_binary;
+        let launched = process::spawn(Launch {
+            binary,
+            args: vec!["--config".into(), config_path.display().to_string()],
+            log,
+            cgroup_procs,
+            inherit,
+        })
+        .map_err(|e| OpError::Internal(format!("starting {}: {e}", binary.display())))?;
+        // The VMM holds its own copies of the tap queues now.
+        drop(taps);
+        self.sup.counters.vmm_starts.fetch_add(1, Ordering::Relaxed);
+        let pidfd = match PidFd::open(launched.pid) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                // Not watchable, so not ours to keep.
+                // SAFETY: kill takes a pid and a signal; the child was just
+                // started by us and has not been reaped, so the pid is its.
+                unsafe { libc::kill(launched.pid, libc::SIGKILL) };
+                return Err(OpError::Internal(format!("pidfd_open: {e}")));
+            }
+        };
+        self.vmm = Some(Running {
+            process: launched,
+            pidfd: pidfd.clone(),
+        });
+        // Killed here at once if a delete or hard stop came meanwhile.
+        self.shared.set_vmm(pidfd.clone());
+        self.record.state = State::Building;
+        self.record.reason = None;
+        self.record.process = Some(launched);
+        self.record.starts += 1;
+        self.commit().await;
+
+        // Ready when the control API answers; an early exit ends the wait.
+        let socket = dir.join(API_SOCKET);
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            let probe = vmm::api_client::request_within(
+                Duration::from_secs(2),
+                &socket,
+                Method::GET,
+                "/vm",
+                None,
+            );
+            let answer = tokio::select! {
+                exit = pidfd.exited() => return Err(self.exited_while_starting(exit).await),
+                answer = probe => answer,
+            };
+            if let Ok((200, body)) = answer {
+                let paused = String::from_utf8_lossy(&body).contains("\"state\":\"paused\"");
+                self.record.state = if paused {
+                    State::Paused
+                } else {
+                    State::Running
+                };
+                self.commit().await;
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _ = pidfd.signal(libc::SIGKILL);
+                if let Ok(exit) = tokio::time::timeout(DEATH_TIMEOUT, pidfd.exited()).await {
+                    self.on_exit(exit).await;
+                }
+                return Err(OpError::Internal(format!(
+                    "the VMM did not answer on {} within {READY_TIMEOUT:?}",
+                    socket.display()
+                )));
+            }
+            tokio::select! {
+                exit = pidfd.exited() => return Err(self.exited_while_starting(exit).await),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    }
+
+    async fn exited_while_starting(&mut self, exit: Exit) -> OpError {
+        self.on_exit(exit).await;
+        let reason = self.record.reason.clone().unwrap_or_default();
+        OpError::Internal(format!("the VMM exited while starting: {reason}"))
+    }
+
+    /// Records how the VMM ended.
+    async fn on_exit(&mut self, exit: Exit) {
+        self.vmm = None;
+        let requested = self.shared.vmm_exited();
+        let dir = self.sup.run_dir(&self.id);
+        let last = last_exit_line(&dir.join(VMM_LOG));
+        let (state, reason) = classify(requested, &exit, last.as_deref());
+        let counters = &self.sup.counters;
+        let reason = if state == State::Error {
+            counters.vmm_exits_failed.fetch_add(1, Ordering::Relaxed);
+            let console = tail_lines(&dir.join(CONSOLE_LOG), REASON_TAIL_LINES).join("\n");
+            format!("{reason}\nconsole:\n{console}")
+        } else {
+            counters.vmm_exits_clean.fetch_add(1, Ordering::Relaxed);
+            reason
+        };
+        self.sup.remove_cgroup(&self.id);
+        self.record.state = state;
+        self.record.reason = Some(reason);
+        self.record.process = None;
+        self.commit().await;
+    }
+
+    /// Takes back a VMM that was running when hostd last stopped.
+    async fn adopt(&mut self) {
+        let Some(process) = self
+            .record
+            .process
+            .filter(|_| self.record.state.has_process())
+        else {
+            return;
+        };
+        let run_dir = self.sup.run_dir(&self.id);
+        let ours = process::is_alive(&process)
+            && std::fs::read(format!("/proc/{}/cmdline", process.pid))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*run_dir.to_string_lossy()));
+        let Some(pidfd) = ours.then(|| PidFd::open(process.pid).ok()).flatten() else {
+            // Gone, or the pid is another process's now: its status is unknown.
+            self.on_exit(Exit::Unknown).await;
+            return;
+        };
+        let pidfd = Arc::new(pidfd);
+        self.vmm = Some(Running {
+            process,
+            pidfd: pidfd.clone(),
+        });
+        self.shared.set_vmm(pidfd);
+        self.sup.counters.adopted.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            instance = self.id,
+            pid = process.pid,
+            "re-adopted a running VMM"
+        );
+        let now = match vmm::api_client::request_within(
+            Duration::from_secs(5),
+            &run_dir.join(API_SOCKET),
+            Method::GET,
+            "/vm",
+            None,
+        )
+        .await
+        {
+            Ok((200, body)) if String::from_utf8_lossy(&body).contains("\"state\":\"paused\"") => {
+                State::Paused
+            }
+            Ok((200, _)) => State::Running,
+            _ => self.record.state,
+        };
+        self.record.state = now;
+        self.commit().await;
+    }
+
+    /// Stops the VMM: gracefully (the guest is asked to shut down, and stopped
+    /// hard after the timeout) or at once.
+    async fn stop(&mut self, hard: bool, timeout: Option<Duration>) -> Result<(), OpError> {
+        let Some(running) = self.vmm.clone() else {
+            return Err(self.conflict());
+        };
+        let timeout = timeout.unwrap_or(self.sup.config.stop_timeout);
+        self.shared.request_stop();
+        self.record.state = State::Stopping;
+        self.commit().await;
+        let mut graceful = !hard;
+        if graceful {
+            let socket = self.sup.run_dir(&self.id).join(API_SOCKET);
+            let body = format!(r#"{{"timeout_ms": {}}}"#, timeout.as_millis());
+            let ask = vmm::api_client::request_within(
+                Duration::from_secs(10),
+                &socket,
+                Method::PUT,
+                "/vm/actions/shutdown",
+                Some(&body),
+            );
+            graceful = tokio::select! {
+                exit = running.pidfd.exited() => {
+                    self.on_exit(exit).await;
+                    return Ok(());
+                }
+                answer = ask => matches!(answer, Ok((202, _))),
+            };
+        }
+        let wait = if graceful {
+            timeout + KILL_GRACE
+        } else {
+            Duration::ZERO
+        };
+        let exit = match tokio::time::timeout(wait, running.pidfd.exited()).await {
+            Ok(exit) => exit,
+            Err(_) => {
+                if let Err(e) = running.pidfd.signal(libc::SIGKILL) {
+                    tracing::warn!(instance = self.id, "killing the VMM: {e}");
+                }
+                match tokio::time::timeout(DEATH_TIMEOUT, running.pidfd.exited()).await {
+                    Ok(exit) => exit,
+                    Err(_) => {
+                        return Err(OpError::Internal(format!(
+                            "the VMM (pid {}) did not end within {DEATH_TIMEOUT:?} of SIGKILL",
+                            running.process.pid
+                        )))
+                    }
+                }
+            }
+        };
+        self.on_exit(exit).await;
+        Ok(())
+    }
+
+    /// Pauses or resumes the guest's vCPUs.
+    async fn set_paused(&mut self, paused: bool) -> Result<(), OpError> {
+        let (from, to, word) = if paused {
+            (State::Running, State::Paused, "paused")
+        } else {
+            (State::Paused, State::Running, "running")
+        };
+        if self.record.state != from {
+            return Err(OpError::Conflict(format!(
+                "instance {:?} is {}, not {}",
+                self.id,
+                self.record.state.as_str(),
+                from.as_str()
+            )));
+        }
+        let socket = self.sup.run_dir(&self.id).join(API_SOCKET);
+        let body = format!(r#"{{"state": "{word}"}}"#);
+        match vmm::api_client::request_within(
+            Duration::from_secs(10),
+            &socket,
+            Method::PUT,
+            "/vm/state",
+            Some(&body),
+        )
+        .await
+        {
+            Ok((204, _)) => {
+                self.record.state = to;
+                self.commit().await;
+                Ok(())
+            }
+            Ok((code, body)) => Err(OpError::Internal(format!(
+                "VMM answered {code}: {}",
+                String::from_utf8_lossy(&body)
+            ))),
+            Err(e) => Err(OpError::Internal(e.to_string())),
+        }
+    }
+}

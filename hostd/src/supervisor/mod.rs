@@ -1,0 +1,446 @@
+//! The supervisor: the registry of instances, each run by its own actor
+//! ([`actor`]), and what instances share: the host's memory (admission), the
+//! jail users, the state store, the event stream and the counters.
+//!
+//! - [`actor`]: one task per instance, owning its record and its VMM
+//! - [`vmm_config`]: the VMM's configuration file and jail for an instance
+//! - [`exit`]: what a VMM's exit means for its instance
+//!
+//! A VMM's exit is noticed through its pidfd the moment it happens. Every
+//! change of a record is written to the store before it is announced, so a
+//! hostd killed at any point comes back with a view it can re-adopt from.
+
+mod actor;
+mod exit;
+mod vmm_config;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hyper::Method;
+use serde::Serialize;
+use tokio::sync::{broadcast, oneshot};
+use vmm::config::VmConfig;
+
+use self::actor::{Admitted, First, Handle, Request, Shared, Termination};
+use crate::cgroup::CgroupRoot;
+use crate::config::Config;
+use crate::instance::{now_secs, Instance, InstanceSpec, State};
+use crate::store::Store;
+
+pub use self::exit::tail_lines;
+
+const CONSOLE_LOG: &str = "console.log";
+const VMM_LOG: &str = "vmm.log";
+const API_SOCKET: &str = "api.sock";
+const VMM_CONFIG: &str = "vmm.json";
+/// The empty directory a jailed VMM mounts its root on (in its own mount
+/// namespace; nothing appears here on the host).
+const JAIL_ROOT: &str = "jail";
+
+/// A client-visible failure, mapped to an HTTP status by the API.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no instance {0:?}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A state change, as the event stream carries it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    pub instance: String,
+    /// An instance state, or "deleted".
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub at: u64,
+}
+
+/// Counters for /metrics.
+#[derive(Default)]
+pub struct Counters {
+    pub vmm_starts: AtomicU64,
+    pub vmm_exits_clean: AtomicU64,
+    pub vmm_exits_failed: AtomicU64,
+    pub adopted: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub struct Supervisor {
+    pub config: Config,
+    store: Arc<Store>,
+    cgroups: Option<CgroupRoot>,
+    instances: Mutex<BTreeMap<String, Handle>>,
+    /// Jail users by instance: a user stays with its instance for the
+    /// instance's life (its writable disks belong to that user).
+    vmm_uids: Mutex<BTreeMap<u32, String>>,
+    events: broadcast::Sender<Event>,
+    pub counters: Counters,
+    /// This supervisor, for the actors it starts.
+    me: std::sync::Weak<Supervisor>,
+    images: crate::images::ImageCache,
+}
+
+impl Supervisor {
+    /// Loads the saved instances and re-adopts the VMMs still running.
+    pub async fn start(config: Config) -> anyhow::Result<Arc<Supervisor>> {
+        let store = Store::open(&config.state_dir)?;
+        let cgroups = match &config.cgroup_root {
+            Some(root) => match CgroupRoot::init(root) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!("running VMMs without cgroup limits: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
+        let (events, _) = broadcast::channel(1024);
+        let images = crate::images::ImageCache::new(
+            config.state_dir.join("images"),
+            config.controller.clone(),
+        )?;
+        let records = store.load()?;
+        for orphan in store.remove_orphan_run_dirs(&records) {
+            tracing::warn!(
+                instance = orphan,
+                "removed the run directory of a deleted instance"
+            );
+        }
+        let sup = Arc::new_cyclic(|me| Supervisor {
+            images,
+            config,
+            store: Arc::new(store),
+            cgroups,
+            instances: Mutex::new(BTreeMap::new()),
+            vmm_uids: Mutex::new(
+                records
+                    .iter()
+                    .filter_map(|r| Some((r.vmm_uid?, r.spec.id.clone())))
+                    .collect(),
+            ),
+            events,
+            counters: Counters::default(),
+            me: me.clone(),
+        });
+        let mut adopted = Vec::new();
+        for record in records {
+            let id = record.spec.id.clone();
+            let (done, wait) = oneshot::channel();
+            let handle = actor::spawn(sup.clone(), record, First::Adopt(done));
+            lock(&sup.instances).insert(id, handle);
+            adopted.push(wait);
+        }
+        for wait in adopted {
+            let _ = wait.await;
+        }
+        Ok(sup)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn announce(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    pub fn cgroups_enabled(&self) -> bool {
+        self.cgroups.is_some()
+    }
+
+    /// A handle's parts needed to talk to its actor, without holding the
+    /// registry's lock across the wait.
+    fn handle<T>(&self, id: &str, f: impl FnOnce(&Handle) -> T) -> Result<T, OpError> {
+        lock(&self.instances)
+            .get(id)
+            .map(f)
+            .ok_or_else(|| OpError::NotFound(id.to_owned()))
+    }
+
+    pub fn list(&self) -> Vec<Instance> {
+        lock(&self.instances)
+            .values()
+            .map(|h| h.record.borrow().clone())
+            .collect()
+    }
+
+    pub fn show(&self, id: &str) -> Result<Instance, OpError> {
+        self.handle(id, |h| h.record.borrow().clone())
+    }
+
+    pub fn run_dir(&self, id: &str) -> PathBuf {
+        self.store.run_dir(id)
+    }
+
+    /// vCPUs and MiB held by instances that have a VMM.
+    pub fn used(&self) -> (u64, u64) {
+        Self::used_by(&lock(&self.instances))
+    }
+
+    /// vCPUs and MiB of the instances with a VMM, or admitted to start one.
+    fn used_by(instances: &BTreeMap<String, Handle>) -> (u64, u64) {
+        instances.values().fold((0, 0), |(c, m), h| {
+            let r = h.record.borrow();
+            if r.state.has_process() || h.shared.admitted.load(Ordering::SeqCst) {
+                (
+                    c + u64::from(r.spec.vcpus),
+                    m + u64::from(r.spec.memory_mib),
+                )
+            } else {
+                (c, m)
+            }
+        })
+    }
+
+    /// Admits `memory_mib` for an instance's start against the host's free
+    /// memory, counting every instance with a VMM or admitted to start one;
+    /// checking and admitting are one step under the registry's lock, so two
+    /// starts cannot both take the last room. The admission ends when the
+    /// returned guard drops (the start then runs a VMM, which counts, or
+    /// failed).
+    fn admit(&self, shared: &Arc<Shared>, memory_mib: u32) -> Result<Admitted, OpError> {
+        let instances = lock(&self.instances);
+        let (_, used_mib) = Self::used_by(&instances);
+        let host_mib = vmm::config::host_memory_mib().unwrap_or(0);
+        let free = host_mib
+            .saturating_sub(self.config.reserved_memory_mib)
+            .saturating_sub(used_mib);
+        if u64::from(memory_mib) > free {
+            return Err(OpError::Conflict(format!(
+                "not enough free memory: {memory_mib} MiB asked, {free} MiB free"
+            )));
+        }
+        shared.admitted.store(true, Ordering::SeqCst);
+        Ok(Admitted(shared.clone()))
+    }
+
+    /// The user the instance's VMM runs as: the one it has, or the lowest no
+    /// other instance holds. None when VMMs are not jailed.
+    fn vmm_uid(&self, id: &str) -> Result<Option<u32>, OpError> {
+        let Some(base) = self.config.vmm_uid_base else {
+            return Ok(None);
+        };
+        let mut uids = lock(&self.vmm_uids);
+        if let Some((&uid, _)) = uids.iter().find(|(_, owner)| *owner == id) {
+            return Ok(Some(uid));
+        }
+        let uid = (base..base + crate::config::MAX_JAILED_VMMS)
+            .find(|u| !uids.contains_key(u))
+            .ok_or_else(|| {
+                OpError::Conflict(format!(
+                    "all {} VMM users are taken",
+                    crate::config::MAX_JAILED_VMMS
+                ))
+            })?;
+        uids.insert(uid, id.to_owned());
+        Ok(Some(uid))
+    }
+
+    /// The instance's cgroup, readied for a VMM: its `cgroup.procs`.
+    fn cgroup_for(&self, id: &str, spec: &InstanceSpec) -> Result<Option<std::fs::File>, OpError> {
+        let Some(c) = &self.cgroups else {
+            return Ok(None);
+        };
+        let limit = (u64::from(spec.memory_mib) + self.config.vmm_overhead_mib) << 20;
+        c.prepare(id, spec.vcpus, limit)
+            .map(Some)
+            .map_err(|e| OpError::Internal(e.to_string()))
+    }
+
+    fn remove_cgroup(&self, id: &str) {
+        if let Some(c) = &self.cgroups {
+            c.remove(id);
+        }
+    }
+
+    /// Drops a removed instance (its record is gone) from the registry.
+    fn forget(&self, id: &str) {
+        self.remove_cgroup(id);
+        lock(&self.vmm_uids).retain(|_, owner| owner != id);
+        lock(&self.instances).remove(id);
+        self.announce(Event {
+            instance: id.to_owned(),
+            state: "deleted".into(),
+            reason: None,
+            at: now_secs(),
+        });
+    }
+
+    /// Checks a spec the way the VMM will, without starting anything.
+    fn check_spec(&self, spec: &InstanceSpec) -> Result<(), OpError> {
+        spec.check().map_err(OpError::BadRequest)?;
+        let host_mib = vmm::config::host_memory_mib()
+            .map_err(|e| OpError::Internal(format!("reading host memory: {e}")))?;
+        let usable = host_mib.saturating_sub(self.config.reserved_memory_mib);
+        if u64::from(spec.memory_mib) > usable {
+            return Err(OpError::BadRequest(format!(
+                "memory_mib: {} MiB is more than this host offers ({usable} MiB)",
+                spec.memory_mib
+            )));
+        }
+        let mut file = vmm_config::vmm_config_file(spec, None);
+        file.nets = Some(
+            spec.nics
+                .iter()
+                .map(|n| vmm_config::net_config(n, vec![], None))
+                .collect(),
+        );
+        VmConfig::validate(file, host_mib).map_err(|e| OpError::BadRequest(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Replaces image ids in a spec by the cached files they name.
+    async fn resolve_images(&self, spec: &mut InstanceSpec) -> Result<(), OpError> {
+        let fetch =
+            |id: String| async move { self.images.fetch(&id).await.map_err(OpError::Internal) };
+        if let Some(id) = spec.kernel_image.take() {
+            spec.kernel = Some(fetch(id).await?);
+        }
+        if let Some(id) = spec.initramfs_image.take() {
+            spec.initramfs = Some(fetch(id).await?);
+        }
+        for id in std::mem::take(&mut spec.disk_images) {
+            let path = fetch(id).await?;
+            spec.disks.push(vmm::config::DiskConfig {
+                path,
+                // Shared by every instance of the image.
+                read_only: true,
+                serial: None,
+                direct: false,
+                queues: None,
+                rate_limit: Default::default(),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn create(&self, mut spec: InstanceSpec, start: bool) -> Result<Instance, OpError> {
+        let exists = |id: &str| OpError::Conflict(format!("instance {id:?} already exists"));
+        spec.check().map_err(OpError::BadRequest)?;
+        if lock(&self.instances).contains_key(&spec.id) {
+            return Err(exists(&spec.id));
+        }
+        self.resolve_images(&mut spec).await?;
+        self.check_spec(&spec)?;
+        let me = self
+            .me
+            .upgrade()
+            .ok_or_else(|| OpError::Internal("hostd is shutting down".into()))?;
+        let now = now_secs();
+        let id = spec.id.clone();
+        let record = Instance {
+            spec,
+            state: State::Shutoff,
+            reason: None,
+            process: None,
+            created_at: now,
+            updated_at: now,
+            starts: 0,
+            vmm_uid: None,
+        };
+        let (reply, answer) = oneshot::channel();
+        {
+            let mut instances = lock(&self.instances);
+            if instances.contains_key(&id) {
+                return Err(exists(&id));
+            }
+            let handle = actor::spawn(me, record, First::Create { start, reply });
+            instances.insert(id.clone(), handle);
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(OpError::Internal(format!("instance {id:?}: actor ended"))))
+    }
+
+    /// Queues a request for the instance's actor and waits for its answer.
+    async fn request(&self, id: &str, request: Request) -> Result<Instance, OpError> {
+        // The handle's senders are cloned out so that no lock is held while
+        // waiting.
+        let handle = self.handle(id, Handle::clone)?;
+        handle.request(request).await
+    }
+
+    pub async fn start_instance(&self, id: &str) -> Result<Instance, OpError> {
+        self.request(id, Request::Start).await
+    }
+
+    /// Stops the instance's VMM: gracefully (the guest is asked to shut down,
+    /// and stopped hard after the timeout) or at once. A hard stop never waits
+    /// behind a request in progress.
+    pub async fn stop(
+        &self,
+        id: &str,
+        hard: bool,
+        timeout: Option<Duration>,
+    ) -> Result<Instance, OpError> {
+        if hard {
+            let handle = self.handle(id, Handle::clone)?;
+            return handle.terminate(Termination::HardStop).await;
+        }
+        self.request(id, Request::Stop(timeout)).await
+    }
+
+    pub async fn reboot(&self, id: &str, hard: bool) -> Result<Instance, OpError> {
+        self.request(id, Request::Reboot { hard }).await
+    }
+
+    /// Pauses or resumes the guest's vCPUs.
+    pub async fn set_paused(&self, id: &str, paused: bool) -> Result<Instance, OpError> {
+        self.request(id, Request::SetPaused(paused)).await
+    }
+
+    /// Deletes the instance; never waits behind a request in progress.
+    pub async fn delete(&self, id: &str) -> Result<(), OpError> {
+        let handle = self.handle(id, Handle::clone)?;
+        handle.terminate(Termination::Delete).await.map(|_| ())
+    }
+
+    /// The last `n` lines of the instance's console.
+    pub fn console_tail(&self, id: &str, n: usize) -> Result<Vec<String>, OpError> {
+        self.handle(id, |_| ())?;
+        Ok(tail_lines(&self.run_dir(id).join(CONSOLE_LOG), n))
+    }
+
+    pub fn console_path(&self, id: &str) -> Result<PathBuf, OpError> {
+        self.handle(id, |_| ())?;
+        Ok(self.run_dir(id).join(CONSOLE_LOG))
+    }
+
+    /// The VMM's own metrics (exits, memory), as JSON.
+    pub async fn vmm_metrics(&self, id: &str) -> Result<serde_json::Value, OpError> {
+        if !self.show(id)?.state.has_process() {
+            return Err(OpError::Conflict(format!(
+                "instance {id:?} has no running VMM"
+            )));
+        }
+        let socket = self.run_dir(id).join(API_SOCKET);
+        match vmm::api_client::request_within(
+            Duration::from_secs(5),
+            &socket,
+            Method::GET,
+            "/metrics",
+            None,
+        )
+        .await
+        {
+            Ok((200, body)) => {
+                serde_json::from_slice(&body).map_err(|e| OpError::Internal(e.to_string()))
+            }
+            Ok((code, _)) => Err(OpError::Internal(format!("VMM answered {code}"))),
+            Err(e) => Err(OpError::Internal(e.to_string())),
+        }
+    }
+}

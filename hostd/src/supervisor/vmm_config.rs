@@ -1,0 +1,142 @@
+//! The VMM's configuration file for an instance, and the jail's share of it.
+
+use std::path::Path;
+
+use vmm::config::{ConfigFile, NetConfig, RebootPolicy, SerialConfig, SerialMode};
+
+use super::{OpError, API_SOCKET, CONSOLE_LOG, JAIL_ROOT};
+use crate::instance::InstanceSpec;
+
+/// Readies the jail of a VMM that runs as `uid`: an empty directory in its run
+/// directory `dir` to mount its root on, and its writable disks given to it.
+pub(super) fn prepare_jail(
+    dir: &Path,
+    file: &ConfigFile,
+    uid: u32,
+) -> Result<vmm::jail::JailConfig, OpError> {
+    let root = dir.join(JAIL_ROOT);
+    std::fs::create_dir_all(&root)
+        .map_err(|e| OpError::Internal(format!("{}: {e}", root.display())))?;
+    for disk in file.disks.iter().flatten().filter(|d| !d.read_only) {
+        give_disk(&disk.path, uid).map_err(|e| {
+            OpError::BadRequest(format!(
+                "disk {}: giving it to the VMM's user: {e}",
+                disk.path.display()
+            ))
+        })?;
+    }
+    Ok(vmm::jail::JailConfig {
+        uid,
+        gid: uid,
+        root,
+    })
+}
+
+/// Makes a writable disk the jailed VMM's: the file itself (a symlink is
+/// refused, not followed), and only a regular file or a block device. A disk
+/// belongs to one instance at a time; it keeps this owner after the instance.
+fn give_disk(path: &Path, uid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() && !kind.is_block_device() {
+        return Err(std::io::Error::other("not a regular file or block device"));
+    }
+    std::os::unix::fs::fchown(&file, Some(uid), Some(uid))
+}
+
+/// The VMM configuration for an instance; with a run directory, its console,
+/// control socket and reboot policy too.
+pub(super) fn vmm_config_file(spec: &InstanceSpec, dir: Option<&Path>) -> ConfigFile {
+    let mut disks = Vec::new();
+    let mut cmdline = spec.cmdline.clone().unwrap_or_default();
+    if let Some(boot) = &spec.boot_disk {
+        disks.push(vmm::config::DiskConfig {
+            path: boot.clone(),
+            read_only: false,
+            serial: None,
+            direct: true,
+            queues: None,
+            rate_limit: Default::default(),
+        });
+        cmdline = format!("{cmdline} root=/dev/vda").trim().to_owned();
+    }
+    disks.extend(spec.disks.iter().cloned());
+    ConfigFile {
+        kernel: spec.kernel.clone(),
+        initramfs: spec.initramfs.clone(),
+        cmdline: Some(cmdline),
+        vcpus: Some(spec.vcpus),
+        memory_mib: Some(spec.memory_mib),
+        serial: Some(match dir {
+            Some(d) => SerialConfig {
+                mode: SerialMode::File,
+                path: Some(d.join(CONSOLE_LOG)),
+            },
+            None => SerialConfig {
+                mode: SerialMode::Off,
+                path: None,
+            },
+        }),
+        api_socket: dir.map(|d| d.join(API_SOCKET)),
+        // A guest reboot stays inside the VMM: the instance keeps running.
+        on_reboot: Some(RebootPolicy::Restart),
+        rng: None,
+        disks: (!disks.is_empty()).then_some(disks),
+        nets: None,
+        // The VMM's default, enforce; VIRGA_VMM_SECCOMP=log in hostd's
+        // environment reaches every VMM it starts (diagnosis).
+        seccomp: None,
+        // Set by `launch` when VMMs are jailed.
+        jail: None,
+    }
+}
+
+pub(super) fn net_config(
+    nic: &crate::instance::NicSpec,
+    fds: Vec<i32>,
+    queues: Option<u16>,
+) -> NetConfig {
+    NetConfig {
+        tap: fds.is_empty().then(|| nic.tap.clone()),
+        fds,
+        queues: queues.or(nic.queues),
+        mac: nic.mac.clone(),
+        vhost: nic.vhost,
+        rate_limit: nic.rate_limit,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn vmm_configs() {
+        let spec = InstanceSpec {
+            id: "a".into(),
+            vcpus: 2,
+            memory_mib: 256,
+            kernel: Some("/k".into()),
+            kernel_image: None,
+            initramfs_image: None,
+            disk_images: vec![],
+            initramfs: None,
+            cmdline: Some("console=ttyS0".into()),
+            boot_disk: Some("/img".into()),
+            disks: vec![],
+            nics: vec![],
+            metadata: Default::default(),
+        };
+        let f = vmm_config_file(&spec, Some(Path::new("/run/x")));
+        assert_eq!(f.cmdline.as_deref(), Some("console=ttyS0 root=/dev/vda"));
+        assert_eq!(f.disks.unwrap()[0].path, PathBuf::from("/img"));
+        assert_eq!(f.api_socket, Some(PathBuf::from("/run/x/api.sock")));
+        assert_eq!(f.on_reboot, Some(RebootPolicy::Restart));
+    }
+}

@@ -1,0 +1,287 @@
+//! Instance lifecycles in hostd, each instance run by its actor, against the
+//! stand-in VMM (`virga-fake-vmm`), which serves the control socket without
+//! KVM: start, pause, stop, reboot, crash, re-adoption after a kill -9, and a
+//! delete or hard stop that never waits behind a request in progress.
+
+// Test helpers fail the test on any unexpected error.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn action(h: &Hostd, id: &str, action: &str, body: &str) -> (u16, serde_json::Value) {
+    api(
+        h,
+        "POST",
+        &format!("/instances/{id}/actions/{action}"),
+        body,
+    )
+}
+
+fn message(body: &serde_json::Value) -> &str {
+    body["error"]["message"].as_str().unwrap_or("")
+}
+
+#[test]
+fn an_instance_goes_through_its_lifecycle() {
+    let h = start_with_fake_vmm("");
+    let k = kernel(h.dir.path());
+    let (status, created) = api(&h, "POST", "/instances", &fake_spec("life-1", &k, 64, ""));
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["state"], "running");
+    assert_eq!(created["starts"], 1);
+
+    let (status, paused) = action(&h, "life-1", "pause", "");
+    assert_eq!(
+        (status, &paused["state"]),
+        (200, &"paused".into()),
+        "{paused}"
+    );
+    assert_eq!(action(&h, "life-1", "pause", "").0, 409);
+    assert_eq!(action(&h, "life-1", "resume", "").1["state"], "running");
+
+    let (status, metrics) = api(&h, "GET", "/instances/life-1/metrics", "");
+    assert_eq!((status, metrics), (200, serde_json::json!({"fake": true})));
+    let (_, console) = call(
+        &h,
+        "GET",
+        "/instances/life-1/console?tail=5",
+        Some(TOKEN),
+        "",
+    );
+    assert!(console.contains("fake guest: booted"), "{console}");
+
+    // A graceful stop: the guest powers off when asked.
+    let (status, stopped) = action(&h, "life-1", "stop", "");
+    assert_eq!(status, 200, "{stopped}");
+    assert_eq!(stopped["state"], "shutoff");
+    assert_eq!(stopped["reason"], "stopped: guest powered off");
+    assert_eq!(action(&h, "life-1", "stop", "").0, 409);
+
+    assert_eq!(action(&h, "life-1", "start", "").1["state"], "running");
+    assert_eq!(action(&h, "life-1", "start", "").0, 409);
+    let (status, rebooted) = action(&h, "life-1", "reboot", r#"{"hard": true}"#);
+    assert_eq!(status, 200, "{rebooted}");
+    assert_eq!(rebooted["state"], "running");
+    assert_eq!(rebooted["starts"], 3);
+
+    assert_eq!(api(&h, "DELETE", "/instances/life-1", "").0, 204);
+    assert_eq!(api(&h, "GET", "/instances/life-1", "").0, 404);
+    let state = h.dir.path().join("state");
+    assert!(!state.join("instances/life-1").exists());
+    assert!(!state.join("records/life-1.json").exists());
+    // The id may be used again at once.
+    let (status, again) = api(&h, "POST", "/instances", &fake_spec("life-1", &k, 64, ""));
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(api(&h, "DELETE", "/instances/life-1", "").0, 204);
+}
+
+#[test]
+fn a_vmm_that_fails_leaves_its_instance_in_error_with_the_reason() {
+    let h = start_with_fake_vmm("");
+    let k = kernel(h.dir.path());
+    let spec = fake_spec("crash-1", &k, 64, "fake.crash_after_ms=300");
+    assert_eq!(api(&h, "POST", "/instances", &spec).0, 201);
+    let record = wait_state(&h, "crash-1", "error");
+    let reason = record["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("VMM exited with status 3: guest triple fault (fake)"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("fake guest: booted"),
+        "the console's tail: {reason}"
+    );
+    let (_, metrics) = call(&h, "GET", "/metrics", Some(TOKEN), "");
+    assert!(
+        metrics.contains("hostd_vmm_exits_total{outcome=\"error\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// A hard stop is not queued behind a graceful stop that waits for a guest
+/// ignoring the power button (for a minute here): the VMM goes at once, and
+/// the graceful stop ends too.
+#[test]
+fn a_hard_stop_does_not_wait_behind_a_graceful_stop() {
+    let h = start_with_fake_vmm("");
+    let k = kernel(h.dir.path());
+    let spec = fake_spec("deaf-1", &k, 64, "fake.ignore_shutdown");
+    assert_eq!(api(&h, "POST", "/instances", &spec).0, 201);
+    std::thread::scope(|s| {
+        let graceful = s.spawn(|| action(&h, "deaf-1", "stop", r#"{"timeout_ms": 60000}"#));
+        wait_state(&h, "deaf-1", "stopping");
+        let t = Instant::now();
+        let (status, body) = action(&h, "deaf-1", "stop", r#"{"hard": true}"#);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["state"], "shutoff");
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        let (status, body) = graceful.join().unwrap();
+        assert_eq!((status, &body["state"]), (200, &"shutoff".into()), "{body}");
+    });
+    assert_eq!(api(&h, "DELETE", "/instances/deaf-1", "").0, 204);
+}
+
+/// A delete never waits behind a stuck operation: while a start waits for a
+/// VMM that never answers (hostd would give up after a minute), a delete
+/// kills that VMM and removes the instance at once; the start then fails.
+#[test]
+fn a_delete_does_not_wait_behind_a_stuck_start() {
+    let h = start_with_fake_vmm("");
+    let k = kernel(h.dir.path());
+    let spec = fake_spec("stuck-1", &k, 64, "fake.silent");
+    std::thread::scope(|s| {
+        let create = s.spawn(|| api(&h, "POST", "/instances", &spec));
+        wait_state(&h, "stuck-1", "building");
+        let t = Instant::now();
+        let (status, body) = api(&h, "DELETE", "/instances/stuck-1", "");
+        assert_eq!(status, 204, "{body}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the delete waited {:?} behind the start",
+            t.elapsed()
+        );
+        let (status, body) = create.join().unwrap();
+        assert!(
+            status >= 400,
+            "the start of a deleted instance: {status} {body}"
+        );
+    });
+    assert_eq!(api(&h, "GET", "/instances/stuck-1", "").0, 404);
+    assert_eq!(api(&h, "GET", "/instances", "").1, serde_json::json!([]));
+}
+
+/// An instance's queue is bounded: while one start is stuck, eight more
+/// requests wait and the rest are refused at once; a delete still goes
+/// first, and every waiting request is answered at once.
+#[test]
+fn a_full_queue_is_refused_and_a_delete_still_wins() {
+    let h = start_with_fake_vmm("");
+    let k = kernel(h.dir.path());
+    let spec = fake_spec("busy-1", &k, 64, "fake.silent");
+    assert_eq!(api(&h, "POST", "/instances?start=false", &spec).0, 201);
+    std::thread::scope(|s| {
+        let first = s.spawn(|| action(&h, "busy-1", "start", ""));
+        wait_state(&h, "busy-1", "building");
+        let more: Vec<_> = (0..12)
+            .map(|_| s.spawn(|| action(&h, "busy-1", "start", "")))
+            .collect();
+        // Eight wait in the queue; four are refused.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while more.iter().filter(|t| t.is_finished()).count() < 4 {
+            assert!(Instant::now() < deadline, "no request was refused");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let t = Instant::now();
+        assert_eq!(api(&h, "DELETE", "/instances/busy-1", "").0, 204);
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        let answers: Vec<_> = more.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        let full = answers
+            .iter()
+            .filter(|(status, body)| *status == 409 && message(body).contains("requests waiting"))
+            .count();
+        assert_eq!(full, 4, "{answers:?}");
+        assert!(
+            answers.iter().all(|(status, _)| *status >= 400),
+            "{answers:?}"
+        );
+        assert!(first.join().unwrap().0 >= 400);
+    });
+}
+
+/// hostd killed with SIGKILL comes back with its instances and takes back
+/// the VMMs still running; they are then stopped as usual.
+#[test]
+fn a_restarted_hostd_takes_back_its_running_vmms() {
+    let h = start_with_fake_vmm("");
+    let k = kernel(h.dir.path());
+    for id in ["keep-1", "keep-2"] {
+        assert_eq!(
+            api(&h, "POST", "/instances", &fake_spec(id, &k, 64, "")).0,
+            201
+        );
+    }
+    assert_eq!(action(&h, "keep-2", "pause", "").0, 200);
+    let pid = api(&h, "GET", "/instances/keep-1", "").1["process"]["pid"].clone();
+    let h = restart(h);
+    let (_, one) = api(&h, "GET", "/instances/keep-1", "");
+    assert_eq!(one["state"], "running", "{one}");
+    assert_eq!(one["process"]["pid"], pid);
+    assert_eq!(api(&h, "GET", "/instances/keep-2", "").1["state"], "paused");
+    let (_, metrics) = call(&h, "GET", "/metrics", Some(TOKEN), "");
+    assert!(metrics.contains("hostd_vmm_adopted_total 2"), "{metrics}");
+    let (status, stopped) = action(&h, "keep-1", "stop", "");
+    assert_eq!(
+        (status, &stopped["state"]),
+        (200, &"shutoff".into()),
+        "{stopped}"
+    );
+    for id in ["keep-1", "keep-2"] {
+        assert_eq!(api(&h, "DELETE", &format!("/instances/{id}"), "").0, 204);
+    }
+}
+
+/// Memory is admitted atomically across instances: of two starts racing for
+/// room for one, one is refused (409) while the other's VMM runs.
+#[test]
+fn racing_starts_never_overcommit_memory() {
+    let host_mib = vmm::config::host_memory_mib().unwrap();
+    let h = start_with_fake_vmm(&format!("reserved_memory_mib = {}\n", host_mib - 1000));
+    let k = kernel(h.dir.path());
+    for id in ["race-a", "race-b"] {
+        let (status, body) = api(
+            &h,
+            "POST",
+            "/instances?start=false",
+            &fake_spec(id, &k, 600, "fake.silent"),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    let results: Vec<(u16, serde_json::Value)> = std::thread::scope(|s| {
+        let starts: Vec<_> = ["race-a", "race-b"]
+            .iter()
+            .map(|id| {
+                let h = &h;
+                s.spawn(move || api(h, "POST", &format!("/instances/{id}/actions/start"), ""))
+            })
+            .collect();
+        // Neither VMM ever answers: once one is building and the other
+        // refused, end the one building.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let list = api(&h, "GET", "/instances", "").1;
+            let building = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|i| i["state"] == "building")
+                .count();
+            assert!(building <= 1, "both admitted: {list}");
+            if building == 1 && starts.iter().any(|t| t.is_finished()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no start was refused: {list}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for id in ["race-a", "race-b"] {
+            assert_eq!(api(&h, "DELETE", &format!("/instances/{id}"), "").0, 204);
+        }
+        starts.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let refused: Vec<_> = results
+        .iter()
+        .filter(|(status, body)| {
+            *status == 409
+                && body["error"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("not enough free memory")
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{results:?}");
+}
