@@ -5,14 +5,7 @@
 
 mod common;
 
-use common::{call, start, start_with, Controller, Postgres};
-
-const ADMIN_AUTH: &str = r#"{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"admin","domain":{"name":"Default"},"password":"admin-secret"}}},"scope":{"project":{"name":"admin","domain":{"name":"Default"}}}}}"#;
-
-fn admin_token(c: &Controller) -> String {
-    let r = call(c, "POST", "/identity/v3/auth/tokens", &[], ADMIN_AUTH);
-    r.header("x-subject-token").unwrap().to_owned()
-}
+use common::{admin_token, call, start, start_with, Controller, Postgres};
 
 #[test]
 fn discovery_and_microversions() {

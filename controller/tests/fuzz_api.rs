@@ -15,8 +15,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -427,43 +425,16 @@ fn send(
     content_type: &str,
     body: &[u8],
 ) -> Result<Answer, String> {
-    let mut s = TcpStream::connect(&c.addr).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(HANG)).unwrap();
-    s.set_write_timeout(Some(HANG)).unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {token}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
     let started = Instant::now();
-    s.write_all(head.as_bytes())
-        .and_then(|()| s.write_all(body))
-        .map_err(|e| format!("sending: {e}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| format!("no whole answer within {HANG:?}: {e}"))?;
+    let headers = [("X-Auth-Token", token), ("Content-Type", content_type)];
+    let reply = virga_test_support::http::send_within(&c.addr, HANG, method, path, &headers, body)?;
     if started.elapsed() > HANG {
         return Err(format!("answered after {:?}", started.elapsed()));
     }
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("no header end in {:?}", String::from_utf8_lossy(&raw)))?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status in {head:?}"))?;
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(": ")?;
-            k.eq_ignore_ascii_case("content-type").then(|| v.to_owned())
-        })
-        .unwrap_or_default();
     Ok(Answer {
-        status,
-        content_type,
-        body: raw[split + 4..].to_vec(),
+        status: reply.status,
+        content_type: reply.header("content-type").unwrap_or_default().to_owned(),
+        body: reply.bytes,
     })
 }
 

@@ -199,59 +199,31 @@ fn state_changes_stream_as_json_lines() {
 #[test]
 fn hostd_registers_and_sends_heartbeats_to_its_controller() {
     // A stand-in for the controller's registration endpoint: records requests.
-    let controller = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = controller.local_addr().unwrap();
+    let (seen, requests) = std::sync::mpsc::channel();
+    let seen = std::sync::Mutex::new(seen);
+    let controller = virga_test_support::stub::StubServer::start(move |r| {
+        let _ = seen.lock().unwrap().send(r);
+        virga_test_support::stub::Response::empty(204)
+    });
     let dir = tempfile::tempdir().unwrap();
     let h = start_with(
         dir,
         &format!(
-            "controller_url = \"http://{addr}\"\ncontroller_token = \"ctl-secret\"\nadvertise_url = \"http://10.1.2.3:8790\"\nheartbeat_secs = 1\n"
+            "controller_url = \"{}\"\ncontroller_token = \"ctl-secret\"\nadvertise_url = \"http://10.1.2.3:8790\"\nheartbeat_secs = 1\n",
+            controller.url()
         ),
     );
-    controller.set_nonblocking(false).unwrap();
-    let mut requests = Vec::new();
-    for _ in 0..2 {
-        let (mut s, _) = controller.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut req = Vec::new();
-        let mut buf = [0u8; 4096];
-        // Headers, then a Content-Length body.
-        loop {
-            let n = s.read(&mut buf).unwrap();
-            assert!(n > 0);
-            req.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&req).to_string();
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                if body.len() >= len {
-                    break;
-                }
-            }
-        }
-        s.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
-            .unwrap();
-        requests.push(String::from_utf8_lossy(&req).to_string());
-    }
+    let requests: Vec<_> = (0..2)
+        .map(|_| requests.recv_timeout(Duration::from_secs(10)).unwrap())
+        .collect();
     drop(h);
     for r in &requests {
-        assert!(
-            r.starts_with("PUT /internal/v1/hosts/test-host HTTP/1.1"),
-            "{r}"
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str()),
+            ("PUT", "/internal/v1/hosts/test-host")
         );
-        assert!(
-            r.to_ascii_lowercase()
-                .contains("authorization: bearer ctl-secret"),
-            "{r}"
-        );
-        let body: serde_json::Value =
-            serde_json::from_str(r.split_once("\r\n\r\n").unwrap().1).unwrap();
+        assert_eq!(r.header("authorization"), Some("Bearer ctl-secret"));
+        let body = r.json();
         assert_eq!(body["host_id"], "test-host");
         assert_eq!(body["url"], "http://10.1.2.3:8790");
         assert!(body["cpus"].as_u64().unwrap() >= 1);

@@ -3,10 +3,10 @@
 //! controller's steps. The real hostd and guests are exercised by the testbed.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+use virga_test_support::stub::{Request, Response, StubServer};
 
 use super::{call, Controller};
 
@@ -59,19 +59,12 @@ pub struct Delays {
 
 impl StandInHostd {
     pub fn start(delays: Delays) -> StandInHostd {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let states: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
         let listings: Arc<Listings> = Arc::default();
         let (shared, gate) = (states.clone(), listings.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (states, gate) = (shared.clone(), gate.clone());
-                std::thread::spawn(move || answer(stream, &states, &gate, delays));
-            }
-        });
+        let server = StubServer::start(move |request| answer(&request, &shared, &gate, delays));
         StandInHostd {
-            port,
+            port: server.port,
             states,
             listings,
         }
@@ -194,48 +187,18 @@ pub fn bootable(c: &Controller, token: &str, vcpus: i64, ram_mib: i64) -> (Strin
 }
 
 fn answer(
-    mut stream: TcpStream,
+    request: &Request,
     states: &Mutex<BTreeMap<String, String>>,
     listings: &Listings,
     delays: Delays,
-) {
-    let Ok(clone) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(clone);
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
-        return;
-    }
-    let mut length = 0;
-    let mut authorized = false;
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).unwrap_or(0) == 0 {
-            return;
-        }
-        let lower = h.to_ascii_lowercase();
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
-        }
-        authorized |= lower.trim() == format!("authorization: bearer {}", host_token());
-        if h.trim().is_empty() {
-            break;
-        }
-    }
-    let mut body = vec![0; length];
-    if reader.read_exact(&mut body).is_err() {
-        return;
-    }
-    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let parts: Vec<&str> = line.split_whitespace().collect();
-    let (Some(method), Some(target)) = (parts.first(), parts.get(1)) else {
-        return;
-    };
-    let path = target.split('?').next().unwrap_or_default();
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+) -> Response {
+    let authorized =
+        request.header("authorization") == Some(format!("Bearer {}", host_token()).as_str());
+    let body = request.json();
+    let segments = request.segments();
+    let method = request.method.as_str();
     let instance = |id: &str, state: &str| serde_json::json!({"id": id, "state": state});
-    let (status, reply) = match (authorized, *method, segments.as_slice()) {
+    let (status, reply) = match (authorized, method, segments.as_slice()) {
         (false, _, _) => (401, serde_json::json!({"error": {"message": "no token"}})),
         (_, "POST", ["instances"]) => {
             std::thread::sleep(delays.create);
@@ -319,14 +282,5 @@ fn answer(
             serde_json::json!({"error": {"message": "no such path"}}),
         ),
     };
-    let text = if reply.is_null() {
-        String::new()
-    } else {
-        reply.to_string()
-    };
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-        text.len()
-    );
+    Response::json(status, &reply)
 }

@@ -3,11 +3,10 @@
 
 // Test helpers fail the test on any unexpected error; not every test binary
 // uses every helper.
-#![allow(clippy::unwrap_used, dead_code)]
+#![allow(clippy::unwrap_used, dead_code, unused_imports)]
 
 pub mod hostd;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -48,11 +47,9 @@ fn spawn(config: &std::path::Path) -> Child {
 }
 
 fn wait_for(addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "controller did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    virga_test_support::wait::until("the controller to listen", Duration::from_secs(20), || {
+        TcpStream::connect(addr).ok()
+    });
 }
 
 impl Drop for Controller {
@@ -60,14 +57,6 @@ impl Drop for Controller {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 pub fn start(database_url: Option<String>) -> Controller {
@@ -101,24 +90,10 @@ pub fn start_with(database_url: Option<String>, extra: &str) -> Controller {
     }
 }
 
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl Reply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
-    }
-}
+pub use virga_test_support::http::Reply;
+pub use virga_test_support::identity::try_token;
+pub use virga_test_support::ports::free_port;
+pub use virga_test_support::tools::{missing as missing_tool, required as tools_required};
 
 pub fn call(
     c: &Controller,
@@ -139,78 +114,21 @@ pub fn try_call(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<Reply, String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .map_err(|e| format!("send: {e}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| format!("receive: {e}"))?;
-    // Binary bodies (image downloads) are only compared by their headers.
-    let out = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.get(9..12))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status line in {head:?}"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-    Ok(Reply {
-        status,
-        headers,
-        body: body.to_owned(),
-    })
-}
-
-/// A project-scoped token for `user` (password, Default domain), or None when
-/// the controller refuses it or cannot be reached.
-pub fn try_token(addr: &str, user: &str, password: &str, project: &str) -> Option<String> {
-    let body = serde_json::json!({"auth": {
-        "identity": {"methods": ["password"], "password": {"user": {
-            "name": user, "domain": {"name": "Default"}, "password": password}}},
-        "scope": {"project": {"name": project, "domain": {"name": "Default"}}}}});
-    let r = try_call(
-        addr,
-        "POST",
-        "/identity/v3/auth/tokens",
-        &[],
-        &body.to_string(),
-    )
-    .ok()?;
-    if r.status != 201 {
-        return None;
-    }
-    r.header("x-subject-token").map(str::to_owned)
+    virga_test_support::http::send(addr, method, path, headers, body.as_bytes())
 }
 
 /// As [`try_token`], failing the test when there is none.
-#[allow(dead_code)]
 pub fn token(c: &Controller, user: &str, password: &str, project: &str) -> String {
-    try_token(&c.addr, user, password, project)
-        .unwrap_or_else(|| panic!("no token for {user} in {project}"))
+    virga_test_support::identity::token(&c.addr, user, password, project)
 }
 
 /// The bootstrap admin's token, scoped to the admin project.
-#[allow(dead_code)]
 pub fn admin_token(c: &Controller) -> String {
     token(c, "admin", ADMIN_PASSWORD, "admin")
 }
 
 /// Polls `GET path` (at most 10 s) until it answers `status`: for what the
 /// controller finishes in the background (a delete answers at once).
-#[allow(dead_code)]
 pub fn wait_for_status(c: &Controller, path: &str, token: &str, status: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -230,32 +148,13 @@ pub fn wait_for_status(c: &Controller, path: &str, token: &str, status: u16) {
 
 /// Raw upload: the body is sent as is, with a Content-Length.
 pub fn put_bytes(c: &Controller, path: &str, token: &str, data: &[u8]) -> u16 {
-    let mut s = TcpStream::connect(&c.addr).unwrap();
-    write!(
-        s,
-        "PUT {path} HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {token}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        data.len()
-    )
-    .unwrap();
-    s.write_all(data).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out[9..12].parse().unwrap()
-}
-
-/// Whether this run must have every tool its tests use (`cargo xtask test`
-/// installs them and sets VIRGA_REQUIRE_TOOLS=1): then a missing one fails the
-/// test instead of skipping it.
-pub fn tools_required() -> bool {
-    std::env::var_os("VIRGA_REQUIRE_TOOLS").is_some()
-}
-
-/// A test's tool is missing: fails the test when tools are required, or says
-/// the test skips.
-#[allow(dead_code)]
-pub fn missing_tool(what: &str) {
-    assert!(!tools_required(), "{what} is required but missing");
-    eprintln!("skipping: {what} is missing (cargo xtask install adds it)");
+    let headers = [
+        ("X-Auth-Token", token),
+        ("Content-Type", "application/octet-stream"),
+    ];
+    virga_test_support::http::send(&c.addr, "PUT", path, &headers, data)
+        .unwrap()
+        .status
 }
 
 /// A throwaway PostgreSQL server, or None (the test skips) when PostgreSQL

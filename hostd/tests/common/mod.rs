@@ -4,11 +4,10 @@
 // Test helpers fail the test on any unexpected error.
 #![allow(clippy::unwrap_used, dead_code)]
 
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const TOKEN: &str = "test-token-0123456789";
 
@@ -69,11 +68,9 @@ pub fn start_configured(dir: tempfile::TempDir, config: String) -> Hostd {
         .unwrap();
     // Made first, so that hostd is stopped however the wait ends.
     let h = Hostd { child, socket, dir };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(&h.socket).is_err() {
-        assert!(Instant::now() < deadline, "hostd did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    virga_test_support::wait::until("hostd to listen", Duration::from_secs(10), || {
+        UnixStream::connect(&h.socket).ok()
+    });
     h
 }
 
@@ -83,19 +80,15 @@ pub fn start() -> Hostd {
 
 /// One request; returns (status, body).
 pub fn call(h: &Hostd, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
-    let mut s = UnixStream::connect(&h.socket).unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    (status, body)
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("Authorization", b.as_str()))
+        .collect();
+    let r =
+        virga_test_support::http::send(h.socket.as_path(), method, path, &headers, body.as_bytes())
+            .unwrap();
+    (r.status, r.body)
 }
 
 pub fn api(h: &Hostd, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
@@ -129,18 +122,14 @@ pub fn fake_spec(id: &str, kernel: &Path, memory_mib: u64, cmdline: &str) -> Str
 
 /// Waits (at most 10 s) until the instance is in `state`; returns its record.
 pub fn wait_state(h: &Hostd, id: &str, state: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, record) = api(h, "GET", &format!("/instances/{id}"), "");
-        if record["state"] == state {
-            return record;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id} never became {state}: {record}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    virga_test_support::wait::until(
+        &format!("{id} to be {state}"),
+        Duration::from_secs(10),
+        || {
+            let (_, record) = api(h, "GET", &format!("/instances/{id}"), "");
+            (record["state"] == state).then_some(record)
+        },
+    )
 }
 
 /// Kills hostd with SIGKILL and starts it again on the same state and

@@ -3,12 +3,12 @@
 //! heartbeats, and fetches an image the controller stores when an instance
 //! names it.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use virga_e2e::{controller_bin, hostd_bins};
+use virga_test_support::http::Reply;
+use virga_test_support::ports::{free_ports, wait_for_port};
 
 const HOSTD_SECRET: &str = "cloud-e2e-hostd-secret-0123";
 
@@ -26,56 +26,17 @@ impl Drop for Killed {
     }
 }
 
-/// Two distinct free ports: both listeners are held until both are known, so
-/// the kernel cannot hand out the same port twice.
-fn two_free_ports() -> (u16, u16) {
-    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let (a, b) = (bind(), bind());
-    let port = |l: &std::net::TcpListener| l.local_addr().expect("its address").port();
-    (port(&a), port(&b))
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never opened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// (status, headers+body) of one HTTP/1.1 request.
+/// One request to the controller or hostd on `port`: (status, reply).
 fn http(
     port: u16,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .expect("write");
-    s.write_all(body).expect("write body");
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).expect("read");
-    let out = String::from_utf8_lossy(&out).into_owned();
-    let status = out
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {out:?}"));
-    (status, out)
-}
-
-fn body_json(response: &str) -> serde_json::Value {
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+) -> (u16, Reply) {
+    let reply = virga_test_support::http::send(port, method, path, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    (reply.status, reply)
 }
 
 /// A controller on `port` with its state under `dir`; `tables` is TOML
@@ -105,24 +66,10 @@ fn start_controller(dir: &std::path::Path, port: u16, tables: &str) -> Killed {
 #[test]
 fn hostd_registers_and_fetches_images_from_the_controller() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ctl_port, hostd_port) = two_free_ports();
+    let [ctl_port, hostd_port] = free_ports::<2>();
     let _controller = start_controller(dir.path(), ctl_port, "");
 
-    let auth = r#"{"auth":{"identity":{"methods":["password"],"password":{"user":{"name":"admin","domain":{"name":"Default"},"password":"admin-secret"}}},"scope":{"project":{"name":"admin","domain":{"name":"Default"}}}}}"#;
-    let (status, resp) = http(
-        ctl_port,
-        "POST",
-        "/identity/v3/auth/tokens",
-        &[("Content-Type", "application/json")],
-        auth.as_bytes(),
-    );
-    assert_eq!(status, 201);
-    let token = resp
-        .lines()
-        .find_map(|l| l.strip_prefix("x-subject-token: "))
-        .expect("a token")
-        .trim()
-        .to_owned();
+    let token = virga_test_support::identity::token(ctl_port, "admin", "admin-secret", "admin");
     let t = ("X-Auth-Token", token.as_str());
     let (status, resp) = http(
         ctl_port,
@@ -132,10 +79,7 @@ fn hostd_registers_and_fetches_images_from_the_controller() {
         br#"{"name": "kernel", "disk_format": "aki", "container_format": "aki"}"#,
     );
     assert_eq!(status, 201);
-    let image = body_json(&resp)["id"]
-        .as_str()
-        .expect("image id")
-        .to_owned();
+    let image = resp.json()["id"].as_str().expect("image id").to_owned();
     let kernel: Vec<u8> = b"\x7fELF\x02\x01\x01"
         .iter()
         .copied()
@@ -145,7 +89,7 @@ fn hostd_registers_and_fetches_images_from_the_controller() {
         ctl_port,
         "PUT",
         &format!("/image/v2/images/{image}/file"),
-        &[t],
+        &[t, ("Content-Type", "application/octet-stream")],
         &kernel,
     );
     assert_eq!(status, 204);
@@ -183,7 +127,7 @@ fn hostd_registers_and_fetches_images_from_the_controller() {
             b"",
         );
         assert_eq!(status, 200);
-        let hosts = body_json(&resp);
+        let hosts = resp.json();
         if hosts["hosts"][0]["host_id"] == "e2e-host" {
             assert_eq!(
                 hosts["hosts"][0]["url"],
@@ -191,7 +135,11 @@ fn hostd_registers_and_fetches_images_from_the_controller() {
             );
             break;
         }
-        assert!(Instant::now() < deadline, "hostd never registered: {resp}");
+        assert!(
+            Instant::now() < deadline,
+            "hostd never registered: {}",
+            resp.body
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -206,13 +154,10 @@ fn hostd_registers_and_fetches_images_from_the_controller() {
         &[("Authorization", &bearer)],
         spec.as_bytes(),
     );
-    assert_eq!(status, 201, "{resp}");
+    assert_eq!(status, 201, "{}", resp.body);
     let cached = dir.path().join("hostd/images").join(&image);
     assert_eq!(std::fs::read(&cached).expect("cached image"), kernel);
-    assert_eq!(
-        body_json(&resp)["kernel"],
-        cached.display().to_string().as_str()
-    );
+    assert_eq!(resp.json()["kernel"], cached.display().to_string().as_str());
     // An unknown image is refused, and nothing is left behind.
     let spec = r#"{"id": "missing", "vcpus": 1, "memory_mib": 64, "kernel_image": "00000000-0000-0000-0000-000000000000"}"#;
     let (status, resp) = http(
@@ -222,8 +167,8 @@ fn hostd_registers_and_fetches_images_from_the_controller() {
         &[("Authorization", &bearer)],
         spec.as_bytes(),
     );
-    assert_eq!(status, 500, "{resp}");
-    assert!(resp.contains("404"), "{resp}");
+    assert_eq!(status, 500, "{}", resp.body);
+    assert!(resp.body.contains("404"), "{}", resp.body);
 }
 
 /// The whole cloud: the controller here, hostd in the testbed (where KVM is
@@ -240,7 +185,7 @@ fn openstack_server_create_boots_a_guest() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ctl_port, hostd_port) = two_free_ports();
+    let [ctl_port, hostd_port] = free_ports::<2>();
     // The testbed has one CPU: let RAM decide how many servers fit.
     let controller = start_controller(
         dir.path(),
@@ -367,7 +312,7 @@ fn drive_the_cloud(
             &[("Authorization", &bearer)],
             b"",
         );
-        if body_json(&resp)["hosts"][0]["host_id"] == "testbed" {
+        if resp.json()["hosts"][0]["host_id"] == "testbed" {
             break;
         }
         assert!(
@@ -473,7 +418,7 @@ fn drive_the_cloud(
         &[("Authorization", &bearer)],
         b"",
     );
-    let usable = body_json(&resp)["hosts"][0]["memory_usable_mib"]
+    let usable = resp.json()["hosts"][0]["memory_usable_mib"]
         .as_u64()
         .expect("host memory");
     let fifth = (usable / 5).to_string();
@@ -544,7 +489,7 @@ fn drive_the_cloud(
         &[("Authorization", &bearer)],
         b"",
     );
-    let host = &body_json(&resp)["hosts"][0];
+    let host = &resp.json()["hosts"][0];
     assert!(
         host["memory_used_mib"].as_u64().unwrap_or(u64::MAX) <= usable,
         "the host was never oversubscribed: {host}"

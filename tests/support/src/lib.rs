@@ -1,0 +1,18 @@
+//! What Virga's tests share, so that each test crate does not grow its own
+//! HTTP client, token helper or port picker:
+//!
+//! - [`http`]: one HTTP/1.1 request per connection, over TCP or a Unix
+//!   socket, with a deadline; the raw bytes are kept for binary bodies
+//! - [`identity`]: Keystone v3 password tokens
+//! - [`ports`]: free TCP ports
+//! - [`wait`]: polling with a deadline and a message
+//! - [`stub`]: stand-in HTTP servers answered by a handler
+//! - [`tools`]: a test whose tool (PostgreSQL, qemu-img, the openstack CLI) is
+//!   missing fails under `cargo xtask test`, and skips elsewhere
+
+pub mod http;
+pub mod identity;
+pub mod ports;
+pub mod stub;
+pub mod tools;
+pub mod wait;
