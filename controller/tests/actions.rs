@@ -384,3 +384,50 @@ fn a_delete_on_a_down_host_finishes_and_the_host_is_cleaned_when_it_returns() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(cloud.hostd.instances().is_empty(), "{}", r.body);
 }
+
+/// A build its host fails is unwound before the server shows ERROR: the
+/// instance the host made is removed and the claim given back, at once
+/// rather than by the reaper's next round.
+#[test]
+fn a_failed_build_is_unwound_before_it_ends_in_error() {
+    let cloud = Cloud::start(Delays {
+        create: Duration::ZERO,
+        action: Duration::ZERO,
+        delete: Duration::ZERO,
+    });
+    cloud.hostd.fail_creates();
+    let (flavor, image) = bootable(&cloud.c, &cloud.admin, 1, 128);
+    let r = call(
+        &cloud.c,
+        "POST",
+        "/compute/v2.1/servers",
+        &[cloud.auth()],
+        &format!(
+            r#"{{"server": {{"name": "vm", "imageRef": "{image}", "flavorRef": "{flavor}"}}}}"#
+        ),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    let server = cloud.wait(&id, "ERROR");
+    // Read at once: the unwind ran before the ERROR was written.
+    let left = cloud.hostd.instances();
+    let fault = server["fault"]["message"].as_str().unwrap_or_default();
+    assert!(
+        fault.starts_with("host stand-in: ") && fault.contains("then No valid host was found"),
+        "{fault}"
+    );
+    assert!(left.is_empty(), "left on the host: {left:?}");
+    let hypervisors = call(
+        &cloud.c,
+        "GET",
+        "/compute/v2.1/os-hypervisors/detail",
+        &[cloud.auth()],
+        "",
+    )
+    .json();
+    assert_eq!(
+        hypervisors["hypervisors"][0]["vcpus_used"], 0,
+        "{hypervisors}"
+    );
+    assert!(server["OS-EXT-SRV-ATTR:host"].is_null(), "{server}");
+}

@@ -3,6 +3,7 @@
 //! controller's steps. The real hostd and guests are exercised by the testbed.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,8 @@ pub struct StandInHostd {
     pub port: u16,
     states: Arc<Mutex<BTreeMap<String, String>>>,
     listings: Arc<Listings>,
+    /// Creates make the instance and then fail (see `fail_creates`).
+    failing: Arc<AtomicBool>,
 }
 
 /// Instance listings (`GET /instances`): a gate that holds them between taking
@@ -61,13 +64,30 @@ impl StandInHostd {
     pub fn start(delays: Delays) -> StandInHostd {
         let states: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
         let listings: Arc<Listings> = Arc::default();
-        let (shared, gate) = (states.clone(), listings.clone());
-        let server = StubServer::start(move |request| answer(&request, &shared, &gate, delays));
+        let failing: Arc<AtomicBool> = Arc::default();
+        let (shared, gate, fail) = (states.clone(), listings.clone(), failing.clone());
+        let server = StubServer::start(move |request| {
+            answer(
+                &request,
+                &shared,
+                &gate,
+                fail.load(Ordering::SeqCst),
+                delays,
+            )
+        });
         StandInHostd {
             port: server.port,
             states,
             listings,
+            failing,
         }
+    }
+
+    /// From now on, every create makes the instance and then answers 500, as a
+    /// host does whose create got far before it failed (or whose answer was
+    /// lost).
+    pub fn fail_creates(&self) {
+        self.failing.store(true, Ordering::SeqCst);
     }
 
     /// Instance ids and states, as hostd holds them.
@@ -190,6 +210,7 @@ fn answer(
     request: &Request,
     states: &Mutex<BTreeMap<String, String>>,
     listings: &Listings,
+    failing: bool,
     delays: Delays,
 ) -> Response {
     let authorized =
@@ -206,6 +227,12 @@ fn answer(
             let mut states = states.lock().unwrap();
             if states.contains_key(&id) {
                 (409, serde_json::json!({"error": {"message": "exists"}}))
+            } else if failing {
+                states.insert(id.clone(), "error".into());
+                (
+                    500,
+                    serde_json::json!({"error": {"message": "the VMM exited while starting"}}),
+                )
             } else {
                 states.insert(id.clone(), "running".into());
                 (201, instance(&id, "running"))

@@ -4,14 +4,16 @@
 //! [`ComputeError`]; work that outlives a request (a build, a delete, an
 //! action on the host) is started here, never in a handler.
 //!
-//! - [`create`]: checks and admits a create, then builds it in the background
-//!   (claim, hostd create, active; each step recorded on the server's row)
+//! - [`create`]: checks and admits a create, and resumes cut builds
+//! - [`build`]: the build as logged steps with undo (scheduling, spawning;
+//!   the server's task_state is the log), run in the background
 //! - [`delete`]: records a delete and finishes it in the background
 //! - [`action`]: stop, start, pause, suspend, reboot, ... and console output
 //! - [`state`]: hostd's states and Nova's, the table of host actions (pure)
 //! - [`sync`]: the reconcilers: instance state sync, orphan reaper, expiry
 
 pub mod action;
+pub mod build;
 pub mod create;
 pub mod delete;
 pub mod state;

@@ -1,0 +1,357 @@
+//! A server's build as a sequence of steps, each recorded before it runs and
+//! each with its undo. The server's `task_state` is the build's log: it names
+//! the step running, in Nova's own words (which clients see), and every step
+//! before it is done; each step's results live where they belong (the claim
+//! and the host on the server's row and the host's claims; later, ports and
+//! volume attachments in their services' tables), so its undo finds them.
+//!
+//! A build cut short (the controller killed) is resumed at the step its row
+//! names; steps are idempotent, so a step that had run before the stop runs
+//! again harmlessly. A step that fails unwinds: the steps done are undone in
+//! reverse, and a failure on one host (hostd refused or did not answer) is
+//! retried from scheduling on another host, up to [`MAX_ATTEMPTS`] hosts.
+//!
+//! The steps, in order: `scheduling` (a host chosen and claimed), `spawning`
+//! (the instance created on that host's hostd), then ACTIVE. Networks
+//! (`networking`: ports bound) and volumes (`block_device_mapping`:
+//! attachments) join between the two, in Nova's order.
+
+use std::collections::BTreeMap;
+
+use hostd_proto::instance::ImageInstanceSpec;
+
+use super::state::DELETING;
+use crate::app::App;
+use crate::compute::scheduler::{Demand, PlaceError};
+use crate::compute::servers::Server;
+use crate::hostd_client::Hostd;
+
+/// Hosts tried for one server before it goes to ERROR.
+pub const MAX_ATTEMPTS: usize = 3;
+const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+
+/// A build's steps, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    Scheduling,
+    Spawning,
+}
+
+impl Step {
+    pub const ALL: [Step; 2] = [Step::Scheduling, Step::Spawning];
+
+    /// The server's task_state while this step runs.
+    pub fn task_state(self) -> &'static str {
+        match self {
+            Step::Scheduling => "scheduling",
+            Step::Spawning => "spawning",
+        }
+    }
+
+    /// The step a building server's task_state names.
+    pub fn from_task_state(task_state: Option<&str>) -> Option<Step> {
+        Step::ALL
+            .into_iter()
+            .find(|s| Some(s.task_state()) == task_state)
+    }
+
+    fn next(self) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| *s > self)
+    }
+}
+
+/// How a step failed.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// The host failed it: undo back to scheduling, and try another host.
+    Host(String),
+    /// Nothing else would do better: undo everything; the server is ERROR.
+    Fatal(String),
+    /// The server was deleted meanwhile: its delete owns what is left.
+    Deleted,
+}
+
+/// What a build carries from step to step.
+struct Build<'a> {
+    app: &'a App,
+    id: String,
+    /// What hostd runs; None when it could not be made.
+    spec: Option<ImageInstanceSpec>,
+    demand: Demand,
+    /// The host it is placed on (the claim taken), once scheduled.
+    host: Option<(String, Hostd)>,
+    /// Hosts that failed it.
+    tried: Vec<String>,
+}
+
+impl Step {
+    async fn run(self, b: &mut Build<'_>) -> Result<(), Failure> {
+        match self {
+            Step::Scheduling => {
+                if b.host.is_some() {
+                    return Ok(()); // placed before a stop
+                }
+                match b.app.scheduler.place(&b.id, &b.demand, &b.tried).await {
+                    // The claim recorded the host on the server.
+                    Ok(h) => {
+                        let hostd = Hostd::new(h.report.url, b.app.hostd_token(&h.report.host_id));
+                        b.host = Some((h.report.host_id, hostd));
+                        Ok(())
+                    }
+                    Err(PlaceError::NoValidHost(why)) => {
+                        Err(Failure::Fatal(format!("No valid host was found. {why}")))
+                    }
+                    Err(PlaceError::Store(e)) => {
+                        Err(Failure::Fatal(format!("scheduling failed: {e}")))
+                    }
+                }
+            }
+            Step::Spawning => {
+                let (Some((host_id, hostd)), Some(spec)) = (&b.host, &b.spec) else {
+                    return Err(Failure::Fatal("spawning without a host or a spec".into()));
+                };
+                // An instance of it there already: the create reached the
+                // host before a stop (a resumed build).
+                match hostd.create(spec).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_conflict() => {}
+                    Err(e) => return Err(Failure::Host(format!("host {host_id}: {e}"))),
+                }
+                // Deleted (or being deleted) meanwhile: its delete may have
+                // reached the host before this create did, so undo there.
+                // The delete gives the claim back.
+                let deleted = match b.app.servers.get(&b.id).await {
+                    Ok(None) => true,
+                    Ok(Some(s)) => s.task_state.as_deref() == Some(DELETING),
+                    Err(_) => false,
+                };
+                if deleted {
+                    let _ = hostd.remove(&b.id).await;
+                    return Err(Failure::Deleted);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Undoes the step (also one that failed midway); idempotent.
+    async fn undo(self, b: &mut Build<'_>) {
+        match self {
+            Step::Scheduling => {
+                if let Some((host_id, _)) = b.host.take() {
+                    if let Err(e) = b.app.scheduler.release(&b.id, &host_id).await {
+                        // The claims recount (stale_work) corrects it.
+                        tracing::warn!(server = %b.id, host = %host_id, "releasing the claim: {e}");
+                    }
+                }
+            }
+            Step::Spawning => {
+                if let Some((host_id, hostd)) = &b.host {
+                    // One the host does not have counts as removed; one on a
+                    // host that does not answer, the orphan reaper removes.
+                    if let Err(e) = hostd.remove(&b.id).await {
+                        tracing::warn!(server = %b.id, host = %host_id, "removing a failed build: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs the build of server `id` from the step its row names to ACTIVE, or
+/// unwinds it to ERROR.
+pub async fn build(app: &App, id: &str) {
+    let Ok(Some(server)) = app.servers.get(id).await else {
+        return;
+    };
+    let resumed_at =
+        Step::from_task_state(server.task_state.as_deref()).unwrap_or(Step::Scheduling);
+    // A resumed build: the host it was placed on, if that host is known.
+    let host = match &server.host_id {
+        Some(h) => match super::host(app, h).await {
+            Some(hostd) => Some((h.clone(), hostd)),
+            None => {
+                let _ = app.scheduler.release(id, h).await;
+                None
+            }
+        },
+        None => None,
+    };
+    let mut b = Build {
+        app,
+        id: id.to_owned(),
+        spec: None,
+        demand: Demand {
+            vcpus: server.vcpus,
+            ram_mib: server.ram_mib,
+            disk_gib: server.disk_gib,
+            availability_zone: (server.availability_zone != "nova")
+                .then(|| server.availability_zone.clone()),
+        },
+        host,
+        tried: Vec::new(),
+    };
+    // Placed on a host that is gone: scheduled again.
+    let mut step = if b.host.is_none() {
+        Step::Scheduling
+    } else {
+        resumed_at
+    };
+    match instance_spec(app, &server).await {
+        Ok(spec) => b.spec = Some(spec),
+        Err(why) => {
+            unwind(&mut b, step).await;
+            fail(app, id, &format!("Build of instance {id} aborted: {why}")).await;
+            return;
+        }
+    }
+    let mut last = String::new();
+    loop {
+        // Recorded before it runs: the log a resumed build reads.
+        let _ = app
+            .servers
+            .set_state(id, "building", Some(step.task_state()), 0, None)
+            .await;
+        let failure = match step.run(&mut b).await {
+            Ok(()) => match step.next() {
+                Some(next) => {
+                    step = next;
+                    continue;
+                }
+                None => {
+                    let _ = app.servers.set_state(id, "active", None, 1, None).await;
+                    tracing::info!(server = %id, host = ?b.host.as_ref().map(|h| &h.0), "server active");
+                    return;
+                }
+            },
+            Err(f) => f,
+        };
+        match failure {
+            Failure::Deleted => return,
+            Failure::Host(why) => {
+                tracing::warn!(server = %id, "{why}");
+                if let Some((host_id, _)) = &b.host {
+                    b.tried.push(host_id.clone());
+                }
+                unwind(&mut b, step).await;
+                last = why;
+                if b.tried.len() >= MAX_ATTEMPTS {
+                    fail(
+                        app,
+                        id,
+                        &format!("Exceeded maximum number of retries. {last}"),
+                    )
+                    .await;
+                    return;
+                }
+                step = Step::Scheduling;
+            }
+            Failure::Fatal(why) => {
+                unwind(&mut b, step).await;
+                let fault = if last.is_empty() {
+                    why
+                } else {
+                    format!("{last}; then {why}")
+                };
+                fail(app, id, &fault).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Undoes `failed` (which may have run partly) and every step before it, in
+/// reverse.
+async fn unwind(b: &mut Build<'_>, failed: Step) {
+    for step in Step::ALL.into_iter().rev().filter(|s| *s <= failed) {
+        step.undo(b).await;
+    }
+}
+
+async fn fail(app: &App, id: &str, fault: &str) {
+    tracing::warn!(server = %id, "build failed: {fault}");
+    let _ = app
+        .servers
+        .set_state(id, "error", None, 0, Some(fault))
+        .await;
+}
+
+/// What hostd is asked to run for a server: the image's kernel (its
+/// `kernel_id`, or the image itself when it is a kernel), ramdisk and command
+/// line (`os_command_line`), and the image as a read-only root disk. Images go
+/// by id: hostd fetches them from this controller into its cache.
+async fn instance_spec(app: &App, s: &Server) -> Result<ImageInstanceSpec, String> {
+    let image = app
+        .images
+        .get(&s.image_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the image is gone")?;
+    let active = |i: Option<crate::image::Image>, what: &str| match i {
+        Some(i) if i.status == "active" => Ok(i.id),
+        _ => Err(format!("the {what} image is missing or not active")),
+    };
+    let kernel = if image.disk_format.as_deref() == Some("aki") {
+        image.id.clone()
+    } else {
+        let kid = image.properties.get("kernel_id").ok_or(
+            "the image has no kernel_id property: Virga boots a kernel directly (no firmware)",
+        )?;
+        active(
+            app.images.get(kid).await.map_err(|e| e.to_string())?,
+            "kernel",
+        )?
+    };
+    let initramfs = match image.properties.get("ramdisk_id") {
+        Some(rid) => Some(active(
+            app.images.get(rid).await.map_err(|e| e.to_string())?,
+            "ramdisk",
+        )?),
+        None => None,
+    };
+    let mut cmdline = image
+        .properties
+        .get("os_command_line")
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_CMDLINE.to_owned());
+    let mut disks = Vec::new();
+    if matches!(image.disk_format.as_deref(), Some("raw" | "qcow2" | "ami"))
+        && image.size.unwrap_or(0) > 0
+    {
+        disks.push(image.id.clone());
+        if !cmdline.contains("root=") {
+            cmdline.push_str(" root=/dev/vda ro");
+        }
+    }
+    Ok(ImageInstanceSpec {
+        id: s.id.clone(),
+        vcpus: u8::try_from(s.vcpus)
+            .map_err(|_| format!("{} vCPUs: a host runs at most 255 per guest", s.vcpus))?,
+        memory_mib: u32::try_from(s.ram_mib)
+            .map_err(|_| format!("{} MiB of RAM: too much for one guest", s.ram_mib))?,
+        kernel_image: kernel,
+        initramfs_image: initramfs,
+        disk_images: disks,
+        cmdline: Some(cmdline),
+        metadata: BTreeMap::from([
+            ("name".to_owned(), s.name.clone()),
+            ("project_id".to_owned(), s.project_id.clone()),
+        ]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_run_in_novas_order_and_are_found_by_task_state() {
+        assert_eq!(Step::Scheduling.next(), Some(Step::Spawning));
+        assert_eq!(Step::Spawning.next(), None);
+        for s in Step::ALL {
+            assert_eq!(Step::from_task_state(Some(s.task_state())), Some(s));
+        }
+        assert_eq!(Step::from_task_state(Some("deleting")), None);
+        assert_eq!(Step::from_task_state(None), None);
+    }
+}
