@@ -431,3 +431,72 @@ fn a_failed_build_is_unwound_before_it_ends_in_error() {
     );
     assert!(server["OS-EXT-SRV-ATTR:host"].is_null(), "{server}");
 }
+
+/// A host that fails a create after making the instance (its answer lost, or
+/// the start failed late) is not left running it: the build removes it
+/// there, gives the claim back and places the server on another host.
+#[test]
+fn a_build_retried_on_another_host_leaves_nothing_on_the_first() {
+    let cloud = Cloud::start(Delays {
+        create: Duration::from_millis(1500),
+        action: Duration::ZERO,
+        delete: Duration::ZERO,
+    });
+    cloud.hostd.fail_creates();
+    let (flavor, image) = bootable(&cloud.c, &cloud.admin, 1, 128);
+    let r = call(
+        &cloud.c,
+        "POST",
+        "/compute/v2.1/servers",
+        &[cloud.auth()],
+        &format!(
+            r#"{{"server": {{"name": "vm", "imageRef": "{image}", "flavorRef": "{flavor}"}}}}"#
+        ),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    // The first host is the only one when the build is placed; a second
+    // registers while the first is busy with the create.
+    std::thread::sleep(Duration::from_millis(500));
+    let second = StandInHostd::start_as(
+        "second",
+        Delays {
+            create: Duration::ZERO,
+            action: Duration::ZERO,
+            delete: Duration::ZERO,
+        },
+    );
+    second.register(&cloud.c);
+    let server = cloud.wait(&id, "ACTIVE");
+    assert_eq!(server["OS-EXT-SRV-ATTR:host"], "second", "{server}");
+    assert!(
+        cloud.hostd.instances().is_empty(),
+        "{:?}",
+        cloud.hostd.instances()
+    );
+    assert_eq!(
+        second.instances().get(&id).map(String::as_str),
+        Some("running")
+    );
+    let hypervisors = call(
+        &cloud.c,
+        "GET",
+        "/compute/v2.1/os-hypervisors/detail",
+        &[cloud.auth()],
+        "",
+    )
+    .json();
+    let used: Vec<(String, i64)> = hypervisors["hypervisors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["hypervisor_hostname"].as_str().unwrap().to_owned(),
+                h["vcpus_used"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(used.contains(&("stand-in".to_owned(), 0)), "{used:?}");
+    assert!(used.contains(&("second".to_owned(), 1)), "{used:?}");
+}

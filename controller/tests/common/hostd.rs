@@ -14,9 +14,9 @@ use super::{call, Controller};
 pub const HOSTD_SECRET: &str = "stand-in-hostd-secret";
 pub const HOST_ID: &str = "stand-in";
 
-/// The stand-in's own token: the controller must call it with this one.
-pub fn host_token() -> String {
-    hostd_proto::token::for_host(HOSTD_SECRET, HOST_ID)
+/// A stand-in's own token: the controller must call it with this one.
+pub fn host_token(host_id: &str) -> String {
+    hostd_proto::token::for_host(HOSTD_SECRET, host_id)
 }
 
 /// The controller configuration line that makes the stand-in's token valid.
@@ -27,6 +27,7 @@ pub fn controller_config() -> String {
 #[derive(Clone)]
 pub struct StandInHostd {
     pub port: u16,
+    pub host_id: String,
     states: Arc<Mutex<BTreeMap<String, String>>>,
     listings: Arc<Listings>,
     /// Creates make the instance and then fail (see `fail_creates`).
@@ -62,21 +63,25 @@ pub struct Delays {
 
 impl StandInHostd {
     pub fn start(delays: Delays) -> StandInHostd {
+        StandInHostd::start_as(HOST_ID, delays)
+    }
+
+    /// A stand-in for host `host_id`.
+    pub fn start_as(host_id: &str, delays: Delays) -> StandInHostd {
+        let token = host_token(host_id);
         let states: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
         let listings: Arc<Listings> = Arc::default();
         let failing: Arc<AtomicBool> = Arc::default();
         let (shared, gate, fail) = (states.clone(), listings.clone(), failing.clone());
         let server = StubServer::start(move |request| {
-            answer(
-                &request,
-                &shared,
-                &gate,
-                fail.load(Ordering::SeqCst),
-                delays,
-            )
+            let bearer = format!("Bearer {token}");
+            let authorized = request.header("authorization") == Some(bearer.as_str());
+            let failing = fail.load(Ordering::SeqCst);
+            answer(&request, authorized, &shared, &gate, failing, delays)
         });
         StandInHostd {
             port: server.port,
+            host_id: host_id.to_owned(),
             states,
             listings,
             failing,
@@ -109,16 +114,16 @@ impl StandInHostd {
     /// where nothing answers makes the host unreachable).
     pub fn register_at(&self, c: &Controller, url: &str) {
         let heartbeat = serde_json::json!({
-            "host_id": HOST_ID, "url": url, "cpus": 8,
+            "host_id": self.host_id, "url": url, "cpus": 8,
             "memory_mib": 16384, "memory_usable_mib": 16000, "disk_free_mib": 100000,
             "vcpus_used": 0, "memory_used_mib": 0, "instances": self.instances().len(),
             "kvm_mode": "hardware", "version": "0.1.0",
         });
-        let bearer = format!("Bearer {}", host_token());
+        let bearer = format!("Bearer {}", host_token(&self.host_id));
         let r = call(
             c,
             "PUT",
-            &format!("/internal/v1/hosts/{HOST_ID}"),
+            &format!("/internal/v1/hosts/{}", self.host_id),
             &[("Authorization", &bearer)],
             &heartbeat.to_string(),
         );
@@ -208,13 +213,12 @@ pub fn bootable(c: &Controller, token: &str, vcpus: i64, ram_mib: i64) -> (Strin
 
 fn answer(
     request: &Request,
+    authorized: bool,
     states: &Mutex<BTreeMap<String, String>>,
     listings: &Listings,
     failing: bool,
     delays: Delays,
 ) -> Response {
-    let authorized =
-        request.header("authorization") == Some(format!("Bearer {}", host_token()).as_str());
     let body = request.json();
     let segments = request.segments();
     let method = request.method.as_str();
