@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -41,9 +41,8 @@ pub struct Status {
 struct Handle {
     task: Task,
     wake: Notify,
-    status: Mutex<Status>,
-    /// The number of finished runs, for callers waiting on one.
-    finished: watch::Sender<u64>,
+    /// The task's status; callers waiting for a run watch its `runs`.
+    status: watch::Sender<Status>,
 }
 
 /// The tasks of one controller.
@@ -65,14 +64,14 @@ impl Background {
             .into_iter()
             .map(|task| {
                 Arc::new(Handle {
-                    status: Mutex::new(Status {
+                    status: watch::channel(Status {
                         name: task.name,
                         period_secs: task.period.as_secs_f64(),
                         ..Status::default()
-                    }),
+                    })
+                    .0,
                     task,
                     wake: Notify::new(),
-                    finished: watch::channel(0).0,
                 })
             })
             .collect();
@@ -108,13 +107,15 @@ impl Background {
             .iter()
             .find(|h| h.task.name == name)
             .ok_or_else(|| TriggerError::Unknown(name.to_owned()))?;
-        let mut finished = h.finished.subscribe();
+        let mut status = h.status.subscribe();
         // A run in progress may have read the state before this request:
         // wait for the one after it (the wake-up is kept until then).
-        let now = h.status();
-        let want = now.runs + 1 + u64::from(now.running);
+        let want = {
+            let now = status.borrow_and_update();
+            now.runs + 1 + u64::from(now.running)
+        };
         h.wake.notify_one();
-        tokio::time::timeout(wait, finished.wait_for(|&n| n >= want))
+        tokio::time::timeout(wait, status.wait_for(|s| s.runs >= want))
             .await
             .map_err(|_| TriggerError::Timeout(wait))?
             .map_err(|_| TriggerError::Timeout(wait))?;
@@ -124,17 +125,11 @@ impl Background {
 
 impl Handle {
     fn status(&self) -> Status {
-        self.status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.status.borrow().clone()
     }
 
     fn update(&self, f: impl FnOnce(&mut Status)) {
-        f(&mut self
-            .status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner));
+        self.status.send_modify(f);
     }
 
     async fn run_once(&self, app: Arc<App>) {
@@ -151,6 +146,5 @@ impl Handle {
             s.last_duration_ms = Some(started.elapsed().as_millis() as u64);
             s.last_outcome = Some(outcome);
         });
-        self.finished.send_modify(|n| *n += 1);
     }
 }

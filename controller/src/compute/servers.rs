@@ -643,6 +643,17 @@ impl Servers {
             .is_some())
     }
 
+    /// Forgets the quota locks of projects that no longer exist (a deleted
+    /// project can make no more creates); returns how many.
+    pub async fn purge_quota_locks(&self) -> Result<u64, StoreError> {
+        self.store
+            .execute(
+                "DELETE FROM quota_locks WHERE project_id NOT IN (SELECT id FROM projects)",
+                &[],
+            )
+            .await
+    }
+
     /// Forgets tombstones older than `before`.
     pub async fn purge_tombstones(&self, before: i64) -> Result<u64, StoreError> {
         self.store
@@ -773,6 +784,30 @@ mod tests {
         );
         assert_eq!(servers.purge_tombstones(now + 10).await.unwrap(), 1);
         assert!(!servers.was_deleted("doomed").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_quota_locks_of_deleted_projects_are_purged() {
+        let (_dir, store) = crate::store::temp_sqlite().await;
+        let servers = Servers::new(store.clone());
+        for sql in [
+            "INSERT INTO domains (id, name) VALUES ('d', 'D')",
+            "INSERT INTO projects (id, name, domain_id) VALUES ('kept', 'kept', 'd')",
+        ] {
+            store.execute(sql, &[]).await.unwrap();
+        }
+        for (id, project) in [("a", "kept"), ("b", "gone")] {
+            let mut s = building(id);
+            s.project_id = project.into();
+            servers.insert_within(&s, &DEFAULT_QUOTA).await.unwrap();
+        }
+        assert_eq!(servers.purge_quota_locks().await.unwrap(), 1);
+        let left = store
+            .fetch_all("SELECT project_id FROM quota_locks", &[])
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(crate::store::text(&left[0], "project_id").unwrap(), "kept");
     }
 
     #[tokio::test]

@@ -35,6 +35,12 @@ pub async fn act(
     let Some(hostd) = server_host(app, &server).await else {
         return Err(conflict(&server));
     };
+    // Before anything is recorded: a stopping controller takes no action.
+    let Some(background) = app.me.upgrade() else {
+        return Err(ComputeError::Unavailable(
+            "the controller is stopping".into(),
+        ));
+    };
     if !app.servers.begin_task(id, act.task, act.from).await? {
         // Re-read: the state that refused it may be newer than ours.
         return Err(match app.servers.get(id).await? {
@@ -56,14 +62,8 @@ pub async fn act(
     if let Err(e) = app.actions.start(&record).await {
         tracing::warn!(server = %id, "recording action {}: {e}", act.name);
     }
-    let Some(app) = app.me.upgrade() else {
-        let _ = app.servers.clear_task(id).await;
-        return Err(ComputeError::Unavailable(
-            "the controller is stopping".into(),
-        ));
-    };
     let (id, request_id) = (id.to_owned(), ctx.request_id.clone());
-    tokio::spawn(async move { on_host(&app, &id, &hostd, action, act, &request_id).await });
+    tokio::spawn(async move { on_host(&background, &id, &hostd, action, act, &request_id).await });
     Ok(())
 }
 

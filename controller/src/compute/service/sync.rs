@@ -73,7 +73,8 @@ pub async fn expire_stale(app: &App, before: i64) -> u64 {
 }
 
 /// Work a stopped controller left: builds resumed, tasks dropped; and the
-/// hosts' claims recounted, old tombstones forgotten.
+/// hosts' claims recounted, old tombstones and deleted projects' quota
+/// locks forgotten.
 async fn stale_work(app: &Arc<App>, before: i64) -> String {
     let builds = super::create::resume(app, before).await;
     let tasks = expire_stale(app, before).await;
@@ -91,6 +92,9 @@ async fn stale_work(app: &Arc<App>, before: i64) -> String {
     };
     if let Err(e) = app.servers.purge_tombstones(now() - TOMBSTONE_SECS).await {
         tracing::warn!("purging server tombstones: {e}");
+    }
+    if let Err(e) = app.servers.purge_quota_locks().await {
+        tracing::warn!("purging the quota locks of deleted projects: {e}");
     }
     format!("{builds} builds resumed, {tasks} tasks dropped, {claims} hosts' claims recounted")
 }
