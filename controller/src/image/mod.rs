@@ -3,6 +3,7 @@
 //! and SHA-512 computed on the way (clients verify downloads against them);
 //! a qcow2 image also gets a raw copy, which is what the VMM boots.
 
+pub mod service;
 pub mod upload;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,427 @@
+//! The image service: what Glance's API means, between its HTTP handlers
+//! (`api::image`, which parse and render) and the store ([`super::Images`]).
+//! Every entry point takes the caller and returns an [`ImageError`], which the
+//! handlers render in Glance's error shape.
+
+use std::collections::BTreeMap;
+
+use hyper::body::Incoming;
+use serde_json::Value as Json;
+
+use super::upload::{self, UploadError};
+use super::{Image, CONTAINER_FORMATS, DISK_FORMATS, VISIBILITIES};
+use crate::app::App;
+use crate::identity::{now, Auth};
+use crate::store::StoreError;
+
+/// Why an image request failed, in Glance's words.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
+    /// The image's bytes cannot be read.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn not_found(id: &str) -> ImageError {
+    ImageError::NotFound(format!("No image found with ID {id}"))
+}
+
+/// Fields a create or patch may set; everything else is a free-form property.
+const SETTABLE: &[&str] = &[
+    "name",
+    "visibility",
+    "protected",
+    "min_disk",
+    "min_ram",
+    "tags",
+    "disk_format",
+    "container_format",
+];
+const READ_ONLY: &[&str] = &[
+    "id",
+    "status",
+    "owner",
+    "size",
+    "virtual_size",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "created_at",
+    "updated_at",
+    "self",
+    "file",
+    "schema",
+    "direct_url",
+    "locations",
+    "os_hidden",
+];
+
+/// The image if the caller may see it; NotFound otherwise (never Forbidden:
+/// a private image's existence is not disclosed).
+pub async fn visible(app: &App, auth: &Auth, id: &str) -> Result<Image, ImageError> {
+    let project = auth.project_id().unwrap_or_default();
+    match app.images.get(id).await? {
+        Some(i) if i.visible_to(project, auth.is_admin()) => Ok(i),
+        _ => Err(not_found(id)),
+    }
+}
+
+/// The caller must own the image (or be an admin) to change it.
+pub async fn owned(app: &App, auth: &Auth, id: &str) -> Result<Image, ImageError> {
+    let image = visible(app, auth, id).await?;
+    if image.owner != auth.project_id().unwrap_or_default() && !auth.is_admin() {
+        return Err(ImageError::Forbidden(
+            "You are not permitted to modify this image.".into(),
+        ));
+    }
+    Ok(image)
+}
+
+/// A page of images, and the marker of the next page if there is one.
+pub struct Page {
+    pub images: Vec<Image>,
+    pub next: Option<(String, usize)>,
+}
+
+/// The images the caller may see, filtered by Glance's query parameters
+/// (`id=in:`, `name`, `visibility`, `status`, `owner`, the formats, `tag`)
+/// and paged by `marker` and `limit`.
+pub async fn list(
+    app: &App,
+    auth: &Auth,
+    q: &BTreeMap<String, String>,
+) -> Result<Page, ImageError> {
+    let project = auth.project_id().unwrap_or_default();
+    let all = app.images.list().await?;
+    let ids: Option<Vec<&str>> = q
+        .get("id")
+        .and_then(|v| v.strip_prefix("in:"))
+        .map(|v| v.split(',').collect());
+    let names: Option<Vec<&str>> = q
+        .get("name")
+        .map(|v| v.strip_prefix("in:").unwrap_or(v).split(',').collect());
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(usize::MAX);
+    let mut images: Vec<Image> = all
+        .into_iter()
+        .filter(|i| i.visible_to(project, auth.is_admin()))
+        // Admins list their own and public images unless they ask for all.
+        .filter(|i| match q.get("visibility").map(String::as_str) {
+            Some("all") | None if !auth.is_admin() => true,
+            Some("all") => true,
+            None => i.owner == project || i.visibility == "public",
+            Some(v) => i.visibility == v,
+        })
+        .filter(|i| ids.as_ref().is_none_or(|ids| ids.contains(&i.id.as_str())))
+        .filter(|i| names.as_ref().is_none_or(|n| n.contains(&i.name.as_str())))
+        .filter(|i| q.get("status").is_none_or(|s| &i.status == s))
+        .filter(|i| q.get("owner").is_none_or(|o| &i.owner == o))
+        .filter(|i| {
+            q.get("disk_format")
+                .is_none_or(|f| i.disk_format.as_ref() == Some(f))
+        })
+        .filter(|i| {
+            q.get("container_format")
+                .is_none_or(|f| i.container_format.as_ref() == Some(f))
+        })
+        .filter(|i| q.get("tag").is_none_or(|t| i.tags.contains(t)))
+        .collect();
+    if let Some(marker) = q.get("marker") {
+        match images.iter().position(|i| &i.id == marker) {
+            Some(p) => images.drain(..=p).for_each(drop),
+            None => return Err(ImageError::BadRequest(format!("marker {marker} not found"))),
+        }
+    }
+    let more = images.len() > limit;
+    images.truncate(limit);
+    let next = more
+        .then(|| images.last().map(|last| (last.id.clone(), limit)))
+        .flatten();
+    Ok(Page { images, next })
+}
+
+fn int_of(v: &Json, key: &str) -> Result<i64, String> {
+    match v {
+        Json::Number(n) => n
+            .as_i64()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| format!("{key}: not a non-negative integer")),
+        Json::String(s) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| format!("{key}: not a non-negative integer")),
+        _ => Err(format!("{key}: not a non-negative integer")),
+    }
+}
+
+/// Applies one settable field or property to `image`.
+fn set_field(image: &mut Image, key: &str, v: &Json, admin: bool) -> Result<(), ImageError> {
+    let bad = ImageError::BadRequest;
+    match key {
+        "name" => {
+            image.name = v
+                .as_str()
+                .ok_or_else(|| bad("name: must be a string".into()))?
+                .chars()
+                .take(255)
+                .collect()
+        }
+        "visibility" => {
+            let vis = v
+                .as_str()
+                .filter(|s| VISIBILITIES.contains(s))
+                .ok_or_else(|| bad(format!("visibility: one of {VISIBILITIES:?}")))?;
+            if vis == "public" && !admin {
+                return Err(ImageError::Forbidden(
+                    "Only administrators may publicize images.".into(),
+                ));
+            }
+            image.visibility = vis.to_owned();
+        }
+        "protected" => {
+            image.protected = v
+                .as_bool()
+                .ok_or_else(|| bad("protected: must be a boolean".into()))?
+        }
+        "min_disk" => image.min_disk = int_of(v, key).map_err(bad)?,
+        "min_ram" => image.min_ram = int_of(v, key).map_err(bad)?,
+        "tags" => {
+            image.tags = v
+                .as_array()
+                .ok_or_else(|| bad("tags: must be a list of strings".into()))?
+                .iter()
+                .map(|t| {
+                    t.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| bad("tags: must be a list of strings".into()))
+                })
+                .collect::<Result<_, _>>()?
+        }
+        "disk_format" | "container_format" => {
+            let allowed = if key == "disk_format" {
+                DISK_FORMATS
+            } else {
+                CONTAINER_FORMATS
+            };
+            let f = v
+                .as_str()
+                .filter(|s| allowed.contains(s))
+                .ok_or_else(|| bad(format!("{key}: one of {allowed:?}")))?;
+            if image.status != "queued" {
+                return Err(ImageError::Forbidden(format!(
+                    "{key} cannot change once data is uploaded"
+                )));
+            }
+            if key == "disk_format" {
+                image.disk_format = Some(f.to_owned());
+            } else {
+                image.container_format = Some(f.to_owned());
+            }
+        }
+        k if READ_ONLY.contains(&k) => {
+            return Err(ImageError::Forbidden(format!(
+                "Attribute '{k}' is read-only."
+            )))
+        }
+        k => {
+            let s = v
+                .as_str()
+                .ok_or_else(|| bad(format!("property {k}: values must be strings")))?;
+            if k.is_empty() || k.len() > 255 || s.len() > 65_535 {
+                return Err(bad(format!(
+                    "property {k:?}: key 1-255 bytes, value at most 65535"
+                )));
+            }
+            image.properties.insert(k.to_owned(), s.to_owned());
+        }
+    }
+    Ok(())
+}
+
+/// Creates an image record (queued, no data) from a create body's fields.
+pub async fn create(
+    app: &App,
+    auth: &Auth,
+    body: serde_json::Map<String, Json>,
+) -> Result<Image, ImageError> {
+    let t = now();
+    let id = match body.get("id") {
+        None | Some(Json::Null) => uuid::Uuid::new_v4().to_string(),
+        Some(Json::String(s)) if uuid::Uuid::parse_str(s).is_ok() => s.clone(),
+        Some(_) => return Err(ImageError::BadRequest("id: must be a UUID".into())),
+    };
+    let mut image = Image {
+        id,
+        name: String::new(),
+        owner: auth.project_id().unwrap_or_default().to_owned(),
+        status: "queued".into(),
+        visibility: "shared".into(),
+        disk_format: None,
+        container_format: None,
+        size: None,
+        virtual_size: None,
+        checksum: None,
+        os_hash_algo: None,
+        os_hash_value: None,
+        min_disk: 0,
+        min_ram: 0,
+        protected: false,
+        properties: BTreeMap::new(),
+        tags: Vec::new(),
+        created_at: t,
+        updated_at: t,
+    };
+    for (k, v) in &body {
+        if k != "id" {
+            set_field(&mut image, k, v, auth.is_admin())?;
+        }
+    }
+    app.images.insert(&image).await?;
+    Ok(image)
+}
+
+/// Applies a JSON patch (add, replace, remove of top-level fields and
+/// properties) to an image the caller owns.
+pub async fn patch(app: &App, auth: &Auth, id: &str, ops: &[Json]) -> Result<Image, ImageError> {
+    let mut image = owned(app, auth, id).await?;
+    for op in ops {
+        let (Some(kind), Some(path)) = (
+            op.get("op").and_then(Json::as_str),
+            op.get("path").and_then(Json::as_str),
+        ) else {
+            return Err(ImageError::BadRequest(
+                "each operation needs op and path".into(),
+            ));
+        };
+        let Some(key) = path
+            .strip_prefix('/')
+            .filter(|k| !k.is_empty() && !k.contains('/'))
+        else {
+            return Err(ImageError::BadRequest(format!("unsupported path {path:?}")));
+        };
+        match kind {
+            "add" | "replace" => match op.get("value") {
+                Some(v) => set_field(&mut image, key, v, auth.is_admin())?,
+                None => return Err(ImageError::BadRequest(format!("{kind} needs a value"))),
+            },
+            "remove" if SETTABLE.contains(&key) || READ_ONLY.contains(&key) => {
+                return Err(ImageError::Forbidden(format!(
+                    "Attribute '{key}' cannot be removed."
+                )))
+            }
+            "remove" => {
+                if image.properties.remove(key).is_none() {
+                    return Err(ImageError::Conflict(format!(
+                        "Property {key} does not exist."
+                    )));
+                }
+            }
+            other => return Err(ImageError::BadRequest(format!("unsupported op {other:?}"))),
+        }
+    }
+    image.updated_at = now();
+    app.images.save(&image).await?;
+    Ok(image)
+}
+
+pub async fn delete(app: &App, auth: &Auth, id: &str) -> Result<(), ImageError> {
+    let image = owned(app, auth, id).await?;
+    if image.protected {
+        return Err(ImageError::Forbidden(format!(
+            "Image {id} is protected and cannot be deleted."
+        )));
+    }
+    app.images.delete(id).await?;
+    Ok(())
+}
+
+/// Stores an image's data (once: queued -> saving -> active), streamed to
+/// disk with its checksums; a qcow2 image is also converted to raw. A failed
+/// upload leaves the image queued, so it can be retried.
+pub async fn upload(app: &App, auth: &Auth, id: &str, body: Incoming) -> Result<(), ImageError> {
+    let image = owned(app, auth, id).await?;
+    if image.disk_format.is_none() || image.container_format.is_none() {
+        return Err(ImageError::BadRequest(
+            "set disk_format and container_format before uploading".into(),
+        ));
+    }
+    if !app.images.transition(id, "queued", "saving").await? {
+        return Err(ImageError::Conflict(format!(
+            "Image {id} is {}: data can only be uploaded once",
+            image.status
+        )));
+    }
+    let fail = |e: ImageError| async move {
+        // Back to queued so the upload can be retried.
+        let _ = app.images.transition(id, "saving", "queued").await;
+        Err(e)
+    };
+    let dest = app.images.data_path(id);
+    let stored = match upload::store(body, &dest, app.config.max_image_bytes).await {
+        Ok(s) => s,
+        Err(e @ UploadError::TooLarge(_)) => {
+            return fail(ImageError::TooLarge(e.to_string())).await
+        }
+        Err(e) => return fail(ImageError::BadRequest(e.to_string())).await,
+    };
+    let virtual_size = if image.disk_format.as_deref() == Some("qcow2") {
+        match upload::qcow2_to_raw(&dest, &app.images.raw_path(&image)).await {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = std::fs::remove_file(&dest);
+                return fail(ImageError::BadRequest(e.to_string())).await;
+            }
+        }
+    } else {
+        stored.size
+    };
+    let Some(mut image) = app.images.get(id).await? else {
+        return Err(not_found(id));
+    };
+    image.status = "active".into();
+    image.size = Some(stored.size as i64);
+    image.virtual_size = Some(virtual_size as i64);
+    image.checksum = Some(stored.md5_hex);
+    image.os_hash_algo = Some("sha512".into());
+    image.os_hash_value = Some(stored.sha512_hex);
+    image.updated_at = now();
+    app.images.save(&image).await?;
+    Ok(())
+}
+
+/// An image's data, opened, with its record; None while it has no data.
+pub async fn data(
+    app: &App,
+    auth: &Auth,
+    id: &str,
+) -> Result<Option<(Image, tokio::fs::File)>, ImageError> {
+    let image = visible(app, auth, id).await?;
+    if image.status != "active" {
+        return Ok(None);
+    }
+    let path = app.images.data_path(id);
+    match tokio::fs::File::open(&path).await {
+        Ok(f) => Ok(Some((image, f))),
+        Err(e) => {
+            tracing::error!(image = id, "opening {}: {e}", path.display());
+            Err(ImageError::Unavailable(
+                "the image data is unavailable".into(),
+            ))
+        }
+    }
+}
