@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-/// Every target: `vmm::fuzz::<name>::<name>`, and the controller's `api`.
+/// Every target: `vmm::fuzz::<name>::<name>`, the controller's `api`, and
+/// hostd's boot picker (`bootpick`).
 pub const TARGETS: &[&str] = &[
     "virtio_blk",
     "virtio_net",
@@ -19,6 +20,7 @@ pub const TARGETS: &[&str] = &[
     "legacy_ports",
     "config",
     "api",
+    "bootpick",
 ];
 
 /// `cargo test` arguments that select a target's crate and test binary, and
@@ -26,6 +28,10 @@ pub const TARGETS: &[&str] = &[
 fn selector(target: &str) -> (&'static [&'static str], String) {
     match target {
         "api" => (&["-p", "controller", "--test", "fuzz_api"], "api".into()),
+        "bootpick" => (
+            &["-p", "virga-bootpick", "--test", "fuzz"],
+            "bootpick".into(),
+        ),
         t => (&["-p", "vmm", "--lib"], format!("fuzz::{t}::{t}")),
     }
 }

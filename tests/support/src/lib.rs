@@ -1,6 +1,7 @@
 //! What Virga's tests share, so that each test crate does not grow its own
 //! HTTP client, token helper or port picker:
 //!
+//! - [`fuzz`]: the fuzz targets' runner: budgets of cases or time, hangs
 //! - [`http`]: one HTTP/1.1 request per connection, over TCP or a Unix
 //!   socket, with a deadline; the raw bytes are kept for binary bodies
 //! - [`identity`]: Keystone v3 password tokens
@@ -10,6 +11,7 @@
 //! - [`tools`]: a test whose tool (PostgreSQL, qemu-img, the openstack CLI) is
 //!   missing fails under `cargo xtask test`, and skips elsewhere
 
+pub mod fuzz;
 pub mod http;
 pub mod identity;
 pub mod ports;

@@ -1,0 +1,189 @@
+//! The image as positional reads of one file, and the partitions on it.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+/// Partitions looked at, at most.
+pub const MAX_PARTITIONS: usize = 16;
+const SECTOR: u64 = 512;
+
+/// A disk image, read by position only.
+#[derive(Clone, Debug)]
+pub struct Image {
+    file: Arc<File>,
+    len: u64,
+}
+
+impl Image {
+    pub fn new(file: File) -> std::io::Result<Image> {
+        let len = file.metadata()?.len();
+        Ok(Image {
+            file: Arc::new(file),
+            len,
+        })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes `[offset, offset + len)` of the image, as a region.
+    pub fn region(&self, offset: u64, len: u64) -> Option<Region> {
+        let end = offset.checked_add(len)?;
+        (end <= self.len).then(|| Region {
+            image: self.clone(),
+            offset,
+            len,
+        })
+    }
+
+    /// The whole image as a region.
+    pub fn whole(&self) -> Region {
+        Region {
+            image: self.clone(),
+            offset: 0,
+            len: self.len,
+        }
+    }
+}
+
+/// A part of the image (a partition, or all of it); reads outside it fail.
+#[derive(Clone, Debug)]
+pub struct Region {
+    image: Image,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl Region {
+    pub fn read_at(&self, start: u64, dst: &mut [u8]) -> std::io::Result<()> {
+        let out_of_range = || std::io::Error::other("read beyond the region");
+        let end = start
+            .checked_add(dst.len() as u64)
+            .ok_or_else(out_of_range)?;
+        if end > self.len {
+            return Err(out_of_range());
+        }
+        self.image.file.read_exact_at(dst, self.offset + start)
+    }
+}
+
+impl ext4_view::Ext4Read for Region {
+    fn read(
+        &mut self,
+        start_byte: u64,
+        dst: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+        Ok(self.read_at(start_byte, dst)?)
+    }
+}
+
+/// A region as a seekable stream, for the partition-table crates; writes
+/// fail (they are opened read-only).
+#[derive(Debug)]
+struct Cursor {
+    region: Region,
+    pos: u64,
+}
+
+impl Read for Cursor {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf
+            .len()
+            .min(self.region.len.saturating_sub(self.pos) as usize);
+        self.region.read_at(self.pos, &mut buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Cursor {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let pos = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.region.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = pos.ok_or_else(|| std::io::Error::other("seek out of range"))?;
+        Ok(self.pos)
+    }
+}
+
+impl Write for Cursor {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::other("the image is read-only"))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The regions that may hold a filesystem: a GPT's partitions, else an MBR's
+/// primary partitions, else the whole image. At most [`MAX_PARTITIONS`];
+/// partitions that lie outside the image are left out.
+pub fn partitions(image: &Image) -> Vec<Region> {
+    if let Some(parts) = gpt_partitions(image) {
+        return parts;
+    }
+    if let Some(parts) = mbr_partitions(image) {
+        return parts;
+    }
+    vec![image.whole()]
+}
+
+fn gpt_partitions(image: &Image) -> Option<Vec<Region>> {
+    let cursor = Cursor {
+        region: image.whole(),
+        pos: 0,
+    };
+    let disk = gpt::GptConfig::new()
+        .writable(false)
+        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
+        .open_from_device(cursor)
+        .ok()?;
+    let regions = disk
+        .partitions()
+        .values()
+        .filter(|p| p.is_used())
+        .filter_map(|p| {
+            let start = p.first_lba.checked_mul(SECTOR)?;
+            let len = p
+                .last_lba
+                .checked_sub(p.first_lba)?
+                .checked_add(1)?
+                .checked_mul(SECTOR)?;
+            image.region(start, len)
+        })
+        .take(MAX_PARTITIONS)
+        .collect();
+    Some(regions)
+}
+
+fn mbr_partitions(image: &Image) -> Option<Vec<Region>> {
+    let mut cursor = Cursor {
+        region: image.whole(),
+        pos: 0,
+    };
+    let mbr = mbrman::MBR::read_from(&mut cursor, SECTOR as u32).ok()?;
+    let regions: Vec<Region> = mbr
+        .iter()
+        .filter(|(_, p)| p.is_used())
+        // Extended partitions hold more tables, not filesystems.
+        .filter(|(_, p)| !matches!(p.sys, 0x05 | 0x0f | 0x85))
+        .filter_map(|(_, p)| {
+            image.region(
+                u64::from(p.starting_lba) * SECTOR,
+                u64::from(p.sectors) * SECTOR,
+            )
+        })
+        .take(MAX_PARTITIONS)
+        .collect();
+    (!regions.is_empty()).then_some(regions)
+}
