@@ -11,24 +11,37 @@ pub fn password_auth(user: &str, password: &str, project: &str) -> String {
     .to_string()
 }
 
-/// A project-scoped token for `user`, or None when the identity service
-/// (`/identity/v3` at `at`) refuses it or cannot be reached.
+/// A project-scoped token for `user`, or why there is none: what the
+/// identity service (`/identity/v3` at `at`) answered, or why it could not
+/// be asked.
+pub fn request_token(
+    at: impl Into<Endpoint>,
+    user: &str,
+    password: &str,
+    project: &str,
+) -> Result<String, String> {
+    let body = password_auth(user, password, project);
+    let r = send(at, "POST", "/identity/v3/auth/tokens", &[], body.as_bytes())?;
+    if r.status != 201 {
+        return Err(format!("answered {}: {}", r.status, r.body));
+    }
+    r.header("x-subject-token")
+        .map(str::to_owned)
+        .ok_or_else(|| "answered 201 without X-Subject-Token".to_owned())
+}
+
+/// As [`request_token`], None when there is none.
 pub fn try_token(
     at: impl Into<Endpoint>,
     user: &str,
     password: &str,
     project: &str,
 ) -> Option<String> {
-    let body = password_auth(user, password, project);
-    let r = send(at, "POST", "/identity/v3/auth/tokens", &[], body.as_bytes()).ok()?;
-    if r.status != 201 {
-        return None;
-    }
-    r.header("x-subject-token").map(str::to_owned)
+    request_token(at, user, password, project).ok()
 }
 
-/// As [`try_token`], failing the test when there is none.
+/// As [`request_token`], failing the test with the reason when there is none.
 pub fn token(at: impl Into<Endpoint>, user: &str, password: &str, project: &str) -> String {
-    try_token(at, user, password, project)
-        .unwrap_or_else(|| panic!("no token for {user} in {project}"))
+    request_token(at, user, password, project)
+        .unwrap_or_else(|why| panic!("no token for {user} in {project}: {why}"))
 }
