@@ -78,6 +78,14 @@ fn main() -> ExitCode {
             }
         };
     }
+    // Before any thread exists: it edits the environment.
+    let inherited = match inherited_listener() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("controller: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -89,7 +97,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("controller: {e:#}");
@@ -98,7 +106,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, inherited: Option<std::net::TcpListener>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
     let store = Store::open(&config.database_url)
@@ -111,9 +119,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .context("bootstrapping the admin identity")?;
     let images = Images::new(store.clone(), config.state_dir.join("images"))
         .with_context(|| format!("creating {}", config.state_dir.join("images").display()))?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
+    let listener = match inherited {
+        Some(l) => tokio::net::TcpListener::from_std(l).context("the inherited listener")?,
+        None => tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?,
+    };
     tracing::info!(addr = %listener.local_addr()?, public_url = %config.public_url, "controller ready");
     let policy = config.scheduler.clone();
     let app = Arc::new_cyclic(|me| App {
@@ -167,6 +178,43 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("controller stopping");
     Ok(())
+}
+
+/// The listening socket handed over by whoever started the controller, as
+/// systemd's socket activation does (`LISTEN_FDS=1`, the socket as descriptor
+/// 3, `LISTEN_PID` naming this process when set); None when there is none.
+/// Then the port is the starter's: clients may connect before the controller
+/// is up (they wait in the backlog), and a restart never loses the port.
+fn inherited_listener() -> anyhow::Result<Option<std::net::TcpListener>> {
+    use std::os::fd::FromRawFd;
+    const FIRST_FD: i32 = 3;
+    let Ok(count) = std::env::var("LISTEN_FDS") else {
+        return Ok(None);
+    };
+    if let Ok(pid) = std::env::var("LISTEN_PID") {
+        if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+            return Ok(None); // meant for another process
+        }
+    }
+    // Not for the controller's own children.
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_PID");
+    match count.trim().parse::<u32>() {
+        Ok(1) => {}
+        Ok(0) => return Ok(None),
+        _ => anyhow::bail!("LISTEN_FDS={count}: the controller takes exactly one listening socket"),
+    }
+    // SAFETY: by the socket-activation protocol descriptor 3 is a socket
+    // handed to this process and owned by nothing else in it.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(FIRST_FD) };
+    let addr = listener
+        .local_addr()
+        .context("LISTEN_FDS: descriptor 3 is not a TCP socket")?;
+    listener
+        .set_nonblocking(true)
+        .context("LISTEN_FDS: descriptor 3")?;
+    tracing::info!(%addr, "listening on the inherited socket");
+    Ok(Some(listener))
 }
 
 /// Every reconciler: compute's, and the purge of expired tokens.

@@ -7,7 +7,6 @@
 
 pub mod hostd;
 
-use std::net::TcpStream;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,8 @@ pub struct Controller {
     pub addr: String,
     pub dir_path: std::path::PathBuf,
     config: std::path::PathBuf,
+    /// The controller's port, held by the test and handed to each process.
+    port: HeldPort,
     _dir: tempfile::TempDir,
 }
 
@@ -32,23 +33,27 @@ impl Controller {
     /// port, and waits until it answers.
     pub fn restart(&mut self) {
         self.kill();
-        self.child = spawn(&self.config);
-        wait_for(&self.addr);
+        self.child = spawn(&self.config, &self.port);
+        wait_for(&mut self.child, &self.addr);
     }
 }
 
-fn spawn(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_controller"))
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap()
+fn spawn(config: &std::path::Path, port: &HeldPort) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_controller"));
+    cmd.arg("--config").arg(config).env("RUST_LOG", "warn");
+    port.hand_to(&mut cmd);
+    cmd.spawn().unwrap()
 }
 
-fn wait_for(addr: &str) {
-    virga_test_support::wait::until("the controller to listen", Duration::from_secs(20), || {
-        TcpStream::connect(addr).ok()
+/// Waits (at most 30 s) until the controller answers; fails at once if it
+/// exits instead.
+fn wait_for(child: &mut Child, addr: &str) {
+    virga_test_support::wait::until("the controller to answer", Duration::from_secs(30), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the controller exited: {status}");
+        }
+        virga_test_support::http::send_within(addr, Duration::from_secs(1), "GET", "/", &[], b"")
+            .ok()
     });
 }
 
@@ -66,7 +71,8 @@ pub fn start(database_url: Option<String>) -> Controller {
 /// As [`start`], with `extra` top-level TOML lines.
 pub fn start_with(database_url: Option<String>, extra: &str) -> Controller {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let held = HeldPort::new();
+    let port = held.port;
     let db = database_url
         .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display()));
     let cfg = dir.path().join("controller.toml");
@@ -78,21 +84,22 @@ pub fn start_with(database_url: Option<String>, extra: &str) -> Controller {
         ),
     )
     .unwrap();
-    let child = spawn(&cfg);
-    let addr = format!("127.0.0.1:{port}");
-    wait_for(&addr);
+    let mut child = spawn(&cfg, &held);
+    let addr = held.addr();
+    wait_for(&mut child, &addr);
     Controller {
         child,
         addr,
         dir_path: dir.path().to_owned(),
         config: cfg,
+        port: held,
         _dir: dir,
     }
 }
 
 pub use virga_test_support::http::Reply;
 pub use virga_test_support::identity::try_token;
-pub use virga_test_support::ports::free_port;
+pub use virga_test_support::ports::{free_port, HeldPort};
 pub use virga_test_support::tools::{missing as missing_tool, required as tools_required};
 
 pub fn call(

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use virga_e2e::{controller_bin, hostd_bins};
 use virga_test_support::http::Reply;
-use virga_test_support::ports::{free_ports, wait_for_port};
+use virga_test_support::ports::{free_ports, wait_for_port, HeldPort};
 
 const HOSTD_SECRET: &str = "cloud-e2e-hostd-secret-0123";
 
@@ -39,35 +39,51 @@ fn http(
     (reply.status, reply)
 }
 
-/// A controller on `port` with its state under `dir`; `tables` is TOML
-/// placed before its `[bootstrap]` table.
-fn start_controller(dir: &std::path::Path, port: u16, tables: &str) -> Killed {
+/// A controller serving `port` (held by the test, handed over as systemd
+/// would) with its state under `dir`; `tables` is TOML placed before its
+/// `[bootstrap]` table. Returns once it answers.
+fn start_controller(dir: &std::path::Path, port: &HeldPort, tables: &str) -> Killed {
     let cfg = dir.join("controller.toml");
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nhostd_secret = \"{HOSTD_SECRET}\"\n{tables}[bootstrap]\nadmin_password = \"admin-secret\"\n",
+            "listen = \"{}\"\nstate_dir = \"{}\"\nhostd_secret = \"{HOSTD_SECRET}\"\n{tables}[bootstrap]\nadmin_password = \"admin-secret\"\n",
+            port.addr(),
             dir.join("controller").display()
         ),
     )
     .expect("config");
-    let controller = Killed(
-        Command::new(controller_bin())
-            .arg("--config")
-            .arg(&cfg)
-            .env("RUST_LOG", "warn")
-            .spawn()
+    let mut cmd = Command::new(controller_bin());
+    cmd.arg("--config").arg(&cfg).env("RUST_LOG", "warn");
+    port.hand_to(&mut cmd);
+    let mut controller = Killed(
+        cmd.spawn()
             .expect("start the controller (built by cargo xtask test)"),
     );
-    wait_for_port(port);
+    virga_test_support::wait::until("the controller to answer", Duration::from_secs(60), || {
+        if let Ok(Some(status)) = controller.0.try_wait() {
+            panic!("the controller exited: {status}");
+        }
+        virga_test_support::http::send_within(
+            port.port,
+            Duration::from_secs(1),
+            "GET",
+            "/",
+            &[],
+            b"",
+        )
+        .ok()
+    });
     controller
 }
 
 #[test]
 fn hostd_registers_and_fetches_images_from_the_controller() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let [ctl_port, hostd_port] = free_ports::<2>();
-    let _controller = start_controller(dir.path(), ctl_port, "");
+    let held = HeldPort::new();
+    let ctl_port = held.port;
+    let [hostd_port] = free_ports::<1>();
+    let _controller = start_controller(dir.path(), &held, "");
 
     let token = virga_test_support::identity::token(ctl_port, "admin", "admin-secret", "admin");
     let t = ("X-Auth-Token", token.as_str());
@@ -185,11 +201,13 @@ fn openstack_server_create_boots_a_guest() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let [ctl_port, hostd_port] = free_ports::<2>();
+    let held = HeldPort::new();
+    let ctl_port = held.port;
+    let [hostd_port] = free_ports::<1>();
     // The testbed has one CPU: let RAM decide how many servers fit.
     let controller = start_controller(
         dir.path(),
-        ctl_port,
+        &held,
         "[scheduler]\ncpu_allocation_ratio = 16.0\n",
     );
 

@@ -1,6 +1,8 @@
 //! A throwaway PostgreSQL server from Debian's `postgresql` package: its own
-//! data directory in a temp dir, a free port on 127.0.0.1, trust auth, stopped
-//! (and removed) when dropped. The controller's store tests and the API
+//! data directory in a temp dir, trust auth, stopped (and removed) when
+//! dropped. It listens on a Unix socket in that directory only, never on a
+//! TCP port: a port picked free and bound later could be taken meanwhile by
+//! another test's server (and was). The controller's store tests and the API
 //! benchmark run against it.
 
 use std::path::{Path, PathBuf};
@@ -26,9 +28,13 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> PgError {
 pub struct PgServer {
     bin: PathBuf,
     data: PathBuf,
-    port: u16,
+    /// The directory of its socket (`.s.PGSQL.5432`).
+    socket_dir: PathBuf,
     _dir: tempfile::TempDir,
 }
+
+/// The port in the socket's name; no TCP port is opened.
+const PORT: u16 = 5432;
 
 impl PgServer {
     /// The newest installed server's bin directory.
@@ -71,7 +77,6 @@ impl PgServer {
         if !ok.success() {
             return Err(PgError::Failed("initdb"));
         }
-        let port = free_port().map_err(io("free port"))?;
         let ok = as_postgres(&bin.join("pg_ctl"))
             .arg("-D")
             .arg(&data)
@@ -79,7 +84,7 @@ impl PgServer {
             .arg(dir.path().join("log"))
             .arg("-o")
             .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1",
+                "-p {PORT} -k {} -c listen_addresses=''",
                 dir.path().display()
             ))
             .args(["-w", "start"])
@@ -91,14 +96,24 @@ impl PgServer {
         Ok(PgServer {
             bin,
             data,
-            port,
+            socket_dir: dir.path().to_owned(),
             _dir: dir,
         })
     }
 
-    /// A `postgres://` URL for the server's `postgres` database.
+    /// A `postgres://` URL for the server's `postgres` database, through
+    /// its Unix socket (`host=` names the socket's directory, as libpq and
+    /// sqlx read it).
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        format!(
+            "postgres://postgres@localhost:{PORT}/postgres?host={}",
+            self.socket_dir.display()
+        )
+    }
+
+    /// The server's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.socket_dir.join(format!(".s.PGSQL.{PORT}"))
     }
 }
 
@@ -110,12 +125,6 @@ impl Drop for PgServer {
             .args(["-m", "immediate", "stop"])
             .status();
     }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn running_as_root() -> bool {
@@ -150,15 +159,14 @@ mod tests {
             return;
         }
         let pg = PgServer::start().expect("server starts");
-        let port: u16 = pg
+        let socket = pg.socket();
+        assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
+        assert!(pg
             .url()
-            .rsplit_once(':')
-            .and_then(|(_, rest)| rest.split('/').next()?.parse().ok())
-            .expect("a port in the URL");
-        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+            .contains(&format!("host={}", socket.parent().unwrap().display())));
         drop(pg);
         assert!(
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            std::os::unix::net::UnixStream::connect(&socket).is_err(),
             "stopped when dropped"
         );
     }
