@@ -440,7 +440,10 @@ fn send(
 
 impl World {
     fn start() -> World {
-        let c = common::start(None);
+        // The world's token must outlive a long run (`cargo xtask fuzz`
+        // runs an hour or more): the default hour once ended a run with
+        // 401s that looked like a controller that stopped serving.
+        let c = common::start_with(None, "token_ttl_secs = 604800\n");
         let t = common::call(&c, "POST", "/identity/v3/auth/tokens", &[], ADMIN_AUTH);
         let token = t.header("x-subject-token").unwrap().to_owned();
         let post = |path: &str, body: Value| -> Value {
