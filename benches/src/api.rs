@@ -22,6 +22,7 @@ use hyper::body::Bytes;
 use serde_json::{json, Value as Json};
 use virga_guest_images::initramfs::BOOT_MARKER;
 use virga_pgserver::PgServer;
+use virga_test_support::ports::HeldPort;
 use virga_testbed::{Scenario, Testbed};
 
 use crate::hostd::{collect_samples, emit};
@@ -57,15 +58,16 @@ fn controller_bin() -> PathBuf {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(virga_test_support::ports::free_port())
 }
 
 /// A controller process with its own state directory; killed when dropped.
 struct Controller {
     child: Child,
     port: u16,
+    /// Held here and handed to the controller (see `HeldPort`): no other
+    /// process can take the port while the controller starts.
+    _held: HeldPort,
     _dir: tempfile::TempDir,
 }
 
@@ -73,7 +75,8 @@ impl Controller {
     /// `extra` is TOML placed after the top-level keys (tables allowed).
     fn start(database_url: Option<&str>, extra: &str) -> Result<Controller> {
         let dir = tempfile::tempdir()?;
-        let port = free_port()?;
+        let held = HeldPort::new();
+        let port = held.port;
         let db = database_url.map_or(String::new(), |u| format!("database_url = \"{u}\"\n"));
         let cfg = dir.path().join("controller.toml");
         std::fs::write(
@@ -84,23 +87,40 @@ impl Controller {
             ),
         )?;
         let bin = controller_bin();
-        let child = Command::new(&bin)
-            .arg("--config")
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--config")
             .arg(&cfg)
             // Servers without a host are expected here: no warnings about them.
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", "error");
+        held.hand_to(&mut cmd);
+        let child = cmd
             .spawn()
             .with_context(|| format!("starting {} (cargo xtask bench builds it)", bin.display()))?;
-        let ctl = Controller {
+        let mut ctl = Controller {
             child,
             port,
+            _held: held,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(ctl.addr()).is_err() {
+        loop {
+            if let Some(status) = ctl.child.try_wait()? {
+                bail!("the controller exited: {status}");
+            }
+            let probe = virga_test_support::http::send_within(
+                port,
+                Duration::from_secs(1),
+                "GET",
+                "/",
+                &[],
+                b"",
+            );
+            if probe.is_ok() {
+                break;
+            }
             if Instant::now() > deadline {
                 bail!(
-                    "the controller did not listen on {} within 30 s",
+                    "the controller did not answer on {} within 30 s",
                     ctl.addr()
                 );
             }
