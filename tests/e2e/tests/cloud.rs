@@ -82,7 +82,6 @@ fn hostd_registers_and_fetches_images_from_the_controller() {
     let dir = tempfile::tempdir().expect("tempdir");
     let held = HeldPort::new();
     let ctl_port = held.port;
-    let [hostd_port] = free_ports::<1>();
     let _controller = start_controller(dir.path(), &held, "");
 
     let token = virga_test_support::identity::token(ctl_port, "admin", "admin-secret", "admin");
@@ -111,6 +110,8 @@ fn hostd_registers_and_fetches_images_from_the_controller() {
     assert_eq!(status, 204);
 
     let [hostd, _] = hostd_bins();
+    // Picked just before hostd binds it, which it does first thing.
+    let [hostd_port] = free_ports::<1>();
     let hostd_cfg = dir.path().join("hostd.toml");
     std::fs::write(
         &hostd_cfg,
