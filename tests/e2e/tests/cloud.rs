@@ -229,9 +229,11 @@ EOF
 $BIN/hostd --config $WORK/hostd.toml 2> $WORK/hostd.log &
 HOSTD=$!
 # Runs until the test stops its controller: three failed probes in a row, so
-# one lost request on QEMU's user network does not end the scenario early.
+# one lost request on QEMU's user network does not end the scenario early
+# (each probe gives up after 10 s: a connection the test's held port took
+# while no controller served it gets no answer until the port is closed).
 f=0; while [ $f -lt 3 ]; do
-    wget -q -O /dev/null http://$HOST_ADDR:{ctl_port}/identity/v3 && f=0 || f=$((f + 1)); sleep 1
+    wget -q -T 10 -O /dev/null http://$HOST_ADDR:{ctl_port}/identity/v3 && f=0 || f=$((f + 1)); sleep 1
 done
 kill $HOSTD; wait $HOSTD
 echo "HOSTD_LOG_BEGIN"; tail -n 20 $WORK/hostd.log; echo "HOSTD_LOG_END"
@@ -249,7 +251,10 @@ echo "HOSTD_LOG_BEGIN"; tail -n 20 $WORK/hostd.log; echo "HOSTD_LOG_END"
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         drive_the_cloud(&cli, dir.path(), ctl_port, &|| !runner.is_finished())
     }));
-    drop(controller); // ends the scenario
+    // Ends the scenario: with the controller gone and its port no longer
+    // held, the testbed's probes are refused.
+    drop(controller);
+    drop(held);
     let outcome = runner.join().expect("testbed thread");
     match &outcome {
         Ok(o) => println!("--- testbed ({}) ---\n{}", o.mode.as_str(), o.output),
