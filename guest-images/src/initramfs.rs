@@ -144,6 +144,8 @@ case " $($bb cat /proc/cmdline) " in
     for d in /sys/bus/pci/devices/*; do
         [ -e "$d/vendor" ] && echo "virga-pci $($bb basename $d) $($bb cat $d/vendor):$($bb cat $d/device) class=$($bb cat $d/class) driver=$($bb basename "$($bb readlink $d/driver)")"
     done
+    d=/sys/class/dmi/id
+    echo "virga-dmi $($bb cat $d/sys_vendor 2>/dev/null)|$($bb cat $d/product_name 2>/dev/null)|$($bb cat $d/product_family 2>/dev/null)|$($bb cat $d/bios_vendor 2>/dev/null)"
     echo "virga-rng-current $($bb cat /sys/class/misc/hw_random/rng_current 2>/dev/null)"
     echo "virga-rng-bytes $($bb head -c 4096 /dev/hwrng 2>/dev/null | $bb wc -c)"
     $bb poweroff -f

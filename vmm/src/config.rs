@@ -319,6 +319,9 @@ pub struct ConfigFile {
     /// Run in a jail as this user (see [`crate::jail`]); none when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jail: Option<crate::jail::JailConfig>,
+    /// What the guest's SMBIOS tables say (vendor, product, serial, UUID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smbios: Option<crate::smbios::SmbiosInfo>,
 }
 
 impl ConfigFile {
@@ -356,6 +359,7 @@ impl ConfigFile {
             nets: other.nets.or(self.nets),
             seccomp: other.seccomp.or(self.seccomp),
             jail: other.jail.or(self.jail),
+            smbios: other.smbios.or(self.smbios),
         }
     }
 }
@@ -385,6 +389,7 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     pub seccomp: crate::seccomp::SeccompMode,
     pub jail: Option<crate::jail::JailConfig>,
+    pub smbios: crate::smbios::SmbiosInfo,
 }
 
 impl VmConfig {
@@ -484,8 +489,11 @@ impl VmConfig {
         if let Some(jail) = &file.jail {
             jail.check().map_err(|e| invalid("jail", e))?;
         }
+        let smbios = file.smbios.unwrap_or_default();
+        smbios.check().map_err(|e| invalid("smbios", e))?;
 
         Ok(VmConfig {
+            smbios,
             jail: file.jail,
             nets,
             disks,

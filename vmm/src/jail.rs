@@ -696,6 +696,7 @@ mod tests {
             nets: Vec::new(),
             seccomp: Default::default(),
             jail: None,
+            smbios: Default::default(),
         };
         let contents = Contents::of(&mut config).unwrap();
         let real = |p: &Path| std::fs::canonicalize(p).unwrap();

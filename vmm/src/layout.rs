@@ -6,6 +6,7 @@
 //! 0x0000_6000  PVH start_info        0x0002_0000  kernel command line
 //! 0x0000_7000  zero page             0x0009_fc00  EBDA .. 1 MiB: reserved
 //! 0x0000_8ff0  boot stack            0x000e_0000  ACPI tables (RSDP first)
+//!                                    0x000f_0000  SMBIOS entry point and tables
 //! 0x0010_0000  RAM: kernel, then free; initramfs at the top of low RAM
 //! 0xc000_0000  32-bit MMIO hole .. 4 GiB: PCI BARs, then ECAM at 0xe000_0000,
 //!              IOAPIC, LAPIC; RAM continues above 4 GiB
@@ -24,7 +25,10 @@ pub const PD_ADDR: u64 = 0xb000;
 pub const CMDLINE_ADDR: u64 = 0x20000;
 pub const EBDA_START: u64 = 0x9fc00;
 pub const ACPI_START: u64 = 0xe0000;
-pub const ACPI_END: u64 = 0x10_0000;
+pub const ACPI_END: u64 = SMBIOS_START;
+/// SMBIOS: where Linux scans for its entry point without firmware.
+pub const SMBIOS_START: u64 = 0xf0000;
+pub const SMBIOS_END: u64 = 0x10_0000;
 pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const MMIO_HOLE_END: u64 = 1 << 32;
@@ -41,7 +45,7 @@ pub const PAGE_SIZE: u64 = 4096;
 // The boot structures must not overlap each other or the reserved legacy area.
 const _: () = assert!(PVH_MEMMAP_ADDR + 16 * 24 <= ZERO_PAGE_ADDR);
 const _: () = assert!(CMDLINE_ADDR + crate::config::MAX_CMDLINE_LEN as u64 <= EBDA_START);
-const _: () = assert!(ACPI_START >= EBDA_START && ACPI_END == HIMEM_START);
+const _: () = assert!(ACPI_START >= EBDA_START && SMBIOS_END == HIMEM_START);
 
 /// E820 entry types, as the guest reads them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod pci;
 pub mod rate_limiter;
 pub mod seccomp;
+pub mod smbios;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

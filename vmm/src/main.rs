@@ -110,6 +110,7 @@ impl Args {
                 nets: (!self.nets.is_empty()).then_some(self.nets),
                 seccomp: self.seccomp,
                 jail: self.jail,
+                smbios: None,
             },
         )
     }

@@ -55,6 +55,8 @@ pub enum VmError {
     #[error(transparent)]
     Acpi(#[from] AcpiError),
     #[error(transparent)]
+    Smbios(#[from] crate::smbios::SmbiosError),
+    #[error(transparent)]
     Boot(#[from] BootError),
     #[error("vCPU {id}: {source}")]
     VcpuSetup { id: u8, source: regs::RegsError },
@@ -141,6 +143,7 @@ impl Vm {
 
         let acpi = AcpiTables::build(config.vcpus)?;
         acpi.write_to(memory)?;
+        crate::smbios::write_to(memory, &config.smbios)?;
         let load_started = Instant::now();
         let entry = boot::load(memory, config, acpi.rsdp_addr)?;
         tracing::debug!(elapsed = ?load_started.elapsed(), mode = ?entry.mode, "kernel, initramfs and command line loaded");

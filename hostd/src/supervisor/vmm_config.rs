@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use vmm::config::{ConfigFile, NetConfig, RebootPolicy, SerialConfig, SerialMode};
+use vmm::smbios::SmbiosInfo;
 
 use super::{OpError, API_SOCKET, CONSOLE_LOG, JAIL_ROOT};
 use crate::instance::InstanceSpec;
@@ -92,7 +93,27 @@ pub(super) fn vmm_config_file(spec: &InstanceSpec, dir: Option<&Path>) -> Config
         seccomp: None,
         // Set by `launch` when VMMs are jailed.
         jail: None,
+        smbios: Some(smbios(spec)),
     }
+}
+
+/// The machine as an OpenStack guest sees it (what Nova's libvirt driver
+/// writes): cloud-init and `dmidecode` recognise an OpenStack Nova
+/// instance; the serial and, for UUID ids, the system UUID are the
+/// instance's.
+fn smbios(spec: &InstanceSpec) -> SmbiosInfo {
+    let mut info = SmbiosInfo {
+        manufacturer: "OpenStack Foundation".into(),
+        product: "OpenStack Nova".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        serial: spec.id.clone(),
+        uuid: Some(spec.id.clone()),
+        family: "Virtual Machine".into(),
+    };
+    if info.check().is_err() {
+        info.uuid = None; // not a UUID
+    }
+    info
 }
 
 pub(super) fn net_config(
@@ -138,5 +159,18 @@ mod tests {
         assert_eq!(f.disks.unwrap()[0].path, PathBuf::from("/img"));
         assert_eq!(f.api_socket, Some(PathBuf::from("/run/x/api.sock")));
         assert_eq!(f.on_reboot, Some(RebootPolicy::Restart));
+        let tables = f.smbios.unwrap();
+        assert_eq!(tables.product, "OpenStack Nova");
+        assert_eq!(
+            (tables.serial.as_str(), tables.uuid),
+            ("a", None),
+            "not a UUID"
+        );
+        let uuid = "7d5e6a1c-0000-4000-8000-000000000001";
+        let s = smbios(&InstanceSpec {
+            id: uuid.into(),
+            ..spec
+        });
+        assert_eq!(s.uuid.as_deref(), Some(uuid));
     }
 }

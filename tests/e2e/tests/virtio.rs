@@ -28,6 +28,14 @@ echo "WITHOUT_RNG_EXIT=$?""#,
         "virtio-rng bound to virtio-pci"
     );
     assert!(with.contains("virga-rng-current virtio_rng.0"));
+    // The VMM's SMBIOS tables, found by the guest without firmware.
+    assert!(
+        with.contains("virga-dmi Virga|Virga VM||Virga"),
+        "SMBIOS: {}",
+        with.lines()
+            .find(|l| l.contains("virga-dmi"))
+            .unwrap_or("no virga-dmi line")
+    );
     assert!(
         with.contains("virga-rng-bytes 4096"),
         "4 KiB of entropy read"
