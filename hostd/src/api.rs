@@ -88,6 +88,7 @@ fn op_error(e: OpError) -> Response<ResponseBody> {
         OpError::BadRequest(_) => StatusCode::BAD_REQUEST,
         OpError::NotFound(_) => StatusCode::NOT_FOUND,
         OpError::Conflict(_) => StatusCode::CONFLICT,
+        OpError::Unbootable(_) => StatusCode::UNPROCESSABLE_ENTITY,
         OpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e.to_string())

@@ -6,6 +6,7 @@
 //! socket = "/run/virga/hostd.sock"        # Unix socket; optional
 //! state_dir = "/var/lib/virga/hostd"
 //! vmm_binary = "/usr/libexec/virga/vmm"
+//! bootpick_binary = "/usr/libexec/virga/virga-bootpick" # next to hostd by default
 //! jail = true                             # VMMs jailed, each as its own user
 //! vmm_uid_base = 2000000                  # those users: uid = gid = base + N
 //! cgroup_root = "/sys/fs/cgroup/virga"    # "" disables cgroups
@@ -48,6 +49,7 @@ pub struct ConfigFile {
     pub socket: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub vmm_binary: Option<PathBuf>,
+    pub bootpick_binary: Option<PathBuf>,
     /// Jail every VMM (the default; needs hostd to run as root).
     pub jail: Option<bool>,
     pub vmm_uid_base: Option<u32>,
@@ -83,6 +85,9 @@ pub struct Config {
     pub socket: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub vmm_binary: PathBuf,
+    /// Reads root disks' `/boot` (instances booted from a disk image); only
+    /// needed by those, so checked when one starts.
+    pub bootpick_binary: PathBuf,
     /// The first of the users jailed VMMs run as (one per instance); None
     /// runs VMMs unjailed, as hostd's own user.
     pub vmm_uid_base: Option<u32>,
@@ -148,6 +153,11 @@ impl Config {
                 format!("{} is not an executable file", vmm_binary.display()),
             ));
         }
+        let bootpick_binary = file.bootpick_binary.unwrap_or_else(|| {
+            std::env::current_exe()
+                .map(|p| p.with_file_name("virga-bootpick"))
+                .unwrap_or_else(|_| PathBuf::from("virga-bootpick"))
+        });
         let vmm_uid_base = match file.jail.unwrap_or(true) {
             false => None,
             true => {
@@ -223,6 +233,7 @@ impl Config {
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             vmm_binary,
+            bootpick_binary,
             vmm_uid_base,
             cgroup_root,
             host_id,

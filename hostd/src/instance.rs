@@ -50,9 +50,21 @@ pub struct InstanceSpec {
     /// The guest kernel (ELF vmlinux or bzImage); VMs boot it directly. Or:
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<PathBuf>,
-    /// ... an image at the controller, fetched into hostd's image cache.
+    /// ... an image at the controller, fetched into hostd's image cache. Or:
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_image: Option<String>,
+    /// ... a disk image at the controller that boots from its own `/boot`:
+    /// the instance gets a writable copy of it as /dev/vda (its root disk,
+    /// kept until the instance is deleted), and the kernel, initramfs and
+    /// command line are picked from that disk before every boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_image: Option<String>,
+    /// The root disk's size; the image's own when smaller or unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_disk_gib: Option<u32>,
+    /// Attached read-only after the root disk, for cloud-init.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_drive: Option<hostd_proto::instance::ConfigDrive>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initramfs_image: Option<String>,
     /// Images at the controller attached read-only, after `disks`.
@@ -94,18 +106,46 @@ impl InstanceSpec {
                 "metadata {k:?}: keys 1-{MAX_METADATA_KEY} bytes, values at most {MAX_METADATA_VALUE}"
             ));
         }
-        match (&self.kernel, &self.kernel_image) {
-            (Some(_), None) | (None, Some(_)) => {}
-            _ => {
-                return Err(
-                    "kernel: give exactly one of kernel (a path) or kernel_image (an image id)"
-                        .into(),
-                )
-            }
+        let boots = [
+            self.kernel.is_some(),
+            self.kernel_image.is_some(),
+            self.root_image.is_some(),
+        ];
+        if boots.iter().filter(|b| **b).count() != 1 {
+            return Err(
+                "give exactly one of kernel (a path), kernel_image (an image id) \
+                 or root_image (a disk image id)"
+                    .into(),
+            );
+        }
+        if self.root_image.is_some()
+            && (self.initramfs.is_some()
+                || self.initramfs_image.is_some()
+                || self.cmdline.is_some())
+        {
+            return Err(
+                "root_image: the disk's own /boot names the initramfs and command line".into(),
+            );
+        }
+        if self.root_disk_gib.is_some() && self.root_image.is_none() {
+            return Err("root_disk_gib: only with root_image".into());
+        }
+        if self
+            .root_disk_gib
+            .is_some_and(|g| g > crate::root_disk::MAX_GIB)
+        {
+            return Err(format!(
+                "root_disk_gib: at most {}",
+                crate::root_disk::MAX_GIB
+            ));
+        }
+        if let Some(drive) = &self.config_drive {
+            crate::config_drive::check(drive)?;
         }
         let image_ids = self
             .kernel_image
             .iter()
+            .chain(self.root_image.iter())
             .chain(self.initramfs_image.iter())
             .chain(self.disk_images.iter());
         for id in image_ids {
@@ -176,6 +216,9 @@ mod tests {
             memory_mib: 128,
             kernel: Some("/k".into()),
             kernel_image: None,
+            root_image: None,
+            root_disk_gib: None,
+            config_drive: None,
             initramfs_image: None,
             disk_images: vec![],
             initramfs: None,
@@ -265,7 +308,10 @@ mod tests {
             id: "0b5f7c1e-2f4a-4c55-9d2e-8a9f6b3c1d2e".into(),
             vcpus: 2,
             memory_mib: 512,
-            kernel_image: "k-1".into(),
+            kernel_image: Some("k-1".into()),
+            root_image: None,
+            root_disk_gib: None,
+            config_drive: Some(Default::default()),
             initramfs_image: Some("i-1".into()),
             disk_images: vec!["d-1".into()],
             cmdline: Some("console=ttyS0".into()),
@@ -277,7 +323,8 @@ mod tests {
             (got.id, got.vcpus, got.memory_mib),
             (sent.id, sent.vcpus, sent.memory_mib)
         );
-        assert_eq!(got.kernel_image, Some(sent.kernel_image));
+        assert_eq!(got.kernel_image, sent.kernel_image);
+        assert_eq!(got.config_drive, sent.config_drive);
         assert_eq!(got.initramfs_image, sent.initramfs_image);
         assert_eq!(got.disk_images, sent.disk_images);
         assert_eq!(got.cmdline, sent.cmdline);

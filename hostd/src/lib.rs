@@ -11,14 +11,20 @@
 //! - [`host`]: host facts: CPUs, memory, disk, KVM mode
 //! - [`registration`]: heartbeats to the controller
 //! - [`images`]: the cache of images fetched from the controller
+//! - [`root_disk`]: instances' writable copies of disk images
+//! - [`config_drive`]: the `config-2` drive cloud-init reads
+//! - [`boot_picker`]: runs the sandboxed `virga-bootpick` on a root disk
 
 pub mod api;
+pub mod boot_picker;
 pub mod cgroup;
 pub mod config;
+pub mod config_drive;
 pub mod host;
 pub mod images;
 pub mod instance;
 pub mod process;
 pub mod registration;
+pub mod root_disk;
 pub mod store;
 pub mod supervisor;

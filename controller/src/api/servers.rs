@@ -171,7 +171,8 @@ impl<'a> ServerView<'a> {
                 .launched_at
                 .map(|t| super::http::iso_micros(t).replace('Z', "")),
             terminated_at: None,
-            config_drive: "",
+            // hostd attaches one to every server.
+            config_drive: "True",
             key_name: s.key_name.as_deref(),
             progress: 0,
             security_groups: [Named { name: "default" }],
@@ -477,15 +478,39 @@ fn parse_create(body: &Json) -> Result<CreateServer, String> {
         }
     };
     let text = |key: &str| s.get(key).and_then(Json::as_str).map(str::to_owned);
+    let user_data = match s.get("user_data") {
+        None | Some(Json::Null) => None,
+        Some(Json::String(d)) => Some(checked_user_data(d)?),
+        Some(_) => {
+            return Err("Invalid input for field/attribute user_data: must be a string".into())
+        }
+    };
     Ok(CreateServer {
         name: name.trim().to_owned(),
         flavor_ref,
         image_ref,
         key_name: text("key_name"),
         metadata,
-        user_data: text("user_data"),
+        user_data,
         availability_zone: text("availability_zone"),
     })
+}
+
+/// Nova's rule for `user_data`: base64, at most 65535 characters of it.
+fn checked_user_data(data: &str) -> Result<String, String> {
+    use base64::Engine;
+    const MAX: usize = 65535;
+    if data.len() > MAX {
+        return Err(format!(
+            "Invalid input for field/attribute user_data: at most {MAX} characters of base64 \
+             ({} given)",
+            data.len()
+        ));
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|_| "Invalid input for field/attribute user_data: not a base64 string")?;
+    Ok(data.to_owned())
 }
 
 /// `DELETE /servers/{id}`: recorded and answered at once (204, as Nova

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::quotas::Quota;
 use crate::store::{int, opt_text, text, Engine, Step, Store, StoreError, Value};
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Server {
     pub id: String,
     pub project_id: String,

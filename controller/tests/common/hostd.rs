@@ -32,6 +32,15 @@ pub struct StandInHostd {
     listings: Arc<Listings>,
     /// Creates make the instance and then fail (see `fail_creates`).
     failing: Arc<AtomicBool>,
+    creates: Arc<Creates>,
+}
+
+/// The create bodies the stand-in was sent, and an answer that refuses the
+/// next ones (see `refuse_creates`).
+#[derive(Default)]
+struct Creates {
+    bodies: Mutex<Vec<serde_json::Value>>,
+    refusal: Mutex<Option<(u16, String)>>,
 }
 
 /// Instance listings (`GET /instances`): a gate that holds them between taking
@@ -72,11 +81,20 @@ impl StandInHostd {
         let states: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
         let listings: Arc<Listings> = Arc::default();
         let failing: Arc<AtomicBool> = Arc::default();
+        let creates: Arc<Creates> = Arc::default();
         let (shared, gate, fail) = (states.clone(), listings.clone(), failing.clone());
+        let sent = creates.clone();
         let server = StubServer::start(move |request| {
             let bearer = format!("Bearer {token}");
             let authorized = request.header("authorization") == Some(bearer.as_str());
             let failing = fail.load(Ordering::SeqCst);
+            if authorized && request.method == "POST" && request.segments() == ["instances"] {
+                sent.bodies.lock().unwrap().push(request.json());
+                if let Some((status, message)) = sent.refusal.lock().unwrap().clone() {
+                    let body = serde_json::json!({"error": {"message": message}});
+                    return Response::json(status, &body);
+                }
+            }
             answer(&request, authorized, &shared, &gate, failing, delays)
         });
         StandInHostd {
@@ -85,7 +103,19 @@ impl StandInHostd {
             states,
             listings,
             failing,
+            creates,
         }
+    }
+
+    /// Every create body sent so far, in order.
+    pub fn create_bodies(&self) -> Vec<serde_json::Value> {
+        self.creates.bodies.lock().unwrap().clone()
+    }
+
+    /// From now on, creates are refused with `status` and `message`, as
+    /// hostd refuses an image that cannot boot (422).
+    pub fn refuse_creates(&self, status: u16, message: &str) {
+        *self.creates.refusal.lock().unwrap() = Some((status, message.to_owned()));
     }
 
     /// From now on, every create makes the instance and then answers 500, as a

@@ -5,6 +5,7 @@
 // uses every helper.
 #![allow(clippy::unwrap_used, dead_code, unused_imports)]
 
+pub mod cloud;
 pub mod hostd;
 
 use std::process::{Child, Command};

@@ -16,8 +16,19 @@ pub struct ImageInstanceSpec {
     pub id: String,
     pub vcpus: u8,
     pub memory_mib: u32,
-    /// Image ids at the controller, fetched into hostd's image cache.
-    pub kernel_image: String,
+    /// Image ids at the controller, fetched into hostd's image cache. A
+    /// kernel the VMM boots directly; or, instead:
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_image: Option<String>,
+    /// ... a disk image (raw) the instance boots from its own `/boot`, through
+    /// a writable copy of it of at least `root_disk_gib` (/dev/vda).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_disk_gib: Option<u32>,
+    /// What the guest's cloud-init reads: attached read-only as a config drive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_drive: Option<ConfigDrive>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initramfs_image: Option<String>,
     /// Attached read-only, in order (the first is /dev/vda).
@@ -27,6 +38,24 @@ pub struct ImageInstanceSpec {
     pub cmdline: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+}
+
+/// An OpenStack config drive's contents (Nova's layout under
+/// `openstack/latest/`), written by hostd as a vfat filesystem labelled
+/// `config-2`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigDrive {
+    /// `meta_data.json`: `uuid`, `name`, `hostname`, `public_keys`, ...
+    pub meta_data: serde_json::Map<String, serde_json::Value>,
+    /// `user_data`, base64 as Nova's API takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    /// `vendor_data.json`, `vendor_data2.json` and `network_data.json`.
+    #[serde(default)]
+    pub vendor_data: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub network_data: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Where an instance stands on its host.

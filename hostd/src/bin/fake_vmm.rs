@@ -9,7 +9,10 @@
 //! - `fake.ignore_shutdown`: accepts a shutdown request and goes on running
 //!   (a guest that ignores ACPI power button presses);
 //! - `fake.crash_after_ms=N`: fails N ms after starting, with status 3 and
-//!   an exit line, as a VMM whose guest triple-faulted does.
+//!   an exit line, as a VMM whose guest triple-faulted does;
+//! - `fake.reboot_once_after_ms=N`: the first VMM of an instance exits N ms
+//!   after starting as the real one does when its guest reboots under
+//!   `on_reboot: exit` (a marker in its run directory tells the first).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -54,11 +57,13 @@ fn main() {
     let host_mib = vmm::config::host_memory_mib().unwrap_or(u64::MAX);
     let config = VmConfig::validate(file.clone(), host_mib)
         .unwrap_or_else(|e| fail(format!("invalid configuration: {e}")));
+    let rebooted_before = config_path.with_file_name("fake-rebooted").exists();
+    let watched = config_path.clone();
     // Gone with the test that made it: its run directory is removed when the
     // test ends, however it ends.
     std::thread::spawn(move || loop {
         std::thread::sleep(Duration::from_millis(500));
-        if !config_path.exists() {
+        if !watched.exists() {
             std::process::exit(0);
         }
     });
@@ -81,6 +86,19 @@ fn main() {
             std::thread::sleep(Duration::from_millis(ms));
             exit_with(3, "guest triple fault (fake)");
         });
+    }
+    if let Some(ms) = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("fake.reboot_once_after_ms="))
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        let marker = config_path.with_file_name("fake-rebooted");
+        if std::fs::write(&marker, b"").is_ok() && !rebooted_before {
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(ms));
+                exit_with(0, "guest rebooted; exiting (on_reboot: exit)");
+            });
+        }
     }
     let Some(socket) = file.api_socket.clone() else {
         fail("invalid configuration: no api_socket".into());

@@ -20,11 +20,25 @@ use hyper::Method;
 use tokio::sync::{mpsc, oneshot, watch};
 use vmm::virtio::net::tap::Tap;
 
-use super::exit::{classify, last_exit_line, tail_lines};
+use super::exit::{classify, guest_rebooted, last_exit_line, tail_lines};
 use super::vmm_config::{net_config, prepare_jail, vmm_config_file};
-use super::{Event, OpError, Supervisor, API_SOCKET, CONSOLE_LOG, VMM_CONFIG, VMM_LOG};
+use super::{
+    Event, OpError, Supervisor, API_SOCKET, CONFIG_DRIVE, CONSOLE_LOG, PICKED_BOOT, ROOT_DISK,
+    VMM_CONFIG, VMM_LOG,
+};
+use crate::boot_picker::{self, Picked};
 use crate::instance::{now_secs, Instance, Process, State};
 use crate::process::{self, Exit, Launch, PidFd};
+use crate::{config_drive, root_disk};
+
+/// How a VMM ended, as far as what comes next is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// A disk-booted guest rebooted: the VMM exited to have hostd pick the
+    /// kernel again and start a new one.
+    GuestRebooted,
+    Other,
+}
 
 /// Requests that may wait for an instance's actor; more are refused.
 pub(super) const QUEUE_DEPTH: usize = 8;
@@ -267,8 +281,12 @@ impl Actor {
             }
             First::Create { start, reply } => {
                 self.commit().await;
-                if start {
-                    if let Err(e) = self.launch().await {
+                let ready = match self.make_disks().await {
+                    Ok(()) if start => self.launch().await,
+                    other => other,
+                };
+                {
+                    if let Err(e) = ready {
                         // A create that cannot start leaves nothing behind.
                         self.forget().await;
                         let _ = reply.send(Err(e));
@@ -291,7 +309,14 @@ impl Actor {
                         return;
                     }
                 }
-                exit = exit_of(vmm) => self.on_exit(exit).await,
+                exit = exit_of(vmm) => {
+                    if self.on_exit(exit).await == Ended::GuestRebooted {
+                        // Picked again: the guest may have changed its /boot.
+                        if let Err(e) = self.launch().await {
+                            tracing::warn!(instance = self.id, "starting again after the guest's reboot: {e}");
+                        }
+                    }
+                }
                 queued = self.requests.recv() => {
                     let Some(q) = queued else { return };
                     let result = self.serve(q.request).await;
@@ -384,6 +409,74 @@ impl Actor {
         self.sup.forget(&self.id);
     }
 
+    /// Makes the root disk of an instance booted from a disk image (once: it
+    /// is the instance's from then on) and its config drive.
+    async fn make_disks(&mut self) -> Result<(), OpError> {
+        let spec = &self.record.spec;
+        let base = match &spec.root_image {
+            Some(image) => Some(
+                self.sup
+                    .images
+                    .fetch(image)
+                    .await
+                    .map_err(OpError::Internal)?,
+            ),
+            None => None,
+        };
+        let dir = self.sup.run_dir(&self.id);
+        let (gib, drive) = (spec.root_disk_gib, spec.config_drive.clone());
+        let id = self.id.clone();
+        let made = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let root = dir.join(ROOT_DISK);
+            if let Some(base) = base.filter(|_| !root.exists()) {
+                let started = std::time::Instant::now();
+                let how = root_disk::create(&base, &root, gib)
+                    .map_err(|e| format!("making the root disk: {e}"))?;
+                tracing::info!(instance = id, ?how, took = ?started.elapsed(), "root disk made");
+            }
+            if let Some(drive) = drive {
+                config_drive::write(&drive, &dir.join(CONFIG_DRIVE))
+                    .map_err(|e| format!("making the config drive: {e}"))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| OpError::Internal(e.to_string()))?;
+        made.map_err(OpError::Internal)
+    }
+
+    /// What an instance booted from a disk image boots this time, picked
+    /// from its root disk. An image that cannot boot puts the instance in
+    /// ERROR saying why.
+    async fn pick(&mut self, dir: &std::path::Path) -> Result<Option<Picked>, OpError> {
+        if self.record.spec.root_image.is_none() {
+            return Ok(None);
+        }
+        let binary = &self.sup.config.bootpick_binary;
+        match boot_picker::pick(binary, &dir.join(ROOT_DISK), &dir.join(PICKED_BOOT)).await {
+            Ok(picked) => {
+                tracing::info!(
+                    instance = self.id,
+                    how = picked.how,
+                    cmdline = picked.cmdline,
+                    "boot picked"
+                );
+                Ok(Some(picked))
+            }
+            Err(e) => {
+                let why = e.to_string();
+                self.record.state = State::Error;
+                self.record.reason = Some(why.clone());
+                self.commit().await;
+                Err(match e {
+                    boot_picker::PickError::Unbootable(_) => OpError::Unbootable(why),
+                    boot_picker::PickError::Failed(_) => OpError::Internal(why),
+                })
+            }
+        }
+    }
+
     /// Starts a VMM for the instance and waits until its control API answers.
     async fn launch(&mut self) -> Result<(), OpError> {
         let spec = self.record.spec.clone();
@@ -392,6 +485,7 @@ impl Actor {
         std::fs::create_dir_all(&dir)
             .map_err(|e| OpError::Internal(format!("{}: {e}", dir.display())))?;
         let _ = std::fs::remove_file(dir.join(API_SOCKET));
+        let picked = self.pick(&dir).await?;
 
         // Taps are opened here so that the VMM needs no network privileges.
         let mut taps = Vec::new();
@@ -403,7 +497,7 @@ impl Actor {
             nets.push(net_config(nic, fds, Some(tap.queue_count() as u16)));
             taps.push(tap);
         }
-        let mut file = vmm_config_file(&spec, Some(&dir));
+        let mut file = vmm_config_file(&spec, Some(&dir), picked.as_ref());
         file.nets = (!nets.is_empty()).then_some(nets);
         if let Some(uid) = self.sup.vmm_uid(&self.id)? {
             if self.record.vmm_uid != Some(uid) {
@@ -517,12 +611,20 @@ impl Actor {
     }
 
     /// Records how the VMM ended.
-    async fn on_exit(&mut self, exit: Exit) {
+    async fn on_exit(&mut self, exit: Exit) -> Ended {
         self.vmm = None;
         let requested = self.shared.vmm_exited();
         let dir = self.sup.run_dir(&self.id);
         let last = last_exit_line(&dir.join(VMM_LOG));
         let (state, reason) = classify(requested, &exit, last.as_deref());
+        let ended = if !requested
+            && matches!(exit, Exit::Code(0) | Exit::Unknown)
+            && guest_rebooted(last.as_deref())
+        {
+            Ended::GuestRebooted
+        } else {
+            Ended::Other
+        };
         let counters = &self.sup.counters;
         let reason = if state == State::Error {
             counters.vmm_exits_failed.fetch_add(1, Ordering::Relaxed);
@@ -537,6 +639,7 @@ impl Actor {
         self.record.reason = Some(reason);
         self.record.process = None;
         self.commit().await;
+        ended
     }
 
     /// Takes back a VMM that was running when hostd last stopped.

@@ -55,6 +55,14 @@ pub(super) fn classify(requested: bool, exit: &Exit, last_line: Option<&str>) ->
     }
 }
 
+/// Whether the VMM's last line says it exited because its guest rebooted
+/// (its `on_reboot: exit` policy).
+pub(super) fn guest_rebooted(last_line: Option<&str>) -> bool {
+    last_line
+        .and_then(|l| l.strip_prefix(vmm::EXIT_LINE))
+        .is_some_and(|rest| rest.starts_with("0: guest rebooted"))
+}
+
 /// The VMM's last line if the VMM wrote it (its exit line, or why it could not
 /// start), not a line of its tracing output.
 pub(super) fn last_exit_line(log: &Path) -> Option<String> {

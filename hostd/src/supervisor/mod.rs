@@ -37,6 +37,11 @@ const CONSOLE_LOG: &str = "console.log";
 const VMM_LOG: &str = "vmm.log";
 const API_SOCKET: &str = "api.sock";
 const VMM_CONFIG: &str = "vmm.json";
+/// An instance booted from a disk image: its writable root disk, its config
+/// drive, and where the kernel and initramfs picked from the root disk go.
+const ROOT_DISK: &str = "root.img";
+const CONFIG_DRIVE: &str = "config-drive.img";
+const PICKED_BOOT: &str = "boot";
 /// The empty directory a jailed VMM mounts its root on (in its own mount
 /// namespace; nothing appears here on the host).
 const JAIL_ROOT: &str = "jail";
@@ -52,6 +57,9 @@ pub enum OpError {
     Conflict(String),
     #[error("{0}")]
     Internal(String),
+    /// The instance's image cannot boot (another host would not help).
+    #[error("{0}")]
+    Unbootable(String),
 }
 
 /// A state change, as the event stream carries it.
@@ -291,7 +299,15 @@ impl Supervisor {
                 spec.memory_mib
             )));
         }
-        let mut file = vmm_config::vmm_config_file(spec, None);
+        if spec.root_image.is_some() {
+            // The kernel is picked from the root disk at each start, and the
+            // VMM's configuration checked then.
+            if spec.vcpus == 0 {
+                return Err(OpError::BadRequest("vcpus: at least 1".into()));
+            }
+            return Ok(());
+        }
+        let mut file = vmm_config::vmm_config_file(spec, None, None);
         file.nets = Some(
             spec.nics
                 .iter()
@@ -308,6 +324,10 @@ impl Supervisor {
             |id: String| async move { self.images.fetch(&id).await.map_err(OpError::Internal) };
         if let Some(id) = spec.kernel_image.take() {
             spec.kernel = Some(fetch(id).await?);
+        }
+        if let Some(id) = &spec.root_image {
+            // Cached now (the actor copies it into the root disk).
+            fetch(id.clone()).await?;
         }
         if let Some(id) = spec.initramfs_image.take() {
             spec.initramfs = Some(fetch(id).await?);

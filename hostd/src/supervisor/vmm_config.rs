@@ -5,7 +5,8 @@ use std::path::Path;
 use vmm::config::{ConfigFile, NetConfig, RebootPolicy, SerialConfig, SerialMode};
 use vmm::smbios::SmbiosInfo;
 
-use super::{OpError, API_SOCKET, CONSOLE_LOG, JAIL_ROOT};
+use super::{OpError, API_SOCKET, CONFIG_DRIVE, CONSOLE_LOG, JAIL_ROOT, ROOT_DISK};
+use crate::boot_picker::Picked;
 use crate::instance::InstanceSpec;
 
 /// Readies the jail of a VMM that runs as `uid`: an empty directory in its run
@@ -50,25 +51,35 @@ fn give_disk(path: &Path, uid: u32) -> std::io::Result<()> {
 }
 
 /// The VMM configuration for an instance; with a run directory, its console,
-/// control socket and reboot policy too.
-pub(super) fn vmm_config_file(spec: &InstanceSpec, dir: Option<&Path>) -> ConfigFile {
+/// control socket and reboot policy too. An instance booted from a disk
+/// image boots what was `picked` from its root disk, which comes first; a
+/// config drive comes last (both live in the run directory).
+pub(super) fn vmm_config_file(
+    spec: &InstanceSpec,
+    dir: Option<&Path>,
+    picked: Option<&Picked>,
+) -> ConfigFile {
     let mut disks = Vec::new();
     let mut cmdline = spec.cmdline.clone().unwrap_or_default();
+    let (mut kernel, mut initramfs) = (spec.kernel.clone(), spec.initramfs.clone());
+    if let (Some(picked), Some(dir)) = (picked, dir) {
+        kernel = Some(picked.kernel.clone());
+        initramfs = picked.initramfs.clone();
+        cmdline = picked.cmdline.clone();
+        disks.push(disk(dir.join(ROOT_DISK), false));
+    }
     if let Some(boot) = &spec.boot_disk {
-        disks.push(vmm::config::DiskConfig {
-            path: boot.clone(),
-            read_only: false,
-            serial: None,
-            direct: true,
-            queues: None,
-            rate_limit: Default::default(),
-        });
+        disks.push(disk(boot.clone(), false));
         cmdline = format!("{cmdline} root=/dev/vda").trim().to_owned();
     }
     disks.extend(spec.disks.iter().cloned());
+    if let (Some(_), Some(dir)) = (&spec.config_drive, dir) {
+        // Last, as Nova attaches it; cloud-init finds it by its label.
+        disks.push(disk(dir.join(CONFIG_DRIVE), true));
+    }
     ConfigFile {
-        kernel: spec.kernel.clone(),
-        initramfs: spec.initramfs.clone(),
+        kernel,
+        initramfs,
         cmdline: Some(cmdline),
         vcpus: Some(spec.vcpus),
         memory_mib: Some(spec.memory_mib),
@@ -84,7 +95,13 @@ pub(super) fn vmm_config_file(spec: &InstanceSpec, dir: Option<&Path>) -> Config
         }),
         api_socket: dir.map(|d| d.join(API_SOCKET)),
         // A guest reboot stays inside the VMM: the instance keeps running.
-        on_reboot: Some(RebootPolicy::Restart),
+        // Except for a disk-booted guest: its /boot may have changed (a
+        // kernel upgrade), so hostd picks again and starts a new VMM.
+        on_reboot: Some(if spec.root_image.is_some() {
+            RebootPolicy::Exit
+        } else {
+            RebootPolicy::Restart
+        }),
         rng: None,
         disks: (!disks.is_empty()).then_some(disks),
         nets: None,
@@ -94,6 +111,17 @@ pub(super) fn vmm_config_file(spec: &InstanceSpec, dir: Option<&Path>) -> Config
         // Set by `launch` when VMMs are jailed.
         jail: None,
         smbios: Some(smbios(spec)),
+    }
+}
+
+fn disk(path: std::path::PathBuf, read_only: bool) -> vmm::config::DiskConfig {
+    vmm::config::DiskConfig {
+        path,
+        read_only,
+        serial: None,
+        direct: !read_only,
+        queues: None,
+        rate_limit: Default::default(),
     }
 }
 
@@ -145,6 +173,9 @@ mod tests {
             memory_mib: 256,
             kernel: Some("/k".into()),
             kernel_image: None,
+            root_image: None,
+            root_disk_gib: None,
+            config_drive: None,
             initramfs_image: None,
             disk_images: vec![],
             initramfs: None,
@@ -154,7 +185,7 @@ mod tests {
             nics: vec![],
             metadata: Default::default(),
         };
-        let f = vmm_config_file(&spec, Some(Path::new("/run/x")));
+        let f = vmm_config_file(&spec, Some(Path::new("/run/x")), None);
         assert_eq!(f.cmdline.as_deref(), Some("console=ttyS0 root=/dev/vda"));
         assert_eq!(f.disks.unwrap()[0].path, PathBuf::from("/img"));
         assert_eq!(f.api_socket, Some(PathBuf::from("/run/x/api.sock")));

@@ -1,6 +1,8 @@
 //! What Virga's tests share, so that each test crate does not grow its own
 //! HTTP client, token helper or port picker:
 //!
+//! - [`disks`]: synthetic GPT/MBR disks with ext4 filesystems (Debian-,
+//!   Ubuntu- and BLS-style `/boot`s)
 //! - [`fuzz`]: the fuzz targets' runner: budgets of cases or time, hangs
 //! - [`http`]: one HTTP/1.1 request per connection, over TCP or a Unix
 //!   socket, with a deadline; the raw bytes are kept for binary bodies
@@ -11,6 +13,7 @@
 //! - [`tools`]: a test whose tool (PostgreSQL, qemu-img, the openstack CLI) is
 //!   missing fails under `cargo xtask test`, and skips elsewhere
 
+pub mod disks;
 pub mod fuzz;
 pub mod http;
 pub mod identity;

@@ -24,7 +24,7 @@ use super::state::DELETING;
 use crate::app::App;
 use crate::compute::scheduler::{Demand, PlaceError};
 use crate::compute::servers::Server;
-use crate::hostd_client::Hostd;
+use crate::hostd_client::{Hostd, HostdError};
 
 /// Hosts tried for one server before it goes to ERROR.
 pub const MAX_ATTEMPTS: usize = 3;
@@ -115,6 +115,10 @@ impl Step {
                 match hostd.create(spec).await {
                     Ok(_) => {}
                     Err(e) if e.is_conflict() => {}
+                    Err(HostdError::Refused {
+                        status: 422,
+                        message,
+                    }) => return Err(Failure::Fatal(message)),
                     Err(e) => return Err(Failure::Host(format!("host {host_id}: {e}"))),
                 }
                 // Deleted (or being deleted) meanwhile: its delete may have
@@ -276,10 +280,13 @@ async fn fail(app: &App, id: &str, fault: &str) {
         .await;
 }
 
-/// What hostd is asked to run for a server: the image's kernel (its
-/// `kernel_id`, or the image itself when it is a kernel), ramdisk and command
-/// line (`os_command_line`), and the image as a read-only root disk. Images go
-/// by id: hostd fetches them from this controller into its cache.
+/// What hostd is asked to run for a server. A disk image (raw, qcow2, ami) without a
+/// `kernel_id` boots from its own `/boot`: hostd makes the server a root disk
+/// of the flavor's size from it and picks the kernel there. Otherwise the
+/// image's kernel (its `kernel_id`, or the image itself when it is a kernel),
+/// ramdisk and command line (`os_command_line`) boot directly, with the
+/// image as a read-only root disk. Every server gets a config drive. Images
+/// go by id: hostd fetches them from this controller into its cache.
 async fn instance_spec(app: &App, s: &Server) -> Result<ImageInstanceSpec, String> {
     let image = app
         .images
@@ -287,22 +294,62 @@ async fn instance_spec(app: &App, s: &Server) -> Result<ImageInstanceSpec, Strin
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the image is gone")?;
+    let keypair = match &s.key_name {
+        Some(name) => app
+            .keypairs
+            .get(&s.user_id, name)
+            .await
+            .map_err(|e| e.to_string())?,
+        None => None,
+    };
+    let mut spec = ImageInstanceSpec {
+        id: s.id.clone(),
+        vcpus: u8::try_from(s.vcpus)
+            .map_err(|_| format!("{} vCPUs: a host runs at most 255 per guest", s.vcpus))?,
+        memory_mib: u32::try_from(s.ram_mib)
+            .map_err(|_| format!("{} MiB of RAM: too much for one guest", s.ram_mib))?,
+        kernel_image: None,
+        root_image: None,
+        root_disk_gib: None,
+        config_drive: Some(super::metadata::config_drive(s, keypair.as_ref())),
+        initramfs_image: None,
+        disk_images: Vec::new(),
+        cmdline: None,
+        metadata: BTreeMap::from([
+            ("name".to_owned(), s.name.clone()),
+            ("project_id".to_owned(), s.project_id.clone()),
+        ]),
+    };
+    let disk_format = image.disk_format.as_deref();
+    let kernel_id = image.properties.get("kernel_id");
+    if kernel_id.is_none() && disk_format != Some("aki") {
+        match disk_format {
+            // A qcow2 upload is kept as raw too (see `image::upload`); an
+            // ami without a kernel is a whole disk, as Nova boots it.
+            Some("raw" | "qcow2" | "ami") => {}
+            Some(other) => {
+                return Err(format!(
+                    "disk format {other} cannot boot from its own /boot: upload the image as raw or qcow2"
+                ))
+            }
+            None => return Err("the image has no disk format".into()),
+        }
+        spec.root_image = Some(image.id.clone());
+        spec.root_disk_gib = u32::try_from(s.disk_gib).ok().filter(|g| *g > 0);
+        return Ok(spec);
+    }
     let active = |i: Option<crate::image::Image>, what: &str| match i {
         Some(i) if i.status == "active" => Ok(i.id),
         _ => Err(format!("the {what} image is missing or not active")),
     };
-    let kernel = if image.disk_format.as_deref() == Some("aki") {
-        image.id.clone()
-    } else {
-        let kid = image.properties.get("kernel_id").ok_or(
-            "the image has no kernel_id property: Virga boots a kernel directly (no firmware)",
-        )?;
-        active(
+    spec.kernel_image = Some(match kernel_id {
+        None => image.id.clone(),
+        Some(kid) => active(
             app.images.get(kid).await.map_err(|e| e.to_string())?,
             "kernel",
-        )?
-    };
-    let initramfs = match image.properties.get("ramdisk_id") {
+        )?,
+    });
+    spec.initramfs_image = match image.properties.get("ramdisk_id") {
         Some(rid) => Some(active(
             app.images.get(rid).await.map_err(|e| e.to_string())?,
             "ramdisk",
@@ -314,30 +361,14 @@ async fn instance_spec(app: &App, s: &Server) -> Result<ImageInstanceSpec, Strin
         .get("os_command_line")
         .cloned()
         .unwrap_or_else(|| DEFAULT_CMDLINE.to_owned());
-    let mut disks = Vec::new();
-    if matches!(image.disk_format.as_deref(), Some("raw" | "qcow2" | "ami"))
-        && image.size.unwrap_or(0) > 0
-    {
-        disks.push(image.id.clone());
+    if matches!(disk_format, Some("raw" | "qcow2" | "ami")) && image.size.unwrap_or(0) > 0 {
+        spec.disk_images.push(image.id.clone());
         if !cmdline.contains("root=") {
             cmdline.push_str(" root=/dev/vda ro");
         }
     }
-    Ok(ImageInstanceSpec {
-        id: s.id.clone(),
-        vcpus: u8::try_from(s.vcpus)
-            .map_err(|_| format!("{} vCPUs: a host runs at most 255 per guest", s.vcpus))?,
-        memory_mib: u32::try_from(s.ram_mib)
-            .map_err(|_| format!("{} MiB of RAM: too much for one guest", s.ram_mib))?,
-        kernel_image: kernel,
-        initramfs_image: initramfs,
-        disk_images: disks,
-        cmdline: Some(cmdline),
-        metadata: BTreeMap::from([
-            ("name".to_owned(), s.name.clone()),
-            ("project_id".to_owned(), s.project_id.clone()),
-        ]),
-    })
+    spec.cmdline = Some(cmdline);
+    Ok(spec)
 }
 
 #[cfg(test)]

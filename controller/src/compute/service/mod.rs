@@ -8,6 +8,7 @@
 //! - [`build`]: the build as logged steps with undo (scheduling, spawning;
 //!   the server's task_state is the log), run in the background
 //! - [`delete`]: records a delete and finishes it in the background
+//! - [`metadata`]: what a guest is told about itself (its config drive)
 //! - [`action`]: stop, start, pause, suspend, reboot, ... and console output
 //! - [`state`]: hostd's states and Nova's, the table of host actions (pure)
 //! - [`sync`]: the reconcilers: instance state sync, orphan reaper, expiry
@@ -16,6 +17,7 @@ pub mod action;
 pub mod build;
 pub mod create;
 pub mod delete;
+pub mod metadata;
 pub mod state;
 pub mod sync;
 

@@ -1,0 +1,172 @@
+//! Servers from cloud images (a raw disk without a `kernel_id`), against the
+//! stand-in hostd: what the controller asks the host for (the image as a
+//! root disk of the flavor's size, a config drive with the server's key,
+//! hostname and user data), Nova's user-data rules, and an image the host
+//! finds unbootable ending the build in ERROR with the host's reason,
+//! without trying other hosts.
+
+// Test helpers fail the test on any unexpected error.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine;
+use common::cloud::Cloud;
+use common::hostd::Delays;
+use common::{call, put_bytes};
+
+const NO_DELAYS: Delays = Delays {
+    create: Duration::ZERO,
+    action: Duration::ZERO,
+    delete: Duration::ZERO,
+};
+const PUBLIC_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHs7sAvZ0nq6Q0m9M2dpBmbJYk8y9m8Ocq6m1E8K8y2J test@virga";
+
+/// A flavor with a root disk of `disk` GiB and an active image of
+/// `disk_format` holding a few bytes; returns (flavor, image).
+fn flavor_and_image(cloud: &Cloud, disk: i64, disk_format: &str) -> (String, String) {
+    let t = cloud.auth();
+    let flavor = call(
+        &cloud.c,
+        "POST",
+        "/compute/v2.1/flavors",
+        &[t],
+        &serde_json::json!({"flavor": {"name": format!("d{disk}-{disk_format}"), "ram": 256,
+            "vcpus": 1, "disk": disk}})
+        .to_string(),
+    )
+    .json()["flavor"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let image = call(
+        &cloud.c,
+        "POST",
+        "/image/v2/images",
+        &[t],
+        &serde_json::json!({"name": "debian", "disk_format": disk_format,
+            "container_format": "bare"})
+        .to_string(),
+    )
+    .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/image/v2/images/{image}/file");
+    assert_eq!(put_bytes(&cloud.c, &path, &cloud.admin, &[0u8; 4096]), 204);
+    (flavor, image)
+}
+
+fn create(cloud: &Cloud, body: serde_json::Value) -> common::Reply {
+    call(
+        &cloud.c,
+        "POST",
+        "/compute/v2.1/servers",
+        &[cloud.auth()],
+        &serde_json::json!({ "server": body }).to_string(),
+    )
+}
+
+#[test]
+fn a_cloud_image_boots_from_a_root_disk_with_a_config_drive() {
+    let cloud = Cloud::start(NO_DELAYS);
+    let (flavor, image) = flavor_and_image(&cloud, 3, "raw");
+    let key = call(
+        &cloud.c,
+        "POST",
+        "/compute/v2.1/os-keypairs",
+        &[cloud.auth()],
+        &serde_json::json!({"keypair": {"name": "mykey", "public_key": PUBLIC_KEY}}).to_string(),
+    );
+    assert_eq!(key.status, 200, "{}", key.body);
+    let user_data =
+        base64::engine::general_purpose::STANDARD.encode("#cloud-config\nruncmd: [echo hi]\n");
+    let r = create(
+        &cloud,
+        serde_json::json!({"name": "Web Server 1", "imageRef": image, "flavorRef": flavor,
+            "key_name": "mykey", "user_data": user_data}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    let shown = cloud.wait(&id, "ACTIVE");
+    assert_eq!(shown["config_drive"], "True");
+
+    let sent = cloud.hostd.create_bodies();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let spec = &sent[0];
+    assert_eq!(spec["root_image"], image.as_str(), "{spec}");
+    assert_eq!(spec["root_disk_gib"], 3);
+    assert!(spec.get("kernel_image").is_none(), "{spec}");
+    assert!(
+        spec.get("cmdline").is_none(),
+        "the image's own /boot says: {spec}"
+    );
+    let meta = &spec["config_drive"]["meta_data"];
+    assert_eq!(meta["uuid"], id.as_str());
+    assert_eq!(meta["name"], "Web Server 1");
+    assert_eq!(meta["hostname"], "web-server-1");
+    assert_eq!(meta["public_keys"]["mykey"], PUBLIC_KEY);
+    assert_eq!(meta["keys"][0]["data"], PUBLIC_KEY);
+    assert_eq!(spec["config_drive"]["user_data"], user_data.as_str());
+}
+
+#[test]
+fn user_data_is_base64_of_at_most_65535_characters() {
+    let cloud = Cloud::start(NO_DELAYS);
+    let (flavor, image) = flavor_and_image(&cloud, 1, "raw");
+    for (user_data, why) in [
+        (serde_json::json!("not base64!"), "not a base64 string"),
+        (serde_json::json!("QUJD".repeat(16384)), "at most 65535"),
+        (serde_json::json!(42), "must be a string"),
+    ] {
+        let r = create(
+            &cloud,
+            serde_json::json!({"name": "vm", "imageRef": image, "flavorRef": flavor,
+                "user_data": user_data}),
+        );
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains(why), "{why}: {}", r.body);
+    }
+    assert!(cloud.hostd.create_bodies().is_empty());
+}
+
+#[test]
+fn an_image_that_cannot_boot_ends_in_error_with_the_hosts_reason_at_once() {
+    let cloud = Cloud::start(NO_DELAYS);
+    let (flavor, image) = flavor_and_image(&cloud, 1, "raw");
+    let reason = "the root disk cannot boot: nothing to boot on the image: \
+                  no kernel under /boot on partition 3 (ext4)";
+    cloud.hostd.refuse_creates(422, reason);
+    let r = create(
+        &cloud,
+        serde_json::json!({"name": "vm", "imageRef": image, "flavorRef": flavor}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    let shown = cloud.wait(&id, "ERROR");
+    assert_eq!(shown["fault"]["message"], reason, "{shown}");
+    assert_eq!(
+        cloud.hostd.create_bodies().len(),
+        1,
+        "another host would not boot it either"
+    );
+
+    // A format hostd cannot boot from its own /boot is refused before any
+    // host is asked.
+    let (flavor, ramdisk) = flavor_and_image(&cloud, 1, "ari");
+    let r = create(
+        &cloud,
+        serde_json::json!({"name": "vm2", "imageRef": ramdisk, "flavorRef": flavor}),
+    );
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    let shown = cloud.wait(&id, "ERROR");
+    let fault = shown["fault"]["message"].as_str().unwrap();
+    assert!(
+        fault.contains("upload the image as raw or qcow2"),
+        "{fault}"
+    );
+    assert_eq!(cloud.hostd.create_bodies().len(), 1);
+}

@@ -1,0 +1,157 @@
+//! Runs `virga-bootpick` on an instance's root disk before each boot: the
+//! disk is the guest's, so whatever its `/boot` holds is read in that
+//! sandboxed process (it gets the disk on its standard input and two files
+//! to write the kernel and initramfs to, nothing else), never in hostd.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Longer than the picker's own CPU limit (60 s), for a starved host.
+const PICK_TIMEOUT: Duration = Duration::from_secs(180);
+/// Most of the picker's standard output and error hostd reads.
+const MAX_OUTPUT: usize = 64 << 10;
+
+/// What to boot, as the picker found it on the disk.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Picked {
+    pub kernel: PathBuf,
+    /// None when the entry names no initramfs.
+    pub initramfs: Option<PathBuf>,
+    /// The entry's command line, with Virga's console added.
+    pub cmdline: String,
+    /// How it was found (`bls`, `grub`, `newest`), for the log.
+    pub how: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PickError {
+    /// The image cannot boot; the picker said why.
+    #[error("the root disk cannot boot: {0}")]
+    Unbootable(String),
+    #[error("picking the kernel: {0}")]
+    Failed(String),
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    cmdline: String,
+    how: String,
+    initrd_bytes: u64,
+}
+
+/// Picks what `disk` boots, writing the kernel and initramfs into `dir`.
+pub async fn pick(binary: &Path, disk: &Path, dir: &Path) -> Result<Picked, PickError> {
+    let failed = |what: &str, e: std::io::Error| PickError::Failed(format!("{what}: {e}"));
+    std::fs::create_dir_all(dir).map_err(|e| failed(&dir.display().to_string(), e))?;
+    let kernel_path = dir.join("kernel");
+    let initrd_path = dir.join("initramfs");
+    let create = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(p)
+            .map_err(|e| failed(&p.display().to_string(), e))
+    };
+    let kernel = create(&kernel_path)?;
+    let initrd = create(&initrd_path)?;
+    let image = std::fs::File::open(disk).map_err(|e| failed(&disk.display().to_string(), e))?;
+
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.env_clear()
+        .stdin(Stdio::from(image))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let (k, i) = (kernel.as_raw_fd(), initrd.as_raw_fd());
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe calls (fcntl, dup2) on plain integers.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Duplicated above 4 first, so that placing one cannot close the
+            // other; the duplicates are not close-on-exec, 3 and 4 are made
+            // from them.
+            for (fd, target) in [(k, 3), (i, 4)] {
+                let high = libc::fcntl(fd, libc::F_DUPFD, 10);
+                if high < 0 || libc::dup2(high, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| failed(&binary.display().to_string(), e))?;
+    drop((kernel, initrd));
+    let output = match tokio::time::timeout(PICK_TIMEOUT, child.wait_with_output()).await {
+        Ok(r) => r.map_err(|e| failed("waiting for the picker", e))?,
+        Err(_) => {
+            return Err(PickError::Failed(format!(
+                "the picker took longer than {PICK_TIMEOUT:?}"
+            )))
+        }
+    };
+    let said = |bytes: &[u8]| {
+        String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_OUTPUT)])
+            .trim()
+            .to_owned()
+    };
+    if !output.status.success() {
+        let why = said(&output.stderr);
+        let why = why
+            .strip_prefix("virga-bootpick: ")
+            .unwrap_or(&why)
+            .to_owned();
+        return Err(match output.status.code() {
+            Some(1) => PickError::Unbootable(why),
+            _ => PickError::Failed(format!("the picker ended with {}: {why}", output.status)),
+        });
+    }
+    let answer: Answer = serde_json::from_str(&said(&output.stdout))
+        .map_err(|e| PickError::Failed(format!("the picker's answer: {e}")))?;
+    Ok(Picked {
+        kernel: kernel_path,
+        initramfs: (answer.initrd_bytes > 0).then_some(initrd_path),
+        cmdline: with_console(&answer.cmdline),
+        how: answer.how,
+    })
+}
+
+/// The image's command line with Virga's serial console (ttyS0, where the
+/// console log and the interactive console are) as the kernel's console,
+/// unless the image already names it.
+fn with_console(cmdline: &str) -> String {
+    let has_serial = cmdline
+        .split_whitespace()
+        .any(|w| w == "console=ttyS0" || w.starts_with("console=ttyS0,"));
+    if has_serial {
+        cmdline.trim().to_owned()
+    } else {
+        format!("{} console=ttyS0", cmdline.trim())
+            .trim()
+            .to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_serial_console_is_added_once() {
+        assert_eq!(
+            with_console("root=UUID=x ro"),
+            "root=UUID=x ro console=ttyS0"
+        );
+        assert_eq!(
+            with_console("ro console=tty0 console=ttyS0,115200"),
+            "ro console=tty0 console=ttyS0,115200"
+        );
+        assert_eq!(with_console(""), "console=ttyS0");
+    }
+}
