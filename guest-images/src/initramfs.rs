@@ -14,7 +14,15 @@
 //! - `net`: configure eth0, ping and download from the host, serve a file back,
 //!   then wait for Ctrl+Alt+Del;
 //! - `flood`: print [`FLOOD_LINES`] numbered lines of every printable character
-//!   (see [`flood_line`]), then `virga-flood-done`, and power off.
+//!   (see [`flood_line`]), then `virga-flood-done`, and power off;
+//! - `cloud`: what a cloud image's boots check, in the shape cloud-init reads
+//!   them: mount the config drive (the vfat disk labelled `config-2`) and
+//!   print the hostname, keys and user data it holds; count this boot in a file
+//!   on the root disk's last partition (ext4); reboot after the first boot,
+//!   wait quietly for Ctrl+Alt+Del after later ones.
+//!
+//! [`ON_DEMAND_MODULES`] are packed too but loaded only by the modes that
+//! need them, so the other boots do not pay for them.
 
 use std::path::Path;
 
@@ -39,7 +47,11 @@ pub fn flood_line(i: usize) -> String {
     format!("virga-flood {i} {FLOOD_PAYLOAD} {i}")
 }
 
-fn init_script(modules: &[String]) -> String {
+/// Packed, loaded by `cloud` only: FAT for the config drive, with the code
+/// page and character set vfat mounts with by default.
+pub const ON_DEMAND_MODULES: &[&str] = &["vfat", "nls_cp437", "nls_ascii"];
+
+fn init_script(modules: &[String], on_demand: &[String]) -> String {
     format!(
         r#"#!/bin/busybox sh
 # Virga boot-test init: load virtio modules, report, then do what virga.mode says.
@@ -138,6 +150,34 @@ case " $($bb cat /proc/cmdline) " in
     echo virga-flood-done
     $bb poweroff -f
     ;;
+*" virga.mode=cloud "*)
+    echo 0 > /proc/sys/kernel/ctrl-alt-del
+    trap 'echo virga-shutdown-requested; $bb poweroff -f' INT TERM
+    $bb mount -t sysfs sys /sys
+    $bb mount -t devtmpfs dev /dev
+    for m in {on_demand}; do $bb insmod /lib/modules/$m.ko 2>/dev/null; done
+    $bb mkdir -p /cd /disk
+    # Found by its label, as cloud-init finds it.
+    cd=$($bb findfs LABEL=config-2 2>/dev/null)
+    $bb mount -t vfat -o ro "$cd" /cd
+    echo "virga-cloud-config-drive ${{cd:-none}}"
+    meta=/cd/openstack/latest/meta_data.json
+    echo "virga-cloud-hostname $($bb sed -n 's/.*"hostname": *"\([^"]*\)".*/\1/p' $meta)"
+    echo "virga-cloud-keys $($bb grep -o '"public_keys": *{{[^}}]*}}' $meta)"
+    echo "virga-cloud-user-data $($bb md5sum < /cd/openstack/latest/user_data | $bb cut -d' ' -f1)"
+    $bb umount /cd
+    part=$(cd /sys/block/vda && $bb ls -d vda* | $bb tail -n 1)
+    n=0
+    if $bb mount -t ext4 /dev/$part /disk; then
+        n=$(($($bb cat /disk/virga-boots 2>/dev/null || echo 0) + 1))
+        echo $n > /disk/virga-boots
+        $bb umount /disk
+    fi
+    $bb sync
+    echo "virga-cloud-boot $n root=$part sectors=$($bb cat /sys/block/vda/size)"
+    [ $n = 1 ] && $bb reboot -f
+    while :; do $bb sleep 1; done
+    ;;
 *" virga.mode=devices "*)
     $bb mount -t sysfs sys /sys
     $bb mount -t devtmpfs dev /dev
@@ -156,6 +196,7 @@ case " $($bb cat /proc/cmdline) " in
 esac
 "#,
         modules = modules.join(" "),
+        on_demand = on_demand.join(" "),
         flood_lines = FLOOD_LINES,
         flood_payload = FLOOD_PAYLOAD,
     )
@@ -172,6 +213,22 @@ pub fn boot_test(
         .iter()
         .map(|p| module_name(&p.to_string_lossy()))
         .collect();
+    // What the on-demand modules need beyond the modules every boot loads.
+    // (One built into the kernel needs no loading.)
+    let on_demand: Vec<&str> = ON_DEMAND_MODULES
+        .iter()
+        .copied()
+        .filter(|m| index.has(m))
+        .collect();
+    let extra: Vec<_> = index
+        .load_order(&on_demand)?
+        .into_iter()
+        .filter(|p| !order.contains(p))
+        .collect();
+    let extra_names: Vec<String> = extra
+        .iter()
+        .map(|p| module_name(&p.to_string_lossy()))
+        .collect();
 
     let build = || -> std::io::Result<Vec<u8>> {
         let mut a = Archive::new(Vec::new());
@@ -180,10 +237,14 @@ pub fn boot_test(
             a.dirs(&mut existing, d)?;
         }
         a.host_file("/bin/busybox", busybox)?;
-        for (path, name) in order.iter().zip(&names) {
+        for (path, name) in order
+            .iter()
+            .zip(&names)
+            .chain(extra.iter().zip(&extra_names))
+        {
             a.host_file(&format!("/lib/modules/{name}.ko"), path)?;
         }
-        a.file("/init", 0o755, init_script(&names).as_bytes())?;
+        a.file("/init", 0o755, init_script(&names, &extra_names).as_bytes())?;
         a.finish()
     };
     build().map_err(io_err(busybox))
@@ -195,10 +256,14 @@ mod tests {
 
     #[test]
     fn init_loads_modules_in_order_and_prints_the_marker() {
-        let s = init_script(&["virtio_ring".into(), "virtio".into()]);
+        let s = init_script(&["virtio_ring".into(), "virtio".into()], &["vfat".into()]);
         assert!(s.starts_with("#!/bin/busybox sh\n"));
         assert!(s.contains("for m in virtio_ring virtio; do"));
         assert!(s.contains(&format!("echo \"{BOOT_MARKER} uptime_s=")));
         assert!(s.contains("virga.mode=ticks"));
+        assert!(
+            s.contains("for m in vfat; do"),
+            "on demand, in the cloud mode"
+        );
     }
 }

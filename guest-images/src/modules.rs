@@ -40,6 +40,11 @@ impl ModuleIndex {
         })
     }
 
+    /// Whether `name` is a module of this kernel (not built in, not absent).
+    pub fn has(&self, name: &str) -> bool {
+        self.deps.contains_key(name)
+    }
+
     /// The module files to load, in order, so that `wanted` and their dependencies
     /// all load. Dependencies come first; each file appears once.
     pub fn load_order(&self, wanted: &[&str]) -> Result<Vec<PathBuf>, ModuleError> {

@@ -132,11 +132,35 @@ fn copy_range(source: &File, target: &File, offset: u64, len: u64) -> io::Result
             0 => return Err(io::Error::other("the image ended while it was copied")),
             _ => {
                 let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => {}
+                    // Not between these files (another filesystem, one
+                    // that cannot): copied through this process instead.
+                    Some(libc::EXDEV | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => {
+                        return copy_through_buffer(source, target, offset + done, len - done)
+                    }
+                    _ => return Err(e),
                 }
             }
         }
+    }
+    Ok(())
+}
+
+fn copy_through_buffer(source: &File, target: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < len {
+        let want = usize::try_from(len - done)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = source.read_at(&mut buf[..want], offset + done)?;
+        if n == 0 {
+            return Err(io::Error::other("the image ended while it was copied"));
+        }
+        target.write_all_at(&buf[..n], offset + done)?;
+        done += n as u64;
     }
     Ok(())
 }
@@ -186,6 +210,19 @@ mod tests {
         w.write_all(&[1; 4096]).unwrap();
         drop(w);
         assert_eq!(read_at(&image, 0, 4096), vec![0xab; 4096]);
+    }
+
+    #[test]
+    fn the_userspace_copy_copies_what_the_kernel_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(3 << 20) + 77).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("a"), &data).unwrap();
+        let source = File::open(dir.path().join("a")).unwrap();
+        let target = File::create(dir.path().join("b")).unwrap();
+        copy_through_buffer(&source, &target, 4096, data.len() as u64 - 4096).unwrap();
+        let got = std::fs::read(dir.path().join("b")).unwrap();
+        assert_eq!(&got[4096..], &data[4096..]);
+        assert!(copy_through_buffer(&source, &target, 0, data.len() as u64 + 1).is_err());
     }
 
     #[test]

@@ -122,8 +122,8 @@ fn images() -> Result<virga_guest_images::ImageSet> {
 /// Builds the release binaries scenarios use and returns the vmm's path (vmmctl
 /// sits beside it).
 fn build_vmm() -> Result<PathBuf> {
-    // hostd, hostctl and the controller are built alongside: the end-to-end
-    // tests use them.
+    // hostd, hostctl, the boot picker and the controller are built
+    // alongside: the end-to-end tests use them.
     run(cargo().args([
         "build",
         "--release",
@@ -131,6 +131,8 @@ fn build_vmm() -> Result<PathBuf> {
         "vmm",
         "-p",
         "hostd",
+        "-p",
+        "virga-bootpick",
         "-p",
         "controller",
     ]))?;

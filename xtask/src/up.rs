@@ -155,6 +155,7 @@ kill $HOSTD; wait $HOSTD
         .binary(bins.join("vmm"))
         .binary(bins.join("hostd"))
         .binary(bins.join("hostctl"))
+        .binary(bins.join("virga-bootpick"))
         .forward_port(HOSTD_PORT)
         .timeout(Duration::from_secs(7 * 24 * 3600));
     let hostd = std::thread::spawn(move || testbed.run(&scenario));

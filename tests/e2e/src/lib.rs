@@ -31,11 +31,12 @@ pub fn vmmctl_bin() -> PathBuf {
     vmm_bin().with_file_name("vmmctl")
 }
 
-/// hostd and its client, built next to the vmm.
-pub fn hostd_bins() -> [PathBuf; 2] {
+/// hostd, its client and its boot picker, built next to the vmm.
+pub fn hostd_bins() -> [PathBuf; 3] {
     [
         vmm_bin().with_file_name("hostd"),
         vmm_bin().with_file_name("hostctl"),
+        vmm_bin().with_file_name("virga-bootpick"),
     ]
 }
 

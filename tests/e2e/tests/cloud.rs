@@ -109,7 +109,7 @@ fn hostd_registers_and_fetches_images_from_the_controller() {
     );
     assert_eq!(status, 204);
 
-    let [hostd, _] = hostd_bins();
+    let [hostd, _, _] = hostd_bins();
     // Picked just before hostd binds it, which it does first thing.
     let [hostd_port] = free_ports::<1>();
     let hostd_cfg = dir.path().join("hostd.toml");
@@ -522,4 +522,199 @@ fn drive_the_cloud(
     let mut args = vec!["server", "delete", "--wait"];
     args.extend(names.iter().map(String::as_str));
     ok(&args);
+
+    cloud_images(dir, &ok, &status, &wait_status);
+}
+
+/// The console line of `virga.mode=cloud` for each boot of a root disk.
+fn boot_line(n: u32) -> String {
+    format!("virga-cloud-boot {n} root=vda3 sectors=2097152")
+}
+
+/// Cloud images: a raw GPT disk whose own grub.cfg names the test kernel and
+/// initramfs (`virga.mode=cloud`), uploaded as users upload Debian's; the
+/// guest reads its config drive and counts its boots on its root disk.
+fn cloud_images(
+    dir: &std::path::Path,
+    ok: &dyn Fn(&[&str]) -> String,
+    status: &dyn Fn(&str) -> String,
+    wait_status: &dyn Fn(&str, &str),
+) {
+    let disk = dir.join("cloud.img");
+    let broken = dir.join("broken.img");
+    cloud_disk(&disk, true);
+    cloud_disk(&broken, false);
+    let path = |p: &std::path::Path| p.display().to_string();
+    for (file, name) in [(&disk, "cloud-disk"), (&broken, "no-kernel")] {
+        ok(&[
+            "image",
+            "create",
+            "--file",
+            &path(file),
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+            name,
+        ]);
+    }
+    ok(&[
+        "flavor", "create", "--ram", "256", "--vcpus", "1", "--disk", "1", "small",
+    ]);
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHs7sAvZ0nq6Q0m9M2dpBmbJYk8y9m8Ocq6m1E8K8y2J e2e@virga";
+    let key_file = dir.join("k1.pub");
+    std::fs::write(&key_file, key).expect("key");
+    ok(&["keypair", "create", "--public-key", &path(&key_file), "k1"]);
+    let user_data = b"#!/bin/sh\necho hello from user data\n";
+    let user_data_file = dir.join("user-data");
+    std::fs::write(&user_data_file, user_data).expect("user data");
+    let user_data_md5 = md5_hex(user_data);
+
+    let console = |name: &str| ok(&["console", "log", "show", name]);
+    let wait_console = |name: &str, line: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let log = console(name);
+            if log.contains(line) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: no {line:?} on the console:\n{log}"
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    };
+    ok(&[
+        "server",
+        "create",
+        "--image",
+        "cloud-disk",
+        "--flavor",
+        "small",
+        "--key-name",
+        "k1",
+        "--user-data",
+        &path(&user_data_file),
+        "--wait",
+        "vm-cloud",
+    ]);
+    assert_eq!(status("vm-cloud"), "ACTIVE");
+    // The guest rebooted itself after its first boot: hostd picked the
+    // kernel again and the disk kept what the first boot wrote.
+    let log = wait_console("vm-cloud", &boot_line(2));
+    for want in [
+        "virga-cloud-config-drive /dev/vd".to_owned(),
+        "virga-cloud-hostname vm-cloud".to_owned(),
+        format!("virga-cloud-user-data {user_data_md5}"),
+        boot_line(1),
+    ] {
+        assert!(log.contains(&want), "no {want:?} on the console:\n{log}");
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("virga-cloud-keys") && l.contains(key)),
+        "the key pair on the config drive:\n{log}"
+    );
+    ok(&["server", "stop", "vm-cloud"]);
+    wait_status("vm-cloud", "SHUTOFF");
+    ok(&["server", "start", "vm-cloud"]);
+    wait_status("vm-cloud", "ACTIVE");
+    wait_console("vm-cloud", &boot_line(3));
+
+    // A second server of the image has a root disk of its own.
+    ok(&[
+        "server",
+        "create",
+        "--image",
+        "cloud-disk",
+        "--flavor",
+        "small",
+        "--wait",
+        "vm-cloud-2",
+    ]);
+    let log = wait_console("vm-cloud-2", &boot_line(2));
+    assert!(!log.contains(&boot_line(3)), "{log}");
+
+    // An image with nothing to boot ends in ERROR saying why.
+    let _ = ok(&[
+        "server",
+        "create",
+        "--image",
+        "no-kernel",
+        "--flavor",
+        "small",
+        "vm-broken",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while status("vm-broken") != "ERROR" {
+        assert!(Instant::now() < deadline, "vm-broken never failed");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let fault = ok(&["server", "show", "vm-broken", "-f", "value", "-c", "fault"]);
+    assert!(
+        fault.contains("the root disk cannot boot: nothing to boot on the image"),
+        "{fault}"
+    );
+    ok(&[
+        "server",
+        "delete",
+        "--wait",
+        "vm-cloud",
+        "vm-cloud-2",
+        "vm-broken",
+    ]);
+}
+
+/// A Debian-style raw GPT disk (BIOS boot, ESP, ext4 root) holding the test
+/// kernel and initramfs under /boot with a grub.cfg naming them; without
+/// them when `bootable` is false.
+fn cloud_disk(dest: &std::path::Path, bootable: bool) {
+    use virga_test_support::disks::{debian_grub, ext4_of, gpt_disk, File, ROOT_UUID};
+    let images = virga_guest_images::load(&virga_e2e::images_dir()).expect("guest images");
+    let release = images.manifest.kernel_release.clone();
+    let kernel = std::fs::read(images.bzimage()).expect("bzImage");
+    let initrd = std::fs::read(images.boot_initramfs()).expect("initramfs");
+    let grub = debian_grub(ROOT_UUID, "/boot", &release).replace(
+        "root=PARTUUID=1234 ro console=ttyS0,115200",
+        &format!("{} virga.mode=cloud", virga_e2e::CMDLINE),
+    );
+    let (kernel_path, initrd_path) = (
+        format!("/boot/vmlinuz-{release}"),
+        format!("/boot/initrd.img-{release}"),
+    );
+    let mut nodes = vec![
+        File("/etc/os-release", b"ID=debian\n"),
+        File("/boot/grub/grub.cfg", grub.as_bytes()),
+    ];
+    if bootable {
+        nodes.push(File(&kernel_path, &kernel));
+        nodes.push(File(&initrd_path, &initrd));
+    }
+    let fs = ext4_of(48, ROOT_UUID, &nodes).expect("mkfs.ext4");
+    let disk = gpt_disk(&[fs]);
+    std::fs::copy(disk.path(), dest).expect("copy the disk");
+}
+
+/// md5 of `data` as hex, by the system's md5sum (what the guest's busybox
+/// prints).
+fn md5_hex(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("md5sum");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(data)
+        .expect("md5sum input");
+    let out = child.wait_with_output().expect("md5sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
