@@ -19,7 +19,8 @@
 //!   them: mount the config drive (the vfat disk labelled `config-2`) and
 //!   print the hostname, keys and user data it holds; count this boot in a file
 //!   on the root disk's last partition (ext4); reboot after the first boot,
-//!   wait quietly for Ctrl+Alt+Del after later ones.
+//!   wait quietly after later ones; power off on the ACPI power button (or
+//!   Ctrl+Alt+Del).
 //!
 //! [`ON_DEMAND_MODULES`] are packed too but loaded only by the modes that
 //! need them, so the other boots do not pay for them.
@@ -48,8 +49,9 @@ pub fn flood_line(i: usize) -> String {
 }
 
 /// Packed, loaded by `cloud` only: FAT for the config drive, with the code
-/// page and character set vfat mounts with by default.
-pub const ON_DEMAND_MODULES: &[&str] = &["vfat", "nls_cp437", "nls_ascii"];
+/// page and character set vfat mounts with by default; the ACPI power
+/// button and its event device.
+pub const ON_DEMAND_MODULES: &[&str] = &["vfat", "nls_cp437", "nls_ascii", "button", "evdev"];
 
 fn init_script(modules: &[String], on_demand: &[String]) -> String {
     format!(
@@ -156,6 +158,12 @@ case " $($bb cat /proc/cmdline) " in
     $bb mount -t sysfs sys /sys
     $bb mount -t devtmpfs dev /dev
     for m in {on_demand}; do $bb insmod /lib/modules/$m.ko 2>/dev/null; done
+    # The ACPI power button powers off, as systemd-logind makes it do.
+    for e in /sys/class/input/event*; do
+        if [ "$($bb cat $e/device/name 2>/dev/null)" = "Power Button" ]; then
+            ( $bb head -c 24 /dev/input/${{e##*/}} > /dev/null && echo virga-power-button && $bb poweroff -f ) &
+        fi
+    done
     $bb mkdir -p /cd /disk
     # Found by its label, as cloud-init finds it.
     cd=$($bb findfs LABEL=config-2 2>/dev/null)

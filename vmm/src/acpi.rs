@@ -18,7 +18,7 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::devices::acpi_pm;
+use crate::devices::{acpi_pm, ged};
 use crate::layout::{
     ACPI_END, ACPI_START, ECAM_BASE, IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO_END, PCI_MMIO_START,
 };
@@ -152,6 +152,7 @@ fn dsdt() -> Sdt {
         &[&aml::IO::new(0x70, 0x70, 0, 2), &irq(8)],
     );
     pci_root(&mut dsdt);
+    power_button(&mut dsdt);
     dsdt.update_checksum();
     dsdt
 }
@@ -183,6 +184,45 @@ fn pci_root(table: &mut Sdt) {
 
     let ecam = aml::Memory32Fixed::new(false, ECAM_BASE as u32, crate::pci::ECAM_SIZE as u32);
     legacy_device(table, "\\_SB_.MRES", "PNP0C02", &[&ecam]);
+}
+
+/// The power button (`PNP0C0C`) and the Generic Event Device that signals
+/// it (see `devices::ged`): on the GED's interrupt the guest runs `_EVT`,
+/// which reads the pending events and notifies the button (0x80: pressed).
+fn power_button(table: &mut Sdt) {
+    let hid = aml::EISAName::new("PNP0C0C");
+    let hid_name = aml::Name::new("_HID".into(), &hid);
+    let uid_name = aml::Name::new("_UID".into(), &aml::ZERO);
+    aml::Device::new("\\_SB_.PWRB".into(), vec![&hid_name, &uid_name]).to_aml_bytes(table);
+
+    let ged_hid = aml::Name::new("_HID".into(), &"ACPI0013");
+    let interrupt = irq(ged::GSI);
+    let crs = aml::ResourceTemplate::new(vec![&interrupt]);
+    let crs_name = aml::Name::new("_CRS".into(), &crs);
+    let (base, len) = (ged::BASE as usize, ged::LEN as usize);
+    let region = aml::OpRegion::new("GDST".into(), aml::OpRegionSpace::SystemIO, &base, &len);
+    let field = aml::Field::new(
+        "GDST".into(),
+        aml::FieldAccessType::Byte,
+        aml::FieldLockRule::NoLock,
+        aml::FieldUpdateRule::WriteAsZeroes,
+        vec![aml::FieldEntry::Named(*b"GDAT", 8)],
+    );
+    let events = aml::Local(0);
+    let gdat: aml::Path = "GDAT".into();
+    let take = aml::Store::new(&events, &gdat);
+    let button: aml::Path = "\\_SB_.PWRB".into();
+    let pressed = 0x80u8;
+    let notify = aml::Notify::new(&button, &pressed);
+    let bit = ged::POWER_BUTTON;
+    let is_button = aml::And::new(&aml::ZERO, &events, &bit);
+    let if_button = aml::If::new(&is_button, vec![&notify]);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&take, &if_button]);
+    aml::Device::new(
+        "\\_SB_.GED_".into(),
+        vec![&ged_hid, &uid_name, &crs_name, &region, &field, &evt],
+    )
+    .to_aml_bytes(table);
 }
 
 /// An ISA interrupt: edge-triggered, active-high, exclusive.
@@ -345,5 +385,30 @@ mod tests {
         assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
         let mcfg = tables.table(b"MCFG").unwrap();
         assert_eq!(u64_at(mcfg, 44), ECAM_BASE, "ECAM base of segment 0");
+    }
+
+    #[test]
+    fn dsdt_declares_the_power_button_and_its_event_device() {
+        let tables = AcpiTables::build(1).unwrap();
+        let dsdt = tables.table(b"DSDT").unwrap();
+        let has = |s: &[u8]| dsdt.windows(s.len()).any(|w| w == s);
+        for name in [
+            &b"PWRB"[..],
+            b"GED_",
+            b"ACPI0013\0",
+            b"_EVT",
+            b"GDST",
+            b"GDAT",
+        ] {
+            assert!(has(name), "{}", String::from_utf8_lossy(name));
+        }
+        // PNP0C0C as an EISA id, and the GED's port in its OperationRegion
+        // (SystemIO, then the base as a WordConst).
+        assert!(has(&[0x41, 0xd0, 0x0c, 0x0c]), "PNP0C0C");
+        let base = u16::try_from(ged::BASE).unwrap().to_le_bytes();
+        assert!(
+            has(&[0x01, 0x0b, base[0], base[1]]),
+            "OperationRegion at the GED's port"
+        );
     }
 }

@@ -48,9 +48,15 @@ pub enum VmState {
 pub enum ApiRequest {
     Describe,
     SetState(VmState),
-    Shutdown { timeout: Duration },
+    Shutdown {
+        timeout: Duration,
+        signal: ShutdownSignal,
+    },
     Metrics,
-    SetRateLimit { device: String, limit: RateLimit },
+    SetRateLimit {
+        device: String,
+        limit: RateLimit,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -102,6 +108,20 @@ enum TargetState {
 #[serde(deny_unknown_fields)]
 struct ShutdownBody {
     timeout_ms: Option<u64>,
+    #[serde(default)]
+    signal: ShutdownSignal,
+}
+
+/// How the guest is asked to shut down: as a user at its keyboard would
+/// (Ctrl+Alt+Del, which a plain init answers by powering off; systemd maps
+/// it to a reboot), or by pressing its ACPI power button (what systemd and
+/// acpid answer by powering off cleanly).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShutdownSignal {
+    #[default]
+    CtrlAltDel,
+    PowerButton,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -322,6 +342,7 @@ fn route(method: &Method, path: &str, body: &[u8]) -> Result<ApiRequest, Box<Rep
             }
             Ok(ApiRequest::Shutdown {
                 timeout: Duration::from_millis(timeout_ms),
+                signal: body.signal,
             })
         }
     }
@@ -407,19 +428,31 @@ mod tests {
             Ok(ApiRequest::SetState(VmState::Paused))
         ));
         match route(&Method::PUT, "/vm/actions/shutdown", b"") {
-            Ok(ApiRequest::Shutdown { timeout }) => {
-                assert_eq!(timeout, Duration::from_millis(DEFAULT_SHUTDOWN_TIMEOUT_MS))
+            Ok(ApiRequest::Shutdown { timeout, signal }) => {
+                assert_eq!(timeout, Duration::from_millis(DEFAULT_SHUTDOWN_TIMEOUT_MS));
+                assert_eq!(signal, ShutdownSignal::CtrlAltDel);
             }
             other => panic!("{other:?}"),
         }
         match route(
             &Method::PUT,
             "/vm/actions/shutdown",
-            br#"{"timeout_ms": 250}"#,
+            br#"{"timeout_ms": 250, "signal": "power_button"}"#,
         ) {
-            Ok(ApiRequest::Shutdown { timeout }) => assert_eq!(timeout, Duration::from_millis(250)),
+            Ok(ApiRequest::Shutdown { timeout, signal }) => {
+                assert_eq!(timeout, Duration::from_millis(250));
+                assert_eq!(signal, ShutdownSignal::PowerButton);
+            }
             other => panic!("{other:?}"),
         }
+        assert_eq!(
+            status_of(route(
+                &Method::PUT,
+                "/vm/actions/shutdown",
+                br#"{"signal": "reset"}"#
+            )),
+            StatusCode::BAD_REQUEST
+        );
     }
 
     #[test]

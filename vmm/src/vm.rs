@@ -12,11 +12,13 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::acpi::{AcpiError, AcpiTables};
+use crate::api::ShutdownSignal;
 use crate::boot::{self, BootError};
 use crate::config::VmConfig;
 use crate::console::Console;
 use crate::cpu::{cpuid, regs};
 use crate::devices::acpi_pm::{self, AcpiPm};
+use crate::devices::ged::{self, Ged};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::irq::IrqLine;
 use crate::devices::rtc::{self, Rtc};
@@ -94,6 +96,7 @@ pub struct Vm {
     // `stop`), then the VM goes, then the memory it mapped.
     vcpus: Option<VcpuSet>,
     i8042: Arc<Mutex<I8042>>,
+    ged: Arc<Mutex<Ged>>,
     metrics: Vec<Arc<VcpuMetrics>>,
     started: Instant,
     limiters: Limiters,
@@ -150,7 +153,7 @@ impl Vm {
         regs::write_boot_tables(memory, entry.mode)
             .map_err(|source| VmError::VcpuSetup { id: 0, source })?;
 
-        let (pio, i8042) = create_devices(&vm, console)?;
+        let (pio, i8042, ged) = create_devices(&vm, console)?;
         let pio = Arc::new(pio);
         let router = Arc::new(GsiRouter::new(vm.clone()));
         let (pci, limiters) = create_pci(config, memory, &router)?;
@@ -239,6 +242,7 @@ impl Vm {
         Ok(Vm {
             vcpus: Some(set),
             i8042,
+            ged,
             metrics,
             started,
             limiters,
@@ -268,9 +272,16 @@ impl Vm {
         }
     }
 
-    /// Asks the guest to shut down, the way a user at its keyboard would.
-    pub fn request_shutdown(&self) {
-        lock(&self.i8042).send_ctrl_alt_del();
+    /// Asks the guest to shut down, the way `signal` says.
+    pub fn request_shutdown(&self, signal: ShutdownSignal) {
+        match signal {
+            ShutdownSignal::CtrlAltDel => lock(&self.i8042).send_ctrl_alt_del(),
+            ShutdownSignal::PowerButton => {
+                if let Err(e) = lock(&self.ged).notify(ged::POWER_BUTTON) {
+                    tracing::warn!("pressing the power button: {e}");
+                }
+            }
+        }
     }
 
     /// Replaces device `name`'s rate limit.
@@ -408,7 +419,11 @@ fn irq_line(vm: &VmFd, gsi: u32) -> Result<IrqLine, VmError> {
     Ok(line)
 }
 
-fn create_devices(vm: &VmFd, console: &Console) -> Result<(Bus, Arc<Mutex<I8042>>), VmError> {
+/// The port-I/O devices, and the two through which the VMM asks the guest
+/// to shut down.
+type PortDevices = (Bus, Arc<Mutex<I8042>>, Arc<Mutex<Ged>>);
+
+fn create_devices(vm: &VmFd, console: &Console) -> Result<PortDevices, VmError> {
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         irq_line(vm, serial::COM1_GSI)?,
         console.writer(),
@@ -429,5 +444,11 @@ fn create_devices(vm: &VmFd, console: &Console) -> Result<(Bus, Arc<Mutex<I8042>
     )?;
     pio.insert(rtc::BASE, rtc::LEN, Arc::new(Mutex::new(Rtc::default())))?;
     pio.insert(acpi_pm::BASE, acpi_pm::LEN, Arc::new(Mutex::new(AcpiPm)))?;
-    Ok((pio, i8042))
+    let ged = Arc::new(Mutex::new(Ged::new(irq_line(vm, ged::GSI)?)));
+    pio.insert(
+        ged::BASE,
+        ged::LEN,
+        ged.clone() as Arc<Mutex<dyn BusDevice>>,
+    )?;
+    Ok((pio, i8042, ged))
 }

@@ -220,14 +220,14 @@ impl Vmm {
                 Err(e) => ApiReply::Error(StatusCode::CONFLICT, e.to_string()),
             },
             ApiRequest::Shutdown { .. } if *state == VmState::ShuttingDown => conflict("shut down"),
-            ApiRequest::Shutdown { timeout } => {
+            ApiRequest::Shutdown { timeout, signal } => {
                 if *state == VmState::Paused {
                     vm.resume();
                 }
-                vm.request_shutdown();
+                vm.request_shutdown(signal);
                 *state = VmState::ShuttingDown;
                 *deadline = Some(Instant::now() + timeout);
-                tracing::info!(?timeout, "shutdown requested");
+                tracing::info!(?timeout, ?signal, "shutdown requested");
                 ApiReply::Accepted
             }
         }

@@ -704,7 +704,14 @@ impl Actor {
         let mut graceful = !hard;
         if graceful {
             let socket = self.sup.run_dir(&self.id).join(API_SOCKET);
-            let body = format!(r#"{{"timeout_ms": {}}}"#, timeout.as_millis());
+            // A disk image runs a distribution's init (systemd): its power
+            // button powers it off, where Ctrl+Alt+Del would reboot it.
+            let signal = if self.record.spec.root_image.is_some() {
+                r#", "signal": "power_button""#
+            } else {
+                ""
+            };
+            let body = format!(r#"{{"timeout_ms": {}{signal}}}"#, timeout.as_millis());
             let ask = vmm::api_client::request_within(
                 Duration::from_secs(10),
                 &socket,

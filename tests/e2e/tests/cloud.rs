@@ -616,8 +616,12 @@ fn cloud_images(
             .any(|l| l.starts_with("virga-cloud-keys") && l.contains(key)),
         "the key pair on the config drive:\n{log}"
     );
+    // A stop presses the ACPI power button (a systemd guest would reboot on
+    // Ctrl+Alt+Del); the guest powers off by itself.
     ok(&["server", "stop", "vm-cloud"]);
     wait_status("vm-cloud", "SHUTOFF");
+    let log = console("vm-cloud");
+    assert!(log.contains("virga-power-button"), "{log}");
     ok(&["server", "start", "vm-cloud"]);
     wait_status("vm-cloud", "ACTIVE");
     wait_console("vm-cloud", &boot_line(3));

@@ -5,6 +5,7 @@
 //! driver allows and unclaimed addresses read as all ones.
 
 pub mod acpi_pm;
+pub mod ged;
 pub mod i8042;
 pub mod irq;
 pub mod rtc;
