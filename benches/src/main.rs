@@ -13,6 +13,8 @@
 //! - `api [--runs N] [--servers N] [--part all|boot|latency]`: POST /servers to
 //!   ACTIVE and to the guest's marker against the VMM alone; list and show
 //!   latency with 1,000 servers on SQLite and PostgreSQL.
+//! - `rootdisk [--runs N]`: making a server's root disk from a cached image
+//!   (hostd's code) against a plain sparse copy and a qcow2 overlay.
 //! - `measure ...`, `hostd-probe ...`, `api-probe ...`: the in-testbed probes.
 
 mod api;
@@ -23,6 +25,7 @@ mod http;
 mod measure;
 mod net;
 mod report;
+mod rootdisk;
 
 use std::path::PathBuf;
 
@@ -71,6 +74,11 @@ enum Cmd {
         servers: usize,
         #[arg(long, value_enum, default_value_t = api::Part::All)]
         part: api::Part,
+    },
+    /// Root disk creation from a cached image (virga vs cp and a qcow2 overlay).
+    Rootdisk {
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
     },
     /// Boot servers through the controller and time them (used inside the testbed).
     ApiProbe(api::Probe),
@@ -138,6 +146,7 @@ fn host_cpu() -> String {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Boot { runs, check } => boot::run(runs, check),
+        Cmd::Rootdisk { runs } => rootdisk::run(runs),
         Cmd::Blk { runs } => blk::run(runs),
         Cmd::Net { runs } => net::run(runs),
         Cmd::Hostd { runs } => hostd::run(runs),

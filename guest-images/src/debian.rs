@@ -31,7 +31,7 @@ pub struct Inputs {
     pub builder_revision: String,
 }
 
-fn run(cmd: &mut Command) -> Result<String, DebianError> {
+pub(crate) fn run(cmd: &mut Command) -> Result<String, DebianError> {
     let command = format!("{cmd:?}");
     let out = cmd.output().map_err(|source| DebianError::Spawn {
         command: command.clone(),

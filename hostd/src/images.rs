@@ -92,19 +92,104 @@ async fn download(controller: &Controller, id: &str, dest: &Path) -> Result<u64,
         ));
     }
     let mut body = resp.into_body();
-    let mut file = tokio::fs::File::create(dest)
+    let file = tokio::fs::File::create(dest)
         .await
         .map_err(|e| e.to_string())?;
-    let mut total = 0u64;
+    let mut out = SparseWriter::new(file);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| format!("image {id}: {e}"))?;
         if let Some(data) = frame.data_ref() {
-            file.write_all(data).await.map_err(|e| e.to_string())?;
-            total += data.len() as u64;
+            out.push(data).await.map_err(|e| e.to_string())?;
         }
     }
-    file.sync_all().await.map_err(|e| e.to_string())?;
-    Ok(total)
+    out.finish().await.map_err(|e| e.to_string())
+}
+
+/// Writes a stream to a file, leaving holes where whole blocks are zero: a
+/// disk image is mostly free space, and the cache (and every root disk
+/// copied from it, which keeps holes) should not pay for it.
+struct SparseWriter {
+    file: tokio::fs::File,
+    /// The start of a block not yet whole.
+    pending: Vec<u8>,
+    offset: u64,
+}
+
+const SPARSE_BLOCK: usize = 4096;
+
+impl SparseWriter {
+    fn new(file: tokio::fs::File) -> Self {
+        SparseWriter {
+            file,
+            pending: Vec::with_capacity(SPARSE_BLOCK),
+            offset: 0,
+        }
+    }
+
+    async fn push(&mut self, mut data: &[u8]) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            let take = data.len().min(SPARSE_BLOCK - self.pending.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.pending.len() < SPARSE_BLOCK {
+                return Ok(());
+            }
+            let block = std::mem::take(&mut self.pending);
+            self.block(&block).await?;
+            self.pending = block;
+            self.pending.clear();
+        }
+        let whole = data.len() - data.len() % SPARSE_BLOCK;
+        let mut run_start = 0;
+        // Runs of data blocks go in one write; zero blocks are skipped.
+        for (i, block) in data[..whole].chunks(SPARSE_BLOCK).enumerate() {
+            if block.iter().all(|b| *b == 0) {
+                let at = i * SPARSE_BLOCK;
+                self.write(&data[run_start..at]).await?;
+                self.skip(SPARSE_BLOCK).await?;
+                run_start = at + SPARSE_BLOCK;
+            }
+        }
+        self.write(&data[run_start..whole]).await?;
+        self.pending.extend_from_slice(&data[whole..]);
+        Ok(())
+    }
+
+    async fn block(&mut self, block: &[u8]) -> std::io::Result<()> {
+        if block.iter().all(|b| *b == 0) {
+            self.skip(block.len()).await
+        } else {
+            self.write(block).await
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if !bytes.is_empty() {
+            self.file.write_all(bytes).await?;
+            self.offset += bytes.len() as u64;
+        }
+        Ok(())
+    }
+
+    async fn skip(&mut self, len: usize) -> std::io::Result<()> {
+        use tokio::io::AsyncSeekExt;
+        self.offset += len as u64;
+        self.file
+            .seek(std::io::SeekFrom::Start(self.offset))
+            .await?;
+        Ok(())
+    }
+
+    /// Writes the tail, sizes the file (a trailing hole) and syncs it;
+    /// returns its length.
+    async fn finish(mut self) -> std::io::Result<u64> {
+        let tail = std::mem::take(&mut self.pending);
+        self.write(&tail).await?;
+        self.file.flush().await?;
+        self.file.set_len(self.offset).await?;
+        self.file.sync_all().await?;
+        Ok(self.offset)
+    }
 }
 
 #[cfg(test)]
@@ -117,6 +202,37 @@ mod tests {
         for bad in ["", "../etc", "a/b", "x", &"a".repeat(65)] {
             assert!(!valid_image_id(bad), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn downloads_keep_zero_blocks_as_holes_and_every_byte_as_sent() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        let mut sent = vec![0u8; 8 << 20];
+        sent[100] = 1; // data in the first block
+        sent[(4 << 20) + 5000] = 2; // and in one in the middle
+        let last = sent.len() - 1;
+        sent[last] = 3;
+        let mut out = SparseWriter::new(tokio::fs::File::create(&path).await.unwrap());
+        // Frames of awkward sizes, as a network delivers them.
+        for chunk in sent.chunks(3001) {
+            out.push(chunk).await.unwrap();
+        }
+        assert_eq!(out.finish().await.unwrap(), sent.len() as u64);
+        assert_eq!(std::fs::read(&path).unwrap(), sent);
+        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(
+            allocated < 1 << 20,
+            "{allocated} bytes allocated for 12 KiB of data"
+        );
+
+        // A stream ending in zeros still has its full length.
+        let path = dir.path().join("zeros");
+        let mut out = SparseWriter::new(tokio::fs::File::create(&path).await.unwrap());
+        out.push(&[0u8; 10_000]).await.unwrap();
+        assert_eq!(out.finish().await.unwrap(), 10_000);
+        assert_eq!(std::fs::read(&path).unwrap(), vec![0u8; 10_000]);
     }
 
     #[tokio::test]

@@ -12,6 +12,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("kmod", "depmod"),
     ("dpkg", "dpkg-deb"),
     ("e2fsprogs", "mkfs.ext4"),
+    // The Debian cloud image the real-guest tests boot.
+    ("mmdebstrap", "mmdebstrap"),
     // Benchmark tools for the guest rootfs.
     ("fio", "fio"),
     ("iperf3", "iperf3"),

@@ -115,8 +115,13 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn images() -> Result<virga_guest_images::ImageSet> {
-    virga_guest_images::build(&images_dir(), &|m| eprintln!("images: {m}"))
-        .context("building guest images")
+    let set = virga_guest_images::build(&images_dir(), &|m| eprintln!("images: {m}"))
+        .context("building guest images")?;
+    virga_guest_images::cloud_image::build(&images_dir().join("debian-12"), &|m| {
+        eprintln!("images: {m}")
+    })
+    .context("building the Debian cloud image")?;
+    Ok(set)
 }
 
 /// Builds the release binaries scenarios use and returns the vmm's path (vmmctl
