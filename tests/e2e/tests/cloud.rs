@@ -215,6 +215,10 @@ fn openstack_server_create_boots_a_guest() {
     // hostd runs in the testbed until the controller goes away.
     let script = format!(
         r#"mkdir -p /sys/fs/cgroup && (mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null || true)
+# The state directory on a tmpfs whose size is a limit, not an allocation:
+# the rootfs's free space (a part of L1's RAM) is less than the Debian
+# flavor's 3 GiB root disk, which holds far less data than that.
+mkdir -p $WORK/state && mount -t tmpfs -o size=8g tmpfs $WORK/state
 cat > $WORK/hostd.toml <<EOF
 token = "{token}"
 listen = "0.0.0.0:{hostd_port}"
@@ -244,7 +248,7 @@ echo "HOSTD_LOG_BEGIN"; tail -n 20 $WORK/hostd.log; echo "HOSTD_LOG_END"
         .binary(virga_e2e::vmm_bin())
         .binaries(hostd_bins())
         .forward_port(hostd_port)
-        .timeout(Duration::from_secs(600));
+        .timeout(Duration::from_secs(1800));
     let testbed = virga_e2e::testbed();
     let runner = std::thread::spawn(move || testbed.run(&scenario));
 
@@ -524,6 +528,134 @@ fn drive_the_cloud(
     ok(&args);
 
     cloud_images(dir, &ok, &status, &wait_status);
+    // Not yet in `cargo xtask test`: hostd's create holds the controller's
+    // call open while it downloads the image, and the Debian image's 1.7 GB
+    // take longer than the controller's 120 s over QEMU's user network (issue
+    // 12's note). VIRGA_E2E_DEBIAN=1 runs it.
+    if std::env::var_os("VIRGA_E2E_DEBIAN").is_some() {
+        debian(dir, &ok, &status, &wait_status);
+    } else {
+        println!("Debian cloud image: not run (set VIRGA_E2E_DEBIAN=1)");
+    }
+}
+
+/// Waits (at most `secs`) until `name`'s console shows `line`; returns the
+/// console.
+fn wait_console(ok: &dyn Fn(&[&str]) -> String, name: &str, line: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let log = ok(&["console", "log", "show", name]);
+        if log.contains(line) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: no {line:?} on the console:\n{log}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// The Debian 12 cloud image built by `guest-images` (Debian's packages,
+/// systemd, cloud-init, OpenSSH; nothing of Virga's), uploaded as qcow2 as
+/// users upload Debian's own: cloud-init runs unchanged from the config
+/// drive, puts the key pair in the default user's authorized_keys, runs the
+/// user data, names the host and grows the root disk to the flavor's size;
+/// a stop is a clean systemd power-off through the ACPI power button; what
+/// the first boot wrote is there on the next.
+fn debian(
+    dir: &std::path::Path,
+    ok: &dyn Fn(&[&str]) -> String,
+    status: &dyn Fn(&str) -> String,
+    wait_status: &dyn Fn(&str, &str),
+) {
+    let image = virga_guest_images::cloud_image::load(&virga_e2e::images_dir().join("debian-12"))
+        .expect("the Debian cloud image (cargo xtask images builds it)");
+    ok(&[
+        "image",
+        "create",
+        "--file",
+        &image.qcow2().display().to_string(),
+        "--disk-format",
+        "qcow2",
+        "--container-format",
+        "bare",
+        "debian-12",
+    ]);
+    ok(&[
+        "flavor",
+        "create",
+        "--ram",
+        "512",
+        "--vcpus",
+        "1",
+        "--disk",
+        "3",
+        "m1.debian",
+    ]);
+    let user_data = dir.join("debian-user-data");
+    std::fs::write(
+        &user_data,
+        "#cloud-config\n\
+         bootcmd:\n\
+         \x20 - echo \"virga-debian-boot marker=$(cat /var/lib/virga-marker 2>/dev/null)\" > /dev/ttyS0\n\
+         runcmd:\n\
+         \x20 - echo first-boot > /var/lib/virga-marker\n\
+         \x20 - echo \"virga-debian-user-data hostname=$(hostname) root_bytes=$(lsblk -bdno SIZE /dev/vda) fs_bytes=$(df -B1 --output=size / | tail -n 1 | tr -d ' ')\" > /dev/ttyS0\n\
+         \x20 - echo \"virga-debian-keys $(cat /home/debian/.ssh/authorized_keys)\" > /dev/ttyS0\n",
+    )
+    .expect("user data");
+    ok(&[
+        "server",
+        "create",
+        "--image",
+        "debian-12",
+        "--flavor",
+        "m1.debian",
+        "--key-name",
+        "k1",
+        "--user-data",
+        &user_data.display().to_string(),
+        "--wait",
+        "vm-debian",
+    ]);
+    assert_eq!(status("vm-debian"), "ACTIVE");
+    let started = Instant::now();
+    let log = wait_console(ok, "vm-debian", "virga-debian-keys", 900);
+    println!(
+        "Debian: create to user data done in {:?}",
+        started.elapsed()
+    );
+    for want in [
+        "virga-debian-user-data hostname=vm-debian root_bytes=3221225472",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHs7sAvZ0nq6Q0m9M2dpBmbJYk8y9m8Ocq6m1E8K8y2J e2e@virga",
+    ] {
+        assert!(log.contains(want), "no {want:?} on the console:\n{log}");
+    }
+    // cloud-init grew the root filesystem into the 3 GiB disk.
+    let fs_bytes: u64 = log
+        .lines()
+        .find_map(|l| l.split("fs_bytes=").nth(1))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        fs_bytes > 2 << 30,
+        "root filesystem of {fs_bytes} bytes:\n{log}"
+    );
+    wait_console(ok, "vm-debian", "Cloud-init v.", 300);
+
+    // The power button: systemd shuts down cleanly, well before hostd's
+    // stop timeout would have killed it.
+    let stopping = Instant::now();
+    ok(&["server", "stop", "vm-debian"]);
+    wait_status("vm-debian", "SHUTOFF");
+    println!("Debian: stop took {:?}", stopping.elapsed());
+    let log = ok(&["console", "log", "show", "vm-debian"]);
+    assert!(log.contains("reboot: Power down"), "{log}");
+    ok(&["server", "start", "vm-debian"]);
+    wait_status("vm-debian", "ACTIVE");
+    wait_console(ok, "vm-debian", "virga-debian-boot marker=first-boot", 600);
+    ok(&["server", "delete", "--wait", "vm-debian"]);
 }
 
 /// The console line of `virga.mode=cloud` for each boot of a root disk.
