@@ -3,6 +3,7 @@
 //! background reconcilers all work on one shared `App`.
 
 use crate::compute::actions::Actions;
+use crate::compute::console_tokens::ConsoleTokens;
 use crate::compute::flavors::Flavors;
 use crate::compute::hosts::Hosts;
 use crate::compute::keypairs::Keypairs;
@@ -20,6 +21,7 @@ pub struct App {
     pub hosts: Hosts,
     pub images: Images,
     pub keypairs: Keypairs,
+    pub console_tokens: ConsoleTokens,
     pub quotas: Quotas,
     pub servers: Servers,
     pub actions: Actions,

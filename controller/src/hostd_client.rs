@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use hostd_proto::instance::{Action, ImageInstanceSpec, InstanceStatus};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use hyper::body::{Bytes, Incoming};
 use hyper::Method;
 
-/// How long hostd may take to create (and boot to running) an instance, or
-/// to carry out an action.
+/// How long hostd may take to carry out an action (a start, a graceful
+/// stop).
 const SLOW_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long other calls may take.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -52,10 +52,22 @@ impl Hostd {
         }
     }
 
-    /// Creates and starts the instance (its images fetched first).
-    pub async fn create(&self, spec: &ImageInstanceSpec) -> Result<InstanceStatus, HostdError> {
+    /// Creates the instance; hostd answers once it is recorded, and then
+    /// fetches its images and starts it (BUILDING until it runs: see
+    /// [`Hostd::get`]).
+    /// (`start: false`: it stays SHUTOFF once prepared.)
+    pub async fn create(
+        &self,
+        spec: &ImageInstanceSpec,
+        start: bool,
+    ) -> Result<InstanceStatus, HostdError> {
         let body = serde_json::to_value(spec).map_err(|e| HostdError::BadAnswer(e.to_string()))?;
-        self.typed(Method::POST, "/instances", Some(&body), SLOW_TIMEOUT)
+        let path = format!("/instances?wait=false&start={start}");
+        self.typed(Method::POST, &path, Some(&body), TIMEOUT).await
+    }
+
+    pub async fn get(&self, id: &str) -> Result<InstanceStatus, HostdError> {
+        self.typed(Method::GET, &format!("/instances/{id}"), None, TIMEOUT)
             .await
     }
 
@@ -94,6 +106,49 @@ impl Hostd {
         .await
     }
 
+    /// Snapshots the instance's root disk into image `image_id`: answered
+    /// once hostd has its copy; the upload to this controller follows.
+    pub async fn snapshot(&self, id: &str, image_id: &str) -> Result<(), HostdError> {
+        let body = serde_json::json!({ "image_id": image_id });
+        call_raw(
+            &self.url,
+            &self.token,
+            Method::POST,
+            &format!("/instances/{id}/snapshot"),
+            Some(&body),
+            SLOW_TIMEOUT,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Types `bytes` (at most 4 KiB) on the instance's serial console.
+    pub async fn console_input(&self, id: &str, bytes: &[u8]) -> Result<(), HostdError> {
+        let path = format!("/instances/{id}/console");
+        let sent = send(
+            &self.url,
+            &self.token,
+            Method::POST,
+            &path,
+            Bytes::copy_from_slice(bytes),
+        );
+        tokio::time::timeout(TIMEOUT, sent)
+            .await
+            .map_err(|_| unreachable(&self.url, format!("no answer within {TIMEOUT:?}")))?
+            .map(|_| ())
+    }
+
+    /// The instance's console from now on, as hostd streams it (until the
+    /// body is dropped).
+    pub async fn console_stream(&self, id: &str) -> Result<Incoming, HostdError> {
+        let path = format!("/instances/{id}/console?tail=0&follow=true");
+        let sent = send(&self.url, &self.token, Method::GET, &path, Bytes::new());
+        let resp = tokio::time::timeout(TIMEOUT, sent)
+            .await
+            .map_err(|_| unreachable(&self.url, format!("no answer within {TIMEOUT:?}")))??;
+        Ok(resp.into_body())
+    }
+
     /// The last `lines` lines of the instance's console.
     pub async fn console(&self, id: &str, lines: u32) -> Result<Vec<u8>, HostdError> {
         call_raw(
@@ -129,58 +184,78 @@ async fn call_raw(
     body: Option<&serde_json::Value>,
     timeout: Duration,
 ) -> Result<Vec<u8>, HostdError> {
-    let unreachable = |m: String| HostdError::Unreachable {
-        url: base_url.to_owned(),
-        message: m,
-    };
-    let authority = base_url
-        .strip_prefix("http://")
-        .map(|a| a.trim_end_matches('/'))
-        .ok_or_else(|| unreachable("not an http:// URL".into()))?;
+    let bytes = body
+        .map(|b| serde_json::to_vec(b).unwrap_or_default())
+        .unwrap_or_default();
     let work = async {
-        let stream = tokio::net::TcpStream::connect(authority)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(conn);
-        let bytes = body
-            .map(|b| serde_json::to_vec(b).unwrap_or_default())
-            .unwrap_or_default();
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", authority)
-            .header("authorization", format!("Bearer {token}"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| unreachable(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let status = resp.status().as_u16();
+        let resp = send(base_url, token, method, path, Bytes::from(bytes)).await?;
         let body = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| unreachable(e.to_string()))?
+            .map_err(|e| unreachable(base_url, e.to_string()))?
             .to_bytes();
-        let json: serde_json::Value =
-            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-        if (200..300).contains(&status) {
-            Ok(body.to_vec())
-        } else {
-            let message = json["error"]["message"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            Err(HostdError::Refused { status, message })
-        }
+        Ok(body.to_vec())
     };
     tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?
+        .map_err(|_| unreachable(base_url, format!("no answer within {timeout:?}")))?
+}
+
+fn unreachable(base_url: &str, message: String) -> HostdError {
+    HostdError::Unreachable {
+        url: base_url.to_owned(),
+        message,
+    }
+}
+
+/// Sends one request; returns a 2xx answer with its body still to read, or
+/// the error another answer carries.
+async fn send(
+    base_url: &str,
+    token: &str,
+    method: hyper::Method,
+    path: &str,
+    body: Bytes,
+) -> Result<hyper::Response<Incoming>, HostdError> {
+    let authority = base_url
+        .strip_prefix("http://")
+        .map(|a| a.trim_end_matches('/'))
+        .ok_or_else(|| unreachable(base_url, "not an http:// URL".into()))?;
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| unreachable(base_url, e.to_string()))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(base_url, e.to_string()))?;
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", authority)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .map_err(|e| unreachable(base_url, e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| unreachable(base_url, e.to_string()))?;
+    let status = resp.status().as_u16();
+    if (200..300).contains(&status) {
+        return Ok(resp);
+    }
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| unreachable(base_url, e.to_string()))?
+        .to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    let message = json["error"]["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+    Err(HostdError::Refused { status, message })
 }

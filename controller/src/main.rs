@@ -15,6 +15,7 @@ use clap::Parser;
 use controller::api::{self, App};
 use controller::background::{Background, Run, Task};
 use controller::compute::actions::Actions;
+use controller::compute::console_tokens::ConsoleTokens;
 use controller::compute::flavors::Flavors;
 use controller::compute::hosts::Hosts;
 use controller::compute::keypairs::Keypairs;
@@ -134,6 +135,7 @@ async fn run(config: Config, inherited: Option<std::net::TcpListener>) -> anyhow
         hosts: Hosts::new(store.clone()),
         images,
         keypairs: Keypairs::new(store.clone()),
+        console_tokens: ConsoleTokens::new(store.clone()),
         quotas: Quotas::new(store.clone()),
         servers: Servers::new(store.clone()),
         actions: Actions::new(store.clone()),

@@ -430,3 +430,295 @@ fn a_build_retried_on_another_host_leaves_nothing_on_the_first() {
     assert!(used.contains(&("stand-in".to_owned(), 0)), "{used:?}");
     assert!(used.contains(&("second".to_owned(), 1)), "{used:?}");
 }
+
+/// A serial console URL (`os-getSerialConsole`) is a websocket with a
+/// one-time token: what the client types reaches the host, what the host's
+/// console shows reaches the client; the token does not open a second
+/// session; another project's user gets no URL; only `serial` is offered.
+#[test]
+fn a_serial_console_is_a_websocket_with_a_one_time_token() {
+    use tungstenite::{client::IntoClientRequest, Message};
+    let cloud = Cloud::start(Delays {
+        create: Duration::ZERO,
+        action: Duration::ZERO,
+        delete: Duration::ZERO,
+    });
+    let (c, t) = (&cloud.c, cloud.auth());
+    let (id, _) = cloud.active_server();
+    let get_console = |token: (&str, &str), kind: &str| {
+        call(
+            c,
+            "POST",
+            &format!("/compute/v2.1/servers/{id}/action"),
+            &[token],
+            &format!(r#"{{"os-getSerialConsole": {{"type": "{kind}"}}}}"#),
+        )
+    };
+    let r = get_console(t, "serial");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let console = r.json()["console"].clone();
+    assert_eq!(console["type"], "serial");
+    let url = console["url"].as_str().unwrap().to_owned();
+    assert!(
+        url.starts_with(&format!("ws://{}/serial-console/?token=", c.addr)),
+        "{url}"
+    );
+
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "binary".parse().unwrap());
+    let stream = std::net::TcpStream::connect(&c.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let (mut ws, response) = tungstenite::client(request, stream).unwrap();
+    assert_eq!(
+        response.headers().get("sec-websocket-protocol").unwrap(),
+        "binary"
+    );
+    ws.send(Message::binary(b"root\r".to_vec())).unwrap();
+    let mut seen = Vec::new();
+    loop {
+        match ws.read() {
+            Ok(Message::Binary(b)) => seen.extend_from_slice(&b),
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&seen), "echo: root\r");
+    assert_eq!(cloud.hostd.typed(), b"root\r");
+
+    // The token was taken: a second connection is refused before the
+    // upgrade, as is a token nobody issued.
+    for bad in [
+        url.clone(),
+        format!("ws://{}/serial-console/?token=made-up", c.addr),
+    ] {
+        let stream = std::net::TcpStream::connect(&c.addr).unwrap();
+        match tungstenite::client(bad.as_str(), stream) {
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+                assert_eq!(r.status(), 401)
+            }
+            other => panic!("{bad}: {:?}", other.map(|(_, r)| r.status())),
+        }
+    }
+
+    // Only serial consoles; only the server's own project.
+    assert_eq!(get_console(t, "novnc").status, 400);
+    common::second_project(c);
+    let other = common::token(c, "bob", "bob-password", "other");
+    assert_eq!(get_console(("X-Auth-Token", &other), "serial").status, 404);
+}
+
+/// `rebuild` replaces the server's instance on its host from the new image
+/// (a delete and a create there), keeps its id and power state, renames it
+/// if asked, and is recorded; bad requests are refused before anything
+/// starts.
+#[test]
+fn a_rebuild_makes_the_instance_again_from_the_new_image() {
+    let cloud = Cloud::start(Delays {
+        create: Duration::ZERO,
+        action: Duration::from_millis(300),
+        delete: Duration::ZERO,
+    });
+    let (c, t) = (&cloud.c, cloud.auth());
+    let (id, _) = cloud.active_server();
+    let image = call(
+        c,
+        "POST",
+        "/image/v2/images",
+        &[t],
+        r#"{"name": "kernel-2", "disk_format": "aki", "container_format": "aki"}"#,
+    )
+    .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/image/v2/images/{image}/file");
+    assert_eq!(
+        common::put_bytes(c, &path, &cloud.admin, b"\x7fELF two"),
+        204
+    );
+    let act = |body: String| {
+        call(
+            c,
+            "POST",
+            &format!("/compute/v2.1/servers/{id}/action"),
+            &[t],
+            &body,
+        )
+    };
+    let rebuild = |name: &str| {
+        act(format!(
+            r#"{{"rebuild": {{"imageRef": "{image}", "name": "{name}"}}}}"#
+        ))
+    };
+
+    let r = rebuild("vm-rebuilt");
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.json()["server"]["status"], "REBUILD", "{}", r.body);
+    assert_eq!(rebuild("again").status, 409, "one task at a time");
+    let s = cloud.wait(&id, "ACTIVE");
+    assert_eq!(s["image"]["id"], image);
+    assert_eq!(s["name"], "vm-rebuilt");
+    let creates = cloud.hostd.create_bodies();
+    assert_eq!(creates.len(), 2, "{creates:?}");
+    assert_eq!(creates[1]["kernel_image"], image);
+    assert_eq!(cloud.hostd.instances().get(&id).unwrap(), "running");
+    let actions = call(
+        c,
+        "GET",
+        &format!("/compute/v2.1/servers/{id}/os-instance-actions"),
+        &[t],
+        "",
+    )
+    .json();
+    assert!(
+        actions["instanceActions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "rebuild" && a["message"].is_null()),
+        "{actions}"
+    );
+
+    // A stopped server is stopped again afterwards.
+    assert_eq!(act(r#"{"os-stop": null}"#.into()).status, 202);
+    cloud.wait(&id, "SHUTOFF");
+    assert_eq!(rebuild("vm-rebuilt").status, 202);
+    cloud.wait(&id, "SHUTOFF");
+    assert_eq!(cloud.hostd.create_bodies().len(), 3);
+    assert_eq!(cloud.hostd.instances().get(&id).unwrap(), "shutoff");
+
+    // Refused before anything starts.
+    assert_eq!(act(r#"{"rebuild": {}}"#.into()).status, 400);
+    let r = act(format!(
+        r#"{{"rebuild": {{"imageRef": "{image}", "key_name": "k"}}}}"#
+    ));
+    assert_eq!(
+        r.status, 400,
+        "key_name needs microversion 2.54: {}",
+        r.body
+    );
+    let r = act(r#"{"rebuild": {"imageRef": "00000000-0000-0000-0000-000000000000"}}"#.into());
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("could not be found"), "{}", r.body);
+    assert_eq!(cloud.show(&id)["status"], "SHUTOFF");
+}
+
+/// `createImage` makes a private Glance image at once (`saving`), and the
+/// server's host delivers the root disk's data straight into it; the image
+/// becomes active with Nova's snapshot properties. A server booted from a
+/// kernel image has no root disk to snapshot; only the server's host may
+/// deliver the data.
+#[test]
+fn a_snapshot_is_an_image_of_the_root_disk_delivered_by_the_host() {
+    let cloud = Cloud::start(Delays {
+        create: Duration::ZERO,
+        action: Duration::ZERO,
+        delete: Duration::ZERO,
+    });
+    let (c, t) = (&cloud.c, cloud.auth());
+    let (kernel_server, _) = cloud.active_server();
+    // A server booted from a disk image of its own.
+    let disk = call(
+        c,
+        "POST",
+        "/image/v2/images",
+        &[t],
+        r#"{"name": "disk", "disk_format": "raw", "container_format": "bare"}"#,
+    )
+    .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/image/v2/images/{disk}/file");
+    assert_eq!(common::put_bytes(c, &path, &cloud.admin, &[0u8; 4096]), 204);
+    let flavor = call(c, "GET", "/compute/v2.1/flavors", &[t], "").json()["flavors"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = call(
+        c,
+        "POST",
+        "/compute/v2.1/servers",
+        &[t],
+        &format!(
+            r#"{{"server": {{"name": "vm-disk", "imageRef": "{disk}", "flavorRef": "{flavor}"}}}}"#
+        ),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    cloud.wait(&id, "ACTIVE");
+    let create_image = |server: &str, body: &str| {
+        call(
+            c,
+            "POST",
+            &format!("/compute/v2.1/servers/{server}/action"),
+            &[t],
+            body,
+        )
+    };
+
+    let r = create_image(
+        &id,
+        r#"{"createImage": {"name": "snap-1", "metadata": {"purpose": "test"}}}"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let location = r.header("location").unwrap().to_owned();
+    let image_id = location.rsplit('/').next().unwrap().to_owned();
+    assert!(location.ends_with(&format!("/image/v2/images/{image_id}")));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let image = loop {
+        let image = call(c, "GET", &format!("/image/v2/images/{image_id}"), &[t], "").json();
+        if image["status"] == "active" {
+            break image;
+        }
+        assert_eq!(image["status"], "saving", "{image}");
+        assert!(std::time::Instant::now() < deadline, "{image}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(image["name"], "snap-1");
+    assert_eq!(image["visibility"], "private");
+    assert_eq!(image["image_type"], "snapshot");
+    assert_eq!(image["instance_uuid"], id.as_str());
+    assert_eq!(image["base_image_ref"], disk.as_str());
+    assert_eq!(image["purpose"], "test");
+    assert_eq!(image["disk_format"], "raw");
+    let data = call(
+        c,
+        "GET",
+        &format!("/image/v2/images/{image_id}/file"),
+        &[t],
+        "",
+    );
+    assert_eq!(data.body, format!("root disk of {id}"));
+    let s = cloud.wait(&id, "ACTIVE");
+    assert!(s["OS-EXT-STS:task_state"].is_null());
+
+    // Only the server's host delivers a snapshot's data, and only once.
+    let stranger = format!("Bearer {}", common::hostd::host_token("elsewhere"));
+    let r = call(
+        c,
+        "PUT",
+        &format!("/internal/v1/images/{image_id}/file"),
+        &[("Authorization", &stranger)],
+        "forged",
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    let own = format!("Bearer {}", common::hostd::host_token(&cloud.hostd.host_id));
+    let r = call(
+        c,
+        "PUT",
+        &format!("/internal/v1/images/{image_id}/file"),
+        &[("Authorization", &own)],
+        "again",
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+
+    // Nothing to snapshot; a name is required.
+    let r = create_image(&kernel_server, r#"{"createImage": {"name": "snap-2"}}"#);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(create_image(&id, r#"{"createImage": {}}"#).status, 400);
+}

@@ -6,27 +6,7 @@
 
 mod common;
 
-use common::{call, put_bytes, start, token, Controller, Postgres};
-
-/// A second project with a member user, made directly in the controller's
-/// SQLite database (the Keystone admin API is not there yet).
-fn second_project(c: &Controller) {
-    let url = format!("sqlite://{}?mode=rwc", c.dir_path.join("c.db").display());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let store = controller::store::Store::open(&url).await.unwrap();
-        let id = controller::identity::Identity::new(store, std::time::Duration::from_secs(3600));
-        let project = id.create_project("other", "default").await.unwrap();
-        let user = id
-            .create_user("bob", "default", "bob-password")
-            .await
-            .unwrap();
-        id.assign_role(&user, &project, "member").await.unwrap();
-    });
-}
+use common::{call, put_bytes, second_project, start, token, Postgres};
 
 #[test]
 fn images_upload_download_patch_and_stay_private() {

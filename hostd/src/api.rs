@@ -5,11 +5,13 @@
 //! |--------|----------------------------------------|-----------------------------------|
 //! | GET    | /host                                  | capacity, KVM mode, versions      |
 //! | GET    | /instances                             | all instances                     |
-//! | POST   | /instances[?start=false]               | create (and start) one            |
+//! | POST   | /instances[?start=false][&wait=false]  | create (and start) one; `wait=false` answers 202 once it is recorded (BUILDING while its images are fetched) |
 //! | GET    | /instances/{id}                        | one instance                      |
 //! | DELETE | /instances/{id}                        | stop hard and remove              |
 //! | POST   | /instances/{id}/actions/{action}       | start, stop, reboot, pause, resume; body `{"hard": bool, "timeout_ms": N}` |
 //! | GET    | /instances/{id}/console?tail=N[&follow=true] | console lines; follow streams  |
+//! | POST   | /instances/{id}/console                | types the body (at most 4 KiB) on the serial console |
+//! | POST   | /instances/{id}/snapshot               | `{"image_id"}`: copies the root disk (guest paused) and uploads it to the controller as that image's data; 202 once copied |
 //! | GET    | /instances/{id}/metrics                | the VMM's own metrics             |
 //! | GET    | /events                                | state changes, one JSON per line  |
 //! | GET    | /metrics                               | Prometheus text                   |
@@ -48,8 +50,9 @@ pub struct Api {
     responses: Mutex<BTreeMap<u16, u64>>,
 }
 
-/// A response body fed by a channel: console follow and the event stream.
-struct ChannelBody(mpsc::Receiver<Bytes>);
+/// A body fed by a channel: console follow and the event stream (and
+/// snapshot uploads, see `snapshots`).
+pub(crate) struct ChannelBody(pub(crate) mpsc::Receiver<Bytes>);
 
 impl Body for ChannelBody {
     type Data = Bytes;
@@ -179,13 +182,16 @@ impl Api {
             (Method::GET, ["events"]) => self.events(),
             (Method::GET, ["instances"]) => json(StatusCode::OK, &self.sup.list()),
             (Method::POST, ["instances"]) => {
-                let start = query(&req).get("start").map(String::as_str) != Some("false");
+                let q = query(&req);
+                let start = q.get("start").map(String::as_str) != Some("false");
+                let wait = q.get("wait").map(String::as_str) != Some("false");
                 let spec: InstanceSpec = match read_json(req).await {
                     Ok(s) => s,
                     Err(r) => return r,
                 };
-                match self.sup.create(spec, start).await {
-                    Ok(i) => json(StatusCode::CREATED, &i),
+                match self.sup.create(spec, start, wait).await {
+                    Ok(i) if wait => json(StatusCode::CREATED, &i),
+                    Ok(i) => json(StatusCode::ACCEPTED, &i),
                     Err(e) => op_error(e),
                 }
             }
@@ -211,6 +217,36 @@ impl Api {
             (Method::GET, ["instances", id, "console"]) => {
                 let q = query(&req);
                 self.console(id, &q)
+            }
+            (Method::POST, ["instances", id, "snapshot"]) => {
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Snapshot {
+                    image_id: String,
+                }
+                let id = id.to_string();
+                let body: Snapshot = match read_json(req).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                match self.sup.snapshot(&id, &body.image_id).await {
+                    Ok(()) => json(StatusCode::ACCEPTED, &serde_json::json!({})),
+                    Err(e) => op_error(e),
+                }
+            }
+            (Method::POST, ["instances", id, "console"]) => {
+                let id = id.to_string();
+                let bytes = match read_body(req).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                match self.sup.console_input(&id, &bytes) {
+                    Ok(()) => Response::builder()
+                        .status(StatusCode::NO_CONTENT)
+                        .body(full(Bytes::new()))
+                        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response")),
+                    Err(e) => op_error(e),
+                }
             }
             (Method::GET, ["instances", id, "metrics"]) => match self.sup.vmm_metrics(id).await {
                 Ok(m) => json(StatusCode::OK, &m),

@@ -1,9 +1,17 @@
 //! The image cache: images a spec names by id (`kernel_image`,
-//! `initramfs_image`, `disk_images`) are fetched from the controller's internal
-//! API once, into `state_dir/images/ID`, written to a temporary file and
-//! renamed, so a cached image is always whole.
+//! `initramfs_image`, `root_image`, `disk_images`) are fetched from the
+//! controller's internal API once, into `state_dir/images/ID`, written to a
+//! temporary file and renamed, so a cached image is always whole.
+//!
+//! Instances of one image that is not cached yet share one download (the
+//! others wait for it). A download may take as long as it needs, but one
+//! that stalls ends; one abandoned (its instance deleted meanwhile) leaves
+//! no temporary file behind.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
@@ -12,7 +20,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::Controller;
 
-const FETCH_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a download may go without receiving a byte.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Image ids are UUIDs (hex and dashes); nothing else reaches a path.
 pub fn valid_image_id(id: &str) -> bool {
@@ -22,12 +31,36 @@ pub fn valid_image_id(id: &str) -> bool {
 pub struct ImageCache {
     dir: PathBuf,
     controller: Option<Controller>,
+    /// One lock per image being fetched: its download is done once.
+    fetching: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Makes temporary file names unique within this hostd.
+    downloads: AtomicU64,
+}
+
+/// A temporary download, removed unless it was renamed into place.
+struct Part(PathBuf);
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 impl ImageCache {
     pub fn new(dir: PathBuf, controller: Option<Controller>) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
-        Ok(ImageCache { dir, controller })
+        // Downloads a killed hostd left.
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            if entry.file_name().to_string_lossy().contains(".part-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(ImageCache {
+            dir,
+            controller,
+            fetching: Mutex::default(),
+            downloads: AtomicU64::new(0),
+        })
     }
 
     /// The local file of image `id`, fetched first when not cached.
@@ -44,22 +77,36 @@ impl ImageCache {
                 "image {id}: no controller_url configured to fetch images from"
             ));
         };
-        let part = self.dir.join(format!("{id}.part-{}", std::process::id()));
-        let result = tokio::time::timeout(FETCH_TIMEOUT, download(controller, id, &part))
-            .await
-            .map_err(|_| format!("image {id}: download took longer than {FETCH_TIMEOUT:?}"))
-            .and_then(|r| r);
-        match result {
-            Ok(bytes) => {
-                std::fs::rename(&part, &path).map_err(|e| format!("image {id}: {e}"))?;
-                tracing::info!(image = id, bytes, "image cached");
-                Ok(path)
+        let lock = self
+            .fetching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_owned())
+            .or_default()
+            .clone();
+        let result = async {
+            let _one_download = lock.lock().await;
+            if path.exists() {
+                return Ok(path.clone()); // fetched while this one waited
             }
-            Err(e) => {
-                let _ = std::fs::remove_file(&part);
-                Err(e)
-            }
+            let n = self.downloads.fetch_add(1, Ordering::Relaxed);
+            let part = Part(
+                self.dir
+                    .join(format!("{id}.part-{}-{n}", std::process::id())),
+            );
+            let started = std::time::Instant::now();
+            let bytes = download(controller, id, &part.0).await?;
+            std::fs::rename(&part.0, &path).map_err(|e| format!("image {id}: {e}"))?;
+            tracing::info!(image = id, bytes, took = ?started.elapsed(), "image cached");
+            Ok(path.clone())
         }
+        .await;
+        // The last one out forgets the lock.
+        let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        if Arc::strong_count(&lock) == 2 {
+            fetching.remove(id);
+        }
+        result
     }
 }
 
@@ -84,7 +131,10 @@ async fn download(controller: &Controller, id: &str, dest: &Path) -> Result<u64,
         req = req.header("authorization", format!("Bearer {t}"));
     }
     let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(STALL_TIMEOUT, sender.send_request(req))
+        .await
+        .map_err(|_| format!("image {id}: the controller did not answer within {STALL_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
     if resp.status() != hyper::StatusCode::OK {
         return Err(format!(
             "image {id}: the controller answered {}",
@@ -96,8 +146,16 @@ async fn download(controller: &Controller, id: &str, dest: &Path) -> Result<u64,
         .await
         .map_err(|e| e.to_string())?;
     let mut out = SparseWriter::new(file);
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("image {id}: {e}"))?;
+    loop {
+        let frame = match tokio::time::timeout(STALL_TIMEOUT, body.frame()).await {
+            Ok(Some(frame)) => frame.map_err(|e| format!("image {id}: {e}"))?,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(format!(
+                    "image {id}: the download stalled (nothing for {STALL_TIMEOUT:?})"
+                ))
+            }
+        };
         if let Some(data) = frame.data_ref() {
             out.push(data).await.map_err(|e| e.to_string())?;
         }

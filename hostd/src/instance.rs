@@ -197,6 +197,23 @@ pub struct Instance {
     /// life: its writable disks belong to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm_uid: Option<u32>,
+    /// Set while hostd makes the instance ready (images fetched, disks
+    /// made): kept in the record so that a hostd killed meanwhile carries on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preparing: Option<Preparing>,
+    /// The ERROR is the image's (it cannot boot): another host would not do
+    /// better.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub image_fault: bool,
+}
+
+/// What follows an instance's preparation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preparing {
+    /// Created with `start=false`: it stays SHUTOFF.
+    ThenStay,
+    ThenStart,
 }
 
 pub fn now_secs() -> u64 {
@@ -292,6 +309,8 @@ mod tests {
             updated_at: 2,
             starts: 1,
             vmm_uid: Some(2_000_001),
+            preparing: Some(Preparing::ThenStart),
+            image_fault: true,
         };
         let json = serde_json::to_string(&i).unwrap();
         assert!(json.contains(r#""state":"running""#));
@@ -299,6 +318,13 @@ mod tests {
         assert_eq!(back.spec, i.spec);
         assert_eq!(back.process, i.process);
         assert_eq!(back.vmm_uid, i.vmm_uid);
+        assert_eq!(back.preparing, i.preparing);
+        assert!(back.image_fault);
+        // Records written before these fields existed still load.
+        let old = json.replace(r#","preparing":"then_start","image_fault":true"#, "");
+        assert_ne!(old, json);
+        let back: Instance = serde_json::from_str(&old).unwrap();
+        assert_eq!((back.preparing, back.image_fault), (None, false));
     }
 
     /// Every spec the controller sends is one hostd takes, field for field.

@@ -12,6 +12,7 @@
 //! - [`registration`]: heartbeats to the controller
 //! - [`images`]: the cache of images fetched from the controller
 //! - [`root_disk`]: instances' writable copies of disk images
+//! - [`snapshots`]: root-disk snapshots uploaded to the controller as images
 //! - [`config_drive`]: the `config-2` drive cloud-init reads
 //! - [`boot_picker`]: runs the sandboxed `virga-bootpick` on a root disk
 
@@ -26,5 +27,6 @@ pub mod instance;
 pub mod process;
 pub mod registration;
 pub mod root_disk;
+pub mod snapshots;
 pub mod store;
 pub mod supervisor;

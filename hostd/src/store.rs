@@ -242,6 +242,8 @@ mod tests {
             updated_at: 0,
             starts: 0,
             vmm_uid: None,
+            preparing: None,
+            image_fault: false,
         }
     }
 

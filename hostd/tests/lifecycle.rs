@@ -286,3 +286,88 @@ fn racing_starts_never_overcommit_memory() {
         .collect();
     assert_eq!(refused.len(), 1, "{results:?}");
 }
+
+/// An instance being prepared holds no memory yet, and its own preparation
+/// is not counted against its start: one that takes all the host offers
+/// runs; the next, created without waiting, ends in ERROR saying why.
+#[test]
+fn an_instance_may_take_all_the_memory_the_host_offers() {
+    let host_mib = vmm::config::host_memory_mib().unwrap();
+    let h = start_with_fake_vmm(&format!("reserved_memory_mib = {}\n", host_mib - 1000));
+    let k = kernel(h.dir.path());
+    let (status, body) = api(&h, "POST", "/instances", &fake_spec("all-1", &k, 1000, ""));
+    assert_eq!((status, &body["state"]), (201, &"running".into()), "{body}");
+    let (status, body) = api(
+        &h,
+        "POST",
+        "/instances?wait=false",
+        &fake_spec("all-2", &k, 1000, ""),
+    );
+    assert_eq!(
+        (status, &body["state"]),
+        (202, &"building".into()),
+        "{body}"
+    );
+    let record = wait_state(&h, "all-2", "error");
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not enough free memory: 1000 MiB asked, 0 MiB free"),
+        "{record}"
+    );
+    assert_eq!(api(&h, "DELETE", "/instances/all-1", "").0, 204);
+    let (status, body) = api(&h, "POST", "/instances/all-2/actions/start", "");
+    assert_eq!((status, &body["state"]), (200, &"running".into()), "{body}");
+    assert_eq!(api(&h, "DELETE", "/instances/all-2", "").0, 204);
+}
+
+/// What is typed on the console reaches the VMM (the stand-in echoes it to
+/// the console as a guest's tty does); typing on an instance without a VMM,
+/// or more than one pipe write at once, is refused.
+#[test]
+fn typing_on_the_serial_console() {
+    let h = start_with_fake_vmm("");
+    let k = kernel(h.dir.path());
+    let (status, body) = api(
+        &h,
+        "POST",
+        "/instances?start=false",
+        &fake_spec("tty-1", &k, 64, ""),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = call(&h, "POST", "/instances/tty-1/console", Some(TOKEN), "ls\n");
+    assert_eq!(status, 409, "no VMM yet: {body}");
+    assert_eq!(api(&h, "POST", "/instances/tty-1/actions/start", "").0, 200);
+    for typed in ["root\n", "echo hi\n"] {
+        let (status, body) = call(&h, "POST", "/instances/tty-1/console", Some(TOKEN), typed);
+        assert_eq!(status, 204, "{body}");
+    }
+    virga_test_support::wait::until("the echo", Duration::from_secs(10), || {
+        let (_, console) = call(
+            &h,
+            "GET",
+            "/instances/tty-1/console?tail=10",
+            Some(TOKEN),
+            "",
+        );
+        console.contains("root\necho hi\n").then_some(())
+    });
+    let (status, _) = call(
+        &h,
+        "POST",
+        "/instances/tty-1/console",
+        Some(TOKEN),
+        &"x".repeat(4097),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(
+        call(&h, "POST", "/instances/tty-1/console", None, "ls\n").0,
+        401
+    );
+    assert_eq!(api(&h, "DELETE", "/instances/tty-1", "").0, 204);
+    assert_eq!(
+        call(&h, "POST", "/instances/tty-1/console", Some(TOKEN), "ls\n").0,
+        404
+    );
+}

@@ -4,6 +4,9 @@
 //! boots what the image's own grub.cfg names, attaches a config drive, and
 //! keeps the root disk until the instance is deleted. An image that cannot
 //! boot is refused with the picker's reason and leaves nothing behind.
+//! Images fetched from a (stand-in) controller: a create that does not wait
+//! is BUILDING while the image downloads, once for all its instances; a
+//! delete ends the download; a hostd killed meanwhile carries on.
 
 // Test helpers fail the test on any unexpected error.
 #![allow(clippy::unwrap_used)]
@@ -11,11 +14,15 @@
 mod common;
 
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use common::*;
 use virga_test_support::disks::{debian_grub, ext4, gpt_disk, File, ROOT_UUID};
+use virga_test_support::stub;
 
 const IMAGE: &str = "0f0e0d0c-0000-4000-8000-00000000000a";
 const VERSION: &str = "6.1.0-27-cloud-amd64";
@@ -218,4 +225,305 @@ fn an_image_that_cannot_boot_is_refused_with_the_reason_and_leaves_nothing() {
         bad["error"]["message"].as_str().unwrap().contains("base64"),
         "{bad}"
     );
+}
+
+/// Snapshot uploads a stand-in controller received: (path, body).
+type Uploads = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A controller's image endpoint whose answers the test holds back: it
+/// sends the first half of the image, then the rest once `release` is
+/// called. Other requests (registration) get an empty 204.
+struct ImageServer {
+    addr: String,
+    requests: Arc<AtomicUsize>,
+    released: Arc<(Mutex<bool>, Condvar)>,
+    uploads: Uploads,
+}
+
+impl ImageServer {
+    /// Serves `image` as image IMAGE; any other image is 404.
+    fn start(image: Vec<u8>) -> ImageServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let released = Arc::new((Mutex::new(false), Condvar::new()));
+        let image = Arc::new(image);
+        let uploads: Uploads = Arc::default();
+        let (count, gate, received) = (requests.clone(), released.clone(), uploads.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let (image, count, gate) = (image.clone(), count.clone(), gate.clone());
+                let received = received.clone();
+                std::thread::spawn(move || {
+                    let Some(req) = stub::read_request(&mut stream) else {
+                        return;
+                    };
+                    if req.method == "PUT" && req.path.ends_with("/file") {
+                        received
+                            .lock()
+                            .unwrap()
+                            .push((req.path.clone(), req.body.clone()));
+                        stub::write_response(&mut stream, &stub::Response::empty(204));
+                        return;
+                    }
+                    if !req.path.starts_with("/internal/v1/images/") {
+                        stub::write_response(&mut stream, &stub::Response::empty(204));
+                        return;
+                    }
+                    if req.path != format!("/internal/v1/images/{IMAGE}/raw") {
+                        stub::write_response(&mut stream, &stub::Response::empty(404));
+                        return;
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let half = image.len() / 2;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        image.len()
+                    );
+                    if stream.write_all(head.as_bytes()).is_err()
+                        || stream.write_all(&image[..half]).is_err()
+                    {
+                        return;
+                    }
+                    let (lock, cv) = &*gate;
+                    let mut open = lock.lock().unwrap();
+                    while !*open {
+                        open = cv.wait(open).unwrap();
+                    }
+                    drop(open);
+                    let _ = stream.write_all(&image[half..]);
+                });
+            }
+        });
+        ImageServer {
+            addr,
+            requests,
+            released,
+            uploads,
+        }
+    }
+
+    fn release(&self) {
+        let (lock, cv) = &*self.released;
+        *lock.lock().unwrap() = true;
+        cv.notify_all();
+    }
+
+    fn downloads(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// hostd with the stand-in VMM and the real picker, fetching images from
+/// `server`.
+fn hostd_fetching_from(server: &ImageServer) -> Hostd {
+    start_with_fake_vmm(&format!(
+        "bootpick_binary = \"{}\"\ncontroller_url = \"http://{}\"\nadvertise_url = \"http://127.0.0.1:9\"\n",
+        bootpick().display(),
+        server.addr
+    ))
+}
+
+fn part_files(h: &Hostd) -> Vec<String> {
+    std::fs::read_dir(h.dir.path().join("state/images"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".part-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    virga_test_support::wait::until(what, Duration::from_secs(20), || f().then_some(()));
+}
+
+#[test]
+fn a_create_that_does_not_wait_is_building_while_its_image_downloads_once_for_all() {
+    let Some(image) = debian_image("") else {
+        return;
+    };
+    let server = ImageServer::start(std::fs::read(image.path()).unwrap());
+    let h = hostd_fetching_from(&server);
+    for id in ["dl-1", "dl-2"] {
+        let (status, created) = api(&h, "POST", "/instances?wait=false", &disk_spec(id, 1));
+        assert_eq!(
+            (status, &created["state"]),
+            (202, &"building".into()),
+            "{created}"
+        );
+    }
+    wait_for("the download to begin", || server.downloads() == 1);
+    std::thread::sleep(Duration::from_millis(300));
+    for id in ["dl-1", "dl-2"] {
+        let (_, record) = api(&h, "GET", &format!("/instances/{id}"), "");
+        assert_eq!(record["state"], "building", "{record}");
+        // Nothing else is taken while it is prepared.
+        let (status, refused) = api(&h, "POST", &format!("/instances/{id}/actions/start"), "");
+        assert_eq!(status, 409, "{refused}");
+    }
+    server.release();
+    for id in ["dl-1", "dl-2"] {
+        wait_state(&h, id, "running");
+    }
+    assert_eq!(server.downloads(), 1, "one download for both instances");
+    assert!(part_files(&h).is_empty());
+    let cached = std::fs::read(h.dir.path().join("state/images").join(IMAGE)).unwrap();
+    assert_eq!(cached, std::fs::read(image.path()).unwrap());
+    for id in ["dl-1", "dl-2"] {
+        assert_eq!(api(&h, "DELETE", &format!("/instances/{id}"), "").0, 204);
+    }
+}
+
+#[test]
+fn an_instance_deleted_while_its_image_downloads_leaves_nothing_behind() {
+    let Some(image) = debian_image("") else {
+        return;
+    };
+    let server = ImageServer::start(std::fs::read(image.path()).unwrap());
+    let h = hostd_fetching_from(&server);
+    let (status, _) = api(&h, "POST", "/instances?wait=false", &disk_spec("gone-1", 1));
+    assert_eq!(status, 202);
+    wait_for("part of the image to arrive", || !part_files(&h).is_empty());
+    // A hard stop has nothing to stop yet; a delete ends the download.
+    let (status, _) = api(
+        &h,
+        "POST",
+        "/instances/gone-1/actions/stop",
+        r#"{"hard": true}"#,
+    );
+    assert_eq!(status, 409);
+    let started = std::time::Instant::now();
+    assert_eq!(api(&h, "DELETE", "/instances/gone-1", "").0, 204);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(api(&h, "GET", "/instances/gone-1", "").0, 404);
+    wait_for("the partial download to be removed", || {
+        part_files(&h).is_empty()
+    });
+    assert!(!run_dir(&h, "gone-1").exists());
+    assert!(!h.dir.path().join("state/images").join(IMAGE).exists());
+    server.release();
+}
+
+#[test]
+fn hostd_killed_while_an_image_downloads_carries_on_when_it_comes_back() {
+    let Some(image) = debian_image("") else {
+        return;
+    };
+    let server = ImageServer::start(std::fs::read(image.path()).unwrap());
+    let h = hostd_fetching_from(&server);
+    let (status, _) = api(&h, "POST", "/instances?wait=false", &disk_spec("back-1", 1));
+    assert_eq!(status, 202);
+    wait_for("part of the image to arrive", || !part_files(&h).is_empty());
+    let h = restart(h);
+    // The new hostd dropped the old part and asked again.
+    wait_for("a second download", || server.downloads() == 2);
+    let (_, record) = api(&h, "GET", "/instances/back-1", "");
+    assert_eq!(record["state"], "building", "{record}");
+    server.release();
+    let record = wait_state(&h, "back-1", "running");
+    assert_eq!(record["starts"], 1, "{record}");
+    assert!(part_files(&h).is_empty());
+    assert_eq!(api(&h, "DELETE", "/instances/back-1", "").0, 204);
+}
+
+#[test]
+fn a_create_that_does_not_wait_ends_in_error_saying_why() {
+    let Some(root) = ext4(ROOT_UUID, &[File("/etc/os-release", b"ID=debian\n")]) else {
+        return;
+    };
+    let unbootable = gpt_disk(&[root]);
+    let server = ImageServer::start(std::fs::read(unbootable.path()).unwrap());
+    server.release();
+    let h = hostd_fetching_from(&server);
+
+    // An image that cannot boot: the image's fault.
+    let (status, _) = api(&h, "POST", "/instances?wait=false", &disk_spec("bad-1", 1));
+    assert_eq!(status, 202);
+    let record = wait_state(&h, "bad-1", "error");
+    let reason = record["reason"].as_str().unwrap();
+    assert!(reason.contains("nothing to boot on the image"), "{reason}");
+    assert_eq!(record["image_fault"], true, "{record}");
+
+    // An image the controller does not have: not the image's fault.
+    let missing = disk_spec("bad-2", 1).replace(IMAGE, "0f0e0d0c-0000-4000-8000-0000000000ff");
+    let (status, _) = api(&h, "POST", "/instances?wait=false", &missing);
+    assert_eq!(status, 202);
+    let record = wait_state(&h, "bad-2", "error");
+    let reason = record["reason"].as_str().unwrap();
+    assert!(reason.contains("404"), "{reason}");
+    assert!(record.get("image_fault").is_none(), "{record}");
+    for id in ["bad-1", "bad-2"] {
+        assert_eq!(api(&h, "DELETE", &format!("/instances/{id}"), "").0, 204);
+        assert!(!run_dir(&h, id).exists());
+    }
+}
+
+/// A snapshot copies the root disk with the guest paused for the moment of
+/// the copy, answers, and uploads the copy to the controller as the image's
+/// data; the guest runs on and the copy is gone afterwards.
+#[test]
+fn a_snapshot_uploads_a_copy_of_the_root_disk_to_the_controller() {
+    let Some(image) = debian_image("") else {
+        return;
+    };
+    let server = ImageServer::start(std::fs::read(image.path()).unwrap());
+    server.release();
+    let h = hostd_fetching_from(&server);
+    let (status, body) = api(&h, "POST", "/instances", &disk_spec("snap-1", 0));
+    assert_eq!(status, 201, "{body}");
+    // What the guest wrote is in the snapshot.
+    let root = run_dir(&h, "snap-1").join("root.img");
+    let mut w = std::fs::OpenOptions::new().write(true).open(&root).unwrap();
+    w.seek(SeekFrom::Start(4096)).unwrap();
+    w.write_all(b"written by the guest").unwrap();
+    drop(w);
+    let snapshot = "5a5a5a5a-0000-4000-8000-000000000001";
+    let (status, body) = api(
+        &h,
+        "POST",
+        "/instances/snap-1/snapshot",
+        &format!(r#"{{"image_id": "{snapshot}"}}"#),
+    );
+    assert_eq!(status, 202, "{body}");
+    wait_for("the upload", || !server.uploads.lock().unwrap().is_empty());
+    let (path, data) = server.uploads.lock().unwrap()[0].clone();
+    assert_eq!(path, format!("/internal/v1/images/{snapshot}/file"));
+    assert_eq!(data, std::fs::read(&root).unwrap());
+    let (_, record) = api(&h, "GET", "/instances/snap-1", "");
+    assert_eq!(
+        record["state"], "running",
+        "resumed after the copy: {record}"
+    );
+    wait_for("the copy to be removed", || {
+        std::fs::read_dir(h.dir.path().join("state/snapshots"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(true)
+    });
+
+    // Refused: a bad image id; an instance without a root disk.
+    let (status, _) = api(
+        &h,
+        "POST",
+        "/instances/snap-1/snapshot",
+        r#"{"image_id": "../etc"}"#,
+    );
+    assert_eq!(status, 400);
+    let k = kernel(h.dir.path());
+    assert_eq!(
+        api(&h, "POST", "/instances", &fake_spec("plain-1", &k, 64, "")).0,
+        201
+    );
+    let (status, body) = api(
+        &h,
+        "POST",
+        "/instances/plain-1/snapshot",
+        &format!(r#"{{"image_id": "{snapshot}"}}"#),
+    );
+    assert_eq!(status, 409, "{body}");
+    for id in ["snap-1", "plain-1"] {
+        assert_eq!(api(&h, "DELETE", &format!("/instances/{id}"), "").0, 204);
+    }
 }

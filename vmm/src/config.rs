@@ -64,6 +64,10 @@ pub struct SerialConfig {
     /// Output file, required for `mode: file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// With `mode: file`, a FIFO (named pipe) the guest's console input is
+    /// read from: whoever writes it types on the console (hostd does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<PathBuf>,
 }
 
 /// A virtio-blk disk.
@@ -460,6 +464,12 @@ impl VmConfig {
             }
             _ => {}
         }
+        if serial.input.is_some() && serial.mode != SerialMode::File {
+            return Err(invalid(
+                "serial.input",
+                "only allowed when serial.mode is \"file\"",
+            ));
+        }
         if let Some(socket) = &file.api_socket {
             check_parent_dir("api_socket", socket)?;
         }
@@ -761,6 +771,7 @@ mod tests {
             serial: Some(SerialConfig {
                 mode: SerialMode::File,
                 path: None,
+                input: None,
             }),
             ..base()
         };

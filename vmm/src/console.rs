@@ -1,5 +1,6 @@
 //! The host side of the guest's serial console: where its output goes (stdout, a
-//! file, a PTY) and, for a PTY, where its input comes from.
+//! file, a PTY) and where its input comes from (a PTY, or a FIFO beside a
+//! file).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -27,7 +28,8 @@ pub struct Console {
     /// Held open so the master neither reads EIO nor loses output while no client is
     /// attached; a full PTY buffer then drops output instead of blocking a vCPU.
     _pty_slave: Option<Arc<File>>,
-    /// The PTY's reading side until [`Console::start`] hands it to its thread.
+    /// Where input comes from (the PTY's reading side, or a FIFO) until
+    /// [`Console::start`] hands it to its thread.
     pty_reader: Arc<Mutex<Option<File>>>,
 }
 
@@ -40,6 +42,29 @@ pub enum ConsoleError {
     },
     #[error("opening a PTY for the serial console: {0}")]
     Pty(std::io::Error),
+    #[error("serial.input {path}: {why}")]
+    Input { path: String, why: String },
+}
+
+/// Opens the FIFO console input is read from. Opened for writing too, so
+/// that it never reads end-of-file while nobody has it open to type.
+fn open_input_fifo(path: &std::path::Path) -> Result<File, ConsoleError> {
+    use std::os::unix::fs::FileTypeExt;
+    let failed = |why: String| ConsoleError::Input {
+        path: path.display().to_string(),
+        why,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| failed(e.to_string()))?;
+    let kind = file.metadata().map_err(|e| failed(e.to_string()))?;
+    if !kind.file_type().is_fifo() {
+        return Err(failed("not a FIFO".into()));
+    }
+    Ok(file)
 }
 
 impl Console {
@@ -62,6 +87,9 @@ impl Console {
                         path: path.display().to_string(),
                         source,
                     })?;
+                if let Some(input) = &config.input {
+                    pty_reader = Some(open_input_fifo(input)?);
+                }
                 (Box::new(file), true)
             }
             SerialMode::Pty => {
@@ -83,7 +111,7 @@ impl Console {
     }
 
     /// Starts the console's threads: the partial-line flusher for line-wise
-    /// output and the input forwarder for a PTY. Separate from [`Console::open`]
+    /// output and the input forwarder for a PTY or FIFO. Separate from [`Console::open`]
     /// so that a jail can be entered in between (it must precede every thread).
     pub fn start(&self) {
         if lock(&self.out.state).by_line {
@@ -348,6 +376,40 @@ fn open_pty() -> std::io::Result<(OwnedFd, File, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_input_comes_from_a_fifo_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("console.in");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+            0,
+        )
+        .unwrap();
+        let mut input = open_input_fifo(&fifo).unwrap();
+        // Nobody types: no end-of-file, just nothing yet.
+        let mut buf = [0u8; 8];
+        let e = input.read(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+        let mut typist = OpenOptions::new().write(true).open(&fifo).unwrap();
+        typist.write_all(b"root\n").unwrap();
+        drop(typist);
+        assert_eq!(input.read(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"root\n");
+
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"").unwrap();
+        let e = open_input_fifo(&plain).unwrap_err().to_string();
+        assert!(e.ends_with("not a FIFO"), "{e}");
+        std::os::unix::fs::symlink(&fifo, dir.path().join("link")).unwrap();
+        assert!(
+            open_input_fifo(&dir.path().join("link")).is_err(),
+            "symlinks are not followed"
+        );
+    }
 
     /// A sink that records each write(2) it would have made.
     #[derive(Clone, Default)]

@@ -69,7 +69,11 @@ struct Args {
 }
 
 fn parse_serial(s: &str) -> Result<SerialConfig, String> {
-    let mode = |mode| SerialConfig { mode, path: None };
+    let mode = |mode| SerialConfig {
+        mode,
+        path: None,
+        input: None,
+    };
     match s {
         "stdout" => Ok(mode(SerialMode::Stdout)),
         "off" => Ok(mode(SerialMode::Off)),
@@ -78,6 +82,7 @@ fn parse_serial(s: &str) -> Result<SerialConfig, String> {
             Some(path) if !path.is_empty() => Ok(SerialConfig {
                 mode: SerialMode::File,
                 path: Some(path.into()),
+                input: None,
             }),
             _ => Err("expected stdout, off, pty or file:PATH".into()),
         },

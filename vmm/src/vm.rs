@@ -28,7 +28,10 @@ use crate::interrupts::GsiRouter;
 use crate::layout::{ECAM_BASE, PCI_MMIO_END, PCI_MMIO_START};
 use crate::memory::GuestRam;
 use crate::metrics::{ExitCounts, VcpuMetrics};
-use crate::pci::{BarWindow, EcamWindow, PciBus, SharedPciDevice, ECAM_SIZE};
+use crate::pci::{
+    BarWindow, ConfigPorts, EcamWindow, PciBus, SharedPciDevice, CONFIG_PORTS_BASE,
+    CONFIG_PORTS_LEN, ECAM_SIZE,
+};
 use crate::rate_limiter::{RateLimit, RateLimiter, SharedRateLimiter};
 use crate::vcpu::{ExitSink, GateTimeout, RunGate, Vcpu, VcpuExitReason, VcpuSet};
 use crate::virtio::block::{disk::Disk, Block};
@@ -153,11 +156,16 @@ impl Vm {
         regs::write_boot_tables(memory, entry.mode)
             .map_err(|source| VmError::VcpuSetup { id: 0, source })?;
 
-        let (pio, i8042, ged) = create_devices(&vm, console)?;
-        let pio = Arc::new(pio);
+        let (mut pio, i8042, ged) = create_devices(&vm, console)?;
         let router = Arc::new(GsiRouter::new(vm.clone()));
         let (pci, limiters) = create_pci(config, memory, &router)?;
         let pci = Arc::new(pci);
+        pio.insert(
+            CONFIG_PORTS_BASE,
+            CONFIG_PORTS_LEN,
+            Arc::new(Mutex::new(ConfigPorts::new(pci.clone()))),
+        )?;
+        let pio = Arc::new(pio);
         let mut mmio = Bus::default();
         mmio.insert(
             ECAM_BASE,
@@ -194,6 +202,7 @@ impl Vm {
                     source,
                 })
             })?;
+            regs::setup_xcr0(&fd, cpuid::xcr0_offered(&cpuid));
             regs::setup_fpu_and_msrs(&fd).map_err(setup)?;
             regs::setup_lapic(&fd).map_err(setup)?;
             // Application processors wait for INIT/SIPI from the boot CPU; KVM

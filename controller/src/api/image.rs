@@ -24,7 +24,7 @@ pub fn glance_error(status: StatusCode, message: &str) -> Response<Body> {
 }
 
 /// The image service's errors, as Glance answers them.
-fn image_error(e: ImageError) -> Response<Body> {
+pub fn image_error(e: ImageError) -> Response<Body> {
     let status = match &e {
         ImageError::BadRequest(_) => StatusCode::BAD_REQUEST,
         ImageError::Forbidden(_) => StatusCode::FORBIDDEN,

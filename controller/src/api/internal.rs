@@ -97,6 +97,14 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
             }
         },
         (Method::GET, ["v1", "images", id, "raw"]) => raw_image(app, id).await,
+        // A server snapshot's data, from the host the server is on.
+        (Method::PUT, ["v1", "images", id, "file"]) => {
+            let id = id.to_string();
+            match crate::image::service::receive_snapshot(app, &host, &id, req.into_body()).await {
+                Ok(()) => empty(StatusCode::NO_CONTENT),
+                Err(e) => super::image::image_error(e),
+            }
+        }
         _ => keystone_error(StatusCode::NOT_FOUND, "The resource could not be found."),
     }
 }

@@ -1,6 +1,6 @@
 //! The controller's HTTP front door: one listener, one path prefix per service
-//! (`/identity`, `/compute/v2.1`, `/image`), each response tagged with
-//! an `X-OpenStack-Request-ID`.
+//! (`/identity`, `/compute/v2.1`, `/image`; `/serial-console` for console
+//! websockets), each response tagged with an `X-OpenStack-Request-ID`.
 
 pub mod compute;
 pub mod compute_misc;
@@ -10,6 +10,7 @@ pub mod identity;
 pub mod identity_admin;
 pub mod image;
 pub mod internal;
+pub mod serial_console;
 pub mod servers;
 
 use std::convert::Infallible;
@@ -52,6 +53,7 @@ impl App {
             Some((&"identity", rest)) => identity::route(&self, req, rest).await,
             Some((&"compute", rest)) => compute::route(&self, req, rest).await,
             Some((&"internal", rest)) => internal::route(&self, req, rest).await,
+            Some((&"serial-console", [])) => serial_console::route(&self, req).await,
             Some((&"image", rest)) => {
                 let auth = self.caller(&req).await;
                 image::route(&self, req, rest, auth).await
@@ -75,6 +77,8 @@ where
         let service = hyper::service::service_fn(move |req| app.clone().handle(req));
         if let Err(e) = hyper::server::conn::http1::Builder::new()
             .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+            // Serial consoles are websockets.
+            .with_upgrades()
             .await
         {
             tracing::debug!("connection: {e}");

@@ -555,6 +555,118 @@ async fn action(
             Err(e) => compute_error(e),
         };
     }
+    if name == "rebuild" {
+        // Nova 2.1's schema: anything else is refused; what Virga does not
+        // carry out yet says so rather than being dropped.
+        if let Some(key) = args.as_object().and_then(|o| {
+            o.keys().find(|k| {
+                !matches!(
+                    k.as_str(),
+                    "imageRef"
+                        | "name"
+                        | "adminPass"
+                        | "preserve_ephemeral"
+                        | "OS-DCF:diskConfig"
+                        | "accessIPv4"
+                        | "accessIPv6"
+                )
+            })
+        }) {
+            let why = match key.as_str() {
+                "metadata" | "personality" => {
+                    format!("Rebuilding with {key} is not supported.")
+                }
+                _ => format!(
+                    "Invalid input for field/attribute rebuild. Additional properties are not allowed ('{key}' was unexpected)"
+                ),
+            };
+            return nova_error(StatusCode::BAD_REQUEST, &why);
+        }
+        let Some(image_ref) = args.get("imageRef").and_then(Json::as_str) else {
+            return nova_error(
+                StatusCode::BAD_REQUEST,
+                "Invalid input for field/attribute rebuild. 'imageRef' is a required property",
+            );
+        };
+        let name = match args.get("name") {
+            None | Some(Json::Null) => None,
+            Some(Json::String(n)) if !n.trim().is_empty() && n.len() <= 255 => Some(n.clone()),
+            Some(_) => {
+                return nova_error(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid input for field/attribute name: 1 to 255 characters",
+                )
+            }
+        };
+        let req = service::rebuild::Rebuild {
+            image_ref: image_ref.to_owned(),
+            name,
+        };
+        return match service::rebuild::rebuild(app, ctx, id, req).await {
+            Ok(s) => json(
+                StatusCode::ACCEPTED,
+                &ServerOne {
+                    server: ServerView::new(app, &s, ctx.is_admin()),
+                },
+            ),
+            Err(e) => compute_error(e),
+        };
+    }
+    if name == "createImage" {
+        let Some(image_name) = args
+            .get("name")
+            .and_then(Json::as_str)
+            .filter(|n| !n.trim().is_empty() && n.len() <= 255)
+        else {
+            return nova_error(
+                StatusCode::BAD_REQUEST,
+                "Invalid input for field/attribute createImage. 'name' is a required property of 1 to 255 characters",
+            );
+        };
+        let mut metadata = std::collections::BTreeMap::new();
+        if let Some(m) = args.get("metadata") {
+            let Some(m) = m.as_object() else {
+                return nova_error(StatusCode::BAD_REQUEST, "metadata: an object");
+            };
+            for (k, v) in m {
+                let Some(v) = v
+                    .as_str()
+                    .filter(|v| !k.is_empty() && k.len() <= 255 && v.len() <= 255)
+                else {
+                    return nova_error(
+                        StatusCode::BAD_REQUEST,
+                        &format!(
+                            "metadata {k:?}: string keys and values of at most 255 characters"
+                        ),
+                    );
+                };
+                metadata.insert(k.clone(), v.to_owned());
+            }
+        }
+        return match service::snapshot::create_image(app, ctx, id, image_name, metadata).await {
+            Ok(image_id) => {
+                let mut r = empty(StatusCode::ACCEPTED);
+                if let Ok(v) = HeaderValue::from_str(&format!(
+                    "{}/image/v2/images/{image_id}",
+                    app.config.public_url
+                )) {
+                    r.headers_mut().insert("location", v);
+                }
+                r
+            }
+            Err(e) => compute_error(e),
+        };
+    }
+    if name == "os-getSerialConsole" {
+        let console_type = args.get("type").and_then(Json::as_str).unwrap_or("");
+        return match service::console::serial_console_url(app, ctx, id, console_type).await {
+            Ok(url) => json(
+                StatusCode::OK,
+                &json!({"console": {"type": "serial", "url": url}}),
+            ),
+            Err(e) => compute_error(e),
+        };
+    }
     let hard = args
         .get("type")
         .and_then(Json::as_str)

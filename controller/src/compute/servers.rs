@@ -41,6 +41,7 @@ impl Server {
         match (self.vm_state.as_str(), self.task_state.as_deref()) {
             ("active", Some("rebooting")) => "REBOOT",
             ("active", Some("rebooting_hard")) => "HARD_REBOOT",
+            ("active" | "stopped" | "error", Some("rebuilding" | "rebuild_spawning")) => "REBUILD",
             ("building", _) => "BUILD",
             ("active", _) => "ACTIVE",
             ("stopped", _) => "SHUTOFF",
@@ -498,6 +499,41 @@ impl Servers {
     }
 
     /// Ends a task that failed, leaving the server's state as it was.
+    /// Notes that the server's task is still being worked on (so that it
+    /// is not taken for abandoned).
+    pub async fn touch_task(&self, id: &str) -> Result<(), StoreError> {
+        self.store
+            .execute(
+                "UPDATE servers SET updated_at = $1 WHERE id = $2 AND task_state IS NOT NULL",
+                &[Value::Int(crate::identity::now()), Value::Text(id)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Points the server at a new image (a rebuild), with a new name if one
+    /// is given.
+    pub async fn set_image(
+        &self,
+        id: &str,
+        image_id: &str,
+        name: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.store
+            .execute(
+                "UPDATE servers SET generation = generation + 1, image_id = $1, \
+                 name = COALESCE($2, name), updated_at = $3 WHERE id = $4",
+                &[
+                    Value::Text(image_id),
+                    Value::OptText(name),
+                    Value::Int(crate::identity::now()),
+                    Value::Text(id),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn clear_task(&self, id: &str) -> Result<(), StoreError> {
         self.store
             .execute(

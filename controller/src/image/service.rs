@@ -366,25 +366,69 @@ pub async fn upload(app: &App, auth: &Auth, id: &str, body: Incoming) -> Result<
             image.status
         )));
     }
-    let fail = |e: ImageError| async move {
-        // Back to queued so the upload can be retried.
-        let _ = app.images.transition(id, "saving", "queued").await;
-        Err(e)
+    match receive(app, &image, body).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // Back to queued so the upload can be retried.
+            let _ = app.images.transition(id, "saving", "queued").await;
+            Err(e)
+        }
+    }
+}
+
+/// A server snapshot's data, sent by the host the server is on (see
+/// `compute::service::snapshot`): taken only for an image in `saving` made
+/// for a snapshot of a server placed on `host`. An upload that fails leaves
+/// the image `killed`, as Glance's failed snapshots are.
+pub async fn receive_snapshot(
+    app: &App,
+    host: &str,
+    id: &str,
+    body: Incoming,
+) -> Result<(), ImageError> {
+    let image = app.images.get(id).await?.ok_or_else(|| not_found(id))?;
+    let server = match image.properties.get("instance_uuid") {
+        Some(s) if image.properties.get("image_type").map(String::as_str) == Some("snapshot") => {
+            app.servers.get(s).await?
+        }
+        _ => None,
     };
+    if server.and_then(|s| s.host_id).as_deref() != Some(host) {
+        return Err(ImageError::Forbidden(format!(
+            "image {id} is not a snapshot of a server on host {host}"
+        )));
+    }
+    if image.status != "saving" {
+        return Err(ImageError::Conflict(format!(
+            "Image {id} is {}: not waiting for a snapshot",
+            image.status
+        )));
+    }
+    match receive(app, &image, body).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = app.images.transition(id, "saving", "killed").await;
+            Err(e)
+        }
+    }
+}
+
+/// Stores an upload's bytes as `image`'s data (in `saving`) and makes it
+/// active.
+async fn receive(app: &App, image: &Image, body: Incoming) -> Result<(), ImageError> {
+    let id = image.id.as_str();
     let dest = app.images.data_path(id);
     let stored = match upload::store(body, &dest, app.config.max_image_bytes).await {
         Ok(s) => s,
-        Err(e @ UploadError::TooLarge(_)) => {
-            return fail(ImageError::TooLarge(e.to_string())).await
-        }
-        Err(e) => return fail(ImageError::BadRequest(e.to_string())).await,
+        Err(e @ UploadError::TooLarge(_)) => return Err(ImageError::TooLarge(e.to_string())),
+        Err(e) => return Err(ImageError::BadRequest(e.to_string())),
     };
     let virtual_size = if image.disk_format.as_deref() == Some("qcow2") {
-        match upload::qcow2_to_raw(&dest, &app.images.raw_path(&image)).await {
+        match upload::qcow2_to_raw(&dest, &app.images.raw_path(image)).await {
             Ok(v) => v,
             Err(e) => {
                 let _ = std::fs::remove_file(&dest);
-                return fail(ImageError::BadRequest(e.to_string())).await;
+                return Err(ImageError::BadRequest(e.to_string()));
             }
         }
     } else {

@@ -33,6 +33,18 @@ pub struct StandInHostd {
     /// Creates make the instance and then fail (see `fail_creates`).
     failing: Arc<AtomicBool>,
     creates: Arc<Creates>,
+    console: Arc<Console>,
+    /// The controller it registered with: where snapshots go.
+    controller: Arc<Mutex<Option<String>>>,
+}
+
+/// A serial console: what was typed (`POST .../console`); a console stream
+/// (`GET .../console?follow=true`) waits for something typed and answers
+/// with it echoed, then ends, as the console of an instance that went away.
+#[derive(Default)]
+struct Console {
+    typed: Mutex<Vec<u8>>,
+    changed: Condvar,
 }
 
 /// The create bodies the stand-in was sent, and an answer that refuses the
@@ -82,11 +94,48 @@ impl StandInHostd {
         let listings: Arc<Listings> = Arc::default();
         let failing: Arc<AtomicBool> = Arc::default();
         let creates: Arc<Creates> = Arc::default();
+        let console: Arc<Console> = Arc::default();
+        let controller: Arc<Mutex<Option<String>>> = Arc::default();
+        let upload_to = controller.clone();
+        let own_token = token.clone();
         let (shared, gate, fail) = (states.clone(), listings.clone(), failing.clone());
-        let sent = creates.clone();
+        let (sent, tty) = (creates.clone(), console.clone());
         let server = StubServer::start(move |request| {
             let bearer = format!("Bearer {token}");
             let authorized = request.header("authorization") == Some(bearer.as_str());
+            if authorized && request.segments().get(2) == Some(&"console") {
+                return tty.answer(&request);
+            }
+            if authorized
+                && request.method == "POST"
+                && request.segments().get(2) == Some(&"snapshot")
+            {
+                // As hostd does: the copy taken, the upload follows.
+                let instance = request.segments()[1].to_owned();
+                let image = request.json()["image_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let (to, bearer) = (
+                    upload_to.lock().unwrap().clone(),
+                    format!("Bearer {own_token}"),
+                );
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(200));
+                    let Some(to) = to else { return };
+                    let _ = virga_test_support::http::send(
+                        to.as_str(),
+                        "PUT",
+                        &format!("/internal/v1/images/{image}/file"),
+                        &[
+                            ("Authorization", &bearer),
+                            ("Content-Type", "application/octet-stream"),
+                        ],
+                        format!("root disk of {instance}").as_bytes(),
+                    );
+                });
+                return Response::json(202, &serde_json::json!({}));
+            }
             let failing = fail.load(Ordering::SeqCst);
             if authorized && request.method == "POST" && request.segments() == ["instances"] {
                 sent.bodies.lock().unwrap().push(request.json());
@@ -104,7 +153,14 @@ impl StandInHostd {
             listings,
             failing,
             creates,
+            console,
+            controller,
         }
+    }
+
+    /// Everything typed on the stand-in's consoles.
+    pub fn typed(&self) -> Vec<u8> {
+        self.console.typed.lock().unwrap().clone()
     }
 
     /// Every create body sent so far, in order.
@@ -143,6 +199,7 @@ impl StandInHostd {
     /// Sends the stand-in's heartbeat naming `url` as where hostd listens (one
     /// where nothing answers makes the host unreachable).
     pub fn register_at(&self, c: &Controller, url: &str) {
+        *self.controller.lock().unwrap() = Some(c.addr.clone());
         let heartbeat = serde_json::json!({
             "host_id": self.host_id, "url": url, "cpus": 8,
             "memory_mib": 16384, "memory_usable_mib": 16000, "disk_free_mib": 100000,
@@ -241,6 +298,27 @@ pub fn bootable(c: &Controller, token: &str, vcpus: i64, ram_mib: i64) -> (Strin
     (flavor, image)
 }
 
+impl Console {
+    fn answer(&self, request: &Request) -> Response {
+        if request.method == "POST" {
+            self.typed.lock().unwrap().extend_from_slice(&request.body);
+            self.changed.notify_all();
+            return Response::empty(204);
+        }
+        let typed = self.typed.lock().unwrap();
+        let (typed, _) = self
+            .changed
+            .wait_timeout_while(typed, Duration::from_secs(10), |t| t.is_empty())
+            .unwrap();
+        let mut echo = b"echo: ".to_vec();
+        echo.extend_from_slice(&typed);
+        Response {
+            status: 200,
+            body: echo,
+        }
+    }
+}
+
 fn answer(
     request: &Request,
     authorized: bool,
@@ -268,8 +346,14 @@ fn answer(
                     serde_json::json!({"error": {"message": "the VMM exited while starting"}}),
                 )
             } else {
-                states.insert(id.clone(), "running".into());
-                (201, instance(&id, "running"))
+                // Created stopped when asked (a rebuild of a stopped server).
+                let state = if request.query.contains("start=false") {
+                    "shutoff"
+                } else {
+                    "running"
+                };
+                states.insert(id.clone(), state.into());
+                (201, instance(&id, state))
             }
         }
         (_, "GET", ["instances"]) => {

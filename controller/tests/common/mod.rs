@@ -65,6 +65,26 @@ impl Drop for Controller {
     }
 }
 
+/// A second project, `other`, with a member user `bob` (password
+/// `bob-password`), made directly in the controller's SQLite database.
+pub fn second_project(c: &Controller) {
+    let url = format!("sqlite://{}?mode=rwc", c.dir_path.join("c.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = controller::store::Store::open(&url).await.unwrap();
+        let id = controller::identity::Identity::new(store, std::time::Duration::from_secs(3600));
+        let project = id.create_project("other", "default").await.unwrap();
+        let user = id
+            .create_user("bob", "default", "bob-password")
+            .await
+            .unwrap();
+        id.assign_role(&user, &project, "member").await.unwrap();
+    });
+}
+
 pub fn start(database_url: Option<String>) -> Controller {
     start_with(database_url, "")
 }

@@ -62,7 +62,8 @@ pub struct ConfigDrive {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
-    /// The VMM was started; its control API has not answered yet.
+    /// Being made ready (its images fetched, its disks made) or its VMM
+    /// started and not answering yet.
     Building,
     Running,
     Paused,
@@ -113,6 +114,10 @@ pub struct InstanceStatus {
     /// Why it is in ERROR (or SHUTOFF after a VMM exit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The ERROR is the image's (it cannot boot): another host would not do
+    /// better.
+    #[serde(default)]
+    pub image_fault: bool,
 }
 
 /// An action on a running instance: `POST /instances/{id}/actions/{name}`.
@@ -182,7 +187,8 @@ mod tests {
             InstanceStatus {
                 id: "s1".into(),
                 state: State::Error,
-                reason: Some("VMM exited 1".into())
+                reason: Some("VMM exited 1".into()),
+                image_fault: false,
             }
         );
     }

@@ -36,6 +36,25 @@ fn fail(why: String) -> ! {
     std::process::exit(2);
 }
 
+fn echo_console(input: &std::path::Path, output: &std::path::Path) {
+    use std::io::Read;
+    let (Ok(mut input), Ok(mut output)) = (
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(input),
+        std::fs::OpenOptions::new().append(true).open(output),
+    ) else {
+        return;
+    };
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = input.read(&mut buf) {
+        if n == 0 || output.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--version") {
@@ -71,6 +90,11 @@ fn main() {
     let has = |word: &str| cmdline.split_whitespace().any(|w| w == word);
     if let Some(path) = file.serial.as_ref().and_then(|s| s.path.as_ref()) {
         let _ = std::fs::write(path, "fake guest: booted\n");
+        // What is typed on the console, the guest echoes, as a tty does.
+        if let Some(input) = file.serial.as_ref().and_then(|s| s.input.clone()) {
+            let output = path.clone();
+            std::thread::spawn(move || echo_console(&input, &output));
+        }
     }
     if has("fake.silent") {
         loop {

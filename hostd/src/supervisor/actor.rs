@@ -18,16 +18,17 @@ use std::time::Duration;
 
 use hyper::Method;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use vmm::virtio::net::tap::Tap;
 
 use super::exit::{classify, guest_rebooted, last_exit_line, tail_lines};
 use super::vmm_config::{net_config, prepare_jail, vmm_config_file};
 use super::{
-    Event, OpError, Supervisor, API_SOCKET, CONFIG_DRIVE, CONSOLE_LOG, PICKED_BOOT, ROOT_DISK,
-    VMM_CONFIG, VMM_LOG,
+    Event, OpError, Supervisor, API_SOCKET, CONFIG_DRIVE, CONSOLE_INPUT, CONSOLE_LOG, PICKED_BOOT,
+    ROOT_DISK, VMM_CONFIG, VMM_LOG,
 };
 use crate::boot_picker::{self, Picked};
-use crate::instance::{now_secs, Instance, Process, State};
+use crate::instance::{now_secs, Instance, InstanceSpec, Preparing, Process, State};
 use crate::process::{self, Exit, Launch, PidFd};
 use crate::{config_drive, root_disk};
 
@@ -61,6 +62,10 @@ pub(super) enum Request {
         hard: bool,
     },
     SetPaused(bool),
+    /// A copy of the root disk at `dest`, taken with the guest paused.
+    CopyRootDisk {
+        dest: std::path::PathBuf,
+    },
 }
 
 /// A request that ends the VMM now, ahead of every queued request.
@@ -86,8 +91,10 @@ struct Terminate {
 pub(super) enum First {
     /// A record loaded at hostd's start: take back its VMM if it still runs.
     Adopt(oneshot::Sender<()>),
-    /// A new instance: persist it, and start it if asked.
-    Create { start: bool, reply: Reply<Instance> },
+    /// A new instance: persist it, then prepare it (and start it if its
+    /// record says so). The reply comes once it is persisted, or with
+    /// `wait` once it is prepared and started.
+    Create { wait: bool, reply: Reply<Instance> },
 }
 
 /// What callers outside the actor may touch: the kill switch and the memory
@@ -237,6 +244,10 @@ pub(super) struct Actor {
     vmm: Option<Running>,
     requests: mpsc::Receiver<Queued>,
     terminations: mpsc::UnboundedReceiver<Terminate>,
+    /// The preparation under way: the spec with its images fetched.
+    preparation: Option<JoinHandle<Result<InstanceSpec, OpError>>>,
+    /// A create waiting for the preparation and the start.
+    create_reply: Option<Reply<Instance>>,
 }
 
 /// Starts an actor for `record`; returns its handle.
@@ -254,6 +265,8 @@ pub(super) fn spawn(sup: Arc<Supervisor>, record: Instance, first: First) -> Han
         vmm: None,
         requests,
         terminations,
+        preparation: None,
+        create_reply: None,
     };
     tokio::spawn(actor.run(first));
     Handle {
@@ -261,6 +274,36 @@ pub(super) fn spawn(sup: Arc<Supervisor>, record: Instance, first: First) -> Han
         terminations: terminations_tx,
         shared,
         record: snapshot,
+    }
+}
+
+/// Makes the FIFO console input goes through, unless there is one already
+/// (anything else of that name is replaced).
+fn make_fifo(path: &std::path::Path) -> Result<(), OpError> {
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_fifo()) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(path);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        0,
+    )
+    .map_err(|e| OpError::Internal(format!("{}: {e}", path.display())))
+}
+
+/// Resolves when the preparation ends; never without one.
+async fn preparation_of(
+    p: &mut Option<JoinHandle<Result<InstanceSpec, OpError>>>,
+) -> Result<InstanceSpec, OpError> {
+    match p {
+        Some(task) => task
+            .await
+            .unwrap_or_else(|e| Err(OpError::Internal(format!("preparing: {e}")))),
+        None => std::future::pending().await,
     }
 }
 
@@ -279,21 +322,22 @@ impl Actor {
                 self.adopt().await;
                 let _ = done.send(());
             }
-            First::Create { start, reply } => {
+            First::Create { wait, reply } => {
                 self.commit().await;
-                let ready = match self.make_disks().await {
-                    Ok(()) if start => self.launch().await,
-                    other => other,
-                };
-                {
-                    if let Err(e) = ready {
-                        // A create that cannot start leaves nothing behind.
-                        self.forget().await;
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
+                if wait {
+                    self.create_reply = Some(reply);
+                } else {
+                    let _ = reply.send(Ok(self.record.clone()));
                 }
-                let _ = reply.send(Ok(self.record.clone()));
+            }
+        }
+        if self.record.preparing.is_some() {
+            if self.vmm.is_some() {
+                // Its VMM had started when hostd stopped: prepared.
+                self.record.preparing = None;
+                self.commit().await;
+            } else {
+                self.begin_preparation().await;
             }
         }
         loop {
@@ -306,6 +350,12 @@ impl Actor {
                     let deleted = t.kind == Termination::Delete && result.is_ok();
                     let _ = t.reply.send(result);
                     if deleted {
+                        return;
+                    }
+                }
+                done = preparation_of(&mut self.preparation) => {
+                    self.preparation = None;
+                    if !self.prepared(done).await {
                         return;
                     }
                 }
@@ -333,6 +383,12 @@ impl Actor {
                 self.id
             )));
         }
+        if self.preparation.is_some() {
+            return Err(OpError::Conflict(format!(
+                "instance {:?} is being prepared (its images fetched, its disks made)",
+                self.id
+            )));
+        }
         match request {
             Request::Start => {
                 if self.record.state.has_process() {
@@ -346,11 +402,88 @@ impl Actor {
                 self.launch().await?;
             }
             Request::SetPaused(paused) => self.set_paused(paused).await?,
+            Request::CopyRootDisk { dest } => self.copy_root_disk(dest).await?,
         }
         Ok(self.record.clone())
     }
 
+    /// Starts preparing the instance: its images are fetched off the actor,
+    /// which goes on taking terminations meanwhile.
+    async fn begin_preparation(&mut self) {
+        if self.record.state != State::Building {
+            self.record.state = State::Building;
+            self.record.reason = None;
+            self.commit().await;
+        }
+        let sup = self.sup.clone();
+        let mut spec = self.record.spec.clone();
+        self.preparation = Some(tokio::spawn(async move {
+            sup.resolve_images(&mut spec).await.map(|()| spec)
+        }));
+    }
+
+    /// Finishes the preparation: disks made, and the VMM started if asked.
+    /// Returns false when the actor ends (a waited-for create failed and
+    /// left nothing behind).
+    async fn prepared(&mut self, fetched: Result<InstanceSpec, OpError>) -> bool {
+        let start = self.record.preparing == Some(Preparing::ThenStart);
+        let result = match fetched {
+            Ok(spec) => {
+                self.record.spec = spec;
+                match self.make_disks().await {
+                    Ok(()) if start => self.launch().await,
+                    other => other,
+                }
+            }
+            Err(e) => Err(e),
+        };
+        self.record.preparing = None;
+        match result {
+            Ok(()) => {
+                if !start {
+                    self.record.state = State::Shutoff;
+                }
+                self.commit().await;
+                if let Some(reply) = self.create_reply.take() {
+                    let _ = reply.send(Ok(self.record.clone()));
+                }
+                true
+            }
+            Err(e) => {
+                if let Some(reply) = self.create_reply.take() {
+                    // A create that cannot start leaves nothing behind.
+                    self.forget().await;
+                    let _ = reply.send(Err(e));
+                    return false;
+                }
+                tracing::warn!(instance = self.id, "preparing: {e}");
+                self.record.state = State::Error;
+                self.record.image_fault = matches!(e, OpError::Unbootable(_));
+                self.record.reason = Some(e.to_string());
+                self.commit().await;
+                true
+            }
+        }
+    }
+
     async fn terminate(&mut self, kind: Termination) -> Result<Instance, OpError> {
+        if let Some(task) = self.preparation.as_ref() {
+            if kind == Termination::HardStop {
+                return Err(OpError::Conflict(format!(
+                    "instance {:?} is being prepared: delete it, or stop it once it runs",
+                    self.id
+                )));
+            }
+            // The download ends here (its temporary file with it).
+            task.abort();
+            self.preparation = None;
+            if let Some(reply) = self.create_reply.take() {
+                let _ = reply.send(Err(OpError::Conflict(format!(
+                    "instance {:?} was deleted while being created",
+                    self.id
+                ))));
+            }
+        }
         if self.vmm.is_some() {
             match self.stop(true, None).await {
                 Ok(()) => {}
@@ -468,6 +601,7 @@ impl Actor {
                 let why = e.to_string();
                 self.record.state = State::Error;
                 self.record.reason = Some(why.clone());
+                self.record.image_fault = matches!(e, boot_picker::PickError::Unbootable(_));
                 self.commit().await;
                 Err(match e {
                     boot_picker::PickError::Unbootable(_) => OpError::Unbootable(why),
@@ -485,6 +619,7 @@ impl Actor {
         std::fs::create_dir_all(&dir)
             .map_err(|e| OpError::Internal(format!("{}: {e}", dir.display())))?;
         let _ = std::fs::remove_file(dir.join(API_SOCKET));
+        make_fifo(&dir.join(CONSOLE_INPUT))?;
         let picked = self.pick(&dir).await?;
 
         // Taps are opened here so that the VMM needs no network privileges.
@@ -558,6 +693,7 @@ impl Actor {
         self.shared.set_vmm(pidfd.clone());
         self.record.state = State::Building;
         self.record.reason = None;
+        self.record.image_fault = false;
         self.record.process = Some(launched);
         self.record.starts += 1;
         self.commit().await;
@@ -649,6 +785,10 @@ impl Actor {
             .process
             .filter(|_| self.record.state.has_process())
         else {
+            if self.record.state.has_process() && self.record.preparing.is_none() {
+                // Cut off between its start and its VMM being recorded.
+                self.on_exit(Exit::Unknown).await;
+            }
             return;
         };
         let run_dir = self.sup.run_dir(&self.id);
@@ -751,6 +891,45 @@ impl Actor {
         };
         self.on_exit(exit).await;
         Ok(())
+    }
+
+    /// Copies the root disk to `dest`, the guest paused meanwhile (if it
+    /// runs) so that the copy is one moment's disk, as a power cut would
+    /// leave it. The copy shares blocks where the filesystem can; otherwise
+    /// only the data is copied.
+    async fn copy_root_disk(&mut self, dest: std::path::PathBuf) -> Result<(), OpError> {
+        if self.record.spec.root_image.is_none() {
+            return Err(OpError::Conflict(format!(
+                "instance {:?} has no root disk of its own (it boots a kernel image)",
+                self.id
+            )));
+        }
+        let root = self.sup.run_dir(&self.id).join(ROOT_DISK);
+        let pause = self.record.state == State::Running;
+        if pause {
+            self.set_paused(true).await?;
+        }
+        let started = std::time::Instant::now();
+        let copy = {
+            let (root, dest) = (root.clone(), dest.clone());
+            tokio::task::spawn_blocking(move || root_disk::create(&root, &dest, None)).await
+        };
+        if pause {
+            if let Err(e) = self.set_paused(false).await {
+                tracing::error!(instance = self.id, "resuming after the snapshot: {e}");
+            }
+        }
+        match copy {
+            Ok(Ok(how)) => {
+                tracing::info!(instance = self.id, ?how, took = ?started.elapsed(), paused = pause, "root disk copied");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(OpError::Internal(format!(
+                "copying {}: {e}",
+                root.display()
+            ))),
+            Err(e) => Err(OpError::Internal(e.to_string())),
+        }
     }
 
     /// Pauses or resumes the guest's vCPUs.

@@ -28,12 +28,17 @@ use vmm::config::VmConfig;
 use self::actor::{Admitted, First, Handle, Request, Shared, Termination};
 use crate::cgroup::CgroupRoot;
 use crate::config::Config;
-use crate::instance::{now_secs, Instance, InstanceSpec, State};
+use crate::instance::{now_secs, Instance, InstanceSpec, Preparing, State};
 use crate::store::Store;
 
 pub use self::exit::tail_lines;
 
 const CONSOLE_LOG: &str = "console.log";
+/// The FIFO the VMM reads console input from (hostd writes what is typed).
+const CONSOLE_INPUT: &str = "console.in";
+/// The most one write of console input carries: a pipe takes it whole, so
+/// what two typists send is never interleaved within a write.
+pub const MAX_CONSOLE_INPUT: usize = 4096;
 const VMM_LOG: &str = "vmm.log";
 const API_SOCKET: &str = "api.sock";
 const VMM_CONFIG: &str = "vmm.json";
@@ -202,7 +207,9 @@ impl Supervisor {
     fn used_by(instances: &BTreeMap<String, Handle>) -> (u64, u64) {
         instances.values().fold((0, 0), |(c, m), h| {
             let r = h.record.borrow();
-            if r.state.has_process() || h.shared.admitted.load(Ordering::SeqCst) {
+            // A VMM, or one admitted to start (an instance being prepared
+            // has neither yet: it is admitted when its preparation ends).
+            if r.process.is_some() || h.shared.admitted.load(Ordering::SeqCst) {
                 (
                     c + u64::from(r.spec.vcpus),
                     m + u64::from(r.spec.memory_mib),
@@ -299,9 +306,9 @@ impl Supervisor {
                 spec.memory_mib
             )));
         }
-        if spec.root_image.is_some() {
-            // The kernel is picked from the root disk at each start, and the
-            // VMM's configuration checked then.
+        if spec.root_image.is_some() || spec.kernel.is_none() {
+            // The kernel is picked from the root disk at each start, or not
+            // fetched yet: the VMM's configuration is checked then.
             if spec.vcpus == 0 {
                 return Err(OpError::BadRequest("vcpus: at least 1".into()));
             }
@@ -318,7 +325,8 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Replaces image ids in a spec by the cached files they name.
+    /// Replaces image ids in a spec by the cached files they name (fetched
+    /// first when not cached), and checks the spec then complete.
     async fn resolve_images(&self, spec: &mut InstanceSpec) -> Result<(), OpError> {
         let fetch =
             |id: String| async move { self.images.fetch(&id).await.map_err(OpError::Internal) };
@@ -344,16 +352,21 @@ impl Supervisor {
                 rate_limit: Default::default(),
             });
         }
-        Ok(())
+        self.check_spec(spec)
     }
 
-    pub async fn create(&self, mut spec: InstanceSpec, start: bool) -> Result<Instance, OpError> {
+    /// Creates an instance. Its preparation (images fetched into the cache,
+    /// disks made) and its start happen in its actor; with `wait` the answer
+    /// comes when they are done (and a create that fails leaves nothing
+    /// behind), without it as soon as the instance is recorded: it is then
+    /// BUILDING until it runs, or ERROR saying why.
+    pub async fn create(
+        &self,
+        spec: InstanceSpec,
+        start: bool,
+        wait: bool,
+    ) -> Result<Instance, OpError> {
         let exists = |id: &str| OpError::Conflict(format!("instance {id:?} already exists"));
-        spec.check().map_err(OpError::BadRequest)?;
-        if lock(&self.instances).contains_key(&spec.id) {
-            return Err(exists(&spec.id));
-        }
-        self.resolve_images(&mut spec).await?;
         self.check_spec(&spec)?;
         let me = self
             .me
@@ -363,13 +376,19 @@ impl Supervisor {
         let id = spec.id.clone();
         let record = Instance {
             spec,
-            state: State::Shutoff,
+            state: State::Building,
             reason: None,
             process: None,
             created_at: now,
             updated_at: now,
             starts: 0,
             vmm_uid: None,
+            preparing: Some(if start {
+                Preparing::ThenStart
+            } else {
+                Preparing::ThenStay
+            }),
+            image_fault: false,
         };
         let (reply, answer) = oneshot::channel();
         {
@@ -377,7 +396,7 @@ impl Supervisor {
             if instances.contains_key(&id) {
                 return Err(exists(&id));
             }
-            let handle = actor::spawn(me, record, First::Create { start, reply });
+            let handle = actor::spawn(me, record, First::Create { wait, reply });
             instances.insert(id.clone(), handle);
         }
         answer
@@ -432,6 +451,73 @@ impl Supervisor {
     pub fn console_tail(&self, id: &str, n: usize) -> Result<Vec<String>, OpError> {
         self.handle(id, |_| ())?;
         Ok(tail_lines(&self.run_dir(id).join(CONSOLE_LOG), n))
+    }
+
+    /// Snapshots the instance's root disk into image `image_id` at the
+    /// controller: the copy is taken now (the guest paused meanwhile), and
+    /// uploaded in the background; the controller sees the image become
+    /// active, or its upload fail.
+    pub async fn snapshot(&self, id: &str, image_id: &str) -> Result<(), OpError> {
+        if !crate::images::valid_image_id(image_id) {
+            return Err(OpError::BadRequest(format!(
+                "image_id {image_id:?}: 1-64 of 0-9, a-f and '-'"
+            )));
+        }
+        let Some(controller) = self.config.controller.clone() else {
+            return Err(OpError::Conflict(
+                "no controller_url: nowhere to upload a snapshot to".into(),
+            ));
+        };
+        let dir = self.config.state_dir.join("snapshots");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| OpError::Internal(format!("{}: {e}", dir.display())))?;
+        let dest = dir.join(image_id);
+        self.request(id, Request::CopyRootDisk { dest: dest.clone() })
+            .await?;
+        let image_id = image_id.to_owned();
+        tokio::spawn(async move {
+            match crate::snapshots::upload(&controller, &image_id, &dest).await {
+                Ok(bytes) => tracing::info!(image = image_id, bytes, "snapshot uploaded"),
+                Err(e) => tracing::error!(image = image_id, "uploading the snapshot: {e}"),
+            }
+            let _ = std::fs::remove_file(&dest);
+        });
+        Ok(())
+    }
+
+    /// Types `bytes` on the instance's serial console.
+    pub fn console_input(&self, id: &str, bytes: &[u8]) -> Result<(), OpError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let record = self.show(id)?;
+        if bytes.len() > MAX_CONSOLE_INPUT {
+            return Err(OpError::BadRequest(format!(
+                "console input: at most {MAX_CONSOLE_INPUT} bytes at a time"
+            )));
+        }
+        let not_running = || OpError::Conflict(format!("instance {id:?} has no running VMM"));
+        if !record.state.has_process() || record.process.is_none() {
+            return Err(not_running());
+        }
+        // Non-blocking: with no VMM reading, the open fails (ENXIO) rather
+        // than waiting; with the pipe full, the write does.
+        let path = self.run_dir(id).join(CONSOLE_INPUT);
+        let mut fifo = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENXIO) | Some(libc::ENOENT) => not_running(),
+                _ => OpError::Internal(format!("{}: {e}", path.display())),
+            })?;
+        match fifo.write(bytes) {
+            Ok(n) if n == bytes.len() => Ok(()),
+            Ok(_) => Err(OpError::Conflict("console input is full; try again".into())),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                Err(OpError::Conflict("console input is full; try again".into()))
+            }
+            Err(e) => Err(OpError::Internal(format!("{}: {e}", path.display()))),
+        }
     }
 
     pub fn console_path(&self, id: &str) -> Result<PathBuf, OpError> {

@@ -5,7 +5,7 @@ use std::path::Path;
 use vmm::config::{ConfigFile, NetConfig, RebootPolicy, SerialConfig, SerialMode};
 use vmm::smbios::SmbiosInfo;
 
-use super::{OpError, API_SOCKET, CONFIG_DRIVE, CONSOLE_LOG, JAIL_ROOT, ROOT_DISK};
+use super::{OpError, API_SOCKET, CONFIG_DRIVE, CONSOLE_INPUT, CONSOLE_LOG, JAIL_ROOT, ROOT_DISK};
 use crate::boot_picker::Picked;
 use crate::instance::InstanceSpec;
 
@@ -87,10 +87,12 @@ pub(super) fn vmm_config_file(
             Some(d) => SerialConfig {
                 mode: SerialMode::File,
                 path: Some(d.join(CONSOLE_LOG)),
+                input: Some(d.join(CONSOLE_INPUT)),
             },
             None => SerialConfig {
                 mode: SerialMode::Off,
                 path: None,
+                input: None,
             },
         }),
         api_socket: dir.map(|d| d.join(API_SOCKET)),

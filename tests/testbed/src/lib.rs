@@ -91,6 +91,9 @@ pub struct Scenario {
     /// An empty disk of this many MiB at `$SCRATCH` (a block device in the
     /// testbed, so O_DIRECT works there).
     pub scratch_mib: Option<u64>,
+    /// The scratch disk comes formatted as ext4 (mkfs.ext4 on the host):
+    /// `mount $SCRATCH DIR` gives the scenario disk space that is not L1's RAM.
+    pub scratch_ext4: bool,
     pub timeout: Duration,
     /// TCP ports of the scenario reachable from the host at the same number
     /// on 127.0.0.1; the scenario reaches the host at `$HOST_ADDR`. Natively
@@ -108,6 +111,7 @@ impl Scenario {
             host_binaries: Vec::new(),
             rootfs: false,
             scratch_mib: None,
+            scratch_ext4: false,
             timeout: Duration::from_secs(300),
             forward_ports: Vec::new(),
         }
@@ -148,6 +152,41 @@ impl Scenario {
     pub fn with_scratch_disk(mut self, mib: u64) -> Self {
         self.scratch_mib = Some(mib);
         self
+    }
+
+    /// As [`Scenario::with_scratch_disk`], formatted as ext4.
+    pub fn with_scratch_ext4(mut self, mib: u64) -> Self {
+        self.scratch_mib = Some(mib);
+        self.scratch_ext4 = true;
+        self
+    }
+
+    /// Makes the scratch disk at `path` (sparse), formatted if asked.
+    pub(crate) fn make_scratch(&self, path: &Path) -> Result<(), TestbedError> {
+        let Some(mib) = self.scratch_mib else {
+            return Ok(());
+        };
+        std::fs::File::create(path)
+            .and_then(|f| f.set_len(mib << 20))
+            .map_err(io_error(self, "creating the scratch disk"))?;
+        if self.scratch_ext4 {
+            let out = std::process::Command::new("mkfs.ext4")
+                .args([
+                    "-q",
+                    "-F",
+                    "-E",
+                    "nodiscard,lazy_itable_init=1,lazy_journal_init=1",
+                ])
+                .arg(path)
+                .output()
+                .map_err(io_error(self, "running mkfs.ext4 for the scratch disk"))?;
+            if !out.status.success() {
+                return Err(io_error(self, "formatting the scratch disk")(
+                    std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn with_rootfs(mut self) -> Self {

@@ -26,11 +26,9 @@ pub fn run(images: &ImageSet, scenario: &Scenario) -> Result<Outcome, TestbedErr
             .map_err(io_error(scenario, "copying the guest rootfs"))?;
         command.env("ROOTFS", copy);
     }
-    if let Some(mib) = scenario.scratch_mib {
+    if scenario.scratch_mib.is_some() {
         let scratch = temp.path().join("scratch.raw");
-        std::fs::File::create(&scratch)
-            .and_then(|f| f.set_len(mib << 20))
-            .map_err(io_error(scenario, "creating the scratch disk"))?;
+        scenario.make_scratch(&scratch)?;
         command.env("SCRATCH", scratch);
     }
     let started = Instant::now();

@@ -155,11 +155,9 @@ fn attempt(
         // Copy-on-write: the scenario may write it, the image stays as built.
         disk(&images.rootfs(), ",snapshot=on");
     }
-    if let Some(mib) = scenario.scratch_mib {
+    if scenario.scratch_mib.is_some() {
         let scratch = initramfs.with_file_name("scratch.raw");
-        std::fs::File::create(&scratch)
-            .and_then(|f| f.set_len(mib << 20))
-            .map_err(io_error(scenario, "creating the scratch disk"))?;
+        scenario.make_scratch(&scratch)?;
         disk(&scratch, "");
     }
     if !scenario.forward_ports.is_empty() {

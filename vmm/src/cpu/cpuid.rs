@@ -173,6 +173,15 @@ fn align_xsave_with_features(cpuid: &mut CpuId) {
     base.ecx = max_size;
 }
 
+/// The user state components (XCR0 bits) the CPUID offers the guest.
+pub fn xcr0_offered(cpuid: &CpuId) -> u64 {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == LEAF_XSAVE && e.index == 0)
+        .map_or(0, |e| u64::from(e.edx) << 32 | u64::from(e.eax))
+}
+
 fn topology_level(entry: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, core_bits: u32) {
     entry.edx = apic_id;
     match entry.index {

@@ -1,7 +1,9 @@
 //! Register state for the boot vCPU and the boot-time tables it needs in memory
 //! (GDT, and identity page tables for the 64-bit Linux boot protocol).
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
+use kvm_bindings::{
+    kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_xcr, kvm_xcrs, Msrs,
+};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
@@ -185,6 +187,32 @@ pub fn setup_boot_vcpu(
 }
 
 /// FPU and MSR state every vCPU starts with.
+/// Starts the vCPU with XCR0 holding every state component its CPUID
+/// offers, the value Linux itself sets early in boot. KVM reports the XSAVE
+/// area's size (CPUID 0xD EBX) for the XCR0 in force and refreshes it when
+/// the guest writes XCR0; a nested KVM whose guest's XSETBV never exits to
+/// it (QEMU's TCG) keeps reporting the reset value's size, and Linux warns
+/// "XSAVE consistency problem" with a call trace at every boot. Not fatal:
+/// a host without XSAVE refuses it, and the guest sets XCR0 itself anyway.
+pub fn setup_xcr0(vcpu: &VcpuFd, offered: u64) {
+    // x87 always; nothing beyond x87 and SSE without XSAVE offered.
+    if offered & 0b11 != 0b11 {
+        return;
+    }
+    let mut xcrs = kvm_xcrs {
+        nr_xcrs: 1,
+        ..Default::default()
+    };
+    xcrs.xcrs[0] = kvm_xcr {
+        xcr: 0,
+        reserved: 0,
+        value: offered,
+    };
+    if let Err(e) = vcpu.set_xcrs(&xcrs) {
+        tracing::debug!("KVM_SET_XCRS (XCR0 {offered:#x}): {e}");
+    }
+}
+
 pub fn setup_fpu_and_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
     let fpu = kvm_fpu {
         fcw: 0x37f,

@@ -1,5 +1,6 @@
 //! Port I/O to the legacy devices on the real port bus: COM1 (16550A), the
-//! i8042, the CMOS RTC and the ACPI PM registers, random port, width and value.
+//! i8042, the CMOS RTC, the ACPI PM registers and the PCI configuration
+//! ports, random port, width and value.
 //!
 //! Checked: no panic; every byte the guest transmits reaches the console sink,
 //! in order (and nothing else does); the machine is only powered off or reset by
@@ -15,6 +16,7 @@ use proptest::test_runner::TestCaseError;
 use crate::devices::irq::IrqLine;
 use crate::devices::serial::{SerialDevice, COM1_BASE, COM1_LEN};
 use crate::devices::{acpi_pm, i8042, rtc, Bus, GuestRequest};
+use crate::pci::{ConfigPorts, PciBus, CONFIG_PORTS_BASE, CONFIG_PORTS_LEN};
 
 #[derive(Clone, Default)]
 struct Sink(Arc<Mutex<Vec<u8>>>);
@@ -43,6 +45,7 @@ fn access() -> impl Strategy<Value = Access> {
         3 => i8042::BASE..i8042::BASE + i8042::LEN,
         2 => rtc::BASE..rtc::BASE + rtc::LEN,
         1 => acpi_pm::BASE..acpi_pm::BASE + acpi_pm::LEN,
+        2 => CONFIG_PORTS_BASE..CONFIG_PORTS_BASE + CONFIG_PORTS_LEN,
         1 => 0u64..0x1_0000,
     ];
     let width =
@@ -83,6 +86,13 @@ fn one(accesses: Vec<Access>) -> Result<(), TestCaseError> {
         acpi_pm::BASE,
         acpi_pm::LEN,
         Arc::new(Mutex::new(acpi_pm::AcpiPm)),
+    )
+    .unwrap();
+    let pci = Arc::new(PciBus::new());
+    bus.insert(
+        CONFIG_PORTS_BASE,
+        CONFIG_PORTS_LEN,
+        Arc::new(Mutex::new(ConfigPorts::new(pci))),
     )
     .unwrap();
 

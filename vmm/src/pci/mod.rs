@@ -1,8 +1,11 @@
-//! A PCI root complex: one bus, configuration space through ECAM (PCIe MMCONFIG),
-//! and the 32-bit window where device BARs live.
+//! A PCI root complex: one bus, configuration space through ECAM (PCIe
+//! MMCONFIG) and through the legacy ports 0xcf8/0xcfc (configuration
+//! mechanism #1), and the 32-bit window where device BARs live.
 //!
-//! There is no legacy port-0xcf8 mechanism: without it Linux sends every config
-//! access through ECAM, one MMIO exit each instead of two port exits.
+//! The ports are there because Linux trusts ECAM early only when it can check
+//! the E820 map with mechanism #1 at hand: without them every boot prints
+//! "PCI: Fatal: No config space access function found" (ECAM is taken later
+//! from ACPI), and firmware-era kernels and tools look for them.
 
 pub mod config;
 pub mod msix;
@@ -100,6 +103,24 @@ impl PciBus {
     fn device(&self, slot: usize) -> Option<&SharedPciDevice> {
         self.slots.get(slot)?.as_ref()
     }
+
+    /// Reads config space register `reg` of the device in `slot`; all ones
+    /// for an empty slot.
+    fn read_config(&self, slot: usize, reg: usize, data: &mut [u8]) {
+        match self.device(slot) {
+            Some(dev) => lock(dev).config().read(reg, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    fn write_config(&self, slot: usize, reg: usize, data: &[u8]) {
+        if let Some(dev) = self.device(slot) {
+            let mut dev = lock(dev);
+            if dev.config_mut().write(reg, data) {
+                dev.config_written(reg, data.len());
+            }
+        }
+    }
 }
 
 /// ECAM: config space of function f of device d on bus 0 at `(d << 15) | (f << 12)`.
@@ -116,20 +137,72 @@ impl EcamWindow {
 
 impl BusDevice for EcamWindow {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        match Self::decode(offset).and_then(|(s, r)| Some((self.0.device(s)?, r))) {
-            Some((dev, reg)) => lock(dev).config().read(reg, data),
+        match Self::decode(offset) {
+            Some((slot, reg)) => self.0.read_config(slot, reg, data),
             None => data.fill(0xff),
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Option<GuestRequest> {
-        if let Some((dev, reg)) =
-            Self::decode(offset).and_then(|(s, r)| Some((self.0.device(s)?, r)))
-        {
-            let mut dev = lock(dev);
-            if dev.config_mut().write(reg, data) {
-                dev.config_written(reg, data.len());
+        if let Some((slot, reg)) = Self::decode(offset) {
+            self.0.write_config(slot, reg, data);
+        }
+        None
+    }
+}
+
+/// Configuration mechanism #1's ports: the address register at 0xcf8 (taken
+/// only as a whole 32-bit access, as the PCI spec has it: byte accesses there
+/// belong to other devices) and the data window at 0xcfc-0xcff.
+pub const CONFIG_PORTS_BASE: u64 = 0xcf8;
+pub const CONFIG_PORTS_LEN: u64 = 8;
+const ADDRESS_ENABLE: u32 = 1 << 31;
+/// The address register's writable bits: enable, bus, device, function and
+/// a dword-aligned register.
+const ADDRESS_MASK: u32 = ADDRESS_ENABLE | 0x00ff_fffc;
+
+pub struct ConfigPorts {
+    bus: Arc<PciBus>,
+    address: u32,
+}
+
+impl ConfigPorts {
+    pub fn new(bus: Arc<PciBus>) -> Self {
+        ConfigPorts { bus, address: 0 }
+    }
+
+    /// (slot, register) an access of `len` bytes at `within` (0-3) of the
+    /// data window reaches: function 0 of bus 0 only, and within the dword.
+    fn target(&self, within: u64, len: usize) -> Option<(usize, usize)> {
+        let a = self.address;
+        let (bus, slot, function) = ((a >> 16) & 0xff, (a >> 11) & 0x1f, (a >> 8) & 0x7);
+        let fits = within as usize + len <= 4;
+        (a & ADDRESS_ENABLE != 0 && bus == 0 && function == 0 && fits)
+            .then_some((slot as usize, (a & 0xfc) as usize + within as usize))
+    }
+}
+
+impl BusDevice for ConfigPorts {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match offset {
+            0 if data.len() == 4 => data.copy_from_slice(&self.address.to_le_bytes()),
+            4..=7 => match self.target(offset - 4, data.len()) {
+                Some((slot, reg)) => self.bus.read_config(slot, reg, data),
+                None => data.fill(0xff),
+            },
+            _ => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<GuestRequest> {
+        match (offset, <[u8; 4]>::try_from(data)) {
+            (0, Ok(value)) => self.address = u32::from_le_bytes(value) & ADDRESS_MASK,
+            (4..=7, _) => {
+                if let Some((slot, reg)) = self.target(offset - 4, data.len()) {
+                    self.bus.write_config(slot, reg, data);
+                }
             }
+            _ => {}
         }
         None
     }
@@ -199,6 +272,57 @@ mod tests {
         ecam.write(0, &[0; 4]);
         ecam.read(0, &mut id);
         assert_eq!(u32::from_le_bytes(id), 0x0008_1b36, "read-only ID");
+    }
+
+    #[test]
+    fn config_ports_reach_function_zero_of_bus_zero_as_ecam_does() {
+        let mut ports = ConfigPorts::new(Arc::new(PciBus::new()));
+        let mut dword = [0u8; 4];
+        // Linux's probe: the enable bit reads back as written.
+        ports.write(0, &0x8000_0000u32.to_le_bytes());
+        ports.read(0, &mut dword);
+        assert_eq!(u32::from_le_bytes(dword), 0x8000_0000);
+        ports.read(4, &mut dword);
+        assert_eq!(
+            u32::from_le_bytes(dword),
+            0x0008_1b36,
+            "host bridge at 00.0"
+        );
+        // Bytes and words of the dword, at their port.
+        let mut word = [0u8; 2];
+        ports.read(6, &mut word);
+        assert_eq!(u16::from_le_bytes(word), 0x0008, "device id");
+        ports.write(0, &0x8000_0008u32.to_le_bytes());
+        let mut byte = [0u8; 1];
+        ports.read(7, &mut byte);
+        assert_eq!(byte, [0x06], "class: bridge");
+        // What does not reach a device reads all ones.
+        for address in [
+            0x0000_0000u32, // not enabled
+            0x8000_0800,    // slot 1: empty
+            0x8000_0100,    // function 1
+            0x8001_0000,    // bus 1
+        ] {
+            ports.write(0, &address.to_le_bytes());
+            ports.read(4, &mut dword);
+            assert_eq!(dword, [0xff; 4], "{address:#x}");
+        }
+        ports.write(0, &0x8000_0000u32.to_le_bytes());
+        ports.read(6, &mut dword);
+        assert_eq!(dword, [0xff; 4], "past the dword");
+        // Reserved and low bits do not stick; byte writes to 0xcf8 are not
+        // the address register's.
+        ports.write(0, &0xffff_ffffu32.to_le_bytes());
+        ports.read(0, &mut dword);
+        assert_eq!(u32::from_le_bytes(dword), 0x80ff_fffc);
+        ports.write(1, &[0x06]);
+        ports.read(0, &mut dword);
+        assert_eq!(u32::from_le_bytes(dword), 0x80ff_fffc);
+        // Writes reach config space as through ECAM (the ID is read-only).
+        ports.write(0, &0x8000_0000u32.to_le_bytes());
+        ports.write(4, &[0; 4]);
+        ports.read(4, &mut dword);
+        assert_eq!(u32::from_le_bytes(dword), 0x0008_1b36);
     }
 
     struct OneBar {

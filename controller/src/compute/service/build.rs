@@ -12,13 +12,16 @@
 //! retried from scheduling on another host, up to [`MAX_ATTEMPTS`] hosts.
 //!
 //! The steps, in order: `scheduling` (a host chosen and claimed), `spawning`
-//! (the instance created on that host's hostd), then ACTIVE. Networks
+//! (the instance created on that host's hostd, which answers at once, and
+//! followed there while hostd fetches its images and starts it), then ACTIVE. Networks
 //! (`networking`: ports bound) and volumes (`block_device_mapping`:
 //! attachments) join between the two, in Nova's order.
 
 use std::collections::BTreeMap;
 
-use hostd_proto::instance::ImageInstanceSpec;
+use std::time::Duration;
+
+use hostd_proto::instance::{ImageInstanceSpec, State};
 
 use super::state::DELETING;
 use crate::app::App;
@@ -28,6 +31,13 @@ use crate::hostd_client::{Hostd, HostdError};
 
 /// Hosts tried for one server before it goes to ERROR.
 pub const MAX_ATTEMPTS: usize = 3;
+/// How long a host may take to fetch a server's images and start it.
+const SPAWN_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How long a host may not answer while a server is spawned there.
+const UNREACHABLE_LIMIT: Duration = Duration::from_secs(60);
+/// How often a build that waits writes its row (well within
+/// `sync::STALE_AFTER_SECS`).
+const HEARTBEAT: Duration = Duration::from_secs(60);
 const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
 
 /// A build's steps, in the order they run.
@@ -62,7 +72,7 @@ impl Step {
 
 /// How a step failed.
 #[derive(Debug, PartialEq, Eq)]
-enum Failure {
+pub(super) enum Failure {
     /// The host failed it: undo back to scheduling, and try another host.
     Host(String),
     /// Nothing else would do better: undo everything; the server is ERROR.
@@ -112,7 +122,7 @@ impl Step {
                 };
                 // An instance of it there already: the create reached the
                 // host before a stop (a resumed build).
-                match hostd.create(spec).await {
+                match hostd.create(spec, true).await {
                     Ok(_) => {}
                     Err(e) if e.is_conflict() => {}
                     Err(HostdError::Refused {
@@ -121,19 +131,7 @@ impl Step {
                     }) => return Err(Failure::Fatal(message)),
                     Err(e) => return Err(Failure::Host(format!("host {host_id}: {e}"))),
                 }
-                // Deleted (or being deleted) meanwhile: its delete may have
-                // reached the host before this create did, so undo there.
-                // The delete gives the claim back.
-                let deleted = match b.app.servers.get(&b.id).await {
-                    Ok(None) => true,
-                    Ok(Some(s)) => s.task_state.as_deref() == Some(DELETING),
-                    Err(_) => false,
-                };
-                if deleted {
-                    let _ = hostd.remove(&b.id).await;
-                    return Err(Failure::Deleted);
-                }
-                Ok(())
+                follow_until(b.app, &b.id, host_id, hostd, State::Running).await
             }
         }
     }
@@ -159,6 +157,80 @@ impl Step {
                 }
             }
         }
+    }
+}
+
+/// Follows a created instance on its host until it is in state `want`
+/// (running, or shutoff for one created stopped): hostd fetches its images
+/// (as long as that takes), makes its disks and starts it. The server's row
+/// is written meanwhile, so that no other controller takes the work for
+/// abandoned.
+pub(super) async fn follow_until(
+    app: &App,
+    id: &str,
+    host_id: &str,
+    hostd: &Hostd,
+    want: State,
+) -> Result<(), Failure> {
+    let deadline = tokio::time::Instant::now() + SPAWN_TIMEOUT;
+    let mut heartbeat = tokio::time::Instant::now();
+    let mut unreachable_since: Option<tokio::time::Instant> = None;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        // Deleted (or being deleted) meanwhile: its delete may have reached
+        // the host before the create did, so undo there. The delete gives
+        // the claim back.
+        let deleted = match app.servers.get(id).await {
+            Ok(None) => true,
+            Ok(Some(s)) => s.task_state.as_deref() == Some(DELETING),
+            Err(_) => false,
+        };
+        if deleted {
+            let _ = hostd.remove(id).await;
+            return Err(Failure::Deleted);
+        }
+        let now = tokio::time::Instant::now();
+        match hostd.get(id).await {
+            Ok(i) => {
+                unreachable_since = None;
+                let why = || i.reason.clone().unwrap_or_else(|| i.state.as_str().into());
+                match i.state {
+                    st if st == want => return Ok(()),
+                    State::Running | State::Paused if want == State::Running => return Ok(()),
+                    State::Building => {}
+                    State::Error if i.image_fault => return Err(Failure::Fatal(why())),
+                    State::Error
+                    | State::Shutoff
+                    | State::Stopping
+                    | State::Running
+                    | State::Paused => {
+                        return Err(Failure::Host(format!("host {host_id}: {}", why())))
+                    }
+                }
+            }
+            Err(e) if e.is_not_found() => {
+                return Err(Failure::Host(format!(
+                    "host {host_id}: the instance is gone from it"
+                )))
+            }
+            Err(e) => {
+                let since = *unreachable_since.get_or_insert(now);
+                if now - since > UNREACHABLE_LIMIT {
+                    return Err(Failure::Host(format!("host {host_id}: {e}")));
+                }
+            }
+        }
+        if now > deadline {
+            return Err(Failure::Host(format!(
+                "host {host_id}: not running within {SPAWN_TIMEOUT:?}"
+            )));
+        }
+        if now - heartbeat > HEARTBEAT {
+            heartbeat = now;
+            let _ = app.servers.touch_task(id).await;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
 
@@ -287,7 +359,7 @@ async fn fail(app: &App, id: &str, fault: &str) {
 /// ramdisk and command line (`os_command_line`) boot directly, with the
 /// image as a read-only root disk. Every server gets a config drive. Images
 /// go by id: hostd fetches them from this controller into its cache.
-async fn instance_spec(app: &App, s: &Server) -> Result<ImageInstanceSpec, String> {
+pub(super) async fn instance_spec(app: &App, s: &Server) -> Result<ImageInstanceSpec, String> {
     let image = app
         .images
         .get(&s.image_id)

@@ -10,14 +10,20 @@
 //! - [`delete`]: records a delete and finishes it in the background
 //! - [`metadata`]: what a guest is told about itself (its config drive)
 //! - [`action`]: stop, start, pause, suspend, reboot, ... and console output
+//! - [`console`]: serial console URLs and the websocket sessions behind them
+//! - [`rebuild`]: a fresh root disk from an image, on the same host
+//! - [`snapshot`]: `createImage`, a root disk's snapshot as a Glance image
 //! - [`state`]: hostd's states and Nova's, the table of host actions (pure)
 //! - [`sync`]: the reconcilers: instance state sync, orphan reaper, expiry
 
 pub mod action;
 pub mod build;
+pub mod console;
 pub mod create;
 pub mod delete;
 pub mod metadata;
+pub mod rebuild;
+pub mod snapshot;
 pub mod state;
 pub mod sync;
 

@@ -26,7 +26,7 @@ use crate::hostd_client::{self, Hostd};
 use crate::identity::now;
 
 /// Builds and tasks not updated for this long belong to a controller that
-/// stopped (the longest hostd call is HOSTD_CREATE_TIMEOUT per attempt).
+/// stopped (a build waiting on its host writes its row every minute).
 const STALE_AFTER_SECS: i64 = 15 * 60;
 /// How long a deleted server's id is remembered (to tell its leftovers from
 /// instances nobody recorded).

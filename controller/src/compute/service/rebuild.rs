@@ -1,0 +1,177 @@
+//! `rebuild`: the server gets a fresh root disk from an image (the same one
+//! or another) and boots it, keeping its id, flavor, host, key pair and
+//! metadata. Answered at once (202); the host's part runs in the background
+//! under the task `rebuilding` (the guest powered off, the instance removed
+//! with its disk) and then `rebuild_spawning` (the instance made again from
+//! the new image and followed until it runs), as Nova names them. A server
+//! that was SHUTOFF is SHUTOFF again afterwards; a rebuild that fails leaves
+//! the server in ERROR with the reason.
+
+use hostd_proto::instance::{Action as HostdAction, State};
+
+use super::build::{follow_until, instance_spec, Failure};
+use super::{not_found, server_host, visible, ComputeError};
+use crate::app::App;
+use crate::compute::actions::{now_us, Action};
+use crate::compute::servers::Server;
+use crate::context::RequestContext;
+use crate::hostd_client::Hostd;
+
+/// What a rebuild request asks for.
+pub struct Rebuild {
+    pub image_ref: String,
+    pub name: Option<String>,
+}
+
+/// Starts a rebuild of server `id`; returns the server as it is now.
+pub async fn rebuild(
+    app: &App,
+    ctx: &RequestContext,
+    id: &str,
+    req: Rebuild,
+) -> Result<Server, ComputeError> {
+    let server = visible(app, ctx, id).await?;
+    let image = match app.images.get(&req.image_ref).await? {
+        Some(i) if i.visible_to(&server.project_id, ctx.is_admin()) && i.status == "active" => i,
+        Some(i) if i.visible_to(&server.project_id, ctx.is_admin()) => {
+            return Err(ComputeError::BadRequest(format!(
+                "Image {} is not active.",
+                req.image_ref
+            )))
+        }
+        _ => {
+            return Err(ComputeError::BadRequest(format!(
+                "Image {} could not be found.",
+                req.image_ref
+            )))
+        }
+    };
+    let conflict = |s: &Server| {
+        let why = match &s.task_state {
+            Some(t) => format!("task_state {t}"),
+            None => format!("vm_state {}", s.vm_state),
+        };
+        ComputeError::Conflict(format!(
+            "Cannot 'rebuild' instance {id} while it is in {why}"
+        ))
+    };
+    let Some(hostd) = server_host(app, &server).await else {
+        return Err(conflict(&server));
+    };
+    let Some(background) = app.me.upgrade() else {
+        return Err(ComputeError::Unavailable(
+            "the controller is stopping".into(),
+        ));
+    };
+    if !app
+        .servers
+        .begin_task(id, "rebuilding", &["active", "stopped", "error"])
+        .await?
+    {
+        return Err(match app.servers.get(id).await? {
+            Some(now) => conflict(&now),
+            None => not_found(id),
+        });
+    }
+    app.servers
+        .set_image(id, &image.id, req.name.as_deref())
+        .await?;
+    let record = Action {
+        request_id: ctx.request_id.clone(),
+        server_id: id.to_owned(),
+        project_id: server.project_id.clone(),
+        user_id: ctx.user_id().to_owned(),
+        action: "rebuild".into(),
+        start_us: now_us(),
+        finish_us: None,
+        result: None,
+        message: None,
+    };
+    if let Err(e) = app.actions.start(&record).await {
+        tracing::warn!(server = %id, "recording its rebuild: {e}");
+    }
+    let stopped = server.vm_state == "stopped";
+    let (task_id, request_id) = (id.to_owned(), ctx.request_id.clone());
+    tokio::spawn(async move {
+        let failure = on_host(&background, &task_id, &hostd, stopped).await;
+        if let Err(e) = background
+            .actions
+            .finish(&request_id, failure.as_deref())
+            .await
+        {
+            tracing::warn!(server = %task_id, "recording the end of its rebuild: {e}");
+        }
+    });
+    app.servers.get(id).await?.ok_or_else(|| not_found(id))
+}
+
+/// The host's part; returns why it failed, if it did.
+async fn on_host(app: &App, id: &str, hostd: &Hostd, stopped: bool) -> Option<String> {
+    let result = replace_instance(app, id, hostd, stopped).await;
+    let failure = match result {
+        Ok(()) => {
+            let (vm, power) = if stopped {
+                ("stopped", 4)
+            } else {
+                ("active", 1)
+            };
+            let _ = app.servers.set_state(id, vm, None, power, None).await;
+            tracing::info!(server = %id, "rebuilt");
+            return None;
+        }
+        Err(Failure::Deleted) => return Some("the server was deleted".into()),
+        Err(Failure::Host(why) | Failure::Fatal(why)) => why,
+    };
+    let fault = format!("Rebuild of instance {id} failed: {failure}");
+    tracing::warn!(server = %id, "{fault}");
+    let _ = app
+        .servers
+        .set_state(id, "error", None, 0, Some(&fault))
+        .await;
+    Some(fault)
+}
+
+async fn replace_instance(
+    app: &App,
+    id: &str,
+    hostd: &Hostd,
+    stopped: bool,
+) -> Result<(), Failure> {
+    let host = |e: crate::hostd_client::HostdError| Failure::Host(e.to_string());
+    let server = match app.servers.get(id).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(Failure::Deleted),
+        Err(e) => return Err(Failure::Fatal(e.to_string())),
+    };
+    let host_id = server.host_id.clone().unwrap_or_default();
+    let spec = instance_spec(app, &server).await.map_err(Failure::Fatal)?;
+    // A clean power-off first (the guest's filesystems are about to go, but
+    // its shutdown may matter to it); one that does not stop is removed hard.
+    if !stopped {
+        if let Err(e) = hostd.act(id, HostdAction::Stop).await {
+            tracing::debug!(server = %id, "stopping before the rebuild: {e}");
+        }
+    }
+    hostd.remove(id).await.map_err(host)?;
+    let _ = app
+        .servers
+        .set_state(
+            id,
+            &server.vm_state,
+            Some("rebuild_spawning"),
+            server.power_state,
+            None,
+        )
+        .await;
+    match hostd.create(&spec, !stopped).await {
+        Ok(_) => {}
+        Err(e) if e.is_conflict() => {}
+        Err(e) => return Err(host(e)),
+    }
+    let want = if stopped {
+        State::Shutoff
+    } else {
+        State::Running
+    };
+    follow_until(app, id, &host_id, hostd, want).await
+}
