@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use hostd_proto::instance::{Action, ImageInstanceSpec, InstanceStatus};
+use hostd_proto::instance::{Action, ImageInstanceSpec, InstanceStatus, Size};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::Method;
@@ -120,6 +120,31 @@ impl Hostd {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Resizes the stopped instance; the old size and root disk are kept
+    /// until [`Hostd::end_resize`].
+    pub async fn resize(&self, id: &str, to: Size) -> Result<InstanceStatus, HostdError> {
+        let body = serde_json::to_value(to).map_err(|e| HostdError::BadAnswer(e.to_string()))?;
+        self.typed(
+            Method::POST,
+            &format!("/instances/{id}/resize"),
+            Some(&body),
+            SLOW_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Confirms (`keep`) or reverts the instance's resize.
+    pub async fn end_resize(&self, id: &str, keep: bool) -> Result<InstanceStatus, HostdError> {
+        let end = if keep { "confirm" } else { "revert" };
+        self.typed(
+            Method::POST,
+            &format!("/instances/{id}/resize/{end}"),
+            None,
+            SLOW_TIMEOUT,
+        )
+        .await
     }
 
     /// Types `bytes` (at most 4 KiB) on the instance's serial console.

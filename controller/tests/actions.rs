@@ -722,3 +722,87 @@ fn a_snapshot_is_an_image_of_the_root_disk_delivered_by_the_host() {
     assert_eq!(r.status, 409, "{}", r.body);
     assert_eq!(create_image(&id, r#"{"createImage": {}}"#).status, 400);
 }
+
+/// `resize` moves the server to a new flavor on its host (the claim moves
+/// with it, refused at once when the host has no room) and waits in
+/// VERIFY_RESIZE; `confirmResize` keeps it, `revertResize` brings the old
+/// flavor back.
+#[test]
+fn a_resize_waits_to_be_confirmed_or_reverted() {
+    let cloud = Cloud::start(Delays {
+        create: Duration::ZERO,
+        action: Duration::from_millis(100),
+        delete: Duration::ZERO,
+    });
+    let (c, t) = (&cloud.c, cloud.auth());
+    let (id, _) = cloud.active_server();
+    let first = cloud.show(&id)["flavor"]["id"].as_str().unwrap().to_owned();
+    let flavor = |name: &str, vcpus: i64, ram: i64| {
+        call(
+            c,
+            "POST",
+            "/compute/v2.1/flavors",
+            &[t],
+            &serde_json::json!({"flavor": {"name": name, "ram": ram, "vcpus": vcpus, "disk": 0}})
+                .to_string(),
+        )
+        .json()["flavor"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (bigger, huge) = (flavor("bigger", 2, 256), flavor("huge", 2, 1 << 20));
+    let act = |body: String| {
+        call(
+            c,
+            "POST",
+            &format!("/compute/v2.1/servers/{id}/action"),
+            &[t],
+            &body,
+        )
+    };
+    let resize = |to: &str| act(format!(r#"{{"resize": {{"flavorRef": "{to}"}}}}"#));
+
+    assert_eq!(resize(&first).status, 400, "the same flavor");
+    let r = resize(&huge);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("No valid host was found"), "{}", r.body);
+    assert_eq!(cloud.show(&id)["status"], "ACTIVE");
+
+    let r = resize(&bigger);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let s = cloud.wait(&id, "VERIFY_RESIZE");
+    assert_eq!(s["flavor"]["id"], bigger);
+    assert_eq!(act(r#"{"confirmResize": null}"#.into()).status, 204);
+    let s = cloud.wait(&id, "ACTIVE");
+    assert_eq!(s["flavor"]["id"], bigger);
+    assert_eq!(
+        act(r#"{"confirmResize": null}"#.into()).status,
+        409,
+        "nothing to confirm"
+    );
+
+    // Reverted: the flavor from before.
+    assert_eq!(resize(&first).status, 202);
+    cloud.wait(&id, "VERIFY_RESIZE");
+    assert_eq!(act(r#"{"revertResize": null}"#.into()).status, 202);
+    let s = cloud.wait(&id, "ACTIVE");
+    assert_eq!(s["flavor"]["id"], bigger);
+    let actions = call(
+        c,
+        "GET",
+        &format!("/compute/v2.1/servers/{id}/os-instance-actions"),
+        &[t],
+        "",
+    )
+    .json();
+    let names: Vec<&str> = actions["instanceActions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["action"].as_str())
+        .collect();
+    for want in ["resize", "confirmResize", "revertResize"] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+}

@@ -11,6 +11,8 @@
 //! | POST   | /instances/{id}/actions/{action}       | start, stop, reboot, pause, resume; body `{"hard": bool, "timeout_ms": N}` |
 //! | GET    | /instances/{id}/console?tail=N[&follow=true] | console lines; follow streams  |
 //! | POST   | /instances/{id}/console                | types the body (at most 4 KiB) on the serial console |
+//! | POST   | /instances/{id}/resize                 | `{"vcpus", "memory_mib", "root_disk_gib"}` for a stopped instance; the old size and root disk kept |
+//! | POST   | /instances/{id}/resize/confirm\|revert | ends a resize: the old root disk goes, or comes back with the old size |
 //! | POST   | /instances/{id}/snapshot               | `{"image_id"}`: copies the root disk (guest paused) and uploads it to the controller as that image's data; 202 once copied |
 //! | GET    | /instances/{id}/metrics                | the VMM's own metrics             |
 //! | GET    | /events                                | state changes, one JSON per line  |
@@ -217,6 +219,23 @@ impl Api {
             (Method::GET, ["instances", id, "console"]) => {
                 let q = query(&req);
                 self.console(id, &q)
+            }
+            (Method::POST, ["instances", id, "resize"]) => {
+                let id = id.to_string();
+                let size: crate::instance::Size = match read_json(req).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                match self.sup.resize(&id, size).await {
+                    Ok(i) => json(StatusCode::OK, &i),
+                    Err(e) => op_error(e),
+                }
+            }
+            (Method::POST, ["instances", id, "resize", end @ ("confirm" | "revert")]) => {
+                match self.sup.end_resize(id, *end == "confirm").await {
+                    Ok(i) => json(StatusCode::OK, &i),
+                    Err(e) => op_error(e),
+                }
             }
             (Method::POST, ["instances", id, "snapshot"]) => {
                 #[derive(serde::Deserialize)]

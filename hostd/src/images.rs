@@ -111,30 +111,18 @@ impl ImageCache {
 }
 
 async fn download(controller: &Controller, id: &str, dest: &Path) -> Result<u64, String> {
-    let rest = controller
-        .url
-        .strip_prefix("http://")
-        .ok_or("controller_url is not http://")?;
-    let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let stream = tokio::net::TcpStream::connect(authority)
-        .await
-        .map_err(|e| format!("image {id}: controller {authority}: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let mut req = hyper::Request::builder()
-        .uri(format!("{prefix}/internal/v1/images/{id}/raw"))
-        .header("host", authority);
-    if let Some(t) = &controller.token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(STALL_TIMEOUT, sender.send_request(req))
+    let path = format!("/internal/v1/images/{id}/raw");
+    let request = crate::controller_client::send(
+        controller,
+        hyper::Method::GET,
+        &path,
+        "application/json",
+        Empty::<Bytes>::new(),
+    );
+    let resp = tokio::time::timeout(STALL_TIMEOUT, request)
         .await
         .map_err(|_| format!("image {id}: the controller did not answer within {STALL_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("image {id}: {e}"))?;
     if resp.status() != hyper::StatusCode::OK {
         return Err(format!(
             "image {id}: the controller answered {}",

@@ -205,6 +205,22 @@ pub struct Instance {
     /// better.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub image_fault: bool,
+    /// What the instance was before a resize not yet confirmed or reverted
+    /// (its root disk as it was is kept beside the new one until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resized_from: Option<Size>,
+}
+
+pub use hostd_proto::instance::Size;
+
+impl InstanceSpec {
+    pub fn size(&self) -> Size {
+        Size {
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            root_disk_gib: self.root_disk_gib,
+        }
+    }
 }
 
 /// What follows an instance's preparation.
@@ -311,6 +327,7 @@ mod tests {
             vmm_uid: Some(2_000_001),
             preparing: Some(Preparing::ThenStart),
             image_fault: true,
+            resized_from: None,
         };
         let json = serde_json::to_string(&i).unwrap();
         assert!(json.contains(r#""state":"running""#));

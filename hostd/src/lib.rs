@@ -10,6 +10,7 @@
 //! - [`api`]: the HTTP API (TCP and Unix socket, bearer token)
 //! - [`host`]: host facts: CPUs, memory, disk, KVM mode
 //! - [`registration`]: heartbeats to the controller
+//! - [`controller_client`]: calls to the controller's internal API
 //! - [`images`]: the cache of images fetched from the controller
 //! - [`root_disk`]: instances' writable copies of disk images
 //! - [`snapshots`]: root-disk snapshots uploaded to the controller as images
@@ -21,6 +22,7 @@ pub mod boot_picker;
 pub mod cgroup;
 pub mod config;
 pub mod config_drive;
+pub mod controller_client;
 pub mod host;
 pub mod images;
 pub mod instance;

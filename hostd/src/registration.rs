@@ -36,36 +36,15 @@ fn heartbeat(sup: &Supervisor, controller: &Controller) -> Heartbeat {
     }
 }
 
-/// `http://host:port/prefix` split into (host:port, prefix).
-fn split_url(url: &str) -> Option<(&str, &str)> {
-    let rest = url.strip_prefix("http://")?;
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    (!authority.is_empty()).then_some((authority, path))
-}
-
 async fn put(controller: &Controller, path: &str, body: Vec<u8>) -> Result<u16, String> {
-    let (authority, prefix) =
-        split_url(&controller.url).ok_or_else(|| format!("bad URL {}", controller.url))?;
-    let stream = tokio::net::TcpStream::connect(authority)
-        .await
-        .map_err(|e| format!("{authority}: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let mut req = hyper::Request::builder()
-        .method(hyper::Method::PUT)
-        .uri(format!("{prefix}{path}"))
-        .header("host", authority)
-        .header("content-type", "application/json");
-    if let Some(token) = &controller.token {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    let req = req
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = crate::controller_client::send(
+        controller,
+        hyper::Method::PUT,
+        path,
+        "application/json",
+        Full::new(Bytes::from(body)),
+    )
+    .await?;
     let status = resp.status().as_u16();
     let _ = resp.into_body().collect().await;
     Ok(status)
@@ -100,18 +79,5 @@ pub async fn run(sup: Arc<Supervisor>, controller: Controller) {
                 registered = false;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        assert_eq!(split_url("http://c:8774"), Some(("c:8774", "")));
-        assert_eq!(split_url("http://c:8774/api"), Some(("c:8774", "/api")));
-        assert_eq!(split_url("https://c"), None);
-        assert_eq!(split_url("http:///x"), None);
     }
 }

@@ -21,27 +21,9 @@ const CHUNK: usize = 1 << 20;
 
 /// Sends the file at `path` as image `image_id`'s data; returns its size.
 pub async fn upload(controller: &Controller, image_id: &str, path: &Path) -> Result<u64, String> {
-    let rest = controller
-        .url
-        .strip_prefix("http://")
-        .ok_or("controller_url is not http://")?;
-    let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let mut file = tokio::fs::File::open(path)
         .await
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let len = file
-        .metadata()
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .len();
-    let stream = tokio::net::TcpStream::connect(authority)
-        .await
-        .map_err(|e| format!("controller {authority}: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     // Read ahead of the network a few chunks at most.
     let reader = tokio::spawn(async move {
@@ -60,19 +42,14 @@ pub async fn upload(controller: &Controller, image_id: &str, path: &Path) -> Res
             }
         }
     });
-    let mut req = hyper::Request::builder()
-        .method(hyper::Method::PUT)
-        .uri(format!("{prefix}/internal/v1/images/{image_id}/file"))
-        .header("host", authority)
-        .header("content-type", "application/octet-stream")
-        .header("content-length", len);
-    if let Some(t) = &controller.token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let req = req
-        .body(ChannelBody(rx).boxed())
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = crate::controller_client::send(
+        controller,
+        hyper::Method::PUT,
+        &format!("/internal/v1/images/{image_id}/file"),
+        "application/octet-stream",
+        ChannelBody(rx),
+    )
+    .await?;
     let status = resp.status();
     let body = tokio::time::timeout(ANSWER_TIMEOUT, resp.into_body().collect())
         .await

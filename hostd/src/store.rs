@@ -244,6 +244,7 @@ mod tests {
             vmm_uid: None,
             preparing: None,
             image_fault: false,
+            resized_from: None,
         }
     }
 

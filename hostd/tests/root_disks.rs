@@ -527,3 +527,81 @@ fn a_snapshot_uploads_a_copy_of_the_root_disk_to_the_controller() {
         assert_eq!(api(&h, "DELETE", &format!("/instances/{id}"), "").0, 204);
     }
 }
+
+/// A stopped instance is resized (vCPUs, memory, a bigger root disk with
+/// the guest's data in it); the old root disk is kept until the resize is
+/// confirmed, and a revert brings it and the old size back.
+#[test]
+fn a_resize_grows_the_instance_and_can_be_reverted_or_confirmed() {
+    let Some(image) = debian_image("") else {
+        return;
+    };
+    let h = hostd_with(&image);
+    assert_eq!(api(&h, "POST", "/instances", &disk_spec("rs-1", 1)).0, 201);
+    let dir = run_dir(&h, "rs-1");
+    let (root, kept) = (dir.join("root.img"), dir.join("root.img.pre-resize"));
+    let mut w = std::fs::OpenOptions::new().write(true).open(&root).unwrap();
+    w.seek(SeekFrom::Start((1 << 30) - 4096)).unwrap();
+    w.write_all(b"before the resize").unwrap();
+    drop(w);
+    let resize = |body: &str| api(&h, "POST", "/instances/rs-1/resize", body);
+    let bigger = r#"{"vcpus": 2, "memory_mib": 128, "root_disk_gib": 2}"#;
+    assert_eq!(resize(bigger).0, 409, "a running instance is stopped first");
+    let stop = |h: &Hostd| {
+        api(
+            h,
+            "POST",
+            "/instances/rs-1/actions/stop",
+            r#"{"hard": true}"#,
+        )
+        .0
+    };
+    assert_eq!(stop(&h), 200);
+
+    let (status, record) = resize(bigger);
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(
+        (record["vcpus"].as_u64(), record["memory_mib"].as_u64()),
+        (Some(2), Some(128))
+    );
+    assert_eq!(record["resized_from"]["vcpus"], 1, "{record}");
+    assert_eq!(std::fs::metadata(&root).unwrap().len(), 2 << 30);
+    assert!(kept.exists());
+    let mut r = std::fs::File::open(&root).unwrap();
+    r.seek(SeekFrom::Start((1 << 30) - 4096)).unwrap();
+    let mut got = [0u8; 17];
+    r.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"before the resize");
+    assert_eq!(resize(bigger).0, 409, "one resize at a time");
+    assert_eq!(api(&h, "POST", "/instances/rs-1/actions/start", "").0, 200);
+    let config = vmm_config(&h, "rs-1");
+    assert_eq!(
+        (config["vcpus"].as_u64(), config["memory_mib"].as_u64()),
+        (Some(2), Some(128))
+    );
+    assert_eq!(
+        api(&h, "POST", "/instances/rs-1/resize/revert", "").0,
+        409,
+        "stopped first"
+    );
+
+    // Reverted: the old size and root disk.
+    assert_eq!(stop(&h), 200);
+    let (status, record) = api(&h, "POST", "/instances/rs-1/resize/revert", "");
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["vcpus"], 1);
+    assert!(record.get("resized_from").is_none(), "{record}");
+    assert_eq!(std::fs::metadata(&root).unwrap().len(), 1 << 30);
+    assert!(!kept.exists());
+
+    // Confirmed: the old disk goes; a disk never shrinks.
+    assert_eq!(resize(bigger).0, 200);
+    let (status, _) = api(&h, "POST", "/instances/rs-1/resize/confirm", "");
+    assert_eq!(status, 200);
+    assert!(!kept.exists());
+    assert_eq!(std::fs::metadata(&root).unwrap().len(), 2 << 30);
+    let (status, body) = resize(r#"{"vcpus": 1, "memory_mib": 64, "root_disk_gib": 1}"#);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(api(&h, "POST", "/instances/rs-1/resize/confirm", "").0, 409);
+    assert_eq!(api(&h, "DELETE", "/instances/rs-1", "").0, 204);
+}

@@ -555,6 +555,42 @@ async fn action(
             Err(e) => compute_error(e),
         };
     }
+    let resize = match name.as_str() {
+        "resize" => {
+            let Some(flavor_ref) = args.get("flavorRef").and_then(|f| {
+                f.as_str()
+                    .map(str::to_owned)
+                    .or_else(|| f.as_i64().map(|n| n.to_string()))
+            }) else {
+                return nova_error(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid input for field/attribute resize. 'flavorRef' is a required property",
+                );
+            };
+            Some(
+                service::resize::resize(app, ctx, id, &flavor_ref)
+                    .await
+                    .map(|()| StatusCode::ACCEPTED),
+            )
+        }
+        "confirmResize" => Some(
+            service::resize::confirm(app, ctx, id)
+                .await
+                .map(|()| StatusCode::NO_CONTENT),
+        ),
+        "revertResize" => Some(
+            service::resize::revert(app, ctx, id)
+                .await
+                .map(|()| StatusCode::ACCEPTED),
+        ),
+        _ => None,
+    };
+    if let Some(result) = resize {
+        return match result {
+            Ok(status) => empty(status),
+            Err(e) => compute_error(e),
+        };
+    }
     if name == "rebuild" {
         // Nova 2.1's schema: anything else is refused; what Virga does not
         // carry out yet says so rather than being dropped.

@@ -206,6 +206,125 @@ impl Scheduler {
     }
 }
 
+/// A server's resources: what a resize moves its claim from or to.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Resources {
+    pub flavor_id: String,
+    pub vcpus: i64,
+    pub ram_mib: i64,
+    pub disk_gib: i64,
+}
+
+impl Scheduler {
+    /// Moves a server's claim on its host from `from` to `to` (a resize on
+    /// the same host) if the host has room for the difference, and records
+    /// `from` on the server for a revert: one transaction.
+    pub async fn resize(
+        &self,
+        server: &str,
+        host: &str,
+        from: &Resources,
+        to: &Resources,
+    ) -> Result<bool, StoreError> {
+        let Some(h) = self
+            .hosts
+            .list()
+            .await?
+            .into_iter()
+            .find(|h| h.report.host_id == host)
+        else {
+            return Ok(false);
+        };
+        let (cap_cpu, cap_ram) = capacity(&h, &self.policy);
+        let recorded = serde_json::to_string(from).unwrap_or_default();
+        self.move_claim(
+            server,
+            host,
+            from,
+            to,
+            Some((cap_cpu, cap_ram)),
+            Some(&recorded),
+        )
+        .await
+    }
+
+    /// Moves the claim back from `now` to what the server recorded before
+    /// its resize (a revert, which always fits), or only forgets the record
+    /// (a confirm, `revert` false).
+    pub async fn end_resize(
+        &self,
+        server: &str,
+        host: &str,
+        now: &Resources,
+        revert: bool,
+    ) -> Result<bool, StoreError> {
+        let Some(row) = self
+            .store
+            .fetch_optional(
+                "SELECT resized_from FROM servers WHERE id = $1",
+                &[Value::Text(server)],
+            )
+            .await?
+        else {
+            return Ok(false);
+        };
+        let Some(from) = crate::store::opt_text(&row, "resized_from")?
+            .and_then(|j| serde_json::from_str::<Resources>(&j).ok())
+        else {
+            return Ok(false);
+        };
+        let to = if revert { from } else { now.clone() };
+        self.move_claim(server, host, now, &to, None, None).await
+    }
+
+    async fn move_claim(
+        &self,
+        server: &str,
+        host: &str,
+        from: &Resources,
+        to: &Resources,
+        cap: Option<(i64, i64)>,
+        record: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let (dv, dr) = (to.vcpus - from.vcpus, to.ram_mib - from.ram_mib);
+        let (cap_cpu, cap_ram) = cap.unwrap_or((i64::MAX, i64::MAX));
+        self.store
+            .atomically(&[
+                Step {
+                    sql: "UPDATE hosts SET claimed_vcpus = claimed_vcpus + $1, claimed_ram_mib = claimed_ram_mib + $2 \
+                          WHERE id = $3 AND claimed_vcpus + $1 <= $4 AND claimed_ram_mib + $2 <= $5",
+                    args: &[
+                        Value::Int(dv),
+                        Value::Int(dr),
+                        Value::Text(host),
+                        Value::Int(cap_cpu),
+                        Value::Int(cap_ram),
+                    ],
+                    rows: Some(1),
+                },
+                Step {
+                    sql: "UPDATE servers SET generation = generation + 1, flavor_id = $1, vcpus = $2, ram_mib = $3, \
+                          disk_gib = $4, resized_from = $5, updated_at = $6 \
+                          WHERE id = $7 AND host_id = $8 AND vcpus = $9 AND ram_mib = $10",
+                    args: &[
+                        Value::Text(&to.flavor_id),
+                        Value::Int(to.vcpus),
+                        Value::Int(to.ram_mib),
+                        Value::Int(to.disk_gib),
+                        Value::OptText(record),
+                        Value::Int(crate::identity::now()),
+                        Value::Text(server),
+                        Value::Text(host),
+                        Value::Int(from.vcpus),
+                        Value::Int(from.ram_mib),
+                    ],
+                    rows: Some(1),
+                },
+            ])
+            .await
+    }
+}
+
 /// Takes a server's flavor off the claims of the host it names ($1: server,
 /// $2: host; no row when the server names another host or none).
 pub const RELEASE_CLAIM: &str = "UPDATE hosts SET \

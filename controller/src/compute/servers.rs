@@ -42,6 +42,11 @@ impl Server {
             ("active", Some("rebooting")) => "REBOOT",
             ("active", Some("rebooting_hard")) => "HARD_REBOOT",
             ("active" | "stopped" | "error", Some("rebuilding" | "rebuild_spawning")) => "REBUILD",
+            ("active" | "stopped", Some("resize_prep" | "resize_migrating" | "resize_finish")) => {
+                "RESIZE"
+            }
+            ("resized", Some("resize_reverting")) => "REVERT_RESIZE",
+            ("resized", _) => "VERIFY_RESIZE",
             ("building", _) => "BUILD",
             ("active", _) => "ACTIVE",
             ("stopped", _) => "SHUTOFF",

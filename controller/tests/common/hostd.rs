@@ -412,6 +412,13 @@ fn answer(
                 ),
             }
         }
+        (_, "POST", ["instances", id, "resize", ..]) => match states.lock().unwrap().get(*id) {
+            Some(st) => (200, instance(id, st)),
+            None => (
+                404,
+                serde_json::json!({"error": {"message": "no instance"}}),
+            ),
+        },
         (_, "DELETE", ["instances", id]) => {
             std::thread::sleep(delays.delete);
             match states.lock().unwrap().remove(*id) {

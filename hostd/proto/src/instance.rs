@@ -120,6 +120,17 @@ pub struct InstanceStatus {
     pub image_fault: bool,
 }
 
+/// An instance's size: what a resize changes (`POST /instances/{id}/resize`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Size {
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// The root disk's size (instances booted from a disk image only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_disk_gib: Option<u32>,
+}
+
 /// An action on a running instance: `POST /instances/{id}/actions/{name}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {

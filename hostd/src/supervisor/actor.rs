@@ -25,10 +25,10 @@ use super::exit::{classify, guest_rebooted, last_exit_line, tail_lines};
 use super::vmm_config::{net_config, prepare_jail, vmm_config_file};
 use super::{
     Event, OpError, Supervisor, API_SOCKET, CONFIG_DRIVE, CONSOLE_INPUT, CONSOLE_LOG, PICKED_BOOT,
-    ROOT_DISK, VMM_CONFIG, VMM_LOG,
+    PRE_RESIZE_DISK, ROOT_DISK, VMM_CONFIG, VMM_LOG,
 };
 use crate::boot_picker::{self, Picked};
-use crate::instance::{now_secs, Instance, InstanceSpec, Preparing, Process, State};
+use crate::instance::{now_secs, Instance, InstanceSpec, Preparing, Process, Size, State};
 use crate::process::{self, Exit, Launch, PidFd};
 use crate::{config_drive, root_disk};
 
@@ -62,6 +62,9 @@ pub(super) enum Request {
         hard: bool,
     },
     SetPaused(bool),
+    /// A resize of a stopped instance to a size, or (None) its revert.
+    Resize(Option<Size>),
+    ConfirmResize,
     /// A copy of the root disk at `dest`, taken with the guest paused.
     CopyRootDisk {
         dest: std::path::PathBuf,
@@ -403,6 +406,9 @@ impl Actor {
             }
             Request::SetPaused(paused) => self.set_paused(paused).await?,
             Request::CopyRootDisk { dest } => self.copy_root_disk(dest).await?,
+            Request::Resize(Some(to)) => self.resize(to).await?,
+            Request::Resize(None) => self.revert_resize().await?,
+            Request::ConfirmResize => self.confirm_resize().await?,
         }
         Ok(self.record.clone())
     }
@@ -930,6 +936,113 @@ impl Actor {
             ))),
             Err(e) => Err(OpError::Internal(e.to_string())),
         }
+    }
+
+    /// Resizes the stopped instance to `to`: the root disk grows (never
+    /// shrinks), its old self kept as `root.img.pre-resize` for a revert.
+    async fn resize(&mut self, to: Size) -> Result<(), OpError> {
+        if self.record.state.has_process() {
+            return Err(OpError::Conflict(format!(
+                "instance {:?} is {}: stop it before resizing it",
+                self.id,
+                self.record.state.as_str()
+            )));
+        }
+        if self.record.resized_from.is_some() {
+            return Err(OpError::Conflict(format!(
+                "instance {:?} has a resize to confirm or revert first",
+                self.id
+            )));
+        }
+        let from = self.record.spec.size();
+        let has_root = self.record.spec.root_image.is_some();
+        if !has_root && to.root_disk_gib.is_some() {
+            return Err(OpError::BadRequest(
+                "root_disk_gib: only for instances booted from a disk image".into(),
+            ));
+        }
+        let dir = self.sup.run_dir(&self.id);
+        let root = dir.join(ROOT_DISK);
+        let grow_to = to.root_disk_gib.map(|g| u64::from(g) << 30);
+        if has_root {
+            let len = std::fs::metadata(&root)
+                .map_err(|e| OpError::Internal(format!("{}: {e}", root.display())))?
+                .len();
+            if grow_to.is_some_and(|want| want < len) {
+                return Err(OpError::BadRequest(format!(
+                    "root_disk_gib: the root disk is {len} bytes and does not shrink"
+                )));
+            }
+            let (root, kept) = (root.clone(), dir.join(PRE_RESIZE_DISK));
+            let copied = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                root_disk::create(&root, &kept, None)?;
+                if let Some(want) = grow_to.filter(|w| *w > len) {
+                    let disk = std::fs::OpenOptions::new().write(true).open(&root)?;
+                    disk.set_len(want)?;
+                    disk.sync_all()?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| OpError::Internal(e.to_string()))?;
+            copied.map_err(|e| OpError::Internal(format!("resizing the root disk: {e}")))?;
+        }
+        self.record.spec.vcpus = to.vcpus;
+        self.record.spec.memory_mib = to.memory_mib;
+        if has_root {
+            self.record.spec.root_disk_gib = to.root_disk_gib.or(from.root_disk_gib);
+        }
+        self.record.resized_from = Some(from);
+        self.commit().await;
+        Ok(())
+    }
+
+    /// Back to the size and the root disk from before the resize.
+    async fn revert_resize(&mut self) -> Result<(), OpError> {
+        let Some(from) = self.record.resized_from else {
+            return Err(OpError::Conflict(format!(
+                "instance {:?} has no resize to revert",
+                self.id
+            )));
+        };
+        if self.record.state.has_process() {
+            return Err(OpError::Conflict(format!(
+                "instance {:?} is {}: stop it before reverting its resize",
+                self.id,
+                self.record.state.as_str()
+            )));
+        }
+        let dir = self.sup.run_dir(&self.id);
+        let kept = dir.join(PRE_RESIZE_DISK);
+        if kept.exists() {
+            std::fs::rename(&kept, dir.join(ROOT_DISK))
+                .map_err(|e| OpError::Internal(format!("{}: {e}", kept.display())))?;
+        }
+        self.record.spec.vcpus = from.vcpus;
+        self.record.spec.memory_mib = from.memory_mib;
+        self.record.spec.root_disk_gib = from.root_disk_gib;
+        self.record.resized_from = None;
+        self.commit().await;
+        Ok(())
+    }
+
+    /// Keeps the new size: the old root disk goes.
+    async fn confirm_resize(&mut self) -> Result<(), OpError> {
+        if self.record.resized_from.is_none() {
+            return Err(OpError::Conflict(format!(
+                "instance {:?} has no resize to confirm",
+                self.id
+            )));
+        }
+        let kept = self.sup.run_dir(&self.id).join(PRE_RESIZE_DISK);
+        match std::fs::remove_file(&kept) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(OpError::Internal(format!("{}: {e}", kept.display()))),
+        }
+        self.record.resized_from = None;
+        self.commit().await;
+        Ok(())
     }
 
     /// Pauses or resumes the guest's vCPUs.

@@ -28,7 +28,7 @@ use vmm::config::VmConfig;
 use self::actor::{Admitted, First, Handle, Request, Shared, Termination};
 use crate::cgroup::CgroupRoot;
 use crate::config::Config;
-use crate::instance::{now_secs, Instance, InstanceSpec, Preparing, State};
+use crate::instance::{now_secs, Instance, InstanceSpec, Preparing, Size, State};
 use crate::store::Store;
 
 pub use self::exit::tail_lines;
@@ -45,6 +45,8 @@ const VMM_CONFIG: &str = "vmm.json";
 /// An instance booted from a disk image: its writable root disk, its config
 /// drive, and where the kernel and initramfs picked from the root disk go.
 const ROOT_DISK: &str = "root.img";
+/// The root disk as it was before a resize, until it is confirmed or reverted.
+const PRE_RESIZE_DISK: &str = "root.img.pre-resize";
 const CONFIG_DRIVE: &str = "config-drive.img";
 const PICKED_BOOT: &str = "boot";
 /// The empty directory a jailed VMM mounts its root on (in its own mount
@@ -389,6 +391,7 @@ impl Supervisor {
                 Preparing::ThenStay
             }),
             image_fault: false,
+            resized_from: None,
         };
         let (reply, answer) = oneshot::channel();
         {
@@ -483,6 +486,42 @@ impl Supervisor {
             let _ = std::fs::remove_file(&dest);
         });
         Ok(())
+    }
+
+    /// Resizes a stopped instance (vCPUs, memory, a bigger root disk); the
+    /// old size and root disk are kept until the resize is confirmed or
+    /// reverted.
+    pub async fn resize(&self, id: &str, to: Size) -> Result<Instance, OpError> {
+        let host_mib = vmm::config::host_memory_mib()
+            .map_err(|e| OpError::Internal(format!("reading host memory: {e}")))?;
+        let usable = host_mib.saturating_sub(self.config.reserved_memory_mib);
+        if to.vcpus == 0 || u64::from(to.memory_mib) > usable || to.memory_mib < 16 {
+            return Err(OpError::BadRequest(format!(
+                "size: 1-255 vCPUs and 16-{usable} MiB"
+            )));
+        }
+        if to
+            .root_disk_gib
+            .is_some_and(|g| g > crate::root_disk::MAX_GIB)
+        {
+            return Err(OpError::BadRequest(format!(
+                "root_disk_gib: at most {}",
+                crate::root_disk::MAX_GIB
+            )));
+        }
+        self.request(id, Request::Resize(Some(to))).await
+    }
+
+    /// Ends a resize: `keep` confirms it (the old root disk goes), otherwise
+    /// it is reverted (the old size and root disk come back; the instance
+    /// must be stopped).
+    pub async fn end_resize(&self, id: &str, keep: bool) -> Result<Instance, OpError> {
+        let request = if keep {
+            Request::ConfirmResize
+        } else {
+            Request::Resize(None)
+        };
+        self.request(id, request).await
     }
 
     /// Types `bytes` on the instance's serial console.

@@ -219,6 +219,11 @@ fn openstack_server_create_boots_a_guest() {
 # RAM the image cache and the Debian server's root disk left L1 too little
 # memory, and it stalled.
 mkdir -p $WORK/state && mount -t ext4 $SCRATCH $WORK/state
+# No transparent huge pages in L1: with its memory fragmented by the image
+# cache, faulting in a second Debian guest's huge pages kept L1's only CPU
+# in the kernel for over 20 s ("soft lockup ... [vcpu0]" in clear_page_erms)
+# and the testbed's hang watchdog fired.
+echo never > /sys/kernel/mm/transparent_hugepage/enabled
 cat > $WORK/hostd.toml <<EOF
 token = "{token}"
 listen = "0.0.0.0:{hostd_port}"
@@ -555,7 +560,9 @@ fn wait_console(ok: &dyn Fn(&[&str]) -> String, name: &str, line: &str, secs: u6
 /// drive, puts the key pair in the default user's authorized_keys, runs the
 /// user data, names the host and grows the root disk to the flavor's size;
 /// a stop is a clean systemd power-off through the ACPI power button; what
-/// the first boot wrote is there after a stop/start and a reboot.
+/// the first boot wrote is there after a stop and a start. (A soft reboot,
+/// the same power button and a new VMM, is tested on the cloud test image:
+/// each Debian boot costs minutes in the testbed.)
 fn debian(
     dir: &std::path::Path,
     ok: &dyn Fn(&[&str]) -> String,
@@ -663,14 +670,6 @@ fn debian(
         ok,
         "vm-debian",
         "virga-debian-boot 2 marker=first-boot",
-        600,
-    );
-    // A soft reboot: the power button, then a new VMM on the same disk.
-    ok(&["server", "reboot", "--wait", "vm-debian"]);
-    wait_console(
-        ok,
-        "vm-debian",
-        "virga-debian-boot 3 marker=first-boot",
         600,
     );
     ok(&["server", "delete", "--wait", "vm-debian"]);
@@ -900,6 +899,21 @@ fn cloud_images(
     ]);
     let log = wait_console("vm-snap", &boot_line(3));
     assert!(log.contains("virga-cloud-hostname vm-snap"), "{log}");
+    // A resize: powered off, two vCPUs and a 2 GiB root disk with what the
+    // disk held, powered on; then confirmed.
+    ok(&[
+        "flavor", "create", "--ram", "256", "--vcpus", "2", "--disk", "2", "medium",
+    ]);
+    ok(&[
+        "server", "resize", "--flavor", "medium", "--wait", "vm-snap",
+    ]);
+    assert_eq!(status("vm-snap"), "VERIFY_RESIZE");
+    wait_console("vm-snap", "virga-cloud-boot 4 root=vda3 sectors=4194304");
+    ok(&["server", "resize", "confirm", "vm-snap"]);
+    wait_status("vm-snap", "ACTIVE");
+    // A soft reboot: the power button, then a new VMM on the same disk.
+    ok(&["server", "reboot", "--wait", "vm-snap"]);
+    wait_console("vm-snap", "virga-cloud-boot 5 root=vda3 sectors=4194304");
     ok(&["server", "delete", "--wait", "vm-snap"]);
 
     // A second server of the image has a root disk of its own.

@@ -6,10 +6,8 @@
 //! Also the console output, read from the host while the client waits.
 
 use super::state::{HostAction, ServerAction};
-use super::{not_found, server_host, visible, ComputeError};
+use super::{begin_host_task, record_action, server_host, visible, ComputeError};
 use crate::app::App;
-use crate::compute::actions::{now_us, Action};
-use crate::compute::servers::Server;
 use crate::context::RequestContext;
 use crate::hostd_client::Hostd;
 
@@ -22,46 +20,8 @@ pub async fn act(
 ) -> Result<(), ComputeError> {
     let server = visible(app, ctx, id).await?;
     let act = action.on_host();
-    let conflict = |s: &Server| {
-        let why = match &s.task_state {
-            Some(t) => format!("task_state {t}"),
-            None => format!("vm_state {}", s.vm_state),
-        };
-        ComputeError::Conflict(format!(
-            "Cannot '{}' instance {id} while it is in {why}",
-            act.name
-        ))
-    };
-    let Some(hostd) = server_host(app, &server).await else {
-        return Err(conflict(&server));
-    };
-    // Before anything is recorded: a stopping controller takes no action.
-    let Some(background) = app.me.upgrade() else {
-        return Err(ComputeError::Unavailable(
-            "the controller is stopping".into(),
-        ));
-    };
-    if !app.servers.begin_task(id, act.task, act.from).await? {
-        // Re-read: the state that refused it may be newer than ours.
-        return Err(match app.servers.get(id).await? {
-            Some(now) => conflict(&now),
-            None => not_found(id),
-        });
-    }
-    let record = Action {
-        request_id: ctx.request_id.clone(),
-        server_id: id.to_owned(),
-        project_id: server.project_id.clone(),
-        user_id: ctx.user_id().to_owned(),
-        action: act.name.to_owned(),
-        start_us: now_us(),
-        finish_us: None,
-        result: None,
-        message: None,
-    };
-    if let Err(e) = app.actions.start(&record).await {
-        tracing::warn!(server = %id, "recording action {}: {e}", act.name);
-    }
+    let (hostd, background) = begin_host_task(app, &server, act.name, act.task, act.from).await?;
+    record_action(app, ctx, &server, act.name).await;
     let (id, request_id) = (id.to_owned(), ctx.request_id.clone());
     tokio::spawn(async move { on_host(&background, &id, &hostd, action, act, &request_id).await });
     Ok(())

@@ -12,6 +12,7 @@
 //! - [`action`]: stop, start, pause, suspend, reboot, ... and console output
 //! - [`console`]: serial console URLs and the websocket sessions behind them
 //! - [`rebuild`]: a fresh root disk from an image, on the same host
+//! - [`resize`]: a new flavor on the same host, to confirm or revert
 //! - [`snapshot`]: `createImage`, a root disk's snapshot as a Glance image
 //! - [`state`]: hostd's states and Nova's, the table of host actions (pure)
 //! - [`sync`]: the reconcilers: instance state sync, orphan reaper, expiry
@@ -23,6 +24,7 @@ pub mod create;
 pub mod delete;
 pub mod metadata;
 pub mod rebuild;
+pub mod resize;
 pub mod snapshot;
 pub mod state;
 pub mod sync;
@@ -64,6 +66,65 @@ pub async fn visible(app: &App, ctx: &RequestContext, id: &str) -> Result<Server
     match app.servers.get(id).await? {
         Some(s) if ctx.is_admin() || s.project_id == ctx.project_id() => Ok(s),
         _ => Err(not_found(id)),
+    }
+}
+
+/// Starts `task` on the server for action `name` (allowed from the
+/// vm_states `from`) with one conditional write, so that two racing actions
+/// cannot both start: returns the server's hostd and the app to run the
+/// background work on, or why the action cannot start now.
+async fn begin_host_task(
+    app: &App,
+    server: &Server,
+    name: &str,
+    task: &str,
+    from: &[&str],
+) -> Result<(Hostd, std::sync::Arc<App>), ComputeError> {
+    let id = server.id.as_str();
+    let conflict = |s: &Server| {
+        let why = match &s.task_state {
+            Some(t) => format!("task_state {t}"),
+            None => format!("vm_state {}", s.vm_state),
+        };
+        ComputeError::Conflict(format!(
+            "Cannot '{name}' instance {id} while it is in {why}"
+        ))
+    };
+    let Some(hostd) = server_host(app, server).await else {
+        return Err(conflict(server));
+    };
+    // Before anything is recorded: a stopping controller takes no action.
+    let Some(background) = app.me.upgrade() else {
+        return Err(ComputeError::Unavailable(
+            "the controller is stopping".into(),
+        ));
+    };
+    if !app.servers.begin_task(id, task, from).await? {
+        // Re-read: the state that refused it may be newer than ours.
+        return Err(match app.servers.get(id).await? {
+            Some(now) => conflict(&now),
+            None => not_found(id),
+        });
+    }
+    Ok((hostd, background))
+}
+
+/// Records the start of action `name` on the server, under the request's id
+/// (`os-instance-actions`); the background work records its end.
+async fn record_action(app: &App, ctx: &RequestContext, server: &Server, name: &str) {
+    let record = crate::compute::actions::Action {
+        request_id: ctx.request_id.clone(),
+        server_id: server.id.clone(),
+        project_id: server.project_id.clone(),
+        user_id: ctx.user_id().to_owned(),
+        action: name.to_owned(),
+        start_us: crate::compute::actions::now_us(),
+        finish_us: None,
+        result: None,
+        message: None,
+    };
+    if let Err(e) = app.actions.start(&record).await {
+        tracing::warn!(server = %server.id, "recording action {name}: {e}");
     }
 }
 

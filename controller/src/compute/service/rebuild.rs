@@ -10,9 +10,8 @@
 use hostd_proto::instance::{Action as HostdAction, State};
 
 use super::build::{follow_until, instance_spec, Failure};
-use super::{not_found, server_host, visible, ComputeError};
+use super::{begin_host_task, not_found, record_action, visible, ComputeError};
 use crate::app::App;
-use crate::compute::actions::{now_us, Action};
 use crate::compute::servers::Server;
 use crate::context::RequestContext;
 use crate::hostd_client::Hostd;
@@ -46,50 +45,18 @@ pub async fn rebuild(
             )))
         }
     };
-    let conflict = |s: &Server| {
-        let why = match &s.task_state {
-            Some(t) => format!("task_state {t}"),
-            None => format!("vm_state {}", s.vm_state),
-        };
-        ComputeError::Conflict(format!(
-            "Cannot 'rebuild' instance {id} while it is in {why}"
-        ))
-    };
-    let Some(hostd) = server_host(app, &server).await else {
-        return Err(conflict(&server));
-    };
-    let Some(background) = app.me.upgrade() else {
-        return Err(ComputeError::Unavailable(
-            "the controller is stopping".into(),
-        ));
-    };
-    if !app
-        .servers
-        .begin_task(id, "rebuilding", &["active", "stopped", "error"])
-        .await?
-    {
-        return Err(match app.servers.get(id).await? {
-            Some(now) => conflict(&now),
-            None => not_found(id),
-        });
-    }
+    let (hostd, background) = begin_host_task(
+        app,
+        &server,
+        "rebuild",
+        "rebuilding",
+        &["active", "stopped", "error"],
+    )
+    .await?;
     app.servers
         .set_image(id, &image.id, req.name.as_deref())
         .await?;
-    let record = Action {
-        request_id: ctx.request_id.clone(),
-        server_id: id.to_owned(),
-        project_id: server.project_id.clone(),
-        user_id: ctx.user_id().to_owned(),
-        action: "rebuild".into(),
-        start_us: now_us(),
-        finish_us: None,
-        result: None,
-        message: None,
-    };
-    if let Err(e) = app.actions.start(&record).await {
-        tracing::warn!(server = %id, "recording its rebuild: {e}");
-    }
+    record_action(app, ctx, &server, "rebuild").await;
     let stopped = server.vm_state == "stopped";
     let (task_id, request_id) = (id.to_owned(), ctx.request_id.clone());
     tokio::spawn(async move {

@@ -9,10 +9,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{not_found, server_host, visible, ComputeError};
+use super::{begin_host_task, record_action, visible, ComputeError};
 use crate::app::App;
-use crate::compute::actions::{now_us, Action};
-use crate::compute::servers::Server;
 use crate::context::RequestContext;
 use crate::hostd_client::Hostd;
 use crate::identity::now;
@@ -40,37 +38,14 @@ pub async fn create_image(
             "Cannot snapshot instance {id}: it boots a kernel image and has no root disk of its own"
         )));
     }
-    let conflict = |s: &Server| {
-        let why = match &s.task_state {
-            Some(t) => format!("task_state {t}"),
-            None => format!("vm_state {}", s.vm_state),
-        };
-        ComputeError::Conflict(format!(
-            "Cannot 'createImage' instance {id} while it is in {why}"
-        ))
-    };
-    let Some(hostd) = server_host(app, &server).await else {
-        return Err(conflict(&server));
-    };
-    let Some(background) = app.me.upgrade() else {
-        return Err(ComputeError::Unavailable(
-            "the controller is stopping".into(),
-        ));
-    };
-    if !app
-        .servers
-        .begin_task(
-            id,
-            "image_snapshot",
-            &["active", "stopped", "paused", "suspended"],
-        )
-        .await?
-    {
-        return Err(match app.servers.get(id).await? {
-            Some(now) => conflict(&now),
-            None => not_found(id),
-        });
-    }
+    let (hostd, background) = begin_host_task(
+        app,
+        &server,
+        "createImage",
+        "image_snapshot",
+        &["active", "stopped", "paused", "suspended"],
+    )
+    .await?;
     let mut properties = metadata;
     properties.insert("image_type".into(), "snapshot".into());
     properties.insert("instance_uuid".into(), id.to_owned());
@@ -102,20 +77,7 @@ pub async fn create_image(
         let _ = app.servers.clear_task(id).await;
         return Err(e.into());
     }
-    let record = Action {
-        request_id: ctx.request_id.clone(),
-        server_id: id.to_owned(),
-        project_id: server.project_id.clone(),
-        user_id: ctx.user_id().to_owned(),
-        action: "createImage".into(),
-        start_us: now_us(),
-        finish_us: None,
-        result: None,
-        message: None,
-    };
-    if let Err(e) = app.actions.start(&record).await {
-        tracing::warn!(server = %id, "recording its snapshot: {e}");
-    }
+    record_action(app, ctx, &server, "createImage").await;
     let (server_id, image_id, request_id) =
         (id.to_owned(), image.id.clone(), ctx.request_id.clone());
     tokio::spawn(async move {

@@ -179,6 +179,8 @@ async fn sync_host(app: &App, host: &Host, servers: &[Server]) -> HostRound {
         let (vm, power, fault) = match states.get(s.id.as_str()) {
             // A suspended server is a paused VMM.
             Some(State::Paused) if s.vm_state == "suspended" => continue,
+            // A resize to confirm or revert runs or is stopped as it was.
+            Some(State::Running | State::Shutoff) if s.vm_state == "resized" => continue,
             Some(&st) => {
                 let (vm, power) = from_hostd(st);
                 (vm, power, None)
