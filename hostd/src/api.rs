@@ -52,9 +52,8 @@ pub struct Api {
     responses: Mutex<BTreeMap<u16, u64>>,
 }
 
-/// A body fed by a channel: console follow and the event stream (and
-/// snapshot uploads, see `snapshots`).
-pub(crate) struct ChannelBody(pub(crate) mpsc::Receiver<Bytes>);
+/// A response body fed by a channel: console follow and the event stream.
+struct ChannelBody(mpsc::Receiver<Bytes>);
 
 impl Body for ChannelBody {
     type Data = Bytes;

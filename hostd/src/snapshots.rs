@@ -12,8 +12,33 @@ use hyper::body::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use crate::api::ChannelBody;
 use crate::config::Controller;
+
+/// The file's bytes as they are read, with its length announced
+/// (`content-length`: the controller knows what is coming, and a body cut
+/// short is an error, not a smaller image).
+struct FileBody {
+    chunks: mpsc::Receiver<Bytes>,
+    len: u64,
+}
+
+impl hyper::body::Body for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        self.chunks
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.len)
+    }
+}
 
 /// How long the controller may take to answer once all is sent.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
@@ -24,6 +49,11 @@ pub async fn upload(controller: &Controller, image_id: &str, path: &Path) -> Res
     let mut file = tokio::fs::File::open(path)
         .await
         .map_err(|e| format!("{}: {e}", path.display()))?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     // Read ahead of the network a few chunks at most.
     let reader = tokio::spawn(async move {
@@ -47,7 +77,7 @@ pub async fn upload(controller: &Controller, image_id: &str, path: &Path) -> Res
         hyper::Method::PUT,
         &format!("/internal/v1/images/{image_id}/file"),
         "application/octet-stream",
-        ChannelBody(rx),
+        FileBody { chunks: rx, len },
     )
     .await?;
     let status = resp.status();
