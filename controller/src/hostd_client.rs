@@ -214,13 +214,7 @@ async fn call_raw(
         .unwrap_or_default();
     let work = async {
         let resp = send(base_url, token, method, path, Bytes::from(bytes)).await?;
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| unreachable(base_url, e.to_string()))?
-            .to_bytes();
-        Ok(body.to_vec())
+        Ok(read_body(base_url, resp).await?.to_vec())
     };
     tokio::time::timeout(timeout, work)
         .await
@@ -271,16 +265,20 @@ async fn send(
     if (200..300).contains(&status) {
         return Ok(resp);
     }
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| unreachable(base_url, e.to_string()))?
-        .to_bytes();
+    let body = read_body(base_url, resp).await?;
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     let message = json["error"]["message"]
         .as_str()
         .map(str::to_owned)
         .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
     Err(HostdError::Refused { status, message })
+}
+
+async fn read_body(base_url: &str, resp: hyper::Response<Incoming>) -> Result<Bytes, HostdError> {
+    Ok(resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| unreachable(base_url, e.to_string()))?
+        .to_bytes())
 }

@@ -181,11 +181,7 @@ fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
 /// listing then arrives: the server stays ACTIVE.
 #[test]
 fn a_stale_host_listing_does_not_undo_an_action() {
-    let cloud = Cloud::start(Delays {
-        create: Duration::ZERO,
-        action: Duration::ZERO,
-        delete: Duration::ZERO,
-    });
+    let cloud = Cloud::start(Delays::NONE);
     let (c, hostd, t) = (&cloud.c, &cloud.hostd, cloud.auth());
     let (id, _) = cloud.active_server();
     let show = || cloud.show(&id);
@@ -260,14 +256,7 @@ fn reconcilers_are_listed_and_run_on_request() {
 /// host comes back its orphaned instance is removed by the reaper.
 #[test]
 fn a_delete_on_a_down_host_finishes_and_the_host_is_cleaned_when_it_returns() {
-    let cloud = Cloud::start_with(
-        Delays {
-            create: Duration::ZERO,
-            action: Duration::ZERO,
-            delete: Duration::ZERO,
-        },
-        "[scheduler]\nheartbeat_timeout_secs = 1\n",
-    );
+    let cloud = Cloud::start_with(Delays::NONE, "[scheduler]\nheartbeat_timeout_secs = 1\n");
     // Heartbeats every 200 ms while the server is made, as hostd sends them.
     let beating = std::sync::atomic::AtomicBool::new(true);
     let id = std::thread::scope(|s| {
@@ -320,11 +309,7 @@ fn a_delete_on_a_down_host_finishes_and_the_host_is_cleaned_when_it_returns() {
 /// rather than by the reaper's next round.
 #[test]
 fn a_failed_build_is_unwound_before_it_ends_in_error() {
-    let cloud = Cloud::start(Delays {
-        create: Duration::ZERO,
-        action: Duration::ZERO,
-        delete: Duration::ZERO,
-    });
+    let cloud = Cloud::start(Delays::NONE);
     cloud.hostd.fail_creates();
     let (flavor, image) = bootable(&cloud.c, &cloud.admin, 1, 128);
     let r = call(
@@ -388,14 +373,7 @@ fn a_build_retried_on_another_host_leaves_nothing_on_the_first() {
     // The first host is the only one when the build is placed; a second
     // registers while the first is busy with the create.
     std::thread::sleep(Duration::from_millis(500));
-    let second = StandInHostd::start_as(
-        "second",
-        Delays {
-            create: Duration::ZERO,
-            action: Duration::ZERO,
-            delete: Duration::ZERO,
-        },
-    );
+    let second = StandInHostd::start_as("second", Delays::NONE);
     second.register(&cloud.c);
     let server = cloud.wait(&id, "ACTIVE");
     assert_eq!(server["OS-EXT-SRV-ATTR:host"], "second", "{server}");
@@ -438,11 +416,7 @@ fn a_build_retried_on_another_host_leaves_nothing_on_the_first() {
 #[test]
 fn a_serial_console_is_a_websocket_with_a_one_time_token() {
     use tungstenite::{client::IntoClientRequest, Message};
-    let cloud = Cloud::start(Delays {
-        create: Duration::ZERO,
-        action: Duration::ZERO,
-        delete: Duration::ZERO,
-    });
+    let cloud = Cloud::start(Delays::NONE);
     let (c, t) = (&cloud.c, cloud.auth());
     let (id, _) = cloud.active_server();
     let get_console = |token: (&str, &str), kind: &str| {
@@ -604,6 +578,11 @@ fn a_rebuild_makes_the_instance_again_from_the_new_image() {
     let r = act(r#"{"rebuild": {"imageRef": "00000000-0000-0000-0000-000000000000"}}"#.into());
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("could not be found"), "{}", r.body);
+    let r = act(format!(
+        r#"{{"rebuild": {{"imageRef": "{image}", "preserve_ephemeral": true}}}}"#
+    ));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("preserve_ephemeral"), "{}", r.body);
     assert_eq!(cloud.show(&id)["status"], "SHUTOFF");
 }
 
@@ -614,11 +593,7 @@ fn a_rebuild_makes_the_instance_again_from_the_new_image() {
 /// deliver the data.
 #[test]
 fn a_snapshot_is_an_image_of_the_root_disk_delivered_by_the_host() {
-    let cloud = Cloud::start(Delays {
-        create: Duration::ZERO,
-        action: Duration::ZERO,
-        delete: Duration::ZERO,
-    });
+    let cloud = Cloud::start(Delays::NONE);
     let (c, t) = (&cloud.c, cloud.auth());
     let (kernel_server, _) = cloud.active_server();
     // A server booted from a disk image of its own.
@@ -693,7 +668,40 @@ fn a_snapshot_is_an_image_of_the_root_disk_delivered_by_the_host() {
         &[t],
         "",
     );
-    assert_eq!(data.body, format!("root disk of {id}"));
+    // The host sent its data, not its hole; the image is whole, and its
+    // checksums are the whole image's.
+    let whole = {
+        let mut d = format!("root disk of {id}").into_bytes();
+        d.resize(common::hostd::ROOT_DISK_BYTES as usize, 0);
+        d
+    };
+    assert_eq!(data.bytes, whole);
+    assert_eq!(image["size"], common::hostd::ROOT_DISK_BYTES);
+    assert_eq!(
+        image["checksum"],
+        format!("{:x}", <md5::Md5 as md5::Digest>::digest(&whole))
+    );
+    // A host asking for the image gets it sparse, and the same.
+    let own = format!("Bearer {}", common::hostd::host_token(&cloud.hostd.host_id));
+    let raw = call(
+        c,
+        "GET",
+        &format!("/internal/v1/images/{image_id}/raw"),
+        &[
+            ("Authorization", &own),
+            ("Accept", hostd_proto::sparse::CONTENT_TYPE),
+        ],
+        "",
+    );
+    assert_eq!(raw.status, 200);
+    assert_eq!(
+        raw.header("content-type"),
+        Some(hostd_proto::sparse::CONTENT_TYPE)
+    );
+    // One filesystem block of data, not 1 MiB.
+    assert!(raw.bytes.len() < 16 << 10, "{} bytes sent", raw.bytes.len());
+    let got = hostd_proto::sparse::decode_all(&raw.bytes, u64::MAX).unwrap();
+    assert_eq!(got, whole);
     let s = cloud.wait(&id, "ACTIVE");
     assert!(s["OS-EXT-STS:task_state"].is_null());
 
@@ -707,7 +715,6 @@ fn a_snapshot_is_an_image_of_the_root_disk_delivered_by_the_host() {
         "forged",
     );
     assert_eq!(r.status, 403, "{}", r.body);
-    let own = format!("Bearer {}", common::hostd::host_token(&cloud.hostd.host_id));
     let r = call(
         c,
         "PUT",
@@ -764,6 +771,21 @@ fn a_resize_waits_to_be_confirmed_or_reverted() {
     let resize = |to: &str| act(format!(r#"{{"resize": {{"flavorRef": "{to}"}}}}"#));
 
     assert_eq!(resize(&first).status, 400, "the same flavor");
+    let with_ephemeral = call(
+        c,
+        "POST",
+        "/compute/v2.1/flavors",
+        &[t],
+        r#"{"flavor": {"name": "eph", "ram": 256, "vcpus": 2, "disk": 0,
+            "OS-FLV-EXT-DATA:ephemeral": 1}}"#,
+    )
+    .json()["flavor"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = resize(&with_ephemeral);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("ephemeral disk (1 GiB)"), "{}", r.body);
     let r = resize(&huge);
     assert_eq!(r.status, 409, "{}", r.body);
     assert!(r.body.contains("No valid host was found"), "{}", r.body);

@@ -10,23 +10,18 @@
 
 mod common;
 
-use std::time::Duration;
-
 use base64::Engine;
 use common::cloud::Cloud;
 use common::hostd::Delays;
 use common::{call, put_bytes};
 
-const NO_DELAYS: Delays = Delays {
-    create: Duration::ZERO,
-    action: Duration::ZERO,
-    delete: Duration::ZERO,
-};
+const NO_DELAYS: Delays = Delays::NONE;
 const PUBLIC_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHs7sAvZ0nq6Q0m9M2dpBmbJYk8y9m8Ocq6m1E8K8y2J test@virga";
 
-/// A flavor with a root disk of `disk` GiB and an active image of
-/// `disk_format` holding a few bytes; returns (flavor, image).
+/// A flavor with a root disk of `disk` GiB (and a 1 GiB ephemeral disk and
+/// 256 MiB of swap) and an active image of `disk_format` holding a few
+/// bytes; returns (flavor, image).
 fn flavor_and_image(cloud: &Cloud, disk: i64, disk_format: &str) -> (String, String) {
     let t = cloud.auth();
     let flavor = call(
@@ -35,7 +30,7 @@ fn flavor_and_image(cloud: &Cloud, disk: i64, disk_format: &str) -> (String, Str
         "/compute/v2.1/flavors",
         &[t],
         &serde_json::json!({"flavor": {"name": format!("d{disk}-{disk_format}"), "ram": 256,
-            "vcpus": 1, "disk": disk}})
+            "vcpus": 1, "disk": disk, "OS-FLV-EXT-DATA:ephemeral": 1, "swap": 256}})
         .to_string(),
     )
     .json()["flavor"]["id"]
@@ -99,6 +94,11 @@ fn a_cloud_image_boots_from_a_root_disk_with_a_config_drive() {
     let spec = &sent[0];
     assert_eq!(spec["root_image"], image.as_str(), "{spec}");
     assert_eq!(spec["root_disk_gib"], 3);
+    // The flavor's ephemeral disk and swap, for hostd to make.
+    assert_eq!(
+        (&spec["ephemeral_gib"], &spec["swap_mib"]),
+        (&1.into(), &256.into())
+    );
     assert!(spec.get("kernel_image").is_none(), "{spec}");
     assert!(
         spec.get("cmdline").is_none(),
@@ -169,4 +169,52 @@ fn an_image_that_cannot_boot_ends_in_error_with_the_hosts_reason_at_once() {
         "{fault}"
     );
     assert_eq!(cloud.hostd.create_bodies().len(), 1);
+}
+
+/// A raw image uploaded with its zeros is stored with holes, so a host
+/// fetching it gets its data only (a sparse stream), and the same bytes.
+#[test]
+fn a_raw_upload_reaches_hosts_without_its_zeros() {
+    let cloud = Cloud::start(NO_DELAYS);
+    let t = cloud.auth();
+    let image = call(
+        &cloud.c,
+        "POST",
+        "/image/v2/images",
+        &[t],
+        r#"{"name": "mostly-empty", "disk_format": "raw", "container_format": "bare"}"#,
+    )
+    .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut data = vec![0u8; 16 << 20];
+    data[7] = 1;
+    data[(9 << 20) + 3] = 2;
+    let path = format!("/image/v2/images/{image}/file");
+    assert_eq!(put_bytes(&cloud.c, &path, &cloud.admin, &data), 204);
+    let host = format!("Bearer {}", common::hostd::host_token(&cloud.hostd.host_id));
+    let raw = call(
+        &cloud.c,
+        "GET",
+        &format!("/internal/v1/images/{image}/raw"),
+        &[
+            ("Authorization", &host),
+            ("Accept", hostd_proto::sparse::CONTENT_TYPE),
+        ],
+        "",
+    );
+    assert_eq!(raw.status, 200);
+    assert!(raw.bytes.len() < 64 << 10, "{} bytes sent", raw.bytes.len());
+    let got = hostd_proto::sparse::decode_all(&raw.bytes, u64::MAX).unwrap();
+    assert!(got == data, "the image as uploaded");
+    // Without asking for a sparse stream: the plain bytes.
+    let plain = call(
+        &cloud.c,
+        "GET",
+        &format!("/internal/v1/images/{image}/raw"),
+        &[("Authorization", &host)],
+        "",
+    );
+    assert!(plain.bytes == data);
 }

@@ -24,6 +24,8 @@ fn server(id: &str, project: &str) -> Server {
         vcpus: 2,
         ram_mib: 512,
         disk_gib: 0,
+        ephemeral_gib: 0,
+        swap_mib: 0,
         host_id: None,
         vm_state: "building".into(),
         task_state: Some("scheduling".into()),

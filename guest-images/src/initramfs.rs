@@ -174,6 +174,13 @@ case " $($bb cat /proc/cmdline) " in
     echo "virga-cloud-keys $($bb grep -o '"public_keys": *{{[^}}]*}}' $meta)"
     echo "virga-cloud-user-data $($bb md5sum < /cd/openstack/latest/user_data | $bb cut -d' ' -f1)"
     $bb umount /cd
+    # The flavor's ephemeral disk and swap, found as cloud-init finds them:
+    # by label, and by the swap signature (no blkid in this busybox).
+    swap=
+    for d in /dev/vd[a-z]; do
+        [ "$($bb dd if=$d bs=1 skip=4086 count=10 2>/dev/null)" = SWAPSPACE2 ] && swap="$swap$d"
+    done
+    echo "virga-cloud-ephemeral $($bb findfs LABEL=ephemeral0 2>/dev/null || echo none) swap=$swap"
     part=$(cd /sys/block/vda && $bb ls -d vda* | $bb tail -n 1)
     n=0
     if $bb mount -t ext4 /dev/$part /disk; then

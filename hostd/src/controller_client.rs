@@ -13,13 +13,13 @@ pub fn split_url(url: &str) -> Option<(&str, &str)> {
     (!authority.is_empty()).then_some((authority, path))
 }
 
-/// Sends one request to `path` under the controller's URL; the answer's
-/// head, its body still to read.
+/// Sends one request to `path` under the controller's URL, with `headers`
+/// besides the host's token; the answer's head, its body still to read.
 pub async fn send<B>(
     controller: &Controller,
     method: hyper::Method,
     path: &str,
-    content_type: &str,
+    headers: &[(&str, &str)],
     body: B,
 ) -> Result<hyper::Response<Incoming>, String>
 where
@@ -40,8 +40,10 @@ where
     let mut req = hyper::Request::builder()
         .method(method)
         .uri(format!("{prefix}{path}"))
-        .header("host", authority)
-        .header("content-type", content_type);
+        .header("host", authority);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
     if let Some(token) = &controller.token {
         req = req.header("authorization", format!("Bearer {token}"));
     }

@@ -1,7 +1,9 @@
 //! The image cache: images a spec names by id (`kernel_image`,
 //! `initramfs_image`, `root_image`, `disk_images`) are fetched from the
 //! controller's internal API once, into `state_dir/images/ID`, written to a
-//! temporary file and renamed, so a cached image is always whole.
+//! temporary file and renamed, so a cached image is always whole. The
+//! controller sends a disk image as a sparse stream (its data, not its
+//! holes); the cached file keeps the holes.
 //!
 //! Instances of one image that is not cached yet share one download (the
 //! others wait for it). A download may take as long as it needs, but one
@@ -14,9 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hostd_proto::sparse;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
-use tokio::io::AsyncWriteExt;
 
 use crate::config::Controller;
 
@@ -116,7 +118,7 @@ async fn download(controller: &Controller, id: &str, dest: &Path) -> Result<u64,
         controller,
         hyper::Method::GET,
         &path,
-        "application/json",
+        &[("accept", sparse::CONTENT_TYPE)],
         Empty::<Bytes>::new(),
     );
     let resp = tokio::time::timeout(STALL_TIMEOUT, request)
@@ -129,11 +131,19 @@ async fn download(controller: &Controller, id: &str, dest: &Path) -> Result<u64,
             resp.status()
         ));
     }
+    // A controller that predates sparse streams sends the plain bytes.
+    let is_sparse = resp
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(sparse::is_media_type);
     let mut body = resp.into_body();
-    let file = tokio::fs::File::create(dest)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out = SparseWriter::new(file);
+    let file = std::fs::File::create(dest).map_err(|e| e.to_string())?;
+    let mut out = if is_sparse {
+        Sink::Sparse(SparseFile::new(file))
+    } else {
+        Sink::Plain(Some(sparse::HoleWriter::new(file)))
+    };
     loop {
         let frame = match tokio::time::timeout(STALL_TIMEOUT, body.frame()).await {
             Ok(Some(frame)) => frame.map_err(|e| format!("image {id}: {e}"))?,
@@ -144,97 +154,90 @@ async fn download(controller: &Controller, id: &str, dest: &Path) -> Result<u64,
                 ))
             }
         };
-        if let Some(data) = frame.data_ref() {
-            out.push(data).await.map_err(|e| e.to_string())?;
-        }
-    }
-    out.finish().await.map_err(|e| e.to_string())
-}
-
-/// Writes a stream to a file, leaving holes where whole blocks are zero: a
-/// disk image is mostly free space, and the cache (and every root disk
-/// copied from it, which keeps holes) should not pay for it.
-struct SparseWriter {
-    file: tokio::fs::File,
-    /// The start of a block not yet whole.
-    pending: Vec<u8>,
-    offset: u64,
-}
-
-const SPARSE_BLOCK: usize = 4096;
-
-impl SparseWriter {
-    fn new(file: tokio::fs::File) -> Self {
-        SparseWriter {
-            file,
-            pending: Vec::with_capacity(SPARSE_BLOCK),
-            offset: 0,
-        }
-    }
-
-    async fn push(&mut self, mut data: &[u8]) -> std::io::Result<()> {
-        if !self.pending.is_empty() {
-            let take = data.len().min(SPARSE_BLOCK - self.pending.len());
-            self.pending.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.pending.len() < SPARSE_BLOCK {
-                return Ok(());
-            }
-            let block = std::mem::take(&mut self.pending);
-            self.block(&block).await?;
-            self.pending = block;
-            self.pending.clear();
-        }
-        let whole = data.len() - data.len() % SPARSE_BLOCK;
-        let mut run_start = 0;
-        // Runs of data blocks go in one write; zero blocks are skipped.
-        for (i, block) in data[..whole].chunks(SPARSE_BLOCK).enumerate() {
-            if block.iter().all(|b| *b == 0) {
-                let at = i * SPARSE_BLOCK;
-                self.write(&data[run_start..at]).await?;
-                self.skip(SPARSE_BLOCK).await?;
-                run_start = at + SPARSE_BLOCK;
+        if let Ok(data) = frame.into_data() {
+            match &mut out {
+                Sink::Plain(w) => {
+                    let mut writer = w.take().ok_or("the writer failed before")?;
+                    *w = Some(
+                        tokio::task::spawn_blocking(move || writer.push(&data).map(|()| writer))
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| e.to_string())?,
+                    );
+                }
+                Sink::Sparse(f) => f.push(data).await.map_err(|e| format!("image {id}: {e}"))?,
             }
         }
-        self.write(&data[run_start..whole]).await?;
-        self.pending.extend_from_slice(&data[whole..]);
-        Ok(())
     }
+    match out {
+        Sink::Plain(w) => {
+            let writer = w.ok_or("the writer failed before")?;
+            tokio::task::spawn_blocking(move || writer.finish())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        }
+        Sink::Sparse(f) => f.finish().await.map_err(|e| format!("image {id}: {e}")),
+    }
+}
 
-    async fn block(&mut self, block: &[u8]) -> std::io::Result<()> {
-        if block.iter().all(|b| *b == 0) {
-            self.skip(block.len()).await
-        } else {
-            self.write(block).await
+/// Where a download goes: a plain stream (from a controller that predates
+/// sparse streams) through a writer that leaves holes for zero blocks, or
+/// a sparse stream decoded.
+enum Sink {
+    Plain(Option<sparse::HoleWriter>),
+    Sparse(SparseFile),
+}
+
+/// Writes a sparse stream's data into a file at its offsets; the holes stay
+/// holes.
+struct SparseFile {
+    file: Arc<std::fs::File>,
+    decoder: sparse::Decoder,
+    size: u64,
+}
+
+impl SparseFile {
+    fn new(file: std::fs::File) -> Self {
+        SparseFile {
+            file: Arc::new(file),
+            decoder: sparse::Decoder::new(u64::from(crate::root_disk::MAX_GIB) << 30),
+            size: 0,
         }
     }
 
-    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        if !bytes.is_empty() {
-            self.file.write_all(bytes).await?;
-            self.offset += bytes.len() as u64;
+    async fn push(&mut self, data: Bytes) -> Result<(), String> {
+        for piece in self.decoder.feed(data).map_err(|e| e.to_string())? {
+            match piece {
+                sparse::Piece::Size(n) => {
+                    self.size = n;
+                    self.file.set_len(n).map_err(|e| e.to_string())?;
+                }
+                sparse::Piece::Data { offset, bytes } => {
+                    let file = self.file.clone();
+                    tokio::task::spawn_blocking(move || {
+                        use std::os::unix::fs::FileExt;
+                        file.write_all_at(&bytes, offset)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                }
+                sparse::Piece::Zeros { .. } | sparse::Piece::End => {}
+            }
         }
         Ok(())
     }
 
-    async fn skip(&mut self, len: usize) -> std::io::Result<()> {
-        use tokio::io::AsyncSeekExt;
-        self.offset += len as u64;
-        self.file
-            .seek(std::io::SeekFrom::Start(self.offset))
-            .await?;
-        Ok(())
-    }
-
-    /// Writes the tail, sizes the file (a trailing hole) and syncs it;
-    /// returns its length.
-    async fn finish(mut self) -> std::io::Result<u64> {
-        let tail = std::mem::take(&mut self.pending);
-        self.write(&tail).await?;
-        self.file.flush().await?;
-        self.file.set_len(self.offset).await?;
-        self.file.sync_all().await?;
-        Ok(self.offset)
+    /// Checks the stream was whole and syncs the file; returns its size.
+    async fn finish(self) -> Result<u64, String> {
+        self.decoder.finish().map_err(|e| e.to_string())?;
+        let file = self.file;
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(self.size)
     }
 }
 
@@ -248,37 +251,6 @@ mod tests {
         for bad in ["", "../etc", "a/b", "x", &"a".repeat(65)] {
             assert!(!valid_image_id(bad), "{bad}");
         }
-    }
-
-    #[tokio::test]
-    async fn downloads_keep_zero_blocks_as_holes_and_every_byte_as_sent() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("image");
-        let mut sent = vec![0u8; 8 << 20];
-        sent[100] = 1; // data in the first block
-        sent[(4 << 20) + 5000] = 2; // and in one in the middle
-        let last = sent.len() - 1;
-        sent[last] = 3;
-        let mut out = SparseWriter::new(tokio::fs::File::create(&path).await.unwrap());
-        // Frames of awkward sizes, as a network delivers them.
-        for chunk in sent.chunks(3001) {
-            out.push(chunk).await.unwrap();
-        }
-        assert_eq!(out.finish().await.unwrap(), sent.len() as u64);
-        assert_eq!(std::fs::read(&path).unwrap(), sent);
-        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
-        assert!(
-            allocated < 1 << 20,
-            "{allocated} bytes allocated for 12 KiB of data"
-        );
-
-        // A stream ending in zeros still has its full length.
-        let path = dir.path().join("zeros");
-        let mut out = SparseWriter::new(tokio::fs::File::create(&path).await.unwrap());
-        out.push(&[0u8; 10_000]).await.unwrap();
-        assert_eq!(out.finish().await.unwrap(), 10_000);
-        assert_eq!(std::fs::read(&path).unwrap(), vec![0u8; 10_000]);
     }
 
     #[tokio::test]

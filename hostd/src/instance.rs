@@ -62,6 +62,13 @@ pub struct InstanceSpec {
     /// The root disk's size; the image's own when smaller or unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_disk_gib: Option<u32>,
+    /// An ephemeral disk of this size (ext4, labelled `ephemeral0`) and a
+    /// swap disk of this size, made once beside the root disk and attached
+    /// after it (root, ephemeral, swap: Nova's order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_gib: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_mib: Option<u32>,
     /// Attached read-only after the root disk, for cloud-init.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_drive: Option<hostd_proto::instance::ConfigDrive>,
@@ -139,6 +146,18 @@ impl InstanceSpec {
                 crate::root_disk::MAX_GIB
             ));
         }
+        if self
+            .ephemeral_gib
+            .is_some_and(|g| g == 0 || g > crate::root_disk::MAX_GIB)
+        {
+            return Err(format!(
+                "ephemeral_gib: 1-{} (none: leave it out)",
+                crate::root_disk::MAX_GIB
+            ));
+        }
+        if self.swap_mib.is_some_and(|m| m == 0 || m > MAX_SWAP_MIB) {
+            return Err(format!("swap_mib: 1-{MAX_SWAP_MIB} (none: leave it out)"));
+        }
         if let Some(drive) = &self.config_drive {
             crate::config_drive::check(drive)?;
         }
@@ -213,6 +232,9 @@ pub struct Instance {
 
 pub use hostd_proto::instance::Size;
 
+/// The largest swap disk hostd makes (1 TiB).
+pub const MAX_SWAP_MIB: u32 = 1 << 20;
+
 impl InstanceSpec {
     pub fn size(&self) -> Size {
         Size {
@@ -251,6 +273,8 @@ mod tests {
             kernel_image: None,
             root_image: None,
             root_disk_gib: None,
+            ephemeral_gib: None,
+            swap_mib: None,
             config_drive: None,
             initramfs_image: None,
             disk_images: vec![],
@@ -354,6 +378,8 @@ mod tests {
             kernel_image: Some("k-1".into()),
             root_image: None,
             root_disk_gib: None,
+            ephemeral_gib: Some(10),
+            swap_mib: Some(512),
             config_drive: Some(Default::default()),
             initramfs_image: Some("i-1".into()),
             disk_images: vec!["d-1".into()],
@@ -367,6 +393,10 @@ mod tests {
             (sent.id, sent.vcpus, sent.memory_mib)
         );
         assert_eq!(got.kernel_image, sent.kernel_image);
+        assert_eq!(
+            (got.ephemeral_gib, got.swap_mib),
+            (sent.ephemeral_gib, sent.swap_mib)
+        );
         assert_eq!(got.config_drive, sent.config_drive);
         assert_eq!(got.initramfs_image, sent.initramfs_image);
         assert_eq!(got.disk_images, sent.disk_images);

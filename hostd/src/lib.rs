@@ -23,6 +23,7 @@ pub mod cgroup;
 pub mod config;
 pub mod config_drive;
 pub mod controller_client;
+pub mod ephemeral_disks;
 pub mod host;
 pub mod images;
 pub mod instance;

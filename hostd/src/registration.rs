@@ -41,7 +41,7 @@ async fn put(controller: &Controller, path: &str, body: Vec<u8>) -> Result<u16, 
         controller,
         hyper::Method::PUT,
         path,
-        "application/json",
+        &[("content-type", "application/json")],
         Full::new(Bytes::from(body)),
     )
     .await?;

@@ -73,36 +73,12 @@ fn copy(source: &File, target: &File, len: u64) -> io::Result<Made> {
         return Ok(Made::Reflinked);
     }
     let mut bytes = 0;
-    let mut at = 0u64;
-    while at < len {
-        let Some(start) = seek(source, at, libc::SEEK_DATA)? else {
-            break; // only a hole is left
-        };
-        let end = seek(source, start, libc::SEEK_HOLE)?
-            .unwrap_or(len)
-            .min(len);
-        copy_range(source, target, start, end - start)?;
-        bytes += end - start;
-        at = end;
+    for (start, n) in hostd_proto::sparse::data_extents(source, len)? {
+        copy_range(source, target, start, n)?;
+        bytes += n;
     }
     target.set_len(len)?;
     Ok(Made::Copied { bytes })
-}
-
-/// `lseek` with `whence`; None where no data is left (ENXIO).
-fn seek(file: &File, from: u64, whence: i32) -> io::Result<Option<u64>> {
-    let from = i64::try_from(from).map_err(io::Error::other)?;
-    // SAFETY: lseek on a descriptor the caller owns; it moves only the
-    // offset, which nothing else uses (the copies below are positional).
-    let at = unsafe { libc::lseek(file.as_raw_fd(), from, whence) };
-    if at < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENXIO) => Ok(None),
-            _ => Err(e),
-        };
-    }
-    Ok(Some(at as u64))
 }
 
 /// Copies `len` bytes at `offset` from `source` to the same place in

@@ -1,15 +1,15 @@
 //! Uploading a server snapshot: the copy of a root disk the instance's actor
-//! took, streamed to the controller's internal API as the data of the image
-//! made for it (`PUT /internal/v1/images/{id}/file`, with this host's
+//! took, streamed to the controller's internal API (as a sparse stream: only
+//! its data, not its holes) as the data of the image made for it (`PUT /internal/v1/images/{id}/file`, with this host's
 //! token; the controller takes it only for a snapshot of a server placed
 //! here).
 
 use std::path::Path;
 use std::time::Duration;
 
+use hostd_proto::sparse;
 use http_body_util::BodyExt;
 use hyper::body::Bytes;
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::config::Controller;
@@ -44,40 +44,23 @@ impl hyper::body::Body for FileBody {
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 const CHUNK: usize = 1 << 20;
 
-/// Sends the file at `path` as image `image_id`'s data; returns its size.
+/// Sends the file at `path` as image `image_id`'s data, as a sparse stream
+/// (its holes are not sent); returns the data bytes sent.
 pub async fn upload(controller: &Controller, image_id: &str, path: &Path) -> Result<u64, String> {
-    let mut file = tokio::fs::File::open(path)
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let stream = tokio::task::spawn_blocking(move || sparse::SparseReader::new(file))
         .await
+        .map_err(|e| e.to_string())?
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let len = file
-        .metadata()
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .len();
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let (len, data_bytes) = (stream.encoded_len(), stream.data_bytes());
     // Read ahead of the network a few chunks at most.
-    let reader = tokio::spawn(async move {
-        let mut sent = 0u64;
-        loop {
-            let mut buf = vec![0u8; CHUNK];
-            let n = match file.read(&mut buf).await {
-                Ok(0) => return Ok(sent),
-                Ok(n) => n,
-                Err(e) => return Err(e.to_string()),
-            };
-            buf.truncate(n);
-            sent += n as u64;
-            if tx.send(Bytes::from(buf)).await.is_err() {
-                return Err("the controller stopped reading".to_owned());
-            }
-        }
-    });
+    let (chunks, reader) = sparse::spawn_reader(stream, CHUNK);
     let resp = crate::controller_client::send(
         controller,
         hyper::Method::PUT,
         &format!("/internal/v1/images/{image_id}/file"),
-        "application/octet-stream",
-        FileBody { chunks: rx, len },
+        &[("content-type", sparse::CONTENT_TYPE)],
+        FileBody { chunks, len },
     )
     .await?;
     let status = resp.status();
@@ -86,15 +69,18 @@ pub async fn upload(controller: &Controller, image_id: &str, path: &Path) -> Res
         .map_err(|_| "the controller did not answer".to_owned())?
         .map_err(|e| e.to_string())?
         .to_bytes();
-    let sent = reader
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    // The controller's answer first: a refusal ends the upload early, and
+    // says why better than the reader left waiting.
     if !status.is_success() {
+        reader.abort();
         return Err(format!(
             "the controller answered {status}: {}",
             String::from_utf8_lossy(&body)
         ));
     }
-    Ok(sent)
+    reader
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    Ok(data_bytes)
 }

@@ -225,6 +225,8 @@ mod tests {
                 kernel_image: None,
                 root_image: None,
                 root_disk_gib: None,
+                ephemeral_gib: None,
+                swap_mib: None,
                 config_drive: None,
                 initramfs_image: None,
                 disk_images: vec![],

@@ -240,20 +240,52 @@ struct ImageServer {
     uploads: Uploads,
 }
 
+/// `image` as a sparse stream, its zero blocks as holes.
+fn sparse_stream(image: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut file = tempfile::tempfile().unwrap();
+    for (i, block) in image.chunks(4096).enumerate() {
+        if block.iter().any(|b| *b != 0) {
+            file.seek(SeekFrom::Start(i as u64 * 4096)).unwrap();
+            file.write_all(block).unwrap();
+        }
+    }
+    file.set_len(image.len() as u64).unwrap();
+    let mut stream = Vec::new();
+    hostd_proto::sparse::SparseReader::new(file)
+        .unwrap()
+        .read_to_end(&mut stream)
+        .unwrap();
+    stream
+}
+
 impl ImageServer {
-    /// Serves `image` as image IMAGE; any other image is 404.
+    /// Serves `image` as image IMAGE, as a sparse stream to a host that
+    /// asks for one (as the controller does); any other image is 404.
     fn start(image: Vec<u8>) -> ImageServer {
+        Self::serving(image, true)
+    }
+
+    /// As [`ImageServer::start`], as a controller that predates sparse
+    /// streams: always the plain bytes.
+    fn start_plain(image: Vec<u8>) -> ImageServer {
+        Self::serving(image, false)
+    }
+
+    fn serving(image: Vec<u8>, can_sparse: bool) -> ImageServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let requests = Arc::new(AtomicUsize::new(0));
         let released = Arc::new((Mutex::new(false), Condvar::new()));
+        let sparse = Arc::new(sparse_stream(&image));
         let image = Arc::new(image);
         let uploads: Uploads = Arc::default();
         let (count, gate, received) = (requests.clone(), released.clone(), uploads.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { return };
-                let (image, count, gate) = (image.clone(), count.clone(), gate.clone());
+                let (plain, sparse) = (image.clone(), sparse.clone());
+                let (count, gate) = (count.clone(), gate.clone());
                 let received = received.clone();
                 std::thread::spawn(move || {
                     let Some(req) = stub::read_request(&mut stream) else {
@@ -276,9 +308,16 @@ impl ImageServer {
                         return;
                     }
                     count.fetch_add(1, Ordering::SeqCst);
+                    let media_type = hostd_proto::sparse::CONTENT_TYPE;
+                    let (image, content_type) =
+                        if can_sparse && req.header("accept") == Some(media_type) {
+                            (&sparse, media_type)
+                        } else {
+                            (&plain, "application/octet-stream")
+                        };
                     let half = image.len() / 2;
                     let head = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                         image.len()
                     );
                     if stream.write_all(head.as_bytes()).is_err()
@@ -435,7 +474,7 @@ fn a_create_that_does_not_wait_ends_in_error_saying_why() {
         return;
     };
     let unbootable = gpt_disk(&[root]);
-    let server = ImageServer::start(std::fs::read(unbootable.path()).unwrap());
+    let server = ImageServer::start_plain(std::fs::read(unbootable.path()).unwrap());
     server.release();
     let h = hostd_fetching_from(&server);
 
@@ -491,7 +530,10 @@ fn a_snapshot_uploads_a_copy_of_the_root_disk_to_the_controller() {
     wait_for("the upload", || !server.uploads.lock().unwrap().is_empty());
     let (path, data) = server.uploads.lock().unwrap()[0].clone();
     assert_eq!(path, format!("/internal/v1/images/{snapshot}/file"));
-    assert_eq!(data, std::fs::read(&root).unwrap());
+    // A sparse stream (the root disk's data, not its holes) of the disk.
+    let root = std::fs::read(&root).unwrap();
+    let got = hostd_proto::sparse::decode_all(&data, u64::MAX).unwrap();
+    assert_eq!(got, root);
     let (_, record) = api(&h, "GET", "/instances/snap-1", "");
     assert_eq!(
         record["state"], "running",

@@ -124,6 +124,17 @@ fn images() -> Result<virga_guest_images::ImageSet> {
     Ok(set)
 }
 
+/// The guest images and the release binaries, built side by side: the
+/// images mostly download and unpack packages while the compiler has the CPUs.
+fn images_and_vmm() -> Result<PathBuf> {
+    let images = std::thread::spawn(images);
+    let vmm = build_vmm();
+    images
+        .join()
+        .map_err(|_| anyhow::anyhow!("building the guest images panicked"))??;
+    vmm
+}
+
 /// Builds the release binaries scenarios use and returns the vmm's path (vmmctl
 /// sits beside it).
 fn build_vmm() -> Result<PathBuf> {
@@ -181,53 +192,75 @@ fn main() -> Result<()> {
 
 fn up() -> Result<()> {
     install::system_packages()?;
-    images()?;
-    let vmm = build_vmm()?;
+    let vmm = images_and_vmm()?;
     let openstack = install::python_clients(&root())?;
     let bins = vmm.parent().map(Path::to_owned).unwrap_or_default();
     up::run(&root(), &bins, &images_dir(), &openstack)
 }
 
 fn test(unit_only: bool) -> Result<()> {
-    install::system_packages()?;
-    install::rust_components()?;
-    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    let mut steps = Steps::default();
+    let result = test_steps(unit_only, &mut steps);
+    steps.print();
+    result
+}
+
+fn test_steps(unit_only: bool, steps: &mut Steps) -> Result<()> {
+    steps.run("install", || {
+        install::system_packages()?;
+        install::rust_components()
+    })?;
+    // The OpenStack client installs (downloads, mostly) while clippy builds.
+    let clients = std::thread::spawn(|| install::python_clients(&root()));
+    steps.run("fmt, clippy", || {
+        run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    let openstack = steps.run("python clients (after clippy)", || {
+        clients
+            .join()
+            .map_err(|_| anyhow::anyhow!("installing the python clients panicked"))?
+    })?;
     // No test may skip for a missing tool here (PostgreSQL, qemu-img, the
     // OpenStack client): all were installed.
-    let openstack = install::python_clients(&root())?;
-    run(cargo()
-        .args(["test", "--workspace", "--exclude", "virga-e2e"])
-        .env("VIRGA_REQUIRE_TOOLS", "1")
-        .env("VIRGA_OPENSTACK", &openstack))?;
+    steps.run("unit tests", || {
+        run(cargo()
+            .args(["test", "--workspace", "--exclude", "virga-e2e"])
+            .env("VIRGA_REQUIRE_TOOLS", "1")
+            .env("VIRGA_OPENSTACK", &openstack))
+    })?;
     if unit_only {
         return Ok(());
     }
-    images()?;
-    let vmm = build_vmm()?;
+    let vmm = steps.run("images, release build", images_and_vmm)?;
+    steps.run("e2e build", || {
+        run(cargo().args(["test", "--release", "-p", "virga-e2e", "--no-run"]))
+    })?;
     let hangs = root().join("target/testbed-hangs");
     let _ = std::fs::remove_dir_all(&hangs);
-    let result = run(cargo()
-        .args([
-            "test",
-            "--release",
-            "-p",
-            "virga-e2e",
-            "--",
-            "--test-threads=1",
-        ])
-        .env("VIRGA_VMM_BIN", vmm)
-        .env("VIRGA_IMAGES", images_dir())
-        .env("VIRGA_OPENSTACK", openstack)
-        .env("VIRGA_REQUIRE_TOOLS", "1")
-        .env(virga_testbed::HANG_DIR_ENV, &hangs));
+    let result = steps.run("e2e tests", || {
+        run(cargo()
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "virga-e2e",
+                "--",
+                "--test-threads=1",
+            ])
+            .env("VIRGA_VMM_BIN", &vmm)
+            .env("VIRGA_IMAGES", images_dir())
+            .env("VIRGA_OPENSTACK", &openstack)
+            .env("VIRGA_REQUIRE_TOOLS", "1")
+            .env(virga_testbed::HANG_DIR_ENV, &hangs))
+    });
     // The one retry there is (a hung L1), counted and shown whatever the result.
     let retried = flakes::hang_reports(&hangs);
     println!(
@@ -239,6 +272,29 @@ fn test(unit_only: bool) -> Result<()> {
         }
     );
     result
+}
+
+/// How long each step of `cargo xtask test` took: CI has a time budget, and
+/// this shows where it goes.
+#[derive(Default)]
+struct Steps(Vec<(&'static str, std::time::Duration)>);
+
+impl Steps {
+    fn run<T>(&mut self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let started = std::time::Instant::now();
+        let result = f();
+        self.0.push((name, started.elapsed()));
+        result
+    }
+
+    fn print(&self) {
+        println!("xtask test, time per step:");
+        for (name, took) in &self.0 {
+            println!("  {name:<30} {:>6.0} s", took.as_secs_f64());
+        }
+        let total: std::time::Duration = self.0.iter().map(|(_, t)| *t).sum();
+        println!("  {:<30} {:>6.0} s", "total", total.as_secs_f64());
+    }
 }
 
 /// `cargo xtask test --repeat N [--filter P]`: the same tests, built once and
@@ -257,8 +313,7 @@ fn hunt_flakes(unit_only: bool, rounds: u32, filter: Option<&str>) -> Result<()>
         ],
     )?;
     if !unit_only {
-        images()?;
-        let vmm = build_vmm()?;
+        let vmm = images_and_vmm()?;
         binaries.extend(flakes::test_binaries(
             &root(),
             &["--release", "-p", "virga-e2e"],
@@ -292,8 +347,7 @@ const PEER_FILES: &[&str] = &[
 
 fn testbed(command: &str, rootfs: bool, scratch_mib: Option<u64>, peers: bool) -> Result<()> {
     install::system_packages()?;
-    images()?;
-    let vmm = build_vmm()?;
+    let vmm = images_and_vmm()?;
     let testbed = virga_testbed::Testbed::new(&images_dir())?;
     let mut scenario = virga_testbed::Scenario::new("xtask", command)
         .binary(vmm.with_file_name("vmmctl"))
@@ -317,8 +371,7 @@ fn testbed(command: &str, rootfs: bool, scratch_mib: Option<u64>, peers: bool) -
 
 fn bench(args: &[String]) -> Result<()> {
     install::system_packages()?;
-    images()?;
-    let vmm = build_vmm()?;
+    let vmm = images_and_vmm()?;
     run(cargo()
         .args(["run", "--release", "-q", "-p", "virga-bench", "--"])
         .args(args)

@@ -1,7 +1,10 @@
 //! The internal API hostd talks to: `PUT /internal/v1/hosts/{host_id}` with a
 //! heartbeat registers or refreshes a host; `GET /internal/v1/hosts` lists them;
 //! `GET /internal/v1/images/{id}/raw` streams the raw bytes a VMM boots (the
-//! raw conversion of a qcow2 image), which hostd caches. All need a host's
+//! raw conversion of a qcow2 image), which hostd caches: as a sparse stream
+//! (its data, not its holes) to a host that accepts one;
+//! `PUT /internal/v1/images/{id}/file` takes a snapshot's data from the
+//! host of its server (plain, or a sparse stream). All need a host's
 //! token (derived from the controller's hostd secret) as a bearer token; a
 //! host registers and refreshes only itself.
 //!
@@ -19,6 +22,7 @@ use serde_json::json;
 use super::http::{empty, json, keystone_error, read_json, stream_file, Body};
 use super::App;
 use crate::background::TriggerError;
+use crate::image::upload::Encoding;
 use hostd_proto::Heartbeat;
 
 /// The host whose token the request carries, if it is one.
@@ -96,11 +100,25 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
                 keystone_error(StatusCode::INTERNAL_SERVER_ERROR, "could not list hosts")
             }
         },
-        (Method::GET, ["v1", "images", id, "raw"]) => raw_image(app, id).await,
+        (Method::GET, ["v1", "images", id, "raw"]) => {
+            let sparse = accepts_sparse(&req);
+            raw_image(app, id, sparse).await
+        }
         // A server snapshot's data, from the host the server is on.
         (Method::PUT, ["v1", "images", id, "file"]) => {
             let id = id.to_string();
-            match crate::image::service::receive_snapshot(app, &host, &id, req.into_body()).await {
+            let sparse = req
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|t| t.to_str().ok())
+                .is_some_and(hostd_proto::sparse::is_media_type);
+            let encoding = if sparse {
+                Encoding::Sparse
+            } else {
+                Encoding::Plain
+            };
+            let body = req.into_body();
+            match crate::image::service::receive_snapshot(app, &host, &id, body, encoding).await {
                 Ok(()) => empty(StatusCode::NO_CONTENT),
                 Err(e) => super::image::image_error(e),
             }
@@ -109,7 +127,18 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
     }
 }
 
-async fn raw_image(app: &App, id: &str) -> Response<Body> {
+/// Whether the request's `Accept` names a sparse stream.
+fn accepts_sparse(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(hostd_proto::sparse::is_media_type)
+}
+
+/// The raw image a VMM boots; as a sparse stream to hosts that ask for one.
+async fn raw_image(app: &App, id: &str, sparse: bool) -> Response<Body> {
     let image = match app.images.get(id).await {
         Ok(Some(i)) if i.status == "active" => i,
         Ok(_) => return keystone_error(StatusCode::NOT_FOUND, &format!("no active image {id}")),
@@ -119,8 +148,19 @@ async fn raw_image(app: &App, id: &str) -> Response<Body> {
         }
     };
     let path = app.images.raw_path(&image);
-    match tokio::fs::File::open(&path).await {
-        Ok(file) => stream_file(file).await,
+    let opened = if sparse {
+        match std::fs::File::open(&path) {
+            Ok(file) => super::http::stream_sparse(file).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        match tokio::fs::File::open(&path).await {
+            Ok(file) => Ok(stream_file(file).await),
+            Err(e) => Err(e),
+        }
+    };
+    match opened {
+        Ok(response) => response,
         Err(e) => {
             tracing::error!(image = id, "opening {}: {e}", path.display());
             keystone_error(

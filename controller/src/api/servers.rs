@@ -624,6 +624,23 @@ async fn action(
                 "Invalid input for field/attribute rebuild. 'imageRef' is a required property",
             );
         };
+        // A rebuild makes the instance anew, its ephemeral disk with it (as
+        // Nova's libvirt driver, which refuses to keep one).
+        match args.get("preserve_ephemeral") {
+            None | Some(Json::Bool(false)) => {}
+            Some(Json::Bool(true)) => {
+                return nova_error(
+                    StatusCode::BAD_REQUEST,
+                    "preserve_ephemeral is not supported: a rebuild gives the server a fresh ephemeral disk",
+                )
+            }
+            Some(_) => {
+                return nova_error(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid input for field/attribute preserve_ephemeral. Value is not a valid boolean",
+                )
+            }
+        }
         let name = match args.get("name") {
             None | Some(Json::Null) => None,
             Some(Json::String(n)) if !n.trim().is_empty() && n.len() <= 255 => Some(n.clone()),

@@ -43,9 +43,9 @@ impl Default for Policy {
 pub struct Demand {
     pub vcpus: i64,
     pub ram_mib: i64,
-    /// The flavor's root disk. Checked against the host's free disk, not
-    /// claimed: servers boot from images hostd caches once per host, so no
-    /// server takes disk of its own yet.
+    /// The flavor's local disks (root, ephemeral and swap). Checked
+    /// against the host's free disk, not claimed: they are sparse files,
+    /// which take space only as guests write.
     pub disk_gib: i64,
     pub availability_zone: Option<String>,
 }

@@ -17,6 +17,9 @@ pub struct Server {
     pub vcpus: i64,
     pub ram_mib: i64,
     pub disk_gib: i64,
+    /// The flavor's ephemeral disk (GiB, 0 for none) and swap (MiB).
+    pub ephemeral_gib: i64,
+    pub swap_mib: i64,
     pub host_id: Option<String>,
     /// building, active, stopped, paused, error.
     pub vm_state: String,
@@ -61,7 +64,7 @@ impl Server {
 
 const COLUMNS: &str = "id, project_id, user_id, name, flavor_id, image_id, vcpus, ram_mib, disk_gib, \
     host_id, vm_state, task_state, power_state, fault, key_name, user_data, metadata, availability_zone, \
-    created_at, updated_at, launched_at, generation";
+    created_at, updated_at, launched_at, generation, ephemeral_gib, swap_mib";
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<Server, StoreError> {
     Ok(Server {
@@ -87,6 +90,8 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Server, StoreError> {
         updated_at: int(r, "updated_at")?,
         launched_at: sqlx::Row::try_get::<Option<i64>, _>(r, "launched_at")?,
         generation: int(r, "generation")?,
+        ephemeral_gib: int(r, "ephemeral_gib")?,
+        swap_mib: int(r, "swap_mib")?,
     })
 }
 
@@ -134,6 +139,8 @@ fn from_json(v: &[serde_json::Value]) -> Result<Server, StoreError> {
             _ => Some(int(20)?),
         },
         generation: int(21)?,
+        ephemeral_gib: int(22)?,
+        swap_mib: int(23)?,
     })
 }
 
@@ -199,10 +206,10 @@ impl Servers {
         // Placeholders in order of first appearance (SQLite numbers them so).
         let insert = format!(
             "INSERT INTO servers ({COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-             $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 0 \
-             WHERE ($22 < 0 OR (SELECT COUNT(*) FROM servers WHERE project_id = $2) + 1 <= $22) \
-             AND ($23 < 0 OR (SELECT COALESCE(SUM(vcpus), 0) FROM servers WHERE project_id = $2) + $7 <= $23) \
-             AND ($24 < 0 OR (SELECT COALESCE(SUM(ram_mib), 0) FROM servers WHERE project_id = $2) + $8 <= $24)"
+             $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 0, $22, $23 \
+             WHERE ($24 < 0 OR (SELECT COUNT(*) FROM servers WHERE project_id = $2) + 1 <= $24) \
+             AND ($25 < 0 OR (SELECT COALESCE(SUM(vcpus), 0) FROM servers WHERE project_id = $2) + $7 <= $25) \
+             AND ($26 < 0 OR (SELECT COALESCE(SUM(ram_mib), 0) FROM servers WHERE project_id = $2) + $8 <= $26)"
         );
         let admitted = self
             .store
@@ -237,6 +244,8 @@ impl Servers {
                         Value::Int(s.created_at),
                         Value::Int(s.updated_at),
                         Value::OptInt(s.launched_at),
+                        Value::Int(s.ephemeral_gib),
+                        Value::Int(s.swap_mib),
                         Value::Int(quota.instances),
                         Value::Int(quota.cores),
                         Value::Int(quota.ram_mib),
@@ -723,6 +732,8 @@ mod tests {
             vcpus: 1,
             ram_mib: 128,
             disk_gib: 0,
+            ephemeral_gib: 0,
+            swap_mib: 0,
             host_id: None,
             vm_state: "building".into(),
             task_state: Some("spawning".into()),
@@ -849,6 +860,20 @@ mod tests {
             .unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(crate::store::text(&left[0], "project_id").unwrap(), "kept");
+    }
+
+    #[tokio::test]
+    async fn a_server_reads_back_as_written_one_by_one_and_by_the_page() {
+        let (_dir, store) = crate::store::temp_sqlite().await;
+        let servers = Servers::new(store);
+        let mut s = building("eph");
+        (s.disk_gib, s.ephemeral_gib, s.swap_mib) = (3, 2, 512);
+        s.key_name = Some("k".into());
+        s.metadata = BTreeMap::from([("a".into(), "b".into())]);
+        servers.insert_within(&s, &DEFAULT_QUOTA).await.unwrap();
+        assert_eq!(servers.get("eph").await.unwrap(), Some(s.clone()));
+        let page = servers.page(&ListQuery::default()).await.unwrap();
+        assert_eq!(page, vec![s]);
     }
 
     #[tokio::test]

@@ -366,7 +366,7 @@ pub async fn upload(app: &App, auth: &Auth, id: &str, body: Incoming) -> Result<
             image.status
         )));
     }
-    match receive(app, &image, body).await {
+    match receive(app, &image, body, upload::Encoding::Plain).await {
         Ok(()) => Ok(()),
         Err(e) => {
             // Back to queued so the upload can be retried.
@@ -385,6 +385,7 @@ pub async fn receive_snapshot(
     host: &str,
     id: &str,
     body: Incoming,
+    encoding: upload::Encoding,
 ) -> Result<(), ImageError> {
     let image = app.images.get(id).await?.ok_or_else(|| not_found(id))?;
     let server = match image.properties.get("instance_uuid") {
@@ -404,7 +405,7 @@ pub async fn receive_snapshot(
             image.status
         )));
     }
-    match receive(app, &image, body).await {
+    match receive(app, &image, body, encoding).await {
         Ok(()) => Ok(()),
         Err(e) => {
             let _ = app.images.transition(id, "saving", "killed").await;
@@ -415,10 +416,15 @@ pub async fn receive_snapshot(
 
 /// Stores an upload's bytes as `image`'s data (in `saving`) and makes it
 /// active.
-async fn receive(app: &App, image: &Image, body: Incoming) -> Result<(), ImageError> {
+async fn receive(
+    app: &App,
+    image: &Image,
+    body: Incoming,
+    encoding: upload::Encoding,
+) -> Result<(), ImageError> {
     let id = image.id.as_str();
     let dest = app.images.data_path(id);
-    let stored = match upload::store(body, &dest, app.config.max_image_bytes).await {
+    let stored = match upload::store(body, &dest, app.config.max_image_bytes, encoding).await {
         Ok(s) => s,
         Err(e @ UploadError::TooLarge(_)) => return Err(ImageError::TooLarge(e.to_string())),
         Err(e) => return Err(ImageError::BadRequest(e.to_string())),

@@ -7,7 +7,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use md5::{Digest, Md5};
 use sha2::Sha512;
-use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
@@ -33,10 +32,27 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// How an upload's bytes arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// The image's bytes as they are (clients' uploads).
+    Plain,
+    /// A sparse stream (`hostd_proto::sparse`: hosts' snapshots).
+    Sparse,
+}
+
 /// Streams `body` into `dest` (via `dest.part`, renamed at the end).
-pub async fn store(body: Incoming, dest: &Path, max_bytes: u64) -> Result<Stored, UploadError> {
+pub async fn store(
+    body: Incoming,
+    dest: &Path,
+    max_bytes: u64,
+    encoding: Encoding,
+) -> Result<Stored, UploadError> {
     let part = dest.with_extension("part");
-    let result = write(body, &part, max_bytes).await;
+    let result = match encoding {
+        Encoding::Plain => write(body, &part, max_bytes).await,
+        Encoding::Sparse => write_sparse(body, &part, max_bytes).await,
+    };
     match result {
         Ok(stored) => {
             tokio::fs::rename(&part, dest).await?;
@@ -49,24 +65,118 @@ pub async fn store(body: Incoming, dest: &Path, max_bytes: u64) -> Result<Stored
     }
 }
 
+/// Stores a plain upload with holes where its blocks are zero (a raw disk
+/// image is mostly free space; the hosts it is sent to skip the holes).
 async fn write(mut body: Incoming, part: &Path, max_bytes: u64) -> Result<Stored, UploadError> {
-    let mut file = tokio::fs::File::create(part).await?;
+    let mut writer = hostd_proto::sparse::HoleWriter::new(std::fs::File::create(part)?);
     let (mut md5, mut sha) = (Md5::new(), Sha512::new());
     let mut size = 0u64;
+    let joined = |e: tokio::task::JoinError| UploadError::Io(std::io::Error::other(e));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| UploadError::Body(e.to_string()))?;
-        let Some(data) = frame.data_ref() else {
+        let Ok(data) = frame.into_data() else {
             continue;
         };
         size += data.len() as u64;
         if size > max_bytes {
             return Err(UploadError::TooLarge(max_bytes));
         }
-        md5.update(data);
-        sha.update(data);
-        file.write_all(data).await?;
+        md5.update(&data);
+        sha.update(&data);
+        writer = tokio::task::spawn_blocking(move || writer.push(&data).map(|()| writer))
+            .await
+            .map_err(joined)??;
     }
-    file.sync_all().await?;
+    tokio::task::spawn_blocking(move || writer.finish())
+        .await
+        .map_err(joined)??;
+    Ok(Stored {
+        size,
+        md5_hex: hex(&md5.finalize()),
+        sha512_hex: hex(&sha.finalize()),
+    })
+}
+
+/// Zeros to hash a hole with.
+static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
+
+/// Writes a sparse stream's data at its offsets (the holes stay holes);
+/// the checksums cover the whole image, zeros of the holes included, as
+/// they would for the plain bytes.
+async fn write_sparse(
+    mut body: Incoming,
+    part: &Path,
+    max_bytes: u64,
+) -> Result<Stored, UploadError> {
+    use hostd_proto::sparse::{Decoder, Piece, SparseError};
+    use std::os::unix::fs::FileExt;
+    let file = std::sync::Arc::new(std::fs::File::create(part)?);
+    let mut decoder = Decoder::new(max_bytes);
+    let mut hashes = Some((Md5::new(), Sha512::new()));
+    let mut size = 0u64;
+    let joined = |e: tokio::task::JoinError| UploadError::Io(std::io::Error::other(e));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| UploadError::Body(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let pieces = decoder.feed(data).map_err(|e| match e {
+            SparseError::TooLarge { .. } => UploadError::TooLarge(max_bytes),
+            e => UploadError::Format(format!("the sparse stream: {e}")),
+        })?;
+        for piece in pieces {
+            match piece {
+                Piece::Size(n) => {
+                    size = n;
+                    file.set_len(n)?;
+                }
+                Piece::Data { offset, bytes } => {
+                    if let Some((md5, sha)) = hashes.as_mut() {
+                        md5.update(&bytes);
+                        sha.update(&bytes);
+                    }
+                    let file = file.clone();
+                    tokio::task::spawn_blocking(move || file.write_all_at(&bytes, offset))
+                        .await
+                        .map_err(joined)??;
+                }
+                Piece::Zeros { len, .. } if len <= ZEROS.len() as u64 => {
+                    if let Some((md5, sha)) = hashes.as_mut() {
+                        md5.update(&ZEROS[..len as usize]);
+                        sha.update(&ZEROS[..len as usize]);
+                    }
+                }
+                Piece::Zeros { len, .. } => {
+                    // Gigabytes of zeros take seconds to hash: off the
+                    // runtime's threads.
+                    let (mut md5, mut sha) = hashes.take().unwrap_or_default();
+                    hashes = Some(
+                        tokio::task::spawn_blocking(move || {
+                            let mut left = len;
+                            while left > 0 {
+                                let n = left.min(ZEROS.len() as u64) as usize;
+                                md5.update(&ZEROS[..n]);
+                                sha.update(&ZEROS[..n]);
+                                left -= n as u64;
+                            }
+                            (md5, sha)
+                        })
+                        .await
+                        .map_err(joined)?,
+                    );
+                }
+                Piece::End => {}
+            }
+        }
+    }
+    decoder
+        .finish()
+        .map_err(|e| UploadError::Body(format!("the sparse stream: {e}")))?;
+    let synced = file.clone();
+    tokio::task::spawn_blocking(move || synced.sync_all())
+        .await
+        .map_err(joined)??;
+    let (md5, sha) = hashes.unwrap_or_default();
     Ok(Stored {
         size,
         md5_hex: hex(&md5.finalize()),

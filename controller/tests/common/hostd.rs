@@ -82,6 +82,15 @@ pub struct Delays {
     pub delete: Duration,
 }
 
+impl Delays {
+    /// Every request answered at once.
+    pub const NONE: Delays = Delays {
+        create: Duration::ZERO,
+        action: Duration::ZERO,
+        delete: Duration::ZERO,
+    };
+}
+
 impl StandInHostd {
     pub fn start(delays: Delays) -> StandInHostd {
         StandInHostd::start_as(HOST_ID, delays)
@@ -129,9 +138,9 @@ impl StandInHostd {
                         &format!("/internal/v1/images/{image}/file"),
                         &[
                             ("Authorization", &bearer),
-                            ("Content-Type", "application/octet-stream"),
+                            ("Content-Type", hostd_proto::sparse::CONTENT_TYPE),
                         ],
-                        format!("root disk of {instance}").as_bytes(),
+                        &sparse_root_disk(&instance),
                     );
                 });
                 return Response::json(202, &serde_json::json!({}));
@@ -297,6 +306,25 @@ pub fn bootable(c: &Controller, token: &str, vcpus: i64, ram_mib: i64) -> (Strin
     assert_eq!(super::put_bytes(c, &path, token, b"\x7fELF stand-in"), 204);
     (flavor, image)
 }
+
+/// A stand-in root disk (`root disk of ID`, then a hole to
+/// [`ROOT_DISK_BYTES`]) as hostd uploads one: a sparse stream.
+fn sparse_root_disk(instance: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(format!("root disk of {instance}").as_bytes())
+        .unwrap();
+    file.set_len(ROOT_DISK_BYTES).unwrap();
+    let mut stream = Vec::new();
+    hostd_proto::sparse::SparseReader::new(file)
+        .unwrap()
+        .read_to_end(&mut stream)
+        .unwrap();
+    stream
+}
+
+/// The size of the stand-in's root disks.
+pub const ROOT_DISK_BYTES: u64 = 1 << 20;
 
 impl Console {
     fn answer(&self, request: &Request) -> Response {

@@ -26,6 +26,12 @@ pub struct ImageInstanceSpec {
     pub root_image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_disk_gib: Option<u32>,
+    /// The flavor's ephemeral disk (ext4 labelled `ephemeral0`, /dev/vdb
+    /// after the root disk) and swap disk (after it), as Nova makes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_gib: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_mib: Option<u32>,
     /// What the guest's cloud-init reads: attached read-only as a config drive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_drive: Option<ConfigDrive>,

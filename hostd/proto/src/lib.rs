@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod instance;
+pub mod sparse;
 pub mod token;
 
 /// What hostd reports about its host every `heartbeat_secs`

@@ -24,13 +24,13 @@ use vmm::virtio::net::tap::Tap;
 use super::exit::{classify, guest_rebooted, last_exit_line, tail_lines};
 use super::vmm_config::{net_config, prepare_jail, vmm_config_file};
 use super::{
-    Event, OpError, Supervisor, API_SOCKET, CONFIG_DRIVE, CONSOLE_INPUT, CONSOLE_LOG, PICKED_BOOT,
-    PRE_RESIZE_DISK, ROOT_DISK, VMM_CONFIG, VMM_LOG,
+    Event, OpError, Supervisor, API_SOCKET, CONFIG_DRIVE, CONSOLE_INPUT, CONSOLE_LOG,
+    EPHEMERAL_DISK, PICKED_BOOT, PRE_RESIZE_DISK, ROOT_DISK, SWAP_DISK, VMM_CONFIG, VMM_LOG,
 };
 use crate::boot_picker::{self, Picked};
 use crate::instance::{now_secs, Instance, InstanceSpec, Preparing, Process, Size, State};
 use crate::process::{self, Exit, Launch, PidFd};
-use crate::{config_drive, root_disk};
+use crate::{config_drive, ephemeral_disks, root_disk};
 
 /// How a VMM ended, as far as what comes next is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -463,10 +463,10 @@ impl Actor {
                     return false;
                 }
                 tracing::warn!(instance = self.id, "preparing: {e}");
-                self.record.state = State::Error;
-                self.record.image_fault = matches!(e, OpError::Unbootable(_));
-                self.record.reason = Some(e.to_string());
-                self.commit().await;
+                // The boot picker's refusal is on record already.
+                if self.record.state != State::Error {
+                    self.fail(&e).await;
+                }
                 true
             }
         }
@@ -564,6 +564,7 @@ impl Actor {
         };
         let dir = self.sup.run_dir(&self.id);
         let (gib, drive) = (spec.root_disk_gib, spec.config_drive.clone());
+        let (ephemeral_gib, swap_mib) = (spec.ephemeral_gib, spec.swap_mib);
         let id = self.id.clone();
         let made = tokio::task::spawn_blocking(move || -> Result<(), String> {
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -573,6 +574,12 @@ impl Actor {
                 let how = root_disk::create(&base, &root, gib)
                     .map_err(|e| format!("making the root disk: {e}"))?;
                 tracing::info!(instance = id, ?how, took = ?started.elapsed(), "root disk made");
+            }
+            if let Some(gib) = ephemeral_gib {
+                ephemeral_disks::make_ephemeral(&dir.join(EPHEMERAL_DISK), gib)?;
+            }
+            if let Some(mib) = swap_mib {
+                ephemeral_disks::make_swap(&dir.join(SWAP_DISK), mib)?;
             }
             if let Some(drive) = drive {
                 config_drive::write(&drive, &dir.join(CONFIG_DRIVE))
@@ -605,16 +612,23 @@ impl Actor {
             }
             Err(e) => {
                 let why = e.to_string();
-                self.record.state = State::Error;
-                self.record.reason = Some(why.clone());
-                self.record.image_fault = matches!(e, boot_picker::PickError::Unbootable(_));
-                self.commit().await;
-                Err(match e {
+                let e = match e {
                     boot_picker::PickError::Unbootable(_) => OpError::Unbootable(why),
                     boot_picker::PickError::Failed(_) => OpError::Internal(why),
-                })
+                };
+                self.fail(&e).await;
+                Err(e)
             }
         }
+    }
+
+    /// Puts the instance in ERROR, saying why (and whether its image is to
+    /// blame).
+    async fn fail(&mut self, e: &OpError) {
+        self.record.state = State::Error;
+        self.record.image_fault = matches!(e, OpError::Unbootable(_));
+        self.record.reason = Some(e.to_string());
+        self.commit().await;
     }
 
     /// Starts a VMM for the instance and waits until its control API answers.

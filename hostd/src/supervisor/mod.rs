@@ -48,6 +48,9 @@ const ROOT_DISK: &str = "root.img";
 /// The root disk as it was before a resize, until it is confirmed or reverted.
 const PRE_RESIZE_DISK: &str = "root.img.pre-resize";
 const CONFIG_DRIVE: &str = "config-drive.img";
+/// The flavor's ephemeral and swap disks, made once like the root disk.
+const EPHEMERAL_DISK: &str = "ephemeral.img";
+const SWAP_DISK: &str = "swap.img";
 const PICKED_BOOT: &str = "boot";
 /// The empty directory a jailed VMM mounts its root on (in its own mount
 /// namespace; nothing appears here on the host).
@@ -480,7 +483,7 @@ impl Supervisor {
         let image_id = image_id.to_owned();
         tokio::spawn(async move {
             match crate::snapshots::upload(&controller, &image_id, &dest).await {
-                Ok(bytes) => tracing::info!(image = image_id, bytes, "snapshot uploaded"),
+                Ok(data_bytes) => tracing::info!(image = image_id, data_bytes, "snapshot uploaded"),
                 Err(e) => tracing::error!(image = image_id, "uploading the snapshot: {e}"),
             }
             let _ = std::fs::remove_file(&dest);

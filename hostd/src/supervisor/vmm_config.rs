@@ -5,7 +5,10 @@ use std::path::Path;
 use vmm::config::{ConfigFile, NetConfig, RebootPolicy, SerialConfig, SerialMode};
 use vmm::smbios::SmbiosInfo;
 
-use super::{OpError, API_SOCKET, CONFIG_DRIVE, CONSOLE_INPUT, CONSOLE_LOG, JAIL_ROOT, ROOT_DISK};
+use super::{
+    OpError, API_SOCKET, CONFIG_DRIVE, CONSOLE_INPUT, CONSOLE_LOG, EPHEMERAL_DISK, JAIL_ROOT,
+    ROOT_DISK, SWAP_DISK,
+};
 use crate::boot_picker::Picked;
 use crate::instance::InstanceSpec;
 
@@ -73,6 +76,16 @@ pub(super) fn vmm_config_file(
         cmdline = format!("{cmdline} root=/dev/vda").trim().to_owned();
     }
     disks.extend(spec.disks.iter().cloned());
+    if let Some(dir) = dir {
+        // After the disks the guest boots from, as Nova orders them: the
+        // ephemeral disk is /dev/vdb behind a root disk.
+        if spec.ephemeral_gib.is_some() {
+            disks.push(disk(dir.join(EPHEMERAL_DISK), false));
+        }
+        if spec.swap_mib.is_some() {
+            disks.push(disk(dir.join(SWAP_DISK), false));
+        }
+    }
     if let (Some(_), Some(dir)) = (&spec.config_drive, dir) {
         // Last, as Nova attaches it; cloud-init finds it by its label.
         disks.push(disk(dir.join(CONFIG_DRIVE), true));
@@ -177,6 +190,8 @@ mod tests {
             kernel_image: None,
             root_image: None,
             root_disk_gib: None,
+            ephemeral_gib: None,
+            swap_mib: None,
             config_drive: None,
             initramfs_image: None,
             disk_images: vec![],

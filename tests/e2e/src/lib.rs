@@ -40,6 +40,21 @@ pub fn hostd_bins() -> [PathBuf; 3] {
     ]
 }
 
+/// The host programs hostd runs besides its own (formatting a flavor's
+/// ephemeral and swap disks), at their paths here: a testbed brings them
+/// with their libraries.
+pub fn hostd_host_programs() -> Vec<PathBuf> {
+    ["mke2fs", "mkswap"]
+        .iter()
+        .filter_map(|p| {
+            ["/usr/sbin", "/sbin"]
+                .iter()
+                .map(|d| Path::new(d).join(p))
+                .find(|p| p.exists())
+        })
+        .collect()
+}
+
 /// The controller, built next to the vmm.
 pub fn controller_bin() -> PathBuf {
     vmm_bin().with_file_name("controller")

@@ -249,12 +249,15 @@ echo "HOSTD_LOG_BEGIN"; tail -n 20 $WORK/hostd.log; echo "HOSTD_LOG_END"
 "#,
         token = host_token("testbed"),
     );
-    let scenario = virga_testbed::Scenario::new("cloud", &script)
+    let mut scenario = virga_testbed::Scenario::new("cloud", &script)
         .binary(virga_e2e::vmm_bin())
         .binaries(hostd_bins())
         .forward_port(hostd_port)
         .with_scratch_ext4(16 << 10)
         .timeout(Duration::from_secs(1800));
+    for program in virga_e2e::hostd_host_programs() {
+        scenario = scenario.host_binary(program);
+    }
     let testbed = virga_e2e::testbed();
     let runner = std::thread::spawn(move || testbed.run(&scenario));
 
@@ -306,8 +309,17 @@ fn drive_the_cloud(
         )
     };
     let ok = |args: &[&str]| {
+        let started = Instant::now();
         let (ok, out, err) = os(args);
         assert!(ok, "openstack {args:?} failed:\n{err}");
+        let took = started.elapsed();
+        if took > Duration::from_secs(5) {
+            mark(&format!(
+                "openstack {} took {:.1}s",
+                args.join(" "),
+                took.as_secs_f64()
+            ));
+        }
         out
     };
     let status = |name: &str| -> String {
@@ -336,6 +348,7 @@ fn drive_the_cloud(
 
     // The testbed's hostd registers within a few seconds of booting; the
     // testbed itself may take minutes on a loaded machine.
+    mark("waiting for the testbed's hostd");
     let bearer = format!("Bearer {}", host_token("testbed"));
     let deadline = Instant::now() + Duration::from_secs(400);
     loop {
@@ -355,6 +368,7 @@ fn drive_the_cloud(
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    mark("the testbed's hostd registered");
 
     let images = virga_e2e::images_dir();
     let path = |f: &str| images.join(f).display().to_string();
@@ -420,7 +434,10 @@ fn drive_the_cloud(
     wait_status("vm1", "SHUTOFF");
     ok(&["server", "start", "vm1"]);
     wait_status("vm1", "ACTIVE");
-    ok(&["server", "reboot", "--wait", "vm1"]);
+    // Hard: the test initramfs ignores the power button, so a soft reboot
+    // would wait out hostd's stop timeout first (the cloud image reboots
+    // softly below).
+    ok(&["server", "reboot", "--hard", "--wait", "vm1"]);
     wait_status("vm1", "ACTIVE");
     ok(&["server", "pause", "vm1"]);
     wait_status("vm1", "PAUSED");
@@ -533,17 +550,33 @@ fn drive_the_cloud(
     args.extend(names.iter().map(String::as_str));
     ok(&args);
 
+    mark("cloud images");
     cloud_images(dir, &ok, &status, &wait_status);
+    mark("Debian");
     debian(dir, &ok, &status, &wait_status);
+    mark("done");
+}
+
+/// Prints `what` with the time since the test began, so a run shows where
+/// its minutes went.
+fn mark(what: &str) {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    println!("[cloud +{:.0}s] {what}", start.elapsed().as_secs_f64());
 }
 
 /// Waits (at most `secs`) until `name`'s console shows `line`; returns the
 /// console.
 fn wait_console(ok: &dyn Fn(&[&str]) -> String, name: &str, line: &str, secs: u64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
     loop {
         let log = ok(&["console", "log", "show", name]);
         if log.contains(line) {
+            mark(&format!(
+                "{name}: {line:?} on the console after {:.0}s",
+                started.elapsed().as_secs_f64()
+            ));
             return log;
         }
         assert!(
@@ -591,6 +624,10 @@ fn debian(
         "1",
         "--disk",
         "3",
+        "--ephemeral",
+        "1",
+        "--swap",
+        "128",
         "m1.debian",
     ]);
     let user_data = dir.join("debian-user-data");
@@ -604,6 +641,7 @@ fn debian(
          runcmd:\n\
          \x20 - echo first-boot > /var/lib/virga-marker\n\
          \x20 - echo \"virga-debian-user-data hostname=$(hostname) root_bytes=$(lsblk -bdno SIZE /dev/vda) fs_bytes=$(df -B1 --output=size / | tail -n 1 | tr -d ' ')\" > /dev/ttyS0\n\
+         \x20 - echo \"virga-debian-mnt $(findmnt -rno SOURCE,FSTYPE,LABEL /mnt) swap=$(swapon --show=NAME --noheadings)\" > /dev/ttyS0\n\
          \x20 - echo \"virga-debian-keys $(cat /home/debian/.ssh/authorized_keys)\" > /dev/ttyS0\n",
     )
     .expect("user data");
@@ -630,6 +668,9 @@ fn debian(
     );
     for want in [
         "virga-debian-user-data hostname=vm-debian root_bytes=3221225472",
+        // cloud-init mounted the flavor's ephemeral disk on /mnt and
+        // enabled its swap, as on Nova.
+        "virga-debian-mnt /dev/vdb ext4 ephemeral0 swap=/dev/vdc",
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHs7sAvZ0nq6Q0m9M2dpBmbJYk8y9m8Ocq6m1E8K8y2J e2e@virga",
     ] {
         assert!(log.contains(want), "no {want:?} on the console:\n{log}");
@@ -803,20 +844,7 @@ fn cloud_images(
     let user_data_md5 = md5_hex(user_data);
 
     let console = |name: &str| ok(&["console", "log", "show", name]);
-    let wait_console = |name: &str, line: &str| {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let log = console(name);
-            if log.contains(line) {
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name}: no {line:?} on the console:\n{log}"
-            );
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    };
+    let wait_console = |name: &str, line: &str| wait_console(ok, name, line, 120);
     ok(&[
         "server",
         "create",
@@ -916,19 +944,51 @@ fn cloud_images(
     wait_console("vm-snap", "virga-cloud-boot 5 root=vda3 sectors=4194304");
     ok(&["server", "delete", "--wait", "vm-snap"]);
 
-    // A second server of the image has a root disk of its own.
+    // A second server of the image has a root disk of its own; its flavor
+    // gives it an ephemeral disk (ext4, labelled ephemeral0) and swap, after
+    // the root disk as Nova orders them.
+    ok(&[
+        "flavor",
+        "create",
+        "--ram",
+        "256",
+        "--vcpus",
+        "1",
+        "--disk",
+        "1",
+        "--ephemeral",
+        "1",
+        "--swap",
+        "64",
+        "small-ephemeral",
+    ]);
     ok(&[
         "server",
         "create",
         "--image",
         "cloud-disk",
         "--flavor",
-        "small",
+        "small-ephemeral",
         "--wait",
         "vm-cloud-2",
     ]);
     let log = wait_console("vm-cloud-2", &boot_line(2));
     assert!(!log.contains(&boot_line(3)), "{log}");
+    assert!(
+        log.contains("virga-cloud-ephemeral /dev/vdb swap=/dev/vdc"),
+        "{log}"
+    );
+    assert!(log.contains("virga-cloud-config-drive /dev/vdd"), "{log}");
+    let plain = console("vm-cloud");
+    let line = plain
+        .lines()
+        .find(|l| l.starts_with("virga-cloud-ephemeral"))
+        .map(str::trim);
+    assert_eq!(
+        line,
+        Some("virga-cloud-ephemeral none swap="),
+        "no ephemeral disk or swap without them in the flavor"
+    );
 
     // An image with nothing to boot ends in ERROR saying why.
     let _ = ok(&[

@@ -260,7 +260,10 @@ pub async fn build(app: &App, id: &str) {
         demand: Demand {
             vcpus: server.vcpus,
             ram_mib: server.ram_mib,
-            disk_gib: server.disk_gib,
+            disk_gib: server
+                .disk_gib
+                .saturating_add(server.ephemeral_gib)
+                .saturating_add(server.swap_mib.saturating_add(1023) / 1024),
             availability_zone: (server.availability_zone != "nova")
                 .then(|| server.availability_zone.clone()),
         },
@@ -383,6 +386,8 @@ pub(super) async fn instance_spec(app: &App, s: &Server) -> Result<ImageInstance
         kernel_image: None,
         root_image: None,
         root_disk_gib: None,
+        ephemeral_gib: None,
+        swap_mib: None,
         config_drive: Some(super::metadata::config_drive(s, keypair.as_ref())),
         initramfs_image: None,
         disk_images: Vec::new(),
@@ -392,6 +397,13 @@ pub(super) async fn instance_spec(app: &App, s: &Server) -> Result<ImageInstance
             ("project_id".to_owned(), s.project_id.clone()),
         ]),
     };
+    let size = |n: i64, what: &str| match u32::try_from(n) {
+        Ok(0) => Ok(None),
+        Ok(n) => Ok(Some(n)),
+        Err(_) => Err(format!("a {what} of {n} is more than a host makes")),
+    };
+    spec.ephemeral_gib = size(s.ephemeral_gib, "GiB ephemeral disk")?;
+    spec.swap_mib = size(s.swap_mib, "MiB swap disk")?;
     let disk_format = image.disk_format.as_deref();
     let kernel_id = image.properties.get("kernel_id");
     if kernel_id.is_none() && disk_format != Some("aki") {

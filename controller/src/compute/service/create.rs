@@ -62,6 +62,8 @@ pub async fn create(
         vcpus: flavor.vcpus,
         ram_mib: flavor.ram_mib,
         disk_gib: flavor.disk_gib,
+        ephemeral_gib: flavor.ephemeral_gib,
+        swap_mib: flavor.swap_mib,
         host_id: None,
         vm_state: "building".into(),
         task_state: Some("scheduling".into()),

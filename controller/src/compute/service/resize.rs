@@ -10,7 +10,7 @@
 
 use hostd_proto::instance::{Action as HostdAction, Size};
 
-use super::{begin_host_task, not_found, record_action, server_host, visible, ComputeError};
+use super::{begin_host_task, record_action, server_host, visible, ComputeError};
 use crate::app::App;
 use crate::compute::scheduler::Resources;
 use crate::compute::servers::Server;
@@ -63,6 +63,14 @@ pub async fn resize(
             "Resize error: Unable to resize disk down.".into(),
         ));
     }
+    // The ephemeral and swap disks hold the guest's filesystems: they stay
+    // as they are.
+    if (flavor.ephemeral_gib, flavor.swap_mib) != (server.ephemeral_gib, server.swap_mib) {
+        return Err(ComputeError::BadRequest(format!(
+            "Resize error: the flavor's ephemeral disk ({} GiB) and swap ({} MiB) must be the server's ({} GiB, {} MiB)",
+            flavor.ephemeral_gib, flavor.swap_mib, server.ephemeral_gib, server.swap_mib
+        )));
+    }
     let (hostd, background) = begin_host_task(
         app,
         &server,
@@ -104,9 +112,11 @@ pub async fn resize(
                 tracing::info!(server = %id, flavor = %to.flavor_id, "resized; to confirm or revert");
                 None
             }
-            Err(why) => {
+            Err(HostFailure { why, resized }) => {
                 tracing::warn!(server = %id, "resize failed: {why}; undoing it");
-                let _ = hostd.end_resize(&id, false).await;
+                if resized {
+                    let _ = hostd.end_resize(&id, false).await;
+                }
                 let _ = background.scheduler.end_resize(&id, &host, &to, true).await;
                 if was_on {
                     let _ = hostd.act(&id, HostdAction::Start).await;
@@ -137,13 +147,24 @@ async fn has_root_disk(app: &App, server: &Server) -> bool {
             && matches!(i.disk_format.as_deref(), Some("raw" | "qcow2" | "ami")))
 }
 
+/// Why a resize failed on the host, and whether the host resized the
+/// instance before (so there is something to revert).
+struct HostFailure {
+    why: String,
+    resized: bool,
+}
+
 async fn on_host(
     app: &App,
     server: &Server,
     hostd: &Hostd,
     to: &Resources,
     has_root_disk: bool,
-) -> Result<(), String> {
+) -> Result<(), HostFailure> {
+    let before = |why: String| HostFailure {
+        why,
+        resized: false,
+    };
     let id = server.id.as_str();
     let task = |t: &'static str| async move {
         let _ = app
@@ -157,19 +178,24 @@ async fn on_host(
         hostd
             .act(id, HostdAction::Stop)
             .await
-            .map_err(|e| format!("powering off: {e}"))?;
+            .map_err(|e| before(format!("powering off: {e}")))?;
     }
-    let size = size(to, has_root_disk)?;
-    hostd
-        .resize(id, size)
-        .await
-        .map_err(|e| format!("resizing: {e}"))?;
+    let size = size(to, has_root_disk).map_err(before)?;
+    // A failed call may still have resized (an answer lost on the way), so
+    // it is reverted like one that succeeded.
+    hostd.resize(id, size).await.map_err(|e| HostFailure {
+        why: format!("resizing: {e}"),
+        resized: true,
+    })?;
     task("resize_finish").await;
     if was_on {
         hostd
             .act(id, HostdAction::Start)
             .await
-            .map_err(|e| format!("starting with the new flavor: {e}"))?;
+            .map_err(|e| HostFailure {
+                why: format!("starting with the new flavor: {e}"),
+                resized: true,
+            })?;
     }
     Ok(())
 }
@@ -274,5 +300,5 @@ async fn resized(
             server.vm_state
         )));
     }
-    app.servers.get(id).await?.ok_or_else(|| not_found(id))
+    Ok(server)
 }
