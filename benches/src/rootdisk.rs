@@ -1,10 +1,9 @@
 //! `rootdisk [--runs N]`: how long making a server's root disk takes, the
 //! step between "the image is cached on the host" and "the VMM can start".
-//! Virga's is hostd's own code (`hostd::root_disk::create`: blocks shared
-//! where the filesystem can, else the image's data copied with its holes
-//! kept, then grown to the flavor's size); the peers are `cp
-//! --sparse=always` (a plain copy) and a qcow2 overlay (`qemu-img create -b`,
-//! Nova's default, constant time). Images: 1 GiB and 10 GiB with a quarter
+//! Virga's is hostd's own code (`hostd::root_disk::make`: blocks shared
+//! where the filesystem can, else a qcow2 overlay over the image, at the
+//! flavor's size); the peers are `cp --sparse=always` (a plain copy) and
+//! `qemu-img create -b` (Nova's default qcow2 overlay, constant time). Images: 1 GiB and 10 GiB with a quarter
 //! of data (1 MiB of every 4 MiB), and the Debian cloud image when built.
 //! The filesystem under `target/` decides whether sharing is possible; the
 //! table says which it was.
@@ -40,16 +39,18 @@ pub fn run(runs: u32) -> Result<()> {
     let mut how = Vec::new();
     for run in 0..runs {
         for (name, image) in &images {
-            let dest = work.join("root.img");
-            let _ = std::fs::remove_file(&dest);
+            let dir = work.join("instance");
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
             let started = Instant::now();
-            let made = hostd::root_disk::create(image, &dest, Some(20))
+            let (_, made) = hostd::root_disk::make(image, &dir, Some(20))
                 .with_context(|| format!("root disk from {}", image.display()))?;
             samples.add("virga", name, "ms", started.elapsed().as_secs_f64() * 1e3);
             if run == 0 {
                 how.push(format!("{name}: {made:?}"));
             }
-            std::fs::remove_file(&dest)?;
+            std::fs::remove_dir_all(&dir)?;
+            let dest = work.join("root.img");
 
             let started = Instant::now();
             command(

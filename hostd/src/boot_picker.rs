@@ -44,7 +44,13 @@ struct Answer {
 }
 
 /// Picks what `disk` boots, writing the kernel and initramfs into `dir`.
-pub async fn pick(binary: &Path, disk: &Path, dir: &Path) -> Result<Picked, PickError> {
+/// With `base`, `disk` is a qcow2 overlay over that raw image.
+pub async fn pick(
+    binary: &Path,
+    disk: &Path,
+    base: Option<&Path>,
+    dir: &Path,
+) -> Result<Picked, PickError> {
     let failed = |what: &str, e: std::io::Error| PickError::Failed(format!("{what}: {e}"));
     std::fs::create_dir_all(dir).map_err(|e| failed(&dir.display().to_string(), e))?;
     let kernel_path = dir.join("kernel");
@@ -60,6 +66,10 @@ pub async fn pick(binary: &Path, disk: &Path, dir: &Path) -> Result<Picked, Pick
     let kernel = create(&kernel_path)?;
     let initrd = create(&initrd_path)?;
     let image = std::fs::File::open(disk).map_err(|e| failed(&disk.display().to_string(), e))?;
+    let base = match base {
+        Some(b) => Some(std::fs::File::open(b).map_err(|e| failed(&b.display().to_string(), e))?),
+        None => None,
+    };
 
     let mut cmd = tokio::process::Command::new(binary);
     cmd.env_clear()
@@ -67,17 +77,28 @@ pub async fn pick(binary: &Path, disk: &Path, dir: &Path) -> Result<Picked, Pick
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    if base.is_some() {
+        cmd.arg("--overlay");
+    }
     let (k, i) = (kernel.as_raw_fd(), initrd.as_raw_fd());
+    let b = base.as_ref().map(|b| b.as_raw_fd());
     // SAFETY: the closure runs between fork and exec and only makes
     // async-signal-safe calls (fcntl, dup2) on plain integers.
     unsafe {
         cmd.pre_exec(move || {
-            // Duplicated above 4 first, so that placing one cannot close the
-            // other; the duplicates are not close-on-exec, 3 and 4 are made
-            // from them.
-            for (fd, target) in [(k, 3), (i, 4)] {
-                let high = libc::fcntl(fd, libc::F_DUPFD, 10);
-                if high < 0 || libc::dup2(high, target) < 0 {
+            // All duplicated above 9 first, so that placing one cannot
+            // close another; 3, 4 and 5 are made from the duplicates.
+            let mut high = [-1; 3];
+            for (slot, fd) in high.iter_mut().zip([Some(k), Some(i), b]) {
+                if let Some(fd) = fd {
+                    *slot = libc::fcntl(fd, libc::F_DUPFD, 10);
+                    if *slot < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+            }
+            for (fd, target) in high.into_iter().zip(3..) {
+                if fd >= 0 && libc::dup2(fd, target) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -87,7 +108,7 @@ pub async fn pick(binary: &Path, disk: &Path, dir: &Path) -> Result<Picked, Pick
     let child = cmd
         .spawn()
         .map_err(|e| failed(&binary.display().to_string(), e))?;
-    drop((kernel, initrd));
+    drop((kernel, initrd, base));
     let output = match tokio::time::timeout(PICK_TIMEOUT, child.wait_with_output()).await {
         Ok(r) => r.map_err(|e| failed("waiting for the picker", e))?,
         Err(_) => {

@@ -89,6 +89,72 @@ fn run_dir(h: &Hostd, id: &str) -> PathBuf {
     h.dir.path().join("state/instances").join(id)
 }
 
+/// An instance's root disk as its guest sees it, whichever form hostd gave
+/// it (a raw file where the filesystem shares blocks, else a qcow2 overlay
+/// over the cached image).
+struct GuestDisk {
+    root: hostd::root_disk::RootDisk,
+    base: PathBuf,
+}
+
+impl GuestDisk {
+    fn of(h: &Hostd, id: &str) -> GuestDisk {
+        let root = hostd::root_disk::RootDisk::find(&run_dir(h, id)).expect("a root disk");
+        GuestDisk {
+            root,
+            base: h.dir.path().join("state/images").join(IMAGE),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.root.path()
+    }
+
+    fn size(&self) -> u64 {
+        self.root.size(&self.base).unwrap()
+    }
+
+    fn overlay(&self, writable: bool) -> vmm::virtio::block::qcow2::Overlay {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(self.path())
+            .unwrap();
+        vmm::virtio::block::qcow2::Overlay::open(&file, &self.base, writable).unwrap()
+    }
+
+    /// Writes as the guest would (through the VMM's format driver).
+    fn write_at(&self, at: u64, data: &[u8]) {
+        if self.root.is_overlay() {
+            let o = self.overlay(true);
+            o.write_vectored(&[std::io::IoSlice::new(data)], at)
+                .unwrap();
+            o.flush().unwrap();
+        } else {
+            let mut w = std::fs::OpenOptions::new()
+                .write(true)
+                .open(self.path())
+                .unwrap();
+            w.seek(SeekFrom::Start(at)).unwrap();
+            w.write_all(data).unwrap();
+        }
+    }
+
+    fn read_at(&self, at: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        if self.root.is_overlay() {
+            self.overlay(false)
+                .read_vectored(&mut [std::io::IoSliceMut::new(&mut buf)], at)
+                .unwrap();
+        } else {
+            let mut r = std::fs::File::open(self.path()).unwrap();
+            r.seek(SeekFrom::Start(at)).unwrap();
+            r.read_exact(&mut buf).unwrap();
+        }
+        buf
+    }
+}
+
 fn vmm_config(h: &Hostd, id: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(run_dir(h, id).join("vmm.json")).unwrap()).unwrap()
 }
@@ -104,12 +170,8 @@ fn a_disk_image_boots_from_its_own_boot_with_a_private_root_disk() {
     assert_eq!(created["state"], "running");
 
     let dir = run_dir(&h, "disk-1");
-    let root = dir.join("root.img");
-    assert_eq!(
-        std::fs::metadata(&root).unwrap().len(),
-        1 << 30,
-        "the size asked for"
-    );
+    let root = GuestDisk::of(&h, "disk-1");
+    assert_eq!(root.size(), 1 << 30, "the size asked for");
     let config = vmm_config(&h, "disk-1");
     assert_eq!(
         config["cmdline"], "root=PARTUUID=1234 ro console=ttyS0,115200",
@@ -121,8 +183,13 @@ fn a_disk_image_boots_from_its_own_boot_with_a_private_root_disk() {
     assert_eq!(std::fs::read(initrd).unwrap(), b"initrd 27");
     let disks = config["disks"].as_array().unwrap();
     assert_eq!(disks.len(), 2, "{disks:?}");
-    assert_eq!(disks[0]["path"], root.display().to_string());
+    assert_eq!(disks[0]["path"], root.path().display().to_string());
     assert_eq!(disks[0]["read_only"], false);
+    if root.root.is_overlay() {
+        assert_eq!(disks[0]["base"], root.base.display().to_string());
+    } else {
+        assert!(disks[0].get("base").is_none(), "{disks:?}");
+    }
     assert_eq!(
         disks[1]["path"],
         dir.join("config-drive.img").display().to_string()
@@ -136,10 +203,7 @@ fn a_disk_image_boots_from_its_own_boot_with_a_private_root_disk() {
     // What the guest writes stays across a stop and a start; the cached
     // image is untouched.
     let at = (1 << 30) - 4096;
-    let mut w = std::fs::OpenOptions::new().write(true).open(&root).unwrap();
-    w.seek(SeekFrom::Start(at)).unwrap();
-    w.write_all(b"guest data").unwrap();
-    drop(w);
+    root.write_at(at, b"guest data");
     let stop = api(
         &h,
         "POST",
@@ -154,19 +218,16 @@ fn a_disk_image_boots_from_its_own_boot_with_a_private_root_disk() {
         "{}",
         start.1
     );
-    let mut r = std::fs::File::open(&root).unwrap();
-    r.seek(SeekFrom::Start(at)).unwrap();
-    let mut got = [0u8; 10];
-    r.read_exact(&mut got).unwrap();
-    assert_eq!(&got, b"guest data");
+    assert_eq!(root.read_at(at, 10), b"guest data");
     let cached = std::fs::read(h.dir.path().join("state/images").join(IMAGE)).unwrap();
     assert_eq!(cached, std::fs::read(image.path()).unwrap());
 
     // A second instance of the image has its own root disk.
     let (status, second) = api(&h, "POST", "/instances", &disk_spec("disk-2", 2));
     assert_eq!(status, 201, "{second}");
-    let other = run_dir(&h, "disk-2").join("root.img");
-    assert_eq!(std::fs::metadata(&other).unwrap().len(), 2 << 30);
+    let other = GuestDisk::of(&h, "disk-2");
+    assert_eq!(other.size(), 2 << 30);
+    assert_eq!(other.read_at(at, 10), vec![0u8; 10]);
 
     // Deleted with the instance; the cached image stays.
     assert_eq!(api(&h, "DELETE", "/instances/disk-1", "").0, 204);
@@ -514,11 +575,8 @@ fn a_snapshot_uploads_a_copy_of_the_root_disk_to_the_controller() {
     let (status, body) = api(&h, "POST", "/instances", &disk_spec("snap-1", 0));
     assert_eq!(status, 201, "{body}");
     // What the guest wrote is in the snapshot.
-    let root = run_dir(&h, "snap-1").join("root.img");
-    let mut w = std::fs::OpenOptions::new().write(true).open(&root).unwrap();
-    w.seek(SeekFrom::Start(4096)).unwrap();
-    w.write_all(b"written by the guest").unwrap();
-    drop(w);
+    let root = GuestDisk::of(&h, "snap-1");
+    root.write_at(4096, b"written by the guest");
     let snapshot = "5a5a5a5a-0000-4000-8000-000000000001";
     let (status, body) = api(
         &h,
@@ -531,9 +589,9 @@ fn a_snapshot_uploads_a_copy_of_the_root_disk_to_the_controller() {
     let (path, data) = server.uploads.lock().unwrap()[0].clone();
     assert_eq!(path, format!("/internal/v1/images/{snapshot}/file"));
     // A sparse stream (the root disk's data, not its holes) of the disk.
-    let root = std::fs::read(&root).unwrap();
+    let whole = root.read_at(0, root.size() as usize);
     let got = hostd_proto::sparse::decode_all(&data, u64::MAX).unwrap();
-    assert_eq!(got, root);
+    assert!(got == whole, "the snapshot is the disk the guest sees");
     let (_, record) = api(&h, "GET", "/instances/snap-1", "");
     assert_eq!(
         record["state"], "running",
@@ -580,12 +638,9 @@ fn a_resize_grows_the_instance_and_can_be_reverted_or_confirmed() {
     };
     let h = hostd_with(&image);
     assert_eq!(api(&h, "POST", "/instances", &disk_spec("rs-1", 1)).0, 201);
-    let dir = run_dir(&h, "rs-1");
-    let (root, kept) = (dir.join("root.img"), dir.join("root.img.pre-resize"));
-    let mut w = std::fs::OpenOptions::new().write(true).open(&root).unwrap();
-    w.seek(SeekFrom::Start((1 << 30) - 4096)).unwrap();
-    w.write_all(b"before the resize").unwrap();
-    drop(w);
+    let root = GuestDisk::of(&h, "rs-1");
+    let kept = root.root.kept();
+    root.write_at((1 << 30) - 4096, b"before the resize");
     let resize = |body: &str| api(&h, "POST", "/instances/rs-1/resize", body);
     let bigger = r#"{"vcpus": 2, "memory_mib": 128, "root_disk_gib": 2}"#;
     assert_eq!(resize(bigger).0, 409, "a running instance is stopped first");
@@ -607,13 +662,10 @@ fn a_resize_grows_the_instance_and_can_be_reverted_or_confirmed() {
         (Some(2), Some(128))
     );
     assert_eq!(record["resized_from"]["vcpus"], 1, "{record}");
-    assert_eq!(std::fs::metadata(&root).unwrap().len(), 2 << 30);
+    assert_eq!(root.size(), 2 << 30);
     assert!(kept.exists());
-    let mut r = std::fs::File::open(&root).unwrap();
-    r.seek(SeekFrom::Start((1 << 30) - 4096)).unwrap();
-    let mut got = [0u8; 17];
-    r.read_exact(&mut got).unwrap();
-    assert_eq!(&got, b"before the resize");
+    assert_eq!(root.read_at((1 << 30) - 4096, 17), b"before the resize");
+    assert_eq!(root.read_at((2 << 30) - 4096, 17), vec![0u8; 17]);
     assert_eq!(resize(bigger).0, 409, "one resize at a time");
     assert_eq!(api(&h, "POST", "/instances/rs-1/actions/start", "").0, 200);
     let config = vmm_config(&h, "rs-1");
@@ -633,7 +685,7 @@ fn a_resize_grows_the_instance_and_can_be_reverted_or_confirmed() {
     assert_eq!(status, 200, "{record}");
     assert_eq!(record["vcpus"], 1);
     assert!(record.get("resized_from").is_none(), "{record}");
-    assert_eq!(std::fs::metadata(&root).unwrap().len(), 1 << 30);
+    assert_eq!(root.size(), 1 << 30);
     assert!(!kept.exists());
 
     // Confirmed: the old disk goes; a disk never shrinks.
@@ -641,7 +693,7 @@ fn a_resize_grows_the_instance_and_can_be_reverted_or_confirmed() {
     let (status, _) = api(&h, "POST", "/instances/rs-1/resize/confirm", "");
     assert_eq!(status, 200);
     assert!(!kept.exists());
-    assert_eq!(std::fs::metadata(&root).unwrap().len(), 2 << 30);
+    assert_eq!(root.size(), 2 << 30);
     let (status, body) = resize(r#"{"vcpus": 1, "memory_mib": 64, "root_disk_gib": 1}"#);
     assert_eq!(status, 400, "{body}");
     assert_eq!(api(&h, "POST", "/instances/rs-1/resize/confirm", "").0, 409);

@@ -74,8 +74,12 @@ pub struct SerialConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
-    /// A raw image file or a block device.
+    /// A raw image file or a block device; with `base`, a qcow2 overlay.
     pub path: PathBuf,
+    /// The raw image a qcow2 overlay at `path` reads through to, opened
+    /// read-only. The overlay's own backing-file name is never followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<PathBuf>,
     #[serde(default)]
     pub read_only: bool,
     /// Reported to the guest (VIRTIO_BLK_T_GET_ID), at most 20 bytes.
@@ -108,10 +112,11 @@ const MAX_SERIAL_LEN: usize = 20;
 impl std::str::FromStr for DiskConfig {
     type Err = String;
 
-    /// `path=FILE[,readonly=on][,serial=S][,direct=off][,queues=N][,bw=BYTES/s][,iops=N]`
+    /// `path=FILE[,base=RAW][,readonly=on][,serial=S][,direct=off][,queues=N][,bw=BYTES/s][,iops=N]`
     fn from_str(s: &str) -> Result<Self, String> {
         let mut disk = DiskConfig {
             path: PathBuf::new(),
+            base: None,
             read_only: false,
             serial: None,
             direct: true,
@@ -129,6 +134,7 @@ impl std::str::FromStr for DiskConfig {
                 .ok_or_else(|| format!("expected key=value, got {part:?}"))?;
             match k {
                 "path" => disk.path = PathBuf::from(v),
+                "base" => disk.base = Some(PathBuf::from(v)),
                 "readonly" | "read_only" => disk.read_only = flag(k, v)?,
                 "direct" => disk.direct = flag(k, v)?,
                 "serial" => disk.serial = Some(v.to_owned()),
@@ -549,6 +555,18 @@ fn validate_disk(disk: &mut DiskConfig, vcpus: u8) -> Result<(), ConfigError> {
             format!("{}: {e}", disk.path.display()),
         ));
     }
+    if let Some(base) = &disk.base {
+        if !meta.is_file() {
+            return Err(invalid(
+                "disks.base",
+                format!(
+                    "{}: only a regular file can be an overlay",
+                    disk.path.display()
+                ),
+            ));
+        }
+        check_readable_file("disks.base", base)?;
+    }
     if let Some(serial) = &disk.serial {
         if serial.len() > MAX_SERIAL_LEN || !serial.is_ascii() {
             return Err(invalid(
@@ -798,6 +816,7 @@ mod tests {
             d,
             DiskConfig {
                 path: "/x".into(),
+                base: None,
                 read_only: true,
                 serial: Some("abc".into()),
                 direct: false,

@@ -161,6 +161,10 @@ impl Contents {
         }
         for disk in &mut config.disks {
             add(&mut disk.path, !disk.read_only)?;
+            if let Some(base) = &mut disk.base {
+                // Shared with every overlay over it: never writable.
+                add(base, false)?;
+            }
         }
         let mut devices = vec![KVM];
         if config.nets.iter().any(|n| n.vhost != VhostMode::Off) {
@@ -672,6 +676,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         let disk_at = |path: PathBuf, read_only| crate::config::DiskConfig {
             path,
+            base: None,
             read_only,
             serial: None,
             direct: false,

@@ -45,6 +45,14 @@ use crate::virtio::rng::Rng;
 const TSS_ADDR: usize = 0xfffb_d000;
 
 #[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    #[error(transparent)]
+    Vcpus(#[from] GateTimeout),
+    #[error("writing back a disk's metadata: {0}")]
+    Flush(std::io::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum VmError {
     #[error("opening /dev/kvm: {0}")]
     OpenKvm(kvm_ioctls::Error),
@@ -103,6 +111,8 @@ pub struct Vm {
     metrics: Vec<Arc<VcpuMetrics>>,
     started: Instant,
     limiters: Limiters,
+    /// Disks whose metadata a pause writes back (qcow2 overlays).
+    overlays: Vec<Arc<Disk>>,
     // PCI devices stop their workers when dropped, before the memory goes.
     _pci: Arc<PciBus>,
     _vm: Arc<VmFd>,
@@ -158,7 +168,7 @@ impl Vm {
 
         let (mut pio, i8042, ged) = create_devices(&vm, console)?;
         let router = Arc::new(GsiRouter::new(vm.clone()));
-        let (pci, limiters) = create_pci(config, memory, &router)?;
+        let (pci, limiters, overlays) = create_pci(config, memory, &router)?;
         let pci = Arc::new(pci);
         pio.insert(
             CONFIG_PORTS_BASE,
@@ -255,6 +265,7 @@ impl Vm {
             metrics,
             started,
             limiters,
+            overlays,
             _pci: pci,
             _memory: ram,
             _vm: vm,
@@ -266,13 +277,19 @@ impl Vm {
         self.started.elapsed()
     }
 
-    pub fn pause(&self) -> Result<(), GateTimeout> {
+    pub fn pause(&self) -> Result<(), PauseError> {
         // Generous for a starved host, yet under hostd's 10 s request limit
         // so a stuck vCPU is reported by the VMM rather than as a timeout.
-        match &self.vcpus {
-            Some(v) => v.pause(std::time::Duration::from_secs(5)),
-            None => Ok(()),
+        if let Some(v) = &self.vcpus {
+            v.pause(std::time::Duration::from_secs(5))?;
         }
+        // A paused guest's disks are copied as they are (a server
+        // snapshot): an overlay's metadata must be in its file, not only
+        // in the VMM's cache.
+        for disk in &self.overlays {
+            disk.flush().map_err(PauseError::Flush)?;
+        }
+        Ok(())
     }
 
     pub fn resume(&self) {
@@ -361,13 +378,22 @@ fn create_pci(
     config: &VmConfig,
     memory: &vm_memory::GuestMemoryMmap,
     router: &Arc<GsiRouter>,
-) -> Result<(PciBus, Limiters), VmError> {
+) -> Result<(PciBus, Limiters, Vec<Arc<Disk>>), VmError> {
+    let mut overlays = Vec::new();
     let mut bus = PciBus::new();
     let mut limiters = Limiters::new();
     let mut next_bar = PCI_MMIO_START;
     let mut devices: Vec<Box<dyn crate::virtio::VirtioDevice>> = Vec::new();
     for (i, d) in config.disks.iter().enumerate() {
-        let disk = Disk::open(&d.path, d.read_only, d.direct)?;
+        let disk = Arc::new(Disk::open(
+            &d.path,
+            d.base.as_deref(),
+            d.read_only,
+            d.direct,
+        )?);
+        if disk.is_overlay() {
+            overlays.push(disk.clone());
+        }
         let queues = d.queues.unwrap_or(u16::from(config.vcpus));
         let serial = d.serial.clone().unwrap_or_default();
         let limiter = Arc::new(Mutex::new(RateLimiter::new(d.rate_limit)));
@@ -409,7 +435,7 @@ fn create_pci(
         bus.add(Arc::new(Mutex::new(dev)) as SharedPciDevice)
             .map_err(|e| VmError::Pci(e.to_string()))?;
     }
-    Ok((bus, limiters))
+    Ok((bus, limiters, overlays))
 }
 
 /// A random, locally administered, unicast MAC address.

@@ -12,16 +12,46 @@ const SECTOR: u64 = 512;
 /// A disk image, read by position only.
 #[derive(Clone, Debug)]
 pub struct Image {
-    file: Arc<File>,
+    source: Arc<Source>,
     len: u64,
+}
+
+#[derive(Debug)]
+enum Source {
+    Raw(File),
+    /// A root disk that is a qcow2 overlay over a raw image (hostd makes
+    /// them where the filesystem cannot share blocks).
+    Overlay(imago::FormatAccess<imago::file::File>),
 }
 
 impl Image {
     pub fn new(file: File) -> std::io::Result<Image> {
         let len = file.metadata()?.len();
         Ok(Image {
-            file: Arc::new(file),
+            source: Arc::new(Source::Raw(file)),
             len,
+        })
+    }
+
+    /// The disk a qcow2 `overlay` over the raw `base` holds. Files the
+    /// overlay names (its backing file) are never opened. Everything that
+    /// asks the kernel more than positional reads happens here, before the
+    /// sandbox.
+    pub fn overlay(overlay: File, base: File) -> std::io::Result<Image> {
+        use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder};
+        let base = imago::raw::Raw::builder(imago::file::File::try_from(base)?)
+            .open(DenyImplicitOpenGate::default())?;
+        let base = Arc::new(FormatAccess::new(base));
+        let qcow2 = imago::qcow2::Qcow2::<imago::file::File, _>::builder(
+            imago::file::File::try_from(overlay)?,
+        )
+        .write(false)
+        .backing(Some(base))
+        .open(DenyImplicitOpenGate::default())?;
+        let access = FormatAccess::new(qcow2);
+        Ok(Image {
+            len: access.size(),
+            source: Arc::new(Source::Overlay(access)),
         })
     }
 
@@ -70,7 +100,12 @@ impl Region {
         if end > self.len {
             return Err(out_of_range());
         }
-        self.image.file.read_exact_at(dst, self.offset + start)
+        match &*self.image.source {
+            Source::Raw(file) => file.read_exact_at(dst, self.offset + start),
+            // Reads to the end of the disk, which the range check above
+            // keeps them within.
+            Source::Overlay(access) => access.read(&mut *dst, self.offset + start),
+        }
     }
 }
 

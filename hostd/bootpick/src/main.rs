@@ -2,6 +2,8 @@
 //! in a sandbox (see `sandbox`), and writes the kernel to descriptor 3, the
 //! initramfs to descriptor 4 and a JSON line to standard output:
 //! `{"cmdline": ..., "how": ..., "kernel_bytes": N, "initrd_bytes": N}`.
+//! With `--overlay`, standard input is a qcow2 overlay and descriptor 5 the
+//! raw image under it.
 //! hostd starts it with exactly those descriptors. On failure it exits 1
 //! with one line on standard error saying why.
 //!
@@ -17,6 +19,7 @@ use virga_bootpick::{pick, Limits};
 
 const KERNEL_FD: i32 = 3;
 const INITRD_FD: i32 = 4;
+const BASE_FD: i32 = 5;
 
 fn fail(why: impl std::fmt::Display) -> ! {
     eprintln!("virga-bootpick: {why}");
@@ -28,8 +31,16 @@ fn main() {
     // Taken before the filter: fstat is not allowed inside.
     // SAFETY: descriptor 0 is ours (standard input); it is owned by this
     // File from here on and by nothing else.
-    let image = Image::new(unsafe { std::fs::File::from_raw_fd(0) })
-        .unwrap_or_else(|e| fail(format!("the image on standard input: {e}")));
+    let input = unsafe { std::fs::File::from_raw_fd(0) };
+    let image = if std::env::args().any(|a| a == "--overlay") {
+        // SAFETY: hostd hands descriptor 5 over for exactly this; it is
+        // owned by this File from here on.
+        let base = unsafe { std::fs::File::from_raw_fd(BASE_FD) };
+        Image::overlay(input, base)
+            .unwrap_or_else(|e| fail(format!("the qcow2 overlay on standard input: {e}")))
+    } else {
+        Image::new(input).unwrap_or_else(|e| fail(format!("the image on standard input: {e}")))
+    };
     let sandbox = sandbox::Limits {
         cpu_secs: 60,
         // Kernel and initrd in memory, plus the filesystem's caches.

@@ -30,6 +30,8 @@ pub struct Limits {
 const ALLOWED: &[i64] = &[
     libc::SYS_read,
     libc::SYS_pread64,
+    // qcow2 overlays are read through imago, which reads vectors.
+    libc::SYS_preadv,
     libc::SYS_write,
     libc::SYS_lseek,
     libc::SYS_close,

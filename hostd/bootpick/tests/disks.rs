@@ -209,6 +209,15 @@ fn run_binary(
     disk: &Path,
     args: &[&str],
 ) -> (std::process::ExitStatus, String, String, Vec<u8>, Vec<u8>) {
+    run_binary_with_base(disk, None, args)
+}
+
+/// As [`run_binary`], with `base` as descriptor 5 (for `--overlay`).
+fn run_binary_with_base(
+    disk: &Path,
+    base: Option<&Path>,
+    args: &[&str],
+) -> (std::process::ExitStatus, String, String, Vec<u8>, Vec<u8>) {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let kernel = tempfile::NamedTempFile::new().unwrap();
@@ -218,6 +227,8 @@ fn run_binary(
         initrd.as_file().try_clone().unwrap(),
     );
     let (kfd, ifd) = (k.as_raw_fd(), i.as_raw_fd());
+    let base = base.map(|b| std::fs::File::open(b).unwrap());
+    let bfd = base.as_ref().map(|b| b.as_raw_fd());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_virga-bootpick"));
     cmd.args(args).stdin(std::fs::File::open(disk).unwrap());
     // SAFETY: between fork and exec only dup2, which is async-signal-safe,
@@ -226,6 +237,11 @@ fn run_binary(
         cmd.pre_exec(move || {
             for (from, to) in [(kfd, 3), (ifd, 4)] {
                 if libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(b) = bfd {
+                if libc::dup2(b, 5) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -286,4 +302,87 @@ fn inside_the_sandbox_nothing_can_be_opened() {
     let empty = tempfile::NamedTempFile::new().unwrap();
     let (status, _, stderr, _, _) = run_binary(empty.path(), &["--check-sandbox"]);
     assert_eq!(status.signal(), Some(libc::SIGSYS), "{status}: {stderr}");
+}
+
+/// Makes `path` an empty qcow2 overlay of `size` bytes (as hostd does).
+fn qcow2_overlay(path: &Path, size: u64) {
+    use imago::FormatCreateBuilder;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .unwrap();
+    imago::qcow2::Qcow2::<imago::file::File>::create_builder(
+        imago::file::File::try_from(file).unwrap(),
+    )
+    .size(size)
+    .backing("/etc/hostname".into(), "raw".into())
+    .create()
+    .unwrap();
+}
+
+#[test]
+fn a_root_disk_that_is_a_qcow2_overlay_is_read_through_to_its_base() {
+    let grub = debian_grub(ROOT_UUID, "/boot", "6.1.0-27-cloud-amd64");
+    let Some(root) = ext4(
+        ROOT_UUID,
+        &[
+            File("/boot/grub/grub.cfg", grub.as_bytes()),
+            File("/boot/vmlinuz-6.1.0-27-cloud-amd64", b"kernel 27"),
+            File("/boot/initrd.img-6.1.0-27-cloud-amd64", b"initrd 27"),
+        ],
+    ) else {
+        return;
+    };
+    let disk = gpt_disk(&[root]);
+    let len = std::fs::metadata(disk.path()).unwrap().len();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Nothing written yet: everything comes from the base.
+    let fresh = dir.path().join("fresh.qcow2");
+    qcow2_overlay(&fresh, len + (1 << 20));
+    let (status, stdout, stderr, kernel, _) =
+        run_binary_with_base(&fresh, Some(disk.path()), &["--overlay"]);
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stdout.contains("root=PARTUUID=1234"), "{stdout}");
+    assert_eq!(kernel, b"kernel 27");
+
+    // Over an empty base, the whole disk written into the overlay.
+    let zeros = dir.path().join("zeros.raw");
+    std::fs::write(&zeros, vec![0u8; len as usize]).unwrap();
+    let written = dir.path().join("written.qcow2");
+    qcow2_overlay(&written, len);
+    {
+        use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder};
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&written)
+            .unwrap();
+        let qcow2 = imago::qcow2::Qcow2::<imago::file::File>::builder(
+            imago::file::File::try_from(file).unwrap(),
+        )
+        .write(true)
+        .backing(None)
+        .open(DenyImplicitOpenGate::default())
+        .unwrap();
+        let access = FormatAccess::new(qcow2);
+        access
+            .write(&std::fs::read(disk.path()).unwrap()[..], 0)
+            .unwrap();
+        access.flush().unwrap();
+    }
+    let (status, _, stderr, kernel, initrd) =
+        run_binary_with_base(&written, Some(&zeros), &["--overlay"]);
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(
+        (kernel.as_slice(), initrd.as_slice()),
+        (&b"kernel 27"[..], &b"initrd 27"[..])
+    );
+
+    // The same overlay over the empty base, read as a raw disk: no
+    // filesystem (its header is not taken for a format without --overlay).
+    let (status, _, stderr, _, _) = run_binary(&written, &[]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
 }

@@ -22,14 +22,15 @@ use tokio::task::JoinHandle;
 use vmm::virtio::net::tap::Tap;
 
 use super::exit::{classify, guest_rebooted, last_exit_line, tail_lines};
-use super::vmm_config::{net_config, prepare_jail, vmm_config_file};
+use super::vmm_config::{net_config, prepare_jail, vmm_config_file, DiskBoot};
 use super::{
     Event, OpError, Supervisor, API_SOCKET, CONFIG_DRIVE, CONSOLE_INPUT, CONSOLE_LOG,
-    EPHEMERAL_DISK, PICKED_BOOT, PRE_RESIZE_DISK, ROOT_DISK, SWAP_DISK, VMM_CONFIG, VMM_LOG,
+    EPHEMERAL_DISK, PICKED_BOOT, SWAP_DISK, VMM_CONFIG, VMM_LOG,
 };
-use crate::boot_picker::{self, Picked};
+use crate::boot_picker;
 use crate::instance::{now_secs, Instance, InstanceSpec, Preparing, Process, Size, State};
 use crate::process::{self, Exit, Launch, PidFd};
+use crate::root_disk::RootDisk;
 use crate::{config_drive, ephemeral_disks, root_disk};
 
 /// How a VMM ended, as far as what comes next is concerned.
@@ -568,10 +569,9 @@ impl Actor {
         let id = self.id.clone();
         let made = tokio::task::spawn_blocking(move || -> Result<(), String> {
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let root = dir.join(ROOT_DISK);
-            if let Some(base) = base.filter(|_| !root.exists()) {
+            if let Some(base) = base.filter(|_| RootDisk::find(&dir).is_none()) {
                 let started = std::time::Instant::now();
-                let how = root_disk::create(&base, &root, gib)
+                let (_, how) = root_disk::make(&base, &dir, gib)
                     .map_err(|e| format!("making the root disk: {e}"))?;
                 tracing::info!(instance = id, ?how, took = ?started.elapsed(), "root disk made");
             }
@@ -592,15 +592,36 @@ impl Actor {
         made.map_err(OpError::Internal)
     }
 
+    /// The root disk of an instance booted from a disk image, and the
+    /// cached image under it (fetched again if it went missing: an
+    /// overlay reads through to it).
+    async fn root_disk(&self) -> Result<Option<(RootDisk, std::path::PathBuf)>, OpError> {
+        let Some(image) = &self.record.spec.root_image else {
+            return Ok(None);
+        };
+        let dir = self.sup.run_dir(&self.id);
+        let root = RootDisk::find(&dir).ok_or_else(|| {
+            OpError::Internal(format!("instance {:?} has lost its root disk", self.id))
+        })?;
+        let base = self
+            .sup
+            .images
+            .fetch(image)
+            .await
+            .map_err(OpError::Internal)?;
+        Ok(Some((root, base)))
+    }
+
     /// What an instance booted from a disk image boots this time, picked
     /// from its root disk. An image that cannot boot puts the instance in
     /// ERROR saying why.
-    async fn pick(&mut self, dir: &std::path::Path) -> Result<Option<Picked>, OpError> {
-        if self.record.spec.root_image.is_none() {
+    async fn pick(&mut self, dir: &std::path::Path) -> Result<Option<DiskBoot>, OpError> {
+        let Some((root, base)) = self.root_disk().await? else {
             return Ok(None);
-        }
+        };
         let binary = &self.sup.config.bootpick_binary;
-        match boot_picker::pick(binary, &dir.join(ROOT_DISK), &dir.join(PICKED_BOOT)).await {
+        let overlay_base = root.is_overlay().then_some(base.as_path());
+        match boot_picker::pick(binary, root.path(), overlay_base, &dir.join(PICKED_BOOT)).await {
             Ok(picked) => {
                 tracing::info!(
                     instance = self.id,
@@ -608,7 +629,7 @@ impl Actor {
                     cmdline = picked.cmdline,
                     "boot picked"
                 );
-                Ok(Some(picked))
+                Ok(Some(DiskBoot { picked, root, base }))
             }
             Err(e) => {
                 let why = e.to_string();
@@ -913,43 +934,72 @@ impl Actor {
         Ok(())
     }
 
-    /// Copies the root disk to `dest`, the guest paused meanwhile (if it
-    /// runs) so that the copy is one moment's disk, as a power cut would
-    /// leave it. The copy shares blocks where the filesystem can; otherwise
-    /// only the data is copied.
+    /// Copies the root disk to `dest` as a raw disk, the guest paused
+    /// meanwhile (if it runs) so that the copy is one moment's disk, as a
+    /// power cut would leave it. The copy shares blocks where the filesystem
+    /// can; otherwise only the data is copied. An overlay is copied as it is
+    /// while paused (the VMM writes its metadata back on pause), and
+    /// flattened over its image after the guest resumes.
     async fn copy_root_disk(&mut self, dest: std::path::PathBuf) -> Result<(), OpError> {
-        if self.record.spec.root_image.is_none() {
+        let Some((root, base)) = self.root_disk().await? else {
             return Err(OpError::Conflict(format!(
                 "instance {:?} has no root disk of its own (it boots a kernel image)",
                 self.id
             )));
-        }
-        let root = self.sup.run_dir(&self.id).join(ROOT_DISK);
+        };
         let pause = self.record.state == State::Running;
         if pause {
             self.set_paused(true).await?;
         }
         let started = std::time::Instant::now();
+        let moment = match &root {
+            RootDisk::Raw(_) => dest.clone(),
+            RootDisk::Overlay(_) => dest.with_extension("qcow2"),
+        };
         let copy = {
-            let (root, dest) = (root.clone(), dest.clone());
-            tokio::task::spawn_blocking(move || root_disk::create(&root, &dest, None)).await
+            let (from, to) = (root.path().to_owned(), moment.clone());
+            tokio::task::spawn_blocking(move || root_disk::copy(&from, &to, None)).await
         };
         if pause {
             if let Err(e) = self.set_paused(false).await {
                 tracing::error!(instance = self.id, "resuming after the snapshot: {e}");
             }
         }
-        match copy {
-            Ok(Ok(how)) => {
-                tracing::info!(instance = self.id, ?how, took = ?started.elapsed(), paused = pause, "root disk copied");
-                Ok(())
-            }
+        let paused_for = started.elapsed();
+        let copied = match copy {
+            Ok(Ok(how)) => Ok(how),
             Ok(Err(e)) => Err(OpError::Internal(format!(
                 "copying {}: {e}",
-                root.display()
+                root.path().display()
             ))),
             Err(e) => Err(OpError::Internal(e.to_string())),
-        }
+        };
+        let how = match (copied, root.is_overlay()) {
+            (Err(e), _) => {
+                let _ = std::fs::remove_file(&moment);
+                return Err(e);
+            }
+            (Ok(how), false) => format!("{how:?}"),
+            (Ok(_), true) => {
+                let (overlay, to) = (moment.clone(), dest.clone());
+                let flat =
+                    tokio::task::spawn_blocking(move || root_disk::flatten(&overlay, &base, &to))
+                        .await;
+                let _ = std::fs::remove_file(&moment);
+                match flat {
+                    Ok(Ok(bytes)) => format!("flattened ({bytes} bytes of data)"),
+                    Ok(Err(e)) => {
+                        return Err(OpError::Internal(format!(
+                            "flattening {}: {e}",
+                            root.path().display()
+                        )))
+                    }
+                    Err(e) => return Err(OpError::Internal(e.to_string())),
+                }
+            }
+        };
+        tracing::info!(instance = self.id, how, took = ?started.elapsed(), paused = ?pause.then_some(paused_for), "root disk copied");
+        Ok(())
     }
 
     /// Resizes the stopped instance to `to`: the root disk grows (never
@@ -975,25 +1025,26 @@ impl Actor {
                 "root_disk_gib: only for instances booted from a disk image".into(),
             ));
         }
-        let dir = self.sup.run_dir(&self.id);
-        let root = dir.join(ROOT_DISK);
         let grow_to = to.root_disk_gib.map(|g| u64::from(g) << 30);
-        if has_root {
-            let len = std::fs::metadata(&root)
-                .map_err(|e| OpError::Internal(format!("{}: {e}", root.display())))?
-                .len();
-            if grow_to.is_some_and(|want| want < len) {
+        if let Some((root, base)) = self.root_disk().await? {
+            let size = {
+                let (disk, base) = (root.clone(), base.clone());
+                tokio::task::spawn_blocking(move || disk.size(&base))
+                    .await
+                    .map_err(|e| OpError::Internal(e.to_string()))?
+                    .map_err(|e| OpError::Internal(format!("{}: {e}", root.path().display())))?
+            };
+            if grow_to.is_some_and(|want| want < size) {
                 return Err(OpError::BadRequest(format!(
-                    "root_disk_gib: the root disk is {len} bytes and does not shrink"
+                    "root_disk_gib: the root disk is {size} bytes and does not shrink"
                 )));
             }
-            let (root, kept) = (root.clone(), dir.join(PRE_RESIZE_DISK));
             let copied = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                root_disk::create(&root, &kept, None)?;
-                if let Some(want) = grow_to.filter(|w| *w > len) {
-                    let disk = std::fs::OpenOptions::new().write(true).open(&root)?;
-                    disk.set_len(want)?;
-                    disk.sync_all()?;
+                // An overlay's copy is its own writes only: the image is
+                // shared.
+                root_disk::copy(root.path(), &root.kept(), None)?;
+                if let Some(want) = grow_to.filter(|w| *w > size) {
+                    root.grow(&base, want)?;
                 }
                 Ok(())
             })
@@ -1026,11 +1077,12 @@ impl Actor {
                 self.record.state.as_str()
             )));
         }
-        let dir = self.sup.run_dir(&self.id);
-        let kept = dir.join(PRE_RESIZE_DISK);
-        if kept.exists() {
-            std::fs::rename(&kept, dir.join(ROOT_DISK))
-                .map_err(|e| OpError::Internal(format!("{}: {e}", kept.display())))?;
+        if let Some(root) = RootDisk::find(&self.sup.run_dir(&self.id)) {
+            let kept = root.kept();
+            if kept.exists() {
+                std::fs::rename(&kept, root.path())
+                    .map_err(|e| OpError::Internal(format!("{}: {e}", kept.display())))?;
+            }
         }
         self.record.spec.vcpus = from.vcpus;
         self.record.spec.memory_mib = from.memory_mib;
@@ -1048,11 +1100,13 @@ impl Actor {
                 self.id
             )));
         }
-        let kept = self.sup.run_dir(&self.id).join(PRE_RESIZE_DISK);
-        match std::fs::remove_file(&kept) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(OpError::Internal(format!("{}: {e}", kept.display()))),
+        if let Some(root) = RootDisk::find(&self.sup.run_dir(&self.id)) {
+            let kept = root.kept();
+            match std::fs::remove_file(&kept) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(OpError::Internal(format!("{}: {e}", kept.display()))),
+            }
         }
         self.record.resized_from = None;
         self.commit().await;

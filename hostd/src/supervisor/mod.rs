@@ -42,11 +42,9 @@ pub const MAX_CONSOLE_INPUT: usize = 4096;
 const VMM_LOG: &str = "vmm.log";
 const API_SOCKET: &str = "api.sock";
 const VMM_CONFIG: &str = "vmm.json";
-/// An instance booted from a disk image: its writable root disk, its config
-/// drive, and where the kernel and initramfs picked from the root disk go.
-const ROOT_DISK: &str = "root.img";
-/// The root disk as it was before a resize, until it is confirmed or reverted.
-const PRE_RESIZE_DISK: &str = "root.img.pre-resize";
+/// An instance booted from a disk image: its writable root disk (named by
+/// `root_disk`), its config drive, and where the kernel and initramfs picked
+/// from the root disk go.
 const CONFIG_DRIVE: &str = "config-drive.img";
 /// The flavor's ephemeral and swap disks, made once like the root disk.
 const EPHEMERAL_DISK: &str = "ephemeral.img";
@@ -349,6 +347,7 @@ impl Supervisor {
             let path = fetch(id).await?;
             spec.disks.push(vmm::config::DiskConfig {
                 path,
+                base: None,
                 // Shared by every instance of the image.
                 read_only: true,
                 serial: None,

@@ -7,9 +7,18 @@ use vmm::smbios::SmbiosInfo;
 
 use super::{
     OpError, API_SOCKET, CONFIG_DRIVE, CONSOLE_INPUT, CONSOLE_LOG, EPHEMERAL_DISK, JAIL_ROOT,
-    ROOT_DISK, SWAP_DISK,
+    SWAP_DISK,
 };
 use crate::boot_picker::Picked;
+use crate::root_disk::RootDisk;
+
+/// How an instance booted from a disk image boots this time: what was
+/// picked from its root disk, and the disk (an overlay with its base).
+pub(super) struct DiskBoot {
+    pub picked: Picked,
+    pub root: RootDisk,
+    pub base: std::path::PathBuf,
+}
 use crate::instance::InstanceSpec;
 
 /// Readies the jail of a VMM that runs as `uid`: an empty directory in its run
@@ -55,21 +64,23 @@ fn give_disk(path: &Path, uid: u32) -> std::io::Result<()> {
 
 /// The VMM configuration for an instance; with a run directory, its console,
 /// control socket and reboot policy too. An instance booted from a disk
-/// image boots what was `picked` from its root disk, which comes first; a
+/// image boots what was picked from its root disk, which comes first; a
 /// config drive comes last (both live in the run directory).
 pub(super) fn vmm_config_file(
     spec: &InstanceSpec,
     dir: Option<&Path>,
-    picked: Option<&Picked>,
+    boot: Option<&DiskBoot>,
 ) -> ConfigFile {
     let mut disks = Vec::new();
     let mut cmdline = spec.cmdline.clone().unwrap_or_default();
     let (mut kernel, mut initramfs) = (spec.kernel.clone(), spec.initramfs.clone());
-    if let (Some(picked), Some(dir)) = (picked, dir) {
-        kernel = Some(picked.kernel.clone());
-        initramfs = picked.initramfs.clone();
-        cmdline = picked.cmdline.clone();
-        disks.push(disk(dir.join(ROOT_DISK), false));
+    if let Some(boot) = boot {
+        kernel = Some(boot.picked.kernel.clone());
+        initramfs = boot.picked.initramfs.clone();
+        cmdline = boot.picked.cmdline.clone();
+        let mut root = disk(boot.root.path().to_owned(), false);
+        root.base = boot.root.is_overlay().then(|| boot.base.clone());
+        disks.push(root);
     }
     if let Some(boot) = &spec.boot_disk {
         disks.push(disk(boot.clone(), false));
@@ -132,6 +143,7 @@ pub(super) fn vmm_config_file(
 fn disk(path: std::path::PathBuf, read_only: bool) -> vmm::config::DiskConfig {
     vmm::config::DiskConfig {
         path,
+        base: None,
         read_only,
         serial: None,
         direct: !read_only,

@@ -319,9 +319,9 @@ fn start(
     let mut queue = rings.queue(mem, event_idx);
     queue.set_next_avail(next);
     queue.set_next_used(next);
-    let disk = Disk::open(disk_path, false, false).unwrap();
+    let disk = Disk::open(disk_path, None, false, false).unwrap();
     let limiter = Arc::new(Mutex::new(RateLimiter::new(RateLimit::default())));
-    let mut block = Block::new(disk, "fuzz-blk", 1, limiter, "fuzz-blk".into());
+    let mut block = Block::new(Arc::new(disk), "fuzz-blk", 1, limiter, "fuzz-blk".into());
     block
         .activate(Activation {
             memory: mem.clone(),

@@ -1,5 +1,6 @@
-//! The backing file of a virtio-blk device: a raw image (regular file) or a block
-//! device, opened O_DIRECT unless told otherwise.
+//! The backing file of a virtio-blk device: a raw image (regular file), a block
+//! device, or a qcow2 overlay over a raw image, opened O_DIRECT unless told
+//! otherwise.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
@@ -7,6 +8,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use super::qcow2::{Overlay, Place};
 use super::request::SECTOR_SIZE;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +22,23 @@ pub enum DiskError {
     NotADisk { path: PathBuf },
     #[error("disk {path}: size {size} is not a multiple of 512 bytes")]
     Size { path: PathBuf, size: u64 },
+    #[error("disk {path}: not a qcow2 overlay over {base}: {source}")]
+    Overlay {
+        path: PathBuf,
+        base: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Which file a request's data goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The disk's own file, at the offset given.
+    Own,
+    /// An overlay's base.
+    Base,
+    /// Through the overlay's format driver, at the guest's offset.
+    Overlay,
 }
 
 pub struct Disk {
@@ -32,10 +51,17 @@ pub struct Disk {
     pub read_only: bool,
     /// Regular files can punch holes and zero ranges with fallocate.
     pub fallocate: bool,
+    /// Set when the file is a qcow2 overlay over a raw base.
+    overlay: Option<Overlay>,
 }
 
 impl Disk {
-    pub fn open(path: &Path, read_only: bool, direct: bool) -> Result<Self, DiskError> {
+    pub fn open(
+        path: &Path,
+        base: Option<&Path>,
+        read_only: bool,
+        direct: bool,
+    ) -> Result<Self, DiskError> {
         let open = |direct: bool| {
             let mut o = OpenOptions::new();
             o.read(true).write(!read_only);
@@ -56,7 +82,25 @@ impl Disk {
                 path: path.to_owned(),
             });
         }
-        let size = buffered.seek(SeekFrom::End(0)).map_err(err)?;
+        let overlay = match base {
+            Some(base) if regular => Some(Overlay::open(&buffered, base, !read_only).map_err(
+                |source| DiskError::Overlay {
+                    path: path.to_owned(),
+                    base: base.to_owned(),
+                    source,
+                },
+            )?),
+            Some(_) => {
+                return Err(DiskError::NotADisk {
+                    path: path.to_owned(),
+                })
+            }
+            None => None,
+        };
+        let size = match &overlay {
+            Some(o) => o.size(),
+            None => buffered.seek(SeekFrom::End(0)).map_err(err)?,
+        };
         if !size.is_multiple_of(SECTOR_SIZE) {
             return Err(DiskError::Size {
                 path: path.to_owned(),
@@ -81,16 +125,93 @@ impl Disk {
             direct,
             capacity: size,
             read_only,
-            fallocate: regular,
+            // Discard on an overlay would have to free clusters: not yet.
+            fallocate: regular && overlay.is_none(),
+            overlay,
         })
     }
 
-    pub fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
+    /// Where the bytes `[offset, offset + len)` of a read or write go, and
+    /// at which offset of that file.
+    pub fn place(&self, offset: u64, len: u64, write: bool) -> std::io::Result<(Target, u64)> {
+        let Some(overlay) = &self.overlay else {
+            return Ok((Target::Own, offset));
+        };
+        Ok(match overlay.place(offset, len, write)? {
+            Place::Overlay(at) => (Target::Own, at),
+            Place::Base(at) => (Target::Base, at),
+            Place::Mixed => (Target::Overlay, offset),
+        })
     }
 
-    pub fn buffered_fd(&self) -> RawFd {
-        self.buffered.as_raw_fd()
+    /// The descriptor for I/O to `target` (through the page cache when
+    /// `buffered`, or when the disk is not O_DIRECT anyway).
+    pub fn fd_for(&self, target: Target, buffered: bool) -> Option<RawFd> {
+        match (target, &self.overlay) {
+            (Target::Own, _) if buffered => Some(self.buffered.as_raw_fd()),
+            (Target::Own, _) => Some(self.file.as_raw_fd()),
+            (Target::Base, Some(o)) => Some(o.base_file().as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    /// A FLUSH goes through the format driver (its metadata first).
+    pub fn is_overlay(&self) -> bool {
+        self.overlay.is_some()
+    }
+
+    /// Reads or writes through the overlay's format driver.
+    pub fn overlay_io(
+        &self,
+        write: bool,
+        iovecs: &[libc::iovec],
+        offset: u64,
+    ) -> std::io::Result<()> {
+        let Some(overlay) = &self.overlay else {
+            return Err(std::io::Error::other("not an overlay"));
+        };
+        if write {
+            // SAFETY: each iovec points into guest memory that stays mapped
+            // for the whole call (the worker holds the memory), its length
+            // checked when the request was parsed; the slices die with it.
+            let bufs: Vec<std::io::IoSlice<'_>> = iovecs
+                .iter()
+                .map(|v| unsafe {
+                    std::io::IoSlice::new(std::slice::from_raw_parts(
+                        v.iov_base as *const u8,
+                        v.iov_len,
+                    ))
+                })
+                .collect();
+            overlay.write_vectored(&bufs, offset)
+        } else {
+            // SAFETY: as above; the buffers are the guest's for this request
+            // (device-writable descriptors), nothing else writes them meanwhile.
+            let mut bufs: Vec<std::io::IoSliceMut<'_>> = iovecs
+                .iter()
+                .map(|v| unsafe {
+                    std::io::IoSliceMut::new(std::slice::from_raw_parts_mut(
+                        v.iov_base.cast::<u8>(),
+                        v.iov_len,
+                    ))
+                })
+                .collect();
+            overlay.read_vectored(&mut bufs, offset)
+        }
+    }
+
+    /// Makes completed writes durable: the file's data, and an overlay's
+    /// metadata first.
+    pub fn flush(&self) -> std::io::Result<()> {
+        if let Some(overlay) = &self.overlay {
+            return overlay.flush();
+        }
+        // SAFETY: fdatasync on our own descriptor.
+        if unsafe { libc::fdatasync(self.buffered.as_raw_fd()) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 
     pub fn sectors(&self) -> u64 {
@@ -164,22 +285,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("disk.raw");
         std::fs::write(&img, vec![0u8; 8192]).unwrap();
-        let disk = Disk::open(&img, false, true).unwrap();
+        let disk = Disk::open(&img, None, false, true).unwrap();
         assert_eq!((disk.capacity, disk.sectors()), (8192, 16));
         assert!(disk.fallocate);
 
         let odd = dir.path().join("odd.raw");
         std::fs::write(&odd, vec![0u8; 1000]).unwrap();
         assert!(matches!(
-            Disk::open(&odd, false, false),
+            Disk::open(&odd, None, false, false),
             Err(DiskError::Size { .. })
         ));
         assert!(matches!(
-            Disk::open(dir.path(), true, false),
+            Disk::open(dir.path(), None, true, false),
             Err(DiskError::NotADisk { .. }) | Err(DiskError::Open { .. })
         ));
         assert!(matches!(
-            Disk::open(&dir.path().join("missing"), false, false),
+            Disk::open(&dir.path().join("missing"), None, false, false),
             Err(DiskError::Open { .. })
         ));
     }

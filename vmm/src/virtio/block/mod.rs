@@ -1,4 +1,5 @@
-//! virtio-blk: raw images and block devices, served through io_uring.
+//! virtio-blk: raw images, block devices and qcow2 overlays, served through
+//! io_uring.
 //!
 //! One worker thread per disk serves all of its queues with one ring: requests
 //! popped from any queue are submitted in one batch, completions are reaped in
@@ -7,6 +8,7 @@
 //! never a failed request. Without io_uring the same worker does synchronous I/O.
 
 pub mod disk;
+pub mod qcow2;
 pub mod request;
 
 use std::os::fd::AsRawFd;
@@ -23,7 +25,7 @@ use super::worker::{wait_readable_fds, Worker};
 use super::{ActivateError, Activation, ActiveQueue, VirtioDevice};
 use crate::devices::lock;
 use crate::rate_limiter::SharedRateLimiter;
-use disk::{preadv_pwritev, Disk};
+use disk::{preadv_pwritev, Disk, Target};
 use request::{
     Rejected, Request, RequestType, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP,
@@ -60,7 +62,7 @@ pub struct Block {
 
 impl Block {
     pub fn new(
-        disk: Disk,
+        disk: Arc<Disk>,
         serial: &str,
         queues: u16,
         limiter: SharedRateLimiter,
@@ -82,7 +84,7 @@ impl Block {
         config[48..52].copy_from_slice(&(u32::MAX >> 9).to_le_bytes());
         config[52..56].copy_from_slice(&1u32.to_le_bytes());
         Block {
-            disk: Arc::new(disk),
+            disk,
             limiter,
             serial: id,
             queue_sizes: vec![QUEUE_SIZE; usize::from(queues)],
@@ -159,7 +161,9 @@ struct Pending {
     /// Bytes a read or write must move; None for a flush.
     expected: Option<u64>,
     write: bool,
+    /// In the target's file (an overlay's guest offset for Target::Overlay).
     offset: u64,
+    target: Target,
     iovecs: Vec<libc::iovec>,
 }
 
@@ -379,6 +383,13 @@ impl BlockWorker {
                 let Some(iovecs) = self.iovecs(&req.data) else {
                     return fail(self, VIRTIO_BLK_S_IOERR);
                 };
+                let (target, at) = match self.disk.place(offset.unwrap_or(0), len, write) {
+                    Ok(placed) => placed,
+                    Err(e) => {
+                        crate::rate_limited_warn!("virtio-blk: mapping a request: {e}");
+                        return fail(self, VIRTIO_BLK_S_IOERR);
+                    }
+                };
                 let pending = Pending {
                     queue: qi,
                     head: req.head,
@@ -386,7 +397,8 @@ impl BlockWorker {
                     used_len: if write { 1 } else { len as u32 + 1 },
                     expected: Some(len),
                     write,
-                    offset: offset.unwrap_or(0),
+                    offset: at,
+                    target,
                     iovecs,
                 };
                 self.submit_or_run(pending);
@@ -400,6 +412,11 @@ impl BlockWorker {
                     expected: None,
                     write: true,
                     offset: 0,
+                    target: if self.disk.is_overlay() {
+                        Target::Overlay
+                    } else {
+                        Target::Own
+                    },
                     iovecs: Vec::new(),
                 };
                 self.submit_or_run(pending);
@@ -488,7 +505,7 @@ impl BlockWorker {
         let fd = if self.disk.direct && !self.direct_alignment_ok(&p) {
             None // O_DIRECT would refuse it: go through the page cache, synchronously
         } else {
-            Some(self.disk.fd())
+            self.disk.fd_for(p.target, false)
         };
         let (Some(ring), Some(fd), Some(slot)) =
             (self.ring.as_mut(), fd, self.free.last().copied())
@@ -522,12 +539,24 @@ impl BlockWorker {
     }
 
     fn run_sync(&mut self, p: Pending) {
-        let fd = self.disk.buffered_fd();
-        let ok = match p.expected {
-            // SAFETY: fdatasync on our own descriptor.
-            None => (unsafe { libc::fdatasync(fd) }) == 0,
-            Some(len) => {
-                preadv_pwritev(fd, p.write, &p.iovecs, p.offset).is_ok_and(|n| n as u64 == len)
+        let result = match (p.expected, self.disk.fd_for(p.target, true)) {
+            (None, _) => self.disk.flush(),
+            (Some(_), None) => self.disk.overlay_io(p.write, &p.iovecs, p.offset),
+            (Some(len), Some(fd)) => {
+                preadv_pwritev(fd, p.write, &p.iovecs, p.offset).and_then(|n| {
+                    if n as u64 == len {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::other(format!("{n} of {len} bytes")))
+                    }
+                })
+            }
+        };
+        let ok = match result {
+            Ok(()) => true,
+            Err(e) => {
+                crate::rate_limited_warn!("virtio-blk: I/O failed: {e}");
+                false
             }
         };
         let status = if ok {
@@ -635,6 +664,16 @@ mod tests {
         reqs: &[Req],
         first_data: &[u8],
     ) -> (Vec<(u8, u32)>, GuestMemoryMmap) {
+        let disk = Disk::open(file.path(), None, read_only, false).unwrap();
+        serve_disk(disk, uring, reqs, first_data)
+    }
+
+    fn serve_disk(
+        disk: Disk,
+        uring: bool,
+        reqs: &[Req],
+        first_data: &[u8],
+    ) -> (Vec<(u8, u32)>, GuestMemoryMmap) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x80_0000)]).unwrap();
         mem.write_slice(first_data, GuestAddress(0x10_0000))
             .unwrap();
@@ -667,7 +706,6 @@ mod tests {
             notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             interrupt: QueueInterrupt::disconnected(),
         };
-        let disk = Disk::open(file.path(), read_only, false).unwrap();
         let mut serial = [0u8; SERIAL_LEN];
         serial[..4].copy_from_slice(b"vd-1");
         let activation = Activation {
@@ -717,6 +755,85 @@ mod tests {
         let mut buf = vec![0u8; len];
         file.read_exact(&mut buf).unwrap();
         buf
+    }
+
+    /// A qcow2 overlay over a patterned base: reads of the base, first and
+    /// later writes, reads across clusters mapped differently, a flush.
+    fn overlay_round_trip(uring: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        let pattern: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 249) as u8).collect();
+        std::fs::write(&base, &pattern).unwrap();
+        let overlay = dir.path().join("root.qcow2");
+        qcow2::create_overlay(&overlay, "base.raw", 4 << 20).unwrap();
+        let open = || Disk::open(&overlay, Some(&base), false, false).unwrap();
+        assert_eq!(open().capacity, 4 << 20);
+        let ones = vec![1u8; 4096];
+        let req = |kind, sector| Req {
+            kind,
+            sector,
+            data_len: 4096,
+        };
+        // A first write to cluster 1 (copied up from the base), then a read
+        // of the base's cluster 0.
+        let (results, mem) = serve_disk(open(), uring, &[req(T_OUT, 136), req(T_IN, 8)], &ones);
+        assert_eq!(results, [(VIRTIO_BLK_S_OK, 1), (VIRTIO_BLK_S_OK, 4097)]);
+        let mut buf = vec![0u8; 4096];
+        mem.read_slice(&mut buf, GuestAddress(0x11_0000)).unwrap();
+        assert_eq!(buf, pattern[4096..8192]);
+        // Cluster 1 again (in place now), a read of what was written, one
+        // across clusters 0 and 1 (base and overlay), past the base, a flush.
+        let twos = vec![2u8; 4096];
+        let reqs = [
+            req(T_OUT, 152),
+            req(T_IN, 136),
+            req(T_IN, 124),
+            req(T_IN, (2 << 20) / 512),
+            Req {
+                kind: T_FLUSH,
+                sector: 0,
+                data_len: 0,
+            },
+        ];
+        let (results, mem) = serve_disk(open(), uring, &reqs, &twos);
+        assert_eq!(
+            results.iter().map(|r| r.0).collect::<Vec<_>>(),
+            [VIRTIO_BLK_S_OK; 5]
+        );
+        let read = |i: u64| {
+            let mut buf = vec![0u8; 4096];
+            mem.read_slice(&mut buf, GuestAddress(0x10_0000 + i * 0x1_0000))
+                .unwrap();
+            buf
+        };
+        assert!(read(1) == ones, "sector 136 reads what was written");
+        let across = read(2);
+        assert_eq!(across[..2048], pattern[124 * 512..64 << 10]);
+        // (cluster 1 was copied up from the base by the first write)
+        assert_eq!(across[2048..], pattern[64 << 10..(64 << 10) + 2048]);
+        assert!(read(3).iter().all(|b| *b == 0));
+        drop(mem);
+        // What the guest wrote is in the overlay, the base untouched.
+        let reopened =
+            qcow2::Overlay::open(&std::fs::File::open(&overlay).unwrap(), &base, false).unwrap();
+        let mut buf = vec![0u8; 3 * 4096];
+        reopened
+            .read_vectored(&mut [std::io::IoSliceMut::new(&mut buf)], 68 << 10)
+            .unwrap();
+        assert_eq!(buf[..4096], ones[..]);
+        assert_eq!(buf[4096..8192], pattern[(72 << 10)..(76 << 10)]);
+        assert_eq!(buf[8192..], twos[..]);
+        assert_eq!(std::fs::read(&base).unwrap(), pattern);
+    }
+
+    #[test]
+    fn overlay_requests_round_trip_through_io_uring() {
+        overlay_round_trip(true);
+    }
+
+    #[test]
+    fn overlay_requests_round_trip_synchronously() {
+        overlay_round_trip(false);
     }
 
     fn requests_round_trip(uring: bool) {
@@ -831,7 +948,7 @@ mod tests {
                     interrupt: QueueInterrupt::disconnected(),
                 }],
             };
-            let disk = Arc::new(Disk::open(f.path(), false, false).unwrap());
+            let disk = Arc::new(Disk::open(f.path(), None, false, false).unwrap());
             let limiter = Arc::new(Mutex::new(RateLimiter::new(RateLimit::default())));
             let mut w = BlockWorker::new(disk, [0; SERIAL_LEN], limiter, activation).unwrap();
             w.process_queue(0);

@@ -1,0 +1,287 @@
+//! qcow2 overlays: a server's writable root disk as a qcow2 file over the
+//! host's cached raw image, where the filesystem cannot share blocks (ext4),
+//! so that hostd makes a root disk in constant time whatever the image size.
+//!
+//! The overlay's metadata (L1/L2 tables, refcounts) is imago's; the data
+//! path is ours: a request that falls in one place, a cluster of the overlay
+//! already written or the base where the overlay has nothing, goes to that
+//! file through the block worker's io_uring like a raw disk's. Only the rest
+//! (first writes to a cluster, which copy it from the base; requests across
+//! differently mapped clusters; zero clusters) go through imago, synchronously.
+//!
+//! The overlay is opened with `DenyImplicitOpenGate`: no file it names (a
+//! backing file, an external data file) is ever opened; the base is the one
+//! hostd chose, opened here read-only.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use imago::qcow2::Qcow2;
+use imago::raw::Raw;
+use imago::{
+    DenyImplicitOpenGate, FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Mapping,
+    ShallowMapping,
+};
+
+type Backing = Arc<FormatAccess<imago::file::File>>;
+
+/// Where the bytes of a request are, when they are all in one place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// In the overlay file, at this offset.
+    Overlay(u64),
+    /// In the base (for reads only), at this offset.
+    Base(u64),
+    /// Anywhere else: served through imago.
+    Mixed,
+}
+
+/// Makes `path` an empty qcow2 overlay of `size` bytes over a raw image
+/// (`base_name` is recorded in the header for tools; never opened from it).
+pub fn create_overlay(path: &Path, base_name: &str, size: u64) -> io::Result<()> {
+    let file = imago::file::File::try_from(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?,
+    )?;
+    Qcow2::<imago::file::File>::create_builder(file)
+        .size(size)
+        .cluster_size(64 << 10)
+        .backing(base_name.to_owned(), "raw".to_owned())
+        .create()?;
+    File::open(path)?.sync_all()
+}
+
+/// An open overlay over its base.
+pub struct Overlay {
+    access: FormatAccess<imago::file::File>,
+    /// Read through the page cache even when the overlay is O_DIRECT: every
+    /// overlay over the image shares it, and their reads share its pages.
+    base: File,
+    base_len: u64,
+}
+
+impl Overlay {
+    /// `overlay` is the overlay file opened through the page cache (imago's
+    /// metadata I/O goes through it); `base` the raw image, read-only.
+    pub fn open(overlay: &File, base: &Path, writable: bool) -> io::Result<Self> {
+        let base = File::open(base)?;
+        let base_len = base.metadata()?.len();
+        let raw = Raw::builder(imago::file::File::try_from(base.try_clone()?)?)
+            .open(DenyImplicitOpenGate::default())?;
+        let backing: Backing = Arc::new(FormatAccess::new(raw));
+        let qcow2 = Qcow2::<imago::file::File, Backing>::builder(imago::file::File::try_from(
+            overlay.try_clone()?,
+        )?)
+        .write(writable)
+        .backing(Some(backing))
+        .open(DenyImplicitOpenGate::default())?;
+        Ok(Overlay {
+            access: FormatAccess::new(qcow2),
+            base,
+            base_len,
+        })
+    }
+
+    /// The disk's size as the guest sees it.
+    pub fn size(&self) -> u64 {
+        self.access.size()
+    }
+
+    /// The base, for reads of ranges the overlay has not written.
+    pub fn base_file(&self) -> &File {
+        &self.base
+    }
+
+    /// Where `[offset, offset + len)` is, if in one place that a read (or a
+    /// write, when `write`) can go to directly.
+    pub fn place(&self, offset: u64, len: u64, write: bool) -> io::Result<Place> {
+        let (mapping, mapped) = self.access.get_shallow_mapping(offset, len)?;
+        if mapped < len {
+            return Ok(Place::Mixed);
+        }
+        Ok(match mapping {
+            ShallowMapping::Raw {
+                offset, writable, ..
+            } if writable || !write => Place::Overlay(offset),
+            ShallowMapping::Indirect { offset, .. }
+                if !write && offset.checked_add(len).is_some_and(|e| e <= self.base_len) =>
+            {
+                Place::Base(offset)
+            }
+            _ => Place::Mixed,
+        })
+    }
+
+    /// Reads `bufs` from the disk at `offset`, wherever the bytes are.
+    pub fn read_vectored(&self, bufs: &mut [io::IoSliceMut<'_>], offset: u64) -> io::Result<()> {
+        let mut vector = imago::io_buffers::IoVectorMut::with_capacity(bufs.len());
+        for b in bufs.iter_mut() {
+            vector.push_ioslice(io::IoSliceMut::new(&mut b[..]));
+        }
+        self.access.readv(vector, offset)
+    }
+
+    /// Writes `bufs` to the disk at `offset`, allocating clusters as needed.
+    pub fn write_vectored(&self, bufs: &[io::IoSlice<'_>], offset: u64) -> io::Result<()> {
+        let mut vector = imago::io_buffers::IoVector::with_capacity(bufs.len());
+        for b in bufs {
+            vector.push_ioslice(io::IoSlice::new(&b[..]));
+        }
+        self.access.writev(vector, offset)
+    }
+
+    /// Whether the disk has data (the overlay's or the base's) at `offset`,
+    /// and for how many bytes (at most `max`) that stays so; 0 at the end.
+    pub fn data_at(&self, offset: u64, max: u64) -> io::Result<(bool, u64)> {
+        let (mapping, len) = self.access.get_mapping(offset, max)?;
+        let data = !matches!(mapping, Mapping::Zero { .. } | Mapping::Eof { .. });
+        Ok((data, len))
+    }
+
+    /// Grows the disk to `size` bytes (never shrinks it); the new part
+    /// reads as zeros.
+    pub fn grow(&self, size: u64) -> io::Result<()> {
+        if size > self.size() {
+            self.access
+                .resize_grow(size, imago::format::PreallocateMode::Zero)?;
+        }
+        self.flush()
+    }
+
+    /// Metadata written back, then the file synced (a guest's FLUSH, and
+    /// what a pause or a stop leaves on disk).
+    pub fn flush(&self) -> io::Result<()> {
+        self.access.flush()?;
+        self.access.sync()
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::error!("flushing a qcow2 overlay on close: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(path: &Path, base: &Path, writable: bool) -> Overlay {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .unwrap();
+        Overlay::open(&file, base, writable).unwrap()
+    }
+
+    fn read(disk: &Overlay, len: usize, offset: u64) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        disk.read_vectored(&mut [io::IoSliceMut::new(&mut buf)], offset)
+            .unwrap();
+        buf
+    }
+
+    #[test]
+    fn an_overlay_reads_its_base_and_keeps_its_own_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        let pattern: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&base, &pattern).unwrap();
+        let overlay = dir.path().join("root.qcow2");
+        create_overlay(&overlay, "base.raw", 8 << 30).unwrap();
+        // Constant size whatever the disk's: a few clusters of metadata.
+        assert!(std::fs::metadata(&overlay).unwrap().len() < 1 << 20);
+
+        let disk = open(&overlay, &base, true);
+        assert_eq!(disk.size(), 8 << 30);
+        assert_eq!(read(&disk, 4096, 8192), pattern[8192..8192 + 4096]);
+        assert_eq!(disk.place(8192, 4096, false).unwrap(), Place::Base(8192));
+        // Nothing written there yet: a write must allocate first.
+        assert_eq!(disk.place(8192, 4096, true).unwrap(), Place::Mixed);
+        // Past the base: zeros.
+        assert!(read(&disk, 4096, 2 << 20).iter().all(|b| *b == 0));
+        assert_eq!(disk.place(2 << 20, 4096, false).unwrap(), Place::Mixed);
+
+        disk.write_vectored(&[io::IoSlice::new(b"written by the guest")], 10_000)
+            .unwrap();
+        disk.write_vectored(&[io::IoSlice::new(b"far away")], 7 << 30)
+            .unwrap();
+        // The written cluster is the overlay's now, for reads and writes.
+        let Place::Overlay(at) = disk.place(0, 4096, true).unwrap() else {
+            panic!("cluster 0 is not in the overlay")
+        };
+        assert_eq!(disk.place(0, 4096, false).unwrap(), Place::Overlay(at));
+        // A read across the written cluster and an unwritten one is mixed.
+        assert_eq!(disk.place(60 << 10, 8192, false).unwrap(), Place::Mixed);
+        disk.flush().unwrap();
+        drop(disk);
+
+        // The base is untouched; the overlay kept the writes.
+        assert_eq!(std::fs::read(&base).unwrap(), pattern);
+        let disk = open(&overlay, &base, false);
+        assert_eq!(read(&disk, 20, 10_000), b"written by the guest");
+        let around = read(&disk, 64 << 10, 0);
+        assert_eq!(around[..10_000], pattern[..10_000]);
+        assert_eq!(around[10_020..], pattern[10_020..64 << 10]);
+        assert_eq!(read(&disk, 8, 7 << 30), b"far away");
+        assert!(disk.write_vectored(&[io::IoSlice::new(b"x")], 0).is_err());
+    }
+
+    #[test]
+    fn an_overlay_grows_with_zeros_and_says_where_its_data_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        std::fs::write(&base, vec![7u8; 1 << 20]).unwrap();
+        let overlay = dir.path().join("root.qcow2");
+        create_overlay(&overlay, "base.raw", 2 << 20).unwrap();
+        {
+            let disk = open(&overlay, &base, true);
+            disk.write_vectored(&[io::IoSlice::new(&[9u8; 4096])], 3 << 19)
+                .unwrap();
+            // The base's data, then nothing, then the write's cluster.
+            assert_eq!(disk.data_at(0, 4 << 20).unwrap(), (true, 1 << 20));
+            assert_eq!(disk.data_at(1 << 20, 4 << 20).unwrap(), (false, 1 << 19));
+            assert_eq!(disk.data_at(3 << 19, 4 << 20).unwrap(), (true, 64 << 10));
+            let started = std::time::Instant::now();
+            disk.grow(10 << 30).unwrap();
+            assert!(started.elapsed() < std::time::Duration::from_secs(2));
+            disk.grow(1 << 20).unwrap(); // never shrinks
+        }
+        let disk = open(&overlay, &base, false);
+        assert_eq!(disk.size(), 10 << 30);
+        assert!(read(&disk, 4096, 9 << 30).iter().all(|b| *b == 0));
+        assert!(read(&disk, 4096, 3 << 19).iter().all(|b| *b == 9));
+        assert!(read(&disk, 4096, 0).iter().all(|b| *b == 7));
+        assert_eq!(disk.data_at(10 << 30, 4096).unwrap().1, 0);
+    }
+
+    #[test]
+    fn files_the_image_names_are_never_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let overlay = dir.path().join("evil.qcow2");
+        // Names a host file as its backing file.
+        create_overlay(&overlay, "/etc/shadow", 1 << 20).unwrap();
+        let image = imago::file::File::try_from(File::open(&overlay).unwrap()).unwrap();
+        let implicit =
+            Qcow2::<imago::file::File>::builder(image).open(DenyImplicitOpenGate::default());
+        assert!(implicit.is_err(), "the image's own backing file was opened");
+    }
+
+    #[test]
+    fn a_file_that_is_not_qcow2_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, bogus) = (dir.path().join("base"), dir.path().join("bogus"));
+        std::fs::write(&base, vec![0u8; 4096]).unwrap();
+        std::fs::write(&bogus, vec![0x51u8; 4096]).unwrap();
+        let file = File::open(&bogus).unwrap();
+        assert!(Overlay::open(&file, &base, false).is_err());
+    }
+}
