@@ -1,6 +1,12 @@
-//! The block benchmark: fio in the guest on a virtio-blk disk, for virga and for
-//! QEMU (virtio-blk-pci, aio=io_uring, cache=none), and fio directly on the same
-//! backing device, all in one testbed boot.
+//! The block benchmarks: fio in the guest on a virtio-blk disk, all in one
+//! testbed boot.
+//! - `blk`: virga and QEMU (virtio-blk-pci, aio=io_uring, cache=none) on a
+//!   raw device, and fio directly on that device.
+//! - `blk-overlay`: root disks as hostd makes them on ext4, qcow2 overlays,
+//!   against a raw file on the same filesystem: virga on the raw file, on an
+//!   overlay whose clusters are all written (its steady state), and on a
+//!   fresh overlay over the data (a new server's reads go to the image);
+//!   QEMU on the same written overlay.
 
 use std::path::Path;
 use std::time::Duration;
@@ -18,6 +24,10 @@ const SYSTEM_MARKER: &str = "VIRGA-BENCH-SYSTEM";
 const PEER: &str = "qemu";
 const GUEST_MIB: u64 = 512;
 const SCRATCH_MIB: u64 = 256;
+/// The overlay benchmark's disks live on an ext4 scratch disk of this size.
+const OVERLAY_SCRATCH_MIB: u64 = 1024;
+const OVERLAY_DISK_MIB: u64 = 256;
+const QEMU_IMG: &str = "/usr/bin/qemu-img";
 
 fn script(runs: u32) -> String {
     let guest_cmdline = format!("{CMDLINE} virga.root=/dev/vda virga.mode=fio");
@@ -41,6 +51,62 @@ fn script(runs: u32) -> String {
     s.push_str(&format!("echo {SYSTEM_MARKER} host\n"));
     s.push_str(&fio_script("/usr/bin/fio", "$SCRATCH"));
     s.push_str("done\nexit $failed\n");
+    s
+}
+
+/// The overlay benchmark's rounds: the disks are made on the ext4 scratch
+/// disk with qemu-img (the overlay as hostd makes it: 64 KiB clusters, a raw
+/// backing file), and each system boots the fio guest on one of them.
+fn overlay_script(runs: u32) -> String {
+    let guest_cmdline = format!("{CMDLINE} virga.root=/dev/vda virga.mode=fio");
+    let virga = |disk: &str| {
+        format!(
+            "$BIN/vmm --kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio --vcpus 2 \
+             --memory-mib {GUEST_MIB} --cmdline \"{guest_cmdline}\" --disk path=$ROOTFS --disk {disk}"
+        )
+    };
+    let qemu = format!(
+        "{QEMU} -M pc -enable-kvm -cpu host -smp 2 -m {GUEST_MIB} -nodefaults -no-user-config \
+         -display none -serial stdio -no-reboot -kernel $GUEST/vmlinux \
+         -initrd $GUEST/boot-initramfs.cpio -append \"{guest_cmdline}\" \
+         -drive file=$ROOTFS,if=none,id=root,format=raw -device virtio-blk-pci,drive=root \
+         -drive file=$D/full.qcow2,if=none,id=data,format=qcow2,aio=io_uring,cache=none \
+         -device virtio-blk-pci,drive=data"
+    );
+    let mib = OVERLAY_DISK_MIB;
+    let mut s = format!(
+        "D=$WORK/disks; mkdir -p $D && mount -t ext4 $SCRATCH $D || exit 1
+dd if=/dev/urandom of=$D/data.raw bs=1M count={mib} 2>/dev/null || exit 1
+dd if=/dev/zero of=$D/empty.raw bs=1M count=0 seek={mib} 2>/dev/null
+{QEMU_IMG} convert -O qcow2 -o cluster_size=65536 -B $D/empty.raw -F raw $D/data.raw $D/full.qcow2 || exit 1
+sync
+failed=0
+for round in $(seq {runs}); do
+rm -f $D/fresh.qcow2
+{QEMU_IMG} create -q -f qcow2 -o cluster_size=65536 -F raw -b $D/data.raw $D/fresh.qcow2 || exit 1
+"
+    );
+    for (system, command) in [
+        ("virga", virga("path=$D/data.raw")),
+        ("virga-qcow2", virga("path=$D/full.qcow2,base=$D/empty.raw")),
+        (
+            "virga-qcow2-fresh",
+            virga("path=$D/fresh.qcow2,base=$D/data.raw"),
+        ),
+        ("qemu-qcow2", qemu),
+    ] {
+        s.push_str(&format!(
+            "echo 3 > /proc/sys/vm/drop_caches
+echo {SYSTEM_MARKER} {system}
+{command} || failed=1
+"
+        ));
+    }
+    s.push_str(
+        "done
+exit $failed
+",
+    );
     s
 }
 
@@ -101,18 +167,70 @@ fn metrics(job: &str, r: &FioResult) -> Vec<(String, &'static str, f64)> {
 }
 
 pub fn run(runs: u32) -> Result<()> {
+    let mut scenario = Scenario::new("bench-blk", &script(runs)).with_scratch_disk(SCRATCH_MIB);
+    scenario.script = format!("CMDLINE='{CMDLINE}'\n{}", scenario.script);
+    let report = measure(
+        "blk",
+        scenario,
+        runs,
+        &["virga", "qemu", "host"],
+        "virga, qemu and host fio",
+    )?;
+    println!("(host = fio directly on the backing device; latency rows: lower is better)");
+    let _ = report
+        .ratio("virga", "host", "randread-4k-qd32_iops")
+        .map(|r| {
+            println!("virga random-read IOPS at QD32: {r:.2}x host-native fio");
+        });
+    Ok(())
+}
+
+pub fn run_overlay(runs: u32) -> Result<()> {
+    let scenario = Scenario::new("bench-blk-overlay", &overlay_script(runs))
+        .host_binary(QEMU_IMG)
+        .with_scratch_ext4(OVERLAY_SCRATCH_MIB);
+    let systems = ["virga", "virga-qcow2", "virga-qcow2-fresh", "qemu-qcow2"];
+    let report = measure(
+        "blk-overlay",
+        scenario,
+        runs,
+        &systems,
+        "virga on a raw file and on qcow2 overlays, qemu on the overlay",
+    )?;
+    println!(
+        "(virga = a raw file on the same ext4; virga-qcow2 = an overlay with every cluster written; \
+         -fresh = a new overlay over the data, whose reads go to the image through the page cache)"
+    );
+    for job in ["randread-4k-qd32_iops", "randread-4k-qd1_iops"] {
+        if let Some(r) = report.ratio("virga-qcow2", "virga", job) {
+            println!("{job}: qcow2 overlay {r:.2}x the raw file");
+        }
+    }
+    Ok(())
+}
+
+/// Runs `scenario` (its script prints a system marker before each system's
+/// fio results) with the VMM, QEMU and fio, and reports `systems` against
+/// QEMU.
+fn measure(
+    bench: &str,
+    scenario: Scenario,
+    runs: u32,
+    systems: &[&str],
+    what: &str,
+) -> Result<Report> {
     let testbed = Testbed::new(&images_dir())?;
-    let mut scenario = Scenario::new("bench-blk", &script(runs))
+    let scenario = scenario
         .binary(vmm_bin())
         .host_binary(QEMU)
         .host_binary("/usr/bin/fio")
         .host_paths(QEMU_FIRMWARE.iter().filter(|f| Path::new(f).exists()))
         .with_rootfs()
-        .with_scratch_disk(SCRATCH_MIB)
-        .timeout(Duration::from_secs(300 + 240 * u64::from(runs)));
-    scenario.script = format!("CMDLINE='{CMDLINE}'\n{}", scenario.script);
+        .timeout(Duration::from_secs(
+            300 + 80 * systems.len() as u64 * u64::from(runs),
+        ));
     eprintln!(
-        "bench blk: {runs} rounds of virga, qemu and host fio ({})",
+        "bench {bench}: {runs} rounds of {what} ({})",
         testbed.mode().as_str()
     );
     let outcome = testbed.run(&scenario)?;
@@ -134,31 +252,29 @@ pub fn run(runs: u32) -> Result<()> {
             }
         }
     }
-    let expected = FIO_JOBS.len() * 3;
-    if !outcome.success() || samples.systems().len() != 3 || samples.len() < expected {
+    let expected = FIO_JOBS.len() * systems.len();
+    if !outcome.success() || samples.systems().len() != systems.len() || samples.len() < expected {
         bail!(
-            "block benchmark failed (status {}); output:\n{}",
+            "{bench} benchmark failed (status {}); output:\n{}",
             outcome.status,
             virga_testbed::tail(&outcome.output, 40)
         );
     }
-    let rows = samples.rows(&["virga", "qemu", "host"]);
     let report = Report {
-        bench: "blk".into(),
+        bench: bench.into(),
         host: format!("{} ({})", host_cpu(), testbed.mode().as_str()),
-        rows,
+        rows: samples.rows(systems),
     };
     let path = report.write(&workspace().join("target/bench"))?;
     println!("{}", report.host);
-    print!("{}", report.table(PEER));
-    println!("(host = fio directly on the backing device; latency rows: lower is better)");
+    let peer = systems
+        .iter()
+        .find(|s| s.starts_with(PEER))
+        .copied()
+        .unwrap_or(PEER);
+    print!("{}", report.table(peer));
     println!("written to {}", path.display());
-    let _ = report
-        .ratio("virga", "host", "randread-4k-qd32_iops")
-        .map(|r| {
-            println!("virga random-read IOPS at QD32: {r:.2}x host-native fio");
-        });
-    Ok(())
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -195,5 +311,10 @@ mod tests {
             assert!(s.contains(&format!("{SYSTEM_MARKER} {sys}")));
         }
         assert!(s.contains("aio=io_uring,cache=none"));
+        let s = overlay_script(2);
+        for sys in ["virga", "virga-qcow2", "virga-qcow2-fresh", "qemu-qcow2"] {
+            assert!(s.contains(&format!("{SYSTEM_MARKER} {sys}\n")), "{sys}");
+        }
+        assert!(s.contains("path=$D/full.qcow2,base=$D/empty.raw"));
     }
 }

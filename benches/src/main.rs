@@ -6,6 +6,8 @@
 //!   the VMM's memory, for virga (vmlinux, bzImage) against QEMU microvm and pc.
 //! - `blk [--runs N]`: fio in the guest on virtio-blk, virga against QEMU and
 //!   against fio on the backing device.
+//! - `blk-overlay [--runs N]`: the same on qcow2 overlays (root disks on
+//!   ext4) against a raw file, and QEMU on the overlay.
 //! - `net [--runs N]`: iperf3 between the guest and the host side of its tap,
 //!   virga (vhost-net and in-VMM datapath) against QEMU with vhost=on.
 //! - `hostd [--runs N]`: create-to-boot through hostd against the VMM alone,
@@ -52,6 +54,11 @@ enum Cmd {
     },
     /// fio in the guest (virga vs QEMU) and on the backing device.
     Blk {
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
+    /// fio in the guest on qcow2 overlays and a raw file (virga vs QEMU).
+    BlkOverlay {
         #[arg(long, default_value_t = 3)]
         runs: u32,
     },
@@ -148,6 +155,7 @@ fn main() -> Result<()> {
         Cmd::Boot { runs, check } => boot::run(runs, check),
         Cmd::Rootdisk { runs } => rootdisk::run(runs),
         Cmd::Blk { runs } => blk::run(runs),
+        Cmd::BlkOverlay { runs } => blk::run_overlay(runs),
         Cmd::Net { runs } => net::run(runs),
         Cmd::Hostd { runs } => hostd::run(runs),
         Cmd::Api {

@@ -98,6 +98,10 @@ impl ImageCache {
             );
             let started = std::time::Instant::now();
             let bytes = download(controller, id, &part.0).await?;
+            // Readable by the jailed VMMs' users: root disks on ext4 are
+            // overlays that read through to the cached image.
+            std::fs::set_permissions(&part.0, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .map_err(|e| format!("image {id}: {e}"))?;
             std::fs::rename(&part.0, &path).map_err(|e| format!("image {id}: {e}"))?;
             tracing::info!(image = id, bytes, took = ?started.elapsed(), "image cached");
             Ok(path.clone())

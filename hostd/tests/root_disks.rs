@@ -303,7 +303,6 @@ struct ImageServer {
 
 /// `image` as a sparse stream, its zero blocks as holes.
 fn sparse_stream(image: &[u8]) -> Vec<u8> {
-    use std::io::Read;
     let mut file = tempfile::tempfile().unwrap();
     for (i, block) in image.chunks(4096).enumerate() {
         if block.iter().any(|b| *b != 0) {
@@ -312,12 +311,7 @@ fn sparse_stream(image: &[u8]) -> Vec<u8> {
         }
     }
     file.set_len(image.len() as u64).unwrap();
-    let mut stream = Vec::new();
-    hostd_proto::sparse::SparseReader::new(file)
-        .unwrap()
-        .read_to_end(&mut stream)
-        .unwrap();
-    stream
+    hostd_proto::sparse::encode_all(file).unwrap()
 }
 
 impl ImageServer {

@@ -184,6 +184,8 @@ const CONTROL: &[libc::c_long] = &[
     libc::SYS_memfd_create,
     libc::SYS_ftruncate,
     libc::SYS_sysinfo,
+    // imago asks a qcow2 overlay's filesystem for its alignments on open.
+    libc::SYS_fstatfs,
 ];
 
 /// Running the guest (KVM_RUN, MSI-X routes and irqfds) and what device

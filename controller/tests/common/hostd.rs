@@ -310,17 +310,12 @@ pub fn bootable(c: &Controller, token: &str, vcpus: i64, ram_mib: i64) -> (Strin
 /// A stand-in root disk (`root disk of ID`, then a hole to
 /// [`ROOT_DISK_BYTES`]) as hostd uploads one: a sparse stream.
 fn sparse_root_disk(instance: &str) -> Vec<u8> {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let mut file = tempfile::tempfile().unwrap();
     file.write_all(format!("root disk of {instance}").as_bytes())
         .unwrap();
     file.set_len(ROOT_DISK_BYTES).unwrap();
-    let mut stream = Vec::new();
-    hostd_proto::sparse::SparseReader::new(file)
-        .unwrap()
-        .read_to_end(&mut stream)
-        .unwrap();
-    stream
+    hostd_proto::sparse::encode_all(file).unwrap()
 }
 
 /// The size of the stand-in's root disks.

@@ -241,6 +241,14 @@ pub fn decode_all(stream: &[u8], max_size: u64) -> Result<Vec<u8>, SparseError> 
     Ok(image)
 }
 
+/// A whole file encoded in memory (small images: tests, tools).
+pub fn encode_all(file: File) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut stream = Vec::new();
+    SparseReader::new(file)?.read_to_end(&mut stream)?;
+    Ok(stream)
+}
+
 /// The data extents (`offset`, `length`) of the first `size` bytes of
 /// `file`: where the filesystem cannot say (no `SEEK_DATA`), all of it.
 pub fn data_extents(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {

@@ -826,6 +826,44 @@ mod tests {
         assert_eq!(std::fs::read(&base).unwrap(), pattern);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Any sequence of reads and writes through the worker reads what a
+        /// plain in-memory disk holding the base would: whichever path each
+        /// request takes (the overlay's file, the base, or imago).
+        #[test]
+        fn an_overlay_reads_like_a_plain_disk(
+            uring: bool,
+            ops in proptest::collection::vec((proptest::bool::ANY, 0u64..2400, 1u32..=48, 0u8..255), 1..12),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let base = dir.path().join("base.raw");
+            let base_bytes: Vec<u8> = (0..(1u32 << 20) + 3 * 4096).map(|i| (i % 247) as u8).collect();
+            std::fs::write(&base, &base_bytes).unwrap();
+            let overlay = dir.path().join("root.qcow2");
+            qcow2::create_overlay(&overlay, "base.raw", 4 << 20).unwrap();
+            let mut model = base_bytes.clone();
+            model.resize(4 << 20, 0);
+            for (write, sector, sectors, fill) in ops {
+                let len = sectors as usize * 512;
+                let at = sector as usize * 512;
+                let disk = Disk::open(&overlay, Some(&base), false, false).unwrap();
+                let kind = if write { T_OUT } else { T_IN };
+                let data = vec![fill; len];
+                let (results, mem) = serve_disk(disk, uring, &[Req { kind, sector, data_len: len as u32 }], &data);
+                proptest::prop_assert_eq!(results[0], (VIRTIO_BLK_S_OK, if write { 1 } else { len as u32 + 1 }));
+                if write {
+                    model[at..at + len].copy_from_slice(&data);
+                } else {
+                    let mut got = vec![0u8; len];
+                    mem.read_slice(&mut got, GuestAddress(0x10_0000)).unwrap();
+                    proptest::prop_assert!(got == model[at..at + len], "read of {} sectors at {}", sectors, sector);
+                }
+            }
+        }
+    }
+
     #[test]
     fn overlay_requests_round_trip_through_io_uring() {
         overlay_round_trip(true);
