@@ -624,9 +624,11 @@ fn debian_raw_upload(ok: &dyn Fn(&[&str]) -> String, raw: &std::path::Path) {
     let len = file.metadata().expect("raw image size").len();
     assert_eq!(shown["status"], "active", "{shown}");
     assert_eq!(shown["size"].as_u64(), Some(len), "{shown}");
-    assert_eq!(shown["os_hash_algo"], "sha512", "{shown}");
+    // The CLI shows Glance's hash fields among the properties.
+    let props = &shown["properties"];
+    assert_eq!(props["os_hash_algo"], "sha512", "{shown}");
     assert_eq!(
-        shown["os_hash_value"].as_str(),
+        props["os_hash_value"].as_str(),
         Some(format!("{:x}", hash.finalize()).as_str()),
         "{shown}"
     );

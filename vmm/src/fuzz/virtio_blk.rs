@@ -310,7 +310,7 @@ fn start(
     mem: &GuestMemoryMmap,
     rings: &Rings,
     event_idx: bool,
-    disk_path: &std::path::Path,
+    disk_path: &DiskPaths,
     next: u16,
 ) -> (Block, EventFd) {
     use virtio_queue::QueueT;
@@ -319,7 +319,7 @@ fn start(
     let mut queue = rings.queue(mem, event_idx);
     queue.set_next_avail(next);
     queue.set_next_used(next);
-    let disk = Disk::open(disk_path, None, false, false).unwrap();
+    let disk = Disk::open(&disk_path.0, disk_path.1.as_deref(), false, false).unwrap();
     let limiter = Arc::new(Mutex::new(RateLimiter::new(RateLimit::default())));
     let mut block = Block::new(Arc::new(disk), "fuzz-blk", 1, limiter, "fuzz-blk".into());
     block
@@ -337,7 +337,10 @@ fn start(
     (block, kick)
 }
 
-fn one(case: Case, disk_path: &std::path::Path) -> Result<(), TestCaseError> {
+/// The disk's file, and its base when it is a qcow2 overlay.
+type DiskPaths = (std::path::PathBuf, Option<std::path::PathBuf>);
+
+fn one(case: Case, disk_path: &DiskPaths) -> Result<(), TestCaseError> {
     let mem = chains::memory();
     let rings = Rings::at(0);
     let mut alloc = chains::Alloc::default();
@@ -513,8 +516,22 @@ fn good_requests(
 fn virtio_blk() {
     let file = tempfile::NamedTempFile::new().unwrap();
     file.as_file().set_len(DISK_BYTES).unwrap();
-    let path = file.path().to_owned();
-    super::run("virtio_blk", case(), |c| one(c, &path));
+    let disk = (file.path().to_owned(), None);
+    super::run("virtio_blk", case(), |c| one(c, &disk));
+}
+
+/// The same on a qcow2 overlay (hostd's root disks on ext4) over a base
+/// half its size: requests mapped to the overlay, the base, past the base,
+/// and through the format driver's helpers.
+#[test]
+fn virtio_blk_on_a_qcow2_overlay() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.raw");
+    std::fs::write(&base, vec![0x5au8; (DISK_BYTES / 2) as usize]).unwrap();
+    let overlay = dir.path().join("root.qcow2");
+    crate::virtio::block::qcow2::create_overlay(&overlay, "base.raw", DISK_BYTES).unwrap();
+    let disk = (overlay, Some(base));
+    super::run("virtio_blk", case(), |c| one(c, &disk));
 }
 
 /// A discard whose segment descriptor also says INDIRECT, so the device
@@ -550,7 +567,7 @@ fn indirect_segment_case(first: Vec<Req>, segment: (u64, u32, u32), extra_heads:
         good_sectors: 1,
         seed: 0,
     };
-    one(case, file.path()).unwrap();
+    one(case, &(file.path().to_owned(), None)).unwrap();
 }
 
 /// Found by a 46-minute run: the segment, read as an indirect table, names a

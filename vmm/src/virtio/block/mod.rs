@@ -442,9 +442,8 @@ impl BlockWorker {
     }
 
     fn discard_or_zero(&self, req: &Request) -> u8 {
-        if !self.disk.fallocate || self.disk.read_only {
-            return VIRTIO_BLK_S_UNSUPP;
-        }
+        // A malformed request is an error whether or not the disk could
+        // serve a good one (read-only disks and overlays cannot).
         let Some(&(addr, len)) = req.data.first() else {
             return VIRTIO_BLK_S_IOERR;
         };
@@ -468,6 +467,9 @@ impl BlockWorker {
             .is_none_or(|end| end > self.disk.capacity)
         {
             return VIRTIO_BLK_S_IOERR;
+        }
+        if !self.disk.fallocate || self.disk.read_only {
+            return VIRTIO_BLK_S_UNSUPP;
         }
         match self
             .disk
