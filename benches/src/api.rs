@@ -34,9 +34,9 @@ use crate::{host_cpu, images_dir, vmm_bin, workspace, GUEST_CMDLINE};
 const ADMIN_PASSWORD: &str = "bench-admin-secret";
 const HOSTD_SECRET: &str = "bench-hostd-secret-0123456789";
 /// The one host the boot part registers.
-const HOST_ID: &str = "bench";
+pub(crate) const HOST_ID: &str = "bench";
 
-fn host_token() -> String {
+pub(crate) fn host_token() -> String {
     hostd_proto::token::for_host(HOSTD_SECRET, HOST_ID)
 }
 const GUEST_MIB: u64 = 128;
@@ -57,14 +57,14 @@ fn controller_bin() -> PathBuf {
     vmm_bin().with_file_name("controller")
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(virga_test_support::ports::free_port())
 }
 
 /// A controller process with its own state directory; killed when dropped.
-struct Controller {
+pub(crate) struct Controller {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     /// Held here and handed to the controller (see `HeldPort`): no other
     /// process can take the port while the controller starts.
     _held: HeldPort,
@@ -73,7 +73,7 @@ struct Controller {
 
 impl Controller {
     /// `extra` is TOML placed after the top-level keys (tables allowed).
-    fn start(database_url: Option<&str>, extra: &str) -> Result<Controller> {
+    pub(crate) fn start(database_url: Option<&str>, extra: &str) -> Result<Controller> {
         let dir = tempfile::tempdir()?;
         let held = HeldPort::new();
         let port = held.port;
@@ -129,7 +129,7 @@ impl Controller {
         Ok(ctl)
     }
 
-    fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
@@ -145,7 +145,7 @@ impl Drop for Controller {
     }
 }
 
-fn expect(reply: Reply, status: u16, what: &str) -> Result<Reply> {
+pub(crate) fn expect(reply: Reply, status: u16, what: &str) -> Result<Reply> {
     if reply.status != status {
         bail!(
             "{what}: answered {} (wanted {status}): {}",
@@ -158,7 +158,7 @@ fn expect(reply: Reply, status: u16, what: &str) -> Result<Reply> {
 
 /// A client holding an admin token scoped to the admin project, and that
 /// project's id.
-fn admin(ctl: &Controller) -> Result<(Client, String)> {
+pub(crate) fn admin(ctl: &Controller) -> Result<(Client, String)> {
     let mut c = Client::new(&ctl.addr())?;
     let auth = json!({"auth": {
         "identity": {"methods": ["password"], "password": {"user": {
@@ -181,8 +181,14 @@ fn admin(ctl: &Controller) -> Result<(Client, String)> {
     Ok((c, project))
 }
 
-fn create_flavor(c: &mut Client, vcpus: u32, ram_mib: u64) -> Result<String> {
-    let body = json!({"flavor": {"name": "bench", "vcpus": vcpus, "ram": ram_mib, "disk": 0}});
+pub(crate) fn create_flavor(
+    c: &mut Client,
+    vcpus: u32,
+    ram_mib: u64,
+    disk_gb: u64,
+) -> Result<String> {
+    let body =
+        json!({"flavor": {"name": "bench", "vcpus": vcpus, "ram": ram_mib, "disk": disk_gb}});
     let reply = expect(
         c.call("POST", "/compute/v2.1/flavors", Some(&body))?,
         200,
@@ -195,14 +201,19 @@ fn create_flavor(c: &mut Client, vcpus: u32, ram_mib: u64) -> Result<String> {
 }
 
 /// Creates an image with `properties` and uploads `data` to it.
-fn create_image(
+pub(crate) fn create_image(
     c: &mut Client,
     name: &str,
     format: &str,
     properties: Json,
     data: Vec<u8>,
 ) -> Result<String> {
-    let mut body = json!({"name": name, "disk_format": format, "container_format": format});
+    let container = if matches!(format, "aki" | "ari" | "ami") {
+        format
+    } else {
+        "bare"
+    };
+    let mut body = json!({"name": name, "disk_format": format, "container_format": container});
     if let (Some(b), Json::Object(p)) = (body.as_object_mut(), properties) {
         b.extend(p);
     }
@@ -332,7 +343,7 @@ fn latency(
         200,
         "quota update",
     )?;
-    let flavor = create_flavor(&mut c, 1, GUEST_MIB)?;
+    let flavor = create_flavor(&mut c, 1, GUEST_MIB, 0)?;
     let kernel = create_image(
         &mut c,
         "bench-kernel",
@@ -511,7 +522,7 @@ fn boot(runs: u32, samples: &mut Samples) -> Result<String> {
             json!({"ramdisk_id": ramdisk, "os_command_line": GUEST_CMDLINE}),
             read("vmlinux")?,
         )?,
-        flavor: create_flavor(&mut c, 1, GUEST_MIB)?,
+        flavor: create_flavor(&mut c, 1, GUEST_MIB, 0)?,
     };
     let vmm = vmm_bin();
     let scenario = Scenario::new("bench-api", &script(runs, &setup))
@@ -550,6 +561,21 @@ pub struct Probe {
     pub state_dir: PathBuf,
     #[arg(long)]
     pub runs: u32,
+    /// The console line that ends a boot.
+    #[arg(long, default_value = BOOT_MARKER)]
+    pub marker: String,
+    /// The system the samples are reported as (its first run as `-cold`).
+    #[arg(long, default_value = "api")]
+    pub system: String,
+    /// How long one boot may take to its marker.
+    #[arg(long, default_value_t = 180)]
+    pub timeout_secs: u64,
+    /// Only `runs` warm rounds: no first round reported as `-cold`.
+    #[arg(long)]
+    pub no_cold: bool,
+    /// Print each server's console once it reached its marker.
+    #[arg(long)]
+    pub show_console: bool,
 }
 
 /// "...THH:MM:SS.ffffff" as microseconds into its day.
@@ -584,8 +610,10 @@ pub fn probe(p: &Probe) -> Result<()> {
     }
     let mut c = Client::new(&p.controller)?;
     c.auth = Some(("x-auth-token", p.token.clone()));
-    for round in 0..=p.runs {
-        let system = if round == 0 { "api-cold" } else { "api" };
+    let first = if p.no_cold { 1 } else { 0 };
+    for round in first..=p.runs {
+        let cold = format!("{}-cold", p.system);
+        let system = if round == 0 { &cold } else { &p.system };
         let t0 = Instant::now();
         let body = json!({"server": {"name": format!("boot-{round}"), "imageRef": p.image,
                                      "flavorRef": p.flavor}});
@@ -607,11 +635,27 @@ pub fn probe(p: &Probe) -> Result<()> {
         let mut checked = Instant::now();
         let booted = loop {
             let text = std::fs::read(&console).unwrap_or_default();
-            if text
-                .windows(BOOT_MARKER.len())
-                .any(|w| w == BOOT_MARKER.as_bytes())
+            if let Some(at) = text
+                .windows(p.marker.len())
+                .position(|w| w == p.marker.as_bytes())
             {
-                break t0.elapsed();
+                let elapsed = t0.elapsed();
+                // The rest of the marker's line may not be written yet.
+                std::thread::sleep(Duration::from_millis(200));
+                let text = std::fs::read(&console).unwrap_or_default();
+                let line = text
+                    .get(at..)
+                    .and_then(|t| t.split(|b| *b == b'\n').next())
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                if let Some(up) = crate::measure::cloud_init_uptime(&line) {
+                    emit(system, "guest_uptime_s", "s", up);
+                }
+                if p.show_console {
+                    eprintln!("--- console of {system} server {id} ---");
+                    eprintln!("{}", String::from_utf8_lossy(&text));
+                }
+                break elapsed;
             }
             // Rarely: a failed build shows in the API, not in the file.
             if checked.elapsed() > Duration::from_secs(5) {
@@ -623,8 +667,12 @@ pub fn probe(p: &Probe) -> Result<()> {
                     bail!("server {id} went to ERROR: {}", s["server"]["fault"]);
                 }
             }
-            if t0.elapsed() > Duration::from_secs(180) {
-                bail!("no marker in {} within 180 s", console.display());
+            if t0.elapsed() > Duration::from_secs(p.timeout_secs) {
+                bail!(
+                    "no marker in {} within {} s",
+                    console.display(),
+                    p.timeout_secs
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         };

@@ -132,6 +132,7 @@ pub(crate) fn collect_samples(output: &str, samples: &mut Samples) {
                 let unit: &'static str = match s.unit.as_str() {
                     "ms" => "ms",
                     "KiB" => "KiB",
+                    "s" => "s",
                     _ => "",
                 };
                 samples.add(&s.system, &s.metric, unit, s.value);

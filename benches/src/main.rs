@@ -17,11 +17,15 @@
 //!   latency with 1,000 servers on SQLite and PostgreSQL.
 //! - `rootdisk [--runs N]`: making a server's root disk from a cached image
 //!   (hostd's code) against a plain sparse copy and a qcow2 overlay.
+//! - `cloud-boot [--runs N]`: the Debian cloud image from `POST /servers` to
+//!   "cloud-init finished", against QEMU booting the same image through
+//!   firmware and GRUB (q35 with OVMF, pc with SeaBIOS).
 //! - `measure ...`, `hostd-probe ...`, `api-probe ...`: the in-testbed probes.
 
 mod api;
 mod blk;
 mod boot;
+mod cloud_boot;
 mod hostd;
 mod http;
 mod measure;
@@ -87,6 +91,12 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         runs: u32,
     },
+    /// The Debian cloud image from `server create` to cloud-init finished
+    /// (virga vs QEMU through OVMF and SeaBIOS with GRUB).
+    CloudBoot {
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
     /// Boot servers through the controller and time them (used inside the testbed).
     ApiProbe(api::Probe),
     /// Create instances through hostd and time them (used inside the testbed).
@@ -99,6 +109,9 @@ enum Cmd {
         marker: String,
         #[arg(long)]
         guest_mib: u64,
+        /// Kill the guest at its marker instead of waiting for it to exit.
+        #[arg(long)]
+        stop_at_marker: bool,
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
@@ -154,6 +167,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Boot { runs, check } => boot::run(runs, check),
         Cmd::Rootdisk { runs } => rootdisk::run(runs),
+        Cmd::CloudBoot { runs } => cloud_boot::run(runs),
         Cmd::Blk { runs } => blk::run(runs),
         Cmd::BlkOverlay { runs } => blk::run_overlay(runs),
         Cmd::Net { runs } => net::run(runs),
@@ -169,7 +183,8 @@ fn main() -> Result<()> {
             system,
             marker,
             guest_mib,
+            stop_at_marker,
             command,
-        } => measure::run(&system, &marker, guest_mib, &command),
+        } => measure::run(&system, &marker, guest_mib, stop_at_marker, &command),
     }
 }

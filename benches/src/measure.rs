@@ -23,7 +23,15 @@ pub struct Sample {
 
 pub const SAMPLE_PREFIX: &str = "VIRGA-BENCH-SAMPLE ";
 
-pub fn run(system: &str, marker: &str, guest_mib: u64, command: &[String]) -> Result<()> {
+/// With `stop`, the guest is killed at its marker (a guest that does not
+/// power off by itself, such as a cloud image).
+pub fn run(
+    system: &str,
+    marker: &str,
+    guest_mib: u64,
+    stop: bool,
+    command: &[String],
+) -> Result<()> {
     let (program, args) = command.split_first().context("no command to measure")?;
     let started = Instant::now();
     let mut child = Command::new(program)
@@ -43,6 +51,13 @@ pub fn run(system: &str, marker: &str, guest_mib: u64, command: &[String]) -> Re
             boot_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
             overhead_kib = overhead(pid, guest_mib).unwrap_or(0);
             println!("{line}");
+            if let Some(up) = cloud_init_uptime(&line) {
+                crate::hostd::emit(system, "guest_uptime_s", "s", up);
+            }
+            if stop {
+                child.kill().context("stopping the guest at its marker")?;
+                break;
+            }
         }
     }
     let (status, peak_rss_kib) = wait_with_rusage(pid)?;
@@ -54,10 +69,19 @@ pub fn run(system: &str, marker: &str, guest_mib: u64, command: &[String]) -> Re
         boot_ms,
         overhead_kib,
         peak_rss_kib,
-        exit_ok: status == 0,
+        exit_ok: status == 0 || stop,
     };
     println!("{SAMPLE_PREFIX}{}", serde_json::to_string(&sample)?);
     Ok(())
+}
+
+/// The guest's own uptime in cloud-init's last line ("Cloud-init v. 22.4.2
+/// finished at <date>. Datasource ... Up 25.01 seconds"): how much of a boot
+/// the guest spent, as opposed to what came before its kernel.
+pub fn cloud_init_uptime(line: &str) -> Option<f64> {
+    let (_, rest) = line.split_once("finished at")?;
+    let (_, up) = rest.rsplit_once("Up ")?;
+    up.split_whitespace().next()?.parse().ok()
 }
 
 /// RSS of the process minus the RSS of mappings at least as large as guest RAM.
@@ -110,6 +134,15 @@ fn wait_with_rusage(pid: u32) -> Result<(i32, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cloud_init_reports_its_uptime() {
+        let line = "[  OK  ] Cloud-init v. 22.4.2 finished at Thu, 03 Dec 2026 14:30:00 +0000. \
+                    Datasource DataSourceConfigDrive [net,ver=2][source=/dev/vdb].  Up 25.01 seconds";
+        assert_eq!(cloud_init_uptime(line), Some(25.01));
+        assert_eq!(cloud_init_uptime("Up 3 seconds"), None);
+        assert_eq!(cloud_init_uptime("x finished at y. Up soon"), None);
+    }
 
     #[test]
     fn overhead_excludes_guest_ram_mappings() {

@@ -1,9 +1,10 @@
 //! A Debian 12 cloud image, built here from Debian's packages only, laid out
 //! as Debian's own `genericcloud` image is: a GPT disk with a BIOS boot
 //! partition (14), an EFI system partition (15, vfat) and the ext4 root (1),
-//! the cloud kernel, systemd, cloud-init and OpenSSH, and a grub.cfg in
-//! grub-mkconfig's shape naming the kernel and initramfs under `/boot`.
-//! Nothing in it is Virga's: it is what users upload.
+//! the cloud kernel, systemd, cloud-init and OpenSSH, a grub.cfg in
+//! grub-mkconfig's shape naming the kernel and initramfs under `/boot`, and
+//! GRUB installed for BIOS and UEFI firmware (see `grub_install`). Nothing
+//! in it is Virga's: it is what users upload, and it boots elsewhere too.
 //!
 //! Made without loop mounts or privileges beyond a chroot: `mmdebstrap`
 //! installs the packages into a directory, `mkfs.ext4 -d` turns that into
@@ -17,6 +18,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use crate::debian::{run, DebianError};
+use crate::grub_install::{self, GrubImages};
 use crate::{io_err, ImageError};
 
 pub const RAW: &str = "debian-12-genericcloud-amd64.raw";
@@ -40,6 +42,10 @@ const PACKAGES: &[&str] = &[
     "ifupdown",
     "isc-dhcp-client",
     "e2fsprogs",
+    // GRUB's images and modules for both firmwares; not grub-pc or
+    // grub-efi-amd64, whose scripts would install to the build host's disks.
+    "grub-pc-bin",
+    "grub-efi-amd64-bin",
 ];
 const SOURCES: &[&str] = &[
     "deb http://deb.debian.org/debian bookworm main",
@@ -80,11 +86,14 @@ impl CloudImage {
     }
 }
 
-/// This module's own source: a change to it rebuilds the image, a change
-/// elsewhere in the crate does not.
+/// This module's own source and GRUB's installer: a change to them rebuilds
+/// the image, a change elsewhere in the crate does not.
 fn revision() -> String {
     use sha2::{Digest, Sha256};
-    let hash = Sha256::digest(include_str!("cloud_image.rs").as_bytes());
+    let mut sources = Sha256::new();
+    sources.update(include_str!("cloud_image.rs"));
+    sources.update(include_str!("grub_install.rs"));
+    let hash = sources.finalize();
     hash[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -137,6 +146,7 @@ pub fn build(dir: &Path, log: &dyn Fn(&str)) -> Result<CloudImage, ImageError> {
     run(&mut cmd)?;
     let release = kernel_release(&root)?;
     configure(&root, &release)?;
+    let grub = grub_install::prepare(&root, ROOT_FS_UUID)?;
 
     log("Debian cloud image: making the filesystems and the disk");
     let fs = dir.join("root.ext4");
@@ -148,7 +158,7 @@ pub fn build(dir: &Path, log: &dyn Fn(&str)) -> Result<CloudImage, ImageError> {
         .arg(format!("{ROOT_MIB}M")))?;
     remove_dir(&root)?;
     let raw = dir.join(RAW);
-    assemble(&fs, &raw)?;
+    assemble(&fs, &raw, &grub)?;
     let _ = std::fs::remove_file(&fs);
     let qcow2 = dir.join(QCOW2);
     let _ = std::fs::remove_file(&qcow2);
@@ -229,6 +239,12 @@ fn configure(root: &Path, release: &str) -> Result<(), ImageError> {
     write("etc/hostname", "localhost\n")?;
     write("etc/machine-id", "")?;
     write("etc/resolv.conf", "")?;
+    // The system locale cloud-init keeps: left to its default (en_US.UTF-8),
+    // it runs Debian's locale-gen, which ignores its argument (nothing is
+    // enabled in /etc/locale.gen), and update-locale then fails on the
+    // console; in the testbed that took 55 s of every first boot.
+    write("etc/default/locale", "LANG=C.UTF-8\n")?;
+    write("etc/cloud/cloud.cfg.d/01_locale.cfg", "locale: C.UTF-8\n")?;
     write("boot/grub/grub.cfg", &grub_cfg(release))?;
     let ssh = root.join("etc/ssh");
     for entry in std::fs::read_dir(&ssh).map_err(io_err(&ssh))?.flatten() {
@@ -260,6 +276,19 @@ if [ x"${{feature_menuentry_id}}" = xy ]; then
 else
   menuentry_id_option=""
 fi
+function load_video {{
+  if [ x$feature_all_video_module = xy ]; then
+    insmod all_video
+  else
+    insmod efi_gop
+    insmod efi_uga
+    insmod ieee1275_fb
+    insmod vbe
+    insmod vga
+    insmod video_bochs
+    insmod video_cirrus
+  fi
+}}
 serial --speed=115200
 terminal_input serial console
 terminal_output serial console
@@ -279,10 +308,11 @@ menuentry 'Debian GNU/Linux' --class debian --class gnu-linux --class gnu --clas
     )
 }
 
-/// Writes the disk: GPT with BIOS boot (14, 3 MiB at 1 MiB), ESP (15, 124
-/// MiB, an empty vfat) and the root (1, from `fs`), as Debian's genericcloud
-/// image lays them out.
-fn assemble(fs: &Path, raw: &Path) -> Result<(), ImageError> {
+/// Writes the disk: GPT with BIOS boot (14, 3 MiB at 1 MiB, GRUB's core
+/// image), ESP (15, 124 MiB, vfat with GRUB's EFI image) and the root (1,
+/// from `fs`), as Debian's genericcloud image lays them out; GRUB's boot
+/// code in the MBR.
+fn assemble(fs: &Path, raw: &Path, grub: &GrubImages) -> Result<(), ImageError> {
     let fs_len = std::fs::metadata(fs).map_err(io_err(fs))?.len();
     let root_start = 128 * MIB;
     let total = root_start + fs_len + MIB;
@@ -346,13 +376,36 @@ fn assemble(fs: &Path, raw: &Path) -> Result<(), ImageError> {
     }
     disk.write().map_err(|e| table(e.to_string()))?;
 
-    // The ESP: an empty FAT filesystem, as a fresh image has.
-    let esp = fscommon_slice(&mut file, 4 * MIB, 124 * MIB);
+    // The ESP: a FAT filesystem with GRUB at the removable-media path.
+    let mut esp = fscommon_slice(&mut file, 4 * MIB, 124 * MIB);
     fatfs::format_volume(
-        esp,
+        &mut esp,
         fatfs::FormatVolumeOptions::new().volume_label(*b"EFI        "),
     )
     .map_err(io_err(&part))?;
+    esp.seek(SeekFrom::Start(0)).map_err(io_err(&part))?;
+    {
+        let esp = fatfs::FileSystem::new(esp, fatfs::FsOptions::new()).map_err(io_err(&part))?;
+        esp.root_dir()
+            .create_dir("EFI")
+            .and_then(|d| d.create_dir("BOOT"))
+            .and_then(|d| d.create_file("BOOTX64.EFI"))
+            .and_then(|mut f| f.write_all(&grub.efi))
+            .map_err(io_err(&part))?;
+        esp.unmount().map_err(io_err(&part))?;
+    }
+
+    // BIOS: core.img in the BIOS boot partition, boot.img in the MBR.
+    use std::os::unix::fs::FileExt;
+    let core_lba = MIB / 512;
+    let grub_err = |e: String| ImageError::from(DebianError::Unexpected(format!("GRUB: {e}")));
+    let core =
+        grub_install::placed_core(&grub.core_img, core_lba, 3 * MIB as usize).map_err(grub_err)?;
+    file.write_all_at(&core, MIB).map_err(io_err(&part))?;
+    let mut mbr = vec![0u8; 512];
+    file.read_exact_at(&mut mbr, 0).map_err(io_err(&part))?;
+    let sector0 = grub_install::boot_sector(&grub.boot_img, &mbr, core_lba).map_err(grub_err)?;
+    file.write_all_at(&sector0, 0).map_err(io_err(&part))?;
 
     let mut source = std::fs::File::open(fs).map_err(io_err(fs))?;
     file.seek(SeekFrom::Start(root_start))

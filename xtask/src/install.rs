@@ -14,6 +14,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("e2fsprogs", "mkfs.ext4"),
     // The Debian cloud image the real-guest tests boot.
     ("mmdebstrap", "mmdebstrap"),
+    // UEFI firmware for QEMU, the cloud-boot benchmark's q35 peer.
+    ("ovmf", "/usr/share/OVMF/OVMF_CODE_4M.fd"),
     // Benchmark tools for the guest rootfs.
     ("fio", "fio"),
     ("iperf3", "iperf3"),

@@ -340,6 +340,8 @@ const PEERS: &[&str] = &[
     "/usr/bin/iperf3",
 ];
 const PEER_FILES: &[&str] = &[
+    "/usr/share/OVMF/OVMF_CODE_4M.fd",
+    "/usr/share/OVMF/OVMF_VARS_4M.fd",
     "/usr/share/seabios/bios-256k.bin",
     "/usr/share/qemu/linuxboot_dma.bin",
     "/usr/share/qemu/kvmvapic.bin",
