@@ -465,7 +465,23 @@ done"#
         r#"mkdir -p /sys/fs/cgroup && (mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null || true)
 failed=0
 {direct}
-cat > $WORK/hostd.toml <<EOF
+{start_hostd}
+$BIN/virga-bench api-probe --controller $HOST_ADDR:{ctl_port} --token {token} --image {image} \
+  --flavor {flavor} --state-dir $WORK/state --runs {runs} || {{ failed=1; tail -n 20 $WORK/hostd.log; }}
+kill $HOSTD; wait $HOSTD
+{direct}
+exit $failed
+"#,
+        start_hostd = start_hostd(*ctl_port, *hostd_port),
+    )
+}
+
+/// Script lines that start the bench host's hostd in the testbed (state in
+/// `$WORK/state`, its log in `$WORK/hostd.log`, its pid in `$HOSTD`),
+/// registered with the controller on this machine.
+pub(crate) fn start_hostd(ctl_port: u16, hostd_port: u16) -> String {
+    format!(
+        r#"cat > $WORK/hostd.toml <<EOF
 token = "{hostd_token}"
 listen = "0.0.0.0:{hostd_port}"
 state_dir = "$WORK/state"
@@ -477,13 +493,7 @@ advertise_url = "http://127.0.0.1:{hostd_port}"
 heartbeat_secs = 1
 EOF
 $BIN/hostd --config $WORK/hostd.toml 2> $WORK/hostd.log &
-HOSTD=$!
-$BIN/virga-bench api-probe --controller $HOST_ADDR:{ctl_port} --token {token} --image {image} \
-  --flavor {flavor} --state-dir $WORK/state --runs {runs} || {{ failed=1; tail -n 20 $WORK/hostd.log; }}
-kill $HOSTD; wait $HOSTD
-{direct}
-exit $failed
-"#,
+HOSTD=$!"#,
         hostd_token = host_token(),
     )
 }

@@ -95,19 +95,7 @@ fn script(runs: u32, s: &Setup, qemu_systems: &[&str]) -> String {
 mkdir -p $WORK/state && mount -t ext4 $SCRATCH $WORK/state
 echo never > /sys/kernel/mm/transparent_hugepage/enabled
 failed=0
-cat > $WORK/hostd.toml <<EOF
-token = "{hostd_token}"
-listen = "0.0.0.0:{hostd_port}"
-state_dir = "$WORK/state"
-vmm_binary = "$BIN/vmm"
-host_id = "{host_id}"
-controller_url = "http://$HOST_ADDR:{ctl_port}"
-controller_token = "{hostd_token}"
-advertise_url = "http://127.0.0.1:{hostd_port}"
-heartbeat_secs = 2
-EOF
-$BIN/hostd --config $WORK/hostd.toml 2> $WORK/hostd.log &
-HOSTD=$!
+{start_hostd}
 # The first server fetches the image into hostd's cache, which QEMU's runs
 # then boot from.
 {probe} --runs 0 --show-console || {{ failed=1; tail -n 20 $WORK/hostd.log; }}
@@ -132,8 +120,7 @@ done
 kill $HOSTD; wait $HOSTD
 exit $failed
 "#,
-        hostd_token = crate::api::host_token(),
-        host_id = crate::api::HOST_ID,
+        start_hostd = crate::api::start_hostd(*ctl_port, *hostd_port),
         systems = qemu_systems.join(" "),
     )
 }
@@ -235,7 +222,7 @@ pub fn run(runs: u32) -> Result<()> {
     }
     let report = Report {
         bench: "cloud-boot".into(),
-        host: format!("{} ({mode})", host_cpu(), mode = outcome.mode.as_str()),
+        host: format!("{} ({})", host_cpu(), outcome.mode.as_str()),
         rows: samples.rows(&systems),
     };
     let peer = fastest_qemu(&report).context("no QEMU boot time")?;
