@@ -599,6 +599,45 @@ fn micros_of_day(t: &str) -> Option<i64> {
     Some(((h * 60 + m) * 60 + s) * 1_000_000 + frac)
 }
 
+/// A console file read as it grows: each look reads only the bytes appended
+/// since the last. The probe looks every 10 ms for minutes in the testbed's
+/// single CPU, where re-reading and searching the whole file (tens of KiB
+/// by the end of a Debian boot) took CPU from the very guest being timed.
+#[derive(Default)]
+struct ConsoleTail {
+    file: Option<std::fs::File>,
+    /// Bytes read so far.
+    read: u64,
+    /// The last bytes read, shorter than a marker: one may straddle reads.
+    carry: Vec<u8>,
+}
+
+impl ConsoleTail {
+    /// The file offset of `marker`'s first byte once it has been written.
+    fn find(&mut self, path: &Path, marker: &[u8]) -> Option<u64> {
+        use std::io::Read;
+        if self.file.is_none() {
+            self.file = std::fs::File::open(path).ok();
+        }
+        let mut new = Vec::new();
+        self.file.as_mut()?.read_to_end(&mut new).ok()?;
+        if new.is_empty() {
+            return None;
+        }
+        let start = self.read - self.carry.len() as u64;
+        self.carry.extend_from_slice(&new);
+        self.read += new.len() as u64;
+        let found = self
+            .carry
+            .windows(marker.len())
+            .position(|w| w == marker)
+            .map(|at| start + at as u64);
+        let keep = self.carry.len().min(marker.len().saturating_sub(1));
+        self.carry.drain(..self.carry.len() - keep);
+        found
+    }
+}
+
 /// Inside the testbed: waits for hostd to register, then boots the image
 /// `runs` + 1 times through the API (the first with hostd's image cache
 /// cold), timing each from `POST /servers` to its marker in the console
@@ -643,18 +682,16 @@ pub fn probe(p: &Probe) -> Result<()> {
             .context("no server id")?;
         let console = p.state_dir.join("instances").join(&id).join("console.log");
         let mut checked = Instant::now();
+        let mut tail = ConsoleTail::default();
         let booted = loop {
-            let text = std::fs::read(&console).unwrap_or_default();
-            if let Some(at) = text
-                .windows(p.marker.len())
-                .position(|w| w == p.marker.as_bytes())
-            {
+            if let Some(at) = tail.find(&console, p.marker.as_bytes()) {
                 let elapsed = t0.elapsed();
                 // The rest of the marker's line may not be written yet.
                 std::thread::sleep(Duration::from_millis(200));
                 let text = std::fs::read(&console).unwrap_or_default();
-                let line = text
-                    .get(at..)
+                let line = usize::try_from(at)
+                    .ok()
+                    .and_then(|at| text.get(at..))
                     .and_then(|t| t.split(|b| *b == b'\n').next())
                     .map(String::from_utf8_lossy)
                     .unwrap_or_default();
@@ -765,5 +802,22 @@ mod tests {
         assert!(s.contains("api-probe --controller $HOST_ADDR:8774 --token tok --image img"));
         let hostd = s.find("$BIN/hostd").unwrap_or(0);
         assert!(s[..hostd].contains("measure") && s[hostd..].contains("measure"));
+    }
+
+    #[test]
+    fn a_console_tail_finds_the_marker_across_appends() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("console.log");
+        let mut tail = ConsoleTail::default();
+        assert_eq!(tail.find(&path, b"finished at"), None, "no file yet");
+        let mut f = std::fs::File::create(&path).expect("create");
+        f.write_all(b"booting\ncloud-init fini").expect("write");
+        assert_eq!(tail.find(&path, b"finished at"), None);
+        assert_eq!(tail.find(&path, b"finished at"), None, "nothing new");
+        f.write_all(b"shed at 12:00\n").expect("write");
+        assert_eq!(tail.find(&path, b"finished at"), Some(19));
+        // Only what was appended is kept: a bounded carry, not the file.
+        assert!(tail.carry.len() < b"finished at".len());
     }
 }

@@ -22,8 +22,11 @@
 //! kernel (API, disk, firmware, GRUB).
 //!
 //! Same guest size (1 vCPU, 512 MiB, 3 GiB root disk, which cloud-init
-//! grows), no network on either side; rounds interleave the systems, so
-//! drift in the testbed hits all alike.
+//! grows), the same CPU (the host's, without VMX or SVM: Virga offers no
+//! nested virtualization, so QEMU's guest does not get it either), no
+//! network on either side; rounds interleave the systems, so drift in the
+//! testbed hits all alike. The first round prints QEMU's console too, to set
+//! beside Virga's (`--show-console`) phase by phase.
 
 use std::path::Path;
 use std::time::Duration;
@@ -83,7 +86,7 @@ fn script(runs: u32, s: &Setup, qemu_systems: &[&str]) -> String {
          --system virga --timeout-secs {BOOT_TIMEOUT_SECS}"
     );
     let qemu = format!(
-        "{QEMU} $FIRMWARE -enable-kvm -cpu host -smp 1 -m {GUEST_MIB} -nodefaults -no-user-config \
+        "{QEMU} $FIRMWARE -enable-kvm -cpu host,-vmx,-svm -smp 1 -m {GUEST_MIB} -nodefaults -no-user-config \
          -display none -serial stdio -no-reboot \
          -smbios 'type=1,manufacturer=OpenStack Foundation,product=OpenStack Nova' \
          -drive file=$WORK/state/qemu.qcow2,if=virtio,format=qcow2,cache=none,aio=io_uring \
@@ -113,8 +116,10 @@ for round in $(seq {runs}); do
       *) FIRMWARE="-M pc" ;;
     esac
     $BIN/virga-bench measure --system $system --marker '{MARKER}' --guest-mib {GUEST_MIB} \
-      --stop-at-marker -- {qemu} > $WORK/qemu.out || {{ failed=1; tail -n 30 $WORK/qemu.out; }}
+      --stop-at-marker --console $WORK/qemu-console.log -- {qemu} > $WORK/qemu.out \
+      || {{ failed=1; tail -n 30 $WORK/qemu-console.log; }}
     grep VIRGA- $WORK/qemu.out
+    [ $round = 1 ] && {{ echo "--- console of $system ---"; cat $WORK/qemu-console.log; }}
   done
 done
 kill $HOSTD; wait $HOSTD

@@ -112,6 +112,9 @@ enum Cmd {
         /// Kill the guest at its marker instead of waiting for it to exit.
         #[arg(long)]
         stop_at_marker: bool,
+        /// Also write the guest's console (the command's output) here.
+        #[arg(long)]
+        console: Option<PathBuf>,
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
@@ -184,7 +187,17 @@ fn main() -> Result<()> {
             marker,
             guest_mib,
             stop_at_marker,
+            console,
             command,
-        } => measure::run(&system, &marker, guest_mib, stop_at_marker, &command),
+        } => measure::run(
+            &measure::Run {
+                system: &system,
+                marker: &marker,
+                guest_mib,
+                stop: stop_at_marker,
+                console: console.as_deref(),
+            },
+            &command,
+        ),
     }
 }

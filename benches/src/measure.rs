@@ -4,7 +4,8 @@
 //! It also samples the VMM's overhead when the marker appears (resident memory
 //! outside the guest-RAM mapping) and takes the peak RSS from wait4's rusage.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -23,15 +24,29 @@ pub struct Sample {
 
 pub const SAMPLE_PREFIX: &str = "VIRGA-BENCH-SAMPLE ";
 
-/// With `stop`, the guest is killed at its marker (a guest that does not
-/// power off by itself, such as a cloud image).
-pub fn run(
-    system: &str,
-    marker: &str,
-    guest_mib: u64,
-    stop: bool,
-    command: &[String],
-) -> Result<()> {
+/// What to time and how.
+pub struct Run<'a> {
+    pub system: &'a str,
+    pub marker: &'a str,
+    pub guest_mib: u64,
+    /// Kill the guest at its marker (a guest that does not power off by
+    /// itself, such as a cloud image).
+    pub stop: bool,
+    /// A file to keep the guest's console in.
+    pub console: Option<&'a Path>,
+}
+
+pub fn run(r: &Run, command: &[String]) -> Result<()> {
+    let Run {
+        system,
+        marker,
+        guest_mib,
+        stop,
+        console,
+    } = *r;
+    let mut console = console
+        .map(|p| std::fs::File::create(p).with_context(|| format!("creating {}", p.display())))
+        .transpose()?;
     let (program, args) = command.split_first().context("no command to measure")?;
     let started = Instant::now();
     let mut child = Command::new(program)
@@ -47,6 +62,9 @@ pub fn run(
     let mut overhead_kib = 0;
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap_or_default();
+        if let Some(f) = console.as_mut() {
+            writeln!(f, "{line}").context("writing the console")?;
+        }
         if boot_ms.is_none() && line.contains(marker) {
             boot_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
             overhead_kib = overhead(pid, guest_mib).unwrap_or(0);

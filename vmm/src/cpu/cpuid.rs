@@ -1,5 +1,9 @@
 //! CPUID for each vCPU: what KVM supports, plus the topology this VM has (one
-//! socket, one thread per core) and the hypervisor bit.
+//! socket, one thread per core) and the hypervisor bit, less hardware
+//! virtualization (VMX, SVM): Virga offers no nested virtualization, as
+//! Firecracker and most clouds' standard instance types do not. It keeps the
+//! host kernel's nested KVM out of tenants' reach, and a guest that sees
+//! neither flag does not load kvm at boot (seconds of a cloud image's boot).
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
@@ -9,10 +13,15 @@ const LEAF_EXT_TOPOLOGY: u32 = 0xb;
 const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
 const LEAF_STRUCTURED_FEATURES: u32 = 0x7;
 const LEAF_XSAVE: u32 = 0xd;
+const LEAF_AMD_EXT_FEATURES: u32 = 0x8000_0001;
 const LEAF_AMD_ADDR_SIZES: u32 = 0x8000_0008;
+const LEAF_AMD_SVM: u32 = 0x8000_000a;
 const LEAF_AMD_EXT_APIC_ID: u32 = 0x8000_001e;
 
+const ECX_VMX: u32 = 1 << 5;
 const ECX_TSC_DEADLINE: u32 = 1 << 24;
+/// Leaf 0x8000_0001 ECX.
+const ECX_SVM: u32 = 1 << 2;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
 
@@ -84,6 +93,7 @@ pub fn customize(cpuid: &mut CpuId, id: u8, count: u8, tsc_deadline: bool) {
                 // line size in 8-byte units.
                 entry.ebx = (apic_id << 24) | (count32 << 16) | (8 << 8) | (entry.ebx & 0xff);
                 entry.ecx |= ECX_HYPERVISOR;
+                entry.ecx &= !ECX_VMX;
                 if tsc_deadline {
                     entry.ecx |= ECX_TSC_DEADLINE;
                 }
@@ -104,6 +114,8 @@ pub fn customize(cpuid: &mut CpuId, id: u8, count: u8, tsc_deadline: bool) {
             LEAF_EXT_TOPOLOGY | LEAF_V2_EXT_TOPOLOGY => {
                 topology_level(entry, apic_id, count32, core_bits);
             }
+            LEAF_AMD_EXT_FEATURES => entry.ecx &= !ECX_SVM,
+            LEAF_AMD_SVM => (entry.eax, entry.ebx, entry.ecx, entry.edx) = (0, 0, 0, 0),
             LEAF_AMD_ADDR_SIZES if vendor == Vendor::Amd => {
                 // ECX[15:12]: APIC-ID bits for cores, [7:0]: cores - 1.
                 entry.ecx = (entry.ecx & !0xf0ff) | (core_bits << 12) | (count32 - 1);
@@ -295,6 +307,22 @@ mod tests {
         assert_eq!(x.ebx, 576 + 256, "size for every component offered");
         assert_eq!(find(&c, 0xd, 9).eax, 0);
         assert_eq!(find(&c, 0xd, 2).eax, 256);
+    }
+
+    #[test]
+    fn no_hardware_virtualization_is_offered() {
+        let mut leaf1 = entry(1, 0);
+        leaf1.ecx = ECX_VMX | 1; // and SSE3, kept
+        let mut ext = entry(LEAF_AMD_EXT_FEATURES, 0);
+        ext.ecx = ECX_SVM | 1; // and LAHF/SAHF, kept
+        let mut svm = entry(LEAF_AMD_SVM, 0);
+        (svm.eax, svm.ebx, svm.edx) = (1, 0x8000, 0x1ebfbcff);
+        let mut c = CpuId::from_entries(&[leaf1, ext, svm]).unwrap();
+        customize(&mut c, 0, 1, false);
+        assert_eq!(find(&c, 1, 0).ecx & (ECX_VMX | 1), 1);
+        assert_eq!(find(&c, LEAF_AMD_EXT_FEATURES, 0).ecx, 1);
+        let svm = find(&c, LEAF_AMD_SVM, 0);
+        assert_eq!((svm.eax, svm.ebx, svm.ecx, svm.edx), (0, 0, 0, 0));
     }
 
     #[test]
