@@ -39,13 +39,15 @@ ticks_past() {
     ticks $1
 }
 booted() { n=$(hc console $1 --tail 1000 | grep -c VIRGA-BOOT-OK); echo ${n:-0}; }
+# Waits on hostd's answers poll every 0.5 s: each look runs hostctl, which on
+# the testbed's one emulated CPU takes time from the guests being waited for.
 vmms() { n=$(ps -o stat,comm | grep -c '^[^Z].* vmm$'); echo ${n:-0}; }
 wait_for() {
-    d=$(($(date +%s) + 60)); while [ "$(state $1)" != "$2" ] && [ $(date +%s) -lt $d ]; do sleep 0.1; done
+    d=$(($(date +%s) + 60)); while [ "$(state $1)" != "$2" ] && [ $(date +%s) -lt $d ]; do sleep 0.5; done
     echo "STATE $1 $(state $1)"
 }
 wait_booted() {
-    d=$(($(date +%s) + 300)); while [ "$(booted $1)" = 0 ] && [ $(date +%s) -lt $d ]; do sleep 0.1; done
+    d=$(($(date +%s) + 300)); while [ "$(booted $1)" = 0 ] && [ $(date +%s) -lt $d ]; do sleep 0.5; done
     echo "BOOTED $1 $(booted $1)"
 }
 spec() {
@@ -102,7 +104,7 @@ hc stop vm2 > /dev/null; echo "STOPPED $(state vm2)"
 echo "STOP_REASON $(hc show vm2 | grep -o '"reason": "[^"]*"')"
 echo "VMMS_2 $(vmms)"
 hc start vm2 > /dev/null; wait_for vm2 running > /dev/null; echo "RESTARTED $(state vm2)"
-d=$(($(date +%s) + 300)); while [ "$(booted vm2)" -lt 2 ] && [ $(date +%s) -lt $d ]; do sleep 0.1; done
+d=$(($(date +%s) + 300)); while [ "$(booted vm2)" -lt 2 ] && [ $(date +%s) -lt $d ]; do sleep 0.5; done
 echo "VM2_BOOTS $(booted vm2)"
 
 p0=$(pid vm3); hc reboot vm3 > /dev/null; p1=$(pid vm3)
