@@ -327,11 +327,10 @@ fn drive_the_cloud(
     // CPU the testbed's guests needed. Actions (and one last console read
     // per wait) still go through the CLI.
     let watch = Watch::new(ctl_port);
-    let status = |name: &str| -> String { watch.status(name) };
     let wait_status = |name: &str, want: &str| {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let s = status(name);
+            let s = watch.status(name);
             if s == want {
                 return;
             }
@@ -418,7 +417,7 @@ fn drive_the_cloud(
         "--wait",
         "vm1",
     ]);
-    assert_eq!(status("vm1"), "ACTIVE");
+    assert_eq!(watch.status("vm1"), "ACTIVE");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let log = watch.console("vm1");
@@ -553,9 +552,9 @@ fn drive_the_cloud(
     ok(&args);
 
     mark("cloud images");
-    cloud_images(dir, &ok, &watch, &status, &wait_status);
+    cloud_images(dir, &ok, &watch, &wait_status);
     mark("Debian");
-    debian(dir, &ok, &watch, &status, &wait_status);
+    debian(dir, &ok, &watch, &wait_status);
     mark("done");
 }
 
@@ -737,7 +736,6 @@ fn debian(
     dir: &std::path::Path,
     ok: &dyn Fn(&[&str]) -> String,
     watch: &Watch,
-    status: &dyn Fn(&str) -> String,
     wait_status: &dyn Fn(&str, &str),
 ) {
     let image = virga_guest_images::cloud_image::load(&virga_e2e::images_dir().join("debian-12"))
@@ -798,7 +796,7 @@ fn debian(
         "--wait",
         "vm-debian",
     ]);
-    assert_eq!(status("vm-debian"), "ACTIVE");
+    assert_eq!(watch.status("vm-debian"), "ACTIVE");
     let started = Instant::now();
     let log = wait_console(ok, watch, "vm-debian", "virga-debian-keys", 900);
     println!(
@@ -951,7 +949,6 @@ fn cloud_images(
     dir: &std::path::Path,
     ok: &dyn Fn(&[&str]) -> String,
     watch: &Watch,
-    status: &dyn Fn(&str) -> String,
     wait_status: &dyn Fn(&str, &str),
 ) {
     let disk = dir.join("cloud.img");
@@ -1000,7 +997,7 @@ fn cloud_images(
         "--wait",
         "vm-cloud",
     ]);
-    assert_eq!(status("vm-cloud"), "ACTIVE");
+    assert_eq!(watch.status("vm-cloud"), "ACTIVE");
     // The guest rebooted itself after its first boot: hostd picked the
     // kernel again and the disk kept what the first boot wrote.
     let log = wait_console("vm-cloud", &boot_line(2));
@@ -1037,7 +1034,7 @@ fn cloud_images(
         "--wait",
         "vm-cloud",
     ]);
-    assert_eq!(status("vm-cloud"), "ACTIVE");
+    assert_eq!(watch.status("vm-cloud"), "ACTIVE");
     let log = wait_console("vm-cloud", &boot_line(2));
     assert!(!log.contains(&boot_line(3)), "a fresh root disk:\n{log}");
 
@@ -1076,7 +1073,7 @@ fn cloud_images(
     ok(&[
         "server", "resize", "--flavor", "medium", "--wait", "vm-snap",
     ]);
-    assert_eq!(status("vm-snap"), "VERIFY_RESIZE");
+    assert_eq!(watch.status("vm-snap"), "VERIFY_RESIZE");
     wait_console("vm-snap", "virga-cloud-boot 4 root=vda3 sectors=4194304");
     ok(&["server", "resize", "confirm", "vm-snap"]);
     wait_status("vm-snap", "ACTIVE");
@@ -1142,7 +1139,7 @@ fn cloud_images(
         "vm-broken",
     ]);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while status("vm-broken") != "ERROR" {
+    while watch.status("vm-broken") != "ERROR" {
         assert!(Instant::now() < deadline, "vm-broken never failed");
         std::thread::sleep(Duration::from_secs(1));
     }

@@ -39,9 +39,9 @@ ticks_past() {
     ticks $1
 }
 booted() { n=$(hc console $1 --tail 1000 | grep -c VIRGA-BOOT-OK); echo ${n:-0}; }
+vmms() { n=$(ps -o stat,comm | grep -c '^[^Z].* vmm$'); echo ${n:-0}; }
 # Waits on hostd's answers poll every 0.5 s: each look runs hostctl, which on
 # the testbed's one emulated CPU takes time from the guests being waited for.
-vmms() { n=$(ps -o stat,comm | grep -c '^[^Z].* vmm$'); echo ${n:-0}; }
 wait_for() {
     d=$(($(date +%s) + 60)); while [ "$(state $1)" != "$2" ] && [ $(date +%s) -lt $d ]; do sleep 0.5; done
     echo "STATE $1 $(state $1)"
