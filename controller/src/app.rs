@@ -7,12 +7,14 @@ use crate::compute::console_tokens::ConsoleTokens;
 use crate::compute::flavors::Flavors;
 use crate::compute::hosts::Hosts;
 use crate::compute::keypairs::Keypairs;
+use crate::compute::nics::NicRequests;
 use crate::compute::quotas::Quotas;
 use crate::compute::scheduler::Scheduler;
 use crate::compute::servers::Servers;
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::image::Images;
+use crate::network::service::NetworkService;
 
 pub struct App {
     pub config: Config,
@@ -20,7 +22,9 @@ pub struct App {
     pub flavors: Flavors,
     pub hosts: Hosts,
     pub images: Images,
+    pub network: NetworkService,
     pub keypairs: Keypairs,
+    pub nic_requests: NicRequests,
     pub console_tokens: ConsoleTokens,
     pub quotas: Quotas,
     pub servers: Servers,

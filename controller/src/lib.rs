@@ -9,8 +9,10 @@
 //! - [`compute`]: flavors, keypairs, quotas, hosts, scheduling, servers; the
 //!   servers' logic (create, delete, actions) and reconcilers in [`compute::service`]
 //! - [`image`]: image records and their stored bytes
+//! - [`network`]: networks, subnets, ports, security groups (Neutron's
+//!   intended state, which each host's netd converges to)
 //! - [`hostd_client`]: calls to the hosts' hostd APIs
-//! - [`api`]: the HTTP APIs (Keystone v3, Nova v2.1 flavors, Glance v2)
+//! - [`api`]: the HTTP APIs (Keystone v3, Nova v2.1, Glance v2, Neutron v2.0)
 
 pub mod api;
 pub mod app;
@@ -21,4 +23,5 @@ pub mod context;
 pub mod hostd_client;
 pub mod identity;
 pub mod image;
+pub mod network;
 pub mod store;

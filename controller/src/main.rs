@@ -135,6 +135,8 @@ async fn run(config: Config, inherited: Option<std::net::TcpListener>) -> anyhow
         hosts: Hosts::new(store.clone()),
         images,
         keypairs: Keypairs::new(store.clone()),
+        nic_requests: controller::compute::nics::NicRequests::new(store.clone()),
+        network: controller::network::service::NetworkService::new(store.clone()),
         console_tokens: ConsoleTokens::new(store.clone()),
         quotas: Quotas::new(store.clone()),
         servers: Servers::new(store.clone()),

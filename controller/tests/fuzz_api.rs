@@ -46,15 +46,23 @@ enum Kind {
     Keypair,
     Project,
     User,
+    Network,
+    Subnet,
+    Port,
+    SecurityGroup,
 }
 
-const KINDS: [Kind; 6] = [
+const KINDS: [Kind; 10] = [
     Kind::Server,
     Kind::Image,
     Kind::Flavor,
     Kind::Keypair,
     Kind::Project,
     Kind::User,
+    Kind::Network,
+    Kind::Subnet,
+    Kind::Port,
+    Kind::SecurityGroup,
 ];
 
 impl Kind {
@@ -68,6 +76,14 @@ impl Kind {
             Kind::Keypair => ("/compute/v2.1/os-keypairs", "keypairs", false),
             Kind::Project => ("/identity/v3/projects", "projects", false),
             Kind::User => ("/identity/v3/users", "users", false),
+            Kind::Network => ("/network/v2.0/networks?fields=id", "networks", true),
+            Kind::Subnet => ("/network/v2.0/subnets?fields=id", "subnets", true),
+            Kind::Port => ("/network/v2.0/ports?fields=id", "ports", true),
+            Kind::SecurityGroup => (
+                "/network/v2.0/security-groups?fields=id",
+                "security_groups",
+                true,
+            ),
         }
     }
 }
@@ -152,6 +168,72 @@ fn endpoints() -> Vec<Endpoint> {
                 "visibility": "private", "min_ram": 0, "tags": ["t"]}),
             Some(Kind::Image),
         ),
+        e(
+            "POST",
+            "/compute/v2.1/servers",
+            json!({"server": {"name": "s", "imageRef": "@IMAGE@", "flavorRef": "@FLAVOR@",
+                "networks": [{"uuid": "@NETWORK@", "fixed_ip": "10.0.3.3"}, {"port": "@PORT@"}]}}),
+            Some(Kind::Server),
+        ),
+        e(
+            "POST",
+            "/network/v2.0/networks",
+            json!({"network": {"name": "n", "admin_state_up": true, "mtu": 1400,
+                "port_security_enabled": true, "description": "d", "shared": false}}),
+            Some(Kind::Network),
+        ),
+        e(
+            "POST",
+            "/network/v2.0/subnets",
+            json!({"subnet": {"network_id": "@NETWORK@", "cidr": "10.1.0.0/24", "ip_version": 4,
+                "gateway_ip": "10.1.0.1", "enable_dhcp": true,
+                "allocation_pools": [{"start": "10.1.0.10", "end": "10.1.0.20"}],
+                "dns_nameservers": ["192.0.2.1"],
+                "host_routes": [{"destination": "10.2.0.0/16", "nexthop": "10.1.0.254"}]}}),
+            Some(Kind::Subnet),
+        ),
+        e(
+            "POST",
+            "/network/v2.0/ports",
+            json!({"port": {"network_id": "@NETWORK@", "name": "p",
+                "fixed_ips": [{"subnet_id": "@SUBNET@"}], "security_groups": ["@SG@"],
+                "allowed_address_pairs": [{"ip_address": "10.0.0.0/24"}],
+                "port_security_enabled": true, "mac_address": "fa:16:3e:00:00:01"}}),
+            Some(Kind::Port),
+        ),
+        e(
+            "PUT",
+            "/network/v2.0/ports/@PORT@",
+            json!({"port": {"name": "x", "fixed_ips": [{"subnet_id": "@SUBNET@", "ip_address": "10.0.0.9"}],
+                "security_groups": [], "port_security_enabled": false}}),
+            None,
+        ),
+        e(
+            "POST",
+            "/network/v2.0/security-groups",
+            json!({"security_group": {"name": "g", "description": "d", "stateful": true}}),
+            Some(Kind::SecurityGroup),
+        ),
+        e(
+            "POST",
+            "/network/v2.0/security-group-rules",
+            json!({"security_group_rule": {"security_group_id": "@SG@", "direction": "ingress",
+                "ethertype": "IPv4", "protocol": "tcp", "port_range_min": 22, "port_range_max": 22,
+                "remote_ip_prefix": "0.0.0.0/0"}}),
+            None,
+        ),
+        e(
+            "PUT",
+            "/network/v2.0/networks/@NETWORK@/tags",
+            json!({"tags": ["a", "b"]}),
+            None,
+        ),
+        e(
+            "PUT",
+            "/network/v2.0/quotas/@QUOTA_PROJECT@",
+            json!({"quota": {"network": 10, "port": 50, "security_group_rule": -1}}),
+            None,
+        ),
         Endpoint {
             method: "PATCH",
             path: "/image/v2/images/@IMAGE@",
@@ -225,6 +307,28 @@ const QUERIES: &[(&str, &[&str])] = &[
         &["name", "domain_id", "enabled", "parent_id"],
     ),
     ("/identity/v3/users", &["name", "domain_id", "enabled"]),
+    (
+        "/network/v2.0/ports",
+        &[
+            "limit",
+            "marker",
+            "sort_key",
+            "sort_dir",
+            "fields",
+            "network_id",
+            "device_id",
+            "fixed_ips",
+            "tags",
+            "not-tags-any",
+            "admin_state_up",
+        ],
+    ),
+    (
+        "/network/v2.0/networks",
+        &[
+            "limit", "marker", "name", "shared", "mtu", "tags-any", "fields",
+        ],
+    ),
 ];
 
 /// A JSON value of any shape, with the awkward ones overrepresented.
@@ -496,6 +600,35 @@ impl World {
             .as_str()
             .unwrap()
             .to_owned();
+        // After the seed server: it asked for no network (there was none).
+        let network = post(
+            "/network/v2.0/networks",
+            json!({"network": {"name": "seed"}}),
+        )["network"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let subnet = post(
+            "/network/v2.0/subnets",
+            json!({"subnet": {"network_id": network, "cidr": "10.0.0.0/16", "ip_version": 4}}),
+        )["subnet"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let sg = post(
+            "/network/v2.0/security-groups",
+            json!({"security_group": {"name": "seed"}}),
+        )["security_group"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let port = post(
+            "/network/v2.0/ports",
+            json!({"port": {"network_id": network, "name": "seed"}}),
+        )["port"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let mut w = World {
             c,
             token,
@@ -504,6 +637,10 @@ impl World {
                 ("@IMAGE@", image),
                 ("@FLAVOR@", flavor),
                 ("@SERVER@", server),
+                ("@NETWORK@", network),
+                ("@SUBNET@", subnet),
+                ("@SG@", sg),
+                ("@PORT@", port),
             ],
             created: Mutex::new(KINDS.iter().map(|&k| (k, 0)).collect()),
             before: Vec::new(),

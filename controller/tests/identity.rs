@@ -36,7 +36,7 @@ fn exercise_keystone(c: &Controller) {
         .iter()
         .map(|s| s["type"].as_str().unwrap())
         .collect();
-    assert_eq!(types, ["identity", "compute", "image"]);
+    assert_eq!(types, ["identity", "compute", "image", "network"]);
     assert!(body["token"]["expires_at"]
         .as_str()
         .unwrap()

@@ -608,3 +608,141 @@ fn openstack_compute_services_and_hypervisors() {
     let (listed, _, err) = run(&cli, &carol, &["hypervisor", "list"]);
     assert!(!listed && err.contains("403"), "{err}");
 }
+
+#[test]
+fn openstack_networks_subnets_ports_and_security_groups() {
+    let Some(cli) = openstack() else { return };
+    let c = start(None);
+    let clouds = clouds_yaml(&c, ADMIN_PASSWORD);
+    let ok = |args: &[&str]| succeed(&cli, &clouds, args);
+    let fails = |args: &[&str]| {
+        let (ok, _, err) = run(&cli, &clouds, args);
+        assert!(!ok, "openstack {args:?} succeeded");
+        err
+    };
+    let js = |out: String| -> serde_json::Value { serde_json::from_str(&out).unwrap() };
+
+    let net = js(ok(&[
+        "network", "create", "net1", "--tag", "blue", "-f", "json",
+    ]));
+    assert_eq!(net["mtu"], 1450, "{net}");
+    assert_eq!(net["status"], "ACTIVE");
+    assert_eq!(net["tags"], serde_json::json!(["blue"]));
+    let sub = js(ok(&[
+        "subnet",
+        "create",
+        "--network",
+        "net1",
+        "--subnet-range",
+        "10.0.0.0/24",
+        "--dns-nameserver",
+        "192.0.2.53",
+        "sub1",
+        "-f",
+        "json",
+    ]));
+    assert_eq!(sub["gateway_ip"], "10.0.0.1", "{sub}");
+    assert_eq!(sub["allocation_pools"][0]["start"], "10.0.0.2", "{sub}");
+    let port = js(ok(&[
+        "port",
+        "create",
+        "--network",
+        "net1",
+        "--fixed-ip",
+        "subnet=sub1,ip-address=10.0.0.10",
+        "p1",
+        "-f",
+        "json",
+    ]));
+    assert_eq!(port["fixed_ips"][0]["ip_address"], "10.0.0.10", "{port}");
+    assert!(port["mac_address"]
+        .as_str()
+        .unwrap()
+        .starts_with("fa:16:3e:"));
+    let listed = js(ok(&["port", "list", "--network", "net1", "-f", "json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let nets = js(ok(&["network", "list", "--tags", "blue", "-f", "json"]));
+    assert_eq!(nets[0]["Name"], "net1", "{nets}");
+    assert_eq!(nets[0]["Subnets"], serde_json::json!([sub["id"]]), "{nets}");
+
+    // Neutron's errors, as the CLI shows them.
+    let err = fails(&[
+        "port",
+        "create",
+        "--network",
+        "net1",
+        "--fixed-ip",
+        "ip-address=10.0.0.10",
+        "p2",
+    ]);
+    assert!(err.contains("already allocated"), "{err}");
+    let err = fails(&[
+        "subnet",
+        "create",
+        "--network",
+        "net1",
+        "--subnet-range",
+        "10.0.0.0/25",
+        "sub2",
+    ]);
+    assert!(err.contains("overlaps"), "{err}");
+    let err = fails(&[
+        "subnet",
+        "create",
+        "--network",
+        "net1",
+        "--subnet-range",
+        "10.0.0.300/24",
+        "sub3",
+    ]);
+    assert!(err.contains("cidr"), "{err}");
+    let err = fails(&["network", "delete", "net1"]);
+    assert!(err.contains("ports still in use"), "{err}");
+
+    // The project's default group, and a rule opening SSH.
+    let groups = js(ok(&["security", "group", "list", "-f", "json"]));
+    assert_eq!(groups.as_array().unwrap().len(), 1, "{groups}");
+    assert_eq!(groups[0]["Name"], "default");
+    let rule = js(ok(&[
+        "security",
+        "group",
+        "rule",
+        "create",
+        "--protocol",
+        "tcp",
+        "--dst-port",
+        "22",
+        "default",
+        "-f",
+        "json",
+    ]));
+    assert_eq!(rule["port_range_min"], 22, "{rule}");
+    assert_eq!(rule["remote_ip_prefix"], "0.0.0.0/0", "{rule}");
+    let err = fails(&[
+        "security",
+        "group",
+        "rule",
+        "create",
+        "--protocol",
+        "tcp",
+        "--dst-port",
+        "22",
+        "default",
+    ]);
+    assert!(err.contains("already exists"), "{err}");
+    let rules = js(ok(&[
+        "security", "group", "rule", "list", "default", "-f", "json",
+    ]));
+    assert_eq!(rules.as_array().unwrap().len(), 5, "{rules}");
+
+    // Network quotas join compute's (OSC prints rows or a map by version).
+    let quota = ok(&["quota", "show", "-f", "json"]);
+    assert!(quota.contains("\"networks\""), "{quota}");
+    assert!(quota.contains("\"subnets\""), "{quota}");
+    assert!(ok(&["extension", "list", "--network", "-f", "json"]).contains("security-group"));
+
+    ok(&["port", "delete", "p1"]);
+    ok(&["subnet", "delete", "sub1"]);
+    ok(&["network", "delete", "net1"]);
+    assert_eq!(ok(&["network", "list", "-f", "json"]).trim(), "[]");
+}

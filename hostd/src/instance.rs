@@ -375,19 +375,24 @@ mod tests {
             id: "0b5f7c1e-2f4a-4c55-9d2e-8a9f6b3c1d2e".into(),
             vcpus: 2,
             memory_mib: 512,
-            kernel_image: Some("k-1".into()),
+            kernel_image: Some("0a-1".into()),
             root_image: None,
             root_disk_gib: None,
             ephemeral_gib: Some(10),
             swap_mib: Some(512),
             config_drive: Some(Default::default()),
-            initramfs_image: Some("i-1".into()),
-            disk_images: vec!["d-1".into()],
+            initramfs_image: Some("0b-1".into()),
+            disk_images: vec!["0d-1".into()],
             cmdline: Some("console=ttyS0".into()),
             metadata: BTreeMap::from([("name".into(), "vm".into())]),
+            nics: vec![hostd_proto::instance::PortNic {
+                tap: "tap5d3f9a7e-6c".into(),
+                mac: "fa:16:3e:00:11:22".into(),
+            }],
         };
         let got: InstanceSpec =
             serde_json::from_value(serde_json::to_value(&sent).unwrap()).unwrap();
+        assert!(got.check().is_ok(), "{:?}", got.check());
         assert_eq!(
             (got.id, got.vcpus, got.memory_mib),
             (sent.id, sent.vcpus, sent.memory_mib)
@@ -402,6 +407,9 @@ mod tests {
         assert_eq!(got.disk_images, sent.disk_images);
         assert_eq!(got.cmdline, sent.cmdline);
         assert_eq!(got.metadata, sent.metadata);
+        assert_eq!(got.nics.len(), 1);
+        assert_eq!(got.nics[0].tap, sent.nics[0].tap);
+        assert_eq!(got.nics[0].mac, Some(sent.nics[0].mac.clone()));
         assert_eq!(
             (got.kernel, got.initramfs, got.boot_disk),
             (None, None, None)

@@ -173,6 +173,7 @@ pub fn catalog(app: &App) -> Json {
         service("identity", "keystone", format!("{base}/identity")),
         service("compute", "nova", format!("{base}/compute/v2.1")),
         service("image", "glance", format!("{base}/image")),
+        service("network", "neutron", format!("{base}/network")),
     ])
 }
 

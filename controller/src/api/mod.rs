@@ -1,5 +1,5 @@
 //! The controller's HTTP front door: one listener, one path prefix per service
-//! (`/identity`, `/compute/v2.1`, `/image`; `/serial-console` for console
+//! (`/identity`, `/compute/v2.1`, `/image`, `/network`; `/serial-console` for console
 //! websockets), each response tagged with an `X-OpenStack-Request-ID`.
 
 pub mod compute;
@@ -10,6 +10,7 @@ pub mod identity;
 pub mod identity_admin;
 pub mod image;
 pub mod internal;
+pub mod network;
 pub mod serial_console;
 pub mod servers;
 
@@ -52,6 +53,7 @@ impl App {
         let mut response = match segments.split_first() {
             Some((&"identity", rest)) => identity::route(&self, req, rest).await,
             Some((&"compute", rest)) => compute::route(&self, req, rest).await,
+            Some((&"network", rest)) => network::route(&self, req, rest).await,
             Some((&"internal", rest)) => internal::route(&self, req, rest).await,
             Some((&"serial-console", [])) => serial_console::route(&self, req).await,
             Some((&"image", rest)) => {

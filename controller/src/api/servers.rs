@@ -19,6 +19,7 @@ use crate::compute::servers::{ListQuery, Server};
 use crate::compute::service::{self, create::CreateServer, state::ServerAction};
 use crate::context::RequestContext;
 use crate::identity::Auth;
+use crate::network::nova::{NicRequest, Requested};
 
 fn iso(t: i64) -> String {
     super::http::iso_micros(t).replace(".000000Z", "Z")
@@ -63,10 +64,6 @@ struct Fault<'a> {
     created: String,
 }
 
-/// An empty JSON object (`addresses` until servers have networks).
-#[derive(Serialize)]
-struct Empty {}
-
 /// The 2.1 server representation: exactly the keys tempest's schema allows.
 /// Serialized straight from the record (a list of 1,000 is 1.6 MB of JSON).
 #[derive(Serialize)]
@@ -82,7 +79,7 @@ pub struct ServerView<'a> {
     updated: String,
     metadata: &'a BTreeMap<String, String>,
     links: [Link; 2],
-    addresses: Empty,
+    addresses: Json,
     #[serde(rename = "hostId")]
     host_id: String,
     #[serde(rename = "accessIPv4")]
@@ -130,7 +127,8 @@ pub struct ServerView<'a> {
 }
 
 impl<'a> ServerView<'a> {
-    pub fn new(app: &App, s: &'a Server, admin: bool) -> Self {
+    /// `addresses`: the server's, as [`addresses`] finds them.
+    pub fn new(app: &App, s: &'a Server, admin: bool, addresses: Json) -> Self {
         // Nova's hostId: the host, hashed with the project so that projects
         // cannot compare placements.
         let host_id = match &s.host_id {
@@ -158,7 +156,7 @@ impl<'a> ServerView<'a> {
             updated: iso(s.updated_at),
             metadata: &s.metadata,
             links: links(app, "servers", &s.id),
-            addresses: Empty {},
+            addresses,
             host_id,
             access_ipv4: "",
             access_ipv6: "",
@@ -230,7 +228,7 @@ pub async fn route(
             Ok(s) => json(
                 StatusCode::OK,
                 &ServerOne {
-                    server: ServerView::new(app, &s, auth.is_admin()),
+                    server: ServerView::new(app, &s, auth.is_admin(), addresses(app, &s.id).await),
                 },
             ),
             Err(e) => compute_error(e),
@@ -367,7 +365,19 @@ async fn list(app: &App, auth: &Auth, req: &Request<Incoming>, detail: bool) -> 
         .iter()
         .filter(|s| status.as_deref().is_none_or(|st| s.status() == st));
     if detail {
-        let servers = shown.map(|s| ServerView::new(app, s, admin)).collect();
+        let mut by_server = match app.network.addresses_of_servers().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("listing servers' addresses: {e}");
+                Default::default()
+            }
+        };
+        let servers = shown
+            .map(|s| {
+                let a = by_server.remove(&s.id).unwrap_or_else(|| json!({}));
+                ServerView::new(app, s, admin, a)
+            })
+            .collect();
         json(
             StatusCode::OK,
             &ServerList {
@@ -393,7 +403,7 @@ async fn list(app: &App, auth: &Auth, req: &Request<Incoming>, detail: bool) -> 
     }
 }
 
-fn request_id_of(req: &Request<Incoming>) -> String {
+pub fn request_id_of(req: &Request<Incoming>) -> String {
     req.extensions()
         .get::<super::RequestId>()
         .map_or_else(super::http::new_request_id, |r| r.0.clone())
@@ -485,7 +495,9 @@ fn parse_create(body: &Json) -> Result<CreateServer, String> {
             return Err("Invalid input for field/attribute user_data: must be a string".into())
         }
     };
+    let networks = parse_networks(s.get("networks"))?;
     Ok(CreateServer {
+        networks,
         name: name.trim().to_owned(),
         flavor_ref,
         image_ref,
@@ -494,6 +506,56 @@ fn parse_create(body: &Json) -> Result<CreateServer, String> {
         user_data,
         availability_zone: text("availability_zone"),
     })
+}
+
+/// A server's `addresses` (an empty object when the network service cannot
+/// say: the server is still shown).
+async fn addresses(app: &App, server_id: &str) -> Json {
+    let found = match app.network.server_ports(server_id).await {
+        Ok(ports) => app.network.addresses(&ports).await,
+        Err(e) => Err(e),
+    };
+    found.unwrap_or_else(|e| {
+        tracing::error!(server = server_id, "its addresses: {e}");
+        json!({})
+    })
+}
+
+/// A create's `networks`: a list of `{"uuid", "fixed_ip"}` or `{"port"}`,
+/// or (as microversion 2.37 has it) `"auto"` or `"none"`.
+fn parse_networks(v: Option<&Json>) -> Result<Requested, String> {
+    let bad = |why: &str| Err(format!("Invalid input for field/attribute networks: {why}"));
+    let list = match v {
+        None | Some(Json::Null) => return Ok(Requested::Default),
+        Some(Json::String(s)) if s == "auto" => return Ok(Requested::Default),
+        Some(Json::String(s)) if s == "none" => return Ok(Requested::Nothing),
+        Some(Json::Array(list)) => list,
+        Some(_) => return bad("a list of networks, 'auto' or 'none' is required"),
+    };
+    let mut nics = Vec::new();
+    for item in list {
+        let Some(item) = item.as_object() else {
+            return bad("each network must be an object");
+        };
+        let text = |k: &str| item.get(k).and_then(Json::as_str).map(str::to_owned);
+        let fixed_ip = match text("fixed_ip") {
+            None => None,
+            Some(ip) => match ip.parse() {
+                Ok(a) => Some(a),
+                Err(_) => return Err(format!("Invalid fixed IP address ({ip})")),
+            },
+        };
+        let nic = NicRequest {
+            network_id: text("uuid"),
+            port_id: text("port"),
+            fixed_ip,
+        };
+        if nic.network_id.is_none() && nic.port_id.is_none() {
+            return bad("each network needs a 'uuid' or a 'port'");
+        }
+        nics.push(nic);
+    }
+    Ok(Requested::These(nics))
 }
 
 /// Nova's rule for `user_data`: base64, at most 65535 characters of it.
@@ -659,7 +721,7 @@ async fn action(
             Ok(s) => json(
                 StatusCode::ACCEPTED,
                 &ServerOne {
-                    server: ServerView::new(app, &s, ctx.is_admin()),
+                    server: ServerView::new(app, &s, ctx.is_admin(), addresses(app, &s.id).await),
                 },
             ),
             Err(e) => compute_error(e),

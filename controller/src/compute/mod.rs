@@ -6,6 +6,7 @@ pub mod console_tokens;
 pub mod flavors;
 pub mod hosts;
 pub mod keypairs;
+pub mod nics;
 pub mod quotas;
 pub mod scheduler;
 pub mod servers;

@@ -44,6 +44,21 @@ pub struct ImageInstanceSpec {
     pub cmdline: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// The server's NICs, one per port: hostd creates the tap when it is
+    /// missing and gives the guest a virtio-net device with the port's MAC;
+    /// the host's netd plugs the tap into the port's network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<PortNic>,
+}
+
+/// A NIC of a server's port (hostd's `NicSpec` takes it as it is).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortNic {
+    /// `tap` and the first 11 characters of the port's id, as Neutron's
+    /// agents name them (at most 15 bytes, Linux's limit).
+    pub tap: String,
+    pub mac: String,
 }
 
 /// An OpenStack config drive's contents (Nova's layout under

@@ -779,9 +779,22 @@ fn debian(
          \x20 - echo first-boot > /var/lib/virga-marker\n\
          \x20 - echo \"virga-debian-user-data hostname=$(hostname) root_bytes=$(lsblk -bdno SIZE /dev/vda) fs_bytes=$(df -B1 --output=size / | tail -n 1 | tr -d ' ')\" > /dev/ttyS0\n\
          \x20 - echo \"virga-debian-mnt $(findmnt -rno SOURCE,FSTYPE,LABEL /mnt) swap=$(swapon --show=NAME --noheadings)\" > /dev/ttyS0\n\
+         \x20 - echo \"virga-debian-net $(ip -4 -o addr show scope global | awk '{print $4}')\" > /dev/ttyS0\n\
          \x20 - echo \"virga-debian-keys $(cat /home/debian/.ssh/authorized_keys)\" > /dev/ttyS0\n",
     )
     .expect("user data");
+    // A network: the server gets a port on it, and the guest configures the
+    // port's address from its config drive (no DHCP yet).
+    ok(&["network", "create", "net1"]);
+    ok(&[
+        "subnet",
+        "create",
+        "--network",
+        "net1",
+        "--subnet-range",
+        "10.0.0.0/24",
+        "sub1",
+    ]);
     ok(&[
         "server",
         "create",
@@ -793,9 +806,23 @@ fn debian(
         "k1",
         "--user-data",
         &user_data.display().to_string(),
+        "--network",
+        "net1",
         "--wait",
         "vm-debian",
     ]);
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&["server", "show", "-f", "json", "vm-debian"])).expect("json");
+    let address = shown["addresses"]["net1"][0]
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| {
+            // OSC prints addresses as {"net1": ["10.0.0.2"]} in JSON.
+            shown["addresses"]["net1"][0]["addr"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no address on net1: {shown}"));
     assert_eq!(watch.status("vm-debian"), "ACTIVE");
     let started = Instant::now();
     let log = wait_console(ok, watch, "vm-debian", "virga-debian-keys", 900);
@@ -808,6 +835,7 @@ fn debian(
         // cloud-init mounted the flavor's ephemeral disk on /mnt and
         // enabled its swap, as on Nova.
         "virga-debian-mnt /dev/vdb ext4 ephemeral0 swap=/dev/vdc",
+        &format!("virga-debian-net {address}/24"),
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHs7sAvZ0nq6Q0m9M2dpBmbJYk8y9m8Ocq6m1E8K8y2J e2e@virga",
     ] {
         assert!(log.contains(want), "no {want:?} on the console:\n{log}");
@@ -852,6 +880,12 @@ fn debian(
         600,
     );
     ok(&["server", "delete", "--wait", "vm-debian"]);
+    // The port made for it went with it; the network is free to go.
+    assert_eq!(
+        ok(&["port", "list", "--network", "net1", "-f", "json"]).trim(),
+        "[]"
+    );
+    ok(&["network", "delete", "net1"]);
 }
 
 /// A serial console session as users open one: `openstack console url show

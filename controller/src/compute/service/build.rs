@@ -11,17 +11,18 @@
 //! reverse, and a failure on one host (hostd refused or did not answer) is
 //! retried from scheduling on another host, up to [`MAX_ATTEMPTS`] hosts.
 //!
-//! The steps, in order: `scheduling` (a host chosen and claimed), `spawning`
-//! (the instance created on that host's hostd, which answers at once, and
-//! followed there while hostd fetches its images and starts it), then ACTIVE. Networks
-//! (`networking`: ports bound) and volumes (`block_device_mapping`:
-//! attachments) join between the two, in Nova's order.
+//! The steps, in order: `scheduling` (a host chosen and claimed),
+//! `networking` (a port made or bound on that host for each NIC the server
+//! asked for), `spawning` (the instance created on that host's hostd, which
+//! answers at once, and followed there while hostd fetches its images and
+//! starts it), then ACTIVE. Volumes (`block_device_mapping`: attachments)
+//! will join before spawning, in Nova's order.
 
 use std::collections::BTreeMap;
 
 use std::time::Duration;
 
-use hostd_proto::instance::{ImageInstanceSpec, State};
+use hostd_proto::instance::{ImageInstanceSpec, PortNic, State};
 
 use super::state::DELETING;
 use crate::app::App;
@@ -44,16 +45,18 @@ const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Step {
     Scheduling,
+    Networking,
     Spawning,
 }
 
 impl Step {
-    pub const ALL: [Step; 2] = [Step::Scheduling, Step::Spawning];
+    pub const ALL: [Step; 3] = [Step::Scheduling, Step::Networking, Step::Spawning];
 
     /// The server's task_state while this step runs.
     pub fn task_state(self) -> &'static str {
         match self {
             Step::Scheduling => "scheduling",
+            Step::Networking => "networking",
             Step::Spawning => "spawning",
         }
     }
@@ -85,6 +88,7 @@ pub(super) enum Failure {
 struct Build<'a> {
     app: &'a App,
     id: String,
+    project_id: String,
     /// What hostd runs; None when it could not be made.
     spec: Option<ImageInstanceSpec>,
     demand: Demand,
@@ -116,10 +120,45 @@ impl Step {
                     }
                 }
             }
+            Step::Networking => {
+                let Some((host_id, _)) = &b.host else {
+                    return Err(Failure::Fatal("networking without a host".into()));
+                };
+                let nics = b
+                    .app
+                    .nic_requests
+                    .get(&b.id)
+                    .await
+                    .map_err(|e| Failure::Fatal(format!("its networks: {e}")))?;
+                b.app
+                    .network
+                    .plug_server(&b.project_id, &b.id, host_id, &nics)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Failure::Fatal(format!("Build of instance {} aborted: {e}", b.id)))
+            }
             Step::Spawning => {
-                let (Some((host_id, hostd)), Some(spec)) = (&b.host, &b.spec) else {
+                let (Some((host_id, hostd)), Some(spec)) = (&b.host, &mut b.spec) else {
                     return Err(Failure::Fatal("spawning without a host or a spec".into()));
                 };
+                // What the guest is told of its NICs: the ports as they are
+                // now (also when the build resumed here).
+                let ports = b
+                    .app
+                    .network
+                    .server_ports(&b.id)
+                    .await
+                    .map_err(|e| Failure::Fatal(format!("its ports: {e}")))?;
+                if let Some(drive) = &mut spec.config_drive {
+                    drive.network_data = b
+                        .app
+                        .network
+                        .network_data(&ports)
+                        .await
+                        .map_err(|e| Failure::Fatal(format!("its network data: {e}")))?;
+                }
+                spec.nics = nics(&ports);
+                let spec = &*spec;
                 // An instance of it there already: the create reached the
                 // host before a stop (a resumed build).
                 match hostd.create(spec, true).await {
@@ -145,6 +184,12 @@ impl Step {
                         // The claims recount (stale_work) corrects it.
                         tracing::warn!(server = %b.id, host = %host_id, "releasing the claim: {e}");
                     }
+                }
+            }
+            Step::Networking => {
+                if let Err(e) = b.app.network.unplug_server(&b.id).await {
+                    // The delete releases them at the latest.
+                    tracing::warn!(server = %b.id, "releasing its ports: {e}");
                 }
             }
             Step::Spawning => {
@@ -256,6 +301,7 @@ pub async fn build(app: &App, id: &str) {
     let mut b = Build {
         app,
         id: id.to_owned(),
+        project_id: server.project_id.clone(),
         spec: None,
         demand: Demand {
             vcpus: server.vcpus,
@@ -355,6 +401,17 @@ async fn fail(app: &App, id: &str, fault: &str) {
         .await;
 }
 
+/// The NICs of a server's ports, in its requests' order.
+fn nics(ports: &[crate::network::model::Port]) -> Vec<PortNic> {
+    ports
+        .iter()
+        .map(|p| PortNic {
+            tap: crate::network::nova::tap_name(&p.std.id),
+            mac: p.mac_address.clone(),
+        })
+        .collect()
+}
+
 /// What hostd is asked to run for a server. A disk image (raw, qcow2, ami) without a
 /// `kernel_id` boots from its own `/boot`: hostd makes the server a root disk
 /// of the flavor's size from it and picks the kernel there. Otherwise the
@@ -396,7 +453,23 @@ pub(super) async fn instance_spec(app: &App, s: &Server) -> Result<ImageInstance
             ("name".to_owned(), s.name.clone()),
             ("project_id".to_owned(), s.project_id.clone()),
         ]),
+        nics: Vec::new(),
     };
+    // Its NICs as they are now (a rebuild keeps them; a build's networking
+    // step makes them, and spawning tells the guest again).
+    let ports = app
+        .network
+        .server_ports(&s.id)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(drive) = &mut spec.config_drive {
+        drive.network_data = app
+            .network
+            .network_data(&ports)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    spec.nics = nics(&ports);
     let size = |n: i64, what: &str| match u32::try_from(n) {
         Ok(0) => Ok(None),
         Ok(n) => Ok(Some(n)),
@@ -461,7 +534,8 @@ mod tests {
 
     #[test]
     fn steps_run_in_novas_order_and_are_found_by_task_state() {
-        assert_eq!(Step::Scheduling.next(), Some(Step::Spawning));
+        assert_eq!(Step::Scheduling.next(), Some(Step::Networking));
+        assert_eq!(Step::Networking.next(), Some(Step::Spawning));
         assert_eq!(Step::Spawning.next(), None);
         for s in Step::ALL {
             assert_eq!(Step::from_task_state(Some(s.task_state())), Some(s));

@@ -12,6 +12,8 @@ use crate::compute::actions::{now_us, Action};
 use crate::compute::servers::{Admission, Server};
 use crate::context::RequestContext;
 use crate::identity::now;
+use crate::network::nova::Requested;
+use crate::network::NetworkError;
 
 /// A create as the client asked for it (Nova's body, parsed).
 #[derive(Clone, Debug, Default)]
@@ -23,6 +25,7 @@ pub struct CreateServer {
     pub metadata: BTreeMap<String, String>,
     pub user_data: Option<String>,
     pub availability_zone: Option<String>,
+    pub networks: Requested,
 }
 
 /// Checks the flavor, image and key pair, admits the server within its
@@ -50,6 +53,11 @@ pub async fn create(
             return bad(format!("Invalid key_name provided: {k}"));
         }
     }
+    let nics = app
+        .network
+        .check_nics(ctx, req.networks)
+        .await
+        .map_err(nic_error)?;
     let quota = app.quotas.get(&project).await?;
     let t = now();
     let server = Server {
@@ -78,7 +86,13 @@ pub async fn create(
         launched_at: None,
         generation: 0,
     };
-    if let Admission::OverQuota(o) = app.servers.insert_within(&server, &quota).await? {
+    // Before the row: a build resumed after a stop finds them.
+    app.nic_requests.set(&server.id, &nics).await?;
+    let admitted = app.servers.insert_within(&server, &quota).await;
+    if !matches!(admitted, Ok(Admission::Admitted)) {
+        let _ = app.nic_requests.delete(&server.id).await;
+    }
+    if let Admission::OverQuota(o) = admitted? {
         return Err(ComputeError::OverQuota(o));
     }
     let record = Action {
@@ -100,6 +114,19 @@ pub async fn create(
         tokio::spawn(async move { build_and_record(&app, &id, &request_id).await });
     }
     Ok(server)
+}
+
+/// A network service refusal of a create's networks, as Nova answers it.
+fn nic_error(e: NetworkError) -> ComputeError {
+    match e {
+        NetworkError::Neutron {
+            status: 409,
+            message,
+            ..
+        } => ComputeError::Conflict(message),
+        NetworkError::Neutron { message, .. } => ComputeError::BadRequest(message),
+        NetworkError::Store(e) => ComputeError::Store(e),
+    }
 }
 
 /// Builds the server, then records the create's outcome under its request.

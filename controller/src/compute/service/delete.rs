@@ -33,6 +33,8 @@ pub async fn delete(app: &App, ctx: &RequestContext, id: &str) -> Result<(), Com
 pub enum DeleteError {
     #[error("its host: {0}")]
     Host(HostdError),
+    #[error("its ports: {0}")]
+    Network(crate::network::NetworkError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -50,6 +52,11 @@ pub async fn finish(app: &App, server: &Server) -> Result<(), DeleteError> {
             Err(e) => return Err(DeleteError::Host(e)),
         }
     }
+    // Its ports: made ones deleted, given ones free again.
+    if let Err(e) = app.network.unplug_server(id).await {
+        return Err(DeleteError::Network(e));
+    }
+    app.nic_requests.delete(id).await?;
     if let Err(e) = app.actions.delete_for(id).await {
         tracing::warn!(server = %id, "forgetting its actions: {e}");
     }

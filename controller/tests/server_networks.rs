@@ -1,0 +1,285 @@
+//! Servers on networks against the stand-in hostd: the ports a build makes
+//! or binds on the server's host, the server's `addresses`, the config
+//! drive's `network_data.json`, Nova's default network, bad requests, a
+//! build that finds no address, and ports released with the server.
+
+// Test helpers fail the test on any unexpected error.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use serde_json::{json, Value};
+
+use common::cloud::Cloud;
+use common::hostd::{bootable, Delays, HOST_ID};
+use common::{call, wait_for_status};
+
+fn net(cloud: &Cloud, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let r = call(
+        &cloud.c,
+        method,
+        &format!("/network/v2.0{path}"),
+        &[cloud.auth()],
+        &body,
+    );
+    let v = if r.body.is_empty() {
+        Value::Null
+    } else {
+        r.json()
+    };
+    (r.status, v)
+}
+
+/// A network with a subnet of `cidr`; returns (network id, subnet id).
+fn network(cloud: &Cloud, name: &str, cidr: &str) -> (String, String) {
+    let (s, n) = net(
+        cloud,
+        "POST",
+        "/networks",
+        json!({"network": {"name": name}}),
+    );
+    assert_eq!(s, 201, "{n}");
+    let id = n["network"]["id"].as_str().unwrap().to_owned();
+    let (s, sub) = net(
+        cloud,
+        "POST",
+        "/subnets",
+        json!({"subnet": {"network_id": id, "cidr": cidr, "ip_version": 4,
+                          "dns_nameservers": ["192.0.2.53"]}}),
+    );
+    assert_eq!(s, 201, "{sub}");
+    (id, sub["subnet"]["id"].as_str().unwrap().to_owned())
+}
+
+fn create(cloud: &Cloud, flavor: &str, image: &str, networks: Option<Value>) -> common::Reply {
+    let mut server = json!({"name": "vm", "imageRef": image, "flavorRef": flavor});
+    if let Some(n) = networks {
+        server["networks"] = n;
+    }
+    call(
+        &cloud.c,
+        "POST",
+        "/compute/v2.1/servers",
+        &[cloud.auth()],
+        &json!({ "server": server }).to_string(),
+    )
+}
+
+fn ports_of(cloud: &Cloud, server: &str) -> Vec<Value> {
+    net(
+        cloud,
+        "GET",
+        &format!("/ports?device_id={server}"),
+        Value::Null,
+    )
+    .1["ports"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn a_server_gets_a_port_per_network_bound_to_its_host_and_released_with_it() {
+    let cloud = Cloud::start(Delays::NONE);
+    let (flavor, image) = bootable(&cloud.c, &cloud.admin, 1, 128);
+    let (net1, sub1) = network(&cloud, "net1", "10.0.0.0/24");
+    let (net2, _) = network(&cloud, "net2", "10.1.0.0/24");
+    // A port the user made, to give to the server.
+    let (s, mine) = net(
+        &cloud,
+        "POST",
+        "/ports",
+        json!({"port": {"network_id": net2, "name": "mine"}}),
+    );
+    assert_eq!(s, 201, "{mine}");
+    let mine_id = mine["port"]["id"].as_str().unwrap().to_owned();
+
+    let r = create(
+        &cloud,
+        &flavor,
+        &image,
+        Some(json!([{"uuid": net1, "fixed_ip": "10.0.0.42"}, {"port": mine_id}])),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    let shown = cloud.wait(&id, "ACTIVE");
+    assert_eq!(
+        shown["addresses"]["net1"][0]["addr"], "10.0.0.42",
+        "{shown}"
+    );
+    assert_eq!(shown["addresses"]["net1"][0]["version"], 4);
+    assert_eq!(shown["addresses"]["net2"][0]["addr"], "10.1.0.2", "{shown}");
+    let listed = call(
+        &cloud.c,
+        "GET",
+        "/compute/v2.1/servers/detail",
+        &[cloud.auth()],
+        "",
+    )
+    .json();
+    assert_eq!(listed["servers"][0]["addresses"], shown["addresses"]);
+
+    let ports = ports_of(&cloud, &id);
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    for p in &ports {
+        assert_eq!(p["device_owner"], "compute:nova");
+        assert_eq!(
+            p["binding:host_id"], HOST_ID,
+            "bound to the server's host: {p}"
+        );
+    }
+    let made = ports.iter().find(|p| p["id"] != mine_id.as_str()).unwrap();
+    assert_eq!(made["fixed_ips"][0]["subnet_id"], sub1.as_str());
+
+    // The guest is told its NICs statically: link by MAC, address, gateway, DNS.
+    let sent = cloud.hostd.create_bodies();
+    let nd = &sent[0]["config_drive"]["network_data"];
+    assert_eq!(nd["links"].as_array().unwrap().len(), 2, "{nd}");
+    assert_eq!(nd["links"][0]["ethernet_mac_address"], made["mac_address"]);
+    assert_eq!(nd["links"][0]["mtu"], 1450);
+    assert_eq!(nd["networks"][0]["ip_address"], "10.0.0.42");
+    assert_eq!(nd["networks"][0]["netmask"], "255.255.255.0");
+    assert_eq!(nd["networks"][0]["routes"][0]["gateway"], "10.0.0.1");
+    assert_eq!(nd["services"][0]["address"], "192.0.2.53");
+    // And hostd a NIC per port: its tap, named as Neutron's agents do, and MAC.
+    let tap = format!("tap{}", &made["id"].as_str().unwrap()[..11]);
+    assert_eq!(
+        sent[0]["nics"][0],
+        json!({"tap": tap, "mac": made["mac_address"]})
+    );
+    assert_eq!(nd["links"][0]["id"], tap.as_str());
+    assert_eq!(sent[0]["nics"][1]["mac"], mine["port"]["mac_address"]);
+
+    // Deleted: the port made for it goes, the user's stays, free again.
+    let r = call(
+        &cloud.c,
+        "DELETE",
+        &format!("/compute/v2.1/servers/{id}"),
+        &[cloud.auth()],
+        "",
+    );
+    assert_eq!(r.status, 204);
+    wait_for_status(
+        &cloud.c,
+        &format!("/compute/v2.1/servers/{id}"),
+        &cloud.admin,
+        404,
+    );
+    assert_eq!(ports_of(&cloud, &id), Vec::<Value>::new());
+    let (s, kept) = net(&cloud, "GET", &format!("/ports/{mine_id}"), Value::Null);
+    assert_eq!(s, 200);
+    assert_eq!(kept["port"]["device_id"], "");
+    assert_eq!(kept["port"]["binding:host_id"], "");
+    // Its address is free for the next one.
+    let (s, again) = net(
+        &cloud,
+        "POST",
+        "/ports",
+        json!({"port": {"network_id": net1, "fixed_ips": [{"ip_address": "10.0.0.42"}]}}),
+    );
+    assert_eq!(s, 201, "{again}");
+}
+
+#[test]
+fn networks_are_checked_at_create_and_nova_picks_the_only_one() {
+    let cloud = Cloud::start(Delays::NONE);
+    let (flavor, image) = bootable(&cloud.c, &cloud.admin, 1, 128);
+    // No network at all: a server without NICs, as before networks existed.
+    let r = create(&cloud, &flavor, &image, None);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(cloud.wait(&id, "ACTIVE")["addresses"], json!({}));
+
+    let (net1, _) = network(&cloud, "net1", "10.0.0.0/24");
+    let r = create(&cloud, &flavor, &image, None);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        cloud.wait(&id, "ACTIVE")["addresses"]["net1"][0]["addr"],
+        "10.0.0.2"
+    );
+    let r = create(&cloud, &flavor, &image, Some(json!("none")));
+    assert_eq!(r.status, 202, "{}", r.body);
+
+    network(&cloud, "net2", "10.1.0.0/24");
+    let r = create(&cloud, &flavor, &image, None);
+    assert_eq!(r.status, 409, "two networks: ambiguous: {}", r.body);
+    assert!(r.body.contains("Multiple possible networks"), "{}", r.body);
+    let r = create(
+        &cloud,
+        &flavor,
+        &image,
+        Some(json!([{"uuid": "no-such-network"}])),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("no-such-network could not be found"),
+        "{}",
+        r.body
+    );
+    let r = create(
+        &cloud,
+        &flavor,
+        &image,
+        Some(json!([{"uuid": net1, "fixed_ip": "10.9.9.9"}])),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = create(
+        &cloud,
+        &flavor,
+        &image,
+        Some(json!([{"uuid": net1, "fixed_ip": "banana"}])),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = create(
+        &cloud,
+        &flavor,
+        &image,
+        Some(json!([{"port": "no-such-port"}])),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = create(&cloud, &flavor, &image, Some(json!([{}])));
+    assert_eq!(r.status, 400, "{}", r.body);
+    // A port another server has.
+    let bound = ports_of(&cloud, &id)[0]["id"].as_str().unwrap().to_owned();
+    let r = create(&cloud, &flavor, &image, Some(json!([{"port": bound}])));
+    assert_eq!(r.status, 409, "{}", r.body);
+}
+
+#[test]
+fn a_build_that_finds_no_address_ends_in_error_and_leaves_no_port() {
+    let cloud = Cloud::start(Delays::NONE);
+    let (flavor, image) = bootable(&cloud.c, &cloud.admin, 1, 128);
+    // A /30: one address (.2) for ports.
+    let (net1, _) = network(&cloud, "tiny", "10.0.0.0/30");
+    let r = create(&cloud, &flavor, &image, Some(json!([{"uuid": net1}])));
+    let first = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    cloud.wait(&first, "ACTIVE");
+    let r = create(
+        &cloud,
+        &flavor,
+        &image,
+        Some(json!([{"uuid": net1}, {"uuid": net1}])),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    let shown = cloud.wait(&id, "ERROR");
+    assert!(
+        shown["fault"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("No more IP addresses"),
+        "{shown}"
+    );
+    assert_eq!(ports_of(&cloud, &id), Vec::<Value>::new(), "unwound");
+    assert_eq!(
+        cloud.hostd.create_bodies().len(),
+        1,
+        "never reached the host"
+    );
+}
