@@ -104,8 +104,13 @@ failed=0
 {probe} --runs 0 --show-console || {{ failed=1; tail -n 20 $WORK/hostd.log; }}
 BASE=$WORK/state/images/{image}
 [ -f $BASE ] || {{ echo "no cached image at $BASE"; exit 1; }}
+# What hostd did for each server, and what runs in L1 between boots: the
+# phases (fetch, root disk, picker, start, delete) beside the boot times.
+phases() {{ echo "--- hostd's phases, then L1's processes ---"; grep -E 'image cached|root disk made|boot picked|instance state|deleted' $WORK/hostd.log | cut -c1-200 | tail -n 12; top -b -n1 | head -n 12; }}
+phases
 for round in $(seq {runs}); do
   {probe} --runs 1 --no-cold || {{ failed=1; tail -n 20 $WORK/hostd.log; }}
+  phases
   for system in {systems}; do
     rm -f $WORK/state/qemu.qcow2
     {QEMU_IMG} create -q -f qcow2 -F raw -b $BASE $WORK/state/qemu.qcow2 {DISK_GB}G || exit 1
