@@ -151,9 +151,7 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
         request_id: request_id_of(&req),
         auth,
     };
-    let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
-    let path: Vec<&str> = path.iter().map(String::as_str).collect();
-    let result = match (req.method().clone(), path.as_slice()) {
+    let result = match (req.method().clone(), path) {
         (Method::GET, ["extensions"]) => Ok(json(
             StatusCode::OK,
             &json!({"extensions": EXTENSIONS.iter().map(|(a, n, d)| extension_json(a, n, d)).collect::<Vec<_>>()}),

@@ -133,6 +133,19 @@ pub fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// A Unix time as OpenStack's APIs write it to the second: `2026-12-03T10:00:00Z`.
+pub fn iso_seconds(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|d| {
+            d.format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_default()
+}
+
 fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }

@@ -48,17 +48,7 @@ impl Image {
 
     /// Glance's JSON: fixed fields, then the free-form properties at top level.
     pub fn to_json(&self) -> Json {
-        let iso = |t: i64| {
-            time::OffsetDateTime::from_unix_timestamp(t)
-                .ok()
-                .and_then(|d| {
-                    d.format(time::macros::format_description!(
-                        "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
-                    ))
-                    .ok()
-                })
-                .unwrap_or_default()
-        };
+        let iso = crate::identity::iso_seconds;
         let mut v = json!({
             "id": self.id, "name": self.name, "status": self.status,
             "visibility": self.visibility, "protected": self.protected, "os_hidden": false,

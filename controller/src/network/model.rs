@@ -55,17 +55,7 @@ impl Standard {
 }
 
 /// Neutron's timestamps: `2026-12-03T10:00:00Z`.
-pub fn iso(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|d| {
-            d.format(time::macros::format_description!(
-                "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
-            ))
-            .ok()
-        })
-        .unwrap_or_default()
-}
+pub use crate::identity::iso_seconds as iso;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Network {

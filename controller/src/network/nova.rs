@@ -155,8 +155,9 @@ impl NetworkService {
         nics: &[NicRequest],
     ) -> Result<Vec<Port>, NetworkError> {
         let mut ports = Vec::new();
+        // The ports made on an earlier run, by the request (slot) they answer.
+        let mut made = self.store().ports_of_device(server_id).await?;
         for (slot, nic) in (0u32..).zip(nics) {
-            let mine = self.store().ports_of_device(server_id).await?;
             let port = match (&nic.port_id, &nic.network_id) {
                 (Some(port_id), _) => {
                     let port = self
@@ -174,8 +175,9 @@ impl NetworkService {
                     self.bind(port, server_id, host).await?
                 }
                 (None, Some(network_id)) => {
-                    match mine.into_iter().find(|p| p.nova_slot == Some(slot)) {
-                        Some(made) => self.bind(made, server_id, host).await?,
+                    let earlier = made.iter().position(|p| p.nova_slot == Some(slot));
+                    match earlier.map(|at| made.swap_remove(at)) {
+                        Some(port) => self.bind(port, server_id, host).await?,
                         None => {
                             self.make_port(project, server_id, host, slot, network_id, nic.fixed_ip)
                                 .await?

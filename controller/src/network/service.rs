@@ -1194,9 +1194,8 @@ impl NetworkService {
                         .iter()
                         .any(|f| f.subnet_id == subnet.std.id && f.ip_address == *a)
                 };
-                let kept: Vec<(Subnet, Option<Ipv4Addr>)> = wanted.clone();
                 port.fixed_ips = self
-                    .choose_ips(&port.network_id, &kept, &old.fixed_ips)
+                    .choose_ips(&port.network_id, &wanted, &old.fixed_ips)
                     .await?;
                 for (subnet, address) in &wanted {
                     if let Some(a) = address {
