@@ -283,3 +283,100 @@ fn a_build_that_finds_no_address_ends_in_error_and_leaves_no_port() {
         "never reached the host"
     );
 }
+
+/// A netd's report, sent as host `host` (with `token`); status and answer.
+fn report(cloud: &Cloud, host: &str, token: &str, body: &str) -> (u16, Value) {
+    let r = call(
+        &cloud.c,
+        "PUT",
+        &format!("/internal/v1/hosts/{host}/network"),
+        &[("Authorization", &format!("Bearer {token}"))],
+        body,
+    );
+    (r.status, r.json())
+}
+
+#[test]
+fn a_netd_report_sets_its_ports_status_and_answers_with_its_hosts_networks() {
+    let cloud = Cloud::start(Delays::NONE);
+    let (flavor, image) = bootable(&cloud.c, &cloud.admin, 1, 128);
+    let (net1, _) = network(&cloud, "net1", "10.0.0.0/24");
+    let r = create(&cloud, &flavor, &image, Some(json!([{"uuid": net1}])));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    cloud.wait(&id, "ACTIVE");
+    let port = ports_of(&cloud, &id).remove(0);
+    let port_id = port["id"].as_str().unwrap();
+    assert_eq!(port["status"], "DOWN", "nothing plugged it yet");
+
+    let token = common::hostd::host_token(HOST_ID);
+    let body = json!({"vtep": "172.16.0.1", "plugged": [port_id]}).to_string();
+    let (s, answer) = report(&cloud, HOST_ID, &token, &body);
+    assert_eq!(s, 200, "{answer}");
+    let (_, shown) = net(&cloud, "GET", &format!("/networks/{net1}"), Value::Null);
+    assert_eq!(
+        answer,
+        json!({"networks": [{
+            "id": net1,
+            "vni": shown["network"]["provider:segmentation_id"],
+            "mtu": 1450,
+            "ports": [{
+                "id": port_id,
+                "tap": format!("tap{}", &port_id[..11]),
+                "mac": port["mac_address"],
+                "ips": ["10.0.0.2"],
+                "admin_state_up": true,
+            }],
+            "remote": [],
+        }]})
+    );
+    let (_, now) = net(&cloud, "GET", &format!("/ports/{port_id}"), Value::Null);
+    assert_eq!(now["port"]["status"], "ACTIVE");
+
+    // Another host carries nothing of it, and sees the port once it has one
+    // on the network itself (bound by an admin here).
+    let other = common::hostd::host_token("other");
+    let body2 = json!({"vtep": "172.16.0.2", "plugged": []}).to_string();
+    let (s, answer) = report(&cloud, "other", &other, &body2);
+    assert_eq!((s, answer), (200, json!({"networks": []})));
+    let (s, p2) = net(
+        &cloud,
+        "POST",
+        "/ports",
+        json!({"port": {"network_id": net1, "binding:host_id": "other"}}),
+    );
+    assert_eq!(s, 201, "{p2}");
+    let (_, answer) = report(&cloud, "other", &other, &body2);
+    assert_eq!(
+        answer["networks"][0]["remote"],
+        json!([{"id": port_id, "mac": port["mac_address"], "ips": ["10.0.0.2"], "vtep": "172.16.0.1"}])
+    );
+    let (_, answer) = report(&cloud, HOST_ID, &token, &body);
+    assert_eq!(answer["networks"][0]["remote"][0]["vtep"], "172.16.0.2");
+
+    // A report that no longer names the port takes it DOWN.
+    let (s, _) = report(
+        &cloud,
+        HOST_ID,
+        &token,
+        r#"{"vtep": "172.16.0.1", "plugged": []}"#,
+    );
+    assert_eq!(s, 200);
+    let (_, now) = net(&cloud, "GET", &format!("/ports/{port_id}"), Value::Null);
+    assert_eq!(now["port"]["status"], "DOWN");
+
+    // A host reports only for itself, with a valid token and body.
+    assert_eq!(report(&cloud, HOST_ID, &other, &body).0, 403);
+    assert_eq!(report(&cloud, HOST_ID, "vh1.stand-in.00", &body).0, 401);
+    assert_eq!(report(&cloud, HOST_ID, &cloud.admin, &body).0, 401);
+    for bad in [
+        "",
+        "{",
+        r#"{"vtep": "not an address", "plugged": []}"#,
+        r#"{"vtep": "172.16.0.1"}"#,
+        r#"{"vtep": "172.16.0.1", "plugged": [1]}"#,
+    ] {
+        let (s, v) = report(&cloud, HOST_ID, &token, bad);
+        assert_eq!(s, 400, "{bad}: {v}");
+    }
+}

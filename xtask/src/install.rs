@@ -19,6 +19,9 @@ const PACKAGES: &[(&str, &str)] = &[
     // Benchmark tools for the guest rootfs.
     ("fio", "fio"),
     ("iperf3", "iperf3"),
+    // netd's tests: network namespaces, veths, ping across them.
+    ("iproute2", "ip"),
+    ("iputils-ping", "ping"),
     // The controller's store tests run against a real PostgreSQL server.
     ("postgresql", "/usr/lib/postgresql/*/bin/initdb"),
 ];

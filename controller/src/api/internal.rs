@@ -4,7 +4,9 @@
 //! raw conversion of a qcow2 image), which hostd caches: as a sparse stream
 //! (its data, not its holes) to a host that accepts one;
 //! `PUT /internal/v1/images/{id}/file` takes a snapshot's data from the
-//! host of its server (plain, or a sparse stream). All need a host's
+//! host of its server (plain, or a sparse stream);
+//! `PUT /internal/v1/hosts/{host_id}/network` takes a netd's report and
+//! answers with the networks its host must carry. All need a host's
 //! token (derived from the controller's hostd secret) as a bearer token; a
 //! host registers and refreshes only itself.
 //!
@@ -81,6 +83,15 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
                 }
             }
         }
+        (Method::PUT, ["v1", "hosts", id, "network"]) => {
+            if *id != host {
+                return keystone_error(
+                    StatusCode::FORBIDDEN,
+                    &format!("the token is host {host}'s, not {id}'s"),
+                );
+            }
+            network_sync(app, req, &host).await
+        }
         (Method::GET, ["v1", "hosts"]) => match app.hosts.list().await {
             Ok(hosts) => {
                 let now = crate::identity::now();
@@ -124,6 +135,28 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
             }
         }
         _ => keystone_error(StatusCode::NOT_FOUND, "The resource could not be found."),
+    }
+}
+
+/// A netd's report in, its host's networks out.
+async fn network_sync(app: &App, req: Request<Incoming>, host: &str) -> Response<Body> {
+    let value = match read_json(req, keystone_error).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let report: netd_proto::Report = match serde_json::from_value(value) {
+        Ok(r) => r,
+        Err(e) => return keystone_error(StatusCode::BAD_REQUEST, &format!("report: {e}")),
+    };
+    match app.network.agent_sync(host, &report).await {
+        Ok(state) => json(StatusCode::OK, &state),
+        Err(e) => {
+            tracing::error!(host, "a netd report: {e}");
+            keystone_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not read the host's networks",
+            )
+        }
     }
 }
 

@@ -9,7 +9,10 @@
 //! - [`service`]: who may do what, the attributes' rules, allocation
 //! - [`nova`]: what the compute service asks: NICs checked, ports made and
 //!   bound for servers and released with them, addresses, network_data
+//! - [`agent`]: what each host's netd asks: its ports' status by its
+//!   report, and the networks it must carry
 
+pub mod agent;
 pub mod ipam;
 pub mod model;
 pub mod nova;

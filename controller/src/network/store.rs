@@ -450,6 +450,56 @@ impl NetworkStore {
             .await
     }
 
+    /// The ports bound to a host.
+    pub async fn ports_on_host(&self, host_id: &str) -> Result<Vec<Port>, StoreError> {
+        self.docs(
+            "SELECT body FROM ports WHERE host_id = $1 ORDER BY id",
+            &[Value::Text(host_id)],
+        )
+        .await
+    }
+
+    /// The ports of a network that are bound to some host.
+    pub async fn bound_ports_of_network(&self, network_id: &str) -> Result<Vec<Port>, StoreError> {
+        self.docs(
+            "SELECT body FROM ports WHERE network_id = $1 AND host_id <> '' ORDER BY id",
+            &[Value::Text(network_id)],
+        )
+        .await
+    }
+
+    // --- network agents (each host's netd)
+
+    /// Records a host's tunnel endpoint as of `now`.
+    pub async fn record_agent(
+        &self,
+        host_id: &str,
+        vtep: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.store
+            .execute(
+                "INSERT INTO network_agents (host_id, vtep, last_seen) VALUES ($1, $2, $3) \
+                 ON CONFLICT (host_id) DO UPDATE SET vtep = excluded.vtep, last_seen = excluded.last_seen",
+                &[Value::Text(host_id), Value::Text(vtep), Value::Int(now)],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Every host's tunnel endpoint, as (host, VTEP).
+    pub async fn agents(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.store
+            .fetch_all(
+                "SELECT host_id, vtep FROM network_agents ORDER BY host_id",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((text(r, "host_id")?, text(r, "vtep")?)))
+            .collect()
+    }
+
     // --- security groups
 
     /// Stores a group with its first rules; `default_for` names the project

@@ -7,6 +7,8 @@
 //! - [`http`]: one HTTP/1.1 request per connection, over TCP or a Unix
 //!   socket, with a deadline; the raw bytes are kept for binary bodies
 //! - [`identity`]: Keystone v3 password tokens
+//! - [`netns`]: network namespaces as hosts and guests, and calls from
+//!   inside one
 //! - [`ports`]: free TCP ports
 //! - [`wait`]: polling with a deadline and a message
 //! - [`stub`]: stand-in HTTP servers answered by a handler
@@ -17,6 +19,7 @@ pub mod disks;
 pub mod fuzz;
 pub mod http;
 pub mod identity;
+pub mod netns;
 pub mod ports;
 pub mod stub;
 pub mod tools;

@@ -1,0 +1,142 @@
+//! What each host's netd asks of the network service: its report (its
+//! tunnel endpoint, the ports it has plugged) is recorded, the ports bound
+//! to its host go ACTIVE or DOWN by it, as Neutron's agents make them, and
+//! the answer is the intended state of every network with a port on the
+//! host, with the other hosts' ports of those networks and where they are.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+use netd_proto::{HostNetwork, HostNetworks, LocalPort, RemotePort, Report};
+
+use super::model::Port;
+use super::nova::tap_name;
+use super::service::NetworkService;
+use super::NetworkError;
+use crate::identity::now;
+
+fn ips(port: &Port) -> Vec<Ipv4Addr> {
+    port.fixed_ips.iter().map(|f| f.ip_address).collect()
+}
+
+/// A VXLAN id as the kernel takes it (the store hands out 24-bit ids).
+fn vni(id: i64) -> Option<u32> {
+    u32::try_from(id).ok().filter(|v| *v < 1 << 24)
+}
+
+impl NetworkService {
+    /// Records `host_id`'s report and answers with what its netd must carry.
+    pub async fn agent_sync(
+        &self,
+        host_id: &str,
+        report: &Report,
+    ) -> Result<HostNetworks, NetworkError> {
+        let store = self.store();
+        store
+            .record_agent(host_id, &report.vtep.to_string(), now())
+            .await?;
+        let plugged: HashSet<&str> = report.plugged.iter().map(String::as_str).collect();
+        let mut by_network: BTreeMap<String, Vec<Port>> = BTreeMap::new();
+        for port in store.ports_on_host(host_id).await? {
+            let status = if plugged.contains(port.std.id.as_str()) && port.admin_state_up {
+                "ACTIVE"
+            } else {
+                "DOWN"
+            };
+            let port = self.set_status(port, host_id, status).await?;
+            by_network
+                .entry(port.network_id.clone())
+                .or_default()
+                .push(port);
+        }
+        // Hosts whose netd never reported have no endpoint to send to yet;
+        // their ports join once they do.
+        let vteps: HashMap<String, Ipv4Addr> = store
+            .agents()
+            .await?
+            .into_iter()
+            .filter_map(|(host, vtep)| Some((host, vtep.parse().ok()?)))
+            .collect();
+        let mut networks = Vec::with_capacity(by_network.len());
+        for (network_id, local) in by_network {
+            let Some(network) = store.network(&network_id).await? else {
+                continue;
+            };
+            let Some(vni) = vni(network.vni) else {
+                tracing::error!(
+                    network = network_id,
+                    vni = network.vni,
+                    "a VXLAN id out of range"
+                );
+                continue;
+            };
+            let remote = store
+                .bound_ports_of_network(&network_id)
+                .await?
+                .into_iter()
+                .filter(|p| p.host_id != host_id)
+                .filter_map(|p| {
+                    let vtep = *vteps.get(&p.host_id)?;
+                    Some(RemotePort {
+                        ips: ips(&p),
+                        id: p.std.id,
+                        mac: p.mac_address,
+                        vtep,
+                    })
+                })
+                .collect();
+            networks.push(HostNetwork {
+                id: network_id,
+                vni,
+                mtu: u32::try_from(network.mtu).unwrap_or(1450),
+                ports: local
+                    .into_iter()
+                    .map(|p| LocalPort {
+                        tap: tap_name(&p.std.id),
+                        ips: ips(&p),
+                        id: p.std.id,
+                        mac: p.mac_address,
+                        admin_state_up: p.admin_state_up,
+                    })
+                    .collect(),
+                remote,
+            });
+        }
+        Ok(HostNetworks { networks })
+    }
+
+    /// Sets a port's status if it differs, while the port is still bound to
+    /// `host_id`; a concurrent update wins (the next report tries again).
+    async fn set_status(
+        &self,
+        port: Port,
+        host_id: &str,
+        status: &str,
+    ) -> Result<Port, NetworkError> {
+        if port.status == status {
+            return Ok(port);
+        }
+        let mut changed = port.clone();
+        changed.status = status.to_owned();
+        changed.std.touch(now());
+        if self.store().update_port(&changed, &port).await? {
+            tracing::info!(port = changed.std.id, host = host_id, status, "port status");
+            Ok(changed)
+        } else {
+            Ok(port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vni;
+
+    #[test]
+    fn vxlan_ids_are_24_bits() {
+        assert_eq!(vni(1), Some(1));
+        assert_eq!(vni((1 << 24) - 1), Some((1 << 24) - 1));
+        assert_eq!(vni(1 << 24), None);
+        assert_eq!(vni(-1), None);
+    }
+}

@@ -1,0 +1,115 @@
+//! What netd and the controller say to each other. Each netd calls
+//! `PUT /internal/v1/hosts/{host_id}/network` with a [`Report`] (its tunnel
+//! address and the ports it has plugged) and gets back [`HostNetworks`]: the
+//! intended state of every network that has a port bound to its host, with
+//! where each of the network's other ports lives. One call both reports and
+//! fetches, so a netd that restarts converges from a single answer.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// The VXLAN UDP port (IANA's; the kernel's default, 8472, is not it).
+pub const VXLAN_PORT: u16 = 4789;
+
+/// What a netd tells the controller on each pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// This host's tunnel endpoint: the underlay address other hosts send
+    /// this host's overlay traffic to.
+    pub vtep: Ipv4Addr,
+    /// The ports whose taps are on their network's bridge, up, on this host.
+    pub plugged: Vec<String>,
+}
+
+/// The networks a host must carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostNetworks {
+    pub networks: Vec<HostNetwork>,
+}
+
+/// One network as one host sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostNetwork {
+    pub id: String,
+    /// The VXLAN network identifier (24 bits).
+    pub vni: u32,
+    pub mtu: u32,
+    /// The network's ports bound to this host.
+    pub ports: Vec<LocalPort>,
+    /// The network's ports bound to other hosts that have a tunnel endpoint.
+    pub remote: Vec<RemotePort>,
+}
+
+/// A port on this host: its tap goes on the network's bridge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalPort {
+    pub id: String,
+    /// The tap hostd makes for the port's server (`tap` + 11 characters).
+    pub tap: String,
+    pub mac: String,
+    pub ips: Vec<Ipv4Addr>,
+    pub admin_state_up: bool,
+}
+
+/// A port on another host: frames for its MAC go through that host's
+/// tunnel endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemotePort {
+    pub id: String,
+    pub mac: String,
+    pub ips: Vec<Ipv4Addr>,
+    pub vtep: Ipv4Addr,
+}
+
+impl HostNetwork {
+    /// The tunnel endpoints broadcast, unknown-unicast and multicast frames
+    /// are copied to: each other host with a port on the network, once.
+    pub fn flood_list(&self) -> Vec<Ipv4Addr> {
+        let mut vteps: Vec<Ipv4Addr> = self.remote.iter().map(|r| r.vtep).collect();
+        vteps.sort();
+        vteps.dedup();
+        vteps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flood_list_names_each_remote_host_once() {
+        let remote = |id: &str, vtep: [u8; 4]| RemotePort {
+            id: id.into(),
+            mac: "fa:16:3e:00:00:01".into(),
+            ips: vec![],
+            vtep: Ipv4Addr::from(vtep),
+        };
+        let net = HostNetwork {
+            id: "n".into(),
+            vni: 7,
+            mtu: 1450,
+            ports: vec![],
+            remote: vec![
+                remote("a", [10, 0, 0, 3]),
+                remote("b", [10, 0, 0, 2]),
+                remote("c", [10, 0, 0, 3]),
+            ],
+        };
+        assert_eq!(
+            net.flood_list(),
+            vec![Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)]
+        );
+    }
+
+    #[test]
+    fn a_report_reads_back_as_sent() {
+        let r = Report {
+            vtep: Ipv4Addr::new(172, 16, 0, 1),
+            plugged: vec!["p1".into()],
+        };
+        let text = serde_json::to_string(&r).unwrap_or_default();
+        assert_eq!(text, r#"{"vtep":"172.16.0.1","plugged":["p1"]}"#);
+        assert_eq!(serde_json::from_str::<Report>(&text).ok(), Some(r));
+    }
+}

@@ -1,0 +1,16 @@
+//! netd: each host's network agent. It carries the host's share of the
+//! tenant networks the controller holds: a bridge and a VXLAN device per
+//! network, the taps of the host's ports on them, and tunnel entries to
+//! the other hosts' ports, all from the controller's intended state.
+//!
+//! - [`config`]: the TOML file
+//! - [`controller`]: the report-and-fetch call
+//! - [`agent`]: the reconciler loop
+//! - [`datapath`]: one convergence pass, and the pure plan behind it
+//! - [`nl`]: rtnetlink, wrapped
+
+pub mod agent;
+pub mod config;
+pub mod controller;
+pub mod datapath;
+pub mod nl;

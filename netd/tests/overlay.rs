@@ -1,0 +1,382 @@
+//! Two hosts and their guests on one machine, as network namespaces (the
+//! kernel's own VXLAN selftest layout): a controller in `ctl` on an underlay
+//! bridge, hosts `hv1` and `hv2` on it, each running netd, and a "guest"
+//! namespace per port, joined to its host by a veth whose host end carries
+//! the port's tap name (hostd makes real taps; to the datapath both are
+//! links to put on a bridge). Everything netd does is real: the controller's
+//! API and intended state, the kernel's bridges, VXLAN and forwarding
+//! entries, pings between guests.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use virga_test_support::netns::{self, NetNs};
+use virga_test_support::{http, identity, tools, wait};
+
+const CONTROLLER: &str = "172.16.0.254:8774";
+const ADMIN_PASSWORD: &str = "admin-secret";
+
+/// The controller binary the workspace built beside this test.
+fn controller_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("VIRGA_CONTROLLER_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("controller"))
+        .unwrap();
+    assert!(
+        bin.exists(),
+        "{} is not built: run `cargo test --workspace` (or `cargo build -p controller`)",
+        bin.display()
+    );
+    bin
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A host: its namespace, its netd, and what the netd is started with.
+struct Host {
+    ns: NetNs,
+    id: String,
+    config: PathBuf,
+    netd: Option<Killed>,
+}
+
+impl Host {
+    fn start_netd(&mut self) {
+        let log = std::fs::File::create(self.config.with_extension("log")).unwrap();
+        let child = self
+            .ns
+            .command(env!("CARGO_BIN_EXE_netd"))
+            .arg("--config")
+            .arg(&self.config)
+            .env(
+                "RUST_LOG",
+                std::env::var("NETD_LOG").unwrap_or("info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.netd = Some(Killed(child));
+    }
+
+    fn kill_netd(&mut self) {
+        self.netd = None;
+    }
+
+    /// A guest namespace on port `port` of this host: a veth whose host end
+    /// is the port's tap, the guest end with the port's MAC and address.
+    fn guest(&self, name: &str, port: &Value) -> NetNs {
+        let guest = NetNs::new(name);
+        let tap = format!("tap{}", &port["id"].as_str().unwrap()[..11]);
+        let mac = port["mac_address"].as_str().unwrap();
+        let ip = port["fixed_ips"][0]["ip_address"].as_str().unwrap();
+        self.ns.sh(&format!(
+            "ip link add {tap} type veth peer name eth0 netns {}",
+            guest.name
+        ));
+        guest.sh(&format!(
+            "ip link set eth0 address {mac} mtu 1450 && ip addr add {ip}/24 dev eth0 && ip link set eth0 up"
+        ));
+        guest
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.config.with_extension("log")).unwrap_or_default()
+    }
+}
+
+struct Lab {
+    ctl: NetNs,
+    hosts: Vec<Host>,
+    _controller: Killed,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = NetNs::new(&format!("{tag}-ctl"));
+        ctl.sh(
+            "ip link add ul type bridge && ip addr add 172.16.0.254/24 dev ul && ip link set ul up",
+        );
+        let config = dir.path().join("controller.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"0.0.0.0:8774\"\nstate_dir = \"{}\"\nhostd_secret = \"lab-secret-0123456789abcdef\"\n[bootstrap]\nadmin_password = \"{ADMIN_PASSWORD}\"\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let controller = Killed(
+            ctl.command(controller_bin())
+                .arg("--config")
+                .arg(&config)
+                .env("RUST_LOG", "warn")
+                .spawn()
+                .unwrap(),
+        );
+        let mut hosts = Vec::new();
+        for n in 1..=2 {
+            let id = format!("hv{n}");
+            let ns = NetNs::new(&format!("{tag}-{id}"));
+            ctl.sh(&format!(
+                "ip link add u{n} type veth peer name eth0 netns {} && ip link set u{n} master ul up",
+                ns.name
+            ));
+            ns.sh(&format!(
+                "ip addr add 172.16.0.{n}/24 dev eth0 && ip link set eth0 up"
+            ));
+            let out = Command::new(controller_bin())
+                .arg("--config")
+                .arg(&config)
+                .args(["host-token", &id])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "host-token: {out:?}");
+            let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            let netd_config = dir.path().join(format!("netd-{id}.toml"));
+            std::fs::write(
+                &netd_config,
+                format!(
+                    "host_id = \"{id}\"\ncontroller_url = \"http://{CONTROLLER}\"\ntoken = \"{token}\"\nvtep = \"172.16.0.{n}\"\nunderlay_dev = \"eth0\"\nsync_ms = 200\n"
+                ),
+            )
+            .unwrap();
+            hosts.push(Host {
+                ns,
+                id,
+                config: netd_config,
+                netd: None,
+            });
+        }
+        let token = ctl.run(|| {
+            wait::until("the controller to answer", Duration::from_secs(30), || {
+                identity::request_token(CONTROLLER, "admin", ADMIN_PASSWORD, "admin").ok()
+            })
+        });
+        Lab {
+            ctl,
+            hosts,
+            _controller: controller,
+            token,
+            _dir: dir,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
+        let (method, path, token) = (method.to_owned(), path.to_owned(), self.token.clone());
+        let body = if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        };
+        self.ctl.run(move || {
+            let r = http::send(
+                CONTROLLER,
+                &method,
+                &format!("/network/v2.0{path}"),
+                &[("X-Auth-Token", &token)],
+                &body,
+            )
+            .unwrap();
+            (r.status, r.json())
+        })
+    }
+
+    fn create(&self, kind: &str, body: Value) -> Value {
+        let (status, v) = self.call("POST", &format!("/{kind}s"), json!({ kind: body }));
+        assert_eq!(status, 201, "creating a {kind}: {v}");
+        v[kind].clone()
+    }
+
+    /// A network with a /24 subnet.
+    fn network(&self, name: &str) -> Value {
+        let net = self.create("network", json!({"name": name}));
+        self.create(
+            "subnet",
+            json!({"network_id": net["id"], "cidr": "10.0.0.0/24", "ip_version": 4}),
+        );
+        net
+    }
+
+    /// A server's port on `net`, bound to host `host`, with address `ip`.
+    fn port(&self, net: &Value, host: &str, ip: &str) -> Value {
+        self.create(
+            "port",
+            json!({
+                "network_id": net["id"],
+                "binding:host_id": host,
+                "device_owner": "compute:nova",
+                "device_id": format!("server-{ip}"),
+                "fixed_ips": [{"ip_address": ip}],
+            }),
+        )
+    }
+
+    fn status(&self, port: &Value) -> String {
+        let (code, v) = self.call(
+            "GET",
+            &format!("/ports/{}", port["id"].as_str().unwrap()),
+            Value::Null,
+        );
+        assert_eq!(code, 200, "{v}");
+        v["port"]["status"].as_str().unwrap_or_default().to_owned()
+    }
+
+    fn wait_status(&self, port: &Value, want: &str) {
+        wait::until(
+            &format!("port {} {want}", port["fixed_ips"][0]["ip_address"]),
+            Duration::from_secs(30),
+            || (self.status(port) == want).then_some(()),
+        );
+    }
+}
+
+fn pings(from: &NetNs, ip: &str) -> bool {
+    from.try_sh(&format!("ping -c 1 -W 1 {ip}"))
+}
+
+fn wait_ping(from: &NetNs, ip: &str) {
+    wait::until(
+        &format!("{} to reach {ip}", from.name),
+        Duration::from_secs(20),
+        || pings(from, ip).then_some(()),
+    );
+}
+
+/// The tunnel entries of a VXLAN device, as `bridge fdb` prints them.
+fn tunnel_entries(host: &NetNs, vni: u64) -> Vec<String> {
+    let mut lines: Vec<String> = host
+        .sh(&format!("bridge fdb show dev vxlan-{vni}"))
+        .lines()
+        .filter(|l| l.contains(" dst "))
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn guests_on_one_network_talk_across_hosts_and_nobody_else_reaches_them() {
+    if let Err(why) = netns::available() {
+        tools::missing(&format!("network namespaces ({why})"));
+        return;
+    }
+    if Command::new("ping").arg("-V").output().is_err() {
+        tools::missing("ping (iputils-ping)");
+        return;
+    }
+    let mut lab = Lab::new(&format!("vo{}", std::process::id()));
+    let a = lab.network("a");
+    let b = lab.network("b");
+    let vni_a = a["provider:segmentation_id"].as_u64().unwrap();
+    // Project networks may share address ranges: the same addresses on both.
+    let a1 = lab.port(&a, "hv1", "10.0.0.10");
+    let a2 = lab.port(&a, "hv2", "10.0.0.11");
+    let b1 = lab.port(&b, "hv1", "10.0.0.20");
+    let b2 = lab.port(&b, "hv2", "10.0.0.21");
+    let g_a1 = lab.hosts[0].guest(&format!("{}-ga1", lab.ctl.name), &a1);
+    let g_a2 = lab.hosts[1].guest(&format!("{}-ga2", lab.ctl.name), &a2);
+    let g_b1 = lab.hosts[0].guest(&format!("{}-gb1", lab.ctl.name), &b1);
+    let g_b2 = lab.hosts[1].guest(&format!("{}-gb2", lab.ctl.name), &b2);
+    assert_eq!(lab.status(&a1), "DOWN", "no netd yet, nothing plugged");
+
+    for host in &mut lab.hosts {
+        host.start_netd();
+    }
+    for port in [&a1, &a2, &b1, &b2] {
+        lab.wait_status(port, "ACTIVE");
+    }
+    wait_ping(&g_a1, "10.0.0.11");
+    wait_ping(&g_b1, "10.0.0.21");
+    // Another network's guests are out of reach, though on the same hosts
+    // and in the same address range.
+    assert!(!pings(&g_a1, "10.0.0.21"), "network a reached network b");
+    assert!(!pings(&g_b2, "10.0.0.10"), "network b reached network a");
+
+    // Each host floods to the other once per network and points each remote
+    // MAC at it.
+    let mac = |p: &Value| p["mac_address"].as_str().unwrap().to_owned();
+    let entries = tunnel_entries(&lab.hosts[0].ns, vni_a);
+    let mut expect = vec![
+        "00:00:00:00:00:00 dst 172.16.0.2".to_owned(),
+        format!("{} dst 172.16.0.2", mac(&a2)),
+    ];
+    expect.sort();
+    assert_eq!(entries, expect);
+
+    // netd killed: the datapath stays and carries traffic; restarted, it
+    // converges without adding a second copy of anything.
+    lab.hosts[0].kill_netd();
+    assert!(pings(&g_a1, "10.0.0.11"), "the datapath went with netd");
+    lab.hosts[0].start_netd();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(tunnel_entries(&lab.hosts[0].ns, vni_a), entries);
+    assert!(pings(&g_a1, "10.0.0.11"));
+
+    // A port deleted: its host takes its tap off the network, the other
+    // host forgets it, and a network with no port left on a host leaves it.
+    let (code, v) = lab.call(
+        "DELETE",
+        &format!("/ports/{}", a2["id"].as_str().unwrap()),
+        Value::Null,
+    );
+    assert_eq!(code, 204, "{v}");
+    let hv2 = &lab.hosts[1].ns;
+    let bridge_a = format!("brq{}", &a["id"].as_str().unwrap()[..11]);
+    wait::until("hv2 to remove network a", Duration::from_secs(20), || {
+        (!hv2.try_sh(&format!("ip link show {bridge_a}"))).then_some(())
+    });
+    wait::until(
+        "hv1 to forget hv2 on network a",
+        Duration::from_secs(20),
+        || {
+            tunnel_entries(&lab.hosts[0].ns, vni_a)
+                .is_empty()
+                .then_some(())
+        },
+    );
+    assert!(!pings(&g_a1, "10.0.0.11"), "a deleted port still reachable");
+    // Network b is untouched.
+    assert!(pings(&g_b1, "10.0.0.21"));
+
+    // A port set down goes DOWN and off its bridge.
+    let (code, v) = lab.call(
+        "PUT",
+        &format!("/ports/{}", b2["id"].as_str().unwrap()),
+        json!({"port": {"admin_state_up": false}}),
+    );
+    assert_eq!(code, 200, "{v}");
+    lab.wait_status(&b2, "DOWN");
+    assert!(
+        !pings(&g_b1, "10.0.0.21"),
+        "a port that is down still carries traffic"
+    );
+    for host in &lab.hosts {
+        let log = host.log();
+        assert!(
+            !log.contains("ERROR") && !log.contains("panicked"),
+            "{}: {log}",
+            host.id
+        );
+    }
+    drop((g_a1, g_a2, g_b1, g_b2));
+}
