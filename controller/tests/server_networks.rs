@@ -326,6 +326,16 @@ fn a_netd_report_sets_its_ports_status_and_answers_with_its_hosts_networks() {
                 "mac": port["mac_address"],
                 "ips": ["10.0.0.2"],
                 "admin_state_up": true,
+                "port_security": true,
+                "allowed_pairs": [],
+                // The default group's IPv4 rules: in from its members (so
+                // far, this port alone), out to anywhere.
+                "rules": [
+                    {"direction": "ingress", "protocol": null, "port_min": null,
+                     "port_max": null, "remote": {"members": ["10.0.0.2"]}},
+                    {"direction": "egress", "protocol": null, "port_min": null,
+                     "port_max": null, "remote": "any"},
+                ],
             }],
             "remote": [],
         }]})
@@ -353,6 +363,11 @@ fn a_netd_report_sets_its_ports_status_and_answers_with_its_hosts_networks() {
     );
     let (_, answer) = report(&cloud, HOST_ID, &token, &body);
     assert_eq!(answer["networks"][0]["remote"][0]["vtep"], "172.16.0.2");
+    // The new port is in the default group too: a member to let in.
+    assert_eq!(
+        answer["networks"][0]["ports"][0]["rules"][0]["remote"],
+        json!({"members": ["10.0.0.2", "10.0.0.3"]})
+    );
 
     // A report that no longer names the port takes it DOWN.
     let (s, _) = report(

@@ -14,10 +14,24 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 use netd_proto::{HostNetwork, HostNetworks, VXLAN_PORT};
 
+use crate::firewall::{self, FirewallError};
 use crate::nl::{parse_mac, Link, Netlink, NlError, TunnelEntry, VxlanSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(transparent)]
+    Netlink(#[from] NlError),
+    #[error(transparent)]
+    Firewall(#[from] FirewallError),
+}
+
+/// How often the ruleset is written again though unchanged (repairing
+/// whatever else changed it).
+const FIREWALL_REFRESH: Duration = Duration::from_secs(30);
 
 pub fn bridge_name(network_id: &str) -> String {
     format!("brq{}", network_id.get(..11).unwrap_or(network_id))
@@ -77,8 +91,13 @@ pub struct LinkPlan<'a> {
     pub plugged: Vec<String>,
 }
 
-/// The members each wanted bridge must have, and which links are off.
-pub fn plan_links<'a>(want: &HostNetworks, links: &'a [Link]) -> LinkPlan<'a> {
+/// The members each wanted bridge must have, and which links are off;
+/// `refused` ports (the firewall could not cover them) stay off.
+pub fn plan_links<'a>(
+    want: &HostNetworks,
+    links: &'a [Link],
+    refused: &BTreeSet<String>,
+) -> LinkPlan<'a> {
     let by_name: HashMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
     let mut plan = LinkPlan::default();
     let mut members: HashMap<u32, BTreeSet<u32>> = HashMap::new();
@@ -106,7 +125,7 @@ pub fn plan_links<'a>(want: &HostNetworks, links: &'a [Link]) -> LinkPlan<'a> {
             let Some(tap) = by_name.get(port.tap.as_str()) else {
                 continue;
             };
-            if !port.admin_state_up {
+            if !port.admin_state_up || refused.contains(&port.id) {
                 continue;
             }
             if member(tap) {
@@ -131,15 +150,23 @@ pub struct Datapath {
     nl: Netlink,
     vtep: Ipv4Addr,
     underlay: Option<String>,
+    /// The ruleset last written, and when.
+    firewall: Option<(String, Instant)>,
 }
 
 impl Datapath {
     pub fn new(nl: Netlink, vtep: Ipv4Addr, underlay: Option<String>) -> Datapath {
-        Datapath { nl, vtep, underlay }
+        Datapath {
+            nl,
+            vtep,
+            underlay,
+            firewall: None,
+        }
     }
 
-    /// One pass towards `want`; answers with the ports now plugged.
-    pub async fn converge(&self, want: &HostNetworks) -> Result<Vec<String>, NlError> {
+    /// One pass towards `want`; answers with the ports now plugged. A port's
+    /// tap joins its bridge only once the firewall covers it.
+    pub async fn converge(&mut self, want: &HostNetworks) -> Result<Vec<String>, DatapathError> {
         let links = self.nl.links().await?;
         let wanted: BTreeSet<String> = want
             .networks
@@ -190,7 +217,17 @@ impl Datapath {
         }
 
         let links = self.nl.links().await?;
-        let plan = plan_links(want, &links);
+        let fw = firewall::plan(want, &links);
+        let fresh = self
+            .firewall
+            .as_ref()
+            .is_some_and(|(text, at)| *text == fw.text && at.elapsed() < FIREWALL_REFRESH);
+        if !fresh {
+            firewall::prepare()?;
+            firewall::apply(&fw.text).await?;
+            self.firewall = Some((fw.text, Instant::now()));
+        }
+        let plan = plan_links(want, &links, &fw.refused);
         for a in &plan.attach {
             tracing::info!(link = a.link.name, bridge = a.bridge, "attaching");
             self.nl.attach(a.link, Some(a.bridge), a.mtu).await?;
@@ -202,7 +239,7 @@ impl Datapath {
         let plugged = if plan.attach.is_empty() && plan.detach.is_empty() {
             plan.plugged
         } else {
-            plan_links(want, &self.nl.links().await?).plugged
+            plan_links(want, &self.nl.links().await?, &fw.refused).plugged
         };
 
         for net in &want.networks {
@@ -263,6 +300,9 @@ mod tests {
                     mac: "fa:16:3e:00:00:01".into(),
                     ips: vec![],
                     admin_state_up: true,
+                    port_security: true,
+                    allowed_pairs: vec![],
+                    rules: vec![],
                 },
                 LocalPort {
                     id: "p2".into(),
@@ -270,6 +310,9 @@ mod tests {
                     mac: "fa:16:3e:00:00:02".into(),
                     ips: vec![],
                     admin_state_up: true,
+                    port_security: true,
+                    allowed_pairs: vec![],
+                    rules: vec![],
                 },
             ],
             remote: vec![
@@ -351,7 +394,7 @@ mod tests {
             // On some other bridge: none of netd's business.
             link(10, "veth0", Some(99), 1500, true),
         ];
-        let plan = plan_links(&want, &links);
+        let plan = plan_links(&want, &links, &BTreeSet::new());
         let attached: Vec<(&str, u32, u32)> = plan
             .attach
             .iter()
@@ -374,12 +417,19 @@ mod tests {
             link(5, "brq0123456789a", None, 1450, true),
             link(7, "tapp1", Some(5), 1450, true),
         ];
-        let plan = plan_links(&want, &links);
+        let plan = plan_links(&want, &links, &BTreeSet::new());
         assert!(plan.plugged.is_empty());
         // Its tap leaves the bridge: a port that is down carries nothing.
         assert_eq!(plan.detach, vec![&links[1]]);
         // No bridge yet: nothing to plan.
-        let plan = plan_links(&want, &links[1..]);
+        let plan = plan_links(&want, &links[1..], &BTreeSet::new());
         assert_eq!(plan, LinkPlan::default());
+        // A port the firewall refused stays off its bridge.
+        let mut up = network();
+        up.ports.truncate(1);
+        let want = HostNetworks { networks: vec![up] };
+        let plan = plan_links(&want, &links, &BTreeSet::from(["p1".to_owned()]));
+        assert!(plan.plugged.is_empty());
+        assert_eq!(plan.detach, vec![&links[1]]);
     }
 }

@@ -7,10 +7,13 @@
 //! - [`controller`]: the report-and-fetch call
 //! - [`agent`]: the reconciler loop
 //! - [`datapath`]: one convergence pass, and the pure plan behind it
+//! - [`firewall`]: security groups and anti-spoofing, as one nftables
+//!   ruleset
 //! - [`nl`]: rtnetlink, wrapped
 
 pub mod agent;
 pub mod config;
 pub mod controller;
 pub mod datapath;
+pub mod firewall;
 pub mod nl;

@@ -5,7 +5,7 @@
 //! the port's tap name (hostd makes real taps; to the datapath both are
 //! links to put on a bridge). Everything netd does is real: the controller's
 //! API and intended state, the kernel's bridges, VXLAN and forwarding
-//! entries, pings between guests.
+//! entries, the nftables ruleset and conntrack, pings between guests.
 
 #![allow(clippy::unwrap_used)]
 
@@ -202,7 +202,8 @@ impl Lab {
     }
 
     fn create(&self, kind: &str, body: Value) -> Value {
-        let (status, v) = self.call("POST", &format!("/{kind}s"), json!({ kind: body }));
+        let path = format!("/{}s", kind.replace('_', "-"));
+        let (status, v) = self.call("POST", &path, json!({ kind: body }));
         assert_eq!(status, 201, "creating a {kind}: {v}");
         v[kind].clone()
     }
@@ -280,9 +281,11 @@ fn guests_on_one_network_talk_across_hosts_and_nobody_else_reaches_them() {
         tools::missing(&format!("network namespaces ({why})"));
         return;
     }
-    if Command::new("ping").arg("-V").output().is_err() {
-        tools::missing("ping (iputils-ping)");
-        return;
+    for (tool, package) in [("ping", "iputils-ping"), ("nft", "nftables")] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            tools::missing(&format!("{tool} ({package})"));
+            return;
+        }
     }
     let mut lab = Lab::new(&format!("vo{}", std::process::id()));
     let a = lab.network("a");
@@ -311,6 +314,46 @@ fn guests_on_one_network_talk_across_hosts_and_nobody_else_reaches_them() {
     // and in the same address range.
     assert!(!pings(&g_a1, "10.0.0.21"), "network a reached network b");
     assert!(!pings(&g_b2, "10.0.0.10"), "network b reached network a");
+
+    // A guest sending from an address that is not its port's gets nowhere,
+    // though a2's group lets that address in (b1's, a member).
+    g_a1.sh("ip addr add 10.0.0.20/24 dev eth0");
+    // The answer would need no ARP (which is filtered too).
+    g_a2.sh(&format!(
+        "ip neigh replace 10.0.0.20 lladdr {} dev eth0",
+        a1["mac_address"].as_str().unwrap()
+    ));
+    assert!(
+        !g_a1.try_sh("ping -c 1 -W 1 -I 10.0.0.20 10.0.0.11"),
+        "a spoofed source address got through"
+    );
+    g_a1.sh("ip addr del 10.0.0.20/24 dev eth0");
+    assert!(pings(&g_a1, "10.0.0.11"));
+
+    // Security groups: a2 moves to a group that lets nothing in, then one
+    // rule lets ICMP in from the subnet. (The default group lets in only its
+    // members, so a1 no longer hears from a2 either.)
+    let closed = lab.create("security_group", json!({"name": "closed"}));
+    let a2_path = format!("/ports/{}", a2["id"].as_str().unwrap());
+    let (code, v) = lab.call(
+        "PUT",
+        &a2_path,
+        json!({"port": {"security_groups": [closed["id"]]}}),
+    );
+    assert_eq!(code, 200, "{v}");
+    wait::until(
+        "a2's new group to close it",
+        Duration::from_secs(20),
+        || (!pings(&g_a1, "10.0.0.11")).then_some(()),
+    );
+    assert!(!pings(&g_a2, "10.0.0.10"), "a1 let in a non-member");
+    lab.create(
+        "security_group_rule",
+        json!({"security_group_id": closed["id"], "direction": "ingress",
+               "protocol": "icmp", "remote_ip_prefix": "10.0.0.0/24"}),
+    );
+    wait_ping(&g_a1, "10.0.0.11");
+    assert!(!pings(&g_a2, "10.0.0.10"));
 
     // Each host floods to the other once per network and points each remote
     // MAC at it.

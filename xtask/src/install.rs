@@ -22,6 +22,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // netd's tests: network namespaces, veths, ping across them.
     ("iproute2", "ip"),
     ("iputils-ping", "ping"),
+    // netd's security groups: one nftables ruleset per host.
+    ("nftables", "nft"),
     // The controller's store tests run against a real PostgreSQL server.
     ("postgresql", "/usr/lib/postgresql/*/bin/initdb"),
 ];

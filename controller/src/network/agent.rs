@@ -7,11 +7,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
-use netd_proto::{HostNetwork, HostNetworks, LocalPort, RemotePort, Report};
+use netd_proto::{
+    AllowedPair, Direction, HostNetwork, HostNetworks, LocalPort, Remote, RemotePort, Report, Rule,
+};
 
-use super::model::Port;
+use super::model::{Port, SecurityGroupRule};
 use super::nova::tap_name;
-use super::service::NetworkService;
+use super::service::{rules::protocol_number, NetworkService};
 use super::NetworkError;
 use crate::identity::now;
 
@@ -57,6 +59,7 @@ impl NetworkService {
             .into_iter()
             .filter_map(|(host, vtep)| Some((host, vtep.parse().ok()?)))
             .collect();
+        let mut groups = Groups::default();
         let mut networks = Vec::with_capacity(by_network.len());
         for (network_id, local) in by_network {
             let Some(network) = store.network(&network_id).await? else {
@@ -89,20 +92,86 @@ impl NetworkService {
                 id: network_id,
                 vni,
                 mtu: u32::try_from(network.mtu).unwrap_or(1450),
-                ports: local
-                    .into_iter()
-                    .map(|p| LocalPort {
-                        tap: tap_name(&p.std.id),
-                        ips: ips(&p),
-                        id: p.std.id,
-                        mac: p.mac_address,
-                        admin_state_up: p.admin_state_up,
-                    })
-                    .collect(),
+                ports: self.local_ports(local, &mut groups).await?,
                 remote,
             });
         }
         Ok(HostNetworks { networks })
+    }
+
+    async fn local_ports(
+        &self,
+        ports: Vec<Port>,
+        groups: &mut Groups,
+    ) -> Result<Vec<LocalPort>, NetworkError> {
+        let mut local = Vec::with_capacity(ports.len());
+        for p in ports {
+            let mut rules = Vec::new();
+            if p.port_security_enabled {
+                for group in &p.security_groups {
+                    for rule in self.store().rules_of(group).await? {
+                        if let Some(r) = self.resolve(&rule, groups).await? {
+                            rules.push(r);
+                        }
+                    }
+                }
+            }
+            // In a stable order: netd rewrites its firewall only on change.
+            rules.sort();
+            rules.dedup();
+            local.push(LocalPort {
+                tap: tap_name(&p.std.id),
+                ips: ips(&p),
+                allowed_pairs: p
+                    .allowed_address_pairs
+                    .iter()
+                    .map(|a| AllowedPair {
+                        ip: a.ip_address.clone(),
+                        mac: a.mac_address.clone(),
+                    })
+                    .collect(),
+                port_security: p.port_security_enabled,
+                rules,
+                id: p.std.id,
+                mac: p.mac_address,
+                admin_state_up: p.admin_state_up,
+            });
+        }
+        Ok(local)
+    }
+
+    /// A group's rule as netd applies it; None for what it does not apply
+    /// (IPv6: the overlay carries IPv4 only, and a port's IPv6 is dropped).
+    async fn resolve(
+        &self,
+        rule: &SecurityGroupRule,
+        groups: &mut Groups,
+    ) -> Result<Option<Rule>, NetworkError> {
+        if rule.ethertype != "IPv4" {
+            return Ok(None);
+        }
+        let direction = match rule.direction.as_str() {
+            "ingress" => Direction::Ingress,
+            "egress" => Direction::Egress,
+            _ => return Ok(None),
+        };
+        let protocol = match &rule.protocol {
+            Some(p) => protocol_number(p)?,
+            None => None,
+        };
+        let remote = match (&rule.remote_group_id, &rule.remote_ip_prefix) {
+            (Some(g), _) => Remote::Members(groups.members(self, g).await?),
+            (None, Some(prefix)) if prefix != "0.0.0.0/0" => Remote::Prefix(prefix.clone()),
+            (None, _) => Remote::Any,
+        };
+        let port = |v: Option<i64>| v.and_then(|n| u16::try_from(n).ok());
+        Ok(Some(Rule {
+            direction,
+            protocol,
+            port_min: port(rule.port_range_min),
+            port_max: port(rule.port_range_max),
+            remote,
+        }))
     }
 
     /// Sets a port's status if it differs, while the port is still bound to
@@ -125,6 +194,37 @@ impl NetworkService {
         } else {
             Ok(port)
         }
+    }
+}
+
+/// Remote groups' addresses, each read once per report.
+#[derive(Default)]
+struct Groups(HashMap<String, Vec<Ipv4Addr>>);
+
+impl Groups {
+    /// A group's members' addresses: their fixed IPs and the addresses of
+    /// their allowed pairs (as Neutron counts them), sorted.
+    async fn members(
+        &mut self,
+        service: &NetworkService,
+        group: &str,
+    ) -> Result<Vec<Ipv4Addr>, NetworkError> {
+        if let Some(known) = self.0.get(group) {
+            return Ok(known.clone());
+        }
+        let mut addresses = Vec::new();
+        for p in service.store().ports_in_group(group).await? {
+            addresses.extend(ips(&p));
+            addresses.extend(
+                p.allowed_address_pairs
+                    .iter()
+                    .filter_map(|a| a.ip_address.parse::<Ipv4Addr>().ok()),
+            );
+        }
+        addresses.sort();
+        addresses.dedup();
+        self.0.insert(group.to_owned(), addresses.clone());
+        Ok(addresses)
     }
 }
 

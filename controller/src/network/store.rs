@@ -468,6 +468,16 @@ impl NetworkStore {
         .await
     }
 
+    /// The ports in a security group.
+    pub async fn ports_in_group(&self, group_id: &str) -> Result<Vec<Port>, StoreError> {
+        self.docs(
+            "SELECT p.body FROM ports p JOIN port_security_groups g ON g.port_id = p.id \
+             WHERE g.security_group_id = $1 ORDER BY p.id",
+            &[Value::Text(group_id)],
+        )
+        .await
+    }
+
     // --- network agents (each host's netd)
 
     /// Records a host's tunnel endpoint as of `now`.

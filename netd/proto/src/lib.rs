@@ -50,6 +50,53 @@ pub struct LocalPort {
     pub mac: String,
     pub ips: Vec<Ipv4Addr>,
     pub admin_state_up: bool,
+    /// Filtered: only its own MACs and addresses out, only what its groups'
+    /// rules allow in and out (stateful). Off: anything goes.
+    pub port_security: bool,
+    /// More addresses (or CIDRs) and MACs it may send from.
+    pub allowed_pairs: Vec<AllowedPair>,
+    /// Its security groups' IPv4 rules, remote groups resolved to addresses.
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowedPair {
+    /// An address or a CIDR (`10.0.0.0/24`).
+    pub ip: String,
+    pub mac: String,
+}
+
+/// One rule that lets traffic through (everything else is dropped).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Rule {
+    pub direction: Direction,
+    /// The IP protocol's number; None: any.
+    pub protocol: Option<u8>,
+    /// A port range (TCP, UDP, SCTP, DCCP, UDP-Lite) or, for ICMP, the type
+    /// (`port_min`) and code (`port_max`).
+    pub port_min: Option<u16>,
+    pub port_max: Option<u16>,
+    pub remote: Remote,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Into the port's guest.
+    Ingress,
+    /// Out of it.
+    Egress,
+}
+
+/// Where the other end of a rule's traffic may be.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Remote {
+    Any,
+    /// A CIDR.
+    Prefix(String),
+    /// The addresses of a remote group's ports (empty: nobody yet).
+    Members(Vec<Ipv4Addr>),
 }
 
 /// A port on another host: frames for its MAC go through that host's
