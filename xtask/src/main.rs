@@ -138,7 +138,7 @@ fn images_and_vmm() -> Result<PathBuf> {
 /// Builds the release binaries scenarios use and returns the vmm's path (vmmctl
 /// sits beside it).
 fn build_vmm() -> Result<PathBuf> {
-    // hostd, hostctl, the boot picker and the controller are built
+    // hostd, hostctl, the boot picker, netd and the controller are built
     // alongside: the end-to-end tests use them.
     run(cargo().args([
         "build",
@@ -149,6 +149,8 @@ fn build_vmm() -> Result<PathBuf> {
         "hostd",
         "-p",
         "virga-bootpick",
+        "-p",
+        "netd",
         "-p",
         "controller",
     ]))?;

@@ -145,19 +145,36 @@ heartbeat_secs = 5
 END
 $BIN/hostd --config $WORK/hostd.toml &
 HOSTD=$!
+cat > $WORK/netd.toml <<END
+host_id = "{HOST_ID}"
+controller_url = "http://$HOST_ADDR:{CONTROLLER_PORT}"
+token = "{token}"
+vtep = "10.0.2.15"
+underlay_dev = "eth0"
+END
+$BIN/netd --config $WORK/netd.toml &
+NETD=$!
 while wget -q -O /dev/null http://$HOST_ADDR:{CONTROLLER_PORT}/identity/v3; do sleep 2; done
-kill $HOSTD; wait $HOSTD
+kill $HOSTD $NETD; wait $HOSTD $NETD
 "#
     );
     let testbed = virga_testbed::Testbed::new(images)?;
     let mode = testbed.mode();
-    let scenario = virga_testbed::Scenario::new("virga-up", &script)
+    let mut scenario = virga_testbed::Scenario::new("virga-up", &script)
         .binary(bins.join("vmm"))
         .binary(bins.join("hostd"))
         .binary(bins.join("hostctl"))
         .binary(bins.join("virga-bootpick"))
+        .binary(bins.join("netd"))
         .forward_port(HOSTD_PORT)
         .timeout(Duration::from_secs(7 * 24 * 3600));
+    // netd's security groups are an nftables ruleset: the host's nft.
+    if let Some(nft) = ["/usr/sbin/nft", "/sbin/nft"]
+        .iter()
+        .find(|p| Path::new(p).exists())
+    {
+        scenario = scenario.host_binary(nft);
+    }
     let hostd = std::thread::spawn(move || testbed.run(&scenario));
     eprintln!(
         "up: controller on http://127.0.0.1:{CONTROLLER_PORT}; hostd starting ({})",

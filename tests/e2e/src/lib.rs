@@ -55,6 +55,47 @@ pub fn hostd_host_programs() -> Vec<PathBuf> {
         .collect()
 }
 
+/// netd, built next to the vmm.
+pub fn netd_bin() -> PathBuf {
+    vmm_bin().with_file_name("netd")
+}
+
+/// The host programs netd runs (`nft`, for its security groups).
+pub fn netd_host_programs() -> Vec<PathBuf> {
+    ["/usr/sbin/nft", "/sbin/nft"]
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .take(1)
+        .collect()
+}
+
+/// The lines of a testbed script that start netd for host `host_id` (the
+/// testbed's underlay address is its tunnel endpoint) and, in the
+/// background, give each network's bridge the address `probe` (CIDR), so
+/// that a guest can ping its host over its port. `$NETD` is its pid.
+pub fn netd_script(host_id: &str, token: &str, controller_port: u16, probe: &str) -> String {
+    format!(
+        r#"cat > $WORK/netd.toml <<EOF
+host_id = "{host_id}"
+controller_url = "http://$HOST_ADDR:{controller_port}"
+token = "{token}"
+vtep = "10.0.2.15"
+underlay_dev = "eth0"
+sync_ms = 500
+EOF
+$BIN/netd --config $WORK/netd.toml 2> $WORK/netd.log &
+NETD=$!
+(while :; do
+    for b in /sys/class/net/brq*; do
+        [ -e "$b" ] && ip addr add {probe} dev ${{b##*/}} 2>/dev/null
+    done
+    sleep 1
+done) &
+"#
+    )
+}
+
 /// The controller, built next to the vmm.
 pub fn controller_bin() -> PathBuf {
     vmm_bin().with_file_name("controller")

@@ -237,25 +237,31 @@ heartbeat_secs = 2
 EOF
 $BIN/hostd --config $WORK/hostd.toml 2> $WORK/hostd.log &
 HOSTD=$!
-# Runs until the test stops its controller: three failed probes in a row, so
+{netd}# Runs until the test stops its controller: three failed probes in a row, so
 # one lost request on QEMU's user network does not end the scenario early.
 # (A probe the test's held port takes while no controller serves it waits
 # until the test closes the port, and is refused then.)
 f=0; while [ $f -lt 3 ]; do
     wget -q -O /dev/null http://$HOST_ADDR:{ctl_port}/identity/v3 && f=0 || f=$((f + 1)); sleep 1
 done
-kill $HOSTD; wait $HOSTD
+kill $HOSTD $NETD; wait $HOSTD $NETD
 echo "HOSTD_LOG_BEGIN"; tail -n 20 $WORK/hostd.log; echo "HOSTD_LOG_END"
+echo "NETD_LOG_BEGIN"; tail -n 20 $WORK/netd.log; echo "NETD_LOG_END"
 "#,
         token = host_token("testbed"),
+        netd = virga_e2e::netd_script("testbed", &host_token("testbed"), ctl_port, "10.0.0.254/24"),
     );
     let mut scenario = virga_testbed::Scenario::new("cloud", &script)
         .binary(virga_e2e::vmm_bin())
         .binaries(hostd_bins())
+        .binary(virga_e2e::netd_bin())
         .forward_port(hostd_port)
         .with_scratch_ext4(16 << 10)
         .timeout(Duration::from_secs(1800));
-    for program in virga_e2e::hostd_host_programs() {
+    for program in virga_e2e::hostd_host_programs()
+        .into_iter()
+        .chain(virga_e2e::netd_host_programs())
+    {
         scenario = scenario.host_binary(program);
     }
     let testbed = virga_e2e::testbed();
@@ -780,11 +786,14 @@ fn debian(
          \x20 - echo \"virga-debian-user-data hostname=$(hostname) root_bytes=$(lsblk -bdno SIZE /dev/vda) fs_bytes=$(df -B1 --output=size / | tail -n 1 | tr -d ' ')\" > /dev/ttyS0\n\
          \x20 - echo \"virga-debian-mnt $(findmnt -rno SOURCE,FSTYPE,LABEL /mnt) swap=$(swapon --show=NAME --noheadings)\" > /dev/ttyS0\n\
          \x20 - echo \"virga-debian-net $(ip -4 -o addr show scope global | awk '{print $4}')\" > /dev/ttyS0\n\
+         \x20 - if ping -c 3 -W 5 10.0.0.254 > /dev/null; then r=ok; else r=failed; fi; echo \"virga-debian-ping $r\" > /dev/ttyS0\n\
          \x20 - echo \"virga-debian-keys $(cat /home/debian/.ssh/authorized_keys)\" > /dev/ttyS0\n",
     )
     .expect("user data");
     // A network: the server gets a port on it, and the guest configures the
-    // port's address from its config drive (no DHCP yet).
+    // port's address from its config drive (no DHCP yet). netd puts the
+    // port's tap on the network's bridge behind its security groups; the
+    // testbed gives that bridge 10.0.0.254, which the guest pings.
     ok(&["network", "create", "net1"]);
     ok(&[
         "subnet",
@@ -824,6 +833,30 @@ fn debian(
         })
         .unwrap_or_else(|| panic!("no address on net1: {shown}"));
     assert_eq!(watch.status("vm-debian"), "ACTIVE");
+    // netd plugged the port (within a pass or two of the tap appearing):
+    // Neutron's status says so.
+    let plugged = Instant::now();
+    loop {
+        let ports: serde_json::Value = serde_json::from_str(&ok(&[
+            "port",
+            "list",
+            "--server",
+            "vm-debian",
+            "-f",
+            "json",
+            "-c",
+            "Status",
+        ]))
+        .expect("json");
+        if ports == serde_json::json!([{"Status": "ACTIVE"}]) {
+            break;
+        }
+        assert!(
+            plugged.elapsed() < Duration::from_secs(60),
+            "the port did not go ACTIVE: {ports}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
     let started = Instant::now();
     let log = wait_console(ok, watch, "vm-debian", "virga-debian-keys", 900);
     println!(
@@ -836,6 +869,7 @@ fn debian(
         // enabled its swap, as on Nova.
         "virga-debian-mnt /dev/vdb ext4 ephemeral0 swap=/dev/vdc",
         &format!("virga-debian-net {address}/24"),
+        "virga-debian-ping ok",
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHs7sAvZ0nq6Q0m9M2dpBmbJYk8y9m8Ocq6m1E8K8y2J e2e@virga",
     ] {
         assert!(log.contains(want), "no {want:?} on the console:\n{log}");

@@ -30,6 +30,13 @@ const L1_MODULES: &[&str] = &[
     "virtio_blk",
     "virtio_net",
     "virtio_console",
+    // netd's datapath: bridges, VXLAN, and security groups (nftables with
+    // conntrack, bridged IPv4 through the IP hooks).
+    "bridge",
+    "vxlan",
+    "br_netfilter",
+    "nf_tables",
+    "nft_ct",
 ];
 /// The host as QEMU's user-mode network shows it to L1.
 const HOST_ADDR: &str = "10.0.2.2";
