@@ -320,6 +320,8 @@ fn a_netd_report_sets_its_ports_status_and_answers_with_its_hosts_networks() {
             "id": net1,
             "vni": shown["network"]["provider:segmentation_id"],
             "mtu": 1450,
+            "subnets": [{"cidr": "10.0.0.0/24", "gateway": "10.0.0.1", "dhcp": true,
+                         "dns": ["192.0.2.53"], "routes": []}],
             "ports": [{
                 "id": port_id,
                 "tap": format!("tap{}", &port_id[..11]),

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use netd_proto::{HostNetwork, HostNetworks, VXLAN_PORT};
 
 use crate::firewall::{self, FirewallError};
+use crate::localport::{self, LocalPorts};
 use crate::nl::{parse_mac, Link, Netlink, NlError, TunnelEntry, VxlanSpec};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +44,7 @@ pub fn vxlan_name(vni: u32) -> String {
 
 /// Whether netd made (and so may remove) a link of this name.
 fn ours(name: &str) -> bool {
-    (name.starts_with("brq") && name.len() == 14)
+    ((name.starts_with("brq") || name.starts_with("dhp")) && name.len() == 14)
         || name
             .strip_prefix("vxlan-")
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
@@ -121,6 +122,11 @@ pub fn plan_links<'a>(
         if let Some(vxlan) = by_name.get(vxlan_name(net.vni).as_str()) {
             member(vxlan);
         }
+        if localport::wanted(net) {
+            if let Some(dhcp) = by_name.get(localport::host_end(&net.id).as_str()) {
+                member(dhcp);
+            }
+        }
         for port in &net.ports {
             let Some(tap) = by_name.get(port.tap.as_str()) else {
                 continue;
@@ -152,6 +158,7 @@ pub struct Datapath {
     underlay: Option<String>,
     /// The ruleset last written, and when.
     firewall: Option<(String, Instant)>,
+    local: LocalPorts,
 }
 
 impl Datapath {
@@ -161,6 +168,7 @@ impl Datapath {
             vtep,
             underlay,
             firewall: None,
+            local: LocalPorts::default(),
         }
     }
 
@@ -171,7 +179,12 @@ impl Datapath {
         let wanted: BTreeSet<String> = want
             .networks
             .iter()
-            .flat_map(|n| [bridge_name(&n.id), vxlan_name(n.vni)])
+            .flat_map(|n| {
+                let dhcp = localport::wanted(n).then(|| localport::host_end(&n.id));
+                [bridge_name(&n.id), vxlan_name(n.vni)]
+                    .into_iter()
+                    .chain(dhcp)
+            })
             .collect();
         // VXLAN devices first: a bridge going away frees its ports anyway.
         let mut stale: Vec<&Link> = links
@@ -216,6 +229,11 @@ impl Datapath {
             }
         }
 
+        // DHCP is no security boundary: a port is plugged without it.
+        let links = self.nl.links().await?;
+        if let Err(e) = self.local.converge(&self.nl, want, &links).await {
+            tracing::warn!("DHCP: {e}");
+        }
         let links = self.nl.links().await?;
         let fw = firewall::plan(want, &links);
         let fresh = self
@@ -235,6 +253,15 @@ impl Datapath {
         for link in &plan.detach {
             tracing::warn!(link = link.name, "taking a stranger off a network's bridge");
             self.nl.detach(link).await?;
+        }
+        // The tunnel and the DHCP port talk to guests, never to each other:
+        // each host answers its own guests.
+        for net in &want.networks {
+            for name in [vxlan_name(net.vni), localport::host_end(&net.id)] {
+                if let Some(link) = links.iter().find(|l| l.name == name) {
+                    self.nl.isolate(link).await?;
+                }
+            }
         }
         let plugged = if plan.attach.is_empty() && plan.detach.is_empty() {
             plan.plugged
@@ -293,6 +320,7 @@ mod tests {
             id: "0123456789abcdef".into(),
             vni: 42,
             mtu: 1450,
+            subnets: vec![],
             ports: vec![
                 LocalPort {
                     id: "p1".into(),

@@ -34,6 +34,7 @@ use std::net::Ipv4Addr;
 use netd_proto::{Direction, HostNetworks, LocalPort, Remote, Rule};
 
 use crate::datapath::vxlan_name;
+use crate::localport;
 use crate::nl::{mac_text, parse_mac, Link};
 
 /// The sysctl that sends bridged IPv4 through the IP hooks (per namespace).
@@ -181,13 +182,13 @@ pub fn plan(want: &HostNetworks, links: &[Link]) -> Firewall {
     let mut secured: Vec<(u16, &LocalPort, Identity)> = Vec::new();
     let mut open: Vec<(u16, &str)> = Vec::new();
     for net in &want.networks {
-        let vxlan = vxlan_name(net.vni);
-        if let Some(s) = by_name.get(vxlan.as_str()).and_then(|l| slot(l.index)) {
-            if taken
-                .insert(s, by_name[vxlan.as_str()].name.as_str())
-                .is_none()
-            {
-                zones.insert(s, zone(net.vni));
+        // The network's own links: marked for its zone, never filtered.
+        for name in [vxlan_name(net.vni), localport::host_end(&net.id)] {
+            if let Some(link) = by_name.get(name.as_str()) {
+                if let Some(s) = slot(link.index).filter(|s| !taken.contains_key(s)) {
+                    taken.insert(s, link.name.as_str());
+                    zones.insert(s, zone(net.vni));
+                }
             }
         }
         for port in &net.ports {
@@ -312,7 +313,11 @@ pub fn plan(want: &HostNetworks, links: &[Link]) -> Firewall {
         for line in egress {
             let _ = writeln!(t, "\t\t{line}");
         }
-        let _ = write!(t, "\t\tdrop\n\t}}\n\tchain ingress-{s} {{\n");
+        // DHCP answers (guests cannot send them: spoof chains drop them).
+        let _ = write!(
+            t,
+            "\t\tdrop\n\t}}\n\tchain ingress-{s} {{\n\t\tudp sport 67 udp dport 68 accept\n"
+        );
         let ingress: BTreeSet<String> = port
             .rules
             .iter()
@@ -420,6 +425,7 @@ mod tests {
                 id: "n".into(),
                 vni: 1000,
                 mtu: 1450,
+                subnets: vec![],
                 ports,
                 remote: vec![],
             }],

@@ -9,11 +9,18 @@
 //! - [`datapath`]: one convergence pass, and the pure plan behind it
 //! - [`firewall`]: security groups and anti-spoofing, as one nftables
 //!   ruleset
+//! - [`localport`]: each DHCP network's namespace and port on this host
+//! - [`dhcp`]: static leases from the intended state, and the server
+//! - [`netns`]: network namespaces held by netd, made and entered without
+//!   forking
 //! - [`nl`]: rtnetlink, wrapped
 
 pub mod agent;
 pub mod config;
 pub mod controller;
 pub mod datapath;
+pub mod dhcp;
 pub mod firewall;
+pub mod localport;
+pub mod netns;
 pub mod nl;

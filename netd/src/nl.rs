@@ -14,7 +14,9 @@ use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NlError {
@@ -180,6 +182,76 @@ impl Netlink {
             .execute()
             .await
             .map_err(failed(format!("detaching {}", link.name)))
+    }
+
+    /// A veth pair, both ends down.
+    pub async fn add_veth(&self, name: &str, peer: &str) -> Result<(), NlError> {
+        self.handle
+            .link()
+            .add(LinkVeth::new(name, peer).build())
+            .execute()
+            .await
+            .map_err(failed(format!("creating veth {name}")))
+    }
+
+    /// Moves `link` into the network namespace open as `ns`.
+    pub async fn move_to(&self, link: &Link, ns: &std::fs::File) -> Result<(), NlError> {
+        use std::os::fd::AsRawFd;
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(link.index)
+                    .setns_by_fd(ns.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(failed(format!("moving {} to a namespace", link.name)))
+    }
+
+    /// A bridge port that talks only to the bridge's non-isolated ports.
+    pub async fn isolate(&self, link: &Link) -> Result<(), NlError> {
+        self.handle
+            .link()
+            .set_port(LinkBridgePort::new(link.index).isolated(true).build())
+            .execute()
+            .await
+            .map_err(failed(format!("isolating {}", link.name)))
+    }
+
+    pub async fn set_up(&self, link: &Link) -> Result<(), NlError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(link.index).up().build())
+            .execute()
+            .await
+            .map_err(failed(format!("setting {} up", link.name)))
+    }
+
+    /// Gives `link` an address (again, harmlessly).
+    pub async fn add_address(&self, link: &Link, ip: Ipv4Addr, prefix: u8) -> Result<(), NlError> {
+        self.handle
+            .address()
+            .add(link.index, ip.into(), prefix)
+            .replace()
+            .execute()
+            .await
+            .map_err(failed(format!("adding {ip}/{prefix} to {}", link.name)))
+    }
+
+    /// A default route out of `link` (on-link), again harmlessly.
+    pub async fn default_route(&self, link: &Link) -> Result<(), NlError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .output_interface(link.index)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(failed(format!("a default route out of {}", link.name)))
     }
 
     /// The tunnel entries of VXLAN device `index`.

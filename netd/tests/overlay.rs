@@ -106,7 +106,7 @@ struct Lab {
     hosts: Vec<Host>,
     _controller: Killed,
     token: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Lab {
@@ -177,8 +177,12 @@ impl Lab {
             hosts,
             _controller: controller,
             token,
-            _dir: dir,
+            dir,
         }
+    }
+
+    fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     fn call(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
@@ -251,6 +255,17 @@ impl Lab {
     }
 }
 
+impl Drop for Lab {
+    /// A failed test shows what each netd said.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for host in &self.hosts {
+                eprintln!("--- netd on {} ---\n{}", host.id, host.log());
+            }
+        }
+    }
+}
+
 fn pings(from: &NetNs, ip: &str) -> bool {
     from.try_sh(&format!("ping -c 1 -W 1 {ip}"))
 }
@@ -281,8 +296,12 @@ fn guests_on_one_network_talk_across_hosts_and_nobody_else_reaches_them() {
         tools::missing(&format!("network namespaces ({why})"));
         return;
     }
-    for (tool, package) in [("ping", "iputils-ping"), ("nft", "nftables")] {
-        if Command::new(tool).arg("-V").output().is_err() {
+    for (tool, package) in [
+        ("ping", "iputils-ping"),
+        ("nft", "nftables"),
+        ("udhcpc", "udhcpc"),
+    ] {
+        if Command::new(tool).arg("--help").output().is_err() {
             tools::missing(&format!("{tool} ({package})"));
             return;
         }
@@ -314,6 +333,40 @@ fn guests_on_one_network_talk_across_hosts_and_nobody_else_reaches_them() {
     // and in the same address range.
     assert!(!pings(&g_a1, "10.0.0.21"), "network a reached network b");
     assert!(!pings(&g_b2, "10.0.0.10"), "network b reached network a");
+
+    // DHCP: a guest asks (a real client) and is told its port's address
+    // and the subnet around it by its own host, through its security
+    // groups; the answer comes from 169.254.169.254, on-link.
+    let script = lab.dir().join("udhcpc.sh");
+    let told = lab.dir().join("udhcpc.out");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = bound ] && echo \"ip=$ip subnet=$subnet router=$router mtu=$mtu serverid=$serverid staticroutes=$staticroutes\" > {}\n",
+            told.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for (guest, ip) in [(&g_a1, "10.0.0.10"), (&g_b2, "10.0.0.21")] {
+        let _ = std::fs::remove_file(&told);
+        wait::until(
+            &format!("a DHCP lease for {ip}"),
+            Duration::from_secs(30),
+            || {
+                guest
+                    .try_sh(&format!(
+                        "udhcpc -i eth0 -f -q -n -t 2 -T 1 -s {}",
+                        script.display()
+                    ))
+                    .then_some(())
+            },
+        );
+        assert_eq!(
+            std::fs::read_to_string(&told).unwrap().trim(),
+            format!("ip={ip} subnet=255.255.255.0 router=10.0.0.1 mtu=1450 serverid=169.254.169.254 staticroutes=169.254.169.254/32 0.0.0.0 0.0.0.0/0 10.0.0.1")
+        );
+    }
 
     // A guest sending from an address that is not its port's gets nowhere,
     // though a2's group lets that address in (b1's, a member).

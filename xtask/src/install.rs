@@ -24,6 +24,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "ping"),
     // netd's security groups: one nftables ruleset per host.
     ("nftables", "nft"),
+    // netd's tests: a real DHCP client in a "guest" namespace.
+    ("udhcpc", "udhcpc"),
     // The controller's store tests run against a real PostgreSQL server.
     ("postgresql", "/usr/lib/postgresql/*/bin/initdb"),
 ];

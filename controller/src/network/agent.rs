@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use netd_proto::{
-    AllowedPair, Direction, HostNetwork, HostNetworks, LocalPort, Remote, RemotePort, Report, Rule,
+    AllowedPair, Direction, HostNetwork, HostNetworks, LocalPort, Remote, RemotePort, Report,
+    Route, Rule, SubnetInfo,
 };
 
 use super::model::{Port, SecurityGroupRule};
@@ -88,8 +89,28 @@ impl NetworkService {
                     })
                 })
                 .collect();
+            let subnets = store
+                .subnets_of(&network_id)
+                .await?
+                .into_iter()
+                .map(|s| SubnetInfo {
+                    cidr: s.cidr,
+                    gateway: s.gateway_ip,
+                    dhcp: s.enable_dhcp,
+                    dns: s.dns_nameservers,
+                    routes: s
+                        .host_routes
+                        .into_iter()
+                        .map(|r| Route {
+                            destination: r.destination,
+                            nexthop: r.nexthop,
+                        })
+                        .collect(),
+                })
+                .collect();
             networks.push(HostNetwork {
                 id: network_id,
+                subnets,
                 vni,
                 mtu: u32::try_from(network.mtu).unwrap_or(1450),
                 ports: self.local_ports(local, &mut groups).await?,

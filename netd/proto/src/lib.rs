@@ -35,10 +35,32 @@ pub struct HostNetwork {
     /// The VXLAN network identifier (24 bits).
     pub vni: u32,
     pub mtu: u32,
+    /// The network's subnets: what its DHCP answers.
+    #[serde(default)]
+    pub subnets: Vec<SubnetInfo>,
     /// The network's ports bound to this host.
     pub ports: Vec<LocalPort>,
     /// The network's ports bound to other hosts that have a tunnel endpoint.
     pub remote: Vec<RemotePort>,
+}
+
+/// A subnet as the network's guests are told of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetInfo {
+    /// `10.0.0.0/24`.
+    pub cidr: String,
+    pub gateway: Option<Ipv4Addr>,
+    /// Whether guests get their addresses by DHCP.
+    pub dhcp: bool,
+    pub dns: Vec<Ipv4Addr>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// A CIDR.
+    pub destination: String,
+    pub nexthop: Ipv4Addr,
 }
 
 /// A port on this host: its tap goes on the network's bridge.
@@ -136,6 +158,7 @@ mod tests {
             id: "n".into(),
             vni: 7,
             mtu: 1450,
+            subnets: vec![],
             ports: vec![],
             remote: vec![
                 remote("a", [10, 0, 0, 3]),
