@@ -382,6 +382,35 @@ fn a_netd_report_sets_its_ports_status_and_answers_with_its_hosts_networks() {
     let (_, now) = net(&cloud, "GET", &format!("/ports/{port_id}"), Value::Null);
     assert_eq!(now["port"]["status"], "DOWN");
 
+    // The metadata service on the port's host gets what the guest is told
+    // (its config drive's contents); no other host does.
+    let meta = |host: &str, token: &str, port: &str| {
+        let r = call(
+            &cloud.c,
+            "GET",
+            &format!("/internal/v1/hosts/{host}/ports/{port}/metadata"),
+            &[("Authorization", &format!("Bearer {token}"))],
+            "",
+        );
+        (r.status, r.json())
+    };
+    let (s, m) = meta(HOST_ID, &token, port_id);
+    assert_eq!(s, 200, "{m}");
+    assert_eq!(m["meta_data"]["uuid"], id.as_str());
+    assert_eq!(m["meta_data"]["hostname"], "vm");
+    assert_eq!(
+        m["network_data"]["links"][0]["ethernet_mac_address"],
+        port["mac_address"]
+    );
+    assert_eq!(meta(HOST_ID, &other, port_id).0, 403);
+    assert_eq!(meta("other", &other, port_id).0, 404);
+    // A port with no server behind it, and no port at all.
+    assert_eq!(
+        meta("other", &other, p2["port"]["id"].as_str().unwrap()).0,
+        404
+    );
+    assert_eq!(meta(HOST_ID, &token, "no-such-port").0, 404);
+
     // A host reports only for itself, with a valid token and body.
     assert_eq!(report(&cloud, HOST_ID, &other, &body).0, 403);
     assert_eq!(report(&cloud, HOST_ID, "vh1.stand-in.00", &body).0, 401);

@@ -13,7 +13,7 @@ use crate::nl::Netlink;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let nl = Netlink::connect()?;
-    let mut datapath = Datapath::new(nl, config.vtep, config.underlay_dev.clone());
+    let mut datapath = Datapath::new(nl, &config);
     let mut report = Report {
         vtep: config.vtep,
         plugged: Vec::new(),

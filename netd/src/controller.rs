@@ -1,11 +1,12 @@
-//! netd's one call to the controller: `PUT /internal/v1/hosts/{host}/network`
-//! with its report, answered by the host's intended networks.
+//! netd's calls to the controller, as its host: `PUT
+//! /internal/v1/hosts/{host}/network` with its report, answered by the
+//! host's intended networks, and a guest's metadata for the metadata service.
 
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
-use netd_proto::{HostNetworks, Report};
+use netd_proto::{GuestMetadata, HostNetworks, Report};
 
 use crate::config::Config;
 
@@ -40,7 +41,33 @@ pub async fn sync(config: &Config, report: &Report) -> Result<HostNetworks, Sync
         .unwrap_or(Err(SyncError::Timeout(CALL_TIMEOUT)))
 }
 
+/// What the guest behind `port` (bound to this host) is told.
+pub async fn guest_metadata(config: &Config, port: &str) -> Result<GuestMetadata, SyncError> {
+    let path = format!(
+        "/internal/v1/hosts/{}/ports/{port}/metadata",
+        config.host_id
+    );
+    tokio::time::timeout(
+        CALL_TIMEOUT,
+        request(config, hyper::Method::GET, &path, Vec::new()),
+    )
+    .await
+    .unwrap_or(Err(SyncError::Timeout(CALL_TIMEOUT)))
+}
+
 async fn call(config: &Config, report: &Report) -> Result<HostNetworks, SyncError> {
+    let body = serde_json::to_vec(report).map_err(|e| SyncError::Answer(e.to_string()))?;
+    let path = format!("/internal/v1/hosts/{}/network", config.host_id);
+    request(config, hyper::Method::PUT, &path, body).await
+}
+
+/// One call to the controller as this host, its JSON answer read.
+async fn request<T: serde::de::DeserializeOwned>(
+    config: &Config,
+    method: hyper::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<T, SyncError> {
     let (authority, prefix) = split_url(&config.controller_url)
         .ok_or_else(|| SyncError::Transport(config.controller_url.clone(), "bad URL".into()))?;
     let transport =
@@ -53,13 +80,9 @@ async fn call(config: &Config, report: &Report) -> Result<HostNetworks, SyncErro
             .await
             .map_err(|e| transport(&e))?;
     tokio::spawn(conn);
-    let body = serde_json::to_vec(report).map_err(|e| SyncError::Answer(e.to_string()))?;
     let req = hyper::Request::builder()
-        .method(hyper::Method::PUT)
-        .uri(format!(
-            "{prefix}/internal/v1/hosts/{}/network",
-            config.host_id
-        ))
+        .method(method)
+        .uri(format!("{prefix}{path}"))
         .header("host", authority)
         .header("content-type", "application/json")
         .header("authorization", format!("Bearer {}", config.token))

@@ -162,13 +162,13 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    pub fn new(nl: Netlink, vtep: Ipv4Addr, underlay: Option<String>) -> Datapath {
+    pub fn new(nl: Netlink, config: &crate::config::Config) -> Datapath {
         Datapath {
             nl,
-            vtep,
-            underlay,
+            vtep: config.vtep,
+            underlay: config.underlay_dev.clone(),
             firewall: None,
-            local: LocalPorts::default(),
+            local: LocalPorts::new(config.clone()),
         }
     }
 

@@ -11,6 +11,7 @@
 //!   ruleset
 //! - [`localport`]: each DHCP network's namespace and port on this host
 //! - [`dhcp`]: static leases from the intended state, and the server
+//! - [`metadata`]: the metadata service at 169.254.169.254 (OpenStack, EC2)
 //! - [`netns`]: network namespaces held by netd, made and entered without
 //!   forking
 //! - [`nl`]: rtnetlink, wrapped
@@ -22,5 +23,6 @@ pub mod datapath;
 pub mod dhcp;
 pub mod firewall;
 pub mod localport;
+pub mod metadata;
 pub mod netns;
 pub mod nl;

@@ -368,6 +368,28 @@ fn guests_on_one_network_talk_across_hosts_and_nobody_else_reaches_them() {
         );
     }
 
+    // The metadata service answers at 169.254.169.254 for the guest it
+    // knows by its address: this port has no server behind it, so the
+    // controller has nothing to tell (503); the route is DHCP's.
+    g_a1.sh("ip route replace 169.254.169.254/32 dev eth0");
+    let meta = g_a1.run(|| {
+        http::send(
+            "169.254.169.254:80",
+            "GET",
+            "/openstack/latest/meta_data.json",
+            &[],
+            b"",
+        )
+    });
+    let meta = meta.expect("the metadata service answers");
+    assert_eq!(
+        (
+            meta.status,
+            String::from_utf8_lossy(&meta.bytes).into_owned()
+        ),
+        (503, "metadata unavailable".to_owned())
+    );
+
     // A guest sending from an address that is not its port's gets nowhere,
     // though a2's group lets that address in (b1's, a member).
     g_a1.sh("ip addr add 10.0.0.20/24 dev eth0");

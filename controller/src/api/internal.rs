@@ -6,7 +6,10 @@
 //! `PUT /internal/v1/images/{id}/file` takes a snapshot's data from the
 //! host of its server (plain, or a sparse stream);
 //! `PUT /internal/v1/hosts/{host_id}/network` takes a netd's report and
-//! answers with the networks its host must carry. All need a host's
+//! answers with the networks its host must carry;
+//! `GET /internal/v1/hosts/{host_id}/ports/{port_id}/metadata` gives the
+//! metadata service there what the guest behind a port is told (its config
+//! drive's contents). All need a host's
 //! token (derived from the controller's hostd secret) as a bearer token; a
 //! host registers and refreshes only itself.
 //!
@@ -91,6 +94,28 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
                 );
             }
             network_sync(app, req, &host).await
+        }
+        (Method::GET, ["v1", "hosts", id, "ports", port, "metadata"]) => {
+            if *id != host {
+                return keystone_error(
+                    StatusCode::FORBIDDEN,
+                    &format!("the token is host {host}'s, not {id}'s"),
+                );
+            }
+            match crate::compute::service::metadata::for_port(app, &host, port).await {
+                Ok(Some(drive)) => json(StatusCode::OK, &drive),
+                Ok(None) => keystone_error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no server's port {port} on host {host}"),
+                ),
+                Err(e) => {
+                    tracing::error!(host, port, "guest metadata: {e}");
+                    keystone_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "could not read the guest's metadata",
+                    )
+                }
+            }
         }
         (Method::GET, ["v1", "hosts"]) => match app.hosts.list().await {
             Ok(hosts) => {

@@ -8,6 +8,7 @@
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// The VXLAN UDP port (IANA's; the kernel's default, 8472, is not it).
 pub const VXLAN_PORT: u16 = 4789;
@@ -42,6 +43,22 @@ pub struct HostNetwork {
     pub ports: Vec<LocalPort>,
     /// The network's ports bound to other hosts that have a tunnel endpoint.
     pub remote: Vec<RemotePort>,
+}
+
+/// What a guest is told about itself (its config drive's contents), as
+/// `GET /internal/v1/hosts/{host}/ports/{port}/metadata` answers for the
+/// metadata service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GuestMetadata {
+    /// `meta_data.json`: `uuid`, `name`, `hostname`, `public_keys`, ...
+    pub meta_data: Map<String, Value>,
+    /// Base64, as Nova's API takes it.
+    #[serde(default)]
+    pub user_data: Option<String>,
+    #[serde(default)]
+    pub vendor_data: Map<String, Value>,
+    #[serde(default)]
+    pub network_data: Map<String, Value>,
 }
 
 /// A subnet as the network's guests are told of it.

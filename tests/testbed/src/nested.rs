@@ -37,6 +37,8 @@ const L1_MODULES: &[&str] = &[
     "br_netfilter",
     "nf_tables",
     "nft_ct",
+    // `meta` in bridge-family tables is a module of its own.
+    "nft_meta_bridge",
 ];
 /// The host as QEMU's user-mode network shows it to L1.
 const HOST_ADDR: &str = "10.0.2.2";

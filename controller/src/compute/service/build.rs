@@ -426,14 +426,6 @@ pub(super) async fn instance_spec(app: &App, s: &Server) -> Result<ImageInstance
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the image is gone")?;
-    let keypair = match &s.key_name {
-        Some(name) => app
-            .keypairs
-            .get(&s.user_id, name)
-            .await
-            .map_err(|e| e.to_string())?,
-        None => None,
-    };
     let mut spec = ImageInstanceSpec {
         id: s.id.clone(),
         vcpus: u8::try_from(s.vcpus)
@@ -445,7 +437,7 @@ pub(super) async fn instance_spec(app: &App, s: &Server) -> Result<ImageInstance
         root_disk_gib: None,
         ephemeral_gib: None,
         swap_mib: None,
-        config_drive: Some(super::metadata::config_drive(s, keypair.as_ref())),
+        config_drive: None,
         initramfs_image: None,
         disk_images: Vec::new(),
         cmdline: None,
@@ -462,13 +454,7 @@ pub(super) async fn instance_spec(app: &App, s: &Server) -> Result<ImageInstance
         .server_ports(&s.id)
         .await
         .map_err(|e| e.to_string())?;
-    if let Some(drive) = &mut spec.config_drive {
-        drive.network_data = app
-            .network
-            .network_data(&ports)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
+    spec.config_drive = Some(super::metadata::guest_metadata(app, s, &ports).await?);
     spec.nics = nics(&ports);
     let size = |n: i64, what: &str| match u32::try_from(n) {
         Ok(0) => Ok(None),

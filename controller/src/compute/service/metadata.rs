@@ -6,8 +6,10 @@
 use hostd_proto::instance::ConfigDrive;
 use serde_json::{json, Map, Value};
 
+use crate::app::App;
 use crate::compute::keypairs::Keypair;
 use crate::compute::servers::Server;
+use crate::network::model::Port;
 
 /// The config drive's contents for `server`, with its key pair if it has one.
 pub fn config_drive(server: &Server, keypair: Option<&Keypair>) -> ConfigDrive {
@@ -33,6 +35,64 @@ pub fn config_drive(server: &Server, keypair: Option<&Keypair>) -> ConfigDrive {
         vendor_data: Map::new(),
         network_data: network_data(),
     }
+}
+
+/// What `server`'s guest is told, on its config drive and by the metadata
+/// service alike: its key pair looked up, its NICs (`ports`) described.
+pub async fn guest_metadata(
+    app: &App,
+    server: &Server,
+    ports: &[Port],
+) -> Result<ConfigDrive, String> {
+    let keypair = match &server.key_name {
+        Some(name) => app
+            .keypairs
+            .get(&server.user_id, name)
+            .await
+            .map_err(|e| e.to_string())?,
+        None => None,
+    };
+    let mut drive = config_drive(server, keypair.as_ref());
+    drive.network_data = app
+        .network
+        .network_data(ports)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(drive)
+}
+
+/// What the metadata service on `host` answers the guest behind `port_id`:
+/// None unless the port is bound to that host and belongs to a server.
+pub async fn for_port(app: &App, host: &str, port_id: &str) -> Result<Option<ConfigDrive>, String> {
+    let Some(port) = app
+        .network
+        .store()
+        .port(port_id)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    if port.host_id != host
+        || port.device_id.is_empty()
+        || !port.device_owner.starts_with("compute:")
+    {
+        return Ok(None);
+    }
+    let Some(server) = app
+        .servers
+        .get(&port.device_id)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    let ports = app
+        .network
+        .server_ports(&server.id)
+        .await
+        .map_err(|e| e.to_string())?;
+    guest_metadata(app, &server, &ports).await.map(Some)
 }
 
 /// No networks yet: an empty `network_data.json` (cloud-init then configures
