@@ -787,13 +787,15 @@ fn debian(
          \x20 - echo \"virga-debian-mnt $(findmnt -rno SOURCE,FSTYPE,LABEL /mnt) swap=$(swapon --show=NAME --noheadings)\" > /dev/ttyS0\n\
          \x20 - echo \"virga-debian-net $(ip -4 -o addr show scope global | awk '{print $4}')\" > /dev/ttyS0\n\
          \x20 - if ping -c 3 -W 5 10.0.0.254 > /dev/null; then r=ok; else r=failed; fi; echo \"virga-debian-ping $r\" > /dev/ttyS0\n\
+         \x20 - ip route add 169.254.169.254/32 dev $(ip -4 -o addr show scope global | awk '{print $2}'); echo \"virga-debian-metadata $(curl -s -m 20 http://169.254.169.254/openstack/latest/meta_data.json | grep -o '\"uuid\":\"[^\"]*\"')\" > /dev/ttyS0\n\
          \x20 - echo \"virga-debian-keys $(cat /home/debian/.ssh/authorized_keys)\" > /dev/ttyS0\n",
     )
     .expect("user data");
     // A network: the server gets a port on it, and the guest configures the
     // port's address from its config drive (no DHCP yet). netd puts the
     // port's tap on the network's bridge behind its security groups; the
-    // testbed gives that bridge 10.0.0.254, which the guest pings.
+    // testbed gives that bridge 10.0.0.254, which the guest pings; netd's
+    // metadata service answers it at 169.254.169.254.
     ok(&["network", "create", "net1"]);
     ok(&[
         "subnet",
@@ -870,6 +872,9 @@ fn debian(
         "virga-debian-mnt /dev/vdb ext4 ephemeral0 swap=/dev/vdc",
         &format!("virga-debian-net {address}/24"),
         "virga-debian-ping ok",
+        // The metadata service (same contents as the config drive) knows
+        // the guest by its address.
+        &format!("virga-debian-metadata \"uuid\":\"{}\"", shown["id"].as_str().unwrap_or_default()),
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHs7sAvZ0nq6Q0m9M2dpBmbJYk8y9m8Ocq6m1E8K8y2J e2e@virga",
     ] {
         assert!(log.contains(want), "no {want:?} on the console:\n{log}");

@@ -34,6 +34,7 @@ const L1_MODULES: &[&str] = &[
     // conntrack, bridged IPv4 through the IP hooks).
     "bridge",
     "vxlan",
+    "veth",
     "br_netfilter",
     "nf_tables",
     "nft_ct",
