@@ -41,6 +41,9 @@ const PACKAGES: &[&str] = &[
     "netbase",
     "ifupdown",
     "isc-dhcp-client",
+    // What Debian's own genericcloud image has and users reach for first.
+    "iputils-ping",
+    "curl",
     "e2fsprogs",
     // GRUB's images and modules for both firmwares; not grub-pc or
     // grub-efi-amd64, whose scripts would install to the build host's disks.

@@ -159,6 +159,8 @@ pub struct Datapath {
     /// The ruleset last written, and when.
     firewall: Option<(String, Instant)>,
     local: LocalPorts,
+    /// The local ports' last failure, if they are failing.
+    dhcp_error: Option<String>,
 }
 
 impl Datapath {
@@ -169,6 +171,7 @@ impl Datapath {
             underlay: config.underlay_dev.clone(),
             firewall: None,
             local: LocalPorts::new(config.clone()),
+            dhcp_error: None,
         }
     }
 
@@ -231,8 +234,20 @@ impl Datapath {
 
         // DHCP is no security boundary: a port is plugged without it.
         let links = self.nl.links().await?;
-        if let Err(e) = self.local.converge(&self.nl, want, &links).await {
-            tracing::warn!("DHCP: {e}");
+        // Said once, not every pass, while it keeps failing the same way.
+        let dhcp = self
+            .local
+            .converge(&self.nl, want, &links)
+            .await
+            .err()
+            .map(|e| e.to_string());
+        if dhcp != self.dhcp_error {
+            match &dhcp {
+                Some(e) => tracing::warn!("DHCP and metadata: {e}"),
+                None if self.dhcp_error.is_some() => tracing::info!("DHCP and metadata recovered"),
+                None => {}
+            }
+            self.dhcp_error = dhcp;
         }
         let links = self.nl.links().await?;
         let fw = firewall::plan(want, &links);
