@@ -263,7 +263,7 @@ impl Datapath {
         let plan = plan_links(want, &links, &fw.refused);
         for a in &plan.attach {
             tracing::info!(link = a.link.name, bridge = a.bridge, "attaching");
-            self.nl.attach(a.link, Some(a.bridge), a.mtu).await?;
+            self.nl.attach(a.link, a.bridge, a.mtu).await?;
         }
         for link in &plan.detach {
             tracing::warn!(link = link.name, "taking a stranger off a network's bridge");

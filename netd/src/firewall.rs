@@ -180,7 +180,6 @@ pub fn plan(want: &HostNetworks, links: &[Link]) -> Firewall {
     let mut taken: BTreeMap<u16, &str> = BTreeMap::new();
     let mut zones: BTreeMap<u16, u16> = BTreeMap::new();
     let mut secured: Vec<(u16, &LocalPort, Identity)> = Vec::new();
-    let mut open: Vec<(u16, &str)> = Vec::new();
     for net in &want.networks {
         // The network's own links: marked for its zone, never filtered.
         for name in [vxlan_name(net.vni), localport::host_end(&net.id)] {
@@ -213,7 +212,6 @@ pub fn plan(want: &HostNetworks, links: &[Link]) -> Firewall {
             if !port.port_security {
                 taken.insert(s, &link.name);
                 zones.insert(s, zone(net.vni));
-                open.push((s, &link.name));
                 continue;
             }
             let Some(id) = identity(port) else {

@@ -155,16 +155,16 @@ impl Netlink {
             .map_err(failed(format!("deleting {}", link.name)))
     }
 
-    /// Makes `link` a port of `bridge` (or of none), with `mtu`, up.
-    pub async fn attach(&self, link: &Link, bridge: Option<u32>, mtu: u32) -> Result<(), NlError> {
-        let b = LinkUnspec::new_with_index(link.index).mtu(mtu).up();
-        let b = match bridge {
-            Some(m) => b.controller(m),
-            None => b.nocontroller(),
-        };
+    /// Makes `link` a port of `bridge`, with `mtu`, up.
+    pub async fn attach(&self, link: &Link, bridge: u32, mtu: u32) -> Result<(), NlError> {
+        let msg = LinkUnspec::new_with_index(link.index)
+            .mtu(mtu)
+            .up()
+            .controller(bridge)
+            .build();
         self.handle
             .link()
-            .set(b.build())
+            .set(msg)
             .execute()
             .await
             .map_err(failed(format!("attaching {}", link.name)))
