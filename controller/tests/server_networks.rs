@@ -320,6 +320,7 @@ fn a_netd_report_sets_its_ports_status_and_answers_with_its_hosts_networks() {
             "id": net1,
             "vni": shown["network"]["provider:segmentation_id"],
             "mtu": 1450,
+            "external": false,
             "subnets": [{"cidr": "10.0.0.0/24", "gateway": "10.0.0.1", "dhcp": true,
                          "dns": ["192.0.2.53"], "routes": []}],
             "ports": [{
@@ -340,7 +341,7 @@ fn a_netd_report_sets_its_ports_status_and_answers_with_its_hosts_networks() {
                 ],
             }],
             "remote": [],
-        }]})
+        }], "routers": []})
     );
     let (_, now) = net(&cloud, "GET", &format!("/ports/{port_id}"), Value::Null);
     assert_eq!(now["port"]["status"], "ACTIVE");
@@ -350,7 +351,7 @@ fn a_netd_report_sets_its_ports_status_and_answers_with_its_hosts_networks() {
     let other = common::hostd::host_token("other");
     let body2 = json!({"vtep": "172.16.0.2", "plugged": []}).to_string();
     let (s, answer) = report(&cloud, "other", &other, &body2);
-    assert_eq!((s, answer), (200, json!({"networks": []})));
+    assert_eq!((s, answer), (200, json!({"networks": [], "routers": []})));
     let (s, p2) = net(
         &cloud,
         "POST",
@@ -425,4 +426,177 @@ fn a_netd_report_sets_its_ports_status_and_answers_with_its_hosts_networks() {
         let (s, v) = report(&cloud, HOST_ID, &token, bad);
         assert_eq!(s, 400, "{bad}: {v}");
     }
+}
+
+#[test]
+fn a_gateway_host_takes_routers_and_applies_their_floating_ips() {
+    let cloud = Cloud::start(Delays::NONE);
+    let (flavor, image) = bootable(&cloud.c, &cloud.admin, 1, 128);
+    let (net1, sub1) = network(&cloud, "net1", "10.0.0.0/24");
+    let (s, public) = net(
+        &cloud,
+        "POST",
+        "/networks",
+        json!({"network": {"name": "public", "router:external": true}}),
+    );
+    assert_eq!(s, 201, "{public}");
+    let public = public["network"]["id"].as_str().unwrap().to_owned();
+    let (s, _) = net(
+        &cloud,
+        "POST",
+        "/subnets",
+        json!({"subnet": {"network_id": public, "cidr": "172.24.4.0/24", "ip_version": 4}}),
+    );
+    assert_eq!(s, 201);
+    let r = create(&cloud, &flavor, &image, Some(json!([{"uuid": net1}])));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let server = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    cloud.wait(&server, "ACTIVE");
+    let port = ports_of(&cloud, &server).remove(0);
+    let port_id = port["id"].as_str().unwrap().to_owned();
+
+    let (s, router) = net(
+        &cloud,
+        "POST",
+        "/routers",
+        json!({"router": {"name": "r1", "external_gateway_info": {"network_id": public}}}),
+    );
+    assert_eq!(s, 201, "{router}");
+    let router = router["router"]["id"].as_str().unwrap().to_owned();
+    let (s, iface) = net(
+        &cloud,
+        "PUT",
+        &format!("/routers/{router}/add_router_interface"),
+        json!({"subnet_id": sub1}),
+    );
+    assert_eq!(s, 200, "{iface}");
+    let (s, fip) = net(
+        &cloud,
+        "POST",
+        "/floatingips",
+        json!({"floatingip": {"floating_network_id": public, "port_id": port_id}}),
+    );
+    assert_eq!(s, 201, "{fip}");
+    let fip_id = fip["floatingip"]["id"].as_str().unwrap().to_owned();
+
+    // A host that is no gateway gets no router; the gateway host takes it
+    // and its ports are bound there.
+    let token = common::hostd::host_token(HOST_ID);
+    let (_, answer) = report(
+        &cloud,
+        HOST_ID,
+        &token,
+        r#"{"vtep": "172.16.0.1", "plugged": []}"#,
+    );
+    assert_eq!(answer["routers"], json!([]));
+    let gw = common::hostd::host_token("gw");
+    let (s, answer) = report(
+        &cloud,
+        "gw",
+        &gw,
+        r#"{"vtep": "172.16.0.9", "plugged": [], "gateway": true}"#,
+    );
+    assert_eq!(s, 200, "{answer}");
+    let routers = answer["routers"].as_array().unwrap();
+    assert_eq!(routers.len(), 1, "{answer}");
+    let r = &routers[0];
+    assert_eq!(r["id"], router.as_str());
+    assert_eq!(r["gateway"]["port"]["ip"], "172.24.4.2");
+    assert_eq!(r["gateway"]["port"]["prefix_len"], 24);
+    assert_eq!(r["gateway"]["nexthop"], "172.24.4.1");
+    assert_eq!(r["gateway"]["snat"], true);
+    assert_eq!(r["interfaces"][0]["ip"], "10.0.0.1");
+    assert_eq!(r["interfaces"][0]["network_id"], net1.as_str());
+    assert_eq!(
+        r["floating"],
+        json!([{"id": fip_id, "floating": "172.24.4.3", "fixed": "10.0.0.2"}])
+    );
+    // Both networks are carried there, the router's ports unfiltered, and
+    // the server's port is the remote one.
+    let nets = answer["networks"].as_array().unwrap();
+    assert_eq!(nets.len(), 2, "{answer}");
+    let external: Vec<bool> = nets.iter().map(|n| n["external"] == true).collect();
+    assert!(external.contains(&true) && external.contains(&false));
+    for n in nets {
+        assert_eq!(n["ports"][0]["port_security"], false);
+    }
+    let tenant = nets.iter().find(|n| n["id"] == net1.as_str()).unwrap();
+    assert_eq!(tenant["remote"][0]["id"], port_id.as_str());
+    // ... and the server's host sees the router's interface as remote.
+    let (_, answer) = report(
+        &cloud,
+        HOST_ID,
+        &token,
+        r#"{"vtep": "172.16.0.1", "plugged": []}"#,
+    );
+    assert_eq!(
+        answer["networks"][0]["remote"][0]["ips"],
+        json!(["10.0.0.1"])
+    );
+
+    // Applied: ACTIVE; no longer reported: DOWN.
+    let fip_status = || {
+        net(
+            &cloud,
+            "GET",
+            &format!("/floatingips/{fip_id}"),
+            Value::Null,
+        )
+        .1["floatingip"]["status"]
+            .clone()
+    };
+    assert_eq!(fip_status(), "DOWN");
+    let applied =
+        json!({"vtep": "172.16.0.9", "plugged": [], "gateway": true, "floating": [fip_id]});
+    report(&cloud, "gw", &gw, &applied.to_string());
+    assert_eq!(fip_status(), "ACTIVE");
+    // Nova lists the floating address after the fixed one.
+    let r = call(
+        &cloud.c,
+        "GET",
+        &format!("/compute/v2.1/servers/{server}"),
+        &[cloud.auth()],
+        "",
+    );
+    assert_eq!(
+        r.json()["server"]["addresses"]["net1"],
+        json!([
+            {"version": 4, "addr": "10.0.0.2", "OS-EXT-IPS:type": "fixed", "OS-EXT-IPS-MAC:mac_addr": port["mac_address"]},
+            {"version": 4, "addr": "172.24.4.3", "OS-EXT-IPS:type": "floating", "OS-EXT-IPS-MAC:mac_addr": port["mac_address"]},
+        ])
+    );
+    // A router set down is taken off its host, and its floating IPs go DOWN.
+    let (s, _) = net(
+        &cloud,
+        "PUT",
+        &format!("/routers/{router}"),
+        json!({"router": {"admin_state_up": false}}),
+    );
+    assert_eq!(s, 200);
+    let (_, answer) = report(&cloud, "gw", &gw, &applied.to_string());
+    assert_eq!(answer["routers"], json!([]));
+    assert_eq!(fip_status(), "DOWN");
+
+    // Deleting the server frees its floating IP.
+    let r = call(
+        &cloud.c,
+        "DELETE",
+        &format!("/compute/v2.1/servers/{server}"),
+        &[cloud.auth()],
+        "",
+    );
+    assert_eq!(r.status, 204);
+    wait_for_status(
+        &cloud.c,
+        &format!("/compute/v2.1/servers/{server}"),
+        &cloud.admin,
+        404,
+    );
+    let (_, f) = net(
+        &cloud,
+        "GET",
+        &format!("/floatingips/{fip_id}"),
+        Value::Null,
+    );
+    assert_eq!(f["floatingip"]["port_id"], Value::Null);
 }

@@ -1,5 +1,6 @@
 //! Neutron v2.0's HTTP handlers (under `/network`): discovery, extensions,
-//! networks, subnets, ports, security groups and rules, tags, quotas. They
+//! networks, subnets, ports, security groups and rules, routers (and their
+//! interface actions), floating IPs, tags, quotas. They
 //! route, unwrap `{"network": {...}}` bodies, call the network service and
 //! render its answers and errors in Neutron's shapes.
 
@@ -61,6 +62,9 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     ("port-security", "Port Security", "Provides port security"),
     ("binding", "Port Binding", "Expose port bindings of a virtual port to external application"),
     ("external-net", "Neutron external network", "Adds external network attribute to network resource."),
+    ("router", "Neutron L3 Router", "Router abstraction for basic L3 forwarding between L2 Neutron networks and access to external networks via a NAT gateway."),
+    ("ext-gw-mode", "Neutron L3 Configurable external gateway mode", "Extension of the router abstraction for specifying whether SNAT should occur on the external gateway"),
+    ("fip-port-details", "Floating IP Port Details Extension", "Add port_details attribute to Floating IP resource"),
     ("allowed-address-pairs", "Allowed Address Pairs", "Provides allowed address pairs"),
     ("quotas", "Quota management support", "Expose functions for quotas management per project"),
     ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
@@ -94,6 +98,7 @@ fn resources(app: &App) -> Json {
     json!({"resources": [
         r("network", "networks"), r("subnet", "subnets"), r("port", "ports"),
         r("security_group", "security-groups"), r("security_group_rule", "security-group-rules"),
+        r("router", "routers"), r("floatingip", "floatingips"),
         r("quota", "quotas"),
     ]})
 }
@@ -190,6 +195,8 @@ fn singular(collection: &str) -> Option<&'static str> {
         "ports" => "port",
         "security-groups" => "security_group",
         "security-group-rules" => "security_group_rule",
+        "routers" => "router",
+        "floatingips" => "floatingip",
         _ => return None,
     })
 }
@@ -206,6 +213,8 @@ async fn list(
         "subnets" => s.list_subnets(ctx).await,
         "ports" => s.list_ports(ctx, query.filter("device_id")).await,
         "security-groups" => s.list_groups(ctx).await,
+        "routers" => s.list_routers(ctx).await,
+        "floatingips" => s.list_floating_ips(ctx).await,
         _ => s.list_rules(ctx).await,
     }
 }
@@ -227,6 +236,11 @@ async fn show(
         "security-groups" => {
             let g = s.visible_group(ctx, id).await?;
             s.group_json(&g).await
+        }
+        "routers" => Ok(s.visible_router(ctx, id).await?.to_json()),
+        "floatingips" => {
+            let f = s.visible_floating_ip(ctx, id).await?;
+            s.floating_ip_json(&f).await
         }
         _ => Ok(s.visible_rule(ctx, id).await?.to_json()),
     }
@@ -271,6 +285,8 @@ async fn resource(
                 "subnets" => s.create_subnet(ctx, &attrs).await?,
                 "ports" => s.create_port(ctx, &attrs).await?.to_json(ctx.is_admin()),
                 "security-groups" => s.create_group(ctx, &attrs).await?,
+                "routers" => s.create_router(ctx, &attrs).await?,
+                "floatingips" => s.create_floating_ip(ctx, &attrs).await?,
                 _ => s.create_rule(ctx, &attrs).await?,
             };
             Ok(json(StatusCode::CREATED, &wrap(created)))
@@ -293,6 +309,8 @@ async fn resource(
                     .update_port(ctx, &id, &attrs)
                     .await?
                     .to_json(ctx.is_admin()),
+                "routers" => s.update_router(ctx, &id, &attrs).await?,
+                "floatingips" => s.update_floating_ip(ctx, &id, &attrs).await?,
                 _ => s.update_group(ctx, &id, &attrs).await?,
             };
             Ok(json(StatusCode::OK, &wrap(updated)))
@@ -303,9 +321,33 @@ async fn resource(
                 "subnets" => s.delete_subnet(ctx, id).await?,
                 "ports" => s.delete_port(ctx, id).await?,
                 "security-groups" => s.delete_group(ctx, id).await?,
+                "routers" => s.delete_router(ctx, id).await?,
+                "floatingips" => s.delete_floating_ip(ctx, id).await?,
                 _ => s.delete_rule(ctx, id).await?,
             }
             Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (Method::PUT, [id, action @ ("add_router_interface" | "remove_router_interface")])
+            if collection == "routers" =>
+        {
+            let (id, add) = (id.to_string(), *action == "add_router_interface");
+            // Unwrapped: `{"subnet_id": ...}` or `{"port_id": ...}`.
+            let body = match read_json(req, bad_body).await {
+                Ok(Json::Object(m)) => m,
+                Ok(_) => {
+                    return Ok(bad_body(
+                        StatusCode::BAD_REQUEST,
+                        "Bad router request: the body must be an object.",
+                    ))
+                }
+                Err(r) => return Ok(r),
+            };
+            let answer = if add {
+                s.add_interface(ctx, &id, &body).await?
+            } else {
+                s.remove_interface(ctx, &id, &body).await?
+            };
+            Ok(json(StatusCode::OK, &answer))
         }
         (method, [id, "tags", tail @ ..]) if collection != "security-group-rules" => {
             tags(app, ctx, req, method, collection, id, tail).await

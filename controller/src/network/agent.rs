@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use netd_proto::{
-    AllowedPair, Direction, HostNetwork, HostNetworks, LocalPort, Remote, RemotePort, Report,
-    Route, Rule, SubnetInfo,
+    AllowedPair, Direction, FloatingNat, HostNetwork, HostNetworks, HostRouter, LocalPort, Remote,
+    RemotePort, Report, Route, RouterGateway, RouterPort, Rule, SubnetInfo,
 };
 
-use super::model::{Port, SecurityGroupRule};
+use super::model::{Port, Router, SecurityGroupRule, ROUTER_GATEWAY, ROUTER_INTERFACE};
 use super::nova::tap_name;
 use super::service::{rules::protocol_number, NetworkService};
 use super::NetworkError;
@@ -36,8 +36,18 @@ impl NetworkService {
     ) -> Result<HostNetworks, NetworkError> {
         let store = self.store();
         store
-            .record_agent(host_id, &report.vtep.to_string(), now())
+            .record_agent(host_id, &report.vtep.to_string(), report.gateway, now())
             .await?;
+        // A gateway host takes the routers no host has yet.
+        if report.gateway {
+            for id in store.place_routers(host_id).await? {
+                tracing::info!(router = id, host = host_id, "router placed");
+            }
+        }
+        let routers_here = store.routers_on_host(host_id).await?;
+        for router in &routers_here {
+            self.bind_router_ports(router, host_id).await?;
+        }
         let plugged: HashSet<&str> = report.plugged.iter().map(String::as_str).collect();
         let mut by_network: BTreeMap<String, Vec<Port>> = BTreeMap::new();
         for port in store.ports_on_host(host_id).await? {
@@ -113,11 +123,131 @@ impl NetworkService {
                 subnets,
                 vni,
                 mtu: u32::try_from(network.mtu).unwrap_or(1450),
+                external: network.external,
                 ports: self.local_ports(local, &mut groups).await?,
                 remote,
             });
         }
-        Ok(HostNetworks { networks })
+        let applied: HashSet<&str> = report.floating.iter().map(String::as_str).collect();
+        let mut routers = Vec::with_capacity(routers_here.len());
+        for router in routers_here {
+            if let Some(r) = self.host_router(router, &applied).await? {
+                routers.push(r);
+            }
+        }
+        Ok(HostNetworks { networks, routers })
+    }
+
+    /// Binds a router's ports to the host it is placed on (those made while
+    /// it was being placed too).
+    async fn bind_router_ports(&self, router: &Router, host_id: &str) -> Result<(), NetworkError> {
+        for mut port in self.store().ports_of_device(&router.std.id).await? {
+            if ![ROUTER_INTERFACE, ROUTER_GATEWAY].contains(&port.device_owner.as_str()) {
+                continue;
+            }
+            while port.host_id != host_id {
+                let old = port.clone();
+                port.host_id = host_id.to_owned();
+                port.std.touch(now());
+                if self.store().update_port(&port, &old).await? {
+                    break;
+                }
+                match self.store().port(&old.std.id).await? {
+                    Some(p) if p.device_id == router.std.id => port = p,
+                    _ => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A router as its host's netd applies it (None while it is down), its
+    /// floating IPs ACTIVE once the host reports them applied.
+    async fn host_router(
+        &self,
+        router: Router,
+        applied: &HashSet<&str>,
+    ) -> Result<Option<HostRouter>, NetworkError> {
+        let store = self.store();
+        let fips = store.floating_ips_of_router(&router.std.id).await?;
+        for f in &fips {
+            let status = if router.admin_state_up && applied.contains(f.std.id.as_str()) {
+                "ACTIVE"
+            } else {
+                "DOWN"
+            };
+            if f.status != status {
+                store.set_floating_status(&f.std.id, status).await?;
+                tracing::info!(floating_ip = f.std.id, status, "floating IP status");
+            }
+        }
+        if !router.admin_state_up {
+            return Ok(None);
+        }
+        let ports = store.ports_of_device(&router.std.id).await?;
+        let mut interfaces = Vec::new();
+        let mut gateway = None;
+        for p in &ports {
+            let Some((port, subnet_gateway)) = self.netd_router_port(p).await? else {
+                continue;
+            };
+            match &router.gateway {
+                Some(g) if g.port_id == p.std.id => {
+                    gateway = Some(RouterGateway {
+                        port,
+                        nexthop: subnet_gateway,
+                        snat: g.enable_snat,
+                    });
+                }
+                _ if p.device_owner == ROUTER_INTERFACE => interfaces.push(port),
+                _ => {}
+            }
+        }
+        let mut floating: Vec<FloatingNat> = fips
+            .iter()
+            .filter_map(|f| {
+                let a = f.association.as_ref()?;
+                Some(FloatingNat {
+                    id: f.std.id.clone(),
+                    floating: f.floating_ip_address,
+                    fixed: a.fixed_ip_address,
+                })
+            })
+            .collect();
+        floating.sort();
+        Ok(Some(HostRouter {
+            id: router.std.id,
+            gateway,
+            interfaces,
+            floating,
+        }))
+    }
+
+    /// A router's port as netd configures it, with its subnet's gateway;
+    /// None for a port without an address.
+    async fn netd_router_port(
+        &self,
+        p: &Port,
+    ) -> Result<Option<(RouterPort, Option<Ipv4Addr>)>, NetworkError> {
+        let Some(fixed) = p.fixed_ips.first() else {
+            return Ok(None);
+        };
+        let Some(subnet) = self.store().subnet(&fixed.subnet_id).await? else {
+            return Ok(None);
+        };
+        let Ok(cidr) = super::ipam::parse_cidr(&subnet.cidr) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            RouterPort {
+                id: p.std.id.clone(),
+                network_id: p.network_id.clone(),
+                mac: p.mac_address.clone(),
+                ip: fixed.ip_address,
+                prefix_len: cidr.prefix_len(),
+            },
+            subnet.gateway_ip,
+        )))
     }
 
     async fn local_ports(

@@ -1,5 +1,5 @@
 //! Networks (the Neutron v2.0 subset): networks, subnets, ports, security
-//! groups and their rules, tags and quotas. The controller keeps the intended
+//! groups and their rules, routers and floating IPs, tags and quotas. The controller keeps the intended
 //! state; each host's netd converges its kernel to it.
 //!
 //! - [`model`]: the resources and how the API shows them
@@ -9,11 +9,13 @@
 //! - [`service`]: who may do what, the attributes' rules, allocation
 //! - [`nova`]: what the compute service asks: NICs checked, ports made and
 //!   bound for servers and released with them, addresses, network_data
+//! - [`l3`]: routers (interfaces, external gateways) and floating IPs
 //! - [`agent`]: what each host's netd asks: its ports' status by its
 //!   report, and the networks it must carry
 
 pub mod agent;
 pub mod ipam;
+pub mod l3;
 pub mod model;
 pub mod nova;
 pub mod query;

@@ -176,8 +176,10 @@ pub struct Port {
 }
 
 /// Device owners that belong to the network service itself: their ports
-/// are not the user's to delete or to count against a network in use.
+/// are not the user's to delete directly.
 pub const ROUTER_INTERFACE: &str = "network:router_interface";
+pub const ROUTER_GATEWAY: &str = "network:router_gateway";
+pub const FLOATING_IP: &str = "network:floatingip";
 
 impl Port {
     /// The port as Neutron shows it; the binding details only for admins,
@@ -285,6 +287,90 @@ impl SecurityGroupRule {
             "updated_at": iso(self.created_at),
             "revision_number": 0,
         })
+    }
+}
+
+/// A router's external gateway: its port on an external network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Gateway {
+    pub network_id: String,
+    pub enable_snat: bool,
+    /// The `network:router_gateway` port holding its addresses.
+    pub port_id: String,
+    pub fixed_ips: Vec<FixedIp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Router {
+    #[serde(flatten)]
+    pub std: Standard,
+    pub admin_state_up: bool,
+    pub gateway: Option<Gateway>,
+}
+
+impl Router {
+    pub fn to_json(&self) -> Json {
+        let gateway = self.gateway.as_ref().map(|g| {
+            json!({"network_id": g.network_id, "enable_snat": g.enable_snat,
+                   "external_fixed_ips": g.fixed_ips})
+        });
+        let mut v = json!({
+            "admin_state_up": self.admin_state_up,
+            "status": "ACTIVE",
+            "external_gateway_info": gateway,
+            "routes": [],
+        });
+        self.std.render(&mut v);
+        v
+    }
+}
+
+/// What a floating IP is associated with: a fixed address of a port, reached
+/// through a router.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Association {
+    pub port_id: String,
+    pub fixed_ip_address: Ipv4Addr,
+    pub router_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FloatingIp {
+    #[serde(flatten)]
+    pub std: Standard,
+    pub floating_network_id: String,
+    pub floating_ip_address: Ipv4Addr,
+    /// The `network:floatingip` port holding the address.
+    pub address_port_id: String,
+    /// Kept in the row's columns (`store`), not in the document.
+    #[serde(skip)]
+    pub association: Option<Association>,
+    /// ACTIVE once its router's host applies it; DOWN otherwise.
+    #[serde(skip)]
+    pub status: String,
+}
+
+impl FloatingIp {
+    /// As Neutron shows it; `port` is the associated port (for
+    /// `port_details`).
+    pub fn to_json(&self, port: Option<&Port>) -> Json {
+        let a = self.association.as_ref();
+        let details = port.map(|p| {
+            json!({"name": p.std.name, "network_id": p.network_id, "mac_address": p.mac_address,
+                   "admin_state_up": p.admin_state_up, "status": p.status,
+                   "device_id": p.device_id, "device_owner": p.device_owner})
+        });
+        let mut v = json!({
+            "floating_ip_address": self.floating_ip_address,
+            "floating_network_id": self.floating_network_id,
+            "router_id": a.map(|a| &a.router_id),
+            "port_id": a.map(|a| &a.port_id),
+            "fixed_ip_address": a.map(|a| a.fixed_ip_address),
+            "status": self.status,
+            "port_details": details,
+        });
+        self.std.render(&mut v);
+        v
     }
 }
 

@@ -319,6 +319,7 @@ impl NetworkService {
             .filter(|p| p.device_owner == COMPUTE_OWNER && !p.device_id.is_empty())
             .collect();
         ports.sort_by_key(|p| (p.nova_slot.unwrap_or(u32::MAX), p.std.created_at));
+        let floating = self.floating_by_fixed().await?;
         let mut out: std::collections::BTreeMap<String, Json> = Default::default();
         for p in &ports {
             let Some(name) = names.get(&p.network_id) else {
@@ -328,17 +329,34 @@ impl NetworkService {
                 out.entry(p.device_id.clone()).or_insert_with(|| json!({})),
                 name,
                 p,
+                &floating,
             );
         }
         Ok(out)
     }
 
+    /// Floating addresses by the (port, fixed address) they are associated
+    /// with.
+    async fn floating_by_fixed(&self) -> Result<Floating, NetworkError> {
+        Ok(self
+            .store()
+            .floating_ips()
+            .await?
+            .into_iter()
+            .filter_map(|f| {
+                let a = f.association?;
+                Some(((a.port_id, a.fixed_ip_address), f.floating_ip_address))
+            })
+            .collect())
+    }
+
     /// Nova's `addresses`: each network's name to its fixed addresses.
     pub async fn addresses(&self, ports: &[Port]) -> Result<Json, NetworkError> {
         let mut out = json!({});
+        let floating = self.floating_by_fixed().await?;
         for p in ports {
             if let Some(n) = self.store().network(&p.network_id).await? {
-                add_address(&mut out, &n.std.name, p);
+                add_address(&mut out, &n.std.name, p, &floating);
             }
         }
         Ok(out)
@@ -403,8 +421,11 @@ impl NetworkService {
     }
 }
 
-/// Adds a port's addresses under its network's name to Nova's `addresses`.
-fn add_address(addresses: &mut Json, network_name: &str, p: &Port) {
+type Floating = std::collections::HashMap<(String, Ipv4Addr), Ipv4Addr>;
+
+/// Adds a port's addresses under its network's name to Nova's `addresses`,
+/// each fixed one followed by its floating one, as Nova lists them.
+fn add_address(addresses: &mut Json, network_name: &str, p: &Port, floating: &Floating) {
     let Json::Object(by_network) = addresses else {
         return;
     };
@@ -415,6 +436,10 @@ fn add_address(addresses: &mut Json, network_name: &str, p: &Port) {
         for ip in &p.fixed_ips {
             list.push(json!({"version": 4, "addr": ip.ip_address.to_string(),
                 "OS-EXT-IPS:type": "fixed", "OS-EXT-IPS-MAC:mac_addr": p.mac_address}));
+            if let Some(f) = floating.get(&(p.std.id.clone(), ip.ip_address)) {
+                list.push(json!({"version": 4, "addr": f.to_string(),
+                    "OS-EXT-IPS:type": "floating", "OS-EXT-IPS-MAC:mac_addr": p.mac_address}));
+            }
         }
     }
 }

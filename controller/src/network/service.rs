@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value as Json};
 use super::ipam::{self, Pool};
 use super::model::{
     AddressPair, FixedIp, HostRoute, Network, NetworkQuota, Port, SecurityGroup, SecurityGroupRule,
-    Standard, Subnet, DEFAULT_QUOTA, ROUTER_INTERFACE,
+    Standard, Subnet, DEFAULT_QUOTA, FLOATING_IP, ROUTER_GATEWAY, ROUTER_INTERFACE,
 };
 use super::store::{is_unique_violation, Deleted, NetworkStore};
 use super::NetworkError;
@@ -64,16 +64,16 @@ pub struct NetworkService {
     store: NetworkStore,
 }
 
-type Attrs = Map<String, Json>;
+pub(super) type Attrs = Map<String, Json>;
 
 // --- attribute parsing: Neutron's messages for bad input
 
-fn invalid(attr: &str, reason: impl std::fmt::Display) -> NetworkError {
+pub(super) fn invalid(attr: &str, reason: impl std::fmt::Display) -> NetworkError {
     NetworkError::bad_request(format!("Invalid input for {attr}. Reason: {reason}."))
 }
 
 /// Refuses attributes a resource does not have, as Neutron does.
-fn known(attrs: &Attrs, allowed: &[&str]) -> Result<(), NetworkError> {
+pub(super) fn known(attrs: &Attrs, allowed: &[&str]) -> Result<(), NetworkError> {
     let unknown: Vec<&str> = attrs
         .keys()
         .map(String::as_str)
@@ -89,7 +89,7 @@ fn known(attrs: &Attrs, allowed: &[&str]) -> Result<(), NetworkError> {
     }
 }
 
-fn string(attrs: &Attrs, key: &str, max: usize) -> Result<Option<String>, NetworkError> {
+pub(super) fn string(attrs: &Attrs, key: &str, max: usize) -> Result<Option<String>, NetworkError> {
     match attrs.get(key) {
         None => Ok(None),
         Some(Json::String(s)) if s.chars().count() <= max => Ok(Some(s.clone())),
@@ -102,7 +102,7 @@ fn string(attrs: &Attrs, key: &str, max: usize) -> Result<Option<String>, Networ
     }
 }
 
-fn boolean(attrs: &Attrs, key: &str) -> Result<Option<bool>, NetworkError> {
+pub(super) fn boolean(attrs: &Attrs, key: &str) -> Result<Option<bool>, NetworkError> {
     match attrs.get(key) {
         None => Ok(None),
         Some(Json::Bool(b)) => Ok(Some(*b)),
@@ -130,7 +130,7 @@ fn integer(attrs: &Attrs, key: &str) -> Result<Option<i64>, NetworkError> {
     }
 }
 
-fn list<'a>(attrs: &'a Attrs, key: &str) -> Result<Option<&'a [Json]>, NetworkError> {
+pub(super) fn list<'a>(attrs: &'a Attrs, key: &str) -> Result<Option<&'a [Json]>, NetworkError> {
     match attrs.get(key) {
         None | Some(Json::Null) => Ok(None),
         Some(Json::Array(a)) => Ok(Some(a)),
@@ -138,7 +138,7 @@ fn list<'a>(attrs: &'a Attrs, key: &str) -> Result<Option<&'a [Json]>, NetworkEr
     }
 }
 
-fn ip(key: &str, v: &Json) -> Result<Ipv4Addr, NetworkError> {
+pub(super) fn ip(key: &str, v: &Json) -> Result<Ipv4Addr, NetworkError> {
     v.as_str()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| invalid(key, format!("'{v}' is not a valid IPv4 address")))
@@ -162,7 +162,7 @@ pub fn tag(v: &Json) -> Result<String, NetworkError> {
 }
 
 /// Name, description and tags, as every resource takes them.
-fn apply_standard(std: &mut Standard, attrs: &Attrs) -> Result<(), NetworkError> {
+pub(super) fn apply_standard(std: &mut Standard, attrs: &Attrs) -> Result<(), NetworkError> {
     if let Some(name) = string(attrs, "name", MAX_NAME)? {
         std.name = name;
     }
@@ -177,7 +177,7 @@ fn apply_standard(std: &mut Standard, attrs: &Attrs) -> Result<(), NetworkError>
 
 /// The project a create is for: the caller's, or (admins only) the one the
 /// body names.
-fn owner(ctx: &RequestContext, attrs: &Attrs) -> Result<String, NetworkError> {
+pub(super) fn owner(ctx: &RequestContext, attrs: &Attrs) -> Result<String, NetworkError> {
     let named = ["project_id", "tenant_id"]
         .iter()
         .filter_map(|k| attrs.get(*k).and_then(Json::as_str))
@@ -199,7 +199,7 @@ fn can_write(ctx: &RequestContext) -> bool {
         .any(|r| matches!(r.name.as_str(), "admin" | "member" | "manager"))
 }
 
-fn writer(ctx: &RequestContext, action: &str) -> Result<(), NetworkError> {
+pub(super) fn writer(ctx: &RequestContext, action: &str) -> Result<(), NetworkError> {
     if can_write(ctx) {
         Ok(())
     } else {
@@ -207,7 +207,7 @@ fn writer(ctx: &RequestContext, action: &str) -> Result<(), NetworkError> {
     }
 }
 
-fn exhausted(network_id: &str) -> NetworkError {
+pub(super) fn exhausted(network_id: &str) -> NetworkError {
     NetworkError::new(
         409,
         "IpAddressGenerationFailure",
@@ -248,7 +248,7 @@ impl NetworkService {
         &self.store
     }
 
-    async fn check_quota(
+    pub(super) async fn check_quota(
         &self,
         project: &str,
         resource: &str,
@@ -1240,8 +1240,15 @@ impl NetworkService {
     pub async fn delete_port(&self, ctx: &RequestContext, id: &str) -> Result<(), NetworkError> {
         writer(ctx, "delete_port")?;
         let port = self.visible_port(ctx, id).await?;
-        if port.device_owner == ROUTER_INTERFACE {
-            return Err(NetworkError::new(409, "ServicePortInUse", format!("Port {id} cannot be deleted directly via the port API: has device owner {ROUTER_INTERFACE}.")));
+        if [ROUTER_INTERFACE, ROUTER_GATEWAY, FLOATING_IP].contains(&port.device_owner.as_str()) {
+            return Err(NetworkError::new(
+                409,
+                "ServicePortInUse",
+                format!(
+                    "Port {id} cannot be deleted directly via the port API: has device owner {}.",
+                    port.device_owner
+                ),
+            ));
         }
         if !self.store.delete_port(id).await? {
             return Err(NetworkError::not_found("Port", id));
@@ -1611,6 +1618,26 @@ impl NetworkService {
                         .await?
                         .then_some(g.std.tags)
                 }
+                "routers" => {
+                    let mut r = self.visible_router(ctx, id).await?;
+                    let read = r.std.revision_number;
+                    change(&mut r.std.tags)?;
+                    r.std.touch(now());
+                    self.store
+                        .update_router(&r, read)
+                        .await?
+                        .then_some(r.std.tags)
+                }
+                "floatingips" => {
+                    let mut f = self.visible_floating_ip(ctx, id).await?;
+                    let read = f.std.revision_number;
+                    change(&mut f.std.tags)?;
+                    f.std.touch(now());
+                    self.store
+                        .update_floating_ip(&f, read)
+                        .await?
+                        .then_some(f.std.tags)
+                }
                 other => {
                     return Err(NetworkError::new(
                         404,
@@ -1637,6 +1664,8 @@ impl NetworkService {
             "subnets" => self.visible_subnet(ctx, id).await?.std.tags,
             "ports" => self.visible_port(ctx, id).await?.std.tags,
             "security-groups" => self.visible_group(ctx, id).await?.std.tags,
+            "routers" => self.visible_router(ctx, id).await?.std.tags,
+            "floatingips" => self.visible_floating_ip(ctx, id).await?.std.tags,
             other => {
                 return Err(NetworkError::new(
                     404,

@@ -15,6 +15,8 @@ use super::model::{
 };
 use crate::store::{int, text, Step, Store, StoreError, Value};
 
+mod l3;
+
 pub struct NetworkStore {
     store: Store,
 }
@@ -276,8 +278,8 @@ impl NetworkStore {
         let doc = body(port)?;
         let rev = port.std.revision_number;
         let mut steps = vec![Step {
-            sql: "INSERT INTO ports (id, network_id, project_id, mac_address, device_id, host_id, revision, body) \
-                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            sql: "INSERT INTO ports (id, network_id, project_id, mac_address, device_id, host_id, revision, body, device_owner) \
+                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             args: &[],
             rows: Some(1),
         }];
@@ -290,6 +292,7 @@ impl NetworkStore {
             Value::Text(&port.host_id),
             Value::Int(rev),
             Value::Text(&doc),
+            Value::Text(&port.device_owner),
         ];
         steps[0].args = &port_args;
         let ips: Vec<String> = port
@@ -364,9 +367,10 @@ impl NetworkStore {
             Value::Text(&port.host_id),
             Value::Text(id),
             Value::Int(old.std.revision_number),
+            Value::Text(&port.device_owner),
         ];
         let mut steps = vec![Step {
-            sql: "UPDATE ports SET body = $1, revision = $2, device_id = $3, host_id = $4 \
+            sql: "UPDATE ports SET body = $1, revision = $2, device_id = $3, host_id = $4, device_owner = $7 \
                   WHERE id = $5 AND revision = $6",
             args: &head,
             rows: Some(1),
@@ -441,6 +445,13 @@ impl NetworkStore {
                     args: &args,
                     rows: None,
                 },
+                // Neutron disassociates a deleted port's floating IPs.
+                Step {
+                    sql: "UPDATE floating_ips SET port_id = NULL, fixed_ip_address = NULL, \
+                          router_id = NULL, status = 'DOWN' WHERE port_id = $1",
+                    args: &args,
+                    rows: None,
+                },
                 Step {
                     sql: "DELETE FROM ports WHERE id = $1",
                     args: &args,
@@ -485,13 +496,15 @@ impl NetworkStore {
         &self,
         host_id: &str,
         vtep: &str,
+        gateway: bool,
         now: i64,
     ) -> Result<(), StoreError> {
         self.store
             .execute(
-                "INSERT INTO network_agents (host_id, vtep, last_seen) VALUES ($1, $2, $3) \
-                 ON CONFLICT (host_id) DO UPDATE SET vtep = excluded.vtep, last_seen = excluded.last_seen",
-                &[Value::Text(host_id), Value::Text(vtep), Value::Int(now)],
+                "INSERT INTO network_agents (host_id, vtep, last_seen, gateway) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (host_id) DO UPDATE SET vtep = excluded.vtep, last_seen = excluded.last_seen, \
+                 gateway = excluded.gateway",
+                &[Value::Text(host_id), Value::Text(vtep), Value::Int(now), Value::Bool(gateway)],
             )
             .await
             .map(|_| ())
@@ -730,6 +743,8 @@ impl NetworkStore {
             "port" => "ports",
             "security_group" => "security_groups",
             "security_group_rule" => "security_group_rules",
+            "router" => "routers",
+            "floatingip" => "floating_ips",
             _ => return Ok(0),
         };
         self.count(

@@ -18,6 +18,8 @@ pub struct Controller {
     pub addr: String,
     pub dir_path: std::path::PathBuf,
     config: std::path::PathBuf,
+    /// The database it keeps its state in.
+    pub database_url: String,
     /// The controller's port, held by the test and handed to each process.
     port: HeldPort,
     _dir: tempfile::TempDir,
@@ -66,9 +68,9 @@ impl Drop for Controller {
 }
 
 /// A second project, `other`, with a member user `bob` (password
-/// `bob-password`), made directly in the controller's SQLite database.
+/// `bob-password`), made directly in the controller's database.
 pub fn second_project(c: &Controller) {
-    let url = format!("sqlite://{}?mode=rwc", c.dir_path.join("c.db").display());
+    let url = c.database_url.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -113,6 +115,7 @@ pub fn start_with(database_url: Option<String>, extra: &str) -> Controller {
         addr,
         dir_path: dir.path().to_owned(),
         config: cfg,
+        database_url: db,
         port: held,
         _dir: dir,
     }

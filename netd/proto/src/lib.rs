@@ -21,12 +21,23 @@ pub struct Report {
     pub vtep: Ipv4Addr,
     /// The ports whose taps are on their network's bridge, up, on this host.
     pub plugged: Vec<String>,
+    /// Whether this host is a gateway host: it reaches the external
+    /// networks, so routers may be placed on it.
+    #[serde(default)]
+    pub gateway: bool,
+    /// The floating IPs whose NAT this host's routers apply.
+    #[serde(default)]
+    pub floating: Vec<String>,
 }
 
 /// The networks a host must carry.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostNetworks {
     pub networks: Vec<HostNetwork>,
+    /// The routers placed on this host and up (their ports are among the
+    /// networks' local ports).
+    #[serde(default)]
+    pub routers: Vec<HostRouter>,
 }
 
 /// One network as one host sees it.
@@ -36,6 +47,9 @@ pub struct HostNetwork {
     /// The VXLAN network identifier (24 bits).
     pub vni: u32,
     pub mtu: u32,
+    /// `router:external`: routers' gateways and floating IPs live on it.
+    #[serde(default)]
+    pub external: bool,
     /// The network's subnets: what its DHCP answers.
     #[serde(default)]
     pub subnets: Vec<SubnetInfo>,
@@ -138,6 +152,49 @@ pub enum Remote {
     Members(Vec<Ipv4Addr>),
 }
 
+/// A router on this host: a namespace joined to each of its networks by a
+/// port (its taps are `tap<id>`, like a server's), forwarding between them,
+/// and NATing to its external gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRouter {
+    pub id: String,
+    /// Its port on an external network, if it has a gateway.
+    pub gateway: Option<RouterGateway>,
+    /// Its ports on project networks, each holding a subnet's gateway.
+    pub interfaces: Vec<RouterPort>,
+    /// One-to-one NAT between a floating IP and a fixed one.
+    pub floating: Vec<FloatingNat>,
+}
+
+/// One of a router's ports: its address on one subnet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterPort {
+    pub id: String,
+    pub network_id: String,
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    /// The subnet's prefix length.
+    pub prefix_len: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterGateway {
+    pub port: RouterPort,
+    /// The external subnet's gateway: the router's default route.
+    pub nexthop: Option<Ipv4Addr>,
+    /// Whether project traffic leaving through the gateway takes the
+    /// gateway's address (Neutron's `enable_snat`).
+    pub snat: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FloatingNat {
+    /// The floating IP's id (reported back once applied).
+    pub id: String,
+    pub floating: Ipv4Addr,
+    pub fixed: Ipv4Addr,
+}
+
 /// A port on another host: frames for its MAC go through that host's
 /// tunnel endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +232,7 @@ mod tests {
             id: "n".into(),
             vni: 7,
             mtu: 1450,
+            external: false,
             subnets: vec![],
             ports: vec![],
             remote: vec![
@@ -194,9 +252,14 @@ mod tests {
         let r = Report {
             vtep: Ipv4Addr::new(172, 16, 0, 1),
             plugged: vec!["p1".into()],
+            gateway: true,
+            floating: vec!["f1".into()],
         };
         let text = serde_json::to_string(&r).unwrap_or_default();
-        assert_eq!(text, r#"{"vtep":"172.16.0.1","plugged":["p1"]}"#);
+        assert_eq!(
+            text,
+            r#"{"vtep":"172.16.0.1","plugged":["p1"],"gateway":true,"floating":["f1"]}"#
+        );
         assert_eq!(serde_json::from_str::<Report>(&text).ok(), Some(r));
     }
 }
