@@ -105,7 +105,10 @@ fn exercise(c: &Controller) {
         .collect();
     assert!(aliases.contains(&"security-group") && aliases.contains(&"quotas"));
     // Only what exists is named (OSC probes this one to choose its calls).
-    assert!(!aliases.contains(&"external-gateway-multihoming"), "{aliases:?}");
+    assert!(
+        !aliases.contains(&"external-gateway-multihoming"),
+        "{aliases:?}"
+    );
     assert_eq!(a.call("GET", "/extensions/router", Value::Null).0, 200);
     assert_eq!(a.call("GET", "/extensions/dvr", Value::Null).0, 404);
 

@@ -17,6 +17,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut report = Report {
         vtep: config.vtep,
         plugged: Vec::new(),
+        gateway: config.gateway,
+        floating: Vec::new(),
     };
     let mut reachable = None;
     loop {
@@ -28,11 +30,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     reachable = Some(true);
                 }
                 match datapath.converge(&want).await {
-                    Ok(mut plugged) => {
-                        plugged.sort();
+                    Ok(mut done) => {
+                        done.plugged.sort();
+                        done.floating.sort();
                         // Tell the controller at once what changed.
-                        again_now = plugged != report.plugged;
-                        report.plugged = plugged;
+                        again_now =
+                            done.plugged != report.plugged || done.floating != report.floating;
+                        report.plugged = done.plugged;
+                        report.floating = done.floating;
                     }
                     Err(e) => tracing::warn!("converging the datapath: {e}"),
                 }

@@ -8,7 +8,16 @@
 //! vtep = "172.16.0.11"                     # this host's underlay address
 //! underlay_dev = "eth1"                    # optional: send VXLAN through it
 //! sync_ms = 1000                           # how often to report and converge
+//! gateway = true                           # optional: routers may live here
+//! external_gateway_on_host = true          # optional: this host is the
+//!                                          # external subnets' gateway
 //! ```
+//!
+//! A gateway host reaches the external networks: routers are placed on it,
+//! their gateways and floating IPs on its external bridges. With
+//! `external_gateway_on_host` (an all-in-one, as devstack's `br-ex`), the
+//! host itself takes each external subnet's gateway address on its bridge
+//! and forwards and masquerades what the routers send out.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -46,6 +55,8 @@ pub struct ConfigFile {
     pub vtep: Option<Ipv4Addr>,
     pub underlay_dev: Option<String>,
     pub sync_ms: Option<u64>,
+    pub gateway: Option<bool>,
+    pub external_gateway_on_host: Option<bool>,
 }
 
 #[derive(Clone, Debug)]
@@ -56,6 +67,8 @@ pub struct Config {
     pub vtep: Ipv4Addr,
     pub underlay_dev: Option<String>,
     pub sync: Duration,
+    pub gateway: bool,
+    pub external_gateway_on_host: bool,
 }
 
 const MIN_TOKEN_LEN: usize = 16;
@@ -111,6 +124,14 @@ impl Config {
         if !(100..=60_000).contains(&sync_ms) {
             return Err(invalid("sync_ms", "100 to 60000"));
         }
+        let gateway = file.gateway.unwrap_or(false);
+        let external_gateway_on_host = file.external_gateway_on_host.unwrap_or(false);
+        if external_gateway_on_host && !gateway {
+            return Err(invalid(
+                "external_gateway_on_host",
+                "only on a gateway host (gateway = true)",
+            ));
+        }
         Ok(Config {
             host_id,
             controller_url,
@@ -118,6 +139,8 @@ impl Config {
             vtep,
             underlay_dev: file.underlay_dev,
             sync: Duration::from_millis(sync_ms),
+            gateway,
+            external_gateway_on_host,
         })
     }
 }
@@ -200,6 +223,13 @@ mod tests {
                 ..good()
             }),
             "sync_ms"
+        );
+        assert_eq!(
+            refused(ConfigFile {
+                external_gateway_on_host: Some(true),
+                ..good()
+            }),
+            "external_gateway_on_host"
         );
     }
 

@@ -21,6 +21,7 @@ use netd_proto::{HostNetwork, HostNetworks, VXLAN_PORT};
 use crate::firewall::{self, FirewallError};
 use crate::localport::{self, LocalPorts};
 use crate::nl::{parse_mac, Link, Netlink, NlError, TunnelEntry, VxlanSpec};
+use crate::router::Routers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -161,6 +162,16 @@ pub struct Datapath {
     local: LocalPorts,
     /// The local ports' last failure, if they are failing.
     dhcp_error: Option<String>,
+    routers: Routers,
+}
+
+/// What a pass achieved, for the next report.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Converged {
+    /// The ports plugged.
+    pub plugged: Vec<String>,
+    /// The floating IPs whose NAT is in place.
+    pub floating: Vec<String>,
 }
 
 impl Datapath {
@@ -172,12 +183,14 @@ impl Datapath {
             firewall: None,
             local: LocalPorts::new(config.clone()),
             dhcp_error: None,
+            routers: Routers::new(config.clone()),
         }
     }
 
-    /// One pass towards `want`; answers with the ports now plugged. A port's
-    /// tap joins its bridge only once the firewall covers it.
-    pub async fn converge(&mut self, want: &HostNetworks) -> Result<Vec<String>, DatapathError> {
+    /// One pass towards `want`; answers with the ports now plugged and the
+    /// floating IPs applied. A port's tap joins its bridge only once the
+    /// firewall covers it.
+    pub async fn converge(&mut self, want: &HostNetworks) -> Result<Converged, DatapathError> {
         let links = self.nl.links().await?;
         let wanted: BTreeSet<String> = want
             .networks
@@ -249,6 +262,8 @@ impl Datapath {
             }
             self.dhcp_error = dhcp;
         }
+        // Routers make their ports' taps, which the firewall then covers.
+        let floating = self.routers.converge(&self.nl, want).await;
         let links = self.nl.links().await?;
         let fw = firewall::plan(want, &links);
         let fresh = self
@@ -292,7 +307,7 @@ impl Datapath {
             self.converge_entries(vxlan.index, &wanted_entries(net, self.vtep))
                 .await?;
         }
-        Ok(plugged)
+        Ok(Converged { plugged, floating })
     }
 
     async fn converge_entries(
@@ -335,6 +350,7 @@ mod tests {
             id: "0123456789abcdef".into(),
             vni: 42,
             mtu: 1450,
+            external: false,
             subnets: vec![],
             ports: vec![
                 LocalPort {
@@ -423,6 +439,7 @@ mod tests {
     fn links_are_attached_detached_and_plugged_by_the_plan() {
         let want = HostNetworks {
             networks: vec![network()],
+            routers: vec![],
         };
         let links = vec![
             link(1, "eth0", None, 1500, true),
@@ -455,6 +472,7 @@ mod tests {
         net.ports[0].admin_state_up = false;
         let want = HostNetworks {
             networks: vec![net],
+            routers: vec![],
         };
         let links = vec![
             link(5, "brq0123456789a", None, 1450, true),
@@ -470,7 +488,10 @@ mod tests {
         // A port the firewall refused stays off its bridge.
         let mut up = network();
         up.ports.truncate(1);
-        let want = HostNetworks { networks: vec![up] };
+        let want = HostNetworks {
+            networks: vec![up],
+            routers: vec![],
+        };
         let plan = plan_links(&want, &links, &BTreeSet::from(["p1".to_owned()]));
         assert!(plan.plugged.is_empty());
         assert_eq!(plan.detach, vec![&links[1]]);

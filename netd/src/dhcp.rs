@@ -198,6 +198,7 @@ mod tests {
             id: "n".into(),
             vni: 1000,
             mtu: 1450,
+            external: false,
             subnets: vec![SubnetInfo {
                 cidr: "10.0.0.0/24".into(),
                 gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),

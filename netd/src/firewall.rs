@@ -24,6 +24,9 @@
 //! chains under the next. Two taps with the same slot (ifindexes 65,536
 //! apart) would share rules: the second is refused, never plugged.
 //!
+//! External networks keep the host's own zone (0): the host may be their
+//! gateway, and its masquerade must see both directions in one zone.
+//!
 //! Everything written into the ruleset from the controller's answer is
 //! parsed first (MACs, addresses, prefixes, names), never pasted.
 
@@ -186,7 +189,9 @@ pub fn plan(want: &HostNetworks, links: &[Link]) -> Firewall {
             if let Some(link) = by_name.get(name.as_str()) {
                 if let Some(s) = slot(link.index).filter(|s| !taken.contains_key(s)) {
                     taken.insert(s, link.name.as_str());
-                    zones.insert(s, zone(net.vni));
+                    if !net.external {
+                        zones.insert(s, zone(net.vni));
+                    }
                 }
             }
         }
@@ -211,7 +216,9 @@ pub fn plan(want: &HostNetworks, links: &[Link]) -> Firewall {
             };
             if !port.port_security {
                 taken.insert(s, &link.name);
-                zones.insert(s, zone(net.vni));
+                if !net.external {
+                    zones.insert(s, zone(net.vni));
+                }
                 continue;
             }
             let Some(id) = identity(port) else {
@@ -220,7 +227,9 @@ pub fn plan(want: &HostNetworks, links: &[Link]) -> Firewall {
                 continue;
             };
             taken.insert(s, &link.name);
-            zones.insert(s, zone(net.vni));
+            if !net.external {
+                zones.insert(s, zone(net.vni));
+            }
             secured.push((s, port, id));
         }
     }
@@ -341,6 +350,32 @@ pub fn prepare() -> Result<(), FirewallError> {
     }
 }
 
+/// As [`apply`], blocking: for a thread inside another namespace (`nft`
+/// works in the namespace of the thread that starts it).
+pub fn apply_blocking(text: &str) -> Result<(), FirewallError> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(FirewallError::Spawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(FirewallError::Spawn)?;
+    }
+    let out = child.wait_with_output().map_err(FirewallError::Spawn)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(FirewallError::Refused(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ))
+    }
+}
+
 /// Replaces the ruleset, atomically.
 pub async fn apply(text: &str) -> Result<(), FirewallError> {
     use tokio::io::AsyncWriteExt;
@@ -423,10 +458,12 @@ mod tests {
                 id: "n".into(),
                 vni: 1000,
                 mtu: 1450,
+                external: false,
                 subnets: vec![],
                 ports,
                 remote: vec![],
             }],
+            routers: vec![],
         }
     }
 

@@ -9,6 +9,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
 };
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -254,6 +255,79 @@ impl Netlink {
             .map_err(failed(format!("a default route out of {}", link.name)))
     }
 
+    /// Sets a link's MAC and MTU and brings it up.
+    pub async fn set_mac_mtu_up(&self, link: &Link, mac: [u8; 6], mtu: u32) -> Result<(), NlError> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(link.index)
+                    .address(mac.to_vec())
+                    .mtu(mtu)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(failed(format!("setting up {}", link.name)))
+    }
+
+    /// The IPv4 addresses of `link`, with their prefix lengths.
+    pub async fn addresses(&self, link: &Link) -> Result<Vec<(Ipv4Addr, u8)>, NlError> {
+        Ok(self
+            .address_messages(link)
+            .await?
+            .iter()
+            .filter_map(address_of)
+            .collect())
+    }
+
+    async fn address_messages(&self, link: &Link) -> Result<Vec<AddressMessage>, NlError> {
+        self.handle
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(failed(format!("listing the addresses of {}", link.name)))
+    }
+
+    /// Takes an address off `link` (a no-op if it has none such).
+    pub async fn delete_address(
+        &self,
+        link: &Link,
+        ip: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NlError> {
+        for msg in self.address_messages(link).await? {
+            if address_of(&msg) == Some((ip, prefix)) {
+                self.handle
+                    .address()
+                    .del(msg)
+                    .execute()
+                    .await
+                    .map_err(failed(format!("deleting {ip}/{prefix} from {}", link.name)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The default route: through `gateway` out of `link`, replacing any.
+    pub async fn default_route_via(&self, link: &Link, gateway: Ipv4Addr) -> Result<(), NlError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .output_interface(link.index)
+            .gateway(gateway)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(failed(format!("a default route via {gateway}")))
+    }
+
     /// The tunnel entries of VXLAN device `index`.
     pub async fn tunnel_entries(&self, index: u32) -> Result<Vec<TunnelEntry>, NlError> {
         let msgs: Vec<NeighbourMessage> = self
@@ -348,6 +422,14 @@ fn entry_message(index: u32, e: TunnelEntry) -> NeighbourMessage {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(e.dst)),
     ];
     msg
+}
+
+/// An IPv4 address message's address and prefix length.
+fn address_of(msg: &AddressMessage) -> Option<(Ipv4Addr, u8)> {
+    msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some((*ip, msg.header.prefix_len)),
+        _ => None,
+    })
 }
 
 pub fn mac_text(mac: &[u8; 6]) -> String {

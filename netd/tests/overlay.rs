@@ -80,7 +80,8 @@ impl Host {
     }
 
     /// A guest namespace on port `port` of this host: a veth whose host end
-    /// is the port's tap, the guest end with the port's MAC and address.
+    /// is the port's tap, the guest end with the port's MAC and address,
+    /// and a default route through its subnet's first address.
     fn guest(&self, name: &str, port: &Value) -> NetNs {
         let guest = NetNs::new(name);
         let tap = format!("tap{}", &port["id"].as_str().unwrap()[..11]);
@@ -90,8 +91,9 @@ impl Host {
             "ip link add {tap} type veth peer name eth0 netns {}",
             guest.name
         ));
+        let gateway = format!("{}.1", ip.rsplit_once('.').unwrap().0);
         guest.sh(&format!(
-            "ip link set eth0 address {mac} mtu 1450 && ip addr add {ip}/24 dev eth0 && ip link set eth0 up"
+            "ip link set eth0 address {mac} mtu 1450 && ip addr add {ip}/24 dev eth0 && ip link set eth0 up && ip route add default via {gateway}"
         ));
         guest
     }
@@ -153,10 +155,16 @@ impl Lab {
             assert!(out.status.success(), "host-token: {out:?}");
             let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
             let netd_config = dir.path().join(format!("netd-{id}.toml"));
+            // hv1 is the gateway host, and the external subnets' gateway.
+            let gateway = if n == 1 {
+                "gateway = true\nexternal_gateway_on_host = true\n"
+            } else {
+                ""
+            };
             std::fs::write(
                 &netd_config,
                 format!(
-                    "host_id = \"{id}\"\ncontroller_url = \"http://{CONTROLLER}\"\ntoken = \"{token}\"\nvtep = \"172.16.0.{n}\"\nunderlay_dev = \"eth0\"\nsync_ms = 200\n"
+                    "host_id = \"{id}\"\ncontroller_url = \"http://{CONTROLLER}\"\ntoken = \"{token}\"\nvtep = \"172.16.0.{n}\"\nunderlay_dev = \"eth0\"\nsync_ms = 200\n{gateway}"
                 ),
             )
             .unwrap();
@@ -214,12 +222,17 @@ impl Lab {
 
     /// A network with a /24 subnet.
     fn network(&self, name: &str) -> Value {
+        self.network_with(name, "10.0.0.0/24").0
+    }
+
+    /// A network with a subnet of `cidr`: the network and the subnet.
+    fn network_with(&self, name: &str, cidr: &str) -> (Value, Value) {
         let net = self.create("network", json!({"name": name}));
-        self.create(
+        let subnet = self.create(
             "subnet",
-            json!({"network_id": net["id"], "cidr": "10.0.0.0/24", "ip_version": 4}),
+            json!({"network_id": net["id"], "cidr": cidr, "ip_version": 4}),
         );
-        net
+        (net, subnet)
     }
 
     /// A server's port on `net`, bound to host `host`, with address `ip`.
@@ -497,4 +510,190 @@ fn guests_on_one_network_talk_across_hosts_and_nobody_else_reaches_them() {
         );
     }
     drop((g_a1, g_a2, g_b1, g_b2));
+}
+
+/// Waits until a ping to floating IP `address` is answered by the guest
+/// behind it, one hop away (the router itself would answer at TTL 64).
+fn wait_behind(from: &NetNs, address: &str) {
+    wait::until(
+        &format!("the guest behind {address} to answer"),
+        Duration::from_secs(20),
+        || {
+            from.try_sh(&format!("ping -c 1 -W 1 {address} | grep -q ttl=63"))
+                .then_some(())
+        },
+    );
+}
+
+/// The tools the namespace tests need, or why they skip.
+fn lab_tools() -> bool {
+    if let Err(why) = netns::available() {
+        tools::missing(&format!("network namespaces ({why})"));
+        return false;
+    }
+    for (tool, package) in [("ping", "iputils-ping"), ("nft", "nftables")] {
+        if Command::new(tool).arg("--help").output().is_err() {
+            tools::missing(&format!("{tool} ({package})"));
+            return false;
+        }
+    }
+    true
+}
+
+#[test]
+fn a_router_joins_networks_across_hosts_and_floating_ips_reach_guests_from_outside() {
+    if !lab_tools() {
+        return;
+    }
+    let mut lab = Lab::new(&format!("vr{}", std::process::id()));
+    // The external network; hv1 (the gateway host) is its subnet's gateway,
+    // 172.24.4.1, and plays the outside world.
+    let public = lab.create(
+        "network",
+        json!({"name": "public", "router:external": true}),
+    );
+    lab.create(
+        "subnet",
+        json!({"network_id": public["id"], "cidr": "172.24.4.0/24", "ip_version": 4,
+               "enable_dhcp": false}),
+    );
+    let (n1, s1) = lab.network_with("n1", "10.0.0.0/24");
+    let (n2, s2) = lab.network_with("n2", "10.1.0.0/24");
+    // A guest on each network, on different hosts.
+    let p1 = lab.port(&n1, "hv2", "10.0.0.5");
+    let p2 = lab.port(&n2, "hv1", "10.1.0.5");
+    let g1 = lab.hosts[1].guest(&format!("{}-g1", lab.ctl.name), &p1);
+    let g2 = lab.hosts[0].guest(&format!("{}-g2", lab.ctl.name), &p2);
+    // The outside may ping the guests.
+    let (code, groups) = lab.call("GET", "/security-groups?name=default", Value::Null);
+    assert_eq!(code, 200, "{groups}");
+    lab.create(
+        "security_group_rule",
+        json!({"security_group_id": groups["security_groups"][0]["id"],
+               "direction": "ingress", "protocol": "icmp"}),
+    );
+    let router = lab.create(
+        "router",
+        json!({"name": "r1", "external_gateway_info": {"network_id": public["id"]}}),
+    );
+    let rid = router["id"].as_str().unwrap().to_owned();
+    for s in [&s1, &s2] {
+        let (code, v) = lab.call(
+            "PUT",
+            &format!("/routers/{rid}/add_router_interface"),
+            json!({"subnet_id": s["id"]}),
+        );
+        assert_eq!(code, 200, "{v}");
+    }
+    for host in &mut lab.hosts {
+        host.start_netd();
+    }
+    lab.wait_status(&p1, "ACTIVE");
+    lab.wait_status(&p2, "ACTIVE");
+    let (_, router_ports) = lab.call("GET", &format!("/ports?device_id={rid}"), Value::Null);
+    let router_ports = router_ports["ports"].as_array().unwrap().clone();
+    assert_eq!(router_ports.len(), 3, "{router_ports:?}");
+    for p in &router_ports {
+        lab.wait_status(p, "ACTIVE");
+    }
+
+    // Routed between the networks, across hosts (g1 on hv2, the router and
+    // g2 on hv1).
+    wait_ping(&g1, "10.1.0.5");
+    wait_ping(&g2, "10.0.0.5");
+    // Out through the gateway: the outside sees the router's address.
+    wait_ping(&g1, "172.24.4.1");
+    let outside = &lab.hosts[0].ns;
+    assert!(
+        !outside.try_sh("ping -c 1 -W 1 10.0.0.5"),
+        "the outside reached a fixed address"
+    );
+
+    // A floating IP reaches g1 from outside once ACTIVE.
+    let fip = lab.create(
+        "floatingip",
+        json!({"floating_network_id": public["id"], "port_id": p1["id"]}),
+    );
+    let fip_id = fip["id"].as_str().unwrap().to_owned();
+    let address = fip["floating_ip_address"].as_str().unwrap().to_owned();
+    let fip_status = |lab: &Lab| {
+        let (_, v) = lab.call("GET", &format!("/floatingips/{fip_id}"), Value::Null);
+        v["floatingip"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    wait::until(
+        "the floating IP to be ACTIVE",
+        Duration::from_secs(20),
+        || (fip_status(&lab) == "ACTIVE").then_some(()),
+    );
+    wait_behind(outside, &address);
+    // g1 leaves as its floating IP: the outside sees it so.
+    outside.sh(&format!("nft add table ip seen && nft 'add chain ip seen in {{ type filter hook input priority 0; }}' && nft add rule ip seen in ip saddr {address} ip protocol icmp counter"));
+    assert!(pings(&g1, "172.24.4.1"));
+    let seen = outside.sh("nft list table ip seen");
+    assert!(seen.contains("packets 1"), "{seen}");
+    outside.sh("nft delete table ip seen");
+
+    // netd killed on the gateway host and restarted: the router is rebuilt
+    // and the floating IP reaches g1 again.
+    lab.hosts[0].kill_netd();
+    lab.hosts[0].start_netd();
+    let outside = &lab.hosts[0].ns;
+    wait_behind(outside, &address);
+    wait_ping(&g1, "10.1.0.5");
+
+    // Disassociated: DOWN, and out of reach.
+    let (code, v) = lab.call(
+        "PUT",
+        &format!("/floatingips/{fip_id}"),
+        json!({"floatingip": {"port_id": null}}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["floatingip"]["status"], "DOWN");
+    wait::until("the floating IP to go", Duration::from_secs(20), || {
+        (!pings(outside, &address)).then_some(())
+    });
+    assert_eq!(fip_status(&lab), "DOWN");
+
+    // An interface removed: its network is cut off, the other keeps its
+    // way out; the router deleted: its ports leave the host.
+    let (code, v) = lab.call(
+        "PUT",
+        &format!("/routers/{rid}/remove_router_interface"),
+        json!({"subnet_id": s2["id"]}),
+    );
+    assert_eq!(code, 200, "{v}");
+    wait::until("n2 to be cut off", Duration::from_secs(20), || {
+        (!pings(&g1, "10.1.0.5")).then_some(())
+    });
+    assert!(pings(&g1, "172.24.4.1"));
+    let (code, v) = lab.call(
+        "PUT",
+        &format!("/routers/{rid}/remove_router_interface"),
+        json!({"subnet_id": s1["id"]}),
+    );
+    assert_eq!(code, 200, "{v}");
+    lab.call("DELETE", &format!("/floatingips/{fip_id}"), Value::Null);
+    let (code, v) = lab.call("DELETE", &format!("/routers/{rid}"), Value::Null);
+    assert_eq!(code, 204, "{v}");
+    let taps: Vec<String> = router_ports
+        .iter()
+        .map(|p| format!("tap{}", &p["id"].as_str().unwrap()[..11]))
+        .collect();
+    wait::until("the router's taps to go", Duration::from_secs(20), || {
+        taps.iter()
+            .all(|t| !outside.try_sh(&format!("ip link show {t}")))
+            .then_some(())
+    });
+    for host in &lab.hosts {
+        let log = host.log();
+        assert!(
+            !log.contains("ERROR") && !log.contains("panicked"),
+            "{}: {log}",
+            host.id
+        );
+    }
+    drop((g1, g2));
 }
