@@ -746,3 +746,81 @@ fn openstack_networks_subnets_ports_and_security_groups() {
     ok(&["network", "delete", "net1"]);
     assert_eq!(ok(&["network", "list", "-f", "json"]).trim(), "[]");
 }
+
+#[test]
+fn openstack_routers_and_floating_ips() {
+    let Some(cli) = openstack() else { return };
+    let c = start(None);
+    let clouds = clouds_yaml(&c, ADMIN_PASSWORD);
+    let ok = |args: &[&str]| succeed(&cli, &clouds, args);
+    let fails = |args: &[&str]| {
+        let (ok, _, err) = run(&cli, &clouds, args);
+        assert!(!ok, "openstack {args:?} succeeded");
+        err
+    };
+    let js = |out: String| -> serde_json::Value { serde_json::from_str(&out).unwrap() };
+
+    ok(&["network", "create", "--external", "public"]);
+    ok(&[
+        "subnet",
+        "create",
+        "--network",
+        "public",
+        "--subnet-range",
+        "172.24.4.0/24",
+        "--no-dhcp",
+        "public-subnet",
+    ]);
+    ok(&["network", "create", "net1"]);
+    ok(&[
+        "subnet",
+        "create",
+        "--network",
+        "net1",
+        "--subnet-range",
+        "10.0.0.0/24",
+        "sub1",
+    ]);
+    ok(&["port", "create", "--network", "net1", "p1"]);
+
+    let router = js(ok(&["router", "create", "r1", "-f", "json"]));
+    assert_eq!(router["status"], "ACTIVE", "{router}");
+    ok(&["router", "set", "--external-gateway", "public", "r1"]);
+    ok(&["router", "add", "subnet", "r1", "sub1"]);
+    let router = js(ok(&["router", "show", "r1", "-f", "json"]));
+    let gateway = router["external_gateway_info"].to_string();
+    assert!(
+        gateway.contains("172.24.4.2") && gateway.contains("\"enable_snat\": true")
+            || gateway.contains("\"enable_snat\":true"),
+        "{router}"
+    );
+    let err = fails(&["router", "add", "subnet", "r1", "sub1"]);
+    assert!(err.contains("already has a port on subnet"), "{err}");
+    let err = fails(&["network", "delete", "net1"]);
+    assert!(err.contains("409") || err.contains("in use"), "{err}");
+
+    let fip = js(ok(&["floating", "ip", "create", "public", "-f", "json"]));
+    let address = fip["floating_ip_address"].as_str().unwrap().to_owned();
+    assert_eq!(address, "172.24.4.3", "{fip}");
+    assert_eq!(fip["status"], "DOWN");
+    ok(&["floating", "ip", "set", "--port", "p1", &address]);
+    let fip = js(ok(&["floating", "ip", "show", &address, "-f", "json"]));
+    assert_eq!(fip["fixed_ip_address"], "10.0.0.2", "{fip}");
+    assert_eq!(fip["router_id"], router["id"], "{fip}");
+    let listed = js(ok(&["floating", "ip", "list", "-f", "json"]));
+    assert_eq!(listed[0]["Fixed IP Address"], "10.0.0.2", "{listed}");
+    let err = fails(&["router", "remove", "subnet", "r1", "sub1"]);
+    assert!(err.contains("required by one or more floating IPs"), "{err}");
+    ok(&["floating", "ip", "unset", "--port", &address]);
+    let fip = js(ok(&["floating", "ip", "show", &address, "-f", "json"]));
+    assert_eq!(fip["port_id"], serde_json::Value::Null, "{fip}");
+
+    ok(&["floating", "ip", "delete", &address]);
+    ok(&["router", "remove", "subnet", "r1", "sub1"]);
+    ok(&["router", "unset", "--external-gateway", "r1"]);
+    ok(&["router", "delete", "r1"]);
+    assert_eq!(ok(&["router", "list", "-f", "json"]).trim(), "[]");
+    ok(&["port", "delete", "p1"]);
+    ok(&["network", "delete", "net1"]);
+    ok(&["network", "delete", "public"]);
+}

@@ -151,6 +151,8 @@ controller_url = "http://$HOST_ADDR:{CONTROLLER_PORT}"
 token = "{token}"
 vtep = "10.0.2.15"
 underlay_dev = "eth0"
+gateway = true
+external_gateway_on_host = true
 END
 $BIN/netd --config $WORK/netd.toml &
 NETD=$!
@@ -212,6 +214,21 @@ kill $HOSTD $NETD; wait $HOSTD $NETD
         ])?;
         os(&[
             "flavor", "create", "--ram", "512", "--vcpus", "2", "--disk", "0", "m1.small",
+        ])?;
+    }
+    // The external network floating IPs come from, as devstack's `public`:
+    // the testbed's L1 (or this host, natively) is its gateway.
+    if os(&["network", "list", "--external", "-f", "value", "-c", "Name"])?.is_empty() {
+        os(&["network", "create", "--external", "public"])?;
+        os(&[
+            "subnet",
+            "create",
+            "--network",
+            "public",
+            "--subnet-range",
+            "172.24.4.0/24",
+            "--no-dhcp",
+            "public-subnet",
         ])?;
     }
     if !os(&["image", "list", "-f", "value", "-c", "Name"])?.contains("virga-test") {

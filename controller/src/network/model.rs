@@ -370,6 +370,10 @@ impl FloatingIp {
             "port_details": details,
         });
         self.std.render(&mut v);
+        // A floating IP has no name: clients read its address as one.
+        if let Some(m) = v.as_object_mut() {
+            m.remove("name");
+        }
         v
     }
 }

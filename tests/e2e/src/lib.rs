@@ -71,10 +71,10 @@ pub fn netd_host_programs() -> Vec<PathBuf> {
 }
 
 /// The lines of a testbed script that start netd for host `host_id` (the
-/// testbed's underlay address is its tunnel endpoint) and, in the
-/// background, give each network's bridge the address `probe` (CIDR), so
-/// that a guest can ping its host over its port. `$NETD` is its pid.
-pub fn netd_script(host_id: &str, token: &str, controller_port: u16, probe: &str) -> String {
+/// testbed's underlay address is its tunnel endpoint), as a gateway host
+/// that is also the external subnets' gateway: the testbed plays the
+/// outside world of its routers. `$NETD` is its pid.
+pub fn netd_script(host_id: &str, token: &str, controller_port: u16) -> String {
     format!(
         r#"cat > $WORK/netd.toml <<EOF
 host_id = "{host_id}"
@@ -83,15 +83,11 @@ token = "{token}"
 vtep = "10.0.2.15"
 underlay_dev = "eth0"
 sync_ms = 500
+gateway = true
+external_gateway_on_host = true
 EOF
 $BIN/netd --config $WORK/netd.toml 2> $WORK/netd.log &
 NETD=$!
-(while :; do
-    for b in /sys/class/net/brq*; do
-        [ -e "$b" ] && ip addr add {probe} dev ${{b##*/}} 2>/dev/null
-    done
-    sleep 1
-done) &
 "#
     )
 }

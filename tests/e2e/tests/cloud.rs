@@ -237,7 +237,17 @@ heartbeat_secs = 2
 EOF
 $BIN/hostd --config $WORK/hostd.toml 2> $WORK/hostd.log &
 HOSTD=$!
-{netd}# Runs until the test stops its controller: three failed probes in a row, so
+{netd}# The outside world of the routers: once the external network's bridge
+# carries 172.24.4.0/24, say which floating IP a guest first answers from
+# behind its router (TTL 63; the router itself would answer at 64).
+(while :; do
+    for ip in 172.24.4.3 172.24.4.4 172.24.4.5; do
+        ip route get $ip 2>/dev/null | grep -q brq || continue
+        if ping -c 1 -W 1 $ip 2>/dev/null | grep -q ttl=63; then echo "virga-fip-reached $ip"; exit 0; fi
+    done
+    sleep 1
+done) &
+# Runs until the test stops its controller: three failed probes in a row, so
 # one lost request on QEMU's user network does not end the scenario early.
 # (A probe the test's held port takes while no controller serves it waits
 # until the test closes the port, and is refused then.)
@@ -249,7 +259,7 @@ echo "HOSTD_LOG_BEGIN"; tail -n 20 $WORK/hostd.log; echo "HOSTD_LOG_END"
 echo "NETD_LOG_BEGIN"; tail -n 20 $WORK/netd.log; echo "NETD_LOG_END"
 "#,
         token = host_token("testbed"),
-        netd = virga_e2e::netd_script("testbed", &host_token("testbed"), ctl_port, "10.0.0.254/24"),
+        netd = virga_e2e::netd_script("testbed", &host_token("testbed"), ctl_port),
     );
     let mut scenario = virga_testbed::Scenario::new("cloud", &script)
         .binary(virga_e2e::vmm_bin())
@@ -279,10 +289,18 @@ echo "NETD_LOG_BEGIN"; tail -n 20 $WORK/netd.log; echo "NETD_LOG_END"
         Ok(o) => println!("--- testbed ({}) ---\n{}", o.mode.as_str(), o.output),
         Err(e) => println!("--- testbed failed: {e}"),
     }
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
-    assert!(outcome.expect("testbed").success(), "scenario failed");
+    let floating = match result {
+        Ok(floating) => floating,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    let outcome = outcome.expect("testbed");
+    // The testbed, outside the router, reached the Debian guest through its
+    // floating IP.
+    assert!(
+        outcome.output.contains(&format!("virga-fip-reached {floating}")),
+        "the floating IP {floating} was never answered from behind the router"
+    );
+    assert!(outcome.success(), "scenario failed");
 }
 
 /// `testbed_alive` says whether the scenario (and so the testbed's hostd) is
@@ -292,7 +310,7 @@ fn drive_the_cloud(
     dir: &std::path::Path,
     ctl_port: u16,
     testbed_alive: &dyn Fn() -> bool,
-) {
+) -> String {
     let clouds = dir.join("clouds.yaml");
     std::fs::write(
         &clouds,
@@ -560,8 +578,9 @@ fn drive_the_cloud(
     mark("cloud images");
     cloud_images(dir, &ok, &watch, &wait_status);
     mark("Debian");
-    debian(dir, &ok, &watch, &wait_status);
+    let floating = debian(dir, &ok, &watch, &wait_status);
     mark("done");
+    floating
 }
 
 /// The compute API over plain HTTP, as admin: server status and console
@@ -743,7 +762,7 @@ fn debian(
     ok: &dyn Fn(&[&str]) -> String,
     watch: &Watch,
     wait_status: &dyn Fn(&str, &str),
-) {
+) -> String {
     let image = virga_guest_images::cloud_image::load(&virga_e2e::images_dir().join("debian-12"))
         .expect("the Debian cloud image (cargo xtask images builds it)");
     ok(&[
@@ -786,16 +805,19 @@ fn debian(
          \x20 - echo \"virga-debian-user-data hostname=$(hostname) root_bytes=$(lsblk -bdno SIZE /dev/vda) fs_bytes=$(df -B1 --output=size / | tail -n 1 | tr -d ' ')\" > /dev/ttyS0\n\
          \x20 - echo \"virga-debian-mnt $(findmnt -rno SOURCE,FSTYPE,LABEL /mnt) swap=$(swapon --show=NAME --noheadings)\" > /dev/ttyS0\n\
          \x20 - echo \"virga-debian-net $(ip -4 -o addr show scope global | awk '{print $4}')\" > /dev/ttyS0\n\
-         \x20 - if ping -c 3 -W 5 10.0.0.254 > /dev/null; then r=ok; else r=failed; fi; echo \"virga-debian-ping $r\" > /dev/ttyS0\n\
+         \x20 - if ping -c 3 -W 5 10.0.0.1 > /dev/null; then r=ok; else r=failed; fi; echo \"virga-debian-ping $r\" > /dev/ttyS0\n\
+         \x20 - if ping -c 3 -W 5 172.24.4.1 > /dev/null; then r=ok; else r=failed; fi; echo \"virga-debian-outside $r\" > /dev/ttyS0\n\
          \x20 - ip route add 169.254.169.254/32 dev $(ip -4 -o addr show scope global | awk '{print $2}'); echo \"virga-debian-metadata $(curl -s -m 20 http://169.254.169.254/openstack/latest/meta_data.json | grep -o '\"uuid\":\"[^\"]*\"')\" > /dev/ttyS0\n\
          \x20 - echo \"virga-debian-keys $(cat /home/debian/.ssh/authorized_keys)\" > /dev/ttyS0\n",
     )
     .expect("user data");
     // A network: the server gets a port on it, and the guest configures the
-    // port's address from its config drive (no DHCP yet). netd puts the
-    // port's tap on the network's bridge behind its security groups; the
-    // testbed gives that bridge 10.0.0.254, which the guest pings; netd's
-    // metadata service answers it at 169.254.169.254.
+    // port's address from its config drive. netd puts the port's tap on the
+    // network's bridge behind its security groups; netd's metadata service
+    // answers it at 169.254.169.254. A router joins the network to the
+    // external one, whose gateway is the testbed (the outside world): the
+    // guest pings its gateway (the router) and the outside (SNAT), and the
+    // outside pings it at its floating IP.
     ok(&["network", "create", "net1"]);
     ok(&[
         "subnet",
@@ -805,6 +827,23 @@ fn debian(
         "--subnet-range",
         "10.0.0.0/24",
         "sub1",
+    ]);
+    ok(&["network", "create", "--external", "public"]);
+    ok(&[
+        "subnet",
+        "create",
+        "--network",
+        "public",
+        "--subnet-range",
+        "172.24.4.0/24",
+        "--no-dhcp",
+        "public-subnet",
+    ]);
+    ok(&["router", "create", "r1"]);
+    ok(&["router", "set", "--external-gateway", "public", "r1"]);
+    ok(&["router", "add", "subnet", "r1", "sub1"]);
+    ok(&[
+        "security", "group", "rule", "create", "--protocol", "icmp", "default",
     ]);
     ok(&[
         "server",
@@ -859,6 +898,32 @@ fn debian(
         );
         std::thread::sleep(Duration::from_secs(1));
     }
+    // `server add floating ip`, as users do: ACTIVE once the router's host
+    // applies it, and listed with the server's addresses.
+    let fip: serde_json::Value =
+        serde_json::from_str(&ok(&["floating", "ip", "create", "public", "-f", "json"]))
+            .expect("json");
+    let floating = fip["floating_ip_address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    ok(&["server", "add", "floating", "ip", "vm-debian", &floating]);
+    let applied = Instant::now();
+    loop {
+        let status = ok(&[
+            "floating", "ip", "show", &floating, "-f", "value", "-c", "status",
+        ]);
+        if status.trim() == "ACTIVE" {
+            break;
+        }
+        assert!(
+            applied.elapsed() < Duration::from_secs(60),
+            "the floating IP stayed {status}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let addresses = ok(&["server", "show", "-f", "json", "-c", "addresses", "vm-debian"]);
+    assert!(addresses.contains(&floating), "{addresses}");
     let started = Instant::now();
     let log = wait_console(ok, watch, "vm-debian", "virga-debian-keys", 900);
     println!(
@@ -872,6 +937,7 @@ fn debian(
         "virga-debian-mnt /dev/vdb ext4 ephemeral0 swap=/dev/vdc",
         &format!("virga-debian-net {address}/24"),
         "virga-debian-ping ok",
+        "virga-debian-outside ok",
         // The metadata service (same contents as the config drive) knows
         // the guest by its address.
         &format!("virga-debian-metadata \"uuid\":\"{}\"", shown["id"].as_str().unwrap_or_default()),
@@ -919,12 +985,20 @@ fn debian(
         600,
     );
     ok(&["server", "delete", "--wait", "vm-debian"]);
-    // The port made for it went with it; the network is free to go.
+    // The port made for it went with it, and its floating IP is free; the
+    // router comes apart and the networks are free to go.
+    let left = ok(&["floating", "ip", "show", &floating, "-f", "value", "-c", "port_id"]);
+    assert_eq!(left.trim(), "None", "{left}");
+    ok(&["floating", "ip", "delete", &floating]);
+    ok(&["router", "remove", "subnet", "r1", "sub1"]);
+    ok(&["router", "delete", "r1"]);
     assert_eq!(
         ok(&["port", "list", "--network", "net1", "-f", "json"]).trim(),
         "[]"
     );
     ok(&["network", "delete", "net1"]);
+    ok(&["network", "delete", "public"]);
+    floating
 }
 
 /// A serial console session as users open one: `openstack console url show

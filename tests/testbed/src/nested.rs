@@ -40,6 +40,10 @@ const L1_MODULES: &[&str] = &[
     "nft_ct",
     // `meta` in bridge-family tables is a module of its own.
     "nft_meta_bridge",
+    // Routers' and the external gateway's NAT.
+    "nft_chain_nat",
+    "nft_nat",
+    "nft_masq",
 ];
 /// The host as QEMU's user-mode network shows it to L1.
 const HOST_ADDR: &str = "10.0.2.2";
