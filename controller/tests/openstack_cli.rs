@@ -810,7 +810,10 @@ fn openstack_routers_and_floating_ips() {
     let listed = js(ok(&["floating", "ip", "list", "-f", "json"]));
     assert_eq!(listed[0]["Fixed IP Address"], "10.0.0.2", "{listed}");
     let err = fails(&["router", "remove", "subnet", "r1", "sub1"]);
-    assert!(err.contains("required by one or more floating IPs"), "{err}");
+    assert!(
+        err.contains("required by one or more floating IPs"),
+        "{err}"
+    );
     ok(&["floating", "ip", "unset", "--port", &address]);
     let fip = js(ok(&["floating", "ip", "show", &address, "-f", "json"]));
     assert_eq!(fip["port_id"], serde_json::Value::Null, "{fip}");

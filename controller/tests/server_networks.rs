@@ -146,11 +146,12 @@ fn a_server_gets_a_port_per_network_bound_to_its_host_and_released_with_it() {
     assert_eq!(nd["networks"][0]["netmask"], "255.255.255.0");
     assert_eq!(nd["networks"][0]["routes"][0]["gateway"], "10.0.0.1");
     assert_eq!(nd["services"][0]["address"], "192.0.2.53");
-    // And hostd a NIC per port: its tap, named as Neutron's agents do, and MAC.
+    // And hostd a NIC per port: its tap, named as Neutron's agents do, MAC,
+    // and the network's MTU (virtio-net tells the guest).
     let tap = format!("tap{}", &made["id"].as_str().unwrap()[..11]);
     assert_eq!(
         sent[0]["nics"][0],
-        json!({"tap": tap, "mac": made["mac_address"]})
+        json!({"tap": tap, "mac": made["mac_address"], "mtu": 1450})
     );
     assert_eq!(nd["links"][0]["id"], tap.as_str());
     assert_eq!(sent[0]["nics"][1]["mac"], mine["port"]["mac_address"]);

@@ -134,6 +134,7 @@ case " $($bb cat /proc/cmdline) " in
     $bb ip link set eth0 up
     $bb ip addr add 169.254.100.2/24 dev eth0
     echo "virga-net-mac $($bb cat /sys/class/net/eth0/address)"
+    echo "virga-net-mtu $($bb cat /sys/class/net/eth0/mtu)"
     echo "virga-net-queues $($bb ls -d /sys/class/net/eth0/queues/rx-* | $bb wc -l)"
     if $bb ping -c 3 -W 5 169.254.100.1 > /dev/null; then echo virga-net-ping-ok; else echo virga-net-ping-failed; fi
     echo "virga-net-download $($bb wget -q -O - http://169.254.100.1:8080/blob | $bb md5sum | $bb cut -d' ' -f1)"

@@ -30,6 +30,9 @@ pub struct NicSpec {
     pub tap: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// The MTU the guest is told (virtio-net's MTU feature); none when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
     /// Queue pairs (multiqueue); 1 when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queues: Option<u16>,
@@ -178,6 +181,9 @@ impl InstanceSpec {
                     "nics.tap {:?}: 1 to 15 bytes, no '/' or spaces",
                     nic.tap
                 ));
+            }
+            if let Some(mtu) = nic.mtu {
+                vmm::config::check_mtu(mtu).map_err(|e| format!("nics.mtu {mtu}: {e}"))?;
             }
         }
         Ok(())
@@ -328,11 +334,17 @@ mod tests {
         s.nics.push(NicSpec {
             tap: "../x".into(),
             mac: None,
+            mtu: None,
             queues: None,
             vhost: Default::default(),
             rate_limit: RateLimit::default(),
         });
         assert!(s.check().unwrap_err().contains("nics.tap"));
+        s.nics[0].tap = "tap0".into();
+        s.nics[0].mtu = Some(40);
+        assert!(s.check().unwrap_err().contains("nics.mtu"));
+        s.nics[0].mtu = Some(1450);
+        assert!(s.check().is_ok());
     }
 
     #[test]
@@ -388,6 +400,7 @@ mod tests {
             nics: vec![hostd_proto::instance::PortNic {
                 tap: "tap5d3f9a7e-6c".into(),
                 mac: "fa:16:3e:00:11:22".into(),
+                mtu: Some(1450),
             }],
         };
         let got: InstanceSpec =
@@ -410,6 +423,7 @@ mod tests {
         assert_eq!(got.nics.len(), 1);
         assert_eq!(got.nics[0].tap, sent.nics[0].tap);
         assert_eq!(got.nics[0].mac, Some(sent.nics[0].mac.clone()));
+        assert_eq!(got.nics[0].mtu, Some(1450));
         assert_eq!(
             (got.kernel, got.initramfs, got.boot_disk),
             (None, None, None)

@@ -178,6 +178,10 @@ pub struct NetConfig {
     /// Guest MAC address; a random locally administered one when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// The MTU offered to the guest (virtio-net's MTU feature); the guest
+    /// picks its own when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
     /// vhost-net: auto (default), on, or off.
     #[serde(default)]
     pub vhost: crate::virtio::net::VhostMode,
@@ -191,7 +195,7 @@ pub const MAX_NICS: usize = 8;
 impl std::str::FromStr for NetConfig {
     type Err = String;
 
-    /// `tap=NAME[,queues=N][,mac=MAC][,vhost=auto|on|off][,bw=BYTES/s][,pps=N]`,
+    /// `tap=NAME[,queues=N][,mac=MAC][,mtu=N][,vhost=auto|on|off][,bw=BYTES/s][,pps=N]`,
     /// or `fd=N[:N...][,...]` (one descriptor per queue pair)
     fn from_str(s: &str) -> Result<Self, String> {
         let mut net = NetConfig {
@@ -199,6 +203,7 @@ impl std::str::FromStr for NetConfig {
             fds: Vec::new(),
             queues: None,
             mac: None,
+            mtu: None,
             vhost: Default::default(),
             rate_limit: RateLimit::default(),
         };
@@ -221,6 +226,9 @@ impl std::str::FromStr for NetConfig {
                     )
                 }
                 "mac" => net.mac = Some(v.to_owned()),
+                "mtu" => {
+                    net.mtu = Some(v.parse().map_err(|_| format!("mtu: not a number: {v:?}"))?)
+                }
                 "bw" => net.rate_limit.bytes_per_sec = Some(number(k, v)?),
                 "pps" => net.rate_limit.ops_per_sec = Some(number(k, v)?),
                 "vhost" => {
@@ -238,9 +246,20 @@ impl std::str::FromStr for NetConfig {
     }
 }
 
+/// An MTU a virtio-net device may offer: at least IPv4's minimum (68).
+pub fn check_mtu(mtu: u16) -> Result<(), String> {
+    if mtu < 68 {
+        return Err("below IPv4's minimum of 68".into());
+    }
+    Ok(())
+}
+
 /// Checks a NIC and settles its queue-pair count.
 fn validate_net(net: &mut NetConfig) -> Result<(), ConfigError> {
     use crate::virtio::net::MAX_QUEUE_PAIRS;
+    if let Some(mtu) = net.mtu {
+        check_mtu(mtu).map_err(|e| invalid("nets.mtu", format!("{mtu}: {e}")))?;
+    }
     let pairs = match (&net.tap, net.fds.as_slice()) {
         (Some(name), []) if !name.is_empty() && name.len() <= 15 => net.queues.unwrap_or(1),
         (Some(name), []) => {
@@ -880,6 +899,10 @@ mod tests {
         let mut n: NetConfig = "tap=vtap0,queues=8".parse().unwrap();
         validate_net(&mut n).unwrap();
         assert_eq!(n.queues, Some(8));
+        let mut n: NetConfig = "tap=vtap0,mtu=1450".parse().unwrap();
+        validate_net(&mut n).unwrap();
+        assert_eq!(n.mtu, Some(1450));
+        assert!("tap=t,mtu=70000".parse::<NetConfig>().is_err());
         let mut n: NetConfig = "fd=3:4,vhost=off".parse().unwrap();
         validate_net(&mut n).unwrap();
         assert_eq!((n.fds.as_slice(), n.queues), (&[3, 4][..], Some(2)));
@@ -892,6 +915,7 @@ mod tests {
             "tap=0123456789abcdef",
             "tap=t,queues=0",
             "tap=t,queues=9",
+            "tap=t,mtu=67",
         ] {
             let mut n: NetConfig = bad.parse().unwrap();
             assert!(validate_net(&mut n).is_err(), "{bad}");

@@ -421,6 +421,7 @@ fn create_pci(
         devices.push(Box::new(Net::new(
             tap,
             mac,
+            n.mtu,
             n.vhost,
             limiter,
             format!("virtio-net{i}"),

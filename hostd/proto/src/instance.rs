@@ -59,6 +59,10 @@ pub struct PortNic {
     /// agents name them (at most 15 bytes, Linux's limit).
     pub tap: String,
     pub mac: String,
+    /// The network's MTU, offered to the guest through virtio-net's MTU
+    /// feature (guests that ignore DHCP's option 26 still get it right).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
 }
 
 /// An OpenStack config drive's contents (Nova's layout under

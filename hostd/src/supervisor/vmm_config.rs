@@ -181,6 +181,7 @@ pub(super) fn net_config(
         fds,
         queues: queues.or(nic.queues),
         mac: nic.mac.clone(),
+        mtu: nic.mtu,
         vhost: nic.vhost,
         rate_limit: nic.rate_limit,
     }

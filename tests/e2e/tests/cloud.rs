@@ -297,7 +297,9 @@ echo "NETD_LOG_BEGIN"; tail -n 20 $WORK/netd.log; echo "NETD_LOG_END"
     // The testbed, outside the router, reached the Debian guest through its
     // floating IP.
     assert!(
-        outcome.output.contains(&format!("virga-fip-reached {floating}")),
+        outcome
+            .output
+            .contains(&format!("virga-fip-reached {floating}")),
         "the floating IP {floating} was never answered from behind the router"
     );
     assert!(outcome.success(), "scenario failed");
@@ -843,7 +845,13 @@ fn debian(
     ok(&["router", "set", "--external-gateway", "public", "r1"]);
     ok(&["router", "add", "subnet", "r1", "sub1"]);
     ok(&[
-        "security", "group", "rule", "create", "--protocol", "icmp", "default",
+        "security",
+        "group",
+        "rule",
+        "create",
+        "--protocol",
+        "icmp",
+        "default",
     ]);
     ok(&[
         "server",
@@ -922,7 +930,15 @@ fn debian(
         );
         std::thread::sleep(Duration::from_secs(1));
     }
-    let addresses = ok(&["server", "show", "-f", "json", "-c", "addresses", "vm-debian"]);
+    let addresses = ok(&[
+        "server",
+        "show",
+        "-f",
+        "json",
+        "-c",
+        "addresses",
+        "vm-debian",
+    ]);
     assert!(addresses.contains(&floating), "{addresses}");
     let started = Instant::now();
     let log = wait_console(ok, watch, "vm-debian", "virga-debian-keys", 900);
@@ -987,7 +1003,9 @@ fn debian(
     ok(&["server", "delete", "--wait", "vm-debian"]);
     // The port made for it went with it, and its floating IP is free; the
     // router comes apart and the networks are free to go.
-    let left = ok(&["floating", "ip", "show", &floating, "-f", "value", "-c", "port_id"]);
+    let left = ok(&[
+        "floating", "ip", "show", &floating, "-f", "value", "-c", "port_id",
+    ]);
     assert_eq!(left.trim(), "None", "{left}");
     ok(&["floating", "ip", "delete", &floating]);
     ok(&["router", "remove", "subnet", "r1", "sub1"]);

@@ -11,7 +11,7 @@ dd if=/dev/urandom of=$WORK/www/blob bs=1M count=64 2>/dev/null
 echo "HOST_BLOB_MD5=$(md5sum < $WORK/www/blob | cut -d' ' -f1)"
 RUST_LOG=info $BIN/vmm --kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio \
     --vcpus 2 --memory-mib 256 --cmdline "$CMDLINE virga.mode=net" \
-    --net tap=vtap0,mac=02:00:00:00:00:02,queues=2,vhost=@VHOST@ --serial file:$log \
+    --net tap=vtap0,mac=02:00:00:00:00:02,mtu=1450,queues=2,vhost=@VHOST@ --serial file:$log \
     --api-socket $WORK/api.sock 2> $WORK/vmm.log &
 pid=$!
 i=0; while [ ! -e /sys/class/net/vtap0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
@@ -33,6 +33,10 @@ cat $log | grep virga-net"#
     assert!(
         o.contains("virga-net-mac 02:00:00:00:00:02"),
         "configured MAC"
+    );
+    assert!(
+        o.contains("virga-net-mtu 1450"),
+        "the MTU offered through virtio-net's MTU feature"
     );
     assert!(
         o.contains("virga-net-queues 2"),

@@ -157,7 +157,7 @@ impl Step {
                         .await
                         .map_err(|e| Failure::Fatal(format!("its network data: {e}")))?;
                 }
-                spec.nics = nics(&ports);
+                spec.nics = nics(b.app, &ports).await;
                 let spec = &*spec;
                 // An instance of it there already: the create reached the
                 // host before a stop (a resumed build).
@@ -401,15 +401,25 @@ async fn fail(app: &App, id: &str, fault: &str) {
         .await;
 }
 
-/// The NICs of a server's ports, in its requests' order.
-fn nics(ports: &[crate::network::model::Port]) -> Vec<PortNic> {
-    ports
-        .iter()
-        .map(|p| PortNic {
+/// The NICs of a server's ports, in its requests' order, each with its
+/// network's MTU.
+async fn nics(app: &App, ports: &[crate::network::model::Port]) -> Vec<PortNic> {
+    let mut nics = Vec::with_capacity(ports.len());
+    for p in ports {
+        let mtu = match app.network.store().network(&p.network_id).await {
+            Ok(n) => n.and_then(|n| u16::try_from(n.mtu).ok()),
+            Err(e) => {
+                tracing::warn!(port = p.std.id, "the port's network: {e}");
+                None
+            }
+        };
+        nics.push(PortNic {
             tap: crate::network::nova::tap_name(&p.std.id),
             mac: p.mac_address.clone(),
-        })
-        .collect()
+            mtu,
+        });
+    }
+    nics
 }
 
 /// What hostd is asked to run for a server. A disk image (raw, qcow2, ami) without a
@@ -455,7 +465,7 @@ pub(super) async fn instance_spec(app: &App, s: &Server) -> Result<ImageInstance
         .await
         .map_err(|e| e.to_string())?;
     spec.config_drive = Some(super::metadata::guest_metadata(app, s, &ports).await?);
-    spec.nics = nics(&ports);
+    spec.nics = nics(app, &ports).await;
     let size = |n: i64, what: &str| match u32::try_from(n) {
         Ok(0) => Ok(None),
         Ok(n) => Ok(Some(n)),

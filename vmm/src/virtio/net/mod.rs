@@ -29,6 +29,7 @@ const MAX_PACKET: usize = 65_562;
 
 const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
 const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
+const VIRTIO_NET_F_MTU: u64 = 1 << 3;
 const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
 const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
@@ -55,6 +56,8 @@ pub enum VhostMode {
 pub struct Net {
     tap: Arc<Tap>,
     mac: [u8; 6],
+    /// Offered to the guest as the device's MTU, when set.
+    mtu: Option<u16>,
     limiter: SharedRateLimiter,
     vhost_mode: VhostMode,
     /// RX and TX of each pair, then the control queue when multiqueue.
@@ -68,6 +71,7 @@ impl Net {
     pub fn new(
         tap: Tap,
         mac: [u8; 6],
+        mtu: Option<u16>,
         vhost_mode: VhostMode,
         limiter: SharedRateLimiter,
         name: String,
@@ -77,6 +81,7 @@ impl Net {
         Net {
             tap: Arc::new(tap),
             mac,
+            mtu,
             limiter,
             vhost_mode,
             queue_sizes: vec![QUEUE_SIZE; queues],
@@ -88,6 +93,12 @@ impl Net {
 
     fn pairs(&self) -> usize {
         self.tap.queue_count()
+    }
+
+    /// The device's configuration space (virtio 1.2, 5.1.4): mac, status
+    /// (not offered), max_virtqueue_pairs, mtu.
+    fn config_space(&self) -> [u8; 12] {
+        config_space(&self.mac, self.pairs(), self.mtu)
     }
 
     /// Starts vhost-net on every pair, or says why it cannot.
@@ -104,6 +115,15 @@ impl Net {
         self.vhost = started;
         Ok(())
     }
+}
+
+fn config_space(mac: &[u8; 6], pairs: usize, mtu: Option<u16>) -> [u8; 12] {
+    let mut config = [0u8; 12];
+    config[..6].copy_from_slice(mac);
+    let pairs = u16::try_from(pairs).unwrap_or(u16::MAX);
+    config[8..10].copy_from_slice(&pairs.to_le_bytes());
+    config[10..12].copy_from_slice(&mtu.unwrap_or(0).to_le_bytes());
+    config
 }
 
 /// A queue pair: (RX, TX).
@@ -162,7 +182,13 @@ impl VirtioDevice for Net {
         } else {
             0
         };
+        let mtu = if self.mtu.is_some() {
+            VIRTIO_NET_F_MTU
+        } else {
+            0
+        };
         VIRTIO_NET_F_MAC
+            | mtu
             | VIRTIO_NET_F_CSUM
             | VIRTIO_NET_F_GUEST_CSUM
             | VIRTIO_NET_F_GUEST_TSO4
@@ -176,11 +202,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // mac, status (not offered), max_virtqueue_pairs.
-        let mut config = [0u8; 10];
-        config[..6].copy_from_slice(&self.mac);
-        config[8..10].copy_from_slice(&(self.pairs() as u16).to_le_bytes());
-        super::read_config_bytes(&config, offset, data);
+        super::read_config_bytes(&self.config_space(), offset, data);
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
@@ -300,5 +322,15 @@ mod tests {
         assert_eq!(parse_mac("52:54:00:ab:cd"), None);
         assert_eq!(parse_mac("52:54:00:ab:cd:0f:00"), None);
         assert_eq!(parse_mac("zz:54:00:ab:cd:0f"), None);
+    }
+
+    #[test]
+    fn the_config_space_carries_the_mtu_after_the_queue_pairs() {
+        let mac = [0xfa, 0x16, 0x3e, 1, 2, 3];
+        let c = config_space(&mac, 2, Some(1450));
+        assert_eq!(&c[..6], &mac);
+        assert_eq!(u16::from_le_bytes([c[8], c[9]]), 2);
+        assert_eq!(u16::from_le_bytes([c[10], c[11]]), 1450);
+        assert_eq!(&config_space(&mac, 1, None)[10..], &[0, 0]);
     }
 }
