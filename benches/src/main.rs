@@ -30,6 +30,7 @@ mod hostd;
 mod http;
 mod measure;
 mod net;
+mod overlay;
 mod report;
 mod rootdisk;
 
@@ -69,6 +70,12 @@ enum Cmd {
     /// iperf3 guest<->host over a tap (virga vs QEMU).
     Net {
         #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
+    /// Guest to guest across hosts: netd's overlay vs a plain bridge
+    /// (namespaces on this machine, no testbed).
+    Overlay {
+        #[arg(long, default_value_t = 5)]
         runs: u32,
     },
     /// Supervision overhead: booting through hostd vs the VMM alone.
@@ -174,6 +181,7 @@ fn main() -> Result<()> {
         Cmd::Blk { runs } => blk::run(runs),
         Cmd::BlkOverlay { runs } => blk::run_overlay(runs),
         Cmd::Net { runs } => net::run(runs),
+        Cmd::Overlay { runs } => overlay::run(runs),
         Cmd::Hostd { runs } => hostd::run(runs),
         Cmd::Api {
             runs,

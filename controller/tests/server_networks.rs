@@ -37,6 +37,10 @@ fn net(cloud: &Cloud, method: &str, path: &str, body: Value) -> (u16, Value) {
 
 /// A network with a subnet of `cidr`; returns (network id, subnet id).
 fn network(cloud: &Cloud, name: &str, cidr: &str) -> (String, String) {
+    network_with(cloud, name, cidr, true)
+}
+
+fn network_with(cloud: &Cloud, name: &str, cidr: &str, dhcp: bool) -> (String, String) {
     let (s, n) = net(
         cloud,
         "POST",
@@ -50,7 +54,7 @@ fn network(cloud: &Cloud, name: &str, cidr: &str) -> (String, String) {
         "POST",
         "/subnets",
         json!({"subnet": {"network_id": id, "cidr": cidr, "ip_version": 4,
-                          "dns_nameservers": ["192.0.2.53"]}}),
+                          "enable_dhcp": dhcp, "dns_nameservers": ["192.0.2.53"]}}),
     );
     assert_eq!(s, 201, "{sub}");
     (id, sub["subnet"]["id"].as_str().unwrap().to_owned())
@@ -87,7 +91,8 @@ fn ports_of(cloud: &Cloud, server: &str) -> Vec<Value> {
 fn a_server_gets_a_port_per_network_bound_to_its_host_and_released_with_it() {
     let cloud = Cloud::start(Delays::NONE);
     let (flavor, image) = bootable(&cloud.c, &cloud.admin, 1, 128);
-    let (net1, sub1) = network(&cloud, "net1", "10.0.0.0/24");
+    // net1 without DHCP (its guests are told their addresses), net2 with.
+    let (net1, sub1) = network_with(&cloud, "net1", "10.0.0.0/24", false);
     let (net2, _) = network(&cloud, "net2", "10.1.0.0/24");
     // A port the user made, to give to the server.
     let (s, mine) = net(
@@ -145,6 +150,12 @@ fn a_server_gets_a_port_per_network_bound_to_its_host_and_released_with_it() {
     assert_eq!(nd["networks"][0]["ip_address"], "10.0.0.42");
     assert_eq!(nd["networks"][0]["netmask"], "255.255.255.0");
     assert_eq!(nd["networks"][0]["routes"][0]["gateway"], "10.0.0.1");
+    // Where DHCP answers, the guest asks it, as Nova has it.
+    assert_eq!(
+        nd["networks"][1],
+        json!({"id": "network1", "type": "ipv4_dhcp", "link": nd["links"][1]["id"],
+               "network_id": net2})
+    );
     assert_eq!(nd["services"][0]["address"], "192.0.2.53");
     // And hostd a NIC per port: its tap, named as Neutron's agents do, MAC,
     // and the network's MTU (virtio-net tells the guest).

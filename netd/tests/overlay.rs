@@ -1,24 +1,20 @@
-//! Two hosts and their guests on one machine, as network namespaces (the
-//! kernel's own VXLAN selftest layout): a controller in `ctl` on an underlay
-//! bridge, hosts `hv1` and `hv2` on it, each running netd, and a "guest"
-//! namespace per port, joined to its host by a veth whose host end carries
-//! the port's tap name (hostd makes real taps; to the datapath both are
-//! links to put on a bridge). Everything netd does is real: the controller's
+//! Two hosts and their guests on one machine, as network namespaces
+//! (`virga_test_support::netlab`): a controller, hosts `hv1` and `hv2` each
+//! running netd, and a "guest" namespace per port. Everything netd does is
+//! real: the controller's
 //! API and intended state, the kernel's bridges, VXLAN and forwarding
 //! entries, the nftables ruleset and conntrack, pings between guests.
 
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use virga_test_support::netlab::{pings, wait_ping, Lab, LabBins};
 use virga_test_support::netns::{self, NetNs};
-use virga_test_support::{http, identity, tools, wait};
-
-const CONTROLLER: &str = "172.16.0.254:8774";
-const ADMIN_PASSWORD: &str = "admin-secret";
+use virga_test_support::{http, tools, wait};
 
 /// The controller binary the workspace built beside this test.
 fn controller_bin() -> PathBuf {
@@ -39,256 +35,14 @@ fn controller_bin() -> PathBuf {
     bin
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A host: its namespace, its netd, and what the netd is started with.
-struct Host {
-    ns: NetNs,
-    id: String,
-    config: PathBuf,
-    netd: Option<Killed>,
-}
-
-impl Host {
-    fn start_netd(&mut self) {
-        let log = std::fs::File::create(self.config.with_extension("log")).unwrap();
-        let child = self
-            .ns
-            .command(env!("CARGO_BIN_EXE_netd"))
-            .arg("--config")
-            .arg(&self.config)
-            .env(
-                "RUST_LOG",
-                std::env::var("NETD_LOG").unwrap_or("info".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.netd = Some(Killed(child));
-    }
-
-    fn kill_netd(&mut self) {
-        self.netd = None;
-    }
-
-    /// A guest namespace on port `port` of this host: a veth whose host end
-    /// is the port's tap, the guest end with the port's MAC and address,
-    /// and a default route through its subnet's first address.
-    fn guest(&self, name: &str, port: &Value) -> NetNs {
-        let guest = NetNs::new(name);
-        let tap = format!("tap{}", &port["id"].as_str().unwrap()[..11]);
-        let mac = port["mac_address"].as_str().unwrap();
-        let ip = port["fixed_ips"][0]["ip_address"].as_str().unwrap();
-        self.ns.sh(&format!(
-            "ip link add {tap} type veth peer name eth0 netns {}",
-            guest.name
-        ));
-        let gateway = format!("{}.1", ip.rsplit_once('.').unwrap().0);
-        guest.sh(&format!(
-            "ip link set eth0 address {mac} mtu 1450 && ip addr add {ip}/24 dev eth0 && ip link set eth0 up && ip route add default via {gateway}"
-        ));
-        guest
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.config.with_extension("log")).unwrap_or_default()
-    }
-}
-
-struct Lab {
-    ctl: NetNs,
-    hosts: Vec<Host>,
-    _controller: Killed,
-    token: String,
-    dir: tempfile::TempDir,
-}
-
-impl Lab {
-    fn new(tag: &str) -> Lab {
-        let dir = tempfile::tempdir().unwrap();
-        let ctl = NetNs::new(&format!("{tag}-ctl"));
-        ctl.sh(
-            "ip link add ul type bridge && ip addr add 172.16.0.254/24 dev ul && ip link set ul up",
-        );
-        let config = dir.path().join("controller.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"0.0.0.0:8774\"\nstate_dir = \"{}\"\nhostd_secret = \"lab-secret-0123456789abcdef\"\n[bootstrap]\nadmin_password = \"{ADMIN_PASSWORD}\"\n",
-                dir.path().display()
-            ),
-        )
-        .unwrap();
-        let controller = Killed(
-            ctl.command(controller_bin())
-                .arg("--config")
-                .arg(&config)
-                .env("RUST_LOG", "warn")
-                .spawn()
-                .unwrap(),
-        );
-        let mut hosts = Vec::new();
-        for n in 1..=2 {
-            let id = format!("hv{n}");
-            let ns = NetNs::new(&format!("{tag}-{id}"));
-            ctl.sh(&format!(
-                "ip link add u{n} type veth peer name eth0 netns {} && ip link set u{n} master ul up",
-                ns.name
-            ));
-            ns.sh(&format!(
-                "ip addr add 172.16.0.{n}/24 dev eth0 && ip link set eth0 up"
-            ));
-            let out = Command::new(controller_bin())
-                .arg("--config")
-                .arg(&config)
-                .args(["host-token", &id])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "host-token: {out:?}");
-            let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            let netd_config = dir.path().join(format!("netd-{id}.toml"));
-            // hv1 is the gateway host, and the external subnets' gateway.
-            let gateway = if n == 1 {
-                "gateway = true\nexternal_gateway_on_host = true\n"
-            } else {
-                ""
-            };
-            std::fs::write(
-                &netd_config,
-                format!(
-                    "host_id = \"{id}\"\ncontroller_url = \"http://{CONTROLLER}\"\ntoken = \"{token}\"\nvtep = \"172.16.0.{n}\"\nunderlay_dev = \"eth0\"\nsync_ms = 200\n{gateway}"
-                ),
-            )
-            .unwrap();
-            hosts.push(Host {
-                ns,
-                id,
-                config: netd_config,
-                netd: None,
-            });
-        }
-        let token = ctl.run(|| {
-            wait::until("the controller to answer", Duration::from_secs(30), || {
-                identity::request_token(CONTROLLER, "admin", ADMIN_PASSWORD, "admin").ok()
-            })
-        });
-        Lab {
-            ctl,
-            hosts,
-            _controller: controller,
-            token,
-            dir,
-        }
-    }
-
-    fn dir(&self) -> &std::path::Path {
-        self.dir.path()
-    }
-
-    fn call(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
-        let (method, path, token) = (method.to_owned(), path.to_owned(), self.token.clone());
-        let body = if body.is_null() {
-            Vec::new()
-        } else {
-            body.to_string().into_bytes()
-        };
-        self.ctl.run(move || {
-            let r = http::send(
-                CONTROLLER,
-                &method,
-                &format!("/network/v2.0{path}"),
-                &[("X-Auth-Token", &token)],
-                &body,
-            )
-            .unwrap();
-            (r.status, r.json())
-        })
-    }
-
-    fn create(&self, kind: &str, body: Value) -> Value {
-        let path = format!("/{}s", kind.replace('_', "-"));
-        let (status, v) = self.call("POST", &path, json!({ kind: body }));
-        assert_eq!(status, 201, "creating a {kind}: {v}");
-        v[kind].clone()
-    }
-
-    /// A network with a /24 subnet.
-    fn network(&self, name: &str) -> Value {
-        self.network_with(name, "10.0.0.0/24").0
-    }
-
-    /// A network with a subnet of `cidr`: the network and the subnet.
-    fn network_with(&self, name: &str, cidr: &str) -> (Value, Value) {
-        let net = self.create("network", json!({"name": name}));
-        let subnet = self.create(
-            "subnet",
-            json!({"network_id": net["id"], "cidr": cidr, "ip_version": 4}),
-        );
-        (net, subnet)
-    }
-
-    /// A server's port on `net`, bound to host `host`, with address `ip`.
-    fn port(&self, net: &Value, host: &str, ip: &str) -> Value {
-        self.create(
-            "port",
-            json!({
-                "network_id": net["id"],
-                "binding:host_id": host,
-                "device_owner": "compute:nova",
-                "device_id": format!("server-{ip}"),
-                "fixed_ips": [{"ip_address": ip}],
-            }),
-        )
-    }
-
-    fn status(&self, port: &Value) -> String {
-        let (code, v) = self.call(
-            "GET",
-            &format!("/ports/{}", port["id"].as_str().unwrap()),
-            Value::Null,
-        );
-        assert_eq!(code, 200, "{v}");
-        v["port"]["status"].as_str().unwrap_or_default().to_owned()
-    }
-
-    fn wait_status(&self, port: &Value, want: &str) {
-        wait::until(
-            &format!("port {} {want}", port["fixed_ips"][0]["ip_address"]),
-            Duration::from_secs(30),
-            || (self.status(port) == want).then_some(()),
-        );
-    }
-}
-
-impl Drop for Lab {
-    /// A failed test shows what each netd said.
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for host in &self.hosts {
-                eprintln!("--- netd on {} ---\n{}", host.id, host.log());
-            }
-        }
-    }
-}
-
-fn pings(from: &NetNs, ip: &str) -> bool {
-    from.try_sh(&format!("ping -c 1 -W 1 {ip}"))
-}
-
-fn wait_ping(from: &NetNs, ip: &str) {
-    wait::until(
-        &format!("{} to reach {ip}", from.name),
-        Duration::from_secs(20),
-        || pings(from, ip).then_some(()),
-    );
+fn lab(tag: &str) -> Lab {
+    Lab::new(
+        tag,
+        &LabBins {
+            controller: controller_bin(),
+            netd: env!("CARGO_BIN_EXE_netd").into(),
+        },
+    )
 }
 
 /// The tunnel entries of a VXLAN device, as `bridge fdb` prints them.
@@ -319,7 +73,7 @@ fn guests_on_one_network_talk_across_hosts_and_nobody_else_reaches_them() {
             return;
         }
     }
-    let mut lab = Lab::new(&format!("vo{}", std::process::id()));
+    let mut lab = lab(&format!("vo{}", std::process::id()));
     let a = lab.network("a");
     let b = lab.network("b");
     let vni_a = a["provider:segmentation_id"].as_u64().unwrap();
@@ -545,7 +299,7 @@ fn a_router_joins_networks_across_hosts_and_floating_ips_reach_guests_from_outsi
     if !lab_tools() {
         return;
     }
-    let mut lab = Lab::new(&format!("vr{}", std::process::id()));
+    let mut lab = lab(&format!("vr{}", std::process::id()));
     // The external network; hv1 (the gateway host) is its subnet's gateway,
     // 172.24.4.1, and plays the outside world.
     let public = lab.create(

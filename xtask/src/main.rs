@@ -7,7 +7,8 @@
 //! - `images`: build the guest kernel and initramfs from Debian packages.
 //! - `testbed -- CMD`: run a shell command where VMM scenarios run.
 //! - `bench boot [--check]`: the boot-time benchmark and regression check;
-//!   `bench blk`, `bench net`: the disk and network benchmarks.
+//!   `bench blk`, `bench net`, `bench overlay`: the disk and network
+//!   benchmarks (the overlay one natively, in namespaces).
 //! - `fuzz [--target T] [--minutes N]`: the fuzz targets, long.
 //! - `crash-trials [--trials N]`: `kill -9` of the controller during creates,
 //!   deletes and actions, and what it left behind.

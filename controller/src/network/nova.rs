@@ -363,9 +363,9 @@ impl NetworkService {
     }
 
     /// The config drive's `network_data.json` for these ports, as Nova
-    /// writes it: a link per NIC (by MAC, with its MTU), a static IPv4
-    /// network per address with the subnet's gateway and host routes, the
-    /// DNS servers. Static, so a guest configures itself without DHCP.
+    /// writes it: a link per NIC (by MAC, with its MTU), per address an
+    /// `ipv4_dhcp` network where the subnet has DHCP, else a static one with
+    /// the subnet's gateway and host routes; the DNS servers.
     pub async fn network_data(&self, ports: &[Port]) -> Result<Map<String, Json>, NetworkError> {
         let mut links = Vec::new();
         let mut networks = Vec::new();
@@ -379,6 +379,21 @@ impl NetworkService {
                 let Some(subnet) = self.store().subnet(&ip.subnet_id).await? else {
                     continue;
                 };
+                // As Nova: where DHCP answers, the guest asks it (and gets
+                // its routes by option 121, which needs no tool in the
+                // guest); otherwise it is told its address and routes here.
+                if subnet.enable_dhcp {
+                    networks.push(json!({
+                        "id": format!("network{}", networks.len()), "type": "ipv4_dhcp",
+                        "link": link, "network_id": p.network_id,
+                    }));
+                    for d in &subnet.dns_nameservers {
+                        if !dns.contains(d) {
+                            dns.push(*d);
+                        }
+                    }
+                    continue;
+                }
                 let Ok(cidr) = super::ipam::parse_cidr(&subnet.cidr) else {
                     continue;
                 };

@@ -9,6 +9,7 @@
 //! - [`identity`]: Keystone v3 password tokens
 //! - [`netns`]: network namespaces as hosts and guests, and calls from
 //!   inside one
+//! - [`netlab`]: a controller and two hosts with their netd, as namespaces
 //! - [`ports`]: free TCP ports
 //! - [`wait`]: polling with a deadline and a message
 //! - [`stub`]: stand-in HTTP servers answered by a handler
@@ -19,6 +20,7 @@ pub mod disks;
 pub mod fuzz;
 pub mod http;
 pub mod identity;
+pub mod netlab;
 pub mod netns;
 pub mod ports;
 pub mod stub;
