@@ -2,9 +2,11 @@
 //! hosts (network namespaces on this machine, joined by a veth underlay)
 //! exchange TCP (iperf3, one and four streams) and pings through netd's
 //! datapath (a bridge and a VXLAN device per network, the security groups'
-//! nftables with conntrack) and, as the peer, through plain bridges across
-//! the same kind of underlay (no encapsulation, no firewall), interleaved
-//! round by round. No guest boots: the datapath is the kernel's either way,
+//! nftables with conntrack); through the kernel's VXLAN alone (the same
+//! bridge and VXLAN device, made by hand, no firewall), which splits the
+//! cost between encapsulation and security groups; and, as the peer,
+//! through plain bridges across the same kind of underlay (no
+//! encapsulation, no firewall). The three are interleaved round by round. No guest boots: the datapath is the kernel's either way,
 //! so this runs natively, not in the testbed.
 
 use std::path::PathBuf;
@@ -19,7 +21,7 @@ use crate::report::{Report, Samples};
 use crate::{host_cpu, workspace};
 
 const PEER: &str = "bridge";
-const SYSTEMS: &[&str] = &["virga", PEER];
+const SYSTEMS: &[&str] = &["virga", "vxlan", PEER];
 /// Seconds per iperf3 run.
 const SECONDS: u32 = 5;
 const SERVER_IP: &str = "10.0.0.11";
@@ -36,22 +38,26 @@ fn release_bin(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Two plain bridges joined by a veth (the underlay), a guest on each: the
-/// peer, with the guests' MTU as on the overlay.
+/// Two hosts joined by a veth (the underlay), a bridge on each with a guest
+/// on it, the guests' MTU as on the overlay. Plain: the underlay veth is a
+/// port of the bridges. VXLAN: the hosts are 172.18.0.1 and .2 on the
+/// underlay and each bridge has a VXLAN device flooding to the other host,
+/// as netd makes them, without netd's firewall.
 struct Bridged {
     hosts: [NetNs; 2],
     guests: [NetNs; 2],
 }
 
 impl Bridged {
-    fn new(tag: &str) -> Bridged {
+    fn new(tag: &str, vxlan: bool) -> Bridged {
+        let kind = if vxlan { "x" } else { "p" };
         let hosts = [
-            NetNs::new(&format!("{tag}-ph1")),
-            NetNs::new(&format!("{tag}-ph2")),
+            NetNs::new(&format!("{tag}-{kind}h1")),
+            NetNs::new(&format!("{tag}-{kind}h2")),
         ];
         let guests = [
-            NetNs::new(&format!("{tag}-pg1")),
-            NetNs::new(&format!("{tag}-pg2")),
+            NetNs::new(&format!("{tag}-{kind}g1")),
+            NetNs::new(&format!("{tag}-{kind}g2")),
         ];
         hosts[0].sh(&format!(
             "ip link add eth0 type veth peer name eth0 netns {}",
@@ -59,10 +65,21 @@ impl Bridged {
         ));
         for (i, (host, guest)) in hosts.iter().zip(&guests).enumerate() {
             let ip = [CLIENT_IP, SERVER_IP][i];
+            let uplink = if vxlan {
+                let (me, other) = if i == 0 { (1, 2) } else { (2, 1) };
+                format!(
+                    "ip addr add 172.18.0.{me}/24 dev eth0 && ip link set eth0 up && \
+                     ip link add vxlan0 type vxlan id 42 local 172.18.0.{me} dev eth0 dstport 4789 nolearning && \
+                     bridge fdb append 00:00:00:00:00:00 dev vxlan0 dst 172.18.0.{other} && \
+                     ip link set vxlan0 mtu 1450 master br0 up"
+                )
+            } else {
+                "ip link set eth0 master br0 up".to_owned()
+            };
             host.sh(&format!(
-                "ip link add br0 type bridge && ip link set eth0 master br0 up && \
+                "ip link add br0 type bridge && {uplink} && \
                  ip link add tap0 type veth peer name eth0 netns {} && \
-                 ip link set tap0 master br0 up && ip link set br0 up",
+                 ip link set tap0 mtu 1450 master br0 up && ip link set br0 up",
                 guest.name
             ));
             guest.sh(&format!(
@@ -132,24 +149,29 @@ pub fn run(runs: u32) -> Result<()> {
         lab.wait_status(p, "ACTIVE");
     }
     wait_ping(&guests[0], SERVER_IP);
-    let bridged = Bridged::new(&tag);
-    wait_ping(&bridged.guests[0], SERVER_IP);
-    for server in [&guests[1], &bridged.guests[1]] {
+    let bridged = Bridged::new(&tag, false);
+    let vxlan = Bridged::new(&tag, true);
+    for b in [&bridged, &vxlan] {
+        wait_ping(&b.guests[0], SERVER_IP);
+    }
+    let servers = [&guests[1], &vxlan.guests[1], &bridged.guests[1]];
+    for server in servers {
         server.sh("iperf3 -s -D");
     }
     eprintln!(
-        "overlay: {runs} rounds of iperf3 ({SECONDS} s, 1 and 4 streams) and 200 pings, virga and a plain bridge interleaved"
+        "overlay: {runs} rounds of iperf3 ({SECONDS} s, 1 and 4 streams) and 200 pings; netd's overlay, bare VXLAN and a plain bridge interleaved"
     );
     let mut samples = Samples::default();
     for round in 1..=runs {
         measure(&mut samples, "virga", &guests[0])?;
+        measure(&mut samples, "vxlan", &vxlan.guests[0])?;
         measure(&mut samples, PEER, &bridged.guests[0])?;
         eprintln!("overlay: round {round} of {runs} done");
     }
-    for server in [&guests[1], &bridged.guests[1]] {
+    for server in servers {
         server.try_sh("pkill -x iperf3");
     }
-    drop(bridged.hosts);
+    drop((bridged.hosts, vxlan.hosts));
     let report = Report {
         bench: "overlay".into(),
         host: format!("{} (native, namespaces)", host_cpu()),
@@ -159,7 +181,7 @@ pub fn run(runs: u32) -> Result<()> {
     println!("{}", report.host);
     print!("{}", report.table(PEER));
     println!(
-        "(guest to guest across two hosts: netd's VXLAN overlay with security groups vs a plain bridge over the same underlay; throughput higher is better, round trip lower)"
+        "(guest to guest across two hosts: netd's overlay (VXLAN and security groups), the kernel's VXLAN alone, and a plain bridge over the same underlay; throughput higher is better, round trip lower)"
     );
     println!("written to {}", path.display());
     Ok(())

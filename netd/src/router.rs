@@ -146,6 +146,8 @@ pub struct Routers {
     external: Option<String>,
     /// Each router's last failure, said once.
     errors: HashMap<String, String>,
+    /// Whether it was said that routers came to a host that is no gateway.
+    said_not_gateway: bool,
 }
 
 fn nl(router: &str) -> impl FnOnce(NlError) -> RouterError + '_ {
@@ -162,6 +164,7 @@ impl Routers {
             running: HashMap::new(),
             external: None,
             errors: HashMap::new(),
+            said_not_gateway: false,
         }
     }
 
@@ -170,7 +173,12 @@ impl Routers {
     /// go on.
     pub async fn converge(&mut self, root: &Netlink, want: &HostNetworks) -> Vec<String> {
         if !want.routers.is_empty() && !self.config.gateway {
-            tracing::warn!("routers were placed on a host that is no gateway; ignoring them");
+            if !self.said_not_gateway {
+                tracing::warn!(
+                    "routers were placed on this host, which is no gateway; ignoring them"
+                );
+                self.said_not_gateway = true;
+            }
             return Vec::new();
         }
         let wanted: BTreeSet<&str> = want.routers.iter().map(|r| r.id.as_str()).collect();
