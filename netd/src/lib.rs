@@ -11,6 +11,7 @@
 //! - [`datapath`]: one convergence pass, and the pure plan behind it
 //! - [`firewall`]: security groups and anti-spoofing, as one nftables
 //!   ruleset
+//! - [`garp`]: gratuitous ARP for the addresses routers take
 //! - [`localport`]: each DHCP network's namespace and port on this host
 //! - [`router`]: the routers placed on this host (namespaces, NAT for
 //!   gateways and floating IPs), and the host as the external gateway
@@ -26,6 +27,7 @@ pub mod controller;
 pub mod datapath;
 pub mod dhcp;
 pub mod firewall;
+pub mod garp;
 pub mod localport;
 pub mod metadata;
 pub mod netns;

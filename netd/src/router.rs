@@ -8,7 +8,8 @@
 //!   `qg-<id>` (the gateway, on an external network) inside, with the
 //!   port's MAC;
 //! - the floating IPs are more addresses of `qg-`, so the router answers
-//!   ARP for them; its default route is the external subnet's gateway;
+//!   ARP for them, and announces each it takes (gratuitous ARP); its
+//!   default route is the external subnet's gateway;
 //! - one nftables ruleset inside: a floating IP's traffic is DNATed to its
 //!   fixed address and its fixed address's traffic SNATed to it; the rest
 //!   leaving through the gateway takes the gateway's address (`snat`).
@@ -33,6 +34,7 @@ use netd_proto::{HostNetworks, HostRouter, RouterPort};
 use crate::config::Config;
 use crate::datapath::bridge_name;
 use crate::firewall;
+use crate::garp;
 use crate::netns;
 use crate::nl::{parse_mac, Link, Netlink, NlError};
 
@@ -283,6 +285,16 @@ impl Routers {
                 r.nl.add_address(&link, *ip, *prefix)
                     .await
                     .map_err(nl(id))?;
+                // The external side learns at once where the address lives
+                // now (a floating IP may come from another router).
+                if p.inner.starts_with("qg-") {
+                    let runtime = tokio::runtime::Handle::current();
+                    let sent =
+                        netns::within(&r.ns, &runtime, || garp::announce(link.index, p.mac, *ip));
+                    if let Err(e) = sent {
+                        tracing::warn!(router = id, address = %ip, "gratuitous ARP: {e}");
+                    }
+                }
             }
         }
         // The default route, through the external subnet's gateway.

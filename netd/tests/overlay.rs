@@ -363,7 +363,10 @@ fn a_router_joins_networks_across_hosts_and_floating_ips_reach_guests_from_outsi
         "the outside reached a fixed address"
     );
 
-    // A floating IP reaches g1 from outside once ACTIVE.
+    // A floating IP reaches g1 from outside once ACTIVE; the router
+    // announces it (the outside learns it from that alone, as it takes
+    // gratuitous ARP here).
+    outside.sh("sysctl -qw net.ipv4.conf.all.arp_accept=1");
     let fip = lab.create(
         "floatingip",
         json!({"floating_network_id": public["id"], "port_id": p1["id"]}),
@@ -381,6 +384,16 @@ fn a_router_joins_networks_across_hosts_and_floating_ips_reach_guests_from_outsi
         "the floating IP to be ACTIVE",
         Duration::from_secs(20),
         || (fip_status(&lab) == "ACTIVE").then_some(()),
+    );
+    wait::until(
+        "the floating IP's announcement",
+        Duration::from_secs(10),
+        || {
+            outside
+                .sh(&format!("ip neigh show {address}"))
+                .contains("lladdr")
+                .then_some(())
+        },
     );
     wait_behind(outside, &address);
     // g1 leaves as its floating IP: the outside sees it so.

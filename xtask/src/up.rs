@@ -216,8 +216,9 @@ kill $HOSTD $NETD; wait $HOSTD $NETD
             "flavor", "create", "--ram", "512", "--vcpus", "2", "--disk", "0", "m1.small",
         ])?;
     }
-    // The external network floating IPs come from, as devstack's `public`:
-    // the testbed's L1 (or this host, natively) is its gateway.
+    // As devstack makes them: the external network floating IPs come from,
+    // `public` (the testbed's L1, or this host natively, is its gateway), and
+    // a project network `private` behind a router with its gateway there.
     if os(&["network", "list", "--external", "-f", "value", "-c", "Name"])?.is_empty() {
         os(&["network", "create", "--external", "public"])?;
         os(&[
@@ -230,6 +231,24 @@ kill $HOSTD $NETD; wait $HOSTD $NETD
             "--no-dhcp",
             "public-subnet",
         ])?;
+    }
+    if !os(&["network", "list", "-f", "value", "-c", "Name"])?
+        .lines()
+        .any(|n| n == "private")
+    {
+        os(&["network", "create", "private"])?;
+        os(&[
+            "subnet",
+            "create",
+            "--network",
+            "private",
+            "--subnet-range",
+            "10.0.0.0/24",
+            "private-subnet",
+        ])?;
+        os(&["router", "create", "router1"])?;
+        os(&["router", "set", "--external-gateway", "public", "router1"])?;
+        os(&["router", "add", "subnet", "router1", "private-subnet"])?;
     }
     if !os(&["image", "list", "-f", "value", "-c", "Name"])?.contains("virga-test") {
         let ramdisk = os(&[
@@ -266,11 +285,15 @@ kill $HOSTD $NETD; wait $HOSTD $NETD
         ])?;
     }
     println!(
-        "\nVirga is up (hostd: {}).\n\n  export OS_CLIENT_CONFIG_FILE={} OS_CLOUD=virga\n  {} server create --image virga-test --flavor m1.tiny --wait vm1\n  {} console log show vm1\n\nadmin password: {ADMIN_PASSWORD}. Ctrl-C stops the cloud.",
+        "\nVirga is up (hostd: {}).\n\n  export OS_CLIENT_CONFIG_FILE={} OS_CLOUD=virga\n  {os} server create --image virga-test --flavor m1.tiny --network private --wait vm1\n  {os} console log show vm1\n  {os} floating ip create public\n  {os} server add floating ip vm1 172.24.4.3\n\nFloating IPs (172.24.4.0/24) are reached from where the guests run: {}.\nadmin password: {ADMIN_PASSWORD}. Ctrl-C stops the cloud.",
         mode.as_str(),
         clouds.display(),
-        openstack.display(),
-        openstack.display(),
+        if mode.as_str() == "native" {
+            "this host"
+        } else {
+            "inside the testbed's L1 VM only (QEMU's user network routes nothing into it)"
+        },
+        os = openstack.display(),
     );
     let mut controller = controller;
     let mut asked = false;
