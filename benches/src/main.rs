@@ -30,6 +30,7 @@ mod hostd;
 mod http;
 mod measure;
 mod net;
+mod netd_scale;
 mod overlay;
 mod report;
 mod rootdisk;
@@ -77,6 +78,14 @@ enum Cmd {
     Overlay {
         #[arg(long, default_value_t = 5)]
         runs: u32,
+    },
+    /// netd with many ports on one host vs a few: time to converge, time
+    /// for a change to show, nftables rules (namespaces, no testbed).
+    NetdScale {
+        #[arg(long, default_value_t = 1000)]
+        ports: usize,
+        #[arg(long, default_value_t = 5)]
+        toggles: u32,
     },
     /// Supervision overhead: booting through hostd vs the VMM alone.
     Hostd {
@@ -182,6 +191,7 @@ fn main() -> Result<()> {
         Cmd::BlkOverlay { runs } => blk::run_overlay(runs),
         Cmd::Net { runs } => net::run(runs),
         Cmd::Overlay { runs } => overlay::run(runs),
+        Cmd::NetdScale { ports, toggles } => netd_scale::run(ports, toggles),
         Cmd::Hostd { runs } => hostd::run(runs),
         Cmd::Api {
             runs,

@@ -347,13 +347,15 @@ fn a_netd_report_sets_its_ports_status_and_answers_with_its_hosts_networks() {
                 // far, this port alone), out to anywhere.
                 "rules": [
                     {"direction": "ingress", "protocol": null, "port_min": null,
-                     "port_max": null, "remote": {"members": ["10.0.0.2"]}},
+                     "port_max": null, "remote": {"group": port["security_groups"][0]}},
                     {"direction": "egress", "protocol": null, "port_min": null,
                      "port_max": null, "remote": "any"},
                 ],
             }],
             "remote": [],
-        }], "routers": []})
+        }], "routers": [],
+        // Each remote group's members, once per answer.
+        "groups": {port["security_groups"][0].as_str().unwrap(): ["10.0.0.2"]}})
     );
     let (_, now) = net(&cloud, "GET", &format!("/ports/{port_id}"), Value::Null);
     assert_eq!(now["port"]["status"], "ACTIVE");
@@ -363,7 +365,10 @@ fn a_netd_report_sets_its_ports_status_and_answers_with_its_hosts_networks() {
     let other = common::hostd::host_token("other");
     let body2 = json!({"vtep": "172.16.0.2", "plugged": []}).to_string();
     let (s, answer) = report(&cloud, "other", &other, &body2);
-    assert_eq!((s, answer), (200, json!({"networks": [], "routers": []})));
+    assert_eq!(
+        (s, answer),
+        (200, json!({"networks": [], "routers": [], "groups": {}}))
+    );
     let (s, p2) = net(
         &cloud,
         "POST",
@@ -380,8 +385,8 @@ fn a_netd_report_sets_its_ports_status_and_answers_with_its_hosts_networks() {
     assert_eq!(answer["networks"][0]["remote"][0]["vtep"], "172.16.0.2");
     // The new port is in the default group too: a member to let in.
     assert_eq!(
-        answer["networks"][0]["ports"][0]["rules"][0]["remote"],
-        json!({"members": ["10.0.0.2", "10.0.0.3"]})
+        answer["groups"][port["security_groups"][0].as_str().unwrap()],
+        json!(["10.0.0.2", "10.0.0.3"])
     );
 
     // A report that no longer names the port takes it DOWN.

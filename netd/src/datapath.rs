@@ -440,6 +440,7 @@ mod tests {
         let want = HostNetworks {
             networks: vec![network()],
             routers: vec![],
+            groups: Default::default(),
         };
         let links = vec![
             link(1, "eth0", None, 1500, true),
@@ -473,6 +474,7 @@ mod tests {
         let want = HostNetworks {
             networks: vec![net],
             routers: vec![],
+            groups: Default::default(),
         };
         let links = vec![
             link(5, "brq0123456789a", None, 1450, true),
@@ -491,6 +493,7 @@ mod tests {
         let want = HostNetworks {
             networks: vec![up],
             routers: vec![],
+            groups: Default::default(),
         };
         let plan = plan_links(&want, &links, &BTreeSet::from(["p1".to_owned()]));
         assert!(plan.plugged.is_empty());

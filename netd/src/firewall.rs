@@ -116,8 +116,9 @@ fn set(items: impl IntoIterator<Item = String>) -> String {
 }
 
 /// A rule's match and verdict, or None when it can match nothing (a remote
-/// group with no members, a malformed prefix).
-fn rule_line(rule: &Rule) -> Option<String> {
+/// group with no members, a malformed prefix). `sets` names each remote
+/// group's set (`g<n>`), absent for a group without members.
+fn rule_line(rule: &Rule, sets: &BTreeMap<&str, usize>) -> Option<String> {
     let mut line = String::new();
     let peer = match rule.direction {
         Direction::Ingress => "saddr",
@@ -128,13 +129,8 @@ fn rule_line(rule: &Rule) -> Option<String> {
         Remote::Prefix(p) => {
             let _ = write!(line, "ip {peer} {} ", prefix(p)?);
         }
-        Remote::Members(ips) if ips.is_empty() => return None,
-        Remote::Members(ips) => {
-            let _ = write!(
-                line,
-                "ip {peer} {} ",
-                set(ips.iter().map(Ipv4Addr::to_string))
-            );
+        Remote::Group(id) => {
+            let _ = write!(line, "ip {peer} @g{} ", sets.get(id.as_str())?);
         }
     }
     let range = match (rule.port_min, rule.port_max) {
@@ -284,7 +280,24 @@ pub fn plan(want: &HostNetworks, links: &[Link]) -> Firewall {
     }
     t.push_str("}\n");
 
-    t.push_str("table ip virga {\n\tchain raw {\n\t\ttype filter hook prerouting priority -300; policy accept;\n");
+    t.push_str("table ip virga {\n");
+    // Each remote group's members once, however many ports' rules name it.
+    let sets: BTreeMap<&str, usize> = want
+        .groups
+        .iter()
+        .filter(|(_, ips)| !ips.is_empty())
+        .enumerate()
+        .map(|(n, (id, _))| (id.as_str(), n))
+        .collect();
+    for (id, n) in &sets {
+        let ips = want.groups.get(*id).map(Vec::as_slice).unwrap_or_default();
+        let _ = write!(
+            t,
+            "\tset g{n} {{\n\t\ttype ipv4_addr\n\t\telements = {}\n\t}}\n",
+            set(ips.iter().map(Ipv4Addr::to_string))
+        );
+    }
+    t.push_str("\tchain raw {\n\t\ttype filter hook prerouting priority -300; policy accept;\n");
     if !zones.is_empty() {
         let map = set(zones.iter().map(|(s, z)| format!("{s} : {z}")));
         let _ = writeln!(
@@ -315,7 +328,7 @@ pub fn plan(want: &HostNetworks, links: &[Link]) -> Firewall {
             .rules
             .iter()
             .filter(|r| r.direction == Direction::Egress)
-            .filter_map(rule_line)
+            .filter_map(|r| rule_line(r, &sets))
             .collect();
         for line in egress {
             let _ = writeln!(t, "\t\t{line}");
@@ -329,7 +342,7 @@ pub fn plan(want: &HostNetworks, links: &[Link]) -> Firewall {
             .rules
             .iter()
             .filter(|r| r.direction == Direction::Ingress)
-            .filter_map(rule_line)
+            .filter_map(|r| rule_line(r, &sets))
             .collect();
         for line in ingress {
             let _ = writeln!(t, "\t\t{line}");
@@ -464,6 +477,7 @@ mod tests {
                 remote: vec![],
             }],
             routers: vec![],
+            groups: Default::default(),
         }
     }
 
@@ -497,11 +511,9 @@ mod tests {
                     Ingress,
                     Some(1),
                     (Some(8), Some(0)),
-                    Remote::Members(vec![Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)]),
+                    Remote::Group("web".into()),
                 ),
-                Some(
-                    "ip saddr { 10.0.0.2, 10.0.0.3 } ip protocol 1 icmp type 8 icmp code 0 accept",
-                ),
+                Some("ip saddr @g3 ip protocol 1 icmp type 8 icmp code 0 accept"),
             ),
             (
                 rule(Ingress, Some(1), (None, None), Remote::Any),
@@ -513,7 +525,7 @@ mod tests {
             ),
             // Nobody in the remote group yet: nothing to let in.
             (
-                rule(Ingress, None, (None, None), Remote::Members(vec![])),
+                rule(Ingress, None, (None, None), Remote::Group("empty".into())),
                 None,
             ),
             // What is not a prefix never reaches nft.
@@ -527,9 +539,45 @@ mod tests {
                 None,
             ),
         ];
+        let sets = BTreeMap::from([("web", 3)]);
         for (r, expect) in cases {
-            assert_eq!(rule_line(&r).as_deref(), expect, "{r:?}");
+            assert_eq!(rule_line(&r, &sets).as_deref(), expect, "{r:?}");
         }
+    }
+
+    #[test]
+    fn remote_groups_are_named_sets_written_once_however_many_rules_name_them() {
+        let links = [link(8, "tapa"), link(9, "tapb")];
+        let from = |g: &str| {
+            rule(
+                Direction::Ingress,
+                None,
+                (None, None),
+                Remote::Group(g.into()),
+            )
+        };
+        let mut w = want(vec![
+            port("a", "tapa", true, vec![from("web"), from("nobody")]),
+            port("b", "tapb", true, vec![from("web")]),
+        ]);
+        w.groups = BTreeMap::from([
+            (
+                "web".to_owned(),
+                vec![Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(10, 0, 0, 6)],
+            ),
+            ("nobody".to_owned(), vec![]),
+        ]);
+        let t = plan(&w, &links).text;
+        assert_eq!(
+            t.matches("elements = { 10.0.0.5, 10.0.0.6 }").count(),
+            1,
+            "{t}"
+        );
+        assert!(t.contains("\tset g0 {\n\t\ttype ipv4_addr\n"), "{t}");
+        assert_eq!(t.matches("ip saddr @g0 accept").count(), 2, "{t}");
+        // A group without members has no set and lets nobody in.
+        assert_eq!(t.matches("set g").count(), 1, "{t}");
+        assert!(!t.contains("@g1"), "{t}");
     }
 
     #[test]

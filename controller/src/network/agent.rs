@@ -135,7 +135,11 @@ impl NetworkService {
                 routers.push(r);
             }
         }
-        Ok(HostNetworks { networks, routers })
+        Ok(HostNetworks {
+            networks,
+            routers,
+            groups: groups.0.into_iter().collect(),
+        })
     }
 
     /// Binds a router's ports to the host it is placed on (those made while
@@ -311,7 +315,10 @@ impl NetworkService {
             None => None,
         };
         let remote = match (&rule.remote_group_id, &rule.remote_ip_prefix) {
-            (Some(g), _) => Remote::Members(groups.members(self, g).await?),
+            (Some(g), _) => {
+                groups.members(self, g).await?;
+                Remote::Group(g.clone())
+            }
             (None, Some(prefix)) if prefix != "0.0.0.0/0" => Remote::Prefix(prefix.clone()),
             (None, _) => Remote::Any,
         };

@@ -5,6 +5,7 @@
 //! where each of the network's other ports lives. One call both reports and
 //! fetches, so a netd that restarts converges from a single answer.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,10 @@ pub struct HostNetworks {
     /// networks' local ports).
     #[serde(default)]
     pub routers: Vec<HostRouter>,
+    /// The addresses of each remote group the rules name, sorted (empty:
+    /// nobody yet).
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<Ipv4Addr>>,
 }
 
 /// One network as one host sees it.
@@ -148,8 +153,9 @@ pub enum Remote {
     Any,
     /// A CIDR.
     Prefix(String),
-    /// The addresses of a remote group's ports (empty: nobody yet).
-    Members(Vec<Ipv4Addr>),
+    /// A remote group's ports, by the group's id in [`HostNetworks::groups`]
+    /// (sent once per answer however many rules name it).
+    Group(String),
 }
 
 /// A router on this host: a namespace joined to each of its networks by a
