@@ -5,9 +5,12 @@
 
 use std::process::Command;
 
-/// Whether this machine can make namespaces (root, `ip`).
+/// Whether this machine can make namespaces (root, `ip`). Tests call it
+/// concurrently, so each probe has a name of its own.
 pub fn available() -> Result<(), String> {
-    let probe = format!("virga-probe-{}", std::process::id());
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = format!("virga-probe-{}-{n}", std::process::id());
     let added = Command::new("ip")
         .args(["netns", "add", &probe])
         .output()
