@@ -139,6 +139,8 @@ fn guests_on_one_network_talk_across_hosts_and_nobody_else_reaches_them() {
     // knows by its address: this port has no server behind it, so the
     // controller has nothing to tell (503); the route is DHCP's.
     g_a1.sh("ip route replace 169.254.169.254/32 dev eth0");
+    // The DHCP and metadata address answers ping, as Neutron's DHCP port.
+    wait_ping(&g_a1, "169.254.169.254");
     let meta = g_a1.run(|| {
         http::send(
             "169.254.169.254:80",
