@@ -140,6 +140,18 @@ fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// A binary of this workspace's release build, or how to make it.
+fn release_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let path = workspace().join("target/release").join(name);
+    if !path.exists() {
+        anyhow::bail!(
+            "{} is missing: cargo build --release -p controller -p netd",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 fn images_dir() -> PathBuf {
     std::env::var_os("VIRGA_IMAGES")
         .map(PathBuf::from)

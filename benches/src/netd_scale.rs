@@ -14,21 +14,10 @@ use virga_test_support::netlab::{Lab, LabBins};
 use virga_test_support::netns;
 
 use crate::report::{Report, Samples};
-use crate::{host_cpu, workspace};
+use crate::{host_cpu, release_bin, workspace};
 
 /// The peer: the same host with a handful of ports.
 const FEW: usize = 10;
-
-fn release_bin(name: &str) -> Result<std::path::PathBuf> {
-    let path = workspace().join("target/release").join(name);
-    if !path.exists() {
-        bail!(
-            "{} is missing: cargo build --release -p controller -p netd",
-            path.display()
-        );
-    }
-    Ok(path)
-}
 
 /// The ports of `network` that are ACTIVE.
 fn active(lab: &Lab, network: &str) -> usize {

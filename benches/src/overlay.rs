@@ -9,7 +9,6 @@
 //! encapsulation, no firewall). The three are interleaved round by round. No guest boots: the datapath is the kernel's either way,
 //! so this runs natively, not in the testbed.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -18,7 +17,7 @@ use virga_test_support::netlab::{wait_ping, Lab, LabBins};
 use virga_test_support::netns::{self, NetNs};
 
 use crate::report::{Report, Samples};
-use crate::{host_cpu, workspace};
+use crate::{host_cpu, release_bin, workspace};
 
 const PEER: &str = "bridge";
 const SYSTEMS: &[&str] = &["virga", "vxlan", PEER];
@@ -26,17 +25,6 @@ const SYSTEMS: &[&str] = &["virga", "vxlan", PEER];
 const SECONDS: u32 = 5;
 const SERVER_IP: &str = "10.0.0.11";
 const CLIENT_IP: &str = "10.0.0.10";
-
-fn release_bin(name: &str) -> Result<PathBuf> {
-    let path = workspace().join("target/release").join(name);
-    if !path.exists() {
-        bail!(
-            "{} is missing: cargo build --release -p controller -p netd",
-            path.display()
-        );
-    }
-    Ok(path)
-}
 
 /// Two hosts joined by a veth (the underlay), a bridge on each with a guest
 /// on it, the guests' MTU as on the overlay. Plain: the underlay veth is a

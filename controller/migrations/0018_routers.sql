@@ -32,9 +32,6 @@ CREATE TABLE floating_ips (
 );
 CREATE INDEX floating_ips_by_router ON floating_ips (router_id);
 
--- Whether a host's netd reaches the external networks (routers go there).
-ALTER TABLE network_agents ADD COLUMN gateway BIGINT NOT NULL DEFAULT 0;
-
 -- A port's owner as a column too: a router with interfaces cannot go, and
 -- that check must be part of the delete.
 ALTER TABLE ports ADD COLUMN device_owner TEXT NOT NULL DEFAULT '';

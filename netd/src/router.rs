@@ -137,8 +137,12 @@ struct RouterNs {
     nl: Netlink,
     /// The ruleset last applied inside.
     nat: Option<String>,
-    /// The default route last set.
-    route: Option<Ipv4Addr>,
+    /// The gateway addresses announced, by the gateway link they were
+    /// announced from.
+    announced: BTreeSet<(u32, Ipv4Addr)>,
+    /// The default route last set: out of the gateway link (by ifindex, so
+    /// that a gateway link made afresh gets it again), through the nexthop.
+    route: Option<(u32, Ipv4Addr)>,
 }
 
 pub struct Routers {
@@ -243,17 +247,14 @@ impl Routers {
         let inside = r.nl.links().await.map_err(nl(id))?;
         let keep: BTreeSet<String> = ports.iter().map(|p| p.inner.clone()).collect();
         remove_ports(&r.nl, &keep).await.map_err(nl(id))?;
-        let mut root_links: Option<Vec<Link>> = None;
+        // The host's links as they were before this pass plugged anything.
+        let links_before = root.links().await.map_err(nl(id))?;
+        let mut qg: Option<Link> = None;
         for p in &ports {
             let link = match inside.iter().find(|l| l.name == p.inner) {
                 Some(l) => l.clone(),
                 None => {
-                    let links = match &root_links {
-                        Some(l) => l,
-                        None => root_links.insert(root.links().await.map_err(nl(id))?),
-                    };
-                    plug(root, &r.ns, links, p).await.map_err(nl(id))?;
-                    root_links = None;
+                    plug(root, &r.ns, &links_before, p).await.map_err(nl(id))?;
                     r.nl.links()
                         .await
                         .map_err(nl(id))?
@@ -265,6 +266,9 @@ impl Routers {
                         })?
                 }
             };
+            if p.inner.starts_with("qg-") {
+                qg = Some(link.clone());
+            }
             if !link.up || link.mtu != p.mtu {
                 r.nl.set_mac_mtu_up(&link, p.mac, p.mtu)
                     .await
@@ -285,29 +289,26 @@ impl Routers {
                 r.nl.add_address(&link, *ip, *prefix)
                     .await
                     .map_err(nl(id))?;
-                // The external side learns at once where the address lives
-                // now (a floating IP may come from another router).
-                if p.inner.starts_with("qg-") {
-                    let runtime = tokio::runtime::Handle::current();
-                    let sent =
-                        netns::within(&r.ns, &runtime, || garp::announce(link.index, p.mac, *ip));
-                    if let Err(e) = sent {
-                        tracing::warn!(router = id, address = %ip, "gratuitous ARP: {e}");
-                    }
-                }
+            }
+            if p.inner.starts_with("qg-") {
+                // A tap plugged this pass is not in `links_before`: it joins
+                // its bridge later in the pass.
+                let on_bridge = links_before
+                    .iter()
+                    .any(|l| l.name == p.tap && l.master.is_some());
+                announce(r, &link, p, on_bridge);
             }
         }
-        // The default route, through the external subnet's gateway.
+        // The default route, through the external subnet's gateway (it goes
+        // with the gateway link, so a new link needs it again).
         let nexthop = router.gateway.as_ref().and_then(|g| g.nexthop);
-        if nexthop != r.route {
-            if let (Some(gw), Some(g)) = (nexthop, &router.gateway) {
-                let name = inner_name(&g.port.id, true);
-                let links = r.nl.links().await.map_err(nl(id))?;
-                if let Some(qg) = links.iter().find(|l| l.name == name) {
-                    r.nl.default_route_via(qg, gw).await.map_err(nl(id))?;
-                }
+        let route = qg.zip(nexthop);
+        let wanted = route.as_ref().map(|(link, gw)| (link.index, *gw));
+        if wanted != r.route {
+            if let Some((link, gw)) = &route {
+                r.nl.default_route_via(link, *gw).await.map_err(nl(id))?;
             }
-            r.route = nexthop;
+            r.route = wanted;
         }
         let nat = nat_ruleset(router)
             .unwrap_or_else(|| "table ip virga-router\ndelete table ip virga-router\n".to_owned());
@@ -417,6 +418,28 @@ fn wanted_ports<'a>(
     Ok(out)
 }
 
+/// Announces the gateway's addresses not yet announced from its link (a
+/// floating IP may come from another router: the external side learns at
+/// once where it lives now). Only once the link's tap is on its bridge, a
+/// pass after a new link was plugged: before, the frame would go nowhere.
+fn announce(r: &mut RouterNs, link: &Link, p: &WantedPort<'_>, on_bridge: bool) {
+    r.announced
+        .retain(|(index, ip)| *index == link.index && p.addresses.iter().any(|(a, _)| a == ip));
+    if !on_bridge {
+        return;
+    }
+    let runtime = tokio::runtime::Handle::current();
+    for (ip, _) in &p.addresses {
+        if !r.announced.insert((link.index, *ip)) {
+            continue;
+        }
+        let sent = netns::within(&r.ns, &runtime, || garp::announce(link.index, p.mac, *ip));
+        if let Err(e) = sent {
+            tracing::warn!(port = p.port.id, address = %ip, "gratuitous ARP: {e}");
+        }
+    }
+}
+
 /// A new router namespace: loopback up, forwarding on.
 async fn start(id: &str) -> Result<RouterNs, RouterError> {
     let ns_error = |source| RouterError::Namespace {
@@ -440,6 +463,7 @@ async fn start(id: &str) -> Result<RouterNs, RouterError> {
         nl: inside,
         nat: None,
         route: None,
+        announced: BTreeSet::new(),
     })
 }
 

@@ -426,6 +426,30 @@ fn a_router_joins_networks_across_hosts_and_floating_ips_reach_guests_from_outsi
     });
     assert_eq!(fip_status(&lab), "DOWN");
 
+    // The gateway moved to another address in one update (an admin's): a
+    // new gateway port and link, the same nexthop; the router announces its
+    // new address, and its default route comes back with the new link (an
+    // address beyond the external subnet needs it).
+    outside.sh("ip addr add 198.51.100.1/32 dev lo");
+    let (code, v) = lab.call(
+        "PUT",
+        &format!("/routers/{rid}"),
+        json!({"router": {"external_gateway_info": {"network_id": public["id"],
+               "external_fixed_ips": [{"ip_address": "172.24.4.20"}]}}}),
+    );
+    assert_eq!(code, 200, "{v}");
+    wait::until(
+        "the new gateway address's announcement",
+        Duration::from_secs(10),
+        || {
+            outside
+                .sh("ip neigh show 172.24.4.20")
+                .contains("lladdr")
+                .then_some(())
+        },
+    );
+    wait_ping(&g1, "198.51.100.1");
+
     // An interface removed: its network is cut off, the other keeps its
     // way out; the router deleted: its ports leave the host.
     let (code, v) = lab.call(

@@ -36,7 +36,7 @@ impl NetworkService {
     ) -> Result<HostNetworks, NetworkError> {
         let store = self.store();
         store
-            .record_agent(host_id, &report.vtep.to_string(), report.gateway, now())
+            .record_agent(host_id, &report.vtep.to_string(), now())
             .await?;
         // A gateway host takes the routers no host has yet.
         if report.gateway {
@@ -44,9 +44,10 @@ impl NetworkService {
                 tracing::info!(router = id, host = host_id, "router placed");
             }
         }
-        let routers_here = store.routers_on_host(host_id).await?;
-        for router in &routers_here {
-            self.bind_router_ports(router, host_id).await?;
+        let mut routers_here = Vec::new();
+        for router in store.routers_on_host(host_id).await? {
+            let ports = self.bind_router_ports(&router, host_id).await?;
+            routers_here.push((router, ports));
         }
         let plugged: HashSet<&str> = report.plugged.iter().map(String::as_str).collect();
         let mut by_network: BTreeMap<String, Vec<Port>> = BTreeMap::new();
@@ -130,8 +131,8 @@ impl NetworkService {
         }
         let applied: HashSet<&str> = report.floating.iter().map(String::as_str).collect();
         let mut routers = Vec::with_capacity(routers_here.len());
-        for router in routers_here {
-            if let Some(r) = self.host_router(router, &applied).await? {
+        for (router, ports) in routers_here {
+            if let Some(r) = self.host_router(router, &ports, &applied).await? {
                 routers.push(r);
             }
         }
@@ -143,26 +144,29 @@ impl NetworkService {
     }
 
     /// Binds a router's ports to the host it is placed on (those made while
-    /// it was being placed too).
-    async fn bind_router_ports(&self, router: &Router, host_id: &str) -> Result<(), NetworkError> {
-        for mut port in self.store().ports_of_device(&router.std.id).await? {
-            if ![ROUTER_INTERFACE, ROUTER_GATEWAY].contains(&port.device_owner.as_str()) {
-                continue;
-            }
+    /// it was being placed too); answers them.
+    async fn bind_router_ports(
+        &self,
+        router: &Router,
+        host_id: &str,
+    ) -> Result<Vec<Port>, NetworkError> {
+        let mut ports = self.store().ports_of_device(&router.std.id).await?;
+        ports.retain(|p| [ROUTER_INTERFACE, ROUTER_GATEWAY].contains(&p.device_owner.as_str()));
+        for port in &mut ports {
             while port.host_id != host_id {
                 let old = port.clone();
                 port.host_id = host_id.to_owned();
                 port.std.touch(now());
-                if self.store().update_port(&port, &old).await? {
+                if self.store().update_port(port, &old).await? {
                     break;
                 }
                 match self.store().port(&old.std.id).await? {
-                    Some(p) if p.device_id == router.std.id => port = p,
+                    Some(p) if p.device_id == router.std.id => *port = p,
                     _ => break,
                 }
             }
         }
-        Ok(())
+        Ok(ports)
     }
 
     /// A router as its host's netd applies it (None while it is down), its
@@ -170,6 +174,7 @@ impl NetworkService {
     async fn host_router(
         &self,
         router: Router,
+        ports: &[Port],
         applied: &HashSet<&str>,
     ) -> Result<Option<HostRouter>, NetworkError> {
         let store = self.store();
@@ -188,10 +193,9 @@ impl NetworkService {
         if !router.admin_state_up {
             return Ok(None);
         }
-        let ports = store.ports_of_device(&router.std.id).await?;
         let mut interfaces = Vec::new();
         let mut gateway = None;
-        for p in &ports {
+        for p in ports {
             let Some((port, subnet_gateway)) = self.netd_router_port(p).await? else {
                 continue;
             };

@@ -235,9 +235,8 @@ impl NetworkService {
     pub async fn delete_router(&self, ctx: &RequestContext, id: &str) -> Result<(), NetworkError> {
         writer(ctx, "delete_router")?;
         self.visible_router(ctx, id).await?;
-        if !self.store().floating_ips_of_router(id).await?.is_empty() {
-            return Err(in_use_by_floating(id));
-        }
+        // Floating IPs through the router hold an interface, so "in use"
+        // covers them too.
         match self.store().delete_router(id).await? {
             Deleted::Yes => {
                 tracing::info!(router = id, "router deleted");
@@ -413,10 +412,9 @@ impl NetworkService {
     ) -> Result<Json, NetworkError> {
         writer(ctx, "add_router_interface")?;
         let router = self.visible_router(ctx, id).await?;
-        let (subnet_id, port_id) = interface_request(body)?;
         let existing = self.interfaces(id).await?;
-        let port = match (subnet_id, port_id) {
-            (Some(subnet_id), None) => {
+        let port = match interface_request(body)? {
+            Interface::Subnet(subnet_id) => {
                 let subnet = self.visible_subnet(ctx, &subnet_id).await?;
                 let net = self.visible_network(ctx, &subnet.network_id).await?;
                 if !ctx.is_admin() && net.std.project_id != ctx.project_id() && !net.shared {
@@ -448,7 +446,7 @@ impl NetworkService {
                 )
                 .await?
             }
-            (None, Some(port_id)) => {
+            Interface::Port(port_id) => {
                 let port = self.visible_port(ctx, &port_id).await?;
                 if !port.device_id.is_empty() || !port.device_owner.is_empty() {
                     return Err(NetworkError::new(
@@ -472,7 +470,6 @@ impl NetworkService {
                 let host = self.store().router_host(id).await?.unwrap_or_default();
                 self.take_port(port, id, &host).await?
             }
-            _ => return unreachable_interface_request(),
         };
         let subnet_id = port
             .fixed_ips
@@ -569,12 +566,11 @@ impl NetworkService {
     ) -> Result<Json, NetworkError> {
         writer(ctx, "remove_router_interface")?;
         let router = self.visible_router(ctx, id).await?;
-        let (subnet_id, port_id) = interface_request(body)?;
         let interfaces = self.interfaces(id).await?;
-        let port = match (&subnet_id, &port_id) {
-            (Some(s), None) => interfaces
+        let port = match interface_request(body)? {
+            Interface::Subnet(s) => interfaces
                 .into_iter()
-                .find(|p| p.fixed_ips.iter().any(|f| &f.subnet_id == s))
+                .find(|p| p.fixed_ips.iter().any(|f| f.subnet_id == s))
                 .ok_or_else(|| {
                     NetworkError::new(
                         404,
@@ -582,9 +578,9 @@ impl NetworkService {
                         format!("Router {id} has no interface on subnet {s}"),
                     )
                 })?,
-            (None, Some(p)) => interfaces
+            Interface::Port(p) => interfaces
                 .into_iter()
-                .find(|port| &port.std.id == p)
+                .find(|port| port.std.id == p)
                 .ok_or_else(|| {
                     NetworkError::new(
                         404,
@@ -592,7 +588,6 @@ impl NetworkService {
                         format!("Router {id} does not have an interface with id {p}"),
                     )
                 })?,
-            _ => return unreachable_interface_request(),
         };
         let subnets: Vec<&str> = port
             .fixed_ips
@@ -911,14 +906,6 @@ impl NetworkService {
     }
 }
 
-fn in_use_by_floating(router_id: &str) -> NetworkError {
-    NetworkError::new(
-        409,
-        "RouterInUse",
-        format!("Router {router_id} still has ports"),
-    )
-}
-
 fn already_associated(fip: &FloatingIp, a: &Association) -> NetworkError {
     NetworkError::new(
         409,
@@ -930,26 +917,24 @@ fn already_associated(fip: &FloatingIp, a: &Association) -> NetworkError {
     )
 }
 
+/// What `add_router_interface`/`remove_router_interface` name.
+enum Interface {
+    Subnet(String),
+    Port(String),
+}
+
 /// The body of `add_router_interface`/`remove_router_interface`: exactly
 /// one of `subnet_id` and `port_id`.
-fn interface_request(body: &Attrs) -> Result<(Option<String>, Option<String>), NetworkError> {
-    let subnet = id_attr(body, "subnet_id")?;
-    let port = id_attr(body, "port_id")?;
-    match (&subnet, &port) {
+fn interface_request(body: &Attrs) -> Result<Interface, NetworkError> {
+    match (id_attr(body, "subnet_id")?, id_attr(body, "port_id")?) {
+        (Some(subnet), None) => Ok(Interface::Subnet(subnet)),
+        (None, Some(port)) => Ok(Interface::Port(port)),
         (Some(_), Some(_)) => Err(bad("router", "Cannot specify both subnet-id and port-id")),
         (None, None) => Err(bad(
             "router",
             "Either subnet_id or port_id must be specified",
         )),
-        _ => Ok((subnet, port)),
     }
-}
-
-fn unreachable_interface_request<T>() -> Result<T, NetworkError> {
-    Err(bad(
-        "router",
-        "Either subnet_id or port_id must be specified",
-    ))
 }
 
 /// What `add_router_interface` and `remove_router_interface` answer.

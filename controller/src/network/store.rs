@@ -496,15 +496,13 @@ impl NetworkStore {
         &self,
         host_id: &str,
         vtep: &str,
-        gateway: bool,
         now: i64,
     ) -> Result<(), StoreError> {
         self.store
             .execute(
-                "INSERT INTO network_agents (host_id, vtep, last_seen, gateway) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (host_id) DO UPDATE SET vtep = excluded.vtep, last_seen = excluded.last_seen, \
-                 gateway = excluded.gateway",
-                &[Value::Text(host_id), Value::Text(vtep), Value::Int(now), Value::Bool(gateway)],
+                "INSERT INTO network_agents (host_id, vtep, last_seen) VALUES ($1, $2, $3) \
+                 ON CONFLICT (host_id) DO UPDATE SET vtep = excluded.vtep, last_seen = excluded.last_seen",
+                &[Value::Text(host_id), Value::Text(vtep), Value::Int(now)],
             )
             .await
             .map(|_| ())
