@@ -144,6 +144,33 @@ case " $($bb cat /proc/cmdline) " in
     echo virga-net-serving
     while :; do $bb sleep 1; done
     ;;
+*" virga.mode=hotplug "*)
+    # Guest side of the NIC hotplug test: report the NICs whenever they
+    # change; give each new one its address (169.254.10N.2 for ethN) and
+    # ping the host at .1 through it.
+    echo 0 > /proc/sys/kernel/ctrl-alt-del
+    trap '$bb poweroff -f' INT TERM
+    $bb mount -t sysfs sys /sys
+    $bb mount -t devtmpfs dev /dev
+    seen=
+    echo virga-hotplug-ready
+    while :; do
+        now=$(cd /sys/class/net && echo eth*)
+        if [ "$now" != "$seen" ]; then
+            echo "virga-hotplug-nics $now"
+            for n in $now; do
+                case " $seen " in *" $n "*) continue ;; esac
+                i=${{n#eth}}
+                $bb ip link set $n up
+                $bb ip addr add 169.254.10$i.2/24 dev $n
+                r=failed; $bb ping -c 2 -W 5 169.254.10$i.1 > /dev/null && r=ok
+                echo "virga-hotplug-ping $n $($bb cat /sys/class/net/$n/address) $r"
+            done
+            seen=$now
+        fi
+        $bb sleep 0.2
+    done
+    ;;
 *" virga.mode=flood "*)
     i=0
     while [ $i -lt {flood_lines} ]; do

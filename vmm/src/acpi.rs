@@ -18,7 +18,7 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::devices::{acpi_pm, ged};
+use crate::devices::{acpi_pm, ged, pci_hotplug};
 use crate::layout::{
     ACPI_END, ACPI_START, ECAM_BASE, IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO_END, PCI_MMIO_START,
 };
@@ -176,11 +176,36 @@ fn pci_root(table: &mut Sdt) {
     let uid = aml::Name::new("_UID".into(), &aml::ZERO);
     let bbn = aml::Name::new("_BBN".into(), &aml::ZERO);
     let crs_name = aml::Name::new("_CRS".into(), &crs);
-    aml::Device::new(
-        "\\_SB_.PCI0".into(),
-        vec![&hid_name, &adr, &seg, &uid, &bbn, &crs_name],
-    )
-    .to_aml_bytes(table);
+    let slots: Vec<HotplugSlot> = (1..crate::pci::SLOTS as u8).map(HotplugSlot).collect();
+    let notifies: Vec<SlotNotify> = (1..crate::pci::SLOTS as u8).map(SlotNotify).collect();
+    let mut children: Vec<&dyn Aml> = vec![&hid_name, &adr, &seg, &uid, &bbn, &crs_name];
+    children.extend(slots.iter().map(|s| s as &dyn Aml));
+    // DVNT(bitmap, code): notifies each slot named in the bitmap.
+    let dvnt = aml::Method::new(
+        "DVNT".into(),
+        2,
+        true,
+        notifies.iter().map(|n| n as &dyn Aml).collect(),
+    );
+    // PCNT: what the GED's PCI event runs; "device check" (1) for the
+    // slots plugged, "eject request" (3) for those to unplug.
+    let up: aml::Path = "\\_SB_.PHPR.PCIU".into();
+    let down: aml::Path = "\\_SB_.PHPR.PCID".into();
+    let three = 3u8;
+    let check = aml::MethodCall::new("DVNT".into(), vec![&up, &aml::ONE]);
+    let eject = aml::MethodCall::new("DVNT".into(), vec![&down, &three]);
+    let acquire = aml::Acquire::new("\\_SB_.PHPR.BLCK".into(), 0xffff);
+    let release = aml::Release::new("\\_SB_.PHPR.BLCK".into());
+    let pcnt = aml::Method::new(
+        "PCNT".into(),
+        0,
+        true,
+        vec![&acquire, &check, &eject, &release],
+    );
+    children.push(&dvnt);
+    children.push(&pcnt);
+    aml::Device::new("\\_SB_.PCI0".into(), children).to_aml_bytes(table);
+    hotplug_controller(table);
 
     let ecam = aml::Memory32Fixed::new(false, ECAM_BASE as u32, crate::pci::ECAM_SIZE as u32);
     legacy_device(table, "\\_SB_.MRES", "PNP0C02", &[&ecam]);
@@ -217,10 +242,95 @@ fn power_button(table: &mut Sdt) {
     let bit = ged::POWER_BUTTON;
     let is_button = aml::And::new(&aml::ZERO, &events, &bit);
     let if_button = aml::If::new(&is_button, vec![&notify]);
-    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&take, &if_button]);
+    let pci_bit = ged::PCI_HOTPLUG;
+    let is_pci = aml::And::new(&aml::ZERO, &events, &pci_bit);
+    let scan = aml::MethodCall::new("\\_SB_.PCI0.PCNT".into(), vec![]);
+    let if_pci = aml::If::new(&is_pci, vec![&scan]);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&take, &if_button, &if_pci]);
     aml::Device::new(
         "\\_SB_.GED_".into(),
         vec![&ged_hid, &uid_name, &crs_name, &region, &field, &evt],
+    )
+    .to_aml_bytes(table);
+}
+
+/// A slot of bus 0 as ACPI PCI hotplug sees it: its address, its number,
+/// and `_EJ0`, which tells the hotplug device the guest let go of it.
+struct HotplugSlot(u8);
+
+impl Aml for HotplugSlot {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        let adr = u32::from(self.0) << 16;
+        let sun = u32::from(self.0);
+        let adr_name = aml::Name::new("_ADR".into(), &adr);
+        let sun_name = aml::Name::new("_SUN".into(), &sun);
+        let sun_path: aml::Path = "_SUN".into();
+        let eject = aml::MethodCall::new("\\_SB_.PHPR.PCEJ".into(), vec![&sun_path]);
+        let ej0 = aml::Method::new("_EJ0".into(), 1, false, vec![&eject]);
+        aml::Device::new(
+            slot_name(self.0).as_str().into(),
+            vec![&adr_name, &sun_name, &ej0],
+        )
+        .to_aml_bytes(sink);
+    }
+}
+
+/// In `DVNT`: notifies slot `self.0` with code Arg1 when Arg0 names it.
+struct SlotNotify(u8);
+
+impl Aml for SlotNotify {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        let bit = 1u32 << self.0;
+        let named = aml::And::new(&aml::ZERO, &aml::Arg(0), &bit);
+        let slot: aml::Path = slot_name(self.0).as_str().into();
+        let notify = aml::Notify::new(&slot, &aml::Arg(1));
+        aml::If::new(&named, vec![&notify]).to_aml_bytes(sink);
+    }
+}
+
+fn slot_name(slot: u8) -> String {
+    format!("S{slot:03}")
+}
+
+/// The hotplug device's registers (see `devices::pci_hotplug`), and `PCEJ`,
+/// which `_EJ0` calls with the slot's number.
+fn hotplug_controller(table: &mut Sdt) {
+    let hid = aml::EISAName::new("PNP0A06");
+    let hid_name = aml::Name::new("_HID".into(), &hid);
+    let uid_name = aml::Name::new("_UID".into(), &"PCI Hotplug Controller");
+    let (base, len) = (pci_hotplug::BASE as u16, pci_hotplug::LEN as u8);
+    let io = aml::IO::new(base, base, 1, len);
+    let crs = aml::ResourceTemplate::new(vec![&io]);
+    let crs_name = aml::Name::new("_CRS".into(), &crs);
+    let mutex = aml::Mutex::new("BLCK".into(), 0);
+    let (region_base, region_len) = (pci_hotplug::BASE as usize, pci_hotplug::LEN as usize);
+    let region = aml::OpRegion::new(
+        "PCST".into(),
+        aml::OpRegionSpace::SystemIO,
+        &region_base,
+        &region_len,
+    );
+    let field = aml::Field::new(
+        "PCST".into(),
+        aml::FieldAccessType::DWord,
+        aml::FieldLockRule::NoLock,
+        aml::FieldUpdateRule::WriteAsZeroes,
+        vec![
+            aml::FieldEntry::Named(*b"PCIU", 32),
+            aml::FieldEntry::Named(*b"PCID", 32),
+            aml::FieldEntry::Named(*b"B0EJ", 32),
+        ],
+    );
+    let acquire = aml::Acquire::new("BLCK".into(), 0xffff);
+    let b0ej: aml::Path = "B0EJ".into();
+    let bit = aml::ShiftLeft::new(&b0ej, &aml::ONE, &aml::Arg(0));
+    let release = aml::Release::new("BLCK".into());
+    let pcej = aml::Method::new("PCEJ".into(), 1, true, vec![&acquire, &bit, &release]);
+    aml::Device::new(
+        "\\_SB_.PHPR".into(),
+        vec![
+            &hid_name, &uid_name, &crs_name, &mutex, &region, &field, &pcej,
+        ],
     )
     .to_aml_bytes(table);
 }

@@ -12,8 +12,17 @@
 //! | PUT    | /vm/actions/shutdown   | `{"timeout_ms": N}` (optional)    | 202          |
 //! | GET    | /metrics               |                                   | 200 Metrics  |
 //! | PUT    | /vm/devices/{id}/rate-limit | `{"bytes_per_sec": N, "ops_per_sec": N}` | 204 |
+//! | POST   | /vm/nets               | a `nets` entry of the config file | 201 DeviceInfo |
+//! | DELETE | /vm/devices/{id}       |                                   | 202          |
+//!
+//! A NIC plugged through the API runs on TAP descriptors the client sends
+//! with the request (SCM_RIGHTS on its first bytes: an empty line, which
+//! HTTP lets a server skip before a request), or on a tap the VMM opens by
+//! name when it may. Unplugging asks the guest; the device is gone from
+//! `GET /vm` once the guest has let go of it (or at its next reboot).
 
 use std::convert::Infallible;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
@@ -25,7 +34,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::config::VmConfig;
+use crate::config::{NetConfig, VmConfig};
 use crate::metrics::{ExitCounts, ProcessMemory};
 use crate::rate_limiter::RateLimit;
 
@@ -57,6 +66,18 @@ pub enum ApiRequest {
         device: String,
         limit: RateLimit,
     },
+    AddNet {
+        net: NetConfig,
+        fds: Vec<OwnedFd>,
+    },
+    RemoveDevice(String),
+}
+
+/// A device plugged through the API.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub id: String,
+    pub pci_slot: Option<u8>,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,6 +104,7 @@ pub struct MetricsReport {
 pub enum ApiReply {
     Info(Box<VmInfo>),
     Metrics(MetricsReport),
+    Device(DeviceInfo),
     NoContent,
     Accepted,
     Error(StatusCode, String),
@@ -230,9 +252,11 @@ fn serve(listener: std::os::unix::net::UnixListener, to_vmm: Sender<crate::vmm::
             };
             let to_vmm = to_vmm.clone();
             tokio::spawn(async move {
+                let fds = std::sync::Arc::new(std::sync::Mutex::new(peek_fds(&stream).await));
                 let service = hyper::service::service_fn(move |req| {
                     let to_vmm = to_vmm.clone();
-                    async move { Ok::<_, Infallible>(handle(req, &to_vmm).await) }
+                    let fds = fds.clone();
+                    async move { Ok::<_, Infallible>(handle(req, &to_vmm, &fds).await) }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -246,9 +270,55 @@ fn serve(listener: std::os::unix::net::UnixListener, to_vmm: Sender<crate::vmm::
     });
 }
 
+/// Most descriptors one request may bring (a NIC's queue pairs).
+const MAX_FDS: usize = crate::virtio::net::MAX_QUEUE_PAIRS as usize;
+
+/// The descriptors a client sent with its first bytes. Peeked, so the HTTP
+/// parser still reads every byte; none when the client sent none (or hung
+/// up first).
+async fn peek_fds(stream: &tokio::net::UnixStream) -> Vec<OwnedFd> {
+    use std::os::fd::AsFd;
+    loop {
+        if stream.readable().await.is_err() {
+            return Vec::new();
+        }
+        match stream.try_io(tokio::io::Interest::READABLE, || {
+            peek_descriptors(stream.as_fd())
+        }) {
+            Ok(fds) => return fds,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return Vec::new(),
+        }
+    }
+}
+
+fn peek_descriptors(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<OwnedFd>> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+    let mut byte = [0u8; 1];
+    rustix::net::recvmsg(
+        fd,
+        &mut [std::io::IoSliceMut::new(&mut byte)],
+        &mut ancillary,
+        RecvFlags::PEEK | RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for message in ancillary.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    Ok(fds)
+}
+
 type Reply = Response<Full<Bytes>>;
 
-async fn handle(req: Request<Incoming>, to_vmm: &Sender<crate::vmm::VmmEvent>) -> Reply {
+async fn handle(
+    req: Request<Incoming>,
+    to_vmm: &Sender<crate::vmm::VmmEvent>,
+    connection_fds: &std::sync::Mutex<Vec<OwnedFd>>,
+) -> Reply {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -259,10 +329,14 @@ async fn handle(req: Request<Incoming>, to_vmm: &Sender<crate::vmm::VmmEvent>) -
             )
         }
     };
-    let request = match route(&parts.method, parts.uri.path(), &body) {
+    let mut request = match route(&parts.method, parts.uri.path(), &body) {
         Ok(request) => request,
         Err(reply) => return *reply,
     };
+    if let ApiRequest::AddNet { fds, .. } = &mut request {
+        // The descriptors go with the first request that takes any.
+        *fds = std::mem::take(&mut *connection_fds.lock().unwrap_or_else(|e| e.into_inner()));
+    }
     let (reply_tx, reply_rx) = oneshot::channel();
     if to_vmm
         .send(crate::vmm::VmmEvent::Api((request, reply_tx)))
@@ -286,10 +360,15 @@ fn route(method: &Method, path: &str, body: &[u8]) -> Result<ApiRequest, Box<Rep
         .strip_prefix("/vm/devices/")
         .and_then(|rest| rest.strip_suffix("/rate-limit"))
         .filter(|d| !d.is_empty() && !d.contains('/'));
+    let device = path
+        .strip_prefix("/vm/devices/")
+        .filter(|d| !d.is_empty() && !d.contains('/'));
     let allowed = match path {
         "/vm" | "/metrics" => "GET",
         "/vm/state" | "/vm/actions/shutdown" => "PUT",
+        "/vm/nets" => "POST",
         _ if rate_limit_device.is_some() => "PUT",
+        _ if device.is_some() => "DELETE",
         _ => {
             return Err(Box::new(error(
                 StatusCode::NOT_FOUND,
@@ -317,8 +396,24 @@ fn route(method: &Method, path: &str, body: &[u8]) -> Result<ApiRequest, Box<Rep
             limit,
         });
     }
+    if let Some(device) = device {
+        return Ok(ApiRequest::RemoveDevice(device.to_owned()));
+    }
     match path {
         "/vm" => Ok(ApiRequest::Describe),
+        "/vm/nets" => {
+            let net: NetConfig = parse(body)?;
+            if !net.fds.is_empty() {
+                return Err(Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    "fds: descriptors come with the request (SCM_RIGHTS), not as numbers",
+                )));
+            }
+            Ok(ApiRequest::AddNet {
+                net,
+                fds: Vec::new(),
+            })
+        }
         "/metrics" => Ok(ApiRequest::Metrics),
         "/vm/state" => {
             let body: StateBody = parse(body)?;
@@ -361,6 +456,7 @@ fn render(reply: ApiReply) -> Reply {
     match reply {
         ApiReply::Info(info) => json(StatusCode::OK, &*info),
         ApiReply::Metrics(m) => json(StatusCode::OK, &m),
+        ApiReply::Device(d) => json(StatusCode::CREATED, &d),
         ApiReply::NoContent => empty(StatusCode::NO_CONTENT),
         ApiReply::Accepted => empty(StatusCode::ACCEPTED),
         ApiReply::Error(status, message) => error(status, message),
@@ -452,6 +548,38 @@ mod tests {
                 br#"{"signal": "reset"}"#
             )),
             StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn routes_plugging_and_unplugging() {
+        match route(&Method::POST, "/vm/nets", br#"{"mac": "02:00:00:00:00:01"}"#) {
+            Ok(ApiRequest::AddNet { net, fds }) => {
+                assert_eq!(net.mac.as_deref(), Some("02:00:00:00:00:01"));
+                assert!(fds.is_empty(), "descriptors come from the connection");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            route(&Method::DELETE, "/vm/devices/net1", b""),
+            Ok(ApiRequest::RemoveDevice(id)) if id == "net1"
+        ));
+        for (method, path, body) in [
+            (Method::POST, "/vm/nets", &br#"{"fds": [3]}"#[..]),
+            (Method::POST, "/vm/nets", br#"{"colour": "red"}"#),
+        ] {
+            assert_eq!(
+                status_of(route(&method, path, body)),
+                StatusCode::BAD_REQUEST
+            );
+        }
+        assert_eq!(
+            status_of(route(&Method::PUT, "/vm/nets", b"{}")),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            status_of(route(&Method::DELETE, "/vm/devices/a/b", b"")),
+            StatusCode::NOT_FOUND
         );
     }
 

@@ -74,6 +74,14 @@ pub struct SerialConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
+    /// The device's name in the API (rate limits, unplugging); `disk<N>` by
+    /// position when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The PCI slot (1-31); the lowest free one when unset. Kept for a
+    /// device plugged at run time, so a guest reboot finds it where it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_slot: Option<u8>,
     /// A raw image file or a block device; with `base`, a qcow2 overlay.
     pub path: PathBuf,
     /// The raw image a qcow2 overlay at `path` reads through to, opened
@@ -115,6 +123,8 @@ impl std::str::FromStr for DiskConfig {
     /// `path=FILE[,base=RAW][,readonly=on][,serial=S][,direct=off][,queues=N][,bw=BYTES/s][,iops=N]`
     fn from_str(s: &str) -> Result<Self, String> {
         let mut disk = DiskConfig {
+            id: None,
+            pci_slot: None,
             path: PathBuf::new(),
             base: None,
             read_only: false,
@@ -160,6 +170,12 @@ impl std::str::FromStr for DiskConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
+    /// The device's name in the API; `net<N>` by position when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The PCI slot (1-31); the lowest free one when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_slot: Option<u8>,
     /// TAP interface to attach to (created if missing and allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tap: Option<String>,
@@ -199,6 +215,8 @@ impl std::str::FromStr for NetConfig {
     /// or `fd=N[:N...][,...]` (one descriptor per queue pair)
     fn from_str(s: &str) -> Result<Self, String> {
         let mut net = NetConfig {
+            id: None,
+            pci_slot: None,
             tap: None,
             fds: Vec::new(),
             queues: None,
@@ -254,8 +272,65 @@ pub fn check_mtu(mtu: u16) -> Result<(), String> {
     Ok(())
 }
 
+/// Gives each device without a name its positional one, and checks that
+/// names and slots are unique and well formed.
+fn name_devices(disks: &mut [DiskConfig], nets: &mut [NetConfig]) -> Result<(), ConfigError> {
+    for (i, d) in disks.iter_mut().enumerate() {
+        d.id.get_or_insert_with(|| format!("disk{i}"));
+    }
+    for (i, n) in nets.iter_mut().enumerate() {
+        n.id.get_or_insert_with(|| format!("net{i}"));
+    }
+    let devices = disks
+        .iter()
+        .map(|d| (&d.id, d.pci_slot))
+        .chain(nets.iter().map(|n| (&n.id, n.pci_slot)));
+    let mut ids = std::collections::BTreeSet::new();
+    let mut slots = std::collections::BTreeSet::new();
+    for (id, slot) in devices {
+        let id = id.as_deref().unwrap_or_default();
+        check_device_id(id).map_err(|e| invalid("id", e))?;
+        if !ids.insert(id) {
+            return Err(invalid("id", format!("{id:?} names two devices")));
+        }
+        if let Some(slot) = slot {
+            check_pci_slot(slot).map_err(|e| invalid("pci_slot", e))?;
+            if !slots.insert(slot) {
+                return Err(invalid("pci_slot", format!("{slot} holds two devices")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A device name: 1 to 32 letters, digits, `-` or `_` (it is a path
+/// segment of the API).
+pub fn check_device_id(id: &str) -> Result<(), String> {
+    let ok = (1..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{id:?}: 1 to 32 letters, digits, '-' or '_'"))
+    }
+}
+
+/// Slot 0 is the host bridge's; bus 0 has 32.
+pub fn check_pci_slot(slot: u8) -> Result<(), String> {
+    if (1..crate::pci::SLOTS as u8).contains(&slot) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{slot}: slots 1 to {} take devices",
+            crate::pci::SLOTS - 1
+        ))
+    }
+}
+
 /// Checks a NIC and settles its queue-pair count.
-fn validate_net(net: &mut NetConfig) -> Result<(), ConfigError> {
+pub(crate) fn validate_net(net: &mut NetConfig) -> Result<(), ConfigError> {
     use crate::virtio::net::MAX_QUEUE_PAIRS;
     if let Some(mtu) = net.mtu {
         check_mtu(mtu).map_err(|e| invalid("nets.mtu", format!("{mtu}: {e}")))?;
@@ -520,6 +595,7 @@ impl VmConfig {
         for net in &mut nets {
             validate_net(net)?;
         }
+        name_devices(&mut disks, &mut nets)?;
 
         if let Some(jail) = &file.jail {
             jail.check().map_err(|e| invalid("jail", e))?;
@@ -834,6 +910,8 @@ mod tests {
         assert_eq!(
             d,
             DiskConfig {
+                id: None,
+                pci_slot: None,
                 path: "/x".into(),
                 base: None,
                 read_only: true,
@@ -925,6 +1003,34 @@ mod tests {
         assert!("tap=t,speed=10".parse::<NetConfig>().is_err());
         assert!("fd=3:x".parse::<NetConfig>().is_err());
         assert!("tap=t,queues=-1".parse::<NetConfig>().is_err());
+    }
+
+    #[test]
+    fn devices_are_named_by_position_unless_named_and_slots_are_unique() {
+        let net = |s: &str| s.parse::<NetConfig>().unwrap();
+        let mut nets = vec![net("tap=a"), net("tap=b"), net("tap=c")];
+        nets[1].id = Some("uplink".into());
+        nets[2].pci_slot = Some(7);
+        name_devices(&mut [], &mut nets).unwrap();
+        let ids: Vec<_> = nets.iter().map(|n| n.id.as_deref().unwrap()).collect();
+        assert_eq!(ids, ["net0", "uplink", "net2"]);
+        for (id, slot) in [
+            (Some("first"), None), // two named alike
+            (Some("a/b"), None),
+            (Some(""), None),
+            (None, Some(0)), // the host bridge's
+            (None, Some(32)),
+            (None, Some(7)), // taken
+        ] {
+            let mut nets = vec![net("tap=a"), net("tap=b"), net("tap=c")];
+            nets[0].id = Some("first".into());
+            nets[2].pci_slot = Some(7);
+            nets[1].id = id.map(str::to_owned);
+            if let Some(slot) = slot {
+                nets[1].pci_slot = Some(slot);
+            }
+            assert!(name_devices(&mut [], &mut nets).is_err(), "{id:?} {slot:?}");
+        }
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct MsiMessage {
 
 struct Routes {
     next_gsi: u32,
+    /// GSIs given back by unplugged devices, taken before new ones.
+    free: Vec<u32>,
     msi: BTreeMap<u32, MsiMessage>,
 }
 
@@ -50,6 +52,7 @@ impl GsiRouter {
             vm,
             routes: Mutex::new(Routes {
                 next_gsi: IOAPIC_PINS,
+                free: Vec::new(),
                 msi: BTreeMap::new(),
             }),
         }
@@ -61,11 +64,25 @@ impl GsiRouter {
 
     pub fn allocate(&self) -> Result<u32, InterruptError> {
         let mut r = lock(&self.routes);
+        if let Some(gsi) = r.free.pop() {
+            return Ok(gsi);
+        }
         if (r.next_gsi - IOAPIC_PINS) as usize >= MAX_MSI_ROUTES {
             return Err(InterruptError::Exhausted);
         }
         r.next_gsi += 1;
         Ok(r.next_gsi - 1)
+    }
+
+    /// Gives `gsi` back (its route removed), for a later device.
+    pub fn release(&self, gsi: u32) {
+        if let Err(e) = self.set_msi(gsi, None) {
+            tracing::warn!("removing GSI {gsi}'s route: {e}");
+        }
+        let mut r = lock(&self.routes);
+        if gsi >= IOAPIC_PINS && gsi < r.next_gsi && !r.free.contains(&gsi) {
+            r.free.push(gsi);
+        }
     }
 
     /// Routes `gsi` to `message`, or removes its route (`None`: masked or disabled).

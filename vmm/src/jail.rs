@@ -675,6 +675,8 @@ mod tests {
         std::os::unix::fs::symlink(&disk, dir.path().join("link")).unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         let disk_at = |path: PathBuf, read_only| crate::config::DiskConfig {
+            id: None,
+            pci_slot: None,
             path,
             base: None,
             read_only,

@@ -14,6 +14,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use crate::acpi::{AcpiError, AcpiTables};
 use crate::api::ShutdownSignal;
 use crate::boot::{self, BootError};
+use crate::config::NetConfig;
 use crate::config::VmConfig;
 use crate::console::Console;
 use crate::cpu::{cpuid, regs};
@@ -21,6 +22,7 @@ use crate::devices::acpi_pm::{self, AcpiPm};
 use crate::devices::ged::{self, Ged};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::irq::IrqLine;
+use crate::devices::pci_hotplug::{self, PciHotplug};
 use crate::devices::rtc::{self, Rtc};
 use crate::devices::serial::{self, SerialDevice};
 use crate::devices::{lock, Bus, BusDevice, OverlapError};
@@ -29,7 +31,7 @@ use crate::layout::{ECAM_BASE, PCI_MMIO_END, PCI_MMIO_START};
 use crate::memory::GuestRam;
 use crate::metrics::{ExitCounts, VcpuMetrics};
 use crate::pci::{
-    BarWindow, ConfigPorts, EcamWindow, PciBus, SharedPciDevice, CONFIG_PORTS_BASE,
+    BarWindow, ConfigPorts, EcamWindow, PciBus, SharedPciDevice, SlotError, CONFIG_PORTS_BASE,
     CONFIG_PORTS_LEN, ECAM_SIZE,
 };
 use crate::rate_limiter::{RateLimit, RateLimiter, SharedRateLimiter};
@@ -94,6 +96,20 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 }
 
 #[derive(Debug, thiserror::Error)]
+pub enum HotplugError {
+    #[error("a device named {0} exists")]
+    Exists(String),
+    #[error("no device named {0}")]
+    NoSuchDevice(String),
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    #[error(transparent)]
+    Device(#[from] Box<VmError>),
+    #[error("interrupting the guest: {0}")]
+    Notify(std::io::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum RateLimitError {
     #[error("no device named {0} (disks are disk0.., NICs net0..)")]
     NoSuchDevice(String),
@@ -108,13 +124,18 @@ pub struct Vm {
     vcpus: Option<VcpuSet>,
     i8042: Arc<Mutex<I8042>>,
     ged: Arc<Mutex<Ged>>,
+    hotplug: Arc<Mutex<PciHotplug>>,
     metrics: Vec<Arc<VcpuMetrics>>,
     started: Instant,
     limiters: Limiters,
     /// Disks whose metadata a pause writes back (qcow2 overlays).
     overlays: Vec<Arc<Disk>>,
+    /// Each device's name and PCI slot.
+    slots: DeviceSlots,
+    router: Arc<GsiRouter>,
+    memory: vm_memory::GuestMemoryMmap,
     // PCI devices stop their workers when dropped, before the memory goes.
-    _pci: Arc<PciBus>,
+    pci: Arc<PciBus>,
     _vm: Arc<VmFd>,
     _kvm: Kvm,
     _memory: GuestRam,
@@ -122,10 +143,13 @@ pub struct Vm {
 
 impl Vm {
     /// Builds and starts a VM. `on_exit` hears from any vCPU that stops on its own.
+    /// `on_eject` hears of each device the guest let go of (see
+    /// `devices::pci_hotplug`), and is handed the device to drop.
     pub fn start(
         config: &VmConfig,
         console: &Console,
         on_exit: impl Fn(u8, VcpuExitReason) + Send + Clone + 'static,
+        on_eject: impl Fn(u8, SharedPciDevice) + Send + 'static,
     ) -> Result<Vm, VmError> {
         let build_started = Instant::now();
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
@@ -168,12 +192,18 @@ impl Vm {
 
         let (mut pio, i8042, ged) = create_devices(&vm, console)?;
         let router = Arc::new(GsiRouter::new(vm.clone()));
-        let (pci, limiters, overlays) = create_pci(config, memory, &router)?;
-        let pci = Arc::new(pci);
+        let pci = Arc::new(PciBus::new());
+        let (limiters, overlays, slots) = create_pci(config, memory, &router, &pci)?;
         pio.insert(
             CONFIG_PORTS_BASE,
             CONFIG_PORTS_LEN,
             Arc::new(Mutex::new(ConfigPorts::new(pci.clone()))),
+        )?;
+        let hotplug = Arc::new(Mutex::new(PciHotplug::new(pci.clone(), Box::new(on_eject))));
+        pio.insert(
+            pci_hotplug::BASE,
+            pci_hotplug::LEN,
+            hotplug.clone() as Arc<Mutex<dyn BusDevice>>,
         )?;
         let pio = Arc::new(pio);
         let mut mmio = Bus::default();
@@ -262,11 +292,15 @@ impl Vm {
             vcpus: Some(set),
             i8042,
             ged,
+            hotplug,
             metrics,
             started,
             limiters,
             overlays,
-            _pci: pci,
+            slots,
+            router,
+            memory: memory.clone(),
+            pci,
             _memory: ram,
             _vm: vm,
             _kvm: kvm,
@@ -333,6 +367,62 @@ impl Vm {
             .collect()
     }
 
+    /// Plugs a NIC (named, and given a slot, by the caller) into the
+    /// running guest: it is on the bus at once, and the guest is told to
+    /// look.
+    pub fn add_net(&mut self, net: &NetConfig) -> Result<(), HotplugError> {
+        let id = net.id.clone().unwrap_or_default();
+        if self.slots.iter().any(|(d, _)| *d == id) {
+            return Err(HotplugError::Exists(id));
+        }
+        let slot = match net.pci_slot {
+            Some(s) => s,
+            None => self.pci.free_slot()?,
+        };
+        let (device, limiter) = net_device(net).map_err(Box::new)?;
+        let dev = VirtioPciDevice::new(
+            device,
+            self.memory.clone(),
+            self.router.clone(),
+            bar_for(slot),
+        )
+        .map_err(|e| Box::new(VmError::from(e)))?;
+        self.pci
+            .add_at(slot, Arc::new(Mutex::new(dev)) as SharedPciDevice)?;
+        self.limiters.push((id.clone(), limiter));
+        self.slots.push((id, slot));
+        lock(&self.hotplug).plugged(slot);
+        lock(&self.ged)
+            .notify(ged::PCI_HOTPLUG)
+            .map_err(HotplugError::Notify)
+    }
+
+    /// Asks the guest to let go of device `id`; it is gone once the guest
+    /// ejects it (see [`Vm::ejected`]).
+    pub fn unplug(&mut self, id: &str) -> Result<(), HotplugError> {
+        let slot = self
+            .slot_of(id)
+            .ok_or_else(|| HotplugError::NoSuchDevice(id.to_owned()))?;
+        lock(&self.hotplug).unplug_requested(slot);
+        lock(&self.ged)
+            .notify(ged::PCI_HOTPLUG)
+            .map_err(HotplugError::Notify)
+    }
+
+    /// The PCI slot of device `id`.
+    pub fn slot_of(&self, id: &str) -> Option<u8> {
+        self.slots.iter().find(|(d, _)| d == id).map(|(_, s)| *s)
+    }
+
+    /// The guest ejected the device in `slot` (already off the bus): forgets
+    /// it and returns its name.
+    pub fn ejected(&mut self, slot: u8) -> Option<String> {
+        let at = self.slots.iter().position(|(_, s)| *s == slot)?;
+        let (id, _) = self.slots.remove(at);
+        self.limiters.retain(|(d, _)| *d != id);
+        Some(id)
+    }
+
     pub fn exit_counts(&self) -> Vec<ExitCounts> {
         self.metrics.iter().map(|m| m.snapshot()).collect()
     }
@@ -370,20 +460,49 @@ fn create_memory(vm: &VmFd, config: &VmConfig) -> Result<GuestRam, VmError> {
     Ok(ram)
 }
 
-/// The PCI bus and its devices, BARs laid out from the start of the window.
 /// Rate limiters by device name (`disk0`, `net0`, ...), for the control API.
 pub type Limiters = Vec<(String, SharedRateLimiter)>;
+/// PCI slots by device name.
+type DeviceSlots = Vec<(String, u8)>;
 
+/// Where the BAR of the device in `slot` starts: each slot has its own
+/// stretch of the window, so a device plugged later never meets another's.
+fn bar_for(slot: u8) -> u64 {
+    PCI_MMIO_START + u64::from(slot.saturating_sub(1)) * BAR_SIZE
+}
+
+/// A NIC's virtio device and its rate limiter.
+fn net_device(
+    n: &NetConfig,
+) -> Result<(Box<dyn crate::virtio::VirtioDevice>, SharedRateLimiter), VmError> {
+    let tap = match &n.tap {
+        Some(name) => Tap::open(name, n.queues.unwrap_or(1)),
+        None => Tap::from_fds(&n.fds),
+    }?;
+    let mac = n
+        .mac
+        .as_deref()
+        .and_then(parse_mac)
+        .unwrap_or_else(random_mac);
+    let limiter = Arc::new(Mutex::new(RateLimiter::new(n.rate_limit)));
+    let name = format!("virtio-net-{}", n.id.as_deref().unwrap_or_default());
+    let net = Net::new(tap, mac, n.mtu, n.vhost, limiter.clone(), name);
+    Ok((Box::new(net), limiter))
+}
+
+/// The boot's devices on `bus`: those with a slot of their own first, then
+/// the others in the lowest free slots in order (disks, NICs, the RNG).
+/// Returns the rate limiters and slots by device name, and the overlays.
 fn create_pci(
     config: &VmConfig,
     memory: &vm_memory::GuestMemoryMmap,
     router: &Arc<GsiRouter>,
-) -> Result<(PciBus, Limiters, Vec<Arc<Disk>>), VmError> {
+    bus: &PciBus,
+) -> Result<(Limiters, Vec<Arc<Disk>>, DeviceSlots), VmError> {
     let mut overlays = Vec::new();
-    let mut bus = PciBus::new();
     let mut limiters = Limiters::new();
-    let mut next_bar = PCI_MMIO_START;
-    let mut devices: Vec<Box<dyn crate::virtio::VirtioDevice>> = Vec::new();
+    // (name, wanted slot, device)
+    let mut devices: Vec<(String, Option<u8>, Box<dyn crate::virtio::VirtioDevice>)> = Vec::new();
     for (i, d) in config.disks.iter().enumerate() {
         let disk = Arc::new(Disk::open(
             &d.path,
@@ -397,46 +516,33 @@ fn create_pci(
         let queues = d.queues.unwrap_or(u16::from(config.vcpus));
         let serial = d.serial.clone().unwrap_or_default();
         let limiter = Arc::new(Mutex::new(RateLimiter::new(d.rate_limit)));
-        limiters.push((format!("disk{i}"), limiter.clone()));
-        devices.push(Box::new(Block::new(
-            disk,
-            &serial,
-            queues,
-            limiter,
-            format!("virtio-blk{i}"),
-        )));
+        let id = d.id.clone().unwrap_or_else(|| format!("disk{i}"));
+        limiters.push((id.clone(), limiter.clone()));
+        let block = Block::new(disk, &serial, queues, limiter, format!("virtio-blk-{id}"));
+        devices.push((id, d.pci_slot, Box::new(block)));
     }
     for (i, n) in config.nets.iter().enumerate() {
-        let tap = match &n.tap {
-            Some(name) => Tap::open(name, n.queues.unwrap_or(1)),
-            None => Tap::from_fds(&n.fds),
-        }?;
-        let mac = n
-            .mac
-            .as_deref()
-            .and_then(parse_mac)
-            .unwrap_or_else(random_mac);
-        let limiter = Arc::new(Mutex::new(RateLimiter::new(n.rate_limit)));
-        limiters.push((format!("net{i}"), limiter.clone()));
-        devices.push(Box::new(Net::new(
-            tap,
-            mac,
-            n.mtu,
-            n.vhost,
-            limiter,
-            format!("virtio-net{i}"),
-        )));
+        let (net, limiter) = net_device(n)?;
+        let id = n.id.clone().unwrap_or_else(|| format!("net{i}"));
+        limiters.push((id.clone(), limiter));
+        devices.push((id, n.pci_slot, net));
     }
     if config.rng {
-        devices.push(Box::new(Rng::default()));
+        devices.push(("rng".into(), None, Box::new(Rng::default())));
     }
-    for device in devices {
-        let dev = VirtioPciDevice::new(device, memory.clone(), router.clone(), next_bar)?;
-        next_bar += BAR_SIZE;
-        bus.add(Arc::new(Mutex::new(dev)) as SharedPciDevice)
+    devices.sort_by_key(|(_, slot, _)| slot.is_none());
+    let mut slots = Vec::new();
+    for (id, slot, device) in devices {
+        let slot = match slot {
+            Some(s) => s,
+            None => bus.free_slot().map_err(|e| VmError::Pci(e.to_string()))?,
+        };
+        let dev = VirtioPciDevice::new(device, memory.clone(), router.clone(), bar_for(slot))?;
+        bus.add_at(slot, Arc::new(Mutex::new(dev)) as SharedPciDevice)
             .map_err(|e| VmError::Pci(e.to_string()))?;
+        slots.push((id, slot));
     }
-    Ok((bus, limiters, overlays))
+    Ok((limiters, overlays, slots))
 }
 
 /// A random, locally administered, unicast MAC address.

@@ -1,17 +1,20 @@
 //! The VMM's control loop: it owns the VM, hears from vCPUs and the API on one
 //! channel, and decides how the process ends.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::Instant;
 
 use hyper::StatusCode;
 
-use crate::api::{ApiMessage, ApiReply, ApiRequest, MetricsReport, VmInfo, VmState};
-use crate::config::{RebootPolicy, VmConfig};
+use crate::api::{ApiMessage, ApiReply, ApiRequest, DeviceInfo, MetricsReport, VmInfo, VmState};
+use crate::config::{NetConfig, RebootPolicy, VmConfig, MAX_NICS};
 use crate::console::Console;
 use crate::metrics::{process_memory, ExitCounts};
+use crate::pci::SharedPciDevice;
 use crate::vcpu::VcpuExitReason;
-use crate::vm::{Vm, VmError};
+use crate::vm::{HotplugError, Vm, VmError};
 
 pub enum VmmEvent {
     VcpuExit {
@@ -21,6 +24,12 @@ pub enum VmmEvent {
         reason: VcpuExitReason,
     },
     Api(ApiMessage),
+    /// The guest let go of the device in `slot` (see `devices::pci_hotplug`).
+    Ejected {
+        boot: u64,
+        slot: u8,
+        device: SharedPciDevice,
+    },
 }
 
 /// How the VMM ended.
@@ -70,6 +79,12 @@ pub struct Vmm {
     events: Receiver<VmmEvent>,
     sender: Sender<VmmEvent>,
     boots: u64,
+    /// The descriptors of NICs plugged through the API, by device name;
+    /// `config` names them by number, and they stay open for reboots.
+    plugged_fds: BTreeMap<String, Vec<OwnedFd>>,
+    /// Devices the guest was asked to let go of and has not yet: a reboot
+    /// finishes the unplug.
+    unplugging: BTreeSet<String>,
 }
 
 impl Vmm {
@@ -85,6 +100,8 @@ impl Vmm {
             events,
             sender,
             boots: 0,
+            plugged_fds: BTreeMap::new(),
+            unplugging: BTreeSet::new(),
         }
     }
 
@@ -93,11 +110,23 @@ impl Vmm {
         loop {
             self.boots += 1;
             let boot = self.boots;
+            // A reboot finishes what the guest was asked to let go of.
+            for id in std::mem::take(&mut self.unplugging) {
+                self.forget_device(&id);
+            }
             let sender = self.sender.clone();
-            let mut vm = Vm::start(&self.config, &self.console, move |vcpu, reason| {
-                // The receiver outlives every VM; a send can only fail at exit.
-                let _ = sender.send(VmmEvent::VcpuExit { boot, vcpu, reason });
-            })?;
+            let ejects = self.sender.clone();
+            let mut vm = Vm::start(
+                &self.config,
+                &self.console,
+                move |vcpu, reason| {
+                    // The receiver outlives every VM; a send can only fail at exit.
+                    let _ = sender.send(VmmEvent::VcpuExit { boot, vcpu, reason });
+                },
+                move |slot, device| {
+                    let _ = ejects.send(VmmEvent::Ejected { boot, slot, device });
+                },
+            )?;
             tracing::info!(boot, "guest started");
             let outcome = self.drive(&mut vm);
             vm.stop();
@@ -112,7 +141,7 @@ impl Vmm {
         }
     }
 
-    fn drive(&self, vm: &mut Vm) -> Outcome {
+    fn drive(&mut self, vm: &mut Vm) -> Outcome {
         let mut state = VmState::Running;
         let mut deadline: Option<Instant> = None;
         loop {
@@ -133,7 +162,17 @@ impl Vmm {
                 },
             };
             match event {
-                VmmEvent::VcpuExit { boot, .. } if boot != self.boots => {}
+                VmmEvent::VcpuExit { boot, .. } | VmmEvent::Ejected { boot, .. }
+                    if boot != self.boots => {}
+                VmmEvent::Ejected { slot, device, .. } => {
+                    // The device stops its workers and gives back its
+                    // interrupts as it goes.
+                    drop(device);
+                    if let Some(id) = vm.ejected(slot) {
+                        tracing::info!(%id, slot, "the guest ejected a device");
+                        self.forget_device(&id);
+                    }
+                }
                 VmmEvent::VcpuExit { vcpu, reason, .. } => {
                     let shutting_down = state == VmState::ShuttingDown;
                     return match reason {
@@ -155,9 +194,79 @@ impl Vmm {
         }
     }
 
+    /// Drops device `id` from the configuration (so no later boot has it)
+    /// and closes its descriptors.
+    fn forget_device(&mut self, id: &str) {
+        let named = |d: &Option<String>| d.as_deref() == Some(id);
+        self.config.nets.retain(|n| !named(&n.id));
+        self.config.disks.retain(|d| !named(&d.id));
+        if id == "rng" {
+            self.config.rng = false;
+        }
+        self.plugged_fds.remove(id);
+        self.unplugging.remove(id);
+    }
+
+    /// Plugs a NIC: named `net<N>` unless the request names it, on the
+    /// descriptors that came with the request (or its tap, opened here).
+    fn add_net(
+        &mut self,
+        vm: &mut Vm,
+        mut net: NetConfig,
+        fds: Vec<OwnedFd>,
+    ) -> Result<DeviceInfo, ApiReply> {
+        let conflict = |m: String| ApiReply::Error(StatusCode::CONFLICT, m);
+        if self.config.nets.len() >= MAX_NICS {
+            return Err(conflict(format!("a guest has at most {MAX_NICS} NICs")));
+        }
+        let taken = |id: &str| vm.slot_of(id).is_some() || self.plugged_fds.contains_key(id);
+        let id = match net.id.take() {
+            Some(id) => id,
+            None => (0..)
+                .map(|n| format!("net{n}"))
+                .find(|id| !taken(id))
+                .unwrap_or_default(),
+        };
+        crate::config::check_device_id(&id)
+            .map_err(|e| ApiReply::Error(StatusCode::BAD_REQUEST, format!("id: {e}")))?;
+        if taken(&id) {
+            return Err(conflict(format!("a device named {id} exists")));
+        }
+        if !fds.is_empty() {
+            net.tap = None;
+            net.fds = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        }
+        if let Some(slot) = net.pci_slot {
+            crate::config::check_pci_slot(slot)
+                .map_err(|e| ApiReply::Error(StatusCode::BAD_REQUEST, format!("pci_slot: {e}")))?;
+        }
+        net.id = Some(id.clone());
+        crate::config::validate_net(&mut net)
+            .map_err(|e| ApiReply::Error(StatusCode::BAD_REQUEST, e.to_string()))?;
+        match vm.add_net(&net) {
+            Ok(()) => {}
+            Err(e @ (HotplugError::Exists(_) | HotplugError::Slot(_))) => {
+                return Err(conflict(e.to_string()))
+            }
+            Err(e @ HotplugError::Device(_)) => {
+                return Err(ApiReply::Error(StatusCode::BAD_REQUEST, e.to_string()))
+            }
+            Err(e) => {
+                // On the bus already; the guest sees it when it next looks.
+                tracing::warn!(%id, "plugged, but {e}");
+            }
+        }
+        let slot = vm.slot_of(&id);
+        net.pci_slot = slot;
+        tracing::info!(%id, ?slot, "NIC plugged");
+        self.config.nets.push(net);
+        self.plugged_fds.insert(id.clone(), fds);
+        Ok(DeviceInfo { id, pci_slot: slot })
+    }
+
     fn answer(
-        &self,
-        vm: &Vm,
+        &mut self,
+        vm: &mut Vm,
         request: ApiRequest,
         state: &mut VmState,
         deadline: &mut Option<Instant>,
@@ -223,6 +332,25 @@ impl Vmm {
                     ApiReply::Error(StatusCode::NOT_FOUND, e.to_string())
                 }
                 Err(e) => ApiReply::Error(StatusCode::CONFLICT, e.to_string()),
+            },
+            ApiRequest::AddNet { .. } if *state == VmState::ShuttingDown => conflict("plug a NIC"),
+            ApiRequest::AddNet { net, fds } => match self.add_net(vm, net, fds) {
+                Ok(info) => ApiReply::Device(info),
+                Err(reply) => reply,
+            },
+            ApiRequest::RemoveDevice(_) if *state == VmState::ShuttingDown => {
+                conflict("unplug a device")
+            }
+            ApiRequest::RemoveDevice(id) => match vm.unplug(&id) {
+                Ok(()) => {
+                    tracing::info!(%id, "asked the guest to let go of a device");
+                    self.unplugging.insert(id);
+                    ApiReply::Accepted
+                }
+                Err(e @ HotplugError::NoSuchDevice(_)) => {
+                    ApiReply::Error(StatusCode::NOT_FOUND, e.to_string())
+                }
+                Err(e) => ApiReply::Error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             },
             ApiRequest::Shutdown { .. } if *state == VmState::ShuttingDown => conflict("shut down"),
             ApiRequest::Shutdown { timeout, signal } => {

@@ -74,7 +74,7 @@ fn main() {
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         .unwrap_or_else(|e| fail(format!("invalid configuration: {e}")));
     let host_mib = vmm::config::host_memory_mib().unwrap_or(u64::MAX);
-    let config = VmConfig::validate(file.clone(), host_mib)
+    let mut config = VmConfig::validate(file.clone(), host_mib)
         .unwrap_or_else(|e| fail(format!("invalid configuration: {e}")));
     let rebooted_before = config_path.with_file_name("fake-rebooted").exists();
     let watched = config_path.clone();
@@ -168,6 +168,46 @@ fn main() {
                 guest_memory_kib: u64::from(config.memory_mib) << 10,
             }),
             ApiRequest::SetRateLimit { .. } => ApiReply::NoContent,
+            // A guest that lets go of an unplugged NIC at once, or (with
+            // fake.ignore_unplug) never.
+            ApiRequest::AddNet { mut net, fds } => {
+                let id = net
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| format!("net{}", config.nets.len()));
+                if config.nets.iter().any(|n| n.id.as_deref() == Some(&id)) {
+                    ApiReply::Error(
+                        hyper::StatusCode::CONFLICT,
+                        format!("a device named {id} exists"),
+                    )
+                } else if fds.is_empty() {
+                    ApiReply::Error(hyper::StatusCode::BAD_REQUEST, "no tap descriptors".into())
+                } else {
+                    net.id = Some(id.clone());
+                    net.fds = vec![0; fds.len()];
+                    config.nets.push(net);
+                    ApiReply::Device(vmm::api::DeviceInfo {
+                        id,
+                        pci_slot: Some(9),
+                    })
+                }
+            }
+            ApiRequest::RemoveDevice(id) => {
+                let before = config.nets.len();
+                if has("fake.ignore_unplug") {
+                    ApiReply::Accepted
+                } else {
+                    config.nets.retain(|n| n.id.as_deref() != Some(&id));
+                    if config.nets.len() < before {
+                        ApiReply::Accepted
+                    } else {
+                        ApiReply::Error(
+                            hyper::StatusCode::NOT_FOUND,
+                            format!("no device named {id}"),
+                        )
+                    }
+                }
+            }
         };
         let _ = reply.send(answer);
     }

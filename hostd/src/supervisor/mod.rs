@@ -346,6 +346,8 @@ impl Supervisor {
         for id in std::mem::take(&mut spec.disk_images) {
             let path = fetch(id).await?;
             spec.disks.push(vmm::config::DiskConfig {
+                id: None,
+                pci_slot: None,
                 path,
                 base: None,
                 // Shared by every instance of the image.

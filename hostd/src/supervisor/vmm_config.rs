@@ -142,6 +142,8 @@ pub(super) fn vmm_config_file(
 
 fn disk(path: std::path::PathBuf, read_only: bool) -> vmm::config::DiskConfig {
     vmm::config::DiskConfig {
+        id: None,
+        pci_slot: None,
         path,
         base: None,
         read_only,
@@ -177,6 +179,8 @@ pub(super) fn net_config(
     queues: Option<u16>,
 ) -> NetConfig {
     NetConfig {
+        id: None,
+        pci_slot: None,
         tap: fds.is_empty().then(|| nic.tap.clone()),
         fds,
         queues: queues.or(nic.queues),

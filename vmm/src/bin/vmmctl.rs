@@ -1,6 +1,9 @@
 //! `vmmctl`: a small client for the VMM's control API.
 //!
-//! `vmmctl --socket PATH get /vm`, `vmmctl --socket PATH put /vm/state '{"state":"paused"}'`.
+//! `vmmctl --socket PATH get /vm`, `vmmctl --socket PATH put /vm/state '{"state":"paused"}'`,
+//! `vmmctl --socket PATH --tap tap1 post /vm/nets '{"mac": "52:54:00:00:00:02"}'`
+//! (opens the tap here and sends its descriptor, as hostd does),
+//! `vmmctl --socket PATH delete /vm/devices/net1`.
 //! Prints the status code on stderr and the body on stdout; exits 0 on 2xx, 1 on
 //! an HTTP error status, 2 when the VMM cannot be reached.
 
@@ -13,6 +16,8 @@ use clap::{Parser, ValueEnum};
 enum Method {
     Get,
     Put,
+    Post,
+    Delete,
 }
 
 #[derive(Parser)]
@@ -20,6 +25,9 @@ enum Method {
 struct Args {
     #[arg(long)]
     socket: PathBuf,
+    /// A tap to open and send with the request (one queue).
+    #[arg(long)]
+    tap: Option<String>,
     method: Method,
     /// e.g. /vm, /vm/state, /vm/actions/shutdown, /metrics
     path: String,
@@ -31,8 +39,19 @@ async fn call(args: &Args) -> Result<(u16, Vec<u8>), String> {
     let method = match args.method {
         Method::Get => hyper::Method::GET,
         Method::Put => hyper::Method::PUT,
+        Method::Post => hyper::Method::POST,
+        Method::Delete => hyper::Method::DELETE,
     };
-    vmm::api_client::request(&args.socket, method, &args.path, args.body.as_deref())
+    let tap = match &args.tap {
+        Some(name) => Some(vmm::virtio::net::tap::Tap::open(name, 1).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let fds: Vec<_> = tap
+        .iter()
+        .filter_map(|t| t.file(0))
+        .map(std::os::fd::AsFd::as_fd)
+        .collect();
+    vmm::api_client::request_with_fds(&args.socket, method, &args.path, args.body.as_deref(), &fds)
         .await
         .map_err(|e| e.to_string())
 }

@@ -3,8 +3,9 @@
 //! tells the guest about events. The VMM sets an event bit and raises the
 //! device's interrupt; the guest's GED driver runs the DSDT's `_EVT`, which
 //! reads (and so clears) the bits through this port and notifies the
-//! devices they name. Today one event exists: the power button
-//! (`PNP0C0C`), which a systemd guest answers by shutting down cleanly.
+//! devices they name. Two events exist: the power button (`PNP0C0C`),
+//! which a systemd guest answers by shutting down cleanly, and PCI hotplug
+//! (see `pci_hotplug`).
 
 use super::irq::IrqLine;
 use super::{BusDevice, GuestRequest};
@@ -15,6 +16,7 @@ pub const LEN: u64 = 1;
 pub const GSI: u32 = 5;
 /// Event bits in the selector register.
 pub const POWER_BUTTON: u8 = 1 << 0;
+pub const PCI_HOTPLUG: u8 = 1 << 1;
 
 pub struct Ged {
     irq: IrqLine,

@@ -8,6 +8,7 @@ pub mod acpi_pm;
 pub mod ged;
 pub mod i8042;
 pub mod irq;
+pub mod pci_hotplug;
 pub mod rtc;
 pub mod serial;
 

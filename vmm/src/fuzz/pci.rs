@@ -107,7 +107,7 @@ fn u32_at(ecam: &mut EcamWindow, offset: u64) -> u32 {
 }
 
 fn one(kvm: Option<&Kvm>, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut bus = PciBus::new();
+    let bus = PciBus::new();
     let mut device = None;
     if let Some(kvm) = kvm {
         let vm: Arc<VmFd> = Arc::new(kvm.create_vm().unwrap());

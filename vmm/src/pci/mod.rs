@@ -10,7 +10,7 @@
 pub mod config;
 pub mod msix;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use config::{PciConfig, PciId, NUM_BARS};
 
@@ -71,51 +71,94 @@ impl PciDevice for HostBridge {
 pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
 
 #[derive(Debug, thiserror::Error)]
-#[error("no free PCI slot")]
-pub struct NoFreeSlot;
+pub enum SlotError {
+    #[error("no free PCI slot")]
+    NoFreeSlot,
+    #[error("PCI slot {0} is taken or does not exist")]
+    Taken(u8),
+}
 
-/// The devices on bus 0, by slot.
-#[derive(Default)]
+/// The devices on bus 0, by slot. Slots change while the guest runs
+/// (hotplug), so they sit behind a lock; every access takes it for reading.
 pub struct PciBus {
-    slots: Vec<Option<SharedPciDevice>>,
+    slots: RwLock<Vec<Option<SharedPciDevice>>>,
+}
+
+impl Default for PciBus {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl PciBus {
     pub fn new() -> Self {
-        let mut bus = PciBus {
-            slots: vec![None; SLOTS],
-        };
-        bus.slots[0] = Some(Arc::new(Mutex::new(HostBridge::default())));
-        bus
+        let mut slots = vec![None; SLOTS];
+        slots[0] = Some(Arc::new(Mutex::new(HostBridge::default())) as SharedPciDevice);
+        PciBus {
+            slots: RwLock::new(slots),
+        }
+    }
+
+    fn slots(&self) -> RwLockReadGuard<'_, Vec<Option<SharedPciDevice>>> {
+        self.slots.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn slots_mut(&self) -> RwLockWriteGuard<'_, Vec<Option<SharedPciDevice>>> {
+        self.slots.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lowest free slot.
+    pub fn free_slot(&self) -> Result<u8, SlotError> {
+        self.slots()
+            .iter()
+            .position(Option::is_none)
+            .map(|s| s as u8)
+            .ok_or(SlotError::NoFreeSlot)
     }
 
     /// Puts `device` in the lowest free slot and returns it.
-    pub fn add(&mut self, device: SharedPciDevice) -> Result<u8, NoFreeSlot> {
-        let slot = self
-            .slots
-            .iter()
-            .position(Option::is_none)
-            .ok_or(NoFreeSlot)?;
-        self.slots[slot] = Some(device);
-        Ok(slot as u8)
+    pub fn add(&self, device: SharedPciDevice) -> Result<u8, SlotError> {
+        let slot = self.free_slot()?;
+        self.add_at(slot, device)?;
+        Ok(slot)
     }
 
-    fn device(&self, slot: usize) -> Option<&SharedPciDevice> {
-        self.slots.get(slot)?.as_ref()
+    /// Puts `device` in `slot`, which must be free.
+    pub fn add_at(&self, slot: u8, device: SharedPciDevice) -> Result<(), SlotError> {
+        let mut slots = self.slots_mut();
+        match slots.get_mut(usize::from(slot)) {
+            Some(s @ None) => {
+                *s = Some(device);
+                Ok(())
+            }
+            _ => Err(SlotError::Taken(slot)),
+        }
+    }
+
+    /// Takes the device out of `slot` (never the host bridge's).
+    pub fn remove(&self, slot: u8) -> Option<SharedPciDevice> {
+        if slot == 0 {
+            return None;
+        }
+        self.slots_mut().get_mut(usize::from(slot))?.take()
+    }
+
+    fn device(&self, slot: usize) -> Option<SharedPciDevice> {
+        self.slots().get(slot)?.clone()
     }
 
     /// Reads config space register `reg` of the device in `slot`; all ones
     /// for an empty slot.
     fn read_config(&self, slot: usize, reg: usize, data: &mut [u8]) {
         match self.device(slot) {
-            Some(dev) => lock(dev).config().read(reg, data),
+            Some(dev) => lock(&dev).config().read(reg, data),
             None => data.fill(0xff),
         }
     }
 
     fn write_config(&self, slot: usize, reg: usize, data: &[u8]) {
         if let Some(dev) = self.device(slot) {
-            let mut dev = lock(dev);
+            let mut dev = lock(&dev);
             if dev.config_mut().write(reg, data) {
                 dev.config_written(reg, data.len());
             }
@@ -218,7 +261,7 @@ pub struct BarWindow {
 
 impl BarWindow {
     fn find(&self, addr: u64) -> Option<(SharedPciDevice, usize, u64)> {
-        for dev in self.bus.slots.iter().flatten() {
+        for dev in self.bus.slots().iter().flatten() {
             let d = lock(dev);
             let config = d.config();
             if !config.memory_enabled() {
@@ -361,7 +404,7 @@ mod tests {
             config,
             last_write: None,
         }));
-        let mut bus = PciBus::new();
+        let bus = PciBus::new();
         assert_eq!(bus.add(dev.clone()).unwrap(), 1);
         let mut window = BarWindow {
             bus: Arc::new(bus),

@@ -40,6 +40,17 @@ pub struct Msix {
     router: Arc<GsiRouter>,
 }
 
+impl Drop for Msix {
+    /// An unplugged device's vectors stop reaching the guest, and their
+    /// GSIs are free for the next device.
+    fn drop(&mut self) {
+        for v in &self.vectors {
+            let _ = self.router.vm().unregister_irqfd(&v.irqfd, v.gsi);
+            self.router.release(v.gsi);
+        }
+    }
+}
+
 impl Msix {
     /// `count` vectors, each with a GSI and an irqfd registered with KVM.
     pub fn new(count: u16, router: Arc<GsiRouter>) -> Result<Self, InterruptError> {
@@ -196,15 +207,6 @@ impl Msix {
             }
         } else {
             self.pending[v] = true;
-        }
-    }
-}
-
-impl Drop for Msix {
-    fn drop(&mut self) {
-        for v in &self.vectors {
-            let _ = self.router.set_msi(v.gsi, None);
-            let _ = self.router.vm().unregister_irqfd(&v.irqfd, v.gsi);
         }
     }
 }

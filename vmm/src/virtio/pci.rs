@@ -427,6 +427,19 @@ impl Drop for VirtioPciDevice {
     fn drop(&mut self) {
         // Workers hold guest memory; they must be gone before it is unmapped.
         self.device.reset();
+        // An unplugged device's notifications must not stay registered at
+        // its BAR, where the next device plugged there would find them.
+        if let Some(at) = self.ioeventfds_at {
+            let vm = self.router.vm();
+            for (i, q) in self.queues.iter().enumerate() {
+                let offset = NOTIFY_OFFSET + i as u64 * u64::from(NOTIFY_MULTIPLIER);
+                let _ = vm.unregister_ioevent(
+                    &q.notify,
+                    &IoEventAddress::Mmio(at + offset),
+                    NoDatamatch,
+                );
+            }
+        }
     }
 }
 
