@@ -136,6 +136,34 @@ impl Hostd {
     }
 
     /// Confirms (`keep`) or reverts the instance's resize.
+    /// Plugs a NIC into the instance (into its guest, when running).
+    pub async fn add_nic(
+        &self,
+        id: &str,
+        nic: &hostd_proto::instance::PortNic,
+    ) -> Result<InstanceStatus, HostdError> {
+        let body = serde_json::to_value(nic).map_err(|e| HostdError::BadAnswer(e.to_string()))?;
+        self.typed(
+            Method::POST,
+            &format!("/instances/{id}/nics"),
+            Some(&body),
+            TIMEOUT,
+        )
+        .await
+    }
+
+    /// Unplugs the instance's NIC on `tap`; hostd answers once the guest
+    /// has let go of it (it waits up to a minute).
+    pub async fn remove_nic(&self, id: &str, tap: &str) -> Result<InstanceStatus, HostdError> {
+        self.typed(
+            Method::DELETE,
+            &format!("/instances/{id}/nics/{tap}"),
+            None,
+            SLOW_TIMEOUT,
+        )
+        .await
+    }
+
     pub async fn end_resize(&self, id: &str, keep: bool) -> Result<InstanceStatus, HostdError> {
         let end = if keep { "confirm" } else { "revert" };
         self.typed(

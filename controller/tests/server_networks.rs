@@ -617,3 +617,190 @@ fn a_gateway_host_takes_routers_and_applies_their_floating_ips() {
     );
     assert_eq!(f["floatingip"]["port_id"], Value::Null);
 }
+
+fn interfaces(cloud: &Cloud, method: &str, server: &str, rest: &str, body: Value) -> (u16, Value) {
+    let r = call(
+        &cloud.c,
+        method,
+        &format!("/compute/v2.1/servers/{server}/os-interface{rest}"),
+        &[cloud.auth()],
+        &if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        },
+    );
+    let v = if r.body.is_empty() {
+        Value::Null
+    } else {
+        r.json()
+    };
+    (r.status, v)
+}
+
+/// `server add/remove network|port` (Nova's os-interface): a NIC attached
+/// to a running server gets a port bound to its host and plugged by hostd,
+/// shows in its addresses and interface list, and goes when detached (the
+/// port made for it deleted, the user's unbound); bad requests get Nova's
+/// errors, and a host that cannot plug it leaves no port behind.
+#[test]
+fn interfaces_attach_to_and_detach_from_a_running_server() {
+    let cloud = Cloud::start(Delays::NONE);
+    let (flavor, image) = bootable(&cloud.c, &cloud.admin, 1, 128);
+    let (net1, _) = network(&cloud, "net1", "10.0.0.0/24");
+    let (net2, sub2) = network(&cloud, "net2", "10.1.0.0/24");
+    let r = create(&cloud, &flavor, &image, Some(json!([{"uuid": net1}])));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    cloud.wait(&id, "ACTIVE");
+
+    let (s, added) = interfaces(
+        &cloud,
+        "POST",
+        &id,
+        "",
+        json!({"interfaceAttachment": {"net_id": net2}}),
+    );
+    assert_eq!(s, 200, "{added}");
+    let a = &added["interfaceAttachment"];
+    assert_eq!(a["net_id"], net2.as_str());
+    assert_eq!(a["fixed_ips"][0]["subnet_id"], sub2.as_str());
+    assert_eq!(a["fixed_ips"][0]["ip_address"], "10.1.0.2");
+    let made = a["port_id"].as_str().unwrap().to_owned();
+    let (_, port) = net(&cloud, "GET", &format!("/ports/{made}"), Value::Null);
+    assert_eq!(port["port"]["device_id"], id.as_str());
+    assert_eq!(port["port"]["binding:host_id"], HOST_ID);
+    assert_eq!(port["port"]["mac_address"], a["mac_addr"]);
+    assert_eq!(cloud.show(&id)["addresses"]["net2"][0]["addr"], "10.1.0.2");
+
+    // A port of the user's.
+    let (_, mine) = net(
+        &cloud,
+        "POST",
+        "/ports",
+        json!({"port": {"network_id": net2}}),
+    );
+    let mine = mine["port"]["id"].as_str().unwrap().to_owned();
+    let (s, added) = interfaces(
+        &cloud,
+        "POST",
+        &id,
+        "",
+        json!({"interfaceAttachment": {"port_id": mine}}),
+    );
+    assert_eq!(s, 200, "{added}");
+    let (s, listed) = interfaces(&cloud, "GET", &id, "", Value::Null);
+    assert_eq!(s, 200);
+    let listed: Vec<&str> = listed["interfaceAttachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["port_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert_eq!(
+        &listed[1..],
+        [made.as_str(), mine.as_str()],
+        "made ones by slot, then the user's"
+    );
+    assert_eq!(
+        interfaces(&cloud, "GET", &id, &format!("/{mine}"), Value::Null).0,
+        200
+    );
+
+    // Bad requests.
+    for (body, want) in [
+        (json!({"interfaceAttachment": {"port_id": mine}}), 409), // in use
+        (
+            json!({"interfaceAttachment": {"port_id": mine, "net_id": net2}}),
+            400,
+        ),
+        (
+            json!({"interfaceAttachment": {"net_id": "no-such-net"}}),
+            404,
+        ),
+        (
+            json!({"interfaceAttachment": {"port_id": "no-such-port"}}),
+            404,
+        ),
+        (
+            json!({"interfaceAttachment": {"net_id": net2, "fixed_ips": [{"ip_address": "10.9.9.9"}]}}),
+            400,
+        ),
+        (json!({"interfaceAttachment": "x"}), 400),
+    ] {
+        let (s, e) = interfaces(&cloud, "POST", &id, "", body.clone());
+        assert_eq!(s, want, "{body}: {e}");
+    }
+    assert_eq!(
+        interfaces(&cloud, "POST", "no-such-server", "", json!({})).0,
+        404
+    );
+    assert_eq!(
+        interfaces(&cloud, "DELETE", &id, "/no-such-port", Value::Null).0,
+        404
+    );
+    assert_eq!(
+        ports_of(&cloud, &id).len(),
+        3,
+        "nothing made by the bad requests"
+    );
+
+    // Detached: answered at once; the made port goes, the user's is free.
+    assert_eq!(
+        interfaces(&cloud, "DELETE", &id, &format!("/{made}"), Value::Null).0,
+        202
+    );
+    assert_eq!(
+        interfaces(&cloud, "DELETE", &id, &format!("/{mine}"), Value::Null).0 / 100,
+        2
+    );
+    virga_test_support::wait::until("the NICs to go", std::time::Duration::from_secs(10), || {
+        (ports_of(&cloud, &id).len() == 1).then_some(())
+    });
+    assert_eq!(
+        net(&cloud, "GET", &format!("/ports/{made}"), Value::Null).0,
+        404
+    );
+    let (_, kept) = net(&cloud, "GET", &format!("/ports/{mine}"), Value::Null);
+    assert_eq!(kept["port"]["device_id"], "");
+    assert!(cloud.show(&id)["addresses"].get("net2").is_none());
+
+    // A host that cannot plug it: 500, and the port made for it goes again.
+    cloud.hostd.fail_creates();
+    let (s, e) = interfaces(
+        &cloud,
+        "POST",
+        &id,
+        "",
+        json!({"interfaceAttachment": {"net_id": net2}}),
+    );
+    assert_eq!(s, 500, "{e}");
+    assert!(
+        e.to_string()
+            .contains("Failed to attach network adapter device"),
+        "{e}"
+    );
+    assert_eq!(ports_of(&cloud, &id).len(), 1);
+    let (_, actions) = (
+        0,
+        call(
+            &cloud.c,
+            "GET",
+            &format!("/compute/v2.1/servers/{id}/os-instance-actions"),
+            &[cloud.auth()],
+            "",
+        )
+        .json(),
+    );
+    let names: Vec<&str> = actions["instanceActions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"attach_interface") && names.contains(&"detach_interface"),
+        "{names:?}"
+    );
+}

@@ -14,6 +14,8 @@
 //! | POST   | /instances/{id}/resize                 | `{"vcpus", "memory_mib", "root_disk_gib"}` for a stopped instance; the old size and root disk kept |
 //! | POST   | /instances/{id}/resize/confirm\|revert | ends a resize: the old root disk goes, or comes back with the old size |
 //! | POST   | /instances/{id}/snapshot               | `{"image_id"}`: copies the root disk (guest paused) and uploads it to the controller as that image's data; 202 once copied |
+//! | POST   | /instances/{id}/nics                   | a NIC (`{"tap", "mac", "mtu"}`): plugged into the running guest, kept for later starts |
+//! | DELETE | /instances/{id}/nics/{tap}             | that NIC goes, once the running guest has let go of it (409 if it does not within a minute) |
 //! | GET    | /instances/{id}/metrics                | the VMM's own metrics             |
 //! | GET    | /events                                | state changes, one JSON per line  |
 //! | GET    | /metrics                               | Prometheus text                   |
@@ -218,6 +220,23 @@ impl Api {
             (Method::GET, ["instances", id, "console"]) => {
                 let q = query(&req);
                 self.console(id, &q)
+            }
+            (Method::POST, ["instances", id, "nics"]) => {
+                let id = id.to_string();
+                let nic: crate::instance::NicSpec = match read_json(req).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                match self.sup.add_nic(&id, nic).await {
+                    Ok(i) => json(StatusCode::OK, &i),
+                    Err(e) => op_error(e),
+                }
+            }
+            (Method::DELETE, ["instances", id, "nics", tap]) => {
+                match self.sup.remove_nic(id, tap).await {
+                    Ok(i) => json(StatusCode::OK, &i),
+                    Err(e) => op_error(e),
+                }
             }
             (Method::POST, ["instances", id, "resize"]) => {
                 let id = id.to_string();

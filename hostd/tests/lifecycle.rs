@@ -371,3 +371,50 @@ fn typing_on_the_serial_console() {
         404
     );
 }
+
+/// NICs come and go while an instance runs (plugged into the VMM on a tap
+/// hostd opens, unplugged once the guest lets go) and while it is stopped
+/// (its spec only); a start brings every NIC it has then.
+#[test]
+fn nics_are_added_and_removed_running_or_stopped() {
+    let h = start_with_fake_vmm("");
+    let k = kernel(h.dir.path());
+    assert_eq!(
+        api(&h, "POST", "/instances", &fake_spec("nic-1", &k, 64, "")).0,
+        201
+    );
+    let tap = format!("vhp{}", std::process::id() % 100_000);
+    let nic = format!(r#"{{"tap": "{tap}", "mac": "fa:16:3e:00:00:01", "mtu": 1450}}"#);
+    let (status, added) = api(&h, "POST", "/instances/nic-1/nics", &nic);
+    assert_eq!(status, 200, "{added}");
+    assert_eq!(added["state"], "running");
+    assert_eq!(added["nics"][0]["tap"], tap.as_str());
+    let (status, again) = api(&h, "POST", "/instances/nic-1/nics", &nic);
+    assert_eq!(status, 409, "{again}");
+    let (status, bad) = api(&h, "POST", "/instances/nic-1/nics", r#"{"tap": "a/b"}"#);
+    assert_eq!(status, 400, "{bad}");
+    assert!(message(&bad).contains("nics.tap"), "{bad}");
+
+    let path = format!("/instances/nic-1/nics/{tap}");
+    let (status, removed) = api(&h, "DELETE", &path, "");
+    assert_eq!(status, 200, "{removed}");
+    assert_eq!(
+        removed.get("nics").cloned().unwrap_or_default(),
+        serde_json::json!(null)
+    );
+    assert_eq!(api(&h, "DELETE", &path, "").0, 404);
+
+    // Stopped: only the spec changes; the next start has the NIC.
+    assert_eq!(action(&h, "nic-1", "stop", "").1["state"], "shutoff");
+    let (status, added) = api(&h, "POST", "/instances/nic-1/nics", &nic);
+    assert_eq!(
+        (status, &added["state"]),
+        (200, &"shutoff".into()),
+        "{added}"
+    );
+    assert_eq!(action(&h, "nic-1", "start", "").1["state"], "running");
+    let config =
+        std::fs::read_to_string(h.dir.path().join("state/instances/nic-1/vmm.json")).unwrap();
+    assert!(config.contains(&format!("\"id\": \"{tap}\"")), "{config}");
+    assert_eq!(api(&h, "DELETE", "/instances/nic-1", "").0, 204);
+}

@@ -553,7 +553,11 @@ mod tests {
 
     #[test]
     fn routes_plugging_and_unplugging() {
-        match route(&Method::POST, "/vm/nets", br#"{"mac": "02:00:00:00:00:01"}"#) {
+        match route(
+            &Method::POST,
+            "/vm/nets",
+            br#"{"mac": "02:00:00:00:00:01"}"#,
+        ) {
             Ok(ApiRequest::AddNet { net, fds }) => {
                 assert_eq!(net.mac.as_deref(), Some("02:00:00:00:00:01"));
                 assert!(fds.is_empty(), "descriptors come from the connection");

@@ -201,6 +201,7 @@ pub fn compute_error(e: ComputeError) -> Response<Body> {
         ComputeError::OverQuota(_) => StatusCode::FORBIDDEN,
         ComputeError::Conflict(_) => StatusCode::CONFLICT,
         ComputeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ComputeError::HostFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     nova_error(status, &e.to_string())
 }

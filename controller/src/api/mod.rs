@@ -9,6 +9,7 @@ pub mod hypervisors;
 pub mod identity;
 pub mod identity_admin;
 pub mod image;
+pub mod interfaces;
 pub mod internal;
 pub mod network;
 pub mod serial_console;

@@ -244,6 +244,11 @@ pub async fn route(
             let id = id.to_string();
             action(app, ctx, &id, req).await
         }
+        (_, ["servers", id, "os-interface", rest @ ..]) => {
+            let id = id.to_string();
+            let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            return super::interfaces::route(app, ctx, req, &id, &rest).await;
+        }
         _ => return None,
     })
 }

@@ -158,37 +158,81 @@ impl NetworkService {
         // The ports made on an earlier run, by the request (slot) they answer.
         let mut made = self.store().ports_of_device(server_id).await?;
         for (slot, nic) in (0u32..).zip(nics) {
-            let port = match (&nic.port_id, &nic.network_id) {
-                (Some(port_id), _) => {
-                    let port = self
-                        .store()
-                        .port(port_id)
-                        .await?
-                        .ok_or_else(|| NetworkError::not_found("Port", port_id))?;
-                    if !port.device_id.is_empty() && port.device_id != server_id {
-                        return Err(NetworkError::new(
-                            409,
-                            "PortInUse",
-                            format!("Port {port_id} is still in use."),
-                        ));
-                    }
-                    self.bind(port, server_id, host).await?
-                }
-                (None, Some(network_id)) => {
-                    let earlier = made.iter().position(|p| p.nova_slot == Some(slot));
-                    match earlier.map(|at| made.swap_remove(at)) {
-                        Some(port) => self.bind(port, server_id, host).await?,
-                        None => {
-                            self.make_port(project, server_id, host, slot, network_id, nic.fixed_ip)
-                                .await?
-                        }
-                    }
-                }
-                (None, None) => continue,
-            };
-            ports.push(port);
+            if let Some(port) = self
+                .plug_nic(project, server_id, host, slot, nic, &mut made)
+                .await?
+            {
+                ports.push(port);
+            }
         }
         Ok(ports)
+    }
+
+    /// Makes or binds the port of one NIC request (`slot` is its place
+    /// among the server's requests); `made` holds the server's ports from an
+    /// earlier run, one of which may answer it.
+    async fn plug_nic(
+        &self,
+        project: &str,
+        server_id: &str,
+        host: &str,
+        slot: u32,
+        nic: &NicRequest,
+        made: &mut Vec<Port>,
+    ) -> Result<Option<Port>, NetworkError> {
+        Ok(Some(match (&nic.port_id, &nic.network_id) {
+            (Some(port_id), _) => {
+                let port = self
+                    .store()
+                    .port(port_id)
+                    .await?
+                    .ok_or_else(|| NetworkError::not_found("Port", port_id))?;
+                if !port.device_id.is_empty() && port.device_id != server_id {
+                    return Err(NetworkError::new(
+                        409,
+                        "PortInUse",
+                        format!("Port {port_id} is still in use."),
+                    ));
+                }
+                self.bind(port, server_id, host).await?
+            }
+            (None, Some(network_id)) => {
+                let earlier = made.iter().position(|p| p.nova_slot == Some(slot));
+                match earlier.map(|at| made.swap_remove(at)) {
+                    Some(port) => self.bind(port, server_id, host).await?,
+                    None => {
+                        self.make_port(project, server_id, host, slot, network_id, nic.fixed_ip)
+                            .await?
+                    }
+                }
+            }
+            (None, None) => return Ok(None),
+        }))
+    }
+
+    /// A NIC for a server that exists (Nova's interface attach): its port,
+    /// made (in the slot after the server's last) or bound on `host`.
+    pub async fn plug_interface(
+        &self,
+        project: &str,
+        server_id: &str,
+        host: &str,
+        nic: &NicRequest,
+    ) -> Result<Port, NetworkError> {
+        let mut made = self.store().ports_of_device(server_id).await?;
+        let slot = made
+            .iter()
+            .filter_map(|p| p.nova_slot)
+            .max()
+            .map_or(0, |s| s + 1);
+        made.clear();
+        self.plug_nic(project, server_id, host, slot, nic, &mut made)
+            .await?
+            .ok_or_else(|| {
+                NetworkError::bad_request(
+                    "Bad networks format: a network or a port is needed".into(),
+                )
+            })
     }
 
     async fn make_port(
@@ -269,28 +313,45 @@ impl NetworkService {
     /// user gave are unbound and free again. Safe to repeat.
     pub async fn unplug_server(&self, server_id: &str) -> Result<(), NetworkError> {
         for port in self.store().ports_of_device(server_id).await? {
-            if port.nova_slot.is_some() {
-                self.store().delete_port(&port.std.id).await?;
-                continue;
-            }
-            let mut port = port;
-            loop {
-                let old = port.clone();
-                port.device_id.clear();
-                port.device_owner.clear();
-                port.host_id.clear();
-                port.status = "DOWN".into();
-                port.std.touch(now());
-                if self.store().update_port(&port, &old).await? {
-                    break;
-                }
-                match self.store().port(&old.std.id).await? {
-                    Some(p) if p.device_id == server_id => port = p,
-                    _ => break,
-                }
-            }
+            self.release_port(server_id, port).await?;
         }
         Ok(())
+    }
+
+    /// Releases one of a server's ports (Nova's interface detach), as
+    /// [`Self::unplug_server`] does. Safe to repeat.
+    pub async fn unplug_interface(
+        &self,
+        server_id: &str,
+        port_id: &str,
+    ) -> Result<(), NetworkError> {
+        match self.store().port(port_id).await? {
+            Some(p) if p.device_id == server_id => self.release_port(server_id, p).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn release_port(&self, server_id: &str, port: Port) -> Result<(), NetworkError> {
+        if port.nova_slot.is_some() {
+            self.store().delete_port(&port.std.id).await?;
+            return Ok(());
+        }
+        let mut port = port;
+        loop {
+            let old = port.clone();
+            port.device_id.clear();
+            port.device_owner.clear();
+            port.host_id.clear();
+            port.status = "DOWN".into();
+            port.std.touch(now());
+            if self.store().update_port(&port, &old).await? {
+                return Ok(());
+            }
+            match self.store().port(&old.std.id).await? {
+                Some(p) if p.device_id == server_id => port = p,
+                _ => return Ok(()),
+            }
+        }
     }
 
     /// A server's ports, in the order of its requests (made ones by slot).

@@ -185,7 +185,7 @@ impl StandInHostd {
 
     /// From now on, every create makes the instance and then answers 500, as a
     /// host does whose create got far before it failed (or whose answer was
-    /// lost).
+    /// lost); and every NIC plugged is refused.
     pub fn fail_creates(&self) {
         self.failing.store(true, Ordering::SeqCst);
     }
@@ -433,6 +433,20 @@ fn answer(
                     409,
                     serde_json::json!({"error": {"message": "the guest ignored the request"}}),
                 ),
+            }
+        }
+        // NICs: plugged (refused while failing) and unplugged.
+        (_, "POST" | "DELETE", ["instances", id, "nics", ..]) => {
+            match (states.lock().unwrap().get(*id), failing) {
+                (None, _) => (
+                    404,
+                    serde_json::json!({"error": {"message": "no instance"}}),
+                ),
+                (Some(_), true) if method == "POST" => (
+                    500,
+                    serde_json::json!({"error": {"message": "VMM answered 400: no tap"}}),
+                ),
+                (Some(st), _) => (200, instance(id, st)),
             }
         }
         (_, "POST", ["instances", id, "resize", ..]) => match states.lock().unwrap().get(*id) {

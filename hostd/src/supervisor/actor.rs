@@ -28,7 +28,7 @@ use super::{
     EPHEMERAL_DISK, PICKED_BOOT, SWAP_DISK, VMM_CONFIG, VMM_LOG,
 };
 use crate::boot_picker;
-use crate::instance::{now_secs, Instance, InstanceSpec, Preparing, Process, Size, State};
+use crate::instance::{now_secs, Instance, InstanceSpec, NicSpec, Preparing, Process, Size, State};
 use crate::process::{self, Exit, Launch, PidFd};
 use crate::root_disk::RootDisk;
 use crate::{config_drive, ephemeral_disks, root_disk};
@@ -52,6 +52,8 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 const DEATH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lines of console kept with an ERROR reason.
 const REASON_TAIL_LINES: usize = 5;
+/// How long a guest may take to let go of an unplugged NIC.
+const UNPLUG_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A request an actor serves in turn.
 #[derive(Debug)]
@@ -70,6 +72,11 @@ pub(super) enum Request {
     CopyRootDisk {
         dest: std::path::PathBuf,
     },
+    /// A NIC more: plugged into the running guest, and in every later start.
+    AddNic(NicSpec),
+    /// The NIC on this tap goes: unplugged from the running guest (once it
+    /// lets go), and from every later start.
+    RemoveNic(String),
 }
 
 /// A request that ends the VMM now, ahead of every queued request.
@@ -410,6 +417,8 @@ impl Actor {
             Request::Resize(Some(to)) => self.resize(to).await?,
             Request::Resize(None) => self.revert_resize().await?,
             Request::ConfirmResize => self.confirm_resize().await?,
+            Request::AddNic(nic) => self.add_nic(nic).await?,
+            Request::RemoveNic(tap) => self.remove_nic(&tap).await?,
         }
         Ok(self.record.clone())
     }
@@ -1149,6 +1158,141 @@ impl Actor {
                 String::from_utf8_lossy(&body)
             ))),
             Err(e) => Err(OpError::Internal(e.to_string())),
+        }
+    }
+
+    /// Whether a guest is there to plug into or unplug from: a VMM that
+    /// answers. A stopped instance only has its spec changed.
+    fn guest_present(&self) -> Result<bool, OpError> {
+        match self.record.state {
+            State::Running | State::Paused => Ok(true),
+            State::Shutoff | State::Error => Ok(false),
+            State::Building | State::Stopping => Err(self.conflict()),
+        }
+    }
+
+    async fn add_nic(&mut self, nic: NicSpec) -> Result<(), OpError> {
+        let mut spec = self.record.spec.clone();
+        if spec.nics.iter().any(|n| n.tap == nic.tap) {
+            return Err(OpError::Conflict(format!(
+                "instance {:?} has a NIC on tap {}",
+                self.id, nic.tap
+            )));
+        }
+        if spec.nics.len() >= vmm::config::MAX_NICS {
+            return Err(OpError::Conflict(format!(
+                "instance {:?} has {} NICs, the most a guest has",
+                self.id,
+                spec.nics.len()
+            )));
+        }
+        spec.nics.push(nic.clone());
+        spec.check().map_err(OpError::BadRequest)?;
+        if self.guest_present()? {
+            // Opened here, as at launch, so the VMM needs no network
+            // privileges; it keeps its own copies of the queues.
+            let tap = Tap::open(&nic.tap, nic.queues.unwrap_or(1))
+                .map_err(|e| OpError::BadRequest(format!("nics: {e}")))?;
+            let fds: Vec<_> = (0..tap.queue_count())
+                .filter_map(|q| tap.file(q))
+                .map(std::os::fd::AsFd::as_fd)
+                .collect();
+            let mut net = net_config(&nic, Vec::new(), Some(tap.queue_count() as u16));
+            net.tap = None;
+            let body = serde_json::to_string(&net).map_err(|e| OpError::Internal(e.to_string()))?;
+            let socket = self.sup.run_dir(&self.id).join(API_SOCKET);
+            let answer = tokio::time::timeout(
+                Duration::from_secs(10),
+                vmm::api_client::request_with_fds(
+                    &socket,
+                    Method::POST,
+                    "/vm/nets",
+                    Some(&body),
+                    &fds,
+                ),
+            )
+            .await
+            .map_err(|_| OpError::Internal("the VMM did not answer in time".into()))?;
+            match answer {
+                Ok((201, _)) => {}
+                Ok((code, body)) => {
+                    let message =
+                        format!("VMM answered {code}: {}", String::from_utf8_lossy(&body));
+                    return Err(match code {
+                        400 => OpError::BadRequest(message),
+                        409 => OpError::Conflict(message),
+                        _ => OpError::Internal(message),
+                    });
+                }
+                Err(e) => return Err(OpError::Internal(e.to_string())),
+            }
+        }
+        self.record.spec = spec;
+        self.commit().await;
+        Ok(())
+    }
+
+    async fn remove_nic(&mut self, tap: &str) -> Result<(), OpError> {
+        let Some(at) = self.record.spec.nics.iter().position(|n| n.tap == tap) else {
+            return Err(OpError::NotFound(format!(
+                "instance {:?} has no NIC on tap {tap}",
+                self.id
+            )));
+        };
+        if self.guest_present()? {
+            self.unplug(tap).await?;
+        }
+        self.record.spec.nics.remove(at);
+        self.commit().await;
+        Ok(())
+    }
+
+    /// Asks the guest to let go of the NIC on `tap` and waits until it has.
+    async fn unplug(&self, tap: &str) -> Result<(), OpError> {
+        let socket = self.sup.run_dir(&self.id).join(API_SOCKET);
+        let call = |method, path: String| {
+            let socket = socket.clone();
+            async move {
+                vmm::api_client::request_within(
+                    Duration::from_secs(10),
+                    &socket,
+                    method,
+                    &path,
+                    None,
+                )
+                .await
+                .map_err(|e| OpError::Internal(e.to_string()))
+            }
+        };
+        match call(Method::DELETE, format!("/vm/devices/{tap}")).await? {
+            // 404: the VMM has no such device (gone already).
+            (202 | 404, _) => {}
+            (code, body) => {
+                return Err(OpError::Internal(format!(
+                    "VMM answered {code}: {}",
+                    String::from_utf8_lossy(&body)
+                )))
+            }
+        }
+        let deadline = tokio::time::Instant::now() + UNPLUG_TIMEOUT;
+        loop {
+            let (code, body) = call(Method::GET, "/vm".into()).await?;
+            let has_it = code == 200
+                && serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["config"]["nets"].as_array().cloned())
+                    .is_some_and(|nets| nets.iter().any(|n| n["id"] == tap));
+            if code == 200 && !has_it {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(OpError::Conflict(format!(
+                    "the guest of {:?} did not let go of its NIC on {tap} within {UNPLUG_TIMEOUT:?} \
+                     (it needs ACPI PCI hotplug); it goes at the guest's next reboot",
+                    self.id
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }

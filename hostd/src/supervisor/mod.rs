@@ -443,6 +443,20 @@ impl Supervisor {
         self.request(id, Request::Reboot { hard }).await
     }
 
+    /// Adds a NIC: plugged into the running guest, and in later starts.
+    pub async fn add_nic(
+        &self,
+        id: &str,
+        nic: crate::instance::NicSpec,
+    ) -> Result<Instance, OpError> {
+        self.request(id, Request::AddNic(nic)).await
+    }
+
+    /// Removes the NIC on `tap`, once the running guest has let go of it.
+    pub async fn remove_nic(&self, id: &str, tap: &str) -> Result<Instance, OpError> {
+        self.request(id, Request::RemoveNic(tap.to_owned())).await
+    }
+
     /// Pauses or resumes the guest's vCPUs.
     pub async fn set_paused(&self, id: &str, paused: bool) -> Result<Instance, OpError> {
         self.request(id, Request::SetPaused(paused)).await

@@ -179,7 +179,10 @@ pub(super) fn net_config(
     queues: Option<u16>,
 ) -> NetConfig {
     NetConfig {
-        id: None,
+        // Named by its tap, so hostd can unplug it by that name.
+        id: vmm::config::check_device_id(&nic.tap)
+            .is_ok()
+            .then(|| nic.tap.clone()),
         pci_slot: None,
         tap: fds.is_empty().then(|| nic.tap.clone()),
         fds,

@@ -981,7 +981,39 @@ fn debian(
         "root filesystem of {fs_bytes} bytes:\n{log}"
     );
     wait_console(ok, watch, "vm-debian", "Cloud-init v.", 300);
-    serial_console_login(ok, "vm-debian");
+    // `server add network` while the guest runs: a NIC appears in it (PCI
+    // hotplug), its port goes ACTIVE; `server remove network` takes it
+    // away once the guest lets go, and the port made for it goes.
+    ok(&["network", "create", "net2"]);
+    ok(&[
+        "subnet",
+        "create",
+        "--network",
+        "net2",
+        "--subnet-range",
+        "10.1.0.0/24",
+        "sub2",
+    ]);
+    let nics = |n: usize| {
+        format!(
+            "for i in $(seq 60); do [ $(ls /sys/class/net | wc -l) = {n} ] && break; sleep 1; done; \
+             echo virga-nics-$(ls /sys/class/net | wc -l)-$(ls /sys/class/net | tr '\\n' ,)"
+        )
+    };
+    serial_console_login(ok, "vm-debian", &|run| {
+        run(&nics(2), "virga-nics-2-");
+        let plugged = Instant::now();
+        ok(&["server", "add", "network", "vm-debian", "net2"]);
+        run(&nics(3), "virga-nics-3-");
+        println!("Debian: a NIC plugged in {:?}", plugged.elapsed());
+        wait_ports(ok, "net2", "ACTIVE");
+        let unplugged = Instant::now();
+        ok(&["server", "remove", "network", "vm-debian", "net2"]);
+        run(&nics(2), "virga-nics-2-");
+        wait_ports(ok, "net2", "");
+        println!("Debian: a NIC unplugged in {:?}", unplugged.elapsed());
+    });
+    ok(&["network", "delete", "net2"]);
 
     // The power button: systemd shuts down cleanly, well before hostd's
     // stop timeout would have killed it.
@@ -1019,11 +1051,52 @@ fn debian(
     floating
 }
 
+/// Waits (up to a minute) until the ports on `network` have `status`, or
+/// (an empty status) until there are none.
+fn wait_ports(ok: &dyn Fn(&[&str]) -> String, network: &str, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ports: serde_json::Value = serde_json::from_str(&ok(&[
+            "port",
+            "list",
+            "--network",
+            network,
+            "-f",
+            "json",
+            "-c",
+            "Status",
+        ]))
+        .expect("json");
+        let want = if status.is_empty() {
+            serde_json::json!([])
+        } else {
+            serde_json::json!([{ "Status": status }])
+        };
+        if ports == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ports on {network}: {ports}, not {want}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Types a command in a console session and waits (up to two minutes) for
+/// the text given.
+type Run<'a> = dyn FnMut(&str, &str) + 'a;
+
 /// A serial console session as users open one: `openstack console url show
 /// --serial` gives a websocket URL; through it the test logs in on the
 /// guest's getty as the default user and runs a command, while a second
-/// session, only reading, sees the same output.
-fn serial_console_login(ok: &dyn Fn(&[&str]) -> String, name: &str) {
+/// session, only reading, sees the same output. `while_logged_in` gets a
+/// way to run more commands in the session.
+fn serial_console_login(
+    ok: &dyn Fn(&[&str]) -> String,
+    name: &str,
+    while_logged_in: &dyn Fn(&mut Run),
+) {
     use tungstenite::{client::IntoClientRequest, Message};
     type Session = tungstenite::WebSocket<std::net::TcpStream>;
     let connect = || -> Session {
@@ -1096,6 +1169,11 @@ fn serial_console_login(ok: &dyn Fn(&[&str]) -> String, name: &str) {
         .expect("type");
     wait_for(&mut ws, &mut seen, "virga-console-42", 60);
     wait_for(&mut reader, &mut read, "virga-console-42", 60);
+    while_logged_in(&mut |command: &str, want: &str| {
+        ws.send(Message::binary(format!("{command}\r").into_bytes()))
+            .expect("type");
+        wait_for(&mut ws, &mut seen, want, 120);
+    });
     ws.send(Message::binary(b"exit\r".to_vec())).expect("type");
     let _ = ws.close(None);
     let _ = reader.close(None);

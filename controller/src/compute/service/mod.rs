@@ -11,6 +11,7 @@
 //! - [`metadata`]: what a guest is told about itself (its config drive)
 //! - [`action`]: stop, start, pause, suspend, reboot, ... and console output
 //! - [`console`]: serial console URLs and the websocket sessions behind them
+//! - [`interfaces`]: NICs attached to and detached from a server that exists
 //! - [`rebuild`]: a fresh root disk from an image, on the same host
 //! - [`resize`]: a new flavor on the same host, to confirm or revert
 //! - [`snapshot`]: `createImage`, a root disk's snapshot as a Glance image
@@ -22,6 +23,7 @@ pub mod build;
 pub mod console;
 pub mod create;
 pub mod delete;
+pub mod interfaces;
 pub mod metadata;
 pub mod rebuild;
 pub mod resize;
@@ -53,6 +55,9 @@ pub enum ComputeError {
     /// The controller cannot take it now (it is stopping).
     #[error("{0}")]
     Unavailable(String),
+    /// The host could not carry it out.
+    #[error("{0}")]
+    HostFailed(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
