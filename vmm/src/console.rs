@@ -158,12 +158,7 @@ impl Console {
                 loop {
                     wait_readable(&reader);
                     match reader.read(&mut buf) {
-                        Ok(n) if n > 0 => {
-                            if let Some(serial) = lock(&target).as_ref() {
-                                // A full FIFO drops input, as a real UART would.
-                                lock(serial).enqueue_input(&buf[..n]);
-                            }
-                        }
+                        Ok(n) if n > 0 => feed(&target, &buf[..n]),
                         Ok(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -173,6 +168,38 @@ impl Console {
             });
         if let Err(e) = spawned {
             tracing::warn!("no console input: {e}");
+        }
+    }
+}
+
+/// How long input waits for a guest that reads none of it before it is
+/// dropped.
+const INPUT_STALL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Hands `bytes` to the UART as its 64-byte FIFO makes room, so a pasted
+/// line arrives whole (a real UART would drop what overflows; a terminal
+/// would not send it that fast). Waiting here leaves the rest in the pipe
+/// it came from. A guest that takes nothing for [`INPUT_STALL`] loses the
+/// rest.
+fn feed(target: &Mutex<Option<Arc<Mutex<SerialDevice>>>>, mut bytes: &[u8]) {
+    let mut progress = std::time::Instant::now();
+    while !bytes.is_empty() {
+        let taken = match lock(target).as_ref() {
+            Some(serial) => lock(serial).enqueue_input(bytes),
+            None => return,
+        };
+        bytes = &bytes[taken..];
+        if taken > 0 {
+            progress = std::time::Instant::now();
+        } else if progress.elapsed() > INPUT_STALL {
+            crate::rate_limited_warn!(
+                "the guest reads no console input; dropped {} bytes",
+                bytes.len()
+            );
+            return;
+        }
+        if !bytes.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
 }
@@ -376,6 +403,37 @@ fn open_pty() -> std::io::Result<(OwnedFd, File, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::BusDevice;
+
+    #[test]
+    fn a_pasted_line_longer_than_the_fifo_arrives_whole() {
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            crate::devices::irq::IrqLine::new(4).unwrap(),
+            Box::new(std::io::sink()),
+        )));
+        let target = Arc::new(Mutex::new(Some(serial.clone())));
+        let line: Vec<u8> = (0..300u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let feeder = {
+            let (target, line) = (target.clone(), line.clone());
+            std::thread::spawn(move || feed(&target, &line))
+        };
+        // The guest reads its receive register a byte at a time, slowly.
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < line.len() && Instant::now() < deadline {
+            let mut lsr = [0u8; 1];
+            lock(&serial).read(5, &mut lsr);
+            if lsr[0] & 1 == 1 {
+                let mut byte = [0u8; 1];
+                lock(&serial).read(0, &mut byte);
+                got.push(byte[0]);
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        feeder.join().unwrap();
+        assert_eq!(got, line);
+    }
 
     #[test]
     fn console_input_comes_from_a_fifo_only() {

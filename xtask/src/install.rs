@@ -26,6 +26,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),
     // netd's tests: a real DHCP client in a "guest" namespace.
     ("udhcpc", "udhcpc"),
+    // The cloud test logs in to its Debian guest through its floating IP.
+    ("openssh-client", "ssh"),
     // The controller's store tests run against a real PostgreSQL server.
     ("postgresql", "/usr/lib/postgresql/*/bin/initdb"),
 ];

@@ -205,6 +205,16 @@ fn openstack_server_create_boots_a_guest() {
     let held = HeldPort::new();
     let ctl_port = held.port;
     let [hostd_port] = free_ports::<1>();
+    // The key the Debian guest is created with (see `debian`); the testbed,
+    // outside its router, logs in with it through the floating IP.
+    let ssh_key = dir.path().join("ssh-key");
+    let keygen = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "e2e-ssh@virga", "-f"])
+        .arg(&ssh_key)
+        .status()
+        .expect("ssh-keygen (cargo xtask install installs openssh-client)");
+    assert!(keygen.success(), "ssh-keygen failed");
+    let ssh_private = std::fs::read_to_string(&ssh_key).expect("the private key");
     // The testbed has one CPU: let RAM decide how many servers fit.
     let controller = start_controller(
         dir.path(),
@@ -239,11 +249,30 @@ $BIN/hostd --config $WORK/hostd.toml 2> $WORK/hostd.log &
 HOSTD=$!
 {netd}# The outside world of the routers: once the external network's bridge
 # carries 172.24.4.0/24, say which floating IP a guest first answers from
-# behind its router (TTL 63; the router itself would answer at 64).
+# behind its router (TTL 63; the router itself would answer at 64); then log
+# in there with the guest's key, as its user would, and leave a line on its
+# console for the test to wait for.
+cat > $WORK/ssh-key <<'KEY'
+{ssh_private}KEY
+chmod 600 $WORK/ssh-key
+# ssh wants to know who it runs as.
+mkdir -p /etc /root
+[ -e /etc/passwd ] || echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd
 (while :; do
     for ip in 172.24.4.3 172.24.4.4 172.24.4.5; do
         ip route get $ip 2>/dev/null | grep -q brq || continue
-        if ping -c 1 -W 1 $ip 2>/dev/null | grep -q ttl=63; then echo "virga-fip-reached $ip"; exit 0; fi
+        if ping -c 1 -W 1 $ip 2>/dev/null | grep -q ttl=63; then
+            echo "virga-fip-reached $ip"
+            i=0; while [ $i -lt 120 ]; do
+                if ssh -i $WORK/ssh-key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+                    -o ConnectTimeout=10 -o BatchMode=yes debian@$ip \
+                    'echo virga-ssh-reached | sudo tee /dev/ttyS0 > /dev/null; hostname' > $WORK/ssh.out 2> $WORK/ssh.err; then
+                    echo "virga-ssh-hostname $(cat $WORK/ssh.out)"; exit 0
+                fi
+                sleep 5; i=$((i + 1))
+            done
+            echo "virga-ssh-failed $(tail -n 3 $WORK/ssh.err | tr '\n' ' ')"; exit 0
+        fi
     done
     sleep 1
 done) &
@@ -271,6 +300,7 @@ echo "NETD_LOG_BEGIN"; tail -n 20 $WORK/netd.log; echo "NETD_LOG_END"
     for program in virga_e2e::hostd_host_programs()
         .into_iter()
         .chain(virga_e2e::netd_host_programs())
+        .chain(["/usr/bin/ssh".into()])
     {
         scenario = scenario.host_binary(program);
     }
@@ -301,6 +331,10 @@ echo "NETD_LOG_BEGIN"; tail -n 20 $WORK/netd.log; echo "NETD_LOG_END"
             .output
             .contains(&format!("virga-fip-reached {floating}")),
         "the floating IP {floating} was never answered from behind the router"
+    );
+    assert!(
+        outcome.output.contains("virga-ssh-hostname vm-debian"),
+        "no SSH login through the floating IP {floating}"
     );
     assert!(outcome.success(), "scenario failed");
 }
@@ -854,6 +888,27 @@ fn debian(
         "default",
     ]);
     ok(&[
+        "security",
+        "group",
+        "rule",
+        "create",
+        "--protocol",
+        "tcp",
+        "--dst-port",
+        "22",
+        "default",
+    ]);
+    // A key of its own: the testbed logs in with it (see the scenario).
+    let ssh_pub = dir.join("ssh-key.pub");
+    ok(&[
+        "keypair",
+        "create",
+        "--public-key",
+        &ssh_pub.display().to_string(),
+        "k-ssh",
+    ]);
+    let ssh_pub = std::fs::read_to_string(&ssh_pub).expect("the public key");
+    ok(&[
         "server",
         "create",
         "--image",
@@ -861,7 +916,7 @@ fn debian(
         "--flavor",
         "m1.debian",
         "--key-name",
-        "k1",
+        "k-ssh",
         "--user-data",
         &user_data.display().to_string(),
         "--network",
@@ -956,8 +1011,11 @@ fn debian(
         "virga-debian-outside ok",
         // The metadata service (same contents as the config drive) knows
         // the guest by its address.
-        &format!("virga-debian-metadata \"uuid\":\"{}\"", shown["id"].as_str().unwrap_or_default()),
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHs7sAvZ0nq6Q0m9M2dpBmbJYk8y9m8Ocq6m1E8K8y2J e2e@virga",
+        &format!(
+            "virga-debian-metadata \"uuid\":\"{}\"",
+            shown["id"].as_str().unwrap_or_default()
+        ),
+        ssh_pub.trim(),
     ] {
         assert!(log.contains(want), "no {want:?} on the console:\n{log}");
     }
@@ -1015,6 +1073,8 @@ fn debian(
     });
     ok(&["network", "delete", "net2"]);
 
+    // The testbed logged in through the floating IP with the server's key.
+    wait_console(ok, watch, "vm-debian", "virga-ssh-reached", 600);
     // The power button: systemd shuts down cleanly, well before hostd's
     // stop timeout would have killed it.
     let stopping = Instant::now();
