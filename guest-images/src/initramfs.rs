@@ -171,6 +171,47 @@ case " $($bb cat /proc/cmdline) " in
         $bb sleep 0.2
     done
     ;;
+*" virga.mode=peers "*)
+    # Guest side of the two-host test: an address by DHCP on eth0, a blob
+    # served over HTTP; then, for 40 rounds, every other address of
+    # 10.0.0.2-4 that answers a ping is reported, with the checksum of the
+    # blob fetched from it.
+    $bb mount -t sysfs sys /sys
+    $bb mount -t devtmpfs dev /dev
+    $bb mkdir -p /tmp /www
+    $bb cat > /tmp/dhcp.sh <<'EOF'
+#!/bin/busybox sh
+[ "$1" = bound ] || exit 0
+/bin/busybox ip addr add $ip/$mask dev $interface
+EOF
+    $bb chmod +x /tmp/dhcp.sh
+    $bb ip link set lo up
+    $bb ip link set eth0 up
+    $bb udhcpc -i eth0 -q -n -t 30 -T 2 -s /tmp/dhcp.sh > /dev/null 2>&1 || echo virga-peers-no-address
+    me=$($bb ip -4 -o addr show dev eth0 | $bb awk '{{print $4}}' | $bb cut -d/ -f1)
+    echo "virga-peers-address ${{me:-none}}"
+    $bb dd if=/dev/urandom of=/www/blob bs=64k count=64 2>/dev/null
+    echo "virga-peers-serving $($bb md5sum < /www/blob | $bb cut -d' ' -f1)"
+    $bb httpd -p 8080 -h /www
+    seen=
+    i=0
+    while [ $i -lt 40 ]; do
+        for n in 2 3 4; do
+            ip=10.0.0.$n
+            [ "$ip" = "$me" ] && continue
+            case " $seen " in *" $ip "*) continue ;; esac
+            if $bb ping -c 1 -W 1 $ip > /dev/null 2>&1; then
+                echo "virga-peers-reached $ip"
+                echo "virga-peers-fetched $ip $($bb wget -q -O - http://$ip:8080/blob | $bb md5sum | $bb cut -d' ' -f1)"
+                seen="$seen $ip"
+            fi
+        done
+        i=$((i + 1))
+        $bb sleep 1
+    done
+    echo virga-peers-done
+    while :; do $bb sleep 1; done
+    ;;
 *" virga.mode=flood "*)
     i=0
     while [ $i -lt {flood_lines} ]; do

@@ -4,6 +4,8 @@
 //! `cargo xtask test` builds everything and sets `VIRGA_VMM_BIN` and `VIRGA_IMAGES`;
 //! without them the tests look in `target/release` and `target/images`.
 
+pub mod cloud;
+
 use std::path::{Path, PathBuf};
 
 use virga_testbed::{Outcome, Scenario, Testbed};

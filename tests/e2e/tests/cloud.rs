@@ -3,28 +3,13 @@
 //! heartbeats, and fetches an image the controller stores when an instance
 //! names it.
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use virga_e2e::{controller_bin, hostd_bins};
+use virga_e2e::cloud::{host_token, start_controller, Killed};
+use virga_e2e::hostd_bins;
 use virga_test_support::http::Reply;
 use virga_test_support::ports::{free_ports, wait_for_port, HeldPort};
-
-const HOSTD_SECRET: &str = "cloud-e2e-hostd-secret-0123";
-
-/// A host's token, as `controller host-token` prints it.
-fn host_token(host: &str) -> String {
-    hostd_proto::token::for_host(HOSTD_SECRET, host)
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// One request to the controller or hostd on `port`: (status, reply).
 fn http(
@@ -37,44 +22,6 @@ fn http(
     let reply = virga_test_support::http::send(port, method, path, headers, body)
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     (reply.status, reply)
-}
-
-/// A controller serving `port` (held by the test, handed over as systemd
-/// would) with its state under `dir`; `tables` is TOML placed before its
-/// `[bootstrap]` table. Returns once it answers.
-fn start_controller(dir: &std::path::Path, port: &HeldPort, tables: &str) -> Killed {
-    let cfg = dir.join("controller.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen = \"{}\"\nstate_dir = \"{}\"\nhostd_secret = \"{HOSTD_SECRET}\"\n{tables}[bootstrap]\nadmin_password = \"admin-secret\"\n",
-            port.addr(),
-            dir.join("controller").display()
-        ),
-    )
-    .expect("config");
-    let mut cmd = Command::new(controller_bin());
-    cmd.arg("--config").arg(&cfg).env("RUST_LOG", "warn");
-    port.hand_to(&mut cmd);
-    let mut controller = Killed(
-        cmd.spawn()
-            .expect("start the controller (built by cargo xtask test)"),
-    );
-    virga_test_support::wait::until("the controller to answer", Duration::from_secs(60), || {
-        if let Ok(Some(status)) = controller.0.try_wait() {
-            panic!("the controller exited: {status}");
-        }
-        virga_test_support::http::send_within(
-            port.port,
-            Duration::from_secs(1),
-            "GET",
-            "/",
-            &[],
-            b"",
-        )
-        .ok()
-    });
-    controller
 }
 
 #[test]

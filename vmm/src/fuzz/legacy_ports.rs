@@ -1,11 +1,12 @@
 //! Port I/O to the legacy devices on the real port bus: COM1 (16550A), the
-//! i8042, the CMOS RTC, the ACPI PM registers and the PCI configuration
-//! ports, random port, width and value.
+//! i8042, the CMOS RTC, the ACPI PM registers, the PCI configuration ports
+//! and the PCI hotplug registers, random port, width and value.
 //!
 //! Checked: no panic; every byte the guest transmits reaches the console sink,
 //! in order (and nothing else does); the machine is only powered off or reset by
 //! the writes meant to do that; the i8042's output buffer stays bounded; the
-//! RTC's seconds register always holds a valid BCD or binary second.
+//! RTC's seconds register always holds a valid BCD or binary second; an
+//! eject takes only what is plugged, never the host bridge.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
 use crate::devices::irq::IrqLine;
+use crate::devices::pci_hotplug::{self, PciHotplug};
 use crate::devices::serial::{SerialDevice, COM1_BASE, COM1_LEN};
 use crate::devices::{acpi_pm, i8042, rtc, Bus, GuestRequest};
 use crate::pci::{ConfigPorts, PciBus, CONFIG_PORTS_BASE, CONFIG_PORTS_LEN};
@@ -46,6 +48,7 @@ fn access() -> impl Strategy<Value = Access> {
         2 => rtc::BASE..rtc::BASE + rtc::LEN,
         1 => acpi_pm::BASE..acpi_pm::BASE + acpi_pm::LEN,
         2 => CONFIG_PORTS_BASE..CONFIG_PORTS_BASE + CONFIG_PORTS_LEN,
+        1 => pci_hotplug::BASE..pci_hotplug::BASE + pci_hotplug::LEN,
         1 => 0u64..0x1_0000,
     ];
     let width =
@@ -92,7 +95,21 @@ fn one(accesses: Vec<Access>) -> Result<(), TestCaseError> {
     bus.insert(
         CONFIG_PORTS_BASE,
         CONFIG_PORTS_LEN,
-        Arc::new(Mutex::new(ConfigPorts::new(pci))),
+        Arc::new(Mutex::new(ConfigPorts::new(pci.clone()))),
+    )
+    .unwrap();
+    let ejected = Arc::new(Mutex::new(Vec::new()));
+    let hotplug = {
+        let ejected = ejected.clone();
+        PciHotplug::new(
+            pci.clone(),
+            Box::new(move |slot, _| ejected.lock().unwrap().push(slot)),
+        )
+    };
+    bus.insert(
+        pci_hotplug::BASE,
+        pci_hotplug::LEN,
+        Arc::new(Mutex::new(hotplug)),
     )
     .unwrap();
 
@@ -170,7 +187,19 @@ fn one(accesses: Vec<Access>) -> Result<(), TestCaseError> {
     } else {
         s >> 4 < 6 && s & 0xf < 10
     };
-    check(valid, || format!("RTC seconds {s:#x} (binary: {binary})"))
+    check(valid, || format!("RTC seconds {s:#x} (binary: {binary})"))?;
+
+    // Nothing was plugged: no eject took anything, the host bridge stays.
+    check(ejected.lock().unwrap().is_empty(), || {
+        format!("ejected {:?}", ejected.lock().unwrap())
+    })?;
+    let mut id = [0u8; 4];
+    bus.write(CONFIG_PORTS_BASE, &0x8000_0000u32.to_le_bytes())
+        .unwrap();
+    bus.read(CONFIG_PORTS_BASE + 4, &mut id);
+    check(u32::from_le_bytes(id) == 0x0008_1b36, || {
+        format!("the host bridge reads {id:x?}")
+    })
 }
 
 #[test]

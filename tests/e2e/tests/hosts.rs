@@ -1,0 +1,353 @@
+//! Two hosts in one testbed, each a network namespace with its own hostd
+//! and netd, joined by an underlay the testbed routes (its veths): real
+//! guests of one project on one network, placed on different hosts, get
+//! their addresses from their own host's DHCP, reach each other across the
+//! VXLAN overlay (the default security group lets members in) and move
+//! data; a guest of another project, on its own network with the same
+//! addresses, reaches neither.
+
+use std::time::{Duration, Instant};
+
+use virga_e2e::cloud::{host_token, start_controller, Cli};
+use virga_test_support::ports::{free_ports, HeldPort};
+
+/// The lines of the testbed script that make host `n`: its namespace, its
+/// veth to the testbed (10.98.n.2, routed and masqueraded by the testbed),
+/// and its hostd and netd.
+fn host_script(n: u8, hostd_port: u16, ctl_port: u16) -> String {
+    let token = host_token(&format!("host{n}"));
+    format!(
+        r#"$IP netns add host{n}
+$IP link add h{n} type veth peer name up0 netns host{n}
+$IP addr add 10.98.{n}.1/24 dev h{n}
+$IP link set h{n} up
+$IP -n host{n} addr add 10.98.{n}.2/24 dev up0
+$IP -n host{n} link set up0 up
+$IP -n host{n} link set lo up
+$IP -n host{n} route add default via 10.98.{n}.1
+mkdir -p $WORK/host{n}/state
+cat > $WORK/host{n}/hostd.toml <<EOF
+token = "{token}"
+listen = "0.0.0.0:{hostd_port}"
+state_dir = "$WORK/host{n}/state"
+vmm_binary = "$BIN/vmm"
+host_id = "host{n}"
+controller_url = "http://$HOST_ADDR:{ctl_port}"
+controller_token = "{token}"
+advertise_url = "http://127.0.0.1:{hostd_port}"
+heartbeat_secs = 2
+cgroup_root = "/sys/fs/cgroup/virga-host{n}"
+vmm_uid_base = {uid_base}
+EOF
+cat > $WORK/host{n}/netd.toml <<EOF
+host_id = "host{n}"
+controller_url = "http://$HOST_ADDR:{ctl_port}"
+token = "{token}"
+vtep = "10.98.{n}.2"
+underlay_dev = "up0"
+sync_ms = 500
+EOF
+# hostd keeps the testbed's cgroup mount (nsenter changes the network
+# namespace only); netd gets a /sys of its namespace (ip netns exec).
+$NSENTER --net=/run/netns/host{n} $BIN/hostd --config $WORK/host{n}/hostd.toml 2> $WORK/host{n}/hostd.log &
+PIDS="$PIDS $!"
+$IP netns exec host{n} $BIN/netd --config $WORK/host{n}/netd.toml 2> $WORK/host{n}/netd.log &
+PIDS="$PIDS $!"
+"#,
+        uid_base = 2_000_000 + u32::from(n) * 100_000,
+    )
+}
+
+#[test]
+fn guests_on_two_hosts_reach_each_other_and_no_other_project() {
+    let Some(cli) = std::env::var_os("VIRGA_OPENSTACK").map(std::path::PathBuf::from) else {
+        assert!(
+            std::env::var_os("VIRGA_REQUIRE_TOOLS").is_none(),
+            "the openstack CLI (VIRGA_OPENSTACK) is required but missing"
+        );
+        eprintln!("skipping: VIRGA_OPENSTACK is not set (cargo xtask test sets it)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let held = HeldPort::new();
+    let ctl_port = held.port;
+    let [port1, port2] = free_ports::<2>();
+    let controller = start_controller(
+        dir.path(),
+        &held,
+        "[scheduler]\ncpu_allocation_ratio = 16.0\n",
+    );
+    let script = format!(
+        r#"mkdir -p /sys/fs/cgroup && (mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null || true)
+echo never > /sys/kernel/mm/transparent_hugepage/enabled
+IP=/usr/bin/ip
+NSENTER=/usr/bin/nsenter
+# The underlay: the testbed routes between the hosts' veths, forwards each
+# hostd's port to its host and masquerades what the hosts send out (to the
+# controller).
+echo 1 > /proc/sys/net/ipv4/ip_forward
+nft -f - <<EOF
+table ip hosts {{
+    chain pre {{
+        type nat hook prerouting priority -100;
+        tcp dport {port1} dnat to 10.98.1.2
+        tcp dport {port2} dnat to 10.98.2.2
+    }}
+    chain post {{
+        type nat hook postrouting priority 100;
+        ip saddr 10.98.0.0/16 oifname "eth0" masquerade
+    }}
+}}
+EOF
+PIDS=
+{host1}{host2}
+# Runs until the test stops its controller (three failed probes in a row).
+f=0; while [ $f -lt 3 ]; do
+    wget -q -O /dev/null http://$HOST_ADDR:{ctl_port}/identity/v3 && f=0 || f=$((f + 1)); sleep 1
+done
+kill $PIDS; wait
+for n in 1 2; do
+    echo "HOST${{n}}_LOGS_BEGIN"; tail -n 10 $WORK/host$n/hostd.log; tail -n 10 $WORK/host$n/netd.log; echo "HOST${{n}}_LOGS_END"
+done
+"#,
+        host1 = host_script(1, port1, ctl_port),
+        host2 = host_script(2, port2, ctl_port),
+    );
+    let mut scenario = virga_testbed::Scenario::new("two-hosts", &script)
+        .binary(virga_e2e::vmm_bin())
+        .binaries(virga_e2e::hostd_bins())
+        .binary(virga_e2e::netd_bin())
+        .forward_port(port1)
+        .forward_port(port2)
+        .timeout(Duration::from_secs(1500));
+    for program in virga_e2e::hostd_host_programs()
+        .into_iter()
+        .chain(virga_e2e::netd_host_programs())
+        .chain(["/usr/bin/ip".into(), "/usr/bin/nsenter".into()])
+    {
+        scenario = scenario.host_binary(program);
+    }
+    let testbed = virga_e2e::testbed();
+    let runner = std::thread::spawn(move || testbed.run(&scenario));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drive(&cli, dir.path(), ctl_port, &|| !runner.is_finished())
+    }));
+    drop(controller);
+    drop(held);
+    let outcome = runner.join().expect("testbed thread");
+    match &outcome {
+        Ok(o) => println!("--- testbed ({}) ---\n{}", o.mode.as_str(), o.output),
+        Err(e) => println!("--- testbed failed: {e}"),
+    }
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(outcome.expect("testbed").success(), "scenario failed");
+}
+
+fn drive(cli: &std::path::Path, dir: &std::path::Path, ctl_port: u16, alive: &dyn Fn() -> bool) {
+    let admin = Cli::admin(cli, dir, ctl_port);
+    let started = Instant::now();
+    loop {
+        let hosts = admin.ok(&[
+            "hypervisor",
+            "list",
+            "-f",
+            "value",
+            "-c",
+            "Hypervisor Hostname",
+        ]);
+        if hosts.contains("host1") && hosts.contains("host2") {
+            break;
+        }
+        assert!(
+            alive() && started.elapsed() < Duration::from_secs(600),
+            "the hosts never registered: {hosts}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    println!("both hosts registered after {:?}", started.elapsed());
+
+    let images = virga_e2e::images_dir();
+    let path = |f: &str| images.join(f).display().to_string();
+    admin.ok(&[
+        "flavor", "create", "--ram", "256", "--vcpus", "1", "--disk", "0", "tiny",
+    ]);
+    let ramdisk = admin.ok(&[
+        "image",
+        "create",
+        "--public",
+        "--file",
+        &path("boot-initramfs.cpio"),
+        "--disk-format",
+        "ari",
+        "--container-format",
+        "ari",
+        "boot-initramfs",
+        "-f",
+        "value",
+        "-c",
+        "id",
+    ]);
+    admin.ok(&[
+        "image",
+        "create",
+        "--public",
+        "--file",
+        &path("vmlinux"),
+        "--disk-format",
+        "aki",
+        "--container-format",
+        "aki",
+        "--property",
+        &format!("ramdisk_id={}", ramdisk.trim()),
+        "--property",
+        &format!("os_command_line={} virga.mode=peers", virga_e2e::CMDLINE),
+        "peers",
+    ]);
+    admin.ok(&["network", "create", "net1"]);
+    admin.ok(&[
+        "subnet",
+        "create",
+        "--network",
+        "net1",
+        "--subnet-range",
+        "10.0.0.0/24",
+        "sub1",
+    ]);
+
+    // One guest on each host: the other host is disabled while it is placed.
+    let service = |action: &str, host: &str| {
+        admin.ok(&["compute", "service", "set", action, host, "nova-compute"]);
+    };
+    service("--disable", "host2");
+    admin.ok(&[
+        "server",
+        "create",
+        "--image",
+        "peers",
+        "--flavor",
+        "tiny",
+        "--network",
+        "net1",
+        "--wait",
+        "vm-a",
+    ]);
+    service("--enable", "host2");
+    service("--disable", "host1");
+    admin.ok(&[
+        "server",
+        "create",
+        "--image",
+        "peers",
+        "--flavor",
+        "tiny",
+        "--network",
+        "net1",
+        "--wait",
+        "vm-b",
+    ]);
+    service("--enable", "host1");
+    let host_of = |name: &str| {
+        admin
+            .ok(&[
+                "server",
+                "show",
+                name,
+                "-f",
+                "value",
+                "-c",
+                "OS-EXT-SRV-ATTR:host",
+            ])
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(
+        (host_of("vm-a"), host_of("vm-b")),
+        ("host1".into(), "host2".into())
+    );
+
+    // Another project, its own network with the same addresses.
+    admin.ok(&["project", "create", "other"]);
+    admin.ok(&["user", "create", "--password", "other-secret", "other-user"]);
+    admin.ok(&[
+        "role",
+        "add",
+        "--project",
+        "other",
+        "--user",
+        "other-user",
+        "member",
+    ]);
+    let other = Cli::new(cli, dir, ctl_port, "other-user", "other-secret", "other");
+    other.ok(&["network", "create", "net-other"]);
+    other.ok(&[
+        "subnet",
+        "create",
+        "--network",
+        "net-other",
+        "--subnet-range",
+        "10.0.0.0/24",
+        "sub-other",
+    ]);
+    other.ok(&[
+        "server",
+        "create",
+        "--image",
+        "peers",
+        "--flavor",
+        "tiny",
+        "--network",
+        "net-other",
+        "--wait",
+        "vm-c",
+    ]);
+
+    let console = |cli: &Cli, name: &str, want: &str| {
+        cli.wait_until(&["console", "log", "show", name], 600, |log| {
+            log.contains(want)
+        })
+    };
+    let value = |log: &str, key: &str| -> String {
+        log.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let a = console(&admin, "vm-a", "virga-peers-serving");
+    let b = console(&admin, "vm-b", "virga-peers-serving");
+    let (a_ip, b_ip) = (
+        value(&a, "virga-peers-address"),
+        value(&b, "virga-peers-address"),
+    );
+    let (a_md5, b_md5) = (
+        value(&a, "virga-peers-serving"),
+        value(&b, "virga-peers-serving"),
+    );
+    assert!(
+        a_ip.starts_with("10.0.0.") && b_ip.starts_with("10.0.0."),
+        "{a}\n{b}"
+    );
+    // Across the overlay, both ways: ping, then the other's blob intact.
+    console(
+        &admin,
+        "vm-a",
+        &format!("virga-peers-fetched {b_ip} {b_md5}"),
+    );
+    console(
+        &admin,
+        "vm-b",
+        &format!("virga-peers-fetched {a_ip} {a_md5}"),
+    );
+    println!("vm-a ({a_ip}, host1) and vm-b ({b_ip}, host2) reached each other");
+    // The other project's guest, done scanning, reached nobody.
+    let c = console(&other, "vm-c", "virga-peers-done");
+    assert!(
+        value(&c, "virga-peers-address").starts_with("10.0.0."),
+        "{c}"
+    );
+    assert!(
+        !c.contains("virga-peers-reached"),
+        "another project's guest was reached:\n{c}"
+    );
+}
