@@ -145,20 +145,34 @@ case " $($bb cat /proc/cmdline) " in
     while :; do $bb sleep 1; done
     ;;
 *" virga.mode=hotplug "*)
-    # Guest side of the NIC hotplug test: report the NICs whenever they
-    # change; give each new one its address (169.254.10N.2 for ethN) and
-    # ping the host at .1 through it.
+    # Guest side of the hotplug tests: report the NICs and disks whenever
+    # they change; give each new NIC its address (169.254.10N.2 for ethN)
+    # and ping the host at .1 through it; read the first 16 bytes of each
+    # new disk.
     echo 0 > /proc/sys/kernel/ctrl-alt-del
     trap '$bb poweroff -f' INT TERM
     $bb mount -t sysfs sys /sys
     $bb mount -t devtmpfs dev /dev
     seen=
+    disks=
     echo virga-hotplug-ready
     while :; do
+        now=$(cd /sys/block && echo vd*)
+        if [ "$now" != "$disks" ]; then
+            echo "virga-hotplug-disks $now"
+            for d in $now; do
+                [ -e /sys/block/$d ] || continue
+                case " $disks " in *" $d "*) continue ;; esac
+                i=0; while [ ! -e /dev/$d ] && [ $i -lt 50 ]; do $bb sleep 0.1; i=$((i + 1)); done
+                echo "virga-hotplug-disk $d $($bb dd if=/dev/$d bs=16 count=1 2>/dev/null)"
+            done
+            disks=$now
+        fi
         now=$(cd /sys/class/net && echo eth*)
         if [ "$now" != "$seen" ]; then
             echo "virga-hotplug-nics $now"
             for n in $now; do
+                [ -e /sys/class/net/$n ] || continue
                 case " $seen " in *" $n "*) continue ;; esac
                 i=${{n#eth}}
                 $bb ip link set $n up

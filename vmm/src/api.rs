@@ -13,12 +13,13 @@
 //! | GET    | /metrics               |                                   | 200 Metrics  |
 //! | PUT    | /vm/devices/{id}/rate-limit | `{"bytes_per_sec": N, "ops_per_sec": N}` | 204 |
 //! | POST   | /vm/nets               | a `nets` entry of the config file | 201 DeviceInfo |
+//! | POST   | /vm/disks              | a `disks` entry (no `path` when its descriptor comes along) | 201 DeviceInfo |
 //! | DELETE | /vm/devices/{id}       |                                   | 202          |
 //!
 //! A NIC plugged through the API runs on TAP descriptors the client sends
 //! with the request (SCM_RIGHTS on its first bytes: an empty line, which
 //! HTTP lets a server skip before a request), or on a tap the VMM opens by
-//! name when it may. Unplugging asks the guest; the device is gone from
+//! name when it may; a disk on the one descriptor sent, or at its path. Unplugging asks the guest; the device is gone from
 //! `GET /vm` once the guest has let go of it (or at its next reboot).
 
 use std::convert::Infallible;
@@ -34,7 +35,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::config::{NetConfig, VmConfig};
+use crate::config::{DiskConfig, NetConfig, VmConfig};
 use crate::metrics::{ExitCounts, ProcessMemory};
 use crate::rate_limiter::RateLimit;
 
@@ -68,6 +69,10 @@ pub enum ApiRequest {
     },
     AddNet {
         net: NetConfig,
+        fds: Vec<OwnedFd>,
+    },
+    AddDisk {
+        disk: DiskConfig,
         fds: Vec<OwnedFd>,
     },
     RemoveDevice(String),
@@ -333,7 +338,7 @@ async fn handle(
         Ok(request) => request,
         Err(reply) => return *reply,
     };
-    if let ApiRequest::AddNet { fds, .. } = &mut request {
+    if let ApiRequest::AddNet { fds, .. } | ApiRequest::AddDisk { fds, .. } = &mut request {
         // The descriptors go with the first request that takes any.
         *fds = std::mem::take(&mut *connection_fds.lock().unwrap_or_else(|e| e.into_inner()));
     }
@@ -366,7 +371,7 @@ fn route(method: &Method, path: &str, body: &[u8]) -> Result<ApiRequest, Box<Rep
     let allowed = match path {
         "/vm" | "/metrics" => "GET",
         "/vm/state" | "/vm/actions/shutdown" => "PUT",
-        "/vm/nets" => "POST",
+        "/vm/nets" | "/vm/disks" => "POST",
         _ if rate_limit_device.is_some() => "PUT",
         _ if device.is_some() => "DELETE",
         _ => {
@@ -414,6 +419,10 @@ fn route(method: &Method, path: &str, body: &[u8]) -> Result<ApiRequest, Box<Rep
                 fds: Vec::new(),
             })
         }
+        "/vm/disks" => Ok(ApiRequest::AddDisk {
+            disk: parse(body)?,
+            fds: Vec::new(),
+        }),
         "/metrics" => Ok(ApiRequest::Metrics),
         "/vm/state" => {
             let body: StateBody = parse(body)?;

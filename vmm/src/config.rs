@@ -83,7 +83,13 @@ pub struct DiskConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pci_slot: Option<u8>,
     /// A raw image file or a block device; with `base`, a qcow2 overlay.
+    /// Empty for a disk on descriptors (`fds`).
+    #[serde(default, skip_serializing_if = "path_is_empty")]
     pub path: PathBuf,
+    /// A raw disk's descriptors, sent by the supervisor with a plug request:
+    /// `[buffered]` or `[O_DIRECT, buffered]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fds: Vec<i32>,
     /// The raw image a qcow2 overlay at `path` reads through to, opened
     /// read-only. The overlay's own backing-file name is never followed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,6 +114,10 @@ fn yes() -> bool {
     true
 }
 
+fn path_is_empty(p: &Path) -> bool {
+    p.as_os_str().is_empty()
+}
+
 fn number(key: &str, v: &str) -> Result<u64, String> {
     v.parse().map_err(|_| format!("{key}: not a number: {v:?}"))
 }
@@ -125,6 +135,7 @@ impl std::str::FromStr for DiskConfig {
         let mut disk = DiskConfig {
             id: None,
             pci_slot: None,
+            fds: Vec::new(),
             path: PathBuf::new(),
             base: None,
             read_only: false,
@@ -627,7 +638,10 @@ impl VmConfig {
     }
 }
 
-fn validate_disk(disk: &mut DiskConfig, vcpus: u8) -> Result<(), ConfigError> {
+pub(crate) fn validate_disk(disk: &mut DiskConfig, vcpus: u8) -> Result<(), ConfigError> {
+    if !disk.fds.is_empty() {
+        return validate_disk_fds(disk, vcpus);
+    }
     let meta = std::fs::metadata(&disk.path)
         .map_err(|e| invalid("disks.path", format!("{}: {e}", disk.path.display())))?;
     use std::os::unix::fs::FileTypeExt;
@@ -662,6 +676,12 @@ fn validate_disk(disk: &mut DiskConfig, vcpus: u8) -> Result<(), ConfigError> {
         }
         check_readable_file("disks.base", base)?;
     }
+    validate_disk_settings(disk, vcpus)
+}
+
+/// What any disk is checked for, whatever holds its bytes: serial, limits,
+/// queues.
+fn validate_disk_settings(disk: &mut DiskConfig, vcpus: u8) -> Result<(), ConfigError> {
     if let Some(serial) = &disk.serial {
         if serial.len() > MAX_SERIAL_LEN || !serial.is_ascii() {
             return Err(invalid(
@@ -682,6 +702,29 @@ fn validate_disk(disk: &mut DiskConfig, vcpus: u8) -> Result<(), ConfigError> {
     }
     disk.queues = Some(queues);
     Ok(())
+}
+
+/// A disk on descriptors: one or two of them, no path, no base; the rest
+/// as any disk.
+fn validate_disk_fds(disk: &mut DiskConfig, vcpus: u8) -> Result<(), ConfigError> {
+    if !path_is_empty(&disk.path) || disk.base.is_some() {
+        return Err(invalid(
+            "disks.fds",
+            "a disk on descriptors has no path or base",
+        ));
+    }
+    if !(1..=2).contains(&disk.fds.len()) || disk.fds.iter().any(|&fd| fd <= 2) {
+        return Err(invalid(
+            "disks.fds",
+            format!(
+                "[buffered] or [direct, buffered] descriptors, got {:?}",
+                disk.fds
+            ),
+        ));
+    }
+    crate::virtio::block::disk::Disk::from_fds(&disk.fds, disk.read_only)
+        .map_err(|e| invalid("disks.fds", e.to_string()))?;
+    validate_disk_settings(disk, vcpus)
 }
 
 fn check_readable_file(field: &'static str, path: &Path) -> Result<File, ConfigError> {
@@ -912,6 +955,7 @@ mod tests {
             DiskConfig {
                 id: None,
                 pci_slot: None,
+                fds: Vec::new(),
                 path: "/x".into(),
                 base: None,
                 read_only: true,
@@ -1003,6 +1047,37 @@ mod tests {
         assert!("tap=t,speed=10".parse::<NetConfig>().is_err());
         assert!("fd=3:x".parse::<NetConfig>().is_err());
         assert!("tap=t,queues=-1".parse::<NetConfig>().is_err());
+    }
+
+    #[test]
+    fn disks_on_descriptors_validate_without_a_path() {
+        use std::os::fd::AsRawFd;
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(1 << 20).unwrap();
+        let fd = file.as_file().as_raw_fd();
+        let on = |fds: Vec<i32>| DiskConfig {
+            fds,
+            .."path=/x".parse::<DiskConfig>().unwrap()
+        };
+        let mut ok = on(vec![fd]);
+        ok.path = PathBuf::new();
+        validate_disk(&mut ok, 2).unwrap();
+        assert_eq!(ok.queues, Some(2), "settings checked as for any disk");
+        let mut two = on(vec![fd, fd]);
+        two.path = PathBuf::new();
+        validate_disk(&mut two, 1).unwrap();
+        for (fds, path, base) in [
+            (vec![fd], "/x", None),        // a path too
+            (vec![fd], "", Some("/base")), // a base
+            (vec![1], "", None),           // stdout
+            (vec![fd, fd, fd], "", None),
+            (vec![987_654], "", None), // not open
+        ] {
+            let mut d = on(fds.clone());
+            d.path = PathBuf::from(path);
+            d.base = base.map(PathBuf::from);
+            assert!(validate_disk(&mut d, 1).is_err(), "{fds:?} {path} {base:?}");
+        }
     }
 
     #[test]

@@ -159,7 +159,8 @@ impl Contents {
         if let Some(initramfs) = &mut config.initramfs {
             add(initramfs, false)?;
         }
-        for disk in &mut config.disks {
+        // A disk on descriptors needs no path in the jail.
+        for disk in config.disks.iter_mut().filter(|d| d.fds.is_empty()) {
             add(&mut disk.path, !disk.read_only)?;
             if let Some(base) = &mut disk.base {
                 // Shared with every overlay over it: never writable.
@@ -677,6 +678,7 @@ mod tests {
         let disk_at = |path: PathBuf, read_only| crate::config::DiskConfig {
             id: None,
             pci_slot: None,
+            fds: Vec::new(),
             path,
             base: None,
             read_only,

@@ -14,8 +14,8 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use crate::acpi::{AcpiError, AcpiTables};
 use crate::api::ShutdownSignal;
 use crate::boot::{self, BootError};
-use crate::config::NetConfig;
 use crate::config::VmConfig;
+use crate::config::{DiskConfig, NetConfig};
 use crate::console::Console;
 use crate::cpu::{cpuid, regs};
 use crate::devices::acpi_pm::{self, AcpiPm};
@@ -128,8 +128,8 @@ pub struct Vm {
     metrics: Vec<Arc<VcpuMetrics>>,
     started: Instant,
     limiters: Limiters,
-    /// Disks whose metadata a pause writes back (qcow2 overlays).
-    overlays: Vec<Arc<Disk>>,
+    /// Disks whose metadata a pause writes back (qcow2 overlays), by name.
+    overlays: Overlays,
     /// Each device's name and PCI slot.
     slots: DeviceSlots,
     router: Arc<GsiRouter>,
@@ -320,7 +320,7 @@ impl Vm {
         // A paused guest's disks are copied as they are (a server
         // snapshot): an overlay's metadata must be in its file, not only
         // in the VMM's cache.
-        for disk in &self.overlays {
+        for (_, disk) in &self.overlays {
             disk.flush().map_err(PauseError::Flush)?;
         }
         Ok(())
@@ -372,14 +372,42 @@ impl Vm {
     /// look.
     pub fn add_net(&mut self, net: &NetConfig) -> Result<(), HotplugError> {
         let id = net.id.clone().unwrap_or_default();
-        if self.slots.iter().any(|(d, _)| *d == id) {
-            return Err(HotplugError::Exists(id));
+        self.check_new(&id)?;
+        let (device, limiter) = net_device(net).map_err(Box::new)?;
+        self.plug(id, net.pci_slot, device, limiter)
+    }
+
+    /// Plugs a disk (named by the caller) into the running guest.
+    pub fn add_disk(&mut self, d: &DiskConfig, vcpus: u8) -> Result<(), HotplugError> {
+        let id = d.id.clone().unwrap_or_default();
+        self.check_new(&id)?;
+        let disk = Arc::new(open_disk(d).map_err(Box::new)?);
+        if disk.is_overlay() {
+            self.overlays.push((id.clone(), disk.clone()));
         }
-        let slot = match net.pci_slot {
+        let (device, limiter) = block_device(d, disk, &id, vcpus);
+        self.plug(id, d.pci_slot, device, limiter)
+    }
+
+    fn check_new(&self, id: &str) -> Result<(), HotplugError> {
+        if self.slots.iter().any(|(d, _)| d == id) {
+            return Err(HotplugError::Exists(id.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Puts `device` in `slot` (or the lowest free one) and tells the guest.
+    fn plug(
+        &mut self,
+        id: String,
+        slot: Option<u8>,
+        device: Box<dyn crate::virtio::VirtioDevice>,
+        limiter: SharedRateLimiter,
+    ) -> Result<(), HotplugError> {
+        let slot = match slot {
             Some(s) => s,
             None => self.pci.free_slot()?,
         };
-        let (device, limiter) = net_device(net).map_err(Box::new)?;
         let dev = VirtioPciDevice::new(
             device,
             self.memory.clone(),
@@ -420,6 +448,7 @@ impl Vm {
         let at = self.slots.iter().position(|(_, s)| *s == slot)?;
         let (id, _) = self.slots.remove(at);
         self.limiters.retain(|(d, _)| *d != id);
+        self.overlays.retain(|(d, _)| *d != id);
         Some(id)
     }
 
@@ -464,11 +493,42 @@ fn create_memory(vm: &VmFd, config: &VmConfig) -> Result<GuestRam, VmError> {
 pub type Limiters = Vec<(String, SharedRateLimiter)>;
 /// PCI slots by device name.
 type DeviceSlots = Vec<(String, u8)>;
+/// qcow2 overlays by device name.
+type Overlays = Vec<(String, Arc<Disk>)>;
 
 /// Where the BAR of the device in `slot` starts: each slot has its own
 /// stretch of the window, so a device plugged later never meets another's.
 fn bar_for(slot: u8) -> u64 {
     PCI_MMIO_START + u64::from(slot.saturating_sub(1)) * BAR_SIZE
+}
+
+/// A disk's file, at its path or on its descriptors.
+fn open_disk(d: &DiskConfig) -> Result<Disk, VmError> {
+    Ok(if d.fds.is_empty() {
+        Disk::open(&d.path, d.base.as_deref(), d.read_only, d.direct)?
+    } else {
+        Disk::from_fds(&d.fds, d.read_only)?
+    })
+}
+
+/// A disk's virtio device and its rate limiter.
+fn block_device(
+    d: &DiskConfig,
+    disk: Arc<Disk>,
+    id: &str,
+    vcpus: u8,
+) -> (Box<dyn crate::virtio::VirtioDevice>, SharedRateLimiter) {
+    let queues = d.queues.unwrap_or(u16::from(vcpus));
+    let serial = d.serial.clone().unwrap_or_default();
+    let limiter = Arc::new(Mutex::new(RateLimiter::new(d.rate_limit)));
+    let block = Block::new(
+        disk,
+        &serial,
+        queues,
+        limiter.clone(),
+        format!("virtio-blk-{id}"),
+    );
+    (Box::new(block), limiter)
 }
 
 /// A NIC's virtio device and its rate limiter.
@@ -498,28 +558,20 @@ fn create_pci(
     memory: &vm_memory::GuestMemoryMmap,
     router: &Arc<GsiRouter>,
     bus: &PciBus,
-) -> Result<(Limiters, Vec<Arc<Disk>>, DeviceSlots), VmError> {
+) -> Result<(Limiters, Overlays, DeviceSlots), VmError> {
     let mut overlays = Vec::new();
     let mut limiters = Limiters::new();
     // (name, wanted slot, device)
     let mut devices: Vec<(String, Option<u8>, Box<dyn crate::virtio::VirtioDevice>)> = Vec::new();
     for (i, d) in config.disks.iter().enumerate() {
-        let disk = Arc::new(Disk::open(
-            &d.path,
-            d.base.as_deref(),
-            d.read_only,
-            d.direct,
-        )?);
-        if disk.is_overlay() {
-            overlays.push(disk.clone());
-        }
-        let queues = d.queues.unwrap_or(u16::from(config.vcpus));
-        let serial = d.serial.clone().unwrap_or_default();
-        let limiter = Arc::new(Mutex::new(RateLimiter::new(d.rate_limit)));
+        let disk = Arc::new(open_disk(d)?);
         let id = d.id.clone().unwrap_or_else(|| format!("disk{i}"));
-        limiters.push((id.clone(), limiter.clone()));
-        let block = Block::new(disk, &serial, queues, limiter, format!("virtio-blk-{id}"));
-        devices.push((id, d.pci_slot, Box::new(block)));
+        if disk.is_overlay() {
+            overlays.push((id.clone(), disk.clone()));
+        }
+        let (block, limiter) = block_device(d, disk, &id, config.vcpus);
+        limiters.push((id.clone(), limiter));
+        devices.push((id, d.pci_slot, block));
     }
     for (i, n) in config.nets.iter().enumerate() {
         let (net, limiter) = net_device(n)?;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use hyper::StatusCode;
 
 use crate::api::{ApiMessage, ApiReply, ApiRequest, DeviceInfo, MetricsReport, VmInfo, VmState};
-use crate::config::{NetConfig, RebootPolicy, VmConfig, MAX_NICS};
+use crate::config::{DiskConfig, NetConfig, RebootPolicy, VmConfig, MAX_DISKS, MAX_NICS};
 use crate::console::Console;
 use crate::metrics::{process_memory, ExitCounts};
 use crate::pci::SharedPciDevice;
@@ -207,6 +207,29 @@ impl Vmm {
         self.unplugging.remove(id);
     }
 
+    /// The name of a device to plug: the one asked for, or `<prefix><N>`
+    /// with the lowest N not taken.
+    fn new_device_id(
+        &self,
+        vm: &Vm,
+        asked: Option<String>,
+        prefix: &str,
+    ) -> Result<String, ApiReply> {
+        let taken = |id: &str| vm.slot_of(id).is_some() || self.plugged_fds.contains_key(id);
+        let id = match asked {
+            Some(id) => id,
+            None => (0..)
+                .map(|n| format!("{prefix}{n}"))
+                .find(|id| !taken(id))
+                .unwrap_or_default(),
+        };
+        crate::config::check_device_id(&id).map_err(|e| bad_request(format!("id: {e}")))?;
+        if taken(&id) {
+            return Err(conflict(format!("a device named {id} exists")));
+        }
+        Ok(id)
+    }
+
     /// Plugs a NIC: named `net<N>` unless the request names it, on the
     /// descriptors that came with the request (or its tap, opened here).
     fn add_net(
@@ -215,53 +238,75 @@ impl Vmm {
         mut net: NetConfig,
         fds: Vec<OwnedFd>,
     ) -> Result<DeviceInfo, ApiReply> {
-        let conflict = |m: String| ApiReply::Error(StatusCode::CONFLICT, m);
         if self.config.nets.len() >= MAX_NICS {
             return Err(conflict(format!("a guest has at most {MAX_NICS} NICs")));
         }
-        let taken = |id: &str| vm.slot_of(id).is_some() || self.plugged_fds.contains_key(id);
-        let id = match net.id.take() {
-            Some(id) => id,
-            None => (0..)
-                .map(|n| format!("net{n}"))
-                .find(|id| !taken(id))
-                .unwrap_or_default(),
-        };
-        crate::config::check_device_id(&id)
-            .map_err(|e| ApiReply::Error(StatusCode::BAD_REQUEST, format!("id: {e}")))?;
-        if taken(&id) {
-            return Err(conflict(format!("a device named {id} exists")));
-        }
+        let id = self.new_device_id(vm, net.id.take(), "net")?;
         if !fds.is_empty() {
             net.tap = None;
             net.fds = fds.iter().map(AsRawFd::as_raw_fd).collect();
         }
-        if let Some(slot) = net.pci_slot {
-            crate::config::check_pci_slot(slot)
-                .map_err(|e| ApiReply::Error(StatusCode::BAD_REQUEST, format!("pci_slot: {e}")))?;
-        }
+        check_slot(net.pci_slot)?;
         net.id = Some(id.clone());
-        crate::config::validate_net(&mut net)
-            .map_err(|e| ApiReply::Error(StatusCode::BAD_REQUEST, e.to_string()))?;
-        match vm.add_net(&net) {
-            Ok(()) => {}
-            Err(e @ (HotplugError::Exists(_) | HotplugError::Slot(_))) => {
-                return Err(conflict(e.to_string()))
+        crate::config::validate_net(&mut net).map_err(|e| bad_request(e.to_string()))?;
+        plugged(vm.add_net(&net), &id)?;
+        net.pci_slot = vm.slot_of(&id);
+        tracing::info!(%id, slot = ?net.pci_slot, "NIC plugged");
+        let info = DeviceInfo {
+            id: id.clone(),
+            pci_slot: net.pci_slot,
+        };
+        self.config.nets.push(net);
+        self.plugged_fds.insert(id, fds);
+        Ok(info)
+    }
+
+    /// Plugs a disk: named `disk<N>` unless the request names it, on the
+    /// descriptors that came with the request (`[buffered]` or `[O_DIRECT,
+    /// buffered]`), or at its path, opened here.
+    fn add_disk(
+        &mut self,
+        vm: &mut Vm,
+        mut disk: DiskConfig,
+        fds: Vec<OwnedFd>,
+    ) -> Result<DeviceInfo, ApiReply> {
+        if self.config.disks.len() >= MAX_DISKS {
+            return Err(conflict(format!("a guest has at most {MAX_DISKS} disks")));
+        }
+        if disk.base.is_some() {
+            return Err(bad_request(
+                "base: a disk plugged at run time has no base image".into(),
+            ));
+        }
+        let id = self.new_device_id(vm, disk.id.take(), "disk")?;
+        match (fds.is_empty(), disk.path.as_os_str().is_empty()) {
+            (false, true) => disk.fds = fds.iter().map(AsRawFd::as_raw_fd).collect(),
+            (true, false) => {}
+            (true, true) => {
+                return Err(bad_request(
+                    "path: a disk needs a path or descriptors".into(),
+                ))
             }
-            Err(e @ HotplugError::Device(_)) => {
-                return Err(ApiReply::Error(StatusCode::BAD_REQUEST, e.to_string()))
-            }
-            Err(e) => {
-                // On the bus already; the guest sees it when it next looks.
-                tracing::warn!(%id, "plugged, but {e}");
+            (false, false) => {
+                return Err(bad_request(
+                    "path: the descriptors sent are the disk; no path".into(),
+                ))
             }
         }
-        let slot = vm.slot_of(&id);
-        net.pci_slot = slot;
-        tracing::info!(%id, ?slot, "NIC plugged");
-        self.config.nets.push(net);
-        self.plugged_fds.insert(id.clone(), fds);
-        Ok(DeviceInfo { id, pci_slot: slot })
+        check_slot(disk.pci_slot)?;
+        disk.id = Some(id.clone());
+        crate::config::validate_disk(&mut disk, self.config.vcpus)
+            .map_err(|e| bad_request(e.to_string()))?;
+        plugged(vm.add_disk(&disk, self.config.vcpus), &id)?;
+        disk.pci_slot = vm.slot_of(&id);
+        tracing::info!(%id, slot = ?disk.pci_slot, "disk plugged");
+        let info = DeviceInfo {
+            id: id.clone(),
+            pci_slot: disk.pci_slot,
+        };
+        self.config.disks.push(disk);
+        self.plugged_fds.insert(id, fds);
+        Ok(info)
     }
 
     fn answer(
@@ -338,6 +383,13 @@ impl Vmm {
                 Ok(info) => ApiReply::Device(info),
                 Err(reply) => reply,
             },
+            ApiRequest::AddDisk { .. } if *state == VmState::ShuttingDown => {
+                conflict("plug a disk")
+            }
+            ApiRequest::AddDisk { disk, fds } => match self.add_disk(vm, disk, fds) {
+                Ok(info) => ApiReply::Device(info),
+                Err(reply) => reply,
+            },
             ApiRequest::RemoveDevice(_) if *state == VmState::ShuttingDown => {
                 conflict("unplug a device")
             }
@@ -363,6 +415,37 @@ impl Vmm {
                 tracing::info!(?timeout, ?signal, "shutdown requested");
                 ApiReply::Accepted
             }
+        }
+    }
+}
+
+fn conflict(message: String) -> ApiReply {
+    ApiReply::Error(StatusCode::CONFLICT, message)
+}
+
+fn bad_request(message: String) -> ApiReply {
+    ApiReply::Error(StatusCode::BAD_REQUEST, message)
+}
+
+fn check_slot(slot: Option<u8>) -> Result<(), ApiReply> {
+    match slot {
+        Some(s) => {
+            crate::config::check_pci_slot(s).map_err(|e| bad_request(format!("pci_slot: {e}")))
+        }
+        None => Ok(()),
+    }
+}
+
+/// A plug's outcome as the API answers it.
+fn plugged(result: Result<(), HotplugError>, id: &str) -> Result<(), ApiReply> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(e @ (HotplugError::Exists(_) | HotplugError::Slot(_))) => Err(conflict(e.to_string())),
+        Err(e @ HotplugError::Device(_)) => Err(bad_request(e.to_string())),
+        Err(e) => {
+            // On the bus already; the guest sees it when it next looks.
+            tracing::warn!(%id, "plugged, but {e}");
+            Ok(())
         }
     }
 }

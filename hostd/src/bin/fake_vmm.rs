@@ -192,12 +192,25 @@ fn main() {
                     })
                 }
             }
+            ApiRequest::AddDisk { mut disk, .. } => {
+                let id = disk
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| format!("disk{}", config.disks.len()));
+                disk.id = Some(id.clone());
+                config.disks.push(disk);
+                ApiReply::Device(vmm::api::DeviceInfo {
+                    id,
+                    pci_slot: Some(10),
+                })
+            }
             ApiRequest::RemoveDevice(id) => {
                 let before = config.nets.len();
                 if has("fake.ignore_unplug") {
                     ApiReply::Accepted
                 } else {
                     config.nets.retain(|n| n.id.as_deref() != Some(&id));
+                    config.disks.retain(|d| d.id.as_deref() != Some(&id));
                     if config.nets.len() < before {
                         ApiReply::Accepted
                     } else {

@@ -348,6 +348,7 @@ impl Supervisor {
             spec.disks.push(vmm::config::DiskConfig {
                 id: None,
                 pci_slot: None,
+                fds: Vec::new(),
                 path,
                 base: None,
                 // Shared by every instance of the image.

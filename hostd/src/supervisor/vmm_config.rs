@@ -144,6 +144,7 @@ fn disk(path: std::path::PathBuf, read_only: bool) -> vmm::config::DiskConfig {
     vmm::config::DiskConfig {
         id: None,
         pci_slot: None,
+        fds: Vec::new(),
         path,
         base: None,
         read_only,

@@ -133,3 +133,58 @@ echo "VMM_EXIT=$?""#,
     );
     assert_eq!(value(o, "VMM_EXIT"), Some("0"));
 }
+
+/// A disk plugged into the running guest through the control API, on the
+/// descriptor sent with the request (as hostd will send a volume's): the
+/// guest sees it and reads what the host wrote; unplugged, it goes once the
+/// guest lets go. Bad requests are refused.
+#[test]
+fn disks_plug_and_unplug_while_the_guest_runs() {
+    let script = r#"log=$WORK/console.log
+api() { $BIN/vmmctl --socket $WORK/api.sock "$@"; }
+wait_for() {
+    i=0; while ! grep -q "$1" $log && [ $i -lt 1800 ]; do sleep 0.1; i=$((i + 1)); done
+    grep -q "$1" $log || echo "TIMEOUT $1"
+}
+# Until the console has shown a line $2 times (the first was at boot).
+wait_n() {
+    i=0; while [ $(grep -c "$1" $log) -lt $2 ] && [ $i -lt 1800 ]; do sleep 0.1; i=$((i + 1)); done
+    [ $(grep -c "$1" $log) -ge $2 ] || echo "TIMEOUT $1"
+}
+dd if=/dev/zero of=$WORK/hot.img bs=1M count=16 2>/dev/null
+printf virga-hot-disk-1 | dd of=$WORK/hot.img conv=notrunc 2>/dev/null
+$BIN/vmm --kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio \
+    --vcpus 1 --memory-mib 256 --cmdline "$CMDLINE virga.mode=hotplug" --serial file:$log \
+    --api-socket $WORK/api.sock 2> $WORK/vmm.log &
+pid=$!
+wait_for "virga-hotplug-ready"
+echo "ADD=$(api --disk $WORK/hot.img post /vm/disks '{"serial": "hot1"}' 2>&1 | tr '\n' ' ')"
+wait_for "virga-hotplug-disk vda virga-hot-disk-1"
+echo "REMOVE=$(api delete /vm/devices/disk0 2>&1 | tr '\n' ' ')"
+wait_n "virga-hotplug-disks vd\*" 2
+i=0; while api get /vm 2>/dev/null | grep -q '"id":"disk0"' && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+echo "DISKS_AFTER=$(api get /vm 2>/dev/null | grep -c '"id":"disk0"')"
+echo "BAD_NOTHING=$(api post /vm/disks '{}' 2>&1 >/dev/null)"
+echo "BAD_PATH=$(api post /vm/disks '{"path": "/nonexistent.img"}' 2>&1 >/dev/null)"
+echo "BAD_BOTH=$(api --disk $WORK/hot.img post /vm/disks '{"path": "/x"}' 2>&1 >/dev/null)"
+echo "BAD_BASE=$(api --disk $WORK/hot.img post /vm/disks '{"base": "/x"}' 2>&1 >/dev/null)"
+api put /vm/actions/shutdown '{"timeout_ms": 20000}'
+wait $pid
+echo "VMM_EXIT=$?"
+grep virga-hotplug $log"#;
+    let out = run("virtio-blk-hotplug", script);
+    assert!(out.success(), "scenario failed");
+    let o = &out.output;
+    assert!(!o.contains("TIMEOUT"), "a step timed out");
+    assert!(value(o, "ADD").is_some_and(|r| r.starts_with("201 {\"id\":\"disk0\"")));
+    assert!(
+        o.contains("virga-hotplug-disk vda virga-hot-disk-1"),
+        "the guest read the disk"
+    );
+    assert!(value(o, "REMOVE").is_some_and(|r| r.starts_with("202")));
+    assert_eq!(value(o, "DISKS_AFTER"), Some("0"), "gone from the config");
+    for bad in ["BAD_NOTHING", "BAD_PATH", "BAD_BOTH", "BAD_BASE"] {
+        assert_eq!(value(o, bad), Some("400"), "{bad}");
+    }
+    assert_eq!(value(o, "VMM_EXIT"), Some("0"));
+}

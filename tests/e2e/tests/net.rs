@@ -88,6 +88,11 @@ wait_for() {
     i=0; while ! grep -q "$1" $log && [ $i -lt 1800 ]; do sleep 0.1; i=$((i + 1)); done
     grep -q "$1" $log || echo "TIMEOUT $1"
 }
+# Until the console has shown a line $2 times (the first was at boot).
+wait_n() {
+    i=0; while [ $(grep -c "$1" $log) -lt $2 ] && [ $i -lt 1800 ]; do sleep 0.1; i=$((i + 1)); done
+    [ $(grep -c "$1" $log) -ge $2 ] || echo "TIMEOUT $1"
+}
 RUST_LOG=info $BIN/vmm --kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio \
     --vcpus 1 --memory-mib 256 --cmdline "$CMDLINE virga.mode=hotplug" \
     --net tap=vtap0,mac=02:00:00:00:00:10,vhost=off --serial file:$log \
@@ -102,7 +107,7 @@ ip addr add 169.254.101.1/24 dev vtap1
 ip link set vtap1 up
 wait_for "virga-hotplug-ping eth1"
 echo "REMOVE=$(api delete /vm/devices/net1 2>&1 | tr '\n' ' ')"
-wait_for "virga-hotplug-nics eth0[[:space:]]*$"
+wait_n "virga-hotplug-nics eth0[[:space:]]*$" 2
 i=0; while api get /vm 2>/dev/null | grep -q '"id":"net1"' && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 echo "NETS_AFTER=$(api get /vm 2>/dev/null | grep -o '"id":"net[0-9]*"' | tr '\n' ' ')"
 echo "VTAP1_GONE=$([ -e /sys/class/net/vtap1 ] && echo no || echo yes)"

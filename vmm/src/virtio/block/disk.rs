@@ -131,6 +131,55 @@ impl Disk {
         })
     }
 
+    /// A raw disk on descriptors its supervisor sent: `[buffered]`, or
+    /// `[direct, buffered]` (one opened O_DIRECT, one not: the VMM, jailed,
+    /// cannot reopen the file itself). Each is duplicated; the caller keeps
+    /// the originals (they serve every boot).
+    pub fn from_fds(fds: &[RawFd], read_only: bool) -> Result<Self, DiskError> {
+        let label = PathBuf::from(format!("fd{}", fds.first().copied().unwrap_or(-1)));
+        let err = |source| DiskError::Open {
+            path: label.clone(),
+            source,
+        };
+        let dup = |fd: RawFd| -> Result<File, DiskError> {
+            // SAFETY: F_DUPFD_CLOEXEC only reads the descriptor number; an
+            // invalid one fails with EBADF, which is checked.
+            let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+            if new < 0 {
+                return Err(err(std::io::Error::last_os_error()));
+            }
+            // SAFETY: `new` is a fresh descriptor nothing else owns.
+            Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(new) })
+        };
+        let (direct, mut buffered) = match fds {
+            [buffered] => (None, dup(*buffered)?),
+            [direct, buffered] => (Some(dup(*direct)?), dup(*buffered)?),
+            _ => return Err(err(std::io::Error::from_raw_os_error(libc::EINVAL))),
+        };
+        let meta = buffered.metadata().map_err(err)?;
+        let regular = meta.file_type().is_file();
+        if !regular && !meta.file_type().is_block_device() {
+            return Err(DiskError::NotADisk { path: label });
+        }
+        let size = buffered.seek(SeekFrom::End(0)).map_err(err)?;
+        if !size.is_multiple_of(SECTOR_SIZE) {
+            return Err(DiskError::Size { path: label, size });
+        }
+        let (file, direct) = match direct {
+            Some(f) => (f, true),
+            None => (buffered.try_clone().map_err(err)?, false),
+        };
+        Ok(Disk {
+            file,
+            buffered,
+            direct,
+            capacity: size,
+            read_only,
+            fallocate: regular,
+            overlay: None,
+        })
+    }
+
     /// Where the bytes `[offset, offset + len)` of a read or write go, and
     /// at which offset of that file.
     pub fn place(&self, offset: u64, len: u64, write: bool) -> std::io::Result<(Target, u64)> {
