@@ -16,6 +16,20 @@ pub fn host_token(host: &str) -> String {
     hostd_proto::token::for_host(HOSTD_SECRET, host)
 }
 
+/// The openstack CLI `cargo xtask test` installs (`VIRGA_OPENSTACK`); None
+/// (the test skips) when it is not set, unless tools are required.
+pub fn openstack_cli() -> Option<PathBuf> {
+    let cli = std::env::var_os("VIRGA_OPENSTACK").map(PathBuf::from);
+    if cli.is_none() {
+        assert!(
+            std::env::var_os("VIRGA_REQUIRE_TOOLS").is_none(),
+            "the openstack CLI (VIRGA_OPENSTACK) is required but missing"
+        );
+        eprintln!("skipping: VIRGA_OPENSTACK is not set (cargo xtask test sets it)");
+    }
+    cli
+}
+
 /// A child process killed (and reaped) when dropped.
 pub struct Killed(pub Child);
 

@@ -94,6 +94,19 @@ NETD=$!
     )
 }
 
+/// Shell functions for scenarios that watch a guest's console in `$log`:
+/// `wait_for TEXT` (until it shows), `wait_n TEXT N` (until it has shown N
+/// times); each waits up to three minutes, then prints `TIMEOUT TEXT`.
+pub const CONSOLE_WAITS: &str = r#"wait_for() {
+    i=0; while ! grep -q "$1" $log && [ $i -lt 1800 ]; do sleep 0.1; i=$((i + 1)); done
+    grep -q "$1" $log || echo "TIMEOUT $1"
+}
+wait_n() {
+    i=0; while [ $(grep -c "$1" $log) -lt $2 ] && [ $i -lt 1800 ]; do sleep 0.1; i=$((i + 1)); done
+    [ $(grep -c "$1" $log) -ge $2 ] || echo "TIMEOUT $1"
+}
+"#;
+
 /// The controller, built next to the vmm.
 pub fn controller_bin() -> PathBuf {
     vmm_bin().with_file_name("controller")

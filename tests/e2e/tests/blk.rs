@@ -142,16 +142,7 @@ echo "VMM_EXIT=$?""#,
 fn disks_plug_and_unplug_while_the_guest_runs() {
     let script = r#"log=$WORK/console.log
 api() { $BIN/vmmctl --socket $WORK/api.sock "$@"; }
-wait_for() {
-    i=0; while ! grep -q "$1" $log && [ $i -lt 1800 ]; do sleep 0.1; i=$((i + 1)); done
-    grep -q "$1" $log || echo "TIMEOUT $1"
-}
-# Until the console has shown a line $2 times (the first was at boot).
-wait_n() {
-    i=0; while [ $(grep -c "$1" $log) -lt $2 ] && [ $i -lt 1800 ]; do sleep 0.1; i=$((i + 1)); done
-    [ $(grep -c "$1" $log) -ge $2 ] || echo "TIMEOUT $1"
-}
-dd if=/dev/zero of=$WORK/hot.img bs=1M count=16 2>/dev/null
+@WAITS@dd if=/dev/zero of=$WORK/hot.img bs=1M count=16 2>/dev/null
 printf virga-hot-disk-1 | dd of=$WORK/hot.img conv=notrunc 2>/dev/null
 $BIN/vmm --kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio \
     --vcpus 1 --memory-mib 256 --cmdline "$CMDLINE virga.mode=hotplug" --serial file:$log \
@@ -171,8 +162,9 @@ echo "BAD_BASE=$(api --disk $WORK/hot.img post /vm/disks '{"base": "/x"}' 2>&1 >
 api put /vm/actions/shutdown '{"timeout_ms": 20000}'
 wait $pid
 echo "VMM_EXIT=$?"
-grep virga-hotplug $log"#;
-    let out = run("virtio-blk-hotplug", script);
+grep virga-hotplug $log"#
+        .replace("@WAITS@", virga_e2e::CONSOLE_WAITS);
+    let out = run("virtio-blk-hotplug", &script);
     assert!(out.success(), "scenario failed");
     let o = &out.output;
     assert!(!o.contains("TIMEOUT"), "a step timed out");

@@ -84,16 +84,7 @@ fn guest_reaches_the_host_through_the_vmm_datapath() {
 fn nics_plug_and_unplug_while_the_guest_runs() {
     let script = r#"log=$WORK/console.log
 api() { $BIN/vmmctl --socket $WORK/api.sock "$@"; }
-wait_for() {
-    i=0; while ! grep -q "$1" $log && [ $i -lt 1800 ]; do sleep 0.1; i=$((i + 1)); done
-    grep -q "$1" $log || echo "TIMEOUT $1"
-}
-# Until the console has shown a line $2 times (the first was at boot).
-wait_n() {
-    i=0; while [ $(grep -c "$1" $log) -lt $2 ] && [ $i -lt 1800 ]; do sleep 0.1; i=$((i + 1)); done
-    [ $(grep -c "$1" $log) -ge $2 ] || echo "TIMEOUT $1"
-}
-RUST_LOG=info $BIN/vmm --kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio \
+@WAITS@RUST_LOG=info $BIN/vmm --kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio \
     --vcpus 1 --memory-mib 256 --cmdline "$CMDLINE virga.mode=hotplug" \
     --net tap=vtap0,mac=02:00:00:00:00:10,vhost=off --serial file:$log \
     --api-socket $WORK/api.sock 2> $WORK/vmm.log &
@@ -124,8 +115,9 @@ wait $pid
 echo "VMM_EXIT=$?"
 echo "IOEVENTFD_WARNINGS=$(grep -c 'no ioeventfd' $WORK/vmm.log)"
 grep -E "ERROR|WARN" $WORK/vmm.log | head -5
-grep virga-hotplug $log"#;
-    let out = run("virtio-net-hotplug", script);
+grep virga-hotplug $log"#
+        .replace("@WAITS@", virga_e2e::CONSOLE_WAITS);
+    let out = run("virtio-net-hotplug", &script);
     assert!(out.success(), "scenario failed");
     let o = &out.output;
     assert!(!o.contains("TIMEOUT"), "a step timed out");
