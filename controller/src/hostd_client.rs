@@ -147,7 +147,9 @@ impl Hostd {
             Method::POST,
             &format!("/instances/{id}/nics"),
             Some(&body),
-            TIMEOUT,
+            // A starved host may take a minute to plug (see the VMM's
+            // PLUG_REPLY_TIMEOUT).
+            SLOW_TIMEOUT,
         )
         .await
     }

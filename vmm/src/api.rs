@@ -45,6 +45,10 @@ pub const MAX_SHUTDOWN_TIMEOUT_MS: u64 = 600_000;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 /// The control loop answers within microseconds unless it is tearing the VM down.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A plug registers the device's interrupts and notifications with KVM,
+/// which waits for the VM's vCPUs to pass a grace period: milliseconds
+/// normally, seconds on a starved host (a nested testbed busy with a guest).
+pub const PLUG_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -338,6 +342,10 @@ async fn handle(
         Ok(request) => request,
         Err(reply) => return *reply,
     };
+    let plugging = matches!(
+        request,
+        ApiRequest::AddNet { .. } | ApiRequest::AddDisk { .. }
+    );
     if let ApiRequest::AddNet { fds, .. } | ApiRequest::AddDisk { fds, .. } = &mut request {
         // The descriptors go with the first request that takes any.
         *fds = std::mem::take(&mut *connection_fds.lock().unwrap_or_else(|e| e.into_inner()));
@@ -349,7 +357,12 @@ async fn handle(
     {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the VM is shutting down");
     }
-    match tokio::time::timeout(REPLY_TIMEOUT, reply_rx).await {
+    let timeout = if plugging {
+        PLUG_REPLY_TIMEOUT
+    } else {
+        REPLY_TIMEOUT
+    };
+    match tokio::time::timeout(timeout, reply_rx).await {
         Ok(Ok(reply)) => render(reply),
         Ok(Err(_)) => error(StatusCode::SERVICE_UNAVAILABLE, "the VM is shutting down"),
         Err(_) => error(

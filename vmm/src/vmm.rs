@@ -249,9 +249,10 @@ impl Vmm {
         check_slot(net.pci_slot)?;
         net.id = Some(id.clone());
         crate::config::validate_net(&mut net).map_err(|e| bad_request(e.to_string()))?;
+        let started = Instant::now();
         plugged(vm.add_net(&net), &id)?;
         net.pci_slot = vm.slot_of(&id);
-        tracing::info!(%id, slot = ?net.pci_slot, "NIC plugged");
+        tracing::info!(%id, slot = ?net.pci_slot, took = ?started.elapsed(), "NIC plugged");
         let info = DeviceInfo {
             id: id.clone(),
             pci_slot: net.pci_slot,
@@ -297,9 +298,10 @@ impl Vmm {
         disk.id = Some(id.clone());
         crate::config::validate_disk(&mut disk, self.config.vcpus)
             .map_err(|e| bad_request(e.to_string()))?;
+        let started = Instant::now();
         plugged(vm.add_disk(&disk, self.config.vcpus), &id)?;
         disk.pci_slot = vm.slot_of(&id);
-        tracing::info!(%id, slot = ?disk.pci_slot, "disk plugged");
+        tracing::info!(%id, slot = ?disk.pci_slot, took = ?started.elapsed(), "disk plugged");
         let info = DeviceInfo {
             id: id.clone(),
             pci_slot: disk.pci_slot,

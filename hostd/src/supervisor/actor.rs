@@ -1201,8 +1201,9 @@ impl Actor {
             net.tap = None;
             let body = serde_json::to_string(&net).map_err(|e| OpError::Internal(e.to_string()))?;
             let socket = self.sup.run_dir(&self.id).join(API_SOCKET);
+            let started = std::time::Instant::now();
             let answer = tokio::time::timeout(
-                Duration::from_secs(10),
+                vmm::api::PLUG_REPLY_TIMEOUT + Duration::from_secs(5),
                 vmm::api_client::request_with_fds(
                     &socket,
                     Method::POST,
@@ -1214,7 +1215,9 @@ impl Actor {
             .await
             .map_err(|_| OpError::Internal("the VMM did not answer in time".into()))?;
             match answer {
-                Ok((201, _)) => {}
+                Ok((201, _)) => {
+                    tracing::info!(instance = %self.id, tap = %nic.tap, took = ?started.elapsed(), "NIC plugged");
+                }
                 Ok((code, body)) => {
                     let message =
                         format!("VMM answered {code}: {}", String::from_utf8_lossy(&body));
