@@ -19,8 +19,11 @@
 //! A NIC plugged through the API runs on TAP descriptors the client sends
 //! with the request (SCM_RIGHTS on its first bytes: an empty line, which
 //! HTTP lets a server skip before a request), or on a tap the VMM opens by
-//! name when it may; a disk on the one descriptor sent, or at its path. Unplugging asks the guest; the device is gone from
-//! `GET /vm` once the guest has let go of it (or at its next reboot).
+//! name when it may; a disk on its file's descriptors (`[buffered]` or
+//! `[O_DIRECT, buffered]`), or at a path the VMM opens when it may.
+//! Descriptor numbers in the body are refused: they would name the VMM's
+//! own files. Unplugging asks the guest; the device is gone from `GET /vm`
+//! once the guest has let go of it (or at its next reboot).
 
 use std::convert::Infallible;
 use std::os::fd::OwnedFd;
@@ -45,9 +48,9 @@ pub const MAX_SHUTDOWN_TIMEOUT_MS: u64 = 600_000;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 /// The control loop answers within microseconds unless it is tearing the VM down.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-/// A plug registers the device's interrupts and notifications with KVM,
-/// which waits for the VM's vCPUs to pass a grace period: milliseconds
-/// normally, seconds on a starved host (a nested testbed busy with a guest).
+/// A plug registers the device's interrupts and notifications with KVM
+/// (registering an ioeventfd waits for an SRCU grace period): milliseconds
+/// normally; once, on a testbed busy with a guest's first boot, over 10 s.
 pub const PLUG_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -421,21 +424,20 @@ fn route(method: &Method, path: &str, body: &[u8]) -> Result<ApiRequest, Box<Rep
         "/vm" => Ok(ApiRequest::Describe),
         "/vm/nets" => {
             let net: NetConfig = parse(body)?;
-            if !net.fds.is_empty() {
-                return Err(Box::new(error(
-                    StatusCode::BAD_REQUEST,
-                    "fds: descriptors come with the request (SCM_RIGHTS), not as numbers",
-                )));
-            }
+            no_fd_numbers(&net.fds)?;
             Ok(ApiRequest::AddNet {
                 net,
                 fds: Vec::new(),
             })
         }
-        "/vm/disks" => Ok(ApiRequest::AddDisk {
-            disk: parse(body)?,
-            fds: Vec::new(),
-        }),
+        "/vm/disks" => {
+            let disk: DiskConfig = parse(body)?;
+            no_fd_numbers(&disk.fds)?;
+            Ok(ApiRequest::AddDisk {
+                disk,
+                fds: Vec::new(),
+            })
+        }
         "/metrics" => Ok(ApiRequest::Metrics),
         "/vm/state" => {
             let body: StateBody = parse(body)?;
@@ -463,6 +465,18 @@ fn route(method: &Method, path: &str, body: &[u8]) -> Result<ApiRequest, Box<Rep
             })
         }
     }
+}
+
+/// A plug's descriptors come with the request; numbers in its body would
+/// name the VMM's own files.
+fn no_fd_numbers(fds: &[i32]) -> Result<(), Box<Reply>> {
+    if fds.is_empty() {
+        return Ok(());
+    }
+    Err(Box::new(error(
+        StatusCode::BAD_REQUEST,
+        "fds: descriptors come with the request (SCM_RIGHTS), not as numbers",
+    )))
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Box<Reply>> {
@@ -592,6 +606,8 @@ mod tests {
         ));
         for (method, path, body) in [
             (Method::POST, "/vm/nets", &br#"{"fds": [3]}"#[..]),
+            (Method::POST, "/vm/disks", br#"{"fds": [3]}"#),
+            (Method::POST, "/vm/disks", br#"{"size": 1}"#),
             (Method::POST, "/vm/nets", br#"{"colour": "red"}"#),
         ] {
             assert_eq!(

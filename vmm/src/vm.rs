@@ -14,8 +14,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use crate::acpi::{AcpiError, AcpiTables};
 use crate::api::ShutdownSignal;
 use crate::boot::{self, BootError};
-use crate::config::VmConfig;
-use crate::config::{DiskConfig, NetConfig};
+use crate::config::{DiskConfig, NetConfig, VmConfig};
 use crate::console::Console;
 use crate::cpu::{cpuid, regs};
 use crate::devices::acpi_pm::{self, AcpiPm};
@@ -382,11 +381,14 @@ impl Vm {
         let id = d.id.clone().unwrap_or_default();
         self.check_new(&id)?;
         let disk = Arc::new(open_disk(d).map_err(Box::new)?);
-        if disk.is_overlay() {
-            self.overlays.push((id.clone(), disk.clone()));
-        }
+        let overlay = disk.is_overlay().then(|| disk.clone());
         let (device, limiter) = block_device(d, disk, &id, vcpus);
-        self.plug(id, d.pci_slot, device, limiter)
+        let plugged = self.plug(id.clone(), d.pci_slot, device, limiter);
+        // On the bus (the guest perhaps not told yet): a pause flushes it.
+        if let (Some(disk), Ok(()) | Err(HotplugError::Notify(_))) = (overlay, &plugged) {
+            self.overlays.push((id, disk));
+        }
+        plugged
     }
 
     fn check_new(&self, id: &str) -> Result<(), HotplugError> {

@@ -79,7 +79,7 @@ pub struct Vmm {
     events: Receiver<VmmEvent>,
     sender: Sender<VmmEvent>,
     boots: u64,
-    /// The descriptors of NICs plugged through the API, by device name;
+    /// The descriptors of devices plugged through the API, by device name;
     /// `config` names them by number, and they stay open for reboots.
     plugged_fds: BTreeMap<String, Vec<OwnedFd>>,
     /// Devices the guest was asked to let go of and has not yet: a reboot
@@ -318,12 +318,8 @@ impl Vmm {
         state: &mut VmState,
         deadline: &mut Option<Instant>,
     ) -> ApiReply {
-        let conflict = |what: &str| {
-            ApiReply::Error(
-                StatusCode::CONFLICT,
-                format!("cannot {what}: the guest is shutting down"),
-            )
-        };
+        let shutting_down =
+            |what: &str| conflict(format!("cannot {what}: the guest is shutting down"));
         match request {
             ApiRequest::Describe => ApiReply::Info(Box::new(VmInfo {
                 state: *state,
@@ -345,7 +341,9 @@ impl Vmm {
                     guest_memory_kib: self.config.memory_bytes() >> 10,
                 })
             }
-            ApiRequest::SetState(_) if *state == VmState::ShuttingDown => conflict("change state"),
+            ApiRequest::SetState(_) if *state == VmState::ShuttingDown => {
+                shutting_down("change state")
+            }
             ApiRequest::SetState(VmState::Paused) => {
                 if *state == VmState::Running {
                     if let Err(e) = vm.pause() {
@@ -380,20 +378,22 @@ impl Vmm {
                 }
                 Err(e) => ApiReply::Error(StatusCode::CONFLICT, e.to_string()),
             },
-            ApiRequest::AddNet { .. } if *state == VmState::ShuttingDown => conflict("plug a NIC"),
+            ApiRequest::AddNet { .. } if *state == VmState::ShuttingDown => {
+                shutting_down("plug a NIC")
+            }
             ApiRequest::AddNet { net, fds } => match self.add_net(vm, net, fds) {
                 Ok(info) => ApiReply::Device(info),
                 Err(reply) => reply,
             },
             ApiRequest::AddDisk { .. } if *state == VmState::ShuttingDown => {
-                conflict("plug a disk")
+                shutting_down("plug a disk")
             }
             ApiRequest::AddDisk { disk, fds } => match self.add_disk(vm, disk, fds) {
                 Ok(info) => ApiReply::Device(info),
                 Err(reply) => reply,
             },
             ApiRequest::RemoveDevice(_) if *state == VmState::ShuttingDown => {
-                conflict("unplug a device")
+                shutting_down("unplug a device")
             }
             ApiRequest::RemoveDevice(id) => match vm.unplug(&id) {
                 Ok(()) => {
@@ -406,7 +406,9 @@ impl Vmm {
                 }
                 Err(e) => ApiReply::Error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             },
-            ApiRequest::Shutdown { .. } if *state == VmState::ShuttingDown => conflict("shut down"),
+            ApiRequest::Shutdown { .. } if *state == VmState::ShuttingDown => {
+                shutting_down("shut down")
+            }
             ApiRequest::Shutdown { timeout, signal } => {
                 if *state == VmState::Paused {
                     vm.resume();

@@ -170,7 +170,12 @@ impl VirtioPciDevice {
     /// Keeps each queue's notification ioeventfd at the BAR's current address, so
     /// a notification costs no exit to this process.
     fn sync_ioeventfds(&mut self) {
-        let bar = self.config.bar_address(0);
+        self.place_ioeventfds(self.config.bar_address(0));
+    }
+
+    /// Moves the queues' notification ioeventfds to BAR address `bar`, or
+    /// (None) takes them out of KVM.
+    fn place_ioeventfds(&mut self, bar: Option<u64>) {
         if bar == self.ioeventfds_at {
             return;
         }
@@ -429,17 +434,7 @@ impl Drop for VirtioPciDevice {
         self.device.reset();
         // An unplugged device's notifications must not stay registered at
         // its BAR, where the next device plugged there would find them.
-        if let Some(at) = self.ioeventfds_at {
-            let vm = self.router.vm();
-            for (i, q) in self.queues.iter().enumerate() {
-                let offset = NOTIFY_OFFSET + i as u64 * u64::from(NOTIFY_MULTIPLIER);
-                let _ = vm.unregister_ioevent(
-                    &q.notify,
-                    &IoEventAddress::Mmio(at + offset),
-                    NoDatamatch,
-                );
-            }
-        }
+        self.place_ioeventfds(None);
     }
 }
 
