@@ -394,6 +394,11 @@ fn nics_are_added_and_removed_running_or_stopped() {
     let (status, bad) = api(&h, "POST", "/instances/nic-1/nics", r#"{"tap": "a/b"}"#);
     assert_eq!(status, 400, "{bad}");
     assert!(message(&bad).contains("nics.tap"), "{bad}");
+    // A name the VMM cannot take as the device's (so it could never be
+    // unplugged by it): refused while the guest runs.
+    let (status, bad) = api(&h, "POST", "/instances/nic-1/nics", r#"{"tap": "vhp.1"}"#);
+    assert_eq!(status, 400, "{bad}");
+    assert!(message(&bad).contains("nics.tap"), "{bad}");
 
     let path = format!("/instances/nic-1/nics/{tap}");
     let (status, removed) = api(&h, "DELETE", &path, "");

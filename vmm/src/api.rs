@@ -671,3 +671,55 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod plug_tests {
+    use super::*;
+
+    /// Plug requests with descriptors, one after another on fresh
+    /// connections, each answered (a plug once hung until its client gave
+    /// up).
+    #[test]
+    fn every_plug_request_with_descriptors_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let (to_vmm, events) = std::sync::mpsc::channel();
+        let _server = bind(&socket).unwrap().serve(to_vmm).unwrap();
+        std::thread::spawn(move || {
+            for event in events {
+                if let crate::vmm::VmmEvent::Api((ApiRequest::AddNet { fds, .. }, reply)) = event {
+                    let _ = reply.send(ApiReply::Device(DeviceInfo {
+                        id: format!("fds{}", fds.len()),
+                        pci_slot: None,
+                    }));
+                }
+            }
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let file = tempfile::tempfile().unwrap();
+        for i in 0..200 {
+            let fds = [std::os::fd::AsFd::as_fd(&file)];
+            let answer = runtime.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(5),
+                    crate::api_client::request_with_fds(
+                        &socket,
+                        Method::POST,
+                        "/vm/nets",
+                        Some("{}"),
+                        &fds,
+                    ),
+                )
+                .await
+            });
+            let (status, body) = answer
+                .unwrap_or_else(|_| panic!("request {i} not answered"))
+                .unwrap();
+            assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+            assert!(String::from_utf8_lossy(&body).contains("fds1"));
+        }
+    }
+}

@@ -1189,6 +1189,9 @@ impl Actor {
         spec.nics.push(nic.clone());
         spec.check().map_err(OpError::BadRequest)?;
         if self.guest_present()? {
+            // The VMM names it by its tap, so that it can be unplugged.
+            vmm::config::check_device_id(&nic.tap)
+                .map_err(|e| OpError::BadRequest(format!("nics.tap: {e}")))?;
             // Opened here, as at launch, so the VMM needs no network
             // privileges; it keeps its own copies of the queues.
             let tap = Tap::open(&nic.tap, nic.queues.unwrap_or(1))
@@ -1243,6 +1246,14 @@ impl Actor {
             )));
         };
         if self.guest_present()? {
+            if vmm::config::check_device_id(tap).is_err() {
+                // The VMM named that NIC by position (see `net_config`):
+                // it cannot be unplugged by its tap.
+                return Err(OpError::Conflict(format!(
+                    "the NIC on tap {tap} of {:?} can only be removed while it is stopped",
+                    self.id
+                )));
+            }
             self.unplug(tap).await?;
         }
         self.record.spec.nics.remove(at);
