@@ -264,7 +264,11 @@ fn serve(listener: std::os::unix::net::UnixListener, to_vmm: Sender<crate::vmm::
             };
             let to_vmm = to_vmm.clone();
             tokio::spawn(async move {
-                let fds = std::sync::Arc::new(std::sync::Mutex::new(peek_fds(&stream).await));
+                let fds = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+                let stream = FdStream {
+                    stream,
+                    fds: fds.clone(),
+                };
                 let service = hyper::service::service_fn(move |req| {
                     let to_vmm = to_vmm.clone();
                     let fds = fds.clone();
@@ -282,46 +286,90 @@ fn serve(listener: std::os::unix::net::UnixListener, to_vmm: Sender<crate::vmm::
     });
 }
 
-/// Most descriptors one request may bring (a NIC's queue pairs).
-const MAX_FDS: usize = crate::virtio::net::MAX_QUEUE_PAIRS as usize;
+/// A connection whose reads also take the descriptors the client sends
+/// (SCM_RIGHTS), kept for the connection's plug request. One reader and one
+/// readiness path: peeking at the first bytes before hyper read them lost a
+/// wakeup now and then (the request sat unread in the socket).
+struct FdStream {
+    stream: tokio::net::UnixStream,
+    fds: std::sync::Arc<std::sync::Mutex<Vec<OwnedFd>>>,
+}
 
-/// The descriptors a client sent with its first bytes. Peeked, so the HTTP
-/// parser still reads every byte; none when the client sent none (or hung
-/// up first).
-async fn peek_fds(stream: &tokio::net::UnixStream) -> Vec<OwnedFd> {
-    use std::os::fd::AsFd;
-    loop {
-        if stream.readable().await.is_err() {
-            return Vec::new();
-        }
-        match stream.try_io(tokio::io::Interest::READABLE, || {
-            peek_descriptors(stream.as_fd())
-        }) {
-            Ok(fds) => return fds,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(_) => return Vec::new(),
+impl tokio::io::AsyncRead for FdStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::os::fd::AsFd;
+        let this = self.get_mut();
+        loop {
+            std::task::ready!(this.stream.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match this.stream.try_io(tokio::io::Interest::READABLE, || {
+                receive(this.stream.as_fd(), unfilled, &this.fds)
+            }) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            }
         }
     }
 }
 
-fn peek_descriptors(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<OwnedFd>> {
+impl tokio::io::AsyncWrite for FdStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Most descriptors one request may bring (a NIC's queue pairs).
+const MAX_FDS: usize = crate::virtio::net::MAX_QUEUE_PAIRS as usize;
+
+/// One read of the connection; descriptors that come with the bytes go to
+/// `fds`.
+fn receive(
+    fd: std::os::fd::BorrowedFd<'_>,
+    into: &mut [u8],
+    fds: &std::sync::Mutex<Vec<OwnedFd>>,
+) -> std::io::Result<usize> {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut ancillary = RecvAncillaryBuffer::new(&mut space);
-    let mut byte = [0u8; 1];
-    rustix::net::recvmsg(
+    let received = rustix::net::recvmsg(
         fd,
-        &mut [std::io::IoSliceMut::new(&mut byte)],
+        &mut [std::io::IoSliceMut::new(into)],
         &mut ancillary,
-        RecvFlags::PEEK | RecvFlags::CMSG_CLOEXEC,
+        RecvFlags::CMSG_CLOEXEC,
     )?;
-    let mut fds = Vec::new();
+    let mut held = fds.lock().unwrap_or_else(|e| e.into_inner());
     for message in ancillary.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = message {
-            fds.extend(received);
+        if let RecvAncillaryMessage::ScmRights(got) = message {
+            held.extend(got);
         }
     }
-    Ok(fds)
+    Ok(received.bytes)
 }
 
 type Reply = Response<Full<Bytes>>;
