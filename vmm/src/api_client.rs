@@ -33,7 +33,7 @@ pub async fn request(
 
 /// As [`request`], sending `fds` along (the way `POST /vm/nets` takes a
 /// NIC's TAP queues): with an empty line ahead of the request, which the
-/// server peeks at for them and HTTP lets it skip.
+/// server's reads take them from and HTTP lets it skip.
 pub async fn request_with_fds(
     socket: &Path,
     method: hyper::Method,
