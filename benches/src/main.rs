@@ -10,6 +10,10 @@
 //!   ext4) against a raw file, and QEMU on the overlay.
 //! - `net [--runs N]`: iperf3 between the guest and the host side of its tap,
 //!   virga (vhost-net and in-VMM datapath) against QEMU with vhost=on.
+//! - `overlay [--runs N]`: guest to guest across two hosts (namespaces, no
+//!   testbed): netd's overlay against bare VXLAN and a plain bridge.
+//! - `overlay-guests [--runs N]`: the same with two real guests on two hosts
+//!   in the testbed: netd's overlay against a plain bridge.
 //! - `hostd [--runs N]`: create-to-boot through hostd against the VMM alone,
 //!   ten concurrent creates, hostd's memory.
 //! - `api [--runs N] [--servers N] [--part all|boot|latency]`: POST /servers to
@@ -32,6 +36,7 @@ mod measure;
 mod net;
 mod netd_scale;
 mod overlay;
+mod overlay_guests;
 mod report;
 mod rootdisk;
 
@@ -79,6 +84,15 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         runs: u32,
     },
+    /// Guest to guest across hosts with real guests in the testbed: netd's
+    /// overlay vs a plain bridge.
+    OverlayGuests {
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
+    /// Build the hosts and boot the guests of overlay-guests (used inside
+    /// the testbed).
+    OverlayGuestsInner(overlay_guests::Inner),
     /// netd with many ports on one host vs a few: time to converge, time
     /// for a change to show, nftables rules (namespaces, no testbed).
     NetdScale {
@@ -203,6 +217,8 @@ fn main() -> Result<()> {
         Cmd::BlkOverlay { runs } => blk::run_overlay(runs),
         Cmd::Net { runs } => net::run(runs),
         Cmd::Overlay { runs } => overlay::run(runs),
+        Cmd::OverlayGuests { runs } => overlay_guests::run(runs),
+        Cmd::OverlayGuestsInner(i) => overlay_guests::inner(&i),
         Cmd::NetdScale { ports, toggles } => netd_scale::run(ports, toggles),
         Cmd::Hostd { runs } => hostd::run(runs),
         Cmd::Api {

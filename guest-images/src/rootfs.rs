@@ -66,6 +66,60 @@ fn iperf_script(iperf: &str) -> String {
     s
 }
 
+/// Guest-to-guest benchmark (`virga.mode=peers-iperf`): each result line is
+/// this prefix, the index of the NIC (and so of the datapath) it ran over,
+/// the metric and the tool's summary line.
+pub const PEERS_RESULT: &str = "VIRGA-PEERS";
+/// Printed by the client once every peer answered, and once all rounds ran.
+pub const PEERS_READY: &str = "virga-peers-iperf-ready";
+pub const PEERS_DONE: &str = "virga-peers-iperf-done";
+
+/// `virga.mode=peers-iperf`: the guest gives NIC `ethN` the Nth address of
+/// `virga.addrs` (a /24, MTU 1450 as on the overlay, whatever the datapath),
+/// then serves iperf3 (`virga.role=server`) or, as the client, runs
+/// `virga.rounds` rounds against the Nth address of `virga.peers` over each
+/// NIC in turn (every other round in reverse order, so no datapath always
+/// runs first): TCP with one and four streams for `virga.secs` seconds, and
+/// 200 adaptive pings.
+fn peers_iperf_script() -> String {
+    format!(
+        r#"    $bb ip link set lo up
+    n=0
+    for a in $(arg virga.addrs | $bb tr , ' '); do
+        $bb ip link set eth$n mtu 1450 up
+        $bb ip addr add $a/24 dev eth$n
+        n=$((n + 1))
+    done
+    peers=$(arg virga.peers)
+    if [ "$(arg virga.role)" = server ]; then
+        echo virga-peers-iperf-serving
+        /usr/bin/iperf3 -s > /dev/null 2>&1
+    else
+        for p in $(echo $peers | $bb tr , ' '); do
+            i=0
+            until /usr/bin/iperf3 -c $p -t 1 > /dev/null 2>&1 || [ $i -ge 180 ]; do
+                $bb sleep 1; i=$((i + 1))
+            done
+        done
+        echo {PEERS_READY}
+        secs=$(arg virga.secs)
+        for r in $($bb seq $(arg virga.rounds)); do
+            order=$($bb seq 0 $((n - 1)))
+            [ $((r % 2)) = 0 ] && order=$($bb seq $((n - 1)) -1 0)
+            for k in $order; do
+                p=$(echo $peers | $bb cut -d, -f$((k + 1)))
+                for s in 1 4; do
+                    echo "{PEERS_RESULT} $k tcp_$s $(/usr/bin/iperf3 -c $p -t ${{secs:-5}} -O 1 -f m -P $s 2>&1 | $bb grep receiver | $bb tail -1)"
+                done
+                echo "{PEERS_RESULT} $k ping $($bb ping -A -c 200 -q $p 2>&1 | $bb grep round-trip)"
+            done
+        done
+        echo {PEERS_DONE}
+    fi
+"#
+    )
+}
+
 /// Free space left in the image for tests to write to.
 const FREE_MIB: u64 = 64;
 /// The benchmark tools put into the image (from the host's Debian packages).
@@ -74,6 +128,7 @@ pub const TOOLS: &[&str] = &["/usr/bin/fio", "/usr/bin/iperf3"];
 fn init_script() -> String {
     let fio = fio_script("/usr/bin/fio", "/dev/vdb");
     let iperf = iperf_script("/usr/bin/iperf3");
+    let peers = peers_iperf_script();
     format!(
         r#"#!/bin/busybox sh
 # Virga rootfs init: report, then do what virga.mode says.
@@ -83,6 +138,8 @@ $bb mount -t sysfs sys /sys
 $bb mount -t devtmpfs dev /dev
 $bb mkdir -p /tmp
 $bb mount -t tmpfs tmp /tmp
+# The value of a `name=value` word of the command line.
+arg() {{ for w in $($bb cat /proc/cmdline); do case "$w" in "$1="*) echo "${{w#*=}}";; esac; done; }}
 ro=rw; $bb grep -q " / ext4 ro" /proc/mounts && ro=ro
 echo "{ROOT_MARKER} root=$ro fio=$(/usr/bin/fio --version 2>&1) iperf3=$(/usr/bin/iperf3 --version 2>&1 | $bb head -1 | $bb cut -d' ' -f2)"
 case " $($bb cat /proc/cmdline) " in
@@ -109,6 +166,8 @@ case " $($bb cat /proc/cmdline) " in
         $bb sleep 1; i=$((i + 1))
     done
 {iperf}    ;;
+*" virga.mode=peers-iperf "*)
+{peers}    ;;
 esac
 $bb sync
 # A clean filesystem for the next boot (a read-only disk cannot replay a journal).
@@ -226,5 +285,8 @@ mod tests {
         assert!(s.contains("virga.mode=iperf"));
         assert_eq!(s.matches(IPERF_RESULT).count(), IPERF_JOBS.len());
         assert!(s.contains("-c 169.254.100.1 -t 3 -O 1 -f m -R -P 4"));
+        assert!(s.contains("virga.mode=peers-iperf"));
+        assert_eq!(s.matches(PEERS_RESULT).count(), 2);
+        assert!(s.contains("-t ${secs:-5} -O 1 -f m -P $s"));
     }
 }

@@ -105,6 +105,12 @@ impl Lab {
     /// `hv2` (netd `bins.netd`, not started yet); hv1 is the gateway host
     /// and the external subnets' gateway.
     pub fn new(tag: &str, bins: &LabBins) -> Lab {
+        Lab::with_sync_ms(tag, bins, 200)
+    }
+
+    /// As [`Lab::new`], the netds converging every `sync_ms` (tests want
+    /// them quick; a benchmark wants the product's default).
+    pub fn with_sync_ms(tag: &str, bins: &LabBins, sync_ms: u64) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let ctl = NetNs::new(&format!("{tag}-ctl"));
         ctl.sh(
@@ -156,7 +162,7 @@ impl Lab {
             std::fs::write(
                 &netd_config,
                 format!(
-                    "host_id = \"{id}\"\ncontroller_url = \"http://{CONTROLLER}\"\ntoken = \"{token}\"\nvtep = \"172.16.0.{n}\"\nunderlay_dev = \"eth0\"\nsync_ms = 200\n{gateway}"
+                    "host_id = \"{id}\"\ncontroller_url = \"http://{CONTROLLER}\"\ntoken = \"{token}\"\nvtep = \"172.16.0.{n}\"\nunderlay_dev = \"eth0\"\nsync_ms = {sync_ms}\n{gateway}"
                 ),
             )
             .unwrap();
