@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use netd_proto::{Direction, HostNetworks, LocalPort, Remote, Rule};
+use netd_proto::{Direction, HostNetworks, LocalPort, Remote, Rule, VXLAN_PORT};
 
 use crate::datapath::vxlan_name;
 use crate::localport;
@@ -236,24 +236,37 @@ pub fn plan(want: &HostNetworks, links: &[Link]) -> Firewall {
     t.push_str(
         "table bridge virga\ndelete table bridge virga\ntable ip virga\ndelete table ip virga\n",
     );
+    // Every frame looks its ports up in maps (hashed), never along a list
+    // of rules, however many ports the host has.
     t.push_str("table bridge virga {\n\tchain prerouting {\n\t\ttype filter hook prerouting priority -350; policy accept;\n");
-    for (s, port, _) in &secured {
-        let _ = writeln!(t, "\t\tiifname \"{}\" jump spoof-{s}", port.tap);
+    if !secured.is_empty() {
+        let spoof = set(secured
+            .iter()
+            .map(|(s, port, _)| format!("\"{}\" : jump spoof-{s}", port.tap)));
+        let _ = writeln!(t, "\t\tiifname vmap {spoof}");
     }
-    for (s, name) in &taken {
-        let _ = writeln!(t, "\t\tiifname \"{name}\" meta mark set {s}");
+    if !taken.is_empty() {
+        let slots = set(taken.iter().map(|(s, name)| format!("\"{name}\" : {s}")));
+        let _ = writeln!(t, "\t\tmeta mark set iifname map {slots}");
     }
     t.push_str(
         "\t}\n\tchain forward {\n\t\ttype filter hook forward priority -10; policy accept;\n",
     );
-    for (s, name) in &taken {
-        let _ = writeln!(
+    if !taken.is_empty() {
+        let out = set(taken
+            .iter()
+            .map(|(s, name)| format!("\"{name}\" : jump out-{s}")));
+        let _ = writeln!(t, "\t\toifname vmap {out}");
+    }
+    t.push_str("\t}\n");
+    // The out-port's slot goes in the mark's high half, next to the in-port's.
+    for s in taken.keys() {
+        let _ = write!(
             t,
-            "\t\toifname \"{name}\" meta mark set meta mark or {}",
+            "\tchain out-{s} {{\n\t\tmeta mark set meta mark or {}\n\t}}\n",
             u32::from(*s) << 16
         );
     }
-    t.push_str("\t}\n");
     for (s, _, id) in &secured {
         let macs = set(id.macs.iter().cloned());
         let ips = set(id.addresses.iter().cloned());
@@ -298,6 +311,9 @@ pub fn plan(want: &HostNetworks, links: &[Link]) -> Firewall {
         );
     }
     t.push_str("\tchain raw {\n\t\ttype filter hook prerouting priority -300; policy accept;\n");
+    // The tunnel's own packets are not tracked (their inner packets are, in
+    // their network's zone): the security groups never look at them.
+    let _ = writeln!(t, "\t\tudp dport {VXLAN_PORT} notrack");
     if !zones.is_empty() {
         let map = set(zones.iter().map(|(s, z)| format!("{s} : {z}")));
         let _ = writeln!(
@@ -305,6 +321,10 @@ pub fn plan(want: &HostNetworks, links: &[Link]) -> Firewall {
             "\t\tiifname \"brq*\" ct zone set meta mark and 0xffff map {map}"
         );
     }
+    let _ = write!(
+        t,
+        "\t}}\n\tchain raw-out {{\n\t\ttype filter hook output priority -300; policy accept;\n\t\tudp dport {VXLAN_PORT} notrack\n"
+    );
     t.push_str("\t}\n\tchain forward {\n\t\ttype filter hook forward priority 0; policy accept;\n");
     t.push_str("\t\tiifname != \"brq*\" accept\n\t\tct state established,related accept\n\t\tct state invalid drop\n");
     if !secured.is_empty() {
@@ -606,11 +626,11 @@ mod tests {
         assert!(fw.refused.is_empty());
         let t = &fw.text;
         for line in [
-            "iifname \"tapa\" jump spoof-8",
-            "iifname \"tapa\" meta mark set 8",
-            "iifname \"tapb\" meta mark set 9",
-            "iifname \"vxlan-1000\" meta mark set 7",
-            "oifname \"tapa\" meta mark set meta mark or 524288",
+            "iifname vmap { \"tapa\" : jump spoof-8 }",
+            "meta mark set iifname map { \"vxlan-1000\" : 7, \"tapa\" : 8, \"tapb\" : 9 }",
+            "oifname vmap { \"vxlan-1000\" : jump out-7, \"tapa\" : jump out-8, \"tapb\" : jump out-9 }",
+            "chain out-8 {\n\t\tmeta mark set meta mark or 524288\n",
+            "udp dport 4789 notrack",
             "ether saddr != { fa:16:3e:00:00:01, fa:16:3e:00:00:09 } drop",
             "ether type ip ip saddr != { 10.0.0.5, 10.0.1.0/24 } drop",
             "ether type arp arp saddr ip != { 0.0.0.0, 10.0.0.5, 10.0.1.0/24 } drop",
