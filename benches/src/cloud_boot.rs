@@ -156,7 +156,14 @@ pub fn run(runs: u32) -> Result<()> {
     eprintln!("bench cloud-boot: uploading the Debian image");
     let qcow2 = std::fs::read(cloud.qcow2())
         .with_context(|| format!("reading {}", cloud.qcow2().display()))?;
-    let image = create_image(&mut c, "debian-12", "qcow2", json!({}), qcow2)?;
+    // No network here: cloud-init reads its config drive, on both sides.
+    let image = create_image(
+        &mut c,
+        "debian-12",
+        "qcow2",
+        json!({"img_config_drive": "mandatory"}),
+        qcow2,
+    )?;
     let flavor = create_flavor(&mut c, 1, GUEST_MIB, DISK_GB)?;
 
     // QEMU's config drive: what hostd writes for a server, with Nova's keys.

@@ -8,6 +8,9 @@
 //! token_ttl_secs = 3600
 //! hostd_secret_file = "/etc/virga/hostd.secret"  # hosts' tokens derive from it
 //!
+//! [compute]
+//! force_config_drive = false                # a config drive for every server
+//!
 //! [bootstrap]                               # created on first start
 //! admin_user = "admin"
 //! admin_password_file = "/etc/virga/admin-password"
@@ -57,7 +60,19 @@ pub struct ConfigFile {
     /// Largest image upload, in MiB (default 64 GiB).
     pub max_image_mib: Option<u64>,
     pub scheduler: Option<SchedulerFile>,
+    pub compute: Option<ComputeFile>,
     pub bootstrap: Option<BootstrapFile>,
+}
+
+/// `[compute]`: what every server gets.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeFile {
+    /// A config drive for every server, asked for or not (Nova's option of
+    /// that name). Otherwise a server gets one when its create asks
+    /// (`config_drive`) or its image says `img_config_drive=mandatory`, and
+    /// learns who it is from the metadata service.
+    pub force_config_drive: Option<bool>,
 }
 
 /// `[scheduler]`: overcommit ratios and placement preference.
@@ -101,6 +116,8 @@ pub struct Config {
     pub hostd_secret: Option<String>,
     pub max_image_bytes: u64,
     pub scheduler: crate::compute::scheduler::Policy,
+    /// `[compute] force_config_drive`.
+    pub force_config_drive: bool,
     pub bootstrap: Bootstrap,
 }
 
@@ -262,6 +279,10 @@ impl Config {
             hostd_secret,
             max_image_bytes: file.max_image_mib.unwrap_or(64 << 10) << 20,
             scheduler,
+            force_config_drive: file
+                .compute
+                .and_then(|c| c.force_config_drive)
+                .unwrap_or(false),
             bootstrap: Bootstrap {
                 admin_user: b.admin_user.unwrap_or_else(|| "admin".into()),
                 admin_password,

@@ -82,7 +82,7 @@ fn a_cloud_image_boots_from_a_root_disk_with_a_config_drive() {
     let r = create(
         &cloud,
         serde_json::json!({"name": "Web Server 1", "imageRef": image, "flavorRef": flavor,
-            "key_name": "mykey", "user_data": user_data}),
+            "key_name": "mykey", "user_data": user_data, "config_drive": true}),
     );
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
@@ -111,6 +111,101 @@ fn a_cloud_image_boots_from_a_root_disk_with_a_config_drive() {
     assert_eq!(meta["public_keys"]["mykey"], PUBLIC_KEY);
     assert_eq!(meta["keys"][0]["data"], PUBLIC_KEY);
     assert_eq!(spec["config_drive"]["user_data"], user_data.as_str());
+}
+
+/// Whether the guest of a server made with `extra` in its create body (on
+/// `cloud`, from `image`) gets a config drive: (server show's
+/// `config_drive`, a drive in what hostd was asked for).
+fn drive_of(cloud: &Cloud, flavor: &str, image: &str, extra: serde_json::Value) -> (String, bool) {
+    let mut body = serde_json::json!({"name": "vm", "imageRef": image, "flavorRef": flavor});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let r = create(cloud, body);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    let shown = cloud.wait(&id, "ACTIVE");
+    let spec = cloud
+        .hostd
+        .create_bodies()
+        .into_iter()
+        .find(|b| b["id"] == id.as_str())
+        .unwrap();
+    (
+        shown["config_drive"].as_str().unwrap().to_owned(),
+        spec.get("config_drive").is_some_and(|d| !d.is_null()),
+    )
+}
+
+#[test]
+fn a_config_drive_is_attached_as_nova_decides() {
+    let cloud = Cloud::start(NO_DELAYS);
+    let (flavor, image) = flavor_and_image(&cloud, 1, "raw");
+    // Not asked for: the metadata service alone tells the guest.
+    assert_eq!(
+        drive_of(&cloud, &flavor, &image, serde_json::json!({})),
+        ("".into(), false)
+    );
+    for yes in [
+        serde_json::json!(true),
+        serde_json::json!("True"),
+        serde_json::json!("yes"),
+    ] {
+        let got = drive_of(
+            &cloud,
+            &flavor,
+            &image,
+            serde_json::json!({"config_drive": yes}),
+        );
+        assert_eq!(got, ("True".into(), true), "config_drive: {yes}");
+    }
+    assert_eq!(
+        drive_of(
+            &cloud,
+            &flavor,
+            &image,
+            serde_json::json!({"config_drive": false})
+        ),
+        ("".into(), false)
+    );
+    for bad in [serde_json::json!(42), serde_json::json!("maybe")] {
+        let r = create(
+            &cloud,
+            serde_json::json!({"name": "vm", "imageRef": image, "flavorRef": flavor,
+                "config_drive": bad}),
+        );
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains("config_drive"), "{}", r.body);
+    }
+    // An image that needs one.
+    let r = call(
+        &cloud.c,
+        "PATCH",
+        &format!("/image/v2/images/{image}"),
+        &[
+            cloud.auth(),
+            (
+                "Content-Type",
+                "application/openstack-images-v2.1-json-patch",
+            ),
+        ],
+        r#"[{"op": "add", "path": "/img_config_drive", "value": "mandatory"}]"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        drive_of(&cloud, &flavor, &image, serde_json::json!({})),
+        ("True".into(), true)
+    );
+}
+
+#[test]
+fn a_deployment_can_force_a_config_drive_on_every_server() {
+    let cloud = Cloud::start_with(NO_DELAYS, "\n[compute]\nforce_config_drive = true\n");
+    let (flavor, image) = flavor_and_image(&cloud, 1, "raw");
+    assert_eq!(
+        drive_of(&cloud, &flavor, &image, serde_json::json!({})),
+        ("True".into(), true)
+    );
 }
 
 #[test]

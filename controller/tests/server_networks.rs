@@ -61,7 +61,9 @@ fn network_with(cloud: &Cloud, name: &str, cidr: &str, dhcp: bool) -> (String, S
 }
 
 fn create(cloud: &Cloud, flavor: &str, image: &str, networks: Option<Value>) -> common::Reply {
-    let mut server = json!({"name": "vm", "imageRef": image, "flavorRef": flavor});
+    // With a config drive: the tests read what it tells the guest.
+    let mut server =
+        json!({"name": "vm", "imageRef": image, "flavorRef": flavor, "config_drive": true});
     if let Some(n) = networks {
         server["networks"] = n;
     }

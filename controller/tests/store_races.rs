@@ -26,6 +26,7 @@ fn server(id: &str, project: &str) -> Server {
         disk_gib: 0,
         ephemeral_gib: 0,
         swap_mib: 0,
+        config_drive: false,
         host_id: None,
         vm_state: "building".into(),
         task_state: Some("scheduling".into()),

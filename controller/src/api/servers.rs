@@ -169,8 +169,7 @@ impl<'a> ServerView<'a> {
                 .launched_at
                 .map(|t| super::http::iso_micros(t).replace('Z', "")),
             terminated_at: None,
-            // hostd attaches one to every server.
-            config_drive: "True",
+            config_drive: if s.config_drive { "True" } else { "" },
             key_name: s.key_name.as_deref(),
             progress: 0,
             security_groups: [Named { name: "default" }],
@@ -501,7 +500,13 @@ fn parse_create(body: &Json) -> Result<CreateServer, String> {
         }
     };
     let networks = parse_networks(s.get("networks"))?;
+    let config_drive = match s.get("config_drive") {
+        None | Some(Json::Null) => false,
+        Some(v) => parse_boolean(v)
+            .ok_or("Invalid input for field/attribute config_drive: must be a boolean")?,
+    };
     Ok(CreateServer {
+        config_drive,
         networks,
         name: name.trim().to_owned(),
         flavor_ref,
@@ -561,6 +566,20 @@ fn parse_networks(v: Option<&Json>) -> Result<Requested, String> {
         nics.push(nic);
     }
     Ok(Requested::These(nics))
+}
+
+/// A boolean as Nova's schemas take one: JSON's, or one of the words its
+/// `parameter_types.boolean` lists.
+fn parse_boolean(v: &Json) -> Option<bool> {
+    match v {
+        Json::Bool(b) => Some(*b),
+        Json::String(s) => match s.to_ascii_lowercase().as_str() {
+            "true" | "1" | "on" | "yes" => Some(true),
+            "false" | "0" | "off" | "no" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// Nova's rule for `user_data`: base64, at most 65535 characters of it.

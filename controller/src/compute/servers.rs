@@ -20,6 +20,9 @@ pub struct Server {
     /// The flavor's ephemeral disk (GiB, 0 for none) and swap (MiB).
     pub ephemeral_gib: i64,
     pub swap_mib: i64,
+    /// Whether its guest gets a config drive (else only the metadata
+    /// service tells it who it is).
+    pub config_drive: bool,
     pub host_id: Option<String>,
     /// building, active, stopped, paused, error.
     pub vm_state: String,
@@ -64,7 +67,7 @@ impl Server {
 
 const COLUMNS: &str = "id, project_id, user_id, name, flavor_id, image_id, vcpus, ram_mib, disk_gib, \
     host_id, vm_state, task_state, power_state, fault, key_name, user_data, metadata, availability_zone, \
-    created_at, updated_at, launched_at, generation, ephemeral_gib, swap_mib";
+    created_at, updated_at, launched_at, generation, ephemeral_gib, swap_mib, config_drive";
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<Server, StoreError> {
     Ok(Server {
@@ -92,6 +95,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Server, StoreError> {
         generation: int(r, "generation")?,
         ephemeral_gib: int(r, "ephemeral_gib")?,
         swap_mib: int(r, "swap_mib")?,
+        config_drive: int(r, "config_drive")? != 0,
     })
 }
 
@@ -141,6 +145,7 @@ fn from_json(v: &[serde_json::Value]) -> Result<Server, StoreError> {
         generation: int(21)?,
         ephemeral_gib: int(22)?,
         swap_mib: int(23)?,
+        config_drive: int(24)? != 0,
     })
 }
 
@@ -206,10 +211,10 @@ impl Servers {
         // Placeholders in order of first appearance (SQLite numbers them so).
         let insert = format!(
             "INSERT INTO servers ({COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-             $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 0, $22, $23 \
-             WHERE ($24 < 0 OR (SELECT COUNT(*) FROM servers WHERE project_id = $2) + 1 <= $24) \
-             AND ($25 < 0 OR (SELECT COALESCE(SUM(vcpus), 0) FROM servers WHERE project_id = $2) + $7 <= $25) \
-             AND ($26 < 0 OR (SELECT COALESCE(SUM(ram_mib), 0) FROM servers WHERE project_id = $2) + $8 <= $26)"
+             $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 0, $22, $23, $24 \
+             WHERE ($25 < 0 OR (SELECT COUNT(*) FROM servers WHERE project_id = $2) + 1 <= $25) \
+             AND ($26 < 0 OR (SELECT COALESCE(SUM(vcpus), 0) FROM servers WHERE project_id = $2) + $7 <= $26) \
+             AND ($27 < 0 OR (SELECT COALESCE(SUM(ram_mib), 0) FROM servers WHERE project_id = $2) + $8 <= $27)"
         );
         let admitted = self
             .store
@@ -246,6 +251,7 @@ impl Servers {
                         Value::OptInt(s.launched_at),
                         Value::Int(s.ephemeral_gib),
                         Value::Int(s.swap_mib),
+                        Value::Int(i64::from(s.config_drive)),
                         Value::Int(quota.instances),
                         Value::Int(quota.cores),
                         Value::Int(quota.ram_mib),
@@ -734,6 +740,7 @@ mod tests {
             disk_gib: 0,
             ephemeral_gib: 0,
             swap_mib: 0,
+            config_drive: false,
             host_id: None,
             vm_state: "building".into(),
             task_state: Some("spawning".into()),

@@ -784,11 +784,13 @@ fn debian(
          \x20 - if ping -c 3 -W 5 10.0.0.1 > /dev/null; then r=ok; else r=failed; fi; echo \"virga-debian-ping $r\" > /dev/ttyS0\n\
          \x20 - if ping -c 3 -W 5 172.24.4.1 > /dev/null; then r=ok; else r=failed; fi; echo \"virga-debian-outside $r\" > /dev/ttyS0\n\
          \x20 - ip route add 169.254.169.254/32 dev $(ip -4 -o addr show scope global | awk '{print $2}'); echo \"virga-debian-metadata $(curl -s -m 20 http://169.254.169.254/openstack/latest/meta_data.json | grep -o '\"uuid\":\"[^\"]*\"')\" > /dev/ttyS0\n\
+         \x20 - echo \"virga-debian-datasource $(cloud-init query v1.subplatform)\" > /dev/ttyS0\n\
          \x20 - echo \"virga-debian-keys $(cat /home/debian/.ssh/authorized_keys)\" > /dev/ttyS0\n",
     )
     .expect("user data");
     // A network: the server gets a port on it, and the guest configures the
-    // port's address from its config drive. netd puts the port's tap on the
+    // port's address from what the metadata service tells it (no config
+    // drive: none was asked for). netd puts the port's tap on the
     // network's bridge behind its security groups; netd's metadata service
     // answers it at 169.254.169.254. A router joins the network to the
     // external one, whose gateway is the testbed (the outside world): the
@@ -955,6 +957,9 @@ fn debian(
             "virga-debian-metadata \"uuid\":\"{}\"",
             shown["id"].as_str().unwrap_or_default()
         ),
+        // No config drive was asked for: cloud-init found the server's
+        // key and user data through the metadata service.
+        "virga-debian-datasource metadata (http://169.254.169.254)",
         ssh_pub.trim(),
     ] {
         assert!(log.contains(want), "no {want:?} on the console:\n{log}");
@@ -1237,6 +1242,8 @@ fn cloud_images(
         "k1",
         "--user-data",
         &path(&user_data_file),
+        "--config-drive",
+        "True",
         "--wait",
         "vm-cloud",
     ]);
@@ -1303,6 +1310,8 @@ fn cloud_images(
         "vm-cloud-snap",
         "--flavor",
         "small",
+        "--config-drive",
+        "True",
         "--wait",
         "vm-snap",
     ]);
@@ -1350,6 +1359,8 @@ fn cloud_images(
         "cloud-disk",
         "--flavor",
         "small-ephemeral",
+        "--config-drive",
+        "True",
         "--wait",
         "vm-cloud-2",
     ]);

@@ -464,7 +464,9 @@ pub(super) async fn instance_spec(app: &App, s: &Server) -> Result<ImageInstance
         .server_ports(&s.id)
         .await
         .map_err(|e| e.to_string())?;
-    spec.config_drive = Some(super::metadata::guest_metadata(app, s, &ports).await?);
+    if s.config_drive {
+        spec.config_drive = Some(super::metadata::guest_metadata(app, s, &ports).await?);
+    }
     spec.nics = nics(app, &ports).await;
     let size = |n: i64, what: &str| match u32::try_from(n) {
         Ok(0) => Ok(None),

@@ -26,6 +26,8 @@ pub struct CreateServer {
     pub user_data: Option<String>,
     pub availability_zone: Option<String>,
     pub networks: Requested,
+    /// Nova's `config_drive`: the client asked for one.
+    pub config_drive: bool,
 }
 
 /// Checks the flavor, image and key pair, admits the server within its
@@ -72,6 +74,13 @@ pub async fn create(
         disk_gib: flavor.disk_gib,
         ephemeral_gib: flavor.ephemeral_gib,
         swap_mib: flavor.swap_mib,
+        // Nova's rule: asked for, forced by the image, or by the deployment.
+        config_drive: req.config_drive
+            || app.config.force_config_drive
+            || image
+                .properties
+                .get("img_config_drive")
+                .is_some_and(|v| v == "mandatory"),
         host_id: None,
         vm_state: "building".into(),
         task_state: Some("scheduling".into()),
