@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::identity::Identity;
 use crate::image::Images;
 use crate::network::service::NetworkService;
+use crate::volume::service::VolumeService;
 
 pub struct App {
     pub config: Config,
@@ -23,6 +24,7 @@ pub struct App {
     pub hosts: Hosts,
     pub images: Images,
     pub network: NetworkService,
+    pub volumes: VolumeService,
     pub keypairs: Keypairs,
     pub nic_requests: NicRequests,
     pub console_tokens: ConsoleTokens,

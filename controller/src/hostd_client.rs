@@ -231,7 +231,7 @@ impl Hostd {
 
 /// One request to the hostd at `base_url` (`http://HOST:PORT`): the body of
 /// a 2xx answer.
-async fn call_raw(
+pub(crate) async fn call_raw(
     base_url: &str,
     token: &str,
     method: hyper::Method,

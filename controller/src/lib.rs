@@ -25,3 +25,4 @@ pub mod identity;
 pub mod image;
 pub mod network;
 pub mod store;
+pub mod volume;

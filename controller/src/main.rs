@@ -137,6 +137,7 @@ async fn run(config: Config, inherited: Option<std::net::TcpListener>) -> anyhow
         keypairs: Keypairs::new(store.clone()),
         nic_requests: controller::compute::nics::NicRequests::new(store.clone()),
         network: controller::network::service::NetworkService::new(store.clone()),
+        volumes: controller::volume::service::VolumeService::new(store.clone()),
         console_tokens: ConsoleTokens::new(store.clone()),
         quotas: Quotas::new(store.clone()),
         servers: Servers::new(store.clone()),
@@ -221,9 +222,10 @@ fn inherited_listener() -> anyhow::Result<Option<std::net::TcpListener>> {
     Ok(Some(listener))
 }
 
-/// Every reconciler: compute's, and the purge of expired tokens.
+/// Every reconciler: compute's, the volumes', and the purge of expired tokens.
 fn background_tasks() -> Vec<Task> {
     let mut tasks = service::sync::tasks();
+    tasks.extend(controller::volume::reconcile::tasks());
     tasks.push(Task {
         name: "token_purge",
         period: std::time::Duration::from_secs(3600),

@@ -827,3 +827,85 @@ fn openstack_routers_and_floating_ips() {
     ok(&["network", "delete", "net1"]);
     ok(&["network", "delete", "public"]);
 }
+
+#[test]
+fn openstack_volumes() {
+    let Some(cli) = openstack() else { return };
+    let c = common::start_with(None, &common::hostd::controller_config());
+    let admin = common::admin_token(&c);
+    let s = common::storaged::Storaged::start(&c, "storage-1");
+    common::storaged::wait_registered(&c, &admin);
+    let clouds = clouds_yaml(&c, ADMIN_PASSWORD);
+    let ok = |args: &[&str]| succeed(&cli, &clouds, args);
+    let js = |out: String| -> serde_json::Value { serde_json::from_str(&out).unwrap() };
+    let status = |name: &str| {
+        ok(&["volume", "show", name, "-f", "value", "-c", "status"])
+            .trim()
+            .to_owned()
+    };
+    let wait = |name: &str, want: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while status(name) != want {
+            assert!(std::time::Instant::now() < deadline, "{name} never {want}");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    };
+
+    let made = js(ok(&[
+        "volume",
+        "create",
+        "--size",
+        "1",
+        "--description",
+        "scratch",
+        "--property",
+        "team=storage",
+        "data1",
+        "-f",
+        "json",
+    ]));
+    let id = made["id"].as_str().unwrap().to_owned();
+    wait("data1", "available");
+    let shown = js(ok(&["volume", "show", "data1", "-f", "json"]));
+    assert_eq!(shown["size"], 1, "{shown}");
+    assert_eq!(shown["type"], "__DEFAULT__", "{shown}");
+    assert_eq!(shown["description"], "scratch");
+    assert!(
+        shown["properties"].to_string().contains("storage"),
+        "{shown}"
+    );
+    assert_eq!(shown["bootable"], false, "{shown}");
+    let listed = js(ok(&["volume", "list", "-f", "json"]));
+    assert_eq!(listed[0]["Name"], "data1", "{listed}");
+    assert_eq!(listed[0]["Status"], "available");
+    assert_eq!(listed[0]["Size"], 1);
+
+    // `volume set --size` extends it; the storage host's file grows.
+    ok(&["volume", "set", "--size", "2", "--name", "data2", "data1"]);
+    wait("data2", "available");
+    let shown = js(ok(&["volume", "show", "data2", "-f", "json"]));
+    assert_eq!(shown["size"], 2, "{shown}");
+    assert_eq!(
+        std::fs::metadata(s.volume_file(&id)).unwrap().len(),
+        2 << 30
+    );
+
+    // Cinder's errors, as the CLI shows them.
+    let (done, _, err) = run(&cli, &clouds, &["volume", "create", "--size", "0", "bad"]);
+    assert!(!done);
+    assert!(err.contains("400") || err.contains("size"), "{err}");
+    let (done, _, err) = run(&cli, &clouds, &["volume", "show", "nothing-here"]);
+    assert!(!done);
+    assert!(
+        err.contains("No Volume found") || err.contains("could not be found"),
+        "{err}"
+    );
+
+    ok(&["volume", "delete", "data2"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while run(&cli, &clouds, &["volume", "show", &id]).0 {
+        assert!(std::time::Instant::now() < deadline, "never deleted");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert!(!s.volume_file(&id).exists());
+}

@@ -1,17 +1,34 @@
-//! Virga storage daemon: native block volumes and an S3/Swift-compatible object store.
-//!
-//! Placeholder: this service has no implementation yet. It exists so that the
-//! workspace shows the architecture; it answers `--help` and `--version` and
-//! refuses to run rather than pretend.
+//! Virga storage daemon: keeps this host's block volumes and serves them to
+//! the controller's volume service.
 
+use std::path::PathBuf;
+
+use anyhow::Context;
 use clap::Parser;
 
 #[derive(Parser)]
 #[command(version, about)]
-struct Args {}
+struct Args {
+    /// The TOML configuration file.
+    #[arg(long, default_value = "/etc/virga/storaged.toml")]
+    config: PathBuf,
+}
 
-fn main() -> std::process::ExitCode {
-    let _args = Args::parse();
-    eprintln!("{}: not implemented yet", env!("CARGO_PKG_NAME"));
-    std::process::ExitCode::FAILURE
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = storaged::config::Config::load(&args.config)
+        .with_context(|| format!("loading {}", args.config.display()))?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(storaged::run(config))
 }

@@ -139,8 +139,8 @@ fn images_and_vmm() -> Result<PathBuf> {
 /// Builds the release binaries scenarios use and returns the vmm's path (vmmctl
 /// sits beside it).
 fn build_vmm() -> Result<PathBuf> {
-    // hostd, hostctl, the boot picker, netd and the controller are built
-    // alongside: the end-to-end tests use them.
+    // hostd, hostctl, the boot picker, netd, storaged and the controller
+    // are built alongside: the end-to-end tests and `up` use them.
     run(cargo().args([
         "build",
         "--release",
@@ -152,6 +152,8 @@ fn build_vmm() -> Result<PathBuf> {
         "virga-bootpick",
         "-p",
         "netd",
+        "-p",
+        "storaged",
         "-p",
         "controller",
     ]))?;

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 
 const CONTROLLER_PORT: u16 = 8774;
 const HOSTD_PORT: u16 = 8790;
+const STORAGED_PORT: u16 = 8780;
 /// The host hostd registers as, in the testbed or here.
 const HOST_ID: &str = "virga-1";
 const ADMIN_PASSWORD: &str = "virga-admin";
@@ -77,8 +78,8 @@ fn host_registered(token: &str) -> bool {
 
 pub fn run(root: &Path, bins: &Path, images: &Path, openstack: &Path) -> Result<()> {
     catch_stop_signals();
-    if port_open(CONTROLLER_PORT) || port_open(HOSTD_PORT) {
-        bail!("ports {CONTROLLER_PORT} or {HOSTD_PORT} are taken: is another `cargo xtask up` running?");
+    if port_open(CONTROLLER_PORT) || port_open(HOSTD_PORT) || port_open(STORAGED_PORT) {
+        bail!("ports {CONTROLLER_PORT}, {HOSTD_PORT} or {STORAGED_PORT} are taken: is another `cargo xtask up` running?");
     }
     let dir = root.join("target/virga");
     // Each run is a fresh cloud: the testbed's hosts (and their instances) do
@@ -156,8 +157,20 @@ external_gateway_on_host = true
 END
 $BIN/netd --config $WORK/netd.toml &
 NETD=$!
+# The same host is the storage host: its volumes beside its servers.
+cat > $WORK/storaged.toml <<END
+host_id = "{HOST_ID}"
+listen = "0.0.0.0:{STORAGED_PORT}"
+advertise_url = "http://127.0.0.1:{STORAGED_PORT}"
+data_dir = "$WORK/storage"
+controller_url = "http://$HOST_ADDR:{CONTROLLER_PORT}"
+token = "{token}"
+heartbeat_secs = 5
+END
+$BIN/storaged --config $WORK/storaged.toml &
+STORAGED=$!
 while wget -q -O /dev/null http://$HOST_ADDR:{CONTROLLER_PORT}/identity/v3; do sleep 2; done
-kill $HOSTD $NETD; wait $HOSTD $NETD
+kill $HOSTD $NETD $STORAGED; wait $HOSTD $NETD $STORAGED
 "#
     );
     let testbed = virga_testbed::Testbed::new(images)?;
@@ -168,7 +181,9 @@ kill $HOSTD $NETD; wait $HOSTD $NETD
         .binary(bins.join("hostctl"))
         .binary(bins.join("virga-bootpick"))
         .binary(bins.join("netd"))
+        .binary(bins.join("storaged"))
         .forward_port(HOSTD_PORT)
+        .forward_port(STORAGED_PORT)
         .timeout(Duration::from_secs(7 * 24 * 3600));
     // netd's security groups are an nftables ruleset: the host's nft.
     if let Some(nft) = ["/usr/sbin/nft", "/sbin/nft"]

@@ -174,6 +174,10 @@ pub fn catalog(app: &App) -> Json {
         service("compute", "nova", format!("{base}/compute/v2.1")),
         service("image", "glance", format!("{base}/image")),
         service("network", "neutron", format!("{base}/network")),
+        // Cinder's current type and the one older clients look for; the
+        // project is not in the URL (3.67's form, which every route takes).
+        service("block-storage", "cinder", format!("{base}/volume/v3")),
+        service("volumev3", "cinderv3", format!("{base}/volume/v3")),
     ])
 }
 

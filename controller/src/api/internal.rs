@@ -5,6 +5,8 @@
 //! (its data, not its holes) to a host that accepts one;
 //! `PUT /internal/v1/images/{id}/file` takes a snapshot's data from the
 //! host of its server (plain, or a sparse stream);
+//! `PUT /internal/v1/storage-hosts/{host_id}` registers or refreshes a
+//! storage host's storaged (where its API is, its free space);
 //! `PUT /internal/v1/hosts/{host_id}/network` takes a netd's report and
 //! answers with the networks its host must carry;
 //! `GET /internal/v1/hosts/{host_id}/ports/{port_id}/metadata` gives the
@@ -85,6 +87,15 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
                     )
                 }
             }
+        }
+        (Method::PUT, ["v1", "storage-hosts", id]) => {
+            if *id != host {
+                return keystone_error(
+                    StatusCode::FORBIDDEN,
+                    &format!("the token is host {host}'s, not {id}'s"),
+                );
+            }
+            storage_heartbeat(app, req, &host).await
         }
         (Method::PUT, ["v1", "hosts", id, "network"]) => {
             if *id != host {
@@ -255,5 +266,45 @@ async fn reconcilers(app: &App, req: Request<Incoming>, rest: &[&str]) -> Respon
             }
         },
         _ => keystone_error(StatusCode::NOT_FOUND, "The resource could not be found."),
+    }
+}
+
+/// A storaged's heartbeat, for the host its token names.
+async fn storage_heartbeat(app: &App, req: Request<Incoming>, host: &str) -> Response<Body> {
+    let value = match read_json(req, keystone_error).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let beat: storaged_proto::Heartbeat = match serde_json::from_value(value) {
+        Ok(b) => b,
+        Err(e) => return keystone_error(StatusCode::BAD_REQUEST, &format!("heartbeat: {e}")),
+    };
+    if beat.host_id != host {
+        return keystone_error(StatusCode::BAD_REQUEST, "host_id does not match the path");
+    }
+    if !beat.url.starts_with("http://") || beat.availability_zone.is_empty() {
+        return keystone_error(
+            StatusCode::BAD_REQUEST,
+            "heartbeat: url must be http://HOST:PORT and availability_zone not empty",
+        );
+    }
+    let clamp = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+    let record = crate::volume::model::StorageHost {
+        host_id: beat.host_id,
+        url: beat.url,
+        availability_zone: beat.availability_zone,
+        total_bytes: clamp(beat.total_bytes),
+        free_bytes: clamp(beat.free_bytes),
+        last_seen: crate::identity::now(),
+    };
+    match app.volumes.store.heartbeat(&record).await {
+        Ok(()) => empty(StatusCode::NO_CONTENT),
+        Err(e) => {
+            tracing::error!("recording a storage heartbeat: {e}");
+            keystone_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not record the heartbeat",
+            )
+        }
     }
 }

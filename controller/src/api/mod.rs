@@ -1,5 +1,5 @@
 //! The controller's HTTP front door: one listener, one path prefix per service
-//! (`/identity`, `/compute/v2.1`, `/image`, `/network`; `/serial-console` for console
+//! (`/identity`, `/compute/v2.1`, `/image`, `/network`, `/volume`; `/serial-console` for console
 //! websockets), each response tagged with an `X-OpenStack-Request-ID`.
 
 pub mod compute;
@@ -14,6 +14,7 @@ pub mod internal;
 pub mod network;
 pub mod serial_console;
 pub mod servers;
+pub mod volume;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -55,6 +56,7 @@ impl App {
             Some((&"identity", rest)) => identity::route(&self, req, rest).await,
             Some((&"compute", rest)) => compute::route(&self, req, rest).await,
             Some((&"network", rest)) => network::route(&self, req, rest).await,
+            Some((&"volume", rest)) => volume::route(&self, req, rest).await,
             Some((&"internal", rest)) => internal::route(&self, req, rest).await,
             Some((&"serial-console", [])) => serial_console::route(&self, req).await,
             Some((&"image", rest)) => {

@@ -7,6 +7,7 @@
 
 pub mod cloud;
 pub mod hostd;
+pub mod storaged;
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};

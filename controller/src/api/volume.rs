@@ -1,0 +1,488 @@
+//! Cinder v3's HTTP handlers (under `/volume`): version discovery, volumes
+//! (create, list, detail, show, update, delete, the `os-extend` action),
+//! the default volume type, limits, availability zones and quota sets.
+//! The project may be in the URL (`/volume/v3/{project_id}/volumes`, what
+//! most clients build) or not (3.67's form); it must be the token's.
+//!
+//! Microversion 3.0 is what is served: clients change their requests by
+//! the advertised maximum, so it names nothing that is not here.
+
+use std::collections::BTreeMap;
+
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Map, Value as Json};
+
+use super::http::{empty, json, query_params, read_json, Body};
+use super::servers::request_id_of;
+use super::App;
+use crate::context::RequestContext;
+use crate::volume::model::{Volume, DEFAULT_TYPE, DEFAULT_TYPE_ID};
+use crate::volume::service::{CreateVolume, QUOTA};
+use crate::volume::store::ListFilter;
+use crate::volume::VolumeError;
+
+const MIN_VERSION: &str = "3.0";
+const MAX_VERSION: &str = "3.0";
+/// The collections a URL without a project names directly.
+const COLLECTIONS: &[&str] = &[
+    "volumes",
+    "types",
+    "limits",
+    "os-availability-zone",
+    "os-quota-sets",
+];
+
+/// Cinder's error shape: `{"<fault>": {"code", "message"}}`.
+pub fn cinder_error(status: StatusCode, fault: &str, message: &str) -> Response<Body> {
+    json(
+        status,
+        &json!({ fault: {"code": status.as_u16(), "message": message} }),
+    )
+}
+
+fn bad_request(message: &str) -> Response<Body> {
+    cinder_error(StatusCode::BAD_REQUEST, "badRequest", message)
+}
+
+fn volume_error(e: VolumeError) -> Response<Body> {
+    match e {
+        VolumeError::Cinder {
+            status,
+            fault,
+            message,
+        } => cinder_error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            fault,
+            &message,
+        ),
+        VolumeError::Store(e) => {
+            tracing::error!("volume: {e}");
+            cinder_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "computeFault",
+                "The server has either erred or is incapable of performing the requested operation.",
+            )
+        }
+    }
+}
+
+fn versions(app: &App) -> Json {
+    json!({"versions": [{
+        "id": "v3.0", "status": "CURRENT", "version": MAX_VERSION, "min_version": MIN_VERSION,
+        "updated": "2026-12-01T00:00:00Z",
+        "links": [{"rel": "self", "href": format!("{}/volume/v3/", app.config.public_url)}],
+        "media-types": [{"base": "application/json",
+                         "type": "application/vnd.openstack.volume+json;version=3"}],
+    }]})
+}
+
+pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response<Body> {
+    let mut response = route_inner(app, req, rest).await;
+    let h = response.headers_mut();
+    h.insert(
+        "openstack-api-version",
+        HeaderValue::from_static("volume 3.0"),
+    );
+    h.insert("vary", HeaderValue::from_static("OpenStack-API-Version"));
+    response
+}
+
+async fn route_inner(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response<Body> {
+    match (req.method(), rest) {
+        (&Method::GET, [] | ["v3"]) => return json(StatusCode::OK, &versions(app)),
+        (_, ["v3", ..]) => {}
+        _ => {
+            return cinder_error(
+                StatusCode::NOT_FOUND,
+                "itemNotFound",
+                "The resource could not be found.",
+            )
+        }
+    }
+    let Some(auth) = app.caller(&req).await else {
+        return cinder_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "The request you have made requires authentication.",
+        );
+    };
+    let ctx = RequestContext {
+        request_id: request_id_of(&req),
+        auth,
+    };
+    // `/v3/{project_id}/...` or `/v3/...`.
+    let path = match &rest[1..] {
+        [first, more @ ..] if !COLLECTIONS.contains(first) => {
+            if *first != ctx.project_id() && !ctx.is_admin() {
+                return cinder_error(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "Policy doesn't allow this project's resources to be reached with this token.",
+                );
+            }
+            more
+        }
+        all => all,
+    };
+    let base = format!("{}/volume/v3/{}", app.config.public_url, ctx.project_id());
+    let method = req.method().clone();
+    let result = match (method, path) {
+        (Method::GET, []) => Ok(json(StatusCode::OK, &versions(app))),
+        (Method::GET, ["volumes"]) => list(app, &ctx, &req, &base, false).await,
+        (Method::GET, ["volumes", "detail"]) => list(app, &ctx, &req, &base, true).await,
+        (Method::POST, ["volumes"]) => create(app, &ctx, req, &base).await,
+        (Method::GET, ["volumes", id]) => app.volumes.get(&ctx, id).await.map(|v| {
+            json(
+                StatusCode::OK,
+                &json!({"volume": v.detail(&base, ctx.is_admin())}),
+            )
+        }),
+        (Method::PUT, ["volumes", id]) => update(app, &ctx, req, id, &base).await,
+        (Method::DELETE, ["volumes", id]) => app
+            .volumes
+            .delete(app, &ctx, id)
+            .await
+            .map(|()| empty(StatusCode::ACCEPTED)),
+        (Method::POST, ["volumes", id, "action"]) => action(app, &ctx, req, id).await,
+        (Method::GET, ["types"]) => Ok(json(
+            StatusCode::OK,
+            &json!({"volume_types": [volume_type()]}),
+        )),
+        (Method::GET, ["types", id]) => {
+            if [DEFAULT_TYPE, DEFAULT_TYPE_ID, "default"].contains(id) {
+                Ok(json(StatusCode::OK, &json!({"volume_type": volume_type()})))
+            } else {
+                Err(VolumeError::not_found("Volume type", id))
+            }
+        }
+        (Method::GET, ["limits"]) => limits(app, &ctx).await,
+        (Method::GET, ["os-availability-zone"]) => zones(app).await,
+        (Method::GET, ["os-quota-sets", project, more @ ..]) => {
+            quota_set(app, &ctx, &req, project, more).await
+        }
+        _ => Err(VolumeError::Cinder {
+            status: 404,
+            fault: "itemNotFound",
+            message: "The resource could not be found.".into(),
+        }),
+    };
+    result.unwrap_or_else(volume_error)
+}
+
+fn volume_type() -> Json {
+    json!({"id": DEFAULT_TYPE_ID, "name": DEFAULT_TYPE, "description": "Default Volume Type",
+           "is_public": true, "os-volume-type-access:is_public": true, "extra_specs": {},
+           "qos_specs_id": null})
+}
+
+/// A size as Cinder takes one: an integer, or a string of digits.
+fn size_of(v: Option<&Json>) -> Option<i64> {
+    match v? {
+        Json::Number(n) => n.as_i64(),
+        Json::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn text_field(m: &Map<String, Json>, key: &str) -> Result<Option<Option<String>>, VolumeError> {
+    match m.get(key) {
+        None => Ok(None),
+        Some(Json::Null) => Ok(Some(None)),
+        Some(Json::String(s)) if s.chars().count() <= 255 => Ok(Some(Some(s.clone()))),
+        Some(_) => Err(VolumeError::bad_request(format!(
+            "Invalid input for field/attribute {key}: must be a string of at most 255 characters."
+        ))),
+    }
+}
+
+fn metadata_field(m: &Map<String, Json>) -> Result<Option<BTreeMap<String, String>>, VolumeError> {
+    match m.get("metadata") {
+        None => Ok(None),
+        Some(Json::Object(o)) => o
+            .iter()
+            .map(|(k, v)| match v.as_str() {
+                Some(v) if !k.is_empty() && k.len() <= 255 && v.len() <= 255 => {
+                    Ok((k.clone(), v.to_owned()))
+                }
+                _ => Err(VolumeError::bad_request(
+                    "Invalid input for field/attribute metadata: keys and values are strings of 1 to 255 characters.",
+                )),
+            })
+            .collect::<Result<_, _>>()
+            .map(Some),
+        Some(_) => Err(VolumeError::bad_request(
+            "Invalid input for field/attribute metadata: must be an object.",
+        )),
+    }
+}
+
+/// The body's `{"<key>": {...}}` object.
+async fn object(req: Request<Incoming>, key: &str) -> Result<Map<String, Json>, VolumeError> {
+    let body = read_json(req, |_, m| bad_request(m))
+        .await
+        .map_err(|_| VolumeError::bad_request("Malformed request body: not JSON."))?;
+    match body.get(key) {
+        Some(Json::Object(m)) => Ok(m.clone()),
+        _ => Err(VolumeError::bad_request(format!(
+            "Missing required element '{key}' in request body."
+        ))),
+    }
+}
+
+async fn create(
+    app: &App,
+    ctx: &RequestContext,
+    req: Request<Incoming>,
+    base: &str,
+) -> Result<Response<Body>, VolumeError> {
+    let m = object(req, "volume").await?;
+    for unsupported in [
+        "snapshot_id",
+        "source_volid",
+        "imageRef",
+        "backup_id",
+        "consistencygroup_id",
+        "group_id",
+    ] {
+        if m.get(unsupported).is_some_and(|v| !v.is_null()) {
+            return Err(VolumeError::bad_request(format!(
+                "Invalid input received: creating a volume from {unsupported} is not supported yet; create an empty one."
+            )));
+        }
+    }
+    if m.get("multiattach").and_then(Json::as_bool) == Some(true) {
+        return Err(VolumeError::bad_request(
+            "Invalid input received: multiattach volumes are not supported.",
+        ));
+    }
+    let size_gib = size_of(m.get("size")).ok_or_else(|| {
+        VolumeError::bad_request(format!(
+            "Invalid input for field/attribute size. Value: {}. It must be an integer of at least 1.",
+            m.get("size").unwrap_or(&Json::Null)
+        ))
+    })?;
+    let volume_type = match m.get("volume_type") {
+        None | Some(Json::Null) => None,
+        Some(Json::String(s)) => Some(s.clone()),
+        Some(_) => {
+            return Err(VolumeError::bad_request(
+                "Invalid input for field/attribute volume_type.",
+            ))
+        }
+    };
+    let availability_zone = match m.get("availability_zone") {
+        None | Some(Json::Null) => None,
+        Some(Json::String(s)) => Some(s.clone()),
+        Some(_) => {
+            return Err(VolumeError::bad_request(
+                "Invalid input for field/attribute availability_zone.",
+            ))
+        }
+    };
+    let v = app
+        .volumes
+        .create(
+            app,
+            ctx,
+            CreateVolume {
+                size_gib,
+                name: text_field(&m, "name")?.flatten(),
+                description: text_field(&m, "description")?.flatten(),
+                volume_type,
+                availability_zone,
+                metadata: metadata_field(&m)?.unwrap_or_default(),
+            },
+        )
+        .await?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &json!({"volume": v.detail(base, ctx.is_admin())}),
+    ))
+}
+
+async fn list(
+    app: &App,
+    ctx: &RequestContext,
+    req: &Request<Incoming>,
+    base: &str,
+    detail: bool,
+) -> Result<Response<Body>, VolumeError> {
+    let q = query_params(req);
+    let yes = |k: &str| {
+        q.get(k)
+            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+    };
+    let all = yes("all_tenants") || yes("all_projects");
+    let filter = ListFilter {
+        project_id: None,
+        name: q.get("name").cloned(),
+        status: q.get("status").cloned(),
+    };
+    let mut volumes = app.volumes.list(ctx, all, filter).await?;
+    if let Some(p) = q.get("project_id").filter(|_| all) {
+        volumes.retain(|v| &v.project_id == p);
+    }
+    // Newest first, as Cinder sorts by default; `marker` continues after
+    // the volume it names.
+    volumes.reverse();
+    if let Some(marker) = q.get("marker") {
+        let Some(at) = volumes.iter().position(|v| &v.id == marker) else {
+            return Err(VolumeError::bad_request(format!(
+                "Invalid input received: marker [{marker}] not found"
+            )));
+        };
+        volumes.drain(..=at);
+    }
+    if let Some(limit) = q.get("limit") {
+        let n: usize = limit.parse().map_err(|_| {
+            VolumeError::bad_request(format!(
+                "Invalid input received: limit {limit:?} is not a number"
+            ))
+        })?;
+        volumes.truncate(n);
+    }
+    let shown: Vec<Json> = volumes
+        .iter()
+        .map(|v: &Volume| {
+            if detail {
+                v.detail(base, ctx.is_admin())
+            } else {
+                v.summary(base)
+            }
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &json!({"volumes": shown})))
+}
+
+async fn update(
+    app: &App,
+    ctx: &RequestContext,
+    req: Request<Incoming>,
+    id: &str,
+    base: &str,
+) -> Result<Response<Body>, VolumeError> {
+    let m = object(req, "volume").await?;
+    // Older clients say display_name / display_description.
+    let name = match text_field(&m, "name")? {
+        Some(n) => Some(n),
+        None => text_field(&m, "display_name")?,
+    };
+    let description = match text_field(&m, "description")? {
+        Some(d) => Some(d),
+        None => text_field(&m, "display_description")?,
+    };
+    let v = app
+        .volumes
+        .update(ctx, id, name, description, metadata_field(&m)?)
+        .await?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({"volume": v.detail(base, ctx.is_admin())}),
+    ))
+}
+
+async fn action(
+    app: &App,
+    ctx: &RequestContext,
+    req: Request<Incoming>,
+    id: &str,
+) -> Result<Response<Body>, VolumeError> {
+    let body = read_json(req, |_, m| bad_request(m))
+        .await
+        .map_err(|_| VolumeError::bad_request("Malformed request body: not JSON."))?;
+    let Some((name, args)) = body.as_object().and_then(|o| o.iter().next()) else {
+        return Err(VolumeError::bad_request(
+            "Malformed request body: no action.",
+        ));
+    };
+    match name.as_str() {
+        "os-extend" => {
+            let new_size = size_of(args.get("new_size")).ok_or_else(|| {
+                VolumeError::bad_request(
+                    "Invalid input for field/attribute new_size: must be an integer.",
+                )
+            })?;
+            app.volumes.extend(app, ctx, id, new_size).await?;
+            Ok(empty(StatusCode::ACCEPTED))
+        }
+        other => Err(VolumeError::bad_request(format!(
+            "There is no such action: {other}"
+        ))),
+    }
+}
+
+async fn limits(app: &App, ctx: &RequestContext) -> Result<Response<Body>, VolumeError> {
+    let used = app.volumes.store.usage(ctx.project_id()).await?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({"limits": {"rate": [], "absolute": {
+            "maxTotalVolumes": QUOTA.volumes, "maxTotalVolumeGigabytes": QUOTA.gigabytes,
+            "maxTotalSnapshots": 0, "maxTotalBackups": 0, "maxTotalBackupGigabytes": 0,
+            "totalVolumesUsed": used.volumes, "totalGigabytesUsed": used.gigabytes,
+            "totalSnapshotsUsed": 0, "totalBackupsUsed": 0, "totalBackupGigabytesUsed": 0,
+        }}}),
+    ))
+}
+
+async fn zones(app: &App) -> Result<Response<Body>, VolumeError> {
+    let mut names: Vec<String> = app
+        .volumes
+        .live_hosts(app)
+        .await?
+        .into_iter()
+        .map(|h| h.availability_zone)
+        .collect();
+    names.sort();
+    names.dedup();
+    let info: Vec<Json> = names
+        .iter()
+        .map(|z| json!({"zoneName": z, "zoneState": {"available": true}}))
+        .collect();
+    Ok(json(StatusCode::OK, &json!({"availabilityZoneInfo": info})))
+}
+
+/// `os-quota-sets/{project}` (and `/defaults`): every project has the same
+/// quota for now; `?usage=true` adds what it uses.
+async fn quota_set(
+    app: &App,
+    ctx: &RequestContext,
+    req: &Request<Incoming>,
+    project: &str,
+    more: &[&str],
+) -> Result<Response<Body>, VolumeError> {
+    if project != ctx.project_id() && !ctx.is_admin() {
+        return Err(VolumeError::forbidden(
+            "Policy doesn't allow volume_extension:quotas:show to be performed.",
+        ));
+    }
+    let usage = more.is_empty()
+        && query_params(req)
+            .get("usage")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let used = app.volumes.store.usage(project).await?;
+    let item = |limit: i64, in_use: i64| {
+        if usage {
+            json!({"limit": limit, "in_use": in_use, "reserved": 0, "allocated": 0})
+        } else {
+            json!(limit)
+        }
+    };
+    Ok(json(
+        StatusCode::OK,
+        &json!({"quota_set": {
+            "id": project,
+            "volumes": item(QUOTA.volumes, used.volumes),
+            "gigabytes": item(QUOTA.gigabytes, used.gigabytes),
+            "snapshots": item(0, 0),
+            "backups": item(0, 0),
+            "backup_gigabytes": item(0, 0),
+            "groups": item(0, 0),
+            "per_volume_gigabytes": item(-1, 0),
+            format!("volumes_{DEFAULT_TYPE}"): item(-1, used.volumes),
+            format!("gigabytes_{DEFAULT_TYPE}"): item(-1, used.gigabytes),
+            format!("snapshots_{DEFAULT_TYPE}"): item(-1, 0),
+        }}),
+    ))
+}

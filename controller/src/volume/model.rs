@@ -1,0 +1,146 @@
+//! A volume as the controller keeps it, and as Cinder's API shows it.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value as Json};
+
+/// The one volume type, as Cinder names its default.
+pub const DEFAULT_TYPE: &str = "__DEFAULT__";
+/// Its id (Cinder's default type has a UUID; clients only echo it).
+pub const DEFAULT_TYPE_ID: &str = "3f9a8c1e-2b7d-4e5f-9a0b-1c2d3e4f5a6b";
+
+/// Statuses a request may leave a volume in until the reconciler finishes
+/// the work (or records why it could not).
+pub const TRANSIENT: &[&str] = &["creating", "extending", "deleting"];
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Volume {
+    pub id: String,
+    pub project_id: String,
+    pub user_id: String,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub size_gib: i64,
+    /// What an extend grows it to, while it is `extending`.
+    pub target_size_gib: Option<i64>,
+    pub status: String,
+    pub volume_type: String,
+    pub availability_zone: String,
+    /// The storage host holding it (None when none could take it).
+    pub storage_host: Option<String>,
+    pub bootable: bool,
+    pub metadata: BTreeMap<String, String>,
+    /// Why it ended in an error status.
+    pub fault: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A storage host's last heartbeat.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StorageHost {
+    pub host_id: String,
+    pub url: String,
+    pub availability_zone: String,
+    pub total_bytes: i64,
+    pub free_bytes: i64,
+    pub last_seen: i64,
+}
+
+fn time(t: i64) -> String {
+    crate::api::http::iso_micros(t).replace('Z', "")
+}
+
+impl Volume {
+    /// Links to it under `base` (`.../volume/v3/{project}`).
+    fn links(&self, base: &str) -> Json {
+        json!([
+            {"rel": "self", "href": format!("{base}/volumes/{}", self.id)},
+            {"rel": "bookmark", "href": format!("{base}/volumes/{}", self.id)},
+        ])
+    }
+
+    /// The short form of a list.
+    pub fn summary(&self, base: &str) -> Json {
+        json!({"id": self.id, "name": self.name, "links": self.links(base)})
+    }
+
+    /// The full form (show, detail, create); `admin` adds the host it is on.
+    pub fn detail(&self, base: &str, admin: bool) -> Json {
+        let mut v = json!({
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "size": self.size_gib,
+            "status": self.status,
+            "volume_type": self.volume_type,
+            "availability_zone": self.availability_zone,
+            "bootable": if self.bootable { "true" } else { "false" },
+            "encrypted": false,
+            "multiattach": false,
+            "attachments": [],
+            "metadata": self.metadata,
+            "created_at": time(self.created_at),
+            "updated_at": time(self.updated_at),
+            "user_id": self.user_id,
+            "os-vol-tenant-attr:tenant_id": self.project_id,
+            "snapshot_id": null,
+            "source_volid": null,
+            "consistencygroup_id": null,
+            "replication_status": null,
+            "group_id": null,
+            "links": self.links(base),
+        });
+        if admin {
+            v["os-vol-host-attr:host"] =
+                json!(self.storage_host.as_ref().map(|h| format!("{h}@file#file")));
+            v["os-vol-mig-status-attr:migstat"] = Json::Null;
+            v["os-vol-mig-status-attr:name_id"] = Json::Null;
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn volume() -> Volume {
+        Volume {
+            id: "v1".into(),
+            project_id: "p".into(),
+            user_id: "u".into(),
+            name: Some("data".into()),
+            description: None,
+            size_gib: 2,
+            target_size_gib: None,
+            status: "available".into(),
+            volume_type: DEFAULT_TYPE.into(),
+            availability_zone: "nova".into(),
+            storage_host: Some("s1".into()),
+            bootable: false,
+            metadata: BTreeMap::new(),
+            fault: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_detail_is_cinders_and_the_host_only_an_admins() {
+        let v = volume();
+        let shown = v.detail("http://c/volume/v3/p", false);
+        assert_eq!(shown["size"], 2);
+        assert_eq!(shown["bootable"], "false");
+        assert_eq!(shown["attachments"], json!([]));
+        assert_eq!(shown["created_at"], "1970-01-01T00:00:00.000000");
+        assert_eq!(shown["links"][0]["href"], "http://c/volume/v3/p/volumes/v1");
+        assert!(shown.get("os-vol-host-attr:host").is_none());
+        let admin = v.detail("b", true);
+        assert_eq!(admin["os-vol-host-attr:host"], "s1@file#file");
+        assert_eq!(
+            v.summary("b"),
+            json!({"id": "v1", "name": "data", "links": v.links("b")})
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! The volume reconciler: a volume in a transient status (`creating`,
+//! `extending`, `deleting`) has its storage host's part done, and then its
+//! status moved on. Every storaged call is idempotent and every status
+//! change conditional, so a request's own run, the periodic pass and a run
+//! after a controller or storaged crash may overlap or repeat freely.
+//!
+//! A storage host that cannot be reached is tried again at the next pass
+//! while it is alive; once it has been silent past the heartbeat timeout,
+//! a create or an extend ends in `error` / `error_extending` saying so. A
+//! delete waits for it (its data may still be there).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::model::TRANSIENT;
+use super::storage::{StorageError, Storaged};
+use crate::app::App;
+use crate::background::{Run, Task};
+use crate::identity::now;
+
+pub fn tasks() -> Vec<Task> {
+    vec![Task {
+        name: "volumes",
+        period: Duration::from_secs(5),
+        run: |app| -> Run { Box::pin(pass(app)) },
+    }]
+}
+
+async fn pass(app: Arc<App>) -> String {
+    let pending = match app.volumes.store.in_status(TRANSIENT).await {
+        Ok(v) => v,
+        Err(e) => return format!("listing volumes: {e}"),
+    };
+    for v in &pending {
+        converge(&app, &v.id).await;
+    }
+    format!("{} volumes in a transient status looked at", pending.len())
+}
+
+/// Does what volume `id`'s status promises, once.
+pub async fn converge(app: &App, id: &str) {
+    if let Err(e) = try_converge(app, id).await {
+        tracing::warn!(volume = id, "{e}");
+    }
+}
+
+async fn try_converge(app: &App, id: &str) -> Result<(), String> {
+    let store = &app.volumes.store;
+    let Some(v) = store.get(id).await.map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    if !TRANSIENT.contains(&v.status.as_str()) {
+        return Ok(());
+    }
+    let Some(host_id) = v.storage_host.clone() else {
+        // Never placed: nothing to undo on any host.
+        return match v.status.as_str() {
+            "deleting" => store
+                .remove(id)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            _ => store
+                .transition(
+                    id,
+                    &[&v.status],
+                    "error",
+                    Some("No valid backend was found."),
+                    now(),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+    };
+    let host = store
+        .storage_host(&host_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let alive = host
+        .as_ref()
+        .is_some_and(|h| now() - h.last_seen <= app.config.scheduler.heartbeat_timeout_secs);
+    let Some(host) = host else {
+        return Err(format!("storage host {host_id} never registered"));
+    };
+    let storaged = Storaged::new(&host.url, app.hostd_token(&host_id));
+    let size = |gib: i64| u64::try_from(gib).unwrap_or(0);
+    // Whether the call went through; a refusal or a dead host ends the work
+    // in the status's error form with the reason.
+    let from = v.status.clone();
+    let settle = |r: Result<(), StorageError>, error_status: &'static str| async move {
+        match r {
+            Ok(()) => Ok(true),
+            Err(StorageError::Unreachable(..)) if alive => Ok(false),
+            Err(e) => {
+                let fault = if alive {
+                    e.to_string()
+                } else {
+                    format!("storage host {host_id} is down: {e}")
+                };
+                store
+                    .transition(id, &[&from], error_status, Some(&fault), now())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Err(fault)
+            }
+        }
+    };
+    match v.status.as_str() {
+        "creating" => {
+            let r = storaged.create(id, size(v.size_gib)).await.map(|_| ());
+            if settle(r, "error").await? {
+                store
+                    .transition(id, &["creating"], "available", None, now())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        "extending" => {
+            let target = v.target_size_gib.unwrap_or(v.size_gib);
+            let r = storaged.extend(id, size(target)).await.map(|_| ());
+            if settle(r, "error_extending").await? {
+                store
+                    .finish_extend(id, now())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        "deleting" => {
+            let r = storaged.delete(id).await;
+            let r = match r {
+                // A refused delete is kept as error_deleting; one the host
+                // is down for waits for it.
+                Err(StorageError::Unreachable(..)) => return Ok(()),
+                other => other,
+            };
+            if settle(r, "error_deleting").await? {
+                store.remove(id).await.map_err(|e| e.to_string())?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}

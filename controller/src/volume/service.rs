@@ -1,0 +1,270 @@
+//! The volume service: Cinder's rules for who may do what to a volume and
+//! in which status, quotas, and placement on a storage host. A request
+//! records the intended state and answers; [`super::reconcile`] does the
+//! storage host's part.
+
+use std::collections::BTreeMap;
+
+use super::model::{StorageHost, Volume, DEFAULT_TYPE, DEFAULT_TYPE_ID};
+use super::store::{ListFilter, Quota, Volumes};
+use super::VolumeError;
+use crate::app::App;
+use crate::context::RequestContext;
+use crate::identity::now;
+
+/// Every project's volume quota (Cinder's defaults).
+pub const QUOTA: Quota = Quota {
+    volumes: 10,
+    gigabytes: 1000,
+};
+/// The largest volume (storaged makes up to this).
+pub const MAX_SIZE_GIB: i64 = storaged_proto::MAX_SIZE_GIB as i64;
+
+/// Statuses a volume may be deleted from (Cinder's, and a failed delete's,
+/// so it can be tried again).
+const DELETABLE: &[&str] = &[
+    "available",
+    "error",
+    "error_restoring",
+    "error_extending",
+    "error_managing",
+    "error_deleting",
+];
+
+/// A create as the client asked for it.
+#[derive(Clone, Debug, Default)]
+pub struct CreateVolume {
+    pub size_gib: i64,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub volume_type: Option<String>,
+    pub availability_zone: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+pub struct VolumeService {
+    pub store: Volumes,
+}
+
+impl VolumeService {
+    pub fn new(store: crate::store::Store) -> Self {
+        VolumeService {
+            store: Volumes::new(store),
+        }
+    }
+
+    /// The storage hosts heard from recently enough to place volumes on.
+    pub async fn live_hosts(&self, app: &App) -> Result<Vec<StorageHost>, VolumeError> {
+        let timeout = app.config.scheduler.heartbeat_timeout_secs;
+        let t = now();
+        Ok(self
+            .store
+            .storage_hosts()
+            .await?
+            .into_iter()
+            .filter(|h| t - h.last_seen <= timeout)
+            .collect())
+    }
+
+    /// Records the volume (`creating`, or `error` when no storage host can
+    /// take it) within the project's quota and starts its creation.
+    pub async fn create(
+        &self,
+        app: &App,
+        ctx: &RequestContext,
+        req: CreateVolume,
+    ) -> Result<Volume, VolumeError> {
+        if !(1..=MAX_SIZE_GIB).contains(&req.size_gib) {
+            return Err(VolumeError::bad_request(format!(
+                "Invalid input received: Volume size '{}' must be an integer and greater than 0 and at most {MAX_SIZE_GIB}.",
+                req.size_gib
+            )));
+        }
+        match req.volume_type.as_deref() {
+            None | Some(DEFAULT_TYPE) | Some(DEFAULT_TYPE_ID) => {}
+            Some(other) => {
+                return Err(VolumeError::not_found("Volume type with name", other));
+            }
+        }
+        let hosts = self.live_hosts(app).await?;
+        let zone = req.availability_zone.unwrap_or_else(|| "nova".into());
+        if !hosts.iter().any(|h| h.availability_zone == zone) && zone != "nova" {
+            return Err(VolumeError::bad_request(format!(
+                "Invalid input received: Availability zone '{zone}' is invalid."
+            )));
+        }
+        // The roomiest live host of the zone; thin volumes take space as
+        // they are written, so free space ranks hosts rather than gating them.
+        let host = hosts
+            .iter()
+            .filter(|h| h.availability_zone == zone && h.free_bytes > 0)
+            .max_by_key(|h| h.free_bytes)
+            .map(|h| h.host_id.clone());
+        let t = now();
+        let volume = Volume {
+            id: uuid::Uuid::new_v4().to_string(),
+            project_id: ctx.project_id().to_owned(),
+            user_id: ctx.user_id().to_owned(),
+            name: req.name,
+            description: req.description,
+            size_gib: req.size_gib,
+            target_size_gib: None,
+            status: if host.is_some() { "creating" } else { "error" }.into(),
+            volume_type: DEFAULT_TYPE.into(),
+            availability_zone: zone,
+            fault: host
+                .is_none()
+                .then(|| "No valid backend was found. No storage host can take it.".into()),
+            storage_host: host,
+            bootable: false,
+            metadata: req.metadata,
+            created_at: t,
+            updated_at: t,
+        };
+        if !self.store.insert_within(&volume, QUOTA).await? {
+            return Err(self
+                .over_quota(&volume.project_id, volume.size_gib, 1)
+                .await?);
+        }
+        self.converge_soon(app, &volume.id);
+        Ok(volume)
+    }
+
+    /// Which quota a refused change (`gib` more, `count` more volumes) ran
+    /// into, in Cinder's words.
+    async fn over_quota(
+        &self,
+        project: &str,
+        gib: i64,
+        count: i64,
+    ) -> Result<VolumeError, VolumeError> {
+        let used = self.store.usage(project).await?;
+        Ok(
+            if count > 0 && QUOTA.volumes >= 0 && used.volumes + count > QUOTA.volumes {
+                VolumeError::over_quota(format!(
+                "VolumeLimitExceeded: Maximum number of volumes allowed ({}) exceeded for quota 'volumes'.",
+                QUOTA.volumes
+            ))
+            } else {
+                VolumeError::over_quota(format!(
+                "VolumeSizeExceedsAvailableQuota: Requested volume or snapshot exceeds allowed gigabytes quota. Requested {gib}G, quota is {}G and {}G has been consumed.",
+                QUOTA.gigabytes, used.gigabytes
+            ))
+            },
+        )
+    }
+
+    /// Runs the reconciler for one volume now, in the background.
+    fn converge_soon(&self, app: &App, id: &str) {
+        if let Some(app) = app.me.upgrade() {
+            let id = id.to_owned();
+            tokio::spawn(async move { super::reconcile::converge(&app, &id).await });
+        }
+    }
+
+    /// The volume, if the caller may see it.
+    pub async fn get(&self, ctx: &RequestContext, id: &str) -> Result<Volume, VolumeError> {
+        match self.store.get(id).await? {
+            Some(v) if ctx.is_admin() || v.project_id == ctx.project_id() => Ok(v),
+            _ => Err(VolumeError::not_found("Volume", id)),
+        }
+    }
+
+    /// The caller's project's volumes (every project's for an admin asking
+    /// for all of them).
+    pub async fn list(
+        &self,
+        ctx: &RequestContext,
+        all_projects: bool,
+        mut filter: ListFilter,
+    ) -> Result<Vec<Volume>, VolumeError> {
+        if !(all_projects && ctx.is_admin()) {
+            filter.project_id = Some(ctx.project_id().to_owned());
+        }
+        Ok(self.store.list(&filter).await?)
+    }
+
+    /// Renames, redescribes or sets the metadata of a volume (None: kept).
+    pub async fn update(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        name: Option<Option<String>>,
+        description: Option<Option<String>>,
+        metadata: Option<BTreeMap<String, String>>,
+    ) -> Result<Volume, VolumeError> {
+        let v = self.get(ctx, id).await?;
+        let name = name.unwrap_or(v.name);
+        let description = description.unwrap_or(v.description);
+        let metadata = metadata.unwrap_or(v.metadata);
+        self.store
+            .update(
+                id,
+                name.as_deref(),
+                description.as_deref(),
+                &metadata,
+                now(),
+            )
+            .await?;
+        self.get(ctx, id).await
+    }
+
+    /// Starts deleting a volume in a status that allows it.
+    pub async fn delete(
+        &self,
+        app: &App,
+        ctx: &RequestContext,
+        id: &str,
+    ) -> Result<(), VolumeError> {
+        let v = self.get(ctx, id).await?;
+        if !self
+            .store
+            .transition(&v.id, DELETABLE, "deleting", None, now())
+            .await?
+        {
+            return Err(VolumeError::bad_request(
+                "Invalid volume: Volume status must be available or error or error_restoring or error_extending or error_managing and must not be migrating, attached, belong to a group, have snapshots, awaiting a transfer, or be disassociated from snapshots after volume transfer.",
+            ));
+        }
+        self.converge_soon(app, &v.id);
+        Ok(())
+    }
+
+    /// Starts growing an `available` volume to `new_size` GiB.
+    pub async fn extend(
+        &self,
+        app: &App,
+        ctx: &RequestContext,
+        id: &str,
+        new_size: i64,
+    ) -> Result<(), VolumeError> {
+        let v = self.get(ctx, id).await?;
+        if v.status != "available" {
+            return Err(VolumeError::bad_request(format!(
+                "Invalid volume: Volume {id} status must be available to extend, but current status is: {}.",
+                v.status
+            )));
+        }
+        if new_size <= v.size_gib || new_size > MAX_SIZE_GIB {
+            return Err(VolumeError::bad_request(format!(
+                "Invalid input received: New size for extend must be greater than current size. (current: {}, extended: {new_size}).",
+                v.size_gib
+            )));
+        }
+        if !self.store.begin_extend(id, new_size, QUOTA, now()).await? {
+            // Either the quota, or a racing change of status.
+            let now_v = self.get(ctx, id).await?;
+            if now_v.status != "available" {
+                return Err(VolumeError::bad_request(format!(
+                    "Invalid volume: Volume {id} status must be available to extend, but current status is: {}.",
+                    now_v.status
+                )));
+            }
+            return Err(self
+                .over_quota(&v.project_id, new_size - v.size_gib, 0)
+                .await?);
+        }
+        self.converge_soon(app, id);
+        Ok(())
+    }
+}

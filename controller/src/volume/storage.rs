@@ -1,0 +1,89 @@
+//! The controller's client for a storage host's storaged: the typed calls
+//! of `storaged_proto`, over the same HTTP plumbing as hostd's client.
+
+use hyper::Method;
+use storaged_proto::{CreateVolume, ExtendVolume, VolumeInfo};
+
+use crate::hostd_client::{call_raw, HostdError, TIMEOUT};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// storaged could not be reached or did not answer in time: try again.
+    #[error("storaged at {0}: {1}")]
+    Unreachable(String, String),
+    /// storaged answered no: the request cannot succeed as it is.
+    #[error("storaged refused ({0}): {1}")]
+    Refused(u16, String),
+    #[error("storaged's answer: {0}")]
+    BadAnswer(String),
+}
+
+impl From<HostdError> for StorageError {
+    fn from(e: HostdError) -> Self {
+        match e {
+            HostdError::Unreachable { url, message } => StorageError::Unreachable(url, message),
+            HostdError::Refused { status, message } => StorageError::Refused(status, message),
+            HostdError::BadAnswer(m) => StorageError::BadAnswer(m),
+        }
+    }
+}
+
+/// One storage host's storaged.
+pub struct Storaged {
+    url: String,
+    token: String,
+}
+
+impl Storaged {
+    pub fn new(url: &str, token: String) -> Self {
+        Storaged {
+            url: url.trim_end_matches('/').to_owned(),
+            token,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Vec<u8>, StorageError> {
+        Ok(call_raw(&self.url, &self.token, method, path, body.as_ref(), TIMEOUT).await?)
+    }
+
+    fn info(bytes: &[u8]) -> Result<VolumeInfo, StorageError> {
+        serde_json::from_slice(bytes).map_err(|e| StorageError::BadAnswer(e.to_string()))
+    }
+
+    /// Makes the volume (or finds it made with that size).
+    pub async fn create(&self, id: &str, size_gib: u64) -> Result<VolumeInfo, StorageError> {
+        let body = serde_json::to_value(CreateVolume { size_gib })
+            .map_err(|e| StorageError::BadAnswer(e.to_string()))?;
+        Self::info(
+            &self
+                .call(Method::PUT, &format!("/v1/volumes/{id}"), Some(body))
+                .await?,
+        )
+    }
+
+    pub async fn extend(&self, id: &str, size_gib: u64) -> Result<VolumeInfo, StorageError> {
+        let body = serde_json::to_value(ExtendVolume { size_gib })
+            .map_err(|e| StorageError::BadAnswer(e.to_string()))?;
+        Self::info(
+            &self
+                .call(
+                    Method::POST,
+                    &format!("/v1/volumes/{id}/extend"),
+                    Some(body),
+                )
+                .await?,
+        )
+    }
+
+    /// Removes the volume (gone already is fine).
+    pub async fn delete(&self, id: &str) -> Result<(), StorageError> {
+        self.call(Method::DELETE, &format!("/v1/volumes/{id}"), None)
+            .await
+            .map(|_| ())
+    }
+}

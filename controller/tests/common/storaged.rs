@@ -1,0 +1,114 @@
+//! A real storaged for the controller's tests: its volumes in a temporary
+//! directory, heartbeating every second to the controller as `host_id`
+//! with the token the stand-in hostd's secret gives it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::hostd::host_token;
+use super::Controller;
+
+/// The storaged the workspace built (next to this test's own directory of
+/// binaries), or `VIRGA_STORAGED_BIN`.
+pub fn storaged_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("VIRGA_STORAGED_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("storaged"))
+        .unwrap();
+    assert!(
+        bin.exists(),
+        "{} is not built: run `cargo test --workspace` (or `cargo build -p storaged`)",
+        bin.display()
+    );
+    bin
+}
+
+pub struct Storaged {
+    child: Option<Child>,
+    config: PathBuf,
+    pub data_dir: PathBuf,
+    pub host_id: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Storaged {
+    /// Starts one for `c` (see [`wait_registered`] for its first heartbeat).
+    pub fn start(c: &Controller, host_id: &str) -> Storaged {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let config = dir.path().join("storaged.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "host_id = \"{host_id}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncontroller_url = \"http://{}\"\ntoken = \"{}\"\nheartbeat_secs = 1\n",
+                data_dir.display(),
+                c.addr,
+                host_token(host_id)
+            ),
+        )
+        .unwrap();
+        let mut s = Storaged {
+            child: None,
+            config,
+            data_dir,
+            host_id: host_id.to_owned(),
+            _dir: dir,
+        };
+        s.restart();
+        s
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it (again).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Some(
+            Command::new(storaged_bin())
+                .arg("--config")
+                .arg(&self.config)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    /// The file holding a volume's data.
+    pub fn volume_file(&self, id: &str) -> PathBuf {
+        self.data_dir.join(format!("volumes/{id}.raw"))
+    }
+}
+
+/// Waits (at most 10 s) until the controller offers an availability zone
+/// for volumes: a storaged has registered.
+pub fn wait_registered(c: &Controller, token: &str) {
+    virga_test_support::wait::until("a storaged to register", Duration::from_secs(10), || {
+        let r = super::call(
+            c,
+            "GET",
+            "/volume/v3/os-availability-zone",
+            &[("X-Auth-Token", token)],
+            "",
+        );
+        (r.status == 200 && r.json()["availabilityZoneInfo"][0]["zoneName"] == "nova").then_some(())
+    });
+}
+
+impl Drop for Storaged {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

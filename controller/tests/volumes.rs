@@ -1,0 +1,323 @@
+//! Cinder v3 volumes against the controller and a real storaged: volumes
+//! made, grown and removed on the storage host (as sparse files), Cinder's
+//! statuses and errors, quotas, another project's volumes out of reach,
+//! and the reconciler finishing what a storaged that was down left undone.
+
+// Test helpers fail the test on any unexpected error.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::hostd::controller_config;
+use common::storaged::{wait_registered, Storaged};
+use common::{admin_token, call, second_project, start_with, token, Controller, Reply};
+use serde_json::{json, Value};
+
+const GIB: u64 = 1 << 30;
+
+fn v3(c: &Controller, method: &str, path: &str, token: &str, body: Value) -> Reply {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    call(
+        c,
+        method,
+        &format!("/volume/v3{path}"),
+        &[
+            ("X-Auth-Token", token),
+            ("Content-Type", "application/json"),
+        ],
+        &body,
+    )
+}
+
+fn create(c: &Controller, token: &str, volume: Value) -> Reply {
+    v3(c, "POST", "/volumes", token, json!({ "volume": volume }))
+}
+
+/// Polls the volume until its status is `want`; returns it.
+fn wait_status(c: &Controller, token: &str, id: &str, want: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = v3(c, "GET", &format!("/volumes/{id}"), token, Value::Null);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json()["volume"].clone();
+        if v["status"] == want {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "volume {id} stayed {}",
+            v["status"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_gone(c: &Controller, token: &str, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while v3(c, "GET", &format!("/volumes/{id}"), token, Value::Null).status != 404 {
+        assert!(Instant::now() < deadline, "volume {id} was never deleted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn file_size(path: &std::path::Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.len())
+}
+
+#[test]
+fn volumes_are_made_grown_and_removed_on_the_storage_host() {
+    let c = start_with(None, &controller_config());
+    let admin = admin_token(&c);
+    let s = Storaged::start(&c, "storage-1");
+    wait_registered(&c, &admin);
+
+    // Discovery names only what is served.
+    let r = call(&c, "GET", "/volume/", &[], "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["versions"][0]["version"], "3.0");
+    let r = v3(&c, "GET", "/types", &admin, Value::Null);
+    assert_eq!(r.json()["volume_types"][0]["name"], "__DEFAULT__");
+
+    let r = create(
+        &c,
+        &admin,
+        json!({"size": 1, "name": "data1", "description": "d", "metadata": {"k": "v"}}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let made = r.json()["volume"].clone();
+    assert_eq!(made["status"], "creating");
+    assert_eq!(made["bootable"], "false");
+    let id = made["id"].as_str().unwrap().to_owned();
+    let project = made["os-vol-tenant-attr:tenant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let v = wait_status(&c, &admin, &id, "available");
+    assert_eq!(v["size"], 1);
+    assert_eq!(v["metadata"], json!({"k": "v"}));
+    assert_eq!(v["os-vol-host-attr:host"], "storage-1@file#file");
+    // The storage host holds it: a thin file of the volume's size.
+    let file = s.volume_file(&id);
+    assert_eq!(file_size(&file), Some(GIB));
+
+    // The project may be in the URL, as most clients put it.
+    let r = v3(
+        &c,
+        "GET",
+        &format!("/{project}/volumes/detail?name=data1"),
+        &admin,
+        Value::Null,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["volumes"][0]["id"], id.as_str());
+    let r = v3(&c, "GET", "/volumes", &admin, Value::Null);
+    assert_eq!(r.json()["volumes"][0]["name"], "data1");
+    assert!(r.json()["volumes"][0].get("size").is_none(), "a summary");
+
+    // Grown online on the host; shrinking is refused.
+    let r = v3(
+        &c,
+        "POST",
+        &format!("/volumes/{id}/action"),
+        &admin,
+        json!({"os-extend": {"new_size": 3}}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let v = wait_status(&c, &admin, &id, "available");
+    assert_eq!(v["size"], 3);
+    assert_eq!(file_size(&file), Some(3 * GIB));
+    let r = v3(
+        &c,
+        "POST",
+        &format!("/volumes/{id}/action"),
+        &admin,
+        json!({"os-extend": {"new_size": 2}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("must be greater than current size"),
+        "{}",
+        r.body
+    );
+
+    let r = v3(
+        &c,
+        "PUT",
+        &format!("/volumes/{id}"),
+        &admin,
+        json!({"volume": {"name": "renamed"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["volume"]["name"], "renamed");
+    assert_eq!(r.json()["volume"]["description"], "d");
+
+    let r = v3(&c, "DELETE", &format!("/volumes/{id}"), &admin, Value::Null);
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_gone(&c, &admin, &id);
+    assert_eq!(file_size(&file), None, "the data is gone from the host");
+}
+
+#[test]
+fn bad_requests_get_cinders_errors_and_leave_nothing() {
+    let c = start_with(None, &controller_config());
+    let admin = admin_token(&c);
+    let _s = Storaged::start(&c, "storage-1");
+    wait_registered(&c, &admin);
+
+    for (body, want) in [
+        (json!({"size": 0}), "size"),
+        (json!({"size": "many"}), "size"),
+        (json!({"name": "no size"}), "size"),
+        (json!({"size": 1, "volume_type": "gold"}), "gold"),
+        (json!({"size": 1, "availability_zone": "mars"}), "mars"),
+        (json!({"size": 1, "snapshot_id": "x"}), "snapshot_id"),
+        (json!({"size": 1, "metadata": {"k": 1}}), "metadata"),
+    ] {
+        let r = create(&c, &admin, body.clone());
+        assert!(
+            r.status == 400 || r.status == 404,
+            "{body}: {} {}",
+            r.status,
+            r.body
+        );
+        assert!(r.body.contains(want), "{body}: {}", r.body);
+    }
+    let r = v3(&c, "POST", "/volumes", &admin, json!({"size": 1}));
+    assert_eq!(r.status, 400, "no `volume` object: {}", r.body);
+    assert!(r.json()["badRequest"]["message"].is_string(), "{}", r.body);
+    // Over the GiB quota (1,000), then over the count (10).
+    let r = create(&c, &admin, json!({"size": 1001}));
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(r.body.contains("gigabytes quota"), "{}", r.body);
+    let r = v3(&c, "GET", "/volumes", &admin, Value::Null);
+    assert_eq!(r.json()["volumes"], json!([]), "nothing half-made");
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let r = create(&c, &admin, json!({"size": 1}));
+        assert_eq!(r.status, 202, "{}", r.body);
+        ids.push(r.json()["volume"]["id"].as_str().unwrap().to_owned());
+    }
+    let r = create(&c, &admin, json!({"size": 1}));
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(r.body.contains("VolumeLimitExceeded"), "{}", r.body);
+    let r = v3(&c, "GET", "/limits", &admin, Value::Null);
+    assert_eq!(r.json()["limits"]["absolute"]["totalVolumesUsed"], 10);
+
+    // Another project sees none of them and cannot touch them.
+    second_project(&c);
+    let bob = token(&c, "bob", "bob-password", "other");
+    let r = v3(&c, "GET", "/volumes/detail", &bob, Value::Null);
+    assert_eq!(r.json()["volumes"], json!([]));
+    for (method, path, body) in [
+        ("GET", format!("/volumes/{}", ids[0]), Value::Null),
+        ("DELETE", format!("/volumes/{}", ids[0]), Value::Null),
+        (
+            "POST",
+            format!("/volumes/{}/action", ids[0]),
+            json!({"os-extend": {"new_size": 5}}),
+        ),
+    ] {
+        let r = v3(&c, method, &path, &bob, body);
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.body);
+        assert!(r.json()["itemNotFound"]["message"].is_string());
+    }
+    // Nor reach the admin's project by putting it in the URL.
+    let admin_project = v3(
+        &c,
+        "GET",
+        &format!("/volumes/{}", ids[0]),
+        &admin,
+        Value::Null,
+    )
+    .json()["volume"]["os-vol-tenant-attr:tenant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = v3(
+        &c,
+        "GET",
+        &format!("/{admin_project}/volumes"),
+        &bob,
+        Value::Null,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // A volume still being made cannot be deleted twice over: once
+    // deleting, a second delete is refused.
+    for id in &ids {
+        wait_status(&c, &admin, id, "available");
+        assert_eq!(
+            v3(&c, "DELETE", &format!("/volumes/{id}"), &admin, Value::Null).status,
+            202
+        );
+    }
+    for id in &ids {
+        wait_gone(&c, &admin, id);
+    }
+}
+
+#[test]
+fn without_a_storage_host_a_volume_ends_in_error_and_can_be_deleted() {
+    let c = start_with(None, &controller_config());
+    let admin = admin_token(&c);
+    let r = create(&c, &admin, json!({"size": 1}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["volume"]["id"].as_str().unwrap().to_owned();
+    let v = wait_status(&c, &admin, &id, "error");
+    assert_eq!(v["size"], 1);
+    assert_eq!(
+        v3(&c, "DELETE", &format!("/volumes/{id}"), &admin, Value::Null).status,
+        202
+    );
+    wait_gone(&c, &admin, &id);
+}
+
+#[test]
+fn what_a_killed_storaged_left_undone_is_finished_once_it_is_back() {
+    let c = start_with(None, &controller_config());
+    let admin = admin_token(&c);
+    let mut s = Storaged::start(&c, "storage-1");
+    wait_registered(&c, &admin);
+    let r = create(&c, &admin, json!({"size": 2}));
+    let first = r.json()["volume"]["id"].as_str().unwrap().to_owned();
+    wait_status(&c, &admin, &first, "available");
+
+    // Down (but not yet past the heartbeat timeout): a create and a delete
+    // wait in their transient statuses.
+    s.kill();
+    let r = create(&c, &admin, json!({"size": 1}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let second = r.json()["volume"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        v3(
+            &c,
+            "DELETE",
+            &format!("/volumes/{first}"),
+            &admin,
+            Value::Null
+        )
+        .status,
+        202
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let show = |id: &str| {
+        v3(&c, "GET", &format!("/volumes/{id}"), &admin, Value::Null).json()["volume"]["status"]
+            .clone()
+    };
+    assert_eq!(show(&second), "creating");
+    assert_eq!(show(&first), "deleting");
+    assert_eq!(file_size(&s.volume_file(&first)), Some(2 * GIB));
+
+    // Back: the reconciler's next pass finishes both.
+    s.restart();
+    wait_status(&c, &admin, &second, "available");
+    assert_eq!(file_size(&s.volume_file(&second)), Some(GIB));
+    wait_gone(&c, &admin, &first);
+    assert_eq!(file_size(&s.volume_file(&first)), None);
+}

@@ -1,0 +1,85 @@
+//! What storaged and the controller say to each other.
+//!
+//! storaged registers and refreshes itself with a [`Heartbeat`] (`PUT
+//! /internal/v1/storage-hosts/{host_id}` on the controller, with its host
+//! token); the controller drives its volumes through storaged's API (`/v1`,
+//! the same token as a bearer token):
+//!
+//! - `PUT /v1/volumes/{id}` with [`CreateVolume`]: makes the volume (201),
+//!   or finds it made with that size (200); another size is a conflict (409);
+//! - `GET /v1/volumes/{id}`: its [`VolumeInfo`] (404 when there is none);
+//! - `POST /v1/volumes/{id}/extend` with [`ExtendVolume`]: grows it (200;
+//!   409 when asked to shrink);
+//! - `DELETE /v1/volumes/{id}`: removes it (204, also when it was gone);
+//! - `GET /v1/volumes`: every volume's [`VolumeInfo`].
+//!
+//! Every call is idempotent, so the controller's reconciler can repeat any
+//! of them after a crash on either side.
+
+use serde::{Deserialize, Serialize};
+
+/// A storage host's registration and refresh.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub host_id: String,
+    /// Where the controller reaches its API (`http://HOST:PORT`).
+    pub url: String,
+    pub availability_zone: String,
+    /// The volumes' filesystem: its size and what is free on it.
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVolume {
+    pub size_gib: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendVolume {
+    pub size_gib: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub id: String,
+    pub size_gib: u64,
+    /// What the volume takes on disk (thin: only what was written).
+    pub allocated_bytes: u64,
+}
+
+/// The largest volume storaged makes (Cinder's own limit is the quota).
+pub const MAX_SIZE_GIB: u64 = 64 * 1024;
+
+/// Whether `id` can name a volume: a UUID in its usual text form (the
+/// controller makes them; storaged names files after them).
+pub fn is_volume_id(id: &str) -> bool {
+    id.len() == 36
+        && id.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_lowercase_uuids_name_volumes() {
+        assert!(is_volume_id("5d3f9a7e-6c1b-4e0a-9f2d-8b7c6a5e4d3c"));
+        for bad in [
+            "",
+            "../../etc/passwd",
+            "5D3F9A7E-6C1B-4E0A-9F2D-8B7C6A5E4D3C",
+            "5d3f9a7e-6c1b-4e0a-9f2d-8b7c6a5e4d3",
+            "5d3f9a7e-6c1b-4e0a-9f2d-8b7c6a5e4d3c0",
+            "5d3f9a7e/6c1b-4e0a-9f2d-8b7c6a5e4d3c",
+            "5d3f9a7e-6c1b-4e0a-9f2d-8b7c6a5e4d3g",
+        ] {
+            assert!(!is_volume_id(bad), "{bad:?}");
+        }
+    }
+}

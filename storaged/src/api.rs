@@ -1,0 +1,180 @@
+//! storaged's HTTP API, for the controller only (its calls carry this host's
+//! token): the volume calls `storaged_proto` lists. File work runs on the
+//! blocking pool; bodies are small JSON, read up to [`MAX_BODY`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use storaged_proto::{CreateVolume, ExtendVolume};
+
+use crate::volumes::{FileBackend, Made, VolumeError};
+
+type Body = Full<Bytes>;
+
+const MAX_BODY: usize = 64 << 10;
+
+pub struct State {
+    pub token: String,
+    pub volumes: FileBackend,
+}
+
+/// Serves connections from `listener` until the future is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!("connection: {e}");
+            }
+        });
+    }
+}
+
+fn reply(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    reply(
+        status,
+        &serde_json::json!({ "error": { "message": message } }),
+    )
+}
+
+/// Whether the request carries `token` as its bearer token (compared in
+/// constant time).
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("the body: {e}")))
+}
+
+fn volume_error(e: &VolumeError) -> Response<Body> {
+    let status = match e {
+        VolumeError::BadId(_) | VolumeError::BadSize(_) => StatusCode::BAD_REQUEST,
+        VolumeError::NotFound(_) => StatusCode::NOT_FOUND,
+        VolumeError::Exists { .. } | VolumeError::Shrink { .. } => StatusCode::CONFLICT,
+        VolumeError::Io { .. } => {
+            tracing::error!("{e}");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    error(status, &e.to_string())
+}
+
+/// Runs `f` on the volumes, off the async threads.
+async fn blocking<T: Send + 'static>(
+    state: &Arc<State>,
+    f: impl FnOnce(&FileBackend) -> Result<T, VolumeError> + Send + 'static,
+) -> Result<T, Response<Body>> {
+    let state = state.clone();
+    match tokio::task::spawn_blocking(move || f(&state.volumes)).await {
+        Ok(r) => r.map_err(|e| volume_error(&e)),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())),
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    if !authorized(&req, &state.token) {
+        return Ok(error(StatusCode::UNAUTHORIZED, "missing or wrong token"));
+    }
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let method = req.method().clone();
+    let id = |s: &str| s.to_owned();
+    let answer = match (method, segments.as_slice()) {
+        (Method::GET, ["v1", "volumes"]) => blocking(&state, |v| v.list())
+            .await
+            .map(|list| reply(StatusCode::OK, &list)),
+        (Method::PUT, ["v1", "volumes", v]) => {
+            let v = id(v);
+            match body::<CreateVolume>(req).await {
+                Err(r) => Err(r),
+                Ok(c) => blocking(&state, move |b| b.create(&v, c.size_gib))
+                    .await
+                    .map(|(info, made)| {
+                        let status = match made {
+                            Made::New => StatusCode::CREATED,
+                            Made::Existing => StatusCode::OK,
+                        };
+                        reply(status, &info)
+                    }),
+            }
+        }
+        (Method::GET, ["v1", "volumes", v]) => {
+            let v = id(v);
+            let missing = error(StatusCode::NOT_FOUND, &format!("volume {v} does not exist"));
+            blocking(&state, move |b| b.info(&v))
+                .await
+                .map(|info| match info {
+                    Some(info) => reply(StatusCode::OK, &info),
+                    None => missing,
+                })
+        }
+        (Method::POST, ["v1", "volumes", v, "extend"]) => {
+            let v = id(v);
+            match body::<ExtendVolume>(req).await {
+                Err(r) => Err(r),
+                Ok(e) => blocking(&state, move |b| b.extend(&v, e.size_gib))
+                    .await
+                    .map(|info| reply(StatusCode::OK, &info)),
+            }
+        }
+        (Method::DELETE, ["v1", "volumes", v]) => {
+            let v = id(v);
+            blocking(&state, move |b| b.delete(&v)).await.map(|()| {
+                let mut r = Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                r
+            })
+        }
+        _ => Err(error(StatusCode::NOT_FOUND, "no such resource")),
+    };
+    Ok(answer.unwrap_or_else(|r| r))
+}

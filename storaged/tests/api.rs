@@ -1,0 +1,118 @@
+//! The storaged binary as the controller meets it: it registers with a
+//! heartbeat (where its API is, its free space), and its volume API does
+//! what `storaged_proto` promises, with the token and nothing else.
+
+// Test helpers fail the test on any unexpected error.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use virga_test_support::http::send;
+use virga_test_support::stub::{Response, StubServer};
+
+const TOKEN: &str = "storaged-test-token-0123456789";
+const A: &str = "5d3f9a7e-6c1b-4e0a-9f2d-8b7c6a5e4d3c";
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn it_registers_and_serves_its_volumes_to_the_token_only() {
+    // A stand-in controller that records heartbeats.
+    let beats: Arc<Mutex<Vec<(String, String, Value)>>> = Arc::default();
+    let seen = beats.clone();
+    let controller = StubServer::start(move |req| {
+        let auth = req.header("authorization").unwrap_or_default().to_owned();
+        seen.lock()
+            .unwrap()
+            .push((req.path.clone(), auth, req.json()));
+        Response::empty(204)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("storaged.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "host_id = \"s1\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncontroller_url = \"http://127.0.0.1:{}\"\ntoken = \"{TOKEN}\"\navailability_zone = \"zone-a\"\nheartbeat_secs = 1\n",
+            dir.path().join("data").display(),
+            controller.port
+        ),
+    )
+    .unwrap();
+    let _storaged = Killed(
+        Command::new(env!("CARGO_BIN_EXE_storaged"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let beat = virga_test_support::wait::until("a heartbeat", Duration::from_secs(10), || {
+        beats.lock().unwrap().first().cloned()
+    });
+    assert_eq!(beat.0, "/internal/v1/storage-hosts/s1");
+    assert_eq!(beat.1, format!("Bearer {TOKEN}"));
+    assert_eq!(beat.2["availability_zone"], "zone-a");
+    assert!(beat.2["free_bytes"].as_u64().unwrap() > 0, "{}", beat.2);
+    let url = beat.2["url"].as_str().unwrap().to_owned();
+    let addr = url.strip_prefix("http://").unwrap().to_owned();
+
+    let bearer = format!("Bearer {TOKEN}");
+    let call = |method: &str, path: &str, body: Value| {
+        let body = if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        };
+        send(
+            addr.as_str(),
+            method,
+            path,
+            &[("Authorization", bearer.as_str())],
+            &body,
+        )
+        .unwrap()
+    };
+    let volume = format!("/v1/volumes/{A}");
+    for auth in [
+        vec![],
+        vec![("Authorization", "Bearer wrong-token-0123456789")],
+    ] {
+        let r = send(addr.as_str(), "PUT", &volume, &auth, br#"{"size_gib": 1}"#).unwrap();
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    assert!(!dir.path().join(format!("data/volumes/{A}.raw")).exists());
+
+    let r = call("PUT", &volume, json!({"size_gib": 2}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["size_gib"], 2);
+    assert_eq!(call("PUT", &volume, json!({"size_gib": 2})).status, 200);
+    assert_eq!(call("PUT", &volume, json!({"size_gib": 3})).status, 409);
+    let r = call("POST", &format!("{volume}/extend"), json!({"size_gib": 4}));
+    assert_eq!((r.status, r.json()["size_gib"].clone()), (200, json!(4)));
+    assert_eq!(
+        call("POST", &format!("{volume}/extend"), json!({"size_gib": 1})).status,
+        409
+    );
+    assert_eq!(call("GET", &volume, Value::Null).json()["size_gib"], 4);
+    assert_eq!(call("GET", "/v1/volumes", Value::Null).json()[0]["id"], A);
+    // Bad input: an id that is no volume's, a body that is not the call's.
+    assert_eq!(
+        call("PUT", "/v1/volumes/..%2F..%2Fetc", json!({"size_gib": 1})).status,
+        400
+    );
+    assert_eq!(call("PUT", &volume, json!({"size": 1})).status, 400);
+    assert_eq!(call("PUT", &volume, json!({"size_gib": 0})).status, 400);
+    assert_eq!(call("DELETE", &volume, Value::Null).status, 204);
+    assert_eq!(call("DELETE", &volume, Value::Null).status, 204);
+    assert_eq!(call("GET", &volume, Value::Null).status, 404);
+}
