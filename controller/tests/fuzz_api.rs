@@ -50,9 +50,10 @@ enum Kind {
     Subnet,
     Port,
     SecurityGroup,
+    Volume,
 }
 
-const KINDS: [Kind; 10] = [
+const KINDS: [Kind; 11] = [
     Kind::Server,
     Kind::Image,
     Kind::Flavor,
@@ -63,6 +64,7 @@ const KINDS: [Kind; 10] = [
     Kind::Subnet,
     Kind::Port,
     Kind::SecurityGroup,
+    Kind::Volume,
 ];
 
 impl Kind {
@@ -84,6 +86,7 @@ impl Kind {
                 "security_groups",
                 true,
             ),
+            Kind::Volume => ("/volume/v3/volumes?all_tenants=1", "volumes", true),
         }
     }
 }
@@ -99,6 +102,25 @@ fn endpoints() -> Vec<Endpoint> {
         creates,
     };
     vec![
+        e(
+            "POST",
+            "/volume/v3/volumes",
+            json!({"volume": {"size": 1, "name": "v", "description": "d", "metadata": {"k": "v"},
+                "volume_type": "__DEFAULT__", "availability_zone": "nova"}}),
+            Some(Kind::Volume),
+        ),
+        e(
+            "PUT",
+            "/volume/v3/volumes/@VOLUME@",
+            json!({"volume": {"name": "x", "description": "y", "metadata": {"a": "b"}}}),
+            None,
+        ),
+        e(
+            "POST",
+            "/volume/v3/volumes/@VOLUME@/action",
+            json!({"os-extend": {"new_size": 2}}),
+            None,
+        ),
         e(
             "POST",
             "/identity/v3/auth/tokens",
@@ -247,6 +269,17 @@ fn endpoints() -> Vec<Endpoint> {
 
 /// List endpoints and the query parameters they take.
 const QUERIES: &[(&str, &[&str])] = &[
+    (
+        "/volume/v3/volumes/detail",
+        &[
+            "limit",
+            "marker",
+            "name",
+            "status",
+            "all_tenants",
+            "project_id",
+        ],
+    ),
     (
         "/compute/v2.1/servers/detail",
         &[
@@ -629,10 +662,18 @@ impl World {
             .as_str()
             .unwrap()
             .to_owned();
+        let volume = post(
+            "/volume/v3/volumes",
+            json!({"volume": {"size": 1, "name": "seed"}}),
+        )["volume"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let mut w = World {
             c,
             token,
             ids: vec![
+                ("@VOLUME@", volume),
                 ("@QUOTA_PROJECT@", quota_project),
                 ("@IMAGE@", image),
                 ("@FLAVOR@", flavor),
