@@ -154,6 +154,36 @@ impl Hostd {
         .await
     }
 
+    /// Attaches a disk (a volume's file, `dev` naming the device): plugged
+    /// into the running guest, and in every later start.
+    pub async fn add_disk(
+        &self,
+        id: &str,
+        dev: &str,
+        path: &str,
+        serial: &str,
+    ) -> Result<InstanceStatus, HostdError> {
+        let body = serde_json::json!({"id": dev, "path": path, "serial": serial});
+        self.typed(
+            Method::POST,
+            &format!("/instances/{id}/disks"),
+            Some(&body),
+            SLOW_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Detaches the disk `dev`; hostd answers once the guest has let go.
+    pub async fn remove_disk(&self, id: &str, dev: &str) -> Result<InstanceStatus, HostdError> {
+        self.typed(
+            Method::DELETE,
+            &format!("/instances/{id}/disks/{dev}"),
+            None,
+            SLOW_TIMEOUT,
+        )
+        .await
+    }
+
     /// Unplugs the instance's NIC on `tap`; hostd answers once the guest
     /// has let go of it (it waits up to a minute).
     pub async fn remove_nic(&self, id: &str, tap: &str) -> Result<InstanceStatus, HostdError> {

@@ -228,7 +228,10 @@ fn reconcilers_are_listed_and_run_on_request() {
         .iter()
         .map(|r| r["name"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(names, ["instance_sync", "stale_work", "token_purge"]);
+    assert_eq!(
+        names,
+        ["instance_sync", "stale_work", "volumes", "token_purge"]
+    );
     for name in &names {
         let r = call(
             &c,

@@ -36,7 +36,17 @@ fn exercise_keystone(c: &Controller) {
         .iter()
         .map(|s| s["type"].as_str().unwrap())
         .collect();
-    assert_eq!(types, ["identity", "compute", "image", "network"]);
+    assert_eq!(
+        types,
+        [
+            "identity",
+            "compute",
+            "image",
+            "network",
+            "block-storage",
+            "volumev3"
+        ]
+    );
     assert!(body["token"]["expires_at"]
         .as_str()
         .unwrap()

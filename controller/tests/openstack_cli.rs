@@ -831,11 +831,12 @@ fn openstack_routers_and_floating_ips() {
 #[test]
 fn openstack_volumes() {
     let Some(cli) = openstack() else { return };
-    let c = common::start_with(None, &common::hostd::controller_config());
-    let admin = common::admin_token(&c);
-    let s = common::storaged::Storaged::start(&c, "storage-1");
-    common::storaged::wait_registered(&c, &admin);
-    let clouds = clouds_yaml(&c, ADMIN_PASSWORD);
+    // A compute host (a stand-in hostd) that is the storage host too.
+    let cloud = common::cloud::Cloud::start(common::hostd::Delays::NONE);
+    let (c, admin) = (&cloud.c, cloud.admin.clone());
+    let s = common::storaged::Storaged::start(c, common::hostd::HOST_ID);
+    common::storaged::wait_registered(c, &admin);
+    let clouds = clouds_yaml(c, ADMIN_PASSWORD);
     let ok = |args: &[&str]| succeed(&cli, &clouds, args);
     let js = |out: String| -> serde_json::Value { serde_json::from_str(&out).unwrap() };
     let status = |name: &str| {
@@ -889,6 +890,21 @@ fn openstack_volumes() {
         std::fs::metadata(s.volume_file(&id)).unwrap().len(),
         2 << 30
     );
+
+    // Attached to a server and detached, as users do it.
+    let (server, _) = cloud.active_server();
+    ok(&["server", "add", "volume", &server, "data2"]);
+    wait("data2", "in-use");
+    let shown = js(ok(&["volume", "show", "data2", "-f", "json"]));
+    assert!(
+        shown["attachments"].to_string().contains(&server),
+        "{shown}"
+    );
+    let (done, _, err) = run(&cli, &clouds, &["volume", "delete", "data2"]);
+    assert!(!done, "an attached volume was deleted");
+    assert!(err.contains("must be available"), "{err}");
+    ok(&["server", "remove", "volume", &server, "data2"]);
+    wait("data2", "available");
 
     // Cinder's errors, as the CLI shows them.
     let (done, _, err) = run(&cli, &clouds, &["volume", "create", "--size", "0", "bad"]);

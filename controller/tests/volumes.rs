@@ -321,3 +321,91 @@ fn what_a_killed_storaged_left_undone_is_finished_once_it_is_back() {
     wait_gone(&c, &admin, &first);
     assert_eq!(file_size(&s.volume_file(&first)), None);
 }
+
+#[test]
+fn volumes_attach_to_and_detach_from_a_server_on_the_storage_host() {
+    let cloud = common::cloud::Cloud::start(common::hostd::Delays::NONE);
+    let (c, admin) = (&cloud.c, cloud.admin.as_str());
+    // The compute host is the storage host too: the volume is its file.
+    let s = Storaged::start(c, common::hostd::HOST_ID);
+    wait_registered(c, admin);
+    let (server, _) = cloud.active_server();
+    let r = create(c, admin, json!({"size": 1, "name": "data"}));
+    let vol = r.json()["volume"]["id"].as_str().unwrap().to_owned();
+    wait_status(c, admin, &vol, "available");
+
+    let nova = |method: &str, path: &str, body: Value| {
+        call(
+            c,
+            method,
+            &format!("/compute/v2.1/servers/{server}/os-volume_attachments{path}"),
+            &[
+                ("X-Auth-Token", admin),
+                ("Content-Type", "application/json"),
+            ],
+            &if body.is_null() {
+                String::new()
+            } else {
+                body.to_string()
+            },
+        )
+    };
+    let r = nova("POST", "", json!({"volumeAttachment": {"volumeId": vol}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["volumeAttachment"]["volumeId"], vol.as_str());
+    let v = wait_status(c, admin, &vol, "in-use");
+    assert_eq!(v["attachments"][0]["server_id"], server.as_str());
+    assert_eq!(v["attachments"][0]["host_name"], common::hostd::HOST_ID);
+    // hostd was asked to plug the storage host's file, named by the volume.
+    let dev = vol.replace('-', "");
+    let calls = cloud.hostd.disk_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].0, "POST");
+    assert_eq!(calls[0].1, server);
+    assert_eq!(calls[0].2["id"], dev.as_str());
+    assert_eq!(
+        calls[0].2["path"],
+        s.volume_file(&vol).display().to_string().as_str()
+    );
+    let listed = nova("GET", "", Value::Null).json();
+    assert_eq!(listed["volumeAttachments"][0]["volumeId"], vol.as_str());
+
+    // In use: not deleted, not attached twice.
+    let r = v3(c, "DELETE", &format!("/volumes/{vol}"), admin, Value::Null);
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = nova("POST", "", json!({"volumeAttachment": {"volumeId": vol}}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = nova("POST", "", json!({"volumeAttachment": {}}));
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    let r = nova("DELETE", &format!("/{vol}"), Value::Null);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let v = wait_status(c, admin, &vol, "available");
+    assert_eq!(v["attachments"], json!([]));
+    let calls = cloud.hostd.disk_calls();
+    assert_eq!(
+        (calls[1].0.as_str(), calls[1].2.as_str()),
+        ("DELETE", Some(dev.as_str()))
+    );
+    assert_eq!(nova("DELETE", &format!("/{vol}"), Value::Null).status, 404);
+
+    // Attached again, then the server deleted: the volume is let go.
+    assert_eq!(
+        nova("POST", "", json!({"volumeAttachment": {"volumeId": vol}})).status,
+        200
+    );
+    wait_status(c, admin, &vol, "in-use");
+    let r = call(
+        c,
+        "DELETE",
+        &format!("/compute/v2.1/servers/{server}"),
+        &[("X-Auth-Token", admin)],
+        "",
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    wait_status(c, admin, &vol, "available");
+    assert!(
+        s.volume_file(&vol).exists(),
+        "the data stays with the volume"
+    );
+}

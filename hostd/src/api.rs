@@ -16,6 +16,8 @@
 //! | POST   | /instances/{id}/snapshot               | `{"image_id"}`: copies the root disk (guest paused) and uploads it to the controller as that image's data; 202 once copied |
 //! | POST   | /instances/{id}/nics                   | a NIC (`{"tap", "mac", "mtu"}`): plugged into the running guest, kept for later starts |
 //! | DELETE | /instances/{id}/nics/{tap}             | that NIC goes, once the running guest has let go of it (409 if it does not within a minute) |
+//! | POST   | /instances/{id}/disks                  | a disk (a volume: `{"id", "path", "serial", "read_only"}`, the id naming the device): plugged into the running guest as descriptors hostd opens, kept for later starts |
+//! | DELETE | /instances/{id}/disks/{dev}            | that disk goes, as a NIC does |
 //! | GET    | /instances/{id}/metrics                | the VMM's own metrics             |
 //! | GET    | /events                                | state changes, one JSON per line  |
 //! | GET    | /metrics                               | Prometheus text                   |
@@ -228,6 +230,23 @@ impl Api {
                     Err(r) => return r,
                 };
                 match self.sup.add_nic(&id, nic).await {
+                    Ok(i) => json(StatusCode::OK, &i),
+                    Err(e) => op_error(e),
+                }
+            }
+            (Method::POST, ["instances", id, "disks"]) => {
+                let id = id.to_string();
+                let disk: vmm::config::DiskConfig = match read_json(req).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                match self.sup.add_disk(&id, disk).await {
+                    Ok(i) => json(StatusCode::OK, &i),
+                    Err(e) => op_error(e),
+                }
+            }
+            (Method::DELETE, ["instances", id, "disks", dev]) => {
+                match self.sup.remove_disk(id, dev).await {
                     Ok(i) => json(StatusCode::OK, &i),
                     Err(e) => op_error(e),
                 }

@@ -376,6 +376,68 @@ fn typing_on_the_serial_console() {
 /// hostd opens, unplugged once the guest lets go) and while it is stopped
 /// (its spec only); a start brings every NIC it has then.
 #[test]
+fn disks_are_attached_and_detached_running_or_stopped() {
+    let h = start_with_fake_vmm("");
+    let k = kernel(h.dir.path());
+    assert_eq!(
+        api(&h, "POST", "/instances", &fake_spec("vol-1", &k, 64, "")).0,
+        201
+    );
+    // A volume: a file the storage host made.
+    let volume = h.dir.path().join("volume.raw");
+    std::fs::File::create(&volume)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let dev = "5d3f9a7e6c1b4e0a9f2d8b7c6a5e4d3c";
+    let disk = format!(
+        r#"{{"id": "{dev}", "path": "{}", "serial": "5d3f9a7e-6c1b-4e0a-9"}}"#,
+        volume.display()
+    );
+    let (status, added) = api(&h, "POST", "/instances/vol-1/disks", &disk);
+    assert_eq!(status, 200, "{added}");
+    assert_eq!(added["state"], "running");
+    assert_eq!(added["disks"][0]["id"], dev);
+    assert_eq!(api(&h, "POST", "/instances/vol-1/disks", &disk).0, 409);
+    for (bad, why) in [
+        (r#"{"path": "/tmp/x"}"#.to_owned(), "an id"),
+        (r#"{"id": "a.b", "path": "/tmp/x"}"#.to_owned(), "disks.id"),
+        (r#"{"id": "d2", "path": "relative"}"#.to_owned(), "absolute"),
+        (
+            r#"{"id": "d3", "path": "/nonexistent/volume"}"#.to_owned(),
+            "/nonexistent",
+        ),
+    ] {
+        let (status, body) = api(&h, "POST", "/instances/vol-1/disks", &bad);
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(message(&body).contains(why), "{bad}: {body}");
+    }
+    let path = format!("/instances/vol-1/disks/{dev}");
+    let (status, removed) = api(&h, "DELETE", &path, "");
+    assert_eq!(status, 200, "{removed}");
+    assert_eq!(
+        removed.get("disks").cloned().unwrap_or_default(),
+        serde_json::json!(null)
+    );
+    assert_eq!(api(&h, "DELETE", &path, "").0, 404);
+
+    // Stopped: only the spec changes; the next start has the disk.
+    assert_eq!(action(&h, "vol-1", "stop", "").1["state"], "shutoff");
+    let (status, added) = api(&h, "POST", "/instances/vol-1/disks", &disk);
+    assert_eq!(
+        (status, &added["state"]),
+        (200, &"shutoff".into()),
+        "{added}"
+    );
+    assert_eq!(action(&h, "vol-1", "start", "").1["state"], "running");
+    let config =
+        std::fs::read_to_string(h.dir.path().join("state/instances/vol-1/vmm.json")).unwrap();
+    assert!(config.contains(&format!("\"id\": \"{dev}\"")), "{config}");
+    assert!(config.contains(&volume.display().to_string()), "{config}");
+    assert_eq!(api(&h, "DELETE", "/instances/vol-1", "").0, 204);
+}
+
+#[test]
 fn nics_are_added_and_removed_running_or_stopped() {
     let h = start_with_fake_vmm("");
     let k = kernel(h.dir.path());

@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
-use storaged_proto::{CreateVolume, ExtendVolume};
+use storaged_proto::{Connection, CreateVolume, Export, ExtendVolume};
 
 use crate::volumes::{FileBackend, Made, VolumeError};
 
@@ -18,6 +18,8 @@ type Body = Full<Bytes>;
 const MAX_BODY: usize = 64 << 10;
 
 pub struct State {
+    /// This storage host's name: volumes are exported to it as files.
+    pub host_id: String,
     pub token: String,
     pub volumes: FileBackend,
 }
@@ -164,6 +166,27 @@ async fn handle(
                 Ok(e) => blocking(&state, move |b| b.extend(&v, e.size_gib))
                     .await
                     .map(|info| reply(StatusCode::OK, &info)),
+            }
+        }
+        (Method::POST, ["v1", "volumes", v, "export"]) => {
+            let v = id(v);
+            match body::<Export>(req).await {
+                Err(r) => Err(r),
+                Ok(e) if e.host_id != state.host_id => Err(error(
+                    StatusCode::CONFLICT,
+                    &format!(
+                        "volume {v} is on storage host {}; host {} cannot reach it (no remote transport yet)",
+                        state.host_id, e.host_id
+                    ),
+                )),
+                Ok(_) => blocking(&state, move |b| b.file(&v)).await.map(|path| {
+                    reply(
+                        StatusCode::OK,
+                        &Connection {
+                            path: path.display().to_string(),
+                        },
+                    )
+                }),
             }
         }
         (Method::DELETE, ["v1", "volumes", v]) => {

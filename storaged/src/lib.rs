@@ -28,6 +28,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("http://{bound}"));
     tracing::info!(addr = %bound, url, data_dir = %config.data_dir.display(), "storaged ready");
     let state = Arc::new(api::State {
+        host_id: config.host_id.clone(),
         token: config.token.clone(),
         volumes,
     });

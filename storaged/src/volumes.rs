@@ -167,6 +167,15 @@ impl FileBackend {
         }
     }
 
+    /// The file holding volume `id`, which exists.
+    pub fn file(&self, id: &str) -> Result<PathBuf, VolumeError> {
+        let path = self.path(id)?;
+        if self.info(id)?.is_none() {
+            return Err(VolumeError::NotFound(id.to_owned()));
+        }
+        Ok(path)
+    }
+
     /// Every volume, by id.
     pub fn list(&self) -> Result<Vec<VolumeInfo>, VolumeError> {
         let mut out = Vec::new();

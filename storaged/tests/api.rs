@@ -105,6 +105,21 @@ fn it_registers_and_serves_its_volumes_to_the_token_only() {
     );
     assert_eq!(call("GET", &volume, Value::Null).json()["size_gib"], 4);
     assert_eq!(call("GET", "/v1/volumes", Value::Null).json()[0]["id"], A);
+    // Exported to its own host as the file; to another, refused.
+    let r = call(
+        "POST",
+        &format!("{volume}/export"),
+        json!({"host_id": "s1"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let file = std::path::PathBuf::from(r.json()["path"].as_str().unwrap());
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 4 << 30);
+    let r = call(
+        "POST",
+        &format!("{volume}/export"),
+        json!({"host_id": "s2"}),
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
     // Bad input: an id that is no volume's, a body that is not the call's.
     assert_eq!(
         call("PUT", "/v1/volumes/..%2F..%2Fetc", json!({"size_gib": 1})).status,

@@ -15,6 +15,7 @@ pub mod network;
 pub mod serial_console;
 pub mod servers;
 pub mod volume;
+pub mod volume_attachments;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -248,6 +248,11 @@ pub async fn route(
             let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
             return super::interfaces::route(app, ctx, req, &id, &rest).await;
         }
+        (_, ["servers", id, "os-volume_attachments", rest @ ..]) => {
+            let id = id.to_string();
+            let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            return super::volume_attachments::route(app, ctx, req, &id, &rest).await;
+        }
         _ => return None,
     })
 }

@@ -11,7 +11,14 @@ pub const DEFAULT_TYPE_ID: &str = "3f9a8c1e-2b7d-4e5f-9a0b-1c2d3e4f5a6b";
 
 /// Statuses a request may leave a volume in until the reconciler finishes
 /// the work (or records why it could not).
-pub const TRANSIENT: &[&str] = &["creating", "extending", "deleting"];
+pub const TRANSIENT: &[&str] = &[
+    "creating",
+    "extending",
+    "deleting",
+    "reserved",
+    "attaching",
+    "detaching",
+];
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Volume {
@@ -34,6 +41,24 @@ pub struct Volume {
     pub fault: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Its attachment, from `reserved` to `detaching`.
+    pub attachment: Option<Attachment>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attachment {
+    pub id: String,
+    pub server_id: String,
+    /// Where it was plugged, once it was.
+    pub host: Option<String>,
+    pub attached_at: Option<i64>,
+}
+
+impl Volume {
+    /// The name of its disk in the VMM (and hostd): the id without dashes.
+    pub fn device_id(&self) -> String {
+        self.id.replace('-', "")
+    }
 }
 
 /// A storage host's last heartbeat.
@@ -78,7 +103,11 @@ impl Volume {
             "bootable": if self.bootable { "true" } else { "false" },
             "encrypted": false,
             "multiattach": false,
-            "attachments": [],
+            "attachments": self.attachment.iter().filter(|a| a.host.is_some()).map(|a| json!({
+                "id": self.id, "attachment_id": a.id, "volume_id": self.id,
+                "server_id": a.server_id, "host_name": a.host, "device": null,
+                "attached_at": a.attached_at.map(time),
+            })).collect::<Vec<_>>(),
             "metadata": self.metadata,
             "created_at": time(self.created_at),
             "updated_at": time(self.updated_at),
@@ -123,6 +152,7 @@ mod tests {
             fault: None,
             created_at: 0,
             updated_at: 0,
+            attachment: None,
         }
     }
 

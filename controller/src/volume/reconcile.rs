@@ -12,10 +12,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::model::TRANSIENT;
+use super::model::{Volume, TRANSIENT};
 use super::storage::{StorageError, Storaged};
 use crate::app::App;
 use crate::background::{Run, Task};
+use crate::hostd_client::HostdError;
 use crate::identity::now;
 
 pub fn tasks() -> Vec<Task> {
@@ -27,14 +28,19 @@ pub fn tasks() -> Vec<Task> {
 }
 
 async fn pass(app: Arc<App>) -> String {
-    let pending = match app.volumes.store.in_status(TRANSIENT).await {
+    // In use too: a server deleted under its volumes lets go of them.
+    let statuses: Vec<&str> = TRANSIENT.iter().copied().chain(["in-use"]).collect();
+    let pending = match app.volumes.store.in_status(&statuses).await {
         Ok(v) => v,
         Err(e) => return format!("listing volumes: {e}"),
     };
     for v in &pending {
         converge(&app, &v.id).await;
     }
-    format!("{} volumes in a transient status looked at", pending.len())
+    format!(
+        "{} volumes in a transient status or in use looked at",
+        pending.len()
+    )
 }
 
 /// Does what volume `id`'s status promises, once.
@@ -49,6 +55,12 @@ async fn try_converge(app: &App, id: &str) -> Result<(), String> {
     let Some(v) = store.get(id).await.map_err(|e| e.to_string())? else {
         return Ok(());
     };
+    if matches!(
+        v.status.as_str(),
+        "reserved" | "attaching" | "detaching" | "in-use"
+    ) {
+        return converge_attachment(app, &v).await;
+    }
     if !TRANSIENT.contains(&v.status.as_str()) {
         return Ok(());
     }
@@ -137,6 +149,106 @@ async fn try_converge(app: &App, id: &str) -> Result<(), String> {
             if settle(r, "error_deleting").await? {
                 store.remove(id).await.map_err(|e| e.to_string())?;
             }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Attaching and detaching: the storage host says how the server's host
+/// reaches the volume, and hostd plugs it into the server (or unplugs it).
+/// A server that is gone lets go of its volumes.
+async fn converge_attachment(app: &App, v: &Volume) -> Result<(), String> {
+    let store = &app.volumes.store;
+    let err = |e: crate::store::StoreError| e.to_string();
+    // Back to available from wherever the attachment got to.
+    let release = |fault: Option<String>| async move {
+        store
+            .release(
+                &v.id,
+                &["reserved", "attaching", "detaching", "in-use"],
+                fault.as_deref(),
+                now(),
+            )
+            .await
+            .map(|_| ())
+            .map_err(err)
+    };
+    let Some(a) = &v.attachment else {
+        return release(Some("its attachment was not recorded".into())).await;
+    };
+    let server = app.servers.get(&a.server_id).await.map_err(err)?;
+    let Some(server) = server.filter(|s| s.vm_state != "deleted") else {
+        return release(None).await;
+    };
+    let status = if v.status == "reserved" {
+        if !store
+            .transition(&v.id, &["reserved"], "attaching", None, now())
+            .await
+            .map_err(err)?
+        {
+            return Ok(());
+        }
+        "attaching"
+    } else {
+        v.status.as_str()
+    };
+    match status {
+        "attaching" => {
+            let Some(host_id) = server.host_id.clone() else {
+                return release(Some(format!("server {} has no host", server.id))).await;
+            };
+            let Some(storage_host) = v.storage_host.as_deref() else {
+                return release(Some("the volume has no storage host".into())).await;
+            };
+            let Some(host) = store.storage_host(storage_host).await.map_err(err)? else {
+                return release(Some(format!("storage host {storage_host} is unknown"))).await;
+            };
+            let storaged = Storaged::new(&host.url, app.hostd_token(storage_host));
+            let connection = match storaged.export(&v.id, &host_id).await {
+                Ok(c) => c,
+                Err(StorageError::Unreachable(..)) => return Ok(()),
+                Err(e) => return release(Some(e.to_string())).await,
+            };
+            let Some(hostd) = crate::compute::service::server_host(app, &server).await else {
+                return Ok(()); // its host has not registered (again) yet
+            };
+            let serial: String = v.id.chars().take(20).collect();
+            match hostd
+                .add_disk(&server.id, &v.device_id(), &connection.path, &serial)
+                .await
+            {
+                // A conflict: plugged by an earlier run cut short.
+                Ok(_) => {}
+                Err(e) if e.is_conflict() && e.to_string().contains("has a disk") => {}
+                Err(HostdError::Unreachable { .. }) => return Ok(()),
+                Err(e) => return release(Some(format!("attaching: {e}"))).await,
+            }
+            store.attached(&v.id, &host_id, now()).await.map_err(err)?;
+            tracing::info!(volume = v.id, server = server.id, "volume attached");
+        }
+        "detaching" => {
+            let Some(hostd) = crate::compute::service::server_host(app, &server).await else {
+                return Ok(());
+            };
+            match hostd.remove_disk(&server.id, &v.device_id()).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(HostdError::Unreachable { .. }) => return Ok(()),
+                Err(e) => {
+                    // The guest kept it: still in use, and why.
+                    store
+                        .transition(&v.id, &["detaching"], "in-use", Some(&e.to_string()), now())
+                        .await
+                        .map_err(err)?;
+                    return Err(format!("detaching: {e}"));
+                }
+            }
+            store
+                .release(&v.id, &["detaching"], None, now())
+                .await
+                .map_err(err)?;
+            tracing::info!(volume = v.id, server = server.id, "volume detached");
         }
         _ => {}
     }

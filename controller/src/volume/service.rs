@@ -120,6 +120,7 @@ impl VolumeService {
             metadata: req.metadata,
             created_at: t,
             updated_at: t,
+            attachment: None,
         };
         if !self.store.insert_within(&volume, QUOTA).await? {
             return Err(self
@@ -225,6 +226,62 @@ impl VolumeService {
             return Err(VolumeError::bad_request(
                 "Invalid volume: Volume status must be available or error or error_restoring or error_extending or error_managing and must not be migrating, attached, belong to a group, have snapshots, awaiting a transfer, or be disassociated from snapshots after volume transfer.",
             ));
+        }
+        self.converge_soon(app, &v.id);
+        Ok(())
+    }
+
+    /// Reserves an `available` volume for `server_id` (Nova's attach,
+    /// answered at once; the reconciler plugs it: `attaching`, then
+    /// `in-use`). The caller has checked the server.
+    pub async fn attach(
+        &self,
+        app: &App,
+        ctx: &RequestContext,
+        volume_id: &str,
+        server_id: &str,
+    ) -> Result<Volume, VolumeError> {
+        let v = self.get(ctx, volume_id).await?;
+        let attachment = uuid::Uuid::new_v4().to_string();
+        if !self
+            .store
+            .reserve(&v.id, server_id, &attachment, now())
+            .await?
+        {
+            return Err(VolumeError::bad_request(format!(
+                "Invalid volume: volume {volume_id} status must be available to attach, but current status is: {}.",
+                v.status
+            )));
+        }
+        self.converge_soon(app, &v.id);
+        self.get(ctx, volume_id).await
+    }
+
+    /// Starts detaching an `in-use` volume from `server_id`.
+    pub async fn detach(
+        &self,
+        app: &App,
+        ctx: &RequestContext,
+        volume_id: &str,
+        server_id: &str,
+    ) -> Result<(), VolumeError> {
+        let v = self.get(ctx, volume_id).await?;
+        let attached_here = v
+            .attachment
+            .as_ref()
+            .is_some_and(|a| a.server_id == server_id);
+        if !attached_here {
+            return Err(VolumeError::not_found("Volume attachment of", volume_id));
+        }
+        if !self
+            .store
+            .transition(&v.id, &["in-use"], "detaching", None, now())
+            .await?
+        {
+            return Err(VolumeError::bad_request(format!(
+                "Invalid volume: Unable to detach volume. Volume status must be 'in-use' and attach_status must be 'attached' to detach, but current status is: {}.",
+                v.status
+            )));
         }
         self.converge_soon(app, &v.id);
         Ok(())

@@ -2,7 +2,7 @@
 //! of `storaged_proto`, over the same HTTP plumbing as hostd's client.
 
 use hyper::Method;
-use storaged_proto::{CreateVolume, ExtendVolume, VolumeInfo};
+use storaged_proto::{Connection, CreateVolume, Export, ExtendVolume, VolumeInfo};
 
 use crate::hostd_client::{call_raw, HostdError, TIMEOUT};
 
@@ -78,6 +78,22 @@ impl Storaged {
                 )
                 .await?,
         )
+    }
+
+    /// How host `host_id` reaches the volume's data.
+    pub async fn export(&self, id: &str, host_id: &str) -> Result<Connection, StorageError> {
+        let body = serde_json::to_value(Export {
+            host_id: host_id.to_owned(),
+        })
+        .map_err(|e| StorageError::BadAnswer(e.to_string()))?;
+        let bytes = self
+            .call(
+                Method::POST,
+                &format!("/v1/volumes/{id}/export"),
+                Some(body),
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| StorageError::BadAnswer(e.to_string()))
     }
 
     /// Removes the volume (gone already is fine).

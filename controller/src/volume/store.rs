@@ -7,12 +7,16 @@ use std::collections::BTreeMap;
 
 use sqlx::any::AnyRow;
 
-use super::model::{StorageHost, Volume};
+use super::model::{Attachment, StorageHost, Volume};
 use crate::store::{int, opt_text, text, Step, Store, StoreError, Value};
 
+/// What a create writes.
+const INSERT_COLUMNS: &str = "id, project_id, user_id, name, description, size_gib, \
+    target_size_gib, status, volume_type, availability_zone, storage_host, bootable, metadata, \
+    fault, created_at, updated_at";
 const COLUMNS: &str = "id, project_id, user_id, name, description, size_gib, target_size_gib, \
     status, volume_type, availability_zone, storage_host, bootable, metadata, fault, created_at, \
-    updated_at";
+    updated_at, server_id, attachment_id, attached_host, attached_at";
 
 fn from_row(r: &AnyRow) -> Result<Volume, StoreError> {
     Ok(Volume {
@@ -33,6 +37,15 @@ fn from_row(r: &AnyRow) -> Result<Volume, StoreError> {
         fault: opt_text(r, "fault")?,
         created_at: int(r, "created_at")?,
         updated_at: int(r, "updated_at")?,
+        attachment: match (opt_text(r, "attachment_id")?, opt_text(r, "server_id")?) {
+            (Some(id), Some(server_id)) => Some(Attachment {
+                id,
+                server_id,
+                host: opt_text(r, "attached_host")?,
+                attached_at: sqlx::Row::try_get::<Option<i64>, _>(r, "attached_at")?,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -126,7 +139,7 @@ impl Volumes {
     pub async fn insert_within(&self, v: &Volume, quota: Quota) -> Result<bool, StoreError> {
         let metadata = serde_json::to_string(&v.metadata).unwrap_or_else(|_| "{}".into());
         let sql = format!(
-            "INSERT INTO volumes ({COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+            "INSERT INTO volumes ({INSERT_COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
              $12, $13, $14, $15, $16 \
              WHERE ($17 < 0 OR (SELECT COUNT(*) FROM volumes WHERE project_id = $2) + 1 <= $17) \
              AND ($18 < 0 OR (SELECT COALESCE(SUM(size_gib), 0) FROM volumes WHERE project_id = $2) + $6 <= $18)"
@@ -326,6 +339,87 @@ impl Volumes {
             )
             .await?
             == 1)
+    }
+
+    /// `available` -> `reserved` for `server_id` under a new attachment
+    /// `attachment_id`; whether it was available.
+    pub async fn reserve(
+        &self,
+        id: &str,
+        server_id: &str,
+        attachment_id: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .execute(
+                "UPDATE volumes SET status = 'reserved', server_id = $1, attachment_id = $2, \
+                 attached_host = NULL, attached_at = NULL, fault = NULL, updated_at = $3 \
+                 WHERE id = $4 AND status = 'available'",
+                &[
+                    Value::Text(server_id),
+                    Value::Text(attachment_id),
+                    Value::Int(now),
+                    Value::Text(id),
+                ],
+            )
+            .await?
+            == 1)
+    }
+
+    /// `attaching` -> `in-use`, plugged on `host`.
+    pub async fn attached(&self, id: &str, host: &str, now: i64) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .execute(
+                "UPDATE volumes SET status = 'in-use', attached_host = $1, attached_at = $2, \
+                 updated_at = $2 WHERE id = $3 AND status = 'attaching'",
+                &[Value::Text(host), Value::Int(now), Value::Text(id)],
+            )
+            .await?
+            == 1)
+    }
+
+    /// From one of `from` back to `available`, the attachment gone (with
+    /// `fault` saying why, when it failed).
+    pub async fn release(
+        &self,
+        id: &str,
+        from: &[&str],
+        fault: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let from = from
+            .iter()
+            .map(|s| format!("'{}'", s.replace('\'', "")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok(self
+            .store
+            .execute(
+                &format!(
+                    "UPDATE volumes SET status = 'available', server_id = NULL, attachment_id = NULL, \
+                     attached_host = NULL, attached_at = NULL, fault = $1, updated_at = $2 \
+                     WHERE id = $3 AND status IN ({from})"
+                ),
+                &[Value::OptText(fault), Value::Int(now), Value::Text(id)],
+            )
+            .await?
+            == 1)
+    }
+
+    /// The volumes attached (or being attached or detached) to a server.
+    pub async fn of_server(&self, server_id: &str) -> Result<Vec<Volume>, StoreError> {
+        let rows = self
+            .store
+            .fetch_all(
+                &format!(
+                    "SELECT {COLUMNS} FROM volumes WHERE server_id = $1 ORDER BY attached_at, id"
+                ),
+                &[Value::Text(server_id)],
+            )
+            .await?;
+        rows.iter().map(from_row).collect()
     }
 
     /// Forgets a volume whose data is gone (it was `deleting`).

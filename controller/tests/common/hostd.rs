@@ -36,6 +36,8 @@ pub struct StandInHostd {
     console: Arc<Console>,
     /// The controller it registered with: where snapshots go.
     controller: Arc<Mutex<Option<String>>>,
+    /// Disk attaches and detaches: (method, instance, the body or the device).
+    disk_calls: Arc<Mutex<Vec<(String, String, serde_json::Value)>>>,
 }
 
 /// A serial console: what was typed (`POST .../console`); a console stream
@@ -109,9 +111,32 @@ impl StandInHostd {
         let own_token = token.clone();
         let (shared, gate, fail) = (states.clone(), listings.clone(), failing.clone());
         let (sent, tty) = (creates.clone(), console.clone());
+        let disk_calls: Arc<Mutex<Vec<(String, String, serde_json::Value)>>> = Arc::default();
+        let disk_log = disk_calls.clone();
         let server = StubServer::start(move |request| {
             let bearer = format!("Bearer {token}");
             let authorized = request.header("authorization") == Some(bearer.as_str());
+            if authorized && request.segments().get(2) == Some(&"disks") {
+                // As hostd does: a disk added to (or gone from) the instance.
+                let seg = request.segments();
+                let what = match seg.get(3) {
+                    Some(dev) => serde_json::json!(dev),
+                    None => request.json(),
+                };
+                disk_log
+                    .lock()
+                    .unwrap()
+                    .push((request.method.clone(), seg[1].to_owned(), what));
+                return match shared.lock().unwrap().get(seg[1]) {
+                    Some(st) => {
+                        Response::json(200, &serde_json::json!({"id": seg[1], "state": st}))
+                    }
+                    None => Response::json(
+                        404,
+                        &serde_json::json!({"error": {"message": "no instance"}}),
+                    ),
+                };
+            }
             if authorized && request.segments().get(2) == Some(&"console") {
                 return tty.answer(&request);
             }
@@ -164,7 +189,13 @@ impl StandInHostd {
             creates,
             console,
             controller,
+            disk_calls,
         }
+    }
+
+    /// The disk attaches and detaches it was asked for, in order.
+    pub fn disk_calls(&self) -> Vec<(String, String, serde_json::Value)> {
+        self.disk_calls.lock().unwrap().clone()
     }
 
     /// Everything typed on the stand-in's consoles.

@@ -192,6 +192,15 @@ fn main() {
                     })
                 }
             }
+            // As the real VMM: a disk plugged by the API comes as descriptors.
+            ApiRequest::AddDisk { disk, fds }
+                if fds.is_empty() && disk.path.as_os_str().is_empty() =>
+            {
+                ApiReply::Error(
+                    hyper::StatusCode::BAD_REQUEST,
+                    "a disk without a file".into(),
+                )
+            }
             ApiRequest::AddDisk { mut disk, .. } => {
                 let id = disk
                     .id
@@ -205,13 +214,13 @@ fn main() {
                 })
             }
             ApiRequest::RemoveDevice(id) => {
-                let before = config.nets.len();
+                let before = config.nets.len() + config.disks.len();
                 if has("fake.ignore_unplug") {
                     ApiReply::Accepted
                 } else {
                     config.nets.retain(|n| n.id.as_deref() != Some(&id));
                     config.disks.retain(|d| d.id.as_deref() != Some(&id));
-                    if config.nets.len() < before {
+                    if config.nets.len() + config.disks.len() < before {
                         ApiReply::Accepted
                     } else {
                         ApiReply::Error(

@@ -77,6 +77,11 @@ pub(super) enum Request {
     /// The NIC on this tap goes: unplugged from the running guest (once it
     /// lets go), and from every later start.
     RemoveNic(String),
+    /// A disk more (a volume), by its device id: plugged into the running
+    /// guest, and in every later start.
+    AddDisk(vmm::config::DiskConfig),
+    /// The disk of this device id goes, as a NIC does.
+    RemoveDisk(String),
 }
 
 /// A request that ends the VMM now, ahead of every queued request.
@@ -419,6 +424,8 @@ impl Actor {
             Request::ConfirmResize => self.confirm_resize().await?,
             Request::AddNic(nic) => self.add_nic(nic).await?,
             Request::RemoveNic(tap) => self.remove_nic(&tap).await?,
+            Request::AddDisk(disk) => self.add_disk(disk).await?,
+            Request::RemoveDisk(id) => self.remove_disk(&id).await?,
         }
         Ok(self.record.clone())
     }
@@ -1254,7 +1261,7 @@ impl Actor {
                     self.id
                 )));
             }
-            self.unplug(tap).await?;
+            self.unplug(tap, "nets", &format!("NIC on {tap}")).await?;
         }
         self.record.spec.nics.remove(at);
         self.commit().await;
@@ -1262,7 +1269,139 @@ impl Actor {
     }
 
     /// Asks the guest to let go of the NIC on `tap` and waits until it has.
-    async fn unplug(&self, tap: &str) -> Result<(), OpError> {
+    /// Adds a disk (a volume: a file or block device at `path`) named by
+    /// its device id; plugged now if the guest runs. The VMM gets it as
+    /// descriptors opened here (`[O_DIRECT, buffered]`, as at launch), so
+    /// a jailed VMM needs no access to the path.
+    async fn add_disk(&mut self, disk: vmm::config::DiskConfig) -> Result<(), OpError> {
+        let Some(dev) = disk.id.clone() else {
+            return Err(OpError::BadRequest(
+                "disks: an id (the device's name) is needed to remove it later".into(),
+            ));
+        };
+        vmm::config::check_device_id(&dev)
+            .map_err(|e| OpError::BadRequest(format!("disks.id: {e}")))?;
+        if !disk.fds.is_empty() || disk.base.is_some() || !disk.path.is_absolute() {
+            return Err(OpError::BadRequest(
+                "disks: an absolute path, and neither fds nor base".into(),
+            ));
+        }
+        let mut spec = self.record.spec.clone();
+        if spec.disks.iter().any(|d| d.id.as_deref() == Some(&dev)) {
+            return Err(OpError::Conflict(format!(
+                "instance {:?} has a disk {dev}",
+                self.id
+            )));
+        }
+        // The root disk, ephemeral disk, swap and config drive take the rest.
+        if spec.disks.len() >= vmm::config::MAX_DISKS - 4 {
+            return Err(OpError::Conflict(format!(
+                "instance {:?} has {} disks attached, the most it takes",
+                self.id,
+                spec.disks.len()
+            )));
+        }
+        spec.disks.push(disk.clone());
+        spec.check().map_err(OpError::BadRequest)?;
+        // There now, running or not: a later start must find it.
+        match std::fs::symlink_metadata(&disk.path) {
+            Ok(m)
+                if m.is_file()
+                    || std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()) => {}
+            Ok(_) => {
+                return Err(OpError::BadRequest(format!(
+                    "disk {}: not a regular file or block device",
+                    disk.path.display()
+                )))
+            }
+            Err(e) => {
+                return Err(OpError::BadRequest(format!(
+                    "disk {}: {e}",
+                    disk.path.display()
+                )))
+            }
+        }
+        if self.guest_present()? {
+            let open = |direct: bool| {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(!disk.read_only)
+                    .custom_flags(libc::O_NOFOLLOW | if direct { libc::O_DIRECT } else { 0 })
+                    .open(&disk.path)
+                    .map_err(|e| OpError::BadRequest(format!("disk {}: {e}", disk.path.display())))
+            };
+            let buffered = open(false)?;
+            // O_DIRECT where the filesystem takes it (tmpfs does not).
+            let direct = if disk.direct { open(true).ok() } else { None };
+            let fds: Vec<_> = direct
+                .iter()
+                .chain(std::iter::once(&buffered))
+                .map(std::os::fd::AsFd::as_fd)
+                .collect();
+            let mut sent = disk.clone();
+            sent.path = std::path::PathBuf::new();
+            let body =
+                serde_json::to_string(&sent).map_err(|e| OpError::Internal(e.to_string()))?;
+            let socket = self.sup.run_dir(&self.id).join(API_SOCKET);
+            let started = std::time::Instant::now();
+            let answer = tokio::time::timeout(
+                vmm::api::PLUG_REPLY_TIMEOUT + Duration::from_secs(5),
+                vmm::api_client::request_with_fds(
+                    &socket,
+                    Method::POST,
+                    "/vm/disks",
+                    Some(&body),
+                    &fds,
+                ),
+            )
+            .await
+            .map_err(|_| OpError::Internal("the VMM did not answer in time".into()))?;
+            match answer {
+                Ok((201, _)) => {
+                    tracing::info!(instance = %self.id, disk = %dev, took = ?started.elapsed(), "disk plugged");
+                }
+                Ok((code, body)) => {
+                    let message =
+                        format!("VMM answered {code}: {}", String::from_utf8_lossy(&body));
+                    return Err(match code {
+                        400 => OpError::BadRequest(message),
+                        409 => OpError::Conflict(message),
+                        _ => OpError::Internal(message),
+                    });
+                }
+                Err(e) => return Err(OpError::Internal(e.to_string())),
+            }
+        }
+        self.record.spec = spec;
+        self.commit().await;
+        Ok(())
+    }
+
+    async fn remove_disk(&mut self, dev: &str) -> Result<(), OpError> {
+        let Some(at) = self
+            .record
+            .spec
+            .disks
+            .iter()
+            .position(|d| d.id.as_deref() == Some(dev))
+        else {
+            return Err(OpError::NotFound(format!(
+                "instance {:?} has no disk {dev}",
+                self.id
+            )));
+        };
+        if self.guest_present()? {
+            self.unplug(dev, "disks", &format!("disk {dev}")).await?;
+        }
+        self.record.spec.disks.remove(at);
+        self.commit().await;
+        Ok(())
+    }
+
+    /// Asks the guest to let go of device `dev` (in the VMM's `list`,
+    /// `nets` or `disks`) and waits until it has.
+    async fn unplug(&self, dev: &str, list: &str, what: &str) -> Result<(), OpError> {
         let socket = self.sup.run_dir(&self.id).join(API_SOCKET);
         let call = |method, path: String| {
             let socket = socket.clone();
@@ -1278,7 +1417,7 @@ impl Actor {
                 .map_err(|e| OpError::Internal(e.to_string()))
             }
         };
-        match call(Method::DELETE, format!("/vm/devices/{tap}")).await? {
+        match call(Method::DELETE, format!("/vm/devices/{dev}")).await? {
             // 404: the VMM has no such device (gone already).
             (202 | 404, _) => {}
             (code, body) => {
@@ -1294,14 +1433,14 @@ impl Actor {
             let has_it = code == 200
                 && serde_json::from_slice::<serde_json::Value>(&body)
                     .ok()
-                    .and_then(|v| v["config"]["nets"].as_array().cloned())
-                    .is_some_and(|nets| nets.iter().any(|n| n["id"] == tap));
+                    .and_then(|v| v["config"][list].as_array().cloned())
+                    .is_some_and(|devices| devices.iter().any(|n| n["id"] == dev));
             if code == 200 && !has_it {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(OpError::Conflict(format!(
-                    "the guest of {:?} did not let go of its NIC on {tap} within {UNPLUG_TIMEOUT:?} \
+                    "the guest of {:?} did not let go of its {what} within {UNPLUG_TIMEOUT:?} \
                      (it needs ACPI PCI hotplug); it goes at the guest's next reboot",
                     self.id
                 )));

@@ -458,6 +458,20 @@ impl Supervisor {
         self.request(id, Request::RemoveNic(tap.to_owned())).await
     }
 
+    /// Adds a disk (a volume), plugged into the running guest too.
+    pub async fn add_disk(
+        &self,
+        id: &str,
+        disk: vmm::config::DiskConfig,
+    ) -> Result<Instance, OpError> {
+        self.request(id, Request::AddDisk(disk)).await
+    }
+
+    /// Removes the disk `dev`, once the running guest has let go of it.
+    pub async fn remove_disk(&self, id: &str, dev: &str) -> Result<Instance, OpError> {
+        self.request(id, Request::RemoveDisk(dev.to_owned())).await
+    }
+
     /// Pauses or resumes the guest's vCPUs.
     pub async fn set_paused(&self, id: &str, paused: bool) -> Result<Instance, OpError> {
         self.request(id, Request::SetPaused(paused)).await

@@ -10,6 +10,9 @@
 //! - `GET /v1/volumes/{id}`: its [`VolumeInfo`] (404 when there is none);
 //! - `POST /v1/volumes/{id}/extend` with [`ExtendVolume`]: grows it (200;
 //!   409 when asked to shrink);
+//! - `POST /v1/volumes/{id}/export` with [`Export`]: how a host reaches the
+//!   volume's data ([`Connection`]); a host other than storaged's own is
+//!   refused (409) until a remote transport exists;
 //! - `DELETE /v1/volumes/{id}`: removes it (204, also when it was gone);
 //! - `GET /v1/volumes`: every volume's [`VolumeInfo`].
 //!
@@ -40,6 +43,19 @@ pub struct CreateVolume {
 #[serde(deny_unknown_fields)]
 pub struct ExtendVolume {
     pub size_gib: u64,
+}
+
+/// For which host a volume is to be reached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Export {
+    pub host_id: String,
+}
+
+/// How that host reaches it: on storaged's own host, the file itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    pub path: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -134,7 +134,7 @@ async fn record_action(app: &App, ctx: &RequestContext, server: &Server, name: &
 }
 
 /// The hostd of the host a server is placed on, if that host is known.
-async fn server_host(app: &App, s: &Server) -> Option<Hostd> {
+pub(crate) async fn server_host(app: &App, s: &Server) -> Option<Hostd> {
     host(app, s.host_id.as_ref()?).await
 }
 
