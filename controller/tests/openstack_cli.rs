@@ -906,6 +906,11 @@ fn openstack_volumes() {
     ok(&["server", "remove", "volume", &server, "data2"]);
     wait("data2", "available");
 
+    // Without properties or a description (the SDK sends nulls then).
+    ok(&["volume", "create", "--size", "1", "plain"]);
+    wait("plain", "available");
+    ok(&["volume", "delete", "plain"]);
+
     // Cinder's errors, as the CLI shows them.
     let (done, _, err) = run(&cli, &clouds, &["volume", "create", "--size", "0", "bad"]);
     assert!(!done);

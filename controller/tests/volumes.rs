@@ -72,20 +72,31 @@ fn file_size(path: &std::path::Path) -> Option<u64> {
 
 #[test]
 fn volumes_are_made_grown_and_removed_on_the_storage_host() {
-    let c = start_with(None, &controller_config());
-    let admin = admin_token(&c);
-    let s = Storaged::start(&c, "storage-1");
-    wait_registered(&c, &admin);
+    made_grown_and_removed(&start_with(None, &controller_config()));
+}
+
+#[test]
+fn volumes_are_made_grown_and_removed_on_postgres_too() {
+    let Some(pg) = common::Postgres::start() else {
+        return;
+    };
+    made_grown_and_removed(&start_with(Some(pg.url()), &controller_config()));
+}
+
+fn made_grown_and_removed(c: &Controller) {
+    let admin = admin_token(c);
+    let s = Storaged::start(c, "storage-1");
+    wait_registered(c, &admin);
 
     // Discovery names only what is served.
-    let r = call(&c, "GET", "/volume/", &[], "");
+    let r = call(c, "GET", "/volume/", &[], "");
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["versions"][0]["version"], "3.0");
-    let r = v3(&c, "GET", "/types", &admin, Value::Null);
+    let r = v3(c, "GET", "/types", &admin, Value::Null);
     assert_eq!(r.json()["volume_types"][0]["name"], "__DEFAULT__");
 
     let r = create(
-        &c,
+        c,
         &admin,
         json!({"size": 1, "name": "data1", "description": "d", "metadata": {"k": "v"}}),
     );
@@ -98,7 +109,7 @@ fn volumes_are_made_grown_and_removed_on_the_storage_host() {
         .as_str()
         .unwrap()
         .to_owned();
-    let v = wait_status(&c, &admin, &id, "available");
+    let v = wait_status(c, &admin, &id, "available");
     assert_eq!(v["size"], 1);
     assert_eq!(v["metadata"], json!({"k": "v"}));
     assert_eq!(v["os-vol-host-attr:host"], "storage-1@file#file");
@@ -108,7 +119,7 @@ fn volumes_are_made_grown_and_removed_on_the_storage_host() {
 
     // The project may be in the URL, as most clients put it.
     let r = v3(
-        &c,
+        c,
         "GET",
         &format!("/{project}/volumes/detail?name=data1"),
         &admin,
@@ -116,24 +127,24 @@ fn volumes_are_made_grown_and_removed_on_the_storage_host() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["volumes"][0]["id"], id.as_str());
-    let r = v3(&c, "GET", "/volumes", &admin, Value::Null);
+    let r = v3(c, "GET", "/volumes", &admin, Value::Null);
     assert_eq!(r.json()["volumes"][0]["name"], "data1");
     assert!(r.json()["volumes"][0].get("size").is_none(), "a summary");
 
     // Grown online on the host; shrinking is refused.
     let r = v3(
-        &c,
+        c,
         "POST",
         &format!("/volumes/{id}/action"),
         &admin,
         json!({"os-extend": {"new_size": 3}}),
     );
     assert_eq!(r.status, 202, "{}", r.body);
-    let v = wait_status(&c, &admin, &id, "available");
+    let v = wait_status(c, &admin, &id, "available");
     assert_eq!(v["size"], 3);
     assert_eq!(file_size(&file), Some(3 * GIB));
     let r = v3(
-        &c,
+        c,
         "POST",
         &format!("/volumes/{id}/action"),
         &admin,
@@ -147,7 +158,7 @@ fn volumes_are_made_grown_and_removed_on_the_storage_host() {
     );
 
     let r = v3(
-        &c,
+        c,
         "PUT",
         &format!("/volumes/{id}"),
         &admin,
@@ -157,9 +168,9 @@ fn volumes_are_made_grown_and_removed_on_the_storage_host() {
     assert_eq!(r.json()["volume"]["name"], "renamed");
     assert_eq!(r.json()["volume"]["description"], "d");
 
-    let r = v3(&c, "DELETE", &format!("/volumes/{id}"), &admin, Value::Null);
+    let r = v3(c, "DELETE", &format!("/volumes/{id}"), &admin, Value::Null);
     assert_eq!(r.status, 202, "{}", r.body);
-    wait_gone(&c, &admin, &id);
+    wait_gone(c, &admin, &id);
     assert_eq!(file_size(&file), None, "the data is gone from the host");
 }
 

@@ -199,7 +199,8 @@ fn text_field(m: &Map<String, Json>, key: &str) -> Result<Option<Option<String>>
 
 fn metadata_field(m: &Map<String, Json>) -> Result<Option<BTreeMap<String, String>>, VolumeError> {
     match m.get("metadata") {
-        None => Ok(None),
+        // openstacksdk sends null when no property was given.
+        None | Some(Json::Null) => Ok(None),
         Some(Json::Object(o)) => o
             .iter()
             .map(|(k, v)| match v.as_str() {

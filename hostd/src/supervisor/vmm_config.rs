@@ -86,7 +86,11 @@ pub(super) fn vmm_config_file(
         disks.push(disk(boot.clone(), false));
         cmdline = format!("{cmdline} root=/dev/vda").trim().to_owned();
     }
-    disks.extend(spec.disks.iter().cloned());
+    // Disks named by an id were attached (volumes, `POST .../disks`); the
+    // others came with the spec and may be what the guest boots from.
+    let (attached, given): (Vec<_>, Vec<_>) =
+        spec.disks.iter().cloned().partition(|d| d.id.is_some());
+    disks.extend(given);
     if let Some(dir) = dir {
         // After the disks the guest boots from, as Nova orders them: the
         // ephemeral disk is /dev/vdb behind a root disk.
@@ -97,6 +101,10 @@ pub(super) fn vmm_config_file(
             disks.push(disk(dir.join(SWAP_DISK), false));
         }
     }
+    // Volumes after the flavor's disks, as Nova orders them: the ephemeral
+    // disk stays /dev/vdb (cloud-init's fstab names it so) with volumes
+    // attached.
+    disks.extend(attached);
     if let (Some(_), Some(dir)) = (&spec.config_drive, dir) {
         // Last, as Nova attaches it; cloud-init finds it by its label.
         disks.push(disk(dir.join(CONFIG_DRIVE), true));
@@ -238,8 +246,34 @@ mod tests {
         let uuid = "7d5e6a1c-0000-4000-8000-000000000001";
         let s = smbios(&InstanceSpec {
             id: uuid.into(),
-            ..spec
+            ..spec.clone()
         });
         assert_eq!(s.uuid.as_deref(), Some(uuid));
+
+        // An attached volume comes after the ephemeral disk and swap, a
+        // disk given with the spec before them.
+        let named = |path: &str, id: Option<&str>| vmm::config::DiskConfig {
+            id: id.map(str::to_owned),
+            ..disk(path.into(), false)
+        };
+        let with_volume = InstanceSpec {
+            ephemeral_gib: Some(1),
+            swap_mib: Some(64),
+            disks: vec![named("/vol", Some("vol1")), named("/data", None)],
+            ..spec
+        };
+        let f = vmm_config_file(&with_volume, Some(Path::new("/run/x")), None);
+        let paths: Vec<PathBuf> = f.disks.unwrap().into_iter().map(|d| d.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "/img",
+                "/data",
+                "/run/x/ephemeral.img",
+                "/run/x/swap.img",
+                "/vol"
+            ]
+            .map(PathBuf::from)
+        );
     }
 }

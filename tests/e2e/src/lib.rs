@@ -62,6 +62,11 @@ pub fn netd_bin() -> PathBuf {
     vmm_bin().with_file_name("netd")
 }
 
+/// storaged, built beside the VMM (`cargo xtask test` builds it).
+pub fn storaged_bin() -> PathBuf {
+    vmm_bin().with_file_name("storaged")
+}
+
 /// The host programs netd runs (`nft`, for its security groups).
 pub fn netd_host_programs() -> Vec<PathBuf> {
     ["/usr/sbin/nft", "/sbin/nft"]

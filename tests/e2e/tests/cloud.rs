@@ -144,7 +144,7 @@ fn openstack_server_create_boots_a_guest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let held = HeldPort::new();
     let ctl_port = held.port;
-    let [hostd_port] = free_ports::<1>();
+    let [hostd_port, storaged_port] = free_ports::<2>();
     // The key the Debian guest is created with (see `debian`); the testbed,
     // outside its router, logs in with it through the floating IP.
     let ssh_key = dir.path().join("ssh-key");
@@ -187,6 +187,18 @@ heartbeat_secs = 2
 EOF
 $BIN/hostd --config $WORK/hostd.toml 2> $WORK/hostd.log &
 HOSTD=$!
+# The host is the storage host too: its volumes on the scratch disk.
+cat > $WORK/storaged.toml <<EOF
+host_id = "testbed"
+listen = "0.0.0.0:{storaged_port}"
+advertise_url = "http://127.0.0.1:{storaged_port}"
+data_dir = "$WORK/state/storage"
+controller_url = "http://$HOST_ADDR:{ctl_port}"
+token = "{token}"
+heartbeat_secs = 2
+EOF
+$BIN/storaged --config $WORK/storaged.toml 2> $WORK/storaged.log &
+STORAGED=$!
 {netd}# The outside world of the routers: once the external network's bridge
 # carries 172.24.4.0/24, say which floating IP a guest first answers from
 # behind its router (TTL 63; the router itself would answer at 64); then log
@@ -223,8 +235,9 @@ done) &
 f=0; while [ $f -lt 3 ]; do
     wget -q -O /dev/null http://$HOST_ADDR:{ctl_port}/identity/v3 && f=0 || f=$((f + 1)); sleep 1
 done
-kill $HOSTD $NETD; wait $HOSTD $NETD
+kill $HOSTD $NETD $STORAGED; wait $HOSTD $NETD $STORAGED
 echo "HOSTD_LOG_BEGIN"; tail -n 20 $WORK/hostd.log; echo "HOSTD_LOG_END"
+echo "STORAGED_LOG_BEGIN"; tail -n 10 $WORK/storaged.log; echo "STORAGED_LOG_END"
 echo "NETD_LOG_BEGIN"; tail -n 20 $WORK/netd.log; echo "NETD_LOG_END"
 "#,
         token = host_token("testbed"),
@@ -234,7 +247,9 @@ echo "NETD_LOG_BEGIN"; tail -n 20 $WORK/netd.log; echo "NETD_LOG_END"
         .binary(virga_e2e::vmm_bin())
         .binaries(hostd_bins())
         .binary(virga_e2e::netd_bin())
+        .binary(virga_e2e::storaged_bin())
         .forward_port(hostd_port)
+        .forward_port(storaged_port)
         .with_scratch_ext4(16 << 10)
         .timeout(Duration::from_secs(1800));
     for program in virga_e2e::hostd_host_programs()
@@ -1003,7 +1018,64 @@ fn debian(
              echo virga-nics-$(ls /sys/class/net | wc -l)-$(ls /sys/class/net | tr '\\n' ,)"
         )
     };
+    // A volume for it (storaged on the testbed, as the compute host).
+    let volume: serde_json::Value = serde_json::from_str(&ok(&[
+        "volume", "create", "--size", "1", "data1", "-f", "json",
+    ]))
+    .expect("json");
+    let serial: String = volume["id"]
+        .as_str()
+        .unwrap_or_default()
+        .chars()
+        .take(20)
+        .collect();
+    let volume_status = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let s = ok(&["volume", "show", "data1", "-f", "value", "-c", "status"]);
+            if s.trim() == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "volume data1 stayed {s}");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    };
+    volume_status("available");
+    // The guest's disk named by the volume's serial, as udev names it. (The
+    // console echoes each command: the lines waited for are never typed.)
+    let disk = format!("/dev/disk/by-id/virtio-{serial}");
+    let disk_there = |there: bool| {
+        let test = if there { "-b" } else { "! -e" };
+        format!(
+            "for i in $(seq 60); do [ {test} {disk} ] && break; sleep 1; done; \
+             echo virga-vol-$([ -b {disk} ] && echo pres''ent || echo abs''ent)"
+        )
+    };
     serial_console_login(ok, "vm-debian", &|run| {
+        // `server add volume` while the guest runs: a disk appears (PCI
+        // hotplug), data written to it outlives a detach and comes back
+        // with the next attach.
+        let attached = Instant::now();
+        ok(&["server", "add", "volume", "vm-debian", "data1"]);
+        volume_status("in-use");
+        run(&disk_there(true), "virga-vol-present");
+        println!("Debian: a volume attached in {:?}", attached.elapsed());
+        run(
+            &format!(
+                "printf virga-volume-data | sudo dd of={disk} conv=fsync 2>/dev/null; echo virga-vol-writ''ten"
+            ),
+            "virga-vol-written",
+        );
+        ok(&["server", "remove", "volume", "vm-debian", "data1"]);
+        volume_status("available");
+        run(&disk_there(false), "virga-vol-absent");
+        ok(&["server", "add", "volume", "vm-debian", "data1"]);
+        volume_status("in-use");
+        run(&disk_there(true), "virga-vol-present");
+        run(
+            &format!("echo virga-vol-read-$(sudo head -c 17 {disk})"),
+            "virga-vol-read-virga-volume-data",
+        );
         run(&nics(2), "virga-nics-2-");
         let plugged = Instant::now();
         ok(&["server", "add", "network", "vm-debian", "net2"]);
@@ -1038,6 +1110,9 @@ fn debian(
         600,
     );
     ok(&["server", "delete", "--wait", "vm-debian"]);
+    // Its volume, still attached, is let go of (and keeps its data).
+    volume_status("available");
+    ok(&["volume", "delete", "data1"]);
     // The port made for it went with it, and its floating IP is free; the
     // router comes apart and the networks are free to go.
     let left = ok(&[
