@@ -73,6 +73,15 @@ pub struct ListFilter {
     pub status: Option<String>,
 }
 
+/// Statuses (the code's own words, never a client's) as an SQL `IN` list.
+fn status_list(statuses: &[&str]) -> String {
+    statuses
+        .iter()
+        .map(|s| format!("'{}'", s.replace('\'', "")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[derive(Clone)]
 pub struct Volumes {
     store: Store,
@@ -240,11 +249,7 @@ impl Volumes {
         fault: Option<&str>,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let from = from
-            .iter()
-            .map(|s| format!("'{}'", s.replace('\'', "")))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let from = status_list(from);
         Ok(self
             .store
             .execute(
@@ -389,11 +394,7 @@ impl Volumes {
         fault: Option<&str>,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let from = from
-            .iter()
-            .map(|s| format!("'{}'", s.replace('\'', "")))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let from = status_list(from);
         Ok(self
             .store
             .execute(

@@ -1210,35 +1210,8 @@ impl Actor {
             let mut net = net_config(&nic, Vec::new(), Some(tap.queue_count() as u16));
             net.tap = None;
             let body = serde_json::to_string(&net).map_err(|e| OpError::Internal(e.to_string()))?;
-            let socket = self.sup.run_dir(&self.id).join(API_SOCKET);
-            let started = std::time::Instant::now();
-            let answer = tokio::time::timeout(
-                vmm::api::PLUG_REPLY_TIMEOUT + Duration::from_secs(5),
-                vmm::api_client::request_with_fds(
-                    &socket,
-                    Method::POST,
-                    "/vm/nets",
-                    Some(&body),
-                    &fds,
-                ),
-            )
-            .await
-            .map_err(|_| OpError::Internal("the VMM did not answer in time".into()))?;
-            match answer {
-                Ok((201, _)) => {
-                    tracing::info!(instance = %self.id, tap = %nic.tap, took = ?started.elapsed(), "NIC plugged");
-                }
-                Ok((code, body)) => {
-                    let message =
-                        format!("VMM answered {code}: {}", String::from_utf8_lossy(&body));
-                    return Err(match code {
-                        400 => OpError::BadRequest(message),
-                        409 => OpError::Conflict(message),
-                        _ => OpError::Internal(message),
-                    });
-                }
-                Err(e) => return Err(OpError::Internal(e.to_string())),
-            }
+            self.plug("/vm/nets", &body, &fds, &format!("NIC on {}", nic.tap))
+                .await?;
         }
         self.record.spec = spec;
         self.commit().await;
@@ -1343,35 +1316,8 @@ impl Actor {
             sent.path = std::path::PathBuf::new();
             let body =
                 serde_json::to_string(&sent).map_err(|e| OpError::Internal(e.to_string()))?;
-            let socket = self.sup.run_dir(&self.id).join(API_SOCKET);
-            let started = std::time::Instant::now();
-            let answer = tokio::time::timeout(
-                vmm::api::PLUG_REPLY_TIMEOUT + Duration::from_secs(5),
-                vmm::api_client::request_with_fds(
-                    &socket,
-                    Method::POST,
-                    "/vm/disks",
-                    Some(&body),
-                    &fds,
-                ),
-            )
-            .await
-            .map_err(|_| OpError::Internal("the VMM did not answer in time".into()))?;
-            match answer {
-                Ok((201, _)) => {
-                    tracing::info!(instance = %self.id, disk = %dev, took = ?started.elapsed(), "disk plugged");
-                }
-                Ok((code, body)) => {
-                    let message =
-                        format!("VMM answered {code}: {}", String::from_utf8_lossy(&body));
-                    return Err(match code {
-                        400 => OpError::BadRequest(message),
-                        409 => OpError::Conflict(message),
-                        _ => OpError::Internal(message),
-                    });
-                }
-                Err(e) => return Err(OpError::Internal(e.to_string())),
-            }
+            self.plug("/vm/disks", &body, &fds, &format!("disk {dev}"))
+                .await?;
         }
         self.record.spec = spec;
         self.commit().await;
@@ -1397,6 +1343,41 @@ impl Actor {
         self.record.spec.disks.remove(at);
         self.commit().await;
         Ok(())
+    }
+
+    /// Plugs a device (`path`: `/vm/nets` or `/vm/disks`, its JSON `body`)
+    /// into the running guest, its descriptors `fds` sent along; `what`
+    /// names it in the log.
+    async fn plug(
+        &self,
+        path: &str,
+        body: &str,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+        what: &str,
+    ) -> Result<(), OpError> {
+        let socket = self.sup.run_dir(&self.id).join(API_SOCKET);
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(
+            vmm::api::PLUG_REPLY_TIMEOUT + Duration::from_secs(5),
+            vmm::api_client::request_with_fds(&socket, Method::POST, path, Some(body), fds),
+        )
+        .await
+        .map_err(|_| OpError::Internal("the VMM did not answer in time".into()))?;
+        match answer {
+            Ok((201, _)) => {
+                tracing::info!(instance = %self.id, device = what, took = ?started.elapsed(), "plugged");
+                Ok(())
+            }
+            Ok((code, body)) => {
+                let message = format!("VMM answered {code}: {}", String::from_utf8_lossy(&body));
+                Err(match code {
+                    400 => OpError::BadRequest(message),
+                    409 => OpError::Conflict(message),
+                    _ => OpError::Internal(message),
+                })
+            }
+            Err(e) => Err(OpError::Internal(e.to_string())),
+        }
     }
 
     /// Asks the guest to let go of device `dev` (in the VMM's `list`,
