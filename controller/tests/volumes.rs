@@ -259,8 +259,7 @@ fn bad_requests_get_cinders_errors_and_leave_nothing() {
     );
     assert_eq!(r.status, 403, "{}", r.body);
 
-    // A volume still being made cannot be deleted twice over: once
-    // deleting, a second delete is refused.
+    // Each, once available, deleted and gone.
     for id in &ids {
         wait_status(&c, &admin, id, "available");
         assert_eq!(

@@ -54,6 +54,18 @@ pub async fn route(
         Err(e) => return Some(compute_error(e)),
     };
     let attached = |v: &Volume| v.attachment.as_ref().is_some_and(|a| a.server_id == id);
+    // Nova's rule for both: no task in progress, a vm_state that allows it.
+    let busy = |action: &str| {
+        (server.task_state.is_some() || !FROM.contains(&server.vm_state.as_str())).then(|| {
+            nova_error(
+                StatusCode::CONFLICT,
+                &format!(
+                    "Cannot '{action}' instance {id} while it is in vm_state {}",
+                    server.vm_state
+                ),
+            )
+        })
+    };
     Some(match (req.method().clone(), rest) {
         (Method::GET, []) => match app.volumes.store.of_server(id).await {
             Ok(vols) => json(
@@ -84,14 +96,8 @@ pub async fn route(
                     "Invalid input for field/attribute volumeAttachment: volumeId is required.",
                 ));
             };
-            if server.task_state.is_some() || !FROM.contains(&server.vm_state.as_str()) {
-                return Some(nova_error(
-                    StatusCode::CONFLICT,
-                    &format!(
-                        "Cannot 'attach_volume' instance {id} while it is in vm_state {}",
-                        server.vm_state
-                    ),
-                ));
+            if let Some(refused) = busy("attach_volume") {
+                return Some(refused);
             }
             match app.volumes.attach(app, ctx, volume, id).await {
                 Ok(v) => json(
@@ -102,14 +108,8 @@ pub async fn route(
             }
         }
         (Method::DELETE, [volume]) => {
-            if server.task_state.is_some() || !FROM.contains(&server.vm_state.as_str()) {
-                return Some(nova_error(
-                    StatusCode::CONFLICT,
-                    &format!(
-                        "Cannot 'detach_volume' instance {id} while it is in vm_state {}",
-                        server.vm_state
-                    ),
-                ));
+            if let Some(refused) = busy("detach_volume") {
+                return Some(refused);
             }
             match app.volumes.detach(app, ctx, volume, id).await {
                 Ok(()) => empty(StatusCode::ACCEPTED),

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use sqlx::any::AnyRow;
 
 use super::model::{Attachment, StorageHost, Volume};
-use crate::store::{int, opt_text, text, Step, Store, StoreError, Value};
+use crate::store::{int, opt_text, text, Store, StoreError, Value};
 
 /// What a create writes.
 const INSERT_COLUMNS: &str = "id, project_id, user_id, name, description, size_gib, \
@@ -208,19 +208,19 @@ impl Volumes {
         rows.iter().map(from_row).collect()
     }
 
-    /// Volumes in a status the reconciler has to finish.
+    /// Every project's volumes in one of `statuses` (the reconciler's).
     pub async fn in_status(&self, statuses: &[&str]) -> Result<Vec<Volume>, StoreError> {
-        let mut out = Vec::new();
-        for s in statuses {
-            out.extend(
-                self.list(&ListFilter {
-                    status: Some((*s).to_owned()),
-                    ..ListFilter::default()
-                })
-                .await?,
-            );
-        }
-        Ok(out)
+        let rows = self
+            .store
+            .fetch_all(
+                &format!(
+                    "SELECT {COLUMNS} FROM volumes WHERE status IN ({}) ORDER BY created_at, id",
+                    status_list(statuses)
+                ),
+                &[],
+            )
+            .await?;
+        rows.iter().map(from_row).collect()
     }
 
     pub async fn usage(&self, project_id: &str) -> Result<Usage, StoreError> {
@@ -269,7 +269,7 @@ impl Volumes {
     }
 
     /// `available` -> `extending` to `new_size`, if the project's GiB quota
-    /// holds the growth; (moved, within quota).
+    /// holds the growth; whether it moved.
     pub async fn begin_extend(
         &self,
         id: &str,
@@ -277,20 +277,22 @@ impl Volumes {
         quota: Quota,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let steps = [Step {
-            sql: "UPDATE volumes SET status = 'extending', target_size_gib = $1, updated_at = $2 \
-                  WHERE id = $3 AND status = 'available' AND size_gib < $1 \
-                  AND ($4 < 0 OR (SELECT COALESCE(SUM(size_gib), 0) FROM volumes WHERE project_id = \
-                  (SELECT project_id FROM volumes WHERE id = $3)) - size_gib + $1 <= $4)",
-            args: &[
-                Value::Int(new_size),
-                Value::Int(now),
-                Value::Text(id),
-                Value::Int(quota.gigabytes),
-            ],
-            rows: Some(1),
-        }];
-        self.store.atomically(&steps).await
+        Ok(self
+            .store
+            .execute(
+                "UPDATE volumes SET status = 'extending', target_size_gib = $1, updated_at = $2 \
+                 WHERE id = $3 AND status = 'available' AND size_gib < $1 \
+                 AND ($4 < 0 OR (SELECT COALESCE(SUM(size_gib), 0) FROM volumes WHERE project_id = \
+                 (SELECT project_id FROM volumes WHERE id = $3)) - size_gib + $1 <= $4)",
+                &[
+                    Value::Int(new_size),
+                    Value::Int(now),
+                    Value::Text(id),
+                    Value::Int(quota.gigabytes),
+                ],
+            )
+            .await?
+            == 1)
     }
 
     /// `extending` -> `available` at its new size.
@@ -302,19 +304,6 @@ impl Volumes {
                  target_size_gib = NULL, fault = NULL, updated_at = $1 \
                  WHERE id = $2 AND status = 'extending' AND target_size_gib IS NOT NULL",
                 &[Value::Int(now), Value::Text(id)],
-            )
-            .await?
-            == 1)
-    }
-
-    /// Places a volume that has no storage host yet.
-    pub async fn place(&self, id: &str, host: &str, now: i64) -> Result<bool, StoreError> {
-        Ok(self
-            .store
-            .execute(
-                "UPDATE volumes SET storage_host = $1, updated_at = $2 \
-                 WHERE id = $3 AND storage_host IS NULL AND status = 'creating'",
-                &[Value::Text(host), Value::Int(now), Value::Text(id)],
             )
             .await?
             == 1)
