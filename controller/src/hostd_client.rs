@@ -154,16 +154,22 @@ impl Hostd {
         .await
     }
 
-    /// Attaches a disk (a volume's file, `dev` naming the device): plugged
-    /// into the running guest, and in every later start.
+    /// Attaches a disk (a volume's files, `dev` naming the device): plugged
+    /// into the running guest, and in every later start. With `backing`
+    /// (read-only layers, then a raw base) `path` is a qcow2 overlay.
     pub async fn add_disk(
         &self,
         id: &str,
         dev: &str,
         path: &str,
+        backing: &[String],
         serial: &str,
     ) -> Result<InstanceStatus, HostdError> {
-        let body = serde_json::json!({"id": dev, "path": path, "serial": serial});
+        let mut body = serde_json::json!({"id": dev, "path": path, "serial": serial});
+        if let Some((base, layers)) = backing.split_last() {
+            body["base"] = serde_json::json!(base);
+            body["layers"] = serde_json::json!(layers);
+        }
         self.typed(
             Method::POST,
             &format!("/instances/{id}/disks"),

@@ -51,9 +51,10 @@ enum Kind {
     Port,
     SecurityGroup,
     Volume,
+    Snapshot,
 }
 
-const KINDS: [Kind; 11] = [
+const KINDS: [Kind; 12] = [
     Kind::Server,
     Kind::Image,
     Kind::Flavor,
@@ -65,6 +66,7 @@ const KINDS: [Kind; 11] = [
     Kind::Port,
     Kind::SecurityGroup,
     Kind::Volume,
+    Kind::Snapshot,
 ];
 
 impl Kind {
@@ -87,6 +89,7 @@ impl Kind {
                 true,
             ),
             Kind::Volume => ("/volume/v3/volumes?all_tenants=1", "volumes", true),
+            Kind::Snapshot => ("/volume/v3/snapshots?all_tenants=1", "snapshots", true),
         }
     }
 }
@@ -120,6 +123,19 @@ fn endpoints() -> Vec<Endpoint> {
             "/volume/v3/volumes/@VOLUME@/action",
             json!({"os-extend": {"new_size": 2}}),
             None,
+        ),
+        e(
+            "POST",
+            "/volume/v3/snapshots",
+            json!({"snapshot": {"volume_id": "@VOLUME@", "name": "s", "description": "d",
+                "force": false, "metadata": {"k": "v"}}}),
+            Some(Kind::Snapshot),
+        ),
+        e(
+            "POST",
+            "/volume/v3/volumes",
+            json!({"volume": {"size": 2, "source_volid": "@VOLUME@", "name": "c"}}),
+            Some(Kind::Volume),
         ),
         e(
             "POST",
@@ -269,6 +285,17 @@ fn endpoints() -> Vec<Endpoint> {
 
 /// List endpoints and the query parameters they take.
 const QUERIES: &[(&str, &[&str])] = &[
+    (
+        "/volume/v3/snapshots/detail",
+        &[
+            "limit",
+            "marker",
+            "name",
+            "status",
+            "all_tenants",
+            "volume_id",
+        ],
+    ),
     (
         "/volume/v3/volumes/detail",
         &[

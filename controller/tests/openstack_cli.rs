@@ -906,6 +906,64 @@ fn openstack_volumes() {
     ok(&["server", "remove", "volume", &server, "data2"]);
     wait("data2", "available");
 
+    // A snapshot, a volume from it and a clone of the volume.
+    let snap = js(ok(&[
+        "volume", "snapshot", "create", "--volume", "data2", "snap1", "-f", "json",
+    ]));
+    assert_eq!(snap["size"], 2, "{snap}");
+    let snapshot_status = |name: &str| {
+        run(
+            &cli,
+            &clouds,
+            &[
+                "volume", "snapshot", "show", name, "-f", "value", "-c", "status",
+            ],
+        )
+        .1
+        .trim()
+        .to_owned()
+    };
+    let wait_snapshot = |name: &str, want: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while snapshot_status(name) != want {
+            assert!(std::time::Instant::now() < deadline, "{name} never {want}");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    };
+    wait_snapshot("snap1", "available");
+    let listed = js(ok(&["volume", "snapshot", "list", "-f", "json"]));
+    assert_eq!(listed[0]["Name"], "snap1", "{listed}");
+    ok(&["volume", "create", "--snapshot", "snap1", "from-snap"]);
+    wait("from-snap", "available");
+    let shown = js(ok(&["volume", "show", "from-snap", "-f", "json"]));
+    assert_eq!(shown["size"], 2, "{shown}");
+    assert_eq!(shown["snapshot_id"], snap["id"], "{shown}");
+    ok(&[
+        "volume", "create", "--source", "data2", "--size", "3", "clone1",
+    ]);
+    wait("clone1", "available");
+    let shown = js(ok(&["volume", "show", "clone1", "-f", "json"]));
+    assert_eq!(
+        (&shown["size"], &shown["source_volid"]),
+        (&serde_json::json!(3), &serde_json::json!(id))
+    );
+    let (done, _, err) = run(&cli, &clouds, &["volume", "delete", "data2"]);
+    assert!(!done, "a volume with snapshots was deleted");
+    assert!(err.contains("snapshots"), "{err}");
+    ok(&["volume", "snapshot", "delete", "snap1"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while run(&cli, &clouds, &["volume", "snapshot", "show", "snap1"]).0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "snapshot never deleted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    ok(&["volume", "delete", "from-snap", "clone1"]);
+    // A snapshot left for `volume delete --purge` (cascade) to take along.
+    ok(&["volume", "snapshot", "create", "--volume", "data2", "snap2"]);
+    wait_snapshot("snap2", "available");
+
     // Without properties or a description (the SDK sends nulls then).
     ok(&["volume", "create", "--size", "1", "plain"]);
     wait("plain", "available");
@@ -922,11 +980,25 @@ fn openstack_volumes() {
         "{err}"
     );
 
-    ok(&["volume", "delete", "data2"]);
+    ok(&["volume", "delete", "--purge", "data2"]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while run(&cli, &clouds, &["volume", "show", &id]).0 {
         assert!(std::time::Instant::now() < deadline, "never deleted");
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
     assert!(!s.volume_file(&id).exists());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let left = || {
+        ["volumes", "layers", "snapshots"]
+            .iter()
+            .map(|d| std::fs::read_dir(s.data_dir.join(d)).map_or(0, |d| d.count()))
+            .sum::<usize>()
+    };
+    while left() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "files left on the storage host"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
 }

@@ -187,7 +187,10 @@ fn bad_requests_get_cinders_errors_and_leave_nothing() {
         (json!({"name": "no size"}), "size"),
         (json!({"size": 1, "volume_type": "gold"}), "gold"),
         (json!({"size": 1, "availability_zone": "mars"}), "mars"),
-        (json!({"size": 1, "snapshot_id": "x"}), "snapshot_id"),
+        (json!({"size": 1, "snapshot_id": "x"}), "Snapshot x"),
+        (json!({"size": 1, "source_volid": "x"}), "Volume x"),
+        (json!({"snapshot_id": "x", "source_volid": "y"}), "not both"),
+        (json!({"size": 1, "imageRef": "x"}), "imageRef"),
         (json!({"size": 1, "metadata": {"k": 1}}), "metadata"),
     ] {
         let r = create(&c, &admin, body.clone());
@@ -270,6 +273,197 @@ fn bad_requests_get_cinders_errors_and_leave_nothing() {
     for id in &ids {
         wait_gone(&c, &admin, id);
     }
+}
+
+fn snapshot(c: &Controller, token: &str, body: Value) -> Reply {
+    v3(c, "POST", "/snapshots", token, json!({ "snapshot": body }))
+}
+
+fn wait_snapshot(c: &Controller, token: &str, id: &str, want: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = v3(c, "GET", &format!("/snapshots/{id}"), token, Value::Null);
+        if want == "gone" && r.status == 404 {
+            return Value::Null;
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        let s = r.json()["snapshot"].clone();
+        if s["status"] == want {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "snapshot {id} stayed {}",
+            s["status"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The files under a storaged's data directory `sub` (volumes, layers, ...).
+fn files_in(s: &Storaged, sub: &str) -> usize {
+    std::fs::read_dir(s.data_dir.join(sub)).map_or(0, |d| d.count())
+}
+
+#[test]
+fn snapshots_and_volumes_made_from_them_or_from_volumes() {
+    snapshots_and_clones(&start_with(None, &controller_config()));
+}
+
+#[test]
+fn snapshots_and_volumes_made_from_them_on_postgres_too() {
+    let Some(pg) = common::Postgres::start() else {
+        return;
+    };
+    snapshots_and_clones(&start_with(Some(pg.url()), &controller_config()));
+}
+
+fn snapshots_and_clones(c: &Controller) {
+    let admin = admin_token(c);
+    let s = Storaged::start(c, "storage-1");
+    wait_registered(c, &admin);
+    let r = create(c, &admin, json!({"size": 2, "name": "data1"}));
+    let vol = r.json()["volume"]["id"].as_str().unwrap().to_owned();
+    wait_status(c, &admin, &vol, "available");
+
+    // A snapshot, as the openstack CLI asks for one (force only below 3.66).
+    let r = snapshot(
+        c,
+        &admin,
+        json!({"volume_id": vol, "name": "snap1", "description": "d", "force": false, "metadata": {"k": "v"}}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let snap = r.json()["snapshot"].clone();
+    assert_eq!(snap["status"], "creating");
+    assert_eq!(snap["size"], 2);
+    let sid = snap["id"].as_str().unwrap().to_owned();
+    let shown = wait_snapshot(c, &admin, &sid, "available");
+    assert_eq!(shown["os-extended-snapshot-attributes:progress"], "100%");
+    assert_eq!(shown["metadata"], json!({"k": "v"}));
+    assert_eq!(shown["volume_id"], vol.as_str());
+    for path in [
+        format!("/snapshots?volume_id={vol}"),
+        "/snapshots/detail?name=snap1".to_owned(),
+    ] {
+        let r = v3(c, "GET", &path, &admin, Value::Null);
+        assert_eq!(
+            r.json()["snapshots"][0]["id"],
+            sid.as_str(),
+            "{path}: {}",
+            r.body
+        );
+    }
+    let r = v3(
+        c,
+        "PUT",
+        &format!("/snapshots/{sid}"),
+        &admin,
+        json!({"snapshot": {"name": "snap-1"}}),
+    );
+    assert_eq!(
+        (r.status, &r.json()["snapshot"]["name"]),
+        (200, &json!("snap-1"))
+    );
+    let limits = v3(c, "GET", "/limits", &admin, Value::Null).json();
+    assert_eq!(limits["limits"]["absolute"]["totalSnapshotsUsed"], 1);
+    // Snapshots count against the GiB quota, as Cinder counts them.
+    assert_eq!(limits["limits"]["absolute"]["totalGigabytesUsed"], 4);
+
+    // Volumes from the snapshot (its size when none is given) and from the
+    // volume; neither smaller than its source.
+    let r = create(c, &admin, json!({"size": 1, "snapshot_id": sid}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("cannot be smaller"), "{}", r.body);
+    let r = create(c, &admin, json!({"snapshot_id": sid, "name": "from-snap"}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let from_snap = r.json()["volume"]["id"].as_str().unwrap().to_owned();
+    let v = wait_status(c, &admin, &from_snap, "available");
+    assert_eq!((&v["size"], &v["snapshot_id"]), (&json!(2), &json!(sid)));
+    assert_eq!(v["os-vol-host-attr:host"], "storage-1@file#file");
+    let r = create(c, &admin, json!({"size": 3, "source_volid": vol}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let clone = r.json()["volume"]["id"].as_str().unwrap().to_owned();
+    let v = wait_status(c, &admin, &clone, "available");
+    assert_eq!((&v["size"], &v["source_volid"]), (&json!(3), &json!(vol)));
+
+    // Another project sees none of it and makes nothing from it.
+    second_project(c);
+    let bob = token(c, "bob", "bob-password", "other");
+    assert_eq!(
+        v3(c, "GET", &format!("/snapshots/{sid}"), &bob, Value::Null).status,
+        404
+    );
+    assert_eq!(
+        v3(c, "GET", "/snapshots", &bob, Value::Null).json()["snapshots"],
+        json!([])
+    );
+    assert_eq!(create(c, &bob, json!({"snapshot_id": sid})).status, 404);
+    assert_eq!(
+        create(c, &bob, json!({"size": 2, "source_volid": vol})).status,
+        404
+    );
+    assert_eq!(snapshot(c, &bob, json!({"volume_id": vol})).status, 404);
+    assert_eq!(
+        v3(c, "DELETE", &format!("/snapshots/{sid}"), &bob, Value::Null).status,
+        404
+    );
+    // Bad requests.
+    for body in [
+        json!({}),
+        json!({"volume_id": vol, "force": "maybe"}),
+        json!({"volume_id": 7}),
+    ] {
+        let r = snapshot(c, &admin, body.clone());
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+    }
+
+    // A volume with snapshots is kept unless its snapshots go with it.
+    let r = v3(c, "DELETE", &format!("/volumes/{vol}"), &admin, Value::Null);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("have snapshots"), "{}", r.body);
+    let r = v3(
+        c,
+        "DELETE",
+        &format!("/volumes/{vol}?cascade=true"),
+        &admin,
+        Value::Null,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_gone(c, &admin, &vol);
+    wait_snapshot(c, &admin, &sid, "gone");
+    // What was made from them stays whole.
+    for id in [&from_snap, &clone] {
+        wait_status(c, &admin, id, "available");
+    }
+    assert!(files_in(&s, "layers") > 0, "the clones' data is kept");
+    for id in [&from_snap, &clone] {
+        assert_eq!(
+            v3(c, "DELETE", &format!("/volumes/{id}"), &admin, Value::Null).status,
+            202
+        );
+        wait_gone(c, &admin, id);
+    }
+    assert_eq!(
+        (
+            files_in(&s, "volumes"),
+            files_in(&s, "layers"),
+            files_in(&s, "snapshots")
+        ),
+        (0, 0, 0),
+        "nothing left on the storage host"
+    );
+
+    // The snapshot quota (10).
+    let r = create(c, &admin, json!({"size": 1}));
+    let vol = r.json()["volume"]["id"].as_str().unwrap().to_owned();
+    wait_status(c, &admin, &vol, "available");
+    for i in 0..10 {
+        let r = snapshot(c, &admin, json!({"volume_id": vol}));
+        assert_eq!(r.status, 202, "{i}: {}", r.body);
+    }
+    let r = snapshot(c, &admin, json!({"volume_id": vol}));
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(r.body.contains("SnapshotLimitExceeded"), "{}", r.body);
 }
 
 #[test]
@@ -380,9 +574,13 @@ fn volumes_attach_to_and_detach_from_a_server_on_the_storage_host() {
     let listed = nova("GET", "", Value::Null).json();
     assert_eq!(listed["volumeAttachments"][0]["volumeId"], vol.as_str());
 
-    // In use: not deleted, not attached twice.
+    // In use: not deleted, not attached twice, no snapshot of it (its data
+    // is changing under the guest).
     let r = v3(c, "DELETE", &format!("/volumes/{vol}"), admin, Value::Null);
     assert_eq!(r.status, 400, "{}", r.body);
+    let r = snapshot(c, admin, json!({"volume_id": vol, "force": true}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("in-use"), "{}", r.body);
     let r = nova("POST", "", json!({"volumeAttachment": {"volumeId": vol}}));
     assert_eq!(r.status, 400, "{}", r.body);
     let r = nova("POST", "", json!({"volumeAttachment": {}}));

@@ -412,6 +412,35 @@ fn disks_are_attached_and_detached_running_or_stopped() {
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(message(&body).contains(why), "{bad}: {body}");
     }
+    // A volume made from a snapshot: an overlay over the snapshot's layer,
+    // both sent to the VMM, the layer read-only.
+    let layer = h.dir.path().join("layer.raw");
+    std::fs::write(&layer, vec![0u8; 1 << 20]).unwrap();
+    let overlay = h.dir.path().join("clone.qcow2");
+    vmm::virtio::block::qcow2::create_overlay(&overlay, "layer", 1 << 20).unwrap();
+    let clone = |base: &str| {
+        format!(
+            r#"{{"id": "clone", "path": "{}", "base": "{base}"}}"#,
+            overlay.display()
+        )
+    };
+    for (bad, why) in [
+        (clone("layer.raw"), "absolute"),
+        (clone("/nonexistent/layer"), "/nonexistent"),
+    ] {
+        let (status, body) = api(&h, "POST", "/instances/vol-1/disks", &bad);
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(message(&body).contains(why), "{bad}: {body}");
+    }
+    let (status, added) = api(
+        &h,
+        "POST",
+        "/instances/vol-1/disks",
+        &clone(&layer.display().to_string()),
+    );
+    assert_eq!(status, 200, "{added}");
+    assert_eq!(api(&h, "DELETE", "/instances/vol-1/disks/clone", "").0, 200);
+
     let path = format!("/instances/vol-1/disks/{dev}");
     let (status, removed) = api(&h, "DELETE", &path, "");
     assert_eq!(status, 200, "{removed}");

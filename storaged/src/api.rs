@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
-use storaged_proto::{Connection, CreateVolume, Export, ExtendVolume};
+use storaged_proto::{CreateSnapshot, CreateVolume, Export, ExtendVolume};
 
 use crate::volumes::{FileBackend, Made, VolumeError};
 
@@ -58,6 +58,19 @@ fn reply(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     r
 }
 
+fn no_content() -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+fn made_status(made: Made) -> StatusCode {
+    match made {
+        Made::New => StatusCode::CREATED,
+        Made::Existing => StatusCode::OK,
+    }
+}
+
 fn error(status: StatusCode, message: &str) -> Response<Body> {
     reply(
         status,
@@ -96,10 +109,15 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response
 
 fn volume_error(e: &VolumeError) -> Response<Body> {
     let status = match e {
-        VolumeError::BadId(_) | VolumeError::BadSize(_) => StatusCode::BAD_REQUEST,
-        VolumeError::NotFound(_) => StatusCode::NOT_FOUND,
-        VolumeError::Exists { .. } | VolumeError::Shrink { .. } => StatusCode::CONFLICT,
-        VolumeError::Io { .. } => {
+        VolumeError::BadId(_) | VolumeError::BadSize(_) | VolumeError::SmallerThanSource { .. } => {
+            StatusCode::BAD_REQUEST
+        }
+        VolumeError::NotFound(_) | VolumeError::SnapshotNotFound(_) => StatusCode::NOT_FOUND,
+        VolumeError::Exists { .. }
+        | VolumeError::SnapshotExists { .. }
+        | VolumeError::Shrink { .. }
+        | VolumeError::TooDeep(_) => StatusCode::CONFLICT,
+        VolumeError::Io { .. } | VolumeError::Damaged { .. } => {
             tracing::error!("{e}");
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -138,15 +156,9 @@ async fn handle(
             let v = id(v);
             match body::<CreateVolume>(req).await {
                 Err(r) => Err(r),
-                Ok(c) => blocking(&state, move |b| b.create(&v, c.size_gib))
+                Ok(c) => blocking(&state, move |b| b.create(&v, c.size_gib, c.source.as_ref()))
                     .await
-                    .map(|(info, made)| {
-                        let status = match made {
-                            Made::New => StatusCode::CREATED,
-                            Made::Existing => StatusCode::OK,
-                        };
-                        reply(status, &info)
-                    }),
+                    .map(|(info, made)| reply(made_status(made), &info)),
             }
         }
         (Method::GET, ["v1", "volumes", v]) => {
@@ -179,23 +191,44 @@ async fn handle(
                         state.host_id, e.host_id
                     ),
                 )),
-                Ok(_) => blocking(&state, move |b| b.file(&v)).await.map(|path| {
-                    reply(
-                        StatusCode::OK,
-                        &Connection {
-                            path: path.display().to_string(),
-                        },
-                    )
-                }),
+                Ok(_) => blocking(&state, move |b| b.files(&v))
+                    .await
+                    .map(|c| reply(StatusCode::OK, &c)),
             }
         }
         (Method::DELETE, ["v1", "volumes", v]) => {
             let v = id(v);
-            blocking(&state, move |b| b.delete(&v)).await.map(|()| {
-                let mut r = Response::new(Full::new(Bytes::new()));
-                *r.status_mut() = StatusCode::NO_CONTENT;
-                r
-            })
+            blocking(&state, move |b| b.delete(&v))
+                .await
+                .map(|()| no_content())
+        }
+        (Method::PUT, ["v1", "snapshots", s]) => {
+            let s = id(s);
+            match body::<CreateSnapshot>(req).await {
+                Err(r) => Err(r),
+                Ok(c) => blocking(&state, move |b| b.snapshot(&s, &c.volume_id))
+                    .await
+                    .map(|(info, made)| reply(made_status(made), &info)),
+            }
+        }
+        (Method::GET, ["v1", "snapshots", s]) => {
+            let s = id(s);
+            let missing = error(
+                StatusCode::NOT_FOUND,
+                &format!("snapshot {s} does not exist"),
+            );
+            blocking(&state, move |b| b.snapshot_info(&s))
+                .await
+                .map(|info| match info {
+                    Some(info) => reply(StatusCode::OK, &info),
+                    None => missing,
+                })
+        }
+        (Method::DELETE, ["v1", "snapshots", s]) => {
+            let s = id(s);
+            blocking(&state, move |b| b.delete_snapshot(&s))
+                .await
+                .map(|()| no_content())
         }
         _ => Err(error(StatusCode::NOT_FOUND, "no such resource")),
     };

@@ -1,35 +1,76 @@
-//! The local-file backend: each volume is one sparse raw file,
-//! `DATA_DIR/volumes/<id>.raw`, thin from the start (only what the guest
-//! writes takes space). Every change is made durable before it is
-//! answered: a new file is sized and synced under a temporary name, renamed
-//! into place, and the directory synced; a growth is synced; a removal
-//! syncs the directory. So a crash at any point leaves either the old state
-//! or the new one, and the controller's repeat of the call finishes it.
+//! The local-file backend. Under `DATA_DIR`:
+//!
+//! - `volumes/<id>.raw`: a volume as a sparse raw file, thin from the start
+//!   (only what the guest writes takes space);
+//! - `volumes/<id>.qcow2`: a volume as a qcow2 overlay over a layer, which
+//!   the VMM serves (the volume was snapshotted, or made from a snapshot,
+//!   on a filesystem that cannot share blocks);
+//! - `layers/<id>.raw|.qcow2`: frozen data, never written again: a
+//!   snapshot's, or a volume's as it was when a clone was made from it. A
+//!   qcow2 layer lies over another layer; its header names it by id;
+//! - `snapshots/<id>`: a snapshot that exists (its volume's id inside).
+//!   Deleting a snapshot removes this; its layer goes once nothing lies
+//!   over it.
+//!
+//! Snapshots and clones take constant time whatever the size. Where the
+//! filesystem shares blocks (`FICLONE`: XFS, btrfs) a raw volume's snapshot
+//! or clone is a reflinked raw file and nothing depends on anything. Else
+//! (ext4, tmpfs) a snapshot freezes the volume's file as a layer (a hard
+//! link, so nothing is copied) and gives the volume a fresh overlay over
+//! it; a clone is an overlay over the layer.
+//!
+//! A file's format is told by its name, never by its contents: a guest can
+//! write a qcow2 header into a raw volume. A qcow2 header is ours: guests'
+//! writes land in data clusters.
+//!
+//! Every change is durable before it is answered, and made so that a crash
+//! at any point leaves a state that [`FileBackend::open`] tidies and the
+//! controller's repeat of the call finishes: new files are made under a
+//! `.tmp` name, synced and renamed into place, directories synced.
 //!
 //! Other backends (Ceph RBD, when users bring a cluster) answer the same
 //! calls: see ARCHITECTURE.md.
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use storaged_proto::{is_volume_id, VolumeInfo, MAX_SIZE_GIB};
+use storaged_proto::{
+    is_volume_id, Connection, SnapshotInfo, VolumeInfo, VolumeSource, MAX_SIZE_GIB,
+};
+use vmm::virtio::block::qcow2;
 
 const GIB: u64 = 1 << 30;
 
+/// The most files a volume's data may lie across: its own, then its layers
+/// and base, as the VMM opens them.
+const MAX_CHAIN: usize = qcow2::MAX_LAYERS + 2;
+
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
-    #[error("{0:?} is not a volume id")]
+    #[error("{0:?} is not a volume or snapshot id")]
     BadId(String),
     #[error("a volume of {0} GiB: sizes are 1 to {MAX_SIZE_GIB} GiB")]
     BadSize(u64),
     #[error("volume {0} does not exist")]
     NotFound(String),
+    #[error("snapshot {0} does not exist")]
+    SnapshotNotFound(String),
     #[error("volume {id} exists with {have} GiB, not {want} GiB")]
     Exists { id: String, have: u64, want: u64 },
+    #[error("snapshot {id} exists, of volume {volume_id}")]
+    SnapshotExists { id: String, volume_id: String },
     #[error("volume {id} has {have} GiB: it cannot shrink to {want} GiB")]
     Shrink { id: String, have: u64, want: u64 },
+    #[error("{what} has {have} GiB: a volume made from it needs at least that, not {want} GiB")]
+    SmallerThanSource { what: String, have: u64, want: u64 },
+    #[error("volume {0} lies over {MAX_CHAIN} files already: no more snapshots or clones of it")]
+    TooDeep(String),
+    #[error("{path}: {reason}")]
+    Damaged { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -48,46 +89,180 @@ pub enum Made {
     Existing,
 }
 
-/// The volumes under one directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Raw,
+    Qcow2,
+}
+
+impl Format {
+    fn ext(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// A volume's or layer's file.
+#[derive(Clone, Debug)]
+struct Image {
+    path: PathBuf,
+    format: Format,
+}
+
+impl Image {
+    /// The disk's size in bytes, and the id of the layer under it.
+    fn describe(&self) -> Result<(u64, Option<String>), VolumeError> {
+        let file = File::open(&self.path).map_err(io_err(&self.path))?;
+        match self.format {
+            Format::Raw => Ok((file.metadata().map_err(io_err(&self.path))?.len(), None)),
+            Format::Qcow2 => {
+                let (size, under) = qcow2::describe(&file).map_err(io_err(&self.path))?;
+                match under {
+                    Some(id) if is_volume_id(&id) => Ok((size, Some(id))),
+                    other => Err(VolumeError::Damaged {
+                        path: self.path.clone(),
+                        reason: format!("a qcow2 volume or layer over {other:?}, not a layer"),
+                    }),
+                }
+            }
+        }
+    }
+
+    fn size_gib(&self) -> Result<u64, VolumeError> {
+        Ok(self.describe()?.0 / GIB)
+    }
+}
+
+/// The volumes and snapshots under one directory.
 pub struct FileBackend {
-    dir: PathBuf,
+    volumes: PathBuf,
+    layers: PathBuf,
+    snapshots: PathBuf,
+    /// Changes go one at a time: a sweep for unused layers must not meet a
+    /// snapshot half made.
+    changing: Mutex<()>,
 }
 
 impl FileBackend {
-    /// The backend over `data_dir` (made if missing); leftovers of creates
-    /// a crash interrupted are removed.
+    /// The backend over `data_dir` (made if missing). What a crash left
+    /// half made is tidied: temporary files, a raw volume a snapshot had
+    /// already replaced, layers nothing needs.
     pub fn open(data_dir: &Path) -> Result<FileBackend, VolumeError> {
-        let dir = data_dir.join("volumes");
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let path = entry.map_err(io_err(&dir))?.path();
-            if path.extension().is_some_and(|e| e == "tmp") {
-                std::fs::remove_file(&path).map_err(io_err(&path))?;
+        let backend = FileBackend {
+            volumes: data_dir.join("volumes"),
+            layers: data_dir.join("layers"),
+            snapshots: data_dir.join("snapshots"),
+            changing: Mutex::new(()),
+        };
+        for dir in [&backend.volumes, &backend.layers, &backend.snapshots] {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+            for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+                let path = entry.map_err(io_err(dir))?.path();
+                if path.extension().is_some_and(|e| e == "tmp") {
+                    std::fs::remove_file(&path).map_err(io_err(&path))?;
+                }
             }
         }
-        Ok(FileBackend { dir })
-    }
-
-    fn path(&self, id: &str) -> Result<PathBuf, VolumeError> {
-        if !is_volume_id(id) {
-            return Err(VolumeError::BadId(id.to_owned()));
+        // A snapshot renames the new overlay into place before it drops the
+        // raw name: both there means the overlay won.
+        for id in backend.ids(&backend.volumes)? {
+            let raw = backend.volumes.join(format!("{id}.raw"));
+            if raw.exists() && backend.volumes.join(format!("{id}.qcow2")).exists() {
+                std::fs::remove_file(&raw).map_err(io_err(&raw))?;
+            }
         }
-        Ok(self.dir.join(format!("{id}.raw")))
+        backend.sweep_layers()?;
+        Ok(backend)
     }
 
-    fn sync_dir(&self) -> Result<(), VolumeError> {
-        File::open(&self.dir)
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.changing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check_id(id: &str) -> Result<(), VolumeError> {
+        if is_volume_id(id) {
+            Ok(())
+        } else {
+            Err(VolumeError::BadId(id.to_owned()))
+        }
+    }
+
+    /// The file `id` has in `dir`, if any (an overlay first).
+    fn find(dir: &Path, id: &str) -> Result<Option<Image>, VolumeError> {
+        Self::check_id(id)?;
+        for format in [Format::Qcow2, Format::Raw] {
+            let path = dir.join(format!("{id}.{}", format.ext()));
+            if path.exists() {
+                return Ok(Some(Image { path, format }));
+            }
+        }
+        Ok(None)
+    }
+
+    fn volume(&self, id: &str) -> Result<Image, VolumeError> {
+        Self::find(&self.volumes, id)?.ok_or_else(|| VolumeError::NotFound(id.to_owned()))
+    }
+
+    /// The layers `image` lies over, the one right under it first, down
+    /// to a raw base.
+    fn chain(&self, image: &Image) -> Result<Vec<Image>, VolumeError> {
+        let mut chain = Vec::new();
+        let mut under = image.describe()?.1;
+        while let Some(id) = under {
+            let layer = Self::find(&self.layers, &id)?.ok_or_else(|| VolumeError::Damaged {
+                path: image.path.clone(),
+                reason: format!("the layer {id} it lies over is missing"),
+            })?;
+            if chain.len() >= MAX_CHAIN {
+                return Err(VolumeError::Damaged {
+                    path: image.path.clone(),
+                    reason: format!("lies over more than {MAX_CHAIN} layers"),
+                });
+            }
+            under = layer.describe()?.1;
+            chain.push(layer);
+        }
+        Ok(chain)
+    }
+
+    fn sync(dir: &Path) -> Result<(), VolumeError> {
+        File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.dir))
+            .map_err(io_err(dir))
     }
 
-    /// Makes volume `id` of `size_gib`, or finds it made with that size.
-    pub fn create(&self, id: &str, size_gib: u64) -> Result<(VolumeInfo, Made), VolumeError> {
+    /// The ids of the files in `dir` (temporary ones aside).
+    fn ids(&self, dir: &Path) -> Result<BTreeSet<String>, VolumeError> {
+        let mut ids = BTreeSet::new();
+        for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+            let path = entry.map_err(io_err(dir))?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                continue;
+            }
+            if let Some(stem) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) {
+                if is_volume_id(&stem) {
+                    ids.insert(stem);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Makes volume `id` of `size_gib`, blank or from `source`, or finds it
+    /// made with that size.
+    pub fn create(
+        &self,
+        id: &str,
+        size_gib: u64,
+        source: Option<&VolumeSource>,
+    ) -> Result<(VolumeInfo, Made), VolumeError> {
         if !(1..=MAX_SIZE_GIB).contains(&size_gib) {
             return Err(VolumeError::BadSize(size_gib));
         }
-        let path = self.path(id)?;
-        if let Some(info) = self.info(id)? {
+        let _changing = self.lock();
+        if let Some(info) = self.info_of(id)? {
             return if info.size_gib == size_gib {
                 Ok((info, Made::Existing))
             } else {
@@ -98,35 +273,287 @@ impl FileBackend {
                 })
             };
         }
-        let tmp = path.with_extension("tmp");
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        file.set_len(size_gib * GIB).map_err(io_err(&tmp))?;
-        file.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        self.sync_dir()?;
+        match source {
+            None => {
+                let tmp = self.volumes.join(format!("{id}.tmp"));
+                let file = create_new(&tmp)?;
+                file.set_len(size_gib * GIB).map_err(io_err(&tmp))?;
+                self.put_in_place(&tmp, file, id, Format::Raw)?;
+            }
+            Some(VolumeSource::Snapshot(snap)) => {
+                if !self.snapshot_exists(snap)? {
+                    return Err(VolumeError::SnapshotNotFound(snap.clone()));
+                }
+                let layer = Self::find(&self.layers, snap)?
+                    .ok_or_else(|| VolumeError::SnapshotNotFound(snap.clone()))?;
+                self.check_source_size(&format!("snapshot {snap}"), &layer, size_gib)?;
+                self.copy_of(&layer, snap, id, size_gib)?;
+            }
+            Some(VolumeSource::Volume(from)) => {
+                let source = self.volume(from)?;
+                self.check_source_size(&format!("volume {from}"), &source, size_gib)?;
+                if source.format == Format::Raw && self.reflinked(&source, id, size_gib)? {
+                    // Done: a raw file of its own.
+                } else {
+                    // The source's data, frozen under the new volume's id,
+                    // is what both go on from.
+                    self.freeze(from, id)?;
+                    let layer = Self::find(&self.layers, id)?.ok_or_else(|| {
+                        VolumeError::NotFound(format!("{from} (frozen for {id})"))
+                    })?;
+                    self.copy_of(&layer, id, id, size_gib)?;
+                }
+            }
+        }
         let info = self
-            .info(id)?
+            .info_of(id)?
             .ok_or_else(|| VolumeError::NotFound(id.into()))?;
         Ok((info, Made::New))
     }
 
+    fn check_source_size(&self, what: &str, source: &Image, want: u64) -> Result<(), VolumeError> {
+        let have = source.size_gib()?;
+        if want < have {
+            return Err(VolumeError::SmallerThanSource {
+                what: what.to_owned(),
+                have,
+                want,
+            });
+        }
+        Ok(())
+    }
+
+    /// Syncs `file` (at the temporary `tmp`) and renames it into place as
+    /// volume `id`.
+    fn put_in_place(
+        &self,
+        tmp: &Path,
+        file: File,
+        id: &str,
+        format: Format,
+    ) -> Result<(), VolumeError> {
+        file.sync_all().map_err(io_err(tmp))?;
+        let path = self.volumes.join(format!("{id}.{}", format.ext()));
+        std::fs::rename(tmp, &path).map_err(io_err(&path))?;
+        Self::sync(&self.volumes)
+    }
+
+    /// Makes volume `id` a raw copy of `source` sharing its blocks, if the
+    /// filesystem can; false (and nothing made) if it cannot.
+    fn reflinked(&self, source: &Image, id: &str, size_gib: u64) -> Result<bool, VolumeError> {
+        let tmp = self.volumes.join(format!("{id}.tmp"));
+        let file = create_new(&tmp)?;
+        let from = File::open(&source.path).map_err(io_err(&source.path))?;
+        if !reflink(&from, &file).map_err(io_err(&tmp))? {
+            drop(file);
+            std::fs::remove_file(&tmp).map_err(io_err(&tmp))?;
+            return Ok(false);
+        }
+        let size = size_gib * GIB;
+        if file.metadata().map_err(io_err(&tmp))?.len() < size {
+            file.set_len(size).map_err(io_err(&tmp))?;
+        }
+        self.put_in_place(&tmp, file, id, Format::Raw)?;
+        Ok(true)
+    }
+
+    /// Makes volume `id` start as `layer` (named `layer_id`): a reflinked
+    /// copy of a raw layer where the filesystem can, else an overlay.
+    fn copy_of(
+        &self,
+        layer: &Image,
+        layer_id: &str,
+        id: &str,
+        size_gib: u64,
+    ) -> Result<(), VolumeError> {
+        if layer.format == Format::Raw && self.reflinked(layer, id, size_gib)? {
+            return Ok(());
+        }
+        if self.chain(layer)?.len() + 2 > MAX_CHAIN {
+            return Err(VolumeError::TooDeep(id.to_owned()));
+        }
+        let tmp = self.volumes.join(format!("{id}.qcow2.tmp"));
+        qcow2::create_layer(&tmp, layer_id, layer.format.ext(), size_gib * GIB)
+            .map_err(io_err(&tmp))?;
+        let file = File::open(&tmp).map_err(io_err(&tmp))?;
+        self.put_in_place(&tmp, file, id, Format::Qcow2)
+    }
+
+    /// Freezes volume `volume_id`'s data as it is now as layer `layer_id`,
+    /// without copying it: the volume's file becomes the layer (a hard
+    /// link) and the volume a new overlay over it. Repeating it after a
+    /// crash finishes it; once done, it is done.
+    fn freeze(&self, volume_id: &str, layer_id: &str) -> Result<(), VolumeError> {
+        let volume = self.volume(volume_id)?;
+        let layer_path = self
+            .layers
+            .join(format!("{layer_id}.{}", volume.format.ext()));
+        match Self::find(&self.layers, layer_id)? {
+            Some(layer) if !same_file(&layer.path, &volume.path)? => return Ok(()),
+            Some(_) => {} // linked before a crash: go on
+            None => {
+                if self.chain(&volume)?.len() + 2 > MAX_CHAIN {
+                    return Err(VolumeError::TooDeep(volume_id.to_owned()));
+                }
+                std::fs::hard_link(&volume.path, &layer_path).map_err(io_err(&layer_path))?;
+                Self::sync(&self.layers)?;
+            }
+        }
+        let size = volume.describe()?.0;
+        let tmp = self.volumes.join(format!("{volume_id}.qcow2.tmp"));
+        qcow2::create_layer(&tmp, layer_id, volume.format.ext(), size).map_err(io_err(&tmp))?;
+        let file = File::open(&tmp).map_err(io_err(&tmp))?;
+        self.put_in_place(&tmp, file, volume_id, Format::Qcow2)?;
+        if volume.format == Format::Raw {
+            std::fs::remove_file(&volume.path).map_err(io_err(&volume.path))?;
+            Self::sync(&self.volumes)?;
+        }
+        Ok(())
+    }
+
+    /// Takes snapshot `id` of volume `volume_id`: its data as it is now.
+    pub fn snapshot(&self, id: &str, volume_id: &str) -> Result<(SnapshotInfo, Made), VolumeError> {
+        Self::check_id(id)?;
+        let _changing = self.lock();
+        if let Some(info) = self.snapshot_info_of(id)? {
+            return if info.volume_id == volume_id {
+                Ok((info, Made::Existing))
+            } else {
+                Err(VolumeError::SnapshotExists {
+                    id: id.to_owned(),
+                    volume_id: info.volume_id,
+                })
+            };
+        }
+        let volume = self.volume(volume_id)?;
+        let made_raw = volume.format == Format::Raw && Self::find(&self.layers, id)?.is_none() && {
+            let tmp = self.layers.join(format!("{id}.tmp"));
+            let file = create_new(&tmp)?;
+            let from = File::open(&volume.path).map_err(io_err(&volume.path))?;
+            if reflink(&from, &file).map_err(io_err(&tmp))? {
+                file.sync_all().map_err(io_err(&tmp))?;
+                let path = self.layers.join(format!("{id}.raw"));
+                std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+                Self::sync(&self.layers)?;
+                true
+            } else {
+                drop(file);
+                std::fs::remove_file(&tmp).map_err(io_err(&tmp))?;
+                false
+            }
+        };
+        if !made_raw {
+            self.freeze(volume_id, id)?;
+        }
+        let tmp = self.snapshots.join(format!("{id}.tmp"));
+        std::fs::write(&tmp, volume_id).map_err(io_err(&tmp))?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&tmp))?;
+        let marker = self.snapshots.join(id);
+        std::fs::rename(&tmp, &marker).map_err(io_err(&marker))?;
+        Self::sync(&self.snapshots)?;
+        let info = self
+            .snapshot_info_of(id)?
+            .ok_or_else(|| VolumeError::SnapshotNotFound(id.to_owned()))?;
+        Ok((info, Made::New))
+    }
+
+    fn snapshot_exists(&self, id: &str) -> Result<bool, VolumeError> {
+        Self::check_id(id)?;
+        Ok(self.snapshots.join(id).exists())
+    }
+
+    fn snapshot_info_of(&self, id: &str) -> Result<Option<SnapshotInfo>, VolumeError> {
+        if !self.snapshot_exists(id)? {
+            return Ok(None);
+        }
+        let marker = self.snapshots.join(id);
+        let volume_id = std::fs::read_to_string(&marker).map_err(io_err(&marker))?;
+        let layer = Self::find(&self.layers, id)?.ok_or_else(|| VolumeError::Damaged {
+            path: marker.clone(),
+            reason: "a snapshot without its layer".into(),
+        })?;
+        Ok(Some(SnapshotInfo {
+            id: id.to_owned(),
+            volume_id,
+            size_gib: layer.size_gib()?,
+        }))
+    }
+
+    /// What snapshot `id` is, if it exists.
+    pub fn snapshot_info(&self, id: &str) -> Result<Option<SnapshotInfo>, VolumeError> {
+        let _changing = self.lock();
+        self.snapshot_info_of(id)
+    }
+
+    /// Removes snapshot `id`; gone already is fine. Its data stays while a
+    /// volume made from it needs it.
+    pub fn delete_snapshot(&self, id: &str) -> Result<(), VolumeError> {
+        Self::check_id(id)?;
+        let _changing = self.lock();
+        let marker = self.snapshots.join(id);
+        match std::fs::remove_file(&marker) {
+            Ok(()) => Self::sync(&self.snapshots)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&marker)(e)),
+        }
+        self.sweep_layers()
+    }
+
+    /// Removes the layers no snapshot is and no volume or kept layer lies
+    /// over.
+    fn sweep_layers(&self) -> Result<(), VolumeError> {
+        let mut keep = self.ids(&self.snapshots)?;
+        let tops = self
+            .ids(&self.volumes)?
+            .into_iter()
+            .map(|id| Self::find(&self.volumes, &id))
+            .chain(
+                keep.clone()
+                    .into_iter()
+                    .map(|id| Self::find(&self.layers, &id)),
+            )
+            .collect::<Result<Vec<_>, _>>()?;
+        for top in tops.into_iter().flatten() {
+            for layer in self.chain(&top)? {
+                if let Some(id) = layer.path.file_stem() {
+                    keep.insert(id.to_string_lossy().into_owned());
+                }
+            }
+        }
+        let mut removed = false;
+        for id in self.ids(&self.layers)? {
+            if keep.contains(&id) {
+                continue;
+            }
+            while let Some(layer) = Self::find(&self.layers, &id)? {
+                std::fs::remove_file(&layer.path).map_err(io_err(&layer.path))?;
+                removed = true;
+            }
+        }
+        if removed {
+            Self::sync(&self.layers)?;
+        }
+        Ok(())
+    }
+
+    fn info_of(&self, id: &str) -> Result<Option<VolumeInfo>, VolumeError> {
+        let Some(image) = Self::find(&self.volumes, id)? else {
+            return Ok(None);
+        };
+        let meta = std::fs::metadata(&image.path).map_err(io_err(&image.path))?;
+        Ok(Some(VolumeInfo {
+            id: id.to_owned(),
+            size_gib: image.size_gib()?,
+            allocated_bytes: meta.blocks() * 512,
+        }))
+    }
+
     /// What volume `id` is, if it exists.
     pub fn info(&self, id: &str) -> Result<Option<VolumeInfo>, VolumeError> {
-        let path = self.path(id)?;
-        match std::fs::metadata(&path) {
-            Ok(m) => Ok(Some(VolumeInfo {
-                id: id.to_owned(),
-                size_gib: m.len() / GIB,
-                allocated_bytes: m.blocks() * 512,
-            })),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+        let _changing = self.lock();
+        self.info_of(id)
     }
 
     /// Grows volume `id` to `size_gib` (already that size: nothing to do).
@@ -134,102 +561,204 @@ impl FileBackend {
         if !(1..=MAX_SIZE_GIB).contains(&size_gib) {
             return Err(VolumeError::BadSize(size_gib));
         }
-        let path = self.path(id)?;
-        let info = self
-            .info(id)?
-            .ok_or_else(|| VolumeError::NotFound(id.into()))?;
-        if info.size_gib > size_gib {
+        let _changing = self.lock();
+        let volume = self.volume(id)?;
+        let have = volume.size_gib()?;
+        if have > size_gib {
             return Err(VolumeError::Shrink {
                 id: id.to_owned(),
-                have: info.size_gib,
+                have,
                 want: size_gib,
             });
         }
-        if info.size_gib < size_gib {
+        if have < size_gib {
             let file = OpenOptions::new()
+                .read(true)
                 .write(true)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            file.set_len(size_gib * GIB).map_err(io_err(&path))?;
-            file.sync_all().map_err(io_err(&path))?;
+                .open(&volume.path)
+                .map_err(io_err(&volume.path))?;
+            match volume.format {
+                Format::Raw => file.set_len(size_gib * GIB),
+                Format::Qcow2 => qcow2::grow_file(&file, size_gib * GIB),
+            }
+            .and_then(|()| file.sync_all())
+            .map_err(io_err(&volume.path))?;
         }
-        self.info(id)?
+        self.info_of(id)?
             .ok_or_else(|| VolumeError::NotFound(id.into()))
     }
 
-    /// Removes volume `id`; gone already is fine.
+    /// Removes volume `id` (and the layers only it needed); gone already
+    /// is fine.
     pub fn delete(&self, id: &str) -> Result<(), VolumeError> {
-        let path = self.path(id)?;
-        match std::fs::remove_file(&path) {
-            Ok(()) => self.sync_dir(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(&path)(e)),
+        Self::check_id(id)?;
+        let _changing = self.lock();
+        let mut removed = false;
+        while let Some(image) = Self::find(&self.volumes, id)? {
+            std::fs::remove_file(&image.path).map_err(io_err(&image.path))?;
+            removed = true;
         }
+        if removed {
+            Self::sync(&self.volumes)?;
+        }
+        self.sweep_layers()
     }
 
-    /// The file holding volume `id`, which exists.
-    pub fn file(&self, id: &str) -> Result<PathBuf, VolumeError> {
-        let path = self.path(id)?;
-        if self.info(id)?.is_none() {
-            return Err(VolumeError::NotFound(id.to_owned()));
-        }
-        Ok(path)
+    /// The files holding volume `id`, which exists, as a host opens them.
+    pub fn files(&self, id: &str) -> Result<Connection, VolumeError> {
+        let _changing = self.lock();
+        let volume = self.volume(id)?;
+        let backing = self
+            .chain(&volume)?
+            .into_iter()
+            .map(|l| l.path.display().to_string())
+            .collect();
+        Ok(Connection {
+            path: volume.path.display().to_string(),
+            backing,
+        })
     }
 
     /// Every volume, by id.
     pub fn list(&self) -> Result<Vec<VolumeInfo>, VolumeError> {
+        let _changing = self.lock();
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
-            let path = entry.map_err(io_err(&self.dir))?.path();
-            let id = match (path.file_stem(), path.extension()) {
-                (Some(stem), Some(ext)) if ext == "raw" => stem.to_string_lossy().into_owned(),
-                _ => continue,
-            };
-            if let Some(info) = is_volume_id(&id)
-                .then(|| self.info(&id))
-                .transpose()?
-                .flatten()
-            {
+        for id in self.ids(&self.volumes)? {
+            if let Some(info) = self.info_of(&id)? {
                 out.push(info);
             }
         }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
 
     /// (total, free) bytes of the volumes' filesystem.
     pub fn capacity(&self) -> Result<(u64, u64), VolumeError> {
-        let s = rustix::fs::statvfs(&self.dir).map_err(|e| io_err(&self.dir)(e.into()))?;
+        let s = rustix::fs::statvfs(&self.volumes).map_err(|e| io_err(&self.volumes)(e.into()))?;
         Ok((s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize))
+    }
+}
+
+fn create_new(path: &Path) -> Result<File, VolumeError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_err(path))
+}
+
+fn same_file(a: &Path, b: &Path) -> Result<bool, VolumeError> {
+    let (ma, mb) = (
+        std::fs::metadata(a).map_err(io_err(a))?,
+        std::fs::metadata(b).map_err(io_err(b))?,
+    );
+    Ok(ma.dev() == mb.dev() && ma.ino() == mb.ino())
+}
+
+/// Shares `source`'s blocks with `target` (empty) if the filesystem can;
+/// false if it cannot.
+fn reflink(source: &File, target: &File) -> io::Result<bool> {
+    match rustix::fs::ioctl_ficlone(target, source) {
+        Ok(()) => Ok(true),
+        // Not a filesystem that shares blocks, or not between these files.
+        Err(
+            rustix::io::Errno::OPNOTSUPP
+            | rustix::io::Errno::XDEV
+            | rustix::io::Errno::INVAL
+            | rustix::io::Errno::NOTTY
+            | rustix::io::Errno::NOSYS,
+        ) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
 
     const A: &str = "5d3f9a7e-6c1b-4e0a-9f2d-8b7c6a5e4d3c";
     const B: &str = "0a9b8c7d-6e5f-4a3b-8c2d-1e0f9a8b7c6d";
+    const C: &str = "1b2c3d4e-5f60-4718-8293-a4b5c6d7e8f9";
+    const S1: &str = "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a";
+    const S2: &str = "2a3b4c5d-6e7f-4809-9a1b-2c3d4e5f6a7b";
+
+    /// Reads or writes a volume as a guest would, through the VMM's disk.
+    fn disk(v: &FileBackend, id: &str) -> vmm::virtio::block::disk::Disk {
+        let c = v.files(id).unwrap();
+        let layers: Vec<PathBuf> = c.backing.iter().map(PathBuf::from).collect();
+        let (base, layers) = match layers.split_last() {
+            Some((base, layers)) => (Some(base.clone()), layers.to_vec()),
+            None => (None, Vec::new()),
+        };
+        vmm::virtio::block::disk::Disk::open(
+            Path::new(&c.path),
+            base.as_deref(),
+            &layers,
+            false,
+            false,
+        )
+        .unwrap()
+    }
+
+    fn write(v: &FileBackend, id: &str, offset: u64, data: &[u8]) {
+        let d = disk(v, id);
+        let iov = [libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        }];
+        if d.is_overlay() {
+            d.overlay_io(true, &iov, offset).unwrap();
+        } else {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(v.files(id).unwrap().path)
+                .unwrap();
+            f.write_all_at(data, offset).unwrap();
+        }
+        d.flush().unwrap();
+    }
+
+    fn read(v: &FileBackend, id: &str, offset: u64, len: usize) -> Vec<u8> {
+        let d = disk(v, id);
+        let mut buf = vec![0u8; len];
+        let iov = [libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: len,
+        }];
+        if d.is_overlay() {
+            d.overlay_io(false, &iov, offset).unwrap();
+        } else {
+            File::open(v.files(id).unwrap().path)
+                .unwrap()
+                .read_exact_at(&mut buf, offset)
+                .unwrap();
+        }
+        buf
+    }
+
+    fn layer_count(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("layers")).unwrap().count()
+    }
 
     #[test]
     fn volumes_are_thin_files_made_grown_and_removed_idempotently() {
         let dir = tempfile::tempdir().unwrap();
         let v = FileBackend::open(dir.path()).unwrap();
-        let (info, made) = v.create(A, 100).unwrap();
+        let (info, made) = v.create(A, 100, None).unwrap();
         assert_eq!(made, Made::New);
         assert_eq!(info.size_gib, 100);
         assert!(info.allocated_bytes < 1 << 20, "thin: {info:?}");
         // The same create again finds it; another size is a conflict.
-        assert_eq!(v.create(A, 100).unwrap().1, Made::Existing);
+        assert_eq!(v.create(A, 100, None).unwrap().1, Made::Existing);
         assert!(matches!(
-            v.create(A, 5),
+            v.create(A, 5, None),
             Err(VolumeError::Exists { have: 100, .. })
         ));
         assert_eq!(v.extend(A, 200).unwrap().size_gib, 200);
         assert_eq!(v.extend(A, 200).unwrap().size_gib, 200);
         assert!(matches!(v.extend(A, 1), Err(VolumeError::Shrink { .. })));
         assert!(matches!(v.extend(B, 2), Err(VolumeError::NotFound(_))));
-        v.create(B, 1).unwrap();
+        v.create(B, 1, None).unwrap();
         let ids: Vec<_> = v.list().unwrap().into_iter().map(|i| i.id).collect();
         assert_eq!(ids, [B, A]);
         v.delete(A).unwrap();
@@ -244,26 +773,173 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let v = FileBackend::open(dir.path()).unwrap();
         for id in ["../escape", "", "x"] {
-            assert!(matches!(v.create(id, 1), Err(VolumeError::BadId(_))));
+            assert!(matches!(v.create(id, 1, None), Err(VolumeError::BadId(_))));
             assert!(matches!(v.delete(id), Err(VolumeError::BadId(_))));
+            assert!(matches!(v.snapshot(id, A), Err(VolumeError::BadId(_))));
+            assert!(matches!(v.delete_snapshot(id), Err(VolumeError::BadId(_))));
         }
-        assert!(matches!(v.create(A, 0), Err(VolumeError::BadSize(0))));
+        assert!(matches!(v.create(A, 0, None), Err(VolumeError::BadSize(0))));
         assert!(matches!(
-            v.create(A, MAX_SIZE_GIB + 1),
+            v.create(A, MAX_SIZE_GIB + 1, None),
             Err(VolumeError::BadSize(_))
         ));
+        assert!(matches!(v.snapshot(S1, A), Err(VolumeError::NotFound(_))));
+        let from = |s: &str| Some(VolumeSource::Snapshot(s.to_owned()));
+        assert!(matches!(
+            v.create(B, 1, from(S1).as_ref()),
+            Err(VolumeError::SnapshotNotFound(_))
+        ));
+        assert!(matches!(
+            v.create(B, 1, Some(&VolumeSource::Volume(A.into()))),
+            Err(VolumeError::NotFound(_))
+        ));
         assert!(v.list().unwrap().is_empty());
+        assert_eq!(layer_count(dir.path()), 0);
     }
 
     #[test]
-    fn an_interrupted_create_leaves_nothing_after_a_restart() {
+    fn snapshots_and_clones_hold_the_data_of_their_time_and_outlive_each_other() {
         let dir = tempfile::tempdir().unwrap();
-        FileBackend::open(dir.path()).unwrap();
-        let tmp = dir.path().join(format!("volumes/{A}.tmp"));
-        std::fs::write(&tmp, b"half").unwrap();
         let v = FileBackend::open(dir.path()).unwrap();
-        assert!(!tmp.exists());
-        assert!(v.list().unwrap().is_empty());
-        assert_eq!(v.create(A, 1).unwrap().1, Made::New);
+        v.create(A, 2, None).unwrap();
+        write(&v, A, 4096, b"before the snapshot");
+        assert_eq!(v.snapshot(S1, A).unwrap().1, Made::New);
+        let (again, made) = v.snapshot(S1, A).unwrap();
+        assert_eq!(
+            (made, again.volume_id.as_str(), again.size_gib),
+            (Made::Existing, A, 2)
+        );
+        assert!(matches!(
+            v.snapshot(S1, B),
+            Err(VolumeError::SnapshotExists { .. })
+        ));
+        write(&v, A, 4096, b"after the snapshot!");
+        write(&v, A, 1 << 30, b"far");
+
+        // A volume from the snapshot: the data of its time, bigger if asked.
+        let snap = Some(VolumeSource::Snapshot(S1.into()));
+        assert!(matches!(
+            v.create(B, 1, snap.as_ref()),
+            Err(VolumeError::SmallerThanSource { have: 2, .. })
+        ));
+        assert_eq!(v.create(B, 3, snap.as_ref()).unwrap().0.size_gib, 3);
+        assert_eq!(read(&v, B, 4096, 19), b"before the snapshot");
+        assert_eq!(read(&v, B, 1 << 30, 3), [0, 0, 0]);
+        // A volume from the volume: its data now.
+        v.create(C, 2, Some(&VolumeSource::Volume(A.into())))
+            .unwrap();
+        assert_eq!(read(&v, C, 4096, 19), b"after the snapshot!");
+        assert_eq!(read(&v, C, 1 << 30, 3), b"far");
+        // Each goes on on its own.
+        write(&v, C, 4096, b"the clone's own");
+        write(&v, B, 4096, b"the other's own");
+        assert_eq!(read(&v, A, 4096, 19), b"after the snapshot!");
+        assert_eq!(read(&v, B, 4096, 15), b"the other's own");
+
+        // A second snapshot of the same volume, and the first deleted: what
+        // the volumes made from it read stays.
+        v.snapshot(S2, A).unwrap();
+        v.delete_snapshot(S1).unwrap();
+        v.delete_snapshot(S1).unwrap();
+        assert_eq!(v.snapshot_info(S1).unwrap(), None);
+        assert!(matches!(
+            v.create("7c6b5a49-3827-4165-9504-f3e2d1c0b9a8", 3, snap.as_ref()),
+            Err(VolumeError::SnapshotNotFound(_))
+        ));
+        assert_eq!(read(&v, B, 0, 4096), vec![0u8; 4096]);
+        assert_eq!(read(&v, A, 4096, 19), b"after the snapshot!");
+        // A restart keeps what is needed.
+        drop(v);
+        let v = FileBackend::open(dir.path()).unwrap();
+        assert_eq!(read(&v, C, 4096, 15), b"the clone's own");
+        assert_eq!(v.snapshot_info(S2).unwrap().unwrap().volume_id, A);
+
+        // Once nothing lies over them, layers go; the volumes' data stays.
+        for id in [B, C, A] {
+            v.delete(id).unwrap();
+        }
+        // S2 lies over A as frozen for C, over S1's layer: all three stay.
+        assert_eq!(layer_count(dir.path()), 3);
+        let s2 = Some(VolumeSource::Snapshot(S2.into()));
+        v.create(B, 2, s2.as_ref()).unwrap();
+        assert_eq!(read(&v, B, 4096, 19), b"after the snapshot!");
+        v.delete(B).unwrap();
+        v.delete_snapshot(S2).unwrap();
+        assert_eq!(layer_count(dir.path()), 0);
+    }
+
+    #[test]
+    fn snapshots_and_clones_take_constant_time_and_space_whatever_the_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = FileBackend::open(dir.path()).unwrap();
+        for (id, snap, clone, gib) in [
+            (A, S1, B, 1),
+            (C, S2, "3c4d5e6f-7a8b-49c0-8d1e-2f3a4b5c6d7e", 10_000),
+        ] {
+            v.create(id, gib, None).unwrap();
+            write(&v, id, 0, &[7u8; 65536]);
+            let started = std::time::Instant::now();
+            v.snapshot(snap, id).unwrap();
+            v.create(clone, gib, Some(&VolumeSource::Snapshot(snap.into())))
+                .unwrap();
+            assert!(started.elapsed() < std::time::Duration::from_secs(2));
+            assert!(v.info(clone).unwrap().unwrap().allocated_bytes < 1 << 20);
+            assert_eq!(read(&v, clone, 0, 65536), vec![7u8; 65536]);
+        }
+    }
+
+    #[test]
+    fn a_chain_too_deep_for_the_vmm_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = FileBackend::open(dir.path()).unwrap();
+        v.create(A, 1, None).unwrap();
+        let id = |n: usize| format!("00000000-0000-4000-8000-{n:012}");
+        let mut n = 0;
+        let refused = loop {
+            n += 1;
+            match v.snapshot(&id(n), A) {
+                Ok(_) => assert!(n <= qcow2::MAX_LAYERS + 1),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(refused, VolumeError::TooDeep(_)), "{refused}");
+        assert_eq!(n, qcow2::MAX_LAYERS + 2);
+        // What is there still opens in the VMM.
+        write(&v, A, 0, b"deep");
+        assert_eq!(read(&v, A, 0, 4), b"deep");
+        assert_eq!(v.files(A).unwrap().backing.len(), qcow2::MAX_LAYERS + 1);
+    }
+
+    #[test]
+    fn what_a_crash_left_half_made_is_tidied_or_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = FileBackend::open(dir.path()).unwrap();
+        v.create(A, 1, None).unwrap();
+        write(&v, A, 0, b"data");
+        let raw = dir.path().join(format!("volumes/{A}.raw"));
+        // A snapshot cut off after the volume's file was linked as its layer.
+        std::fs::hard_link(&raw, dir.path().join(format!("layers/{S1}.raw"))).unwrap();
+        drop(v);
+        let v = FileBackend::open(dir.path()).unwrap();
+        assert_eq!(layer_count(dir.path()), 0, "a layer nothing needs");
+        // The same, repeated rather than restarted: finished.
+        std::fs::hard_link(&raw, dir.path().join(format!("layers/{S1}.raw"))).unwrap();
+        v.snapshot(S1, A).unwrap();
+        write(&v, A, 0, b"DATA");
+        v.create(B, 1, Some(&VolumeSource::Snapshot(S1.into())))
+            .unwrap();
+        assert_eq!(read(&v, B, 0, 4), b"data");
+        // Cut off after the overlay took the volume's place, before the raw
+        // name went.
+        std::fs::hard_link(dir.path().join(format!("layers/{S1}.raw")), &raw).unwrap();
+        // And a half-made create.
+        std::fs::write(dir.path().join(format!("volumes/{C}.tmp")), b"half").unwrap();
+        drop(v);
+        let v = FileBackend::open(dir.path()).unwrap();
+        assert!(!raw.exists());
+        assert_eq!(read(&v, A, 0, 4), b"DATA");
+        let ids: Vec<_> = v.list().unwrap().into_iter().map(|i| i.id).collect();
+        assert_eq!(ids, [B, A]);
+        assert_eq!(v.create(C, 1, None).unwrap().1, Made::New);
     }
 }

@@ -15,6 +15,8 @@ use virga_test_support::stub::{Response, StubServer};
 
 const TOKEN: &str = "storaged-test-token-0123456789";
 const A: &str = "5d3f9a7e-6c1b-4e0a-9f2d-8b7c6a5e4d3c";
+const B: &str = "0a9b8c7d-6e5f-4a3b-8c2d-1e0f9a8b7c6d";
+const S: &str = "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a";
 
 struct Killed(Child);
 
@@ -127,6 +129,60 @@ fn it_registers_and_serves_its_volumes_to_the_token_only() {
     );
     assert_eq!(call("PUT", &volume, json!({"size": 1})).status, 400);
     assert_eq!(call("PUT", &volume, json!({"size_gib": 0})).status, 400);
+
+    // Snapshots, and volumes made from one or from a volume.
+    let snapshot = format!("/v1/snapshots/{S}");
+    let r = call("PUT", &snapshot, json!({"volume_id": A}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json(), json!({"id": S, "volume_id": A, "size_gib": 4}));
+    assert_eq!(call("PUT", &snapshot, json!({"volume_id": A})).status, 200);
+    assert_eq!(call("GET", &snapshot, Value::Null).json()["volume_id"], A);
+    assert_eq!(call("PUT", &snapshot, json!({"volume_id": B})).status, 409);
+    let clone = format!("/v1/volumes/{B}");
+    let from_snapshot = json!({"size_gib": 4, "source": {"snapshot": S}});
+    let r = call(
+        "PUT",
+        &clone,
+        json!({"size_gib": 2, "source": {"snapshot": S}}),
+    );
+    assert_eq!(r.status, 400, "smaller than the snapshot: {}", r.body);
+    assert_eq!(call("PUT", &clone, from_snapshot.clone()).status, 201);
+    assert_eq!(call("PUT", &clone, from_snapshot).status, 200);
+    // Where the filesystem shares no blocks (these tests' temporary
+    // directories), the clone is an overlay over the snapshot's data.
+    let r = call("POST", &format!("{clone}/export"), json!({"host_id": "s1"}));
+    let backing = r.json()["backing"].as_array().cloned().unwrap_or_default();
+    assert!(backing.is_empty() || backing.len() == 1, "{}", r.body);
+    let r = call(
+        "PUT",
+        "/v1/volumes/7c6b5a49-3827-4165-9504-f3e2d1c0b9a8",
+        json!({"size_gib": 4, "source": {"volume": B}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let missing = json!({"size_gib": 4, "source": {"snapshot": B}});
+    assert_eq!(
+        call(
+            "PUT",
+            "/v1/volumes/1b2c3d4e-5f60-4718-8293-a4b5c6d7e8f9",
+            missing
+        )
+        .status,
+        404
+    );
+    assert_eq!(
+        call(
+            "PUT",
+            &clone,
+            json!({"size_gib": 4, "source": {"image": S}})
+        )
+        .status,
+        400
+    );
+    assert_eq!(call("DELETE", &snapshot, Value::Null).status, 204);
+    assert_eq!(call("DELETE", &snapshot, Value::Null).status, 204);
+    assert_eq!(call("GET", &snapshot, Value::Null).status, 404);
+    assert_eq!(call("GET", &clone, Value::Null).json()["size_gib"], 4);
+
     assert_eq!(call("DELETE", &volume, Value::Null).status, 204);
     assert_eq!(call("DELETE", &volume, Value::Null).status, 204);
     assert_eq!(call("GET", &volume, Value::Null).status, 404);

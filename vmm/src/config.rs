@@ -86,14 +86,24 @@ pub struct DiskConfig {
     /// Empty for a disk on descriptors (`fds`).
     #[serde(default, skip_serializing_if = "path_is_empty")]
     pub path: PathBuf,
-    /// A raw disk's descriptors, sent by the supervisor with a plug request:
-    /// `[buffered]` or `[O_DIRECT, buffered]`.
+    /// A disk's descriptors, sent by the supervisor with a plug request:
+    /// `[buffered]` or `[O_DIRECT, buffered]`. In the request itself, when
+    /// given, the positions of those among the descriptors sent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fds: Vec<i32>,
+    /// With `fds`, a qcow2 overlay's read-only backing: its layers (qcow2,
+    /// the one right under it first), then its raw base; one descriptor
+    /// each, given in the plug request as positions like `fds`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backing_fds: Vec<i32>,
     /// The raw image a qcow2 overlay at `path` reads through to, opened
     /// read-only. The overlay's own backing-file name is never followed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<PathBuf>,
+    /// Read-only qcow2 layers between the overlay at `path` and its `base`,
+    /// the one right under the overlay first (a volume's snapshots).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<PathBuf>,
     #[serde(default)]
     pub read_only: bool,
     /// Reported to the guest (VIRTIO_BLK_T_GET_ID), at most 20 bytes.
@@ -136,8 +146,10 @@ impl std::str::FromStr for DiskConfig {
             id: None,
             pci_slot: None,
             fds: Vec::new(),
+            backing_fds: Vec::new(),
             path: PathBuf::new(),
             base: None,
+            layers: Vec::new(),
             read_only: false,
             serial: None,
             direct: true,
@@ -675,6 +687,30 @@ pub(crate) fn validate_disk(disk: &mut DiskConfig, vcpus: u8) -> Result<(), Conf
             ));
         }
         check_readable_file("disks.base", base)?;
+        if disk.layers.len() > crate::virtio::block::qcow2::MAX_LAYERS {
+            return Err(invalid(
+                "disks.layers",
+                format!(
+                    "{} layers; at most {}",
+                    disk.layers.len(),
+                    crate::virtio::block::qcow2::MAX_LAYERS
+                ),
+            ));
+        }
+        for layer in &disk.layers {
+            check_readable_file("disks.layers", layer)?;
+        }
+    } else if !disk.layers.is_empty() {
+        return Err(invalid(
+            "disks.layers",
+            "layers lie over a base: no base given",
+        ));
+    }
+    if !disk.backing_fds.is_empty() {
+        return Err(invalid(
+            "disks.backing_fds",
+            "a disk at a path has its backing at paths (base, layers)",
+        ));
     }
     validate_disk_settings(disk, vcpus)
 }
@@ -707,10 +743,22 @@ fn validate_disk_settings(disk: &mut DiskConfig, vcpus: u8) -> Result<(), Config
 /// A disk on descriptors: one or two of them, no path, no base; the rest
 /// as any disk.
 fn validate_disk_fds(disk: &mut DiskConfig, vcpus: u8) -> Result<(), ConfigError> {
-    if !path_is_empty(&disk.path) || disk.base.is_some() {
+    if !path_is_empty(&disk.path) || disk.base.is_some() || !disk.layers.is_empty() {
         return Err(invalid(
             "disks.fds",
-            "a disk on descriptors has no path or base",
+            "a disk on descriptors has no path, base or layers",
+        ));
+    }
+    if disk.backing_fds.len() > crate::virtio::block::qcow2::MAX_LAYERS + 1
+        || disk.backing_fds.iter().any(|&fd| fd <= 2)
+    {
+        return Err(invalid(
+            "disks.backing_fds",
+            format!(
+                "at most {} layers and a base, got {:?}",
+                crate::virtio::block::qcow2::MAX_LAYERS,
+                disk.backing_fds
+            ),
         ));
     }
     if !(1..=2).contains(&disk.fds.len()) || disk.fds.iter().any(|&fd| fd <= 2) {
@@ -722,7 +770,7 @@ fn validate_disk_fds(disk: &mut DiskConfig, vcpus: u8) -> Result<(), ConfigError
             ),
         ));
     }
-    crate::virtio::block::disk::Disk::from_fds(&disk.fds, disk.read_only)
+    crate::virtio::block::disk::Disk::from_fds(&disk.fds, &disk.backing_fds, disk.read_only)
         .map_err(|e| invalid("disks.fds", e.to_string()))?;
     validate_disk_settings(disk, vcpus)
 }
@@ -956,8 +1004,10 @@ mod tests {
                 id: None,
                 pci_slot: None,
                 fds: Vec::new(),
+                backing_fds: Vec::new(),
                 path: "/x".into(),
                 base: None,
+                layers: Vec::new(),
                 read_only: true,
                 serial: Some("abc".into()),
                 direct: false,

@@ -166,6 +166,9 @@ impl Contents {
                 // Shared with every overlay over it: never writable.
                 add(base, false)?;
             }
+            for layer in &mut disk.layers {
+                add(layer, false)?;
+            }
         }
         let mut devices = vec![KVM];
         if config.nets.iter().any(|n| n.vhost != VhostMode::Off) {
@@ -679,8 +682,10 @@ mod tests {
             id: None,
             pci_slot: None,
             fds: Vec::new(),
+            backing_fds: Vec::new(),
             path,
             base: None,
+            layers: Vec::new(),
             read_only,
             serial: None,
             direct: false,

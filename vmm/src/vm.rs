@@ -507,9 +507,9 @@ fn bar_for(slot: u8) -> u64 {
 /// A disk's file, at its path or on its descriptors.
 fn open_disk(d: &DiskConfig) -> Result<Disk, VmError> {
     Ok(if d.fds.is_empty() {
-        Disk::open(&d.path, d.base.as_deref(), d.read_only, d.direct)?
+        Disk::open(&d.path, d.base.as_deref(), &d.layers, d.read_only, d.direct)?
     } else {
-        Disk::from_fds(&d.fds, d.read_only)?
+        Disk::from_fds(&d.fds, &d.backing_fds, d.read_only)?
     })
 }
 

@@ -274,14 +274,25 @@ impl Vmm {
         if self.config.disks.len() >= MAX_DISKS {
             return Err(conflict(format!("a guest has at most {MAX_DISKS} disks")));
         }
-        if disk.base.is_some() {
+        if disk.base.is_some() || !disk.layers.is_empty() {
             return Err(bad_request(
-                "base: a disk plugged at run time has no base image".into(),
+                "base: a disk plugged at run time has its backing on descriptors".into(),
+            ));
+        }
+        if fds.is_empty() && !(disk.fds.is_empty() && disk.backing_fds.is_empty()) {
+            return Err(bad_request(
+                "fds: positions among the descriptors sent with the request (SCM_RIGHTS); none came"
+                    .into(),
             ));
         }
         let id = self.new_device_id(vm, disk.id.take(), "disk")?;
         match (fds.is_empty(), disk.path.as_os_str().is_empty()) {
-            (false, true) => disk.fds = fds.iter().map(AsRawFd::as_raw_fd).collect(),
+            (false, true) if disk.fds.is_empty() && disk.backing_fds.is_empty() => {
+                disk.fds = fds.iter().map(AsRawFd::as_raw_fd).collect()
+            }
+            (false, true) => {
+                (disk.fds, disk.backing_fds) = place_fds(&fds, &disk.fds, &disk.backing_fds)?
+            }
             (true, false) => {}
             (true, true) => {
                 return Err(bad_request(
@@ -388,7 +399,7 @@ impl Vmm {
             ApiRequest::AddDisk { .. } if *state == VmState::ShuttingDown => {
                 shutting_down("plug a disk")
             }
-            ApiRequest::AddDisk { disk, fds } => match self.add_disk(vm, disk, fds) {
+            ApiRequest::AddDisk { disk, fds } => match self.add_disk(vm, *disk, fds) {
                 Ok(info) => ApiReply::Device(info),
                 Err(reply) => reply,
             },
@@ -431,6 +442,41 @@ fn bad_request(message: String) -> ApiReply {
     ApiReply::Error(StatusCode::BAD_REQUEST, message)
 }
 
+/// A plug request's descriptors by the positions it gave them: the disk's
+/// own and its backing's, each of those sent used once.
+fn place_fds(
+    sent: &[OwnedFd],
+    own: &[i32],
+    backing: &[i32],
+) -> Result<(Vec<i32>, Vec<i32>), ApiReply> {
+    let mut used = vec![false; sent.len()];
+    let mut pick = |positions: &[i32]| -> Result<Vec<i32>, ApiReply> {
+        positions
+            .iter()
+            .map(|&p| {
+                let at = usize::try_from(p)
+                    .ok()
+                    .filter(|&at| at < sent.len() && !used[at])
+                    .ok_or_else(|| {
+                        bad_request(format!(
+                            "fds: {p} is not the position of an unused descriptor of the {} sent",
+                            sent.len()
+                        ))
+                    })?;
+                used[at] = true;
+                Ok(sent[at].as_raw_fd())
+            })
+            .collect()
+    };
+    let (own, backing) = (pick(own)?, pick(backing)?);
+    if used.contains(&false) {
+        return Err(bad_request(
+            "fds: a descriptor sent is neither the disk's nor its backing's".into(),
+        ));
+    }
+    Ok((own, backing))
+}
+
 fn check_slot(slot: Option<u8>) -> Result<(), ApiReply> {
     match slot {
         Some(s) => {
@@ -450,6 +496,34 @@ fn plugged(result: Result<(), HotplugError>, id: &str) -> Result<(), ApiReply> {
             // On the bus already; the guest sees it when it next looks.
             tracing::warn!(%id, "plugged, but {e}");
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plug_descriptors_are_placed_by_position_each_used_once() {
+        let sent: Vec<OwnedFd> = (0..3)
+            .map(|_| tempfile::tempfile().unwrap().into())
+            .collect();
+        let raw: Vec<i32> = sent.iter().map(AsRawFd::as_raw_fd).collect();
+        let (own, backing) = place_fds(&sent, &[0, 1], &[2]).unwrap();
+        assert_eq!((own, backing), (raw[..2].to_vec(), vec![raw[2]]));
+        let (own, backing) = place_fds(&sent, &[2], &[0, 1]).unwrap();
+        assert_eq!((own, backing), (vec![raw[2]], raw[..2].to_vec()));
+        for (own, backing) in [
+            (&[0, 1][..], &[1][..]), // used twice
+            (&[0, 1], &[3]),         // none sent there
+            (&[-1, 1], &[2]),        // no such position
+            (&[0], &[1]),            // one left over
+        ] {
+            assert!(
+                place_fds(&sent, own, backing).is_err(),
+                "{own:?} {backing:?}"
+            );
         }
     }
 }

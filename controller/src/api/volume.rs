@@ -1,6 +1,8 @@
 //! Cinder v3's HTTP handlers (under `/volume`): version discovery, volumes
-//! (create, list, detail, show, update, delete, the `os-extend` action),
-//! the default volume type, limits, availability zones and quota sets.
+//! (create blank or from a snapshot or a volume, list, detail, show, update,
+//! delete with or without its snapshots, the `os-extend` action),
+//! snapshots, the default volume type, limits, availability zones and quota
+//! sets.
 //! The project may be in the URL (`/volume/v3/{project_id}/volumes`, what
 //! most clients build) or not (3.67's form); it must be the token's.
 //!
@@ -18,8 +20,8 @@ use super::http::{empty, json, query_params, read_json, Body};
 use super::servers::request_id_of;
 use super::App;
 use crate::context::RequestContext;
-use crate::volume::model::{Volume, DEFAULT_TYPE, DEFAULT_TYPE_ID};
-use crate::volume::service::{CreateVolume, QUOTA};
+use crate::volume::model::{Snapshot, Volume, DEFAULT_TYPE, DEFAULT_TYPE_ID};
+use crate::volume::service::{CreateVolume, Source, QUOTA};
 use crate::volume::store::ListFilter;
 use crate::volume::VolumeError;
 
@@ -28,6 +30,7 @@ const MAX_VERSION: &str = "3.0";
 /// The collections a URL without a project names directly.
 const COLLECTIONS: &[&str] = &[
     "volumes",
+    "snapshots",
     "types",
     "limits",
     "os-availability-zone",
@@ -140,9 +143,28 @@ async fn route_inner(app: &App, req: Request<Incoming>, rest: &[&str]) -> Respon
             )
         }),
         (Method::PUT, ["volumes", id]) => update(app, &ctx, req, id, &base).await,
-        (Method::DELETE, ["volumes", id]) => app
+        (Method::DELETE, ["volumes", id]) => {
+            let cascade = query_params(&req)
+                .get("cascade")
+                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"));
+            app.volumes
+                .delete(app, &ctx, id, cascade)
+                .await
+                .map(|()| empty(StatusCode::ACCEPTED))
+        }
+        (Method::GET, ["snapshots"] | ["snapshots", "detail"]) => {
+            list_snapshots(app, &ctx, &req).await
+        }
+        (Method::POST, ["snapshots"]) => create_snapshot(app, &ctx, req).await,
+        (Method::GET, ["snapshots", id]) => app
             .volumes
-            .delete(app, &ctx, id)
+            .get_snapshot(&ctx, id)
+            .await
+            .map(|s| json(StatusCode::OK, &json!({"snapshot": s.detail()}))),
+        (Method::PUT, ["snapshots", id]) => update_snapshot(app, &ctx, req, id).await,
+        (Method::DELETE, ["snapshots", id]) => app
+            .volumes
+            .delete_snapshot(app, &ctx, id)
             .await
             .map(|()| empty(StatusCode::ACCEPTED)),
         (Method::POST, ["volumes", id, "action"]) => action(app, &ctx, req, id).await,
@@ -239,14 +261,7 @@ async fn create(
     base: &str,
 ) -> Result<Response<Body>, VolumeError> {
     let m = object(req, "volume").await?;
-    for unsupported in [
-        "snapshot_id",
-        "source_volid",
-        "imageRef",
-        "backup_id",
-        "consistencygroup_id",
-        "group_id",
-    ] {
+    for unsupported in ["imageRef", "backup_id", "consistencygroup_id", "group_id"] {
         if m.get(unsupported).is_some_and(|v| !v.is_null()) {
             return Err(VolumeError::bad_request(format!(
                 "Invalid input received: creating a volume from {unsupported} is not supported yet; create an empty one."
@@ -258,12 +273,27 @@ async fn create(
             "Invalid input received: multiattach volumes are not supported.",
         ));
     }
-    let size_gib = size_of(m.get("size")).ok_or_else(|| {
-        VolumeError::bad_request(format!(
-            "Invalid input for field/attribute size. Value: {}. It must be an integer of at least 1.",
-            m.get("size").unwrap_or(&Json::Null)
-        ))
-    })?;
+    let source = match (
+        text_field(&m, "snapshot_id")?.flatten(),
+        text_field(&m, "source_volid")?.flatten(),
+    ) {
+        (Some(_), Some(_)) => return Err(VolumeError::bad_request(
+            "Invalid input received: a volume is made from a snapshot or from a volume, not both.",
+        )),
+        (Some(s), None) => Some(Source::Snapshot(s)),
+        (None, Some(v)) => Some(Source::Volume(v)),
+        (None, None) => None,
+    };
+    // A volume made from something may leave its size to that.
+    let size_gib = match m.get("size") {
+        None | Some(Json::Null) if source.is_some() => None,
+        given => Some(size_of(given).ok_or_else(|| {
+            VolumeError::bad_request(format!(
+                "Invalid input for field/attribute size. Value: {}. It must be an integer of at least 1.",
+                given.unwrap_or(&Json::Null)
+            ))
+        })?),
+    };
     let volume_type = match m.get("volume_type") {
         None | Some(Json::Null) => None,
         Some(Json::String(s)) => Some(s.clone()),
@@ -289,6 +319,7 @@ async fn create(
             ctx,
             CreateVolume {
                 size_gib,
+                source,
                 name: text_field(&m, "name")?.flatten(),
                 description: text_field(&m, "description")?.flatten(),
                 volume_type,
@@ -325,25 +356,7 @@ async fn list(
     if let Some(p) = q.get("project_id").filter(|_| all) {
         volumes.retain(|v| &v.project_id == p);
     }
-    // Newest first, as Cinder sorts by default; `marker` continues after
-    // the volume it names.
-    volumes.reverse();
-    if let Some(marker) = q.get("marker") {
-        let Some(at) = volumes.iter().position(|v| &v.id == marker) else {
-            return Err(VolumeError::bad_request(format!(
-                "Invalid input received: marker [{marker}] not found"
-            )));
-        };
-        volumes.drain(..=at);
-    }
-    if let Some(limit) = q.get("limit") {
-        let n: usize = limit.parse().map_err(|_| {
-            VolumeError::bad_request(format!(
-                "Invalid input received: limit {limit:?} is not a number"
-            ))
-        })?;
-        volumes.truncate(n);
-    }
+    let volumes = page(volumes, &q, |v| &v.id)?;
     let shown: Vec<Json> = volumes
         .iter()
         .map(|v: &Volume| {
@@ -355,6 +368,131 @@ async fn list(
         })
         .collect();
     Ok(json(StatusCode::OK, &json!({"volumes": shown})))
+}
+
+/// A list as Cinder pages it: newest first; `marker` continues after the
+/// item it names, `limit` caps how many.
+fn page<T>(
+    mut items: Vec<T>,
+    q: &BTreeMap<String, String>,
+    id: impl Fn(&T) -> &String,
+) -> Result<Vec<T>, VolumeError> {
+    items.reverse();
+    if let Some(marker) = q.get("marker") {
+        let Some(at) = items.iter().position(|i| id(i) == marker) else {
+            return Err(VolumeError::bad_request(format!(
+                "Invalid input received: marker [{marker}] not found"
+            )));
+        };
+        items.drain(..=at);
+    }
+    if let Some(limit) = q.get("limit") {
+        let n: usize = limit.parse().map_err(|_| {
+            VolumeError::bad_request(format!(
+                "Invalid input received: limit {limit:?} is not a number"
+            ))
+        })?;
+        items.truncate(n);
+    }
+    Ok(items)
+}
+
+async fn list_snapshots(
+    app: &App,
+    ctx: &RequestContext,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, VolumeError> {
+    let q = query_params(req);
+    let yes = |k: &str| {
+        q.get(k)
+            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+    };
+    let all = yes("all_tenants") || yes("all_projects");
+    let filter = ListFilter {
+        project_id: None,
+        name: q.get("name").cloned(),
+        status: q.get("status").cloned(),
+    };
+    let mut snapshots = app
+        .volumes
+        .list_snapshots(ctx, all, filter, q.get("volume_id").map(String::as_str))
+        .await?;
+    if let Some(p) = q.get("project_id").filter(|_| all) {
+        snapshots.retain(|s| &s.project_id == p);
+    }
+    let shown: Vec<Json> = page(snapshots, &q, |s| &s.id)?
+        .iter()
+        .map(Snapshot::detail)
+        .collect();
+    Ok(json(StatusCode::OK, &json!({"snapshots": shown})))
+}
+
+async fn create_snapshot(
+    app: &App,
+    ctx: &RequestContext,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, VolumeError> {
+    let m = object(req, "snapshot").await?;
+    let Some(volume_id) = text_field(&m, "volume_id")?.flatten() else {
+        return Err(VolumeError::bad_request(
+            "Invalid input received: 'volume_id' must be specified",
+        ));
+    };
+    // `force` takes a snapshot of a volume in use: not done here (the
+    // guest's writes would race the freeze), so it changes nothing.
+    match m.get("force") {
+        None | Some(Json::Null) | Some(Json::Bool(_)) => {}
+        Some(Json::String(s))
+            if ["true", "false", "1", "0", "yes", "no"]
+                .contains(&s.to_ascii_lowercase().as_str()) => {}
+        Some(other) => {
+            return Err(VolumeError::bad_request(format!(
+                "Invalid input received: force={other} is not a boolean."
+            )))
+        }
+    }
+    let name = match text_field(&m, "name")? {
+        Some(n) => n,
+        None => text_field(&m, "display_name")?.flatten(),
+    };
+    let description = match text_field(&m, "description")? {
+        Some(d) => d,
+        None => text_field(&m, "display_description")?.flatten(),
+    };
+    let s = app
+        .volumes
+        .create_snapshot(
+            app,
+            ctx,
+            &volume_id,
+            name,
+            description,
+            metadata_field(&m)?.unwrap_or_default(),
+        )
+        .await?;
+    Ok(json(StatusCode::ACCEPTED, &json!({"snapshot": s.detail()})))
+}
+
+async fn update_snapshot(
+    app: &App,
+    ctx: &RequestContext,
+    req: Request<Incoming>,
+    id: &str,
+) -> Result<Response<Body>, VolumeError> {
+    let m = object(req, "snapshot").await?;
+    let name = match text_field(&m, "name")? {
+        Some(n) => Some(n),
+        None => text_field(&m, "display_name")?,
+    };
+    let description = match text_field(&m, "description")? {
+        Some(d) => Some(d),
+        None => text_field(&m, "display_description")?,
+    };
+    let s = app
+        .volumes
+        .update_snapshot(ctx, id, name, description, metadata_field(&m)?)
+        .await?;
+    Ok(json(StatusCode::OK, &json!({"snapshot": s.detail()})))
 }
 
 async fn update(
@@ -420,9 +558,9 @@ async fn limits(app: &App, ctx: &RequestContext) -> Result<Response<Body>, Volum
         StatusCode::OK,
         &json!({"limits": {"rate": [], "absolute": {
             "maxTotalVolumes": QUOTA.volumes, "maxTotalVolumeGigabytes": QUOTA.gigabytes,
-            "maxTotalSnapshots": 0, "maxTotalBackups": 0, "maxTotalBackupGigabytes": 0,
+            "maxTotalSnapshots": QUOTA.snapshots, "maxTotalBackups": 0, "maxTotalBackupGigabytes": 0,
             "totalVolumesUsed": used.volumes, "totalGigabytesUsed": used.gigabytes,
-            "totalSnapshotsUsed": 0, "totalBackupsUsed": 0, "totalBackupGigabytesUsed": 0,
+            "totalSnapshotsUsed": used.snapshots, "totalBackupsUsed": 0, "totalBackupGigabytesUsed": 0,
         }}}),
     ))
 }
@@ -476,14 +614,14 @@ async fn quota_set(
             "id": project,
             "volumes": item(QUOTA.volumes, used.volumes),
             "gigabytes": item(QUOTA.gigabytes, used.gigabytes),
-            "snapshots": item(0, 0),
+            "snapshots": item(QUOTA.snapshots, used.snapshots),
             "backups": item(0, 0),
             "backup_gigabytes": item(0, 0),
             "groups": item(0, 0),
             "per_volume_gigabytes": item(-1, 0),
             format!("volumes_{DEFAULT_TYPE}"): item(-1, used.volumes),
             format!("gigabytes_{DEFAULT_TYPE}"): item(-1, used.gigabytes),
-            format!("snapshots_{DEFAULT_TYPE}"): item(-1, 0),
+            format!("snapshots_{DEFAULT_TYPE}"): item(-1, used.snapshots),
         }}),
     ))
 }

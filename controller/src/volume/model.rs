@@ -43,6 +43,52 @@ pub struct Volume {
     pub updated_at: i64,
     /// Its attachment, from `reserved` to `detaching`.
     pub attachment: Option<Attachment>,
+    /// The snapshot it was made from.
+    pub snapshot_id: Option<String>,
+    /// The volume it was made from.
+    pub source_volid: Option<String>,
+}
+
+/// Statuses a snapshot request may leave it in until the reconciler is done.
+pub const SNAPSHOT_TRANSIENT: &[&str] = &["creating", "deleting"];
+
+/// A volume's snapshot: its data at one moment, kept on the volume's
+/// storage host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    pub id: String,
+    pub project_id: String,
+    pub user_id: String,
+    pub volume_id: String,
+    pub storage_host: String,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub size_gib: i64,
+    pub status: String,
+    pub metadata: BTreeMap<String, String>,
+    pub fault: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Snapshot {
+    /// As Cinder shows one (list, detail, show, create alike).
+    pub fn detail(&self) -> Json {
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "volume_id": self.volume_id,
+            "status": self.status,
+            "size": self.size_gib,
+            "metadata": self.metadata,
+            "created_at": time(self.created_at),
+            "updated_at": time(self.updated_at),
+            "os-extended-snapshot-attributes:project_id": self.project_id,
+            "os-extended-snapshot-attributes:progress":
+                if self.status == "available" { "100%" } else { "0%" },
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -113,8 +159,8 @@ impl Volume {
             "updated_at": time(self.updated_at),
             "user_id": self.user_id,
             "os-vol-tenant-attr:tenant_id": self.project_id,
-            "snapshot_id": null,
-            "source_volid": null,
+            "snapshot_id": self.snapshot_id,
+            "source_volid": self.source_volid,
             "consistencygroup_id": null,
             "replication_status": null,
             "group_id": null,
@@ -153,6 +199,8 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             attachment: None,
+            snapshot_id: None,
+            source_volid: None,
         }
     }
 

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::model::{Volume, TRANSIENT};
+use super::model::{Volume, SNAPSHOT_TRANSIENT, TRANSIENT};
 use super::storage::{StorageError, Storaged};
 use crate::app::App;
 use crate::background::{Run, Task};
@@ -37,10 +37,108 @@ async fn pass(app: Arc<App>) -> String {
     for v in &pending {
         converge(&app, &v.id).await;
     }
+    let snapshots = match app
+        .volumes
+        .store
+        .snapshots_in_status(SNAPSHOT_TRANSIENT)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return format!("listing snapshots: {e}"),
+    };
+    for s in &snapshots {
+        converge_snapshot(&app, &s.id).await;
+    }
     format!(
-        "{} volumes in a transient status or in use looked at",
-        pending.len()
+        "{} volumes in a transient status or in use, {} snapshots in a transient status looked at",
+        pending.len(),
+        snapshots.len()
     )
+}
+
+/// Does what snapshot `id`'s status promises, once.
+pub async fn converge_snapshot(app: &App, id: &str) {
+    if let Err(e) = try_converge_snapshot(app, id).await {
+        tracing::warn!(snapshot = id, "{e}");
+    }
+}
+
+/// A storage host's storaged, and whether it has been heard from recently.
+async fn storaged_of(app: &App, host_id: &str) -> Result<(Storaged, bool), String> {
+    let host = app
+        .volumes
+        .store
+        .storage_host(host_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("storage host {host_id} never registered"))?;
+    let alive = now() - host.last_seen <= app.config.scheduler.heartbeat_timeout_secs;
+    Ok((Storaged::new(&host.url, app.hostd_token(host_id)), alive))
+}
+
+async fn try_converge_snapshot(app: &App, id: &str) -> Result<(), String> {
+    let store = &app.volumes.store;
+    let err = |e: crate::store::StoreError| e.to_string();
+    let Some(s) = store.snapshot(id).await.map_err(err)? else {
+        return Ok(());
+    };
+    if !SNAPSHOT_TRANSIENT.contains(&s.status.as_str()) {
+        return Ok(());
+    }
+    let (storaged, alive) = storaged_of(app, &s.storage_host).await?;
+    let fail = |status: &'static str, e: StorageError| {
+        let s = &s;
+        async move {
+            let fault = if alive {
+                e.to_string()
+            } else {
+                format!("storage host {} is down: {e}", s.storage_host)
+            };
+            store
+                .snapshot_transition(&s.id, &[&s.status], status, Some(&fault), now())
+                .await
+                .map_err(err)?;
+            Err::<(), String>(fault)
+        }
+    };
+    match s.status.as_str() {
+        "creating" => {
+            // The volume's file must not be in a guest while it is frozen:
+            // an attach waits for the snapshot, and a snapshot never starts
+            // on a volume already plugged.
+            let volume = store.get(&s.volume_id).await.map_err(err)?;
+            if volume
+                .as_ref()
+                .is_none_or(|v| matches!(v.status.as_str(), "in-use" | "detaching"))
+            {
+                return fail(
+                    "error",
+                    StorageError::Refused(409, "its volume is in use or gone".into()),
+                )
+                .await;
+            }
+            match storaged.snapshot(&s.id, &s.volume_id).await {
+                Ok(_) => {
+                    store
+                        .snapshot_transition(&s.id, &["creating"], "available", None, now())
+                        .await
+                        .map_err(err)?;
+                }
+                Err(StorageError::Unreachable(..)) if alive => {}
+                Err(e) => return fail("error", e).await,
+            }
+        }
+        "deleting" => match storaged.delete_snapshot(&s.id).await {
+            Ok(()) => {
+                store.remove_snapshot(&s.id).await.map_err(err)?;
+            }
+            // Its data may still be there: wait for the host.
+            Err(StorageError::Unreachable(..)) => {}
+            Err(e) => return fail("error_deleting", e).await,
+        },
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Does what volume `id`'s status promises, once.
@@ -120,7 +218,15 @@ async fn try_converge(app: &App, id: &str) -> Result<(), String> {
     };
     match v.status.as_str() {
         "creating" => {
-            let r = storaged.create(id, size(v.size_gib)).await.map(|_| ());
+            let source = match (&v.snapshot_id, &v.source_volid) {
+                (Some(s), _) => Some(storaged_proto::VolumeSource::Snapshot(s.clone())),
+                (_, Some(from)) => Some(storaged_proto::VolumeSource::Volume(from.clone())),
+                _ => None,
+            };
+            let r = storaged
+                .create(id, size(v.size_gib), source)
+                .await
+                .map(|_| ());
             if settle(r, "error").await? {
                 store
                     .transition(id, &["creating"], "available", None, now())
@@ -194,6 +300,9 @@ async fn converge_attachment(app: &App, v: &Volume) -> Result<(), String> {
         v.status.as_str()
     };
     match status {
+        // Something is being made from its data: its file is about to
+        // change; plug it once that is done.
+        "attaching" if store.busy(&v.id).await.map_err(err)? => {}
         "attaching" => {
             let Some(host_id) = server.host_id.clone() else {
                 return release(Some(format!("server {} has no host", server.id))).await;
@@ -215,7 +324,13 @@ async fn converge_attachment(app: &App, v: &Volume) -> Result<(), String> {
             };
             let serial: String = v.id.chars().take(20).collect();
             match hostd
-                .add_disk(&server.id, &v.device_id(), &connection.path, &serial)
+                .add_disk(
+                    &server.id,
+                    &v.device_id(),
+                    &connection.path,
+                    &connection.backing,
+                    &serial,
+                )
                 .await
             {
                 // A conflict: plugged by an earlier run cut short.

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::model::{StorageHost, Volume, DEFAULT_TYPE, DEFAULT_TYPE_ID};
+use super::model::{Snapshot, StorageHost, Volume, DEFAULT_TYPE, DEFAULT_TYPE_ID};
 use super::store::{ListFilter, Quota, Volumes};
 use super::VolumeError;
 use crate::app::App;
@@ -15,6 +15,7 @@ use crate::identity::now;
 /// Every project's volume quota (Cinder's defaults).
 pub const QUOTA: Quota = Quota {
     volumes: 10,
+    snapshots: 10,
     gigabytes: 1000,
 };
 /// The largest volume (storaged makes up to this).
@@ -31,10 +32,22 @@ const DELETABLE: &[&str] = &[
     "error_deleting",
 ];
 
+/// Statuses a snapshot may be deleted from.
+pub const SNAPSHOT_DELETABLE: &[&str] = &["available", "error", "error_deleting"];
+
+/// What a new volume's data starts as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Snapshot(String),
+    Volume(String),
+}
+
 /// A create as the client asked for it.
 #[derive(Clone, Debug, Default)]
 pub struct CreateVolume {
-    pub size_gib: i64,
+    /// None: the source's size.
+    pub size_gib: Option<i64>,
+    pub source: Option<Source>,
     pub name: Option<String>,
     pub description: Option<String>,
     pub volume_type: Option<String>,
@@ -67,47 +80,123 @@ impl VolumeService {
     }
 
     /// Records the volume (`creating`, or `error` when no storage host can
-    /// take it) within the project's quota and starts its creation.
+    /// take it) within the project's quota and starts its creation. One
+    /// made from a snapshot or a volume goes where that one's data is.
     pub async fn create(
         &self,
         app: &App,
         ctx: &RequestContext,
         req: CreateVolume,
     ) -> Result<Volume, VolumeError> {
-        if !(1..=MAX_SIZE_GIB).contains(&req.size_gib) {
-            return Err(VolumeError::bad_request(format!(
-                "Invalid input received: Volume size '{}' must be an integer and greater than 0 and at most {MAX_SIZE_GIB}.",
-                req.size_gib
-            )));
-        }
         match req.volume_type.as_deref() {
             None | Some(DEFAULT_TYPE) | Some(DEFAULT_TYPE_ID) => {}
             Some(other) => {
                 return Err(VolumeError::not_found("Volume type with name", other));
             }
         }
-        let hosts = self.live_hosts(app).await?;
-        let zone = req.availability_zone.unwrap_or_else(|| "nova".into());
-        if !hosts.iter().any(|h| h.availability_zone == zone) && zone != "nova" {
+        // Where the source's data is, and how big it is.
+        let source = match &req.source {
+            None => None,
+            Some(Source::Snapshot(id)) => {
+                let s = self.get_snapshot(ctx, id).await?;
+                if s.status != "available" {
+                    return Err(VolumeError::bad_request(format!(
+                        "Invalid snapshot: Originating snapshot status must be one of 'available' values, but it is {}.",
+                        s.status
+                    )));
+                }
+                let zone = self
+                    .store
+                    .get(&s.volume_id)
+                    .await?
+                    .map(|v| v.availability_zone);
+                Some((s.storage_host, s.size_gib, zone, "snapshot"))
+            }
+            Some(Source::Volume(id)) => {
+                let v = self.get(ctx, id).await?;
+                if v.status != "available" {
+                    return Err(VolumeError::bad_request(format!(
+                        "Invalid volume: Volume {id} status must be available to be cloned, but current status is: {}.",
+                        v.status
+                    )));
+                }
+                let Some(host) = v.storage_host else {
+                    return Err(VolumeError::bad_request(format!(
+                        "Invalid volume: Volume {id} has no data to clone."
+                    )));
+                };
+                Some((
+                    host,
+                    v.size_gib,
+                    Some(v.availability_zone),
+                    "original volume",
+                ))
+            }
+        };
+        let size_gib = match (req.size_gib, &source) {
+            (Some(n), _) => n,
+            (None, Some((_, n, ..))) => *n,
+            (None, None) => 0,
+        };
+        if !(1..=MAX_SIZE_GIB).contains(&size_gib) {
             return Err(VolumeError::bad_request(format!(
-                "Invalid input received: Availability zone '{zone}' is invalid."
+                "Invalid input received: Volume size '{size_gib}' must be an integer and greater than 0 and at most {MAX_SIZE_GIB}."
             )));
         }
-        // The roomiest live host of the zone; thin volumes take space as
-        // they are written, so free space ranks hosts rather than gating them.
-        let host = hosts
-            .iter()
-            .filter(|h| h.availability_zone == zone && h.free_bytes > 0)
-            .max_by_key(|h| h.free_bytes)
-            .map(|h| h.host_id.clone());
+        if let Some((_, have, _, what)) = &source {
+            if size_gib < *have {
+                return Err(VolumeError::bad_request(format!(
+                    "Invalid input received: Volume size '{size_gib}'GB cannot be smaller than the {what} size {have}GB. They must be >= original {what} size."
+                )));
+            }
+        }
+        let hosts = self.live_hosts(app).await?;
+        let (zone, host) = match source {
+            Some((host, _, zone, _)) => {
+                let zone = zone
+                    .or_else(|| req.availability_zone.clone())
+                    .unwrap_or_else(|| "nova".into());
+                if req.availability_zone.as_ref().is_some_and(|z| *z != zone) {
+                    return Err(VolumeError::bad_request(format!(
+                        "Invalid input received: Availability zone '{}' is invalid: the source is in '{zone}'.",
+                        req.availability_zone.unwrap_or_default()
+                    )));
+                }
+                // Made from data that is on one host: there, alive or not
+                // (the reconciler waits for it).
+                (zone, Some(host))
+            }
+            None => {
+                let zone = req.availability_zone.unwrap_or_else(|| "nova".into());
+                if !hosts.iter().any(|h| h.availability_zone == zone) && zone != "nova" {
+                    return Err(VolumeError::bad_request(format!(
+                        "Invalid input received: Availability zone '{zone}' is invalid."
+                    )));
+                }
+                // The roomiest live host of the zone; thin volumes take space
+                // as they are written, so free space ranks hosts rather than
+                // gating them.
+                let host = hosts
+                    .iter()
+                    .filter(|h| h.availability_zone == zone && h.free_bytes > 0)
+                    .max_by_key(|h| h.free_bytes)
+                    .map(|h| h.host_id.clone());
+                (zone, host)
+            }
+        };
         let t = now();
+        let (snapshot_id, source_volid) = match req.source {
+            Some(Source::Snapshot(id)) => (Some(id), None),
+            Some(Source::Volume(id)) => (None, Some(id)),
+            None => (None, None),
+        };
         let volume = Volume {
             id: uuid::Uuid::new_v4().to_string(),
             project_id: ctx.project_id().to_owned(),
             user_id: ctx.user_id().to_owned(),
             name: req.name,
             description: req.description,
-            size_gib: req.size_gib,
+            size_gib,
             target_size_gib: None,
             status: if host.is_some() { "creating" } else { "error" }.into(),
             volume_type: DEFAULT_TYPE.into(),
@@ -121,8 +210,28 @@ impl VolumeService {
             created_at: t,
             updated_at: t,
             attachment: None,
+            snapshot_id,
+            source_volid,
         };
         if !self.store.insert_within(&volume, QUOTA).await? {
+            let source_gone = match (&volume.snapshot_id, &volume.source_volid) {
+                (Some(s), _) => self
+                    .store
+                    .snapshot(s)
+                    .await?
+                    .is_none_or(|s| s.status != "available"),
+                (_, Some(v)) => self
+                    .store
+                    .get(v)
+                    .await?
+                    .is_none_or(|v| v.status != "available"),
+                _ => false,
+            };
+            if source_gone {
+                return Err(VolumeError::bad_request(
+                    "Invalid input received: the volume's source changed status while it was being created from it; try again.",
+                ));
+            }
             return Err(self
                 .over_quota(&volume.project_id, volume.size_gib, 1)
                 .await?);
@@ -210,24 +319,173 @@ impl VolumeService {
         self.get(ctx, id).await
     }
 
-    /// Starts deleting a volume in a status that allows it.
+    /// Starts deleting a volume in a status that allows it (and, with
+    /// `cascade`, its snapshots).
     pub async fn delete(
         &self,
         app: &App,
         ctx: &RequestContext,
         id: &str,
+        cascade: bool,
     ) -> Result<(), VolumeError> {
         let v = self.get(ctx, id).await?;
         if !self
             .store
-            .transition(&v.id, DELETABLE, "deleting", None, now())
+            .begin_delete(&v.id, DELETABLE, cascade, now())
             .await?
         {
             return Err(VolumeError::bad_request(
                 "Invalid volume: Volume status must be available or error or error_restoring or error_extending or error_managing and must not be migrating, attached, belong to a group, have snapshots, awaiting a transfer, or be disassociated from snapshots after volume transfer.",
             ));
         }
+        if cascade {
+            for s in self
+                .store
+                .snapshots(&ListFilter::default(), Some(&v.id))
+                .await?
+            {
+                self.converge_snapshot_soon(app, &s.id);
+            }
+        }
         self.converge_soon(app, &v.id);
+        Ok(())
+    }
+
+    /// Runs the reconciler for one snapshot now, in the background.
+    fn converge_snapshot_soon(&self, app: &App, id: &str) {
+        if let Some(app) = app.me.upgrade() {
+            let id = id.to_owned();
+            tokio::spawn(async move { super::reconcile::converge_snapshot(&app, &id).await });
+        }
+    }
+
+    /// Records a snapshot of an `available` volume (`creating`) within the
+    /// project's quota and starts taking it. A volume in use is refused:
+    /// its data is changing under the guest.
+    pub async fn create_snapshot(
+        &self,
+        app: &App,
+        ctx: &RequestContext,
+        volume_id: &str,
+        name: Option<String>,
+        description: Option<String>,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<Snapshot, VolumeError> {
+        let v = self.get(ctx, volume_id).await?;
+        let unavailable = |status: &str| {
+            VolumeError::bad_request(format!(
+                "Invalid volume: Volume {volume_id} status must be available, but current status is: {status}."
+            ))
+        };
+        let Some(host) = v.storage_host.clone().filter(|_| v.status == "available") else {
+            return Err(unavailable(&v.status));
+        };
+        let t = now();
+        let snapshot = Snapshot {
+            id: uuid::Uuid::new_v4().to_string(),
+            project_id: ctx.project_id().to_owned(),
+            user_id: ctx.user_id().to_owned(),
+            volume_id: v.id.clone(),
+            storage_host: host,
+            name,
+            description,
+            size_gib: v.size_gib,
+            status: "creating".into(),
+            metadata,
+            fault: None,
+            created_at: t,
+            updated_at: t,
+        };
+        if !self.store.insert_snapshot_within(&snapshot, QUOTA).await? {
+            let now_v = self.get(ctx, volume_id).await?;
+            if now_v.status != "available" {
+                return Err(unavailable(&now_v.status));
+            }
+            let used = self.store.usage(&snapshot.project_id).await?;
+            return Err(
+                if QUOTA.snapshots >= 0 && used.snapshots + 1 > QUOTA.snapshots {
+                    VolumeError::over_quota(format!(
+                        "SnapshotLimitExceeded: Maximum number of snapshots allowed ({}) exceeded",
+                        QUOTA.snapshots
+                    ))
+                } else {
+                    self.over_quota(&snapshot.project_id, snapshot.size_gib, 0)
+                        .await?
+                },
+            );
+        }
+        self.converge_snapshot_soon(app, &snapshot.id);
+        Ok(snapshot)
+    }
+
+    /// The snapshot, if the caller may see it.
+    pub async fn get_snapshot(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+    ) -> Result<Snapshot, VolumeError> {
+        match self.store.snapshot(id).await? {
+            Some(s) if ctx.is_admin() || s.project_id == ctx.project_id() => Ok(s),
+            _ => Err(VolumeError::not_found("Snapshot", id)),
+        }
+    }
+
+    pub async fn list_snapshots(
+        &self,
+        ctx: &RequestContext,
+        all_projects: bool,
+        mut filter: ListFilter,
+        volume_id: Option<&str>,
+    ) -> Result<Vec<Snapshot>, VolumeError> {
+        if !(all_projects && ctx.is_admin()) {
+            filter.project_id = Some(ctx.project_id().to_owned());
+        }
+        Ok(self.store.snapshots(&filter, volume_id).await?)
+    }
+
+    pub async fn update_snapshot(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        name: Option<Option<String>>,
+        description: Option<Option<String>>,
+        metadata: Option<BTreeMap<String, String>>,
+    ) -> Result<Snapshot, VolumeError> {
+        let s = self.get_snapshot(ctx, id).await?;
+        let name = name.unwrap_or(s.name);
+        let description = description.unwrap_or(s.description);
+        let metadata = metadata.unwrap_or(s.metadata);
+        self.store
+            .update_snapshot(
+                id,
+                name.as_deref(),
+                description.as_deref(),
+                &metadata,
+                now(),
+            )
+            .await?;
+        self.get_snapshot(ctx, id).await
+    }
+
+    /// Starts deleting a snapshot. Volumes made from it keep their data.
+    pub async fn delete_snapshot(
+        &self,
+        app: &App,
+        ctx: &RequestContext,
+        id: &str,
+    ) -> Result<(), VolumeError> {
+        let s = self.get_snapshot(ctx, id).await?;
+        if !self
+            .store
+            .snapshot_transition(id, SNAPSHOT_DELETABLE, "deleting", None, now())
+            .await?
+        {
+            return Err(VolumeError::bad_request(format!(
+                "Invalid snapshot: Snapshot status must be available or error and must not be part of a group, but is {}.",
+                s.status
+            )));
+        }
+        self.converge_snapshot_soon(app, id);
         Ok(())
     }
 

@@ -2,7 +2,10 @@
 //! of `storaged_proto`, over the same HTTP plumbing as hostd's client.
 
 use hyper::Method;
-use storaged_proto::{Connection, CreateVolume, Export, ExtendVolume, VolumeInfo};
+use storaged_proto::{
+    Connection, CreateSnapshot, CreateVolume, Export, ExtendVolume, SnapshotInfo, VolumeInfo,
+    VolumeSource,
+};
 
 use crate::hostd_client::{call_raw, HostdError, TIMEOUT};
 
@@ -55,9 +58,15 @@ impl Storaged {
         serde_json::from_slice(bytes).map_err(|e| StorageError::BadAnswer(e.to_string()))
     }
 
-    /// Makes the volume (or finds it made with that size).
-    pub async fn create(&self, id: &str, size_gib: u64) -> Result<VolumeInfo, StorageError> {
-        let body = serde_json::to_value(CreateVolume { size_gib })
+    /// Makes the volume, blank or from `source` (or finds it made with
+    /// that size).
+    pub async fn create(
+        &self,
+        id: &str,
+        size_gib: u64,
+        source: Option<VolumeSource>,
+    ) -> Result<VolumeInfo, StorageError> {
+        let body = serde_json::to_value(CreateVolume { size_gib, source })
             .map_err(|e| StorageError::BadAnswer(e.to_string()))?;
         Self::info(
             &self
@@ -99,6 +108,25 @@ impl Storaged {
     /// Removes the volume (gone already is fine).
     pub async fn delete(&self, id: &str) -> Result<(), StorageError> {
         self.call(Method::DELETE, &format!("/v1/volumes/{id}"), None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Takes the snapshot (or finds it taken).
+    pub async fn snapshot(&self, id: &str, volume_id: &str) -> Result<SnapshotInfo, StorageError> {
+        let body = serde_json::to_value(CreateSnapshot {
+            volume_id: volume_id.to_owned(),
+        })
+        .map_err(|e| StorageError::BadAnswer(e.to_string()))?;
+        let bytes = self
+            .call(Method::PUT, &format!("/v1/snapshots/{id}"), Some(body))
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| StorageError::BadAnswer(e.to_string()))
+    }
+
+    /// Removes the snapshot (gone already is fine).
+    pub async fn delete_snapshot(&self, id: &str) -> Result<(), StorageError> {
+        self.call(Method::DELETE, &format!("/v1/snapshots/{id}"), None)
             .await
             .map(|_| ())
     }

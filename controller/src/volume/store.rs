@@ -7,16 +7,57 @@ use std::collections::BTreeMap;
 
 use sqlx::any::AnyRow;
 
-use super::model::{Attachment, StorageHost, Volume};
+use super::model::{Attachment, Snapshot, StorageHost, Volume};
 use crate::store::{int, opt_text, text, Store, StoreError, Value};
 
 /// What a create writes.
 const INSERT_COLUMNS: &str = "id, project_id, user_id, name, description, size_gib, \
     target_size_gib, status, volume_type, availability_zone, storage_host, bootable, metadata, \
-    fault, created_at, updated_at";
+    fault, created_at, updated_at, snapshot_id, source_volid";
 const COLUMNS: &str = "id, project_id, user_id, name, description, size_gib, target_size_gib, \
     status, volume_type, availability_zone, storage_host, bootable, metadata, fault, created_at, \
-    updated_at, server_id, attachment_id, attached_host, attached_at";
+    updated_at, server_id, attachment_id, attached_host, attached_at, snapshot_id, source_volid";
+const SNAPSHOT_COLUMNS: &str = "id, project_id, user_id, volume_id, storage_host, name, \
+    description, size_gib, status, metadata, fault, created_at, updated_at";
+
+/// The GiB project `p` (an SQL expression) uses: its volumes' and its
+/// snapshots', as Cinder counts them. (PostgreSQL sums BIGINTs as NUMERIC:
+/// cast back.)
+fn used_gib(p: &str) -> String {
+    format!(
+        "CAST((SELECT COALESCE(SUM(size_gib), 0) FROM volumes WHERE project_id = {p}) + \
+         (SELECT COALESCE(SUM(size_gib), 0) FROM volume_snapshots WHERE project_id = {p}) AS BIGINT)"
+    )
+}
+
+/// Whether volume `v` (an SQL expression) has nothing being made from its
+/// data right now: no snapshot of it and no volume from it `creating`. Its
+/// file changes under such work, so nothing may plug, grow or remove it.
+fn quiet(v: &str) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM volume_snapshots WHERE volume_id = {v} AND status = 'creating') \
+         AND NOT EXISTS (SELECT 1 FROM volumes WHERE source_volid = {v} AND status = 'creating')"
+    )
+}
+
+fn snapshot_from_row(r: &AnyRow) -> Result<Snapshot, StoreError> {
+    Ok(Snapshot {
+        id: text(r, "id")?,
+        project_id: text(r, "project_id")?,
+        user_id: text(r, "user_id")?,
+        volume_id: text(r, "volume_id")?,
+        storage_host: text(r, "storage_host")?,
+        name: opt_text(r, "name")?,
+        description: opt_text(r, "description")?,
+        size_gib: int(r, "size_gib")?,
+        status: text(r, "status")?,
+        metadata: serde_json::from_str(&text(r, "metadata")?)
+            .map_err(|e| StoreError::Corrupt(format!("a snapshot's metadata: {e}")))?,
+        fault: opt_text(r, "fault")?,
+        created_at: int(r, "created_at")?,
+        updated_at: int(r, "updated_at")?,
+    })
+}
 
 fn from_row(r: &AnyRow) -> Result<Volume, StoreError> {
     Ok(Volume {
@@ -46,6 +87,8 @@ fn from_row(r: &AnyRow) -> Result<Volume, StoreError> {
             }),
             _ => None,
         },
+        snapshot_id: opt_text(r, "snapshot_id")?,
+        source_volid: opt_text(r, "source_volid")?,
     })
 }
 
@@ -54,6 +97,7 @@ fn from_row(r: &AnyRow) -> Result<Volume, StoreError> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Quota {
     pub volumes: i64,
+    pub snapshots: i64,
     pub gigabytes: i64,
 }
 
@@ -61,6 +105,7 @@ pub struct Quota {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
     pub volumes: i64,
+    pub snapshots: i64,
     pub gigabytes: i64,
 }
 
@@ -143,15 +188,19 @@ impl Volumes {
             .find(|h| h.host_id == id))
     }
 
-    /// Inserts `v` if its project stays within `quota` with it; whether it
-    /// did.
+    /// Inserts `v` if its project stays within `quota` with it and what it
+    /// is made from (its snapshot, or its source volume) is `available`;
+    /// whether it did.
     pub async fn insert_within(&self, v: &Volume, quota: Quota) -> Result<bool, StoreError> {
         let metadata = serde_json::to_string(&v.metadata).unwrap_or_else(|_| "{}".into());
         let sql = format!(
             "INSERT INTO volumes ({INSERT_COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-             $12, $13, $14, $15, $16 \
+             $12, $13, $14, $15, $16, NULLIF($19, ''), NULLIF($20, '') \
              WHERE ($17 < 0 OR (SELECT COUNT(*) FROM volumes WHERE project_id = $2) + 1 <= $17) \
-             AND ($18 < 0 OR (SELECT COALESCE(SUM(size_gib), 0) FROM volumes WHERE project_id = $2) + $6 <= $18)"
+             AND ($18 < 0 OR {} + $6 <= $18) \
+             AND ($19 = '' OR EXISTS (SELECT 1 FROM volume_snapshots WHERE id = $19 AND status = 'available')) \
+             AND ($20 = '' OR EXISTS (SELECT 1 FROM volumes WHERE id = $20 AND status = 'available'))",
+            used_gib("$2")
         );
         let args = [
             Value::Text(&v.id),
@@ -172,6 +221,8 @@ impl Volumes {
             Value::Int(v.updated_at),
             Value::Int(quota.volumes),
             Value::Int(quota.gigabytes),
+            Value::Text(v.snapshot_id.as_deref().unwrap_or("")),
+            Value::Text(v.source_volid.as_deref().unwrap_or("")),
         ];
         Ok(self.store.execute(&sql, &args).await? == 1)
     }
@@ -227,13 +278,19 @@ impl Volumes {
         let row = self
             .store
             .fetch_optional(
-                "SELECT COUNT(*) AS n, COALESCE(SUM(size_gib), 0) AS gib FROM volumes WHERE project_id = $1",
+                &format!(
+                    "SELECT (SELECT COUNT(*) FROM volumes WHERE project_id = $1) AS n, \
+                     (SELECT COUNT(*) FROM volume_snapshots WHERE project_id = $1) AS snaps, \
+                     {} AS gib",
+                    used_gib("$1")
+                ),
                 &[Value::Text(project_id)],
             )
             .await?;
         Ok(match row {
             Some(r) => Usage {
                 volumes: int(&r, "n")?,
+                snapshots: int(&r, "snaps")?,
                 gigabytes: int(&r, "gib")?,
             },
             None => Usage::default(),
@@ -269,7 +326,7 @@ impl Volumes {
     }
 
     /// `available` -> `extending` to `new_size`, if the project's GiB quota
-    /// holds the growth; whether it moved.
+    /// holds the growth and nothing is being made from it; whether it moved.
     pub async fn begin_extend(
         &self,
         id: &str,
@@ -280,10 +337,13 @@ impl Volumes {
         Ok(self
             .store
             .execute(
-                "UPDATE volumes SET status = 'extending', target_size_gib = $1, updated_at = $2 \
-                 WHERE id = $3 AND status = 'available' AND size_gib < $1 \
-                 AND ($4 < 0 OR (SELECT COALESCE(SUM(size_gib), 0) FROM volumes WHERE project_id = \
-                 (SELECT project_id FROM volumes WHERE id = $3)) - size_gib + $1 <= $4)",
+                &format!(
+                    "UPDATE volumes SET status = 'extending', target_size_gib = $1, updated_at = $2 \
+                     WHERE id = $3 AND status = 'available' AND size_gib < $1 AND {} \
+                     AND ($4 < 0 OR {} - size_gib + $1 <= $4)",
+                    quiet("$3"),
+                    used_gib("(SELECT project_id FROM volumes WHERE id = $3)")
+                ),
                 &[
                     Value::Int(new_size),
                     Value::Int(now),
@@ -293,6 +353,59 @@ impl Volumes {
             )
             .await?
             == 1)
+    }
+
+    /// One of `from` -> `deleting`, if nothing is being made from it and
+    /// it has no snapshots (or, with `cascade`, only snapshots that can be
+    /// deleted, which go too); whether it moved.
+    pub async fn begin_delete(
+        &self,
+        id: &str,
+        from: &[&str],
+        cascade: bool,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let moved = self
+            .store
+            .execute(
+                &format!(
+                    "UPDATE volumes SET status = 'deleting', updated_at = $1 \
+                     WHERE id = $2 AND status IN ({}) AND {} \
+                     AND NOT EXISTS (SELECT 1 FROM volume_snapshots WHERE volume_id = $2 \
+                     AND ($3 = 0 OR status NOT IN ({})))",
+                    status_list(from),
+                    quiet("$2"),
+                    status_list(super::service::SNAPSHOT_DELETABLE)
+                ),
+                &[Value::Int(now), Value::Text(id), Value::Bool(cascade)],
+            )
+            .await?
+            == 1;
+        if moved && cascade {
+            self.store
+                .execute(
+                    &format!(
+                        "UPDATE volume_snapshots SET status = 'deleting', updated_at = $1 \
+                         WHERE volume_id = $2 AND status IN ({})",
+                        status_list(super::service::SNAPSHOT_DELETABLE)
+                    ),
+                    &[Value::Int(now), Value::Text(id)],
+                )
+                .await?;
+        }
+        Ok(moved)
+    }
+
+    /// Whether something is being made from volume `id`'s data right now.
+    pub async fn busy(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .fetch_optional(
+                &format!("SELECT 1 AS quiet WHERE {}", quiet("$1")),
+                &[Value::Text(id)],
+            )
+            .await?
+            .is_none())
     }
 
     /// `extending` -> `available` at its new size.
@@ -347,9 +460,12 @@ impl Volumes {
         Ok(self
             .store
             .execute(
-                "UPDATE volumes SET status = 'reserved', server_id = $1, attachment_id = $2, \
-                 attached_host = NULL, attached_at = NULL, fault = NULL, updated_at = $3 \
-                 WHERE id = $4 AND status = 'available'",
+                &format!(
+                    "UPDATE volumes SET status = 'reserved', server_id = $1, attachment_id = $2, \
+                     attached_host = NULL, attached_at = NULL, fault = NULL, updated_at = $3 \
+                     WHERE id = $4 AND status = 'available' AND {}",
+                    quiet("$4")
+                ),
                 &[
                     Value::Text(server_id),
                     Value::Text(attachment_id),
@@ -418,6 +534,165 @@ impl Volumes {
             .store
             .execute(
                 "DELETE FROM volumes WHERE id = $1 AND status = 'deleting'",
+                &[Value::Text(id)],
+            )
+            .await?
+            == 1)
+    }
+
+    /// Inserts snapshot `s` if its volume is `available` and the project
+    /// stays within `quota` with it; whether it did.
+    pub async fn insert_snapshot_within(
+        &self,
+        s: &Snapshot,
+        quota: Quota,
+    ) -> Result<bool, StoreError> {
+        let metadata = serde_json::to_string(&s.metadata).unwrap_or_else(|_| "{}".into());
+        let sql = format!(
+            "INSERT INTO volume_snapshots ({SNAPSHOT_COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, \
+             $9, $10, $11, $12, $13 \
+             WHERE EXISTS (SELECT 1 FROM volumes WHERE id = $4 AND status = 'available') \
+             AND ($14 < 0 OR (SELECT COUNT(*) FROM volume_snapshots WHERE project_id = $2) + 1 <= $14) \
+             AND ($15 < 0 OR {} + $8 <= $15)",
+            used_gib("$2")
+        );
+        let args = [
+            Value::Text(&s.id),
+            Value::Text(&s.project_id),
+            Value::Text(&s.user_id),
+            Value::Text(&s.volume_id),
+            Value::Text(&s.storage_host),
+            Value::OptText(s.name.as_deref()),
+            Value::OptText(s.description.as_deref()),
+            Value::Int(s.size_gib),
+            Value::Text(&s.status),
+            Value::Text(&metadata),
+            Value::OptText(s.fault.as_deref()),
+            Value::Int(s.created_at),
+            Value::Int(s.updated_at),
+            Value::Int(quota.snapshots),
+            Value::Int(quota.gigabytes),
+        ];
+        Ok(self.store.execute(&sql, &args).await? == 1)
+    }
+
+    pub async fn snapshot(&self, id: &str) -> Result<Option<Snapshot>, StoreError> {
+        self.store
+            .fetch_optional(
+                &format!("SELECT {SNAPSHOT_COLUMNS} FROM volume_snapshots WHERE id = $1"),
+                &[Value::Text(id)],
+            )
+            .await?
+            .as_ref()
+            .map(snapshot_from_row)
+            .transpose()
+    }
+
+    /// The snapshots `filter` selects (`volume_id` too), oldest first.
+    pub async fn snapshots(
+        &self,
+        filter: &ListFilter,
+        volume_id: Option<&str>,
+    ) -> Result<Vec<Snapshot>, StoreError> {
+        let rows = self
+            .store
+            .fetch_all(
+                &format!(
+                    "SELECT {SNAPSHOT_COLUMNS} FROM volume_snapshots WHERE ($1 = '' OR project_id = $1) \
+                     AND ($2 = '' OR name = $2) AND ($3 = '' OR status = $3) \
+                     AND ($4 = '' OR volume_id = $4) ORDER BY created_at, id"
+                ),
+                &[
+                    Value::Text(filter.project_id.as_deref().unwrap_or("")),
+                    Value::Text(filter.name.as_deref().unwrap_or("")),
+                    Value::Text(filter.status.as_deref().unwrap_or("")),
+                    Value::Text(volume_id.unwrap_or("")),
+                ],
+            )
+            .await?;
+        rows.iter().map(snapshot_from_row).collect()
+    }
+
+    /// Every project's snapshots in one of `statuses` (the reconciler's).
+    pub async fn snapshots_in_status(
+        &self,
+        statuses: &[&str],
+    ) -> Result<Vec<Snapshot>, StoreError> {
+        let rows = self
+            .store
+            .fetch_all(
+                &format!(
+                    "SELECT {SNAPSHOT_COLUMNS} FROM volume_snapshots WHERE status IN ({}) \
+                     ORDER BY created_at, id",
+                    status_list(statuses)
+                ),
+                &[],
+            )
+            .await?;
+        rows.iter().map(snapshot_from_row).collect()
+    }
+
+    /// Moves snapshot `id` from one of `from` to `to` (with `fault`);
+    /// whether it did.
+    pub async fn snapshot_transition(
+        &self,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        fault: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .execute(
+                &format!(
+                    "UPDATE volume_snapshots SET status = $1, fault = $2, updated_at = $3 \
+                     WHERE id = $4 AND status IN ({})",
+                    status_list(from)
+                ),
+                &[
+                    Value::Text(to),
+                    Value::OptText(fault),
+                    Value::Int(now),
+                    Value::Text(id),
+                ],
+            )
+            .await?
+            == 1)
+    }
+
+    pub async fn update_snapshot(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        description: Option<&str>,
+        metadata: &BTreeMap<String, String>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let metadata = serde_json::to_string(metadata).unwrap_or_else(|_| "{}".into());
+        Ok(self
+            .store
+            .execute(
+                "UPDATE volume_snapshots SET name = $1, description = $2, metadata = $3, \
+                 updated_at = $4 WHERE id = $5",
+                &[
+                    Value::OptText(name),
+                    Value::OptText(description),
+                    Value::Text(&metadata),
+                    Value::Int(now),
+                    Value::Text(id),
+                ],
+            )
+            .await?
+            == 1)
+    }
+
+    /// Forgets a snapshot whose data is gone (it was `deleting`).
+    pub async fn remove_snapshot(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .execute(
+                "DELETE FROM volume_snapshots WHERE id = $1 AND status = 'deleting'",
                 &[Value::Text(id)],
             )
             .await?

@@ -201,13 +201,27 @@ fn main() {
                     "a disk without a file".into(),
                 )
             }
+            // Descriptors by position: each sent one used.
+            ApiRequest::AddDisk { disk, fds }
+                if !disk.fds.is_empty() && disk.fds.len() + disk.backing_fds.len() != fds.len() =>
+            {
+                ApiReply::Error(
+                    hyper::StatusCode::BAD_REQUEST,
+                    format!(
+                        "{} descriptors sent for fds {:?} and backing_fds {:?}",
+                        fds.len(),
+                        disk.fds,
+                        disk.backing_fds
+                    ),
+                )
+            }
             ApiRequest::AddDisk { mut disk, .. } => {
                 let id = disk
                     .id
                     .clone()
                     .unwrap_or_else(|| format!("disk{}", config.disks.len()));
                 disk.id = Some(id.clone());
-                config.disks.push(disk);
+                config.disks.push(*disk);
                 ApiReply::Device(vmm::api::DeviceInfo {
                     id,
                     pci_slot: Some(10),

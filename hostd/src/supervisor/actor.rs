@@ -1254,9 +1254,19 @@ impl Actor {
         };
         vmm::config::check_device_id(&dev)
             .map_err(|e| OpError::BadRequest(format!("disks.id: {e}")))?;
-        if !disk.fds.is_empty() || disk.base.is_some() || !disk.path.is_absolute() {
+        let backing: Vec<&std::path::Path> = disk
+            .layers
+            .iter()
+            .map(|p| p.as_path())
+            .chain(disk.base.as_deref())
+            .collect();
+        if !disk.fds.is_empty()
+            || !disk.backing_fds.is_empty()
+            || !disk.path.is_absolute()
+            || backing.iter().any(|p| !p.is_absolute())
+        {
             return Err(OpError::BadRequest(
-                "disks: an absolute path, and neither fds nor base".into(),
+                "disks: absolute paths (path, base, layers), and no fds".into(),
             ));
         }
         let mut spec = self.record.spec.clone();
@@ -1295,25 +1305,41 @@ impl Actor {
             }
         }
         if self.guest_present()? {
-            let open = |direct: bool| {
+            let open = |path: &std::path::Path, write: bool, direct: bool| {
                 use std::os::unix::fs::OpenOptionsExt;
                 std::fs::OpenOptions::new()
                     .read(true)
-                    .write(!disk.read_only)
+                    .write(write)
                     .custom_flags(libc::O_NOFOLLOW | if direct { libc::O_DIRECT } else { 0 })
-                    .open(&disk.path)
-                    .map_err(|e| OpError::BadRequest(format!("disk {}: {e}", disk.path.display())))
+                    .open(path)
+                    .map_err(|e| OpError::BadRequest(format!("disk {}: {e}", path.display())))
             };
-            let buffered = open(false)?;
+            let buffered = open(&disk.path, !disk.read_only, false)?;
             // O_DIRECT where the filesystem takes it (tmpfs does not).
-            let direct = if disk.direct { open(true).ok() } else { None };
+            let direct = if disk.direct {
+                open(&disk.path, !disk.read_only, true).ok()
+            } else {
+                None
+            };
+            // What an overlay reads through to: read-only, never written.
+            let backing_files = backing
+                .iter()
+                .map(|p| open(p, false, false))
+                .collect::<Result<Vec<_>, _>>()?;
             let fds: Vec<_> = direct
                 .iter()
                 .chain(std::iter::once(&buffered))
+                .chain(&backing_files)
                 .map(std::os::fd::AsFd::as_fd)
                 .collect();
+            let own = i32::from(direct.is_some()) + 1;
             let mut sent = disk.clone();
             sent.path = std::path::PathBuf::new();
+            sent.base = None;
+            sent.layers = Vec::new();
+            // The descriptors by their position among those sent.
+            sent.fds = (0..own).collect();
+            sent.backing_fds = (own..fds.len() as i32).collect();
             let body =
                 serde_json::to_string(&sent).map_err(|e| OpError::Internal(e.to_string()))?;
             self.plug("/vm/disks", &body, &fds, &format!("disk {dev}"))

@@ -349,8 +349,10 @@ impl Supervisor {
                 id: None,
                 pci_slot: None,
                 fds: Vec::new(),
+                backing_fds: Vec::new(),
                 path,
                 base: None,
+                layers: Vec::new(),
                 // Shared by every instance of the image.
                 read_only: true,
                 serial: None,

@@ -14,7 +14,16 @@
 //!   volume's data ([`Connection`]); a host other than storaged's own is
 //!   refused (409) until a remote transport exists;
 //! - `DELETE /v1/volumes/{id}`: removes it (204, also when it was gone);
-//! - `GET /v1/volumes`: every volume's [`VolumeInfo`].
+//! - `GET /v1/volumes`: every volume's [`VolumeInfo`];
+//! - `PUT /v1/snapshots/{id}` with [`CreateSnapshot`]: freezes the volume's
+//!   data as it is now (201), or finds that snapshot taken (200);
+//! - `GET /v1/snapshots/{id}`: its [`SnapshotInfo`];
+//! - `DELETE /v1/snapshots/{id}`: removes it (204, also when gone). Volumes
+//!   made from it keep reading its data: storaged keeps what they need.
+//!
+//! A volume can be made from a snapshot or from another volume of the same
+//! storage host ([`CreateVolume::source`]), in constant time whatever its
+//! size.
 //!
 //! Every call is idempotent, so the controller's reconciler can repeat any
 //! of them after a crash on either side.
@@ -37,6 +46,33 @@ pub struct Heartbeat {
 #[serde(deny_unknown_fields)]
 pub struct CreateVolume {
     pub size_gib: u64,
+    /// What the new volume starts as; blank when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<VolumeSource>,
+}
+
+/// The data a new volume starts with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum VolumeSource {
+    /// A snapshot's.
+    Snapshot(String),
+    /// Another volume's, as it is now.
+    Volume(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    pub volume_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub volume_id: String,
+    /// The volume's size when it was taken.
+    pub size_gib: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,10 +88,17 @@ pub struct Export {
     pub host_id: String,
 }
 
-/// How that host reaches it: on storaged's own host, the file itself.
+/// How that host reaches it: on storaged's own host, its files.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connection {
+    /// The volume's own file: raw, or a qcow2 overlay when `backing` is
+    /// not empty. The only one written.
     pub path: String,
+    /// What a qcow2 overlay reads through to, read-only: qcow2 layers, the
+    /// one right under it first, then a raw base (the snapshots it was
+    /// made over).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backing: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

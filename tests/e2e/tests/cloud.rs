@@ -1069,6 +1069,24 @@ fn debian(
         ok(&["server", "remove", "volume", "vm-debian", "data1"]);
         volume_status("available");
         run(&disk_there(false), "virga-vol-absent");
+        // A snapshot of it, and a volume from the snapshot: on the testbed's
+        // ext4 the volume goes on as a qcow2 overlay over the snapshot's
+        // data, served by the VMM.
+        let snapped = Instant::now();
+        ok(&["volume", "snapshot", "create", "--volume", "data1", "snap1"]);
+        wait_named(ok, &["volume", "snapshot"], "snap1", "available");
+        println!("Debian: a snapshot taken in {:?}", snapped.elapsed());
+        let copy: serde_json::Value = serde_json::from_str(&ok(&[
+            "volume",
+            "create",
+            "--snapshot",
+            "snap1",
+            "data1-copy",
+            "-f",
+            "json",
+        ]))
+        .expect("json");
+        wait_named(ok, &["volume"], "data1-copy", "available");
         ok(&["server", "add", "volume", "vm-debian", "data1"]);
         volume_status("in-use");
         run(&disk_there(true), "virga-vol-present");
@@ -1076,6 +1094,31 @@ fn debian(
             &format!("echo virga-vol-read-$(sudo head -c 17 {disk})"),
             "virga-vol-read-virga-volume-data",
         );
+        // Written after the snapshot: the copy keeps the snapshot's data.
+        run(
+            &format!(
+                "printf virga-volume-NEWD | sudo dd of={disk} conv=fsync 2>/dev/null; echo virga-vol-rewrit''ten"
+            ),
+            "virga-vol-rewritten",
+        );
+        let copy_serial: String = copy["id"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .take(20)
+            .collect();
+        let copy_disk = format!("/dev/disk/by-id/virtio-{copy_serial}");
+        ok(&["server", "add", "volume", "vm-debian", "data1-copy"]);
+        wait_named(ok, &["volume"], "data1-copy", "in-use");
+        run(
+            &format!(
+                "for i in $(seq 60); do [ -b {copy_disk} ] && break; sleep 1; done; \
+                 echo virga-copy-$(sudo head -c 17 {copy_disk})-$(sudo head -c 17 {disk})"
+            ),
+            "virga-copy-virga-volume-data-virga-volume-NEWD",
+        );
+        ok(&["server", "remove", "volume", "vm-debian", "data1-copy"]);
+        wait_named(ok, &["volume"], "data1-copy", "available");
         run(&nics(2), "virga-nics-2-");
         let plugged = Instant::now();
         ok(&["server", "add", "network", "vm-debian", "net2"]);
@@ -1112,6 +1155,13 @@ fn debian(
     ok(&["server", "delete", "--wait", "vm-debian"]);
     // Its volume, still attached, is let go of (and keeps its data).
     volume_status("available");
+    ok(&["volume", "snapshot", "delete", "snap1"]);
+    ok(&["volume", "delete", "data1-copy"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ok(&["volume", "snapshot", "list", "-f", "value"]).contains("snap1") {
+        assert!(Instant::now() < deadline, "snap1 was never deleted");
+        std::thread::sleep(Duration::from_secs(1));
+    }
     ok(&["volume", "delete", "data1"]);
     // The port made for it went with it, and its floating IP is free; the
     // router comes apart and the networks are free to go.
@@ -1133,6 +1183,21 @@ fn debian(
 
 /// Waits (up to a minute) until the ports on `network` have `status`, or
 /// (an empty status) until there are none.
+/// Waits until `openstack <kind> show <name>` says status `want`.
+fn wait_named(ok: &dyn Fn(&[&str]) -> String, kind: &[&str], name: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut args: Vec<&str> = kind.to_vec();
+    args.extend(["show", name, "-f", "value", "-c", "status"]);
+    loop {
+        let s = ok(&args);
+        if s.trim() == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} stayed {s}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 fn wait_ports(ok: &dyn Fn(&[&str]) -> String, network: &str, status: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -319,7 +319,7 @@ fn start(
     let mut queue = rings.queue(mem, event_idx);
     queue.set_next_avail(next);
     queue.set_next_used(next);
-    let disk = Disk::open(&disk_path.0, disk_path.1.as_deref(), false, false).unwrap();
+    let disk = Disk::open(&disk_path.0, disk_path.1.as_deref(), &[], false, false).unwrap();
     let limiter = Arc::new(Mutex::new(RateLimiter::new(RateLimit::default())));
     let mut block = Block::new(Arc::new(disk), "fuzz-blk", 1, limiter, "fuzz-blk".into());
     block

@@ -56,9 +56,12 @@ pub struct Disk {
 }
 
 impl Disk {
+    /// The disk at `path`: raw, or with `base` a qcow2 overlay over the
+    /// read-only qcow2 `layers` (top first) over that raw base.
     pub fn open(
         path: &Path,
         base: Option<&Path>,
+        layers: &[PathBuf],
         read_only: bool,
         direct: bool,
     ) -> Result<Self, DiskError> {
@@ -83,13 +86,23 @@ impl Disk {
             });
         }
         let overlay = match base {
-            Some(base) if regular => Some(Overlay::open(&buffered, base, !read_only).map_err(
-                |source| DiskError::Overlay {
+            Some(base) if regular => {
+                let overlay_err = |source| DiskError::Overlay {
                     path: path.to_owned(),
                     base: base.to_owned(),
                     source,
-                },
-            )?),
+                };
+                let layers = layers
+                    .iter()
+                    .map(File::open)
+                    .collect::<std::io::Result<Vec<_>>>()
+                    .map_err(overlay_err)?;
+                let base_file = File::open(base).map_err(overlay_err)?;
+                Some(
+                    Overlay::open_chain(&buffered, layers, base_file, !read_only)
+                        .map_err(overlay_err)?,
+                )
+            }
             Some(_) => {
                 return Err(DiskError::NotADisk {
                     path: path.to_owned(),
@@ -131,11 +144,13 @@ impl Disk {
         })
     }
 
-    /// A raw disk on descriptors its supervisor sent: `[buffered]`, or
+    /// A disk on descriptors its supervisor sent: `[buffered]`, or
     /// `[direct, buffered]` (one opened O_DIRECT, one not: the VMM, jailed,
-    /// cannot reopen the file itself). Each is duplicated; the caller keeps
-    /// the originals (they serve every boot).
-    pub fn from_fds(fds: &[RawFd], read_only: bool) -> Result<Self, DiskError> {
+    /// cannot reopen the file itself). Raw, or with `backing` (read-only:
+    /// qcow2 layers top first, then the raw base) a qcow2 overlay over them.
+    /// Each is duplicated; the caller keeps the originals (they serve every
+    /// boot).
+    pub fn from_fds(fds: &[RawFd], backing: &[RawFd], read_only: bool) -> Result<Self, DiskError> {
         let label = PathBuf::from(format!("fd{}", fds.first().copied().unwrap_or(-1)));
         let err = |source| DiskError::Open {
             path: label.clone(),
@@ -161,7 +176,29 @@ impl Disk {
         if !regular && !meta.file_type().is_block_device() {
             return Err(DiskError::NotADisk { path: label });
         }
-        let size = buffered.seek(SeekFrom::End(0)).map_err(err)?;
+        let overlay = match backing.split_last() {
+            Some((base, layers)) if regular => {
+                let overlay_err = |source| DiskError::Overlay {
+                    path: label.clone(),
+                    base: PathBuf::from(format!("fd{base}")),
+                    source,
+                };
+                let layers = layers
+                    .iter()
+                    .map(|fd| dup(*fd))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(
+                    Overlay::open_chain(&buffered, layers, dup(*base)?, !read_only)
+                        .map_err(overlay_err)?,
+                )
+            }
+            Some(_) => return Err(DiskError::NotADisk { path: label }),
+            None => None,
+        };
+        let size = match &overlay {
+            Some(o) => o.size(),
+            None => buffered.seek(SeekFrom::End(0)).map_err(err)?,
+        };
         if !size.is_multiple_of(SECTOR_SIZE) {
             return Err(DiskError::Size { path: label, size });
         }
@@ -175,8 +212,8 @@ impl Disk {
             direct,
             capacity: size,
             read_only,
-            fallocate: regular,
-            overlay: None,
+            fallocate: regular && overlay.is_none(),
+            overlay,
         })
     }
 
@@ -334,23 +371,56 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("disk.raw");
         std::fs::write(&img, vec![0u8; 8192]).unwrap();
-        let disk = Disk::open(&img, None, false, true).unwrap();
+        let disk = Disk::open(&img, None, &[], false, true).unwrap();
         assert_eq!((disk.capacity, disk.sectors()), (8192, 16));
         assert!(disk.fallocate);
 
         let odd = dir.path().join("odd.raw");
         std::fs::write(&odd, vec![0u8; 1000]).unwrap();
         assert!(matches!(
-            Disk::open(&odd, None, false, false),
+            Disk::open(&odd, None, &[], false, false),
             Err(DiskError::Size { .. })
         ));
         assert!(matches!(
-            Disk::open(dir.path(), None, true, false),
+            Disk::open(dir.path(), None, &[], true, false),
             Err(DiskError::NotADisk { .. }) | Err(DiskError::Open { .. })
         ));
         assert!(matches!(
-            Disk::open(&dir.path().join("missing"), None, false, false),
+            Disk::open(&dir.path().join("missing"), None, &[], false, false),
             Err(DiskError::Open { .. })
+        ));
+    }
+
+    #[test]
+    fn a_disk_on_descriptors_can_be_an_overlay_over_layers() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = |n: &str| dir.path().join(n);
+        std::fs::write(path("base"), vec![5u8; 1 << 20]).unwrap();
+        super::super::qcow2::create_overlay(&path("snap"), "base", 2 << 20).unwrap();
+        super::super::qcow2::create_layer(&path("vol"), "snap", "qcow2", 2 << 20).unwrap();
+        let vol = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path("vol"))
+            .unwrap();
+        let (snap, base) = (
+            File::open(path("snap")).unwrap(),
+            File::open(path("base")).unwrap(),
+        );
+        let disk = Disk::from_fds(
+            &[vol.as_raw_fd()],
+            &[snap.as_raw_fd(), base.as_raw_fd()],
+            false,
+        )
+        .unwrap();
+        assert_eq!(disk.capacity, 2 << 20);
+        assert!(disk.is_overlay() && !disk.fallocate);
+        assert_eq!(disk.place(0, 4096, false).unwrap().0, Target::Overlay);
+        // A raw file is no overlay.
+        assert!(matches!(
+            Disk::from_fds(&[base.as_raw_fd()], &[base.as_raw_fd()], true),
+            Err(DiskError::Overlay { .. })
         ));
     }
 }

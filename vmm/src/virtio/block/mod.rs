@@ -666,7 +666,7 @@ mod tests {
         reqs: &[Req],
         first_data: &[u8],
     ) -> (Vec<(u8, u32)>, GuestMemoryMmap) {
-        let disk = Disk::open(file.path(), None, read_only, false).unwrap();
+        let disk = Disk::open(file.path(), None, &[], read_only, false).unwrap();
         serve_disk(disk, uring, reqs, first_data)
     }
 
@@ -768,7 +768,7 @@ mod tests {
         std::fs::write(&base, &pattern).unwrap();
         let overlay = dir.path().join("root.qcow2");
         qcow2::create_overlay(&overlay, "base.raw", 4 << 20).unwrap();
-        let open = || Disk::open(&overlay, Some(&base), false, false).unwrap();
+        let open = || Disk::open(&overlay, Some(&base), &[], false, false).unwrap();
         assert_eq!(open().capacity, 4 << 20);
         let ones = vec![1u8; 4096];
         let req = |kind, sector| Req {
@@ -850,7 +850,7 @@ mod tests {
             for (write, sector, sectors, fill) in ops {
                 let len = sectors as usize * 512;
                 let at = sector as usize * 512;
-                let disk = Disk::open(&overlay, Some(&base), false, false).unwrap();
+                let disk = Disk::open(&overlay, Some(&base), &[], false, false).unwrap();
                 let kind = if write { T_OUT } else { T_IN };
                 let data = vec![fill; len];
                 let (results, mem) = serve_disk(disk, uring, &[Req { kind, sector, data_len: len as u32 }], &data);
@@ -988,7 +988,7 @@ mod tests {
                     interrupt: QueueInterrupt::disconnected(),
                 }],
             };
-            let disk = Arc::new(Disk::open(f.path(), None, false, false).unwrap());
+            let disk = Arc::new(Disk::open(f.path(), None, &[], false, false).unwrap());
             let limiter = Arc::new(Mutex::new(RateLimiter::new(RateLimit::default())));
             let mut w = BlockWorker::new(disk, [0; SERIAL_LEN], limiter, activation).unwrap();
             w.process_queue(0);

@@ -41,6 +41,18 @@ pub enum Place {
 /// Makes `path` an empty qcow2 overlay of `size` bytes over a raw image
 /// (`base_name` is recorded in the header for tools; never opened from it).
 pub fn create_overlay(path: &Path, base_name: &str, size: u64) -> io::Result<()> {
+    create_layer(path, base_name, "raw", size)
+}
+
+/// Makes `path` an empty qcow2 overlay of `size` bytes over an image of
+/// `backing_format` ("raw" or "qcow2") named `backing_name` in its header,
+/// for tools: whoever opens it says what is under it.
+pub fn create_layer(
+    path: &Path,
+    backing_name: &str,
+    backing_format: &str,
+    size: u64,
+) -> io::Result<()> {
     let file = imago::file::File::try_from(
         std::fs::OpenOptions::new()
             .read(true)
@@ -51,29 +63,92 @@ pub fn create_overlay(path: &Path, base_name: &str, size: u64) -> io::Result<()>
     Qcow2::<imago::file::File>::create_builder(file)
         .size(size)
         .cluster_size(64 << 10)
-        .backing(base_name.to_owned(), "raw".to_owned())
+        .backing(backing_name.to_owned(), backing_format.to_owned())
         .create()?;
     File::open(path)?.sync_all()
 }
 
-/// An open overlay over its base.
+/// The most read-only qcow2 layers between an overlay and its base (a
+/// volume's snapshots, each one a layer until storaged flattens them).
+pub const MAX_LAYERS: usize = 32;
+
+/// What a qcow2 file says of itself: the disk's size, and the name its
+/// header gives what lies under it. Nothing under it is opened.
+pub fn describe(file: &File) -> io::Result<(u64, Option<String>)> {
+    let qcow2 =
+        Qcow2::<imago::file::File>::builder(imago::file::File::try_from(file.try_clone()?)?)
+            .write(false)
+            .backing(None)
+            .open(DenyImplicitOpenGate::default())?;
+    let backing = qcow2.implicit_backing_file().cloned();
+    Ok((FormatAccess::new(qcow2).size(), backing))
+}
+
+/// Grows the qcow2 disk in `file` (opened read-write) to `size` bytes, the
+/// new part reading as zeros, without opening what lies under it; never
+/// shrinks it.
+pub fn grow_file(file: &File, size: u64) -> io::Result<()> {
+    let qcow2 =
+        Qcow2::<imago::file::File>::builder(imago::file::File::try_from(file.try_clone()?)?)
+            .write(true)
+            .backing(None)
+            .open(DenyImplicitOpenGate::default())?;
+    let access = FormatAccess::new(qcow2);
+    if size > access.size() {
+        access.resize_grow(size, imago::format::PreallocateMode::Zero)?;
+    }
+    access.flush()?;
+    access.sync()
+}
+
+/// An open overlay over its base, through any read-only qcow2 layers
+/// between them.
 pub struct Overlay {
     access: FormatAccess<imago::file::File>,
     /// Read through the page cache even when the overlay is O_DIRECT: every
     /// overlay over the image shares it, and their reads share its pages.
     base: File,
     base_len: u64,
+    /// Whether the overlay lies right over the base, so that what it does
+    /// not hold is at the same offset in the base file.
+    over_base: bool,
 }
 
 impl Overlay {
     /// `overlay` is the overlay file opened through the page cache (imago's
     /// metadata I/O goes through it); `base` the raw image, read-only.
     pub fn open(overlay: &File, base: &Path, writable: bool) -> io::Result<Self> {
-        let base = File::open(base)?;
+        Self::open_chain(overlay, Vec::new(), File::open(base)?, writable)
+    }
+
+    /// An overlay over `layers` (read-only qcow2 files, the one right under
+    /// the overlay first) over the raw `base`. Each layer is read through
+    /// the one under it; none of the names their headers hold is followed.
+    pub fn open_chain(
+        overlay: &File,
+        layers: Vec<File>,
+        base: File,
+        writable: bool,
+    ) -> io::Result<Self> {
+        if layers.len() > MAX_LAYERS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} layers; at most {MAX_LAYERS}", layers.len()),
+            ));
+        }
         let base_len = base.metadata()?.len();
+        let over_base = layers.is_empty();
         let raw = Raw::builder(imago::file::File::try_from(base.try_clone()?)?)
             .open(DenyImplicitOpenGate::default())?;
-        let backing: Backing = Arc::new(FormatAccess::new(raw));
+        let mut backing: Backing = Arc::new(FormatAccess::new(raw));
+        for layer in layers.into_iter().rev() {
+            let qcow2 =
+                Qcow2::<imago::file::File, Backing>::builder(imago::file::File::try_from(layer)?)
+                    .write(false)
+                    .backing(Some(backing))
+                    .open(DenyImplicitOpenGate::default())?;
+            backing = Arc::new(FormatAccess::new(qcow2));
+        }
         let qcow2 = Qcow2::<imago::file::File, Backing>::builder(imago::file::File::try_from(
             overlay.try_clone()?,
         )?)
@@ -84,6 +159,7 @@ impl Overlay {
             access: FormatAccess::new(qcow2),
             base,
             base_len,
+            over_base,
         })
     }
 
@@ -109,7 +185,9 @@ impl Overlay {
                 offset, writable, ..
             } if writable || !write => Place::Overlay(offset),
             ShallowMapping::Indirect { offset, .. }
-                if !write && offset.checked_add(len).is_some_and(|e| e <= self.base_len) =>
+                if !write
+                    && self.over_base
+                    && offset.checked_add(len).is_some_and(|e| e <= self.base_len) =>
             {
                 Place::Base(offset)
             }
@@ -261,6 +339,94 @@ mod tests {
         assert!(read(&disk, 4096, 3 << 19).iter().all(|b| *b == 9));
         assert!(read(&disk, 4096, 0).iter().all(|b| *b == 7));
         assert_eq!(disk.data_at(10 << 30, 4096).unwrap().1, 0);
+    }
+
+    #[test]
+    fn layers_read_through_to_the_base_each_keeping_its_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        std::fs::write(&base, vec![1u8; 1 << 20]).unwrap();
+        let path = |n: &str| dir.path().join(n);
+        let rw = |p: &Path| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p)
+                .unwrap()
+        };
+        let ro = |p: &Path| File::open(p).unwrap();
+        // snap1 over the base, snap2 over snap1, the volume over snap2.
+        create_overlay(&path("snap1"), "base", 4 << 20).unwrap();
+        let one = Overlay::open(&rw(&path("snap1")), &base, true).unwrap();
+        one.write_vectored(&[io::IoSlice::new(&[2u8; 4096])], 64 << 10)
+            .unwrap();
+        drop(one);
+        create_layer(&path("snap2"), "snap1", "qcow2", 4 << 20).unwrap();
+        let two = Overlay::open_chain(
+            &rw(&path("snap2")),
+            vec![ro(&path("snap1"))],
+            ro(&base),
+            true,
+        )
+        .unwrap();
+        two.write_vectored(&[io::IoSlice::new(&[3u8; 4096])], 128 << 10)
+            .unwrap();
+        drop(two);
+        create_layer(&path("vol"), "snap2", "qcow2", 8 << 20).unwrap();
+        let layers = || vec![ro(&path("snap2")), ro(&path("snap1"))];
+        let vol = Overlay::open_chain(&rw(&path("vol")), layers(), ro(&base), true).unwrap();
+        vol.write_vectored(&[io::IoSlice::new(&[4u8; 4096])], 64 << 10)
+            .unwrap();
+        assert_eq!(vol.size(), 8 << 20);
+        assert!(read(&vol, 4096, 0).iter().all(|b| *b == 1));
+        assert!(read(&vol, 4096, 64 << 10).iter().all(|b| *b == 4));
+        assert!(read(&vol, 4096, 128 << 10).iter().all(|b| *b == 3));
+        assert!(read(&vol, 4096, 6 << 20).iter().all(|b| *b == 0));
+        // The base is two layers down: not at the same offset in its file.
+        assert_eq!(vol.place(0, 4096, false).unwrap(), Place::Mixed);
+        drop(vol);
+        // The layers under it are as they were: snap2 still reads 2 where
+        // the volume wrote 4.
+        let snap2 = Overlay::open_chain(
+            &ro(&path("snap2")),
+            vec![ro(&path("snap1"))],
+            ro(&base),
+            false,
+        )
+        .unwrap();
+        assert!(read(&snap2, 4096, 64 << 10).iter().all(|b| *b == 2));
+        assert_eq!(std::fs::read(&base).unwrap(), vec![1u8; 1 << 20]);
+        let too_many = (0..=MAX_LAYERS).map(|_| ro(&path("snap1"))).collect();
+        assert!(Overlay::open_chain(&ro(&path("vol")), too_many, ro(&base), false).is_err());
+    }
+
+    #[test]
+    fn a_file_is_described_and_grown_without_what_lies_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = dir.path().join("layer");
+        create_layer(
+            &layer,
+            "5d3f9a7e-6c1b-4e0a-9f2d-8b7c6a5e4d3c",
+            "qcow2",
+            1 << 30,
+        )
+        .unwrap();
+        let rw = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&layer)
+            .unwrap();
+        let described = describe(&rw).unwrap();
+        assert_eq!(
+            described,
+            (1 << 30, Some("5d3f9a7e-6c1b-4e0a-9f2d-8b7c6a5e4d3c".into()))
+        );
+        grow_file(&rw, 3 << 30).unwrap();
+        grow_file(&rw, 1 << 30).unwrap();
+        assert_eq!(describe(&rw).unwrap().0, 3 << 30);
+        let raw = dir.path().join("raw");
+        std::fs::write(&raw, vec![0u8; 4096]).unwrap();
+        assert!(describe(&File::open(&raw).unwrap()).is_err());
     }
 
     #[test]
