@@ -1,5 +1,6 @@
 -- Volume snapshots, and where a volume's data came from (a snapshot or
--- another volume: made from it on the same storage host). A snapshot stays
+-- another volume: made from it on the same storage host; or an image: the
+-- image's properties as the volume shows them, JSON). A snapshot stays
 -- on its volume's storage host, recorded here so it outlives the volume.
 CREATE TABLE volume_snapshots (
     id TEXT PRIMARY KEY,
@@ -20,3 +21,4 @@ CREATE INDEX volume_snapshots_project ON volume_snapshots (project_id);
 CREATE INDEX volume_snapshots_volume ON volume_snapshots (volume_id);
 ALTER TABLE volumes ADD COLUMN snapshot_id TEXT;
 ALTER TABLE volumes ADD COLUMN source_volid TEXT;
+ALTER TABLE volumes ADD COLUMN image_metadata TEXT;

@@ -964,6 +964,51 @@ fn openstack_volumes() {
     ok(&["volume", "snapshot", "create", "--volume", "data2", "snap2"]);
     wait_snapshot("snap2", "available");
 
+    // From an image, bootable, as for booting from a volume.
+    let raw = c.dir_path.join("disk.raw");
+    std::fs::write(&raw, b"an image's first bytes").unwrap();
+    ok(&[
+        "image",
+        "create",
+        "--file",
+        raw.to_str().unwrap(),
+        "--disk-format",
+        "raw",
+        "--container-format",
+        "bare",
+        "disk-image",
+    ]);
+    ok(&[
+        "volume",
+        "create",
+        "--image",
+        "disk-image",
+        "--size",
+        "1",
+        "--bootable",
+        "root1",
+    ]);
+    wait("root1", "available");
+    let shown = js(ok(&["volume", "show", "root1", "-f", "json"]));
+    assert_eq!(shown["bootable"], true, "{shown}");
+    assert!(
+        shown["volume_image_metadata"]
+            .to_string()
+            .contains("disk-image"),
+        "{shown}"
+    );
+    let root = shown["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        &std::fs::read(s.volume_file(&root)).unwrap()[..22],
+        b"an image's first bytes"
+    );
+    ok(&["volume", "set", "--non-bootable", "root1"]);
+    assert_eq!(
+        js(ok(&["volume", "show", "root1", "-f", "json"]))["bootable"],
+        false
+    );
+    ok(&["volume", "delete", "root1"]);
+
     // Without properties or a description (the SDK sends nulls then).
     ok(&["volume", "create", "--size", "1", "plain"]);
     wait("plain", "available");

@@ -190,7 +190,7 @@ fn bad_requests_get_cinders_errors_and_leave_nothing() {
         (json!({"size": 1, "snapshot_id": "x"}), "Snapshot x"),
         (json!({"size": 1, "source_volid": "x"}), "Volume x"),
         (json!({"snapshot_id": "x", "source_volid": "y"}), "not both"),
-        (json!({"size": 1, "imageRef": "x"}), "imageRef"),
+        (json!({"size": 1, "imageRef": "x"}), "Image x"),
         (json!({"size": 1, "metadata": {"k": 1}}), "metadata"),
     ] {
         let r = create(&c, &admin, body.clone());
@@ -464,6 +464,97 @@ fn snapshots_and_clones(c: &Controller) {
     let r = snapshot(c, &admin, json!({"volume_id": vol}));
     assert_eq!(r.status, 413, "{}", r.body);
     assert!(r.body.contains("SnapshotLimitExceeded"), "{}", r.body);
+}
+
+/// Makes an image of `format` holding `data`; its id.
+fn image(c: &Controller, token: &str, format: &str, extra: Value, data: &[u8]) -> String {
+    let mut body = json!({"name": "img", "disk_format": format, "container_format": "bare"});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().cloned().unwrap_or_default());
+    let r = call(
+        c,
+        "POST",
+        "/image/v2/images",
+        &[
+            ("X-Auth-Token", token),
+            ("Content-Type", "application/json"),
+        ],
+        &body.to_string(),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let path = format!("/image/v2/images/{id}/file");
+    assert_eq!(common::put_bytes(c, &path, token, data), 204);
+    id
+}
+
+#[test]
+fn volumes_are_made_from_images_on_the_storage_host() {
+    let c = start_with(None, &controller_config());
+    let admin = admin_token(&c);
+    let s = Storaged::start(&c, "storage-1");
+    wait_registered(&c, &admin);
+    // A disk image: data, a hole, data.
+    let mut data = vec![0u8; 3 << 20];
+    data[..4].copy_from_slice(b"boot");
+    data[(2 << 20)..(2 << 20) + 4].copy_from_slice(b"tail");
+    let disk = image(&c, &admin, "raw", json!({"os_distro": "debian"}), &data);
+    let r = create(
+        &c,
+        &admin,
+        json!({"size": 2, "imageRef": disk, "name": "root1"}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["volume"]["id"].as_str().unwrap().to_owned();
+    let v = wait_status(&c, &admin, &id, "available");
+    assert_eq!(v["bootable"], "true", "{v}");
+    assert_eq!(v["volume_image_metadata"]["image_id"], disk.as_str(), "{v}");
+    assert_eq!(v["volume_image_metadata"]["os_distro"], "debian", "{v}");
+    // The storage host fetched it from the controller: the image's bytes,
+    // then zeros to the volume's size, the holes kept.
+    let file = s.volume_file(&id);
+    assert_eq!(file_size(&file), Some(2 * GIB));
+    let held = std::fs::read(&file).unwrap();
+    assert_eq!(&held[..3 << 20], &data[..]);
+    assert!(held[3 << 20..].iter().all(|b| *b == 0));
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&file).unwrap()) * 512 < 1 << 20,
+        "sparse"
+    );
+    // Without a size: the image's (at least 1 GiB).
+    let r = create(&c, &admin, json!({"imageRef": disk}));
+    let id2 = r.json()["volume"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(wait_status(&c, &admin, &id2, "available")["size"], 1);
+    // `os-set_bootable`, as `openstack volume set --bootable` sends it.
+    let r = v3(
+        &c,
+        "POST",
+        &format!("/volumes/{id2}/action"),
+        &admin,
+        json!({"os-set_bootable": {"bootable": false}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let shown = v3(&c, "GET", &format!("/volumes/{id2}"), &admin, Value::Null).json();
+    assert_eq!(shown["volume"]["bootable"], "false");
+
+    // Refused: smaller than the image needs, a kernel, another project's
+    // private image.
+    let big = image(&c, &admin, "raw", json!({"min_disk": 3}), b"x");
+    let r = create(&c, &admin, json!({"size": 2, "imageRef": big}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("needs a volume of 3GB"), "{}", r.body);
+    let kernel = image(&c, &admin, "aki", json!({}), b"kernel");
+    let r = create(&c, &admin, json!({"size": 1, "imageRef": kernel}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    second_project(&c);
+    let bob = token(&c, "bob", "bob-password", "other");
+    let r = create(&c, &bob, json!({"size": 1, "imageRef": disk}));
+    assert_eq!(r.status, 404, "{}", r.body);
+    for id in [&id, &id2] {
+        v3(&c, "DELETE", &format!("/volumes/{id}"), &admin, Value::Null);
+        wait_gone(&c, &admin, id);
+    }
 }
 
 #[test]

@@ -144,7 +144,10 @@ async fn download(controller: &Controller, id: &str, dest: &Path) -> Result<u64,
     let mut body = resp.into_body();
     let file = std::fs::File::create(dest).map_err(|e| e.to_string())?;
     let mut out = if is_sparse {
-        Sink::Sparse(SparseFile::new(file))
+        Sink::Sparse(Some(sparse::FileWriter::new(
+            file,
+            u64::from(crate::root_disk::MAX_GIB) << 30,
+        )))
     } else {
         Sink::Plain(Some(sparse::HoleWriter::new(file)))
     };
@@ -159,6 +162,7 @@ async fn download(controller: &Controller, id: &str, dest: &Path) -> Result<u64,
             }
         };
         if let Ok(data) = frame.into_data() {
+            // File writes block: off the async threads.
             match &mut out {
                 Sink::Plain(w) => {
                     let mut writer = w.take().ok_or("the writer failed before")?;
@@ -169,80 +173,39 @@ async fn download(controller: &Controller, id: &str, dest: &Path) -> Result<u64,
                             .map_err(|e| e.to_string())?,
                     );
                 }
-                Sink::Sparse(f) => f.push(data).await.map_err(|e| format!("image {id}: {e}"))?,
+                Sink::Sparse(w) => {
+                    let mut writer = w.take().ok_or("the writer failed before")?;
+                    *w = Some(
+                        tokio::task::spawn_blocking(move || writer.push(data).map(|()| writer))
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| format!("image {id}: {e}"))?,
+                    );
+                }
             }
         }
     }
-    match out {
+    let finished = match out {
         Sink::Plain(w) => {
             let writer = w.ok_or("the writer failed before")?;
-            tokio::task::spawn_blocking(move || writer.finish())
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())
+            tokio::task::spawn_blocking(move || writer.finish()).await
         }
-        Sink::Sparse(f) => f.finish().await.map_err(|e| format!("image {id}: {e}")),
-    }
+        Sink::Sparse(w) => {
+            let writer = w.ok_or("the writer failed before")?;
+            tokio::task::spawn_blocking(move || writer.finish()).await
+        }
+    };
+    finished
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("image {id}: {e}"))
 }
 
 /// Where a download goes: a plain stream (from a controller that predates
 /// sparse streams) through a writer that leaves holes for zero blocks, or
-/// a sparse stream decoded.
+/// a sparse stream decoded (its holes stay holes).
 enum Sink {
     Plain(Option<sparse::HoleWriter>),
-    Sparse(SparseFile),
-}
-
-/// Writes a sparse stream's data into a file at its offsets; the holes stay
-/// holes.
-struct SparseFile {
-    file: Arc<std::fs::File>,
-    decoder: sparse::Decoder,
-    size: u64,
-}
-
-impl SparseFile {
-    fn new(file: std::fs::File) -> Self {
-        SparseFile {
-            file: Arc::new(file),
-            decoder: sparse::Decoder::new(u64::from(crate::root_disk::MAX_GIB) << 30),
-            size: 0,
-        }
-    }
-
-    async fn push(&mut self, data: Bytes) -> Result<(), String> {
-        for piece in self.decoder.feed(data).map_err(|e| e.to_string())? {
-            match piece {
-                sparse::Piece::Size(n) => {
-                    self.size = n;
-                    self.file.set_len(n).map_err(|e| e.to_string())?;
-                }
-                sparse::Piece::Data { offset, bytes } => {
-                    let file = self.file.clone();
-                    tokio::task::spawn_blocking(move || {
-                        use std::os::unix::fs::FileExt;
-                        file.write_all_at(&bytes, offset)
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-                }
-                sparse::Piece::Zeros { .. } | sparse::Piece::End => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Checks the stream was whole and syncs the file; returns its size.
-    async fn finish(self) -> Result<u64, String> {
-        self.decoder.finish().map_err(|e| e.to_string())?;
-        let file = self.file;
-        tokio::task::spawn_blocking(move || file.sync_all())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        Ok(self.size)
-    }
+    Sparse(Option<sparse::FileWriter>),
 }
 
 #[cfg(test)]

@@ -2,14 +2,15 @@
 //! token): the volume calls `storaged_proto` lists. File work runs on the
 //! blocking pool; bodies are small JSON, read up to [`MAX_BODY`].
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
-use storaged_proto::{CreateSnapshot, CreateVolume, Export, ExtendVolume};
+use storaged_proto::{CreateSnapshot, CreateVolume, Export, ExtendVolume, Pending, VolumeSource};
 
 use crate::volumes::{FileBackend, Made, VolumeError};
 
@@ -22,6 +23,17 @@ pub struct State {
     pub host_id: String,
     pub token: String,
     pub volumes: FileBackend,
+    /// Where images are fetched from (the controller, with this token).
+    pub config: crate::config::Config,
+    /// Volumes being filled from an image, or whose fill failed (told to
+    /// the next call, then forgotten).
+    pub fills: Mutex<HashMap<String, Fill>>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Fill {
+    Running,
+    Failed(String),
 }
 
 /// Serves connections from `listener` until the future is dropped.
@@ -109,9 +121,10 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response
 
 fn volume_error(e: &VolumeError) -> Response<Body> {
     let status = match e {
-        VolumeError::BadId(_) | VolumeError::BadSize(_) | VolumeError::SmallerThanSource { .. } => {
-            StatusCode::BAD_REQUEST
-        }
+        VolumeError::BadId(_)
+        | VolumeError::BadSize(_)
+        | VolumeError::SmallerThanSource { .. }
+        | VolumeError::Unsupported(_) => StatusCode::BAD_REQUEST,
         VolumeError::NotFound(_) | VolumeError::SnapshotNotFound(_) => StatusCode::NOT_FOUND,
         VolumeError::Exists { .. }
         | VolumeError::SnapshotExists { .. }
@@ -137,6 +150,83 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// A volume from an image: made (200), or its fill started or under way
+/// (202), or the failure of the last one (409, once).
+async fn fill_from_image(
+    state: &Arc<State>,
+    id: String,
+    size_gib: u64,
+    image: String,
+) -> Result<Response<Body>, Response<Body>> {
+    if !storaged_proto::is_volume_id(&image) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("{image:?} is not an image id"),
+        ));
+    }
+    let look = id.clone();
+    if let Some(info) = blocking(state, move |b| b.info(&look)).await? {
+        return if info.size_gib == size_gib {
+            Ok(reply(StatusCode::OK, &info))
+        } else {
+            Err(volume_error(&VolumeError::Exists {
+                id,
+                have: info.size_gib,
+                want: size_gib,
+            }))
+        };
+    }
+    let pending = Pending {
+        id: id.clone(),
+        pending: format!("filling from image {image}"),
+    };
+    {
+        let mut fills = state.fills.lock().unwrap_or_else(|e| e.into_inner());
+        match fills.get(&id).cloned() {
+            Some(Fill::Running) => return Ok(reply(StatusCode::ACCEPTED, &pending)),
+            Some(Fill::Failed(why)) => {
+                fills.remove(&id);
+                return Err(error(StatusCode::CONFLICT, &why));
+            }
+            None => {
+                fills.insert(id.clone(), Fill::Running);
+            }
+        }
+    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        let outcome = fill(&state, &id, size_gib, &image).await;
+        let mut fills = state.fills.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Ok(()) => {
+                fills.remove(&id);
+                tracing::info!(volume = id, image, "volume filled from the image");
+            }
+            Err(why) => {
+                tracing::warn!(volume = id, image, "{why}");
+                fills.insert(id, Fill::Failed(why));
+            }
+        }
+    });
+    Ok(reply(StatusCode::ACCEPTED, &pending))
+}
+
+async fn fill(state: &Arc<State>, id: &str, size_gib: u64, image: &str) -> Result<(), String> {
+    let dest = state.volumes.fetch_path(id).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&dest);
+    let max = size_gib.saturating_mul(1 << 30);
+    if let Err(e) = crate::images::fetch(&state.config, image, &dest, max).await {
+        let _ = std::fs::remove_file(&dest);
+        return Err(e);
+    }
+    let (state, id) = (state.clone(), id.to_owned());
+    tokio::task::spawn_blocking(move || state.volumes.adopt(&id, &dest, size_gib))
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
@@ -156,6 +246,10 @@ async fn handle(
             let v = id(v);
             match body::<CreateVolume>(req).await {
                 Err(r) => Err(r),
+                Ok(CreateVolume {
+                    size_gib,
+                    source: Some(VolumeSource::Image(image)),
+                }) => fill_from_image(&state, v, size_gib, image).await,
                 Ok(c) => blocking(&state, move |b| b.create(&v, c.size_gib, c.source.as_ref()))
                     .await
                     .map(|(info, made)| reply(made_status(made), &info)),

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use storaged_proto::Heartbeat;
 
 use crate::api::State;
-use crate::config::{split_url, Config};
+use crate::config::Config;
 
 /// How long one heartbeat may take, connection to last byte.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,29 +59,15 @@ pub async fn run(config: Config, url: String, state: Arc<State>) {
 }
 
 async fn send(config: &Config, beat: &Heartbeat) -> Result<(), String> {
-    let (authority, prefix) =
-        split_url(&config.controller_url).ok_or("the controller URL is not http://")?;
-    let stream = tokio::net::TcpStream::connect(authority)
-        .await
-        .map_err(|e| format!("{authority}: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
     let body = serde_json::to_vec(beat).map_err(|e| e.to_string())?;
-    let req = hyper::Request::builder()
-        .method(hyper::Method::PUT)
-        .uri(format!(
-            "{prefix}/internal/v1/storage-hosts/{}",
-            config.host_id
-        ))
-        .header("host", authority)
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {}", config.token))
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = crate::controller::send(
+        config,
+        hyper::Method::PUT,
+        &format!("/internal/v1/storage-hosts/{}", config.host_id),
+        &[("content-type", "application/json")],
+        Bytes::from(body),
+    )
+    .await?;
     let status = resp.status();
     let text = Limited::new(resp.into_body(), 4096)
         .collect()

@@ -4,10 +4,14 @@
 //! - [`volumes`]: the local-file backend (one sparse file per volume)
 //! - [`api`]: the HTTP API the controller drives it with
 //! - [`heartbeat`]: registering with the controller and staying registered
+//! - [`images`]: fetching an image a volume is made from
+//! - [`controller`]: the calls to the controller's internal API
 
 pub mod api;
 pub mod config;
+pub mod controller;
 pub mod heartbeat;
+pub mod images;
 pub mod volumes;
 
 use std::sync::Arc;
@@ -31,6 +35,8 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         host_id: config.host_id.clone(),
         token: config.token.clone(),
         volumes,
+        config: config.clone(),
+        fills: Default::default(),
     });
     let beats = tokio::spawn(heartbeat::run(config, url, state.clone()));
     let serve = api::serve(listener, state);

@@ -69,6 +69,8 @@ pub enum VolumeError {
     SmallerThanSource { what: String, have: u64, want: u64 },
     #[error("volume {0} lies over {MAX_CHAIN} files already: no more snapshots or clones of it")]
     TooDeep(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{path}: {reason}")]
     Damaged { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
@@ -289,6 +291,11 @@ impl FileBackend {
                 self.check_source_size(&format!("snapshot {snap}"), &layer, size_gib)?;
                 self.copy_of(&layer, snap, id, size_gib)?;
             }
+            Some(VolumeSource::Image(_)) => {
+                return Err(VolumeError::Unsupported(
+                    "a volume from an image is fetched, then adopted".into(),
+                ))
+            }
             Some(VolumeSource::Volume(from)) => {
                 let source = self.volume(from)?;
                 self.check_source_size(&format!("volume {from}"), &source, size_gib)?;
@@ -309,6 +316,55 @@ impl FileBackend {
             .info_of(id)?
             .ok_or_else(|| VolumeError::NotFound(id.into()))?;
         Ok((info, Made::New))
+    }
+
+    /// Where an image a volume is made from is fetched to.
+    pub fn fetch_path(&self, id: &str) -> Result<PathBuf, VolumeError> {
+        Self::check_id(id)?;
+        Ok(self.volumes.join(format!("{id}.image.tmp")))
+    }
+
+    /// Makes volume `id` of `size_gib` from the image fetched to `fetched`
+    /// (taken: renamed into place, or removed when it cannot be).
+    pub fn adopt(
+        &self,
+        id: &str,
+        fetched: &Path,
+        size_gib: u64,
+    ) -> Result<VolumeInfo, VolumeError> {
+        let result = self.adopt_inner(id, fetched, size_gib);
+        if result.is_err() {
+            let _ = std::fs::remove_file(fetched);
+        }
+        result
+    }
+
+    fn adopt_inner(
+        &self,
+        id: &str,
+        fetched: &Path,
+        size_gib: u64,
+    ) -> Result<VolumeInfo, VolumeError> {
+        if !(1..=MAX_SIZE_GIB).contains(&size_gib) {
+            return Err(VolumeError::BadSize(size_gib));
+        }
+        let _changing = self.lock();
+        let file = OpenOptions::new()
+            .write(true)
+            .open(fetched)
+            .map_err(io_err(fetched))?;
+        let have = file.metadata().map_err(io_err(fetched))?.len();
+        if have > size_gib * GIB {
+            return Err(VolumeError::SmallerThanSource {
+                what: "the image".into(),
+                have: have.div_ceil(GIB),
+                want: size_gib,
+            });
+        }
+        file.set_len(size_gib * GIB).map_err(io_err(fetched))?;
+        self.put_in_place(fetched, file, id, Format::Raw)?;
+        self.info_of(id)?
+            .ok_or_else(|| VolumeError::NotFound(id.into()))
     }
 
     fn check_source_size(&self, what: &str, source: &Image, want: u64) -> Result<(), VolumeError> {

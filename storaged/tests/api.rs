@@ -173,7 +173,7 @@ fn it_registers_and_serves_its_volumes_to_the_token_only() {
         call(
             "PUT",
             &clone,
-            json!({"size_gib": 4, "source": {"image": S}})
+            json!({"size_gib": 4, "source": {"backup": S}})
         )
         .status,
         400
@@ -182,6 +182,40 @@ fn it_registers_and_serves_its_volumes_to_the_token_only() {
     assert_eq!(call("DELETE", &snapshot, Value::Null).status, 204);
     assert_eq!(call("GET", &snapshot, Value::Null).status, 404);
     assert_eq!(call("GET", &clone, Value::Null).json()["size_gib"], 4);
+
+    // From an image: filled in the background (202 meanwhile); a fill that
+    // fails (this stand-in controller sends no image) is told once, and
+    // leaves nothing.
+    let from_image = "/v1/volumes/3c4d5e6f-7a8b-49c0-8d1e-2f3a4b5c6d7e";
+    let body = json!({"size_gib": 1, "source": {"image": S}});
+    let r = call("PUT", from_image, body.clone());
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(
+        r.json()["pending"].as_str().unwrap().contains(S),
+        "{}",
+        r.body
+    );
+    let failed =
+        virga_test_support::wait::until("the fill to fail", Duration::from_secs(10), || {
+            let r = call("PUT", from_image, body.clone());
+            (r.status != 202).then_some(r)
+        });
+    assert_eq!(failed.status, 409, "{}", failed.body);
+    assert!(failed.body.contains("image"), "{}", failed.body);
+    assert_eq!(call("GET", from_image, Value::Null).status, 404);
+    assert!(!std::fs::read_dir(dir.path().join("data/volumes"))
+        .unwrap()
+        .any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("3c4d5e6f")));
+    let r = call(
+        "PUT",
+        from_image,
+        json!({"size_gib": 1, "source": {"image": "../x"}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
 
     assert_eq!(call("DELETE", &volume, Value::Null).status, 204);
     assert_eq!(call("DELETE", &volume, Value::Null).status, 204);

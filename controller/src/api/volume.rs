@@ -1,6 +1,7 @@
 //! Cinder v3's HTTP handlers (under `/volume`): version discovery, volumes
-//! (create blank or from a snapshot or a volume, list, detail, show, update,
-//! delete with or without its snapshots, the `os-extend` action),
+//! (create blank or from a snapshot, a volume or an image, list, detail,
+//! show, update, delete with or without its snapshots, the `os-extend` and
+//! `os-set_bootable` actions),
 //! snapshots, the default volume type, limits, availability zones and quota
 //! sets.
 //! The project may be in the URL (`/volume/v3/{project_id}/volumes`, what
@@ -261,7 +262,7 @@ async fn create(
     base: &str,
 ) -> Result<Response<Body>, VolumeError> {
     let m = object(req, "volume").await?;
-    for unsupported in ["imageRef", "backup_id", "consistencygroup_id", "group_id"] {
+    for unsupported in ["backup_id", "consistencygroup_id", "group_id"] {
         if m.get(unsupported).is_some_and(|v| !v.is_null()) {
             return Err(VolumeError::bad_request(format!(
                 "Invalid input received: creating a volume from {unsupported} is not supported yet; create an empty one."
@@ -273,17 +274,22 @@ async fn create(
             "Invalid input received: multiattach volumes are not supported.",
         ));
     }
-    let source = match (
-        text_field(&m, "snapshot_id")?.flatten(),
-        text_field(&m, "source_volid")?.flatten(),
-    ) {
-        (Some(_), Some(_)) => return Err(VolumeError::bad_request(
-            "Invalid input received: a volume is made from a snapshot or from a volume, not both.",
-        )),
-        (Some(s), None) => Some(Source::Snapshot(s)),
-        (None, Some(v)) => Some(Source::Volume(v)),
-        (None, None) => None,
-    };
+    let sources = [
+        text_field(&m, "snapshot_id")?
+            .flatten()
+            .map(Source::Snapshot),
+        text_field(&m, "source_volid")?
+            .flatten()
+            .map(Source::Volume),
+        text_field(&m, "imageRef")?.flatten().map(Source::Image),
+    ];
+    let mut given = sources.into_iter().flatten();
+    let source = given.next();
+    if given.next().is_some() {
+        return Err(VolumeError::bad_request(
+            "Invalid input received: a volume is made from one of a snapshot, a volume or an image, not both.",
+        ));
+    }
     // A volume made from something may leave its size to that.
     let size_gib = match m.get("size") {
         None | Some(Json::Null) if source.is_some() => None,
@@ -545,6 +551,20 @@ async fn action(
             })?;
             app.volumes.extend(app, ctx, id, new_size).await?;
             Ok(empty(StatusCode::ACCEPTED))
+        }
+        "os-set_bootable" => {
+            let bootable = match args.get("bootable") {
+                Some(Json::Bool(b)) => *b,
+                Some(Json::String(s)) if s.eq_ignore_ascii_case("true") => true,
+                Some(Json::String(s)) if s.eq_ignore_ascii_case("false") => false,
+                _ => {
+                    return Err(VolumeError::bad_request(
+                        "Invalid input received: bootable must be a boolean.",
+                    ))
+                }
+            };
+            app.volumes.set_bootable(ctx, id, bootable).await?;
+            Ok(empty(StatusCode::OK))
         }
         other => Err(VolumeError::bad_request(format!(
             "There is no such action: {other}"

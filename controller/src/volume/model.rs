@@ -47,6 +47,9 @@ pub struct Volume {
     pub snapshot_id: Option<String>,
     /// The volume it was made from.
     pub source_volid: Option<String>,
+    /// The image it was made from, as Cinder shows it
+    /// (`volume_image_metadata`: `image_id`, `image_name`, formats, ...).
+    pub image_metadata: Option<BTreeMap<String, String>>,
 }
 
 /// Statuses a snapshot request may leave it in until the reconciler is done.
@@ -166,6 +169,9 @@ impl Volume {
             "group_id": null,
             "links": self.links(base),
         });
+        if let Some(image) = &self.image_metadata {
+            v["volume_image_metadata"] = json!(image);
+        }
         if admin {
             v["os-vol-host-attr:host"] =
                 json!(self.storage_host.as_ref().map(|h| format!("{h}@file#file")));
@@ -201,6 +207,7 @@ mod tests {
             attachment: None,
             snapshot_id: None,
             source_volid: None,
+            image_metadata: None,
         }
     }
 

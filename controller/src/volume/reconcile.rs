@@ -141,6 +141,26 @@ async fn try_converge_snapshot(app: &App, id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Does what volume `id`'s status promises, following a create that goes on
+/// in the background on the storage host (filled from an image) for up to
+/// a minute; the periodic pass follows it after that.
+pub async fn converge_promptly(app: &App, id: &str) {
+    let mut pause = Duration::from_millis(200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        converge(app, id).await;
+        let creating = matches!(
+            app.volumes.store.get(id).await,
+            Ok(Some(v)) if v.status == "creating"
+        );
+        if !creating || tokio::time::Instant::now() + pause > deadline {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
 /// Does what volume `id`'s status promises, once.
 pub async fn converge(app: &App, id: &str) {
     if let Err(e) = try_converge(app, id).await {
@@ -218,16 +238,19 @@ async fn try_converge(app: &App, id: &str) -> Result<(), String> {
     };
     match v.status.as_str() {
         "creating" => {
-            let source = match (&v.snapshot_id, &v.source_volid) {
-                (Some(s), _) => Some(storaged_proto::VolumeSource::Snapshot(s.clone())),
-                (_, Some(from)) => Some(storaged_proto::VolumeSource::Volume(from.clone())),
+            let image = v.image_metadata.as_ref().and_then(|m| m.get("image_id"));
+            let source = match (&v.snapshot_id, &v.source_volid, image) {
+                (Some(s), ..) => Some(storaged_proto::VolumeSource::Snapshot(s.clone())),
+                (_, Some(from), _) => Some(storaged_proto::VolumeSource::Volume(from.clone())),
+                (.., Some(image)) => Some(storaged_proto::VolumeSource::Image(image.clone())),
                 _ => None,
             };
-            let r = storaged
-                .create(id, size(v.size_gib), source)
-                .await
-                .map(|_| ());
-            if settle(r, "error").await? {
+            let r = storaged.create(id, size(v.size_gib), source).await;
+            // Filled from an image in the background: the next pass asks again.
+            if matches!(r, Ok(super::storage::Created::Pending(_))) {
+                return Ok(());
+            }
+            if settle(r.map(|_| ()), "error").await? {
                 store
                     .transition(id, &["creating"], "available", None, now())
                     .await

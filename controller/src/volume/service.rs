@@ -40,6 +40,7 @@ pub const SNAPSHOT_DELETABLE: &[&str] = &["available", "error", "error_deleting"
 pub enum Source {
     Snapshot(String),
     Volume(String),
+    Image(String),
 }
 
 /// A create as the client asked for it.
@@ -96,7 +97,7 @@ impl VolumeService {
         }
         // Where the source's data is, and how big it is.
         let source = match &req.source {
-            None => None,
+            None | Some(Source::Image(_)) => None,
             Some(Source::Snapshot(id)) => {
                 let s = self.get_snapshot(ctx, id).await?;
                 if s.status != "available" {
@@ -133,11 +134,26 @@ impl VolumeService {
                 ))
             }
         };
-        let size_gib = match (req.size_gib, &source) {
-            (Some(n), _) => n,
-            (None, Some((_, n, ..))) => *n,
-            (None, None) => 0,
+        // An image's data is fetched onto the chosen host: its size, what
+        // the volume shows of it, and that it boots.
+        let image = match &req.source {
+            Some(Source::Image(id)) => Some(self.image_source(app, ctx, id).await?),
+            _ => None,
         };
+        let size_gib = match (req.size_gib, &source, &image) {
+            (Some(n), ..) => n,
+            (None, Some((_, n, ..)), _) => *n,
+            (None, None, Some((n, _))) => *n,
+            (None, None, None) => 0,
+        };
+        if let Some((needed, meta)) = &image {
+            if size_gib < *needed && (1..=MAX_SIZE_GIB).contains(&size_gib) {
+                return Err(VolumeError::bad_request(format!(
+                    "Invalid input received: Image {} needs a volume of {needed}GB (its virtual size or min_disk); {size_gib}GB is too small.",
+                    meta.get("image_id").map(String::as_str).unwrap_or_default()
+                )));
+            }
+        }
         if !(1..=MAX_SIZE_GIB).contains(&size_gib) {
             return Err(VolumeError::bad_request(format!(
                 "Invalid input received: Volume size '{size_gib}' must be an integer and greater than 0 and at most {MAX_SIZE_GIB}."
@@ -188,7 +204,7 @@ impl VolumeService {
         let (snapshot_id, source_volid) = match req.source {
             Some(Source::Snapshot(id)) => (Some(id), None),
             Some(Source::Volume(id)) => (None, Some(id)),
-            None => (None, None),
+            Some(Source::Image(_)) | None => (None, None),
         };
         let volume = Volume {
             id: uuid::Uuid::new_v4().to_string(),
@@ -205,13 +221,14 @@ impl VolumeService {
                 .is_none()
                 .then(|| "No valid backend was found. No storage host can take it.".into()),
             storage_host: host,
-            bootable: false,
+            bootable: image.is_some(),
             metadata: req.metadata,
             created_at: t,
             updated_at: t,
             attachment: None,
             snapshot_id,
             source_volid,
+            image_metadata: image.map(|(_, meta)| meta),
         };
         if !self.store.insert_within(&volume, QUOTA).await? {
             let source_gone = match (&volume.snapshot_id, &volume.source_volid) {
@@ -238,6 +255,69 @@ impl VolumeService {
         }
         self.converge_soon(app, &volume.id);
         Ok(volume)
+    }
+
+    /// The image a volume is to be made from, if the caller may use it and
+    /// it is a disk: the GiB it needs, and what the volume shows of it.
+    async fn image_source(
+        &self,
+        app: &App,
+        ctx: &RequestContext,
+        id: &str,
+    ) -> Result<(i64, BTreeMap<String, String>), VolumeError> {
+        let image = app
+            .images
+            .get(id)
+            .await?
+            .filter(|i| i.visible_to(ctx.project_id(), ctx.is_admin()))
+            .ok_or_else(|| VolumeError::not_found("Image", id))?;
+        if image.status != "active" {
+            return Err(VolumeError::bad_request(format!(
+                "Invalid image identifier or unable to access requested image: image {id} is {}, not active.",
+                image.status
+            )));
+        }
+        if matches!(image.disk_format.as_deref(), Some("aki" | "ari")) {
+            return Err(VolumeError::bad_request(format!(
+                "Invalid input received: image {id} is a kernel or ramdisk ({}), not a disk.",
+                image.disk_format.as_deref().unwrap_or_default()
+            )));
+        }
+        const GIB: i64 = 1 << 30;
+        let bytes = image.virtual_size.or(image.size).unwrap_or(0).max(0);
+        let needed = ((bytes + GIB - 1) / GIB).max(image.min_disk).max(1);
+        let text = |v: Option<&str>| v.unwrap_or_default().to_owned();
+        let mut meta: BTreeMap<String, String> = BTreeMap::from([
+            ("image_id".into(), image.id.clone()),
+            ("image_name".into(), image.name.clone()),
+            ("disk_format".into(), text(image.disk_format.as_deref())),
+            (
+                "container_format".into(),
+                text(image.container_format.as_deref()),
+            ),
+            ("min_disk".into(), image.min_disk.to_string()),
+            ("min_ram".into(), image.min_ram.to_string()),
+            ("size".into(), image.size.unwrap_or(0).to_string()),
+            ("checksum".into(), text(image.checksum.as_deref())),
+        ]);
+        // What the image says of booting (kernel arguments, hardware) goes
+        // with it, as Cinder copies an image's properties.
+        for (k, v) in &image.properties {
+            meta.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        Ok((needed, meta))
+    }
+
+    /// Marks a volume bootable or not (`os-set_bootable`).
+    pub async fn set_bootable(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        bootable: bool,
+    ) -> Result<(), VolumeError> {
+        let v = self.get(ctx, id).await?;
+        self.store.set_bootable(&v.id, bootable, now()).await?;
+        Ok(())
     }
 
     /// Which quota a refused change (`gib` more, `count` more volumes) ran
@@ -268,7 +348,7 @@ impl VolumeService {
     fn converge_soon(&self, app: &App, id: &str) {
         if let Some(app) = app.me.upgrade() {
             let id = id.to_owned();
-            tokio::spawn(async move { super::reconcile::converge(&app, &id).await });
+            tokio::spawn(async move { super::reconcile::converge_promptly(&app, &id).await });
         }
     }
 

@@ -3,9 +3,18 @@
 
 use hyper::Method;
 use storaged_proto::{
-    Connection, CreateSnapshot, CreateVolume, Export, ExtendVolume, SnapshotInfo, VolumeInfo,
-    VolumeSource,
+    Connection, CreateSnapshot, CreateVolume, Export, ExtendVolume, Pending, SnapshotInfo,
+    VolumeInfo, VolumeSource,
 };
+
+/// What a create answered.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Created {
+    Done(VolumeInfo),
+    /// Still being made (filled from an image): ask again later.
+    Pending(Pending),
+}
 
 use crate::hostd_client::{call_raw, HostdError, TIMEOUT};
 
@@ -65,14 +74,13 @@ impl Storaged {
         id: &str,
         size_gib: u64,
         source: Option<VolumeSource>,
-    ) -> Result<VolumeInfo, StorageError> {
+    ) -> Result<Created, StorageError> {
         let body = serde_json::to_value(CreateVolume { size_gib, source })
             .map_err(|e| StorageError::BadAnswer(e.to_string()))?;
-        Self::info(
-            &self
-                .call(Method::PUT, &format!("/v1/volumes/{id}"), Some(body))
-                .await?,
-        )
+        let bytes = self
+            .call(Method::PUT, &format!("/v1/volumes/{id}"), Some(body))
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| StorageError::BadAnswer(e.to_string()))
     }
 
     pub async fn extend(&self, id: &str, size_gib: u64) -> Result<VolumeInfo, StorageError> {

@@ -13,10 +13,11 @@ use crate::store::{int, opt_text, text, Store, StoreError, Value};
 /// What a create writes.
 const INSERT_COLUMNS: &str = "id, project_id, user_id, name, description, size_gib, \
     target_size_gib, status, volume_type, availability_zone, storage_host, bootable, metadata, \
-    fault, created_at, updated_at, snapshot_id, source_volid";
+    fault, created_at, updated_at, snapshot_id, source_volid, image_metadata";
 const COLUMNS: &str = "id, project_id, user_id, name, description, size_gib, target_size_gib, \
     status, volume_type, availability_zone, storage_host, bootable, metadata, fault, created_at, \
-    updated_at, server_id, attachment_id, attached_host, attached_at, snapshot_id, source_volid";
+    updated_at, server_id, attachment_id, attached_host, attached_at, snapshot_id, source_volid, \
+    image_metadata";
 const SNAPSHOT_COLUMNS: &str = "id, project_id, user_id, volume_id, storage_host, name, \
     description, size_gib, status, metadata, fault, created_at, updated_at";
 
@@ -89,6 +90,10 @@ fn from_row(r: &AnyRow) -> Result<Volume, StoreError> {
         },
         snapshot_id: opt_text(r, "snapshot_id")?,
         source_volid: opt_text(r, "source_volid")?,
+        image_metadata: opt_text(r, "image_metadata")?
+            .map(|m| serde_json::from_str(&m))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("a volume's image metadata: {e}")))?,
     })
 }
 
@@ -193,9 +198,13 @@ impl Volumes {
     /// whether it did.
     pub async fn insert_within(&self, v: &Volume, quota: Quota) -> Result<bool, StoreError> {
         let metadata = serde_json::to_string(&v.metadata).unwrap_or_else(|_| "{}".into());
+        let image_metadata = v
+            .image_metadata
+            .as_ref()
+            .map(|m| serde_json::to_string(m).unwrap_or_else(|_| "{}".into()));
         let sql = format!(
             "INSERT INTO volumes ({INSERT_COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-             $12, $13, $14, $15, $16, NULLIF($19, ''), NULLIF($20, '') \
+             $12, $13, $14, $15, $16, NULLIF($19, ''), NULLIF($20, ''), $21 \
              WHERE ($17 < 0 OR (SELECT COUNT(*) FROM volumes WHERE project_id = $2) + 1 <= $17) \
              AND ($18 < 0 OR {} + $6 <= $18) \
              AND ($19 = '' OR EXISTS (SELECT 1 FROM volume_snapshots WHERE id = $19 AND status = 'available')) \
@@ -223,6 +232,7 @@ impl Volumes {
             Value::Int(quota.gigabytes),
             Value::Text(v.snapshot_id.as_deref().unwrap_or("")),
             Value::Text(v.source_volid.as_deref().unwrap_or("")),
+            Value::OptText(image_metadata.as_deref()),
         ];
         Ok(self.store.execute(&sql, &args).await? == 1)
     }
@@ -443,6 +453,22 @@ impl Volumes {
                     Value::Int(now),
                     Value::Text(id),
                 ],
+            )
+            .await?
+            == 1)
+    }
+
+    pub async fn set_bootable(
+        &self,
+        id: &str,
+        bootable: bool,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .execute(
+                "UPDATE volumes SET bootable = $1, updated_at = $2 WHERE id = $3",
+                &[Value::Bool(bootable), Value::Int(now), Value::Text(id)],
             )
             .await?
             == 1)

@@ -64,6 +64,12 @@ pub enum SparseError {
     Truncated,
 }
 
+impl From<SparseError> for io::Error {
+    fn from(e: SparseError) -> Self {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+}
+
 /// What a stream says, piece by piece, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Piece {
@@ -272,6 +278,51 @@ pub fn data_extents(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
         at = end;
     }
     Ok(extents)
+}
+
+/// Writes a sparse stream into a file as it arrives: each record's data at
+/// its offset, the file sized by the stream's header, so the holes stay
+/// holes. Its calls block (file writes).
+pub struct FileWriter {
+    file: File,
+    decoder: Decoder,
+    size: u64,
+}
+
+impl FileWriter {
+    /// A writer into `file` (empty) of a stream of an image of at most
+    /// `max_size` bytes.
+    pub fn new(file: File, max_size: u64) -> Self {
+        FileWriter {
+            file,
+            decoder: Decoder::new(max_size),
+            size: 0,
+        }
+    }
+
+    /// Writes what `data`, the stream's next bytes, holds (a stream that is
+    /// not one is `InvalidData`).
+    pub fn push(&mut self, data: Bytes) -> io::Result<()> {
+        for piece in self.decoder.feed(data)? {
+            match piece {
+                Piece::Size(n) => {
+                    self.size = n;
+                    self.file.set_len(n)?;
+                }
+                Piece::Data { offset, bytes } => self.file.write_all_at(&bytes, offset)?,
+                Piece::Zeros { .. } | Piece::End => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the stream was whole and syncs the file; returns the image's
+    /// size.
+    pub fn finish(self) -> io::Result<u64> {
+        self.decoder.finish()?;
+        self.file.sync_all()?;
+        Ok(self.size)
+    }
 }
 
 /// Writes a plain stream of an image's bytes to a file, leaving holes where

@@ -6,7 +6,10 @@
 //! the same token as a bearer token):
 //!
 //! - `PUT /v1/volumes/{id}` with [`CreateVolume`]: makes the volume (201),
-//!   or finds it made with that size (200); another size is a conflict (409);
+//!   or finds it made with that size (200); another size is a conflict (409).
+//!   One from an image is filled in the background: [`Pending`] (202) until
+//!   it is made; a failed fill is told once (409), and the next call starts
+//!   over;
 //! - `GET /v1/volumes/{id}`: its [`VolumeInfo`] (404 when there is none);
 //! - `POST /v1/volumes/{id}/extend` with [`ExtendVolume`]: grows it (200;
 //!   409 when asked to shrink);
@@ -59,6 +62,16 @@ pub enum VolumeSource {
     Snapshot(String),
     /// Another volume's, as it is now.
     Volume(String),
+    /// An image's (its raw bytes, fetched from the controller).
+    Image(String),
+}
+
+/// A create still under way (202).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    pub id: String,
+    /// What it is waiting for, for logs.
+    pub pending: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
