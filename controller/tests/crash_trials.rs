@@ -10,6 +10,13 @@
 //! - every request the controller accepted completed, or its server shows the
 //!   failure (ERROR with a fault); an accepted delete leaves no server.
 //!
+//! storaged under `kill -9`: a volume with data is snapshotted, a volume
+//! made from the snapshot and a clone made of the volume, the volume grown,
+//! and everything deleted, while storaged is killed at a random moment and
+//! started again; every step must finish (nothing stuck in a transient
+//! status), the data written before the snapshot must be under all three
+//! volumes, and nothing may be left on the storage host at the end.
+//!
 //! The trials are a long suite, not part of `cargo test`: `cargo xtask
 //! crash-trials [--trials N]` runs them (VIRGA_CRASH_TRIALS, 50 by default) and
 //! prints every trial's outcome. `cargo test` runs the one race found this way
@@ -546,5 +553,240 @@ fn the_control_plane_survives_kill_9_anywhere() {
     for (kind, n) in &findings {
         println!("  {kind}: {n}");
     }
+    assert_eq!(failed, 0, "trials with findings (table above)");
+}
+
+/// A volume API call for the storaged trials.
+fn v3(addr: &str, token: &str, method: &str, path: &str, body: Value) -> Value {
+    let r = try_call(
+        addr,
+        method,
+        &format!("/volume/v3{path}"),
+        &[
+            ("X-Auth-Token", token),
+            ("Content-Type", "application/json"),
+        ],
+        &if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        },
+    )
+    .unwrap();
+    assert!(r.status < 300, "{method} {path}: {} {}", r.status, r.body);
+    if r.body.is_empty() {
+        Value::Null
+    } else {
+        r.json()
+    }
+}
+
+/// Waits (storaged may be down meanwhile) until `kind`/`id` is `want`
+/// ("gone": 404); what it stayed in otherwise.
+fn settle(addr: &str, token: &str, kind: &str, id: &str, want: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let r = try_call(
+            addr,
+            "GET",
+            &format!("/volume/v3/{kind}s/{id}"),
+            &[("X-Auth-Token", token)],
+            "",
+        )
+        .unwrap();
+        if r.status == 404 {
+            if want == "gone" {
+                return Ok(());
+            }
+            last = "gone".into();
+        } else {
+            last = r.json()[kind]["status"].as_str().unwrap_or("?").to_owned();
+            if last == want {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("{kind} {id} stayed {last}, never {want}"))
+}
+
+/// The raw file at the bottom of a volume's files in `data`: the volume's
+/// own when raw, else the base its qcow2 layers lie over (each header names
+/// the layer under it).
+fn raw_base(data: &std::path::Path, id: &str) -> Result<std::path::PathBuf, String> {
+    let mut path = ["qcow2", "raw"]
+        .iter()
+        .map(|ext| data.join(format!("volumes/{id}.{ext}")))
+        .find(|p| p.exists())
+        .ok_or(format!("volume {id} has no file"))?;
+    for _ in 0..40 {
+        if path.extension().is_some_and(|e| e == "raw") {
+            return Ok(path);
+        }
+        let header = std::fs::read(&path).map_err(|e| e.to_string())?;
+        let offset = u64::from_be_bytes(header[8..16].try_into().unwrap()) as usize;
+        let len = u32::from_be_bytes(header[16..20].try_into().unwrap()) as usize;
+        let under = String::from_utf8_lossy(&header[offset..offset + len]).into_owned();
+        path = ["qcow2", "raw"]
+            .iter()
+            .map(|ext| data.join(format!("layers/{under}.{ext}")))
+            .find(|p| p.exists())
+            .ok_or(format!(
+                "{} lies over {under}, which is missing",
+                path.display()
+            ))?;
+    }
+    Err(format!("volume {id}: a chain too deep"))
+}
+
+/// One trial's volume work: a volume with data, a snapshot, a volume from
+/// it and a clone of the volume, a grow, then everything deleted. What did
+/// not go as it should.
+fn volume_work(addr: &str, token: &str, data: &std::path::Path, volume: &str) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let mut step = |r: Result<(), String>| {
+        if let Err(e) = r {
+            wrong.push(e);
+        }
+    };
+    let s = v3(
+        addr,
+        token,
+        "POST",
+        "/snapshots",
+        json!({"snapshot": {"volume_id": volume}}),
+    );
+    let snap = s["snapshot"]["id"].as_str().unwrap().to_owned();
+    step(settle(addr, token, "snapshot", &snap, "available"));
+    let b = v3(
+        addr,
+        token,
+        "POST",
+        "/volumes",
+        json!({"volume": {"snapshot_id": snap}}),
+    );
+    let b = b["volume"]["id"].as_str().unwrap().to_owned();
+    step(settle(addr, token, "volume", &b, "available"));
+    let c = v3(
+        addr,
+        token,
+        "POST",
+        "/volumes",
+        json!({"volume": {"size": 2, "source_volid": volume}}),
+    );
+    let c = c["volume"]["id"].as_str().unwrap().to_owned();
+    step(settle(addr, token, "volume", &c, "available"));
+    // What was written before the snapshot is at the bottom of all three.
+    for id in [volume, &b, &c] {
+        match raw_base(data, id).and_then(|p| std::fs::read(&p).map_err(|e| e.to_string())) {
+            Ok(bytes) if bytes.starts_with(b"written before") => {}
+            Ok(_) => step(Err(format!("volume {id}: the data is not at its base"))),
+            Err(e) => step(Err(e)),
+        }
+    }
+    v3(
+        addr,
+        token,
+        "DELETE",
+        &format!("/snapshots/{snap}"),
+        Value::Null,
+    );
+    v3(
+        addr,
+        token,
+        "POST",
+        &format!("/volumes/{volume}/action"),
+        json!({"os-extend": {"new_size": 3}}),
+    );
+    step(settle(addr, token, "snapshot", &snap, "gone"));
+    step(settle(addr, token, "volume", volume, "available"));
+    for id in [volume, b.as_str(), c.as_str()] {
+        v3(
+            addr,
+            token,
+            "DELETE",
+            &format!("/volumes/{id}"),
+            Value::Null,
+        );
+    }
+    for id in [volume, b.as_str(), c.as_str()] {
+        step(settle(addr, token, "volume", id, "gone"));
+    }
+    wrong
+}
+
+#[test]
+#[ignore = "a long suite: cargo xtask crash-trials"]
+fn volumes_survive_storaged_killed_anywhere() {
+    let trials: u64 = std::env::var("VIRGA_CRASH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let c = start_with(None, &controller_config());
+    let admin = try_token(&c.addr, "admin", ADMIN_PASSWORD, "admin").unwrap();
+    let mut s = common::storaged::Storaged::start(&c, "storage-1");
+    common::storaged::wait_registered(&c, &admin);
+    let mut rng = Rng(0x5eed_c0de_0000_0002);
+    let mut failed = 0;
+    let mut mid_work = 0;
+    println!(
+        "{:>5} {:>8} {:>8} {:>9}  findings",
+        "trial", "kill_ms", "down_ms", "mid_work"
+    );
+    for trial in 1..=trials {
+        let v = v3(
+            &c.addr,
+            &admin,
+            "POST",
+            "/volumes",
+            json!({"volume": {"size": 1}}),
+        );
+        let volume = v["volume"]["id"].as_str().unwrap().to_owned();
+        settle(&c.addr, &admin, "volume", &volume, "available").unwrap();
+        std::fs::write(s.volume_file(&volume), b"written before the snapshot").unwrap();
+        let (addr, token, data, id) = (c.addr.clone(), admin.clone(), s.data_dir.clone(), volume);
+        let work = std::thread::spawn(move || volume_work(&addr, &token, &data, &id));
+        // Killed somewhere in the work (it takes about half a second
+        // without kills), down for a moment, started again.
+        let kill_ms = rng.below(500);
+        let down_ms = rng.below(300);
+        std::thread::sleep(Duration::from_millis(kill_ms));
+        let mid = !work.is_finished();
+        mid_work += u64::from(mid);
+        s.kill();
+        std::thread::sleep(Duration::from_millis(down_ms));
+        s.restart();
+        let mut wrong = work
+            .join()
+            .unwrap_or_else(|_| vec!["the work panicked".into()]);
+        // Everything deleted: nothing may be left on the storage host.
+        let left: Vec<String> = ["volumes", "layers", "snapshots"]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(s.data_dir.join(d)).into_iter().flatten())
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        if !left.is_empty() {
+            wrong.push(format!("left on the storage host: {left:?}"));
+            for d in ["volumes", "layers", "snapshots"] {
+                let _ = std::fs::remove_dir_all(s.data_dir.join(d));
+            }
+        }
+        println!(
+            "{trial:>5} {kill_ms:>8} {down_ms:>8} {mid:>9}  {}",
+            if wrong.is_empty() {
+                "ok".to_owned()
+            } else {
+                wrong.join("; ")
+            }
+        );
+        if !wrong.is_empty() {
+            failed += 1;
+        }
+    }
+    println!(
+        "storaged crash trials: {trials} run ({mid_work} killed during the work), {} clean, {failed} with findings",
+        trials - failed
+    );
     assert_eq!(failed, 0, "trials with findings (table above)");
 }

@@ -82,7 +82,8 @@ enum Cmd {
         minutes: f64,
     },
     /// Kill the controller with SIGKILL at random moments during server
-    /// creates, deletes and actions, restart it, and check what it left
+    /// creates, deletes and actions, and storaged during volume snapshots,
+    /// clones, grows and deletes; restart them, and check what they left
     /// (controller/tests/crash_trials.rs).
     CrashTrials {
         #[arg(long, default_value_t = 50)]
