@@ -22,3 +22,7 @@ CREATE INDEX volume_snapshots_volume ON volume_snapshots (volume_id);
 ALTER TABLE volumes ADD COLUMN snapshot_id TEXT;
 ALTER TABLE volumes ADD COLUMN source_volid TEXT;
 ALTER TABLE volumes ADD COLUMN image_metadata TEXT;
+-- A volume a server boots from (Nova's boot_index 0 block device): the
+-- server's id from its create on, and whether the volume goes with it.
+ALTER TABLE volumes ADD COLUMN root_of TEXT;
+ALTER TABLE volumes ADD COLUMN delete_on_termination BIGINT NOT NULL DEFAULT 0;

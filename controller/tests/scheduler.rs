@@ -37,6 +37,7 @@ fn small() -> Demand {
         ram_mib: 1024,
         disk_gib: 1,
         availability_zone: None,
+        host: None,
     }
 }
 
@@ -203,6 +204,24 @@ async fn filters_and_weighers() {
         ..small()
     };
     assert!(spread.place(&fresh().await, &elsewhere, &[]).await.is_err());
+    // Bound to one host (where the volume it boots from is).
+    let bound = Demand {
+        host: Some("nowhere".into()),
+        ..small()
+    };
+    let Err(PlaceError::NoValidHost(why)) = spread.place(&fresh().await, &bound, &[]).await else {
+        panic!("placed away from its volume's host")
+    };
+    assert!(why.contains("volume it boots from"), "{why}");
+    let small_host = Demand {
+        host: Some("big".into()),
+        ..small()
+    };
+    let placed = spread
+        .place(&fresh().await, &small_host, &[])
+        .await
+        .unwrap();
+    assert_eq!(placed.report.host_id, "big");
     // A host without recent heartbeats is skipped.
     let strict = Scheduler::new(
         store.clone(),

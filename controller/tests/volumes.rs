@@ -708,3 +708,152 @@ fn volumes_attach_to_and_detach_from_a_server_on_the_storage_host() {
         "the data stays with the volume"
     );
 }
+
+#[test]
+fn servers_boot_from_volumes_which_outlive_them_unless_told_otherwise() {
+    let cloud = common::cloud::Cloud::start(common::hostd::Delays::NONE);
+    let (c, admin) = (&cloud.c, cloud.admin.as_str());
+    let s = Storaged::start(c, common::hostd::HOST_ID);
+    wait_registered(c, admin);
+    let (flavor, _) = common::hostd::bootable(c, admin, 1, 128);
+    let image = image(c, admin, "raw", json!({}), b"a disk image's bytes");
+    let r = create(
+        c,
+        admin,
+        json!({"size": 1, "imageRef": image, "name": "root1"}),
+    );
+    let root = r.json()["volume"]["id"].as_str().unwrap().to_owned();
+    wait_status(c, admin, &root, "available");
+    let nova = |method: &str, path: &str, body: Value| {
+        call(
+            c,
+            method,
+            &format!("/compute/v2.1{path}"),
+            &[
+                ("X-Auth-Token", admin),
+                ("Content-Type", "application/json"),
+            ],
+            &if body.is_null() {
+                String::new()
+            } else {
+                body.to_string()
+            },
+        )
+    };
+    let server = |bdm: Value, image: Option<&str>| {
+        let mut s = json!({"name": "bfv", "flavorRef": flavor, "networks": "none",
+                           "block_device_mapping_v2": [bdm]});
+        if let Some(i) = image {
+            s["imageRef"] = json!(i);
+        }
+        nova("POST", "/servers", json!({ "server": s }))
+    };
+
+    // `server create --volume root1`, as the openstack CLI sends it.
+    let r = server(
+        json!({"uuid": root, "boot_index": 0, "source_type": "volume",
+               "destination_type": "volume", "delete_on_termination": false}),
+        None,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    cloud.wait(&id, "ACTIVE");
+    let shown = cloud.show(&id);
+    assert_eq!(shown["image"], "", "{shown}");
+    // hostd boots it from the volume's file on this host.
+    let spec = cloud
+        .hostd
+        .create_bodies()
+        .into_iter()
+        .find(|b| b["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(
+        spec["root_volume"]["path"],
+        s.volume_file(&root).display().to_string().as_str(),
+        "{spec}"
+    );
+    assert!(spec.get("root_image").is_none(), "{spec}");
+    let v = wait_status(c, admin, &root, "in-use");
+    assert_eq!(v["attachments"][0]["server_id"], id.as_str());
+    // Not detached, deleted or booted by another server meanwhile.
+    let r = nova(
+        "DELETE",
+        &format!("/servers/{id}/os-volume_attachments/{root}"),
+        Value::Null,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("root device"), "{}", r.body);
+    let r = v3(c, "DELETE", &format!("/volumes/{root}"), admin, Value::Null);
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = server(
+        json!({"uuid": root, "boot_index": 0, "source_type": "volume", "destination_type": "volume"}),
+        None,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    // Nor rebuilt (that reimages a volume in Nova: not here).
+    let r = nova(
+        "POST",
+        &format!("/servers/{id}/action"),
+        json!({"rebuild": {"imageRef": image}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    // Deleted: the volume stays, free again.
+    assert_eq!(
+        nova("DELETE", &format!("/servers/{id}"), Value::Null).status,
+        204
+    );
+    let v = wait_status(c, admin, &root, "available");
+    assert_eq!(v["attachments"], json!([]));
+
+    // `server create --image IMG --boot-from-volume 1`: a volume made from
+    // the image for it, going with it when asked.
+    let r = server(
+        json!({"uuid": image, "boot_index": 0, "source_type": "image",
+               "destination_type": "volume", "volume_size": 1, "delete_on_termination": true}),
+        Some(&image),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    cloud.wait(&id, "ACTIVE");
+    let made = v3(c, "GET", "/volumes/detail", admin, Value::Null).json()["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["attachments"][0]["server_id"] == id.as_str())
+        .cloned()
+        .expect("a volume made for the server");
+    assert_eq!(
+        (&made["bootable"], &made["status"]),
+        (&json!("true"), &json!("in-use"))
+    );
+    assert_eq!(
+        nova("DELETE", &format!("/servers/{id}"), Value::Null).status,
+        204
+    );
+    wait_gone(c, admin, made["id"].as_str().unwrap());
+
+    // Bad block devices.
+    for (bdm, image) in [
+        (
+            json!({"uuid": "nothing", "boot_index": 0, "source_type": "volume", "destination_type": "volume"}),
+            None,
+        ),
+        (
+            json!({"uuid": root, "boot_index": 0, "source_type": "volume", "destination_type": "volume"}),
+            Some(image.as_str()),
+        ),
+        (
+            json!({"uuid": root, "boot_index": 1, "source_type": "volume", "destination_type": "volume"}),
+            None,
+        ),
+        (
+            json!({"uuid": image, "boot_index": 0, "source_type": "image", "destination_type": "volume"}),
+            None,
+        ),
+    ] {
+        let r = server(bdm.clone(), image);
+        assert_eq!(r.status, 400, "{bdm}: {}", r.body);
+    }
+    let r = v3(c, "GET", &format!("/volumes/{root}"), admin, Value::Null);
+    assert_eq!(r.json()["volume"]["status"], "available", "left as it was");
+}

@@ -44,11 +44,12 @@ struct Answer {
 }
 
 /// Picks what `disk` boots, writing the kernel and initramfs into `dir`.
-/// With `base`, `disk` is a qcow2 overlay over that raw image.
+/// With `backing` (qcow2 layers, the one right under it first, then a raw
+/// base), `disk` is a qcow2 overlay over them.
 pub async fn pick(
     binary: &Path,
     disk: &Path,
-    base: Option<&Path>,
+    backing: &[&Path],
     dir: &Path,
 ) -> Result<Picked, PickError> {
     let failed = |what: &str, e: std::io::Error| PickError::Failed(format!("{what}: {e}"));
@@ -66,10 +67,16 @@ pub async fn pick(
     let kernel = create(&kernel_path)?;
     let initrd = create(&initrd_path)?;
     let image = std::fs::File::open(disk).map_err(|e| failed(&disk.display().to_string(), e))?;
-    let base = match base {
-        Some(b) => Some(std::fs::File::open(b).map_err(|e| failed(&b.display().to_string(), e))?),
-        None => None,
-    };
+    let open = |p: &Path| std::fs::File::open(p).map_err(|e| failed(&p.display().to_string(), e));
+    // The base at 5, the layers from 6 on (the one right under the overlay
+    // first).
+    let mut passed = Vec::new();
+    if let Some((base, layers)) = backing.split_last() {
+        passed.push(open(base)?);
+        for layer in layers {
+            passed.push(open(layer)?);
+        }
+    }
 
     let mut cmd = tokio::process::Command::new(binary);
     cmd.env_clear()
@@ -77,28 +84,33 @@ pub async fn pick(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    if base.is_some() {
+    if !passed.is_empty() {
         cmd.arg("--overlay");
+        cmd.args(["--layers", &(passed.len() - 1).to_string()]);
     }
-    let (k, i) = (kernel.as_raw_fd(), initrd.as_raw_fd());
-    let b = base.as_ref().map(|b| b.as_raw_fd());
+    let fds: Vec<i32> = [kernel.as_raw_fd(), initrd.as_raw_fd()]
+        .into_iter()
+        .chain(passed.iter().map(|f| f.as_raw_fd()))
+        .collect();
     // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe calls (fcntl, dup2) on plain integers.
+    // async-signal-safe calls (fcntl, dup2) on plain integers; `fds` is
+    // only read (the child's copy of it).
     unsafe {
         cmd.pre_exec(move || {
-            // All duplicated above 9 first, so that placing one cannot
-            // close another; 3, 4 and 5 are made from the duplicates.
-            let mut high = [-1; 3];
-            for (slot, fd) in high.iter_mut().zip([Some(k), Some(i), b]) {
-                if let Some(fd) = fd {
-                    *slot = libc::fcntl(fd, libc::F_DUPFD, 10);
-                    if *slot < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+            // All duplicated above the highest target first, so that
+            // placing one cannot close another; 3, 4, ... are made from
+            // the duplicates.
+            let floor = 3 + fds.len() as i32 + 10;
+            let mut high = Vec::with_capacity(fds.len());
+            for fd in &fds {
+                let dup = libc::fcntl(*fd, libc::F_DUPFD, floor);
+                if dup < 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
+                high.push(dup);
             }
             for (fd, target) in high.into_iter().zip(3..) {
-                if fd >= 0 && libc::dup2(fd, target) < 0 {
+                if libc::dup2(fd, target) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -108,7 +120,7 @@ pub async fn pick(
     let child = cmd
         .spawn()
         .map_err(|e| failed(&binary.display().to_string(), e))?;
-    drop((kernel, initrd, base));
+    drop((kernel, initrd, passed));
     let output = match tokio::time::timeout(PICK_TIMEOUT, child.wait_with_output()).await {
         Ok(r) => r.map_err(|e| failed("waiting for the picker", e))?,
         Err(_) => {

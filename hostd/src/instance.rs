@@ -65,6 +65,11 @@ pub struct InstanceSpec {
     /// The root disk's size; the image's own when smaller or unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_disk_gib: Option<u32>,
+    /// ... or a volume the guest boots from (its files on this host, as its
+    /// storage host exports them): /dev/vda, the kernel, initramfs and
+    /// command line picked from its own `/boot` before every boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_volume: Option<DiskConfig>,
     /// An ephemeral disk of this size (ext4, labelled `ephemeral0`) and a
     /// swap disk of this size, made once beside the root disk and attached
     /// after it (root, ephemeral, swap: Nova's order).
@@ -120,21 +125,40 @@ impl InstanceSpec {
             self.kernel.is_some(),
             self.kernel_image.is_some(),
             self.root_image.is_some(),
+            self.root_volume.is_some(),
         ];
         if boots.iter().filter(|b| **b).count() != 1 {
             return Err(
-                "give exactly one of kernel (a path), kernel_image (an image id) \
-                 or root_image (a disk image id)"
+                "give exactly one of kernel (a path), kernel_image (an image id), \
+                 root_image (a disk image id) or root_volume (a volume's files)"
                     .into(),
             );
         }
-        if self.root_image.is_some()
+        if let Some(v) = &self.root_volume {
+            let paths = std::iter::once(&v.path)
+                .chain(v.base.iter())
+                .chain(v.layers.iter());
+            if paths.into_iter().any(|p| !p.is_absolute())
+                || !v.fds.is_empty()
+                || !v.backing_fds.is_empty()
+                || (v.base.is_none() && !v.layers.is_empty())
+                || v.read_only
+            {
+                return Err(
+                    "root_volume: absolute paths (path; base and layers for an overlay), \
+                     writable, no fds"
+                        .into(),
+                );
+            }
+        }
+        if (self.root_image.is_some() || self.root_volume.is_some())
             && (self.initramfs.is_some()
                 || self.initramfs_image.is_some()
                 || self.cmdline.is_some())
         {
             return Err(
-                "root_image: the disk's own /boot names the initramfs and command line".into(),
+                "root_image, root_volume: the disk's own /boot names the initramfs and command line"
+                    .into(),
             );
         }
         if self.root_disk_gib.is_some() && self.root_image.is_none() {
@@ -279,6 +303,7 @@ mod tests {
             kernel_image: None,
             root_image: None,
             root_disk_gib: None,
+            root_volume: None,
             ephemeral_gib: None,
             swap_mib: None,
             config_drive: None,
@@ -390,6 +415,7 @@ mod tests {
             kernel_image: Some("0a-1".into()),
             root_image: None,
             root_disk_gib: None,
+            root_volume: None,
             ephemeral_gib: Some(10),
             swap_mib: Some(512),
             config_drive: Some(Default::default()),

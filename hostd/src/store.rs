@@ -225,6 +225,7 @@ mod tests {
                 kernel_image: None,
                 root_image: None,
                 root_disk_gib: None,
+                root_volume: None,
                 ephemeral_gib: None,
                 swap_mib: None,
                 config_drive: None,

@@ -693,3 +693,69 @@ fn a_resize_grows_the_instance_and_can_be_reverted_or_confirmed() {
     assert_eq!(api(&h, "POST", "/instances/rs-1/resize/confirm", "").0, 409);
     assert_eq!(api(&h, "DELETE", "/instances/rs-1", "").0, 204);
 }
+
+#[test]
+fn a_volume_boots_from_its_own_boot_through_its_layers() {
+    let Some(image) = debian_image("from-a-volume") else {
+        return;
+    };
+    let h = start_with_fake_vmm(&format!("bootpick_binary = \"{}\"\n", bootpick().display()));
+    // A volume as storaged keeps one after two snapshots on ext4: a qcow2
+    // overlay over a qcow2 layer over the raw data.
+    let vols = h.dir.path().join("storage");
+    std::fs::create_dir_all(&vols).unwrap();
+    let base = vols.join("base.raw");
+    std::fs::copy(image.path(), &base).unwrap();
+    let size = std::fs::metadata(&base).unwrap().len();
+    let layer = vols.join("layer.qcow2");
+    vmm::virtio::block::qcow2::create_overlay(&layer, "base", size).unwrap();
+    let top = vols.join("volume.qcow2");
+    vmm::virtio::block::qcow2::create_layer(&top, "layer", "qcow2", size).unwrap();
+    let spec = |id: &str, volume: serde_json::Value| {
+        serde_json::json!({"id": id, "vcpus": 1, "memory_mib": 64, "root_volume": volume})
+            .to_string()
+    };
+    let volume = serde_json::json!({
+        "id": "vol0", "path": top, "base": base, "layers": [layer], "serial": "vol0",
+    });
+    let (status, created) = api(&h, "POST", "/instances", &spec("bfv-1", volume.clone()));
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["state"], "running");
+    let config = vmm_config(&h, "bfv-1");
+    assert!(
+        config["cmdline"]
+            .as_str()
+            .unwrap()
+            .contains("from-a-volume"),
+        "picked from the volume's grub.cfg: {config}"
+    );
+    let disks = config["disks"].as_array().unwrap();
+    assert_eq!(disks[0]["path"], top.display().to_string(), "{disks:?}");
+    assert_eq!(disks[0]["layers"][0], layer.display().to_string());
+    assert_eq!(disks[0]["base"], base.display().to_string());
+    assert!(
+        !run_dir(&h, "bfv-1").join("root.img").exists()
+            && !run_dir(&h, "bfv-1").join("root.qcow2").exists(),
+        "no root disk of its own"
+    );
+    assert_eq!(api(&h, "DELETE", "/instances/bfv-1", "").0, 204);
+    assert!(top.exists(), "the volume outlives the instance");
+
+    // A raw volume; and bad ones refused.
+    let raw = serde_json::json!({"id": "vol1", "path": base, "serial": "vol1"});
+    let (status, created) = api(&h, "POST", "/instances", &spec("bfv-2", raw));
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(api(&h, "DELETE", "/instances/bfv-2", "").0, 204);
+    for bad in [
+        serde_json::json!({"id": "v", "path": "relative.raw", "serial": "v"}),
+        serde_json::json!({"id": "v", "path": top, "layers": [layer], "serial": "v"}),
+        serde_json::json!({"id": "v", "path": top, "base": base, "read_only": true, "serial": "v"}),
+    ] {
+        let (status, body) = api(&h, "POST", "/instances", &spec("bfv-3", bad.clone()));
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let mut both: serde_json::Value = serde_json::from_str(&spec("bfv-4", volume)).unwrap();
+    both["root_image"] = serde_json::json!(IMAGE);
+    let (status, body) = api(&h, "POST", "/instances", &both.to_string());
+    assert_eq!(status, 400, "{body}");
+}

@@ -16,7 +16,11 @@ use super::http::{empty, json, read_json, Body};
 use super::App;
 use crate::compute::actions::Action;
 use crate::compute::servers::{ListQuery, Server};
-use crate::compute::service::{self, create::CreateServer, state::ServerAction};
+use crate::compute::service::{
+    self,
+    create::{BootVolume, CreateServer},
+    state::ServerAction,
+};
 use crate::context::RequestContext;
 use crate::identity::Auth;
 use crate::network::nova::{NicRequest, Requested};
@@ -71,7 +75,8 @@ pub struct ServerView<'a> {
     id: &'a str,
     name: &'a str,
     status: &'static str,
-    image: Ref<'a>,
+    /// `""` for a server booted from a volume, as Nova shows it.
+    image: Json,
     flavor: Ref<'a>,
     user_id: &'a str,
     tenant_id: &'a str,
@@ -142,9 +147,14 @@ impl<'a> ServerView<'a> {
             id: &s.id,
             name: &s.name,
             status: s.status(),
-            image: Ref {
-                id: &s.image_id,
-                links: links(app, "images", &s.image_id),
+            image: if s.image_id.is_empty() {
+                json!("")
+            } else {
+                serde_json::to_value(Ref {
+                    id: &s.image_id,
+                    links: links(app, "images", &s.image_id),
+                })
+                .unwrap_or(Json::Null)
             },
             flavor: Ref {
                 id: &s.flavor_id,
@@ -467,7 +477,9 @@ fn parse_create(body: &Json) -> Result<CreateServer, String> {
                 .or_else(|| v.as_i64().map(|n| n.to_string()))
         })
         .ok_or("'flavorRef' is a required property")?;
-    // imageRef, or the image of a boot_index 0 image BDM.
+    // imageRef; or the boot_index 0 block device: an image (booted as
+    // imageRef), a volume, or an image made into a volume.
+    let boot_volume = parse_boot_volume(s.get("block_device_mapping_v2"))?;
     let image_ref = s
         .get("imageRef")
         .and_then(Json::as_str)
@@ -478,11 +490,19 @@ fn parse_create(body: &Json) -> Result<CreateServer, String> {
                 .as_array()?
                 .iter()
                 .find_map(|b| {
-                    (b.get("source_type")?.as_str()? == "image")
-                        .then(|| b.get("uuid")?.as_str().map(str::to_owned))?
+                    (b.get("source_type")?.as_str()? == "image"
+                        && b.get("destination_type").and_then(Json::as_str) != Some("volume"))
+                    .then(|| b.get("uuid")?.as_str().map(str::to_owned))?
                 })
-        })
-        .ok_or("an image is required (imageRef): booting from volumes is not supported yet")?;
+        });
+    let image_ref = match (image_ref, &boot_volume) {
+        (Some(_), Some(BootVolume::Volume { .. })) => {
+            return Err("Block Device Mapping is Invalid: a server boots from an image or from a volume, not both".into())
+        }
+        (Some(i), _) => i,
+        (None, Some(_)) => String::new(),
+        (None, None) => return Err("an image (imageRef) or a volume to boot from (block_device_mapping_v2 with boot_index 0) is required".into()),
+    };
     let metadata = match s.get("metadata") {
         None | Some(Json::Null) => BTreeMap::new(),
         Some(Json::Object(m)) => m
@@ -511,6 +531,7 @@ fn parse_create(body: &Json) -> Result<CreateServer, String> {
             .ok_or("Invalid input for field/attribute config_drive: must be a boolean")?,
     };
     Ok(CreateServer {
+        boot_volume,
         config_drive,
         networks,
         name: name.trim().to_owned(),
@@ -521,6 +542,73 @@ fn parse_create(body: &Json) -> Result<CreateServer, String> {
         user_data,
         availability_zone: text("availability_zone"),
     })
+}
+
+/// The volume a create boots from: the `block_device_mapping_v2` entry
+/// with boot_index 0 whose destination is a volume (an existing volume, or
+/// one made from an image). Other entries are refused: attach volumes
+/// after the server is up.
+fn parse_boot_volume(v: Option<&Json>) -> Result<Option<BootVolume>, String> {
+    let bad = |why: &str| Err(format!("Block Device Mapping is Invalid: {why}"));
+    let list = match v {
+        None | Some(Json::Null) => return Ok(None),
+        Some(Json::Array(list)) => list,
+        Some(_) => return bad("block_device_mapping_v2 must be a list"),
+    };
+    let mut found = None;
+    for bdm in list {
+        let Some(m) = bdm.as_object() else {
+            return bad("each block device must be an object");
+        };
+        let text = |k: &str| m.get(k).and_then(Json::as_str);
+        let boot_index = match m.get("boot_index") {
+            None | Some(Json::Null) => None,
+            Some(Json::Number(n)) => n.as_i64(),
+            Some(Json::String(s)) => s.parse().ok(),
+            Some(_) => return bad("boot_index must be an integer"),
+        };
+        let destination = text("destination_type").unwrap_or("local");
+        match (text("source_type"), destination, boot_index) {
+            // The image a server boots from as imageRef.
+            (Some("image"), "local", Some(0)) => continue,
+            (Some(source @ ("volume" | "image")), "volume", Some(0)) => {
+                let Some(uuid) = text("uuid").filter(|u| !u.is_empty()) else {
+                    return bad("a boot volume needs a uuid");
+                };
+                let delete_on_termination = match m.get("delete_on_termination") {
+                    None | Some(Json::Null) => false,
+                    Some(v) => parse_boolean(v)
+                        .ok_or("Block Device Mapping is Invalid: delete_on_termination must be a boolean")?,
+                };
+                found = Some(if source == "volume" {
+                    BootVolume::Volume {
+                        id: uuid.to_owned(),
+                        delete_on_termination,
+                    }
+                } else {
+                    let size = match m.get("volume_size") {
+                        Some(Json::Number(n)) => n.as_i64(),
+                        Some(Json::String(s)) => s.parse().ok(),
+                        _ => None,
+                    };
+                    let Some(size_gib) = size.filter(|n| *n > 0) else {
+                        return bad("volume_size must be a positive integer for an image made into a volume");
+                    };
+                    BootVolume::Image {
+                        image_id: uuid.to_owned(),
+                        size_gib,
+                        delete_on_termination,
+                    }
+                });
+            }
+            _ => {
+                return bad(
+                    "only the boot_index 0 image or volume is taken at create: attach other volumes once the server is up",
+                )
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// A server's `addresses` (an empty object when the network service cannot

@@ -331,6 +331,8 @@ async fn create(
                 volume_type,
                 availability_zone,
                 metadata: metadata_field(&m)?.unwrap_or_default(),
+                root_of: None,
+                delete_on_termination: false,
             },
         )
         .await?;

@@ -48,6 +48,8 @@ pub struct Demand {
     /// which take space only as guests write.
     pub disk_gib: i64,
     pub availability_zone: Option<String>,
+    /// The one host it may go to (where the volume it boots from is).
+    pub host: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +107,8 @@ impl Scheduler {
                 .is_some_and(|z| *z != h.availability_zone)
             {
                 Some("other availability zone")
+            } else if demand.host.as_ref().is_some_and(|x| *x != h.report.host_id) {
+                Some("not the host of the volume it boots from")
             } else if h.claimed_vcpus + demand.vcpus > cap_cpu
                 || h.claimed_ram_mib + demand.ram_mib > cap_ram
             {

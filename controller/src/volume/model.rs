@@ -50,6 +50,10 @@ pub struct Volume {
     /// The image it was made from, as Cinder shows it
     /// (`volume_image_metadata`: `image_id`, `image_name`, formats, ...).
     pub image_metadata: Option<BTreeMap<String, String>>,
+    /// The server that boots from it (from the server's create on).
+    pub root_of: Option<String>,
+    /// Whether it is deleted with that server.
+    pub delete_on_termination: bool,
 }
 
 /// Statuses a snapshot request may leave it in until the reconciler is done.
@@ -208,6 +212,8 @@ mod tests {
             snapshot_id: None,
             source_volid: None,
             image_metadata: None,
+            root_of: None,
+            delete_on_termination: false,
         }
     }
 

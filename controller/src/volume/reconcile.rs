@@ -37,6 +37,14 @@ async fn pass(app: Arc<App>) -> String {
     for v in &pending {
         converge(&app, &v.id).await;
     }
+    // The volumes servers boot from: let go of with their servers.
+    let roots = app.volumes.store.roots().await.unwrap_or_default();
+    for v in roots
+        .iter()
+        .filter(|r| !pending.iter().any(|p| p.id == r.id))
+    {
+        converge(&app, &v.id).await;
+    }
     let snapshots = match app
         .volumes
         .store
@@ -173,11 +181,51 @@ async fn try_converge(app: &App, id: &str) -> Result<(), String> {
     let Some(v) = store.get(id).await.map_err(|e| e.to_string())? else {
         return Ok(());
     };
+    if let Some(server_id) = &v.root_of {
+        // A server's root volume: its build attaches it; it is let go of
+        // (or deleted, if it was to go with the server) once the server is
+        // gone.
+        let server = app
+            .servers
+            .get(server_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let making = ["creating", "extending"].contains(&v.status.as_str());
+        if server.is_some_and(|s| s.vm_state != "deleted") {
+            // Its own work (made from an image for the server) goes on; its
+            // attachment is the server's build's.
+            return if making {
+                converge_status(app, &v).await
+            } else {
+                Ok(())
+            };
+        }
+        if making {
+            // Made for a server that is gone: finish that first.
+            return converge_status(app, &v).await;
+        }
+        store
+            .free_root(id, now())
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(volume = id, server = server_id, "root volume let go of");
+        let Some(v) = store.get(id).await.map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        return converge_status(app, &v).await;
+    }
+    converge_status(app, &v).await
+}
+
+/// What a volume's own status promises (not a root volume's server).
+async fn converge_status(app: &App, v: &Volume) -> Result<(), String> {
+    let store = &app.volumes.store;
+    let id = v.id.as_str();
     if matches!(
         v.status.as_str(),
         "reserved" | "attaching" | "detaching" | "in-use"
     ) {
-        return converge_attachment(app, &v).await;
+        return converge_attachment(app, v).await;
     }
     if !TRANSIENT.contains(&v.status.as_str()) {
         return Ok(());

@@ -54,6 +54,9 @@ pub struct CreateVolume {
     pub volume_type: Option<String>,
     pub availability_zone: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    /// The server it is made to boot (Nova's image-to-volume block device).
+    pub root_of: Option<String>,
+    pub delete_on_termination: bool,
 }
 
 pub struct VolumeService {
@@ -229,6 +232,8 @@ impl VolumeService {
             snapshot_id,
             source_volid,
             image_metadata: image.map(|(_, meta)| meta),
+            root_of: req.root_of,
+            delete_on_termination: req.delete_on_termination,
         };
         if !self.store.insert_within(&volume, QUOTA).await? {
             let source_gone = match (&volume.snapshot_id, &volume.source_volid) {
@@ -610,6 +615,9 @@ impl VolumeService {
             .is_some_and(|a| a.server_id == server_id);
         if !attached_here {
             return Err(VolumeError::not_found("Volume attachment of", volume_id));
+        }
+        if v.root_of.as_deref() == Some(server_id) {
+            return Err(VolumeError::bad_request("Can't detach root device volume"));
         }
         if !self
             .store

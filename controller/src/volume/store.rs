@@ -13,11 +13,12 @@ use crate::store::{int, opt_text, text, Store, StoreError, Value};
 /// What a create writes.
 const INSERT_COLUMNS: &str = "id, project_id, user_id, name, description, size_gib, \
     target_size_gib, status, volume_type, availability_zone, storage_host, bootable, metadata, \
-    fault, created_at, updated_at, snapshot_id, source_volid, image_metadata";
+    fault, created_at, updated_at, snapshot_id, source_volid, image_metadata, root_of, \
+    delete_on_termination";
 const COLUMNS: &str = "id, project_id, user_id, name, description, size_gib, target_size_gib, \
     status, volume_type, availability_zone, storage_host, bootable, metadata, fault, created_at, \
     updated_at, server_id, attachment_id, attached_host, attached_at, snapshot_id, source_volid, \
-    image_metadata";
+    image_metadata, root_of, delete_on_termination";
 const SNAPSHOT_COLUMNS: &str = "id, project_id, user_id, volume_id, storage_host, name, \
     description, size_gib, status, metadata, fault, created_at, updated_at";
 
@@ -94,6 +95,8 @@ fn from_row(r: &AnyRow) -> Result<Volume, StoreError> {
             .map(|m| serde_json::from_str(&m))
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("a volume's image metadata: {e}")))?,
+        root_of: opt_text(r, "root_of")?,
+        delete_on_termination: int(r, "delete_on_termination")? != 0,
     })
 }
 
@@ -204,7 +207,7 @@ impl Volumes {
             .map(|m| serde_json::to_string(m).unwrap_or_else(|_| "{}".into()));
         let sql = format!(
             "INSERT INTO volumes ({INSERT_COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-             $12, $13, $14, $15, $16, NULLIF($19, ''), NULLIF($20, ''), $21 \
+             $12, $13, $14, $15, $16, NULLIF($19, ''), NULLIF($20, ''), $21, $22, $23 \
              WHERE ($17 < 0 OR (SELECT COUNT(*) FROM volumes WHERE project_id = $2) + 1 <= $17) \
              AND ($18 < 0 OR {} + $6 <= $18) \
              AND ($19 = '' OR EXISTS (SELECT 1 FROM volume_snapshots WHERE id = $19 AND status = 'available')) \
@@ -233,6 +236,8 @@ impl Volumes {
             Value::Text(v.snapshot_id.as_deref().unwrap_or("")),
             Value::Text(v.source_volid.as_deref().unwrap_or("")),
             Value::OptText(image_metadata.as_deref()),
+            Value::OptText(v.root_of.as_deref()),
+            Value::Bool(v.delete_on_termination),
         ];
         Ok(self.store.execute(&sql, &args).await? == 1)
     }
@@ -380,7 +385,7 @@ impl Volumes {
             .execute(
                 &format!(
                     "UPDATE volumes SET status = 'deleting', updated_at = $1 \
-                     WHERE id = $2 AND status IN ({}) AND {} \
+                     WHERE id = $2 AND status IN ({}) AND root_of IS NULL AND {} \
                      AND NOT EXISTS (SELECT 1 FROM volume_snapshots WHERE volume_id = $2 \
                      AND ($3 = 0 OR status NOT IN ({})))",
                     status_list(from),
@@ -489,7 +494,7 @@ impl Volumes {
                 &format!(
                     "UPDATE volumes SET status = 'reserved', server_id = $1, attachment_id = $2, \
                      attached_host = NULL, attached_at = NULL, fault = NULL, updated_at = $3 \
-                     WHERE id = $4 AND status = 'available' AND {}",
+                     WHERE id = $4 AND status = 'available' AND root_of IS NULL AND {}",
                     quiet("$4")
                 ),
                 &[
@@ -723,5 +728,118 @@ impl Volumes {
             )
             .await?
             == 1)
+    }
+
+    /// Makes `id` the volume server `server_id` boots from, if it is
+    /// `available`, nobody's and nothing is being made from it; whether it
+    /// did.
+    pub async fn claim_root(
+        &self,
+        id: &str,
+        server_id: &str,
+        delete_on_termination: bool,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .execute(
+                &format!(
+                    "UPDATE volumes SET root_of = $1, delete_on_termination = $2, updated_at = $3 \
+                     WHERE id = $4 AND status = 'available' AND root_of IS NULL \
+                     AND server_id IS NULL AND {}",
+                    quiet("$4")
+                ),
+                &[
+                    Value::Text(server_id),
+                    Value::Bool(delete_on_termination),
+                    Value::Int(now),
+                    Value::Text(id),
+                ],
+            )
+            .await?
+            == 1)
+    }
+
+    /// The volume server `server_id` boots from, if any.
+    pub async fn root_of(&self, server_id: &str) -> Result<Option<Volume>, StoreError> {
+        self.store
+            .fetch_optional(
+                &format!("SELECT {COLUMNS} FROM volumes WHERE root_of = $1"),
+                &[Value::Text(server_id)],
+            )
+            .await?
+            .as_ref()
+            .map(from_row)
+            .transpose()
+    }
+
+    /// Every volume some server boots from (the reconciler's, to let go of
+    /// those of servers that are gone).
+    pub async fn roots(&self) -> Result<Vec<Volume>, StoreError> {
+        let rows = self
+            .store
+            .fetch_all(
+                &format!("SELECT {COLUMNS} FROM volumes WHERE root_of IS NOT NULL ORDER BY id"),
+                &[],
+            )
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// The root volume `available` -> `in-use` for its server on `host`
+    /// under a new attachment; whether it moved (already in use there
+    /// counts as moved).
+    pub async fn attach_root(
+        &self,
+        id: &str,
+        server_id: &str,
+        attachment_id: &str,
+        host: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let moved = self
+            .store
+            .execute(
+                &format!(
+                    "UPDATE volumes SET status = 'in-use', server_id = $1, attachment_id = $2, \
+                     attached_host = $3, attached_at = $4, fault = NULL, updated_at = $4 \
+                     WHERE id = $5 AND root_of = $1 AND status = 'available' AND {}",
+                    quiet("$5")
+                ),
+                &[
+                    Value::Text(server_id),
+                    Value::Text(attachment_id),
+                    Value::Text(host),
+                    Value::Int(now),
+                    Value::Text(id),
+                ],
+            )
+            .await?
+            == 1;
+        Ok(moved
+            || self.get(id).await?.is_some_and(|v| {
+                v.status == "in-use"
+                    && v.attachment.as_ref().is_some_and(|a| {
+                        a.server_id == server_id && a.host.as_deref() == Some(host)
+                    })
+            }))
+    }
+
+    /// Lets go of a root volume whose server is gone: no longer its root,
+    /// and `deleting` when it was to go with the server, else back to
+    /// `available` if it was attached.
+    pub async fn free_root(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        self.store
+            .execute(
+                "UPDATE volumes SET status = CASE WHEN delete_on_termination = 1 \
+                 AND status IN ('available', 'in-use', 'error') THEN 'deleting' \
+                 WHEN status = 'in-use' THEN 'available' ELSE status END, \
+                 server_id = NULL, attachment_id = NULL, attached_host = NULL, attached_at = NULL, \
+                 root_of = NULL, delete_on_termination = 0, updated_at = $1 \
+                 WHERE id = $2 AND status NOT IN ('creating', 'extending', 'deleting')",
+                &[Value::Int(now), Value::Text(id)],
+            )
+            .await?;
+        Ok(())
     }
 }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 /// Partitions looked at, at most.
 pub const MAX_PARTITIONS: usize = 16;
+/// qcow2 layers between an overlay and its base, at most (the VMM's limit).
+pub const MAX_LAYERS: usize = 32;
 const SECTOR: u64 = 512;
 
 /// A disk image, read by position only.
@@ -20,7 +22,8 @@ pub struct Image {
 enum Source {
     Raw(File),
     /// A root disk that is a qcow2 overlay over a raw image (hostd makes
-    /// them where the filesystem cannot share blocks).
+    /// them where the filesystem cannot share blocks), or a volume's overlay
+    /// over its snapshots' layers.
     Overlay(imago::FormatAccess<imago::file::File>),
 }
 
@@ -38,15 +41,38 @@ impl Image {
     /// asks the kernel more than positional reads happens here, before the
     /// sandbox.
     pub fn overlay(overlay: File, base: File) -> std::io::Result<Image> {
+        Self::chain(overlay, Vec::new(), base)
+    }
+
+    /// The disk a qcow2 `overlay` over qcow2 `layers` (the one right under
+    /// it first) over the raw `base` holds; as [`Image::overlay`], nothing
+    /// any of them names is opened.
+    pub fn chain(overlay: File, layers: Vec<File>, base: File) -> std::io::Result<Image> {
         use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder};
+        type Backing = Arc<FormatAccess<imago::file::File>>;
+        if layers.len() > MAX_LAYERS {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} layers; at most {MAX_LAYERS}", layers.len()),
+            ));
+        }
         let base = imago::raw::Raw::builder(imago::file::File::try_from(base)?)
             .open(DenyImplicitOpenGate::default())?;
-        let base = Arc::new(FormatAccess::new(base));
-        let qcow2 = imago::qcow2::Qcow2::<imago::file::File, _>::builder(
+        let mut under: Backing = Arc::new(FormatAccess::new(base));
+        for layer in layers.into_iter().rev() {
+            let qcow2 = imago::qcow2::Qcow2::<imago::file::File, Backing>::builder(
+                imago::file::File::try_from(layer)?,
+            )
+            .write(false)
+            .backing(Some(under))
+            .open(DenyImplicitOpenGate::default())?;
+            under = Arc::new(FormatAccess::new(qcow2));
+        }
+        let qcow2 = imago::qcow2::Qcow2::<imago::file::File, Backing>::builder(
             imago::file::File::try_from(overlay)?,
         )
         .write(false)
-        .backing(Some(base))
+        .backing(Some(under))
         .open(DenyImplicitOpenGate::default())?;
         let access = FormatAccess::new(qcow2);
         Ok(Image {

@@ -3,7 +3,8 @@
 //! initramfs to descriptor 4 and a JSON line to standard output:
 //! `{"cmdline": ..., "how": ..., "kernel_bytes": N, "initrd_bytes": N}`.
 //! With `--overlay`, standard input is a qcow2 overlay and descriptor 5 the
-//! raw image under it.
+//! raw image under it; with `--layers N` too, descriptors 6 to 5+N are the
+//! qcow2 layers between them (the one right under the overlay first).
 //! hostd starts it with exactly those descriptors. On failure it exits 1
 //! with one line on standard error saying why.
 //!
@@ -20,6 +21,7 @@ use virga_bootpick::{pick, Limits};
 const KERNEL_FD: i32 = 3;
 const INITRD_FD: i32 = 4;
 const BASE_FD: i32 = 5;
+const FIRST_LAYER_FD: i32 = 6;
 
 fn fail(why: impl std::fmt::Display) -> ! {
     eprintln!("virga-bootpick: {why}");
@@ -32,11 +34,24 @@ fn main() {
     // SAFETY: descriptor 0 is ours (standard input); it is owned by this
     // File from here on and by nothing else.
     let input = unsafe { std::fs::File::from_raw_fd(0) };
-    let image = if std::env::args().any(|a| a == "--overlay") {
-        // SAFETY: hostd hands descriptor 5 over for exactly this; it is
-        // owned by this File from here on.
+    let args: Vec<String> = std::env::args().collect();
+    let layers = match args.iter().position(|a| a == "--layers") {
+        Some(at) => args
+            .get(at + 1)
+            .and_then(|n| n.parse::<i32>().ok())
+            .filter(|n| (0..=virga_bootpick::disk::MAX_LAYERS as i32).contains(n))
+            .unwrap_or_else(|| fail("--layers: a number of layers (0-32)")),
+        None => 0,
+    };
+    let image = if args.iter().any(|a| a == "--overlay") {
+        // SAFETY: hostd hands descriptor 5, and 6 to 5+layers, over for
+        // exactly this; each is owned by its File from here on.
         let base = unsafe { std::fs::File::from_raw_fd(BASE_FD) };
-        Image::overlay(input, base)
+        let layers = (FIRST_LAYER_FD..FIRST_LAYER_FD + layers)
+            // SAFETY: as above.
+            .map(|fd| unsafe { std::fs::File::from_raw_fd(fd) })
+            .collect();
+        Image::chain(input, layers, base)
             .unwrap_or_else(|e| fail(format!("the qcow2 overlay on standard input: {e}")))
     } else {
         Image::new(input).unwrap_or_else(|e| fail(format!("the image on standard input: {e}")))

@@ -26,6 +26,9 @@ pub struct ImageInstanceSpec {
     pub root_image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_disk_gib: Option<u32>,
+    /// ... or a volume the instance boots from (its own `/boot`), as /dev/vda.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_volume: Option<RootVolume>,
     /// The flavor's ephemeral disk (ext4 labelled `ephemeral0`, /dev/vdb
     /// after the root disk) and swap disk (after it), as Nova makes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,6 +52,25 @@ pub struct ImageInstanceSpec {
     /// the host's netd plugs the tap into the port's network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nics: Vec<PortNic>,
+}
+
+/// A volume a server boots from, as its storage host exports it to the
+/// server's host (hostd takes it as a VMM disk).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootVolume {
+    /// The device's name (the volume's id without dashes).
+    pub id: String,
+    /// The volume's own file: raw, or a qcow2 overlay over `base` (through
+    /// `layers`, the one right under it first).
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<String>,
+    /// What the guest reads as the disk's serial (the volume id's first 20
+    /// characters, as Nova sets it).
+    pub serial: String,
 }
 
 /// A NIC of a server's port (hostd's `NicSpec` takes it as it is).

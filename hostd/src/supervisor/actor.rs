@@ -628,16 +628,27 @@ impl Actor {
         Ok(Some((root, base)))
     }
 
-    /// What an instance booted from a disk image boots this time, picked
-    /// from its root disk. An image that cannot boot puts the instance in
-    /// ERROR saying why.
+    /// What an instance booted from a disk (a disk image's root disk, or a
+    /// volume) boots this time, picked from that disk. A disk that cannot
+    /// boot puts the instance in ERROR saying why.
     async fn pick(&mut self, dir: &std::path::Path) -> Result<Option<DiskBoot>, OpError> {
-        let Some((root, base)) = self.root_disk().await? else {
-            return Ok(None);
+        let root = match (&self.record.spec.root_volume, self.root_disk().await?) {
+            (Some(volume), _) => volume.clone(),
+            (None, Some((root, base))) => {
+                let mut disk = super::vmm_config::disk(root.path().to_owned(), false);
+                disk.base = root.is_overlay().then_some(base);
+                disk
+            }
+            (None, None) => return Ok(None),
         };
         let binary = &self.sup.config.bootpick_binary;
-        let overlay_base = root.is_overlay().then_some(base.as_path());
-        match boot_picker::pick(binary, root.path(), overlay_base, &dir.join(PICKED_BOOT)).await {
+        let backing: Vec<&std::path::Path> = root
+            .layers
+            .iter()
+            .map(|p| p.as_path())
+            .chain(root.base.as_deref())
+            .collect();
+        match boot_picker::pick(binary, &root.path, &backing, &dir.join(PICKED_BOOT)).await {
             Ok(picked) => {
                 tracing::info!(
                     instance = self.id,
@@ -645,7 +656,7 @@ impl Actor {
                     cmdline = picked.cmdline,
                     "boot picked"
                 );
-                Ok(Some(DiskBoot { picked, root, base }))
+                Ok(Some(DiskBoot { picked, root }))
             }
             Err(e) => {
                 let why = e.to_string();
@@ -903,7 +914,9 @@ impl Actor {
             let socket = self.sup.run_dir(&self.id).join(API_SOCKET);
             // A disk image runs a distribution's init (systemd): its power
             // button powers it off, where Ctrl+Alt+Del would reboot it.
-            let signal = if self.record.spec.root_image.is_some() {
+            let signal = if self.record.spec.root_image.is_some()
+                || self.record.spec.root_volume.is_some()
+            {
                 r#", "signal": "power_button""#
             } else {
                 ""

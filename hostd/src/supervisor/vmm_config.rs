@@ -10,14 +10,13 @@ use super::{
     SWAP_DISK,
 };
 use crate::boot_picker::Picked;
-use crate::root_disk::RootDisk;
 
-/// How an instance booted from a disk image boots this time: what was
-/// picked from its root disk, and the disk (an overlay with its base).
+/// How an instance booted from a disk (its root disk, or a volume) boots
+/// this time: what was picked from the disk, and the disk (with what an
+/// overlay lies over).
 pub(super) struct DiskBoot {
     pub picked: Picked,
-    pub root: RootDisk,
-    pub base: std::path::PathBuf,
+    pub root: vmm::config::DiskConfig,
 }
 use crate::instance::InstanceSpec;
 
@@ -78,9 +77,7 @@ pub(super) fn vmm_config_file(
         kernel = Some(boot.picked.kernel.clone());
         initramfs = boot.picked.initramfs.clone();
         cmdline = boot.picked.cmdline.clone();
-        let mut root = disk(boot.root.path().to_owned(), false);
-        root.base = boot.root.is_overlay().then(|| boot.base.clone());
-        disks.push(root);
+        disks.push(boot.root.clone());
     }
     if let Some(boot) = &spec.boot_disk {
         disks.push(disk(boot.clone(), false));
@@ -148,7 +145,7 @@ pub(super) fn vmm_config_file(
     }
 }
 
-fn disk(path: std::path::PathBuf, read_only: bool) -> vmm::config::DiskConfig {
+pub(super) fn disk(path: std::path::PathBuf, read_only: bool) -> vmm::config::DiskConfig {
     vmm::config::DiskConfig {
         id: None,
         pci_slot: None,
@@ -221,6 +218,7 @@ mod tests {
             kernel_image: None,
             root_image: None,
             root_disk_gib: None,
+            root_volume: None,
             ephemeral_gib: None,
             swap_mib: None,
             config_drive: None,

@@ -158,6 +158,12 @@ impl Step {
                         .map_err(|e| Failure::Fatal(format!("its network data: {e}")))?;
                 }
                 spec.nics = nics(b.app, &ports).await;
+                if spec.root_volume.is_none()
+                    && spec.root_image.is_none()
+                    && spec.kernel_image.is_none()
+                {
+                    spec.root_volume = Some(root_volume(b.app, &b.id, host_id).await?);
+                }
                 let spec = &*spec;
                 // An instance of it there already: the create reached the
                 // host before a stop (a resumed build).
@@ -199,6 +205,16 @@ impl Step {
                     if let Err(e) = hostd.remove(&b.id).await {
                         tracing::warn!(server = %b.id, host = %host_id, "removing a failed build: {e}");
                     }
+                }
+                // The volume it boots from stays its, unplugged.
+                if let Ok(Some(v)) = b.app.volumes.store.root_of(&b.id).await {
+                    let now = crate::identity::now();
+                    let _ = b
+                        .app
+                        .volumes
+                        .store
+                        .release(&v.id, &["in-use"], None, now)
+                        .await;
                 }
             }
         }
@@ -312,6 +328,12 @@ pub async fn build(app: &App, id: &str) {
                 .saturating_add(server.swap_mib.saturating_add(1023) / 1024),
             availability_zone: (server.availability_zone != "nova")
                 .then(|| server.availability_zone.clone()),
+            // Booted from a volume: on its storage host (no remote volumes
+            // yet).
+            host: match app.volumes.store.root_of(id).await {
+                Ok(Some(v)) => v.storage_host,
+                _ => None,
+            },
         },
         host,
         tried: Vec::new(),
@@ -422,6 +444,77 @@ async fn nics(app: &App, ports: &[crate::network::model::Port]) -> Vec<PortNic> 
     nics
 }
 
+/// The volume server `id` boots from, attached to it on `host_id` (waiting
+/// while it is being made, as from an image) and as the storage host
+/// exports it there.
+async fn root_volume(
+    app: &App,
+    id: &str,
+    host_id: &str,
+) -> Result<hostd_proto::instance::RootVolume, Failure> {
+    let store = &app.volumes.store;
+    let fatal = |e: &dyn std::fmt::Display| Failure::Fatal(format!("its root volume: {e}"));
+    let deadline = tokio::time::Instant::now() + SPAWN_TIMEOUT;
+    let mut pause = Duration::from_millis(100);
+    let volume = loop {
+        let v = store.root_of(id).await.map_err(|e| fatal(&e))?;
+        let Some(v) = v else {
+            return Err(Failure::Fatal(
+                "Build of instance aborted: its root volume is gone".into(),
+            ));
+        };
+        match v.status.as_str() {
+            "available" | "in-use" => break v,
+            "creating" | "extending" if tokio::time::Instant::now() < deadline => {}
+            other => {
+                return Err(Failure::Fatal(format!(
+                    "Build of instance {id} aborted: its root volume {} is {other}{}",
+                    v.id,
+                    v.fault.map(|f| format!(": {f}")).unwrap_or_default()
+                )))
+            }
+        }
+        let _ = app.servers.touch_task(id).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    };
+    let attachment = uuid::Uuid::new_v4().to_string();
+    if !store
+        .attach_root(&volume.id, id, &attachment, host_id, crate::identity::now())
+        .await
+        .map_err(|e| fatal(&e))?
+    {
+        return Err(Failure::Fatal(format!(
+            "Build of instance {id} aborted: its root volume {} is not available",
+            volume.id
+        )));
+    }
+    let Some(storage_host) = volume.storage_host.as_deref() else {
+        return Err(Failure::Fatal("its root volume has no storage host".into()));
+    };
+    let host = store
+        .storage_host(storage_host)
+        .await
+        .map_err(|e| fatal(&e))?
+        .ok_or_else(|| Failure::Fatal(format!("storage host {storage_host} is unknown")))?;
+    let storaged = crate::volume::storage::Storaged::new(&host.url, app.hostd_token(storage_host));
+    let c = storaged
+        .export(&volume.id, host_id)
+        .await
+        .map_err(|e| Failure::Host(format!("exporting its root volume: {e}")))?;
+    let (base, layers) = match c.backing.split_last() {
+        Some((base, layers)) => (Some(base.clone()), layers.to_vec()),
+        None => (None, Vec::new()),
+    };
+    Ok(hostd_proto::instance::RootVolume {
+        id: volume.device_id(),
+        path: c.path,
+        base,
+        layers,
+        serial: volume.id.chars().take(20).collect(),
+    })
+}
+
 /// What hostd is asked to run for a server. A disk image (raw, qcow2, ami) without a
 /// `kernel_id` boots from its own `/boot`: hostd makes the server a root disk
 /// of the flavor's size from it and picks the kernel there. Otherwise the
@@ -430,12 +523,13 @@ async fn nics(app: &App, ports: &[crate::network::model::Port]) -> Vec<PortNic> 
 /// image as a read-only root disk. Every server gets a config drive. Images
 /// go by id: hostd fetches them from this controller into its cache.
 pub(super) async fn instance_spec(app: &App, s: &Server) -> Result<ImageInstanceSpec, String> {
+    let booted_from_volume = s.image_id.is_empty();
     let image = app
         .images
         .get(&s.image_id)
         .await
         .map_err(|e| e.to_string())?
-        .ok_or("the image is gone")?;
+        .ok_or("the image is gone");
     let mut spec = ImageInstanceSpec {
         id: s.id.clone(),
         vcpus: u8::try_from(s.vcpus)
@@ -445,6 +539,7 @@ pub(super) async fn instance_spec(app: &App, s: &Server) -> Result<ImageInstance
         kernel_image: None,
         root_image: None,
         root_disk_gib: None,
+        root_volume: None,
         ephemeral_gib: None,
         swap_mib: None,
         config_drive: None,
@@ -475,6 +570,11 @@ pub(super) async fn instance_spec(app: &App, s: &Server) -> Result<ImageInstance
     };
     spec.ephemeral_gib = size(s.ephemeral_gib, "GiB ephemeral disk")?;
     spec.swap_mib = size(s.swap_mib, "MiB swap disk")?;
+    if booted_from_volume {
+        // Its root volume is attached and named when it spawns.
+        return Ok(spec);
+    }
+    let image = image?;
     let disk_format = image.disk_format.as_deref();
     let kernel_id = image.properties.get("kernel_id");
     if kernel_id.is_none() && disk_format != Some("aki") {

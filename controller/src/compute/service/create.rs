@@ -16,11 +16,28 @@ use crate::network::nova::Requested;
 use crate::network::NetworkError;
 
 /// A create as the client asked for it (Nova's body, parsed).
+/// The volume a server boots from (Nova's boot_index 0 volume).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BootVolume {
+    Volume {
+        id: String,
+        delete_on_termination: bool,
+    },
+    /// A volume made from the image for it.
+    Image {
+        image_id: String,
+        size_gib: i64,
+        delete_on_termination: bool,
+    },
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct CreateServer {
     pub name: String,
     pub flavor_ref: String,
+    /// Empty when it boots from a volume.
     pub image_ref: String,
+    pub boot_volume: Option<BootVolume>,
     pub key_name: Option<String>,
     pub metadata: BTreeMap<String, String>,
     pub user_data: Option<String>,
@@ -43,12 +60,16 @@ pub async fn create(
         Some(f) if f.is_public || ctx.is_admin() => f,
         _ => return bad(format!("Flavor {} could not be found.", req.flavor_ref)),
     };
-    let image = match app.images.get(&req.image_ref).await? {
-        Some(i) if i.visible_to(&project, ctx.is_admin()) && i.status == "active" => i,
-        Some(i) if i.visible_to(&project, ctx.is_admin()) => {
-            return bad(format!("Image {} is not active.", req.image_ref))
-        }
-        _ => return bad(format!("Image {} could not be found.", req.image_ref)),
+    let image = if req.boot_volume.is_some() {
+        None
+    } else {
+        Some(match app.images.get(&req.image_ref).await? {
+            Some(i) if i.visible_to(&project, ctx.is_admin()) && i.status == "active" => i,
+            Some(i) if i.visible_to(&project, ctx.is_admin()) => {
+                return bad(format!("Image {} is not active.", req.image_ref))
+            }
+            _ => return bad(format!("Image {} could not be found.", req.image_ref)),
+        })
     };
     if let Some(k) = &req.key_name {
         if app.keypairs.get(ctx.user_id(), k).await?.is_none() {
@@ -68,7 +89,7 @@ pub async fn create(
         user_id: ctx.user_id().to_owned(),
         name: req.name,
         flavor_id: flavor.id.clone(),
-        image_id: image.id.clone(),
+        image_id: image.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
         vcpus: flavor.vcpus,
         ram_mib: flavor.ram_mib,
         disk_gib: flavor.disk_gib,
@@ -77,10 +98,11 @@ pub async fn create(
         // Nova's rule: asked for, forced by the image, or by the deployment.
         config_drive: req.config_drive
             || app.config.force_config_drive
-            || image
-                .properties
-                .get("img_config_drive")
-                .is_some_and(|v| v == "mandatory"),
+            || image.as_ref().is_some_and(|i| {
+                i.properties
+                    .get("img_config_drive")
+                    .is_some_and(|v| v == "mandatory")
+            }),
         host_id: None,
         vm_state: "building".into(),
         task_state: Some("scheduling".into()),
@@ -96,10 +118,20 @@ pub async fn create(
         generation: 0,
     };
     // Before the row: a build resumed after a stop finds them.
+    // The volume it boots from is its own from now on (made now from the
+    // image, when so asked; its build waits for it).
+    let root = match &req.boot_volume {
+        Some(boot) => Some(claim_root_volume(app, ctx, &server.id, boot).await?),
+        None => None,
+    };
     app.nic_requests.set(&server.id, &nics).await?;
     let admitted = app.servers.insert_within(&server, &quota).await;
     if !matches!(admitted, Ok(Admission::Admitted)) {
         let _ = app.nic_requests.delete(&server.id).await;
+        if let Some(v) = &root {
+            // Given back (and one made for it, deleted).
+            let _ = app.volumes.store.free_root(v, now()).await;
+        }
     }
     if let Admission::OverQuota(o) = admitted? {
         return Err(ComputeError::OverQuota(o));
@@ -126,6 +158,69 @@ pub async fn create(
 }
 
 /// A network service refusal of a create's networks, as Nova answers it.
+/// Makes the volume `boot` names server `server_id`'s root volume: an
+/// existing one (available, the caller's), or one made from an image for
+/// it. Its id.
+async fn claim_root_volume(
+    app: &App,
+    ctx: &RequestContext,
+    server_id: &str,
+    boot: &BootVolume,
+) -> Result<String, ComputeError> {
+    let volume_error = |e: crate::volume::VolumeError| match e {
+        crate::volume::VolumeError::Cinder { message, .. } => {
+            ComputeError::BadRequest(format!("Block Device Mapping is Invalid: {message}"))
+        }
+        crate::volume::VolumeError::Store(e) => ComputeError::Store(e),
+    };
+    match boot {
+        BootVolume::Volume {
+            id,
+            delete_on_termination,
+        } => {
+            let v = app.volumes.get(ctx, id).await.map_err(|_| {
+                ComputeError::BadRequest(format!(
+                    "Block Device Mapping is Invalid: failed to get volume {id}."
+                ))
+            })?;
+            if !app
+                .volumes
+                .store
+                .claim_root(&v.id, server_id, *delete_on_termination, now())
+                .await?
+            {
+                return Err(ComputeError::BadRequest(format!(
+                    "Block Device Mapping is Invalid: volume {id} status must be available to boot from it, but it is {}.",
+                    v.status
+                )));
+            }
+            Ok(v.id)
+        }
+        BootVolume::Image {
+            image_id,
+            size_gib,
+            delete_on_termination,
+        } => {
+            let v = app
+                .volumes
+                .create(
+                    app,
+                    ctx,
+                    crate::volume::service::CreateVolume {
+                        size_gib: Some(*size_gib),
+                        source: Some(crate::volume::service::Source::Image(image_id.clone())),
+                        root_of: Some(server_id.to_owned()),
+                        delete_on_termination: *delete_on_termination,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(volume_error)?;
+            Ok(v.id)
+        }
+    }
+}
+
 fn nic_error(e: NetworkError) -> ComputeError {
     match e {
         NetworkError::Neutron {

@@ -30,6 +30,13 @@ pub async fn rebuild(
     req: Rebuild,
 ) -> Result<Server, ComputeError> {
     let server = visible(app, ctx, id).await?;
+    if server.image_id.is_empty() {
+        // Nova rebuilds a volume-backed server by reimaging its volume
+        // (Cinder 3.68), which is not here.
+        return Err(ComputeError::BadRequest(
+            "Rebuilding a volume-backed server is not supported.".into(),
+        ));
+    }
     let image = match app.images.get(&req.image_ref).await? {
         Some(i) if i.visible_to(&server.project_id, ctx.is_admin()) && i.status == "active" => i,
         Some(i) if i.visible_to(&server.project_id, ctx.is_admin()) => {

@@ -58,6 +58,12 @@ pub async fn resize(
             "When resizing, instances must change flavor!".into(),
         ));
     }
+    if server.image_id.is_empty() {
+        // Its volume is on its storage host; no other host can take it.
+        return Err(ComputeError::BadRequest(
+            "Resizing a volume-backed server is not supported yet.".into(),
+        ));
+    }
     if flavor.disk_gib < server.disk_gib {
         return Err(ComputeError::BadRequest(
             "Resize error: Unable to resize disk down.".into(),
