@@ -1002,6 +1002,23 @@ fn openstack_volumes() {
         &std::fs::read(s.volume_file(&root)).unwrap()[..22],
         b"an image's first bytes"
     );
+    // A server booted from it (`--volume`), as Nova does it.
+    let (flavor, _) = common::hostd::bootable(c, &admin, 1, 64);
+    ok(&[
+        "server", "create", "--volume", "root1", "--flavor", &flavor, "--wait", "bfv1",
+    ]);
+    let shown = ok(&["server", "show", "bfv1", "-f", "value", "-c", "image"]);
+    assert!(shown.contains("booted from volume"), "{shown}");
+    wait("root1", "in-use");
+    let (done, _, err) = run(
+        &cli,
+        &clouds,
+        &["server", "remove", "volume", "bfv1", "root1"],
+    );
+    assert!(!done, "the root volume was detached");
+    assert!(err.contains("root device"), "{err}");
+    ok(&["server", "delete", "--wait", "bfv1"]);
+    wait("root1", "available");
     ok(&["volume", "set", "--non-bootable", "root1"]);
     assert_eq!(
         js(ok(&["volume", "show", "root1", "-f", "json"]))["bootable"],

@@ -350,16 +350,7 @@ async fn list(
     detail: bool,
 ) -> Result<Response<Body>, VolumeError> {
     let q = query_params(req);
-    let yes = |k: &str| {
-        q.get(k)
-            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
-    };
-    let all = yes("all_tenants") || yes("all_projects");
-    let filter = ListFilter {
-        project_id: None,
-        name: q.get("name").cloned(),
-        status: q.get("status").cloned(),
-    };
+    let (all, filter) = list_filter(&q);
     let mut volumes = app.volumes.list(ctx, all, filter).await?;
     if let Some(p) = q.get("project_id").filter(|_| all) {
         volumes.retain(|v| &v.project_id == p);
@@ -376,6 +367,36 @@ async fn list(
         })
         .collect();
     Ok(json(StatusCode::OK, &json!({"volumes": shown})))
+}
+
+/// Whether a list is every project's (an admin asking), and its filters.
+fn list_filter(q: &BTreeMap<String, String>) -> (bool, ListFilter) {
+    let yes = |k: &str| {
+        q.get(k)
+            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+    };
+    let filter = ListFilter {
+        project_id: None,
+        name: q.get("name").cloned(),
+        status: q.get("status").cloned(),
+    };
+    (yes("all_tenants") || yes("all_projects"), filter)
+}
+
+/// An update's name and description (None: not given); older clients say
+/// display_name / display_description.
+type Naming = (Option<Option<String>>, Option<Option<String>>);
+
+fn naming(m: &Map<String, Json>) -> Result<Naming, VolumeError> {
+    let name = match text_field(m, "name")? {
+        Some(n) => Some(n),
+        None => text_field(m, "display_name")?,
+    };
+    let description = match text_field(m, "description")? {
+        Some(d) => Some(d),
+        None => text_field(m, "display_description")?,
+    };
+    Ok((name, description))
 }
 
 /// A list as Cinder pages it: newest first; `marker` continues after the
@@ -411,16 +432,7 @@ async fn list_snapshots(
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, VolumeError> {
     let q = query_params(req);
-    let yes = |k: &str| {
-        q.get(k)
-            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
-    };
-    let all = yes("all_tenants") || yes("all_projects");
-    let filter = ListFilter {
-        project_id: None,
-        name: q.get("name").cloned(),
-        status: q.get("status").cloned(),
-    };
+    let (all, filter) = list_filter(&q);
     let mut snapshots = app
         .volumes
         .list_snapshots(ctx, all, filter, q.get("volume_id").map(String::as_str))
@@ -459,14 +471,8 @@ async fn create_snapshot(
             )))
         }
     }
-    let name = match text_field(&m, "name")? {
-        Some(n) => n,
-        None => text_field(&m, "display_name")?.flatten(),
-    };
-    let description = match text_field(&m, "description")? {
-        Some(d) => d,
-        None => text_field(&m, "display_description")?.flatten(),
-    };
+    let (name, description) = naming(&m)?;
+    let (name, description) = (name.flatten(), description.flatten());
     let s = app
         .volumes
         .create_snapshot(
@@ -488,14 +494,7 @@ async fn update_snapshot(
     id: &str,
 ) -> Result<Response<Body>, VolumeError> {
     let m = object(req, "snapshot").await?;
-    let name = match text_field(&m, "name")? {
-        Some(n) => Some(n),
-        None => text_field(&m, "display_name")?,
-    };
-    let description = match text_field(&m, "description")? {
-        Some(d) => Some(d),
-        None => text_field(&m, "display_description")?,
-    };
+    let (name, description) = naming(&m)?;
     let s = app
         .volumes
         .update_snapshot(ctx, id, name, description, metadata_field(&m)?)
@@ -511,15 +510,7 @@ async fn update(
     base: &str,
 ) -> Result<Response<Body>, VolumeError> {
     let m = object(req, "volume").await?;
-    // Older clients say display_name / display_description.
-    let name = match text_field(&m, "name")? {
-        Some(n) => Some(n),
-        None => text_field(&m, "display_name")?,
-    };
-    let description = match text_field(&m, "description")? {
-        Some(d) => Some(d),
-        None => text_field(&m, "display_description")?,
-    };
+    let (name, description) = naming(&m)?;
     let v = app
         .volumes
         .update(ctx, id, name, description, metadata_field(&m)?)

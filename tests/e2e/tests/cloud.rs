@@ -1155,6 +1155,71 @@ fn debian(
     ok(&["server", "delete", "--wait", "vm-debian"]);
     // Its volume, still attached, is let go of (and keeps its data).
     volume_status("available");
+
+    // Boot from volume: a volume made from the Debian image (the storage
+    // host fetches it), and a server that boots from it (the kernel picked
+    // from the volume's own /boot).
+    let made = Instant::now();
+    ok(&[
+        "volume",
+        "create",
+        "--image",
+        "debian-12",
+        "--size",
+        "3",
+        "--bootable",
+        "root-debian",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while ok(&[
+        "volume",
+        "show",
+        "root-debian",
+        "-f",
+        "value",
+        "-c",
+        "status",
+    ])
+    .trim()
+        != "available"
+    {
+        assert!(Instant::now() < deadline, "root-debian was never made");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    println!(
+        "Debian: a volume made from the image in {:?}",
+        made.elapsed()
+    );
+    let bfv_data = dir.join("bfv-user-data");
+    std::fs::write(
+        &bfv_data,
+        "#cloud-config\nbootcmd:\n\x20 - echo \"virga-bfv-booted $(findmnt -rno SOURCE /)\" > /dev/ttyS0\n",
+    )
+    .expect("user data");
+    let booted = Instant::now();
+    ok(&[
+        "server",
+        "create",
+        "--volume",
+        "root-debian",
+        "--flavor",
+        "m1.debian",
+        "--config-drive",
+        "True",
+        "--user-data",
+        bfv_data.to_str().unwrap_or_default(),
+        "--network",
+        "net1",
+        "--wait",
+        "vm-bfv",
+    ]);
+    wait_console(ok, watch, "vm-bfv", "virga-bfv-booted /dev/vda", 900);
+    println!("Debian: booted from a volume in {:?}", booted.elapsed());
+    let shown = ok(&["server", "show", "vm-bfv", "-f", "value", "-c", "image"]);
+    assert!(shown.contains("booted from volume"), "{shown}");
+    ok(&["server", "delete", "--wait", "vm-bfv"]);
+    wait_named(ok, &["volume"], "root-debian", "available");
+    ok(&["volume", "delete", "root-debian"]);
     ok(&["volume", "snapshot", "delete", "snap1"]);
     ok(&["volume", "delete", "data1-copy"]);
     let deadline = Instant::now() + Duration::from_secs(120);
