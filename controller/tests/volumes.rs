@@ -664,6 +664,10 @@ fn volumes_attach_to_and_detach_from_a_server_on_the_storage_host() {
     );
     let listed = nova("GET", "", Value::Null).json();
     assert_eq!(listed["volumeAttachments"][0]["volumeId"], vol.as_str());
+    assert_eq!(
+        cloud.show(&server)["os-extended-volumes:volumes_attached"],
+        json!([{ "id": vol }])
+    );
 
     // In use: not deleted, not attached twice, no snapshot of it (its data
     // is changing under the guest).
@@ -775,6 +779,22 @@ fn servers_boot_from_volumes_which_outlive_them_unless_told_otherwise() {
     assert!(spec.get("root_image").is_none(), "{spec}");
     let v = wait_status(c, admin, &root, "in-use");
     assert_eq!(v["attachments"][0]["server_id"], id.as_str());
+    assert_eq!(
+        cloud.show(&id)["os-extended-volumes:volumes_attached"],
+        json!([{ "id": root }])
+    );
+    let listed = nova("GET", "/servers/detail", Value::Null).json();
+    let mine = listed["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        mine["os-extended-volumes:volumes_attached"],
+        json!([{ "id": root }])
+    );
     // Not detached, deleted or booted by another server meanwhile.
     let r = nova(
         "DELETE",

@@ -109,8 +109,9 @@ pub struct ServerView<'a> {
     key_name: Option<&'a str>,
     progress: u8,
     security_groups: [Named; 1],
+    /// `{"id"}` of each volume attached (the root volume first).
     #[serde(rename = "os-extended-volumes:volumes_attached")]
-    volumes_attached: [(); 0],
+    volumes_attached: Vec<Json>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fault: Option<Fault<'a>>,
     // Admin-only attributes (absent for others).
@@ -132,6 +133,12 @@ pub struct ServerView<'a> {
 }
 
 impl<'a> ServerView<'a> {
+    /// With the volumes attached to it.
+    fn with_volumes(mut self, ids: &[String]) -> Self {
+        self.volumes_attached = ids.iter().map(|id| json!({ "id": id })).collect();
+        self
+    }
+
     /// `addresses`: the server's, as [`addresses`] finds them.
     pub fn new(app: &App, s: &'a Server, admin: bool, addresses: Json) -> Self {
         // Nova's hostId: the host, hashed with the project so that projects
@@ -183,7 +190,7 @@ impl<'a> ServerView<'a> {
             key_name: s.key_name.as_deref(),
             progress: 0,
             security_groups: [Named { name: "default" }],
-            volumes_attached: [],
+            volumes_attached: Vec::new(),
             fault: s.fault.as_deref().map(|message| Fault {
                 code: 500,
                 message,
@@ -234,12 +241,27 @@ pub async fn route(
         (Method::GET, ["servers", "detail"]) => list(app, auth, &req, true).await,
         (Method::POST, ["servers"]) => create(app, ctx, req).await,
         (Method::GET, ["servers", id]) => match service::visible(app, ctx, id).await {
-            Ok(s) => json(
-                StatusCode::OK,
-                &ServerOne {
-                    server: ServerView::new(app, &s, auth.is_admin(), addresses(app, &s.id).await),
-                },
-            ),
+            Ok(s) => {
+                let volumes: Vec<String> = match app.volumes.store.of_server(&s.id).await {
+                    Ok(v) => v.into_iter().map(|v| v.id).collect(),
+                    Err(e) => {
+                        tracing::error!(server = %s.id, "its volumes: {e}");
+                        Vec::new()
+                    }
+                };
+                json(
+                    StatusCode::OK,
+                    &ServerOne {
+                        server: ServerView::new(
+                            app,
+                            &s,
+                            auth.is_admin(),
+                            addresses(app, &s.id).await,
+                        )
+                        .with_volumes(&volumes),
+                    },
+                )
+            }
             Err(e) => compute_error(e),
         },
         (Method::DELETE, ["servers", id]) => delete(app, ctx, id).await,
@@ -391,10 +413,20 @@ async fn list(app: &App, auth: &Auth, req: &Request<Incoming>, detail: bool) -> 
                 Default::default()
             }
         };
+        let mut volumes = app
+            .volumes
+            .store
+            .attached_by_server()
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!("listing servers' volumes: {e}");
+                Default::default()
+            });
         let servers = shown
             .map(|s| {
                 let a = by_server.remove(&s.id).unwrap_or_else(|| json!({}));
-                ServerView::new(app, s, admin, a)
+                let v = volumes.remove(&s.id).unwrap_or_default();
+                ServerView::new(app, s, admin, a).with_volumes(&v)
             })
             .collect();
         json(

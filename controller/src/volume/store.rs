@@ -559,6 +559,26 @@ impl Volumes {
         rows.iter().map(from_row).collect()
     }
 
+    /// The volumes attached to each server (or being attached or detached),
+    /// its root volume first, then by attach time.
+    pub async fn attached_by_server(&self) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
+        let rows = self
+            .store
+            .fetch_all(
+                "SELECT id, server_id FROM volumes WHERE server_id IS NOT NULL \
+                 ORDER BY server_id, CASE WHEN root_of IS NULL THEN 1 ELSE 0 END, attached_at, id",
+                &[],
+            )
+            .await?;
+        let mut by = BTreeMap::<String, Vec<String>>::new();
+        for r in &rows {
+            by.entry(text(r, "server_id")?)
+                .or_default()
+                .push(text(r, "id")?);
+        }
+        Ok(by)
+    }
+
     /// Forgets a volume whose data is gone (it was `deleting`).
     pub async fn remove(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self
