@@ -7,6 +7,10 @@
 //!   overlay whose clusters are all written (its steady state), and on a
 //!   fresh overlay over the data (a new server's reads go to the image);
 //!   QEMU on the same two kinds of overlay.
+//! - `blk-volume`: volumes as storaged keeps them on ext4, against fio on
+//!   the file itself: a raw volume, one snapshotted once (a fresh qcow2
+//!   overlay over the data) and twice (over an empty qcow2 layer over the
+//!   data: the chain a second snapshot makes), and QEMU on the same chain.
 
 use std::path::Path;
 use std::time::Duration;
@@ -115,6 +119,114 @@ exit $failed
 ",
     );
     s
+}
+
+/// The volume benchmark's rounds: the chain made as storaged makes it (its
+/// own qcow2 writer's layout: 64 KiB clusters, the layer under named by its
+/// header), each system on it in turn, and fio on the raw file.
+fn volume_script(runs: u32) -> String {
+    let guest_cmdline = format!("{CMDLINE} virga.root=/dev/vda virga.mode=fio");
+    let virga = |disk: &str| {
+        format!(
+            "$BIN/vmm --kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio --vcpus 2 \
+             --memory-mib {GUEST_MIB} --cmdline \"{guest_cmdline}\" --disk path=$ROOTFS --disk {disk}"
+        )
+    };
+    let qemu = format!(
+        "{QEMU} -M pc -enable-kvm -cpu host -smp 2 -m {GUEST_MIB} -nodefaults -no-user-config \
+         -display none -serial stdio -no-reboot -kernel $GUEST/vmlinux \
+         -initrd $GUEST/boot-initramfs.cpio -append \"{guest_cmdline}\" \
+         -drive file=$ROOTFS,if=none,id=root,format=raw -device virtio-blk-pci,drive=root \
+         -drive file=$D/qemu-top.qcow2,if=none,id=data,format=qcow2,aio=io_uring,cache=none \
+         -device virtio-blk-pci,drive=data"
+    );
+    let mib = OVERLAY_DISK_MIB;
+    let mut s = format!(
+        "D=$WORK/disks; mkdir -p $D && mount -t ext4 $SCRATCH $D || exit 1
+dd if=/dev/urandom of=$D/data.raw bs=1M count={mib} 2>/dev/null || exit 1
+sync
+failed=0
+for round in $(seq {runs}); do
+rm -f $D/*.qcow2
+{QEMU_IMG} create -q -f qcow2 -o cluster_size=65536 -F raw -b $D/data.raw $D/snap1.qcow2 || exit 1
+{QEMU_IMG} create -q -f qcow2 -o cluster_size=65536 -F raw -b $D/data.raw $D/layer.qcow2 || exit 1
+{QEMU_IMG} create -q -f qcow2 -o cluster_size=65536 -F qcow2 -b $D/layer.qcow2 $D/snap2.qcow2 || exit 1
+{QEMU_IMG} create -q -f qcow2 -o cluster_size=65536 -F qcow2 -b $D/layer.qcow2 $D/qemu-top.qcow2 || exit 1
+# The testbed jails every VMM as VMM_UID: the disks it writes are that user's.
+[ -z \"$VMM_UID\" ] || chown $VMM_UID:$VMM_UID $D/data.raw $D/snap1.qcow2 $D/snap2.qcow2
+"
+    );
+    for (system, command) in [
+        ("virga-volume", virga("path=$D/data.raw")),
+        ("virga-snap1", virga("path=$D/snap1.qcow2,base=$D/data.raw")),
+        (
+            "virga-snap2",
+            virga("path=$D/snap2.qcow2,base=$D/data.raw,layers=$D/layer.qcow2"),
+        ),
+        ("qemu-snap2", qemu.clone()),
+    ] {
+        s.push_str(&format!(
+            "echo 3 > /proc/sys/vm/drop_caches
+echo {SYSTEM_MARKER} {system}
+{command} || failed=1
+"
+        ));
+    }
+    s.push_str(&format!(
+        "echo 3 > /proc/sys/vm/drop_caches\necho {SYSTEM_MARKER} file\n"
+    ));
+    s.push_str(&fio_script("/usr/bin/fio", "$D/data.raw"));
+    s.push_str(
+        "done
+exit $failed
+",
+    );
+    s
+}
+
+pub fn run_volume(runs: u32) -> Result<()> {
+    let scenario = Scenario::new("bench-blk-volume", &volume_script(runs))
+        .host_binary(QEMU_IMG)
+        .with_scratch_ext4(OVERLAY_SCRATCH_MIB);
+    let systems = [
+        "virga-volume",
+        "virga-snap1",
+        "virga-snap2",
+        "qemu-snap2",
+        "file",
+    ];
+    let report = measure(
+        "blk-volume",
+        scenario,
+        runs,
+        &systems,
+        "volumes as storaged keeps them (raw, after one and two snapshots) against fio on the file",
+    )?;
+    println!(
+        "(file = fio on the volume's file itself; snap1/snap2 = fresh overlays after one and two \
+         snapshots, whose reads go down to the data)"
+    );
+    for job in [
+        "randread-4k-qd32_iops",
+        "randread-4k-qd1_iops",
+        "randwrite-4k-qd32_iops",
+        "read-1m_mib_s",
+    ] {
+        let ratio = |a: &str, b: &str| {
+            report
+                .ratio(a, b, job)
+                .map_or("-".to_owned(), |r| format!("{r:.2}x"))
+        };
+        println!(
+            "{job}: volume {} of the file; after one snapshot {}, after two {} of the volume; \
+             two {} of QEMU's",
+            ratio("virga-volume", "file"),
+            ratio("virga-snap1", "virga-volume"),
+            ratio("virga-snap2", "virga-volume"),
+            ratio("virga-snap2", "qemu-snap2"),
+        );
+    }
+    Ok(())
 }
 
 /// One fio job's figures from its terse (v3) line.
@@ -320,6 +432,15 @@ mod tests {
         assert_eq!(m[0], ("randread-4k-qd1_iops".to_owned(), "IOPS", 1024.0));
         assert_eq!(m[1], ("randread-4k-qd1_p99_us".to_owned(), "us", 250.0));
         assert_eq!(metrics("write-1m", &r)[0].2, 2.0);
+    }
+
+    #[test]
+    fn the_volume_script_covers_every_system_on_the_chain() {
+        let s = volume_script(1);
+        for sys in ["virga-volume", "virga-snap1", "virga-snap2", "qemu-snap2", "file"] {
+            assert!(s.contains(&format!("{SYSTEM_MARKER} {sys}\n")), "{sys}");
+        }
+        assert!(s.contains("layers=$D/layer.qcow2"));
     }
 
     #[test]

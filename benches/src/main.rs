@@ -8,6 +8,8 @@
 //!   against fio on the backing device.
 //! - `blk-overlay [--runs N]`: the same on qcow2 overlays (root disks on
 //!   ext4) against a raw file, and QEMU on the overlay.
+//! - `blk-volume [--runs N]`: volumes as storaged keeps them (raw, after one
+//!   and two snapshots) against fio on the file, and QEMU on the same chain.
 //! - `net [--runs N]`: iperf3 between the guest and the host side of its tap,
 //!   virga (vhost-net and in-VMM datapath) against QEMU with vhost=on.
 //! - `overlay [--runs N]`: guest to guest across two hosts (namespaces, no
@@ -70,6 +72,12 @@ enum Cmd {
     },
     /// fio in the guest on qcow2 overlays and a raw file (virga vs QEMU).
     BlkOverlay {
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
+    /// fio in the guest on volumes as storaged keeps them (raw, after one
+    /// and two snapshots) against fio on the file and QEMU on the chain.
+    BlkVolume {
         #[arg(long, default_value_t = 3)]
         runs: u32,
     },
@@ -215,6 +223,7 @@ fn main() -> Result<()> {
         Cmd::CloudBoot { runs } => cloud_boot::run(runs),
         Cmd::Blk { runs } => blk::run(runs),
         Cmd::BlkOverlay { runs } => blk::run_overlay(runs),
+        Cmd::BlkVolume { runs } => blk::run_volume(runs),
         Cmd::Net { runs } => net::run(runs),
         Cmd::Overlay { runs } => overlay::run(runs),
         Cmd::OverlayGuests { runs } => overlay_guests::run(runs),

@@ -140,7 +140,7 @@ const MAX_SERIAL_LEN: usize = 20;
 impl std::str::FromStr for DiskConfig {
     type Err = String;
 
-    /// `path=FILE[,base=RAW][,readonly=on][,serial=S][,direct=off][,queues=N][,bw=BYTES/s][,iops=N]`
+    /// `path=FILE[,base=RAW[,layers=QCOW2:QCOW2...]][,readonly=on][,serial=S][,direct=off][,queues=N][,bw=BYTES/s][,iops=N]`
     fn from_str(s: &str) -> Result<Self, String> {
         let mut disk = DiskConfig {
             id: None,
@@ -168,6 +168,9 @@ impl std::str::FromStr for DiskConfig {
             match k {
                 "path" => disk.path = PathBuf::from(v),
                 "base" => disk.base = Some(PathBuf::from(v)),
+                // Read-only qcow2 layers between the overlay and its base,
+                // the one right under the overlay first.
+                "layers" => disk.layers = v.split(':').map(PathBuf::from).collect(),
                 "readonly" | "read_only" => disk.read_only = flag(k, v)?,
                 "direct" => disk.direct = flag(k, v)?,
                 "serial" => disk.serial = Some(v.to_owned()),
@@ -1075,6 +1078,8 @@ mod tests {
         validate_net(&mut n).unwrap();
         assert_eq!(n.mtu, Some(1450));
         assert!("tap=t,mtu=70000".parse::<NetConfig>().is_err());
+        let d: DiskConfig = "path=/v.qcow2,base=/b.raw,layers=/l2:/l1".parse().unwrap();
+        assert_eq!(d.layers, [PathBuf::from("/l2"), PathBuf::from("/l1")]);
         let mut n: NetConfig = "fd=3:4,vhost=off".parse().unwrap();
         validate_net(&mut n).unwrap();
         assert_eq!((n.fds.as_slice(), n.queues), (&[3, 4][..], Some(2)));
