@@ -437,7 +437,13 @@ mod tests {
     #[test]
     fn the_volume_script_covers_every_system_on_the_chain() {
         let s = volume_script(1);
-        for sys in ["virga-volume", "virga-snap1", "virga-snap2", "qemu-snap2", "file"] {
+        for sys in [
+            "virga-volume",
+            "virga-snap1",
+            "virga-snap2",
+            "qemu-snap2",
+            "file",
+        ] {
             assert!(s.contains(&format!("{SYSTEM_MARKER} {sys}\n")), "{sys}");
         }
         assert!(s.contains("layers=$D/layer.qcow2"));
