@@ -148,13 +148,14 @@ case " $($bb cat /proc/cmdline) " in
     # Guest side of the hotplug tests: report the NICs and disks whenever
     # they change; give each new NIC its address (169.254.10N.2 for ethN)
     # and ping the host at .1 through it; read the first 16 bytes of each
-    # new disk.
+    # new disk; report the disks' sizes (in sectors) when they change.
     echo 0 > /proc/sys/kernel/ctrl-alt-del
     trap '$bb poweroff -f' INT TERM
     $bb mount -t sysfs sys /sys
     $bb mount -t devtmpfs dev /dev
     seen=
     disks=
+    sizes=
     echo virga-hotplug-ready
     while :; do
         now=$(cd /sys/block && echo vd*)
@@ -167,6 +168,11 @@ case " $($bb cat /proc/cmdline) " in
                 echo "virga-hotplug-disk $d $($bb dd if=/dev/$d bs=16 count=1 2>/dev/null)"
             done
             disks=$now
+        fi
+        now=$(for d in $disks; do [ -e /sys/block/$d/size ] && echo -n "$d=$($bb cat /sys/block/$d/size) "; done)
+        if [ "$now" != "$sizes" ]; then
+            echo "virga-hotplug-sizes $now"
+            sizes=$now
         fi
         now=$(cd /sys/class/net && echo eth*)
         if [ "$now" != "$seen" ]; then

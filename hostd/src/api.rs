@@ -18,6 +18,7 @@
 //! | DELETE | /instances/{id}/nics/{tap}             | that NIC goes, once the running guest has let go of it (409 if it does not within a minute) |
 //! | POST   | /instances/{id}/disks                  | a disk (a volume: `{"id", "path", "serial", "read_only"}`, the id naming the device): plugged into the running guest as descriptors hostd opens, kept for later starts |
 //! | DELETE | /instances/{id}/disks/{dev}            | that disk goes, as a NIC does |
+//! | PUT    | /instances/{id}/disks/{dev}/size       | `{"bytes"}`: the disk (attached or the root volume) grows, in the running guest (which is told) or in its file |
 //! | GET    | /instances/{id}/metrics                | the VMM's own metrics             |
 //! | GET    | /events                                | state changes, one JSON per line  |
 //! | GET    | /metrics                               | Prometheus text                   |
@@ -247,6 +248,17 @@ impl Api {
             }
             (Method::DELETE, ["instances", id, "disks", dev]) => {
                 match self.sup.remove_disk(id, dev).await {
+                    Ok(i) => json(StatusCode::OK, &i),
+                    Err(e) => op_error(e),
+                }
+            }
+            (Method::PUT, ["instances", id, "disks", dev, "size"]) => {
+                let (id, dev) = (id.to_string(), dev.to_string());
+                let size: vmm::api::SizeBody = match read_json(req).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                match self.sup.grow_disk(&id, &dev, size.bytes).await {
                     Ok(i) => json(StatusCode::OK, &i),
                     Err(e) => op_error(e),
                 }

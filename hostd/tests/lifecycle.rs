@@ -439,6 +439,23 @@ fn disks_are_attached_and_detached_running_or_stopped() {
         &clone(&layer.display().to_string()),
     );
     assert_eq!(status, 200, "{added}");
+    // Grown while the guest runs: by its VMM, which tells the guest.
+    let grow = |dev: &str, bytes: u64| {
+        api(
+            &h,
+            "PUT",
+            &format!("/instances/vol-1/disks/{dev}/size"),
+            &format!(r#"{{"bytes": {bytes}}}"#),
+        )
+    };
+    assert_eq!(grow(dev, 2 << 20).0, 200);
+    let grown = h.dir.path().join("state/instances/vol-1/fake-grown");
+    assert_eq!(
+        std::fs::read_to_string(&grown).unwrap(),
+        format!("{dev} {}\n", 2 << 20)
+    );
+    assert_eq!(grow("nope", 2 << 20).0, 404);
+    assert_eq!(grow(dev, 1000).0, 400);
     assert_eq!(api(&h, "DELETE", "/instances/vol-1/disks/clone", "").0, 200);
 
     let path = format!("/instances/vol-1/disks/{dev}");
@@ -458,6 +475,12 @@ fn disks_are_attached_and_detached_running_or_stopped() {
         (200, &"shutoff".into()),
         "{added}"
     );
+    // Stopped: the file grows here (never shrinks).
+    assert_eq!(grow(dev, 4 << 20).0, 200);
+    assert_eq!(std::fs::metadata(&volume).unwrap().len(), 4 << 20);
+    let (status, body) = grow(dev, 3 << 20);
+    assert_eq!(status, 400, "{body}");
+    assert!(message(&body).contains("cannot shrink"), "{body}");
     assert_eq!(action(&h, "vol-1", "start", "").1["state"], "running");
     let config =
         std::fs::read_to_string(h.dir.path().join("state/instances/vol-1/vmm.json")).unwrap();

@@ -83,6 +83,11 @@ pub enum ApiRequest {
         fds: Vec<OwnedFd>,
     },
     RemoveDevice(String),
+    /// Grows a disk to `bytes`; the guest is told.
+    ResizeDisk {
+        device: String,
+        bytes: u64,
+    },
 }
 
 /// A device plugged through the API.
@@ -124,6 +129,13 @@ pub enum ApiReply {
 
 /// A request and where its reply goes.
 pub type ApiMessage = (ApiRequest, oneshot::Sender<ApiReply>);
+
+/// `PUT /vm/devices/{disk}/size`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SizeBody {
+    pub bytes: u64,
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -429,6 +441,10 @@ fn route(method: &Method, path: &str, body: &[u8]) -> Result<ApiRequest, Box<Rep
         .strip_prefix("/vm/devices/")
         .and_then(|rest| rest.strip_suffix("/rate-limit"))
         .filter(|d| !d.is_empty() && !d.contains('/'));
+    let size_device = path
+        .strip_prefix("/vm/devices/")
+        .and_then(|rest| rest.strip_suffix("/size"))
+        .filter(|d| !d.is_empty() && !d.contains('/'));
     let device = path
         .strip_prefix("/vm/devices/")
         .filter(|d| !d.is_empty() && !d.contains('/'));
@@ -436,7 +452,7 @@ fn route(method: &Method, path: &str, body: &[u8]) -> Result<ApiRequest, Box<Rep
         "/vm" | "/metrics" => "GET",
         "/vm/state" | "/vm/actions/shutdown" => "PUT",
         "/vm/nets" | "/vm/disks" => "POST",
-        _ if rate_limit_device.is_some() => "PUT",
+        _ if rate_limit_device.is_some() || size_device.is_some() => "PUT",
         _ if device.is_some() => "DELETE",
         _ => {
             return Err(Box::new(error(
@@ -463,6 +479,13 @@ fn route(method: &Method, path: &str, body: &[u8]) -> Result<ApiRequest, Box<Rep
         return Ok(ApiRequest::SetRateLimit {
             device: device.to_owned(),
             limit,
+        });
+    }
+    if let Some(device) = size_device {
+        let size: SizeBody = parse(body)?;
+        return Ok(ApiRequest::ResizeDisk {
+            device: device.to_owned(),
+            bytes: size.bytes,
         });
     }
     if let Some(device) = device {
@@ -653,7 +676,18 @@ mod tests {
             route(&Method::DELETE, "/vm/devices/net1", b""),
             Ok(ApiRequest::RemoveDevice(id)) if id == "net1"
         ));
+        assert!(matches!(
+            route(&Method::PUT, "/vm/devices/disk1/size", br#"{"bytes": 1048576}"#),
+            Ok(ApiRequest::ResizeDisk { device, bytes }) if device == "disk1" && bytes == 1 << 20
+        ));
         for (method, path, body) in [
+            (
+                Method::PUT,
+                "/vm/devices/disk1/size",
+                &br#"{"bytes": -1}"#[..],
+            ),
+            (Method::PUT, "/vm/devices/disk1/size", br#"{"size": 1}"#),
+            (Method::PUT, "/vm/devices/disk1/size", b""),
             (Method::POST, "/vm/nets", &br#"{"fds": [3]}"#[..]),
             (Method::POST, "/vm/disks", br#"{"size": 1}"#),
             (Method::POST, "/vm/nets", br#"{"colour": "red"}"#),
@@ -670,6 +704,10 @@ mod tests {
         assert_eq!(
             status_of(route(&Method::DELETE, "/vm/devices/a/b", b"")),
             StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status_of(route(&Method::POST, "/vm/devices/disk1/size", b"{}")),
+            StatusCode::METHOD_NOT_ALLOWED
         );
     }
 

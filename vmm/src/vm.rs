@@ -109,6 +109,14 @@ pub enum HotplugError {
 }
 
 #[derive(Debug, thiserror::Error)]
+pub enum ResizeError {
+    #[error("no disk named {0}")]
+    NoSuchDisk(String),
+    #[error(transparent)]
+    Grow(#[from] crate::virtio::block::disk::GrowError),
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum RateLimitError {
     #[error("no device named {0} (disks are disk0.., NICs net0..)")]
     NoSuchDevice(String),
@@ -127,8 +135,9 @@ pub struct Vm {
     metrics: Vec<Arc<VcpuMetrics>>,
     started: Instant,
     limiters: Limiters,
-    /// Disks whose metadata a pause writes back (qcow2 overlays), by name.
-    overlays: Overlays,
+    /// Every disk by name: a pause writes back the overlays' metadata, and
+    /// a disk grows here.
+    disks: Disks,
     /// Each device's name and PCI slot.
     slots: DeviceSlots,
     router: Arc<GsiRouter>,
@@ -192,7 +201,7 @@ impl Vm {
         let (mut pio, i8042, ged) = create_devices(&vm, console)?;
         let router = Arc::new(GsiRouter::new(vm.clone()));
         let pci = Arc::new(PciBus::new());
-        let (limiters, overlays, slots) = create_pci(config, memory, &router, &pci)?;
+        let (limiters, disks, slots) = create_pci(config, memory, &router, &pci)?;
         pio.insert(
             CONFIG_PORTS_BASE,
             CONFIG_PORTS_LEN,
@@ -295,7 +304,7 @@ impl Vm {
             metrics,
             started,
             limiters,
-            overlays,
+            disks,
             slots,
             router,
             memory: memory.clone(),
@@ -319,7 +328,7 @@ impl Vm {
         // A paused guest's disks are copied as they are (a server
         // snapshot): an overlay's metadata must be in its file, not only
         // in the VMM's cache.
-        for (_, disk) in &self.overlays {
+        for (_, disk) in self.disks.iter().filter(|(_, d)| d.is_overlay()) {
             disk.flush().map_err(PauseError::Flush)?;
         }
         Ok(())
@@ -381,12 +390,11 @@ impl Vm {
         let id = d.id.clone().unwrap_or_default();
         self.check_new(&id)?;
         let disk = Arc::new(open_disk(d).map_err(Box::new)?);
-        let overlay = disk.is_overlay().then(|| disk.clone());
-        let (device, limiter) = block_device(d, disk, &id, vcpus);
+        let (device, limiter) = block_device(d, disk.clone(), &id, vcpus);
         let plugged = self.plug(id.clone(), d.pci_slot, device, limiter);
         // On the bus (the guest perhaps not told yet): a pause flushes it.
-        if let (Some(disk), Ok(()) | Err(HotplugError::Notify(_))) = (overlay, &plugged) {
-            self.overlays.push((id, disk));
+        if let Ok(()) | Err(HotplugError::Notify(_)) = &plugged {
+            self.disks.push((id, disk));
         }
         plugged
     }
@@ -439,6 +447,24 @@ impl Vm {
             .map_err(HotplugError::Notify)
     }
 
+    /// Grows disk `id` to `bytes` and tells the guest, which sees the new
+    /// size at once (Linux: "new size" in its log, and a change uevent).
+    pub fn resize_disk(&self, id: &str, bytes: u64) -> Result<(), ResizeError> {
+        let (_, disk) = self
+            .disks
+            .iter()
+            .find(|(d, _)| d == id)
+            .ok_or_else(|| ResizeError::NoSuchDisk(id.to_owned()))?;
+        let before = disk.capacity();
+        disk.grow(bytes)?;
+        if disk.capacity() != before {
+            if let Some(device) = self.slot_of(id).and_then(|s| self.pci.get(s)) {
+                lock(&device).device_config_changed();
+            }
+        }
+        Ok(())
+    }
+
     /// The PCI slot of device `id`.
     pub fn slot_of(&self, id: &str) -> Option<u8> {
         self.slots.iter().find(|(d, _)| d == id).map(|(_, s)| *s)
@@ -450,7 +476,7 @@ impl Vm {
         let at = self.slots.iter().position(|(_, s)| *s == slot)?;
         let (id, _) = self.slots.remove(at);
         self.limiters.retain(|(d, _)| *d != id);
-        self.overlays.retain(|(d, _)| *d != id);
+        self.disks.retain(|(d, _)| *d != id);
         Some(id)
     }
 
@@ -495,8 +521,8 @@ fn create_memory(vm: &VmFd, config: &VmConfig) -> Result<GuestRam, VmError> {
 pub type Limiters = Vec<(String, SharedRateLimiter)>;
 /// PCI slots by device name.
 type DeviceSlots = Vec<(String, u8)>;
-/// qcow2 overlays by device name.
-type Overlays = Vec<(String, Arc<Disk>)>;
+/// Disks by device name.
+type Disks = Vec<(String, Arc<Disk>)>;
 
 /// Where the BAR of the device in `slot` starts: each slot has its own
 /// stretch of the window, so a device plugged later never meets another's.
@@ -554,23 +580,21 @@ fn net_device(
 
 /// The boot's devices on `bus`: those with a slot of their own first, then
 /// the others in the lowest free slots in order (disks, NICs, the RNG).
-/// Returns the rate limiters and slots by device name, and the overlays.
+/// Returns the rate limiters, disks and slots by device name.
 fn create_pci(
     config: &VmConfig,
     memory: &vm_memory::GuestMemoryMmap,
     router: &Arc<GsiRouter>,
     bus: &PciBus,
-) -> Result<(Limiters, Overlays, DeviceSlots), VmError> {
-    let mut overlays = Vec::new();
+) -> Result<(Limiters, Disks, DeviceSlots), VmError> {
+    let mut disks = Vec::new();
     let mut limiters = Limiters::new();
     // (name, wanted slot, device)
     let mut devices: Vec<(String, Option<u8>, Box<dyn crate::virtio::VirtioDevice>)> = Vec::new();
     for (i, d) in config.disks.iter().enumerate() {
         let disk = Arc::new(open_disk(d)?);
         let id = d.id.clone().unwrap_or_else(|| format!("disk{i}"));
-        if disk.is_overlay() {
-            overlays.push((id.clone(), disk.clone()));
-        }
+        disks.push((id.clone(), disk.clone()));
         let (block, limiter) = block_device(d, disk, &id, config.vcpus);
         limiters.push((id.clone(), limiter));
         devices.push((id, d.pci_slot, block));
@@ -596,7 +620,7 @@ fn create_pci(
             .map_err(|e| VmError::Pci(e.to_string()))?;
         slots.push((id, slot));
     }
-    Ok((limiters, overlays, slots))
+    Ok((limiters, disks, slots))
 }
 
 /// A random, locally administered, unicast MAC address.

@@ -417,6 +417,27 @@ impl Vmm {
                 }
                 Err(e) => ApiReply::Error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             },
+            ApiRequest::ResizeDisk { device, bytes } => match vm.resize_disk(&device, bytes) {
+                Ok(()) => {
+                    tracing::info!(%device, bytes, "disk grown");
+                    ApiReply::NoContent
+                }
+                Err(e) => {
+                    use crate::virtio::block::disk::GrowError;
+                    use crate::vm::ResizeError;
+                    let status = match &e {
+                        ResizeError::NoSuchDisk(_) => StatusCode::NOT_FOUND,
+                        ResizeError::Grow(GrowError::Unaligned(_) | GrowError::Shrink { .. }) => {
+                            StatusCode::BAD_REQUEST
+                        }
+                        ResizeError::Grow(GrowError::ReadOnly | GrowError::BlockDevice) => {
+                            StatusCode::CONFLICT
+                        }
+                        ResizeError::Grow(GrowError::Io(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+                    };
+                    ApiReply::Error(status, e.to_string())
+                }
+            },
             ApiRequest::Shutdown { .. } if *state == VmState::ShuttingDown => {
                 shutting_down("shut down")
             }

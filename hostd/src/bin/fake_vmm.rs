@@ -227,6 +227,33 @@ fn main() {
                     pci_slot: Some(10),
                 })
             }
+            // Grown disks are noted beside the config, one "id bytes" line
+            // each, for tests to read.
+            ApiRequest::ResizeDisk { device, bytes } => {
+                if config
+                    .disks
+                    .iter()
+                    .any(|d| d.id.as_deref() == Some(&device))
+                {
+                    use std::io::Write;
+                    let noted = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(config_path.with_file_name("fake-grown"))
+                        .and_then(|mut f| writeln!(f, "{device} {bytes}"));
+                    match noted {
+                        Ok(()) => ApiReply::NoContent,
+                        Err(e) => {
+                            ApiReply::Error(hyper::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                        }
+                    }
+                } else {
+                    ApiReply::Error(
+                        hyper::StatusCode::NOT_FOUND,
+                        format!("no disk named {device}"),
+                    )
+                }
+            }
             ApiRequest::RemoveDevice(id) => {
                 let before = config.nets.len() + config.disks.len();
                 if has("fake.ignore_unplug") {

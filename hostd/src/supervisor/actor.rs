@@ -82,6 +82,12 @@ pub(super) enum Request {
     AddDisk(vmm::config::DiskConfig),
     /// The disk of this device id goes, as a NIC does.
     RemoveDisk(String),
+    /// The disk of this device id (attached, or the root volume) grows to
+    /// this many bytes: in the running guest, or in its file.
+    GrowDisk {
+        dev: String,
+        bytes: u64,
+    },
 }
 
 /// A request that ends the VMM now, ahead of every queued request.
@@ -426,6 +432,7 @@ impl Actor {
             Request::RemoveNic(tap) => self.remove_nic(&tap).await?,
             Request::AddDisk(disk) => self.add_disk(disk).await?,
             Request::RemoveDisk(id) => self.remove_disk(&id).await?,
+            Request::GrowDisk { dev, bytes } => self.grow_disk(&dev, bytes).await?,
         }
         Ok(self.record.clone())
     }
@@ -1384,6 +1391,66 @@ impl Actor {
         Ok(())
     }
 
+    /// Grows disk `dev` (a volume: attached, or the root) to `bytes`. A
+    /// running guest's VMM grows it and tells the guest; otherwise the file
+    /// grows here (the VMM, at the next start, finds it so). Either way
+    /// the instance's actor does it, so a start cannot come between.
+    async fn grow_disk(&mut self, dev: &str, bytes: u64) -> Result<(), OpError> {
+        let spec = &self.record.spec;
+        let Some(disk) = spec
+            .disks
+            .iter()
+            .chain(spec.root_volume.as_ref())
+            .find(|d| d.id.as_deref() == Some(dev))
+            .cloned()
+        else {
+            return Err(OpError::NotFound(format!(
+                "instance {:?} has no disk {dev}",
+                self.id
+            )));
+        };
+        if disk.read_only {
+            return Err(OpError::Conflict(format!("disk {dev} is read-only")));
+        }
+        if !bytes.is_multiple_of(512) {
+            return Err(OpError::BadRequest(format!(
+                "bytes: {bytes} is not a multiple of 512"
+            )));
+        }
+        if self.guest_present()? {
+            let socket = self.sup.run_dir(&self.id).join(API_SOCKET);
+            let body = serde_json::to_string(&vmm::api::SizeBody { bytes })
+                .map_err(|e| OpError::Internal(e.to_string()))?;
+            let answer = vmm::api_client::request_within(
+                Duration::from_secs(30),
+                &socket,
+                Method::PUT,
+                &format!("/vm/devices/{dev}/size"),
+                Some(&body),
+            )
+            .await
+            .map_err(|e| OpError::Internal(e.to_string()))?;
+            return match answer {
+                (204, _) => {
+                    tracing::info!(instance = %self.id, disk = dev, bytes, "disk grown in the guest");
+                    Ok(())
+                }
+                (code, body) => {
+                    let message =
+                        format!("VMM answered {code}: {}", String::from_utf8_lossy(&body));
+                    Err(match code {
+                        400 => OpError::BadRequest(message),
+                        404 | 409 => OpError::Conflict(message),
+                        _ => OpError::Internal(message),
+                    })
+                }
+            };
+        }
+        grow_file(&disk, bytes)?;
+        tracing::info!(instance = %self.id, disk = dev, bytes, "disk file grown");
+        Ok(())
+    }
+
     /// Plugs a device (`path`: `/vm/nets` or `/vm/disks`, its JSON `body`)
     /// into the running guest, its descriptors `fds` sent along; `what`
     /// names it in the log.
@@ -1467,5 +1534,39 @@ impl Actor {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// Grows a disk no VMM has open: a raw file's length, or a qcow2 overlay's
+/// virtual size (`base` set). Never shrinks it.
+fn grow_file(disk: &vmm::config::DiskConfig, bytes: u64) -> Result<(), OpError> {
+    let path = &disk.path;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| OpError::Internal(format!("disk {}: {e}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io)?;
+    let current = if disk.base.is_some() {
+        vmm::virtio::block::qcow2::describe(&file).map_err(io)?.0
+    } else {
+        file.metadata().map_err(io)?.len()
+    };
+    if bytes < current {
+        return Err(OpError::BadRequest(format!(
+            "disk {}: has {current} bytes; it cannot shrink to {bytes}",
+            path.display()
+        )));
+    }
+    if bytes == current {
+        return Ok(());
+    }
+    if disk.base.is_some() {
+        vmm::virtio::block::qcow2::grow_file(&file, bytes).map_err(io)
+    } else {
+        file.set_len(bytes).map_err(io)?;
+        file.sync_all().map_err(io)
     }
 }

@@ -474,6 +474,19 @@ impl Supervisor {
         self.request(id, Request::RemoveDisk(dev.to_owned())).await
     }
 
+    /// Grows disk `dev` (an attached volume or the root volume) to `bytes`,
+    /// in the running guest or in its file.
+    pub async fn grow_disk(&self, id: &str, dev: &str, bytes: u64) -> Result<Instance, OpError> {
+        self.request(
+            id,
+            Request::GrowDisk {
+                dev: dev.to_owned(),
+                bytes,
+            },
+        )
+        .await
+    }
+
     /// Pauses or resumes the guest's vCPUs.
     pub async fn set_paused(&self, id: &str, paused: bool) -> Result<Instance, OpError> {
         self.request(id, Request::SetPaused(paused)).await

@@ -136,8 +136,8 @@ echo "VMM_EXIT=$?""#,
 
 /// A disk plugged into the running guest through the control API, on the
 /// descriptor sent with the request (as hostd will send a volume's): the
-/// guest sees it and reads what the host wrote; unplugged, it goes once the
-/// guest lets go. Bad requests are refused.
+/// guest sees it and reads what the host wrote, and sees it grow; unplugged,
+/// it goes once the guest lets go. Bad requests are refused.
 #[test]
 fn disks_plug_and_unplug_while_the_guest_runs() {
     let script = r#"log=$WORK/console.log
@@ -151,6 +151,12 @@ pid=$!
 wait_for "virga-hotplug-ready"
 echo "ADD=$(api --disk $WORK/hot.img post /vm/disks '{"serial": "hot1"}' 2>&1 | tr '\n' ' ')"
 wait_for "virga-hotplug-disk vda virga-hot-disk-1"
+wait_for "virga-hotplug-sizes vda=32768 "
+echo "GROW=$(api put /vm/devices/disk0/size '{"bytes": 50331648}' 2>&1 | tr '\n' ' ')"
+wait_for "virga-hotplug-sizes vda=98304 "
+echo "FILE_BYTES=$(stat -c %s $WORK/hot.img)"
+echo "SHRINK=$(api put /vm/devices/disk0/size '{"bytes": 1048576}' 2>&1 >/dev/null)"
+echo "GROW_NONE=$(api put /vm/devices/disk9/size '{"bytes": 50331648}' 2>&1 >/dev/null)"
 echo "REMOVE=$(api delete /vm/devices/disk0 2>&1 | tr '\n' ' ')"
 wait_n "virga-hotplug-disks vd\*" 2
 i=0; while api get /vm 2>/dev/null | grep -q '"id":"disk0"' && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
@@ -173,6 +179,15 @@ grep virga-hotplug $log"#
         o.contains("virga-hotplug-disk vda virga-hot-disk-1"),
         "the guest read the disk"
     );
+    // Grown while in use: the guest saw the new size at once.
+    assert!(value(o, "GROW").is_some_and(|r| r.starts_with("204")));
+    assert!(
+        o.contains("virga-hotplug-sizes vda=98304 "),
+        "the guest saw it grow"
+    );
+    assert_eq!(value(o, "FILE_BYTES"), Some("50331648"));
+    assert_eq!(value(o, "SHRINK"), Some("400"));
+    assert_eq!(value(o, "GROW_NONE"), Some("404"));
     assert!(value(o, "REMOVE").is_some_and(|r| r.starts_with("202")));
     assert_eq!(value(o, "DISKS_AFTER"), Some("0"), "gone from the config");
     for bad in ["BAD_NOTHING", "BAD_PATH", "BAD_BOTH", "BAD_BASE"] {

@@ -5,6 +5,7 @@
 //! (opens the tap here and sends its descriptor, as hostd does),
 //! `vmmctl --socket PATH --disk FILE post /vm/disks '{"serial": "data1"}'`
 //! (opens the file read-write here and sends it),
+//! `vmmctl --socket PATH put /vm/devices/disk1/size '{"bytes": 21474836480}'` (grows a disk),
 //! `vmmctl --socket PATH delete /vm/devices/net1`.
 //! Prints the status code on stderr and the body on stdout; exits 0 on 2xx, 1 on
 //! an HTTP error status, 2 when the VMM cannot be reached.

@@ -28,6 +28,9 @@ pub trait PciDevice: Send {
     /// The guest wrote `len` bytes of config space at `offset` (already applied).
     fn config_written(&mut self, _offset: usize, _len: usize) {}
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]);
+    /// The device's own configuration changed (a disk grew): the driver is
+    /// to be told.
+    fn device_config_changed(&mut self) {}
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
 }
 
@@ -141,6 +144,11 @@ impl PciBus {
             return None;
         }
         self.slots_mut().get_mut(usize::from(slot))?.take()
+    }
+
+    /// The device in `slot`, if any.
+    pub fn get(&self, slot: u8) -> Option<SharedPciDevice> {
+        self.device(usize::from(slot))
     }
 
     fn device(&self, slot: usize) -> Option<SharedPciDevice> {

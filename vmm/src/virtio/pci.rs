@@ -42,6 +42,7 @@ const CAP_VENDOR_SPECIFIC: u8 = 0x09;
 const CFG_COMMON: u8 = 1;
 const CFG_NOTIFY: u8 = 2;
 const CFG_ISR: u8 = 3;
+const ISR_CONFIG_CHANGED: u8 = 1 << 1;
 const CFG_DEVICE: u8 = 4;
 
 const STATUS_FEATURES_OK: u8 = 8;
@@ -80,6 +81,11 @@ pub struct VirtioPciDevice {
     driver_feature_select: u32,
     driver_features: u64,
     config_vector: u16,
+    /// Bumped on each change of the device's config space, so a driver
+    /// reading it in pieces can tell it changed under it.
+    config_generation: u8,
+    /// Interrupt status: bit 1 is a pending config change (read clears).
+    isr: u8,
     status: u8,
     queue_select: u16,
     active: bool,
@@ -155,6 +161,8 @@ impl VirtioPciDevice {
             driver_feature_select: 0,
             driver_features: 0,
             config_vector: NO_VECTOR,
+            config_generation: 0,
+            isr: 0,
             status: 0,
             queue_select: 0,
             active: false,
@@ -210,6 +218,7 @@ impl VirtioPciDevice {
         self.driver_feature_select = 0;
         self.queue_select = 0;
         self.config_vector = NO_VECTOR;
+        self.isr = 0;
         for q in &mut self.queues {
             q.queue.reset();
             q.vector = NO_VECTOR;
@@ -285,7 +294,7 @@ impl VirtioPciDevice {
             0x10 => self.config_vector.into(),
             0x12 => self.queues.len() as u64,
             0x14 => self.status.into(),
-            0x15 => 0, // config generation: our config space never changes under the driver
+            0x15 => self.config_generation.into(),
             0x16 => self.queue_select.into(),
             0x18 => self.selected().map_or(0, |q| q.queue.size().into()),
             0x1a => self.selected().map_or(NO_VECTOR, |q| q.vector).into(),
@@ -391,8 +400,13 @@ impl PciDevice for VirtioPciDevice {
         }
         match offset {
             o if o < COMMON_OFFSET + COMMON_LEN => self.common_read(o - COMMON_OFFSET, data),
-            // MSI-X is always used, so no interrupt is ever reported here.
-            o if (ISR_OFFSET..ISR_OFFSET + 4).contains(&o) => {}
+            // Queue interrupts always go by MSI-X; a config change is also
+            // flagged here, and reading takes the flag down.
+            ISR_OFFSET => {
+                if let Some(b) = data.first_mut() {
+                    *b = std::mem::take(&mut self.isr);
+                }
+            }
             o if (DEVICE_OFFSET..DEVICE_OFFSET + DEVICE_LEN).contains(&o) => {
                 self.device.read_config(o - DEVICE_OFFSET, data)
             }
@@ -401,6 +415,14 @@ impl PciDevice for VirtioPciDevice {
             }
             o if o >= MSIX_PBA_OFFSET => lock(&self.msix).pba_read(o - MSIX_PBA_OFFSET, data),
             _ => {}
+        }
+    }
+
+    fn device_config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        self.isr |= ISR_CONFIG_CHANGED;
+        if self.status & STATUS_DRIVER_OK != 0 && self.config_vector != NO_VECTOR {
+            lock(&self.msix).trigger(self.config_vector);
         }
     }
 

@@ -7,6 +7,7 @@ use std::io::{Seek, SeekFrom};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::qcow2::{Overlay, Place};
 use super::request::SECTOR_SIZE;
@@ -30,6 +31,20 @@ pub enum DiskError {
     },
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum GrowError {
+    #[error("the disk is read-only")]
+    ReadOnly,
+    #[error("a block device's size is its own: grow the device itself")]
+    BlockDevice,
+    #[error("{0} bytes is not a multiple of 512")]
+    Unaligned(u64),
+    #[error("the disk has {current} bytes; it cannot shrink to {wanted}")]
+    Shrink { current: u64, wanted: u64 },
+    #[error("growing the file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
 /// Which file a request's data goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -47,7 +62,8 @@ pub struct Disk {
     /// The same file through the page cache, for I/O that O_DIRECT refuses.
     buffered: File,
     pub direct: bool,
-    pub capacity: u64,
+    /// In bytes; only ever grows (see [`Disk::grow`]).
+    capacity: AtomicU64,
     pub read_only: bool,
     /// Regular files can punch holes and zero ranges with fallocate.
     pub fallocate: bool,
@@ -136,7 +152,7 @@ impl Disk {
             file,
             buffered,
             direct,
-            capacity: size,
+            capacity: AtomicU64::new(size),
             read_only,
             // Discard on an overlay would have to free clusters: not yet.
             fallocate: regular && overlay.is_none(),
@@ -210,7 +226,7 @@ impl Disk {
             file,
             buffered,
             direct,
-            capacity: size,
+            capacity: AtomicU64::new(size),
             read_only,
             fallocate: regular && overlay.is_none(),
             overlay,
@@ -300,8 +316,47 @@ impl Disk {
         }
     }
 
+    /// The disk's size in bytes, as the guest sees it now.
+    pub fn capacity(&self) -> u64 {
+        self.capacity.load(Ordering::Acquire)
+    }
+
     pub fn sectors(&self) -> u64 {
-        self.capacity / SECTOR_SIZE
+        self.capacity() / SECTOR_SIZE
+    }
+
+    /// Grows the disk to `size` bytes while the guest may be using it: the
+    /// file (thin: the new part reads as zeros) or the overlay's virtual
+    /// size first, then the size requests are checked against. Growing to
+    /// the current size does nothing; shrinking is refused (the guest's
+    /// data would go).
+    pub fn grow(&self, size: u64) -> Result<(), GrowError> {
+        if self.read_only {
+            return Err(GrowError::ReadOnly);
+        }
+        if !size.is_multiple_of(SECTOR_SIZE) {
+            return Err(GrowError::Unaligned(size));
+        }
+        let current = self.capacity();
+        if size < current {
+            return Err(GrowError::Shrink {
+                current,
+                wanted: size,
+            });
+        }
+        if size == current {
+            return Ok(());
+        }
+        match &self.overlay {
+            Some(overlay) => overlay.grow(size)?,
+            None if self.buffered.metadata()?.file_type().is_file() => {
+                self.buffered.set_len(size)?;
+                self.buffered.sync_all()?;
+            }
+            None => return Err(GrowError::BlockDevice),
+        }
+        self.capacity.store(size, Ordering::Release);
+        Ok(())
     }
 
     /// Punches a hole (discard) or zeroes a range, keeping the file's size.
@@ -372,7 +427,7 @@ mod tests {
         let img = dir.path().join("disk.raw");
         std::fs::write(&img, vec![0u8; 8192]).unwrap();
         let disk = Disk::open(&img, None, &[], false, true).unwrap();
-        assert_eq!((disk.capacity, disk.sectors()), (8192, 16));
+        assert_eq!((disk.capacity(), disk.sectors()), (8192, 16));
         assert!(disk.fallocate);
 
         let odd = dir.path().join("odd.raw");
@@ -414,7 +469,7 @@ mod tests {
             false,
         )
         .unwrap();
-        assert_eq!(disk.capacity, 2 << 20);
+        assert_eq!(disk.capacity(), 2 << 20);
         assert!(disk.is_overlay() && !disk.fallocate);
         assert_eq!(disk.place(0, 4096, false).unwrap().0, Target::Overlay);
         // A raw file is no overlay.
@@ -422,5 +477,48 @@ mod tests {
             Disk::from_fds(&[base.as_raw_fd()], &[base.as_raw_fd()], true),
             Err(DiskError::Overlay { .. })
         ));
+    }
+
+    #[test]
+    fn disks_grow_in_place_and_never_shrink() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |n: &str| dir.path().join(n);
+        std::fs::write(path("raw"), vec![7u8; 8192]).unwrap();
+        let raw = Disk::open(&path("raw"), None, &[], false, false).unwrap();
+        raw.grow(1 << 20).unwrap();
+        assert_eq!(raw.capacity(), 1 << 20);
+        let meta = std::fs::metadata(path("raw")).unwrap();
+        assert_eq!(meta.len(), 1 << 20);
+        // Thin: the new part is a hole.
+        assert!(std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 1 << 20);
+        raw.grow(1 << 20).unwrap();
+        assert!(matches!(raw.grow(4096), Err(GrowError::Shrink { .. })));
+        assert!(matches!(
+            raw.grow((2 << 20) + 1),
+            Err(GrowError::Unaligned(_))
+        ));
+        assert_eq!(raw.capacity(), 1 << 20);
+
+        let ro = Disk::open(&path("raw"), None, &[], true, false).unwrap();
+        assert!(matches!(ro.grow(2 << 20), Err(GrowError::ReadOnly)));
+
+        // An overlay grows its virtual size; its base stays as it was.
+        std::fs::write(path("base"), vec![5u8; 1 << 20]).unwrap();
+        super::super::qcow2::create_overlay(&path("top"), "base", 1 << 20).unwrap();
+        let top = Disk::open(&path("top"), Some(&path("base")), &[], false, false).unwrap();
+        top.grow(3 << 20).unwrap();
+        assert_eq!(top.capacity(), 3 << 20);
+        assert_eq!(std::fs::metadata(path("base")).unwrap().len(), 1 << 20);
+        drop(top);
+        let again = Disk::open(&path("top"), Some(&path("base")), &[], false, false).unwrap();
+        assert_eq!(again.capacity(), 3 << 20);
+        // Past the base's end, the grown part reads as zeros.
+        let mut buf = vec![1u8; 4096];
+        let iov = [libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }];
+        again.overlay_io(false, &iov, 2 << 20).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
     }
 }

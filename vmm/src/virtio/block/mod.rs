@@ -127,7 +127,11 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        super::read_config_bytes(&self.config, offset, data);
+        // The capacity as it is now: the disk may have grown since (the
+        // transport tells the driver to look again).
+        let mut config = self.config;
+        config[0..8].copy_from_slice(&self.disk.sectors().to_le_bytes());
+        super::read_config_bytes(&config, offset, data);
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
@@ -376,7 +380,7 @@ impl BlockWorker {
                 let offset = req.sector.checked_mul(SECTOR_SIZE);
                 let in_range = offset
                     .and_then(|o| o.checked_add(len))
-                    .is_some_and(|end| end <= self.disk.capacity);
+                    .is_some_and(|end| end <= self.disk.capacity());
                 if !len.is_multiple_of(SECTOR_SIZE) || !in_range {
                     return fail(self, VIRTIO_BLK_S_IOERR);
                 }
@@ -464,7 +468,7 @@ impl BlockWorker {
         );
         if offset
             .checked_add(bytes)
-            .is_none_or(|end| end > self.disk.capacity)
+            .is_none_or(|end| end > self.disk.capacity())
         {
             return VIRTIO_BLK_S_IOERR;
         }
@@ -769,7 +773,7 @@ mod tests {
         let overlay = dir.path().join("root.qcow2");
         qcow2::create_overlay(&overlay, "base.raw", 4 << 20).unwrap();
         let open = || Disk::open(&overlay, Some(&base), &[], false, false).unwrap();
-        assert_eq!(open().capacity, 4 << 20);
+        assert_eq!(open().capacity(), 4 << 20);
         let ones = vec![1u8; 4096];
         let req = |kind, sector| Req {
             kind,
