@@ -190,6 +190,23 @@ impl Hostd {
         .await
     }
 
+    /// Grows the disk `dev` (an attached volume or the root volume) to
+    /// `bytes`: in the running guest, which is told, or in its file.
+    pub async fn grow_disk(
+        &self,
+        id: &str,
+        dev: &str,
+        bytes: u64,
+    ) -> Result<InstanceStatus, HostdError> {
+        self.typed(
+            Method::PUT,
+            &format!("/instances/{id}/disks/{dev}/size"),
+            Some(&serde_json::json!({ "bytes": bytes })),
+            SLOW_TIMEOUT,
+        )
+        .await
+    }
+
     /// Unplugs the instance's NIC on `tap`; hostd answers once the guest
     /// has let go of it (it waits up to a minute).
     pub async fn remove_nic(&self, id: &str, tap: &str) -> Result<InstanceStatus, HostdError> {

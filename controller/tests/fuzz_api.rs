@@ -126,6 +126,26 @@ fn endpoints() -> Vec<Endpoint> {
         ),
         e(
             "POST",
+            "/volume/v3/attachments",
+            json!({"attachment": {"volume_uuid": "@VOLUME@", "instance_uuid": "@SERVER@",
+                "mode": "rw", "connector": {"host": "h1", "platform": "x86_64"}}}),
+            None,
+        ),
+        e(
+            "POST",
+            "/volume/v3/volumes/@VOLUME@/action",
+            json!({"os-attach": {"instance_uuid": "@SERVER@", "mountpoint": "/dev/vdb",
+                "host_name": "h1", "mode": "ro"}}),
+            None,
+        ),
+        e(
+            "POST",
+            "/volume/v3/volumes/@VOLUME@/action",
+            json!({"os-initialize_connection": {"connector": {"host": "h1"}}}),
+            None,
+        ),
+        e(
+            "POST",
             "/volume/v3/snapshots",
             json!({"snapshot": {"volume_id": "@VOLUME@", "name": "s", "description": "d",
                 "force": false, "metadata": {"k": "v"}}}),
@@ -590,7 +610,13 @@ fn send(
     body: &[u8],
 ) -> Result<Answer, String> {
     let started = Instant::now();
-    let headers = [("X-Auth-Token", token), ("Content-Type", content_type)];
+    // The volume API at its newest (the attachments API is 3.27's); the
+    // other services ignore it.
+    let headers = [
+        ("X-Auth-Token", token),
+        ("Content-Type", content_type),
+        ("OpenStack-API-Version", "volume 3.44"),
+    ];
     let reply = virga_test_support::http::send_within(&c.addr, HANG, method, path, &headers, body)?;
     if started.elapsed() > HANG {
         return Err(format!("answered after {:?}", started.elapsed()));

@@ -903,6 +903,27 @@ fn openstack_volumes() {
     let (done, _, err) = run(&cli, &clouds, &["volume", "delete", "data2"]);
     assert!(!done, "an attached volume was deleted");
     assert!(err.contains("must be available"), "{err}");
+    // Extended in use (the CLI picks microversion 3.42 for it): the
+    // server's host grows it in the guest.
+    ok(&["volume", "set", "--size", "3", "data2"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let shown = js(ok(&["volume", "show", "data2", "-f", "json"]));
+        if shown["status"] == "in-use" && shown["size"] == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never grown: {shown}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert!(
+        cloud
+            .hostd
+            .disk_calls()
+            .iter()
+            .any(|(method, _, what)| method == "PUT" && what["bytes"] == 3u64 << 30),
+        "{:?}",
+        cloud.hostd.disk_calls()
+    );
     ok(&["server", "remove", "volume", &server, "data2"]);
     wait("data2", "available");
 
@@ -910,7 +931,7 @@ fn openstack_volumes() {
     let snap = js(ok(&[
         "volume", "snapshot", "create", "--volume", "data2", "snap1", "-f", "json",
     ]));
-    assert_eq!(snap["size"], 2, "{snap}");
+    assert_eq!(snap["size"], 3, "{snap}");
     let snapshot_status = |name: &str| {
         run(
             &cli,
@@ -936,7 +957,7 @@ fn openstack_volumes() {
     ok(&["volume", "create", "--snapshot", "snap1", "from-snap"]);
     wait("from-snap", "available");
     let shown = js(ok(&["volume", "show", "from-snap", "-f", "json"]));
-    assert_eq!(shown["size"], 2, "{shown}");
+    assert_eq!(shown["size"], 3, "{shown}");
     assert_eq!(shown["snapshot_id"], snap["id"], "{shown}");
     ok(&[
         "volume", "create", "--source", "data2", "--size", "3", "clone1",

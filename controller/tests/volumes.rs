@@ -91,7 +91,7 @@ fn made_grown_and_removed(c: &Controller) {
     // Discovery names only what is served.
     let r = call(c, "GET", "/volume/", &[], "");
     assert_eq!(r.status, 200);
-    assert_eq!(r.json()["versions"][0]["version"], "3.0");
+    assert_eq!(r.json()["versions"][0]["version"], "3.44");
     let r = v3(c, "GET", "/types", &admin, Value::Null);
     assert_eq!(r.json()["volume_types"][0]["name"], "__DEFAULT__");
 
@@ -669,6 +669,75 @@ fn volumes_attach_to_and_detach_from_a_server_on_the_storage_host() {
         json!([{ "id": vol }])
     );
 
+    // Extended in use (microversion 3.42 on): the server's host grows it
+    // (the guest is told), and it is in use again at its new size.
+    let extend = |version: &str| {
+        call(
+            c,
+            "POST",
+            &format!("/volume/v3/volumes/{vol}/action"),
+            &[
+                ("X-Auth-Token", admin),
+                ("Content-Type", "application/json"),
+                ("OpenStack-API-Version", version),
+            ],
+            &json!({"os-extend": {"new_size": 3}}).to_string(),
+        )
+    };
+    let r = extend("volume 3.0");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("must be available to extend"), "{}", r.body);
+    let r = extend("volume 3.42");
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.header("openstack-api-version"), Some("volume 3.42"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let v = loop {
+        let v = wait_status(c, admin, &vol, "in-use");
+        if v["size"] == 3 || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(v["size"], 3, "{v}");
+    assert_eq!(v["attachments"][0]["server_id"], server.as_str());
+    let calls = cloud.hostd.disk_calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(
+        (calls[1].0.as_str(), &calls[1].2),
+        ("PUT", &json!({"dev": dev, "bytes": 3 * GIB}))
+    );
+    // The storage host's file is the guest's to grow, not storaged's.
+    assert_eq!(file_size(&s.volume_file(&vol)), Some(GIB));
+    assert_eq!(extend("volume 3.99").status, 406);
+    // Its attachment is the compute service's: Cinder's API lists it but
+    // does not change it.
+    let r = v3(c, "GET", "/attachments", admin, Value::Null);
+    assert_eq!(r.status, 404, "below 3.27: {}", r.body);
+    let attachments = |method: &str, path: &str, body: Value| {
+        call(
+            c,
+            method,
+            &format!("/volume/v3/attachments{path}"),
+            &[
+                ("X-Auth-Token", admin),
+                ("Content-Type", "application/json"),
+                ("OpenStack-API-Version", "volume 3.44"),
+            ],
+            &if body.is_null() {
+                String::new()
+            } else {
+                body.to_string()
+            },
+        )
+    };
+    let listed = attachments("GET", "", Value::Null).json();
+    let nova_attachment = listed["attachments"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(listed["attachments"][0]["status"], "attached");
+    assert_eq!(listed["attachments"][0]["instance"], server.as_str());
+    let r = attachments("DELETE", &format!("/{nova_attachment}"), Value::Null);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("server remove volume"), "{}", r.body);
+
     // In use: not deleted, not attached twice, no snapshot of it (its data
     // is changing under the guest).
     let r = v3(c, "DELETE", &format!("/volumes/{vol}"), admin, Value::Null);
@@ -687,7 +756,7 @@ fn volumes_attach_to_and_detach_from_a_server_on_the_storage_host() {
     assert_eq!(v["attachments"], json!([]));
     let calls = cloud.hostd.disk_calls();
     assert_eq!(
-        (calls[1].0.as_str(), calls[1].2.as_str()),
+        (calls[2].0.as_str(), calls[2].2.as_str()),
         ("DELETE", Some(dev.as_str()))
     );
     assert_eq!(nova("DELETE", &format!("/{vol}"), Value::Null).status, 404);
@@ -711,6 +780,235 @@ fn volumes_attach_to_and_detach_from_a_server_on_the_storage_host() {
         s.volume_file(&vol).exists(),
         "the data stays with the volume"
     );
+}
+
+/// A call at a microversion.
+fn v3_at(
+    c: &Controller,
+    version: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> Reply {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    call(
+        c,
+        method,
+        &format!("/volume/v3{path}"),
+        &[
+            ("X-Auth-Token", token),
+            ("Content-Type", "application/json"),
+            ("OpenStack-API-Version", version),
+        ],
+        &body,
+    )
+}
+
+#[test]
+fn cinders_attachments_and_older_attach_actions_keep_books_for_other_attachers() {
+    let c = start_with(None, &controller_config());
+    let admin = admin_token(&c);
+    let s = Storaged::start(&c, common::hostd::HOST_ID);
+    wait_registered(&c, &admin);
+    let vol = create(&c, &admin, json!({"size": 1}));
+    let vol = vol.json()["volume"]["id"].as_str().unwrap().to_owned();
+    wait_status(&c, &admin, &vol, "available");
+    let at = |method: &str, path: &str, body: Value| {
+        v3_at(
+            &c,
+            "volume 3.44",
+            method,
+            &format!("/attachments{path}"),
+            &admin,
+            body,
+        )
+    };
+    let instance = "0e7c1f3a-9b2d-4c5e-8f6a-7b8c9d0e1f2a";
+
+    // The 3.27/3.44 flow: reserved, attaching with a connector, in-use.
+    let r = at(
+        "POST",
+        "",
+        json!({"attachment": {"volume_uuid": vol, "instance_uuid": instance}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let a = r.json()["attachment"].clone();
+    let id = a["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (
+            &a["status"],
+            &a["instance"],
+            &a["volume_id"],
+            &a["attach_mode"]
+        ),
+        (
+            &json!("reserved"),
+            &json!(instance),
+            &json!(vol),
+            &json!("rw")
+        )
+    );
+    wait_status(&c, &admin, &vol, "reserved");
+    let connector =
+        json!({"host": common::hostd::HOST_ID, "platform": "x86_64", "os_type": "linux"});
+    let r = at(
+        "PUT",
+        &format!("/{id}"),
+        json!({"attachment": {"connector": connector}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let info = r.json()["attachment"]["connection_info"].clone();
+    assert_eq!(info["driver_volume_type"], "local");
+    assert_eq!(
+        info["data"]["device_path"],
+        s.volume_file(&vol).display().to_string().as_str()
+    );
+    wait_status(&c, &admin, &vol, "attaching");
+    let complete = |version: &str| {
+        v3_at(
+            &c,
+            version,
+            "POST",
+            &format!("/attachments/{id}/action"),
+            &admin,
+            json!({"os-complete": null}),
+        )
+    };
+    assert_eq!(complete("volume 3.27").status, 400, "os-complete is 3.44's");
+    assert_eq!(complete("volume 3.44").status, 204);
+    let v = wait_status(&c, &admin, &vol, "in-use");
+    assert_eq!(v["attachments"][0]["attachment_id"], id.as_str());
+    assert_eq!(v["attachments"][0]["server_id"], instance);
+    assert_eq!(v["attachments"][0]["host_name"], common::hostd::HOST_ID);
+    // Nobody else's to plug or free: a reconciler pass leaves it be.
+    std::thread::sleep(Duration::from_millis(5500));
+    wait_status(&c, &admin, &vol, "in-use");
+    let r = at("GET", "/detail", Value::Null);
+    assert_eq!(
+        r.json()["attachments"][0]["status"],
+        "attached",
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        at("GET", &format!("/{id}"), Value::Null).json()["attachment"]["id"],
+        id.as_str()
+    );
+    assert_eq!(
+        v3(
+            &c,
+            "DELETE",
+            &format!("/volumes/{vol}"),
+            &admin,
+            Value::Null
+        )
+        .status,
+        400
+    );
+    let r = at("DELETE", &format!("/{id}"), Value::Null);
+    assert_eq!(
+        (r.status, r.json()),
+        (200, json!({"attachments": []})),
+        "{}",
+        r.body
+    );
+    let v = wait_status(&c, &admin, &vol, "available");
+    assert_eq!(v["attachments"], json!([]));
+    assert_eq!(at("GET", &format!("/{id}"), Value::Null).status, 404);
+
+    // Bad requests, and a connector on a host that cannot reach the
+    // volume: nothing stays reserved.
+    for body in [
+        json!({"attachment": {"instance_uuid": instance}}),
+        json!({"attachment": {"volume_uuid": vol, "mode": "rwx"}}),
+        json!({"attachment": {"volume_uuid": vol, "connector": "host"}}),
+        json!({"attachment": {"volume_uuid": vol, "connector": {"host": "elsewhere"}}}),
+        json!({"attachment": {"volume_uuid": vol, "connector": {"ip": "10.0.0.1"}}}),
+    ] {
+        let r = at("POST", "", body.clone());
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+    }
+    wait_status(&c, &admin, &vol, "available");
+    assert_eq!(
+        at(
+            "PUT",
+            "/nope",
+            json!({"attachment": {"connector": connector}})
+        )
+        .status,
+        404
+    );
+    assert_eq!(
+        v3_at(
+            &c,
+            "volume 3.26",
+            "GET",
+            "/attachments",
+            &admin,
+            Value::Null
+        )
+        .status,
+        404
+    );
+
+    // The older actions: reserve, attach, begin and roll back detaching,
+    // the connection, detach; and unreserve.
+    let act = |body: Value| v3(&c, "POST", &format!("/volumes/{vol}/action"), &admin, body);
+    assert_eq!(act(json!({"os-reserve": null})).status, 202);
+    wait_status(&c, &admin, &vol, "attaching");
+    assert_eq!(act(json!({"os-reserve": null})).status, 400);
+    assert_eq!(act(json!({"os-unreserve": null})).status, 202);
+    wait_status(&c, &admin, &vol, "available");
+    assert_eq!(
+        act(json!({"os-attach": {"mountpoint": "/dev/vdb"}})).status,
+        400
+    );
+    assert_eq!(act(json!({"os-reserve": null})).status, 202);
+    let r = act(json!({"os-attach": {"instance_uuid": instance, "mountpoint": "/dev/vdb"}}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let v = wait_status(&c, &admin, &vol, "in-use");
+    assert_eq!(v["attachments"][0]["server_id"], instance);
+    assert_eq!(act(json!({"os-begin_detaching": null})).status, 202);
+    wait_status(&c, &admin, &vol, "detaching");
+    assert_eq!(act(json!({"os-roll_detaching": null})).status, 202);
+    wait_status(&c, &admin, &vol, "in-use");
+    let r = act(json!({"os-initialize_connection": {"connector": connector}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["connection_info"]["driver_volume_type"], "local");
+    assert_eq!(
+        act(json!({"os-terminate_connection": {"connector": connector}})).status,
+        202
+    );
+    assert_eq!(act(json!({"os-detach": {}})).status, 202);
+    wait_status(&c, &admin, &vol, "available");
+    assert_eq!(act(json!({"os-detach": {}})).status, 400);
+    // os-attach straight from available, by host name.
+    let r = act(json!({"os-attach": {"host_name": "metal-7", "mode": "ro"}}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let v = wait_status(&c, &admin, &vol, "in-use");
+    assert_eq!(v["attachments"][0]["host_name"], "metal-7");
+    assert_eq!(v["attachments"][0]["server_id"], Value::Null);
+
+    // Another project sees none of it.
+    second_project(&c);
+    let bob = token(&c, "bob", "bob-password", "other");
+    let r = v3_at(&c, "volume 3.44", "GET", "/attachments", &bob, Value::Null);
+    assert_eq!(r.json()["attachments"], json!([]), "{}", r.body);
+    let r = v3(
+        &c,
+        "POST",
+        &format!("/volumes/{vol}/action"),
+        &bob,
+        json!({"os-detach": {}}),
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(act(json!({"os-detach": {}})).status, 202);
+    wait_status(&c, &admin, &vol, "available");
 }
 
 #[test]

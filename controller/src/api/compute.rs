@@ -63,26 +63,13 @@ fn v20(app: &App) -> Json {
 /// The microversion asked for (`OpenStack-API-Version: compute X.Y` or the
 /// legacy Nova header); None when it is outside what we serve.
 fn negotiate(req: &Request<Incoming>) -> Option<(u32, u32)> {
-    let asked = req
-        .headers()
-        .get("openstack-api-version")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().strip_prefix("compute").map(str::trim))
-        .or_else(|| {
-            req.headers()
-                .get("x-openstack-nova-api-version")
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-        });
-    let Some(asked) = asked else {
-        return Some(MIN_VERSION);
-    };
-    if asked == "latest" {
-        return Some(MAX_VERSION);
-    }
-    let (major, minor) = asked.split_once('.')?;
-    let v = (major.parse().ok()?, minor.parse().ok()?);
-    (MIN_VERSION..=MAX_VERSION).contains(&v).then_some(v)
+    super::http::microversion(
+        req,
+        "compute",
+        "x-openstack-nova-api-version",
+        MIN_VERSION,
+        MAX_VERSION,
+    )
 }
 
 pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response<Body> {

@@ -140,6 +140,41 @@ pub async fn read_json(
 /// ISO 8601 UTC with microseconds, as Keystone writes `expires_at`.
 /// A request's query string, percent-decoded (`+` is a space); the last of
 /// repeated keys wins.
+/// A microversion, `(major, minor)`.
+pub type Microversion = (u32, u32);
+
+/// The microversion a request asks of `service` (`OpenStack-API-Version:
+/// <service> X.Y`, or the service's older `legacy` header): `min` when it
+/// asks none, `max` for `latest`; None when outside `min..=max` or not a
+/// version at all.
+pub fn microversion<B>(
+    req: &Request<B>,
+    service: &str,
+    legacy: &str,
+    min: Microversion,
+    max: Microversion,
+) -> Option<Microversion> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let asked = header("openstack-api-version")
+        .and_then(|v| v.strip_prefix(service))
+        .map(str::trim)
+        .or_else(|| header(legacy));
+    let Some(asked) = asked else {
+        return Some(min);
+    };
+    if asked == "latest" {
+        return Some(max);
+    }
+    let (major, minor) = asked.split_once('.')?;
+    let v = (major.parse().ok()?, minor.parse().ok()?);
+    (min..=max).contains(&v).then_some(v)
+}
+
 pub fn query_params<B>(req: &Request<B>) -> BTreeMap<String, String> {
     form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
         .filter(|(k, _)| !k.is_empty())

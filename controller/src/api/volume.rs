@@ -1,14 +1,16 @@
 //! Cinder v3's HTTP handlers (under `/volume`): version discovery, volumes
 //! (create blank or from a snapshot, a volume or an image, list, detail,
 //! show, update, delete with or without its snapshots, the `os-extend` and
-//! `os-set_bootable` actions),
+//! `os-set_bootable` actions and the older attach actions), the
+//! attachments API (`cinder_attachments`),
 //! snapshots, the default volume type, limits, availability zones and quota
 //! sets.
 //! The project may be in the URL (`/volume/v3/{project_id}/volumes`, what
 //! most clients build) or not (3.67's form); it must be the token's.
 //!
-//! Microversion 3.0 is what is served: clients change their requests by
-//! the advertised maximum, so it names nothing that is not here.
+//! Microversions 3.0 to 3.44 are served (see [`MAX_VERSION`]): clients
+//! change their requests by the advertised maximum, so it names nothing
+//! that is not here.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +19,7 @@ use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value as Json};
 
-use super::http::{empty, json, query_params, read_json, Body};
+use super::http::{empty, json, microversion, query_params, read_json, Body, Microversion};
 use super::servers::request_id_of;
 use super::App;
 use crate::context::RequestContext;
@@ -26,10 +28,22 @@ use crate::volume::service::{CreateVolume, Source, QUOTA};
 use crate::volume::store::ListFilter;
 use crate::volume::VolumeError;
 
-const MIN_VERSION: &str = "3.0";
-const MAX_VERSION: &str = "3.0";
+const MIN_VERSION: Microversion = (3, 0);
+/// 3.27 and 3.44 (the attachments API and its `os-complete`) and 3.42
+/// (extending a volume in use) are why; what lies between changes nothing
+/// a client sends or reads here (groups, backups, clusters and messages,
+/// which clients reach on their own URLs, are not served).
+const MAX_VERSION: Microversion = (3, 44);
+/// Extending an attached volume.
+const EXTEND_IN_USE: Microversion = (3, 42);
+/// `GET /volumes/summary`, and its metadata.
+const SUMMARY: Microversion = (3, 12);
+const SUMMARY_METADATA: Microversion = (3, 36);
+/// `DELETE /volumes/{id}?force=true` (an admin's).
+const FORCE_DELETE: Microversion = (3, 23);
 /// The collections a URL without a project names directly.
 const COLLECTIONS: &[&str] = &[
+    "attachments",
     "volumes",
     "snapshots",
     "types",
@@ -46,7 +60,7 @@ pub fn cinder_error(status: StatusCode, fault: &str, message: &str) -> Response<
     )
 }
 
-fn bad_request(message: &str) -> Response<Body> {
+pub(super) fn bad_request(message: &str) -> Response<Body> {
     cinder_error(StatusCode::BAD_REQUEST, "badRequest", message)
 }
 
@@ -72,9 +86,14 @@ fn volume_error(e: VolumeError) -> Response<Body> {
     }
 }
 
+fn version_text(v: Microversion) -> String {
+    format!("{}.{}", v.0, v.1)
+}
+
 fn versions(app: &App) -> Json {
     json!({"versions": [{
-        "id": "v3.0", "status": "CURRENT", "version": MAX_VERSION, "min_version": MIN_VERSION,
+        "id": "v3.0", "status": "CURRENT", "version": version_text(MAX_VERSION),
+        "min_version": version_text(MIN_VERSION),
         "updated": "2026-12-01T00:00:00Z",
         "links": [{"rel": "self", "href": format!("{}/volume/v3/", app.config.public_url)}],
         "media-types": [{"base": "application/json",
@@ -83,17 +102,44 @@ fn versions(app: &App) -> Json {
 }
 
 pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response<Body> {
-    let mut response = route_inner(app, req, rest).await;
+    let Some(version) = microversion(
+        &req,
+        "volume",
+        "openstack-volume-microversion",
+        MIN_VERSION,
+        MAX_VERSION,
+    ) else {
+        let asked = req
+            .headers()
+            .get("openstack-api-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        return cinder_error(
+            StatusCode::NOT_ACCEPTABLE,
+            "computeFault",
+            &format!(
+                "Version {asked:?} is not supported by the API. Minimum is {} and maximum is {}.",
+                version_text(MIN_VERSION),
+                version_text(MAX_VERSION)
+            ),
+        );
+    };
+    let mut response = route_inner(app, req, rest, version).await;
     let h = response.headers_mut();
-    h.insert(
-        "openstack-api-version",
-        HeaderValue::from_static("volume 3.0"),
-    );
+    if let Ok(v) = HeaderValue::from_str(&format!("volume {}", version_text(version))) {
+        h.insert("openstack-api-version", v);
+    }
     h.insert("vary", HeaderValue::from_static("OpenStack-API-Version"));
     response
 }
 
-async fn route_inner(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response<Body> {
+async fn route_inner(
+    app: &App,
+    req: Request<Incoming>,
+    rest: &[&str],
+    version: Microversion,
+) -> Response<Body> {
     match (req.method(), rest) {
         (&Method::GET, [] | ["v3"]) => return json(StatusCode::OK, &versions(app)),
         (_, ["v3", ..]) => {}
@@ -137,6 +183,9 @@ async fn route_inner(app: &App, req: Request<Incoming>, rest: &[&str]) -> Respon
         (Method::GET, ["volumes"]) => list(app, &ctx, &req, &base, false).await,
         (Method::GET, ["volumes", "detail"]) => list(app, &ctx, &req, &base, true).await,
         (Method::POST, ["volumes"]) => create(app, &ctx, req, &base).await,
+        (Method::GET, ["volumes", "summary"]) if version >= SUMMARY => {
+            summary(app, &ctx, &req, version).await
+        }
         (Method::GET, ["volumes", id]) => app.volumes.get(&ctx, id).await.map(|v| {
             json(
                 StatusCode::OK,
@@ -145,9 +194,20 @@ async fn route_inner(app: &App, req: Request<Incoming>, rest: &[&str]) -> Respon
         }),
         (Method::PUT, ["volumes", id]) => update(app, &ctx, req, id, &base).await,
         (Method::DELETE, ["volumes", id]) => {
-            let cascade = query_params(&req)
-                .get("cascade")
-                .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"));
+            let q = query_params(&req);
+            let yes = |k: &str| {
+                q.get(k).is_some_and(|v| {
+                    matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes")
+                })
+            };
+            let cascade = yes("cascade");
+            // A force delete is an admin's; it takes nothing attached or
+            // with work under way, so here it deletes what a plain one does.
+            if version >= FORCE_DELETE && yes("force") && !ctx.is_admin() {
+                return volume_error(VolumeError::forbidden(
+                    "Policy doesn't allow volume_extension:volume_admin_actions:force_delete to be performed.",
+                ));
+            }
             app.volumes
                 .delete(app, &ctx, id, cascade)
                 .await
@@ -168,7 +228,7 @@ async fn route_inner(app: &App, req: Request<Incoming>, rest: &[&str]) -> Respon
             .delete_snapshot(app, &ctx, id)
             .await
             .map(|()| empty(StatusCode::ACCEPTED)),
-        (Method::POST, ["volumes", id, "action"]) => action(app, &ctx, req, id).await,
+        (Method::POST, ["volumes", id, "action"]) => action(app, &ctx, req, id, version).await,
         (Method::GET, ["types"]) => Ok(json(
             StatusCode::OK,
             &json!({"volume_types": [volume_type()]}),
@@ -179,6 +239,9 @@ async fn route_inner(app: &App, req: Request<Incoming>, rest: &[&str]) -> Respon
             } else {
                 Err(VolumeError::not_found("Volume type", id))
             }
+        }
+        (_, ["attachments", more @ ..]) => {
+            super::cinder_attachments::route(app, &ctx, req, more, version).await
         }
         (Method::GET, ["limits"]) => limits(app, &ctx).await,
         (Method::GET, ["os-availability-zone"]) => zones(app).await,
@@ -243,7 +306,10 @@ fn metadata_field(m: &Map<String, Json>) -> Result<Option<BTreeMap<String, Strin
 }
 
 /// The body's `{"<key>": {...}}` object.
-async fn object(req: Request<Incoming>, key: &str) -> Result<Map<String, Json>, VolumeError> {
+pub(super) async fn object(
+    req: Request<Incoming>,
+    key: &str,
+) -> Result<Map<String, Json>, VolumeError> {
     let body = read_json(req, |_, m| bad_request(m))
         .await
         .map_err(|_| VolumeError::bad_request("Malformed request body: not JSON."))?;
@@ -526,6 +592,7 @@ async fn action(
     ctx: &RequestContext,
     req: Request<Incoming>,
     id: &str,
+    version: Microversion,
 ) -> Result<Response<Body>, VolumeError> {
     let body = read_json(req, |_, m| bad_request(m))
         .await
@@ -542,7 +609,9 @@ async fn action(
                     "Invalid input for field/attribute new_size: must be an integer.",
                 )
             })?;
-            app.volumes.extend(app, ctx, id, new_size).await?;
+            app.volumes
+                .extend(app, ctx, id, new_size, version >= EXTEND_IN_USE)
+                .await?;
             Ok(empty(StatusCode::ACCEPTED))
         }
         "os-set_bootable" => {
@@ -559,10 +628,95 @@ async fn action(
             app.volumes.set_bootable(ctx, id, bootable).await?;
             Ok(empty(StatusCode::OK))
         }
+        // The older attach flow, for attachers other than our compute
+        // service (see `volume::attachments`).
+        "os-reserve" => {
+            app.volumes.legacy_reserve(ctx, id).await?;
+            Ok(empty(StatusCode::ACCEPTED))
+        }
+        "os-unreserve" => {
+            app.volumes.legacy_unreserve(ctx, id).await?;
+            Ok(empty(StatusCode::ACCEPTED))
+        }
+        "os-attach" => {
+            let m = args.as_object().cloned().unwrap_or_default();
+            let field = |key: &str| match m.get(key) {
+                None | Some(Json::Null) => Ok(None),
+                Some(Json::String(s)) if !s.is_empty() && s.len() <= 255 => Ok(Some(s.clone())),
+                Some(_) => Err(VolumeError::bad_request(format!(
+                    "Invalid input for field/attribute {key}: must be a string."
+                ))),
+            };
+            let (instance, host) = (field("instance_uuid")?, field("host_name")?);
+            if instance.is_none() && host.is_none() {
+                return Err(VolumeError::bad_request(
+                    "Invalid request to attach volume to an invalid target",
+                ));
+            }
+            let mode = super::cinder_attachments::mode(&m)?;
+            app.volumes
+                .legacy_attach(ctx, id, instance.as_deref(), host.as_deref(), mode)
+                .await?;
+            Ok(empty(StatusCode::ACCEPTED))
+        }
+        "os-detach" => {
+            app.volumes.legacy_detach(ctx, id).await?;
+            Ok(empty(StatusCode::ACCEPTED))
+        }
+        "os-begin_detaching" | "os-roll_detaching" => {
+            app.volumes
+                .legacy_detaching(ctx, id, name == "os-begin_detaching")
+                .await?;
+            Ok(empty(StatusCode::ACCEPTED))
+        }
+        "os-initialize_connection" => {
+            let Some(connector) = args.get("connector").filter(|c| c.is_object()) else {
+                return Err(VolumeError::bad_request(
+                    "Invalid input received: os-initialize_connection needs a connector.",
+                ));
+            };
+            let info = app
+                .volumes
+                .legacy_initialize_connection(app, ctx, id, connector)
+                .await?;
+            Ok(json(StatusCode::OK, &json!({ "connection_info": info })))
+        }
+        // Nothing to tear down: the file stays where it is.
+        "os-terminate_connection" => {
+            app.volumes.get(ctx, id).await?;
+            Ok(empty(StatusCode::ACCEPTED))
+        }
         other => Err(VolumeError::bad_request(format!(
             "There is no such action: {other}"
         ))),
     }
+}
+
+/// `volumes/summary` (3.12): how many volumes of how many GiB the caller
+/// sees, and (3.36) every metadata key with the values it has.
+async fn summary(
+    app: &App,
+    ctx: &RequestContext,
+    req: &Request<Incoming>,
+    version: Microversion,
+) -> Result<Response<Body>, VolumeError> {
+    let (all, filter) = list_filter(&query_params(req));
+    let volumes = app.volumes.list(ctx, all, filter).await?;
+    let mut summary = json!({
+        "total_size": volumes.iter().map(|v| v.size_gib).sum::<i64>(),
+        "total_count": volumes.len(),
+    });
+    if version >= SUMMARY_METADATA {
+        let mut metadata = BTreeMap::<&str, Vec<&str>>::new();
+        for (k, v) in volumes.iter().flat_map(|v| &v.metadata) {
+            let values = metadata.entry(k).or_default();
+            if !values.contains(&v.as_str()) {
+                values.push(v);
+            }
+        }
+        summary["metadata"] = json!(metadata);
+    }
+    Ok(json(StatusCode::OK, &json!({ "volume-summary": summary })))
 }
 
 async fn limits(app: &App, ctx: &RequestContext) -> Result<Response<Body>, VolumeError> {

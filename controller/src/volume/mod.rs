@@ -9,7 +9,10 @@
 //! - [`storage`]: the client for a storage host's storaged
 //! - [`reconcile`]: finishing what a status promises (creating, extending,
 //!   deleting), right after the request and again after any crash
+//! - [`attachments`]: attachments made through Cinder's API, for attachers
+//!   other than our compute service
 
+pub mod attachments;
 pub mod model;
 pub mod reconcile;
 pub mod service;

@@ -91,6 +91,8 @@ impl Snapshot {
             "metadata": self.metadata,
             "created_at": time(self.created_at),
             "updated_at": time(self.updated_at),
+            "user_id": self.user_id,
+            "group_snapshot_id": null,
             "os-extended-snapshot-attributes:project_id": self.project_id,
             "os-extended-snapshot-attributes:progress":
                 if self.status == "available" { "100%" } else { "0%" },
@@ -105,6 +107,14 @@ pub struct Attachment {
     /// Where it was plugged, once it was.
     pub host: Option<String>,
     pub attached_at: Option<i64>,
+    /// Made through Cinder's API (attachments, os-attach) for someone else
+    /// to attach, rather than by our compute service: bookkeeping only.
+    /// `server_id` is then the instance the caller named ("" for none).
+    pub external: bool,
+    /// `rw` or `ro`.
+    pub mode: String,
+    /// The attacher's connector (API-made attachments).
+    pub connector: Option<serde_json::Value>,
 }
 
 impl Volume {
@@ -156,9 +166,10 @@ impl Volume {
             "bootable": if self.bootable { "true" } else { "false" },
             "encrypted": false,
             "multiattach": false,
-            "attachments": self.attachment.iter().filter(|a| a.host.is_some()).map(|a| json!({
+            "attachments": self.attachment.iter().filter(|a| a.attached_at.is_some()).map(|a| json!({
                 "id": self.id, "attachment_id": a.id, "volume_id": self.id,
-                "server_id": a.server_id, "host_name": a.host, "device": null,
+                "server_id": (!a.server_id.is_empty()).then_some(&a.server_id),
+                "host_name": a.host, "device": null,
                 "attached_at": a.attached_at.map(time),
             })).collect::<Vec<_>>(),
             "metadata": self.metadata,

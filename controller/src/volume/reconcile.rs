@@ -225,6 +225,10 @@ async fn converge_status(app: &App, v: &Volume) -> Result<(), String> {
         v.status.as_str(),
         "reserved" | "attaching" | "detaching" | "in-use"
     ) {
+        // An attachment made through Cinder's API is its maker's to plug.
+        if v.attachment.as_ref().is_some_and(|a| a.external) {
+            return Ok(());
+        }
         return converge_attachment(app, v).await;
     }
     if !TRANSIENT.contains(&v.status.as_str()) {
@@ -307,6 +311,9 @@ async fn converge_status(app: &App, v: &Volume) -> Result<(), String> {
         }
         "extending" => {
             let target = v.target_size_gib.unwrap_or(v.size_gib);
+            if let Some(server) = plugged_into(app, v).await? {
+                return grow_in_guest(app, v, &server, size(target)).await;
+            }
             let r = storaged.extend(id, size(target)).await.map(|_| ());
             if settle(r, "error_extending").await? {
                 store
@@ -330,6 +337,69 @@ async fn converge_status(app: &App, v: &Volume) -> Result<(), String> {
         _ => {}
     }
     Ok(())
+}
+
+/// The live server volume `v` is plugged into by our compute service, if
+/// any (an attachment made through Cinder's API is someone else's).
+async fn plugged_into(
+    app: &App,
+    v: &Volume,
+) -> Result<Option<crate::compute::servers::Server>, String> {
+    let Some(a) = v
+        .attachment
+        .as_ref()
+        .filter(|a| !a.external && a.attached_at.is_some())
+    else {
+        return Ok(None);
+    };
+    Ok(app
+        .servers
+        .get(&a.server_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .filter(|s| s.vm_state != "deleted"))
+}
+
+/// Grows an attached volume through its server's host: the VMM grows the
+/// file and tells the guest (hostd grows the file itself while the server
+/// is stopped), so nothing else writes the file meanwhile. A host that
+/// cannot be reached is asked again at the next pass; one that refuses
+/// leaves the volume in use at its old size, saying why.
+async fn grow_in_guest(
+    app: &App,
+    v: &Volume,
+    server: &crate::compute::servers::Server,
+    size_gib: u64,
+) -> Result<(), String> {
+    let store = &app.volumes.store;
+    let Some(hostd) = crate::compute::service::server_host(app, server).await else {
+        return Ok(()); // its host has not registered (again) yet
+    };
+    let bytes = size_gib.saturating_mul(1 << 30);
+    match hostd.grow_disk(&server.id, &v.device_id(), bytes).await {
+        Ok(_) => {
+            store
+                .finish_extend(&v.id, now())
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                volume = v.id,
+                server = server.id,
+                size_gib,
+                "attached volume grown"
+            );
+            Ok(())
+        }
+        Err(HostdError::Unreachable { .. }) => Ok(()),
+        Err(e) => {
+            let fault = format!("extending in server {}: {e}", server.id);
+            store
+                .abandon_extend(&v.id, &fault, now())
+                .await
+                .map_err(|e| e.to_string())?;
+            Err(fault)
+        }
+    }
 }
 
 /// Attaching and detaching: the storage host says how the server's host

@@ -633,20 +633,31 @@ impl VolumeService {
         Ok(())
     }
 
-    /// Starts growing an `available` volume to `new_size` GiB.
+    /// Starts growing a volume to `new_size` GiB: an `available` one, or
+    /// (`in_use`, microversion 3.42 on) one attached, which its guest sees
+    /// grow.
     pub async fn extend(
         &self,
         app: &App,
         ctx: &RequestContext,
         id: &str,
         new_size: i64,
+        in_use: bool,
     ) -> Result<(), VolumeError> {
+        let from: &[&str] = if in_use {
+            &["available", "in-use"]
+        } else {
+            &["available"]
+        };
+        let wrong_status = |status: &str| {
+            VolumeError::bad_request(format!(
+                "Invalid volume: Volume {id} status must be {} to extend, but current status is: {status}.",
+                from.join(" or ")
+            ))
+        };
         let v = self.get(ctx, id).await?;
-        if v.status != "available" {
-            return Err(VolumeError::bad_request(format!(
-                "Invalid volume: Volume {id} status must be available to extend, but current status is: {}.",
-                v.status
-            )));
+        if !from.contains(&v.status.as_str()) {
+            return Err(wrong_status(&v.status));
         }
         if new_size <= v.size_gib || new_size > MAX_SIZE_GIB {
             return Err(VolumeError::bad_request(format!(
@@ -654,14 +665,15 @@ impl VolumeService {
                 v.size_gib
             )));
         }
-        if !self.store.begin_extend(id, new_size, QUOTA, now()).await? {
+        if !self
+            .store
+            .begin_extend(id, from, new_size, QUOTA, now())
+            .await?
+        {
             // Either the quota, or a racing change of status.
             let now_v = self.get(ctx, id).await?;
-            if now_v.status != "available" {
-                return Err(VolumeError::bad_request(format!(
-                    "Invalid volume: Volume {id} status must be available to extend, but current status is: {}.",
-                    now_v.status
-                )));
+            if !from.contains(&now_v.status.as_str()) {
+                return Err(wrong_status(&now_v.status));
             }
             return Err(self
                 .over_quota(&v.project_id, new_size - v.size_gib, 0)

@@ -18,7 +18,7 @@ const INSERT_COLUMNS: &str = "id, project_id, user_id, name, description, size_g
 const COLUMNS: &str = "id, project_id, user_id, name, description, size_gib, target_size_gib, \
     status, volume_type, availability_zone, storage_host, bootable, metadata, fault, created_at, \
     updated_at, server_id, attachment_id, attached_host, attached_at, snapshot_id, source_volid, \
-    image_metadata, root_of, delete_on_termination";
+    image_metadata, root_of, delete_on_termination, attach_external, attach_mode, attach_connector";
 const SNAPSHOT_COLUMNS: &str = "id, project_id, user_id, volume_id, storage_host, name, \
     description, size_gib, status, metadata, fault, created_at, updated_at";
 
@@ -86,6 +86,12 @@ fn from_row(r: &AnyRow) -> Result<Volume, StoreError> {
                 server_id,
                 host: opt_text(r, "attached_host")?,
                 attached_at: sqlx::Row::try_get::<Option<i64>, _>(r, "attached_at")?,
+                external: int(r, "attach_external")? != 0,
+                mode: opt_text(r, "attach_mode")?.unwrap_or_else(|| "rw".into()),
+                connector: opt_text(r, "attach_connector")?
+                    .map(|c| serde_json::from_str(&c))
+                    .transpose()
+                    .map_err(|e| StoreError::Corrupt(format!("an attachment's connector: {e}")))?,
             }),
             _ => None,
         },
@@ -340,11 +346,13 @@ impl Volumes {
             == 1)
     }
 
-    /// `available` -> `extending` to `new_size`, if the project's GiB quota
-    /// holds the growth and nothing is being made from it; whether it moved.
+    /// One of `from` (`available`, or `in-use`) -> `extending` to
+    /// `new_size`, if the project's GiB quota holds the growth and nothing
+    /// is being made from it; whether it moved.
     pub async fn begin_extend(
         &self,
         id: &str,
+        from: &[&str],
         new_size: i64,
         quota: Quota,
         now: i64,
@@ -354,8 +362,9 @@ impl Volumes {
             .execute(
                 &format!(
                     "UPDATE volumes SET status = 'extending', target_size_gib = $1, updated_at = $2 \
-                     WHERE id = $3 AND status = 'available' AND size_gib < $1 AND {} \
+                     WHERE id = $3 AND status IN ({}) AND size_gib < $1 AND {} \
                      AND ($4 < 0 OR {} - size_gib + $1 <= $4)",
+                    status_list(from),
                     quiet("$3"),
                     used_gib("(SELECT project_id FROM volumes WHERE id = $3)")
                 ),
@@ -423,12 +432,13 @@ impl Volumes {
             .is_none())
     }
 
-    /// `extending` -> `available` at its new size.
+    /// `extending` -> `available` (or `in-use`, attached) at its new size.
     pub async fn finish_extend(&self, id: &str, now: i64) -> Result<bool, StoreError> {
         Ok(self
             .store
             .execute(
-                "UPDATE volumes SET status = 'available', size_gib = target_size_gib, \
+                "UPDATE volumes SET status = CASE WHEN attachment_id IS NULL THEN 'available' \
+                 ELSE 'in-use' END, size_gib = target_size_gib, \
                  target_size_gib = NULL, fault = NULL, updated_at = $1 \
                  WHERE id = $2 AND status = 'extending' AND target_size_gib IS NOT NULL",
                 &[Value::Int(now), Value::Text(id)],
@@ -493,7 +503,8 @@ impl Volumes {
             .execute(
                 &format!(
                     "UPDATE volumes SET status = 'reserved', server_id = $1, attachment_id = $2, \
-                     attached_host = NULL, attached_at = NULL, fault = NULL, updated_at = $3 \
+                     attached_host = NULL, attached_at = NULL, fault = NULL, updated_at = $3, \
+                     attach_external = 0, attach_mode = 'rw', attach_connector = NULL \
                      WHERE id = $4 AND status = 'available' AND root_of IS NULL AND {}",
                     quiet("$4")
                 ),
@@ -536,7 +547,8 @@ impl Volumes {
             .execute(
                 &format!(
                     "UPDATE volumes SET status = 'available', server_id = NULL, attachment_id = NULL, \
-                     attached_host = NULL, attached_at = NULL, fault = $1, updated_at = $2 \
+                     attached_host = NULL, attached_at = NULL, fault = $1, updated_at = $2, \
+                     attach_external = 0, attach_mode = NULL, attach_connector = NULL \
                      WHERE id = $3 AND status IN ({from})"
                 ),
                 &[Value::OptText(fault), Value::Int(now), Value::Text(id)],
@@ -545,13 +557,153 @@ impl Volumes {
             == 1)
     }
 
+    /// An attached volume's failed extend: back to `in-use` at its old
+    /// size, saying why.
+    pub async fn abandon_extend(
+        &self,
+        id: &str,
+        fault: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .execute(
+                "UPDATE volumes SET status = 'in-use', target_size_gib = NULL, fault = $1, \
+                 updated_at = $2 WHERE id = $3 AND status = 'extending' AND attachment_id IS NOT NULL",
+                &[Value::Text(fault), Value::Int(now), Value::Text(id)],
+            )
+            .await?
+            == 1)
+    }
+
+    /// `available` -> `to` (`reserved`, or `attaching` for the older
+    /// os-reserve) under a new attachment made through Cinder's API, for
+    /// `instance` ("" for none yet); whether it was available.
+    pub async fn reserve_external(
+        &self,
+        id: &str,
+        instance: &str,
+        attachment_id: &str,
+        mode: &str,
+        to: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .execute(
+                &format!(
+                    "UPDATE volumes SET status = $1, server_id = $2, attachment_id = $3, \
+                     attached_host = NULL, attached_at = NULL, fault = NULL, updated_at = $4, \
+                     attach_external = 1, attach_mode = $5, attach_connector = NULL \
+                     WHERE id = $6 AND status = 'available' AND root_of IS NULL AND {}",
+                    quiet("$6")
+                ),
+                &[
+                    Value::Text(to),
+                    Value::Text(instance),
+                    Value::Text(attachment_id),
+                    Value::Int(now),
+                    Value::Text(mode),
+                    Value::Text(id),
+                ],
+            )
+            .await?
+            == 1)
+    }
+
+    /// An API-made attachment given its attacher's connector: `reserved`
+    /// (or `attaching`) -> `attaching`; whether it moved.
+    pub async fn connect_external(
+        &self,
+        id: &str,
+        connector: &serde_json::Value,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .execute(
+                "UPDATE volumes SET status = 'attaching', attach_connector = $1, updated_at = $2 \
+                 WHERE id = $3 AND attach_external = 1 AND status IN ('reserved', 'attaching')",
+                &[
+                    Value::Text(&connector.to_string()),
+                    Value::Int(now),
+                    Value::Text(id),
+                ],
+            )
+            .await?
+            == 1)
+    }
+
+    /// An API-made attachment done: one of `from` -> `in-use`, attached on
+    /// `host` (and to `instance`, when given); whether it moved.
+    pub async fn complete_external(
+        &self,
+        id: &str,
+        from: &[&str],
+        instance: Option<&str>,
+        host: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .execute(
+                &format!(
+                    "UPDATE volumes SET status = 'in-use', server_id = COALESCE($1, server_id), \
+                     attached_host = COALESCE($2, attached_host), attached_at = $3, updated_at = $3 \
+                     WHERE id = $4 AND attach_external = 1 AND status IN ({})",
+                    status_list(from)
+                ),
+                &[
+                    Value::OptText(instance),
+                    Value::OptText(host),
+                    Value::Int(now),
+                    Value::Text(id),
+                ],
+            )
+            .await?
+            == 1)
+    }
+
+    /// The volume of attachment `attachment_id`, if any.
+    pub async fn by_attachment(&self, attachment_id: &str) -> Result<Option<Volume>, StoreError> {
+        self.store
+            .fetch_optional(
+                &format!("SELECT {COLUMNS} FROM volumes WHERE attachment_id = $1"),
+                &[Value::Text(attachment_id)],
+            )
+            .await?
+            .as_ref()
+            .map(from_row)
+            .transpose()
+    }
+
+    /// Every attached volume (or one being attached or detached) of
+    /// `project_id` (None: every project's), oldest attachment first.
+    pub async fn with_attachments(
+        &self,
+        project_id: Option<&str>,
+    ) -> Result<Vec<Volume>, StoreError> {
+        let rows = self
+            .store
+            .fetch_all(
+                &format!(
+                    "SELECT {COLUMNS} FROM volumes WHERE attachment_id IS NOT NULL \
+                     AND ($1 = '' OR project_id = $1) ORDER BY attached_at, id"
+                ),
+                &[Value::Text(project_id.unwrap_or(""))],
+            )
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
     /// The volumes attached (or being attached or detached) to a server.
     pub async fn of_server(&self, server_id: &str) -> Result<Vec<Volume>, StoreError> {
         let rows = self
             .store
             .fetch_all(
                 &format!(
-                    "SELECT {COLUMNS} FROM volumes WHERE server_id = $1 ORDER BY attached_at, id"
+                    "SELECT {COLUMNS} FROM volumes WHERE server_id = $1 AND attach_external = 0 \
+                     ORDER BY attached_at, id"
                 ),
                 &[Value::Text(server_id)],
             )
@@ -565,7 +717,7 @@ impl Volumes {
         let rows = self
             .store
             .fetch_all(
-                "SELECT id, server_id FROM volumes WHERE server_id IS NOT NULL \
+                "SELECT id, server_id FROM volumes WHERE server_id IS NOT NULL AND attach_external = 0 \
                  ORDER BY server_id, CASE WHEN root_of IS NULL THEN 1 ELSE 0 END, attached_at, id",
                 &[],
             )

@@ -117,11 +117,15 @@ impl StandInHostd {
             let bearer = format!("Bearer {token}");
             let authorized = request.header("authorization") == Some(bearer.as_str());
             if authorized && request.segments().get(2) == Some(&"disks") {
-                // As hostd does: a disk added to (or gone from) the instance.
+                // As hostd does: a disk added to (grown in, gone from) the
+                // instance.
                 let seg = request.segments();
-                let what = match seg.get(3) {
-                    Some(dev) => serde_json::json!(dev),
-                    None => request.json(),
+                let what = match (seg.get(3), seg.get(4)) {
+                    (Some(dev), Some(&"size")) => {
+                        serde_json::json!({"dev": dev, "bytes": request.json()["bytes"]})
+                    }
+                    (Some(dev), _) => serde_json::json!(dev),
+                    (None, _) => request.json(),
                 };
                 disk_log
                     .lock()

@@ -1119,6 +1119,22 @@ fn debian(
         );
         ok(&["server", "remove", "volume", "vm-debian", "data1-copy"]);
         wait_named(ok, &["volume"], "data1-copy", "available");
+        // Grown while attached (the CLI asks for microversion 3.42 itself):
+        // the guest sees the new size without a rescan.
+        let grown = Instant::now();
+        ok(&["volume", "set", "--size", "2", "data1"]);
+        run(
+            &format!(
+                "d=$(basename $(readlink -f {disk})); \
+                 for i in $(seq 120); do [ $(cat /sys/class/block/$d/size) = 4194304 ] && break; sleep 0.5; done; \
+                 echo virga-vol-sectors-$(cat /sys/class/block/$d/size)"
+            ),
+            "virga-vol-sectors-4194304",
+        );
+        println!("Debian: an attached volume grown in {:?}", grown.elapsed());
+        volume_status("in-use");
+        let size = ok(&["volume", "show", "data1", "-f", "value", "-c", "size"]);
+        assert_eq!(size.trim(), "2", "the volume's recorded size");
         run(&nics(2), "virga-nics-2-");
         let plugged = Instant::now();
         ok(&["server", "add", "network", "vm-debian", "net2"]);
