@@ -161,12 +161,16 @@ impl Hostd {
         &self,
         id: &str,
         dev: &str,
-        path: &str,
-        backing: &[String],
+        connection: &storaged_proto::Connection,
         serial: &str,
     ) -> Result<InstanceStatus, HostdError> {
-        let mut body = serde_json::json!({"id": dev, "path": path, "serial": serial});
-        if let Some((base, layers)) = backing.split_last() {
+        let mut body = match &connection.nbd {
+            // On another host: hostd connects the kernel's NBD client.
+            Some(nbd) => serde_json::json!({"id": dev, "serial": serial, "path": "",
+                "nbd": {"address": nbd.address, "export": nbd.export}}),
+            None => serde_json::json!({"id": dev, "path": connection.path, "serial": serial}),
+        };
+        if let Some((base, layers)) = connection.backing.split_last() {
             body["base"] = serde_json::json!(base);
             body["layers"] = serde_json::json!(layers);
         }

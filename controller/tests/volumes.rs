@@ -17,22 +17,9 @@ use serde_json::{json, Value};
 
 const GIB: u64 = 1 << 30;
 
+/// A call at the base microversion (3.0, what a client gets asking none).
 fn v3(c: &Controller, method: &str, path: &str, token: &str, body: Value) -> Reply {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    call(
-        c,
-        method,
-        &format!("/volume/v3{path}"),
-        &[
-            ("X-Auth-Token", token),
-            ("Content-Type", "application/json"),
-        ],
-        &body,
-    )
+    v3_at(c, "volume 3.0", method, path, token, body)
 }
 
 fn create(c: &Controller, token: &str, volume: Value) -> Reply {
@@ -921,13 +908,35 @@ fn cinders_attachments_and_older_attach_actions_keep_books_for_other_attachers()
     assert_eq!(v["attachments"], json!([]));
     assert_eq!(at("GET", &format!("/{id}"), Value::Null).status, 404);
 
-    // Bad requests, and a connector on a host that cannot reach the
-    // volume: nothing stays reserved.
+    // From another host: the volume's NBD export on its storage host.
+    let r = at(
+        "POST",
+        "",
+        json!({"attachment": {"volume_uuid": vol, "connector": {"host": "elsewhere"}}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let a = r.json()["attachment"].clone();
+    assert_eq!(a["connection_info"]["driver_volume_type"], "nbd", "{a}");
+    assert_eq!(
+        a["connection_info"]["data"]["export"]
+            .as_str()
+            .unwrap()
+            .len(),
+        32
+    );
+    let r = at(
+        "DELETE",
+        &format!("/{}", a["id"].as_str().unwrap()),
+        Value::Null,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_status(&c, &admin, &vol, "available");
+
+    // Bad requests: nothing stays reserved.
     for body in [
         json!({"attachment": {"instance_uuid": instance}}),
         json!({"attachment": {"volume_uuid": vol, "mode": "rwx"}}),
         json!({"attachment": {"volume_uuid": vol, "connector": "host"}}),
-        json!({"attachment": {"volume_uuid": vol, "connector": {"host": "elsewhere"}}}),
         json!({"attachment": {"volume_uuid": vol, "connector": {"ip": "10.0.0.1"}}}),
     ] {
         let r = at("POST", "", body.clone());

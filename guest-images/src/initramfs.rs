@@ -122,6 +122,36 @@ case " $($bb cat /proc/cmdline) " in
     $bb sync
     $bb poweroff -f
     ;;
+*" virga.mode=writer "*)
+    # Guest side of the VMM crash trials: count the records on /dev/vda
+    # (block n holds "virga-rec n end"; the first block without its record
+    # ends them), then go on writing records, each flushed (dd's fsync is
+    # a virtio FLUSH) before it is acknowledged on the console. The host
+    # kills the VMM at some moment and checks, at the next boot, that every
+    # acknowledged record is there.
+    $bb mount -t sysfs sys /sys
+    $bb mount -t devtmpfs dev /dev
+    # Counted 4 MiB (1024 records) at a time: one read per chunk, not per
+    # record, keeps a boot short however many trials came before.
+    n=0
+    chunk=0
+    while :; do
+        c=$($bb dd if=/dev/vda bs=1M skip=$((chunk * 4)) count=4 iflag=direct 2>/dev/null \
+            | $bb strings -n 9 \
+            | $bb awk -v n=$n '$1 == "virga-rec" && $2 == n && $3 == "end" {{ n++ }} END {{ print n }}')
+        [ "${{c:-$n}}" = "$n" ] && break
+        n=$c
+        chunk=$((chunk + 1))
+    done
+    echo "virga-writer-found $n"
+    while :; do
+        $bb printf "virga-rec %s end" $n | $bb dd of=/dev/vda bs=4096 seek=$n conv=sync,fsync 2>/dev/null || break
+        echo "virga-writer-ack $n"
+        n=$((n + 1))
+    done
+    echo "virga-writer-failed $n"
+    $bb poweroff -f
+    ;;
 *" virga.mode=net "*)
     # Guest side of the network test: address 169.254.100.2 on eth0, fetch the
     # host's blob, serve 16 MiB of our own, wait for Ctrl+Alt+Del.
@@ -230,7 +260,26 @@ EOF
         $bb sleep 1
     done
     echo virga-peers-done
-    while :; do $bb sleep 1; done
+    # Then disks plugged later (volumes): each new one's first 16 bytes
+    # are reported; one that starts with zeros gets a marker written and
+    # flushed, for another guest to read after it moves there.
+    disks=
+    while :; do
+        now=$(cd /sys/block && echo vd*)
+        for d in $now; do
+            [ -e /sys/block/$d ] || continue
+            case " $disks " in *" $d "*) continue ;; esac
+            i=0; while [ ! -e /dev/$d ] && [ $i -lt 50 ]; do $bb sleep 0.1; i=$((i + 1)); done
+            first=$($bb dd if=/dev/$d bs=16 count=1 iflag=direct 2>/dev/null | $bb tr -d '\000')
+            echo "virga-peers-disk $d [$first]"
+            if [ -z "$first" ]; then
+                $bb printf virga-over-nbd-1 | $bb dd of=/dev/$d conv=fsync 2>/dev/null \
+                    && echo "virga-peers-disk-written $d"
+            fi
+        done
+        disks=$now
+        $bb sleep 0.5
+    done
     ;;
 *" virga.mode=flood "*)
     i=0

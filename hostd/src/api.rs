@@ -16,7 +16,7 @@
 //! | POST   | /instances/{id}/snapshot               | `{"image_id"}`: copies the root disk (guest paused) and uploads it to the controller as that image's data; 202 once copied |
 //! | POST   | /instances/{id}/nics                   | a NIC (`{"tap", "mac", "mtu"}`): plugged into the running guest, kept for later starts |
 //! | DELETE | /instances/{id}/nics/{tap}             | that NIC goes, once the running guest has let go of it (409 if it does not within a minute) |
-//! | POST   | /instances/{id}/disks                  | a disk (a volume: `{"id", "path", "serial", "read_only"}`, the id naming the device): plugged into the running guest as descriptors hostd opens, kept for later starts |
+//! | POST   | /instances/{id}/disks                  | a disk (a volume: `{"id", "path", "serial", "read_only"}`, the id naming the device; one on another host `{"id", "serial", "nbd": {"address", "export"}}`, connected through the kernel's NBD client): plugged into the running guest as descriptors hostd opens, kept for later starts |
 //! | DELETE | /instances/{id}/disks/{dev}            | that disk goes, as a NIC does |
 //! | PUT    | /instances/{id}/disks/{dev}/size       | `{"bytes"}`: the disk (attached or the root volume) grows, in the running guest (which is told) or in its file |
 //! | GET    | /instances/{id}/metrics                | the VMM's own metrics             |
@@ -237,11 +237,23 @@ impl Api {
             }
             (Method::POST, ["instances", id, "disks"]) => {
                 let id = id.to_string();
-                let disk: vmm::config::DiskConfig = match read_json(req).await {
+                let mut body: serde_json::Value = match read_json(req).await {
                     Ok(b) => b,
                     Err(r) => return r,
                 };
-                match self.sup.add_disk(&id, disk).await {
+                // A volume on another host names its NBD export; the rest
+                // is the disk as the VMM takes it.
+                let nbd = body.as_object_mut().and_then(|m| m.remove("nbd"));
+                let nbd: Option<crate::instance::NbdSource> =
+                    match nbd.map(serde_json::from_value).transpose() {
+                        Ok(n) => n,
+                        Err(e) => return error(StatusCode::BAD_REQUEST, format!("nbd: {e}")),
+                    };
+                let disk: vmm::config::DiskConfig = match serde_json::from_value(body) {
+                    Ok(d) => d,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, format!("disk: {e}")),
+                };
+                match self.sup.add_disk(&id, disk, nbd).await {
                     Ok(i) => json(StatusCode::OK, &i),
                     Err(e) => op_error(e),
                 }

@@ -95,10 +95,34 @@ pub struct InstanceSpec {
     pub boot_disk: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<DiskConfig>,
+    /// Which of `disks` are volumes on another host, and how they are
+    /// reached (their path is the NBD device they are connected as).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_disks: Vec<RemoteDisk>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nics: Vec<NicSpec>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+}
+
+/// A disk that is a volume on another host: its storage host's NBD
+/// export, connected as `/dev/nbd{index}` (connected again, perhaps as
+/// another device, when it is not).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteDisk {
+    /// The disk's id among the instance's `disks`.
+    pub id: String,
+    pub nbd: NbdSource,
+    pub index: u32,
+}
+
+/// Where a remote volume is exported: `HOST:PORT` and the export's name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NbdSource {
+    pub address: String,
+    pub export: String,
 }
 
 impl InstanceSpec {
@@ -313,6 +337,7 @@ mod tests {
             cmdline: None,
             boot_disk: None,
             disks: vec![],
+            remote_disks: vec![],
             nics: vec![],
             metadata: BTreeMap::new(),
         }

@@ -27,6 +27,7 @@ pub mod ephemeral_disks;
 pub mod host;
 pub mod images;
 pub mod instance;
+pub mod nbd;
 pub mod process;
 pub mod registration;
 pub mod root_disk;

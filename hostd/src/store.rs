@@ -235,6 +235,7 @@ mod tests {
                 cmdline: None,
                 boot_disk: None,
                 disks: vec![],
+                remote_disks: vec![],
                 nics: vec![],
                 metadata: Default::default(),
             },

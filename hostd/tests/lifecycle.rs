@@ -439,6 +439,31 @@ fn disks_are_attached_and_detached_running_or_stopped() {
         &clone(&layer.display().to_string()),
     );
     assert_eq!(status, 200, "{added}");
+    // A volume on another host: its NBD export, which hostd connects (here
+    // nothing listens there: a clear error, and nothing kept).
+    for (bad, status, why) in [
+        (
+            r#"{"id": "r1", "nbd": {"address": "127.0.0.1:1", "export": "x"}}"#,
+            500,
+            "connecting to 127.0.0.1:1",
+        ),
+        (
+            r#"{"id": "r1", "path": "/x", "nbd": {"address": "127.0.0.1:1", "export": "x"}}"#,
+            400,
+            "no path",
+        ),
+        (
+            r#"{"id": "r1", "nbd": {"address": "127.0.0.1:1"}}"#,
+            400,
+            "nbd",
+        ),
+    ] {
+        let (got, body) = api(&h, "POST", "/instances/vol-1/disks", bad);
+        assert_eq!(got, status, "{bad}: {body}");
+        assert!(message(&body).contains(why), "{bad}: {body}");
+    }
+    let (_, shown) = api(&h, "GET", "/instances/vol-1", "");
+    assert!(!shown.to_string().contains("\"r1\""), "{shown}");
     // Grown while the guest runs: by its VMM, which tells the guest.
     let grow = |dev: &str, bytes: u64| {
         api(

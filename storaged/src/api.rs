@@ -28,6 +28,21 @@ pub struct State {
     /// Volumes being filled from an image, or whose fill failed (told to
     /// the next call, then forgotten).
     pub fills: Mutex<HashMap<String, Fill>>,
+    /// Volumes served over NBD to other hosts.
+    pub exports: crate::exports::ExportTable,
+    /// `HOST:PORT` other hosts reach the NBD listener at.
+    pub nbd_address: String,
+}
+
+/// What an NBD export name opens: its volume's files, while both exist.
+pub struct NbdExports(pub Arc<State>);
+
+impl crate::nbd::Exports for NbdExports {
+    fn lookup(&self, name: &str) -> Option<(String, storaged_proto::Connection)> {
+        let (volume, _host) = self.0.exports.lookup(name)?;
+        let files = self.0.volumes.files(&volume).ok()?;
+        Some((volume, files))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -130,7 +145,7 @@ fn volume_error(e: &VolumeError) -> Response<Body> {
         | VolumeError::SnapshotExists { .. }
         | VolumeError::Shrink { .. }
         | VolumeError::TooDeep(_) => StatusCode::CONFLICT,
-        VolumeError::Io { .. } | VolumeError::Damaged { .. } => {
+        VolumeError::Io { .. } | VolumeError::Damaged { .. } | VolumeError::Export(_) => {
             tracing::error!("{e}");
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -278,23 +293,54 @@ async fn handle(
             let v = id(v);
             match body::<Export>(req).await {
                 Err(r) => Err(r),
-                Ok(e) if e.host_id != state.host_id => Err(error(
-                    StatusCode::CONFLICT,
-                    &format!(
-                        "volume {v} is on storage host {}; host {} cannot reach it (no remote transport yet)",
-                        state.host_id, e.host_id
-                    ),
+                Ok(e) if e.host_id.is_empty() || e.host_id.len() > 255 => Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "host_id: 1 to 255 characters",
                 )),
-                Ok(_) => blocking(&state, move |b| b.files(&v))
+                // This host: the files. Another: an NBD export of the volume.
+                Ok(e) if e.host_id == state.host_id => blocking(&state, move |b| b.files(&v))
                     .await
                     .map(|c| reply(StatusCode::OK, &c)),
+                Ok(e) => {
+                    let st = state.clone();
+                    let exported = blocking(&state, move |b| {
+                        b.files(&v)?;
+                        st.exports.export(&v, &e.host_id).map_err(VolumeError::from)
+                    })
+                    .await;
+                    exported.map(|name| {
+                        let c = storaged_proto::Connection {
+                            nbd: Some(storaged_proto::NbdExport {
+                                address: state.nbd_address.clone(),
+                                export: name,
+                            }),
+                            ..Default::default()
+                        };
+                        reply(StatusCode::OK, &c)
+                    })
+                }
             }
+        }
+        (Method::DELETE, ["v1", "volumes", v, "exports", host]) => {
+            let (v, host) = (id(v), host.to_string());
+            let st = state.clone();
+            blocking(&state, move |_| {
+                st.exports
+                    .unexport(&v, Some(&host))
+                    .map_err(VolumeError::from)
+            })
+            .await
+            .map(|()| no_content())
         }
         (Method::DELETE, ["v1", "volumes", v]) => {
             let v = id(v);
-            blocking(&state, move |b| b.delete(&v))
-                .await
-                .map(|()| no_content())
+            let st = state.clone();
+            blocking(&state, move |b| {
+                b.delete(&v)?;
+                st.exports.unexport(&v, None).map_err(VolumeError::from)
+            })
+            .await
+            .map(|()| no_content())
         }
         (Method::PUT, ["v1", "snapshots", s]) => {
             let s = id(s);

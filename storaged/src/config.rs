@@ -53,6 +53,8 @@ pub struct ConfigFile {
     pub token_file: Option<PathBuf>,
     pub availability_zone: Option<String>,
     pub heartbeat_secs: Option<u64>,
+    pub nbd_listen: Option<SocketAddr>,
+    pub nbd_advertise: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -66,6 +68,12 @@ pub struct Config {
     pub token: String,
     pub availability_zone: String,
     pub heartbeat: Duration,
+    /// Where other hosts reach volumes (NBD): `listen`'s address, port
+    /// 10809, unless told.
+    pub nbd_listen: SocketAddr,
+    /// `HOST:PORT` other hosts connect to; None: the advertised URL's host
+    /// (or the bound address) with the listener's port.
+    pub nbd_advertise: Option<String>,
 }
 
 const MIN_TOKEN_LEN: usize = 16;
@@ -139,7 +147,19 @@ impl Config {
         if !(1..=300).contains(&heartbeat_secs) {
             return Err(invalid("heartbeat_secs", "1 to 300"));
         }
+        let nbd_listen = file
+            .nbd_listen
+            .unwrap_or_else(|| SocketAddr::new(listen.ip(), 10809));
+        let nbd_advertise = file.nbd_advertise;
+        if nbd_advertise
+            .as_deref()
+            .is_some_and(|a| a.parse::<SocketAddr>().is_err() && !a.contains(':'))
+        {
+            return Err(invalid("nbd_advertise", "HOST:PORT"));
+        }
         Ok(Config {
+            nbd_listen,
+            nbd_advertise,
             host_id,
             listen,
             advertise_url,
@@ -180,11 +200,20 @@ mod tests {
         assert_eq!(c.advertise_url, None);
         assert_eq!(c.availability_zone, "nova");
         assert_eq!(c.heartbeat, Duration::from_secs(10));
+        assert_eq!(c.nbd_listen, SocketAddr::from(([127, 0, 0, 1], 10809)));
+        assert_eq!(c.nbd_advertise, None);
     }
 
     #[test]
     fn bad_files_name_the_field() {
-        let cases: [(ConfigFile, &str); 7] = [
+        let cases: [(ConfigFile, &str); 8] = [
+            (
+                ConfigFile {
+                    nbd_advertise: Some("storage-1".into()),
+                    ..good()
+                },
+                "nbd_advertise",
+            ),
             (
                 ConfigFile {
                     host_id: Some(String::new()),

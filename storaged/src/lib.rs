@@ -6,12 +6,15 @@
 //! - [`heartbeat`]: registering with the controller and staying registered
 //! - [`images`]: fetching an image a volume is made from
 //! - [`controller`]: the calls to the controller's internal API
+//! - [`exports`], [`nbd`]: volumes served over NBD to other hosts
 
 pub mod api;
 pub mod config;
 pub mod controller;
+pub mod exports;
 pub mod heartbeat;
 pub mod images;
+pub mod nbd;
 pub mod volumes;
 
 use std::sync::Arc;
@@ -31,13 +34,35 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("http://{bound}"));
     tracing::info!(addr = %bound, url, data_dir = %config.data_dir.display(), "storaged ready");
+    let exports = exports::ExportTable::open(&config.data_dir)
+        .with_context(|| format!("opening {}", config.data_dir.display()))?;
+    let nbd_listener = tokio::net::TcpListener::bind(config.nbd_listen)
+        .await
+        .with_context(|| format!("listening for NBD on {}", config.nbd_listen))?;
+    let nbd_bound = nbd_listener.local_addr()?;
+    let nbd_address = config.nbd_advertise.clone().unwrap_or_else(|| {
+        // The advertised URL's host (what other hosts reach us at).
+        let host = config
+            .advertise_url
+            .as_deref()
+            .and_then(config::split_url)
+            .and_then(|(authority, _)| authority.rsplit_once(':'))
+            .map(|(host, _)| host.to_owned())
+            .unwrap_or_else(|| bound.ip().to_string());
+        format!("{host}:{}", nbd_bound.port())
+    });
+    tracing::info!(addr = %nbd_bound, advertised = nbd_address, "NBD listener ready");
     let state = Arc::new(api::State {
         host_id: config.host_id.clone(),
         token: config.token.clone(),
         volumes,
         config: config.clone(),
         fills: Default::default(),
+        exports,
+        nbd_address,
     });
+    let nbd_server = nbd::Server::new(api::NbdExports(state.clone()));
+    let nbd = tokio::spawn(nbd_server.serve(nbd_listener));
     let beats = tokio::spawn(heartbeat::run(config, url, state.clone()));
     let serve = api::serve(listener, state);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -47,6 +72,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
     }
     beats.abort();
+    nbd.abort();
     tracing::info!("storaged stopping");
     Ok(())
 }

@@ -75,6 +75,8 @@ pub enum VolumeError {
     Damaged { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Export(#[from] crate::exports::ExportError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VolumeError + '_ {
@@ -672,6 +674,7 @@ impl FileBackend {
         Ok(Connection {
             path: volume.path.display().to_string(),
             backing,
+            nbd: None,
         })
     }
 

@@ -44,7 +44,7 @@ fn it_registers_and_serves_its_volumes_to_the_token_only() {
     std::fs::write(
         &config,
         format!(
-            "host_id = \"s1\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncontroller_url = \"http://127.0.0.1:{}\"\ntoken = \"{TOKEN}\"\navailability_zone = \"zone-a\"\nheartbeat_secs = 1\n",
+            "host_id = \"s1\"\nlisten = \"127.0.0.1:0\"\nnbd_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncontroller_url = \"http://127.0.0.1:{}\"\ntoken = \"{TOKEN}\"\navailability_zone = \"zone-a\"\nheartbeat_secs = 1\n",
             dir.path().join("data").display(),
             controller.port
         ),
@@ -116,12 +116,86 @@ fn it_registers_and_serves_its_volumes_to_the_token_only() {
     assert_eq!(r.status, 200, "{}", r.body);
     let file = std::path::PathBuf::from(r.json()["path"].as_str().unwrap());
     assert_eq!(std::fs::metadata(&file).unwrap().len(), 4 << 30);
+    // To another host, an NBD export of it, which a real client (qemu-io)
+    // reads and writes; its name is the secret that opens it.
     let r = call(
         "POST",
         &format!("{volume}/export"),
         json!({"host_id": "s2"}),
     );
-    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let nbd = r.json()["nbd"].clone();
+    assert_eq!(r.json()["path"], "", "{nbd}");
+    let (address, export) = (
+        nbd["address"].as_str().unwrap().to_owned(),
+        nbd["export"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(
+        call(
+            "POST",
+            &format!("{volume}/export"),
+            json!({"host_id": "s2"})
+        )
+        .json()["nbd"]["export"],
+        export.as_str(),
+        "one export per host"
+    );
+    let qemu_io = |name: &str, commands: &[&str]| {
+        let mut cmd = Command::new("qemu-io");
+        cmd.args(["-f", "raw", &format!("nbd://{address}/{name}")]);
+        for c in commands {
+            cmd.args(["-c", c]);
+        }
+        match cmd.output() {
+            Ok(o) => Some(format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )),
+            Err(_) => None,
+        }
+    };
+    match qemu_io(
+        &export,
+        &["write -P 0xab 1M 64k", "flush", "read -P 0xab 1M 64k"],
+    ) {
+        Some(out) => {
+            assert!(
+                out.contains("wrote 65536/65536 bytes at offset 1048576"),
+                "{out}"
+            );
+            assert!(
+                out.contains("read 65536/65536 bytes at offset 1048576"),
+                "{out}"
+            );
+            assert!(!out.contains("Pattern verification failed"), "{out}");
+            // Flushed to the volume's file.
+            let mut on_disk = vec![0u8; 65536];
+            std::os::unix::fs::FileExt::read_exact_at(
+                &std::fs::File::open(&file).unwrap(),
+                &mut on_disk,
+                1 << 20,
+            )
+            .unwrap();
+            assert!(on_disk.iter().all(|&b| b == 0xab));
+            // Past the end, and a name that is no export's.
+            let out = qemu_io(&export, &["read 4G 4k"]).unwrap();
+            assert!(!out.contains("read 4096/4096"), "{out}");
+            let out = qemu_io("0123456789abcdef0123456789abcdef", &["read 0 4k"]).unwrap();
+            assert!(!out.contains("read 4096/4096"), "{out}");
+            // Unexported: the name opens nothing any more.
+            assert_eq!(
+                call("DELETE", &format!("{volume}/exports/s2"), Value::Null).status,
+                204
+            );
+            let out = qemu_io(&export, &["read 0 4k"]).unwrap();
+            assert!(!out.contains("read 4096/4096"), "{out}");
+        }
+        None if std::env::var_os("VIRGA_REQUIRE_TOOLS").is_some() => {
+            panic!("qemu-io is not installed (qemu-utils)")
+        }
+        None => eprintln!("skipping the NBD client checks: no qemu-io"),
+    }
     // Bad input: an id that is no volume's, a body that is not the call's.
     assert_eq!(
         call("PUT", "/v1/volumes/..%2F..%2Fetc", json!({"size_gib": 1})).status,
@@ -153,6 +227,24 @@ fn it_registers_and_serves_its_volumes_to_the_token_only() {
     let r = call("POST", &format!("{clone}/export"), json!({"host_id": "s1"}));
     let backing = r.json()["backing"].as_array().cloned().unwrap_or_default();
     assert!(backing.is_empty() || backing.len() == 1, "{}", r.body);
+    // Over NBD the clone is the guest's view: the snapshot's data under
+    // it, its own writes on top, whatever its format here.
+    let r = call("POST", &format!("{clone}/export"), json!({"host_id": "s3"}));
+    let export = r.json()["nbd"]["export"].as_str().unwrap().to_owned();
+    if let Some(out) = qemu_io(
+        &export,
+        &[
+            "read -P 0xab 1M 64k",
+            "write -P 0xcd 2M 4k",
+            "flush",
+            "read -P 0xcd 2M 4k",
+            "read -P 0 3M 4k",
+        ],
+    ) {
+        assert_eq!(out.matches("read ").count(), 3, "{out}");
+        assert!(!out.contains("Pattern verification failed"), "{out}");
+        assert!(out.contains("wrote 4096/4096"), "{out}");
+    }
     let r = call(
         "PUT",
         "/v1/volumes/7c6b5a49-3827-4165-9504-f3e2d1c0b9a8",

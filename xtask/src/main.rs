@@ -11,7 +11,8 @@
 //!   benchmarks (the overlay one natively, in namespaces).
 //! - `fuzz [--target T] [--minutes N]`: the fuzz targets, long.
 //! - `crash-trials [--trials N]`: `kill -9` of the controller during creates,
-//!   deletes and actions, and what it left behind.
+//!   deletes and actions, of storaged during volume changes, and of the VMM
+//!   under a writing guest, and what each left behind.
 
 mod flakes;
 mod fuzz;
@@ -84,7 +85,9 @@ enum Cmd {
     /// Kill the controller with SIGKILL at random moments during server
     /// creates, deletes and actions, and storaged during volume snapshots,
     /// clones, grows and deletes; restart them, and check what they left
-    /// (controller/tests/crash_trials.rs).
+    /// (controller/tests/crash_trials.rs). Then kill the VMM while its
+    /// guest writes, in the testbed, and check nothing flushed was lost
+    /// (tests/e2e/tests/blk.rs).
     CrashTrials {
         #[arg(long, default_value_t = 50)]
         trials: u32,
@@ -182,17 +185,28 @@ fn main() -> Result<()> {
         } => testbed(&command.join(" "), rootfs, scratch_mib, peers),
         Cmd::Bench { args } => bench(&args),
         Cmd::Fuzz { target, minutes } => fuzz::fuzz(target.as_deref(), minutes),
-        Cmd::CrashTrials { trials } => run(cargo()
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "controller",
-                "--test",
-                "crash_trials",
-            ])
-            .args(["--", "--include-ignored", "--nocapture"])
-            .env("VIRGA_CRASH_TRIALS", trials.to_string())),
+        Cmd::CrashTrials { trials } => {
+            run(cargo()
+                .args([
+                    "test",
+                    "--release",
+                    "-p",
+                    "controller",
+                    "--test",
+                    "crash_trials",
+                ])
+                .args(["--", "--include-ignored", "--nocapture"])
+                .env("VIRGA_CRASH_TRIALS", trials.to_string()))?;
+            // The VMM killed under a writing guest, in the testbed: half
+            // the trials on a raw disk, half on a qcow2 overlay.
+            let vmm = images_and_vmm()?;
+            run(cargo()
+                .args(["test", "--release", "-p", "virga-e2e", "--test", "blk"])
+                .args(["--", "--nocapture", "flushed_writes_survive"])
+                .env("VIRGA_VMM_BIN", &vmm)
+                .env("VIRGA_IMAGES", images_dir())
+                .env("VIRGA_VMM_CRASH_TRIALS", trials.div_ceil(2).to_string()))
+        }
     }
 }
 

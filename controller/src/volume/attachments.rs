@@ -268,9 +268,9 @@ impl VolumeService {
         Ok(())
     }
 
-    /// How host `connector.host` reaches volume `v`: for the file backend,
-    /// the volume's file (and, for an overlay, the layers under it) on
-    /// that host, which must be the volume's storage host.
+    /// How host `connector.host` reaches volume `v`: on its storage host,
+    /// the volume's file (and, for an overlay, the layers under it); from
+    /// another host, its NBD export.
     async fn connection_info(
         &self,
         app: &App,
@@ -295,6 +295,17 @@ impl VolumeService {
             .as_ref()
             .map_or("rw", |a| a.mode.as_str())
             .to_owned();
+        if let Some(nbd) = &c.nbd {
+            return Ok(json!({
+                "driver_volume_type": "nbd",
+                "data": {
+                    "address": nbd.address,
+                    "export": nbd.export,
+                    "volume_id": v.id,
+                    "access_mode": mode,
+                },
+            }));
+        }
         Ok(json!({
             "driver_volume_type": "local",
             "data": {

@@ -402,6 +402,22 @@ async fn grow_in_guest(
     }
 }
 
+/// Ends the NBD export of volume `v` to `host` once nothing there uses it
+/// (nothing to end when `host` is its storage host). Best effort: an
+/// export left behind is harmless (its name dies with the volume).
+async fn end_export(app: &App, v: &Volume, host: &str) {
+    let Some(storage_host) = v.storage_host.as_deref().filter(|s| *s != host) else {
+        return;
+    };
+    let Ok(Some(h)) = app.volumes.store.storage_host(storage_host).await else {
+        return;
+    };
+    let storaged = Storaged::new(&h.url, app.hostd_token(storage_host));
+    if let Err(e) = storaged.unexport(&v.id, host).await {
+        tracing::warn!(volume = v.id, host, "ending its export: {e}");
+    }
+}
+
 /// Attaching and detaching: the storage host says how the server's host
 /// reaches the volume, and hostd plugs it into the server (or unplugs it).
 /// A server that is gone lets go of its volumes.
@@ -426,6 +442,9 @@ async fn converge_attachment(app: &App, v: &Volume) -> Result<(), String> {
     };
     let server = app.servers.get(&a.server_id).await.map_err(err)?;
     let Some(server) = server.filter(|s| s.vm_state != "deleted") else {
+        if let Some(host) = &a.host {
+            end_export(app, v, host).await;
+        }
         return release(None).await;
     };
     let status = if v.status == "reserved" {
@@ -465,20 +484,17 @@ async fn converge_attachment(app: &App, v: &Volume) -> Result<(), String> {
             };
             let serial: String = v.id.chars().take(20).collect();
             match hostd
-                .add_disk(
-                    &server.id,
-                    &v.device_id(),
-                    &connection.path,
-                    &connection.backing,
-                    &serial,
-                )
+                .add_disk(&server.id, &v.device_id(), &connection, &serial)
                 .await
             {
                 // A conflict: plugged by an earlier run cut short.
                 Ok(_) => {}
                 Err(e) if e.is_conflict() && e.to_string().contains("has a disk") => {}
                 Err(HostdError::Unreachable { .. }) => return Ok(()),
-                Err(e) => return release(Some(format!("attaching: {e}"))).await,
+                Err(e) => {
+                    end_export(app, v, &host_id).await;
+                    return release(Some(format!("attaching: {e}"))).await;
+                }
             }
             store.attached(&v.id, &host_id, now()).await.map_err(err)?;
             tracing::info!(volume = v.id, server = server.id, "volume attached");
@@ -499,6 +515,9 @@ async fn converge_attachment(app: &App, v: &Volume) -> Result<(), String> {
                         .map_err(err)?;
                     return Err(format!("detaching: {e}"));
                 }
+            }
+            if let Some(host) = &a.host {
+                end_export(app, v, host).await;
             }
             store
                 .release(&v.id, &["detaching"], None, now())

@@ -113,6 +113,17 @@ impl Storaged {
         serde_json::from_slice(&bytes).map_err(|e| StorageError::BadAnswer(e.to_string()))
     }
 
+    /// Ends the volume's NBD export to `host_id` (gone already is fine).
+    pub async fn unexport(&self, id: &str, host_id: &str) -> Result<(), StorageError> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/volumes/{id}/exports/{host_id}"),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Removes the volume (gone already is fine).
     pub async fn delete(&self, id: &str) -> Result<(), StorageError> {
         self.call(Method::DELETE, &format!("/v1/volumes/{id}"), None)

@@ -46,7 +46,7 @@ impl Storaged {
         std::fs::write(
             &config,
             format!(
-                "host_id = \"{host_id}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncontroller_url = \"http://{}\"\ntoken = \"{}\"\nheartbeat_secs = 1\n",
+                "host_id = \"{host_id}\"\nlisten = \"127.0.0.1:0\"\nnbd_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncontroller_url = \"http://{}\"\ntoken = \"{}\"\nheartbeat_secs = 1\n",
                 data_dir.display(),
                 c.addr,
                 host_token(host_id)

@@ -79,7 +79,7 @@ pub(super) enum Request {
     RemoveNic(String),
     /// A disk more (a volume), by its device id: plugged into the running
     /// guest, and in every later start.
-    AddDisk(vmm::config::DiskConfig),
+    AddDisk(vmm::config::DiskConfig, Option<crate::instance::NbdSource>),
     /// The disk of this device id goes, as a NIC does.
     RemoveDisk(String),
     /// The disk of this device id (attached, or the root volume) grows to
@@ -430,7 +430,8 @@ impl Actor {
             Request::ConfirmResize => self.confirm_resize().await?,
             Request::AddNic(nic) => self.add_nic(nic).await?,
             Request::RemoveNic(tap) => self.remove_nic(&tap).await?,
-            Request::AddDisk(disk) => self.add_disk(disk).await?,
+            Request::AddDisk(disk, None) => self.add_disk(disk).await?,
+            Request::AddDisk(disk, Some(nbd)) => self.add_remote_disk(disk, nbd).await?,
             Request::RemoveDisk(id) => self.remove_disk(&id).await?,
             Request::GrowDisk { dev, bytes } => self.grow_disk(&dev, bytes).await?,
         }
@@ -523,6 +524,9 @@ impl Actor {
             }
         }
         if kind == Termination::Delete {
+            for r in std::mem::take(&mut self.record.spec.remote_disks) {
+                disconnect_nbd(r.index).await;
+            }
             self.forget().await;
             tracing::info!(instance = self.id, "deleted");
         }
@@ -688,6 +692,7 @@ impl Actor {
 
     /// Starts a VMM for the instance and waits until its control API answers.
     async fn launch(&mut self) -> Result<(), OpError> {
+        self.reconnect_remote_disks().await?;
         let spec = self.record.spec.clone();
         let _admitted = self.sup.admit(&self.shared, spec.memory_mib)?;
         let dir = self.sup.run_dir(&self.id);
@@ -1387,7 +1392,128 @@ impl Actor {
             self.unplug(dev, "disks", &format!("disk {dev}")).await?;
         }
         self.record.spec.disks.remove(at);
+        let remote = self
+            .record
+            .spec
+            .remote_disks
+            .iter()
+            .position(|r| r.id == dev);
+        let remote = remote.map(|at| self.record.spec.remote_disks.remove(at));
         self.commit().await;
+        if let Some(r) = remote {
+            disconnect_nbd(r.index).await;
+        }
+        Ok(())
+    }
+
+    /// Adds a volume on another host: connects its NBD export to a free
+    /// `/dev/nbdN` (the kernel's client), then adds that device as
+    /// [`Actor::add_disk`] adds a local one. A failed add disconnects it.
+    async fn add_remote_disk(
+        &mut self,
+        mut disk: vmm::config::DiskConfig,
+        nbd: crate::instance::NbdSource,
+    ) -> Result<(), OpError> {
+        if !disk.path.as_os_str().is_empty() || disk.base.is_some() || !disk.layers.is_empty() {
+            return Err(OpError::BadRequest(
+                "disks: a remote disk (nbd) has no path, base or layers".into(),
+            ));
+        }
+        if nbd.address.is_empty() || nbd.export.is_empty() || nbd.export.len() > 255 {
+            return Err(OpError::BadRequest(
+                "nbd: an address (HOST:PORT) and an export name".into(),
+            ));
+        }
+        let Some(dev) = disk.id.clone() else {
+            return Err(OpError::BadRequest(
+                "disks: an id (the device's name) is needed to remove it later".into(),
+            ));
+        };
+        if self
+            .record
+            .spec
+            .disks
+            .iter()
+            .any(|d| d.id.as_deref() == Some(&dev))
+        {
+            return Err(OpError::Conflict(format!(
+                "instance {:?} has a disk {dev}",
+                self.id
+            )));
+        }
+        let index = connect_nbd(&nbd).await.inspect_err(|e| {
+            tracing::warn!(
+                instance = self.id,
+                disk = dev,
+                "connecting a remote disk: {e}"
+            )
+        })?;
+        disk.path = crate::nbd::device(index);
+        match self.add_disk(disk).await {
+            Ok(()) => {
+                self.record
+                    .spec
+                    .remote_disks
+                    .push(crate::instance::RemoteDisk {
+                        id: dev.clone(),
+                        nbd,
+                        index,
+                    });
+                self.commit().await;
+                tracing::info!(
+                    instance = self.id,
+                    disk = dev,
+                    index,
+                    "remote disk connected"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(
+                    instance = self.id,
+                    disk = dev,
+                    index,
+                    "plugging a remote disk: {e}"
+                );
+                disconnect_nbd(index).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Connects again the remote disks whose NBD device is not connected
+    /// (the host rebooted, or the connection died), before a VMM starts
+    /// with them.
+    async fn reconnect_remote_disks(&mut self) -> Result<(), OpError> {
+        let mut changed = false;
+        for at in 0..self.record.spec.remote_disks.len() {
+            let r = self.record.spec.remote_disks[at].clone();
+            if crate::nbd::connected(r.index) {
+                continue;
+            }
+            disconnect_nbd(r.index).await;
+            let index = connect_nbd(&r.nbd).await?;
+            tracing::info!(
+                instance = self.id,
+                disk = r.id,
+                index,
+                "remote disk connected again"
+            );
+            self.record.spec.remote_disks[at].index = index;
+            if let Some(d) = self
+                .record
+                .spec
+                .disks
+                .iter_mut()
+                .find(|d| d.id.as_deref() == Some(&r.id))
+            {
+                d.path = crate::nbd::device(index);
+            }
+            changed = true;
+        }
+        if changed {
+            self.commit().await;
+        }
         Ok(())
     }
 
@@ -1568,5 +1694,25 @@ fn grow_file(disk: &vmm::config::DiskConfig, bytes: u64) -> Result<(), OpError> 
     } else {
         file.set_len(bytes).map_err(io)?;
         file.sync_all().map_err(io)
+    }
+}
+
+/// Connects an NBD export to a free device (blocking, off the runtime).
+async fn connect_nbd(nbd: &crate::instance::NbdSource) -> Result<u32, OpError> {
+    let nbd = nbd.clone();
+    tokio::task::spawn_blocking(move || crate::nbd::connect(&nbd.address, &nbd.export))
+        .await
+        .map_err(|e| OpError::Internal(e.to_string()))?
+        .map(|(index, _)| index)
+        .map_err(|e| OpError::Internal(format!("remote disk: {e}")))
+}
+
+/// Disconnects an NBD device; a failure is logged (the device is then
+/// the kernel's to time out).
+async fn disconnect_nbd(index: u32) {
+    match tokio::task::spawn_blocking(move || crate::nbd::disconnect(index)).await {
+        Ok(Ok(())) => tracing::info!(index, "remote disk disconnected"),
+        Ok(Err(e)) => tracing::warn!(index, "disconnecting a remote disk: {e}"),
+        Err(e) => tracing::warn!(index, "disconnecting a remote disk: {e}"),
     }
 }

@@ -465,8 +465,9 @@ impl Supervisor {
         &self,
         id: &str,
         disk: vmm::config::DiskConfig,
+        nbd: Option<crate::instance::NbdSource>,
     ) -> Result<Instance, OpError> {
-        self.request(id, Request::AddDisk(disk)).await
+        self.request(id, Request::AddDisk(disk, nbd)).await
     }
 
     /// Removes the disk `dev`, once the running guest has let go of it.

@@ -228,6 +228,7 @@ mod tests {
             cmdline: Some("console=ttyS0".into()),
             boot_disk: Some("/img".into()),
             disks: vec![],
+            remote_disks: vec![],
             nics: vec![],
             metadata: Default::default(),
         };
@@ -260,6 +261,7 @@ mod tests {
             ephemeral_gib: Some(1),
             swap_mib: Some(64),
             disks: vec![named("/vol", Some("vol1")), named("/data", None)],
+            remote_disks: vec![],
             ..spec
         };
         let f = vmm_config_file(&with_volume, Some(Path::new("/run/x")), None);

@@ -101,8 +101,9 @@ pub struct Export {
     pub host_id: String,
 }
 
-/// How that host reaches it: on storaged's own host, its files.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// How that host reaches it: on storaged's own host, its files; from
+/// another host, an NBD export (`path` then empty).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connection {
     /// The volume's own file: raw, or a qcow2 overlay when `backing` is
     /// not empty. The only one written.
@@ -112,6 +113,18 @@ pub struct Connection {
     /// made over).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backing: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd: Option<NbdExport>,
+}
+
+/// A volume served over NBD to one other host: the guest's view of it
+/// (raw, whatever its format on the storage host).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NbdExport {
+    /// `HOST:PORT` of storaged's NBD listener.
+    pub address: String,
+    /// The export's name: a secret only the controller and that host know.
+    pub export: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -138,7 +138,13 @@ pub fn run_with_rootfs(name: &str, script: &str) -> Outcome {
     run_scenario(name, script, Scenario::with_rootfs)
 }
 
-fn run_scenario(name: &str, script: &str, adjust: impl FnOnce(Scenario) -> Scenario) -> Outcome {
+/// As [`run`], the scenario changed by `adjust` first (host binaries,
+/// disks, a longer timeout).
+pub fn run_scenario(
+    name: &str,
+    script: &str,
+    adjust: impl FnOnce(Scenario) -> Scenario,
+) -> Outcome {
     let script = format!("CMDLINE='{CMDLINE}'\n{script}");
     let scenario = adjust(
         Scenario::new(name, &script)

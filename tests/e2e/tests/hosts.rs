@@ -4,7 +4,9 @@
 //! their addresses from their own host's DHCP, reach each other across the
 //! VXLAN overlay (the default security group lets members in) and move
 //! data; a guest of another project, on its own network with the same
-//! addresses, reaches neither.
+//! addresses, reaches neither. A volume on host1 (its storaged) attached
+//! to the guest on host2 goes over NBD (the kernel's client there): what
+//! that guest writes, the guest on host1 reads once the volume moves.
 
 use std::time::{Duration, Instant};
 
@@ -64,7 +66,7 @@ fn guests_on_two_hosts_reach_each_other_and_no_other_project() {
     let dir = tempfile::tempdir().expect("tempdir");
     let held = HeldPort::new();
     let ctl_port = held.port;
-    let [port1, port2] = free_ports::<2>();
+    let [port1, port2, storage_port] = free_ports::<3>();
     let controller = start_controller(
         dir.path(),
         &held,
@@ -85,6 +87,7 @@ table ip hosts {{
         type nat hook prerouting priority -100;
         tcp dport {port1} dnat to 10.98.1.2
         tcp dport {port2} dnat to 10.98.2.2
+        tcp dport {storage_port} dnat to 10.98.1.2
     }}
     chain post {{
         type nat hook postrouting priority 100;
@@ -94,24 +97,43 @@ table ip hosts {{
 EOF
 PIDS=
 {host1}{host2}
+# host1 is the storage host too: other hosts reach its volumes over NBD
+# at its underlay address.
+cat > $WORK/host1/storaged.toml <<EOF
+host_id = "host1"
+listen = "0.0.0.0:{storage_port}"
+advertise_url = "http://127.0.0.1:{storage_port}"
+nbd_listen = "0.0.0.0:10809"
+nbd_advertise = "10.98.1.2:10809"
+data_dir = "$WORK/host1/storage"
+controller_url = "http://$HOST_ADDR:{ctl_port}"
+token = "{storage_token}"
+heartbeat_secs = 2
+EOF
+$NSENTER --net=/run/netns/host1 $BIN/storaged --config $WORK/host1/storaged.toml 2> $WORK/host1/storaged.log &
+PIDS="$PIDS $!"
 # Runs until the test stops its controller (three failed probes in a row).
 f=0; while [ $f -lt 3 ]; do
     wget -q -O /dev/null http://$HOST_ADDR:{ctl_port}/identity/v3 && f=0 || f=$((f + 1)); sleep 1
 done
 kill $PIDS; wait
+tail -n 10 $WORK/host1/storaged.log
 for n in 1 2; do
-    echo "HOST${{n}}_LOGS_BEGIN"; tail -n 10 $WORK/host$n/hostd.log; tail -n 10 $WORK/host$n/netd.log; echo "HOST${{n}}_LOGS_END"
+    echo "HOST${{n}}_LOGS_BEGIN"; grep -i "disk\|nbd" $WORK/host$n/hostd.log | tail -n 10; tail -n 10 $WORK/host$n/hostd.log; tail -n 10 $WORK/host$n/netd.log; echo "HOST${{n}}_LOGS_END"
 done
 "#,
         host1 = host_script(1, port1, ctl_port),
         host2 = host_script(2, port2, ctl_port),
+        storage_token = host_token("host1"),
     );
     let mut scenario = virga_testbed::Scenario::new("two-hosts", &script)
         .binary(virga_e2e::vmm_bin())
         .binaries(virga_e2e::hostd_bins())
         .binary(virga_e2e::netd_bin())
+        .binary(virga_e2e::storaged_bin())
         .forward_port(port1)
         .forward_port(port2)
+        .forward_port(storage_port)
         .timeout(Duration::from_secs(1500));
     for program in virga_e2e::hostd_host_programs()
         .into_iter()
@@ -358,4 +380,41 @@ fn drive(cli: &std::path::Path, dir: &std::path::Path, ctl_port: u16, alive: &dy
         !c.contains("virga-peers-reached"),
         "another project's guest was reached:\n{c}"
     );
+
+    // A volume on host1's storaged, attached to vm-b on host2: over NBD.
+    // vm-b finds it blank and writes a marker (flushed); moved to vm-a on
+    // host1 (the file itself there), the marker is read back.
+    // Waits for the volume's status; a wrong end shows the volume (its
+    // fault says why).
+    let status = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let shown = admin.ok(&["volume", "show", "rvol", "-f", "json"]);
+            let v: serde_json::Value = serde_json::from_str(&shown).unwrap_or_default();
+            if v["status"] == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "rvol never {want}: {shown}");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    };
+    admin.ok(&["volume", "create", "--size", "1", "rvol"]);
+    status("available");
+    let attaching = Instant::now();
+    admin.ok(&["server", "add", "volume", "vm-b", "rvol"]);
+    status("in-use");
+    console(&admin, "vm-b", "virga-peers-disk-written vda");
+    println!(
+        "a volume on host1 attached to vm-b on host2 (NBD) and written in {:?}",
+        attaching.elapsed()
+    );
+    admin.ok(&["server", "remove", "volume", "vm-b", "rvol"]);
+    status("available");
+    admin.ok(&["server", "add", "volume", "vm-a", "rvol"]);
+    status("in-use");
+    console(&admin, "vm-a", "virga-peers-disk vda [virga-over-nbd-1]");
+    println!("vm-a on host1 read what vm-b on host2 wrote over NBD");
+    admin.ok(&["server", "remove", "volume", "vm-a", "rvol"]);
+    status("available");
+    admin.ok(&["volume", "delete", "rvol"]);
 }

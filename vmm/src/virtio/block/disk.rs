@@ -302,6 +302,46 @@ impl Disk {
         }
     }
 
+    /// Reads `buf` at the guest's `offset`, wherever the bytes are (the
+    /// disk's file, an overlay's base, or through its layers), past a
+    /// shorter base's end as zeros: for callers other than the virtio
+    /// worker (storaged's NBD server).
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let (target, at) = self.place(offset, buf.len() as u64, false)?;
+        let file = match (target, &self.overlay) {
+            (Target::Own, _) => &self.buffered,
+            (Target::Base, Some(o)) => o.base_file(),
+            (_, Some(o)) => return o.read_vectored(&mut [std::io::IoSliceMut::new(buf)], offset),
+            (_, None) => return Err(std::io::Error::other("not an overlay")),
+        };
+        let mut done = 0;
+        while done < buf.len() {
+            match file.read_at(&mut buf[done..], at + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf[done..].fill(0);
+        Ok(())
+    }
+
+    /// Writes `buf` at the guest's `offset` (an overlay allocates clusters
+    /// as needed): as [`Disk::read_at`], for callers other than the worker.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if self.read_only {
+            return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+        }
+        match (self.place(offset, buf.len() as u64, true)?, &self.overlay) {
+            ((Target::Own, at), _) => self.buffered.write_all_at(buf, at),
+            (_, Some(o)) => o.write_vectored(&[std::io::IoSlice::new(buf)], offset),
+            (_, None) => Err(std::io::Error::other("not an overlay")),
+        }
+    }
+
     /// Makes completed writes durable: the file's data, and an overlay's
     /// metadata first.
     pub fn flush(&self) -> std::io::Result<()> {

@@ -1,0 +1,612 @@
+//! The NBD server: how a host other than this one reaches a volume.
+//!
+//! The compute host's kernel is the client (its `nbd` driver, set up over
+//! netlink with sockets hostd connected and negotiated), so the guest's
+//! disk is a plain block device there, whatever the volume's format here:
+//! this server serves the volume as the guest sees it (a raw file, or a
+//! qcow2 overlay through its layers, read with the VMM's own disk code).
+//!
+//! Protocol: the fixed newstyle handshake (`NBD_OPT_GO`, `NBD_OPT_INFO`,
+//! `NBD_OPT_EXPORT_NAME`, `NBD_OPT_ABORT`; a list of exports is refused,
+//! their names being secrets), then simple replies. A FLUSH (and a write
+//! with FUA) is answered once what it covers is on stable storage here.
+//! Requests on one connection are served concurrently, up to
+//! [`MAX_IN_FLIGHT`]; several connections to one export share one open
+//! disk (`CAN_MULTI_CONN`), so a qcow2 overlay has one writer.
+//!
+//! An export's name is a random 128-bit secret the controller hands to
+//! the one compute host it exported the volume to; anyone else gets
+//! `NBD_REP_ERR_UNKNOWN`. The traffic itself is not encrypted: keep it on
+//! the storage network.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use vmm::virtio::block::disk::Disk;
+
+const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+const REQUEST_MAGIC: u32 = 0x2560_9513;
+const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+
+const FLAG_FIXED_NEWSTYLE: u16 = 1;
+const FLAG_NO_ZEROES: u16 = 2;
+const CLIENT_NO_ZEROES: u32 = 2;
+
+const OPT_EXPORT_NAME: u32 = 1;
+const OPT_ABORT: u32 = 2;
+const OPT_INFO: u32 = 6;
+const OPT_GO: u32 = 7;
+
+const REP_ACK: u32 = 1;
+const REP_INFO: u32 = 3;
+const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
+const REP_ERR_POLICY: u32 = (1 << 31) + 2;
+const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
+const INFO_EXPORT: u16 = 0;
+
+const TX_HAS_FLAGS: u16 = 1;
+const TX_SEND_FLUSH: u16 = 1 << 2;
+const TX_SEND_FUA: u16 = 1 << 3;
+const TX_SEND_TRIM: u16 = 1 << 5;
+const TX_SEND_WRITE_ZEROES: u16 = 1 << 6;
+const TX_CAN_MULTI_CONN: u16 = 1 << 8;
+
+const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
+const CMD_DISC: u16 = 2;
+const CMD_FLUSH: u16 = 3;
+const CMD_TRIM: u16 = 4;
+const CMD_WRITE_ZEROES: u16 = 6;
+const CMD_FLAG_FUA: u16 = 1;
+
+const EPERM: u32 = 1;
+const EIO: u32 = 5;
+const EINVAL: u32 = 22;
+const ENOSPC: u32 = 28;
+const ENOTSUP: u32 = 95;
+
+/// The longest option a client may send (an export name and a few info
+/// requests fit in far less).
+const MAX_OPTION: u32 = 4096;
+/// The largest read or write: the kernel client sends at most its queue's
+/// max_sectors (1 MiB by default); more than this closes the connection.
+pub const MAX_REQUEST: u32 = 32 << 20;
+/// How long a client may take to choose its export.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Requests served at once per connection.
+pub const MAX_IN_FLIGHT: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NbdError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+fn protocol(what: impl Into<String>) -> NbdError {
+    NbdError::Protocol(what.into())
+}
+
+/// What an export name opens: the volume's files (as
+/// [`crate::volumes::FileBackend::files`] gives them).
+pub trait Exports: Send + Sync + 'static {
+    /// The volume `name` exports, and its files: its own (raw, or a qcow2
+    /// overlay) and its backing chain (layers top first, then the base).
+    fn lookup(&self, name: &str) -> Option<(String, storaged_proto::Connection)>;
+}
+
+/// The server: open disks shared by the connections to one volume.
+pub struct Server<E> {
+    exports: E,
+    open: Mutex<HashMap<String, Weak<Disk>>>,
+}
+
+impl<E: Exports> Server<E> {
+    pub fn new(exports: E) -> Arc<Self> {
+        Arc::new(Server {
+            exports,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Accepts connections until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (socket, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("nbd: accepting: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = socket.set_nodelay(true);
+            let server = self.clone();
+            tokio::spawn(async move {
+                match server.connection(socket).await {
+                    Ok(()) => tracing::debug!(%peer, "nbd: connection closed"),
+                    Err(e) => tracing::info!(%peer, "nbd: connection ended: {e}"),
+                }
+            });
+        }
+    }
+
+    /// The volume `volume`'s disk, opened once for every connection to it.
+    fn disk(&self, volume: &str, files: &storaged_proto::Connection) -> std::io::Result<Arc<Disk>> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(disk) = open.get(volume).and_then(Weak::upgrade) {
+            return Ok(disk);
+        }
+        open.retain(|_, d| d.strong_count() > 0);
+        let (base, layers) = match files.backing.split_last() {
+            Some((base, layers)) => (
+                Some(std::path::PathBuf::from(base)),
+                layers.iter().map(std::path::PathBuf::from).collect(),
+            ),
+            None => (None, Vec::new()),
+        };
+        let disk = Disk::open(
+            std::path::Path::new(&files.path),
+            base.as_deref(),
+            &layers,
+            false,
+            false,
+        )
+        .map_err(std::io::Error::other)?;
+        let disk = Arc::new(disk);
+        open.insert(volume.to_owned(), Arc::downgrade(&disk));
+        Ok(disk)
+    }
+
+    async fn connection<S>(self: Arc<Self>, socket: S) -> Result<(), NbdError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut rd, mut wr) = tokio::io::split(socket);
+        // A client that never finishes negotiating holds nothing for long.
+        let negotiated =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut rd, &mut wr)).await;
+        let Some((volume, disk)) =
+            negotiated.map_err(|_| protocol("the handshake timed out"))??
+        else {
+            return Ok(());
+        };
+        tracing::info!(volume, "nbd: export in use");
+        transmission(rd, wr, disk).await
+    }
+
+    /// The fixed newstyle negotiation; the export chosen, or None when the
+    /// client aborted.
+    async fn handshake<R, W>(
+        &self,
+        rd: &mut R,
+        wr: &mut W,
+    ) -> Result<Option<(String, Arc<Disk>)>, NbdError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut hello = Vec::with_capacity(18);
+        hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
+        hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+        wr.write_all(&hello).await?;
+        wr.flush().await?;
+        let client_flags = rd.read_u32().await?;
+        let no_zeroes = client_flags & CLIENT_NO_ZEROES != 0;
+        loop {
+            if rd.read_u64().await? != IHAVEOPT {
+                return Err(protocol("an option without its magic"));
+            }
+            let option = rd.read_u32().await?;
+            let len = rd.read_u32().await?;
+            if len > MAX_OPTION {
+                return Err(protocol(format!("option {option}: {len} bytes")));
+            }
+            let mut data = vec![0u8; len as usize];
+            rd.read_exact(&mut data).await?;
+            match option {
+                OPT_ABORT => {
+                    option_reply(wr, option, REP_ACK, &[]).await?;
+                    return Ok(None);
+                }
+                OPT_EXPORT_NAME => {
+                    let name = String::from_utf8_lossy(&data).into_owned();
+                    // No way to say no here but to hang up.
+                    let Some((volume, disk)) = self.open_export(&name) else {
+                        return Err(protocol("NBD_OPT_EXPORT_NAME: no such export"));
+                    };
+                    let mut reply = Vec::with_capacity(10 + 124);
+                    reply.extend_from_slice(&disk.capacity().to_be_bytes());
+                    reply.extend_from_slice(&transmission_flags(&disk).to_be_bytes());
+                    if !no_zeroes {
+                        reply.extend_from_slice(&[0u8; 124]);
+                    }
+                    wr.write_all(&reply).await?;
+                    wr.flush().await?;
+                    return Ok(Some((volume, disk)));
+                }
+                OPT_INFO | OPT_GO => {
+                    let Some(name) = go_name(&data) else {
+                        option_reply(wr, option, REP_ERR_INVALID, b"malformed").await?;
+                        continue;
+                    };
+                    let Some((volume, disk)) = self.open_export(&name) else {
+                        option_reply(wr, option, REP_ERR_UNKNOWN, b"no such export").await?;
+                        continue;
+                    };
+                    let mut info = Vec::with_capacity(12);
+                    info.extend_from_slice(&INFO_EXPORT.to_be_bytes());
+                    info.extend_from_slice(&disk.capacity().to_be_bytes());
+                    info.extend_from_slice(&transmission_flags(&disk).to_be_bytes());
+                    option_reply(wr, option, REP_INFO, &info).await?;
+                    option_reply(wr, option, REP_ACK, &[]).await?;
+                    if option == OPT_GO {
+                        return Ok(Some((volume, disk)));
+                    }
+                }
+                // Export names are secrets: no listing.
+                3 => option_reply(wr, option, REP_ERR_POLICY, b"exports are not listed").await?,
+                _ => option_reply(wr, option, REP_ERR_UNSUP, &[]).await?,
+            }
+        }
+    }
+
+    fn open_export(&self, name: &str) -> Option<(String, Arc<Disk>)> {
+        let (volume, files) = self.exports.lookup(name)?;
+        match self.disk(&volume, &files) {
+            Ok(disk) => Some((volume, disk)),
+            Err(e) => {
+                tracing::warn!(volume, "nbd: opening the volume: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// `NBD_OPT_GO`/`INFO` data: a name (u32 length first), then info requests.
+fn go_name(data: &[u8]) -> Option<String> {
+    let len = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
+    let name = data.get(4..4usize.checked_add(len)?)?;
+    let requests = u16::from_be_bytes(data.get(4 + len..6 + len)?.try_into().ok()?) as usize;
+    (data.len() == 6 + len + 2 * requests).then(|| String::from_utf8_lossy(name).into_owned())
+}
+
+fn transmission_flags(disk: &Disk) -> u16 {
+    let mut flags = TX_HAS_FLAGS | TX_SEND_FLUSH | TX_SEND_FUA | TX_CAN_MULTI_CONN;
+    flags |= TX_SEND_TRIM | TX_SEND_WRITE_ZEROES;
+    if disk.read_only {
+        flags |= 1 << 1;
+    }
+    flags
+}
+
+async fn option_reply<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    option: u32,
+    reply: u32,
+    data: &[u8],
+) -> Result<(), NbdError> {
+    let mut out = Vec::with_capacity(20 + data.len());
+    out.extend_from_slice(&REPLY_MAGIC.to_be_bytes());
+    out.extend_from_slice(&option.to_be_bytes());
+    out.extend_from_slice(&reply.to_be_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(data);
+    wr.write_all(&out).await?;
+    wr.flush().await?;
+    Ok(())
+}
+
+/// One request, as read off the wire.
+struct Request {
+    flags: u16,
+    kind: u16,
+    cookie: u64,
+    offset: u64,
+    length: u32,
+    /// A write's payload.
+    data: Vec<u8>,
+}
+
+/// A reply: the request's cookie, an errno (0: done) and a read's data.
+struct Reply {
+    cookie: u64,
+    error: u32,
+    data: Vec<u8>,
+}
+
+/// Reads requests and hands each to a blocking task; a writer task sends
+/// the replies in the order they complete.
+async fn transmission<R, W>(mut rd: R, mut wr: W, disk: Arc<Disk>) -> Result<(), NbdError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel::<Reply>(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(async move {
+        while let Some(r) = rx.recv().await {
+            let mut out = Vec::with_capacity(16 + r.data.len());
+            out.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+            out.extend_from_slice(&r.error.to_be_bytes());
+            out.extend_from_slice(&r.cookie.to_be_bytes());
+            out.extend_from_slice(&r.data);
+            if wr.write_all(&out).await.is_err() {
+                return;
+            }
+            // Nothing else queued: send now rather than wait for more.
+            if rx.is_empty() && wr.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let result = loop {
+        let request = match read_request(&mut rd).await {
+            Ok(Some(r)) => r,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break Ok(());
+        };
+        let (disk, tx) = (disk.clone(), tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let reply = serve(&disk, request);
+            let _ = tx.blocking_send(reply);
+            drop(slot);
+        });
+    };
+    // Every request taken is answered before the connection goes.
+    let _ = slots.acquire_many(MAX_IN_FLIGHT as u32).await;
+    drop(tx);
+    let _ = writer.await;
+    result
+}
+
+/// The next request, or None at the client's NBD_CMD_DISC (or its close).
+async fn read_request<R: AsyncRead + Unpin>(rd: &mut R) -> Result<Option<Request>, NbdError> {
+    let mut header = [0u8; 28];
+    match rd.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let be16 = |at: usize| u16::from_be_bytes([header[at], header[at + 1]]);
+    let be32 = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let be64 = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&header[at..at + 8]);
+        u64::from_be_bytes(b)
+    };
+    if be32(0) != REQUEST_MAGIC {
+        return Err(protocol("a request without its magic"));
+    }
+    let mut r = Request {
+        flags: be16(4),
+        kind: be16(6),
+        cookie: be64(8),
+        offset: be64(16),
+        length: be32(24),
+        data: Vec::new(),
+    };
+    if r.kind == CMD_DISC {
+        return Ok(None);
+    }
+    if r.kind == CMD_WRITE {
+        if r.length > MAX_REQUEST {
+            return Err(protocol(format!("a write of {} bytes", r.length)));
+        }
+        r.data = vec![0u8; r.length as usize];
+        rd.read_exact(&mut r.data).await?;
+    }
+    Ok(Some(r))
+}
+
+/// The NBD error for an I/O error: the disk is full, or anything else.
+fn errno(e: &std::io::Error) -> u32 {
+    if e.raw_os_error() == Some(ENOSPC as i32) {
+        ENOSPC
+    } else {
+        EIO
+    }
+}
+
+/// Serves one request on the disk (blocking I/O).
+fn serve(disk: &Disk, r: Request) -> Reply {
+    let reply = |error: u32, data: Vec<u8>| Reply {
+        cookie: r.cookie,
+        error,
+        data,
+    };
+    let end = r.offset.checked_add(u64::from(r.length));
+    let in_range = end.is_some_and(|e| e <= disk.capacity());
+    let write = matches!(r.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES);
+    if write && disk.read_only {
+        return reply(EPERM, Vec::new());
+    }
+    let result = match r.kind {
+        CMD_READ if !in_range || r.length > MAX_REQUEST => return reply(EINVAL, Vec::new()),
+        CMD_READ => {
+            let mut buf = vec![0u8; r.length as usize];
+            return match disk.read_at(&mut buf, r.offset) {
+                Ok(()) => reply(0, buf),
+                Err(e) => {
+                    tracing::warn!("nbd: read at {}: {e}", r.offset);
+                    reply(errno(&e), Vec::new())
+                }
+            };
+        }
+        CMD_WRITE if !in_range => return reply(ENOSPC, Vec::new()),
+        CMD_WRITE => disk.write_at(&r.data, r.offset),
+        CMD_FLUSH => disk.flush(),
+        CMD_TRIM | CMD_WRITE_ZEROES if !in_range => return reply(EINVAL, Vec::new()),
+        // Discard is advisory: where holes cannot be punched, nothing.
+        CMD_TRIM if !disk.fallocate => Ok(()),
+        CMD_TRIM => disk.fallocate(r.offset, u64::from(r.length), false),
+        CMD_WRITE_ZEROES if disk.fallocate => disk.fallocate(r.offset, u64::from(r.length), true),
+        CMD_WRITE_ZEROES if r.length > MAX_REQUEST => return reply(EINVAL, Vec::new()),
+        CMD_WRITE_ZEROES => disk.write_at(&vec![0u8; r.length as usize], r.offset),
+        _ => return reply(ENOTSUP, Vec::new()),
+    };
+    let result = result.and_then(|()| {
+        if write && r.flags & CMD_FLAG_FUA != 0 {
+            disk.flush()
+        } else {
+            Ok(())
+        }
+    });
+    match result {
+        Ok(()) => reply(0, Vec::new()),
+        Err(e) => {
+            tracing::warn!("nbd: command {} at {}: {e}", r.kind, r.offset);
+            reply(errno(&e), Vec::new())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    struct OneVolume(std::path::PathBuf);
+
+    impl Exports for OneVolume {
+        fn lookup(&self, name: &str) -> Option<(String, storaged_proto::Connection)> {
+            (name == "good").then(|| {
+                let files = storaged_proto::Connection {
+                    path: self.0.display().to_string(),
+                    ..Default::default()
+                };
+                ("v1".to_owned(), files)
+            })
+        }
+    }
+
+    /// A server on one end of a pipe, a 1 MiB raw volume behind "good".
+    fn serve() -> (DuplexStream, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.raw");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let server = Server::new(OneVolume(path));
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        tokio::spawn(async move {
+            let _ = server.connection(theirs).await;
+        });
+        (ours, dir)
+    }
+
+    async fn go(c: &mut DuplexStream, name: &str) -> (u32, Vec<u8>) {
+        let mut hello = [0u8; 18];
+        c.read_exact(&mut hello).await.unwrap();
+        c.write_u32(1 | 2).await.unwrap();
+        c.write_u64(IHAVEOPT).await.unwrap();
+        c.write_u32(OPT_GO).await.unwrap();
+        c.write_u32(4 + name.len() as u32 + 2).await.unwrap();
+        c.write_u32(name.len() as u32).await.unwrap();
+        c.write_all(name.as_bytes()).await.unwrap();
+        c.write_u16(0).await.unwrap();
+        // The replies up to the first that is not information.
+        loop {
+            assert_eq!(c.read_u64().await.unwrap(), REPLY_MAGIC);
+            let _option = c.read_u32().await.unwrap();
+            let kind = c.read_u32().await.unwrap();
+            let mut data = vec![0u8; c.read_u32().await.unwrap() as usize];
+            c.read_exact(&mut data).await.unwrap();
+            if kind != REP_INFO {
+                return (kind, data);
+            }
+        }
+    }
+
+    async fn request(c: &mut DuplexStream, kind: u16, offset: u64, data: &[u8], len: u32) -> u32 {
+        c.write_u32(REQUEST_MAGIC).await.unwrap();
+        c.write_u16(0).await.unwrap();
+        c.write_u16(kind).await.unwrap();
+        c.write_u64(7).await.unwrap();
+        c.write_u64(offset).await.unwrap();
+        c.write_u32(len).await.unwrap();
+        c.write_all(data).await.unwrap();
+        assert_eq!(c.read_u32().await.unwrap(), SIMPLE_REPLY_MAGIC);
+        let error = c.read_u32().await.unwrap();
+        assert_eq!(c.read_u64().await.unwrap(), 7);
+        if kind == CMD_READ && error == 0 {
+            let mut buf = vec![0u8; len as usize];
+            c.read_exact(&mut buf).await.unwrap();
+        }
+        error
+    }
+
+    #[tokio::test]
+    async fn requests_out_of_range_get_errors_and_the_volume_is_served() {
+        let (mut c, dir) = serve();
+        assert_eq!(go(&mut c, "good").await.0, REP_ACK);
+        assert_eq!(request(&mut c, CMD_WRITE, 4096, b"virga!", 6).await, 0);
+        assert_eq!(request(&mut c, CMD_FLUSH, 0, b"", 0).await, 0);
+        assert_eq!(request(&mut c, CMD_READ, 4096, b"", 6).await, 0);
+        assert_eq!(
+            request(&mut c, CMD_WRITE, (1 << 20) - 2, b"abcd", 4).await,
+            ENOSPC
+        );
+        assert_eq!(
+            request(&mut c, CMD_READ, u64::MAX - 2, b"", 4).await,
+            EINVAL
+        );
+        assert_eq!(request(&mut c, CMD_TRIM, 0, b"", 4096).await, 0);
+        assert_eq!(request(&mut c, 99, 0, b"", 0).await, ENOTSUP);
+        let on_disk = std::fs::read(dir.path().join("v1.raw")).unwrap();
+        assert_eq!(&on_disk[4096..4102], b"virga!");
+        assert!(on_disk[..4096].iter().all(|&b| b == 0), "trimmed");
+    }
+
+    #[tokio::test]
+    async fn bad_clients_are_refused_without_harm() {
+        // An unknown export: refused, and the client may try another.
+        let (mut c, _dir) = serve();
+        assert_eq!(go(&mut c, "guess").await.0, REP_ERR_UNKNOWN);
+        // A request without its magic ends the connection.
+        let (mut c, _dir) = serve();
+        go(&mut c, "good").await;
+        c.write_all(&[0u8; 28]).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest).await;
+        assert!(rest.is_empty(), "{rest:?}");
+        // An option too long to be one ends it too.
+        let (mut c, _dir) = serve();
+        let mut hello = [0u8; 18];
+        c.read_exact(&mut hello).await.unwrap();
+        c.write_u32(1).await.unwrap();
+        c.write_u64(IHAVEOPT).await.unwrap();
+        c.write_u32(OPT_GO).await.unwrap();
+        c.write_u32(MAX_OPTION + 1).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest).await;
+        assert!(rest.is_empty(), "{rest:?}");
+        // A write larger than any the kernel sends ends it.
+        let (mut c, _dir) = serve();
+        go(&mut c, "good").await;
+        c.write_u32(REQUEST_MAGIC).await.unwrap();
+        c.write_u16(0).await.unwrap();
+        c.write_u16(CMD_WRITE).await.unwrap();
+        c.write_u64(1).await.unwrap();
+        c.write_u64(0).await.unwrap();
+        c.write_u32(MAX_REQUEST + 1).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest).await;
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+}
