@@ -10,7 +10,10 @@
 //! - `blk-volume`: volumes as storaged keeps them on ext4, against fio on
 //!   the file itself: a raw volume, one snapshotted once (a fresh qcow2
 //!   overlay over the data) and twice (over an empty qcow2 layer over the
-//!   data: the chain a second snapshot makes), and QEMU on the same chain.
+//!   data: the chain a second snapshot makes), and QEMU on the same chain;
+//!   and the raw volume as another host reaches it: storaged's NBD server
+//!   and the kernel's NBD client (hostctl nbd-connect, as hostd does), over
+//!   loopback, so the figure is the transport's cost without a network's.
 
 use std::path::Path;
 use std::time::Duration;
@@ -121,6 +124,10 @@ exit $failed
     s
 }
 
+/// The remote volume's id and NBD export name in the volume benchmark.
+const REMOTE_VOLUME: &str = "5e1f0c2a-7b3d-4e8f-9a6b-1c2d3e4f5a6b";
+const REMOTE_EXPORT: &str = "b3c4d5e6f708192a3b4c5d6e7f809102";
+
 /// The volume benchmark's rounds: the chain made as storaged makes it (its
 /// own qcow2 writer's layout: 64 KiB clusters, the layer under named by its
 /// header), each system on it in turn, and fio on the raw file.
@@ -154,6 +161,19 @@ rm -f $D/*.qcow2
 {QEMU_IMG} create -q -f qcow2 -o cluster_size=65536 -F qcow2 -b $D/layer.qcow2 $D/qemu-top.qcow2 || exit 1
 # The testbed jails every VMM as VMM_UID: the disks it writes are that user's.
 [ -z \"$VMM_UID\" ] || chown $VMM_UID:$VMM_UID $D/data.raw $D/snap1.qcow2 $D/snap2.qcow2
+if [ -z \"$NBD\" ]; then
+    # The raw volume served by storaged over NBD, as to another host: its
+    # data directory made by hand (the volume a link to the data).
+    S=$WORK/storaged; mkdir -p $S/volumes $S/exports
+    ln -f $D/data.raw $S/volumes/{REMOTE_VOLUME}.raw
+    echo '{REMOTE_VOLUME} bench' > $S/exports/{REMOTE_EXPORT}
+    printf 'host_id = \"storage\"\nlisten = \"127.0.0.1:8781\"\nnbd_listen = \"127.0.0.1:10809\"\ndata_dir = \"%s\"\ncontroller_url = \"http://127.0.0.1:9\"\ntoken = \"bench-token-0123456789\"\nheartbeat_secs = 300\n' $S > $S/storaged.toml
+    $BIN/storaged --config $S/storaged.toml 2> $S/storaged.log &
+    i=0; while ! grep -q 'NBD listener ready' $S/storaged.log && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    NBD=$($BIN/hostctl nbd-connect 127.0.0.1:10809 {REMOTE_EXPORT} | cut -d' ' -f1)
+    [ -b \"$NBD\" ] || {{ echo 'no NBD device'; cat $S/storaged.log; exit 1; }}
+    [ -z \"$VMM_UID\" ] || chown $VMM_UID:$VMM_UID $NBD
+fi
 "
     );
     for (system, command) in [
@@ -164,6 +184,7 @@ rm -f $D/*.qcow2
             virga("path=$D/snap2.qcow2,base=$D/data.raw,layers=$D/layer.qcow2"),
         ),
         ("qemu-snap2", qemu.clone()),
+        ("virga-remote", virga("path=$NBD")),
     ] {
         s.push_str(&format!(
             "echo 3 > /proc/sys/vm/drop_caches
@@ -185,14 +206,18 @@ exit $failed
 }
 
 pub fn run_volume(runs: u32) -> Result<()> {
+    let bins = vmm_bin().parent().map(Path::to_owned).unwrap_or_default();
     let scenario = Scenario::new("bench-blk-volume", &volume_script(runs))
         .host_binary(QEMU_IMG)
+        .binary(bins.join("storaged"))
+        .binary(bins.join("hostctl"))
         .with_scratch_ext4(OVERLAY_SCRATCH_MIB);
     let systems = [
         "virga-volume",
         "virga-snap1",
         "virga-snap2",
         "qemu-snap2",
+        "virga-remote",
         "file",
     ];
     let report = measure(
@@ -219,11 +244,12 @@ pub fn run_volume(runs: u32) -> Result<()> {
         };
         println!(
             "{job}: volume {} of the file; after one snapshot {}, after two {} of the volume; \
-             two {} of QEMU's",
+             two {} of QEMU's; over NBD (loopback) {} of the local volume",
             ratio("virga-volume", "file"),
             ratio("virga-snap1", "virga-volume"),
             ratio("virga-snap2", "virga-volume"),
             ratio("virga-snap2", "qemu-snap2"),
+            ratio("virga-remote", "virga-volume"),
         );
     }
     Ok(())

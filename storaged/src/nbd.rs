@@ -11,7 +11,7 @@
 //! their names being secrets), then simple replies. A FLUSH (and a write
 //! with FUA) is answered once what it covers is on stable storage here.
 //! Requests on one connection are served concurrently, up to
-//! [`MAX_IN_FLIGHT`]; several connections to one export share one open
+//! [`MAX_IN_FLIGHT`] and 64 MiB of data; several connections to one export share one open
 //! disk (`CAN_MULTI_CONN`), so a qcow2 overlay has one writer.
 //!
 //! An export's name is a random 128-bit secret the controller hands to
@@ -81,6 +81,10 @@ pub const MAX_REQUEST: u32 = 32 << 20;
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Requests served at once per connection.
 pub const MAX_IN_FLIGHT: usize = 64;
+/// The data a connection's requests may hold at once, in units of
+/// [`BUFFER_UNIT`]: 64 MiB, whatever a client asks.
+const BUFFER_UNIT: u32 = 64 << 10;
+const BUFFER_UNITS: u32 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NbdError {
@@ -349,20 +353,32 @@ where
         let _ = wr.shutdown().await;
     });
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let buffers = Arc::new(Semaphore::new(BUFFER_UNITS as usize));
     let result = loop {
-        let request = match read_request(&mut rd).await {
+        let mut request = match read_request(&mut rd).await {
             Ok(Some(r)) => r,
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
+        // A slot, and room for its data, before its payload is read.
+        let units = request_units(&request);
+        let (Ok(slot), Ok(room)) = (
+            slots.clone().acquire_owned().await,
+            buffers.clone().acquire_many_owned(units).await,
+        ) else {
             break Ok(());
         };
+        if request.kind == CMD_WRITE {
+            request.data = vec![0u8; request.length as usize];
+            if let Err(e) = rd.read_exact(&mut request.data).await {
+                break Err(e.into());
+            }
+        }
         let (disk, tx) = (disk.clone(), tx.clone());
         tokio::task::spawn_blocking(move || {
             let reply = serve(&disk, request);
             let _ = tx.blocking_send(reply);
-            drop(slot);
+            drop((slot, room));
         });
     };
     // Every request taken is answered before the connection goes.
@@ -392,7 +408,7 @@ async fn read_request<R: AsyncRead + Unpin>(rd: &mut R) -> Result<Option<Request
     if be32(0) != REQUEST_MAGIC {
         return Err(protocol("a request without its magic"));
     }
-    let mut r = Request {
+    let r = Request {
         flags: be16(4),
         kind: be16(6),
         cookie: be64(8),
@@ -403,14 +419,20 @@ async fn read_request<R: AsyncRead + Unpin>(rd: &mut R) -> Result<Option<Request
     if r.kind == CMD_DISC {
         return Ok(None);
     }
-    if r.kind == CMD_WRITE {
-        if r.length > MAX_REQUEST {
-            return Err(protocol(format!("a write of {} bytes", r.length)));
-        }
-        r.data = vec![0u8; r.length as usize];
-        rd.read_exact(&mut r.data).await?;
+    if r.kind == CMD_WRITE && r.length > MAX_REQUEST {
+        return Err(protocol(format!("a write of {} bytes", r.length)));
     }
     Ok(Some(r))
+}
+
+/// The buffer units a request holds while it is served: its data (a
+/// read's or write's; zeros written without `fallocate`), at least one.
+fn request_units(r: &Request) -> u32 {
+    let bytes = match r.kind {
+        CMD_READ | CMD_WRITE | CMD_WRITE_ZEROES => r.length.min(MAX_REQUEST),
+        _ => 0,
+    };
+    (bytes / BUFFER_UNIT).clamp(1, BUFFER_UNITS)
 }
 
 /// The NBD error for an I/O error: the disk is full, or anything else.

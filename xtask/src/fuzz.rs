@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-/// Every target: `vmm::fuzz::<name>::<name>`, the controller's `api`, and
-/// hostd's boot picker (`bootpick`).
+/// Every target: `vmm::fuzz::<name>::<name>`, the controller's `api`,
+/// hostd's boot picker (`bootpick`) and storaged's NBD server (`nbd`).
 pub const TARGETS: &[&str] = &[
     "virtio_blk",
     "virtio_net",
@@ -21,6 +21,7 @@ pub const TARGETS: &[&str] = &[
     "config",
     "api",
     "bootpick",
+    "nbd",
 ];
 
 /// `cargo test` arguments that select a target's crate and test binary, and
@@ -32,6 +33,7 @@ fn selector(target: &str) -> (&'static [&'static str], String) {
             &["-p", "virga-bootpick", "--test", "fuzz"],
             "bootpick".into(),
         ),
+        "nbd" => (&["-p", "storaged", "--test", "fuzz_nbd"], "nbd".into()),
         t => (&["-p", "vmm", "--lib"], format!("fuzz::{t}::{t}")),
     }
 }

@@ -3,6 +3,9 @@
 //! `hostctl --socket /run/virga/hostd.sock --token-file T list`,
 //! `hostctl --url http://127.0.0.1:8790 create spec.json`, `... stop ID --hard`,
 //! `... console ID --tail 20 [--follow]`, `... request GET /host`.
+//! `hostctl nbd-connect HOST:PORT EXPORT` connects a volume's NBD export to
+//! a free `/dev/nbdN` as hostd does (and prints it); `hostctl
+//! nbd-disconnect N` ends it: both on this host, without hostd.
 //! The token may also come from `HOSTD_TOKEN`. Prints the response body; exits 0
 //! on 2xx, 1 on an HTTP error (the error is printed on stderr), 2 when hostd
 //! cannot be reached.
@@ -91,6 +94,16 @@ enum Cmd {
         method: String,
         path: String,
         body: Option<String>,
+    },
+    /// Connects a volume's NBD export (storaged's) to a free /dev/nbdN on
+    /// this host, as hostd does, and prints the device.
+    NbdConnect {
+        address: String,
+        export: String,
+    },
+    /// Disconnects /dev/nbdN.
+    NbdDisconnect {
+        index: u32,
     },
 }
 
@@ -211,11 +224,37 @@ fn request(cmd: &Cmd) -> Result<(String, String, Option<String>), String> {
         Cmd::Metrics { id } => ("GET".into(), format!("/instances/{id}/metrics"), None),
         Cmd::Events => ("GET".into(), "/events".into(), None),
         Cmd::Request { method, path, body } => (method.to_uppercase(), path.clone(), body.clone()),
+        Cmd::NbdConnect { .. } | Cmd::NbdDisconnect { .. } => {
+            return Err("not a request to hostd".into())
+        }
+    })
+}
+
+/// The NBD commands, which run here rather than through hostd.
+fn nbd(cmd: &Cmd) -> Option<ExitCode> {
+    let done = match cmd {
+        Cmd::NbdConnect { address, export } => {
+            hostd::nbd::connect(address, export).map(|(i, e)| {
+                println!("{} {} bytes", hostd::nbd::device(i).display(), e.size);
+            })
+        }
+        Cmd::NbdDisconnect { index } => hostd::nbd::disconnect(*index),
+        _ => return None,
+    };
+    Some(match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hostctl: {e}");
+            ExitCode::FAILURE
+        }
     })
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(code) = nbd(&args.command) {
+        return code;
+    }
     let (method, path, body) = match request(&args.command) {
         Ok(r) => r,
         Err(e) => {
