@@ -164,7 +164,7 @@ rm -f $D/*.qcow2
 if [ -z \"$NBD\" ]; then
     # The raw volume served by storaged over NBD, as to another host: its
     # data directory made by hand (the volume a link to the data).
-    S=$WORK/storaged; mkdir -p $S/volumes $S/exports
+    S=$D/storaged; mkdir -p $S/volumes $S/exports
     ln -f $D/data.raw $S/volumes/{REMOTE_VOLUME}.raw
     echo '{REMOTE_VOLUME} bench' > $S/exports/{REMOTE_EXPORT}
     printf 'host_id = \"storage\"\nlisten = \"127.0.0.1:8781\"\nnbd_listen = \"127.0.0.1:10809\"\ndata_dir = \"%s\"\ncontroller_url = \"http://127.0.0.1:9\"\ntoken = \"bench-token-0123456789\"\nheartbeat_secs = 300\n' $S > $S/storaged.toml
