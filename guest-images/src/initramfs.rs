@@ -37,6 +37,9 @@ pub const BOOT_MARKER: &str = "VIRGA-BOOT-OK";
 
 /// How many lines `virga.mode=flood` prints.
 pub const FLOOD_LINES: usize = 500;
+/// How many records `virga.mode=peers` writes on a blank volume, each
+/// flushed before it is acknowledged (`virga-peers-rec N`).
+pub const PEER_RECORDS: usize = 400;
 /// Every printable ASCII character but the shell's single quote.
 const FLOOD_PAYLOAD: &str = concat!(
     "!\"#$%&()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ",
@@ -261,8 +264,11 @@ EOF
     done
     echo virga-peers-done
     # Then disks plugged later (volumes): each new one's first 16 bytes
-    # are reported; one that starts with zeros gets a marker written and
-    # flushed, for another guest to read after it moves there.
+    # are reported, with the records after them. One that starts with
+    # zeros gets a marker written and flushed, for another guest to read
+    # after it moves there, then records (block n holds "virga-rec n end",
+    # each flushed before it is acknowledged): the host kills the storage
+    # server under them.
     disks=
     while :; do
         now=$(cd /sys/block && echo vd*)
@@ -271,10 +277,20 @@ EOF
             case " $disks " in *" $d "*) continue ;; esac
             i=0; while [ ! -e /dev/$d ] && [ $i -lt 50 ]; do $bb sleep 0.1; i=$((i + 1)); done
             first=$($bb dd if=/dev/$d bs=16 count=1 iflag=direct 2>/dev/null | $bb tr -d '\000')
-            echo "virga-peers-disk $d [$first]"
+            recs=$($bb dd if=/dev/$d bs=4096 skip=1 count={peer_records} iflag=direct 2>/dev/null \
+                | $bb strings -n 9 \
+                | $bb awk 'BEGIN {{ n = 1 }} $1 == "virga-rec" && $2 == n && $3 == "end" {{ n++ }} END {{ print n - 1 }}')
+            echo "virga-peers-disk $d [$first] records ${{recs:-0}}"
             if [ -z "$first" ]; then
                 $bb printf virga-over-nbd-1 | $bb dd of=/dev/$d conv=fsync 2>/dev/null \
                     && echo "virga-peers-disk-written $d"
+                n=1
+                while [ $n -le {peer_records} ]; do
+                    $bb printf "virga-rec %s end" $n | $bb dd of=/dev/$d bs=4096 seek=$n conv=sync,fsync 2>/dev/null || break
+                    echo "virga-peers-rec $n"
+                    n=$((n + 1))
+                done
+                echo "virga-peers-recs-end $((n - 1))"
             fi
         done
         disks=$now
@@ -351,6 +367,7 @@ esac
         modules = modules.join(" "),
         on_demand = on_demand.join(" "),
         flood_lines = FLOOD_LINES,
+        peer_records = PEER_RECORDS,
         flood_payload = FLOOD_PAYLOAD,
     )
 }

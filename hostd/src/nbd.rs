@@ -20,33 +20,35 @@ use netlink_packet_core::{
     Nla, NlaBuffer, NlasIterator, Parseable, ParseableParametrized, NLA_F_NESTED, NLM_F_ACK,
     NLM_F_REQUEST,
 };
-use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
+use netlink_packet_generic::ctrl::nlas::{GenlCtrlAttrs, McastGrpAttrs};
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
 use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
 
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const FLAG_FIXED_NEWSTYLE: u16 = 1;
-const FLAG_NO_ZEROES: u16 = 2;
-const OPT_GO: u32 = 7;
-const REP_ACK: u32 = 1;
-const REP_INFO: u32 = 3;
-const INFO_EXPORT: u16 = 0;
-/// The transmission flag saying the export is read-only.
-const TX_READ_ONLY: u16 = 1 << 1;
+use storaged_proto::nbd::{
+    CLIENT_FIXED_NEWSTYLE, CLIENT_NO_ZEROES, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES, IHAVEOPT,
+    INFO_EXPORT, NBDMAGIC, OPT_GO, REPLY_MAGIC, REP_ACK, REP_FLAG_ERROR, REP_INFO, TX_READ_ONLY,
+};
+
+/// The longest option reply taken (an info item or an error message).
 const MAX_REPLY: u32 = 64 << 10;
 
 const NBD_CMD_CONNECT: u8 = 1;
 const NBD_CMD_DISCONNECT: u8 = 2;
+const NBD_CMD_RECONFIGURE: u8 = 3;
+/// What the kernel sends its multicast group when a connection dies.
+const NBD_CMD_LINK_DEAD: u8 = 4;
 const NBD_ATTR_INDEX: u16 = 1;
 const NBD_ATTR_SIZE_BYTES: u16 = 2;
 const NBD_ATTR_BLOCK_SIZE_BYTES: u16 = 3;
+const NBD_ATTR_TIMEOUT: u16 = 4;
 const NBD_ATTR_SERVER_FLAGS: u16 = 5;
 const NBD_ATTR_SOCKETS: u16 = 7;
+const NBD_ATTR_DEAD_CONN_TIMEOUT: u16 = 8;
+const NBD_ATTR_BACKEND_IDENTIFIER: u16 = 10;
 const NBD_SOCK_ITEM: u16 = 1;
 const NBD_SOCK_FD: u16 = 1;
+const NBD_MCAST_GROUP: &str = "nbd_mc_group";
 
 /// Connections per device: requests spread over them (the export allows
 /// several, `CAN_MULTI_CONN`).
@@ -54,6 +56,16 @@ const CONNECTIONS: usize = 2;
 /// The device's logical block: the guest's 512-byte sectors, so that the
 /// VMM's O_DIRECT I/O at any sector works.
 const BLOCK_SIZE: u64 = 512;
+/// How long a request may go unanswered before the kernel gives up on its
+/// connection and sends it again on another (the block layer's default,
+/// said aloud). Short timeouts would resend writes a slow but live server
+/// may still apply late.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the kernel holds I/O when every connection of a device is
+/// dead, waiting for new ones (hostd's reconnect, see
+/// [`watch_dead_links`]), before failing it: a storaged restarting or a
+/// storage network flapping must not become I/O errors in the guest.
+pub const DEAD_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NbdError {
@@ -96,7 +108,10 @@ pub fn handshake<S: Read + Write>(s: &mut S, name: &str) -> Result<Export, Strin
     if flags & FLAG_FIXED_NEWSTYLE == 0 {
         return Err("the server does not speak fixed newstyle".into());
     }
-    let client = u32::from(flags & (FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES));
+    let mut client = CLIENT_FIXED_NEWSTYLE;
+    if flags & FLAG_NO_ZEROES != 0 {
+        client |= CLIENT_NO_ZEROES;
+    }
     let mut go = Vec::with_capacity(32 + name.len());
     go.extend_from_slice(&client.to_be_bytes());
     go.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -128,7 +143,7 @@ pub fn handshake<S: Read + Write>(s: &mut S, name: &str) -> Result<Export, Strin
                 });
             }
             REP_INFO => {}
-            error if error & (1 << 31) != 0 => {
+            error if error & REP_FLAG_ERROR != 0 => {
                 return Err(format!(
                     "the export was refused ({error:#x}: {})",
                     String::from_utf8_lossy(&data)
@@ -140,9 +155,9 @@ pub fn handshake<S: Read + Write>(s: &mut S, name: &str) -> Result<Export, Strin
     export.ok_or_else(|| "the server named no size for the export".into())
 }
 
-/// Connects export `name` at `address` to a free `/dev/nbdN`; returns N
-/// and what was negotiated.
-pub fn connect(address: &str, name: &str) -> Result<(u32, Export), NbdError> {
+/// Opens [`CONNECTIONS`] sockets to `address` and negotiates export
+/// `name` on each, ready to hand to the kernel.
+fn open(address: &str, name: &str) -> Result<(Vec<TcpStream>, Export), NbdError> {
     let mut sockets = Vec::with_capacity(CONNECTIONS);
     let mut export = None;
     for _ in 0..CONNECTIONS {
@@ -163,17 +178,33 @@ pub fn connect(address: &str, name: &str) -> Result<(u32, Export), NbdError> {
         sockets.push(s);
     }
     let export = export.ok_or_else(|| NbdError::Netlink("no connection".into()))?;
-    let fds = sockets
-        .iter()
-        .map(|s| s.as_raw_fd() as u32)
-        .collect::<Vec<_>>();
+    Ok((sockets, export))
+}
+
+fn fds(sockets: &[TcpStream]) -> Vec<u32> {
+    sockets.iter().map(|s| s.as_raw_fd() as u32).collect()
+}
+
+/// Connects export `name` at `address` to a free `/dev/nbdN`; returns N
+/// and what was negotiated. `backend` names what the device is for (the
+/// kernel shows it in `/sys/block/nbdN/backend`, so never the secret
+/// export name) and guards [`reconnect`]: the kernel refuses new sockets
+/// for a device whose backend is another.
+pub fn connect(address: &str, name: &str, backend: &str) -> Result<(u32, Export), NbdError> {
+    let (sockets, export) = open(address, name)?;
     let reply = request(
         NBD_CMD_CONNECT,
         vec![
             NbdAttr::U64(NBD_ATTR_SIZE_BYTES, export.size),
             NbdAttr::U64(NBD_ATTR_BLOCK_SIZE_BYTES, BLOCK_SIZE),
             NbdAttr::U64(NBD_ATTR_SERVER_FLAGS, u64::from(export.flags)),
-            NbdAttr::Sockets(fds),
+            NbdAttr::U64(NBD_ATTR_TIMEOUT, REQUEST_TIMEOUT.as_secs()),
+            NbdAttr::U64(
+                NBD_ATTR_DEAD_CONN_TIMEOUT,
+                DEAD_CONNECTION_TIMEOUT.as_secs(),
+            ),
+            NbdAttr::Str(NBD_ATTR_BACKEND_IDENTIFIER, backend.to_owned()),
+            NbdAttr::Sockets(fds(&sockets)),
         ],
     )?;
     // The kernel holds the sockets now; ours close.
@@ -186,6 +217,87 @@ pub fn connect(address: &str, name: &str) -> Result<(u32, Export), NbdError> {
         })
         .ok_or_else(|| NbdError::Netlink("the kernel named no device".into()))?;
     Ok((index, export))
+}
+
+/// Gives `/dev/nbd{index}` fresh connections to export `name` at
+/// `address` in place of its dead ones; the kernel resends what was in
+/// flight on them. Live connections stay (the kernel takes only as many
+/// sockets as it has dead ones), so this is harmless when none died.
+pub fn reconnect(index: u32, address: &str, name: &str, backend: &str) -> Result<(), NbdError> {
+    let (sockets, _) = open(address, name)?;
+    request(
+        NBD_CMD_RECONFIGURE,
+        vec![
+            NbdAttr::U32(NBD_ATTR_INDEX, index),
+            NbdAttr::Str(NBD_ATTR_BACKEND_IDENTIFIER, backend.to_owned()),
+            NbdAttr::Sockets(fds(&sockets)),
+        ],
+    )?;
+    Ok(())
+}
+
+/// What [`watch_dead_links`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// Watching from now on: a link that died before was not seen.
+    Watching,
+    /// `/dev/nbd{index}` lost a connection.
+    Dead(u32),
+}
+
+/// Reports each NBD device the kernel says lost a connection
+/// (`NBD_CMD_LINK_DEAD` on the family's multicast group), on this host,
+/// for any process's devices. Returns only when the socket fails; the
+/// caller opens it again.
+pub fn watch_dead_links(mut event: impl FnMut(LinkEvent)) -> Result<(), NbdError> {
+    let (socket, family) = nbd_socket()?;
+    let group = family
+        .link_events
+        .ok_or_else(|| NbdError::Netlink(format!("the nbd family has no {NBD_MCAST_GROUP}")))?;
+    socket.add_membership(group).map_err(netlink_err)?;
+    event(LinkEvent::Watching);
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = match socket.recv(&mut &mut buf[..], 0) {
+            Ok(n) => n,
+            // Events came faster than read: some are lost, so every
+            // device is worth a look.
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                tracing::warn!("NBD link events overflowed; some may be lost");
+                event(LinkEvent::Watching);
+                continue;
+            }
+            Err(e) => return Err(netlink_err(e)),
+        };
+        for index in dead_links(&buf[..n]) {
+            event(LinkEvent::Dead(index));
+        }
+    }
+}
+
+/// The device indices of the `NBD_CMD_LINK_DEAD` messages in `buf`.
+fn dead_links(buf: &[u8]) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut at = 0;
+    while at < buf.len() {
+        let Ok(msg) = NetlinkMessage::<GenlMessage<NbdMessage>>::deserialize(&buf[at..]) else {
+            break;
+        };
+        let len = msg.header.length as usize;
+        if let NetlinkPayload::InnerMessage(m) = msg.payload {
+            if m.payload.cmd == NBD_CMD_LINK_DEAD {
+                found.extend(m.payload.attrs.iter().filter_map(|a| match a {
+                    NbdAttr::U32(NBD_ATTR_INDEX, i) => Some(*i),
+                    _ => None,
+                }));
+            }
+        }
+        if len == 0 {
+            break;
+        }
+        at += len;
+    }
+    found
 }
 
 /// Disconnects `/dev/nbd{index}` (already disconnected is fine).
@@ -208,6 +320,21 @@ pub fn connected(index: u32) -> bool {
     std::path::Path::new(&format!("/sys/block/nbd{index}/pid")).exists()
 }
 
+/// The connected NBD devices of this host and their backends (what
+/// [`connect`] named them for), from sysfs.
+pub fn backends() -> Vec<(u32, String)> {
+    let Ok(dir) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let index = e.file_name().to_str()?.strip_prefix("nbd")?.parse().ok()?;
+            let backend = std::fs::read_to_string(e.path().join("backend")).ok()?;
+            connected(index).then(|| (index, backend.trim_end().to_owned()))
+        })
+        .collect()
+}
+
 pub fn device(index: u32) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("/dev/nbd{index}"))
 }
@@ -217,6 +344,8 @@ pub fn device(index: u32) -> std::path::PathBuf {
 enum NbdAttr {
     U32(u16, u32),
     U64(u16, u64),
+    /// A NUL-terminated string.
+    Str(u16, String),
     Sockets(Vec<u32>),
     Other(DefaultNla),
 }
@@ -255,13 +384,14 @@ impl Nla for NbdAttr {
         match self {
             NbdAttr::U32(..) => 4,
             NbdAttr::U64(..) => 8,
+            NbdAttr::Str(_, v) => v.len() + 1,
             NbdAttr::Sockets(fds) => fds.iter().map(|fd| SockItem(*fd).buffer_len()).sum(),
             NbdAttr::Other(nla) => nla.value_len(),
         }
     }
     fn kind(&self) -> u16 {
         match self {
-            NbdAttr::U32(kind, _) | NbdAttr::U64(kind, _) => *kind,
+            NbdAttr::U32(kind, _) | NbdAttr::U64(kind, _) | NbdAttr::Str(kind, _) => *kind,
             NbdAttr::Sockets(_) => NBD_ATTR_SOCKETS | NLA_F_NESTED,
             NbdAttr::Other(nla) => nla.kind(),
         }
@@ -270,6 +400,10 @@ impl Nla for NbdAttr {
         match self {
             NbdAttr::U32(_, v) => buffer[..4].copy_from_slice(&v.to_ne_bytes()),
             NbdAttr::U64(_, v) => buffer[..8].copy_from_slice(&v.to_ne_bytes()),
+            NbdAttr::Str(_, v) => {
+                buffer[..v.len()].copy_from_slice(v.as_bytes());
+                buffer[v.len()] = 0;
+            }
             NbdAttr::Sockets(fds) => {
                 let items: Vec<SockItem> = fds.iter().map(|fd| SockItem(*fd)).collect();
                 items.as_slice().emit(buffer)
@@ -404,29 +538,51 @@ fn netlink_socket(initial_namespace: bool) -> Result<Socket, NbdError> {
     .map_err(|_| NbdError::Netlink("opening a netlink socket panicked".into()))?
 }
 
-/// The nbd family's id (the kernel assigns it when the module loads), as
-/// `socket`'s namespace sees it.
-fn nbd_family(socket: &Socket) -> Result<u16, NbdError> {
+/// The nbd family as a namespace sees it (the kernel numbers it when the
+/// module loads): its id, and its multicast group's.
+struct Family {
+    id: u16,
+    link_events: Option<u32>,
+}
+
+fn nbd_family(socket: &Socket) -> Result<Family, NbdError> {
     let mut ask = GenlMessage::from_payload(GenlCtrl {
         cmd: GenlCtrlCmd::GetFamily,
         nlas: vec![GenlCtrlAttrs::FamilyName("nbd".into())],
     });
     ask.finalize();
-    send_and_wait(socket, ask)?
+    let attrs: Vec<GenlCtrlAttrs> = send_and_wait(socket, ask)?
         .into_iter()
         .flat_map(|m| m.nlas)
+        .collect();
+    let id = attrs
+        .iter()
         .find_map(|a| match a {
-            GenlCtrlAttrs::FamilyId(id) => Some(id),
+            GenlCtrlAttrs::FamilyId(id) => Some(*id),
             _ => None,
         })
-        .ok_or_else(|| NbdError::Netlink("the kernel named no nbd family id".into()))
+        .ok_or_else(|| NbdError::Netlink("the kernel named no nbd family id".into()))?;
+    let link_events = attrs.iter().find_map(|a| match a {
+        GenlCtrlAttrs::McastGroups(groups) => groups.iter().find_map(|g| {
+            let named = g
+                .iter()
+                .any(|a| matches!(a, McastGrpAttrs::Name(n) if n == NBD_MCAST_GROUP));
+            g.iter().find_map(|a| match a {
+                McastGrpAttrs::Id(id) if named => Some(*id),
+                _ => None,
+            })
+        }),
+        _ => None,
+    });
+    Ok(Family { id, link_events })
 }
 
-fn request(cmd: u8, attrs: Vec<NbdAttr>) -> Result<Vec<NbdAttr>, NbdError> {
+/// A generic netlink socket where the nbd family is, and the family.
+fn nbd_socket() -> Result<(Socket, Family), NbdError> {
     // Kernels before 6.3 or so offer the nbd family in the host's first
     // network namespace only; hostd may run in another (a test's "host").
-    let (socket, family) = match netlink_socket(false).and_then(|s| Ok((nbd_family(&s)?, s))) {
-        Ok((family, socket)) => (socket, family),
+    match netlink_socket(false).and_then(|s| Ok((nbd_family(&s)?, s))) {
+        Ok((family, socket)) => Ok((socket, family)),
         Err(here) => {
             let socket = netlink_socket(true).map_err(|e| {
                 NbdError::Netlink(format!(
@@ -438,11 +594,15 @@ fn request(cmd: u8, attrs: Vec<NbdAttr>) -> Result<Vec<NbdAttr>, NbdError> {
                     "no nbd family ({e}): is the nbd module loaded (modprobe nbd)?"
                 ))
             })?;
-            (socket, family)
+            Ok((socket, family))
         }
-    };
+    }
+}
+
+fn request(cmd: u8, attrs: Vec<NbdAttr>) -> Result<Vec<NbdAttr>, NbdError> {
+    let (socket, family) = nbd_socket()?;
     let mut msg = GenlMessage::from_payload(NbdMessage { cmd, attrs });
-    msg.set_resolved_family_id(family);
+    msg.set_resolved_family_id(family.id);
     msg.finalize();
     Ok(send_and_wait(&socket, msg)?
         .into_iter()
@@ -495,7 +655,10 @@ mod tests {
         assert_eq!(e.size, 1 << 30);
         assert!(e.read_only());
 
-        let mut s = serve(vec![((1 << 31) + 6, b"no such export".to_vec())]);
+        let mut s = serve(vec![(
+            storaged_proto::nbd::REP_ERR_UNKNOWN,
+            b"no such export".to_vec(),
+        )]);
         let err = handshake(&mut s, "secret").unwrap_err();
         assert!(err.contains("no such export"), "{err}");
 
@@ -523,5 +686,32 @@ mod tests {
         assert_eq!(u16::from_ne_bytes([buf[10], buf[11]]), NBD_SOCK_FD);
         assert_eq!(u32::from_ne_bytes(buf[12..16].try_into().unwrap()), 7);
         assert_eq!(u32::from_ne_bytes(buf[24..28].try_into().unwrap()), 9);
+    }
+
+    /// The kernel's multicast message, as `nbd_mcast_index` builds it.
+    fn message(cmd: u8, index: u32) -> Vec<u8> {
+        let mut m = GenlMessage::from_payload(NbdMessage {
+            cmd,
+            attrs: vec![NbdAttr::U32(NBD_ATTR_INDEX, index)],
+        });
+        m.set_resolved_family_id(30);
+        let mut nl = NetlinkMessage::from(m);
+        nl.finalize();
+        let mut out = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut out);
+        out
+    }
+
+    #[test]
+    fn dead_link_events_name_their_devices() {
+        let mut buf = message(NBD_CMD_LINK_DEAD, 5);
+        buf.extend(message(NBD_CMD_CONNECT, 6));
+        buf.extend(message(NBD_CMD_LINK_DEAD, 7));
+        assert_eq!(dead_links(&buf), vec![5, 7]);
+        // Garbage ends the scan, with what came before it kept.
+        let mut bad = message(NBD_CMD_LINK_DEAD, 1);
+        bad.extend([0xff; 7]);
+        assert_eq!(dead_links(&bad), vec![1]);
+        assert!(dead_links(&[]).is_empty());
     }
 }

@@ -439,6 +439,27 @@ fn disks_are_attached_and_detached_running_or_stopped() {
         &clone(&layer.display().to_string()),
     );
     assert_eq!(status, 200, "{added}");
+    // A plug hostd was killed before recording: the VMM has the disk, the
+    // spec does not. Attaching it again works: the leftover goes first.
+    let socket = h.dir.path().join("state/instances/vol-1/api.sock");
+    let file = std::fs::File::open(&volume).unwrap();
+    let plugged = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(vmm::api_client::request_with_fds(
+            &socket,
+            hyper::Method::POST,
+            "/vm/disks",
+            Some(r#"{"id": "left", "fds": [0]}"#),
+            &[std::os::fd::AsFd::as_fd(&file)],
+        ))
+        .unwrap();
+    assert_eq!(plugged.0, 201, "{}", String::from_utf8_lossy(&plugged.1));
+    let left = format!(r#"{{"id": "left", "path": "{}"}}"#, volume.display());
+    let (status, added) = api(&h, "POST", "/instances/vol-1/disks", &left);
+    assert_eq!(status, 200, "{added}");
+    assert_eq!(api(&h, "DELETE", "/instances/vol-1/disks/left", "").0, 200);
     // A volume on another host: its NBD export, which hostd connects (here
     // nothing listens there: a clear error, and nothing kept).
     for (bad, status, why) in [

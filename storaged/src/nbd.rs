@@ -27,49 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use vmm::virtio::block::disk::Disk;
 
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-
-const FLAG_FIXED_NEWSTYLE: u16 = 1;
-const FLAG_NO_ZEROES: u16 = 2;
-const CLIENT_NO_ZEROES: u32 = 2;
-
-const OPT_EXPORT_NAME: u32 = 1;
-const OPT_ABORT: u32 = 2;
-const OPT_INFO: u32 = 6;
-const OPT_GO: u32 = 7;
-
-const REP_ACK: u32 = 1;
-const REP_INFO: u32 = 3;
-const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
-const REP_ERR_POLICY: u32 = (1 << 31) + 2;
-const REP_ERR_INVALID: u32 = (1 << 31) + 3;
-const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
-const INFO_EXPORT: u16 = 0;
-
-const TX_HAS_FLAGS: u16 = 1;
-const TX_SEND_FLUSH: u16 = 1 << 2;
-const TX_SEND_FUA: u16 = 1 << 3;
-const TX_SEND_TRIM: u16 = 1 << 5;
-const TX_SEND_WRITE_ZEROES: u16 = 1 << 6;
-const TX_CAN_MULTI_CONN: u16 = 1 << 8;
-
-const CMD_READ: u16 = 0;
-const CMD_WRITE: u16 = 1;
-const CMD_DISC: u16 = 2;
-const CMD_FLUSH: u16 = 3;
-const CMD_TRIM: u16 = 4;
-const CMD_WRITE_ZEROES: u16 = 6;
-const CMD_FLAG_FUA: u16 = 1;
-
-const EPERM: u32 = 1;
-const EIO: u32 = 5;
-const EINVAL: u32 = 22;
-const ENOSPC: u32 = 28;
-const ENOTSUP: u32 = 95;
+use storaged_proto::nbd::*;
 
 /// The longest option a client may send (an export name and a few info
 /// requests fit in far less).
@@ -257,7 +215,9 @@ impl<E: Exports> Server<E> {
                     }
                 }
                 // Export names are secrets: no listing.
-                3 => option_reply(wr, option, REP_ERR_POLICY, b"exports are not listed").await?,
+                OPT_LIST => {
+                    option_reply(wr, option, REP_ERR_POLICY, b"exports are not listed").await?
+                }
                 _ => option_reply(wr, option, REP_ERR_UNSUP, &[]).await?,
             }
         }
@@ -287,7 +247,7 @@ fn transmission_flags(disk: &Disk) -> u16 {
     let mut flags = TX_HAS_FLAGS | TX_SEND_FLUSH | TX_SEND_FUA | TX_CAN_MULTI_CONN;
     flags |= TX_SEND_TRIM | TX_SEND_WRITE_ZEROES;
     if disk.read_only {
-        flags |= 1 << 1;
+        flags |= TX_READ_ONLY;
     }
     flags
 }

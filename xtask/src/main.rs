@@ -87,7 +87,8 @@ enum Cmd {
     /// clones, grows and deletes; restart them, and check what they left
     /// (controller/tests/crash_trials.rs). Then kill the VMM while its
     /// guest writes, in the testbed, and check nothing flushed was lost
-    /// (tests/e2e/tests/blk.rs).
+    /// (tests/e2e/tests/blk.rs); and hostd, while its guest writes and a
+    /// disk is being plugged or unplugged (tests/e2e/tests/hostd.rs).
     CrashTrials {
         #[arg(long, default_value_t = 50)]
         trials: u32,
@@ -205,7 +206,13 @@ fn main() -> Result<()> {
                 .args(["--", "--nocapture", "flushed_writes_survive"])
                 .env("VIRGA_VMM_BIN", &vmm)
                 .env("VIRGA_IMAGES", images_dir())
-                .env("VIRGA_VMM_CRASH_TRIALS", trials.div_ceil(2).to_string()))
+                .env("VIRGA_VMM_CRASH_TRIALS", trials.div_ceil(2).to_string()))?;
+            run(cargo()
+                .args(["test", "--release", "-p", "virga-e2e", "--test", "hostd"])
+                .args(["--", "--nocapture", "hostd_killed_anywhere"])
+                .env("VIRGA_VMM_BIN", &vmm)
+                .env("VIRGA_IMAGES", images_dir())
+                .env("VIRGA_HOSTD_CRASH_TRIALS", trials.to_string()))
         }
     }
 }

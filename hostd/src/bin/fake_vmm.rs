@@ -220,12 +220,19 @@ fn main() {
                     .id
                     .clone()
                     .unwrap_or_else(|| format!("disk{}", config.disks.len()));
-                disk.id = Some(id.clone());
-                config.disks.push(*disk);
-                ApiReply::Device(vmm::api::DeviceInfo {
-                    id,
-                    pci_slot: Some(10),
-                })
+                if config.disks.iter().any(|d| d.id.as_deref() == Some(&id)) {
+                    ApiReply::Error(
+                        hyper::StatusCode::CONFLICT,
+                        format!("a device named {id} exists"),
+                    )
+                } else {
+                    disk.id = Some(id.clone());
+                    config.disks.push(*disk);
+                    ApiReply::Device(vmm::api::DeviceInfo {
+                        id,
+                        pci_slot: Some(10),
+                    })
+                }
             }
             // Grown disks are noted beside the config, one "id bytes" line
             // each, for tests to read.

@@ -234,7 +234,7 @@ fn request(cmd: &Cmd) -> Result<(String, String, Option<String>), String> {
 fn nbd(cmd: &Cmd) -> Option<ExitCode> {
     let done = match cmd {
         Cmd::NbdConnect { address, export } => {
-            hostd::nbd::connect(address, export).map(|(i, e)| {
+            hostd::nbd::connect(address, export, "hostctl").map(|(i, e)| {
                 println!("{} {} bytes", hostd::nbd::device(i).display(), e.size);
             })
         }

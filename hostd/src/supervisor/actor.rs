@@ -1235,8 +1235,9 @@ impl Actor {
             let mut net = net_config(&nic, Vec::new(), Some(tap.queue_count() as u16));
             net.tap = None;
             let body = serde_json::to_string(&net).map_err(|e| OpError::Internal(e.to_string()))?;
-            self.plug("/vm/nets", &body, &fds, &format!("NIC on {}", nic.tap))
-                .await?;
+            let what = format!("NIC on {}", nic.tap);
+            self.unplug_leftover(&nic.tap, "nets", &what).await?;
+            self.plug("/vm/nets", &body, &fds, &what).await?;
         }
         self.record.spec = spec;
         self.commit().await;
@@ -1367,8 +1368,9 @@ impl Actor {
             sent.backing_fds = (own..fds.len() as i32).collect();
             let body =
                 serde_json::to_string(&sent).map_err(|e| OpError::Internal(e.to_string()))?;
-            self.plug("/vm/disks", &body, &fds, &format!("disk {dev}"))
-                .await?;
+            let what = format!("disk {dev}");
+            self.unplug_leftover(&dev, "disks", &what).await?;
+            self.plug("/vm/disks", &body, &fds, &what).await?;
         }
         self.record.spec = spec;
         self.commit().await;
@@ -1441,7 +1443,7 @@ impl Actor {
                 self.id
             )));
         }
-        let index = connect_nbd(&nbd).await.inspect_err(|e| {
+        let (index, export) = connect_nbd(&nbd, &self.id, &dev).await.inspect_err(|e| {
             tracing::warn!(
                 instance = self.id,
                 disk = dev,
@@ -1449,6 +1451,8 @@ impl Actor {
             )
         })?;
         disk.path = crate::nbd::device(index);
+        // A read-only export is a read-only disk for the guest too.
+        disk.read_only |= export.read_only();
         match self.add_disk(disk).await {
             Ok(()) => {
                 self.record
@@ -1460,6 +1464,7 @@ impl Actor {
                         index,
                     });
                 self.commit().await;
+                self.sup.watch_nbd_links();
                 tracing::info!(
                     instance = self.id,
                     disk = dev,
@@ -1492,7 +1497,7 @@ impl Actor {
                 continue;
             }
             disconnect_nbd(r.index).await;
-            let index = connect_nbd(&r.nbd).await?;
+            let (index, _) = connect_nbd(&r.nbd, &self.id, &r.id).await?;
             tracing::info!(
                 instance = self.id,
                 disk = r.id,
@@ -1612,6 +1617,49 @@ impl Actor {
         }
     }
 
+    /// Unplugs device `dev` if the VMM has it though the spec does not: a
+    /// plug hostd was killed before recording (the VMM's answer came, the
+    /// spec's write did not). The device may not be what is asked for now,
+    /// so it goes, and the plug that follows makes it anew.
+    async fn unplug_leftover(&self, dev: &str, list: &str, what: &str) -> Result<(), OpError> {
+        if self.vmm_devices(list).await?.iter().any(|d| d == dev) {
+            tracing::warn!(
+                instance = %self.id,
+                device = what,
+                "the VMM has a device the spec does not (an interrupted plug): unplugging it first"
+            );
+            self.unplug(dev, list, what).await?;
+        }
+        Ok(())
+    }
+
+    /// The ids of the VMM's devices in its `list` (`nets` or `disks`).
+    async fn vmm_devices(&self, list: &str) -> Result<Vec<String>, OpError> {
+        let socket = self.sup.run_dir(&self.id).join(API_SOCKET);
+        let (code, body) = vmm::api_client::request_within(
+            Duration::from_secs(10),
+            &socket,
+            Method::GET,
+            "/vm",
+            None,
+        )
+        .await
+        .map_err(|e| OpError::Internal(e.to_string()))?;
+        if code != 200 {
+            return Err(OpError::Internal(format!(
+                "VMM answered {code}: {}",
+                String::from_utf8_lossy(&body)
+            )));
+        }
+        Ok(serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["config"][list].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|d| d["id"].as_str().map(str::to_owned))
+            .collect())
+    }
+
     /// Asks the guest to let go of device `dev` (in the VMM's `list`,
     /// `nets` or `disks`) and waits until it has.
     async fn unplug(&self, dev: &str, list: &str, what: &str) -> Result<(), OpError> {
@@ -1698,12 +1746,16 @@ fn grow_file(disk: &vmm::config::DiskConfig, bytes: u64) -> Result<(), OpError> 
 }
 
 /// Connects an NBD export to a free device (blocking, off the runtime).
-async fn connect_nbd(nbd: &crate::instance::NbdSource) -> Result<u32, OpError> {
+async fn connect_nbd(
+    nbd: &crate::instance::NbdSource,
+    instance: &str,
+    disk: &str,
+) -> Result<(u32, crate::nbd::Export), OpError> {
     let nbd = nbd.clone();
-    tokio::task::spawn_blocking(move || crate::nbd::connect(&nbd.address, &nbd.export))
+    let backend = super::nbd_links::backend(instance, disk);
+    tokio::task::spawn_blocking(move || crate::nbd::connect(&nbd.address, &nbd.export, &backend))
         .await
         .map_err(|e| OpError::Internal(e.to_string()))?
-        .map(|(index, _)| index)
         .map_err(|e| OpError::Internal(format!("remote disk: {e}")))
 }
 

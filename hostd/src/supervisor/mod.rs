@@ -5,6 +5,7 @@
 //! - [`actor`]: one task per instance, owning its record and its VMM
 //! - [`vmm_config`]: the VMM's configuration file and jail for an instance
 //! - [`exit`]: what a VMM's exit means for its instance
+//! - [`nbd_links`]: remote disks connected again when their links die
 //!
 //! A VMM's exit is noticed through its pidfd the moment it happens. Every
 //! change of a record is written to the store before it is announced, so a
@@ -12,6 +13,7 @@
 
 mod actor;
 mod exit;
+mod nbd_links;
 mod vmm_config;
 
 use std::collections::BTreeMap;
@@ -107,6 +109,7 @@ pub struct Supervisor {
     /// This supervisor, for the actors it starts.
     me: std::sync::Weak<Supervisor>,
     images: crate::images::ImageCache,
+    nbd_links: nbd_links::LinkRepair,
 }
 
 impl Supervisor {
@@ -150,6 +153,7 @@ impl Supervisor {
             events,
             counters: Counters::default(),
             me: me.clone(),
+            nbd_links: Default::default(),
         });
         let mut adopted = Vec::new();
         for record in records {
@@ -161,6 +165,10 @@ impl Supervisor {
         }
         for wait in adopted {
             let _ = wait.await;
+        }
+        sup.tidy_nbd_leftovers().await;
+        if sup.list().iter().any(|i| !i.spec.remote_disks.is_empty()) {
+            sup.watch_nbd_links();
         }
         Ok(sup)
     }

@@ -33,6 +33,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod nbd;
+
 /// A storage host's registration and refresh.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {

@@ -296,3 +296,101 @@ echo "VMMS_END $(vmms)"
     assert_eq!(value(o, "HARD_STOP"), Some("shutoff"));
     assert_eq!(value(o, "VMMS_END"), Some("0"));
 }
+
+/// hostd killed (-9) at random moments under a guest that writes records,
+/// each flushed before it is acknowledged, while a disk is being plugged
+/// or unplugged: every kill finds the same VMM running when hostd comes
+/// back, the guest goes on writing, the disk can be plugged and unplugged
+/// whatever the kills interrupted, and the next boot finds every
+/// acknowledged record. `VIRGA_HOSTD_CRASH_TRIALS` trials (4 by default;
+/// `cargo xtask crash-trials` runs 50).
+#[test]
+fn hostd_killed_anywhere_loses_no_write_and_no_device() {
+    let trials: u32 = std::env::var("VIRGA_HOSTD_CRASH_TRIALS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(4);
+    let script = format!(
+        "{PRELUDE}trials={trials}\n{}",
+        r#"
+dd if=/dev/zero of=$WORK/w.raw bs=1M count=64 2>/dev/null
+dd if=/dev/zero of=$WORK/p.raw bs=1M count=4 2>/dev/null
+echo "{\"id\": \"w\", \"vcpus\": 1, \"memory_mib\": 128, \"kernel\": \"$GUEST/vmlinux\", \"initramfs\": \"$GUEST/boot-initramfs.cpio\", \"cmdline\": \"$CMDLINE virga.mode=writer\", \"disks\": [{\"path\": \"$WORK/w.raw\"}]}" > $WORK/w.json
+hc create $WORK/w.json > /dev/null
+log=$WORK/state/instances/w/console.log
+acked() { n=$(grep -ao 'virga-writer-ack [0-9]*' $log 2>/dev/null | tail -n 1 | cut -d' ' -f2); echo "${n:--1}"; }
+acked_past() {
+    d=$(($(date +%s) + 60)); while [ "$(acked)" -le "$1" ] && [ $(date +%s) -lt $d ]; do sleep 0.1; done
+    acked
+}
+acked_past -1 > /dev/null
+p=$(pid w)
+for t in $(seq $trials); do
+    a0=$(acked)
+    # In flight when hostd dies: a disk plugged, or unplugged.
+    if [ $((t % 2)) = 1 ]; then
+        hc request POST /instances/w/disks "{\"id\": \"p\", \"path\": \"$WORK/p.raw\"}" > /dev/null 2>&1 &
+    else
+        hc request DELETE /instances/w/disks/p > /dev/null 2>&1 &
+    fi
+    op=$!
+    sleep 0.$((RANDOM % 10))$((RANDOM % 10))
+    kill -9 $HOSTD; wait $HOSTD 2>/dev/null; wait $op 2>/dev/null
+    start_hostd
+    same=no; [ "$(pid w)" = "$p" ] && same=yes
+    a1=$(acked_past $a0)
+    echo "TRIAL $t state=$(state w) same_vmm=$same acked=$a0..$a1"
+done
+# Whatever the kills interrupted, the disk plugs and unplugs.
+hc request DELETE /instances/w/disks/p > /dev/null 2>&1
+hc request POST /instances/w/disks "{\"id\": \"p\", \"path\": \"$WORK/p.raw\"}" > /dev/null && echo "PLUG_AFTER ok" || echo "PLUG_AFTER failed"
+hc request DELETE /instances/w/disks/p > /dev/null && echo "UNPLUG_AFTER ok" || echo "UNPLUG_AFTER failed"
+# The next boot counts the records on the disk.
+acked=$(acked)
+hc stop w --hard > /dev/null
+hc start w > /dev/null
+d=$(($(date +%s) + 300)); while [ "$(grep -ac 'virga-writer-found' $log)" -lt 2 ] && [ $(date +%s) -lt $d ]; do sleep 0.5; done
+found=$(grep -ao 'virga-writer-found [0-9]*' $log | tail -n 1 | cut -d' ' -f2)
+echo "RECORDS found=${found:-none} acked=$acked"
+hc stop w --hard > /dev/null; hc delete w
+grep -a "virga-writer-failed" $log || true
+kill $HOSTD; wait $HOSTD
+grep -a "interrupted plug" $WORK/hostd.log | head -n 3
+"#
+    );
+    let out = virga_e2e::run_scenario("hostd-crash-trials", &script, |s| {
+        s.timeout(std::time::Duration::from_secs(300 + 20 * u64::from(trials)))
+    });
+    assert!(out.success(), "scenario failed");
+    let o = &out.output;
+    let lines: Vec<&str> = o.lines().filter(|l| l.starts_with("TRIAL ")).collect();
+    assert_eq!(lines.len(), trials as usize, "every trial ran");
+    for l in &lines {
+        assert!(
+            l.contains("state=running") && l.contains("same_vmm=yes"),
+            "the guest's VMM was re-adopted: {l}"
+        );
+        let (a0, a1) = l
+            .split("acked=")
+            .nth(1)
+            .and_then(|r| r.split_once(".."))
+            .and_then(|(a, b)| Some((a.parse::<i64>().ok()?, b.trim().parse::<i64>().ok()?)))
+            .unwrap_or((0, 0));
+        assert!(a1 > a0, "the guest went on writing: {l}");
+    }
+    assert_eq!(value(o, "PLUG_AFTER"), Some("ok"));
+    assert_eq!(value(o, "UNPLUG_AFTER"), Some("ok"));
+    assert!(!o.contains("virga-writer-failed"), "a write failed");
+    let records = value(o, "RECORDS").unwrap_or_default();
+    let number = |key: &str| {
+        records
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.parse::<i64>().ok())
+    };
+    let (found, acked) = (number("found="), number("acked="));
+    assert!(
+        found.zip(acked).is_some_and(|(f, a)| f > a),
+        "every acknowledged record is on the disk: {records}"
+    );
+    println!("{trials} kills of hostd under a writing guest: {records}");
+}

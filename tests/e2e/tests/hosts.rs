@@ -6,7 +6,9 @@
 //! data; a guest of another project, on its own network with the same
 //! addresses, reaches neither. A volume on host1 (its storaged) attached
 //! to the guest on host2 goes over NBD (the kernel's client there): what
-//! that guest writes, the guest on host1 reads once the volume moves.
+//! that guest writes, the guest on host1 reads once the volume moves; and
+//! storaged killed (-9) and started again while that guest writes costs
+//! it a pause, no error and no acknowledged write.
 
 use std::time::{Duration, Instant};
 
@@ -110,13 +112,41 @@ controller_url = "http://$HOST_ADDR:{ctl_port}"
 token = "{storage_token}"
 heartbeat_secs = 2
 EOF
-$NSENTER --net=/run/netns/host1 $BIN/storaged --config $WORK/host1/storaged.toml 2> $WORK/host1/storaged.log &
-PIDS="$PIDS $!"
+start_storaged() {{
+    $NSENTER --net=/run/netns/host1 $BIN/storaged --config $WORK/host1/storaged.toml 2>> $WORK/host1/storaged.log &
+    STORAGED=$!
+}}
+start_storaged
+# The last record vm-b (the one guest on host2) acknowledged writing on
+# the volume it reaches over NBD.
+last_record() {{
+    grep -aho "virga-peers-rec [0-9]*" $WORK/host2/state/*/*/console.log 2>/dev/null | tail -n 1 | cut -d' ' -f2
+}}
+# The time in hundredths of a second (busybox's date has no %N).
+centis() {{
+    cut -d' ' -f1 /proc/uptime | tr -d .
+}}
 # Runs until the test stops its controller (three failed probes in a row).
+# Once vm-b has acknowledged 20 records, storaged is killed (-9) under it
+# and started again 3 s later: vm-b's next record must follow.
+killed=
 f=0; while [ $f -lt 3 ]; do
     wget -q -O /dev/null http://$HOST_ADDR:{ctl_port}/identity/v3 && f=0 || f=$((f + 1)); sleep 1
+    n0=$(last_record)
+    if [ -z "$killed" ] && [ "${{n0:-0}}" -ge 20 ]; then
+        kill -9 $STORAGED; wait $STORAGED 2>/dev/null
+        t0=$(centis)
+        sleep 3
+        start_storaged
+        killed=1
+        n=$n0
+        while [ "$n" -le "$n0" ] && [ $(( $(centis) - t0 )) -lt 20000 ]; do
+            sleep 0.2; n=$(last_record)
+        done
+        echo "virga-storaged-killed at record $n0; record $n after $(( ($(centis) - t0) * 10 )) ms"
+    fi
 done
-kill $PIDS; wait
+kill $PIDS $STORAGED; wait
 tail -n 10 $WORK/host1/storaged.log
 for n in 1 2; do
     echo "HOST${{n}}_LOGS_BEGIN"; grep -i "disk\|nbd" $WORK/host$n/hostd.log | tail -n 10; tail -n 10 $WORK/host$n/hostd.log; tail -n 10 $WORK/host$n/netd.log; echo "HOST${{n}}_LOGS_END"
@@ -157,7 +187,19 @@ done
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
-    assert!(outcome.expect("testbed").success(), "scenario failed");
+    let outcome = outcome.expect("testbed");
+    assert!(outcome.success(), "scenario failed");
+    // The kill came while vm-b was writing, not after.
+    let killed = outcome
+        .output
+        .lines()
+        .find_map(|l| l.strip_prefix("virga-storaged-killed at record "))
+        .and_then(|rest| rest.split(';').next()?.trim().parse::<usize>().ok())
+        .expect("storaged was never killed under the writing guest");
+    assert!(
+        killed < virga_guest_images::initramfs::PEER_RECORDS,
+        "storaged was killed after the guest's last record ({killed})"
+    );
 }
 
 fn drive(cli: &std::path::Path, dir: &std::path::Path, ctl_port: u16, alive: &dyn Fn() -> bool) {
@@ -408,12 +450,29 @@ fn drive(cli: &std::path::Path, dir: &std::path::Path, ctl_port: u16, alive: &dy
         "a volume on host1 attached to vm-b on host2 (NBD) and written in {:?}",
         attaching.elapsed()
     );
+    // Then records, each flushed before vm-b acknowledges it, while
+    // storaged is killed and started again under them (the testbed script
+    // does it): hostd on host2 connects the device again and none fails.
+    let records = virga_guest_images::initramfs::PEER_RECORDS;
+    let b = console(&admin, "vm-b", "virga-peers-recs-end");
+    assert!(
+        b.contains(&format!("virga-peers-recs-end {records}")),
+        "a write failed on the remote volume:\n{b}"
+    );
+    println!(
+        "vm-b wrote {records} flushed records over NBD in {:?} from the attach",
+        attaching.elapsed()
+    );
     admin.ok(&["server", "remove", "volume", "vm-b", "rvol"]);
     status("available");
     admin.ok(&["server", "add", "volume", "vm-a", "rvol"]);
     status("in-use");
-    console(&admin, "vm-a", "virga-peers-disk vda [virga-over-nbd-1]");
-    println!("vm-a on host1 read what vm-b on host2 wrote over NBD");
+    console(
+        &admin,
+        "vm-a",
+        &format!("virga-peers-disk vda [virga-over-nbd-1] records {records}"),
+    );
+    println!("vm-a on host1 read what vm-b on host2 wrote over NBD: the marker and every record");
     admin.ok(&["server", "remove", "volume", "vm-a", "rvol"]);
     status("available");
     admin.ok(&["volume", "delete", "rvol"]);
