@@ -10,6 +10,8 @@
 //!   ext4) against a raw file, and QEMU on the overlay.
 //! - `blk-volume [--runs N]`: volumes as storaged keeps them (raw, after one
 //!   and two snapshots) against fio on the file, and QEMU on the same chain.
+//! - `nbd [--runs N]`: storaged's NBD server against nbdkit, natively, on
+//!   loopback with qemu-img bench as the client (no kernel, no guest).
 //! - `net [--runs N]`: iperf3 between the guest and the host side of its tap,
 //!   virga (vhost-net and in-VMM datapath) against QEMU with vhost=on.
 //! - `overlay [--runs N]`: guest to guest across two hosts (namespaces, no
@@ -35,6 +37,7 @@ mod cloud_boot;
 mod hostd;
 mod http;
 mod measure;
+mod nbd;
 mod net;
 mod netd_scale;
 mod overlay;
@@ -72,6 +75,11 @@ enum Cmd {
     },
     /// fio in the guest on qcow2 overlays and a raw file (virga vs QEMU).
     BlkOverlay {
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
+    /// storaged's NBD server against nbdkit (natively, qemu-img bench).
+    Nbd {
         #[arg(long, default_value_t = 3)]
         runs: u32,
     },
@@ -224,6 +232,7 @@ fn main() -> Result<()> {
         Cmd::Blk { runs } => blk::run(runs),
         Cmd::BlkOverlay { runs } => blk::run_overlay(runs),
         Cmd::BlkVolume { runs } => blk::run_volume(runs),
+        Cmd::Nbd { runs } => nbd::run(runs),
         Cmd::Net { runs } => net::run(runs),
         Cmd::Overlay { runs } => overlay::run(runs),
         Cmd::OverlayGuests { runs } => overlay_guests::run(runs),

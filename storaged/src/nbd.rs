@@ -35,6 +35,10 @@ const MAX_OPTION: u32 = 4096;
 /// The largest read or write: the kernel client sends at most its queue's
 /// max_sectors (1 MiB by default); more than this closes the connection.
 pub const MAX_REQUEST: u32 = 32 << 20;
+/// The largest read tried from the page cache on the connection's own
+/// task ([`Disk::read_cached`]): small enough that copying it there holds
+/// the connection's other requests up by microseconds.
+const INLINE_READ: u32 = 128 << 10;
 /// How long a client may take to choose its export.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Requests served at once per connection.
@@ -295,16 +299,19 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, mut rx) = mpsc::channel::<Reply>(MAX_IN_FLIGHT);
+    let pool = Arc::new(BufferPool::default());
+    let returned = pool.clone();
     let writer = tokio::spawn(async move {
         while let Some(r) = rx.recv().await {
-            let mut out = Vec::with_capacity(16 + r.data.len());
-            out.extend_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
-            out.extend_from_slice(&r.error.to_be_bytes());
-            out.extend_from_slice(&r.cookie.to_be_bytes());
-            out.extend_from_slice(&r.data);
-            if wr.write_all(&out).await.is_err() {
+            let mut header = [0u8; 16];
+            header[0..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+            header[4..8].copy_from_slice(&r.error.to_be_bytes());
+            header[8..16].copy_from_slice(&r.cookie.to_be_bytes());
+            // The data goes as it is, after the header: no copy of it.
+            if write_all_vectored(&mut wr, &header, &r.data).await.is_err() {
                 return;
             }
+            returned.put(r.data);
             // Nothing else queued: send now rather than wait for more.
             if rx.is_empty() && wr.flush().await.is_err() {
                 return;
@@ -328,15 +335,38 @@ where
         ) else {
             break Ok(());
         };
+        // A read the page cache holds is served here, with no thread hop.
+        if request.kind == CMD_READ
+            && request.length <= INLINE_READ
+            && request
+                .offset
+                .checked_add(u64::from(request.length))
+                .is_some_and(|end| end <= disk.capacity())
+        {
+            let mut data = pool.take(request.length as usize);
+            if disk.read_cached(&mut data, request.offset) {
+                let reply = Reply {
+                    cookie: request.cookie,
+                    error: 0,
+                    data,
+                };
+                if tx.send(reply).await.is_err() {
+                    break Ok(());
+                }
+                drop((slot, room));
+                continue;
+            }
+            pool.put(data);
+        }
         if request.kind == CMD_WRITE {
-            request.data = vec![0u8; request.length as usize];
+            request.data = pool.take(request.length as usize);
             if let Err(e) = rd.read_exact(&mut request.data).await {
                 break Err(e.into());
             }
         }
-        let (disk, tx) = (disk.clone(), tx.clone());
+        let (disk, tx, pool) = (disk.clone(), tx.clone(), pool.clone());
         tokio::task::spawn_blocking(move || {
-            let reply = serve(&disk, request);
+            let reply = serve(&disk, request, &pool);
             let _ = tx.blocking_send(reply);
             drop((slot, room));
         });
@@ -404,8 +434,69 @@ fn errno(e: &std::io::Error) -> u32 {
     }
 }
 
+/// Buffers a connection's requests and replies reuse: a read's buffer is
+/// not zeroed for every request (it is filled whole, or the read fails),
+/// and large ones are not allocated again each time.
+#[derive(Default)]
+struct BufferPool(Mutex<Vec<Vec<u8>>>);
+
+impl BufferPool {
+    /// At most this many buffers wait, at most this large each: what the
+    /// kernel client sends (up to 1 MiB) reuses; larger ones are freed.
+    const KEPT: usize = 16;
+    const KEPT_BYTES: usize = 1 << 20;
+
+    /// A buffer of `len` bytes, their content whatever it was.
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut buf = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+
+    fn put(&self, buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > Self::KEPT_BYTES {
+            return;
+        }
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < Self::KEPT {
+            kept.push(buf);
+        }
+    }
+}
+
+/// Writes `header` then `data` in as few system calls as the socket takes.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    header: &[u8],
+    data: &[u8],
+) -> std::io::Result<()> {
+    let mut done = 0;
+    let total = header.len() + data.len();
+    while done < total {
+        let n = if done < header.len() {
+            let slices = [
+                std::io::IoSlice::new(&header[done..]),
+                std::io::IoSlice::new(data),
+            ];
+            wr.write_vectored(&slices).await?
+        } else {
+            wr.write(&data[done - header.len()..]).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        done += n;
+    }
+    Ok(())
+}
+
 /// Serves one request on the disk (blocking I/O).
-fn serve(disk: &Disk, r: Request) -> Reply {
+fn serve(disk: &Disk, r: Request, pool: &BufferPool) -> Reply {
     let reply = |error: u32, data: Vec<u8>| Reply {
         cookie: r.cookie,
         error,
@@ -420,7 +511,7 @@ fn serve(disk: &Disk, r: Request) -> Reply {
     let result = match r.kind {
         CMD_READ if !in_range || r.length > MAX_REQUEST => return reply(EINVAL, Vec::new()),
         CMD_READ => {
-            let mut buf = vec![0u8; r.length as usize];
+            let mut buf = pool.take(r.length as usize);
             return match disk.read_at(&mut buf, r.offset) {
                 Ok(()) => reply(0, buf),
                 Err(e) => {
@@ -430,7 +521,11 @@ fn serve(disk: &Disk, r: Request) -> Reply {
             };
         }
         CMD_WRITE if !in_range => return reply(ENOSPC, Vec::new()),
-        CMD_WRITE => disk.write_at(&r.data, r.offset),
+        CMD_WRITE => {
+            let written = disk.write_at(&r.data, r.offset);
+            pool.put(r.data);
+            written
+        }
         CMD_FLUSH => disk.flush(),
         CMD_TRIM | CMD_WRITE_ZEROES if !in_range => return reply(EINVAL, Vec::new()),
         // Discard is advisory: where holes cannot be punched, nothing.

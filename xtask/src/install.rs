@@ -18,6 +18,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ovmf", "/usr/share/OVMF/OVMF_CODE_4M.fd"),
     // Benchmark tools for the guest rootfs.
     ("fio", "fio"),
+    // The NBD benchmark's peer (benches/src/nbd.rs).
+    ("nbdkit", "nbdkit"),
     ("iperf3", "iperf3"),
     // netd's tests: network namespaces, veths, ping across them.
     ("iproute2", "ip"),

@@ -352,8 +352,8 @@ hc start w > /dev/null
 d=$(($(date +%s) + 300)); while [ "$(grep -ac 'virga-writer-found' $log)" -lt 2 ] && [ $(date +%s) -lt $d ]; do sleep 0.5; done
 found=$(grep -ao 'virga-writer-found [0-9]*' $log | tail -n 1 | cut -d' ' -f2)
 echo "RECORDS found=${found:-none} acked=$acked"
-hc stop w --hard > /dev/null; hc delete w
 grep -a "virga-writer-failed" $log || true
+hc stop w --hard > /dev/null; hc delete w
 kill $HOSTD; wait $HOSTD
 grep -a "interrupted plug" $WORK/hostd.log | head -n 3
 "#

@@ -328,6 +328,37 @@ impl Disk {
         Ok(())
     }
 
+    /// Reads `buf` at the guest's `offset` only if that needs no wait on the
+    /// device: a raw disk whose range the page cache holds whole
+    /// (`RWF_NOWAIT`). False otherwise (an overlay, data not cached, an
+    /// error), `buf` then unspecified: the caller reads with
+    /// [`Disk::read_at`] on a thread that may block. An event loop serves
+    /// cached reads inline this way.
+    pub fn read_cached(&self, buf: &mut [u8], offset: u64) -> bool {
+        if self.overlay.is_some() {
+            return false;
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            match rustix::io::preadv2(
+                &self.buffered,
+                &mut [std::io::IoSliceMut::new(&mut buf[done..])],
+                offset + done as u64,
+                rustix::io::ReadWriteFlags::NOWAIT,
+            ) {
+                // Past the end of the file: zeros, as read_at gives.
+                Ok(0) => {
+                    buf[done..].fill(0);
+                    return true;
+                }
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
     /// Writes `buf` at the guest's `offset` (an overlay allocates clusters
     /// as needed): as [`Disk::read_at`], for callers other than the worker.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
@@ -460,6 +491,27 @@ pub fn preadv_pwritev(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_reads_give_what_read_at_gives_or_decline() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.raw");
+        let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&img, &data).unwrap();
+        let disk = Disk::open(&img, None, &[], false, false).unwrap();
+        // Just written: in the page cache (tmpfs or not, a fresh write is).
+        let mut buf = vec![0xaa; 4096];
+        assert!(disk.read_cached(&mut buf, 4096));
+        assert_eq!(buf, data[4096..]);
+        // An overlay goes through its format driver: always declined.
+        let overlay = dir.path().join("top.qcow2");
+        crate::virtio::block::qcow2::create_overlay(&overlay, "disk.raw", 8192).unwrap();
+        let top = Disk::open(&overlay, Some(&img), &[], false, false).unwrap();
+        assert!(!top.read_cached(&mut buf, 0));
+        let mut whole = vec![0u8; 4096];
+        top.read_at(&mut whole, 0).unwrap();
+        assert_eq!(whole, data[..4096]);
+    }
 
     #[test]
     fn opens_raw_images_and_rejects_the_rest() {
