@@ -1085,3 +1085,119 @@ fn openstack_volumes() {
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
 }
+
+/// `openstack ec2 credentials create|list|show|delete` as a member of a
+/// project, each user seeing only their own; and the lookup a storage
+/// host's storaged makes to verify an S3 signature: the secret and
+/// project of the one key asked for, only to a registered storage host,
+/// and only while the user holds a role in that project.
+#[test]
+fn openstack_ec2_credentials_and_their_lookup_by_a_storage_host() {
+    use common::hostd::{controller_config, host_token};
+    let Some(cli) = openstack() else { return };
+    let c = common::start_with(None, &controller_config());
+    let admin = clouds_yaml(&c, ADMIN_PASSWORD);
+    let ok = |args: &[&str]| succeed(&cli, &admin, args);
+    ok(&["project", "create", "--domain", "default", "demo"]);
+    ok(&["user", "create", "--password", "bob-password", "bob"]);
+    ok(&[
+        "role",
+        "add",
+        "--project",
+        "demo",
+        "--user",
+        "bob",
+        "member",
+    ]);
+    let bob = clouds_for(&c, "bob", "bob", "bob-password", "demo");
+    let made = succeed(&cli, &bob, &["ec2", "credentials", "create", "-f", "json"]);
+    let made: serde_json::Value = serde_json::from_str(&made).unwrap();
+    let access = made["access"].as_str().unwrap().to_owned();
+    let secret = made["secret"].as_str().unwrap().to_owned();
+    assert_eq!((access.len(), secret.len()), (32, 32), "{made}");
+    let listed = succeed(
+        &cli,
+        &bob,
+        &["ec2", "credentials", "list", "-f", "value", "-c", "Access"],
+    );
+    assert_eq!(listed.trim(), access);
+    let shown = succeed(
+        &cli,
+        &bob,
+        &["ec2", "credentials", "show", &access, "-f", "json"],
+    );
+    assert!(shown.contains(&secret), "{shown}");
+    // Not the admin's (the admin lists their own).
+    assert!(!ok(&["ec2", "credentials", "list"]).contains(&access));
+
+    // The lookup: storage hosts only, one key at a time.
+    let storage = common::storaged::Storaged::start(&c, "storage-1");
+    common::storaged::wait_registered(&c, &common::admin_token(&c));
+    let lookup = |host: &str, key: &str| {
+        let bearer = format!("Bearer {}", host_token(host));
+        common::call(
+            &c,
+            "GET",
+            &format!("/internal/v1/ec2-credentials/{key}"),
+            &[("Authorization", &bearer)],
+            "",
+        )
+    };
+    let found = lookup("storage-1", &access);
+    assert_eq!(found.status, 200, "{}", found.body);
+    let signer: storaged_proto::Ec2Signer = serde_json::from_str(&found.body).unwrap();
+    assert_eq!(
+        (signer.access.as_str(), signer.secret.as_str()),
+        (access.as_str(), secret.as_str())
+    );
+    assert_eq!(signer.project_id, made["project_id"].as_str().unwrap());
+    assert_eq!(lookup("storage-1", "0123456789abcdef").status, 404);
+    assert_eq!(
+        lookup("compute-1", &access).status,
+        403,
+        "not a storage host"
+    );
+    let none = common::call(
+        &c,
+        "GET",
+        &format!("/internal/v1/ec2-credentials/{access}"),
+        &[],
+        "",
+    );
+    assert_eq!(none.status, 401);
+    // A role taken away ends the key's use.
+    ok(&[
+        "role",
+        "remove",
+        "--project",
+        "demo",
+        "--user",
+        "bob",
+        "member",
+    ]);
+    assert_eq!(lookup("storage-1", &access).status, 404);
+    ok(&[
+        "role",
+        "add",
+        "--project",
+        "demo",
+        "--user",
+        "bob",
+        "member",
+    ]);
+    assert_eq!(lookup("storage-1", &access).status, 200);
+
+    // No credential in a project without a role there.
+    let (made_there, _, err) = run(
+        &cli,
+        &bob,
+        &["ec2", "credentials", "create", "--project", "admin"],
+    );
+    assert!(!made_there, "a key in a project bob has no role in");
+    assert!(err.contains("403") || err.contains("No project"), "{err}");
+    succeed(&cli, &bob, &["ec2", "credentials", "delete", &access]);
+    assert_eq!(lookup("storage-1", &access).status, 404);
+    let (gone, _, _) = run(&cli, &bob, &["ec2", "credentials", "show", &access]);
+    assert!(!gone);
+    drop(storage);
+}

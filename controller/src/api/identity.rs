@@ -24,6 +24,9 @@ fn version(app: &App) -> Json {
 }
 
 pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response<Body> {
+    if let ["v3", "users", user_id, "credentials", "OS-EC2", more @ ..] = rest {
+        return super::identity_ec2::route(app, req, user_id, more).await;
+    }
     if rest.first() == Some(&"v3")
         && matches!(
             rest.get(1),
@@ -186,6 +189,7 @@ fn status_of(e: &IdentityError) -> StatusCode {
         IdentityError::Unauthorized => StatusCode::UNAUTHORIZED,
         IdentityError::BadRequest(_) => StatusCode::BAD_REQUEST,
         IdentityError::Conflict(_) => StatusCode::CONFLICT,
+        IdentityError::Forbidden(_) => StatusCode::FORBIDDEN,
         IdentityError::Store(_) | IdentityError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -48,6 +48,7 @@ fn identity_error(e: IdentityError) -> Response<Body> {
         IdentityError::Unauthorized => StatusCode::UNAUTHORIZED,
         IdentityError::BadRequest(_) => StatusCode::BAD_REQUEST,
         IdentityError::Conflict(_) => StatusCode::CONFLICT,
+        IdentityError::Forbidden(_) => StatusCode::FORBIDDEN,
         IdentityError::Store(_) | IdentityError::Internal(_) => {
             tracing::error!("identity admin: {e}");
             StatusCode::INTERNAL_SERVER_ERROR

@@ -11,7 +11,8 @@
 //! answers with the networks its host must carry;
 //! `GET /internal/v1/hosts/{host_id}/ports/{port_id}/metadata` gives the
 //! metadata service there what the guest behind a port is told (its config
-//! drive's contents). All need a host's
+//! drive's contents); `GET /internal/v1/ec2-credentials/{access}` gives a
+//! storage host's storaged the one S3 credential a request names. All need a host's
 //! token (derived from the controller's hostd secret) as a bearer token; a
 //! host registers and refreshes only itself.
 //!
@@ -42,6 +43,45 @@ fn caller(app: &App, req: &Request<Incoming>) -> Option<String> {
         .ok()?
         .strip_prefix("Bearer ")?;
     hostd_proto::token::host_of(secret, token).map(str::to_owned)
+}
+
+/// The credential behind an S3 access key, for the storaged that verifies
+/// a request signed with it (a registered storage host only): its secret,
+/// user and project, while its user may still act in that project; 404
+/// otherwise.
+async fn ec2_signer(app: &App, host: &str, access: &str) -> Response<Body> {
+    match app.volumes.store.storage_host(host).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return keystone_error(
+                StatusCode::FORBIDDEN,
+                &format!("{host} is not a registered storage host"),
+            )
+        }
+        Err(e) => {
+            tracing::error!("ec2 credential lookup: {e}");
+            return keystone_error(StatusCode::INTERNAL_SERVER_ERROR, "store error");
+        }
+    }
+    match app.identity.ec2_signer(access).await {
+        Ok(Some(c)) => json(
+            StatusCode::OK,
+            &storaged_proto::Ec2Signer {
+                access: c.access,
+                secret: c.secret,
+                user_id: c.user_id,
+                project_id: c.project_id,
+            },
+        ),
+        Ok(None) => keystone_error(
+            StatusCode::NOT_FOUND,
+            &format!("no usable credential {access}"),
+        ),
+        Err(e) => {
+            tracing::error!("ec2 credential lookup: {e}");
+            keystone_error(StatusCode::INTERNAL_SERVER_ERROR, "store error")
+        }
+    }
 }
 
 /// How long a triggered reconciler run may take before the request gives up
@@ -97,6 +137,7 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
             }
             storage_heartbeat(app, req, &host).await
         }
+        (Method::GET, ["v1", "ec2-credentials", access]) => ec2_signer(app, &host, access).await,
         (Method::PUT, ["v1", "hosts", id, "network"]) => {
             if *id != host {
                 return keystone_error(

@@ -9,6 +9,7 @@ pub mod http;
 pub mod hypervisors;
 pub mod identity;
 pub mod identity_admin;
+pub mod identity_ec2;
 pub mod image;
 pub mod interfaces;
 pub mod internal;

@@ -1,6 +1,7 @@
 //! Identity: domains, projects, users, roles and tokens (the Keystone v3 subset
 //! clients use). Other APIs validate tokens here directly, not over HTTP.
 
+pub mod ec2;
 pub mod password;
 pub mod token;
 
@@ -25,6 +26,9 @@ pub enum IdentityError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
+    /// Allowed to no one but its owner or an admin, or not in that project.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -344,7 +348,7 @@ impl Identity {
         };
         // Explicit rather than ON DELETE CASCADE, which SQLite honours only
         // with its foreign-key pragma on.
-        for dependent in ["role_assignments", "tokens"] {
+        for dependent in ["role_assignments", "tokens", "ec2_credentials"] {
             self.store
                 .execute(
                     &format!("DELETE FROM {dependent} WHERE {column} = $1"),

@@ -150,6 +150,17 @@ pub fn is_volume_id(id: &str) -> bool {
         })
 }
 
+/// The credential behind an S3 access key, as the controller gives it to
+/// a storage host (`GET /internal/v1/ec2-credentials/{access}`): the secret
+/// verifies a request's signature; the project owns what it touches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ec2Signer {
+    pub access: String,
+    pub secret: String,
+    pub user_id: String,
+    pub project_id: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
