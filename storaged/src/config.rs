@@ -13,6 +13,8 @@
 //!                                          # `controller host-token HOST`)
 //! availability_zone = "nova"
 //! heartbeat_secs = 10
+//! s3_listen = "0.0.0.0:9000"               # the S3 API (none when absent)
+//! s3_domain = "s3.example.com"             # virtual-host-style buckets
 //! ```
 
 use std::net::SocketAddr;
@@ -55,6 +57,8 @@ pub struct ConfigFile {
     pub heartbeat_secs: Option<u64>,
     pub nbd_listen: Option<SocketAddr>,
     pub nbd_advertise: Option<String>,
+    pub s3_listen: Option<SocketAddr>,
+    pub s3_domain: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -74,6 +78,11 @@ pub struct Config {
     /// `HOST:PORT` other hosts connect to; None: the advertised URL's host
     /// (or the bound address) with the listener's port.
     pub nbd_advertise: Option<String>,
+    /// Where the S3 API listens; None: no S3 API on this host.
+    pub s3_listen: Option<SocketAddr>,
+    /// The domain of virtual-host-style requests (`BUCKET.s3.example`);
+    /// None: path-style only.
+    pub s3_domain: Option<String>,
 }
 
 const MIN_TOKEN_LEN: usize = 16;
@@ -150,6 +159,13 @@ impl Config {
         let nbd_listen = file
             .nbd_listen
             .unwrap_or_else(|| SocketAddr::new(listen.ip(), 10809));
+        let s3_domain = file.s3_domain;
+        if s3_domain
+            .as_deref()
+            .is_some_and(|d| d.is_empty() || d.contains(['/', ':', ' ']))
+        {
+            return Err(invalid("s3_domain", "a domain name, as s3.example.com"));
+        }
         let nbd_advertise = file.nbd_advertise;
         if nbd_advertise
             .as_deref()
@@ -160,6 +176,8 @@ impl Config {
         Ok(Config {
             nbd_listen,
             nbd_advertise,
+            s3_listen: file.s3_listen,
+            s3_domain,
             host_id,
             listen,
             advertise_url,

@@ -7,6 +7,7 @@
 //! - [`images`]: fetching an image a volume is made from
 //! - [`controller`]: the calls to the controller's internal API
 //! - [`exports`], [`nbd`]: volumes served over NBD to other hosts
+//! - [`objects`], [`s3`]: the object store and its S3 API
 
 pub mod api;
 pub mod config;
@@ -15,6 +16,8 @@ pub mod exports;
 pub mod heartbeat;
 pub mod images;
 pub mod nbd;
+pub mod objects;
+pub mod s3;
 pub mod volumes;
 
 use std::sync::Arc;
@@ -61,6 +64,14 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         exports,
         nbd_address,
     });
+    let s3 = match config.s3_listen {
+        Some(addr) => Some(tokio::spawn(
+            s3_server(&config, addr)
+                .await
+                .context("starting the S3 API")?,
+        )),
+        None => None,
+    };
     let nbd_server = nbd::Server::new(api::NbdExports(state.clone()));
     let nbd = tokio::spawn(nbd_server.serve(nbd_listener));
     let beats = tokio::spawn(heartbeat::run(config, url, state.clone()));
@@ -73,6 +84,58 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     }
     beats.abort();
     nbd.abort();
+    if let Some(s3) = s3 {
+        s3.abort();
+    }
     tracing::info!("storaged stopping");
     Ok(())
+}
+
+/// Opens the object store and binds the S3 API; the future serves it.
+async fn s3_server(
+    config: &config::Config,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let store = objects::ObjectStore::open(&config.data_dir)
+        .await
+        .with_context(|| format!("opening the object store in {}", config.data_dir.display()))?;
+    let signers = Arc::new(s3::auth::Signers::new(config.clone()));
+    let mut builder = s3s::service::S3ServiceBuilder::new(s3::S3Api {
+        store: Arc::new(store),
+        signers: signers.clone(),
+    });
+    builder.set_auth(s3::auth::Auth(signers));
+    if let Some(domain) = &config.s3_domain {
+        builder.set_host(
+            s3s::host::SingleDomain::new(domain)
+                .map_err(|e| anyhow::anyhow!("s3_domain {domain}: {e:?}"))?,
+        );
+    }
+    let service = builder.build();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening for S3 on {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "S3 API ready");
+    Ok(async move {
+        loop {
+            let (socket, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("s3: accepting: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let service = service.clone();
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(socket);
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await
+                {
+                    tracing::debug!("s3: connection: {e}");
+                }
+            });
+        }
+    })
 }

@@ -16,6 +16,8 @@ use anyhow::{bail, Context, Result};
 const CONTROLLER_PORT: u16 = 8774;
 const HOSTD_PORT: u16 = 8790;
 const STORAGED_PORT: u16 = 8780;
+/// storaged's S3 API.
+const S3_PORT: u16 = 9000;
 /// The host hostd registers as, in the testbed or here.
 const HOST_ID: &str = "virga-1";
 const ADMIN_PASSWORD: &str = "virga-admin";
@@ -166,6 +168,7 @@ data_dir = "$WORK/storage"
 controller_url = "http://$HOST_ADDR:{CONTROLLER_PORT}"
 token = "{token}"
 heartbeat_secs = 5
+s3_listen = "0.0.0.0:{S3_PORT}"
 END
 $BIN/storaged --config $WORK/storaged.toml &
 STORAGED=$!
@@ -184,6 +187,7 @@ kill $HOSTD $NETD $STORAGED; wait $HOSTD $NETD $STORAGED
         .binary(bins.join("storaged"))
         .forward_port(HOSTD_PORT)
         .forward_port(STORAGED_PORT)
+        .forward_port(S3_PORT)
         .timeout(Duration::from_secs(7 * 24 * 3600));
     // netd's security groups are an nftables ruleset: the host's nft.
     if let Some(nft) = ["/usr/sbin/nft", "/sbin/nft"]
@@ -300,7 +304,7 @@ kill $HOSTD $NETD $STORAGED; wait $HOSTD $NETD $STORAGED
         ])?;
     }
     println!(
-        "\nVirga is up (hostd: {}).\n\n  export OS_CLIENT_CONFIG_FILE={} OS_CLOUD=virga\n  {os} server create --image virga-test --flavor m1.tiny --network private --wait vm1\n  {os} console log show vm1\n  {os} floating ip create public\n  {os} server add floating ip vm1 172.24.4.3\n\nFloating IPs (172.24.4.0/24) are reached from where the guests run: {}.\nadmin password: {ADMIN_PASSWORD}. Ctrl-C stops the cloud.",
+        "\nVirga is up (hostd: {}).\n\n  export OS_CLIENT_CONFIG_FILE={} OS_CLOUD=virga\n  {os} server create --image virga-test --flavor m1.tiny --network private --wait vm1\n  {os} console log show vm1\n  {os} floating ip create public\n  {os} server add floating ip vm1 172.24.4.3\n\nS3 (storaged) on http://127.0.0.1:{S3_PORT}: `{os} ec2 credentials create` gives the access key and secret\n(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), then:\n  aws --endpoint-url http://127.0.0.1:{S3_PORT} s3 mb s3://bucket1\n\nFloating IPs (172.24.4.0/24) are reached from where the guests run: {}.\nadmin password: {ADMIN_PASSWORD}. Ctrl-C stops the cloud.",
         mode.as_str(),
         clouds.display(),
         if mode.as_str() == "native" {

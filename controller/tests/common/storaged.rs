@@ -40,13 +40,18 @@ pub struct Storaged {
 impl Storaged {
     /// Starts one for `c` (see [`wait_registered`] for its first heartbeat).
     pub fn start(c: &Controller, host_id: &str) -> Storaged {
+        Self::start_with(c, host_id, "")
+    }
+
+    /// As [`Storaged::start`], with `extra` configuration lines.
+    pub fn start_with(c: &Controller, host_id: &str, extra: &str) -> Storaged {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let config = dir.path().join("storaged.toml");
         std::fs::write(
             &config,
             format!(
-                "host_id = \"{host_id}\"\nlisten = \"127.0.0.1:0\"\nnbd_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncontroller_url = \"http://{}\"\ntoken = \"{}\"\nheartbeat_secs = 1\n",
+                "host_id = \"{host_id}\"\nlisten = \"127.0.0.1:0\"\nnbd_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncontroller_url = \"http://{}\"\ntoken = \"{}\"\nheartbeat_secs = 1\n{extra}",
                 data_dir.display(),
                 c.addr,
                 host_token(host_id)

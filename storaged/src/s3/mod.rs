@@ -1,0 +1,711 @@
+//! storaged's S3 API: the wire protocol (routing, SigV4 in headers and
+//! presigned URLs, aws-chunked bodies and their trailers, XML, errors) is
+//! the `s3s` crate's; the operations here map it onto the object store
+//! ([`crate::objects`]) and the project that owns each bucket.
+//!
+//! - [`auth`]: the secrets signatures are checked with, from the controller
+//!
+//! Buckets are named globally, as on AWS, and belong to the project of the
+//! credential that made them; a credential of another project gets
+//! `AccessDenied` on them.
+
+pub mod auth;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use s3s::dto::*;
+use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
+
+use crate::objects::{ObjectError, ObjectInfo, ObjectStore};
+
+use self::auth::Signers;
+
+/// The largest object a single PUT makes (S3's limit).
+pub const MAX_OBJECT: u64 = 5 << 30;
+/// The region buckets are said to be in.
+pub const REGION: &str = "us-east-1";
+
+pub struct S3Api {
+    pub store: Arc<ObjectStore>,
+    pub signers: Arc<Signers>,
+}
+
+fn internal(e: impl std::fmt::Display) -> S3Error {
+    tracing::warn!("s3: {e}");
+    s3_error!(InternalError, "{e}")
+}
+
+fn object_error(e: ObjectError) -> S3Error {
+    match e {
+        ObjectError::NoSuchBucket => s3_error!(NoSuchBucket),
+        ObjectError::NoSuchKey => s3_error!(NoSuchKey),
+        ObjectError::BucketNotEmpty => s3_error!(BucketNotEmpty),
+        ObjectError::BucketExists { mine: true } => s3_error!(BucketAlreadyOwnedByYou),
+        ObjectError::BucketExists { mine: false } => s3_error!(BucketAlreadyExists),
+        e @ ObjectError::Blob(_) => {
+            tracing::error!("s3: {e}");
+            s3_error!(InternalError, "the object's data failed its checksum")
+        }
+        e => internal(e),
+    }
+}
+
+fn timestamp(ms: i64) -> Timestamp {
+    Timestamp::from(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
+}
+
+fn etag(info: &ObjectInfo) -> ETag {
+    ETag::Strong(info.etag.clone())
+}
+
+impl S3Api {
+    /// The project the request's credential acts for.
+    fn project<T>(&self, req: &S3Request<T>) -> S3Result<String> {
+        let access = req
+            .credentials
+            .as_ref()
+            .map(|c| c.access_key.clone())
+            .ok_or_else(|| s3_error!(AccessDenied, "anonymous requests are not allowed"))?;
+        self.signers
+            .cached(&access)
+            .map(|s| s.project_id)
+            .ok_or_else(|| s3_error!(InvalidAccessKeyId))
+    }
+
+    /// Checks that `bucket` exists and belongs to the request's project.
+    async fn owned<T>(&self, req: &S3Request<T>, bucket: &str) -> S3Result<()> {
+        let project = self.project(req)?;
+        match self.store.bucket(bucket).await.map_err(object_error)? {
+            None => Err(s3_error!(NoSuchBucket)),
+            Some(b) if b.project_id != project => Err(s3_error!(AccessDenied)),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Checks a GET's or HEAD's conditions against the object.
+    fn conditions(
+        info: &ObjectInfo,
+        if_match: Option<&ETagCondition>,
+        if_none_match: Option<&ETagCondition>,
+        if_modified_since: Option<&Timestamp>,
+        if_unmodified_since: Option<&Timestamp>,
+    ) -> S3Result<()> {
+        let ours = etag(info);
+        let matches = |c: &ETagCondition| match c {
+            ETagCondition::Any => true,
+            ETagCondition::ETag(e) => ours.strong_cmp(e) || ours.value() == e.value(),
+        };
+        let modified = std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(info.modified_ms.max(0) as u64);
+        let as_time = |t: &Timestamp| {
+            Some(std::time::SystemTime::from(time::OffsetDateTime::from(
+                t.clone(),
+            )))
+        };
+        if let Some(c) = if_match {
+            if !matches(c) {
+                return Err(s3_error!(PreconditionFailed));
+            }
+        } else if let Some(t) = if_unmodified_since.and_then(as_time) {
+            // Whole seconds, as HTTP dates are.
+            if modified.duration_since(t).is_ok_and(|d| d.as_secs() >= 1) {
+                return Err(s3_error!(PreconditionFailed));
+            }
+        }
+        if let Some(c) = if_none_match {
+            if matches(c) {
+                return Err(S3Error::new(S3ErrorCode::NotModified));
+            }
+        } else if let Some(t) = if_modified_since.and_then(as_time) {
+            if t.duration_since(modified).is_ok()
+                || modified.duration_since(t).is_ok_and(|d| d.as_secs() < 1)
+            {
+                return Err(S3Error::new(S3ErrorCode::NotModified));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A GET's body: blocks read (and checked) on a blocking thread, a few
+/// ahead of the client.
+struct Chunks(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl futures_core::Stream for Chunks {
+    type Item = Result<Bytes, std::io::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+fn validate_key(key: &str) -> S3Result<()> {
+    if key.is_empty() || key.len() > 1024 {
+        return Err(s3_error!(KeyTooLongError));
+    }
+    Ok(())
+}
+
+/// The checksums a PUT asked to be verified, computed over its body.
+struct Hashers {
+    md5: Md5,
+    requested: s3s::checksum::ChecksumHasher,
+}
+
+#[async_trait::async_trait]
+impl S3 for S3Api {
+    async fn list_buckets(
+        &self,
+        req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let project = self.project(&req)?;
+        let buckets = self
+            .store
+            .list_buckets(&project)
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(ListBucketsOutput {
+            buckets: Some(
+                buckets
+                    .into_iter()
+                    .map(|b| Bucket {
+                        name: Some(b.name),
+                        creation_date: Some(timestamp(b.created_ms)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            owner: Some(Owner {
+                display_name: Some(project.clone()),
+                id: Some(project),
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        let project = self.project(&req)?;
+        self.store
+            .create_bucket(&req.input.bucket, &project)
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(CreateBucketOutput {
+            location: Some(format!("/{}", req.input.bucket)),
+        }))
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        Ok(S3Response::new(HeadBucketOutput {
+            bucket_region: Some(REGION.into()),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        // us-east-1 is said by saying nothing.
+        Ok(S3Response::new(GetBucketLocationOutput::default()))
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        self.store
+            .delete_bucket(&req.input.bucket)
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(DeleteBucketOutput::default()))
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let trailers = req.trailing_headers.clone();
+        let mut input = req.input;
+        validate_key(&input.key)?;
+        if input
+            .content_length
+            .is_some_and(|l| l < 0 || l as u64 > MAX_OBJECT)
+        {
+            return Err(s3_error!(EntityTooLarge));
+        }
+        if let Some(c) = &input.if_none_match {
+            if c.is_any() && self.store.head(&input.bucket, &input.key).await.is_ok() {
+                return Err(s3_error!(PreconditionFailed, "the object exists"));
+            }
+        }
+        let Some(mut body) = input.body.take() else {
+            return Err(s3_error!(IncompleteBody));
+        };
+        let mut hashers = Hashers {
+            md5: Md5::new(),
+            requested: Default::default(),
+        };
+        {
+            let r = &mut hashers.requested;
+            if input.checksum_crc32.is_some() {
+                r.crc32 = Some(Default::default());
+            }
+            if input.checksum_crc32c.is_some() {
+                r.crc32c = Some(Default::default());
+            }
+            if input.checksum_sha1.is_some() {
+                r.sha1 = Some(Default::default());
+            }
+            if input.checksum_sha256.is_some() {
+                r.sha256 = Some(Default::default());
+            }
+            if input.checksum_crc64nvme.is_some() {
+                r.crc64nvme = Some(Default::default());
+            }
+            if let Some(alg) = &input.checksum_algorithm {
+                match alg.as_str() {
+                    ChecksumAlgorithm::CRC32 => r.crc32 = Some(Default::default()),
+                    ChecksumAlgorithm::CRC32C => r.crc32c = Some(Default::default()),
+                    ChecksumAlgorithm::SHA1 => r.sha1 = Some(Default::default()),
+                    ChecksumAlgorithm::SHA256 => r.sha256 = Some(Default::default()),
+                    ChecksumAlgorithm::CRC64NVME => r.crc64nvme = Some(Default::default()),
+                    _ => return Err(s3_error!(InvalidArgument, "unknown checksum algorithm")),
+                }
+            }
+        }
+        let upload = self.store.begin().map_err(object_error)?;
+        let (id, path) = (upload.id.clone(), upload.path.clone());
+        let mut writer = Some(upload.writer);
+        // Written on a blocking thread, a chunk at a time as it comes.
+        let written: S3Result<u64> = async {
+            use futures_core::Stream;
+            let mut size = 0u64;
+            loop {
+                let next =
+                    std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_next(cx)).await;
+                let Some(chunk) = next else { break };
+                let chunk = chunk.map_err(|e| s3_error!(IncompleteBody, "{e}"))?;
+                size += chunk.len() as u64;
+                if size > MAX_OBJECT {
+                    return Err(s3_error!(EntityTooLarge));
+                }
+                hashers.md5.update(&chunk);
+                hashers.requested.update(&chunk);
+                let mut w = writer.take().ok_or_else(|| internal("no writer"))?;
+                let w = tokio::task::spawn_blocking(move || w.write(&chunk).map(|()| w))
+                    .await
+                    .map_err(internal)?
+                    .map_err(internal)?;
+                writer = Some(w);
+            }
+            if input.content_length.is_some_and(|l| l as u64 != size) {
+                return Err(s3_error!(IncompleteBody));
+            }
+            let w = writer.take().ok_or_else(|| internal("no writer"))?;
+            tokio::task::spawn_blocking(move || w.finish())
+                .await
+                .map_err(internal)?
+                .map_err(internal)
+        }
+        .await;
+        let size = match written {
+            Ok(s) => s,
+            Err(e) => {
+                drop(writer);
+                self.store.discard(&path);
+                return Err(e);
+            }
+        };
+        let md5 = hashers.md5.finalize();
+        let hex: String = md5.iter().map(|b| format!("{b:02x}")).collect();
+        let mut verify = || -> S3Result<ObjectInfo> {
+            if let Some(expected) = &input.content_md5 {
+                let ok = base64_simd::STANDARD
+                    .decode_to_vec(expected)
+                    .is_ok_and(|d| d.as_slice() == md5.as_slice());
+                if !ok {
+                    return Err(s3_error!(BadDigest, "Content-MD5 does not match the body"));
+                }
+            }
+            if let Some(t) = trailers.as_ref().and_then(|t| t.take()) {
+                for (name, slot) in [
+                    ("x-amz-checksum-crc32", &mut input.checksum_crc32),
+                    ("x-amz-checksum-crc32c", &mut input.checksum_crc32c),
+                    ("x-amz-checksum-sha1", &mut input.checksum_sha1),
+                    ("x-amz-checksum-sha256", &mut input.checksum_sha256),
+                    ("x-amz-checksum-crc64nvme", &mut input.checksum_crc64nvme),
+                ] {
+                    if let Some(v) = t.get(name) {
+                        *slot = Some(
+                            v.to_str()
+                                .map_err(|_| s3_error!(InvalidArgument))?
+                                .to_owned(),
+                        );
+                    }
+                }
+            }
+            let got = std::mem::take(&mut hashers.requested).finalize();
+            let mut checksums = std::collections::BTreeMap::new();
+            for (name, sent, computed) in [
+                ("crc32", &input.checksum_crc32, &got.checksum_crc32),
+                ("crc32c", &input.checksum_crc32c, &got.checksum_crc32c),
+                ("sha1", &input.checksum_sha1, &got.checksum_sha1),
+                ("sha256", &input.checksum_sha256, &got.checksum_sha256),
+                (
+                    "crc64nvme",
+                    &input.checksum_crc64nvme,
+                    &got.checksum_crc64nvme,
+                ),
+            ] {
+                match (sent, computed) {
+                    (Some(s), Some(c)) if s == c => {
+                        checksums.insert(name.to_owned(), c.clone());
+                    }
+                    (Some(_), _) | (None, Some(_)) if sent.is_some() || computed.is_some() => {
+                        // A checksum asked for (by its algorithm) but never
+                        // sent, or sent and not matching.
+                        if sent.is_some() {
+                            return Err(s3_error!(
+                                BadDigest,
+                                "the {name} checksum does not match the body"
+                            ));
+                        }
+                        return Err(s3_error!(InvalidRequest, "no {name} checksum was sent"));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(ObjectInfo {
+                key: input.key.clone(),
+                size,
+                etag: hex.clone(),
+                content_type: input.content_type.clone(),
+                content_encoding: input.content_encoding.clone(),
+                metadata: input
+                    .metadata
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+                checksums,
+                ..Default::default()
+            })
+        };
+        let info = match verify() {
+            Ok(i) => i,
+            Err(e) => {
+                self.store.discard(&path);
+                return Err(e);
+            }
+        };
+        let checksums = info.checksums.clone();
+        self.store
+            .commit(&input.bucket, &id, info)
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(PutObjectOutput {
+            e_tag: Some(ETag::Strong(hex)),
+            checksum_crc32: checksums.get("crc32").cloned(),
+            checksum_crc32c: checksums.get("crc32c").cloned(),
+            checksum_sha1: checksums.get("sha1").cloned(),
+            checksum_sha256: checksums.get("sha256").cloned(),
+            checksum_crc64nvme: checksums.get("crc64nvme").cloned(),
+            ..Default::default()
+        }))
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = &req.input;
+        let info = self
+            .store
+            .head(&input.bucket, &input.key)
+            .await
+            .map_err(object_error)?;
+        Self::conditions(
+            &info,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        )?;
+        Ok(S3Response::new(HeadObjectOutput {
+            content_length: Some(info.size as i64),
+            content_type: info.content_type.clone(),
+            content_encoding: info.content_encoding.clone(),
+            e_tag: Some(etag(&info)),
+            last_modified: Some(timestamp(info.modified_ms)),
+            metadata: Some(info.metadata.clone().into_iter().collect()),
+            accept_ranges: Some("bytes".into()),
+            checksum_crc32: info.checksums.get("crc32").cloned(),
+            checksum_crc32c: info.checksums.get("crc32c").cloned(),
+            checksum_sha1: info.checksums.get("sha1").cloned(),
+            checksum_sha256: info.checksums.get("sha256").cloned(),
+            checksum_crc64nvme: info.checksums.get("crc64nvme").cloned(),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = &req.input;
+        let info = self
+            .store
+            .head(&input.bucket, &input.key)
+            .await
+            .map_err(object_error)?;
+        Self::conditions(
+            &info,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        )?;
+        let (start, end, content_range) = match &input.range {
+            None => (0, info.size, None),
+            Some(range) => {
+                let r = range.check(info.size)?;
+                let shown = format!(
+                    "bytes {}-{}/{}",
+                    r.start,
+                    r.end.saturating_sub(1),
+                    info.size
+                );
+                (r.start, r.end, Some(shown))
+            }
+        };
+        let blob = self.store.open_blob(&info).map_err(object_error)?;
+        // The first block is read and checked before answering, so that a
+        // corrupted small object is an error status, not a cut body.
+        let first = if start < end {
+            let block = start / crate::objects::blob::BLOCK;
+            Some(blob.block(block).map_err(|e| object_error(e.into()))?)
+        } else {
+            None
+        };
+        drop(first);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let sent = blob.read_range(start, end, |part| {
+                tx.blocking_send(Ok(Bytes::from(part))).is_ok()
+            });
+            if let Err(e) = sent {
+                tracing::error!("s3: {e}");
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        });
+        let whole = content_range.is_none();
+        Ok(S3Response::new(GetObjectOutput {
+            body: Some(StreamingBlob::wrap(Chunks(rx))),
+            content_length: Some((end - start) as i64),
+            content_range,
+            content_type: info.content_type.clone(),
+            content_encoding: info.content_encoding.clone(),
+            e_tag: Some(etag(&info)),
+            last_modified: Some(timestamp(info.modified_ms)),
+            metadata: Some(info.metadata.clone().into_iter().collect()),
+            accept_ranges: Some("bytes".into()),
+            // S3 gives checksums of the whole object only.
+            checksum_crc32: info.checksums.get("crc32").filter(|_| whole).cloned(),
+            checksum_crc32c: info.checksums.get("crc32c").filter(|_| whole).cloned(),
+            checksum_sha1: info.checksums.get("sha1").filter(|_| whole).cloned(),
+            checksum_sha256: info.checksums.get("sha256").filter(|_| whole).cloned(),
+            checksum_crc64nvme: info.checksums.get("crc64nvme").filter(|_| whole).cloned(),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        validate_key(&req.input.key)?;
+        // Deleting what is not there succeeds, as on S3.
+        self.store
+            .delete(&req.input.bucket, &req.input.key)
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(DeleteObjectOutput::default()))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let objects = &req.input.delete.objects;
+        if objects.len() > 1000 {
+            return Err(s3_error!(MalformedXML, "at most 1000 keys per request"));
+        }
+        let quiet = req.input.delete.quiet.unwrap_or(false);
+        let mut deleted = Vec::new();
+        let mut errors = Vec::new();
+        for o in objects {
+            match self.store.delete(&req.input.bucket, &o.key).await {
+                Ok(_) => {
+                    if !quiet {
+                        deleted.push(DeletedObject {
+                            key: Some(o.key.clone()),
+                            ..Default::default()
+                        });
+                    }
+                }
+                Err(e) => errors.push(Error {
+                    key: Some(o.key.clone()),
+                    code: Some("InternalError".into()),
+                    message: Some(e.to_string()),
+                    ..Default::default()
+                }),
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: Some(errors).filter(|e| !e.is_empty()),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = &req.input;
+        let max = input.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        // The continuation token is the last key (or prefix) returned.
+        let after = match &input.continuation_token {
+            Some(t) => Some(
+                base64_simd::URL_SAFE_NO_PAD
+                    .decode_to_vec(t)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| {
+                        s3_error!(
+                            InvalidArgument,
+                            "The continuation token provided is incorrect"
+                        )
+                    })?,
+            ),
+            None => input.start_after.clone(),
+        };
+        let listing = self
+            .store
+            .list(
+                &input.bucket,
+                &prefix,
+                input.delimiter.as_deref(),
+                after.as_deref(),
+                max,
+            )
+            .await
+            .map_err(object_error)?;
+        let count = listing.objects.len() + listing.common_prefixes.len();
+        let next = listing
+            .last
+            .as_ref()
+            .filter(|_| listing.truncated)
+            .map(|l| base64_simd::URL_SAFE_NO_PAD.encode_to_string(l.as_bytes()));
+        Ok(S3Response::new(ListObjectsV2Output {
+            name: Some(input.bucket.clone()),
+            prefix: Some(prefix),
+            delimiter: input.delimiter.clone(),
+            max_keys: Some(max as i32),
+            key_count: Some(count as i32),
+            is_truncated: Some(listing.truncated),
+            continuation_token: input.continuation_token.clone(),
+            next_continuation_token: next,
+            start_after: input.start_after.clone(),
+            encoding_type: input.encoding_type.clone(),
+            contents: Some(listing.objects.iter().map(object_entry).collect()),
+            common_prefixes: Some(
+                listing
+                    .common_prefixes
+                    .into_iter()
+                    .map(|p| CommonPrefix { prefix: Some(p) })
+                    .collect(),
+            ),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = &req.input;
+        let max = input.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let listing = self
+            .store
+            .list(
+                &input.bucket,
+                &prefix,
+                input.delimiter.as_deref(),
+                input.marker.as_deref(),
+                max,
+            )
+            .await
+            .map_err(object_error)?;
+        // NextMarker only with a delimiter (without one, clients use the
+        // last key), as S3 does.
+        let next = listing
+            .last
+            .clone()
+            .filter(|_| listing.truncated && input.delimiter.is_some());
+        Ok(S3Response::new(ListObjectsOutput {
+            name: Some(input.bucket.clone()),
+            prefix: Some(prefix),
+            delimiter: input.delimiter.clone(),
+            marker: Some(input.marker.clone().unwrap_or_default()),
+            max_keys: Some(max as i32),
+            is_truncated: Some(listing.truncated),
+            next_marker: next,
+            encoding_type: input.encoding_type.clone(),
+            contents: Some(listing.objects.iter().map(object_entry).collect()),
+            common_prefixes: Some(
+                listing
+                    .common_prefixes
+                    .into_iter()
+                    .map(|p| CommonPrefix { prefix: Some(p) })
+                    .collect(),
+            ),
+            ..Default::default()
+        }))
+    }
+}
+
+fn object_entry(o: &ObjectInfo) -> Object {
+    Object {
+        key: Some(o.key.clone()),
+        size: Some(o.size as i64),
+        e_tag: Some(etag(o)),
+        last_modified: Some(timestamp(o.modified_ms)),
+        storage_class: Some(ObjectStorageClass::from_static(
+            ObjectStorageClass::STANDARD,
+        )),
+        ..Default::default()
+    }
+}
