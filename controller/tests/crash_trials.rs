@@ -790,3 +790,212 @@ fn volumes_survive_storaged_killed_anywhere() {
     );
     assert_eq!(failed, 0, "trials with findings (table above)");
 }
+
+/// The object store under `kill -9`: a boto3 client PUTs (0 B to 1 MiB)
+/// and DELETEs random keys of one bucket while storaged is killed at a
+/// random moment and started again. Then every key must hold what its last
+/// acknowledged request left, or what the request in flight at the kill
+/// would have left; the data read back must be exactly one of the versions
+/// written (never torn: storaged checks every block it reads); no key may
+/// exist that was never written; and no temporary file may remain.
+#[test]
+#[ignore = "a long suite: cargo xtask crash-trials"]
+fn objects_survive_storaged_killed_anywhere() {
+    let trials: u64 = std::env::var("VIRGA_CRASH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let Some(openstack) = std::env::var_os("VIRGA_OPENSTACK") else {
+        common::missing_tool("the pinned Python clients (VIRGA_OPENSTACK)");
+        return;
+    };
+    let python = std::path::PathBuf::from(openstack).with_file_name("python3");
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/s3_crash.py");
+    let c = start_with(None, &controller_config());
+    let admin = try_token(&c.addr, "admin", ADMIN_PASSWORD, "admin").unwrap();
+    let port = common::free_port();
+    let mut s = common::storaged::Storaged::start_with(
+        &c,
+        "storage-1",
+        &format!("s3_listen = \"127.0.0.1:{port}\"\n"),
+    );
+    common::storaged::wait_registered(&c, &admin);
+    let me = common::call(
+        &c,
+        "GET",
+        "/identity/v3/auth/tokens",
+        &[("X-Auth-Token", &admin), ("X-Subject-Token", &admin)],
+        "",
+    );
+    let user = me.json()["token"]["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cred = common::call(
+        &c,
+        "POST",
+        &format!("/identity/v3/users/{user}/credentials/OS-EC2"),
+        &[
+            ("X-Auth-Token", &admin),
+            ("Content-Type", "application/json"),
+        ],
+        "{}",
+    );
+    assert_eq!(cred.status, 201, "{}", cred.body);
+    let cred = cred.json()["credential"].clone();
+    let (access, secret) = (
+        cred["access"].as_str().unwrap().to_owned(),
+        cred["secret"].as_str().unwrap().to_owned(),
+    );
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let wait_s3 = || {
+        virga_test_support::wait::until("storaged's S3 API", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })
+    };
+    wait_s3();
+    let client = |args: &[&str]| {
+        std::process::Command::new(&python)
+            .arg(&script)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // The bucket, made with the client's own call.
+    let make = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import boto3,sys; boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3], region_name='us-east-1', config=boto3.session.Config(s3={'addressing_style': 'path'})).create_bucket(Bucket='trials')",
+            &endpoint,
+            &access,
+            &secret,
+        ])
+        .status()
+        .unwrap();
+    assert!(make.success());
+    // What each key holds (md5 of its data), as last verified.
+    let mut state: BTreeMap<String, String> = BTreeMap::new();
+    let mut rng = Rng(0x5eed_c0de_0000_0003);
+    let (mut failed, mut acked_puts, mut acked_dels, mut in_flight) = (0, 0, 0, 0);
+    println!(
+        "{:>5} {:>8} {:>8} {:>6} {:>6}  findings",
+        "trial", "kill_ms", "down_ms", "acked", "flight"
+    );
+    for trial in 1..=trials {
+        let seed = rng.next().to_string();
+        let worker = client(&["work", &endpoint, &access, &secret, "trials", &seed]);
+        // boto3 takes about half a second to start: kill after it has.
+        let kill_ms = 600 + rng.below(1200);
+        let down_ms = rng.below(300);
+        std::thread::sleep(Duration::from_millis(kill_ms));
+        s.kill();
+        let out = worker.wait_with_output().unwrap();
+        std::thread::sleep(Duration::from_millis(down_ms));
+        s.restart();
+        wait_s3();
+        // What each key may hold now: what its last acknowledged request
+        // left, or what the one in flight would have.
+        let log = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut allowed: BTreeMap<String, Vec<Option<String>>> = state
+            .iter()
+            .map(|(k, v)| (k.clone(), vec![Some(v.clone())]))
+            .collect();
+        let mut acked = 0;
+        let mut flight = 0;
+        for line in log.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["begin", "put", key, md5] => {
+                    allowed
+                        .entry((*key).to_owned())
+                        .or_insert_with(|| vec![None])
+                        .push(Some((*md5).to_owned()));
+                    flight = 1;
+                }
+                ["begin", "del", key] => {
+                    allowed
+                        .entry((*key).to_owned())
+                        .or_insert_with(|| vec![None])
+                        .push(None);
+                    flight = 1;
+                }
+                ["ack", "put", key, md5] => {
+                    allowed.insert((*key).to_owned(), vec![Some((*md5).to_owned())]);
+                    acked += 1;
+                    acked_puts += 1;
+                    flight = 0;
+                }
+                ["ack", "del", key] => {
+                    allowed.insert((*key).to_owned(), vec![None]);
+                    acked += 1;
+                    acked_dels += 1;
+                    flight = 0;
+                }
+                _ => {}
+            }
+        }
+        in_flight += flight;
+        // An acknowledged state is the last entry; a begun one after it
+        // may have landed: keep only the last two possibilities per key.
+        for v in allowed.values_mut() {
+            let n = v.len();
+            if n > 2 {
+                v.drain(..n - 2);
+            }
+        }
+        let check = client(&["check", &endpoint, &access, &secret, "trials"])
+            .wait_with_output()
+            .unwrap();
+        let mut wrong = Vec::new();
+        match serde_json::from_slice::<BTreeMap<String, String>>(&check.stdout) {
+            Ok(seen) => {
+                for (key, md5) in &seen {
+                    match allowed.get(key) {
+                        Some(ok) if ok.contains(&Some(md5.clone())) => {}
+                        _ => {
+                            wrong.push(format!("{key} holds {md5}, allowed {:?}", allowed.get(key)))
+                        }
+                    }
+                }
+                for (key, ok) in &allowed {
+                    if !seen.contains_key(key) && !ok.contains(&None) {
+                        wrong.push(format!("{key} is gone, allowed {ok:?}"));
+                    }
+                }
+                state = seen;
+            }
+            Err(e) => wrong.push(format!("the check failed: {e}")),
+        }
+        let tmp: Vec<_> = std::fs::read_dir(s.data_dir.join("objects/tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
+        if !tmp.is_empty() {
+            wrong.push(format!(
+                "{} temporary files left after the restart",
+                tmp.len()
+            ));
+        }
+        println!(
+            "{trial:>5} {kill_ms:>8} {down_ms:>8} {acked:>6} {flight:>6}  {}",
+            if wrong.is_empty() {
+                "ok".to_owned()
+            } else {
+                wrong.join("; ")
+            }
+        );
+        if !wrong.is_empty() {
+            failed += 1;
+        }
+    }
+    println!(
+        "object store crash trials: {trials} run, {acked_puts} PUTs and {acked_dels} DELETEs acknowledged, \
+         {in_flight} kills with a request in flight, {} clean, {failed} with findings",
+        trials - failed
+    );
+    assert_eq!(failed, 0, "trials with findings (table above)");
+}

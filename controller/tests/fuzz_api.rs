@@ -171,6 +171,12 @@ fn endpoints() -> Vec<Endpoint> {
         ),
         e(
             "POST",
+            "/identity/v3/users/@USER@/credentials/OS-EC2",
+            json!({"tenant_id": "@QUOTA_PROJECT@"}),
+            None,
+        ),
+        e(
+            "POST",
             "/identity/v3/users",
             json!({"user": {"name": "u", "password": "secret-password", "domain_id": "default", "enabled": true}}),
             Some(Kind::User),
@@ -722,10 +728,22 @@ impl World {
             .as_str()
             .unwrap()
             .to_owned();
+        let me = common::call(
+            &c,
+            "GET",
+            "/identity/v3/auth/tokens",
+            &[("X-Auth-Token", &token), ("X-Subject-Token", &token)],
+            "",
+        );
+        let user = me.json()["token"]["user"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let mut w = World {
             c,
             token,
             ids: vec![
+                ("@USER@", user),
                 ("@VOLUME@", volume),
                 ("@QUOTA_PROJECT@", quota_project),
                 ("@IMAGE@", image),

@@ -84,7 +84,7 @@ enum Cmd {
     },
     /// Kill the controller with SIGKILL at random moments during server
     /// creates, deletes and actions, and storaged during volume snapshots,
-    /// clones, grows and deletes; restart them, and check what they left
+    /// clones, grows and deletes and under S3 PUTs and DELETEs; restart them, and check what they left
     /// (controller/tests/crash_trials.rs). Then kill the VMM while its
     /// guest writes, in the testbed, and check nothing flushed was lost
     /// (tests/e2e/tests/blk.rs); and hostd, while its guest writes and a
@@ -187,6 +187,8 @@ fn main() -> Result<()> {
         Cmd::Bench { args } => bench(&args),
         Cmd::Fuzz { target, minutes } => fuzz::fuzz(target.as_deref(), minutes),
         Cmd::CrashTrials { trials } => {
+            // The object store's trials drive boto3 from the pinned venv.
+            let openstack = install::python_clients(&root())?;
             run(cargo()
                 .args([
                     "test",
@@ -197,7 +199,9 @@ fn main() -> Result<()> {
                     "crash_trials",
                 ])
                 .args(["--", "--include-ignored", "--nocapture"])
-                .env("VIRGA_CRASH_TRIALS", trials.to_string()))?;
+                .env("VIRGA_CRASH_TRIALS", trials.to_string())
+                .env("VIRGA_OPENSTACK", &openstack)
+                .env("VIRGA_REQUIRE_TOOLS", "1"))?;
             // The VMM killed under a writing guest, in the testbed: half
             // the trials on a raw disk, half on a qcow2 overlay.
             let vmm = images_and_vmm()?;
