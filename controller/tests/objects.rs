@@ -125,6 +125,17 @@ fn boto3_uses_buckets_and_objects_as_on_s3() {
     expect("unknown_key", json!("InvalidAccessKeyId"));
     expect("presigned", json!("top"));
     expect("presigned_tampered", json!(403));
+    expect("multipart_back", json!(true));
+    expect("multipart_etag_ok", json!(true));
+    expect("uploads", json!(["parts"]));
+    expect("parts", json!([1, 2]));
+    expect("too_small", json!("EntityTooSmall"));
+    expect("wrong_etag", json!("InvalidPart"));
+    expect("wrong_order", json!("InvalidPartOrder"));
+    expect("one_part", json!("ok"));
+    expect("one_part_back", json!(true));
+    expect("aborted", json!("NoSuchUpload"));
+    expect("other_upload", json!("AccessDenied"));
     expect("not_empty", json!("BucketNotEmpty"));
     expect("deleted", json!(["dir/a.bin", "dir/b.txt", "top.txt"]));
     expect("buckets_after", json!([]));

@@ -88,6 +88,43 @@ try:
     out["presigned_tampered"] = "ok"
 except urllib.error.HTTPError as e:
     out["presigned_tampered"] = e.code
+# Multipart: boto3's managed transfer splits a 12 MiB file into 5 MiB parts.
+import os
+import tempfile
+
+from boto3.s3.transfer import TransferConfig
+
+s3.create_bucket(Bucket="bucket-two")
+big = os.urandom(12 << 20)
+with tempfile.TemporaryDirectory() as d:
+    src, dst = os.path.join(d, "big"), os.path.join(d, "back")
+    with open(src, "wb") as f:
+        f.write(big)
+    cfg = TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20)
+    s3.upload_file(src, "bucket-two", "big.bin", Config=cfg)
+    s3.download_file("bucket-two", "big.bin", dst, Config=cfg)
+    with open(dst, "rb") as f:
+        out["multipart_back"] = f.read() == big
+md5s = b"".join(hashlib.md5(big[i:i + (5 << 20)]).digest() for i in range(0, len(big), 5 << 20))
+out["multipart_etag_ok"] = s3.head_object(Bucket="bucket-two", Key="big.bin")["ETag"] == '"%s-3"' % hashlib.md5(md5s).hexdigest()
+up = s3.create_multipart_upload(Bucket="bucket-two", Key="parts")["UploadId"]
+p1 = s3.upload_part(Bucket="bucket-two", Key="parts", UploadId=up, PartNumber=1, Body=b"a" * 1024)["ETag"]
+p2 = s3.upload_part(Bucket="bucket-two", Key="parts", UploadId=up, PartNumber=2, Body=b"b" * 1024)["ETag"]
+out["uploads"] = [u["Key"] for u in s3.list_multipart_uploads(Bucket="bucket-two").get("Uploads", [])]
+out["parts"] = [p["PartNumber"] for p in s3.list_parts(Bucket="bucket-two", Key="parts", UploadId=up)["Parts"]]
+done = lambda parts: code(lambda: s3.complete_multipart_upload(Bucket="bucket-two", Key="parts", UploadId=up, MultipartUpload={"Parts": parts}))
+out["too_small"] = done([{"PartNumber": 1, "ETag": p1}, {"PartNumber": 2, "ETag": p2}])
+out["wrong_etag"] = done([{"PartNumber": 1, "ETag": '"00000000000000000000000000000000"'}])
+out["wrong_order"] = done([{"PartNumber": 2, "ETag": p2}, {"PartNumber": 1, "ETag": p1}])
+out["one_part"] = done([{"PartNumber": 2, "ETag": p2}])
+out["one_part_back"] = s3.get_object(Bucket="bucket-two", Key="parts")["Body"].read() == b"b" * 1024
+up2 = s3.create_multipart_upload(Bucket="bucket-two", Key="dropped")["UploadId"]
+s3.upload_part(Bucket="bucket-two", Key="dropped", UploadId=up2, PartNumber=1, Body=b"x")
+s3.abort_multipart_upload(Bucket="bucket-two", Key="dropped", UploadId=up2)
+out["aborted"] = code(lambda: s3.list_parts(Bucket="bucket-two", Key="dropped", UploadId=up2))
+out["other_upload"] = code(lambda: other.create_multipart_upload(Bucket="bucket-two", Key="x"))
+s3.delete_objects(Bucket="bucket-two", Delete={"Objects": [{"Key": "big.bin"}, {"Key": "parts"}]})
+s3.delete_bucket(Bucket="bucket-two")
 out["not_empty"] = code(lambda: s3.delete_bucket(Bucket="bucket-one"))
 d = s3.delete_objects(Bucket="bucket-one", Delete={"Objects": [{"Key": k} for k in keys]})
 out["deleted"] = sorted(x["Key"] for x in d.get("Deleted", []))

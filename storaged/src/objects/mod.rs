@@ -2,6 +2,7 @@
 //! host's disk, durable before they are acknowledged.
 //!
 //! - [`blob`]: an object's bytes, with a checksum per 64 KiB block
+//! - [`multipart`]: uploads in parts, each part a blob, joined at the end
 //!
 //! Layout under `<data_dir>/objects/`:
 //!
@@ -20,6 +21,7 @@
 //! at the next start. A DELETE commits the row's removal, then unlinks.
 
 pub mod blob;
+pub mod multipart;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,17 @@ pub enum ObjectError {
     NoSuchKey,
     #[error("the bucket is not empty")]
     BucketNotEmpty,
+    #[error("the upload does not exist")]
+    NoSuchUpload,
+    /// A completion's part list names a part that is not there (or not
+    /// with that ETag).
+    #[error("{0}")]
+    InvalidPart(String),
+    #[error("the parts are not in ascending order")]
+    InvalidPartOrder,
+    /// A part other than the last is below 5 MiB.
+    #[error("part {0} is smaller than 5 MiB")]
+    EntityTooSmall(i64),
     /// Taken: by the caller's project (`mine`) or another's.
     #[error("the bucket exists")]
     BucketExists { mine: bool },
@@ -103,13 +116,13 @@ pub struct ObjectStore {
     db: SqlitePool,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
@@ -152,6 +165,26 @@ const SCHEMA: &[&str] = &[
         format INTEGER NOT NULL,
         PRIMARY KEY (bucket, key)
     )",
+    "CREATE TABLE IF NOT EXISTS uploads (
+        id TEXT PRIMARY KEY,
+        bucket TEXT NOT NULL,
+        key BLOB NOT NULL,
+        content_type TEXT,
+        content_encoding TEXT,
+        metadata TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        format INTEGER NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS parts (
+        upload_id TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        blob TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        etag TEXT NOT NULL,
+        modified_ms INTEGER NOT NULL,
+        format INTEGER NOT NULL,
+        PRIMARY KEY (upload_id, number)
+    )",
 ];
 
 impl ObjectStore {
@@ -188,12 +221,13 @@ impl ObjectStore {
         for entry in std::fs::read_dir(self.dir.join("tmp"))?.flatten() {
             let _ = std::fs::remove_file(entry.path());
         }
-        let used: std::collections::HashSet<String> = sqlx::query("SELECT blob FROM objects")
-            .fetch_all(&self.db)
-            .await?
-            .iter()
-            .map(|r| r.get::<String, _>("blob"))
-            .collect();
+        let used: std::collections::HashSet<String> =
+            sqlx::query("SELECT blob FROM objects UNION ALL SELECT blob FROM parts")
+                .fetch_all(&self.db)
+                .await?
+                .iter()
+                .map(|r| r.get::<String, _>("blob"))
+                .collect();
         let mut removed = 0;
         for shard in std::fs::read_dir(self.dir.join("blobs"))?.flatten() {
             for entry in std::fs::read_dir(shard.path())?.flatten() {
@@ -281,9 +315,32 @@ impl ObjectStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        // Uploads in progress go with it (their blobs after the commit).
+        let parts: Vec<String> = sqlx::query(
+            "SELECT p.blob FROM parts p JOIN uploads u ON u.id = p.upload_id WHERE u.bucket = ?",
+        )
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.get("blob"))
+        .collect();
+        sqlx::query(
+            "DELETE FROM parts WHERE upload_id IN (SELECT id FROM uploads WHERE bucket = ?)",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM uploads WHERE bucket = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         if gone == 0 {
             return Err(ObjectError::NoSuchBucket);
+        }
+        for blob in parts {
+            let _ = std::fs::remove_file(self.blob_path(&blob));
         }
         Ok(())
     }
@@ -307,8 +364,13 @@ impl ObjectStore {
         &self,
         bucket: &str,
         id: &str,
-        mut info: ObjectInfo,
+        info: ObjectInfo,
     ) -> Result<(), ObjectError> {
+        self.commit_finishing(bucket, id, info, None).await
+    }
+
+    /// Moves the finished temporary blob `id` into `blobs/`, durably.
+    fn place_blob(&self, id: &str) -> Result<PathBuf, ObjectError> {
         let tmp = self.dir.join("tmp").join(id);
         let dest = self.blob_path(id);
         let shard = dest.parent().map(Path::to_owned).unwrap_or_default();
@@ -319,6 +381,20 @@ impl ObjectStore {
         std::fs::rename(&tmp, &dest)?;
         sync_dir(&shard)?;
         sync_dir(&self.dir.join("tmp"))?;
+        Ok(dest)
+    }
+
+    /// As [`ObjectStore::commit`]; with `finishing`, the multipart upload
+    /// the object was made of goes in the same transaction (its part
+    /// blobs are unlinked after it).
+    async fn commit_finishing(
+        &self,
+        bucket: &str,
+        id: &str,
+        mut info: ObjectInfo,
+        finishing: Option<&str>,
+    ) -> Result<(), ObjectError> {
+        let dest = self.place_blob(id)?;
         info.blob = id.to_owned();
         info.modified_ms = now_ms();
         let metadata = serde_json::to_string(&info.metadata).unwrap_or_else(|_| "{}".into());
@@ -362,9 +438,27 @@ impl ObjectStore {
         .bind(FORMAT)
         .execute(&mut *tx)
         .await?;
+        let mut parts = Vec::new();
+        if let Some(upload) = finishing {
+            parts = sqlx::query("SELECT blob FROM parts WHERE upload_id = ?")
+                .bind(upload)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.get::<String, _>("blob"))
+                .collect();
+            sqlx::query("DELETE FROM parts WHERE upload_id = ?")
+                .bind(upload)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM uploads WHERE id = ?")
+                .bind(upload)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
-        if let Some(old) = old {
-            let _ = std::fs::remove_file(self.blob_path(&old));
+        for blob in old.into_iter().chain(parts) {
+            let _ = std::fs::remove_file(self.blob_path(&blob));
         }
         Ok(())
     }

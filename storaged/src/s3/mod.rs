@@ -42,6 +42,12 @@ fn object_error(e: ObjectError) -> S3Error {
         ObjectError::NoSuchBucket => s3_error!(NoSuchBucket),
         ObjectError::NoSuchKey => s3_error!(NoSuchKey),
         ObjectError::BucketNotEmpty => s3_error!(BucketNotEmpty),
+        ObjectError::NoSuchUpload => s3_error!(NoSuchUpload),
+        ObjectError::InvalidPart(what) => s3_error!(InvalidPart, "{what}"),
+        ObjectError::InvalidPartOrder => s3_error!(InvalidPartOrder),
+        ObjectError::EntityTooSmall(n) => {
+            s3_error!(EntityTooSmall, "part {n} is below 5 MiB and not the last")
+        }
         ObjectError::BucketExists { mine: true } => s3_error!(BucketAlreadyOwnedByYou),
         ObjectError::BucketExists { mine: false } => s3_error!(BucketAlreadyExists),
         e @ ObjectError::Blob(_) => {
@@ -82,6 +88,158 @@ impl S3Api {
             Some(b) if b.project_id != project => Err(s3_error!(AccessDenied)),
             Some(_) => Ok(()),
         }
+    }
+
+    /// Streams `body` into a new temporary blob (written on a blocking
+    /// thread a chunk at a time), then checks its length and the
+    /// checksums asked for. On any failure the blob is gone.
+    async fn receive(
+        &self,
+        body: Option<StreamingBlob>,
+        content_length: Option<i64>,
+        mut expected: Expected,
+        trailers: Option<s3s::TrailingHeaders>,
+    ) -> S3Result<Received> {
+        let Some(mut body) = body else {
+            return Err(s3_error!(IncompleteBody));
+        };
+        if content_length.is_some_and(|l| l < 0 || l as u64 > MAX_OBJECT) {
+            return Err(s3_error!(EntityTooLarge));
+        }
+        let mut md5 = Md5::new();
+        let mut requested = s3s::checksum::ChecksumHasher::default();
+        if expected.crc32.is_some() {
+            requested.crc32 = Some(Default::default());
+        }
+        if expected.crc32c.is_some() {
+            requested.crc32c = Some(Default::default());
+        }
+        if expected.sha1.is_some() {
+            requested.sha1 = Some(Default::default());
+        }
+        if expected.sha256.is_some() {
+            requested.sha256 = Some(Default::default());
+        }
+        if expected.crc64nvme.is_some() {
+            requested.crc64nvme = Some(Default::default());
+        }
+        if let Some(alg) = &expected.algorithm {
+            match alg.as_str() {
+                ChecksumAlgorithm::CRC32 => requested.crc32 = Some(Default::default()),
+                ChecksumAlgorithm::CRC32C => requested.crc32c = Some(Default::default()),
+                ChecksumAlgorithm::SHA1 => requested.sha1 = Some(Default::default()),
+                ChecksumAlgorithm::SHA256 => requested.sha256 = Some(Default::default()),
+                ChecksumAlgorithm::CRC64NVME => requested.crc64nvme = Some(Default::default()),
+                _ => return Err(s3_error!(InvalidArgument, "unknown checksum algorithm")),
+            }
+        }
+        let upload = self.store.begin().map_err(object_error)?;
+        let (id, path) = (upload.id.clone(), upload.path.clone());
+        let mut writer = Some(upload.writer);
+        let written: S3Result<u64> = async {
+            use futures_core::Stream;
+            let mut size = 0u64;
+            loop {
+                let next =
+                    std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_next(cx)).await;
+                let Some(chunk) = next else { break };
+                let chunk = chunk.map_err(|e| s3_error!(IncompleteBody, "{e}"))?;
+                size += chunk.len() as u64;
+                if size > MAX_OBJECT {
+                    return Err(s3_error!(EntityTooLarge));
+                }
+                md5.update(&chunk);
+                requested.update(&chunk);
+                let mut w = writer.take().ok_or_else(|| internal("no writer"))?;
+                let w = tokio::task::spawn_blocking(move || w.write(&chunk).map(|()| w))
+                    .await
+                    .map_err(internal)?
+                    .map_err(internal)?;
+                writer = Some(w);
+            }
+            if content_length.is_some_and(|l| l as u64 != size) {
+                return Err(s3_error!(IncompleteBody));
+            }
+            let w = writer.take().ok_or_else(|| internal("no writer"))?;
+            tokio::task::spawn_blocking(move || w.finish())
+                .await
+                .map_err(internal)?
+                .map_err(internal)
+        }
+        .await;
+        let fail = |e: S3Error| {
+            self.store.discard(&path);
+            Err(e)
+        };
+        let size = match written {
+            Ok(s) => s,
+            Err(e) => {
+                drop(writer);
+                return fail(e);
+            }
+        };
+        let md5: [u8; 16] = md5.finalize().into();
+        if let Some(sent) = &expected.content_md5 {
+            let ok = base64_simd::STANDARD
+                .decode_to_vec(sent)
+                .is_ok_and(|d| d.as_slice() == md5.as_slice());
+            if !ok {
+                return fail(s3_error!(BadDigest, "Content-MD5 does not match the body"));
+            }
+        }
+        if let Some(t) = trailers.as_ref().and_then(|t| t.take()) {
+            for (name, slot) in [
+                ("x-amz-checksum-crc32", &mut expected.crc32),
+                ("x-amz-checksum-crc32c", &mut expected.crc32c),
+                ("x-amz-checksum-sha1", &mut expected.sha1),
+                ("x-amz-checksum-sha256", &mut expected.sha256),
+                ("x-amz-checksum-crc64nvme", &mut expected.crc64nvme),
+            ] {
+                if let Some(v) = t.get(name) {
+                    match v.to_str() {
+                        Ok(v) => *slot = Some(v.to_owned()),
+                        Err(_) => return fail(s3_error!(InvalidArgument, "{name}")),
+                    }
+                }
+            }
+        }
+        let computed = requested.finalize();
+        let mut checksums = std::collections::BTreeMap::new();
+        for (name, sent, got) in [
+            ("crc32", &expected.crc32, &computed.checksum_crc32),
+            ("crc32c", &expected.crc32c, &computed.checksum_crc32c),
+            ("sha1", &expected.sha1, &computed.checksum_sha1),
+            ("sha256", &expected.sha256, &computed.checksum_sha256),
+            (
+                "crc64nvme",
+                &expected.crc64nvme,
+                &computed.checksum_crc64nvme,
+            ),
+        ] {
+            match (sent, got) {
+                (Some(s), Some(g)) if s == g => {
+                    checksums.insert(name.to_owned(), g.clone());
+                }
+                (Some(_), _) => {
+                    return fail(s3_error!(
+                        BadDigest,
+                        "the {name} checksum does not match the body"
+                    ))
+                }
+                // Named as the algorithm, never sent.
+                (None, Some(_)) => {
+                    return fail(s3_error!(InvalidRequest, "no {name} checksum was sent"))
+                }
+                (None, None) => {}
+            }
+        }
+        Ok(Received {
+            id,
+            path,
+            size,
+            md5,
+            checksums,
+        })
     }
 
     /// Checks a GET's or HEAD's conditions against the object.
@@ -150,10 +308,33 @@ fn validate_key(key: &str) -> S3Result<()> {
     Ok(())
 }
 
-/// The checksums a PUT asked to be verified, computed over its body.
-struct Hashers {
-    md5: Md5,
-    requested: s3s::checksum::ChecksumHasher,
+/// The checksums a body must match: those its request sent (by value, or
+/// by naming an algorithm whose value comes in the trailer).
+#[derive(Default)]
+struct Expected {
+    content_md5: Option<String>,
+    crc32: Option<String>,
+    crc32c: Option<String>,
+    sha1: Option<String>,
+    sha256: Option<String>,
+    crc64nvme: Option<String>,
+    algorithm: Option<ChecksumAlgorithm>,
+}
+
+/// A body written to a temporary blob and verified, not yet committed.
+struct Received {
+    id: String,
+    path: std::path::PathBuf,
+    size: u64,
+    md5: [u8; 16],
+    /// The checksums verified, by algorithm, base64.
+    checksums: std::collections::BTreeMap<String, String>,
+}
+
+impl Received {
+    fn md5_hex(&self) -> String {
+        self.md5.iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 #[async_trait::async_trait]
@@ -241,189 +422,49 @@ impl S3 for S3Api {
         let trailers = req.trailing_headers.clone();
         let mut input = req.input;
         validate_key(&input.key)?;
-        if input
-            .content_length
-            .is_some_and(|l| l < 0 || l as u64 > MAX_OBJECT)
-        {
-            return Err(s3_error!(EntityTooLarge));
-        }
         if let Some(c) = &input.if_none_match {
             if c.is_any() && self.store.head(&input.bucket, &input.key).await.is_ok() {
                 return Err(s3_error!(PreconditionFailed, "the object exists"));
             }
         }
-        let Some(mut body) = input.body.take() else {
-            return Err(s3_error!(IncompleteBody));
+        let expected = Expected {
+            content_md5: input.content_md5.take(),
+            crc32: input.checksum_crc32.take(),
+            crc32c: input.checksum_crc32c.take(),
+            sha1: input.checksum_sha1.take(),
+            sha256: input.checksum_sha256.take(),
+            crc64nvme: input.checksum_crc64nvme.take(),
+            algorithm: input.checksum_algorithm.take(),
         };
-        let mut hashers = Hashers {
-            md5: Md5::new(),
-            requested: Default::default(),
+        let got = self
+            .receive(input.body.take(), input.content_length, expected, trailers)
+            .await?;
+        let info = ObjectInfo {
+            key: input.key.clone(),
+            size: got.size,
+            etag: got.md5_hex(),
+            content_type: input.content_type.clone(),
+            content_encoding: input.content_encoding.clone(),
+            metadata: input
+                .metadata
+                .take()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            checksums: got.checksums.clone(),
+            ..Default::default()
         };
-        {
-            let r = &mut hashers.requested;
-            if input.checksum_crc32.is_some() {
-                r.crc32 = Some(Default::default());
-            }
-            if input.checksum_crc32c.is_some() {
-                r.crc32c = Some(Default::default());
-            }
-            if input.checksum_sha1.is_some() {
-                r.sha1 = Some(Default::default());
-            }
-            if input.checksum_sha256.is_some() {
-                r.sha256 = Some(Default::default());
-            }
-            if input.checksum_crc64nvme.is_some() {
-                r.crc64nvme = Some(Default::default());
-            }
-            if let Some(alg) = &input.checksum_algorithm {
-                match alg.as_str() {
-                    ChecksumAlgorithm::CRC32 => r.crc32 = Some(Default::default()),
-                    ChecksumAlgorithm::CRC32C => r.crc32c = Some(Default::default()),
-                    ChecksumAlgorithm::SHA1 => r.sha1 = Some(Default::default()),
-                    ChecksumAlgorithm::SHA256 => r.sha256 = Some(Default::default()),
-                    ChecksumAlgorithm::CRC64NVME => r.crc64nvme = Some(Default::default()),
-                    _ => return Err(s3_error!(InvalidArgument, "unknown checksum algorithm")),
-                }
-            }
+        if let Err(e) = self.store.commit(&input.bucket, &got.id, info).await {
+            self.store.discard(&got.path);
+            return Err(object_error(e));
         }
-        let upload = self.store.begin().map_err(object_error)?;
-        let (id, path) = (upload.id.clone(), upload.path.clone());
-        let mut writer = Some(upload.writer);
-        // Written on a blocking thread, a chunk at a time as it comes.
-        let written: S3Result<u64> = async {
-            use futures_core::Stream;
-            let mut size = 0u64;
-            loop {
-                let next =
-                    std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_next(cx)).await;
-                let Some(chunk) = next else { break };
-                let chunk = chunk.map_err(|e| s3_error!(IncompleteBody, "{e}"))?;
-                size += chunk.len() as u64;
-                if size > MAX_OBJECT {
-                    return Err(s3_error!(EntityTooLarge));
-                }
-                hashers.md5.update(&chunk);
-                hashers.requested.update(&chunk);
-                let mut w = writer.take().ok_or_else(|| internal("no writer"))?;
-                let w = tokio::task::spawn_blocking(move || w.write(&chunk).map(|()| w))
-                    .await
-                    .map_err(internal)?
-                    .map_err(internal)?;
-                writer = Some(w);
-            }
-            if input.content_length.is_some_and(|l| l as u64 != size) {
-                return Err(s3_error!(IncompleteBody));
-            }
-            let w = writer.take().ok_or_else(|| internal("no writer"))?;
-            tokio::task::spawn_blocking(move || w.finish())
-                .await
-                .map_err(internal)?
-                .map_err(internal)
-        }
-        .await;
-        let size = match written {
-            Ok(s) => s,
-            Err(e) => {
-                drop(writer);
-                self.store.discard(&path);
-                return Err(e);
-            }
-        };
-        let md5 = hashers.md5.finalize();
-        let hex: String = md5.iter().map(|b| format!("{b:02x}")).collect();
-        let mut verify = || -> S3Result<ObjectInfo> {
-            if let Some(expected) = &input.content_md5 {
-                let ok = base64_simd::STANDARD
-                    .decode_to_vec(expected)
-                    .is_ok_and(|d| d.as_slice() == md5.as_slice());
-                if !ok {
-                    return Err(s3_error!(BadDigest, "Content-MD5 does not match the body"));
-                }
-            }
-            if let Some(t) = trailers.as_ref().and_then(|t| t.take()) {
-                for (name, slot) in [
-                    ("x-amz-checksum-crc32", &mut input.checksum_crc32),
-                    ("x-amz-checksum-crc32c", &mut input.checksum_crc32c),
-                    ("x-amz-checksum-sha1", &mut input.checksum_sha1),
-                    ("x-amz-checksum-sha256", &mut input.checksum_sha256),
-                    ("x-amz-checksum-crc64nvme", &mut input.checksum_crc64nvme),
-                ] {
-                    if let Some(v) = t.get(name) {
-                        *slot = Some(
-                            v.to_str()
-                                .map_err(|_| s3_error!(InvalidArgument))?
-                                .to_owned(),
-                        );
-                    }
-                }
-            }
-            let got = std::mem::take(&mut hashers.requested).finalize();
-            let mut checksums = std::collections::BTreeMap::new();
-            for (name, sent, computed) in [
-                ("crc32", &input.checksum_crc32, &got.checksum_crc32),
-                ("crc32c", &input.checksum_crc32c, &got.checksum_crc32c),
-                ("sha1", &input.checksum_sha1, &got.checksum_sha1),
-                ("sha256", &input.checksum_sha256, &got.checksum_sha256),
-                (
-                    "crc64nvme",
-                    &input.checksum_crc64nvme,
-                    &got.checksum_crc64nvme,
-                ),
-            ] {
-                match (sent, computed) {
-                    (Some(s), Some(c)) if s == c => {
-                        checksums.insert(name.to_owned(), c.clone());
-                    }
-                    (Some(_), _) | (None, Some(_)) if sent.is_some() || computed.is_some() => {
-                        // A checksum asked for (by its algorithm) but never
-                        // sent, or sent and not matching.
-                        if sent.is_some() {
-                            return Err(s3_error!(
-                                BadDigest,
-                                "the {name} checksum does not match the body"
-                            ));
-                        }
-                        return Err(s3_error!(InvalidRequest, "no {name} checksum was sent"));
-                    }
-                    _ => {}
-                }
-            }
-            Ok(ObjectInfo {
-                key: input.key.clone(),
-                size,
-                etag: hex.clone(),
-                content_type: input.content_type.clone(),
-                content_encoding: input.content_encoding.clone(),
-                metadata: input
-                    .metadata
-                    .clone()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
-                checksums,
-                ..Default::default()
-            })
-        };
-        let info = match verify() {
-            Ok(i) => i,
-            Err(e) => {
-                self.store.discard(&path);
-                return Err(e);
-            }
-        };
-        let checksums = info.checksums.clone();
-        self.store
-            .commit(&input.bucket, &id, info)
-            .await
-            .map_err(object_error)?;
         Ok(S3Response::new(PutObjectOutput {
-            e_tag: Some(ETag::Strong(hex)),
-            checksum_crc32: checksums.get("crc32").cloned(),
-            checksum_crc32c: checksums.get("crc32c").cloned(),
-            checksum_sha1: checksums.get("sha1").cloned(),
-            checksum_sha256: checksums.get("sha256").cloned(),
-            checksum_crc64nvme: checksums.get("crc64nvme").cloned(),
+            e_tag: Some(ETag::Strong(got.md5_hex())),
+            checksum_crc32: got.checksums.get("crc32").cloned(),
+            checksum_crc32c: got.checksums.get("crc32c").cloned(),
+            checksum_sha1: got.checksums.get("sha1").cloned(),
+            checksum_sha256: got.checksums.get("sha256").cloned(),
+            checksum_crc64nvme: got.checksums.get("crc64nvme").cloned(),
             ..Default::default()
         }))
     }
@@ -690,6 +731,230 @@ impl S3 for S3Api {
                     .common_prefixes
                     .into_iter()
                     .map(|p| CommonPrefix { prefix: Some(p) })
+                    .collect(),
+            ),
+            ..Default::default()
+        }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = req.input;
+        validate_key(&input.key)?;
+        let id = self
+            .store
+            .create_upload(crate::objects::multipart::UploadInfo {
+                bucket: input.bucket.clone(),
+                key: input.key.clone(),
+                content_type: input.content_type,
+                content_encoding: input.content_encoding,
+                metadata: input.metadata.unwrap_or_default().into_iter().collect(),
+                ..Default::default()
+            })
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(id),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let trailers = req.trailing_headers.clone();
+        let mut input = req.input;
+        let number = i64::from(input.part_number);
+        if !(1..=crate::objects::multipart::MAX_PARTS).contains(&number) {
+            return Err(s3_error!(InvalidArgument, "part numbers are 1 to 10000"));
+        }
+        self.store
+            .upload(&input.bucket, &input.key, &input.upload_id)
+            .await
+            .map_err(object_error)?;
+        let expected = Expected {
+            content_md5: input.content_md5.take(),
+            crc32: input.checksum_crc32.take(),
+            crc32c: input.checksum_crc32c.take(),
+            sha1: input.checksum_sha1.take(),
+            sha256: input.checksum_sha256.take(),
+            crc64nvme: input.checksum_crc64nvme.take(),
+            algorithm: input.checksum_algorithm.take(),
+        };
+        let got = self
+            .receive(input.body.take(), input.content_length, expected, trailers)
+            .await?;
+        if let Err(e) = self
+            .store
+            .commit_part(&input.upload_id, number, &got.id, got.size, &got.md5_hex())
+            .await
+        {
+            self.store.discard(&got.path);
+            return Err(object_error(e));
+        }
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(ETag::Strong(got.md5_hex())),
+            checksum_crc32: got.checksums.get("crc32").cloned(),
+            checksum_crc32c: got.checksums.get("crc32c").cloned(),
+            checksum_sha1: got.checksums.get("sha1").cloned(),
+            checksum_sha256: got.checksums.get("sha256").cloned(),
+            checksum_crc64nvme: got.checksums.get("crc64nvme").cloned(),
+            ..Default::default()
+        }))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = req.input;
+        let upload = self
+            .store
+            .upload(&input.bucket, &input.key, &input.upload_id)
+            .await
+            .map_err(object_error)?;
+        let chosen = input
+            .multipart_upload
+            .and_then(|m| m.parts)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| {
+                Ok((
+                    i64::from(
+                        p.part_number
+                            .ok_or_else(|| s3_error!(InvalidPart, "a part without its number"))?,
+                    ),
+                    p.e_tag
+                        .map(|e| e.value().to_owned())
+                        .ok_or_else(|| s3_error!(InvalidPart, "a part without its ETag"))?,
+                ))
+            })
+            .collect::<S3Result<Vec<_>>>()?;
+        if chosen.len() > crate::objects::multipart::MAX_PARTS as usize {
+            return Err(s3_error!(MalformedXML, "at most 10000 parts"));
+        }
+        let info = self
+            .store
+            .complete(&upload, &chosen)
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            bucket: Some(input.bucket.clone()),
+            key: Some(input.key.clone()),
+            e_tag: Some(etag(&info)),
+            location: Some(format!("/{}/{}", input.bucket, input.key)),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = &req.input;
+        self.store
+            .upload(&input.bucket, &input.key, &input.upload_id)
+            .await
+            .map_err(object_error)?;
+        self.store
+            .abort(&input.upload_id)
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = &req.input;
+        self.store
+            .upload(&input.bucket, &input.key, &input.upload_id)
+            .await
+            .map_err(object_error)?;
+        let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
+        let after = i64::from(input.part_number_marker.unwrap_or(0));
+        let all: Vec<_> = self
+            .store
+            .parts(&input.upload_id)
+            .await
+            .map_err(object_error)?
+            .into_iter()
+            .filter(|p| p.number > after)
+            .collect();
+        let truncated = all.len() > max;
+        let page = &all[..all.len().min(max)];
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(input.bucket.clone()),
+            key: Some(input.key.clone()),
+            upload_id: Some(input.upload_id.clone()),
+            max_parts: Some(max as i32),
+            is_truncated: Some(truncated),
+            part_number_marker: input.part_number_marker,
+            next_part_number_marker: page.last().filter(|_| truncated).map(|p| p.number as i32),
+            parts: Some(
+                page.iter()
+                    .map(|p| Part {
+                        part_number: Some(p.number as i32),
+                        e_tag: Some(ETag::Strong(p.etag.clone())),
+                        size: Some(p.size as i64),
+                        last_modified: Some(timestamp(p.modified_ms)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = &req.input;
+        let max = input.max_uploads.unwrap_or(1000).clamp(0, 1000) as usize;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let key_marker = input.key_marker.clone();
+        let all: Vec<_> = self
+            .store
+            .list_uploads(&input.bucket, &prefix)
+            .await
+            .map_err(object_error)?
+            .into_iter()
+            .filter(|u| {
+                key_marker
+                    .as_ref()
+                    .is_none_or(|m| u.key.as_bytes() > m.as_bytes())
+            })
+            .collect();
+        let truncated = all.len() > max;
+        let page = &all[..all.len().min(max)];
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket.clone()),
+            prefix: Some(prefix),
+            key_marker: input.key_marker.clone(),
+            max_uploads: Some(max as i32),
+            is_truncated: Some(truncated),
+            next_key_marker: page.last().filter(|_| truncated).map(|u| u.key.clone()),
+            uploads: Some(
+                page.iter()
+                    .map(|u| MultipartUpload {
+                        key: Some(u.key.clone()),
+                        upload_id: Some(u.id.clone()),
+                        initiated: Some(timestamp(u.created_ms)),
+                        ..Default::default()
+                    })
                     .collect(),
             ),
             ..Default::default()
