@@ -135,6 +135,14 @@ fn boto3_uses_buckets_and_objects_as_on_s3() {
     expect("one_part", json!("ok"));
     expect("one_part_back", json!(true));
     expect("aborted", json!("NoSuchUpload"));
+    expect("copy_ok", json!([true, {"k": "v"}, "application/x-test"]));
+    expect("copy_replaced", json!([{"new": "yes"}, "text/plain", 1048580]));
+    expect("copy_self", json!("InvalidRequest"));
+    expect("copy_missing", json!("NoSuchKey"));
+    expect("copy_if_match", json!("PreconditionFailed"));
+    expect("bad_range", json!("InvalidArgument"));
+    expect("joined_ok", json!(true));
+    expect("other_copy", json!("AccessDenied"));
     expect("other_upload", json!("AccessDenied"));
     expect("not_empty", json!("BucketNotEmpty"));
     expect("deleted", json!(["dir/a.bin", "dir/b.txt", "top.txt"]));

@@ -118,6 +118,29 @@ out["wrong_etag"] = done([{"PartNumber": 1, "ETag": '"00000000000000000000000000
 out["wrong_order"] = done([{"PartNumber": 2, "ETag": p2}, {"PartNumber": 1, "ETag": p1}])
 out["one_part"] = done([{"PartNumber": 2, "ETag": p2}])
 out["one_part_back"] = s3.get_object(Bucket="bucket-two", Key="parts")["Body"].read() == b"b" * 1024
+# Copies: whole objects (metadata kept or replaced) and parts from ranges.
+s3.copy_object(Bucket="bucket-two", Key="copy", CopySource={"Bucket": "bucket-one", "Key": "dir/a.bin"})
+c = s3.get_object(Bucket="bucket-two", Key="copy")
+out["copy_ok"] = [c["Body"].read() == data, c["Metadata"], c["ContentType"]]
+s3.copy_object(Bucket="bucket-two", Key="copy", CopySource={"Bucket": "bucket-two", "Key": "copy"},
+               MetadataDirective="REPLACE", Metadata={"new": "yes"}, ContentType="text/plain")
+c = s3.head_object(Bucket="bucket-two", Key="copy")
+out["copy_replaced"] = [c["Metadata"], c["ContentType"], c["ContentLength"]]
+out["copy_self"] = code(lambda: s3.copy_object(Bucket="bucket-two", Key="copy", CopySource={"Bucket": "bucket-two", "Key": "copy"}))
+out["copy_missing"] = code(lambda: s3.copy_object(Bucket="bucket-two", Key="c2", CopySource={"Bucket": "bucket-two", "Key": "nope"}))
+out["copy_if_match"] = code(lambda: s3.copy_object(Bucket="bucket-two", Key="c2", CopySource={"Bucket": "bucket-two", "Key": "copy"}, CopySourceIfMatch='"0000"'))
+up3 = s3.create_multipart_upload(Bucket="bucket-two", Key="joined")["UploadId"]
+q1 = s3.upload_part_copy(Bucket="bucket-two", Key="joined", UploadId=up3, PartNumber=1,
+                         CopySource={"Bucket": "bucket-two", "Key": "big.bin"}, CopySourceRange="bytes=0-%d" % ((5 << 20) - 1))["CopyPartResult"]["ETag"]
+q2 = s3.upload_part_copy(Bucket="bucket-two", Key="joined", UploadId=up3, PartNumber=2,
+                         CopySource={"Bucket": "bucket-one", "Key": "top.txt"})["CopyPartResult"]["ETag"]
+out["bad_range"] = code(lambda: s3.upload_part_copy(Bucket="bucket-two", Key="joined", UploadId=up3, PartNumber=3,
+                                                    CopySource={"Bucket": "bucket-one", "Key": "top.txt"}, CopySourceRange="bytes=0-99"))
+s3.complete_multipart_upload(Bucket="bucket-two", Key="joined", UploadId=up3,
+                             MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": q1}, {"PartNumber": 2, "ETag": q2}]})
+out["joined_ok"] = s3.get_object(Bucket="bucket-two", Key="joined")["Body"].read() == big[: 5 << 20] + b"top"
+out["other_copy"] = code(lambda: other.copy_object(Bucket="bucket-two", Key="x", CopySource={"Bucket": "bucket-one", "Key": "top.txt"}))
+s3.delete_objects(Bucket="bucket-two", Delete={"Objects": [{"Key": "copy"}, {"Key": "joined"}]})
 up2 = s3.create_multipart_upload(Bucket="bucket-two", Key="dropped")["UploadId"]
 s3.upload_part(Bucket="bucket-two", Key="dropped", UploadId=up2, PartNumber=1, Body=b"x")
 s3.abort_multipart_upload(Bucket="bucket-two", Key="dropped", UploadId=up2)

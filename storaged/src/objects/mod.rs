@@ -498,6 +498,51 @@ impl ObjectStore {
         Ok(Blob::open(&self.blob_path(&info.blob), info.size)?)
     }
 
+    /// Copies bytes `[start, end)` of object `src` into a new temporary
+    /// blob (each block checked as it is read): the blob's id and path
+    /// (for [`ObjectStore::commit`] or [`ObjectStore::discard`]), size and
+    /// MD5.
+    pub async fn copy_data(
+        &self,
+        src: &ObjectInfo,
+        start: u64,
+        end: u64,
+    ) -> Result<(String, PathBuf, u64, [u8; 16]), ObjectError> {
+        let blob = self.open_blob(src)?;
+        let up = self.begin()?;
+        let (id, path) = (up.id.clone(), up.path.clone());
+        let mut writer = up.writer;
+        let copied = tokio::task::spawn_blocking(move || -> Result<(u64, [u8; 16]), ObjectError> {
+            use md5::Digest;
+            let mut md5 = md5::Md5::new();
+            let mut failed = None;
+            blob.read_range(start, end, |data| {
+                md5.update(&data);
+                match writer.write(&data) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+            let size = writer.finish()?;
+            Ok((size, md5.finalize().into()))
+        })
+        .await
+        .map_err(|e| ObjectError::Io(std::io::Error::other(e.to_string())))?;
+        match copied {
+            Ok((size, md5)) => Ok((id, path, size, md5)),
+            Err(e) => {
+                self.discard(&path);
+                Err(e)
+            }
+        }
+    }
+
     /// Removes an object; false when there was none.
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<bool, ObjectError> {
         let mut tx = self.db.begin().await?;

@@ -242,6 +242,40 @@ impl S3Api {
         })
     }
 
+    /// The object a copy reads: in a bucket of the request's project.
+    async fn copy_source<T>(&self, req: &S3Request<T>, source: &CopySource) -> S3Result<ObjectInfo> {
+        let CopySource::Bucket {
+            bucket,
+            key,
+            version_id,
+        } = source
+        else {
+            return Err(s3_error!(NotImplemented, "copies from access points"));
+        };
+        if version_id.is_some() {
+            return Err(s3_error!(NotImplemented, "object versions"));
+        }
+        self.owned(req, bucket).await?;
+        self.store.head(bucket, key).await.map_err(object_error)
+    }
+
+    /// A copy's source conditions: any that fails is 412, as S3 answers.
+    fn copy_conditions(
+        src: &ObjectInfo,
+        if_match: Option<&ETagCondition>,
+        if_none_match: Option<&ETagCondition>,
+        if_modified_since: Option<&Timestamp>,
+        if_unmodified_since: Option<&Timestamp>,
+    ) -> S3Result<()> {
+        Self::conditions(src, if_match, if_none_match, if_modified_since, if_unmodified_since).map_err(|e| {
+            if *e.code() == S3ErrorCode::NotModified {
+                s3_error!(PreconditionFailed)
+            } else {
+                e
+            }
+        })
+    }
+
     /// Checks a GET's or HEAD's conditions against the object.
     fn conditions(
         info: &ObjectInfo,
@@ -957,6 +991,148 @@ impl S3 for S3Api {
                     })
                     .collect(),
             ),
+            ..Default::default()
+        }))
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = &req.input;
+        validate_key(&input.key)?;
+        let src = self.copy_source(&req, &input.copy_source).await?;
+        Self::copy_conditions(
+            &src,
+            input.copy_source_if_match.as_ref(),
+            input.copy_source_if_none_match.as_ref(),
+            input.copy_source_if_modified_since.as_ref(),
+            input.copy_source_if_unmodified_since.as_ref(),
+        )?;
+        let replace = input
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        let same = matches!(&input.copy_source, CopySource::Bucket { bucket, key, .. }
+            if **bucket == *input.bucket && **key == *input.key);
+        if same && !replace {
+            return Err(s3_error!(
+                InvalidRequest,
+                "copying an object onto itself changes nothing: say MetadataDirective REPLACE"
+            ));
+        }
+        if src.size > MAX_OBJECT {
+            return Err(s3_error!(InvalidRequest, "objects over 5 GiB are copied in parts"));
+        }
+        let (id, path, size, md5) = self
+            .store
+            .copy_data(&src, 0, src.size)
+            .await
+            .map_err(object_error)?;
+        let hex: String = md5.iter().map(|b| format!("{b:02x}")).collect();
+        let info = if replace {
+            ObjectInfo {
+                key: input.key.clone(),
+                size,
+                etag: hex.clone(),
+                content_type: input.content_type.clone(),
+                content_encoding: input.content_encoding.clone(),
+                metadata: input.metadata.clone().unwrap_or_default().into_iter().collect(),
+                ..Default::default()
+            }
+        } else {
+            ObjectInfo {
+                key: input.key.clone(),
+                size,
+                etag: hex.clone(),
+                content_type: src.content_type.clone(),
+                content_encoding: src.content_encoding.clone(),
+                metadata: src.metadata.clone(),
+                checksums: src.checksums.clone(),
+                ..Default::default()
+            }
+        };
+        if let Err(e) = self.store.commit(&input.bucket, &id, info).await {
+            self.store.discard(&path);
+            return Err(object_error(e));
+        }
+        let made = self
+            .store
+            .head(&input.bucket, &input.key)
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(ETag::Strong(hex)),
+                last_modified: Some(timestamp(made.modified_ms)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = &req.input;
+        let number = i64::from(input.part_number);
+        if !(1..=crate::objects::multipart::MAX_PARTS).contains(&number) {
+            return Err(s3_error!(InvalidArgument, "part numbers are 1 to 10000"));
+        }
+        self.store
+            .upload(&input.bucket, &input.key, &input.upload_id)
+            .await
+            .map_err(object_error)?;
+        let src = self.copy_source(&req, &input.copy_source).await?;
+        Self::copy_conditions(
+            &src,
+            input.copy_source_if_match.as_ref(),
+            input.copy_source_if_none_match.as_ref(),
+            input.copy_source_if_modified_since.as_ref(),
+            input.copy_source_if_unmodified_since.as_ref(),
+        )?;
+        // `bytes=first-last`, both inside the source.
+        let (start, end) = match &input.copy_source_range {
+            None => (0, src.size),
+            Some(r) => {
+                let bad = || s3_error!(InvalidArgument, "x-amz-copy-source-range: bytes=first-last within the source");
+                let (a, b) = r
+                    .strip_prefix("bytes=")
+                    .and_then(|r| r.split_once('-'))
+                    .ok_or_else(bad)?;
+                let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b || b >= src.size {
+                    return Err(bad());
+                }
+                (a, b + 1)
+            }
+        };
+        if end - start > MAX_OBJECT {
+            return Err(s3_error!(EntityTooLarge));
+        }
+        let (id, path, size, md5) = self
+            .store
+            .copy_data(&src, start, end)
+            .await
+            .map_err(object_error)?;
+        let hex: String = md5.iter().map(|b| format!("{b:02x}")).collect();
+        if let Err(e) = self
+            .store
+            .commit_part(&input.upload_id, number, &id, size, &hex)
+            .await
+        {
+            self.store.discard(&path);
+            return Err(object_error(e));
+        }
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(ETag::Strong(hex)),
+                last_modified: Some(timestamp(crate::objects::now_ms())),
+                ..Default::default()
+            }),
             ..Default::default()
         }))
     }
