@@ -31,7 +31,7 @@ use crate::measure::SAMPLE_PREFIX;
 use crate::report::{Report, Samples};
 use crate::{host_cpu, images_dir, vmm_bin, workspace, GUEST_CMDLINE};
 
-const ADMIN_PASSWORD: &str = "bench-admin-secret";
+pub(crate) const ADMIN_PASSWORD: &str = "bench-admin-secret";
 const HOSTD_SECRET: &str = "bench-hostd-secret-0123456789";
 /// The one host the boot part registers.
 pub(crate) const HOST_ID: &str = "bench";

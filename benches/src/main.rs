@@ -12,6 +12,8 @@
 //!   and two snapshots) against fio on the file, and QEMU on the same chain.
 //! - `nbd [--runs N]`: storaged's NBD server against nbdkit, natively, on
 //!   loopback with qemu-img bench as the client (no kernel, no guest).
+//! - `s3 [--runs N]`: storaged's S3 API against fio doing the same durable
+//!   writes and reads (natively; objects of 4 KiB to 64 MiB).
 //! - `net [--runs N]`: iperf3 between the guest and the host side of its tap,
 //!   virga (vhost-net and in-VMM datapath) against QEMU with vhost=on.
 //! - `overlay [--runs N]`: guest to guest across two hosts (namespaces, no
@@ -44,6 +46,7 @@ mod overlay;
 mod overlay_guests;
 mod report;
 mod rootdisk;
+mod s3;
 
 use std::path::PathBuf;
 
@@ -75,6 +78,11 @@ enum Cmd {
     },
     /// fio in the guest on qcow2 overlays and a raw file (virga vs QEMU).
     BlkOverlay {
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
+    /// storaged's S3 API against fio (natively).
+    S3 {
         #[arg(long, default_value_t = 3)]
         runs: u32,
     },
@@ -233,6 +241,7 @@ fn main() -> Result<()> {
         Cmd::BlkOverlay { runs } => blk::run_overlay(runs),
         Cmd::BlkVolume { runs } => blk::run_volume(runs),
         Cmd::Nbd { runs } => nbd::run(runs),
+        Cmd::S3 { runs } => s3::run(runs),
         Cmd::Net { runs } => net::run(runs),
         Cmd::Overlay { runs } => overlay::run(runs),
         Cmd::OverlayGuests { runs } => overlay_guests::run(runs),

@@ -136,7 +136,10 @@ fn boto3_uses_buckets_and_objects_as_on_s3() {
     expect("one_part_back", json!(true));
     expect("aborted", json!("NoSuchUpload"));
     expect("copy_ok", json!([true, {"k": "v"}, "application/x-test"]));
-    expect("copy_replaced", json!([{"new": "yes"}, "text/plain", 1048580]));
+    expect(
+        "copy_replaced",
+        json!([{"new": "yes"}, "text/plain", 1048580]),
+    );
     expect("copy_self", json!("InvalidRequest"));
     expect("copy_missing", json!("NoSuchKey"));
     expect("copy_if_match", json!("PreconditionFailed"));

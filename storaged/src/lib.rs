@@ -126,6 +126,9 @@ async fn s3_server(
                     continue;
                 }
             };
+            // Replies go out as written: a small GET's headers and body
+            // must not wait on the client's delayed ACK.
+            let _ = socket.set_nodelay(true);
             let service = service.clone();
             tokio::spawn(async move {
                 let io = hyper_util::rt::TokioIo::new(socket);

@@ -144,6 +144,9 @@ fn after_prefix(prefix: &str) -> Option<Vec<u8>> {
     None
 }
 
+/// Write transactions begin `IMMEDIATE` (`begin_with`): one that began as
+/// a reader and then wrote would fail with `SQLITE_BUSY`, which no busy
+/// timeout waits out, whenever another writer committed in between.
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS buckets (
         name TEXT PRIMARY KEY,
@@ -302,7 +305,7 @@ impl ObjectStore {
 
     /// Removes an empty bucket.
     pub async fn delete_bucket(&self, name: &str) -> Result<(), ObjectError> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db.begin_with("BEGIN IMMEDIATE").await?;
         let has = sqlx::query("SELECT 1 FROM objects WHERE bucket = ? LIMIT 1")
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -379,8 +382,10 @@ impl ObjectStore {
             sync_dir(&self.dir.join("blobs"))?;
         }
         std::fs::rename(&tmp, &dest)?;
+        // The new name made durable. The old one's removal need not be: a
+        // `tmp/` entry back after a crash is a second name of the same
+        // file, and the start's tidying removes that name only.
         sync_dir(&shard)?;
-        sync_dir(&self.dir.join("tmp"))?;
         Ok(dest)
     }
 
@@ -399,7 +404,7 @@ impl ObjectStore {
         info.modified_ms = now_ms();
         let metadata = serde_json::to_string(&info.metadata).unwrap_or_else(|_| "{}".into());
         let checksums = serde_json::to_string(&info.checksums).unwrap_or_else(|_| "{}".into());
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db.begin_with("BEGIN IMMEDIATE").await?;
         if sqlx::query("SELECT 1 FROM buckets WHERE name = ?")
             .bind(bucket)
             .fetch_optional(&mut *tx)
@@ -512,28 +517,29 @@ impl ObjectStore {
         let up = self.begin()?;
         let (id, path) = (up.id.clone(), up.path.clone());
         let mut writer = up.writer;
-        let copied = tokio::task::spawn_blocking(move || -> Result<(u64, [u8; 16]), ObjectError> {
-            use md5::Digest;
-            let mut md5 = md5::Md5::new();
-            let mut failed = None;
-            blob.read_range(start, end, |data| {
-                md5.update(&data);
-                match writer.write(&data) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        failed = Some(e);
-                        false
+        let copied =
+            tokio::task::spawn_blocking(move || -> Result<(u64, [u8; 16]), ObjectError> {
+                use md5::Digest;
+                let mut md5 = md5::Md5::new();
+                let mut failed = None;
+                blob.read_range(start, end, |data| {
+                    md5.update(&data);
+                    match writer.write(&data) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            failed = Some(e);
+                            false
+                        }
                     }
+                })?;
+                if let Some(e) = failed {
+                    return Err(e.into());
                 }
-            })?;
-            if let Some(e) = failed {
-                return Err(e.into());
-            }
-            let size = writer.finish()?;
-            Ok((size, md5.finalize().into()))
-        })
-        .await
-        .map_err(|e| ObjectError::Io(std::io::Error::other(e.to_string())))?;
+                let size = writer.finish()?;
+                Ok((size, md5.finalize().into()))
+            })
+            .await
+            .map_err(|e| ObjectError::Io(std::io::Error::other(e.to_string())))?;
         match copied {
             Ok((size, md5)) => Ok((id, path, size, md5)),
             Err(e) => {
@@ -545,7 +551,7 @@ impl ObjectStore {
 
     /// Removes an object; false when there was none.
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<bool, ObjectError> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db.begin_with("BEGIN IMMEDIATE").await?;
         let old: Option<String> =
             sqlx::query("SELECT blob FROM objects WHERE bucket = ? AND key = ?")
                 .bind(bucket)

@@ -131,7 +131,7 @@ impl ObjectStore {
         etag: &str,
     ) -> Result<(), ObjectError> {
         let dest = self.place_blob(blob)?;
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db.begin_with("BEGIN IMMEDIATE").await?;
         if sqlx::query("SELECT 1 FROM uploads WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -288,7 +288,7 @@ impl ObjectStore {
 
     /// Drops upload `id` and its parts; false when there was none.
     pub async fn abort(&self, id: &str) -> Result<bool, ObjectError> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db.begin_with("BEGIN IMMEDIATE").await?;
         let blobs: Vec<String> = sqlx::query("SELECT blob FROM parts WHERE upload_id = ?")
             .bind(id)
             .fetch_all(&mut *tx)

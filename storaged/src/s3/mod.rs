@@ -24,6 +24,8 @@ use self::auth::Signers;
 
 /// The largest object a single PUT makes (S3's limit).
 pub const MAX_OBJECT: u64 = 5 << 30;
+/// How much of a body is gathered before it goes to the disk.
+const WRITE_BATCH: usize = 1 << 20;
 /// The region buckets are said to be in.
 pub const REGION: &str = "us-east-1";
 
@@ -135,10 +137,21 @@ impl S3Api {
         }
         let upload = self.store.begin().map_err(object_error)?;
         let (id, path) = (upload.id.clone(), upload.path.clone());
-        let mut writer = Some(upload.writer);
-        let written: S3Result<u64> = async {
+        // The disk writes run on a thread of their own, fed batches of
+        // 1 MiB through a short queue, while this task receives and hashes
+        // the next ones.
+        let (batches, mut queue) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let mut writer = upload.writer;
+        let disk = tokio::task::spawn_blocking(move || {
+            while let Some(batch) = queue.blocking_recv() {
+                writer.write(&batch)?;
+            }
+            writer.finish()
+        });
+        let received: S3Result<u64> = async {
             use futures_core::Stream;
             let mut size = 0u64;
+            let mut pending: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
             loop {
                 let next =
                     std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_next(cx)).await;
@@ -150,33 +163,41 @@ impl S3Api {
                 }
                 md5.update(&chunk);
                 requested.update(&chunk);
-                let mut w = writer.take().ok_or_else(|| internal("no writer"))?;
-                let w = tokio::task::spawn_blocking(move || w.write(&chunk).map(|()| w))
-                    .await
-                    .map_err(internal)?
-                    .map_err(internal)?;
-                writer = Some(w);
+                pending.extend_from_slice(&chunk);
+                if pending.len() >= WRITE_BATCH {
+                    let batch = std::mem::replace(&mut pending, Vec::with_capacity(WRITE_BATCH));
+                    // A closed queue: the writer failed (said below).
+                    if batches.send(batch).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            if !pending.is_empty() {
+                let _ = batches.send(pending).await;
             }
             if content_length.is_some_and(|l| l as u64 != size) {
                 return Err(s3_error!(IncompleteBody));
             }
-            let w = writer.take().ok_or_else(|| internal("no writer"))?;
-            tokio::task::spawn_blocking(move || w.finish())
-                .await
-                .map_err(internal)?
-                .map_err(internal)
+            Ok(size)
         }
         .await;
+        drop(batches);
+        let finished = disk
+            .await
+            .map_err(internal)
+            .and_then(|r| r.map_err(internal));
+        let written = match (received, finished) {
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+            (Ok(size), Ok(on_disk)) if size == on_disk => Ok(size),
+            (Ok(_), Ok(_)) => Err(internal("the blob's length differs from the body's")),
+        };
         let fail = |e: S3Error| {
             self.store.discard(&path);
             Err(e)
         };
         let size = match written {
             Ok(s) => s,
-            Err(e) => {
-                drop(writer);
-                return fail(e);
-            }
+            Err(e) => return fail(e),
         };
         let md5: [u8; 16] = md5.finalize().into();
         if let Some(sent) = &expected.content_md5 {
@@ -243,7 +264,11 @@ impl S3Api {
     }
 
     /// The object a copy reads: in a bucket of the request's project.
-    async fn copy_source<T>(&self, req: &S3Request<T>, source: &CopySource) -> S3Result<ObjectInfo> {
+    async fn copy_source<T>(
+        &self,
+        req: &S3Request<T>,
+        source: &CopySource,
+    ) -> S3Result<ObjectInfo> {
         let CopySource::Bucket {
             bucket,
             key,
@@ -267,7 +292,14 @@ impl S3Api {
         if_modified_since: Option<&Timestamp>,
         if_unmodified_since: Option<&Timestamp>,
     ) -> S3Result<()> {
-        Self::conditions(src, if_match, if_none_match, if_modified_since, if_unmodified_since).map_err(|e| {
+        Self::conditions(
+            src,
+            if_match,
+            if_none_match,
+            if_modified_since,
+            if_unmodified_since,
+        )
+        .map_err(|e| {
             if *e.code() == S3ErrorCode::NotModified {
                 s3_error!(PreconditionFailed)
             } else {
@@ -1023,7 +1055,10 @@ impl S3 for S3Api {
             ));
         }
         if src.size > MAX_OBJECT {
-            return Err(s3_error!(InvalidRequest, "objects over 5 GiB are copied in parts"));
+            return Err(s3_error!(
+                InvalidRequest,
+                "objects over 5 GiB are copied in parts"
+            ));
         }
         let (id, path, size, md5) = self
             .store
@@ -1038,7 +1073,12 @@ impl S3 for S3Api {
                 etag: hex.clone(),
                 content_type: input.content_type.clone(),
                 content_encoding: input.content_encoding.clone(),
-                metadata: input.metadata.clone().unwrap_or_default().into_iter().collect(),
+                metadata: input
+                    .metadata
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
                 ..Default::default()
             }
         } else {
@@ -1098,12 +1138,18 @@ impl S3 for S3Api {
         let (start, end) = match &input.copy_source_range {
             None => (0, src.size),
             Some(r) => {
-                let bad = || s3_error!(InvalidArgument, "x-amz-copy-source-range: bytes=first-last within the source");
+                let bad = || {
+                    s3_error!(
+                        InvalidArgument,
+                        "x-amz-copy-source-range: bytes=first-last within the source"
+                    )
+                };
                 let (a, b) = r
                     .strip_prefix("bytes=")
                     .and_then(|r| r.split_once('-'))
                     .ok_or_else(bad)?;
-                let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                let (a, b): (u64, u64) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
                 if a > b || b >= src.size {
                     return Err(bad());
                 }
