@@ -147,6 +147,14 @@ fn boto3_uses_buckets_and_objects_as_on_s3() {
     expect("joined_ok", json!(true));
     expect("other_copy", json!("AccessDenied"));
     expect("other_upload", json!("AccessDenied"));
+    expect("anon_get", json!([200, "hello world"]));
+    expect("anon_list", json!(200));
+    expect("anon_put", json!(403));
+    expect("anon_private", json!(403));
+    expect("anon_buckets", json!(403));
+    expect("acl", json!(["FULL_CONTROL", "READ"]));
+    expect("anon_after_private", json!(403));
+    expect("other_acl", json!("AccessDenied"));
     expect("not_empty", json!("BucketNotEmpty"));
     expect("deleted", json!(["dir/a.bin", "dir/b.txt", "top.txt"]));
     expect("buckets_after", json!([]));

@@ -100,11 +100,13 @@ async fn s3_server(
         .await
         .with_context(|| format!("opening the object store in {}", config.data_dir.display()))?;
     let signers = Arc::new(s3::auth::Signers::new(config.clone()));
+    let store = Arc::new(store);
     let mut builder = s3s::service::S3ServiceBuilder::new(s3::S3Api {
-        store: Arc::new(store),
+        store: store.clone(),
         signers: signers.clone(),
     });
     builder.set_auth(s3::auth::Auth(signers));
+    builder.set_access(s3::Access { store });
     if let Some(domain) = &config.s3_domain {
         builder.set_host(
             s3s::host::SingleDomain::new(domain)

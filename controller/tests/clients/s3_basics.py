@@ -6,6 +6,7 @@ Usage: s3_basics.py ENDPOINT ACCESS SECRET OTHER_ACCESS OTHER_SECRET
 import hashlib
 import json
 import sys
+import urllib.error
 import urllib.request
 
 import boto3
@@ -148,6 +149,29 @@ out["aborted"] = code(lambda: s3.list_parts(Bucket="bucket-two", Key="dropped", 
 out["other_upload"] = code(lambda: other.create_multipart_upload(Bucket="bucket-two", Key="x"))
 s3.delete_objects(Bucket="bucket-two", Delete={"Objects": [{"Key": "big.bin"}, {"Key": "parts"}]})
 s3.delete_bucket(Bucket="bucket-two")
+# Public buckets: anyone lists them and reads their objects, nothing more.
+def anonymous(method, path):
+    req = urllib.request.Request(endpoint + path, method=method, data=b"x" if method == "PUT" else None)
+    try:
+        with urllib.request.urlopen(req) as r:
+            return [r.status, r.read().decode(errors="replace")[:200]]
+    except urllib.error.HTTPError as e:
+        return [e.code, ""]
+
+
+s3.create_bucket(Bucket="bucket-pub", ACL="public-read")
+s3.put_object(Bucket="bucket-pub", Key="hello.txt", Body=b"hello world")
+out["anon_get"] = anonymous("GET", "/bucket-pub/hello.txt")
+out["anon_list"] = anonymous("GET", "/bucket-pub?list-type=2")[0]
+out["anon_put"] = anonymous("PUT", "/bucket-pub/new.txt")[0]
+out["anon_private"] = anonymous("GET", "/bucket-one/top.txt")[0]
+out["anon_buckets"] = anonymous("GET", "/")[0]
+out["acl"] = sorted(g["Permission"] for g in s3.get_bucket_acl(Bucket="bucket-pub")["Grants"])
+s3.put_bucket_acl(Bucket="bucket-pub", ACL="private")
+out["anon_after_private"] = anonymous("GET", "/bucket-pub/hello.txt")[0]
+out["other_acl"] = code(lambda: other.put_bucket_acl(Bucket="bucket-pub", ACL="public-read"))
+s3.delete_object(Bucket="bucket-pub", Key="hello.txt")
+s3.delete_bucket(Bucket="bucket-pub")
 out["not_empty"] = code(lambda: s3.delete_bucket(Bucket="bucket-one"))
 d = s3.delete_objects(Bucket="bucket-one", Delete={"Objects": [{"Key": k} for k in keys]})
 out["deleted"] = sorted(x["Key"] for x in d.get("Deleted", []))

@@ -73,6 +73,8 @@ pub struct BucketInfo {
     pub project_id: String,
     /// Unix milliseconds.
     pub created_ms: i64,
+    /// Anyone may list it and read its objects (canned ACL `public-read`).
+    pub public_read: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -152,6 +154,7 @@ const SCHEMA: &[&str] = &[
         name TEXT PRIMARY KEY,
         project_id TEXT NOT NULL,
         created_ms INTEGER NOT NULL,
+        public_read INTEGER NOT NULL DEFAULT 0,
         format INTEGER NOT NULL
     )",
     "CREATE TABLE IF NOT EXISTS objects (
@@ -252,22 +255,23 @@ impl ObjectStore {
     }
 
     pub async fn bucket(&self, name: &str) -> Result<Option<BucketInfo>, ObjectError> {
-        Ok(
-            sqlx::query("SELECT name, project_id, created_ms FROM buckets WHERE name = ?")
-                .bind(name)
-                .fetch_optional(&self.db)
-                .await?
-                .map(|r| BucketInfo {
-                    name: r.get("name"),
-                    project_id: r.get("project_id"),
-                    created_ms: r.get("created_ms"),
-                }),
+        Ok(sqlx::query(
+            "SELECT name, project_id, created_ms, public_read FROM buckets WHERE name = ?",
         )
+        .bind(name)
+        .fetch_optional(&self.db)
+        .await?
+        .map(|r| BucketInfo {
+            name: r.get("name"),
+            project_id: r.get("project_id"),
+            created_ms: r.get("created_ms"),
+            public_read: r.get::<i64, _>("public_read") != 0,
+        }))
     }
 
     pub async fn list_buckets(&self, project_id: &str) -> Result<Vec<BucketInfo>, ObjectError> {
         Ok(sqlx::query(
-            "SELECT name, project_id, created_ms FROM buckets WHERE project_id = ? ORDER BY name",
+            "SELECT name, project_id, created_ms, public_read FROM buckets WHERE project_id = ? ORDER BY name",
         )
         .bind(project_id)
         .fetch_all(&self.db)
@@ -277,18 +281,25 @@ impl ObjectStore {
             name: r.get("name"),
             project_id: r.get("project_id"),
             created_ms: r.get("created_ms"),
+            public_read: r.get::<i64, _>("public_read") != 0,
         })
         .collect())
     }
 
-    pub async fn create_bucket(&self, name: &str, project_id: &str) -> Result<(), ObjectError> {
+    pub async fn create_bucket(
+        &self,
+        name: &str,
+        project_id: &str,
+        public_read: bool,
+    ) -> Result<(), ObjectError> {
         let made = sqlx::query(
-            "INSERT INTO buckets (name, project_id, created_ms, format) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO buckets (name, project_id, created_ms, public_read, format) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
         .bind(project_id)
         .bind(now_ms())
+        .bind(i64::from(public_read))
         .bind(FORMAT)
         .execute(&self.db)
         .await?
@@ -301,6 +312,20 @@ impl ObjectStore {
             .await?
             .is_some_and(|b| b.project_id == project_id);
         Err(ObjectError::BucketExists { mine })
+    }
+
+    /// Makes a bucket readable by anyone, or by its project only.
+    pub async fn set_public_read(&self, name: &str, public_read: bool) -> Result<(), ObjectError> {
+        let changed = sqlx::query("UPDATE buckets SET public_read = ? WHERE name = ?")
+            .bind(i64::from(public_read))
+            .bind(name)
+            .execute(&self.db)
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            return Err(ObjectError::NoSuchBucket);
+        }
+        Ok(())
     }
 
     /// Removes an empty bucket.
@@ -741,7 +766,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             rt().block_on(async {
                 let store = ObjectStore::open(dir.path()).await.unwrap();
-                store.create_bucket("bkt", "p").await.unwrap();
+                store.create_bucket("bkt", "p", false).await.unwrap();
                 for k in &keys {
                     put(&store, "bkt", k, k.as_bytes()).await;
                 }
@@ -766,7 +791,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         rt().block_on(async {
             let store = ObjectStore::open(dir.path()).await.unwrap();
-            store.create_bucket("bkt", "p").await.unwrap();
+            store.create_bucket("bkt", "p", false).await.unwrap();
             put(&store, "bkt", "kept", b"kept data").await;
             put(&store, "bkt", "kept", b"replaced").await;
             // A PUT cut off before its commit: its blob written, no row.
@@ -801,7 +826,7 @@ mod tests {
             assert_eq!(files, 1, "the replaced object's blob went at the PUT");
             // Buckets: names are global; deleting needs them empty.
             assert!(matches!(
-                store.create_bucket("bkt", "q").await,
+                store.create_bucket("bkt", "q", false).await,
                 Err(ObjectError::BucketExists { mine: false })
             ));
             assert!(matches!(

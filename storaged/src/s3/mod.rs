@@ -82,6 +82,18 @@ impl S3Api {
             .ok_or_else(|| s3_error!(InvalidAccessKeyId))
     }
 
+    /// Checks that the request may read `bucket`: its project's, or public
+    /// (`public-read`) for an anonymous request.
+    async fn readable<T>(&self, req: &S3Request<T>, bucket: &str) -> S3Result<()> {
+        if req.credentials.is_some() {
+            return self.owned(req, bucket).await;
+        }
+        match self.store.bucket(bucket).await.map_err(object_error)? {
+            Some(b) if b.public_read => Ok(()),
+            _ => Err(s3_error!(AccessDenied)),
+        }
+    }
+
     /// Checks that `bucket` exists and belongs to the request's project.
     async fn owned<T>(&self, req: &S3Request<T>, bucket: &str) -> S3Result<()> {
         let project = self.project(req)?;
@@ -439,8 +451,9 @@ impl S3 for S3Api {
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
         let project = self.project(&req)?;
+        let public_read = canned_public_read(req.input.acl.as_ref().map(|a| a.as_str()))?;
         self.store
-            .create_bucket(&req.input.bucket, &project)
+            .create_bucket(&req.input.bucket, &project, public_read)
             .await
             .map_err(object_error)?;
         Ok(S3Response::new(CreateBucketOutput {
@@ -452,7 +465,7 @@ impl S3 for S3Api {
         &self,
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
+        self.readable(&req, &req.input.bucket).await?;
         Ok(S3Response::new(HeadBucketOutput {
             bucket_region: Some(REGION.into()),
             ..Default::default()
@@ -539,7 +552,7 @@ impl S3 for S3Api {
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
+        self.readable(&req, &req.input.bucket).await?;
         let input = &req.input;
         let info = self
             .store
@@ -574,7 +587,7 @@ impl S3 for S3Api {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
+        self.readable(&req, &req.input.bucket).await?;
         let input = &req.input;
         let info = self
             .store
@@ -697,7 +710,7 @@ impl S3 for S3Api {
         &self,
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
-        self.owned(&req, &req.input.bucket).await?;
+        self.readable(&req, &req.input.bucket).await?;
         let input = &req.input;
         let max = input.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
         let prefix = input.prefix.clone().unwrap_or_default();
@@ -761,7 +774,7 @@ impl S3 for S3Api {
         &self,
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
-        self.owned(&req, &req.input.bucket).await?;
+        self.readable(&req, &req.input.bucket).await?;
         let input = &req.input;
         let max = input.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
         let prefix = input.prefix.clone().unwrap_or_default();
@@ -1182,6 +1195,75 @@ impl S3 for S3Api {
             ..Default::default()
         }))
     }
+
+    async fn put_bucket_acl(
+        &self,
+        req: S3Request<PutBucketAclInput>,
+    ) -> S3Result<S3Response<PutBucketAclOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let input = &req.input;
+        if input.access_control_policy.is_some()
+            || input.grant_full_control.is_some()
+            || input.grant_read.is_some()
+            || input.grant_read_acp.is_some()
+            || input.grant_write.is_some()
+            || input.grant_write_acp.is_some()
+        {
+            return Err(s3_error!(
+                NotImplemented,
+                "only canned ACLs: private, public-read"
+            ));
+        }
+        let public_read = canned_public_read(input.acl.as_ref().map(|a| a.as_str()))?;
+        self.store
+            .set_public_read(&input.bucket, public_read)
+            .await
+            .map_err(object_error)?;
+        Ok(S3Response::new(PutBucketAclOutput::default()))
+    }
+
+    async fn get_bucket_acl(
+        &self,
+        req: S3Request<GetBucketAclInput>,
+    ) -> S3Result<S3Response<GetBucketAclOutput>> {
+        self.owned(&req, &req.input.bucket).await?;
+        let bucket = self
+            .store
+            .bucket(&req.input.bucket)
+            .await
+            .map_err(object_error)?
+            .ok_or_else(|| s3_error!(NoSuchBucket))?;
+        let owner = Owner {
+            display_name: Some(bucket.project_id.clone()),
+            id: Some(bucket.project_id.clone()),
+        };
+        let mut grants = vec![Grant {
+            grantee: Some(Grantee {
+                display_name: owner.display_name.clone(),
+                id: owner.id.clone(),
+                type_: Type::from_static(Type::CANONICAL_USER),
+                email_address: None,
+                uri: None,
+            }),
+            permission: Some(Permission::from_static(Permission::FULL_CONTROL)),
+        }];
+        if bucket.public_read {
+            grants.push(Grant {
+                grantee: Some(Grantee {
+                    display_name: None,
+                    id: None,
+                    type_: Type::from_static(Type::GROUP),
+                    email_address: None,
+                    uri: Some("http://acs.amazonaws.com/groups/global/AllUsers".into()),
+                }),
+                permission: Some(Permission::from_static(Permission::READ)),
+            });
+        }
+        Ok(S3Response::new(GetBucketAclOutput {
+            grants: Some(grants),
+            owner: Some(owner),
+        }))
+    }
 }
 
 fn object_entry(o: &ObjectInfo) -> Object {
@@ -1194,5 +1276,58 @@ fn object_entry(o: &ObjectInfo) -> Object {
             ObjectStorageClass::STANDARD,
         )),
         ..Default::default()
+    }
+}
+
+/// Whether a canned ACL makes a bucket public; only `private` (the
+/// default) and `public-read` exist here.
+fn canned_public_read(acl: Option<&str>) -> S3Result<bool> {
+    match acl {
+        None | Some(BucketCannedACL::PRIVATE) => Ok(false),
+        Some(BucketCannedACL::PUBLIC_READ) => Ok(true),
+        Some(other) => Err(s3_error!(
+            NotImplemented,
+            "the canned ACL {other}: only private and public-read"
+        )),
+    }
+}
+
+/// Who may send a request at all: anyone with a valid signature (each
+/// operation then checks the bucket's project), and, without one, reads
+/// of public buckets (listing, GET and HEAD of their objects).
+pub struct Access {
+    pub store: Arc<ObjectStore>,
+}
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for Access {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> S3Result<()> {
+        if cx.credentials().is_some() {
+            return Ok(());
+        }
+        let bucket = match cx.s3_path() {
+            s3s::path::S3Path::Bucket { bucket } | s3s::path::S3Path::Object { bucket, .. } => {
+                bucket.to_string()
+            }
+            s3s::path::S3Path::Root => {
+                return Err(s3_error!(AccessDenied, "Signature is required"))
+            }
+        };
+        let read = matches!(
+            cx.s3_op().name(),
+            "GetObject" | "HeadObject" | "ListObjects" | "ListObjectsV2" | "HeadBucket"
+        );
+        let public = read
+            && self
+                .store
+                .bucket(&bucket)
+                .await
+                .map_err(object_error)?
+                .is_some_and(|b| b.public_read);
+        if public {
+            Ok(())
+        } else {
+            Err(s3_error!(AccessDenied, "Signature is required"))
+        }
     }
 }
