@@ -20,6 +20,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("fio", "fio"),
     // The NBD benchmark's peer (benches/src/nbd.rs).
     ("nbdkit", "nbdkit"),
+    // An S3 client the object store is tested with (controller/tests/objects.rs).
+    ("rclone", "rclone"),
     ("iperf3", "iperf3"),
     // netd's tests: network namespaces, veths, ping across them.
     ("iproute2", "ip"),
