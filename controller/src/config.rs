@@ -3,6 +3,7 @@
 //! ```toml
 //! listen = "127.0.0.1:8774"
 //! public_url = "http://127.0.0.1:8774"     # what the service catalog advertises
+//! object_store_url = "http://10.0.0.2:8080" # storaged's Swift API (catalog: object-store)
 //! database_url = "sqlite:///var/lib/virga/controller.db"  # or postgres://...
 //! region = "RegionOne"
 //! token_ttl_secs = 3600
@@ -48,6 +49,9 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 pub struct ConfigFile {
     pub listen: Option<SocketAddr>,
     pub public_url: Option<String>,
+    /// Where storaged's Swift API is (`http://HOST:PORT`): the catalog's
+    /// `object-store` entry, `{url}/v1/AUTH_{project}`. None: no entry.
+    pub object_store_url: Option<String>,
     pub database_url: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub region: Option<String>,
@@ -108,6 +112,7 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Base URL clients reach the controller at, without a trailing slash.
     pub public_url: String,
+    pub object_store_url: Option<String>,
     pub database_url: String,
     pub state_dir: PathBuf,
     pub region: String,
@@ -145,6 +150,18 @@ impl Config {
             .unwrap_or_else(|| format!("http://{listen}"))
             .trim_end_matches('/')
             .to_owned();
+        let object_store_url = file
+            .object_store_url
+            .map(|u| u.trim_end_matches('/').to_owned());
+        if object_store_url
+            .as_deref()
+            .is_some_and(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+        {
+            return Err(invalid(
+                "object_store_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
         if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
             return Err(invalid("public_url", "must be an http:// or https:// URL"));
         }
@@ -272,6 +289,7 @@ impl Config {
         Ok(Config {
             listen,
             public_url,
+            object_store_url,
             database_url,
             state_dir,
             region,

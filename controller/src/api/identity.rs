@@ -152,14 +152,15 @@ pub fn token_body(app: &App, auth: &Auth, with_catalog: bool) -> Json {
             .map(|r| json!({"id": r.id, "name": r.name}))
             .collect();
         if with_catalog {
-            token["catalog"] = catalog(app);
+            token["catalog"] = catalog(app, Some(&p.id));
         }
     }
     json!({ "token": token })
 }
 
-/// The service catalog: every service on this controller, under its prefix.
-pub fn catalog(app: &App) -> Json {
+/// The service catalog: every service on this controller, under its
+/// prefix; with a project, its Swift account on storaged too.
+pub fn catalog(app: &App, project: Option<&str>) -> Json {
     let base = &app.config.public_url;
     let region = &app.config.region;
     let service = |kind: &str, name: &str, url: String| {
@@ -172,7 +173,7 @@ pub fn catalog(app: &App) -> Json {
             .collect();
         json!({"id": name, "type": kind, "name": name, "endpoints": endpoints})
     };
-    json!([
+    let mut services = json!([
         service("identity", "keystone", format!("{base}/identity")),
         service("compute", "nova", format!("{base}/compute/v2.1")),
         service("image", "glance", format!("{base}/image")),
@@ -181,7 +182,19 @@ pub fn catalog(app: &App) -> Json {
         // project is not in the URL (3.67's form, which every route takes).
         service("block-storage", "cinder", format!("{base}/volume/v3")),
         service("volumev3", "cinderv3", format!("{base}/volume/v3")),
-    ])
+    ]);
+    if let (Some(url), Some(project), Some(list)) = (
+        &app.config.object_store_url,
+        project,
+        services.as_array_mut(),
+    ) {
+        list.push(service(
+            "object-store",
+            "swift",
+            format!("{url}/v1/AUTH_{project}"),
+        ));
+    }
+    services
 }
 
 fn status_of(e: &IdentityError) -> StatusCode {

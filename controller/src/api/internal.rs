@@ -84,6 +84,58 @@ async fn ec2_signer(app: &App, host: &str, access: &str) -> Response<Body> {
     }
 }
 
+/// Who a Keystone token (in `X-Subject-Token`) speaks for, for the
+/// storaged whose Swift API it was sent to (a registered storage host
+/// only): its project, user and roles, and until when; 404 for a token
+/// that is not valid or not scoped to a project.
+async fn token_owner(app: &App, req: &Request<Incoming>, host: &str) -> Response<Body> {
+    match app.volumes.store.storage_host(host).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return keystone_error(
+                StatusCode::FORBIDDEN,
+                &format!("{host} is not a registered storage host"),
+            )
+        }
+        Err(e) => {
+            tracing::error!("token lookup: {e}");
+            return keystone_error(StatusCode::INTERNAL_SERVER_ERROR, "store error");
+        }
+    }
+    let Some(token) = req
+        .headers()
+        .get("x-subject-token")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return keystone_error(
+            StatusCode::BAD_REQUEST,
+            "X-Subject-Token: the token to look up",
+        );
+    };
+    match app.identity.validate(token).await {
+        Ok(Some(auth)) => match &auth.project {
+            Some((project, _)) => json(
+                StatusCode::OK,
+                &storaged_proto::TokenOwner {
+                    project_id: project.id.clone(),
+                    user_id: auth.user.id.clone(),
+                    roles: auth.roles.iter().map(|r| r.name.clone()).collect(),
+                    expires_at: auth.expires_at,
+                },
+            ),
+            None => keystone_error(
+                StatusCode::NOT_FOUND,
+                "the token is not scoped to a project",
+            ),
+        },
+        Ok(None) => keystone_error(StatusCode::NOT_FOUND, "no such token"),
+        Err(e) => {
+            tracing::error!("token lookup: {e}");
+            keystone_error(StatusCode::INTERNAL_SERVER_ERROR, "identity error")
+        }
+    }
+}
+
 /// How long a triggered reconciler run may take before the request gives up
 /// waiting (the run goes on).
 const TRIGGER_WAIT: Duration = Duration::from_secs(60);
@@ -138,6 +190,7 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
             storage_heartbeat(app, req, &host).await
         }
         (Method::GET, ["v1", "ec2-credentials", access]) => ec2_signer(app, &host, access).await,
+        (Method::GET, ["v1", "token-owner"]) => token_owner(app, &req, &host).await,
         (Method::PUT, ["v1", "hosts", id, "network"]) => {
             if *id != host {
                 return keystone_error(

@@ -150,6 +150,19 @@ pub fn is_volume_id(id: &str) -> bool {
         })
 }
 
+/// Who a Keystone token speaks for, as the controller tells a storage host
+/// (`GET /internal/v1/token-owner`, the token in `X-Subject-Token`): the
+/// Swift API's check of a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenOwner {
+    pub project_id: String,
+    pub user_id: String,
+    /// Role names in the project (`reader` alone: read only).
+    pub roles: Vec<String>,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
 /// The credential behind an S3 access key, as the controller gives it to
 /// a storage host (`GET /internal/v1/ec2-credentials/{access}`): the secret
 /// verifies a request's signature; the project owns what it touches.

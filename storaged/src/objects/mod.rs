@@ -3,6 +3,7 @@
 //!
 //! - [`blob`]: an object's bytes, with a checksum per 64 KiB block
 //! - [`multipart`]: uploads in parts, each part a blob, joined at the end
+//! - [`sink`]: a request body streamed into a new blob
 //!
 //! Layout under `<data_dir>/objects/`:
 //!
@@ -22,6 +23,7 @@
 
 pub mod blob;
 pub mod multipart;
+pub mod sink;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -24,8 +24,6 @@ use self::auth::Signers;
 
 /// The largest object a single PUT makes (S3's limit).
 pub const MAX_OBJECT: u64 = 5 << 30;
-/// How much of a body is gathered before it goes to the disk.
-const WRITE_BATCH: usize = 1 << 20;
 /// The region buckets are said to be in.
 pub const REGION: &str = "us-east-1";
 
@@ -147,61 +145,34 @@ impl S3Api {
                 _ => return Err(s3_error!(InvalidArgument, "unknown checksum algorithm")),
             }
         }
-        let upload = self.store.begin().map_err(object_error)?;
-        let (id, path) = (upload.id.clone(), upload.path.clone());
-        // The disk writes run on a thread of their own, fed batches of
-        // 1 MiB through a short queue, while this task receives and hashes
-        // the next ones.
-        let (batches, mut queue) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
-        let mut writer = upload.writer;
-        let disk = tokio::task::spawn_blocking(move || {
-            while let Some(batch) = queue.blocking_recv() {
-                writer.write(&batch)?;
-            }
-            writer.finish()
-        });
-        let received: S3Result<u64> = async {
+        let mut sink = crate::objects::sink::BlobSink::start(&self.store).map_err(object_error)?;
+        let (id, path) = (sink.id.clone(), sink.path.clone());
+        let received: S3Result<()> = async {
             use futures_core::Stream;
-            let mut size = 0u64;
-            let mut pending: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
             loop {
                 let next =
                     std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_next(cx)).await;
                 let Some(chunk) = next else { break };
                 let chunk = chunk.map_err(|e| s3_error!(IncompleteBody, "{e}"))?;
-                size += chunk.len() as u64;
-                if size > MAX_OBJECT {
+                if sink.size() + chunk.len() as u64 > MAX_OBJECT {
                     return Err(s3_error!(EntityTooLarge));
                 }
                 md5.update(&chunk);
                 requested.update(&chunk);
-                pending.extend_from_slice(&chunk);
-                if pending.len() >= WRITE_BATCH {
-                    let batch = std::mem::replace(&mut pending, Vec::with_capacity(WRITE_BATCH));
-                    // A closed queue: the writer failed (said below).
-                    if batches.send(batch).await.is_err() {
-                        break;
-                    }
-                }
+                sink.push(&chunk).await.map_err(object_error)?;
             }
-            if !pending.is_empty() {
-                let _ = batches.send(pending).await;
-            }
-            if content_length.is_some_and(|l| l as u64 != size) {
+            if content_length.is_some_and(|l| l as u64 != sink.size()) {
                 return Err(s3_error!(IncompleteBody));
             }
-            Ok(size)
+            Ok(())
         }
         .await;
-        drop(batches);
-        let finished = disk
-            .await
-            .map_err(internal)
-            .and_then(|r| r.map_err(internal));
-        let written = match (received, finished) {
-            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
-            (Ok(size), Ok(on_disk)) if size == on_disk => Ok(size),
-            (Ok(_), Ok(_)) => Err(internal("the blob's length differs from the body's")),
+        let written = match received {
+            Ok(()) => sink.finish(&self.store).await.map_err(object_error),
+            Err(e) => {
+                sink.abandon(&self.store).await;
+                Err(e)
+            }
         };
         let fail = |e: S3Error| {
             self.store.discard(&path);
