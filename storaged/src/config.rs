@@ -15,6 +15,7 @@
 //! heartbeat_secs = 10
 //! s3_listen = "0.0.0.0:9000"               # the S3 API (none when absent)
 //! s3_domain = "s3.example.com"             # virtual-host-style buckets
+//! swift_listen = "0.0.0.0:8080"            # the Swift API (none when absent)
 //! ```
 
 use std::net::SocketAddr;
@@ -59,6 +60,7 @@ pub struct ConfigFile {
     pub nbd_advertise: Option<String>,
     pub s3_listen: Option<SocketAddr>,
     pub s3_domain: Option<String>,
+    pub swift_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -83,6 +85,8 @@ pub struct Config {
     /// The domain of virtual-host-style requests (`BUCKET.s3.example`);
     /// None: path-style only.
     pub s3_domain: Option<String>,
+    /// Where the Swift API listens; None: no Swift API on this host.
+    pub swift_listen: Option<SocketAddr>,
 }
 
 const MIN_TOKEN_LEN: usize = 16;
@@ -178,6 +182,7 @@ impl Config {
             nbd_advertise,
             s3_listen: file.s3_listen,
             s3_domain,
+            swift_listen: file.swift_listen,
             host_id,
             listen,
             advertise_url,

@@ -7,7 +7,7 @@
 //! - [`images`]: fetching an image a volume is made from
 //! - [`controller`]: the calls to the controller's internal API
 //! - [`exports`], [`nbd`]: volumes served over NBD to other hosts
-//! - [`objects`], [`s3`]: the object store and its S3 API
+//! - [`objects`], [`s3`], [`swift`]: the object store, its S3 and Swift APIs
 
 pub mod api;
 pub mod config;
@@ -18,6 +18,7 @@ pub mod images;
 pub mod nbd;
 pub mod objects;
 pub mod s3;
+pub mod swift;
 pub mod volumes;
 
 use std::sync::Arc;
@@ -64,14 +65,32 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         exports,
         nbd_address,
     });
-    let s3 = match config.s3_listen {
-        Some(addr) => Some(tokio::spawn(
-            s3_server(&config, addr)
+    // The object store, when an API to it is served.
+    let objects = match config.s3_listen.is_some() || config.swift_listen.is_some() {
+        true => Some(Arc::new(
+            objects::ObjectStore::open(&config.data_dir)
+                .await
+                .with_context(|| {
+                    format!("opening the object store in {}", config.data_dir.display())
+                })?,
+        )),
+        false => None,
+    };
+    let mut apis = Vec::new();
+    if let (Some(addr), Some(store)) = (config.s3_listen, &objects) {
+        apis.push(tokio::spawn(
+            s3_server(&config, addr, store.clone())
                 .await
                 .context("starting the S3 API")?,
-        )),
-        None => None,
-    };
+        ));
+    }
+    if let (Some(addr), Some(store)) = (config.swift_listen, &objects) {
+        apis.push(tokio::spawn(
+            swift_server(&config, addr, store.clone())
+                .await
+                .context("starting the Swift API")?,
+        ));
+    }
     let nbd_server = nbd::Server::new(api::NbdExports(state.clone()));
     let nbd = tokio::spawn(nbd_server.serve(nbd_listener));
     let beats = tokio::spawn(heartbeat::run(config, url, state.clone()));
@@ -84,23 +103,20 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     }
     beats.abort();
     nbd.abort();
-    if let Some(s3) = s3 {
-        s3.abort();
+    for api in apis {
+        api.abort();
     }
     tracing::info!("storaged stopping");
     Ok(())
 }
 
-/// Opens the object store and binds the S3 API; the future serves it.
+/// Binds the S3 API; the future serves it.
 async fn s3_server(
     config: &config::Config,
     addr: std::net::SocketAddr,
+    store: Arc<objects::ObjectStore>,
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    let store = objects::ObjectStore::open(&config.data_dir)
-        .await
-        .with_context(|| format!("opening the object store in {}", config.data_dir.display()))?;
     let signers = Arc::new(s3::auth::Signers::new(config.clone()));
-    let store = Arc::new(store);
     let mut builder = s3s::service::S3ServiceBuilder::new(s3::S3Api {
         store: store.clone(),
         signers: signers.clone(),
@@ -139,6 +155,46 @@ async fn s3_server(
                     .await
                 {
                     tracing::debug!("s3: connection: {e}");
+                }
+            });
+        }
+    })
+}
+
+/// Binds the Swift API; the future serves it.
+async fn swift_server(
+    config: &config::Config,
+    addr: std::net::SocketAddr,
+    store: Arc<objects::ObjectStore>,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let api = Arc::new(swift::SwiftApi {
+        store,
+        tokens: swift::auth::Tokens::new(config.clone()),
+    });
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening for Swift on {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "Swift API ready");
+    Ok(async move {
+        loop {
+            let (socket, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("swift: accepting: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = socket.set_nodelay(true);
+            let api = api.clone();
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(socket);
+                let service = hyper::service::service_fn(move |req| api.clone().handle(req));
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await
+                {
+                    tracing::debug!("swift: connection: {e}");
                 }
             });
         }

@@ -18,6 +18,8 @@ const HOSTD_PORT: u16 = 8790;
 const STORAGED_PORT: u16 = 8780;
 /// storaged's S3 API.
 const S3_PORT: u16 = 9000;
+/// storaged's Swift API (the catalog's object-store).
+const SWIFT_PORT: u16 = 8080;
 /// The host hostd registers as, in the testbed or here.
 const HOST_ID: &str = "virga-1";
 const ADMIN_PASSWORD: &str = "virga-admin";
@@ -93,7 +95,7 @@ pub fn run(root: &Path, bins: &Path, images: &Path, openstack: &Path) -> Result<
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{CONTROLLER_PORT}\"\nstate_dir = \"{}\"\nhostd_secret = \"{secret}\"\n[bootstrap]\nadmin_password = \"{ADMIN_PASSWORD}\"\n",
+            "listen = \"127.0.0.1:{CONTROLLER_PORT}\"\nstate_dir = \"{}\"\nhostd_secret = \"{secret}\"\nobject_store_url = \"http://127.0.0.1:{SWIFT_PORT}\"\n[bootstrap]\nadmin_password = \"{ADMIN_PASSWORD}\"\n",
             dir.join("controller").display()
         ),
     )?;
@@ -169,6 +171,7 @@ controller_url = "http://$HOST_ADDR:{CONTROLLER_PORT}"
 token = "{token}"
 heartbeat_secs = 5
 s3_listen = "0.0.0.0:{S3_PORT}"
+swift_listen = "0.0.0.0:{SWIFT_PORT}"
 END
 $BIN/storaged --config $WORK/storaged.toml &
 STORAGED=$!
@@ -188,6 +191,7 @@ kill $HOSTD $NETD $STORAGED; wait $HOSTD $NETD $STORAGED
         .forward_port(HOSTD_PORT)
         .forward_port(STORAGED_PORT)
         .forward_port(S3_PORT)
+        .forward_port(SWIFT_PORT)
         .timeout(Duration::from_secs(7 * 24 * 3600));
     // netd's security groups are an nftables ruleset: the host's nft.
     if let Some(nft) = ["/usr/sbin/nft", "/sbin/nft"]
@@ -304,7 +308,7 @@ kill $HOSTD $NETD $STORAGED; wait $HOSTD $NETD $STORAGED
         ])?;
     }
     println!(
-        "\nVirga is up (hostd: {}).\n\n  export OS_CLIENT_CONFIG_FILE={} OS_CLOUD=virga\n  {os} server create --image virga-test --flavor m1.tiny --network private --wait vm1\n  {os} console log show vm1\n  {os} floating ip create public\n  {os} server add floating ip vm1 172.24.4.3\n\nS3 (storaged) on http://127.0.0.1:{S3_PORT}: `{os} ec2 credentials create` gives the access key and secret\n(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), then:\n  aws --endpoint-url http://127.0.0.1:{S3_PORT} s3 mb s3://bucket1\n\nFloating IPs (172.24.4.0/24) are reached from where the guests run: {}.\nadmin password: {ADMIN_PASSWORD}. Ctrl-C stops the cloud.",
+        "\nVirga is up (hostd: {}).\n\n  export OS_CLIENT_CONFIG_FILE={} OS_CLOUD=virga\n  {os} server create --image virga-test --flavor m1.tiny --network private --wait vm1\n  {os} console log show vm1\n  {os} floating ip create public\n  {os} server add floating ip vm1 172.24.4.3\n\nS3 (storaged) on http://127.0.0.1:{S3_PORT}: `{os} ec2 credentials create` gives the access key and secret\n(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), then:\n  aws --endpoint-url http://127.0.0.1:{S3_PORT} s3 mb s3://bucket1\nSwift: {os} container create c1; {os} object create c1 FILE\n\nFloating IPs (172.24.4.0/24) are reached from where the guests run: {}.\nadmin password: {ADMIN_PASSWORD}. Ctrl-C stops the cloud.",
         mode.as_str(),
         clouds.display(),
         if mode.as_str() == "native" {

@@ -316,6 +316,20 @@ impl ObjectStore {
         Err(ObjectError::BucketExists { mine })
     }
 
+    /// A bucket's object count and bytes.
+    pub async fn bucket_usage(&self, name: &str) -> Result<(u64, u64), ObjectError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM objects WHERE bucket = ?",
+        )
+        .bind(name)
+        .fetch_one(&self.db)
+        .await?;
+        Ok((
+            row.get::<i64, _>("n") as u64,
+            row.get::<i64, _>("bytes") as u64,
+        ))
+    }
+
     /// Makes a bucket readable by anyone, or by its project only.
     pub async fn set_public_read(&self, name: &str, public_read: bool) -> Result<(), ObjectError> {
         let changed = sqlx::query("UPDATE buckets SET public_read = ? WHERE name = ?")

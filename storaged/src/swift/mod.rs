@@ -1,0 +1,705 @@
+//! storaged's Swift API (v1): `/v1/AUTH_{project}[/{container}[/{object}]]`
+//! and `/info`, with Keystone tokens. Containers are the object store's
+//! buckets (one namespace with S3's, as Ceph's RGW has by default) and
+//! objects its objects: what S3 puts, Swift reads, and back.
+//!
+//! - [`auth`]: who a token speaks for, from the controller
+//!
+//! A token works on its own project's account only; a token whose only
+//! role there is `reader` reads and lists but changes nothing.
+//! Not yet: POST (metadata changes), COPY and `X-Copy-From`, static and
+//! dynamic large objects, bulk delete, container ACLs.
+
+pub mod auth;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use md5::{Digest, Md5};
+use serde_json::json;
+
+use crate::objects::sink::BlobSink;
+use crate::objects::{ObjectError, ObjectInfo, ObjectStore};
+
+use self::auth::Tokens;
+
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// The largest object a single PUT makes (Swift's default).
+const MAX_FILE_SIZE: u64 = 5 * 1024 * 1024 * 1024 + 2;
+/// The most names one listing gives.
+const LISTING_LIMIT: usize = 10_000;
+
+pub struct SwiftApi {
+    pub store: Arc<ObjectStore>,
+    pub tokens: Tokens,
+}
+
+fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|never: Infallible| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+/// A Swift error: its status and a short text body, as Swift gives.
+fn error(status: StatusCode, text: &str) -> Response<Body> {
+    let mut r = full(status, format!("<html><h1>{text}</h1></html>"));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/html; charset=UTF-8"),
+    );
+    r
+}
+
+fn store_error(e: ObjectError) -> Response<Body> {
+    match e {
+        ObjectError::NoSuchBucket | ObjectError::NoSuchKey => {
+            error(StatusCode::NOT_FOUND, "Not Found")
+        }
+        ObjectError::BucketNotEmpty => error(
+            StatusCode::CONFLICT,
+            "There was a conflict when trying to complete your request.",
+        ),
+        ObjectError::BucketExists { .. } => error(StatusCode::CONFLICT, "Conflict"),
+        e => {
+            tracing::error!("swift: {e}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Error")
+        }
+    }
+}
+
+fn http_date(ms: i64) -> String {
+    httpdate::fmt_http_date(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
+    )
+}
+
+/// Swift's listing time: `2024-01-31T12:00:00.000000`.
+fn listing_time(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
+    req.uri().query().map(url_pairs).unwrap_or_default()
+}
+
+/// `a=b&c=d`, percent-decoded.
+fn url_pairs(q: &str) -> BTreeMap<String, String> {
+    q.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (decode_query(k), decode_query(v))
+        })
+        .collect()
+}
+
+/// A percent-encoded path segment, as text.
+fn decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// A query value: `+` is a space there, unlike in a path.
+fn decode_query(s: &str) -> String {
+    decode(&s.replace('+', " "))
+}
+
+fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// What a listing is asked for, and how to give it.
+struct ListingQuery {
+    prefix: String,
+    delimiter: Option<String>,
+    marker: Option<String>,
+    end_marker: Option<String>,
+    limit: usize,
+    json: bool,
+}
+
+impl ListingQuery {
+    /// The query of `req`; a refusal's text (412) for a limit too high.
+    fn from(req: &Request<Incoming>) -> Result<Self, &'static str> {
+        let q = query(req);
+        let limit = match q.get("limit") {
+            None => LISTING_LIMIT,
+            Some(l) => match l.parse::<usize>() {
+                Ok(n) if n <= LISTING_LIMIT => n,
+                _ => return Err("Maximum limit is 10000"),
+            },
+        };
+        let json = q.get("format").map(String::as_str) == Some("json")
+            || header(req, "accept").is_some_and(|a| a.contains("application/json"));
+        Ok(ListingQuery {
+            prefix: q.get("prefix").cloned().unwrap_or_default(),
+            delimiter: q.get("delimiter").cloned().filter(|d| !d.is_empty()),
+            marker: q.get("marker").cloned().filter(|m| !m.is_empty()),
+            end_marker: q.get("end_marker").cloned().filter(|m| !m.is_empty()),
+            limit,
+            json,
+        })
+    }
+}
+
+impl SwiftApi {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        Ok(self.route(req).await)
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_owned();
+        if path == "/info" && matches!(*req.method(), Method::GET | Method::HEAD) {
+            return self.info();
+        }
+        let parts: Vec<&str> = path.trim_start_matches('/').splitn(4, '/').collect();
+        let (account, container, object) = match parts.as_slice() {
+            ["v1", account] => (*account, None, None),
+            ["v1", account, ""] => (*account, None, None),
+            ["v1", account, container] => (*account, Some(decode(container)), None),
+            ["v1", account, container, ""] => (*account, Some(decode(container)), None),
+            ["v1", account, container, object] => {
+                (*account, Some(decode(container)), Some(decode(object)))
+            }
+            _ => return error(StatusCode::NOT_FOUND, "Not Found"),
+        };
+        let Some(project) = account.strip_prefix("AUTH_") else {
+            return error(StatusCode::NOT_FOUND, "Not Found");
+        };
+        let Some(token) = header(&req, "x-auth-token") else {
+            return error(StatusCode::UNAUTHORIZED, "Unauthorized");
+        };
+        let owner = match self.tokens.owner(token).await {
+            Ok(Some(o)) => o,
+            Ok(None) => return error(StatusCode::UNAUTHORIZED, "Unauthorized"),
+            Err(e) => {
+                tracing::warn!("swift: checking a token: {e}");
+                return error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
+            }
+        };
+        if owner.project_id != project {
+            return error(StatusCode::FORBIDDEN, "Forbidden");
+        }
+        let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+        let writer = owner.roles.iter().any(|r| r != "reader");
+        if !reads && !writer {
+            return error(StatusCode::FORBIDDEN, "Forbidden");
+        }
+        match (container, object) {
+            (None, _) => self.account(req, project).await,
+            (Some(c), None) => self.container(req, project, &c).await,
+            (Some(c), Some(o)) => self.object(req, project, &c, &o).await,
+        }
+    }
+
+    fn info(&self) -> Response<Body> {
+        let body = json!({
+            "swift": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "max_file_size": MAX_FILE_SIZE,
+                "max_object_name_length": 1024,
+                "max_container_name_length": 63,
+                "container_listing_limit": LISTING_LIMIT,
+                "account_listing_limit": LISTING_LIMIT,
+                "max_meta_name_length": 128,
+                "max_meta_value_length": 256,
+                "strict_cors_mode": true,
+                "policies": [{"name": "default", "default": true}],
+            }
+        });
+        let mut r = full(StatusCode::OK, body.to_string());
+        r.headers_mut().insert(
+            "content-type",
+            hyper::header::HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        r
+    }
+
+    /// The container `name` of `project`, or the answer why not.
+    async fn owned(&self, project: &str, name: &str) -> Result<(), Response<Body>> {
+        match self.store.bucket(name).await {
+            Ok(Some(b)) if b.project_id == project => Ok(()),
+            // Another project's name: as if absent (Swift's accounts are
+            // apart; here the namespace is shared).
+            Ok(_) => Err(error(StatusCode::NOT_FOUND, "Not Found")),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    async fn account(&self, req: Request<Incoming>, project: &str) -> Response<Body> {
+        let buckets = match self.store.list_buckets(project).await {
+            Ok(b) => b,
+            Err(e) => return store_error(e),
+        };
+        let (mut objects, mut bytes) = (0u64, 0u64);
+        let mut rows = Vec::new();
+        for b in &buckets {
+            let (n, size) = match self.store.bucket_usage(&b.name).await {
+                Ok(u) => u,
+                Err(e) => return store_error(e),
+            };
+            objects += n;
+            bytes += size;
+            rows.push((b, n, size));
+        }
+        let head = |status| {
+            let mut r = full(status, Bytes::new());
+            let h = r.headers_mut();
+            h.insert("x-account-container-count", buckets.len().into());
+            h.insert("x-account-object-count", objects.into());
+            h.insert("x-account-bytes-used", bytes.into());
+            r
+        };
+        match *req.method() {
+            Method::HEAD => head(StatusCode::NO_CONTENT),
+            Method::GET => {
+                let q = match ListingQuery::from(&req) {
+                    Ok(q) => q,
+                    Err(why) => return error(StatusCode::PRECONDITION_FAILED, why),
+                };
+                let chosen: Vec<_> = rows
+                    .into_iter()
+                    .filter(|(b, _, _)| b.name.starts_with(&q.prefix))
+                    .filter(|(b, _, _)| {
+                        q.marker
+                            .as_ref()
+                            .is_none_or(|m| b.name.as_str() > m.as_str())
+                    })
+                    .filter(|(b, _, _)| {
+                        q.end_marker
+                            .as_ref()
+                            .is_none_or(|m| b.name.as_str() < m.as_str())
+                    })
+                    .take(q.limit)
+                    .collect();
+                let mut r = head(StatusCode::OK);
+                if q.json {
+                    let list: Vec<_> = chosen
+                        .iter()
+                        .map(|(b, n, size)| {
+                            json!({"name": b.name, "count": n, "bytes": size,
+                                                   "last_modified": listing_time(b.created_ms)})
+                        })
+                        .collect();
+                    *r.body_mut() = Full::new(Bytes::from(json!(list).to_string()))
+                        .map_err(|never: Infallible| match never {})
+                        .boxed();
+                    r.headers_mut().insert(
+                        "content-type",
+                        hyper::header::HeaderValue::from_static("application/json; charset=utf-8"),
+                    );
+                } else if chosen.is_empty() {
+                    *r.status_mut() = StatusCode::NO_CONTENT;
+                } else {
+                    let text: String = chosen
+                        .iter()
+                        .map(|(b, _, _)| format!("{}\n", b.name))
+                        .collect();
+                    *r.body_mut() = Full::new(Bytes::from(text))
+                        .map_err(|never: Infallible| match never {})
+                        .boxed();
+                    r.headers_mut().insert(
+                        "content-type",
+                        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+                    );
+                }
+                r
+            }
+            _ => error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
+        }
+    }
+
+    async fn container(&self, req: Request<Incoming>, project: &str, name: &str) -> Response<Body> {
+        if name.is_empty() || name.len() > 63 || name.contains('/') {
+            return error(StatusCode::BAD_REQUEST, "Container name is invalid");
+        }
+        match *req.method() {
+            Method::PUT => match self.store.create_bucket(name, project, false).await {
+                Ok(()) => full(StatusCode::CREATED, Bytes::new()),
+                Err(ObjectError::BucketExists { mine: true }) => {
+                    full(StatusCode::ACCEPTED, Bytes::new())
+                }
+                Err(e) => store_error(e),
+            },
+            Method::DELETE => {
+                if let Err(r) = self.owned(project, name).await {
+                    return r;
+                }
+                match self.store.delete_bucket(name).await {
+                    Ok(()) => full(StatusCode::NO_CONTENT, Bytes::new()),
+                    Err(e) => store_error(e),
+                }
+            }
+            Method::HEAD | Method::GET => {
+                if let Err(r) = self.owned(project, name).await {
+                    return r;
+                }
+                let (count, bytes) = match self.store.bucket_usage(name).await {
+                    Ok(u) => u,
+                    Err(e) => return store_error(e),
+                };
+                let mut r = full(StatusCode::NO_CONTENT, Bytes::new());
+                r.headers_mut()
+                    .insert("x-container-object-count", count.into());
+                r.headers_mut()
+                    .insert("x-container-bytes-used", bytes.into());
+                if *req.method() == Method::HEAD {
+                    return r;
+                }
+                let q = match ListingQuery::from(&req) {
+                    Ok(q) => q,
+                    Err(why) => return error(StatusCode::PRECONDITION_FAILED, why),
+                };
+                let listing = match self
+                    .store
+                    .list(
+                        name,
+                        &q.prefix,
+                        q.delimiter.as_deref(),
+                        q.marker.as_deref(),
+                        q.limit,
+                    )
+                    .await
+                {
+                    Ok(l) => l,
+                    Err(e) => return store_error(e),
+                };
+                let before_end = |k: &str| q.end_marker.as_ref().is_none_or(|m| k < m.as_str());
+                // Objects and subdirectories, in name order.
+                let mut entries: Vec<(String, Option<&ObjectInfo>)> = listing
+                    .objects
+                    .iter()
+                    .map(|o| (o.key.clone(), Some(o)))
+                    .chain(listing.common_prefixes.iter().map(|p| (p.clone(), None)))
+                    .filter(|(k, _)| before_end(k))
+                    .collect();
+                entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                *r.status_mut() = StatusCode::OK;
+                if q.json {
+                    let list: Vec<_> = entries
+                        .iter()
+                        .map(|(k, o)| match o {
+                            Some(o) => json!({"name": k, "hash": o.etag, "bytes": o.size,
+                                "content_type": o.content_type.clone().unwrap_or_else(|| "application/octet-stream".into()),
+                                "last_modified": listing_time(o.modified_ms)}),
+                            None => json!({"subdir": k}),
+                        })
+                        .collect();
+                    *r.body_mut() = Full::new(Bytes::from(json!(list).to_string()))
+                        .map_err(|never: Infallible| match never {})
+                        .boxed();
+                    r.headers_mut().insert(
+                        "content-type",
+                        hyper::header::HeaderValue::from_static("application/json; charset=utf-8"),
+                    );
+                } else if entries.is_empty() {
+                    *r.status_mut() = StatusCode::NO_CONTENT;
+                } else {
+                    let text: String = entries.iter().map(|(k, _)| format!("{k}\n")).collect();
+                    *r.body_mut() = Full::new(Bytes::from(text))
+                        .map_err(|never: Infallible| match never {})
+                        .boxed();
+                    r.headers_mut().insert(
+                        "content-type",
+                        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+                    );
+                }
+                r
+            }
+            _ => error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
+        }
+    }
+
+    async fn object(
+        &self,
+        req: Request<Incoming>,
+        project: &str,
+        container: &str,
+        key: &str,
+    ) -> Response<Body> {
+        if key.is_empty() || key.len() > 1024 {
+            return error(StatusCode::BAD_REQUEST, "Object name is invalid");
+        }
+        if let Err(r) = self.owned(project, container).await {
+            return r;
+        }
+        match *req.method() {
+            Method::PUT => self.put(req, container, key).await,
+            Method::GET | Method::HEAD => self.get(req, container, key).await,
+            Method::DELETE => match self.store.delete(container, key).await {
+                Ok(true) => full(StatusCode::NO_CONTENT, Bytes::new()),
+                Ok(false) => error(StatusCode::NOT_FOUND, "Not Found"),
+                Err(e) => store_error(e),
+            },
+            _ => error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
+        }
+    }
+
+    async fn put(&self, req: Request<Incoming>, container: &str, key: &str) -> Response<Body> {
+        if header(&req, "x-copy-from").is_some() || header(&req, "x-object-manifest").is_some() {
+            return error(StatusCode::NOT_IMPLEMENTED, "Not Implemented");
+        }
+        let expected_etag = header(&req, "etag").map(|e| e.trim_matches('"').to_ascii_lowercase());
+        let length = match header(&req, "content-length").map(str::parse::<u64>) {
+            Some(Ok(n)) if n > MAX_FILE_SIZE => {
+                return error(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large")
+            }
+            Some(Ok(n)) => Some(n),
+            Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "Invalid Content-Length"),
+            None if header(&req, "transfer-encoding").is_some_and(|t| t.contains("chunked")) => {
+                None
+            }
+            None => return error(StatusCode::LENGTH_REQUIRED, "Length Required"),
+        };
+        let content_type = header(&req, "content-type").map(str::to_owned);
+        let content_encoding = header(&req, "content-encoding").map(str::to_owned);
+        let metadata: BTreeMap<String, String> = req
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| {
+                let name = k.as_str().strip_prefix("x-object-meta-")?;
+                Some((name.to_owned(), v.to_str().ok()?.to_owned()))
+            })
+            .collect();
+        let mut sink = match BlobSink::start(&self.store) {
+            Ok(s) => s,
+            Err(e) => return store_error(e),
+        };
+        let mut md5 = Md5::new();
+        let mut body = req.into_body();
+        let received: Result<(), Response<Body>> = async {
+            while let Some(frame) = body.frame().await {
+                let frame =
+                    frame.map_err(|_| error(StatusCode::REQUEST_TIMEOUT, "Request Timeout"))?;
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if sink.size() + data.len() as u64 > MAX_FILE_SIZE {
+                    return Err(error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "Request Entity Too Large",
+                    ));
+                }
+                md5.update(&data);
+                sink.push(&data).await.map_err(store_error)?;
+            }
+            if length.is_some_and(|l| l != sink.size()) {
+                return Err(error(StatusCode::REQUEST_TIMEOUT, "Request Timeout"));
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(r) = received {
+            sink.abandon(&self.store).await;
+            return r;
+        }
+        let (id, path) = (sink.id.clone(), sink.path.clone());
+        let size = match sink.finish(&self.store).await {
+            Ok(n) => n,
+            Err(e) => return store_error(e),
+        };
+        let etag: String = md5.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        if expected_etag.as_ref().is_some_and(|e| *e != etag) {
+            self.store.discard(&path);
+            return error(StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable Entity");
+        }
+        let info = ObjectInfo {
+            key: key.to_owned(),
+            size,
+            etag: etag.clone(),
+            content_type,
+            content_encoding,
+            metadata,
+            ..Default::default()
+        };
+        if let Err(e) = self.store.commit(container, &id, info).await {
+            self.store.discard(&path);
+            return store_error(e);
+        }
+        let mut r = full(StatusCode::CREATED, Bytes::new());
+        r.headers_mut().insert(
+            "etag",
+            etag.parse()
+                .unwrap_or(hyper::header::HeaderValue::from_static("")),
+        );
+        r
+    }
+
+    async fn get(&self, req: Request<Incoming>, container: &str, key: &str) -> Response<Body> {
+        let info = match self.store.head(container, key).await {
+            Ok(i) => i,
+            Err(e) => return store_error(e),
+        };
+        let (start, end, partial) = match header(&req, "range").map(|r| parse_range(r, info.size)) {
+            None => (0, info.size, false),
+            Some(Some((s, e))) => (s, e, true),
+            Some(None) => {
+                let mut r = error(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "Requested Range Not Satisfiable",
+                );
+                if let Ok(v) = format!("bytes */{}", info.size).parse() {
+                    r.headers_mut().insert("content-range", v);
+                }
+                return r;
+            }
+        };
+        let mut r = if *req.method() == Method::HEAD {
+            full(StatusCode::OK, Bytes::new())
+        } else {
+            let blob = match self.store.open_blob(&info) {
+                Ok(b) => b,
+                Err(e) => return store_error(e),
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+            tokio::task::spawn_blocking(move || {
+                let sent = blob.read_range(start, end, |part| {
+                    tx.blocking_send(Ok(Frame::data(Bytes::from(part)))).is_ok()
+                });
+                if let Err(e) = sent {
+                    tracing::error!("swift: {e}");
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                }
+            });
+            let mut r = Response::new(http_body_util::StreamBody::new(Frames(rx)).boxed());
+            *r.status_mut() = if partial {
+                StatusCode::PARTIAL_CONTENT
+            } else {
+                StatusCode::OK
+            };
+            r
+        };
+        let h = r.headers_mut();
+        h.insert("content-length", (end - start).into());
+        h.insert(
+            "accept-ranges",
+            hyper::header::HeaderValue::from_static("bytes"),
+        );
+        if let Ok(v) = info.etag.parse() {
+            h.insert("etag", v);
+        }
+        if let Ok(v) = http_date(info.modified_ms).parse() {
+            h.insert("last-modified", v);
+        }
+        if let Ok(v) = format!("{:.5}", info.modified_ms as f64 / 1000.0).parse() {
+            h.insert("x-timestamp", v);
+        }
+        let ctype = info
+            .content_type
+            .clone()
+            .unwrap_or_else(|| "application/octet-stream".into());
+        if let Ok(v) = ctype.parse() {
+            h.insert("content-type", v);
+        }
+        if let Some(Ok(v)) = info.content_encoding.as_deref().map(str::parse) {
+            h.insert("content-encoding", v);
+        }
+        for (k, v) in &info.metadata {
+            if let (Ok(name), Ok(value)) = (
+                hyper::header::HeaderName::from_bytes(format!("x-object-meta-{k}").as_bytes()),
+                hyper::header::HeaderValue::from_str(v),
+            ) {
+                h.insert(name, value);
+            }
+        }
+        if partial {
+            if let Ok(v) = format!("bytes {}-{}/{}", start, end - 1, info.size).parse() {
+                h.insert("content-range", v);
+            }
+        }
+        r
+    }
+}
+
+/// `bytes=a-b`, `bytes=a-`, `bytes=-n` within `size`: `[start, end)`;
+/// None when it cannot be satisfied.
+fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
+    let spec = header.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().ok()?;
+            (n > 0 && size > 0).then(|| (size.saturating_sub(n), size))
+        }
+        (a, "") => {
+            let a: u64 = a.parse().ok()?;
+            (a < size).then_some((a, size))
+        }
+        (a, b) => {
+            let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+            (a <= b && a < size).then(|| (a, (b + 1).min(size)))
+        }
+    }
+}
+
+/// A GET's body frames, read (and checked) on a blocking thread.
+struct Frames(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>);
+
+impl futures_core::Stream for Frames {
+    type Item = Result<Frame<Bytes>, std::io::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_as_http_has_them() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 10)));
+        assert_eq!(parse_range("bytes=90-", 100), Some((90, 100)));
+        assert_eq!(parse_range("bytes=-5", 100), Some((95, 100)));
+        assert_eq!(parse_range("bytes=95-200", 100), Some((95, 100)));
+        assert_eq!(parse_range("bytes=100-", 100), None);
+        assert_eq!(parse_range("bytes=5-2", 100), None);
+        assert_eq!(parse_range("bytes=0-1,3-4", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let q = url_pairs("prefix=a%2Fb&delimiter=%2F&format=json&marker=x+y");
+        assert_eq!(q["prefix"], "a/b");
+        assert_eq!(q["delimiter"], "/");
+        assert_eq!(q["marker"], "x y");
+        assert_eq!(decode("%zz%4"), "%zz%4");
+        assert_eq!(
+            listing_time(1_700_000_000_123),
+            "2023-11-14T22:13:20.123000"
+        );
+    }
+}
