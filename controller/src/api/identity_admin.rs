@@ -43,7 +43,7 @@ fn names(table: Table) -> (&'static str, &'static str) {
     }
 }
 
-fn identity_error(e: IdentityError) -> Response<Body> {
+pub(super) fn identity_error(e: IdentityError) -> Response<Body> {
     let status = match &e {
         IdentityError::Unauthorized => StatusCode::UNAUTHORIZED,
         IdentityError::BadRequest(_) => StatusCode::BAD_REQUEST,

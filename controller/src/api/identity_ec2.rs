@@ -26,17 +26,7 @@ fn render(app: &App, c: &Ec2Credential) -> Json {
 }
 
 fn error(e: IdentityError) -> Response<Body> {
-    let status = match &e {
-        IdentityError::Unauthorized => StatusCode::UNAUTHORIZED,
-        IdentityError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        IdentityError::Conflict(_) => StatusCode::CONFLICT,
-        IdentityError::Forbidden(_) => StatusCode::FORBIDDEN,
-        IdentityError::Store(_) | IdentityError::Internal(_) => {
-            tracing::error!("ec2 credentials: {e}");
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
-    };
-    keystone_error(status, &e.to_string())
+    super::identity_admin::identity_error(e)
 }
 
 fn not_found(access: &str) -> Response<Body> {

@@ -45,23 +45,32 @@ fn caller(app: &App, req: &Request<Incoming>) -> Option<String> {
     hostd_proto::token::host_of(secret, token).map(str::to_owned)
 }
 
+/// Refuses a host that is not a registered storage host (what only
+/// storaged may ask); None for one that is.
+async fn storage_host_only(app: &App, host: &str) -> Option<Response<Body>> {
+    match app.volumes.store.storage_host(host).await {
+        Ok(Some(_)) => None,
+        Ok(None) => Some(keystone_error(
+            StatusCode::FORBIDDEN,
+            &format!("{host} is not a registered storage host"),
+        )),
+        Err(e) => {
+            tracing::error!("storage host lookup: {e}");
+            Some(keystone_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store error",
+            ))
+        }
+    }
+}
+
 /// The credential behind an S3 access key, for the storaged that verifies
 /// a request signed with it (a registered storage host only): its secret,
 /// user and project, while its user may still act in that project; 404
 /// otherwise.
 async fn ec2_signer(app: &App, host: &str, access: &str) -> Response<Body> {
-    match app.volumes.store.storage_host(host).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            return keystone_error(
-                StatusCode::FORBIDDEN,
-                &format!("{host} is not a registered storage host"),
-            )
-        }
-        Err(e) => {
-            tracing::error!("ec2 credential lookup: {e}");
-            return keystone_error(StatusCode::INTERNAL_SERVER_ERROR, "store error");
-        }
+    if let Some(refused) = storage_host_only(app, host).await {
+        return refused;
     }
     match app.identity.ec2_signer(access).await {
         Ok(Some(c)) => json(
@@ -89,18 +98,8 @@ async fn ec2_signer(app: &App, host: &str, access: &str) -> Response<Body> {
 /// only): its project, user and roles, and until when; 404 for a token
 /// that is not valid or not scoped to a project.
 async fn token_owner(app: &App, req: &Request<Incoming>, host: &str) -> Response<Body> {
-    match app.volumes.store.storage_host(host).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            return keystone_error(
-                StatusCode::FORBIDDEN,
-                &format!("{host} is not a registered storage host"),
-            )
-        }
-        Err(e) => {
-            tracing::error!("token lookup: {e}");
-            return keystone_error(StatusCode::INTERNAL_SERVER_ERROR, "store error");
-        }
+    if let Some(refused) = storage_host_only(app, host).await {
+        return refused;
     }
     let Some(token) = req
         .headers()

@@ -298,37 +298,16 @@ impl SwiftApi {
                     })
                     .take(q.limit)
                     .collect();
+                let json_list = chosen
+                    .iter()
+                    .map(|(b, n, size)| {
+                        json!({"name": b.name, "count": n, "bytes": size,
+                               "last_modified": listing_time(b.created_ms)})
+                    })
+                    .collect();
+                let names = chosen.iter().map(|(b, _, _)| b.name.clone()).collect();
                 let mut r = head(StatusCode::OK);
-                if q.json {
-                    let list: Vec<_> = chosen
-                        .iter()
-                        .map(|(b, n, size)| {
-                            json!({"name": b.name, "count": n, "bytes": size,
-                                                   "last_modified": listing_time(b.created_ms)})
-                        })
-                        .collect();
-                    *r.body_mut() = Full::new(Bytes::from(json!(list).to_string()))
-                        .map_err(|never: Infallible| match never {})
-                        .boxed();
-                    r.headers_mut().insert(
-                        "content-type",
-                        hyper::header::HeaderValue::from_static("application/json; charset=utf-8"),
-                    );
-                } else if chosen.is_empty() {
-                    *r.status_mut() = StatusCode::NO_CONTENT;
-                } else {
-                    let text: String = chosen
-                        .iter()
-                        .map(|(b, _, _)| format!("{}\n", b.name))
-                        .collect();
-                    *r.body_mut() = Full::new(Bytes::from(text))
-                        .map_err(|never: Infallible| match never {})
-                        .boxed();
-                    r.headers_mut().insert(
-                        "content-type",
-                        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-                    );
-                }
+                listing_body(&mut r, q.json, json_list, names);
                 r
             }
             _ => error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
@@ -401,35 +380,17 @@ impl SwiftApi {
                     .collect();
                 entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
                 *r.status_mut() = StatusCode::OK;
-                if q.json {
-                    let list: Vec<_> = entries
-                        .iter()
-                        .map(|(k, o)| match o {
-                            Some(o) => json!({"name": k, "hash": o.etag, "bytes": o.size,
-                                "content_type": o.content_type.clone().unwrap_or_else(|| "application/octet-stream".into()),
-                                "last_modified": listing_time(o.modified_ms)}),
-                            None => json!({"subdir": k}),
-                        })
-                        .collect();
-                    *r.body_mut() = Full::new(Bytes::from(json!(list).to_string()))
-                        .map_err(|never: Infallible| match never {})
-                        .boxed();
-                    r.headers_mut().insert(
-                        "content-type",
-                        hyper::header::HeaderValue::from_static("application/json; charset=utf-8"),
-                    );
-                } else if entries.is_empty() {
-                    *r.status_mut() = StatusCode::NO_CONTENT;
-                } else {
-                    let text: String = entries.iter().map(|(k, _)| format!("{k}\n")).collect();
-                    *r.body_mut() = Full::new(Bytes::from(text))
-                        .map_err(|never: Infallible| match never {})
-                        .boxed();
-                    r.headers_mut().insert(
-                        "content-type",
-                        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-                    );
-                }
+                let json_list = entries
+                    .iter()
+                    .map(|(k, o)| match o {
+                        Some(o) => json!({"name": k, "hash": o.etag, "bytes": o.size,
+                            "content_type": o.content_type.clone().unwrap_or_else(|| "application/octet-stream".into()),
+                            "last_modified": listing_time(o.modified_ms)}),
+                        None => json!({"subdir": k}),
+                    })
+                    .collect();
+                let names = entries.iter().map(|(k, _)| k.clone()).collect();
+                listing_body(&mut r, q.json, json_list, names);
                 r
             }
             _ => error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
@@ -635,6 +596,37 @@ impl SwiftApi {
         }
         r
     }
+}
+
+/// Puts a listing in `r`: JSON, or one name per line (204 when there are
+/// none, as Swift answers a plain listing).
+fn listing_body(
+    r: &mut Response<Body>,
+    json: bool,
+    entries: Vec<serde_json::Value>,
+    names: Vec<String>,
+) {
+    let (body, kind) = if json {
+        (
+            serde_json::Value::Array(entries).to_string(),
+            "application/json; charset=utf-8",
+        )
+    } else if names.is_empty() {
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        return;
+    } else {
+        (
+            names.iter().map(|n| format!("{n}\n")).collect(),
+            "text/plain; charset=utf-8",
+        )
+    };
+    *r.body_mut() = Full::new(Bytes::from(body))
+        .map_err(|never: Infallible| match never {})
+        .boxed();
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static(kind),
+    );
 }
 
 /// `bytes=a-b`, `bytes=a-`, `bytes=-n` within `size`: `[start, end)`;
