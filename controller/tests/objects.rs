@@ -450,6 +450,52 @@ fn swift_clients_use_containers_and_objects() {
     );
     let account = swift(&["stat"], &tree);
     assert!(account.contains("Containers: 2"), "{account}");
+    // Metadata changed in place (POST), and copies (COPY, X-Copy-From)
+    // that keep it.
+    swift(&["post", "tree", "a.txt", "-m", "color:blue"], &tree);
+    let stat = swift(&["stat", "tree", "a.txt"], &tree);
+    assert!(stat.contains("Meta Color: blue"), "{stat}");
+    swift(
+        &["copy", "tree", "a.txt", "--destination", "/tree/a-copy.txt"],
+        &tree,
+    );
+    let stat = swift(&["stat", "tree", "a-copy.txt"], &tree);
+    assert!(
+        stat.contains("Meta Color: blue") && stat.contains("Content Length: 5"),
+        "{stat}"
+    );
+    let copied = virga_test_support::http::send(
+        swift_port,
+        "PUT",
+        &format!("/v1/AUTH_{project}/tree/b-copy.bin"),
+        &[
+            ("X-Auth-Token", &admin),
+            ("X-Copy-From", "/tree/sub/b.bin"),
+            ("Content-Length", "0"),
+        ],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(copied.status, 201, "{}", copied.body);
+    let missing = virga_test_support::http::send(
+        swift_port,
+        "PUT",
+        &format!("/v1/AUTH_{project}/tree/nothing"),
+        &[
+            ("X-Auth-Token", &admin),
+            ("X-Copy-From", "/tree/absent"),
+            ("Content-Length", "0"),
+        ],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(missing.status, 404);
+    let listed = swift(&["list", "tree"], &tree);
+    assert_eq!(
+        listed.lines().collect::<Vec<_>>(),
+        ["a-copy.txt", "a.txt", "b-copy.bin", "sub/b.bin", "sub/c"],
+        "{listed}"
+    );
 
     // Read back over S3: one store under both APIs.
     let (access, secret) = ec2(&c, &admin);

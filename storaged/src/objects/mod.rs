@@ -590,6 +590,34 @@ impl ObjectStore {
         }
     }
 
+    /// Replaces an object's user metadata and content type (Swift's
+    /// POST), leaving its data as it is; NoSuchKey when there is none.
+    pub async fn set_metadata(
+        &self,
+        bucket: &str,
+        key: &str,
+        metadata: &BTreeMap<String, String>,
+        content_type: Option<&str>,
+    ) -> Result<(), ObjectError> {
+        let metadata = serde_json::to_string(metadata).unwrap_or_else(|_| "{}".into());
+        let changed = sqlx::query(
+            "UPDATE objects SET metadata = ?, content_type = COALESCE(?, content_type), \
+             modified_ms = ? WHERE bucket = ? AND key = ?",
+        )
+        .bind(metadata)
+        .bind(content_type)
+        .bind(now_ms())
+        .bind(bucket)
+        .bind(key.as_bytes())
+        .execute(&self.db)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Err(ObjectError::NoSuchKey);
+        }
+        Ok(())
+    }
+
     /// Removes an object; false when there was none.
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<bool, ObjectError> {
         let mut tx = self.db.begin_with("BEGIN IMMEDIATE").await?;

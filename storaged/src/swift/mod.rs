@@ -7,8 +7,8 @@
 //!
 //! A token works on its own project's account only; a token whose only
 //! role there is `reader` reads and lists but changes nothing.
-//! Not yet: POST (metadata changes), COPY and `X-Copy-From`, static and
-//! dynamic large objects, bulk delete, container ACLs.
+//! Not yet: static and dynamic large objects, bulk delete, container ACLs,
+//! account and container metadata.
 
 pub mod auth;
 
@@ -125,6 +125,17 @@ fn decode(s: &str) -> String {
 /// A query value: `+` is a space there, unlike in a path.
 fn decode_query(s: &str) -> String {
     decode(&s.replace('+', " "))
+}
+
+/// The request's `X-Object-Meta-*` headers, by name without the prefix.
+fn object_meta(req: &Request<Incoming>) -> BTreeMap<String, String> {
+    req.headers()
+        .iter()
+        .filter_map(|(k, v)| {
+            let name = k.as_str().strip_prefix("x-object-meta-")?;
+            Some((name.to_owned(), v.to_str().ok()?.to_owned()))
+        })
+        .collect()
 }
 
 fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
@@ -410,8 +421,45 @@ impl SwiftApi {
         if let Err(r) = self.owned(project, container).await {
             return r;
         }
-        match *req.method() {
+        let copy = *req.method() == Method::PUT && header(&req, "x-copy-from").is_some();
+        match req.method().clone() {
+            Method::PUT if copy => {
+                let from = header(&req, "x-copy-from").unwrap_or_default().to_owned();
+                self.copy(req, project, &from, container, key).await
+            }
             Method::PUT => self.put(req, container, key).await,
+            Method::POST => {
+                let content_type = header(&req, "content-type").map(str::to_owned);
+                match self
+                    .store
+                    .set_metadata(container, key, &object_meta(&req), content_type.as_deref())
+                    .await
+                {
+                    Ok(()) => full(StatusCode::ACCEPTED, Bytes::new()),
+                    Err(e) => store_error(e),
+                }
+            }
+            m if m.as_str() == "COPY" => {
+                // COPY /v1/A/c/o, Destination: c2/o2.
+                let Some(dest) = header(&req, "destination").map(str::to_owned) else {
+                    return error(
+                        StatusCode::PRECONDITION_FAILED,
+                        "Destination header required",
+                    );
+                };
+                let Some((dc, dk)) = dest.trim_start_matches('/').split_once('/') else {
+                    return error(
+                        StatusCode::PRECONDITION_FAILED,
+                        "Destination is container/object",
+                    );
+                };
+                let (dc, dk) = (decode(dc), decode(dk));
+                if let Err(r) = self.owned(project, &dc).await {
+                    return r;
+                }
+                let from = format!("{container}/{key}");
+                self.copy(req, project, &from, &dc, &dk).await
+            }
             Method::GET | Method::HEAD => self.get(req, container, key).await,
             Method::DELETE => match self.store.delete(container, key).await {
                 Ok(true) => full(StatusCode::NO_CONTENT, Bytes::new()),
@@ -422,8 +470,65 @@ impl SwiftApi {
         }
     }
 
+    /// Copies object `from` (`container/object`, of this project) to
+    /// `container`/`key`: its data, and its metadata unless the request
+    /// gives some (`X-Object-Meta-*`), as Swift does.
+    async fn copy(
+        &self,
+        req: Request<Incoming>,
+        project: &str,
+        from: &str,
+        container: &str,
+        key: &str,
+    ) -> Response<Body> {
+        let Some((sc, sk)) = from.trim_start_matches('/').split_once('/') else {
+            return error(
+                StatusCode::PRECONDITION_FAILED,
+                "X-Copy-From is container/object",
+            );
+        };
+        let (sc, sk) = (decode(sc), decode(sk));
+        if let Err(r) = self.owned(project, &sc).await {
+            return r;
+        }
+        let src = match self.store.head(&sc, &sk).await {
+            Ok(i) => i,
+            Err(e) => return store_error(e),
+        };
+        let (id, path, size, md5) = match self.store.copy_data(&src, 0, src.size).await {
+            Ok(c) => c,
+            Err(e) => return store_error(e),
+        };
+        let given = object_meta(&req);
+        let etag: String = md5.iter().map(|b| format!("{b:02x}")).collect();
+        let info = ObjectInfo {
+            key: key.to_owned(),
+            size,
+            etag: etag.clone(),
+            content_type: header(&req, "content-type")
+                .map(str::to_owned)
+                .or(src.content_type.clone()),
+            content_encoding: src.content_encoding.clone(),
+            metadata: if given.is_empty() {
+                src.metadata.clone()
+            } else {
+                given
+            },
+            ..Default::default()
+        };
+        if let Err(e) = self.store.commit(container, &id, info).await {
+            self.store.discard(&path);
+            return store_error(e);
+        }
+        let mut r = full(StatusCode::CREATED, Bytes::new());
+        if let Ok(v) = etag.parse() {
+            r.headers_mut().insert("etag", v);
+        }
+        r
+    }
+
     async fn put(&self, req: Request<Incoming>, container: &str, key: &str) -> Response<Body> {
-        if header(&req, "x-copy-from").is_some() || header(&req, "x-object-manifest").is_some() {
+        if header(&req, "x-object-manifest").is_some() {
             return error(StatusCode::NOT_IMPLEMENTED, "Not Implemented");
         }
         let expected_etag = header(&req, "etag").map(|e| e.trim_matches('"').to_ascii_lowercase());
@@ -440,14 +545,7 @@ impl SwiftApi {
         };
         let content_type = header(&req, "content-type").map(str::to_owned);
         let content_encoding = header(&req, "content-encoding").map(str::to_owned);
-        let metadata: BTreeMap<String, String> = req
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| {
-                let name = k.as_str().strip_prefix("x-object-meta-")?;
-                Some((name.to_owned(), v.to_str().ok()?.to_owned()))
-            })
-            .collect();
+        let metadata = object_meta(&req);
         let mut sink = match BlobSink::start(&self.store) {
             Ok(s) => s,
             Err(e) => return store_error(e),
