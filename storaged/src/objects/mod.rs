@@ -95,6 +95,9 @@ pub struct ObjectInfo {
     /// Unix milliseconds.
     pub modified_ms: i64,
     pub blob: String,
+    /// A Swift dynamic large object's `container/prefix`: the object reads
+    /// as its segments' data, in name order.
+    pub manifest: Option<String>,
 }
 
 /// One page of a listing.
@@ -170,6 +173,7 @@ const SCHEMA: &[&str] = &[
         metadata TEXT NOT NULL,
         checksums TEXT NOT NULL,
         modified_ms INTEGER NOT NULL,
+        manifest TEXT,
         format INTEGER NOT NULL,
         PRIMARY KEY (bucket, key)
     )",
@@ -465,11 +469,12 @@ impl ObjectStore {
                 .map(|r| r.get("blob"));
         sqlx::query(
             "INSERT INTO objects (bucket, key, blob, size, etag, content_type, content_encoding, \
-             metadata, checksums, modified_ms, format) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             metadata, checksums, modified_ms, manifest, format) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (bucket, key) DO UPDATE SET blob = excluded.blob, size = excluded.size, \
              etag = excluded.etag, content_type = excluded.content_type, \
              content_encoding = excluded.content_encoding, metadata = excluded.metadata, \
-             checksums = excluded.checksums, modified_ms = excluded.modified_ms, format = excluded.format",
+             checksums = excluded.checksums, modified_ms = excluded.modified_ms, \
+             manifest = excluded.manifest, format = excluded.format",
         )
         .bind(bucket)
         .bind(info.key.as_bytes())
@@ -481,6 +486,7 @@ impl ObjectStore {
         .bind(metadata)
         .bind(checksums)
         .bind(info.modified_ms)
+        .bind(&info.manifest)
         .bind(FORMAT)
         .execute(&mut *tx)
         .await?;
@@ -521,11 +527,12 @@ impl ObjectStore {
             checksums: serde_json::from_str(row.get::<&str, _>("checksums")).unwrap_or_default(),
             modified_ms: row.get("modified_ms"),
             blob: row.get("blob"),
+            manifest: row.get("manifest"),
         }
     }
 
     const OBJECT_COLUMNS: &'static str =
-        "key, blob, size, etag, content_type, content_encoding, metadata, checksums, modified_ms";
+        "key, blob, size, etag, content_type, content_encoding, metadata, checksums, modified_ms, manifest";
 
     pub async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, ObjectError> {
         let row = sqlx::query(&format!(

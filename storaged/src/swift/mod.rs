@@ -7,8 +7,9 @@
 //!
 //! A token works on its own project's account only; a token whose only
 //! role there is `reader` reads and lists but changes nothing.
-//! Not yet: static and dynamic large objects, bulk delete, container ACLs,
-//! account and container metadata.
+//! Dynamic large objects (`X-Object-Manifest`) read as their segments.
+//! Not yet: static large objects, bulk delete, container ACLs, account and
+//! container metadata.
 
 pub mod auth;
 
@@ -460,7 +461,7 @@ impl SwiftApi {
                 let from = format!("{container}/{key}");
                 self.copy(req, project, &from, &dc, &dk).await
             }
-            Method::GET | Method::HEAD => self.get(req, container, key).await,
+            Method::GET | Method::HEAD => self.get(req, project, container, key).await,
             Method::DELETE => match self.store.delete(container, key).await {
                 Ok(true) => full(StatusCode::NO_CONTENT, Bytes::new()),
                 Ok(false) => error(StatusCode::NOT_FOUND, "Not Found"),
@@ -528,9 +529,19 @@ impl SwiftApi {
     }
 
     async fn put(&self, req: Request<Incoming>, container: &str, key: &str) -> Response<Body> {
-        if header(&req, "x-object-manifest").is_some() {
-            return error(StatusCode::NOT_IMPLEMENTED, "Not Implemented");
-        }
+        // A dynamic large object: `container/prefix` of its segments.
+        let manifest = match header(&req, "x-object-manifest") {
+            None => None,
+            Some(m) => match decode(m).split_once('/') {
+                Some((c, _)) if !c.is_empty() => Some(decode(m)),
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "X-Object-Manifest must be in the format container/prefix",
+                    )
+                }
+            },
+        };
         let expected_etag = header(&req, "etag").map(|e| e.trim_matches('"').to_ascii_lowercase());
         let length = match header(&req, "content-length").map(str::parse::<u64>) {
             Some(Ok(n)) if n > MAX_FILE_SIZE => {
@@ -595,6 +606,7 @@ impl SwiftApi {
             content_type,
             content_encoding,
             metadata,
+            manifest,
             ..Default::default()
         };
         if let Err(e) = self.store.commit(container, &id, info).await {
@@ -610,10 +622,64 @@ impl SwiftApi {
         r
     }
 
-    async fn get(&self, req: Request<Incoming>, container: &str, key: &str) -> Response<Body> {
+    /// A dynamic large object's segments: the objects of its manifest's
+    /// container (this project's) whose names start with its prefix, in
+    /// name order.
+    async fn segments(
+        &self,
+        project: &str,
+        manifest: &str,
+    ) -> Result<Vec<ObjectInfo>, Response<Body>> {
+        let (container, prefix) = manifest.split_once('/').unwrap_or((manifest, ""));
+        self.owned(project, container).await?;
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list(container, prefix, None, after.as_deref(), 1000)
+                .await
+                .map_err(store_error)?;
+            all.extend(page.objects);
+            if !page.truncated || all.len() > 100_000 {
+                return Ok(all);
+            }
+            after = page.last;
+        }
+    }
+
+    async fn get(
+        &self,
+        req: Request<Incoming>,
+        project: &str,
+        container: &str,
+        key: &str,
+    ) -> Response<Body> {
         let info = match self.store.head(container, key).await {
             Ok(i) => i,
             Err(e) => return store_error(e),
+        };
+        // A dynamic large object reads as its segments, and its ETag is
+        // the MD5 of theirs, quoted (as Swift gives it).
+        let (info, parts) = match &info.manifest {
+            None => (info, None),
+            Some(m) => {
+                let parts = match self.segments(project, m).await {
+                    Ok(p) => p,
+                    Err(r) => return r,
+                };
+                let mut md5 = Md5::new();
+                for p in &parts {
+                    md5.update(p.etag.as_bytes());
+                }
+                let etag: String = md5.finalize().iter().map(|b| format!("{b:02x}")).collect();
+                let whole = ObjectInfo {
+                    size: parts.iter().map(|p| p.size).sum(),
+                    etag: format!("\"{etag}\""),
+                    ..info
+                };
+                (whole, Some(parts))
+            }
         };
         let (start, end, partial) = match header(&req, "range").map(|r| parse_range(r, info.size)) {
             None => (0, info.size, false),
@@ -632,18 +698,49 @@ impl SwiftApi {
         let mut r = if *req.method() == Method::HEAD {
             full(StatusCode::OK, Bytes::new())
         } else {
-            let blob = match self.store.open_blob(&info) {
-                Ok(b) => b,
-                Err(e) => return store_error(e),
+            // The pieces read: one blob, or the segments' overlapping
+            // `[start, end)`, each opened (and checked) as it comes.
+            let pieces: Vec<(ObjectInfo, u64, u64)> = match &parts {
+                None => vec![(info.clone(), start, end)],
+                Some(parts) => {
+                    let mut at = 0u64;
+                    let mut pieces = Vec::new();
+                    for p in parts {
+                        let (from, to) = (at, at + p.size);
+                        if to > start && from < end {
+                            pieces.push((p.clone(), start.max(from) - from, end.min(to) - from));
+                        }
+                        at = to;
+                    }
+                    pieces
+                }
             };
+            let store = self.store.clone();
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
             tokio::task::spawn_blocking(move || {
-                let sent = blob.read_range(start, end, |part| {
-                    tx.blocking_send(Ok(Frame::data(Bytes::from(part)))).is_ok()
-                });
-                if let Err(e) = sent {
-                    tracing::error!("swift: {e}");
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                for (piece, from, to) in pieces {
+                    let mut open = true;
+                    let read =
+                        store
+                            .open_blob(&piece)
+                            .map_err(|e| e.to_string())
+                            .and_then(|blob| {
+                                blob.read_range(from, to, |part| {
+                                    open = tx
+                                        .blocking_send(Ok(Frame::data(Bytes::from(part))))
+                                        .is_ok();
+                                    open
+                                })
+                                .map_err(|e| e.to_string())
+                            });
+                    if let Err(e) = read {
+                        tracing::error!("swift: {e}");
+                        let _ = tx.blocking_send(Err(std::io::Error::other(e)));
+                        return;
+                    }
+                    if !open {
+                        return;
+                    }
                 }
             });
             let mut r = Response::new(http_body_util::StreamBody::new(Frames(rx)).boxed());
@@ -691,6 +788,13 @@ impl SwiftApi {
             if let Ok(v) = format!("bytes {}-{}/{}", start, end - 1, info.size).parse() {
                 h.insert("content-range", v);
             }
+        }
+        if let Some(Ok(v)) = info
+            .manifest
+            .as_deref()
+            .map(hyper::header::HeaderValue::from_str)
+        {
+            h.insert("x-object-manifest", v);
         }
         r
     }
