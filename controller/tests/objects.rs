@@ -615,6 +615,29 @@ fn swift_clients_use_containers_and_objects() {
     assert_eq!(bad.status, 422);
     assert_eq!(raw(&admin, "HEAD", "/docs/bad"), 404);
     assert_eq!(raw(&admin, "DELETE", "/docs"), 409);
+    let bulk = virga_test_support::http::send(
+        swift_port,
+        "POST",
+        &format!("/v1/AUTH_{project}?bulk-delete"),
+        &[
+            ("X-Auth-Token", &admin),
+            ("Accept", "application/json"),
+            ("Content-Type", "text/plain"),
+        ],
+        b"/tree/a-copy.txt\n/tree/absent\n/nocontainer/x\n/tree\n",
+    )
+    .unwrap();
+    assert_eq!(bulk.status, 200, "{}", bulk.body);
+    let counts: serde_json::Value = serde_json::from_str(&bulk.body).unwrap();
+    assert_eq!(
+        (
+            &counts["Number Deleted"],
+            &counts["Number Not Found"],
+            counts["Errors"].as_array().map(Vec::len)
+        ),
+        (&json!(1), &json!(2), Some(1)),
+        "the container still has objects: {counts}"
+    );
     swift(&["delete", "tree"], &tree);
     os(&["object", "delete", "docs", "notes/hello.txt"]);
     os(&["container", "delete", "docs"]);

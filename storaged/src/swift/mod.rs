@@ -7,9 +7,9 @@
 //!
 //! A token works on its own project's account only; a token whose only
 //! role there is `reader` reads and lists but changes nothing.
-//! Dynamic large objects (`X-Object-Manifest`) read as their segments.
-//! Not yet: static large objects, bulk delete, container ACLs, account and
-//! container metadata.
+//! Dynamic large objects (`X-Object-Manifest`) read as their segments;
+//! `?bulk-delete` deletes many paths in one request. Not yet: static large
+//! objects, container ACLs, account and container metadata.
 
 pub mod auth;
 
@@ -34,6 +34,8 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 
 /// The largest object a single PUT makes (Swift's default).
 const MAX_FILE_SIZE: u64 = 5 * 1024 * 1024 * 1024 + 2;
+/// The most paths one bulk delete takes.
+const BULK_DELETES: usize = 10_000;
 /// The most names one listing gives.
 const LISTING_LIMIT: usize = 10_000;
 
@@ -224,6 +226,13 @@ impl SwiftApi {
             return error(StatusCode::FORBIDDEN, "Forbidden");
         }
         match (container, object) {
+            (None, _) if *req.method() == Method::POST || *req.method() == Method::DELETE => {
+                if query(&req).contains_key("bulk-delete") {
+                    self.bulk_delete(req, project).await
+                } else {
+                    error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+                }
+            }
             (None, _) => self.account(req, project).await,
             (Some(c), None) => self.container(req, project, &c).await,
             (Some(c), Some(o)) => self.object(req, project, &c, &o).await,
@@ -243,6 +252,10 @@ impl SwiftApi {
                 "max_meta_value_length": 256,
                 "strict_cors_mode": true,
                 "policies": [{"name": "default", "default": true}],
+            },
+            "bulk_delete": {
+                "max_deletes_per_request": BULK_DELETES,
+                "max_failed_deletes": BULK_DELETES,
             }
         });
         let mut r = full(StatusCode::OK, body.to_string());
@@ -262,6 +275,93 @@ impl SwiftApi {
             Ok(_) => Err(error(StatusCode::NOT_FOUND, "Not Found")),
             Err(e) => Err(store_error(e)),
         }
+    }
+
+    /// `?bulk-delete`: the body lists `/container/object` or `/container`
+    /// paths (URL-encoded, one per line); each is deleted (objects before
+    /// their containers, if listed so), and the answer counts them, as
+    /// Swift's bulk middleware does.
+    async fn bulk_delete(&self, req: Request<Incoming>, project: &str) -> Response<Body> {
+        let json = header(&req, "accept").is_some_and(|a| a.contains("json"));
+        let body = match http_body_util::Limited::new(req.into_body(), BULK_DELETES * 2048)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"),
+        };
+        let text = String::from_utf8_lossy(&body);
+        let paths: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        if paths.len() > BULK_DELETES {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large");
+        }
+        let (mut deleted, mut not_found) = (0u64, 0u64);
+        let mut errors: Vec<(String, &str)> = Vec::new();
+        for raw in paths {
+            let path = decode(raw);
+            let path = path.trim_start_matches('/');
+            let (container, object) = match path.split_once('/') {
+                Some((c, o)) if !o.is_empty() => (c, Some(o)),
+                Some((c, _)) => (c, None),
+                None => (path, None),
+            };
+            if let Err(r) = self.owned(project, container).await {
+                match r.status() {
+                    StatusCode::NOT_FOUND => not_found += 1,
+                    _ => errors.push((raw.to_owned(), "403 Forbidden")),
+                }
+                continue;
+            }
+            let result = match object {
+                Some(o) => self
+                    .store
+                    .delete(container, o)
+                    .await
+                    .map(|gone| gone as u64),
+                None => self.store.delete_bucket(container).await.map(|()| 1),
+            };
+            match result {
+                Ok(1) => deleted += 1,
+                Ok(_) | Err(ObjectError::NoSuchBucket) => not_found += 1,
+                Err(ObjectError::BucketNotEmpty) => errors.push((raw.to_owned(), "409 Conflict")),
+                Err(e) => {
+                    tracing::error!("swift: bulk delete of {raw}: {e}");
+                    errors.push((raw.to_owned(), "500 Internal Error"));
+                }
+            }
+        }
+        let status = if errors.is_empty() {
+            "200 OK"
+        } else {
+            "400 Bad Request"
+        };
+        let (text, kind) = if json {
+            (
+                json!({"Number Deleted": deleted, "Number Not Found": not_found,
+                       "Response Status": status, "Response Body": "",
+                       "Errors": errors.iter().map(|(p, e)| json!([p, e])).collect::<Vec<_>>()})
+                .to_string(),
+                "application/json; charset=utf-8",
+            )
+        } else {
+            let mut t = format!(
+                "Number Deleted: {deleted}\nNumber Not Found: {not_found}\nResponse Status: {status}\nErrors:\n"
+            );
+            for (p, e) in &errors {
+                t.push_str(&format!("{p}, {e}\n"));
+            }
+            (t, "text/plain; charset=utf-8")
+        };
+        let mut r = full(StatusCode::OK, text);
+        r.headers_mut().insert(
+            "content-type",
+            hyper::header::HeaderValue::from_static(kind),
+        );
+        r
     }
 
     async fn account(&self, req: Request<Incoming>, project: &str) -> Response<Body> {
