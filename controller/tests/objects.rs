@@ -496,35 +496,73 @@ fn swift_clients_use_containers_and_objects() {
         ["a-copy.txt", "a.txt", "b-copy.bin", "sub/b.bin", "sub/c"],
         "{listed}"
     );
-    // A segmented upload (no SLO in /info: swiftclient makes a dynamic
-    // large object), downloaded whole and read across a segment boundary.
+    // Segmented uploads: a static large object (swiftclient's default when
+    // /info offers SLO) and a dynamic one, each downloaded whole (and
+    // MD5-checked by swiftclient) and read across a segment boundary.
     let big: Vec<u8> = (0..(3u32 << 20) + 1000).map(|i| (i % 253) as u8).collect();
     std::fs::write(dir.path().join("big.bin"), &big).unwrap();
-    swift(
-        &["upload", "large", "big.bin", "--segment-size", "1048576"],
-        dir.path(),
+    for (container, how, shows) in [
+        ("large", "--use-slo", "Static-Large-Object: True"),
+        ("large2", "--use-dlo", "Manifest: large2_segments/big.bin/"),
+    ] {
+        swift(
+            &[
+                "upload",
+                container,
+                "big.bin",
+                "--segment-size",
+                "1048576",
+                how,
+            ],
+            dir.path(),
+        );
+        let stat = swift(&["stat", container, "big.bin"], dir.path());
+        assert!(stat.contains(shows), "{how}: {stat}");
+        let got = dir.path().join(format!("got-{container}"));
+        std::fs::create_dir_all(&got).unwrap();
+        swift(&["download", container, "big.bin"], &got);
+        assert!(
+            std::fs::read(got.join("big.bin")).unwrap() == big,
+            "{how}: the segments joined"
+        );
+        let across = virga_test_support::http::send(
+            swift_port,
+            "GET",
+            &format!("/v1/AUTH_{project}/{container}/big.bin"),
+            &[("X-Auth-Token", &admin), ("Range", "bytes=1048570-1048589")],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(across.status, 206, "{how}");
+        assert_eq!(across.bytes, big[1_048_570..1_048_590], "{how}");
+        // Deleting the object deletes its segments (swiftclient asks).
+        swift(&["delete", container], dir.path());
+        let segments = format!("{container}_segments");
+        let left = swift(&["list", &segments], dir.path());
+        assert_eq!(left.trim(), "", "{how}: segments left");
+        swift(&["delete", &segments], dir.path());
+    }
+    // A manifest naming a segment that is not there, or too small, is 400.
+    let bad_slo = |body: &str| {
+        virga_test_support::http::send(
+            swift_port,
+            "PUT",
+            &format!("/v1/AUTH_{project}/tree/slo?multipart-manifest=put"),
+            &[
+                ("X-Auth-Token", &admin),
+                ("Content-Length", &body.len().to_string()),
+            ],
+            body.as_bytes(),
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(bad_slo(r#"[{"path": "/tree/absent"}]"#), 400);
+    assert_eq!(
+        bad_slo(r#"[{"path": "/tree/a.txt"}, {"path": "/tree/a.txt"}]"#),
+        400
     );
-    let stat = swift(&["stat", "large", "big.bin"], dir.path());
-    assert!(stat.contains("Manifest: large_segments/big.bin/"), "{stat}");
-    let got = dir.path().join("got");
-    std::fs::create_dir_all(&got).unwrap();
-    swift(&["download", "large", "big.bin"], &got);
-    assert!(
-        std::fs::read(got.join("big.bin")).unwrap() == big,
-        "the segments joined"
-    );
-    let across = virga_test_support::http::send(
-        swift_port,
-        "GET",
-        &format!("/v1/AUTH_{project}/large/big.bin"),
-        &[("X-Auth-Token", &admin), ("Range", "bytes=1048570-1048589")],
-        b"",
-    )
-    .unwrap();
-    assert_eq!(across.status, 206);
-    assert_eq!(across.bytes, big[1_048_570..1_048_590]);
-    swift(&["delete", "large"], dir.path());
-    swift(&["delete", "large_segments"], dir.path());
+    assert_eq!(bad_slo("not json"), 400);
 
     // Read back over S3: one store under both APIs.
     let (access, secret) = ec2(&c, &admin);

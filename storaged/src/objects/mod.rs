@@ -98,6 +98,9 @@ pub struct ObjectInfo {
     /// A Swift dynamic large object's `container/prefix`: the object reads
     /// as its segments' data, in name order.
     pub manifest: Option<String>,
+    /// A Swift static large object's segments, as their JSON manifest: the
+    /// object reads as them, in the manifest's order.
+    pub segments: Option<String>,
 }
 
 /// One page of a listing.
@@ -174,6 +177,7 @@ const SCHEMA: &[&str] = &[
         checksums TEXT NOT NULL,
         modified_ms INTEGER NOT NULL,
         manifest TEXT,
+        segments TEXT,
         format INTEGER NOT NULL,
         PRIMARY KEY (bucket, key)
     )",
@@ -469,12 +473,13 @@ impl ObjectStore {
                 .map(|r| r.get("blob"));
         sqlx::query(
             "INSERT INTO objects (bucket, key, blob, size, etag, content_type, content_encoding, \
-             metadata, checksums, modified_ms, manifest, format) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             metadata, checksums, modified_ms, manifest, segments, format) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (bucket, key) DO UPDATE SET blob = excluded.blob, size = excluded.size, \
              etag = excluded.etag, content_type = excluded.content_type, \
              content_encoding = excluded.content_encoding, metadata = excluded.metadata, \
              checksums = excluded.checksums, modified_ms = excluded.modified_ms, \
-             manifest = excluded.manifest, format = excluded.format",
+             manifest = excluded.manifest, segments = excluded.segments, format = excluded.format",
         )
         .bind(bucket)
         .bind(info.key.as_bytes())
@@ -487,6 +492,7 @@ impl ObjectStore {
         .bind(checksums)
         .bind(info.modified_ms)
         .bind(&info.manifest)
+        .bind(&info.segments)
         .bind(FORMAT)
         .execute(&mut *tx)
         .await?;
@@ -528,11 +534,12 @@ impl ObjectStore {
             modified_ms: row.get("modified_ms"),
             blob: row.get("blob"),
             manifest: row.get("manifest"),
+            segments: row.get("segments"),
         }
     }
 
     const OBJECT_COLUMNS: &'static str =
-        "key, blob, size, etag, content_type, content_encoding, metadata, checksums, modified_ms, manifest";
+        "key, blob, size, etag, content_type, content_encoding, metadata, checksums, modified_ms, manifest, segments";
 
     pub async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, ObjectError> {
         let row = sqlx::query(&format!(

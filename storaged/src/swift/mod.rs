@@ -7,9 +7,10 @@
 //!
 //! A token works on its own project's account only; a token whose only
 //! role there is `reader` reads and lists but changes nothing.
-//! Dynamic large objects (`X-Object-Manifest`) read as their segments;
-//! `?bulk-delete` deletes many paths in one request. Not yet: static large
-//! objects, container ACLs, account and container metadata.
+//! Static (`?multipart-manifest=put`) and dynamic (`X-Object-Manifest`)
+//! large objects read as their segments; `?bulk-delete` deletes many paths
+//! in one request. Not yet: container ACLs, account and container metadata,
+//! temporary URLs.
 
 pub mod auth;
 
@@ -34,6 +35,11 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 
 /// The largest object a single PUT makes (Swift's default).
 const MAX_FILE_SIZE: u64 = 5 * 1024 * 1024 * 1024 + 2;
+/// A static large object's limits: segments, manifest bytes, and the
+/// smallest segment but the last.
+const SLO_SEGMENTS: usize = 1000;
+const SLO_MANIFEST_BYTES: usize = 8 << 20;
+const SLO_MIN_SEGMENT: u64 = 1 << 20;
 /// The most paths one bulk delete takes.
 const BULK_DELETES: usize = 10_000;
 /// The most names one listing gives.
@@ -252,6 +258,11 @@ impl SwiftApi {
                 "max_meta_value_length": 256,
                 "strict_cors_mode": true,
                 "policies": [{"name": "default", "default": true}],
+            },
+            "slo": {
+                "max_manifest_segments": SLO_SEGMENTS,
+                "max_manifest_size": SLO_MANIFEST_BYTES,
+                "min_segment_size": SLO_MIN_SEGMENT,
             },
             "bulk_delete": {
                 "max_deletes_per_request": BULK_DELETES,
@@ -528,7 +539,53 @@ impl SwiftApi {
                 let from = header(&req, "x-copy-from").unwrap_or_default().to_owned();
                 self.copy(req, project, &from, container, key).await
             }
+            Method::PUT
+                if query(&req).get("multipart-manifest").map(String::as_str) == Some("put") =>
+            {
+                self.put_slo(req, project, container, key).await
+            }
             Method::PUT => self.put(req, container, key).await,
+            Method::GET
+                if query(&req).get("multipart-manifest").map(String::as_str) == Some("get") =>
+            {
+                match self.store.head(container, key).await {
+                    Ok(ObjectInfo {
+                        segments: Some(m), ..
+                    }) => {
+                        let mut r = full(StatusCode::OK, m);
+                        r.headers_mut().insert(
+                            "content-type",
+                            hyper::header::HeaderValue::from_static(
+                                "application/json; charset=utf-8",
+                            ),
+                        );
+                        r
+                    }
+                    Ok(_) => self.get(req, project, container, key).await,
+                    Err(e) => store_error(e),
+                }
+            }
+            Method::DELETE
+                if query(&req).get("multipart-manifest").map(String::as_str) == Some("delete") =>
+            {
+                // The segments first, then the manifest.
+                let info = match self.store.head(container, key).await {
+                    Ok(i) => i,
+                    Err(e) => return store_error(e),
+                };
+                for path in slo_paths(info.segments.as_deref()) {
+                    if let Some((c, o)) = path.split_once('/') {
+                        if self.owned(project, c).await.is_ok() {
+                            let _ = self.store.delete(c, o).await;
+                        }
+                    }
+                }
+                match self.store.delete(container, key).await {
+                    Ok(true) => full(StatusCode::NO_CONTENT, Bytes::new()),
+                    Ok(false) => error(StatusCode::NOT_FOUND, "Not Found"),
+                    Err(e) => store_error(e),
+                }
+            }
             Method::POST => {
                 let content_type = header(&req, "content-type").map(str::to_owned);
                 match self
@@ -722,6 +779,132 @@ impl SwiftApi {
         r
     }
 
+    /// `?multipart-manifest=put`: a static large object from the JSON list
+    /// of its segments (`path` `/container/object`, optional `etag` and
+    /// `size_bytes`), each checked against what is stored now; all but the
+    /// last at least 1 MiB. Its ETag is the MD5 of the segments' ETags.
+    async fn put_slo(
+        &self,
+        req: Request<Incoming>,
+        project: &str,
+        container: &str,
+        key: &str,
+    ) -> Response<Body> {
+        let content_type = header(&req, "content-type").map(str::to_owned);
+        let metadata = object_meta(&req);
+        let body = match http_body_util::Limited::new(req.into_body(), SLO_MANIFEST_BYTES)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "Manifest too large"),
+        };
+        let bad = |why: String| error(StatusCode::BAD_REQUEST, &why);
+        let Ok(serde_json::Value::Array(list)) = serde_json::from_slice::<serde_json::Value>(&body)
+        else {
+            return bad("Manifest must be valid JSON: a list of segments".into());
+        };
+        if list.is_empty() || list.len() > SLO_SEGMENTS {
+            return bad(format!("A manifest has 1 to {SLO_SEGMENTS} segments"));
+        }
+        let mut segments = Vec::with_capacity(list.len());
+        let mut md5 = Md5::new();
+        let mut size = 0u64;
+        for (i, item) in list.iter().enumerate() {
+            let Some(path) = item["path"].as_str() else {
+                return bad(format!("Segment {i}: a path is needed"));
+            };
+            let path = decode(path.trim_start_matches('/'));
+            let Some((c, o)) = path.split_once('/') else {
+                return bad(format!("Segment {i}: the path is /container/object"));
+            };
+            if self.owned(project, c).await.is_err() {
+                return bad(format!("Segment {i}: {path} not found"));
+            }
+            let seg = match self.store.head(c, o).await {
+                Ok(s) => s,
+                Err(_) => return bad(format!("Segment {i}: {path} not found")),
+            };
+            if seg.manifest.is_some() || seg.segments.is_some() {
+                return bad(format!("Segment {i}: {path} is a manifest itself"));
+            }
+            if item["etag"]
+                .as_str()
+                .is_some_and(|e| e.trim_matches('"') != seg.etag)
+            {
+                return bad(format!("Segment {i}: {path}: Etag Mismatch"));
+            }
+            if item["size_bytes"].as_u64().is_some_and(|n| n != seg.size) {
+                return bad(format!("Segment {i}: {path}: Size Mismatch"));
+            }
+            if i + 1 < list.len() && seg.size < SLO_MIN_SEGMENT {
+                return bad(format!("Segment {i}: {path}: Too Small; each segment but the last must be at least 1 MiB"));
+            }
+            md5.update(seg.etag.as_bytes());
+            size += seg.size;
+            segments.push(
+                json!({"path": format!("/{path}"), "etag": seg.etag, "size_bytes": seg.size}),
+            );
+        }
+        let etag: String = md5.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        // The manifest has no data of its own: an empty blob.
+        let sink = match BlobSink::start(&self.store) {
+            Ok(s) => s,
+            Err(e) => return store_error(e),
+        };
+        let (id, path) = (sink.id.clone(), sink.path.clone());
+        if let Err(e) = sink.finish(&self.store).await {
+            return store_error(e);
+        }
+        let info = ObjectInfo {
+            key: key.to_owned(),
+            size,
+            etag: format!("\"{etag}\""),
+            content_type,
+            metadata,
+            segments: Some(serde_json::Value::Array(segments).to_string()),
+            ..Default::default()
+        };
+        if let Err(e) = self.store.commit(container, &id, info).await {
+            self.store.discard(&path);
+            return store_error(e);
+        }
+        let mut r = full(StatusCode::CREATED, Bytes::new());
+        if let Ok(v) = format!("\"{etag}\"").parse() {
+            r.headers_mut().insert("etag", v);
+        }
+        r
+    }
+
+    /// A static large object's segments, as stored now; 409 when one is
+    /// gone (the object cannot be read whole).
+    async fn slo_segments(
+        &self,
+        project: &str,
+        list: &str,
+    ) -> Result<Vec<ObjectInfo>, Response<Body>> {
+        let mut parts = Vec::new();
+        for path in slo_paths(Some(list)) {
+            let Some((c, o)) = path.split_once('/') else {
+                return Err(error(
+                    StatusCode::CONFLICT,
+                    "A segment of the object is gone",
+                ));
+            };
+            self.owned(project, c).await?;
+            match self.store.head(c, o).await {
+                Ok(seg) => parts.push(seg),
+                Err(_) => {
+                    return Err(error(
+                        StatusCode::CONFLICT,
+                        "A segment of the object is gone",
+                    ))
+                }
+            }
+        }
+        Ok(parts)
+    }
+
     /// A dynamic large object's segments: the objects of its manifest's
     /// container (this project's) whose names start with its prefix, in
     /// name order.
@@ -761,10 +944,15 @@ impl SwiftApi {
         };
         // A dynamic large object reads as its segments, and its ETag is
         // the MD5 of theirs, quoted (as Swift gives it).
-        let (info, parts) = match &info.manifest {
+        let listed = match (&info.manifest, &info.segments) {
+            (Some(m), _) => Some(self.segments(project, m).await),
+            (None, Some(list)) => Some(self.slo_segments(project, list).await),
+            (None, None) => None,
+        };
+        let (info, parts) = match listed {
             None => (info, None),
-            Some(m) => {
-                let parts = match self.segments(project, m).await {
+            Some(parts) => {
+                let parts = match parts {
                     Ok(p) => p,
                     Err(r) => return r,
                 };
@@ -896,8 +1084,27 @@ impl SwiftApi {
         {
             h.insert("x-object-manifest", v);
         }
+        if info.segments.is_some() {
+            h.insert(
+                "x-static-large-object",
+                hyper::header::HeaderValue::from_static("True"),
+            );
+        }
         r
     }
+}
+
+/// The `container/object` paths of a static large object's manifest.
+fn slo_paths(list: Option<&str>) -> Vec<String> {
+    list.and_then(|l| serde_json::from_str::<Vec<serde_json::Value>>(l).ok())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| {
+            s["path"]
+                .as_str()
+                .map(|p| p.trim_start_matches('/').to_owned())
+        })
+        .collect()
 }
 
 /// Puts a listing in `r`: JSON, or one name per line (204 when there are
