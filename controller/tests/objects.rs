@@ -496,6 +496,7 @@ fn swift_clients_use_containers_and_objects() {
         ["a-copy.txt", "a.txt", "b-copy.bin", "sub/b.bin", "sub/c"],
         "{listed}"
     );
+    let (access, secret) = ec2(&c, &admin);
     // Segmented uploads: a static large object (swiftclient's default when
     // /info offers SLO) and a dynamic one, each downloaded whole (and
     // MD5-checked by swiftclient) and read across a segment boundary.
@@ -518,6 +519,23 @@ fn swift_clients_use_containers_and_objects() {
         );
         let stat = swift(&["stat", container, "big.bin"], dir.path());
         assert!(stat.contains(shows), "{how}: {stat}");
+        // Over S3 a large object is refused with a reason, not served wrong.
+        let over_s3 = Command::new(&python)
+            .args([
+                "-c",
+                "import boto3,sys\nfrom botocore.exceptions import ClientError\ntry:\n    boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3], region_name='us-east-1').get_object(Bucket=sys.argv[4], Key='big.bin')\n    print('served')\nexcept ClientError as e:\n    print(e.response['Error']['Code'])",
+                &format!("http://127.0.0.1:{s3_port}"),
+                &access,
+                &secret,
+                container,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&over_s3.stdout).trim(),
+            "NotImplemented",
+            "{how}"
+        );
         let got = dir.path().join(format!("got-{container}"));
         std::fs::create_dir_all(&got).unwrap();
         swift(&["download", container, "big.bin"], &got);
@@ -565,7 +583,6 @@ fn swift_clients_use_containers_and_objects() {
     assert_eq!(bad_slo("not json"), 400);
 
     // Read back over S3: one store under both APIs.
-    let (access, secret) = ec2(&c, &admin);
     let out = Command::new(&python)
         .args([
             "-c",

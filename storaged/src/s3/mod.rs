@@ -58,6 +58,18 @@ fn object_error(e: ObjectError) -> S3Error {
     }
 }
 
+/// Refuses a Swift large object (a manifest: its data is its segments',
+/// which only the Swift API joins).
+fn plain(info: ObjectInfo) -> S3Result<ObjectInfo> {
+    if info.manifest.is_some() || info.segments.is_some() {
+        return Err(s3_error!(
+            NotImplemented,
+            "a Swift large object: read it over the Swift API"
+        ));
+    }
+    Ok(info)
+}
+
 fn timestamp(ms: i64) -> Timestamp {
     Timestamp::from(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
 }
@@ -264,7 +276,11 @@ impl S3Api {
             return Err(s3_error!(NotImplemented, "object versions"));
         }
         self.owned(req, bucket).await?;
-        self.store.head(bucket, key).await.map_err(object_error)
+        self.store
+            .head(bucket, key)
+            .await
+            .map_err(object_error)
+            .and_then(plain)
     }
 
     /// A copy's source conditions: any that fails is 412, as S3 answers.
@@ -529,7 +545,8 @@ impl S3 for S3Api {
             .store
             .head(&input.bucket, &input.key)
             .await
-            .map_err(object_error)?;
+            .map_err(object_error)
+            .and_then(plain)?;
         Self::conditions(
             &info,
             input.if_match.as_ref(),
@@ -564,7 +581,8 @@ impl S3 for S3Api {
             .store
             .head(&input.bucket, &input.key)
             .await
-            .map_err(object_error)?;
+            .map_err(object_error)
+            .and_then(plain)?;
         Self::conditions(
             &info,
             input.if_match.as_ref(),

@@ -859,7 +859,7 @@ impl SwiftApi {
         let info = ObjectInfo {
             key: key.to_owned(),
             size,
-            etag: format!("\"{etag}\""),
+            etag: etag.clone(),
             content_type,
             metadata,
             segments: Some(serde_json::Value::Array(segments).to_string()),
