@@ -289,6 +289,9 @@ EOF
                     $bb printf "virga-rec %s end" $n | $bb dd of=/dev/$d bs=4096 seek=$n conv=sync,fsync 2>/dev/null || break
                     echo "virga-peers-rec $n"
                     n=$((n + 1))
+                    # At least 8 s of records, however fast the disk: the
+                    # host's kill (polled each second) must come mid-stream.
+                    $bb usleep 20000
                 done
                 echo "virga-peers-recs-end $((n - 1))"
             fi
