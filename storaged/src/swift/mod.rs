@@ -536,7 +536,8 @@ impl SwiftApi {
         let copy = *req.method() == Method::PUT && header(&req, "x-copy-from").is_some();
         match req.method().clone() {
             Method::PUT if copy => {
-                let from = header(&req, "x-copy-from").unwrap_or_default().to_owned();
+                // Decoded once, here: COPY's source (the path) already is.
+                let from = decode(header(&req, "x-copy-from").unwrap_or_default());
                 self.copy(req, project, &from, container, key).await
             }
             Method::PUT
@@ -628,7 +629,7 @@ impl SwiftApi {
         }
     }
 
-    /// Copies object `from` (`container/object`, of this project) to
+    /// Copies object `from` (`container/object`, decoded, of this project) to
     /// `container`/`key`: its data, and its metadata unless the request
     /// gives some (`X-Object-Meta-*`), as Swift does.
     async fn copy(
@@ -645,7 +646,7 @@ impl SwiftApi {
                 "X-Copy-From is container/object",
             );
         };
-        let (sc, sk) = (decode(sc), decode(sk));
+        let (sc, sk) = (sc.to_owned(), sk.to_owned());
         if let Err(r) = self.owned(project, &sc).await {
             return r;
         }
