@@ -324,6 +324,24 @@ async fn send(
     path: &str,
     body: Bytes,
 ) -> Result<hyper::Response<Incoming>, HostdError> {
+    let json = "application/json";
+    send_body(base_url, token, method, path, json, Full::new(body)).await
+}
+
+/// [`send`] with a body of any kind (streamed image data).
+pub(crate) async fn send_body<B>(
+    base_url: &str,
+    token: &str,
+    method: hyper::Method,
+    path: &str,
+    content_type: &str,
+    body: B,
+) -> Result<hyper::Response<Incoming>, HostdError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let authority = base_url
         .strip_prefix("http://")
         .map(|a| a.trim_end_matches('/'))
@@ -341,8 +359,8 @@ async fn send(
         .uri(path)
         .header("host", authority)
         .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(Full::new(body))
+        .header("content-type", content_type)
+        .body(body)
         .map_err(|e| unreachable(base_url, e.to_string()))?;
     let resp = sender
         .send_request(req)
@@ -361,7 +379,10 @@ async fn send(
     Err(HostdError::Refused { status, message })
 }
 
-async fn read_body(base_url: &str, resp: hyper::Response<Incoming>) -> Result<Bytes, HostdError> {
+pub(crate) async fn read_body(
+    base_url: &str,
+    resp: hyper::Response<Incoming>,
+) -> Result<Bytes, HostdError> {
     Ok(resp
         .into_body()
         .collect()

@@ -12,6 +12,8 @@
 //! - [`network`]: networks, subnets, ports, security groups (Neutron's
 //!   intended state, which each host's netd converges to)
 //! - [`hostd_client`]: calls to the hosts' hostd APIs
+//! - [`storaged_client`]: calls to the storage hosts' storaged APIs (volumes,
+//!   image data)
 //! - [`api`]: the HTTP APIs (Keystone v3, Nova v2.1, Glance v2, Neutron v2.0)
 
 pub mod api;
@@ -24,5 +26,6 @@ pub mod hostd_client;
 pub mod identity;
 pub mod image;
 pub mod network;
+pub mod storaged_client;
 pub mod store;
 pub mod volume;

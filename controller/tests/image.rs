@@ -248,3 +248,143 @@ fn images_on_postgres() {
         204
     );
 }
+
+/// With a storage host registered, an image's bytes live on its storaged,
+/// not on the controller: a download streams from there, and a host that
+/// fetches what it boots is redirected there with a ticket, which is good
+/// for that image only. Bad data leaves nothing behind; a delete removes
+/// the bytes; a storage host gone answers 503, not a hang.
+#[test]
+fn images_live_on_the_storage_host_and_hosts_fetch_them_there() {
+    use common::storaged::{wait_registered, Storaged};
+    let c = common::start_with(None, &common::hostd::controller_config());
+    let admin = token(&c, "admin", "admin-secret", "admin");
+    let a = ("X-Auth-Token", admin.as_str());
+    let mut storage = Storaged::start(&c, "storage-1");
+    wait_registered(&c, &admin);
+    let images_dir = storage.data_dir.join("images");
+    let create = |format: &str| {
+        let body =
+            format!(r#"{{"name": "i", "disk_format": "{format}", "container_format": "bare"}}"#);
+        let r = call(&c, "POST", "/image/v2/images", &[a], &body);
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["id"].as_str().unwrap().to_owned()
+    };
+
+    // A mostly empty disk: data at the start and at 2 MiB.
+    let mut data = vec![0u8; 3 << 20];
+    data[..5000].fill(1);
+    data[(2 << 20)..(2 << 20) + 7].fill(2);
+    let id = create("raw");
+    assert_eq!(
+        put_bytes(&c, &format!("/image/v2/images/{id}/file"), &admin, &data),
+        204
+    );
+    let img = call(&c, "GET", &format!("/image/v2/images/{id}"), &[a], "").json();
+    assert_eq!(
+        (img["status"].as_str(), img["size"].as_u64()),
+        (Some("active"), Some(3 << 20))
+    );
+    assert!(images_dir.join(&id).exists(), "on the storage host");
+    assert!(
+        !c.dir_path.join("images").join(&id).exists(),
+        "not on the controller"
+    );
+    let r = call(&c, "GET", &format!("/image/v2/images/{id}/file"), &[a], "");
+    assert_eq!(r.status, 200);
+    assert!(r.bytes == data, "the download is the upload");
+    assert_eq!(r.header("content-md5"), img["checksum"].as_str());
+
+    // A host asks the controller; it is sent to the storage host.
+    let host = common::hostd::host_token("compute-1");
+    let bearer = format!("Bearer {host}");
+    let sparse = ("Accept", hostd_proto::sparse::CONTENT_TYPE);
+    let raw = format!("/internal/v1/images/{id}/raw");
+    let r = call(&c, "GET", &raw, &[("Authorization", &bearer), sparse], "");
+    assert_eq!(r.status, 307, "{}", r.body);
+    let location = r.header("location").unwrap().to_owned();
+    let (authority, path) = location
+        .strip_prefix("http://")
+        .and_then(|l| l.split_once('/'))
+        .unwrap();
+    let path = format!("/{path}");
+    let fetched = virga_test_support::http::send(authority, "GET", &path, &[sparse], b"").unwrap();
+    assert_eq!(fetched.status, 200, "{}", fetched.body);
+    assert!(fetched.bytes.len() < data.len() / 2, "holes are not sent");
+    assert!(hostd_proto::sparse::decode_all(&fetched.bytes, 1 << 30).unwrap() == data);
+    // The ticket is for this image, unchanged, and nothing else.
+    let other = create("raw");
+    let forged = [
+        path.replace(&id, &other),
+        path.replace("expires=", "expires=1"),
+        path.replace("ticket=", "ticket=0"),
+        format!("/v1/images/{id}/raw"),
+        format!("/v1/images/{id}/file?{}", path.split_once('?').unwrap().1),
+    ];
+    for p in &forged {
+        let r = virga_test_support::http::send(authority, "GET", p, &[], b"").unwrap();
+        assert!([401, 403].contains(&r.status), "{p}: {}", r.status);
+    }
+    // Only hosts are told where.
+    assert_eq!(call(&c, "GET", &raw, &[a, sparse], "").status, 401);
+
+    // A qcow2 is converted there; garbage is refused and leaves nothing.
+    let q = c.dir_path.join("disk.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&q)
+        .arg("8M")
+        .status();
+    if made.is_ok_and(|s| s.success()) {
+        let qid = create("qcow2");
+        let bytes = std::fs::read(&q).unwrap();
+        assert_eq!(
+            put_bytes(&c, &format!("/image/v2/images/{qid}/file"), &admin, &bytes),
+            204
+        );
+        let img = call(&c, "GET", &format!("/image/v2/images/{qid}"), &[a], "").json();
+        assert_eq!(img["virtual_size"], 8 << 20);
+        let raw = images_dir.join(format!("{qid}.raw"));
+        assert_eq!(std::fs::metadata(raw).unwrap().len(), 8 << 20);
+    } else {
+        common::missing_tool("qemu-img");
+    }
+    let junk = create("qcow2");
+    let r = put_bytes(
+        &c,
+        &format!("/image/v2/images/{junk}/file"),
+        &admin,
+        b"not a qcow2",
+    );
+    assert_eq!(r, 400);
+    let img = call(&c, "GET", &format!("/image/v2/images/{junk}"), &[a], "").json();
+    assert_eq!(img["status"], "queued", "a failed upload can be retried");
+    let left: Vec<_> = std::fs::read_dir(&images_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(&junk))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // A delete removes the bytes.
+    assert_eq!(
+        call(&c, "DELETE", &format!("/image/v2/images/{id}"), &[a], "").status,
+        204
+    );
+    assert!(!images_dir.join(&id).exists());
+
+    // The storage host gone (its last heartbeat still recent): a clear
+    // 503, the image still queued.
+    storage.kill();
+    // Small enough to sit in socket buffers: the answer comes before the
+    // controller reads the body.
+    let r = put_bytes(
+        &c,
+        &format!("/image/v2/images/{other}/file"),
+        &admin,
+        &data[..5000],
+    );
+    assert_eq!(r, 503);
+    let img = call(&c, "GET", &format!("/image/v2/images/{other}"), &[a], "").json();
+    assert_eq!(img["status"], "queued");
+}

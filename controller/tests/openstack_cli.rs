@@ -114,7 +114,10 @@ fn openstack_flavor_create_list_show_delete() {
 #[test]
 fn openstack_image_create_list_save_delete() {
     let Some(cli) = openstack() else { return };
-    let c = start(None);
+    // With a storage host, as the all-in-one has: the bytes go there.
+    let c = common::start_with(None, &common::hostd::controller_config());
+    let storage = common::storaged::Storaged::start(&c, "storage-1");
+    common::storaged::wait_registered(&c, &common::admin_token(&c));
     let clouds = clouds_yaml(&c, ADMIN_PASSWORD);
     let file = c.dir_path.join("disk.raw");
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
@@ -140,6 +143,11 @@ fn openstack_image_create_list_save_delete() {
     let created: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(created["status"], "active", "{out}");
     assert_eq!(created["size"], 1_000_000, "{out}");
+    let held = storage
+        .data_dir
+        .join("images")
+        .join(created["id"].as_str().unwrap());
+    assert!(held.exists(), "on the storage host");
     let (ok, out, err) = run(&cli, &clouds, &["image", "list", "-f", "json"]);
     assert!(ok, "image list failed:\n{err}");
     assert!(out.contains("test-image"), "{out}");
@@ -163,6 +171,7 @@ fn openstack_image_create_list_save_delete() {
     );
     let (ok, _, err) = run(&cli, &clouds, &["image", "delete", "test-image"]);
     assert!(ok, "image delete failed:\n{err}");
+    assert!(!held.exists(), "removed from the storage host");
     let (ok, out, _) = run(&cli, &clouds, &["image", "list", "-f", "json"]);
     assert!(ok);
     assert_eq!(out.trim(), "[]");

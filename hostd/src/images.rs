@@ -125,13 +125,23 @@ async fn download(controller: &Controller, id: &str, dest: &Path) -> Result<u64,
         &[("accept", sparse::CONTENT_TYPE)],
         Empty::<Bytes>::new(),
     );
-    let resp = tokio::time::timeout(STALL_TIMEOUT, request)
+    let mut resp = tokio::time::timeout(STALL_TIMEOUT, request)
         .await
         .map_err(|_| format!("image {id}: the controller did not answer within {STALL_TIMEOUT:?}"))?
         .map_err(|e| format!("image {id}: {e}"))?;
+    // An image a storage host holds: fetched from there.
+    if resp.status() == hyper::StatusCode::TEMPORARY_REDIRECT {
+        let request = crate::controller_client::follow(&resp, &[("accept", sparse::CONTENT_TYPE)]);
+        resp = tokio::time::timeout(STALL_TIMEOUT, request)
+            .await
+            .map_err(|_| {
+                format!("image {id}: its storage host did not answer within {STALL_TIMEOUT:?}")
+            })?
+            .map_err(|e| format!("image {id}: {e}"))?;
+    }
     if resp.status() != hyper::StatusCode::OK {
         return Err(format!(
-            "image {id}: the controller answered {}",
+            "image {id}: fetching it was answered {}",
             resp.status()
         ));
     }

@@ -315,8 +315,10 @@ fn sparse_stream(image: &[u8]) -> Vec<u8> {
 }
 
 impl ImageServer {
-    /// Serves `image` as image IMAGE, as a sparse stream to a host that
-    /// asks for one (as the controller does); any other image is 404.
+    /// Serves `image` as image IMAGE, as the controller does one a storage
+    /// host holds: a redirect to the storage host (this server too), which
+    /// sends a sparse stream to a host that asks for one and comes without
+    /// the host's token; any other image is 404.
     fn start(image: Vec<u8>) -> ImageServer {
         Self::serving(image, true)
     }
@@ -336,10 +338,12 @@ impl ImageServer {
         let image = Arc::new(image);
         let uploads: Uploads = Arc::default();
         let (count, gate, received) = (requests.clone(), released.clone(), uploads.clone());
+        let here = addr.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { return };
                 let (plain, sparse) = (image.clone(), sparse.clone());
+                let addr = here.clone();
                 let (count, gate) = (count.clone(), gate.clone());
                 let received = received.clone();
                 std::thread::spawn(move || {
@@ -354,11 +358,34 @@ impl ImageServer {
                         stub::write_response(&mut stream, &stub::Response::empty(204));
                         return;
                     }
-                    if !req.path.starts_with("/internal/v1/images/") {
+                    let ticketed = format!("/v1/images/{IMAGE}/raw");
+                    if can_sparse && req.path == format!("/internal/v1/images/{IMAGE}/raw") {
+                        let _ = stream.write_all(
+                            format!(
+                                "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{addr}{ticketed}?expires=9&ticket=t\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                            )
+                            .as_bytes(),
+                        );
+                        return;
+                    }
+                    let fetch = match can_sparse {
+                        true => ticketed,
+                        false => format!("/internal/v1/images/{IMAGE}/raw"),
+                    };
+                    let ticket_kept = req.query == "expires=9&ticket=t";
+                    if can_sparse
+                        && req.path == fetch
+                        && (req.header("authorization").is_some() || !ticket_kept)
+                    {
+                        // The host's token is for the controller only.
+                        stub::write_response(&mut stream, &stub::Response::empty(403));
+                        return;
+                    }
+                    if !req.path.starts_with("/internal/v1/images/") && req.path != fetch {
                         stub::write_response(&mut stream, &stub::Response::empty(204));
                         return;
                     }
-                    if req.path != format!("/internal/v1/images/{IMAGE}/raw") {
+                    if req.path != fetch {
                         stub::write_response(&mut stream, &stub::Response::empty(404));
                         return;
                     }

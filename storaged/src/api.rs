@@ -1,20 +1,27 @@
-//! storaged's HTTP API, for the controller only (its calls carry this host's
-//! token): the volume calls `storaged_proto` lists. File work runs on the
-//! blocking pool; bodies are small JSON, read up to [`MAX_BODY`].
+//! storaged's HTTP API, for the controller (its calls carry this host's
+//! token): the volume and image calls `storaged_proto` lists. File work runs
+//! on the blocking pool; JSON bodies are small, read up to [`MAX_BODY`];
+//! image data streams both ways. An image's raw data is also given to
+//! whoever holds the controller's ticket for it (hosts fetching an image).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use storaged_proto::{CreateSnapshot, CreateVolume, Export, ExtendVolume, Pending, VolumeSource};
 
+use crate::images::{ImageError, ImageStore};
 use crate::volumes::{FileBackend, Made, VolumeError};
 
-type Body = Full<Bytes>;
+type Body = BoxBody<Bytes, std::io::Error>;
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|e| match e {}).boxed()
+}
 
 const MAX_BODY: usize = 64 << 10;
 
@@ -23,6 +30,7 @@ pub struct State {
     pub host_id: String,
     pub token: String,
     pub volumes: FileBackend,
+    pub images: ImageStore,
     /// Where images are fetched from (the controller, with this token).
     pub config: crate::config::Config,
     /// Volumes being filled from an image, or whose fill failed (told to
@@ -76,7 +84,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
 
 fn reply(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     let body = serde_json::to_vec(value).unwrap_or_default();
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(full(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -86,7 +94,7 @@ fn reply(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
 }
 
 fn no_content() -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::NO_CONTENT;
     r
 }
@@ -230,7 +238,7 @@ async fn fill(state: &Arc<State>, id: &str, size_gib: u64, image: &str) -> Resul
     let dest = state.volumes.fetch_path(id).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(&dest);
     let max = size_gib.saturating_mul(1 << 30);
-    if let Err(e) = crate::images::fetch(&state.config, image, &dest, max).await {
+    if let Err(e) = crate::images::fetch::fetch(&state.config, image, &dest, max).await {
         let _ = std::fs::remove_file(&dest);
         return Err(e);
     }
@@ -242,18 +250,141 @@ async fn fill(state: &Arc<State>, id: &str, size_gib: u64, image: &str) -> Resul
         .map_err(|e| e.to_string())
 }
 
+fn image_error(e: &ImageError) -> Response<Body> {
+    use virga_imagefile::UploadError;
+    let status = match e {
+        ImageError::BadId(_) => StatusCode::BAD_REQUEST,
+        ImageError::NotFound(_) => StatusCode::NOT_FOUND,
+        ImageError::Receive(UploadError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+        ImageError::Receive(UploadError::Body(_) | UploadError::Format(_)) => {
+            StatusCode::BAD_REQUEST
+        }
+        ImageError::Receive(UploadError::Io(_)) | ImageError::Io(_) => {
+            tracing::error!("{e}");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    error(status, &e.to_string())
+}
+
+/// The value of `key` in a request's query, decoded.
+fn query_value(req: &Request<Incoming>, key: &str) -> Option<String> {
+    let query = req.uri().query()?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then(|| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+/// Whether the request carries a valid ticket for image `id`'s raw data.
+fn ticketed(req: &Request<Incoming>, token: &str, id: &str) -> bool {
+    let (Some(expires), Some(ticket)) = (
+        query_value(req, "expires").and_then(|e| e.parse::<u64>().ok()),
+        query_value(req, "ticket"),
+    ) else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let subject = storaged_proto::image_ticket_subject(id);
+    hostd_proto::token::ticket_valid(token, &subject, expires, now, &ticket)
+}
+
+/// Stores an image's data from the request body.
+async fn put_image(state: &Arc<State>, id: &str, req: Request<Incoming>) -> Response<Body> {
+    let Some(max_bytes) = query_value(&req, "max_bytes").and_then(|m| m.parse::<u64>().ok()) else {
+        return error(StatusCode::BAD_REQUEST, "max_bytes: required, a number");
+    };
+    let disk_format = query_value(&req, "disk_format").unwrap_or_default();
+    let sparse = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|t| t.to_str().ok())
+        .is_some_and(hostd_proto::sparse::is_media_type);
+    let encoding = match sparse {
+        true => virga_imagefile::Encoding::Sparse,
+        false => virga_imagefile::Encoding::Plain,
+    };
+    let started = std::time::Instant::now();
+    match state
+        .images
+        .receive(id, req.into_body(), &disk_format, encoding, max_bytes)
+        .await
+    {
+        Ok(stored) => {
+            tracing::info!(image = id, bytes = stored.size, took = ?started.elapsed(), "image stored");
+            reply(StatusCode::CREATED, &stored)
+        }
+        Err(e) => image_error(&e),
+    }
+}
+
+/// Sends an image's data: as uploaded, or its raw disk as a sparse stream.
+async fn get_image(state: &Arc<State>, id: &str, raw: bool) -> Response<Body> {
+    let opened = match raw {
+        true => state.images.open_raw(id),
+        false => state.images.open_data(id),
+    };
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) => return image_error(&e),
+    };
+    let (body, len, content_type) = if raw {
+        match virga_imagefile::serve::sparse(file).await {
+            Ok((body, len)) => (body, Some(len), hostd_proto::sparse::CONTENT_TYPE),
+            Err(e) => return image_error(&ImageError::Io(e)),
+        }
+    } else {
+        let (body, len) = virga_imagefile::serve::plain(tokio::fs::File::from_std(file)).await;
+        (body, len, "application/octet-stream")
+    };
+    let mut r = Response::new(body.boxed());
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    if let Some(len) = len {
+        r.headers_mut().insert(
+            hyper::header::CONTENT_LENGTH,
+            hyper::header::HeaderValue::from(len),
+        );
+    }
+    r
+}
+
 async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
-    if !authorized(&req, &state.token) {
-        return Ok(error(StatusCode::UNAUTHORIZED, "missing or wrong token"));
-    }
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
+    if let (&Method::GET, ["v1", "images", image, "raw"]) = (&method, segments.as_slice()) {
+        if !authorized(&req, &state.token) && !ticketed(&req, &state.token, image) {
+            return Ok(error(
+                StatusCode::FORBIDDEN,
+                "missing, wrong or expired ticket",
+            ));
+        }
+        return Ok(get_image(&state, image, true).await);
+    }
+    if !authorized(&req, &state.token) {
+        return Ok(error(StatusCode::UNAUTHORIZED, "missing or wrong token"));
+    }
     let id = |s: &str| s.to_owned();
     let answer = match (method, segments.as_slice()) {
+        (Method::PUT, ["v1", "images", image]) => Ok(put_image(&state, image, req).await),
+        (Method::GET, ["v1", "images", image, "file"]) => Ok(get_image(&state, image, false).await),
+        (Method::DELETE, ["v1", "images", image]) => match state.images.delete(image).await {
+            Ok(()) => Ok(no_content()),
+            Err(e) => Err(image_error(&e)),
+        },
         (Method::GET, ["v1", "volumes"]) => blocking(&state, |v| v.list())
             .await
             .map(|list| reply(StatusCode::OK, &list)),

@@ -7,6 +7,8 @@
 //! advertise_url = "http://10.0.0.2:8780"   # how the controller reaches it
 //!                                          # (default: the bound address;
 //!                                          # port 0 binds any free port)
+//! peer_url = "http://10.1.0.2:8780"        # how other hosts reach it for
+//!                                          # image data (default: advertise_url)
 //! data_dir = "/var/lib/virga/storaged"     # the volumes live under it
 //! controller_url = "http://10.0.0.1:8774"
 //! token_file = "/etc/virga/storaged.token" # or: token = "..." (the host's,
@@ -50,6 +52,7 @@ pub struct ConfigFile {
     pub host_id: Option<String>,
     pub listen: Option<SocketAddr>,
     pub advertise_url: Option<String>,
+    pub peer_url: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub controller_url: Option<String>,
     pub token: Option<String>,
@@ -69,6 +72,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// None: the address the listener is bound to.
     pub advertise_url: Option<String>,
+    /// Where other hosts (hostd, storaged) reach the API for image data,
+    /// when not where the controller does (a storage network); None: the
+    /// same URL.
+    pub peer_url: Option<String>,
     pub data_dir: PathBuf,
     pub controller_url: String,
     pub token: String,
@@ -125,6 +132,10 @@ impl Config {
             .is_some_and(|u| split_url(u).is_none())
         {
             return Err(invalid("advertise_url", "an http://HOST:PORT URL"));
+        }
+        let peer_url = file.peer_url;
+        if peer_url.as_deref().is_some_and(|u| split_url(u).is_none()) {
+            return Err(invalid("peer_url", "an http://HOST:PORT URL"));
         }
         let data_dir = file
             .data_dir
@@ -186,6 +197,7 @@ impl Config {
             host_id,
             listen,
             advertise_url,
+            peer_url,
             data_dir,
             controller_url,
             token,

@@ -30,6 +30,7 @@ pub async fn run(config: Config, url: String, state: Arc<State>) {
                 let beat = Heartbeat {
                     host_id: config.host_id.clone(),
                     url: url.clone(),
+                    peer_url: config.peer_url.clone(),
                     availability_zone: config.availability_zone.clone(),
                     total_bytes,
                     free_bytes,

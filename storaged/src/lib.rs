@@ -4,7 +4,8 @@
 //! - [`volumes`]: the local-file backend (one sparse file per volume)
 //! - [`api`]: the HTTP API the controller drives it with
 //! - [`heartbeat`]: registering with the controller and staying registered
-//! - [`images`]: fetching an image a volume is made from
+//! - [`images`]: the Glance images it holds, and fetching one a volume is
+//!   made from
 //! - [`controller`]: the calls to the controller's internal API
 //! - [`exports`], [`nbd`]: volumes served over NBD to other hosts
 //! - [`objects`], [`s3`], [`swift`]: the object store, its S3 and Swift APIs
@@ -56,10 +57,13 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         format!("{host}:{}", nbd_bound.port())
     });
     tracing::info!(addr = %nbd_bound, advertised = nbd_address, "NBD listener ready");
+    let images = images::ImageStore::open(&config.data_dir)
+        .with_context(|| format!("opening the images in {}", config.data_dir.display()))?;
     let state = Arc::new(api::State {
         host_id: config.host_id.clone(),
         token: config.token.clone(),
         volumes,
+        images,
         config: config.clone(),
         fills: Default::default(),
         exports,

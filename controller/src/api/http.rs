@@ -2,11 +2,9 @@
 //! shapes OpenStack clients parse.
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
-use hyper::body::{Bytes, Frame, Incoming};
+use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 
@@ -19,70 +17,31 @@ pub fn new_request_id() -> String {
     format!("req-{}", uuid::Uuid::new_v4())
 }
 
-/// A response body fed by a channel (image downloads).
-struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
-    }
-}
-
-/// A streamed 200 response.
-pub fn stream(
-    rx: tokio::sync::mpsc::Receiver<Bytes>,
-    content_type: &'static str,
-) -> Response<Body> {
-    let mut r = Response::new(ChannelBody(rx).boxed());
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
-}
-
-/// Streams a file as a 200 response (image downloads), 256 KiB at a time,
-/// never the whole file in memory; `Content-Length` from the file's size.
+/// Streams a file as a 200 response (image downloads), never the whole
+/// file in memory; `Content-Length` from the file's size.
 pub async fn stream_file(file: tokio::fs::File) -> Response<Body> {
-    use tokio::io::AsyncReadExt;
-    let len = file.metadata().await.map(|m| m.len()).ok();
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tokio::spawn(async move {
-        let mut file = file;
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            match file.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
-                        return; // the client went away
-                    }
-                }
-            }
-        }
-    });
-    let mut r = stream(rx, "application/octet-stream");
-    if let Some(v) = len.and_then(|l| HeaderValue::from_str(&l.to_string()).ok()) {
-        r.headers_mut().insert(hyper::header::CONTENT_LENGTH, v);
+    let (body, len) = virga_imagefile::serve::plain(file).await;
+    let mut r = Response::new(body.boxed());
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(len) = len {
+        r.headers_mut()
+            .insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(len));
     }
     r
 }
 
 /// A disk image as a sparse stream (`hostd_proto::sparse`): its data, not
-/// its holes, for hosts that ask for one. A read error ends the body short
-/// of its length, so the host sees a broken download, not a smaller image.
+/// its holes, for hosts that ask for one.
 pub async fn stream_sparse(file: std::fs::File) -> std::io::Result<Response<Body>> {
-    // Finding the extents takes a system call or two per extent.
-    let reader = tokio::task::spawn_blocking(move || hostd_proto::sparse::SparseReader::new(file))
-        .await
-        .map_err(std::io::Error::other)??;
-    let len = reader.encoded_len();
-    let (rx, _task) = hostd_proto::sparse::spawn_reader(reader, 256 << 10);
-    let mut r = stream(rx, hostd_proto::sparse::CONTENT_TYPE);
+    let (body, len) = virga_imagefile::serve::sparse(file).await?;
+    let mut r = Response::new(body.boxed());
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(hostd_proto::sparse::CONTENT_TYPE),
+    );
     r.headers_mut()
         .insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(len));
     Ok(r)

@@ -3,6 +3,7 @@
 //! delete. They parse, call the image service (`image::service`) and render
 //! its result or its error in Glance's shape.
 
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
@@ -11,6 +12,7 @@ use serde_json::{json, Value as Json};
 use super::http::{empty, json, read_json, stream_file, Body};
 use super::App;
 use crate::identity::Auth;
+use crate::image::data::Opened;
 use crate::image::service::{self, ImageError};
 use crate::store::StoreError;
 
@@ -33,7 +35,7 @@ pub fn image_error(e: ImageError) -> Response<Body> {
             StatusCode::CONFLICT
         }
         ImageError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        ImageError::Unavailable(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ImageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         ImageError::Store(other) => {
             tracing::error!("image: {other}");
             return glance_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
@@ -157,10 +159,25 @@ async fn patch(
 }
 
 async fn get_file(app: &App, auth: &Auth, id: &str) -> Result<Response<Body>, ImageError> {
-    let Some((image, file)) = service::data(app, auth, id).await? else {
+    let Some((image, opened)) = service::data(app, auth, id).await? else {
         return Ok(empty(StatusCode::NO_CONTENT));
     };
-    let mut r = stream_file(file).await;
+    let mut r = match opened {
+        Opened::Local(file) => stream_file(file).await,
+        // Streamed on from the storage host, never whole in memory.
+        Opened::Remote(resp) => {
+            let len = resp.headers().get(hyper::header::CONTENT_LENGTH).cloned();
+            let mut r = Response::new(resp.into_body().map_err(std::io::Error::other).boxed());
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            if let Some(len) = len {
+                r.headers_mut().insert(hyper::header::CONTENT_LENGTH, len);
+            }
+            r
+        }
+    };
     if let Some(md5) = image
         .checksum
         .as_deref()

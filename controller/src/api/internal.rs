@@ -30,8 +30,8 @@ use serde_json::json;
 use super::http::{empty, json, keystone_error, read_json, stream_file, Body};
 use super::App;
 use crate::background::TriggerError;
-use crate::image::upload::Encoding;
 use hostd_proto::Heartbeat;
+use virga_imagefile::Encoding;
 
 /// The host whose token the request carries, if it is one.
 fn caller(app: &App, req: &Request<Incoming>) -> Option<String> {
@@ -300,6 +300,8 @@ fn accepts_sparse(req: &Request<Incoming>) -> bool {
 }
 
 /// The raw image a VMM boots; as a sparse stream to hosts that ask for one.
+/// One a storage host holds is fetched from there: a redirect with a
+/// ticket (hosts ask for sparse streams, all storaged serves).
 async fn raw_image(app: &App, id: &str, sparse: bool) -> Response<Body> {
     let image = match app.images.get(id).await {
         Ok(Some(i)) if i.status == "active" => i,
@@ -309,6 +311,23 @@ async fn raw_image(app: &App, id: &str, sparse: bool) -> Response<Body> {
             return keystone_error(StatusCode::INTERNAL_SERVER_ERROR, "image lookup failed");
         }
     };
+    match crate::image::data::raw_redirect(app, &image).await {
+        Ok(Some(url)) if sparse => {
+            let mut r = empty(StatusCode::TEMPORARY_REDIRECT);
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&url) {
+                r.headers_mut().insert(hyper::header::LOCATION, v);
+            }
+            return r;
+        }
+        Ok(Some(_)) => {
+            return keystone_error(
+                StatusCode::NOT_ACCEPTABLE,
+                "this image is served as a sparse stream only",
+            )
+        }
+        Ok(None) => {}
+        Err(e) => return super::image::image_error(e),
+    }
     let path = app.images.raw_path(&image);
     let opened = if sparse {
         match std::fs::File::open(&path) {
@@ -375,16 +394,21 @@ async fn storage_heartbeat(app: &App, req: Request<Incoming>, host: &str) -> Res
     if beat.host_id != host {
         return keystone_error(StatusCode::BAD_REQUEST, "host_id does not match the path");
     }
-    if !beat.url.starts_with("http://") || beat.availability_zone.is_empty() {
+    let http = |u: &str| u.starts_with("http://");
+    if !http(&beat.url)
+        || !beat.peer_url.as_deref().is_none_or(http)
+        || beat.availability_zone.is_empty()
+    {
         return keystone_error(
             StatusCode::BAD_REQUEST,
-            "heartbeat: url must be http://HOST:PORT and availability_zone not empty",
+            "heartbeat: url and peer_url must be http://HOST:PORT and availability_zone not empty",
         );
     }
     let clamp = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
     let record = crate::volume::model::StorageHost {
         host_id: beat.host_id,
         url: beat.url,
+        peer_url: beat.peer_url,
         availability_zone: beat.availability_zone,
         total_bytes: clamp(beat.total_bytes),
         free_bytes: clamp(beat.free_bytes),

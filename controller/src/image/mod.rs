@@ -1,10 +1,12 @@
-//! Images (the Glance v2 subset): records in the database, bytes in the
-//! controller's image directory. An upload is streamed to disk with its MD5
-//! and SHA-512 computed on the way (clients verify downloads against them);
-//! a qcow2 image also gets a raw copy, which is what the VMM boots.
+//! Images (the Glance v2 subset): records in the database, bytes on a
+//! storage host (`location`, its storaged's image store), or in the
+//! controller's own image directory when no storage host is registered (and
+//! for images uploaded before one was). An upload is streamed on with its
+//! MD5 and SHA-512 computed on the way (clients verify downloads against
+//! them); a qcow2 image also gets a raw copy, which is what the VMM boots.
 
+pub mod data;
 pub mod service;
-pub mod upload;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,8 @@ pub struct Image {
     pub tags: Vec<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The storage host holding the data; None: the controller's directory.
+    pub location: Option<String>,
 }
 
 impl Image {
@@ -71,7 +75,7 @@ impl Image {
 
 const COLUMNS: &str = "id, name, owner, status, visibility, disk_format, container_format, size, \
     virtual_size, checksum, os_hash_algo, os_hash_value, min_disk, min_ram, protected, properties, \
-    tags, created_at, updated_at";
+    tags, created_at, updated_at, location";
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<Image, StoreError> {
     let opt_int = |c: &str| -> Result<Option<i64>, StoreError> {
@@ -97,6 +101,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Image, StoreError> {
         tags: serde_json::from_str(&text(r, "tags")?).unwrap_or_default(),
         created_at: int(r, "created_at")?,
         updated_at: int(r, "updated_at")?,
+        location: opt_text(r, "location")?,
     })
 }
 
@@ -164,7 +169,7 @@ impl Images {
             .execute(
                 &format!(
                     "INSERT INTO images ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                     $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+                     $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
                 ),
                 &self.values(i, &serde_json::to_string(&i.properties).unwrap_or_default(), &serde_json::to_string(&i.tags).unwrap_or_default()),
             )
@@ -197,6 +202,7 @@ impl Images {
             Value::Text(tags),
             Value::Int(i.created_at),
             Value::Int(i.updated_at),
+            Value::OptText(i.location.as_deref()),
         ]
     }
 
@@ -212,7 +218,7 @@ impl Images {
                 "UPDATE images SET name = $1, owner = $2, status = $3, visibility = $4, disk_format = $5, \
                  container_format = $6, size = $7, virtual_size = $8, checksum = $9, os_hash_algo = $10, \
                  os_hash_value = $11, min_disk = $12, min_ram = $13, protected = $14, properties = $15, \
-                 tags = $16, created_at = $17, updated_at = $18 WHERE id = $19",
+                 tags = $16, created_at = $17, updated_at = $18, location = $19 WHERE id = $20",
                 &values,
             )
             .await?;
@@ -263,13 +269,18 @@ impl Images {
         Ok(recovered)
     }
 
+    /// Removes the record (its bytes are [`data::remove`]d first).
     pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
         self.store
             .execute("DELETE FROM images WHERE id = $1", &[Value::Text(id)])
             .await?;
+        Ok(())
+    }
+
+    /// Removes an image's bytes from the controller's directory.
+    pub fn remove_local(&self, id: &str) {
         for p in [self.data_path(id), self.dir.join(format!("{id}.raw"))] {
             let _ = std::fs::remove_file(p);
         }
-        Ok(())
     }
 }

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use hyper::body::Incoming;
 use serde_json::Value as Json;
+use virga_imagefile::Encoding;
 
-use super::upload::{self, UploadError};
+use super::data::{self, Opened};
 use super::{Image, CONTAINER_FORMATS, DISK_FORMATS, VISIBILITIES};
 use crate::app::App;
 use crate::identity::{now, Auth};
@@ -262,7 +263,13 @@ pub async fn create(
     let t = now();
     let id = match body.get("id") {
         None | Some(Json::Null) => uuid::Uuid::new_v4().to_string(),
-        Some(Json::String(s)) if uuid::Uuid::parse_str(s).is_ok() => s.clone(),
+        // Kept as given when hyphenated (36 characters); braced, URN or
+        // plain forms become hyphenated (the id names files on hosts).
+        Some(Json::String(s)) => match uuid::Uuid::parse_str(s) {
+            Ok(_) if s.len() == 36 => s.clone(),
+            Ok(u) => u.to_string(),
+            Err(_) => return Err(ImageError::BadRequest("id: must be a UUID".into())),
+        },
         Some(_) => return Err(ImageError::BadRequest("id: must be a UUID".into())),
     };
     let mut image = Image {
@@ -285,6 +292,7 @@ pub async fn create(
         tags: Vec::new(),
         created_at: t,
         updated_at: t,
+        location: None,
     };
     for (k, v) in &body {
         if k != "id" {
@@ -346,6 +354,7 @@ pub async fn delete(app: &App, auth: &Auth, id: &str) -> Result<(), ImageError> 
             "Image {id} is protected and cannot be deleted."
         )));
     }
+    data::remove(app, &image).await;
     app.images.delete(id).await?;
     Ok(())
 }
@@ -366,7 +375,7 @@ pub async fn upload(app: &App, auth: &Auth, id: &str, body: Incoming) -> Result<
             image.status
         )));
     }
-    match receive(app, &image, body, upload::Encoding::Plain).await {
+    match receive(app, &image, body, Encoding::Plain).await {
         Ok(()) => Ok(()),
         Err(e) => {
             // Back to queued so the upload can be retried.
@@ -385,7 +394,7 @@ pub async fn receive_snapshot(
     host: &str,
     id: &str,
     body: Incoming,
-    encoding: upload::Encoding,
+    encoding: Encoding,
 ) -> Result<(), ImageError> {
     let image = app.images.get(id).await?.ok_or_else(|| not_found(id))?;
     let server = match image.properties.get("instance_uuid") {
@@ -420,58 +429,31 @@ async fn receive(
     app: &App,
     image: &Image,
     body: Incoming,
-    encoding: upload::Encoding,
+    encoding: Encoding,
 ) -> Result<(), ImageError> {
     let id = image.id.as_str();
-    let dest = app.images.data_path(id);
-    let stored = match upload::store(body, &dest, app.config.max_image_bytes, encoding).await {
-        Ok(s) => s,
-        Err(e @ UploadError::TooLarge(_)) => return Err(ImageError::TooLarge(e.to_string())),
-        Err(e) => return Err(ImageError::BadRequest(e.to_string())),
-    };
-    let virtual_size = if image.disk_format.as_deref() == Some("qcow2") {
-        match upload::qcow2_to_raw(&dest, &app.images.raw_path(image)).await {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = std::fs::remove_file(&dest);
-                return Err(ImageError::BadRequest(e.to_string()));
-            }
-        }
-    } else {
-        stored.size
-    };
+    let stored = data::store(app, image, body, encoding).await?;
     let Some(mut image) = app.images.get(id).await? else {
         return Err(not_found(id));
     };
     image.status = "active".into();
     image.size = Some(stored.size as i64);
-    image.virtual_size = Some(virtual_size as i64);
-    image.checksum = Some(stored.md5_hex);
+    image.virtual_size = Some(stored.virtual_size as i64);
+    image.checksum = Some(stored.md5);
     image.os_hash_algo = Some("sha512".into());
-    image.os_hash_value = Some(stored.sha512_hex);
+    image.os_hash_value = Some(stored.sha512);
+    image.location = stored.location;
     image.updated_at = now();
     app.images.save(&image).await?;
     Ok(())
 }
 
 /// An image's data, opened, with its record; None while it has no data.
-pub async fn data(
-    app: &App,
-    auth: &Auth,
-    id: &str,
-) -> Result<Option<(Image, tokio::fs::File)>, ImageError> {
+pub async fn data(app: &App, auth: &Auth, id: &str) -> Result<Option<(Image, Opened)>, ImageError> {
     let image = visible(app, auth, id).await?;
     if image.status != "active" {
         return Ok(None);
     }
-    let path = app.images.data_path(id);
-    match tokio::fs::File::open(&path).await {
-        Ok(f) => Ok(Some((image, f))),
-        Err(e) => {
-            tracing::error!(image = id, "opening {}: {e}", path.display());
-            Err(ImageError::Unavailable(
-                "the image data is unavailable".into(),
-            ))
-        }
-    }
+    let opened = data::open(app, &image).await?;
+    Ok(Some((image, opened)))
 }

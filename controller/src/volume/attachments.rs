@@ -15,11 +15,11 @@ use serde_json::{json, Value as Json};
 
 use super::model::Volume;
 use super::service::VolumeService;
-use super::storage::{StorageError, Storaged};
 use super::VolumeError;
 use crate::app::App;
 use crate::context::RequestContext;
 use crate::identity::now;
+use crate::storaged_client::{StorageError, Storaged};
 
 /// Statuses an attachment may be deleted (the volume detached) from.
 const ATTACHED: &[&str] = &["reserved", "attaching", "in-use", "detaching"];

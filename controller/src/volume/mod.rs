@@ -6,7 +6,6 @@
 //! - [`store`]: the SQL (volumes, storage hosts), with the conditional
 //!   writes that keep status changes and quotas right under concurrency
 //! - [`service`]: who may do what, Cinder's rules, placement
-//! - [`storage`]: the client for a storage host's storaged
 //! - [`reconcile`]: finishing what a status promises (creating, extending,
 //!   deleting), right after the request and again after any crash
 //! - [`attachments`]: attachments made through Cinder's API, for attachers
@@ -16,7 +15,6 @@ pub mod attachments;
 pub mod model;
 pub mod reconcile;
 pub mod service;
-pub mod storage;
 pub mod store;
 
 use crate::store::StoreError;

@@ -129,6 +129,8 @@ impl Volume {
 pub struct StorageHost {
     pub host_id: String,
     pub url: String,
+    /// Where other hosts reach it (image data), when not at `url`.
+    pub peer_url: Option<String>,
     pub availability_zone: String,
     pub total_bytes: i64,
     pub free_bytes: i64,

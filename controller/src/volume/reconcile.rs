@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::model::{Volume, SNAPSHOT_TRANSIENT, TRANSIENT};
-use super::storage::{StorageError, Storaged};
 use crate::app::App;
 use crate::background::{Run, Task};
 use crate::hostd_client::HostdError;
 use crate::identity::now;
+use crate::storaged_client::{StorageError, Storaged};
 
 pub fn tasks() -> Vec<Task> {
     vec![Task {
@@ -299,7 +299,7 @@ async fn converge_status(app: &App, v: &Volume) -> Result<(), String> {
             };
             let r = storaged.create(id, size(v.size_gib), source).await;
             // Filled from an image in the background: the next pass asks again.
-            if matches!(r, Ok(super::storage::Created::Pending(_))) {
+            if matches!(r, Ok(crate::storaged_client::Created::Pending(_))) {
                 return Ok(());
             }
             if settle(r.map(|_| ()), "error").await? {

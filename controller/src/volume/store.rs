@@ -155,10 +155,10 @@ impl Volumes {
     pub async fn heartbeat(&self, h: &StorageHost) -> Result<(), StoreError> {
         self.store
             .execute(
-                "INSERT INTO storage_hosts (host_id, url, availability_zone, total_bytes, free_bytes, last_seen) \
-                 VALUES ($1, $2, $3, $4, $5, $6) \
+                "INSERT INTO storage_hosts (host_id, url, availability_zone, total_bytes, free_bytes, last_seen, peer_url) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
                  ON CONFLICT (host_id) DO UPDATE SET url = $2, availability_zone = $3, \
-                 total_bytes = $4, free_bytes = $5, last_seen = $6",
+                 total_bytes = $4, free_bytes = $5, last_seen = $6, peer_url = $7",
                 &[
                     Value::Text(&h.host_id),
                     Value::Text(&h.url),
@@ -166,6 +166,7 @@ impl Volumes {
                     Value::Int(h.total_bytes),
                     Value::Int(h.free_bytes),
                     Value::Int(h.last_seen),
+                    Value::OptText(h.peer_url.as_deref()),
                 ],
             )
             .await?;
@@ -175,7 +176,7 @@ impl Volumes {
     pub async fn storage_hosts(&self) -> Result<Vec<StorageHost>, StoreError> {
         self.store
             .fetch_all(
-                "SELECT host_id, url, availability_zone, total_bytes, free_bytes, last_seen \
+                "SELECT host_id, url, availability_zone, total_bytes, free_bytes, last_seen, peer_url \
                  FROM storage_hosts ORDER BY host_id",
                 &[],
             )
@@ -185,6 +186,7 @@ impl Volumes {
                 Ok(StorageHost {
                     host_id: text(r, "host_id")?,
                     url: text(r, "url")?,
+                    peer_url: crate::store::opt_text(r, "peer_url")?,
                     availability_zone: text(r, "availability_zone")?,
                     total_bytes: int(r, "total_bytes")?,
                     free_bytes: int(r, "free_bytes")?,

@@ -30,6 +30,39 @@ pub fn host_of<'a>(secret: &str, token: &'a str) -> Option<&'a str> {
     constant_time_eq(for_host(secret, host_id).as_bytes(), token.as_bytes()).then_some(host_id)
 }
 
+/// Keeps tickets' MACs apart from tokens'.
+const TICKET_CONTEXT: &[u8] = b"virga ticket v1\0";
+
+/// A ticket: the right to make one kind of request (`what`, e.g. `GET
+/// /v1/images/ID/raw`) to a host until `expires` (Unix seconds), signed
+/// with that host's token. The controller issues them (it can derive every
+/// host's token) so that one host may fetch from another without holding
+/// anything of the other's: a redirect carries the ticket.
+pub fn ticket(host_token: &str, what: &str, expires: u64) -> String {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(host_token.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    m.update(TICKET_CONTEXT);
+    m.update(what.as_bytes());
+    m.update(b"\0");
+    m.update(expires.to_string().as_bytes());
+    let mut hex = String::with_capacity(64);
+    for b in m.finalize().into_bytes() {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    hex
+}
+
+/// Whether `given` is this host's ticket for `what` and has not expired at
+/// `now`.
+pub fn ticket_valid(host_token: &str, what: &str, expires: u64, now: u64, given: &str) -> bool {
+    now <= expires
+        && constant_time_eq(
+            ticket(host_token, what, expires).as_bytes(),
+            given.as_bytes(),
+        )
+}
+
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 fn mac(secret: &str, host_id: &str) -> [u8; 32] {
@@ -88,5 +121,27 @@ mod tests {
         ] {
             assert_eq!(host_of(SECRET, bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn tickets_are_for_one_request_one_host_and_a_while() {
+        let token = for_host(SECRET, "storage-1");
+        let what = "GET /v1/images/abc/raw";
+        let t = ticket(&token, what, 1000);
+        assert!(ticket_valid(&token, what, 1000, 999, &t));
+        assert!(ticket_valid(&token, what, 1000, 1000, &t));
+        assert!(!ticket_valid(&token, what, 1000, 1001, &t), "expired");
+        assert!(!ticket_valid(&token, what, 2000, 999, &t), "another expiry");
+        assert!(!ticket_valid(
+            &token,
+            "GET /v1/images/abd/raw",
+            1000,
+            999,
+            &t
+        ));
+        let other = for_host(SECRET, "storage-2");
+        assert!(!ticket_valid(&other, what, 1000, 999, &t), "another host");
+        assert!(!ticket_valid(&token, what, 1000, 999, &t[..63]));
+        assert!(!ticket_valid(&token, what, 1000, 999, ""));
     }
 }

@@ -24,6 +24,20 @@
 //! - `DELETE /v1/snapshots/{id}`: removes it (204, also when gone). Volumes
 //!   made from it keep reading its data: storaged keeps what they need.
 //!
+//! Glance images' data lives on storage hosts too:
+//!
+//! - `PUT /v1/images/{id}?disk_format=F` with the image's bytes (or, with
+//!   content type `application/x-virga-sparse`, a sparse stream): stored
+//!   durably, a qcow2 checked and converted to raw; answers [`StoredImage`]
+//!   (201), 400 for data that is not what it claims, 413 for too much
+//!   (`max_bytes` in the query);
+//! - `GET /v1/images/{id}/file`: the bytes as uploaded;
+//! - `GET /v1/images/{id}/raw`: the raw disk a VMM boots, as a sparse stream;
+//!   also without the bearer token, with a ticket the controller issued
+//!   ([`image_ticket_subject`]), which is how hosts and other storage hosts
+//!   fetch it: the controller redirects them here;
+//! - `DELETE /v1/images/{id}`: removes it (204, also when gone).
+//!
 //! A volume can be made from a snapshot or from another volume of the same
 //! storage host ([`CreateVolume::source`]), in constant time whatever its
 //! size.
@@ -35,12 +49,33 @@ use serde::{Deserialize, Serialize};
 
 pub mod nbd;
 
+/// What storing an image's data found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredImage {
+    /// Bytes as uploaded.
+    pub size: u64,
+    pub md5: String,
+    pub sha512: String,
+    /// The disk's size (a qcow2's virtual size; a raw image's own).
+    pub virtual_size: u64,
+}
+
+/// What a ticket for image `id`'s raw data is signed over. A ticketed fetch
+/// carries `?expires=UNIX_SECONDS&ticket=HEX`, the ticket being
+/// `hostd_proto::token::ticket` of this under the storage host's token.
+pub fn image_ticket_subject(id: &str) -> String {
+    format!("GET /v1/images/{id}/raw")
+}
+
 /// A storage host's registration and refresh.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub host_id: String,
     /// Where the controller reaches its API (`http://HOST:PORT`).
     pub url: String,
+    /// Where other hosts reach it for image data, when not at `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_url: Option<String>,
     pub availability_zone: String,
     /// The volumes' filesystem: its size and what is free on it.
     pub total_bytes: u64,

@@ -99,12 +99,13 @@ table ip hosts {{
 EOF
 PIDS=
 {host1}{host2}
-# host1 is the storage host too: other hosts reach its volumes over NBD
-# at its underlay address.
+# host1 is the storage host too: other hosts reach its volumes over NBD,
+# and the images it holds over HTTP, at its underlay address.
 cat > $WORK/host1/storaged.toml <<EOF
 host_id = "host1"
 listen = "0.0.0.0:{storage_port}"
 advertise_url = "http://127.0.0.1:{storage_port}"
+peer_url = "http://10.98.1.2:{storage_port}"
 nbd_listen = "0.0.0.0:10809"
 nbd_advertise = "10.98.1.2:10809"
 data_dir = "$WORK/host1/storage"

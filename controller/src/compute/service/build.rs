@@ -497,7 +497,7 @@ async fn root_volume(
         .await
         .map_err(|e| fatal(&e))?
         .ok_or_else(|| Failure::Fatal(format!("storage host {storage_host} is unknown")))?;
-    let storaged = crate::volume::storage::Storaged::new(&host.url, app.hostd_token(storage_host));
+    let storaged = crate::storaged_client::Storaged::new(&host.url, app.hostd_token(storage_host));
     let c = storaged
         .export(&volume.id, host_id)
         .await

@@ -72,6 +72,7 @@ pub async fn create_image(
         tags: Vec::new(),
         created_at: t,
         updated_at: t,
+        location: None,
     };
     if let Err(e) = app.images.insert(&image).await {
         let _ = app.servers.clear_task(id).await;

@@ -1,7 +1,8 @@
 //! Fetching an image a volume is made from: the controller's raw image
-//! (`GET /internal/v1/images/{id}/raw`) as a sparse stream (its data, not
-//! its holes) into a file whose holes stay holes. A download may take as
-//! long as it needs, but one that stalls ends.
+//! (`GET /internal/v1/images/{id}/raw`, redirected to the storage host
+//! holding it, which may be this one) as a sparse stream (its data, not its
+//! holes) into a file whose holes stay holes. A download may take as long
+//! as it needs, but one that stalls ends.
 
 use std::path::Path;
 use std::time::Duration;
@@ -25,11 +26,20 @@ pub async fn fetch(config: &Config, id: &str, dest: &Path, max_size: u64) -> Res
         &[("accept", sparse::CONTENT_TYPE)],
         Bytes::new(),
     );
-    let resp = tokio::time::timeout(STALL_TIMEOUT, request)
+    let mut resp = tokio::time::timeout(STALL_TIMEOUT, request)
         .await
         .map_err(|_| {
             format!("image {id}: the controller did not answer within {STALL_TIMEOUT:?}")
         })??;
+    if resp.status() == hyper::StatusCode::TEMPORARY_REDIRECT {
+        let request = crate::controller::follow(&resp, &[("accept", sparse::CONTENT_TYPE)]);
+        resp = tokio::time::timeout(STALL_TIMEOUT, request)
+            .await
+            .map_err(|_| {
+                format!("image {id}: its storage host did not answer within {STALL_TIMEOUT:?}")
+            })?
+            .map_err(|e| format!("image {id}: {e}"))?;
+    }
     let status = resp.status();
     if status != hyper::StatusCode::OK {
         let text = Limited::new(resp.into_body(), 4096)
@@ -38,7 +48,7 @@ pub async fn fetch(config: &Config, id: &str, dest: &Path, max_size: u64) -> Res
             .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
             .unwrap_or_default();
         return Err(format!(
-            "image {id}: the controller answered {status}: {text}"
+            "image {id}: fetching it was answered {status}: {text}"
         ));
     }
     let sparse_stream = resp
@@ -47,7 +57,7 @@ pub async fn fetch(config: &Config, id: &str, dest: &Path, max_size: u64) -> Res
         .and_then(|v| v.to_str().ok())
         .is_some_and(sparse::is_media_type);
     if !sparse_stream {
-        return Err(format!("image {id}: the controller sent no sparse stream"));
+        return Err(format!("image {id}: no sparse stream came"));
     }
     let file = std::fs::OpenOptions::new()
         .write(true)

@@ -1,12 +1,18 @@
-//! Receiving an image's bytes: streamed from the request body to a temporary
-//! file next to its final place, hashed on the way, never held in memory whole.
+//! Receiving an image's bytes: streamed from a request body to a temporary
+//! file next to its final place, hashed on the way, never held in memory
+//! whole, and durable (synced, renamed, its directory synced) before it is
+//! reported stored. A qcow2 upload is checked and converted to the raw file
+//! the VMM boots.
 
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
+use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use md5::{Digest, Md5};
 use sha2::Sha512;
+
+pub mod serve;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
@@ -41,13 +47,18 @@ pub enum Encoding {
     Sparse,
 }
 
-/// Streams `body` into `dest` (via `dest.part`, renamed at the end).
-pub async fn store(
-    body: Incoming,
+/// Streams `body` into `dest` (via `dest.part`, renamed at the end, once
+/// its data is on stable storage).
+pub async fn store<B>(
+    body: B,
     dest: &Path,
     max_bytes: u64,
     encoding: Encoding,
-) -> Result<Stored, UploadError> {
+) -> Result<Stored, UploadError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let part = dest.with_extension("part");
     let result = match encoding {
         Encoding::Plain => write(body, &part, max_bytes).await,
@@ -56,6 +67,7 @@ pub async fn store(
     match result {
         Ok(stored) => {
             tokio::fs::rename(&part, dest).await?;
+            sync_parent(dest).await?;
             Ok(stored)
         }
         Err(e) => {
@@ -67,7 +79,11 @@ pub async fn store(
 
 /// Stores a plain upload with holes where its blocks are zero (a raw disk
 /// image is mostly free space; the hosts it is sent to skip the holes).
-async fn write(mut body: Incoming, part: &Path, max_bytes: u64) -> Result<Stored, UploadError> {
+async fn write<B>(mut body: B, part: &Path, max_bytes: u64) -> Result<Stored, UploadError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let mut writer = hostd_proto::sparse::HoleWriter::new(std::fs::File::create(part)?);
     let (mut md5, mut sha) = (Md5::new(), Sha512::new());
     let mut size = 0u64;
@@ -103,11 +119,11 @@ static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
 /// Writes a sparse stream's data at its offsets (the holes stay holes);
 /// the checksums cover the whole image, zeros of the holes included, as
 /// they would for the plain bytes.
-async fn write_sparse(
-    mut body: Incoming,
-    part: &Path,
-    max_bytes: u64,
-) -> Result<Stored, UploadError> {
+async fn write_sparse<B>(mut body: B, part: &Path, max_bytes: u64) -> Result<Stored, UploadError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     use hostd_proto::sparse::{Decoder, Piece, SparseError};
     use std::os::unix::fs::FileExt;
     let file = std::sync::Arc::new(std::fs::File::create(part)?);
@@ -205,7 +221,7 @@ async fn qemu_img(args: &[&std::ffi::OsStr]) -> Result<std::process::Output, Upl
 
 /// Why a qcow2 image is refused before it is converted, from `qemu-img
 /// info`'s JSON: a backing file or an external data file would make qemu-img
-/// read a file of the controller's host into the image (and so into anyone's
+/// read a file of the storing host into the image (and so into anyone's
 /// download of it: OSSA-2015-014, CVE-2022-47951), and an absurd virtual size
 /// would fill its disk.
 fn refusal(info: &serde_json::Value) -> Option<String> {
@@ -279,8 +295,22 @@ pub async fn qcow2_to_raw(src: &Path, dest: &Path) -> Result<u64, UploadError> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
+    let synced = part.clone();
+    tokio::task::spawn_blocking(move || std::fs::File::open(synced)?.sync_all())
+        .await
+        .map_err(|e| UploadError::Io(std::io::Error::other(e)))??;
     tokio::fs::rename(&part, dest).await?;
+    sync_parent(dest).await?;
     Ok(virtual_size)
+}
+
+/// Makes a rename into `path`'s directory durable.
+async fn sync_parent(path: &Path) -> Result<(), UploadError> {
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+        .await
+        .map_err(|e| UploadError::Io(std::io::Error::other(e)))??;
+    Ok(())
 }
 
 #[cfg(test)]

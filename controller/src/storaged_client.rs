@@ -1,10 +1,13 @@
 //! The controller's client for a storage host's storaged: the typed calls
-//! of `storaged_proto`, over the same HTTP plumbing as hostd's client.
+//! of `storaged_proto` (volumes, snapshots, image data), over the same HTTP
+//! plumbing as hostd's client.
 
+use http_body_util::Empty;
+use hyper::body::{Bytes, Incoming};
 use hyper::Method;
 use storaged_proto::{
     Connection, CreateSnapshot, CreateVolume, Export, ExtendVolume, Pending, SnapshotInfo,
-    VolumeInfo, VolumeSource,
+    StoredImage, VolumeInfo, VolumeSource,
 };
 
 /// What a create answered.
@@ -16,7 +19,7 @@ pub enum Created {
     Pending(Pending),
 }
 
-use crate::hostd_client::{call_raw, HostdError, TIMEOUT};
+use crate::hostd_client::{call_raw, read_body, send_body, HostdError, TIMEOUT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -52,6 +55,78 @@ impl Storaged {
             url: url.trim_end_matches('/').to_owned(),
             token,
         }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Streams image `id`'s data (a sparse stream when `sparse`) to the
+    /// storage host, which stores it durably (a qcow2 also converted);
+    /// no deadline: an upload takes as long as its client.
+    pub async fn put_image<B>(
+        &self,
+        id: &str,
+        disk_format: &str,
+        max_bytes: u64,
+        sparse: bool,
+        body: B,
+    ) -> Result<StoredImage, StorageError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = format!("/v1/images/{id}?disk_format={disk_format}&max_bytes={max_bytes}");
+        let content_type = match sparse {
+            true => hostd_proto::sparse::CONTENT_TYPE,
+            false => "application/octet-stream",
+        };
+        let resp = send_body(
+            &self.url,
+            &self.token,
+            Method::PUT,
+            &path,
+            content_type,
+            body,
+        )
+        .await?;
+        let bytes = read_body(&self.url, resp).await?;
+        serde_json::from_slice(&bytes).map_err(|e| StorageError::BadAnswer(e.to_string()))
+    }
+
+    /// Image `id`'s data as uploaded: the answer, its body still to read.
+    pub async fn image_file(&self, id: &str) -> Result<hyper::Response<Incoming>, StorageError> {
+        let path = format!("/v1/images/{id}/file");
+        let sent = send_body(
+            &self.url,
+            &self.token,
+            Method::GET,
+            &path,
+            "application/json",
+            Empty::<Bytes>::new(),
+        );
+        Ok(tokio::time::timeout(TIMEOUT, sent).await.map_err(|_| {
+            StorageError::Unreachable(self.url.clone(), format!("no answer within {TIMEOUT:?}"))
+        })??)
+    }
+
+    /// Removes image `id`'s data (also when it was gone).
+    pub async fn delete_image(&self, id: &str) -> Result<(), StorageError> {
+        self.call(Method::DELETE, &format!("/v1/images/{id}"), None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Where a host fetches image `id`'s raw disk for the next `for_secs`
+    /// seconds without this storaged's token: a URL under `peer_url` (this
+    /// storaged as other hosts reach it) carrying a ticket.
+    pub fn image_ticket_url(&self, peer_url: &str, id: &str, now: u64, for_secs: u64) -> String {
+        let expires = now + for_secs;
+        let subject = storaged_proto::image_ticket_subject(id);
+        let ticket = hostd_proto::token::ticket(&self.token, &subject, expires);
+        let base = peer_url.trim_end_matches('/');
+        format!("{base}/v1/images/{id}/raw?expires={expires}&ticket={ticket}")
     }
 
     async fn call(
