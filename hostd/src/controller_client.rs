@@ -1,6 +1,6 @@
 //! Calls to the controller's internal API (heartbeats, image downloads,
 //! snapshot uploads): one HTTP/1.1 connection per call, with this host's
-//! token when it has one; and the redirects it answers with.
+//! token when it has one.
 
 use hyper::body::{Body, Incoming};
 
@@ -29,53 +29,9 @@ where
 {
     let (authority, prefix) =
         split_url(&controller.url).ok_or_else(|| format!("bad URL {}", controller.url))?;
-    let token = controller.token.as_deref();
-    request(
-        authority,
-        &format!("{prefix}{path}"),
-        token,
-        method,
-        headers,
-        body,
-    )
-    .await
-}
-
-/// Follows a redirect the controller answered with (an image held by a
-/// storage host): a GET of its `Location`, an `http://` URL that carries its
-/// own authorization, so without this host's token, which is for the
-/// controller only.
-pub async fn follow(
-    redirect: &hyper::Response<Incoming>,
-    headers: &[(&str, &str)],
-) -> Result<hyper::Response<Incoming>, String> {
-    let location = redirect
-        .headers()
-        .get(hyper::header::LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or("a redirect without a Location")?;
-    let (authority, path) =
-        split_url(location).ok_or_else(|| format!("a redirect to {location:?}"))?;
-    let empty = http_body_util::Empty::<hyper::body::Bytes>::new();
-    request(authority, path, None, hyper::Method::GET, headers, empty).await
-}
-
-async fn request<B>(
-    authority: &str,
-    path_and_query: &str,
-    token: Option<&str>,
-    method: hyper::Method,
-    headers: &[(&str, &str)],
-    body: B,
-) -> Result<hyper::Response<Incoming>, String>
-where
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
     let stream = tokio::net::TcpStream::connect(authority)
         .await
-        .map_err(|e| format!("{authority}: {e}"))?;
+        .map_err(|e| format!("controller {authority}: {e}"))?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
@@ -83,12 +39,12 @@ where
     tokio::spawn(conn);
     let mut req = hyper::Request::builder()
         .method(method)
-        .uri(path_and_query)
+        .uri(format!("{prefix}{path}"))
         .header("host", authority);
     for (name, value) in headers {
         req = req.header(*name, *value);
     }
-    if let Some(token) = token {
+    if let Some(token) = &controller.token {
         req = req.header("authorization", format!("Bearer {token}"));
     }
     let req = req.body(body).map_err(|e| e.to_string())?;

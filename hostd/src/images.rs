@@ -1,9 +1,10 @@
 //! The image cache: images a spec names by id (`kernel_image`,
-//! `initramfs_image`, `root_image`, `disk_images`) are fetched from the
-//! controller's internal API once, into `state_dir/images/ID`, written to a
-//! temporary file and renamed, so a cached image is always whole. The
-//! controller sends a disk image as a sparse stream (its data, not its
-//! holes); the cached file keeps the holes.
+//! `initramfs_image`, `root_image`, `disk_images`) are fetched once through
+//! the controller's internal API (which redirects to the storage host
+//! holding an image), into `state_dir/images/ID`, written to a temporary
+//! file and renamed, so a cached image is always whole. A disk image comes
+//! as a sparse stream (its data, not its holes); the cached file keeps the
+//! holes.
 //!
 //! Instances of one image that is not cached yet share one download (the
 //! others wait for it). A download may take as long as it needs, but one
@@ -14,16 +15,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use hostd_proto::sparse;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper::body::Bytes;
+use virga_imagefile::download::{self, Accept, STALL_TIMEOUT};
 
 use crate::config::Controller;
-
-/// How long a download may go without receiving a byte.
-const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Image ids are UUIDs (hex and dashes); nothing else reaches a path.
 pub fn valid_image_id(id: &str) -> bool {
@@ -125,97 +123,17 @@ async fn download(controller: &Controller, id: &str, dest: &Path) -> Result<u64,
         &[("accept", sparse::CONTENT_TYPE)],
         Empty::<Bytes>::new(),
     );
-    let mut resp = tokio::time::timeout(STALL_TIMEOUT, request)
+    let resp = tokio::time::timeout(STALL_TIMEOUT, request)
         .await
         .map_err(|_| format!("image {id}: the controller did not answer within {STALL_TIMEOUT:?}"))?
         .map_err(|e| format!("image {id}: {e}"))?;
-    // An image a storage host holds: fetched from there.
-    if resp.status() == hyper::StatusCode::TEMPORARY_REDIRECT {
-        let request = crate::controller_client::follow(&resp, &[("accept", sparse::CONTENT_TYPE)]);
-        resp = tokio::time::timeout(STALL_TIMEOUT, request)
-            .await
-            .map_err(|_| {
-                format!("image {id}: its storage host did not answer within {STALL_TIMEOUT:?}")
-            })?
-            .map_err(|e| format!("image {id}: {e}"))?;
-    }
-    if resp.status() != hyper::StatusCode::OK {
-        return Err(format!(
-            "image {id}: fetching it was answered {}",
-            resp.status()
-        ));
-    }
-    // A controller that predates sparse streams sends the plain bytes.
-    let is_sparse = resp
-        .headers()
-        .get(hyper::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(sparse::is_media_type);
-    let mut body = resp.into_body();
     let file = std::fs::File::create(dest).map_err(|e| e.to_string())?;
-    let mut out = if is_sparse {
-        Sink::Sparse(Some(sparse::FileWriter::new(
-            file,
-            u64::from(crate::root_disk::MAX_GIB) << 30,
-        )))
-    } else {
-        Sink::Plain(Some(sparse::HoleWriter::new(file)))
-    };
-    loop {
-        let frame = match tokio::time::timeout(STALL_TIMEOUT, body.frame()).await {
-            Ok(Some(frame)) => frame.map_err(|e| format!("image {id}: {e}"))?,
-            Ok(None) => break,
-            Err(_) => {
-                return Err(format!(
-                    "image {id}: the download stalled (nothing for {STALL_TIMEOUT:?})"
-                ))
-            }
-        };
-        if let Ok(data) = frame.into_data() {
-            // File writes block: off the async threads.
-            match &mut out {
-                Sink::Plain(w) => {
-                    let mut writer = w.take().ok_or("the writer failed before")?;
-                    *w = Some(
-                        tokio::task::spawn_blocking(move || writer.push(&data).map(|()| writer))
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .map_err(|e| e.to_string())?,
-                    );
-                }
-                Sink::Sparse(w) => {
-                    let mut writer = w.take().ok_or("the writer failed before")?;
-                    *w = Some(
-                        tokio::task::spawn_blocking(move || writer.push(data).map(|()| writer))
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .map_err(|e| format!("image {id}: {e}"))?,
-                    );
-                }
-            }
-        }
-    }
-    let finished = match out {
-        Sink::Plain(w) => {
-            let writer = w.ok_or("the writer failed before")?;
-            tokio::task::spawn_blocking(move || writer.finish()).await
-        }
-        Sink::Sparse(w) => {
-            let writer = w.ok_or("the writer failed before")?;
-            tokio::task::spawn_blocking(move || writer.finish()).await
-        }
-    };
-    finished
-        .map_err(|e| e.to_string())?
+    let max = u64::from(crate::root_disk::MAX_GIB) << 30;
+    // An image on a storage host comes from there (a redirect); an older
+    // controller may send plain bytes.
+    download::receive(resp, file, max, Accept::Either)
+        .await
         .map_err(|e| format!("image {id}: {e}"))
-}
-
-/// Where a download goes: a plain stream (from a controller that predates
-/// sparse streams) through a writer that leaves holes for zero blocks, or
-/// a sparse stream decoded (its holes stay holes).
-enum Sink {
-    Plain(Option<sparse::HoleWriter>),
-    Sparse(Option<sparse::FileWriter>),
 }
 
 #[cfg(test)]
