@@ -653,6 +653,113 @@ fn swift_clients_use_containers_and_objects() {
     assert_eq!(raw(&bob_here, "DELETE", "/docs/notes/hello.txt"), 403);
     assert_eq!(raw(&bob_here, "PUT", "/docs/new"), 403);
 
+    // Container metadata and ACLs, as `swift post` sets them.
+    swift(
+        &["post", "docs", "-m", "owner:ops", "-r", ".r:*,.rlistings"],
+        &tree,
+    );
+    let stat = swift(&["stat", "docs"], &tree);
+    assert!(
+        stat.contains("Meta Owner: ops") && stat.contains("Read ACL: .r:*,.rlistings"),
+        "{stat}"
+    );
+    let anon = |method: &str, path: &str| {
+        virga_test_support::http::send(
+            swift_port,
+            method,
+            &format!("/v1/AUTH_{project}{path}"),
+            &[("Content-Length", "0")],
+            b"",
+        )
+        .unwrap()
+    };
+    let got = anon("GET", "/docs/notes/hello.txt");
+    assert_eq!((got.status, got.body.as_str()), (200, "hello over swift\n"));
+    assert_eq!(anon("GET", "/docs").body.trim(), "notes/hello.txt");
+    let head = anon("HEAD", "/docs");
+    assert_eq!(head.header("x-container-meta-owner"), Some("ops"));
+    assert_eq!(
+        head.header("x-container-read"),
+        None,
+        "ACLs are the owner's"
+    );
+    assert_eq!(anon("PUT", "/docs/anon").status, 401);
+    assert_eq!(anon("DELETE", "/docs/notes/hello.txt").status, 401);
+    assert_eq!(anon("GET", "").status, 401, "never the account");
+    // The same container over S3, anonymously: public-read.
+    let s3_anon =
+        virga_test_support::http::send(s3_port, "GET", "/docs/notes/hello.txt", &[], b"").unwrap();
+    assert_eq!(s3_anon.status, 200, "{}", s3_anon.body);
+    // Objects only (no .rlistings): no listing.
+    swift(&["post", "docs", "-r", ".r:*"], &tree);
+    assert_eq!(anon("GET", "/docs").status, 401);
+    assert_eq!(anon("GET", "/docs/notes/hello.txt").status, 200);
+    // Removed: private again, over S3 too.
+    swift(&["post", "docs", "-r", ""], &tree);
+    assert_eq!(anon("GET", "/docs/notes/hello.txt").status, 401);
+    let s3_anon =
+        virga_test_support::http::send(s3_port, "GET", "/docs/notes/hello.txt", &[], b"").unwrap();
+    assert_eq!(s3_anon.status, 403);
+    // Another project's users, by grant: bob (in "other") reads, then writes.
+    let other = {
+        let me = call(
+            &c,
+            "GET",
+            "/identity/v3/auth/tokens",
+            &[("X-Auth-Token", &bob), ("X-Subject-Token", &bob)],
+            "",
+        );
+        me.json()["token"]["project"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(raw(&bob, "GET", "/docs/notes/hello.txt"), 403);
+    swift(&["post", "docs", "-r", &format!("{other}:*")], &tree);
+    assert_eq!(raw(&bob, "GET", "/docs/notes/hello.txt"), 200);
+    assert_eq!(raw(&bob, "GET", "/docs"), 200);
+    assert_eq!(raw(&bob, "PUT", "/docs/from-bob"), 403);
+    swift(
+        &["post", "docs", "-w", &format!("{other}:{bob_user}")],
+        &tree,
+    );
+    assert_eq!(raw(&bob, "PUT", "/docs/from-bob"), 201);
+    assert_eq!(raw(&bob, "DELETE", "/docs/from-bob"), 204);
+    assert_eq!(raw(&bob, "COPY", "/docs/notes/hello.txt"), 403, "no copies");
+    assert_eq!(raw(&bob, "POST", "/docs"), 403, "not the container");
+    assert_eq!(raw(&bob, "GET", ""), 403, "not the account");
+    // What is not honoured is refused, as is metadata beyond Swift's limits.
+    let post = |headers: &[(&str, &str)]| {
+        let mut all = vec![("X-Auth-Token", admin.as_str()), ("Content-Length", "0")];
+        all.extend_from_slice(headers);
+        virga_test_support::http::send(
+            swift_port,
+            "POST",
+            &format!("/v1/AUTH_{project}/docs"),
+            &all,
+            b"",
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(post(&[("X-Container-Read", ".r:example.com")]), 400);
+    assert_eq!(post(&[("X-Container-Write", ".r:*")]), 400);
+    let long = "v".repeat(300);
+    assert_eq!(post(&[("X-Container-Meta-Big", long.as_str())]), 400);
+    assert_eq!(
+        post(&[
+            ("X-Remove-Container-Meta-Owner", "x"),
+            ("X-Remove-Container-Read", "x"),
+            ("X-Remove-Container-Write", "x")
+        ]),
+        204
+    );
+    let stat = swift(&["stat", "docs"], &tree);
+    assert!(
+        !stat.contains("Meta Owner") && !stat.contains(&other),
+        "{stat}"
+    );
+
     // Bad input: a wrong ETag is refused and stores nothing; an absent
     // object is 404; a non-empty container is not deleted.
     let bad = virga_test_support::http::send(

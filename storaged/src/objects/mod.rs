@@ -58,6 +58,9 @@ pub enum ObjectError {
     /// A part other than the last is below 5 MiB.
     #[error("part {0} is smaller than 5 MiB")]
     EntityTooSmall(i64),
+    /// Metadata beyond the limits.
+    #[error("{0}")]
+    BadMetadata(String),
     /// Taken: by the caller's project (`mine`) or another's.
     #[error("the bucket exists")]
     BucketExists { mine: bool },
@@ -77,7 +80,29 @@ pub struct BucketInfo {
     pub created_ms: i64,
     /// Anyone may list it and read its objects (canned ACL `public-read`).
     pub public_read: bool,
+    /// Swift container metadata (`X-Container-Meta-*`), by lowercase name.
+    pub metadata: BTreeMap<String, String>,
+    /// Swift's `X-Container-Read` and `X-Container-Write`, as set.
+    pub read_acl: Option<String>,
+    pub write_acl: Option<String>,
 }
+
+/// A change to a bucket's Swift settings: fields left `None` stay.
+#[derive(Debug, Default)]
+pub struct ContainerUpdate {
+    pub set_metadata: BTreeMap<String, String>,
+    pub remove_metadata: Vec<String>,
+    /// `Some(None)` removes the ACL.
+    pub read_acl: Option<Option<String>>,
+    pub write_acl: Option<Option<String>>,
+    /// What the read ACL means for S3's canned `public-read`.
+    pub public_read: Option<bool>,
+}
+
+/// The most metadata items a container or object keeps, and their total
+/// size (names and values), as Swift's defaults.
+pub const MAX_META_ITEMS: usize = 90;
+pub const MAX_META_BYTES: usize = 4096;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -154,6 +179,47 @@ fn after_prefix(prefix: &str) -> Option<Vec<u8>> {
     None
 }
 
+/// Columns added to tables made before they existed (their defaults are
+/// what rows made before meant).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("buckets", "metadata", "TEXT NOT NULL DEFAULT '{}'"),
+    ("buckets", "read_acl", "TEXT"),
+    ("buckets", "write_acl", "TEXT"),
+];
+
+async fn add_columns(db: &SqlitePool) -> Result<(), ObjectError> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let have = sqlx::query(&format!(
+            "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?"
+        ))
+        .bind(column)
+        .fetch_optional(db)
+        .await?
+        .is_some();
+        if !have {
+            sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+                .execute(db)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+const BUCKET_COLUMNS: &str =
+    "name, project_id, created_ms, public_read, metadata, read_acl, write_acl";
+
+fn bucket_info(r: &sqlx::sqlite::SqliteRow) -> BucketInfo {
+    BucketInfo {
+        name: r.get("name"),
+        project_id: r.get("project_id"),
+        created_ms: r.get("created_ms"),
+        public_read: r.get::<i64, _>("public_read") != 0,
+        metadata: serde_json::from_str(&r.get::<String, _>("metadata")).unwrap_or_default(),
+        read_acl: r.get("read_acl"),
+        write_acl: r.get("write_acl"),
+    }
+}
+
 /// Write transactions begin `IMMEDIATE` (`begin_with`): one that began as
 /// a reader and then wrote would fail with `SQLITE_BUSY`, which no busy
 /// timeout waits out, whenever another writer committed in between.
@@ -225,6 +291,7 @@ impl ObjectStore {
         for statement in SCHEMA {
             sqlx::query(statement).execute(&db).await?;
         }
+        add_columns(&db).await?;
         let store = ObjectStore { dir, db };
         store.tidy().await?;
         Ok(store)
@@ -265,34 +332,25 @@ impl ObjectStore {
     }
 
     pub async fn bucket(&self, name: &str) -> Result<Option<BucketInfo>, ObjectError> {
-        Ok(sqlx::query(
-            "SELECT name, project_id, created_ms, public_read FROM buckets WHERE name = ?",
-        )
+        Ok(sqlx::query(&format!(
+            "SELECT {BUCKET_COLUMNS} FROM buckets WHERE name = ?"
+        ))
         .bind(name)
         .fetch_optional(&self.db)
         .await?
-        .map(|r| BucketInfo {
-            name: r.get("name"),
-            project_id: r.get("project_id"),
-            created_ms: r.get("created_ms"),
-            public_read: r.get::<i64, _>("public_read") != 0,
-        }))
+        .as_ref()
+        .map(bucket_info))
     }
 
     pub async fn list_buckets(&self, project_id: &str) -> Result<Vec<BucketInfo>, ObjectError> {
-        Ok(sqlx::query(
-            "SELECT name, project_id, created_ms, public_read FROM buckets WHERE project_id = ? ORDER BY name",
-        )
+        Ok(sqlx::query(&format!(
+            "SELECT {BUCKET_COLUMNS} FROM buckets WHERE project_id = ? ORDER BY name"
+        ))
         .bind(project_id)
         .fetch_all(&self.db)
         .await?
         .iter()
-        .map(|r| BucketInfo {
-            name: r.get("name"),
-            project_id: r.get("project_id"),
-            created_ms: r.get("created_ms"),
-            public_read: r.get::<i64, _>("public_read") != 0,
-        })
+        .map(bucket_info)
         .collect())
     }
 
@@ -338,17 +396,65 @@ impl ObjectStore {
         ))
     }
 
-    /// Makes a bucket readable by anyone, or by its project only.
+    /// Makes a bucket readable by anyone, or by its project only (for
+    /// Swift too: its read ACL becomes `.r:*,.rlistings`, or none).
     pub async fn set_public_read(&self, name: &str, public_read: bool) -> Result<(), ObjectError> {
-        let changed = sqlx::query("UPDATE buckets SET public_read = ? WHERE name = ?")
-            .bind(i64::from(public_read))
-            .bind(name)
-            .execute(&self.db)
-            .await?
-            .rows_affected();
+        let read_acl = public_read.then_some(".r:*,.rlistings");
+        let changed =
+            sqlx::query("UPDATE buckets SET public_read = ?, read_acl = ? WHERE name = ?")
+                .bind(i64::from(public_read))
+                .bind(read_acl)
+                .bind(name)
+                .execute(&self.db)
+                .await?
+                .rows_affected();
         if changed == 0 {
             return Err(ObjectError::NoSuchBucket);
         }
+        Ok(())
+    }
+
+    /// Changes a bucket's Swift metadata and ACLs in one transaction;
+    /// refuses metadata beyond Swift's limits.
+    pub async fn update_container(
+        &self,
+        name: &str,
+        update: ContainerUpdate,
+    ) -> Result<(), ObjectError> {
+        let mut tx = self.db.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(&format!(
+            "SELECT {BUCKET_COLUMNS} FROM buckets WHERE name = ?"
+        ))
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(ObjectError::NoSuchBucket)?;
+        let mut bucket = bucket_info(&row);
+        for key in &update.remove_metadata {
+            bucket.metadata.remove(key);
+        }
+        bucket.metadata.extend(update.set_metadata);
+        bucket.metadata.retain(|_, v| !v.is_empty());
+        let bytes: usize = bucket.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if bucket.metadata.len() > MAX_META_ITEMS || bytes > MAX_META_BYTES {
+            return Err(ObjectError::BadMetadata(format!(
+                "at most {MAX_META_ITEMS} metadata items of {MAX_META_BYTES} bytes in all"
+            )));
+        }
+        let read_acl = update.read_acl.unwrap_or(bucket.read_acl);
+        let write_acl = update.write_acl.unwrap_or(bucket.write_acl);
+        let public_read = update.public_read.unwrap_or(bucket.public_read);
+        sqlx::query(
+            "UPDATE buckets SET metadata = ?, read_acl = ?, write_acl = ?, public_read = ? WHERE name = ?",
+        )
+        .bind(serde_json::to_string(&bucket.metadata).unwrap_or_default())
+        .bind(read_acl)
+        .bind(write_acl)
+        .bind(i64::from(public_read))
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -12,6 +12,7 @@
 //! in one request. Not yet: container ACLs, account and container metadata,
 //! temporary URLs.
 
+mod acl;
 pub mod auth;
 
 use std::collections::BTreeMap;
@@ -27,8 +28,9 @@ use md5::{Digest, Md5};
 use serde_json::json;
 
 use crate::objects::sink::BlobSink;
-use crate::objects::{ObjectError, ObjectInfo, ObjectStore};
+use crate::objects::{ContainerUpdate, ObjectError, ObjectInfo, ObjectStore};
 
+use self::acl::Acl;
 use self::auth::Tokens;
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -80,6 +82,7 @@ fn store_error(e: ObjectError) -> Response<Body> {
             "There was a conflict when trying to complete your request.",
         ),
         ObjectError::BucketExists { .. } => error(StatusCode::CONFLICT, "Conflict"),
+        ObjectError::BadMetadata(why) => error(StatusCode::BAD_REQUEST, &why),
         e => {
             tracing::error!("swift: {e}");
             error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Error")
@@ -147,6 +150,57 @@ fn object_meta(req: &Request<Incoming>) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Swift's limits on a metadata item.
+const MAX_META_NAME: usize = 128;
+const MAX_META_VALUE: usize = 256;
+
+/// What a container PUT or POST asks to change: `X-Container-Meta-*` (an
+/// empty value removes), `X-Remove-Container-Meta-*`, the ACLs
+/// (`X-Container-Read`/`-Write`, empty or `X-Remove-Container-Read`/`-Write`
+/// to remove); the refusal's text for what Swift would refuse.
+fn container_update(req: &Request<Incoming>) -> Result<ContainerUpdate, String> {
+    let mut update = ContainerUpdate::default();
+    for (k, v) in req.headers() {
+        let value = v
+            .to_str()
+            .map_err(|_| format!("{k}: not a text value"))?
+            .trim();
+        if let Some(name) = k.as_str().strip_prefix("x-container-meta-") {
+            if name.len() > MAX_META_NAME || value.len() > MAX_META_VALUE {
+                return Err(format!(
+                    "Metadata names are at most {MAX_META_NAME} bytes and values {MAX_META_VALUE}"
+                ));
+            }
+            update
+                .set_metadata
+                .insert(name.to_owned(), value.to_owned());
+        } else if let Some(name) = k.as_str().strip_prefix("x-remove-container-meta-") {
+            update.remove_metadata.push(name.to_owned());
+        }
+    }
+    let acl =
+        |header_name: &str, remove: &str, read: bool| -> Result<Option<Option<String>>, String> {
+            if header(req, remove).is_some() {
+                return Ok(Some(None));
+            }
+            let Some(value) = header(req, header_name) else {
+                return Ok(None);
+            };
+            Acl::parse(value, read)?;
+            Ok(Some(
+                Some(value.trim().to_owned()).filter(|v| !v.is_empty()),
+            ))
+        };
+    update.read_acl = acl("x-container-read", "x-remove-container-read", true)?;
+    update.write_acl = acl("x-container-write", "x-remove-container-write", false)?;
+    // S3 sees a container anyone may list and read as `public-read`.
+    if let Some(read) = &update.read_acl {
+        let parsed = Acl::parse(read.as_deref().unwrap_or_default(), true)?;
+        update.public_read = Some(parsed.public_listing());
+    }
+    Ok(update)
+}
+
 fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
@@ -212,20 +266,35 @@ impl SwiftApi {
         let Some(project) = account.strip_prefix("AUTH_") else {
             return error(StatusCode::NOT_FOUND, "Not Found");
         };
-        let Some(token) = header(&req, "x-auth-token") else {
-            return error(StatusCode::UNAUTHORIZED, "Unauthorized");
+        let owner = match header(&req, "x-auth-token") {
+            None => None,
+            Some(token) => match self.tokens.owner(token).await {
+                Ok(Some(o)) => Some(o),
+                Ok(None) => return error(StatusCode::UNAUTHORIZED, "Unauthorized"),
+                Err(e) => {
+                    tracing::warn!("swift: checking a token: {e}");
+                    return error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
+                }
+            },
         };
-        let owner = match self.tokens.owner(token).await {
-            Ok(Some(o)) => o,
-            Ok(None) => return error(StatusCode::UNAUTHORIZED, "Unauthorized"),
-            Err(e) => {
-                tracing::warn!("swift: checking a token: {e}");
-                return error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
+        let owner = match owner {
+            Some(o) if o.project_id == project => o,
+            // Not the account's own: what the container's ACLs grant.
+            other => {
+                let container = container.unwrap_or_default();
+                let object = object.unwrap_or_default();
+                if let Err(r) = self
+                    .granted(&req, project, &container, &object, other)
+                    .await
+                {
+                    return r;
+                }
+                return match object.is_empty() {
+                    true => self.container(req, project, &container, false).await,
+                    false => self.object(req, project, &container, &object).await,
+                };
             }
         };
-        if owner.project_id != project {
-            return error(StatusCode::FORBIDDEN, "Forbidden");
-        }
         let reads = matches!(*req.method(), Method::GET | Method::HEAD);
         let writer = owner.roles.iter().any(|r| r != "reader");
         if !reads && !writer {
@@ -240,9 +309,85 @@ impl SwiftApi {
                 }
             }
             (None, _) => self.account(req, project).await,
-            (Some(c), None) => self.container(req, project, &c).await,
+            (Some(c), None) => self.container(req, project, &c, true).await,
             (Some(c), Some(o)) => self.object(req, project, &c, &o).await,
         }
+    }
+
+    /// Whether the container's ACLs let a caller from outside the account
+    /// (anonymous, or a token of another project) make this request; the
+    /// refusal otherwise (401 without a token, 403 with one), also for a
+    /// container that does not exist, so that ACLs disclose nothing. Such a
+    /// caller reads objects and listings, and writes objects, but never
+    /// copies, large objects (their segments may be in containers it cannot
+    /// read) or the container itself.
+    async fn granted(
+        &self,
+        req: &Request<Incoming>,
+        project: &str,
+        container: &str,
+        object: &str,
+        caller: Option<storaged_proto::TokenOwner>,
+    ) -> Result<(), Response<Body>> {
+        let denied = || match caller {
+            None => error(StatusCode::UNAUTHORIZED, "Unauthorized"),
+            Some(_) => error(StatusCode::FORBIDDEN, "Forbidden"),
+        };
+        if container.is_empty() {
+            return Err(denied());
+        }
+        let bucket = match self.store.bucket(container).await {
+            Ok(Some(b)) if b.project_id == project => b,
+            Ok(_) => return Err(denied()),
+            Err(e) => return Err(store_error(e)),
+        };
+        // Buckets S3 made public-read, before Swift ACLs were kept.
+        let public = bucket.public_read.then_some(".r:*,.rlistings");
+        let read = Acl::parse(
+            bucket.read_acl.as_deref().or(public).unwrap_or_default(),
+            true,
+        )
+        .unwrap_or_default();
+        let write =
+            Acl::parse(bucket.write_acl.as_deref().unwrap_or_default(), false).unwrap_or_default();
+        let user = caller
+            .as_ref()
+            .map(|c| (c.project_id.as_str(), c.user_id.as_str()));
+        let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+        let allowed = match (reads, object.is_empty()) {
+            (true, true) => read.public_listing() || user.is_some_and(|(p, u)| read.grants(p, u)),
+            (true, false) => read.anyone || user.is_some_and(|(p, u)| read.grants(p, u)),
+            (false, true) => false,
+            (false, false) => {
+                matches!(*req.method(), Method::PUT | Method::POST | Method::DELETE)
+                    && user.is_some_and(|(p, u)| write.grants(p, u))
+            }
+        };
+        if !allowed {
+            return Err(denied());
+        }
+        let q = query(req);
+        let large = q.contains_key("multipart-manifest")
+            || header(req, "x-object-manifest").is_some()
+            || header(req, "x-copy-from").is_some();
+        if large {
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                "copies and large objects are for the account's own users",
+            ));
+        }
+        if reads && !object.is_empty() {
+            match self.store.head(container, object).await {
+                Ok(o) if o.manifest.is_some() || o.segments.is_some() => {
+                    return Err(error(
+                        StatusCode::FORBIDDEN,
+                        "large objects are for the account's own users",
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn info(&self) -> Response<Body> {
@@ -437,18 +582,47 @@ impl SwiftApi {
         }
     }
 
-    async fn container(&self, req: Request<Incoming>, project: &str, name: &str) -> Response<Body> {
+    /// A container request; `owner`: the caller is the account's own (only
+    /// they see its ACLs).
+    async fn container(
+        &self,
+        req: Request<Incoming>,
+        project: &str,
+        name: &str,
+        owner: bool,
+    ) -> Response<Body> {
         if name.is_empty() || name.len() > 63 || name.contains('/') {
             return error(StatusCode::BAD_REQUEST, "Container name is invalid");
         }
         match *req.method() {
-            Method::PUT => match self.store.create_bucket(name, project, false).await {
-                Ok(()) => full(StatusCode::CREATED, Bytes::new()),
-                Err(ObjectError::BucketExists { mine: true }) => {
-                    full(StatusCode::ACCEPTED, Bytes::new())
+            Method::PUT => {
+                let update = match container_update(&req) {
+                    Ok(u) => u,
+                    Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+                };
+                let made = match self.store.create_bucket(name, project, false).await {
+                    Ok(()) => StatusCode::CREATED,
+                    Err(ObjectError::BucketExists { mine: true }) => StatusCode::ACCEPTED,
+                    Err(e) => return store_error(e),
+                };
+                match self.store.update_container(name, update).await {
+                    Ok(()) => full(made, Bytes::new()),
+                    Err(e) => store_error(e),
                 }
-                Err(e) => store_error(e),
-            },
+            }
+            Method::POST => {
+                if let Err(r) = self.owned(project, name).await {
+                    return r;
+                }
+                let update = match container_update(&req) {
+                    Ok(u) => u,
+                    Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+                };
+                match self.store.update_container(name, update).await {
+                    Ok(()) => full(StatusCode::NO_CONTENT, Bytes::new()),
+                    Err(e) => store_error(e),
+                }
+            }
             Method::DELETE => {
                 if let Err(r) = self.owned(project, name).await {
                     return r;
@@ -459,9 +633,11 @@ impl SwiftApi {
                 }
             }
             Method::HEAD | Method::GET => {
-                if let Err(r) = self.owned(project, name).await {
-                    return r;
-                }
+                let bucket = match self.store.bucket(name).await {
+                    Ok(Some(b)) if b.project_id == project => b,
+                    Ok(_) => return error(StatusCode::NOT_FOUND, "Not Found"),
+                    Err(e) => return store_error(e),
+                };
                 let (count, bytes) = match self.store.bucket_usage(name).await {
                     Ok(u) => u,
                     Err(e) => return store_error(e),
@@ -471,6 +647,25 @@ impl SwiftApi {
                     .insert("x-container-object-count", count.into());
                 r.headers_mut()
                     .insert("x-container-bytes-used", bytes.into());
+                let public = bucket.public_read.then(|| ".r:*,.rlistings".to_owned());
+                let acls = [
+                    ("x-container-read", bucket.read_acl.or(public)),
+                    ("x-container-write", bucket.write_acl),
+                ];
+                let acls = acls.into_iter().filter(|_| owner);
+                let meta = bucket
+                    .metadata
+                    .into_iter()
+                    .map(|(k, v)| (format!("x-container-meta-{k}"), Some(v)));
+                for (k, v) in meta.chain(acls.map(|(k, v)| (k.to_owned(), v))) {
+                    let (Ok(k), Some(Ok(v))) = (
+                        hyper::header::HeaderName::try_from(k),
+                        v.map(hyper::header::HeaderValue::try_from),
+                    ) else {
+                        continue;
+                    };
+                    r.headers_mut().insert(k, v);
+                }
                 if *req.method() == Method::HEAD {
                     return r;
                 }
@@ -529,6 +724,19 @@ impl SwiftApi {
     ) -> Response<Body> {
         if key.is_empty() || key.len() > 1024 {
             return error(StatusCode::BAD_REQUEST, "Object name is invalid");
+        }
+        let meta = object_meta(&req);
+        let meta_bytes: usize = meta.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if meta
+            .iter()
+            .any(|(k, v)| k.len() > MAX_META_NAME || v.len() > MAX_META_VALUE)
+            || meta.len() > crate::objects::MAX_META_ITEMS
+            || meta_bytes > crate::objects::MAX_META_BYTES
+        {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Metadata: at most 90 items, names of 128 bytes, values of 256, 4096 bytes in all",
+            );
         }
         if let Err(r) = self.owned(project, container).await {
             return r;
