@@ -109,6 +109,194 @@ fn client(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The AWS CLI (v1, pinned) as its users drive it: `aws s3` copies in
+/// parts above 8 MiB, syncs only what changed, presigns URLs that curl-like
+/// clients use until they expire; `aws s3api` calls the operations one by
+/// one.
+#[test]
+fn aws_cli_copies_syncs_presigns_and_calls_the_api() {
+    let Some(python) = python() else { return };
+    let Cloud {
+        c: _c,
+        storage: _storage,
+        port,
+        access,
+        secret,
+        ..
+    } = cloud();
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let aws = |args: &[&str]| {
+        client(
+            Command::new(python.with_file_name("aws"))
+                .args(["--endpoint-url", &endpoint])
+                .args(args)
+                .env("AWS_ACCESS_KEY_ID", &access)
+                .env("AWS_SECRET_ACCESS_KEY", &secret)
+                .env("AWS_DEFAULT_REGION", "us-east-1")
+                .env("AWS_CONFIG_FILE", dir.path().join("none"))
+                .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
+                .env_remove("AWS_CA_BUNDLE")
+                .env_remove("AWS_PROFILE"),
+        )
+    };
+    aws(&["s3", "mb", "s3://cli-bucket"]);
+    // 20 MiB: three parts of the CLI's default 8 MiB.
+    let big: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+    let big_path = dir.path().join("big.bin");
+    std::fs::write(&big_path, &big).unwrap();
+    aws(&[
+        "s3",
+        "cp",
+        big_path.to_str().unwrap(),
+        "s3://cli-bucket/big.bin",
+    ]);
+    let head: Value = serde_json::from_str(&aws(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "cli-bucket",
+        "--key",
+        "big.bin",
+    ]))
+    .unwrap();
+    assert!(head["ETag"].as_str().unwrap().ends_with("-3\""), "{head}");
+    assert_eq!(head["ContentLength"], 20 << 20);
+    let back = dir.path().join("back.bin");
+    aws(&[
+        "s3",
+        "cp",
+        "s3://cli-bucket/big.bin",
+        back.to_str().unwrap(),
+    ]);
+    assert!(
+        std::fs::read(&back).unwrap() == big,
+        "the download is the upload"
+    );
+
+    // sync: everything the first time, only the changed file the second.
+    let tree = dir.path().join("tree");
+    for (name, body) in [("a.txt", "a"), ("sub/b.txt", "bb"), ("sub/c.txt", "ccc")] {
+        let p = tree.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, body).unwrap();
+    }
+    let first = aws(&[
+        "s3",
+        "sync",
+        tree.to_str().unwrap(),
+        "s3://cli-bucket/tree/",
+    ]);
+    assert_eq!(first.matches("upload:").count(), 3, "{first}");
+    std::fs::write(tree.join("sub/b.txt"), "changed").unwrap();
+    let second = aws(&[
+        "s3",
+        "sync",
+        tree.to_str().unwrap(),
+        "s3://cli-bucket/tree/",
+    ]);
+    assert_eq!(second.matches("upload:").count(), 1, "{second}");
+    assert!(second.contains("sub/b.txt"), "{second}");
+    let listed: Value = serde_json::from_str(&aws(&[
+        "s3api",
+        "list-objects-v2",
+        "--bucket",
+        "cli-bucket",
+        "--prefix",
+        "tree/",
+        "--delimiter",
+        "/",
+    ]))
+    .unwrap();
+    assert_eq!(listed["Contents"][0]["Key"], "tree/a.txt", "{listed}");
+    assert_eq!(
+        listed["CommonPrefixes"][0]["Prefix"], "tree/sub/",
+        "{listed}"
+    );
+    let down = dir.path().join("down");
+    aws(&[
+        "s3",
+        "sync",
+        "s3://cli-bucket/tree/",
+        down.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(down.join("sub/b.txt")).unwrap(),
+        "changed"
+    );
+
+    // s3api, one call at a time: metadata and content type kept.
+    let small = dir.path().join("small.txt");
+    std::fs::write(&small, "small").unwrap();
+    aws(&[
+        "s3api",
+        "put-object",
+        "--bucket",
+        "cli-bucket",
+        "--key",
+        "small.txt",
+        "--body",
+        small.to_str().unwrap(),
+        "--content-type",
+        "text/plain",
+        "--metadata",
+        "k=v",
+    ]);
+    let head: Value = serde_json::from_str(&aws(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "cli-bucket",
+        "--key",
+        "small.txt",
+    ]))
+    .unwrap();
+    assert_eq!(
+        (&head["ContentType"], &head["Metadata"]),
+        (&json!("text/plain"), &json!({"k": "v"}))
+    );
+
+    // A presigned URL works with curl and no credentials; not for another
+    // key under the same signature.
+    let url = aws(&[
+        "s3",
+        "presign",
+        "s3://cli-bucket/small.txt",
+        "--expires-in",
+        "60",
+    ]);
+    let curl = |url: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-w", " %{http_code}", url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl(url.trim()), "small 200");
+    let tampered = url.trim().replace("small.txt", "big.bin");
+    assert!(curl(&tampered).ends_with(" 403"), "{}", curl(&tampered));
+
+    // Bad input: an invalid bucket name is refused with S3's code.
+    let out = Command::new(python.with_file_name("aws"))
+        .args(["--endpoint-url", &endpoint, "s3", "mb", "s3://Not_Valid"])
+        .env("AWS_ACCESS_KEY_ID", &access)
+        .env("AWS_SECRET_ACCESS_KEY", &secret)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env_remove("AWS_CA_BUNDLE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("InvalidBucketName"),
+        "{out:?}"
+    );
+
+    aws(&["s3", "rm", "--recursive", "s3://cli-bucket"]);
+    aws(&["s3", "rb", "s3://cli-bucket"]);
+    let buckets = aws(&["s3", "ls"]);
+    assert_eq!(buckets.trim(), "", "{buckets}");
+}
+
 /// s3cmd (pinned in tests/clients/requirements.txt; multipart above 15 MiB)
 /// and rclone (the distribution's) doing what their users do: make a
 /// bucket, upload, list, download and compare, sync a tree, delete.
@@ -305,6 +493,14 @@ fn boto3_uses_buckets_and_objects_as_on_s3() {
     expect("acl", json!(["FULL_CONTROL", "READ"]));
     expect("anon_after_private", json!(403));
     expect("other_acl", json!("AccessDenied"));
+    expect("malformed_xml", json!("MalformedXML"));
+    expect("bad_names", json!(vec!["InvalidBucketName"; 5]));
+    expect("oversize_part", json!("EntityTooLarge"));
+    expect("presigned_expired", json!([403, true]));
+    expect(
+        "keys_after_bad_input",
+        json!(["dir/a.bin", "dir/b.txt", "top.txt"]),
+    );
     expect("not_empty", json!("BucketNotEmpty"));
     expect("deleted", json!(["dir/a.bin", "dir/b.txt", "top.txt"]));
     expect("buckets_after", json!([]));

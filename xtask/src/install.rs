@@ -7,7 +7,8 @@ use anyhow::{bail, Context, Result};
 /// Debian packages and a command (or file) each provides (to skip what is there).
 const PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "qemu-system-x86_64"),
-    // The controller converts qcow2 uploads to raw with qemu-img.
+    // storaged (and the controller, for images it keeps) converts qcow2
+    // uploads to raw with qemu-img.
     ("qemu-utils", "qemu-img"),
     ("kmod", "depmod"),
     ("dpkg", "dpkg-deb"),
@@ -22,6 +23,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nbdkit", "nbdkit"),
     // An S3 client the object store is tested with (controller/tests/objects.rs).
     ("rclone", "rclone"),
+    // Presigned S3 URLs fetched as users do (controller/tests/objects.rs).
+    ("curl", "curl"),
     ("iperf3", "iperf3"),
     // netd's tests: network namespaces, veths, ping across them.
     ("iproute2", "ip"),

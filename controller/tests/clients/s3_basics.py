@@ -172,6 +172,56 @@ out["anon_after_private"] = anonymous("GET", "/bucket-pub/hello.txt")[0]
 out["other_acl"] = code(lambda: other.put_bucket_acl(Bucket="bucket-pub", ACL="public-read"))
 s3.delete_object(Bucket="bucket-pub", Key="hello.txt")
 s3.delete_bucket(Bucket="bucket-pub")
+# Bad input the SDK would not send, signed as it would be.
+def signed(method, path, body=b"", headers=None):
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    import http.client
+    import urllib.parse
+
+    headers = dict(headers or {})
+    headers.setdefault("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+    req = AWSRequest(method=method, url=endpoint + path, data=body, headers=headers)
+    SigV4Auth(Credentials(access, secret), "s3", "us-east-1").add_auth(req)
+    url = urllib.parse.urlsplit(endpoint)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    conn.putrequest(method, path, skip_accept_encoding=True)
+    for k, v in req.headers.items():
+        conn.putheader(k, v)
+    if "Content-Length" not in req.headers:
+        conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders()
+    try:
+        conn.send(body)
+        r = conn.getresponse()
+        text = r.read().decode(errors="replace")
+    except (BrokenPipeError, ConnectionResetError):
+        return "connection closed"
+    code_start = text.find("<Code>")
+    return text[code_start + 6 : text.find("</Code>")] if code_start >= 0 else str(r.status)
+
+
+bad_xml = b"<Delete><Object><Key>top.txt</Key>"
+out["malformed_xml"] = signed(
+    "POST", "/bucket-one?delete", bad_xml,
+    {"Content-MD5": __import__("base64").b64encode(hashlib.md5(bad_xml).digest()).decode()},
+)
+out["bad_names"] = [code(lambda n=n: s3.create_bucket(Bucket=n)) for n in ["ab", "Bad_Name", "a..b", "-dash", "x" * 64]]
+up3 = s3.create_multipart_upload(Bucket="bucket-one", Key="huge")["UploadId"]
+out["oversize_part"] = signed(
+    "PUT", f"/bucket-one/huge?partNumber=1&uploadId={up3}", b"x",
+    {"Content-Length": str((5 << 30) + 1)},
+)
+s3.abort_multipart_upload(Bucket="bucket-one", Key="huge", UploadId=up3)
+short = s3.generate_presigned_url("get_object", Params={"Bucket": "bucket-one", "Key": "top.txt"}, ExpiresIn=1)
+__import__("time").sleep(2.5)
+try:
+    urllib.request.urlopen(short)
+    out["presigned_expired"] = "ok"
+except urllib.error.HTTPError as e:
+    out["presigned_expired"] = [e.code, "expired" in e.read().decode(errors="replace").lower()]
+out["keys_after_bad_input"] = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="bucket-one").get("Contents", []))
 out["not_empty"] = code(lambda: s3.delete_bucket(Bucket="bucket-one"))
 d = s3.delete_objects(Bucket="bucket-one", Delete={"Objects": [{"Key": k} for k in keys]})
 out["deleted"] = sorted(x["Key"] for x in d.get("Deleted", []))
