@@ -811,7 +811,7 @@ fn objects_survive_storaged_killed_anywhere() {
     };
     let python = std::path::PathBuf::from(openstack).with_file_name("python3");
     let script =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/s3_crash.py");
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/s3_crash.py");
     let c = start_with(None, &controller_config());
     let admin = try_token(&c.addr, "admin", ADMIN_PASSWORD, "admin").unwrap();
     let port = common::free_port();
@@ -877,7 +877,7 @@ fn objects_survive_storaged_killed_anywhere() {
         .unwrap();
     assert!(make.success());
     // What each key holds (md5 of its data), as last verified.
-    let mut state: BTreeMap<String, String> = BTreeMap::new();
+    let mut expected = virga_test_support::acked::Expected::default();
     let mut rng = Rng(0x5eed_c0de_0000_0003);
     let (mut failed, mut acked_puts, mut acked_dels, mut in_flight) = (0, 0, 0, 0);
     println!(
@@ -899,76 +899,18 @@ fn objects_survive_storaged_killed_anywhere() {
         // What each key may hold now: what its last acknowledged request
         // left, or what the one in flight would have.
         let log = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut allowed: BTreeMap<String, Vec<Option<String>>> = state
-            .iter()
-            .map(|(k, v)| (k.clone(), vec![Some(v.clone())]))
-            .collect();
-        let mut acked = 0;
-        let mut flight = 0;
-        for line in log.lines() {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            match words.as_slice() {
-                ["begin", "put", key, md5] => {
-                    allowed
-                        .entry((*key).to_owned())
-                        .or_insert_with(|| vec![None])
-                        .push(Some((*md5).to_owned()));
-                    flight = 1;
-                }
-                ["begin", "del", key] => {
-                    allowed
-                        .entry((*key).to_owned())
-                        .or_insert_with(|| vec![None])
-                        .push(None);
-                    flight = 1;
-                }
-                ["ack", "put", key, md5] => {
-                    allowed.insert((*key).to_owned(), vec![Some((*md5).to_owned())]);
-                    acked += 1;
-                    acked_puts += 1;
-                    flight = 0;
-                }
-                ["ack", "del", key] => {
-                    allowed.insert((*key).to_owned(), vec![None]);
-                    acked += 1;
-                    acked_dels += 1;
-                    flight = 0;
-                }
-                _ => {}
-            }
-        }
-        in_flight += flight;
-        // An acknowledged state is the last entry; a begun one after it
-        // may have landed: keep only the last two possibilities per key.
-        for v in allowed.values_mut() {
-            let n = v.len();
-            if n > 2 {
-                v.drain(..n - 2);
-            }
-        }
+        let round = expected.round(&log);
+        acked_puts += round.acked_puts;
+        acked_dels += round.acked_dels;
+        in_flight += u64::from(round.in_flight);
+        let (acked, flight) = (round.acked(), u64::from(round.in_flight));
         let check = client(&["check", &endpoint, &access, &secret, "trials"])
             .wait_with_output()
             .unwrap();
-        let mut wrong = Vec::new();
-        match serde_json::from_slice::<BTreeMap<String, String>>(&check.stdout) {
-            Ok(seen) => {
-                for (key, md5) in &seen {
-                    match allowed.get(key) {
-                        Some(ok) if ok.contains(&Some(md5.clone())) => {}
-                        _ => {
-                            wrong.push(format!("{key} holds {md5}, allowed {:?}", allowed.get(key)))
-                        }
-                    }
-                }
-                for (key, ok) in &allowed {
-                    if !seen.contains_key(key) && !ok.contains(&None) {
-                        wrong.push(format!("{key} is gone, allowed {ok:?}"));
-                    }
-                }
-                state = seen;
-            }
-            Err(e) => wrong.push(format!("the check failed: {e}")),
-        }
+        let mut wrong = match serde_json::from_slice::<BTreeMap<String, String>>(&check.stdout) {
+            Ok(seen) => expected.check(&round, seen),
+            Err(e) => vec![format!("the check failed: {e}")],
+        };
         let tmp: Vec<_> = std::fs::read_dir(s.data_dir.join("objects/tmp"))
             .into_iter()
             .flatten()

@@ -412,7 +412,7 @@ fn boto3_uses_buckets_and_objects_as_on_s3() {
         other_access,
         other_secret,
     } = cloud();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/s3_basics.py");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/s3_basics.py");
     let out = Command::new(&python)
         .arg(&script)
         .args([

@@ -1,6 +1,8 @@
 //! What Virga's tests share, so that each test crate does not grow its own
 //! HTTP client, token helper or port picker:
 //!
+//! - [`acked`]: what an object store may hold after a crash, from its
+//!   client's log
 //! - [`disks`]: synthetic GPT/MBR disks with ext4 filesystems (Debian-,
 //!   Ubuntu- and BLS-style `/boot`s)
 //! - [`fuzz`]: the fuzz targets' runner: budgets of cases or time, hangs
@@ -16,6 +18,7 @@
 //! - [`tools`]: a test whose tool (PostgreSQL, qemu-img, the openstack CLI) is
 //!   missing fails under `cargo xtask test`, and skips elsewhere
 
+pub mod acked;
 pub mod disks;
 pub mod fuzz;
 pub mod http;

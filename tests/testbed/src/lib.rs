@@ -94,6 +94,15 @@ pub struct Scenario {
     /// The scratch disk comes formatted as ext4 (mkfs.ext4 on the host):
     /// `mount $SCRATCH DIR` gives the scenario disk space that is not L1's RAM.
     pub scratch_ext4: bool,
+    /// The scratch disk's file, kept by the caller: made (and formatted) when
+    /// missing, used as it is otherwise, so that one scenario finds what an
+    /// earlier one left (after a power cut). None: a new file per run.
+    pub scratch_file: Option<PathBuf>,
+    /// Set by the caller to cut L1's power: QEMU is killed (SIGKILL) with
+    /// whatever L1 had not written to its disks, and the run ends with
+    /// [`Outcome::power_cut`]. The nested testbed only (natively there is no
+    /// machine of the scenario's own to cut).
+    pub power_switch: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     pub timeout: Duration,
     /// TCP ports of the scenario reachable from the host at the same number
     /// on 127.0.0.1; the scenario reaches the host at `$HOST_ADDR`. Natively
@@ -112,6 +121,8 @@ impl Scenario {
             rootfs: false,
             scratch_mib: None,
             scratch_ext4: false,
+            scratch_file: None,
+            power_switch: None,
             timeout: Duration::from_secs(300),
             forward_ports: Vec::new(),
         }
@@ -161,11 +172,39 @@ impl Scenario {
         self
     }
 
-    /// Makes the scratch disk at `path` (sparse), formatted if asked.
+    /// The scratch disk in `file`, kept between runs (see
+    /// [`Scenario::scratch_file`]).
+    pub fn with_scratch_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.scratch_file = Some(file.into());
+        self
+    }
+
+    /// A switch that cuts L1's power when set (see [`Scenario::power_switch`]).
+    pub fn with_power_switch(
+        mut self,
+        switch: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        self.power_switch = Some(switch);
+        self
+    }
+
+    /// Where the scratch disk is for a run whose own files are in `dir`:
+    /// the caller's file when it keeps one.
+    pub(crate) fn scratch_path(&self, dir: &Path) -> PathBuf {
+        self.scratch_file
+            .clone()
+            .unwrap_or_else(|| dir.join("scratch.raw"))
+    }
+
+    /// Makes the scratch disk at `path` (sparse), formatted if asked; a
+    /// kept file that exists is used as it is.
     pub(crate) fn make_scratch(&self, path: &Path) -> Result<(), TestbedError> {
         let Some(mib) = self.scratch_mib else {
             return Ok(());
         };
+        if self.scratch_file.is_some() && path.exists() {
+            return Ok(());
+        }
         std::fs::File::create(path)
             .and_then(|f| f.set_len(mib << 20))
             .map_err(io_error(self, "creating the scratch disk"))?;
@@ -211,6 +250,8 @@ pub struct Outcome {
     /// Testbed boots it took (2 when the first one hung).
     pub attempts: u32,
     pub duration: Duration,
+    /// The run ended by its power switch (`status` is then -1).
+    pub power_cut: bool,
 }
 
 impl Outcome {

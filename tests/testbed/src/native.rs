@@ -27,7 +27,7 @@ pub fn run(images: &ImageSet, scenario: &Scenario) -> Result<Outcome, TestbedErr
         command.env("ROOTFS", copy);
     }
     if scenario.scratch_mib.is_some() {
-        let scratch = temp.path().join("scratch.raw");
+        let scratch = scenario.scratch_path(temp.path());
         scenario.make_scratch(&scratch)?;
         command.env("SCRATCH", scratch);
     }
@@ -57,5 +57,6 @@ pub fn run(images: &ImageSet, scenario: &Scenario) -> Result<Outcome, TestbedErr
         mode: Mode::Native,
         attempts: 1,
         duration: started.elapsed(),
+        power_cut: false,
     })
 }

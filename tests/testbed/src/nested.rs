@@ -172,7 +172,7 @@ fn attempt(
         disk(&images.rootfs(), ",snapshot=on");
     }
     if scenario.scratch_mib.is_some() {
-        let scratch = initramfs.with_file_name("scratch.raw");
+        let scratch = scenario.scratch_path(dir);
         scenario.make_scratch(&scratch)?;
         disk(&scratch, "");
     }
@@ -257,6 +257,23 @@ fn attempt(
         if exited {
             break;
         }
+        let cut = scenario
+            .power_switch
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+        if cut {
+            // SIGKILL: QEMU writes nothing more, L1's page cache is gone.
+            drop(child);
+            let _ = stderr(stderr_reader);
+            return Ok(Attempt::Finished(Outcome {
+                status: -1,
+                output: crate::plain_line_ends(&Streams::read(&streams.output)),
+                mode: Mode::Nested,
+                attempts: attempt,
+                duration: started.elapsed(),
+                power_cut: true,
+            }));
+        }
         let now = streams.progress();
         if now != progress {
             progress = now;
@@ -297,6 +314,7 @@ fn attempt(
             mode: Mode::Nested,
             attempts: attempt,
             duration: started.elapsed(),
+            power_cut: false,
         })),
         None => Err(TestbedError::NoExitStatus {
             scenario: scenario.name.clone(),
