@@ -7,11 +7,15 @@ s3_crash.py work ENDPOINT ACCESS SECRET BUCKET SEED
 s3_crash.py check ENDPOINT ACCESS SECRET BUCKET
     Prints {key: md5 of its data} for every object in the bucket as JSON
     (every GET reads the whole object, checked by storaged).
+s3_crash.py ready ENDPOINT ACCESS SECRET BUCKET SECONDS
+    Waits (at most SECONDS) until the store answers signed requests, then
+    makes the bucket if it is not there.
 """
 import hashlib
 import json
 import random
 import sys
+import time
 
 import boto3
 from botocore.config import Config
@@ -49,6 +53,19 @@ if mode == "work":
         except Exception as e:  # the kill: stop here
             print("failed", type(e).__name__, flush=True)
             break
+elif mode == "ready":
+    deadline = time.time() + float(sys.argv[6])
+    while True:
+        try:
+            names = [b["Name"] for b in s3.list_buckets()["Buckets"]]
+            break
+        except Exception as e:
+            if time.time() > deadline:
+                print("not ready:", type(e).__name__, e, flush=True)
+                sys.exit(1)
+            time.sleep(1)
+    if bucket not in names:
+        s3.create_bucket(Bucket=bucket)
 else:
     seen = {}
     token = None

@@ -12,7 +12,8 @@
 //! - `fuzz [--target T] [--minutes N]`: the fuzz targets, long.
 //! - `crash-trials [--trials N]`: `kill -9` of the controller during creates,
 //!   deletes and actions, of storaged during volume changes, and of the VMM
-//!   under a writing guest, and what each left behind.
+//!   under a writing guest, and what each left behind; power cuts under the
+//!   object store.
 
 mod flakes;
 mod fuzz;
@@ -88,7 +89,9 @@ enum Cmd {
     /// (controller/tests/crash_trials.rs). Then kill the VMM while its
     /// guest writes, in the testbed, and check nothing flushed was lost
     /// (tests/e2e/tests/blk.rs); and hostd, while its guest writes and a
-    /// disk is being plugged or unplugged (tests/e2e/tests/hostd.rs).
+    /// disk is being plugged or unplugged (tests/e2e/tests/hostd.rs). Last,
+    /// cut the testbed's power under storaged's S3 load and check every
+    /// acknowledged object (tests/e2e/tests/power_cut.rs).
     CrashTrials {
         #[arg(long, default_value_t = 50)]
         trials: u32,
@@ -216,7 +219,23 @@ fn main() -> Result<()> {
                 .args(["--", "--nocapture", "hostd_killed_anywhere"])
                 .env("VIRGA_VMM_BIN", &vmm)
                 .env("VIRGA_IMAGES", images_dir())
-                .env("VIRGA_HOSTD_CRASH_TRIALS", trials.to_string()))
+                .env("VIRGA_HOSTD_CRASH_TRIALS", trials.to_string()))?;
+            // Power cuts under the object store: a testbed boot each, so a
+            // fifth of the trials.
+            run(cargo()
+                .args([
+                    "test",
+                    "--release",
+                    "-p",
+                    "virga-e2e",
+                    "--test",
+                    "power_cut",
+                ])
+                .args(["--", "--nocapture"])
+                .env("VIRGA_IMAGES", images_dir())
+                .env("VIRGA_OPENSTACK", &openstack)
+                .env("VIRGA_REQUIRE_TOOLS", "1")
+                .env("VIRGA_POWER_CUTS", trials.div_ceil(5).to_string()))
         }
     }
 }
