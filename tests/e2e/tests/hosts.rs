@@ -148,6 +148,9 @@ f=0; while [ $f -lt 3 ]; do
     fi
 done
 kill $PIDS $STORAGED; wait
+# The images are host1's storaged's: host2 fetched them from there.
+echo "virga-images-held $(ls $WORK/host1/storage/images | wc -l)"
+grep -h "image cached" $WORK/host2/hostd.log | head -n 3
 tail -n 10 $WORK/host1/storaged.log
 for n in 1 2; do
     echo "HOST${{n}}_LOGS_BEGIN"; grep -i "disk\|nbd" $WORK/host$n/hostd.log | tail -n 10; tail -n 10 $WORK/host$n/hostd.log; tail -n 10 $WORK/host$n/netd.log; echo "HOST${{n}}_LOGS_END"
@@ -201,6 +204,14 @@ done
         killed < virga_guest_images::initramfs::PEER_RECORDS,
         "storaged was killed after the guest's last record ({killed})"
     );
+    // The kernel and initramfs the guests booted: held by the storage host,
+    // fetched there by both hosts (host2 at its peer_url).
+    let held = outcome
+        .output
+        .lines()
+        .find_map(|l| l.strip_prefix("virga-images-held "))
+        .and_then(|n| n.trim().parse::<usize>().ok());
+    assert_eq!(held, Some(2), "images on host1's storaged");
 }
 
 fn drive(cli: &std::path::Path, dir: &std::path::Path, ctl_port: u16, alive: &dyn Fn() -> bool) {
