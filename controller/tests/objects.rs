@@ -77,7 +77,7 @@ fn cloud() -> Cloud {
     let storage = Storaged::start_with(
         &c,
         "storage-1",
-        &format!("s3_listen = \"127.0.0.1:{port}\"\n"),
+        &format!("s3_listen = \"127.0.0.1:{port}\"\ns3_domain = \"s3.test\"\n"),
     );
     let admin = admin_token(&c);
     wait_registered(&c, &admin);
@@ -493,6 +493,7 @@ fn boto3_uses_buckets_and_objects_as_on_s3() {
     expect("acl", json!(["FULL_CONTROL", "READ"]));
     expect("anon_after_private", json!(403));
     expect("other_acl", json!("AccessDenied"));
+    expect("virtual_host", json!(["top", "BucketAlreadyOwnedByYou"]));
     expect("malformed_xml", json!("MalformedXML"));
     expect("bad_names", json!(vec!["InvalidBucketName"; 5]));
     expect("oversize_part", json!("EntityTooLarge"));

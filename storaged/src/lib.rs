@@ -128,10 +128,7 @@ async fn s3_server(
     builder.set_auth(s3::auth::Auth(signers));
     builder.set_access(s3::Access { store });
     if let Some(domain) = &config.s3_domain {
-        builder.set_host(
-            s3s::host::SingleDomain::new(domain)
-                .map_err(|e| anyhow::anyhow!("s3_domain {domain}: {e:?}"))?,
-        );
+        builder.set_host(s3::VirtualHosts::new(domain));
     }
     let service = builder.build();
     let listener = tokio::net::TcpListener::bind(addr)

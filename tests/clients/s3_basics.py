@@ -173,7 +173,7 @@ out["other_acl"] = code(lambda: other.put_bucket_acl(Bucket="bucket-pub", ACL="p
 s3.delete_object(Bucket="bucket-pub", Key="hello.txt")
 s3.delete_bucket(Bucket="bucket-pub")
 # Bad input the SDK would not send, signed as it would be.
-def signed(method, path, body=b"", headers=None):
+def signed(method, path, body=b"", headers=None, host=None):
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
@@ -182,11 +182,15 @@ def signed(method, path, body=b"", headers=None):
 
     headers = dict(headers or {})
     headers.setdefault("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
-    req = AWSRequest(method=method, url=endpoint + path, data=body, headers=headers)
-    SigV4Auth(Credentials(access, secret), "s3", "us-east-1").add_auth(req)
     url = urllib.parse.urlsplit(endpoint)
+    # A virtual-host-style request names the bucket in Host (no DNS here:
+    # it is sent to the endpoint's address all the same).
+    signed_url = f"http://{host}:{url.port}{path}" if host else endpoint + path
+    req = AWSRequest(method=method, url=signed_url, data=body, headers=headers)
+    SigV4Auth(Credentials(access, secret), "s3", "us-east-1").add_auth(req)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
-    conn.putrequest(method, path, skip_accept_encoding=True)
+    conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    conn.putheader("Host", urllib.parse.urlsplit(signed_url).netloc)
     for k, v in req.headers.items():
         conn.putheader(k, v)
     if "Content-Length" not in req.headers:
@@ -198,10 +202,16 @@ def signed(method, path, body=b"", headers=None):
         text = r.read().decode(errors="replace")
     except (BrokenPipeError, ConnectionResetError):
         return "connection closed"
+    if r.status == 200 and method == "GET":
+        return text
     code_start = text.find("<Code>")
     return text[code_start + 6 : text.find("</Code>")] if code_start >= 0 else str(r.status)
 
 
+out["virtual_host"] = [
+    signed("GET", "/top.txt", host="bucket-one.s3.test"),
+    signed("PUT", "/", host="bucket-one.s3.test"),
+]
 bad_xml = b"<Delete><Object><Key>top.txt</Key>"
 out["malformed_xml"] = signed(
     "POST", "/bucket-one?delete", bad_xml,

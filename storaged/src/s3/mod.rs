@@ -1281,6 +1281,45 @@ fn canned_public_read(acl: Option<&str>) -> S3Result<bool> {
     }
 }
 
+/// Virtual-host-style requests under the configured domain
+/// (`BUCKET.DOMAIN`, with or without a port, in any case); any other Host
+/// (an address, the domain itself, a name we do not serve) is path-style.
+/// s3s's `SingleDomain` compares the port too and reads any other name as
+/// a bucket (CNAME style), which would turn `Host: 10.0.0.5:9000` into a
+/// bucket name.
+pub struct VirtualHosts {
+    domain: String,
+}
+
+impl VirtualHosts {
+    pub fn new(domain: &str) -> Self {
+        VirtualHosts {
+            domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+        }
+    }
+
+    /// The bucket `host` names, if it names one under the domain.
+    fn bucket(&self, host: &str) -> Option<String> {
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.parse::<u16>().is_ok() => name,
+            _ => host,
+        };
+        let name = name.to_ascii_lowercase();
+        let bucket = name.strip_suffix(&self.domain)?.strip_suffix('.')?;
+        (!bucket.is_empty()).then(|| bucket.to_owned())
+    }
+}
+
+impl s3s::host::S3Host for VirtualHosts {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> S3Result<s3s::host::VirtualHost<'a>> {
+        let vhost = s3s::host::VirtualHost::new(self.domain.as_str());
+        Ok(match self.bucket(host) {
+            Some(bucket) => vhost.with_bucket(bucket),
+            None => vhost,
+        })
+    }
+}
+
 /// Who may send a request at all: anyone with a valid signature (each
 /// operation then checks the bucket's project), and, without one, reads
 /// of public buckets (listing, GET and HEAD of their objects).
@@ -1317,6 +1356,30 @@ impl s3s::access::S3Access for Access {
             Ok(())
         } else {
             Err(s3_error!(AccessDenied, "Signature is required"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtual_hosts_name_buckets_under_the_domain_only() {
+        let v = VirtualHosts::new("s3.example.com");
+        assert_eq!(v.bucket("b1.s3.example.com").as_deref(), Some("b1"));
+        assert_eq!(v.bucket("B1.S3.Example.com:9000").as_deref(), Some("b1"));
+        assert_eq!(v.bucket("a.b.s3.example.com").as_deref(), Some("a.b"));
+        for path_style in [
+            "s3.example.com",
+            "s3.example.com:9000",
+            "10.0.0.5:9000",
+            "[::1]:9000",
+            "evil.com",
+            "xs3.example.com",
+            ".s3.example.com",
+        ] {
+            assert_eq!(v.bucket(path_style), None, "{path_style}");
         }
     }
 }
