@@ -255,6 +255,38 @@ fn openstack_projects_users_roles_and_isolation() {
     assert!(!allowed);
     assert!(err.contains("403"), "{err}");
 
+    // `user set` and `project set` (Keystone's PATCH): a new password
+    // replaces the old one; a disabled user gets no token.
+    ok(&["user", "set", "--password", "alice-new-password", "alice"]);
+    let (works, _, _) = run(&cli, &alice, &["token", "issue"]);
+    assert!(!works, "the old password no longer works");
+    let alice_new = clouds_for(&c, "alice-new", "alice", "alice-new-password", "demo");
+    let (works, _, err) = run(&cli, &alice_new, &["token", "issue"]);
+    assert!(works, "{err}");
+    ok(&["user", "set", "--disable", "alice"]);
+    let (works, _, _) = run(&cli, &alice_new, &["token", "issue"]);
+    assert!(!works, "a disabled user gets no token");
+    ok(&["user", "set", "--enable", "alice"]);
+    ok(&[
+        "project",
+        "set",
+        "--description",
+        "the demo project",
+        "demo",
+    ]);
+    let shown = ok(&[
+        "project",
+        "show",
+        "demo",
+        "-f",
+        "value",
+        "-c",
+        "description",
+    ]);
+    assert_eq!(shown.trim(), "the demo project");
+    let (renamed, _, err) = run(&cli, &admin, &["user", "set", "--name", "admin", "alice"]);
+    assert!(!renamed && err.contains("409"), "names stay unique: {err}");
+
     ok(&[
         "role",
         "remove",

@@ -131,19 +131,38 @@ pub fn rust_components() -> Result<()> {
 /// The OpenStack client tests drive, in `target/venv` from the pinned
 /// requirements; reinstalled only when the requirements change.
 pub fn python_clients(root: &std::path::Path) -> Result<std::path::PathBuf> {
-    let requirements = root.join("tests/clients/requirements.txt");
     let venv = root.join("target/venv");
+    venv_of(
+        &root.join("tests/clients/requirements.txt"),
+        &venv,
+        "the Python clients",
+    )?;
+    Ok(venv.join("bin/openstack"))
+}
+
+/// A venv at `venv` with exactly the pinned `requirements`, made again only
+/// when they change; returns `venv`.
+pub fn venv(
+    requirements: &std::path::Path,
+    venv: &std::path::Path,
+    what: &str,
+) -> Result<std::path::PathBuf> {
+    venv_of(requirements, venv, what)?;
+    Ok(venv.to_owned())
+}
+
+fn venv_of(requirements: &std::path::Path, venv: &std::path::Path, what: &str) -> Result<()> {
     let stamp = venv.join("requirements.installed");
-    let wanted = std::fs::read_to_string(&requirements)
+    let wanted = std::fs::read_to_string(requirements)
         .with_context(|| format!("reading {}", requirements.display()))?;
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
-        return Ok(venv.join("bin/openstack"));
+        return Ok(());
     }
-    eprintln!("install: python-openstackclient into {}", venv.display());
-    let _ = std::fs::remove_dir_all(&venv);
+    eprintln!("install: {what} into {}", venv.display());
+    let _ = std::fs::remove_dir_all(venv);
     let status = Command::new("python3")
         .args(["-m", "venv"])
-        .arg(&venv)
+        .arg(venv)
         .status()
         .context("running python3 -m venv")?;
     if !status.success() {
@@ -151,12 +170,12 @@ pub fn python_clients(root: &std::path::Path) -> Result<std::path::PathBuf> {
     }
     let status = Command::new(venv.join("bin/pip"))
         .args(["install", "-q", "--disable-pip-version-check", "-r"])
-        .arg(&requirements)
+        .arg(requirements)
         .status()
         .context("running pip")?;
     if !status.success() {
         bail!("pip install -r {} failed", requirements.display());
     }
     std::fs::write(&stamp, wanted).context("writing the venv stamp")?;
-    Ok(venv.join("bin/openstack"))
+    Ok(())
 }

@@ -10,11 +10,14 @@
 //!   `bench blk`, `bench net`, `bench overlay`: the disk and network
 //!   benchmarks (the overlay one natively, in namespaces).
 //! - `fuzz [--target T] [--minutes N]`: the fuzz targets, long.
+//! - `conformance [--service S]... [--admin]`: tempest's API tests against
+//!   the running all-in-one.
 //! - `crash-trials [--trials N]`: `kill -9` of the controller during creates,
 //!   deletes and actions, of storaged during volume changes, and of the VMM
 //!   under a writing guest, and what each left behind; power cuts under the
 //!   object store.
 
+mod conformance;
 mod flakes;
 mod fuzz;
 mod install;
@@ -95,6 +98,22 @@ enum Cmd {
     CrashTrials {
         #[arg(long, default_value_t = 50)]
         trials: u32,
+    },
+    /// Run OpenStack's API tests (tempest, pinned) against the running
+    /// all-in-one (`cargo xtask up` in another terminal): accounts
+    /// provisioned, tempest.conf written from what the cloud offers, results
+    /// per service under target/conformance.
+    Conformance {
+        /// Services to test (identity, image, compute, network, volume,
+        /// object); identity, image and compute when none is given.
+        #[arg(long = "service", value_name = "SERVICE")]
+        services: Vec<String>,
+        /// The admin API tests too.
+        #[arg(long)]
+        admin: bool,
+        /// Tests run at once.
+        #[arg(long, default_value_t = 2)]
+        concurrency: u32,
     },
 }
 
@@ -189,6 +208,24 @@ fn main() -> Result<()> {
         } => testbed(&command.join(" "), rootfs, scratch_mib, peers),
         Cmd::Bench { args } => bench(&args),
         Cmd::Fuzz { target, minutes } => fuzz::fuzz(target.as_deref(), minutes),
+        Cmd::Conformance {
+            services,
+            admin,
+            concurrency,
+        } => {
+            let openstack = install::python_clients(&root())?;
+            let services = if services.is_empty() {
+                ["identity", "image", "compute"].map(String::from).to_vec()
+            } else {
+                services
+            };
+            let options = conformance::Options {
+                services,
+                admin,
+                concurrency,
+            };
+            conformance::run(&root(), &openstack, &options)
+        }
         Cmd::CrashTrials { trials } => {
             // The object store's trials drive boto3 from the pinned venv.
             let openstack = install::python_clients(&root())?;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-const CONTROLLER_PORT: u16 = 8774;
+pub const CONTROLLER_PORT: u16 = 8774;
 const HOSTD_PORT: u16 = 8790;
 const STORAGED_PORT: u16 = 8780;
 /// storaged's S3 API.
@@ -22,7 +22,7 @@ const S3_PORT: u16 = 9000;
 const SWIFT_PORT: u16 = 8080;
 /// The host hostd registers as, in the testbed or here.
 const HOST_ID: &str = "virga-1";
-const ADMIN_PASSWORD: &str = "virga-admin";
+pub const ADMIN_PASSWORD: &str = "virga-admin";
 /// Guest command line of the test image: quiet console, ticks until shut down.
 const TEST_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.dumbkbd virga.mode=ticks";
@@ -62,7 +62,7 @@ fn random_token() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn port_open(port: u16) -> bool {
+pub fn port_open(port: u16) -> bool {
     TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 

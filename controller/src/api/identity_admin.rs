@@ -115,6 +115,9 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Option<R
         (Method::POST, []) if matches!(table, Table::Projects | Table::Users) => {
             create(app, table, req).await
         }
+        (Method::PATCH, [id]) if matches!(table, Table::Projects | Table::Users) => {
+            update(app, table, id, req).await
+        }
         (Method::DELETE, [id]) if matches!(table, Table::Projects | Table::Users) => {
             match app.identity.delete(table, id).await {
                 Ok(true) => empty(StatusCode::NO_CONTENT),
@@ -141,6 +144,60 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Option<R
         _ => keystone_error(StatusCode::NOT_FOUND, "The resource could not be found."),
     };
     Some(response)
+}
+
+/// Keystone's PATCH of a project or user: name, enabled, a project's
+/// description, a user's password; other fields are refused rather than
+/// dropped.
+async fn update(app: &App, table: Table, id: &str, req: Request<Incoming>) -> Response<Body> {
+    let (one, _) = names(table);
+    let body = match read_json(req, keystone_error).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(obj) = body.get(one).and_then(Json::as_object) else {
+        return keystone_error(
+            StatusCode::BAD_REQUEST,
+            &format!("'{one}' is a required property"),
+        );
+    };
+    let mut change = crate::identity::EntityChange::default();
+    for (key, value) in obj {
+        let bad = |what: &str| keystone_error(StatusCode::BAD_REQUEST, &format!("{key}: {what}"));
+        match (key.as_str(), value) {
+            ("name", Json::String(n)) if (1..=255).contains(&n.len()) => {
+                change.name = Some(n.clone())
+            }
+            ("name", _) => return bad("a string of 1 to 255 characters"),
+            ("enabled", Json::Bool(b)) => change.enabled = Some(*b),
+            ("enabled", _) => return bad("true or false"),
+            ("description", Json::String(d)) if table == Table::Projects => {
+                change.description = Some(d.clone())
+            }
+            ("password", Json::String(p)) if table == Table::Users && p.len() >= 8 => {
+                change.password = Some(p.clone())
+            }
+            ("password", _) if table == Table::Users => return bad("at least 8 characters"),
+            // Fields clients send back unchanged.
+            ("id" | "links" | "domain_id" | "options" | "is_domain" | "parent_id", _) => {}
+            _ => return bad("cannot be changed here"),
+        }
+    }
+    match app.identity.update(table, id, &change).await {
+        Ok(true) => match app.identity.get(table, id).await {
+            Ok(Some(e)) => json(StatusCode::OK, &json!({ one: render(app, table, &e) })),
+            Ok(None) => keystone_error(
+                StatusCode::NOT_FOUND,
+                &format!("Could not find {one}: {id}."),
+            ),
+            Err(e) => identity_error(e),
+        },
+        Ok(false) => keystone_error(
+            StatusCode::NOT_FOUND,
+            &format!("Could not find {one}: {id}."),
+        ),
+        Err(e) => identity_error(e),
+    }
 }
 
 async fn create(app: &App, table: Table, req: Request<Incoming>) -> Response<Body> {

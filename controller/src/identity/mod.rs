@@ -59,6 +59,17 @@ impl Table {
     }
 }
 
+/// What a PATCH of a project or user changes (None: unchanged).
+#[derive(Clone, Debug, Default)]
+pub struct EntityChange {
+    pub name: Option<String>,
+    pub enabled: Option<bool>,
+    /// Projects only.
+    pub description: Option<String>,
+    /// Users only.
+    pub password: Option<String>,
+}
+
 /// A domain, project, user or role as the admin API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entity {
@@ -332,6 +343,71 @@ impl Identity {
             .as_ref()
             .map(|r| Entity::from_row(table, r))
             .transpose()
+    }
+
+    /// Changes a project or user (Keystone's PATCH); false when there is
+    /// none. A user whose password changes or who is disabled loses their
+    /// tokens, as in Keystone.
+    pub async fn update(
+        &self,
+        table: Table,
+        id: &str,
+        change: &EntityChange,
+    ) -> Result<bool, IdentityError> {
+        let Some(current) = self.get(table, id).await? else {
+            return Ok(false);
+        };
+        let t = match table {
+            Table::Projects => "projects",
+            Table::Users => "users",
+            _ => {
+                return Err(IdentityError::BadRequest(
+                    "only projects and users can be changed here".into(),
+                ))
+            }
+        };
+        if let Some(name) = change.name.as_deref().filter(|n| *n != current.name) {
+            let kind = if table == Table::Users {
+                "user"
+            } else {
+                "project"
+            };
+            let domain = current.domain_id.as_deref().unwrap_or(DEFAULT_DOMAIN_ID);
+            self.check_new_name(t, kind, name, domain).await?;
+        }
+        let name = change.name.as_deref().unwrap_or(&current.name);
+        let enabled = change.enabled.unwrap_or(current.enabled);
+        self.store
+            .execute(
+                &format!("UPDATE {t} SET name = $1, enabled = $2 WHERE id = $3"),
+                &[Value::Text(name), Value::Bool(enabled), Value::Text(id)],
+            )
+            .await?;
+        if let (Table::Projects, Some(description)) = (table, &change.description) {
+            self.store
+                .execute(
+                    "UPDATE projects SET description = $1 WHERE id = $2",
+                    &[Value::Text(description), Value::Text(id)],
+                )
+                .await?;
+        }
+        let mut revoke = table == Table::Users && !enabled;
+        if let (Table::Users, Some(password)) = (table, &change.password) {
+            let hash = password::hash(password).map_err(IdentityError::Internal)?;
+            self.store
+                .execute(
+                    "UPDATE users SET password_hash = $1 WHERE id = $2",
+                    &[Value::Text(&hash), Value::Text(id)],
+                )
+                .await?;
+            revoke = true;
+        }
+        if revoke {
+            self.store
+                .execute("DELETE FROM tokens WHERE user_id = $1", &[Value::Text(id)])
+                .await?;
+        }
+        Ok(true)
     }
 
     /// Deletes a project or user with its role assignments and tokens; false
