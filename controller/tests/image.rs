@@ -105,6 +105,23 @@ fn images_upload_download_patch_and_stay_private() {
         r#"[{"op": "replace", "path": "/status", "value": "active"}]"#,
     );
     assert_eq!(r.status, 403, "read-only");
+    // Glance's older patch form (tempest's): the operation names the path.
+    let r = call(
+        &c,
+        "PATCH",
+        &format!("/image/v2/images/{id}"),
+        &[
+            a,
+            (
+                "Content-Type",
+                "application/openstack-images-v2.0-json-patch",
+            ),
+        ],
+        r#"[{"replace": "/protected", "value": false}, {"add": "/colour", "value": "red"}, {"remove": "/colour"}]"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["protected"], false);
+    assert!(r.json().get("colour").is_none(), "{}", r.body);
     let r = call(&c, "GET", "/image/v2/images?name=cirros-2", &[a], "");
     assert_eq!(r.json()["images"][0]["id"], id);
     let r = call(

@@ -303,15 +303,27 @@ pub async fn create(
     Ok(image)
 }
 
+/// An operation's kind and path: RFC 6902's `{"op": "replace", "path":
+/// "/name"}`, or Glance's older form (`application/openstack-images-v2.0-json-patch`,
+/// which tempest still sends): `{"replace": "/name"}`.
+fn op_and_path(op: &Json) -> Option<(&str, &str)> {
+    if let (Some(kind), Some(path)) = (
+        op.get("op").and_then(Json::as_str),
+        op.get("path").and_then(Json::as_str),
+    ) {
+        return Some((kind, path));
+    }
+    ["add", "replace", "remove"]
+        .into_iter()
+        .find_map(|kind| Some((kind, op.get(kind)?.as_str()?)))
+}
+
 /// Applies a JSON patch (add, replace, remove of top-level fields and
 /// properties) to an image the caller owns.
 pub async fn patch(app: &App, auth: &Auth, id: &str, ops: &[Json]) -> Result<Image, ImageError> {
     let mut image = owned(app, auth, id).await?;
     for op in ops {
-        let (Some(kind), Some(path)) = (
-            op.get("op").and_then(Json::as_str),
-            op.get("path").and_then(Json::as_str),
-        ) else {
+        let Some((kind, path)) = op_and_path(op) else {
             return Err(ImageError::BadRequest(
                 "each operation needs op and path".into(),
             ));
