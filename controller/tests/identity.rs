@@ -105,6 +105,64 @@ fn exercise_keystone(c: &Controller) {
         "",
     );
     assert_eq!(r.status, 401, "no caller token");
+    // What a member reads about themselves, as Keystone's defaults allow:
+    // the catalog and projects their token reaches, their own projects,
+    // their project's domain; not another user's.
+    common::second_project(c);
+    let bob = common::token(c, "bob", "bob-password", "other");
+    let b = ("X-Auth-Token", bob.as_str());
+    let r = call(c, "GET", "/identity/v3/auth/catalog", &[b], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.json()["catalog"]
+        .as_array()
+        .is_some_and(|c| !c.is_empty()));
+    let r = call(c, "GET", "/identity/v3/auth/projects", &[b], "");
+    assert_eq!(r.json()["projects"][0]["name"], "other", "{}", r.body);
+    let me = call(
+        c,
+        "GET",
+        "/identity/v3/auth/tokens",
+        &[b, ("X-Subject-Token", &bob)],
+        "",
+    );
+    let bob_id = me.json()["token"]["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = call(
+        c,
+        "GET",
+        &format!("/identity/v3/users/{bob_id}/projects"),
+        &[b],
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["projects"].as_array().map(Vec::len), Some(1));
+    let admin_id = call(
+        c,
+        "GET",
+        "/identity/v3/auth/tokens",
+        &[("X-Auth-Token", &token), ("X-Subject-Token", &token)],
+        "",
+    )
+    .json()["token"]["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = call(
+        c,
+        "GET",
+        &format!("/identity/v3/users/{admin_id}/projects"),
+        &[b],
+        "",
+    );
+    assert_eq!(r.status, 403, "another user's projects");
+    assert_eq!(
+        call(c, "GET", "/identity/v3/domains/default", &[b], "").status,
+        200
+    );
+    assert_eq!(call(c, "GET", "/identity/v3/domains", &[b], "").status, 403);
+
     assert_eq!(call(c, "GET", "/nowhere", &[], "").status, 404);
     assert_eq!(
         call(c, "PUT", "/identity/v3/auth/tokens", &[], "").status,

@@ -302,13 +302,13 @@ region = RegionOne
 [identity-feature-enabled]
 api_v2 = false
 api_v3 = true
-# Not built: trusts, access rules, password rules (security compliance),
-# external identity providers.
+# Not built: trusts, application credentials, access rules, password
+# rules (security compliance), project tags, external identity providers.
 trust = false
+application_credentials = false
 access_rules = false
 security_compliance = false
-application_credentials = true
-project_tags = true
+project_tags = false
 
 [compute]
 image_ref = {image}

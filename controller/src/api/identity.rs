@@ -47,6 +47,9 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
         (Method::POST, ["v3", "auth", "tokens"]) => issue(app, req).await,
         (Method::GET | Method::HEAD, ["v3", "auth", "tokens"]) => check(app, &req).await,
         (Method::DELETE, ["v3", "auth", "tokens"]) => revoke(app, &req).await,
+        (Method::GET, ["v3", "auth", what @ ("catalog" | "projects" | "domains")]) => {
+            auth_listing(app, &req, what).await
+        }
         (_, ["v3", "auth", "tokens"]) | (_, ["v3"]) | (_, []) => {
             keystone_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
@@ -289,6 +292,41 @@ async fn check(app: &App, req: &Request<Incoming>) -> Response<Body> {
         r.headers_mut().insert(SUBJECT_TOKEN, v);
     }
     r
+}
+
+/// `GET /v3/auth/{catalog,projects,domains}`: what the caller's token
+/// reaches (the catalog of its project; the projects where its user holds
+/// a role; no domains, since roles are held on projects only).
+async fn auth_listing(app: &App, req: &Request<Incoming>, what: &str) -> Response<Body> {
+    let me = match caller(app, req).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let links = json!({"self": format!("{}/identity/v3/auth/{what}", app.config.public_url),
+                       "next": null, "previous": null});
+    match what {
+        "catalog" => match me.project_id() {
+            Some(project) => json(
+                StatusCode::OK,
+                &json!({"catalog": catalog(app, Some(project)), "links": links}),
+            ),
+            None => keystone_error(
+                StatusCode::FORBIDDEN,
+                "A project-scoped token is required to produce a service catalog.",
+            ),
+        },
+        "projects" => match app.identity.user_projects(&me.user.id).await {
+            Ok(list) => json(
+                StatusCode::OK,
+                &json!({"projects": list.iter().map(|p| json!({
+                    "id": p.id, "name": p.name, "domain_id": p.domain_id, "enabled": p.enabled,
+                    "links": {"self": format!("{}/identity/v3/projects/{}", app.config.public_url, p.id)},
+                })).collect::<Vec<_>>(), "links": links}),
+            ),
+            Err(e) => keystone_error(status_of(&e), &e.to_string()),
+        },
+        _ => json(StatusCode::OK, &json!({"domains": [], "links": links})),
+    }
 }
 
 async fn revoke(app: &App, req: &Request<Incoming>) -> Response<Body> {

@@ -88,6 +88,26 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Option<R
             "The request you have made requires authentication.",
         ));
     };
+    // What anyone may read about themselves (Keystone's defaults): their
+    // own projects, and the domain their project is in.
+    let in_domain = |domain: &str| {
+        caller
+            .project
+            .as_ref()
+            .is_some_and(|(_, project_domain)| project_domain.id == domain)
+    };
+    let own = match (req.method(), table, &rest[1..]) {
+        (&Method::GET, Table::Users, [user, "projects"]) if *user == caller.user.id => {
+            Some(own_projects(app, user).await)
+        }
+        (&Method::GET, Table::Domains, [domain]) if in_domain(domain) => {
+            Some(own_domain(app, domain).await)
+        }
+        _ => None,
+    };
+    if own.is_some() {
+        return own;
+    }
     if !caller.is_admin() {
         return Some(keystone_error(
             StatusCode::FORBIDDEN,
@@ -144,6 +164,33 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Option<R
         _ => keystone_error(StatusCode::NOT_FOUND, "The resource could not be found."),
     };
     Some(response)
+}
+
+/// `GET /v3/users/{id}/projects`: the projects a user holds a role in.
+async fn own_projects(app: &App, user: &str) -> Response<Body> {
+    match app.identity.user_projects(user).await {
+        Ok(list) => json(
+            StatusCode::OK,
+            &json!({"projects": list.iter().map(|e| render(app, Table::Projects, e)).collect::<Vec<_>>(),
+                        "links": {"self": format!("{}/identity/v3/users/{user}/projects", app.config.public_url),
+                                  "next": null, "previous": null}}),
+        ),
+        Err(e) => identity_error(e),
+    }
+}
+
+async fn own_domain(app: &App, domain: &str) -> Response<Body> {
+    match app.identity.get(Table::Domains, domain).await {
+        Ok(Some(e)) => json(
+            StatusCode::OK,
+            &json!({"domain": render(app, Table::Domains, &e)}),
+        ),
+        Ok(None) => keystone_error(
+            StatusCode::NOT_FOUND,
+            &format!("Could not find domain: {domain}."),
+        ),
+        Err(e) => identity_error(e),
+    }
 }
 
 /// Keystone's PATCH of a project or user: name, enabled, a project's

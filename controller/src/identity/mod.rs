@@ -345,6 +345,25 @@ impl Identity {
             .transpose()
     }
 
+    /// The enabled projects where `user_id` holds a role.
+    pub async fn user_projects(&self, user_id: &str) -> Result<Vec<Entity>, IdentityError> {
+        let (cols, _) = Table::Projects.columns();
+        let cols: Vec<String> = cols.split(", ").map(|c| format!("p.{c}")).collect();
+        self.store
+            .fetch_all(
+                &format!(
+                    "SELECT DISTINCT {} FROM projects p JOIN role_assignments a ON a.project_id = p.id \
+                     WHERE a.user_id = $1 AND p.enabled = $2 ORDER BY p.name",
+                    cols.join(", ")
+                ),
+                &[Value::Text(user_id), Value::Bool(true)],
+            )
+            .await?
+            .iter()
+            .map(|r| Entity::from_row(Table::Projects, r))
+            .collect()
+    }
+
     /// Changes a project or user (Keystone's PATCH); false when there is
     /// none. A user whose password changes or who is disabled loses their
     /// tokens, as in Keystone.
