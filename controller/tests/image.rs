@@ -105,6 +105,24 @@ fn images_upload_download_patch_and_stay_private() {
         r#"[{"op": "replace", "path": "/status", "value": "active"}]"#,
     );
     assert_eq!(r.status, 403, "read-only");
+    // Tags, one at a time.
+    let tag = |m: &str, t: &str, who| {
+        call(
+            &c,
+            m,
+            &format!("/image/v2/images/{id}/tags/{t}"),
+            &[who],
+            "",
+        )
+        .status
+    };
+    assert_eq!(tag("PUT", "blue%20sky", a), 204);
+    assert_eq!(tag("PUT", "blue%20sky", a), 204, "again: no change");
+    let shown = call(&c, "GET", &format!("/image/v2/images/{id}"), &[a], "").json();
+    assert_eq!(shown["tags"], serde_json::json!(["blue sky"]));
+    assert_eq!(tag("PUT", "x", b), 404, "another project's image");
+    assert_eq!(tag("DELETE", "blue%20sky", a), 204);
+    assert_eq!(tag("DELETE", "blue%20sky", a), 404);
     // Glance's older patch form (tempest's): the operation names the path.
     let r = call(
         &c,

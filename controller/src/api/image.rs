@@ -86,6 +86,12 @@ pub async fn route(
                 .map(|()| empty(StatusCode::NO_CONTENT))
         }
         (Method::GET, ["images", id, "file"]) => get_file(app, &auth, id).await,
+        (Method::PUT, ["images", id, "tags", tag]) => service::add_tag(app, &auth, id, tag)
+            .await
+            .map(|()| empty(StatusCode::NO_CONTENT)),
+        (Method::DELETE, ["images", id, "tags", tag]) => service::remove_tag(app, &auth, id, tag)
+            .await
+            .map(|()| empty(StatusCode::NO_CONTENT)),
         (Method::GET, ["schemas", "image" | "images"]) => Ok(json(
             StatusCode::OK,
             &json!({"name": "image", "additionalProperties": {"type": "string"}, "properties": {}}),

@@ -359,6 +359,54 @@ pub async fn patch(app: &App, auth: &Auth, id: &str, ops: &[Json]) -> Result<Ima
     Ok(image)
 }
 
+/// Glance's limits on tags.
+const MAX_TAGS: usize = 128;
+const MAX_TAG_LEN: usize = 255;
+
+/// `PUT /v2/images/{id}/tags/{tag}`: adds a tag (again is no change).
+pub async fn add_tag(app: &App, auth: &Auth, id: &str, tag: &str) -> Result<(), ImageError> {
+    let tag = percent_decoded(tag);
+    if tag.is_empty() || tag.len() > MAX_TAG_LEN {
+        return Err(ImageError::BadRequest(format!(
+            "a tag is 1 to {MAX_TAG_LEN} characters"
+        )));
+    }
+    let mut image = owned(app, auth, id).await?;
+    if image.tags.contains(&tag) {
+        return Ok(());
+    }
+    if image.tags.len() >= MAX_TAGS {
+        return Err(ImageError::TooLarge(format!(
+            "Maximum number of tags exceeded: an image has at most {MAX_TAGS}"
+        )));
+    }
+    image.tags.push(tag);
+    image.updated_at = now();
+    app.images.save(&image).await?;
+    Ok(())
+}
+
+/// `DELETE /v2/images/{id}/tags/{tag}`: removes a tag (404 when absent).
+pub async fn remove_tag(app: &App, auth: &Auth, id: &str, tag: &str) -> Result<(), ImageError> {
+    let tag = percent_decoded(tag);
+    let mut image = owned(app, auth, id).await?;
+    let before = image.tags.len();
+    image.tags.retain(|t| *t != tag);
+    if image.tags.len() == before {
+        return Err(ImageError::NotFound(format!("Tag {tag} not found")));
+    }
+    image.updated_at = now();
+    app.images.save(&image).await?;
+    Ok(())
+}
+
+fn percent_decoded(s: &str) -> String {
+    form_urlencoded::parse(format!("t={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
 pub async fn delete(app: &App, auth: &Auth, id: &str) -> Result<(), ImageError> {
     let image = owned(app, auth, id).await?;
     if image.protected {
