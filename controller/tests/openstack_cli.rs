@@ -302,6 +302,99 @@ fn openstack_projects_users_roles_and_isolation() {
     ok(&["project", "delete", "demo"]);
 }
 
+/// OpenStack's secure defaults (api/policy.rs): a user whose only role in
+/// a project is `reader` lists what is there and changes nothing, in every
+/// service; their own keypairs are theirs. Each refusal leaves nothing.
+#[test]
+fn a_reader_reads_and_changes_nothing() {
+    let Some(cli) = openstack() else { return };
+    let c = start(None);
+    let admin = clouds_yaml(&c, ADMIN_PASSWORD);
+    let ok = |args: &[&str]| succeed(&cli, &admin, args);
+    ok(&["project", "create", "seen"]);
+    ok(&["user", "create", "--password", "rita-password", "rita"]);
+    ok(&[
+        "role",
+        "add",
+        "--project",
+        "seen",
+        "--user",
+        "rita",
+        "reader",
+    ]);
+    let rita = clouds_for(&c, "rita", "rita", "rita-password", "seen");
+    ok(&[
+        "flavor", "create", "--ram", "64", "--vcpus", "1", "--disk", "0", "tiny",
+    ]);
+    let file = c.dir_path.join("r.raw");
+    std::fs::write(&file, [0u8; 512]).unwrap();
+    let image = file.to_str().unwrap();
+    ok(&[
+        "image",
+        "create",
+        "--public",
+        "--file",
+        image,
+        "--disk-format",
+        "raw",
+        "--container-format",
+        "bare",
+        "pub",
+    ]);
+    for (what, args) in [
+        (
+            "server",
+            vec![
+                "server", "create", "--flavor", "tiny", "--image", "pub", "s1",
+            ],
+        ),
+        (
+            "image",
+            vec![
+                "image",
+                "create",
+                "--file",
+                file.to_str().unwrap(),
+                "--disk-format",
+                "raw",
+                "--container-format",
+                "bare",
+                "i1",
+            ],
+        ),
+        ("network", vec!["network", "create", "n1"]),
+        ("security group", vec!["security", "group", "create", "g1"]),
+        ("volume", vec!["volume", "create", "--size", "1", "v1"]),
+    ] {
+        let (made, _, err) = run(&cli, &rita, &args);
+        assert!(!made, "a reader made a {what}");
+        assert!(
+            err.contains("403") || err.contains("Forbidden"),
+            "{what}: {err}"
+        );
+    }
+    for list in [
+        vec!["server", "list"],
+        vec!["image", "list"],
+        vec!["network", "list"],
+        vec!["volume", "list"],
+        vec!["flavor", "list"],
+    ] {
+        let (listed, _, err) = run(&cli, &rita, &list);
+        assert!(listed, "{list:?}: {err}");
+    }
+    // Nothing was made by the refusals.
+    for (kind, name) in [("image", "i1"), ("network", "n1"), ("security group", "g1")] {
+        let mut args: Vec<&str> = kind.split(' ').collect();
+        args.extend(["show", name]);
+        let (found, _, _) = run(&cli, &admin, &args);
+        assert!(!found, "{kind} {name} exists");
+    }
+    // A keypair is the user's own, whatever the role.
+    let (made, _, err) = run(&cli, &rita, &["keypair", "create", "ritas-key"]);
+    assert!(made, "{err}");
+}
+
 #[test]
 fn openstack_keypairs() {
     let Some(cli) = openstack() else { return };

@@ -14,6 +14,7 @@ pub mod image;
 pub mod interfaces;
 pub mod internal;
 pub mod network;
+pub mod policy;
 pub mod serial_console;
 pub mod servers;
 pub mod volume;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 
 pub use crate::app::App;
 use http::Body;
@@ -55,7 +56,10 @@ impl App {
         req.extensions_mut().insert(RequestId(request_id.clone()));
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let mut response = match segments.split_first() {
+        if let Some(refused) = self.refused_by_policy(&req, &segments).await {
+            return Ok(self.finish(refused, &request_id, &method, &path));
+        }
+        let response = match segments.split_first() {
             Some((&"identity", rest)) => identity::route(&self, req, rest).await,
             Some((&"compute", rest)) => compute::route(&self, req, rest).await,
             Some((&"network", rest)) => network::route(&self, req, rest).await,
@@ -68,11 +72,43 @@ impl App {
             }
             _ => http::keystone_error(StatusCode::NOT_FOUND, "The resource could not be found."),
         };
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
+        Ok(self.finish(response, &request_id, &method, &path))
+    }
+
+    /// The policy table's refusal of a change the caller's roles do not
+    /// allow (`policy.rs`); reads are not looked at here.
+    async fn refused_by_policy(
+        &self,
+        req: &Request<Incoming>,
+        segments: &[&str],
+    ) -> Option<Response<Body>> {
+        use policy::Service;
+        if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+            return None;
+        }
+        let (service, rest) = match segments.split_first()? {
+            (&"compute", rest) => (Service::Compute, rest),
+            (&"image", rest) => (Service::Image, rest),
+            (&"network", rest) => (Service::Network, rest),
+            (&"volume", rest) => (Service::Volume, rest),
+            _ => return None,
+        };
+        let auth = self.caller(req).await;
+        policy::check(service, req.method(), rest, auth.as_ref())
+    }
+
+    fn finish(
+        &self,
+        mut response: Response<Body>,
+        request_id: &str,
+        method: &Method,
+        path: &str,
+    ) -> Response<Body> {
+        if let Ok(v) = HeaderValue::from_str(request_id) {
             response.headers_mut().insert(http::REQUEST_ID, v);
         }
         tracing::debug!(%method, path, status = response.status().as_u16(), request_id, "request");
-        Ok(response)
+        response
     }
 }
 
