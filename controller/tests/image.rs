@@ -105,6 +105,45 @@ fn images_upload_download_patch_and_stay_private() {
         r#"[{"op": "replace", "path": "/status", "value": "active"}]"#,
     );
     assert_eq!(r.status, 403, "read-only");
+    // Deactivated: the data stays, for admins only; reactivated: for all.
+    let r = call(
+        &c,
+        "POST",
+        "/image/v2/images",
+        &[b],
+        r#"{"name": "bobs", "disk_format": "raw", "container_format": "bare"}"#,
+    );
+    let bobs = r.json()["id"].as_str().unwrap().to_owned();
+    let act = |what: &str, who| {
+        call(
+            &c,
+            "POST",
+            &format!("/image/v2/images/{bobs}/actions/{what}"),
+            &[who],
+            "",
+        )
+        .status
+    };
+    assert_eq!(act("deactivate", b), 403, "a queued image");
+    assert_eq!(
+        put_bytes(
+            &c,
+            &format!("/image/v2/images/{bobs}/file"),
+            &bob,
+            b"bob's bytes"
+        ),
+        204
+    );
+    assert_eq!(act("deactivate", b), 204);
+    assert_eq!(act("deactivate", b), 204, "twice: no change");
+    let file = format!("/image/v2/images/{bobs}/file");
+    assert_eq!(call(&c, "GET", &file, &[b], "").status, 403);
+    assert_eq!(call(&c, "GET", &file, &[a], "").body, "bob's bytes");
+    let shown = call(&c, "GET", &format!("/image/v2/images/{bobs}"), &[b], "").json();
+    assert_eq!(shown["status"], "deactivated");
+    assert_eq!(act("reactivate", b), 204);
+    assert_eq!(call(&c, "GET", &file, &[b], "").body, "bob's bytes");
+
     // Tags, one at a time.
     let tag = |m: &str, t: &str, who| {
         call(

@@ -86,6 +86,11 @@ pub async fn route(
                 .map(|()| empty(StatusCode::NO_CONTENT))
         }
         (Method::GET, ["images", id, "file"]) => get_file(app, &auth, id).await,
+        (Method::POST, ["images", id, "actions", action @ ("deactivate" | "reactivate")]) => {
+            service::set_active(app, &auth, id, *action == "reactivate")
+                .await
+                .map(|()| empty(StatusCode::NO_CONTENT))
+        }
         (Method::PUT, ["images", id, "tags", tag]) => service::add_tag(app, &auth, id, tag)
             .await
             .map(|()| empty(StatusCode::NO_CONTENT)),

@@ -508,10 +508,35 @@ async fn receive(
     Ok(())
 }
 
+/// `POST /v2/images/{id}/actions/deactivate|reactivate` (the owner or an
+/// admin): a deactivated image keeps its data, but only admins download it
+/// and no new server boots it; doing either twice is no change.
+pub async fn set_active(app: &App, auth: &Auth, id: &str, active: bool) -> Result<(), ImageError> {
+    let image = owned(app, auth, id).await?;
+    let (from, to) = match active {
+        true => ("deactivated", "active"),
+        false => ("active", "deactivated"),
+    };
+    if image.status == to || app.images.transition(id, from, to).await? {
+        return Ok(());
+    }
+    let verb = if active { "reactivate" } else { "deactivate" };
+    Err(ImageError::Forbidden(format!(
+        "Not allowed to {verb} image in status '{}'",
+        image.status
+    )))
+}
+
 /// An image's data, opened, with its record; None while it has no data.
+/// A deactivated image's data is for admins only.
 pub async fn data(app: &App, auth: &Auth, id: &str) -> Result<Option<(Image, Opened)>, ImageError> {
     let image = visible(app, auth, id).await?;
-    if image.status != "active" {
+    if image.status == "deactivated" && !auth.is_admin() {
+        return Err(ImageError::Forbidden(
+            "The requested image has been deactivated. Image data download is forbidden.".into(),
+        ));
+    }
+    if !matches!(image.status.as_str(), "active" | "deactivated") {
         return Ok(None);
     }
     let opened = data::open(app, &image).await?;
