@@ -200,6 +200,10 @@ kill $HOSTD $NETD $STORAGED; wait $HOSTD $NETD $STORAGED
     {
         scenario = scenario.host_binary(nft);
     }
+    // storaged converts qcow2 images to raw with the host's qemu-img.
+    if Path::new("/usr/bin/qemu-img").exists() {
+        scenario = scenario.host_binary("/usr/bin/qemu-img");
+    }
     let hostd = std::thread::spawn(move || testbed.run(&scenario));
     eprintln!(
         "up: controller on http://127.0.0.1:{CONTROLLER_PORT}; hostd starting ({})",

@@ -45,6 +45,18 @@ fn storage_error(e: StorageError) -> ImageError {
     }
 }
 
+/// The client's fault (bad or too much data) or ours (the disk, a tool).
+fn upload_error(e: UploadError) -> ImageError {
+    match e {
+        UploadError::TooLarge(_) => ImageError::TooLarge(e.to_string()),
+        UploadError::Io(_) => {
+            tracing::error!("storing an image: {e}");
+            ImageError::Unavailable(e.to_string())
+        }
+        UploadError::Body(_) | UploadError::Format(_) => ImageError::BadRequest(e.to_string()),
+    }
+}
+
 /// The storaged of storage host `host_id`, and where other hosts reach it.
 async fn storaged(app: &App, host_id: &str) -> Result<(Storaged, String), ImageError> {
     let host = app
@@ -91,17 +103,15 @@ pub async fn store(
         });
     }
     let dest = app.images.data_path(&image.id);
-    let stored = match virga_imagefile::store(body, &dest, max, encoding).await {
-        Ok(s) => s,
-        Err(e @ UploadError::TooLarge(_)) => return Err(ImageError::TooLarge(e.to_string())),
-        Err(e) => return Err(ImageError::BadRequest(e.to_string())),
-    };
+    let stored = virga_imagefile::store(body, &dest, max, encoding)
+        .await
+        .map_err(upload_error)?;
     let virtual_size = if disk_format == "qcow2" {
         match virga_imagefile::qcow2_to_raw(&dest, &app.images.raw_path(image)).await {
             Ok(v) => v,
             Err(e) => {
                 let _ = std::fs::remove_file(&dest);
-                return Err(ImageError::BadRequest(e.to_string()));
+                return Err(upload_error(e));
             }
         }
     } else {

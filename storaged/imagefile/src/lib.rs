@@ -213,7 +213,13 @@ async fn qemu_img(args: &[&std::ffi::OsStr]) -> Result<std::process::Output, Upl
         .kill_on_drop(true)
         .output();
     match tokio::time::timeout(QEMU_IMG_TIMEOUT, child).await {
-        Ok(out) => out.map_err(|e| UploadError::Format(format!("running qemu-img: {e}"))),
+        // Not the image's fault: a host without qemu-img (qemu-utils).
+        Ok(out) => out.map_err(|e| {
+            UploadError::Io(std::io::Error::new(
+                e.kind(),
+                format!("running qemu-img (Debian's qemu-utils) on this host: {e}"),
+            ))
+        }),
         Err(_) => Err(UploadError::Format(format!(
             "qemu-img took longer than {QEMU_IMG_TIMEOUT:?}"
         ))),

@@ -67,6 +67,16 @@ pub fn storaged_bin() -> PathBuf {
     vmm_bin().with_file_name("storaged")
 }
 
+/// The host programs storaged runs (`qemu-img`, converting qcow2 images to
+/// raw), at their paths here.
+pub fn storaged_host_programs() -> Vec<PathBuf> {
+    ["/usr/bin/qemu-img"]
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .collect()
+}
+
 /// The host programs netd runs (`nft`, for its security groups).
 pub fn netd_host_programs() -> Vec<PathBuf> {
     ["/usr/sbin/nft", "/sbin/nft"]

@@ -255,6 +255,7 @@ echo "NETD_LOG_BEGIN"; tail -n 20 $WORK/netd.log; echo "NETD_LOG_END"
     for program in virga_e2e::hostd_host_programs()
         .into_iter()
         .chain(virga_e2e::netd_host_programs())
+        .chain(virga_e2e::storaged_host_programs())
         .chain(["/usr/bin/ssh".into()])
     {
         scenario = scenario.host_binary(program);

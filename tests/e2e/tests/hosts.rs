@@ -172,6 +172,7 @@ done
     for program in virga_e2e::hostd_host_programs()
         .into_iter()
         .chain(virga_e2e::netd_host_programs())
+        .chain(virga_e2e::storaged_host_programs())
         .chain(["/usr/bin/ip".into(), "/usr/bin/nsenter".into()])
     {
         scenario = scenario.host_binary(program);
