@@ -144,6 +144,104 @@ fn images_upload_download_patch_and_stay_private() {
     assert_eq!(act("reactivate", b), 204);
     assert_eq!(call(&c, "GET", &file, &[b], "").body, "bob's bytes");
 
+    // Sharing: the owner names bob's project as a member of a shared
+    // image; bob sees it, lists it once accepted, and answers for himself.
+    let other = call(
+        &c,
+        "GET",
+        "/identity/v3/auth/tokens",
+        &[b, ("X-Subject-Token", &bob)],
+        "",
+    )
+    .json()["token"]["project"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let members = format!("/image/v2/images/{id}/members");
+    let share = format!(r#"{{"member": "{other}"}}"#);
+    let patch_private = r#"[{"op": "replace", "path": "/visibility", "value": "private"}]"#;
+    assert_eq!(
+        call(
+            &c,
+            "PATCH",
+            &format!("/image/v2/images/{id}"),
+            &[a],
+            patch_private
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        call(&c, "POST", &members, &[a], &share).status,
+        403,
+        "not a shared image"
+    );
+    let patch_shared = r#"[{"op": "replace", "path": "/visibility", "value": "shared"}]"#;
+    assert_eq!(
+        call(
+            &c,
+            "PATCH",
+            &format!("/image/v2/images/{id}"),
+            &[a],
+            patch_shared
+        )
+        .status,
+        200
+    );
+    let r = call(&c, "POST", &members, &[a], &share);
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (200, Some("pending")),
+        "{}",
+        r.body
+    );
+    assert_eq!(call(&c, "POST", &members, &[a], &share).status, 409);
+    assert_eq!(
+        call(&c, "GET", &format!("/image/v2/images/{id}"), &[b], "").status,
+        200
+    );
+    let listed = |q: &str| -> Vec<String> {
+        call(&c, "GET", &format!("/image/v2/images{q}"), &[b], "").json()["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(!listed("").contains(&id), "pending: not listed");
+    assert!(listed("?member_status=pending").contains(&id));
+    let mine = format!("{members}/{other}");
+    assert_eq!(
+        call(&c, "PUT", &mine, &[a], r#"{"status": "accepted"}"#).status,
+        403,
+        "the owner does not answer"
+    );
+    assert_eq!(
+        call(&c, "PUT", &mine, &[b], r#"{"status": "maybe"}"#).status,
+        400
+    );
+    assert_eq!(
+        call(&c, "PUT", &mine, &[b], r#"{"status": "accepted"}"#).status,
+        200
+    );
+    assert!(listed("").contains(&id), "accepted: listed");
+    assert_eq!(
+        call(&c, "GET", &members, &[b], "").json()["members"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(call(&c, "DELETE", &mine, &[b], "").status, 403);
+    assert_eq!(call(&c, "DELETE", &mine, &[a], "").status, 204);
+    assert_eq!(
+        call(&c, "GET", &format!("/image/v2/images/{id}"), &[b], "").status,
+        404
+    );
+    assert_eq!(
+        call(&c, "GET", "/image/v2/schemas/members", &[a], "").json()["name"],
+        "members"
+    );
+
     // Tags, one at a time.
     let tag = |m: &str, t: &str, who| {
         call(

@@ -13,6 +13,7 @@ use super::http::{empty, json, read_json, stream_file, Body};
 use super::App;
 use crate::identity::Auth;
 use crate::image::data::Opened;
+use crate::image::members;
 use crate::image::service::{self, ImageError};
 use crate::store::StoreError;
 
@@ -97,6 +98,48 @@ pub async fn route(
         (Method::DELETE, ["images", id, "tags", tag]) => service::remove_tag(app, &auth, id, tag)
             .await
             .map(|()| empty(StatusCode::NO_CONTENT)),
+        (Method::GET, ["images", id, "members"]) => members::list(app, &auth, id).await.map(|list| {
+            json(
+                StatusCode::OK,
+                &json!({"members": list.iter().map(members::Member::to_json).collect::<Vec<_>>(),
+                        "schema": "/v2/schemas/members"}),
+            )
+        }),
+        (Method::POST, ["images", id, "members"]) => {
+            let id = id.to_string();
+            match read_json(req, glance_error).await {
+                Ok(body) => match body.get("member").and_then(Json::as_str) {
+                    Some(member) => members::add(app, &auth, &id, member)
+                        .await
+                        .map(|m| json(StatusCode::OK, &m.to_json())),
+                    None => Err(ImageError::BadRequest("member: a project id is required".into())),
+                },
+                Err(r) => Ok(r),
+            }
+        }
+        (Method::GET, ["images", id, "members", member]) => members::get(app, &auth, id, member)
+            .await
+            .map(|m| json(StatusCode::OK, &m.to_json())),
+        (Method::PUT, ["images", id, "members", member]) => {
+            let (id, member) = (id.to_string(), member.to_string());
+            match read_json(req, glance_error).await {
+                Ok(body) => match body.get("status").and_then(Json::as_str) {
+                    Some(status) => members::answer(app, &auth, &id, &member, status)
+                        .await
+                        .map(|m| json(StatusCode::OK, &m.to_json())),
+                    None => Err(ImageError::BadRequest("status: required".into())),
+                },
+                Err(r) => Ok(r),
+            }
+        }
+        (Method::DELETE, ["images", id, "members", member]) => {
+            members::remove(app, &auth, id, member)
+                .await
+                .map(|()| empty(StatusCode::NO_CONTENT))
+        }
+        (Method::GET, ["schemas", which @ ("member" | "members")]) => {
+            Ok(json(StatusCode::OK, &members::schema(*which == "members")))
+        }
         (Method::GET, ["schemas", "image" | "images"]) => Ok(json(
             StatusCode::OK,
             &json!({"name": "image", "additionalProperties": {"type": "string"}, "properties": {}}),

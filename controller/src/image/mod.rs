@@ -6,6 +6,7 @@
 //! them); a qcow2 image also gets a raw copy, which is what the VMM boots.
 
 pub mod data;
+pub mod members;
 pub mod service;
 
 use std::collections::BTreeMap;
@@ -269,12 +270,129 @@ impl Images {
         Ok(recovered)
     }
 
-    /// Removes the record (its bytes are [`data::remove`]d first).
+    /// Removes the record and its members (its bytes are
+    /// [`data::remove`]d first).
     pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        self.store
+            .execute(
+                "DELETE FROM image_members WHERE image_id = $1",
+                &[Value::Text(id)],
+            )
+            .await?;
         self.store
             .execute("DELETE FROM images WHERE id = $1", &[Value::Text(id)])
             .await?;
         Ok(())
+    }
+
+    /// Whether project `project` may see image `i`: its own, public or
+    /// community, an admin, or a member of a shared image.
+    pub async fn visible_to(
+        &self,
+        i: &Image,
+        project: &str,
+        admin: bool,
+    ) -> Result<bool, StoreError> {
+        if i.visible_to(project, admin) {
+            return Ok(true);
+        }
+        Ok(i.visibility == "shared"
+            && self
+                .members(&i.id)
+                .await?
+                .iter()
+                .any(|m| m.member_id == project))
+    }
+
+    /// An image's members, in the order they were added.
+    pub async fn members(&self, image_id: &str) -> Result<Vec<members::Member>, StoreError> {
+        self.store
+            .fetch_all(
+                "SELECT image_id, member_id, status, created_at, updated_at FROM image_members \
+                 WHERE image_id = $1 ORDER BY created_at, member_id",
+                &[Value::Text(image_id)],
+            )
+            .await?
+            .iter()
+            .map(members::Member::from_row)
+            .collect()
+    }
+
+    /// The images shared with project `member_id`, with its answer to each.
+    pub async fn memberships(
+        &self,
+        member_id: &str,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
+        self.store
+            .fetch_all(
+                "SELECT image_id, status FROM image_members WHERE member_id = $1",
+                &[Value::Text(member_id)],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((text(r, "image_id")?, text(r, "status")?)))
+            .collect()
+    }
+
+    /// Adds a member (pending); a conflict when it is one already.
+    pub async fn add_member(&self, m: &members::Member) -> Result<(), StoreError> {
+        let taken = self
+            .store
+            .fetch_optional(
+                "SELECT 1 AS one FROM image_members WHERE image_id = $1 AND member_id = $2",
+                &[Value::Text(&m.image_id), Value::Text(&m.member_id)],
+            )
+            .await?;
+        if taken.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "{} is already a member of image {}",
+                m.member_id, m.image_id
+            )));
+        }
+        self.store
+            .execute(
+                "INSERT INTO image_members (image_id, member_id, status, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    Value::Text(&m.image_id),
+                    Value::Text(&m.member_id),
+                    Value::Text(&m.status),
+                    Value::Int(m.created_at),
+                    Value::Int(m.updated_at),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Sets a member's answer; false when it is not a member.
+    pub async fn set_member_status(
+        &self,
+        image_id: &str,
+        member_id: &str,
+        status: &str,
+        at: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .execute(
+                "UPDATE image_members SET status = $1, updated_at = $2 WHERE image_id = $3 AND member_id = $4",
+                &[Value::Text(status), Value::Int(at), Value::Text(image_id), Value::Text(member_id)],
+            )
+            .await?
+            > 0)
+    }
+
+    /// Removes a member; false when it was not one.
+    pub async fn remove_member(&self, image_id: &str, member_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .execute(
+                "DELETE FROM image_members WHERE image_id = $1 AND member_id = $2",
+                &[Value::Text(image_id), Value::Text(member_id)],
+            )
+            .await?
+            > 0)
     }
 
     /// Removes an image's bytes from the controller's directory.

@@ -74,7 +74,7 @@ const READ_ONLY: &[&str] = &[
 pub async fn visible(app: &App, auth: &Auth, id: &str) -> Result<Image, ImageError> {
     let project = auth.project_id().unwrap_or_default();
     match app.images.get(id).await? {
-        Some(i) if i.visible_to(project, auth.is_admin()) => Ok(i),
+        Some(i) if app.images.visible_to(&i, project, auth.is_admin()).await? => Ok(i),
         _ => Err(not_found(id)),
     }
 }
@@ -106,6 +106,16 @@ pub async fn list(
 ) -> Result<Page, ImageError> {
     let project = auth.project_id().unwrap_or_default();
     let all = app.images.list().await?;
+    // Images shared with the caller's project: listed once accepted, or
+    // as `member_status` asks (Glance's rule).
+    let shared = app.images.memberships(project).await?;
+    let member_status = q.get("member_status").map_or("accepted", String::as_str);
+    let member_of = |i: &Image| {
+        i.visibility == "shared"
+            && shared
+                .get(&i.id)
+                .is_some_and(|s| member_status == "all" || s == member_status)
+    };
     let ids: Option<Vec<&str>> = q
         .get("id")
         .and_then(|v| v.strip_prefix("in:"))
@@ -119,12 +129,12 @@ pub async fn list(
         .unwrap_or(usize::MAX);
     let mut images: Vec<Image> = all
         .into_iter()
-        .filter(|i| i.visible_to(project, auth.is_admin()))
+        .filter(|i| i.visible_to(project, auth.is_admin()) || member_of(i))
         // Admins list their own and public images unless they ask for all.
         .filter(|i| match q.get("visibility").map(String::as_str) {
             Some("all") | None if !auth.is_admin() => true,
             Some("all") => true,
-            None => i.owner == project || i.visibility == "public",
+            None => i.owner == project || i.visibility == "public" || member_of(i),
             Some(v) => i.visibility == v,
         })
         .filter(|i| ids.as_ref().is_none_or(|ids| ids.contains(&i.id.as_str())))

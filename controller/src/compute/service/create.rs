@@ -63,11 +63,14 @@ pub async fn create(
     let image = if req.boot_volume.is_some() {
         None
     } else {
-        Some(match app.images.get(&req.image_ref).await? {
-            Some(i) if i.visible_to(&project, ctx.is_admin()) && i.status == "active" => i,
-            Some(i) if i.visible_to(&project, ctx.is_admin()) => {
-                return bad(format!("Image {} is not active.", req.image_ref))
-            }
+        let found = app.images.get(&req.image_ref).await?;
+        let seen = match &found {
+            Some(i) => app.images.visible_to(i, &project, ctx.is_admin()).await?,
+            None => false,
+        };
+        Some(match found {
+            Some(i) if seen && i.status == "active" => i,
+            Some(_) if seen => return bad(format!("Image {} is not active.", req.image_ref)),
             _ => return bad(format!("Image {} could not be found.", req.image_ref)),
         })
     };
