@@ -27,14 +27,12 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
-use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::mpsc;
@@ -55,21 +53,6 @@ pub struct Api {
     vmm_version: String,
     /// Responses by status code, for /metrics.
     responses: Mutex<BTreeMap<u16, u64>>,
-}
-
-/// A response body fed by a channel: console follow and the event stream.
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
-    }
 }
 
 fn full(bytes: impl Into<Bytes>) -> ResponseBody {
@@ -104,7 +87,8 @@ fn op_error(e: OpError) -> Response<ResponseBody> {
 }
 
 fn stream(rx: mpsc::Receiver<Bytes>, content_type: &'static str) -> Response<ResponseBody> {
-    let mut r = Response::new(ChannelBody(rx).boxed());
+    // A body fed by a channel: console follow and the event stream.
+    let mut r = Response::new(virga_imagefile::serve::ChannelBody(rx).boxed());
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
