@@ -40,6 +40,8 @@ fn server(id: &str, project: &str) -> Server {
         updated_at: 0,
         launched_at: None,
         generation: 0,
+        disk_config: "MANUAL".into(),
+        ..Server::default()
     }
 }
 

@@ -92,11 +92,15 @@ fn made_grown_and_removed(c: &Controller) {
     assert_eq!(made["status"], "creating");
     assert_eq!(made["bootable"], "false");
     let id = made["id"].as_str().unwrap().to_owned();
-    let project = made["os-vol-tenant-attr:tenant_id"]
+    assert!(
+        made.get("os-vol-tenant-attr:tenant_id").is_none(),
+        "extensions' attributes are for show and detail, as Cinder's"
+    );
+    let v = wait_status(c, &admin, &id, "available");
+    let project = v["os-vol-tenant-attr:tenant_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let v = wait_status(c, &admin, &id, "available");
     assert_eq!(v["size"], 1);
     assert_eq!(v["metadata"], json!({"k": "v"}));
     assert_eq!(v["os-vol-host-attr:host"], "storage-1@file#file");

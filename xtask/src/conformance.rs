@@ -169,8 +169,56 @@ fn provision(os: &Cli) -> Result<()> {
             }
             os.run(&["role", "add", "--project", project, "--user", &user, role])?;
         }
+        // Each project's own network: servers of its accounts get an
+        // address there (tempest is told of it in accounts.yaml).
+        let network = network_name(project);
+        if os.id_of("network", &network).is_none() {
+            os.run(&["network", "create", "--project", project, &network])?;
+        }
+        let subnet = format!("{network}-subnet");
+        if os.id_of("subnet", &subnet).is_none() {
+            let n = PROJECTS.iter().position(|p| *p == project).unwrap_or(0);
+            let range = format!("10.{}.0.0/24", 200 + n);
+            os.run(&[
+                "subnet",
+                "create",
+                "--project",
+                project,
+                "--network",
+                &network,
+                "--subnet-range",
+                &range,
+                &subnet,
+            ])?;
+        }
+        // Servers a failed run left behind go (they count in the quota).
+        let leftovers = os.run(&[
+            "server",
+            "list",
+            "--all-projects",
+            "--project",
+            project,
+            "-f",
+            "value",
+            "-c",
+            "ID",
+        ])?;
+        let leftovers: Vec<&str> = leftovers.lines().filter(|l| !l.is_empty()).collect();
+        if !leftovers.is_empty() {
+            eprintln!(
+                "conformance: deleting {} servers an earlier run left in {project}",
+                leftovers.len()
+            );
+            let mut args = vec!["server", "delete", "--wait"];
+            args.extend(leftovers);
+            os.run(&args)?;
+        }
     }
     Ok(())
+}
+
+fn network_name(project: &str) -> String {
+    format!("{project}-net")
 }
 
 fn user_name(project: &str, role: &str) -> String {
@@ -183,8 +231,9 @@ fn accounts_yaml() -> String {
     for project in PROJECTS {
         for role in ["member", "reader"] {
             yaml.push_str(&format!(
-                "- username: '{}'\n  project_name: '{project}'\n  password: '{PASSWORD}'\n  roles: ['{role}']\n",
-                user_name(project, role)
+                "- username: '{}'\n  project_name: '{project}'\n  password: '{PASSWORD}'\n  roles: ['{role}']\n  resources:\n    network: '{}'\n",
+                user_name(project, role),
+                network_name(project)
             ));
         }
     }
@@ -332,7 +381,8 @@ config_drive = true
 serial_console = true
 interface_attach = true
 metadata_service = true
-# Not built: rescue, shelve, migrations, password changes, file injection,
+# Not built: rescue, shelve, migrations, admin passwords (none is set in
+# the guest, so none is returned), password changes, file injection,
 # graphical consoles, multiattach, host/server groups' extras.
 rescue = false
 shelve = false
@@ -341,6 +391,7 @@ live_migration = false
 cold_migration = false
 block_migration_for_live_migration = false
 change_password = false
+enable_instance_password = false
 personality = false
 vnc_console = false
 spice_console = false

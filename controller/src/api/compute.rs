@@ -79,6 +79,7 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
             return json(StatusCode::OK, &json!({"versions": [v20(app), v21(app)]}))
         }
         (&Method::GET, ["v2.1"]) => return json(StatusCode::OK, &json!({"version": v21(app)})),
+        (&Method::GET, ["v2"]) => return json(StatusCode::OK, &json!({"version": v20(app)})),
         _ => {}
     }
     let Some(version) = negotiate(&req) else {
@@ -94,12 +95,16 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
         Ok(a) => a,
         Err(r) => return r,
     };
-    let Some(rest) = rest.strip_prefix(&["v2.1"]) else {
+    // `/v2` is Nova's legacy endpoint: the 2.1 API without microversions.
+    let Some(rest) = rest
+        .strip_prefix(&["v2.1"])
+        .or_else(|| rest.strip_prefix(&["v2"]))
+    else {
         return nova_error(StatusCode::NOT_FOUND, "The resource could not be found.");
     };
     let mut response = match (req.method().clone(), rest) {
-        (Method::GET, ["flavors"]) => list_flavors(app, &auth, false).await,
-        (Method::GET, ["flavors", "detail"]) => list_flavors(app, &auth, true).await,
+        (Method::GET, ["flavors"]) => list_flavors(app, &auth, &req, false).await,
+        (Method::GET, ["flavors", "detail"]) => list_flavors(app, &auth, &req, true).await,
         (Method::GET, ["flavors", id]) => show_flavor(app, &auth, id).await,
         (Method::POST, ["flavors"]) => create_flavor(app, &auth, req).await,
         (Method::DELETE, ["flavors", id]) => delete_flavor(app, &auth, id).await,
@@ -113,6 +118,29 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
                 None => nova_error(StatusCode::NOT_FOUND, "The resource could not be found."),
             }
         }
+        (_, ["extensions", ..] | ["os-availability-zone", ..] | ["os-hosts", ..]) => {
+            super::compute_discovery::route(app, &auth, &req, rest).await
+        }
+        (
+            _,
+            ["os-security-groups"
+            | "os-security-group-rules"
+            | "os-floating-ips"
+            | "os-tenant-networks", ..],
+        ) => {
+            let ctx = crate::context::RequestContext {
+                request_id: super::servers::request_id_of(&req),
+                auth: auth.clone(),
+            };
+            match super::nova_network::route(app, &ctx, req, rest).await {
+                Some(r) => r,
+                None => nova_error(StatusCode::NOT_FOUND, "The resource could not be found."),
+            }
+        }
+        (_, ["images", ..]) => match super::nova_images::route(app, &auth, req, rest).await {
+            Some(r) => r,
+            None => nova_error(StatusCode::NOT_FOUND, "The resource could not be found."),
+        },
         (_, ["servers", ..]) => match super::servers::route(app, &auth, req, rest).await {
             Some(r) => r,
             None => nova_error(StatusCode::NOT_FOUND, "The resource could not be found."),
@@ -185,7 +213,7 @@ pub fn compute_error(e: ComputeError) -> Response<Body> {
         ComputeError::Store(e) => return store_error(e),
         ComputeError::BadRequest(_) => StatusCode::BAD_REQUEST,
         ComputeError::NotFound(_) => StatusCode::NOT_FOUND,
-        ComputeError::OverQuota(_) => StatusCode::FORBIDDEN,
+        ComputeError::OverQuota(_) | ComputeError::Forbidden(_) => StatusCode::FORBIDDEN,
         ComputeError::Conflict(_) => StatusCode::CONFLICT,
         ComputeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         ComputeError::HostFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -233,23 +261,102 @@ async fn extra_specs(app: &App, auth: &Auth, id: &str) -> Response<Body> {
     }
 }
 
-async fn list_flavors(app: &App, auth: &Auth, detail: bool) -> Response<Body> {
-    match app.flavors.list(auth.is_admin()).await {
-        Ok(list) => {
-            let flavors: Vec<Json> = list
-                .iter()
-                .map(|f| {
-                    if detail {
-                        flavor_json(app, f)
-                    } else {
-                        json!({"id": f.id, "name": f.name, "links": flavor_links(app, &f.id)})
-                    }
-                })
-                .collect();
-            json(StatusCode::OK, &json!({ "flavors": flavors }))
-        }
-        Err(e) => store_error(e),
+/// `GET /flavors[/detail]`: Nova's filters (`minDisk`, `minRam`, and
+/// `is_public` for admins), sort (`sort_key`, `sort_dir`; flavor id
+/// ascending by default) and paging (`limit`, `marker`, a `next` link when a
+/// page is full).
+async fn list_flavors(
+    app: &App,
+    auth: &Auth,
+    req: &Request<Incoming>,
+    detail: bool,
+) -> Response<Body> {
+    let q = super::http::query_params(req);
+    let bad = |m: String| nova_error(StatusCode::BAD_REQUEST, &m);
+    let int = |key: &str| -> Result<Option<i64>, String> {
+        q.get(key)
+            .map(|v| {
+                v.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| format!("Invalid {key} filter [{v}]"))
+            })
+            .transpose()
+    };
+    let (min_disk, min_ram, limit) = match (int("minDisk"), int("minRam"), int("limit")) {
+        (Ok(d), Ok(r), Ok(l)) => (d, r, l),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return bad(e),
+    };
+    // Admins see private flavors too unless they ask for public ones only.
+    let private = auth.is_admin()
+        && !matches!(
+            q.get("is_public")
+                .map(|v| v.to_ascii_lowercase())
+                .as_deref(),
+            Some("true" | "1" | "yes")
+        );
+    let mut list = match app.flavors.list(private).await {
+        Ok(l) => l,
+        Err(e) => return store_error(e),
+    };
+    list.retain(|f| {
+        min_disk.is_none_or(|d| f.disk_gib >= d) && min_ram.is_none_or(|r| f.ram_mib >= r)
+    });
+    let key = q.get("sort_key").map(String::as_str).unwrap_or("flavorid");
+    match key {
+        "flavorid" | "id" => list.sort_by(|a, b| a.id.cmp(&b.id)),
+        "name" => list.sort_by(|a, b| a.name.cmp(&b.name)),
+        "memory_mb" => list.sort_by_key(|f| (f.ram_mib, f.id.clone())),
+        "vcpus" => list.sort_by_key(|f| (f.vcpus, f.id.clone())),
+        "root_gb" => list.sort_by_key(|f| (f.disk_gib, f.id.clone())),
+        "ephemeral_gb" => list.sort_by_key(|f| (f.ephemeral_gib, f.id.clone())),
+        "swap" => list.sort_by_key(|f| (f.swap_mib, f.id.clone())),
+        other => return bad(format!("Invalid sort_key {other}")),
     }
+    match q.get("sort_dir").map(String::as_str) {
+        None | Some("asc") => {}
+        Some("desc") => list.reverse(),
+        Some(other) => return bad(format!("Invalid sort_dir {other}: asc or desc")),
+    }
+    if let Some(marker) = q.get("marker") {
+        match list.iter().position(|f| &f.id == marker) {
+            Some(i) => {
+                list.drain(..=i);
+            }
+            None => return bad(format!("marker [{marker}] not found")),
+        }
+    }
+    let next = match limit {
+        Some(l) if list.len() > l as usize => {
+            list.truncate(l as usize);
+            list.last().map(|last| {
+                let mut params = form_urlencoded::Serializer::new(String::new());
+                for (k, v) in q.iter().filter(|(k, _)| *k != "marker") {
+                    params.append_pair(k, v);
+                }
+                params.append_pair("marker", &last.id);
+                let kind = if detail { "flavors/detail" } else { "flavors" };
+                json!([{"rel": "next", "href": format!(
+                    "{}/compute/v2.1/{kind}?{}", app.config.public_url, params.finish())}])
+            })
+        }
+        _ => None,
+    };
+    let flavors: Vec<Json> = list
+        .iter()
+        .map(|f| {
+            if detail {
+                flavor_json(app, f)
+            } else {
+                json!({"id": f.id, "name": f.name, "links": flavor_links(app, &f.id)})
+            }
+        })
+        .collect();
+    let mut body = json!({ "flavors": flavors });
+    if let Some(next) = next {
+        body["flavors_links"] = next;
+    }
+    json(StatusCode::OK, &body)
 }
 
 async fn show_flavor(app: &App, auth: &Auth, id: &str) -> Response<Body> {

@@ -224,7 +224,7 @@ async fn limits(app: &App, project: &str) -> Response<Body> {
         StatusCode::OK,
         &json!({"limits": {"rate": [], "absolute": {
             "maxTotalInstances": q.instances, "maxTotalCores": q.cores, "maxTotalRAMSize": q.ram_mib,
-            "maxTotalKeypairs": q.key_pairs, "maxServerMeta": 128, "maxPersonality": 5,
+            "maxTotalKeypairs": q.key_pairs, "maxServerMeta": 128, "maxImageMeta": 128, "maxPersonality": 5,
             "maxPersonalitySize": 10240, "maxServerGroups": 10, "maxServerGroupMembers": 10,
             "maxSecurityGroups": -1, "maxSecurityGroupRules": -1, "maxTotalFloatingIps": -1,
             "totalInstancesUsed": used.instances, "totalCoresUsed": used.cores, "totalRAMUsed": used.ram_mib,

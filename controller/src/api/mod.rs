@@ -4,6 +4,7 @@
 
 pub mod cinder_attachments;
 pub mod compute;
+pub mod compute_discovery;
 pub mod compute_misc;
 pub mod http;
 pub mod hypervisors;
@@ -14,8 +15,11 @@ pub mod image;
 pub mod interfaces;
 pub mod internal;
 pub mod network;
+pub mod nova_images;
+pub mod nova_network;
 pub mod policy;
 pub mod serial_console;
+pub mod server_metadata;
 pub mod servers;
 pub mod volume;
 pub mod volume_attachments;

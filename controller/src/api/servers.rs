@@ -88,11 +88,11 @@ pub struct ServerView<'a> {
     #[serde(rename = "hostId")]
     host_id: String,
     #[serde(rename = "accessIPv4")]
-    access_ipv4: &'static str,
+    access_ipv4: &'a str,
     #[serde(rename = "accessIPv6")]
-    access_ipv6: &'static str,
+    access_ipv6: &'a str,
     #[serde(rename = "OS-DCF:diskConfig")]
-    disk_config: &'static str,
+    disk_config: &'a str,
     #[serde(rename = "OS-EXT-AZ:availability_zone")]
     availability_zone: &'a str,
     #[serde(rename = "OS-EXT-STS:vm_state")]
@@ -175,9 +175,9 @@ impl<'a> ServerView<'a> {
             links: links(app, "servers", &s.id),
             addresses,
             host_id,
-            access_ipv4: "",
-            access_ipv6: "",
-            disk_config: "MANUAL",
+            access_ipv4: &s.access_ipv4,
+            access_ipv6: &s.access_ipv6,
+            disk_config: &s.disk_config,
             availability_zone: &s.availability_zone,
             vm_state: &s.vm_state,
             task_state: s.task_state.as_deref(),
@@ -241,30 +241,57 @@ pub async fn route(
         (Method::GET, ["servers", "detail"]) => list(app, auth, &req, true).await,
         (Method::POST, ["servers"]) => create(app, ctx, req).await,
         (Method::GET, ["servers", id]) => match service::visible(app, ctx, id).await {
-            Ok(s) => {
-                let volumes: Vec<String> = match app.volumes.store.of_server(&s.id).await {
-                    Ok(v) => v.into_iter().map(|v| v.id).collect(),
-                    Err(e) => {
-                        tracing::error!(server = %s.id, "its volumes: {e}");
-                        Vec::new()
-                    }
-                };
-                json(
-                    StatusCode::OK,
-                    &ServerOne {
-                        server: ServerView::new(
-                            app,
-                            &s,
-                            auth.is_admin(),
-                            addresses(app, &s.id).await,
-                        )
-                        .with_volumes(&volumes),
-                    },
-                )
-            }
+            Ok(s) => one(app, auth.is_admin(), &s).await,
             Err(e) => compute_error(e),
         },
         (Method::DELETE, ["servers", id]) => delete(app, ctx, id).await,
+        (Method::GET, ["servers", id, "ips"]) => match service::visible(app, ctx, id).await {
+            Ok(s) => json(
+                StatusCode::OK,
+                &json!({"addresses": addresses(app, &s.id).await}),
+            ),
+            Err(e) => compute_error(e),
+        },
+        (Method::GET, ["servers", id, "ips", network]) => {
+            match service::visible(app, ctx, id).await {
+                Ok(s) => match addresses(app, &s.id).await.get(*network) {
+                    Some(list) => json(StatusCode::OK, &json!({ *network: list })),
+                    None => nova_error(
+                        StatusCode::NOT_FOUND,
+                        "Instance is not a member of specified network",
+                    ),
+                },
+                Err(e) => compute_error(e),
+            }
+        }
+        (Method::PUT, ["servers", id]) => {
+            let id = id.to_string();
+            update(app, ctx, &id, req).await
+        }
+        (_, ["servers", _, "os-security-groups"]) => {
+            return super::nova_network::route(app, ctx, req, rest).await;
+        }
+        // No password is ever set in a guest (no adminPass is returned).
+        (Method::GET, ["servers", id, "os-server-password"]) => {
+            match service::visible(app, ctx, id).await {
+                Ok(_) => json(StatusCode::OK, &json!({"password": ""})),
+                Err(e) => compute_error(e),
+            }
+        }
+        (Method::DELETE, ["servers", id, "os-server-password"]) => {
+            match service::visible(app, ctx, id).await {
+                Ok(_) => empty(StatusCode::NO_CONTENT),
+                Err(e) => compute_error(e),
+            }
+        }
+        (_, ["servers", id, "metadata", rest @ ..]) => {
+            let id = id.to_string();
+            let key = rest.first().map(|k| k.to_string());
+            if rest.len() > 1 {
+                return None;
+            }
+            super::server_metadata::route(app, ctx, req, &id, key.as_deref()).await
+        }
         (Method::GET, ["servers", id, "os-instance-actions"]) => {
             instance_actions(app, ctx, id, None).await
         }
@@ -352,6 +379,7 @@ async fn list(app: &App, auth: &Auth, req: &Request<Incoming>, detail: bool) -> 
         image: q.get("image").cloned(),
         flavor: q.get("flavor").cloned(),
         host: q.get("host").filter(|_| admin).cloned(),
+        reservation_id: q.get("reservation_id").cloned(),
         limit: Some(limit),
         ..ListQuery::default()
     };
@@ -467,18 +495,45 @@ async fn create(app: &App, ctx: &RequestContext, req: Request<Incoming>) -> Resp
         Ok(b) => b,
         Err(r) => return r,
     };
-    let create = match parse_create(&body) {
+    let (mut create, count) = match parse_create(&body).and_then(|c| Ok((c, parse_count(&body)?))) {
         Ok(c) => c,
         Err(m) => return nova_error(StatusCode::BAD_REQUEST, &m),
     };
-    let server = match service::create::create(app, ctx, create).await {
-        Ok(s) => s,
-        Err(e) => return compute_error(e),
+    create.reservation_id = format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    // Up to max_count servers, named name-1, name-2, ... when more than one
+    // may be made; fewer than min_count is a failure and undoes the rest.
+    let mut made: Vec<Server> = Vec::new();
+    for i in 1..=count.max {
+        let mut one = create.clone();
+        if count.max > 1 {
+            one.name = format!("{}-{i}", create.name);
+        }
+        match service::create::create(app, ctx, one).await {
+            Ok(s) => made.push(s),
+            Err(service::ComputeError::OverQuota(_)) if made.len() >= count.min => break,
+            Err(e) => {
+                for s in &made {
+                    if let Err(undo) = service::delete::delete(app, ctx, &s.id).await {
+                        tracing::error!(server = %s.id, "undoing a multiple create: {undo}");
+                    }
+                }
+                return compute_error(e);
+            }
+        }
+    }
+    let Some(server) = made.first() else {
+        return nova_error(StatusCode::BAD_REQUEST, "max_count must be at least 1");
     };
+    if count.return_reservation_id {
+        return json(
+            StatusCode::ACCEPTED,
+            &json!({ "reservation_id": create.reservation_id }),
+        );
+    }
     let mut r = json(
         StatusCode::ACCEPTED,
         &json!({"server": {"id": server.id, "links": links(app, "servers", &server.id),
-                           "OS-DCF:diskConfig": "MANUAL", "security_groups": [{"name": "default"}]}}),
+                           "OS-DCF:diskConfig": server.disk_config, "security_groups": [{"name": "default"}]}}),
     );
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{}/compute/v2.1/servers/{}",
@@ -537,16 +592,7 @@ fn parse_create(body: &Json) -> Result<CreateServer, String> {
     };
     let metadata = match s.get("metadata") {
         None | Some(Json::Null) => BTreeMap::new(),
-        Some(Json::Object(m)) => m
-            .iter()
-            .map(|(k, v)| match v.as_str() {
-                Some(v) => Ok((k.clone(), v.to_owned())),
-                None => Err("Invalid input for field/attribute metadata: values must be strings"),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err("Invalid input for field/attribute metadata: must be an object".into())
-        }
+        Some(m) => super::server_metadata::parse("metadata", m)?,
     };
     let text = |key: &str| s.get(key).and_then(Json::as_str).map(str::to_owned);
     let user_data = match s.get("user_data") {
@@ -562,7 +608,13 @@ fn parse_create(body: &Json) -> Result<CreateServer, String> {
         Some(v) => parse_boolean(v)
             .ok_or("Invalid input for field/attribute config_drive: must be a boolean")?,
     };
+    let access = parse_access(s)?;
     Ok(CreateServer {
+        access_ipv4: access.ipv4.unwrap_or_default(),
+        access_ipv6: access.ipv6.unwrap_or_default(),
+        disk_config: access.disk_config,
+        description: None,
+        reservation_id: String::new(),
         boot_volume,
         config_drive,
         networks,
@@ -574,6 +626,203 @@ fn parse_create(body: &Json) -> Result<CreateServer, String> {
         user_data,
         availability_zone: text("availability_zone"),
     })
+}
+
+/// How many servers a create asks for.
+#[derive(Debug, PartialEq)]
+struct Count {
+    min: usize,
+    max: usize,
+    /// Answer with the reservation id instead of the first server.
+    return_reservation_id: bool,
+}
+
+/// `min_count`, `max_count` (integers of at least 1, as numbers or strings;
+/// max defaults to min) and `return_reservation_id`.
+fn parse_count(body: &Json) -> Result<Count, String> {
+    let s = &body["server"];
+    let int = |key: &str| -> Result<Option<usize>, String> {
+        let n = match s.get(key) {
+            None => return Ok(None),
+            Some(Json::Number(n)) => n.as_u64(),
+            Some(Json::String(t)) => t.trim().parse::<u64>().ok(),
+            Some(_) => None,
+        };
+        match n {
+            // More than any quota allows; bounded so a loop cannot run away.
+            Some(n @ 1..=1000) => Ok(Some(n as usize)),
+            _ => Err(format!(
+                "Invalid input for field/attribute {key}. Value: {}. must be an integer from 1 to 1000",
+                s[key]
+            )),
+        }
+    };
+    let min = int("min_count")?.unwrap_or(1);
+    let max = int("max_count")?.unwrap_or(min);
+    if max < min {
+        return Err("min_count must be <= max_count".into());
+    }
+    let return_reservation_id = match s.get("return_reservation_id") {
+        None | Some(Json::Null) => false,
+        Some(v) => parse_boolean(v)
+            .ok_or("Invalid input for field/attribute return_reservation_id: must be a boolean")?,
+    };
+    Ok(Count {
+        min,
+        max,
+        return_reservation_id,
+    })
+}
+
+/// What create, update and rebuild bodies may set besides the name:
+/// `accessIPv4`, `accessIPv6` (addresses, or empty) and `OS-DCF:diskConfig`.
+#[derive(Debug, Default, PartialEq)]
+struct Access {
+    ipv4: Option<String>,
+    ipv6: Option<String>,
+    disk_config: Option<String>,
+}
+
+impl Access {
+    fn apply(&self, s: &mut Server) {
+        if let Some(a) = &self.ipv4 {
+            s.access_ipv4.clone_from(a);
+        }
+        if let Some(a) = &self.ipv6 {
+            s.access_ipv6.clone_from(a);
+        }
+        if let Some(d) = &self.disk_config {
+            s.disk_config.clone_from(d);
+        }
+    }
+}
+
+fn parse_access(s: &Json) -> Result<Access, String> {
+    let address = |key: &str, v6: bool| -> Result<Option<String>, String> {
+        match s.get(key) {
+            None => Ok(None),
+            Some(Json::String(a)) if a.is_empty() => Ok(Some(String::new())),
+            Some(Json::String(a)) => match a.parse::<std::net::IpAddr>() {
+                Ok(ip) if ip.is_ipv6() == v6 => Ok(Some(ip.to_string())),
+                _ => Err(format!(
+                    "Invalid input for field/attribute {key}. Value: {a}. '{a}' is not a '{}'",
+                    if v6 { "ipv6" } else { "ipv4" }
+                )),
+            },
+            Some(other) => Err(format!(
+                "Invalid input for field/attribute {key}. Value: {other}. not a string"
+            )),
+        }
+    };
+    let disk_config = match s.get("OS-DCF:diskConfig") {
+        None => None,
+        Some(Json::String(d)) if d == "AUTO" || d == "MANUAL" => Some(d.clone()),
+        Some(other) => {
+            return Err(format!(
+                "Invalid input for field/attribute OS-DCF:diskConfig. Value: {other}. not one of AUTO, MANUAL"
+            ))
+        }
+    };
+    Ok(Access {
+        ipv4: address("accessIPv4", false)?,
+        ipv6: address("accessIPv6", true)?,
+        disk_config,
+    })
+}
+
+/// `PUT /servers/{id}`: a new name, access addresses or disk config label.
+async fn update(
+    app: &App,
+    ctx: &RequestContext,
+    id: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let body = match read_json(req, nova_error).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let bad = |m: &str| nova_error(StatusCode::BAD_REQUEST, m);
+    let Some(fields) = body.get("server").and_then(Json::as_object) else {
+        return bad("Invalid input for field/attribute server: 'server' is a required object");
+    };
+    if let Some(key) = fields.keys().find(|k| {
+        !matches!(
+            k.as_str(),
+            "name" | "accessIPv4" | "accessIPv6" | "OS-DCF:diskConfig"
+        )
+    }) {
+        return bad(&format!(
+            "Invalid input for field/attribute server. Additional properties are not allowed ('{key}' was unexpected)"
+        ));
+    }
+    let name = match fields.get("name") {
+        None => None,
+        Some(Json::String(n)) if (1..=255).contains(&n.trim().len()) => Some(n.trim().to_owned()),
+        Some(_) => return bad(
+            "Invalid input for field/attribute name: a string of 1 to 255 characters is required",
+        ),
+    };
+    let access = match parse_access(&body["server"]) {
+        Ok(a) => a,
+        Err(m) => return bad(&m),
+    };
+    let updated = service::update::update(app, ctx, id, |s| {
+        if let Some(n) = &name {
+            s.name.clone_from(n);
+        }
+        access.apply(s);
+        Ok(())
+    })
+    .await;
+    match updated {
+        Ok(s) => json(
+            StatusCode::OK,
+            &json!({"server": basic_view(app, &s, addresses(app, &s.id).await)}),
+        ),
+        Err(e) => compute_error(e),
+    }
+}
+
+/// A server as Nova answers an update or a rebuild: the core attributes
+/// only, none of the extensions' (`OS-EXT-*`, `OS-SRV-USG:*`, key name,
+/// security groups, config drive, volumes, address types and MACs).
+fn basic_view(app: &App, s: &Server, addresses: Json) -> Json {
+    let mut view = serde_json::to_value(ServerView::new(app, s, false, addresses))
+        .unwrap_or_else(|_| json!({}));
+    if let Some(fields) = view.as_object_mut() {
+        fields.retain(|k, _| {
+            !(k.starts_with("OS-EXT-")
+                || k.starts_with("OS-SRV-USG:")
+                || k.starts_with("os-extended-volumes:")
+                || matches!(k.as_str(), "key_name" | "security_groups" | "config_drive"))
+        });
+        if let Some(Json::Object(nets)) = fields.get_mut("addresses") {
+            for entry in nets.values_mut().filter_map(Json::as_array_mut).flatten() {
+                if let Some(e) = entry.as_object_mut() {
+                    e.retain(|k, _| k == "addr" || k == "version");
+                }
+            }
+        }
+    }
+    view
+}
+
+/// One server as `GET /servers/{id}` shows it, with its addresses and volumes.
+async fn one(app: &App, admin: bool, s: &Server) -> Response<Body> {
+    let volumes: Vec<String> = match app.volumes.store.of_server(&s.id).await {
+        Ok(v) => v.into_iter().map(|v| v.id).collect(),
+        Err(e) => {
+            tracing::error!(server = %s.id, "its volumes: {e}");
+            Vec::new()
+        }
+    };
+    json(
+        StatusCode::OK,
+        &ServerOne {
+            server: ServerView::new(app, s, admin, addresses(app, &s.id).await)
+                .with_volumes(&volumes),
+        },
+    )
 }
 
 /// The volume a create boots from: the `block_device_mapping_v2` entry
@@ -756,6 +1005,23 @@ async fn action(
             "an action body has exactly one key",
         );
     };
+    // Found (or 404) and not locked against the caller (409), before the
+    // action itself is looked at.
+    if let Err(e) = service::changeable(app, ctx, id, name).await {
+        return compute_error(e);
+    }
+    if name == "lock" || name == "unlock" {
+        let lock = name == "lock";
+        return match service::update::update(app, ctx, id, |s| {
+            s.locked = lock;
+            Ok(())
+        })
+        .await
+        {
+            Ok(_) => empty(StatusCode::ACCEPTED),
+            Err(e) => compute_error(e),
+        };
+    }
     if name == "os-getConsoleOutput" {
         let lines = args
             .get("length")
@@ -778,11 +1044,20 @@ async fn action(
                     "Invalid input for field/attribute resize. 'flavorRef' is a required property",
                 );
             };
-            Some(
-                service::resize::resize(app, ctx, id, &flavor_ref)
-                    .await
-                    .map(|()| StatusCode::ACCEPTED),
-            )
+            let access = match parse_access(args) {
+                Ok(a) => a,
+                Err(m) => return nova_error(StatusCode::BAD_REQUEST, &m),
+            };
+            let mut resized = service::resize::resize(app, ctx, id, &flavor_ref).await;
+            if resized.is_ok() && access.disk_config.is_some() {
+                resized = service::update::update(app, ctx, id, |s| {
+                    access.apply(s);
+                    Ok(())
+                })
+                .await
+                .map(drop);
+            }
+            Some(resized.map(|()| StatusCode::ACCEPTED))
         }
         "confirmResize" => Some(
             service::resize::confirm(app, ctx, id)
@@ -816,11 +1091,12 @@ async fn action(
                         | "OS-DCF:diskConfig"
                         | "accessIPv4"
                         | "accessIPv6"
+                        | "metadata"
                 )
             })
         }) {
             let why = match key.as_str() {
-                "metadata" | "personality" => {
+                "personality" => {
                     format!("Rebuilding with {key} is not supported.")
                 }
                 _ => format!(
@@ -862,16 +1138,42 @@ async fn action(
                 )
             }
         };
+        let metadata = match args.get("metadata") {
+            None => None,
+            Some(m) => match super::server_metadata::parse("metadata", m) {
+                Ok(m) => Some(m),
+                Err(e) => return nova_error(StatusCode::BAD_REQUEST, &e),
+            },
+        };
+        let access = match parse_access(args) {
+            Ok(a) => a,
+            Err(m) => return nova_error(StatusCode::BAD_REQUEST, &m),
+        };
         let req = service::rebuild::Rebuild {
             image_ref: image_ref.to_owned(),
             name,
         };
-        return match service::rebuild::rebuild(app, ctx, id, req).await {
+        // The rebuild starts, then what the owner set with it is recorded.
+        let rebuilt = match service::rebuild::rebuild(app, ctx, id, req).await {
+            Ok(s) => s,
+            Err(e) => return compute_error(e),
+        };
+        let shown = if metadata.is_none() && access == Access::default() {
+            Ok(rebuilt)
+        } else {
+            service::update::update(app, ctx, id, |s| {
+                if let Some(m) = &metadata {
+                    s.metadata.clone_from(m);
+                }
+                access.apply(s);
+                Ok(())
+            })
+            .await
+        };
+        return match shown {
             Ok(s) => json(
                 StatusCode::ACCEPTED,
-                &ServerOne {
-                    server: ServerView::new(app, &s, ctx.is_admin(), addresses(app, &s.id).await),
-                },
+                &json!({"server": basic_view(app, &s, addresses(app, &s.id).await)}),
             ),
             Err(e) => compute_error(e),
         };
@@ -887,26 +1189,13 @@ async fn action(
                 "Invalid input for field/attribute createImage. 'name' is a required property of 1 to 255 characters",
             );
         };
-        let mut metadata = std::collections::BTreeMap::new();
-        if let Some(m) = args.get("metadata") {
-            let Some(m) = m.as_object() else {
-                return nova_error(StatusCode::BAD_REQUEST, "metadata: an object");
-            };
-            for (k, v) in m {
-                let Some(v) = v
-                    .as_str()
-                    .filter(|v| !k.is_empty() && k.len() <= 255 && v.len() <= 255)
-                else {
-                    return nova_error(
-                        StatusCode::BAD_REQUEST,
-                        &format!(
-                            "metadata {k:?}: string keys and values of at most 255 characters"
-                        ),
-                    );
-                };
-                metadata.insert(k.clone(), v.to_owned());
-            }
-        }
+        let metadata = match args.get("metadata") {
+            None => BTreeMap::new(),
+            Some(m) => match super::server_metadata::parse("metadata", m) {
+                Ok(m) => m,
+                Err(e) => return nova_error(StatusCode::BAD_REQUEST, &e),
+            },
+        };
         return match service::snapshot::create_image(app, ctx, id, image_name, metadata).await {
             Ok(image_id) => {
                 let mut r = empty(StatusCode::ACCEPTED);
@@ -935,6 +1224,9 @@ async fn action(
         .get("type")
         .and_then(Json::as_str)
         .is_some_and(|t| t.eq_ignore_ascii_case("HARD"));
+    if let Some(r) = super::nova_network::action(app, ctx, id, name, args).await {
+        return r;
+    }
     let Some(act) = ServerAction::from_nova(name, hard) else {
         return nova_error(
             StatusCode::BAD_REQUEST,

@@ -404,7 +404,7 @@ async fn create(
         .await?;
     Ok(json(
         StatusCode::ACCEPTED,
-        &json!({"volume": v.detail(base, ctx.is_admin())}),
+        &json!({"volume": v.created(base)}),
     ))
 }
 
@@ -581,10 +581,7 @@ async fn update(
         .volumes
         .update(ctx, id, name, description, metadata_field(&m)?)
         .await?;
-    Ok(json(
-        StatusCode::OK,
-        &json!({"volume": v.detail(base, ctx.is_admin())}),
-    ))
+    Ok(json(StatusCode::OK, &json!({"volume": v.created(base)})))
 }
 
 async fn action(

@@ -87,7 +87,12 @@ impl Actions {
     }
 
     /// Records how an action ended: `failure` says why, when it failed.
-    pub async fn finish(&self, request_id: &str, failure: Option<&str>) -> Result<(), StoreError> {
+    pub async fn finish(
+        &self,
+        server_id: &str,
+        request_id: &str,
+        failure: Option<&str>,
+    ) -> Result<(), StoreError> {
         let result = if failure.is_some() {
             "Error"
         } else {
@@ -95,11 +100,13 @@ impl Actions {
         };
         self.store
             .execute(
-                "UPDATE instance_actions SET finish_us = $1, result = $2, message = $3 WHERE request_id = $4",
+                "UPDATE instance_actions SET finish_us = $1, result = $2, message = $3 \
+                 WHERE server_id = $4 AND request_id = $5",
                 &[
                     Value::Int(now_us()),
                     Value::Text(result),
                     Value::OptText(failure),
+                    Value::Text(server_id),
                     Value::Text(request_id),
                 ],
             )
@@ -189,7 +196,7 @@ mod tests {
         a.start_us = 20_000_000;
         actions.start(&a).await.unwrap();
         actions
-            .finish("req-2", Some("hostd answered 409"))
+            .finish("s1", "req-2", Some("hostd answered 409"))
             .await
             .unwrap();
 

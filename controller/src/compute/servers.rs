@@ -39,6 +39,16 @@ pub struct Server {
     pub launched_at: Option<i64>,
     /// Bumped by every write: a conditional write names the one it read.
     pub generation: i64,
+    /// Shown as the owner set them (`accessIPv4`, `accessIPv6`).
+    pub access_ipv4: String,
+    pub access_ipv6: String,
+    /// `OS-DCF:diskConfig`: AUTO or MANUAL.
+    pub disk_config: String,
+    pub description: Option<String>,
+    /// Shared by the servers one request created (`r-` and 8 characters).
+    pub reservation_id: String,
+    /// Locked: only admins change it (Nova's lock/unlock).
+    pub locked: bool,
 }
 
 impl Server {
@@ -67,7 +77,8 @@ impl Server {
 
 const COLUMNS: &str = "id, project_id, user_id, name, flavor_id, image_id, vcpus, ram_mib, disk_gib, \
     host_id, vm_state, task_state, power_state, fault, key_name, user_data, metadata, availability_zone, \
-    created_at, updated_at, launched_at, generation, ephemeral_gib, swap_mib, config_drive";
+    created_at, updated_at, launched_at, generation, ephemeral_gib, swap_mib, config_drive, \
+    access_ipv4, access_ipv6, disk_config, description, reservation_id, locked";
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<Server, StoreError> {
     Ok(Server {
@@ -96,6 +107,12 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Server, StoreError> {
         ephemeral_gib: int(r, "ephemeral_gib")?,
         swap_mib: int(r, "swap_mib")?,
         config_drive: int(r, "config_drive")? != 0,
+        access_ipv4: text(r, "access_ipv4")?,
+        access_ipv6: text(r, "access_ipv6")?,
+        disk_config: text(r, "disk_config")?,
+        description: opt_text(r, "description")?,
+        reservation_id: text(r, "reservation_id")?,
+        locked: int(r, "locked")? != 0,
     })
 }
 
@@ -146,6 +163,12 @@ fn from_json(v: &[serde_json::Value]) -> Result<Server, StoreError> {
         ephemeral_gib: int(22)?,
         swap_mib: int(23)?,
         config_drive: int(24)? != 0,
+        access_ipv4: text(25)?,
+        access_ipv6: text(26)?,
+        disk_config: text(27)?,
+        description: opt_text(28)?,
+        reservation_id: text(29)?,
+        locked: int(30)? != 0,
     })
 }
 
@@ -186,6 +209,8 @@ pub struct ListQuery {
     pub image: Option<String>,
     pub flavor: Option<String>,
     pub host: Option<String>,
+    /// Only the servers one request created.
+    pub reservation_id: Option<String>,
     /// Only servers updated at or after this time (unix seconds).
     pub changes_since: Option<i64>,
     /// Start after this server: its (created_at, id).
@@ -211,10 +236,10 @@ impl Servers {
         // Placeholders in order of first appearance (SQLite numbers them so).
         let insert = format!(
             "INSERT INTO servers ({COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-             $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 0, $22, $23, $24 \
-             WHERE ($25 < 0 OR (SELECT COUNT(*) FROM servers WHERE project_id = $2) + 1 <= $25) \
-             AND ($26 < 0 OR (SELECT COALESCE(SUM(vcpus), 0) FROM servers WHERE project_id = $2) + $7 <= $26) \
-             AND ($27 < 0 OR (SELECT COALESCE(SUM(ram_mib), 0) FROM servers WHERE project_id = $2) + $8 <= $27)"
+             $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 0, $22, $23, $24, $25, $26, $27, $28, $29, $30 \
+             WHERE ($31 < 0 OR (SELECT COUNT(*) FROM servers WHERE project_id = $2) + 1 <= $31) \
+             AND ($32 < 0 OR (SELECT COALESCE(SUM(vcpus), 0) FROM servers WHERE project_id = $2) + $7 <= $32) \
+             AND ($33 < 0 OR (SELECT COALESCE(SUM(ram_mib), 0) FROM servers WHERE project_id = $2) + $8 <= $33)"
         );
         let admitted = self
             .store
@@ -252,6 +277,12 @@ impl Servers {
                         Value::Int(s.ephemeral_gib),
                         Value::Int(s.swap_mib),
                         Value::Int(i64::from(s.config_drive)),
+                        Value::Text(&s.access_ipv4),
+                        Value::Text(&s.access_ipv6),
+                        Value::Text(&s.disk_config),
+                        Value::OptText(s.description.as_deref()),
+                        Value::Text(&s.reservation_id),
+                        Value::Int(i64::from(s.locked)),
                         Value::Int(quota.instances),
                         Value::Int(quota.cores),
                         Value::Int(quota.ram_mib),
@@ -321,6 +352,14 @@ impl Servers {
                 &mut args,
                 " AND lower(name) LIKE ? ESCAPE '\\'",
                 Value::Text(n),
+            );
+        }
+        if let Some(r) = &q.reservation_id {
+            clause(
+                &mut sql,
+                &mut args,
+                " AND reservation_id = ?",
+                Value::Text(r),
             );
         }
         match q.vm_states.as_deref() {
@@ -554,6 +593,34 @@ impl Servers {
         Ok(())
     }
 
+    /// Writes what the owner changes on a server (name, access addresses,
+    /// disk config label, description, metadata, lock) if no other write came
+    /// after the read it was made from (`s.generation`); false if one did.
+    pub async fn update_attributes(&self, s: &Server) -> Result<bool, StoreError> {
+        let metadata = serde_json::to_string(&s.metadata).unwrap_or_default();
+        Ok(self
+            .store
+            .execute(
+                "UPDATE servers SET generation = generation + 1, name = $1, access_ipv4 = $2, \
+                 access_ipv6 = $3, disk_config = $4, description = $5, metadata = $6, \
+                 updated_at = $7, locked = $8 WHERE id = $9 AND generation = $10",
+                &[
+                    Value::Text(&s.name),
+                    Value::Text(&s.access_ipv4),
+                    Value::Text(&s.access_ipv6),
+                    Value::Text(&s.disk_config),
+                    Value::OptText(s.description.as_deref()),
+                    Value::Text(&metadata),
+                    Value::Int(crate::identity::now()),
+                    Value::Int(i64::from(s.locked)),
+                    Value::Text(&s.id),
+                    Value::Int(s.generation),
+                ],
+            )
+            .await?
+            == 1)
+    }
+
     pub async fn clear_task(&self, id: &str) -> Result<(), StoreError> {
         self.store
             .execute(
@@ -754,6 +821,8 @@ mod tests {
             updated_at: 100,
             launched_at: None,
             generation: 0,
+            disk_config: "MANUAL".into(),
+            ..Server::default()
         }
     }
 

@@ -155,7 +155,18 @@ impl Volume {
         json!({"id": self.id, "name": self.name, "links": self.links(base)})
     }
 
-    /// The full form (show, detail, create); `admin` adds the host it is on.
+    /// The form a create or an update answers with: Cinder's extensions
+    /// (the owner, the host, image metadata) extend show and detail only.
+    pub fn created(&self, base: &str) -> Json {
+        let mut v = self.detail(base, false);
+        if let Some(fields) = v.as_object_mut() {
+            fields.remove("os-vol-tenant-attr:tenant_id");
+            fields.remove("volume_image_metadata");
+        }
+        v
+    }
+
+    /// The full form (show, detail); `admin` adds the host it is on.
     pub fn detail(&self, base: &str, admin: bool) -> Json {
         let mut v = json!({
             "id": self.id,

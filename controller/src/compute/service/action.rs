@@ -50,7 +50,7 @@ async fn on_host(
             Some(e.to_string())
         }
     };
-    if let Err(e) = app.actions.finish(request_id, failure.as_deref()).await {
+    if let Err(e) = app.actions.finish(id, request_id, failure.as_deref()).await {
         tracing::warn!(server = %id, "recording the end of {}: {e}", act.name);
     }
 }
@@ -74,5 +74,26 @@ pub async fn console_output(
         .console(id, lines)
         .await
         .map_err(|e| ComputeError::Conflict(format!("console unavailable: {e}")))?;
-    Ok(String::from_utf8_lossy(&text).into_owned())
+    Ok(tail(&String::from_utf8_lossy(&text), lines as usize))
+}
+
+/// The last `n` pieces of `text` split at newlines, joined again: Nova's
+/// `length`, under which a log ending in a newline counts its empty last
+/// piece as a line.
+fn tail(text: &str, n: usize) -> String {
+    let pieces: Vec<&str> = text.split('\n').collect();
+    pieces[pieces.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tail;
+
+    #[test]
+    fn console_output_is_cut_as_nova_cuts_it() {
+        assert_eq!(tail("a\nb\nc\n", 3), "b\nc\n");
+        assert_eq!(tail("a\nb\nc\n", 3).split('\n').count(), 3);
+        assert_eq!(tail("a\nb", 5), "a\nb");
+        assert_eq!(tail("", 2), "");
+    }
 }

@@ -45,6 +45,13 @@ pub struct CreateServer {
     pub networks: Requested,
     /// Nova's `config_drive`: the client asked for one.
     pub config_drive: bool,
+    pub access_ipv4: String,
+    pub access_ipv6: String,
+    /// AUTO or MANUAL (the default).
+    pub disk_config: Option<String>,
+    pub description: Option<String>,
+    /// Shared by the servers of one request (min_count/max_count).
+    pub reservation_id: String,
 }
 
 /// Checks the flavor, image and key pair, admits the server within its
@@ -84,6 +91,12 @@ pub async fn create(
         .check_nics(ctx, req.networks)
         .await
         .map_err(nic_error)?;
+    if req.metadata.len() > super::update::MAX_METADATA_ITEMS {
+        return Err(ComputeError::Forbidden(format!(
+            "Quota exceeded for metadata_items: at most {} metadata items",
+            super::update::MAX_METADATA_ITEMS
+        )));
+    }
     let quota = app.quotas.get(&project).await?;
     let t = now();
     let server = Server {
@@ -119,6 +132,12 @@ pub async fn create(
         updated_at: t,
         launched_at: None,
         generation: 0,
+        access_ipv4: req.access_ipv4,
+        access_ipv6: req.access_ipv6,
+        disk_config: req.disk_config.unwrap_or_else(|| "MANUAL".into()),
+        description: req.description,
+        reservation_id: req.reservation_id,
+        locked: false,
     };
     // Before the row: a build resumed after a stop finds them.
     // The volume it boots from is its own from now on (made now from the
@@ -243,7 +262,7 @@ async fn build_and_record(app: &Arc<App>, id: &str, request_id: &str) {
         Ok(Some(s)) if s.vm_state == "error" => Some(s.fault.unwrap_or_default()),
         _ => None,
     };
-    let _ = app.actions.finish(request_id, failure.as_deref()).await;
+    let _ = app.actions.finish(id, request_id, failure.as_deref()).await;
 }
 
 /// Resumes the builds whose controller stopped (last written before

@@ -6,7 +6,7 @@
 //! state sync; one whose host is down (no heartbeat) finishes here, and the
 //! orphan reaper removes the instance if that host comes back.
 
-use super::{server_host, visible, ComputeError};
+use super::{changeable, server_host, ComputeError};
 use crate::app::App;
 use crate::compute::servers::Server;
 use crate::context::RequestContext;
@@ -17,7 +17,7 @@ use crate::store::StoreError;
 /// Records the delete and starts it; the server shows task_state deleting
 /// until it is gone.
 pub async fn delete(app: &App, ctx: &RequestContext, id: &str) -> Result<(), ComputeError> {
-    let server = visible(app, ctx, id).await?;
+    let server = changeable(app, ctx, id, "delete").await?;
     app.servers.mark_deleting(id).await?;
     match app.me.upgrade() {
         Some(app) => {

@@ -84,7 +84,7 @@ pub async fn attach(
     let failure = attached.as_ref().err().map(ToString::to_string);
     if let Err(e) = app
         .actions
-        .finish(&ctx.request_id, failure.as_deref())
+        .finish(&server.id, &ctx.request_id, failure.as_deref())
         .await
     {
         tracing::warn!(server = %id, "recording the end of attach_interface: {e}");
@@ -187,7 +187,7 @@ async fn unplug(app: &App, id: &str, hostd: &Hostd, port_id: &str, request_id: &
         None => tracing::info!(server = %id, port = %port_id, "interface detached"),
         Some(f) => tracing::warn!(server = %id, port = %port_id, "{f}"),
     }
-    if let Err(e) = app.actions.finish(request_id, failure.as_deref()).await {
+    if let Err(e) = app.actions.finish(id, request_id, failure.as_deref()).await {
         tracing::warn!(server = %id, "recording the end of detach_interface: {e}");
     }
 }

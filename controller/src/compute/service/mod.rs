@@ -16,6 +16,7 @@
 //! - [`resize`]: a new flavor on the same host, to confirm or revert
 //! - [`snapshot`]: `createImage`, a root disk's snapshot as a Glance image
 //! - [`state`]: hostd's states and Nova's, the table of host actions (pure)
+//! - [`update`]: name, access addresses, description and metadata
 //! - [`sync`]: the reconcilers: instance state sync, orphan reaper, expiry
 
 pub mod action;
@@ -30,6 +31,7 @@ pub mod resize;
 pub mod snapshot;
 pub mod state;
 pub mod sync;
+pub mod update;
 
 use super::servers::{OverQuota, Server};
 use crate::app::App;
@@ -52,6 +54,9 @@ pub enum ComputeError {
     /// The server's state does not allow it now.
     #[error("{0}")]
     Conflict(String),
+    /// Over a fixed limit (metadata items).
+    #[error("{0}")]
+    Forbidden(String),
     /// The controller cannot take it now (it is stopping).
     #[error("{0}")]
     Unavailable(String),
@@ -72,6 +77,26 @@ pub async fn visible(app: &App, ctx: &RequestContext, id: &str) -> Result<Server
         Some(s) if ctx.is_admin() || s.project_id == ctx.project_id() => Ok(s),
         _ => Err(not_found(id)),
     }
+}
+
+/// The server, if the caller may see it and may `action` it: a locked
+/// server refuses changes from all but admins, as Nova's lock does (reads,
+/// consoles, snapshots and unlocking stay allowed).
+pub async fn changeable(
+    app: &App,
+    ctx: &RequestContext,
+    id: &str,
+    action: &str,
+) -> Result<Server, ComputeError> {
+    let server = visible(app, ctx, id).await?;
+    let exempt = matches!(
+        action,
+        "lock" | "unlock" | "os-getConsoleOutput" | "os-getSerialConsole" | "createImage"
+    );
+    if server.locked && !ctx.is_admin() && !exempt {
+        return Err(ComputeError::Conflict(format!("Instance {id} is locked")));
+    }
+    Ok(server)
 }
 
 /// Starts `task` on the server for action `name` (allowed from the

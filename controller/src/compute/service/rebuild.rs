@@ -70,7 +70,7 @@ pub async fn rebuild(
         let failure = on_host(&background, &task_id, &hostd, stopped).await;
         if let Err(e) = background
             .actions
-            .finish(&request_id, failure.as_deref())
+            .finish(&task_id, &request_id, failure.as_deref())
             .await
         {
             tracing::warn!(server = %task_id, "recording the end of its rebuild: {e}");

@@ -141,7 +141,7 @@ pub async fn resize(
         };
         let _ = background
             .actions
-            .finish(&request_id, failure.as_deref())
+            .finish(&id, &request_id, failure.as_deref())
             .await;
     });
     Ok(())
@@ -233,7 +233,7 @@ pub async fn confirm(app: &App, ctx: &RequestContext, id: &str) -> Result<(), Co
     };
     app.servers.set_state(id, vm, None, power, None).await?;
     record_action(app, ctx, &server, "confirmResize").await;
-    let _ = app.actions.finish(&ctx.request_id, None).await;
+    let _ = app.actions.finish(id, &ctx.request_id, None).await;
     Ok(())
 }
 
@@ -286,7 +286,7 @@ pub async fn revert(app: &App, ctx: &RequestContext, id: &str) -> Result<(), Com
             .await;
         let _ = background
             .actions
-            .finish(&request_id, failure.as_deref())
+            .finish(&id, &request_id, failure.as_deref())
             .await;
     });
     Ok(())

@@ -93,7 +93,7 @@ pub async fn create_image(
         let _ = background.servers.clear_task(&server_id).await;
         if let Err(e) = background
             .actions
-            .finish(&request_id, failure.as_deref())
+            .finish(&server_id, &request_id, failure.as_deref())
             .await
         {
             tracing::warn!(server = %server_id, "recording the end of its snapshot: {e}");
