@@ -5,8 +5,12 @@ ALTER TABLE servers ADD COLUMN access_ipv4 TEXT NOT NULL DEFAULT '';
 ALTER TABLE servers ADD COLUMN access_ipv6 TEXT NOT NULL DEFAULT '';
 ALTER TABLE servers ADD COLUMN disk_config TEXT NOT NULL DEFAULT 'MANUAL';
 ALTER TABLE servers ADD COLUMN description TEXT;
--- The id shared by the servers one request created (min_count/max_count).
+-- The id shared by the servers one request created (min_count/max_count),
+-- and each one's place among them.
 ALTER TABLE servers ADD COLUMN reservation_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE servers ADD COLUMN launch_index INTEGER NOT NULL DEFAULT 0;
+-- Server tags (microversion 2.26), a sorted JSON array of strings.
+ALTER TABLE servers ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';
 -- Locked servers refuse changes from anyone but admins (lock/unlock).
 ALTER TABLE servers ADD COLUMN locked INTEGER NOT NULL DEFAULT 0;
 

@@ -191,6 +191,13 @@ fn provision(os: &Cli) -> Result<()> {
                 &subnet,
             ])?;
         }
+        // A router to the public network, for floating IPs.
+        let router = format!("{project}-router");
+        if os.id_of("network", "public").is_some() && os.id_of("router", &router).is_none() {
+            os.run(&["router", "create", "--project", project, &router])?;
+            os.run(&["router", "set", "--external-gateway", "public", &router])?;
+            os.run(&["router", "add", "subnet", &router, &subnet])?;
+        }
         // Servers a failed run left behind go (they count in the quota).
         let leftovers = os.run(&[
             "server",

@@ -10,7 +10,7 @@ use hyper::header::{HeaderValue, VARY};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value as Json};
 
-use super::http::{empty, json, read_json, Body};
+use super::http::{empty, json, read_json, Body, Microversion};
 use super::App;
 use crate::compute::flavors::Flavor;
 use crate::compute::service::ComputeError;
@@ -18,7 +18,19 @@ use crate::identity::Auth;
 use crate::store::StoreError;
 
 const MIN_VERSION: (u32, u32) = (2, 1);
-const MAX_VERSION: (u32, u32) = (2, 1);
+
+/// The microversion negotiated for a request, in its extensions, for the
+/// handlers whose answers depend on it.
+#[derive(Clone, Copy, Debug)]
+pub struct Negotiated(pub Microversion);
+
+/// The request's negotiated microversion (2.1 if none was).
+pub fn version_of<B>(req: &Request<B>) -> Microversion {
+    req.extensions()
+        .get::<Negotiated>()
+        .map_or(MIN_VERSION, |v| v.0)
+}
+const MAX_VERSION: (u32, u32) = (2, 47);
 
 /// Nova's error shape: `{"itemNotFound": {"code": 404, "message": "..."}}`.
 pub fn nova_error(status: StatusCode, message: &str) -> Response<Body> {
@@ -72,7 +84,7 @@ fn negotiate(req: &Request<Incoming>) -> Option<(u32, u32)> {
     )
 }
 
-pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response<Body> {
+pub async fn route(app: &App, mut req: Request<Incoming>, rest: &[&str]) -> Response<Body> {
     // Discovery needs no token.
     match (req.method(), rest) {
         (&Method::GET, []) => {
@@ -91,6 +103,7 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
             ),
         );
     };
+    req.extensions_mut().insert(Negotiated(version));
     let auth = match authenticate(app, &req).await {
         Ok(a) => a,
         Err(r) => return r,
@@ -118,8 +131,22 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response
                 None => nova_error(StatusCode::NOT_FOUND, "The resource could not be found."),
             }
         }
+        (_, ["os-hosts", ..]) if version >= (2, 43) => {
+            nova_error(StatusCode::NOT_FOUND, "The resource could not be found.")
+        }
         (_, ["extensions", ..] | ["os-availability-zone", ..] | ["os-hosts", ..]) => {
             super::compute_discovery::route(app, &auth, &req, rest).await
+        }
+        // The proxies and os-hosts end at 2.36 and 2.43, as in Nova.
+        (
+            _,
+            ["os-security-groups"
+            | "os-security-group-rules"
+            | "os-floating-ips"
+            | "os-tenant-networks"
+            | "images", ..],
+        ) if version >= (2, 36) => {
+            nova_error(StatusCode::NOT_FOUND, "The resource could not be found.")
         }
         (
             _,

@@ -5,9 +5,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value as Json};
 
 use super::compute::{nova_error, store_error};
-use super::http::{empty, json, read_json, Body};
+use super::http::{empty, json, read_json, Body, Microversion};
 use super::App;
-use crate::compute::keypairs::{fingerprint, Keypair};
+use crate::compute::keypairs::{fingerprint, x509_fingerprint, Keypair};
 use crate::compute::quotas::{Quota, DEFAULT_QUOTA};
 use crate::identity::{now, Auth};
 
@@ -20,25 +20,58 @@ pub async fn route(
 ) -> Option<Response<Body>> {
     let user = auth.user.id.as_str();
     let project = auth.project_id().unwrap_or_default().to_owned();
+    let version = super::compute::version_of(&req);
+    // From 2.10 an admin may name another user's keypairs.
+    let q = super::http::query_params(&req);
+    let user = match q.get("user_id") {
+        Some(other) if version >= (2, 10) && other != user => {
+            if !auth.is_admin() {
+                return Some(nova_error(
+                    StatusCode::FORBIDDEN,
+                    "Policy doesn't allow another user's keypairs (admin only).",
+                ));
+            }
+            other.as_str()
+        }
+        _ => user,
+    };
+    let typed = version >= (2, 2);
     Some(match (req.method().clone(), rest) {
         (Method::GET, ["os-keypairs"]) => match app.keypairs.list(user).await {
-            Ok(list) => json(
-                StatusCode::OK,
-                &json!({"keypairs": list.iter().map(|k| json!({"keypair": {
-                    "name": k.name, "public_key": k.public_key, "fingerprint": k.fingerprint}})).collect::<Vec<_>>()}),
-            ),
+            Ok(list) => match keypair_page(list, &q, version) {
+                Ok((page, next)) => {
+                    let mut body = json!({"keypairs": page.iter().map(|k| {
+                        let mut v = json!({"name": k.name, "public_key": k.public_key,
+                                           "fingerprint": k.fingerprint});
+                        if typed {
+                            v["type"] = json!(k.key_type);
+                        }
+                        json!({ "keypair": v })
+                    }).collect::<Vec<_>>()});
+                    if let Some(marker) = next {
+                        body["keypairs_links"] = json!([{"rel": "next", "href": format!(
+                            "{}/compute/v2.1/os-keypairs?limit={}&marker={marker}",
+                            app.config.public_url, page.len())}]);
+                    }
+                    json(StatusCode::OK, &body)
+                }
+                Err(m) => nova_error(StatusCode::BAD_REQUEST, &m),
+            },
             Err(e) => store_error(e),
         },
-        (Method::POST, ["os-keypairs"]) => create_keypair(app, auth, req).await,
+        (Method::POST, ["os-keypairs"]) => create_keypair(app, auth, req, version).await,
         (Method::GET, ["os-keypairs", name]) => match app.keypairs.get(user, name).await {
-            Ok(Some(k)) => json(
-                StatusCode::OK,
-                &json!({"keypair": {
+            Ok(Some(k)) => {
+                let mut v = json!({
                     "name": k.name, "public_key": k.public_key, "fingerprint": k.fingerprint,
                     "user_id": user, "id": 0, "deleted": false, "deleted_at": null, "updated_at": null,
                     "created_at": super::http::iso_micros(k.created_at).replace(".000000Z", ".000000"),
-                }}),
-            ),
+                });
+                if typed {
+                    v["type"] = json!(k.key_type);
+                }
+                json(StatusCode::OK, &json!({ "keypair": v }))
+            }
             Ok(None) => nova_error(
                 StatusCode::NOT_FOUND,
                 &format!("Keypair {name} not found for user {user}"),
@@ -53,18 +86,55 @@ pub async fn route(
             ),
             Err(e) => store_error(e),
         },
-        (Method::GET, ["limits"]) => limits(app, &project).await,
-        (Method::GET, ["os-quota-sets", p]) => quota_set(app, auth, p, false).await,
-        (Method::GET, ["os-quota-sets", p, "defaults"]) => quota_set(app, auth, p, true).await,
+        (Method::GET, ["limits"]) => limits(app, &project, version).await,
+        (Method::GET, ["os-quota-sets", p]) => quota_set(app, auth, p, false, version).await,
+        (Method::GET, ["os-quota-sets", p, "defaults"]) => {
+            quota_set(app, auth, p, true, version).await
+        }
         (Method::PUT, ["os-quota-sets", p]) => {
             let p = p.to_string();
-            update_quota(app, auth, &p, req).await
+            update_quota(app, auth, &p, req, version).await
         }
         _ => return None,
     })
 }
 
-async fn create_keypair(app: &App, auth: &Auth, req: Request<Incoming>) -> Response<Body> {
+/// A page of keypairs (2.35 on: `limit`, and `marker` naming the last
+/// keypair of the page before); with the marker of the next page when full.
+fn keypair_page(
+    mut list: Vec<Keypair>,
+    q: &std::collections::BTreeMap<String, String>,
+    version: Microversion,
+) -> Result<(Vec<Keypair>, Option<String>), String> {
+    if version < (2, 35) {
+        return Ok((list, None));
+    }
+    if let Some(marker) = q.get("marker") {
+        match list.iter().position(|k| &k.name == marker) {
+            Some(i) => {
+                list.drain(..=i);
+            }
+            None => return Err(format!("marker [{marker}] not found")),
+        }
+    }
+    let Some(limit) = q.get("limit") else {
+        return Ok((list, None));
+    };
+    let limit: usize = limit
+        .parse()
+        .map_err(|_| format!("limit must be a non-negative integer: {limit:?}"))?;
+    let full = list.len() > limit;
+    list.truncate(limit);
+    let next = full.then(|| list.last().map(|k| k.name.clone())).flatten();
+    Ok((list, next))
+}
+
+async fn create_keypair(
+    app: &App,
+    auth: &Auth,
+    req: Request<Incoming>,
+    version: Microversion,
+) -> Response<Body> {
     let body = match read_json(req, nova_error).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -89,7 +159,29 @@ async fn create_keypair(app: &App, auth: &Auth, req: Request<Incoming>) -> Respo
             "Keypair data is invalid: public_key is required (clients generate their keys)",
         );
     };
-    let (key_type, fp) = match fingerprint(public_key) {
+    // 2.2 adds the type: ssh (the default) or x509.
+    let asked_type = match k.get("type") {
+        None => "ssh",
+        Some(Json::String(t)) if version >= (2, 2) && (t == "ssh" || t == "x509") => t.as_str(),
+        Some(_) if version < (2, 2) => {
+            return nova_error(
+                StatusCode::BAD_REQUEST,
+                "Invalid input for field/attribute keypair. Additional properties are not allowed ('type' was unexpected)",
+            )
+        }
+        Some(other) => {
+            return nova_error(
+                StatusCode::BAD_REQUEST,
+                &format!("Invalid input for field/attribute type. Value: {other}. not one of ssh, x509"),
+            )
+        }
+    };
+    let checked = if asked_type == "x509" {
+        x509_fingerprint(public_key).map(|fp| ("x509".to_owned(), fp))
+    } else {
+        fingerprint(public_key)
+    };
+    let (key_type, fp) = match checked {
         Ok(f) => f,
         Err(e) => {
             return nova_error(
@@ -118,27 +210,49 @@ async fn create_keypair(app: &App, auth: &Auth, req: Request<Incoming>) -> Respo
         created_at: now(),
     };
     match app.keypairs.create(user, &keypair).await {
-        Ok(()) => json(
-            StatusCode::OK,
-            &json!({"keypair": {
-            "name": keypair.name, "public_key": keypair.public_key,
-            "fingerprint": keypair.fingerprint, "user_id": user}}),
-        ),
+        Ok(()) => {
+            let mut v = json!({"name": keypair.name, "public_key": keypair.public_key,
+                               "fingerprint": keypair.fingerprint, "user_id": user});
+            if version >= (2, 2) {
+                v["type"] = json!(keypair.key_type);
+            }
+            json(StatusCode::OK, &json!({ "keypair": v }))
+        }
         Err(e) => store_error(e),
     }
 }
 
-fn quota_json(project: &str, q: &Quota) -> Json {
-    json!({"quota_set": {
+/// Quota keys of the network proxies, gone from 2.36 on.
+const NETWORK_QUOTAS: &[&str] = &[
+    "fixed_ips",
+    "floating_ips",
+    "security_groups",
+    "security_group_rules",
+];
+
+fn quota_json(project: &str, q: &Quota, version: Microversion) -> Json {
+    let mut set = json!({
         "id": project, "instances": q.instances, "cores": q.cores, "ram": q.ram_mib,
         "key_pairs": q.key_pairs, "metadata_items": 128, "injected_files": 5,
         "injected_file_content_bytes": 10240, "injected_file_path_bytes": 255,
         "server_groups": 10, "server_group_members": 10, "fixed_ips": -1, "floating_ips": -1,
         "security_groups": -1, "security_group_rules": -1,
-    }})
+    });
+    if version >= (2, 36) {
+        if let Some(m) = set.as_object_mut() {
+            m.retain(|k, _| !NETWORK_QUOTAS.contains(&k.as_str()));
+        }
+    }
+    json!({ "quota_set": set })
 }
 
-async fn quota_set(app: &App, auth: &Auth, project: &str, defaults: bool) -> Response<Body> {
+async fn quota_set(
+    app: &App,
+    auth: &Auth,
+    project: &str,
+    defaults: bool,
+    version: Microversion,
+) -> Response<Body> {
     if project != auth.project_id().unwrap_or_default() && !auth.is_admin() {
         return nova_error(
             StatusCode::FORBIDDEN,
@@ -146,10 +260,13 @@ async fn quota_set(app: &App, auth: &Auth, project: &str, defaults: bool) -> Res
         );
     }
     if defaults {
-        return json(StatusCode::OK, &quota_json(project, &DEFAULT_QUOTA));
+        return json(
+            StatusCode::OK,
+            &quota_json(project, &DEFAULT_QUOTA, version),
+        );
     }
     match app.quotas.get(project).await {
-        Ok(q) => json(StatusCode::OK, &quota_json(project, &q)),
+        Ok(q) => json(StatusCode::OK, &quota_json(project, &q, version)),
         Err(e) => store_error(e),
     }
 }
@@ -159,6 +276,7 @@ async fn update_quota(
     auth: &Auth,
     project: &str,
     req: Request<Incoming>,
+    version: Microversion,
 ) -> Response<Body> {
     if !auth.is_admin() {
         return nova_error(
@@ -207,12 +325,12 @@ async fn update_quota(
         }
     }
     match app.quotas.set(project, &q).await {
-        Ok(()) => json(StatusCode::OK, &quota_json(project, &q)),
+        Ok(()) => json(StatusCode::OK, &quota_json(project, &q, version)),
         Err(e) => store_error(e),
     }
 }
 
-async fn limits(app: &App, project: &str) -> Response<Body> {
+async fn limits(app: &App, project: &str, version: Microversion) -> Response<Body> {
     let (q, used) = match (
         app.quotas.get(project).await,
         app.servers.usage(project).await,
@@ -220,15 +338,38 @@ async fn limits(app: &App, project: &str) -> Response<Body> {
         (Ok(q), Ok(u)) => (q, u),
         (Err(e), _) | (_, Err(e)) => return store_error(e),
     };
-    json(
-        StatusCode::OK,
-        &json!({"limits": {"rate": [], "absolute": {
+    let mut absolute = json!({
             "maxTotalInstances": q.instances, "maxTotalCores": q.cores, "maxTotalRAMSize": q.ram_mib,
             "maxTotalKeypairs": q.key_pairs, "maxServerMeta": 128, "maxImageMeta": 128, "maxPersonality": 5,
             "maxPersonalitySize": 10240, "maxServerGroups": 10, "maxServerGroupMembers": 10,
             "maxSecurityGroups": -1, "maxSecurityGroupRules": -1, "maxTotalFloatingIps": -1,
             "totalInstancesUsed": used.instances, "totalCoresUsed": used.cores, "totalRAMUsed": used.ram_mib,
             "totalServerGroupsUsed": 0, "totalSecurityGroupsUsed": 0, "totalFloatingIpsUsed": 0,
-        }}}),
+    });
+    // The network proxies' limits end at 2.36, image metadata's at 2.39.
+    let gone: &[&str] = match version {
+        v if v >= (2, 39) => &[
+            "maxSecurityGroups",
+            "maxSecurityGroupRules",
+            "maxTotalFloatingIps",
+            "totalSecurityGroupsUsed",
+            "totalFloatingIpsUsed",
+            "maxImageMeta",
+        ],
+        v if v >= (2, 36) => &[
+            "maxSecurityGroups",
+            "maxSecurityGroupRules",
+            "maxTotalFloatingIps",
+            "totalSecurityGroupsUsed",
+            "totalFloatingIpsUsed",
+        ],
+        _ => &[],
+    };
+    if let Some(m) = absolute.as_object_mut() {
+        m.retain(|k, _| !gone.contains(&k.as_str()));
+    }
+    json(
+        StatusCode::OK,
+        &json!({"limits": {"rate": [], "absolute": absolute}}),
     )
 }

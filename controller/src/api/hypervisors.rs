@@ -41,13 +41,14 @@ pub async fn route(
         Err(e) => return Some(store_error(e)),
     };
     let q = super::http::query_params(&req);
-    Some(match (req.method().clone(), rest) {
+    let version = super::compute::version_of(&req);
+    let response = match (req.method().clone(), rest) {
         (Method::GET, ["os-services"]) => {
             let services: Vec<Json> = hosts
                 .iter()
                 .filter(|h| q.get("host").is_none_or(|x| *x == h.report.host_id))
                 .filter(|_| q.get("binary").is_none_or(|b| b == COMPUTE_BINARY))
-                .map(|h| service(app, h))
+                .map(|h| at_version(service(app, h), version))
                 .collect();
             json(StatusCode::OK, &json!({ "services": services }))
         }
@@ -56,11 +57,17 @@ pub async fn route(
             set_service(app, &what, req).await
         }
         (Method::GET, ["os-hypervisors"]) => {
-            let list: Vec<Json> = hosts.iter().map(|h| hypervisor(app, h, false)).collect();
+            let list: Vec<Json> = hosts
+                .iter()
+                .map(|h| at_version(hypervisor(app, h, false), version))
+                .collect();
             json(StatusCode::OK, &json!({ "hypervisors": list }))
         }
         (Method::GET, ["os-hypervisors", "detail"]) => {
-            let list: Vec<Json> = hosts.iter().map(|h| hypervisor(app, h, true)).collect();
+            let list: Vec<Json> = hosts
+                .iter()
+                .map(|h| at_version(hypervisor(app, h, true), version))
+                .collect();
             json(StatusCode::OK, &json!({ "hypervisors": list }))
         }
         (Method::GET, ["os-hypervisors", "statistics"]) => json(
@@ -78,7 +85,7 @@ pub async fn route(
             match hosts.iter().find(|h| h.num.to_string() == *id) {
                 Some(h) => json(
                     StatusCode::OK,
-                    &json!({ "hypervisor": hypervisor(app, h, true) }),
+                    &json!({ "hypervisor": at_version(hypervisor(app, h, true), version) }),
                 ),
                 None => nova_error(
                     StatusCode::NOT_FOUND,
@@ -87,7 +94,26 @@ pub async fn route(
             }
         }
         _ => return None,
-    })
+    };
+    Some(response)
+}
+
+/// What later microversions add to a service or hypervisor: services'
+/// `forced_down` (2.11; Virga never forces a service down) and `cpu_info`
+/// as an object rather than a JSON string (2.28).
+fn at_version(mut item: Json, version: super::http::Microversion) -> Json {
+    if let Some(m) = item.as_object_mut() {
+        if version >= (2, 11) && m.contains_key("binary") {
+            m.insert("forced_down".into(), json!(false));
+        }
+        if version >= (2, 28) {
+            if let Some(Json::String(text)) = m.get("cpu_info") {
+                let parsed = serde_json::from_str(text).unwrap_or_else(|_| json!({}));
+                m.insert("cpu_info".into(), parsed);
+            }
+        }
+    }
+    item
 }
 
 /// Whether the host's heartbeats are recent enough to place servers on it.

@@ -20,6 +20,7 @@ pub mod nova_network;
 pub mod policy;
 pub mod serial_console;
 pub mod server_metadata;
+pub mod server_tags;
 pub mod servers;
 pub mod volume;
 pub mod volume_attachments;

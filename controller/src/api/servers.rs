@@ -11,8 +11,9 @@ use serde::Serialize;
 use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha224};
 
+use super::compute::version_of;
 use super::compute::{compute_error, nova_error, store_error};
-use super::http::{empty, json, read_json, Body};
+use super::http::{empty, json, read_json, Body, Microversion};
 use super::App;
 use crate::compute::actions::Action;
 use crate::compute::servers::{ListQuery, Server};
@@ -77,7 +78,8 @@ pub struct ServerView<'a> {
     status: &'static str,
     /// `""` for a server booted from a volume, as Nova shows it.
     image: Json,
-    flavor: Ref<'a>,
+    /// A link to the flavor; the flavor itself from 2.47.
+    flavor: Json,
     user_id: &'a str,
     tenant_id: &'a str,
     created: String,
@@ -130,6 +132,79 @@ pub struct ServerView<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     instance_name: Option<String>,
+    // Attributes of later microversions, absent before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locked: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tags: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_status: Option<&'static str>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    extended: Option<Extended<'a>>,
+}
+
+/// The admin's extended server attributes of microversion 2.3.
+#[derive(Serialize)]
+struct Extended<'a> {
+    #[serde(rename = "OS-EXT-SRV-ATTR:reservation_id")]
+    reservation_id: &'a str,
+    #[serde(rename = "OS-EXT-SRV-ATTR:launch_index")]
+    launch_index: i64,
+    #[serde(rename = "OS-EXT-SRV-ATTR:kernel_id")]
+    kernel_id: &'static str,
+    #[serde(rename = "OS-EXT-SRV-ATTR:ramdisk_id")]
+    ramdisk_id: &'static str,
+    #[serde(rename = "OS-EXT-SRV-ATTR:hostname")]
+    hostname: String,
+    #[serde(rename = "OS-EXT-SRV-ATTR:root_device_name")]
+    root_device_name: &'static str,
+    #[serde(rename = "OS-EXT-SRV-ATTR:user_data")]
+    user_data: Option<&'a str>,
+}
+
+/// What a request's server views depend on besides the server: the
+/// microversion, whether the caller is an admin, the flavors' names (2.47
+/// embeds the flavor) and the hosts' states (2.16's host_status).
+pub struct Shown {
+    pub version: Microversion,
+    pub admin: bool,
+    flavor_names: BTreeMap<String, String>,
+    host_up: BTreeMap<String, (bool, bool)>,
+}
+
+impl Shown {
+    pub async fn load(app: &App, version: Microversion, admin: bool) -> Shown {
+        let mut flavor_names = BTreeMap::new();
+        if version >= (2, 47) {
+            match app.flavors.list(true).await {
+                Ok(list) => flavor_names.extend(list.into_iter().map(|f| (f.id, f.name))),
+                Err(e) => tracing::error!("the flavors' names: {e}"),
+            }
+        }
+        let mut host_up = BTreeMap::new();
+        if admin && version >= (2, 16) {
+            match app.hosts.list().await {
+                Ok(hosts) => host_up.extend(hosts.into_iter().map(|h| {
+                    let alive = crate::identity::now() - h.last_seen
+                        <= app.config.scheduler.heartbeat_timeout_secs;
+                    (h.report.host_id.clone(), (alive, h.enabled))
+                })),
+                Err(e) => tracing::error!("the hosts' states: {e}"),
+            }
+        }
+        Shown {
+            version,
+            admin,
+            flavor_names,
+            host_up,
+        }
+    }
+
+    fn at_least(&self, major: u32, minor: u32) -> bool {
+        self.version >= (major, minor)
+    }
 }
 
 impl<'a> ServerView<'a> {
@@ -140,7 +215,32 @@ impl<'a> ServerView<'a> {
     }
 
     /// `addresses`: the server's, as [`addresses`] finds them.
-    pub fn new(app: &App, s: &'a Server, admin: bool, addresses: Json) -> Self {
+    pub fn new(app: &App, s: &'a Server, shown: &Shown, addresses: Json) -> Self {
+        let admin = shown.admin;
+        let flavor = if shown.at_least(2, 47) {
+            json!({
+                "vcpus": s.vcpus, "ram": s.ram_mib, "disk": s.disk_gib,
+                "ephemeral": s.ephemeral_gib, "swap": s.swap_mib,
+                // A deleted flavor's name is gone: its id stands in.
+                "original_name": shown.flavor_names.get(&s.flavor_id).unwrap_or(&s.flavor_id),
+                "extra_specs": {},
+            })
+        } else {
+            serde_json::to_value(Ref {
+                id: &s.flavor_id,
+                links: links(app, "flavors", &s.flavor_id),
+            })
+            .unwrap_or(Json::Null)
+        };
+        let host_status = (admin && shown.at_least(2, 16)).then(|| match &s.host_id {
+            None => "",
+            Some(h) => match shown.host_up.get(h) {
+                Some((true, true)) => "UP",
+                Some((true, false)) => "MAINTENANCE",
+                Some((false, _)) => "DOWN",
+                None => "UNKNOWN",
+            },
+        });
         // Nova's hostId: the host, hashed with the project so that projects
         // cannot compare placements.
         let host_id = match &s.host_id {
@@ -163,10 +263,7 @@ impl<'a> ServerView<'a> {
                 })
                 .unwrap_or(Json::Null)
             },
-            flavor: Ref {
-                id: &s.flavor_id,
-                links: links(app, "flavors", &s.flavor_id),
-            },
+            flavor,
             user_id: &s.user_id,
             tenant_id: &s.project_id,
             created: iso(s.created_at),
@@ -199,6 +296,19 @@ impl<'a> ServerView<'a> {
             host: admin.then_some(s.host_id.as_deref()),
             hypervisor_hostname: admin.then_some(s.host_id.as_deref()),
             instance_name: admin.then(|| format!("instance-{}", s.id)),
+            locked: shown.at_least(2, 9).then_some(s.locked),
+            description: shown.at_least(2, 19).then_some(s.description.as_deref()),
+            tags: shown.at_least(2, 26).then_some(s.tags.as_slice()),
+            host_status,
+            extended: (admin && shown.at_least(2, 3)).then(|| Extended {
+                reservation_id: &s.reservation_id,
+                launch_index: s.launch_index,
+                kernel_id: "",
+                ramdisk_id: "",
+                hostname: crate::compute::service::metadata::hostname(&s.name),
+                root_device_name: "/dev/vda",
+                user_data: s.user_data.as_deref(),
+            }),
         }
     }
 }
@@ -241,7 +351,10 @@ pub async fn route(
         (Method::GET, ["servers", "detail"]) => list(app, auth, &req, true).await,
         (Method::POST, ["servers"]) => create(app, ctx, req).await,
         (Method::GET, ["servers", id]) => match service::visible(app, ctx, id).await {
-            Ok(s) => one(app, auth.is_admin(), &s).await,
+            Ok(s) => {
+                let shown = Shown::load(app, version_of(&req), auth.is_admin()).await;
+                one(app, &shown, &s).await
+            }
             Err(e) => compute_error(e),
         },
         (Method::DELETE, ["servers", id]) => delete(app, ctx, id).await,
@@ -268,7 +381,11 @@ pub async fn route(
             let id = id.to_string();
             update(app, ctx, &id, req).await
         }
-        (_, ["servers", _, "os-security-groups"]) => {
+        (Method::POST, ["servers", id, "remote-consoles"]) if version_of(&req) >= (2, 6) => {
+            let id = id.to_string();
+            remote_console(app, ctx, &id, req).await
+        }
+        (_, ["servers", _, "os-security-groups"]) if version_of(&req) < (2, 36) => {
             return super::nova_network::route(app, ctx, req, rest).await;
         }
         // No password is ever set in a guest (no adminPass is returned).
@@ -284,6 +401,18 @@ pub async fn route(
                 Err(e) => compute_error(e),
             }
         }
+        (_, ["servers", id, "tags", rest @ ..])
+            if version_of(&req) >= (2, 26) && rest.len() <= 1 =>
+        {
+            let id = id.to_string();
+            // Tags travel percent-encoded in the path.
+            let tag = rest.first().map(|t| {
+                percent_encoding::percent_decode_str(t)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            });
+            super::server_tags::route(app, ctx, req, &id, tag.as_deref()).await
+        }
         (_, ["servers", id, "metadata", rest @ ..]) => {
             let id = id.to_string();
             let key = rest.first().map(|k| k.to_string());
@@ -293,10 +422,10 @@ pub async fn route(
             super::server_metadata::route(app, ctx, req, &id, key.as_deref()).await
         }
         (Method::GET, ["servers", id, "os-instance-actions"]) => {
-            instance_actions(app, ctx, id, None).await
+            instance_actions(app, ctx, id, None, version_of(&req)).await
         }
         (Method::GET, ["servers", id, "os-instance-actions", request_id]) => {
-            instance_actions(app, ctx, id, Some(request_id)).await
+            instance_actions(app, ctx, id, Some(request_id), version_of(&req)).await
         }
         (Method::POST, ["servers", id, "action"]) => {
             let id = id.to_string();
@@ -383,9 +512,30 @@ async fn list(app: &App, auth: &Auth, req: &Request<Incoming>, detail: bool) -> 
         limit: Some(limit),
         ..ListQuery::default()
     };
+    let version = version_of(req);
     let status = q.get("status").map(|s| s.to_ascii_uppercase());
     if let Some(st) = &status {
-        query.vm_states = Some(vm_states_for(st).into_iter().collect());
+        let states = vm_states_for(st);
+        if states.is_none() && version >= (2, 38) {
+            return bad(&format!("Invalid status value {st}"));
+        }
+        query.vm_states = Some(states.into_iter().collect());
+    }
+    if version >= (2, 26) {
+        let list = |key: &str| -> Vec<String> {
+            q.get(key)
+                .map(|v| {
+                    v.split(',')
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        query.tags = list("tags");
+        query.tags_any = list("tags-any");
+        query.not_tags = list("not-tags");
+        query.not_tags_any = list("not-tags-any");
     }
     if matches!(
         q.get("deleted").map(String::as_str),
@@ -430,10 +580,11 @@ async fn list(app: &App, auth: &Auth, req: &Request<Incoming>, detail: bool) -> 
             json!([{"rel": "next", "href": format!("{}/compute/v2.1/{kind}?{}", app.config.public_url, params.finish())}])
         });
     // REBOOT and ACTIVE share a vm_state: the exact status decides.
-    let shown = servers
+    let listed = servers
         .iter()
         .filter(|s| status.as_deref().is_none_or(|st| s.status() == st));
     if detail {
+        let shown = Shown::load(app, version_of(req), admin).await;
         let mut by_server = match app.network.addresses_of_servers().await {
             Ok(a) => a,
             Err(e) => {
@@ -450,11 +601,11 @@ async fn list(app: &App, auth: &Auth, req: &Request<Incoming>, detail: bool) -> 
                 tracing::error!("listing servers' volumes: {e}");
                 Default::default()
             });
-        let servers = shown
+        let servers = listed
             .map(|s| {
                 let a = by_server.remove(&s.id).unwrap_or_else(|| json!({}));
                 let v = volumes.remove(&s.id).unwrap_or_default();
-                ServerView::new(app, s, admin, a).with_volumes(&v)
+                ServerView::new(app, s, &shown, a).with_volumes(&v)
             })
             .collect();
         json(
@@ -465,7 +616,7 @@ async fn list(app: &App, auth: &Auth, req: &Request<Incoming>, detail: bool) -> 
             },
         )
     } else {
-        let items: Vec<ServerBrief> = shown
+        let items: Vec<ServerBrief> = listed
             .map(|s| ServerBrief {
                 id: &s.id,
                 name: &s.name,
@@ -491,11 +642,13 @@ pub fn request_id_of(req: &Request<Incoming>) -> String {
 /// `POST /servers`: Nova's body parsed into a create; answered at once
 /// (202, BUILD) while the service builds it.
 async fn create(app: &App, ctx: &RequestContext, req: Request<Incoming>) -> Response<Body> {
+    let version = version_of(&req);
     let body = match read_json(req, nova_error).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let (mut create, count) = match parse_create(&body).and_then(|c| Ok((c, parse_count(&body)?))) {
+    let parsed = parse_create(&body, version).and_then(|c| Ok((c, parse_count(&body)?)));
+    let (mut create, count) = match parsed {
         Ok(c) => c,
         Err(m) => return nova_error(StatusCode::BAD_REQUEST, &m),
     };
@@ -505,6 +658,7 @@ async fn create(app: &App, ctx: &RequestContext, req: Request<Incoming>) -> Resp
     let mut made: Vec<Server> = Vec::new();
     for i in 1..=count.max {
         let mut one = create.clone();
+        one.launch_index = i as i64 - 1;
         if count.max > 1 {
             one.name = format!("{}-{i}", create.name);
         }
@@ -545,10 +699,16 @@ async fn create(app: &App, ctx: &RequestContext, req: Request<Incoming>) -> Resp
 }
 
 /// The fields of a create body we use, checked as Nova's schema does.
-fn parse_create(body: &Json) -> Result<CreateServer, String> {
+fn parse_create(body: &Json, version: Microversion) -> Result<CreateServer, String> {
     let s = body
         .get("server")
         .ok_or("'server' is a required property")?;
+    // From 2.37 a create says which networks, or "auto", or "none".
+    if version >= (2, 37) && s.get("networks").is_none() {
+        return Err(
+            "Invalid input for field/attribute server. 'networks' is a required property".into(),
+        );
+    }
     let name = s
         .get("name")
         .and_then(Json::as_str)
@@ -609,12 +769,14 @@ fn parse_create(body: &Json) -> Result<CreateServer, String> {
             .ok_or("Invalid input for field/attribute config_drive: must be a boolean")?,
     };
     let access = parse_access(s)?;
+    let description = parse_description(s, version)?.flatten();
     Ok(CreateServer {
         access_ipv4: access.ipv4.unwrap_or_default(),
         access_ipv6: access.ipv6.unwrap_or_default(),
         disk_config: access.disk_config,
-        description: None,
+        description,
         reservation_id: String::new(),
+        launch_index: 0,
         boot_volume,
         config_drive,
         networks,
@@ -626,6 +788,22 @@ fn parse_create(body: &Json) -> Result<CreateServer, String> {
         user_data,
         availability_zone: text("availability_zone"),
     })
+}
+
+/// A `description` (2.19 on): absent (None), null (Some(None)) or at most
+/// 255 characters; before 2.19 it is an unknown key.
+fn parse_description(s: &Json, version: Microversion) -> Result<Option<Option<String>>, String> {
+    match s.get("description") {
+        None => Ok(None),
+        Some(_) if version < (2, 19) => Err(
+            "Invalid input for field/attribute server. Additional properties are not allowed ('description' was unexpected)".into(),
+        ),
+        Some(Json::Null) => Ok(Some(None)),
+        Some(Json::String(d)) if d.chars().count() <= 255 => Ok(Some(Some(d.clone()))),
+        Some(_) => Err(
+            "Invalid input for field/attribute description: a string of at most 255 characters or null".into(),
+        ),
+    }
 }
 
 /// How many servers a create asks for.
@@ -737,6 +915,8 @@ async fn update(
     id: &str,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    // The owner's view without the admin's attributes, as Nova answers.
+    let shown = Shown::load(app, version_of(&req), false).await;
     let body = match read_json(req, nova_error).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -748,7 +928,7 @@ async fn update(
     if let Some(key) = fields.keys().find(|k| {
         !matches!(
             k.as_str(),
-            "name" | "accessIPv4" | "accessIPv6" | "OS-DCF:diskConfig"
+            "name" | "accessIPv4" | "accessIPv6" | "OS-DCF:diskConfig" | "description"
         )
     }) {
         return bad(&format!(
@@ -766,9 +946,16 @@ async fn update(
         Ok(a) => a,
         Err(m) => return bad(&m),
     };
+    let description = match parse_description(&body["server"], shown.version) {
+        Ok(d) => d,
+        Err(m) => return bad(&m),
+    };
     let updated = service::update::update(app, ctx, id, |s| {
         if let Some(n) = &name {
             s.name.clone_from(n);
+        }
+        if let Some(d) = &description {
+            s.description.clone_from(d);
         }
         access.apply(s);
         Ok(())
@@ -777,7 +964,7 @@ async fn update(
     match updated {
         Ok(s) => json(
             StatusCode::OK,
-            &json!({"server": basic_view(app, &s, addresses(app, &s.id).await)}),
+            &json!({"server": basic_view(app, &s, &shown, addresses(app, &s.id).await)}),
         ),
         Err(e) => compute_error(e),
     }
@@ -786,8 +973,8 @@ async fn update(
 /// A server as Nova answers an update or a rebuild: the core attributes
 /// only, none of the extensions' (`OS-EXT-*`, `OS-SRV-USG:*`, key name,
 /// security groups, config drive, volumes, address types and MACs).
-fn basic_view(app: &App, s: &Server, addresses: Json) -> Json {
-    let mut view = serde_json::to_value(ServerView::new(app, s, false, addresses))
+fn basic_view(app: &App, s: &Server, shown: &Shown, addresses: Json) -> Json {
+    let mut view = serde_json::to_value(ServerView::new(app, s, shown, addresses))
         .unwrap_or_else(|_| json!({}));
     if let Some(fields) = view.as_object_mut() {
         fields.retain(|k, _| {
@@ -808,7 +995,7 @@ fn basic_view(app: &App, s: &Server, addresses: Json) -> Json {
 }
 
 /// One server as `GET /servers/{id}` shows it, with its addresses and volumes.
-async fn one(app: &App, admin: bool, s: &Server) -> Response<Body> {
+async fn one(app: &App, shown: &Shown, s: &Server) -> Response<Body> {
     let volumes: Vec<String> = match app.volumes.store.of_server(&s.id).await {
         Ok(v) => v.into_iter().map(|v| v.id).collect(),
         Err(e) => {
@@ -819,7 +1006,7 @@ async fn one(app: &App, admin: bool, s: &Server) -> Response<Body> {
     json(
         StatusCode::OK,
         &ServerOne {
-            server: ServerView::new(app, s, admin, addresses(app, &s.id).await)
+            server: ServerView::new(app, s, shown, addresses(app, &s.id).await)
                 .with_volumes(&volumes),
         },
     )
@@ -989,6 +1176,7 @@ async fn action(
     id: &str,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    let version = version_of(&req);
     let body = match read_json(req, nova_error).await {
         Ok(Json::Object(m)) if m.len() == 1 => m,
         Ok(_) => {
@@ -1005,6 +1193,21 @@ async fn action(
             "an action body has exactly one key",
         );
     };
+    // Actions later microversions removed are not found there, as in Nova.
+    let removed = match name.as_str() {
+        "os-getSerialConsole" => version >= (2, 6),
+        "addFloatingIp" | "removeFloatingIp" => version >= (2, 44),
+        _ => false,
+    };
+    if removed {
+        return nova_error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "There is no such action {name} at microversion {}.{}",
+                version.0, version.1
+            ),
+        );
+    }
     // Found (or 404) and not locked against the caller (409), before the
     // action itself is looked at.
     if let Err(e) = service::changeable(app, ctx, id, name).await {
@@ -1092,6 +1295,7 @@ async fn action(
                         | "accessIPv4"
                         | "accessIPv6"
                         | "metadata"
+                        | "description"
                 )
             })
         }) {
@@ -1149,6 +1353,10 @@ async fn action(
             Ok(a) => a,
             Err(m) => return nova_error(StatusCode::BAD_REQUEST, &m),
         };
+        let description = match parse_description(args, version) {
+            Ok(d) => d,
+            Err(m) => return nova_error(StatusCode::BAD_REQUEST, &m),
+        };
         let req = service::rebuild::Rebuild {
             image_ref: image_ref.to_owned(),
             name,
@@ -1158,12 +1366,15 @@ async fn action(
             Ok(s) => s,
             Err(e) => return compute_error(e),
         };
-        let shown = if metadata.is_none() && access == Access::default() {
+        let shown = if metadata.is_none() && access == Access::default() && description.is_none() {
             Ok(rebuilt)
         } else {
             service::update::update(app, ctx, id, |s| {
                 if let Some(m) = &metadata {
                     s.metadata.clone_from(m);
+                }
+                if let Some(d) = &description {
+                    s.description.clone_from(d);
                 }
                 access.apply(s);
                 Ok(())
@@ -1173,7 +1384,12 @@ async fn action(
         return match shown {
             Ok(s) => json(
                 StatusCode::ACCEPTED,
-                &json!({"server": basic_view(app, &s, addresses(app, &s.id).await)}),
+                &json!({"server": basic_view(
+                    app,
+                    &s,
+                    &Shown::load(app, version, false).await,
+                    addresses(app, &s.id).await
+                )}),
             ),
             Err(e) => compute_error(e),
         };
@@ -1197,6 +1413,10 @@ async fn action(
             },
         };
         return match service::snapshot::create_image(app, ctx, id, image_name, metadata).await {
+            // From 2.45 the image's id is in the body, no longer a Location.
+            Ok(image_id) if version >= (2, 45) => {
+                json(StatusCode::ACCEPTED, &json!({ "image_id": image_id }))
+            }
             Ok(image_id) => {
                 let mut r = empty(StatusCode::ACCEPTED);
                 if let Ok(v) = HeaderValue::from_str(&format!(
@@ -1239,15 +1459,67 @@ async fn action(
     }
 }
 
+/// `POST /servers/{id}/remote-consoles` (2.6 on): the serial console is
+/// the one protocol a Virga guest has.
+async fn remote_console(
+    app: &App,
+    ctx: &RequestContext,
+    id: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let body = match read_json(req, nova_error).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let asked = &body["remote_console"];
+    let (protocol, kind) = (
+        asked.get("protocol").and_then(Json::as_str),
+        asked.get("type").and_then(Json::as_str),
+    );
+    match (protocol, kind) {
+        (Some("serial"), Some("serial")) => {}
+        (Some(p), Some(t)) if ["vnc", "spice", "rdp", "mks"].contains(&p) => {
+            return nova_error(
+                StatusCode::BAD_REQUEST,
+                &format!("Unavailable console type {t}: Virga guests have a serial console only"),
+            )
+        }
+        _ => {
+            return nova_error(
+                StatusCode::BAD_REQUEST,
+                "Invalid input for field/attribute remote_console: protocol and type are required (serial)",
+            )
+        }
+    }
+    match service::console::serial_console_url(app, ctx, id, "serial").await {
+        Ok(url) => json(
+            StatusCode::OK,
+            &json!({"remote_console": {"protocol": "serial", "type": "serial", "url": url}}),
+        ),
+        Err(e) => compute_error(e),
+    }
+}
+
 /// `GET /servers/{id}/os-instance-actions[/{request_id}]`.
 async fn instance_actions(
     app: &App,
     ctx: &RequestContext,
     id: &str,
     request_id: Option<&str>,
+    version: Microversion,
 ) -> Response<Body> {
     if let Err(e) = service::visible(app, ctx, id).await {
-        return compute_error(e);
+        // From 2.21 a deleted server's actions are still listed (to its
+        // project), until its tombstone goes.
+        let deleted = version >= (2, 21)
+            && matches!(app.servers.was_deleted(id).await, Ok(true))
+            && app.actions.list(id).await.is_ok_and(|list| {
+                list.first()
+                    .is_some_and(|a| ctx.is_admin() || a.project_id == ctx.project_id())
+            });
+        if !deleted {
+            return compute_error(e);
+        }
     }
     let view = |a: &Action, events: bool| {
         let t = |us: i64| {

@@ -142,15 +142,16 @@ impl Actions {
             .transpose()
     }
 
-    /// Forgets a deleted server's actions.
-    pub async fn delete_for(&self, server_id: &str) -> Result<(), StoreError> {
+    /// Forgets the actions of servers deleted so long ago that their
+    /// tombstones are gone; returns how many.
+    pub async fn purge_forgotten(&self) -> Result<u64, StoreError> {
         self.store
             .execute(
-                "DELETE FROM instance_actions WHERE server_id = $1",
-                &[Value::Text(server_id)],
+                "DELETE FROM instance_actions WHERE server_id NOT IN (SELECT id FROM servers) \
+                 AND server_id NOT IN (SELECT id FROM server_tombstones)",
+                &[],
             )
-            .await?;
-        Ok(())
+            .await
     }
 
     /// Actions started before `before` (unix seconds) and never finished (their controller
@@ -221,7 +222,11 @@ mod tests {
         let create = actions.get("s1", "req-1").await.unwrap().unwrap();
         assert_eq!(create.result, None);
         assert!(actions.get("s2", "req-1").await.unwrap().is_none());
-        actions.delete_for("s1").await.unwrap();
+        assert_eq!(
+            actions.purge_forgotten().await.unwrap(),
+            3,
+            "no such server"
+        );
         assert!(actions.list("s1").await.unwrap().is_empty());
     }
 }

@@ -1,6 +1,7 @@
-//! SSH keypairs. Clients generate keys themselves (OSC makes ed25519 keys
-//! locally), so only public keys are imported; the fingerprint is the MD5 of
-//! the key blob, as Nova reports it.
+//! Keypairs: SSH public keys (the fingerprint is the MD5 of the key blob)
+//! and, from microversion 2.2, x509 certificates (the SHA-1 of the DER).
+//! Clients generate keys themselves (OSC makes ed25519 keys locally), so
+//! only public keys are imported.
 
 use base64::Engine;
 use md5::{Digest, Md5};
@@ -43,6 +44,29 @@ pub fn fingerprint(public_key: &str) -> Result<(String, String), String> {
         .collect::<Vec<_>>()
         .join(":");
     Ok(("ssh".into(), fp))
+}
+
+/// An x509 certificate in PEM -> its SHA-1 fingerprint (`aa:bb:...`), as
+/// Nova reports it.
+pub fn x509_fingerprint(pem: &str) -> Result<String, String> {
+    let body = pem
+        .trim()
+        .strip_prefix("-----BEGIN CERTIFICATE-----")
+        .and_then(|rest| rest.trim_end().strip_suffix("-----END CERTIFICATE-----"))
+        .ok_or("public_key: an x509 certificate in PEM (BEGIN/END CERTIFICATE) is required")?;
+    let base64: String = body.split_whitespace().collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(base64)
+        .map_err(|_| "public_key: the certificate is not valid base64".to_owned())?;
+    // A certificate is a DER SEQUENCE.
+    if der.first() != Some(&0x30) || der.len() < 64 {
+        return Err("public_key: the certificate is not DER".into());
+    }
+    Ok(sha1::Sha1::digest(&der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":"))
 }
 
 pub struct Keypairs {

@@ -49,6 +49,10 @@ pub struct Server {
     pub reservation_id: String,
     /// Locked: only admins change it (Nova's lock/unlock).
     pub locked: bool,
+    /// Its place among the servers of its request (0 for the first).
+    pub launch_index: i64,
+    /// Sorted, each once (microversion 2.26).
+    pub tags: Vec<String>,
 }
 
 impl Server {
@@ -78,7 +82,7 @@ impl Server {
 const COLUMNS: &str = "id, project_id, user_id, name, flavor_id, image_id, vcpus, ram_mib, disk_gib, \
     host_id, vm_state, task_state, power_state, fault, key_name, user_data, metadata, availability_zone, \
     created_at, updated_at, launched_at, generation, ephemeral_gib, swap_mib, config_drive, \
-    access_ipv4, access_ipv6, disk_config, description, reservation_id, locked";
+    access_ipv4, access_ipv6, disk_config, description, reservation_id, locked, launch_index, tags";
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<Server, StoreError> {
     Ok(Server {
@@ -113,6 +117,8 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Server, StoreError> {
         description: opt_text(r, "description")?,
         reservation_id: text(r, "reservation_id")?,
         locked: int(r, "locked")? != 0,
+        launch_index: int(r, "launch_index")?,
+        tags: serde_json::from_str(&text(r, "tags")?).unwrap_or_default(),
     })
 }
 
@@ -169,6 +175,8 @@ fn from_json(v: &[serde_json::Value]) -> Result<Server, StoreError> {
         description: opt_text(28)?,
         reservation_id: text(29)?,
         locked: int(30)? != 0,
+        launch_index: int(31)?,
+        tags: serde_json::from_str(&text(32)?).unwrap_or_default(),
     })
 }
 
@@ -211,6 +219,12 @@ pub struct ListQuery {
     pub host: Option<String>,
     /// Only the servers one request created.
     pub reservation_id: Option<String>,
+    /// Tag filters (2.26): servers with all of `tags`, with any of
+    /// `tags_any`, without all of `not_tags`, without any of `not_tags_any`.
+    pub tags: Vec<String>,
+    pub tags_any: Vec<String>,
+    pub not_tags: Vec<String>,
+    pub not_tags_any: Vec<String>,
     /// Only servers updated at or after this time (unix seconds).
     pub changes_since: Option<i64>,
     /// Start after this server: its (created_at, id).
@@ -233,13 +247,14 @@ impl Servers {
     /// one project are admitted one at a time. A negative limit is no limit.
     pub async fn insert_within(&self, s: &Server, quota: &Quota) -> Result<Admission, StoreError> {
         let metadata = serde_json::to_string(&s.metadata).unwrap_or_default();
+        let tags = serde_json::to_string(&s.tags).unwrap_or_else(|_| "[]".into());
         // Placeholders in order of first appearance (SQLite numbers them so).
         let insert = format!(
             "INSERT INTO servers ({COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-             $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 0, $22, $23, $24, $25, $26, $27, $28, $29, $30 \
-             WHERE ($31 < 0 OR (SELECT COUNT(*) FROM servers WHERE project_id = $2) + 1 <= $31) \
-             AND ($32 < 0 OR (SELECT COALESCE(SUM(vcpus), 0) FROM servers WHERE project_id = $2) + $7 <= $32) \
-             AND ($33 < 0 OR (SELECT COALESCE(SUM(ram_mib), 0) FROM servers WHERE project_id = $2) + $8 <= $33)"
+             $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 0, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32 \
+             WHERE ($33 < 0 OR (SELECT COUNT(*) FROM servers WHERE project_id = $2) + 1 <= $33) \
+             AND ($34 < 0 OR (SELECT COALESCE(SUM(vcpus), 0) FROM servers WHERE project_id = $2) + $7 <= $34) \
+             AND ($35 < 0 OR (SELECT COALESCE(SUM(ram_mib), 0) FROM servers WHERE project_id = $2) + $8 <= $35)"
         );
         let admitted = self
             .store
@@ -283,6 +298,8 @@ impl Servers {
                         Value::OptText(s.description.as_deref()),
                         Value::Text(&s.reservation_id),
                         Value::Int(i64::from(s.locked)),
+                        Value::Int(s.launch_index),
+                        Value::Text(&tags),
                         Value::Int(quota.instances),
                         Value::Int(quota.cores),
                         Value::Int(quota.ram_mib),
@@ -361,6 +378,44 @@ impl Servers {
                 " AND reservation_id = ?",
                 Value::Text(r),
             );
+        }
+        // Tags are a JSON array of strings: a tag is there when its JSON
+        // form, quotes included, is (LIKE's wildcards escaped).
+        let patterns = |tags: &[String]| -> Vec<String> {
+            tags.iter()
+                .map(|t| {
+                    let quoted = serde_json::to_string(t).unwrap_or_default();
+                    let escaped = quoted
+                        .replace('\\', "\\\\")
+                        .replace('%', "\\%")
+                        .replace('_', "\\_");
+                    format!("%{escaped}%")
+                })
+                .collect()
+        };
+        let tag_filters = [
+            (patterns(&q.tags), " AND ", false),
+            (patterns(&q.tags_any), " OR ", false),
+            (patterns(&q.not_tags), " AND ", true),
+            (patterns(&q.not_tags_any), " OR ", true),
+        ];
+        for (list, join, negate) in &tag_filters {
+            if list.is_empty() {
+                continue;
+            }
+            sql.push_str(if *negate { " AND NOT (" } else { " AND (" });
+            for (i, p) in list.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(join);
+                }
+                clause(
+                    &mut sql,
+                    &mut args,
+                    "tags LIKE ? ESCAPE '\\'",
+                    Value::Text(p),
+                );
+            }
+            sql.push(')');
         }
         match q.vm_states.as_deref() {
             // `IN ()` is not SQL: no state means no server.
@@ -594,16 +649,17 @@ impl Servers {
     }
 
     /// Writes what the owner changes on a server (name, access addresses,
-    /// disk config label, description, metadata, lock) if no other write came
+    /// disk config label, description, metadata, lock, tags) if no other write came
     /// after the read it was made from (`s.generation`); false if one did.
     pub async fn update_attributes(&self, s: &Server) -> Result<bool, StoreError> {
         let metadata = serde_json::to_string(&s.metadata).unwrap_or_default();
+        let tags = serde_json::to_string(&s.tags).unwrap_or_else(|_| "[]".into());
         Ok(self
             .store
             .execute(
                 "UPDATE servers SET generation = generation + 1, name = $1, access_ipv4 = $2, \
                  access_ipv6 = $3, disk_config = $4, description = $5, metadata = $6, \
-                 updated_at = $7, locked = $8 WHERE id = $9 AND generation = $10",
+                 updated_at = $7, locked = $8, tags = $9 WHERE id = $10 AND generation = $11",
                 &[
                     Value::Text(&s.name),
                     Value::Text(&s.access_ipv4),
@@ -613,6 +669,7 @@ impl Servers {
                     Value::Text(&metadata),
                     Value::Int(crate::identity::now()),
                     Value::Int(i64::from(s.locked)),
+                    Value::Text(&tags),
                     Value::Text(&s.id),
                     Value::Int(s.generation),
                 ],

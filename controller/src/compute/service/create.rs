@@ -50,8 +50,10 @@ pub struct CreateServer {
     /// AUTO or MANUAL (the default).
     pub disk_config: Option<String>,
     pub description: Option<String>,
-    /// Shared by the servers of one request (min_count/max_count).
+    /// Shared by the servers of one request (min_count/max_count), and
+    /// this one's place among them.
     pub reservation_id: String,
+    pub launch_index: i64,
 }
 
 /// Checks the flavor, image and key pair, admits the server within its
@@ -138,6 +140,8 @@ pub async fn create(
         description: req.description,
         reservation_id: req.reservation_id,
         locked: false,
+        launch_index: req.launch_index,
+        tags: Vec::new(),
     };
     // Before the row: a build resumed after a stop finds them.
     // The volume it boots from is its own from now on (made now from the

@@ -6,7 +6,7 @@
 //! state sync; one whose host is down (no heartbeat) finishes here, and the
 //! orphan reaper removes the instance if that host comes back.
 
-use super::{changeable, server_host, ComputeError};
+use super::{changeable, record_action, server_host, ComputeError};
 use crate::app::App;
 use crate::compute::servers::Server;
 use crate::context::RequestContext;
@@ -19,9 +19,16 @@ use crate::store::StoreError;
 pub async fn delete(app: &App, ctx: &RequestContext, id: &str) -> Result<(), ComputeError> {
     let server = changeable(app, ctx, id, "delete").await?;
     app.servers.mark_deleting(id).await?;
+    // Recorded, and kept after the server is gone (listed from 2.21 on).
+    record_action(app, ctx, &server, "delete").await;
     match app.me.upgrade() {
         Some(app) => {
-            tokio::spawn(async move { finish_logged(&app, &server).await });
+            let request_id = ctx.request_id.clone();
+            tokio::spawn(async move {
+                let done = finish_logged(&app, &server).await;
+                let failure = (!done).then_some("the delete is retried by the state sync");
+                let _ = app.actions.finish(&server.id, &request_id, failure).await;
+            });
         }
         // Stopping: the next start finishes it.
         None => tracing::info!(server = %id, "delete recorded; the next start finishes it"),
@@ -57,9 +64,6 @@ pub async fn finish(app: &App, server: &Server) -> Result<(), DeleteError> {
         return Err(DeleteError::Network(e));
     }
     app.nic_requests.delete(id).await?;
-    if let Err(e) = app.actions.delete_for(id).await {
-        tracing::warn!(server = %id, "forgetting its actions: {e}");
-    }
     app.servers.delete(id).await?;
     Ok(())
 }

@@ -93,6 +93,9 @@ async fn stale_work(app: &Arc<App>, before: i64) -> String {
     if let Err(e) = app.servers.purge_tombstones(now() - TOMBSTONE_SECS).await {
         tracing::warn!("purging server tombstones: {e}");
     }
+    if let Err(e) = app.actions.purge_forgotten().await {
+        tracing::warn!("purging the actions of long-deleted servers: {e}");
+    }
     if let Err(e) = app.servers.purge_quota_locks().await {
         tracing::warn!("purging the quota locks of deleted projects: {e}");
     }

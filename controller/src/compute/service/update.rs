@@ -50,7 +50,52 @@ pub async fn metadata(
     id: &str,
     edit: impl Fn(&mut BTreeMap<String, String>) -> Result<(), ComputeError>,
 ) -> Result<BTreeMap<String, String>, ComputeError> {
-    let server = update(app, ctx, id, |s| {
+    let server = settled(app, ctx, id, "update metadata", |s| edit(&mut s.metadata)).await?;
+    Ok(server.metadata)
+}
+
+/// Nova's limits on server tags.
+pub const MAX_TAGS: usize = 50;
+const MAX_TAG_LEN: usize = 60;
+
+/// A tag as Nova takes one: 1 to 60 characters, no `/` or `,`.
+pub fn valid_tag(tag: &str) -> bool {
+    (1..=MAX_TAG_LEN).contains(&tag.chars().count()) && !tag.contains(['/', ','])
+}
+
+/// Changes the server's tags with `edit` (at most 50, kept sorted and each
+/// once), in the states metadata may change in; returns them.
+pub async fn tags(
+    app: &App,
+    ctx: &RequestContext,
+    id: &str,
+    edit: impl Fn(&mut Vec<String>) -> Result<(), ComputeError>,
+) -> Result<Vec<String>, ComputeError> {
+    let server = settled(app, ctx, id, "update tags", |s| {
+        edit(&mut s.tags)?;
+        s.tags.sort();
+        s.tags.dedup();
+        if s.tags.len() > MAX_TAGS {
+            return Err(ComputeError::BadRequest(format!(
+                "The number of tags exceeded the per-server limit {MAX_TAGS}"
+            )));
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(server.tags)
+}
+
+/// [`update`] in the states Nova allows owners' changes in: not while
+/// building or during a task, not when locked (for all but admins).
+async fn settled(
+    app: &App,
+    ctx: &RequestContext,
+    id: &str,
+    what: &str,
+    edit: impl Fn(&mut Server) -> Result<(), ComputeError>,
+) -> Result<Server, ComputeError> {
+    update(app, ctx, id, |s| {
         if s.locked && !ctx.is_admin() {
             return Err(ComputeError::Conflict(format!("Instance {id} is locked")));
         }
@@ -64,11 +109,10 @@ pub async fn metadata(
                 None => format!("vm_state {}", s.vm_state),
             };
             return Err(ComputeError::Conflict(format!(
-                "Cannot 'update metadata' instance {id} while it is in {why}"
+                "Cannot '{what}' instance {id} while it is in {why}"
             )));
         }
-        edit(&mut s.metadata)
+        edit(s)
     })
-    .await?;
-    Ok(server.metadata)
+    .await
 }
