@@ -203,6 +203,21 @@ fn one_request_makes_several_servers_within_the_quota() {
     assert_eq!(r.status, 202, "{}", r.body);
     assert!(r.json()["server"]["id"].is_string());
     assert_eq!(names(), ["many-1", "many-2"]);
+    // Names filter as regular expressions, as Nova's do.
+    let matching = |q: &str| {
+        let r = call(c, "GET", &format!("/compute/v2.1/servers?{q}"), &[t], "");
+        (r.status, r.json()["servers"].as_array().map_or(0, Vec::len))
+    };
+    assert_eq!(matching("name=%5Emany-%5B0-9%5D%2B%24"), (200, 2));
+    assert_eq!(matching("name=y-2%24"), (200, 1));
+    assert_eq!(
+        matching("name=MANY"),
+        (200, 2),
+        "a plain name is a substring"
+    );
+    assert_eq!(matching("name=%5Emany-%5B0-9%5D%2B%24&limit=1"), (200, 1));
+    assert_eq!(matching("name=%28unclosed").0, 400);
+    assert_eq!(matching("ip=10%5C.").1, 0, "no addresses without networks");
 
     let r = create(json!({"min_count": "1", "max_count": "2", "return_reservation_id": true}));
     assert_eq!(r.status, 202, "{}", r.body);

@@ -104,6 +104,10 @@ pub async fn route(app: &App, mut req: Request<Incoming>, rest: &[&str]) -> Resp
         );
     };
     req.extensions_mut().insert(Negotiated(version));
+    let request_id = req
+        .extensions()
+        .get::<super::RequestId>()
+        .map(|r| r.0.clone());
     let auth = match authenticate(app, &req).await {
         Ok(a) => a,
         Err(r) => return r,
@@ -184,6 +188,10 @@ pub async fn route(app: &App, mut req: Request<Incoming>, rest: &[&str]) -> Resp
     }
     if let Ok(h) = HeaderValue::from_str(&v) {
         headers.insert("x-openstack-nova-api-version", h);
+    }
+    // Nova names the request in its own header too (the request id).
+    if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        headers.insert("x-compute-request-id", id);
     }
     headers.insert(
         VARY,

@@ -96,8 +96,8 @@ pub async fn route(
             }
         }
         (_, ["images", ..]) => Ok(nova_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "Method not allowed.",
+            StatusCode::NOT_FOUND,
+            "The resource could not be found.",
         )),
         _ => return None,
     };

@@ -109,7 +109,9 @@ pub struct ServerView<'a> {
     terminated_at: Option<()>,
     config_drive: &'static str,
     key_name: Option<&'a str>,
-    progress: u8,
+    /// Shown in the states Nova reports progress in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<u8>,
     security_groups: [Named; 1],
     /// `{"id"}` of each volume attached (the root volume first).
     #[serde(rename = "os-extended-volumes:volumes_attached")]
@@ -285,7 +287,11 @@ impl<'a> ServerView<'a> {
             terminated_at: None,
             config_drive: if s.config_drive { "True" } else { "" },
             key_name: s.key_name.as_deref(),
-            progress: 0,
+            progress: matches!(
+                s.status(),
+                "ACTIVE" | "BUILD" | "REBUILD" | "RESIZE" | "VERIFY_RESIZE"
+            )
+            .then_some(0),
             security_groups: [Named { name: "default" }],
             volumes_attached: Vec::new(),
             fault: s.fault.as_deref().map(|message| Fault {
@@ -463,6 +469,13 @@ fn vm_states_for(status: &str) -> Option<&'static str> {
     })
 }
 
+/// Whether a `name` filter is a regular expression rather than a plain name.
+fn has_regex_syntax(name: &str) -> bool {
+    name.contains([
+        '^', '$', '*', '+', '?', '.', '[', ']', '(', ')', '{', '}', '|', '\\',
+    ])
+}
+
 /// `changes-since` and the like: RFC 3339, or a bare `YYYY-MM-DDTHH:MM:SS` in UTC.
 fn parse_time(v: &str) -> Option<i64> {
     use time::format_description::well_known::Rfc3339;
@@ -500,11 +513,10 @@ async fn list(app: &App, auth: &Auth, req: &Request<Incoming>, detail: bool) -> 
     };
     let mut query = ListQuery {
         project,
-        // Nova matches names as a regular expression; a case-insensitive
-        // substring covers what clients send (anchors are dropped).
-        name: q
-            .get("name")
-            .map(|n| n.trim_start_matches('^').trim_end_matches('$').to_owned()),
+        // Nova matches names as regular expressions: a plain name is a
+        // case-insensitive substring, found by the database; others are
+        // matched below.
+        name: q.get("name").filter(|n| !has_regex_syntax(n)).cloned(),
         image: q.get("image").cloned(),
         flavor: q.get("flavor").cloned(),
         host: q.get("host").filter(|_| admin).cloned(),
@@ -561,10 +573,54 @@ async fn list(app: &App, auth: &Auth, req: &Request<Incoming>, detail: bool) -> 
             Err(e) => return store_error(e),
         }
     }
-    let servers = match app.servers.page(&query).await {
+    // `name` with regex syntax and `ip` (a regex on the addresses) are
+    // matched here, on the project's servers after the marker; the limit
+    // applies to what matches.
+    let regex = |key: &str| -> Result<Option<regex::Regex>, String> {
+        q.get(key)
+            .filter(|v| key != "name" || has_regex_syntax(v))
+            .map(|v| {
+                regex::RegexBuilder::new(v)
+                    .case_insensitive(true)
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| format!("Invalid {key} filter {v:?}: {e}"))
+            })
+            .transpose()
+    };
+    let (name_re, ip_re) = match (regex("name"), regex("ip")) {
+        (Ok(n), Ok(i)) => (n, i),
+        (Err(e), _) | (_, Err(e)) => return bad(&e),
+    };
+    if name_re.is_some() || ip_re.is_some() {
+        query.limit = None;
+    }
+    let mut servers = match app.servers.page(&query).await {
         Ok(s) => s,
         Err(e) => return store_error(e),
     };
+    if let Some(re) = &name_re {
+        servers.retain(|s| re.is_match(&s.name));
+    }
+    if let Some(re) = &ip_re {
+        let by_server = app.network.addresses_of_servers().await.unwrap_or_default();
+        servers.retain(|s| {
+            by_server.get(&s.id).is_some_and(|nets| {
+                nets.as_object()
+                    .into_iter()
+                    .flat_map(|n| n.values())
+                    .any(|list| {
+                        list.as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|a| a["addr"].as_str().is_some_and(|addr| re.is_match(addr)))
+                    })
+            })
+        });
+    }
+    if limit >= 0 {
+        servers.truncate(limit as usize);
+    }
     // A full page has a next link, from its last server.
     let next = (limit > 0 && servers.len() as i64 == limit)
         .then(|| servers.last().map(|s| s.id.clone()))

@@ -83,6 +83,16 @@ pub async fn create(
             _ => return bad(format!("Image {} could not be found.", req.image_ref)),
         })
     };
+    // The image's own minimums (Glance's min_ram, min_disk) against the
+    // flavor, as Nova checks them.
+    if let Some(i) = &image {
+        if i.min_ram > flavor.ram_mib {
+            return bad("Flavor's memory is too small for requested image.".into());
+        }
+        if flavor.disk_gib > 0 && i.min_disk > flavor.disk_gib {
+            return bad("Flavor's disk is too small for requested image.".into());
+        }
+    }
     if let Some(k) = &req.key_name {
         if app.keypairs.get(ctx.user_id(), k).await?.is_none() {
             return bad(format!("Invalid key_name provided: {k}"));
@@ -209,6 +219,11 @@ async fn claim_root_volume(
                     "Block Device Mapping is Invalid: failed to get volume {id}."
                 ))
             })?;
+            if !v.bootable {
+                return Err(ComputeError::BadRequest(format!(
+                    "Block Device {id} is not bootable."
+                )));
+            }
             if !app
                 .volumes
                 .store
