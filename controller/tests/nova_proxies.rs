@@ -288,6 +288,60 @@ fn floating_ips_and_tenant_networks_through_nova() {
         404
     );
 
+    let (_, shown) = nova("GET", &format!("/servers/{server}"), Value::Null);
+    assert_eq!(
+        shown["server"]["security_groups"],
+        json!([{"name": "default"}])
+    );
+
+    // Groups asked for at create are on the ports made for the server; an
+    // unknown one is refused; a server without ports shows none.
+    let create = |extra: Value| {
+        let mut server = json!({"name": "vm2", "imageRef": image, "flavorRef": flavor});
+        server
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        nova("POST", "/servers", json!({ "server": server }))
+    };
+    let (status, body) = create(json!({"networks": [{"uuid": private_id}],
+                                       "security_groups": [{"name": "extra"}]}));
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        body["server"]["security_groups"],
+        json!([{"name": "extra"}])
+    );
+    let second = body["server"]["id"].as_str().unwrap().to_owned();
+    cloud.wait(&second, "ACTIVE");
+    let (_, shown) = nova("GET", &format!("/servers/{second}"), Value::Null);
+    assert_eq!(
+        shown["server"]["security_groups"],
+        json!([{"name": "extra"}])
+    );
+    let (_, ports) = neutron("GET", &format!("/ports?device_id={second}"), Value::Null);
+    let (_, extra) = nova("GET", "/os-security-groups", Value::Null);
+    let extra_id = extra["security_groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "extra")
+        .unwrap()["id"]
+        .clone();
+    assert_eq!(ports["ports"][0]["security_groups"], json!([extra_id]));
+    assert_eq!(
+        create(json!({"networks": [{"uuid": private_id}], "security_groups": [{"name": "nope"}]}))
+            .0,
+        400
+    );
+    let (status, body) = create(json!({"networks": "none"}));
+    assert_eq!(status, 202, "{body}");
+    let bare = body["server"]["id"].as_str().unwrap().to_owned();
+    assert!(
+        nova("GET", &format!("/servers/{bare}"), Value::Null).1["server"]
+            .get("security_groups")
+            .is_none()
+    );
+
     let (_, nets) = nova("GET", "/os-tenant-networks", Value::Null);
     assert_eq!(
         nets["networks"].as_array().unwrap().len(),

@@ -120,6 +120,7 @@ fn parse_attach(body: &Json) -> Result<Requested, String> {
         network_id,
         port_id,
         fixed_ip,
+        ..NicRequest::default()
     }]))
 }
 

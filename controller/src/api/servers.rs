@@ -59,7 +59,7 @@ struct Ref<'a> {
 
 #[derive(Serialize)]
 struct Named {
-    name: &'static str,
+    name: String,
 }
 
 #[derive(Serialize)]
@@ -112,7 +112,9 @@ pub struct ServerView<'a> {
     /// Shown in the states Nova reports progress in.
     #[serde(skip_serializing_if = "Option::is_none")]
     progress: Option<u8>,
-    security_groups: [Named; 1],
+    /// The groups on its ports (absent without ports, as in Nova).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    security_groups: Option<Vec<Named>>,
     /// `{"id"}` of each volume attached (the root volume first).
     #[serde(rename = "os-extended-volumes:volumes_attached")]
     volumes_attached: Vec<Json>,
@@ -210,6 +212,13 @@ impl Shown {
 }
 
 impl<'a> ServerView<'a> {
+    /// With the security groups of its ports.
+    fn with_groups(mut self, names: Option<Vec<String>>) -> Self {
+        self.security_groups =
+            names.map(|list| list.into_iter().map(|name| Named { name }).collect());
+        self
+    }
+
     /// With the volumes attached to it.
     fn with_volumes(mut self, ids: &[String]) -> Self {
         self.volumes_attached = ids.iter().map(|id| json!({ "id": id })).collect();
@@ -292,7 +301,7 @@ impl<'a> ServerView<'a> {
                 "ACTIVE" | "BUILD" | "REBUILD" | "RESIZE" | "VERIFY_RESIZE"
             )
             .then_some(0),
-            security_groups: [Named { name: "default" }],
+            security_groups: None,
             volumes_attached: Vec::new(),
             fault: s.fault.as_deref().map(|message| Fault {
                 code: 500,
@@ -657,11 +666,21 @@ async fn list(app: &App, auth: &Auth, req: &Request<Incoming>, detail: bool) -> 
                 tracing::error!("listing servers' volumes: {e}");
                 Default::default()
             });
+        let mut groups = app
+            .network
+            .group_names_of_servers()
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!("listing servers' security groups: {e}");
+                Default::default()
+            });
         let servers = listed
             .map(|s| {
                 let a = by_server.remove(&s.id).unwrap_or_else(|| json!({}));
                 let v = volumes.remove(&s.id).unwrap_or_default();
-                ServerView::new(app, s, &shown, a).with_volumes(&v)
+                ServerView::new(app, s, &shown, a)
+                    .with_volumes(&v)
+                    .with_groups(groups.remove(&s.id))
             })
             .collect();
         json(
@@ -740,10 +759,20 @@ async fn create(app: &App, ctx: &RequestContext, req: Request<Incoming>) -> Resp
             &json!({ "reservation_id": create.reservation_id }),
         );
     }
+    // The groups asked for, as Nova echoes them.
+    let groups: Vec<Json> = if create.security_groups.is_empty() {
+        vec![json!({"name": "default"})]
+    } else {
+        create
+            .security_groups
+            .iter()
+            .map(|g| json!({ "name": g }))
+            .collect()
+    };
     let mut r = json(
         StatusCode::ACCEPTED,
         &json!({"server": {"id": server.id, "links": links(app, "servers", &server.id),
-                           "OS-DCF:diskConfig": server.disk_config, "security_groups": [{"name": "default"}]}}),
+                           "OS-DCF:diskConfig": server.disk_config, "security_groups": groups}}),
     );
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{}/compute/v2.1/servers/{}",
@@ -826,11 +855,29 @@ fn parse_create(body: &Json, version: Microversion) -> Result<CreateServer, Stri
     };
     let access = parse_access(s)?;
     let description = parse_description(s, version)?.flatten();
+    // `[{"name": group}]`: names (or ids) of the project's groups.
+    let security_groups = match s.get("security_groups") {
+        None | Some(Json::Null) => Vec::new(),
+        Some(Json::Array(list)) => list
+            .iter()
+            .map(|g| g.get("name").and_then(Json::as_str).map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(
+                "Invalid input for field/attribute security_groups: a list of {\"name\": ...}",
+            )?,
+        Some(_) => {
+            return Err(
+                "Invalid input for field/attribute security_groups: a list of {\"name\": ...}"
+                    .into(),
+            )
+        }
+    };
     Ok(CreateServer {
         access_ipv4: access.ipv4.unwrap_or_default(),
         access_ipv6: access.ipv6.unwrap_or_default(),
         disk_config: access.disk_config,
         description,
+        security_groups,
         reservation_id: String::new(),
         launch_index: 0,
         boot_volume,
@@ -1063,9 +1110,22 @@ async fn one(app: &App, shown: &Shown, s: &Server) -> Response<Body> {
         StatusCode::OK,
         &ServerOne {
             server: ServerView::new(app, s, shown, addresses(app, &s.id).await)
-                .with_volumes(&volumes),
+                .with_volumes(&volumes)
+                .with_groups(group_names(app, &s.id).await),
         },
     )
+}
+
+/// The names of the security groups on a server's ports; None without any.
+async fn group_names(app: &App, server_id: &str) -> Option<Vec<String>> {
+    let groups = match app.network.group_names_of_servers().await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(server = server_id, "its security groups: {e}");
+            return None;
+        }
+    };
+    groups.get(server_id).cloned()
 }
 
 /// The volume a create boots from: the `block_device_mapping_v2` entry
@@ -1176,6 +1236,7 @@ fn parse_networks(v: Option<&Json>) -> Result<Requested, String> {
             network_id: text("uuid"),
             port_id: text("port"),
             fixed_ip,
+            ..NicRequest::default()
         };
         if nic.network_id.is_none() && nic.port_id.is_none() {
             return bad("each network needs a 'uuid' or a 'port'");

@@ -18,7 +18,7 @@ use crate::identity::now;
 
 /// One NIC a server asks for: a network (with an address on it, perhaps)
 /// or a port the user made.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NicRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_id: Option<String>,
@@ -26,6 +26,10 @@ pub struct NicRequest {
     pub port_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fixed_ip: Option<Ipv4Addr>,
+    /// The security groups (ids) a port made for it gets; none: the
+    /// project's default group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<String>,
 }
 
 /// A create's `networks`, as Nova takes it.
@@ -73,8 +77,7 @@ impl NetworkService {
                     0 => Ok(Vec::new()),
                     1 => Ok(vec![NicRequest {
                         network_id: candidates.pop(),
-                        port_id: None,
-                        fixed_ip: None,
+                        ..NicRequest::default()
                     }]),
                     _ => Err(NetworkError::new(
                         409,
@@ -144,6 +147,71 @@ impl NetworkService {
         Ok(these)
     }
 
+    /// The ids of the project's security groups named (by name or id) in a
+    /// create's `security_groups`; an unknown one is a 400, as in Nova.
+    pub async fn resolve_groups(
+        &self,
+        ctx: &RequestContext,
+        names: &[String],
+    ) -> Result<Vec<String>, NetworkError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let groups = self.list_groups(ctx).await?;
+        let mut ids = Vec::new();
+        for name in names {
+            let found = groups.iter().find(|g| {
+                g["project_id"] == json!(ctx.project_id())
+                    && (g["id"] == json!(name) || g["name"] == json!(name))
+            });
+            match found.and_then(|g| g["id"].as_str()) {
+                Some(id) if !ids.iter().any(|i| i == id) => ids.push(id.to_owned()),
+                Some(_) => {}
+                None => {
+                    return Err(NetworkError::new(
+                        400,
+                        "SecurityGroupNotFound",
+                        format!(
+                            "Security group {name} not found for project {}.",
+                            ctx.project_id()
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The names of the security groups on each server's ports, by server
+    /// id (one read for a listing; servers without ports are absent).
+    pub async fn group_names_of_servers(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Vec<String>>, NetworkError> {
+        let names: std::collections::BTreeMap<String, String> = self
+            .store()
+            .security_groups()
+            .await?
+            .into_iter()
+            .map(|g| (g.std.id, g.std.name))
+            .collect();
+        let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for p in self.store().ports().await? {
+            if p.device_owner != COMPUTE_OWNER || p.device_id.is_empty() {
+                continue;
+            }
+            let list = out.entry(p.device_id.clone()).or_default();
+            for g in &p.security_groups {
+                if let Some(n) = names.get(g) {
+                    if !list.contains(n) {
+                        list.push(n.clone());
+                    }
+                }
+            }
+        }
+        out.retain(|_, l| !l.is_empty());
+        Ok(out)
+    }
+
     /// Makes or finds the port of each of a server's NIC requests, bound to
     /// `host` and owned by the server; ports in request order. Running it
     /// again (a resumed build, another host) finds what it made before.
@@ -201,7 +269,7 @@ impl NetworkService {
                 match earlier.map(|at| made.swap_remove(at)) {
                     Some(port) => self.bind(port, server_id, host).await?,
                     None => {
-                        self.make_port(project, server_id, host, slot, network_id, nic.fixed_ip)
+                        self.make_port(project, server_id, host, slot, network_id, nic)
                             .await?
                     }
                 }
@@ -242,8 +310,9 @@ impl NetworkService {
         host: &str,
         slot: u32,
         network_id: &str,
-        fixed_ip: Option<Ipv4Addr>,
+        nic: &NicRequest,
     ) -> Result<Port, NetworkError> {
+        let fixed_ip = nic.fixed_ip;
         let net = self
             .store()
             .network(network_id)
@@ -256,10 +325,12 @@ impl NetworkService {
             }
             None => self.default_ips(network_id).await?,
         };
-        let security_groups = if net.port_security_enabled {
+        let security_groups = if !net.port_security_enabled {
+            Vec::new()
+        } else if nic.security_groups.is_empty() {
             vec![self.ensure_default_group(project).await?.std.id]
         } else {
-            Vec::new()
+            nic.security_groups.clone()
         };
         let port = Port {
             std: Standard::new(project, now()),

@@ -45,6 +45,8 @@ pub struct CreateServer {
     pub networks: Requested,
     /// Nova's `config_drive`: the client asked for one.
     pub config_drive: bool,
+    /// Security groups (names or ids) for the ports made for it.
+    pub security_groups: Vec<String>,
     pub access_ipv4: String,
     pub access_ipv6: String,
     /// AUTO or MANUAL (the default).
@@ -98,11 +100,19 @@ pub async fn create(
             return bad(format!("Invalid key_name provided: {k}"));
         }
     }
-    let nics = app
+    let mut nics = app
         .network
         .check_nics(ctx, req.networks)
         .await
         .map_err(nic_error)?;
+    let groups = app
+        .network
+        .resolve_groups(ctx, &req.security_groups)
+        .await
+        .map_err(nic_error)?;
+    for nic in nics.iter_mut().filter(|n| n.port_id.is_none()) {
+        nic.security_groups.clone_from(&groups);
+    }
     if req.metadata.len() > super::update::MAX_METADATA_ITEMS {
         return Err(ComputeError::Forbidden(format!(
             "Quota exceeded for metadata_items: at most {} metadata items",
