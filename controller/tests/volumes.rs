@@ -1190,3 +1190,86 @@ fn servers_boot_from_volumes_which_outlive_them_unless_told_otherwise() {
     let r = v3(c, "GET", &format!("/volumes/{root}"), admin, Value::Null);
     assert_eq!(r.json()["volume"]["status"], "available", "left as it was");
 }
+
+/// Nova's volume proxies (`/os-volumes`, `/os-snapshots`, up to 2.35) make,
+/// show and delete the same volumes and snapshots, in Nova's older names.
+#[test]
+fn volumes_and_snapshots_through_nova() {
+    let c = start_with(None, &controller_config());
+    let admin = admin_token(&c);
+    let _storaged = Storaged::start(&c, "storage-1");
+    wait_registered(&c, &admin);
+    let nova = |method: &str, path: &str, body: Value| {
+        let r = call(
+            &c,
+            method,
+            &format!("/compute/v2.1{path}"),
+            &[("X-Auth-Token", admin.as_str())],
+            &if body.is_null() {
+                String::new()
+            } else {
+                body.to_string()
+            },
+        );
+        let v = if r.body.is_empty() {
+            Value::Null
+        } else {
+            r.json()
+        };
+        (r.status, v)
+    };
+    let (status, body) = nova(
+        "POST",
+        "/os-volumes",
+        json!({"volume": {"size": 1, "display_name": "legacy", "metadata": {"k": "v"}}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let id = body["volume"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(body["volume"]["displayName"], "legacy");
+    assert_eq!(body["volume"]["attachments"], json!([{}]));
+    let v = wait_status(&c, &admin, &id, "available");
+    assert_eq!(v["name"], "legacy", "the same volume through Cinder");
+    let (_, list) = nova("GET", "/os-volumes/detail", Value::Null);
+    assert_eq!(list["volumes"][0]["metadata"], json!({"k": "v"}));
+    for bad in [
+        json!({"volume": {}}),
+        json!({"volume": {"size": 0}}),
+        json!({"volume": {"size": "x"}}),
+    ] {
+        assert_eq!(nova("POST", "/os-volumes", bad.clone()).0, 400, "{bad}");
+    }
+
+    let (status, body) = nova(
+        "POST",
+        "/os-snapshots",
+        json!({"snapshot": {"volume_id": id, "display_name": "snap"}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let snap = body["snapshot"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(body["snapshot"]["volumeId"], json!(id));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nova("GET", &format!("/os-snapshots/{snap}"), Value::Null).1["snapshot"]["status"]
+        != "available"
+    {
+        assert!(Instant::now() < deadline, "snapshot never available");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        nova("DELETE", &format!("/os-snapshots/{snap}"), Value::Null).0,
+        202
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nova("GET", &format!("/os-snapshots/{snap}"), Value::Null).0 != 404 {
+        assert!(Instant::now() < deadline, "snapshot never deleted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        nova("DELETE", &format!("/os-volumes/{id}"), Value::Null).0,
+        202
+    );
+    wait_gone(&c, &admin, &id);
+    assert_eq!(
+        nova("GET", &format!("/os-volumes/{id}"), Value::Null).0,
+        404
+    );
+}

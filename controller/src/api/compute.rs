@@ -148,7 +148,9 @@ pub async fn route(app: &App, mut req: Request<Incoming>, rest: &[&str]) -> Resp
             | "os-security-group-rules"
             | "os-floating-ips"
             | "os-tenant-networks"
-            | "images", ..],
+            | "images"
+            | "os-volumes"
+            | "os-snapshots", ..],
         ) if version >= (2, 36) => {
             nova_error(StatusCode::NOT_FOUND, "The resource could not be found.")
         }
@@ -164,6 +166,16 @@ pub async fn route(app: &App, mut req: Request<Incoming>, rest: &[&str]) -> Resp
                 auth: auth.clone(),
             };
             match super::nova_network::route(app, &ctx, req, rest).await {
+                Some(r) => r,
+                None => nova_error(StatusCode::NOT_FOUND, "The resource could not be found."),
+            }
+        }
+        (_, ["os-volumes" | "os-snapshots", ..]) => {
+            let ctx = crate::context::RequestContext {
+                request_id: super::servers::request_id_of(&req),
+                auth: auth.clone(),
+            };
+            match super::nova_volumes::route(app, &ctx, req, rest).await {
                 Some(r) => r,
                 None => nova_error(StatusCode::NOT_FOUND, "The resource could not be found."),
             }

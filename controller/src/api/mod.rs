@@ -17,6 +17,7 @@ pub mod internal;
 pub mod network;
 pub mod nova_images;
 pub mod nova_network;
+pub mod nova_volumes;
 pub mod policy;
 pub mod serial_console;
 pub mod server_metadata;
