@@ -10,6 +10,7 @@ use crate::compute::keypairs::Keypairs;
 use crate::compute::nics::NicRequests;
 use crate::compute::quotas::Quotas;
 use crate::compute::scheduler::Scheduler;
+use crate::compute::server_groups::ServerGroups;
 use crate::compute::servers::Servers;
 use crate::config::Config;
 use crate::identity::Identity;
@@ -26,6 +27,7 @@ pub struct App {
     pub network: NetworkService,
     pub volumes: VolumeService,
     pub keypairs: Keypairs,
+    pub server_groups: ServerGroups,
     pub nic_requests: NicRequests,
     pub console_tokens: ConsoleTokens,
     pub quotas: Quotas,

@@ -359,3 +359,135 @@ fn keypairs_limits_quotas_and_the_proxies_by_version() {
     let (_, hypervisors) = n.at("2.27", "GET", "/os-hypervisors/detail", Value::Null);
     assert!(hypervisors["hypervisors"][0]["cpu_info"].is_string());
 }
+
+#[test]
+fn server_groups_hold_their_servers_within_quotas() {
+    let n = nova();
+    let make = |v: &str, name: &str, policy: &str| {
+        n.at(
+            v,
+            "POST",
+            "/os-server-groups",
+            json!({"server_group": {"name": name, "policies": [policy]}}),
+        )
+    };
+    let (status, body) = make("2.1", "web", "anti-affinity");
+    assert_eq!(status, 200, "{body}");
+    let group = body["server_group"].clone();
+    assert_eq!(
+        (&group["policies"], &group["members"]),
+        (&json!(["anti-affinity"]), &json!([]))
+    );
+    assert!(group.get("project_id").is_none(), "2.13 adds it");
+    let id = group["id"].as_str().unwrap().to_owned();
+    assert_eq!(make("2.14", "x", "soft-affinity").0, 400, "soft from 2.15");
+    let (status, body) = make("2.15", "soft", "soft-affinity");
+    assert_eq!(status, 200, "{body}");
+    for bad in [
+        json!({"name": "x", "policies": ["sideways"]}),
+        json!({"name": "x", "policies": []}),
+        json!({"name": "", "policies": ["affinity"]}),
+        json!({"policies": ["affinity"]}),
+    ] {
+        assert_eq!(
+            n.at(
+                "2.15",
+                "POST",
+                "/os-server-groups",
+                json!({ "server_group": bad })
+            )
+            .0,
+            400
+        );
+    }
+
+    let (flavor, image) = bootable(&n.cloud.c, &n.cloud.admin, 1, 128);
+    let (status, body) = n.at(
+        "2.1",
+        "POST",
+        "/servers",
+        json!({"server": {"name": "member", "imageRef": image, "flavorRef": flavor},
+               "os:scheduler_hints": {"group": id}}),
+    );
+    assert_eq!(status, 202, "{body}");
+    let server = body["server"]["id"].as_str().unwrap().to_owned();
+    n.cloud.wait(&server, "ACTIVE");
+    let (_, shown) = n.at(
+        "2.13",
+        "GET",
+        &format!("/os-server-groups/{id}"),
+        Value::Null,
+    );
+    assert_eq!(shown["server_group"]["members"], json!([server]));
+    assert!(shown["server_group"]["project_id"].is_string());
+    // One host: a second anti-affinity member has nowhere to go.
+    let (status, body) = n.at(
+        "2.1",
+        "POST",
+        "/servers",
+        json!({"server": {"name": "apart", "imageRef": image, "flavorRef": flavor},
+               "os:scheduler_hints": {"group": id}}),
+    );
+    assert_eq!(status, 202, "{body}");
+    let apart = body["server"]["id"].as_str().unwrap().to_owned();
+    let s = n.cloud.wait(&apart, "ERROR");
+    assert!(
+        s["fault"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("anti-affinity"),
+        "{s}"
+    );
+    let missing = json!({"server": {"name": "x", "imageRef": image, "flavorRef": flavor},
+                         "os:scheduler_hints": {"group": "00000000-0000-4000-8000-000000000000"}});
+    assert_eq!(n.at("2.1", "POST", "/servers", missing).0, 400);
+
+    assert_eq!(
+        n.at("2.1", "DELETE", &format!("/servers/{server}"), Value::Null)
+            .0,
+        204
+    );
+    let gone = std::time::Instant::now() + Duration::from_secs(10);
+    while !n
+        .at(
+            "2.1",
+            "GET",
+            &format!("/os-server-groups/{id}"),
+            Value::Null,
+        )
+        .1["server_group"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m != &json!(server))
+    {
+        assert!(std::time::Instant::now() < gone, "still a member");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, list) = n.at("2.1", "GET", "/os-server-groups", Value::Null);
+    assert_eq!(list["server_groups"].as_array().unwrap().len(), 2);
+    for i in 0..8 {
+        assert_eq!(make("2.1", &format!("g{i}"), "affinity").0, 200);
+    }
+    assert_eq!(make("2.1", "one-too-many", "affinity").0, 403);
+    assert_eq!(
+        n.at(
+            "2.1",
+            "DELETE",
+            &format!("/os-server-groups/{id}"),
+            Value::Null
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        n.at(
+            "2.1",
+            "GET",
+            &format!("/os-server-groups/{id}"),
+            Value::Null
+        )
+        .0,
+        404
+    );
+}

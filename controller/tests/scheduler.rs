@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 
 use controller::compute::hosts::Hosts;
-use controller::compute::scheduler::{Demand, PlaceError, Policy, Scheduler, Weigher};
+use controller::compute::scheduler::{Demand, GroupRule, PlaceError, Policy, Scheduler, Weigher};
 use controller::store::{Store, Value};
 use hostd_proto::Heartbeat;
 
@@ -38,6 +38,21 @@ fn small() -> Demand {
         disk_gib: 1,
         availability_zone: None,
         host: None,
+        group: None,
+    }
+}
+
+/// Where a fresh server of `demand` goes, or why nowhere.
+async fn place_fresh(
+    scheduler: &Scheduler,
+    store: &Store,
+    demand: Demand,
+) -> Result<String, String> {
+    let id = server(store, &uuid::Uuid::new_v4().to_string()).await;
+    match scheduler.place(&id, &demand, &[]).await {
+        Ok(h) => Ok(h.report.host_id),
+        Err(PlaceError::NoValidHost(why)) => Err(why),
+        Err(e) => panic!("{e}"),
     }
 }
 
@@ -222,6 +237,41 @@ async fn filters_and_weighers() {
         .await
         .unwrap();
     assert_eq!(placed.report.host_id, "big");
+    // Server groups, with "small" full by now: the hard policies filter,
+    // the soft ones only prefer.
+    let group = |policy: &str, on: &str| Demand {
+        group: Some(GroupRule {
+            policy: policy.into(),
+            hosts: vec![on.into()],
+        }),
+        ..small()
+    };
+    assert_eq!(
+        place_fresh(&spread, &store, group("affinity", "big")).await,
+        Ok("big".into())
+    );
+    let why = place_fresh(&spread, &store, group("affinity", "small"))
+        .await
+        .unwrap_err();
+    assert!(
+        why.contains("big: not the host of its affinity group"),
+        "{why}"
+    );
+    let why = place_fresh(&spread, &store, group("anti-affinity", "big"))
+        .await
+        .unwrap_err();
+    assert!(
+        why.contains("big: its anti-affinity group is on it"),
+        "{why}"
+    );
+    assert_eq!(
+        place_fresh(&spread, &store, group("soft-anti-affinity", "big")).await,
+        Ok("big".into())
+    );
+    assert_eq!(
+        place_fresh(&spread, &store, group("soft-affinity", "small")).await,
+        Ok("big".into())
+    );
     // A host without recent heartbeats is skipped.
     let strict = Scheduler::new(
         store.clone(),

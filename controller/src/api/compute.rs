@@ -184,6 +184,12 @@ pub async fn route(app: &App, mut req: Request<Incoming>, rest: &[&str]) -> Resp
             Some(r) => r,
             None => nova_error(StatusCode::NOT_FOUND, "The resource could not be found."),
         },
+        (_, ["os-server-groups", ..]) => {
+            match super::server_groups::route(app, &auth, req, rest).await {
+                Some(r) => r,
+                None => nova_error(StatusCode::NOT_FOUND, "The resource could not be found."),
+            }
+        }
         (_, ["servers", ..]) => match super::servers::route(app, &auth, req, rest).await {
             Some(r) => r,
             None => nova_error(StatusCode::NOT_FOUND, "The resource could not be found."),

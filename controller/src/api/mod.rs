@@ -20,6 +20,7 @@ pub mod nova_network;
 pub mod nova_volumes;
 pub mod policy;
 pub mod serial_console;
+pub mod server_groups;
 pub mod server_metadata;
 pub mod server_tags;
 pub mod servers;

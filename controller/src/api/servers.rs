@@ -878,6 +878,10 @@ fn parse_create(body: &Json, version: Microversion) -> Result<CreateServer, Stri
         disk_config: access.disk_config,
         description,
         security_groups,
+        // `{"os:scheduler_hints": {"group": id}}`, beside `server`.
+        group: ["os:scheduler_hints", "OS-SCH-HNT:scheduler_hints"]
+            .iter()
+            .find_map(|k| body.get(*k)?.get("group")?.as_str().map(str::to_owned)),
         reservation_id: String::new(),
         launch_index: 0,
         boot_volume,

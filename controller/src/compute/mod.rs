@@ -9,5 +9,6 @@ pub mod keypairs;
 pub mod nics;
 pub mod quotas;
 pub mod scheduler;
+pub mod server_groups;
 pub mod servers;
 pub mod service;

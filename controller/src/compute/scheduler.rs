@@ -50,6 +50,44 @@ pub struct Demand {
     pub availability_zone: Option<String>,
     /// The one host it may go to (where the volume it boots from is).
     pub host: Option<String>,
+    /// Its server group's policy and the hosts its other members are on.
+    pub group: Option<GroupRule>,
+}
+
+/// A server group's policy as the scheduler follows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupRule {
+    /// `affinity`, `anti-affinity`, `soft-affinity` or `soft-anti-affinity`.
+    pub policy: String,
+    /// Where the group's other servers are.
+    pub hosts: Vec<String>,
+}
+
+impl GroupRule {
+    /// Whether a host is among the members' hosts.
+    fn has(&self, host: &str) -> bool {
+        self.hosts.iter().any(|h| h == host)
+    }
+
+    /// Why the hard policies refuse a host, if they do.
+    fn refuses(&self, host: &str) -> Option<&'static str> {
+        match self.policy.as_str() {
+            "affinity" if !self.hosts.is_empty() && !self.has(host) => {
+                Some("not the host of its affinity group")
+            }
+            "anti-affinity" if self.has(host) => Some("its anti-affinity group is on it"),
+            _ => None,
+        }
+    }
+
+    /// The soft policies' preference: false sorts first.
+    fn dislikes(&self, host: &str) -> bool {
+        match self.policy.as_str() {
+            "soft-affinity" => !self.hosts.is_empty() && !self.has(host),
+            "soft-anti-affinity" => self.has(host),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +147,12 @@ impl Scheduler {
                 Some("other availability zone")
             } else if demand.host.as_ref().is_some_and(|x| *x != h.report.host_id) {
                 Some("not the host of the volume it boots from")
+            } else if let Some(why) = demand
+                .group
+                .as_ref()
+                .and_then(|g| g.refuses(&h.report.host_id))
+            {
+                Some(why)
             } else if h.claimed_vcpus + demand.vcpus > cap_cpu
                 || h.claimed_ram_mib + demand.ram_mib > cap_ram
             {
@@ -129,6 +173,10 @@ impl Scheduler {
         match self.policy.weigher {
             Weigher::Spread => candidates.sort_by_key(|(_, free)| std::cmp::Reverse(*free)),
             Weigher::Pack => candidates.sort_by_key(|(_, free)| *free),
+        }
+        // A soft group policy weighs first (the sort is stable).
+        if let Some(g) = &demand.group {
+            candidates.sort_by_key(|(h, _)| g.dislikes(&h.report.host_id));
         }
         for (h, _) in candidates {
             let (cap_cpu, cap_ram) = capacity(&h, &self.policy);

@@ -26,7 +26,7 @@ use hostd_proto::instance::{ImageInstanceSpec, PortNic, State};
 
 use super::state::DELETING;
 use crate::app::App;
-use crate::compute::scheduler::{Demand, PlaceError};
+use crate::compute::scheduler::{Demand, GroupRule, PlaceError};
 use crate::compute::servers::Server;
 use crate::hostd_client::{Hostd, HostdError};
 
@@ -333,6 +333,16 @@ pub async fn build(app: &App, id: &str) {
             host: match app.volumes.store.root_of(id).await {
                 Ok(Some(v)) => v.storage_host,
                 _ => None,
+            },
+            group: match app.server_groups.placement_of(id).await {
+                Ok(found) => found.map(|(g, hosts)| GroupRule {
+                    policy: g.policy,
+                    hosts,
+                }),
+                Err(e) => {
+                    tracing::error!(server = %id, "its server group: {e}");
+                    None
+                }
             },
         },
         host,

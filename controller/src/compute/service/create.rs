@@ -47,6 +47,8 @@ pub struct CreateServer {
     pub config_drive: bool,
     /// Security groups (names or ids) for the ports made for it.
     pub security_groups: Vec<String>,
+    /// The server group it joins (the `group` scheduler hint).
+    pub group: Option<String>,
     pub access_ipv4: String,
     pub access_ipv6: String,
     /// AUTO or MANUAL (the default).
@@ -93,6 +95,12 @@ pub async fn create(
         }
         if flavor.disk_gib > 0 && i.min_disk > flavor.disk_gib {
             return bad("Flavor's disk is too small for requested image.".into());
+        }
+    }
+    if let Some(g) = &req.group {
+        match app.server_groups.get(g).await? {
+            Some(group) if ctx.is_admin() || group.project_id == ctx.project_id() => {}
+            _ => return bad(format!("Invalid server group: {g} could not be found.")),
         }
     }
     if let Some(k) = &req.key_name {
@@ -171,9 +179,29 @@ pub async fn create(
         None => None,
     };
     app.nic_requests.set(&server.id, &nics).await?;
+    // In its group before it exists (a member counts once it does), so
+    // that the scheduler finds it there.
+    if let Some(group) = &req.group {
+        let joined = app
+            .server_groups
+            .add_member(
+                group,
+                &server.id,
+                crate::compute::server_groups::MAX_MEMBERS,
+            )
+            .await;
+        if !matches!(joined, Ok(true)) {
+            let _ = app.nic_requests.delete(&server.id).await;
+            joined?;
+            return Err(ComputeError::Forbidden(
+                "Quota exceeded, too many servers in group".into(),
+            ));
+        }
+    }
     let admitted = app.servers.insert_within(&server, &quota).await;
     if !matches!(admitted, Ok(Admission::Admitted)) {
         let _ = app.nic_requests.delete(&server.id).await;
+        let _ = app.server_groups.remove_member(&server.id).await;
         if let Some(v) = &root {
             // Given back (and one made for it, deleted).
             let _ = app.volumes.store.free_root(v, now()).await;

@@ -65,6 +65,9 @@ pub async fn finish(app: &App, server: &Server) -> Result<(), DeleteError> {
     }
     app.nic_requests.delete(id).await?;
     app.servers.delete(id).await?;
+    if let Err(e) = app.server_groups.remove_member(id).await {
+        tracing::warn!(server = %id, "leaving its server group: {e}");
+    }
     Ok(())
 }
 
