@@ -275,7 +275,7 @@ fn keypairs_limits_quotas_and_the_proxies_by_version() {
         "/os-keypairs",
         json!({"keypair": {"name": "cert", "public_key": CERT, "type": "x509"}}),
     );
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 201, "{body}");
     assert_eq!(
         (&body["keypair"]["type"], &body["keypair"]["fingerprint"]),
         (&json!("x509"), &json!(CERT_SHA1))

@@ -16,7 +16,16 @@ use super::up::{ADMIN_PASSWORD, CONTROLLER_PORT};
 
 /// What the tempest accounts are called, and their password (set again on
 /// every run: these are test accounts of a test cloud).
-const PROJECTS: [&str; 2] = ["conformance-1", "conformance-2"];
+/// Four projects: tempest takes each test's primary and alternate user
+/// (another project's) from the members, two per worker at
+/// `--concurrency 2`; the readers come after them in accounts.yaml so that
+/// no reader is taken as an alternate user.
+const PROJECTS: [&str; 4] = [
+    "conformance-1",
+    "conformance-2",
+    "conformance-3",
+    "conformance-4",
+];
 const PASSWORD: &str = "conformance-secret-0";
 
 /// A service as `--service` names it, and its tempest package.
@@ -235,8 +244,8 @@ fn user_name(project: &str, role: &str) -> String {
 /// tempest's pre-provisioned accounts file.
 fn accounts_yaml() -> String {
     let mut yaml = String::new();
-    for project in PROJECTS {
-        for role in ["member", "reader"] {
+    for role in ["member", "reader"] {
+        for project in PROJECTS {
             yaml.push_str(&format!(
                 "- username: '{}'\n  project_name: '{project}'\n  password: '{PASSWORD}'\n  roles: ['{role}']\n  resources:\n    network: '{}'\n",
                 user_name(project, role),
@@ -472,7 +481,11 @@ mod tests {
     #[test]
     fn accounts_are_a_member_and_a_reader_per_project_and_the_admin() {
         let yaml = accounts_yaml();
-        assert_eq!(yaml.matches("- username:").count(), 5);
+        assert_eq!(yaml.matches("- username:").count(), 9);
+        assert!(
+            yaml.rfind("roles: ['member']") < yaml.find("roles: ['reader']"),
+            "members first"
+        );
         assert!(yaml.contains("roles: ['reader']") && yaml.contains("types: ['admin']"));
     }
 

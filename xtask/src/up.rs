@@ -92,10 +92,12 @@ pub fn run(root: &Path, bins: &Path, images: &Path, openstack: &Path) -> Result<
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let secret = random_token()?;
     let config = dir.join("controller.toml");
+    // The testbed's host has one vCPU: its small guests share it 16 ways
+    // (Nova's ratio before Stein) rather than 4.
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{CONTROLLER_PORT}\"\nstate_dir = \"{}\"\nhostd_secret = \"{secret}\"\nobject_store_url = \"http://127.0.0.1:{SWIFT_PORT}\"\n[bootstrap]\nadmin_password = \"{ADMIN_PASSWORD}\"\n",
+            "listen = \"127.0.0.1:{CONTROLLER_PORT}\"\nstate_dir = \"{}\"\nhostd_secret = \"{secret}\"\nobject_store_url = \"http://127.0.0.1:{SWIFT_PORT}\"\n[bootstrap]\nadmin_password = \"{ADMIN_PASSWORD}\"\n[scheduler]\ncpu_allocation_ratio = 16.0\n",
             dir.join("controller").display()
         ),
     )?;

@@ -213,8 +213,10 @@ async fn create_keypair(
         Ok(()) => {
             let mut v = json!({"name": keypair.name, "public_key": keypair.public_key,
                                "fingerprint": keypair.fingerprint, "user_id": user});
+            // 2.2 also answers 201.
             if version >= (2, 2) {
                 v["type"] = json!(keypair.key_type);
+                return json(StatusCode::CREATED, &json!({ "keypair": v }));
             }
             json(StatusCode::OK, &json!({ "keypair": v }))
         }

@@ -330,6 +330,15 @@ fn rule_attrs(body: &Map<String, Json>) -> Result<Map<String, Json>, Failure> {
     let Some(parent) = body.get("parent_group_id").and_then(Json::as_str) else {
         return Err(Failure::Bad("parent_group_id is required".into()));
     };
+    let uuid = |id: &str| uuid::Uuid::parse_str(id).is_ok();
+    if !uuid(parent)
+        || body
+            .get("group_id")
+            .and_then(Json::as_str)
+            .is_some_and(|g| !uuid(g))
+    {
+        return Err(Failure::Bad("Security group id should be uuid".into()));
+    }
     let protocol = match body.get("ip_protocol") {
         None | Some(Json::Null) => None,
         Some(Json::String(p)) => match p.to_ascii_lowercase().as_str() {
@@ -701,7 +710,9 @@ mod tests {
 
     #[test]
     fn nova_rules_become_neutron_ingress_rules() {
-        let r = rule(json!({"parent_group_id": "g", "ip_protocol": "TCP",
+        const G: &str = "7d5e6a1c-0000-4000-8000-000000000001";
+        const H: &str = "7d5e6a1c-0000-4000-8000-000000000002";
+        let r = rule(json!({"parent_group_id": G, "ip_protocol": "TCP",
                             "from_port": 22, "to_port": "22", "cidr": "10.0.0.0/8"}))
         .unwrap();
         assert_eq!(r["direction"], "ingress");
@@ -713,22 +724,23 @@ mod tests {
             (&r["protocol"], &r["remote_ip_prefix"]),
             (&json!("tcp"), &json!("10.0.0.0/8"))
         );
-        let r = rule(json!({"parent_group_id": "g", "ip_protocol": "icmp",
-                            "from_port": -1, "to_port": -1, "group_id": "h"}))
+        let r = rule(json!({"parent_group_id": G, "ip_protocol": "icmp",
+                            "from_port": -1, "to_port": -1, "group_id": H}))
         .unwrap();
-        assert!(r.get("port_range_min").is_none() && r["remote_group_id"] == "h");
-        let r = rule(json!({"parent_group_id": "g"})).unwrap();
+        assert!(r.get("port_range_min").is_none() && r["remote_group_id"] == H);
+        let r = rule(json!({"parent_group_id": G})).unwrap();
         assert_eq!(r["remote_ip_prefix"], "0.0.0.0/0");
         for bad in [
             json!({"ip_protocol": "tcp", "from_port": 1, "to_port": 2}),
-            json!({"parent_group_id": "g", "ip_protocol": "gre", "from_port": 1, "to_port": 2}),
-            json!({"parent_group_id": "g", "ip_protocol": "tcp", "from_port": 0, "to_port": 2}),
-            json!({"parent_group_id": "g", "ip_protocol": "tcp", "from_port": 9, "to_port": 2}),
-            json!({"parent_group_id": "g", "ip_protocol": "tcp", "from_port": 1, "to_port": 65536}),
-            json!({"parent_group_id": "g", "ip_protocol": "tcp", "from_port": "x", "to_port": 2}),
-            json!({"parent_group_id": "g", "ip_protocol": "icmp", "from_port": 256, "to_port": 0}),
-            json!({"parent_group_id": "g", "from_port": 22, "to_port": 22}),
-            json!({"parent_group_id": "g", "cidr": "10.0.0.300/8"}),
+            json!({"parent_group_id": "not-a-uuid", "ip_protocol": "tcp", "from_port": 1, "to_port": 2}),
+            json!({"parent_group_id": G, "ip_protocol": "gre", "from_port": 1, "to_port": 2}),
+            json!({"parent_group_id": G, "ip_protocol": "tcp", "from_port": 0, "to_port": 2}),
+            json!({"parent_group_id": G, "ip_protocol": "tcp", "from_port": 9, "to_port": 2}),
+            json!({"parent_group_id": G, "ip_protocol": "tcp", "from_port": 1, "to_port": 65536}),
+            json!({"parent_group_id": G, "ip_protocol": "tcp", "from_port": "x", "to_port": 2}),
+            json!({"parent_group_id": G, "ip_protocol": "icmp", "from_port": 256, "to_port": 0}),
+            json!({"parent_group_id": G, "from_port": 22, "to_port": 22}),
+            json!({"parent_group_id": G, "cidr": "10.0.0.300/8"}),
         ] {
             assert!(rule(bad.clone()).is_err(), "{bad}");
         }

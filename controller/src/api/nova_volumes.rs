@@ -27,8 +27,9 @@ pub async fn route(
 ) -> Option<Response<Body>> {
     let method = req.method().clone();
     let result = match (method, rest) {
-        (Method::GET, ["os-volumes"]) => list_volumes(app, ctx, false).await,
-        (Method::GET, ["os-volumes", "detail"]) => list_volumes(app, ctx, true).await,
+        (Method::GET, ["os-volumes"] | ["os-volumes", "detail"]) => {
+            list_volumes(app, ctx, &super::http::query_params(&req)).await
+        }
         (Method::GET, ["os-volumes", id]) => app
             .volumes
             .get(ctx, id)
@@ -119,14 +120,29 @@ fn snapshot_view(s: &Snapshot) -> Json {
     })
 }
 
+/// Nova's list and detail show the same fields; `offset` and `limit` page.
 async fn list_volumes(
     app: &App,
     ctx: &RequestContext,
-    _detail: bool,
+    q: &BTreeMap<String, String>,
 ) -> Result<Response<Body>, VolumeError> {
-    // Nova's list and detail show the same fields.
+    let number = |key: &str| -> Result<Option<usize>, VolumeError> {
+        q.get(key)
+            .map(|v| {
+                v.parse::<usize>().map_err(|_| {
+                    VolumeError::bad_request(format!("{key} must be a non-negative integer"))
+                })
+            })
+            .transpose()
+    };
+    let (offset, limit) = (number("offset")?.unwrap_or(0), number("limit")?);
     let list = app.volumes.list(ctx, false, ListFilter::default()).await?;
-    let views: Vec<Json> = list.iter().map(volume_view).collect();
+    let views: Vec<Json> = list
+        .iter()
+        .skip(offset)
+        .take(limit.unwrap_or(usize::MAX))
+        .map(volume_view)
+        .collect();
     Ok(json(StatusCode::OK, &json!({ "volumes": views })))
 }
 
