@@ -220,6 +220,43 @@ fn endpoints() -> Vec<Endpoint> {
             None,
         ),
         e(
+            "POST",
+            "/compute/v2.1/servers/@SERVER@/metadata",
+            json!({"metadata": {"a": "1", "b": "2"}}),
+            None,
+        ),
+        e(
+            "PUT",
+            "/compute/v2.1/servers/@SERVER@/metadata/a",
+            json!({"meta": {"a": "3"}}),
+            None,
+        ),
+        e(
+            "POST",
+            "/compute/v2.1/os-server-groups",
+            json!({"server_group": {"name": "g", "policies": ["anti-affinity"]}}),
+            None,
+        ),
+        e(
+            "POST",
+            "/compute/v2.1/os-security-groups",
+            json!({"security_group": {"name": "web", "description": "d"}}),
+            Some(Kind::SecurityGroup),
+        ),
+        e(
+            "POST",
+            "/compute/v2.1/os-security-group-rules",
+            json!({"security_group_rule": {"parent_group_id": "@SG@",
+                "ip_protocol": "tcp", "from_port": 22, "to_port": 22, "cidr": "10.0.0.0/8"}}),
+            None,
+        ),
+        e(
+            "POST",
+            "/compute/v2.1/os-volumes",
+            json!({"volume": {"size": 1, "display_name": "v", "metadata": {"k": "v"}}}),
+            Some(Kind::Volume),
+        ),
+        e(
             "PUT",
             "/compute/v2.1/os-quota-sets/@QUOTA_PROJECT@",
             json!({"quota_set": {"cores": 100, "ram": 102400, "instances": 50}}),
