@@ -167,7 +167,10 @@ fn in_use_is_bad(e: NetworkError) -> Failure {
 }
 
 /// The `{field: {...}}` object of a request body.
-async fn body(req: Request<Incoming>, field: &str) -> Result<Map<String, Json>, Response<Body>> {
+pub(super) async fn body(
+    req: Request<Incoming>,
+    field: &str,
+) -> Result<Map<String, Json>, Response<Body>> {
     let body = read_json(req, nova_error).await?;
     match body.get(field) {
         Some(Json::Object(m)) => Ok(m.clone()),

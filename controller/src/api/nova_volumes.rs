@@ -9,8 +9,9 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value as Json};
 
-use super::compute::nova_error;
-use super::http::{empty, json, read_json, Body};
+use super::http::{empty, json, Body};
+use super::nova_network::body;
+use super::volume_attachments::volume_error;
 use super::App;
 use crate::context::RequestContext;
 use crate::volume::model::{Snapshot, Volume};
@@ -63,31 +64,6 @@ pub async fn route(
         _ => return None,
     };
     Some(result.unwrap_or_else(volume_error))
-}
-
-/// A volume service error in Nova's shape.
-fn volume_error(e: VolumeError) -> Response<Body> {
-    match e {
-        VolumeError::Cinder {
-            status, message, ..
-        } => nova_error(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-            &message,
-        ),
-        VolumeError::Store(e) => super::compute::store_error(e),
-    }
-}
-
-/// The `{field: {...}}` object of a request body.
-async fn body(req: Request<Incoming>, field: &str) -> Result<Map<String, Json>, Response<Body>> {
-    let body = read_json(req, nova_error).await?;
-    match body.get(field) {
-        Some(Json::Object(m)) => Ok(m.clone()),
-        _ => Err(nova_error(
-            StatusCode::BAD_REQUEST,
-            &format!("Invalid input for field/attribute {field}: '{field}' is a required object"),
-        )),
-    }
 }
 
 fn time(t: i64) -> String {

@@ -30,7 +30,8 @@ fn attachment(server_id: &str, v: &Volume) -> Json {
     json!({"id": v.id, "serverId": server_id, "volumeId": v.id, "device": null})
 }
 
-fn volume_error(e: VolumeError) -> Response<Body> {
+/// A volume service error in Nova's shape.
+pub(super) fn volume_error(e: VolumeError) -> Response<Body> {
     match e {
         VolumeError::Cinder {
             status, message, ..
