@@ -322,6 +322,9 @@ fn keypairs_limits_quotas_and_the_proxies_by_version() {
             .0,
         400
     );
+    // Deleted with 202 at 2.1, 204 from 2.2.
+    assert_eq!(n.at("2.1", "DELETE", "/os-keypairs/p0", Value::Null).0, 202);
+    assert_eq!(n.at("2.2", "DELETE", "/os-keypairs/p1", Value::Null).0, 204);
 
     let absolute = |v: &str| n.at(v, "GET", "/limits", Value::Null).1["limits"]["absolute"].clone();
     assert!(absolute("2.35").get("maxSecurityGroups").is_some());

@@ -79,6 +79,8 @@ pub async fn route(
             Err(e) => store_error(e),
         },
         (Method::DELETE, ["os-keypairs", name]) => match app.keypairs.delete(user, name).await {
+            // 202 at 2.1, 204 from 2.2.
+            Ok(true) if version >= (2, 2) => empty(StatusCode::NO_CONTENT),
             Ok(true) => empty(StatusCode::ACCEPTED),
             Ok(false) => nova_error(
                 StatusCode::NOT_FOUND,
