@@ -154,9 +154,6 @@ pub async fn route(
             StatusCode::FORBIDDEN,
             "Policy doesn't allow this operation to be performed (admin only).",
         ),
-        (_, ["extensions" | "os-availability-zone" | "os-hosts", ..]) => {
-            nova_error(StatusCode::NOT_FOUND, "The resource could not be found.")
-        }
         _ => nova_error(StatusCode::NOT_FOUND, "The resource could not be found."),
     }
 }

@@ -1122,14 +1122,13 @@ async fn one(app: &App, shown: &Shown, s: &Server) -> Response<Body> {
 
 /// The names of the security groups on a server's ports; None without any.
 async fn group_names(app: &App, server_id: &str) -> Option<Vec<String>> {
-    let groups = match app.network.group_names_of_servers().await {
-        Ok(g) => g,
-        Err(e) => {
+    app.network
+        .group_names_of_server(server_id)
+        .await
+        .unwrap_or_else(|e| {
             tracing::error!(server = server_id, "its security groups: {e}");
-            return None;
-        }
-    };
-    groups.get(server_id).cloned()
+            None
+        })
 }
 
 /// The volume a create boots from: the `block_device_mapping_v2` entry

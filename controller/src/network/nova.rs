@@ -187,6 +187,25 @@ impl NetworkService {
     pub async fn group_names_of_servers(
         &self,
     ) -> Result<std::collections::BTreeMap<String, Vec<String>>, NetworkError> {
+        let ports = self.store().ports().await?;
+        self.group_names(ports).await
+    }
+
+    /// The names of the security groups on one server's ports; None
+    /// without any.
+    pub async fn group_names_of_server(
+        &self,
+        server_id: &str,
+    ) -> Result<Option<Vec<String>>, NetworkError> {
+        let ports = self.store().ports_of_device(server_id).await?;
+        Ok(self.group_names(ports).await?.remove(server_id))
+    }
+
+    /// Each server's group names over `ports` (servers' ports only).
+    async fn group_names(
+        &self,
+        ports: Vec<Port>,
+    ) -> Result<std::collections::BTreeMap<String, Vec<String>>, NetworkError> {
         let names: std::collections::BTreeMap<String, String> = self
             .store()
             .security_groups()
@@ -195,7 +214,7 @@ impl NetworkService {
             .map(|g| (g.std.id, g.std.name))
             .collect();
         let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-        for p in self.store().ports().await? {
+        for p in ports {
             if p.device_owner != COMPUTE_OWNER || p.device_id.is_empty() {
                 continue;
             }
