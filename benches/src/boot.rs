@@ -9,6 +9,8 @@ use serde::Deserialize;
 use virga_guest_images::initramfs::BOOT_MARKER;
 use virga_testbed::{Scenario, Testbed};
 
+use virga_boottime::stats::{self, Rule, Verdict};
+
 use crate::measure::{Sample, SAMPLE_PREFIX};
 use crate::report::{Report, Row};
 use crate::{
@@ -54,9 +56,51 @@ fn script(runs: u32) -> String {
     s
 }
 
-#[derive(Deserialize)]
+/// `benches/baselines/boot.json`: where virga's boot time is expected to
+/// stand against QEMU microvm's, and how the check decides a regression.
+#[derive(Debug, Deserialize)]
 struct Baseline {
-    max_boot_ratio_vs_qemu_microvm: f64,
+    /// virga's median boot over QEMU microvm's, as measured when the
+    /// baseline was set.
+    expected_ratio_vs_qemu_microvm: f64,
+    /// The smallest slowdown beyond the expected ratio that fails, in percent.
+    threshold_pct: f64,
+    /// The rank test's significance level.
+    alpha: f64,
+}
+
+/// The check: virga's boots against QEMU microvm's scaled by the expected
+/// ratio, with `virga-boottime`'s statistics (a one-sided rank test and a
+/// bootstrap interval of the median ratio): a regression only when virga is
+/// significantly slower than expected and by more than the threshold, so
+/// the noise between runs on one machine does not fail a pipeline.
+fn check_against(baseline: &Baseline, virga: &[f64], peer: &[f64]) -> Result<String> {
+    let expected: Vec<f64> = peer
+        .iter()
+        .map(|v| v * baseline.expected_ratio_vs_qemu_microvm)
+        .collect();
+    let rule = Rule {
+        alpha: baseline.alpha,
+        threshold: baseline.threshold_pct / 100.0,
+        ..Rule::default()
+    };
+    let c = stats::compare(&expected, virga, &rule);
+    let i = &c.interval;
+    let says = format!(
+        "virga boots in {:.3}x QEMU microvm's expected share ({:.2}x); {:.0}% interval {:.3}-{:.3}, p(slower) = {:.4}, threshold {}%, alpha {}",
+        i.ratio,
+        baseline.expected_ratio_vs_qemu_microvm,
+        i.confidence * 100.0,
+        i.low,
+        i.high,
+        c.p_slower,
+        baseline.threshold_pct,
+        baseline.alpha
+    );
+    if c.verdict == Verdict::Regression {
+        bail!("boot-time regression: {says}");
+    }
+    Ok(says)
 }
 
 pub fn run(runs: u32, check: bool) -> Result<()> {
@@ -131,21 +175,21 @@ pub fn run(runs: u32, check: bool) -> Result<()> {
     let ratio = report
         .ratio("virga", PEER, "boot_ms")
         .context("no boot time for virga or its peer")?;
+    println!("virga / {PEER} median boot: {ratio:.3}x");
     if check {
         let baseline: Baseline = serde_json::from_slice(
             &std::fs::read(workspace().join("benches/baselines/boot.json"))
                 .context("reading benches/baselines/boot.json")?,
-        )?;
-        if ratio > baseline.max_boot_ratio_vs_qemu_microvm {
-            bail!(
-                "boot-time regression: virga takes {ratio:.2}x QEMU microvm's boot time, above the tolerance of {:.2}x",
-                baseline.max_boot_ratio_vs_qemu_microvm
-            );
-        }
-        println!(
-            "check passed: virga boots in {ratio:.2}x QEMU microvm's time (tolerance {:.2}x)",
-            baseline.max_boot_ratio_vs_qemu_microvm
-        );
+        )
+        .context("benches/baselines/boot.json")?;
+        let boot_ms = |system: &str| {
+            samples[system]
+                .iter()
+                .map(|s| s.boot_ms)
+                .collect::<Vec<_>>()
+        };
+        let says = check_against(&baseline, &boot_ms("virga"), &boot_ms(PEER))?;
+        println!("check passed: {says}");
     }
     Ok(())
 }
@@ -162,5 +206,32 @@ mod tests {
             assert_eq!(s.matches(&format!("--system {system} ")).count(), 1);
         }
         assert!(s.contains("-M microvm,rtc=on"));
+    }
+
+    #[test]
+    fn the_check_fails_only_a_significant_slowdown_past_the_threshold() {
+        let baseline = Baseline {
+            expected_ratio_vs_qemu_microvm: 0.9,
+            threshold_pct: 5.0,
+            alpha: 0.01,
+        };
+        let peer: Vec<f64> = (0..10).map(|i| 1000.0 + f64::from(i % 4) * 5.0).collect();
+        let at = |r: f64| peer.iter().map(|v| v * r).collect::<Vec<_>>();
+        assert!(check_against(&baseline, &at(0.9), &peer).is_ok());
+        // Slower than expected, but within the threshold.
+        assert!(check_against(&baseline, &at(0.93), &peer).is_ok());
+        let err = check_against(&baseline, &at(1.0), &peer)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("regression"), "{err}");
+        // Faster is never a failure.
+        assert!(check_against(&baseline, &at(0.5), &peer).is_ok());
+    }
+
+    #[test]
+    fn the_stored_baseline_reads() {
+        let text = std::fs::read(workspace().join("benches/baselines/boot.json")).unwrap();
+        let b: Baseline = serde_json::from_slice(&text).unwrap();
+        assert!(b.expected_ratio_vs_qemu_microvm > 0.0 && b.alpha > 0.0 && b.threshold_pct > 0.0);
     }
 }

@@ -35,6 +35,7 @@
 mod api;
 mod blk;
 mod boot;
+mod boot_stats;
 mod cloud_boot;
 mod hostd;
 mod http;
@@ -70,6 +71,16 @@ enum Cmd {
         /// Fail when virga's boot time regressed past the stored tolerance.
         #[arg(long)]
         check: bool,
+    },
+    /// How far virga-boottime's verdicts can be trusted: A/A false alarms
+    /// and a known slowdown found, on real boots.
+    BootStats {
+        /// Rounds (two interleaved boots each) for A/A and again for A/B.
+        #[arg(long, default_value_t = 40)]
+        rounds: u32,
+        /// The known slowdown, in percent of the median boot.
+        #[arg(long, default_value_t = 5)]
+        slowdown_pct: u32,
     },
     /// fio in the guest (virga vs QEMU) and on the backing device.
     Blk {
@@ -235,6 +246,10 @@ fn host_cpu() -> String {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Boot { runs, check } => boot::run(runs, check),
+        Cmd::BootStats {
+            rounds,
+            slowdown_pct,
+        } => boot_stats::run(rounds, slowdown_pct),
         Cmd::Rootdisk { runs } => rootdisk::run(runs),
         Cmd::CloudBoot { runs } => cloud_boot::run(runs),
         Cmd::Blk { runs } => blk::run(runs),

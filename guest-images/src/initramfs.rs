@@ -1,6 +1,9 @@
 //! The boot-test initramfs: busybox, the kernel's virtio modules, and an `/init`
 //! that loads them, prints one marker line and acts as the command line says.
 //!
+//! `virga.delay_ms=N` waits N ms before the marker (a known slowdown for the
+//! boot-time tool's checks).
+//!
 //! `virga.root=DEV` mounts DEV (ext4) and switches to it instead (see
 //! [`crate::rootfs`]). Otherwise `virga.mode=` picks what happens after the marker:
 //! - (absent): power off at once;
@@ -81,6 +84,10 @@ if [ -n "$root" ]; then
     echo "virga-root-mount-failed $root"
     $bb poweroff -f
 fi
+# virga.delay_ms=N: a known slowdown before the marker, which the boot-time
+# tool's own checks must find.
+delay=$($bb sed -n 's/.*virga\.delay_ms=\([0-9]*\).*/\1/p' /proc/cmdline)
+[ -n "$delay" ] && $bb usleep $((delay * 1000))
 read up _ < /proc/uptime
 cpus=$($bb grep -c ^processor /proc/cpuinfo)
 mem=$($bb awk '/^MemTotal:/ {{print $2}}' /proc/meminfo)

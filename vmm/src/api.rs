@@ -111,6 +111,9 @@ pub struct VmInfo {
 #[derive(Debug, Serialize)]
 pub struct MetricsReport {
     pub uptime_ms: u64,
+    /// CLOCK_MONOTONIC (µs) when this boot's vCPUs started: the guest's
+    /// first instruction, on a clock the caller can read too.
+    pub boot_started_monotonic_us: u64,
     pub vcpu_exits: ExitCounts,
     pub per_vcpu_exits: Vec<ExitCounts>,
     pub memory: ProcessMemory,
@@ -120,7 +123,7 @@ pub struct MetricsReport {
 #[derive(Debug)]
 pub enum ApiReply {
     Info(Box<VmInfo>),
-    Metrics(MetricsReport),
+    Metrics(Box<MetricsReport>),
     Device(DeviceInfo),
     NoContent,
     Accepted,

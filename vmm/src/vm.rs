@@ -134,6 +134,8 @@ pub struct Vm {
     hotplug: Arc<Mutex<PciHotplug>>,
     metrics: Vec<Arc<VcpuMetrics>>,
     started: Instant,
+    /// `started` on CLOCK_MONOTONIC, which other processes can read too.
+    started_monotonic: std::time::Duration,
     limiters: Limiters,
     /// Every disk by name: a pause writes back the overlays' metadata, and
     /// a disk grows here.
@@ -280,6 +282,7 @@ impl Vm {
 
         tracing::debug!(elapsed = ?build_started.elapsed(), "VM built");
         let started = Instant::now();
+        let started_monotonic = monotonic_now();
         let mut threads = Vec::with_capacity(vcpus.len());
         let mut spawn_error = None;
         for v in vcpus {
@@ -303,6 +306,7 @@ impl Vm {
             hotplug,
             metrics,
             started,
+            started_monotonic,
             limiters,
             disks,
             slots,
@@ -317,6 +321,13 @@ impl Vm {
 
     pub fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()
+    }
+
+    /// When this boot's vCPUs were started, on CLOCK_MONOTONIC: a boot-time
+    /// tool that started the VMM reads the same clock and splits the VMM's
+    /// setup from the guest's boot.
+    pub fn started_monotonic(&self) -> std::time::Duration {
+        self.started_monotonic
     }
 
     pub fn pause(&self) -> Result<(), PauseError> {
@@ -671,4 +682,39 @@ fn create_devices(vm: &VmFd, console: &Console) -> Result<PortDevices, VmError> 
         ged.clone() as Arc<Mutex<dyn BusDevice>>,
     )?;
     Ok((pio, i8042, ged))
+}
+
+/// CLOCK_MONOTONIC now (`Instant` keeps its value private). Through libc's
+/// vDSO path, which needs no system call the seccomp filters would have to
+/// allow (rustix's own vDSO lookup opens /proc/self/auxv on first use).
+pub fn monotonic_now() -> std::time::Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `t`, which outlives the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    if rc != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_monotonic_clock_moves_with_instant() {
+        let (a, i) = (monotonic_now(), Instant::now());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let (b, j) = (monotonic_now(), Instant::now());
+        assert!(a > std::time::Duration::ZERO);
+        let (ours, std) = (b - a, j - i);
+        assert!(ours >= std::time::Duration::from_millis(20), "{ours:?}");
+        assert!(
+            ours.abs_diff(std) < std::time::Duration::from_millis(5),
+            "{ours:?} {std:?}"
+        );
+    }
 }

@@ -341,8 +341,9 @@ impl Vmm {
             })),
             ApiRequest::Metrics => {
                 let per_vcpu = vm.exit_counts();
-                ApiReply::Metrics(MetricsReport {
+                ApiReply::Metrics(Box::new(MetricsReport {
                     uptime_ms: vm.uptime().as_millis() as u64,
+                    boot_started_monotonic_us: vm.started_monotonic().as_micros() as u64,
                     vcpu_exits: per_vcpu
                         .iter()
                         .copied()
@@ -350,7 +351,7 @@ impl Vmm {
                     per_vcpu_exits: per_vcpu,
                     memory: process_memory(),
                     guest_memory_kib: self.config.memory_bytes() >> 10,
-                })
+                }))
             }
             ApiRequest::SetState(_) if *state == VmState::ShuttingDown => {
                 shutting_down("change state")

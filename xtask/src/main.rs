@@ -166,8 +166,9 @@ fn images_and_vmm() -> Result<PathBuf> {
 /// Builds the release binaries scenarios use and returns the vmm's path (vmmctl
 /// sits beside it).
 fn build_vmm() -> Result<PathBuf> {
-    // hostd, hostctl, the boot picker, netd, storaged and the controller
-    // are built alongside: the end-to-end tests and `up` use them.
+    // hostd, hostctl, the boot picker, netd, storaged, the controller and
+    // the boot-time tool are built alongside: the end-to-end tests, the
+    // benchmarks and `up` use them.
     run(cargo().args([
         "build",
         "--release",
@@ -183,6 +184,8 @@ fn build_vmm() -> Result<PathBuf> {
         "storaged",
         "-p",
         "controller",
+        "-p",
+        "virga-boottime",
     ]))?;
     Ok(root().join("target/release/vmm"))
 }
@@ -440,6 +443,7 @@ fn testbed(command: &str, rootfs: bool, scratch_mib: Option<u64>, peers: bool) -
     let testbed = virga_testbed::Testbed::new(&images_dir())?;
     let mut scenario = virga_testbed::Scenario::new("xtask", command)
         .binary(vmm.with_file_name("vmmctl"))
+        .binary(vmm.with_file_name("virga-boottime"))
         .binary(vmm);
     if rootfs {
         scenario = scenario.with_rootfs();

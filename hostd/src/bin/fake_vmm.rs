@@ -160,13 +160,14 @@ fn main() {
                 }
                 ApiReply::Accepted
             }
-            ApiRequest::Metrics => ApiReply::Metrics(MetricsReport {
+            ApiRequest::Metrics => ApiReply::Metrics(Box::new(MetricsReport {
                 uptime_ms: started.elapsed().as_millis() as u64,
+                boot_started_monotonic_us: 0,
                 vcpu_exits: Default::default(),
                 per_vcpu_exits: vec![Default::default(); usize::from(config.vcpus)],
                 memory: vmm::metrics::process_memory(),
                 guest_memory_kib: u64::from(config.memory_mib) << 10,
-            }),
+            })),
             ApiRequest::SetRateLimit { .. } => ApiReply::NoContent,
             // A guest that lets go of an unplugged NIC at once, or (with
             // fake.ignore_unplug) never.
