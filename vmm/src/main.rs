@@ -136,6 +136,8 @@ fn load_config(args: Args) -> Result<VmConfig, String> {
 }
 
 fn main() -> ExitCode {
+    // Where a boot's setup time goes, at debug level (RUST_LOG=vmm=debug).
+    let started = std::time::Instant::now();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -152,6 +154,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_INVALID_CONFIG);
         }
     };
+    tracing::debug!(elapsed = ?started.elapsed(), "configuration loaded");
     vmm::seccomp::set_mode(config.seccomp);
     if let Err(e) = vmm::seccomp::install_sigsys_handler() {
         eprintln!("vmm: {e}");
@@ -210,12 +213,14 @@ fn main() -> ExitCode {
         None => None,
     };
 
+    tracing::debug!(elapsed = ?started.elapsed(), "console and control API started");
     // From here on the control loop runs under its filter (the threads
     // started above installed their own).
     if let Err(e) = vmm::seccomp::apply(vmm::seccomp::ThreadKind::Control) {
         eprintln!("{EXIT_LINE}1: {e}");
         return ExitCode::FAILURE;
     }
+    tracing::debug!(elapsed = ?started.elapsed(), "control thread's seccomp filter applied");
     // One last line, always: a supervisor that re-adopted this process (and so
     // cannot wait for its status) reads it to tell an exit from a crash.
     match Vmm::new(config, console, events, sender).run() {
