@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use rand::rngs::StdRng;
 use rand::seq::index::sample;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use virga_boottime::report::Report as Comparison;
 use virga_boottime::samples::Phase;
 use virga_boottime::stats::{self, MannWhitney, Rule, Verdict};
@@ -112,32 +112,6 @@ fn disjoint(rounds: &[(f64, f64)], n: usize, rule: &Rule) -> (usize, usize) {
 /// The spread of boot times, robustly: IQR / 1.349 over the median.
 fn cv(xs: &[f64]) -> f64 {
     (stats::quantile(xs, 0.75) - stats::quantile(xs, 0.25)) / 1.349 / stats::median(xs)
-}
-
-/// The rule on simulated boots (a few percent of normal jitter, 5% slow
-/// outliers): the detection rate of `slowdown` with `n` runs a side.
-fn simulated_rate(cv: f64, slowdown: f64, n: usize, rule: &Rule) -> f64 {
-    let mut rng = StdRng::seed_from_u64(7);
-    let test = MannWhitney::new(n, n);
-    let mut boots = |scale: f64| -> Vec<f64> {
-        (0..n)
-            .map(|_| {
-                let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
-                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-                let outlier = if rng.random::<f64>() < 0.05 { 1.2 } else { 1.0 };
-                scale * (1.0 + cv * z) * outlier
-            })
-            .collect()
-    };
-    let trials = 1000;
-    let hits = (0..trials)
-        .filter(|_| {
-            let a = boots(1.0);
-            let b = boots(1.0 + slowdown);
-            stats::verdict(&test, &a, &b, rule) == Verdict::Regression
-        })
-        .count();
-    hits as f64 / trials as f64
 }
 
 fn row(metric: &str, unit: &str, value: f64, runs: usize) -> Row {
@@ -256,7 +230,7 @@ pub fn run(rounds: u32, slowdown_pct: u32) -> Result<()> {
     for c in [0.005, 0.01, 0.02, 0.03, 0.05] {
         table.push_str(&format!("{:>5.1}%", c * 100.0));
         for n in RUNS {
-            let r = simulated_rate(c, f64::from(slowdown_pct) / 100.0, n, &rule);
+            let r = stats::simulated_alarm_rate(n, f64::from(slowdown_pct) / 100.0, c, 1000, &rule);
             table.push_str(&format!(" {:>6.0}%", r * 100.0));
         }
         table.push('\n');
@@ -297,7 +271,6 @@ mod tests {
         assert_eq!(alarm_rate(&slow, 10, &rule, &mut rng), Some(1.0));
         assert_eq!(alarm_rate(&slow, 41, &rule, &mut rng), None);
         assert_eq!(disjoint(&slow, 10, &rule), (4, 4));
-        assert!(simulated_rate(0.01, 0.05, 20, &rule) > 0.9);
     }
 
     #[test]

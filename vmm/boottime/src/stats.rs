@@ -348,6 +348,42 @@ pub fn compare(baseline: &[f64], candidate: &[f64], rule: &Rule) -> Comparison {
     }
 }
 
+/// Boot-like noise, the model the rule is checked on where no real boots
+/// are at hand: `base` scaled by normal jitter of relative `spread`, and one
+/// boot in twenty 20% slower (a busy host).
+pub fn simulated_boots(rng: &mut StdRng, n: usize, base: f64, spread: f64) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            // Box-Muller.
+            let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+            let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+            let outlier = if rng.random::<f64>() < 0.05 { 1.2 } else { 1.0 };
+            base * (1.0 + spread * z) * outlier
+        })
+        .collect()
+}
+
+/// How often `rule` calls `n` simulated boots a side a regression when the
+/// candidate is `slowdown` slower (0 for A/A), over `trials` comparisons.
+pub fn simulated_alarm_rate(
+    n: usize,
+    slowdown: f64,
+    spread: f64,
+    trials: usize,
+    rule: &Rule,
+) -> f64 {
+    let mut rng = StdRng::seed_from_u64(42);
+    let test = MannWhitney::new(n, n);
+    let alarms = (0..trials)
+        .filter(|_| {
+            let a = simulated_boots(&mut rng, n, 1000.0, spread);
+            let b = simulated_boots(&mut rng, n, 1000.0 * (1.0 + slowdown), spread);
+            verdict(&test, &a, &b, rule) == Verdict::Regression
+        })
+        .count();
+    alarms as f64 / trials.max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,32 +488,8 @@ mod tests {
         assert!(empty.low.is_nan());
     }
 
-    /// Boot-like noise: a base time, a few percent of jitter, now and then
-    /// a slow outlier (a busy host).
-    fn boots(rng: &mut StdRng, n: usize, base: f64, cv: f64) -> Vec<f64> {
-        (0..n)
-            .map(|_| {
-                // Box-Muller.
-                let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
-                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-                let outlier = if rng.random::<f64>() < 0.05 { 1.2 } else { 1.0 };
-                base * (1.0 + cv * z) * outlier
-            })
-            .collect()
-    }
-
-    fn alarm_rate(n: usize, slowdown: f64, cv: f64, trials: usize) -> f64 {
-        let mut rng = StdRng::seed_from_u64(42);
-        let test = MannWhitney::new(n, n);
-        let rule = Rule::default();
-        let alarms = (0..trials)
-            .filter(|_| {
-                let a = boots(&mut rng, n, 1000.0, cv);
-                let b = boots(&mut rng, n, 1000.0 * (1.0 + slowdown), cv);
-                verdict(&test, &a, &b, &rule) == Verdict::Regression
-            })
-            .count();
-        alarms as f64 / trials as f64
+    fn alarm_rate(n: usize, slowdown: f64, spread: f64, trials: usize) -> f64 {
+        simulated_alarm_rate(n, slowdown, spread, trials, &Rule::default())
     }
 
     #[test]
