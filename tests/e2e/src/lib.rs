@@ -177,6 +177,37 @@ pub fn run_scenario(
     outcome
 }
 
+/// A raw GPT disk laid out as Debian's cloud images are (an ext4 root with
+/// `/boot/grub/grub.cfg`), whose boot entry names the test kernel and
+/// initramfs with [`CMDLINE`] and `extra` (e.g. `virga.mode=cloud`); without
+/// `bootable`, the files the entry names are missing.
+pub fn cloud_disk(dest: &Path, bootable: bool, extra: &str) {
+    use virga_test_support::disks::{debian_grub, ext4_of, gpt_disk, File, ROOT_UUID};
+    let images = virga_guest_images::load(&images_dir()).expect("guest images");
+    let release = images.manifest.kernel_release.clone();
+    let kernel = std::fs::read(images.bzimage()).expect("bzImage");
+    let initrd = std::fs::read(images.boot_initramfs()).expect("initramfs");
+    let grub = debian_grub(ROOT_UUID, "/boot", &release).replace(
+        "root=PARTUUID=1234 ro console=ttyS0,115200",
+        format!("{CMDLINE} {extra}").trim(),
+    );
+    let (kernel_path, initrd_path) = (
+        format!("/boot/vmlinuz-{release}"),
+        format!("/boot/initrd.img-{release}"),
+    );
+    let mut nodes = vec![
+        File("/etc/os-release", b"ID=debian\n"),
+        File("/boot/grub/grub.cfg", grub.as_bytes()),
+    ];
+    if bootable {
+        nodes.push(File(&kernel_path, &kernel));
+        nodes.push(File(&initrd_path, &initrd));
+    }
+    let fs = ext4_of(48, ROOT_UUID, &nodes).expect("mkfs.ext4");
+    let disk = gpt_disk(&[fs]);
+    std::fs::copy(disk.path(), dest).expect("copy the disk");
+}
+
 /// What the boot-test init reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Marker {

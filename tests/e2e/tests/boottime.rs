@@ -8,7 +8,7 @@
 //! they find, is measured by `cargo xtask bench boot-stats` and its unit
 //! tests.
 
-use virga_e2e::{run_scenario, value, vmm_bin, BOOT_MARKER};
+use virga_e2e::{cloud_disk, run_scenario, value, vmm_bin, BOOT_MARKER};
 
 #[test]
 fn identical_boots_pass_and_a_known_slowdown_fails() {
@@ -80,4 +80,61 @@ echo "NEVER_SAYS=$(grep -c 'before the marker' $WORK/never.err)"
     );
     assert_eq!(get("NEVER_SAYS"), "1");
     assert_eq!(get("NEVER_FILE"), "0", "no baseline from failed boots");
+}
+
+/// A cloud image's boots: the kernel picked from its own /boot, a fresh
+/// root disk per boot; a qcow2 image and an image without a kernel are
+/// errors that say so.
+#[test]
+fn a_disk_image_boots_from_its_own_boot_entry() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (disk, broken) = (dir.path().join("cloud.img"), dir.path().join("broken.img"));
+    cloud_disk(&disk, true, "");
+    cloud_disk(&broken, false, "");
+    // Readable by the testbed's jailed VMMs, as a user's image would be.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let qcow2 = dir.path().join("image.qcow2");
+    std::fs::write(&qcow2, b"QFI\xfb\0\0\0\x03").expect("qcow2 header");
+    let script = format!(
+        r#"BT="$BIN/virga-boottime"
+$BT record --image {disk} --marker {BOOT_MARKER} --runs 5 --warmup 0 --out $WORK/image.json > $WORK/image.out
+echo "IMAGE_EXIT=$?"
+grep median_total_ms $WORK/image.out
+echo "IMAGE_NAMED=$(grep -c '"image": "{disk}"' $WORK/image.json)"
+echo "PICKED_CMDLINE=$(grep -c '"cmdline": ".*console=ttyS0.*i8042.dumbkbd' $WORK/image.json)"
+echo "ROOTS_LEFT=$(ls /tmp | grep -c '^\.tmp')"
+$BT record --image {broken} --marker {BOOT_MARKER} --runs 5 --out $WORK/broken.json 2> $WORK/broken.err
+echo "BROKEN_EXIT=$?"
+echo "BROKEN_SAYS=$(grep -c 'cannot boot' $WORK/broken.err)"
+$BT record --image {qcow2} --marker {BOOT_MARKER} --runs 5 --out $WORK/q.json 2> $WORK/q.err
+echo "QCOW2_EXIT=$?"
+echo "QCOW2_SAYS=$(grep -c 'qemu-img convert' $WORK/q.err)"
+"#,
+        disk = disk.display(),
+        broken = broken.display(),
+        qcow2 = qcow2.display(),
+    );
+    let tool = vmm_bin().with_file_name("virga-boottime");
+    let out = run_scenario("boottime-image", &script, |s| {
+        s.binary(tool)
+            .host_path(&disk)
+            .host_path(&broken)
+            .host_path(&qcow2)
+    });
+    let get = |k: &str| value(&out.output, k).unwrap_or("missing");
+    assert_eq!(get("IMAGE_EXIT"), "0", "the image boots:\n{}", out.output);
+    let median: f64 = get("median_total_ms").parse().unwrap_or(0.0);
+    assert!(median > 0.0);
+    assert_eq!(get("IMAGE_NAMED"), "1", "the file names the image");
+    assert_eq!(
+        get("PICKED_CMDLINE"),
+        "1",
+        "its own entry's command line, with the console"
+    );
+    assert_eq!(get("ROOTS_LEFT"), "0", "the boots' root disks are gone");
+    assert_eq!(get("BROKEN_EXIT"), "2");
+    assert_eq!(get("BROKEN_SAYS"), "1", "an unbootable image says why");
+    assert_eq!(get("QCOW2_EXIT"), "2");
+    assert_eq!(get("QCOW2_SAYS"), "1", "a qcow2 image says how to go on");
 }

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use virga_e2e::cloud::{host_token, openstack_cli, start_controller, Killed};
-use virga_e2e::hostd_bins;
+use virga_e2e::{cloud_disk, hostd_bins};
 use virga_test_support::http::Reply;
 use virga_test_support::ports::{free_ports, wait_for_port, HeldPort};
 
@@ -1423,8 +1423,8 @@ fn cloud_images(
 ) {
     let disk = dir.join("cloud.img");
     let broken = dir.join("broken.img");
-    cloud_disk(&disk, true);
-    cloud_disk(&broken, false);
+    cloud_disk(&disk, true, "virga.mode=cloud");
+    cloud_disk(&broken, false, "virga.mode=cloud");
     let path = |p: &std::path::Path| p.display().to_string();
     for (file, name) in [(&disk, "cloud-disk"), (&broken, "no-kernel")] {
         ok(&[
@@ -1637,33 +1637,6 @@ fn cloud_images(
 /// A Debian-style raw GPT disk (BIOS boot, ESP, ext4 root) holding the test
 /// kernel and initramfs under /boot with a grub.cfg naming them; without
 /// them when `bootable` is false.
-fn cloud_disk(dest: &std::path::Path, bootable: bool) {
-    use virga_test_support::disks::{debian_grub, ext4_of, gpt_disk, File, ROOT_UUID};
-    let images = virga_guest_images::load(&virga_e2e::images_dir()).expect("guest images");
-    let release = images.manifest.kernel_release.clone();
-    let kernel = std::fs::read(images.bzimage()).expect("bzImage");
-    let initrd = std::fs::read(images.boot_initramfs()).expect("initramfs");
-    let grub = debian_grub(ROOT_UUID, "/boot", &release).replace(
-        "root=PARTUUID=1234 ro console=ttyS0,115200",
-        &format!("{} virga.mode=cloud", virga_e2e::CMDLINE),
-    );
-    let (kernel_path, initrd_path) = (
-        format!("/boot/vmlinuz-{release}"),
-        format!("/boot/initrd.img-{release}"),
-    );
-    let mut nodes = vec![
-        File("/etc/os-release", b"ID=debian\n"),
-        File("/boot/grub/grub.cfg", grub.as_bytes()),
-    ];
-    if bootable {
-        nodes.push(File(&kernel_path, &kernel));
-        nodes.push(File(&initrd_path, &initrd));
-    }
-    let fs = ext4_of(48, ROOT_UUID, &nodes).expect("mkfs.ext4");
-    let disk = gpt_disk(&[fs]);
-    std::fs::copy(disk.path(), dest).expect("copy the disk");
-}
-
 /// md5 of `data` as hex, by the system's md5sum (what the guest's busybox
 /// prints).
 fn md5_hex(data: &[u8]) -> String {

@@ -7,6 +7,11 @@
 //! - console lines are timed as they arrive; the kernel's "Run /init" line
 //!   (when printed) and the marker split the guest's part;
 //! - at the marker the VMM is stopped: a boot ends there.
+//!
+//! A disk image's kernel is picked once per run by `virga-bootpick` (the
+//! sandboxed picker hostd runs), and each boot gets a fresh copy-on-write
+//! root disk over the image (hostd's `root_disk`), so no boot sees what an
+//! earlier one wrote.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::console::{self, Event};
-use crate::samples::{Boot, Phase, Variant};
+use crate::samples::{Boot, Phase, Ready, Source, Variant};
 
 /// How long the VMM may take to answer `/metrics` at a phase's edge; a
 /// guest powering off at its marker may take the VMM with it first.
@@ -47,11 +52,15 @@ pub enum BootError {
     },
     #[error("reading the VMM's console: {0}")]
     Console(std::io::Error),
+    #[error("{image}: {why}")]
+    Image { image: String, why: String },
 }
 
 /// Where and how boots run.
 pub struct Launcher {
     pub vmm: PathBuf,
+    /// The boot picker, for images.
+    pub bootpick: PathBuf,
     /// Holds each boot's API socket.
     pub dir: PathBuf,
     pub timeout: Duration,
@@ -86,6 +95,22 @@ async fn metrics(socket: &Path) -> Option<Metrics> {
         .flatten()
 }
 
+/// The jail the VMM will run in: a `--jail` among its flags, else the
+/// environment's `VIRGA_VMM_JAIL` (which the VMM reads too).
+fn jail_of(vmm_args: &[String]) -> Option<vmm::jail::JailConfig> {
+    let flag = vmm_args
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.strip_prefix("--jail") {
+            Some("") => vmm_args.get(i + 1).cloned(),
+            Some(rest) => rest.strip_prefix('=').map(str::to_owned),
+            None => None,
+        });
+    flag.or_else(|| std::env::var("VIRGA_VMM_JAIL").ok())
+        .filter(|s| !s.is_empty())
+        .and_then(|s| s.parse().ok())
+}
+
 /// `a - b` per reason.
 fn exits_between(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     a.iter()
@@ -100,18 +125,102 @@ fn push_tail(tail: &mut Vec<String>, line: String) {
     tail.push(line);
 }
 
+/// qcow2's magic: such an image is refused with the way out.
+const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+
 impl Launcher {
-    /// Boots `v` once (`n` names its socket).
-    pub async fn boot(&self, v: &Variant, n: usize) -> Result<Boot, BootError> {
+    /// Makes `v` ready to boot: for an image, picks its kernel, initramfs
+    /// and command line into a directory of its own (`k` names it).
+    pub async fn prepare(&self, v: &Variant, k: usize) -> Result<Ready, BootError> {
+        let image = match &v.source {
+            Source::Kernel { kernel, initramfs } => {
+                return Ok(Ready {
+                    kernel: kernel.clone(),
+                    initramfs: initramfs.clone(),
+                    cmdline: v.cmdline.clone().unwrap_or_default(),
+                    image: None,
+                    variant: v.clone(),
+                })
+            }
+            Source::Image(image) => image,
+        };
+        let bad = |why: String| BootError::Image {
+            image: image.display().to_string(),
+            why,
+        };
+        let mut magic = [0u8; 4];
+        let head = std::fs::File::open(image)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
+        match head {
+            Ok(()) if &magic == QCOW2_MAGIC => {
+                return Err(bad(
+                    "a qcow2 image; boot a raw copy (qemu-img convert -O raw IMAGE RAW)".into(),
+                ))
+            }
+            Ok(()) => {}
+            Err(e) => return Err(bad(e.to_string())),
+        }
+        let picked = hostd::boot_picker::pick(
+            &self.bootpick,
+            image,
+            &[],
+            &self.dir.join(format!("picked-{k}")),
+        )
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+        Ok(Ready {
+            kernel: picked.kernel,
+            initramfs: picked.initramfs,
+            cmdline: v.cmdline.clone().unwrap_or(picked.cmdline),
+            image: Some(image.clone()),
+            variant: v.clone(),
+        })
+    }
+
+    /// Boots `r` once (`n` names its socket and root disk).
+    pub async fn boot(&self, r: &Ready, n: usize) -> Result<Boot, BootError> {
+        let root_dir = self.dir.join(format!("root-{n}"));
+        let result = self.boot_with_root(r, n, &root_dir).await;
+        let _ = std::fs::remove_dir_all(&root_dir);
+        result
+    }
+
+    async fn boot_with_root(
+        &self,
+        r: &Ready,
+        n: usize,
+        root_dir: &Path,
+    ) -> Result<Boot, BootError> {
+        let v = &r.variant;
         let socket = self.dir.join(format!("boot-{n}.sock"));
         let _ = std::fs::remove_file(&socket);
         let mut cmd = Command::new(&self.vmm);
-        cmd.arg("--kernel").arg(&v.kernel);
-        if let Some(i) = &v.initramfs {
+        cmd.arg("--kernel").arg(&r.kernel);
+        if let Some(i) = &r.initramfs {
             cmd.arg("--initramfs").arg(i);
         }
+        if let Some(image) = &r.image {
+            let bad = |e: std::io::Error| BootError::Image {
+                image: image.display().to_string(),
+                why: format!("making a root disk in {}: {e}", root_dir.display()),
+            };
+            std::fs::create_dir_all(root_dir).map_err(bad)?;
+            let (root, _) = hostd::root_disk::make(image, root_dir, None).map_err(bad)?;
+            // A jailed VMM runs as the jail's user, as hostd's do: the root
+            // disk must be that user's to write.
+            if let Some(jail) = jail_of(&v.vmm_args) {
+                std::os::unix::fs::chown(root.path(), Some(jail.uid), Some(jail.gid))
+                    .map_err(bad)?;
+            }
+            let disk = if root.is_overlay() {
+                format!("path={},base={}", root.path().display(), image.display())
+            } else {
+                format!("path={}", root.path().display())
+            };
+            cmd.arg("--disk").arg(disk);
+        }
         cmd.arg("--cmdline")
-            .arg(&v.cmdline)
+            .arg(&r.cmdline)
             .arg("--vcpus")
             .arg(v.vcpus.to_string())
             .arg("--memory-mib")
@@ -269,6 +378,18 @@ mod tests {
         let d = exits_between(&end, &start);
         assert_eq!(d["io_in"], 6);
         assert_eq!(d["hlt"], 3);
+    }
+
+    #[test]
+    fn the_jail_comes_from_the_flags_or_the_environment() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let j = jail_of(&args(&["--no-rng", "--jail", "4243:4244"])).unwrap();
+        assert_eq!((j.uid, j.gid), (4243, 4244));
+        let j = jail_of(&args(&["--jail=7:8,root=/tmp/j"])).unwrap();
+        assert_eq!((j.uid, j.gid), (7, 8));
+        assert!(
+            jail_of(&args(&["--jailbreak"])).is_none() || std::env::var("VIRGA_VMM_JAIL").is_ok()
+        );
     }
 
     #[test]

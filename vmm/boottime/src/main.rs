@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use virga_boottime::boot::Launcher;
 use virga_boottime::report::Report;
-use virga_boottime::samples::{Phase, SampleFile, Variant, VariantInfo};
+use virga_boottime::samples::{Phase, SampleFile, Source, Variant, VariantInfo};
 use virga_boottime::stats::{self, Rule, Verdict};
 
 #[derive(Parser)]
@@ -32,6 +32,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Boot a variant N times and keep the boots in a file (a baseline).
@@ -55,11 +57,14 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
         /// The baseline's boots, from `record`.
-        #[arg(long, conflicts_with_all = ["baseline_kernel", "baseline_initramfs", "baseline_cmdline"])]
+        #[arg(long, conflicts_with_all = ["baseline_kernel", "baseline_image", "baseline_initramfs", "baseline_cmdline"])]
         baseline: Option<PathBuf>,
         /// Boot this kernel as the baseline (the candidate's other inputs unless given).
         #[arg(long)]
         baseline_kernel: Option<PathBuf>,
+        /// Boot this disk image as the baseline.
+        #[arg(long, conflicts_with = "baseline_kernel")]
+        baseline_image: Option<PathBuf>,
         #[arg(long)]
         baseline_initramfs: Option<PathBuf>,
         #[arg(long)]
@@ -91,15 +96,25 @@ enum Command {
     },
 }
 
+/// The command line a kernel boots with unless `--cmdline` says otherwise.
+const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+
 #[derive(Args, Clone)]
 struct VariantArgs {
     /// Kernel: an ELF vmlinux or a bzImage.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "image")]
     kernel: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "image")]
     initramfs: Option<PathBuf>,
-    #[arg(long, default_value = "console=ttyS0 reboot=k panic=-1")]
-    cmdline: String,
+    /// A raw disk image (a cloud image) instead: its kernel, initramfs and
+    /// command line come from its own /boot, and each boot gets a fresh
+    /// copy-on-write root disk over it.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// The kernel command line [default: console=ttyS0 reboot=k panic=-1;
+    /// for an image, its boot entry's with Virga's console].
+    #[arg(long)]
+    cmdline: Option<String>,
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
     #[arg(long, default_value_t = 256)]
@@ -123,6 +138,10 @@ struct RunArgs {
     /// The VMM binary (default: `vmm` beside this program, else on PATH).
     #[arg(long)]
     vmm: Option<PathBuf>,
+    /// The boot picker, for `--image` (default: `virga-bootpick` beside
+    /// this program, else on PATH).
+    #[arg(long)]
+    bootpick: Option<PathBuf>,
     /// How long one boot may take to reach its marker.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
@@ -149,7 +168,21 @@ fn parse_phase(s: &str) -> Result<Phase, String> {
 
 impl VariantArgs {
     fn variant(&self) -> Result<Variant> {
-        let kernel = self.kernel.clone().context("--kernel is needed to boot")?;
+        let (source, cmdline) = match (&self.kernel, &self.image) {
+            (Some(kernel), None) => (
+                Source::Kernel {
+                    kernel: kernel.clone(),
+                    initramfs: self.initramfs.clone(),
+                },
+                Some(
+                    self.cmdline
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_CMDLINE.to_owned()),
+                ),
+            ),
+            (None, Some(image)) => (Source::Image(image.clone()), self.cmdline.clone()),
+            _ => bail!("--kernel (with --initramfs) or --image is needed to boot"),
+        };
         let marker = self
             .marker
             .clone()
@@ -159,9 +192,8 @@ impl VariantArgs {
             bail!("--vcpus at least 1 and --memory-mib at least 16");
         }
         Ok(Variant {
-            kernel,
-            initramfs: self.initramfs.clone(),
-            cmdline: self.cmdline.clone(),
+            source,
+            cmdline,
             vcpus: self.vcpus,
             memory_mib: self.memory_mib,
             marker,
@@ -170,14 +202,13 @@ impl VariantArgs {
     }
 }
 
-fn vmm_path(given: Option<PathBuf>) -> PathBuf {
-    given.unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|me| me.parent().map(|d| d.join("vmm")))
-            .filter(|p| p.exists())
-            .unwrap_or_else(|| PathBuf::from("vmm"))
-    })
+/// A program beside this one, else by name on PATH.
+fn beside_me(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|me| me.parent().map(|d| d.join(name)))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// Boots the variants in turn (the order alternating round by round, so a
@@ -188,16 +219,24 @@ async fn boot_runs(variants: &[&Variant], run: &RunArgs) -> Result<Vec<SampleFil
     }
     let dir = tempfile::tempdir().context("creating a directory for the API sockets")?;
     let launcher = Launcher {
-        vmm: vmm_path(run.vmm.clone()),
+        vmm: run.vmm.clone().unwrap_or_else(|| beside_me("vmm")),
+        bootpick: run
+            .bootpick
+            .clone()
+            .unwrap_or_else(|| beside_me("virga-bootpick")),
         dir: dir.path().to_owned(),
         timeout: Duration::from_secs(run.timeout_secs.max(1)),
     };
-    let mut files = variants
+    let mut ready = Vec::new();
+    for (k, v) in variants.iter().enumerate() {
+        ready.push(launcher.prepare(v, k).await?);
+    }
+    let mut files = ready
         .iter()
-        .map(|v| {
-            VariantInfo::of(v)
+        .map(|r| {
+            VariantInfo::of(r)
                 .map(SampleFile::new)
-                .with_context(|| format!("reading {}", v.kernel.display()))
+                .with_context(|| format!("reading {}", r.kernel.display()))
         })
         .collect::<Result<Vec<_>>>()?;
     let names = ["baseline", "candidate"];
@@ -210,7 +249,7 @@ async fn boot_runs(variants: &[&Variant], run: &RunArgs) -> Result<Vec<SampleFil
         for i in order {
             n += 1;
             let boot = launcher
-                .boot(variants[i], n)
+                .boot(&ready[i], n)
                 .await
                 .with_context(|| format!("boot {n} ({})", files[i].variant.label()))?;
             let total = boot.phase(Phase::Total).unwrap_or(f64::NAN);
@@ -363,6 +402,7 @@ fn main() -> ExitCode {
             run,
             baseline,
             baseline_kernel,
+            baseline_image,
             baseline_initramfs,
             baseline_cmdline,
             candidate,
@@ -375,18 +415,25 @@ fn main() -> ExitCode {
             save,
         } => {
             let baseline_variant = if baseline_kernel.is_some()
+                || baseline_image.is_some()
                 || baseline_initramfs.is_some()
                 || baseline_cmdline.is_some()
             {
                 let mut b = variant.clone();
                 if let Some(k) = baseline_kernel {
                     b.kernel = Some(k.clone());
+                    b.image = None;
+                }
+                if let Some(i) = baseline_image {
+                    b.image = Some(i.clone());
+                    b.kernel = None;
+                    b.initramfs = None;
                 }
                 if let Some(i) = baseline_initramfs {
                     b.initramfs = Some(i.clone());
                 }
                 if let Some(c) = baseline_cmdline {
-                    b.cmdline = c.clone();
+                    b.cmdline = Some(c.clone());
                 }
                 b.variant().map(Some)
             } else {

@@ -287,6 +287,8 @@ mod tests {
             kernel_sha256: "ab".repeat(32),
             initramfs: None,
             initramfs_sha256: None,
+            image: None,
+            image_bytes: None,
             cmdline: String::new(),
             vcpus: 1,
             memory_mib: 128,

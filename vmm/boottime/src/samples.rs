@@ -11,12 +11,27 @@ use sha2::{Digest, Sha256};
 /// The file format's version; a file of another is refused, not guessed at.
 pub const FORMAT: u32 = 1;
 
+/// Where a variant's kernel comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A kernel (and initramfs) given as files.
+    Kernel {
+        kernel: PathBuf,
+        initramfs: Option<PathBuf>,
+    },
+    /// A raw disk image (a cloud image): its kernel, initramfs and command
+    /// line are picked from its own `/boot`, as hostd does, and each boot
+    /// gets a fresh copy-on-write root disk over it.
+    Image(PathBuf),
+}
+
 /// What is booted: the VMM's inputs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Variant {
-    pub kernel: PathBuf,
-    pub initramfs: Option<PathBuf>,
-    pub cmdline: String,
+    pub source: Source,
+    /// The kernel command line; for an image, None boots the one its boot
+    /// entry names.
+    pub cmdline: Option<String>,
     pub vcpus: u8,
     pub memory_mib: u32,
     /// The console line (a substring) that ends a boot.
@@ -25,14 +40,32 @@ pub struct Variant {
     pub vmm_args: Vec<String>,
 }
 
+/// A variant made ready to boot: an image's kernel picked, the command line
+/// settled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ready {
+    pub kernel: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: String,
+    /// The image each boot's root disk is made over.
+    pub image: Option<PathBuf>,
+    pub variant: Variant,
+}
+
 /// A variant as a file records it: contents by hash, so a baseline says
-/// what it measured even after the files change.
+/// what it measured even after the files change. For an image, the hashes
+/// are of the kernel and initramfs picked from it (hashing gigabytes per run
+/// would cost more than the boots); its size is kept beside its path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VariantInfo {
     pub kernel: String,
     pub kernel_sha256: String,
     pub initramfs: Option<String>,
     pub initramfs_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_bytes: Option<u64>,
     pub cmdline: String,
     pub vcpus: u8,
     pub memory_mib: u32,
@@ -42,13 +75,21 @@ pub struct VariantInfo {
 }
 
 impl VariantInfo {
-    pub fn of(v: &Variant) -> std::io::Result<VariantInfo> {
+    pub fn of(r: &Ready) -> std::io::Result<VariantInfo> {
+        let v = &r.variant;
+        let image_bytes = r
+            .image
+            .as_deref()
+            .map(|i| std::fs::metadata(i).map(|m| m.len()))
+            .transpose()?;
         Ok(VariantInfo {
-            kernel: v.kernel.display().to_string(),
-            kernel_sha256: sha256_file(&v.kernel)?,
-            initramfs: v.initramfs.as_ref().map(|p| p.display().to_string()),
-            initramfs_sha256: v.initramfs.as_deref().map(sha256_file).transpose()?,
-            cmdline: v.cmdline.clone(),
+            kernel: r.kernel.display().to_string(),
+            kernel_sha256: sha256_file(&r.kernel)?,
+            initramfs: r.initramfs.as_ref().map(|p| p.display().to_string()),
+            initramfs_sha256: r.initramfs.as_deref().map(sha256_file).transpose()?,
+            image: r.image.as_ref().map(|p| p.display().to_string()),
+            image_bytes,
+            cmdline: r.cmdline.clone(),
             vcpus: v.vcpus,
             memory_mib: v.memory_mib,
             marker: v.marker.clone(),
@@ -56,7 +97,8 @@ impl VariantInfo {
         })
     }
 
-    /// A short name: the kernel's file name and, if any, the initramfs's.
+    /// A short name: the image's file name, or the kernel's and, if any,
+    /// the initramfs's.
     pub fn label(&self) -> String {
         let name = |p: &str| {
             Path::new(p)
@@ -64,9 +106,10 @@ impl VariantInfo {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| p.to_owned())
         };
-        match &self.initramfs {
-            Some(i) => format!("{} + {}", name(&self.kernel), name(i)),
-            None => name(&self.kernel),
+        match (&self.image, &self.initramfs) {
+            (Some(i), _) => format!("image {}", name(i)),
+            (None, Some(i)) => format!("{} + {}", name(&self.kernel), name(i)),
+            (None, None) => name(&self.kernel),
         }
     }
 }
@@ -294,17 +337,25 @@ pub fn host_description() -> String {
 mod tests {
     use super::*;
 
-    fn variant(dir: &Path, kernel_bytes: &[u8]) -> Variant {
+    fn variant(dir: &Path, kernel_bytes: &[u8]) -> Ready {
         let kernel = dir.join("vmlinux");
         std::fs::write(&kernel, kernel_bytes).unwrap();
-        Variant {
-            kernel,
+        Ready {
+            kernel: kernel.clone(),
             initramfs: None,
             cmdline: "console=ttyS0".into(),
-            vcpus: 1,
-            memory_mib: 128,
-            marker: "READY".into(),
-            vmm_args: vec![],
+            image: None,
+            variant: Variant {
+                source: Source::Kernel {
+                    kernel,
+                    initramfs: None,
+                },
+                cmdline: None,
+                vcpus: 1,
+                memory_mib: 128,
+                marker: "READY".into(),
+                vmm_args: vec![],
+            },
         }
     }
 
