@@ -163,11 +163,162 @@ fn exercise_keystone(c: &Controller) {
     );
     assert_eq!(call(c, "GET", "/identity/v3/domains", &[b], "").status, 403);
 
+    exercise_app_credentials(c, &token, &admin_id);
+
     assert_eq!(call(c, "GET", "/nowhere", &[], "").status, 404);
     assert_eq!(
         call(c, "PUT", "/identity/v3/auth/tokens", &[], "").status,
         405
     );
+}
+
+/// Application credentials over HTTP, as tempest drives them: made with a
+/// project-scoped token (the secret shown once), a token made with one
+/// (its project, its roles, the method and the credential named), listed
+/// by name, an expiry given as Python's `isoformat()` shown back as given,
+/// duplicates refused, and nothing authenticates once it is deleted.
+fn exercise_app_credentials(c: &Controller, token: &str, user_id: &str) {
+    let h = [("X-Auth-Token", token)];
+    let path = format!("/identity/v3/users/{user_id}/application_credentials");
+    let r = call(
+        c,
+        "POST",
+        &path,
+        &h,
+        r#"{"application_credential": {"name": "ci", "expires_at": "2099-01-01T10:20:30.123456"}}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let made = r.json()["application_credential"].clone();
+    let (id, secret) = (
+        made["id"].as_str().unwrap().to_owned(),
+        made["secret"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(made["expires_at"], "2099-01-01T10:20:30.123456");
+    assert_eq!(made["unrestricted"], false);
+    assert_eq!(made["roles"][0]["name"], "admin");
+    let r = call(
+        c,
+        "POST",
+        &path,
+        &h,
+        r#"{"application_credential": {"name": "ci"}}"#,
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = call(
+        c,
+        "POST",
+        &path,
+        &h,
+        r#"{"application_credential": {"name": "x", "expires_at": "2001-01-01T00:00:00"}}"#,
+    );
+    assert_eq!(r.status, 400, "an expiry in the past: {}", r.body);
+    let r = call(
+        c,
+        "POST",
+        &path,
+        &h,
+        r#"{"application_credential": {"name": "x", "roles": [{"name": "reader"}]}}"#,
+    );
+    assert_eq!(r.status, 400, "a role the user lacks: {}", r.body);
+    let r = call(
+        c,
+        "POST",
+        &path,
+        &h,
+        r#"{"application_credential": {"name": "two", "secret": "my-own-secret"}}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        r.json()["application_credential"]["secret"],
+        "my-own-secret"
+    );
+    let two = r.json()["application_credential"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let r = call(c, "GET", &format!("{path}/{id}"), &h, "");
+    assert_eq!(r.status, 200);
+    assert!(r.json()["application_credential"].get("secret").is_none());
+    let r = call(c, "GET", &format!("{path}?name=two"), &h, "");
+    let listed = r.json()["application_credentials"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], two.as_str());
+    assert_eq!(
+        call(c, "GET", &path, &h, "").json()["application_credentials"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+
+    let auth = |id: &str, secret: &str| {
+        call(
+            c,
+            "POST",
+            "/identity/v3/auth/tokens",
+            &[],
+            &format!(
+                r#"{{"auth": {{"identity": {{"methods": ["application_credential"],
+                "application_credential": {{"id": "{id}", "secret": "{secret}"}}}}}}}}"#
+            ),
+        )
+    };
+    let r = auth(&id, &secret);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let t = r.json()["token"].clone();
+    assert_eq!(t["methods"][0], "application_credential");
+    assert_eq!(t["project"]["name"], "admin");
+    assert_eq!(t["application_credential"]["id"], id.as_str());
+    assert_eq!(t["application_credential"]["restricted"], true);
+    let app_token = r.header("x-subject-token").unwrap().to_owned();
+    // By name, with its user.
+    let r = call(
+        c,
+        "POST",
+        "/identity/v3/auth/tokens",
+        &[],
+        &format!(
+            r#"{{"auth": {{"identity": {{"methods": ["application_credential"],
+            "application_credential": {{"name": "two", "secret": "my-own-secret",
+            "user": {{"id": "{user_id}"}}}}}}}}}}"#
+        ),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(auth(&id, "wrong").status, 401);
+    assert_eq!(auth("nope", &secret).status, 401);
+    // A restricted credential's token makes no more of them.
+    let r = call(
+        c,
+        "POST",
+        &path,
+        &[("X-Auth-Token", &app_token)],
+        r#"{"application_credential": {"name": "more"}}"#,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    for cred in [&id, &two] {
+        assert_eq!(
+            call(c, "DELETE", &format!("{path}/{cred}"), &h, "").status,
+            204
+        );
+    }
+    assert_eq!(
+        call(c, "DELETE", &format!("{path}/{id}"), &h, "").status,
+        404
+    );
+    assert_eq!(auth(&id, &secret).status, 401);
+    // Its tokens end with it.
+    let r = call(
+        c,
+        "GET",
+        "/identity/v3/auth/tokens",
+        &[("X-Auth-Token", token), ("X-Subject-Token", &app_token)],
+        "",
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
 }
 
 #[test]

@@ -999,7 +999,10 @@ fn openstack_volumes() {
         "-f",
         "json",
     ]));
-    let id = made["id"].as_str().unwrap().to_owned();
+    let id = made["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{made}"))
+        .to_owned();
     wait("data1", "available");
     let shown = js(ok(&["volume", "show", "data1", "-f", "json"]));
     assert_eq!(shown["size"], 1, "{shown}");
@@ -1334,4 +1337,129 @@ fn openstack_ec2_credentials_and_their_lookup_by_a_storage_host() {
     let (gone, _, _) = run(&cli, &bob, &["ec2", "credentials", "show", &access]);
     assert!(!gone);
     drop(storage);
+}
+
+/// `openstack application credential create|list|show|delete` as a member
+/// holding `member` and `reader`, and the credential as clouds.yaml's
+/// `v3applicationcredential` auth: a token for its project carrying only
+/// the role it was given (a reader's: lists work, writes are refused); a
+/// restricted one cannot make another; a wrong secret, and a deleted
+/// credential, authenticate no more.
+#[test]
+fn openstack_application_credentials() {
+    let Some(cli) = openstack() else { return };
+    let c = start(None);
+    let admin = clouds_yaml(&c, ADMIN_PASSWORD);
+    let ok = |args: &[&str]| succeed(&cli, &admin, args);
+    let demo = ok(&["project", "create", "demo", "-f", "value", "-c", "id"]);
+    ok(&["user", "create", "--password", "bob-password", "bob"]);
+    for role in ["member", "reader"] {
+        ok(&["role", "add", "--project", "demo", "--user", "bob", role]);
+    }
+    let bob = clouds_for(&c, "bob", "bob", "bob-password", "demo");
+    let made = succeed(
+        &cli,
+        &bob,
+        &[
+            "application",
+            "credential",
+            "create",
+            "--role",
+            "reader",
+            "--expiration",
+            "2099-01-01T00:00:00",
+            "--description",
+            "for CI",
+            "ci",
+            "-f",
+            "json",
+        ],
+    );
+    let made: serde_json::Value = serde_json::from_str(&made).unwrap();
+    let id = made["ID"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{made}"))
+        .to_owned();
+    let secret = made["Secret"].as_str().unwrap().to_owned();
+    assert!(secret.len() >= 64, "{made}");
+    assert_eq!(made["Project ID"].as_str(), Some(demo.trim()), "{made}");
+    assert!(made["Roles"].to_string().contains("reader"), "{made}");
+    assert!(!made["Roles"].to_string().contains("member"), "{made}");
+    assert_eq!(
+        made["Expires At"].as_str(),
+        Some("2099-01-01T00:00:00"),
+        "{made}"
+    );
+    assert_eq!(made["Unrestricted"], false, "{made}");
+    let listed = succeed(
+        &cli,
+        &bob,
+        &[
+            "application",
+            "credential",
+            "list",
+            "-f",
+            "value",
+            "-c",
+            "Name",
+        ],
+    );
+    assert_eq!(listed.trim(), "ci");
+    let shown = succeed(
+        &cli,
+        &bob,
+        &["application", "credential", "show", "ci", "-f", "json"],
+    );
+    assert!(
+        !shown.contains(&secret),
+        "the secret is shown once:\n{shown}"
+    );
+    let (dup, _, err) = run(&cli, &bob, &["application", "credential", "create", "ci"]);
+    assert!(!dup && err.contains("409"), "{err}");
+    // Another user's are not bob's to see.
+    let (seen, _, err) = run(
+        &cli,
+        &bob,
+        &["application", "credential", "list", "--user", "admin"],
+    );
+    assert!(!seen && err.contains("403"), "{err}");
+
+    let as_app = |secret: &str| {
+        let path = c.dir_path.join("clouds-app.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "clouds:\n  virga:\n    auth_type: v3applicationcredential\n    auth:\n      auth_url: http://{}/identity\n      application_credential_id: {id}\n      application_credential_secret: {secret}\n    region_name: RegionOne\n    identity_api_version: 3\n",
+                c.addr
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let app = as_app(&secret);
+    let token = succeed(&cli, &app, &["token", "issue", "-f", "json"]);
+    let token: serde_json::Value = serde_json::from_str(&token).unwrap();
+    assert_eq!(token["project_id"].as_str(), Some(demo.trim()), "{token}");
+    succeed(&cli, &app, &["network", "list"]);
+    let (wrote, _, err) = run(&cli, &app, &["network", "create", "n1"]);
+    assert!(
+        !wrote && err.contains("403"),
+        "a reader's credential writes nothing: {err}"
+    );
+    // Bob's own password still carries his member role.
+    succeed(&cli, &bob, &["network", "create", "n1"]);
+    let (more, _, err) = run(&cli, &app, &["application", "credential", "create", "ci2"]);
+    assert!(!more && err.contains("403"), "restricted: {err}");
+    let (wrong, _, err) = run(&cli, &as_app("not-the-secret"), &["token", "issue"]);
+    assert!(!wrong && err.contains("401"), "{err}");
+
+    succeed(&cli, &bob, &["application", "credential", "delete", "ci"]);
+    let (gone, _, err) = run(&cli, &as_app(&secret), &["token", "issue"]);
+    assert!(!gone && err.contains("401"), "{err}");
+    let listed = succeed(
+        &cli,
+        &bob,
+        &["application", "credential", "list", "-f", "value"],
+    );
+    assert!(listed.trim().is_empty(), "{listed}");
 }

@@ -367,10 +367,11 @@ region = RegionOne
 [identity-feature-enabled]
 api_v2 = false
 api_v3 = true
-# Not built: trusts, application credentials, access rules, password
-# rules (security compliance), project tags, external identity providers.
+# Built: application credentials (without access rules). Not built:
+# trusts, access rules, password rules (security compliance), project
+# tags, external identity providers.
 trust = false
-application_credentials = false
+application_credentials = true
 access_rules = false
 security_compliance = false
 project_tags = false

@@ -8,6 +8,7 @@ use serde_json::{json, Value as Json};
 
 use super::http::{empty, iso_micros, json, keystone_error, read_json, Body};
 use super::App;
+use crate::identity::app_credentials::{AppCredentialAuth, AppCredentialName};
 use crate::identity::{Auth, DomainRef, IdentityError, ProjectRef, UserRef};
 
 const SUBJECT_TOKEN: &str = "x-subject-token";
@@ -26,6 +27,9 @@ fn version(app: &App) -> Json {
 pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Response<Body> {
     if let ["v3", "users", user_id, "credentials", "OS-EC2", more @ ..] = rest {
         return super::identity_ec2::route(app, req, user_id, more).await;
+    }
+    if let ["v3", "users", user_id, "application_credentials", more @ ..] = rest {
+        return super::identity_app_credentials::route(app, req, user_id, more).await;
     }
     if rest.first() == Some(&"v3")
         && matches!(
@@ -66,9 +70,39 @@ fn domain_ref(v: &Json) -> Option<DomainRef> {
         .map(|n| DomainRef::Name(n.to_owned()))
 }
 
+/// How a token request authenticates.
+enum Credentials {
+    Password {
+        user: UserRef,
+        password: String,
+        project: Option<ProjectRef>,
+    },
+    AppCredential(AppCredentialAuth),
+}
+
+/// A user named by id, or by name with their domain.
+fn user_ref(user: &Json) -> Result<UserRef, String> {
+    match (
+        user.get("id").and_then(Json::as_str),
+        user.get("name").and_then(Json::as_str),
+    ) {
+        (Some(id), _) => Ok(UserRef::Id(id.to_owned())),
+        (None, Some(name)) => Ok(UserRef::Name {
+            name: name.to_owned(),
+            domain: user
+                .get("domain")
+                .and_then(domain_ref)
+                .ok_or("a user given by name needs its domain (id or name)")?,
+        }),
+        (None, None) => Err("the user needs an id or a name".into()),
+    }
+}
+
 /// Parses `{"auth": {"identity": {"methods": ["password"], "password": {"user":
-/// ...}}, "scope": {"project": ...}}}`.
-fn parse_auth(body: &Json) -> Result<(UserRef, String, Option<ProjectRef>), String> {
+/// ...}}, "scope": {"project": ...}}}`, or the `application_credential`
+/// method (`{"id", "secret"}`, or `{"name", "user", "secret"}`; its token
+/// is scoped to the credential's project, so a scope is not asked for).
+fn parse_auth(body: &Json) -> Result<Credentials, String> {
     let auth = body.get("auth").ok_or("missing auth")?;
     let identity = auth.get("identity").ok_or("missing auth.identity")?;
     let methods: Vec<&str> = identity
@@ -78,9 +112,37 @@ fn parse_auth(body: &Json) -> Result<(UserRef, String, Option<ProjectRef>), Stri
         .iter()
         .filter_map(Json::as_str)
         .collect();
+    if methods == ["application_credential"] {
+        let c = identity
+            .get("application_credential")
+            .ok_or("missing auth.identity.application_credential")?;
+        let secret = c
+            .get("secret")
+            .and_then(Json::as_str)
+            .ok_or("missing application_credential.secret")?
+            .to_owned();
+        let credential = match (
+            c.get("id").and_then(Json::as_str),
+            c.get("name").and_then(Json::as_str),
+        ) {
+            (Some(id), _) => AppCredentialName::Id(id.to_owned()),
+            (None, Some(name)) => AppCredentialName::Name {
+                name: name.to_owned(),
+                user: user_ref(
+                    c.get("user")
+                        .ok_or("an application credential given by name needs its user")?,
+                )?,
+            },
+            (None, None) => return Err("the application credential needs an id or a name".into()),
+        };
+        return Ok(Credentials::AppCredential(AppCredentialAuth {
+            credential,
+            secret,
+        }));
+    }
     if methods != ["password"] {
         return Err(format!(
-            "unsupported authentication methods {methods:?}: only [\"password\"]"
+            "unsupported authentication methods {methods:?}: [\"password\"] or [\"application_credential\"]"
         ));
     }
     let user = identity
@@ -92,20 +154,7 @@ fn parse_auth(body: &Json) -> Result<(UserRef, String, Option<ProjectRef>), Stri
         .and_then(Json::as_str)
         .ok_or("missing user password")?
         .to_owned();
-    let user_ref = match (
-        user.get("id").and_then(Json::as_str),
-        user.get("name").and_then(Json::as_str),
-    ) {
-        (Some(id), _) => UserRef::Id(id.to_owned()),
-        (None, Some(name)) => UserRef::Name {
-            name: name.to_owned(),
-            domain: user
-                .get("domain")
-                .and_then(domain_ref)
-                .ok_or("a user given by name needs its domain (id or name)")?,
-        },
-        (None, None) => return Err("the user needs an id or a name".into()),
-    };
+    let user_ref = user_ref(user)?;
     let project = match auth.get("scope") {
         None => None,
         Some(scope) => match scope.get("project") {
@@ -128,13 +177,22 @@ fn parse_auth(body: &Json) -> Result<(UserRef, String, Option<ProjectRef>), Stri
             None => return Err("only project scopes are supported".into()),
         },
     };
-    Ok((user_ref, password, project))
+    Ok(Credentials::Password {
+        user: user_ref,
+        password,
+        project,
+    })
 }
 
 /// The token body Keystone returns.
 pub fn token_body(app: &App, auth: &Auth, with_catalog: bool) -> Json {
+    let method = if auth.app_credential.is_some() {
+        "application_credential"
+    } else {
+        "password"
+    };
     let mut token = json!({
-        "methods": ["password"],
+        "methods": [method],
         "expires_at": iso_micros(auth.expires_at),
         "issued_at": iso_micros(auth.issued_at),
         "audit_ids": [auth.audit_id],
@@ -157,6 +215,10 @@ pub fn token_body(app: &App, auth: &Auth, with_catalog: bool) -> Json {
         if with_catalog {
             token["catalog"] = catalog(app, Some(&p.id));
         }
+    }
+    if let Some(a) = &auth.app_credential {
+        token["application_credential"] =
+            json!({"id": a.id, "name": a.name, "restricted": a.restricted});
     }
     json!({ "token": token })
 }
@@ -219,11 +281,16 @@ async fn issue(app: &App, req: Request<Incoming>) -> Response<Body> {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let (user, password, project) = match parse_auth(&body) {
-        Ok(p) => p,
+    let issued = match parse_auth(&body) {
+        Ok(Credentials::Password {
+            user,
+            password,
+            project,
+        }) => app.identity.issue(&user, &password, project.as_ref()).await,
+        Ok(Credentials::AppCredential(by)) => app.identity.issue_with_app_credential(&by).await,
         Err(e) => return keystone_error(StatusCode::BAD_REQUEST, &e),
     };
-    match app.identity.issue(&user, &password, project.as_ref()).await {
+    match issued {
         Ok((token, auth)) => {
             let mut r = json(StatusCode::CREATED, &token_body(app, &auth, !nocatalog));
             if let Ok(v) = HeaderValue::from_str(&token) {
@@ -361,10 +428,19 @@ mod tests {
 
     #[test]
     fn auth_bodies() {
+        let password = |body: &Json| match parse_auth(body) {
+            Ok(Credentials::Password {
+                user,
+                password,
+                project,
+            }) => (user, password, project),
+            Ok(Credentials::AppCredential(_)) => panic!("not a password request: {body}"),
+            Err(e) => panic!("{e}: {body}"),
+        };
         let osc = json!({"auth": {"identity": {"methods": ["password"], "password": {"user":
             {"name": "demo", "domain": {"name": "Default"}, "password": "secret"}}},
             "scope": {"project": {"name": "demo", "domain": {"name": "Default"}}}}});
-        let (user, pw, project) = parse_auth(&osc).unwrap();
+        let (user, pw, project) = password(&osc);
         assert!(
             matches!(user, UserRef::Name { ref name, domain: DomainRef::Name(ref d) } if name == "demo" && d == "Default")
         );
@@ -372,9 +448,19 @@ mod tests {
         assert!(matches!(project, Some(ProjectRef::Name { .. })));
         let by_id = json!({"auth": {"identity": {"methods": ["password"], "password": {"user":
             {"id": "u1", "password": "p"}}}, "scope": {"project": {"id": "p1"}}}});
-        let (user, _, project) = parse_auth(&by_id).unwrap();
+        let (user, _, project) = password(&by_id);
         assert!(matches!(user, UserRef::Id(ref id) if id == "u1"));
         assert!(matches!(project, Some(ProjectRef::Id(ref id)) if id == "p1"));
+        let app = json!({"auth": {"identity": {"methods": ["application_credential"],
+            "application_credential": {"id": "c1", "secret": "s"}}}});
+        assert!(matches!(parse_auth(&app),
+            Ok(Credentials::AppCredential(AppCredentialAuth { credential: AppCredentialName::Id(ref id), ref secret }))
+                if id == "c1" && secret == "s"));
+        let by_name = json!({"auth": {"identity": {"methods": ["application_credential"],
+            "application_credential": {"name": "ci", "secret": "s", "user": {"id": "u1"}}}}});
+        assert!(matches!(parse_auth(&by_name),
+            Ok(Credentials::AppCredential(AppCredentialAuth { credential: AppCredentialName::Name { ref name, user: UserRef::Id(_) }, .. }))
+                if name == "ci"));
         for bad in [
             json!({}),
             json!({"auth": {"identity": {"methods": ["token"], "token": {"id": "x"}}}}),
@@ -382,6 +468,8 @@ mod tests {
             json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {"id": "a"}}}}}),
             json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {"id": "a", "password": "p"}}},
                    "scope": {"system": {"all": true}}}}),
+            json!({"auth": {"identity": {"methods": ["application_credential"], "application_credential": {"id": "c1"}}}}),
+            json!({"auth": {"identity": {"methods": ["application_credential"], "application_credential": {"name": "c", "secret": "s"}}}}),
         ] {
             assert!(parse_auth(&bad).is_err(), "{bad}");
         }

@@ -10,6 +10,7 @@ pub mod http;
 pub mod hypervisors;
 pub mod identity;
 pub mod identity_admin;
+pub mod identity_app_credentials;
 pub mod identity_ec2;
 pub mod image;
 pub mod interfaces;

@@ -91,6 +91,7 @@ mod tests {
             issued_at: 0,
             expires_at: 0,
             audit_id: String::new(),
+            app_credential: None,
         }
     }
 

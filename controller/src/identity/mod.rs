@@ -1,6 +1,7 @@
 //! Identity: domains, projects, users, roles and tokens (the Keystone v3 subset
 //! clients use). Other APIs validate tokens here directly, not over HTTP.
 
+pub mod app_credentials;
 pub mod ec2;
 pub mod password;
 pub mod token;
@@ -111,6 +112,8 @@ pub struct Auth {
     pub issued_at: i64,
     pub expires_at: i64,
     pub audit_id: String,
+    /// The application credential the token was made with, if any.
+    pub app_credential: Option<app_credentials::AppCredentialRef>,
 }
 
 impl Auth {
@@ -695,37 +698,100 @@ impl Identity {
             }
             None => (None, Vec::new()),
         };
-        let token = token::generate();
-        let issued_at = now();
-        let expires_at = issued_at + self.ttl.as_secs() as i64;
-        let audit_id = token::audit_id();
-        self.store
-            .execute(
-                "INSERT INTO tokens (hash, user_id, project_id, issued_at, expires_at, audit_id, revoked) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                &[
-                    Value::Text(&token::digest(&token)),
-                    Value::Text(&user.id),
-                    Value::OptText(project.as_ref().map(|(p, _)| p.id.as_str())),
-                    Value::Int(issued_at),
-                    Value::Int(expires_at),
-                    Value::Text(&audit_id),
-                    Value::Bool(false),
-                ],
-            )
-            .await?;
-        Ok((
-            token,
+        self.mint(
             Auth {
                 user,
                 user_domain,
                 project,
                 roles,
-                issued_at,
-                expires_at,
-                audit_id,
+                issued_at: 0,
+                expires_at: 0,
+                audit_id: String::new(),
+                app_credential: None,
             },
-        ))
+            None,
+        )
+        .await
+    }
+
+    /// Application-credential authentication: a token scoped to the
+    /// credential's project with its roles (those the user still holds),
+    /// ending no later than the credential.
+    pub async fn issue_with_app_credential(
+        &self,
+        by: &app_credentials::AppCredentialAuth,
+    ) -> Result<(String, Auth), IdentityError> {
+        let credential = self.authenticate_app_credential(by).await?;
+        let Some((user, user_domain, _)) = self
+            .find_user(&UserRef::Id(credential.user_id.clone()))
+            .await?
+        else {
+            return Err(IdentityError::Unauthorized);
+        };
+        let Some(project) = self
+            .find_project(&ProjectRef::Id(credential.project_id.clone()))
+            .await?
+        else {
+            return Err(IdentityError::Unauthorized);
+        };
+        let Some((_, roles)) = self.app_credential_roles(&credential.id).await? else {
+            return Err(IdentityError::Unauthorized);
+        };
+        if roles.is_empty() {
+            return Err(IdentityError::Unauthorized);
+        }
+        let until = credential.expires_us.map(|us| us / 1_000_000);
+        self.mint(
+            Auth {
+                user,
+                user_domain,
+                project: Some(project),
+                roles,
+                issued_at: 0,
+                expires_at: 0,
+                audit_id: String::new(),
+                app_credential: Some(app_credentials::AppCredentialRef {
+                    id: credential.id,
+                    name: credential.name,
+                    restricted: !credential.unrestricted,
+                }),
+            },
+            until,
+        )
+        .await
+    }
+
+    /// Stores a new token for `auth` (its times and audit id set here),
+    /// expiring after the TTL or at `until`, whichever comes first.
+    async fn mint(
+        &self,
+        mut auth: Auth,
+        until: Option<i64>,
+    ) -> Result<(String, Auth), IdentityError> {
+        let token = token::generate();
+        auth.issued_at = now();
+        auth.expires_at = auth.issued_at + self.ttl.as_secs() as i64;
+        if let Some(until) = until {
+            auth.expires_at = auth.expires_at.min(until);
+        }
+        auth.audit_id = token::audit_id();
+        self.store
+            .execute(
+                "INSERT INTO tokens (hash, user_id, project_id, issued_at, expires_at, audit_id, revoked, app_cred_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    Value::Text(&token::digest(&token)),
+                    Value::Text(&auth.user.id),
+                    Value::OptText(auth.project_id()),
+                    Value::Int(auth.issued_at),
+                    Value::Int(auth.expires_at),
+                    Value::Text(&auth.audit_id),
+                    Value::Bool(false),
+                    Value::OptText(auth.app_credential.as_ref().map(|a| a.id.as_str())),
+                ],
+            )
+            .await?;
+        Ok((token, auth))
     }
 
     /// What a live token speaks for; None for unknown, expired or revoked ones
@@ -734,7 +800,7 @@ impl Identity {
         let Some(r) = self
             .store
             .fetch_optional(
-                "SELECT user_id, project_id, issued_at, expires_at, audit_id, revoked FROM tokens WHERE hash = $1",
+                "SELECT user_id, project_id, issued_at, expires_at, audit_id, revoked, app_cred_id FROM tokens WHERE hash = $1",
                 &[Value::Text(&token::digest(token))],
             )
             .await?
@@ -762,6 +828,29 @@ impl Identity {
             }
             None => (None, Vec::new()),
         };
+        // A token made with an application credential carries only its
+        // roles, and ends with it.
+        let (roles, app_credential) = match opt_text(&r, "app_cred_id")? {
+            None => (roles, None),
+            Some(id) => {
+                let Some((credential, allowed)) = self.app_credential_roles(&id).await? else {
+                    return Ok(None);
+                };
+                let roles: Vec<Named> = roles
+                    .into_iter()
+                    .filter(|r| allowed.iter().any(|a| a.id == r.id))
+                    .collect();
+                if roles.is_empty() {
+                    return Ok(None);
+                }
+                let reference = app_credentials::AppCredentialRef {
+                    id: credential.id,
+                    name: credential.name,
+                    restricted: !credential.unrestricted,
+                };
+                (roles, Some(reference))
+            }
+        };
         Ok(Some(Auth {
             user,
             user_domain,
@@ -770,6 +859,7 @@ impl Identity {
             issued_at: int(&r, "issued_at")?,
             expires_at: int(&r, "expires_at")?,
             audit_id: text(&r, "audit_id")?,
+            app_credential,
         }))
     }
 
