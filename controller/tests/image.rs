@@ -560,3 +560,42 @@ fn images_live_on_the_storage_host_and_hosts_fetch_them_there() {
     let img = call(&c, "GET", &format!("/image/v2/images/{other}"), &[a], "").json();
     assert_eq!(img["status"], "queued");
 }
+
+/// What Glance serves besides images that clients read: the metadata
+/// definitions' schemas, the (empty) list of import methods; and an empty
+/// image id is no image.
+#[test]
+fn schemas_import_info_and_an_empty_id() {
+    let c = start(None);
+    let t = common::admin_token(&c);
+    let h = [("X-Auth-Token", t.as_str())];
+    for (which, name) in [
+        ("namespace", "namespace"),
+        ("resource_types", "resource_type_associations"),
+        ("tags", "tags"),
+    ] {
+        let r = call(
+            &c,
+            "GET",
+            &format!("/image/v2/schemas/metadefs/{which}"),
+            &h,
+            "",
+        );
+        assert_eq!(r.status, 200, "{which}: {}", r.body);
+        assert_eq!(r.json()["name"], name);
+    }
+    assert_eq!(
+        call(&c, "GET", "/image/v2/schemas/metadefs/nothing", &h, "").status,
+        404
+    );
+    let r = call(&c, "GET", "/image/v2/info/import", &h, "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["import-methods"]["value"], serde_json::json!([]));
+    assert_eq!(call(&c, "GET", "/image/v2/images/", &h, "").status, 404);
+    assert_eq!(call(&c, "DELETE", "/image/v2/images/", &h, "").status, 404);
+    assert_eq!(call(&c, "GET", "/image/v2/images", &h, "").status, 200);
+    assert_eq!(
+        call(&c, "GET", "/image/v2/info/import", &[], "").status,
+        401
+    );
+}

@@ -67,6 +67,11 @@ pub async fn route(
     let Some(rest) = rest.strip_prefix(&["v2"]) else {
         return glance_error(StatusCode::NOT_FOUND, "The resource could not be found.");
     };
+    // `/v2/images/` names an image with an empty id: there is none (the
+    // list is `/v2/images`).
+    if rest == ["images"] && req.uri().path().ends_with("/images/") {
+        return glance_error(StatusCode::NOT_FOUND, "No image found with ID ");
+    }
     let result = match (req.method().clone(), rest) {
         (Method::GET, ["images"]) => list(app, &auth, &req).await,
         (Method::POST, ["images"]) => create(app, &auth, req).await,
@@ -140,6 +145,19 @@ pub async fn route(
         (Method::GET, ["schemas", which @ ("member" | "members")]) => {
             Ok(json(StatusCode::OK, &members::schema(*which == "members")))
         }
+        (Method::GET, ["schemas", "metadefs", which]) => {
+            Ok(match crate::image::schemas::metadefs(which) {
+                Some(s) => json(StatusCode::OK, &s),
+                None => glance_error(StatusCode::NOT_FOUND, "The resource could not be found."),
+            })
+        }
+        // No interoperable import (glance-direct, web-download): images are
+        // uploaded with PUT .../file.
+        (Method::GET, ["info", "import"]) => Ok(json(
+            StatusCode::OK,
+            &json!({"import-methods": {"description": "Import methods available.",
+                                       "type": "array", "value": []}}),
+        )),
         (Method::GET, ["schemas", "image" | "images"]) => Ok(json(
             StatusCode::OK,
             &json!({"name": "image", "additionalProperties": {"type": "string"}, "properties": {}}),

@@ -7,6 +7,7 @@
 
 pub mod data;
 pub mod members;
+pub mod schemas;
 pub mod service;
 
 use std::collections::BTreeMap;
