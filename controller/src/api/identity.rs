@@ -312,7 +312,7 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 }
 
 /// The caller's token must be valid before anything else is answered.
-async fn caller(app: &App, req: &Request<Incoming>) -> Result<Auth, Response<Body>> {
+pub(super) async fn caller(app: &App, req: &Request<Incoming>) -> Result<Auth, Response<Body>> {
     let unauthorized = || {
         keystone_error(
             StatusCode::UNAUTHORIZED,

@@ -71,22 +71,9 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Option<R
         Some(&"roles") => Table::Roles,
         _ => return None,
     };
-    let token = req
-        .headers()
-        .get("x-auth-token")
-        .and_then(|v| v.to_str().ok());
-    let caller = match token {
-        Some(t) => match app.identity.validate(t).await {
-            Ok(a) => a,
-            Err(e) => return Some(identity_error(e)),
-        },
-        None => None,
-    };
-    let Some(caller) = caller else {
-        return Some(keystone_error(
-            StatusCode::UNAUTHORIZED,
-            "The request you have made requires authentication.",
-        ));
+    let caller = match super::identity::caller(app, &req).await {
+        Ok(a) => a,
+        Err(r) => return Some(r),
     };
     // What anyone may read about themselves (Keystone's defaults): their
     // own projects, and the domain their project is in.

@@ -117,17 +117,9 @@ pub async fn route(
     user_id: &str,
     more: &[&str],
 ) -> Response<Body> {
-    let token = req
-        .headers()
-        .get("x-auth-token")
-        .and_then(|v| v.to_str().ok());
-    let caller = match token {
-        Some(t) => match app.identity.validate(t).await {
-            Ok(Some(a)) => a,
-            Ok(None) => return error(IdentityError::Unauthorized),
-            Err(e) => return error(e),
-        },
-        None => return error(IdentityError::Unauthorized),
+    let caller = match super::identity::caller(app, &req).await {
+        Ok(a) => a,
+        Err(r) => return r,
     };
     let own = caller.user.id == user_id;
     match (req.method().clone(), more) {
