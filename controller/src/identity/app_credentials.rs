@@ -101,6 +101,13 @@ impl AppCredential {
     pub fn expired(&self) -> bool {
         self.expires_us.is_some_and(|e| e <= now_us())
     }
+
+    /// Of the roles its user holds now, those a token made with it carries.
+    pub fn allowed(&self, held: Vec<Named>) -> Vec<Named> {
+        held.into_iter()
+            .filter(|h| self.roles.iter().any(|r| r.id == h.id))
+            .collect()
+    }
 }
 
 impl Identity {
@@ -329,29 +336,17 @@ impl Identity {
         Ok(credential)
     }
 
-    /// The roles a token made with application credential `id` carries now:
-    /// the credential's that its user still holds. None when the credential
-    /// is gone or expired.
-    pub(super) async fn app_credential_roles(
+    /// Application credential `id`, unless it is gone or expired: what a
+    /// token made with it still stands on.
+    pub(super) async fn live_app_credential(
         &self,
         id: &str,
-    ) -> Result<Option<(AppCredential, Vec<Named>)>, IdentityError> {
-        let Some((credential, _)) = self.fetch_app_credential(id).await? else {
-            return Ok(None);
-        };
-        if credential.expired() {
-            return Ok(None);
-        }
-        let held = self
-            .project_roles(&credential.user_id, &credential.project_id)
-            .await?;
-        let roles: Vec<Named> = credential
-            .roles
-            .iter()
-            .filter(|r| held.iter().any(|h| h.id == r.id))
-            .cloned()
-            .collect();
-        Ok(Some((credential, roles)))
+    ) -> Result<Option<AppCredential>, IdentityError> {
+        Ok(self
+            .fetch_app_credential(id)
+            .await?
+            .map(|(c, _)| c)
+            .filter(|c| !c.expired()))
     }
 }
 

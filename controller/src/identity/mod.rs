@@ -734,9 +734,7 @@ impl Identity {
         else {
             return Err(IdentityError::Unauthorized);
         };
-        let Some((_, roles)) = self.app_credential_roles(&credential.id).await? else {
-            return Err(IdentityError::Unauthorized);
-        };
+        let roles = credential.allowed(self.roles(&user.id, &project.0.id).await?);
         if roles.is_empty() {
             return Err(IdentityError::Unauthorized);
         }
@@ -833,13 +831,10 @@ impl Identity {
         let (roles, app_credential) = match opt_text(&r, "app_cred_id")? {
             None => (roles, None),
             Some(id) => {
-                let Some((credential, allowed)) = self.app_credential_roles(&id).await? else {
+                let Some(credential) = self.live_app_credential(&id).await? else {
                     return Ok(None);
                 };
-                let roles: Vec<Named> = roles
-                    .into_iter()
-                    .filter(|r| allowed.iter().any(|a| a.id == r.id))
-                    .collect();
+                let roles = credential.allowed(roles);
                 if roles.is_empty() {
                     return Ok(None);
                 }

@@ -97,7 +97,7 @@ async fn metrics(socket: &Path) -> Option<Metrics> {
 
 /// The jail the VMM will run in: a `--jail` among its flags, else the
 /// environment's `VIRGA_VMM_JAIL` (which the VMM reads too).
-fn jail_of(vmm_args: &[String]) -> Option<vmm::jail::JailConfig> {
+fn jail_of(vmm_args: &[String], env: Option<String>) -> Option<vmm::jail::JailConfig> {
     let flag = vmm_args
         .iter()
         .enumerate()
@@ -106,7 +106,7 @@ fn jail_of(vmm_args: &[String]) -> Option<vmm::jail::JailConfig> {
             Some(rest) => rest.strip_prefix('=').map(str::to_owned),
             None => None,
         });
-    flag.or_else(|| std::env::var("VIRGA_VMM_JAIL").ok())
+    flag.or(env)
         .filter(|s| !s.is_empty())
         .and_then(|s| s.parse().ok())
 }
@@ -208,7 +208,7 @@ impl Launcher {
             let (root, _) = hostd::root_disk::make(image, root_dir, None).map_err(bad)?;
             // A jailed VMM runs as the jail's user, as hostd's do: the root
             // disk must be that user's to write.
-            if let Some(jail) = jail_of(&v.vmm_args) {
+            if let Some(jail) = jail_of(&v.vmm_args, std::env::var("VIRGA_VMM_JAIL").ok()) {
                 std::os::unix::fs::chown(root.path(), Some(jail.uid), Some(jail.gid))
                     .map_err(bad)?;
             }
@@ -383,13 +383,15 @@ mod tests {
     #[test]
     fn the_jail_comes_from_the_flags_or_the_environment() {
         let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let j = jail_of(&args(&["--no-rng", "--jail", "4243:4244"])).unwrap();
+        let j = jail_of(&args(&["--no-rng", "--jail", "4243:4244"]), None).unwrap();
         assert_eq!((j.uid, j.gid), (4243, 4244));
-        let j = jail_of(&args(&["--jail=7:8,root=/tmp/j"])).unwrap();
-        assert_eq!((j.uid, j.gid), (7, 8));
-        assert!(
-            jail_of(&args(&["--jailbreak"])).is_none() || std::env::var("VIRGA_VMM_JAIL").is_ok()
-        );
+        let j = jail_of(&args(&["--jail=7:8,root=/tmp/j"]), Some("1:1".into())).unwrap();
+        assert_eq!((j.uid, j.gid), (7, 8), "the flag wins over the environment");
+        let j = jail_of(&args(&["--jailbreak"]), Some("5:6".into())).unwrap();
+        assert_eq!((j.uid, j.gid), (5, 6));
+        assert!(jail_of(&args(&["--jailbreak"]), None).is_none());
+        assert!(jail_of(&[], Some(String::new())).is_none());
+        assert!(jail_of(&args(&["--jail", "nonsense"]), None).is_none());
     }
 
     #[test]

@@ -355,7 +355,9 @@ fn compare(
             bail!("--candidate (a file) and --baseline-kernel (a boot) do not mix")
         }
         (None, None, _) => bail!("a baseline is needed: --baseline FILE or --baseline-kernel"),
-        (Some(_), Some(_), _) => unreachable!("clap keeps these apart"),
+        (Some(_), Some(_), _) => {
+            bail!("--baseline (a file) and --baseline-kernel|image (a boot) do not mix")
+        }
     };
     if !interleaved && base.variant.marker != cand.variant.marker {
         eprintln!(
