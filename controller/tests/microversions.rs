@@ -322,6 +322,92 @@ fn keypairs_limits_quotas_and_the_proxies_by_version() {
             .0,
         400
     );
+    // No public key: one is made and its private half answered, once.
+    let (status, body) = n.at(
+        "2.2",
+        "POST",
+        "/os-keypairs",
+        json!({"keypair": {"name": "made"}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let made = &body["keypair"];
+    let (public, private) = (
+        made["public_key"].as_str().unwrap(),
+        made["private_key"].as_str().unwrap(),
+    );
+    assert!(public.starts_with("ssh-ed25519 "), "{public}");
+    assert_eq!(
+        made["fingerprint"].as_str().unwrap(),
+        controller::compute::keypairs::fingerprint(public)
+            .unwrap()
+            .1
+    );
+    let parsed = ssh_key::PrivateKey::from_openssh(private).unwrap();
+    assert_eq!(
+        parsed.public_key().to_openssh().unwrap(),
+        public,
+        "the private key is the public key's"
+    );
+    // OpenSSH (where installed) reads the private key and derives the same
+    // public key.
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("id_ed25519");
+    std::fs::write(&key_file, private).unwrap();
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    if let Ok(out) = std::process::Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(&key_file)
+        .output()
+    {
+        let derived = String::from_utf8_lossy(&out.stdout);
+        let key_of = |line: &str| {
+            line.split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert!(
+            out.status.success() && key_of(&derived) == key_of(public),
+            "ssh-keygen: {derived} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let shown = n.at("2.2", "GET", "/os-keypairs/made", Value::Null).1;
+    assert_eq!(shown["keypair"]["public_key"], public);
+    assert!(
+        shown["keypair"].get("private_key").is_none(),
+        "never stored"
+    );
+    assert_eq!(
+        n.at(
+            "2.2",
+            "POST",
+            "/os-keypairs",
+            json!({"keypair": {"name": "cert2", "type": "x509"}})
+        )
+        .0,
+        400,
+        "an x509 keypair is imported, not made"
+    );
+    assert_eq!(
+        n.at(
+            "2.2",
+            "POST",
+            "/os-keypairs",
+            json!({"keypair": {"name": "num", "public_key": 7}})
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        n.at("2.2", "DELETE", "/os-keypairs/made", Value::Null).0,
+        204
+    );
     // Deleted with 202 at 2.1, 204 from 2.2.
     assert_eq!(n.at("2.1", "DELETE", "/os-keypairs/p0", Value::Null).0, 202);
     assert_eq!(n.at("2.2", "DELETE", "/os-keypairs/p1", Value::Null).0, 204);

@@ -67,6 +67,10 @@ enum Cmd {
         /// Also bring the benchmarks' peers: QEMU (with its firmware), fio, iperf3.
         #[arg(long)]
         peers: bool,
+        /// Also bring this host file, at the same path (repeat), e.g. an
+        /// older build of the VMM for `virga-boottime compare --baseline-vmm`.
+        #[arg(long = "file")]
+        files: Vec<PathBuf>,
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
@@ -207,8 +211,9 @@ fn main() -> Result<()> {
             rootfs,
             scratch_mib,
             peers,
+            files,
             command,
-        } => testbed(&command.join(" "), rootfs, scratch_mib, peers),
+        } => testbed(&command.join(" "), rootfs, scratch_mib, peers, &files),
         Cmd::Bench { args } => bench(&args),
         Cmd::Fuzz { target, minutes } => fuzz::fuzz(target.as_deref(), minutes),
         Cmd::Conformance {
@@ -433,11 +438,24 @@ const PEER_FILES: &[&str] = &[
     "/usr/share/OVMF/OVMF_CODE_4M.fd",
     "/usr/share/OVMF/OVMF_VARS_4M.fd",
     "/usr/share/seabios/bios-256k.bin",
+    "/usr/share/qemu/bios-microvm.bin",
+    "/usr/share/qemu/pvh.bin",
     "/usr/share/qemu/linuxboot_dma.bin",
     "/usr/share/qemu/kvmvapic.bin",
 ];
 
-fn testbed(command: &str, rootfs: bool, scratch_mib: Option<u64>, peers: bool) -> Result<()> {
+fn testbed(
+    command: &str,
+    rootfs: bool,
+    scratch_mib: Option<u64>,
+    peers: bool,
+    files: &[PathBuf],
+) -> Result<()> {
+    for f in files {
+        if !f.is_absolute() || !f.is_file() {
+            bail!("--file {}: an absolute path to a file", f.display());
+        }
+    }
     install::system_packages()?;
     let vmm = images_and_vmm()?;
     let testbed = virga_testbed::Testbed::new(&images_dir())?;
@@ -457,6 +475,7 @@ fn testbed(command: &str, rootfs: bool, scratch_mib: Option<u64>, peers: bool) -
         }
         scenario = scenario.host_paths(PEER_FILES.iter().filter(|f| Path::new(f).exists()));
     }
+    scenario = scenario.host_paths(files);
     let outcome = testbed.run(&scenario)?;
     print!("{}", outcome.output);
     std::process::exit(outcome.status);

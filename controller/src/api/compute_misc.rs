@@ -7,7 +7,7 @@ use serde_json::{json, Value as Json};
 use super::compute::{nova_error, store_error};
 use super::http::{empty, json, read_json, Body, Microversion};
 use super::App;
-use crate::compute::keypairs::{fingerprint, x509_fingerprint, Keypair};
+use crate::compute::keypairs::{self, fingerprint, x509_fingerprint, Keypair};
 use crate::compute::quotas::{Quota, DEFAULT_QUOTA};
 use crate::identity::{now, Auth};
 
@@ -155,11 +155,15 @@ async fn create_keypair(
             "Keypair data is invalid: name must be 1-255 of letters, digits, ' _-.@'",
         );
     };
-    let Some(public_key) = k.get("public_key").and_then(Json::as_str) else {
-        return nova_error(
-            StatusCode::BAD_REQUEST,
-            "Keypair data is invalid: public_key is required (clients generate their keys)",
-        );
+    let given = match k.get("public_key") {
+        None => None,
+        Some(Json::String(key)) => Some(key.as_str()),
+        Some(_) => {
+            return nova_error(
+                StatusCode::BAD_REQUEST,
+                "Invalid input for field/attribute public_key. Value is not a string",
+            )
+        }
     };
     // 2.2 adds the type: ssh (the default) or x509.
     let asked_type = match k.get("type") {
@@ -178,6 +182,22 @@ async fn create_keypair(
             )
         }
     };
+    // Without a public key, one is made here (Nova's behaviour before
+    // 2.92) and its private half answered once.
+    let (public_key, private_key) = match given {
+        Some(key) => (key.to_owned(), None),
+        None if asked_type == "x509" => {
+            return nova_error(
+                StatusCode::BAD_REQUEST,
+                "Keypair data is invalid: an x509 keypair needs its certificate in public_key",
+            )
+        }
+        None => match keypairs::generate("Generated-by-Virga") {
+            Ok((public, private)) => (public, Some(private)),
+            Err(e) => return nova_error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+        },
+    };
+    let public_key = public_key.as_str();
     let checked = if asked_type == "x509" {
         x509_fingerprint(public_key).map(|fp| ("x509".to_owned(), fp))
     } else {
@@ -215,6 +235,9 @@ async fn create_keypair(
         Ok(()) => {
             let mut v = json!({"name": keypair.name, "public_key": keypair.public_key,
                                "fingerprint": keypair.fingerprint, "user_id": user});
+            if let Some(private) = private_key {
+                v["private_key"] = json!(private);
+            }
             // 2.2 also answers 201.
             if version >= (2, 2) {
                 v["type"] = json!(keypair.key_type);

@@ -1,7 +1,9 @@
 //! Keypairs: SSH public keys (the fingerprint is the MD5 of the key blob)
 //! and, from microversion 2.2, x509 certificates (the SHA-1 of the DER).
-//! Clients generate keys themselves (OSC makes ed25519 keys locally), so
-//! only public keys are imported.
+//! Current clients generate keys themselves (OSC makes ed25519 keys
+//! locally); before microversion 2.92 Nova generates one when no public key
+//! is given, and so does [`generate`] (ed25519 where Nova makes RSA: what
+//! OSC makes too, and every cloud image's sshd takes it).
 
 use base64::Engine;
 use md5::{Digest, Md5};
@@ -15,6 +17,20 @@ pub struct Keypair {
     pub fingerprint: String,
     pub key_type: String,
     pub created_at: i64,
+}
+
+/// A new key pair: (public key `ssh-ed25519 AAAA... comment`, private key
+/// in OpenSSH's PEM format). The private key is handed to the client once
+/// and never stored.
+pub fn generate(comment: &str) -> Result<(String, String), String> {
+    use ssh_key::rand_core::OsRng;
+    let failed = |e: ssh_key::Error| format!("generating a key pair: {e}");
+    let mut key =
+        ssh_key::PrivateKey::random(&mut OsRng, ssh_key::Algorithm::Ed25519).map_err(failed)?;
+    key.set_comment(comment);
+    let private = key.to_openssh(ssh_key::LineEnding::LF).map_err(failed)?;
+    let public = key.public_key().to_openssh().map_err(failed)?;
+    Ok((public, private.as_str().to_owned()))
 }
 
 /// `ssh-ed25519 AAAA... comment` -> (type, MD5 fingerprint `aa:bb:...`).

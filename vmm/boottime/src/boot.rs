@@ -139,6 +139,7 @@ impl Launcher {
                     initramfs: initramfs.clone(),
                     cmdline: v.cmdline.clone().unwrap_or_default(),
                     image: None,
+                    vmm: v.vmm.clone().unwrap_or_else(|| self.vmm.clone()),
                     variant: v.clone(),
                 })
             }
@@ -173,6 +174,7 @@ impl Launcher {
             initramfs: picked.initramfs,
             cmdline: v.cmdline.clone().unwrap_or(picked.cmdline),
             image: Some(image.clone()),
+            vmm: v.vmm.clone().unwrap_or_else(|| self.vmm.clone()),
             variant: v.clone(),
         })
     }
@@ -194,7 +196,7 @@ impl Launcher {
         let v = &r.variant;
         let socket = self.dir.join(format!("boot-{n}.sock"));
         let _ = std::fs::remove_file(&socket);
-        let mut cmd = Command::new(&self.vmm);
+        let mut cmd = Command::new(&r.vmm);
         cmd.arg("--kernel").arg(&r.kernel);
         if let Some(i) = &r.initramfs {
             cmd.arg("--initramfs").arg(i);
@@ -236,7 +238,7 @@ impl Launcher {
             .kill_on_drop(true);
         let started_us = monotonic_us();
         let mut child = cmd.spawn().map_err(|source| BootError::Spawn {
-            vmm: self.vmm.display().to_string(),
+            vmm: r.vmm.display().to_string(),
             source,
         })?;
         let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {

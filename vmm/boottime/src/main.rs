@@ -4,6 +4,7 @@
 //! virga-boottime record  --kernel K --initramfs I --marker M --runs 20 --out base.json
 //! virga-boottime compare --kernel K2 --initramfs I --marker M --baseline base.json
 //! virga-boottime compare --kernel K2 --baseline-kernel K ...      # both booted, interleaved
+//! virga-boottime compare --kernel K --vmm new/vmm --baseline-vmm old/vmm ...  # two Virga builds
 //! virga-boottime compare --baseline base.json --candidate new.json  # two files, no boots
 //! ```
 //! Exit status: 0 no regression, 1 a regression (significant and above the
@@ -57,7 +58,7 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
         /// The baseline's boots, from `record`.
-        #[arg(long, conflicts_with_all = ["baseline_kernel", "baseline_image", "baseline_initramfs", "baseline_cmdline"])]
+        #[arg(long, conflicts_with_all = ["baseline_kernel", "baseline_image", "baseline_initramfs", "baseline_cmdline", "baseline_vmm"])]
         baseline: Option<PathBuf>,
         /// Boot this kernel as the baseline (the candidate's other inputs unless given).
         #[arg(long)]
@@ -69,6 +70,10 @@ enum Command {
         baseline_initramfs: Option<PathBuf>,
         #[arg(long)]
         baseline_cmdline: Option<String>,
+        /// Boot the baseline with this VMM binary (the candidate with
+        /// `--vmm`'s): did a new build of Virga make these boots slower?
+        #[arg(long)]
+        baseline_vmm: Option<PathBuf>,
         /// The candidate's boots from a file instead of booting it.
         #[arg(long)]
         candidate: Option<PathBuf>,
@@ -198,6 +203,7 @@ impl VariantArgs {
             memory_mib: self.memory_mib,
             marker,
             vmm_args: self.vmm_args.clone(),
+            vmm: None,
         })
     }
 }
@@ -354,7 +360,9 @@ fn compare(
         (None, Some(_), Some(_)) => {
             bail!("--candidate (a file) and --baseline-kernel (a boot) do not mix")
         }
-        (None, None, _) => bail!("a baseline is needed: --baseline FILE or --baseline-kernel"),
+        (None, None, _) => {
+            bail!("a baseline is needed: --baseline FILE, or --baseline-kernel|image|vmm")
+        }
         (Some(_), Some(_), _) => {
             bail!("--baseline (a file) and --baseline-kernel|image (a boot) do not mix")
         }
@@ -407,6 +415,7 @@ fn main() -> ExitCode {
             baseline_image,
             baseline_initramfs,
             baseline_cmdline,
+            baseline_vmm,
             candidate,
             threshold,
             alpha,
@@ -420,6 +429,7 @@ fn main() -> ExitCode {
                 || baseline_image.is_some()
                 || baseline_initramfs.is_some()
                 || baseline_cmdline.is_some()
+                || baseline_vmm.is_some()
             {
                 let mut b = variant.clone();
                 if let Some(k) = baseline_kernel {
@@ -437,7 +447,10 @@ fn main() -> ExitCode {
                 if let Some(c) = baseline_cmdline {
                     b.cmdline = Some(c.clone());
                 }
-                b.variant().map(Some)
+                b.variant().map(|mut v| {
+                    v.vmm = baseline_vmm.clone();
+                    Some(v)
+                })
             } else {
                 Ok(None)
             };

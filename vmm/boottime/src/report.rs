@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
-use crate::samples::{Phase, SampleFile};
+use crate::samples::{Phase, SampleFile, VariantInfo};
 use crate::stats::{self, Comparison, Rule, Verdict};
 
 /// Whether `n` and `m` boots can show a difference at the rule's level at
@@ -130,6 +130,15 @@ impl Report {
             c.variant.label(),
             c.boots.len()
         );
+        if b.variant.other_vmm(&c.variant) {
+            let path = |v: &VariantInfo| v.vmm.clone().unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "VMMs:      baseline {}, candidate {}",
+                path(&b.variant),
+                path(&c.variant)
+            );
+        }
         let _ = writeln!(
             s,
             "{:<10} {:>22} {:>22} {:>8} {:>17} {:>9}",
@@ -294,6 +303,8 @@ mod tests {
             memory_mib: 128,
             marker: "OK".into(),
             vmm_args: vec![],
+            vmm: None,
+            vmm_sha256: None,
         });
         f.boots = totals
             .iter()
@@ -328,6 +339,21 @@ mod tests {
         let table = r.table();
         assert!(table.contains("<- decides"), "{table}");
         assert!(table.contains("io_out 100 -> 100"), "{table}");
+        assert!(!table.contains("VMMs:"), "one VMM: {table}");
+        // Two builds of the VMM: the table says which booted which.
+        let (mut old, mut new) = (
+            file("k", &totals(1000.0, 10)),
+            file("k", &totals(990.0, 10)),
+        );
+        old.variant.vmm = Some("old/vmm".into());
+        old.variant.vmm_sha256 = Some("01".repeat(32));
+        new.variant.vmm = Some("new/vmm".into());
+        new.variant.vmm_sha256 = Some("02".repeat(32));
+        let builds = Report::new(old, new, Rule::default(), Phase::Total, true).table();
+        assert!(
+            builds.contains("VMMs:      baseline old/vmm, candidate new/vmm"),
+            "{builds}"
+        );
         let xml = r.junit();
         assert_eq!(xml.matches("<failure").count(), 1, "{xml}");
         assert!(

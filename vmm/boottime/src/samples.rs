@@ -38,6 +38,9 @@ pub struct Variant {
     pub marker: String,
     /// More VMM flags, as given (e.g. `--disk path=...`).
     pub vmm_args: Vec<String>,
+    /// The VMM binary, when this variant names its own (comparing two
+    /// builds of Virga); else the run's.
+    pub vmm: Option<PathBuf>,
 }
 
 /// A variant made ready to boot: an image's kernel picked, the command line
@@ -49,6 +52,8 @@ pub struct Ready {
     pub cmdline: String,
     /// The image each boot's root disk is made over.
     pub image: Option<PathBuf>,
+    /// The VMM binary that boots it.
+    pub vmm: PathBuf,
     pub variant: Variant,
 }
 
@@ -72,6 +77,12 @@ pub struct VariantInfo {
     pub marker: String,
     #[serde(default)]
     pub vmm_args: Vec<String>,
+    /// The VMM binary's path and contents (absent in files from before
+    /// they were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_sha256: Option<String>,
 }
 
 impl VariantInfo {
@@ -94,6 +105,8 @@ impl VariantInfo {
             memory_mib: v.memory_mib,
             marker: v.marker.clone(),
             vmm_args: v.vmm_args.clone(),
+            vmm: Some(r.vmm.display().to_string()),
+            vmm_sha256: Some(sha256_file(&r.vmm)?),
         })
     }
 
@@ -111,6 +124,12 @@ impl VariantInfo {
             (None, Some(i)) => format!("{} + {}", name(&self.kernel), name(i)),
             (None, None) => name(&self.kernel),
         }
+    }
+
+    /// Whether `other` was booted by a different VMM build (unknown for
+    /// files that did not record it: not different).
+    pub fn other_vmm(&self, other: &VariantInfo) -> bool {
+        matches!((&self.vmm_sha256, &other.vmm_sha256), (Some(a), Some(b)) if a != b)
     }
 }
 
@@ -340,11 +359,14 @@ mod tests {
     fn variant(dir: &Path, kernel_bytes: &[u8]) -> Ready {
         let kernel = dir.join("vmlinux");
         std::fs::write(&kernel, kernel_bytes).unwrap();
+        let vmm = dir.join("vmm");
+        std::fs::write(&vmm, b"a VMM").unwrap();
         Ready {
             kernel: kernel.clone(),
             initramfs: None,
             cmdline: "console=ttyS0".into(),
             image: None,
+            vmm,
             variant: Variant {
                 source: Source::Kernel {
                     kernel,
@@ -355,6 +377,7 @@ mod tests {
                 memory_mib: 128,
                 marker: "READY".into(),
                 vmm_args: vec![],
+                vmm: None,
             },
         }
     }
