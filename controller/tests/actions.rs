@@ -733,6 +733,119 @@ fn a_snapshot_is_an_image_of_the_root_disk_delivered_by_the_host() {
     assert_eq!(create_image(&id, r#"{"createImage": {}}"#).status, 400);
 }
 
+/// `createBackup` is a snapshot of type `backup`; once one is active the
+/// server keeps only its newest `rotation` backups of that type (other types
+/// and plain snapshots untouched). From 2.45 the image's id is in the body.
+#[test]
+fn backups_rotate_by_type() {
+    let cloud = Cloud::start(Delays::NONE);
+    let (c, t) = (&cloud.c, cloud.auth());
+    // Its flavor and host, for the server booted from a disk below.
+    cloud.active_server();
+    let disk = call(
+        c,
+        "POST",
+        "/image/v2/images",
+        &[t],
+        r#"{"name": "disk", "disk_format": "raw", "container_format": "bare"}"#,
+    )
+    .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/image/v2/images/{disk}/file");
+    assert_eq!(common::put_bytes(c, &path, &cloud.admin, &[0u8; 4096]), 204);
+    let flavor = call(c, "GET", "/compute/v2.1/flavors", &[t], "").json()["flavors"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = call(
+        c,
+        "POST",
+        "/compute/v2.1/servers",
+        &[t],
+        &format!(
+            r#"{{"server": {{"name": "vm-disk", "imageRef": "{disk}", "flavorRef": "{flavor}"}}}}"#
+        ),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    cloud.wait(&id, "ACTIVE");
+    let action = |version: &str, body: String| {
+        call(
+            c,
+            "POST",
+            &format!("/compute/v2.1/servers/{id}/action"),
+            &[t, ("OpenStack-API-Version", version)],
+            &body,
+        )
+    };
+    let image_status = |image: &str| {
+        let r = call(c, "GET", &format!("/image/v2/images/{image}"), &[t], "");
+        (r.status == 200).then(|| r.json())
+    };
+    // Made one after another, each active before the next, as tempest does.
+    let backup = |name: &str, kind: &str, rotation: &str| -> String {
+        let r = action(
+            "compute 2.45",
+            format!(
+                r#"{{"createBackup": {{"name": "{name}", "backup_type": "{kind}", "rotation": {rotation}}}}}"#
+            ),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        let image = r.json()["image_id"].as_str().unwrap().to_owned();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let shown = image_status(&image).unwrap();
+            if shown["status"] == "active" {
+                assert_eq!(shown["image_type"], "backup");
+                assert_eq!(shown["backup_type"], kind);
+                assert_eq!(shown["instance_uuid"], id.as_str());
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{shown}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cloud.wait(&id, "ACTIVE");
+        // created_at counts seconds: the next backup is newer.
+        std::thread::sleep(Duration::from_millis(1100));
+        image
+    };
+    let first = backup("b1", "daily", "2");
+    let weekly = backup("w1", "weekly", "1");
+    let second = backup("b2", "daily", "\"2\"");
+    assert!(image_status(&first).is_some(), "two kept");
+    let third = backup("b3", "daily", "2");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while image_status(&first).is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b1 was not rotated out"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for kept in [&second, &third, &weekly] {
+        assert!(image_status(kept).is_some(), "{kept} kept");
+    }
+    // Before 2.45: the image in a Location header.
+    let r = action(
+        "compute 2.1",
+        r#"{"createBackup": {"name": "old", "backup_type": "monthly", "rotation": 1}}"#.into(),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(r.header("location").is_some());
+    cloud.wait(&id, "ACTIVE");
+    for bad in [
+        r#"{"createBackup": {"name": "x", "rotation": 1}}"#,
+        r#"{"createBackup": {"name": "x", "backup_type": "daily"}}"#,
+        r#"{"createBackup": {"name": "x", "backup_type": "daily", "rotation": -1}}"#,
+        r#"{"createBackup": {"name": "x", "backup_type": "daily", "rotation": "1x"}}"#,
+        r#"{"createBackup": {"backup_type": "daily", "rotation": 1}}"#,
+    ] {
+        assert_eq!(action("compute 2.45", bad.into()).status, 400, "{bad}");
+    }
+}
+
 /// `resize` moves the server to a new flavor on its host (the claim moves
 /// with it, refused at once when the host has no room) and waits in
 /// VERIFY_RESIZE; `confirmResize` keeps it, `revertResize` brings the old

@@ -14,6 +14,7 @@ pub mod initramfs;
 pub mod manifest;
 pub mod modules;
 pub mod rootfs;
+pub mod test_disk;
 pub mod vmlinux;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +48,7 @@ const BUILDER_SOURCES: &[(&str, &str)] = &[
     ("manifest.rs", include_str!("manifest.rs")),
     ("modules.rs", include_str!("modules.rs")),
     ("rootfs.rs", include_str!("rootfs.rs")),
+    ("test_disk.rs", include_str!("test_disk.rs")),
     ("vmlinux.rs", include_str!("vmlinux.rs")),
 ];
 
@@ -105,6 +107,10 @@ impl ImageSet {
     }
     pub fn rootfs(&self) -> PathBuf {
         self.dir.join(manifest::ROOTFS)
+    }
+    /// The boot-test kernel and initramfs as a bootable disk ([`test_disk`]).
+    pub fn test_disk(&self) -> PathBuf {
+        self.dir.join(test_disk::TEST_DISK)
     }
     /// Where the kernel package was unpacked (holds `lib/modules/RELEASE`).
     pub fn kernel_root(&self) -> PathBuf {
@@ -212,6 +218,7 @@ pub fn build(dir: &Path, log: &dyn Fn(&str)) -> Result<ImageSet, ImageError> {
     let rootfs = dir.join(manifest::ROOTFS);
     log("building the ext4 root filesystem (busybox, fio, iperf3)");
     rootfs::build(&busybox, &rootfs, &dir.join("rootfs-staging"))?;
+    test_disk::build(dir, &release, &bzimage, &boot_initramfs)?;
 
     let manifest = Manifest::new(inputs, release, dir)?;
     manifest.write(dir)?;

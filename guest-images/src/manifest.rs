@@ -31,7 +31,13 @@ pub struct Manifest {
 impl Manifest {
     pub fn new(inputs: Inputs, kernel_release: String, dir: &Path) -> Result<Self, ImageError> {
         let mut artifacts = BTreeMap::new();
-        for name in [BZIMAGE, VMLINUX, BOOT_INITRAMFS, ROOTFS] {
+        for name in [
+            BZIMAGE,
+            VMLINUX,
+            BOOT_INITRAMFS,
+            ROOTFS,
+            crate::test_disk::TEST_DISK,
+        ] {
             let path = dir.join(name);
             let data = std::fs::read(&path).map_err(io_err(&path))?;
             artifacts.insert(
@@ -89,7 +95,13 @@ mod tests {
     #[test]
     fn round_trip_and_presence() {
         let dir = tempfile::tempdir().unwrap();
-        for name in [BZIMAGE, VMLINUX, BOOT_INITRAMFS, ROOTFS] {
+        for name in [
+            BZIMAGE,
+            VMLINUX,
+            BOOT_INITRAMFS,
+            ROOTFS,
+            crate::test_disk::TEST_DISK,
+        ] {
             std::fs::write(dir.path().join(name), name).unwrap();
         }
         let inputs = Inputs {

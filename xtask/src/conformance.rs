@@ -274,9 +274,11 @@ struct Discovered {
 
 impl Discovered {
     fn from(os: &Cli) -> Result<Self> {
+        // The bootable disk, not the kernel image: tempest snapshots and
+        // backs up its servers, and makes volumes from the image.
         let image = os
-            .id_of("image", "virga-test")
-            .context("the all-in-one's image virga-test is missing")?;
+            .id_of("image", "virga-test-disk")
+            .context("the all-in-one's image virga-test-disk is missing")?;
         let flavor = os.id_of("flavor", "m1.tiny").context("flavor m1.tiny")?;
         let flavor_alt = os.id_of("flavor", "m1.small").context("flavor m1.small")?;
         let public_network = os.id_of("network", "public");

@@ -279,7 +279,9 @@ kill $HOSTD $NETD $STORAGED; wait $HOSTD $NETD $STORAGED
         os(&["router", "set", "--external-gateway", "public", "router1"])?;
         os(&["router", "add", "subnet", "router1", "private-subnet"])?;
     }
-    if !os(&["image", "list", "-f", "value", "-c", "Name"])?.contains("virga-test") {
+    let images_listed = os(&["image", "list", "-f", "value", "-c", "Name"])?;
+    let has_image = |name: &str| images_listed.lines().any(|l| l.trim() == name);
+    if !has_image("virga-test") {
         let ramdisk = os(&[
             "image",
             "create",
@@ -313,8 +315,27 @@ kill $HOSTD $NETD $STORAGED; wait $HOSTD $NETD $STORAGED
             "virga-test",
         ])?;
     }
+    // The same kernel and initramfs on a bootable disk: its servers have a
+    // root disk of their own (snapshots, backups, volumes from the image).
+    if !has_image("virga-test-disk") {
+        os(&[
+            "image",
+            "create",
+            "--public",
+            "--file",
+            &images
+                .join(virga_guest_images::test_disk::TEST_DISK)
+                .display()
+                .to_string(),
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+            "virga-test-disk",
+        ])?;
+    }
     println!(
-        "\nVirga is up (hostd: {}).\n\n  export OS_CLIENT_CONFIG_FILE={} OS_CLOUD=virga\n  {os} server create --image virga-test --flavor m1.tiny --network private --wait vm1\n  {os} console log show vm1\n  {os} floating ip create public\n  {os} server add floating ip vm1 172.24.4.3\n\nS3 (storaged) on http://127.0.0.1:{S3_PORT}: `{os} ec2 credentials create` gives the access key and secret\n(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), then:\n  aws --endpoint-url http://127.0.0.1:{S3_PORT} s3 mb s3://bucket1\nSwift: {os} container create c1; {os} object create c1 FILE\n\nFloating IPs (172.24.4.0/24) are reached from where the guests run: {}.\nadmin password: {ADMIN_PASSWORD}. Ctrl-C stops the cloud.",
+        "\nVirga is up (hostd: {}).\n\n  export OS_CLIENT_CONFIG_FILE={} OS_CLOUD=virga\n  {os} server create --image virga-test --flavor m1.tiny --network private --wait vm1\n  (or --image virga-test-disk: the same guest with a root disk of its own)\n  {os} console log show vm1\n  {os} floating ip create public\n  {os} server add floating ip vm1 172.24.4.3\n\nS3 (storaged) on http://127.0.0.1:{S3_PORT}: `{os} ec2 credentials create` gives the access key and secret\n(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), then:\n  aws --endpoint-url http://127.0.0.1:{S3_PORT} s3 mb s3://bucket1\nSwift: {os} container create c1; {os} object create c1 FILE\n\nFloating IPs (172.24.4.0/24) are reached from where the guests run: {}.\nadmin password: {ADMIN_PASSWORD}. Ctrl-C stops the cloud.",
         mode.as_str(),
         clouds.display(),
         if mode.as_str() == "native" {

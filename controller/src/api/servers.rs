@@ -1514,7 +1514,7 @@ async fn action(
             Err(e) => compute_error(e),
         };
     }
-    if name == "createImage" {
+    if name == "createImage" || name == "createBackup" {
         let Some(image_name) = args
             .get("name")
             .and_then(Json::as_str)
@@ -1522,9 +1522,23 @@ async fn action(
         else {
             return nova_error(
                 StatusCode::BAD_REQUEST,
-                "Invalid input for field/attribute createImage. 'name' is a required property of 1 to 255 characters",
+                &format!("Invalid input for field/attribute {name}. 'name' is a required property of 1 to 255 characters"),
             );
         };
+        let purpose = if name == "createBackup" {
+            match backup_args(args) {
+                Ok(p) => p,
+                Err(e) => return nova_error(StatusCode::BAD_REQUEST, &e),
+            }
+        } else {
+            service::snapshot::Purpose::Snapshot
+        };
+        // A backup kept by no rotation is made and rotated out at once:
+        // nothing to point at.
+        let kept = !matches!(
+            purpose,
+            service::snapshot::Purpose::Backup { rotation: 0, .. }
+        );
         let metadata = match args.get("metadata") {
             None => BTreeMap::new(),
             Some(m) => match super::server_metadata::parse("metadata", m) {
@@ -1532,7 +1546,10 @@ async fn action(
                 Err(e) => return nova_error(StatusCode::BAD_REQUEST, &e),
             },
         };
-        return match service::snapshot::create_image(app, ctx, id, image_name, metadata).await {
+        return match service::snapshot::create_image(app, ctx, id, image_name, metadata, purpose)
+            .await
+        {
+            Ok(_) if !kept => empty(StatusCode::ACCEPTED),
             // From 2.45 the image's id is in the body, no longer a Location.
             Ok(image_id) if version >= (2, 45) => {
                 json(StatusCode::ACCEPTED, &json!({ "image_id": image_id }))
@@ -1681,4 +1698,29 @@ async fn instance_actions(
             Err(e) => store_error(e),
         },
     }
+}
+
+/// `createBackup`'s own arguments: `backup_type` (a string) and `rotation`
+/// (a non-negative integer, or its digits as a string, as Nova's schema
+/// takes it).
+fn backup_args(args: &Json) -> Result<service::snapshot::Purpose, String> {
+    let invalid = |what: &str| format!("Invalid input for field/attribute {what}.");
+    let backup_type = args
+        .get("backup_type")
+        .and_then(Json::as_str)
+        .filter(|t| !t.is_empty() && t.len() <= 255)
+        .ok_or_else(|| invalid("backup_type: a required string"))?;
+    let rotation = match args.get("rotation") {
+        Some(Json::Number(n)) => n.as_u64(),
+        Some(Json::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse().ok()
+        }
+        _ => None,
+    }
+    .and_then(|r| u32::try_from(r).ok())
+    .ok_or_else(|| invalid("rotation: a required non-negative integer"))?;
+    Ok(service::snapshot::Purpose::Backup {
+        backup_type: backup_type.to_owned(),
+        rotation,
+    })
 }

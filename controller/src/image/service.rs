@@ -468,7 +468,12 @@ pub async fn receive_snapshot(
 ) -> Result<(), ImageError> {
     let image = app.images.get(id).await?.ok_or_else(|| not_found(id))?;
     let server = match image.properties.get("instance_uuid") {
-        Some(s) if image.properties.get("image_type").map(String::as_str) == Some("snapshot") => {
+        Some(s)
+            if matches!(
+                image.properties.get("image_type").map(String::as_str),
+                Some("snapshot" | "backup")
+            ) =>
+        {
             app.servers.get(s).await?
         }
         _ => None,

@@ -5,6 +5,10 @@
 //! for a moment (task `image_snapshot`), then uploads the copy straight into
 //! the image (task `image_uploading`) while the server runs on. The image
 //! ends `active`, or `killed` if the host could not deliver it.
+//!
+//! `createBackup` is the same snapshot with `image_type: backup` and its
+//! `backup_type`; once it is active the server's backups of that type
+//! beyond the newest `rotation` are deleted, as Nova's compute manager does.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,6 +23,25 @@ use crate::image::Image;
 /// How long a host may take to deliver a snapshot's data.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
+/// What a snapshot is made for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// `createImage`.
+    Snapshot,
+    /// `createBackup`: the server keeps its newest `rotation` backups of
+    /// `backup_type`.
+    Backup { backup_type: String, rotation: u32 },
+}
+
+impl Purpose {
+    fn action(&self) -> &'static str {
+        match self {
+            Purpose::Snapshot => "createImage",
+            Purpose::Backup { .. } => "createBackup",
+        }
+    }
+}
+
 /// Starts a snapshot of server `id` named `name`; returns the new image's id.
 pub async fn create_image(
     app: &App,
@@ -26,6 +49,7 @@ pub async fn create_image(
     id: &str,
     name: &str,
     metadata: BTreeMap<String, String>,
+    purpose: Purpose,
 ) -> Result<String, ComputeError> {
     let server = visible(app, ctx, id).await?;
     let base = app.images.get(&server.image_id).await?;
@@ -38,16 +62,25 @@ pub async fn create_image(
             "Cannot snapshot instance {id}: it boots a kernel image and has no root disk of its own"
         )));
     }
+    let action = purpose.action();
     let (hostd, background) = begin_host_task(
         app,
         &server,
-        "createImage",
+        action,
         "image_snapshot",
         &["active", "stopped", "paused", "suspended"],
     )
     .await?;
     let mut properties = metadata;
-    properties.insert("image_type".into(), "snapshot".into());
+    match &purpose {
+        Purpose::Snapshot => {
+            properties.insert("image_type".into(), "snapshot".into());
+        }
+        Purpose::Backup { backup_type, .. } => {
+            properties.insert("image_type".into(), "backup".into());
+            properties.insert("backup_type".into(), backup_type.clone());
+        }
+    }
     properties.insert("instance_uuid".into(), id.to_owned());
     properties.insert("base_image_ref".into(), server.image_id.clone());
     properties.insert("owner_user_name".into(), ctx.user_id().to_owned());
@@ -78,7 +111,7 @@ pub async fn create_image(
         let _ = app.servers.clear_task(id).await;
         return Err(e.into());
     }
-    record_action(app, ctx, &server, "createImage").await;
+    record_action(app, ctx, &server, action).await;
     let (server_id, image_id, request_id) =
         (id.to_owned(), image.id.clone(), ctx.request_id.clone());
     tokio::spawn(async move {
@@ -89,6 +122,12 @@ pub async fn create_image(
                 .images
                 .transition(&image_id, "saving", "killed")
                 .await;
+        } else if let Purpose::Backup {
+            backup_type,
+            rotation,
+        } = &purpose
+        {
+            rotate(&background, &server_id, backup_type, *rotation as usize).await;
         }
         let _ = background.servers.clear_task(&server_id).await;
         if let Err(e) = background
@@ -100,6 +139,38 @@ pub async fn create_image(
         }
     });
     Ok(image.id)
+}
+
+/// Deletes the server's backups of `backup_type` beyond the newest `keep`
+/// (protected ones stay, as Glance would refuse them).
+async fn rotate(app: &App, server_id: &str, backup_type: &str, keep: usize) {
+    let images = match app.images.list().await {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(server = %server_id, "rotating its backups: {e}");
+            return;
+        }
+    };
+    fn prop<'a>(i: &'a Image, key: &str) -> Option<&'a str> {
+        i.properties.get(key).map(String::as_str)
+    }
+    let mut backups: Vec<Image> = images
+        .into_iter()
+        .filter(|i| {
+            prop(i, "instance_uuid") == Some(server_id)
+                && prop(i, "image_type") == Some("backup")
+                && prop(i, "backup_type") == Some(backup_type)
+        })
+        .collect();
+    // Newest first: the list comes oldest first.
+    backups.reverse();
+    for old in backups.into_iter().skip(keep).filter(|i| !i.protected) {
+        tracing::info!(server = %server_id, image = %old.id, "rotating out an old backup");
+        crate::image::data::remove(app, &old).await;
+        if let Err(e) = app.images.delete(&old.id).await {
+            tracing::warn!(image = %old.id, "deleting a rotated backup: {e}");
+        }
+    }
 }
 
 /// The host's part: the copy, then the upload, followed until the image is
