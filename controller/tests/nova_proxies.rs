@@ -82,6 +82,38 @@ fn security_groups_and_rules_through_nova() {
     assert_eq!((&r["from_port"], &r["to_port"]), (&json!(22), &json!(22)));
     assert_eq!(r["ip_range"], json!({"cidr": "10.0.0.0/8"}));
     let rule_id = r["id"].as_str().unwrap().to_owned();
+    // A CIDR with host bits set is shown as given (Neutron keeps it, and
+    // matches its network: `normalized_cidr`).
+    let (status, body) = rule(json!({"parent_group_id": web, "ip_protocol": "tcp",
+                                     "from_port": 80, "to_port": 80, "cidr": "10.2.3.124/24"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["security_group_rule"]["ip_range"],
+        json!({"cidr": "10.2.3.124/24"})
+    );
+    let sloppy = body["security_group_rule"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, neutron) = send(
+        &cloud,
+        "GET",
+        &format!("/network/v2.0/security-group-rules/{sloppy}"),
+        Value::Null,
+    );
+    assert_eq!(
+        neutron["security_group_rule"]["normalized_cidr"],
+        "10.2.3.0/24"
+    );
+    assert_eq!(
+        nova(
+            "DELETE",
+            &format!("/os-security-group-rules/{sloppy}"),
+            Value::Null
+        )
+        .0,
+        202
+    );
     let (_, neutron) = send(
         &cloud,
         "GET",
@@ -289,6 +321,24 @@ fn floating_ips_and_tenant_networks_through_nova() {
     assert_eq!(
         act(json!({"addFloatingIp": {"address": "192.0.2.99"}})),
         404
+    );
+    // A second floating IP for the same fixed IP: Neutron's conflict is
+    // Nova's 400.
+    let (_, second) = nova("POST", "/os-floating-ips", json!({"pool": "public"}));
+    let second_address = second["floating_ip"]["ip"].as_str().unwrap().to_owned();
+    assert_eq!(
+        act(json!({"addFloatingIp": {"address": second_address}})),
+        400
+    );
+    let second_id = second["floating_ip"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        nova(
+            "DELETE",
+            &format!("/os-floating-ips/{second_id}"),
+            Value::Null
+        )
+        .0,
+        202
     );
     assert_eq!(act(json!({"removeFloatingIp": {"address": address}})), 202);
     assert_eq!(act(json!({"removeFloatingIp": {"address": address}})), 409);

@@ -1231,6 +1231,9 @@ fn volumes_and_snapshots_through_nova() {
     assert_eq!(v["name"], "legacy", "the same volume through Cinder");
     let (_, list) = nova("GET", "/os-volumes/detail", Value::Null);
     assert_eq!(list["volumes"][0]["metadata"], json!({"k": "v"}));
+    // A show with an empty id is not the list.
+    assert_eq!(nova("GET", "/os-volumes/", Value::Null).0, 404);
+    assert_eq!(nova("GET", "/os-volumes", Value::Null).0, 200);
     for bad in [
         json!({"volume": {}}),
         json!({"volume": {"size": 0}}),

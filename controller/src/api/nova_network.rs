@@ -662,8 +662,17 @@ async fn floating_on_server(
         }
         attrs.insert("port_id".into(), Json::Null);
     }
-    app.network.update_floating_ip(ctx, fip_id, &attrs).await?;
-    Ok(empty(StatusCode::ACCEPTED))
+    match app.network.update_floating_ip(ctx, fip_id, &attrs).await {
+        Ok(_) => Ok(empty(StatusCode::ACCEPTED)),
+        // Nova answers a failed association (the fixed IP already has a
+        // floating IP, the address is taken) with 400, not Neutron's 409.
+        Err(NetworkError::Neutron {
+            status: 409,
+            message,
+            ..
+        }) if add => Err(Failure::Bad(message)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 // --- tenant networks

@@ -27,6 +27,14 @@ pub async fn route(
     rest: &[&str],
 ) -> Option<Response<Body>> {
     let method = req.method().clone();
+    // `/os-volumes/` is a show with an empty id (the router drops empty
+    // segments), not the list: Nova answers 404.
+    if method == Method::GET && rest == ["os-volumes"] && req.uri().path().ends_with('/') {
+        return Some(super::compute::nova_error(
+            StatusCode::NOT_FOUND,
+            "Volume  could not be found.",
+        ));
+    }
     let result = match (method, rest) {
         (Method::GET, ["os-volumes"] | ["os-volumes", "detail"]) => {
             list_volumes(app, ctx, &super::http::query_params(&req)).await

@@ -318,12 +318,12 @@ impl NetworkService {
             Some(p) => protocol_number(p)?,
             None => None,
         };
-        let remote = match (&rule.remote_group_id, &rule.remote_ip_prefix) {
+        let remote = match (&rule.remote_group_id, rule.normalized_cidr()) {
             (Some(g), _) => {
                 groups.members(self, g).await?;
                 Remote::Group(g.clone())
             }
-            (None, Some(prefix)) if prefix != "0.0.0.0/0" => Remote::Prefix(prefix.clone()),
+            (None, Some(prefix)) if prefix != "0.0.0.0/0" => Remote::Prefix(prefix),
             (None, _) => Remote::Any,
         };
         let port = |v: Option<i64>| v.and_then(|n| u16::try_from(n).ok());

@@ -244,12 +244,24 @@ pub struct SecurityGroupRule {
     pub protocol: Option<String>,
     pub port_range_min: Option<i64>,
     pub port_range_max: Option<i64>,
+    /// As the user gave it (host bits and all, as Neutron keeps it); see
+    /// [`SecurityGroupRule::normalized_cidr`].
     pub remote_ip_prefix: Option<String>,
     pub remote_group_id: Option<String>,
     pub created_at: i64,
 }
 
 impl SecurityGroupRule {
+    /// The remote prefix's network (`10.2.3.124/24` -> `10.2.3.0/24`):
+    /// what the rule matches, and what makes two rules the same.
+    pub fn normalized_cidr(&self) -> Option<String> {
+        let prefix = self.remote_ip_prefix.as_deref()?;
+        Some(match prefix.parse::<ipnet::IpNet>() {
+            Ok(net) => net.trunc().to_string(),
+            Err(_) => prefix.to_owned(),
+        })
+    }
+
     /// What makes two rules of a group the same rule, for Neutron's
     /// SecurityGroupRuleExists: everything but the id and the description.
     pub fn fingerprint(&self) -> String {
@@ -262,7 +274,7 @@ impl SecurityGroupRule {
             opt(&self.protocol),
             num(self.port_range_min),
             num(self.port_range_max),
-            opt(&self.remote_ip_prefix),
+            opt(&self.normalized_cidr()),
             opt(&self.remote_group_id)
         )
     }
@@ -282,7 +294,7 @@ impl SecurityGroupRule {
             "remote_ip_prefix": self.remote_ip_prefix,
             "remote_group_id": self.remote_group_id,
             "remote_address_group_id": null,
-            "normalized_cidr": self.remote_ip_prefix,
+            "normalized_cidr": self.normalized_cidr(),
             "created_at": iso(self.created_at),
             "updated_at": iso(self.created_at),
             "revision_number": 0,

@@ -1921,7 +1921,12 @@ pub mod rules {
                         format!("Conflicting value ethertype {ethertype} for CIDR {p}"),
                     ));
                 }
-                Some(normalized.trunc().to_string())
+                // Kept as given (a bare address as its /32 or /128):
+                // Neutron shows it so and matches its network.
+                Some(match p.parse::<ipnet::IpNet>() {
+                    Ok(_) => p.clone(),
+                    Err(_) => normalized.to_string(),
+                })
             }
             Some(other) => {
                 return Err(invalid(
@@ -2032,12 +2037,18 @@ mod tests {
             by_number.map(|r| r.fingerprint()).ok(),
             Some(ssh.fingerprint())
         );
-        // A host address is a /32 prefix; a sloppy prefix is its network.
-        let host = rule(json!({"direction": "ingress", "remote_ip_prefix": "10.0.0.5/24"}));
-        assert_eq!(
-            host.ok().and_then(|r| r.remote_ip_prefix),
-            Some("10.0.0.0/24".into())
-        );
+        // A host address is a /32 prefix; a sloppy prefix is kept as
+        // given, and matches (and is the same rule as) its network.
+        let host =
+            rule(json!({"direction": "ingress", "remote_ip_prefix": "10.0.0.5/24"})).unwrap();
+        assert_eq!(host.remote_ip_prefix.as_deref(), Some("10.0.0.5/24"));
+        assert_eq!(host.normalized_cidr().as_deref(), Some("10.0.0.0/24"));
+        let network =
+            rule(json!({"direction": "ingress", "remote_ip_prefix": "10.0.0.0/24"})).unwrap();
+        assert_eq!(host.fingerprint(), network.fingerprint());
+        assert_eq!(host.to_json()["normalized_cidr"], "10.0.0.0/24");
+        let bare = rule(json!({"direction": "ingress", "remote_ip_prefix": "10.0.0.5"})).unwrap();
+        assert_eq!(bare.remote_ip_prefix.as_deref(), Some("10.0.0.5/32"));
         assert_eq!(
             kind(rule(json!({"direction": "sideways"}))),
             "HTTPBadRequest"
