@@ -200,8 +200,9 @@ fn build_vmm() -> Result<PathBuf> {
     // libc, libm, ld.so and libgcc_s: 5.0 MiB overhead dynamic, 3.3 static);
     // it also starts without the dynamic loader. It makes no NSS lookups, the
     // one thing static glibc cannot do. (Fat LTO took 0.3 MiB more off, but
-    // that build crashed in the disk worker on the testbed's 6.1 kernel: not
-    // until that is understood.)
+    // that build called a null pointer in the disk worker's thread: static
+    // glibc with LTO links only part of libc's threading objects, a known
+    // toolchain problem, rust-lang/rust#94564.)
     let rustflags = format!(
         "{} -C target-feature=+crt-static",
         std::env::var("RUSTFLAGS").unwrap_or_default()
