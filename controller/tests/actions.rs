@@ -727,6 +727,53 @@ fn a_snapshot_is_an_image_of_the_root_disk_delivered_by_the_host() {
     );
     assert_eq!(r.status, 409, "{}", r.body);
 
+    // No import or location task ever works on an image here (Glance 2.12).
+    let tasks = call(
+        c,
+        "GET",
+        &format!("/image/v2/images/{image_id}/tasks"),
+        &[t],
+        "",
+    );
+    assert_eq!(
+        (tasks.status, tasks.json()),
+        (200, serde_json::json!({"tasks": []}))
+    );
+    let r = call(
+        c,
+        "GET",
+        "/image/v2/images/00000000-0000-4000-8000-000000000000/tasks",
+        &[t],
+        "",
+    );
+    assert_eq!(r.status, 404);
+    // The caller may name the image_type, as Nova lets it; not the server.
+    let r = create_image(
+        &id,
+        r#"{"createImage": {"name": "snap-3", "metadata": {"image_type": "test", "instance_uuid": "forged"}}}"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let third = r
+        .header("location")
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let shown = call(c, "GET", &format!("/image/v2/images/{third}"), &[t], "").json();
+    assert_eq!(
+        (&shown["image_type"], &shown["instance_uuid"]),
+        (&serde_json::json!("test"), &serde_json::json!(id))
+    );
+    cloud.wait(&id, "ACTIVE");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while call(c, "GET", &format!("/image/v2/images/{third}"), &[t], "").json()["status"]
+        != "active"
+    {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Nothing to snapshot; a name is required.
     let r = create_image(&kernel_server, r#"{"createImage": {"name": "snap-2"}}"#);
     assert_eq!(r.status, 409, "{}", r.body);

@@ -92,6 +92,11 @@ pub async fn route(
                 .map(|()| empty(StatusCode::NO_CONTENT))
         }
         (Method::GET, ["images", id, "file"]) => get_file(app, &auth, id).await,
+        // The tasks (imports, locations) that worked on an image (2.12):
+        // none run here, images are uploaded or snapshotted whole.
+        (Method::GET, ["images", id, "tasks"]) => service::visible(app, &auth, id)
+            .await
+            .map(|_| json(StatusCode::OK, &json!({ "tasks": [] }))),
         (Method::POST, ["images", id, "actions", action @ ("deactivate" | "reactivate")]) => {
             service::set_active(app, &auth, id, *action == "reactivate")
                 .await

@@ -457,8 +457,9 @@ pub async fn upload(app: &App, auth: &Auth, id: &str, body: Incoming) -> Result<
 
 /// A server snapshot's data, sent by the host the server is on (see
 /// `compute::service::snapshot`): taken only for an image in `saving` made
-/// for a snapshot of a server placed on `host`. An upload that fails leaves
-/// the image `killed`, as Glance's failed snapshots are.
+/// for a snapshot of a server placed on `host` and taking a snapshot now
+/// (its `image_type` is no guide: Nova lets the caller name it). An upload
+/// that fails leaves the image `killed`, as Glance's failed snapshots are.
 pub async fn receive_snapshot(
     app: &App,
     host: &str,
@@ -468,25 +469,31 @@ pub async fn receive_snapshot(
 ) -> Result<(), ImageError> {
     let image = app.images.get(id).await?.ok_or_else(|| not_found(id))?;
     let server = match image.properties.get("instance_uuid") {
-        Some(s)
-            if matches!(
-                image.properties.get("image_type").map(String::as_str),
-                Some("snapshot" | "backup")
-            ) =>
-        {
-            app.servers.get(s).await?
-        }
-        _ => None,
+        Some(s) => app
+            .servers
+            .get(s)
+            .await?
+            .filter(|s| s.host_id.as_deref() == Some(host)),
+        None => None,
     };
-    if server.and_then(|s| s.host_id).as_deref() != Some(host) {
+    let Some(server) = server else {
         return Err(ImageError::Forbidden(format!(
             "image {id} is not a snapshot of a server on host {host}"
         )));
-    }
+    };
     if image.status != "saving" {
         return Err(ImageError::Conflict(format!(
             "Image {id} is {}: not waiting for a snapshot",
             image.status
+        )));
+    }
+    if !matches!(
+        server.task_state.as_deref(),
+        Some("image_snapshot" | "image_uploading")
+    ) {
+        return Err(ImageError::Forbidden(format!(
+            "server {} is taking no snapshot",
+            server.id
         )));
     }
     match receive(app, &image, body, encoding).await {

@@ -71,16 +71,19 @@ pub async fn create_image(
         &["active", "stopped", "paused", "suspended"],
     )
     .await?;
+    // The caller's metadata may name the image_type (Nova lets it); what
+    // ties the image to its server may not be overridden.
     let mut properties = metadata;
-    match &purpose {
-        Purpose::Snapshot => {
-            properties.insert("image_type".into(), "snapshot".into());
-        }
+    let image_type = match &purpose {
+        Purpose::Snapshot => "snapshot",
         Purpose::Backup { backup_type, .. } => {
-            properties.insert("image_type".into(), "backup".into());
             properties.insert("backup_type".into(), backup_type.clone());
+            "backup"
         }
-    }
+    };
+    properties
+        .entry("image_type".into())
+        .or_insert_with(|| image_type.into());
     properties.insert("instance_uuid".into(), id.to_owned());
     properties.insert("base_image_ref".into(), server.image_id.clone());
     properties.insert("owner_user_name".into(), ctx.user_id().to_owned());
@@ -114,6 +117,7 @@ pub async fn create_image(
     record_action(app, ctx, &server, action).await;
     let (server_id, image_id, request_id) =
         (id.to_owned(), image.id.clone(), ctx.request_id.clone());
+    let project = server.project_id.clone();
     tokio::spawn(async move {
         let failure = on_host(&background, &server_id, &hostd, &image_id).await;
         if let Some(why) = &failure {
@@ -127,7 +131,14 @@ pub async fn create_image(
             rotation,
         } = &purpose
         {
-            rotate(&background, &server_id, backup_type, *rotation as usize).await;
+            rotate(
+                &background,
+                &server_id,
+                &project,
+                backup_type,
+                *rotation as usize,
+            )
+            .await;
         }
         let _ = background.servers.clear_task(&server_id).await;
         if let Err(e) = background
@@ -142,8 +153,10 @@ pub async fn create_image(
 }
 
 /// Deletes the server's backups of `backup_type` beyond the newest `keep`
-/// (protected ones stay, as Glance would refuse them).
-async fn rotate(app: &App, server_id: &str, backup_type: &str, keep: usize) {
+/// (protected ones stay, as Glance would refuse them). Only the server's
+/// project's images count: another project cannot push this server's
+/// backups out by labelling images of its own with its id.
+async fn rotate(app: &App, server_id: &str, project: &str, backup_type: &str, keep: usize) {
     let images = match app.images.list().await {
         Ok(i) => i,
         Err(e) => {
@@ -157,7 +170,8 @@ async fn rotate(app: &App, server_id: &str, backup_type: &str, keep: usize) {
     let mut backups: Vec<Image> = images
         .into_iter()
         .filter(|i| {
-            prop(i, "instance_uuid") == Some(server_id)
+            i.owner == project
+                && prop(i, "instance_uuid") == Some(server_id)
                 && prop(i, "image_type") == Some("backup")
                 && prop(i, "backup_type") == Some(backup_type)
         })
