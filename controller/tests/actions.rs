@@ -589,17 +589,11 @@ fn a_rebuild_makes_the_instance_again_from_the_new_image() {
     assert_eq!(cloud.show(&id)["status"], "SHUTOFF");
 }
 
-/// `createImage` makes a private Glance image at once (`saving`), and the
-/// server's host delivers the root disk's data straight into it; the image
-/// becomes active with Nova's snapshot properties. A server booted from a
-/// kernel image has no root disk to snapshot; only the server's host may
-/// deliver the data.
-#[test]
-fn a_snapshot_is_an_image_of_the_root_disk_delivered_by_the_host() {
-    let cloud = Cloud::start(Delays::NONE);
+/// A server booted from a raw disk image of its own (a root disk to
+/// snapshot): the image's id and the server's, active. Uses the first
+/// flavor, so a server (`active_server`) must have made it.
+fn disk_server(cloud: &Cloud) -> (String, String) {
     let (c, t) = (&cloud.c, cloud.auth());
-    let (kernel_server, _) = cloud.active_server();
-    // A server booted from a disk image of its own.
     let disk = call(
         c,
         "POST",
@@ -629,6 +623,20 @@ fn a_snapshot_is_an_image_of_the_root_disk_delivered_by_the_host() {
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
     cloud.wait(&id, "ACTIVE");
+    (disk, id)
+}
+
+/// `createImage` makes a private Glance image at once (`saving`), and the
+/// server's host delivers the root disk's data straight into it; the image
+/// becomes active with Nova's snapshot properties. A server booted from a
+/// kernel image has no root disk to snapshot; only the server's host may
+/// deliver the data.
+#[test]
+fn a_snapshot_is_an_image_of_the_root_disk_delivered_by_the_host() {
+    let cloud = Cloud::start(Delays::NONE);
+    let (c, t) = (&cloud.c, cloud.auth());
+    let (kernel_server, _) = cloud.active_server();
+    let (disk, id) = disk_server(&cloud);
     let create_image = |server: &str, body: &str| {
         call(
             c,
@@ -787,37 +795,9 @@ fn a_snapshot_is_an_image_of_the_root_disk_delivered_by_the_host() {
 fn backups_rotate_by_type() {
     let cloud = Cloud::start(Delays::NONE);
     let (c, t) = (&cloud.c, cloud.auth());
-    // Its flavor and host, for the server booted from a disk below.
+    // Its flavor and host, for the server booted from a disk.
     cloud.active_server();
-    let disk = call(
-        c,
-        "POST",
-        "/image/v2/images",
-        &[t],
-        r#"{"name": "disk", "disk_format": "raw", "container_format": "bare"}"#,
-    )
-    .json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let path = format!("/image/v2/images/{disk}/file");
-    assert_eq!(common::put_bytes(c, &path, &cloud.admin, &[0u8; 4096]), 204);
-    let flavor = call(c, "GET", "/compute/v2.1/flavors", &[t], "").json()["flavors"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let r = call(
-        c,
-        "POST",
-        "/compute/v2.1/servers",
-        &[t],
-        &format!(
-            r#"{{"server": {{"name": "vm-disk", "imageRef": "{disk}", "flavorRef": "{flavor}"}}}}"#
-        ),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
-    cloud.wait(&id, "ACTIVE");
+    let (_, id) = disk_server(&cloud);
     let action = |version: &str, body: String| {
         call(
             c,

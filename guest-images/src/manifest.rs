@@ -14,6 +14,14 @@ pub const BZIMAGE: &str = "bzImage";
 pub const VMLINUX: &str = "vmlinux";
 pub const BOOT_INITRAMFS: &str = "boot-initramfs.cpio";
 pub const ROOTFS: &str = "rootfs.ext4";
+/// What a build makes, each recorded with its checksum.
+const ARTIFACTS: [&str; 5] = [
+    BZIMAGE,
+    VMLINUX,
+    BOOT_INITRAMFS,
+    ROOTFS,
+    crate::test_disk::TEST_DISK,
+];
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifact {
@@ -31,13 +39,7 @@ pub struct Manifest {
 impl Manifest {
     pub fn new(inputs: Inputs, kernel_release: String, dir: &Path) -> Result<Self, ImageError> {
         let mut artifacts = BTreeMap::new();
-        for name in [
-            BZIMAGE,
-            VMLINUX,
-            BOOT_INITRAMFS,
-            ROOTFS,
-            crate::test_disk::TEST_DISK,
-        ] {
+        for name in ARTIFACTS {
             let path = dir.join(name);
             let data = std::fs::read(&path).map_err(io_err(&path))?;
             artifacts.insert(
@@ -95,13 +97,7 @@ mod tests {
     #[test]
     fn round_trip_and_presence() {
         let dir = tempfile::tempdir().unwrap();
-        for name in [
-            BZIMAGE,
-            VMLINUX,
-            BOOT_INITRAMFS,
-            ROOTFS,
-            crate::test_disk::TEST_DISK,
-        ] {
+        for name in ARTIFACTS {
             std::fs::write(dir.path().join(name), name).unwrap();
         }
         let inputs = Inputs {
