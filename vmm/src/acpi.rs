@@ -221,7 +221,8 @@ fn power_button(table: &mut Sdt) {
     aml::Device::new("\\_SB_.PWRB".into(), vec![&hid_name, &uid_name]).to_aml_bytes(table);
 
     let ged_hid = aml::Name::new("_HID".into(), &"ACPI0013");
-    let interrupt = irq(ged::GSI);
+    // Level-triggered, active-high: held until `_EVT` reads the events.
+    let interrupt = aml::Interrupt::new(true, false, false, false, ged::GSI);
     let crs = aml::ResourceTemplate::new(vec![&interrupt]);
     let crs_name = aml::Name::new("_CRS".into(), &crs);
     let (base, len) = (ged::BASE as usize, ged::LEN as usize);

@@ -39,6 +39,8 @@ struct Routes {
     /// GSIs given back by unplugged devices, taken before new ones.
     free: Vec<u32>,
     msi: BTreeMap<u32, MsiMessage>,
+    /// Legacy GSIs routed to the IOAPIC alone (see [`GsiRouter::ioapic_only`]).
+    ioapic_only: Vec<u32>,
 }
 
 pub struct GsiRouter {
@@ -54,12 +56,32 @@ impl GsiRouter {
                 next_gsi: IOAPIC_PINS,
                 free: Vec::new(),
                 msi: BTreeMap::new(),
+                ioapic_only: Vec::new(),
             }),
         }
     }
 
     pub fn vm(&self) -> &VmFd {
         &self.vm
+    }
+
+    /// Takes `gsi` off the 8259 PIC, leaving it to the IOAPIC. The guest
+    /// never programs the PIC (a hardware-reduced ACPI platform has none
+    /// to it), so the PIC keeps its reset vector base of 0 and the boot
+    /// vCPU's LINT0 takes its output until the guest sets up its local
+    /// APIC: a line raised that early arrives as exception `gsi` (5: #BR,
+    /// and the kernel panics). On the IOAPIC it waits, masked, until the
+    /// guest's driver unmasks it. For the lines of ACPI-only devices, which
+    /// no guest without an IOAPIC uses.
+    pub fn ioapic_only(&self, gsi: u32) -> Result<(), InterruptError> {
+        let mut r = lock(&self.routes);
+        if !r.ioapic_only.contains(&gsi) {
+            r.ioapic_only.push(gsi);
+        }
+        let table = routing_table(&r.msi, &r.ioapic_only).ok_or(InterruptError::Table)?;
+        self.vm
+            .set_gsi_routing(&table)
+            .map_err(InterruptError::Routing)
     }
 
     pub fn allocate(&self) -> Result<u32, InterruptError> {
@@ -95,7 +117,7 @@ impl GsiRouter {
         if !changed {
             return Ok(());
         }
-        let table = routing_table(&r.msi).ok_or(InterruptError::Table)?;
+        let table = routing_table(&r.msi, &r.ioapic_only).ok_or(InterruptError::Table)?;
         self.vm
             .set_gsi_routing(&table)
             .map_err(InterruptError::Routing)
@@ -114,11 +136,11 @@ fn irqchip_entry(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {
 }
 
 /// KVM's default routes (GSI 0-15 to both PICs and the IOAPIC, 16-23 to the
-/// IOAPIC) followed by the MSI routes.
-fn routing_table(msi: &BTreeMap<u32, MsiMessage>) -> Option<KvmIrqRouting> {
+/// IOAPIC) but for the `ioapic_only` GSIs, followed by the MSI routes.
+fn routing_table(msi: &BTreeMap<u32, MsiMessage>, ioapic_only: &[u32]) -> Option<KvmIrqRouting> {
     let mut table = KvmIrqRouting::new(0).ok()?;
     for gsi in 0..IOAPIC_PINS {
-        if gsi < 16 {
+        if gsi < 16 && !ioapic_only.contains(&gsi) {
             let pic = if gsi < 8 {
                 KVM_IRQCHIP_PIC_MASTER
             } else {
@@ -158,7 +180,7 @@ mod tests {
                 data: 0x4021,
             },
         );
-        let t = routing_table(&msi).unwrap();
+        let t = routing_table(&msi, &[]).unwrap();
         let entries = t.as_slice();
         assert_eq!(entries.len(), 16 * 2 + 8 + 1);
         let last = entries[entries.len() - 1];
@@ -174,5 +196,20 @@ mod tests {
             .map(|e| e.gsi)
             .collect();
         assert_eq!(pins, (0..24).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_ioapic_only_line_leaves_the_pic() {
+        let t = routing_table(&BTreeMap::new(), &[5]).unwrap();
+        let chips: Vec<u32> = t
+            .as_slice()
+            .iter()
+            .filter(|e| e.gsi == 5)
+            // SAFETY: only irqchip entries are in a table without MSI routes.
+            .map(|e| unsafe { e.u.irqchip.irqchip })
+            .collect();
+        assert_eq!(chips, [KVM_IRQCHIP_IOAPIC]);
+        let gsi4 = t.as_slice().iter().filter(|e| e.gsi == 4).count();
+        assert_eq!(gsi4, 2, "other ISA lines keep the PIC");
     }
 }

@@ -20,7 +20,7 @@ use crate::cpu::{cpuid, regs};
 use crate::devices::acpi_pm::{self, AcpiPm};
 use crate::devices::ged::{self, Ged};
 use crate::devices::i8042::{self, I8042};
-use crate::devices::irq::IrqLine;
+use crate::devices::irq::{IrqLine, KvmLevelLine};
 use crate::devices::pci_hotplug::{self, PciHotplug};
 use crate::devices::rtc::{self, Rtc};
 use crate::devices::serial::{self, SerialDevice};
@@ -76,6 +76,8 @@ pub enum VmError {
     VcpuSetup { id: u8, source: regs::RegsError },
     #[error("creating device interrupt: {0}")]
     Irq(std::io::Error),
+    #[error(transparent)]
+    Routing(#[from] crate::interrupts::InterruptError),
     #[error(transparent)]
     Bus(#[from] OverlapError),
     #[error("starting vCPU thread: {0}")]
@@ -202,6 +204,7 @@ impl Vm {
 
         let (mut pio, i8042, ged) = create_devices(&vm, console)?;
         let router = Arc::new(GsiRouter::new(vm.clone()));
+        router.ioapic_only(ged::GSI)?;
         let pci = Arc::new(PciBus::new());
         let (limiters, disks, slots) = create_pci(config, memory, &router, &pci)?;
         pio.insert(
@@ -654,7 +657,7 @@ fn irq_line(vm: &VmFd, gsi: u32) -> Result<IrqLine, VmError> {
 /// to shut down.
 type PortDevices = (Bus, Arc<Mutex<I8042>>, Arc<Mutex<Ged>>);
 
-fn create_devices(vm: &VmFd, console: &Console) -> Result<PortDevices, VmError> {
+fn create_devices(vm: &Arc<VmFd>, console: &Console) -> Result<PortDevices, VmError> {
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         irq_line(vm, serial::COM1_GSI)?,
         console.writer(),
@@ -675,7 +678,10 @@ fn create_devices(vm: &VmFd, console: &Console) -> Result<PortDevices, VmError> 
     )?;
     pio.insert(rtc::BASE, rtc::LEN, Arc::new(Mutex::new(Rtc::default())))?;
     pio.insert(acpi_pm::BASE, acpi_pm::LEN, Arc::new(Mutex::new(AcpiPm)))?;
-    let ged = Arc::new(Mutex::new(Ged::new(irq_line(vm, ged::GSI)?)));
+    let ged = Arc::new(Mutex::new(Ged::new(Box::new(KvmLevelLine::new(
+        vm.clone(),
+        ged::GSI,
+    )))));
     pio.insert(
         ged::BASE,
         ged::LEN,

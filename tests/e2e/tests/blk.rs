@@ -138,18 +138,26 @@ echo "VMM_EXIT=$?""#,
 /// A disk plugged into the running guest through the control API, on the
 /// descriptor sent with the request (as hostd will send a volume's): the
 /// guest sees it and reads what the host wrote, and sees it grow; unplugged,
-/// it goes once the guest lets go. Bad requests are refused.
+/// it goes once the guest lets go, also when the unplug came while the
+/// guest booted. Bad requests are refused.
 #[test]
 fn disks_plug_and_unplug_while_the_guest_runs() {
     let script = r#"log=$WORK/console.log
 api() { $BIN/vmmctl --socket $WORK/api.sock "$@"; }
 @WAITS@dd if=/dev/zero of=$WORK/hot.img bs=1M count=16 2>/dev/null
 printf virga-hot-disk-1 | dd of=$WORK/hot.img conv=notrunc 2>/dev/null
+dd if=/dev/zero of=$WORK/cold.img bs=1M count=1 2>/dev/null
+chown $VMM_UID $WORK/cold.img
 $BIN/vmm --kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio \
     --vcpus 1 --memory-mib 256 --cmdline "$CMDLINE virga.mode=hotplug" --serial file:$log \
-    --api-socket $WORK/api.sock 2> $WORK/vmm.log &
+    --disk path=$WORK/cold.img --api-socket $WORK/api.sock 2> $WORK/vmm.log &
 pid=$!
+i=0; until api get /vm >/dev/null 2>&1 || [ $i -ge 200 ]; do sleep 0.05; i=$((i + 1)); done
+# Unplugged as soon as the VMM answers, while the guest boots.
+echo "EARLY_REMOVE=$(api delete /vm/devices/disk0 2>&1 | tr '\n' ' ')"
 wait_for "virga-hotplug-ready"
+i=0; while api get /vm 2>/dev/null | grep -q '"id":"disk0"' && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+echo "EARLY_GONE=$(api get /vm 2>/dev/null | grep -c '"id":"disk0"')"
 echo "ADD=$(api --disk $WORK/hot.img post /vm/disks '{"serial": "hot1"}' 2>&1 | tr '\n' ' ')"
 wait_for "virga-hotplug-disk vda virga-hot-disk-1"
 wait_for "virga-hotplug-sizes vda=32768 "
@@ -175,6 +183,15 @@ grep virga-hotplug $log"#
     assert!(out.success(), "scenario failed");
     let o = &out.output;
     assert!(!o.contains("TIMEOUT"), "a step timed out");
+    // The unplug asked for while the guest booted waited for the guest's
+    // GED driver (it once reached the unprogrammed PIC and panicked the
+    // guest, or was lost).
+    assert!(value(o, "EARLY_REMOVE").is_some_and(|r| r.starts_with("202")));
+    assert_eq!(
+        value(o, "EARLY_GONE"),
+        Some("0"),
+        "ejected once the guest was up"
+    );
     assert!(value(o, "ADD").is_some_and(|r| r.starts_with("201 {\"id\":\"disk0\"")));
     assert!(
         o.contains("virga-hotplug-disk vda virga-hot-disk-1"),
