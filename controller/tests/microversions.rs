@@ -383,16 +383,65 @@ fn keypairs_limits_quotas_and_the_proxies_by_version() {
         shown["keypair"].get("private_key").is_none(),
         "never stored"
     );
+    // An x509 key pair made here: a certificate and its RSA key.
+    let (status, body) = n.at(
+        "2.2",
+        "POST",
+        "/os-keypairs",
+        json!({"keypair": {"name": "cert2", "type": "x509"}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let made = &body["keypair"];
+    let (cert, private) = (
+        made["public_key"].as_str().unwrap(),
+        made["private_key"].as_str().unwrap(),
+    );
+    assert_eq!(made["type"], "x509");
+    assert!(
+        private.starts_with("-----BEGIN RSA PRIVATE KEY-----"),
+        "{private}"
+    );
     assert_eq!(
-        n.at(
-            "2.2",
-            "POST",
-            "/os-keypairs",
-            json!({"keypair": {"name": "cert2", "type": "x509"}})
-        )
-        .0,
-        400,
-        "an x509 keypair is imported, not made"
+        made["fingerprint"].as_str().unwrap(),
+        controller::compute::keypairs::x509_fingerprint(cert).unwrap()
+    );
+    // OpenSSL (where installed) reads both: the key is the certificate's,
+    // for the user, for client logins.
+    let cert_file = dir.path().join("cert.pem");
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, private).unwrap();
+    let openssl = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| {
+                assert!(
+                    o.status.success(),
+                    "openssl {args:?}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            })
+    };
+    let cert_path = cert_file.to_str().unwrap();
+    if let Some(text) = openssl(&["x509", "-in", cert_path, "-noout", "-text"]) {
+        assert!(text.contains("TLS Web Client Authentication"), "{text}");
+        assert!(text.contains("sha256WithRSAEncryption"), "{text}");
+        assert!(text.contains("(2048 bit)"), "{text}");
+        let modulus = openssl(&["x509", "-in", cert_path, "-noout", "-modulus"]);
+        let key_path = key_file.to_str().unwrap();
+        assert_eq!(
+            openssl(&["rsa", "-in", key_path, "-noout", "-modulus"]),
+            modulus
+        );
+    }
+    assert!(
+        n.at("2.2", "GET", "/os-keypairs/cert2", Value::Null).1["keypair"]
+            .get("private_key")
+            .is_none(),
+        "never stored"
     );
     assert_eq!(
         n.at(

@@ -187,10 +187,17 @@ async fn create_keypair(
     let (public_key, private_key) = match given {
         Some(key) => (key.to_owned(), None),
         None if asked_type == "x509" => {
-            return nova_error(
-                StatusCode::BAD_REQUEST,
-                "Keypair data is invalid: an x509 keypair needs its certificate in public_key",
-            )
+            let user = auth.user.id.clone();
+            match tokio::task::spawn_blocking(move || keypairs::generate_x509(&user)).await {
+                Ok(Ok((cert, private))) => (cert, Some(private)),
+                Ok(Err(e)) => return nova_error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+                Err(e) => {
+                    return nova_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!("generating an x509 key pair: {e}"),
+                    )
+                }
+            }
         }
         None => match keypairs::generate("Generated-by-Virga") {
             Ok((public, private)) => (public, Some(private)),

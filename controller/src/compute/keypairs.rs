@@ -3,7 +3,8 @@
 //! Current clients generate keys themselves (OSC makes ed25519 keys
 //! locally); before microversion 2.92 Nova generates one when no public key
 //! is given, and so does [`generate`] (ed25519 where Nova makes RSA: what
-//! OSC makes too, and every cloud image's sshd takes it).
+//! OSC makes too, and every cloud image's sshd takes it), and
+//! [`generate_x509`] for the x509 type (WinRM's certificate logins).
 
 use base64::Engine;
 use md5::{Digest, Md5};
@@ -31,6 +32,81 @@ pub fn generate(comment: &str) -> Result<(String, String), String> {
     let private = key.to_openssh(ssh_key::LineEnding::LF).map_err(failed)?;
     let public = key.public_key().to_openssh().map_err(failed)?;
     Ok((public, private.as_str().to_owned()))
+}
+
+/// A new x509 key pair as Nova makes one for `user_id`: an RSA-2048 key and
+/// a self-signed certificate (SHA-256) for `CN=user_id`, valid ten years,
+/// for client authentication, naming `user_id@localhost` as its UPN (what a
+/// Windows guest maps a WinRM login by). Returns (certificate PEM, private
+/// key PEM in PKCS#1, as Nova's). Seconds of CPU: run it off the runtime.
+pub fn generate_x509(user_id: &str) -> Result<(String, String), String> {
+    use std::str::FromStr;
+
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    use rsa::rand_core::{OsRng, RngCore};
+    use x509_cert::builder::{Builder, CertificateBuilder, Profile};
+    use x509_cert::der::asn1::{Any, Utf8StringRef};
+    use x509_cert::der::pem::LineEnding;
+    use x509_cert::der::EncodePem;
+    use x509_cert::ext::pkix::name::{GeneralName, OtherName};
+    use x509_cert::ext::pkix::{ExtendedKeyUsage, SubjectAltName};
+    use x509_cert::spki::SubjectPublicKeyInfoOwned;
+
+    /// Microsoft's User Principal Name, in a subjectAltName otherName.
+    const UPN: x509_cert::der::oid::ObjectIdentifier =
+        x509_cert::der::oid::ObjectIdentifier::new_unwrap("1.3.6.1.4.1.311.20.2.3");
+    const CLIENT_AUTH: x509_cert::der::oid::ObjectIdentifier =
+        x509_cert::der::oid::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
+    const TEN_YEARS: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
+
+    let failed =
+        |what: &str, e: &dyn std::fmt::Display| format!("generating an x509 key pair: {what}: {e}");
+    if user_id.is_empty()
+        || !user_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(failed("user id", &"not a plain identifier"));
+    }
+    let key = rsa::RsaPrivateKey::new(&mut OsRng, 2048).map_err(|e| failed("RSA key", &e))?;
+    let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key.clone());
+    let subject = x509_cert::name::Name::from_str(&format!("CN={user_id}"))
+        .map_err(|e| failed("subject", &e))?;
+    let spki = SubjectPublicKeyInfoOwned::from_key(key.to_public_key())
+        .map_err(|e| failed("public key", &e))?;
+    // A positive 63-bit serial: random, as RFC 5280 asks of an issuer.
+    let serial = x509_cert::serial_number::SerialNumber::from(OsRng.next_u64() >> 1);
+    let validity =
+        x509_cert::time::Validity::from_now(TEN_YEARS).map_err(|e| failed("validity", &e))?;
+    let profile = Profile::Leaf {
+        issuer: subject.clone(),
+        enable_key_agreement: false,
+        enable_key_encipherment: true,
+    };
+    let mut builder = CertificateBuilder::new(profile, serial, validity, subject, spki, &signer)
+        .map_err(|e| failed("certificate", &e))?;
+    let upn = format!("{user_id}@localhost");
+    let upn = Any::encode_from(&Utf8StringRef::new(&upn).map_err(|e| failed("UPN", &e))?)
+        .map_err(|e| failed("UPN", &e))?;
+    builder
+        .add_extension(&ExtendedKeyUsage(vec![CLIENT_AUTH]))
+        .map_err(|e| failed("extended key usage", &e))?;
+    builder
+        .add_extension(&SubjectAltName(vec![GeneralName::OtherName(OtherName {
+            type_id: UPN,
+            value: upn,
+        })]))
+        .map_err(|e| failed("subject alt name", &e))?;
+    let cert = builder
+        .build::<rsa::pkcs1v15::Signature>()
+        .map_err(|e| failed("signing", &e))?;
+    let cert = cert
+        .to_pem(LineEnding::LF)
+        .map_err(|e| failed("certificate PEM", &e))?;
+    let private = key
+        .to_pkcs1_pem(rsa::pkcs1::LineEnding::LF)
+        .map_err(|e| failed("private key PEM", &e))?;
+    Ok((cert, private.as_str().to_owned()))
 }
 
 /// `ssh-ed25519 AAAA... comment` -> (type, MD5 fingerprint `aa:bb:...`).
