@@ -18,6 +18,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use crate::debian::{run, DebianError};
+use crate::gpt_layout::table_error;
 use crate::grub_install::{self, GrubImages};
 use crate::{io_err, ImageError};
 
@@ -96,6 +97,7 @@ fn revision() -> String {
     let mut sources = Sha256::new();
     sources.update(include_str!("cloud_image.rs"));
     sources.update(include_str!("grub_install.rs"));
+    sources.update(include_str!("gpt_layout.rs"));
     let hash = sources.finalize();
     hash[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -328,27 +330,14 @@ fn assemble(fs: &Path, raw: &Path, grub: &GrubImages) -> Result<(), ImageError> 
         .open(&part)
         .map_err(io_err(&part))?;
     file.set_len(total).map_err(io_err(&part))?;
-    let table = |e: String| ImageError::from(DebianError::Unexpected(format!("GPT: {e}")));
-    let sectors = u32::try_from(total / 512 - 1).map_err(|e| table(e.to_string()))?;
-    gpt::mbr::ProtectiveMBR::with_lb_size(sectors)
-        .overwrite_lba0(&mut file)
-        .map_err(|e| table(e.to_string()))?;
-    let mut disk = gpt::GptConfig::new()
-        .writable(true)
-        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
-        .create_from_device(file.try_clone().map_err(io_err(&part))?, None)
-        .map_err(|e| table(e.to_string()))?;
-    disk.update_partitions(Default::default())
-        .map_err(|e| table(e.to_string()))?;
+    let mut disk = crate::gpt_layout::empty_gpt(&mut file, &part, total)?;
     let bios = gpt::partition_types::Type {
-        guid: BIOS_BOOT
-            .parse()
-            .map_err(|e: uuid::Error| table(e.to_string()))?,
+        guid: BIOS_BOOT.parse().map_err(|e: uuid::Error| table_error(e))?,
         os: gpt::partition_types::OperatingSystem::None,
     };
     let lba = |bytes: u64| bytes / 512;
     disk.add_partition_at("", 14, lba(MIB), lba(3 * MIB), bios, 0)
-        .map_err(|e| table(e.to_string()))?;
+        .map_err(table_error)?;
     disk.add_partition_at(
         "",
         15,
@@ -357,7 +346,7 @@ fn assemble(fs: &Path, raw: &Path, grub: &GrubImages) -> Result<(), ImageError> 
         gpt::partition_types::EFI,
         0,
     )
-    .map_err(|e| table(e.to_string()))?;
+    .map_err(table_error)?;
     disk.add_partition_at(
         "",
         1,
@@ -366,18 +355,17 @@ fn assemble(fs: &Path, raw: &Path, grub: &GrubImages) -> Result<(), ImageError> 
         gpt::partition_types::LINUX_FS,
         0,
     )
-    .map_err(|e| table(e.to_string()))?;
+    .map_err(table_error)?;
     if let Some(root) = disk.partitions().get(&1).cloned() {
         let mut root = root;
         root.part_guid = ROOT_PART_UUID
             .parse()
-            .map_err(|e: uuid::Error| table(e.to_string()))?;
+            .map_err(|e: uuid::Error| table_error(e))?;
         let mut parts = disk.partitions().clone();
         parts.insert(1, root);
-        disk.update_partitions(parts)
-            .map_err(|e| table(e.to_string()))?;
+        disk.update_partitions(parts).map_err(table_error)?;
     }
-    disk.write().map_err(|e| table(e.to_string()))?;
+    disk.write().map_err(table_error)?;
 
     // The ESP: a FAT filesystem with GRUB at the removable-media path.
     let mut esp = fscommon_slice(&mut file, 4 * MIB, 124 * MIB);

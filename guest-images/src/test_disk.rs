@@ -12,7 +12,8 @@ use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::debian::{run, DebianError};
+use crate::debian::run;
+use crate::gpt_layout::table_error;
 use crate::{io_err, ImageError};
 
 pub const TEST_DISK: &str = "test-disk.raw";
@@ -93,19 +94,7 @@ fn assemble(fs: &Path, disk: &Path) -> Result<(), ImageError> {
         .open(&part)
         .map_err(io_err(&part))?;
     file.set_len(total).map_err(io_err(&part))?;
-    let table = |e: String| ImageError::from(DebianError::Unexpected(format!("GPT: {e}")));
-    let sectors = u32::try_from(total / 512 - 1).map_err(|e| table(e.to_string()))?;
-    gpt::mbr::ProtectiveMBR::with_lb_size(sectors)
-        .overwrite_lba0(&mut file)
-        .map_err(|e| table(e.to_string()))?;
-    let mut table_disk = gpt::GptConfig::new()
-        .writable(true)
-        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
-        .create_from_device(file.try_clone().map_err(io_err(&part))?, None)
-        .map_err(|e| table(e.to_string()))?;
-    table_disk
-        .update_partitions(Default::default())
-        .map_err(|e| table(e.to_string()))?;
+    let mut table_disk = crate::gpt_layout::empty_gpt(&mut file, &part, total)?;
     table_disk
         .add_partition_at(
             "root",
@@ -115,8 +104,8 @@ fn assemble(fs: &Path, disk: &Path) -> Result<(), ImageError> {
             gpt::partition_types::LINUX_FS,
             0,
         )
-        .map_err(|e| table(e.to_string()))?;
-    table_disk.write().map_err(|e| table(e.to_string()))?;
+        .map_err(table_error)?;
+    table_disk.write().map_err(table_error)?;
     let mut source = std::fs::File::open(fs).map_err(io_err(fs))?;
     file.seek(SeekFrom::Start(ROOT_START))
         .map_err(io_err(&part))?;
