@@ -161,6 +161,12 @@ pub fn run(runs: u32, check: bool) -> Result<()> {
             "KiB",
             &pick(|x| x.overhead_kib as f64),
         ));
+        rows.extend(Row::from_samples(
+            system,
+            "private_overhead_kib",
+            "KiB",
+            &pick(|x| x.private_overhead_kib as f64),
+        ));
     }
     let report = Report {
         bench: "boot".into(),

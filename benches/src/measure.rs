@@ -2,7 +2,10 @@
 //! and times it from process start to the guest's marker line.
 //!
 //! It also samples the VMM's overhead when the marker appears (resident memory
-//! outside the guest-RAM mapping) and takes the peak RSS from wait4's rusage.
+//! outside the guest-RAM mapping, and the private part of it: anonymous
+//! memory, what each further VM costs, where the binary's pages are page
+//! cache every VMM on the host shares) and takes the peak RSS from wait4's
+//! rusage.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -18,6 +21,9 @@ pub struct Sample {
     pub system: String,
     pub boot_ms: f64,
     pub overhead_kib: u64,
+    /// Of `overhead_kib`, the anonymous memory (heap, stacks, copies).
+    #[serde(default)]
+    pub private_overhead_kib: u64,
     pub peak_rss_kib: u64,
     pub exit_ok: bool,
 }
@@ -59,7 +65,7 @@ pub fn run(r: &Run, command: &[String]) -> Result<()> {
     let pid = child.id();
     let stdout = child.stdout.take().context("no stdout")?;
     let mut boot_ms = None;
-    let mut overhead_kib = 0;
+    let mut overhead_kib = Overhead::default();
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap_or_default();
         if let Some(f) = console.as_mut() {
@@ -67,7 +73,7 @@ pub fn run(r: &Run, command: &[String]) -> Result<()> {
         }
         if boot_ms.is_none() && line.contains(marker) {
             boot_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-            overhead_kib = overhead(pid, guest_mib).unwrap_or(0);
+            overhead_kib = overhead(pid, guest_mib).unwrap_or_default();
             println!("{line}");
             if let Some(up) = cloud_init_uptime(&line) {
                 crate::hostd::emit(system, "guest_uptime_s", "s", up);
@@ -85,7 +91,8 @@ pub fn run(r: &Run, command: &[String]) -> Result<()> {
     let sample = Sample {
         system: system.to_owned(),
         boot_ms,
-        overhead_kib,
+        overhead_kib: overhead_kib.resident,
+        private_overhead_kib: overhead_kib.anonymous,
         peak_rss_kib,
         exit_ok: status == 0 || stop,
     };
@@ -102,13 +109,22 @@ pub fn cloud_init_uptime(line: &str) -> Option<f64> {
     up.split_whitespace().next()?.parse().ok()
 }
 
-/// RSS of the process minus the RSS of mappings at least as large as guest RAM.
-fn overhead(pid: u32, guest_mib: u64) -> Option<u64> {
+/// What the VMM holds outside guest RAM, in KiB.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Overhead {
+    /// Resident: the process's RSS minus that of mappings at least as
+    /// large as guest RAM.
+    pub resident: u64,
+    /// The anonymous part of it.
+    pub anonymous: u64,
+}
+
+fn overhead(pid: u32, guest_mib: u64) -> Option<Overhead> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
     Some(overhead_from_smaps(&smaps, guest_mib << 10))
 }
 
-pub fn overhead_from_smaps(smaps: &str, guest_kib: u64) -> u64 {
+pub fn overhead_from_smaps(smaps: &str, guest_kib: u64) -> Overhead {
     let kib = |line: &str, key: &str| -> Option<u64> {
         line.strip_prefix(key)?
             .trim()
@@ -117,19 +133,20 @@ pub fn overhead_from_smaps(smaps: &str, guest_kib: u64) -> u64 {
             .parse()
             .ok()
     };
-    let (mut total, mut guest) = (0, 0);
+    let mut o = Overhead::default();
     let mut in_guest_ram = false;
     for line in smaps.lines() {
         if let Some(size) = kib(line, "Size:") {
             in_guest_ram = size >= guest_kib;
+        } else if in_guest_ram {
+            continue;
         } else if let Some(rss) = kib(line, "Rss:") {
-            total += rss;
-            if in_guest_ram {
-                guest += rss;
-            }
+            o.resident += rss;
+        } else if let Some(anon) = kib(line, "Anonymous:") {
+            o.anonymous += anon;
         }
     }
-    total - guest
+    o
 }
 
 fn wait_with_rusage(pid: u32) -> Result<(i32, u64)> {
@@ -165,8 +182,17 @@ mod tests {
     #[test]
     fn overhead_excludes_guest_ram_mappings() {
         let smaps = "7f00-7f10 rw-p 0 00:00 0\nSize:  262144 kB\nRss:  80000 kB\n\
+                     Anonymous:  80000 kB\n\
                      5500-5600 r-xp 0 00:00 0 /bin/vmm\nSize:  1024 kB\nRss:  900 kB\n\
-                     7ff0-7ff1 rw-p 0 00:00 0 [heap]\nSize:  512 kB\nRss:  300 kB\n";
-        assert_eq!(overhead_from_smaps(smaps, 256 << 10), 1200);
+                     Anonymous:  0 kB\n\
+                     7ff0-7ff1 rw-p 0 00:00 0 [heap]\nSize:  512 kB\nRss:  300 kB\n\
+                     Anonymous:  280 kB\n";
+        assert_eq!(
+            overhead_from_smaps(smaps, 256 << 10),
+            Overhead {
+                resident: 1200,
+                anonymous: 280
+            }
+        );
     }
 }
