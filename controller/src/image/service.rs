@@ -139,18 +139,26 @@ pub async fn list(
         })
         .filter(|i| ids.as_ref().is_none_or(|ids| ids.contains(&i.id.as_str())))
         .filter(|i| names.as_ref().is_none_or(|n| n.contains(&i.name.as_str())))
-        .filter(|i| q.get("status").is_none_or(|s| &i.status == s))
-        .filter(|i| q.get("owner").is_none_or(|o| &i.owner == o))
-        .filter(|i| {
-            q.get("disk_format")
-                .is_none_or(|f| i.disk_format.as_ref() == Some(f))
-        })
-        .filter(|i| {
-            q.get("container_format")
-                .is_none_or(|f| i.container_format.as_ref() == Some(f))
-        })
         .filter(|i| q.get("tag").is_none_or(|t| i.tags.contains(t)))
+        .filter(|i| size_within(i, q))
+        // status, owner, disk_format, properties...
+        .filter(|i| fields_match(i, q))
         .collect();
+    let order = sort_order(q)?;
+    images.sort_by(|a, b| {
+        order
+            .iter()
+            .map(|(key, descending)| {
+                let o = sort_value(a, key).cmp(&sort_value(b, key));
+                if *descending {
+                    o.reverse()
+                } else {
+                    o
+                }
+            })
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     if let Some(marker) = q.get("marker") {
         match images.iter().position(|i| &i.id == marker) {
             Some(p) => images.drain(..=p).for_each(drop),
@@ -163,6 +171,137 @@ pub async fn list(
         .then(|| images.last().map(|last| (last.id.clone(), limit)))
         .flatten();
     Ok(Page { images, next })
+}
+
+/// Query parameters of an image list that are not field filters: paging,
+/// sorting, and the filters with a syntax of their own.
+const LIST_CONTROLS: &[&str] = &[
+    "limit",
+    "marker",
+    "sort",
+    "sort_key",
+    "sort_dir",
+    "member_status",
+    "visibility",
+    "id",
+    "name",
+    "tag",
+    "size_min",
+    "size_max",
+    "created_at",
+    "updated_at",
+];
+
+/// Any other parameter filters on the image's field or property of that
+/// name, as Glance does (`?image_type=backup&instance_uuid=...`: properties
+/// are flattened into the image): the value must be equal.
+fn fields_match(image: &Image, q: &BTreeMap<String, String>) -> bool {
+    let mut filters = q
+        .iter()
+        .filter(|(k, _)| !LIST_CONTROLS.contains(&k.as_str()))
+        .peekable();
+    if filters.peek().is_none() {
+        return true;
+    }
+    let json = image.to_json();
+    filters.all(|(k, want)| match json.get(k) {
+        Some(Json::String(v)) => v == want,
+        Some(Json::Bool(b)) => want.as_str() == if *b { "true" } else { "false" },
+        Some(Json::Number(n)) => n.as_i64().is_some_and(|n| want.parse() == Ok(n)),
+        // Null (unset), and lists such as tags (filtered by `tag`).
+        Some(_) | None => false,
+    })
+}
+
+fn size_within(image: &Image, q: &BTreeMap<String, String>) -> bool {
+    let bound = |k: &str| q.get(k).and_then(|v| v.parse::<i64>().ok());
+    match (bound("size_min"), bound("size_max")) {
+        (None, None) => true,
+        (min, max) => image
+            .size
+            .is_some_and(|s| min.is_none_or(|m| s >= m) && max.is_none_or(|m| s <= m)),
+    }
+}
+
+/// The keys an image list sorts by.
+const SORT_KEYS: &[&str] = &[
+    "name",
+    "status",
+    "container_format",
+    "disk_format",
+    "size",
+    "virtual_size",
+    "id",
+    "created_at",
+    "updated_at",
+    "visibility",
+    "owner",
+    "min_disk",
+    "min_ram",
+];
+
+/// `sort=name:asc,created_at` or `sort_key=...&sort_dir=...` -> (key,
+/// descending) pairs, Glance's default (`created_at` descending) without
+/// them; `id` breaks ties in the last direction.
+fn sort_order(q: &BTreeMap<String, String>) -> Result<Vec<(String, bool)>, ImageError> {
+    let direction = |d: &str| match d {
+        "asc" => Ok(false),
+        "desc" => Ok(true),
+        other => Err(ImageError::BadRequest(format!(
+            "Invalid sort direction: {other}"
+        ))),
+    };
+    let mut order = Vec::new();
+    if let Some(sort) = q.get("sort") {
+        if q.contains_key("sort_key") || q.contains_key("sort_dir") {
+            return Err(ImageError::BadRequest(
+                "The sort and sort_key/sort_dir parameters cannot be used together".into(),
+            ));
+        }
+        for part in sort.split(',') {
+            let (key, dir) = part.split_once(':').unwrap_or((part, "desc"));
+            order.push((key.trim().to_owned(), direction(dir.trim())?));
+        }
+    } else {
+        let descending = direction(q.get("sort_dir").map_or("desc", String::as_str))?;
+        let key = q.get("sort_key").map_or("created_at", String::as_str);
+        order.push((key.to_owned(), descending));
+    }
+    if let Some((bad, _)) = order.iter().find(|(k, _)| !SORT_KEYS.contains(&k.as_str())) {
+        return Err(ImageError::BadRequest(format!("Invalid sort key: {bad}")));
+    }
+    let last = order.last().is_some_and(|(_, d)| *d);
+    order.push(("id".into(), last));
+    Ok(order)
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum SortValue<'a> {
+    /// Unset sorts first, as NULL does in Glance's database.
+    Unset,
+    Int(i64),
+    Text(&'a str),
+}
+
+fn sort_value<'a>(i: &'a Image, key: &str) -> SortValue<'a> {
+    use SortValue::{Int, Text, Unset};
+    let opt = |v: Option<i64>| v.map_or(Unset, Int);
+    let text = |v: Option<&'a String>| v.map_or(Unset, |s| Text(s.as_str()));
+    match key {
+        "name" => Text(&i.name),
+        "status" => Text(&i.status),
+        "container_format" => text(i.container_format.as_ref()),
+        "disk_format" => text(i.disk_format.as_ref()),
+        "size" => opt(i.size),
+        "virtual_size" => opt(i.virtual_size),
+        "created_at" => Int(i.created_at),
+        "updated_at" => Int(i.updated_at),
+        "visibility" => Text(&i.visibility),
+        "owner" => Text(&i.owner),
+        "min_disk" => Int(i.min_disk),
+        "min_ram" => Int(i.min_ram),
+        _ => Text(&i.id),
+    }
 }
 
 fn int_of(v: &Json, key: &str) -> Result<i64, String> {
