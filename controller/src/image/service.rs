@@ -10,7 +10,7 @@ use serde_json::Value as Json;
 use virga_imagefile::Encoding;
 
 use super::data::{self, Opened};
-use super::{Image, CONTAINER_FORMATS, DISK_FORMATS, VISIBILITIES};
+use super::{Field, Image, CONTAINER_FORMATS, DISK_FORMATS, VISIBILITIES};
 use crate::app::App;
 use crate::identity::{now, Auth};
 use crate::store::StoreError;
@@ -149,7 +149,7 @@ pub async fn list(
         order
             .iter()
             .map(|(key, descending)| {
-                let o = sort_value(a, key).cmp(&sort_value(b, key));
+                let o = a.field(key).cmp(&b.field(key));
                 if *descending {
                     o.reverse()
                 } else {
@@ -196,21 +196,14 @@ const LIST_CONTROLS: &[&str] = &[
 /// name, as Glance does (`?image_type=backup&instance_uuid=...`: properties
 /// are flattened into the image): the value must be equal.
 fn fields_match(image: &Image, q: &BTreeMap<String, String>) -> bool {
-    let mut filters = q
-        .iter()
+    q.iter()
         .filter(|(k, _)| !LIST_CONTROLS.contains(&k.as_str()))
-        .peekable();
-    if filters.peek().is_none() {
-        return true;
-    }
-    let json = image.to_json();
-    filters.all(|(k, want)| match json.get(k) {
-        Some(Json::String(v)) => v == want,
-        Some(Json::Bool(b)) => want.as_str() == if *b { "true" } else { "false" },
-        Some(Json::Number(n)) => n.as_i64().is_some_and(|n| want.parse() == Ok(n)),
-        // Null (unset), and lists such as tags (filtered by `tag`).
-        Some(_) | None => false,
-    })
+        .all(|(k, want)| match image.field(k) {
+            Field::Text(v) => v == want,
+            Field::Bool(b) => want.as_str() == if b { "true" } else { "false" },
+            Field::Int(n) => want.parse() == Ok(n),
+            Field::Unset => false,
+        })
 }
 
 fn size_within(image: &Image, q: &BTreeMap<String, String>) -> bool {
@@ -273,35 +266,6 @@ fn sort_order(q: &BTreeMap<String, String>) -> Result<Vec<(String, bool)>, Image
     let last = order.last().is_some_and(|(_, d)| *d);
     order.push(("id".into(), last));
     Ok(order)
-}
-
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-enum SortValue<'a> {
-    /// Unset sorts first, as NULL does in Glance's database.
-    Unset,
-    Int(i64),
-    Text(&'a str),
-}
-
-fn sort_value<'a>(i: &'a Image, key: &str) -> SortValue<'a> {
-    use SortValue::{Int, Text, Unset};
-    let opt = |v: Option<i64>| v.map_or(Unset, Int);
-    let text = |v: Option<&'a String>| v.map_or(Unset, |s| Text(s.as_str()));
-    match key {
-        "name" => Text(&i.name),
-        "status" => Text(&i.status),
-        "container_format" => text(i.container_format.as_ref()),
-        "disk_format" => text(i.disk_format.as_ref()),
-        "size" => opt(i.size),
-        "virtual_size" => opt(i.virtual_size),
-        "created_at" => Int(i.created_at),
-        "updated_at" => Int(i.updated_at),
-        "visibility" => Text(&i.visibility),
-        "owner" => Text(&i.owner),
-        "min_disk" => Int(i.min_disk),
-        "min_ram" => Int(i.min_ram),
-        _ => Text(&i.id),
-    }
 }
 
 fn int_of(v: &Json, key: &str) -> Result<i64, String> {
