@@ -65,9 +65,9 @@ impl GsiRouter {
         &self.vm
     }
 
-    /// Takes `gsi` off the 8259 PIC, leaving it to the IOAPIC. The guest
-    /// never programs the PIC (a hardware-reduced ACPI platform has none
-    /// to it), so the PIC keeps its reset vector base of 0 and the boot
+    /// Takes `gsi` off the 8259 PIC, leaving it to the IOAPIC. A guest on
+    /// our hardware-reduced ACPI platform never programs the PIC, so the
+    /// PIC keeps its reset vector base of 0 and the boot
     /// vCPU's LINT0 takes its output until the guest sets up its local
     /// APIC: a line raised that early arrives as exception `gsi` (5: #BR,
     /// and the kernel panics). On the IOAPIC it waits, masked, until the
