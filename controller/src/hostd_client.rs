@@ -35,6 +35,15 @@ impl HostdError {
     pub fn is_conflict(&self) -> bool {
         matches!(self, HostdError::Refused { status: 409, .. })
     }
+
+    /// hostd cannot do it now but soon may (the instance's VMM is
+    /// restarting), or cannot be reached at all: worth trying again.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            HostdError::Unreachable { .. } | HostdError::Refused { status: 503, .. }
+        )
+    }
 }
 
 /// One host's hostd: where it listens and the token to call it with.

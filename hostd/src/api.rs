@@ -82,6 +82,7 @@ fn op_error(e: OpError) -> Response<ResponseBody> {
         OpError::Conflict(_) => StatusCode::CONFLICT,
         OpError::Unbootable(_) => StatusCode::UNPROCESSABLE_ENTITY,
         OpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        OpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, e.to_string())
 }

@@ -504,7 +504,15 @@ fn disks_are_attached_and_detached_running_or_stopped() {
     assert_eq!(grow(dev, 1000).0, 400);
     assert_eq!(api(&h, "DELETE", "/instances/vol-1/disks/clone", "").0, 200);
 
+    // A VMM whose socket refuses (restarting): 503, worth trying again,
+    // and the disk stays.
     let path = format!("/instances/vol-1/disks/{dev}");
+    let away = socket.with_extension("away");
+    std::fs::rename(&socket, &away).unwrap();
+    let (status, body) = api(&h, "DELETE", &path, "");
+    std::fs::rename(&away, &socket).unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(message(&body).contains("try again"), "{body}");
     let (status, removed) = api(&h, "DELETE", &path, "");
     assert_eq!(status, 200, "{removed}");
     assert_eq!(

@@ -328,6 +328,9 @@ fn up() -> Result<()> {
 
 fn test(unit_only: bool) -> Result<()> {
     let mut steps = Steps::default();
+    if let Some(free) = free_gib(&root().join("target")) {
+        println!("xtask test: {free:.1} GiB free for target/ at the start");
+    }
     let result = test_steps(unit_only, &mut steps);
     steps.print();
     result
@@ -405,24 +408,36 @@ fn test_steps(unit_only: bool, steps: &mut Steps) -> Result<()> {
 /// How long each step of `cargo xtask test` took: CI has a time budget, and
 /// this shows where it goes.
 #[derive(Default)]
-struct Steps(Vec<(&'static str, std::time::Duration)>);
+struct Steps(Vec<(&'static str, std::time::Duration, Option<f64>)>);
 
 impl Steps {
     fn run<T>(&mut self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let started = std::time::Instant::now();
         let result = f();
-        self.0.push((name, started.elapsed()));
+        self.0
+            .push((name, started.elapsed(), free_gib(&root().join("target"))));
         result
     }
 
     fn print(&self) {
-        println!("xtask test, time per step:");
-        for (name, took) in &self.0 {
-            println!("  {name:<30} {:>6.0} s", took.as_secs_f64());
+        // Free space too: a CI machine's disk is not always large, and a
+        // build that fills it fails far from the cause.
+        println!("xtask test, time per step (and space left for target/ after it):");
+        for (name, took, free) in &self.0 {
+            let free = free.map_or("?".into(), |f| format!("{f:.1} GiB free"));
+            println!("  {name:<30} {:>6.0} s   {free}", took.as_secs_f64());
         }
-        let total: std::time::Duration = self.0.iter().map(|(_, t)| *t).sum();
+        let total: std::time::Duration = self.0.iter().map(|(_, t, _)| *t).sum();
         println!("  {:<30} {:>6.0} s", "total", total.as_secs_f64());
     }
+}
+
+/// Space left to unprivileged users on the filesystem holding `path` (or
+/// its nearest existing parent).
+fn free_gib(path: &Path) -> Option<f64> {
+    let path = path.ancestors().find(|p| p.exists())?;
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some((st.f_bavail * st.f_frsize) as f64 / (1u64 << 30) as f64)
 }
 
 /// `cargo xtask test --repeat N [--filter P]`: the same tests, built once and

@@ -15,7 +15,6 @@ use std::time::Duration;
 use super::model::{Volume, SNAPSHOT_TRANSIENT, TRANSIENT};
 use crate::app::App;
 use crate::background::{Run, Task};
-use crate::hostd_client::HostdError;
 use crate::identity::now;
 use crate::storaged_client::{StorageError, Storaged};
 
@@ -149,19 +148,20 @@ async fn try_converge_snapshot(app: &App, id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Does what volume `id`'s status promises, following a create that goes on
-/// in the background on the storage host (filled from an image) for up to
-/// a minute; the periodic pass follows it after that.
+/// Does what volume `id`'s status promises, following for up to a minute
+/// what waits on another host: a create going on in the background on the
+/// storage host (filled from an image), an extend, attach or detach whose
+/// server's VMM is restarting. The periodic pass follows it after that.
 pub async fn converge_promptly(app: &App, id: &str) {
     let mut pause = Duration::from_millis(200);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         converge(app, id).await;
-        let creating = matches!(
+        let waiting = matches!(
             app.volumes.store.get(id).await,
-            Ok(Some(v)) if v.status == "creating"
+            Ok(Some(v)) if ["creating", "extending", "attaching", "detaching"].contains(&v.status.as_str())
         );
-        if !creating || tokio::time::Instant::now() + pause > deadline {
+        if !waiting || tokio::time::Instant::now() + pause > deadline {
             return;
         }
         tokio::time::sleep(pause).await;
@@ -390,7 +390,7 @@ async fn grow_in_guest(
             );
             Ok(())
         }
-        Err(HostdError::Unreachable { .. }) => Ok(()),
+        Err(e) if e.is_transient() => Ok(()),
         Err(e) => {
             let fault = format!("extending in server {}: {e}", server.id);
             store
@@ -490,7 +490,7 @@ async fn converge_attachment(app: &App, v: &Volume) -> Result<(), String> {
                 // A conflict: plugged by an earlier run cut short.
                 Ok(_) => {}
                 Err(e) if e.is_conflict() && e.to_string().contains("has a disk") => {}
-                Err(HostdError::Unreachable { .. }) => return Ok(()),
+                Err(e) if e.is_transient() => return Ok(()),
                 Err(e) => {
                     end_export(app, v, &host_id).await;
                     return release(Some(format!("attaching: {e}"))).await;
@@ -506,7 +506,8 @@ async fn converge_attachment(app: &App, v: &Volume) -> Result<(), String> {
             match hostd.remove_disk(&server.id, &v.device_id()).await {
                 Ok(_) => {}
                 Err(e) if e.is_not_found() => {}
-                Err(HostdError::Unreachable { .. }) => return Ok(()),
+                // Its VMM restarting, or hostd away: the next try.
+                Err(e) if e.is_transient() => return Ok(()),
                 Err(e) => {
                     // The guest kept it: still in use, and why.
                     store

@@ -38,6 +38,9 @@ pub struct StandInHostd {
     controller: Arc<Mutex<Option<String>>>,
     /// Disk attaches and detaches: (method, instance, the body or the device).
     disk_calls: Arc<Mutex<Vec<(String, String, serde_json::Value)>>>,
+    /// How many of the next disk calls answer 503, as hostd does while the
+    /// instance's VMM restarts.
+    disk_calls_unavailable: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// A serial console: what was typed (`POST .../console`); a console stream
@@ -113,6 +116,8 @@ impl StandInHostd {
         let (sent, tty) = (creates.clone(), console.clone());
         let disk_calls: Arc<Mutex<Vec<(String, String, serde_json::Value)>>> = Arc::default();
         let disk_log = disk_calls.clone();
+        let disk_calls_unavailable: Arc<std::sync::atomic::AtomicU32> = Arc::default();
+        let restarting = disk_calls_unavailable.clone();
         let server = StubServer::start(move |request| {
             let bearer = format!("Bearer {token}");
             let authorized = request.header("authorization") == Some(bearer.as_str());
@@ -131,6 +136,16 @@ impl StandInHostd {
                     .lock()
                     .unwrap()
                     .push((request.method.clone(), seg[1].to_owned(), what));
+                if restarting
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    let message = "the VMM is not answering (starting or restarting); try again";
+                    return Response::json(
+                        503,
+                        &serde_json::json!({"error": {"message": message}}),
+                    );
+                }
                 return match shared.lock().unwrap().get(seg[1]) {
                     Some(st) => {
                         Response::json(200, &serde_json::json!({"id": seg[1], "state": st}))
@@ -194,7 +209,13 @@ impl StandInHostd {
             console,
             controller,
             disk_calls,
+            disk_calls_unavailable,
         }
+    }
+
+    /// The next `n` disk calls answer 503, as while the VMM restarts.
+    pub fn disk_calls_unavailable(&self, n: u32) {
+        self.disk_calls_unavailable.store(n, Ordering::SeqCst);
     }
 
     /// The disk attaches and detaches it was asked for, in order.

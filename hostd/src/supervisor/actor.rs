@@ -1189,7 +1189,7 @@ impl Actor {
                 "VMM answered {code}: {}",
                 String::from_utf8_lossy(&body)
             ))),
-            Err(e) => Err(OpError::Internal(e.to_string())),
+            Err(e) => Err(self.vmm_unanswered(e)),
         }
     }
 
@@ -1560,7 +1560,7 @@ impl Actor {
                 Some(&body),
             )
             .await
-            .map_err(|e| OpError::Internal(e.to_string()))?;
+            .map_err(|e| self.vmm_unanswered(e))?;
             return match answer {
                 (204, _) => {
                     tracing::info!(instance = %self.id, disk = dev, bytes, "disk grown in the guest");
@@ -1613,7 +1613,21 @@ impl Actor {
                     _ => OpError::Internal(message),
                 })
             }
-            Err(e) => Err(OpError::Internal(e.to_string())),
+            Err(e) => Err(self.vmm_unanswered(e)),
+        }
+    }
+
+    /// What a VMM call that got no answer means to hostd's caller: a VMM
+    /// whose socket refuses is starting or restarting (its guest rebooted or
+    /// crashed; the exit is not handled yet), so the call is worth repeating
+    /// shortly (503); anything else is hostd's own failure.
+    fn vmm_unanswered(&self, e: vmm::api_client::ClientError) -> OpError {
+        match e {
+            vmm::api_client::ClientError::Connect { .. } => OpError::Unavailable(format!(
+                "the VMM of {:?} is not answering (starting or restarting): {e}; try again",
+                self.id
+            )),
+            e => OpError::Internal(e.to_string()),
         }
     }
 
@@ -1644,7 +1658,7 @@ impl Actor {
             None,
         )
         .await
-        .map_err(|e| OpError::Internal(e.to_string()))?;
+        .map_err(|e| self.vmm_unanswered(e))?;
         if code != 200 {
             return Err(OpError::Internal(format!(
                 "VMM answered {code}: {}",
@@ -1675,7 +1689,7 @@ impl Actor {
                     None,
                 )
                 .await
-                .map_err(|e| OpError::Internal(e.to_string()))
+                .map_err(|e| self.vmm_unanswered(e))
             }
         };
         match call(Method::DELETE, format!("/vm/devices/{dev}")).await? {

@@ -70,6 +70,9 @@ pub enum OpError {
     /// The instance's image cannot boot (another host would not help).
     #[error("{0}")]
     Unbootable(String),
+    /// Its VMM cannot answer now (starting or restarting): try again soon.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A state change, as the event stream carries it.
