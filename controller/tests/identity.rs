@@ -164,11 +164,129 @@ fn exercise_keystone(c: &Controller) {
     assert_eq!(call(c, "GET", "/identity/v3/domains", &[b], "").status, 403);
 
     exercise_app_credentials(c, &token, &admin_id);
+    exercise_roles(c, &token, &bob, &bob_id);
 
     assert_eq!(call(c, "GET", "/nowhere", &[], "").status, 404);
     assert_eq!(
         call(c, "PUT", "/identity/v3/auth/tokens", &[], "").status,
         405
+    );
+}
+
+/// Roles an admin makes, renames, grants and deletes, as Keystone's API
+/// does; the bootstrap roles (`manager` among them) are immutable, and a
+/// member changes none.
+fn exercise_roles(c: &Controller, admin: &str, member: &str, member_id: &str) {
+    let a = ("X-Auth-Token", admin);
+    let json = ("Content-Type", "application/json");
+    let r = call(c, "GET", "/identity/v3/roles", &[a], "");
+    let roles = r.json()["roles"].clone();
+    let names: Vec<&str> = roles
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["admin", "manager", "member", "reader"],
+        "{}",
+        r.body
+    );
+    let admin_role = roles[0].clone();
+    assert_eq!(admin_role["options"]["immutable"], true);
+
+    let r = call(
+        c,
+        "POST",
+        "/identity/v3/roles",
+        &[a, json],
+        r#"{"role": {"name": "auditor", "description": "reads the books"}}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let role = r.json()["role"].clone();
+    assert_eq!(role["description"], "reads the books");
+    assert_eq!(role["options"], serde_json::json!({}));
+    let id = role["id"].as_str().unwrap();
+    let again = r#"{"role": {"name": "auditor"}}"#;
+    let r = call(c, "POST", "/identity/v3/roles", &[a, json], again);
+    assert_eq!(r.status, 409, "{}", r.body);
+    for bad in [
+        r#"{"role": {}}"#,
+        r#"{"role": {"name": "x", "description": 3}}"#,
+        r#"{"role": {"name": "x", "domain_id": "default"}}"#,
+        r#"{"nope": {}}"#,
+    ] {
+        let r = call(c, "POST", "/identity/v3/roles", &[a, json], bad);
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+    let m = ("X-Auth-Token", member);
+    let r = call(c, "POST", "/identity/v3/roles", &[m, json], again);
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    let one = format!("/identity/v3/roles/{id}");
+    let r = call(
+        c,
+        "PATCH",
+        &one,
+        &[a, json],
+        r#"{"role": {"name": "auditors"}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["role"]["name"], "auditors");
+    assert_eq!(r.json()["role"]["description"], "reads the books");
+    let r = call(
+        c,
+        "PATCH",
+        &one,
+        &[a, json],
+        r#"{"role": {"enabled": false}}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = call(
+        c,
+        "PATCH",
+        &one,
+        &[a, json],
+        r#"{"role": {"name": "member"}}"#,
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+    let immutable = format!("/identity/v3/roles/{}", admin_role["id"].as_str().unwrap());
+    let r = call(
+        c,
+        "PATCH",
+        &immutable,
+        &[a, json],
+        r#"{"role": {"name": "boss"}}"#,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(call(c, "DELETE", &immutable, &[a], "").status, 403);
+
+    // Granted, then deleted: the grant goes with it.
+    let other = call(c, "GET", "/identity/v3/projects?name=other", &[a], "");
+    let project = other.json()["projects"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let grant = format!("/identity/v3/projects/{project}/users/{member_id}/roles/{id}");
+    assert_eq!(call(c, "PUT", &grant, &[a], "").status, 204);
+    assert_eq!(call(c, "HEAD", &grant, &[a], "").status, 204);
+    assert_eq!(call(c, "DELETE", &one, &[m], "").status, 403);
+    assert_eq!(call(c, "DELETE", &one, &[a], "").status, 204);
+    assert_eq!(call(c, "GET", &one, &[a], "").status, 404);
+    assert_eq!(call(c, "DELETE", &one, &[a], "").status, 404);
+    let held = call(
+        c,
+        "GET",
+        &format!("/identity/v3/projects/{project}/users/{member_id}/roles"),
+        &[a],
+        "",
+    );
+    assert_eq!(
+        held.json()["roles"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        held.body
     );
 }
 

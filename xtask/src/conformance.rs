@@ -162,14 +162,17 @@ impl Cli {
     }
 }
 
-/// The accounts: a member and a reader in each project (made once; their
-/// passwords set again each run).
+/// The accounts: a member, a reader and an admin in each project (made
+/// once; their passwords set again each run). Admins in each project, not
+/// only the cloud's one: tempest gives each test class running at once an
+/// account of its own, and admin test classes otherwise wait for one
+/// another and fail ("Insufficient number of users provided").
 fn provision(os: &Cli) -> Result<()> {
     for project in PROJECTS {
         if os.id_of("project", project).is_none() {
             os.run(&["project", "create", project])?;
         }
-        for role in ["member", "reader"] {
+        for role in ["member", "reader", "admin"] {
             let user = user_name(project, role);
             if os.id_of("user", &user).is_none() {
                 os.run(&["user", "create", "--password", PASSWORD, &user])?;
@@ -252,6 +255,13 @@ fn accounts_yaml() -> String {
                 network_name(project)
             ));
         }
+    }
+    for project in PROJECTS {
+        yaml.push_str(&format!(
+            "- username: '{}'\n  project_name: '{project}'\n  password: '{PASSWORD}'\n  types: ['admin']\n  resources:\n    network: '{}'\n",
+            user_name(project, "admin"),
+            network_name(project)
+        ));
     }
     yaml.push_str(&format!(
         "- username: 'admin'\n  project_name: 'admin'\n  password: '{ADMIN_PASSWORD}'\n  types: ['admin']\n"
@@ -482,9 +492,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accounts_are_a_member_and_a_reader_per_project_and_the_admin() {
+    fn accounts_are_a_member_a_reader_and_an_admin_per_project_and_the_admin() {
         let yaml = accounts_yaml();
-        assert_eq!(yaml.matches("- username:").count(), 9);
+        assert_eq!(yaml.matches("- username:").count(), 13);
+        assert_eq!(yaml.matches("types: ['admin']").count(), 5);
         assert!(
             yaml.rfind("roles: ['member']") < yaml.find("roles: ['reader']"),
             "members first"

@@ -29,8 +29,16 @@ fn render(app: &App, table: Table, e: &Entity) -> Json {
             json!({"id": e.id, "name": e.name, "domain_id": e.domain_id, "enabled": e.enabled,
                                "password_expires_at": null, "options": {}, "links": links(app, "users", &e.id)})
         }
-        Table::Roles => json!({"id": e.id, "name": e.name, "domain_id": null, "description": null,
-                               "options": {}, "links": links(app, "roles", &e.id)}),
+        Table::Roles => {
+            let options = if crate::identity::is_immutable_role(&e.name) {
+                json!({"immutable": true})
+            } else {
+                json!({})
+            };
+            json!({"id": e.id, "name": e.name, "domain_id": null,
+                   "description": (!e.description.is_empty()).then_some(&e.description),
+                   "options": options, "links": links(app, "roles", &e.id)})
+        }
     }
 }
 
@@ -119,13 +127,9 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Option<R
             ),
             Err(e) => identity_error(e),
         },
-        (Method::POST, []) if matches!(table, Table::Projects | Table::Users) => {
-            create(app, table, req).await
-        }
-        (Method::PATCH, [id]) if matches!(table, Table::Projects | Table::Users) => {
-            update(app, table, id, req).await
-        }
-        (Method::DELETE, [id]) if matches!(table, Table::Projects | Table::Users) => {
+        (Method::POST, []) if table != Table::Domains => create(app, table, req).await,
+        (Method::PATCH, [id]) if table != Table::Domains => update(app, table, id, req).await,
+        (Method::DELETE, [id]) if table != Table::Domains => {
             match app.identity.delete(table, id).await {
                 Ok(true) => empty(StatusCode::NO_CONTENT),
                 Ok(false) => keystone_error(
@@ -180,9 +184,9 @@ async fn own_domain(app: &App, domain: &str) -> Response<Body> {
     }
 }
 
-/// Keystone's PATCH of a project or user: name, enabled, a project's
-/// description, a user's password; other fields are refused rather than
-/// dropped.
+/// Keystone's PATCH of a project, user or role: name, enabled (not a
+/// role's), a project's or role's description, a user's password; other
+/// fields are refused rather than dropped.
 async fn update(app: &App, table: Table, id: &str, req: Request<Incoming>) -> Response<Body> {
     let (one, _) = names(table);
     let body = match read_json(req, keystone_error).await {
@@ -203,9 +207,9 @@ async fn update(app: &App, table: Table, id: &str, req: Request<Incoming>) -> Re
                 change.name = Some(n.clone())
             }
             ("name", _) => return bad("a string of 1 to 255 characters"),
-            ("enabled", Json::Bool(b)) => change.enabled = Some(*b),
-            ("enabled", _) => return bad("true or false"),
-            ("description", Json::String(d)) if table == Table::Projects => {
+            ("enabled", Json::Bool(b)) if table != Table::Roles => change.enabled = Some(*b),
+            ("enabled", _) if table != Table::Roles => return bad("true or false"),
+            ("description", Json::String(d)) if table != Table::Users => {
                 change.description = Some(d.clone())
             }
             ("password", Json::String(p)) if table == Table::Users && p.len() >= 8 => {
@@ -261,6 +265,21 @@ async fn create(app: &App, table: Table, req: Request<Incoming>) -> Response<Bod
         .and_then(Json::as_str)
         .unwrap_or(crate::identity::DEFAULT_DOMAIN_ID);
     let created = match table {
+        Table::Roles => {
+            // Domain-specific roles are not built: refused, not made global.
+            if obj.get("domain_id").is_some_and(|d| !d.is_null()) {
+                return keystone_error(
+                    StatusCode::BAD_REQUEST,
+                    "domain_id: domain-specific roles are not supported",
+                );
+            }
+            let description = match obj.get("description") {
+                None | Some(Json::Null) => "",
+                Some(Json::String(d)) => d,
+                Some(_) => return keystone_error(StatusCode::BAD_REQUEST, "description: a string"),
+            };
+            app.identity.create_role(name, description).await
+        }
         Table::Projects => {
             let description = obj.get("description").and_then(Json::as_str).unwrap_or("");
             app.identity

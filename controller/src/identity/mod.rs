@@ -12,8 +12,9 @@ use crate::store::{boolean, int, opt_text, text, Store, StoreError, Value};
 
 pub const DEFAULT_DOMAIN_ID: &str = "default";
 pub const DEFAULT_DOMAIN_NAME: &str = "Default";
-/// The roles every deployment has.
-pub const ROLES: &[&str] = &["admin", "member", "reader"];
+/// The roles every deployment has, as `keystone-manage bootstrap` makes
+/// them: immutable (the policy tables name them).
+pub const ROLES: &[&str] = &["admin", "manager", "member", "reader"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -32,6 +33,11 @@ pub enum IdentityError {
     Forbidden(String),
     #[error("{0}")]
     Internal(String),
+}
+
+/// Whether `name` is one of the bootstrap [`ROLES`].
+pub fn is_immutable_role(name: &str) -> bool {
+    ROLES.contains(&name)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +61,7 @@ impl Table {
             Table::Domains => ("id, name, enabled", "domains"),
             Table::Projects => ("id, name, domain_id, enabled, description", "projects"),
             Table::Users => ("id, name, domain_id, enabled", "users"),
-            Table::Roles => ("id, name", "roles"),
+            Table::Roles => ("id, name, description", "roles"),
         }
     }
 }
@@ -65,7 +71,7 @@ impl Table {
 pub struct EntityChange {
     pub name: Option<String>,
     pub enabled: Option<bool>,
-    /// Projects only.
+    /// Projects and roles.
     pub description: Option<String>,
     /// Users only.
     pub password: Option<String>,
@@ -95,7 +101,7 @@ impl Entity {
                 _ => boolean(r, "enabled")?,
             },
             description: match table {
-                Table::Projects => text(r, "description")?,
+                Table::Projects | Table::Roles => text(r, "description")?,
                 _ => String::new(),
             },
         })
@@ -310,6 +316,52 @@ impl Identity {
         Ok(id)
     }
 
+    /// A new role (Keystone's `POST /v3/roles`): names are unique.
+    pub async fn create_role(
+        &self,
+        name: &str,
+        description: &str,
+    ) -> Result<String, IdentityError> {
+        self.check_new_role_name(name).await?;
+        let id = new_id();
+        self.store
+            .execute(
+                "INSERT INTO roles (id, name, description) VALUES ($1, $2, $3)",
+                &[
+                    Value::Text(&id),
+                    Value::Text(name),
+                    Value::Text(description),
+                ],
+            )
+            .await?;
+        Ok(id)
+    }
+
+    async fn check_new_role_name(&self, name: &str) -> Result<(), IdentityError> {
+        let taken = self
+            .store
+            .fetch_optional("SELECT id FROM roles WHERE name = $1", &[Value::Text(name)])
+            .await?;
+        match taken {
+            Some(_) => Err(IdentityError::Conflict(format!(
+                "Conflict occurred attempting to store role - Duplicate entry found with name {name}."
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The bootstrap roles cannot be renamed or deleted: the policy tables
+    /// name them (Keystone marks them `immutable`).
+    fn check_mutable(&self, role: &Entity) -> Result<(), IdentityError> {
+        if is_immutable_role(&role.name) {
+            return Err(IdentityError::Forbidden(format!(
+                "You are not authorized to perform the requested action: role {} is immutable.",
+                role.name
+            )));
+        }
+        Ok(())
+    }
+
     /// Rows of `table`, filtered by name when given.
     pub async fn list(
         &self,
@@ -382,9 +434,10 @@ impl Identity {
         let t = match table {
             Table::Projects => "projects",
             Table::Users => "users",
-            _ => {
+            Table::Roles => return self.update_role(&current, change).await.map(|()| true),
+            Table::Domains => {
                 return Err(IdentityError::BadRequest(
-                    "only projects and users can be changed here".into(),
+                    "domains cannot be changed here".into(),
                 ))
             }
         };
@@ -432,21 +485,54 @@ impl Identity {
         Ok(true)
     }
 
-    /// Deletes a project or user with its role assignments and tokens; false
-    /// when there was none.
+    async fn update_role(&self, role: &Entity, change: &EntityChange) -> Result<(), IdentityError> {
+        self.check_mutable(role)?;
+        if let Some(name) = change.name.as_deref().filter(|n| *n != role.name) {
+            self.check_new_role_name(name).await?;
+        }
+        self.store
+            .execute(
+                "UPDATE roles SET name = $1, description = $2 WHERE id = $3",
+                &[
+                    Value::Text(change.name.as_deref().unwrap_or(&role.name)),
+                    Value::Text(change.description.as_deref().unwrap_or(&role.description)),
+                    Value::Text(&role.id),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a project, user or role with its role assignments (and a
+    /// project's or user's tokens); false when there was none.
     pub async fn delete(&self, table: Table, id: &str) -> Result<bool, IdentityError> {
-        let column = match table {
-            Table::Projects => "project_id",
-            Table::Users => "user_id",
-            _ => {
+        let (column, dependents): (&str, &[&str]) = match table {
+            Table::Projects => (
+                "project_id",
+                &["role_assignments", "tokens", "ec2_credentials"],
+            ),
+            Table::Users => (
+                "user_id",
+                &["role_assignments", "tokens", "ec2_credentials"],
+            ),
+            Table::Roles => {
+                let Some(role) = self.get(table, id).await? else {
+                    return Ok(false);
+                };
+                self.check_mutable(&role)?;
+                // Tokens carry no roles: they are read at validation, so a
+                // deleted role's holders lose it at once.
+                ("role_id", &["role_assignments"])
+            }
+            Table::Domains => {
                 return Err(IdentityError::BadRequest(
-                    "only projects and users can be deleted".into(),
+                    "domains cannot be deleted here".into(),
                 ))
             }
         };
         // Explicit rather than ON DELETE CASCADE, which SQLite honours only
         // with its foreign-key pragma on.
-        for dependent in ["role_assignments", "tokens", "ec2_credentials"] {
+        for dependent in dependents {
             self.store
                 .execute(
                     &format!("DELETE FROM {dependent} WHERE {column} = $1"),
