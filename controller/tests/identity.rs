@@ -165,6 +165,7 @@ fn exercise_keystone(c: &Controller) {
 
     exercise_app_credentials(c, &token, &admin_id);
     exercise_roles(c, &token, &bob, &bob_id);
+    exercise_domains(c, &token);
 
     assert_eq!(call(c, "GET", "/nowhere", &[], "").status, 404);
     assert_eq!(
@@ -288,6 +289,113 @@ fn exercise_roles(c: &Controller, admin: &str, member: &str, member_id: &str) {
         "{}",
         held.body
     );
+}
+
+/// Domains an admin makes, fills, disables (their users' tokens end) and
+/// deletes with what is in them; the default domain stays.
+fn exercise_domains(c: &Controller, admin: &str) {
+    let a = ("X-Auth-Token", admin);
+    let json = ("Content-Type", "application/json");
+    let post = |path: &str, body: &str| call(c, "POST", path, &[a, json], body);
+    let r = post(
+        "/identity/v3/domains",
+        r#"{"domain": {"name": "acme", "description": "a customer"}}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let domain = r.json()["domain"].clone();
+    assert_eq!(
+        (&domain["enabled"], &domain["description"]),
+        (&true.into(), &"a customer".into())
+    );
+    let id = domain["id"].as_str().unwrap();
+    for (bad, want) in [
+        (r#"{"domain": {"name": "acme"}}"#, 409),
+        (r#"{"domain": {"name": ""}}"#, 400),
+        (
+            &format!(r#"{{"domain": {{"name": "{}"}}}}"#, "d".repeat(65)),
+            400,
+        ),
+        (r#"{"domain": {"name": "x", "enabled": "yes"}}"#, 400),
+    ] {
+        let r = post("/identity/v3/domains", bad);
+        assert_eq!(r.status, want, "{bad}: {}", r.body);
+    }
+    let long_project = format!(
+        r#"{{"project": {{"name": "{}", "domain_id": "{id}"}}}}"#,
+        "p".repeat(65)
+    );
+    assert_eq!(post("/identity/v3/projects", &long_project).status, 400);
+
+    // A user and a project in it, the user granted a role there.
+    let r = post(
+        "/identity/v3/projects",
+        &format!(r#"{{"project": {{"name": "acme-web", "domain_id": "{id}"}}}}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let project = r.json()["project"]["id"].as_str().unwrap().to_owned();
+    let r = post(
+        "/identity/v3/users",
+        &format!(
+            r#"{{"user": {{"name": "wile", "domain_id": "{id}", "password": "coyote-secret"}}}}"#
+        ),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let user = r.json()["user"]["id"].as_str().unwrap().to_owned();
+    let roles = call(c, "GET", "/identity/v3/roles?name=member", &[a], "");
+    let member = roles.json()["roles"][0]["id"].as_str().unwrap().to_owned();
+    let grant = format!("/identity/v3/projects/{project}/users/{user}/roles/{member}");
+    assert_eq!(call(c, "PUT", &grant, &[a], "").status, 204);
+    let auth = format!(
+        r#"{{"auth":{{"identity":{{"methods":["password"],"password":{{"user":{{"name":"wile","domain":{{"name":"acme"}},"password":"coyote-secret"}}}}}},"scope":{{"project":{{"id":"{project}"}}}}}}}}"#
+    );
+    let r = call(c, "POST", "/identity/v3/auth/tokens", &[], &auth);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let wile = r.header("x-subject-token").unwrap().to_owned();
+    let check = |token: &str| {
+        call(
+            c,
+            "GET",
+            "/identity/v3/auth/tokens",
+            &[a, ("X-Subject-Token", token)],
+            "",
+        )
+        .status
+    };
+    assert_eq!(check(&wile), 200);
+
+    // Enabled: not deleted. Disabled: its users' tokens end.
+    let one = format!("/identity/v3/domains/{id}");
+    let r = call(c, "DELETE", &one, &[a], "");
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = call(
+        c,
+        "PATCH",
+        &one,
+        &[a, json],
+        r#"{"domain": {"enabled": false, "description": "gone"}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["domain"]["enabled"], false);
+    assert_eq!(r.json()["domain"]["description"], "gone");
+    assert_eq!(check(&wile), 404, "a disabled domain's user's token");
+    assert_eq!(
+        call(c, "POST", "/identity/v3/auth/tokens", &[], &auth).status,
+        401
+    );
+    assert_eq!(call(c, "DELETE", &one, &[a], "").status, 204);
+    assert_eq!(call(c, "GET", &one, &[a], "").status, 404);
+    for gone in [
+        format!("/identity/v3/projects/{project}"),
+        format!("/identity/v3/users/{user}"),
+    ] {
+        assert_eq!(call(c, "GET", &gone, &[a], "").status, 404, "{gone}");
+    }
+
+    // The default domain stays.
+    let default = "/identity/v3/domains/default";
+    let off = r#"{"domain": {"enabled": false}}"#;
+    assert_eq!(call(c, "PATCH", default, &[a, json], off).status, 403);
+    assert_eq!(call(c, "DELETE", default, &[a], "").status, 403);
 }
 
 /// Application credentials over HTTP, as tempest drives them: made with a

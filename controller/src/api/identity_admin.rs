@@ -1,5 +1,5 @@
-//! Keystone v3 administration: domains, projects, users, roles and role
-//! grants on projects. Admin only (403 for everyone else); ids that are not
+//! Keystone v3 administration: domains, projects, users and roles (made,
+//! listed, changed, deleted) and role grants on projects. Admin only (403 for everyone else); ids that are not
 //! found are 404 so that clients fall back to looking names up.
 
 use hyper::body::Incoming;
@@ -17,8 +17,8 @@ fn links(app: &App, collection: &str, id: &str) -> Json {
 fn render(app: &App, table: Table, e: &Entity) -> Json {
     match table {
         Table::Domains => {
-            json!({"id": e.id, "name": e.name, "enabled": e.enabled, "description": "",
-                                 "tags": [], "links": links(app, "domains", &e.id)})
+            json!({"id": e.id, "name": e.name, "enabled": e.enabled, "description": e.description,
+                                 "tags": [], "options": {}, "links": links(app, "domains", &e.id)})
         }
         Table::Projects => {
             json!({"id": e.id, "name": e.name, "domain_id": e.domain_id, "enabled": e.enabled,
@@ -39,6 +39,15 @@ fn render(app: &App, table: Table, e: &Entity) -> Json {
                    "description": (!e.description.is_empty()).then_some(&e.description),
                    "options": options, "links": links(app, "roles", &e.id)})
         }
+    }
+}
+
+/// Keystone's schema: domain and project names up to 64 characters, user
+/// and role names up to 255.
+fn max_name_len(table: Table) -> usize {
+    match table {
+        Table::Domains | Table::Projects => 64,
+        Table::Users | Table::Roles => 255,
     }
 }
 
@@ -127,18 +136,16 @@ pub async fn route(app: &App, req: Request<Incoming>, rest: &[&str]) -> Option<R
             ),
             Err(e) => identity_error(e),
         },
-        (Method::POST, []) if table != Table::Domains => create(app, table, req).await,
-        (Method::PATCH, [id]) if table != Table::Domains => update(app, table, id, req).await,
-        (Method::DELETE, [id]) if table != Table::Domains => {
-            match app.identity.delete(table, id).await {
-                Ok(true) => empty(StatusCode::NO_CONTENT),
-                Ok(false) => keystone_error(
-                    StatusCode::NOT_FOUND,
-                    &format!("Could not find {one}: {id}."),
-                ),
-                Err(e) => identity_error(e),
-            }
-        }
+        (Method::POST, []) => create(app, table, req).await,
+        (Method::PATCH, [id]) => update(app, table, id, req).await,
+        (Method::DELETE, [id]) => match app.identity.delete(table, id).await {
+            Ok(true) => empty(StatusCode::NO_CONTENT),
+            Ok(false) => keystone_error(
+                StatusCode::NOT_FOUND,
+                &format!("Could not find {one}: {id}."),
+            ),
+            Err(e) => identity_error(e),
+        },
         (m, [project, "users", user, "roles", role]) if table == Table::Projects => {
             grant(app, m, project, user, role).await
         }
@@ -200,13 +207,14 @@ async fn update(app: &App, table: Table, id: &str, req: Request<Incoming>) -> Re
         );
     };
     let mut change = crate::identity::EntityChange::default();
+    let longest = max_name_len(table);
     for (key, value) in obj {
         let bad = |what: &str| keystone_error(StatusCode::BAD_REQUEST, &format!("{key}: {what}"));
         match (key.as_str(), value) {
-            ("name", Json::String(n)) if (1..=255).contains(&n.len()) => {
+            ("name", Json::String(n)) if (1..=longest).contains(&n.chars().count()) => {
                 change.name = Some(n.clone())
             }
-            ("name", _) => return bad("a string of 1 to 255 characters"),
+            ("name", _) => return bad(&format!("a string of 1 to {longest} characters")),
             ("enabled", Json::Bool(b)) if table != Table::Roles => change.enabled = Some(*b),
             ("enabled", _) if table != Table::Roles => return bad("true or false"),
             ("description", Json::String(d)) if table != Table::Users => {
@@ -250,14 +258,15 @@ async fn create(app: &App, table: Table, req: Request<Incoming>) -> Response<Bod
             &format!("'{one}' is a required property"),
         );
     };
+    let longest = max_name_len(table);
     let Some(name) = obj
         .get("name")
         .and_then(Json::as_str)
-        .filter(|n| (1..=255).contains(&n.len()))
+        .filter(|n| (1..=longest).contains(&n.chars().count()))
     else {
         return keystone_error(
             StatusCode::BAD_REQUEST,
-            "name: a string of 1 to 255 characters is required",
+            &format!("name: a string of 1 to {longest} characters is required"),
         );
     };
     let domain_id = obj
@@ -265,6 +274,21 @@ async fn create(app: &App, table: Table, req: Request<Incoming>) -> Response<Bod
         .and_then(Json::as_str)
         .unwrap_or(crate::identity::DEFAULT_DOMAIN_ID);
     let created = match table {
+        Table::Domains => {
+            let description = match obj.get("description") {
+                None | Some(Json::Null) => "",
+                Some(Json::String(d)) => d,
+                Some(_) => return keystone_error(StatusCode::BAD_REQUEST, "description: a string"),
+            };
+            let enabled = match obj.get("enabled") {
+                None => true,
+                Some(Json::Bool(b)) => *b,
+                Some(_) => {
+                    return keystone_error(StatusCode::BAD_REQUEST, "enabled: true or false")
+                }
+            };
+            app.identity.create_domain(name, description, enabled).await
+        }
         Table::Roles => {
             // Domain-specific roles are not built: refused, not made global.
             if obj.get("domain_id").is_some_and(|d| !d.is_null()) {

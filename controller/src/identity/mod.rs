@@ -58,7 +58,7 @@ pub enum Table {
 impl Table {
     fn columns(self) -> (&'static str, &'static str) {
         match self {
-            Table::Domains => ("id, name, enabled", "domains"),
+            Table::Domains => ("id, name, enabled, description", "domains"),
             Table::Projects => ("id, name, domain_id, enabled, description", "projects"),
             Table::Users => ("id, name, domain_id, enabled", "users"),
             Table::Roles => ("id, name, description", "roles"),
@@ -71,7 +71,7 @@ impl Table {
 pub struct EntityChange {
     pub name: Option<String>,
     pub enabled: Option<bool>,
-    /// Projects and roles.
+    /// Not users'.
     pub description: Option<String>,
     /// Users only.
     pub password: Option<String>,
@@ -101,8 +101,8 @@ impl Entity {
                 _ => boolean(r, "enabled")?,
             },
             description: match table {
-                Table::Projects | Table::Roles => text(r, "description")?,
-                _ => String::new(),
+                Table::Users => String::new(),
+                _ => text(r, "description")?,
             },
         })
     }
@@ -350,6 +350,112 @@ impl Identity {
         }
     }
 
+    /// A new domain (Keystone's `POST /v3/domains`): names are unique.
+    pub async fn create_domain(
+        &self,
+        name: &str,
+        description: &str,
+        enabled: bool,
+    ) -> Result<String, IdentityError> {
+        self.check_new_domain_name(name).await?;
+        let id = new_id();
+        self.store
+            .execute(
+                "INSERT INTO domains (id, name, description, enabled) VALUES ($1, $2, $3, $4)",
+                &[
+                    Value::Text(&id),
+                    Value::Text(name),
+                    Value::Text(description),
+                    Value::Bool(enabled),
+                ],
+            )
+            .await?;
+        Ok(id)
+    }
+
+    async fn check_new_domain_name(&self, name: &str) -> Result<(), IdentityError> {
+        let taken = self
+            .store
+            .fetch_optional(
+                "SELECT id FROM domains WHERE name = $1",
+                &[Value::Text(name)],
+            )
+            .await?;
+        match taken {
+            Some(_) => Err(IdentityError::Conflict(format!(
+                "Conflict occurred attempting to store domain - Duplicate entry found with name {name}."
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A domain's name, description or enabled flag; the default domain
+    /// stays enabled (the bootstrap admin lives there). Disabling one ends
+    /// its users' and projects' tokens at once: validation looks the domain
+    /// up.
+    async fn update_domain(
+        &self,
+        domain: &Entity,
+        change: &EntityChange,
+    ) -> Result<(), IdentityError> {
+        if domain.id == DEFAULT_DOMAIN_ID && change.enabled == Some(false) {
+            return Err(IdentityError::Forbidden(
+                "You are not authorized to perform the requested action: disable the default domain."
+                    .into(),
+            ));
+        }
+        if let Some(name) = change.name.as_deref().filter(|n| *n != domain.name) {
+            self.check_new_domain_name(name).await?;
+        }
+        self.store
+            .execute(
+                "UPDATE domains SET name = $1, description = $2, enabled = $3 WHERE id = $4",
+                &[
+                    Value::Text(change.name.as_deref().unwrap_or(&domain.name)),
+                    Value::Text(change.description.as_deref().unwrap_or(&domain.description)),
+                    Value::Bool(change.enabled.unwrap_or(domain.enabled)),
+                    Value::Text(&domain.id),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a disabled domain with its projects and users, as Keystone
+    /// does (an enabled one, or the default, is refused: 403).
+    async fn delete_domain(&self, id: &str) -> Result<bool, IdentityError> {
+        let Some(domain) = self.get(Table::Domains, id).await? else {
+            return Ok(false);
+        };
+        if domain.id == DEFAULT_DOMAIN_ID || domain.enabled {
+            return Err(IdentityError::Forbidden(
+                if domain.id == DEFAULT_DOMAIN_ID {
+                    "You are not authorized to perform the requested action: delete the default domain."
+                    .into()
+                } else {
+                    "Cannot delete a domain that is enabled, please disable it first.".into()
+                },
+            ));
+        }
+        for (table, t) in [(Table::Projects, "projects"), (Table::Users, "users")] {
+            let rows = self
+                .store
+                .fetch_all(
+                    &format!("SELECT id FROM {t} WHERE domain_id = $1"),
+                    &[Value::Text(id)],
+                )
+                .await?;
+            for r in &rows {
+                Box::pin(self.delete(table, &text(r, "id")?)).await?;
+            }
+        }
+        Ok(self
+            .store
+            .execute("DELETE FROM domains WHERE id = $1", &[Value::Text(id)])
+            .await?
+            > 0)
+    }
+
     /// The bootstrap roles cannot be renamed or deleted: the policy tables
     /// name them (Keystone marks them `immutable`).
     fn check_mutable(&self, role: &Entity) -> Result<(), IdentityError> {
@@ -435,11 +541,7 @@ impl Identity {
             Table::Projects => "projects",
             Table::Users => "users",
             Table::Roles => return self.update_role(&current, change).await.map(|()| true),
-            Table::Domains => {
-                return Err(IdentityError::BadRequest(
-                    "domains cannot be changed here".into(),
-                ))
-            }
+            Table::Domains => return self.update_domain(&current, change).await.map(|()| true),
         };
         if let Some(name) = change.name.as_deref().filter(|n| *n != current.name) {
             let kind = if table == Table::Users {
@@ -503,17 +605,28 @@ impl Identity {
         Ok(())
     }
 
-    /// Deletes a project, user or role with its role assignments (and a
-    /// project's or user's tokens); false when there was none.
+    /// Deletes a project, user, role or domain with what depends on it
+    /// (role assignments, a project's or user's tokens and credentials, a
+    /// domain's projects and users); false when there was none.
     pub async fn delete(&self, table: Table, id: &str) -> Result<bool, IdentityError> {
         let (column, dependents): (&str, &[&str]) = match table {
             Table::Projects => (
                 "project_id",
-                &["role_assignments", "tokens", "ec2_credentials"],
+                &[
+                    "role_assignments",
+                    "tokens",
+                    "ec2_credentials",
+                    "application_credentials",
+                ],
             ),
             Table::Users => (
                 "user_id",
-                &["role_assignments", "tokens", "ec2_credentials"],
+                &[
+                    "role_assignments",
+                    "tokens",
+                    "ec2_credentials",
+                    "application_credentials",
+                ],
             ),
             Table::Roles => {
                 let Some(role) = self.get(table, id).await? else {
@@ -524,11 +637,7 @@ impl Identity {
                 // deleted role's holders lose it at once.
                 ("role_id", &["role_assignments"])
             }
-            Table::Domains => {
-                return Err(IdentityError::BadRequest(
-                    "domains cannot be deleted here".into(),
-                ))
-            }
+            Table::Domains => return self.delete_domain(id).await,
         };
         // Explicit rather than ON DELETE CASCADE, which SQLite honours only
         // with its foreign-key pragma on.
