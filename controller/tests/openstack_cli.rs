@@ -300,6 +300,40 @@ fn openstack_projects_users_roles_and_isolation() {
     assert!(!works, "no role on the project: no token for it");
     ok(&["user", "delete", "alice"]);
     ok(&["project", "delete", "demo"]);
+
+    // Roles and domains, as an admin makes them.
+    ok(&[
+        "role",
+        "create",
+        "--description",
+        "reads the books",
+        "auditor",
+    ]);
+    let shown = ok(&[
+        "role",
+        "show",
+        "auditor",
+        "-f",
+        "value",
+        "-c",
+        "description",
+    ]);
+    assert_eq!(shown.trim(), "reads the books");
+    ok(&["role", "set", "--name", "auditors", "auditor"]);
+    let (changed, _, err) = run(&cli, &admin, &["role", "delete", "member"]);
+    assert!(!changed && err.contains("immutable"), "{err}");
+    ok(&["role", "delete", "auditors"]);
+    ok(&["domain", "create", "--description", "a customer", "acme"]);
+    ok(&["project", "create", "--domain", "acme", "web"]);
+    let (deleted, _, err) = run(&cli, &admin, &["domain", "delete", "acme"]);
+    assert!(!deleted && err.contains("disable it first"), "{err}");
+    ok(&["domain", "set", "--disable", "acme"]);
+    ok(&["domain", "delete", "acme"]);
+    let projects = ok(&["project", "list", "-f", "value", "-c", "Name"]);
+    assert!(
+        !projects.contains("web"),
+        "went with its domain: {projects}"
+    );
 }
 
 /// OpenStack's secure defaults (api/policy.rs): a user whose only role in
