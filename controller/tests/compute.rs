@@ -124,6 +124,54 @@ fn exercise_flavors(c: &Controller) {
     let r = call(c, "GET", "/compute/v2.1/flavors/m1.tiny", &[t], "");
     assert_eq!(r.status, 404, "a name is not an id: clients then list");
     assert_eq!(r.json()["itemNotFound"]["code"], 404);
+
+    // Extra specs: admins set them, anyone who sees the flavor reads them.
+    let specs = format!("/compute/v2.1/flavors/{id}/os-extra_specs");
+    let json = ("Content-Type", "application/json");
+    let r = call(
+        c,
+        "POST",
+        &specs,
+        &[t, json],
+        r#"{"extra_specs": {"a": "1", "b": 2}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"extra_specs": {"a": "1", "b": "2"}})
+    );
+    let a = format!("{specs}/a");
+    let r = call(c, "PUT", &a, &[t, json], r#"{"a": "one"}"#);
+    assert_eq!((r.status, r.json()), (200, serde_json::json!({"a": "one"})));
+    for (bad, why) in [
+        (r#"{"b": "x"}"#, "mismatch"),
+        (r#"{"a": "x", "b": "y"}"#, "too many"),
+        (r#"{"a": [1]}"#, "not a string"),
+    ] {
+        let r = call(c, "PUT", &a, &[t, json], bad);
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+        assert!(r.body.contains(why), "{bad}: {}", r.body);
+    }
+    common::second_project(c);
+    let bob = common::token(c, "bob", "bob-password", "other");
+    let b = ("X-Auth-Token", bob.as_str());
+    let r = call(c, "GET", &specs, &[b], "");
+    assert_eq!(r.json()["extra_specs"]["a"], "one", "{}", r.body);
+    assert_eq!(call(c, "PUT", &a, &[b, json], r#"{"a": "x"}"#).status, 403);
+    assert_eq!(call(c, "DELETE", &a, &[b], "").status, 403);
+    assert_eq!(call(c, "DELETE", &a, &[t], "").status, 200);
+    assert_eq!(call(c, "DELETE", &a, &[t], "").status, 404);
+    assert_eq!(call(c, "GET", &a, &[t], "").status, 404);
+    let r = call(c, "GET", &format!("{specs}/b"), &[t], "");
+    assert_eq!(r.json(), serde_json::json!({"b": "2"}));
+    let r = call(
+        c,
+        "GET",
+        "/compute/v2.1/flavors/nope/os-extra_specs",
+        &[t],
+        "",
+    );
+    assert_eq!(r.status, 404);
     assert_eq!(
         call(
             c,
@@ -431,7 +479,7 @@ fn limits_and_quotas() {
         "PUT",
         &path,
         &[t],
-        r#"{"quota_set": {"instances": 5, "cores": "8"}}"#,
+        r#"{"quota_set": {"instances": 5, "cores": "8", "force": true}}"#,
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let q = call(&c, "GET", &path, &[t], "").json();
@@ -449,6 +497,11 @@ fn limits_and_quotas() {
     assert_eq!(
         call(&c, "PUT", &path, &[t], r#"{"quota_set": {"bogus": 1}}"#).status,
         400
+    );
+    assert_eq!(
+        call(&c, "PUT", &path, &[t], r#"{"quota_set": {"force": 1}}"#).status,
+        400,
+        "force is a boolean"
     );
     assert_eq!(
         call(&c, "PUT", &path, &[t], r#"{"quota_set": {"cores": -5}}"#).status,

@@ -104,6 +104,34 @@ fn openstack_flavor_create_list_show_delete() {
     let (ok, out, err) = run(&cli, &clouds, &["flavor", "show", "m1.tiny", "-f", "json"]);
     assert!(ok, "flavor show by name failed:\n{err}");
     assert!(out.contains("m1.tiny"));
+    // Extra specs: set, shown as properties, unset.
+    let set = [
+        "flavor",
+        "set",
+        "--property",
+        "hw:cpu_policy=dedicated",
+        "--property",
+        "k2=v2",
+        "m1.tiny",
+    ];
+    let (ok, _, err) = run(&cli, &clouds, &set);
+    assert!(ok, "flavor set failed:\n{err}");
+    let properties = |clouds: &Path| {
+        let (ok, out, err) = run(&cli, clouds, &["flavor", "show", "m1.tiny", "-f", "json"]);
+        assert!(ok, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["properties"].clone()
+    };
+    assert_eq!(
+        properties(&clouds),
+        serde_json::json!({"hw:cpu_policy": "dedicated", "k2": "v2"})
+    );
+    let unset = ["flavor", "unset", "--property", "k2", "m1.tiny"];
+    let (ok, _, err) = run(&cli, &clouds, &unset);
+    assert!(ok, "flavor unset failed:\n{err}");
+    assert_eq!(
+        properties(&clouds),
+        serde_json::json!({"hw:cpu_policy": "dedicated"})
+    );
     let (ok, _, err) = run(&cli, &clouds, &["flavor", "delete", "m1.tiny"]);
     assert!(ok, "flavor delete failed:\n{err}");
     let (ok, out, _) = run(&cli, &clouds, &["flavor", "list", "-f", "json"]);

@@ -125,7 +125,12 @@ pub async fn route(app: &App, mut req: Request<Incoming>, rest: &[&str]) -> Resp
         (Method::GET, ["flavors", id]) => show_flavor(app, &auth, id).await,
         (Method::POST, ["flavors"]) => create_flavor(app, &auth, req).await,
         (Method::DELETE, ["flavors", id]) => delete_flavor(app, &auth, id).await,
-        (Method::GET, ["flavors", id, "os-extra_specs"]) => extra_specs(app, &auth, id).await,
+        (_, ["flavors", id, "os-extra_specs"]) => {
+            super::flavor_extra_specs::route(app, &auth, req, id, None).await
+        }
+        (_, ["flavors", id, "os-extra_specs", key]) => {
+            super::flavor_extra_specs::route(app, &auth, req, id, Some(key)).await
+        }
         (_, ["flavors"] | ["flavors", _]) => {
             nova_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.")
         }
@@ -297,21 +302,6 @@ fn flavor_json(app: &App, f: &Flavor) -> Json {
         "rxtx_factor": 1.0,
         "links": flavor_links(app, &f.id),
     })
-}
-
-/// Extra specs: none are stored yet, so every flavor has an empty set (clients
-/// fetch it for `flavor show`).
-async fn extra_specs(app: &App, auth: &Auth, id: &str) -> Response<Body> {
-    match app.flavors.get(id).await {
-        Ok(Some(f)) if f.is_public || auth.is_admin() => {
-            json(StatusCode::OK, &json!({"extra_specs": {}}))
-        }
-        Ok(_) => nova_error(
-            StatusCode::NOT_FOUND,
-            &format!("Flavor {id} could not be found."),
-        ),
-        Err(e) => store_error(e),
-    }
 }
 
 /// `GET /flavors[/detail]`: Nova's filters (`minDisk`, `minRam`, and

@@ -333,6 +333,22 @@ async fn update_quota(
         Err(e) => return store_error(e),
     };
     for (k, v) in set {
+        // `force` (set below what is in use) is a boolean, as in Nova's
+        // schema; no limit here is checked against use.
+        if k == "force" {
+            let boolean = matches!(v, Json::Bool(_))
+                || v.as_str().is_some_and(|s| {
+                    ["true", "false", "yes", "no", "on", "off", "1", "0"]
+                        .contains(&s.to_ascii_lowercase().as_str())
+                });
+            if !boolean {
+                return nova_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Invalid input for field/attribute force. Value: {v}. {v} is not of type 'boolean'"),
+                );
+            }
+            continue;
+        }
         let n = match v {
             Json::Number(n) => n.as_i64(),
             Json::String(s) => s.parse().ok(),
@@ -349,7 +365,6 @@ async fn update_quota(
             "cores" => q.cores = n,
             "ram" => q.ram_mib = n,
             "key_pairs" => q.key_pairs = n,
-            "force" => {}
             other => {
                 return nova_error(
                     StatusCode::BAD_REQUEST,

@@ -1,4 +1,6 @@
-//! Flavors: the sizes servers come in.
+//! Flavors: the sizes servers come in, and their extra specs.
+
+use std::collections::BTreeMap;
 
 use crate::store::{boolean, int, text, Store, StoreError, Value};
 
@@ -109,9 +111,58 @@ impl Flavors {
     }
 
     pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        self.store
+            .execute(
+                "DELETE FROM flavor_extra_specs WHERE flavor_id = $1",
+                &[Value::Text(id)],
+            )
+            .await?;
         Ok(self
             .store
             .execute("DELETE FROM flavors WHERE id = $1", &[Value::Text(id)])
+            .await?
+            > 0)
+    }
+
+    /// Flavor `id`'s extra specs.
+    pub async fn extra_specs(&self, id: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        self.store
+            .fetch_all(
+                "SELECT spec_key, spec_value FROM flavor_extra_specs WHERE flavor_id = $1",
+                &[Value::Text(id)],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((text(r, "spec_key")?, text(r, "spec_value")?)))
+            .collect()
+    }
+
+    /// Sets (adds or replaces) extra specs of flavor `id`; the others stay.
+    pub async fn set_extra_specs(
+        &self,
+        id: &str,
+        specs: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        for (key, value) in specs {
+            self.store
+                .execute(
+                    "INSERT INTO flavor_extra_specs (flavor_id, spec_key, spec_value) VALUES ($1, $2, $3) \
+                     ON CONFLICT (flavor_id, spec_key) DO UPDATE SET spec_value = excluded.spec_value",
+                    &[Value::Text(id), Value::Text(key), Value::Text(value)],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Removes one extra spec; false when the flavor had no such key.
+    pub async fn unset_extra_spec(&self, id: &str, key: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .execute(
+                "DELETE FROM flavor_extra_specs WHERE flavor_id = $1 AND spec_key = $2",
+                &[Value::Text(id), Value::Text(key)],
+            )
             .await?
             > 0)
     }
