@@ -322,6 +322,24 @@ fn keypairs_limits_quotas_and_the_proxies_by_version() {
             .0,
         400
     );
+    // From 2.10 an admin makes and reads another user's keypairs.
+    let other = json!({"keypair": {"name": "theirs", "public_key": key, "user_id": "u-other"}});
+    assert_eq!(n.at("2.9", "POST", "/os-keypairs", other.clone()).0, 400);
+    let (status, body) = n.at("2.10", "POST", "/os-keypairs", other);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["keypair"]["user_id"], "u-other");
+    let (status, body) = n.at(
+        "2.10",
+        "GET",
+        "/os-keypairs/theirs?user_id=u-other",
+        Value::Null,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        n.at("2.10", "GET", "/os-keypairs/theirs", Value::Null).0,
+        404,
+        "not the admin's"
+    );
     // No public key: one is made and its private half answered, once.
     let (status, body) = n.at(
         "2.2",

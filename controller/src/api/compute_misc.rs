@@ -182,12 +182,37 @@ async fn create_keypair(
             )
         }
     };
+    // From 2.10 an admin may make a keypair for another user.
+    let user = match k.get("user_id") {
+        None => auth.user.id.as_str(),
+        Some(Json::String(other)) if version >= (2, 10) && (1..=255).contains(&other.len()) => {
+            if other != &auth.user.id && !auth.is_admin() {
+                return nova_error(
+                    StatusCode::FORBIDDEN,
+                    "Policy doesn't allow a keypair for another user (admin only).",
+                );
+            }
+            other.as_str()
+        }
+        Some(_) if version < (2, 10) => {
+            return nova_error(
+                StatusCode::BAD_REQUEST,
+                "Invalid input for field/attribute keypair. Additional properties are not allowed ('user_id' was unexpected)",
+            )
+        }
+        Some(other) => {
+            return nova_error(
+                StatusCode::BAD_REQUEST,
+                &format!("Invalid input for field/attribute user_id. Value: {other}. not a string of 1 to 255 characters"),
+            )
+        }
+    };
     // Without a public key, one is made here (Nova's behaviour before
     // 2.92) and its private half answered once.
     let (public_key, private_key) = match given {
         Some(key) => (key.to_owned(), None),
         None if asked_type == "x509" => {
-            let user = auth.user.id.clone();
+            let user = user.to_owned();
             match tokio::task::spawn_blocking(move || keypairs::generate_x509(&user)).await {
                 Ok(Ok((cert, private))) => (cert, Some(private)),
                 Ok(Err(e)) => return nova_error(StatusCode::INTERNAL_SERVER_ERROR, &e),
@@ -219,7 +244,6 @@ async fn create_keypair(
             )
         }
     };
-    let user = auth.user.id.as_str();
     let quota = match app.quotas.get(auth.project_id().unwrap_or_default()).await {
         Ok(q) => q,
         Err(e) => return store_error(e),
