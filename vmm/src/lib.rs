@@ -31,6 +31,7 @@ pub mod acpi;
 pub mod api;
 pub mod api_client;
 pub mod boot;
+pub mod coalesced_pio;
 pub mod config;
 pub mod console;
 pub mod cpu;

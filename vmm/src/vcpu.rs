@@ -16,6 +16,7 @@ use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use crate::coalesced_pio::{CoalescedPort, CoalescedRing};
 use crate::devices::{lock, Bus, GuestRequest};
 use crate::metrics::VcpuMetrics;
 
@@ -162,6 +163,8 @@ pub type ExitSink = Box<dyn Fn(u8, VcpuExitReason) + Send>;
 pub struct Vcpu {
     pub id: u8,
     pub fd: VcpuFd,
+    /// The VM's queued port writes, replayed before each exit is handled.
+    pub coalesced: Option<(CoalescedRing, Arc<CoalescedPort>)>,
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub gate: Arc<RunGate>,
@@ -193,19 +196,34 @@ impl Vcpu {
         }
     }
 
+    /// Replays the guest's queued port writes now.
+    fn replay_coalesced(&mut self) {
+        if let Some((ring, port)) = &mut self.coalesced {
+            port.drain(ring, &self.pio);
+        }
+    }
+
     /// Returns why the guest stopped, or None when the VMM stopped this vCPU.
     fn run_loop(&mut self) -> Option<VcpuExitReason> {
         loop {
             if let GateDecision::Stop = self.gate.check() {
+                self.replay_coalesced();
                 return None;
             }
             match self.fd.run() {
                 Ok(exit) => {
+                    // What the guest wrote before this exit happened first.
+                    if let Some((ring, port)) = &mut self.coalesced {
+                        port.drain(ring, &self.pio);
+                    }
                     if let Some(reason) = handle_exit(exit, &self.pio, &self.mmio, &self.metrics) {
+                        self.replay_coalesced();
                         return Some(reason);
                     }
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // Kicked (a pause, a stop): what the guest wrote shows.
+                    self.replay_coalesced();
                     VcpuMetrics::bump(&self.metrics.interrupted);
                     self.fd.set_kvm_immediate_exit(0);
                 }

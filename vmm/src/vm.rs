@@ -9,6 +9,8 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
+
+use crate::coalesced_pio::{CoalescedPort, CoalescedRing};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::acpi::{AcpiError, AcpiTables};
@@ -57,6 +59,8 @@ pub enum PauseError {
 pub enum VmError {
     #[error("opening /dev/kvm: {0}")]
     OpenKvm(kvm_ioctls::Error),
+    #[error("mapping KVM's coalesced I/O ring: {0}")]
+    CoalescedRing(std::io::Error),
     #[error("KVM lacks {0}, which this VMM needs")]
     MissingCapability(&'static str),
     #[error("{what}: {source}")]
@@ -202,7 +206,7 @@ impl Vm {
         regs::write_boot_tables(memory, entry.mode)
             .map_err(|source| VmError::VcpuSetup { id: 0, source })?;
 
-        let (mut pio, i8042, ged) = create_devices(&vm, console)?;
+        let (mut pio, i8042, ged, tx_coalescing) = create_devices(&kvm, &vm, console)?;
         let router = Arc::new(GsiRouter::new(vm.clone()));
         router.ioapic_only(ged::GSI)?;
         let pci = Arc::new(PciBus::new());
@@ -272,9 +276,17 @@ impl Vm {
             let m = Arc::new(VcpuMetrics::default());
             metrics.push(m.clone());
             let sink = on_exit.clone();
+            let coalesced = match &tx_coalescing {
+                Some(port) => Some((
+                    CoalescedRing::map(&fd).map_err(VmError::CoalescedRing)?,
+                    port.clone(),
+                )),
+                None => None,
+            };
             vcpus.push(Vcpu {
                 id,
                 fd,
+                coalesced,
                 pio: pio.clone(),
                 mmio: mmio.clone(),
                 gate: gate.clone(),
@@ -653,15 +665,22 @@ fn irq_line(vm: &VmFd, gsi: u32) -> Result<IrqLine, VmError> {
     Ok(line)
 }
 
-/// The port-I/O devices, and the two through which the VMM asks the guest
-/// to shut down.
-type PortDevices = (Bus, Arc<Mutex<I8042>>, Arc<Mutex<Ged>>);
+/// The port-I/O devices, the two through which the VMM asks the guest to
+/// shut down, and the serial port's coalesced writes (when KVM has them).
+type PortDevices = (
+    Bus,
+    Arc<Mutex<I8042>>,
+    Arc<Mutex<Ged>>,
+    Option<Arc<CoalescedPort>>,
+);
 
-fn create_devices(vm: &Arc<VmFd>, console: &Console) -> Result<PortDevices, VmError> {
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        irq_line(vm, serial::COM1_GSI)?,
-        console.writer(),
-    )));
+fn create_devices(kvm: &Kvm, vm: &Arc<VmFd>, console: &Console) -> Result<PortDevices, VmError> {
+    let mut uart = SerialDevice::new(irq_line(vm, serial::COM1_GSI)?, console.writer());
+    let tx_coalescing = CoalescedPort::new(kvm, vm.clone(), serial::COM1_TX_PORT);
+    if let Some(port) = &tx_coalescing {
+        uart.coalesce_tx(port.clone());
+    }
+    let serial = Arc::new(Mutex::new(uart));
     console.attach_input(serial.clone());
     let i8042 = Arc::new(Mutex::new(I8042::new(irq_line(vm, i8042::GSI)?)));
 
@@ -687,7 +706,7 @@ fn create_devices(vm: &Arc<VmFd>, console: &Console) -> Result<PortDevices, VmEr
         ged::LEN,
         ged.clone() as Arc<Mutex<dyn BusDevice>>,
     )?;
-    Ok((pio, i8042, ged))
+    Ok((pio, i8042, ged, tx_coalescing))
 }
 
 /// CLOCK_MONOTONIC now (`Instant` keeps its value private). Through libc's

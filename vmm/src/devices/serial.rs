@@ -1,25 +1,56 @@
 //! COM1: a 16550A UART (vm-superio) at 0x3f8, IRQ 4.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use vm_superio::serial::NoEvents;
 use vm_superio::Serial;
 
 use super::irq::IrqLine;
 use super::{BusDevice, GuestRequest};
+use crate::coalesced_pio::CoalescedPort;
 
 pub const COM1_BASE: u64 = 0x3f8;
 pub const COM1_LEN: u64 = 8;
 pub const COM1_GSI: u32 = 4;
+/// The transmit register (THR), offset 0.
+pub const COM1_TX_PORT: u16 = 0x3f8;
+
+/// The offsets whose writes can change the interrupt enable register.
+const IER_OFFSET: u8 = 1;
+const LCR_OFFSET: u8 = 3;
+const LCR_DLAB: u8 = 0x80;
 
 pub struct SerialDevice {
     uart: Serial<IrqLine, NoEvents, Box<dyn Write + Send>>,
+    /// The transmit register's writes, queued by KVM while the guest has
+    /// every UART interrupt off (`coalesced_pio`).
+    tx_coalescing: Option<Arc<CoalescedPort>>,
 }
 
 impl SerialDevice {
     pub fn new(irq: IrqLine, out: Box<dyn Write + Send>) -> Self {
         SerialDevice {
             uart: Serial::new(irq, out),
+            tx_coalescing: None,
+        }
+    }
+
+    /// Lets KVM queue transmit writes while no UART interrupt is enabled
+    /// (as at reset): no write then expects an interrupt, so its effect
+    /// may wait for the vCPU's next exit, where queued writes are replayed.
+    pub fn coalesce_tx(&mut self, port: Arc<CoalescedPort>) {
+        self.tx_coalescing = Some(port);
+        self.update_coalescing();
+    }
+
+    fn update_coalescing(&mut self) {
+        let Some(port) = &self.tx_coalescing else {
+            return;
+        };
+        // With DLAB set, offset 1 is the divisor, not IER (left as it is).
+        if self.uart.read(LCR_OFFSET) & LCR_DLAB == 0 {
+            port.set(self.uart.read(IER_OFFSET) == 0);
         }
     }
 
@@ -46,6 +77,9 @@ impl BusDevice for SerialDevice {
             // The console sink failed (a closed pipe, a full disk). The guest must not
             // notice; say so once in a while rather than per byte.
             crate::rate_limited_warn!("serial console output failed: {e}");
+        }
+        if offset == IER_OFFSET || offset == LCR_OFFSET {
+            self.update_coalescing();
         }
         None
     }
