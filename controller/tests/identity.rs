@@ -325,6 +325,9 @@ fn exercise_domains(c: &Controller, admin: &str) {
         "p".repeat(65)
     );
     assert_eq!(post("/identity/v3/projects", &long_project).status, 400);
+    let nowhere = r#"{"user": {"name": "u", "domain_id": "nowhere", "password": "long-enough"}}"#;
+    let r = post("/identity/v3/users", nowhere);
+    assert_eq!(r.status, 404, "no such domain: {}", r.body);
 
     // A user and a project in it, the user granted a role there.
     let r = post(

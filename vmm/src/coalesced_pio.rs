@@ -195,7 +195,8 @@ mod tests {
                 .unwrap();
         vm_memory::Bytes::write_slice(&mem, CODE, vm_memory::GuestAddress(0)).unwrap();
         let host =
-            vm_memory::GuestMemoryBackend::get_host_address(&mem, vm_memory::GuestAddress(0)).unwrap();
+            vm_memory::GuestMemoryBackend::get_host_address(&mem, vm_memory::GuestAddress(0))
+                .unwrap();
         let region = kvm_bindings::kvm_userspace_memory_region {
             slot: 0,
             guest_phys_addr: 0,

@@ -267,6 +267,7 @@ fn status_of(e: &IdentityError) -> StatusCode {
         IdentityError::Unauthorized => StatusCode::UNAUTHORIZED,
         IdentityError::BadRequest(_) => StatusCode::BAD_REQUEST,
         IdentityError::Conflict(_) => StatusCode::CONFLICT,
+        IdentityError::NotFound(_) => StatusCode::NOT_FOUND,
         IdentityError::Forbidden(_) => StatusCode::FORBIDDEN,
         IdentityError::Store(_) | IdentityError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -65,6 +65,7 @@ pub(super) fn identity_error(e: IdentityError) -> Response<Body> {
         IdentityError::Unauthorized => StatusCode::UNAUTHORIZED,
         IdentityError::BadRequest(_) => StatusCode::BAD_REQUEST,
         IdentityError::Conflict(_) => StatusCode::CONFLICT,
+        IdentityError::NotFound(_) => StatusCode::NOT_FOUND,
         IdentityError::Forbidden(_) => StatusCode::FORBIDDEN,
         IdentityError::Store(_) | IdentityError::Internal(_) => {
             tracing::error!("identity admin: {e}");

@@ -28,6 +28,9 @@ pub enum IdentityError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
+    /// Something a request names is not there (Keystone's 404).
+    #[error("{0}")]
+    NotFound(String),
     /// Allowed to no one but its owner or an admin, or not in that project.
     #[error("{0}")]
     Forbidden(String),
@@ -260,8 +263,8 @@ impl Identity {
             .await?
             .is_none()
         {
-            return Err(IdentityError::BadRequest(format!(
-                "no domain {domain_id:?}"
+            return Err(IdentityError::NotFound(format!(
+                "Could not find domain: {domain_id}."
             )));
         }
         let taken = self
