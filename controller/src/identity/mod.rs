@@ -325,7 +325,7 @@ impl Identity {
         name: &str,
         description: &str,
     ) -> Result<String, IdentityError> {
-        self.check_new_role_name(name).await?;
+        self.check_unique_name("role", name).await?;
         let id = new_id();
         self.store
             .execute(
@@ -340,14 +340,19 @@ impl Identity {
         Ok(id)
     }
 
-    async fn check_new_role_name(&self, name: &str) -> Result<(), IdentityError> {
+    /// Role and domain names are unique across the deployment (`kind`:
+    /// `role` or `domain`, also its table's name without the `s`).
+    async fn check_unique_name(&self, kind: &str, name: &str) -> Result<(), IdentityError> {
         let taken = self
             .store
-            .fetch_optional("SELECT id FROM roles WHERE name = $1", &[Value::Text(name)])
+            .fetch_optional(
+                &format!("SELECT id FROM {kind}s WHERE name = $1"),
+                &[Value::Text(name)],
+            )
             .await?;
         match taken {
             Some(_) => Err(IdentityError::Conflict(format!(
-                "Conflict occurred attempting to store role - Duplicate entry found with name {name}."
+                "Conflict occurred attempting to store {kind} - Duplicate entry found with name {name}."
             ))),
             None => Ok(()),
         }
@@ -360,7 +365,7 @@ impl Identity {
         description: &str,
         enabled: bool,
     ) -> Result<String, IdentityError> {
-        self.check_new_domain_name(name).await?;
+        self.check_unique_name("domain", name).await?;
         let id = new_id();
         self.store
             .execute(
@@ -374,22 +379,6 @@ impl Identity {
             )
             .await?;
         Ok(id)
-    }
-
-    async fn check_new_domain_name(&self, name: &str) -> Result<(), IdentityError> {
-        let taken = self
-            .store
-            .fetch_optional(
-                "SELECT id FROM domains WHERE name = $1",
-                &[Value::Text(name)],
-            )
-            .await?;
-        match taken {
-            Some(_) => Err(IdentityError::Conflict(format!(
-                "Conflict occurred attempting to store domain - Duplicate entry found with name {name}."
-            ))),
-            None => Ok(()),
-        }
     }
 
     /// A domain's name, description or enabled flag; the default domain
@@ -408,7 +397,7 @@ impl Identity {
             ));
         }
         if let Some(name) = change.name.as_deref().filter(|n| *n != domain.name) {
-            self.check_new_domain_name(name).await?;
+            self.check_unique_name("domain", name).await?;
         }
         self.store
             .execute(
@@ -593,7 +582,7 @@ impl Identity {
     async fn update_role(&self, role: &Entity, change: &EntityChange) -> Result<(), IdentityError> {
         self.check_mutable(role)?;
         if let Some(name) = change.name.as_deref().filter(|n| *n != role.name) {
-            self.check_new_role_name(name).await?;
+            self.check_unique_name("role", name).await?;
         }
         self.store
             .execute(
