@@ -3,7 +3,7 @@
 //! file works like a second variant, and a boot that never shows its marker
 //! is an error (status 2), not a verdict.
 //!
-//! The thresholds here are wide (50%): this checks the tool's plumbing on
+//! The thresholds here are wide (20%): this checks the tool's plumbing on
 //! real boots; how often its statistics cry wolf, and how small a slowdown
 //! they find, is measured by `cargo xtask bench boot-stats` and its unit
 //! tests.
@@ -16,14 +16,16 @@ fn identical_boots_pass_and_a_known_slowdown_fails() {
     let script = format!(
         r#"BT="$BIN/virga-boottime"
 ARGS="--kernel $GUEST/vmlinux --initramfs $GUEST/boot-initramfs.cpio --marker {BOOT_MARKER} --warmup 0"
-# Wide: the plumbing on real boots, not the statistics' fine print.
-RULE="--threshold 50"
+# Wide: the plumbing on real boots, not the statistics' fine print. The
+# slowdown below is absolute (2 s), so its share depends on how long the
+# testbed's boot takes (2 to 4 s seen): 20% leaves it room either way.
+RULE="--threshold 20"
 $BT compare $ARGS $RULE --runs 5 --cmdline "$CMDLINE" --baseline-cmdline "$CMDLINE" \
     --json $WORK/aa.json --junit $WORK/aa.xml
 echo "AA_EXIT=$?"
 echo "AA_VERDICT=$(grep -o '"verdict": "[a-z_]*"' $WORK/aa.json | tail -n 1)"
 echo "AA_PHASES=$(grep -c '"vmm_setup"\|"guest"' $WORK/aa.json)"
-# A second more before the marker: about twice the testbed's boot.
+# Two seconds more before the marker: +50% to +100% of the testbed's boot.
 $BT compare $ARGS $RULE --runs 5 --cmdline "$CMDLINE virga.delay_ms=2000" --baseline-cmdline "$CMDLINE" \
     --junit $WORK/slow.xml --save $WORK/slow.json
 echo "SLOW_EXIT=$?"
