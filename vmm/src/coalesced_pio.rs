@@ -65,6 +65,20 @@ impl CoalescedRing {
         u32::try_from(entries).unwrap_or(u32::MAX)
     }
 
+    /// Whether nothing is queued: read without the drain lock, as a vCPU
+    /// checks before each exit it handles and the ring is almost always
+    /// empty. A write queued just after this looks is replayed at the next
+    /// exit, which the guest's next poll of the line status makes.
+    fn is_empty(&self) -> bool {
+        let ring = self.ring.as_ptr();
+        // SAFETY: `ring` points at the mapped page for as long as `self`
+        // lives; both indices are plain u32s the kernel and drains update.
+        unsafe {
+            std::ptr::read_volatile(&raw const (*ring).first)
+                == std::ptr::read_volatile(&raw const (*ring).last)
+        }
+    }
+
     /// The oldest queued write, if any.
     fn pop(&mut self) -> Option<kvm_coalesced_mmio> {
         let ring = self.ring.as_ptr();
@@ -140,6 +154,9 @@ impl CoalescedPort {
 
     /// Replays the queued writes on `pio`, oldest first.
     pub fn drain(&self, ring: &mut CoalescedRing, pio: &Bus) {
+        if ring.is_empty() {
+            return;
+        }
         let _replaying = lock(&self.draining);
         while let Some(entry) = ring.pop() {
             let len = (entry.len as usize).min(entry.data.len());

@@ -21,6 +21,7 @@ mod conformance;
 mod flakes;
 mod fuzz;
 mod install;
+mod lanes;
 mod up;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +46,9 @@ enum Cmd {
         /// Skip the end-to-end tests (unit tests only).
         #[arg(long)]
         unit_only: bool,
+        /// Only the end-to-end tests (no fmt, clippy or unit tests).
+        #[arg(long, conflicts_with = "unit_only")]
+        e2e_only: bool,
         /// Hunt flakes: run the tests this many times (no fmt/clippy) and
         /// print a pass/fail table per test.
         #[arg(long, value_name = "N")]
@@ -234,10 +238,11 @@ fn main() -> Result<()> {
         Cmd::Up => up(),
         Cmd::Test {
             unit_only,
+            e2e_only,
             repeat,
             filter,
         } => match (repeat, filter) {
-            (None, None) => test(unit_only),
+            (None, None) => test(unit_only, e2e_only),
             (repeat, filter) => hunt_flakes(unit_only, repeat.unwrap_or(1), filter.as_deref()),
         },
         Cmd::Testbed {
@@ -326,34 +331,36 @@ fn up() -> Result<()> {
     up::run(&root(), &bins, &images_dir(), &openstack)
 }
 
-fn test(unit_only: bool) -> Result<()> {
+fn test(unit_only: bool, e2e_only: bool) -> Result<()> {
     let mut steps = Steps::default();
     if let Some(free) = free_gib(&root().join("target")) {
         println!("xtask test: {free:.1} GiB free for target/ at the start");
     }
-    let result = test_steps(unit_only, &mut steps);
+    let result = test_steps(unit_only, e2e_only, &mut steps);
     steps.print();
     result
 }
 
-fn test_steps(unit_only: bool, steps: &mut Steps) -> Result<()> {
+fn test_steps(unit_only: bool, e2e_only: bool, steps: &mut Steps) -> Result<()> {
     steps.run("install", || {
         install::system_packages()?;
         install::rust_components()
     })?;
     // The OpenStack client installs (downloads, mostly) while clippy builds.
     let clients = std::thread::spawn(|| install::python_clients(&root()));
-    steps.run("fmt, clippy", || {
-        run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-        run(cargo().args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]))
-    })?;
+    if !e2e_only {
+        steps.run("fmt, clippy", || {
+            run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+            run(cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        })?;
+    }
     let openstack = steps.run("python clients (after clippy)", || {
         clients
             .join()
@@ -361,36 +368,36 @@ fn test_steps(unit_only: bool, steps: &mut Steps) -> Result<()> {
     })?;
     // No test may skip for a missing tool here (PostgreSQL, qemu-img, the
     // OpenStack client): all were installed.
-    steps.run("unit tests", || {
-        run(cargo()
-            .args(["test", "--workspace", "--exclude", "virga-e2e"])
-            .env("VIRGA_REQUIRE_TOOLS", "1")
-            .env("VIRGA_OPENSTACK", &openstack))
-    })?;
+    if !e2e_only {
+        steps.run("unit tests", || {
+            run(cargo()
+                .args(["test", "--workspace", "--exclude", "virga-e2e"])
+                .env("VIRGA_REQUIRE_TOOLS", "1")
+                .env("VIRGA_OPENSTACK", &openstack))
+        })?;
+    }
     if unit_only {
         return Ok(());
     }
     let vmm = steps.run("images, release build", images_and_vmm)?;
-    steps.run("e2e build", || {
-        run(cargo().args(["test", "--release", "-p", "virga-e2e", "--no-run"]))
+    let binaries = steps.run("e2e build", || {
+        flakes::test_binaries(
+            &root(),
+            &["--release", "-p", "virga-e2e"],
+            &["--test-threads=1"],
+            &[
+                ("VIRGA_VMM_BIN", vmm.clone().into_os_string()),
+                ("VIRGA_IMAGES", images_dir().into_os_string()),
+                ("VIRGA_OPENSTACK", openstack.clone().into_os_string()),
+                ("VIRGA_REQUIRE_TOOLS", "1".into()),
+            ],
+        )
     })?;
     let hangs = root().join("target/testbed-hangs");
     let _ = std::fs::remove_dir_all(&hangs);
+    let lanes = lanes::lane_count()?;
     let result = steps.run("e2e tests", || {
-        run(cargo()
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "virga-e2e",
-                "--",
-                "--test-threads=1",
-            ])
-            .env("VIRGA_VMM_BIN", &vmm)
-            .env("VIRGA_IMAGES", images_dir())
-            .env("VIRGA_OPENSTACK", &openstack)
-            .env("VIRGA_REQUIRE_TOOLS", "1")
-            .env(virga_testbed::HANG_DIR_ENV, &hangs))
+        lanes::run(binaries, lanes, &root().join("target/e2e-logs"), &hangs)
     });
     // The one retry there is (a hung L1), counted and shown whatever the result.
     let retried = flakes::hang_reports(&hangs);
