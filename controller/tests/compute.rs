@@ -164,6 +164,7 @@ fn exercise_flavors(c: &Controller) {
     assert_eq!(call(c, "GET", &a, &[t], "").status, 404);
     let r = call(c, "GET", &format!("{specs}/b"), &[t], "");
     assert_eq!(r.json(), serde_json::json!({"b": "2"}));
+    flavor_access(c, t, b, &id);
     let r = call(
         c,
         "GET",
@@ -198,6 +199,144 @@ fn exercise_flavors(c: &Controller) {
         call(c, "PUT", "/compute/v2.1/flavors", &[t], "").status,
         405
     );
+}
+
+/// A private flavor is seen and used by admins and by the projects it is
+/// opened to, as Nova's os-flavor-access; `public` is a public flavor's id.
+fn flavor_access(c: &Controller, t: (&str, &str), b: (&str, &str), public: &str) {
+    let json = ("Content-Type", "application/json");
+    let r = call(
+        c,
+        "POST",
+        "/compute/v2.1/flavors",
+        &[t, json],
+        r#"{"flavor": {"name": "secret", "ram": 512, "vcpus": 1, "disk": 1, "os-flavor-access:is_public": false}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let private = r.json()["flavor"]["id"].as_str().unwrap().to_owned();
+    let names = |who: (&str, &str), query: &str| -> Vec<String> {
+        let r = call(
+            c,
+            "GET",
+            &format!("/compute/v2.1/flavors{query}"),
+            &[who],
+            "",
+        );
+        assert_eq!(r.status, 200, "{query}: {}", r.body);
+        r.json()["flavors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let shown = |who| {
+        call(
+            c,
+            "GET",
+            &format!("/compute/v2.1/flavors/{private}"),
+            &[who],
+            "",
+        )
+        .status
+    };
+    // Nobody was given it: only admins who ask see it.
+    assert!(!names(b, "").contains(&"secret".into()));
+    assert!(
+        !names(b, "?is_public=none").contains(&"secret".into()),
+        "non-admins cannot widen"
+    );
+    assert_eq!(shown(b), 404);
+    assert!(
+        !names(t, "").contains(&"secret".into()),
+        "not open to the admin's project either"
+    );
+    assert_eq!(names(t, "?is_public=false"), ["secret"]);
+    assert!(names(t, "?is_public=None").contains(&"secret".into()));
+    assert_eq!(
+        call(c, "GET", "/compute/v2.1/flavors?is_public=maybe", &[t], "").status,
+        400
+    );
+    assert_eq!(shown(t), 200);
+
+    let access = format!("/compute/v2.1/flavors/{private}/os-flavor-access");
+    let action = format!("/compute/v2.1/flavors/{private}/action");
+    let r = call(c, "GET", &access, &[t], "");
+    assert_eq!(
+        (r.status, r.json()),
+        (200, serde_json::json!({"flavor_access": []}))
+    );
+    let r = call(c, "GET", "/identity/v3/projects?name=other", &[t], "");
+    let other = r.json()["projects"][0]["id"].as_str().unwrap().to_owned();
+    let add = format!(r#"{{"addTenantAccess": {{"tenant": "{other}"}}}}"#);
+    let remove = format!(r#"{{"removeTenantAccess": {{"tenant": "{other}"}}}}"#);
+    assert_eq!(call(c, "GET", &access, &[b], "").status, 403);
+    assert_eq!(call(c, "POST", &action, &[b, json], &add).status, 403);
+    let r = call(c, "POST", &action, &[t, json], &add);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let entry = serde_json::json!({"flavor_access": [{"flavor_id": private, "tenant_id": other}]});
+    assert_eq!(r.json(), entry);
+    assert_eq!(
+        call(c, "POST", &action, &[t, json], &add).status,
+        409,
+        "already open"
+    );
+    assert_eq!(call(c, "GET", &access, &[t], "").json(), entry);
+    assert!(names(b, "").contains(&"secret".into()));
+    assert_eq!(shown(b), 200);
+    assert_eq!(call(c, "POST", &action, &[b, json], &remove).status, 403);
+
+    for (body, status) in [
+        (r#"{"addTenantAccess": {"tenant": "no-such-project"}}"#, 400),
+        (r#"{"addTenantAccess": {}}"#, 400),
+        (r#"{"addTenantAccess": {"tenant": "p"}, "x": 1}"#, 400),
+        (r#"{"grantEverything": {}}"#, 400),
+    ] {
+        let r = call(c, "POST", &action, &[t, json], body);
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+    }
+    // A public flavor is open to all: it has no list and takes no entries.
+    let public_access = format!("/compute/v2.1/flavors/{public}/os-flavor-access");
+    assert_eq!(call(c, "GET", &public_access, &[t], "").status, 404);
+    let r = call(
+        c,
+        "POST",
+        &format!("/compute/v2.1/flavors/{public}/action"),
+        &[t, json],
+        &add,
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(
+        call(
+            c,
+            "GET",
+            "/compute/v2.1/flavors/nope/os-flavor-access",
+            &[t],
+            ""
+        )
+        .status,
+        404
+    );
+
+    let r = call(c, "POST", &action, &[t, json], &remove);
+    assert_eq!(
+        (r.status, r.json()),
+        (200, serde_json::json!({"flavor_access": []}))
+    );
+    assert_eq!(call(c, "POST", &action, &[t, json], &remove).status, 404);
+    assert!(!names(b, "").contains(&"secret".into()));
+    assert_eq!(shown(b), 404);
+    // Deleting the flavor takes its access list along.
+    assert_eq!(call(c, "POST", &action, &[t, json], &add).status, 200);
+    let gone = call(
+        c,
+        "DELETE",
+        &format!("/compute/v2.1/flavors/{private}"),
+        &[t],
+        "",
+    );
+    assert_eq!(gone.status, 202);
+    assert_eq!(call(c, "GET", &access, &[t], "").status, 404);
 }
 
 const HOSTD_SECRET: &str = "hostd-secret-0123456789";

@@ -278,6 +278,49 @@ fn openstack_projects_users_roles_and_isolation() {
         err.contains("No Image found") || err.contains("404") || err.contains("Could not find"),
         "{err}"
     );
+    // A private flavor opened to the demo project (Nova's flavor access):
+    // alice sees it until it is closed to demo again.
+    ok(&[
+        "flavor",
+        "create",
+        "--private",
+        "--project",
+        "demo",
+        "--ram",
+        "256",
+        "--vcpus",
+        "1",
+        "--disk",
+        "1",
+        "demo-only",
+    ]);
+    let demo = ok(&["project", "show", "demo", "-f", "value", "-c", "id"]);
+    let access = ok(&[
+        "flavor",
+        "show",
+        "demo-only",
+        "-f",
+        "value",
+        "-c",
+        "access_project_ids",
+    ]);
+    assert!(access.contains(demo.trim()), "{access}");
+    let alice_flavors = || {
+        let (listed, out, err) = run(
+            &cli,
+            &alice,
+            &["flavor", "list", "-f", "value", "-c", "Name"],
+        );
+        assert!(listed, "{err}");
+        out
+    };
+    assert!(alice_flavors().contains("demo-only"));
+    ok(&["flavor", "unset", "--project", "demo", "demo-only"]);
+    assert!(!alice_flavors().contains("demo-only"));
+    assert!(
+        ok(&["flavor", "list", "--private", "-f", "value", "-c", "Name"]).contains("demo-only")
+    );
+
     // And a member cannot administer identities.
     let (allowed, _, err) = run(&cli, &alice, &["project", "create", "sneaky"]);
     assert!(!allowed);

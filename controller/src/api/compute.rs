@@ -12,7 +12,7 @@ use serde_json::{json, Value as Json};
 
 use super::http::{empty, json, read_json, Body, Microversion};
 use super::App;
-use crate::compute::flavors::Flavor;
+use crate::compute::flavors::{Flavor, Listing};
 use crate::compute::service::ComputeError;
 use crate::identity::Auth;
 use crate::store::StoreError;
@@ -125,6 +125,12 @@ pub async fn route(app: &App, mut req: Request<Incoming>, rest: &[&str]) -> Resp
         (Method::GET, ["flavors", id]) => show_flavor(app, &auth, id).await,
         (Method::POST, ["flavors"]) => create_flavor(app, &auth, req).await,
         (Method::DELETE, ["flavors", id]) => delete_flavor(app, &auth, id).await,
+        (Method::GET, ["flavors", id, "os-flavor-access"]) => {
+            super::flavor_access::list(app, &auth, id).await
+        }
+        (Method::POST, ["flavors", id, "action"]) => {
+            super::flavor_access::action(app, &auth, req, id).await
+        }
         (_, ["flavors", id, "os-extra_specs"]) => {
             super::flavor_extra_specs::route(app, &auth, req, id, None).await
         }
@@ -330,15 +336,19 @@ async fn list_flavors(
         (Ok(d), Ok(r), Ok(l)) => (d, r, l),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return bad(e),
     };
-    // Admins see private flavors too unless they ask for public ones only.
-    let private = auth.is_admin()
-        && !matches!(
-            q.get("is_public")
-                .map(|v| v.to_ascii_lowercase())
-                .as_deref(),
-            Some("true" | "1" | "yes")
-        );
-    let mut list = match app.flavors.list(private).await {
+    // As Nova: everyone sees the public flavors and the private ones open
+    // to their project; only admins choose with `is_public` (`false`: the
+    // private ones, `none`: all).
+    let listing = match q.get("is_public").filter(|_| auth.is_admin()) {
+        None => Listing::OpenTo(auth.project_id()),
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "none" => Listing::All,
+            "true" | "t" | "1" | "yes" | "y" | "on" => Listing::OpenTo(auth.project_id()),
+            "false" | "f" | "0" | "no" | "n" | "off" => Listing::PrivateOnly,
+            _ => return bad(format!("Invalid is_public filter [{v}]")),
+        },
+    };
+    let mut list = match app.flavors.list(listing).await {
         Ok(l) => l,
         Err(e) => return store_error(e),
     };
@@ -403,11 +413,13 @@ async fn list_flavors(
 }
 
 async fn show_flavor(app: &App, auth: &Auth, id: &str) -> Response<Body> {
-    match app.flavors.get(id).await {
-        Ok(Some(f)) if f.is_public || auth.is_admin() => {
-            json(StatusCode::OK, &json!({"flavor": flavor_json(app, &f)}))
-        }
-        Ok(_) => nova_error(
+    match app
+        .flavors
+        .get_for(id, auth.project_id(), auth.is_admin())
+        .await
+    {
+        Ok(Some(f)) => json(StatusCode::OK, &json!({"flavor": flavor_json(app, &f)})),
+        Ok(None) => nova_error(
             StatusCode::NOT_FOUND,
             &format!("Flavor {id} could not be found."),
         ),

@@ -24,9 +24,13 @@ pub async fn route(
     id: &str,
     key: Option<&str>,
 ) -> Response<Body> {
-    match app.flavors.get(id).await {
-        Ok(Some(f)) if f.is_public || auth.is_admin() => {}
-        Ok(_) => {
+    match app
+        .flavors
+        .get_for(id, auth.project_id(), auth.is_admin())
+        .await
+    {
+        Ok(Some(_)) => {}
+        Ok(None) => {
             return nova_error(
                 StatusCode::NOT_FOUND,
                 &format!("Flavor {id} could not be found."),

@@ -6,6 +6,7 @@ pub mod cinder_attachments;
 pub mod compute;
 pub mod compute_discovery;
 pub mod compute_misc;
+pub mod flavor_access;
 pub mod flavor_extra_specs;
 pub mod http;
 pub mod hypervisors;

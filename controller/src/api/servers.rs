@@ -182,7 +182,11 @@ impl Shown {
     pub async fn load(app: &App, version: Microversion, admin: bool) -> Shown {
         let mut flavor_names = BTreeMap::new();
         if version >= (2, 47) {
-            match app.flavors.list(true).await {
+            match app
+                .flavors
+                .list(crate::compute::flavors::Listing::All)
+                .await
+            {
                 Ok(list) => flavor_names.extend(list.into_iter().map(|f| (f.id, f.name))),
                 Err(e) => tracing::error!("the flavors' names: {e}"),
             }

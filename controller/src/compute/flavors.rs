@@ -1,4 +1,5 @@
-//! Flavors: the sizes servers come in, and their extra specs.
+//! Flavors: the sizes servers come in, their extra specs, and which
+//! projects a private flavor is open to.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +32,18 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Flavor, StoreError> {
     })
 }
 
+/// Which flavors a list shows (Nova's `is_public` filter).
+#[derive(Clone, Copy, Debug)]
+pub enum Listing<'a> {
+    /// Public ones and the private ones open to this project (any caller's
+    /// default view).
+    OpenTo(Option<&'a str>),
+    /// Private ones only (admins' `is_public=false`).
+    PrivateOnly,
+    /// Every flavor (admins' `is_public=none`).
+    All,
+}
+
 pub struct Flavors {
     store: Store,
 }
@@ -40,19 +53,92 @@ impl Flavors {
         Flavors { store }
     }
 
-    /// Public flavors, and private ones too for admins.
-    pub async fn list(&self, include_private: bool) -> Result<Vec<Flavor>, StoreError> {
-        let sql = if include_private {
-            format!("SELECT {COLUMNS} FROM flavors ORDER BY ram_mib, id")
-        } else {
-            format!("SELECT {COLUMNS} FROM flavors WHERE is_public = 1 ORDER BY ram_mib, id")
+    /// The flavors `listing` names, by RAM then id.
+    pub async fn list(&self, listing: Listing<'_>) -> Result<Vec<Flavor>, StoreError> {
+        let (filter, params): (&str, Vec<Value>) = match listing {
+            Listing::All => ("", vec![]),
+            Listing::PrivateOnly => ("WHERE is_public = 0", vec![]),
+            Listing::OpenTo(None) => ("WHERE is_public = 1", vec![]),
+            Listing::OpenTo(Some(project)) => (
+                "WHERE is_public = 1 OR id IN \
+                 (SELECT flavor_id FROM flavor_projects WHERE project_id = $1)",
+                vec![Value::Text(project)],
+            ),
         };
         self.store
-            .fetch_all(&sql, &[])
+            .fetch_all(
+                &format!("SELECT {COLUMNS} FROM flavors {filter} ORDER BY ram_mib, id"),
+                &params,
+            )
             .await?
             .iter()
             .map(from_row)
             .collect()
+    }
+
+    /// Flavor `id` if the caller may see and use it: a public one, a
+    /// private one its project was given, any for an admin.
+    pub async fn get_for(
+        &self,
+        id: &str,
+        project: Option<&str>,
+        admin: bool,
+    ) -> Result<Option<Flavor>, StoreError> {
+        let Some(f) = self.get(id).await? else {
+            return Ok(None);
+        };
+        if f.is_public || admin {
+            return Ok(Some(f));
+        }
+        let Some(project) = project else {
+            return Ok(None);
+        };
+        let open = self
+            .store
+            .fetch_optional(
+                "SELECT 1 AS open FROM flavor_projects WHERE flavor_id = $1 AND project_id = $2",
+                &[Value::Text(id), Value::Text(project)],
+            )
+            .await?;
+        Ok(open.map(|_| f))
+    }
+
+    /// The projects private flavor `id` is open to, sorted.
+    pub async fn access(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        self.store
+            .fetch_all(
+                "SELECT project_id FROM flavor_projects WHERE flavor_id = $1 ORDER BY project_id",
+                &[Value::Text(id)],
+            )
+            .await?
+            .iter()
+            .map(|r| text(r, "project_id"))
+            .collect()
+    }
+
+    /// Opens flavor `id` to `project`; false when it already was.
+    pub async fn add_access(&self, id: &str, project: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .execute(
+                "INSERT INTO flavor_projects (flavor_id, project_id) VALUES ($1, $2) \
+                 ON CONFLICT (flavor_id, project_id) DO NOTHING",
+                &[Value::Text(id), Value::Text(project)],
+            )
+            .await?
+            > 0)
+    }
+
+    /// Closes flavor `id` to `project`; false when it was not open to it.
+    pub async fn remove_access(&self, id: &str, project: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .execute(
+                "DELETE FROM flavor_projects WHERE flavor_id = $1 AND project_id = $2",
+                &[Value::Text(id), Value::Text(project)],
+            )
+            .await?
+            > 0)
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Flavor>, StoreError> {
@@ -111,12 +197,14 @@ impl Flavors {
     }
 
     pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
-        self.store
-            .execute(
-                "DELETE FROM flavor_extra_specs WHERE flavor_id = $1",
-                &[Value::Text(id)],
-            )
-            .await?;
+        for table in ["flavor_extra_specs", "flavor_projects"] {
+            self.store
+                .execute(
+                    &format!("DELETE FROM {table} WHERE flavor_id = $1"),
+                    &[Value::Text(id)],
+                )
+                .await?;
+        }
         Ok(self
             .store
             .execute("DELETE FROM flavors WHERE id = $1", &[Value::Text(id)])

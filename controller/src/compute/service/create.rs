@@ -69,9 +69,13 @@ pub async fn create(
 ) -> Result<Server, ComputeError> {
     let bad = |m: String| Err(ComputeError::BadRequest(m));
     let project = ctx.project_id().to_owned();
-    let flavor = match app.flavors.get(&req.flavor_ref).await? {
-        Some(f) if f.is_public || ctx.is_admin() => f,
-        _ => return bad(format!("Flavor {} could not be found.", req.flavor_ref)),
+    let flavor = match app
+        .flavors
+        .get_for(&req.flavor_ref, Some(&project), ctx.is_admin())
+        .await?
+    {
+        Some(f) => f,
+        None => return bad(format!("Flavor {} could not be found.", req.flavor_ref)),
     };
     let image = if req.boot_volume.is_some() {
         None

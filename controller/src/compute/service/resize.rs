@@ -45,9 +45,13 @@ pub async fn resize(
     flavor_ref: &str,
 ) -> Result<(), ComputeError> {
     let server = visible(app, ctx, id).await?;
-    let flavor = match app.flavors.get(flavor_ref).await? {
-        Some(f) if f.is_public || ctx.is_admin() => f,
-        _ => {
+    let flavor = match app
+        .flavors
+        .get_for(flavor_ref, Some(ctx.project_id()), ctx.is_admin())
+        .await?
+    {
+        Some(f) => f,
+        None => {
             return Err(ComputeError::BadRequest(format!(
                 "Flavor {flavor_ref} could not be found."
             )))
