@@ -212,6 +212,112 @@ fn a_stale_host_listing_does_not_undo_an_action() {
     hostd.release_listings();
 }
 
+/// Nova's reset-state: an admin marks a server ERROR (or ACTIVE again) with
+/// nothing changed on the host, and the state sync keeps an ERROR as Nova's
+/// power sync does (only the power state follows the host) until a hard
+/// reboot or another reset ends it.
+#[test]
+fn an_admins_reset_state_holds_against_the_state_sync() {
+    let cloud = Cloud::start(Delays::NONE);
+    let (c, hostd, t) = (&cloud.c, &cloud.hostd, cloud.auth());
+    let (id, _) = cloud.active_server();
+    let act = |who: (&str, &str), body: &str| {
+        call(
+            c,
+            "POST",
+            &format!("/compute/v2.1/servers/{id}/action"),
+            &[who],
+            body,
+        )
+    };
+    let sync = || {
+        let r = call(
+            c,
+            "POST",
+            "/internal/v1/reconcilers/instance_sync/run",
+            &[t],
+            "",
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    // bob, a member of the server's project: not an admin.
+    common::second_project(c);
+    let first_id = |path: &str, key: &str| {
+        call(c, "GET", path, &[t], "").json()[key][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let project = first_id("/identity/v3/projects?name=admin", "projects");
+    let user = first_id("/identity/v3/users?name=bob", "users");
+    let member = first_id("/identity/v3/roles?name=member", "roles");
+    let grant = format!("/identity/v3/projects/{project}/users/{user}/roles/{member}");
+    assert_eq!(call(c, "PUT", &grant, &[t], "").status, 204);
+    let bob = common::token(c, "bob", "bob-password", "admin");
+    let r = act(
+        ("X-Auth-Token", &bob),
+        r#"{"os-resetState": {"state": "error"}}"#,
+    );
+    assert_eq!(r.status, 403, "admins only: {}", r.body);
+    for bad in [
+        r#"{"os-resetState": {"state": "stopped"}}"#,
+        r#"{"os-resetState": {}}"#,
+    ] {
+        assert_eq!(act(t, bad).status, 400, "{bad}");
+    }
+    let r = call(
+        c,
+        "POST",
+        "/compute/v2.1/servers/no-such-server/action",
+        &[t],
+        r#"{"os-resetState": {"state": "error"}}"#,
+    );
+    assert_eq!(r.status, 404);
+
+    assert_eq!(
+        act(t, r#"{"os-resetState": {"state": "error"}}"#).status,
+        202
+    );
+    assert_eq!(cloud.show(&id)["status"], "ERROR");
+    assert_eq!(
+        hostd.instances()[&id],
+        "running",
+        "nothing changed on the host"
+    );
+    sync();
+    let s = cloud.show(&id);
+    assert_eq!(
+        (s["status"].as_str(), s["OS-EXT-STS:power_state"].as_i64()),
+        (Some("ERROR"), Some(1)),
+        "{s}"
+    );
+    // The guest powers off meanwhile: the power state follows, ERROR stays.
+    hostd.set_state_and_hold_listings(&id, "shutoff");
+    hostd.release_listings();
+    sync();
+    let s = cloud.show(&id);
+    assert_eq!(
+        (s["status"].as_str(), s["OS-EXT-STS:power_state"].as_i64()),
+        (Some("ERROR"), Some(4)),
+        "{s}"
+    );
+
+    // A hard reboot recovers it.
+    assert_eq!(act(t, r#"{"reboot": {"type": "HARD"}}"#).status, 202);
+    cloud.wait(&id, "ACTIVE");
+    // And a reset to active ends an ERROR too.
+    assert_eq!(
+        act(t, r#"{"os-resetState": {"state": "error"}}"#).status,
+        202
+    );
+    assert_eq!(
+        act(t, r#"{"os-resetState": {"state": "active"}}"#).status,
+        202
+    );
+    sync();
+    assert_eq!(cloud.show(&id)["status"], "ACTIVE");
+}
+
 /// The reconcilers on the internal API: listed with their periods and last
 /// outcomes, run at once on request (the answer comes when the run is over),
 /// for admins only.

@@ -27,6 +27,41 @@ pub async fn act(
     Ok(())
 }
 
+/// Nova's reset-state (`os-resetState`, admins): the server's vm_state
+/// becomes `error` or `active` and any task is dropped; nothing changes on
+/// the host. How an operator clears a server stuck in a task, or marks one
+/// broken.
+pub async fn reset_state(
+    app: &App,
+    ctx: &RequestContext,
+    id: &str,
+    state: &str,
+) -> Result<(), ComputeError> {
+    if !ctx.is_admin() {
+        return Err(ComputeError::Forbidden(
+            "Policy doesn't allow os_compute_api:os-admin-actions:reset_state to be performed: admin only."
+                .into(),
+        ));
+    }
+    if !["error", "active"].contains(&state) {
+        return Err(ComputeError::BadRequest(format!(
+            "Invalid input for field/attribute state. Value: {state}. '{state}' is not one of ['active', 'error']"
+        )));
+    }
+    let server = visible(app, ctx, id).await?;
+    // The fault stays with an error, as the server's last failure.
+    let fault = if state == "error" {
+        server.fault.as_deref()
+    } else {
+        None
+    };
+    app.servers
+        .set_state(id, state, None, server.power_state, fault)
+        .await?;
+    tracing::info!(server = %id, state, "state reset by an admin");
+    Ok(())
+}
+
 /// Carries out an accepted action on the server's host and records the
 /// outcome: the new state, or the old one with the action marked failed.
 async fn on_host(

@@ -184,6 +184,10 @@ async fn sync_host(app: &App, host: &Host, servers: &[Server]) -> HostRound {
             Some(State::Paused) if s.vm_state == "suspended" => continue,
             // A resize to confirm or revert runs or is stopped as it was.
             Some(State::Running | State::Shutoff) if s.vm_state == "resized" => continue,
+            // As Nova's power sync: ERROR stays until a hard reboot, a
+            // rebuild or an admin's reset-state ends it; only the power
+            // state follows the host.
+            Some(&st) if s.vm_state == "error" => ("error", from_hostd(st).1, s.fault.as_deref()),
             Some(&st) => {
                 let (vm, power) = from_hostd(st);
                 (vm, power, None)
