@@ -274,6 +274,12 @@ fn an_admins_reset_state_holds_against_the_state_sync() {
     );
     assert_eq!(r.status, 404);
 
+    // Nothing to push: netd converges the ports; guests ask DHCP and metadata.
+    assert_eq!(act(t, r#"{"injectNetworkInfo": null}"#).status, 202);
+    assert_eq!(
+        act(("X-Auth-Token", &bob), r#"{"injectNetworkInfo": null}"#).status,
+        403
+    );
     assert_eq!(
         act(t, r#"{"os-resetState": {"state": "error"}}"#).status,
         202

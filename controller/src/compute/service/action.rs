@@ -62,6 +62,25 @@ pub async fn reset_state(
     Ok(())
 }
 
+/// Nova's `injectNetworkInfo` (admins): re-apply the server's network
+/// configuration. Each host's netd already converges its ports to the
+/// intended state, continuously, and guests read theirs over DHCP and the
+/// metadata service: there is nothing to push, so this only checks the
+/// caller and the server.
+pub async fn inject_network_info(
+    app: &App,
+    ctx: &RequestContext,
+    id: &str,
+) -> Result<(), ComputeError> {
+    if !ctx.is_admin() {
+        return Err(ComputeError::Forbidden(
+            "Policy doesn't allow os_compute_api:os-admin-actions:inject_network_info to be performed: admin only."
+                .into(),
+        ));
+    }
+    visible(app, ctx, id).await.map(drop)
+}
+
 /// Carries out an accepted action on the server's host and records the
 /// outcome: the new state, or the old one with the action marked failed.
 async fn on_host(
