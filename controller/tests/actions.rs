@@ -103,6 +103,17 @@ fn actions_run_in_the_background_one_at_a_time_and_are_recorded() {
     let soft_request = r.header("x-openstack-request-id").unwrap().to_owned();
     assert_eq!(show()["status"], "REBOOT");
     wait("ACTIVE");
+    // Nothing is ever soft-deleted (deletes are immediate): nothing to
+    // restore or force-delete.
+    for action in ["restore", "forceDelete"] {
+        let r = act(&format!(r#"{{"{action}": null}}"#));
+        assert_eq!(r.status, 409, "{}", r.body);
+        assert!(
+            r.body.contains("while it is in vm_state active"),
+            "{}",
+            r.body
+        );
+    }
     // Unknown actions and bodies.
     assert_eq!(act(r#"{"frobnicate": null}"#).status, 400);
     assert_eq!(act(r#"{"os-stop": null, "os-start": null}"#).status, 400);
@@ -1041,6 +1052,20 @@ fn a_resize_waits_to_be_confirmed_or_reverted() {
     let r = resize(&with_ephemeral);
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("ephemeral disk (1 GiB)"), "{}", r.body);
+    // Over the project's quota: refused before any host is asked (403).
+    let r = resize(&huge);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("Quota exceeded for ram"), "{}", r.body);
+    let project = cloud.show(&id)["tenant_id"].as_str().unwrap().to_owned();
+    let r = call(
+        c,
+        "PUT",
+        &format!("/compute/v2.1/os-quota-sets/{project}"),
+        &[t],
+        r#"{"quota_set": {"ram": -1}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Within it, but no host has the room (409).
     let r = resize(&huge);
     assert_eq!(r.status, 409, "{}", r.body);
     assert!(r.body.contains("No valid host was found"), "{}", r.body);

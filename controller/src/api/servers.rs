@@ -1585,6 +1585,12 @@ async fn action(
         .get("type")
         .and_then(Json::as_str)
         .is_some_and(|t| t.eq_ignore_ascii_case("HARD"));
+    if name == "restore" || name == "forceDelete" {
+        return match service::action::on_soft_deleted(app, ctx, id, name).await {
+            Ok(()) => empty(StatusCode::ACCEPTED),
+            Err(e) => compute_error(e),
+        };
+    }
     if name == "injectNetworkInfo" {
         return match service::action::inject_network_info(app, ctx, id).await {
             Ok(()) => empty(StatusCode::ACCEPTED),

@@ -62,6 +62,23 @@ pub async fn reset_state(
     Ok(())
 }
 
+/// Nova's `restore` and `forceDelete`, which act on SOFT_DELETED servers
+/// only. Deletes here are immediate (Nova with `reclaim_instance_interval`
+/// 0), so no server is ever in that state: both are refused as Nova refuses
+/// them on any other.
+pub async fn on_soft_deleted(
+    app: &App,
+    ctx: &RequestContext,
+    id: &str,
+    action: &str,
+) -> Result<(), ComputeError> {
+    let server = visible(app, ctx, id).await?;
+    Err(ComputeError::Conflict(format!(
+        "Cannot '{action}' instance {id} while it is in vm_state {}",
+        server.vm_state
+    )))
+}
+
 /// Nova's `injectNetworkInfo` (admins): re-apply the server's network
 /// configuration. Each host's netd already converges its ports to the
 /// intended state, continuously, and guests read theirs over DHCP and the

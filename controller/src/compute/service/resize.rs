@@ -13,9 +13,36 @@ use hostd_proto::instance::{Action as HostdAction, Size};
 use super::{begin_host_task, record_action, server_host, visible, ComputeError};
 use crate::app::App;
 use crate::compute::scheduler::Resources;
-use crate::compute::servers::Server;
+use crate::compute::servers::{OverQuota, Server};
 use crate::context::RequestContext;
 use crate::hostd_client::{Hostd, HostdError};
+
+/// As Nova: a resize's growth in vCPUs and RAM must fit the project's
+/// quota, before any host is asked for room (a 403, where a full host is a
+/// 409).
+async fn within_quota(
+    app: &App,
+    server: &Server,
+    vcpus: i64,
+    ram_mib: i64,
+) -> Result<(), ComputeError> {
+    let quota = app.quotas.get(&server.project_id).await?;
+    let used = app.servers.usage(&server.project_id).await?;
+    for (resource, limit, used, requested) in [
+        ("cores", quota.cores, used.cores, vcpus - server.vcpus),
+        ("ram", quota.ram_mib, used.ram_mib, ram_mib - server.ram_mib),
+    ] {
+        if requested > 0 && limit >= 0 && used + requested > limit {
+            return Err(ComputeError::OverQuota(OverQuota {
+                resource,
+                limit,
+                used,
+                requested,
+            }));
+        }
+    }
+    Ok(())
+}
 
 fn resources(s: &Server) -> Resources {
     Resources {
@@ -81,6 +108,7 @@ pub async fn resize(
             flavor.ephemeral_gib, flavor.swap_mib, server.ephemeral_gib, server.swap_mib
         )));
     }
+    within_quota(app, &server, flavor.vcpus, flavor.ram_mib).await?;
     let (hostd, background) = begin_host_task(
         app,
         &server,
