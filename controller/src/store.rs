@@ -155,6 +155,10 @@ pub fn int(row: &AnyRow, col: &str) -> Result<i64, StoreError> {
     Ok(row.try_get::<i64, _>(col)?)
 }
 
+pub fn opt_int(row: &AnyRow, col: &str) -> Result<Option<i64>, StoreError> {
+    Ok(row.try_get::<Option<i64>, _>(col)?)
+}
+
 pub fn boolean(row: &AnyRow, col: &str) -> Result<bool, StoreError> {
     Ok(row.try_get::<i64, _>(col)? != 0)
 }

@@ -1108,3 +1108,106 @@ fn a_resize_waits_to_be_confirmed_or_reverted() {
         assert!(names.contains(&want), "{names:?}");
     }
 }
+
+/// Nova's os-simple-tenant-usage: a project's servers over a period, also
+/// those deleted since; every project's for admins only.
+#[test]
+fn usage_counts_running_and_deleted_servers_over_a_period() {
+    usage_over_a_period(&Cloud::start(Delays::NONE));
+}
+
+#[test]
+fn usage_on_postgres() {
+    let Some(pg) = common::Postgres::start() else {
+        return;
+    };
+    usage_over_a_period(&Cloud::start_on(Some(pg.url()), Delays::NONE, ""));
+}
+
+fn usage_over_a_period(cloud: &Cloud) {
+    let (c, t) = (&cloud.c, cloud.auth());
+    let (id, _) = cloud.active_server();
+    let project = cloud.show(&id)["tenant_id"].as_str().unwrap().to_owned();
+    let (yesterday, tomorrow) = ("2000-01-01T00:00:00", "2100-01-01T00:00:00.000000");
+    let get = |who: (&str, &str), path: &str| {
+        call(
+            c,
+            "GET",
+            &format!("/compute/v2.1/os-simple-tenant-usage{path}"),
+            &[who],
+            "",
+        )
+    };
+    let period = format!("start={yesterday}&end={tomorrow}");
+
+    let r = get(t, &format!("?{period}&detailed=1"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let usages = r.json()["tenant_usages"].clone();
+    assert_eq!(usages.as_array().unwrap().len(), 1, "{usages}");
+    let u = &usages[0];
+    assert_eq!(u["tenant_id"], project.as_str());
+    assert_eq!(u["start"], "2000-01-01T00:00:00.000000");
+    let s = &u["server_usages"][0];
+    assert_eq!(s["instance_id"], id.as_str());
+    assert_eq!(
+        (s["vcpus"].as_i64(), s["memory_mb"].as_i64()),
+        (Some(1), Some(128))
+    );
+    assert_eq!(s["state"], "active");
+    assert!(s["ended_at"].is_null());
+    assert!(u["total_hours"].as_f64().unwrap() > 0.0, "{u}");
+    // Without `detailed`, the totals only.
+    let r = get(t, &format!("?{period}"));
+    assert!(r.json()["tenant_usages"][0].get("server_usages").is_none());
+
+    // Deleted, it still counts for the time it ran.
+    let r = call(
+        c,
+        "DELETE",
+        &format!("/compute/v2.1/servers/{id}"),
+        &[t],
+        "",
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while call(c, "GET", &format!("/compute/v2.1/servers/{id}"), &[t], "").status != 404 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delete never finished"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = get(t, &format!("/{project}?{period}"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let s = &r.json()["tenant_usage"]["server_usages"][0];
+    assert_eq!(
+        (s["instance_id"].as_str(), s["state"].as_str()),
+        (Some(id.as_str()), Some("terminated"))
+    );
+    assert!(s["ended_at"].as_str().is_some(), "{s}");
+    // A period before it ran: nothing.
+    let r = get(
+        t,
+        &format!("/{project}?start=2000-01-01T00:00:00&end=2000-01-02T00:00:00"),
+    );
+    assert_eq!(r.json(), serde_json::json!({"tenant_usage": {}}));
+
+    // Members see their own project's usage only; the list is for admins.
+    common::second_project(c);
+    let bob = common::token(c, "bob", "bob-password", "other");
+    let b = ("X-Auth-Token", bob.as_str());
+    assert_eq!(get(b, &format!("?{period}")).status, 403);
+    assert_eq!(get(b, &format!("/{project}?{period}")).status, 403);
+    let other = call(c, "GET", "/identity/v3/projects?name=other", &[t], "").json()["projects"][0]
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(get(b, &format!("/{other}?{period}")).status, 200);
+    // The period ends before it starts; a time in no format Nova reads.
+    assert_eq!(
+        get(t, &format!("?start={tomorrow}&end={yesterday}")).status,
+        400
+    );
+    assert_eq!(get(t, "?start=yesterday").status, 400);
+}

@@ -125,6 +125,12 @@ pub async fn route(app: &App, mut req: Request<Incoming>, rest: &[&str]) -> Resp
         (Method::GET, ["flavors", id]) => show_flavor(app, &auth, id).await,
         (Method::POST, ["flavors"]) => create_flavor(app, &auth, req).await,
         (Method::DELETE, ["flavors", id]) => delete_flavor(app, &auth, id).await,
+        (Method::GET, ["os-simple-tenant-usage"]) => {
+            super::simple_tenant_usage::get(app, &auth, &req, None).await
+        }
+        (Method::GET, ["os-simple-tenant-usage", project]) => {
+            super::simple_tenant_usage::get(app, &auth, &req, Some(project)).await
+        }
         (Method::GET, ["flavors", id, "os-flavor-access"]) => {
             super::flavor_access::list(app, &auth, id).await
         }

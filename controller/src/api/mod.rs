@@ -27,6 +27,7 @@ pub mod server_groups;
 pub mod server_metadata;
 pub mod server_tags;
 pub mod servers;
+pub mod simple_tenant_usage;
 pub mod volume;
 pub mod volume_attachments;
 

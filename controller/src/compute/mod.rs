@@ -12,3 +12,4 @@ pub mod scheduler;
 pub mod server_groups;
 pub mod servers;
 pub mod service;
+pub mod usage;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::quotas::Quota;
-use crate::store::{int, opt_text, text, Engine, Step, Store, StoreError, Value};
+use crate::store::{int, opt_int, opt_text, text, Engine, Step, Store, StoreError, Value};
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Server {
@@ -181,6 +181,23 @@ fn from_json(v: &[serde_json::Value]) -> Result<Server, StoreError> {
 }
 
 /// A project's use, for quotas: (servers, vCPUs, MiB).
+/// A server's use of resources from its launch to its delete (or now).
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsageRecord {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub flavor_name: String,
+    pub vcpus: i64,
+    pub ram_mib: i64,
+    /// Root and ephemeral disks.
+    pub local_gib: i64,
+    pub launched_at: i64,
+    pub terminated_at: Option<i64>,
+    /// Its vm_state, or `terminated` once deleted.
+    pub state: String,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
     pub instances: i64,
@@ -803,12 +820,75 @@ impl Servers {
                     rows: None,
                 },
                 Step {
+                    // What it used, for usage reports (a server that never
+                    // ran used nothing).
+                    sql: "INSERT INTO server_usage (id, project_id, name, flavor_name, vcpus, \
+                          ram_mib, local_gib, launched_at, terminated_at) \
+                          SELECT $1, s.project_id, s.name, COALESCE(f.name, s.flavor_id), s.vcpus, \
+                          s.ram_mib, s.disk_gib + s.ephemeral_gib, s.launched_at, $2 \
+                          FROM servers s LEFT JOIN flavors f ON f.id = s.flavor_id \
+                          WHERE s.id = $1 AND s.launched_at IS NOT NULL \
+                          ON CONFLICT (id) DO NOTHING",
+                    args: &[Value::Text(id), Value::Int(now)],
+                    rows: None,
+                },
+                Step {
                     sql: "DELETE FROM servers WHERE id = $1",
                     args: &[Value::Text(id)],
                     rows: Some(1),
                 },
             ])
             .await
+    }
+
+    /// The servers (of `project`, or all) that ran at some time between
+    /// `start` and `stop`: those alive, and those deleted after `start`.
+    pub async fn ran_between(
+        &self,
+        project: Option<&str>,
+        start: i64,
+        stop: i64,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        let mine = if project.is_some() {
+            "AND s.project_id = $2"
+        } else {
+            "AND $2 = ''"
+        };
+        let alive = format!(
+            "SELECT s.id, s.project_id, s.name, COALESCE(f.name, s.flavor_id) AS flavor_name, \
+             s.vcpus, s.ram_mib, s.disk_gib + s.ephemeral_gib AS local_gib, s.launched_at, \
+             CAST(NULL AS BIGINT) AS terminated_at, s.vm_state FROM servers s LEFT JOIN flavors f ON f.id = s.flavor_id \
+             WHERE s.launched_at IS NOT NULL AND s.launched_at < $1 {mine}"
+        );
+        let deleted = format!(
+            "SELECT s.id, s.project_id, s.name, s.flavor_name, s.vcpus, s.ram_mib, s.local_gib, \
+             s.launched_at, s.terminated_at, 'terminated' AS vm_state FROM server_usage s \
+             WHERE s.launched_at < $1 {mine} AND s.terminated_at > $3"
+        );
+        let args = [
+            Value::Int(stop),
+            Value::Text(project.unwrap_or_default()),
+            Value::Int(start),
+        ];
+        let mut records = Vec::new();
+        for (sql, args) in [(alive, &args[..2]), (deleted, &args[..])] {
+            for r in self.store.fetch_all(&sql, args).await? {
+                records.push(UsageRecord {
+                    id: text(&r, "id")?,
+                    project_id: text(&r, "project_id")?,
+                    name: text(&r, "name")?,
+                    flavor_name: text(&r, "flavor_name")?,
+                    vcpus: int(&r, "vcpus")?,
+                    ram_mib: int(&r, "ram_mib")?,
+                    local_gib: int(&r, "local_gib")?,
+                    launched_at: int(&r, "launched_at")?,
+                    terminated_at: opt_int(&r, "terminated_at")?,
+                    state: text(&r, "vm_state")?,
+                });
+            }
+        }
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(records)
     }
 
     /// Whether a server of this id was deleted (in the last day).

@@ -20,8 +20,13 @@ impl Cloud {
 
     /// With `extra` lines of controller configuration.
     pub fn start_with(delays: Delays, extra: &str) -> Cloud {
+        Cloud::start_on(None, delays, extra)
+    }
+
+    /// On the database at `url` (PostgreSQL), or a fresh SQLite one.
+    pub fn start_on(url: Option<String>, delays: Delays, extra: &str) -> Cloud {
         let hostd = StandInHostd::start(delays);
-        let c = start_with(None, &(controller_config() + extra));
+        let c = start_with(url, &(controller_config() + extra));
         hostd.register(&c);
         let admin = admin_token(&c);
         Cloud { hostd, c, admin }
