@@ -527,6 +527,21 @@ fn exercise_hosts(c: &Controller) {
         call(c, "GET", "/compute/v2.1/os-hypervisors/999", &[t], "").status,
         404
     );
+    // Before 2.53: by a part of the name, alone or with servers (none
+    // placed here: no `servers` key, as Nova).
+    let found = get("os-hypervisors/mpute/search")["hypervisors"].clone();
+    assert_eq!(found[0]["hypervisor_hostname"], "compute-1");
+    let with = get("os-hypervisors/compute-1/servers")["hypervisors"][0].clone();
+    assert_eq!(with["id"], id);
+    assert!(with.get("servers").is_none(), "{with}");
+    let r = call(
+        c,
+        "GET",
+        "/compute/v2.1/os-hypervisors/elsewhere/search",
+        &[t],
+        "",
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
 
     // Disabled with a reason: it stays so across heartbeats, until enabled.
     let r = put(

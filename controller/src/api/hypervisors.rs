@@ -81,6 +81,47 @@ pub async fn route(
             StatusCode::NOT_IMPLEMENTED,
             "Virga hosts do not report their uptime.",
         ),
+        // Before 2.53: hypervisors whose name contains a pattern, alone or
+        // with the servers on them (2.53 made these list filters).
+        (Method::GET, ["os-hypervisors", pattern, what @ ("search" | "servers")])
+            if version < (2, 53) =>
+        {
+            let matching: Vec<&Host> = hosts
+                .iter()
+                .filter(|h| h.report.host_id.contains(*pattern))
+                .collect();
+            if matching.is_empty() {
+                return Some(nova_error(
+                    StatusCode::NOT_FOUND,
+                    &format!("No hypervisor matching '{pattern}' could be found."),
+                ));
+            }
+            let placed = if *what == "servers" {
+                match app.servers.placed().await {
+                    Ok(s) => s,
+                    Err(e) => return Some(store_error(e)),
+                }
+            } else {
+                Vec::new()
+            };
+            let list: Vec<Json> = matching
+                .into_iter()
+                .map(|h| {
+                    let mut v = hypervisor(app, h, false);
+                    let servers: Vec<Json> = placed
+                        .iter()
+                        .filter(|s| s.host_id.as_deref() == Some(h.report.host_id.as_str()))
+                        .map(|s| json!({"name": s.name, "uuid": s.id}))
+                        .collect();
+                    // As Nova: no key when the host runs nothing.
+                    if !servers.is_empty() {
+                        v["servers"] = json!(servers);
+                    }
+                    v
+                })
+                .collect();
+            json(StatusCode::OK, &json!({ "hypervisors": list }))
+        }
         (Method::GET, ["os-hypervisors", id]) => {
             match hosts.iter().find(|h| h.num.to_string() == *id) {
                 Some(h) => json(
