@@ -422,6 +422,13 @@ fn exercise_hosts(c: &Controller) {
         instances: 2,
         kvm_mode: "hardware".into(),
         version: "0.1.0".into(),
+        // Up for a day: booted a day before the test's clock.
+        booted_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            - 86_400,
+        load_average: [0.5, 0.25, 0.125],
     };
     let body = serde_json::to_string(&beat).unwrap();
     let auth = format!("Bearer {token}");
@@ -527,6 +534,24 @@ fn exercise_hosts(c: &Controller) {
         call(c, "GET", "/compute/v2.1/os-hypervisors/999", &[t], "").status,
         404
     );
+    // The host's uptime, as the `uptime` command prints it.
+    let up = get(&format!("os-hypervisors/{id}/uptime"))["hypervisor"].clone();
+    let line = up["uptime"].as_str().unwrap();
+    assert!(line.contains(" up 1 day, "), "{line}");
+    assert!(
+        line.ends_with("load average: 0.50, 0.25, 0.12")
+            || line.ends_with("load average: 0.50, 0.25, 0.13"),
+        "{line}"
+    );
+    assert_eq!(up["hypervisor_hostname"], "compute-1");
+    let r = call(
+        c,
+        "GET",
+        "/compute/v2.1/os-hypervisors/999/uptime",
+        &[t],
+        "",
+    );
+    assert_eq!(r.status, 404);
     // Before 2.53: by a part of the name, alone or with servers (none
     // placed here: no `servers` key, as Nova).
     let found = get("os-hypervisors/mpute/search")["hypervisors"].clone();

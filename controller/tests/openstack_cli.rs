@@ -750,6 +750,8 @@ fn openstack_compute_services_and_hypervisors() {
         instances: 0,
         kvm_mode: "hardware".into(),
         version: "0.1.0".into(),
+        booted_at: 0,
+        load_average: [0.0; 3],
     };
     let bearer = format!(
         "Bearer {}",

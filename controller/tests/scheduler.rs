@@ -28,6 +28,8 @@ fn beat(id: &str, memory_usable_mib: u64) -> Heartbeat {
         instances: 0,
         kvm_mode: "hardware".into(),
         version: "test".into(),
+        booted_at: 0,
+        load_average: [0.0; 3],
     }
 }
 

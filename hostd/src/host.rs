@@ -72,6 +72,31 @@ pub fn cpus() -> u64 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
 }
 
+/// When this host booted (Unix seconds; 0 if /proc does not say) and its
+/// load averages over 1, 5 and 15 minutes.
+pub fn uptime() -> (i64, [f64; 3]) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    parse_uptime(&uptime, &loadavg, now)
+}
+
+fn parse_uptime(uptime: &str, loadavg: &str, now: i64) -> (i64, [f64; 3]) {
+    let booted_at = uptime
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(0, |s| now - s as i64);
+    let mut load = [0.0; 3];
+    for (slot, field) in load.iter_mut().zip(loadavg.split_whitespace()) {
+        *slot = field.parse().unwrap_or(0.0);
+    }
+    (booted_at, load)
+}
+
 pub fn memory() -> (u64, u64, HugePages) {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     (
@@ -138,6 +163,16 @@ pub fn vmm_version(binary: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uptime_and_load_from_proc() {
+        assert_eq!(
+            parse_uptime("3600.52 7000.10\n", "0.20 0.12 0.14 1/123 4567\n", 10_000),
+            (6_400, [0.20, 0.12, 0.14])
+        );
+        assert_eq!(parse_uptime("", "", 10_000), (0, [0.0; 3]), "unknown");
+        assert_eq!(parse_uptime("-5 1", "x 1.5", 10_000), (0, [0.0, 1.5, 0.0]));
+    }
 
     #[test]
     fn meminfo_fields() {

@@ -20,6 +20,7 @@ fn heartbeat(sup: &Supervisor, controller: &Controller) -> Heartbeat {
     let (memory_mib, _, _) = host::memory();
     let (vcpus_used, memory_used_mib) = sup.used();
     let disk = host::disk(&sup.config.state_dir);
+    let (booted_at, load_average) = host::uptime();
     Heartbeat {
         host_id: sup.config.host_id.clone(),
         url: controller.advertise_url.clone(),
@@ -33,6 +34,8 @@ fn heartbeat(sup: &Supervisor, controller: &Controller) -> Heartbeat {
         instances: sup.list().len(),
         kvm_mode: host::kvm().mode.to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        booted_at,
+        load_average,
     }
 }
 

@@ -76,11 +76,29 @@ pub async fn route(
         ),
         // Host aggregates are not modelled; clients read them to annotate hosts.
         (Method::GET, ["os-aggregates"]) => json(StatusCode::OK, &json!({ "aggregates": [] })),
-        // Nova's answer for drivers that do not report the host's uptime.
-        (Method::GET, ["os-hypervisors", _, "uptime"]) => nova_error(
-            StatusCode::NOT_IMPLEMENTED,
-            "Virga hosts do not report their uptime.",
-        ),
+        (Method::GET, ["os-hypervisors", id, "uptime"]) => {
+            match hosts.iter().find(|h| h.num.to_string() == *id) {
+                // Nova's answer for drivers that do not report it: a hostd
+                // older than the field.
+                Some(h) if h.report.booted_at == 0 => nova_error(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "This host's hostd does not report its uptime.",
+                ),
+                Some(h) => {
+                    let mut v = hypervisor(app, h, false);
+                    v["uptime"] = json!(uptime_line(
+                        now(),
+                        h.report.booted_at,
+                        h.report.load_average
+                    ));
+                    json(StatusCode::OK, &json!({ "hypervisor": v }))
+                }
+                None => nova_error(
+                    StatusCode::NOT_FOUND,
+                    &format!("Hypervisor with ID '{id}' could not be found."),
+                ),
+            }
+        }
         // Before 2.53: hypervisors whose name contains a pattern, alone or
         // with the servers on them (2.53 made these list filters).
         (Method::GET, ["os-hypervisors", pattern, what @ ("search" | "servers")])
@@ -309,6 +327,34 @@ fn hypervisor(app: &App, h: &Host, detail: bool) -> Json {
     v
 }
 
+/// The host's uptime as the `uptime` command prints it, which is what
+/// Nova's libvirt driver answers: ` 08:32:11 up 93 days, 18:25,  0 users,
+/// load average: 0.20, 0.12, 0.14` (times in UTC; hostd counts no users).
+fn uptime_line(now: i64, booted_at: i64, load: [f64; 3]) -> String {
+    let clock = now.rem_euclid(86_400);
+    let up = (now - booted_at).max(0);
+    let (days, hours, minutes) = (up / 86_400, up % 86_400 / 3600, up % 3600 / 60);
+    let mut since = match days {
+        0 => String::new(),
+        1 => "1 day, ".into(),
+        d => format!("{d} days, "),
+    };
+    if hours == 0 {
+        since.push_str(&format!("{minutes} min"));
+    } else {
+        since.push_str(&format!("{hours:2}:{minutes:02}"));
+    }
+    format!(
+        " {:02}:{:02}:{:02} up {since},  0 users,  load average: {:.2}, {:.2}, {:.2}",
+        clock / 3600,
+        clock % 3600 / 60,
+        clock % 60,
+        load[0],
+        load[1],
+        load[2]
+    )
+}
+
 fn statistics(hosts: &[Host]) -> Json {
     let sum = |get: fn(&Figures) -> i64| hosts.iter().map(|h| get(&figures(h))).sum::<i64>();
     let (vcpus, memory_mb, local_gb) =
@@ -327,6 +373,24 @@ fn statistics(hosts: &[Host]) -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uptime_reads_as_the_uptime_command_prints_it() {
+        let now = 1_796_000_000; // 00:53:20 UTC
+        assert_eq!(
+            uptime_line(
+                now,
+                now - 93 * 86_400 - 18 * 3600 - 25 * 60,
+                [0.2, 0.12, 0.14]
+            ),
+            " 00:53:20 up 93 days, 18:25,  0 users,  load average: 0.20, 0.12, 0.14"
+        );
+        assert_eq!(
+            uptime_line(now, now - 86_400 - 300, [0.0; 3]),
+            " 00:53:20 up 1 day, 5 min,  0 users,  load average: 0.00, 0.00, 0.00"
+        );
+        assert!(uptime_line(now, now - 3 * 3600 - 60, [1.0; 3]).contains(" up  3:01, "));
+    }
 
     #[test]
     fn hypervisor_versions_as_nova_numbers() {

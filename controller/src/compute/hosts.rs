@@ -31,19 +31,22 @@ impl Hosts {
     /// Records a heartbeat (registering the host on its first).
     pub async fn heartbeat(&self, h: &Heartbeat) -> Result<(), StoreError> {
         let int = |v: u64| Value::Int(i64::try_from(v).unwrap_or(i64::MAX));
+        let [one, five, fifteen] = h.load_average;
+        let load = format!("{one:.2} {five:.2} {fifteen:.2}");
         self.store
             .execute(
                 "INSERT INTO hosts (id, url, cpus, memory_mib, memory_usable_mib, disk_free_mib, \
                  vcpus_used, memory_used_mib, instances, kvm_mode, version, enabled, last_seen, \
-                 disk_total_mib, num) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+                 disk_total_mib, booted_at, load_average, num) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
                  (SELECT COALESCE(MAX(num), 0) + 1 FROM hosts)) \
                  ON CONFLICT (id) DO UPDATE SET url = excluded.url, cpus = excluded.cpus, \
                  memory_mib = excluded.memory_mib, memory_usable_mib = excluded.memory_usable_mib, \
                  disk_free_mib = excluded.disk_free_mib, vcpus_used = excluded.vcpus_used, \
                  memory_used_mib = excluded.memory_used_mib, instances = excluded.instances, \
                  kvm_mode = excluded.kvm_mode, version = excluded.version, last_seen = excluded.last_seen, \
-                 disk_total_mib = excluded.disk_total_mib, \
+                 disk_total_mib = excluded.disk_total_mib, booted_at = excluded.booted_at, \
+                 load_average = excluded.load_average, \
                  num = CASE WHEN hosts.num = 0 THEN excluded.num ELSE hosts.num END",
                 &[
                     Value::Text(&h.host_id),
@@ -60,6 +63,8 @@ impl Hosts {
                     Value::Bool(true),
                     Value::Int(crate::identity::now()),
                     int(h.disk_total_mib),
+                    Value::Int(h.booted_at),
+                    Value::Text(&load),
                 ],
             )
             .await?;
@@ -94,7 +99,8 @@ impl Hosts {
             .fetch_all(
                 "SELECT id, url, cpus, memory_mib, memory_usable_mib, disk_free_mib, vcpus_used, \
                  memory_used_mib, instances, kvm_mode, version, enabled, last_seen, availability_zone, \
-                 claimed_vcpus, claimed_ram_mib, num, disabled_reason, disk_total_mib FROM hosts ORDER BY num, id",
+                 claimed_vcpus, claimed_ram_mib, num, disabled_reason, disk_total_mib, booted_at, \
+                 load_average FROM hosts ORDER BY num, id",
                 &[],
             )
             .await?;
@@ -115,6 +121,8 @@ impl Hosts {
                         instances: u(r, "instances")? as usize,
                         kvm_mode: text(r, "kvm_mode")?,
                         version: text(r, "version")?,
+                        booted_at: int(r, "booted_at")?,
+                        load_average: load_average(&text(r, "load_average")?),
                     },
                     enabled: boolean(r, "enabled")?,
                     last_seen: int(r, "last_seen")?,
@@ -180,4 +188,13 @@ impl Hosts {
         }
         Ok(fixed)
     }
+}
+
+/// The load averages as stored ("0.20 0.12 0.14"); zeros when unknown.
+fn load_average(stored: &str) -> [f64; 3] {
+    let mut load = [0.0; 3];
+    for (slot, field) in load.iter_mut().zip(stored.split_whitespace()) {
+        *slot = field.parse().unwrap_or(0.0);
+    }
+    load
 }

@@ -998,6 +998,8 @@ mod tests {
                 instances: 0,
                 kvm_mode: "hardware".into(),
                 version: "test".into(),
+                booted_at: 0,
+                load_average: [0.0; 3],
             })
             .await
             .unwrap();

@@ -28,6 +28,12 @@ pub struct Heartbeat {
     pub instances: usize,
     pub kvm_mode: String,
     pub version: String,
+    /// When the host booted, Unix seconds (0 from hostds that predate it).
+    #[serde(default)]
+    pub booted_at: i64,
+    /// The load averages over 1, 5 and 15 minutes.
+    #[serde(default)]
+    pub load_average: [f64; 3],
 }
 
 #[cfg(test)]
@@ -49,9 +55,22 @@ mod tests {
             instances: 1,
             kvm_mode: "hardware".into(),
             version: "0.1.0".into(),
+            booted_at: 1_796_000_000,
+            load_average: [0.5, 0.25, 0.0],
         };
         let text = serde_json::to_string(&beat).unwrap_or_default();
-        assert_eq!(serde_json::from_str::<Heartbeat>(&text).ok(), Some(beat));
+        assert_eq!(serde_json::from_str::<Heartbeat>(&text).ok(), Some(beat.clone()));
         assert!(serde_json::from_str::<Heartbeat>(r#"{"host_id": "h1"}"#).is_err());
+        // An older hostd's beat, without the uptime.
+        let mut old = serde_json::to_value(&beat).unwrap_or_default();
+        if let Some(o) = old.as_object_mut() {
+            o.remove("booted_at");
+            o.remove("load_average");
+        }
+        let read = serde_json::from_value::<Heartbeat>(old).ok();
+        assert_eq!(
+            read.map(|b| (b.booted_at, b.load_average)),
+            Some((0, [0.0; 3]))
+        );
     }
 }
