@@ -80,6 +80,17 @@ impl Hostd {
             .await
     }
 
+    /// The instance's VMM's own metrics (uptime, memory, exits per vCPU).
+    pub async fn metrics(&self, id: &str) -> Result<serde_json::Value, HostdError> {
+        self.typed(
+            Method::GET,
+            &format!("/instances/{id}/metrics"),
+            None,
+            TIMEOUT,
+        )
+        .await
+    }
+
     pub async fn list(&self) -> Result<Vec<InstanceStatus>, HostdError> {
         self.typed(Method::GET, "/instances", None, TIMEOUT).await
     }

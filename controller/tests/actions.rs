@@ -285,6 +285,25 @@ fn an_admins_reset_state_holds_against_the_state_sync() {
     );
     assert_eq!(r.status, 404);
 
+    // Diagnostics: the VMM's own figures, for admins.
+    let diagnostics = format!("/compute/v2.1/servers/{id}/diagnostics");
+    let r = call(c, "GET", &diagnostics, &[t], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let d = r.json();
+    assert_eq!(
+        (d["memory"].as_u64(), d["uptime"].as_u64()),
+        (Some(131_072), Some(5)),
+        "{d}"
+    );
+    assert_eq!(
+        (d["num_cpus"].as_u64(), d["cpu0_exits"].as_u64()),
+        (Some(1), Some(3)),
+        "{d}"
+    );
+    assert_eq!(
+        call(c, "GET", &diagnostics, &[("X-Auth-Token", &bob)], "").status,
+        403
+    );
     // Nothing to push: netd converges the ports; guests ask DHCP and metadata.
     assert_eq!(act(t, r#"{"injectNetworkInfo": null}"#).status, 202);
     assert_eq!(
@@ -319,6 +338,18 @@ fn an_admins_reset_state_holds_against_the_state_sync() {
         "{s}"
     );
 
+    assert_eq!(
+        call(
+            c,
+            "GET",
+            &format!("/compute/v2.1/servers/{id}/diagnostics"),
+            &[t],
+            ""
+        )
+        .status,
+        409,
+        "no diagnostics of a server in ERROR"
+    );
     // A hard reboot recovers it.
     assert_eq!(act(t, r#"{"reboot": {"type": "HARD"}}"#).status, 202);
     cloud.wait(&id, "ACTIVE");

@@ -440,6 +440,12 @@ pub async fn route(
             }
             super::server_metadata::route(app, ctx, req, &id, key.as_deref()).await
         }
+        (Method::GET, ["servers", id, "diagnostics"]) => {
+            match service::action::diagnostics(app, ctx, id).await {
+                Ok(d) => json(StatusCode::OK, &d),
+                Err(e) => compute_error(e),
+            }
+        }
         (Method::GET, ["servers", id, "os-instance-actions"]) => {
             instance_actions(app, ctx, id, None, version_of(&req)).await
         }

@@ -466,6 +466,20 @@ fn answer(
                 serde_json::json!({"error": {"message": "no instance"}}),
             ),
         },
+        // A VMM's metrics, as hostd passes them on (running instances only).
+        (_, "GET", ["instances", id, "metrics"]) => match states.lock().unwrap().get(*id) {
+            Some(st) if st == "running" => (
+                200,
+                serde_json::json!({"uptime_ms": 5_000, "guest_memory_kib": 131_072,
+                    "memory": {"rss_kib": 4_096, "peak_rss_kib": 5_000},
+                    "per_vcpu_exits": [{"io_in": 2, "io_out": 1}],
+                    "vcpu_exits": {"io_in": 2, "io_out": 1}}),
+            ),
+            _ => (
+                409,
+                serde_json::json!({"error": {"message": "no running VMM"}}),
+            ),
+        },
         (_, "POST", ["instances", id, "actions", action]) => {
             std::thread::sleep(delays.action);
             let next = match *action {

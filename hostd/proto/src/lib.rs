@@ -59,7 +59,10 @@ mod tests {
             load_average: [0.5, 0.25, 0.0],
         };
         let text = serde_json::to_string(&beat).unwrap_or_default();
-        assert_eq!(serde_json::from_str::<Heartbeat>(&text).ok(), Some(beat.clone()));
+        assert_eq!(
+            serde_json::from_str::<Heartbeat>(&text).ok(),
+            Some(beat.clone())
+        );
         assert!(serde_json::from_str::<Heartbeat>(r#"{"host_id": "h1"}"#).is_err());
         // An older hostd's beat, without the uptime.
         let mut old = serde_json::to_value(&beat).unwrap_or_default();

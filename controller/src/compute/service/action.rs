@@ -126,6 +126,64 @@ async fn on_host(
     }
 }
 
+/// Nova's server diagnostics (admins) as served below 2.48, where each
+/// hypervisor answers its own keys: what the server's VMM reports of
+/// itself, read from its host. `memory` is the guest's RAM and
+/// `memory-rss` what the VMM process holds of it and of its own (KiB, as
+/// libvirt's); `uptime` in seconds; `cpuN_exits` each vCPU's exits to the
+/// VMM.
+pub async fn diagnostics(
+    app: &App,
+    ctx: &RequestContext,
+    id: &str,
+) -> Result<serde_json::Value, ComputeError> {
+    if !ctx.is_admin() {
+        return Err(ComputeError::Forbidden(
+            "Policy doesn't allow os_compute_api:os-server-diagnostics to be performed: admin only."
+                .into(),
+        ));
+    }
+    let server = visible(app, ctx, id).await?;
+    let refused = || {
+        ComputeError::Conflict(format!(
+            "Cannot 'get_diagnostics' instance {id} while it is in vm_state {}",
+            server.vm_state
+        ))
+    };
+    if !["active", "paused", "suspended"].contains(&server.vm_state.as_str()) {
+        return Err(refused());
+    }
+    let hostd = server_host(app, &server).await.ok_or_else(refused)?;
+    let m = hostd
+        .metrics(id)
+        .await
+        .map_err(|e| ComputeError::Conflict(format!("diagnostics unavailable: {e}")))?;
+    Ok(diagnostics_of(&m))
+}
+
+/// The VMM's metrics (`/metrics` through hostd) as diagnostics.
+fn diagnostics_of(m: &serde_json::Value) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let exits = |e: &Value| -> u64 {
+        e.as_object()
+            .map_or(0, |o| o.values().filter_map(Value::as_u64).sum())
+    };
+    let mut d = json!({
+        "driver": "virga",
+        "uptime": m["uptime_ms"].as_u64().unwrap_or(0) / 1000,
+        "memory": m["guest_memory_kib"].as_u64().unwrap_or(0),
+        "memory-rss": m["memory"]["rss_kib"].as_u64().unwrap_or(0),
+        "memory-peak-rss": m["memory"]["peak_rss_kib"].as_u64().unwrap_or(0),
+    });
+    if let (Some(o), Some(vcpus)) = (d.as_object_mut(), m["per_vcpu_exits"].as_array()) {
+        o.insert("num_cpus".into(), json!(vcpus.len()));
+        for (n, e) in vcpus.iter().enumerate() {
+            o.insert(format!("cpu{n}_exits"), json!(exits(e)));
+        }
+    }
+    d
+}
+
 /// The last `lines` lines (1 to 10,000) of the server's console.
 pub async fn console_output(
     app: &App,
@@ -158,7 +216,24 @@ fn tail(text: &str, n: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::tail;
+    use super::{diagnostics_of, tail};
+
+    #[test]
+    fn diagnostics_are_the_vmms_metrics() {
+        let m = serde_json::json!({
+            "uptime_ms": 61_500, "guest_memory_kib": 262_144,
+            "memory": {"rss_kib": 90_000, "peak_rss_kib": 95_000},
+            "per_vcpu_exits": [{"io_in": 3, "io_out": 4, "hlt": 0}, {"io_in": 1}],
+            "vcpu_exits": {"io_in": 4, "io_out": 4},
+        });
+        assert_eq!(
+            diagnostics_of(&m),
+            serde_json::json!({
+                "driver": "virga", "uptime": 61, "memory": 262_144, "memory-rss": 90_000,
+                "memory-peak-rss": 95_000, "num_cpus": 2, "cpu0_exits": 7, "cpu1_exits": 1,
+            })
+        );
+    }
 
     #[test]
     fn console_output_is_cut_as_nova_cuts_it() {
