@@ -688,4 +688,17 @@ fn limits_and_quotas() {
     );
     let r = call(&c, "GET", "/compute/v2.1/limits", &[t], "");
     assert_eq!(r.json()["limits"]["absolute"]["maxTotalInstances"], 5);
+    // Each limit with its use (`openstack quota show --usage`).
+    let r = call(&c, "GET", &format!("{path}/detail"), &[t], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["quota_set"]["cores"],
+        serde_json::json!({"limit": 8, "in_use": 0, "reserved": 0})
+    );
+    assert_eq!(r.json()["quota_set"]["id"], project.as_str());
+    // Deleted: the defaults again.
+    assert_eq!(call(&c, "DELETE", &path, &[t], "").status, 202);
+    let q = call(&c, "GET", &path, &[t], "").json();
+    assert_eq!(q["quota_set"]["cores"], 20, "{q}");
+    assert_eq!(call(&c, "DELETE", &path, &[t], "").status, 202, "again");
 }

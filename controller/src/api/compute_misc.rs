@@ -93,6 +93,20 @@ pub async fn route(
         (Method::GET, ["os-quota-sets", p, "defaults"]) => {
             quota_set(app, auth, p, true, version).await
         }
+        (Method::GET, ["os-quota-sets", p, "detail"]) => quota_detail(app, auth, p, version).await,
+        (Method::DELETE, ["os-quota-sets", p]) => {
+            if !auth.is_admin() {
+                return Some(nova_error(
+                    StatusCode::FORBIDDEN,
+                    "Policy doesn't allow os_compute_api:os-quota-sets:delete to be performed: admin only.",
+                ));
+            }
+            // Back to the defaults (202 whether it had its own or not, as Nova).
+            match app.quotas.delete(p).await {
+                Ok(_) => empty(StatusCode::ACCEPTED),
+                Err(e) => store_error(e),
+            }
+        }
         (Method::PUT, ["os-quota-sets", p]) => {
             let p = p.to_string();
             update_quota(app, auth, &p, req, version).await
@@ -327,6 +341,46 @@ async fn quota_set(
         Ok(q) => json(StatusCode::OK, &quota_json(project, &q, version)),
         Err(e) => store_error(e),
     }
+}
+
+/// `GET /os-quota-sets/{project}/detail`: each limit with what is in use
+/// (`reserved` is always 0: nothing is held back between a check and its
+/// use, which happen in one transaction).
+async fn quota_detail(
+    app: &App,
+    auth: &Auth,
+    project: &str,
+    version: Microversion,
+) -> Response<Body> {
+    if project != auth.project_id().unwrap_or_default() && !auth.is_admin() {
+        return nova_error(
+            StatusCode::FORBIDDEN,
+            "Policy doesn't allow this operation.",
+        );
+    }
+    let (q, used, groups) = match (
+        app.quotas.get(project).await,
+        app.servers.usage(project).await,
+        app.server_groups.list(Some(project)).await,
+    ) {
+        (Ok(q), Ok(u), Ok(g)) => (q, u, g.len() as i64),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return store_error(e),
+    };
+    let mut set = quota_json(project, &q, version)["quota_set"].take();
+    if let Some(o) = set.as_object_mut() {
+        for (key, limit) in o.iter_mut().filter(|(k, _)| *k != "id") {
+            let in_use = match key.as_str() {
+                "instances" => used.instances,
+                "cores" => used.cores,
+                "ram" => used.ram_mib,
+                "server_groups" => groups,
+                // Per-request limits, and key pairs (counted per user).
+                _ => 0,
+            };
+            *limit = json!({"limit": limit.take(), "in_use": in_use, "reserved": 0});
+        }
+    }
+    json(StatusCode::OK, &json!({ "quota_set": set }))
 }
 
 async fn update_quota(

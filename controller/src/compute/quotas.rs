@@ -63,4 +63,17 @@ impl Quotas {
             .await?;
         Ok(())
     }
+
+    /// Forgets the project's own quotas: it has the defaults again. False
+    /// when it had none of its own.
+    pub async fn delete(&self, project: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .execute(
+                "DELETE FROM quotas WHERE project_id = $1",
+                &[Value::Text(project)],
+            )
+            .await?
+            > 0)
+    }
 }
