@@ -18,6 +18,11 @@ use crate::identity::{now, Auth};
 /// here answers.
 const EXTENSIONS: &[(&str, &str, &str)] = &[
     (
+        "os-admin-actions",
+        "AdminActions",
+        "Enable admin-only server actions: injectNetworkInfo, os-resetState.",
+    ),
+    (
         "os-availability-zone",
         "AvailabilityZone",
         "1. Add availability_zone to the Create Server API. 2. Add availability zones describing.",
@@ -94,7 +99,17 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
         "ServerStartStop",
         "Start/Stop instance compute API support.",
     ),
+    (
+        "os-server-diagnostics",
+        "ServerDiagnostics",
+        "Allow Admins to view server diagnostics through server action.",
+    ),
     ("os-services", "Services", "Services support."),
+    (
+        "os-simple-tenant-usage",
+        "SimpleTenantUsage",
+        "Simple tenant usage extension.",
+    ),
     (
         "os-suspend-server",
         "SuspendServer",
