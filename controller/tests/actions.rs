@@ -1191,6 +1191,74 @@ fn usage_over_a_period(cloud: &Cloud) {
     let r = get(t, &format!("?{period}"));
     assert!(r.json()["tenant_usages"][0].get("server_usages").is_none());
 
+    // From 2.40, pages of servers: a second server, one per page.
+    let shown = cloud.show(&id);
+    let r = call(
+        c,
+        "POST",
+        "/compute/v2.1/servers",
+        &[t],
+        &serde_json::json!({"server": {"name": "vm2", "imageRef": shown["image"]["id"],
+            "flavorRef": shown["flavor"]["id"]}})
+        .to_string(),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let second = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    cloud.wait(&second, "ACTIVE");
+    let v240 = ("OpenStack-API-Version", "compute 2.40");
+    let page = |query: &str| {
+        let r = call(
+            c,
+            "GET",
+            &format!("/compute/v2.1/os-simple-tenant-usage/{project}?{period}{query}"),
+            &[t, v240],
+            "",
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    };
+    let first_page = page("&limit=1");
+    let ids = |p: &serde_json::Value| -> Vec<String> {
+        p["tenant_usage"]["server_usages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["instance_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut both = [id.clone(), second.clone()];
+    both.sort();
+    assert_eq!(ids(&first_page), both[..1]);
+    let next = first_page["tenant_usage_links"][0]["href"]
+        .as_str()
+        .unwrap();
+    assert!(next.contains(&format!("marker={}", both[0])), "{next}");
+    let second_page = page(&format!("&limit=1&marker={}", both[0]));
+    assert_eq!(ids(&second_page), both[1..]);
+    assert!(
+        second_page.get("tenant_usage_links").is_none(),
+        "the last page"
+    );
+    let r = call(
+        c,
+        "GET",
+        &format!("/compute/v2.1/os-simple-tenant-usage/{project}?{period}&marker=nope"),
+        &[t, v240],
+        "",
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        call(
+            c,
+            "DELETE",
+            &format!("/compute/v2.1/servers/{second}"),
+            &[t],
+            ""
+        )
+        .status,
+        204
+    );
+
     // Deleted, it still counts for the time it ran.
     let r = call(
         c,
@@ -1201,21 +1269,25 @@ fn usage_over_a_period(cloud: &Cloud) {
     );
     assert_eq!(r.status, 204, "{}", r.body);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while call(c, "GET", &format!("/compute/v2.1/servers/{id}"), &[t], "").status != 404 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the delete never finished"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    for gone in [&id, &second] {
+        while call(c, "GET", &format!("/compute/v2.1/servers/{gone}"), &[t], "").status != 404 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the delete of {gone} never finished"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     let r = get(t, &format!("/{project}?{period}"));
     assert_eq!(r.status, 200, "{}", r.body);
-    let s = &r.json()["tenant_usage"]["server_usages"][0];
-    assert_eq!(
-        (s["instance_id"].as_str(), s["state"].as_str()),
-        (Some(id.as_str()), Some("terminated"))
-    );
-    assert!(s["ended_at"].as_str().is_some(), "{s}");
+    let usages = r.json()["tenant_usage"]["server_usages"].clone();
+    let usages = usages.as_array().unwrap();
+    assert_eq!(usages.len(), 2, "both deleted servers: {usages:?}");
+    for s in usages {
+        assert_eq!(s["state"], "terminated", "{s}");
+        assert!(s["ended_at"].as_str().is_some(), "{s}");
+    }
+    assert!(usages.iter().any(|s| s["instance_id"] == id.as_str()));
     // A period before it ran: nothing.
     let r = get(
         t,

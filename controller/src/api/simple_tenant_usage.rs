@@ -2,9 +2,9 @@
 //! project's usage, admins; `detailed=1` lists the servers) and
 //! `GET /os-simple-tenant-usage/{project}` (one project's, with its servers;
 //! its own members or admins). `start` and `end` bound the period (now when
-//! left out), as `openstack usage list|show` and Horizon ask for it. No
-//! paging (2.40's `limit` and `marker`): the microversions served stop
-//! below it.
+//! left out), as `openstack usage list|show` and Horizon ask for it. From
+//! 2.40, `limit` and `marker` page through the servers (by id), as Nova
+//! does: a page's totals are its servers', and a full page links the next.
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -41,17 +41,41 @@ pub async fn get(
         Ok(p) => p,
         Err(m) => return nova_error(StatusCode::BAD_REQUEST, &m),
     };
-    let records = match app.servers.ran_between(project, start, stop).await {
+    let mut records = match app.servers.ran_between(project, start, stop).await {
         Ok(r) => r,
         Err(e) => return store_error(e),
     };
+    let paged = super::compute::version_of(req) >= (2, 40);
+    let next = if paged {
+        match page(&mut records, q.get("limit"), q.get("marker")) {
+            Ok(next) => next,
+            Err(m) => return nova_error(StatusCode::BAD_REQUEST, &m),
+        }
+    } else {
+        None
+    };
+    let next_link = |path: &str| {
+        next.as_ref().map(|marker| {
+            let mut params = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in q.iter().filter(|(k, _)| *k != "marker") {
+                params.append_pair(k, v);
+            }
+            params.append_pair("marker", marker);
+            json!([{"rel": "next", "href": format!(
+                "{}/compute/v2.1/{path}?{}", app.config.public_url, params.finish())}])
+        })
+    };
     let usage = by_project(records, start, stop);
     match project {
-        Some(_) => {
+        Some(p) => {
             let one = usage
                 .first()
                 .map_or_else(|| json!({}), |u| render(u, start, stop, true));
-            json(StatusCode::OK, &json!({ "tenant_usage": one }))
+            let mut body = json!({ "tenant_usage": one });
+            if let Some(links) = next_link(&format!("os-simple-tenant-usage/{p}")) {
+                body["tenant_usage_links"] = links;
+            }
+            json(StatusCode::OK, &body)
         }
         None => {
             let detailed = q.get("detailed").map(String::as_str) == Some("1");
@@ -59,9 +83,43 @@ pub async fn get(
                 .iter()
                 .map(|u| render(u, start, stop, detailed))
                 .collect();
-            json(StatusCode::OK, &json!({ "tenant_usages": all }))
+            let mut body = json!({ "tenant_usages": all });
+            if let Some(links) = next_link("os-simple-tenant-usage") {
+                body["tenant_usages_links"] = links;
+            }
+            json(StatusCode::OK, &body)
         }
     }
+}
+
+/// Cuts `records` (sorted by id) to the page after `marker` of at most
+/// `limit`; returns the next page's marker when this one is full.
+fn page(
+    records: &mut Vec<crate::compute::servers::UsageRecord>,
+    limit: Option<&String>,
+    marker: Option<&String>,
+) -> Result<Option<String>, String> {
+    if let Some(marker) = marker {
+        match records.iter().position(|r| &r.id == marker) {
+            Some(i) => {
+                records.drain(..=i);
+            }
+            None => return Err(format!("marker [{marker}] not found")),
+        }
+    }
+    let Some(limit) = limit else {
+        return Ok(None);
+    };
+    let limit = limit
+        .parse::<usize>()
+        .ok()
+        .filter(|l| *l > 0)
+        .ok_or_else(|| format!("Invalid limit [{limit}]: a positive integer"))?;
+    if records.len() <= limit {
+        return Ok(None);
+    }
+    records.truncate(limit);
+    Ok(records.last().map(|r| r.id.clone()))
 }
 
 /// The period asked for, as Unix seconds; either end is now when not given.
