@@ -1307,6 +1307,15 @@ fn usage_over_a_period(cloud: &Cloud) {
         .unwrap()
         .to_owned();
     assert_eq!(get(b, &format!("/{other}?{period}")).status, 200);
+    // No project named.
+    let r = call(
+        c,
+        "GET",
+        &format!("/compute/v2.1/os-simple-tenant-usage/?{period}"),
+        &[t],
+        "",
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
     // The period ends before it starts; a time in no format Nova reads.
     assert_eq!(
         get(t, &format!("?start={tomorrow}&end={yesterday}")).status,

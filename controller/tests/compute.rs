@@ -661,6 +661,11 @@ fn limits_and_quotas() {
         r#"{"quota_set": {"instances": 5, "cores": "8", "force": true}}"#,
     );
     assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.json()["quota_set"].get("id").is_none(),
+        "as Nova's update: {}",
+        r.body
+    );
     let q = call(&c, "GET", &path, &[t], "").json();
     assert_eq!(
         (

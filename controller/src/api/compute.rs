@@ -125,6 +125,10 @@ pub async fn route(app: &App, mut req: Request<Incoming>, rest: &[&str]) -> Resp
         (Method::GET, ["flavors", id]) => show_flavor(app, &auth, id).await,
         (Method::POST, ["flavors"]) => create_flavor(app, &auth, req).await,
         (Method::DELETE, ["flavors", id]) => delete_flavor(app, &auth, id).await,
+        // An empty project id (`.../os-simple-tenant-usage/`) names no project.
+        (Method::GET, ["os-simple-tenant-usage"]) if req.uri().path().ends_with('/') => {
+            nova_error(StatusCode::NOT_FOUND, "The resource could not be found.")
+        }
         (Method::GET, ["os-simple-tenant-usage"]) => {
             super::simple_tenant_usage::get(app, &auth, &req, None).await
         }

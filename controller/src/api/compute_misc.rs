@@ -452,7 +452,14 @@ async fn update_quota(
         }
     }
     match app.quotas.set(project, &q).await {
-        Ok(()) => json(StatusCode::OK, &quota_json(project, &q, version)),
+        Ok(()) => {
+            // Nova's update answers the set without its `id`.
+            let mut set = quota_json(project, &q, version);
+            if let Some(o) = set["quota_set"].as_object_mut() {
+                o.remove("id");
+            }
+            json(StatusCode::OK, &set)
+        }
         Err(e) => store_error(e),
     }
 }
