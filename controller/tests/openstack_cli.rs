@@ -1570,3 +1570,51 @@ fn openstack_application_credentials() {
     );
     assert!(listed.trim().is_empty(), "{listed}");
 }
+
+/// `openstack usage list` and `usage show` (Nova's os-simple-tenant-usage),
+/// and `server show --diagnostics`, as an admin runs them.
+#[test]
+fn openstack_usage_and_diagnostics() {
+    let Some(cli) = openstack() else { return };
+    let cloud = common::cloud::Cloud::start(common::hostd::Delays::NONE);
+    let (server, _) = cloud.active_server();
+    let clouds = clouds_yaml(&cloud.c, ADMIN_PASSWORD);
+    let ok = |args: &[&str]| succeed(&cli, &clouds, args);
+    let js = |out: String| -> serde_json::Value { serde_json::from_str(&out).unwrap() };
+
+    // The server is counted with what it holds (`-f json` gives the
+    // servers themselves).
+    let listed = js(ok(&["usage", "list", "-f", "json"]));
+    assert_eq!(
+        listed[0]["Servers"][0]["instance_id"],
+        server.as_str(),
+        "{listed}"
+    );
+    assert_eq!(listed[0]["Servers"][0]["memory_mb"], 128, "{listed}");
+    assert!(
+        listed[0]["RAM MB-Hours"].as_f64().unwrap() > 0.0,
+        "{listed}"
+    );
+    let shown = js(ok(&[
+        "usage",
+        "show",
+        "--start",
+        "2000-01-01",
+        "-f",
+        "json",
+    ]));
+    assert!(shown["CPU Hours"].as_f64().unwrap() > 0.0, "{shown}");
+
+    let diagnostics = js(ok(&[
+        "server",
+        "show",
+        "--diagnostics",
+        &server,
+        "-f",
+        "json",
+    ]));
+    assert_eq!(diagnostics["driver"], "virga", "{diagnostics}");
+    // openstacksdk keeps the keys 2.48 standardised (these are among them).
+    assert_eq!(diagnostics["num_cpus"], 1, "{diagnostics}");
+    assert_eq!(diagnostics["uptime"], 5, "{diagnostics}");
+}

@@ -78,7 +78,11 @@ pub async fn get(
             json(StatusCode::OK, &body)
         }
         None => {
-            let detailed = q.get("detailed").map(String::as_str) == Some("1");
+            // Nova reads only `1`; openstacksdk (`openstack usage list`)
+            // sends `True`, and its users want the servers counted.
+            let detailed = q
+                .get("detailed")
+                .is_some_and(|d| ["1", "true", "yes"].contains(&d.to_ascii_lowercase().as_str()));
             let all: Vec<Json> = usage
                 .iter()
                 .map(|u| render(u, start, stop, detailed))
