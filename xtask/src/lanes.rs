@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -157,7 +157,7 @@ fn verdict(status: ExitStatus) -> String {
 }
 
 /// Runs one binary with its output (both streams, in order) in `log`.
-fn run_one(bin: &TestBinary, log: &PathBuf, hang_dir: &Path) -> Result<ExitStatus> {
+fn run_one(bin: &TestBinary, log: &Path, hang_dir: &Path) -> Result<ExitStatus> {
     let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone().context("sharing the log file")?;
     let mut cmd = Command::new(&bin.path);
@@ -177,6 +177,7 @@ fn run_one(bin: &TestBinary, log: &PathBuf, hang_dir: &Path) -> Result<ExitStatu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn bin(label: &str) -> TestBinary {
         TestBinary {

@@ -318,6 +318,16 @@ fn quota_json(project: &str, q: &Quota, version: Microversion) -> Json {
     json!({ "quota_set": set })
 }
 
+/// A project's quotas are read by its members and by admins.
+fn others_quota(auth: &Auth, project: &str) -> Option<Response<Body>> {
+    (project != auth.project_id().unwrap_or_default() && !auth.is_admin()).then(|| {
+        nova_error(
+            StatusCode::FORBIDDEN,
+            "Policy doesn't allow this operation.",
+        )
+    })
+}
+
 async fn quota_set(
     app: &App,
     auth: &Auth,
@@ -325,11 +335,8 @@ async fn quota_set(
     defaults: bool,
     version: Microversion,
 ) -> Response<Body> {
-    if project != auth.project_id().unwrap_or_default() && !auth.is_admin() {
-        return nova_error(
-            StatusCode::FORBIDDEN,
-            "Policy doesn't allow this operation.",
-        );
+    if let Some(refused) = others_quota(auth, project) {
+        return refused;
     }
     if defaults {
         return json(
@@ -352,11 +359,8 @@ async fn quota_detail(
     project: &str,
     version: Microversion,
 ) -> Response<Body> {
-    if project != auth.project_id().unwrap_or_default() && !auth.is_admin() {
-        return nova_error(
-            StatusCode::FORBIDDEN,
-            "Policy doesn't allow this operation.",
-        );
+    if let Some(refused) = others_quota(auth, project) {
+        return refused;
     }
     let (q, used, groups) = match (
         app.quotas.get(project).await,
