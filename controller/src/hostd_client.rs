@@ -214,6 +214,29 @@ impl Hostd {
         .await
     }
 
+    /// Moves the disk `dev` (an attached volume or the root volume) onto
+    /// the volume's files as `connection` gives them now: its volume was
+    /// snapshotted in use, and its old files are the snapshot's.
+    pub async fn move_disk(
+        &self,
+        id: &str,
+        dev: &str,
+        connection: &storaged_proto::Connection,
+    ) -> Result<InstanceStatus, HostdError> {
+        let mut body = serde_json::json!({ "path": connection.path });
+        if let Some((base, layers)) = connection.backing.split_last() {
+            body["base"] = serde_json::json!(base);
+            body["layers"] = serde_json::json!(layers);
+        }
+        self.typed(
+            Method::PUT,
+            &format!("/instances/{id}/disks/{dev}/files"),
+            Some(&body),
+            SLOW_TIMEOUT,
+        )
+        .await
+    }
+
     /// Grows the disk `dev` (an attached volume or the root volume) to
     /// `bytes`: in the running guest, which is told, or in its file.
     pub async fn grow_disk(

@@ -1168,6 +1168,62 @@ fn openstack_volumes() {
         "{:?}",
         cloud.hostd.disk_calls()
     );
+    // A snapshot of it in use: refused unless forced, as Cinder; forced,
+    // the server's host is told to move the disk onto the volume's new
+    // files (the old ones are the snapshot's now).
+    let (done, _, err) = run(
+        &cli,
+        &clouds,
+        &["volume", "snapshot", "create", "--volume", "data2", "live0"],
+    );
+    assert!(!done, "a snapshot of a volume in use without --force");
+    assert!(err.contains("must be available"), "{err}");
+    let live = js(ok(&[
+        "volume", "snapshot", "create", "--volume", "data2", "--force", "live0", "-f", "json",
+    ]));
+    assert_eq!(live["status"], "creating", "{live}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let live_status = || {
+        js(ok(&["volume", "snapshot", "show", "live0", "-f", "json"]))["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    while live_status() != "available" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "live0 never available"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let dev = id.replace('-', "");
+    let moved: Vec<_> = cloud
+        .hostd
+        .disk_calls()
+        .into_iter()
+        .filter(|(method, _, what)| {
+            method == "PUT" && what["dev"] == dev.as_str() && what.get("files").is_some()
+        })
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    let files = &moved[0].2["files"];
+    let path = files["path"].as_str().unwrap_or_default();
+    assert!(path.contains(&id), "the volume's own file: {files}");
+    assert_eq!(
+        files.get("base").is_some(),
+        path.ends_with(".qcow2"),
+        "an overlay has a base: {files}"
+    );
+    assert_eq!(
+        js(ok(&["volume", "show", "data2", "-f", "json"]))["status"],
+        "in-use"
+    );
+    ok(&["volume", "snapshot", "delete", "live0"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while run(&cli, &clouds, &["volume", "snapshot", "show", "live0"]).0 {
+        assert!(std::time::Instant::now() < deadline, "live0 never deleted");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
     ok(&["server", "remove", "volume", &server, "data2"]);
     wait("data2", "available");
 

@@ -731,13 +731,24 @@ fn volumes_attach_to_and_detach_from_a_server_on_the_storage_host() {
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("server remove volume"), "{}", r.body);
 
-    // In use: not deleted, not attached twice, no snapshot of it (its data
-    // is changing under the guest).
+    // In use: not deleted, not attached twice, a snapshot only when forced:
+    // then the server's host moves the disk onto the volume's new files.
     let r = v3(c, "DELETE", &format!("/volumes/{vol}"), admin, Value::Null);
     assert_eq!(r.status, 400, "{}", r.body);
-    let r = snapshot(c, admin, json!({"volume_id": vol, "force": true}));
+    let r = snapshot(c, admin, json!({"volume_id": vol}));
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("in-use"), "{}", r.body);
+    let r = snapshot(c, admin, json!({"volume_id": vol, "force": true}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let live = r.json()["snapshot"]["id"].as_str().unwrap().to_owned();
+    wait_snapshot(c, admin, &live, "available");
+    let moved = cloud.hostd.disk_calls();
+    assert_eq!(
+        (moved.len(), moved[2].0.as_str(), &moved[2].2["dev"]),
+        (3, "PUT", &json!(dev)),
+        "{moved:?}"
+    );
+    assert_eq!(wait_status(c, admin, &vol, "in-use")["status"], "in-use");
     let r = nova("POST", "", json!({"volumeAttachment": {"volumeId": vol}}));
     assert_eq!(r.status, 400, "{}", r.body);
     let r = nova("POST", "", json!({"volumeAttachment": {}}));
@@ -751,8 +762,8 @@ fn volumes_attach_to_and_detach_from_a_server_on_the_storage_host() {
     let v = wait_status(c, admin, &vol, "available");
     assert_eq!(v["attachments"], json!([]));
     let calls = cloud.hostd.disk_calls();
-    assert_eq!(calls.len(), 5, "{calls:?}");
-    for call in &calls[2..] {
+    assert_eq!(calls.len(), 6, "{calls:?}");
+    for call in &calls[3..] {
         assert_eq!(
             (call.0.as_str(), call.2.as_str()),
             ("DELETE", Some(dev.as_str()))
@@ -775,8 +786,10 @@ fn volumes_attach_to_and_detach_from_a_server_on_the_storage_host() {
     );
     assert_eq!(r.status, 204, "{}", r.body);
     wait_status(c, admin, &vol, "available");
+    // (an overlay since its snapshot, where the filesystem cannot reflink)
+    let raw = s.volume_file(&vol);
     assert!(
-        s.volume_file(&vol).exists(),
+        raw.exists() || raw.with_extension("qcow2").exists(),
         "the data stays with the volume"
     );
 }
@@ -884,6 +897,18 @@ fn cinders_attachments_and_older_attach_actions_keep_books_for_other_attachers()
     assert_eq!(v["attachments"][0]["attachment_id"], id.as_str());
     assert_eq!(v["attachments"][0]["server_id"], instance);
     assert_eq!(v["attachments"][0]["host_name"], common::hostd::HOST_ID);
+    // Its attacher is not our compute service, which a snapshot in use
+    // would move onto the new files: refused, even forced.
+    let r = snapshot(&c, &admin, json!({"volume_id": vol, "force": true}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("outside this cloud's compute service"),
+        "{}",
+        r.body
+    );
+    let r = snapshot(&c, &admin, json!({"volume_id": vol, "force": "maybe"}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("not a boolean"), "{}", r.body);
     // Nobody else's to plug or free: a reconciler pass leaves it be.
     std::thread::sleep(Duration::from_millis(5500));
     wait_status(&c, &admin, &vol, "in-use");

@@ -42,6 +42,19 @@ use crate::instance::{InstanceSpec, State};
 use crate::supervisor::{OpError, Supervisor};
 use hostd_proto::instance::ActionBody;
 
+/// `PUT /instances/{id}/disks/{dev}/files`: where a disk's data is now (its
+/// volume was snapshotted in use): `path`, a qcow2 overlay over `layers`
+/// (top first) over `base`, or a raw file alone.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiskFiles {
+    path: std::path::PathBuf,
+    #[serde(default)]
+    base: Option<std::path::PathBuf>,
+    #[serde(default)]
+    layers: Vec<std::path::PathBuf>,
+}
+
 pub type ResponseBody = BoxBody<Bytes, std::io::Error>;
 
 const MAX_BODY: usize = 1 << 20;
@@ -245,6 +258,23 @@ impl Api {
             }
             (Method::DELETE, ["instances", id, "disks", dev]) => {
                 match self.sup.remove_disk(id, dev).await {
+                    Ok(i) => json(StatusCode::OK, &i),
+                    Err(e) => op_error(e),
+                }
+            }
+            (Method::PUT, ["instances", id, "disks", dev, "files"]) => {
+                let (id, dev) = (id.to_string(), dev.to_string());
+                let files: DiskFiles = match read_json(req).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                let disk = serde_json::json!({"id": dev, "path": files.path,
+                    "base": files.base, "layers": files.layers});
+                let disk: vmm::config::DiskConfig = match serde_json::from_value(disk) {
+                    Ok(d) => d,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, format!("disk: {e}")),
+                };
+                match self.sup.move_disk(&id, disk).await {
                     Ok(i) => json(StatusCode::OK, &i),
                     Err(e) => op_error(e),
                 }

@@ -375,6 +375,116 @@ fn typing_on_the_serial_console() {
 /// NICs come and go while an instance runs (plugged into the VMM on a tap
 /// hostd opens, unplugged once the guest lets go) and while it is stopped
 /// (its spec only); a start brings every NIC it has then.
+/// A volume snapshotted in use: its file became the snapshot's layer and
+/// the disk moves onto a fresh overlay over it, in the running VMM and in
+/// the spec every later start uses; a start from a spec the move has not
+/// reached yet waits rather than boot the wrong layers.
+#[test]
+fn a_disk_moves_onto_new_files_running_or_stopped() {
+    let h = start_with_fake_vmm("");
+    let k = kernel(h.dir.path());
+    assert_eq!(
+        api(&h, "POST", "/instances", &fake_spec("mv-1", &k, 64, "")).0,
+        201
+    );
+    let volume = h.dir.path().join("volume.raw");
+    std::fs::write(&volume, vec![0u8; 1 << 20]).unwrap();
+    let dev = "6e4f0a8f7d2c5f1b0a3e9c8d7b6f5e4d";
+    let disk = format!(r#"{{"id": "{dev}", "path": "{}"}}"#, volume.display());
+    assert_eq!(api(&h, "POST", "/instances/mv-1/disks", &disk).0, 200);
+    // storaged's freeze: the file becomes the layer, an overlay over it.
+    let layer = h.dir.path().join("snap-1.raw");
+    std::fs::hard_link(&volume, &layer).unwrap();
+    std::fs::remove_file(&volume).unwrap();
+    let overlay = h.dir.path().join("volume.qcow2");
+    vmm::virtio::block::qcow2::create_overlay(&overlay, "snap-1", 1 << 20).unwrap();
+    let files = |path: &std::path::Path, base: &std::path::Path| {
+        format!(
+            r#"{{"path": "{}", "base": "{}"}}"#,
+            path.display(),
+            base.display()
+        )
+    };
+    let put = |dev: &str, body: &str| {
+        api(
+            &h,
+            "PUT",
+            &format!("/instances/mv-1/disks/{dev}/files"),
+            body,
+        )
+    };
+    let (status, moved) = put(dev, &files(&overlay, &layer));
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(moved["disks"][0]["path"], overlay.display().to_string());
+    assert_eq!(moved["disks"][0]["base"], layer.display().to_string());
+    let noted = h.dir.path().join("state/instances/mv-1/fake-moved");
+    let noted = std::fs::read_to_string(&noted).unwrap();
+    assert!(
+        noted.starts_with(&format!("{dev} ")),
+        "the VMM moved: {noted}"
+    );
+    // Bad requests change nothing.
+    for (dev, body, status, why) in [
+        ("nope", files(&overlay, &layer), 404, "no disk nope"),
+        (
+            dev,
+            r#"{"path": "relative.qcow2"}"#.to_owned(),
+            400,
+            "absolute",
+        ),
+        (
+            dev,
+            format!(r#"{{"path": "{}", "layers": ["/a"]}}"#, overlay.display()),
+            400,
+            "over a base",
+        ),
+        (
+            dev,
+            r#"{"path": "/x", "colour": "red"}"#.to_owned(),
+            400,
+            "colour",
+        ),
+        (
+            dev,
+            files(std::path::Path::new("/nonexistent/v.qcow2"), &layer),
+            400,
+            "/nonexistent",
+        ),
+    ] {
+        let (got, body) = put(dev, &body);
+        assert_eq!(got, status, "{body}");
+        assert!(message(&body).contains(why), "{body}");
+    }
+    let (_, shown) = api(&h, "GET", "/instances/mv-1", "");
+    assert_eq!(shown["disks"][0]["path"], overlay.display().to_string());
+
+    // Stopped, then snapshotted again: the spec still names the first
+    // layer under an overlay that now lies over the second. The start
+    // waits (503) until the move comes; then it boots.
+    assert_eq!(action(&h, "mv-1", "stop", "").0, 200);
+    let layer2 = h.dir.path().join("snap-2.qcow2");
+    std::fs::rename(&overlay, &layer2).unwrap();
+    vmm::virtio::block::qcow2::create_layer(&overlay, "snap-2", "qcow2", 1 << 20).unwrap();
+    let (status, body) = action(&h, "mv-1", "start", "");
+    assert_eq!(status, 503, "{body}");
+    assert!(message(&body).contains("lies over snap-2"), "{body}");
+    let both = format!(
+        r#"{{"path": "{}", "layers": ["{}"], "base": "{}"}}"#,
+        overlay.display(),
+        layer2.display(),
+        layer.display()
+    );
+    let (status, moved) = put(dev, &both);
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(moved["state"], "shutoff");
+    let (status, started) = action(&h, "mv-1", "start", "");
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(
+        started["disks"][0]["layers"][0],
+        layer2.display().to_string()
+    );
+}
+
 #[test]
 fn disks_are_attached_and_detached_running_or_stopped() {
     let h = start_with_fake_vmm("");

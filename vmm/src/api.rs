@@ -15,6 +15,8 @@
 //! | POST   | /vm/nets               | a `nets` entry of the config file | 201 DeviceInfo |
 //! | POST   | /vm/disks              | a `disks` entry (no `path` when its descriptor comes along) | 201 DeviceInfo |
 //! | DELETE | /vm/devices/{id}       |                                   | 202          |
+//! | PUT    | /vm/devices/{disk}/size  | `{"bytes": N}`                  | 204          |
+//! | PUT    | /vm/devices/{disk}/files | `{"fds": [..], "backing_fds": [..]}` (positions), descriptors sent | 204 |
 //!
 //! A NIC plugged through the API runs on TAP descriptors the client sends
 //! with the request (SCM_RIGHTS on its first bytes: an empty line, which
@@ -22,7 +24,8 @@
 //! name when it may; a disk on its file's descriptors (`[buffered]` or
 //! `[O_DIRECT, buffered]`), or at a path the VMM opens when it may.
 //! Descriptor numbers in the body are refused: they would name the VMM's
-//! own files. Unplugging asks the guest; the device is gone from `GET /vm`
+//! own files. A disk moves to new files (a live snapshot put the old ones
+//! under an overlay) on descriptors sent the same way. Unplugging asks the guest; the device is gone from `GET /vm`
 //! once the guest has let go of it (or at its next reboot).
 
 use std::convert::Infallible;
@@ -88,6 +91,12 @@ pub enum ApiRequest {
         device: String,
         bytes: u64,
     },
+    /// Serves a disk from new files (sent as `fds`) from now on.
+    ReplaceDiskFiles {
+        device: String,
+        files: FilesBody,
+        fds: Vec<OwnedFd>,
+    },
 }
 
 /// A device plugged through the API.
@@ -132,6 +141,19 @@ pub enum ApiReply {
 
 /// A request and where its reply goes.
 pub type ApiMessage = (ApiRequest, oneshot::Sender<ApiReply>);
+
+/// `PUT /vm/devices/{disk}/files`: where among the descriptors sent the
+/// disk's own files are (`[buffered]` or `[O_DIRECT, buffered]`) and its
+/// backing, top first, as in a plug. Both empty: every descriptor sent is
+/// the disk's own.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesBody {
+    #[serde(default)]
+    pub fds: Vec<i32>,
+    #[serde(default)]
+    pub backing_fds: Vec<i32>,
+}
 
 /// `PUT /vm/devices/{disk}/size`.
 #[derive(Serialize, Deserialize)]
@@ -412,7 +434,10 @@ async fn handle(
         request,
         ApiRequest::AddNet { .. } | ApiRequest::AddDisk { .. }
     );
-    if let ApiRequest::AddNet { fds, .. } | ApiRequest::AddDisk { fds, .. } = &mut request {
+    if let ApiRequest::AddNet { fds, .. }
+    | ApiRequest::AddDisk { fds, .. }
+    | ApiRequest::ReplaceDiskFiles { fds, .. } = &mut request
+    {
         // The descriptors go with the first request that takes any.
         *fds = std::mem::take(&mut *connection_fds.lock().unwrap_or_else(|e| e.into_inner()));
     }
@@ -448,6 +473,10 @@ fn route(method: &Method, path: &str, body: &[u8]) -> Result<ApiRequest, Box<Rep
         .strip_prefix("/vm/devices/")
         .and_then(|rest| rest.strip_suffix("/size"))
         .filter(|d| !d.is_empty() && !d.contains('/'));
+    let files_device = path
+        .strip_prefix("/vm/devices/")
+        .and_then(|rest| rest.strip_suffix("/files"))
+        .filter(|d| !d.is_empty() && !d.contains('/'));
     let device = path
         .strip_prefix("/vm/devices/")
         .filter(|d| !d.is_empty() && !d.contains('/'));
@@ -455,7 +484,9 @@ fn route(method: &Method, path: &str, body: &[u8]) -> Result<ApiRequest, Box<Rep
         "/vm" | "/metrics" => "GET",
         "/vm/state" | "/vm/actions/shutdown" => "PUT",
         "/vm/nets" | "/vm/disks" => "POST",
-        _ if rate_limit_device.is_some() || size_device.is_some() => "PUT",
+        _ if rate_limit_device.is_some() || size_device.is_some() || files_device.is_some() => {
+            "PUT"
+        }
         _ if device.is_some() => "DELETE",
         _ => {
             return Err(Box::new(error(
@@ -489,6 +520,13 @@ fn route(method: &Method, path: &str, body: &[u8]) -> Result<ApiRequest, Box<Rep
         return Ok(ApiRequest::ResizeDisk {
             device: device.to_owned(),
             bytes: size.bytes,
+        });
+    }
+    if let Some(device) = files_device {
+        return Ok(ApiRequest::ReplaceDiskFiles {
+            device: device.to_owned(),
+            files: parse(body)?,
+            fds: Vec::new(),
         });
     }
     if let Some(device) = device {
@@ -683,6 +721,11 @@ mod tests {
             route(&Method::PUT, "/vm/devices/disk1/size", br#"{"bytes": 1048576}"#),
             Ok(ApiRequest::ResizeDisk { device, bytes }) if device == "disk1" && bytes == 1 << 20
         ));
+        assert!(matches!(
+            route(&Method::PUT, "/vm/devices/vol-1/files", br#"{"fds": [1], "backing_fds": [0]}"#),
+            Ok(ApiRequest::ReplaceDiskFiles { device, files, fds })
+                if device == "vol-1" && files.fds == [1] && files.backing_fds == [0] && fds.is_empty()
+        ));
         for (method, path, body) in [
             (
                 Method::PUT,
@@ -691,6 +734,11 @@ mod tests {
             ),
             (Method::PUT, "/vm/devices/disk1/size", br#"{"size": 1}"#),
             (Method::PUT, "/vm/devices/disk1/size", b""),
+            (
+                Method::PUT,
+                "/vm/devices/disk1/files",
+                br#"{"path": "/etc/shadow"}"#,
+            ),
             (Method::POST, "/vm/nets", &br#"{"fds": [3]}"#[..]),
             (Method::POST, "/vm/disks", br#"{"size": 1}"#),
             (Method::POST, "/vm/nets", br#"{"colour": "red"}"#),

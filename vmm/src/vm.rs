@@ -123,6 +123,14 @@ pub enum ResizeError {
 }
 
 #[derive(Debug, thiserror::Error)]
+pub enum ReplaceError {
+    #[error("no disk named {0}")]
+    NoSuchDisk(String),
+    #[error("disk {0}: {1}")]
+    Replace(String, #[source] crate::virtio::block::ReplaceDiskError),
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum RateLimitError {
     #[error("no device named {0} (disks are disk0.., NICs net0..)")]
     NoSuchDevice(String),
@@ -488,6 +496,32 @@ impl Vm {
                 lock(&device).device_config_changed();
             }
         }
+        Ok(())
+    }
+
+    /// Serves disk `id` from `disk`'s files from now on (see
+    /// [`crate::virtio::block::Block`]'s `replace_disk`).
+    pub fn replace_disk(&mut self, id: &str, disk: Arc<Disk>) -> Result<(), ReplaceError> {
+        let no_such = || ReplaceError::NoSuchDisk(id.to_owned());
+        let device = self
+            .slot_of(id)
+            .and_then(|s| self.pci.get(s))
+            .ok_or_else(no_such)?;
+        let entry = self
+            .disks
+            .iter_mut()
+            .find(|(d, _)| d == id)
+            .ok_or_else(no_such)?;
+        let mut device = lock(&device);
+        let grew = device
+            .virtio_mut()
+            .ok_or_else(no_such)?
+            .replace_disk(disk.clone())
+            .map_err(|e| ReplaceError::Replace(id.to_owned(), e))?;
+        if grew {
+            device.device_config_changed();
+        }
+        entry.1 = disk;
         Ok(())
     }
 

@@ -322,6 +322,65 @@ impl Vmm {
         Ok(info)
     }
 
+    /// Moves disk `device` onto the files sent (a live snapshot froze its
+    /// old ones): the device, and every later boot of this process.
+    fn replace_disk_files(
+        &mut self,
+        vm: &mut Vm,
+        device: &str,
+        files: crate::api::FilesBody,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), ApiReply> {
+        if fds.is_empty() {
+            return Err(bad_request(
+                "fds: the disk's files come as descriptors with the request (SCM_RIGHTS)".into(),
+            ));
+        }
+        let (own, backing) = if files.fds.is_empty() && files.backing_fds.is_empty() {
+            (fds.iter().map(AsRawFd::as_raw_fd).collect(), Vec::new())
+        } else {
+            place_fds(&fds, &files.fds, &files.backing_fds)?
+        };
+        let at = self
+            .config
+            .disks
+            .iter()
+            .enumerate()
+            .position(|(i, d)| d.id.clone().unwrap_or_else(|| format!("disk{i}")) == device)
+            .ok_or_else(|| {
+                ApiReply::Error(StatusCode::NOT_FOUND, format!("no disk named {device}"))
+            })?;
+        let mut config = self.config.disks[at].clone();
+        let disk = crate::virtio::block::disk::Disk::from_fds(&own, &backing, config.read_only)
+            .map_err(|e| bad_request(e.to_string()))?;
+        vm.replace_disk(device, std::sync::Arc::new(disk))
+            .map_err(|e| {
+                use crate::virtio::block::ReplaceDiskError as R;
+                use crate::vm::ReplaceError;
+                let status = match &e {
+                    ReplaceError::NoSuchDisk(_) | ReplaceError::Replace(_, R::NotADisk) => {
+                        StatusCode::NOT_FOUND
+                    }
+                    ReplaceError::Replace(_, R::ReadOnly(_) | R::Smaller { .. }) => {
+                        StatusCode::BAD_REQUEST
+                    }
+                    ReplaceError::Replace(_, R::Busy(_)) => StatusCode::SERVICE_UNAVAILABLE,
+                    ReplaceError::Replace(_, R::Stopped | R::Flush(_)) => {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    }
+                };
+                ApiReply::Error(status, e.to_string())
+            })?;
+        config.path = std::path::PathBuf::new();
+        config.base = None;
+        config.layers = Vec::new();
+        (config.fds, config.backing_fds) = (own, backing);
+        self.config.disks[at] = config;
+        // The old descriptors (if plugged) close; the device holds its own.
+        self.plugged_fds.insert(device.to_owned(), fds);
+        Ok(())
+    }
+
     fn answer(
         &mut self,
         vm: &mut Vm,
@@ -418,6 +477,19 @@ impl Vmm {
                 }
                 Err(e) => ApiReply::Error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             },
+            ApiRequest::ReplaceDiskFiles { .. } if *state == VmState::ShuttingDown => {
+                shutting_down("move a disk")
+            }
+            ApiRequest::ReplaceDiskFiles { device, files, fds } => {
+                let started = Instant::now();
+                match self.replace_disk_files(vm, &device, files, fds) {
+                    Ok(()) => {
+                        tracing::info!(%device, took = ?started.elapsed(), "disk moved to new files");
+                        ApiReply::NoContent
+                    }
+                    Err(reply) => reply,
+                }
+            }
             ApiRequest::ResizeDisk { device, bytes } => match vm.resize_disk(&device, bytes) {
                 Ok(()) => {
                     tracing::info!(%device, bytes, "disk grown");

@@ -150,6 +150,20 @@ pub fn iso_micros(unix: i64) -> String {
     .unwrap_or_default()
 }
 
+/// A boolean as Nova's schemas take one: JSON's, or one of the words its
+/// `parameter_types.boolean` lists (Cinder's `force` takes them too).
+pub fn parse_boolean(v: &serde_json::Value) -> Option<bool> {
+    match v {
+        serde_json::Value::Bool(b) => Some(*b),
+        serde_json::Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "true" | "1" | "on" | "yes" => Some(true),
+            "false" | "0" | "off" | "no" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

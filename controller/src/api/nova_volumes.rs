@@ -192,6 +192,18 @@ async fn create_volume(
     Ok(json(StatusCode::OK, &json!({"volume": volume_view(&v)})))
 }
 
+/// Nova's `force`: a snapshot of a volume in use.
+fn force(body: &Map<String, Json>) -> Result<bool, VolumeError> {
+    match body.get("force") {
+        None | Some(Json::Null) => Ok(false),
+        Some(v) => super::http::parse_boolean(v).ok_or_else(|| {
+            VolumeError::bad_request(format!(
+                "Invalid input for field/attribute force. Value: {v}. {v} is not of type 'boolean'"
+            ))
+        }),
+    }
+}
+
 async fn create_snapshot(
     app: &App,
     ctx: &RequestContext,
@@ -211,6 +223,7 @@ async fn create_snapshot(
             text(body, "display_name")?,
             text(body, "display_description")?,
             BTreeMap::new(),
+            force(body)?,
         )
         .await?;
     Ok(json(

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha224};
 
 use super::compute::version_of;
 use super::compute::{compute_error, nova_error, store_error};
-use super::http::{empty, json, read_json, Body, Microversion};
+use super::http::{empty, json, parse_boolean, read_json, Body, Microversion};
 use super::App;
 use crate::compute::actions::Action;
 use crate::compute::servers::{ListQuery, Server};
@@ -1257,20 +1257,6 @@ fn parse_networks(v: Option<&Json>) -> Result<Requested, String> {
         nics.push(nic);
     }
     Ok(Requested::These(nics))
-}
-
-/// A boolean as Nova's schemas take one: JSON's, or one of the words its
-/// `parameter_types.boolean` lists.
-fn parse_boolean(v: &Json) -> Option<bool> {
-    match v {
-        Json::Bool(b) => Some(*b),
-        Json::String(s) => match s.to_ascii_lowercase().as_str() {
-            "true" | "1" | "on" | "yes" => Some(true),
-            "false" | "0" | "off" | "no" => Some(false),
-            _ => None,
-        },
-        _ => None,
-    }
 }
 
 /// Nova's rule for `user_data`: base64, at most 65535 characters of it.

@@ -524,19 +524,16 @@ async fn create_snapshot(
             "Invalid input received: 'volume_id' must be specified",
         ));
     };
-    // `force` takes a snapshot of a volume in use: not done here (the
-    // guest's writes would race the freeze), so it changes nothing.
-    match m.get("force") {
-        None | Some(Json::Null) | Some(Json::Bool(_)) => {}
-        Some(Json::String(s))
-            if ["true", "false", "1", "0", "yes", "no"]
-                .contains(&s.to_ascii_lowercase().as_str()) => {}
-        Some(other) => {
-            return Err(VolumeError::bad_request(format!(
-                "Invalid input received: force={other} is not a boolean."
-            )))
-        }
-    }
+    // `force` takes a snapshot of a volume in use (before 3.66, which
+    // this API does not reach, Cinder wants it said).
+    let force = match m.get("force") {
+        None | Some(Json::Null) => false,
+        Some(v) => super::http::parse_boolean(v).ok_or_else(|| {
+            VolumeError::bad_request(format!(
+                "Invalid input received: force={v} is not a boolean."
+            ))
+        })?,
+    };
     let (name, description) = naming(&m)?;
     let (name, description) = (name.flatten(), description.flatten());
     let s = app
@@ -548,6 +545,7 @@ async fn create_snapshot(
             name,
             description,
             metadata_field(&m)?.unwrap_or_default(),
+            force,
         )
         .await?;
     Ok(json(StatusCode::ACCEPTED, &json!({"snapshot": s.detail()})))

@@ -110,30 +110,53 @@ async fn try_converge_snapshot(app: &App, id: &str) -> Result<(), String> {
     };
     match s.status.as_str() {
         "creating" => {
-            // The volume's file must not be in a guest while it is frozen:
-            // an attach waits for the snapshot, and a snapshot never starts
-            // on a volume already plugged.
-            let volume = store.get(&s.volume_id).await.map_err(err)?;
-            if volume
-                .as_ref()
-                .is_none_or(|v| matches!(v.status.as_str(), "in-use" | "detaching"))
-            {
+            // A volume plugged into a guest (taken with `force`) is frozen
+            // and then its server's VMM moved onto the fresh overlay: the
+            // guest's writes until the move are the snapshot's, none after.
+            // Until the move is done the snapshot stays `creating` (nothing
+            // reads it) and an attach waits for it.
+            let Some(volume) = store.get(&s.volume_id).await.map_err(err)? else {
                 return fail(
                     "error",
-                    StorageError::Refused(409, "its volume is in use or gone".into()),
+                    StorageError::Refused(409, "its volume is gone".into()),
                 )
                 .await;
+            };
+            let plugged = match volume.status.as_str() {
+                "in-use" => volume.attachment.clone(),
+                // Its guest is letting go: taken once it has.
+                "detaching" => return Ok(()),
+                _ => None,
+            };
+            if let Some(a) = &plugged {
+                if a.external || a.host.as_deref() != Some(s.storage_host.as_str()) {
+                    return fail(
+                        "error",
+                        StorageError::Refused(
+                            409,
+                            "its volume is in use outside its storage host's servers".into(),
+                        ),
+                    )
+                    .await;
+                }
             }
             match storaged.snapshot(&s.id, &s.volume_id).await {
-                Ok(_) => {
-                    store
-                        .snapshot_transition(&s.id, &["creating"], "available", None, now())
-                        .await
-                        .map_err(err)?;
-                }
-                Err(StorageError::Unreachable(..)) if alive => {}
+                Ok(_) => {}
+                Err(StorageError::Unreachable(..)) if alive => return Ok(()),
                 Err(e) => return fail("error", e).await,
             }
+            if let Some(a) = &plugged {
+                if let Err(e) = move_plugged(app, &storaged, &volume, a).await {
+                    return match e {
+                        Moved::Later(why) => Err(why),
+                        Moved::Failed(why) => fail("error", StorageError::Refused(409, why)).await,
+                    };
+                }
+            }
+            store
+                .snapshot_transition(&s.id, &["creating"], "available", None, now())
+                .await
+                .map_err(err)?;
         }
         "deleting" => match storaged.delete_snapshot(&s.id).await {
             Ok(()) => {
@@ -146,6 +169,66 @@ async fn try_converge_snapshot(app: &App, id: &str) -> Result<(), String> {
         _ => {}
     }
     Ok(())
+}
+
+/// Why a plugged volume's server was not moved onto its new files.
+enum Moved {
+    /// Its host or VMM is away for now: the next pass tries again.
+    Later(String),
+    Failed(String),
+}
+
+/// Moves the server volume `v` is plugged into onto the volume's files as
+/// they are now (a snapshot just froze the old ones). Repeating it is
+/// harmless; a server or disk already gone has nothing to move.
+async fn move_plugged(
+    app: &App,
+    storaged: &Storaged,
+    v: &Volume,
+    a: &super::model::Attachment,
+) -> Result<(), Moved> {
+    let Some(host_id) = a.host.as_deref() else {
+        return Ok(()); // never plugged
+    };
+    let connection = match storaged.export(&v.id, host_id).await {
+        Ok(c) => c,
+        Err(StorageError::Unreachable(_, e)) => return Err(Moved::Later(e)),
+        Err(e) => return Err(Moved::Failed(e.to_string())),
+    };
+    let server = app
+        .servers
+        .get(&a.server_id)
+        .await
+        .map_err(|e| Moved::Later(e.to_string()))?;
+    let Some(server) = server.filter(|s| s.vm_state != "deleted") else {
+        return Ok(());
+    };
+    let Some(hostd) = crate::compute::service::server_host(app, &server).await else {
+        return Err(Moved::Later(format!(
+            "host {host_id} has not registered (again) yet"
+        )));
+    };
+    match hostd
+        .move_disk(&server.id, &v.device_id(), &connection)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(
+                volume = v.id,
+                server = server.id,
+                "server moved onto the volume's new files"
+            );
+            Ok(())
+        }
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) if e.is_transient() => {
+            Err(Moved::Later(format!("moving server {}: {e}", server.id)))
+        }
+        Err(e) => Err(Moved::Failed(format!(
+            "moving server {} onto the volume's new files: {e}",
+            server.id
+        ))),
+    }
 }
 
 /// Does what volume `id`'s status promises, following for up to a minute

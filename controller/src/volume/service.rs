@@ -444,9 +444,12 @@ impl VolumeService {
         }
     }
 
-    /// Records a snapshot of an `available` volume (`creating`) within the
-    /// project's quota and starts taking it. A volume in use is refused:
-    /// its data is changing under the guest.
+    /// Records a snapshot of a volume (`creating`) within the project's
+    /// quota and starts taking it. A volume in use only with `force`, as
+    /// Cinder, and only where its server's host holds its files: the
+    /// server's VMM moves onto a fresh overlay while the old files become
+    /// the snapshot (a crash-consistent one, as Cinder's).
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_snapshot(
         &self,
         app: &App,
@@ -455,16 +458,43 @@ impl VolumeService {
         name: Option<String>,
         description: Option<String>,
         metadata: BTreeMap<String, String>,
+        force: bool,
     ) -> Result<Snapshot, VolumeError> {
         let v = self.get(ctx, volume_id).await?;
+        let allowed: &[&str] = if force {
+            &["available", "in-use"]
+        } else {
+            &["available"]
+        };
         let unavailable = |status: &str| {
             VolumeError::bad_request(format!(
                 "Invalid volume: Volume {volume_id} status must be available, but current status is: {status}."
             ))
         };
-        let Some(host) = v.storage_host.clone().filter(|_| v.status == "available") else {
+        let Some(host) = v
+            .storage_host
+            .clone()
+            .filter(|_| allowed.contains(&v.status.as_str()))
+        else {
             return Err(unavailable(&v.status));
         };
+        if v.status == "in-use" {
+            match &v.attachment {
+                Some(a) if a.external => {
+                    return Err(VolumeError::bad_request(format!(
+                        "Invalid volume: Volume {volume_id} is attached outside this cloud's compute service; \
+                         a snapshot of it in use cannot be taken: detach it first."
+                    )))
+                }
+                Some(a) if a.host.as_deref().is_some_and(|h| h != host) => {
+                    return Err(VolumeError::bad_request(format!(
+                        "Invalid volume: Volume {volume_id} is attached over the network to a server on another host; \
+                         a snapshot of it in use is taken only on its storage host's servers: detach it first."
+                    )))
+                }
+                _ => {}
+            }
+        }
         let t = now();
         let snapshot = Snapshot {
             id: uuid::Uuid::new_v4().to_string(),
@@ -481,9 +511,13 @@ impl VolumeService {
             created_at: t,
             updated_at: t,
         };
-        if !self.store.insert_snapshot_within(&snapshot, QUOTA).await? {
+        if !self
+            .store
+            .insert_snapshot_within(&snapshot, allowed, QUOTA)
+            .await?
+        {
             let now_v = self.get(ctx, volume_id).await?;
-            if now_v.status != "available" {
+            if !allowed.contains(&now_v.status.as_str()) {
                 return Err(unavailable(&now_v.status));
             }
             let used = self.store.usage(&snapshot.project_id).await?;

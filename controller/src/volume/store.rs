@@ -745,22 +745,30 @@ impl Volumes {
             == 1)
     }
 
-    /// Inserts snapshot `s` if its volume is `available` and the project
-    /// stays within `quota` with it; whether it did.
+    /// Inserts snapshot `s` if its volume is in one of `statuses` (one or
+    /// two) and the project stays within `quota` with it; whether it did.
     pub async fn insert_snapshot_within(
         &self,
         s: &Snapshot,
+        statuses: &[&str],
         quota: Quota,
     ) -> Result<bool, StoreError> {
         let metadata = serde_json::to_string(&s.metadata).unwrap_or_else(|_| "{}".into());
         let sql = format!(
             "INSERT INTO volume_snapshots ({SNAPSHOT_COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, \
              $9, $10, $11, $12, $13 \
-             WHERE EXISTS (SELECT 1 FROM volumes WHERE id = $4 AND status = 'available') \
+             WHERE EXISTS (SELECT 1 FROM volumes WHERE id = $4 AND status IN ($16, $17)) \
              AND ($14 < 0 OR (SELECT COUNT(*) FROM volume_snapshots WHERE project_id = $2) + 1 <= $14) \
              AND ($15 < 0 OR {} + $8 <= $15)",
             used_gib("$2")
         );
+        let status = |i: usize| {
+            statuses
+                .get(i)
+                .or(statuses.first())
+                .copied()
+                .unwrap_or("available")
+        };
         let args = [
             Value::Text(&s.id),
             Value::Text(&s.project_id),
@@ -777,6 +785,8 @@ impl Volumes {
             Value::Int(s.updated_at),
             Value::Int(quota.snapshots),
             Value::Int(quota.gigabytes),
+            Value::Text(status(0)),
+            Value::Text(status(1)),
         ];
         Ok(self.store.execute(&sql, &args).await? == 1)
     }

@@ -129,6 +129,9 @@ impl StandInHostd {
                     (Some(dev), Some(&"size")) => {
                         serde_json::json!({"dev": dev, "bytes": request.json()["bytes"]})
                     }
+                    (Some(dev), Some(&"files")) => {
+                        serde_json::json!({"dev": dev, "files": request.json()})
+                    }
                     (Some(dev), _) => serde_json::json!(dev),
                     (None, _) => request.json(),
                 };

@@ -262,6 +262,35 @@ fn main() {
                     )
                 }
             }
+            // Moves are noted beside the config, one "id descriptors" line
+            // each, for tests to read.
+            ApiRequest::ReplaceDiskFiles { device, fds, .. } => {
+                if fds.is_empty() {
+                    ApiReply::Error(hyper::StatusCode::BAD_REQUEST, "no descriptors".into())
+                } else if config
+                    .disks
+                    .iter()
+                    .any(|d| d.id.as_deref() == Some(&device))
+                {
+                    use std::io::Write;
+                    let noted = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(config_path.with_file_name("fake-moved"))
+                        .and_then(|mut f| writeln!(f, "{device} {}", fds.len()));
+                    match noted {
+                        Ok(()) => ApiReply::NoContent,
+                        Err(e) => {
+                            ApiReply::Error(hyper::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                        }
+                    }
+                } else {
+                    ApiReply::Error(
+                        hyper::StatusCode::NOT_FOUND,
+                        format!("no disk named {device}"),
+                    )
+                }
+            }
             ApiRequest::RemoveDevice(id) => {
                 let before = config.nets.len() + config.disks.len();
                 if has("fake.ignore_unplug") {

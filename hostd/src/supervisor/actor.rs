@@ -88,6 +88,10 @@ pub(super) enum Request {
         dev: String,
         bytes: u64,
     },
+    /// The disk of this device id (attached, or the root volume) moves onto
+    /// these files (`path`, `base`, `layers`): its volume was snapshotted
+    /// in use.
+    MoveDisk(vmm::config::DiskConfig),
 }
 
 /// A request that ends the VMM now, ahead of every queued request.
@@ -434,6 +438,7 @@ impl Actor {
             Request::AddDisk(disk, Some(nbd)) => self.add_remote_disk(disk, nbd).await?,
             Request::RemoveDisk(id) => self.remove_disk(&id).await?,
             Request::GrowDisk { dev, bytes } => self.grow_disk(&dev, bytes).await?,
+            Request::MoveDisk(files) => self.move_disk(files).await?,
         }
         Ok(self.record.clone())
     }
@@ -700,6 +705,7 @@ impl Actor {
             .map_err(|e| OpError::Internal(format!("{}: {e}", dir.display())))?;
         let _ = std::fs::remove_file(dir.join(API_SOCKET));
         make_fifo(&dir.join(CONSOLE_INPUT))?;
+        check_chains(&spec)?;
         let picked = self.pick(&dir).await?;
 
         // Taps are opened here so that the VMM needs no network privileges.
@@ -1331,34 +1337,8 @@ impl Actor {
             }
         }
         if self.guest_present()? {
-            let open = |path: &std::path::Path, write: bool, direct: bool| {
-                use std::os::unix::fs::OpenOptionsExt;
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(write)
-                    .custom_flags(libc::O_NOFOLLOW | if direct { libc::O_DIRECT } else { 0 })
-                    .open(path)
-                    .map_err(|e| OpError::BadRequest(format!("disk {}: {e}", path.display())))
-            };
-            let buffered = open(&disk.path, !disk.read_only, false)?;
-            // O_DIRECT where the filesystem takes it (tmpfs does not).
-            let direct = if disk.direct {
-                open(&disk.path, !disk.read_only, true).ok()
-            } else {
-                None
-            };
-            // What an overlay reads through to: read-only, never written.
-            let backing_files = backing
-                .iter()
-                .map(|p| open(p, false, false))
-                .collect::<Result<Vec<_>, _>>()?;
-            let fds: Vec<_> = direct
-                .iter()
-                .chain(std::iter::once(&buffered))
-                .chain(&backing_files)
-                .map(std::os::fd::AsFd::as_fd)
-                .collect();
-            let own = i32::from(direct.is_some()) + 1;
+            let (files, own) = open_disk_files(&disk)?;
+            let fds: Vec<_> = files.iter().map(std::os::fd::AsFd::as_fd).collect();
             let mut sent = disk.clone();
             sent.path = std::path::PathBuf::new();
             sent.base = None;
@@ -1372,6 +1352,90 @@ impl Actor {
             self.unplug_leftover(&dev, "disks", &what).await?;
             self.plug("/vm/disks", &body, &fds, &what).await?;
         }
+        self.record.spec = spec;
+        self.commit().await;
+        Ok(())
+    }
+
+    /// Moves disk `files.id` (attached, or the root volume) onto new files:
+    /// its volume was snapshotted in use, so its old files are the
+    /// snapshot's now and must not be written again. A running guest's VMM
+    /// moves first (nothing reaches the old files once it has answered);
+    /// every later start opens the new ones. Repeating it is harmless.
+    async fn move_disk(&mut self, files: vmm::config::DiskConfig) -> Result<(), OpError> {
+        let Some(dev) = files.id.clone() else {
+            return Err(OpError::BadRequest("id: the disk to move".into()));
+        };
+        let chain: Vec<&std::path::Path> = std::iter::once(files.path.as_path())
+            .chain(files.layers.iter().map(|p| p.as_path()))
+            .chain(files.base.as_deref())
+            .collect();
+        if chain.iter().any(|p| !p.is_absolute())
+            || (!files.layers.is_empty() && files.base.is_none())
+        {
+            return Err(OpError::BadRequest(
+                "disks: absolute paths (path, then layers over a base)".into(),
+            ));
+        }
+        if self.record.spec.remote_disks.iter().any(|r| r.id == dev) {
+            return Err(OpError::Conflict(format!(
+                "disk {dev} is a volume on another host: its files are not here"
+            )));
+        }
+        let mut spec = self.record.spec.clone();
+        let Some(disk) = spec
+            .disks
+            .iter_mut()
+            .chain(spec.root_volume.as_mut())
+            .find(|d| d.id.as_deref() == Some(&dev))
+        else {
+            return Err(OpError::NotFound(format!(
+                "instance {:?} has no disk {dev}",
+                self.id
+            )));
+        };
+        disk.path = files.path;
+        disk.base = files.base;
+        disk.layers = files.layers;
+        let moved = disk.clone();
+        spec.check().map_err(OpError::BadRequest)?;
+        if self.guest_present()? {
+            let (opened, own) = open_disk_files(&moved)?;
+            let fds: Vec<_> = opened.iter().map(std::os::fd::AsFd::as_fd).collect();
+            let body = serde_json::to_string(&vmm::api::FilesBody {
+                fds: (0..own).collect(),
+                backing_fds: (own..fds.len() as i32).collect(),
+            })
+            .map_err(|e| OpError::Internal(e.to_string()))?;
+            let socket = self.sup.run_dir(&self.id).join(API_SOCKET);
+            let answer = tokio::time::timeout(
+                Duration::from_secs(30),
+                vmm::api_client::request_with_fds(
+                    &socket,
+                    Method::PUT,
+                    &format!("/vm/devices/{dev}/files"),
+                    Some(&body),
+                    &fds,
+                ),
+            )
+            .await
+            .map_err(|_| OpError::Unavailable("the VMM did not answer in time; try again".into()))?
+            .map_err(|e| self.vmm_unanswered(e))?;
+            match answer {
+                (204, _) => {}
+                (code, body) => {
+                    let message =
+                        format!("VMM answered {code}: {}", String::from_utf8_lossy(&body));
+                    return Err(match code {
+                        400 => OpError::BadRequest(message),
+                        404 => OpError::NotFound(message),
+                        503 => OpError::Unavailable(message),
+                        _ => OpError::Internal(message),
+                    });
+                }
+            }
+        }
+        tracing::info!(instance = %self.id, disk = dev, path = %moved.path.display(), "disk moved to new files");
         self.record.spec = spec;
         self.commit().await;
         Ok(())
@@ -1723,6 +1787,70 @@ impl Actor {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// A qcow2 disk's header names what lies right under it. A spec whose
+/// chain says otherwise is stale (its volume was snapshotted in use and
+/// the move has not reached this spec yet): the guest would read the
+/// wrong layers, so the start waits for the move.
+fn check_chains(spec: &crate::instance::InstanceSpec) -> Result<(), OpError> {
+    for d in spec.disks.iter().chain(spec.root_volume.as_ref()) {
+        let Some(under) = d.layers.first().or(d.base.as_ref()) else {
+            continue;
+        };
+        // A file that cannot be read is the VMM's to report.
+        let Ok(file) = std::fs::File::open(&d.path) else {
+            continue;
+        };
+        let Ok((_, Some(named))) = vmm::virtio::block::qcow2::describe(&file) else {
+            continue;
+        };
+        let named_os = std::ffi::OsStr::new(&named);
+        if under.as_os_str() != named_os
+            && under.file_name() != Some(named_os)
+            && under.file_stem() != Some(named_os)
+        {
+            return Err(OpError::Unavailable(format!(
+                "disk {}: {} lies over {named}, not {}: its volume was snapshotted and this \
+                 instance has not been moved onto its new files yet; try again",
+                d.id.as_deref().unwrap_or("?"),
+                d.path.display(),
+                under.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A disk's files for its VMM, hostd opening them with its own rights:
+/// `[O_DIRECT, buffered]` (O_DIRECT where the filesystem takes it and the
+/// disk asks for it) or `[buffered]`, then what an overlay reads through
+/// to, read-only, top first. Returns them and how many are the disk's own.
+fn open_disk_files(disk: &vmm::config::DiskConfig) -> Result<(Vec<std::fs::File>, i32), OpError> {
+    let open = |path: &std::path::Path, write: bool, direct: bool| {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags(libc::O_NOFOLLOW | if direct { libc::O_DIRECT } else { 0 })
+            .open(path)
+            .map_err(|e| OpError::BadRequest(format!("disk {}: {e}", path.display())))
+    };
+    let buffered = open(&disk.path, !disk.read_only, false)?;
+    let direct = if disk.direct {
+        open(&disk.path, !disk.read_only, true).ok()
+    } else {
+        None
+    };
+    let own = i32::from(direct.is_some()) + 1;
+    let mut files: Vec<_> = direct
+        .into_iter()
+        .chain(std::iter::once(buffered))
+        .collect();
+    for p in disk.layers.iter().chain(disk.base.as_ref()) {
+        files.push(open(p, false, false)?);
+    }
+    Ok((files, own))
 }
 
 /// Grows a disk no VMM has open: a raw file's length, or a qcow2 overlay's

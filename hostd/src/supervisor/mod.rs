@@ -499,6 +499,15 @@ impl Supervisor {
         .await
     }
 
+    /// Moves disk `files.id` onto new files (see `Actor::move_disk`).
+    pub async fn move_disk(
+        &self,
+        id: &str,
+        files: vmm::config::DiskConfig,
+    ) -> Result<Instance, OpError> {
+        self.request(id, Request::MoveDisk(files)).await
+    }
+
     /// Pauses or resumes the guest's vCPUs.
     pub async fn set_paused(&self, id: &str, paused: bool) -> Result<Instance, OpError> {
         self.request(id, Request::SetPaused(paused)).await

@@ -1067,16 +1067,28 @@ fn debian(
             ),
             "virga-vol-written",
         );
+        // A snapshot of it while the guest has it (`--force`, as Cinder
+        // wants): on the testbed's ext4 its file becomes the snapshot's
+        // layer and the guest's VMM moves onto a qcow2 overlay over it.
+        let snapped = Instant::now();
+        ok(&[
+            "volume", "snapshot", "create", "--volume", "data1", "--force", "snap1",
+        ]);
+        wait_named(ok, &["volume", "snapshot"], "snap1", "available");
+        println!(
+            "Debian: a snapshot of a volume in use taken in {:?}",
+            snapped.elapsed()
+        );
+        // Written after the snapshot: the volume has it, the snapshot not.
+        run(
+            &format!(
+                "printf virga-volume-NEWD | sudo dd of={disk} conv=fsync 2>/dev/null; echo virga-vol-rewrit''ten"
+            ),
+            "virga-vol-rewritten",
+        );
         ok(&["server", "remove", "volume", "vm-debian", "data1"]);
         volume_status("available");
         run(&disk_there(false), "virga-vol-absent");
-        // A snapshot of it, and a volume from the snapshot: on the testbed's
-        // ext4 the volume goes on as a qcow2 overlay over the snapshot's
-        // data, served by the VMM.
-        let snapped = Instant::now();
-        ok(&["volume", "snapshot", "create", "--volume", "data1", "snap1"]);
-        wait_named(ok, &["volume", "snapshot"], "snap1", "available");
-        println!("Debian: a snapshot taken in {:?}", snapped.elapsed());
         let copy: serde_json::Value = serde_json::from_str(&ok(&[
             "volume",
             "create",
@@ -1093,14 +1105,7 @@ fn debian(
         run(&disk_there(true), "virga-vol-present");
         run(
             &format!("echo virga-vol-read-$(sudo head -c 17 {disk})"),
-            "virga-vol-read-virga-volume-data",
-        );
-        // Written after the snapshot: the copy keeps the snapshot's data.
-        run(
-            &format!(
-                "printf virga-volume-NEWD | sudo dd of={disk} conv=fsync 2>/dev/null; echo virga-vol-rewrit''ten"
-            ),
-            "virga-vol-rewritten",
+            "virga-vol-read-virga-volume-NEWD",
         );
         let copy_serial: String = copy["id"]
             .as_str()

@@ -31,6 +31,10 @@ pub trait PciDevice: Send {
     /// The device's own configuration changed (a disk grew): the driver is
     /// to be told.
     fn device_config_changed(&mut self) {}
+    /// The virtio device behind this function, if it is one.
+    fn virtio_mut(&mut self) -> Option<&mut dyn crate::virtio::VirtioDevice> {
+        None
+    }
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
 }
 

@@ -137,6 +137,14 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// Stops processing and forgets the queues (the driver reset the device).
     fn reset(&mut self);
+    /// Serves the device from new files from now on (disks only). Returns
+    /// whether the disk grew.
+    fn replace_disk(
+        &mut self,
+        _disk: std::sync::Arc<block::disk::Disk>,
+    ) -> Result<bool, block::ReplaceDiskError> {
+        Err(block::ReplaceDiskError::NotADisk)
+    }
 }
 
 #[cfg(test)]

@@ -418,6 +418,10 @@ impl PciDevice for VirtioPciDevice {
         }
     }
 
+    fn virtio_mut(&mut self) -> Option<&mut dyn VirtioDevice> {
+        Some(self.device.as_mut())
+    }
+
     fn device_config_changed(&mut self) {
         self.config_generation = self.config_generation.wrapping_add(1);
         self.isr |= ISR_CONFIG_CHANGED;
