@@ -275,7 +275,8 @@ EOF
     # zeros gets a marker written and flushed, for another guest to read
     # after it moves there, then records (block n holds "virga-rec n end",
     # each flushed before it is acknowledged): the host kills the storage
-    # server under them.
+    # server under them. A disk that grows (a volume extended in use) gets
+    # a marker of its own at its start, flushed, and says so.
     disks=
     while :; do
         now=$(cd /sys/block && echo vd*)
@@ -302,6 +303,18 @@ EOF
                 done
                 echo "virga-peers-recs-end $((n - 1))"
             fi
+        done
+        # (sizes kept by the disk's serial: another volume may come back
+        # under the same name)
+        for d in $now; do
+            k=$($bb cat /sys/block/$d/serial 2>/dev/null | $bb tr -c 'a-zA-Z0-9' _)
+            s=$($bb cat /sys/block/$d/size 2>/dev/null)
+            eval "was=\${{size_$k:-$s}}"
+            if [ -n "$s" ] && [ "$s" != "$was" ]; then
+                $bb printf virga-grown-2ok! | $bb dd of=/dev/$d conv=fsync 2>/dev/null \
+                    && echo "virga-peers-disk-grown $d $s"
+            fi
+            eval "size_$k=$s"
         done
         disks=$now
         $bb sleep 0.5

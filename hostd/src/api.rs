@@ -19,6 +19,7 @@
 //! | POST   | /instances/{id}/disks                  | a disk (a volume: `{"id", "path", "serial", "read_only"}`, the id naming the device; one on another host `{"id", "serial", "nbd": {"address", "export"}}`, connected through the kernel's NBD client): plugged into the running guest as descriptors hostd opens, kept for later starts |
 //! | DELETE | /instances/{id}/disks/{dev}            | that disk goes, as a NIC does |
 //! | PUT    | /instances/{id}/disks/{dev}/size       | `{"bytes"}`: the disk (attached or the root volume) grows, in the running guest (which is told) or in its file |
+//! | PUT    | /instances/{id}/disks/{dev}/files      | `{"path", "base", "layers"}`: the disk (attached or the root volume) moves onto these files (its volume was snapshotted in use): the running VMM at once, and every later start |
 //! | GET    | /instances/{id}/metrics                | the VMM's own metrics             |
 //! | GET    | /events                                | state changes, one JSON per line  |
 //! | GET    | /metrics                               | Prometheus text                   |

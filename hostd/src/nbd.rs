@@ -236,6 +236,21 @@ pub fn reconnect(index: u32, address: &str, name: &str, backend: &str) -> Result
     Ok(())
 }
 
+/// Tells `/dev/nbd{index}` its export now has `bytes` (the volume grew
+/// on its storage host, which serves it at that size already): the kernel
+/// sets the device's capacity and announces the change.
+pub fn resize(index: u32, backend: &str, bytes: u64) -> Result<(), NbdError> {
+    request(
+        NBD_CMD_RECONFIGURE,
+        vec![
+            NbdAttr::U32(NBD_ATTR_INDEX, index),
+            NbdAttr::Str(NBD_ATTR_BACKEND_IDENTIFIER, backend.to_owned()),
+            NbdAttr::U64(NBD_ATTR_SIZE_BYTES, bytes),
+        ],
+    )?;
+    Ok(())
+}
+
 /// What [`watch_dead_links`] reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkEvent {

@@ -40,6 +40,9 @@ pub struct State {
     pub exports: crate::exports::ExportTable,
     /// `HOST:PORT` other hosts reach the NBD listener at.
     pub nbd_address: String,
+    /// The volumes the NBD server has open: moved onto their new files
+    /// after a snapshot or an extend.
+    pub served: Arc<crate::nbd::OpenVolumes>,
 }
 
 /// What an NBD export name opens: its volume's files, while both exist.
@@ -171,6 +174,21 @@ async fn blocking<T: Send + 'static>(
         Ok(r) => r.map_err(|e| volume_error(&e)),
         Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())),
     }
+}
+
+/// Moves volume `v`'s NBD clients, if it has any, onto its files as they
+/// are now (a snapshot froze the old ones; an extend grew them). Before
+/// the call is answered: a snapshot is not taken, nor an extend done,
+/// until nothing writes the old files or serves the old size.
+fn serve_as_now(state: &State, v: &str) -> Result<(), VolumeError> {
+    let files = state.volumes.files(v)?;
+    state
+        .served
+        .reopen(v, &files)
+        .map_err(|source| VolumeError::Io {
+            path: std::path::PathBuf::from(&files.path),
+            source,
+        })
 }
 
 /// A volume from an image: made (200), or its fill started or under way
@@ -415,9 +433,16 @@ async fn handle(
             let v = id(v);
             match body::<ExtendVolume>(req).await {
                 Err(r) => Err(r),
-                Ok(e) => blocking(&state, move |b| b.extend(&v, e.size_gib))
+                Ok(e) => {
+                    let st = state.clone();
+                    blocking(&state, move |b| {
+                        let info = b.extend(&v, e.size_gib)?;
+                        serve_as_now(&st, &v)?;
+                        Ok(info)
+                    })
                     .await
-                    .map(|info| reply(StatusCode::OK, &info)),
+                    .map(|info| reply(StatusCode::OK, &info))
+                }
             }
         }
         (Method::POST, ["v1", "volumes", v, "export"]) => {
@@ -477,9 +502,16 @@ async fn handle(
             let s = id(s);
             match body::<CreateSnapshot>(req).await {
                 Err(r) => Err(r),
-                Ok(c) => blocking(&state, move |b| b.snapshot(&s, &c.volume_id))
+                Ok(c) => {
+                    let st = state.clone();
+                    blocking(&state, move |b| {
+                        let taken = b.snapshot(&s, &c.volume_id)?;
+                        serve_as_now(&st, &c.volume_id)?;
+                        Ok(taken)
+                    })
                     .await
-                    .map(|(info, made)| reply(made_status(made), &info)),
+                    .map(|(info, made)| reply(made_status(made), &info))
+                }
             }
         }
         (Method::GET, ["v1", "snapshots", s]) => {

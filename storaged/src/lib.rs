@@ -68,6 +68,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         fills: Default::default(),
         exports,
         nbd_address,
+        served: Default::default(),
     });
     // The object store, when an API to it is served.
     let objects = match config.s3_listen.is_some() || config.swift_listen.is_some() {
@@ -95,7 +96,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
                 .context("starting the Swift API")?,
         ));
     }
-    let nbd_server = nbd::Server::new(api::NbdExports(state.clone()));
+    let nbd_server = nbd::Server::new(api::NbdExports(state.clone()), state.served.clone());
     let nbd = tokio::spawn(nbd_server.serve(nbd_listener));
     let beats = tokio::spawn(heartbeat::run(config, url, state.clone()));
     let serve = api::serve(listener, state);

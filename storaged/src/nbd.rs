@@ -12,7 +12,10 @@
 //! with FUA) is answered once what it covers is on stable storage here.
 //! Requests on one connection are served concurrently, up to
 //! [`MAX_IN_FLIGHT`] and 64 MiB of data; several connections to one export share one open
-//! disk (`CAN_MULTI_CONN`), so a qcow2 overlay has one writer.
+//! disk (`CAN_MULTI_CONN`), so a qcow2 overlay has one writer. A snapshot
+//! or an extend of a volume being served moves that disk onto the
+//! volume's files as they are then ([`OpenVolumes::reopen`]), between two
+//! requests: the clients notice nothing.
 //!
 //! An export's name is a random 128-bit secret the controller hands to
 //! the one compute host it exported the volume to; anyone else gets
@@ -20,7 +23,7 @@
 //! the storage network.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -68,18 +71,96 @@ pub trait Exports: Send + Sync + 'static {
     fn lookup(&self, name: &str) -> Option<(String, storaged_proto::Connection)>;
 }
 
+/// One volume as its connections serve it. Each request holds the disk
+/// for as long as it runs; a reopen waits for those before it moves.
+pub struct Served {
+    disk: RwLock<Arc<Disk>>,
+}
+
+impl Served {
+    /// The disk requests go to now (a clone: a request in flight keeps
+    /// the one it started on, and the reopen waits for it).
+    fn disk(&self) -> std::sync::RwLockReadGuard<'_, Arc<Disk>> {
+        self.disk.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The volumes being served, each opened once for all its connections;
+/// shared by the NBD server and the API that changes volumes' files.
+#[derive(Default)]
+pub struct OpenVolumes {
+    open: Mutex<HashMap<String, Weak<Served>>>,
+}
+
+impl OpenVolumes {
+    /// Volume `volume` as its connections serve it, opened from `files`
+    /// unless it is served already.
+    fn get_or_open(
+        &self,
+        volume: &str,
+        files: &storaged_proto::Connection,
+    ) -> std::io::Result<Arc<Served>> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(served) = open.get(volume).and_then(Weak::upgrade) {
+            return Ok(served);
+        }
+        open.retain(|_, d| d.strong_count() > 0);
+        let served = Arc::new(Served {
+            disk: RwLock::new(Arc::new(open_disk(files)?)),
+        });
+        open.insert(volume.to_owned(), Arc::downgrade(&served));
+        Ok(served)
+    }
+
+    /// Moves volume `volume`, if it is being served, onto `files` (a
+    /// snapshot froze its old ones under a new overlay, or it grew): once
+    /// the requests in flight have finished, the old overlay's metadata
+    /// reaches its file (the new chain reads it there) and every later
+    /// request goes to the new disk. Blocks meanwhile.
+    pub fn reopen(&self, volume: &str, files: &storaged_proto::Connection) -> std::io::Result<()> {
+        let served = {
+            let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            open.get(volume).and_then(Weak::upgrade)
+        };
+        let Some(served) = served else {
+            return Ok(());
+        };
+        let mut disk = served.disk.write().unwrap_or_else(|e| e.into_inner());
+        disk.flush()?;
+        *disk = Arc::new(open_disk(files)?);
+        tracing::info!(volume, "nbd: volume moved onto its files as they are now");
+        Ok(())
+    }
+}
+
+/// Opens a volume's files as the guest sees them.
+fn open_disk(files: &storaged_proto::Connection) -> std::io::Result<Disk> {
+    let (base, layers) = match files.backing.split_last() {
+        Some((base, layers)) => (
+            Some(std::path::PathBuf::from(base)),
+            layers.iter().map(std::path::PathBuf::from).collect(),
+        ),
+        None => (None, Vec::new()),
+    };
+    Disk::open(
+        std::path::Path::new(&files.path),
+        base.as_deref(),
+        &layers,
+        false,
+        false,
+    )
+    .map_err(std::io::Error::other)
+}
+
 /// The server: open disks shared by the connections to one volume.
 pub struct Server<E> {
     exports: E,
-    open: Mutex<HashMap<String, Weak<Disk>>>,
+    open: Arc<OpenVolumes>,
 }
 
 impl<E: Exports> Server<E> {
-    pub fn new(exports: E) -> Arc<Self> {
-        Arc::new(Server {
-            exports,
-            open: Mutex::new(HashMap::new()),
-        })
+    pub fn new(exports: E, open: Arc<OpenVolumes>) -> Arc<Self> {
+        Arc::new(Server { exports, open })
     }
 
     /// Accepts connections until the listener fails.
@@ -102,33 +183,6 @@ impl<E: Exports> Server<E> {
                 }
             });
         }
-    }
-
-    /// The volume `volume`'s disk, opened once for every connection to it.
-    fn disk(&self, volume: &str, files: &storaged_proto::Connection) -> std::io::Result<Arc<Disk>> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(disk) = open.get(volume).and_then(Weak::upgrade) {
-            return Ok(disk);
-        }
-        open.retain(|_, d| d.strong_count() > 0);
-        let (base, layers) = match files.backing.split_last() {
-            Some((base, layers)) => (
-                Some(std::path::PathBuf::from(base)),
-                layers.iter().map(std::path::PathBuf::from).collect(),
-            ),
-            None => (None, Vec::new()),
-        };
-        let disk = Disk::open(
-            std::path::Path::new(&files.path),
-            base.as_deref(),
-            &layers,
-            false,
-            false,
-        )
-        .map_err(std::io::Error::other)?;
-        let disk = Arc::new(disk);
-        open.insert(volume.to_owned(), Arc::downgrade(&disk));
-        Ok(disk)
     }
 
     async fn connection<S>(self: Arc<Self>, socket: S) -> Result<(), NbdError>
@@ -154,7 +208,7 @@ impl<E: Exports> Server<E> {
         &self,
         rd: &mut R,
         wr: &mut W,
-    ) -> Result<Option<(String, Arc<Disk>)>, NbdError>
+    ) -> Result<Option<(String, Arc<Served>)>, NbdError>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -186,36 +240,44 @@ impl<E: Exports> Server<E> {
                 OPT_EXPORT_NAME => {
                     let name = String::from_utf8_lossy(&data).into_owned();
                     // No way to say no here but to hang up.
-                    let Some((volume, disk)) = self.open_export(&name) else {
+                    let Some((volume, served)) = self.open_export(&name) else {
                         return Err(protocol("NBD_OPT_EXPORT_NAME: no such export"));
                     };
+                    let (capacity, flags) = {
+                        let disk = served.disk();
+                        (disk.capacity(), transmission_flags(&disk))
+                    };
                     let mut reply = Vec::with_capacity(10 + 124);
-                    reply.extend_from_slice(&disk.capacity().to_be_bytes());
-                    reply.extend_from_slice(&transmission_flags(&disk).to_be_bytes());
+                    reply.extend_from_slice(&capacity.to_be_bytes());
+                    reply.extend_from_slice(&flags.to_be_bytes());
                     if !no_zeroes {
                         reply.extend_from_slice(&[0u8; 124]);
                     }
                     wr.write_all(&reply).await?;
                     wr.flush().await?;
-                    return Ok(Some((volume, disk)));
+                    return Ok(Some((volume, served)));
                 }
                 OPT_INFO | OPT_GO => {
                     let Some(name) = go_name(&data) else {
                         option_reply(wr, option, REP_ERR_INVALID, b"malformed").await?;
                         continue;
                     };
-                    let Some((volume, disk)) = self.open_export(&name) else {
+                    let Some((volume, served)) = self.open_export(&name) else {
                         option_reply(wr, option, REP_ERR_UNKNOWN, b"no such export").await?;
                         continue;
                     };
+                    let (capacity, flags) = {
+                        let disk = served.disk();
+                        (disk.capacity(), transmission_flags(&disk))
+                    };
                     let mut info = Vec::with_capacity(12);
                     info.extend_from_slice(&INFO_EXPORT.to_be_bytes());
-                    info.extend_from_slice(&disk.capacity().to_be_bytes());
-                    info.extend_from_slice(&transmission_flags(&disk).to_be_bytes());
+                    info.extend_from_slice(&capacity.to_be_bytes());
+                    info.extend_from_slice(&flags.to_be_bytes());
                     option_reply(wr, option, REP_INFO, &info).await?;
                     option_reply(wr, option, REP_ACK, &[]).await?;
                     if option == OPT_GO {
-                        return Ok(Some((volume, disk)));
+                        return Ok(Some((volume, served)));
                     }
                 }
                 // Export names are secrets: no listing.
@@ -227,10 +289,10 @@ impl<E: Exports> Server<E> {
         }
     }
 
-    fn open_export(&self, name: &str) -> Option<(String, Arc<Disk>)> {
+    fn open_export(&self, name: &str) -> Option<(String, Arc<Served>)> {
         let (volume, files) = self.exports.lookup(name)?;
-        match self.disk(&volume, &files) {
-            Ok(disk) => Some((volume, disk)),
+        match self.open.get_or_open(&volume, &files) {
+            Ok(served) => Some((volume, served)),
             Err(e) => {
                 tracing::warn!(volume, "nbd: opening the volume: {e}");
                 None
@@ -293,7 +355,7 @@ struct Reply {
 
 /// Reads requests and hands each to a blocking task; a writer task sends
 /// the replies in the order they complete.
-async fn transmission<R, W>(mut rd: R, mut wr: W, disk: Arc<Disk>) -> Result<(), NbdError>
+async fn transmission<R, W>(mut rd: R, mut wr: W, served: Arc<Served>) -> Result<(), NbdError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -335,14 +397,17 @@ where
         ) else {
             break Ok(());
         };
-        // A read the page cache holds is served here, with no thread hop.
-        if request.kind == CMD_READ
-            && request.length <= INLINE_READ
-            && request
-                .offset
-                .checked_add(u64::from(request.length))
-                .is_some_and(|end| end <= disk.capacity())
-        {
+        // A read the page cache holds is served here, with no thread hop
+        // (unless a reopen is waiting for the disk: this task must not).
+        let disk = served.disk.try_read().ok().map(|d| Arc::clone(&d));
+        if let Some(disk) = disk.filter(|disk| {
+            request.kind == CMD_READ
+                && request.length <= INLINE_READ
+                && request
+                    .offset
+                    .checked_add(u64::from(request.length))
+                    .is_some_and(|end| end <= disk.capacity())
+        }) {
             let mut data = pool.take(request.length as usize);
             if disk.read_cached(&mut data, request.offset) {
                 let reply = Reply {
@@ -364,9 +429,9 @@ where
                 break Err(e.into());
             }
         }
-        let (disk, tx, pool) = (disk.clone(), tx.clone(), pool.clone());
+        let (served, tx, pool) = (served.clone(), tx.clone(), pool.clone());
         tokio::task::spawn_blocking(move || {
-            let reply = serve(&disk, request, &pool);
+            let reply = serve(&served.disk(), request, &pool);
             let _ = tx.blocking_send(reply);
             drop((slot, room));
         });
@@ -557,34 +622,45 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-    struct OneVolume(std::path::PathBuf);
+    /// "good" names volume v1, whose files the test may change.
+    struct OneVolume(Arc<Mutex<storaged_proto::Connection>>);
 
     impl Exports for OneVolume {
         fn lookup(&self, name: &str) -> Option<(String, storaged_proto::Connection)> {
-            (name == "good").then(|| {
-                let files = storaged_proto::Connection {
-                    path: self.0.display().to_string(),
-                    ..Default::default()
-                };
-                ("v1".to_owned(), files)
-            })
+            (name == "good").then(|| ("v1".to_owned(), self.0.lock().unwrap().clone()))
         }
     }
 
     /// A server on one end of a pipe, a 1 MiB raw volume behind "good".
     fn serve() -> (DuplexStream, tempfile::TempDir) {
+        let (c, dir, _, _) = serve_open();
+        (c, dir)
+    }
+
+    /// As [`serve`], with the volume's files and the open volumes.
+    fn serve_open() -> (
+        DuplexStream,
+        tempfile::TempDir,
+        Arc<Mutex<storaged_proto::Connection>>,
+        Arc<OpenVolumes>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v1.raw");
         std::fs::File::create(&path)
             .unwrap()
             .set_len(1 << 20)
             .unwrap();
-        let server = Server::new(OneVolume(path));
+        let files = Arc::new(Mutex::new(storaged_proto::Connection {
+            path: path.display().to_string(),
+            ..Default::default()
+        }));
+        let open = Arc::new(OpenVolumes::default());
+        let server = Server::new(OneVolume(files.clone()), open.clone());
         let (ours, theirs) = tokio::io::duplex(1 << 20);
         tokio::spawn(async move {
             let _ = server.connection(theirs).await;
         });
-        (ours, dir)
+        (ours, dir, files, open)
     }
 
     async fn go(c: &mut DuplexStream, name: &str) -> (u32, Vec<u8>) {
@@ -648,6 +724,83 @@ mod tests {
         let on_disk = std::fs::read(dir.path().join("v1.raw")).unwrap();
         assert_eq!(&on_disk[4096..4102], b"virga!");
         assert!(on_disk[..4096].iter().all(|&b| b == 0), "trimmed");
+    }
+
+    async fn read(c: &mut DuplexStream, offset: u64, len: u32) -> Vec<u8> {
+        c.write_u32(REQUEST_MAGIC).await.unwrap();
+        c.write_u16(0).await.unwrap();
+        c.write_u16(CMD_READ).await.unwrap();
+        c.write_u64(8).await.unwrap();
+        c.write_u64(offset).await.unwrap();
+        c.write_u32(len).await.unwrap();
+        assert_eq!(c.read_u32().await.unwrap(), SIMPLE_REPLY_MAGIC);
+        assert_eq!(c.read_u32().await.unwrap(), 0, "read at {offset}");
+        assert_eq!(c.read_u64().await.unwrap(), 8);
+        let mut buf = vec![0u8; len as usize];
+        c.read_exact(&mut buf).await.unwrap();
+        buf
+    }
+
+    /// A snapshot of a served volume, as storaged's freeze makes it: the
+    /// file becomes the layer, an overlay over it the volume. Reopened,
+    /// the connection goes on: what came before is the layer's, what comes
+    /// after the overlay's only. A grown file is served at its new size.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_served_volume_moves_onto_new_files_and_grows() {
+        let (mut c, dir, files, open) = serve_open();
+        assert_eq!(go(&mut c, "good").await.0, REP_ACK);
+        assert_eq!(request(&mut c, CMD_WRITE, 4096, b"before", 6).await, 0);
+        let raw = dir.path().join("v1.raw");
+        let layer = dir.path().join("snap.raw");
+        std::fs::hard_link(&raw, &layer).unwrap();
+        std::fs::remove_file(&raw).unwrap();
+        let overlay = dir.path().join("v1.qcow2");
+        vmm::virtio::block::qcow2::create_overlay(&overlay, "snap", 1 << 20).unwrap();
+        let moved = storaged_proto::Connection {
+            path: overlay.display().to_string(),
+            backing: vec![layer.display().to_string()],
+            ..Default::default()
+        };
+        *files.lock().unwrap() = moved.clone();
+        let reopen = open.clone();
+        tokio::task::spawn_blocking(move || reopen.reopen("v1", &moved))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(request(&mut c, CMD_WRITE, 8192, b"after!", 6).await, 0);
+        assert_eq!(request(&mut c, CMD_FLUSH, 0, b"", 0).await, 0);
+        assert_eq!(read(&mut c, 4096, 6).await, b"before");
+        assert_eq!(read(&mut c, 8192, 6).await, b"after!");
+        let frozen = std::fs::read(&layer).unwrap();
+        assert_eq!(&frozen[4096..4102], b"before");
+        assert!(
+            frozen[8192..8198].iter().all(|&b| b == 0),
+            "nothing after the move reaches the snapshot"
+        );
+        // Grown (storaged's extend): served at the new size once reopened.
+        assert_eq!(
+            request(&mut c, CMD_WRITE, 1 << 20, b"more", 4).await,
+            ENOSPC
+        );
+        vmm::virtio::block::qcow2::grow_file(
+            &std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&overlay)
+                .unwrap(),
+            2 << 20,
+        )
+        .unwrap();
+        let grown = files.lock().unwrap().clone();
+        let reopen = open.clone();
+        tokio::task::spawn_blocking(move || reopen.reopen("v1", &grown))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(request(&mut c, CMD_WRITE, 1 << 20, b"more", 4).await, 0);
+        assert_eq!(read(&mut c, 1 << 20, 4).await, b"more");
+        // A volume nobody serves: nothing to move.
+        open.reopen("v2", &files.lock().unwrap().clone()).unwrap();
     }
 
     #[tokio::test]

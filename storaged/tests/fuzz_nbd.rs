@@ -139,7 +139,7 @@ fn nbd() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
-    let server = Server::new(OneVolume(path.clone()));
+    let server = Server::new(OneVolume(path.clone()), Default::default());
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

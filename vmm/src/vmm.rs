@@ -503,7 +503,7 @@ impl Vmm {
                         ResizeError::Grow(GrowError::Unaligned(_) | GrowError::Shrink { .. }) => {
                             StatusCode::BAD_REQUEST
                         }
-                        ResizeError::Grow(GrowError::ReadOnly | GrowError::BlockDevice) => {
+                        ResizeError::Grow(GrowError::ReadOnly | GrowError::BlockDevice { .. }) => {
                             StatusCode::CONFLICT
                         }
                         ResizeError::Grow(GrowError::Io(_)) => StatusCode::INTERNAL_SERVER_ERROR,

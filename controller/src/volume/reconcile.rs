@@ -128,18 +128,19 @@ async fn try_converge_snapshot(app: &App, id: &str) -> Result<(), String> {
                 "detaching" => return Ok(()),
                 _ => None,
             };
-            if let Some(a) = &plugged {
-                if a.external || a.host.as_deref() != Some(s.storage_host.as_str()) {
-                    return fail(
-                        "error",
-                        StorageError::Refused(
-                            409,
-                            "its volume is in use outside its storage host's servers".into(),
-                        ),
-                    )
-                    .await;
-                }
+            if plugged.as_ref().is_some_and(|a| a.external) {
+                return fail(
+                    "error",
+                    StorageError::Refused(
+                        409,
+                        "its volume is in use outside this cloud's compute service".into(),
+                    ),
+                )
+                .await;
             }
+            // On another host the volume is storaged's NBD export, which
+            // storaged itself moves as it takes the snapshot.
+            let plugged = plugged.filter(|a| a.host.as_deref() == Some(s.storage_host.as_str()));
             match storaged.snapshot(&s.id, &s.volume_id).await {
                 Ok(_) => {}
                 Err(StorageError::Unreachable(..)) if alive => return Ok(()),
@@ -395,6 +396,23 @@ async fn converge_status(app: &App, v: &Volume) -> Result<(), String> {
         "extending" => {
             let target = v.target_size_gib.unwrap_or(v.size_gib);
             if let Some(server) = plugged_into(app, v).await? {
+                // Over NBD: the storage host grows the volume (and serves
+                // its new size), then the server's host tells the guest.
+                let remote = server.host_id.as_deref() != v.storage_host.as_deref();
+                if remote {
+                    match storaged.extend(id, size(target)).await {
+                        Ok(_) => {}
+                        Err(StorageError::Unreachable(..)) => return Ok(()),
+                        Err(e) => {
+                            let fault = format!("extending on its storage host: {e}");
+                            store
+                                .abandon_extend(id, &fault, now())
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            return Err(fault);
+                        }
+                    }
+                }
                 return grow_in_guest(app, v, &server, size(target)).await;
             }
             let r = storaged.extend(id, size(target)).await.map(|_| ());

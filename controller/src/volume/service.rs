@@ -446,8 +446,9 @@ impl VolumeService {
 
     /// Records a snapshot of a volume (`creating`) within the project's
     /// quota and starts taking it. A volume in use only with `force`, as
-    /// Cinder, and only where its server's host holds its files: the
-    /// server's VMM moves onto a fresh overlay while the old files become
+    /// Cinder, and only when our compute service attached it: what serves
+    /// it (its server's VMM, or storaged's NBD server for a server on
+    /// another host) moves onto a fresh overlay while the old files become
     /// the snapshot (a crash-consistent one, as Cinder's).
     #[allow(clippy::too_many_arguments)]
     pub async fn create_snapshot(
@@ -478,22 +479,11 @@ impl VolumeService {
         else {
             return Err(unavailable(&v.status));
         };
-        if v.status == "in-use" {
-            match &v.attachment {
-                Some(a) if a.external => {
-                    return Err(VolumeError::bad_request(format!(
-                        "Invalid volume: Volume {volume_id} is attached outside this cloud's compute service; \
-                         a snapshot of it in use cannot be taken: detach it first."
-                    )))
-                }
-                Some(a) if a.host.as_deref().is_some_and(|h| h != host) => {
-                    return Err(VolumeError::bad_request(format!(
-                        "Invalid volume: Volume {volume_id} is attached over the network to a server on another host; \
-                         a snapshot of it in use is taken only on its storage host's servers: detach it first."
-                    )))
-                }
-                _ => {}
-            }
+        if v.status == "in-use" && v.attachment.as_ref().is_some_and(|a| a.external) {
+            return Err(VolumeError::bad_request(format!(
+                "Invalid volume: Volume {volume_id} is attached outside this cloud's compute service; \
+                 a snapshot of it in use cannot be taken: detach it first."
+            )));
         }
         let t = now();
         let snapshot = Snapshot {

@@ -1612,6 +1612,18 @@ impl Actor {
                 "bytes: {bytes} is not a multiple of 512"
             )));
         }
+        // A volume on another host grew there (its storage host serves the
+        // new size already): the kernel's NBD device learns it, then the
+        // guest does from its VMM. Its size is not hostd's to change.
+        let remote = spec.remote_disks.iter().find(|r| r.id == dev).cloned();
+        if let Some(r) = &remote {
+            let (index, backend) = (r.index, super::nbd_links::backend(&self.id, dev));
+            tokio::task::spawn_blocking(move || crate::nbd::resize(index, &backend, bytes))
+                .await
+                .map_err(|e| OpError::Internal(e.to_string()))?
+                .map_err(|e| OpError::Internal(format!("remote disk {dev}: resizing: {e}")))?;
+            tracing::info!(instance = %self.id, disk = dev, bytes, "remote disk resized");
+        }
         if self.guest_present()? {
             let socket = self.sup.run_dir(&self.id).join(API_SOCKET);
             let body = serde_json::to_string(&vmm::api::SizeBody { bytes })
@@ -1641,8 +1653,10 @@ impl Actor {
                 }
             };
         }
-        grow_file(&disk, bytes)?;
-        tracing::info!(instance = %self.id, disk = dev, bytes, "disk file grown");
+        if remote.is_none() {
+            grow_file(&disk, bytes)?;
+            tracing::info!(instance = %self.id, disk = dev, bytes, "disk file grown");
+        }
         Ok(())
     }
 

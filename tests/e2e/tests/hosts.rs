@@ -476,17 +476,69 @@ fn drive(cli: &std::path::Path, dir: &std::path::Path, ctl_port: u16, alive: &dy
         "vm-b wrote {records} flushed records over NBD in {:?} from the attach",
         attaching.elapsed()
     );
+    // A snapshot of it while vm-b has it (`--force`): host1's storaged
+    // moves its NBD export onto the volume's new overlay as it takes it.
+    // Then grown in use: host1's storaged serves the new size, host2's
+    // hostd resizes the NBD device and vm-b's VMM tells the guest, which
+    // marks the volume's start (after the snapshot).
+    let wait_named = |what: &[&str], name: &str, want: &str| {
+        let mut args = what.to_vec();
+        args.extend(["show", name, "-f", "value", "-c", "status"]);
+        admin.wait_until(&args, 120, |s| s.trim() == want);
+    };
+    let snapped = Instant::now();
+    admin.ok(&[
+        "volume", "snapshot", "create", "--volume", "rvol", "--force", "rsnap",
+    ]);
+    wait_named(&["volume", "snapshot"], "rsnap", "available");
+    println!(
+        "a snapshot of the volume in use over NBD taken in {:?}",
+        snapped.elapsed()
+    );
+    let grown = Instant::now();
+    admin.ok(&["volume", "set", "--size", "2", "rvol"]);
+    console(&admin, "vm-b", "virga-peers-disk-grown vda 4194304");
+    status("in-use");
+    let size = admin.ok(&["volume", "show", "rvol", "-f", "value", "-c", "size"]);
+    assert_eq!(size.trim(), "2", "the volume's recorded size");
+    println!(
+        "the volume attached over NBD grown in the guest in {:?}",
+        grown.elapsed()
+    );
     admin.ok(&["server", "remove", "volume", "vm-b", "rvol"]);
     status("available");
+    admin.ok(&["volume", "create", "--snapshot", "rsnap", "rcopy"]);
+    wait_named(&["volume"], "rcopy", "available");
     admin.ok(&["server", "add", "volume", "vm-a", "rvol"]);
     status("in-use");
     console(
         &admin,
         "vm-a",
-        &format!("virga-peers-disk vda [virga-over-nbd-1] records {records}"),
+        &format!("virga-peers-disk vda [virga-grown-2ok!] records {records}"),
     );
     println!("vm-a on host1 read what vm-b on host2 wrote over NBD: the marker and every record");
     admin.ok(&["server", "remove", "volume", "vm-a", "rvol"]);
     status("available");
+    // The snapshot holds what vm-b had written when it was taken: every
+    // record, and the first marker, not the one written after.
+    admin.ok(&["server", "add", "volume", "vm-a", "rcopy"]);
+    wait_named(&["volume"], "rcopy", "in-use");
+    console(
+        &admin,
+        "vm-a",
+        &format!("virga-peers-disk vda [virga-over-nbd-1] records {records}"),
+    );
+    admin.ok(&["server", "remove", "volume", "vm-a", "rcopy"]);
+    wait_named(&["volume"], "rcopy", "available");
+    admin.ok(&["volume", "delete", "rcopy"]);
+    admin.ok(&["volume", "snapshot", "delete", "rsnap"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while admin
+        .ok(&["volume", "snapshot", "list", "-f", "value"])
+        .contains("rsnap")
+    {
+        assert!(Instant::now() < deadline, "rsnap never deleted");
+        std::thread::sleep(Duration::from_secs(1));
+    }
     admin.ok(&["volume", "delete", "rvol"]);
 }

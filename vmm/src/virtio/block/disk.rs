@@ -35,8 +35,8 @@ pub enum DiskError {
 pub enum GrowError {
     #[error("the disk is read-only")]
     ReadOnly,
-    #[error("a block device's size is its own: grow the device itself")]
-    BlockDevice,
+    #[error("the block device has {has} bytes, fewer than {wanted}: its size is its own, grow the device itself")]
+    BlockDevice { has: u64, wanted: u64 },
     #[error("{0} bytes is not a multiple of 512")]
     Unaligned(u64),
     #[error("the disk has {current} bytes; it cannot shrink to {wanted}")]
@@ -424,7 +424,14 @@ impl Disk {
                 self.buffered.set_len(size)?;
                 self.buffered.sync_all()?;
             }
-            None => return Err(GrowError::BlockDevice),
+            // A block device's size is its own (an NBD device its host
+            // resized): the guest gets it once it is what was asked.
+            None => {
+                let has = (&self.buffered).seek(SeekFrom::End(0))?;
+                if has < size {
+                    return Err(GrowError::BlockDevice { has, wanted: size });
+                }
+            }
         }
         self.capacity.store(size, Ordering::Release);
         Ok(())
