@@ -39,7 +39,7 @@ fn small() -> Demand {
         ram_mib: 1024,
         disk_gib: 1,
         availability_zone: None,
-        host: None,
+        preferred_host: None,
         group: None,
     }
 }
@@ -161,7 +161,7 @@ async fn filters_and_weighers() {
         let store = store.clone();
         async move { server(&store, &format!("f{n}")).await }
     };
-    hosts.heartbeat(&beat("small", 2048)).await.unwrap();
+    hosts.heartbeat(&beat("small", 3072)).await.unwrap();
     let spread = Scheduler::new(store.clone(), Policy::default());
     assert_eq!(
         spread
@@ -171,6 +171,21 @@ async fn filters_and_weighers() {
             .report
             .host_id,
         "big"
+    );
+    // The host of the volume it boots from goes first, whatever the
+    // weigher says, while it has room (below, once full, it does not).
+    let near_volume = Demand {
+        preferred_host: Some("small".into()),
+        ..small()
+    };
+    assert_eq!(
+        spread
+            .place(&fresh().await, &near_volume, &[])
+            .await
+            .unwrap()
+            .report
+            .host_id,
+        "small"
     );
     let pack = Scheduler::new(
         store.clone(),
@@ -221,24 +236,16 @@ async fn filters_and_weighers() {
         ..small()
     };
     assert!(spread.place(&fresh().await, &elsewhere, &[]).await.is_err());
-    // Bound to one host (where the volume it boots from is).
-    let bound = Demand {
-        host: Some("nowhere".into()),
-        ..small()
-    };
-    let Err(PlaceError::NoValidHost(why)) = spread.place(&fresh().await, &bound, &[]).await else {
-        panic!("placed away from its volume's host")
-    };
-    assert!(why.contains("volume it boots from"), "{why}");
-    let small_host = Demand {
-        host: Some("big".into()),
-        ..small()
-    };
-    let placed = spread
-        .place(&fresh().await, &small_host, &[])
-        .await
-        .unwrap();
-    assert_eq!(placed.report.host_id, "big");
+    // The volume's host full ("small" is by now), or not a host at all:
+    // another takes it (and reaches the volume over NBD).
+    for preferred in ["small", "nowhere"] {
+        let d = Demand {
+            preferred_host: Some(preferred.into()),
+            ..small()
+        };
+        let placed = spread.place(&fresh().await, &d, &[]).await.unwrap();
+        assert_eq!(placed.report.host_id, "big", "preferring {preferred}");
+    }
     // Server groups, with "small" full by now: the hard policies filter,
     // the soft ones only prefer.
     let group = |policy: &str, on: &str| Demand {

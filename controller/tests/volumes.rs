@@ -1057,6 +1057,63 @@ fn cinders_attachments_and_older_attach_actions_keep_books_for_other_attachers()
     wait_status(&c, &admin, &vol, "available");
 }
 
+/// A server boots from a volume whose storage host has no room for it
+/// (here: runs no compute at all): its host reaches the volume over NBD,
+/// which hostd connects; the server still boots from the volume's /boot.
+#[test]
+fn a_server_boots_from_a_volume_on_another_host() {
+    let cloud = common::cloud::Cloud::start(common::hostd::Delays::NONE);
+    let (c, admin) = (&cloud.c, cloud.admin.as_str());
+    let _s = Storaged::start(c, "storage-only");
+    wait_registered(c, admin);
+    let (flavor, _) = common::hostd::bootable(c, admin, 1, 128);
+    let image = image(c, admin, "raw", json!({}), b"a disk image's bytes");
+    let r = create(
+        c,
+        admin,
+        json!({"size": 1, "imageRef": image, "name": "root1"}),
+    );
+    let root = r.json()["volume"]["id"].as_str().unwrap().to_owned();
+    wait_status(c, admin, &root, "available");
+    let body = json!({"server": {"name": "bfv", "flavorRef": flavor, "networks": "none",
+        "block_device_mapping_v2": [{"uuid": root, "boot_index": 0, "source_type": "volume",
+            "destination_type": "volume", "delete_on_termination": false}]}});
+    let r = call(
+        c,
+        "POST",
+        "/compute/v2.1/servers",
+        &[
+            ("X-Auth-Token", admin),
+            ("Content-Type", "application/json"),
+        ],
+        &body.to_string(),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["server"]["id"].as_str().unwrap().to_owned();
+    cloud.wait(&id, "ACTIVE");
+    assert_eq!(
+        cloud.show(&id)["OS-EXT-SRV-ATTR:host"],
+        common::hostd::HOST_ID
+    );
+    let spec = cloud
+        .hostd
+        .create_bodies()
+        .into_iter()
+        .find(|b| b["id"] == id.as_str())
+        .unwrap();
+    let nbd = &spec["root_volume_nbd"];
+    assert!(
+        nbd["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{spec}"
+    );
+    assert_eq!(nbd["export"].as_str().map(str::len), Some(32), "{spec}");
+    assert_eq!(spec["root_volume"]["path"], "", "{spec}");
+    let v = wait_status(c, admin, &root, "in-use");
+    assert_eq!(v["attachments"][0]["host_name"], common::hostd::HOST_ID);
+}
+
 #[test]
 fn servers_boot_from_volumes_which_outlive_them_unless_told_otherwise() {
     let cloud = common::cloud::Cloud::start(common::hostd::Delays::NONE);

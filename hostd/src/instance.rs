@@ -70,6 +70,11 @@ pub struct InstanceSpec {
     /// command line picked from its own `/boot` before every boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_volume: Option<DiskConfig>,
+    /// ... on another host: its storage host's NBD export. hostd connects
+    /// it when it makes the instance (the root volume's path, empty in the
+    /// request, is then the device; `remote_disks` says which).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_volume_nbd: Option<NbdSource>,
     /// An ephemeral disk of this size (ext4, labelled `ephemeral0`) and a
     /// swap disk of this size, made once beside the root disk and attached
     /// after it (root, ephemeral, swap: Nova's order).
@@ -174,6 +179,25 @@ impl InstanceSpec {
                         .into(),
                 );
             }
+        }
+        if let Some(v) = self
+            .root_volume
+            .as_ref()
+            .filter(|_| self.root_volume_nbd.is_some())
+        {
+            let connected = v.id.as_ref().is_some_and(|id| {
+                self.remote_disks
+                    .iter()
+                    .any(|r| &r.id == id && v.path == crate::nbd::device(r.index))
+            });
+            if !connected || v.base.is_some() {
+                return Err(
+                    "root_volume_nbd: the root volume is that export, connected (no base or layers)"
+                        .into(),
+                );
+            }
+        } else if self.root_volume_nbd.is_some() {
+            return Err("root_volume_nbd: only with root_volume".into());
         }
         if (self.root_image.is_some() || self.root_volume.is_some())
             && (self.initramfs.is_some()
@@ -328,6 +352,7 @@ mod tests {
             root_image: None,
             root_disk_gib: None,
             root_volume: None,
+            root_volume_nbd: None,
             ephemeral_gib: None,
             swap_mib: None,
             config_drive: None,
@@ -441,6 +466,7 @@ mod tests {
             root_image: None,
             root_disk_gib: None,
             root_volume: None,
+            root_volume_nbd: None,
             ephemeral_gib: Some(10),
             swap_mib: Some(512),
             config_drive: Some(Default::default()),

@@ -375,6 +375,48 @@ fn typing_on_the_serial_console() {
 /// NICs come and go while an instance runs (plugged into the VMM on a tap
 /// hostd opens, unplugged once the guest lets go) and while it is stopped
 /// (its spec only); a start brings every NIC it has then.
+/// A server booting from a volume on another host: hostd connects the
+/// volume's NBD export first; one that cannot be reached, or a request
+/// that gives the volume a path of its own too, is refused and leaves
+/// nothing behind.
+#[test]
+fn a_root_volume_on_another_host_is_connected_first_or_refused() {
+    let h = start_with_fake_vmm("");
+    let spec = |root: &str, nbd: &str| {
+        format!(
+            r#"{{"id": "rv-1", "vcpus": 1, "memory_mib": 64, "root_volume": {root}, "root_volume_nbd": {nbd}}}"#
+        )
+    };
+    let root = r#"{"id": "7f5e1b9a0c3d4e2f8a6b5c4d3e2f1a0b", "path": "", "serial": "7f5e1b9a-0c3d-4e2f-8"}"#;
+    for (body, status, why) in [
+        (
+            spec(root, r#"{"address": "127.0.0.1:1", "export": "x"}"#),
+            500,
+            "connecting to 127.0.0.1:1",
+        ),
+        (
+            spec(
+                r#"{"id": "d1", "path": "/tmp/v.raw"}"#,
+                r#"{"address": "127.0.0.1:1", "export": "x"}"#,
+            ),
+            400,
+            "no path, base or layers here",
+        ),
+        (spec(root, r#"{"address": "127.0.0.1:1"}"#), 400, "export"),
+        (
+            r#"{"id": "rv-1", "vcpus": 1, "memory_mib": 64, "kernel": "/k", "root_volume_nbd": {"address": "a:1", "export": "x"}}"#
+                .to_owned(),
+            400,
+            "only with root_volume",
+        ),
+    ] {
+        let (got, answer) = api(&h, "POST", "/instances", &body);
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(answer.to_string().contains(why), "{body}: {answer}");
+        assert_eq!(api(&h, "GET", "/instances/rv-1", "").0, 404, "nothing kept");
+    }
+}
+
 /// A volume snapshotted in use: its file became the snapshot's layer and
 /// the disk moves onto a fresh overlay over it, in the running VMM and in
 /// the spec every later start uses; a start from a spec the move has not

@@ -48,8 +48,9 @@ pub struct Demand {
     /// which take space only as guests write.
     pub disk_gib: i64,
     pub availability_zone: Option<String>,
-    /// The one host it may go to (where the volume it boots from is).
-    pub host: Option<String>,
+    /// The host it goes to when it can (where the volume it boots from
+    /// is: its disk then needs no network); another reaches it over NBD.
+    pub preferred_host: Option<String>,
     /// Its server group's policy and the hosts its other members are on.
     pub group: Option<GroupRule>,
 }
@@ -145,8 +146,6 @@ impl Scheduler {
                 .is_some_and(|z| *z != h.availability_zone)
             {
                 Some("other availability zone")
-            } else if demand.host.as_ref().is_some_and(|x| *x != h.report.host_id) {
-                Some("not the host of the volume it boots from")
             } else if let Some(why) = demand
                 .group
                 .as_ref()
@@ -174,7 +173,11 @@ impl Scheduler {
             Weigher::Spread => candidates.sort_by_key(|(_, free)| std::cmp::Reverse(*free)),
             Weigher::Pack => candidates.sort_by_key(|(_, free)| *free),
         }
-        // A soft group policy weighs first (the sort is stable).
+        // The volume's host, then a soft group policy weigh first (the
+        // sorts are stable).
+        if let Some(p) = &demand.preferred_host {
+            candidates.sort_by_key(|(h, _)| h.report.host_id != *p);
+        }
         if let Some(g) = &demand.group {
             candidates.sort_by_key(|(h, _)| g.dislikes(&h.report.host_id));
         }

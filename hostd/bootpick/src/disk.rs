@@ -29,7 +29,14 @@ enum Source {
 
 impl Image {
     pub fn new(file: File) -> std::io::Result<Image> {
-        let len = file.metadata()?.len();
+        // A block device (a volume on another host, through NBD) has no
+        // length of its own in its metadata: its end says it.
+        let meta = file.metadata()?;
+        let len = if std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
+            std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0))?
+        } else {
+            meta.len()
+        };
         Ok(Image {
             source: Arc::new(Source::Raw(file)),
             len,

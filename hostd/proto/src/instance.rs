@@ -29,6 +29,11 @@ pub struct ImageInstanceSpec {
     /// ... or a volume the instance boots from (its own `/boot`), as /dev/vda.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_volume: Option<RootVolume>,
+    /// The root volume is on another host: hostd connects this export
+    /// through the kernel's NBD client and `root_volume`'s `path` (empty
+    /// here) becomes that device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_volume_nbd: Option<NbdExport>,
     /// The flavor's ephemeral disk (ext4 labelled `ephemeral0`, /dev/vdb
     /// after the root disk) and swap disk (after it), as Nova makes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -52,6 +57,16 @@ pub struct ImageInstanceSpec {
     /// the host's netd plugs the tap into the port's network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nics: Vec<PortNic>,
+}
+
+/// A volume's NBD export on its storage host, for one other host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NbdExport {
+    /// `HOST:PORT` of storaged's NBD listener.
+    pub address: String,
+    /// The export's name (a secret the controller and that host know).
+    pub export: String,
 }
 
 /// A volume a server boots from, as its storage host exports it to the

@@ -1569,11 +1569,11 @@ impl Actor {
                 "remote disk connected again"
             );
             self.record.spec.remote_disks[at].index = index;
-            if let Some(d) = self
-                .record
-                .spec
+            let spec = &mut self.record.spec;
+            if let Some(d) = spec
                 .disks
                 .iter_mut()
+                .chain(spec.root_volume.as_mut())
                 .find(|d| d.id.as_deref() == Some(&r.id))
             {
                 d.path = crate::nbd::device(index);
@@ -1902,7 +1902,7 @@ fn grow_file(disk: &vmm::config::DiskConfig, bytes: u64) -> Result<(), OpError> 
 }
 
 /// Connects an NBD export to a free device (blocking, off the runtime).
-async fn connect_nbd(
+pub(super) async fn connect_nbd(
     nbd: &crate::instance::NbdSource,
     instance: &str,
     disk: &str,
@@ -1917,7 +1917,7 @@ async fn connect_nbd(
 
 /// Disconnects an NBD device; a failure is logged (the device is then
 /// the kernel's to time out).
-async fn disconnect_nbd(index: u32) {
+pub(super) async fn disconnect_nbd(index: u32) {
     match tokio::task::spawn_blocking(move || crate::nbd::disconnect(index)).await {
         Ok(Ok(())) => tracing::info!(index, "remote disk disconnected"),
         Ok(Err(e)) => tracing::warn!(index, "disconnecting a remote disk: {e}"),

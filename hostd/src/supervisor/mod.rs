@@ -387,7 +387,14 @@ impl Supervisor {
         wait: bool,
     ) -> Result<Instance, OpError> {
         let exists = |id: &str| OpError::Conflict(format!("instance {id:?} already exists"));
-        self.check_spec(&spec)?;
+        if lock(&self.instances).contains_key(&spec.id) {
+            return Err(exists(&spec.id));
+        }
+        let spec = connect_remote_root(spec).await?;
+        if let Err(e) = self.check_spec(&spec) {
+            disconnect_remote_root(&spec).await;
+            return Err(e);
+        }
         let me = self
             .me
             .upgrade()
@@ -412,13 +419,20 @@ impl Supervisor {
             resized_from: None,
         };
         let (reply, answer) = oneshot::channel();
-        {
+        // Made meanwhile by a concurrent request: its devices are its own.
+        let refused = {
             let mut instances = lock(&self.instances);
             if instances.contains_key(&id) {
-                return Err(exists(&id));
+                Some(record.spec)
+            } else {
+                let handle = actor::spawn(me, record, First::Create { wait, reply });
+                instances.insert(id.clone(), handle);
+                None
             }
-            let handle = actor::spawn(me, record, First::Create { wait, reply });
-            instances.insert(id.clone(), handle);
+        };
+        if let Some(spec) = refused {
+            disconnect_remote_root(&spec).await;
+            return Err(exists(&id));
         }
         answer
             .await
@@ -655,6 +669,46 @@ impl Supervisor {
             }
             Ok((code, _)) => Err(OpError::Internal(format!("VMM answered {code}"))),
             Err(e) => Err(OpError::Internal(e.to_string())),
+        }
+    }
+}
+/// A root volume on another host (`root_volume_nbd`): its export connected
+/// through the kernel's NBD client, the device its path, recorded among
+/// the remote disks (connected again at each start, disconnected with the
+/// instance).
+async fn connect_remote_root(mut spec: InstanceSpec) -> Result<InstanceSpec, OpError> {
+    let (Some(nbd), Some(root)) = (spec.root_volume_nbd.clone(), spec.root_volume.as_mut()) else {
+        return Ok(spec);
+    };
+    let Some(dev) = root.id.clone() else {
+        return Err(OpError::BadRequest(
+            "root_volume: an id (the device's name)".into(),
+        ));
+    };
+    if !root.path.as_os_str().is_empty()
+        || root.base.is_some()
+        || !root.layers.is_empty()
+        || !spec.remote_disks.is_empty()
+    {
+        return Err(OpError::BadRequest(
+            "root_volume_nbd: the root volume is that export; no path, base or layers here".into(),
+        ));
+    }
+    let (index, _) = actor::connect_nbd(&nbd, &spec.id, &dev).await?;
+    root.path = crate::nbd::device(index);
+    spec.remote_disks.push(crate::instance::RemoteDisk {
+        id: dev,
+        nbd,
+        index,
+    });
+    Ok(spec)
+}
+
+/// Undoes [`connect_remote_root`] for a spec no instance took.
+async fn disconnect_remote_root(spec: &InstanceSpec) {
+    if spec.root_volume_nbd.is_some() {
+        for r in &spec.remote_disks {
+            actor::disconnect_nbd(r.index).await;
         }
     }
 }

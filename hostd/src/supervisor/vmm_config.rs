@@ -219,6 +219,7 @@ mod tests {
             root_image: None,
             root_disk_gib: None,
             root_volume: None,
+            root_volume_nbd: None,
             ephemeral_gib: None,
             swap_mib: None,
             config_drive: None,

@@ -162,7 +162,9 @@ impl Step {
                     && spec.root_image.is_none()
                     && spec.kernel_image.is_none()
                 {
-                    spec.root_volume = Some(root_volume(b.app, &b.id, host_id).await?);
+                    let (root, nbd) = root_volume(b.app, &b.id, host_id).await?;
+                    spec.root_volume = Some(root);
+                    spec.root_volume_nbd = nbd;
                 }
                 let spec = &*spec;
                 // An instance of it there already: the create reached the
@@ -328,9 +330,8 @@ pub async fn build(app: &App, id: &str) {
                 .saturating_add(server.swap_mib.saturating_add(1023) / 1024),
             availability_zone: (server.availability_zone != "nova")
                 .then(|| server.availability_zone.clone()),
-            // Booted from a volume: on its storage host (no remote volumes
-            // yet).
-            host: match app.volumes.store.root_of(id).await {
+            // Booted from a volume: on its storage host when it fits there.
+            preferred_host: match app.volumes.store.root_of(id).await {
                 Ok(Some(v)) => v.storage_host,
                 _ => None,
             },
@@ -461,7 +462,13 @@ async fn root_volume(
     app: &App,
     id: &str,
     host_id: &str,
-) -> Result<hostd_proto::instance::RootVolume, Failure> {
+) -> Result<
+    (
+        hostd_proto::instance::RootVolume,
+        Option<hostd_proto::instance::NbdExport>,
+    ),
+    Failure,
+> {
     let store = &app.volumes.store;
     let fatal = |e: &dyn std::fmt::Display| Failure::Fatal(format!("its root volume: {e}"));
     let deadline = tokio::time::Instant::now() + SPAWN_TIMEOUT;
@@ -516,13 +523,21 @@ async fn root_volume(
         Some((base, layers)) => (Some(base.clone()), layers.to_vec()),
         None => (None, Vec::new()),
     };
-    Ok(hostd_proto::instance::RootVolume {
-        id: volume.device_id(),
-        path: c.path,
-        base,
-        layers,
-        serial: volume.id.chars().take(20).collect(),
-    })
+    // On another host: its NBD export, which hostd connects.
+    let nbd = c.nbd.map(|n| hostd_proto::instance::NbdExport {
+        address: n.address,
+        export: n.export,
+    });
+    Ok((
+        hostd_proto::instance::RootVolume {
+            id: volume.device_id(),
+            path: c.path,
+            base,
+            layers,
+            serial: volume.id.chars().take(20).collect(),
+        },
+        nbd,
+    ))
 }
 
 /// What hostd is asked to run for a server. A disk image (raw, qcow2, ami) without a
@@ -550,6 +565,7 @@ pub(super) async fn instance_spec(app: &App, s: &Server) -> Result<ImageInstance
         root_image: None,
         root_disk_gib: None,
         root_volume: None,
+        root_volume_nbd: None,
         ephemeral_gib: None,
         swap_mib: None,
         config_drive: None,
