@@ -235,61 +235,16 @@ fn main() {
                     })
                 }
             }
-            // Grown disks are noted beside the config, one "id bytes" line
-            // each, for tests to read.
+            // Grown disks and moves are noted beside the config, one line
+            // each ("id bytes", "id descriptors"), for tests to read.
             ApiRequest::ResizeDisk { device, bytes } => {
-                if config
-                    .disks
-                    .iter()
-                    .any(|d| d.id.as_deref() == Some(&device))
-                {
-                    use std::io::Write;
-                    let noted = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(config_path.with_file_name("fake-grown"))
-                        .and_then(|mut f| writeln!(f, "{device} {bytes}"));
-                    match noted {
-                        Ok(()) => ApiReply::NoContent,
-                        Err(e) => {
-                            ApiReply::Error(hyper::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                        }
-                    }
-                } else {
-                    ApiReply::Error(
-                        hyper::StatusCode::NOT_FOUND,
-                        format!("no disk named {device}"),
-                    )
-                }
+                note_disk_change(&config, &config_path, "fake-grown", &device, bytes)
             }
-            // Moves are noted beside the config, one "id descriptors" line
-            // each, for tests to read.
+            ApiRequest::ReplaceDiskFiles { fds, .. } if fds.is_empty() => {
+                ApiReply::Error(hyper::StatusCode::BAD_REQUEST, "no descriptors".into())
+            }
             ApiRequest::ReplaceDiskFiles { device, fds, .. } => {
-                if fds.is_empty() {
-                    ApiReply::Error(hyper::StatusCode::BAD_REQUEST, "no descriptors".into())
-                } else if config
-                    .disks
-                    .iter()
-                    .any(|d| d.id.as_deref() == Some(&device))
-                {
-                    use std::io::Write;
-                    let noted = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(config_path.with_file_name("fake-moved"))
-                        .and_then(|mut f| writeln!(f, "{device} {}", fds.len()));
-                    match noted {
-                        Ok(()) => ApiReply::NoContent,
-                        Err(e) => {
-                            ApiReply::Error(hyper::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                        }
-                    }
-                } else {
-                    ApiReply::Error(
-                        hyper::StatusCode::NOT_FOUND,
-                        format!("no disk named {device}"),
-                    )
-                }
+                note_disk_change(&config, &config_path, "fake-moved", &device, fds.len())
             }
             ApiRequest::RemoveDevice(id) => {
                 let before = config.nets.len() + config.disks.len();
@@ -310,5 +265,32 @@ fn main() {
             }
         };
         let _ = reply.send(answer);
+    }
+}
+
+/// Notes "`device` `what`" in the file `name` beside the config, for
+/// tests to read; a disk the guest does not have is 404, as in the VMM.
+fn note_disk_change(
+    config: &vmm::config::VmConfig,
+    config_path: &std::path::Path,
+    name: &str,
+    device: &str,
+    what: impl std::fmt::Display,
+) -> ApiReply {
+    if !config.disks.iter().any(|d| d.id.as_deref() == Some(device)) {
+        return ApiReply::Error(
+            hyper::StatusCode::NOT_FOUND,
+            format!("no disk named {device}"),
+        );
+    }
+    use std::io::Write;
+    let noted = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config_path.with_file_name(name))
+        .and_then(|mut f| writeln!(f, "{device} {what}"));
+    match noted {
+        Ok(()) => ApiReply::NoContent,
+        Err(e) => ApiReply::Error(hyper::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

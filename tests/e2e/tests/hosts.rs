@@ -205,14 +205,15 @@ done
         killed < virga_guest_images::initramfs::PEER_RECORDS,
         "storaged was killed after the guest's last record ({killed})"
     );
-    // The kernel and initramfs the guests booted: held by the storage host,
-    // fetched there by both hosts (host2 at its peer_url).
+    // The kernel and initramfs the guests booted and the disk image a
+    // volume was made from: held by the storage host, fetched there by both
+    // hosts (host2 at its peer_url).
     let held = outcome
         .output
         .lines()
         .find_map(|l| l.strip_prefix("virga-images-held "))
         .and_then(|n| n.trim().parse::<usize>().ok());
-    assert_eq!(held, Some(2), "images on host1's storaged");
+    assert_eq!(held, Some(3), "images on host1's storaged");
 }
 
 fn drive(cli: &std::path::Path, dir: &std::path::Path, ctl_port: u16, alive: &dyn Fn() -> bool) {
@@ -541,4 +542,52 @@ fn drive(cli: &std::path::Path, dir: &std::path::Path, ctl_port: u16, alive: &dy
         std::thread::sleep(Duration::from_secs(1));
     }
     admin.ok(&["volume", "delete", "rvol"]);
+
+    // A server on host2 booting from a volume on host1's storaged (host1
+    // disabled: the scheduler would put it beside its volume): host2's
+    // hostd connects the volume over NBD and picks the kernel from the
+    // device's own /boot at each of the guest's boots (it reboots once).
+    let disk = dir.join("cloud.img");
+    virga_e2e::cloud_disk(&disk, true, "virga.mode=cloud");
+    admin.ok(&[
+        "image",
+        "create",
+        "--file",
+        &disk.display().to_string(),
+        "--disk-format",
+        "raw",
+        "--container-format",
+        "bare",
+        "cloud-disk",
+    ]);
+    admin.ok(&[
+        "volume",
+        "create",
+        "--image",
+        "cloud-disk",
+        "--size",
+        "1",
+        "rootv",
+    ]);
+    wait_named(&["volume"], "rootv", "available");
+    service("--disable", "host1");
+    let booting = Instant::now();
+    admin.ok(&[
+        "server", "create", "--volume", "rootv", "--flavor", "tiny", "--nic", "none", "--wait",
+        "vm-d",
+    ]);
+    service("--enable", "host1");
+    assert_eq!(host_of("vm-d"), "host2");
+    console(
+        &admin,
+        "vm-d",
+        "virga-cloud-boot 2 root=vda3 sectors=2097152",
+    );
+    println!(
+        "a server on host2 booted (twice) from a volume on host1 over NBD in {:?}",
+        booting.elapsed()
+    );
+    admin.ok(&["server", "delete", "--wait", "vm-d"]);
+    wait_named(&["volume"], "rootv", "available");
+    admin.ok(&["volume", "delete", "rootv"]);
 }
