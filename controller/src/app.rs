@@ -28,6 +28,7 @@ pub struct App {
     pub volumes: VolumeService,
     pub keypairs: Keypairs,
     pub server_groups: ServerGroups,
+    pub aggregates: crate::compute::aggregates::Aggregates,
     pub nic_requests: NicRequests,
     pub console_tokens: ConsoleTokens,
     pub quotas: Quotas,

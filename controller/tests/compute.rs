@@ -6,6 +6,7 @@
 mod common;
 
 use common::{admin_token, call, start, start_with, Controller, Postgres};
+use serde_json::{json, Value};
 
 #[test]
 fn discovery_and_microversions() {
@@ -624,6 +625,221 @@ fn exercise_hosts(c: &Controller) {
         let r = put(path, body);
         assert_eq!(r.status, status, "{path} {body}: {}", r.body);
     }
+    exercise_aggregates(c, &admin);
+}
+
+/// Host aggregates over HTTP, as tempest's and the CLI's requests make
+/// them: Nova's shapes, integer ids, errors; a zone given to the
+/// aggregate's hosts.
+fn exercise_aggregates(c: &Controller, admin: &str) {
+    let at = |method: &str, path: &str, version: &str, body: &str| {
+        call(
+            c,
+            method,
+            &format!("/compute/v2.1/os-aggregates{path}"),
+            &[
+                ("X-Auth-Token", admin),
+                ("Content-Type", "application/json"),
+                ("OpenStack-API-Version", version),
+            ],
+            body,
+        )
+    };
+    let r = at(
+        "POST",
+        "",
+        "compute 2.1",
+        r#"{"aggregate": {"name": "agg1", "availability_zone": "az-east"}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let made = r.json()["aggregate"].clone();
+    let id = made["id"].as_i64().expect("an integer id");
+    assert_eq!(made["availability_zone"], "az-east");
+    assert_eq!(
+        (&made["deleted"], &made["deleted_at"]),
+        (&json!(false), &Value::Null)
+    );
+    assert!(
+        made.get("hosts").is_none() && made.get("uuid").is_none(),
+        "{made}"
+    );
+    let r = at(
+        "POST",
+        &format!("/{id}/action"),
+        "compute 2.41",
+        r#"{"add_host": {"host": "compute-1"}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let shown = r.json()["aggregate"].clone();
+    assert_eq!(shown["hosts"], json!(["compute-1"]));
+    assert_eq!(shown["metadata"], json!({"availability_zone": "az-east"}));
+    assert_eq!(shown["uuid"].as_str().map(str::len), Some(36), "{shown}");
+    // The host is in the aggregate's zone now.
+    let zones = call(
+        c,
+        "GET",
+        "/compute/v2.1/os-availability-zone/detail",
+        &[("X-Auth-Token", admin)],
+        "",
+    );
+    assert!(
+        zones.body.contains("az-east") && zones.body.contains("compute-1"),
+        "{}",
+        zones.body
+    );
+    let r = at(
+        "POST",
+        &format!("/{id}/action"),
+        "compute 2.1",
+        r#"{"set_metadata": {"metadata": {"ssd": "true", "gone": null}}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["aggregate"]["metadata"]["ssd"], "true");
+    let r = at(
+        "PUT",
+        &format!("/{id}"),
+        "compute 2.1",
+        r#"{"aggregate": {"name": "agg-one"}}"#,
+    );
+    assert_eq!(
+        (r.status, &r.json()["aggregate"]["name"]),
+        (200, &json!("agg-one"))
+    );
+    // Another aggregate may not put the host in a second zone.
+    let r = at(
+        "POST",
+        "",
+        "compute 2.1",
+        r#"{"aggregate": {"name": "agg2", "availability_zone": "az-west"}}"#,
+    );
+    let other = r.json()["aggregate"]["id"].as_i64().unwrap();
+    assert_eq!(other, id + 1);
+    let add = r#"{"add_host": {"host": "compute-1"}}"#;
+    let r = at("POST", &format!("/{other}/action"), "compute 2.1", add);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("az-east"), "{}", r.body);
+    let long = "x".repeat(256);
+    for (method, path, body, status, why) in [
+        (
+            "POST",
+            "".to_owned(),
+            r#"{"aggregate": {"name": "agg-one"}}"#.to_owned(),
+            409,
+            "already exists",
+        ),
+        (
+            "POST",
+            "".to_owned(),
+            r#"{"aggregate": {"name": ""}}"#.to_owned(),
+            400,
+            "name",
+        ),
+        (
+            "POST",
+            "".to_owned(),
+            format!(r#"{{"aggregate": {{"name": "{long}"}}}}"#),
+            400,
+            "name",
+        ),
+        (
+            "POST",
+            "".to_owned(),
+            r#"{"aggregate": {"zone": "z"}}"#.to_owned(),
+            400,
+            "name",
+        ),
+        (
+            "GET",
+            "/999".to_owned(),
+            String::new(),
+            404,
+            "Aggregate 999 could not be found",
+        ),
+        (
+            "GET",
+            "/abc".to_owned(),
+            String::new(),
+            404,
+            "could not be found",
+        ),
+        (
+            "DELETE",
+            "/999".to_owned(),
+            String::new(),
+            404,
+            "could not be found",
+        ),
+        ("DELETE", format!("/{id}"), String::new(), 400, "not empty"),
+        (
+            "POST",
+            format!("/{id}/action"),
+            add.to_owned(),
+            409,
+            "already has host compute-1",
+        ),
+        (
+            "POST",
+            format!("/{id}/action"),
+            r#"{"add_host": {"host": "nowhere"}}"#.to_owned(),
+            404,
+            "Compute host nowhere",
+        ),
+        (
+            "POST",
+            format!("/{other}/action"),
+            r#"{"remove_host": {"host": "compute-1"}}"#.to_owned(),
+            404,
+            "has no host compute-1",
+        ),
+        (
+            "POST",
+            format!("/{id}/action"),
+            r#"{"explode": {}}"#.to_owned(),
+            400,
+            "add_host",
+        ),
+        (
+            "PUT",
+            format!("/{other}"),
+            r#"{"aggregate": {}}"#.to_owned(),
+            400,
+            "enough properties",
+        ),
+    ] {
+        let r = at(method, &path, "compute 2.1", &body);
+        assert_eq!(r.status, status, "{method} {path} {body}: {}", r.body);
+        assert!(r.body.contains(why), "{method} {path}: {}", r.body);
+    }
+    let listed = at("GET", "", "compute 2.1", "").json();
+    assert_eq!(
+        listed["aggregates"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    // Emptied, then deleted; the host is back in the zone it reports.
+    let r = at(
+        "POST",
+        &format!("/{id}/action"),
+        "compute 2.1",
+        r#"{"remove_host": {"host": "compute-1"}}"#,
+    );
+    assert_eq!(r.json()["aggregate"]["hosts"], json!([]), "{}", r.body);
+    for a in [id, other] {
+        let r = at("DELETE", &format!("/{a}"), "compute 2.1", "");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(
+        at("GET", "", "compute 2.1", "").json(),
+        json!({"aggregates": []})
+    );
+    let zones = call(
+        c,
+        "GET",
+        "/compute/v2.1/os-availability-zone/detail",
+        &[("X-Auth-Token", admin)],
+        "",
+    );
+    assert!(!zones.body.contains("az-east"), "{}", zones.body);
 }
 
 #[test]

@@ -824,6 +824,72 @@ fn openstack_compute_services_and_hypervisors() {
     let status = ok(&["compute", "service", "list", "-f", "value", "-c", "Status"]);
     assert_eq!(status.trim(), "enabled");
 
+    // Host aggregates: one puts the host in its availability zone.
+    let agg: serde_json::Value = serde_json::from_str(&ok(&[
+        "aggregate",
+        "create",
+        "--zone",
+        "az-east",
+        "--property",
+        "ssd=true",
+        "agg1",
+        "-f",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(agg["availability_zone"], "az-east", "{agg}");
+    ok(&["aggregate", "add", "host", "agg1", "compute-1"]);
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&["aggregate", "show", "agg1", "-f", "json"])).unwrap();
+    assert_eq!(shown["hosts"], serde_json::json!(["compute-1"]), "{shown}");
+    assert!(shown["properties"].to_string().contains("ssd"), "{shown}");
+    let zones = ok(&["availability", "zone", "list", "--compute", "-f", "value"]);
+    assert!(zones.contains("az-east"), "{zones}");
+    let hosts = ok(&["availability", "zone", "list", "--long", "-f", "value"]);
+    assert!(
+        hosts.contains("az-east compute-1") || hosts.contains("compute-1"),
+        "{hosts}"
+    );
+    ok(&[
+        "aggregate",
+        "set",
+        "--name",
+        "agg-east",
+        "--property",
+        "gpu=none",
+        "agg1",
+    ]);
+    ok(&["aggregate", "unset", "--property", "gpu", "agg-east"]);
+    let listed = ok(&["aggregate", "list", "--long", "-f", "value"]);
+    assert!(
+        listed.contains("agg-east") && !listed.contains("gpu"),
+        "{listed}"
+    );
+    ok(&["aggregate", "create", "--zone", "az-west", "agg2"]);
+    for (args, why) in [
+        (&["aggregate", "create", "agg2"][..], "409"),
+        (
+            &["aggregate", "add", "host", "agg2", "compute-1"][..],
+            "az-east",
+        ),
+        (
+            &["aggregate", "add", "host", "agg2", "nowhere"][..],
+            "nowhere",
+        ),
+        (
+            &["aggregate", "remove", "host", "agg2", "compute-1"][..],
+            "404",
+        ),
+        (&["aggregate", "delete", "agg-east"][..], "not empty"),
+    ] {
+        let (done, _, err) = run(&cli, &clouds, args);
+        assert!(!done, "{args:?} succeeded");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+    ok(&["aggregate", "remove", "host", "agg-east", "compute-1"]);
+    ok(&["aggregate", "delete", "agg-east", "agg2"]);
+    assert_eq!(ok(&["aggregate", "list", "-f", "value"]).trim(), "");
+
     // Members cannot see or change hosts.
     ok(&[
         "user",
@@ -847,6 +913,10 @@ fn openstack_compute_services_and_hypervisors() {
     let (listed, _, err) = run(&cli, &carol, &["compute", "service", "list"]);
     assert!(!listed && err.contains("403"), "{err}");
     let (listed, _, err) = run(&cli, &carol, &["hypervisor", "list"]);
+    assert!(!listed && err.contains("403"), "{err}");
+    let (made, _, err) = run(&cli, &carol, &["aggregate", "create", "agg3"]);
+    assert!(!made && err.contains("403"), "{err}");
+    let (listed, _, err) = run(&cli, &carol, &["aggregate", "list"]);
     assert!(!listed && err.contains("403"), "{err}");
 }
 

@@ -150,7 +150,8 @@ pub async fn route(app: &App, mut req: Request<Incoming>, rest: &[&str]) -> Resp
         (_, ["flavors"] | ["flavors", _]) => {
             nova_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.")
         }
-        (_, ["os-services" | "os-hypervisors" | "os-aggregates", ..]) => {
+        (_, ["os-aggregates", ..]) => super::aggregates::route(app, &auth, req, rest).await,
+        (_, ["os-services" | "os-hypervisors", ..]) => {
             match super::hypervisors::route(app, &auth, req, rest).await {
                 Some(r) => r,
                 None => nova_error(StatusCode::NOT_FOUND, "The resource could not be found."),

@@ -1,7 +1,7 @@
 //! The operator's view of the hosts hostd registered, as Nova shows compute
 //! hosts at 2.1: `os-services` (list; enable and disable a host for new
 //! servers, with a reason) and `os-hypervisors` (list, detail, show,
-//! statistics); `os-aggregates` lists none. Admin only, as in Nova; `openstack compute service list/set`
+//! statistics). Admin only, as in Nova; `openstack compute service list/set`
 //! and `openstack hypervisor list/show` work against them.
 
 use hyper::body::Incoming;
@@ -24,10 +24,7 @@ pub async fn route(
     req: Request<Incoming>,
     rest: &[&str],
 ) -> Option<Response<Body>> {
-    if !matches!(
-        rest.first(),
-        Some(&("os-services" | "os-hypervisors" | "os-aggregates"))
-    ) {
+    if !matches!(rest.first(), Some(&("os-services" | "os-hypervisors"))) {
         return None;
     }
     if !auth.is_admin() {
@@ -74,8 +71,6 @@ pub async fn route(
             StatusCode::OK,
             &json!({ "hypervisor_statistics": statistics(&hosts) }),
         ),
-        // Host aggregates are not modelled; clients read them to annotate hosts.
-        (Method::GET, ["os-aggregates"]) => json(StatusCode::OK, &json!({ "aggregates": [] })),
         (Method::GET, ["os-hypervisors", id, "uptime"]) => {
             match hosts.iter().find(|h| h.num.to_string() == *id) {
                 // Nova's answer for drivers that do not report it: a hostd

@@ -2,6 +2,7 @@
 //! (`/identity`, `/compute/v2.1`, `/image`, `/network`, `/volume`; `/serial-console` for console
 //! websockets), each response tagged with an `X-OpenStack-Request-ID`.
 
+pub mod aggregates;
 pub mod cinder_attachments;
 pub mod compute;
 pub mod compute_discovery;

@@ -93,12 +93,18 @@ impl Hosts {
             == 1)
     }
 
+    /// Every registered host; its zone is its aggregate's, if one gives it
+    /// a zone, else the one it reports.
     pub async fn list(&self) -> Result<Vec<Host>, StoreError> {
         let rows = self
             .store
             .fetch_all(
                 "SELECT id, url, cpus, memory_mib, memory_usable_mib, disk_free_mib, vcpus_used, \
-                 memory_used_mib, instances, kvm_mode, version, enabled, last_seen, availability_zone, \
+                 memory_used_mib, instances, kvm_mode, version, enabled, last_seen, \
+                 COALESCE((SELECT m.meta_value FROM aggregate_hosts ah JOIN aggregate_metadata m \
+                   ON m.aggregate_id = ah.aggregate_id AND m.meta_key = 'availability_zone' \
+                   WHERE ah.host = hosts.id ORDER BY ah.aggregate_id LIMIT 1), availability_zone) \
+                   AS availability_zone, \
                  claimed_vcpus, claimed_ram_mib, num, disabled_reason, disk_total_mib, booted_at, \
                  load_average FROM hosts ORDER BY num, id",
                 &[],

@@ -2,6 +2,7 @@
 //! the scheduler that places servers on them.
 
 pub mod actions;
+pub mod aggregates;
 pub mod console_tokens;
 pub mod flavors;
 pub mod hosts;
