@@ -923,3 +923,54 @@ fn limits_and_quotas() {
     assert_eq!(q["quota_set"]["cores"], 20, "{q}");
     assert_eq!(call(&c, "DELETE", &path, &[t], "").status, 202, "again");
 }
+
+/// A server asked for an aggregate's zone goes to that aggregate's host; a
+/// zone no host is in finds none.
+#[test]
+fn servers_go_to_the_zone_an_aggregate_gives_its_hosts() {
+    let cloud = common::cloud::Cloud::start(common::hostd::Delays::NONE);
+    let (c, admin) = (&cloud.c, cloud.admin.as_str());
+    let t = [("X-Auth-Token", admin)];
+    let r = call(
+        c,
+        "POST",
+        "/compute/v2.1/os-aggregates",
+        &t,
+        r#"{"aggregate": {"name": "rack1", "availability_zone": "az-east"}}"#,
+    );
+    let id = r.json()["aggregate"]["id"].as_i64().unwrap();
+    let add = format!(
+        r#"{{"add_host": {{"host": "{}"}}}}"#,
+        common::hostd::HOST_ID
+    );
+    let r = call(
+        c,
+        "POST",
+        &format!("/compute/v2.1/os-aggregates/{id}/action"),
+        &t,
+        &add,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (flavor, image) = common::hostd::bootable(c, admin, 1, 128);
+    let create = |zone: &str| {
+        let r = call(
+            c,
+            "POST",
+            "/compute/v2.1/servers",
+            &t,
+            &format!(
+                r#"{{"server": {{"name": "vm", "imageRef": "{image}", "flavorRef": "{flavor}", "availability_zone": "{zone}"}}}}"#
+            ),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        r.json()["server"]["id"].as_str().unwrap().to_owned()
+    };
+    let placed = cloud.wait(&create("az-east"), "ACTIVE");
+    assert_eq!(placed["OS-EXT-AZ:availability_zone"], "az-east", "{placed}");
+    // A zone no host is in.
+    let lost = cloud.wait(&create("az-west"), "ERROR");
+    assert!(
+        lost["fault"].to_string().contains("No valid host"),
+        "{lost}"
+    );
+}
