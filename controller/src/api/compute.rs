@@ -132,6 +132,12 @@ pub async fn route(app: &App, mut req: Request<Incoming>, rest: &[&str]) -> Resp
         (Method::GET, ["os-simple-tenant-usage"]) => {
             super::simple_tenant_usage::get(app, &auth, &req, None).await
         }
+        (Method::GET, ["os-instance_usage_audit_log"]) => {
+            super::usage_audit_log::get(app, &auth, None).await
+        }
+        (Method::GET, ["os-instance_usage_audit_log", before]) => {
+            super::usage_audit_log::get(app, &auth, Some(before)).await
+        }
         (Method::GET, ["os-simple-tenant-usage", project]) => {
             super::simple_tenant_usage::get(app, &auth, &req, Some(project)).await
         }

@@ -105,6 +105,12 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
         "Allow Admins to view server diagnostics through server action.",
     ),
     ("os-services", "Services", "Services support."),
+    ("os-aggregates", "Aggregates", "Admin-only aggregate administration."),
+    (
+        "os-instance-usage-audit-log",
+        "OSInstanceUsageAuditLog",
+        "Admin-only Task Log Monitoring.",
+    ),
     (
         "os-simple-tenant-usage",
         "SimpleTenantUsage",

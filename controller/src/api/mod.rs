@@ -29,6 +29,7 @@ pub mod server_metadata;
 pub mod server_tags;
 pub mod servers;
 pub mod simple_tenant_usage;
+pub mod usage_audit_log;
 pub mod volume;
 pub mod volume_attachments;
 
