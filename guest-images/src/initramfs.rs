@@ -245,14 +245,17 @@ case " $($bb cat /proc/cmdline) " in
 /bin/busybox ip addr add $ip/$mask dev $interface
 EOF
     $bb chmod +x /tmp/dhcp.sh
+    # Served before the address is taken: a peer that can ping this guest
+    # finds its server up.
+    $bb dd if=/dev/urandom of=/www/blob bs=64k count=64 2>/dev/null
+    $bb httpd -p 8080 -h /www
     $bb ip link set lo up
     $bb ip link set eth0 up
     $bb udhcpc -i eth0 -q -n -t 30 -T 2 -s /tmp/dhcp.sh > /dev/null 2>&1 || echo virga-peers-no-address
     me=$($bb ip -4 -o addr show dev eth0 | $bb awk '{{print $4}}' | $bb cut -d/ -f1)
     echo "virga-peers-address ${{me:-none}}"
-    $bb dd if=/dev/urandom of=/www/blob bs=64k count=64 2>/dev/null
     echo "virga-peers-serving $($bb md5sum < /www/blob | $bb cut -d' ' -f1)"
-    $bb httpd -p 8080 -h /www
+    reached=
     seen=
     i=0
     while [ $i -lt 40 ]; do
@@ -261,9 +264,15 @@ EOF
             [ "$ip" = "$me" ] && continue
             case " $seen " in *" $ip "*) continue ;; esac
             if $bb ping -c 1 -W 1 $ip > /dev/null 2>&1; then
-                echo "virga-peers-reached $ip"
-                echo "virga-peers-fetched $ip $($bb wget -q -O - http://$ip:8080/blob | $bb md5sum | $bb cut -d' ' -f1)"
-                seen="$seen $ip"
+                case " $reached " in
+                *" $ip "*) ;;
+                *) echo "virga-peers-reached $ip"; reached="$reached $ip" ;;
+                esac
+                # A blob not fetched whole is fetched again next round.
+                if $bb wget -q -O /tmp/fetched http://$ip:8080/blob 2>/dev/null; then
+                    echo "virga-peers-fetched $ip $($bb md5sum < /tmp/fetched | $bb cut -d' ' -f1)"
+                    seen="$seen $ip"
+                fi
             fi
         done
         i=$((i + 1))
