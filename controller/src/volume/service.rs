@@ -683,17 +683,6 @@ impl VolumeService {
         if !from.contains(&v.status.as_str()) {
             return Err(wrong_status(&v.status));
         }
-        if let Some(host) = v
-            .attachment
-            .as_ref()
-            .and_then(|a| a.host.as_deref())
-            .filter(|h| v.status == "in-use" && v.storage_host.as_deref() != Some(*h))
-        {
-            return Err(VolumeError::bad_request(format!(
-                "Invalid volume: volume {id} is attached over the network to host {host}; \
-                 detach it to extend it."
-            )));
-        }
         if new_size <= v.size_gib || new_size > MAX_SIZE_GIB {
             return Err(VolumeError::bad_request(format!(
                 "Invalid input received: New size for extend must be greater than current size. (current: {}, extended: {new_size}).",
