@@ -610,6 +610,76 @@ fn what_a_killed_storaged_left_undone_is_finished_once_it_is_back() {
     assert_eq!(file_size(&s.volume_file(&first)), None);
 }
 
+/// A volume on a storage host that runs no servers, attached to a server
+/// elsewhere (over NBD): extended in use, the storage host grows it first
+/// (it serves the new size), then the server's host is told; a forced
+/// snapshot of it moves nothing on the server's host (storaged moves its
+/// own export).
+#[test]
+fn volumes_attached_over_nbd_grow_and_are_snapshotted_in_use() {
+    let cloud = common::cloud::Cloud::start(common::hostd::Delays::NONE);
+    let (c, admin) = (&cloud.c, cloud.admin.as_str());
+    let s = Storaged::start(c, "storage-only");
+    wait_registered(c, admin);
+    let (server, _) = cloud.active_server();
+    let r = create(c, admin, json!({"size": 1, "name": "data"}));
+    let vol = r.json()["volume"]["id"].as_str().unwrap().to_owned();
+    wait_status(c, admin, &vol, "available");
+    let r = call(
+        c,
+        "POST",
+        &format!("/compute/v2.1/servers/{server}/os-volume_attachments"),
+        &[
+            ("X-Auth-Token", admin),
+            ("Content-Type", "application/json"),
+        ],
+        &json!({"volumeAttachment": {"volumeId": vol}}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_status(c, admin, &vol, "in-use");
+    let calls = cloud.hostd.disk_calls();
+    assert!(calls[0].2.get("nbd").is_some(), "over NBD: {calls:?}");
+    let r = v3_at(
+        c,
+        "volume 3.42",
+        "POST",
+        &format!("/volumes/{vol}/action"),
+        admin,
+        json!({"os-extend": {"new_size": 2}}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while wait_status(c, admin, &vol, "in-use")["size"] != 2 {
+        assert!(Instant::now() < deadline, "never grown");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        file_size(&s.volume_file(&vol)),
+        Some(2 << 30),
+        "grown on its storage host"
+    );
+    let dev = vol.replace('-', "");
+    let calls = cloud.hostd.disk_calls();
+    assert!(
+        calls
+            .iter()
+            .any(|(m, _, w)| m == "PUT" && w["dev"] == dev.as_str() && w["bytes"] == 2u64 << 30),
+        "{calls:?}"
+    );
+    let r = snapshot(c, admin, json!({"volume_id": vol, "force": true}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let snap = r.json()["snapshot"]["id"].as_str().unwrap().to_owned();
+    wait_snapshot(c, admin, &snap, "available");
+    assert!(
+        !cloud
+            .hostd
+            .disk_calls()
+            .iter()
+            .any(|(_, _, w)| w.get("files").is_some()),
+        "nothing moved on the server's host"
+    );
+}
+
 #[test]
 fn volumes_attach_to_and_detach_from_a_server_on_the_storage_host() {
     let cloud = common::cloud::Cloud::start(common::hostd::Delays::NONE);

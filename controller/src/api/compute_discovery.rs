@@ -105,7 +105,11 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
         "Allow Admins to view server diagnostics through server action.",
     ),
     ("os-services", "Services", "Services support."),
-    ("os-aggregates", "Aggregates", "Admin-only aggregate administration."),
+    (
+        "os-aggregates",
+        "Aggregates",
+        "Admin-only aggregate administration.",
+    ),
     (
         "os-instance-usage-audit-log",
         "OSInstanceUsageAuditLog",
