@@ -856,7 +856,7 @@ fn exercise_aggregates(c: &Controller, admin: &str) {
     assert_eq!(r.json()["aggregate"]["hosts"], json!([]), "{}", r.body);
     for a in [id, other] {
         let r = at("DELETE", &format!("/{a}"), "compute 2.1", "");
-        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!((r.status, r.body.as_str()), (200, ""), "no body, as Nova");
     }
     assert_eq!(
         at("GET", "", "compute 2.1", "").json(),

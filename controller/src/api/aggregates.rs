@@ -12,7 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value as Json};
 
 use super::compute::{nova_error, store_error, version_of};
-use super::http::{iso_micros, json, read_json, Body};
+use super::http::{empty, iso_micros, json, read_json, Body};
 use super::App;
 use crate::compute::aggregates::{Aggregate, AggregateError, AZ_KEY};
 use crate::identity::{now, Auth};
@@ -118,7 +118,8 @@ pub async fn route(
         }
         (Method::DELETE, ["os-aggregates", n]) => match id(n) {
             Some(n) => match aggs.delete(n).await {
-                Ok(()) => return json(StatusCode::OK, &json!({})),
+                // Nova answers 200 with no body at all.
+                Ok(()) => return empty(StatusCode::OK),
                 Err(e) => Err(e),
             },
             None => return not_found(n),
