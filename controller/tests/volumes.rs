@@ -1281,13 +1281,71 @@ fn servers_boot_from_volumes_which_outlive_them_unless_told_otherwise() {
         None,
     );
     assert_eq!(r.status, 400, "{}", r.body);
-    // Nor rebuilt (that reimages a volume in Nova: not here).
+    // Rebuilt only with the image its volume was made from (Nova below
+    // 2.93): the same volume boots again, under the server's new name.
+    let other = self::image(c, admin, "raw", json!({}), b"another disk image");
+    let rebuild = |image: &str| {
+        nova(
+            "POST",
+            &format!("/servers/{id}/action"),
+            json!({"rebuild": {"imageRef": image, "name": "bfv-rebuilt"}}),
+        )
+    };
+    let r = rebuild(&other);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("different image for a volume-backed server"),
+        "{}",
+        r.body
+    );
+    let creates = cloud.hostd.create_bodies().len();
+    let r = rebuild(&image);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let shown = cloud.wait(&id, "ACTIVE");
+    assert_eq!(
+        (&shown["name"], &shown["image"]),
+        (&json!("bfv-rebuilt"), &json!("")),
+        "{shown}"
+    );
+    let specs = cloud.hostd.create_bodies();
+    assert_eq!(specs.len(), creates + 1, "made again on its host");
+    let again = specs.last().unwrap();
+    assert_eq!(again["id"], id.as_str());
+    assert_eq!(
+        again["root_volume"]["path"],
+        s.volume_file(&root).display().to_string().as_str(),
+        "{again}"
+    );
+    assert_eq!(
+        wait_status(c, admin, &root, "in-use")["attachments"][0]["server_id"],
+        id.as_str()
+    );
+    // Resized: vCPUs and RAM change, the volume stays its root disk.
+    let bigger = nova(
+        "POST",
+        "/flavors",
+        json!({"flavor": {"name": "bfv-bigger", "ram": 256, "vcpus": 2, "disk": 0}}),
+    )
+    .json()["flavor"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let r = nova(
         "POST",
         &format!("/servers/{id}/action"),
-        json!({"rebuild": {"imageRef": image}}),
+        json!({"resize": {"flavorRef": bigger}}),
     );
-    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.status, 202, "{}", r.body);
+    cloud.wait(&id, "VERIFY_RESIZE");
+    let r = nova(
+        "POST",
+        &format!("/servers/{id}/action"),
+        json!({"confirmResize": null}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let shown = cloud.wait(&id, "ACTIVE");
+    assert_eq!(shown["flavor"]["id"], bigger.as_str(), "{shown}");
+    assert_eq!(wait_status(c, admin, &root, "in-use")["status"], "in-use");
     // Deleted: the volume stays, free again.
     assert_eq!(
         nova("DELETE", &format!("/servers/{id}"), Value::Null).status,

@@ -458,7 +458,7 @@ async fn nics(app: &App, ports: &[crate::network::model::Port]) -> Vec<PortNic> 
 /// The volume server `id` boots from, attached to it on `host_id` (waiting
 /// while it is being made, as from an image) and as the storage host
 /// exports it there.
-async fn root_volume(
+pub(super) async fn root_volume(
     app: &App,
     id: &str,
     host_id: &str,

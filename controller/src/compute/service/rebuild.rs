@@ -9,7 +9,7 @@
 
 use hostd_proto::instance::{Action as HostdAction, State};
 
-use super::build::{follow_until, instance_spec, Failure};
+use super::build::{follow_until, instance_spec, root_volume, Failure};
 use super::{begin_host_task, not_found, record_action, visible, ComputeError};
 use crate::app::App;
 use crate::compute::servers::Server;
@@ -31,11 +31,7 @@ pub async fn rebuild(
 ) -> Result<Server, ComputeError> {
     let server = visible(app, ctx, id).await?;
     if server.image_id.is_empty() {
-        // Nova rebuilds a volume-backed server by reimaging its volume
-        // (Cinder 3.68), which is not here.
-        return Err(ComputeError::BadRequest(
-            "Rebuilding a volume-backed server is not supported.".into(),
-        ));
+        same_image_as_root_volume(app, &server, &req.image_ref).await?;
     }
     let image = match app.images.get(&req.image_ref).await? {
         Some(i) if i.visible_to(&server.project_id, ctx.is_admin()) && i.status == "active" => i,
@@ -60,8 +56,14 @@ pub async fn rebuild(
         &["active", "stopped", "error"],
     )
     .await?;
+    // A volume-backed server keeps no image of its own (Nova shows "").
+    let image_id = if server.image_id.is_empty() {
+        ""
+    } else {
+        image.id.as_str()
+    };
     app.servers
-        .set_image(id, &image.id, req.name.as_deref())
+        .set_image(id, image_id, req.name.as_deref())
         .await?;
     record_action(app, ctx, &server, "rebuild").await;
     let stopped = server.vm_state == "stopped";
@@ -77,6 +79,32 @@ pub async fn rebuild(
         }
     });
     app.servers.get(id).await?.ok_or_else(|| not_found(id))
+}
+
+/// Below microversion 2.93 Nova rebuilds a volume-backed server only with
+/// the image its root volume was made from, leaving the volume as it is:
+/// the guest starts again from it with its new name and metadata.
+/// Reimaging the volume (2.93, Cinder's `os-reimage`) is not served.
+async fn same_image_as_root_volume(
+    app: &App,
+    server: &Server,
+    image_ref: &str,
+) -> Result<(), ComputeError> {
+    let root = app
+        .volumes
+        .store
+        .root_of(&server.id)
+        .await?;
+    let made_from = root
+        .as_ref()
+        .and_then(|v| v.image_metadata.as_ref())
+        .and_then(|m| m.get("image_id"));
+    if made_from.map(String::as_str) == Some(image_ref) {
+        return Ok(());
+    }
+    Err(ComputeError::BadRequest(format!(
+        "Image {image_ref} is unacceptable: Unable to rebuild with a different image for a volume-backed server."
+    )))
 }
 
 /// The host's part; returns why it failed, if it did.
@@ -118,7 +146,13 @@ async fn replace_instance(
         Err(e) => return Err(Failure::Fatal(e.to_string())),
     };
     let host_id = server.host_id.clone().unwrap_or_default();
-    let spec = instance_spec(app, &server).await.map_err(Failure::Fatal)?;
+    let mut spec = instance_spec(app, &server).await.map_err(Failure::Fatal)?;
+    if server.image_id.is_empty() {
+        // The same root volume, attached to it there already.
+        let (root, nbd) = root_volume(app, id, &host_id).await?;
+        spec.root_volume = Some(root);
+        spec.root_volume_nbd = nbd;
+    }
     // A clean power-off first (the guest's filesystems are about to go, but
     // its shutdown may matter to it); one that does not stop is removed hard.
     if !stopped {

@@ -6,7 +6,8 @@
 //! starts again (task `resize_prep`, `resize_migrating`, `resize_finish`).
 //! The server then waits in VERIFY_RESIZE: a confirm drops the old disk, a
 //! revert (`resize_reverting`) brings it and the old flavor back. A resize
-//! that fails on the host is undone the same way.
+//! that fails on the host is undone the same way. A volume-backed server
+//! resizes the same way with its root volume left as it is.
 
 use hostd_proto::instance::{Action as HostdAction, Size};
 
@@ -89,13 +90,11 @@ pub async fn resize(
             "When resizing, instances must change flavor!".into(),
         ));
     }
-    if server.image_id.is_empty() {
-        // Its volume is on its storage host; no other host can take it.
-        return Err(ComputeError::BadRequest(
-            "Resizing a volume-backed server is not supported yet.".into(),
-        ));
-    }
-    if flavor.disk_gib < server.disk_gib {
+    // A volume-backed server's root disk is its volume (grown through
+    // Cinder, not by a flavor): only its vCPUs and RAM change, on the same
+    // host, as Nova resizes one.
+    let volume_backed = server.image_id.is_empty();
+    if !volume_backed && flavor.disk_gib < server.disk_gib {
         return Err(ComputeError::BadRequest(
             "Resize error: Unable to resize disk down.".into(),
         ));
