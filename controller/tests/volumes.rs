@@ -1294,7 +1294,8 @@ fn servers_boot_from_volumes_which_outlive_them_unless_told_otherwise() {
     let r = rebuild(&other);
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(
-        r.body.contains("different image for a volume-backed server"),
+        r.body
+            .contains("different image for a volume-backed server"),
         "{}",
         r.body
     );

@@ -431,7 +431,14 @@ where
         }
         let (served, tx, pool) = (served.clone(), tx.clone(), pool.clone());
         tokio::task::spawn_blocking(move || {
-            let reply = serve(&served.disk(), request, &pool);
+            let reply = if request.kind == CMD_TRIM {
+                // A discard frees an overlay's clusters for later writes:
+                // it runs alone (no inline read touches an overlay).
+                let disk = served.disk.write().unwrap_or_else(|e| e.into_inner());
+                trim(&disk, &request)
+            } else {
+                serve(&served.disk(), request, &pool)
+            };
             let _ = tx.blocking_send(reply);
             drop((slot, room));
         });
@@ -592,11 +599,10 @@ fn serve(disk: &Disk, r: Request, pool: &BufferPool) -> Reply {
             written
         }
         CMD_FLUSH => disk.flush(),
-        CMD_TRIM | CMD_WRITE_ZEROES if !in_range => return reply(EINVAL, Vec::new()),
-        // Discard is advisory: where holes cannot be punched, nothing.
-        CMD_TRIM if !disk.fallocate => Ok(()),
-        CMD_TRIM => disk.fallocate(r.offset, u64::from(r.length), false),
-        CMD_WRITE_ZEROES if disk.fallocate => disk.fallocate(r.offset, u64::from(r.length), true),
+        CMD_WRITE_ZEROES if !in_range => return reply(EINVAL, Vec::new()),
+        CMD_WRITE_ZEROES if disk.takes_discard() => {
+            disk.write_zeroes(r.offset, u64::from(r.length))
+        }
         CMD_WRITE_ZEROES if r.length > MAX_REQUEST => return reply(EINVAL, Vec::new()),
         CMD_WRITE_ZEROES => disk.write_at(&vec![0u8; r.length as usize], r.offset),
         _ => return reply(ENOTSUP, Vec::new()),
@@ -613,6 +619,45 @@ fn serve(disk: &Disk, r: Request, pool: &BufferPool) -> Reply {
         Err(e) => {
             tracing::warn!("nbd: command {} at {}: {e}", r.kind, r.offset);
             reply(errno(&e), Vec::new())
+        }
+    }
+}
+
+/// Serves a TRIM, given the disk alone (no other request running on it).
+fn trim(disk: &Disk, r: &Request) -> Reply {
+    let reply = |error: u32| Reply {
+        cookie: r.cookie,
+        error,
+        data: Vec::new(),
+    };
+    let len = u64::from(r.length);
+    if disk.read_only {
+        return reply(EPERM);
+    }
+    if r.offset
+        .checked_add(len)
+        .is_none_or(|e| e > disk.capacity())
+    {
+        return reply(EINVAL);
+    }
+    // Discard is advisory: where the disk cannot, nothing.
+    if !disk.takes_discard() {
+        return reply(0);
+    }
+    // SAFETY: the caller holds the disk's write lock, which every other
+    // request's serving holds for reading (inline reads skip overlays).
+    let done = unsafe { disk.discard(r.offset, len) }.and_then(|()| {
+        if r.flags & CMD_FLAG_FUA != 0 {
+            disk.flush()
+        } else {
+            Ok(())
+        }
+    });
+    match done {
+        Ok(()) => reply(0),
+        Err(e) => {
+            tracing::warn!("nbd: trim at {}: {e}", r.offset);
+            reply(errno(&e))
         }
     }
 }
@@ -799,6 +844,22 @@ mod tests {
             .unwrap();
         assert_eq!(request(&mut c, CMD_WRITE, 1 << 20, b"more", 4).await, 0);
         assert_eq!(read(&mut c, 1 << 20, 4).await, b"more");
+        // Trimmed and zeroed on the overlay: zeros where the layer's data
+        // and the overlay's were, the layer as it was.
+        assert_eq!(request(&mut c, CMD_TRIM, 0, b"", 64 << 10).await, 0);
+        assert_eq!(
+            request(&mut c, CMD_WRITE_ZEROES, 1 << 20, b"", 4096).await,
+            0
+        );
+        assert_eq!(read(&mut c, 4096, 6).await, [0u8; 6]);
+        assert_eq!(read(&mut c, 8192, 6).await, [0u8; 6]);
+        assert_eq!(read(&mut c, 1 << 20, 4).await, [0u8; 4]);
+        assert_eq!(&std::fs::read(&layer).unwrap()[4096..4102], b"before");
+        assert_eq!(
+            request(&mut c, CMD_TRIM, 2 << 20, b"", 4096).await,
+            EINVAL,
+            "past the end"
+        );
         // A volume nobody serves: nothing to move.
         open.reopen("v2", &files.lock().unwrap().clone()).unwrap();
     }

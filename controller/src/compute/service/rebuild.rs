@@ -90,11 +90,7 @@ async fn same_image_as_root_volume(
     server: &Server,
     image_ref: &str,
 ) -> Result<(), ComputeError> {
-    let root = app
-        .volumes
-        .store
-        .root_of(&server.id)
-        .await?;
+    let root = app.volumes.store.root_of(&server.id).await?;
     let made_from = root
         .as_ref()
         .and_then(|v| v.image_metadata.as_ref())

@@ -154,7 +154,6 @@ impl Disk {
             direct,
             capacity: AtomicU64::new(size),
             read_only,
-            // Discard on an overlay would have to free clusters: not yet.
             fallocate: regular && overlay.is_none(),
             overlay,
         })
@@ -437,8 +436,43 @@ impl Disk {
         Ok(())
     }
 
+    /// Whether the disk takes discard and write-zeroes: a writable raw
+    /// file (holes, zeroed ranges) or a writable overlay (freed clusters,
+    /// zero clusters).
+    pub fn takes_discard(&self) -> bool {
+        !self.read_only && (self.fallocate || self.overlay.is_some())
+    }
+
+    /// Makes `[offset, offset + len)` read as zeros; safe while other
+    /// requests run (an overlay keeps the range's clusters).
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        match &self.overlay {
+            _ if self.read_only => Err(std::io::Error::from_raw_os_error(libc::EPERM)),
+            Some(overlay) => overlay.write_zeroes(offset, len),
+            None if self.fallocate => self.fallocate(offset, len, true),
+            None => Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
+        }
+    }
+
+    /// Discards `[offset, offset + len)`, giving its space back where the
+    /// disk's own file holds it; it reads as zeros after.
+    ///
+    /// # Safety
+    /// For an overlay, no other request may run on the disk meanwhile, and
+    /// no place ([`Disk::place`]) got before may be used after: the freed
+    /// clusters go to later writes. (A raw file has no such rule.)
+    pub unsafe fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        match &self.overlay {
+            _ if self.read_only => Err(std::io::Error::from_raw_os_error(libc::EPERM)),
+            // SAFETY: the caller's promise, passed on.
+            Some(overlay) => unsafe { overlay.discard(offset, len) },
+            None if self.fallocate => self.fallocate(offset, len, false),
+            None => Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
+        }
+    }
+
     /// Punches a hole (discard) or zeroes a range, keeping the file's size.
-    pub fn fallocate(&self, offset: u64, len: u64, zero: bool) -> std::io::Result<()> {
+    fn fallocate(&self, offset: u64, len: u64, zero: bool) -> std::io::Result<()> {
         let mode = libc::FALLOC_FL_KEEP_SIZE
             | if zero {
                 libc::FALLOC_FL_ZERO_RANGE

@@ -159,7 +159,7 @@ impl VirtioDevice for Block {
         }
         if self.disk.read_only {
             f |= VIRTIO_BLK_F_RO;
-        } else if self.disk.fallocate {
+        } else if self.disk.takes_discard() {
             f |= VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES;
         }
         f
@@ -564,7 +564,7 @@ impl BlockWorker {
         }
     }
 
-    fn discard_or_zero(&self, req: &Request) -> u8 {
+    fn discard_or_zero(&mut self, req: &Request) -> u8 {
         // A malformed request is an error whether or not the disk could
         // serve a good one (read-only disks and overlays cannot).
         let Some(&(addr, len)) = req.data.first() else {
@@ -591,25 +591,34 @@ impl BlockWorker {
         {
             return VIRTIO_BLK_S_IOERR;
         }
-        if self.disk.read_only {
+        if !self.disk.takes_discard() {
             return VIRTIO_BLK_S_UNSUPP;
         }
-        if !self.disk.fallocate {
-            // A disk moved onto an overlay (a live snapshot) keeps the
-            // discard its driver negotiated: advice an overlay may ignore.
-            return if req.kind == RequestType::Discard && self.disk.is_overlay() {
-                VIRTIO_BLK_S_OK
-            } else {
-                VIRTIO_BLK_S_UNSUPP
-            };
-        }
-        match self
-            .disk
-            .fallocate(offset, bytes, req.kind == RequestType::WriteZeroes)
-        {
+        let done = if req.kind == RequestType::WriteZeroes {
+            self.disk.write_zeroes(offset, bytes)
+        } else {
+            // An overlay frees the range's clusters for later writes: the
+            // requests the kernel holds, placed before, finish first.
+            if self.disk.is_overlay() {
+                self.drain();
+            }
+            // SAFETY: nothing runs on the disk: drained just now, and this
+            // worker (the disk's only one) starts nothing until it returns;
+            // every later request is placed anew.
+            unsafe { self.disk.discard(offset, bytes) }
+        };
+        match done {
             Ok(()) => VIRTIO_BLK_S_OK,
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => VIRTIO_BLK_S_UNSUPP,
-            Err(_) => VIRTIO_BLK_S_IOERR,
+            Err(e)
+                if e.raw_os_error() == Some(libc::EOPNOTSUPP)
+                    || e.kind() == std::io::ErrorKind::Unsupported =>
+            {
+                VIRTIO_BLK_S_UNSUPP
+            }
+            Err(e) => {
+                crate::rate_limited_warn!("virtio-blk: discard or write-zeroes: {e}");
+                VIRTIO_BLK_S_IOERR
+            }
         }
     }
 
@@ -778,6 +787,8 @@ mod tests {
     const T_FLUSH: u32 = 4;
     const T_GET_ID: u32 = 8;
     const T_BOGUS: u32 = 99;
+    const T_DISCARD: u32 = 11;
+    const T_WRITE_ZEROES: u32 = 13;
     const DISK_BYTES: u64 = 1 << 20;
 
     /// One request: header, then data (host-to-device for writes), then status.
@@ -820,7 +831,12 @@ mod tests {
             mem.write_obj(r.sector, GuestAddress(hdr + 8)).unwrap();
             mem.write_obj(0xffu8, GuestAddress(hdr + 0x100)).unwrap();
             let first = descs.len() as u16;
-            let data_flags = if r.kind == T_OUT { NEXT } else { NEXT | WRITE };
+            // Written by the driver: a write's data, a discard's segment.
+            let data_flags = if matches!(r.kind, T_OUT | T_DISCARD | T_WRITE_ZEROES) {
+                NEXT
+            } else {
+                NEXT | WRITE
+            };
             descs.push(SplitDescriptor::new(hdr, 16, NEXT, first + 1));
             if r.data_len > 0 {
                 descs.push(SplitDescriptor::new(
@@ -970,13 +986,14 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
 
-        /// Any sequence of reads and writes through the worker reads what a
-        /// plain in-memory disk holding the base would: whichever path each
-        /// request takes (the overlay's file, the base, or imago).
+        /// Any sequence of reads, writes, discards and write-zeroes through
+        /// the worker reads what a plain in-memory disk holding the base
+        /// would (a discarded range as zeros): whichever path each request
+        /// takes (the overlay's file, the base, or imago).
         #[test]
         fn an_overlay_reads_like_a_plain_disk(
             uring: bool,
-            ops in proptest::collection::vec((proptest::bool::ANY, 0u64..2400, 1u32..=48, 0u8..255), 1..12),
+            ops in proptest::collection::vec((0u8..4, 0u64..2400, 1u32..=300, 0u8..255), 1..14),
         ) {
             let dir = tempfile::tempdir().unwrap();
             let base = dir.path().join("base.raw");
@@ -986,16 +1003,28 @@ mod tests {
             qcow2::create_overlay(&overlay, "base.raw", 4 << 20).unwrap();
             let mut model = base_bytes.clone();
             model.resize(4 << 20, 0);
-            for (write, sector, sectors, fill) in ops {
+            for (op, sector, sectors, fill) in ops {
+                // Reads and writes of at most 48 sectors; discards longer.
+                let sectors = if op < 2 { sectors % 48 + 1 } else { sectors };
                 let len = sectors as usize * 512;
                 let at = sector as usize * 512;
                 let disk = Disk::open(&overlay, Some(&base), &[], false, false).unwrap();
-                let kind = if write { T_OUT } else { T_IN };
-                let data = vec![fill; len];
-                let (results, mem) = serve_disk(disk, uring, &[Req { kind, sector, data_len: len as u32 }], &data);
-                proptest::prop_assert_eq!(results[0], (VIRTIO_BLK_S_OK, if write { 1 } else { len as u32 + 1 }));
+                let kind = [T_IN, T_OUT, T_DISCARD, T_WRITE_ZEROES][usize::from(op)];
+                let write = kind == T_OUT;
+                let (data, data_len) = if op < 2 {
+                    (vec![fill; len], len as u32)
+                } else {
+                    let mut segment = sector.to_le_bytes().to_vec();
+                    segment.extend_from_slice(&sectors.to_le_bytes());
+                    segment.extend_from_slice(&0u32.to_le_bytes());
+                    (segment, 16)
+                };
+                let (results, mem) = serve_disk(disk, uring, &[Req { kind, sector, data_len }], &data);
+                proptest::prop_assert_eq!(results[0], (VIRTIO_BLK_S_OK, if kind == T_IN { len as u32 + 1 } else { 1 }));
                 if write {
                     model[at..at + len].copy_from_slice(&data);
+                } else if kind != T_IN {
+                    model[at..at + len].fill(0);
                 } else {
                     let mut got = vec![0u8; len];
                     mem.read_slice(&mut got, GuestAddress(0x10_0000)).unwrap();

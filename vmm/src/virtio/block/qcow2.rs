@@ -105,6 +105,8 @@ pub fn grow_file(file: &File, size: u64) -> io::Result<()> {
 /// between them.
 pub struct Overlay {
     access: FormatAccess<imago::file::File>,
+    /// The overlay's own file, where a discard punches holes.
+    file: File,
     /// Read through the page cache even when the overlay is O_DIRECT: every
     /// overlay over the image shares it, and their reads share its pages.
     base: File,
@@ -157,6 +159,7 @@ impl Overlay {
         .open(DenyImplicitOpenGate::default())?;
         Ok(Overlay {
             access: FormatAccess::new(qcow2),
+            file: overlay.try_clone()?,
             base,
             base_len,
             over_base,
@@ -221,6 +224,54 @@ impl Overlay {
         Ok((data, len))
     }
 
+    /// Makes `[offset, offset + len)` read as zeros, keeping its clusters
+    /// (qcow2 zero clusters where whole, zeros written at the edges): every
+    /// place handed out before stays the range's, so requests may run.
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.access.write_zeroes(offset, len)
+    }
+
+    /// Discards `[offset, offset + len)`: it reads as zeros from now on,
+    /// the clusters the overlay held there are freed and their space goes
+    /// back to the filesystem (holes punched where it can). What the
+    /// layers under the overlay hold stays theirs: a snapshot keeps its
+    /// data.
+    ///
+    /// # Safety
+    /// No request may run on the overlay meanwhile, and no place
+    /// ([`Overlay::place`]) got before may be used after: freed clusters
+    /// go to later writes (imago's own rule for its discard).
+    pub unsafe fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        let end = offset.checked_add(len).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "discard range overflows")
+        })?;
+        let mut at = offset;
+        // Piece by piece, each punched as soon as it is freed: a later
+        // piece's discard may allocate a table, possibly in a cluster freed
+        // before, which must not be punched after.
+        while at < end {
+            let (mapping, n) = self.access.get_shallow_mapping(at, end - at)?;
+            if n == 0 {
+                break;
+            }
+            let own = match mapping {
+                ShallowMapping::Raw {
+                    offset,
+                    writable: true,
+                    ..
+                } => Some(offset),
+                _ => None,
+            };
+            // SAFETY: the caller holds every request and place off.
+            unsafe { self.access.discard_to_zero_unsafe(at, n)? };
+            if let Some(host) = own {
+                punch_hole(&self.file, host, n)?;
+            }
+            at += n;
+        }
+        Ok(())
+    }
+
     /// Grows the disk to `size` bytes (never shrinks it); the new part
     /// reads as zeros.
     pub fn grow(&self, size: u64) -> io::Result<()> {
@@ -236,6 +287,35 @@ impl Overlay {
     pub fn flush(&self) -> io::Result<()> {
         self.access.flush()?;
         self.access.sync()
+    }
+}
+
+/// Gives `[offset, offset + len)` of `file` back to its filesystem (it
+/// reads as zeros); nothing where the filesystem cannot.
+fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "range too large",
+        ));
+    };
+    // SAFETY: fallocate on a descriptor we own, with plain integers.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => match io::Error::last_os_error() {
+            // The cluster is free and reused by later writes all the same.
+            e if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+            e => Err(e),
+        },
     }
 }
 
@@ -398,6 +478,98 @@ mod tests {
         assert_eq!(std::fs::read(&base).unwrap(), vec![1u8; 1 << 20]);
         let too_many = (0..=MAX_LAYERS).map(|_| ro(&path("snap1"))).collect();
         assert!(Overlay::open_chain(&ro(&path("vol")), too_many, ro(&base), false).is_err());
+    }
+
+    /// Bytes the filesystem holds for `path` (its allocated blocks).
+    fn allocated(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn a_discard_frees_the_overlays_clusters_and_leaves_its_layers_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        std::fs::write(&base, vec![1u8; 4 << 20]).unwrap();
+        let (snap, vol) = (dir.path().join("snap"), dir.path().join("vol"));
+        let rw = |p: &Path| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p)
+                .unwrap()
+        };
+        // A snapshot layer holding 2s at [1 MiB, 2 MiB), the volume over it.
+        create_overlay(&snap, "base", 8 << 20).unwrap();
+        let layer = Overlay::open(&rw(&snap), &base, true).unwrap();
+        layer
+            .write_vectored(&[io::IoSlice::new(&vec![2u8; 1 << 20])], 1 << 20)
+            .unwrap();
+        drop(layer);
+        let snap_bytes = std::fs::read(&snap).unwrap();
+        create_layer(&vol, "snap", "qcow2", 8 << 20).unwrap();
+        let open_vol = || {
+            Overlay::open_chain(
+                &rw(&vol),
+                vec![File::open(&snap).unwrap()],
+                File::open(&base).unwrap(),
+                true,
+            )
+            .unwrap()
+        };
+        let disk = open_vol();
+        // The volume's own 3s over [3 MiB, 7 MiB): 4 MiB of its file.
+        disk.write_vectored(&[io::IoSlice::new(&vec![3u8; 4 << 20])], 3 << 20)
+            .unwrap();
+        disk.flush().unwrap();
+        let before = allocated(&vol);
+        assert!(before >= 4 << 20, "{before}");
+
+        // A discard over the snapshot's data, the base's and the volume's
+        // own, starting and ending mid-cluster.
+        let (from, len) = ((1 << 20) + 4096, (5 << 20) - 8192);
+        // SAFETY: nothing else uses the disk.
+        unsafe { disk.discard(from, len) }.unwrap();
+        disk.flush().unwrap();
+        let after = allocated(&vol);
+        // Its 3 MiB there, less a table for the zero clusters over the
+        // layers' data.
+        assert!(
+            after + (5 << 19) < before,
+            "the volume's clusters given back: {before} -> {after} bytes"
+        );
+        let check = |disk: &Overlay| {
+            assert!(read(disk, 4096, 1 << 20).iter().all(|b| *b == 2));
+            assert!(read(disk, len as usize, from).iter().all(|b| *b == 0));
+            let tail = read(disk, 8192, from + len - 4096);
+            assert!(tail[..4096].iter().all(|b| *b == 0));
+            assert!(tail[4096..].iter().all(|b| *b == 3));
+            assert!(read(disk, 4096, 0).iter().all(|b| *b == 1));
+        };
+        check(&disk);
+        // Later writes take the freed clusters and keep their data.
+        disk.write_vectored(&[io::IoSlice::new(&vec![5u8; 1 << 20])], 7 << 20)
+            .unwrap();
+        disk.write_vectored(&[io::IoSlice::new(&[6u8; 4096])], 2 << 20)
+            .unwrap();
+        drop(disk);
+        let disk = open_vol();
+        assert!(read(&disk, 1 << 20, 7 << 20).iter().all(|b| *b == 5));
+        assert!(read(&disk, 4096, 2 << 20).iter().all(|b| *b == 6));
+        // The rest of the discarded range still reads as zeros.
+        assert!(read(&disk, 4096, (2 << 20) + 4096).iter().all(|b| *b == 0));
+        assert!(read(&disk, 4096, 5 << 20).iter().all(|b| *b == 0));
+        // Write-zeroes over the base's data and the volume's: zeros, the
+        // clusters kept.
+        disk.write_zeroes(0, 64 << 10).unwrap();
+        disk.write_zeroes(7 << 20, 4096).unwrap();
+        assert!(read(&disk, 64 << 10, 0).iter().all(|b| *b == 0));
+        let edge = read(&disk, 8192, 7 << 20);
+        assert!(edge[..4096].iter().all(|b| *b == 0));
+        assert!(edge[4096..].iter().all(|b| *b == 5));
+        drop(disk);
+        // The snapshot under it never changed.
+        assert_eq!(std::fs::read(&snap).unwrap(), snap_bytes);
     }
 
     #[test]
