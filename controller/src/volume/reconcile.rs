@@ -146,8 +146,8 @@ async fn try_converge_snapshot(app: &App, id: &str) -> Result<(), String> {
                 Err(StorageError::Unreachable(..)) if alive => return Ok(()),
                 Err(e) => return fail("error", e).await,
             }
-            if let Some(a) = &plugged {
-                if let Err(e) = move_plugged(app, &storaged, &volume, a).await {
+            if let Some(host_id) = plugged.as_ref().and_then(|a| a.host.as_deref()) {
+                if let Err(e) = move_plugged(app, &storaged, &volume, host_id).await {
                     return match e {
                         Moved::Later(why) => Err(why),
                         Moved::Failed(why) => fail("error", StorageError::Refused(409, why)).await,
@@ -179,29 +179,22 @@ enum Moved {
     Failed(String),
 }
 
-/// Moves the server volume `v` is plugged into onto the volume's files as
-/// they are now (a snapshot just froze the old ones). Repeating it is
-/// harmless; a server or disk already gone has nothing to move.
+/// Moves the server volume `v` is plugged into on `host_id` onto the
+/// volume's files as they are now (a snapshot just froze the old ones).
+/// Repeating it is harmless; a server or disk already gone has nothing to
+/// move.
 async fn move_plugged(
     app: &App,
     storaged: &Storaged,
     v: &Volume,
-    a: &super::model::Attachment,
+    host_id: &str,
 ) -> Result<(), Moved> {
-    let Some(host_id) = a.host.as_deref() else {
-        return Ok(()); // never plugged
-    };
     let connection = match storaged.export(&v.id, host_id).await {
         Ok(c) => c,
         Err(StorageError::Unreachable(_, e)) => return Err(Moved::Later(e)),
         Err(e) => return Err(Moved::Failed(e.to_string())),
     };
-    let server = app
-        .servers
-        .get(&a.server_id)
-        .await
-        .map_err(|e| Moved::Later(e.to_string()))?;
-    let Some(server) = server.filter(|s| s.vm_state != "deleted") else {
+    let Some(server) = plugged_into(app, v).await.map_err(Moved::Later)? else {
         return Ok(());
     };
     let Some(hostd) = crate::compute::service::server_host(app, &server).await else {
