@@ -656,6 +656,95 @@ fn exercise_hosts(c: &Controller) {
     let bob = common::token(c, "bob", "bob-password", "other");
     assert_eq!(audit("", &bob).status, 403);
     assert_eq!(audit("/2026-12-06%2007:00:00", &bob).status, 403);
+    exercise_os_hosts(c, &admin, &bob);
+}
+
+/// The deprecated os-hosts, as tempest and `openstack host ...` call it.
+fn exercise_os_hosts(c: &Controller, admin: &str, member: &str) {
+    let at = |method: &str, path: &str, token: &str, body: &str| {
+        call(
+            c,
+            method,
+            &format!("/compute/v2.1/os-hosts{path}"),
+            &[
+                ("X-Auth-Token", token),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        )
+    };
+    let r = at("GET", "", admin, "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let hosts = r.json()["hosts"].as_array().unwrap().clone();
+    let compute = hosts
+        .iter()
+        .find(|h| h["service"] == "compute")
+        .cloned()
+        .unwrap();
+    assert_eq!(compute["host_name"], "compute-1");
+    // The controller's services too, in the internal zone.
+    assert!(
+        hosts
+            .iter()
+            .any(|h| h["service"] == "scheduler" && h["zone"] == "internal"),
+        "{hosts:?}"
+    );
+    let zone = compute["zone"].as_str().unwrap();
+    let r = at("GET", &format!("?zone={zone}"), admin, "");
+    assert_eq!(r.json()["hosts"], json!([compute]));
+    assert_eq!(at("GET", "?zone=", admin, "").json()["hosts"], json!(hosts));
+    assert_eq!(at("GET", "?zone=xxx", admin, "").json()["hosts"], json!([]));
+    // Its figures: totals, claimed now, its servers' sum (none here).
+    let r = at("GET", "/compute-1", admin, "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let detail = r.json()["host"].clone();
+    assert_eq!(detail[0]["resource"]["project"], "(total)");
+    assert_eq!(detail[0]["resource"]["cpu"], 16);
+    assert_eq!(detail[0]["resource"]["memory_mb"], 64512);
+    assert_eq!(detail[2]["resource"]["project"], "(used_max)");
+    assert_eq!(detail[2]["resource"]["host"], "compute-1");
+    // Disabled and enabled again, as os-services shows.
+    let r = at("PUT", "/compute-1", admin, r#"{"status": "disable"}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json(), json!({"host": "compute-1", "status": "disabled"}));
+    let services = call(
+        c,
+        "GET",
+        "/compute/v2.1/os-services",
+        &[("X-Auth-Token", admin)],
+        "",
+    );
+    assert_eq!(services.json()["services"][0]["status"], "disabled");
+    let r = at("PUT", "/compute-1", admin, r#"{"status": "Enable"}"#);
+    assert_eq!(r.json()["status"], "enabled", "{}", r.body);
+    for (method, path, token, body, status) in [
+        ("GET", "", member, "", 403),
+        ("GET", "/compute-1", member, "", 403),
+        ("GET", "/nope", admin, "", 404),
+        ("PUT", "/compute-1", member, r#"{"status": "enable"}"#, 403),
+        ("PUT", "/compute-1", admin, r#"{"status": "invalid"}"#, 400),
+        (
+            "PUT",
+            "/compute-1",
+            admin,
+            r#"{"status": null, "maintenance_mode": null}"#,
+            400,
+        ),
+        ("PUT", "/nope", admin, r#"{"status": "enable"}"#, 404),
+        (
+            "PUT",
+            "/compute-1",
+            admin,
+            r#"{"maintenance_mode": "enable"}"#,
+            501,
+        ),
+        ("GET", "/compute-1/reboot", admin, "", 501),
+        ("GET", "/nope/startup", admin, "", 404),
+        ("GET", "/compute-1/shutdown", member, "", 403),
+    ] {
+        let r = at(method, path, token, body);
+        assert_eq!(r.status, status, "{method} {path} {body}: {}", r.body);
+    }
 }
 
 /// Host aggregates over HTTP, as tempest's and the CLI's requests make

@@ -493,6 +493,7 @@ fn keypairs_limits_quotas_and_the_proxies_by_version() {
         "/os-security-groups",
         "/os-floating-ips",
         "/os-tenant-networks",
+        "/os-networks",
         "/images",
     ] {
         assert_eq!(

@@ -439,6 +439,34 @@ fn floating_ips_and_tenant_networks_through_nova() {
         .0,
         200
     );
+    // os-networks: every network seen, the external one too, by label.
+    let (status, nets) = nova("GET", "/os-networks", Value::Null);
+    assert_eq!(status, 200, "{nets}");
+    let listed = nets["networks"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{nets}");
+    let private = listed.iter().find(|n| n["id"] == private_id).unwrap();
+    assert_eq!(
+        (&private["cidr"], &private["netmask"]),
+        (&json!("10.0.0.0/24"), &json!("255.255.255.0")),
+        "{private}"
+    );
+    let (status, one) = nova("GET", &format!("/os-networks/{private_id}"), Value::Null);
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["network"]["label"], private["label"]);
+    assert_eq!(
+        nova(
+            "GET",
+            "/os-networks/00000000-0000-0000-0000-000000000000",
+            Value::Null
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        nova("POST", "/os-networks", json!({"network": {"label": "x"}})).0,
+        410,
+        "nova-network's own management is gone"
+    );
     assert_eq!(
         nova("DELETE", &format!("/os-floating-ips/{fip_id}"), Value::Null).0,
         202

@@ -1,7 +1,8 @@
 //! `cargo xtask conformance`: OpenStack's own API tests (tempest, pinned in
 //! tests/conformance/requirements.txt) against the running all-in-one
 //! (`cargo xtask up`), as a new user would run them: pre-provisioned
-//! accounts (two projects, a member and a reader in each), no dynamic
+//! accounts (four projects, a member, a reader, a manager and an admin in
+//! each), no dynamic
 //! credentials, a `tempest.conf` written from what the cloud offers, the
 //! non-admin API tests of the services asked for. Prints passed, failed and
 //! skipped per service with every failure and skip reason, and keeps the
@@ -18,8 +19,8 @@ use super::up::{ADMIN_PASSWORD, CONTROLLER_PORT};
 /// every run: these are test accounts of a test cloud).
 /// Four projects: tempest takes each test's primary and alternate user
 /// (another project's) from the members, two per worker at
-/// `--concurrency 2`; the readers come after them in accounts.yaml so that
-/// no reader is taken as an alternate user.
+/// `--concurrency 2`; the readers and managers come after them in
+/// accounts.yaml so that none is taken as an alternate user.
 const PROJECTS: [&str; 4] = [
     "conformance-1",
     "conformance-2",
@@ -162,7 +163,8 @@ impl Cli {
     }
 }
 
-/// The accounts: a member, a reader and an admin in each project (made
+/// The accounts: a member, a reader, a manager (tests of project
+/// administration ask for one) and an admin in each project (made
 /// once; their passwords set again each run). Admins in each project, not
 /// only the cloud's one: tempest gives each test class running at once an
 /// account of its own, and admin test classes otherwise wait for one
@@ -172,7 +174,7 @@ fn provision(os: &Cli) -> Result<()> {
         if os.id_of("project", project).is_none() {
             os.run(&["project", "create", project])?;
         }
-        for role in ["member", "reader", "admin"] {
+        for role in ["member", "reader", "manager", "admin"] {
             let user = user_name(project, role);
             if os.id_of("user", &user).is_none() {
                 os.run(&["user", "create", "--password", PASSWORD, &user])?;
@@ -247,7 +249,7 @@ fn user_name(project: &str, role: &str) -> String {
 /// tempest's pre-provisioned accounts file.
 fn accounts_yaml() -> String {
     let mut yaml = String::new();
-    for role in ["member", "reader"] {
+    for role in ["member", "reader", "manager"] {
         for project in PROJECTS {
             yaml.push_str(&format!(
                 "- username: '{}'\n  project_name: '{project}'\n  password: '{PASSWORD}'\n  roles: ['{role}']\n  resources:\n    network: '{}'\n",
@@ -492,12 +494,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accounts_are_a_member_a_reader_and_an_admin_per_project_and_the_admin() {
+    fn accounts_are_a_member_a_reader_a_manager_and_an_admin_per_project_and_the_admin() {
         let yaml = accounts_yaml();
-        assert_eq!(yaml.matches("- username:").count(), 13);
+        assert_eq!(yaml.matches("- username:").count(), 17);
         assert_eq!(yaml.matches("types: ['admin']").count(), 5);
+        assert_eq!(yaml.matches("roles: ['manager']").count(), 4);
         assert!(
-            yaml.rfind("roles: ['member']") < yaml.find("roles: ['reader']"),
+            yaml.rfind("roles: ['member']") < yaml.find("roles: ['reader']")
+                && yaml.rfind("roles: ['member']") < yaml.find("roles: ['manager']"),
             "members first"
         );
         assert!(yaml.contains("roles: ['reader']") && yaml.contains("types: ['admin']"));

@@ -166,7 +166,8 @@ pub async fn route(app: &App, mut req: Request<Incoming>, rest: &[&str]) -> Resp
         (_, ["os-hosts", ..]) if version >= (2, 43) => {
             nova_error(StatusCode::NOT_FOUND, "The resource could not be found.")
         }
-        (_, ["extensions", ..] | ["os-availability-zone", ..] | ["os-hosts", ..]) => {
+        (_, ["os-hosts", ..]) => super::os_hosts::route(app, &auth, req, rest).await,
+        (_, ["extensions", ..] | ["os-availability-zone", ..]) => {
             super::compute_discovery::route(app, &auth, &req, rest).await
         }
         // The proxies and os-hosts end at 2.36 and 2.43, as in Nova.
@@ -176,6 +177,7 @@ pub async fn route(app: &App, mut req: Request<Incoming>, rest: &[&str]) -> Resp
             | "os-security-group-rules"
             | "os-floating-ips"
             | "os-tenant-networks"
+            | "os-networks"
             | "images"
             | "os-volumes"
             | "os-snapshots", ..],
@@ -187,7 +189,8 @@ pub async fn route(app: &App, mut req: Request<Incoming>, rest: &[&str]) -> Resp
             ["os-security-groups"
             | "os-security-group-rules"
             | "os-floating-ips"
-            | "os-tenant-networks", ..],
+            | "os-tenant-networks"
+            | "os-networks", ..],
         ) => {
             let ctx = crate::context::RequestContext {
                 request_id: super::servers::request_id_of(&req),

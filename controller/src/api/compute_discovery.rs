@@ -1,7 +1,6 @@
 //! What the compute API says about itself and the cloud's layout: the
 //! legacy extension list (`/extensions`), availability zones
-//! (`/os-availability-zone`, and `detail` for admins) and the deprecated
-//! host list (`/os-hosts`, admin only, as in Nova up to 2.42).
+//! (`/os-availability-zone`, and `detail` for admins).
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -137,7 +136,7 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Handles `/extensions...`, `/os-availability-zone...` and `/os-hosts`.
+/// Handles `/extensions...` and `/os-availability-zone...`.
 pub async fn route(
     app: &App,
     auth: &Auth,
@@ -162,20 +161,7 @@ pub async fn route(
         (Method::GET, ["os-availability-zone", "detail"]) if auth.is_admin() => {
             zones(app, true).await
         }
-        (Method::GET, ["os-hosts"]) if auth.is_admin() => match app.hosts.list().await {
-            Ok(hosts) => {
-                let list: Vec<Json> = hosts
-                    .iter()
-                    .map(|h| {
-                        json!({"host_name": h.report.host_id, "service": "compute",
-                                    "zone": h.availability_zone})
-                    })
-                    .collect();
-                json(StatusCode::OK, &json!({ "hosts": list }))
-            }
-            Err(e) => store_error(e),
-        },
-        (Method::GET, ["os-availability-zone", "detail"] | ["os-hosts"]) => nova_error(
+        (Method::GET, ["os-availability-zone", "detail"]) => nova_error(
             StatusCode::FORBIDDEN,
             "Policy doesn't allow this operation to be performed (admin only).",
         ),

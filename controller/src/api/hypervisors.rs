@@ -265,17 +265,17 @@ fn version_number(v: &str) -> i64 {
 }
 
 /// The figures Nova reports per hypervisor (and sums for statistics).
-struct Figures {
-    vcpus: i64,
-    vcpus_used: i64,
-    memory_mb: i64,
-    memory_mb_used: i64,
-    local_gb: i64,
-    local_gb_used: i64,
-    running_vms: i64,
+pub(super) struct Figures {
+    pub(super) vcpus: i64,
+    pub(super) vcpus_used: i64,
+    pub(super) memory_mb: i64,
+    pub(super) memory_mb_used: i64,
+    pub(super) local_gb: i64,
+    pub(super) local_gb_used: i64,
+    pub(super) running_vms: i64,
 }
 
-fn figures(h: &Host) -> Figures {
+pub(super) fn figures(h: &Host) -> Figures {
     let r = &h.report;
     let mib = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     Figures {

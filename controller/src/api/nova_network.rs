@@ -1,8 +1,9 @@
 //! Nova's network proxies (microversions 2.1 to 2.35): security groups
 //! (`/os-security-groups`, `/os-security-group-rules`, a server's groups
 //! and the `addSecurityGroup`/`removeSecurityGroup` actions), floating IPs
-//! (`/os-floating-ips` and `addFloatingIp`/`removeFloatingIp`) and tenant
-//! networks (`/os-tenant-networks`). As in Nova, each call is translated
+//! (`/os-floating-ips` and `addFloatingIp`/`removeFloatingIp`), tenant
+//! networks (`/os-tenant-networks`) and networks (`/os-networks`, list and
+//! show). As in Nova, each call is translated
 //! to the network service's (Neutron's) and its answer back; nothing here
 //! keeps state of its own.
 
@@ -76,6 +77,13 @@ pub async fn route(
             .map_err(Failure::from),
         (Method::GET, ["os-tenant-networks"]) => tenant_networks(app, ctx, None).await,
         (Method::GET, ["os-tenant-networks", id]) => tenant_networks(app, ctx, Some(id)).await,
+        (Method::GET, ["os-networks"]) => networks(app, ctx, None).await,
+        (Method::GET, ["os-networks", id]) => networks(app, ctx, Some(id)).await,
+        // nova-network's own management (create, delete, associate) is
+        // gone from Nova: Neutron manages networks.
+        (_, ["os-networks", ..]) => Err(Failure::Gone(
+            "Network API is removed: manage networks through the network service.".into(),
+        )),
         _ => return None,
     };
     Some(result.unwrap_or_else(Failure::into_response))
@@ -119,6 +127,8 @@ enum Failure {
     Bad(String),
     NotFound(String),
     Conflict(String),
+    /// An API Nova has removed.
+    Gone(String),
     Network(NetworkError),
     Compute(service::ComputeError),
 }
@@ -141,6 +151,7 @@ impl Failure {
             Failure::Bad(m) => nova_error(StatusCode::BAD_REQUEST, &m),
             Failure::NotFound(m) => nova_error(StatusCode::NOT_FOUND, &m),
             Failure::Conflict(m) => nova_error(StatusCode::CONFLICT, &m),
+            Failure::Gone(m) => nova_error(StatusCode::GONE, &m),
             Failure::Compute(e) => compute_error(e),
             Failure::Network(NetworkError::Neutron {
                 status, message, ..
@@ -698,6 +709,79 @@ async fn tenant_networks(
                 .filter(|n| n["router:external"] != json!(true))
                 .map(view)
                 .collect();
+            Ok(json(StatusCode::OK, &json!({ "networks": list })))
+        }
+        Some(id) => match networks.iter().find(|n| text(n, "id") == Some(id)) {
+            Some(n) => Ok(json(StatusCode::OK, &json!({"network": view(n)}))),
+            None => Err(Failure::NotFound(format!(
+                "Network {id} could not be found."
+            ))),
+        },
+    }
+}
+
+/// `/os-networks[/{id}]`: every network the caller sees (external ones
+/// too), in nova-network's shape: its first IPv4 subnet's addressing, and
+/// for admins the fields nova-network kept per network (null where
+/// Neutron has no such thing), as Nova's proxy answers.
+async fn networks(
+    app: &App,
+    ctx: &RequestContext,
+    one: Option<&str>,
+) -> Result<Response<Body>, Failure> {
+    let subnets = app.network.list_subnets(ctx).await?;
+    let view = |n: &Json| {
+        let subnet = subnets
+            .iter()
+            .find(|s| s["network_id"] == n["id"] && s["ip_version"] == json!(4));
+        let field = |key: &str| subnet.map(|s| s[key].clone()).unwrap_or(Json::Null);
+        let netmask = subnet
+            .and_then(|s| text(s, "cidr"))
+            .and_then(|c| c.parse::<ipnet::Ipv4Net>().ok())
+            .map(|c| c.netmask().to_string());
+        let dns = |i: usize| {
+            subnet
+                .and_then(|s| s["dns_nameservers"].get(i).cloned())
+                .unwrap_or(Json::Null)
+        };
+        let mut v = json!({
+            "id": n["id"], "label": n["name"], "cidr": field("cidr"), "netmask": netmask,
+            "gateway": field("gateway_ip"), "broadcast": null, "dns1": dns(0), "dns2": dns(1),
+            "cidr_v6": null, "gateway_v6": null, "netmask_v6": null,
+        });
+        if ctx.auth.is_admin() {
+            for key in [
+                "created_at",
+                "updated_at",
+                "deleted_at",
+                "deleted",
+                "injected",
+                "bridge",
+                "vlan",
+                "vpn_public_address",
+                "vpn_public_port",
+                "vpn_private_address",
+                "dhcp_start",
+                "host",
+                "bridge_interface",
+                "multi_host",
+                "priority",
+                "rxtx_base",
+                "dhcp_server",
+                "share_address",
+            ] {
+                v[key] = Json::Null;
+            }
+            v["project_id"] = n["project_id"].clone();
+            v["mtu"] = n["mtu"].clone();
+            v["enable_dhcp"] = field("enable_dhcp");
+        }
+        v
+    };
+    let networks = app.network.list_networks(ctx).await?;
+    match one {
+        None => {
+            let list: Vec<Json> = networks.iter().map(view).collect();
             Ok(json(StatusCode::OK, &json!({ "networks": list })))
         }
         Some(id) => match networks.iter().find(|n| text(n, "id") == Some(id)) {
