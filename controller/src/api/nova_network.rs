@@ -702,13 +702,25 @@ async fn tenant_networks(
         json!({"id": n["id"], "label": n["name"], "cidr": cidr})
     };
     let networks = app.network.list_networks(ctx).await?;
+    list_or_one(
+        &networks,
+        one,
+        |n| n["router:external"] != json!(true),
+        view,
+    )
+}
+
+/// The networks that `listed` keeps, or the one named `one` (any of them;
+/// Nova's 404 when none), each as `view` shows it.
+fn list_or_one(
+    networks: &[Json],
+    one: Option<&str>,
+    listed: impl Fn(&Json) -> bool,
+    view: impl Fn(&Json) -> Json,
+) -> Result<Response<Body>, Failure> {
     match one {
         None => {
-            let list: Vec<Json> = networks
-                .iter()
-                .filter(|n| n["router:external"] != json!(true))
-                .map(view)
-                .collect();
+            let list: Vec<Json> = networks.iter().filter(|n| listed(n)).map(view).collect();
             Ok(json(StatusCode::OK, &json!({ "networks": list })))
         }
         Some(id) => match networks.iter().find(|n| text(n, "id") == Some(id)) {
@@ -779,18 +791,7 @@ async fn networks(
         v
     };
     let networks = app.network.list_networks(ctx).await?;
-    match one {
-        None => {
-            let list: Vec<Json> = networks.iter().map(view).collect();
-            Ok(json(StatusCode::OK, &json!({ "networks": list })))
-        }
-        Some(id) => match networks.iter().find(|n| text(n, "id") == Some(id)) {
-            Some(n) => Ok(json(StatusCode::OK, &json!({"network": view(n)}))),
-            None => Err(Failure::NotFound(format!(
-                "Network {id} could not be found."
-            ))),
-        },
-    }
+    list_or_one(&networks, one, |_| true, view)
 }
 
 #[cfg(test)]

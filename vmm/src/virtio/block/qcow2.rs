@@ -340,6 +340,15 @@ mod tests {
         Overlay::open(&file, base, writable).unwrap()
     }
 
+    /// A file opened to read and write.
+    fn rw(path: &Path) -> File {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap()
+    }
+
     fn read(disk: &Overlay, len: usize, offset: u64) -> Vec<u8> {
         let mut buf = vec![0u8; len];
         disk.read_vectored(&mut [io::IoSliceMut::new(&mut buf)], offset)
@@ -427,13 +436,6 @@ mod tests {
         let base = dir.path().join("base.raw");
         std::fs::write(&base, vec![1u8; 1 << 20]).unwrap();
         let path = |n: &str| dir.path().join(n);
-        let rw = |p: &Path| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(p)
-                .unwrap()
-        };
         let ro = |p: &Path| File::open(p).unwrap();
         // snap1 over the base, snap2 over snap1, the volume over snap2.
         create_overlay(&path("snap1"), "base", 4 << 20).unwrap();
@@ -492,13 +494,6 @@ mod tests {
         let base = dir.path().join("base.raw");
         std::fs::write(&base, vec![1u8; 4 << 20]).unwrap();
         let (snap, vol) = (dir.path().join("snap"), dir.path().join("vol"));
-        let rw = |p: &Path| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(p)
-                .unwrap()
-        };
         // A snapshot layer holding 2s at [1 MiB, 2 MiB), the volume over it.
         create_overlay(&snap, "base", 8 << 20).unwrap();
         let layer = Overlay::open(&rw(&snap), &base, true).unwrap();
