@@ -29,6 +29,7 @@ pub struct App {
     pub keypairs: Keypairs,
     pub server_groups: ServerGroups,
     pub aggregates: crate::compute::aggregates::Aggregates,
+    pub migrations: crate::compute::migrations::Migrations,
     pub nic_requests: NicRequests,
     pub console_tokens: ConsoleTokens,
     pub quotas: Quotas,

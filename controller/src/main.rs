@@ -137,6 +137,7 @@ async fn run(config: Config, inherited: Option<std::net::TcpListener>) -> anyhow
         keypairs: Keypairs::new(store.clone()),
         server_groups: controller::compute::server_groups::ServerGroups::new(store.clone()),
         aggregates: controller::compute::aggregates::Aggregates::new(store.clone()),
+        migrations: controller::compute::migrations::Migrations::new(store.clone()),
         nic_requests: controller::compute::nics::NicRequests::new(store.clone()),
         network: controller::network::service::NetworkService::new(store.clone()),
         volumes: controller::volume::service::VolumeService::new(store.clone()),

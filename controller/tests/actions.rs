@@ -1033,11 +1033,24 @@ fn backups_rotate_by_type() {
 /// flavor back.
 #[test]
 fn a_resize_waits_to_be_confirmed_or_reverted() {
-    let cloud = Cloud::start(Delays {
-        create: Duration::ZERO,
-        action: Duration::from_millis(100),
-        delete: Duration::ZERO,
-    });
+    resizes(&Cloud::start(RESIZE_DELAYS));
+}
+
+#[test]
+fn resizes_on_postgres() {
+    let Some(pg) = common::Postgres::start() else {
+        return;
+    };
+    resizes(&Cloud::start_on(Some(pg.url()), RESIZE_DELAYS, ""));
+}
+
+const RESIZE_DELAYS: Delays = Delays {
+    create: Duration::ZERO,
+    action: Duration::from_millis(100),
+    delete: Duration::ZERO,
+};
+
+fn resizes(cloud: &Cloud) {
     let (c, t) = (&cloud.c, cloud.auth());
     let (id, _) = cloud.active_server();
     let first = cloud.show(&id)["flavor"]["id"].as_str().unwrap().to_owned();
@@ -1138,6 +1151,56 @@ fn a_resize_waits_to_be_confirmed_or_reverted() {
     for want in ["resize", "confirmResize", "revertResize"] {
         assert!(names.contains(&want), "{names:?}");
     }
+
+    // Each resize is a migration record (`openstack server migration
+    // list`), newest first: reverted, confirmed; the refused ones none.
+    let migrations = |query: &str, version: &str| {
+        let r = call(
+            c,
+            "GET",
+            &format!("/compute/v2.1/os-migrations{query}"),
+            &[t, ("OpenStack-API-Version", version)],
+            "",
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["migrations"].as_array().unwrap().clone()
+    };
+    let all = migrations("", "compute 2.1");
+    let statuses: Vec<&str> = all.iter().filter_map(|m| m["status"].as_str()).collect();
+    assert_eq!(statuses, ["reverted", "confirmed"], "{all:?}");
+    let host = cloud.show(&id)["OS-EXT-SRV-ATTR:host"].clone();
+    assert_eq!(all[1]["instance_uuid"], id.as_str());
+    assert_eq!(
+        (&all[1]["source_compute"], &all[1]["dest_compute"]),
+        (&host, &host)
+    );
+    assert!(all[1]["created_at"]
+        .as_str()
+        .is_some_and(|t| !t.ends_with('Z')));
+    assert!(all[1].get("migration_type").is_none(), "from 2.23");
+    assert_eq!(
+        migrations("?status=confirmed", "compute 2.23")[0]["migration_type"],
+        "resize"
+    );
+    assert_eq!(
+        migrations(
+            &format!("?instance_uuid={id}&migration_type=resize"),
+            "compute 2.23"
+        )
+        .len(),
+        2
+    );
+    assert!(migrations("?host=elsewhere", "compute 2.1").is_empty());
+    common::second_project(c);
+    let bob = common::token(c, "bob", "bob-password", "other");
+    let r = call(
+        c,
+        "GET",
+        "/compute/v2.1/os-migrations",
+        &[("X-Auth-Token", &bob)],
+        "",
+    );
+    assert_eq!(r.status, 403, "admins only");
 }
 
 /// Nova's os-simple-tenant-usage: a project's servers over a period, also

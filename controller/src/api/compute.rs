@@ -167,6 +167,7 @@ pub async fn route(app: &App, mut req: Request<Incoming>, rest: &[&str]) -> Resp
             nova_error(StatusCode::NOT_FOUND, "The resource could not be found.")
         }
         (_, ["os-hosts", ..]) => super::os_hosts::route(app, &auth, req, rest).await,
+        (_, ["os-migrations"]) => super::os_migrations::route(app, &auth, req).await,
         (_, ["extensions", ..] | ["os-availability-zone", ..]) => {
             super::compute_discovery::route(app, &auth, &req, rest).await
         }

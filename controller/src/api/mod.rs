@@ -23,6 +23,7 @@ pub mod nova_images;
 pub mod nova_network;
 pub mod nova_volumes;
 pub mod os_hosts;
+pub mod os_migrations;
 pub mod policy;
 pub mod serial_console;
 pub mod server_groups;

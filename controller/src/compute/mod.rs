@@ -7,6 +7,7 @@ pub mod console_tokens;
 pub mod flavors;
 pub mod hosts;
 pub mod keypairs;
+pub mod migrations;
 pub mod nics;
 pub mod quotas;
 pub mod scheduler;

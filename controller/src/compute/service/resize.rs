@@ -134,6 +134,19 @@ pub async fn resize(
         )));
     }
     record_action(app, ctx, &server, "resize").await;
+    if let Err(e) = app
+        .migrations
+        .record_resize(
+            id,
+            &host,
+            &server.flavor_id,
+            &flavor.id,
+            crate::identity::now(),
+        )
+        .await
+    {
+        tracing::warn!(server = %id, "recording the resize's migration: {e}");
+    }
     let has_root_disk = has_root_disk(app, &server).await;
     let (id, request_id) = (id.to_owned(), ctx.request_id.clone());
     tokio::spawn(async move {
@@ -146,6 +159,7 @@ pub async fn resize(
                     .servers
                     .set_state(&id, "resized", None, power, None)
                     .await;
+                migration(&background, &id, &["migrating"], "finished").await;
                 tracing::info!(server = %id, flavor = %to.flavor_id, "resized; to confirm or revert");
                 None
             }
@@ -167,6 +181,7 @@ pub async fn resize(
                     .servers
                     .set_state(&id, vm, None, power, None)
                     .await;
+                migration(&background, &id, &["migrating"], "error").await;
                 Some(why)
             }
         };
@@ -176,6 +191,18 @@ pub async fn resize(
             .await;
     });
     Ok(())
+}
+
+/// Moves the server's resize record on (`os-migrations`); a failure to is
+/// logged, the resize itself goes on.
+async fn migration(app: &App, id: &str, from: &[&str], to: &str) {
+    if let Err(e) = app
+        .migrations
+        .advance(id, from, to, crate::identity::now())
+        .await
+    {
+        tracing::warn!(server = %id, "its resize's migration record to {to}: {e}");
+    }
 }
 
 async fn has_root_disk(app: &App, server: &Server) -> bool {
@@ -263,6 +290,7 @@ pub async fn confirm(app: &App, ctx: &RequestContext, id: &str) -> Result<(), Co
         ("stopped", 4)
     };
     app.servers.set_state(id, vm, None, power, None).await?;
+    migration(app, id, &["finished"], "confirmed").await;
     record_action(app, ctx, &server, "confirmResize").await;
     let _ = app.actions.finish(id, &ctx.request_id, None).await;
     Ok(())
@@ -305,6 +333,9 @@ pub async fn revert(app: &App, ctx: &RequestContext, id: &str) -> Result<(), Com
             if let Err(e) = hostd.act(&id, HostdAction::Start).await {
                 failure.get_or_insert(format!("starting again: {e}"));
             }
+        }
+        if failure.is_none() {
+            migration(&background, &id, &["finished"], "reverted").await;
         }
         let (vm, power) = match (&failure, was_on) {
             (Some(_), _) => ("resized", server.power_state),
