@@ -434,8 +434,11 @@ where
             let reply = if request.kind == CMD_TRIM {
                 // A discard frees an overlay's clusters for later writes:
                 // it runs alone (no inline read touches an overlay).
-                let disk = served.disk.write().unwrap_or_else(|e| e.into_inner());
-                trim(&disk, &request)
+                serve(
+                    &served.disk.write().unwrap_or_else(|e| e.into_inner()),
+                    request,
+                    &pool,
+                )
             } else {
                 serve(&served.disk(), request, &pool)
             };
@@ -567,7 +570,8 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Serves one request on the disk (blocking I/O).
+/// Serves one request on the disk (blocking I/O). A TRIM only with the
+/// disk alone: the connection holds the volume's write lock for it.
 fn serve(disk: &Disk, r: Request, pool: &BufferPool) -> Reply {
     let reply = |error: u32, data: Vec<u8>| Reply {
         cookie: r.cookie,
@@ -599,7 +603,13 @@ fn serve(disk: &Disk, r: Request, pool: &BufferPool) -> Reply {
             written
         }
         CMD_FLUSH => disk.flush(),
-        CMD_WRITE_ZEROES if !in_range => return reply(EINVAL, Vec::new()),
+        CMD_TRIM | CMD_WRITE_ZEROES if !in_range => return reply(EINVAL, Vec::new()),
+        // Discard is advisory: where the disk cannot, nothing.
+        CMD_TRIM if !disk.takes_discard() => Ok(()),
+        // SAFETY: a TRIM is served under the volume's write lock, which
+        // every other request's serving holds for reading (and inline
+        // reads never touch an overlay).
+        CMD_TRIM => unsafe { disk.discard(r.offset, u64::from(r.length)) },
         CMD_WRITE_ZEROES if disk.takes_discard() => {
             disk.write_zeroes(r.offset, u64::from(r.length))
         }
@@ -619,45 +629,6 @@ fn serve(disk: &Disk, r: Request, pool: &BufferPool) -> Reply {
         Err(e) => {
             tracing::warn!("nbd: command {} at {}: {e}", r.kind, r.offset);
             reply(errno(&e), Vec::new())
-        }
-    }
-}
-
-/// Serves a TRIM, given the disk alone (no other request running on it).
-fn trim(disk: &Disk, r: &Request) -> Reply {
-    let reply = |error: u32| Reply {
-        cookie: r.cookie,
-        error,
-        data: Vec::new(),
-    };
-    let len = u64::from(r.length);
-    if disk.read_only {
-        return reply(EPERM);
-    }
-    if r.offset
-        .checked_add(len)
-        .is_none_or(|e| e > disk.capacity())
-    {
-        return reply(EINVAL);
-    }
-    // Discard is advisory: where the disk cannot, nothing.
-    if !disk.takes_discard() {
-        return reply(0);
-    }
-    // SAFETY: the caller holds the disk's write lock, which every other
-    // request's serving holds for reading (inline reads skip overlays).
-    let done = unsafe { disk.discard(r.offset, len) }.and_then(|()| {
-        if r.flags & CMD_FLAG_FUA != 0 {
-            disk.flush()
-        } else {
-            Ok(())
-        }
-    });
-    match done {
-        Ok(()) => reply(0),
-        Err(e) => {
-            tracing::warn!("nbd: trim at {}: {e}", r.offset);
-            reply(errno(&e))
         }
     }
 }

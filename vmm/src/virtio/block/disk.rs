@@ -473,26 +473,32 @@ impl Disk {
 
     /// Punches a hole (discard) or zeroes a range, keeping the file's size.
     fn fallocate(&self, offset: u64, len: u64, zero: bool) -> std::io::Result<()> {
-        let mode = libc::FALLOC_FL_KEEP_SIZE
-            | if zero {
-                libc::FALLOC_FL_ZERO_RANGE
-            } else {
-                libc::FALLOC_FL_PUNCH_HOLE
-            };
-        // SAFETY: fallocate on our own fd with plain integer arguments.
-        let rc = unsafe {
-            libc::fallocate(
-                self.buffered.as_raw_fd(),
-                mode,
-                offset as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if rc == 0 {
-            Ok(())
+        fallocate(&self.buffered, offset, len, zero)
+    }
+}
+
+/// Punches a hole in `file` (or zeroes it, when `zero`) over `[offset,
+/// offset + len)`, keeping the file's size: a raw disk's discard and
+/// write-zeroes, and an overlay giving freed clusters back.
+pub(super) fn fallocate(file: &File, offset: u64, len: u64, zero: bool) -> std::io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "range too large",
+        ));
+    };
+    let mode = libc::FALLOC_FL_KEEP_SIZE
+        | if zero {
+            libc::FALLOC_FL_ZERO_RANGE
         } else {
-            Err(std::io::Error::last_os_error())
-        }
+            libc::FALLOC_FL_PUNCH_HOLE
+        };
+    // SAFETY: fallocate on a descriptor `file` keeps open, with plain
+    // integer arguments.
+    if unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, len) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -293,29 +293,10 @@ impl Overlay {
 /// Gives `[offset, offset + len)` of `file` back to its filesystem (it
 /// reads as zeros); nothing where the filesystem cannot.
 fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "range too large",
-        ));
-    };
-    // SAFETY: fallocate on a descriptor we own, with plain integers.
-    let rc = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        )
-    };
-    match rc {
-        0 => Ok(()),
-        _ => match io::Error::last_os_error() {
-            // The cluster is free and reused by later writes all the same.
-            e if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
-            e => Err(e),
-        },
+    match super::disk::fallocate(file, offset, len, false) {
+        // The clusters are free and reused by later writes all the same.
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+        other => other,
     }
 }
 
