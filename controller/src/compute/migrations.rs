@@ -21,7 +21,6 @@ pub struct Migration {
 }
 
 /// What a listing keeps (each None: any).
-#[derive(Default)]
 pub struct Filter<'a> {
     /// Source or destination.
     pub host: Option<&'a str>,
@@ -80,28 +79,27 @@ impl Migrations {
         last.map(|_| ())
     }
 
-    /// Moves `instance`'s latest migration from one of `from` to `to`.
+    /// Moves `instance`'s latest migration from `from` to `to`; whether it
+    /// was at `from`.
     pub async fn advance(
         &self,
         instance: &str,
-        from: &[&str],
+        from: &str,
         to: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let statuses = from
-            .iter()
-            .map(|s| format!("'{}'", s.replace('\'', "")))
-            .collect::<Vec<_>>()
-            .join(", ");
         let changed = self
             .store
             .execute(
-                &format!(
-                    "UPDATE migrations SET status = $1, updated_at = $2 \
-                     WHERE id = (SELECT MAX(id) FROM migrations WHERE instance_uuid = $3) \
-                     AND status IN ({statuses})"
-                ),
-                &[Value::Text(to), Value::Int(now), Value::Text(instance)],
+                "UPDATE migrations SET status = $1, updated_at = $2 \
+                 WHERE id = (SELECT MAX(id) FROM migrations WHERE instance_uuid = $3) \
+                 AND status = $4",
+                &[
+                    Value::Text(to),
+                    Value::Int(now),
+                    Value::Text(instance),
+                    Value::Text(from),
+                ],
             )
             .await?;
         Ok(changed > 0)

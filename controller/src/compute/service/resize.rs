@@ -159,7 +159,7 @@ pub async fn resize(
                     .servers
                     .set_state(&id, "resized", None, power, None)
                     .await;
-                migration(&background, &id, &["migrating"], "finished").await;
+                migration(&background, &id, "migrating", "finished").await;
                 tracing::info!(server = %id, flavor = %to.flavor_id, "resized; to confirm or revert");
                 None
             }
@@ -181,7 +181,7 @@ pub async fn resize(
                     .servers
                     .set_state(&id, vm, None, power, None)
                     .await;
-                migration(&background, &id, &["migrating"], "error").await;
+                migration(&background, &id, "migrating", "error").await;
                 Some(why)
             }
         };
@@ -195,7 +195,7 @@ pub async fn resize(
 
 /// Moves the server's resize record on (`os-migrations`); a failure to is
 /// logged, the resize itself goes on.
-async fn migration(app: &App, id: &str, from: &[&str], to: &str) {
+async fn migration(app: &App, id: &str, from: &str, to: &str) {
     if let Err(e) = app
         .migrations
         .advance(id, from, to, crate::identity::now())
@@ -290,7 +290,7 @@ pub async fn confirm(app: &App, ctx: &RequestContext, id: &str) -> Result<(), Co
         ("stopped", 4)
     };
     app.servers.set_state(id, vm, None, power, None).await?;
-    migration(app, id, &["finished"], "confirmed").await;
+    migration(app, id, "finished", "confirmed").await;
     record_action(app, ctx, &server, "confirmResize").await;
     let _ = app.actions.finish(id, &ctx.request_id, None).await;
     Ok(())
@@ -335,7 +335,7 @@ pub async fn revert(app: &App, ctx: &RequestContext, id: &str) -> Result<(), Com
             }
         }
         if failure.is_none() {
-            migration(&background, &id, &["finished"], "reverted").await;
+            migration(&background, &id, "finished", "reverted").await;
         }
         let (vm, power) = match (&failure, was_on) {
             (Some(_), _) => ("resized", server.power_state),
