@@ -206,16 +206,32 @@ impl Storaged {
             .map(|_| ())
     }
 
-    /// Takes the snapshot (or finds it taken).
-    pub async fn snapshot(&self, id: &str, volume_id: &str) -> Result<SnapshotInfo, StorageError> {
+    /// Takes the snapshot (or finds it taken). `in_use`: a VMM on the
+    /// storage host has the volume open, and is moved onto its new files
+    /// before [`Storaged::settle`].
+    pub async fn snapshot(
+        &self,
+        id: &str,
+        volume_id: &str,
+        in_use: bool,
+    ) -> Result<SnapshotInfo, StorageError> {
         let body = serde_json::to_value(CreateSnapshot {
             volume_id: volume_id.to_owned(),
+            in_use,
         })
         .map_err(|e| StorageError::BadAnswer(e.to_string()))?;
         let bytes = self
             .call(Method::PUT, &format!("/v1/snapshots/{id}"), Some(body))
             .await?;
         serde_json::from_slice(&bytes).map_err(|e| StorageError::BadAnswer(e.to_string()))
+    }
+
+    /// Says the VMM that had the snapshot's volume open has moved onto the
+    /// volume's new files (said before is fine).
+    pub async fn settle(&self, id: &str) -> Result<(), StorageError> {
+        self.call(Method::POST, &format!("/v1/snapshots/{id}/settle"), None)
+            .await
+            .map(|_| ())
     }
 
     /// Removes the snapshot (gone already is fine).

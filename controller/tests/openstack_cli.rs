@@ -1280,6 +1280,12 @@ fn openstack_volumes() {
         })
         .collect();
     assert_eq!(moved.len(), 1, "{moved:?}");
+    // Moved, so settled: storaged knows the frozen file is written no more
+    // (and may merge it once a snapshot under it goes).
+    let marks = std::fs::read_dir(s.data_dir.join("moving"))
+        .unwrap()
+        .count();
+    assert_eq!(marks, 0, "the layer is still marked as written");
     let files = &moved[0].2["files"];
     let path = files["path"].as_str().unwrap_or_default();
     assert!(path.contains(&id), "the volume's own file: {files}");

@@ -525,6 +525,37 @@ fn a_disk_moves_onto_new_files_running_or_stopped() {
         started["disks"][0]["layers"][0],
         layer2.display().to_string()
     );
+
+    // Snapshotted again and moved while stopped; then the storage host
+    // merges snap-2's layer into snap-3's (snap-2 deleted): snap-3 lies
+    // over snap-1 and snap-2's file is gone. The start drops it from the
+    // spec, which names nothing new.
+    assert_eq!(action(&h, "mv-1", "stop", "").0, 200);
+    let layer3 = h.dir.path().join("snap-3.qcow2");
+    std::fs::rename(&overlay, &layer3).unwrap();
+    vmm::virtio::block::qcow2::create_layer(&overlay, "snap-3", "qcow2", 1 << 20).unwrap();
+    let three = format!(
+        r#"{{"path": "{}", "layers": ["{}", "{}"], "base": "{}"}}"#,
+        overlay.display(),
+        layer3.display(),
+        layer2.display(),
+        layer.display()
+    );
+    assert_eq!(put(dev, &three).0, 200);
+    let merged = h.dir.path().join("merged.qcow2");
+    vmm::virtio::block::qcow2::create_layer(&merged, "snap-1", "raw", 1 << 20).unwrap();
+    std::fs::rename(&merged, &layer3).unwrap();
+    std::fs::remove_file(&layer2).unwrap();
+    let (status, started) = action(&h, "mv-1", "start", "");
+    assert_eq!(status, 200, "{started}");
+    let disk = &started["disks"][0];
+    assert_eq!(
+        disk["layers"],
+        serde_json::json!([layer3.display().to_string()])
+    );
+    assert_eq!(disk["base"], layer.display().to_string());
+    let (_, shown) = api(&h, "GET", "/instances/mv-1", "");
+    assert_eq!(shown["disks"][0]["layers"].as_array().unwrap().len(), 1);
 }
 
 #[test]

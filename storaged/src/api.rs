@@ -505,7 +505,7 @@ async fn handle(
                 Ok(c) => {
                     let st = state.clone();
                     blocking(&state, move |b| {
-                        let taken = b.snapshot(&s, &c.volume_id)?;
+                        let taken = b.snapshot(&s, &c.volume_id, c.in_use)?;
                         serve_as_now(&st, &c.volume_id)?;
                         Ok(taken)
                     })
@@ -513,6 +513,12 @@ async fn handle(
                     .map(|(info, made)| reply(made_status(made), &info))
                 }
             }
+        }
+        (Method::POST, ["v1", "snapshots", s, "settle"]) => {
+            let s = id(s);
+            blocking(&state, move |b| b.settle(&s))
+                .await
+                .map(|()| no_content())
         }
         (Method::GET, ["v1", "snapshots", s]) => {
             let s = id(s);

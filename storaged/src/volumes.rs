@@ -10,7 +10,17 @@
 //!   qcow2 layer lies over another layer; its header names it by id;
 //! - `snapshots/<id>`: a snapshot that exists (its volume's id inside).
 //!   Deleting a snapshot removes this; its layer goes once nothing lies
-//!   over it.
+//!   over it;
+//! - `moving/<id>`: layer `id` was frozen from a volume a VMM on this host
+//!   had open, which goes on writing it until the controller has moved it
+//!   onto the volume's new files and said so ([`FileBackend::settle`]).
+//!
+//! Layers that only lie in chains' way are merged away, so that chains
+//! stay short however many snapshots come and go: a layer that is no
+//! snapshot and has one qcow2 layer right over it (a deleted snapshot
+//! under a later one) is absorbed into that layer
+//! ([`qcow2::absorb_lower`]), then removed. A raw bottom layer stays;
+//! one under a volume waits until the volume is frozen over it again.
 //!
 //! Snapshots and clones take constant time whatever the size. Where the
 //! filesystem shares blocks (`FICLONE`: XFS, btrfs) a raw volume's snapshot
@@ -31,7 +41,7 @@
 //! Other backends (Ceph RBD, when users bring a cluster) answer the same
 //! calls: see ARCHITECTURE.md.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -144,6 +154,7 @@ pub struct FileBackend {
     volumes: PathBuf,
     layers: PathBuf,
     snapshots: PathBuf,
+    moving: PathBuf,
     /// Changes go one at a time: a sweep for unused layers must not meet a
     /// snapshot half made.
     changing: Mutex<()>,
@@ -158,9 +169,15 @@ impl FileBackend {
             volumes: data_dir.join("volumes"),
             layers: data_dir.join("layers"),
             snapshots: data_dir.join("snapshots"),
+            moving: data_dir.join("moving"),
             changing: Mutex::new(()),
         };
-        for dir in [&backend.volumes, &backend.layers, &backend.snapshots] {
+        for dir in [
+            &backend.volumes,
+            &backend.layers,
+            &backend.snapshots,
+            &backend.moving,
+        ] {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
             for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
                 let path = entry.map_err(io_err(dir))?.path();
@@ -470,7 +487,15 @@ impl FileBackend {
     }
 
     /// Takes snapshot `id` of volume `volume_id`: its data as it is now.
-    pub fn snapshot(&self, id: &str, volume_id: &str) -> Result<(SnapshotInfo, Made), VolumeError> {
+    /// `in_use`: a VMM on this host has the volume open and goes on writing
+    /// its old file until it is moved: the layer is not merged until
+    /// [`FileBackend::settle`].
+    pub fn snapshot(
+        &self,
+        id: &str,
+        volume_id: &str,
+        in_use: bool,
+    ) -> Result<(SnapshotInfo, Made), VolumeError> {
         Self::check_id(id)?;
         let _changing = self.lock();
         if let Some(info) = self.snapshot_info_of(id)? {
@@ -484,6 +509,14 @@ impl FileBackend {
             };
         }
         let volume = self.volume(volume_id)?;
+        if in_use {
+            // Before the freeze: a crash after it must find the mark.
+            let mark = self.moving.join(id);
+            File::create(&mark)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&mark))?;
+            Self::sync(&self.moving)?;
+        }
         let made_raw = volume.format == Format::Raw && Self::find(&self.layers, id)?.is_none() && {
             let tmp = self.layers.join(format!("{id}.tmp"));
             let file = create_new(&tmp)?;
@@ -559,9 +592,119 @@ impl FileBackend {
         self.sweep_layers()
     }
 
-    /// Removes the layers no snapshot is and no volume or kept layer lies
-    /// over.
+    /// Says that the VMM that had snapshot `id`'s volume open has moved
+    /// onto the volume's new files: the layer is written no more, and may
+    /// be merged. Said already (or never needed) is fine.
+    pub fn settle(&self, id: &str) -> Result<(), VolumeError> {
+        Self::check_id(id)?;
+        let _changing = self.lock();
+        let mark = self.moving.join(id);
+        match std::fs::remove_file(&mark) {
+            Ok(()) => Self::sync(&self.moving)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&mark)(e)),
+        }
+        self.sweep_layers()
+    }
+
+    /// What lies right over each layer: (id, whether it is a layer).
+    fn tops_of_layers(&self) -> Result<BTreeMap<String, Vec<(String, bool)>>, VolumeError> {
+        let mut over: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
+        for (dir, is_layer) in [(&self.volumes, false), (&self.layers, true)] {
+            for id in self.ids(dir)? {
+                if let Some(image) = Self::find(dir, &id)? {
+                    if let Some(under) = image.describe()?.1 {
+                        over.entry(under).or_default().push((id, is_layer));
+                    }
+                }
+            }
+        }
+        Ok(over)
+    }
+
+    /// Merges away the layers that only lie in chains' way (see the
+    /// module's doc), one at a time. A merge that fails is logged and
+    /// left: the chain stays as it was, whole.
+    fn merge_layers(&self) -> Result<(), VolumeError> {
+        let snapshots = self.ids(&self.snapshots)?;
+        let mut failed = BTreeSet::new();
+        loop {
+            let moving = self.ids(&self.moving)?;
+            let mut next = None;
+            for (lower, tops) in self.tops_of_layers()? {
+                let [(upper, true)] = tops.as_slice() else {
+                    continue;
+                };
+                if snapshots.contains(&lower)
+                    || moving.contains(&lower)
+                    || moving.contains(upper)
+                    || failed.contains(&lower)
+                {
+                    continue;
+                }
+                let (Some(l), Some(u)) = (
+                    Self::find(&self.layers, &lower)?,
+                    Self::find(&self.layers, upper)?,
+                ) else {
+                    continue;
+                };
+                if l.format == Format::Qcow2 && u.format == Format::Qcow2 {
+                    next = Some((lower, l, u));
+                    break;
+                }
+            }
+            let Some((id, lower, upper)) = next else {
+                return Ok(());
+            };
+            if let Err(e) = self.absorb(&upper, &lower) {
+                tracing::warn!(layer = id, "merging a layer into the one over it: {e}");
+                failed.insert(id);
+            }
+        }
+    }
+
+    /// Merges layer `lower` into `upper`, the one layer right over it.
+    fn absorb(&self, upper: &Image, lower: &Image) -> Result<(), VolumeError> {
+        let mut under = self.chain(lower)?;
+        let base = match under.pop() {
+            Some(base) if base.format == Format::Raw => base,
+            _ => {
+                return Err(VolumeError::Damaged {
+                    path: lower.path.clone(),
+                    reason: "a qcow2 layer whose chain does not end in a raw layer".into(),
+                })
+            }
+        };
+        // What `upper` lies over from now on, named by its id like every
+        // layer.
+        let right_under = under.first().unwrap_or(&base);
+        let backing_name = right_under
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let open = |i: &Image| File::open(&i.path).map_err(io_err(&i.path));
+        let layers = under.iter().map(open).collect::<Result<Vec<_>, _>>()?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&upper.path)
+            .map_err(io_err(&upper.path))?;
+        qcow2::absorb_lower(
+            &file,
+            open(lower)?,
+            layers,
+            open(&base)?,
+            &backing_name,
+            right_under.format.ext(),
+        )
+        .map_err(io_err(&upper.path))
+    }
+
+    /// Merges what it can, then removes the layers no snapshot is and no
+    /// volume or kept layer lies over.
     fn sweep_layers(&self) -> Result<(), VolumeError> {
+        self.merge_layers()?;
         let mut keep = self.ids(&self.snapshots)?;
         let tops = self
             .ids(&self.volumes)?
@@ -592,6 +735,12 @@ impl FileBackend {
         }
         if removed {
             Self::sync(&self.layers)?;
+        }
+        // Marks of layers gone (or of snapshots never taken).
+        let layers = self.ids(&self.layers)?;
+        for id in self.ids(&self.moving)?.difference(&layers) {
+            let mark = self.moving.join(id);
+            std::fs::remove_file(&mark).map_err(io_err(&mark))?;
         }
         Ok(())
     }
@@ -834,7 +983,10 @@ mod tests {
         for id in ["../escape", "", "x"] {
             assert!(matches!(v.create(id, 1, None), Err(VolumeError::BadId(_))));
             assert!(matches!(v.delete(id), Err(VolumeError::BadId(_))));
-            assert!(matches!(v.snapshot(id, A), Err(VolumeError::BadId(_))));
+            assert!(matches!(
+                v.snapshot(id, A, false),
+                Err(VolumeError::BadId(_))
+            ));
             assert!(matches!(v.delete_snapshot(id), Err(VolumeError::BadId(_))));
         }
         assert!(matches!(v.create(A, 0, None), Err(VolumeError::BadSize(0))));
@@ -842,7 +994,10 @@ mod tests {
             v.create(A, MAX_SIZE_GIB + 1, None),
             Err(VolumeError::BadSize(_))
         ));
-        assert!(matches!(v.snapshot(S1, A), Err(VolumeError::NotFound(_))));
+        assert!(matches!(
+            v.snapshot(S1, A, false),
+            Err(VolumeError::NotFound(_))
+        ));
         let from = |s: &str| Some(VolumeSource::Snapshot(s.to_owned()));
         assert!(matches!(
             v.create(B, 1, from(S1).as_ref()),
@@ -862,14 +1017,14 @@ mod tests {
         let v = FileBackend::open(dir.path()).unwrap();
         v.create(A, 2, None).unwrap();
         write(&v, A, 4096, b"before the snapshot");
-        assert_eq!(v.snapshot(S1, A).unwrap().1, Made::New);
-        let (again, made) = v.snapshot(S1, A).unwrap();
+        assert_eq!(v.snapshot(S1, A, false).unwrap().1, Made::New);
+        let (again, made) = v.snapshot(S1, A, false).unwrap();
         assert_eq!(
             (made, again.volume_id.as_str(), again.size_gib),
             (Made::Existing, A, 2)
         );
         assert!(matches!(
-            v.snapshot(S1, B),
+            v.snapshot(S1, B, false),
             Err(VolumeError::SnapshotExists { .. })
         ));
         write(&v, A, 4096, b"after the snapshot!");
@@ -897,7 +1052,7 @@ mod tests {
 
         // A second snapshot of the same volume, and the first deleted: what
         // the volumes made from it read stays.
-        v.snapshot(S2, A).unwrap();
+        v.snapshot(S2, A, false).unwrap();
         v.delete_snapshot(S1).unwrap();
         v.delete_snapshot(S1).unwrap();
         assert_eq!(v.snapshot_info(S1).unwrap(), None);
@@ -917,8 +1072,13 @@ mod tests {
         for id in [B, C, A] {
             v.delete(id).unwrap();
         }
-        // S2 lies over A as frozen for C, over S1's layer: all three stay.
-        assert_eq!(layer_count(dir.path()), 3);
+        // S2 lay over A as frozen for C, over S1's layer: the frozen A,
+        // now under S2 alone, was merged into it; S1's raw layer stays.
+        assert_eq!(layer_count(dir.path()), 2);
+        assert_eq!(
+            v.files(B).unwrap_err().to_string(),
+            format!("volume {B} does not exist")
+        );
         let s2 = Some(VolumeSource::Snapshot(S2.into()));
         v.create(B, 2, s2.as_ref()).unwrap();
         assert_eq!(read(&v, B, 4096, 19), b"after the snapshot!");
@@ -938,7 +1098,7 @@ mod tests {
             v.create(id, gib, None).unwrap();
             write(&v, id, 0, &[7u8; 65536]);
             let started = std::time::Instant::now();
-            v.snapshot(snap, id).unwrap();
+            v.snapshot(snap, id, false).unwrap();
             v.create(clone, gib, Some(&VolumeSource::Snapshot(snap.into())))
                 .unwrap();
             assert!(started.elapsed() < std::time::Duration::from_secs(2));
@@ -956,7 +1116,7 @@ mod tests {
         let mut n = 0;
         let refused = loop {
             n += 1;
-            match v.snapshot(&id(n), A) {
+            match v.snapshot(&id(n), A, false) {
                 Ok(_) => assert!(n <= qcow2::MAX_LAYERS + 1),
                 Err(e) => break e,
             }
@@ -967,6 +1127,90 @@ mod tests {
         write(&v, A, 0, b"deep");
         assert_eq!(read(&v, A, 0, 4), b"deep");
         assert_eq!(v.files(A).unwrap().backing.len(), qcow2::MAX_LAYERS + 1);
+    }
+
+    #[test]
+    fn rolling_snapshots_keep_the_chain_short_and_every_snapshot_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = FileBackend::open(dir.path()).unwrap();
+        v.create(A, 1, None).unwrap();
+        let id = |n: usize| format!("00000000-0000-4000-8000-{n:012}");
+        // A snapshot a round, the three newest kept, for more rounds than
+        // a chain can be deep; each round writes its number at an offset
+        // of its own and over a shared block.
+        let rounds = qcow2::MAX_LAYERS + 10;
+        for n in 1..=rounds {
+            let mark = format!("round {n:04}");
+            write(&v, A, (n as u64) << 16, mark.as_bytes());
+            write(&v, A, 0, mark.as_bytes());
+            v.snapshot(&id(n), A, false).unwrap();
+            if n > 3 {
+                v.delete_snapshot(&id(n - 3)).unwrap();
+            }
+            // A volume over the deleted snapshots' successors, a raw
+            // bottom layer and the three kept.
+            assert!(v.files(A).unwrap().backing.len() <= 5, "round {n}");
+        }
+        assert!(layer_count(dir.path()) <= 5);
+        // Each kept snapshot reads what the volume held when it was taken.
+        for n in rounds - 2..=rounds {
+            let clone = format!("10000000-0000-4000-8000-{n:012}");
+            v.create(&clone, 1, Some(&VolumeSource::Snapshot(id(n))))
+                .unwrap();
+            assert_eq!(read(&v, &clone, 0, 10), format!("round {n:04}").as_bytes());
+            for m in [1, n / 2, n] {
+                assert_eq!(
+                    read(&v, &clone, (m as u64) << 16, 10),
+                    format!("round {m:04}").as_bytes()
+                );
+            }
+            assert_eq!(read(&v, &clone, ((n + 1) as u64) << 16, 10), [0; 10]);
+        }
+        // A restart finds it all whole.
+        drop(v);
+        let v = FileBackend::open(dir.path()).unwrap();
+        assert_eq!(read(&v, A, 0, 10), format!("round {rounds:04}").as_bytes());
+    }
+
+    #[test]
+    fn a_layer_a_vmm_may_still_write_is_merged_only_once_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = FileBackend::open(dir.path()).unwrap();
+        v.create(A, 1, None).unwrap();
+        write(&v, A, 0, b"one");
+        v.snapshot(S1, A, false).unwrap();
+        write(&v, A, 0, b"two");
+        v.snapshot(S2, A, false).unwrap();
+        // C is taken with A in use: A's VMM goes on writing what became
+        // C's layer until it is moved. S2 deleted: its layer stays under
+        // C's.
+        v.snapshot(C, A, true).unwrap();
+        assert!(v.files(A).unwrap().backing[0].contains(C));
+        v.delete_snapshot(S2).unwrap();
+        assert_eq!(v.files(A).unwrap().backing.len(), 3);
+        drop(v);
+        let v = FileBackend::open(dir.path()).unwrap();
+        assert_eq!(v.files(A).unwrap().backing.len(), 3, "nor at a restart");
+        // Moved: S2's layer is merged into C's.
+        v.settle(C).unwrap();
+        v.settle(C).unwrap();
+        let backing = v.files(A).unwrap().backing;
+        assert_eq!(backing.len(), 2);
+        assert!(!backing.iter().any(|p| p.contains(S2)));
+        assert!(!dir.path().join(format!("moving/{C}")).exists());
+        v.create(B, 1, Some(&VolumeSource::Snapshot(C.into())))
+            .unwrap();
+        assert_eq!(read(&v, B, 0, 3), b"two");
+        v.create(
+            "3c4d5e6f-7a8b-49c0-8d1e-2f3a4b5c6d7e",
+            1,
+            Some(&VolumeSource::Snapshot(S1.into())),
+        )
+        .unwrap();
+        assert_eq!(
+            read(&v, "3c4d5e6f-7a8b-49c0-8d1e-2f3a4b5c6d7e", 0, 3),
+            b"one"
+        );
     }
 
     #[test]
@@ -983,7 +1227,7 @@ mod tests {
         assert_eq!(layer_count(dir.path()), 0, "a layer nothing needs");
         // The same, repeated rather than restarted: finished.
         std::fs::hard_link(&raw, dir.path().join(format!("layers/{S1}.raw"))).unwrap();
-        v.snapshot(S1, A).unwrap();
+        v.snapshot(S1, A, false).unwrap();
         write(&v, A, 0, b"DATA");
         v.create(B, 1, Some(&VolumeSource::Snapshot(S1.into())))
             .unwrap();

@@ -141,7 +141,10 @@ async fn try_converge_snapshot(app: &App, id: &str) -> Result<(), String> {
             // On another host the volume is storaged's NBD export, which
             // storaged itself moves as it takes the snapshot.
             let plugged = plugged.filter(|a| a.host.as_deref() == Some(s.storage_host.as_str()));
-            match storaged.snapshot(&s.id, &s.volume_id).await {
+            match storaged
+                .snapshot(&s.id, &s.volume_id, plugged.is_some())
+                .await
+            {
                 Ok(_) => {}
                 Err(StorageError::Unreachable(..)) if alive => return Ok(()),
                 Err(e) => return fail("error", e).await,
@@ -152,6 +155,13 @@ async fn try_converge_snapshot(app: &App, id: &str) -> Result<(), String> {
                         Moved::Later(why) => Err(why),
                         Moved::Failed(why) => fail("error", StorageError::Refused(409, why)).await,
                     };
+                }
+                // The old file is written no more: storaged may merge it.
+                match storaged.settle(&s.id).await {
+                    Ok(()) => {}
+                    Err(StorageError::Unreachable(..)) if alive => return Ok(()),
+                    // The snapshot is whole; its layer only stays unmerged.
+                    Err(e) => tracing::warn!(snapshot = s.id, "settling the snapshot's layer: {e}"),
                 }
             }
             store

@@ -705,7 +705,15 @@ impl Actor {
             .map_err(|e| OpError::Internal(format!("{}: {e}", dir.display())))?;
         let _ = std::fs::remove_file(dir.join(API_SOCKET));
         make_fifo(&dir.join(CONSOLE_INPUT))?;
-        check_chains(&spec)?;
+        let mut spec = spec;
+        if check_chains(&mut spec)? {
+            tracing::info!(
+                instance = self.id,
+                "layers merged on the storage host dropped from its disks"
+            );
+            self.record.spec = spec.clone();
+            self.commit().await;
+        }
         let picked = self.pick(&dir).await?;
 
         // Taps are opened here so that the VMM needs no network privileges.
@@ -1803,37 +1811,60 @@ impl Actor {
     }
 }
 
-/// A qcow2 disk's header names what lies right under it. A spec whose
-/// chain says otherwise is stale (its volume was snapshotted in use and
-/// the move has not reached this spec yet): the guest would read the
-/// wrong layers, so the start waits for the move.
-fn check_chains(spec: &crate::instance::InstanceSpec) -> Result<(), OpError> {
-    for d in spec.disks.iter().chain(spec.root_volume.as_ref()) {
-        let Some(under) = d.layers.first().or(d.base.as_ref()) else {
-            continue;
-        };
-        // A file that cannot be read is the VMM's to report.
-        let Ok(file) = std::fs::File::open(&d.path) else {
-            continue;
-        };
-        let Ok((_, Some(named))) = vmm::virtio::block::qcow2::describe(&file) else {
-            continue;
-        };
-        let named_os = std::ffi::OsStr::new(&named);
-        if under.as_os_str() != named_os
-            && under.file_name() != Some(named_os)
-            && under.file_stem() != Some(named_os)
-        {
-            return Err(OpError::Unavailable(format!(
-                "disk {}: {} lies over {named}, not {}: its volume was snapshotted and this \
-                 instance has not been moved onto its new files yet; try again",
-                d.id.as_deref().unwrap_or("?"),
-                d.path.display(),
-                under.display()
-            )));
+/// A qcow2 file's header names what lies right under it. A spec whose
+/// chain skips what a header names is stale (its volume was snapshotted in
+/// use and the move has not reached this spec yet): the guest would read
+/// the wrong layers, so the start waits for the move. One whose header
+/// names a file further down the spec's chain lost the files between to a
+/// merge on the storage host (a deleted snapshot's layer absorbed into the
+/// one over it, which reads the same): they are dropped from the spec.
+/// Only files the spec names are ever kept. Returns whether any went.
+fn check_chains(spec: &mut crate::instance::InstanceSpec) -> Result<bool, OpError> {
+    let mut pruned = false;
+    for d in spec.disks.iter_mut().chain(spec.root_volume.as_mut()) {
+        let mut chain: Vec<std::path::PathBuf> = std::iter::once(d.path.clone())
+            .chain(d.layers.iter().cloned())
+            .chain(d.base.iter().cloned())
+            .collect();
+        let mut i = 0;
+        while i + 1 < chain.len() {
+            // A file that cannot be read is the VMM's to report.
+            let Ok(file) = std::fs::File::open(&chain[i]) else {
+                break;
+            };
+            let Ok((_, Some(named))) = vmm::virtio::block::qcow2::describe(&file) else {
+                break;
+            };
+            let named_os = std::ffi::OsStr::new(&named);
+            let is_named = |p: &std::path::PathBuf| {
+                p.as_os_str() == named_os
+                    || p.file_name() == Some(named_os)
+                    || p.file_stem() == Some(named_os)
+            };
+            match chain[i + 1..].iter().position(is_named) {
+                Some(0) => {}
+                Some(merged) => {
+                    chain.drain(i + 1..i + 1 + merged);
+                    pruned = true;
+                }
+                None => {
+                    return Err(OpError::Unavailable(format!(
+                        "disk {}: {} lies over {named}, not {}: its volume was snapshotted and \
+                         this instance has not been moved onto its new files yet; try again",
+                        d.id.as_deref().unwrap_or("?"),
+                        chain[i].display(),
+                        chain[i + 1].display()
+                    )))
+                }
+            }
+            i += 1;
         }
+        if d.base.is_some() {
+            d.base = chain.pop();
+        }
+        d.layers = chain.split_off(1.min(chain.len()));
     }
-    Ok(())
+    Ok(pruned)
 }
 
 /// A disk's files for its VMM, hostd opening them with its own rights:

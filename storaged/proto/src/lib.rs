@@ -20,6 +20,9 @@
 //! - `GET /v1/volumes`: every volume's [`VolumeInfo`];
 //! - `PUT /v1/snapshots/{id}` with [`CreateSnapshot`]: freezes the volume's
 //!   data as it is now (201), or finds that snapshot taken (200);
+//! - `POST /v1/snapshots/{id}/settle`: the VMM that had its volume open
+//!   (`in_use`) has moved onto the volume's new files (204, also when
+//!   said before): what the snapshot froze is written no more;
 //! - `GET /v1/snapshots/{id}`: its [`SnapshotInfo`];
 //! - `DELETE /v1/snapshots/{id}`: removes it (204, also when gone). Volumes
 //!   made from it keep reading its data: storaged keeps what they need.
@@ -115,6 +118,11 @@ pub struct Pending {
 #[serde(deny_unknown_fields)]
 pub struct CreateSnapshot {
     pub volume_id: String,
+    /// A VMM on the storage host has the volume open and goes on writing
+    /// what the snapshot freezes until the controller moves it onto the
+    /// volume's new files and says so (`POST /v1/snapshots/{id}/settle`).
+    #[serde(default)]
+    pub in_use: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -140,17 +140,7 @@ impl Overlay {
         }
         let base_len = base.metadata()?.len();
         let over_base = layers.is_empty();
-        let raw = Raw::builder(imago::file::File::try_from(base.try_clone()?)?)
-            .open(DenyImplicitOpenGate::default())?;
-        let mut backing: Backing = Arc::new(FormatAccess::new(raw));
-        for layer in layers.into_iter().rev() {
-            let qcow2 =
-                Qcow2::<imago::file::File, Backing>::builder(imago::file::File::try_from(layer)?)
-                    .write(false)
-                    .backing(Some(backing))
-                    .open(DenyImplicitOpenGate::default())?;
-            backing = Arc::new(FormatAccess::new(qcow2));
-        }
+        let backing = read_only_chain(layers, base.try_clone()?)?;
         let qcow2 = Qcow2::<imago::file::File, Backing>::builder(imago::file::File::try_from(
             overlay.try_clone()?,
         )?)
@@ -288,6 +278,166 @@ impl Overlay {
         self.access.flush()?;
         self.access.sync()
     }
+}
+
+/// `layers` (read-only qcow2 files, the top one first) over the raw
+/// `base`, each read through the one under it.
+fn read_only_chain(layers: Vec<File>, base: File) -> io::Result<Backing> {
+    let raw =
+        Raw::builder(imago::file::File::try_from(base)?).open(DenyImplicitOpenGate::default())?;
+    let mut backing: Backing = Arc::new(FormatAccess::new(raw));
+    for layer in layers.into_iter().rev() {
+        let qcow2 =
+            Qcow2::<imago::file::File, Backing>::builder(imago::file::File::try_from(layer)?)
+                .write(false)
+                .backing(Some(backing))
+                .open(DenyImplicitOpenGate::default())?;
+        backing = Arc::new(FormatAccess::new(qcow2));
+    }
+    Ok(backing)
+}
+
+/// How much of a layer [`absorb_lower`] copies at once.
+const ABSORB_CHUNK: u64 = 1 << 20;
+
+/// Merges the qcow2 layer `lower` into the qcow2 layer `upper` that lies
+/// right over it, so that `upper` lies over what `lower` lay over
+/// (`lower_layers`, top first, then the raw `base`, opened read-only),
+/// which its header then names `backing_name` (of `backing_format`).
+/// What `upper` reads stays the same; `lower` is no longer needed by it.
+///
+/// What `lower` itself holds where `upper` holds nothing is copied into
+/// `upper` (`lower`'s zero clusters as zero clusters); then the header is
+/// changed. Readers holding the old chain open may read all along: a
+/// cluster added to `upper` holds what they read through it from `lower`
+/// anyway, and they still have `lower` open. Nobody else may write
+/// `upper` meanwhile. A crash at any point leaves `upper` over `lower`
+/// (perhaps with more clusters of its own, the same data) or over what
+/// lay under it; repeating the merge finishes it.
+pub fn absorb_lower(
+    upper: &File,
+    lower: File,
+    lower_layers: Vec<File>,
+    base: File,
+    backing_name: &str,
+    backing_format: &str,
+) -> io::Result<()> {
+    let under = read_only_chain(lower_layers, base)?;
+    let lower = Qcow2::<imago::file::File, Backing>::builder(imago::file::File::try_from(lower)?)
+        .write(false)
+        .backing(Some(under))
+        .open(DenyImplicitOpenGate::default())?;
+    let lower: Backing = Arc::new(FormatAccess::new(lower));
+    let access = FormatAccess::new(
+        Qcow2::<imago::file::File, Backing>::builder(imago::file::File::try_from(
+            upper.try_clone()?,
+        )?)
+        .write(true)
+        .backing(Some(Arc::clone(&lower)))
+        .open(DenyImplicitOpenGate::default())?,
+    );
+    let size = access.size();
+    let mut buf = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let (mapping, n) = access.get_shallow_mapping(at, size - at)?;
+        if n == 0 {
+            break;
+        }
+        if matches!(mapping, ShallowMapping::Indirect { .. }) {
+            copy_own_clusters(&lower, &access, at, at + n, &mut buf)?;
+        }
+        at += n;
+    }
+    access.flush()?;
+    access.sync()?;
+    drop(access);
+    set_backing(upper, backing_name, backing_format)?;
+    upper.sync_all()
+}
+
+/// Copies what `lower` itself holds in `[from, to)` into `upper` (which
+/// holds nothing there).
+fn copy_own_clusters(
+    lower: &FormatAccess<imago::file::File>,
+    upper: &FormatAccess<imago::file::File>,
+    from: u64,
+    to: u64,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
+    let mut at = from;
+    while at < to {
+        let (mapping, n) = lower.get_shallow_mapping(at, (to - at).min(ABSORB_CHUNK))?;
+        match mapping {
+            ShallowMapping::Eof { .. } => break,
+            _ if n == 0 => break,
+            ShallowMapping::Raw { .. } => {
+                // n <= ABSORB_CHUNK, which fits in usize.
+                buf.resize(n as usize, 0);
+                lower.read(&mut buf[..], at)?;
+                upper.write(&buf[..], at)?;
+            }
+            ShallowMapping::Zero { explicit: true, .. } => upper.write_zeroes(at, n)?,
+            // Under `lower`: stays under `upper` too.
+            _ => {}
+        }
+        at += n;
+    }
+    Ok(())
+}
+
+/// qcow2's header extension naming the backing file's format.
+const BACKING_FORMAT_EXTENSION: u32 = 0xE279_2ACA;
+
+/// Makes the qcow2 header of `file` name `name` (of `format`) as the file
+/// under it, in one write of the header's cluster prefix. The name must fit
+/// where the old one starts, within the header's cluster, and the format
+/// in the old format's padded length (both hold for a layer id and
+/// "raw"/"qcow2").
+fn set_backing(file: &File, name: &str, format: &str) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let mut head = [0u8; 104];
+    file.read_exact_at(&mut head, 0)?;
+    let be32 = |b: &[u8], at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    if head[..4] != *b"QFI\xfb" || be32(&head, 4) != 3 {
+        return Err(bad("not a qcow2 v3 file".into()));
+    }
+    let name_at = u64::from_be_bytes(head[8..16].try_into().unwrap_or_default());
+    let old_len = be32(&head, 16) as u64;
+    let cluster = 1u64 << be32(&head, 20).min(21);
+    let header_len = be32(&head, 100) as u64;
+    let name_end = name_at
+        .checked_add(name.len().max(old_len as usize) as u64)
+        .filter(|&end| name_at >= header_len && end <= cluster)
+        .ok_or_else(|| bad(format!("a backing name at {name_at} cannot take {name:?}")))?;
+    // name_end <= cluster <= 2 MiB: fits in usize.
+    let mut header = vec![0u8; name_end as usize];
+    file.read_exact_at(&mut header, 0)?;
+    // The header extensions, from the header's end to the name.
+    let mut at = header_len as usize;
+    while at + 8 <= name_at as usize {
+        let (kind, len) = (be32(&header, at), be32(&header, at + 4) as usize);
+        if kind == 0 {
+            break;
+        }
+        let padded = len.next_multiple_of(8);
+        if kind == BACKING_FORMAT_EXTENSION {
+            if format.len().next_multiple_of(8) != padded || at + 8 + padded > name_at as usize {
+                return Err(bad(format!("a backing format {format:?} does not fit")));
+            }
+            header[at + 4..at + 8].copy_from_slice(&(format.len() as u32).to_be_bytes());
+            let data = &mut header[at + 8..at + 8 + padded];
+            data.fill(0);
+            data[..format.len()].copy_from_slice(format.as_bytes());
+        }
+        at += 8 + padded;
+    }
+    header[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
+    let name_at = name_at as usize;
+    header[name_at..].fill(0);
+    header[name_at..name_at + name.len()].copy_from_slice(name.as_bytes());
+    file.write_all_at(&header, 0)
 }
 
 /// Gives `[offset, offset + len)` of `file` back to its filesystem (it
@@ -464,6 +614,103 @@ mod tests {
     }
 
     /// Bytes the filesystem holds for `path` (its allocated blocks).
+    #[test]
+    fn a_layer_absorbs_the_one_under_it_and_reads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |n: &str| dir.path().join(n);
+        let ro = |p: &Path| File::open(p).unwrap();
+        let base = path("base");
+        let mut pattern = vec![1u8; 4 << 20];
+        pattern[3 << 20..].fill(9);
+        std::fs::write(&base, &pattern).unwrap();
+        // lower over the base: data, a zero range over the base's 9s, and
+        // a write across a cluster's edge.
+        create_overlay(&path("lower"), "base", 4 << 20).unwrap();
+        let lower = Overlay::open(&rw(&path("lower")), &base, true).unwrap();
+        lower
+            .write_vectored(&[io::IoSlice::new(&[2u8; 8192])], (64 << 10) - 4096)
+            .unwrap();
+        lower
+            .write_vectored(&[io::IoSlice::new(&[5u8; 2 << 20])], 512 << 10)
+            .unwrap();
+        lower.write_zeroes(3 << 20, 256 << 10).unwrap();
+        drop(lower);
+        // upper over lower, bigger (grown in between), partly over lower's data.
+        create_layer(&path("upper"), "lower", "qcow2", 6 << 20).unwrap();
+        let upper = Overlay::open_chain(
+            &rw(&path("upper")),
+            vec![ro(&path("lower"))],
+            ro(&base),
+            true,
+        )
+        .unwrap();
+        upper
+            .write_vectored(&[io::IoSlice::new(&[3u8; 4096])], 64 << 10)
+            .unwrap();
+        upper
+            .write_vectored(&[io::IoSlice::new(&[4u8; 4096])], 5 << 20)
+            .unwrap();
+        drop(upper);
+        create_layer(&path("top"), "upper", "qcow2", 6 << 20).unwrap();
+        let before = Overlay::open_chain(
+            &ro(&path("top")),
+            vec![ro(&path("upper")), ro(&path("lower"))],
+            ro(&base),
+            false,
+        )
+        .unwrap();
+        let want = read(&before, 6 << 20, 0);
+
+        let upper = rw(&path("upper"));
+        absorb_lower(
+            &upper,
+            ro(&path("lower")),
+            Vec::new(),
+            ro(&base),
+            "base",
+            "raw",
+        )
+        .unwrap();
+        // Its header names the base now, as a tool reads it.
+        assert_eq!(describe(&upper).unwrap(), (6 << 20, Some("base".into())));
+        let header = std::fs::read(path("upper")).unwrap();
+        assert!(header.windows(3).any(|w| w == b"raw"));
+        assert!(!header[..4096].windows(5).any(|w| w == b"lower"));
+        // Without lower the chain reads what it read; a reader opened
+        // before reads the same too.
+        let after = Overlay::open_chain(
+            &ro(&path("top")),
+            vec![ro(&path("upper"))],
+            ro(&base),
+            false,
+        )
+        .unwrap();
+        assert!(read(&after, 6 << 20, 0) == want);
+        assert!(read(&before, 6 << 20, 0) == want);
+        assert_eq!(&want[3 << 20..(3 << 20) + 4], [0; 4]);
+        assert_eq!(want[(3 << 20) + (256 << 10)], 9);
+        // Repeated (as after a crash): nothing left to copy.
+        let len = upper.metadata().unwrap().len();
+        absorb_lower(
+            &upper,
+            ro(&path("lower")),
+            Vec::new(),
+            ro(&base),
+            "base",
+            "raw",
+        )
+        .unwrap();
+        assert_eq!(upper.metadata().unwrap().len(), len);
+        assert!(read(&after, 6 << 20, 0) == want);
+        // A raw file is no layer to absorb; a header takes no name or
+        // format that does not fit.
+        absorb_lower(&upper, ro(&base), Vec::new(), ro(&base), "base", "raw").unwrap_err();
+        let long = "x".repeat(128 << 10);
+        assert!(set_backing(&upper, &long, "raw").is_err());
+        assert!(set_backing(&upper, "base", "qcow2-but-longer").is_err());
+        assert!(set_backing(&ro(&base), "x", "raw").is_err());
+    }
+
     fn allocated(path: &Path) -> u64 {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(path).unwrap().blocks() * 512
