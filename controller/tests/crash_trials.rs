@@ -677,6 +677,22 @@ fn volume_work(addr: &str, token: &str, data: &std::path::Path, volume: &str) ->
     );
     let c = c["volume"]["id"].as_str().unwrap().to_owned();
     step(settle(addr, token, "volume", &c, "available"));
+    // Two more snapshots: deleting the first of them leaves its layer
+    // (no raw bottom) under the second's alone, and it is merged into it.
+    let snap_of_volume = || {
+        let s = v3(
+            addr,
+            token,
+            "POST",
+            "/snapshots",
+            json!({"snapshot": {"volume_id": volume}}),
+        );
+        s["snapshot"]["id"].as_str().unwrap().to_owned()
+    };
+    let (s2, s3) = (snap_of_volume(), snap_of_volume());
+    for s in [&s2, &s3] {
+        step(settle(addr, token, "snapshot", s, "available"));
+    }
     // What was written before the snapshot is at the bottom of all three.
     for id in [volume, &b, &c] {
         match raw_base(data, id).and_then(|p| std::fs::read(&p).map_err(|e| e.to_string())) {
@@ -701,6 +717,39 @@ fn volume_work(addr: &str, token: &str, data: &std::path::Path, volume: &str) ->
     );
     step(settle(addr, token, "snapshot", &snap, "gone"));
     step(settle(addr, token, "volume", volume, "available"));
+    v3(
+        addr,
+        token,
+        "DELETE",
+        &format!("/snapshots/{s2}"),
+        Value::Null,
+    );
+    step(settle(addr, token, "snapshot", &s2, "gone"));
+    // Merged or not, the third snapshot holds the data.
+    let d = v3(
+        addr,
+        token,
+        "POST",
+        "/volumes",
+        json!({"volume": {"snapshot_id": s3}}),
+    );
+    let d = d["volume"]["id"].as_str().unwrap().to_owned();
+    step(settle(addr, token, "volume", &d, "available"));
+    match raw_base(data, &d).and_then(|p| std::fs::read(&p).map_err(|e| e.to_string())) {
+        Ok(bytes) if bytes.starts_with(b"written before") => {}
+        Ok(_) => step(Err(format!("volume {d}: the data is not at its base"))),
+        Err(e) => step(Err(e)),
+    }
+    v3(addr, token, "DELETE", &format!("/volumes/{d}"), Value::Null);
+    step(settle(addr, token, "volume", &d, "gone"));
+    v3(
+        addr,
+        token,
+        "DELETE",
+        &format!("/snapshots/{s3}"),
+        Value::Null,
+    );
+    step(settle(addr, token, "snapshot", &s3, "gone"));
     for id in [volume, b.as_str(), c.as_str()] {
         v3(
             addr,
@@ -747,9 +796,9 @@ fn volumes_survive_storaged_killed_anywhere() {
         std::fs::write(s.volume_file(&volume), b"written before the snapshot").unwrap();
         let (addr, token, data, id) = (c.addr.clone(), admin.clone(), s.data_dir.clone(), volume);
         let work = std::thread::spawn(move || volume_work(&addr, &token, &data, &id));
-        // Killed somewhere in the work (it takes about half a second
-        // without kills), down for a moment, started again.
-        let kill_ms = rng.below(500);
+        // Killed somewhere in the work (it takes about a second without
+        // kills), down for a moment, started again.
+        let kill_ms = rng.below(1000);
         let down_ms = rng.below(300);
         std::thread::sleep(Duration::from_millis(kill_ms));
         let mid = !work.is_finished();
@@ -761,14 +810,14 @@ fn volumes_survive_storaged_killed_anywhere() {
             .join()
             .unwrap_or_else(|_| vec!["the work panicked".into()]);
         // Everything deleted: nothing may be left on the storage host.
-        let left: Vec<String> = ["volumes", "layers", "snapshots"]
+        let left: Vec<String> = ["volumes", "layers", "snapshots", "moving"]
             .iter()
             .flat_map(|d| std::fs::read_dir(s.data_dir.join(d)).into_iter().flatten())
             .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
             .collect();
         if !left.is_empty() {
             wrong.push(format!("left on the storage host: {left:?}"));
-            for d in ["volumes", "layers", "snapshots"] {
+            for d in ["volumes", "layers", "snapshots", "moving"] {
                 let _ = std::fs::remove_dir_all(s.data_dir.join(d));
             }
         }

@@ -656,9 +656,12 @@ impl FileBackend {
             let Some((id, lower, upper)) = next else {
                 return Ok(());
             };
-            if let Err(e) = self.absorb(&upper, &lower) {
-                tracing::warn!(layer = id, "merging a layer into the one over it: {e}");
-                failed.insert(id);
+            match self.absorb(&upper, &lower) {
+                Ok(()) => tracing::info!(layer = id, into = %upper.path.display(), "layer merged"),
+                Err(e) => {
+                    tracing::warn!(layer = id, "merging a layer into the one over it: {e}");
+                    failed.insert(id);
+                }
             }
         }
     }

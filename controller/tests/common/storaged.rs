@@ -84,7 +84,7 @@ impl Storaged {
             Command::new(storaged_bin())
                 .arg("--config")
                 .arg(&self.config)
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", "warn,storaged::volumes=info")
                 .stdout(Stdio::null())
                 .spawn()
                 .unwrap(),
