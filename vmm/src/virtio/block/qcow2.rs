@@ -371,15 +371,17 @@ fn copy_own_clusters(
         match mapping {
             ShallowMapping::Eof { .. } => break,
             _ if n == 0 => break,
-            ShallowMapping::Raw { .. } => {
+            // Under `lower`: stays under `upper` too.
+            ShallowMapping::Indirect { .. } => {}
+            // Zeros `lower` says itself: what lies under it must not show.
+            ShallowMapping::Zero { .. } => upper.write_zeroes(at, n)?,
+            // Data (raw, or compressed in a file some tool wrote).
+            _ => {
                 // n <= ABSORB_CHUNK, which fits in usize.
                 buf.resize(n as usize, 0);
                 lower.read(&mut buf[..], at)?;
                 upper.write(&buf[..], at)?;
             }
-            ShallowMapping::Zero { explicit: true, .. } => upper.write_zeroes(at, n)?,
-            // Under `lower`: stays under `upper` too.
-            _ => {}
         }
         at += n;
     }
