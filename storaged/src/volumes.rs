@@ -19,7 +19,7 @@
 //! stay short however many snapshots come and go: a layer that is no
 //! snapshot and has one qcow2 layer right over it (a deleted snapshot
 //! under a later one) is absorbed into that layer
-//! ([`qcow2::absorb_lower`]), then removed. A raw bottom layer stays;
+//! ([`qcow2::pull_lower`], [`qcow2::set_backing`]), then removed. A raw bottom layer stays;
 //! one under a volume waits until the volume is frozen over it again.
 //!
 //! Snapshots and clones take constant time whatever the size. Where the
@@ -158,6 +158,11 @@ pub struct FileBackend {
     /// Changes go one at a time: a sweep for unused layers must not meet a
     /// snapshot half made.
     changing: Mutex<()>,
+    /// The layers in merges under way, both the one merged and the one it
+    /// goes into (the copy runs without `changing`): a layer takes part in
+    /// one merge at a time, so the one under a merge's lower layer stays
+    /// what its upper layer is made to name.
+    merging: Mutex<BTreeSet<String>>,
 }
 
 impl FileBackend {
@@ -171,6 +176,7 @@ impl FileBackend {
             snapshots: data_dir.join("snapshots"),
             moving: data_dir.join("moving"),
             changing: Mutex::new(()),
+            merging: Mutex::new(BTreeSet::new()),
         };
         for dir in [
             &backend.volumes,
@@ -195,6 +201,8 @@ impl FileBackend {
             }
         }
         backend.sweep_layers()?;
+        // Finishes a merge a crash cut short.
+        backend.merge_layers()?;
         Ok(backend)
     }
 
@@ -589,7 +597,9 @@ impl FileBackend {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&marker)(e)),
         }
-        self.sweep_layers()
+        self.sweep_layers()?;
+        drop(_changing);
+        self.merge_layers()
     }
 
     /// Says that the VMM that had snapshot `id`'s volume open has moved
@@ -604,7 +614,8 @@ impl FileBackend {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io_err(&mark)(e)),
         }
-        self.sweep_layers()
+        drop(_changing);
+        self.merge_layers()
     }
 
     /// What lies right over each layer: (id, whether it is a layer).
@@ -622,52 +633,88 @@ impl FileBackend {
         Ok(over)
     }
 
-    /// Merges away the layers that only lie in chains' way (see the
-    /// module's doc), one at a time. A merge that fails is logged and
-    /// left: the chain stays as it was, whole.
-    fn merge_layers(&self) -> Result<(), VolumeError> {
+    /// The next layer to merge into the one right over it (see the
+    /// module's doc), with both, unless it is in `skip` or being merged.
+    fn next_merge(
+        &self,
+        skip: &BTreeSet<String>,
+    ) -> Result<Option<(String, Image, Image)>, VolumeError> {
         let snapshots = self.ids(&self.snapshots)?;
-        let mut failed = BTreeSet::new();
-        loop {
-            let moving = self.ids(&self.moving)?;
-            let mut next = None;
-            for (lower, tops) in self.tops_of_layers()? {
-                let [(upper, true)] = tops.as_slice() else {
-                    continue;
-                };
-                if snapshots.contains(&lower)
-                    || moving.contains(&lower)
-                    || moving.contains(upper)
-                    || failed.contains(&lower)
-                {
-                    continue;
-                }
-                let (Some(l), Some(u)) = (
-                    Self::find(&self.layers, &lower)?,
-                    Self::find(&self.layers, upper)?,
-                ) else {
-                    continue;
-                };
+        let moving = self.ids(&self.moving)?;
+        let merging = self.merging.lock().unwrap_or_else(|e| e.into_inner());
+        for (lower, tops) in self.tops_of_layers()? {
+            let [(upper, true)] = tops.as_slice() else {
+                continue;
+            };
+            if snapshots.contains(&lower)
+                || moving.contains(&lower)
+                || moving.contains(upper)
+                || skip.contains(&lower)
+                || merging.contains(&lower)
+                || merging.contains(upper)
+            {
+                continue;
+            }
+            if let (Some(l), Some(u)) = (
+                Self::find(&self.layers, &lower)?,
+                Self::find(&self.layers, upper)?,
+            ) {
                 if l.format == Format::Qcow2 && u.format == Format::Qcow2 {
-                    next = Some((lower, l, u));
-                    break;
+                    return Ok(Some((lower, l, u)));
                 }
             }
+        }
+        Ok(None)
+    }
+
+    /// Merges away the layers that only lie in chains' way, one at a time.
+    /// Each is picked under the lock, copied into the layer over it without
+    /// it (other calls go on meanwhile: a merge copies a layer's data), and
+    /// finished under it. A merge that fails is logged and left: the
+    /// chain stays as it was, whole.
+    fn merge_layers(&self) -> Result<(), VolumeError> {
+        let mut skip = BTreeSet::new();
+        loop {
+            let next = {
+                let _changing = self.lock();
+                let next = self.next_merge(&skip)?;
+                if let Some((id, _, upper)) = &next {
+                    let mut merging = self.merging.lock().unwrap_or_else(|e| e.into_inner());
+                    merging.insert(id.clone());
+                    merging.insert(stem(&upper.path));
+                }
+                next
+            };
             let Some((id, lower, upper)) = next else {
                 return Ok(());
             };
-            match self.absorb(&upper, &lower) {
-                Ok(()) => tracing::info!(layer = id, into = %upper.path.display(), "layer merged"),
+            let merged = self.absorb(&id, &upper, &lower);
+            {
+                let mut merging = self.merging.lock().unwrap_or_else(|e| e.into_inner());
+                merging.remove(&id);
+                merging.remove(&stem(&upper.path));
+            }
+            match merged {
+                Ok(true) => {
+                    tracing::info!(layer = id, into = %upper.path.display(), "layer merged");
+                }
+                Ok(false) => {
+                    skip.insert(id);
+                }
                 Err(e) => {
                     tracing::warn!(layer = id, "merging a layer into the one over it: {e}");
-                    failed.insert(id);
+                    skip.insert(id);
                 }
             }
         }
     }
 
-    /// Merges layer `lower` into `upper`, the one layer right over it.
-    fn absorb(&self, upper: &Image, lower: &Image) -> Result<(), VolumeError> {
+    /// Merges layer `lower` (`lower_id`) into `upper`, the one layer right
+    /// over it; false if that changed meanwhile. Called without the lock.
+    /// Neither file is written by anyone else: `upper` is a layer no VMM
+    /// writes, `lower` is frozen; both stay while `upper` names `lower`
+    /// (and if `upper` goes meanwhile, what was copied goes with it).
+    fn absorb(&self, lower_id: &str, upper: &Image, lower: &Image) -> Result<bool, VolumeError> {
         let mut under = self.chain(lower)?;
         let base = match under.pop() {
             Some(base) if base.format == Format::Raw => base,
@@ -681,11 +728,7 @@ impl FileBackend {
         // What `upper` lies over from now on, named by its id like every
         // layer.
         let right_under = under.first().unwrap_or(&base);
-        let backing_name = right_under
-            .path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let backing_name = stem(&right_under.path);
         let open = |i: &Image| File::open(&i.path).map_err(io_err(&i.path));
         let layers = under.iter().map(open).collect::<Result<Vec<_>, _>>()?;
         let file = OpenOptions::new()
@@ -693,21 +736,29 @@ impl FileBackend {
             .write(true)
             .open(&upper.path)
             .map_err(io_err(&upper.path))?;
-        qcow2::absorb_lower(
-            &file,
-            open(lower)?,
-            layers,
-            open(&base)?,
-            &backing_name,
-            right_under.format.ext(),
-        )
-        .map_err(io_err(&upper.path))
+        qcow2::pull_lower(&file, open(lower)?, layers, open(&base)?)
+            .map_err(io_err(&upper.path))?;
+        let _changing = self.lock();
+        // Still the pair it was, over what it was (`upper` may have gone:
+        // its snapshot deleted, nothing over it).
+        let still = |image: &Image, under: &str| -> Result<bool, VolumeError> {
+            Ok(match Self::find(&self.layers, &stem(&image.path))? {
+                Some(now) => now.path == image.path && now.describe()?.1.as_deref() == Some(under),
+                None => false,
+            })
+        };
+        if !still(upper, lower_id)? || !still(lower, &backing_name)? {
+            return Ok(false);
+        }
+        qcow2::set_backing(&file, &backing_name, right_under.format.ext())
+            .map_err(io_err(&upper.path))?;
+        self.sweep_layers()?;
+        Ok(true)
     }
 
-    /// Merges what it can, then removes the layers no snapshot is and no
-    /// volume or kept layer lies over.
+    /// Removes the layers no snapshot is and no volume or kept layer lies
+    /// over.
     fn sweep_layers(&self) -> Result<(), VolumeError> {
-        self.merge_layers()?;
         let mut keep = self.ids(&self.snapshots)?;
         let tops = self
             .ids(&self.volumes)?
@@ -811,7 +862,9 @@ impl FileBackend {
         if removed {
             Self::sync(&self.volumes)?;
         }
-        self.sweep_layers()
+        self.sweep_layers()?;
+        drop(_changing);
+        self.merge_layers()
     }
 
     /// The files holding volume `id`, which exists, as a host opens them.
@@ -847,6 +900,13 @@ impl FileBackend {
         let s = rustix::fs::statvfs(&self.volumes).map_err(|e| io_err(&self.volumes)(e.into()))?;
         Ok((s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize))
     }
+}
+
+/// A volume's or layer's id: its file's name without the format.
+fn stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn create_new(path: &Path) -> Result<File, VolumeError> {
@@ -1173,6 +1233,86 @@ mod tests {
         drop(v);
         let v = FileBackend::open(dir.path()).unwrap();
         assert_eq!(read(&v, A, 0, 10), format!("round {rounds:04}").as_bytes());
+    }
+
+    #[test]
+    fn merges_run_beside_other_calls_and_every_snapshot_stays_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = std::sync::Arc::new(FileBackend::open(dir.path()).unwrap());
+        // Two volumes snapshotted round after round on two threads, the
+        // oldest of three deleted each round (a merge), while a third
+        // thread makes volumes from the kept snapshots and reads them.
+        let id = |vol: usize, n: usize| format!("00000000-0000-4000-8{vol:03}-{n:012}");
+        let rounds = 12;
+        let workers: Vec<_> = [A, B]
+            .into_iter()
+            .enumerate()
+            .map(|(k, vol)| {
+                let v = std::sync::Arc::clone(&v);
+                std::thread::spawn(move || {
+                    v.create(vol, 1, None).unwrap();
+                    for n in 1..=rounds {
+                        write(
+                            &v,
+                            vol,
+                            (n as u64) << 20,
+                            format!("{k} round {n:04}").as_bytes(),
+                        );
+                        v.snapshot(&id(k, n), vol, false).unwrap();
+                        if n > 3 {
+                            v.delete_snapshot(&id(k, n - 3)).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (v, done) = (std::sync::Arc::clone(&v), std::sync::Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut made = 0;
+                let mut round = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) || made < 4 {
+                    round += 1;
+                    let k = round % 2;
+                    // A kept snapshot: the newest one there is.
+                    let Some(n) = (1..=rounds)
+                        .rev()
+                        .find(|&n| v.snapshot_info(&id(k, n)).unwrap().is_some())
+                    else {
+                        continue;
+                    };
+                    let clone = format!("20000000-0000-4000-8000-{round:012}");
+                    match v.create(&clone, 1, Some(&VolumeSource::Snapshot(id(k, n)))) {
+                        Ok(_) => {}
+                        // Deleted since: the next round takes another.
+                        Err(VolumeError::SnapshotNotFound(_)) => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                    for m in 1..=n {
+                        assert_eq!(
+                            read(&v, &clone, (m as u64) << 20, 12),
+                            format!("{k} round {m:04}").as_bytes()
+                        );
+                    }
+                    v.delete(&clone).unwrap();
+                    made += 1;
+                }
+                made
+            })
+        };
+        for w in workers {
+            w.join().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() >= 4);
+        for (k, vol) in [A, B].into_iter().enumerate() {
+            assert!(v.files(vol).unwrap().backing.len() <= 5);
+            assert_eq!(
+                read(&v, vol, (rounds as u64) << 20, 12),
+                format!("{k} round {rounds:04}").as_bytes()
+            );
+        }
     }
 
     #[test]

@@ -297,30 +297,27 @@ fn read_only_chain(layers: Vec<File>, base: File) -> io::Result<Backing> {
     Ok(backing)
 }
 
-/// How much of a layer [`absorb_lower`] copies at once.
-const ABSORB_CHUNK: u64 = 1 << 20;
+/// How much of a layer [`pull_lower`] copies at once.
+const PULL_CHUNK: u64 = 1 << 20;
 
-/// Merges the qcow2 layer `lower` into the qcow2 layer `upper` that lies
-/// right over it, so that `upper` lies over what `lower` lay over
-/// (`lower_layers`, top first, then the raw `base`, opened read-only),
-/// which its header then names `backing_name` (of `backing_format`).
-/// What `upper` reads stays the same; `lower` is no longer needed by it.
+/// The data half of merging the qcow2 layer `lower` into the qcow2 layer
+/// `upper` that lies right over it (the other half is [`set_backing`],
+/// naming what lay under `lower`): what `lower` itself holds where `upper`
+/// holds nothing is copied into `upper` (`lower`'s zeros as zero
+/// clusters), and `upper` is synced. `lower` lies over `lower_layers` (top
+/// first) over the raw `base`, all opened read-only.
 ///
-/// What `lower` itself holds where `upper` holds nothing is copied into
-/// `upper` (`lower`'s zero clusters as zero clusters); then the header is
-/// changed. Readers holding the old chain open may read all along: a
-/// cluster added to `upper` holds what they read through it from `lower`
-/// anyway, and they still have `lower` open. Nobody else may write
-/// `upper` meanwhile. A crash at any point leaves `upper` over `lower`
-/// (perhaps with more clusters of its own, the same data) or over what
-/// lay under it; repeating the merge finishes it.
-pub fn absorb_lower(
+/// What `upper` reads, over `lower` or (after [`set_backing`]) over what
+/// lay under it, stays the same. Readers holding the old chain open may
+/// read all along: a cluster added to `upper` holds what they read
+/// through it from `lower` anyway, and they still have `lower` open.
+/// Nobody else may write `upper` meanwhile. Repeating it copies nothing
+/// more.
+pub fn pull_lower(
     upper: &File,
     lower: File,
     lower_layers: Vec<File>,
     base: File,
-    backing_name: &str,
-    backing_format: &str,
 ) -> io::Result<()> {
     let under = read_only_chain(lower_layers, base)?;
     let lower = Qcow2::<imago::file::File, Backing>::builder(imago::file::File::try_from(lower)?)
@@ -350,10 +347,7 @@ pub fn absorb_lower(
         at += n;
     }
     access.flush()?;
-    access.sync()?;
-    drop(access);
-    set_backing(upper, backing_name, backing_format)?;
-    upper.sync_all()
+    access.sync()
 }
 
 /// Copies what `lower` itself holds in `[from, to)` into `upper` (which
@@ -367,7 +361,7 @@ fn copy_own_clusters(
 ) -> io::Result<()> {
     let mut at = from;
     while at < to {
-        let (mapping, n) = lower.get_shallow_mapping(at, (to - at).min(ABSORB_CHUNK))?;
+        let (mapping, n) = lower.get_shallow_mapping(at, (to - at).min(PULL_CHUNK))?;
         match mapping {
             ShallowMapping::Eof { .. } => break,
             _ if n == 0 => break,
@@ -377,7 +371,7 @@ fn copy_own_clusters(
             ShallowMapping::Zero { .. } => upper.write_zeroes(at, n)?,
             // Data (raw, or compressed in a file some tool wrote).
             _ => {
-                // n <= ABSORB_CHUNK, which fits in usize.
+                // n <= PULL_CHUNK, which fits in usize.
                 buf.resize(n as usize, 0);
                 lower.read(&mut buf[..], at)?;
                 upper.write(&buf[..], at)?;
@@ -392,11 +386,11 @@ fn copy_own_clusters(
 const BACKING_FORMAT_EXTENSION: u32 = 0xE279_2ACA;
 
 /// Makes the qcow2 header of `file` name `name` (of `format`) as the file
-/// under it, in one write of the header's cluster prefix. The name must fit
-/// where the old one starts, within the header's cluster, and the format
-/// in the old format's padded length (both hold for a layer id and
-/// "raw"/"qcow2").
-fn set_backing(file: &File, name: &str, format: &str) -> io::Result<()> {
+/// under it, in one write of the header's cluster prefix, then syncs it.
+/// The name must fit where the old one starts, within the header's
+/// cluster, and the format in the old format's padded length (both hold
+/// for a layer id and "raw"/"qcow2").
+pub fn set_backing(file: &File, name: &str, format: &str) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     let mut head = [0u8; 104];
@@ -439,7 +433,8 @@ fn set_backing(file: &File, name: &str, format: &str) -> io::Result<()> {
     let name_at = name_at as usize;
     header[name_at..].fill(0);
     header[name_at..name_at + name.len()].copy_from_slice(name.as_bytes());
-    file.write_all_at(&header, 0)
+    file.write_all_at(&header, 0)?;
+    file.sync_all()
 }
 
 /// Gives `[offset, offset + len)` of `file` back to its filesystem (it
@@ -664,15 +659,10 @@ mod tests {
         let want = read(&before, 6 << 20, 0);
 
         let upper = rw(&path("upper"));
-        absorb_lower(
-            &upper,
-            ro(&path("lower")),
-            Vec::new(),
-            ro(&base),
-            "base",
-            "raw",
-        )
-        .unwrap();
+        pull_lower(&upper, ro(&path("lower")), Vec::new(), ro(&base)).unwrap();
+        // Over lower still, with more of its own: it reads the same.
+        assert!(read(&before, 6 << 20, 0) == want);
+        set_backing(&upper, "base", "raw").unwrap();
         // Its header names the base now, as a tool reads it.
         assert_eq!(describe(&upper).unwrap(), (6 << 20, Some("base".into())));
         let header = std::fs::read(path("upper")).unwrap();
@@ -693,20 +683,12 @@ mod tests {
         assert_eq!(want[(3 << 20) + (256 << 10)], 9);
         // Repeated (as after a crash): nothing left to copy.
         let len = upper.metadata().unwrap().len();
-        absorb_lower(
-            &upper,
-            ro(&path("lower")),
-            Vec::new(),
-            ro(&base),
-            "base",
-            "raw",
-        )
-        .unwrap();
+        pull_lower(&upper, ro(&path("lower")), Vec::new(), ro(&base)).unwrap();
         assert_eq!(upper.metadata().unwrap().len(), len);
         assert!(read(&after, 6 << 20, 0) == want);
         // A raw file is no layer to absorb; a header takes no name or
         // format that does not fit.
-        absorb_lower(&upper, ro(&base), Vec::new(), ro(&base), "base", "raw").unwrap_err();
+        pull_lower(&upper, ro(&base), Vec::new(), ro(&base)).unwrap_err();
         let long = "x".repeat(128 << 10);
         assert!(set_backing(&upper, &long, "raw").is_err());
         assert!(set_backing(&upper, "base", "qcow2-but-longer").is_err());
