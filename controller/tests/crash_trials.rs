@@ -643,6 +643,17 @@ fn raw_base(data: &std::path::Path, id: &str) -> Result<std::path::PathBuf, Stri
 /// One trial's volume work: a volume with data, a snapshot, a volume from
 /// it and a clone of the volume, a grow, then everything deleted. What did
 /// not go as it should.
+/// Whether what the trial wrote before its first snapshot is at the
+/// bottom of volume `id`'s chain.
+fn written_at_base(data: &std::path::Path, id: &str) -> Result<(), String> {
+    let bytes = raw_base(data, id).and_then(|p| std::fs::read(&p).map_err(|e| e.to_string()))?;
+    if bytes.starts_with(b"written before") {
+        Ok(())
+    } else {
+        Err(format!("volume {id}: the data is not at its base"))
+    }
+}
+
 fn volume_work(addr: &str, token: &str, data: &std::path::Path, volume: &str) -> Vec<String> {
     let mut wrong = Vec::new();
     let mut step = |r: Result<(), String>| {
@@ -695,11 +706,7 @@ fn volume_work(addr: &str, token: &str, data: &std::path::Path, volume: &str) ->
     }
     // What was written before the snapshot is at the bottom of all three.
     for id in [volume, &b, &c] {
-        match raw_base(data, id).and_then(|p| std::fs::read(&p).map_err(|e| e.to_string())) {
-            Ok(bytes) if bytes.starts_with(b"written before") => {}
-            Ok(_) => step(Err(format!("volume {id}: the data is not at its base"))),
-            Err(e) => step(Err(e)),
-        }
+        step(written_at_base(data, id));
     }
     v3(
         addr,
@@ -735,11 +742,7 @@ fn volume_work(addr: &str, token: &str, data: &std::path::Path, volume: &str) ->
     );
     let d = d["volume"]["id"].as_str().unwrap().to_owned();
     step(settle(addr, token, "volume", &d, "available"));
-    match raw_base(data, &d).and_then(|p| std::fs::read(&p).map_err(|e| e.to_string())) {
-        Ok(bytes) if bytes.starts_with(b"written before") => {}
-        Ok(_) => step(Err(format!("volume {d}: the data is not at its base"))),
-        Err(e) => step(Err(e)),
-    }
+    step(written_at_base(data, &d));
     v3(addr, token, "DELETE", &format!("/volumes/{d}"), Value::Null);
     step(settle(addr, token, "volume", &d, "gone"));
     v3(
