@@ -124,6 +124,56 @@ pub fn hang_reports(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| d.count())
 }
 
+/// Each hang report in `dir` in brief, for a log read where the files are
+/// gone (CI's machine): the report's name (scenario and time), where L1's
+/// CPU was, and the scenario's last line of output.
+pub fn hang_summaries(dir: &Path) -> Vec<String> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            format!("  {name}: {}", summarize_hang(&text))
+        })
+        .collect()
+}
+
+/// `RIP=... CPL=... HLT=...` of each CPU sample, then the last line the
+/// scenario wrote.
+fn summarize_hang(report: &str) -> String {
+    let samples: Vec<String> = report
+        .lines()
+        .filter(|l| l.starts_with("sample "))
+        .map(|l| {
+            l.split_whitespace()
+                .filter(|w| {
+                    ["RIP=", "EIP=", "CPL=", "HLT="]
+                        .iter()
+                        .any(|k| w.starts_with(k))
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let last = report
+        .split("--- scenario output")
+        .nth(1)
+        .and_then(|rest| rest.split("\n--- ").next())
+        .and_then(|section| {
+            section
+                .lines()
+                .skip(1)
+                .filter(|l| !l.trim().is_empty())
+                .last()
+        })
+        .unwrap_or("(none)");
+    format!("CPU [{}]; last output: {last}", samples.join("; "))
+}
+
 /// Runs every binary `rounds` times and prints the table; true when every
 /// run of every test passed.
 pub fn hunt(
@@ -218,6 +268,9 @@ pub fn hunt(
         started.elapsed().as_secs_f64() / 60.0,
         logs.display()
     );
+    for line in hang_summaries(&hangs) {
+        println!("{line}");
+    }
     Ok(tally.values().all(|t| t.failed == 0))
 }
 
@@ -253,6 +306,27 @@ fn table(tally: &BTreeMap<String, Tally>, rounds: u32, filter: Option<&str>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hang_report_is_summed_up_in_a_line() {
+        let report = "--- L1's CPU when it hung (QEMU monitor) ---\n\
+            sample 1: RIP=ffffffff81369416 (no System.map to name it) CPL=0 interrupts on HLT=0\n\
+            CPU#0\nRAX=0000\n\
+            sample 2: RIP=00007f2577940bd2 (no System.map to name it) CPL=3 interrupts on HLT=0\n\
+            --- scenario output (40 bytes) ---\nclient: ready\nclient: round 2\n\n\
+            --- L1 control channel (20 bytes) ---\nheartbeat\n--- end of report ---";
+        assert_eq!(
+            summarize_hang(report),
+            "CPU [RIP=ffffffff81369416 CPL=0 HLT=0; RIP=00007f2577940bd2 CPL=3 HLT=0]; \
+             last output: client: round 2"
+        );
+        assert_eq!(summarize_hang(""), "CPU []; last output: (none)");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cloud-1.log"), report).unwrap();
+        let lines = hang_summaries(dir.path());
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].starts_with("  cloud-1.log: CPU [RIP=ffffffff81369416"));
+    }
 
     #[test]
     fn reads_libtest_verdicts() {

@@ -409,6 +409,9 @@ fn test_steps(unit_only: bool, e2e_only: bool, steps: &mut Steps) -> Result<()> 
             String::new()
         }
     );
+    for line in flakes::hang_summaries(&hangs) {
+        println!("{line}");
+    }
     result
 }
 
