@@ -142,7 +142,8 @@ pub fn hang_summaries(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// `RIP=... CPL=... HLT=...` of each CPU sample, then the last line the
+/// `RIP=... CPL=... HLT=...` and L1's pending and in-service interrupts of
+/// each CPU sample, then the last line the
 /// scenario wrote.
 fn summarize_hang(report: &str) -> String {
     let samples: Vec<String> = report
@@ -151,7 +152,7 @@ fn summarize_hang(report: &str) -> String {
         .map(|l| {
             l.split_whitespace()
                 .filter(|w| {
-                    ["RIP=", "EIP=", "CPL=", "HLT="]
+                    ["RIP=", "EIP=", "CPL=", "HLT=", "L1-IRR=", "L1-ISR="]
                         .iter()
                         .any(|k| w.starts_with(k))
                 })
@@ -312,12 +313,14 @@ mod tests {
         let report = "--- L1's CPU when it hung (QEMU monitor) ---\n\
             sample 1: RIP=ffffffff81369416 (no System.map to name it) CPL=0 interrupts on HLT=0\n\
             CPU#0\nRAX=0000\n\
-            sample 2: RIP=00007f2577940bd2 (no System.map to name it) CPL=3 interrupts on HLT=0\n\
+            sample 2: RIP=00007f2577940bd2 (no System.map to name it) CPL=3 interrupts on HLT=0 \
+            L1-IRR=236 L1-ISR=(none) L1-PPR=0x00\n\
             --- scenario output (40 bytes) ---\nclient: ready\nclient: round 2\n\n\
             --- L1 control channel (20 bytes) ---\nheartbeat\n--- end of report ---";
         assert_eq!(
             summarize_hang(report),
-            "CPU [RIP=ffffffff81369416 CPL=0 HLT=0; RIP=00007f2577940bd2 CPL=3 HLT=0]; \
+            "CPU [RIP=ffffffff81369416 CPL=0 HLT=0; \
+             RIP=00007f2577940bd2 CPL=3 HLT=0 L1-IRR=236 L1-ISR=(none)]; \
              last output: client: round 2"
         );
         assert_eq!(summarize_hang(""), "CPU []; last output: (none)");

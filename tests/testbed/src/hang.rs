@@ -1,6 +1,8 @@
 //! What L1's CPU is doing when a testbed hangs: asked of QEMU's monitor before
 //! the testbed is killed, so that a hang can be placed (the L1 kernel spinning
 //! with interrupts off, idle, or running an L2 guest) instead of guessed at.
+//! Each sample also reads L1's local APIC: an interrupt left pending in its
+//! IRR while the CPU stays in an L2 guest is one L1 never got to take.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -24,12 +26,16 @@ pub fn cpu_report(monitor: &Path, system_map: Option<&Path>) -> String {
         if i > 0 {
             std::thread::sleep(Duration::from_millis(300));
         }
-        match info_registers(monitor) {
+        match monitor_command(monitor, "info registers", "CPU#") {
             Ok(regs) => {
+                let lapic = monitor_command(monitor, "info lapic", "dumping").unwrap_or_default();
                 let line = summary(&regs, symbols.as_deref());
-                report.push_str(&format!("sample {}: {line}\n", i + 1));
+                let apic = lapic_summary(&lapic);
+                report.push_str(&format!("sample {}: {line} {apic}\n", i + 1));
                 if i == 0 {
                     report.push_str(&regs);
+                    report.push('\n');
+                    report.push_str(&lapic);
                     report.push('\n');
                 }
             }
@@ -42,15 +48,15 @@ pub fn cpu_report(monitor: &Path, system_map: Option<&Path>) -> String {
     report
 }
 
-/// `info registers` from QEMU's human monitor.
-fn info_registers(monitor: &Path) -> std::io::Result<String> {
+/// `command`'s answer from QEMU's human monitor, from where `starts` is.
+fn monitor_command(monitor: &Path, command: &str, starts: &str) -> std::io::Result<String> {
     let mut s = UnixStream::connect(monitor)?;
     s.set_read_timeout(Some(Duration::from_millis(200)))?;
     read_for(&mut s, Duration::from_millis(500)); // the banner and prompt
-    s.write_all(b"info registers\n")?;
+    s.write_all(format!("{command}\n").as_bytes())?;
     let out = read_for(&mut s, Duration::from_secs(2));
-    // The monitor echoes the command with terminal escapes: keep the registers.
-    Ok(match out.find("CPU#") {
+    // The monitor echoes the command with terminal escapes: keep the answer.
+    Ok(match out.find(starts) {
         Some(i) => out[i..].trim_end_matches("(qemu) ").to_owned(),
         None => out,
     })
@@ -114,6 +120,29 @@ fn summary(regs: &str, symbols: Option<&str>) -> String {
     )
 }
 
+/// `L1-IRR=.. L1-ISR=.. L1-PPR=..` from `info lapic` output: the vectors
+/// L1's local APIC holds for its CPU (requested, in service) and the
+/// priority below which it holds them back.
+fn lapic_summary(lapic: &str) -> String {
+    let row = |name: &str| {
+        lapic.lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            rest.starts_with(char::is_whitespace)
+                .then(|| rest.split_whitespace().collect::<Vec<_>>().join(","))
+        })
+    };
+    let ppr = lapic
+        .split_whitespace()
+        .skip_while(|w| *w != "PPR")
+        .nth(1)
+        .unwrap_or("?");
+    format!(
+        "L1-IRR={} L1-ISR={} L1-PPR={ppr}",
+        row("IRR").unwrap_or_else(|| "?".into()),
+        row("ISR").unwrap_or_else(|| "?".into()),
+    )
+}
+
 /// The System.map symbol at or below `addr`, as `name+0xoff`, when `addr` is in
 /// the kernel's text.
 fn symbol_of(system_map: &str, addr: u64) -> Option<String> {
@@ -163,6 +192,19 @@ mod tests {
     }
 
     #[test]
+    fn the_local_apic_says_what_l1_has_pending() {
+        // QEMU 7.2's `info lapic`, abridged.
+        let lapic = "dumping local APIC state for CPU 0\n\nLVTT\t 0x000000ec active-hi edge \
+                     one-shot Fixed  (vec 236)\nISR\t (none)\nIRR\t 34 236\n\n\
+                     APR 0x00 TPR 0x00 DFR 0x0f LDR 0x01 PPR 0x00\n";
+        assert_eq!(
+            lapic_summary(lapic),
+            "L1-IRR=34,236 L1-ISR=(none) L1-PPR=0x00"
+        );
+        assert_eq!(lapic_summary(""), "L1-IRR=? L1-ISR=? L1-PPR=?");
+    }
+
+    #[test]
     fn a_running_qemu_reports_its_cpu() {
         if std::process::Command::new(crate::nested::QEMU)
             .arg("--version")
@@ -198,5 +240,7 @@ mod tests {
         assert!(report.contains("sample 1: RIP="), "{report}");
         assert!(report.contains("sample 3: RIP="), "{report}");
         assert!(report.contains("CPU#0"), "{report}");
+        assert!(report.contains("L1-IRR="), "{report}");
+        assert!(report.contains("LVTT"), "{report}");
     }
 }
