@@ -52,6 +52,8 @@ pub enum Target {
     Own,
     /// An overlay's base.
     Base,
+    /// The read-only layer of this index under an overlay (0 right under it).
+    Layer(usize),
     /// Through the overlay's format driver, at the guest's offset.
     Overlay,
 }
@@ -241,6 +243,7 @@ impl Disk {
         Ok(match overlay.place(offset, len, write)? {
             Place::Overlay(at) => (Target::Own, at),
             Place::Base(at) => (Target::Base, at),
+            Place::Layer(i, at) => (Target::Layer(i), at),
             Place::Mixed => (Target::Overlay, offset),
         })
     }
@@ -252,6 +255,7 @@ impl Disk {
             (Target::Own, _) if buffered => Some(self.buffered.as_raw_fd()),
             (Target::Own, _) => Some(self.file.as_raw_fd()),
             (Target::Base, Some(o)) => Some(o.base_file().as_raw_fd()),
+            (Target::Layer(i), Some(o)) => o.layer_file(i).map(AsRawFd::as_raw_fd),
             _ => None,
         }
     }
@@ -309,10 +313,16 @@ impl Disk {
         use std::os::unix::fs::FileExt;
         let (target, at) = self.place(offset, buf.len() as u64, false)?;
         let file = match (target, &self.overlay) {
-            (Target::Own, _) => &self.buffered,
-            (Target::Base, Some(o)) => o.base_file(),
-            (_, Some(o)) => return o.read_vectored(&mut [std::io::IoSliceMut::new(buf)], offset),
-            (_, None) => return Err(std::io::Error::other("not an overlay")),
+            (Target::Own, _) => Some(&self.buffered),
+            (Target::Base, Some(o)) => Some(o.base_file()),
+            (Target::Layer(i), Some(o)) => o.layer_file(i),
+            _ => None,
+        };
+        let Some(file) = file else {
+            return match &self.overlay {
+                Some(o) => o.read_vectored(&mut [std::io::IoSliceMut::new(buf)], offset),
+                None => Err(std::io::Error::other("not an overlay")),
+            };
         };
         let mut done = 0;
         while done < buf.len() {
@@ -592,6 +602,17 @@ mod tests {
         let path = |n: &str| dir.path().join(n);
         std::fs::write(path("base"), vec![5u8; 1 << 20]).unwrap();
         super::super::qcow2::create_overlay(&path("snap"), "base", 2 << 20).unwrap();
+        {
+            let snap = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path("snap"))
+                .unwrap();
+            let o = Overlay::open(&snap, &path("base"), true).unwrap();
+            o.write_vectored(&[std::io::IoSlice::new(&[6u8; 4096])], 64 << 10)
+                .unwrap();
+            o.flush().unwrap();
+        }
         super::super::qcow2::create_layer(&path("vol"), "snap", "qcow2", 2 << 20).unwrap();
         let vol = OpenOptions::new()
             .read(true)
@@ -610,7 +631,17 @@ mod tests {
         .unwrap();
         assert_eq!(disk.capacity(), 2 << 20);
         assert!(disk.is_overlay() && !disk.fallocate);
-        assert_eq!(disk.place(0, 4096, false).unwrap().0, Target::Overlay);
+        // Reads go straight to the file holding the bytes, at any depth.
+        assert_eq!(disk.place(0, 4096, false).unwrap(), (Target::Base, 0));
+        let (target, _) = disk.place(64 << 10, 4096, false).unwrap();
+        assert_eq!(target, Target::Layer(0));
+        assert!(disk.fd_for(target, false).is_some());
+        let mut buf = vec![0u8; 8192];
+        disk.read_at(&mut buf, 62 << 10).unwrap();
+        assert!(buf[..2048].iter().all(|b| *b == 5) && buf[2048..6144].iter().all(|b| *b == 6));
+        disk.read_at(&mut buf[..4096], 64 << 10).unwrap();
+        assert!(buf[..4096].iter().all(|b| *b == 6));
+        assert_eq!(disk.place(0, 4096, true).unwrap().0, Target::Overlay);
         // A raw file is no overlay.
         assert!(matches!(
             Disk::from_fds(&[base.as_raw_fd()], &[base.as_raw_fd()], true),

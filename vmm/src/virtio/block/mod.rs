@@ -983,6 +983,70 @@ mod tests {
         assert_eq!(std::fs::read(&base).unwrap(), pattern);
     }
 
+    /// Reads under an overlay two files deep go to whichever file holds
+    /// their bytes (a layer's cluster, the base) and read what imago reads.
+    fn layered_read_round_trip(uring: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |n: &str| dir.path().join(n);
+        let pattern: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(path("base"), &pattern).unwrap();
+        qcow2::create_overlay(&path("snap"), "base", 2 << 20).unwrap();
+        let rw = |p: &std::path::Path| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p)
+                .unwrap()
+        };
+        let snap = qcow2::Overlay::open(&rw(&path("snap")), &path("base"), true).unwrap();
+        snap.write_vectored(&[std::io::IoSlice::new(&[7u8; 8192])], 64 << 10)
+            .unwrap();
+        snap.flush().unwrap();
+        drop(snap);
+        qcow2::create_layer(&path("vol"), "snap", "qcow2", 2 << 20).unwrap();
+        let disk = Disk::open(
+            &path("vol"),
+            Some(&path("base")),
+            &[path("snap")],
+            false,
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            disk.place(64 << 10, 4096, false).unwrap().0,
+            Target::Layer(0)
+        );
+        let req = |sector| Req {
+            kind: T_IN,
+            sector,
+            data_len: 4096,
+        };
+        // The layer's cluster, the base, and a read across both.
+        let (results, mem) = serve_disk(disk, uring, &[req(128), req(8), req(124)], &[]);
+        assert_eq!(results, [(VIRTIO_BLK_S_OK, 4097); 3]);
+        let read = |i: u64| {
+            let mut buf = vec![0u8; 4096];
+            mem.read_slice(&mut buf, GuestAddress(0x10_0000 + i * 0x1_0000))
+                .unwrap();
+            buf
+        };
+        assert!(read(0).iter().all(|b| *b == 7));
+        assert_eq!(read(1), pattern[4096..8192]);
+        let across = read(2);
+        assert_eq!(across[..2048], pattern[124 * 512..64 << 10]);
+        assert!(across[2048..].iter().all(|b| *b == 7));
+    }
+
+    #[test]
+    fn layered_reads_round_trip_through_io_uring() {
+        layered_read_round_trip(true);
+    }
+
+    #[test]
+    fn layered_reads_round_trip_synchronously() {
+        layered_read_round_trip(false);
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
 

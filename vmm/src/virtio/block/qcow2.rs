@@ -22,7 +22,7 @@ use imago::qcow2::Qcow2;
 use imago::raw::Raw;
 use imago::{
     DenyImplicitOpenGate, FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Mapping,
-    ShallowMapping,
+    ShallowMapping, Storage, StorageOpenOptions,
 };
 
 type Backing = Arc<FormatAccess<imago::file::File>>;
@@ -34,6 +34,9 @@ pub enum Place {
     Overlay(u64),
     /// In the base (for reads only), at this offset.
     Base(u64),
+    /// In the read-only layer of this index (0 right under the overlay),
+    /// at this offset of its file (for reads only).
+    Layer(usize, u64),
     /// Anywhere else: served through imago.
     Mixed,
 }
@@ -111,9 +114,9 @@ pub struct Overlay {
     /// overlay over the image shares it, and their reads share its pages.
     base: File,
     base_len: u64,
-    /// Whether the overlay lies right over the base, so that what it does
-    /// not hold is at the same offset in the base file.
-    over_base: bool,
+    /// The read-only layers between the overlay and the base, top first:
+    /// what they hold is read from their files directly, as the base's is.
+    layers: Vec<File>,
 }
 
 impl Overlay {
@@ -139,7 +142,10 @@ impl Overlay {
             ));
         }
         let base_len = base.metadata()?.len();
-        let over_base = layers.is_empty();
+        let layer_files = layers
+            .iter()
+            .map(File::try_clone)
+            .collect::<io::Result<Vec<_>>>()?;
         let backing = read_only_chain(layers, base.try_clone()?)?;
         let qcow2 = Qcow2::<imago::file::File, Backing>::builder(imago::file::File::try_from(
             overlay.try_clone()?,
@@ -152,7 +158,7 @@ impl Overlay {
             file: overlay.try_clone()?,
             base,
             base_len,
-            over_base,
+            layers: layer_files,
         })
     }
 
@@ -164,6 +170,12 @@ impl Overlay {
     /// The base, for reads of ranges the overlay has not written.
     pub fn base_file(&self) -> &File {
         &self.base
+    }
+
+    /// The read-only layer `index` (0 right under the overlay), for reads
+    /// of what it holds.
+    pub fn layer_file(&self, index: usize) -> Option<&File> {
+        self.layers.get(index)
     }
 
     /// Where `[offset, offset + len)` is, if in one place that a read (or a
@@ -178,14 +190,41 @@ impl Overlay {
                 offset, writable, ..
             } if writable || !write => Place::Overlay(offset),
             ShallowMapping::Indirect { offset, .. }
-                if !write
-                    && self.over_base
-                    && offset.checked_add(len).is_some_and(|e| e <= self.base_len) =>
+                if !write && self.layers.is_empty() && self.in_base(offset, len) =>
             {
                 Place::Base(offset)
             }
+            ShallowMapping::Indirect { .. } if !write => self.place_below(offset, len)?,
             _ => Place::Mixed,
         })
+    }
+
+    /// Where a read the overlay does not hold lies under it: in one layer's
+    /// file or in the base, followed down through the layers' tables.
+    /// Layers and base are read-only, so a place stays right while the
+    /// overlay is open.
+    fn place_below(&self, offset: u64, len: u64) -> io::Result<Place> {
+        let (mapping, mapped) = self.access.get_mapping(offset, len)?;
+        if mapped < len {
+            return Ok(Place::Mixed);
+        }
+        let Mapping::Raw {
+            storage, offset, ..
+        } = mapping
+        else {
+            return Ok(Place::Mixed);
+        };
+        Ok(
+            match storage.get_filename().as_deref().and_then(chain_member) {
+                Some(ChainMember::Layer(i)) if i < self.layers.len() => Place::Layer(i, offset),
+                Some(ChainMember::Base) if self.in_base(offset, len) => Place::Base(offset),
+                _ => Place::Mixed,
+            },
+        )
+    }
+
+    fn in_base(&self, offset: u64, len: u64) -> bool {
+        offset.checked_add(len).is_some_and(|e| e <= self.base_len)
     }
 
     /// Reads `bufs` from the disk at `offset`, wherever the bytes are.
@@ -280,18 +319,48 @@ impl Overlay {
     }
 }
 
+/// Which file of a chain an imago storage object is: each is opened under
+/// a name that says (never a path: no file is opened by name).
+#[derive(Debug, PartialEq, Eq)]
+enum ChainMember {
+    Layer(usize),
+    Base,
+}
+
+const LAYER_NAME: &str = "virga-chain-layer-";
+const BASE_NAME: &str = "virga-chain-base";
+
+fn chain_member(name: &Path) -> Option<ChainMember> {
+    let name = name.to_str()?;
+    if name == BASE_NAME {
+        return Some(ChainMember::Base);
+    }
+    name.strip_prefix(LAYER_NAME)?
+        .parse()
+        .ok()
+        .map(ChainMember::Layer)
+}
+
+/// `file` (opened read-only, through the page cache) as imago's storage,
+/// named for [`chain_member`].
+fn chain_storage(file: File, name: String) -> io::Result<imago::file::File> {
+    imago::file::File::from_open_file(file, StorageOpenOptions::new().filename(name))
+}
+
 /// `layers` (read-only qcow2 files, the top one first) over the raw
 /// `base`, each read through the one under it.
 fn read_only_chain(layers: Vec<File>, base: File) -> io::Result<Backing> {
-    let raw =
-        Raw::builder(imago::file::File::try_from(base)?).open(DenyImplicitOpenGate::default())?;
+    let raw = Raw::builder(chain_storage(base, BASE_NAME.to_owned())?)
+        .open(DenyImplicitOpenGate::default())?;
     let mut backing: Backing = Arc::new(FormatAccess::new(raw));
-    for layer in layers.into_iter().rev() {
-        let qcow2 =
-            Qcow2::<imago::file::File, Backing>::builder(imago::file::File::try_from(layer)?)
-                .write(false)
-                .backing(Some(backing))
-                .open(DenyImplicitOpenGate::default())?;
+    for (i, layer) in layers.into_iter().enumerate().rev() {
+        let qcow2 = Qcow2::<imago::file::File, Backing>::builder(chain_storage(
+            layer,
+            format!("{LAYER_NAME}{i}"),
+        )?)
+        .write(false)
+        .backing(Some(backing))
+        .open(DenyImplicitOpenGate::default())?;
         backing = Arc::new(FormatAccess::new(qcow2));
     }
     Ok(backing)
@@ -592,8 +661,27 @@ mod tests {
         assert!(read(&vol, 4096, 64 << 10).iter().all(|b| *b == 4));
         assert!(read(&vol, 4096, 128 << 10).iter().all(|b| *b == 3));
         assert!(read(&vol, 4096, 6 << 20).iter().all(|b| *b == 0));
-        // The base is two layers down: not at the same offset in its file.
-        assert_eq!(vol.place(0, 4096, false).unwrap(), Place::Mixed);
+        // Reads go to the file that holds the bytes, however deep: the
+        // base (at the same offset), snap2's own cluster, or through imago
+        // where a read spans files.
+        assert_eq!(vol.place(0, 4096, false).unwrap(), Place::Base(0));
+        let Place::Layer(0, at) = vol.place(128 << 10, 4096, false).unwrap() else {
+            panic!("snap2's cluster is not placed in snap2")
+        };
+        let mut direct = vec![0u8; 4096];
+        use std::os::unix::fs::FileExt;
+        vol.layer_file(0)
+            .unwrap()
+            .read_exact_at(&mut direct, at)
+            .unwrap();
+        assert!(direct.iter().all(|b| *b == 3));
+        assert_eq!(
+            vol.place((128 << 10) - 4096, 8192, false).unwrap(),
+            Place::Mixed
+        );
+        // Never for writes, nor past the base's end (zeros).
+        assert_eq!(vol.place(128 << 10, 4096, true).unwrap(), Place::Mixed);
+        assert_eq!(vol.place(6 << 20, 4096, false).unwrap(), Place::Mixed);
         drop(vol);
         // The layers under it are as they were: snap2 still reads 2 where
         // the volume wrote 4.
