@@ -201,8 +201,10 @@ impl Overlay {
 
     /// Where a read the overlay does not hold lies under it: in one layer's
     /// file or in the base, followed down through the layers' tables.
-    /// Layers and base are read-only, so a place stays right while the
-    /// overlay is open.
+    /// What the layers and the base read never changes (storaged's merge
+    /// only adds clusters to a layer holding the bytes it already read
+    /// through, and the layer merged away stays open here), so a place
+    /// stays right while the overlay is open.
     fn place_below(&self, offset: u64, len: u64) -> io::Result<Place> {
         let (mapping, mapped) = self.access.get_mapping(offset, len)?;
         if mapped < len {
