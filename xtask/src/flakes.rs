@@ -143,8 +143,7 @@ pub fn hang_summaries(dir: &Path) -> Vec<String> {
 }
 
 /// `RIP=... CPL=... HLT=...` and L1's pending and in-service interrupts of
-/// each CPU sample, then the last line the
-/// scenario wrote.
+/// each CPU sample, then the last line the scenario wrote.
 fn summarize_hang(report: &str) -> String {
     let samples: Vec<String> = report
         .lines()

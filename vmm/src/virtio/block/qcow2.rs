@@ -189,10 +189,14 @@ impl Overlay {
             ShallowMapping::Raw {
                 offset, writable, ..
             } if writable || !write => Place::Overlay(offset),
-            ShallowMapping::Indirect { offset, .. }
-                if !write && self.layers.is_empty() && self.in_base(offset, len) =>
-            {
-                Place::Base(offset)
+            // Right over the base, what the overlay does not hold is at the
+            // same offset in the base: no need to follow any table.
+            ShallowMapping::Indirect { offset, .. } if !write && self.layers.is_empty() => {
+                if self.in_base(offset, len) {
+                    Place::Base(offset)
+                } else {
+                    Place::Mixed
+                }
             }
             ShallowMapping::Indirect { .. } if !write => self.place_below(offset, len)?,
             _ => Place::Mixed,
