@@ -41,7 +41,14 @@ pub struct StandInHostd {
     /// How many of the next disk calls answer 503, as hostd does while the
     /// instance's VMM restarts.
     disk_calls_unavailable: Arc<std::sync::atomic::AtomicU32>,
+    /// Whether it keeps heartbeating, as hostd does; held while one is sent,
+    /// so a host that goes silent sends nothing after its last heartbeat.
+    beating: Arc<Mutex<bool>>,
 }
+
+/// How often a registered stand-in heartbeats: well within the controller's
+/// default timeout (60 s), which a long test outlives.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 /// A serial console: what was typed (`POST .../console`); a console stream
 /// (`GET .../console?follow=true`) waits for something typed and answers
@@ -213,6 +220,7 @@ impl StandInHostd {
             controller,
             disk_calls,
             disk_calls_unavailable,
+            beating: Arc::default(),
         }
     }
 
@@ -259,30 +267,70 @@ impl StandInHostd {
         self.states.lock().unwrap().clear();
     }
 
-    /// Registers the stand-in as a host, as hostd's heartbeat would.
+    /// Registers the stand-in as a host and keeps heartbeating, as hostd
+    /// does, until [`StandInHostd::register_at`] or the last clone is dropped.
     pub fn register(&self, c: &Controller) {
-        self.register_at(c, &format!("http://127.0.0.1:{}", self.port));
+        let url = format!("http://127.0.0.1:{}", self.port);
+        let mut beating = self.beating.lock().unwrap();
+        self.heartbeat(c, &url);
+        if !*beating {
+            *beating = true;
+            self.keep_beating(url);
+        }
     }
 
-    /// Sends the stand-in's heartbeat naming `url` as where hostd listens (one
-    /// where nothing answers makes the host unreachable).
+    /// Sends one last heartbeat naming `url` as where hostd listens (one where
+    /// nothing answers makes the host unreachable), then goes silent: a host
+    /// that went down.
     pub fn register_at(&self, c: &Controller, url: &str) {
+        let mut beating = self.beating.lock().unwrap();
+        *beating = false;
+        self.heartbeat(c, url);
+    }
+
+    fn heartbeat(&self, c: &Controller, url: &str) {
         *self.controller.lock().unwrap() = Some(c.addr.clone());
-        let heartbeat = serde_json::json!({
-            "host_id": self.host_id, "url": url, "cpus": 8,
-            "memory_mib": 16384, "memory_usable_mib": 16000, "disk_free_mib": 100000,
-            "vcpus_used": 0, "memory_used_mib": 0, "instances": self.instances().len(),
-            "kvm_mode": "hardware", "version": "0.1.0",
-        });
-        let bearer = format!("Bearer {}", host_token(&self.host_id));
         let r = call(
             c,
             "PUT",
             &format!("/internal/v1/hosts/{}", self.host_id),
-            &[("Authorization", &bearer)],
-            &heartbeat.to_string(),
+            &[("Authorization", &self.bearer())],
+            &heartbeat_body(&self.host_id, url, self.instances().len()),
         );
         assert!(r.status < 300, "{} {}", r.status, r.body);
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", host_token(&self.host_id))
+    }
+
+    /// Heartbeats every [`HEARTBEAT_EVERY`] while `beating`, to the controller
+    /// it registered with last; a controller that is gone is skipped.
+    fn keep_beating(&self, url: String) {
+        let (host_id, bearer) = (self.host_id.clone(), self.bearer());
+        let (beating, controller) = (Arc::downgrade(&self.beating), self.controller.clone());
+        let states = Arc::downgrade(&self.states);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(HEARTBEAT_EVERY);
+            let (Some(beating), Some(states)) = (beating.upgrade(), states.upgrade()) else {
+                return;
+            };
+            let beating = beating.lock().unwrap();
+            if !*beating {
+                return;
+            }
+            let Some(to) = controller.lock().unwrap().clone() else {
+                continue;
+            };
+            let instances = states.lock().unwrap().len();
+            let _ = virga_test_support::http::send(
+                to.as_str(),
+                "PUT",
+                &format!("/internal/v1/hosts/{host_id}"),
+                &[("Authorization", &bearer)],
+                heartbeat_body(&host_id, &url, instances).as_bytes(),
+            );
+        });
     }
 
     /// Sets an instance's state behind the controller's back (a guest that
@@ -545,4 +593,15 @@ fn answer(
         ),
     };
     Response::json(status, &reply)
+}
+
+/// What hostd's heartbeat says about the stand-in's host.
+fn heartbeat_body(host_id: &str, url: &str, instances: usize) -> String {
+    serde_json::json!({
+        "host_id": host_id, "url": url, "cpus": 8,
+        "memory_mib": 16384, "memory_usable_mib": 16000, "disk_free_mib": 100000,
+        "vcpus_used": 0, "memory_used_mib": 0, "instances": instances,
+        "kvm_mode": "hardware", "version": "0.1.0",
+    })
+    .to_string()
 }
