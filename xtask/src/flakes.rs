@@ -119,9 +119,26 @@ fn verdicts(stdout: &str) -> Vec<(String, Verdict)> {
         .collect()
 }
 
-/// Hang reports the testbed kept in `dir` (one per retried L1).
-pub fn hang_reports(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map_or(0, |d| d.count())
+/// The testbed's hang reports in `dir`, in one line: L1s that went silent and
+/// were woken by a kick (`-woken-` in the name), and those retried in a
+/// fresh testbed.
+pub fn hang_counts(dir: &Path) -> String {
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let woken = names.iter().filter(|n| n.contains("-woken-")).count();
+    format!(
+        "testbed hangs: {woken} woken by a kick, {} retried in a fresh testbed{}",
+        names.len() - woken,
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!(" (reports under {})", dir.display())
+        }
+    )
 }
 
 /// Each hang report in `dir` in brief, for a log read where the files are
@@ -256,14 +273,8 @@ pub fn hunt(
     }
     print!("{}", table(&tally, rounds, filter));
     println!(
-        "testbed retries (an L1 that hung, retried once in a fresh one): {}{}\n\
-         {} rounds in {:.1} min; logs of failing runs under {}",
-        hang_reports(&hangs),
-        if hang_reports(&hangs) > 0 {
-            format!(" (reports under {})", hangs.display())
-        } else {
-            String::new()
-        },
+        "{}\n{} rounds in {:.1} min; logs of failing runs under {}",
+        hang_counts(&hangs),
         rounds,
         started.elapsed().as_secs_f64() / 60.0,
         logs.display()

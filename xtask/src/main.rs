@@ -399,16 +399,9 @@ fn test_steps(unit_only: bool, e2e_only: bool, steps: &mut Steps) -> Result<()> 
     let result = steps.run("e2e tests", || {
         lanes::run(binaries, lanes, &root().join("target/e2e-logs"), &hangs)
     });
-    // The one retry there is (a hung L1), counted and shown whatever the result.
-    let retried = flakes::hang_reports(&hangs);
-    println!(
-        "testbed retries (an L1 that hung, retried once in a fresh one): {retried}{}",
-        if retried > 0 {
-            format!("; reports under {}", hangs.display())
-        } else {
-            String::new()
-        }
-    );
+    // The one retry there is (a hung L1), and the hangs a kick woke, counted
+    // and shown whatever the result.
+    println!("{}", flakes::hang_counts(&hangs));
     for line in flakes::hang_summaries(&hangs) {
         println!("{line}");
     }

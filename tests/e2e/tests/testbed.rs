@@ -46,3 +46,38 @@ fn an_l1_kernel_panic_is_reported_whole() {
     );
     assert!(report.contains("Call Trace"), "{report}");
 }
+
+/// An L1 that goes silent is first woken with a fresh interrupt (the cure for
+/// QEMU's TCG leaving L1's timer interrupt pending while an L2 guest runs):
+/// here the scenario stops L1's heartbeat and waits, silent, for a key press
+/// to reach L1's keyboard interrupt; it then goes on in the same testbed.
+#[test]
+fn a_silent_l1_is_woken_and_goes_on() {
+    let testbed = virga_e2e::testbed();
+    if testbed.mode() == Mode::Native {
+        eprintln!("skipping: no L1 to wake natively");
+        return;
+    }
+    // The heartbeat is the setup shell's other child (and the seccomp audit
+    // loop, when there is one): stopped, L1 writes nothing at all.
+    let scenario = Scenario::new(
+        "testbed-woken",
+        r#"keys() { awk '/i8042/ { s = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i; n += s } END { print n + 0 }' /proc/interrupts; }
+before=$(keys)
+siblings=$(ps -o pid,ppid | awk -v pp=$PPID -v me=$$ '$2 == pp && $1 != me { print $1 }')
+kill -STOP $siblings
+i=0; while [ "$(keys)" = "$before" ] && [ $i -lt 120 ]; do sleep 1; i=$((i + 1)); done
+kill -CONT $siblings
+[ "$(keys)" != "$before" ] && echo "a key press woke L1 after $i s""#,
+    );
+    let outcome = testbed
+        .run(&scenario)
+        .expect("the testbed wakes L1 and runs the scenario to its end");
+    assert_eq!(outcome.status, 0, "{}", outcome.output);
+    assert!(
+        outcome.output.contains("a key press woke L1 after"),
+        "{}",
+        outcome.output
+    );
+    assert_eq!(outcome.attempts, 1, "woken in place, not retried");
+}

@@ -48,6 +48,40 @@ pub fn cpu_report(monitor: &Path, system_map: Option<&Path>) -> String {
     report
 }
 
+/// What wakes an L1 whose CPU stays in an L2 guest with its own timer
+/// interrupt pending: a fresh interrupt makes QEMU look at L1's interrupts
+/// again (a key press reaches L1's local APIC through the IOAPIC; an NMI
+/// needs no driver), and the pending one then takes L1 out of the guest.
+/// In the order tried, with what each is called in a report.
+const KICKS: &[(&str, &str)] = &[
+    (
+        "sendkey shift",
+        "a key press (an interrupt through L1's IOAPIC)",
+    ),
+    ("nmi", "an NMI"),
+];
+
+/// How long a kick has to restart L1's output before the next is tried.
+const KICK_WAIT: Duration = Duration::from_secs(5);
+
+/// Tries each of [`KICKS`] on a silent L1 until `alive` says it moves again;
+/// returns the kick that woke it, or `None` if none did.
+pub fn kick(monitor: &Path, alive: impl Fn() -> bool) -> Option<&'static str> {
+    for (command, name) in KICKS {
+        if monitor_command(monitor, command, "").is_err() {
+            return None;
+        }
+        let deadline = Instant::now() + KICK_WAIT;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            if alive() {
+                return Some(name);
+            }
+        }
+    }
+    None
+}
+
 /// `command`'s answer from QEMU's human monitor, from where `starts` is.
 fn monitor_command(monitor: &Path, command: &str, starts: &str) -> std::io::Result<String> {
     let mut s = UnixStream::connect(monitor)?;
@@ -235,6 +269,12 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         let report = cpu_report(&monitor, None);
+        // Both kicks are commands this QEMU knows (an unknown one answers
+        // "unknown command"; a running CPU is not woken by them).
+        let answers: Vec<String> = KICKS
+            .iter()
+            .map(|(command, _)| monitor_command(&monitor, command, "").unwrap())
+            .collect();
         let _ = qemu.kill();
         let _ = qemu.wait();
         assert!(report.contains("sample 1: RIP="), "{report}");
@@ -242,5 +282,10 @@ mod tests {
         assert!(report.contains("CPU#0"), "{report}");
         assert!(report.contains("L1-IRR="), "{report}");
         assert!(report.contains("LVTT"), "{report}");
+        for (answer, (command, _)) in answers.iter().zip(KICKS) {
+            assert!(answer.contains(command), "{command}: {answer}");
+            assert!(!answer.contains("unknown command"), "{command}: {answer}");
+            assert!(!answer.contains("Error"), "{command}: {answer}");
+        }
     }
 }

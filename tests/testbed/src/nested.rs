@@ -289,6 +289,23 @@ fn attempt(
         }
         if last_progress.elapsed() > silence {
             let cpu = crate::hang::cpu_report(&monitor, system_map(images).as_deref());
+            // QEMU 7.2's TCG can leave L1's timer interrupt pending for good
+            // while L1's CPU runs an L2 guest (README, "Why a testbed"): a
+            // fresh interrupt wakes it, and the scenario goes on where it was.
+            // Counted and kept like a retry's report.
+            if let Some(how) = crate::hang::kick(&monitor, || streams.progress() != progress) {
+                let report = format!(
+                    "--- L1 silent for {silence:?}, woken by {how} ---\n--- L1's CPU while it was silent (QEMU monitor) ---\n{cpu}"
+                );
+                crate::keep_hang_report(&format!("{}-woken", scenario.name), &report);
+                eprintln!(
+                    "testbed {}: HUNG (L1 silent for {silence:?}); woken by {how}, going on\n{report}",
+                    scenario.name
+                );
+                progress = streams.progress();
+                last_progress = Instant::now();
+                continue;
+            }
             drop(child);
             let report = streams.report(&stderr(stderr_reader));
             return Ok(Attempt::Hung(format!(
