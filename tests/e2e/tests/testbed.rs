@@ -69,7 +69,8 @@ kill -STOP $siblings
 i=0; while [ "$(keys)" = "$before" ] && [ $i -lt 120 ]; do sleep 1; i=$((i + 1)); done
 kill -CONT $siblings
 [ "$(keys)" != "$before" ] && echo "a key press woke L1 after $i s""#,
-    );
+    )
+    .silent_on_purpose();
     let outcome = testbed
         .run(&scenario)
         .expect("the testbed wakes L1 and runs the scenario to its end");

@@ -108,6 +108,10 @@ pub struct Scenario {
     /// on 127.0.0.1; the scenario reaches the host at `$HOST_ADDR`. Natively
     /// both are simply the host's.
     pub forward_ports: Vec<u16>,
+    /// The scenario makes L1 silent itself (the testbed's own test of waking
+    /// it): a wake-up is printed but kept as no hang report, so the counts
+    /// `cargo xtask test` prints stay those of real freezes.
+    pub silent_on_purpose: bool,
 }
 
 impl Scenario {
@@ -125,7 +129,14 @@ impl Scenario {
             power_switch: None,
             timeout: Duration::from_secs(300),
             forward_ports: Vec::new(),
+            silent_on_purpose: false,
         }
+    }
+
+    /// See [`Scenario::silent_on_purpose`].
+    pub fn silent_on_purpose(mut self) -> Self {
+        self.silent_on_purpose = true;
+        self
     }
 
     /// Makes the scenario's `port` reachable on the host's 127.0.0.1:`port`,
