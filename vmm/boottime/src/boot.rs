@@ -44,11 +44,13 @@ pub enum BootError {
         marker: String,
         tail: String,
     },
-    #[error("no marker {marker:?} within {timeout:?}; the console's last lines:\n{tail}")]
+    #[error("no marker {marker:?} within {timeout:?}; the console's last lines:\n{tail}\n{stuck}")]
     Timeout {
         marker: String,
         timeout: Duration,
         tail: String,
+        /// What the still-running VMM said of its vCPUs, and its stderr.
+        stuck: String,
     },
     #[error("reading the VMM's console: {0}")]
     Console(std::io::Error),
@@ -73,6 +75,41 @@ struct Metrics {
     boot_started_monotonic_us: u64,
     #[serde(default)]
     vcpu_exits: BTreeMap<String, u64>,
+    #[serde(default)]
+    per_vcpu_exits: Vec<BTreeMap<String, u64>>,
+}
+
+/// A guest that never reached its marker, placed: each vCPU's exits over one
+/// second of the VMM still running (none: spinning in guest code, or not
+/// run at all; only `hlt`: idle, waiting for an interrupt).
+async fn stuck_report(socket: &Path) -> String {
+    let Some(first) = metrics(socket).await else {
+        return "the VMM did not answer /metrics".into();
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let Some(second) = metrics(socket).await else {
+        return "the VMM stopped answering /metrics".into();
+    };
+    let mut report = String::from("vCPU exits in the last second of the wait:");
+    for (i, (a, b)) in first
+        .per_vcpu_exits
+        .iter()
+        .zip(&second.per_vcpu_exits)
+        .enumerate()
+    {
+        let moved: Vec<String> = exits_between(b, a)
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect();
+        let moved = if moved.is_empty() {
+            "none".to_owned()
+        } else {
+            moved.join(", ")
+        };
+        report.push_str(&format!("\n  vCPU {i}: {moved}"));
+    }
+    report
 }
 
 /// CLOCK_MONOTONIC in µs: the clock the VMM names its guest's start on.
@@ -116,6 +153,12 @@ fn exits_between(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> BTreeM
     a.iter()
         .map(|(k, v)| (k.clone(), v.saturating_sub(b.get(k).copied().unwrap_or(0))))
         .collect()
+}
+
+/// The last [`TAIL_LINES`] lines of the VMM's stderr, oldest first.
+fn stderr_tail(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().collect();
+    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
 }
 
 fn push_tail(tail: &mut Vec<String>, line: String) {
@@ -307,6 +350,10 @@ impl Launcher {
             }
         };
         let outcome = tokio::time::timeout(self.timeout, read_all).await;
+        let stuck = match outcome {
+            Err(_) => stuck_report(&socket).await,
+            Ok(_) => String::new(),
+        };
         let _ = child.start_kill();
         let status = child.wait().await;
         let stderr_text = stderr_task.await.unwrap_or_default();
@@ -330,6 +377,10 @@ impl Launcher {
                     marker: v.marker.clone(),
                     timeout: self.timeout,
                     tail: tail.join("\n"),
+                    stuck: format!(
+                        "{stuck}\nthe VMM's last lines:\n{}",
+                        stderr_tail(&stderr_text)
+                    ),
                 })
             }
         };
