@@ -79,9 +79,10 @@ struct Metrics {
     per_vcpu_exits: Vec<BTreeMap<String, u64>>,
 }
 
-/// A guest that never reached its marker, placed: each vCPU's exits over one
-/// second of the VMM still running (none: spinning in guest code, or not
-/// run at all; only `hlt`: idle, waiting for an interrupt).
+/// A guest that never reached its marker, placed: each vCPU's exits to the
+/// VMM over one second of it still running (none: halted, waiting for an
+/// interrupt the in-kernel LAPIC never raised, or spinning in its own code;
+/// port or MMIO exits: polling a device).
 async fn stuck_report(socket: &Path) -> String {
     let Some(first) = metrics(socket).await else {
         return "the VMM did not answer /metrics".into();
