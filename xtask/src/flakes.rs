@@ -319,6 +319,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hangs_woken_in_place_are_counted_apart_from_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            hang_counts(&dir.path().join("none")),
+            "testbed hangs: 0 woken by a kick, 0 retried in a fresh testbed"
+        );
+        for name in ["net-woken-1.log", "net-woken-2.log", "cloud-3.log"] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        assert_eq!(
+            hang_counts(dir.path()),
+            format!(
+                "testbed hangs: 2 woken by a kick, 1 retried in a fresh testbed (reports under {})",
+                dir.path().display()
+            )
+        );
+    }
+
+    #[test]
     fn a_hang_report_is_summed_up_in_a_line() {
         let report = "--- L1's CPU when it hung (QEMU monitor) ---\n\
             sample 1: RIP=ffffffff81369416 (no System.map to name it) CPL=0 interrupts on HLT=0\n\
