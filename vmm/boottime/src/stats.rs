@@ -454,6 +454,23 @@ mod tests {
         assert!(close(greater, 1.0, 1e-12));
     }
 
+    /// One baseline boot slowed past every candidate (a busy neighbour):
+    /// with seven a side the slowdown can no longer pass alpha 0.01, with
+    /// eight it still does. The e2e check of a known slowdown relies on it.
+    #[test]
+    fn one_slow_baseline_outlier_needs_eight_boots_a_side() {
+        let p_with = |n: usize| {
+            let mut base: Vec<f64> = (0..n).map(|i| 6000.0 + i as f64).collect();
+            base[0] = 20_000.0;
+            let slow: Vec<f64> = (0..n).map(|i| 12_000.0 + i as f64).collect();
+            MannWhitney::new(n, n).p_values(&base, &slow).0
+        };
+        assert!(close(p_with(7), 45.0 / 3432.0, 1e-12), "{}", p_with(7));
+        assert!(close(p_with(8), 67.0 / 12870.0, 1e-12), "{}", p_with(8));
+        assert!(p_with(7) > Rule::default().alpha);
+        assert!(p_with(8) < Rule::default().alpha);
+    }
+
     #[test]
     fn approximation_agrees_with_exact_and_handles_ties() {
         // Interleaved samples, no ties: both paths near one another.
