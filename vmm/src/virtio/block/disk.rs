@@ -288,6 +288,19 @@ impl Disk {
                     ))
                 })
                 .collect();
+            if self.direct && direct_aligned(iovecs) {
+                let fd = self.file.as_raw_fd();
+                let len = iovecs.iter().map(|v| v.iov_len as u64).sum();
+                let placed = overlay.write_placed(offset, len, |at, skip, n| {
+                    pwritev_all(fd, &sub_iovecs(iovecs, skip, n), at)
+                });
+                match placed {
+                    // O_DIRECT refused it (a device with larger sectors):
+                    // the page cache below writes it all again.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                    done => return done,
+                }
+            }
             overlay.write_vectored(&bufs, offset)
         } else {
             // SAFETY: as above; the buffers are the guest's for this request
@@ -513,6 +526,57 @@ pub(super) fn fallocate(file: &File, offset: u64, len: u64, zero: bool) -> std::
 }
 
 /// Synchronous vectored I/O at `offset`: returns the bytes moved.
+/// Whether O_DIRECT takes these buffers: each starts and ends on a sector.
+pub fn direct_aligned(iovecs: &[libc::iovec]) -> bool {
+    let a = SECTOR_SIZE as usize;
+    iovecs
+        .iter()
+        .all(|v| (v.iov_base as usize).is_multiple_of(a) && v.iov_len.is_multiple_of(a))
+}
+
+/// Bytes `[skip, skip + len)` of the buffers `iovecs` describe, as iovecs
+/// (shorter when the buffers end first).
+fn sub_iovecs(iovecs: &[libc::iovec], skip: u64, len: u64) -> Vec<libc::iovec> {
+    let (mut skip, mut left) = (skip as usize, len as usize);
+    let mut out = Vec::new();
+    for v in iovecs {
+        if left == 0 {
+            break;
+        }
+        if skip >= v.iov_len {
+            skip -= v.iov_len;
+            continue;
+        }
+        let n = (v.iov_len - skip).min(left);
+        out.push(libc::iovec {
+            iov_base: v.iov_base.cast::<u8>().wrapping_add(skip).cast(),
+            iov_len: n,
+        });
+        (skip, left) = (0, left - n);
+    }
+    out
+}
+
+/// Writes all of `iovecs` at `offset`, going on after short writes.
+fn pwritev_all(fd: RawFd, iovecs: &[libc::iovec], offset: u64) -> std::io::Result<()> {
+    let len: u64 = iovecs.iter().map(|v| v.iov_len as u64).sum();
+    let mut done = 0;
+    while done < len {
+        match preadv_pwritev(
+            fd,
+            true,
+            &sub_iovecs(iovecs, done, len - done),
+            offset + done,
+        ) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 pub fn preadv_pwritev(
     fd: RawFd,
     write: bool,
@@ -548,6 +612,28 @@ pub fn preadv_pwritev(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sub_iovecs_cut_across_buffers() {
+        let (a, b) = ([0u8; 8], [0u8; 8]);
+        let v = |s: &[u8]| libc::iovec {
+            iov_base: s.as_ptr() as *mut libc::c_void,
+            iov_len: s.len(),
+        };
+        let all = [v(&a), v(&b)];
+        let parts = |skip, len| {
+            sub_iovecs(&all, skip, len)
+                .iter()
+                .map(|p| (p.iov_base as usize, p.iov_len))
+                .collect::<Vec<_>>()
+        };
+        let (pa, pb) = (a.as_ptr() as usize, b.as_ptr() as usize);
+        assert_eq!(parts(0, 16), [(pa, 8), (pb, 8)]);
+        assert_eq!(parts(6, 4), [(pa + 6, 2), (pb, 2)]);
+        assert_eq!(parts(8, 3), [(pb, 3)]);
+        assert_eq!(parts(12, 100), [(pb + 4, 4)]);
+        assert!(parts(16, 4).is_empty());
+    }
 
     #[test]
     fn cached_reads_give_what_read_at_gives_or_decline() {
