@@ -276,35 +276,39 @@ impl Disk {
             return Err(std::io::Error::other("not an overlay"));
         };
         if write {
-            // SAFETY: each iovec points into guest memory that stays mapped
-            // for the whole call (the worker holds the memory), its length
-            // checked when the request was parsed; the slices die with it.
-            let bufs: Vec<std::io::IoSlice<'_>> = iovecs
-                .iter()
-                .map(|v| unsafe {
-                    std::io::IoSlice::new(std::slice::from_raw_parts(
-                        v.iov_base as *const u8,
-                        v.iov_len,
-                    ))
-                })
-                .collect();
-            if self.direct && direct_aligned(iovecs) {
+            let len: u64 = iovecs.iter().map(|v| v.iov_len as u64).sum();
+            // The whole clusters in the middle O_DIRECT, the partly written
+            // ones at the edges through the page cache (Overlay::write_placed).
+            let cluster = overlay.cluster_size();
+            let end = offset + len;
+            let (first, last) = (offset.next_multiple_of(cluster), end / cluster * cluster);
+            if self.direct && first < last && direct_aligned(iovecs) {
                 let fd = self.file.as_raw_fd();
-                let len = iovecs.iter().map(|v| v.iov_len as u64).sum();
-                let placed = overlay.write_placed(offset, len, |at, skip, n| {
-                    pwritev_all(fd, &sub_iovecs(iovecs, skip, n), at)
+                let placed = overlay.write_placed(first, last - first, |at, skip, n| {
+                    pwritev_all(fd, &sub_iovecs(iovecs, first - offset + skip, n), at)
                 });
                 match placed {
+                    Ok(()) => {
+                        write_buffered(overlay, &sub_iovecs(iovecs, 0, first - offset), offset)?;
+                        return write_buffered(
+                            overlay,
+                            &sub_iovecs(iovecs, last - offset, end - last),
+                            last,
+                        );
+                    }
                     // O_DIRECT refused it (a device with larger sectors):
                     // the page cache below writes it all again.
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                    done => return done,
+                    Err(e) => return Err(e),
                 }
             }
-            overlay.write_vectored(&bufs, offset)
+            write_buffered(overlay, iovecs, offset)
         } else {
-            // SAFETY: as above; the buffers are the guest's for this request
-            // (device-writable descriptors), nothing else writes them meanwhile.
+            // SAFETY: each iovec points into guest memory that stays mapped
+            // for the whole call (the worker holds the memory), its length
+            // checked when the request was parsed; the buffers are the
+            // guest's for this request (device-writable descriptors), nothing
+            // else writes them meanwhile.
             let mut bufs: Vec<std::io::IoSliceMut<'_>> = iovecs
                 .iter()
                 .map(|v| unsafe {
@@ -526,6 +530,27 @@ pub(super) fn fallocate(file: &File, offset: u64, len: u64, zero: bool) -> std::
 }
 
 /// Synchronous vectored I/O at `offset`: returns the bytes moved.
+/// Writes the guest's buffers `iovecs` at its `offset` through the
+/// overlay's format driver (the page cache), allocating clusters as needed.
+fn write_buffered(overlay: &Overlay, iovecs: &[libc::iovec], offset: u64) -> std::io::Result<()> {
+    if iovecs.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: each iovec points into guest memory that stays mapped for the
+    // whole call (the worker holds the memory), its length checked when the
+    // request was parsed; the slices die with it.
+    let bufs: Vec<std::io::IoSlice<'_>> = iovecs
+        .iter()
+        .map(|v| unsafe {
+            std::io::IoSlice::new(std::slice::from_raw_parts(
+                v.iov_base as *const u8,
+                v.iov_len,
+            ))
+        })
+        .collect();
+    overlay.write_vectored(&bufs, offset)
+}
+
 /// Whether O_DIRECT takes these buffers: each starts and ends on a sector.
 pub fn direct_aligned(iovecs: &[libc::iovec]) -> bool {
     let a = SECTOR_SIZE as usize;

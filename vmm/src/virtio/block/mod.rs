@@ -1033,11 +1033,13 @@ mod tests {
         assert!(across[2048..].iter().all(|b| *b == 7));
     }
 
-    /// A first write to clusters of a volume over a snapshot layer, served
-    /// O_DIRECT: its data never enters the page cache, what the write
-    /// leaves of a cluster is copied up from the layer, and all reads back.
+    /// First writes to a volume over a snapshot layer, O_DIRECT: whole
+    /// clusters' data never enters the page cache, the partly written
+    /// clusters at a write's edges are copied up from below, and the disk
+    /// reads what was written wherever each write began and ended.
     #[test]
-    fn first_writes_over_a_layer_bypass_the_page_cache() {
+    fn first_writes_of_whole_clusters_bypass_the_page_cache() {
+        const K: u64 = 1 << 10;
         let dir = tempfile::tempdir().unwrap();
         let path = |n: &str| dir.path().join(n);
         let pattern: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
@@ -1051,66 +1053,69 @@ mod tests {
                 .unwrap()
         };
         let snap = qcow2::Overlay::open(&rw(&path("snap")), &path("base"), true).unwrap();
-        snap.write_vectored(&[std::io::IoSlice::new(&[7u8; 64 << 10])], 192 << 10)
+        snap.write_vectored(&[std::io::IoSlice::new(&[7u8; 64 << 10])], 192 * K)
             .unwrap();
         snap.flush().unwrap();
         drop(snap);
         qcow2::create_layer(&path("vol"), "snap", "qcow2", 2 << 20).unwrap();
-        let open = || {
-            Disk::open(
-                &path("vol"),
-                Some(&path("base")),
-                &[path("snap")],
-                false,
-                true,
-            )
-            .unwrap()
-        };
-        assert!(open().direct, "the test's directory takes O_DIRECT");
-        // The first half of cluster 1 (over the base), then 4 KiB in the
-        // layer's cluster 3 (a request's data holds at most 32 KiB here).
-        let ones = vec![1u8; 32 << 10];
-        let reqs = [
-            Req {
-                kind: T_OUT,
-                sector: 128,
-                data_len: 32 << 10,
-            },
-            Req {
-                kind: T_OUT,
-                sector: 392,
-                data_len: 4096,
-            },
+        let disk = Disk::open(
+            &path("vol"),
+            Some(&path("base")),
+            &[path("snap")],
+            false,
+            true,
+        )
+        .unwrap();
+        assert!(disk.direct, "the test's directory takes O_DIRECT");
+        let mut model = pattern.clone();
+        model.resize(2 << 20, 0);
+        model[192 << 10..256 << 10].fill(7);
+        // Guest memory, page-aligned as a guest's is; each write's data
+        // is a pattern of its own, in two buffers.
+        let mem: GuestMemoryMmap =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let writes = [
+            // Clusters 1 and 2 whole: the edges over the base and the layer.
+            (32 * K, 192 * K),
+            (64 * K, 64 * K),
+            (300 * K, 4 * K),
+            (500 * K, 260 * K),
+            (1024 * K - 4 * K, 136 * K + 512),
         ];
-        let (results, _mem) = serve_disk(open(), true, &reqs, &ones);
-        assert_eq!(results, [(VIRTIO_BLK_S_OK, 1); 2]);
-        let disk = open();
-        let (target, at) = disk.place(64 << 10, 32 << 10, true).unwrap();
+        for (i, &(at, len)) in writes.iter().enumerate() {
+            let data: Vec<u8> = (0..len).map(|b| (b % 241) as u8 ^ i as u8).collect();
+            mem.write_slice(&data, GuestAddress(0)).unwrap();
+            let half = (len / 2).next_multiple_of(512);
+            let slice = |from: u64, n: u64| {
+                let s = mem.get_slice(GuestAddress(from), n as usize).unwrap();
+                libc::iovec {
+                    iov_base: s.ptr_guard_mut().as_ptr().cast(),
+                    iov_len: n as usize,
+                }
+            };
+            let iovecs = [slice(0, half), slice(half, len - half)];
+            disk.overlay_io(true, &iovecs, at).unwrap();
+            model[at as usize..(at + len) as usize].copy_from_slice(&data);
+        }
+        let (target, host) = disk.place(64 * K, 64 * K, false).unwrap();
         assert_eq!(target, Target::Own, "the cluster is the volume's now");
         let file = std::fs::File::open(path("vol")).unwrap();
         let cached = rustix::io::preadv2(
             &file,
             &mut [std::io::IoSliceMut::new(&mut [0u8; 4096])],
-            at,
+            host,
             rustix::io::ReadWriteFlags::NOWAIT,
         );
         assert_eq!(
             cached.err(),
             Some(rustix::io::Errno::AGAIN),
-            "a first write's data is not in the page cache"
+            "a whole cluster's first write is not in the page cache"
         );
-        let mut got = vec![0u8; 256 << 10];
+        let mut got = vec![0u8; 2 << 20];
         disk.read_at(&mut got, 0).unwrap();
-        assert_eq!(got[..64 << 10], pattern[..64 << 10]);
-        assert!(got[64 << 10..96 << 10].iter().all(|b| *b == 1));
-        // The rest of each cluster is copied up from below: the base's
-        // bytes in cluster 1, the layer's 7s around the zeros written in
-        // cluster 3 (the second request's buffer is blank).
-        assert_eq!(got[96 << 10..128 << 10], pattern[96 << 10..128 << 10]);
-        let c3 = &got[192 << 10..];
-        assert!(c3[..4 << 10].iter().all(|b| *b == 7));
-        assert!(c3[4 << 10..8 << 10].iter().all(|b| *b == 0));
-        assert!(c3[8 << 10..].iter().all(|b| *b == 7));
+        for (c, (got, want)) in got.chunks(4096).zip(model.chunks(4096)).enumerate() {
+            assert!(got == want, "4 KiB block {c} differs");
+        }
     }
 
     #[test]
@@ -1421,7 +1426,8 @@ mod tests {
         let f = disk_file();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+            let mem: GuestMemoryMmap =
+                GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
             let mock = MockSplitQueue::new(&mem, 16);
             mock.avail().idx().store(17);
             let activation = Activation {
