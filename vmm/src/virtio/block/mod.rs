@@ -979,23 +979,26 @@ mod tests {
         assert_eq!(std::fs::read(&base).unwrap(), pattern);
     }
 
-    /// Reads under an overlay two files deep go to whichever file holds
-    /// their bytes (a layer's cluster, the base) and read what imago reads.
-    fn layered_read_round_trip(uring: bool) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = |n: &str| dir.path().join(n);
+    /// A 2 MiB volume (`vol`) over one snapshot layer (`snap`) over a 1 MiB
+    /// base patterned `i % 251`, the layer holding 7s at `[at, at + len)`:
+    /// the disk, and the base's bytes.
+    fn volume_over_a_snapshot(
+        dir: &std::path::Path,
+        at: u64,
+        len: usize,
+        direct: bool,
+    ) -> (Disk, Vec<u8>) {
+        let path = |n: &str| dir.join(n);
         let pattern: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
         std::fs::write(path("base"), &pattern).unwrap();
         qcow2::create_overlay(&path("snap"), "base", 2 << 20).unwrap();
-        let rw = |p: &std::path::Path| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(p)
-                .unwrap()
-        };
-        let snap = qcow2::Overlay::open(&rw(&path("snap")), &path("base"), true).unwrap();
-        snap.write_vectored(&[std::io::IoSlice::new(&[7u8; 8192])], 64 << 10)
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path("snap"))
+            .unwrap();
+        let snap = qcow2::Overlay::open(&file, &path("base"), true).unwrap();
+        snap.write_vectored(&[std::io::IoSlice::new(&vec![7u8; len])], at)
             .unwrap();
         snap.flush().unwrap();
         drop(snap);
@@ -1005,9 +1008,17 @@ mod tests {
             Some(&path("base")),
             &[path("snap")],
             false,
-            false,
+            direct,
         )
         .unwrap();
+        (disk, pattern)
+    }
+
+    /// Reads under an overlay two files deep go to whichever file holds
+    /// their bytes (a layer's cluster, the base) and read what imago reads.
+    fn layered_read_round_trip(uring: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, pattern) = volume_over_a_snapshot(dir.path(), 64 << 10, 8192, false);
         assert_eq!(
             disk.place(64 << 10, 4096, false).unwrap().0,
             Target::Layer(0)
@@ -1041,31 +1052,8 @@ mod tests {
     fn first_writes_of_whole_clusters_bypass_the_page_cache() {
         const K: u64 = 1 << 10;
         let dir = tempfile::tempdir().unwrap();
+        let (disk, pattern) = volume_over_a_snapshot(dir.path(), 192 * K, 64 << 10, true);
         let path = |n: &str| dir.path().join(n);
-        let pattern: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
-        std::fs::write(path("base"), &pattern).unwrap();
-        qcow2::create_overlay(&path("snap"), "base", 2 << 20).unwrap();
-        let rw = |p: &std::path::Path| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(p)
-                .unwrap()
-        };
-        let snap = qcow2::Overlay::open(&rw(&path("snap")), &path("base"), true).unwrap();
-        snap.write_vectored(&[std::io::IoSlice::new(&[7u8; 64 << 10])], 192 * K)
-            .unwrap();
-        snap.flush().unwrap();
-        drop(snap);
-        qcow2::create_layer(&path("vol"), "snap", "qcow2", 2 << 20).unwrap();
-        let disk = Disk::open(
-            &path("vol"),
-            Some(&path("base")),
-            &[path("snap")],
-            false,
-            true,
-        )
-        .unwrap();
         assert!(disk.direct, "the test's directory takes O_DIRECT");
         let mut model = pattern.clone();
         model.resize(2 << 20, 0);
