@@ -529,7 +529,6 @@ pub(super) fn fallocate(file: &File, offset: u64, len: u64, zero: bool) -> std::
     }
 }
 
-/// Synchronous vectored I/O at `offset`: returns the bytes moved.
 /// Writes the guest's buffers `iovecs` at its `offset` through the
 /// overlay's format driver (the page cache), allocating clusters as needed.
 fn write_buffered(overlay: &Overlay, iovecs: &[libc::iovec], offset: u64) -> std::io::Result<()> {
@@ -602,6 +601,7 @@ fn pwritev_all(fd: RawFd, iovecs: &[libc::iovec], offset: u64) -> std::io::Resul
     Ok(())
 }
 
+/// Synchronous vectored I/O at `offset`: returns the bytes moved.
 pub fn preadv_pwritev(
     fd: RawFd,
     write: bool,
