@@ -1122,8 +1122,10 @@ mod tests {
         /// Any sequence of reads, writes, discards and write-zeroes through
         /// the worker reads what a plain in-memory disk holding the base
         /// would (a discarded range as zeros): whichever path each request
-        /// takes (the overlay's file, the base, or imago; a first write's
-        /// data O_DIRECT or through the page cache).
+        /// takes (the overlay's file, O_DIRECT or not, the base, or imago).
+        /// Its writes stay under a cluster, so they never take the whole
+        /// clusters' O_DIRECT path (the test of that is
+        /// `first_writes_of_whole_clusters_bypass_the_page_cache`).
         #[test]
         fn an_overlay_reads_like_a_plain_disk(
             uring: bool,
