@@ -502,9 +502,9 @@ fn volumes_are_made_from_images_on_the_storage_host() {
     assert_eq!(v["bootable"], "true", "{v}");
     assert_eq!(v["volume_image_metadata"]["image_id"], disk.as_str(), "{v}");
     assert_eq!(v["volume_image_metadata"]["os_distro"], "debian", "{v}");
-    // The image is held by the storage host, which the controller sent to
-    // itself for it: the image's bytes, then zeros to the volume's size,
-    // the holes kept.
+    // The image is held by the storage host, which copied it on its own
+    // disk: the image's bytes, then zeros to the volume's size, the holes
+    // kept.
     assert!(s.data_dir.join("images").join(&disk).exists());
     let file = s.volume_file(&id);
     assert_eq!(file_size(&file), Some(2 * GIB));

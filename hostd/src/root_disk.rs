@@ -16,9 +16,9 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use virga_imagefile::clone::{self, Cloned};
 use vmm::virtio::block::qcow2::{self, Overlay};
 
 /// The largest root disk hostd makes (16 TiB).
@@ -111,7 +111,7 @@ pub fn make(image: &Path, dir: &Path, gib: Option<u32>) -> io::Result<(RootDisk,
     let raw = dir.join(RAW_NAME);
     let cloned = write_beside(&raw, |part| {
         let target = create_new(part)?;
-        if !reflink(&source, &target)? {
+        if !clone::reflink(&source, &target)? {
             return Ok(false);
         }
         if size > len {
@@ -143,10 +143,9 @@ pub fn copy(image: &Path, dest: &Path, gib: Option<u32>) -> io::Result<Made> {
     let len = source.metadata()?.len();
     write_beside(dest, |part| {
         let target = create_new(part)?;
-        let made = if reflink(&source, &target)? {
-            Made::Reflinked
-        } else {
-            copy_data(&source, &target, len)?
+        let made = match clone::clone_file(&source, &target, len)? {
+            Cloned::Reflinked => Made::Reflinked,
+            Cloned::Copied { bytes } => Made::Copied { bytes },
         };
         // Whole sectors, as the VMM serves them.
         let want = (u64::from(gib.unwrap_or(0)) << 30).max(len.next_multiple_of(512));
@@ -229,101 +228,6 @@ fn create_new(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Shares `source`'s blocks with `target` if the filesystem can; false if
-/// it cannot (the target is left empty).
-fn reflink(source: &File, target: &File) -> io::Result<bool> {
-    // SAFETY: FICLONE takes the source descriptor as its argument; both
-    // descriptors are open files owned by the caller for the whole call.
-    let cloned = unsafe { libc::ioctl(target.as_raw_fd(), libc::FICLONE, source.as_raw_fd()) };
-    if cloned == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        // Not a filesystem that shares blocks, or not between these files.
-        Some(
-            libc::EOPNOTSUPP
-            | libc::EXDEV
-            | libc::EINVAL
-            | libc::ENOTTY
-            | libc::ENOSYS
-            | libc::EBADF,
-        ) => Ok(false),
-        _ => Err(e),
-    }
-}
-
-/// Copies `source`'s data ranges to `target` (holes stay holes).
-fn copy_data(source: &File, target: &File, len: u64) -> io::Result<Made> {
-    let mut bytes = 0;
-    for (start, n) in hostd_proto::sparse::data_extents(source, len)? {
-        copy_range(source, target, start, n)?;
-        bytes += n;
-    }
-    target.set_len(len)?;
-    Ok(Made::Copied { bytes })
-}
-
-/// Copies `len` bytes at `offset` from `source` to the same place in
-/// `target`, in the kernel (which may share blocks or copy server-side).
-fn copy_range(source: &File, target: &File, offset: u64, len: u64) -> io::Result<()> {
-    let mut done = 0u64;
-    while done < len {
-        let mut from = (offset + done) as i64;
-        let mut to = from;
-        let chunk = usize::try_from(len - done)
-            .unwrap_or(usize::MAX)
-            .min(1 << 30);
-        // SAFETY: both descriptors are open files owned by the caller; the
-        // offsets are this function's own variables, valid for the call.
-        let n = unsafe {
-            libc::copy_file_range(
-                source.as_raw_fd(),
-                &mut from,
-                target.as_raw_fd(),
-                &mut to,
-                chunk,
-                0,
-            )
-        };
-        match n {
-            n if n > 0 => done += n as u64,
-            0 => return Err(io::Error::other("the image ended while it was copied")),
-            _ => {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EINTR) => {}
-                    // Not between these files (another filesystem, one
-                    // that cannot): copied through this process instead.
-                    Some(libc::EXDEV | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => {
-                        return copy_through_buffer(source, target, offset + done, len - done)
-                    }
-                    _ => return Err(e),
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn copy_through_buffer(source: &File, target: &File, offset: u64, len: u64) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    while done < len {
-        let want = usize::try_from(len - done)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        let n = source.read_at(&mut buf[..want], offset + done)?;
-        if n == 0 {
-            return Err(io::Error::other("the image ended while it was copied"));
-        }
-        target.write_all_at(&buf[..n], offset + done)?;
-        done += n as u64;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Seek, SeekFrom, Write};
@@ -369,19 +273,6 @@ mod tests {
         w.write_all(&[1; 4096]).unwrap();
         drop(w);
         assert_eq!(read_at(&image, 0, 4096), vec![0xab; 4096]);
-    }
-
-    #[test]
-    fn the_userspace_copy_copies_what_the_kernel_would() {
-        let dir = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..(3 << 20) + 77).map(|i| (i % 251) as u8).collect();
-        std::fs::write(dir.path().join("a"), &data).unwrap();
-        let source = File::open(dir.path().join("a")).unwrap();
-        let target = File::create(dir.path().join("b")).unwrap();
-        copy_through_buffer(&source, &target, 4096, data.len() as u64 - 4096).unwrap();
-        let got = std::fs::read(dir.path().join("b")).unwrap();
-        assert_eq!(&got[4096..], &data[4096..]);
-        assert!(copy_through_buffer(&source, &target, 0, data.len() as u64 + 1).is_err());
     }
 
     #[test]

@@ -51,6 +51,7 @@ use std::sync::Mutex;
 use storaged_proto::{
     is_volume_id, Connection, SnapshotInfo, VolumeInfo, VolumeSource, MAX_SIZE_GIB,
 };
+use virga_imagefile::clone::reflink;
 use vmm::virtio::block::qcow2;
 
 const GIB: u64 = 1 << 30;
@@ -923,23 +924,6 @@ fn same_file(a: &Path, b: &Path) -> Result<bool, VolumeError> {
         std::fs::metadata(b).map_err(io_err(b))?,
     );
     Ok(ma.dev() == mb.dev() && ma.ino() == mb.ino())
-}
-
-/// Shares `source`'s blocks with `target` (empty) if the filesystem can;
-/// false if it cannot.
-fn reflink(source: &File, target: &File) -> io::Result<bool> {
-    match rustix::fs::ioctl_ficlone(target, source) {
-        Ok(()) => Ok(true),
-        // Not a filesystem that shares blocks, or not between these files.
-        Err(
-            rustix::io::Errno::OPNOTSUPP
-            | rustix::io::Errno::XDEV
-            | rustix::io::Errno::INVAL
-            | rustix::io::Errno::NOTTY
-            | rustix::io::Errno::NOSYS,
-        ) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
 }
 
 #[cfg(test)]

@@ -308,6 +308,43 @@ fn it_registers_and_serves_its_volumes_to_the_token_only() {
         json!({"size_gib": 1, "source": {"image": "../x"}}),
     );
     assert_eq!(r.status, 400, "{}", r.body);
+    // An image this host holds is copied on its disk, without asking the
+    // controller (which has none to send): its data, then zeros to the
+    // volume's size, the holes kept.
+    let mut data = vec![0u8; 3 << 20];
+    data[..4].copy_from_slice(b"boot");
+    data[(2 << 20)..(2 << 20) + 4].copy_from_slice(b"tail");
+    let stored = send(
+        addr.as_str(),
+        "PUT",
+        &format!("/v1/images/{S}?max_bytes={}&disk_format=raw", 1u64 << 30),
+        &[("Authorization", bearer.as_str())],
+        &data,
+    )
+    .unwrap();
+    assert_eq!(stored.status, 201, "{}", stored.body);
+    let r = call("PUT", from_image, body.clone());
+    assert_eq!(r.status, 202, "{}", r.body);
+    let made = virga_test_support::wait::until("the fill", Duration::from_secs(10), || {
+        let r = call("PUT", from_image, body.clone());
+        (r.status != 202).then_some(r)
+    });
+    assert_eq!(made.status, 200, "{}", made.body);
+    assert_eq!(made.json()["size_gib"], 1);
+    let file = dir
+        .path()
+        .join("data/volumes/3c4d5e6f-7a8b-49c0-8d1e-2f3a4b5c6d7e.raw");
+    let held = std::fs::read(&file).unwrap();
+    assert_eq!(held.len(), 1 << 30);
+    assert!(held[..3 << 20] == data[..], "the image's bytes");
+    assert!(held[3 << 20..].iter().all(|b| *b == 0));
+    let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&file).unwrap());
+    assert!(
+        blocks * 512 < 1 << 20,
+        "holes kept: {} bytes held",
+        blocks * 512
+    );
+    assert_eq!(call("DELETE", from_image, Value::Null).status, 204);
 
     assert_eq!(call("DELETE", &volume, Value::Null).status, 204);
     assert_eq!(call("DELETE", &volume, Value::Null).status, 204);

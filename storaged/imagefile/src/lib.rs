@@ -2,7 +2,8 @@
 //! file next to its final place, hashed on the way, never held in memory
 //! whole, and durable (synced, renamed, its directory synced) before it is
 //! reported stored. A qcow2 upload is checked and converted to the raw file
-//! the VMM boots. [`serve`] sends image files; [`download`] fetches one.
+//! the VMM boots. [`serve`] sends image files; [`download`] fetches one;
+//! [`clone`] copies one on the same filesystem.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +13,7 @@ use http_body_util::BodyExt;
 use md5::{Digest, Md5};
 use sha2::Sha512;
 
+pub mod clone;
 pub mod download;
 pub mod serve;
 
