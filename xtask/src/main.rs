@@ -165,10 +165,17 @@ fn images() -> Result<virga_guest_images::ImageSet> {
 fn images_and_vmm() -> Result<PathBuf> {
     let images = std::thread::spawn(images);
     let vmm = build_vmm();
-    images
-        .join()
-        .map_err(|_| anyhow::anyhow!("building the guest images panicked"))??;
+    images_built(images)?;
     vmm
+}
+
+fn images_built(
+    building: std::thread::JoinHandle<Result<virga_guest_images::ImageSet>>,
+) -> Result<()> {
+    building
+        .join()
+        .map_err(|_| anyhow::anyhow!("building the guest images panicked"))?
+        .map(drop)
 }
 
 /// The VMM's target, named explicitly so that static linking applies to it
@@ -198,7 +205,6 @@ fn build_vmm() -> Result<PathBuf> {
         "-p",
         "virga-boottime",
     ]))?;
-    run(cargo().args(["build", "--release", "-p", "vmm", "--bin", "vmmctl"]))?;
     // The VMM, linked statically: one process runs per VM, and every page of
     // a shared library it touches counts in each VM's overhead (1.7 MiB of
     // libc, libm, ld.so and libgcc_s: 5.0 MiB overhead dynamic, 3.3 static);
@@ -206,7 +212,8 @@ fn build_vmm() -> Result<PathBuf> {
     // one thing static glibc cannot do. (Fat LTO took 0.3 MiB more off, but
     // that build called a null pointer in the disk worker's thread: static
     // glibc with LTO links only part of libc's threading objects, a known
-    // toolchain problem, rust-lang/rust#94564.)
+    // toolchain problem, rust-lang/rust#94564.) vmmctl is built with it:
+    // built on its own, the vmm crate compiled again (51 s of CI).
     let rustflags = format!(
         "{} -C target-feature=+crt-static",
         std::env::var("RUSTFLAGS").unwrap_or_default()
@@ -218,17 +225,21 @@ fn build_vmm() -> Result<PathBuf> {
         "vmm",
         "--bin",
         "vmm",
+        "--bin",
+        "vmmctl",
         "--target",
         VMM_TARGET,
     ]))?;
-    // Beside the other binaries (hostd and the tools look for it there),
+    // Beside the other binaries (hostd and the tools look for them there),
     // by rename: a VMM running from the old file keeps it.
-    let built = root().join(format!("target/{VMM_TARGET}/release/vmm"));
-    let dest = root().join("target/release/vmm");
-    let part = dest.with_extension("part");
-    std::fs::copy(&built, &part).with_context(|| format!("copying {}", built.display()))?;
-    std::fs::rename(&part, &dest).with_context(|| format!("installing {}", dest.display()))?;
-    Ok(dest)
+    for name in ["vmmctl", "vmm"] {
+        let built = root().join(format!("target/{VMM_TARGET}/release/{name}"));
+        let dest = root().join("target/release").join(name);
+        let part = dest.with_extension("part");
+        std::fs::copy(&built, &part).with_context(|| format!("copying {}", built.display()))?;
+        std::fs::rename(&part, &dest).with_context(|| format!("installing {}", dest.display()))?;
+    }
+    Ok(root().join("target/release/vmm"))
 }
 
 fn main() -> Result<()> {
@@ -348,6 +359,26 @@ fn test_steps(unit_only: bool, e2e_only: bool, steps: &mut Steps) -> Result<()> 
     })?;
     // The OpenStack client installs (downloads, mostly) while clippy builds.
     let clients = std::thread::spawn(|| install::python_clients(&root()));
+    // So do the guest images (downloads and unpacking; a CPU at most), beside
+    // clippy and the unit tests, which leave some CPU idle, rather than
+    // beside the release build, which keeps every CPU busy.
+    let mut images = (!unit_only).then(|| std::thread::spawn(images));
+    let result = steps_after_install(unit_only, e2e_only, clients, &mut images, steps);
+    // Waited for after a failed step too: a build cut off halfway would
+    // leave its temporary files to the next run.
+    if let Some(building) = images {
+        let _ = images_built(building);
+    }
+    result
+}
+
+fn steps_after_install(
+    unit_only: bool,
+    e2e_only: bool,
+    clients: std::thread::JoinHandle<Result<PathBuf>>,
+    images: &mut Option<std::thread::JoinHandle<Result<virga_guest_images::ImageSet>>>,
+    steps: &mut Steps,
+) -> Result<()> {
     if !e2e_only {
         steps.run("fmt, clippy", || {
             run(cargo().args(["fmt", "--all", "--", "--check"]))?;
@@ -379,7 +410,13 @@ fn test_steps(unit_only: bool, e2e_only: bool, steps: &mut Steps) -> Result<()> 
     if unit_only {
         return Ok(());
     }
-    let vmm = steps.run("images, release build", images_and_vmm)?;
+    let vmm = steps.run("release build, images", || {
+        let vmm = build_vmm()?;
+        if let Some(building) = images.take() {
+            images_built(building)?;
+        }
+        Ok(vmm)
+    })?;
     let binaries = steps.run("e2e build", || {
         flakes::test_binaries(
             &root(),
