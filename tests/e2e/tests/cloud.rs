@@ -1127,8 +1127,8 @@ fn debian(
     volume_status("available");
 
     // Boot from volume: a volume made from the Debian image (the storage
-    // host fetches it), and a server that boots from it (the kernel picked
-    // from the volume's own /boot).
+    // host, which holds it, copies it), and a server that boots from it
+    // (the kernel picked from the volume's own /boot).
     let made = Instant::now();
     ok(&[
         "volume",
