@@ -6,8 +6,10 @@
 //!   the VMM serves (the volume was snapshotted, or made from a snapshot,
 //!   on a filesystem that cannot share blocks);
 //! - `layers/<id>.raw|.qcow2`: frozen data, never written again: a
-//!   snapshot's, or a volume's as it was when a clone was made from it. A
-//!   qcow2 layer lies over another layer; its header names it by id;
+//!   snapshot's, a volume's as it was when a clone was made from it, or an
+//!   image's under a volume made from it (a hard link of the image store's
+//!   file). A qcow2 layer lies over another layer; its header names it by
+//!   id;
 //! - `snapshots/<id>`: a snapshot that exists (its volume's id inside).
 //!   Deleting a snapshot removes this; its layer goes once nothing lies
 //!   over it;
@@ -344,6 +346,72 @@ impl FileBackend {
             .info_of(id)?
             .ok_or_else(|| VolumeError::NotFound(id.into()))?;
         Ok((info, Made::New))
+    }
+
+    /// Makes volume `id` of `size_gib` start as the raw disk image `image`
+    /// (a file of this host's image store: replaced, never written in
+    /// place), in constant time whatever its size. The image becomes the
+    /// volume's bottom layer by a hard link, so it stays while the volume
+    /// needs it, even after the image is deleted; the volume is a
+    /// reflinked copy of it where the filesystem can, else an overlay over
+    /// it. `None` (nothing made) when the image is on another filesystem:
+    /// the caller copies it then.
+    pub fn from_image_file(
+        &self,
+        id: &str,
+        image: &Path,
+        size_gib: u64,
+    ) -> Result<Option<(VolumeInfo, Made)>, VolumeError> {
+        if !(1..=MAX_SIZE_GIB).contains(&size_gib) {
+            return Err(VolumeError::BadSize(size_gib));
+        }
+        Self::check_id(id)?;
+        let _changing = self.lock();
+        if let Some(info) = self.info_of(id)? {
+            return if info.size_gib == size_gib {
+                Ok(Some((info, Made::Existing)))
+            } else {
+                Err(VolumeError::Exists {
+                    id: id.to_owned(),
+                    have: info.size_gib,
+                    want: size_gib,
+                })
+            };
+        }
+        let have = std::fs::metadata(image).map_err(io_err(image))?.len();
+        if have > size_gib * GIB {
+            return Err(VolumeError::SmallerThanSource {
+                what: "the image".into(),
+                have: have.div_ceil(GIB),
+                want: size_gib,
+            });
+        }
+        // The layer is named after the volume, as a clone's is. One left by
+        // a crash before the volume was made is this image's; any other
+        // layer of that name is someone's data, never replaced.
+        let layer = Image {
+            path: self.layers.join(format!("{id}.raw")),
+            format: Format::Raw,
+        };
+        match Self::find(&self.layers, id)? {
+            Some(found) if found.format == Format::Raw && same_file(&found.path, image)? => {}
+            Some(found) => {
+                return Err(VolumeError::Damaged {
+                    path: found.path,
+                    reason: format!("a layer named after volume {id} is there already"),
+                })
+            }
+            None => match std::fs::hard_link(image, &layer.path) {
+                Ok(()) => Self::sync(&self.layers)?,
+                Err(e) if e.kind() == io::ErrorKind::CrossesDevices => return Ok(None),
+                Err(e) => return Err(io_err(&layer.path)(e)),
+            },
+        }
+        self.copy_of(&layer, id, id, size_gib)?;
+        let info = self
+            .info_of(id)?
+            .ok_or_else(|| VolumeError::NotFound(id.into()))?;
+        Ok(Some((info, Made::New)))
     }
 
     /// Where an image a volume is made from is fetched to.
@@ -1152,6 +1220,90 @@ mod tests {
             assert!(v.info(clone).unwrap().unwrap().allocated_bytes < 1 << 20);
             assert_eq!(read(&v, clone, 0, 65536), vec![7u8; 65536]);
         }
+    }
+
+    /// A volume from an image this host holds: made in constant time over
+    /// the image's own file (not a whole number of GiB), its data the
+    /// image's and then zeros; its writes leave the image alone, and it
+    /// outlives the image; deleting it leaves no layer behind.
+    #[test]
+    fn a_volume_from_an_image_file_lies_over_it_and_outlives_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = FileBackend::open(dir.path()).unwrap();
+        std::fs::create_dir_all(dir.path().join("images")).unwrap();
+        let image = dir.path().join("images/debian.raw");
+        let f = File::create(&image).unwrap();
+        f.write_all_at(&[0x5a; 2 << 20], 4096).unwrap();
+        f.write_all_at(b"boot sector", 0).unwrap();
+        f.write_all_at(b"root fs", (3 << 20) + 5).unwrap();
+        let image_len = (3 << 20) + 12;
+        drop(f);
+
+        let started = std::time::Instant::now();
+        let (info, made) = v.from_image_file(A, &image, 2).unwrap().unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert_eq!((info.size_gib, made), (2, Made::New));
+        if !v.files(A).unwrap().backing.is_empty() {
+            // An overlay (no reflink here) over the image's own file: its
+            // 2 MiB not copied.
+            assert!(info.allocated_bytes < 1 << 20, "nothing copied: {info:?}");
+            let layer = dir.path().join(format!("layers/{A}.raw"));
+            assert!(same_file(&layer, &image).unwrap(), "the image's file");
+        }
+        assert_eq!(read(&v, A, 4096, 4096), vec![0x5a; 4096]);
+        assert_eq!(read(&v, A, 0, 11), b"boot sector");
+        assert_eq!(read(&v, A, (3 << 20) + 5, 7), b"root fs");
+        assert_eq!(
+            read(&v, A, image_len, 4096),
+            vec![0; 4096],
+            "past the image"
+        );
+        assert_eq!(read(&v, A, (2 << 30) - 4096, 4096), vec![0; 4096]);
+        // Asked again (the controller repeats itself): the same volume.
+        let (_, again) = v.from_image_file(A, &image, 2).unwrap().unwrap();
+        assert_eq!(again, Made::Existing);
+        assert!(matches!(
+            v.from_image_file(A, &image, 3),
+            Err(VolumeError::Exists { .. })
+        ));
+
+        write(&v, A, 0, b"BOOT");
+        assert_eq!(read(&v, A, 0, 11), b"BOOT sector");
+        assert_eq!(&std::fs::read(&image).unwrap()[..11], b"boot sector");
+        std::fs::remove_file(&image).unwrap();
+        assert_eq!(
+            read(&v, A, (3 << 20) + 5, 7),
+            b"root fs",
+            "the image deleted"
+        );
+        // A snapshot and a clone of it, as of any volume.
+        v.snapshot(S1, A, false).unwrap();
+        v.create(B, 2, Some(&VolumeSource::Snapshot(S1.into())))
+            .unwrap();
+        assert_eq!(read(&v, B, 0, 11), b"BOOT sector");
+        for id in [A, B] {
+            v.delete(id).unwrap();
+        }
+        v.delete_snapshot(S1).unwrap();
+        assert_eq!(layer_count(dir.path()), 0);
+
+        // Too small for the image, or a bad size: nothing made.
+        let big = dir.path().join("images/big.raw");
+        File::create(&big).unwrap().set_len(GIB + 1).unwrap();
+        assert!(matches!(
+            v.from_image_file(C, &big, 1),
+            Err(VolumeError::SmallerThanSource {
+                have: 2,
+                want: 1,
+                ..
+            })
+        ));
+        assert!(matches!(
+            v.from_image_file(C, &big, 0),
+            Err(VolumeError::BadSize(0))
+        ));
+        assert!(v.info(C).unwrap().is_none());
+        assert_eq!(layer_count(dir.path()), 0);
     }
 
     #[test]

@@ -126,6 +126,16 @@ impl ImageStore {
         }
     }
 
+    /// Where the raw disk is: the conversion of a qcow2, else the upload
+    /// itself.
+    pub fn raw_path(&self, id: &str) -> Result<PathBuf, ImageError> {
+        Self::checked(id)?;
+        [self.converted(id), self.data(id)]
+            .into_iter()
+            .find(|p| p.exists())
+            .ok_or_else(|| ImageError::NotFound(id.to_owned()))
+    }
+
     fn missing(&self, id: &str, e: std::io::Error) -> ImageError {
         match e.kind() {
             std::io::ErrorKind::NotFound => ImageError::NotFound(id.to_owned()),
