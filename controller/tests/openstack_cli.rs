@@ -1400,7 +1400,7 @@ fn openstack_volumes() {
     );
     let root = shown["id"].as_str().unwrap().to_owned();
     assert_eq!(
-        &std::fs::read(s.volume_file(&root)).unwrap()[..22],
+        &std::fs::read(s.unwritten_volume_data(&root)).unwrap()[..22],
         b"an image's first bytes"
     );
     // A server booted from it (`--volume`), as Nova does it.

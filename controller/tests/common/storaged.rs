@@ -92,8 +92,27 @@ impl Storaged {
     }
 
     /// The file holding a volume's data.
+    /// A volume's own file: `<id>.raw`, or `<id>.qcow2` when it is an
+    /// overlay (made over an image this host holds, or snapshotted).
     pub fn volume_file(&self, id: &str) -> PathBuf {
-        self.data_dir.join(format!("volumes/{id}.raw"))
+        let raw = self.data_dir.join(format!("volumes/{id}.raw"));
+        let overlay = raw.with_extension("qcow2");
+        if overlay.exists() {
+            overlay
+        } else {
+            raw
+        }
+    }
+
+    /// The raw file holding the data of a volume nothing has written yet:
+    /// its own, or the image's file under it when it was made over an
+    /// image this host holds.
+    pub fn unwritten_volume_data(&self, id: &str) -> PathBuf {
+        let own = self.volume_file(id);
+        match own.extension().is_some_and(|e| e == "qcow2") {
+            true => self.data_dir.join(format!("layers/{id}.raw")),
+            false => own,
+        }
     }
 }
 
