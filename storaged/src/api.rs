@@ -268,9 +268,7 @@ async fn fill(state: &Arc<State>, id: &str, size_gib: u64, image: &str) -> Resul
     let dest = state.volumes.fetch_path(id).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(&dest);
     let max = size_gib.saturating_mul(1 << 30);
-    if let Err(e) =
-        crate::images::fetch::fetch(&state.config, &state.images, image, &dest, max).await
-    {
+    if let Err(e) = crate::images::fetch::fetch(&state.config, image, &dest, max).await {
         let _ = std::fs::remove_file(&dest);
         return Err(e);
     }

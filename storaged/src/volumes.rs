@@ -354,8 +354,8 @@ impl FileBackend {
     /// volume's bottom layer by a hard link, so it stays while the volume
     /// needs it, even after the image is deleted; the volume is a
     /// reflinked copy of it where the filesystem can, else an overlay over
-    /// it. `None` (nothing made) when the image is on another filesystem:
-    /// the caller copies it then.
+    /// it. `None` (nothing made) when the image is on another filesystem
+    /// than the volumes: the caller fetches it then.
     pub fn from_image_file(
         &self,
         id: &str,
