@@ -506,6 +506,18 @@ fn images_live_on_the_storage_host_and_hosts_fetch_them_there() {
         (img["status"].as_str(), img["size"].as_u64()),
         (Some("active"), Some(3 << 20))
     );
+    // Stored with holes, yet Glance's checksums are the whole file's.
+    use sha2::Digest;
+    assert_eq!(
+        img["os_hash_value"].as_str(),
+        Some(format!("{:x}", sha2::Sha512::digest(&data)).as_str()),
+        "{img}"
+    );
+    assert_eq!(
+        img["checksum"].as_str(),
+        Some(format!("{:x}", md5::Md5::digest(&data)).as_str()),
+        "{img}"
+    );
     assert!(images_dir.join(&id).exists(), "on the storage host");
     assert!(
         !c.dir_path.join("images").join(&id).exists(),
