@@ -294,16 +294,8 @@ impl FileBackend {
             return Err(VolumeError::BadSize(size_gib));
         }
         let _changing = self.lock();
-        if let Some(info) = self.info_of(id)? {
-            return if info.size_gib == size_gib {
-                Ok((info, Made::Existing))
-            } else {
-                Err(VolumeError::Exists {
-                    id: id.to_owned(),
-                    have: info.size_gib,
-                    want: size_gib,
-                })
-            };
+        if let Some(info) = self.made_already(id, size_gib)? {
+            return Ok((info, Made::Existing));
         }
         match source {
             None => {
@@ -367,16 +359,8 @@ impl FileBackend {
         }
         Self::check_id(id)?;
         let _changing = self.lock();
-        if let Some(info) = self.info_of(id)? {
-            return if info.size_gib == size_gib {
-                Ok(Some((info, Made::Existing)))
-            } else {
-                Err(VolumeError::Exists {
-                    id: id.to_owned(),
-                    have: info.size_gib,
-                    want: size_gib,
-                })
-            };
+        if let Some(info) = self.made_already(id, size_gib)? {
+            return Ok(Some((info, Made::Existing)));
         }
         let have = std::fs::metadata(image).map_err(io_err(image))?.len();
         if have > size_gib * GIB {
@@ -412,6 +396,19 @@ impl FileBackend {
             .info_of(id)?
             .ok_or_else(|| VolumeError::NotFound(id.into()))?;
         Ok(Some((info, Made::New)))
+    }
+
+    /// Volume `id` if a repeat of its create finds it made, at the size
+    /// asked for; another size is a conflict.
+    fn made_already(&self, id: &str, size_gib: u64) -> Result<Option<VolumeInfo>, VolumeError> {
+        match self.info_of(id)? {
+            Some(info) if info.size_gib != size_gib => Err(VolumeError::Exists {
+                id: id.to_owned(),
+                have: info.size_gib,
+                want: size_gib,
+            }),
+            found => Ok(found),
+        }
     }
 
     /// Where an image a volume is made from is fetched to.
