@@ -341,7 +341,8 @@ impl ImageServer {
         let here = addr.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
+                // A connection reset before it was taken is no reason to stop.
+                let Ok(mut stream) = stream else { continue };
                 let (plain, sparse) = (image.clone(), sparse.clone());
                 let addr = here.clone();
                 let (count, gate) = (count.clone(), gate.clone());
@@ -537,7 +538,12 @@ fn hostd_killed_while_an_image_downloads_carries_on_when_it_comes_back() {
     let h = hostd_fetching_from(&server);
     let (status, _) = api(&h, "POST", "/instances?wait=false", &disk_spec("back-1", 1));
     assert_eq!(status, 202);
-    wait_for("part of the image to arrive", || !part_files(&h).is_empty());
+    // The part file is made when the controller answers, before the
+    // redirect to the image's data is followed: the download is under way
+    // once the image server has counted it too.
+    wait_for("part of the image to arrive", || {
+        server.downloads() == 1 && !part_files(&h).is_empty()
+    });
     let h = restart(h);
     // The new hostd dropped the old part and asked again.
     wait_for("a second download", || server.downloads() == 2);
