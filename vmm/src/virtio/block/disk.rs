@@ -58,6 +58,26 @@ pub enum Target {
     Overlay,
 }
 
+/// One part of a read whose parts lie in different files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadPart {
+    /// Bytes into the read.
+    pub skip: u64,
+    pub len: u64,
+    /// The file and the offset in it; None for zeros.
+    pub at: Option<(Target, u64)>,
+}
+
+/// The file and offset of a place in one file (never `Place::Mixed`).
+fn target_of(place: Place) -> (Target, u64) {
+    match place {
+        Place::Overlay(at) => (Target::Own, at),
+        Place::Base(at) => (Target::Base, at),
+        Place::Layer(i, at) => (Target::Layer(i), at),
+        Place::Mixed => (Target::Overlay, 0),
+    }
+}
+
 pub struct Disk {
     /// O_DIRECT when requested and the filesystem allows it.
     file: File,
@@ -241,11 +261,30 @@ impl Disk {
             return Ok((Target::Own, offset));
         };
         Ok(match overlay.place(offset, len, write)? {
-            Place::Overlay(at) => (Target::Own, at),
-            Place::Base(at) => (Target::Base, at),
-            Place::Layer(i, at) => (Target::Layer(i), at),
             Place::Mixed => (Target::Overlay, offset),
+            place => target_of(place),
         })
+    }
+
+    /// The parts of a read that lie in different files (a read
+    /// [`Disk::place`] sent to `Target::Overlay`), each as `(skip, len,
+    /// where)`: `len` bytes `skip` bytes into the read, in that file at
+    /// that offset, or zeros where None. None when the format driver has
+    /// to read it (see [`Overlay::read_pieces`]).
+    pub fn read_pieces(&self, offset: u64, len: u64) -> std::io::Result<Option<Vec<ReadPart>>> {
+        let Some(overlay) = &self.overlay else {
+            return Ok(None);
+        };
+        Ok(overlay.read_pieces(offset, len)?.map(|pieces| {
+            pieces
+                .into_iter()
+                .map(|p| ReadPart {
+                    skip: p.skip,
+                    len: p.len,
+                    at: p.place.map(target_of),
+                })
+                .collect()
+        }))
     }
 
     /// The descriptor for I/O to `target` (through the page cache when
@@ -323,34 +362,51 @@ impl Disk {
     }
 
     /// Reads `buf` at the guest's `offset`, wherever the bytes are (the
-    /// disk's file, an overlay's base, or through its layers), past a
-    /// shorter base's end as zeros: for callers other than the virtio
-    /// worker (storaged's NBD server).
+    /// disk's file, an overlay's base, or through its layers, part by part
+    /// from the files that hold them), past a shorter base's end as zeros:
+    /// for callers other than the virtio worker (storaged's NBD server).
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let (target, at) = self.place(offset, buf.len() as u64, false)?;
-        let file = match (target, &self.overlay) {
-            (Target::Own, _) => Some(&self.buffered),
-            (Target::Base, Some(o)) => Some(o.base_file()),
-            (Target::Layer(i), Some(o)) => o.layer_file(i),
-            _ => None,
+        let len = buf.len() as u64;
+        let parts = match self.place(offset, len, false)? {
+            (Target::Overlay, _) => self.read_pieces(offset, len)?,
+            (target, at) => Some(vec![ReadPart {
+                skip: 0,
+                len,
+                at: Some((target, at)),
+            }]),
         };
-        let Some(file) = file else {
+        let Some(parts) = parts else {
             return match &self.overlay {
                 Some(o) => o.read_vectored(&mut [std::io::IoSliceMut::new(buf)], offset),
                 None => Err(std::io::Error::other("not an overlay")),
             };
         };
-        let mut done = 0;
-        while done < buf.len() {
-            match file.read_at(&mut buf[done..], at + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        for part in parts {
+            // The parts lie within the read, which is `buf`.
+            let piece = &mut buf[part.skip as usize..(part.skip + part.len) as usize];
+            let Some((target, at)) = part.at else {
+                piece.fill(0);
+                continue;
+            };
+            let file = match (target, &self.overlay) {
+                (Target::Own, _) => Some(&self.buffered),
+                (Target::Base, Some(o)) => Some(o.base_file()),
+                (Target::Layer(i), Some(o)) => o.layer_file(i),
+                _ => None,
             }
+            .ok_or_else(|| std::io::Error::other(format!("no file for {target:?}")))?;
+            let mut done = 0;
+            while done < piece.len() {
+                match file.read_at(&mut piece[done..], at + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            piece[done..].fill(0);
         }
-        buf[done..].fill(0);
         Ok(())
     }
 
@@ -560,7 +616,7 @@ pub fn direct_aligned(iovecs: &[libc::iovec]) -> bool {
 
 /// Bytes `[skip, skip + len)` of the buffers `iovecs` describe, as iovecs
 /// (shorter when the buffers end first).
-fn sub_iovecs(iovecs: &[libc::iovec], skip: u64, len: u64) -> Vec<libc::iovec> {
+pub fn sub_iovecs(iovecs: &[libc::iovec], skip: u64, len: u64) -> Vec<libc::iovec> {
     let (mut skip, mut left) = (skip as usize, len as usize);
     let mut out = Vec::new();
     for v in iovecs {

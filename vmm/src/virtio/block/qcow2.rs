@@ -9,8 +9,10 @@
 //! to clusters are synchronous: imago allocates whole ones and the caller
 //! writes their data ([`Overlay::write_placed`]); a partly written one goes
 //! through imago, which copies up the rest of it.
-//! The rest (reads across differently mapped clusters; zero clusters) goes
-//! through imago, synchronously.
+//! A read across differently mapped clusters is split into parts, one per
+//! run in one file (or of zeros), which the worker reads all at once
+//! ([`Overlay::read_pieces`]); only compressed clusters are read through
+//! imago.
 //!
 //! The overlay is opened with `DenyImplicitOpenGate`: no file it names (a
 //! backing file, an external data file) is ever opened; the base is the one
@@ -42,6 +44,36 @@ pub enum Place {
     Layer(usize, u64),
     /// Anywhere else: served through imago.
     Mixed,
+}
+
+/// The most pieces [`Overlay::read_pieces`] splits a read into (a 1 MiB
+/// read over 64 KiB clusters falls in at most 17).
+pub const MAX_READ_PIECES: usize = 64;
+
+/// One part of a read: `len` bytes, `skip` bytes into the read, at `place`
+/// (`Overlay`, `Base` or `Layer`), or zeros where `place` is None.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadPiece {
+    pub skip: u64,
+    pub len: u64,
+    pub place: Option<Place>,
+}
+
+impl ReadPiece {
+    /// Whether a run at `place`, `skip` bytes into the read, carries on
+    /// where this piece ends in the same file (or in zeros).
+    fn follows(&self, place: Option<Place>, skip: u64) -> bool {
+        if skip != self.skip + self.len {
+            return false;
+        }
+        match (self.place, place) {
+            (None, None) => true,
+            (Some(Place::Overlay(a)), Some(Place::Overlay(b)))
+            | (Some(Place::Base(a)), Some(Place::Base(b))) => a + self.len == b,
+            (Some(Place::Layer(i, a)), Some(Place::Layer(j, b))) => i == j && a + self.len == b,
+            _ => false,
+        }
+    }
 }
 
 /// Makes `path` an empty qcow2 overlay of `size` bytes over a raw image
@@ -242,6 +274,59 @@ impl Overlay {
                 _ => Place::Mixed,
             },
         )
+    }
+
+    /// Where each part of the read `[offset, offset + len)` lies, when the
+    /// parts lie in different places (clusters of the overlay, of layers,
+    /// of the base, and zeros): one [`ReadPiece`] per run, in order, so the
+    /// caller reads them all at once from their files. None when some part
+    /// can be read only through imago (a compressed cluster), or when the
+    /// read falls in more than [`MAX_READ_PIECES`] runs.
+    /// A piece stays right while the overlay is open, as a place does.
+    pub fn read_pieces(&self, offset: u64, len: u64) -> io::Result<Option<Vec<ReadPiece>>> {
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "read range overflows"))?;
+        let mut pieces: Vec<ReadPiece> = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let (mapping, n) = self.access.get_mapping(at, end - at)?;
+            // Past the disk's end (never asked by the block worker): zeros.
+            let n = if n == 0 { end - at } else { n.min(end - at) };
+            let place = match mapping {
+                Mapping::Zero { .. } | Mapping::Eof { .. } => None,
+                Mapping::Raw {
+                    storage, offset, ..
+                } => match storage.get_filename().as_deref().map(chain_member) {
+                    // Only the overlay's own file has no name.
+                    None => Some(Place::Overlay(offset)),
+                    Some(Some(ChainMember::Layer(i))) if i < self.layers.len() => {
+                        Some(Place::Layer(i, offset))
+                    }
+                    Some(Some(ChainMember::Base)) if self.in_base(offset, n) => {
+                        Some(Place::Base(offset))
+                    }
+                    Some(_) => return Ok(None),
+                },
+                _ => return Ok(None),
+            };
+            let skip = at - offset;
+            match pieces.last_mut() {
+                Some(last) if last.follows(place, skip) => last.len += n,
+                _ => {
+                    if pieces.len() == MAX_READ_PIECES {
+                        return Ok(None);
+                    }
+                    pieces.push(ReadPiece {
+                        skip,
+                        len: n,
+                        place,
+                    });
+                }
+            }
+            at += n;
+        }
+        Ok(Some(pieces))
     }
 
     fn in_base(&self, offset: u64, len: u64) -> bool {
