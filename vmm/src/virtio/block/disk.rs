@@ -361,6 +361,44 @@ impl Disk {
         }
     }
 
+    /// The overlay's cluster size in bytes; None for a raw disk.
+    pub fn cluster_size(&self) -> Option<u64> {
+        self.overlay.as_ref().map(Overlay::cluster_size)
+    }
+
+    /// Writes `data` at the guest's `offset` into an overlay's clusters,
+    /// all of which it covers whole, up to the disk's end (new ones are
+    /// allocated and made visible once their data is written: nothing is
+    /// copied up). O_DIRECT when the disk is and `data` lies on sectors.
+    pub fn write_whole_clusters(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let Some(overlay) = &self.overlay else {
+            return Err(std::io::Error::other("not an overlay"));
+        };
+        let write = |fd: RawFd| {
+            overlay.write_placed(offset, data.len() as u64, |at, skip, n| {
+                // The mappings lie within the write, which is `data`.
+                let bytes = &data[skip as usize..(skip + n) as usize];
+                let iovec = libc::iovec {
+                    iov_base: bytes.as_ptr().cast_mut().cast(),
+                    iov_len: bytes.len(),
+                };
+                pwritev_all(fd, &[iovec], at)
+            })
+        };
+        let aligned = direct_aligned(&[libc::iovec {
+            iov_base: data.as_ptr().cast_mut().cast(),
+            iov_len: data.len(),
+        }]);
+        if self.direct && aligned {
+            match write(self.file.as_raw_fd()) {
+                // O_DIRECT refused it (a device with larger sectors).
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                done => return done,
+            }
+        }
+        write(self.buffered.as_raw_fd())
+    }
+
     /// Reads `buf` at the guest's `offset`, wherever the bytes are (the
     /// disk's file, an overlay's base, or through its layers, part by part
     /// from the files that hold them), past a shorter base's end as zeros:

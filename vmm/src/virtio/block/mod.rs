@@ -11,7 +11,7 @@ pub mod disk;
 pub mod qcow2;
 pub mod request;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::os::fd::AsRawFd;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -35,6 +35,8 @@ use request::{
 const VIRTIO_ID_BLOCK: u32 = 2;
 const QUEUE_SIZE: u16 = 256;
 const RING_ENTRIES: u32 = 128;
+/// Alignment of the worker's own buffers, for O_DIRECT.
+const DIRECT_ALIGN: usize = 4096;
 const SERIAL_LEN: usize = 20;
 /// The worker runs below the vCPUs' priority. Where it shares a CPU with the vCPU
 /// that feeds it, a worker at equal priority preempts the vCPU on every kick and
@@ -259,8 +261,43 @@ struct Pending {
     offset: u64,
     target: Target,
     iovecs: Vec<libc::iovec>,
-    /// The guest's request this is one part of (see [`Parts`]), if any.
-    part_of: Option<u64>,
+    /// What this is one part of, if anything.
+    part_of: Option<PartOf>,
+}
+
+/// What a request handed to the kernel is a part of, by number.
+#[derive(Clone, Copy, Debug)]
+enum PartOf {
+    /// A guest's read served in parts ([`Parts`]).
+    Read(u64),
+    /// The read under a first write's clusters ([`CopyUp`]).
+    CopyUp(u64),
+}
+
+/// The largest span of clusters a first write copies up itself (larger
+/// ones go through the format driver).
+const MAX_COPY_UP: u64 = 256 << 10;
+
+/// A first write into part of clusters the overlay does not hold yet:
+/// what lies under the clusters is read into `buf` (each part from its
+/// file, all in flight together), the guest's data laid over it, and the
+/// clusters written whole, so the format driver copies nothing up. While
+/// it runs, other writes to its clusters wait ([`BlockWorker::busy`]).
+struct CopyUp {
+    queue: usize,
+    head: u16,
+    status: GuestAddress,
+    /// The guest's buffers, and the write's offset on the disk.
+    data: Vec<(GuestAddress, u32)>,
+    offset: u64,
+    /// The clusters' span on the disk: from `start`, `len` bytes, read
+    /// into `buf[align..align + len]` (aligned for O_DIRECT).
+    start: u64,
+    len: u64,
+    buf: Vec<u8>,
+    align: usize,
+    left: usize,
+    ok: bool,
 }
 
 /// A guest's read served in parts, one per file its bytes lie in: it
@@ -295,7 +332,14 @@ struct BlockWorker {
     replacing: ReplaceInbox,
     /// Reads served in parts, by number.
     parted: BTreeMap<u64, Parts>,
-    next_parted: u64,
+    /// First writes copying up their clusters, by number.
+    copy_ups: BTreeMap<u64, CopyUp>,
+    /// The number of the next read in parts or copy-up.
+    next_part_of: u64,
+    /// Clusters (by index) a copy-up is filling: writes to them wait.
+    busy: BTreeSet<u64>,
+    /// Requests waiting for a copy-up, in the order they came.
+    deferred: VecDeque<(usize, Request)>,
 }
 
 impl BlockWorker {
@@ -341,7 +385,10 @@ impl BlockWorker {
             interrupt_due: vec![false; n],
             replacing,
             parted: BTreeMap::new(),
-            next_parted: 0,
+            copy_ups: BTreeMap::new(),
+            next_part_of: 0,
+            busy: BTreeSet::new(),
+            deferred: VecDeque::new(),
         })
     }
 
@@ -507,6 +554,10 @@ impl BlockWorker {
     }
 
     fn start(&mut self, qi: usize, req: Request) {
+        if self.waits_for_copy_up(&req) {
+            self.deferred.push_back((qi, req));
+            return;
+        }
         let fail = |w: &mut Self, s| w.complete(qi, req.head, req.status, s, 1);
         match req.kind {
             RequestType::In | RequestType::Out => {
@@ -533,6 +584,18 @@ impl BlockWorker {
                         return fail(self, VIRTIO_BLK_S_IOERR);
                     }
                 };
+                if write && target == Target::Overlay {
+                    match self.copy_up_parts(offset, len) {
+                        Ok(Some((start, parts))) => {
+                            return self.start_copy_up(qi, req, offset, start, parts)
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            crate::rate_limited_warn!("virtio-blk: mapping a request: {e}");
+                            return fail(self, VIRTIO_BLK_S_IOERR);
+                        }
+                    }
+                }
                 if !write && target == Target::Overlay {
                     match self.disk.read_pieces(offset, len) {
                         Ok(Some(parts)) => return self.start_parts(qi, &req, &iovecs, parts),
@@ -607,8 +670,12 @@ impl BlockWorker {
         iovecs: &[libc::iovec],
         parts: Vec<disk::ReadPart>,
     ) {
-        let id = self.next_parted;
-        self.next_parted += 1;
+        if parts.is_empty() {
+            // Nothing to read (a read of no bytes).
+            return self.complete(qi, req.head, req.status, VIRTIO_BLK_S_OK, 1);
+        }
+        let id = self.next_part_of;
+        self.next_part_of += 1;
         self.parted.insert(
             id,
             Parts {
@@ -636,7 +703,7 @@ impl BlockWorker {
                     offset: at,
                     target,
                     iovecs: disk::sub_iovecs(iovecs, part.skip, part.len),
-                    part_of: Some(id),
+                    part_of: Some(PartOf::Read(id)),
                 }),
             }
         }
@@ -662,10 +729,177 @@ impl BlockWorker {
         }
     }
 
+    /// Whether `req` must wait for a copy-up: a write to a cluster one is
+    /// filling (its data would be lost under the copy-up's), or a discard
+    /// or write-zeroes while any runs.
+    fn waits_for_copy_up(&self, req: &Request) -> bool {
+        let Some(cluster) = self.disk.cluster_size().filter(|_| !self.busy.is_empty()) else {
+            return false;
+        };
+        match req.kind {
+            RequestType::Out => {
+                let (offset, len) = (req.sector.saturating_mul(SECTOR_SIZE), req.data_len());
+                let last = offset.saturating_add(len.max(1) - 1) / cluster;
+                self.busy.range(offset / cluster..=last).next().is_some()
+            }
+            RequestType::Discard | RequestType::WriteZeroes => true,
+            _ => false,
+        }
+    }
+
+    /// For a first write into part of clusters the overlay does not hold
+    /// (none of them), not too many: the span's start and where what lies
+    /// under it is. None for any other write (whole clusters are written
+    /// in place without a copy-up; the format driver serves the rest).
+    fn copy_up_parts(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> std::io::Result<Option<(u64, Vec<disk::ReadPart>)>> {
+        let Some(cluster) = self.disk.cluster_size() else {
+            return Ok(None);
+        };
+        let end = offset + len;
+        if len == 0 || (offset.is_multiple_of(cluster) && end.is_multiple_of(cluster)) {
+            return Ok(None);
+        }
+        let start = offset / cluster * cluster;
+        let span_end = end.next_multiple_of(cluster).min(self.disk.capacity());
+        if span_end - start > MAX_COPY_UP {
+            return Ok(None);
+        }
+        let Some(parts) = self.disk.read_pieces(start, span_end - start)? else {
+            return Ok(None);
+        };
+        if parts.iter().any(|p| matches!(p.at, Some((Target::Own, _)))) {
+            return Ok(None);
+        }
+        Ok(Some((start, parts)))
+    }
+
+    /// Starts a first write's copy-up (see [`CopyUp`]): its clusters busy,
+    /// what lies under them read into a buffer of the worker's.
+    fn start_copy_up(
+        &mut self,
+        qi: usize,
+        req: Request,
+        offset: u64,
+        start: u64,
+        parts: Vec<disk::ReadPart>,
+    ) {
+        let id = self.next_part_of;
+        self.next_part_of += 1;
+        let len: u64 = parts.iter().map(|p| p.len).sum();
+        // Zeros where nothing lies under it.
+        let mut buf = vec![0u8; len as usize + DIRECT_ALIGN];
+        let align = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        let into = buf.as_mut_ptr().wrapping_add(align);
+        if let Some(cluster) = self.disk.cluster_size() {
+            self.busy
+                .extend(start / cluster..(start + len).div_ceil(cluster));
+        }
+        let reads: Vec<_> = parts
+            .iter()
+            .filter_map(|p| p.at.map(|at| (p.skip, p.len, at)))
+            .collect();
+        self.copy_ups.insert(
+            id,
+            CopyUp {
+                queue: qi,
+                head: req.head,
+                status: req.status,
+                data: req.data,
+                offset,
+                start,
+                len,
+                buf,
+                align,
+                left: reads.len(),
+                ok: true,
+            },
+        );
+        if reads.is_empty() {
+            return self.copy_up_done(id);
+        }
+        for (skip, n, (target, at)) in reads {
+            // The buffer's heap storage stays where it is, in `copy_ups`,
+            // until the last read of it completes.
+            let iovec = libc::iovec {
+                iov_base: into.wrapping_add(skip as usize).cast(),
+                iov_len: n as usize,
+            };
+            self.submit_or_run(Pending {
+                queue: qi,
+                head: req.head,
+                status: req.status,
+                used_len: 0,
+                expected: Some(n),
+                write: false,
+                offset: at,
+                target,
+                iovecs: vec![iovec],
+                part_of: Some(PartOf::CopyUp(id)),
+            });
+        }
+    }
+
+    /// One read under a copy-up done; with the last, the write goes on.
+    fn copy_up_part_done(&mut self, id: u64, ok: bool) {
+        let Some(c) = self.copy_ups.get_mut(&id) else {
+            return;
+        };
+        c.ok &= ok;
+        c.left = c.left.saturating_sub(1);
+        if c.left == 0 {
+            self.copy_up_done(id);
+        }
+    }
+
+    /// What lies under the clusters is read: the guest's data laid over
+    /// it, the clusters written whole, the write completed, and what
+    /// waited for the clusters started.
+    fn copy_up_done(&mut self, id: u64) {
+        let Some(mut c) = self.copy_ups.remove(&id) else {
+            return;
+        };
+        let span = &mut c.buf[c.align..c.align + c.len as usize];
+        let mut ok = c.ok;
+        let mut at = (c.offset - c.start) as usize;
+        for &(addr, n) in &c.data {
+            let n = n as usize;
+            // The write lies within its span.
+            if ok && self.memory.read_slice(&mut span[at..at + n], addr).is_err() {
+                ok = false;
+            }
+            at += n;
+        }
+        if ok {
+            if let Err(e) = self.disk.write_whole_clusters(c.start, span) {
+                crate::rate_limited_warn!("virtio-blk: a first write: {e}");
+                ok = false;
+            }
+        }
+        if let Some(cluster) = self.disk.cluster_size() {
+            for i in c.start / cluster..(c.start + c.len).div_ceil(cluster) {
+                self.busy.remove(&i);
+            }
+        }
+        let status = if ok {
+            VIRTIO_BLK_S_OK
+        } else {
+            VIRTIO_BLK_S_IOERR
+        };
+        self.complete(c.queue, c.head, c.status, status, 1);
+        for (qi, req) in std::mem::take(&mut self.deferred) {
+            self.start(qi, req);
+        }
+    }
+
     /// A request (or a part of one) is done.
     fn finish(&mut self, p: &Pending, ok: bool) {
         match p.part_of {
-            Some(id) => self.part_done(id, ok),
+            Some(PartOf::Read(id)) => self.part_done(id, ok),
+            Some(PartOf::CopyUp(id)) => self.copy_up_part_done(id, ok),
             None => {
                 let status = if ok {
                     VIRTIO_BLK_S_OK
@@ -954,9 +1188,21 @@ mod tests {
         reqs: &[Req],
         first_data: &[u8],
     ) -> (Vec<(u8, u32)>, GuestMemoryMmap) {
+        serve_disk_each(disk, uring, reqs, &[first_data])
+    }
+
+    /// [`serve_disk`] with `data[i]` in request i's buffer.
+    fn serve_disk_each(
+        disk: Disk,
+        uring: bool,
+        reqs: &[Req],
+        data: &[&[u8]],
+    ) -> (Vec<(u8, u32)>, GuestMemoryMmap) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x80_0000)]).unwrap();
-        mem.write_slice(first_data, GuestAddress(0x10_0000))
-            .unwrap();
+        for (i, d) in data.iter().enumerate() {
+            mem.write_slice(d, GuestAddress(0x10_0000 + i as u64 * 0x1_0000))
+                .unwrap();
+        }
         let mock = MockSplitQueue::new(&mem, 64);
         let mut descs = Vec::new();
         for (i, r) in reqs.iter().enumerate() {
@@ -1378,6 +1624,135 @@ mod tests {
         assert_eq!((status, used_len), (VIRTIO_BLK_S_OK, len as u32 + 1));
         for (c, (got, want)) in got.chunks(4096).zip(want.chunks(4096)).enumerate() {
             assert!(got == want, "4 KiB block {c} of the read differs");
+        }
+    }
+
+    /// First writes of parts of clusters over a snapshot layer, many in
+    /// flight together, several into one cluster (which wait for the one
+    /// copying it up), beside reads and rewrites: each copy-up reads what
+    /// lies under its clusters and writes them whole, and no write's data
+    /// is lost under another's copy-up.
+    fn first_writes_copy_up(uring: bool, direct: bool) {
+        const K: u64 = 1 << 10;
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, pattern) = volume_over_a_snapshot(dir.path(), 64 * K, 8192, direct);
+        let mut model = pattern.clone();
+        model.resize(2 << 20, 0);
+        model[64 << 10..72 << 10].fill(7);
+        // (sector, sectors): writes of 4 KiB blocks into clusters 0 (the
+        // base under it), 1 (the layer's), 2 and 3 (a write across both),
+        // 16 (past the base's end); reads between them.
+        let writes = [
+            (8u64, 8u32),
+            (128 + 16, 8),
+            (8 + 32, 8),
+            (128 + 72, 16),
+            (256 + 120, 16),
+            (0, 1),
+            (128, 8),
+            (2048 + 8, 8),
+            (2048 + 64, 24),
+        ];
+        let mut reqs = Vec::new();
+        let mut data: Vec<Vec<u8>> = Vec::new();
+        for (i, &(sector, sectors)) in writes.iter().enumerate() {
+            let bytes: Vec<u8> = (0..sectors * 512)
+                .map(|b| (b % 199) as u8 ^ (i as u8 + 1))
+                .collect();
+            let at = sector as usize * 512;
+            model[at..at + bytes.len()].copy_from_slice(&bytes);
+            reqs.push(Req {
+                kind: T_OUT,
+                sector,
+                data_len: sectors * 512,
+            });
+            data.push(bytes);
+            if i % 3 == 1 {
+                // A read of a cluster no write touches.
+                reqs.push(Req {
+                    kind: T_IN,
+                    sector: 128 * 10 + i as u64 * 8,
+                    data_len: 4096,
+                });
+                data.push(Vec::new());
+            }
+        }
+        let slices: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+        let (results, mem) = serve_disk_each(disk, uring, &reqs, &slices);
+        for (i, (r, req)) in results.iter().zip(&reqs).enumerate() {
+            assert_eq!(r.0, VIRTIO_BLK_S_OK, "request {i}");
+            if req.kind == T_IN {
+                let mut got = vec![0u8; 4096];
+                mem.read_slice(&mut got, GuestAddress(0x10_0000 + i as u64 * 0x1_0000))
+                    .unwrap();
+                let at = req.sector as usize * 512;
+                assert!(got == model[at..at + 4096], "read {i}");
+            }
+        }
+        let path = |n: &str| dir.path().join(n);
+        let disk = Disk::open(
+            &path("vol"),
+            Some(&path("base")),
+            &[path("snap")],
+            true,
+            false,
+        )
+        .unwrap();
+        let mut got = vec![0u8; 2 << 20];
+        disk.read_at(&mut got, 0).unwrap();
+        for (c, (got, want)) in got.chunks(4096).zip(model.chunks(4096)).enumerate() {
+            assert!(got == want, "4 KiB block {c} differs");
+        }
+        for cluster in [0u64, 1, 2, 3, 16] {
+            assert_eq!(
+                disk.place(cluster * 64 * K, 64 * K, false).unwrap().0,
+                Target::Own,
+                "cluster {cluster} is the volume's own"
+            );
+        }
+    }
+
+    #[test]
+    fn first_writes_copy_up_through_io_uring() {
+        first_writes_copy_up(true, false);
+        first_writes_copy_up(true, true);
+    }
+
+    #[test]
+    fn first_writes_copy_up_synchronously() {
+        first_writes_copy_up(false, false);
+        first_writes_copy_up(false, true);
+    }
+
+    /// Found by the fuzzer: a read of no bytes where the overlay's clusters
+    /// are mapped differently made a read in no parts, which never
+    /// completed. Reads and writes of no bytes complete, anywhere.
+    #[test]
+    fn requests_of_no_bytes_complete_on_an_overlay() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(volume_over_a_snapshot(dir.path(), 64 << 10, 8192, false));
+        let mut reqs = Vec::new();
+        for sector in [0, 120, 128, 2032, 2048, 4095] {
+            for kind in [T_IN, T_OUT] {
+                reqs.push(Req {
+                    kind,
+                    sector,
+                    data_len: 0,
+                });
+            }
+        }
+        for uring in [true, false] {
+            let path = |n: &str| dir.path().join(n);
+            let disk = Disk::open(
+                &path("vol"),
+                Some(&path("base")),
+                &[path("snap")],
+                false,
+                false,
+            )
+            .unwrap();
+            let (results, _) = serve_disk(disk, uring, &reqs, &[]);
+            assert_eq!(results, vec![(VIRTIO_BLK_S_OK, 1); reqs.len()]);
         }
     }
 
