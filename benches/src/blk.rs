@@ -176,7 +176,7 @@ if [ -z \"$NBD\" ]; then
 fi
 "
     );
-    for (system, command) in [
+    let mut blocks: Vec<String> = [
         ("virga-volume", virga("path=$D/data.raw")),
         ("virga-snap1", virga("path=$D/snap1.qcow2,base=$D/data.raw")),
         (
@@ -185,18 +185,30 @@ fi
         ),
         ("qemu-snap2", qemu.clone()),
         ("virga-remote", virga("path=$NBD")),
-    ] {
-        s.push_str(&format!(
+    ]
+    .into_iter()
+    .map(|(system, command)| {
+        format!(
             "echo 3 > /proc/sys/vm/drop_caches
 echo {SYSTEM_MARKER} {system}
 {command} || failed=1
 "
-        ));
-    }
-    s.push_str(&format!(
-        "echo 3 > /proc/sys/vm/drop_caches\necho {SYSTEM_MARKER} file\n"
+        )
+    })
+    .collect();
+    blocks.push(format!(
+        "echo 3 > /proc/sys/vm/drop_caches\necho {SYSTEM_MARKER} file\n{}",
+        fio_script("/usr/bin/fio", "$D/data.raw")
     ));
-    s.push_str(&fio_script("/usr/bin/fio", "$D/data.raw"));
+    // What one system leaves behind in L1 (dirty pages written back, a
+    // fuller disk) slows the next ones for a while: every other round
+    // runs them in the reverse order, so no system always comes late.
+    s.push_str("if [ $((round % 2)) = 1 ]; then\n");
+    s.push_str(&blocks.concat());
+    s.push_str("else\n");
+    blocks.reverse();
+    s.push_str(&blocks.concat());
+    s.push_str("fi\n");
     s.push_str(
         "done
 exit $failed
@@ -473,6 +485,23 @@ mod tests {
             assert!(s.contains(&format!("{SYSTEM_MARKER} {sys}\n")), "{sys}");
         }
         assert!(s.contains("layers=$D/layer.qcow2"));
+        // Odd rounds in one order, even rounds in the other.
+        let order = |part: &str| {
+            part.lines()
+                .filter_map(|l| l.strip_prefix(&format!("echo {SYSTEM_MARKER} ")))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let (odd, even) = s.split_once("\nelse\n").expect("two orders");
+        let mut backwards = order(even);
+        backwards.reverse();
+        assert_eq!(order(odd), backwards);
+        assert_eq!(order(odd).len(), 6);
+        let parsed = std::process::Command::new("sh")
+            .args(["-n", "-c", &s])
+            .status()
+            .unwrap();
+        assert!(parsed.success(), "the script parses");
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! already written or the base where the overlay has nothing, goes to that
 //! file through the block worker's io_uring like a raw disk's. First writes
 //! to clusters are synchronous: imago allocates whole ones and the caller
-//! writes their data ([`Overlay::write_placed`]); a partly written one goes
-//! through imago, which copies up the rest of it.
+//! writes their data ([`Overlay::write_placed`]); the block worker copies
+//! up a partly written one itself (reading what lies under it), or, at the
+//! edges of a large write, imago does.
 //! A read across differently mapped clusters is split into parts, one per
 //! run in one file (or of zeros), which the worker reads all at once
 //! ([`Overlay::read_pieces`]); only compressed clusters are read through
