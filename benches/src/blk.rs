@@ -18,7 +18,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use virga_guest_images::rootfs::{fio_script, FIO_JOBS, FIO_RESULT};
 use virga_testbed::{Scenario, Testbed};
 
@@ -402,6 +402,11 @@ fn measure(
         testbed.mode().as_str()
     );
     let outcome = testbed.run(&scenario)?;
+    // Every round's figures, in the order the systems ran.
+    let dir = workspace().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let log = dir.join(format!("{bench}.log"));
+    std::fs::write(&log, &outcome.output).with_context(|| format!("writing {}", log.display()))?;
 
     let mut samples = Samples::default();
     let mut system = String::new();
