@@ -296,8 +296,53 @@ struct CopyUp {
     len: u64,
     buf: Vec<u8>,
     align: usize,
+    reads: Countdown,
+}
+
+/// The parts of a request still to complete, and whether all went well.
+struct Countdown {
     left: usize,
     ok: bool,
+}
+
+impl Countdown {
+    fn of(parts: usize) -> Self {
+        Countdown {
+            left: parts,
+            ok: true,
+        }
+    }
+
+    /// One part done; true when it was the last.
+    fn done(&mut self, ok: bool) -> bool {
+        self.ok &= ok;
+        self.left = self.left.saturating_sub(1);
+        self.left == 0
+    }
+}
+
+impl Pending {
+    /// A read of `iovecs` from `target` at `offset`, one part of `part_of`.
+    fn part_read(
+        req: &Request,
+        queue: usize,
+        (target, offset): (Target, u64),
+        iovecs: Vec<libc::iovec>,
+        part_of: PartOf,
+    ) -> Self {
+        Pending {
+            queue,
+            head: req.head,
+            status: req.status,
+            used_len: 0,
+            expected: Some(iovecs.iter().map(|v| v.iov_len as u64).sum()),
+            write: false,
+            offset,
+            target,
+            iovecs,
+            part_of: Some(part_of),
+        }
+    }
 }
 
 /// A guest's read served in parts, one per file its bytes lie in: it
@@ -307,8 +352,7 @@ struct Parts {
     head: u16,
     status: GuestAddress,
     used_len: u32,
-    left: usize,
-    ok: bool,
+    reads: Countdown,
 }
 
 // SAFETY: the iovecs point into guest memory, which the worker owns a handle to
@@ -683,8 +727,7 @@ impl BlockWorker {
                 head: req.head,
                 status: req.status,
                 used_len: req.data_len() as u32 + 1,
-                left: parts.len(),
-                ok: true,
+                reads: Countdown::of(parts.len()),
             },
         );
         for part in parts {
@@ -693,18 +736,13 @@ impl BlockWorker {
                     let ok = zero_fill(&self.memory, &req.data, part.skip, part.len);
                     self.part_done(id, ok);
                 }
-                Some((target, at)) => self.submit_or_run(Pending {
-                    queue: qi,
-                    head: req.head,
-                    status: req.status,
-                    used_len: 0,
-                    expected: Some(part.len),
-                    write: false,
-                    offset: at,
-                    target,
-                    iovecs: disk::sub_iovecs(iovecs, part.skip, part.len),
-                    part_of: Some(PartOf::Read(id)),
-                }),
+                Some(at) => self.submit_or_run(Pending::part_read(
+                    req,
+                    qi,
+                    at,
+                    disk::sub_iovecs(iovecs, part.skip, part.len),
+                    PartOf::Read(id),
+                )),
             }
         }
     }
@@ -714,13 +752,11 @@ impl BlockWorker {
         let Some(parts) = self.parted.get_mut(&id) else {
             return;
         };
-        parts.ok &= ok;
-        parts.left = parts.left.saturating_sub(1);
-        if parts.left > 0 {
+        if !parts.reads.done(ok) {
             return;
         }
         if let Some(p) = self.parted.remove(&id) {
-            let status = if p.ok {
+            let status = if p.reads.ok {
                 VIRTIO_BLK_S_OK
             } else {
                 VIRTIO_BLK_S_IOERR
@@ -782,7 +818,7 @@ impl BlockWorker {
     fn start_copy_up(
         &mut self,
         qi: usize,
-        req: Request,
+        mut req: Request,
         offset: u64,
         start: u64,
         parts: Vec<disk::ReadPart>,
@@ -808,14 +844,13 @@ impl BlockWorker {
                 queue: qi,
                 head: req.head,
                 status: req.status,
-                data: req.data,
+                data: std::mem::take(&mut req.data),
                 offset,
                 start,
                 len,
                 buf,
                 align,
-                left: reads.len(),
-                ok: true,
+                reads: Countdown::of(reads.len()),
             },
         );
         if reads.is_empty() {
@@ -828,18 +863,13 @@ impl BlockWorker {
                 iov_base: into.wrapping_add(skip as usize).cast(),
                 iov_len: n as usize,
             };
-            self.submit_or_run(Pending {
-                queue: qi,
-                head: req.head,
-                status: req.status,
-                used_len: 0,
-                expected: Some(n),
-                write: false,
-                offset: at,
-                target,
-                iovecs: vec![iovec],
-                part_of: Some(PartOf::CopyUp(id)),
-            });
+            self.submit_or_run(Pending::part_read(
+                &req,
+                qi,
+                (target, at),
+                vec![iovec],
+                PartOf::CopyUp(id),
+            ));
         }
     }
 
@@ -848,9 +878,7 @@ impl BlockWorker {
         let Some(c) = self.copy_ups.get_mut(&id) else {
             return;
         };
-        c.ok &= ok;
-        c.left = c.left.saturating_sub(1);
-        if c.left == 0 {
+        if c.reads.done(ok) {
             self.copy_up_done(id);
         }
     }
@@ -863,7 +891,7 @@ impl BlockWorker {
             return;
         };
         let span = &mut c.buf[c.align..c.align + c.len as usize];
-        let mut ok = c.ok;
+        let mut ok = c.reads.ok;
         let mut at = (c.offset - c.start) as usize;
         for &(addr, n) in &c.data {
             let n = n as usize;
@@ -1244,23 +1272,7 @@ mod tests {
             acked_features: 0,
             queues: vec![queue],
         };
-        let limiter = Arc::new(Mutex::new(RateLimiter::new(RateLimit::default())));
-        let mut w = BlockWorker::new(
-            Arc::new(disk),
-            serial,
-            limiter,
-            activation,
-            replace_channel().unwrap().1,
-        )
-        .unwrap();
-        if !uring {
-            w.ring = None;
-        }
-        w.process_queue(0);
-        if let Some(ring) = &w.ring {
-            ring.submit().unwrap();
-        }
-        w.drain();
+        serve_queue(disk, serial, activation, uring);
         let used = mock.used_addr();
         let count: u16 = mem.read_obj(used.unchecked_add(2)).unwrap();
         assert_eq!(usize::from(count), reqs.len(), "every request completed");
@@ -1279,6 +1291,48 @@ mod tests {
             results[r] = (mem.read_obj(GuestAddress(hdr + 0x100)).unwrap(), len);
         }
         (results, mem)
+    }
+
+    /// An activation with the one queue `mock` holds.
+    fn one_queue(mem: &GuestMemoryMmap, mock: &MockSplitQueue<'_, GuestMemoryMmap>) -> Activation {
+        Activation {
+            memory: mem.clone(),
+            acked_features: 0,
+            queues: vec![ActiveQueue {
+                index: 0,
+                queue: mock.create_queue().unwrap(),
+                notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                interrupt: QueueInterrupt::disconnected(),
+            }],
+        }
+    }
+
+    /// A worker (with io_uring or the synchronous engine) serving what the
+    /// queue holds until every request is done.
+    fn serve_queue(
+        disk: Disk,
+        serial: [u8; SERIAL_LEN],
+        activation: Activation,
+        uring: bool,
+    ) -> BlockWorker {
+        let limiter = Arc::new(Mutex::new(RateLimiter::new(RateLimit::default())));
+        let mut w = BlockWorker::new(
+            Arc::new(disk),
+            serial,
+            limiter,
+            activation,
+            replace_channel().unwrap().1,
+        )
+        .unwrap();
+        if !uring {
+            w.ring = None;
+        }
+        w.process_queue(0);
+        if let Some(ring) = &w.ring {
+            ring.submit().unwrap();
+        }
+        w.drain();
+        w
     }
 
     fn disk_file() -> tempfile::NamedTempFile {
@@ -1399,6 +1453,20 @@ mod tests {
         (disk, pattern)
     }
 
+    /// The volume [`volume_over_a_snapshot`] made in `dir`, opened again
+    /// (through the page cache).
+    fn reopen_volume(dir: &std::path::Path, read_only: bool) -> Disk {
+        let path = |n: &str| dir.join(n);
+        Disk::open(
+            &path("vol"),
+            Some(&path("base")),
+            &[path("snap")],
+            read_only,
+            false,
+        )
+        .unwrap()
+    }
+
     /// Reads under an overlay two files deep go to whichever file holds
     /// their bytes (a layer's cluster, the base) and read what imago reads.
     fn layered_read_round_trip(uring: bool) {
@@ -1515,33 +1583,8 @@ mod tests {
         let mock = MockSplitQueue::new(&mem, 64);
         let raw: Vec<RawDescriptor> = descs.into_iter().map(RawDescriptor::from).collect();
         mock.add_desc_chains(&raw, 0).unwrap();
-        let activation = Activation {
-            memory: mem.clone(),
-            acked_features: 0,
-            queues: vec![ActiveQueue {
-                index: 0,
-                queue: mock.create_queue().unwrap(),
-                notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-                interrupt: QueueInterrupt::disconnected(),
-            }],
-        };
-        let limiter = Arc::new(Mutex::new(RateLimiter::new(RateLimit::default())));
-        let mut w = BlockWorker::new(
-            Arc::new(disk),
-            [0; SERIAL_LEN],
-            limiter,
-            activation,
-            replace_channel().unwrap().1,
-        )
-        .unwrap();
-        if !uring {
-            w.ring = None;
-        }
-        w.process_queue(0);
-        if let Some(ring) = &w.ring {
-            ring.submit().unwrap();
-        }
-        w.drain();
+        let activation = one_queue(&mem, &mock);
+        let w = serve_queue(disk, [0; SERIAL_LEN], activation, uring);
         assert!(w.parted.is_empty(), "no read left in parts");
         let used = mock.used_addr();
         let count: u16 = mem.read_obj(used.unchecked_add(2)).unwrap();
@@ -1689,15 +1732,7 @@ mod tests {
                 assert!(got == model[at..at + 4096], "read {i}");
             }
         }
-        let path = |n: &str| dir.path().join(n);
-        let disk = Disk::open(
-            &path("vol"),
-            Some(&path("base")),
-            &[path("snap")],
-            true,
-            false,
-        )
-        .unwrap();
+        let disk = reopen_volume(dir.path(), true);
         let mut got = vec![0u8; 2 << 20];
         disk.read_at(&mut got, 0).unwrap();
         for (c, (got, want)) in got.chunks(4096).zip(model.chunks(4096)).enumerate() {
@@ -1742,15 +1777,7 @@ mod tests {
             }
         }
         for uring in [true, false] {
-            let path = |n: &str| dir.path().join(n);
-            let disk = Disk::open(
-                &path("vol"),
-                Some(&path("base")),
-                &[path("snap")],
-                false,
-                false,
-            )
-            .unwrap();
+            let disk = reopen_volume(dir.path(), false);
             let (results, _) = serve_disk(disk, uring, &reqs, &[]);
             assert_eq!(results, vec![(VIRTIO_BLK_S_OK, 1); reqs.len()]);
         }
@@ -1996,16 +2023,7 @@ mod tests {
         let raw_descs: Vec<RawDescriptor> = descs.into_iter().map(RawDescriptor::from).collect();
         mock.add_desc_chains(&raw_descs, 0).unwrap();
         mock.avail().idx().store(1);
-        let activation = Activation {
-            memory: mem.clone(),
-            acked_features: 0,
-            queues: vec![ActiveQueue {
-                index: 0,
-                queue: mock.create_queue().unwrap(),
-                notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-                interrupt: QueueInterrupt::disconnected(),
-            }],
-        };
+        let activation = one_queue(&mem, &mock);
         let disk = Disk::open(&raw, None, &[], false, false).unwrap();
         let (link, inbox) = replace_channel().unwrap();
         let limiter = Arc::new(Mutex::new(RateLimiter::new(RateLimit::default())));
@@ -2113,16 +2131,7 @@ mod tests {
                 GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
             let mock = MockSplitQueue::new(&mem, 16);
             mock.avail().idx().store(17);
-            let activation = Activation {
-                memory: mem.clone(),
-                acked_features: 0,
-                queues: vec![ActiveQueue {
-                    index: 0,
-                    queue: mock.create_queue().unwrap(),
-                    notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-                    interrupt: QueueInterrupt::disconnected(),
-                }],
-            };
+            let activation = one_queue(&mem, &mock);
             let disk = Arc::new(Disk::open(f.path(), None, &[], false, false).unwrap());
             let limiter = Arc::new(Mutex::new(RateLimiter::new(RateLimit::default())));
             let inbox = replace_channel().unwrap().1;
