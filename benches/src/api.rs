@@ -715,10 +715,13 @@ pub fn probe(p: &Probe) -> Result<()> {
                 }
             }
             if t0.elapsed() > Duration::from_secs(p.timeout_secs) {
+                let text = std::fs::read(&console).unwrap_or_default();
+                let tail = &text[text.len().saturating_sub(6000)..];
                 bail!(
-                    "no marker in {} within {} s",
+                    "no marker in {} within {} s; its end:\n{}",
                     console.display(),
-                    p.timeout_secs
+                    p.timeout_secs,
+                    String::from_utf8_lossy(tail)
                 );
             }
             std::thread::sleep(Duration::from_millis(10));
