@@ -98,6 +98,10 @@ fn script(runs: u32, s: &Setup, qemu_systems: &[&str]) -> String {
 mkdir -p $WORK/state && mount -t ext4 $SCRATCH $WORK/state
 echo never > /sys/kernel/mm/transparent_hugepage/enabled
 failed=0
+# L1's CPU every 2 s, to place what a slow phase waited for (the kernel, a
+# disk, a process).
+( while sleep 2; do set -- $(head -n1 /proc/stat); echo "$(date +%T) $2 $3 $4 $5 $6 $7 $8"; done ) > $WORK/cpu.log 2>/dev/null &
+SAMPLER=$!
 {start_hostd}
 # The first server fetches the image into hostd's cache, which QEMU's runs
 # then boot from.
@@ -106,7 +110,7 @@ BASE=$WORK/state/images/{image}
 [ -f $BASE ] || {{ echo "no cached image at $BASE"; exit 1; }}
 # What hostd did for each server, and what runs in L1 between boots: the
 # phases (fetch, root disk, picker, start, delete) beside the boot times.
-phases() {{ echo "--- hostd's phases, then L1's processes ---"; grep -E 'image cached|root disk made|boot picked|instance state|deleted' $WORK/hostd.log | cut -c1-200 | tail -n 12; top -b -n1 | head -n 12; }}
+phases() {{ echo "--- hostd's phases, then L1's processes ---"; grep -E 'image cached|root disk made|config drive made|boot picked|instance state|deleted' $WORK/hostd.log | cut -c1-200 | tail -n 14; grep -E '^(Dirty|Writeback):' /proc/meminfo; cat /proc/pressure/io 2>/dev/null; top -b -n1 | head -n 12; }}
 phases
 for round in $(seq {runs}); do
   {probe} --runs 1 --no-cold || {{ failed=1; tail -n 20 $WORK/hostd.log; }}
@@ -128,6 +132,9 @@ for round in $(seq {runs}); do
   done
 done
 kill $HOSTD; wait $HOSTD
+kill $SAMPLER
+echo "--- L1's CPU every 2 s: time, then jiffies of user nice system idle iowait irq softirq ---"
+cat $WORK/cpu.log
 exit $failed
 "#,
         start_hostd = crate::api::start_hostd(*ctl_port, *hostd_port),

@@ -25,6 +25,10 @@ pub struct Picked {
     pub cmdline: String,
     /// How it was found (`bls`, `grub`, `newest`), for the log.
     pub how: String,
+    /// The picker's CPU time and the 512-byte blocks it read from storage
+    /// (page cache misses), for the log: a slow pick tells why by them.
+    pub cpu_ms: u64,
+    pub blocks_read: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +45,10 @@ struct Answer {
     cmdline: String,
     how: String,
     initrd_bytes: u64,
+    #[serde(default)]
+    cpu_ms: u64,
+    #[serde(default)]
+    blocks_read: u64,
 }
 
 /// Picks what `disk` boots, writing the kernel and initramfs into `dir`.
@@ -56,11 +64,18 @@ pub async fn pick(
     std::fs::create_dir_all(dir).map_err(|e| failed(&dir.display().to_string(), e))?;
     let kernel_path = dir.join("kernel");
     let initrd_path = dir.join("initramfs");
+    // New files, never the old ones rewritten: a kept pick may link to
+    // them (see `pick_cache`).
     let create = |p: &Path| {
+        match std::fs::remove_file(p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(failed(&p.display().to_string(), e))
+            }
+            _ => {}
+        }
         std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(p)
             .map_err(|e| failed(&p.display().to_string(), e))
     };
@@ -152,6 +167,8 @@ pub async fn pick(
         initramfs: (answer.initrd_bytes > 0).then_some(initrd_path),
         cmdline: with_console(&answer.cmdline),
         how: answer.how,
+        cpu_ms: answer.cpu_ms,
+        blocks_read: answer.blocks_read,
     })
 }
 

@@ -306,6 +306,10 @@ pub struct Instance {
     /// (its root disk as it was is kept beside the new one until then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resized_from: Option<Size>,
+    /// Its root disk was made from its image and no guest has run on it
+    /// yet: it boots what the image's first pick found (see `pick_cache`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fresh_root: bool,
 }
 
 pub use hostd_proto::instance::Size;
@@ -439,6 +443,7 @@ mod tests {
             preparing: Some(Preparing::ThenStart),
             image_fault: true,
             resized_from: None,
+            fresh_root: false,
         };
         let json = serde_json::to_string(&i).unwrap();
         assert!(json.contains(r#""state":"running""#));

@@ -16,6 +16,7 @@
 //! - [`snapshots`]: root-disk snapshots uploaded to the controller as images
 //! - [`config_drive`]: the `config-2` drive cloud-init reads
 //! - [`boot_picker`]: runs the sandboxed `virga-bootpick` on a root disk
+//! - [`pick_cache`]: picks kept per image, for root disks no guest ran on
 
 pub mod api;
 pub mod boot_picker;
@@ -28,6 +29,7 @@ pub mod host;
 pub mod images;
 pub mod instance;
 pub mod nbd;
+pub mod pick_cache;
 pub mod process;
 pub mod registration;
 pub mod root_disk;

@@ -250,6 +250,7 @@ mod tests {
             preparing: None,
             image_fault: false,
             resized_from: None,
+            fresh_root: false,
         }
     }
 

@@ -237,6 +237,65 @@ fn a_disk_image_boots_from_its_own_boot_with_a_private_root_disk() {
 }
 
 #[test]
+fn new_root_disks_boot_the_images_kept_pick_and_a_used_one_is_picked_again() {
+    let Some(image) = debian_image("") else {
+        return;
+    };
+    let h = hostd_with(&image);
+    let images = h.dir.path().join("state/images");
+    let kept = images.join(format!("{IMAGE}.boot"));
+    let (status, created) = api(&h, "POST", "/instances", &disk_spec("kept-1", 1));
+    assert_eq!(status, 201, "{created}");
+    let first = vmm_config(&h, "kept-1");
+    assert!(
+        Path::new(first["kernel"].as_str().unwrap()).starts_with(run_dir(&h, "kept-1")),
+        "the image's first root disk is picked: {first}"
+    );
+    wait_for("the image's pick to be kept", || {
+        kept.join("pick.json").exists()
+    });
+
+    // The next root disk of the image boots what was kept, as picked.
+    let (status, created) = api(&h, "POST", "/instances", &disk_spec("kept-2", 2));
+    assert_eq!(status, 201, "{created}");
+    let second = vmm_config(&h, "kept-2");
+    let kernel = Path::new(second["kernel"].as_str().unwrap());
+    assert!(kernel.starts_with(&kept), "{second}");
+    assert_eq!(std::fs::read(kernel).unwrap(), fake_bzimage(0x27));
+    let initrd = second["initramfs"].as_str().unwrap();
+    assert_eq!(std::fs::read(initrd).unwrap(), b"initrd 27");
+    assert_eq!(second["cmdline"], first["cmdline"]);
+
+    // Once its guest ran, a root disk is the guest's: picked again.
+    for action in [r#"stop"#, "start"] {
+        let body = if action == "stop" {
+            r#"{"hard": true}"#
+        } else {
+            ""
+        };
+        let (status, r) = api(
+            &h,
+            "POST",
+            &format!("/instances/kept-2/actions/{action}"),
+            body,
+        );
+        assert_eq!(status, 200, "{r}");
+    }
+    let again = vmm_config(&h, "kept-2");
+    let kernel = Path::new(again["kernel"].as_str().unwrap());
+    assert!(kernel.starts_with(run_dir(&h, "kept-2")), "{again}");
+    assert_eq!(std::fs::read(kernel).unwrap(), fake_bzimage(0x27));
+
+    // The kept pick outlives the instance it was made for.
+    assert_eq!(api(&h, "DELETE", "/instances/kept-1", "").0, 204);
+    assert_eq!(
+        std::fs::read(kept.join("kernel")).unwrap(),
+        fake_bzimage(0x27)
+    );
+    assert_eq!(api(&h, "DELETE", "/instances/kept-2", "").0, 204);
+}
+
+#[test]
 fn after_the_guest_reboots_hostd_picks_again_and_starts_a_new_vmm() {
     let Some(image) = debian_image("fake.reboot_once_after_ms=300") else {
         return;

@@ -1,7 +1,9 @@
 //! `virga-bootpick`: finds what the disk image on its standard input boots,
 //! in a sandbox (see `sandbox`), and writes the kernel to descriptor 3, the
 //! initramfs to descriptor 4 and a JSON line to standard output:
-//! `{"cmdline": ..., "how": ..., "kernel_bytes": N, "initrd_bytes": N}`.
+//! `{"cmdline": ..., "how": ..., "kernel_bytes": N, "initrd_bytes": N,
+//! "cpu_ms": N, "blocks_read": N}` (what the pick cost: a slow pick on a
+//! busy host tells CPU from disk by them).
 //! With `--overlay`, standard input is a qcow2 overlay and descriptor 5 the
 //! raw image under it; with `--layers N` too, descriptors 6 to 5+N are the
 //! qcow2 layers between them (the one right under the overlay first).
@@ -78,11 +80,14 @@ fn main() {
         out.write_all(bytes)
             .unwrap_or_else(|e| fail(format!("writing the {what} to descriptor {fd}: {e}")));
     }
+    let used = sandbox::usage();
     let line = serde_json::json!({
         "cmdline": choice.cmdline,
         "how": choice.how,
         "kernel_bytes": choice.kernel.len(),
         "initrd_bytes": choice.initrd.len(),
+        "cpu_ms": used.cpu_ms,
+        "blocks_read": used.blocks_read,
     });
     println!("{line}");
 }

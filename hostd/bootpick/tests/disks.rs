@@ -280,6 +280,9 @@ fn the_sandboxed_binary_writes_its_choice_to_the_descriptors_it_was_given() {
         "root=PARTUUID=1234 ro console=ttyS0,115200"
     );
     assert_eq!(line["kernel_bytes"], 9);
+    // What the pick cost, asked of the kernel inside the sandbox.
+    assert!(line["cpu_ms"].is_u64(), "{stdout}");
+    assert!(line["blocks_read"].is_u64(), "{stdout}");
     assert_eq!(
         (kernel.as_slice(), initrd.as_slice()),
         (&b"kernel 27"[..], &b"initrd 27"[..])

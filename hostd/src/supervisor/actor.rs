@@ -550,13 +550,7 @@ impl Actor {
     /// announces it.
     async fn commit(&mut self) {
         self.record.updated_at = now_secs();
-        let store = self.sup.store.clone();
-        let record = self.record.clone();
-        match tokio::task::spawn_blocking(move || store.save(&record)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(instance = self.id, "saving the record: {e}"),
-            Err(e) => tracing::error!(instance = self.id, "saving the record: {e}"),
-        }
+        self.save().await;
         self.published.send_replace(self.record.clone());
         let r = &self.record;
         tracing::info!(instance = self.id, state = r.state.as_str(), reason = ?r.reason, "instance state");
@@ -566,6 +560,17 @@ impl Actor {
             reason: r.reason.clone(),
             at: r.updated_at,
         });
+    }
+
+    /// Persists the record, off the runtime's threads.
+    async fn save(&self) {
+        let store = self.sup.store.clone();
+        let record = self.record.clone();
+        match tokio::task::spawn_blocking(move || store.save(&record)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(instance = self.id, "saving the record: {e}"),
+            Err(e) => tracing::error!(instance = self.id, "saving the record: {e}"),
+        }
     }
 
     /// Removes the instance: record, run directory, cgroup, user; then its
@@ -599,13 +604,15 @@ impl Actor {
         let (gib, drive) = (spec.root_disk_gib, spec.config_drive.clone());
         let (ephemeral_gib, swap_mib) = (spec.ephemeral_gib, spec.swap_mib);
         let id = self.id.clone();
-        let made = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let made = tokio::task::spawn_blocking(move || -> Result<bool, String> {
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let mut root_made = false;
             if let Some(base) = base.filter(|_| RootDisk::find(&dir).is_none()) {
                 let started = std::time::Instant::now();
                 let (_, how) = root_disk::make(&base, &dir, gib)
                     .map_err(|e| format!("making the root disk: {e}"))?;
                 tracing::info!(instance = id, ?how, took = ?started.elapsed(), "root disk made");
+                root_made = true;
             }
             if let Some(gib) = ephemeral_gib {
                 ephemeral_disks::make_ephemeral(&dir.join(EPHEMERAL_DISK), gib)?;
@@ -614,14 +621,21 @@ impl Actor {
                 ephemeral_disks::make_swap(&dir.join(SWAP_DISK), mib)?;
             }
             if let Some(drive) = drive {
+                let started = std::time::Instant::now();
                 config_drive::write(&drive, &dir.join(CONFIG_DRIVE))
                     .map_err(|e| format!("making the config drive: {e}"))?;
+                tracing::info!(instance = id, took = ?started.elapsed(), "config drive made");
             }
-            Ok(())
+            Ok(root_made)
         })
         .await
         .map_err(|e| OpError::Internal(e.to_string()))?;
-        made.map_err(OpError::Internal)
+        if made.map_err(OpError::Internal)? {
+            // Saved with the record's next commit; lost, the disk is
+            // merely picked (the safe way round).
+            self.record.fresh_root = true;
+        }
+        Ok(())
     }
 
     /// The root disk of an instance booted from a disk image, and the
@@ -657,6 +671,20 @@ impl Actor {
             }
             (None, None) => return Ok(None),
         };
+        // A root disk no guest ran on holds what its image holds.
+        let fresh_image = match (&self.record.spec.root_image, &self.record.spec.root_volume) {
+            (Some(image), None) if self.record.fresh_root => Some(image.clone()),
+            _ => None,
+        };
+        if let Some(picked) = fresh_image.as_deref().and_then(|i| self.sup.picks.get(i)) {
+            tracing::info!(
+                instance = self.id,
+                how = picked.how,
+                cmdline = picked.cmdline,
+                "boot picked"
+            );
+            return Ok(Some(DiskBoot { picked, root }));
+        }
         let binary = &self.sup.config.bootpick_binary;
         let backing: Vec<&std::path::Path> = root
             .layers
@@ -664,14 +692,28 @@ impl Actor {
             .map(|p| p.as_path())
             .chain(root.base.as_deref())
             .collect();
+        let started = std::time::Instant::now();
         match boot_picker::pick(binary, &root.path, &backing, &dir.join(PICKED_BOOT)).await {
             Ok(picked) => {
                 tracing::info!(
                     instance = self.id,
+                    took = ?started.elapsed(),
+                    cpu_ms = picked.cpu_ms,
+                    blocks_read = picked.blocks_read,
                     how = picked.how,
                     cmdline = picked.cmdline,
                     "boot picked"
                 );
+                if let Some(image) = fresh_image {
+                    // Kept off the boot's path: syncing the kernel and
+                    // initramfs takes a while, and nothing rewrites them.
+                    let (picks, kept) = (self.sup.picks.clone(), picked.clone());
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = picks.put(&image, &kept) {
+                            tracing::warn!(image, "keeping the image's pick: {e}");
+                        }
+                    });
+                }
                 Ok(Some(DiskBoot { picked, root }))
             }
             Err(e) => {
@@ -715,6 +757,11 @@ impl Actor {
             self.commit().await;
         }
         let picked = self.pick(&dir).await?;
+        if self.record.fresh_root {
+            // Saved before the guest can write to its root disk.
+            self.record.fresh_root = false;
+            self.save().await;
+        }
 
         // Taps are opened here so that the VMM needs no network privileges.
         let mut taps = Vec::new();

@@ -112,6 +112,7 @@ pub struct Supervisor {
     /// This supervisor, for the actors it starts.
     me: std::sync::Weak<Supervisor>,
     images: crate::images::ImageCache,
+    picks: Arc<crate::pick_cache::PickCache>,
     nbd_links: nbd_links::LinkRepair,
 }
 
@@ -134,6 +135,10 @@ impl Supervisor {
             config.state_dir.join("images"),
             config.controller.clone(),
         )?;
+        let picks = Arc::new(crate::pick_cache::PickCache::new(
+            config.state_dir.join("images"),
+            &config.bootpick_binary,
+        )?);
         let records = store.load()?;
         for orphan in store.remove_orphan_run_dirs(&records) {
             tracing::warn!(
@@ -143,6 +148,7 @@ impl Supervisor {
         }
         let sup = Arc::new_cyclic(|me| Supervisor {
             images,
+            picks,
             config,
             store: Arc::new(store),
             cgroups,
@@ -417,6 +423,7 @@ impl Supervisor {
             }),
             image_fault: false,
             resized_from: None,
+            fresh_root: false,
         };
         let (reply, answer) = oneshot::channel();
         // Made meanwhile by a concurrent request: its devices are its own.

@@ -68,13 +68,15 @@ pub struct ReadPart {
     pub at: Option<(Target, u64)>,
 }
 
-/// The file and offset of a place in one file (never `Place::Mixed`).
-fn target_of(place: Place) -> (Target, u64) {
+/// The file and offset of the bytes at `offset` of the disk that lie in
+/// `place`; bytes in several places go through the format driver, at
+/// their offset in the disk.
+fn target_of(place: Place, offset: u64) -> (Target, u64) {
     match place {
         Place::Overlay(at) => (Target::Own, at),
         Place::Base(at) => (Target::Base, at),
         Place::Layer(i, at) => (Target::Layer(i), at),
-        Place::Mixed => (Target::Overlay, 0),
+        Place::Mixed => (Target::Overlay, offset),
     }
 }
 
@@ -260,10 +262,7 @@ impl Disk {
         let Some(overlay) = &self.overlay else {
             return Ok((Target::Own, offset));
         };
-        Ok(match overlay.place(offset, len, write)? {
-            Place::Mixed => (Target::Overlay, offset),
-            place => target_of(place),
-        })
+        Ok(target_of(overlay.place(offset, len, write)?, offset))
     }
 
     /// The parts of a read that lie in different files (a read
@@ -281,7 +280,7 @@ impl Disk {
                 .map(|p| ReadPart {
                     skip: p.skip,
                     len: p.len,
-                    at: p.place.map(target_of),
+                    at: p.place.map(|place| target_of(place, offset + p.skip)),
                 })
                 .collect()
         }))

@@ -832,10 +832,7 @@ impl BlockWorker {
         let mut buf = vec![0u8; len as usize + DIRECT_ALIGN];
         let align = buf.as_ptr().align_offset(DIRECT_ALIGN);
         let into = buf.as_mut_ptr().wrapping_add(align);
-        if let Some(cluster) = self.disk.cluster_size() {
-            self.busy
-                .extend(start / cluster..(start + len).div_ceil(cluster));
-        }
+        self.busy.extend(self.clusters_of(start, len));
         let reads: Vec<_> = parts
             .iter()
             .filter_map(|p| p.at.map(|at| (p.skip, p.len, at)))
@@ -875,6 +872,15 @@ impl BlockWorker {
         }
     }
 
+    /// The indexes of the clusters `[start, start + len)` of the disk
+    /// touches; none on a disk without clusters.
+    fn clusters_of(&self, start: u64, len: u64) -> std::ops::Range<u64> {
+        match self.disk.cluster_size() {
+            Some(cluster) => start / cluster..(start + len).div_ceil(cluster),
+            None => 0..0,
+        }
+    }
+
     /// One read under a copy-up done; with the last, the write goes on.
     fn copy_up_part_done(&mut self, id: u64, ok: bool) {
         let Some(c) = self.copy_ups.get_mut(&id) else {
@@ -909,10 +915,8 @@ impl BlockWorker {
                 ok = false;
             }
         }
-        if let Some(cluster) = self.disk.cluster_size() {
-            for i in c.start / cluster..(c.start + c.len).div_ceil(cluster) {
-                self.busy.remove(&i);
-            }
+        for i in self.clusters_of(c.start, c.len) {
+            self.busy.remove(&i);
         }
         let status = if ok {
             VIRTIO_BLK_S_OK
