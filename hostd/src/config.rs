@@ -11,6 +11,7 @@
 //! vmm_uid_base = 2000000                  # those users: uid = gid = base + N
 //! cgroup_root = "/sys/fs/cgroup/virga"    # "" disables cgroups
 //! controller_url = "http://10.0.0.1:8774" # optional: register and heartbeat
+//! unused_image_secs = 86400               # a cached image no instance uses goes after this; 0 keeps it
 //! ```
 
 use std::net::SocketAddr;
@@ -66,6 +67,8 @@ pub struct ConfigFile {
     pub vmm_overhead_mib: Option<u64>,
     /// How long a graceful stop waits before stopping the VM hard.
     pub stop_timeout_ms: Option<u64>,
+    /// How long a cached image no instance uses stays; 0 keeps it.
+    pub unused_image_secs: Option<u64>,
 }
 
 /// Where hostd registers itself.
@@ -97,8 +100,12 @@ pub struct Config {
     pub reserved_memory_mib: u64,
     pub vmm_overhead_mib: u64,
     pub stop_timeout: Duration,
+    /// How long a cached image no instance uses stays; None keeps it.
+    pub unused_image_for: Option<Duration>,
 }
 
+/// As Nova's `remove_unused_original_minimum_age_seconds`.
+pub const DEFAULT_UNUSED_IMAGE_SECS: u64 = 86_400;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/virga/hostd";
 pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup/virga";
 /// Jailed VMMs run as uid = gid = this plus a number no other instance holds:
@@ -225,6 +232,18 @@ impl Config {
         if stop_timeout > Duration::from_secs(600) {
             return Err(invalid("stop_timeout_ms", "at most 600000"));
         }
+        let unused_image_for = match file.unused_image_secs {
+            Some(0) => None,
+            Some(secs) if secs > 10 * 365 * 86_400 => {
+                return Err(invalid(
+                    "unused_image_secs",
+                    "at most ten years (0 keeps images for ever)",
+                ))
+            }
+            secs => Some(Duration::from_secs(
+                secs.unwrap_or(DEFAULT_UNUSED_IMAGE_SECS),
+            )),
+        };
         Ok(Config {
             token,
             listen: file.listen,
@@ -241,6 +260,7 @@ impl Config {
             reserved_memory_mib: file.reserved_memory_mib.unwrap_or(512),
             vmm_overhead_mib: file.vmm_overhead_mib.unwrap_or(64),
             stop_timeout,
+            unused_image_for,
         })
     }
 }
@@ -293,6 +313,13 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(c.cgroup_root, Some(PathBuf::from(DEFAULT_CGROUP_ROOT)));
         assert_eq!(c.stop_timeout, Duration::from_secs(30));
+        assert_eq!(c.unused_image_for, Some(Duration::from_secs(86_400)));
+        let kept = Config::validate(ConfigFile {
+            jail: Some(false),
+            unused_image_secs: Some(0),
+            ..base()
+        });
+        assert_eq!(kept.unwrap().unused_image_for, None, "0 keeps images");
         assert!(c.controller.is_none());
         assert_eq!(c.vmm_uid_base, None);
         // VMMs are jailed by default, which needs hostd to run as root.
@@ -392,6 +419,13 @@ mod tests {
                     ..base()
                 },
                 "stop_timeout_ms",
+            ),
+            (
+                ConfigFile {
+                    unused_image_secs: Some(u64::MAX),
+                    ..base()
+                },
+                "unused_image_secs",
             ),
         ];
         for (file, expected) in cases {

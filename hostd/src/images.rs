@@ -10,11 +10,17 @@
 //! others wait for it). A download may take as long as it needs, but one
 //! that stalls ends; one abandoned (its instance deleted meanwhile) leaves
 //! no temporary file behind.
+//!
+//! An image no instance has used for a while goes, with the pick kept for
+//! it (see [`ImageCache::sweep`]), as Nova's image cache removes unused
+//! base images: a host that boots many images over months keeps only those
+//! its instances still use, whether or not Glance still has them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hostd_proto::sparse;
 use http_body_util::Empty;
@@ -35,6 +41,9 @@ pub struct ImageCache {
     fetching: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Makes temporary file names unique within this hostd.
     downloads: AtomicU64,
+    /// When each cached image was last fetched or seen in use (since this
+    /// hostd started: one it has not seen yet counts from its first sweep).
+    last_used: Mutex<BTreeMap<String, Instant>>,
 }
 
 /// A temporary download, removed unless it was renamed into place.
@@ -60,7 +69,60 @@ impl ImageCache {
             controller,
             fetching: Mutex::default(),
             downloads: AtomicU64::new(0),
+            last_used: Mutex::default(),
         })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn touch(&self, id: &str) {
+        let mut last_used = self.last_used.lock().unwrap_or_else(|e| e.into_inner());
+        last_used.insert(id.to_owned(), Instant::now());
+    }
+
+    /// Removes the cached images that are not in `in_use` and have not been
+    /// fetched or in use for `unused_for`, each with the pick kept for it
+    /// (`ID.boot`); returns their ids. An image being fetched stays; one
+    /// fetched while this runs either stays or is fetched again (both
+    /// take `last_used`'s lock, and a fetch finds the file or downloads).
+    pub fn sweep(&self, in_use: &BTreeSet<String>, unused_for: Duration) -> Vec<String> {
+        let now = Instant::now();
+        let mut last_used = self.last_used.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !valid_image_id(&id) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue; // a download under way, a kept pick, a stranger
+            }
+            if in_use.contains(&id) {
+                last_used.insert(id, now);
+                continue;
+            }
+            let seen = *last_used.entry(id.clone()).or_insert(now);
+            let fetching = self
+                .fetching
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&id);
+            if fetching || now.duration_since(seen) < unused_for {
+                continue;
+            }
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(image = id, "removing the unused cached image: {e}");
+                continue;
+            }
+            let _ = std::fs::remove_dir_all(self.dir.join(format!("{id}.boot")));
+            last_used.remove(&id);
+            removed.push(id);
+        }
+        removed
     }
 
     /// The local file of image `id`, fetched first when not cached.
@@ -68,6 +130,9 @@ impl ImageCache {
         if !valid_image_id(id) {
             return Err(format!("image id {id:?} is not valid"));
         }
+        // Before looking: a sweep now either finds it fresh or has removed
+        // it, and then it is fetched again.
+        self.touch(id);
         let path = self.dir.join(id);
         if path.exists() {
             return Ok(path);
@@ -101,6 +166,7 @@ impl ImageCache {
             std::fs::set_permissions(&part.0, std::os::unix::fs::PermissionsExt::from_mode(0o644))
                 .map_err(|e| format!("image {id}: {e}"))?;
             std::fs::rename(&part.0, &path).map_err(|e| format!("image {id}: {e}"))?;
+            self.touch(id);
             tracing::info!(image = id, bytes, took = ?started.elapsed(), "image cached");
             Ok(path.clone())
         }
@@ -139,6 +205,44 @@ async fn download(controller: &Controller, id: &str, dest: &Path) -> Result<u64,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const A: &str = "0a0a0a0a-0000-4000-8000-00000000000a";
+    const B: &str = "0b0b0b0b-0000-4000-8000-00000000000b";
+
+    #[tokio::test]
+    async fn images_unused_for_long_enough_go_with_their_kept_picks() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = ImageCache::new(t.path().to_owned(), None).unwrap();
+        for id in [A, B] {
+            std::fs::write(t.path().join(id), b"image").unwrap();
+            std::fs::create_dir(t.path().join(format!("{id}.boot"))).unwrap();
+            std::fs::write(t.path().join(format!("{id}.boot/kernel")), b"k").unwrap();
+        }
+        std::fs::write(t.path().join("notes.txt"), b"not an image").unwrap();
+        let in_use: BTreeSet<String> = [A.to_owned()].into();
+        let hour = Duration::from_secs(3600);
+
+        // First seen now: nothing is old yet.
+        assert!(cache.sweep(&in_use, hour).is_empty());
+        // Unused for longer than asked: B goes, A (in use) stays.
+        assert_eq!(cache.sweep(&in_use, Duration::ZERO), vec![B.to_owned()]);
+        assert!(!t.path().join(B).exists());
+        assert!(!t.path().join(format!("{B}.boot")).exists());
+        assert!(t.path().join(A).exists());
+        assert!(t.path().join(format!("{A}.boot/kernel")).exists());
+        assert!(t.path().join("notes.txt").exists());
+
+        // A no longer in use, but fetched a moment ago: it stays until
+        // unused for as long as asked.
+        assert_eq!(cache.fetch(A).await.unwrap(), t.path().join(A));
+        assert!(cache.sweep(&BTreeSet::new(), hour).is_empty());
+        assert_eq!(
+            cache.sweep(&BTreeSet::new(), Duration::ZERO),
+            vec![A.to_owned()]
+        );
+        // Gone, it is fetched again (here: no controller to fetch from).
+        assert!(cache.fetch(A).await.is_err());
+    }
 
     #[test]
     fn ids() {

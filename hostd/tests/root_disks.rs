@@ -296,6 +296,34 @@ fn new_root_disks_boot_the_images_kept_pick_and_a_used_one_is_picked_again() {
 }
 
 #[test]
+fn a_cached_image_stays_while_an_instance_uses_it_and_goes_once_unused() {
+    let Some(image) = debian_image("") else {
+        return;
+    };
+    let h = start_with_fake_vmm(&format!(
+        "bootpick_binary = \"{}\"\nunused_image_secs = 1\n",
+        bootpick().display()
+    ));
+    let images = h.dir.path().join("state/images");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::copy(image.path(), images.join(IMAGE)).unwrap();
+    let (cached, kept) = (images.join(IMAGE), images.join(format!("{IMAGE}.boot")));
+    let (status, created) = api(&h, "POST", "/instances", &disk_spec("used-1", 1));
+    assert_eq!(status, 201, "{created}");
+    wait_for("the image's pick to be kept", || {
+        kept.join("pick.json").exists()
+    });
+    // Several sweeps pass over it while the instance uses it.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(cached.exists() && kept.exists(), "an image in use stays");
+
+    assert_eq!(api(&h, "DELETE", "/instances/used-1", "").0, 204);
+    wait_for("the unused image and its kept pick to go", || {
+        !cached.exists() && !kept.exists()
+    });
+}
+
+#[test]
 fn after_the_guest_reboots_hostd_picks_again_and_starts_a_new_vmm() {
     let Some(image) = debian_image("fake.reboot_once_after_ms=300") else {
         return;

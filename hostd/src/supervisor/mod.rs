@@ -179,6 +179,10 @@ impl Supervisor {
         if sup.list().iter().any(|i| !i.spec.remote_disks.is_empty()) {
             sup.watch_nbd_links();
         }
+        // After every record is loaded: their images are in use.
+        if let Some(unused_for) = sup.config.unused_image_for {
+            sup.sweep_images(unused_for);
+        }
         Ok(sup)
     }
 
@@ -201,6 +205,54 @@ impl Supervisor {
             .get(id)
             .map(f)
             .ok_or_else(|| OpError::NotFound(id.to_owned()))
+    }
+
+    /// The cached images (by id) instances use: named in their specs, or
+    /// as files of the cache (a spec's images are resolved to paths).
+    fn images_in_use(&self) -> std::collections::BTreeSet<String> {
+        let dir = self.images.dir();
+        let mut in_use = std::collections::BTreeSet::new();
+        for r in self.list() {
+            let s = &r.spec;
+            let ids = s
+                .root_image
+                .iter()
+                .chain(&s.kernel_image)
+                .chain(&s.initramfs_image)
+                .chain(&s.disk_images);
+            in_use.extend(ids.cloned());
+            let paths = s.kernel.iter().chain(&s.initramfs).chain(
+                s.disks
+                    .iter()
+                    .flat_map(|d| std::iter::once(&d.path).chain(&d.base).chain(&d.layers)),
+            );
+            in_use.extend(
+                paths
+                    .filter(|p| p.parent() == Some(dir))
+                    .filter_map(|p| p.file_name()?.to_str().map(str::to_owned)),
+            );
+        }
+        in_use
+    }
+
+    /// Removes, now and then, the cached images no instance has used for
+    /// `unused_for` (see [`crate::images::ImageCache::sweep`]).
+    fn sweep_images(self: &Arc<Self>, unused_for: Duration) {
+        let sup = Arc::downgrade(self);
+        let every = (unused_for / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(sup) = sup.upgrade() else { return };
+                let in_use = sup.images_in_use();
+                let swept =
+                    tokio::task::spawn_blocking(move || sup.images.sweep(&in_use, unused_for))
+                        .await;
+                for id in swept.unwrap_or_default() {
+                    tracing::info!(image = id, ?unused_for, "removed the unused cached image");
+                }
+            }
+        });
     }
 
     pub fn list(&self) -> Vec<Instance> {
