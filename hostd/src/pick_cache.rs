@@ -202,14 +202,40 @@ mod tests {
 
     const IMAGE: &str = "2e2fd5b4-7b81-4a36-8339-6a77b13a9ebf";
 
-    #[test]
-    fn a_kept_pick_is_taken_by_the_same_binaries_only() {
+    struct Setup {
+        t: tempfile::TempDir,
+        images: PathBuf,
+        /// An instance's run directory, where the picker writes.
+        run: PathBuf,
+        picker: PathBuf,
+        cache: PickCache,
+    }
+
+    fn setup() -> Setup {
         let t = tempfile::tempdir().unwrap();
         let (images, run) = (t.path().join("images"), t.path().join("run"));
         std::fs::create_dir_all(&run).unwrap();
         let picker = t.path().join("virga-bootpick");
         std::fs::write(&picker, b"v1").unwrap();
         let cache = PickCache::new(images.clone(), &picker).unwrap();
+        Setup {
+            t,
+            images,
+            run,
+            picker,
+            cache,
+        }
+    }
+
+    #[test]
+    fn a_kept_pick_is_taken_by_the_same_binaries_only() {
+        let Setup {
+            t,
+            images,
+            run,
+            picker,
+            cache,
+        } = setup();
         assert!(cache.get(IMAGE).is_none());
 
         let first = picked(&run, true);
@@ -252,12 +278,13 @@ mod tests {
 
     #[test]
     fn a_kept_pick_that_is_not_whole_is_not_taken() {
-        let t = tempfile::tempdir().unwrap();
-        let (images, run) = (t.path().join("images"), t.path().join("run"));
-        std::fs::create_dir_all(&run).unwrap();
-        let picker = t.path().join("virga-bootpick");
-        std::fs::write(&picker, b"v1").unwrap();
-        let cache = PickCache::new(images.clone(), &picker).unwrap();
+        let Setup {
+            t: _dir,
+            images,
+            run,
+            picker,
+            cache,
+        } = setup();
         cache.put(IMAGE, &picked(&run, true)).unwrap();
         let dir = images.join(format!("{IMAGE}.boot"));
 
