@@ -25,6 +25,7 @@ use virga_testbed::{Scenario, Testbed};
 use crate::report::{Report, Samples};
 use crate::{
     host_cpu, images_dir, vmm_bin, workspace, GUEST_CMDLINE as CMDLINE, QEMU, QEMU_FIRMWARE,
+    SCRUB_FREE_MEMORY,
 };
 
 const SYSTEM_MARKER: &str = "VIRGA-BENCH-SYSTEM";
@@ -149,7 +150,7 @@ fn volume_script(runs: u32) -> String {
     );
     let mib = OVERLAY_DISK_MIB;
     let mut s = format!(
-        "D=$WORK/disks; mkdir -p $D && mount -t ext4 $SCRATCH $D || exit 1
+        "{SCRUB_FREE_MEMORY}D=$WORK/disks; mkdir -p $D && mount -t ext4 $SCRATCH $D || exit 1
 dd if=/dev/urandom of=$D/data.raw bs=1M count={mib} 2>/dev/null || exit 1
 sync
 failed=0
@@ -192,6 +193,7 @@ fi
             "echo 3 > /proc/sys/vm/drop_caches
 echo {SYSTEM_MARKER} {system}
 {command} || failed=1
+scrub_free_memory 1
 "
         )
     })
@@ -200,9 +202,10 @@ echo {SYSTEM_MARKER} {system}
         "echo 3 > /proc/sys/vm/drop_caches\necho {SYSTEM_MARKER} file\n{}",
         fio_script("/usr/bin/fio", "$D/data.raw")
     ));
-    // What one system leaves behind in L1 (dirty pages written back, a
-    // fuller disk) slows the next ones for a while: every other round
-    // runs them in the reverse order, so no system always comes late.
+    // Each guest's memory is scrubbed once it ends (SCRUB_FREE_MEMORY says
+    // why). What else one system leaves behind in L1 (dirty pages written
+    // back, a fuller disk) could slow the next ones: every other round runs
+    // them in the reverse order, so no system always comes late.
     s.push_str("if [ $((round % 2)) = 1 ]; then\n");
     s.push_str(&blocks.concat());
     s.push_str("else\n");
@@ -237,6 +240,8 @@ pub fn run_volume(runs: u32) -> Result<()> {
         scenario,
         runs,
         &systems,
+        // fio's jobs, and a scrub of L1's memory after each guest.
+        80 + 240,
         "volumes as storaged keeps them (raw, after one and two snapshots) against fio on the file",
     )?;
     println!(
@@ -331,6 +336,7 @@ pub fn run(runs: u32) -> Result<()> {
         scenario,
         runs,
         &["virga", "qemu", "host"],
+        80,
         "virga, qemu and host fio",
     )?;
     println!("(host = fio directly on the backing device; latency rows: lower is better)");
@@ -358,6 +364,7 @@ pub fn run_overlay(runs: u32) -> Result<()> {
         scenario,
         runs,
         &systems,
+        80,
         "virga on a raw file and on qcow2 overlays, qemu on the overlay",
     )?;
     println!(
@@ -385,6 +392,7 @@ fn measure(
     scenario: Scenario,
     runs: u32,
     systems: &[&str],
+    secs_per_system: u64,
     what: &str,
 ) -> Result<Report> {
     let testbed = Testbed::new(&images_dir())?;
@@ -395,7 +403,7 @@ fn measure(
         .host_paths(QEMU_FIRMWARE.iter().filter(|f| Path::new(f).exists()))
         .with_rootfs()
         .timeout(Duration::from_secs(
-            300 + 80 * systems.len() as u64 * u64::from(runs),
+            300 + secs_per_system * systems.len() as u64 * u64::from(runs),
         ));
     eprintln!(
         "bench {bench}: {runs} rounds of {what} ({})",
@@ -502,6 +510,13 @@ mod tests {
         backwards.reverse();
         assert_eq!(order(odd), backwards);
         assert_eq!(order(odd).len(), 6);
+        // Every guest's memory is scrubbed once it ends, before the next
+        // system starts; fio on the file runs no guest.
+        assert!(s.starts_with("scrub_free_memory() {"));
+        for block in s.split(&format!("echo {SYSTEM_MARKER} ")).skip(1) {
+            let scrubs = block.contains("\nscrub_free_memory 1\n");
+            assert_eq!(scrubs, !block.starts_with("file\n"), "{block}");
+        }
         let parsed = std::process::Command::new("sh")
             .args(["-n", "-c", &s])
             .status()

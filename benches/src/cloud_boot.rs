@@ -38,7 +38,7 @@ use virga_testbed::{Mode, Scenario, Testbed};
 use crate::api::{admin, create_flavor, create_image, Controller};
 use crate::hostd::collect_samples;
 use crate::report::{Report, Samples};
-use crate::{host_cpu, images_dir, vmm_bin, workspace, QEMU, QEMU_FIRMWARE};
+use crate::{host_cpu, images_dir, vmm_bin, workspace, QEMU, QEMU_FIRMWARE, SCRUB_FREE_MEMORY};
 
 const GUEST_MIB: u64 = 512;
 const DISK_GB: u64 = 3;
@@ -111,22 +111,13 @@ BASE=$WORK/state/images/{image}
 # What hostd did for each server, and what runs in L1 between boots: the
 # phases (fetch, root disk, picker, start, delete) beside the boot times.
 phases() {{ echo "--- hostd's phases, then L1's processes ---"; grep -E 'image cached|root disk made|config drive made|boot picked|instance state|deleted' $WORK/hostd.log | cut -c1-200 | tail -n 14; grep -E '^(Dirty|Writeback):' /proc/meminfo; cat /proc/pressure/io 2>/dev/null; top -b -n1 | head -n 12; }}
-# The testbed's CPU is emulated: the first writes into memory a guest has
-# just freed cost L1 seconds in its kernel, whoever makes them (most likely
-# QEMU's TCG dropping the code it translated from those pages): the next
-# system's start would pay for the last one's guest. So after each guest ends,
-# every free page of L1 is written once (twice, to show what the first
-# pass cost), outside any timing, whichever system comes next.
-scrub() {{
+# After each guest ends, every free page of L1 is written once (twice, to
+# show what the first pass cost), so the next system's start does not pay
+# for the last one's guest (see SCRUB_FREE_MEMORY in the benches' main.rs).
+{SCRUB_FREE_MEMORY}scrub() {{
   # The deleted server's VMM gone first (at most a minute).
   i=0; while [ -n "$(ls $WORK/state/instances 2>/dev/null)" ] && [ $i -lt 120 ]; do sleep 0.5; i=$((i + 1)); done
-  for pass in first second; do
-    free=$(awk '/^MemFree:/ {{print int($2 / 1024) - 256}}' /proc/meminfo)
-    read t0 _ < /proc/uptime
-    dd if=/dev/zero of=$WORK/scrub bs=1M count=$free 2>/dev/null; rm -f $WORK/scrub
-    read t1 _ < /proc/uptime
-    echo "scrub: $pass pass over $free MiB of free memory: $(awk "BEGIN {{ print $t1 - $t0 }}") s"
-  done
+  scrub_free_memory 2
 }}
 phases
 scrub
@@ -325,5 +316,14 @@ mod tests {
         assert!(s.contains("--marker 'finished at'"));
         assert!(s.contains("--stop-at-marker"));
         assert_eq!(qemu_systems(Mode::Nested), ["qemu-pc-seabios"]);
+        // Scrubbed after the first server, after each round's server and
+        // after each QEMU boot.
+        assert!(s.contains("scrub_free_memory() {"));
+        assert_eq!(s.lines().filter(|l| l.trim() == "scrub").count(), 3);
+        let parsed = std::process::Command::new("sh")
+            .args(["-n", "-c", &s])
+            .status()
+            .unwrap();
+        assert!(parsed.success(), "the script parses");
     }
 }

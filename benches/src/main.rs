@@ -218,6 +218,27 @@ fn vmm_bin() -> PathBuf {
 const GUEST_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.dumbkbd";
 
+/// A shell function for benchmark scripts in the testbed:
+/// `scrub_free_memory PASSES` writes every free page of L1 once per pass (a
+/// file of MemFree less 256 MiB in `$WORK`, then removed) and prints how
+/// long each pass took. The testbed's CPU is emulated: the first writes into
+/// memory a guest has just freed cost L1 minutes in its kernel, whoever makes
+/// them (most likely QEMU's TCG dropping the code it translated from those
+/// pages), so a system started right after another's guest would pay for
+/// it. Scripts call this after each guest ends, outside any timing.
+const SCRUB_FREE_MEMORY: &str = r#"scrub_free_memory() {
+  pass=1
+  while [ $pass -le $1 ]; do
+    free=$(awk '/^MemFree:/ {print int($2 / 1024) - 256}' /proc/meminfo)
+    read t0 _ < /proc/uptime
+    dd if=/dev/zero of=$WORK/scrub bs=1M count=$free 2>/dev/null; rm -f $WORK/scrub
+    read t1 _ < /proc/uptime
+    echo "scrub: pass $pass over $free MiB of free memory: $(awk "BEGIN { print $t1 - $t0 }") s"
+    pass=$((pass + 1))
+  done
+}
+"#;
+
 const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 /// What QEMU loads for `-M pc` and `-M microvm` with `-kernel`. Debian keeps
 /// SeaBIOS apart from QEMU's own ROMs; QEMU searches both.
