@@ -33,6 +33,7 @@
 //! - `measure ...`, `hostd-probe ...`, `api-probe ...`: the in-testbed probes.
 
 mod api;
+mod attach;
 mod blk;
 mod boot;
 mod boot_stats;
@@ -105,6 +106,12 @@ enum Cmd {
     /// fio in the guest on volumes as storaged keeps them (raw, after one
     /// and two snapshots) against fio on the file and QEMU on the chain.
     BlkVolume {
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
+    /// A disk plugged into and unplugged from a running guest: the request
+    /// to the guest seeing it (virga vs QEMU).
+    Attach {
         #[arg(long, default_value_t = 3)]
         runs: u32,
     },
@@ -277,6 +284,7 @@ fn main() -> Result<()> {
         Cmd::BlkOverlay { runs } => blk::run_overlay(runs),
         Cmd::BlkVolume { runs } => blk::run_volume(runs),
         Cmd::Nbd { runs } => nbd::run(runs),
+        Cmd::Attach { runs } => attach::run(runs),
         Cmd::S3 { runs } => s3::run(runs),
         Cmd::Net { runs } => net::run(runs),
         Cmd::Overlay { runs } => overlay::run(runs),
