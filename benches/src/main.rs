@@ -9,7 +9,10 @@
 //! - `blk-overlay [--runs N]`: the same on qcow2 overlays (root disks on
 //!   ext4) against a raw file, and QEMU on the overlay.
 //! - `blk-volume [--runs N]`: volumes as storaged keeps them (raw, after one
-//!   and two snapshots) against fio on the file, and QEMU on the same chain.
+//!   and two snapshots) against fio on the file, and QEMU on the same chain;
+//!   the raw volume over NBD against the same guest on qemu-nbd.
+//! - `attach [--runs N]`: a disk plugged into and unplugged from a running
+//!   guest, virga's control API against QEMU's QMP.
 //! - `nbd [--runs N]`: storaged's NBD server against nbdkit, natively, on
 //!   loopback with qemu-img bench as the client (no kernel, no guest).
 //! - `s3 [--runs N]`: storaged's S3 API against fio doing the same durable
