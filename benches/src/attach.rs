@@ -213,11 +213,7 @@ mod tests {
         assert!(even.find(QEMU).unwrap() < even.find("$BIN/vmm ").unwrap());
         // Each boot is followed by a scrub of what its guest freed.
         assert_eq!(s.matches("\nscrub_free_memory 1\n").count(), 4);
-        let parsed = std::process::Command::new("sh")
-            .args(["-n", "-c", &s])
-            .status()
-            .unwrap();
-        assert!(parsed.success(), "the script parses");
+        crate::assert_shell_parses(&s);
     }
 
     #[test]

@@ -538,11 +538,7 @@ mod tests {
             let scrubs = block.contains("\nscrub_free_memory 1\n");
             assert_eq!(scrubs, !block.starts_with("file\n"), "{block}");
         }
-        let parsed = std::process::Command::new("sh")
-            .args(["-n", "-c", &s])
-            .status()
-            .unwrap();
-        assert!(parsed.success(), "the script parses");
+        crate::assert_shell_parses(&s);
     }
 
     #[test]

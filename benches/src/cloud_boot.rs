@@ -320,10 +320,6 @@ mod tests {
         // after each QEMU boot.
         assert!(s.contains("scrub_free_memory() {"));
         assert_eq!(s.lines().filter(|l| l.trim() == "scrub").count(), 3);
-        let parsed = std::process::Command::new("sh")
-            .args(["-n", "-c", &s])
-            .status()
-            .unwrap();
-        assert!(parsed.success(), "the script parses");
+        crate::assert_shell_parses(&s);
     }
 }

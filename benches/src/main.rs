@@ -249,6 +249,17 @@ const SCRUB_FREE_MEMORY: &str = r#"scrub_free_memory() {
 }
 "#;
 
+/// Fails unless `sh -n` parses `script`: the benchmarks' scripts run only in
+/// the testbed, so a syntax error would otherwise show first there.
+#[cfg(test)]
+fn assert_shell_parses(script: &str) {
+    let parsed = std::process::Command::new("sh")
+        .args(["-n", "-c", script])
+        .status()
+        .expect("sh runs");
+    assert!(parsed.success(), "the script parses:\n{script}");
+}
+
 const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 /// What QEMU loads for `-M pc` and `-M microvm` with `-kernel`. Debian keeps
 /// SeaBIOS apart from QEMU's own ROMs; QEMU searches both.
